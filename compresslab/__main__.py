@@ -1,0 +1,3 @@
+from compresslab.cli import main
+
+main()

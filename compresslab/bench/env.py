@@ -1,0 +1,184 @@
+"""Hardware and software fingerprint for benchmark results.
+
+Latency figures mean nothing without the machine they came from: int8 speedups depend on
+VNNI/AMX, ORT fusions change between versions, and thread count moves everything. This module
+collects those facts once so every results file (and the latency-table cache, via
+`fingerprint_key`) carries them. It imports no heavy library at module import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from typing import Any, Sequence
+
+# ISA flags that decide int8/bf16 speed on x86 (names as /proc/cpuinfo spells them).
+ISA_FLAGS: tuple[str, ...] = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+)
+
+LIBRARIES: tuple[str, ...] = ("torch", "transformers", "onnxruntime", "onnx", "numpy")
+
+# The parts of a fingerprint that change latency; other fields (python version, RAM) do not
+# invalidate a cached latency table.
+LATENCY_KEYS: tuple[str, ...] = ("cpu.model", "cpu.isa", "libraries.onnxruntime", "threads")
+
+
+def _read_cpuinfo(path: str = "/proc/cpuinfo") -> str:
+    """Return /proc/cpuinfo text, or "" where it does not exist (macOS, Windows)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """Return (model name, flag set) from the first processor block of /proc/cpuinfo text."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:  # "Features" on aarch64
+            flags = set(value.split())
+        if model and flags:
+            break
+    return model, flags
+
+
+def physical_cores() -> int:
+    """Physical core count (hyper-threads excluded); falls back to logical count."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except ImportError:  # psutil is a dependency, but a fingerprint must never fail on it
+        n = None
+    return int(n or os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """`None` means all physical cores (the MEASURE.md default); otherwise a positive int."""
+    if threads is None:
+        return physical_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None (auto), got {threads!r}")
+    return threads
+
+
+def _total_ram_gb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 2)
+    except ImportError:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return round(pages * size / 2**30, 2) if pages > 0 else None
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions from package metadata (no import, so torch/ORT stay unloaded)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    if out.get("onnxruntime") is None:  # the GPU wheel has another distribution name
+        try:
+            out["onnxruntime"] = importlib.metadata.version("onnxruntime-gpu")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def ort_providers() -> list[str]:
+    """ONNX Runtime's available execution providers ([] when ORT is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def cuda_device_name() -> str | None:
+    """Name of CUDA device 0 when torch sees one, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_name(0))
+
+
+def hardware_fingerprint(threads: int | None = None) -> dict[str, Any]:
+    """Describe this machine and software stack for a results file or manifest.
+
+    `threads` is the thread count the benchmark pins (recorded because it is part of what a
+    latency number means); it is stored as given, `None` when not benchmarking.
+    """
+    model, flags = parse_cpuinfo(_read_cpuinfo())
+    uname = platform.uname()
+    return {
+        "cpu": {
+            "model": model or platform.processor() or uname.machine,
+            "arch": uname.machine,
+            "logical_cores": os.cpu_count(),
+            "physical_cores": physical_cores(),
+            "isa": {flag: flag in flags for flag in ISA_FLAGS},
+        },
+        "ram_gb": _total_ram_gb(),
+        "os": uname.system,
+        "kernel": uname.release,
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "ort_providers": ort_providers(),
+        "cuda_device": cuda_device_name(),
+        "threads": threads,
+    }
+
+
+def _lookup(fp: dict[str, Any], dotted: str) -> Any:
+    node: Any = fp
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(
+                f"fingerprint has no {dotted!r}; top-level keys are {sorted(fp)} "
+                f"(use dotted paths such as 'cpu.isa')"
+            )
+        node = node[part]
+    return node
+
+
+def fingerprint_key(fp: dict[str, Any], keys: Sequence[str] = LATENCY_KEYS) -> str:
+    """Short stable hash of the fingerprint parts (dotted paths) that matter for latency.
+
+    Two machines with the same key can share a cached latency table; anything outside `keys`
+    (RAM, python patch version) is deliberately ignored.
+    """
+    if not keys:
+        raise ValueError("keys must name at least one fingerprint field, e.g. 'cpu.model'")
+    parts = {k: _lookup(fp, k) for k in keys}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource  # Unix-only, so imported here rather than at module import
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
+    return round(rss * scale, 2)

@@ -1,0 +1,221 @@
+"""Latency measurement: warm-up, interleaved runners, medians and p90 (MEASURE.md "Speed").
+
+Models are timed in one process and interleaved (A B C A B C ...) so that noise from a shared
+machine (other jobs, frequency scaling, thermal drift) lands on every model alike and cancels
+in the ratios; medians and p90 are reported because means are dragged by stragglers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from compresslab.bench.runners import Runner
+
+Clock = Callable[[], float]
+
+# Ids are drawn from [0, DEFAULT_VOCAB) when no runner states its vocabulary size (an ONNX file
+# does not say it plainly): every real BERT-family vocabulary, and our tiny test models, are
+# larger, and latency does not depend on which ids are fed.
+DEFAULT_VOCAB = 100
+
+
+def shape_key(batch: int, seq: int) -> str:
+    """Results key of a shape, e.g. "b1xs128"."""
+    return f"b{batch}xs{seq}"
+
+
+def make_inputs(
+    batch: int, seq: int, vocab_size: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Random but valid encoder inputs: ids in [0, vocab), all-ones mask, zero segment ids."""
+    if batch < 1 or seq < 1 or vocab_size < 1:
+        raise ValueError(f"batch, seq and vocab_size must be >= 1, got {(batch, seq, vocab_size)}")
+    shape = (batch, seq)
+    return {
+        "input_ids": rng.integers(0, vocab_size, size=shape, dtype=np.int64),
+        "attention_mask": np.ones(shape, dtype=np.int64),
+        "token_type_ids": np.zeros(shape, dtype=np.int64),
+    }
+
+
+def summarize(times_s: Sequence[float], batch: int) -> dict[str, float | int]:
+    """p50/p90/mean in ms, n, and throughput (sentences/s = batch / p50) of per-call times."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timings to summarize")
+    p50 = float(np.percentile(ms, 50))
+    return {
+        "p50_ms": p50,
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "n": int(ms.size),
+        "throughput": batch / (p50 / 1e3) if p50 > 0 else float("inf"),
+    }
+
+
+def _vocab_size(runners: Mapping[str, Runner], vocab_size: int | None) -> int:
+    """Explicit size wins; else the smallest bound valid for every runner.
+
+    A runner that does not declare its vocabulary (an ONNX file) only trusts DEFAULT_VOCAB.
+    """
+    if vocab_size is not None:
+        return vocab_size
+    declared = [getattr(r, "vocab_size", None) for r in runners.values()]
+    return min(v if v else DEFAULT_VOCAB for v in declared)
+
+
+def _runner_info(runner: Runner) -> dict[str, Any]:
+    info = getattr(runner, "info", None)
+    if callable(info):
+        return dict(info())
+    return {"threads": getattr(runner, "threads", None)}
+
+
+def _check(runners: Mapping[str, Runner], **positive: float) -> None:
+    if not runners:
+        raise ValueError("runners is empty; pass at least one named runner")
+    for name, value in positive.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def measure_latency(
+    runners: Mapping[str, Runner],
+    shapes: Sequence[tuple[int, int]],
+    *,
+    warmup: int,
+    runs: int,
+    min_time_s: float = 0.0,
+    seed: int = 0,
+    vocab_size: int | None = None,
+    max_runs: int | None = None,
+    clock: Clock = time.perf_counter,
+) -> dict[str, Any]:
+    """Time every runner on every (batch, seq) shape, interleaved, after warm-up.
+
+    Per shape: inputs are built once (same arrays for all runners), each runner is called
+    `warmup` times, then `runs` rounds call A, B, C, ... in turn. Rounds continue past `runs`
+    until the shape has taken `min_time_s` (so fast models get enough samples), capped at
+    `max_runs` (default 10 x runs). `clock` is injectable so tests can use fake time.
+
+    Returns {"settings": {...}, "runners": {name: info}, "results": {name: {"b1xs128":
+    {p50_ms, p90_ms, mean_ms, n, throughput}}}}.
+    """
+    _check(runners, warmup=warmup, min_time_s=min_time_s)
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    cap = max(runs, max_runs if max_runs is not None else 10 * runs)
+    vocab = _vocab_size(runners, vocab_size)
+    rng = np.random.default_rng(seed)
+    results: dict[str, dict[str, Any]] = {name: {} for name in runners}
+    for batch_size, seq in shapes:
+        inputs = make_inputs(int(batch_size), int(seq), vocab, rng)
+        for runner in runners.values():
+            for _ in range(warmup):
+                runner.run(inputs)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        start = clock()
+        rounds = 0
+        while rounds < runs or (rounds < cap and clock() - start < min_time_s):
+            for name, runner in runners.items():
+                t0 = clock()
+                runner.run(inputs)
+                times[name].append(clock() - t0)
+            rounds += 1
+        for name in runners:
+            key = shape_key(int(batch_size), int(seq))
+            results[name][key] = summarize(times[name], int(batch_size))
+    return {
+        "settings": {"warmup": warmup, "runs": runs, "min_time_s": min_time_s, "max_runs": cap,
+                     "seed": seed, "vocab_size": vocab, "order": "interleaved"},
+        "runners": {name: _runner_info(r) for name, r in runners.items()},
+        "results": results,
+    }
+
+
+def speedups(
+    results: Mapping[str, Any], denominator: str = "ort_fp32"
+) -> dict[str, dict[str, float]]:
+    """Speedup of every runner vs `denominator` per shape: p50(denominator) / p50(runner).
+
+    Accepts the dict returned by `measure_latency` (or its "results" part). Ratios use medians
+    only, as MEASURE.md asks; > 1 means faster than the denominator.
+    """
+    table = results.get("results", results)
+    if denominator not in table:
+        raise KeyError(f"denominator {denominator!r} not measured; runners are {sorted(table)}")
+    base = table[denominator]
+    out: dict[str, dict[str, float]] = {}
+    for name, per_shape in table.items():
+        out[name] = {
+            shape: base[shape]["p50_ms"] / stats["p50_ms"]
+            for shape, stats in per_shape.items()
+            if shape in base and stats["p50_ms"] > 0
+        }
+    return out
+
+
+def measure_real_lengths(
+    runners: Mapping[str, Runner],
+    batches: Sequence[dict[str, np.ndarray]],
+    *,
+    rounds: int,
+    warmup_rounds: int = 1,
+    clock: Clock = time.perf_counter,
+) -> dict[str, Any]:
+    """Throughput over real dev batches (dynamic padding, so shapes vary), interleaved by batch.
+
+    For each round and each batch, every runner runs that batch in turn. A warm-up round is
+    discarded first because ORT and torch allocate per new shape. Per runner: `total_wall_s`
+    (median over rounds of the time for all batches), `sentences_per_s` (sentences / that
+    median), and `p50_ms` per batch (median over rounds, in batch order).
+    """
+    _check(runners, warmup_rounds=warmup_rounds)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not batches:
+        raise ValueError("batches is empty; pass the tokenized dev batches")
+    sizes = [int(b["input_ids"].shape[0]) for b in batches]
+    seqs = [int(b["input_ids"].shape[1]) for b in batches]
+    for _ in range(warmup_rounds):
+        for batch in batches:
+            for runner in runners.values():
+                runner.run(batch)
+    # times[name][round][batch_index] in seconds
+    times = {name: np.zeros((rounds, len(batches))) for name in runners}
+    for r in range(rounds):
+        for i, batch in enumerate(batches):
+            for name, runner in runners.items():
+                t0 = clock()
+                runner.run(batch)
+                times[name][r, i] = clock() - t0
+    n_sentences = sum(sizes)
+    results: dict[str, Any] = {}
+    for name, t in times.items():
+        wall = float(np.median(t.sum(axis=1)))
+        results[name] = {
+            "total_wall_s": wall,
+            "sentences_per_s": n_sentences / wall if wall > 0 else float("inf"),
+            "p50_ms": [float(v) for v in np.median(t, axis=0) * 1e3],
+        }
+    return {
+        "settings": {"rounds": rounds, "warmup_rounds": warmup_rounds, "n_batches": len(batches),
+                     "n_sentences": n_sentences, "mean_padded_len": float(np.mean(seqs)),
+                     "max_padded_len": max(seqs), "order": "interleaved by batch"},
+        "runners": {name: _runner_info(r) for name, r in runners.items()},
+        "results": results,
+    }
+
+
+def real_length_speedups(
+    results: Mapping[str, Any], denominator: str = "ort_fp32"
+) -> dict[str, float]:
+    """Throughput ratio of every runner vs `denominator` from `measure_real_lengths` output."""
+    table = results.get("results", results)
+    if denominator not in table:
+        raise KeyError(f"denominator {denominator!r} not measured; runners are {sorted(table)}")
+    base = table[denominator]["sentences_per_s"]
+    return {name: stats["sentences_per_s"] / base for name, stats in table.items()}

@@ -1,0 +1,113 @@
+"""Model load time and peak RSS, measured in a fresh process per model (the child side).
+
+Peak RSS is a high-water mark for the whole process, so measuring several models in the
+benchmark process would report the largest one (or the teacher) for all of them. A child that
+loads one ONNX model and runs one b1 x s128 inference gives a clean number per model.
+
+This file imports only the standard library, numpy and onnxruntime, and the parent
+(`compresslab.bench.load.probe_load`) runs it by path, so the child does not import the
+`compresslab` package (which pulls in torch and transformers) and the baseline is what a
+deployment pays: an interpreter with onnxruntime. It also holds `make_session`, the one place
+where benchmark sessions are configured, so the probe and `OrtRunner` load models identically.
+
+    python path/to/probe_load.py --onnx PATH --threads N [--provider P] [--seq 128]
+
+prints one JSON line: {"load_s", "first_run_ms", "baseline_rss_mb", "peak_rss_mb", ...};
+`baseline_rss_mb` is the peak before the model is loaded, so the model's share is the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+PROBE_SEQ = 128
+PROBE_VOCAB = 100  # ids below this are valid for every BERT-family vocabulary
+
+
+def make_session(onnx_path: str | Path, threads: int, provider: str) -> tuple[Any, float]:
+    """An ORT session as benchmarks use it, and the seconds its creation took.
+
+    Full graph optimization because the canonical denominator is the *fused* ONNX model
+    (MEASURE.md "Speed"); one inter-op thread because encoder graphs are a chain and more only
+    adds contention. A GPU provider keeps CPU as fallback for ops it lacks, but a session whose
+    first provider is not `provider` is refused: a "CUDA" number measured on CPU would be a lie.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ValueError(f"provider {provider!r} is not available; available: {available}")
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"no ONNX model at {onnx_path}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = [provider]
+    if provider != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    start = time.perf_counter()
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+    load_s = time.perf_counter() - start
+    if session.get_providers()[0] != provider:  # ORT falls back to CPU silently
+        raise RuntimeError(f"ONNX Runtime did not use {provider!r} (session providers: "
+                           f"{session.get_providers()}); check the CUDA/cuDNN install")
+    return session, load_s
+
+
+def _peak_rss_mb() -> float:
+    # Same as compresslab.bench.env.peak_rss_mb, repeated so this file stays self-contained.
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 2)
+
+
+def probe(onnx: str, threads: int, provider: str, seq: int, vocab_size: int) -> dict[str, Any]:
+    """Load one model, run one (1, seq) inference, and report time and memory."""
+    import numpy as np
+    import onnxruntime  # noqa: F401  imported before the baseline so it is not counted as model
+
+    baseline = _peak_rss_mb()
+    session, load_s = make_session(onnx, threads, provider)
+    ids = np.random.default_rng(0).integers(0, vocab_size, size=(1, seq), dtype=np.int64)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "token_type_ids": np.zeros_like(ids)}
+    names = [i.name for i in session.get_inputs()]
+    t0 = time.perf_counter()
+    session.run(None, {n: batch[n] for n in names})
+    first_ms = (time.perf_counter() - t0) * 1e3
+    return {
+        "model": str(Path(onnx).resolve()),
+        "bytes": Path(onnx).stat().st_size,
+        "provider": session.get_providers()[0],
+        "threads": threads,
+        "shape": [1, seq],
+        "load_s": load_s,
+        "first_run_ms": first_ms,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry of the child process; prints one JSON line on stdout."""
+    parser = argparse.ArgumentParser(description="Load time and peak RSS of one ONNX model.")
+    parser.add_argument("--onnx", required=True, help="path of the .onnx model to load")
+    parser.add_argument("--threads", type=int, required=True, help="intra-op threads")
+    parser.add_argument("--provider", default="CPUExecutionProvider")
+    parser.add_argument("--seq", type=int, default=PROBE_SEQ, help="sequence length of the probe")
+    parser.add_argument("--vocab-size", type=int, default=PROBE_VOCAB, help="bound of random ids")
+    args = parser.parse_args(argv)
+    result = probe(args.onnx, args.threads, args.provider, args.seq, args.vocab_size)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

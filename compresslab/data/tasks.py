@@ -1,0 +1,224 @@
+"""Tasks: the GLUE registry, finding the data, and loading a task with its validation split.
+
+GLUE dev is our test set; anything that selects uses ``validation``, carved (seeded) from train.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import numpy as np
+
+from compresslab.data.generic import GenericConfig, read_generic, resolve_file
+from compresslab.data.readers import file_sha256, read_glue_tsv
+from compresslab.data.schema import (
+    DataFormatError,
+    DataNotFoundError,
+    Example,
+    MissingSplit,
+    SplitUnavailableError,
+    TaskData,
+    TaskKind,
+    TaskSpec,
+)
+
+__all__ = [
+    "DATA_ENV_VAR", "TASKS", "DataFormatError", "DataNotFoundError", "Example", "MissingSplit",
+    "SplitUnavailableError", "TaskData", "TaskKind", "TaskSpec", "check_data_available",
+    "default_val_size", "get_task", "load_task", "resolve_data_root",
+]
+
+DATA_ENV_VAR = "COMPRESSLAB_DATA"
+_C, _R, _E = TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.EMBEDDING
+_NLI = ("entailment", "not_entailment")  # GLUE / HF datasets order: entailment = 0
+
+TASKS: dict[str, TaskSpec] = {
+    s.name: s
+    for s in (
+        TaskSpec("sst2", _C, 2, "accuracy", label_names=("negative", "positive"), glue_dir="SST-2",
+                 description="SST-2 movie-review sentiment, single sentence"),
+        TaskSpec("cola", _C, 2, "matthews_corr", metrics=("matthews_corr", "accuracy"),
+                 label_names=("unacceptable", "acceptable"), glue_dir="CoLA",
+                 columns=("source", "label", "orig_label", "sentence"),
+                 description="CoLA grammatical acceptability, single sentence, no header row"),
+        TaskSpec("mrpc", _C, 2, "f1", metrics=("f1", "accuracy"), label_names=("not_equivalent", "equivalent"),
+                 glue_dir="MRPC", text_a="#1 String", text_b="#2 String", label="Quality",
+                 encoding="utf-8-sig", description="MRPC paraphrase pairs (files start with a BOM)"),
+        TaskSpec("rte", _C, 2, "accuracy", label_names=_NLI, string_labels=True, glue_dir="RTE",
+                 text_a="sentence1", text_b="sentence2", description="RTE entailment pairs"),
+        TaskSpec("stsb", _R, 1, "spearman", metrics=("pearson", "spearman"), glue_dir="STS-B",
+                 text_a="sentence1", text_b="sentence2", label="score",
+                 description="STS-B similarity 0-5 as cross-encoder regression"),
+        TaskSpec("qnli", _C, 2, "accuracy", label_names=_NLI, string_labels=True, glue_dir="QNLI",
+                 train_file=None, text_a="question", text_b="sentence",
+                 description="QNLI question/sentence entailment; dev only (no train file shipped)"),
+        TaskSpec("stsb_embedding", _E, 1, "spearman", metrics=("pearson", "spearman"), glue_dir="STS-B",
+                 text_a="sentence1", text_b="sentence2", label="score",
+                 description="STS-B pairs scored by cosine of sentence embeddings vs the gold score; "
+                             "needs no training"),
+    )
+}
+
+T = TypeVar("T")
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of a registered task, or ``ValueError`` listing the known names."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        known = ", ".join(sorted(TASKS))
+        raise ValueError(f"unknown task {name!r}; known tasks: {known}, or 'generic' (CSV/JSONL files)") from None
+
+
+def resolve_data_root(configured: str | Path | None = None) -> Path:
+    """Find the folder that holds ``glue/<TASK>/``.
+
+    Precedence: the explicit argument (config ``data.root``), then ``$COMPRESSLAB_DATA``, then
+    ``./data`` and ``../shared/data`` relative to the working directory. An explicit or env
+    path that does not exist is an error rather than a silent fall-through to the defaults.
+    """
+    how_to = (f"Point elsewhere with data.root=/path/to/data on the command line or "
+              f"{DATA_ENV_VAR}=/path/to/data in the environment (the folder that contains glue/).")
+    for value, origin in ((configured, "data.root"), (os.environ.get(DATA_ENV_VAR), f"${DATA_ENV_VAR}")):
+        if value not in (None, ""):
+            path = Path(value).expanduser()
+            if path.is_dir():
+                return path.resolve()
+            raise DataNotFoundError(f"data root {path} (from {origin}) is not a directory. {how_to}")
+    cwd = Path.cwd()
+    looked = [cwd / "data", cwd.parent / "shared" / "data"]
+    for cand in looked:
+        if (cand / "glue").is_dir():
+            return cand.resolve()
+    places = "; ".join(["data.root (not set)", f"${DATA_ENV_VAR} (not set)"]
+                       + [f"{p} (no glue/ folder)" for p in looked])
+    raise DataNotFoundError(f"no data root found. Looked at: {places}. {how_to}")
+
+
+def _split_paths(spec: TaskSpec, root: Path) -> dict[str, Path | None]:
+    base = root / "glue" / (spec.glue_dir or spec.name)
+    return {split: (base / f if f else None) for split, f in (("train", spec.train_file), ("dev", spec.dev_file))}
+
+
+def check_data_available(name: str, data_root: str | Path | None = None, *, generic: dict[str, Any] | None = None) -> None:
+    """Cheap check that a task's files exist, run before expensive work (model loading, fine-tuning)."""
+    if generic is not None or name == "generic":
+        cfg = GenericConfig.from_dict(generic or {})
+        for rel in (cfg.train, cfg.dev):
+            if rel:
+                resolve_file(rel, lambda: _root_or_none(data_root))
+        return
+    spec = get_task(name)
+    root = resolve_data_root(data_root)
+    missing = [str(p) for p in _split_paths(spec, root).values() if p is not None and not p.is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"task {name!r}: missing {', '.join(missing)} under data root {root}. Expected the GLUE "
+            f"layout glue/{spec.glue_dir}/{{train,dev}}.tsv; see data/PROVENANCE.md for the files."
+        )
+
+
+def _root_or_none(data_root: str | Path | None) -> Path | None:
+    try:
+        return resolve_data_root(data_root)
+    except DataNotFoundError:
+        return None
+
+
+def default_val_size(n_train: int) -> int:
+    """5% of train or 1,000 examples, whichever is smaller (MEASURE.md)."""
+    return min(1000, n_train // 20)
+
+
+def _check_count(value: int | None, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{what} must be a non-negative integer or None, got {value!r}")
+
+
+def _seeded_subset(items: Sequence[T], n: int | None, seed: int, stream: int) -> list[T]:
+    """``n`` items drawn without replacement (seeded), kept in file order; all when n is None."""
+    if isinstance(items, MissingSplit) or n is None or n >= len(items):
+        return items if isinstance(items, MissingSplit) else list(items)
+    rng = np.random.default_rng([stream, seed])
+    keep = np.sort(rng.permutation(len(items))[:n])
+    return [items[i] for i in keep]
+
+
+def _carve(train_all: list[Example], val_size: int | None, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split a seeded validation set off train; both keep file order and are disjoint by index."""
+    if isinstance(train_all, MissingSplit):
+        return train_all, MissingSplit(train_all.reason + " (so no validation split either)")
+    n = len(train_all)
+    size = default_val_size(n) if val_size is None else val_size
+    if size >= n and n > 0:
+        raise ValueError(f"val_size={size} would leave no training examples (train has {n})")
+    rng = np.random.default_rng([0, seed])
+    is_val = np.zeros(n, dtype=bool)
+    is_val[rng.permutation(n)[:size]] = True
+    return ([e for e, v in zip(train_all, is_val) if not v], [e for e, v in zip(train_all, is_val) if v])
+
+
+def load_task(
+    name: str,
+    data_root: str | Path | None = None,
+    *,
+    val_size: int | None = None,
+    seed: int = 0,
+    max_train: int | None = None,
+    max_dev: int | None = None,
+    generic: dict[str, Any] | None = None,
+) -> TaskData:
+    """Load a task: train minus a seeded validation carve, the validation carve, and dev.
+
+    ``max_train`` / ``max_dev`` take seeded subsets after the carve (for smoke runs and tests).
+    ``name == "generic"`` or a ``generic`` dict reads user CSV/TSV/JSONL files (see GenericConfig).
+    """
+    for value, what in ((val_size, "val_size"), (max_train, "max_train"), (max_dev, "max_dev")):
+        _check_count(value, what)
+    files: dict[str, dict[str, Any]] = {}
+    if generic is not None or name == "generic":
+        raw = dict(generic or {})
+        raw.setdefault("name", name)
+        cfg = GenericConfig.from_dict(raw)
+        spec, read, paths = read_generic(cfg, lambda: _root_or_none(data_root))
+        root = _root_or_none(data_root)
+        train_all = read["train"] if read["train"] is not None else MissingSplit(f"generic data set {cfg.name!r} has no train= file configured")
+        dev = read["dev"] if read["dev"] is not None else MissingSplit(f"generic data set {cfg.name!r} has no dev= file configured")
+        for split, path in paths.items():
+            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(read[split] or [])}
+    else:
+        spec = get_task(name)
+        check_data_available(name, data_root)
+        root = resolve_data_root(data_root)
+        split_examples: dict[str, list[Example]] = {}
+        for split, path in _split_paths(spec, root).items():
+            if path is None:
+                split_examples[split] = MissingSplit(
+                    f"task {spec.name!r} ships no {split} split (only dev is available); "
+                    f"use it for evaluation only, or pick a task with a train split"
+                )
+                continue
+            split_examples[split] = read_glue_tsv(spec, path)
+            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(split_examples[split])}
+        train_all, dev = split_examples["train"], split_examples["dev"]
+
+    train, validation = _carve(train_all, val_size, seed)
+    train = _seeded_subset(train, max_train, seed, stream=1)
+    dev = _seeded_subset(dev, max_dev, seed, stream=2)
+    info: dict[str, Any] = {
+        "task": spec.name,
+        "kind": spec.kind.value,
+        "data_root": str(root) if root is not None else None,
+        "files": files,
+        "sizes": {"train": len(train), "validation": len(validation), "dev": len(dev)},
+        "val_seed": seed,
+        "val_size": len(validation),
+        "max_train": max_train,
+        "max_dev": max_dev,
+        "label_names": list(spec.label_names),
+        "missing_splits": {s: v.reason for s, v in (("train", train), ("dev", dev)) if isinstance(v, MissingSplit)},
+    }
+    return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info)

@@ -1,0 +1,280 @@
+"""Export a HF encoder to ONNX, fuse it, and prove the graph computes what PyTorch computes.
+
+Layout of the export directory (what optimum's ``ORTModelForSequenceClassification`` loads)::
+
+    model.onnx           the DEPLOYED fp32 graph: fused by ORT's transformer optimizer when
+                         optimize=True (the speed denominator ``ort_fp32``), else the raw export
+    model_unfused.onnx   the raw export, kept for debugging and re-fusing (optimize=True only)
+    config.json, tokenizer files, parity.json
+
+We export with eager attention and the legacy TorchScript exporter (``dynamo=False``): ORT's
+transformer optimizer fuses attention only for that graph shape. If that exporter fails (it is
+deprecated in torch >= 2.9), the dynamo exporter is tried and the result says so, since its graph
+usually does not fuse. Parity runs on the caller's real, padded batches; past ``atol`` it raises
+:class:`ParityError` carrying the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from compresslab.eval.onnx_runner import OnnxRunner
+from compresslab.export.optimize import heads_and_hidden, optimize_graph
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """Neither ONNX exporter could trace the model; the message carries both causes."""
+
+
+class ParityError(ValueError):
+    """ONNX Runtime disagrees with PyTorch past the tolerance (or in shape, or with NaNs)."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+        self.max_abs_diff = report.get("max_abs_diff")
+        self.atol = report.get("atol")
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and what was checked. ``onnx_path`` is the deployed graph."""
+
+    dir: Path
+    onnx_path: Path
+    unfused_path: Path | None
+    exporter: str  # "torchscript" or "dynamo"
+    opset: int
+    input_names: list[str]
+    output_name: str  # "logits" or "last_hidden_state"
+    fused_attention_nodes: int
+    attention_heads: list[int] = field(default_factory=list)
+    parity: dict[str, Any] = field(default_factory=dict)  # of the deployed graph (parity.json)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+class _ExportWrapper(nn.Module):
+    """Fixed positional signature returning one tensor, so both exporters see the same graph.
+
+    Returns ``logits (B, C)`` for task heads or ``last_hidden_state (B, T, H)`` for bare encoders
+    (pooling stays outside the graph so one export serves any pooling).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs, return_dict=True)[0]
+
+
+def input_names_for(model: nn.Module, tokenizer: Any = None) -> list[str]:
+    """Graph inputs: ids and mask, plus ``token_type_ids`` when both model and tokenizer use them.
+
+    RoBERTa's forward accepts token types but its tokenizer never makes them; leaving them out
+    matches what optimum exports and what the tokenizer feeds at serving time.
+    """
+    names = ["input_ids", "attention_mask"]
+    accepts = "token_type_ids" in inspect.signature(model.forward).parameters
+    makes = tokenizer is None or "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+    return names + ["token_type_ids"] if accepts and makes else names
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Switch every config in ``model`` to eager attention and eval mode; restore both after.
+
+    Eager attention is the op pattern ORT's fuser matches (SDPA exports as one opaque op).
+    """
+    configs = {id(m.config): m.config for m in model.modules()
+               if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    was_training = model.training
+    try:
+        for c in configs.values():
+            c._attn_implementation = "eager"
+        model.eval()
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to_torch(feeds: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
+
+
+def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], input_names: Sequence[str],
+                *, opset: int = 17) -> tuple[str, str]:
+    """Export ``model`` to ``path`` with dynamic batch and sequence axes.
+
+    Returns ``(exporter, output_name)``. ``sample`` (one real batch) is only traced, so its
+    shape does not constrain the graph.
+    """
+    from compresslab.eval.onnx_runner import make_feeds
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # written whole, then renamed
+    args = tuple(_to_torch(make_feeds(sample, {n: np.dtype(np.int64) for n in input_names}),
+                           _device(model)).values())
+    with eager_attention(model), torch.no_grad():
+        wrapper = _ExportWrapper(model)
+        wrapper.training = False  # the exporter restores this flag recursively: keep it eval
+        out_name = "logits" if hasattr(model(**dict(zip(input_names, args))), "logits") else "last_hidden_state"
+        axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
+        axes[out_name] = {0: "batch"} if out_name == "logits" else {0: "batch", 1: "sequence"}
+        try:
+            with warnings.catch_warnings():
+                # expected and harmless: the legacy path's deprecation, a shape-only branch in
+                # transformers' mask builder, and the opset note about advanced indexing
+                warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+                warnings.filterwarnings("ignore", message="The feature will be removed.*")
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                        module=r"(transformers\.|torch\.nn\.functional)")
+                warnings.filterwarnings("ignore", message="Exporting aten::index operator.*")
+                torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
+                                  output_names=[out_name], dynamic_axes=axes, opset_version=opset,
+                                  do_constant_folding=True, dynamo=False, external_data=False)
+            os.replace(tmp, path)
+            return "torchscript", out_name
+        except Exception as ts_err:  # noqa: BLE001 - any failure means: try the other exporter
+            log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter, whose graph "
+                        "ORT usually cannot fuse", ts_err)
+            try:
+                dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+                torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
+                                  output_names=[out_name], dynamic_shapes=tuple(dims for _ in args),
+                                  opset_version=max(opset, 18), dynamo=True, external_data=False)
+                os.replace(tmp, path)
+                return "dynamo", out_name
+            except Exception as dy_err:  # noqa: BLE001
+                raise ExportError(f"ONNX export failed with both exporters: torchscript: {ts_err}; "
+                                  f"dynamo: {dy_err}") from dy_err
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapping[str, Any]], *,
+                 atol: float = 1e-4, threads: int | None = None, exporter: str = "",
+                 graph: str = "") -> dict[str, Any]:
+    """Compare PyTorch (eager attention) with ORT on ``batches``; raise :class:`ParityError` past ``atol``.
+
+    3-D outputs are compared on real tokens only: padded positions are garbage in both and
+    every pooling masks them. Argmax agreement is reported for classifiers (``None`` otherwise).
+    """
+    runner = OnnxRunner(onnx_path, threads=threads)
+    wrapper = _ExportWrapper(model)
+    device = _device(model)
+    max_d, sum_d, n_el, n_ex, agree, n_cls, finite = 0.0, 0.0, 0, 0, 0, 0, True
+    with eager_attention(model), torch.no_grad():
+        for batch in batches:
+            feeds = runner.feeds(batch)
+            ref = wrapper(**_to_torch(feeds, device)).float().cpu().numpy()
+            out = runner.session.run(runner.output_names[:1], feeds)[0]
+            if out.shape != ref.shape:
+                raise ParityError(f"{graph or 'ONNX'} output shape {out.shape} != PyTorch {ref.shape}",
+                                  {"graph": graph, "exporter": exporter, "atol": atol})
+            diff = np.abs(out.astype(np.float64) - ref)
+            if diff.ndim == 3:
+                diff = diff[feeds["attention_mask"].astype(bool)]
+            finite &= bool(np.isfinite(diff).all())
+            max_d = max(max_d, float(np.nanmax(diff, initial=0.0)))
+            sum_d, n_el, n_ex = sum_d + float(np.nansum(diff)), n_el + diff.size, n_ex + len(ref)
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+                n_cls += len(ref)
+    if n_ex == 0:
+        raise ValueError("parity needs at least one batch")
+    report = {"graph": graph, "exporter": exporter, "max_abs_diff": max_d, "mean_abs_diff": sum_d / max(n_el, 1),
+              "atol": atol, "n_examples": n_ex, "argmax_agreement": agree / n_cls if n_cls else None}
+    if not finite or max_d > atol:
+        why = "non-finite outputs" if not finite else f"max |diff| {max_d:.3g} > atol {atol:.3g}"
+        raise ParityError(f"ONNX parity failed for {graph or onnx_path}: {why} over {n_ex} examples "
+                          f"(mean |diff| {report['mean_abs_diff']:.3g}, exporter {exporter})", report)
+    return report
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _expected_attention_layers(model: nn.Module) -> int | None:
+    """Layers that still have heads (each should fuse into one Attention node); None if unknown."""
+    try:
+        from compresslab.models.adapters import get_adapter
+
+        return sum(1 for layer in get_adapter(model).structure() if layer["heads"] > 0)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_batches: Iterable[Mapping[str, Any]],
+                 *, optimize: bool = True, atol: float = 1e-4, opset: int = 17, threads: int | None = None,
+                 keep_unfused: bool = True) -> ExportResult:
+    """Export, parity-check, fuse, re-check; save config, tokenizer and ``parity.json``.
+
+    ``sample_batches`` are real padded batches (dicts of tensors; ``labels`` ignored): the first
+    is traced, all are used for parity. Parity is checked on the raw export first, so a fusion
+    problem is never mistaken for an export problem. Raises :class:`ParityError` / :class:`ExportError`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    batches = list(sample_batches)
+    if not batches:
+        raise ValueError("export_model needs at least one sample batch (for tracing and parity)")
+    names = input_names_for(model, tokenizer)
+    raw = out_dir / ("model_unfused.onnx" if optimize else "model.onnx")
+    exporter, output_name = export_onnx(model, raw, batches[0], names, opset=opset)
+    parity = check_parity(model, raw, batches, atol=atol, threads=threads, exporter=exporter, graph="unfused")
+    deployed, fused_n, heads, parity_unfused = raw, 0, [], None
+    if optimize:
+        num_heads, hidden = heads_and_hidden(model.config)
+        deployed = out_dir / "model.onnx"
+        report = optimize_graph(raw, deployed, num_heads=num_heads, hidden_size=hidden)
+        fused_n, heads = report.fused_attention_nodes, report.attention_heads
+        parity_unfused = parity
+        parity = check_parity(model, deployed, batches, atol=atol, threads=threads, exporter=exporter, graph="fused")
+        expected = _expected_attention_layers(model)
+        if expected is not None and fused_n < expected:
+            log.warning("only %d of %d attention layers fused (exporter %s): the graph is correct but "
+                        "slower than it could be", fused_n, expected, exporter)
+        if not keep_unfused:
+            raw.unlink()
+    model.config.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    parity = {**parity, "fused_attention_nodes": fused_n, "attention_heads": heads, "unfused": parity_unfused}
+    _write_json(out_dir / "parity.json", parity)
+    return ExportResult(dir=out_dir, onnx_path=deployed,
+                        unfused_path=raw if optimize and keep_unfused else None, exporter=exporter,
+                        opset=opset, input_names=names, output_name=output_name,
+                        fused_attention_nodes=fused_n, attention_heads=heads, parity=parity)

@@ -1,0 +1,194 @@
+"""ONNX Runtime int8 quantization of an exported (fused) encoder: dynamic and static QDQ.
+
+Both work on the fused graph, the one we deploy, so int8 keeps the fused kernels:
+
+* dynamic: weights int8 offline, activations quantized per call. ``Attention`` becomes
+  ``QAttention`` and embeddings ``QEmbedLayerNormalization``. ``DefaultTensorType=FLOAT`` is
+  required: ONNX shape inference cannot type the outputs of contrib ops (``Attention``,
+  ``SkipLayerNormalization``), and without a default the quantizer aborts ("Unable to find data
+  type for weight_name").
+* static QDQ: activation ranges calibrated on train batches; Q/DQ pairs around the MatMuls, which
+  ORT folds into int8 kernels at load. ``quant_pre_process`` runs symbolic shape inference first:
+  on the fused graph it is what types the contrib-op outputs (skipping it leaves the classifier
+  uncalibrated: "Unable to get valid quantization scale ... bias"). It fails on the unfused
+  transformers-5 graph ("Incomplete symbolic shape inference"), so there we fall back to
+  ``skip_symbolic_shape=True`` and record which one ran.
+
+The ORT tools drop large scratch files (augmented models, ``sym_shape_infer_temp.onnx``, external
+``.data``) into the current directory; they run inside a temporary directory, and outputs are
+written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import onnx
+
+from compresslab.eval.onnx_runner import make_feeds
+from compresslab.export.optimize import count_ops, heads_and_hidden, optimize_graph
+
+# op types whose presence shows what got quantized (reported in metrics)
+_QUANT_OPS = ("MatMulInteger", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLinear",
+              "QuantizeLinear", "DequantizeLinear", "QGemm", "QLinearMatMul")
+
+
+class CalibrateMethod(str, Enum):
+    """How static quantization turns observed activations into ranges."""
+
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class QuantDType(str, Enum):
+    """8-bit storage type. x86 int8 kernels prefer uint8 activations with int8 weights (U8S8)."""
+
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+@contextlib.contextmanager
+def scratch_cwd() -> Iterator[Path]:
+    """Run inside a fresh temporary directory (the ORT tools' litter lands there), then clean up.
+
+    The working directory is process-wide: do not quantize from several threads at once.
+    """
+    old = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="compresslab-ortq-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(old)
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to ``dst``; it replaces ``dst`` only if the block succeeds."""
+    dst = Path(dst).resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _metrics(src: Path, dst: Path, **extra: Any) -> dict[str, Any]:
+    ops = count_ops(dst)
+    before, after = src.stat().st_size, dst.stat().st_size
+    return {"size_bytes": after, "size_bytes_input": before, "size_ratio": after / before,
+            "quantized_ops": {k: ops[k] for k in _QUANT_OPS if ops[k]}, **extra}
+
+
+def _graph_inputs(path: Path) -> dict[str, Any]:
+    """Graph input names -> numpy dtypes, read without loading weights."""
+    import numpy as np
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name for t in graph.initializer}
+    return {i.name: np.dtype(tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+            for i in graph.input if i.name not in inits}
+
+
+def ensure_fused(onnx_path: str | Path, config: Any, work_dir: str | Path) -> tuple[Path, bool]:
+    """``onnx_path`` if it already has fused Attention nodes, else a fused copy in ``work_dir``.
+
+    Returns ``(path, fused_here)``. Quantizing an unfused graph loses the fused kernels.
+    """
+    onnx_path = Path(onnx_path)
+    if count_ops(onnx_path)["Attention"] > 0:
+        return onnx_path, False
+    heads, hidden = heads_and_hidden(config)
+    out = Path(work_dir) / "fused.onnx"
+    optimize_graph(onnx_path, out, num_heads=heads, hidden_size=hidden)
+    return out, True
+
+
+def copy_model_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
+    """Copy config, tokenizer and other side files (not graphs or parity) so ``dst_dir`` loads alone."""
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(src_dir.iterdir()):
+        if f.is_file() and f.suffix not in (".onnx", ".data") and f.name != "parity.json":
+            shutil.copy2(f, dst_dir / f.name)
+            copied.append(f.name)
+    return copied
+
+
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True,
+                          reduce_range: bool = False, op_types: Sequence[str] | None = None) -> dict[str, Any]:
+    """Dynamic int8 (weights int8, activations per call) of ``src`` into ``dst``; returns metrics."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = Path(src).resolve()
+    with atomic_output(dst) as out, scratch_cwd():
+        quantize_dynamic(src, out, per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return _metrics(src, Path(dst), method="dynamic", per_channel=per_channel, reduce_range=reduce_range)
+
+
+def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapping[str, Any]], *,
+                        per_channel: bool = True, reduce_range: bool = False,
+                        calibrate_method: CalibrateMethod | str = CalibrateMethod.MINMAX,
+                        activation_type: QuantDType | str = QuantDType.UINT8,
+                        weight_type: QuantDType | str = QuantDType.INT8,
+                        op_types: Sequence[str] | None = None) -> dict[str, Any]:
+    """Static QDQ int8 of ``src`` into ``dst``, calibrated on ``batches``; returns metrics.
+
+    ``batches`` are our loader's dicts (torch or numpy); only the graph's inputs are fed.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[CalibrateMethod(calibrate_method).value]
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    src = Path(src).resolve()
+    inputs = _graph_inputs(src)
+    feeds = [make_feeds(b, inputs) for b in batches]  # materialized: the calibrator may iterate more than once
+    if not feeds:
+        raise ValueError("static quantization needs at least one calibration batch")
+
+    class _Reader(CalibrationDataReader):
+        """Hands the calibrator one feed dict per call; ``rewind`` allows a second pass."""
+
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(feeds)
+
+    with atomic_output(dst) as out, scratch_cwd() as work:
+        pre = work / "pre.onnx"
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            shape_inference = "symbolic"
+        except Exception:  # noqa: BLE001 - ORT raises bare Exception for incomplete inference
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            shape_inference = "onnx"
+        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=reduce_range, activation_type=qtype[QuantDType(activation_type).value],
+                        weight_type=qtype[QuantDType(weight_type).value], calibrate_method=method,
+                        op_types_to_quantize=list(op_types) if op_types else None,
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return _metrics(src, Path(dst), method="static_qdq", per_channel=per_channel, reduce_range=reduce_range,
+                    calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
+                    n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),
+                    shape_inference=shape_inference)

@@ -1,0 +1,116 @@
+"""``finetune``: produce the dense teacher for a task, cached by content hash.
+
+Presets (MEASURE.md "Teachers"): ``quick`` for the demo (a 16k-example slice, one epoch, a few
+minutes on 2 cores) and ``bench`` (the full train split, the recipe below). Explicit fields
+override the preset. The cache key covers the source weights, the task data files and every
+setting that changes the result, so a cached teacher is reused only when it would be identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from compresslab.manifest import atomic_write_json, read_json, sha256_file, stable_hash
+from compresslab.registry import register_pass
+from compresslab.types import PassContext, PassResult, Stage
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~16k examples x 1 epoch: the demo teacher
+    "quick": {"lr": 5e-5, "epochs": 1.0, "batch_size": 32, "max_train_examples": 16000, "warmup_ratio": 0.06},
+    # full SST-2 train (minus the validation carve), 2 epochs, linear decay with 6% warm-up
+    "bench": {"lr": 5e-5, "epochs": 2.0, "batch_size": 32, "max_train_examples": None, "warmup_ratio": 0.06},
+    # a handful of steps, for tests and debug=smoke
+    "smoke": {"lr": 1e-4, "epochs": 1.0, "batch_size": 16, "max_train_examples": 64, "warmup_ratio": 0.0},
+}
+
+
+@register_pass("finetune")
+@dataclass
+class Finetune:
+    """Fine-tune the dense model on the task (a no-op for embedding tasks: the embedder is its own teacher)."""
+
+    preset: str = "quick"
+    lr: float | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    max_train_examples: int | None = None
+    warmup_ratio: float | None = None
+    cache: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    stage: ClassVar[Stage] = Stage.TORCH
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"finetune preset={self.preset!r}; allowed: {', '.join(PRESETS)}")
+        for name in ("lr", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"finetune {name} must be > 0, got {v}")
+
+    def recipe(self) -> dict[str, Any]:
+        """The preset with explicit fields applied: exactly what trains the teacher."""
+        r = dict(PRESETS[self.preset])
+        for k in ("lr", "epochs", "steps", "batch_size", "max_train_examples", "warmup_ratio"):
+            if getattr(self, k) is not None:
+                r[k] = getattr(self, k)
+        r.setdefault("steps", None)
+        return r
+
+    def cache_key(self, ctx: PassContext) -> str:
+        src = Path(ctx.model_source)
+        weights = src / "model.safetensors"
+        model_id = sha256_file(weights) if weights.is_file() else str(src)
+        info = ctx.task.info
+        files = {split: f.get("sha256") for split, f in (info.get("files") or {}).items()}  # not paths
+        data = {k: info.get(k) for k in ("val_size", "val_seed", "max_train", "sizes")}
+        return stable_hash({"model": model_id, "task": ctx.task.spec.name, "files": files, "data": data,
+                            "max_length": ctx.max_length, "seed": ctx.seed, "recipe": self.recipe(),
+                            "version": 1}, n=16)
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        from compresslab.data.tasks import TaskKind
+
+        if ctx.task.spec.kind == TaskKind.EMBEDDING:
+            return PassResult(metrics={"cached": False, "trained": False},
+                              skipped={"model": "embedding task: the pretrained embedder is its own teacher"})
+        key = self.cache_key(ctx)
+        cached = ctx.cache_dir / "teachers" / key if (self.cache and ctx.cache_dir) else None
+        if cached is not None and (cached / "teacher.json").is_file():
+            from compresslab.models.loading import load
+
+            log.info("finetune: reusing cached teacher %s", cached)
+            model.load_state_dict(load(cached).state_dict())
+            info = read_json(cached / "teacher.json")
+            return PassResult(metrics={**info["metrics"], "cached": True, "cache_key": key})
+        metrics = self._train(model, ctx)
+        if cached is not None:
+            from compresslab.models.loading import save
+
+            save(model, cached, ctx.tokenizer)
+            atomic_write_json(cached / "teacher.json", {"metrics": metrics, "recipe": self.recipe(), "key": key})
+        return PassResult(metrics={**metrics, "cached": False, "cache_key": key})
+
+    def _train(self, model: nn.Module, ctx: PassContext) -> dict[str, Any]:
+        from compresslab.eval.evaluate import predict, torch_forward
+        from compresslab.training import TrainConfig, TaskLoss, train
+
+        r = self.recipe()
+        loader = ctx.train_loader(batch_size=r["batch_size"], max_examples=r["max_train_examples"])
+        cfg = TrainConfig(lr=r["lr"], epochs=r["epochs"], steps=r["steps"], batch_size=r["batch_size"],
+                          warmup_ratio=r["warmup_ratio"], seed=ctx.seed)
+        res = train(model, loader, cfg, [TaskLoss()], progress=ctx.progress, desc="finetune")
+        val = predict(torch_forward(model), ctx.task.spec, ctx.task.validation, ctx.tokenizer,
+                      max_length=ctx.max_length) if ctx.task.validation else None
+        return {"train_steps": res.steps, "train_s": round(res.wall_s, 1), "train_examples": len(loader.dataset),
+                "final_loss": res.losses[-1] if res.losses else None,
+                "validation": val.metrics if val else None, "recipe": r}

@@ -1,0 +1,75 @@
+"""``ort_int8_static``: ONNX Runtime static int8 in QDQ format, calibrated on train data (Stage.ONNX).
+
+Activation ranges come from ``num_calibration`` seeded train examples (never validation or dev,
+MEASURE.md), so no per-call quantization cost. Runs on the fused graph like the dynamic pass; the
+math lives in ``export/ort_quant.py``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from compresslab.export.ort_quant import CalibrateMethod, QuantDType
+from compresslab.passes.ort_int8_dynamic import check_bools, check_op_types, read_config
+from compresslab.registry import coerce_enum, register_pass
+from compresslab.types import OnnxModel, PassContext, PassResult, Stage
+
+
+@register_pass("ort_int8_static")
+@dataclass
+class OrtInt8Static:
+    """Static QDQ int8 quantization with ONNX Runtime.
+
+    ``calibrate_method``: minmax (fast; sensitive to outliers), entropy or percentile (histogram
+    based; slower, clip outliers). ``activation_type`` uint8 suits x86 int8 kernels (U8S8),
+    int8 suits ARM/GPU. ``per_channel``/``reduce_range``/``op_types`` as in ``ort_int8_dynamic``.
+    """
+
+    num_calibration: int = 256
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibrate_method: CalibrateMethod = CalibrateMethod.MINMAX
+    activation_type: QuantDType = QuantDType.UINT8
+    weight_type: QuantDType = QuantDType.INT8
+    batch_size: int | None = None
+    optimize: bool = True
+    op_types: list[str] | None = None
+
+    stage: ClassVar[Stage] = Stage.ONNX
+
+    def __post_init__(self) -> None:
+        self.calibrate_method = coerce_enum(CalibrateMethod, self.calibrate_method, "calibrate_method")
+        self.activation_type = coerce_enum(QuantDType, self.activation_type, "activation_type")
+        self.weight_type = coerce_enum(QuantDType, self.weight_type, "weight_type")
+        for n in ("num_calibration", "batch_size"):
+            v = getattr(self, n)
+            if v is None and n == "batch_size":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{self.name} {n}={v!r} must be a positive integer")
+        check_bools(self, "per_channel", "reduce_range", "optimize")
+        self.op_types = check_op_types(self, "QDQRegistry")
+
+    def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
+        from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_static_qdq
+
+        model = model if isinstance(model, OnnxModel) else OnnxModel(Path(model).parent, Path(model))
+        ctx.step_dir.mkdir(parents=True, exist_ok=True)
+        dst = ctx.step_dir / "model.onnx"
+        batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size)
+        with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
+            src, fused_here = (ensure_fused(model.onnx_path, read_config(model), work) if self.optimize
+                               else (model.onnx_path, False))
+            metrics = quantize_static_qdq(
+                src, dst, ctx.track(batches, desc="calibrate"), per_channel=self.per_channel,
+                reduce_range=self.reduce_range, calibrate_method=self.calibrate_method,
+                activation_type=self.activation_type, weight_type=self.weight_type, op_types=self.op_types)
+        copy_model_files(model.dir, ctx.step_dir)
+        metrics["fused_before_quantization"] = fused_here
+        return PassResult(metrics=metrics, onnx_path=str(dst),
+                          structure={"weight_bits": 8, "activation_bits": 8, "scheme": "ort_static_qdq",
+                                     "weight_type": self.weight_type.value,
+                                     "activation_type": self.activation_type.value})

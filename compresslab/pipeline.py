@@ -1,0 +1,188 @@
+"""Run a pipeline: validate everything up front, run the passes in order with a checkpoint and an
+atomic manifest after each, resume after the last finished step, then the fixed stages
+(export, eval, bench, report).
+
+A run's identity is its resolved config (minus run-control keys): the run dir is
+``outputs/<pipeline>/<config-hash>/``, so rerunning the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from compresslab.manifest import RunManifest, StepRecord, now, sha256_dir, stable_hash
+from compresslab.types import Pass, Stage
+
+log = logging.getLogger(__name__)
+
+# Keys that control *how* a run is executed, not *what* it computes: excluded from its identity.
+_CONTROL_KEYS = ("run", "paths", "hydra")
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot run as configured (caught before any expensive work)."""
+
+
+class RunDirConflictError(PipelineError):
+    """The run directory belongs to a different config."""
+
+
+@dataclass
+class Step:
+    index: int
+    name: str
+    pass_: Pass
+
+    @property
+    def dir_name(self) -> str:
+        return f"{self.index:02d}_{self.name}"
+
+
+def config_identity(cfg: DictConfig) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    return {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return stable_hash(config_identity(cfg))
+
+
+def build_steps(cfg: DictConfig) -> list[Step]:
+    """Instantiate every pass (validating its settings) and check the stage order."""
+    from hydra.utils import instantiate
+
+    from compresslab.registry import get_pass
+
+    pipe = cfg.get("pipeline")
+    if pipe is None:
+        raise PipelineError("no pipeline selected; " + pipelines_hint())
+    passes = pipe.get("passes") or {}
+    steps: list[Step] = []
+    for i, name in enumerate(pipe.get("steps") or []):
+        if name not in passes:
+            raise PipelineError(f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}")
+        node = passes[name]
+        target = str(node.get("_target_", ""))
+        get_pass(target.rsplit(".", 2)[-2] if target.count(".") >= 2 else name)  # unknown pass -> clear error
+        try:
+            p = instantiate(node, _convert_="all")
+        except Exception as e:  # hydra wraps the dataclass's ValueError; surface it
+            cause = e.__cause__ or e
+            raise PipelineError(f"step {name!r}: {cause}") from cause
+        steps.append(Step(i, name, p))
+    if not steps:
+        raise PipelineError("pipeline.steps is empty")
+    seen_onnx = None
+    for s in steps:
+        if s.pass_.stage == Stage.ONNX:
+            seen_onnx = seen_onnx or s.name
+        elif seen_onnx:
+            raise PipelineError(f"step {s.name!r} is a TORCH pass after the ONNX pass {seen_onnx!r}; "
+                                "TORCH passes must come before export")
+    return steps
+
+
+def pipelines_dir() -> Path:
+    from compresslab.cli import config_dir
+
+    return Path(config_dir()) / "pipeline"
+
+
+def available_pipelines() -> list[str]:
+    return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
+
+
+def pipelines_hint() -> str:
+    return ("choose one with +pipeline=NAME; available: " + ", ".join(available_pipelines()))
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run.get("dir"):
+        return Path(cfg.run.dir)
+    return Path(cfg.paths.output_dir) / str(cfg.pipeline.name) / config_hash(cfg)
+
+
+def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
+    """Return the existing manifest to resume, or None for a fresh dir; refuse foreign dirs."""
+    h = config_hash(cfg)
+    mpath = run_dir / "manifest.json"
+    if not mpath.exists():
+        if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name != ".hydra"):
+            raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
+        return None
+    old = RunManifest.load(run_dir)
+    if old.data.get("config_hash") != h:
+        raise RunDirConflictError(
+            f"{run_dir} belongs to another config (hash {old.data.get('config_hash')} != {h}); "
+            "use a different run.dir or the same config")
+    if old.data.get("status") == "finished":
+        if not cfg.run.get("overwrite"):
+            return old
+        backup = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
+        log.warning("run.overwrite=true: moving the finished run to %s", backup)
+        shutil.move(str(run_dir), backup)
+        return None
+    return old
+
+
+def run(cfg: DictConfig) -> Path:
+    """Execute a composed config; returns the run directory."""
+    from compresslab.runtime import RunState
+
+    steps = build_steps(cfg)
+    state = RunState.prepare(cfg, steps)  # validates data, model, paths: cheap checks first
+    run_dir = resolve_run_dir(cfg)
+    existing = prepare_run_dir(run_dir, cfg)
+    if existing is not None and existing.data.get("status") == "finished":
+        log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    manifest = existing or state.new_manifest(run_dir, config_hash(cfg))
+    manifest.data["status"] = "running"
+    manifest.save()
+    return state.execute(run_dir, manifest, steps)
+
+
+def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
+    """Programmatic entry: compose ``+pipeline=<pipeline>`` with overrides and run it."""
+    from compresslab.cli import compose
+
+    extra = [f"{k}={v}" for k, v in kwargs.items()]
+    return run(compose([f"+pipeline={pipeline}", *overrides, *extra]))
+
+
+def step_record(step: Step, stage: Stage) -> StepRecord:
+    from compresslab.registry import pass_to_dict
+
+    return StepRecord(index=step.index, name=step.name, stage=stage.value, dir=f"steps/{step.dir_name}",
+                      pass_config=pass_to_dict(step.pass_))
+
+
+def finish_step(manifest: RunManifest, rec: StepRecord, step_dir: Path, t0: float) -> None:
+    rec.status = "done"
+    rec.finished = now()
+    rec.wall_s = round(time.perf_counter() - t0, 2)
+    rec.artifacts = sha256_dir(step_dir) if step_dir.exists() else {}
+    manifest.set_step(rec)
+    manifest.save()
+
+
+def done_steps(manifest: RunManifest | None) -> dict[int, StepRecord]:
+    if manifest is None:
+        return {}
+    return {s.index: s for s in manifest.steps if s.status == "done"}
+
+
+def copy_model(model: Any) -> Any:
+    return copy.deepcopy(model)

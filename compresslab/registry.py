@@ -1,0 +1,105 @@
+"""An explicit pass registry: discovery for the CLI, the report and the contract tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from enum import Enum
+from typing import Any, Callable, TypeVar
+
+from compresslab.types import Pass
+
+T = TypeVar("T")
+
+_PASSES: dict[str, type] = {}
+
+# Every pass module, imported on first lookup so `import compresslab` stays light.
+_PASS_MODULES = (
+    "compresslab.passes.finetune",
+    "compresslab.passes.magnitude",
+    "compresslab.passes.layer_drop",
+    "compresslab.passes.obert",
+    "compresslab.passes.ziplm",
+    "compresslab.passes.ort_int8_dynamic",
+    "compresslab.passes.ort_int8_static",
+)
+
+
+class UnknownPassError(KeyError):
+    """Raised for a pass name that is not registered; lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0])
+
+
+def register_pass(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register a pass dataclass under ``name`` (== its module and YAML name)."""
+
+    def deco(cls: type[T]) -> type[T]:
+        if name in _PASSES and _PASSES[name] is not cls:
+            raise ValueError(f"pass {name!r} is registered twice")
+        cls.name = name  # type: ignore[attr-defined]
+        _PASSES[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    for mod in _PASS_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a real missing dependency, not a pass module still to be written
+                raise
+
+
+def available_passes() -> list[str]:
+    """Names of every registered pass, sorted."""
+    _load_all()
+    return sorted(_PASSES)
+
+
+def get_pass(name: str) -> type:
+    """The pass class registered under ``name``; a clear error listing the known names otherwise."""
+    _load_all()
+    try:
+        return _PASSES[name]
+    except KeyError:
+        raise UnknownPassError(f"unknown pass {name!r}; known passes: {', '.join(sorted(_PASSES))}") from None
+
+
+def build_pass(name: str, **kwargs: Any) -> Pass:
+    """Construct a pass by name from plain keyword arguments (validated by the dataclass)."""
+    cls = get_pass(name)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise ValueError(f"pass {name!r} has no option(s) {sorted(unknown)}; options: {sorted(names)}")
+    return cls(**kwargs)
+
+
+def pass_to_dict(p: Any) -> dict[str, Any]:
+    """JSON-able dict of a pass's settings, with its name, for manifests and round trips."""
+    out: dict[str, Any] = {"name": p.name}
+    for f in dataclasses.fields(p):
+        v = getattr(p, f.name)
+        out[f.name] = v.value if isinstance(v, Enum) else v
+    return out
+
+
+def pass_from_dict(d: dict[str, Any]) -> Pass:
+    """Inverse of :func:`pass_to_dict`."""
+    d = dict(d)
+    return build_pass(d.pop("name"), **d)
+
+
+def coerce_enum(enum_cls: type[Enum], value: Any, field_name: str) -> Any:
+    """Convert a YAML string to an enum member, or raise ValueError listing the allowed values."""
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_cls)
+        raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}") from None

@@ -1,0 +1,165 @@
+"""Read facts out of a run manifest without trusting its shape.
+
+A manifest can be partial (a run still going, a stage switched off, an older schema), so every
+accessor here returns ``None`` or an empty container instead of raising. Tables and plots both
+read through these helpers, so they agree on which number belongs to which model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Rows in the headline table, in reading order: reference first, deployed last.
+MODEL_ORDER = ("teacher_torch", "torch_fp32", "torch_final", "ort_fp32", "deployed")
+_SHAPE_RE = re.compile(r"^b(\d+)xs(\d+)$")
+
+
+def get(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` or ``None`` as soon as a level is missing or not a mapping."""
+    for k in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """``obj`` if it is a mapping, else ``{}`` (so callers can iterate without checks)."""
+    return dict(obj) if isinstance(obj, Mapping) else {}
+
+
+def num(x: Any) -> float | None:
+    """A finite-or-not float from an int/float, rejecting bools and strings (JSON mistakes)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x)
+
+
+def shape_key(batch: int, seq: int) -> str:
+    """The key bench uses for one input shape, e.g. ``b32xs128``."""
+    return f"b{batch}xs{seq}"
+
+
+def _parse_shape(key: str) -> tuple[int, int] | None:
+    m = _SHAPE_RE.match(key)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def shape_keys(m: Mapping[str, Any]) -> list[str]:
+    """Bench shapes in the configured order, plus any extra shape found in the latencies."""
+    keys: list[str] = []
+    for s in get(m, "bench", "shapes") or []:
+        if isinstance(s, list | tuple) and len(s) == 2 and all(isinstance(v, int) for v in s):
+            keys.append(shape_key(s[0], s[1]))
+    for per_model in as_dict(get(m, "bench", "latency")).values():
+        for k in as_dict(per_model):
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def big_shape(keys: list[str]) -> str | None:
+    """The largest-batch shape: the throughput regime where int8 and sparsity pay off."""
+    parsed = [(p, k) for k in keys if (p := _parse_shape(k)) is not None]
+    return max(parsed)[1] if parsed else (keys[-1] if keys else None)
+
+
+def steps(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The step records that are mappings, ordered by their index."""
+    raw = get(m, "steps")
+    items = [as_dict(s) for s in raw if isinstance(s, Mapping)] if isinstance(raw, list) else []
+    return sorted(items, key=lambda s: num(s.get("index")) or 0.0)
+
+
+def step_label(s: Mapping[str, Any]) -> str:
+    """``00 finetune`` style label; pass name added when it differs from the step name."""
+    idx, name = s.get("index"), str(s.get("name", "?"))
+    pname = get(s, "pass", "name")
+    label = f"{idx:02d} {name}" if isinstance(idx, int) else name
+    return f"{label} ({pname})" if pname and pname != name else label
+
+
+def sparsity_steps(m: Mapping[str, Any]) -> bool:
+    """Whether any step left non-zero sparsity (drives the dense-kernel note)."""
+    return any((num(get(s, "metrics_after", "sparsity")) or 0.0) > 0 for s in steps(m))
+
+
+@dataclass
+class ModelRow:
+    """Everything the headline table and the score/latency plot show for one model."""
+
+    key: str
+    label: str
+    score: float | None = None
+    agreement: float | None = None
+    mcnemar_p: float | None = None
+    size_bytes: float | None = None
+    p50_ms: dict[str, float] = field(default_factory=dict)
+    speedup: dict[str, float] = field(default_factory=dict)
+
+
+def teacher_score(m: Mapping[str, Any]) -> float | None:
+    """The dense teacher's dev score: the reference every delta in pt is taken against."""
+    return num(get(m, "eval", "models", "teacher_torch", "score"))
+
+
+def _size_of(m: Mapping[str, Any], key: str) -> float | None:
+    """On-disk bytes of the artifact a model row stands for (see MEASURE.md, Size)."""
+    explicit = num(get(m, "eval", "models", key, "size_bytes"))
+    if explicit is not None:
+        return explicit
+    if key == "ort_fp32":
+        return num(get(m, "export", "fp32", "size_bytes"))
+    if key == "deployed":
+        return num(get(m, "export", "deployed", "size_bytes"))
+    done = [s for s in steps(m) if num(get(s, "metrics_after", "size_bytes")) is not None]
+    if key in ("teacher_torch", "torch_fp32") and done:
+        return num(get(done[0], "metrics_after", "size_bytes"))
+    torch_done = [s for s in done if s.get("stage", "torch") == "torch"]
+    if key == "torch_final" and torch_done:
+        return num(get(torch_done[-1], "metrics_after", "size_bytes"))
+    return None
+
+
+def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
+    """One row per model named in eval or bench, in :data:`MODEL_ORDER` then alphabetically."""
+    evals = as_dict(get(m, "eval", "models"))
+    lat = as_dict(get(m, "bench", "latency"))
+    spd = as_dict(get(m, "bench", "speedups"))
+    keys = list(dict.fromkeys([*evals, *lat]))
+    keys.sort(key=lambda k: (MODEL_ORDER.index(k) if k in MODEL_ORDER else len(MODEL_ORDER), k))
+    deployed_as = get(m, "export", "deployed", "label")
+    rows = []
+    for k in keys:
+        label = f"deployed ({deployed_as})" if k == "deployed" and deployed_as else k
+        e = as_dict(evals.get(k))
+        row = ModelRow(k, label, num(e.get("score")), num(e.get("agreement")),
+                       num(e.get("mcnemar_p")), _size_of(m, k))
+        for shape, v in as_dict(lat.get(k)).items():
+            if (p50 := num(get(v, "p50_ms"))) is not None:
+                row.p50_ms[shape] = p50
+        for shape, v in as_dict(spd.get(k)).items():
+            if (x := num(v)) is not None:
+                row.speedup[shape] = x
+        rows.append(row)
+    _fill_speedups(rows, get(m, "bench", "denominator") or "ort_fp32")
+    return rows
+
+
+def _fill_speedups(rows: list[ModelRow], denominator: str) -> None:
+    """Complete speedups bench did not list from the p50s of the same bench run.
+
+    Both medians come from one interleaved process (MEASURE.md), so their ratio is the same
+    figure bench would have written; the denominator itself is 1.0 by definition.
+    """
+    base = next((r for r in rows if r.key == denominator), None)
+    if base is None:
+        return
+    for r in rows:
+        for shape, p50 in r.p50_ms.items():
+            ref = base.p50_ms.get(shape)
+            if shape not in r.speedup and ref is not None and p50 > 0:
+                r.speedup[shape] = 1.0 if r is base else ref / p50

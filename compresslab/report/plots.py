@@ -1,0 +1,169 @@
+"""Draw the report's plots from a manifest, as PNG bytes.
+
+Figures are built with matplotlib's object API on an explicit Agg canvas rather than through
+``pyplot``: that needs no display, and it leaves the process-wide backend alone, so building a
+report from a notebook or a GUI session does not switch the caller's plotting backend (STYLE.md
+lists "process-wide state changed inside a helper" as a harm). Each plot returns ``None`` when
+the manifest lacks its data; the caller skips it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from compresslab.report import facts as F
+
+DPI = 100
+_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+MAX_SPARSITY_STEPS = 4  # more groups of bars per layer stop being readable
+
+
+def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
+    """A figure bound to an Agg canvas: renders headless, touches no global backend."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    # No "Software" metadata: the same manifest then gives byte-identical PNGs across versions.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _natural(key: str) -> list[Any]:
+    """Sort ``layer.10`` after ``layer.9``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def score_vs_latency(m: Mapping[str, Any]) -> bytes | None:
+    """Score against large-batch p50: the trade-off a deployer picks a point on."""
+    shape = F.big_shape(F.shape_keys(m))
+    pts = [(r.p50_ms[shape], r.score * 100, r.label) for r in F.model_rows(m)
+           if shape and r.score is not None and shape in r.p50_ms]
+    if not pts:
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for i, (x, y, label) in enumerate(pts):
+        ax.scatter([x], [y], s=60, color=_COLORS[i % len(_COLORS)], zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+    if (teacher := F.teacher_score(m)) is not None:
+        ax.axhline(teacher * 100, ls="--", lw=1, color="grey", label="teacher")
+        ax.legend(loc="lower right", fontsize=8)
+    metric = F.get(m, "eval", "primary_metric") or "score"
+    ax.set_xlabel(f"p50 latency at {shape} (ms)  ← faster")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_xlim(left=0, right=max(p[0] for p in pts) * 1.25)
+    ax.margins(y=0.25)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{metric} vs latency ({shape})")
+    return _png(fig)
+
+
+def size_per_step(m: Mapping[str, Any]) -> bytes | None:
+    """Model size after each step, then the exported artifacts, in MB (10^6 bytes)."""
+    bars: list[tuple[str, float, str]] = []
+    for s in F.steps(m):
+        if (b := F.num(F.get(s, "metrics_after", "size_bytes"))) is not None:
+            bars.append((F.step_label(s), b / 1e6, _COLORS[0]))
+    for name, v in F.as_dict(F.get(m, "export")).items():
+        if (b := F.num(F.get(v, "size_bytes"))) is not None:
+            bars.append((f"onnx {F.get(v, 'label') or name}", b / 1e6, _COLORS[1]))
+    if not bars:
+        return None
+    fig = new_figure(max(6.0, 0.9 * len(bars) + 2), 4.2)
+    ax = fig.add_subplot()
+    cont = ax.bar(range(len(bars)), [b[1] for b in bars], color=[b[2] for b in bars])
+    ax.bar_label(cont, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("size (MB)")
+    ax.set_title("Size after each step (blue) and exported files (orange)")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def layer_sparsity(m: Mapping[str, Any]) -> bytes | None:
+    """Per-layer sparsity of the last few pruning steps, to see where the pruner cut."""
+    series = [(F.step_label(s), F.as_dict(F.get(s, "result", "structure", "layer_sparsity")))
+              for s in F.steps(m)]
+    series = [(lbl, d) for lbl, d in series if d][-MAX_SPARSITY_STEPS:]
+    if not series:
+        return None
+    layers = sorted({k for _, d in series for k in d}, key=_natural)
+    fig = new_figure(max(6.0, 0.35 * len(layers) * len(series) + 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for i, (lbl, d) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(layers))]
+        ys = [(F.num(d.get(k)) or 0.0) * 100 for k in layers]
+        ax.bar(xs, ys, width, label=lbl, color=_COLORS[i % len(_COLORS)])
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Per-layer sparsity")
+    return _png(fig)
+
+
+def structure(m: Mapping[str, Any]) -> bytes | None:
+    """Kept attention heads and FFN width per layer after the last structural step."""
+    last = None
+    for s in F.steps(m):
+        st = F.as_dict(F.get(s, "result", "structure"))
+        if isinstance(st.get("heads"), list) or isinstance(st.get("ffn"), list):
+            last = (F.step_label(s), st)
+    if last is None:
+        return None
+    label, st = last
+    panels = [(key, title, vals) for key, title in (("heads", "kept heads"), ("ffn", "FFN width"))
+              if isinstance(vals := st.get(key), list) and vals
+              and all(F.num(v) is not None for v in vals)]
+    if not panels:
+        return None
+    fig = new_figure(7.0, 3.2 * len(panels))
+    for i, (_, title, vals) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        cont = ax.bar(range(len(vals)), vals, color=_COLORS[2 + i])
+        ax.bar_label(cont, fontsize=8)
+        ax.set_xticks(range(len(vals)), [f"layer {j}" for j in range(len(vals))], fontsize=8)
+        ax.set_ylabel(title)
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Structure after {label}")
+    return _png(fig)
+
+
+PLOTS: dict[str, Callable[[Mapping[str, Any]], bytes | None]] = {
+    "score_vs_latency.png": score_vs_latency,
+    "size_per_step.png": size_per_step,
+    "layer_sparsity.png": layer_sparsity,
+    "structure.png": structure,
+}
+
+
+def draw_all(m: Mapping[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every plot the manifest has data for, plus the error of any plot that failed.
+
+    A malformed value in one section must not cost the whole report, so a failing plot is
+    reported in the document instead of raised.
+    """
+    pngs: dict[str, bytes] = {}
+    errors: dict[str, str] = {}
+    for name, draw in PLOTS.items():
+        try:
+            png = draw(m)
+        except Exception as exc:  # noqa: BLE001 - reported in the document, see docstring
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if png is not None:
+            pngs[name] = png
+    return pngs, errors

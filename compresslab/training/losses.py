@@ -1,0 +1,151 @@
+"""Loss plug-ins for the one training loop: task loss, logit KD, hidden/attention KD, embedding KD.
+
+Each plug-in says which model outputs it needs (hidden states, attentions, a teacher) so the
+loop asks the models for exactly that, and returns a scalar for one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class LossPlugin(Protocol):
+    weight: float
+    needs_teacher: bool
+    needs_hidden: bool
+    needs_attentions: bool
+
+    def __call__(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mask-aware mean over tokens: (B, T, D), (B, T) -> (B, D). The sentence-transformers pooling."""
+    m = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+@dataclass
+class TaskLoss:
+    """Cross-entropy on labels, or MSE when the head has a single output (regression)."""
+
+    weight: float = 1.0
+    needs_teacher: bool = False
+    needs_hidden: bool = False
+    needs_attentions: bool = False
+
+    def __call__(self, student, teacher, batch):
+        logits = student.logits
+        labels = batch["labels"]
+        if logits.shape[-1] == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float())
+        return F.cross_entropy(logits, labels.long())
+
+
+@dataclass
+class LogitKD:
+    """T² · mean over rows of KL(softmax(z_T/T) ‖ softmax(z_S/T)) (sparseml form); MSE for regression."""
+
+    temperature: float = 2.0
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = False
+    needs_attentions: bool = False
+
+    def __call__(self, student, teacher, batch):
+        zs, zt = student.logits, teacher.logits.detach()
+        if zs.shape[-1] == 1:
+            return F.mse_loss(zs, zt)
+        t = self.temperature
+        return F.kl_div(F.log_softmax(zs / t, -1), F.log_softmax(zt / t, -1), log_target=True,
+                        reduction="batchmean") * t * t
+
+
+def _layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """TinyBERT's uniform map g(m) = m·L_T/L_S over hidden-state indices (0 = embeddings)."""
+    return [round(m * n_teacher / n_student) for m in range(n_student + 1)]
+
+
+@dataclass
+class HiddenMSE:
+    """Σ_m MSE(H_S^m, H_T^{g(m)}) over embeddings and every layer output (same width only)."""
+
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = True
+    needs_attentions: bool = False
+
+    def __call__(self, student, teacher, batch):
+        hs, ht = student.hidden_states, teacher.hidden_states
+        mapping = _layer_map(len(hs) - 1, len(ht) - 1)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hs[0].dtype)
+        denom = mask.sum() * hs[0].shape[-1]
+        return sum(((hs[m] - ht[g].detach()) ** 2 * mask).sum() / denom for m, g in enumerate(mapping))
+
+
+@dataclass
+class AttentionKD:
+    """(1/H) Σ_heads MSE of attention maps for mapped layers; layers whose head counts differ are skipped.
+
+    HF returns post-softmax probabilities; TinyBERT used pre-softmax scores. Probabilities are
+    bounded and need no masking trick, which is why we use them.
+    """
+
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = False
+    needs_attentions: bool = True
+
+    def __call__(self, student, teacher, batch):
+        a_s, a_t = student.attentions, teacher.attentions
+        mapping = _layer_map(len(a_s), len(a_t))[1:]
+        terms = [F.mse_loss(a_s[m], a_t[g - 1].detach()) for m, g in enumerate(mapping)
+                 if a_s[m] is not None and a_s[m].shape == a_t[g - 1].shape]
+        if not terms:
+            return a_s[0].new_zeros(()) if a_s and a_s[0] is not None else torch.zeros(())
+        return torch.stack(terms).mean()
+
+
+@dataclass
+class EmbeddingKD:
+    """Distil mean-pooled sentence embeddings: 1 − cosine (default) or MSE."""
+
+    kind: str = "cosine"
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = False
+    needs_attentions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cosine", "mse"):
+            raise ValueError(f"EmbeddingKD.kind={self.kind!r}; allowed: 'cosine', 'mse'")
+
+    def __call__(self, student, teacher, batch):
+        am = batch["attention_mask"]
+        es = mean_pool(student.last_hidden_state, am)
+        et = mean_pool(teacher.last_hidden_state.detach(), am)
+        if self.kind == "mse":
+            return F.mse_loss(es, et)
+        return (1 - F.cosine_similarity(es, et, dim=-1)).mean()
+
+
+def build_losses(hardness: float = 0.0, temperature: float = 2.0, hidden_weight: float = 0.0,
+                 attention_weight: float = 0.0, embedding: bool = False) -> list[Any]:
+    """The usual combination: (1−h)·task + h·logit KD (+ optional hidden/attention terms)."""
+    if not 0.0 <= hardness <= 1.0:
+        raise ValueError(f"hardness={hardness} must be in [0, 1]")
+    if embedding:
+        return [EmbeddingKD()]
+    losses: list[Any] = []
+    if hardness < 1.0:
+        losses.append(TaskLoss(weight=1.0 - hardness))
+    if hardness > 0.0:
+        losses.append(LogitKD(temperature=temperature, weight=hardness))
+    if hidden_weight > 0:
+        losses.append(HiddenMSE(weight=hidden_weight))
+    if attention_weight > 0:
+        losses.append(AttentionKD(weight=attention_weight))
+    return losses

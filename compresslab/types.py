@@ -1,0 +1,130 @@
+"""The pass contract: what every compression method implements and what it may use.
+
+A pass is a small typed dataclass (validated in ``__post_init__``) with a ``name``, a ``stage``
+and one method ``apply(model, ctx) -> PassResult``. TORCH passes receive and mutate an
+``nn.Module``; ONNX passes receive an :class:`OnnxModel` (a path to an exported directory)
+and return the path of the graph they wrote in ``PassResult.onnx_path``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # keep `import compresslab` light
+    import torch
+    from torch import nn
+
+    from compresslab.data.tasks import TaskData
+
+
+class Stage(str, Enum):
+    """Where a pass operates: on the PyTorch module or on the exported ONNX graph."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
+@dataclass
+class OnnxModel:
+    """An exported model directory (model.onnx + config.json + tokenizer), as ONNX passes see it."""
+
+    dir: Path
+    onnx_path: Path
+
+    def __post_init__(self) -> None:
+        self.dir = Path(self.dir)
+        self.onnx_path = Path(self.onnx_path)
+
+
+@dataclass
+class PassResult:
+    """What a pass did, in plain JSON-able values.
+
+    ``structure`` holds the facts needed to rebuild the model (kept heads / FFN sizes per layer,
+    bit widths); masks are implied by zeros in the weights.
+    """
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)
+    onnx_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Progress(Protocol):
+    """A progress reporter; the pipeline passes a tqdm-backed one."""
+
+    def __call__(self, iterable: Any = None, *, total: int | None = None, desc: str = "") -> Any: ...
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may use, and nothing else (no globals).
+
+    Data comes through methods so a pass that needs no data never pays for tokenization.
+    """
+
+    tokenizer: Any
+    task: "TaskData"
+    run_dir: Path
+    step_dir: Path
+    device: "torch.device"
+    seed: int
+    teacher: "nn.Module | None" = None
+    max_length: int = 128
+    batch_size: int = 32
+    progress: Callable[..., Any] | None = None
+    cache_dir: Path | None = None
+    model_source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def generator(self) -> "torch.Generator":
+        """A fresh generator seeded from the run seed, so each use is reproducible."""
+        import torch
+
+        return torch.Generator().manual_seed(self.seed)
+
+    def train_loader(self, batch_size: int | None = None, shuffle: bool = True, max_examples: int | None = None):
+        """Tokenized, dynamically padded loader over the train split (minus validation)."""
+        from compresslab.data.loaders import make_loader
+
+        examples = self.task.train if max_examples is None else self.task.train[:max_examples]
+        return make_loader(examples, self.tokenizer, batch_size or self.batch_size, self.max_length,
+                           shuffle=shuffle, seed=self.seed, kind=self.task.spec.kind, group_by_length=shuffle)
+
+    def validation_loader(self, batch_size: int | None = None):
+        """Loader over the validation split carved from train: the only split a pass may select on."""
+        from compresslab.data.loaders import make_loader
+
+        return make_loader(self.task.validation, self.tokenizer, batch_size or self.batch_size,
+                           self.max_length, shuffle=False, seed=self.seed, kind=self.task.spec.kind)
+
+    def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:
+        """``n`` examples sampled (seeded) from train, tokenized and batched."""
+        from compresslab.data.loaders import calibration_examples, make_loader
+
+        examples = calibration_examples(self.task.train, n, self.seed)
+        return iter(make_loader(examples, self.tokenizer, batch_size or self.batch_size, self.max_length,
+                                shuffle=False, seed=self.seed, kind=self.task.spec.kind))
+
+    def track(self, iterable: Any = None, *, total: int | None = None, desc: str = "") -> Any:
+        """Wrap long work in the run's progress reporter (a no-op wrapper when there is none)."""
+        if self.progress is None:
+            return iterable
+        return self.progress(iterable, total=total, desc=desc)
+
+
+@runtime_checkable
+class Pass(Protocol):
+    """A compression method. Implementations are dataclasses registered with ``@register_pass``."""
+
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+
+    def apply(self, model: Any, ctx: PassContext) -> PassResult: ...

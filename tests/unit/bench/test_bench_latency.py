@@ -1,0 +1,153 @@
+"""measure_latency / measure_real_lengths on fake runners and a fake clock (exact numbers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compresslab.bench.latency import (
+    make_inputs,
+    measure_latency,
+    measure_real_lengths,
+    real_length_speedups,
+    speedups,
+    summarize,
+)
+
+
+class FakeClock:
+    """Time only moves when a fake runner 'works', so every measured duration is exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRunner:
+    """Records its calls in a shared log and advances the clock by the next scripted duration."""
+
+    def __init__(self, name: str, log: list, clock: FakeClock, durations_s, vocab_size=None):
+        self.name, self.log, self.clock = name, log, clock
+        self.durations = list(durations_s)
+        self.calls = 0
+        self.threads = 1
+        self.vocab_size = vocab_size
+        self.batches: list[dict] = []
+
+    def run(self, batch):
+        self.log.append(self.name)
+        self.batches.append(batch)
+        self.clock.now += self.durations[self.calls % len(self.durations)]
+        self.calls += 1
+
+
+def test_warmup_then_interleaved_order_and_same_inputs():
+    log: list[str] = []
+    clock = FakeClock()
+    a = FakeRunner("A", log, clock, [0.001])
+    b = FakeRunner("B", log, clock, [0.002])
+    out = measure_latency({"a": a, "b": b}, [(1, 8)], warmup=2, runs=3, clock=clock)
+    assert log == ["A", "A", "B", "B"] + ["A", "B"] * 3
+    assert all(x is a.batches[0] for x in a.batches + b.batches)  # inputs built once per shape
+    assert out["results"]["a"]["b1xs8"]["n"] == 3
+    assert out["runners"]["a"] == {"threads": 1}
+    assert out["settings"]["order"] == "interleaved"
+
+
+def test_medians_p90_mean_and_throughput_are_exact():
+    clock = FakeClock()
+    durations = [x / 1000 for x in range(1, 11)]  # 1..10 ms
+    a = FakeRunner("A", [], clock, durations)
+    b = FakeRunner("B", [], clock, [0.002])
+    out = measure_latency({"a": a, "b": b}, [(4, 16)], warmup=0, runs=10, clock=clock)
+    stats = out["results"]["a"]["b4xs16"]
+    assert stats["p50_ms"] == pytest.approx(5.5)
+    assert stats["p90_ms"] == pytest.approx(9.1)  # numpy linear interpolation
+    assert stats["mean_ms"] == pytest.approx(5.5)
+    assert stats["n"] == 10
+    assert stats["throughput"] == pytest.approx(4 / 0.0055)
+    assert out["results"]["b"]["b4xs16"]["p50_ms"] == pytest.approx(2.0)
+
+
+def test_min_time_adds_rounds_up_to_the_cap():
+    clock = FakeClock()
+    a = FakeRunner("A", [], clock, [0.125])  # exact in binary, so no rounding at the boundary
+    out = measure_latency({"a": a}, [(1, 8)], warmup=0, runs=2, min_time_s=1.0, clock=clock)
+    assert out["results"]["a"]["b1xs8"]["n"] == 8  # 8 x 125 ms reaches 1 s
+    out = measure_latency({"a": a}, [(1, 8)], warmup=0, runs=2, min_time_s=10.0, max_runs=5,
+                          clock=clock)
+    assert out["results"]["a"]["b1xs8"]["n"] == 5
+
+
+def test_shapes_and_vocab_bound():
+    clock = FakeClock()
+    a = FakeRunner("A", [], clock, [0.001], vocab_size=50)
+    b = FakeRunner("B", [], clock, [0.001], vocab_size=7)
+    out = measure_latency({"a": a, "b": b}, [(1, 8), (3, 5)], warmup=1, runs=1, clock=clock)
+    assert set(out["results"]["a"]) == {"b1xs8", "b3xs5"}
+    assert out["settings"]["vocab_size"] == 7  # smallest declared vocabulary, valid for all
+    last = a.batches[-1]
+    assert last["input_ids"].shape == (3, 5) and last["input_ids"].max() < 7
+    assert last["input_ids"].dtype == np.int64
+
+
+def test_make_inputs_is_valid_and_seeded():
+    x = make_inputs(2, 6, 30, np.random.default_rng(1))
+    y = make_inputs(2, 6, 30, np.random.default_rng(1))
+    np.testing.assert_array_equal(x["input_ids"], y["input_ids"])
+    assert (x["attention_mask"] == 1).all() and (x["token_type_ids"] == 0).all()
+    assert 0 <= x["input_ids"].min() and x["input_ids"].max() < 30
+    with pytest.raises(ValueError):
+        make_inputs(0, 6, 30, np.random.default_rng(1))
+
+
+def test_speedups_use_medians_vs_denominator():
+    results = {"results": {
+        "ort_fp32": {"b1xs128": {"p50_ms": 10.0}, "b32xs128": {"p50_ms": 200.0}},
+        "ort_int8": {"b1xs128": {"p50_ms": 4.0}, "b32xs128": {"p50_ms": 50.0}},
+        "torch_fp32": {"b1xs128": {"p50_ms": 20.0}},
+    }}
+    s = speedups(results)
+    assert s["ort_fp32"] == {"b1xs128": 1.0, "b32xs128": 1.0}
+    assert s["ort_int8"] == {"b1xs128": 2.5, "b32xs128": 4.0}
+    assert s["torch_fp32"] == {"b1xs128": 0.5}
+    assert speedups(results["results"], denominator="torch_fp32")["ort_fp32"]["b1xs128"] == 2.0
+    with pytest.raises(KeyError, match="ort_fp32"):
+        speedups(results, denominator="missing")
+
+
+def test_argument_checks():
+    clock = FakeClock()
+    a = FakeRunner("A", [], clock, [0.001])
+    with pytest.raises(ValueError, match="runs"):
+        measure_latency({"a": a}, [(1, 8)], warmup=0, runs=0)
+    with pytest.raises(ValueError, match="runners"):
+        measure_latency({}, [(1, 8)], warmup=0, runs=1)
+    with pytest.raises(ValueError):
+        summarize([], 1)
+
+
+def _batch(b: int, s: int) -> dict[str, np.ndarray]:
+    return {"input_ids": np.ones((b, s), np.int64), "attention_mask": np.ones((b, s), np.int64)}
+
+
+def test_real_lengths_interleave_by_batch_and_report_throughput():
+    log: list[str] = []
+    clock = FakeClock()
+    a = FakeRunner("A", log, clock, [0.010, 0.020])  # batch 0 takes 10 ms, batch 1 takes 20 ms
+    b = FakeRunner("B", log, clock, [0.005])
+    batches = [_batch(4, 12), _batch(2, 30)]
+    out = measure_real_lengths({"a": a, "b": b}, batches, rounds=3, clock=clock)
+    assert log == ["A", "B"] * 2 * 4  # one warm-up round + 3 rounds, A B per batch
+    assert a.batches[2] is batches[0] and b.batches[3] is batches[1]
+    ra, rb = out["results"]["a"], out["results"]["b"]
+    assert ra["total_wall_s"] == pytest.approx(0.030)
+    assert ra["sentences_per_s"] == pytest.approx(6 / 0.030)
+    assert ra["p50_ms"] == pytest.approx([10.0, 20.0])
+    assert rb["sentences_per_s"] == pytest.approx(6 / 0.010)
+    assert out["settings"]["n_sentences"] == 6 and out["settings"]["max_padded_len"] == 30
+    assert real_length_speedups(out, denominator="a") == pytest.approx({"a": 1.0, "b": 3.0})
+    with pytest.raises(ValueError, match="batches"):
+        measure_real_lengths({"a": a}, [], rounds=1)

@@ -1,0 +1,84 @@
+"""The two ONNX-stage passes: validation on construction, YAML, and apply on an exported dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from compresslab.export import count_ops, export_model
+from compresslab.passes.ort_int8_dynamic import OrtInt8Dynamic
+from compresslab.passes.ort_int8_static import OrtInt8Static
+from compresslab.registry import build_pass, pass_from_dict, pass_to_dict
+from compresslab.export.ort_quant import CalibrateMethod
+from compresslab.types import OnnxModel, PassContext, Stage
+
+CONF = Path(__file__).resolve().parents[3] / "conf" / "pass"
+
+
+def _ctx(tmp_path: Path, tok, batches) -> PassContext:
+    class Ctx(PassContext):
+        def calibration_batches(self, n, batch_size=None):  # the data module is tested elsewhere
+            return iter(batches)
+
+    return Ctx(tokenizer=tok, task=None, run_dir=tmp_path, step_dir=tmp_path / "steps" / "01_q",
+               device=torch.device("cpu"), seed=0)
+
+
+@pytest.mark.parametrize("name,cls", [("ort_int8_dynamic", OrtInt8Dynamic), ("ort_int8_static", OrtInt8Static)])
+def test_registered_yaml_and_round_trip(name, cls):
+    from hydra.utils import instantiate
+
+    p = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+    assert type(p) is cls and p.name == name and cls.stage is Stage.ONNX
+    assert pass_from_dict(pass_to_dict(p)) == p == build_pass(name)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"calibrate_method": "kl"}, "allowed: 'minmax', 'entropy', 'percentile'"),
+    ({"activation_type": "int4"}, "allowed: 'int8', 'uint8'"),
+    ({"num_calibration": 0}, "positive integer"),
+    ({"num_calibration": True}, "positive integer"),
+    ({"per_channel": "yes"}, "true or false"),
+    ({"op_types": ["Softmax"]}, "allowed: .*MatMul"),
+    ({"op_types": "MatMul"}, "list of op type names"),
+])
+def test_static_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OrtInt8Static(**kwargs)
+
+
+def test_dynamic_validation_and_coercion():
+    with pytest.raises(ValueError, match="allowed: Attention, Conv"):
+        OrtInt8Dynamic(op_types=["Gemm"])
+    with pytest.raises(ValueError, match="empty"):
+        OrtInt8Dynamic(op_types=[])
+    with pytest.raises(ValueError, match="no option"):
+        build_pass("ort_int8_dynamic", per_chanel=True)
+    assert OrtInt8Dynamic(op_types=OmegaConf.create(["MatMul"])).op_types == ["MatMul"]
+    assert OrtInt8Static(calibrate_method="entropy").calibrate_method is CalibrateMethod.ENTROPY
+
+
+def test_dynamic_pass_applies_on_export(exported_bert, tmp_path, tok, batches):
+    ctx = _ctx(tmp_path, tok, batches)
+    res = OrtInt8Dynamic().apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    out = Path(res.onnx_path)
+    assert out == ctx.step_dir / "model.onnx" and res.metrics["size_bytes"] < res.metrics["size_bytes_input"]
+    files = {p.name for p in ctx.step_dir.iterdir()}
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= files and "parity.json" not in files
+    assert res.metrics["fused_before_quantization"] is False and res.structure["weight_bits"] == 8
+
+
+def test_static_pass_applies_on_export(exported_bert, tmp_path, tok, batches):
+    ctx = _ctx(tmp_path, tok, batches)
+    res = OrtInt8Static(num_calibration=12).apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    assert count_ops(res.onnx_path)["QuantizeLinear"] > 0 and res.metrics["n_calibration_examples"] == 12
+
+
+def test_dynamic_pass_fuses_an_unfused_export_first(tmp_path, tok, batches, bert_model):
+    exp = export_model(bert_model, tok, tmp_path / "exp", batches[:1], optimize=False, threads=1)
+    res = OrtInt8Dynamic().apply(OnnxModel(exp.dir, exp.onnx_path), _ctx(tmp_path, tok, batches))
+    assert res.metrics["fused_before_quantization"] is True
+    assert count_ops(res.onnx_path)["QAttention"] == 2
