@@ -25,7 +25,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence

@@ -51,4 +51,4 @@ def tiny_tokenizer(directory: str | Path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _WORDS
     vocab += [f"w{i}" for i in range(64 - len(vocab))]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    return BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)

@@ -1,0 +1,39 @@
+# The two set-up commands: `make demo` and `make test`. Both work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Real data lives beside the checkout in ../shared/data (never copied into the repo).
+SHARED_DATA := $(abspath ../shared/data)
+export COMPRESSLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/glue),$(SHARED_DATA),)
+PIPELINE ?= int8
+
+.PHONY: demo test venv install install-test clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	touch $@
+
+$(VENV)/.installed-demo: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e '.[test,demo]'
+	touch $@
+
+venv: $(VENV)/.created
+install: $(VENV)/.installed-demo
+install-test: $(VENV)/.installed-test
+
+# Fine-tune a quick teacher on SST-2, compress, export, score, benchmark, report.
+demo: $(VENV)/.installed-demo
+	$(PY) -m compresslab +pipeline=$(PIPELINE)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs .cache
