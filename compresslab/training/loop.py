@@ -118,12 +118,14 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
           progress: Callable[..., Any] | None = None, desc: str = "train") -> TrainResult:
     """Train ``model`` in place for ``cfg.total_steps`` optimizer steps with the given loss plug-ins."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     if not losses:
         raise ValueError("train() needs at least one loss plug-in")
     if any(l.needs_teacher for l in losses) and teacher is None:
         raise ValueError("a KD loss was requested but no teacher was given")
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), split_batches=True)
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                     dataloader_config=DataLoaderConfiguration(split_batches=True))
     torch.manual_seed(cfg.seed)
     total = cfg.total_steps(len(loader))
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]

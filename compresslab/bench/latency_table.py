@@ -1,0 +1,306 @@
+"""Measure ZipLM's latency table (ALGORITHMS.md §4.3) on the deployment runtime, and cache it.
+
+What is timed is what we deploy: every entry comes from a *one-layer probe model* of the same
+architecture, exported and fused by :mod:`compresslab.export` exactly like the real model (fused
+``Attention`` with per-layer head counts, ``BiasGelu``, ``SkipLayerNormalization``), then run by
+the same :class:`~compresslab.bench.runners.OrtRunner` session settings at the user's batch x seq.
+Timing a lone sub-block graph instead would miss the fusions ORT only finds in a whole encoder.
+
+* ``t_att(h) = T(probe with h heads, no FFN) - T(probe with no heads, no FFN)``
+* ``t_ffn(n) = T(probe with no heads, n neurons) - T(same base probe)``
+
+The base probe (embeddings, LayerNorms, head: cost that never changes) is interleaved with every
+chunk of probes, so slow drift on a shared machine cancels in the differences. The dense model is
+timed in the first chunk for ``T_dense`` and ``t_0 = T_dense - L (t_att(H) + t_ffn(F))``. Probes
+run in chunks because every ORT session keeps its own memory arena (dozens at b32 x s128 would
+take gigabytes).
+
+Tables are cached as JSON under ``cache_dir/latency/<model+shape>/<environment hash>.json``. The
+environment covers the CPU model and ISA, the onnxruntime/torch/transformers versions, threads,
+provider, batch x seq and the architecture; a table from another environment is never used, and
+when one exists the log says which facts differ before measuring anew.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
+from compresslab.ops.spdy import LatencyTable, isotonic_non_decreasing
+
+log = logging.getLogger(__name__)
+
+TABLE_METHOD = 1  # bump when the probes or the arithmetic change: older caches are re-measured
+ENV_KEYS = (*LATENCY_KEYS, "libraries.torch", "libraries.transformers")
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """Where and how to measure: the deployment shape and runtime, and the timing effort."""
+
+    batch: int = 32
+    seq: int = 128
+    threads: int | None = None  # None = physical cores, as the bench stage does
+    provider: str = "CPUExecutionProvider"
+    ffn_grid: int = 32  # FFN widths priced: multiples of this (tile-friendly), plus 0 and d_ff
+    warmup: int = 3
+    runs: int = 30  # interleaved rounds; medians over them
+    chunk: int = 8  # probes per interleaved chunk (each chunk also runs the base probe)
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "seq", "ffn_grid", "runs", "chunk"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"latency table {name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"latency table warmup must be >= 0, got {self.warmup}")
+        resolve_threads(self.threads)
+
+
+def ffn_sizes(d_ff: int, grid: int) -> list[int]:
+    """FFN widths with a table entry: 0, grid, 2 grid, ... and d_ff itself."""
+    return sorted({*range(0, d_ff, grid), d_ff})
+
+
+def arch_signature(model: nn.Module) -> dict[str, Any]:
+    """The dense architecture facts a table depends on (from the config, not current shapes)."""
+    from compresslab.export.optimize import heads_and_hidden
+
+    cfg = model.config
+    heads, hidden = heads_and_hidden(cfg)
+    get = lambda *names: next(getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None)  # noqa: E731
+    return {"model_type": cfg.model_type, "hidden": hidden, "heads": heads, "head_size": hidden // heads,
+            "ffn": int(get("intermediate_size", "hidden_dim")), "layers": int(get("num_hidden_layers", "n_layers")),
+            "vocab": int(cfg.vocab_size), "class": type(model).__name__}
+
+
+def environment(model: nn.Module, s: TableSettings, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every fact a measured table is valid for (flat, so mismatches are easy to name)."""
+    fp = fingerprint if fingerprint is not None else hardware_fingerprint(resolve_threads(s.threads))
+    env: dict[str, Any] = {}
+    for key in ENV_KEYS:
+        node: Any = fp
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        env[key] = node
+    env.update({"provider": s.provider, "batch": s.batch, "seq": s.seq, "ffn_grid": s.ffn_grid,
+                "arch": arch_signature(model), "method": TABLE_METHOD})
+    return json.loads(json.dumps(env, sort_keys=True, default=str))
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_file(cache_dir: Path, env: dict[str, Any]) -> Path:
+    """``latency/<arch+shape>/<env hash>.json``: siblings are the same model on other machines."""
+    a = env["arch"]
+    group = f"{a['model_type']}-L{a['layers']}-H{a['hidden']}-b{env['batch']}xs{env['seq']}-{_hash(a)[:8]}"
+    return Path(cache_dir) / "latency" / group / f"{_hash(env)}.json"
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _read_cached(path: Path, env: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]] | None:
+    """The cached table if it was measured in exactly ``env``; log why not otherwise."""
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            table = LatencyTable.from_dict(data["table"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("latency table cache %s is unreadable (%s); re-measuring", path, e)
+            return None
+        if table.matches(env):
+            return table, data.get("info", {})
+        log.warning("latency table cache %s was measured in another environment (differs in %s); "
+                    "re-measuring", path, _differences(table.fingerprint, env))
+        return None
+    for other in sorted(path.parent.glob("*.json")) if path.parent.is_dir() else []:
+        try:
+            fp = json.loads(other.read_text())["table"]["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        log.warning("a latency table for this model and shape exists (%s) but from another environment "
+                    "(differs in %s): not reused, measuring anew", other.name, _differences(fp, env))
+    return None
+
+
+Progress = Callable[..., Any]
+
+
+def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: TableSettings, *,
+                        cache_dir: str | Path | None = None, fingerprint: dict[str, Any] | None = None,
+                        progress: Progress | None = None) -> tuple[LatencyTable, dict[str, Any]]:
+    """The smoothed table for ``model``'s architecture (cached), and facts about how it was made.
+
+    ``dense_onnx`` is the deployed (fused) export of ``model``, timed for ``T_dense``.
+    ``fingerprint`` overrides :func:`~compresslab.bench.env.hardware_fingerprint` (tests).
+    """
+    env = environment(model, settings, fingerprint)
+    path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
+    if path is not None and (hit := _read_cached(path, env)) is not None:
+        log.info("latency table: reusing %s", path)
+        return hit[0], {**hit[1], "cached": True, "cache_file": str(path)}
+    t0 = time.perf_counter()
+    table, raw = measure_table(model, dense_onnx, settings, env, progress=progress)
+    info = {"raw": raw, "measure_s": round(time.perf_counter() - t0, 2), "settings": asdict(settings)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"table": table.to_dict(), "info": info}, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return table, {**info, "cached": False, "cache_file": str(path) if path else None}
+
+
+def probe_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
+    """A fresh one-layer model of ``model``'s architecture with ``heads`` heads and ``ffn`` neurons.
+
+    Weights are random (latency does not depend on their values). The vocabulary is cut to a
+    size above the position table, because ORT fuses the embeddings only when the word table is
+    the larger one; the embeddings are in the base probe and cancel out of every entry.
+    """
+    from compresslab.models.adapters import get_adapter
+    from compresslab.models.structure import shrink_ffn, shrink_heads
+
+    cfg = copy.deepcopy(model.config)
+    cfg.__dict__.pop("compresslab_structure", None)
+    layers_attr = "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers"
+    setattr(cfg, layers_attr, 1)
+    cfg.vocab_size = int(getattr(cfg, "max_position_embeddings", 512)) + 64
+    probe = type(model)(cfg).eval()
+    lv = get_adapter(probe).layer(0)
+    if heads < lv.num_heads:
+        shrink_heads(lv, range(heads))
+    lv = get_adapter(probe).layer(0)
+    if ffn < lv.ffn_size:
+        shrink_ffn(lv, range(ffn))
+    return probe
+
+
+def export_probe(probe: nn.Module, path: Path) -> Path:
+    """Export and fuse ``probe`` as the real model is (no parity: probes are only timed)."""
+    import torch
+
+    from compresslab.export import export_onnx, input_names_for, optimize_graph
+    from compresslab.export.optimize import heads_and_hidden
+
+    ids = torch.randint(0, 64, (2, 8))
+    sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    raw = path.with_name(f"{path.stem}.raw.onnx")
+    export_onnx(probe, raw, sample, input_names_for(probe))
+    heads, hidden = heads_and_hidden(probe.config)
+    report = optimize_graph(raw, path, num_heads=heads, hidden_size=hidden)
+    raw.unlink()
+    if probe_heads(probe) > 0 and report.fused_attention_nodes != 1:
+        log.warning("latency probe %s: attention did not fuse; its entry times the unfused ops", path.name)
+    return path
+
+
+def probe_heads(probe: nn.Module) -> int:
+    from compresslab.models.adapters import get_adapter
+
+    return get_adapter(probe).layer(0).num_heads
+
+
+def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, env: dict[str, Any], *,
+                  progress: Progress | None = None) -> tuple[LatencyTable, dict[str, Any]]:
+    """Export every probe, time them chunk by chunk against the base probe, build the table."""
+    from compresslab.bench.latency import measure_latency
+    from compresslab.bench.runners import OrtRunner
+
+    arch = env["arch"]
+    H, F, L = arch["heads"], arch["ffn"], arch["layers"]
+    wanted = [("attention", h) for h in range(H, 0, -1)] + [("ffn", n) for n in reversed(ffn_sizes(F, s.ffn_grid)) if n]
+    threads = resolve_threads(s.threads)
+    work = Path(tempfile.mkdtemp(prefix="latency-probes-"))
+    try:
+        paths: dict[tuple[str, int], Path] = {}
+        for kind, size in _track(progress, [("base", 0), *wanted], "latency table: export probes"):
+            heads, ffn = (size, 0) if kind == "attention" else (0, size if kind == "ffn" else 0)
+            paths[(kind, size)] = export_probe(probe_model(model, heads, ffn), work / f"{kind}_{size}.onnx")
+        chunks = [wanted[i:i + s.chunk] for i in range(0, len(wanted), s.chunk)]
+        bar = iter(_track(progress, range(len(chunks) * (s.warmup + s.runs)), "latency table: time probes"))
+        p50: dict[tuple[str, int], float] = {}
+        raw: dict[str, Any] = {"base_ms": [], "probes_ms": {}}
+        for ci, chunk in enumerate(chunks):
+            runners: dict[str, Any] = {"base": OrtRunner(paths[("base", 0)], threads, s.provider)}
+            runners.update({f"{k}_{n}": OrtRunner(paths[(k, n)], threads, s.provider) for k, n in chunk})
+            if ci == 0:
+                runners["dense"] = OrtRunner(dense_onnx, threads, s.provider)
+            last = list(runners)[-1]
+            runners[last] = _Ticking(runners[last], bar)
+            res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
+            key = f"b{s.batch}xs{s.seq}"
+            base = res["base"][key]["p50_ms"]
+            raw["base_ms"].append(base)
+            for k, n in chunk:
+                ms = res[f"{k}_{n}"][key]["p50_ms"]
+                raw["probes_ms"][f"{k}_{n}"] = ms
+                p50[(k, n)] = max(0.0, ms - base) / 1e3
+            if ci == 0:
+                raw["dense_ms"] = res["dense"][key]["p50_ms"]
+            del runners, res
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tables = {}
+    for kind in ("attention", "ffn"):
+        sizes = [0] + sorted(n for k, n in p50 if k == kind)
+        fit = isotonic_non_decreasing([0.0] + [p50[(kind, n)] for n in sizes[1:]])
+        tables[kind] = {n: float(t) for n, t in zip(sizes, fit)}
+    table = LatencyTable.from_dense(raw["dense_ms"] / 1e3, tables, {"attention": L, "ffn": L}, env)
+    if table.base_time < 0:
+        log.warning("latency table: T_dense is below the sum of module times (t_0 = %.4g s): the "
+                    "additive model overestimates; clamping t_0 to 0", table.base_time)
+        table = LatencyTable(0.0, table.module_times, env)
+    return table, raw
+
+
+class _Ticking:
+    """Advance a progress bar after each call of the wrapped runner (one tick per timing round).
+
+    The tick costs microseconds against runs of milliseconds or more, and lands on one runner.
+    """
+
+    def __init__(self, runner: Any, bar: Any) -> None:
+        self.runner, self.bar = runner, bar
+        self.threads = getattr(runner, "threads", None)
+        self.vocab_size = getattr(runner, "vocab_size", None)
+
+    def run(self, batch: Any) -> None:
+        self.runner.run(batch)
+        next(self.bar, None)
+
+    def info(self) -> dict[str, Any]:
+        return self.runner.info()
+
+
+def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:
+    return iterable if progress is None else progress(iterable, total=len(iterable), desc=desc)
+
+
+def measure_speedup(dense_onnx: str | Path, candidate_onnx: str | Path, s: TableSettings,
+                    runs: int | None = None) -> dict[str, float]:
+    """Measured speedup of ``candidate_onnx`` over ``dense_onnx`` at batch x seq: interleaved
+    rounds after warm-up, ratio of medians (MEASURE.md "Speed")."""
+    from compresslab.bench.latency import measure_latency
+    from compresslab.bench.runners import OrtRunner
+
+    threads = resolve_threads(s.threads)
+    runners = {"dense": OrtRunner(dense_onnx, threads, s.provider), "candidate": OrtRunner(candidate_onnx, threads, s.provider)}
+    res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)["results"]
+    key = f"b{s.batch}xs{s.seq}"
+    dense, cand = res["dense"][key]["p50_ms"], res["candidate"][key]["p50_ms"]
+    return {"speedup": dense / cand, "dense_ms": dense, "candidate_ms": cand}

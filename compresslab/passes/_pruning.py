@@ -1,0 +1,234 @@
+"""The one place the pruning machinery lives: masks, global ranking, schedules, KD recovery.
+
+``magnitude`` and ``obert`` differ only in their :class:`Scorer` (how a weight group is scored,
+and whether the surviving weights are updated when others are pruned). Everything else is here:
+
+* one pruning step: score -> rank (globally across every targeted tensor, or per tensor) ->
+  scorer's weight update -> hard zero -> new masks in the :class:`MaskKeeper`;
+* one-shot: ``num_recomputations`` linear sub-steps to the target, then fixed-mask KD recovery;
+* gradual: the oBERT downstream recipe (ALGORITHMS.md §2.3) compressed into ``steps`` optimizer
+  steps: a dense KD phase, ``num_events`` pruning events on the cubic curve from
+  ``init_sparsity`` to ``sparsity``, one pruning event at the start of every LR cycle, and a
+  last fixed-mask cycle. The 30-epoch recipe (dense 0-2, events 2, 6, ..., 26, fixed 26-30) is
+  exactly ``plan_events(30, 7, ...)``.
+
+Recovery always runs through :func:`compresslab.training.train` (KD from the teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from enum import Enum
+from typing import Any, Mapping, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from compresslab.ops.obs import expand_group_mask, global_prune_masks
+from compresslab.ops.schedule import PruningEvent, gradual_pruning_events, recomputation_targets
+from compresslab.targets import layer_keys
+from compresslab.training.masks import MaskKeeper, sparsity_stats
+from compresslab.types import PassContext
+
+log = logging.getLogger(__name__)
+
+# Recovery LR decays from lr to lr * LR_FLOOR in each cycle (recipe: 5e-5 -> 5e-6 on GLUE).
+LR_FLOOR = 0.1
+
+
+class Mode(str, Enum):
+    """One-shot (prune, then recover with a fixed mask) or gradual (prune while recovering)."""
+
+    ONESHOT = "oneshot"
+    GRADUAL = "gradual"
+
+
+class Scope(str, Enum):
+    """Rank weights across every targeted tensor at once, or give each tensor the same sparsity."""
+
+    GLOBAL = "global"
+    PER_LAYER = "per_layer"
+
+
+class Scorer(Protocol):
+    """What a pruning method plugs into the driver."""
+
+    group_size: int  # 1 = unstructured, 4 = 1x4 blocks along a row
+    metrics: dict[str, Any]  # method-specific facts for PassResult (fisher time, memory, ...)
+
+    def scores(self, model: nn.Module, modules: Mapping[str, nn.Linear],
+               pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-group saliency (numel // group_size,) per module; ``pruned`` is per weight, flat."""
+        ...
+
+    def update(self, modules: Mapping[str, nn.Linear], new: Mapping[str, Tensor],
+               pruned: Mapping[str, Tensor]) -> None:
+        """Change surviving weights to compensate for pruning ``new`` (flat per-weight masks)."""
+        ...
+
+
+def check_fraction(value: float, name: str, *, allow_one: bool = False) -> float:
+    """A sparsity in [0, 1) (or [0, 1]); ValueError naming the range otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    hi_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (0.0 <= value and hi_ok):
+        raise ValueError(f"{name}={value} must be in [0, {'1]' if allow_one else '1)'}")
+    return float(value)
+
+
+def check_recovery(p: Any) -> None:
+    """Shared validation of the recovery fields of a pruning pass (steps, lr, KD, schedule)."""
+    p.sparsity = check_fraction(p.sparsity, "sparsity")
+    p.init_sparsity = check_fraction(p.init_sparsity, "init_sparsity")
+    if isinstance(p.steps, bool) or not isinstance(p.steps, int) or p.steps < 0:
+        raise ValueError(f"steps must be an integer >= 0 (recovery optimizer steps), got {p.steps!r}")
+    if p.mode is Mode.GRADUAL:
+        if p.steps < 2:
+            raise ValueError(f"mode=gradual needs steps >= 2 to place pruning events, got {p.steps}; "
+                             "use mode=oneshot for pruning without recovery")
+        if p.init_sparsity > p.sparsity:
+            raise ValueError(f"init_sparsity={p.init_sparsity} must be <= sparsity={p.sparsity}")
+    if not p.lr > 0:
+        raise ValueError(f"lr must be > 0, got {p.lr}")
+    if not 0.0 <= p.hardness <= 1.0:
+        raise ValueError(f"hardness={p.hardness} must be in [0, 1] (1 = KD only)")
+    if not p.temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {p.temperature}")
+    if isinstance(p.num_events, bool) or not isinstance(p.num_events, int) or p.num_events < 1:
+        raise ValueError(f"num_events must be an integer >= 1, got {p.num_events!r}")
+
+
+def plan_events(steps: int, num_events: int, init: float, final: float) -> tuple[int, int, list[PruningEvent]]:
+    """(dense_steps w, cycle c, events) with ``w + E*c == steps``, events at ``w, w+c, ...``.
+
+    ``c = floor(steps / (E + 0.5))`` so the dense phase is about half a cycle, as in the recipe;
+    ``E`` is reduced when there are too few steps for ``num_events`` cycles.
+    """
+    if steps < 2:
+        raise ValueError(f"gradual pruning needs steps >= 2, got {steps}")
+    e = min(num_events, steps - 1)
+    c = int(steps // (e + 0.5))
+    w = steps - e * c
+    return w, c, gradual_pruning_events(steps, e, init, final, start_step=w, end_step=w + (e - 1) * c)
+
+
+def _flat_masks(keeper: MaskKeeper, modules: Mapping[str, nn.Linear]) -> dict[str, Tensor]:
+    return {n: keeper.masks[f"{n}.weight"].reshape(-1) for n in modules}
+
+
+def prune_step(scorer: Scorer, model: nn.Module, modules: Mapping[str, nn.Linear], keeper: MaskKeeper,
+               target: float, scope: Scope) -> None:
+    """Prune to ``target`` sparsity (of all targeted groups, or of each tensor); pruned stay pruned."""
+    g = scorer.group_size
+    old = _flat_masks(keeper, modules)
+    scores = scorer.scores(model, modules, old)
+    names = list(modules)
+    old_g = [old[n].view(-1, g).any(dim=1) for n in names]  # a partly zero group counts as pruned
+    if scope is Scope.GLOBAL:
+        new_g = global_prune_masks([scores[n] for n in names], old_g, target)
+    else:
+        new_g = [global_prune_masks([scores[n]], [o], target)[0] for n, o in zip(names, old_g)]
+    new = {n: expand_group_mask(m, g).to(old[n].device) for n, m in zip(names, new_g)}
+    old = {n: expand_group_mask(o, g).to(old[n].device) for n, o in zip(names, old_g)}
+    scorer.update(modules, {n: new[n] & ~old[n] for n in names}, old)
+    keeper.update({f"{n}.weight": new[n].view_as(modules[n].weight) for n in names})
+    keeper.apply(model)
+
+
+def prune_to(scorer: Scorer, model: nn.Module, modules: Mapping[str, nn.Linear], keeper: MaskKeeper,
+             target: float, scope: Scope, num_recomputations: int = 1) -> list[float]:
+    """``num_recomputations`` linear sub-steps from today's sparsity to ``target``; returns them."""
+    total = sum(m.weight.numel() for m in modules.values())
+    current = min(keeper.num_pruned() / total, target)
+    subs = recomputation_targets(current, target, num_recomputations)
+    for s in subs:
+        prune_step(scorer, model, modules, keeper, s, scope)
+    return subs
+
+
+class _PruneAtEvents:
+    """Loop callback: run a pruning event before the optimizer step it is scheduled at."""
+
+    def __init__(self, events: list[PruningEvent], prune: Any) -> None:
+        self.events = {e.step: e.sparsity for e in events}
+        self.prune = prune
+
+    def on_step_begin(self, step: int, model: nn.Module) -> None:
+        if step in self.events:
+            self.prune(self.events[step], step)
+
+
+def _teacher_and_losses(model: nn.Module, ctx: PassContext, hardness: float, temperature: float):
+    from compresslab.data.schema import TaskKind
+    from compresslab.training import build_losses
+
+    teacher = ctx.teacher
+    if teacher is None:  # no finetune step ran: distil from the model as it entered the pass
+        teacher = copy.deepcopy(model).eval()
+        for q in teacher.parameters():
+            q.requires_grad_(False)
+    if ctx.task.spec.kind is TaskKind.EMBEDDING:
+        return teacher, build_losses(embedding=True)
+    return teacher, build_losses(hardness=hardness, temperature=temperature)
+
+
+def run_pruning(p: Any, model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear],
+                scorer: Scorer, scope: Scope = Scope.GLOBAL) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Prune ``modules`` of ``model`` in place as pass ``p`` says; returns (metrics, structure).
+
+    ``p`` carries mode, sparsity, init_sparsity, steps, lr, hardness, temperature, num_events and
+    (optionally) num_recomputations.
+    """
+    from compresslab.training import TrainConfig, train
+
+    r = int(getattr(p, "num_recomputations", 1))
+    keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
+    teacher, losses = _teacher_and_losses(model, ctx, p.hardness, p.temperature)
+    done: list[list[float]] = []  # [step, sparsity] of every (sub-)step, for the manifest
+
+    def prune(target: float, step: int = 0) -> None:
+        for s in prune_to(scorer, model, modules, keeper, target, scope, r):
+            done.append([step, round(s, 6)])
+
+    metrics: dict[str, Any] = {"target_sparsity": p.sparsity, "mode": p.mode.value, "scope": scope.value,
+                               "recovery_steps": p.steps, "batch_size": ctx.batch_size}
+    loader = ctx.train_loader(batch_size=ctx.batch_size) if p.steps else None
+    if p.mode is Mode.ONESHOT:
+        prune(p.sparsity)
+        cfg = TrainConfig(lr=p.lr, steps=p.steps, batch_size=ctx.batch_size, schedule="linear",
+                          final_lr_ratio=LR_FLOOR, seed=ctx.seed)
+        callbacks: list[Any] = [keeper]
+    else:
+        w, c, events = plan_events(p.steps, p.num_events, p.init_sparsity, p.sparsity)
+        if len(events) < p.num_events:
+            log.warning("%s: only %d steps, so %d pruning events instead of %d", p.name, p.steps, len(events),
+                        p.num_events)
+        metrics.update(dense_steps=w, cycle_steps=c, num_events=len(events))
+        cfg = TrainConfig(lr=p.lr, steps=p.steps, batch_size=ctx.batch_size, schedule="cyclic_linear",
+                          cycle_steps=c, warmup_ratio=(w + 0.5) / p.steps, final_lr_ratio=LR_FLOOR,
+                          seed=ctx.seed)
+        callbacks = [_PruneAtEvents(events, prune), keeper]
+    if p.steps:
+        res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=ctx.progress,
+                    desc=p.name)
+        metrics.update(train_s=round(res.wall_s, 2), final_loss=res.losses[-1] if res.losses else None)
+    keeper.apply(model)
+    stats = sparsity_stats(modules, layer_keys(model, modules))
+    metrics.update(sparsity=stats["sparsity"], num_zero=stats["num_zero"], num_targeted=stats["num_targeted"],
+                   prune_steps=done, **scorer.metrics)
+    structure = {"layer_sparsity": stats["layer_sparsity"], "tensor_sparsity": stats["tensor_sparsity"],
+                 "targets": list(modules), "group_size": scorer.group_size}
+    return metrics, structure
+
+
+def moved(model: nn.Module, device: torch.device) -> torch.device:
+    """Move ``model`` to ``device``; returns where it was, so the pass can put it back."""
+    before = next(model.parameters()).device
+    model.to(device)
+    return before
+
+
+__all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_fraction", "check_recovery", "moved", "plan_events",
+           "prune_step", "prune_to", "run_pruning"]

@@ -1,0 +1,46 @@
+"""Toy tasks and pass contexts for tests and examples (tiny, local, deterministic)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compresslab.data.schema import Example, TaskData
+from compresslab.data.tasks import TASKS
+from compresslab.types import PassContext
+
+_POS = ["good", "great", "fun", "love"]
+_NEG = ["bad", "awful", "boring", "hate"]
+_FILL = ["the", "movie", "film", "plot", "actors", "is", "was", "very", "and", "it", "this"]
+
+
+def tiny_sentiment(n: int, seed: int = 0) -> list[Example]:
+    """Learnable toy sentiment: the label is which word list the sentence draws its cue from."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = rng.choices(_FILL, k=rng.randrange(3, 9)) + [rng.choice(_POS if label else _NEG)]
+        rng.shuffle(words)
+        out.append(Example(" ".join(words), None, label))
+    return out
+
+
+def tiny_task(n_train: int = 96, n_val: int = 16, n_dev: int = 32, seed: int = 0) -> TaskData:
+    """An SST-2-shaped TaskData over :func:`tiny_sentiment` sentences."""
+    return TaskData(spec=TASKS["sst2"], train=tiny_sentiment(n_train, seed), validation=tiny_sentiment(n_val, seed + 1),
+                    dev=tiny_sentiment(n_dev, seed + 2), info={"task": "tiny", "sizes": {"train": n_train}})
+
+
+def tiny_context(tokenizer: Any, tmp_path: str | Path, *, teacher: torch.nn.Module | None = None,
+                 task: TaskData | None = None, batch_size: int = 8, max_length: int = 32) -> PassContext:
+    """A PassContext over :func:`tiny_task` writing under ``tmp_path``."""
+    tmp_path = Path(tmp_path)
+    step = tmp_path / "step"
+    step.mkdir(parents=True, exist_ok=True)
+    return PassContext(tokenizer=tokenizer, task=task or tiny_task(), run_dir=tmp_path, step_dir=step,
+                       device=torch.device("cpu"), seed=0, teacher=teacher, max_length=max_length,
+                       batch_size=batch_size, cache_dir=tmp_path / "cache", model_source="")
