@@ -20,6 +20,7 @@ _PASS_MODULES = (
     "compresslab.passes.layer_drop",
     "compresslab.passes.obert",
     "compresslab.passes.ziplm",
+    "compresslab.passes.structured_l1",
     "compresslab.passes.ort_int8_dynamic",
     "compresslab.passes.ort_int8_static",
 )

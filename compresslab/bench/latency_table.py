@@ -99,7 +99,7 @@ def environment(model: nn.Module, s: TableSettings, fingerprint: dict[str, Any] 
     return json.loads(json.dumps(env, sort_keys=True, default=str))
 
 
-def _hash(obj: Any) -> str:
+def _hash(obj: Any) -> str:  # short, stable
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -110,7 +110,7 @@ def cache_file(cache_dir: Path, env: dict[str, Any]) -> Path:
     return Path(cache_dir) / "latency" / group / f"{_hash(env)}.json"
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:  # the keys that differ
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
@@ -177,8 +177,7 @@ def probe_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
 
     cfg = copy.deepcopy(model.config)
     cfg.__dict__.pop("compresslab_structure", None)
-    layers_attr = "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers"
-    setattr(cfg, layers_attr, 1)
+    setattr(cfg, "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers", 1)
     cfg.vocab_size = int(getattr(cfg, "max_position_embeddings", 512)) + 64
     probe = type(model)(cfg).eval()
     lv = get_adapter(probe).layer(0)
@@ -190,8 +189,11 @@ def probe_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
     return probe
 
 
-def export_probe(probe: nn.Module, path: Path) -> Path:
-    """Export and fuse ``probe`` as the real model is (no parity: probes are only timed)."""
+def export_probe(probe: nn.Module, path: Path) -> int:
+    """Export and fuse ``probe`` as the real model is (no parity: probes are only timed).
+
+    Returns the number of fused Attention nodes, so the caller can flag an unfused probe.
+    """
     import torch
 
     from compresslab.export import export_onnx, input_names_for, optimize_graph
@@ -202,17 +204,9 @@ def export_probe(probe: nn.Module, path: Path) -> Path:
     raw = path.with_name(f"{path.stem}.raw.onnx")
     export_onnx(probe, raw, sample, input_names_for(probe))
     heads, hidden = heads_and_hidden(probe.config)
-    report = optimize_graph(raw, path, num_heads=heads, hidden_size=hidden)
+    fused = optimize_graph(raw, path, num_heads=heads, hidden_size=hidden).fused_attention_nodes
     raw.unlink()
-    if probe_heads(probe) > 0 and report.fused_attention_nodes != 1:
-        log.warning("latency probe %s: attention did not fuse; its entry times the unfused ops", path.name)
-    return path
-
-
-def probe_heads(probe: nn.Module) -> int:
-    from compresslab.models.adapters import get_adapter
-
-    return get_adapter(probe).layer(0).num_heads
+    return fused
 
 
 def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, env: dict[str, Any], *,
@@ -224,13 +218,15 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
     arch = env["arch"]
     H, F, L = arch["heads"], arch["ffn"], arch["layers"]
     wanted = [("attention", h) for h in range(H, 0, -1)] + [("ffn", n) for n in reversed(ffn_sizes(F, s.ffn_grid)) if n]
-    threads = resolve_threads(s.threads)
+    threads, key = resolve_threads(s.threads), f"b{s.batch}xs{s.seq}"
     work = Path(tempfile.mkdtemp(prefix="latency-probes-"))
     try:
         paths: dict[tuple[str, int], Path] = {}
         for kind, size in _track(progress, [("base", 0), *wanted], "latency table: export probes"):
             heads, ffn = (size, 0) if kind == "attention" else (0, size if kind == "ffn" else 0)
-            paths[(kind, size)] = export_probe(probe_model(model, heads, ffn), work / f"{kind}_{size}.onnx")
+            paths[(kind, size)] = work / f"{kind}_{size}.onnx"
+            if export_probe(probe_model(model, heads, ffn), paths[(kind, size)]) != (1 if heads else 0):
+                log.warning("latency probe %s_%d: attention did not fuse as deployed", kind, size)
         chunks = [wanted[i:i + s.chunk] for i in range(0, len(wanted), s.chunk)]
         bar = iter(_track(progress, range(len(chunks) * (s.warmup + s.runs)), "latency table: time probes"))
         p50: dict[tuple[str, int], float] = {}
@@ -243,7 +239,6 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
             last = list(runners)[-1]
             runners[last] = _Ticking(runners[last], bar)
             res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
-            key = f"b{s.batch}xs{s.seq}"
             base = res["base"][key]["p50_ms"]
             raw["base_ms"].append(base)
             for k, n in chunk:
@@ -269,10 +264,7 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
 
 
 class _Ticking:
-    """Advance a progress bar after each call of the wrapped runner (one tick per timing round).
-
-    The tick costs microseconds against runs of milliseconds or more, and lands on one runner.
-    """
+    """Tick a progress bar after each call of the wrapped runner (microseconds vs milliseconds)."""
 
     def __init__(self, runner: Any, bar: Any) -> None:
         self.runner, self.bar = runner, bar

@@ -78,9 +78,16 @@ def check_fraction(value: float, name: str, *, allow_one: bool = False) -> float
     return float(value)
 
 
+def default_init_sparsity(sparsity: float) -> float:
+    """The recipe's first jump, 0.7 (for every final sparsity 0.8-0.97), or 7/8 of a lower target."""
+    return round(min(0.7, 0.875 * sparsity), 6)
+
+
 def check_recovery(p: Any) -> None:
     """Shared validation of the recovery fields of a pruning pass (steps, lr, KD, schedule)."""
     p.sparsity = check_fraction(p.sparsity, "sparsity")
+    if p.init_sparsity is None:
+        p.init_sparsity = default_init_sparsity(p.sparsity)
     p.init_sparsity = check_fraction(p.init_sparsity, "init_sparsity")
     if isinstance(p.steps, bool) or not isinstance(p.steps, int) or p.steps < 0:
         raise ValueError(f"steps must be an integer >= 0 (recovery optimizer steps), got {p.steps!r}")
@@ -230,5 +237,6 @@ def moved(model: nn.Module, device: torch.device) -> torch.device:
     return before
 
 
-__all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_fraction", "check_recovery", "moved", "plan_events",
+__all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_fraction", "check_recovery", "default_init_sparsity",
+           "moved", "plan_events",
            "prune_step", "prune_to", "run_pruning"]

@@ -1,0 +1,266 @@
+"""Shared glue of the passes that remove heads and FFN neurons to hit a *measured* speedup.
+
+``ziplm`` and its baseline ``structured_l1`` differ only in how they choose what to remove and
+how they refit what is left; everything else is here so both get exactly the same treatment:
+the dense export and latency table on the target runtime, the re-measure-and-tighten loop, KD
+recovery through the one training loop, and saving the family of models for the benchmark.
+Private module (leading underscore): it registers no pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from compresslab.bench.latency_table import TableSettings, build_latency_table, measure_speedup
+from compresslab.models.adapters import get_adapter
+from compresslab.types import PassContext
+
+log = logging.getLogger(__name__)
+
+Choice = dict[str, list[int]]  # {"heads": [per layer], "ffn": [per layer]}: remaining sizes
+
+
+@dataclass
+class SpeedupSettings:
+    """Settings common to the speedup-targeted structured passes (validated on construction).
+
+    ``speedup`` is the target this pipeline step applies (its model is the step's output);
+    ``family`` lists further targets whose models are saved under ``step_dir/family/<S>x/`` for
+    the benchmark. ``batch`` x ``seq`` is the deployment shape the speedup is measured at.
+    """
+
+    speedup: float = 2.0
+    family: list[float] = field(default_factory=list)
+    batch: int = 32
+    seq: int = 128
+    threads: int | None = None  # ORT intra-op threads; None = physical cores
+    ffn_grid: int = 32  # FFN widths stay multiples of this (latency is tile-quantized)
+    latency_warmup: int = 3
+    latency_runs: int = 30  # interleaved rounds per latency-table entry (median)
+    check_runs: int = 15  # interleaved rounds of each dense-vs-pruned speedup check
+    max_retries: int = 2  # re-solve with a tighter budget while the measured speedup falls short
+    tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
+    num_calibration: int = 2048
+    recovery_steps: int = 0  # KD optimizer steps after pruning (gradual: after every target)
+    lr: float = 5e-5
+    hardness: float = 1.0  # weight of logit KD vs the task loss
+    temperature: float = 2.0
+    hidden_weight: float = 0.0  # token-level KD (HiddenMSE over every layer's output)
+
+    def __post_init__(self) -> None:
+        self.family = [float(s) for s in (self.family or [])]
+        for s in (self.speedup, *self.family):
+            if not (math.isfinite(s) and s >= 1.0):
+                raise ValueError(f"speedup targets must be finite and >= 1 (1 = dense), got {s!r}")
+        for name in ("batch", "seq", "ffn_grid", "latency_runs", "check_runs", "num_calibration"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("latency_warmup", "max_retries", "recovery_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.tolerance < 0.5:
+            raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}")
+        if not (self.lr > 0 and self.temperature > 0 and self.hidden_weight >= 0 and 0 <= self.hardness <= 1):
+            raise ValueError("need lr > 0, temperature > 0, hidden_weight >= 0 and hardness in [0, 1]; got "
+                             f"{self.lr}, {self.temperature}, {self.hidden_weight}, {self.hardness}")
+        TableSettings(threads=self.threads)  # validates threads
+
+    def targets(self) -> list[float]:
+        """Every target this pass produces, ascending (the step's own and the family)."""
+        return sorted({self.speedup, *self.family})
+
+    def table_settings(self) -> TableSettings:
+        return TableSettings(batch=self.batch, seq=self.seq, threads=self.threads, ffn_grid=self.ffn_grid,
+                             warmup=self.latency_warmup, runs=self.latency_runs)
+
+
+def check_layout(model: nn.Module) -> None:
+    """Refuse layouts where a layer cannot lose every head (the latency model needs t_att(0))."""
+    for lv in get_adapter(model).layers():
+        if lv.self_attn is lv.attention:
+            raise ValueError(f"{model.config.model_type}: emptying a layer's attention needs the BERT/RoBERTa "
+                             "layout; speedup-targeted structured pruning supports bert and roberta")
+
+
+def structure_of(model: nn.Module) -> Choice:
+    s = get_adapter(model).structure()
+    return {"heads": [x["heads"] for x in s], "ffn": [x["ffn"] for x in s]}
+
+
+def sample_batches(ctx: PassContext, n: int) -> list[dict]:
+    """A few real train batches for export tracing and parity."""
+    return list(itertools.islice(ctx.calibration_batches(min(n, 16), batch_size=8), 2))
+
+
+class SpeedupLab:
+    """The dense model on the target runtime: its fused export, the latency table and the check.
+
+    Use as a context manager; the exports live in a temporary folder under the step dir.
+    """
+
+    def __init__(self, dense: nn.Module, ctx: PassContext, p: SpeedupSettings, samples: list[dict]) -> None:
+        from compresslab.export import export_model
+
+        self.ctx, self.p, self.samples = ctx, p, samples
+        self.settings = p.table_settings()
+        ctx.step_dir.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix=".speedup-", dir=ctx.step_dir))
+        self._n = 0
+        self.dense_onnx = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
+                                       keep_unfused=False).onnx_path
+        self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
+                                                          cache_dir=ctx.cache_dir, progress=ctx.progress)
+        self.t_dense = self.predict(structure_of(dense))
+
+    def __enter__(self) -> "SpeedupLab":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    @property
+    def max_speedup(self) -> float:
+        """What removing every head and neuron would give: ``T_dense / t_0``."""
+        return math.inf if self.table.base_time <= 0 else self.t_dense / self.table.base_time
+
+    def check_targets(self, targets: list[float]) -> None:
+        """Clear error for targets the runtime cannot reach, before any Hessian is computed."""
+        bad = [s for s in targets if s >= self.max_speedup]
+        if bad:
+            raise ValueError(
+                f"speedup target(s) {bad} are not reachable at b{self.p.batch}xs{self.p.seq} on this runtime: "
+                f"removing every head and FFN neuron gives at most {self.max_speedup:.2f}x (embeddings, "
+                f"LayerNorms and the head take {self.table.base_time * 1e3:.1f} ms of {self.t_dense * 1e3:.1f} ms)")
+
+    def budget(self, target: float) -> float:
+        """Time the pruned modules may take: ``B = T_dense / S - t_0``."""
+        return self.t_dense / target - self.table.base_time
+
+    def predict(self, choice: Choice) -> float:
+        """Predicted time (s) of a structure: ``t_0 + sum_layers t_att(h) + t_ffn(n)``."""
+        return self.table.predict({"attention": choice["heads"], "ffn": choice["ffn"]})
+
+    def predicted_speedup(self, choice: Choice) -> float:
+        return self.t_dense / self.predict(choice)
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """Export ``model`` (parity-checked, fused) and time it against the dense export."""
+        from compresslab.export import export_model
+
+        self._n += 1
+        out = self.work / f"candidate{self._n}"
+        try:
+            res = export_model(model, self.ctx.tokenizer, out, self.samples, threads=self.p.threads, keep_unfused=False)
+            return measure_speedup(self.dense_onnx, res.onnx_path, self.settings, runs=self.p.check_runs)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def search(self, target: float, solve: Callable[[float], Choice],
+               build: Callable[[Choice], nn.Module]) -> tuple[Choice, nn.Module, dict[str, Any]]:
+        """Solve for the budget, build, measure; tighten the budget while the speedup falls short.
+
+        The budget is scaled by measured / target, which over-corrects slightly (t_0 does not
+        shrink) and so converges in a retry or two.
+        """
+        budget, attempts = self.budget(target), []
+        for _ in range(self.p.max_retries + 1):
+            choice = solve(budget)
+            model = build(choice)
+            m = self.measure(model)
+            attempts.append({"budget_ms": budget * 1e3, "predicted_speedup": self.predicted_speedup(choice),
+                             "measured_speedup": m["speedup"], "dense_ms": m["dense_ms"], "pruned_ms": m["candidate_ms"]})
+            if m["speedup"] >= target * (1 - self.p.tolerance):
+                break
+            log.info("%.2fx target: measured %.3fx (predicted %.3fx); tightening the budget", target,
+                     m["speedup"], attempts[-1]["predicted_speedup"])
+            budget *= m["speedup"] / target
+        met = attempts[-1]["measured_speedup"] >= target * (1 - self.p.tolerance)
+        if not met:
+            warnings.warn(f"{target}x target missed after {len(attempts)} attempt(s): measured "
+                          f"{attempts[-1]['measured_speedup']:.3f}x; raise max_retries or check the latency table",
+                          stacklevel=2)
+        record = {"target_speedup": target, "predicted_speedup": attempts[-1]["predicted_speedup"],
+                  f"measured_speedup_b{self.p.batch}": attempts[-1]["measured_speedup"], "met_target": met,
+                  "attempts": attempts, "structure": choice, "params": sum(t.numel() for t in model.parameters())}
+        return choice, model, record
+
+
+def kd_teacher(ctx: PassContext, dense: nn.Module) -> nn.Module:
+    """The run's teacher, or the dense incoming model when the context has none."""
+    return ctx.teacher if ctx.teacher is not None else dense
+
+
+def recover(model: nn.Module, ctx: PassContext, p: SpeedupSettings, teacher: nn.Module, desc: str) -> dict[str, Any]:
+    """KD recovery through the one training loop (no-op when ``recovery_steps`` is 0)."""
+    if p.recovery_steps == 0:
+        return {}
+    from compresslab.training import TrainConfig, train
+    from compresslab.training.losses import build_losses
+
+    losses = build_losses(p.hardness, p.temperature, p.hidden_weight)
+    cfg = TrainConfig(lr=p.lr, steps=p.recovery_steps, batch_size=ctx.batch_size, seed=ctx.seed)
+    res = train(model, ctx.train_loader(), cfg, losses, teacher=teacher, progress=ctx.progress, desc=desc)
+    model.eval()
+    return res.to_dict()
+
+
+def save_member(model: nn.Module, ctx: PassContext, target: float, record: dict[str, Any]) -> str:
+    """Save one family member (model, tokenizer, its record) under ``step_dir/family/<S>x``."""
+    from compresslab.manifest import atomic_write_json
+    from compresslab.models.loading import save
+
+    out = save(model, ctx.step_dir / "family" / f"{target:g}x", ctx.tokenizer)
+    atomic_write_json(out / "ziplm_family.json", record)
+    return str(out)
+
+
+def oneshot_family(model: nn.Module, dense: nn.Module, ctx: PassContext, p: SpeedupSettings, lab: SpeedupLab,
+                   solve: Callable[[float], Choice], apply: Callable[[nn.Module, Choice], None],
+                   teacher: nn.Module, name: str) -> dict[float, dict[str, Any]]:
+    """Every target from the same dense model; ``model`` becomes the step's target, recovered.
+
+    Family members other than the step's are saved as pruned (recovering each would multiply
+    the budget); the step's model is saved after its recovery.
+    """
+    def build(choice: Choice) -> nn.Module:
+        m = copy.deepcopy(dense)
+        apply(m, choice)
+        return m
+
+    records: dict[float, dict[str, Any]] = {}
+    step_choice: Choice | None = None
+    for target in p.targets():
+        choice, cand, rec = lab.search(target, solve, build)
+        records[target] = rec
+        if target == p.speedup:
+            step_choice = choice
+        elif target in p.family:
+            rec["saved"] = save_member(cand, ctx, target, rec)
+        del cand
+    assert step_choice is not None  # p.speedup is always among p.targets()
+    apply(model, step_choice)
+    records[p.speedup]["recovery"] = recover(model, ctx, p, teacher, f"{name} {p.speedup:g}x recovery")
+    if p.speedup in p.family:
+        records[p.speedup]["saved"] = save_member(model, ctx, p.speedup, records[p.speedup])
+    return records
+
+
+def result_metrics(p: SpeedupSettings, records: dict[float, dict[str, Any]], lab: SpeedupLab,
+                   params_dense: int) -> dict[str, Any]:
+    """The step's record at top level, the family by target, and how the table was made."""
+    step = {k: v for k, v in records[p.speedup].items() if k != "structure"}
+    info = {k: v for k, v in lab.table_info.items() if k in ("cached", "measure_s", "cache_file")}
+    return {**step, "params_dense": params_dense, "dense_ms_predicted": lab.t_dense * 1e3,
+            "max_speedup": lab.max_speedup, "latency_table": info,
+            "family": {f"{s:g}x": {k: v for k, v in r.items() if k != "attempts"} for s, r in records.items()}}

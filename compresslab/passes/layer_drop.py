@@ -1,0 +1,112 @@
+"""``layer_drop``: keep a subset of encoder layers (the depth baseline, e.g. for ZipLM / MiniLM).
+
+Layers are really removed from the ``ModuleList`` and ``config.num_hidden_layers`` (``n_layers``
+for DistilBERT) is updated, so the model saves, reloads (``compresslab.models.loading``; plain
+``from_pretrained`` too when shapes are uniform) and exports like any smaller model. Optional KD
+recovery runs through the one training loop; hidden-state KD maps student layers uniformly onto
+the teacher's (TinyBERT's ``g(m)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from compresslab.models.adapters import get_adapter
+from compresslab.registry import register_pass
+from compresslab.types import PassContext, PassResult, Stage
+
+log = logging.getLogger(__name__)
+
+
+def evenly_spaced(total: int, keep: int) -> list[int]:
+    """``keep`` of ``total`` layers, evenly spaced and always including the top one.
+
+    Layer ``round((i + 1) * total / keep) - 1`` for ``i < keep``: 3 of 6 -> [1, 3, 5]; 1 -> [5].
+    The top layer feeds the head, so it is the one to keep when depth is cut hardest.
+    """
+    return [round((i + 1) * total / keep) - 1 for i in range(keep)]
+
+
+def drop_layers_(model: nn.Module, keep: list[int]) -> None:
+    """Keep only layers ``keep`` (sorted, unique, in range) of ``model``, in place."""
+    adapter = get_adapter(model)
+    total = adapter.num_layers
+    if not keep or sorted(set(keep)) != list(keep) or keep[0] < 0 or keep[-1] >= total:
+        raise ValueError(f"keep must be non-empty, ascending, unique layer indices in [0, {total}), got {keep}")
+    old = adapter._layers
+    new = nn.ModuleList([old[i] for i in keep])
+    for pos, layer in enumerate(new):  # HF caches key on layer_idx; keep it equal to the position
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = pos
+    owner = adapter.base.transformer if adapter.model_type == "distilbert" else adapter.base.encoder
+    owner.layer = new
+    attr = "n_layers" if adapter.model_type == "distilbert" else "num_hidden_layers"
+    setattr(model.config, attr, len(keep))
+
+
+@register_pass("layer_drop")
+@dataclass
+class LayerDrop:
+    """Keep ``keep`` (layer indices) or ``num_layers`` evenly spaced layers; then optional KD."""
+
+    keep: list[int] | None = None
+    num_layers: int | None = None
+    recovery_steps: int = 0
+    lr: float = 5e-5
+    hardness: float = 1.0
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+
+    stage: ClassVar[Stage] = Stage.TORCH
+
+    def __post_init__(self) -> None:
+        if (self.keep is None) == (self.num_layers is None):
+            raise ValueError("layer_drop needs exactly one of keep (layer indices) or num_layers")
+        if self.keep is not None:
+            self.keep = [int(i) for i in self.keep]
+            if not self.keep or sorted(set(self.keep)) != self.keep or self.keep[0] < 0:
+                raise ValueError(f"keep must be non-empty, ascending, unique, >= 0 layer indices; got {self.keep}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.recovery_steps < 0 or not self.lr > 0 or not 0 <= self.hardness <= 1:
+            raise ValueError("need recovery_steps >= 0, lr > 0 and hardness in [0, 1]")
+
+    def layers_to_keep(self, total: int) -> list[int]:
+        """The kept indices for a model of ``total`` layers (range errors name the depth)."""
+        if self.num_layers is not None:
+            if self.num_layers > total:
+                raise ValueError(f"num_layers={self.num_layers} but the model has only {total} layers")
+            return evenly_spaced(total, self.num_layers)
+        assert self.keep is not None
+        if self.keep[-1] >= total:
+            raise ValueError(f"keep={self.keep} names layer {self.keep[-1]} but the model has {total} layers")
+        return list(self.keep)
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        total = get_adapter(model).num_layers
+        keep = self.layers_to_keep(total)
+        before = sum(p.numel() for p in model.parameters())
+        teacher = ctx.teacher
+        if teacher is None and self.recovery_steps and (self.hardness > 0 or self.hidden_weight > 0):
+            import copy
+
+            teacher = copy.deepcopy(model).eval()  # no run teacher: distil from the incoming model
+        drop_layers_(model, keep)
+        metrics = {"kept_layers": keep, "num_layers": len(keep), "layers_before": total,
+                   "params_before": before, "params": sum(p.numel() for p in model.parameters())}
+        if self.recovery_steps:
+            from compresslab.training import TrainConfig, train
+            from compresslab.training.losses import build_losses
+
+            losses = build_losses(self.hardness, self.temperature, self.hidden_weight)
+            cfg = TrainConfig(lr=self.lr, steps=self.recovery_steps, batch_size=ctx.batch_size, seed=ctx.seed)
+            res = train(model, ctx.train_loader(), cfg, losses, teacher=teacher, progress=ctx.progress,
+                        desc="layer_drop recovery")
+            model.eval()
+            metrics["recovery"] = res.to_dict()
+        return PassResult(metrics=metrics, structure={"layers": keep})

@@ -1,0 +1,247 @@
+"""``obert``: the Optimal BERT Surgeon (Kurtic et al., 2022; ALGORITHMS.md §2).
+
+Per pruning step: ``num_grads`` masked mini-batch gradients from the train split (eval mode) ->
+block-diagonal dampened empirical Fisher inverse per weight tensor -> OBS saliency
+``rho_Q = 0.5 w_Q^T ([F^-1]_QQ)^-1 w_Q`` ranked globally -> summed single-set OBS updates of the
+surviving weights -> hard zero. The inverse is rebuilt from fresh gradients at every (sub-)step
+and freed after it. Schedules, masks and KD recovery are the shared driver (``_pruning.py``);
+the math is ``ops/fisher.py`` + ``ops/obs.py``; gradient collection is ``_fisher.py``.
+
+``damp_grid``: damp is the most fragile setting (§2.6), so it can be chosen by one-shot pruning
+copies of the model to ``sparsity`` and scoring the task loss on the validation split carved
+from train (never dev; MEASURE.md). With ``num_recomputations=1`` one gradient pass serves
+every damp (the outer-product sums do not depend on damp).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from compresslab.ops.obs import obs_scores, obs_update
+from compresslab.passes._fisher import (
+    collect_outer_sums, invert_sums, rank_batches, timed_inverses)
+from compresslab.passes._pruning import Mode, Scope, check_recovery, moved, prune_to, run_pruning
+from compresslab.registry import coerce_enum, register_pass
+from compresslab.targets import check_patterns, select_modules
+from compresslab.training.masks import MaskKeeper
+from compresslab.types import PassContext, PassResult, Stage
+
+
+class MaskType(str, Enum):
+    """Unstructured weights, or 1x4 blocks along a row (what VNNI int8 sparse kernels use)."""
+
+    UNSTRUCTURED = "unstructured"
+    BLOCK4 = "block4"
+
+
+_DEFAULT_BLOCK = {MaskType.UNSTRUCTURED: 50, MaskType.BLOCK4: 32}  # recipe values (§2.3)
+
+
+class OBSScorer:
+    """Fisher inverses from fresh gradients at each ``scores`` call, used once by ``update``."""
+
+    def __init__(self, batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int, damp: float,
+                 group_size: int, progress: Any = None, sums: dict[str, Tensor] | None = None) -> None:
+        self.batches, self.num_grads, self.block_size = batches, num_grads, block_size
+        self.damp, self.group_size, self.progress = damp, group_size, progress
+        self._sums = sums  # precomputed outer sums for the first step (damp grid), not consumed
+        self._finv: dict[str, Tensor] | None = None
+        self.metrics: dict[str, Any] = {"fisher_s": 0.0, "fisher_invert_s": 0.0, "fisher_grads": 0,
+                                        "fisher_state_mb": 0.0, "fisher_peak_mb": 0.0}
+
+    def scores(self, model: nn.Module, modules: Mapping[str, nn.Linear],
+               pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if self._sums is not None:
+            t0 = time.perf_counter()
+            self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp), None
+            self.metrics["fisher_invert_s"] += time.perf_counter() - t0
+        else:
+            self._finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
+                                           self.damp, self.progress)
+            m = self.metrics
+            m["fisher_s"] = round(m["fisher_s"] + t["grads_s"] + t["invert_s"], 3)
+            m["fisher_invert_s"] = round(m["fisher_invert_s"] + t["invert_s"], 3)
+            m["fisher_grads"] += self.num_grads
+            m["fisher_state_mb"] = round(t["state_mb"], 1)
+            m["fisher_peak_mb"] = round(max(m["fisher_peak_mb"], t["peak_mb"]), 1)
+        return {n: obs_scores(m.weight.detach().reshape(-1), self._finv[n], self.group_size)
+                for n, m in modules.items()}
+
+    @torch.no_grad()
+    def update(self, modules: Mapping[str, nn.Linear], new: Mapping[str, Tensor],
+               pruned: Mapping[str, Tensor]) -> None:
+        if self._finv is None:
+            raise RuntimeError("OBSScorer.update() called before scores()")
+        for n, mod in modules.items():
+            w = mod.weight
+            delta = obs_update(w.detach().reshape(-1), self._finv[n], new[n], self.group_size, pruned[n])
+            w.add_(delta.view_as(w).to(w.dtype))  # pruned entries: w + (-w) == 0 exactly
+            del self._finv[n]  # free each inverse as soon as it is used (§2.6)
+        self._finv = None
+
+
+def _check_positive_int(v: Any, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+@torch.no_grad()
+def validation_score(model: nn.Module, loader: Any) -> dict[str, float]:
+    """Mean task loss (and accuracy for classification) on the validation split."""
+    from compresslab.training.losses import TaskLoss
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n, classes = 0.0, 0, 0, 1
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**{k: v for k, v in batch.items() if k != "labels"}, return_dict=True)
+        bs, classes = batch["labels"].shape[0], out.logits.shape[-1]
+        loss_sum += float(TaskLoss()(out, None, batch)) * bs
+        if classes > 1:
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        n += bs
+    model.train(was_training)
+    res = {"val_loss": round(loss_sum / max(1, n), 6)}
+    if classes > 1:
+        res["val_accuracy"] = round(correct / max(1, n), 6)
+    return res
+
+
+@register_pass("obert")
+@dataclass
+class OBert:
+    """oBERT pruning to ``sparsity`` of the targeted weights (unstructured or 1x4 blocks), with KD.
+
+    ``steps``/``lr`` are the recovery budget (YAML fills them from ``${budget.*}``). ``num_grads``
+    mini-batches of ``grad_batch_size`` are drawn from train for every Fisher rebuild (each
+    pruning event times ``num_recomputations``); 1024 is the paper's, 256-512 is realistic on a
+    2-core CPU. ``block_size`` defaults to 50 (unstructured) or 32 (block4).
+    """
+
+    sparsity: float = 0.8
+    mode: Mode = Mode.GRADUAL
+    init_sparsity: float | None = None  # gradual: first jump; null = 0.7 (recipe), 7/8 of a lower target
+    num_recomputations: int = 1
+    num_grads: int = 1024
+    grad_batch_size: int = 16
+    damp: float = 1e-7
+    block_size: int | None = None
+    mask_type: MaskType = MaskType.UNSTRUCTURED
+    steps: int = 300  # recovery optimizer steps (budget.recovery_steps)
+    lr: float = 5e-5
+    hardness: float = 1.0  # 1 = KD loss only (the recipe)
+    temperature: float = 2.0
+    num_events: int = 7  # gradual only
+    targets: list[str] | None = None  # default: the encoder linears (q, k, v, o, ffn_in, ffn_out)
+    ignore: list[str] | None = None
+    damp_grid: list[float] | None = None  # choose damp on the validation split (one-shot to sparsity)
+
+    stage: ClassVar[Stage] = Stage.TORCH
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        self.mode = coerce_enum(Mode, self.mode, "mode")
+        self.mask_type = coerce_enum(MaskType, self.mask_type, "mask_type")
+        check_recovery(self)
+        for f in ("num_recomputations", "num_grads", "grad_batch_size"):
+            _check_positive_int(getattr(self, f), f)
+        if self.block_size is None:
+            self.block_size = _DEFAULT_BLOCK[self.mask_type]
+        _check_positive_int(self.block_size, "block_size")
+        if self.mask_type is MaskType.BLOCK4 and self.block_size % 4:
+            raise ValueError(f"mask_type=block4 needs block_size % 4 == 0 (e.g. 32), got {self.block_size}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp > 0:
+            raise ValueError(f"damp must be > 0, got {self.damp!r}")
+        if self.damp_grid is not None:
+            grid = list(self.damp_grid) if not isinstance(self.damp_grid, (str, int, float)) else None
+            if not grid or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and d > 0 for d in grid):
+                raise ValueError(f"damp_grid must be a non-empty list of positive numbers or null, got "
+                                 f"{self.damp_grid!r}")
+            self.damp_grid = [float(d) for d in grid]
+        self.targets = check_patterns(self.targets, "targets")
+        self.ignore = check_patterns(self.ignore, "ignore")
+
+    @property
+    def group_size(self) -> int:
+        return 4 if self.mask_type is MaskType.BLOCK4 else 1
+
+    def check(self, task: Any) -> None:
+        """Data checks the pipeline runs before any work (and apply repeats before the Fisher pass)."""
+        from compresslab.data.schema import TaskKind
+
+        if task.spec.kind is TaskKind.EMBEDDING:
+            raise ValueError("obert needs a labelled classification or regression task for its empirical "
+                             f"Fisher; task {task.spec.name!r} is an embedding task (use magnitude)")
+        n = len(task.require_train())
+        available = math.ceil(n / self.grad_batch_size)
+        if self.num_grads > available:
+            raise ValueError(f"num_grads={self.num_grads} needs {self.num_grads} mini-batches of "
+                             f"grad_batch_size={self.grad_batch_size}, but the train split has {n} examples "
+                             f"({available} batches); lower num_grads or grad_batch_size")
+        if self.damp_grid and not task.validation:
+            raise ValueError("damp_grid selects on the validation split carved from train, but the task has none")
+
+    def _check_modules(self, modules: Mapping[str, nn.Linear]) -> None:
+        if self.group_size > 1:
+            bad = [n for n, m in modules.items() if m.in_features % self.group_size]
+            if bad:
+                raise ValueError(f"mask_type=block4 needs in_features % 4 == 0; not true for {bad[:3]}; "
+                                 "exclude them with ignore=")
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        from compresslab.models.sparse_format import sparse_size_bytes
+
+        modules = select_modules(model, self.targets, self.ignore)  # all input checks before the Fisher pass
+        self._check_modules(modules)
+        self.check(ctx.task)
+        before = moved(model, ctx.device)
+        try:
+            loader = ctx.train_loader(batch_size=self.grad_batch_size, shuffle=True)
+            batches = rank_batches(loader, ctx.device)
+            damp, grid = self.damp, None
+            if self.damp_grid:
+                damp, grid = self._choose_damp(model, ctx, batches, list(modules))
+            scorer = OBSScorer(batches, self.num_grads, self.block_size, damp, self.group_size, ctx.progress)
+            metrics, structure = run_pruning(self, model, ctx, modules, scorer, Scope.GLOBAL)
+        finally:
+            model.to(before)
+        metrics.update(damp=damp, block_size=self.block_size, mask_type=self.mask_type.value)
+        if grid is not None:
+            metrics["damp_grid"] = grid
+        metrics["size"] = sparse_size_bytes(model, list(modules))
+        return PassResult(metrics=metrics, structure=structure)
+
+    def _choose_damp(self, model: nn.Module, ctx: PassContext, batches: Iterator[dict[str, Tensor]],
+                     names: list[str]) -> tuple[float, dict[str, Any]]:
+        """One-shot prune a copy per damp to ``sparsity``; lowest validation loss wins."""
+        val = ctx.validation_loader()
+        keeper0 = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in names])
+        sums = None
+        if self.num_recomputations == 1:  # the sums do not depend on damp: collect once
+            mods = {n: model.get_submodule(n) for n in names}
+            pruned = {n: keeper0.masks[f"{n}.weight"].reshape(-1) for n in names}
+            sums = collect_outer_sums(model, mods, pruned, batches, self.num_grads, self.block_size,
+                                      progress=ctx.progress)
+        dense = validation_score(model, val)
+        rows: list[dict[str, float]] = []
+        for d in self.damp_grid or []:
+            m = copy.deepcopy(model)
+            mods = {n: m.get_submodule(n) for n in names}
+            scorer = OBSScorer(batches, self.num_grads, self.block_size, d, self.group_size, ctx.progress,
+                               sums=dict(sums) if sums is not None else None)
+            prune_to(scorer, m, mods, MaskKeeper(dict(keeper0.masks)), self.sparsity, Scope.GLOBAL,
+                     self.num_recomputations)
+            rows.append({"damp": d, **validation_score(m, val)})
+            del m, scorer
+        best = min(rows, key=lambda r: r["val_loss"])
+        return best["damp"], {"dense": dense, "oneshot_sparsity": self.sparsity, "results": rows}

@@ -1,0 +1,113 @@
+"""``structured_l1``: the magnitude baseline for ``ziplm`` at the same *measured* speedup.
+
+Heads and FFN neurons are ranked by the L1 norm of every weight that belongs to them (a head:
+its Q/K/V rows and biases and its ``W_O`` columns; a neuron: its ``W_1`` row and bias and its
+``W_2`` column) and the lowest are removed with no refit. Every layer keeps the same fraction
+``1 - f``; ``f`` is the smallest that the latency table says meets the budget, then the model is
+exported and measured and the budget tightened exactly as ZipLM does (shared code in
+``_structured.py``), so the two differ only in *what* they remove and *how* they refit.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compresslab.models.adapters import LayerView, get_adapter
+from compresslab.models.structure import shrink_ffn, shrink_heads
+from compresslab.passes._structured import (
+    Choice, SpeedupLab, SpeedupSettings, check_layout, kd_teacher, oneshot_family, result_metrics,
+    sample_batches, structure_of)
+from compresslab.registry import register_pass
+from compresslab.types import PassContext, PassResult, Stage
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def head_l1(lv: LayerView) -> torch.Tensor:
+    """(num_heads,) L1 norm of each head's Q/K/V rows (+ biases) and ``W_O`` columns."""
+    d, h = lv.head_size, lv.num_heads
+    total = lv.o.weight.abs().sum(0).reshape(h, d).sum(1)  # W_O columns
+    for lin in (lv.q, lv.k, lv.v):
+        rows = lin.weight.abs().sum(1) + (lin.bias.abs() if lin.bias is not None else 0)
+        total = total + rows.reshape(h, d).sum(1)
+    return total
+
+
+@torch.no_grad()
+def neuron_l1(lv: LayerView) -> torch.Tensor:
+    """(ffn_size,) L1 norm of each neuron's ``W_1`` row (+ bias) and ``W_2`` column."""
+    rows = lv.ffn_in.weight.abs().sum(1) + (lv.ffn_in.bias.abs() if lv.ffn_in.bias is not None else 0)
+    return rows + lv.ffn_out.weight.abs().sum(0)
+
+
+def shrink_by_l1(model: nn.Module, choice: Choice) -> None:
+    """Keep the ``choice`` largest-L1 heads and neurons of every layer, in place."""
+    adapter = get_adapter(model)
+    for i, (heads, ffn) in enumerate(zip(choice["heads"], choice["ffn"])):
+        lv = adapter.layer(i)
+        if heads < lv.num_heads:
+            shrink_heads(lv, torch.topk(head_l1(lv), heads).indices.tolist())
+        lv = adapter.layer(i)
+        if ffn < lv.ffn_size:
+            shrink_ffn(lv, torch.topk(neuron_l1(lv), ffn).indices.tolist())
+
+
+def uniform_solver(lab: SpeedupLab, num_layers: int, num_heads: int, ffn_size: int, steps: int):
+    """``budget -> choice``: the smallest uniform fraction ``f`` whose predicted time fits.
+
+    FFN widths snap to the nearest latency-grid size; heads round to the nearest integer.
+    Predicted time is monotone in ``f`` (the table is smoothed), so the first fit is the least
+    pruning that meets the budget.
+    """
+    grid = lab.table.sizes("ffn")
+
+    def at(f: float) -> Choice:
+        h = round((1 - f) * num_heads)
+        n = min(grid, key=lambda s: (abs(s - (1 - f) * ffn_size), s))
+        return {"heads": [h] * num_layers, "ffn": [n] * num_layers}
+
+    def solve(budget: float) -> Choice:
+        for k in range(steps + 1):
+            choice = at(k / steps)
+            if lab.predict(choice) - lab.table.base_time <= budget:
+                return choice
+        return at(1.0)
+
+    return solve
+
+
+@register_pass("structured_l1")
+@dataclass
+class StructuredL1(SpeedupSettings):
+    """Uniform per-layer L1 removal of heads and neurons to a measured speedup (ZipLM's baseline)."""
+
+    fraction_steps: int = 200  # resolution of the uniform-fraction search
+
+    stage: ClassVar[Stage] = Stage.TORCH
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fraction_steps < 1:
+            raise ValueError(f"fraction_steps must be >= 1, got {self.fraction_steps}")
+
+    def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        check_layout(model)
+        start = structure_of(model)
+        if len(set(start["heads"])) > 1 or len(set(start["ffn"])) > 1:
+            raise ValueError(f"structured_l1 starts from a uniform model; got per-layer structure {start}")
+        dense = copy.deepcopy(model).eval()
+        params_dense = sum(p.numel() for p in dense.parameters())
+        with SpeedupLab(dense, ctx, self, sample_batches(ctx, self.num_calibration)) as lab:
+            lab.check_targets(self.targets())
+            solve = uniform_solver(lab, len(start["heads"]), start["heads"][0], start["ffn"][0], self.fraction_steps)
+            records = oneshot_family(model, dense, ctx, self, lab, solve, shrink_by_l1,
+                                     kd_teacher(ctx, dense), "structured_l1")
+            metrics = result_metrics(self, records, lab, params_dense)
+        return PassResult(metrics=metrics, structure=structure_of(model))

@@ -1,0 +1,248 @@
+"""``ziplm``: structured OBS of heads and FFN neurons to a measured speedup (ALGORITHMS.md §4).
+
+Flow: dense export + latency table on the target runtime (cached per environment) -> targets
+checked against what removing everything gives -> forward hooks collect the inputs of every
+``W_O`` and ``W_2`` on calibration data (padding excluded: pad tokens never reach an encoder's
+loss) -> one Hessian per matrix (raw sums all-reduced across processes) -> a greedy OBS database
+per matrix (heads: column blocks of ``head_size``; FFN: single columns, levels on the latency
+grid) -> dynamic program for ``B = T_dense / S - t_0`` -> stitch (slice Q/K/V rows and ``W_1``
+rows, copy the compensated ``W_O``/``W_2``) -> export, measure, tighten the budget if short.
+
+``mode=oneshot`` builds one database on the dense model and derives every target from it;
+``mode=gradual`` walks the targets in order, recomputing Hessians on the current model and
+KD-recovering after each (the paper's family schedule). The math lives in ``ops/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from compresslab.ops.hessian import HessianAccumulator, zero_dead_columns_
+from compresslab.ops.shrink import ShrinkDatabase, build_database
+from compresslab.ops.spdy import LatencyTable, solve_dp
+from compresslab.passes._structured import (
+    Choice, SpeedupLab, SpeedupSettings, check_layout, kd_teacher, oneshot_family, recover, result_metrics,
+    sample_batches, save_member, structure_of)
+from compresslab.registry import coerce_enum, register_pass
+from compresslab.types import PassContext, PassResult, Stage
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, str]  # (layer index, "attention" | "ffn")
+
+
+class Mode(str, Enum):
+    """One database for every target, or prune-recover-repeat along the targets."""
+
+    ONESHOT = "oneshot"
+    GRADUAL = "gradual"
+
+
+@contextlib.contextmanager
+def capture_inputs(modules: dict[Key, nn.Module], sink: Any) -> Iterator[None]:
+    """Call ``sink(key, x)`` with the input of each module on every forward; hooks always removed."""
+    handles = [m.register_forward_pre_hook(lambda _m, args, key=key: sink(key, args[0]))
+               for key, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _matrices(model: nn.Module) -> dict[Key, nn.Linear]:
+    """The pruned matrices with something left to prune: ``W_O`` and ``W_2`` of each layer."""
+    out: dict[Key, nn.Linear] = {}
+    for lv in get_layers(model):
+        if lv.num_heads:
+            out[(lv.index, "attention")] = lv.o
+        if lv.ffn_size:
+            out[(lv.index, "ffn")] = lv.ffn_out
+    return out
+
+
+def get_layers(model: nn.Module) -> list[Any]:
+    from compresslab.models.adapters import get_adapter
+
+    return list(get_adapter(model).layers())
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches: Any, ctx: PassContext, total: int | None = None
+                     ) -> dict[Key, HessianAccumulator]:
+    """Sum ``X X^T`` of every pruned matrix's input over the calibration tokens (pads excluded).
+
+    Under ``torch.distributed`` each rank takes every world-size-th batch and the raw sums and
+    token counts are all-reduced before anything is divided or inverted.
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    mats = _matrices(model)
+    device = next(model.parameters()).device
+    accs = {k: HessianAccumulator(m.in_features, device=device) for k, m in mats.items()}
+    mask: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    with capture_inputs(mats, lambda key, x: accs[key].add_batch(x.detach(), mask["m"])):
+        for i, batch in enumerate(ctx.track(batches, total=total, desc="ziplm: calibration")):
+            if i % world != rank:
+                continue
+            inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            mask["m"] = inputs["attention_mask"]
+            model(**inputs)
+    model.train(was_training)
+    if distributed:
+        for acc in accs.values():
+            xxt, count = acc.raw()[0].clone(), acc.count_tensor()
+            dist.all_reduce(xxt)
+            dist.all_reduce(count)
+            acc.load_raw(xxt, count)
+    return accs
+
+
+@register_pass("ziplm")
+@dataclass
+class ZipLM(SpeedupSettings):
+    """ZipLM: per-layer structured OBS + a latency-table DP to a measured speedup (see module doc)."""
+
+    mode: Mode = Mode.ONESHOT
+    damp: float = 0.01  # relative dampening of each Hessian
+
+    stage: ClassVar[Stage] = Stage.TORCH
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.mode = coerce_enum(Mode, self.mode, "ziplm mode")
+        if not self.damp >= 0:
+            raise ValueError(f"damp must be >= 0, got {self.damp!r}")
+
+    # ------------------------------------------------------------------ statistics and databases
+    def databases(self, model: nn.Module, ctx: PassContext, table: LatencyTable) -> dict[Key, ShrinkDatabase]:
+        """OBS databases of ``model``'s current ``W_O``/``W_2`` at every level the DP may pick."""
+        n = min(self.num_calibration, len(ctx.task.train))
+        total = -(-n // ctx.batch_size)
+        accs = collect_hessians(model, ctx.calibration_batches(n), ctx, total)
+        tokens = min((a.count for a in accs.values()), default=0)
+        widest = max((a.d_in for a in accs.values()), default=0)
+        if tokens < widest:
+            log.warning("ziplm: only %d calibration tokens for inputs of width %d: the Hessians are rank "
+                        "deficient and the dampening (damp=%g) carries the solution; use more calibration data",
+                        tokens, widest, self.damp)
+        mats = _matrices(model)
+        head_size = get_layers(model)[0].head_size
+        dbs: dict[Key, ShrinkDatabase] = {}
+        for key in ctx.track(list(accs), total=len(accs), desc="ziplm: OBS databases"):
+            layer, kind = key
+            res = accs.pop(key).finalize(damp=self.damp, out_dtype=torch.float64)
+            weight = mats[key].weight
+            w = zero_dead_columns_(weight.detach().to(torch.float64).clone(), res.dead)
+            if kind == "attention":
+                group, levels = head_size, range(w.shape[1] // head_size + 1)
+            else:
+                group, levels = 1, [w.shape[1] - s for s in self._ffn_options(table, w.shape[1], layer)]
+            dbs[key] = build_database(w, res.hessian, group, levels, store_device="cpu", store_dtype=weight.dtype)
+        return dbs
+
+    @staticmethod
+    def _ffn_options(table: LatencyTable, width: int, layer: int) -> list[int]:
+        sizes = table.sizes("ffn")
+        if width not in sizes:
+            raise ValueError(f"layer {layer}: FFN width {width} is not on the latency grid {sizes}; ziplm "
+                             "prunes to grid widths only (use the same ffn_grid for every step)")
+        return [s for s in sizes if s <= width]
+
+    # ------------------------------------------------------------------ search and stitch
+    def solver(self, model: nn.Module, dbs: dict[Key, ShrinkDatabase], table: LatencyTable):
+        """``budget -> choice``: the DP over every layer's attention and FFN levels."""
+        options: list[tuple[str, list[int], list[float]]] = []  # (kind, sizes, errors) per module
+        for lv in get_layers(model):
+            for kind, cur in (("attention", lv.num_heads), ("ffn", lv.ffn_size)):
+                if cur == 0:  # emptied earlier (gradual): nothing left to choose
+                    options.append((kind, [0], [0.0]))
+                    continue
+                sizes = list(range(cur + 1)) if kind == "attention" else self._ffn_options(table, cur, lv.index)
+                db = dbs[(lv.index, kind)]
+                options.append((kind, sizes, [db.level(cur - s).error for s in sizes]))
+        times = [[table.time(kind, s) for s in sizes] for kind, sizes, _ in options]
+        errors = [e for _, _, e in options]
+
+        def solve(budget: float) -> Choice:
+            sol = solve_dp(times, errors, budget)
+            picked = [options[j][1][s] for j, s in enumerate(sol.choice)]
+            return {"heads": picked[0::2], "ffn": picked[1::2]}
+
+        return solve
+
+    @staticmethod
+    @torch.no_grad()
+    def stitch(model: nn.Module, dbs: dict[Key, ShrinkDatabase], choice: Choice) -> None:
+        """Shrink ``model`` in place to ``choice``, loading the compensated ``W_O``/``W_2``."""
+        from compresslab.models.adapters import get_adapter
+        from compresslab.models.structure import shrink_ffn, shrink_heads
+
+        adapter = get_adapter(model)
+        for i, (heads, ffn) in enumerate(zip(choice["heads"], choice["ffn"])):
+            for kind, size, shrink, role in (("attention", heads, shrink_heads, "o"), ("ffn", ffn, shrink_ffn, "ffn_out")):
+                lv = adapter.layer(i)
+                cur = lv.num_heads if kind == "attention" else lv.ffn_size
+                if size == cur:
+                    continue
+                level = dbs[(i, kind)].level(cur - size)
+                shrink(lv, level.kept)
+                if level.kept:
+                    getattr(adapter.layer(i), role).weight.copy_(level.weight)
+
+    # ------------------------------------------------------------------ the pass
+    def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        check_layout(model)
+        if self.num_calibration > len(ctx.task.require_train()):
+            log.warning("ziplm: num_calibration=%d but the train split has %d examples; using all of them",
+                        self.num_calibration, len(ctx.task.train))
+        dense = copy.deepcopy(model).eval()
+        params_dense = sum(p.numel() for p in dense.parameters())
+        teacher = kd_teacher(ctx, dense)
+        with SpeedupLab(dense, ctx, self, sample_batches(ctx, self.num_calibration)) as lab:
+            lab.check_targets(self.targets())
+            if self.mode is Mode.ONESHOT:
+                dbs = self.databases(dense, ctx, lab.table)
+                records = oneshot_family(model, dense, ctx, self, lab, self.solver(dense, dbs, lab.table),
+                                         lambda m, c: self.stitch(m, dbs, c), teacher, "ziplm")
+            else:
+                records = self._gradual(model, ctx, lab, teacher)
+            metrics = result_metrics(self, records, lab, params_dense)
+        return PassResult(metrics={**metrics, "mode": self.mode.value}, structure=structure_of(model))
+
+    def _gradual(self, model: nn.Module, ctx: PassContext, lab: SpeedupLab, teacher: nn.Module
+                 ) -> dict[float, dict[str, Any]]:
+        """Prune to each target from the previous one, then recover; ``model`` ends at ``speedup``."""
+        records: dict[float, dict[str, Any]] = {}
+        work = model
+        for target in self.targets():
+            dbs = self.databases(work, ctx, lab.table)
+
+            def build(choice: Choice, base: nn.Module = work, dbs: dict = dbs) -> nn.Module:
+                m = copy.deepcopy(base)
+                self.stitch(m, dbs, choice)
+                return m
+
+            choice, cand, rec = lab.search(target, self.solver(work, dbs, lab.table), build)
+            del cand
+            self.stitch(work, dbs, choice)
+            del dbs
+            rec["recovery"] = recover(work, ctx, self, teacher, f"ziplm {target:g}x recovery")
+            if target in self.family:
+                rec["saved"] = save_member(work, ctx, target, rec)
+            records[target] = rec
+            if target == self.speedup and target != self.targets()[-1]:
+                work = copy.deepcopy(model)  # larger targets continue on a copy; model stays here
+        return records

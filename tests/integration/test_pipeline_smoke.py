@@ -1,0 +1,67 @@
+"""The real embedded MiniLM on small slices of real SST-2 / STS-B, end to end (debug=smoke)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compresslab.cli import compose
+from compresslab.manifest import read_json
+from compresslab.pipeline import run
+
+pytestmark = pytest.mark.integration
+
+
+def _cfg(tmp_path: Path, data_root: Path, out: str, *extra: str, pipeline: str = "int8"):
+    return compose([f"+pipeline={pipeline}", "debug=smoke", f"data.root={data_root}", "run.threads=1",
+                    f"paths.output_dir={tmp_path}/{out}", f"paths.cache_dir={tmp_path}/{out}-cache", *extra])
+
+
+def _final_metrics(run_dir: Path) -> dict:
+    return read_json(run_dir / "eval" / "metrics.json")["models"]
+
+
+def test_int8_smoke_end_to_end_then_interrupted_run_resumes_to_same_result(tmp_path, data_root):
+    full = run(_cfg(tmp_path, data_root, "full"))
+    m = read_json(full / "manifest.json")
+    assert m["status"] == "finished" and [s["status"] for s in m["steps"]] == ["done", "done"]
+    for f in ("report.md", "report.html", "export/model.onnx", "export/parity.json", "steps/00_finetune/model.safetensors",
+              "steps/00_finetune/config.json", "steps/01_int8/model.onnx", "steps/01_int8/config.json",
+              "bench/latency.json", ".hydra/config.yaml"):
+        assert (full / f).is_file(), f
+    assert m["export"]["fp32"]["parity"]["max_abs_diff"] <= m["export"]["fp32"]["parity"]["atol"]
+    assert m["export"]["fp32"]["fused_attention_nodes"] == 6
+    ev = m["eval"]["models"]
+    assert set(ev) >= {"teacher_torch", "torch_final", "ort_fp32", "deployed"}
+    assert ev["ort_fp32"]["agreement"] == 1.0  # the fp32 export predicts exactly what torch predicts
+    assert m["size"]["deployed"]["encoder"] < 0.3 * m["size"]["ort_fp32"]["encoder"]
+    assert {"ort_fp32", "deployed", "torch_fp32"} <= set(m["bench"]["latency"])
+    assert m["hardware"]["cpu"]["model"] and m["versions"]["torch"].startswith("2.13")
+
+    # interrupted after step 1, then the same command again: resumes, same final metrics
+    cfg = _cfg(tmp_path, data_root, "resumed")
+    stopped = run(_cfg(tmp_path, data_root, "resumed", "run.stop_after=1"))
+    s = read_json(stopped / "manifest.json")
+    assert s["status"] == "stopped" and [x["name"] for x in s["steps"]] == ["finetune"]
+    done = run(cfg)
+    assert done == stopped
+    a, b = _final_metrics(full), _final_metrics(done)
+    for label in ("teacher_torch", "deployed"):
+        assert a[label]["score"] == pytest.approx(b[label]["score"])
+
+    # a finished run is never redone without run.overwrite=true
+    before = (done / "manifest.json").stat().st_mtime_ns
+    assert run(cfg) == done
+    assert (done / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_stsb_embedding_int8_smoke(tmp_path, data_root):
+    d = run(_cfg(tmp_path, data_root, "emb", "task=stsb_embedding", "bench.enabled=false"))
+    m = read_json(d / "manifest.json")
+    ev = m["eval"]["models"]
+    assert m["eval"]["primary_metric"] == "spearman"
+    assert ev["teacher_torch"]["score"] > 0.6  # the pretrained embedder is a good STS model
+    assert abs(ev["deployed"]["score"] - ev["teacher_torch"]["score"]) < 0.05
+    json.dumps(m)

@@ -1,0 +1,124 @@
+"""Config composition for every group, and bad input caught before any expensive work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compresslab.cli import compose, config_dir
+from compresslab.pipeline import PipelineError, RunDirConflictError, available_pipelines, build_steps, run
+
+CONF = Path(config_dir())
+GROUPS = ["model", "data", "task", "budget", "export", "bench", "debug"]
+
+
+def _smoke(tmp_path, *extra):
+    return compose(["+pipeline=int8", "debug=smoke", f"paths.output_dir={tmp_path}/out",
+                    f"paths.cache_dir={tmp_path}/cache", *extra])
+
+
+@pytest.mark.parametrize("pipeline", available_pipelines())
+def test_every_pipeline_composes_and_builds(pipeline):
+    cfg = compose([f"+pipeline={pipeline}", "debug=smoke"])
+    steps = build_steps(cfg)
+    assert [s.name for s in steps] == list(cfg.pipeline.steps)
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_group_option_composes(group, option):
+    extra = ["model.source=/tmp/x"] if (group, option) == ("model", "local") else []
+    cfg = compose(["+pipeline=int8", f"{group}={option}", *extra])
+    assert cfg.pipeline.name == "int8"
+
+
+def test_no_pipeline_lists_pipelines():
+    out = subprocess.run([sys.executable, "-m", "compresslab"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "int8" in out.stderr and "+pipeline=" in out.stderr
+
+
+def test_unknown_pipeline_is_a_clear_error():
+    out = subprocess.run([sys.executable, "-m", "compresslab", "+pipeline=nope"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "pipeline/nope" in out.stderr and "int8" in out.stderr
+
+
+def test_help_works():
+    out = subprocess.run([sys.executable, "-m", "compresslab", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "pipeline" in out.stdout
+
+
+def _fails_fast(cfg, exc, match):
+    t0 = time.perf_counter()
+    with pytest.raises(exc, match=match):
+        run(cfg)
+    assert time.perf_counter() - t0 < 20  # nothing expensive ran
+
+
+def test_unknown_pass_name(tmp_path):
+    cfg = _smoke(tmp_path, "+pipeline.passes.bogus._target_=compresslab.passes.bogus.Bogus",
+                 "pipeline.steps=[finetune,bogus]")
+    _fails_fast(cfg, Exception, "bogus")
+
+
+def test_step_without_pass_entry(tmp_path):
+    _fails_fast(_smoke(tmp_path, "pipeline.steps=[finetune,nothing]"), PipelineError, "nothing")
+
+
+def test_torch_pass_after_onnx_pass(tmp_path):
+    cfg = compose(["+pipeline=magnitude_int8", "debug=smoke", "pipeline.steps=[finetune,int8,magnitude]"])
+    _fails_fast(cfg, PipelineError, "TORCH pass after the ONNX pass")
+
+
+def test_sparsity_out_of_range(tmp_path):
+    cfg = compose(["+pipeline=magnitude_int8", "debug=smoke", "pipeline.passes.magnitude.sparsity=1.2"])
+    _fails_fast(cfg, PipelineError, "sparsity")
+
+
+def test_unknown_model_source(tmp_path):
+    _fails_fast(_smoke(tmp_path, "model=local", "model.source=/nonexistent/model"), FileNotFoundError, "config.json")
+
+
+def test_unsupported_architecture(tmp_path):
+    d = tmp_path / "gpt2"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    _fails_fast(_smoke(tmp_path, "model=local", f"model.source={d}"), ValueError, "supported: bert, roberta, distilbert")
+
+
+def test_unknown_task(tmp_path):
+    _fails_fast(_smoke(tmp_path, "task.name=nope"), ValueError, "sst2")
+
+
+def test_missing_data_dir(tmp_path):
+    _fails_fast(_smoke(tmp_path, f"data.root={tmp_path}/nodata"), FileNotFoundError, "COMPRESSLAB_DATA")
+
+
+def test_run_dir_of_another_config_is_refused(tmp_path, data_root):
+    from compresslab.pipeline import config_hash, prepare_run_dir
+
+    cfg = _smoke(tmp_path, f"data.root={data_root}", f"run.dir={tmp_path}/run")
+    other = _smoke(tmp_path, f"data.root={data_root}", f"run.dir={tmp_path}/run", "seed=7")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"config_hash": config_hash(other), "status": "running"}))
+    with pytest.raises(RunDirConflictError, match="another config"):
+        prepare_run_dir(tmp_path / "run", cfg)
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "precious.txt").write_text("x")
+    with pytest.raises(RunDirConflictError, match="not a compresslab run"):
+        prepare_run_dir(tmp_path / "run2", _smoke(tmp_path, f"run.dir={tmp_path}/run2"))
+    assert (tmp_path / "run2" / "precious.txt").read_text() == "x"
+
+
+def test_run_identity_ignores_control_keys():
+    from compresslab.pipeline import config_hash
+
+    a = compose(["+pipeline=int8", "run.stop_after=1", "paths.output_dir=/a"])
+    b = compose(["+pipeline=int8"])
+    c = compose(["+pipeline=int8", "seed=1"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
