@@ -8,6 +8,7 @@ PIP := $(VENV)/bin/pip
 SHARED_DATA := $(abspath ../shared/data)
 export COMPRESSLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/glue),$(SHARED_DATA),)
 PIPELINE ?= int8
+DEMO_ARGS ?=
 
 .PHONY: demo test venv install install-test clean
 
@@ -30,7 +31,7 @@ install-test: $(VENV)/.installed-test
 
 # Fine-tune a quick teacher on SST-2, compress, export, score, benchmark, report.
 demo: $(VENV)/.installed-demo
-	$(PY) -m compresslab +pipeline=$(PIPELINE)
+	$(PY) -m compresslab +pipeline=$(PIPELINE) $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q

@@ -128,7 +128,8 @@ class RunState:
             if step.name == "finetune" or getattr(step.pass_, "name", "") == "finetune":
                 self.teacher = self._frozen(self.model)
             save(self.model, step_dir, self.tokenizer)
-            rec.metrics_after = {**score_torch(self, f"step:{step.name}"), "params": count_params(self.model)}
+            rec.metrics_after = {**score_torch(self, f"step:{step.name}"), "params": count_params(self.model),
+                                 "size_bytes": (step_dir / "model.safetensors").stat().st_size}
         else:
             result = step.pass_.apply(self.onnx, ctx)
             if not result.onnx_path:

@@ -234,8 +234,8 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
         for ci, chunk in enumerate(chunks):
             runners: dict[str, Any] = {"base": OrtRunner(paths[("base", 0)], threads, s.provider)}
             runners.update({f"{k}_{n}": OrtRunner(paths[(k, n)], threads, s.provider) for k, n in chunk})
-            if ci == 0:
-                runners["dense"] = OrtRunner(dense_onnx, threads, s.provider)
+            if ci == 0:  # ids are drawn below the smallest declared vocabulary (the dense one here)
+                runners["dense"] = OrtRunner(dense_onnx, threads, s.provider, vocab_size=arch["vocab"])
             last = list(runners)[-1]
             runners[last] = _Ticking(runners[last], bar)
             res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
@@ -284,14 +284,15 @@ def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:
 
 
 def measure_speedup(dense_onnx: str | Path, candidate_onnx: str | Path, s: TableSettings,
-                    runs: int | None = None) -> dict[str, float]:
+                    runs: int | None = None, vocab_size: int | None = None) -> dict[str, float]:
     """Measured speedup of ``candidate_onnx`` over ``dense_onnx`` at batch x seq: interleaved
     rounds after warm-up, ratio of medians (MEASURE.md "Speed")."""
     from compresslab.bench.latency import measure_latency
     from compresslab.bench.runners import OrtRunner
 
     threads = resolve_threads(s.threads)
-    runners = {"dense": OrtRunner(dense_onnx, threads, s.provider), "candidate": OrtRunner(candidate_onnx, threads, s.provider)}
+    runners = {"dense": OrtRunner(dense_onnx, threads, s.provider, vocab_size=vocab_size),
+               "candidate": OrtRunner(candidate_onnx, threads, s.provider, vocab_size=vocab_size)}
     res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)["results"]
     key = f"b{s.batch}xs{s.seq}"
     dense, cand = res["dense"][key]["p50_ms"], res["candidate"][key]["p50_ms"]

@@ -8,7 +8,8 @@ give ``inv(damp*I + (1/m) sum g g^T)``, but the sums (1) merge across processes 
 value of a damp grid (one gradient pass, one inversion per damp), (3) are inverted in float64
 (the recursion runs at 1/damp = 1e7 scale in the working dtype), and (4) accept gradients
 ``chunk`` at a time as one batched matmul, so the (num_blocks, B, B) state is swept once per
-chunk instead of twice per gradient.
+chunk instead of twice per gradient (measured on MiniLM, 1 thread: ~0.05 s of Fisher work per
+gradient at chunk=16 vs ~0.3 s one at a time).
 
 Memory: one fp32 (ceil(numel/B), B, B) tensor per targeted weight, i.e. about ``4*B`` bytes per
 weight: O(numel * B). MiniLM-L6's encoder (10.6M weights) at B=50 holds 2.1 GB; BERT-base
@@ -74,42 +75,51 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def collect_outer_sums(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: Mapping[str, Tensor],
                        batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int,
-                       loss_fn: LossFn = task_loss, chunk: int = 8, progress: Any = None) -> dict[str, Tensor]:
-    """Per module, sum over ``num_grads`` mini-batch gradients of per-block ``g g^T`` (fp32).
+                       loss_fn: LossFn = task_loss, chunk: int = 16, progress: Any = None) -> dict[str, Tensor]:
+    """Per module, sum over ``num_grads`` masked mini-batch gradients of per-block ``g g^T`` (fp32).
 
-    Gradients come from eval mode (no dropout) and are masked (pruned coordinates contribute
-    nothing). With torch.distributed initialised, the ``num_grads`` are split over ranks and the
-    sums all-reduced, so every rank returns the same total.
+    Gradients come from eval mode (no dropout). Masking is applied once to the sums, since
+    ``sum (m*g)(m*g)^T = (m m^T) * sum g g^T`` for a fixed mask ``m``. Gradients are buffered
+    ``chunk`` at a time (``chunk * 4 * numel`` bytes) so each block's sum is one (B, k) x (k, B)
+    product per chunk. With torch.distributed initialised, the ``num_grads`` are split over
+    ranks and the sums all-reduced, so every rank returns the same total.
     """
     rank, world = _world()
     names = list(modules)
     params = [modules[n].weight for n in names]
-    sums = {n: torch.zeros(num_blocks(p.numel(), block_size), block_size, block_size, dtype=torch.float32,
-                           device=p.device) for n, p in zip(names, params)}
-    keep = {n: ~pruned[n].to(p.device) for n, p in zip(names, params)}
+    nbs = [num_blocks(p.numel(), block_size) for p in params]
+    sums = {n: torch.zeros(nb, block_size, block_size, dtype=torch.float32, device=p.device)
+            for n, nb, p in zip(names, nbs, params)}
     local = len(range(rank, num_grads, world))
+    k = max(1, min(chunk, local))
+    # (k, nb*B) per module; the zero-padded tail of each row is never written
+    bufs = [torch.zeros(k, nb * block_size, dtype=torch.float32, device=p.device) for nb, p in zip(nbs, params)]
     was_training, had_grad = model.training, [p.requires_grad for p in params]
     model.eval()
     for p in params:
         p.requires_grad_(True)
-    bufs: dict[str, list[Tensor]] = {n: [] for n in names}
-    steps = range(local)
-    if progress is not None:
-        steps = progress(steps, total=local, desc="fisher grads")
+    steps = range(local) if progress is None else progress(range(local), total=local, desc="fisher grads")
     try:
+        j = 0
         for i in steps:
             grads = torch.autograd.grad(loss_fn(model, next(batches)), params)
-            for n, g in zip(names, grads):
-                bufs[n].append(to_blocks((g.reshape(-1) * keep[n]).float(), block_size))  # (nb, B)
-            if len(bufs[names[0]]) == chunk or i == local - 1:
-                for n in names:
-                    gb = torch.stack(bufs[n], dim=2)  # (nb, B, k): k gradients side by side
-                    sums[n].baddbmm_(gb, gb.transpose(1, 2))  # += sum_j g_j g_j^T per block
-                    bufs[n].clear()
+            for buf, g in zip(bufs, grads):
+                buf[j, : g.numel()].copy_(g.reshape(-1))
+            j += 1
+            if j == k or i == local - 1:
+                for n, nb, buf in zip(names, nbs, bufs):
+                    gb = buf[:j].view(j, nb, block_size).permute(1, 0, 2)  # (nb, j, B) view
+                    sums[n].baddbmm_(gb.transpose(1, 2), gb)  # += sum_j g_j g_j^T per block
+                j = 0
     finally:
         model.train(was_training)
         for p, h in zip(params, had_grad):
             p.requires_grad_(h)
+    del bufs
+    for n in names:
+        if pruned[n].any():
+            keep = to_blocks((~pruned[n]).to(sums[n]), block_size)  # (nb, B)
+            sums[n].mul_(keep.unsqueeze(2)).mul_(keep.unsqueeze(1))
     if world > 1:
         import torch.distributed as dist
 
@@ -134,11 +144,11 @@ def invert_sums(sums: dict[str, Tensor], num_grads: int, damp: float, consume: b
 
 def timed_inverses(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: Mapping[str, Tensor],
                    batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int, damp: float,
-                   progress: Any = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+                   loss_fn: LossFn = task_loss, progress: Any = None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Collect + invert, with (seconds, Fisher state MB, peak memory MB) for the manifest."""
     device = next(iter(modules.values())).weight.device
     t0 = time.perf_counter()
-    sums = collect_outer_sums(model, modules, pruned, batches, num_grads, block_size, progress=progress)
+    sums = collect_outer_sums(model, modules, pruned, batches, num_grads, block_size, loss_fn, progress=progress)
     t1 = time.perf_counter()
     state_mb = sum(s.numel() * s.element_size() for s in sums.values()) / 2**20
     finv = invert_sums(sums, num_grads, damp, consume=True)
@@ -147,4 +157,4 @@ def timed_inverses(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: M
                   "peak_mb": peak_memory_mb(device)}
 
 
-__all__ = ["collect_outer_sums", "invert_sums", "peak_memory_mb", "rank_batches", "task_loss", "timed_inverses"]
+__all__ = ["LossFn", "collect_outer_sums", "invert_sums", "peak_memory_mb", "rank_batches", "task_loss", "timed_inverses"]

@@ -36,7 +36,7 @@ class SpeedupSettings:
     """Settings common to the speedup-targeted structured passes (validated on construction).
 
     ``speedup`` is the target this pipeline step applies (its model is the step's output);
-    ``family`` lists further targets whose models are saved under ``step_dir/family/<S>x/`` for
+    ``family`` lists targets whose models are saved under ``run_dir/family/<step>/<S>x/`` for
     the benchmark. ``batch`` x ``seq`` is the deployment shape the speedup is measured at.
     """
 
@@ -162,7 +162,8 @@ class SpeedupLab:
         out = self.work / f"candidate{self._n}"
         try:
             res = export_model(model, self.ctx.tokenizer, out, self.samples, threads=self.p.threads, keep_unfused=False)
-            return measure_speedup(self.dense_onnx, res.onnx_path, self.settings, runs=self.p.check_runs)
+            return measure_speedup(self.dense_onnx, res.onnx_path, self.settings, runs=self.p.check_runs,
+                                   vocab_size=int(model.config.vocab_size))
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -215,12 +216,18 @@ def recover(model: nn.Module, ctx: PassContext, p: SpeedupSettings, teacher: nn.
     return res.to_dict()
 
 
+def family_dir(ctx: PassContext) -> Path:
+    """``run_dir/family/<step dir name>``: beside, not inside, the step dir, because the pipeline
+    replaces the step dir wholesale when it checkpoints the step's model."""
+    return ctx.run_dir / "family" / ctx.step_dir.name
+
+
 def save_member(model: nn.Module, ctx: PassContext, target: float, record: dict[str, Any]) -> str:
-    """Save one family member (model, tokenizer, its record) under ``step_dir/family/<S>x``."""
+    """Save one family member (model, tokenizer, its record) under ``family_dir(ctx)/<S>x``."""
     from compresslab.manifest import atomic_write_json
     from compresslab.models.loading import save
 
-    out = save(model, ctx.step_dir / "family" / f"{target:g}x", ctx.tokenizer)
+    out = save(model, family_dir(ctx) / f"{target:g}x", ctx.tokenizer)
     atomic_write_json(out / "ziplm_family.json", record)
     return str(out)
 

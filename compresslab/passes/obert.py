@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from compresslab.ops.obs import obs_scores, obs_update
 from compresslab.passes._fisher import (
-    collect_outer_sums, invert_sums, rank_batches, timed_inverses)
+    LossFn, collect_outer_sums, invert_sums, rank_batches, task_loss, timed_inverses)
 from compresslab.passes._pruning import Mode, Scope, check_recovery, moved, prune_to, run_pruning
 from compresslab.registry import coerce_enum, register_pass
 from compresslab.targets import check_patterns, select_modules
@@ -49,9 +49,10 @@ class OBSScorer:
     """Fisher inverses from fresh gradients at each ``scores`` call, used once by ``update``."""
 
     def __init__(self, batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int, damp: float,
-                 group_size: int, progress: Any = None, sums: dict[str, Tensor] | None = None) -> None:
+                 group_size: int = 1, progress: Any = None, sums: dict[str, Tensor] | None = None,
+                 loss_fn: LossFn = task_loss) -> None:
         self.batches, self.num_grads, self.block_size = batches, num_grads, block_size
-        self.damp, self.group_size, self.progress = damp, group_size, progress
+        self.damp, self.group_size, self.progress, self.loss_fn = damp, group_size, progress, loss_fn
         self._sums = sums  # precomputed outer sums for the first step (damp grid), not consumed
         self._finv: dict[str, Tensor] | None = None
         self.metrics: dict[str, Any] = {"fisher_s": 0.0, "fisher_invert_s": 0.0, "fisher_grads": 0,
@@ -65,7 +66,7 @@ class OBSScorer:
             self.metrics["fisher_invert_s"] += time.perf_counter() - t0
         else:
             self._finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
-                                           self.damp, self.progress)
+                                           self.damp, self.loss_fn, self.progress)
             m = self.metrics
             m["fisher_s"] = round(m["fisher_s"] + t["grads_s"] + t["invert_s"], 3)
             m["fisher_invert_s"] = round(m["fisher_invert_s"] + t["invert_s"], 3)

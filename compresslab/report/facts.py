@@ -111,8 +111,8 @@ def _size_of(m: Mapping[str, Any], key: str) -> float | None:
     explicit = num(get(m, "eval", "models", key, "size_bytes"))
     if explicit is not None:
         return explicit
-    if key == "ort_fp32":
-        return num(get(m, "export", "fp32", "size_bytes"))
+    if key == "ort_fp32":  # the dense teacher's export when a pass changed the model, else the one export
+        return num(get(m, "export", "teacher_fp32", "size_bytes")) or num(get(m, "export", "fp32", "size_bytes"))
     if key == "deployed":
         return num(get(m, "export", "deployed", "size_bytes"))
     done = [s for s in steps(m) if num(get(s, "metrics_after", "size_bytes")) is not None]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# demo_wall_s and test_wall_s from a fresh clone with an empty cache (MEASURE.md "Wall times"),
+# then warm (same clone, venv and caches kept). Writes benchmarks/results/wall_times.json.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/shared" && ln -s "$(cd "$repo/../shared" && pwd)/data" "$work/shared/data"
+git clone -q "$repo" "$work/main"
+cd "$work/main"
+t() { local s=$(date +%s.%N); "$@" > "$work/$1-$2.log" 2>&1; echo "$(date +%s.%N) - $s" | bc; }
+demo_cold=$(t make demo); demo_warm=$(t make demo DEMO_ARGS=run.overwrite=true)
+test_cold=$(rm -rf .venv && t make test); test_warm=$(t make test)
+cat > "$repo/benchmarks/results/wall_times.json" <<JSON
+{"demo_wall_s": $demo_cold, "demo_wall_warm_s": $demo_warm, "test_wall_s": $test_cold, "test_wall_warm_s": $test_warm,
+ "wall_note": "fresh git clone, no venv, empty teacher cache; warm = second run in the same clone"}
+JSON
+cat "$repo/benchmarks/results/wall_times.json"

@@ -1,0 +1,123 @@
+"""Latency table (ZipLM §4.3): real probe measurement at a tiny shape, and the cache rules.
+
+A cached table is reused only in the exact environment it was measured in; a changed fingerprint
+(another CPU, ORT version, thread count, shape) re-measures and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from compresslab.bench.latency_table import (
+    TableSettings, build_latency_table, cache_file, environment, ffn_sizes, probe_model)
+from compresslab.models.adapters import get_adapter
+from compresslab.models.tiny import tiny_model
+from compresslab.ops.spdy import LatencyTable
+
+torch.set_num_threads(1)
+SETTINGS = TableSettings(batch=2, seq=16, threads=1, ffn_grid=16, warmup=0, runs=2, chunk=3)
+
+
+def _fp(cpu: str = "Test CPU", ort: str = "1.0") -> dict[str, Any]:
+    return {"cpu": {"model": cpu, "isa": {"avx2": True}}, "libraries": {"onnxruntime": ort, "torch": "t",
+            "transformers": "x"}, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def dense_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from compresslab.export import export_model
+    from compresslab.models.tiny import tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("dense")
+    tok = tiny_tokenizer(out / "tok")
+    batch = dict(tok(["the movie was good", "bad"], padding=True, return_tensors="pt"))
+    return export_model(tiny_model("bert"), tok, out / "onnx", [batch], threads=1).onnx_path
+
+
+def test_ffn_sizes_and_settings() -> None:
+    assert ffn_sizes(64, 16) == [0, 16, 32, 48, 64]
+    assert ffn_sizes(100, 32) == [0, 32, 64, 96, 100]
+    with pytest.raises(ValueError, match="runs"):
+        TableSettings(runs=0)
+    with pytest.raises(ValueError, match="threads"):
+        TableSettings(threads=0)
+
+
+def test_probe_models_have_the_asked_shape() -> None:
+    model = tiny_model("bert")
+    for heads, ffn in ((4, 0), (0, 32), (0, 0)):
+        probe = probe_model(model, heads, ffn)
+        assert get_adapter(probe).structure() == [{"heads": heads, "ffn": ffn}]
+        assert probe.config.vocab_size > probe.config.max_position_embeddings  # embeddings fuse
+
+
+def test_measured_table_is_monotone_and_cached(tmp_path: Path, dense_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compresslab.bench.latency_table as lt
+
+    model = tiny_model("bert")
+    table, info = build_latency_table(model, dense_onnx, SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert not info["cached"] and table.sizes("attention") == [0, 1, 2, 3, 4]
+    assert table.sizes("ffn") == [0, 16, 32, 48, 64]
+    for kind in ("attention", "ffn"):
+        times = list(table.module_times[kind].values())
+        assert times[0] == 0.0 and all(a <= b for a, b in zip(times, times[1:]))
+    assert table.base_time >= 0 and info["raw"]["dense_ms"] > 0
+    assert len(info["raw"]["base_ms"]) == 3  # 4 + 4 probes in chunks of 3, each against the base
+    monkeypatch.setattr(lt, "measure_table", lambda *a, **k: pytest.fail("re-measured a valid cache"))
+    again, info2 = build_latency_table(model, dense_onnx, SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert info2["cached"] and again.to_dict() == table.to_dict()
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Replace the measurement with a cheap fake that records the environment it was asked for."""
+    import compresslab.bench.latency_table as lt
+
+    calls: list[dict] = []
+
+    def fake(model: Any, dense: Any, s: TableSettings, env: dict, progress: Any = None) -> tuple[LatencyTable, dict]:
+        calls.append(env)
+        return LatencyTable(1e-3, {"attention": {4: 1e-3}, "ffn": {64: 1e-3}}, env), {"dense_ms": 5.0}
+
+    monkeypatch.setattr(lt, "measure_table", fake)
+    return calls
+
+
+def test_other_environment_is_never_reused(tmp_path: Path, counted: list, caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("bert")
+    build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    with caplog.at_level(logging.WARNING, logger="compresslab.bench.latency_table"):
+        _, info = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp(cpu="Other CPU"))
+    assert len(counted) == 2 and not info["cached"]
+    assert "cpu.model" in caplog.text and "not reused" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="compresslab.bench.latency_table"):
+        build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp(ort="2.0"))
+    assert len(counted) == 3 and "libraries.onnxruntime" in caplog.text
+    # the shape and thread count are part of the environment too
+    other = TableSettings(batch=4, seq=16, threads=1, ffn_grid=16)
+    assert environment(model, other, _fp()) != environment(model, SETTINGS, _fp())
+    build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert len(counted) == 3  # the first environment's table is still there and still valid
+
+
+def test_tampered_or_corrupt_cache_is_remeasured(tmp_path: Path, counted: list, caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("bert")
+    env = environment(model, SETTINGS, _fp())
+    build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    path = cache_file(tmp_path, env)
+    data = json.loads(path.read_text())
+    data["table"]["fingerprint"]["cpu.model"] = "edited"
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="compresslab.bench.latency_table"):
+        build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert len(counted) == 2 and "another environment" in caplog.text
+    path.write_text("{not json")
+    build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert len(counted) == 3
