@@ -128,6 +128,10 @@ class RunState:
             if step.name == "finetune" or getattr(step.pass_, "name", "") == "finetune":
                 self.teacher = self._frozen(self.model)
             save(self.model, step_dir, self.tokenizer)
+            if result.metrics.get("sparsity"):  # also the deployable sparse format (bitmask + int8)
+                from compresslab.models.sparse_format import save_sparse
+
+                save_sparse(self.model, step_dir)
             rec.metrics_after = {**score_torch(self, f"step:{step.name}"), "params": count_params(self.model),
                                  "size_bytes": (step_dir / "model.safetensors").stat().st_size}
         else:

@@ -142,14 +142,18 @@ def load(path: str | os.PathLike, *, attn_implementation: str = "sdpa") -> nn.Mo
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    from compresslab.models.sparse_format import SPARSE_FILE, read_sparse_state
+
     path = Path(path)
     raw = read_config(path)
     check_supported(str(raw.get("model_type", "?")))
     weights = path / "model.safetensors"
+    if not weights.is_file() and (path / SPARSE_FILE).is_file():
+        weights = path / SPARSE_FILE  # a pruned checkpoint in the bitmask + int8 format
     if not weights.is_file():
-        raise CheckpointError(f"no model.safetensors in {path}")
+        raise CheckpointError(f"no model.safetensors (or {SPARSE_FILE}) in {path}")
     try:
-        state = load_file(str(weights))
+        state = read_sparse_state(weights) if weights.name == SPARSE_FILE else load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for truncated headers/data
         raise CheckpointError(f"cannot read {weights} (truncated or corrupt?): {e}") from e
     config = AutoConfig.from_pretrained(path, local_files_only=True)

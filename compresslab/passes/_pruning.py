@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from enum import Enum
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -86,9 +86,10 @@ def default_init_sparsity(sparsity: float) -> float:
 def check_recovery(p: Any) -> None:
     """Shared validation of the recovery fields of a pruning pass (steps, lr, KD, schedule)."""
     p.sparsity = check_fraction(p.sparsity, "sparsity")
-    if p.init_sparsity is None:
+    if p.init_sparsity is None and p.mode is Mode.GRADUAL:
         p.init_sparsity = default_init_sparsity(p.sparsity)
-    p.init_sparsity = check_fraction(p.init_sparsity, "init_sparsity")
+    if p.init_sparsity is not None:
+        p.init_sparsity = check_fraction(p.init_sparsity, "init_sparsity")
     if isinstance(p.steps, bool) or not isinstance(p.steps, int) or p.steps < 0:
         raise ValueError(f"steps must be an integer >= 0 (recovery optimizer steps), got {p.steps!r}")
     if p.mode is Mode.GRADUAL:
@@ -111,7 +112,10 @@ def plan_events(steps: int, num_events: int, init: float, final: float) -> tuple
     """(dense_steps w, cycle c, events) with ``w + E*c == steps``, events at ``w, w+c, ...``.
 
     ``c = floor(steps / (E + 0.5))`` so the dense phase is about half a cycle, as in the recipe;
-    ``E`` is reduced when there are too few steps for ``num_events`` cycles.
+    ``E`` is reduced when there are too few steps for ``num_events`` cycles. The LR ramps up over
+    the dense phase (the loop's warm-up; the recipe decays there instead, but the loop has no
+    decay-then-restart shape and a ramp is harmless on a fine-tuned model), then decays from
+    ``lr`` to ``lr * LR_FLOOR`` in every cycle, restarting at each event.
     """
     if steps < 2:
         raise ValueError(f"gradual pruning needs steps >= 2, got {steps}")
@@ -158,7 +162,7 @@ def prune_to(scorer: Scorer, model: nn.Module, modules: Mapping[str, nn.Linear],
 class _PruneAtEvents:
     """Loop callback: run a pruning event before the optimizer step it is scheduled at."""
 
-    def __init__(self, events: list[PruningEvent], prune: Any) -> None:
+    def __init__(self, events: list[PruningEvent], prune: Callable[[float, int], None]) -> None:
         self.events = {e.step: e.sparsity for e in events}
         self.prune = prune
 
@@ -192,7 +196,8 @@ def run_pruning(p: Any, model: nn.Module, ctx: PassContext, modules: Mapping[str
 
     r = int(getattr(p, "num_recomputations", 1))
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
-    teacher, losses = _teacher_and_losses(model, ctx, p.hardness, p.temperature)
+    if p.steps:  # before any pruning: without ctx.teacher the dense input model is the teacher
+        teacher, losses = _teacher_and_losses(model, ctx, p.hardness, p.temperature)
     done: list[list[float]] = []  # [step, sparsity] of every (sub-)step, for the manifest
 
     def prune(target: float, step: int = 0) -> None:
@@ -238,5 +243,4 @@ def moved(model: nn.Module, device: torch.device) -> torch.device:
 
 
 __all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_fraction", "check_recovery", "default_init_sparsity",
-           "moved", "plan_events",
-           "prune_step", "prune_to", "run_pruning"]
+           "moved", "plan_events", "prune_step", "prune_to", "run_pruning"]

@@ -63,7 +63,8 @@ class OBSScorer:
         if self._sums is not None:
             t0 = time.perf_counter()
             self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp), None
-            self.metrics["fisher_invert_s"] += time.perf_counter() - t0
+            self.metrics["fisher_invert_s"] = round(self.metrics["fisher_invert_s"] + time.perf_counter() - t0, 3)
+            self.metrics["fisher_grads"] += self.num_grads  # collected once by the damp grid
         else:
             self._finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
                                            self.damp, self.loss_fn, self.progress)
@@ -209,10 +210,12 @@ class OBert:
         try:
             loader = ctx.train_loader(batch_size=self.grad_batch_size, shuffle=True)
             batches = rank_batches(loader, ctx.device)
-            damp, grid = self.damp, None
+            damp, grid, sums = self.damp, None, None
             if self.damp_grid:
-                damp, grid = self._choose_damp(model, ctx, batches, list(modules))
-            scorer = OBSScorer(batches, self.num_grads, self.block_size, damp, self.group_size, ctx.progress)
+                damp, grid, sums = self._choose_damp(model, ctx, batches, list(modules))
+            # one-shot prunes the very model the grid saw: its gradient sums still hold
+            scorer = OBSScorer(batches, self.num_grads, self.block_size, damp, self.group_size, ctx.progress,
+                               sums=sums if self.mode is Mode.ONESHOT else None)
             metrics, structure = run_pruning(self, model, ctx, modules, scorer, Scope.GLOBAL)
         finally:
             model.to(before)
@@ -223,11 +226,14 @@ class OBert:
         return PassResult(metrics=metrics, structure=structure)
 
     def _choose_damp(self, model: nn.Module, ctx: PassContext, batches: Iterator[dict[str, Tensor]],
-                     names: list[str]) -> tuple[float, dict[str, Any]]:
-        """One-shot prune a copy per damp to ``sparsity``; lowest validation loss wins."""
+                     names: list[str]) -> tuple[float, dict[str, Any], dict[str, Tensor] | None]:
+        """One-shot prune a copy per damp to ``sparsity``; lowest validation loss wins.
+
+        Returns (damp, grid record, the damp-free gradient sums when ``num_recomputations == 1``).
+        """
         val = ctx.validation_loader()
         keeper0 = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in names])
-        sums = None
+        sums, t0 = None, time.perf_counter()
         if self.num_recomputations == 1:  # the sums do not depend on damp: collect once
             mods = {n: model.get_submodule(n) for n in names}
             pruned = {n: keeper0.masks[f"{n}.weight"].reshape(-1) for n in names}
@@ -245,4 +251,6 @@ class OBert:
             rows.append({"damp": d, **validation_score(m, val)})
             del m, scorer
         best = min(rows, key=lambda r: r["val_loss"])
-        return best["damp"], {"dense": dense, "oneshot_sparsity": self.sparsity, "results": rows}
+        record = {"dense": dense, "oneshot_sparsity": self.sparsity, "results": rows,
+                  "grid_s": round(time.perf_counter() - t0, 2)}
+        return best["damp"], record, sums

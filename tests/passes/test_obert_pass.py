@@ -122,6 +122,7 @@ def test_damp_grid_selects_on_validation_never_dev(tiny_ctx):
     grid = res.metrics["damp_grid"]
     assert [r["damp"] for r in grid["results"]] == [1e-2, 1e-6]
     assert res.metrics["damp"] == min(grid["results"], key=lambda r: r["val_loss"])["damp"]
+    assert res.metrics["fisher_grads"] == 8  # one gradient pass served both damps and the final prune
 
 
 @pytest.mark.parametrize("kw,match", [
