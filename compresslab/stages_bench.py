@@ -27,7 +27,7 @@ def _real_batches(state: Any, batch_size: int, max_batches: int | None) -> list[
 
 def bench(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> None:
     from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths, probe_load,
-                                   real_length_speedups, select_gpu_backend, speedups)
+                                   real_length_speedups, speedups)
     from compresslab.stages import teacher_onnx
 
     b = state.cfg.bench

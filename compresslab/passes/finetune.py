@@ -9,7 +9,6 @@ setting that changes the result, so a cached teacher is reused only when it woul
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar

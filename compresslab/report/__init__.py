@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from compresslab.manifest import atomic_write_bytes as write_atomic
 from compresslab.report.render import to_html, to_markdown
 from compresslab.report.sections import build_document
 
@@ -45,28 +45,6 @@ def load_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ManifestError(f"{path} holds a {type(data).__name__}, expected a JSON object.")
     return data
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix.
-
-    The temporary file sits in the same directory because ``os.replace`` is only atomic
-    within one file system.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes 0600 files; a report is meant to be shared, so keep the old file's
-        # mode, or use the usual 0644 for a new one.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:

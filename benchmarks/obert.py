@@ -1,0 +1,137 @@
+"""oBERT figures (issue #3) on the cached `bench` teacher, SST-2 dev. Resumable: each finished item
+is stored in benchmarks/results/obert.json and skipped on rerun.
+
+    python benchmarks/obert.py oneshot            # one-shot oBERT vs magnitude at 0.5/0.7/0.8 (no recovery)
+    python benchmarks/obert.py gradual --steps 400 --grads 128 [--sparsity 0.8]
+                                                  # obert_int8 and magnitude_int8 pipelines, same budget
+    python benchmarks/obert.py cost               # Fisher cost on a BERT-base-shaped random model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+from compresslab.cli import compose, setup_process
+from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
+
+
+def _load() -> dict:
+    return read_json(RESULTS) if RESULTS.is_file() else {}
+
+
+def _store(key: str, sub: str | None, value) -> None:
+    data = _load()
+    if sub is None:
+        data[key] = value
+    else:
+        data.setdefault(key, {})[sub] = value
+    atomic_write_json(RESULTS, data)
+
+
+def _teacher_state(extra: list[str]):
+    from compresslab.passes.finetune import Finetune
+    from compresslab.runtime import RunState
+    from hydra.utils import instantiate
+
+    cfg = compose(["+pipeline=obert_int8", "budget=bench", *extra])
+    setup_process(cfg.run.get("threads"), int(cfg.seed))
+    state = RunState.prepare(cfg, [])
+    state.load_initial()
+    ft: Finetune = instantiate(cfg.pipeline.passes.finetune)
+    ctx = state.context(Path("/tmp/obert-bench"), Path("/tmp/obert-bench/step"))
+    ft.apply(state.model, ctx)  # cached bench teacher
+    state.teacher = state._frozen(state.model)
+    return cfg, state, ctx
+
+
+def oneshot(args) -> None:
+    from compresslab.eval.evaluate import predict, torch_forward
+    from compresslab.passes.magnitude import Magnitude
+    from compresslab.passes.obert import OBert
+
+    cfg, state, ctx = _teacher_state([])
+    spec, dev, tok = state.task.spec, state.task.dev, state.tokenizer
+    score = lambda m: predict(torch_forward(m), spec, dev, tok, max_length=int(cfg.task.max_length)).metrics["score"]
+    if "teacher_acc" not in _load():
+        _store("teacher_acc", None, score(state.teacher))
+    for s in args.sparsities:
+        key = str(s)
+        if key not in _load().get("oneshot_magnitude_acc", {}):
+            m = copy.deepcopy(state.teacher)
+            Magnitude(sparsity=s, mode="oneshot", steps=0).apply(m, ctx)
+            _store("oneshot_magnitude_acc", key, score(m))
+        if key not in _load().get("oneshot_acc", {}):
+            m = copy.deepcopy(state.teacher)
+            res = OBert(sparsity=s, mode="oneshot", steps=0, num_grads=args.grads, damp=args.damp,
+                        num_recomputations=args.recomputations).apply(m, ctx)
+            _store("oneshot_acc", key, score(m))
+            fm = {k: v for k, v in res.metrics.items() if k.startswith("fisher")}
+            _store("oneshot_fisher", key, {**fm, "num_grads": args.grads, "damp": args.damp,
+                                            "num_recomputations": args.recomputations})
+            if abs(s - 0.7) < 1e-9 or "fisher_s" not in _load():
+                _store("fisher_s", None, fm.get("fisher_s"))
+                _store("fisher_peak_mb", None, fm.get("fisher_peak_mb"))
+
+
+def gradual(args) -> None:
+    from compresslab.pipeline import run
+
+    s = args.sparsity
+    common = ["budget=bench", f"budget.recovery_steps={args.steps}", f"budget.fisher_grads={args.grads}",
+              "bench.load_probe=false"]
+    runs = {"gradual_acc": ["+pipeline=obert_int8", f"pipeline.passes.obert.sparsity={s}",
+                            f"pipeline.passes.obert.num_events={args.events}"],
+            "gradual_magnitude_acc": ["+pipeline=magnitude_int8", "pipeline.passes.magnitude.mode=gradual",
+                                      f"pipeline.passes.magnitude.sparsity={s}",
+                                      f"pipeline.passes.magnitude.num_events={args.events}"]}
+    for key, ov in runs.items():
+        cfg = compose([*ov, *common])
+        setup_process(cfg.run.get("threads"), int(cfg.seed))
+        t0 = time.perf_counter()
+        m = read_json(run(cfg) / "manifest.json")
+        step = m["steps"][1]
+        _store(key, str(s), step["metrics_after"]["score"])
+        _store(key + "_runs", str(s), {"run": m["config_hash"], "pipeline": m["pipeline"], "wall_s": time.perf_counter() - t0,
+                                       "deployed_acc": m["eval"]["models"]["deployed"]["score"],
+                                       "deployed_agreement": m["eval"]["models"]["deployed"].get("agreement"),
+                                       "step_metrics": step["result"]["metrics"], "size": m["size"],
+                                       "latency_ms": {k: {sh: v["p50_ms"] for sh, v in d.items()}
+                                                      for k, d in m["bench"]["latency"].items()}})
+        if key == "gradual_acc" and abs(s - 0.8) < 1e-9:
+            _store("obert_int8_onnx_acc", None, m["eval"]["models"]["deployed"]["score"])
+            _store("size_bytes", None, m["size"])
+            _store("latency_ms", None, {k: {sh: v["p50_ms"] for sh, v in d.items()}
+                                        for k, d in m["bench"]["latency"].items()})
+    _store("budget", None, {"preset": "bench teacher; recovery reduced to fit 2 cores", "steps": args.steps,
+                            "batch_size": 32, "fisher_grads": args.grads, "num_events": args.events,
+                            "kd": {"hardness": 1.0, "temperature": 2.0}, "seeds": [42]})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["oneshot", "gradual"])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
+    ap.add_argument("--sparsity", type=float, default=0.8)
+    ap.add_argument("--grads", type=int, default=512)
+    ap.add_argument("--damp", type=float, default=1e-7)
+    ap.add_argument("--recomputations", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--events", type=int, default=4)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    {"oneshot": oneshot, "gradual": gradual}[args.what](args)
+    _store("meta", None, {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
+                          "command": "python benchmarks/obert.py oneshot; python benchmarks/obert.py gradual ...",
+                          "teacher": "finetune preset bench (cached)"})
+    print(json.dumps(_load(), indent=2, default=str)[:4000])
+
+
+if __name__ == "__main__":
+    main()
