@@ -9,6 +9,9 @@ Timing a lone sub-block graph instead would miss the fusions ORT only finds in a
 * ``t_att(h) = T(probe with h heads, no FFN) - T(probe with no heads, no FFN)``
 * ``t_ffn(n) = T(probe with no heads, n neurons) - T(same base probe)``
 
+Sizes that are no faster than a larger size are dropped (see :func:`efficient_sizes`), so the
+table is strictly increasing and the search only sees widths worth choosing.
+
 The base probe (embeddings, LayerNorms, head: cost that never changes) is interleaved with every
 chunk of probes, so slow drift on a shared machine cancels in the differences. The dense model is
 timed in the first chunk for ``T_dense`` and ``t_0 = T_dense - L (t_att(H) + t_ffn(F))``. Probes
@@ -33,12 +36,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
-from compresslab.ops.spdy import LatencyTable, isotonic_non_decreasing
+from compresslab.ops.spdy import LatencyTable
+
+if TYPE_CHECKING:  # torch stays unloaded until a table is measured (bench imports stay light)
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +148,7 @@ Progress = Callable[..., Any]
 def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: TableSettings, *,
                         cache_dir: str | Path | None = None, fingerprint: dict[str, Any] | None = None,
                         progress: Progress | None = None) -> tuple[LatencyTable, dict[str, Any]]:
-    """The smoothed table for ``model``'s architecture (cached), and facts about how it was made.
+    """The table for ``model``'s architecture (cached), and facts about how it was made.
 
     ``dense_onnx`` is the deployed (fused) export of ``model``, timed for ``T_dense``.
     ``fingerprint`` overrides :func:`~compresslab.bench.env.hardware_fingerprint` (tests).
@@ -228,16 +232,13 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
             if export_probe(probe_model(model, heads, ffn), paths[(kind, size)]) != (1 if heads else 0):
                 log.warning("latency probe %s_%d: attention did not fuse as deployed", kind, size)
         chunks = [wanted[i:i + s.chunk] for i in range(0, len(wanted), s.chunk)]
-        bar = iter(_track(progress, range(len(chunks) * (s.warmup + s.runs)), "latency table: time probes"))
         p50: dict[tuple[str, int], float] = {}
         raw: dict[str, Any] = {"base_ms": [], "probes_ms": {}}
-        for ci, chunk in enumerate(chunks):
+        for ci, chunk in enumerate(_track(progress, chunks, "latency table: time probe chunks")):
             runners: dict[str, Any] = {"base": OrtRunner(paths[("base", 0)], threads, s.provider)}
             runners.update({f"{k}_{n}": OrtRunner(paths[(k, n)], threads, s.provider) for k, n in chunk})
             if ci == 0:  # ids are drawn below the smallest declared vocabulary (the dense one here)
                 runners["dense"] = OrtRunner(dense_onnx, threads, s.provider, vocab_size=arch["vocab"])
-            last = list(runners)[-1]
-            runners[last] = _Ticking(runners[last], bar)
             res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
             base = res["base"][key]["p50_ms"]
             raw["base_ms"].append(base)
@@ -250,11 +251,9 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
             del runners, res
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    tables = {}
-    for kind in ("attention", "ffn"):
-        sizes = [0] + sorted(n for k, n in p50 if k == kind)
-        fit = isotonic_non_decreasing([0.0] + [p50[(kind, n)] for n in sizes[1:]])
-        tables[kind] = {n: float(t) for n, t in zip(sizes, fit)}
+    tables = {kind: efficient_sizes({0: 0.0, **{n: t for (k, n), t in p50.items() if k == kind}})
+              for kind in ("attention", "ffn")}
+    raw["dominated"] = {k: sorted({n for (kk, n) in p50 if kk == k} - set(tables[k])) for k in tables}
     table = LatencyTable.from_dense(raw["dense_ms"] / 1e3, tables, {"attention": L, "ffn": L}, env)
     if table.base_time < 0:
         log.warning("latency table: T_dense is below the sum of module times (t_0 = %.4g s): the "
@@ -263,20 +262,20 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
     return table, raw
 
 
-class _Ticking:
-    """Tick a progress bar after each call of the wrapped runner (microseconds vs milliseconds)."""
+def efficient_sizes(times: dict[int, float]) -> dict[int, float]:
+    """Drop every size that is no faster than some larger size; the rest is strictly increasing.
 
-    def __init__(self, runner: Any, bar: Any) -> None:
-        self.runner, self.bar = runner, bar
-        self.threads = getattr(runner, "threads", None)
-        self.vocab_size = getattr(runner, "vocab_size", None)
-
-    def run(self, batch: Any) -> None:
-        self.runner.run(batch)
-        next(self.bar, None)
-
-    def info(self) -> dict[str, Any]:
-        return self.runner.info()
+    Latency is tile-quantized, not monotone: on AVX-512 an FFN of 448 neurons can run slower than
+    one of 512. Averaging such violators away (isotonic smoothing) would misprice both sizes;
+    a dominated size has more error and no less time, so the search should never pick it.
+    The full size and 0 are always kept.
+    """
+    sizes = sorted(times, reverse=True)
+    kept, best = {sizes[0]: times[sizes[0]]}, times[sizes[0]]
+    for n in sizes[1:]:
+        if n == 0 or times[n] < best:
+            kept[n], best = times[n], min(best, times[n])
+    return dict(sorted(kept.items()))
 
 
 def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:

@@ -97,28 +97,20 @@ def load_pretrained(source: str | os.PathLike, *, kind: str = "classification", 
     return model.eval(), tokenizer
 
 
-def _atomic_dir(final: Path) -> tuple[Path, Any]:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    return tmp, final
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _move_files_into(tmp: Path, final: Path) -> None:
+    """Move every file of ``tmp`` into ``final`` with ``os.replace`` (each file atomic), keeping
+    files a pass wrote there itself (e.g. a sparse copy); the step is marked done only afterwards."""
+    final.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, final / f.name)
+    tmp.rmdir()
 
 
 def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Save a model (and tokenizer) as safetensors + config, atomically, rebuildable by :func:`load`."""
     final = Path(out_dir)
-    tmp, final = _atomic_dir(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         cfg = model.config
         shrunk = is_shrunk(model)
@@ -130,7 +122,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None) ->
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, final)
+        _move_files_into(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -117,11 +117,16 @@ class SpeedupLab:
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=".speedup-", dir=ctx.step_dir))
         self._n = 0
-        self.dense_onnx = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
-                                       keep_unfused=False).onnx_path
-        self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
-                                                          cache_dir=ctx.cache_dir, progress=ctx.progress)
-        self.t_dense = self.predict(structure_of(dense))
+        try:
+            self.dense_onnx = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
+                                           keep_unfused=False).onnx_path
+            self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
+                                                              cache_dir=ctx.cache_dir, progress=ctx.progress)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
+        self.dense_choice = structure_of(dense)
+        self.t_dense = self.predict(self.dense_choice)
 
     def __enter__(self) -> "SpeedupLab":
         return self
@@ -136,7 +141,7 @@ class SpeedupLab:
 
     def check_targets(self, targets: list[float]) -> None:
         """Clear error for targets the runtime cannot reach, before any Hessian is computed."""
-        bad = [s for s in targets if s >= self.max_speedup]
+        bad = [s for s in targets if s > 1.0 and s >= self.max_speedup]
         if bad:
             raise ValueError(
                 f"speedup target(s) {bad} are not reachable at b{self.p.batch}xs{self.p.seq} on this runtime: "
@@ -175,8 +180,8 @@ class SpeedupLab:
         shrink) and so converges in a retry or two.
         """
         budget, attempts = self.budget(target), []
-        for _ in range(self.p.max_retries + 1):
-            choice = solve(budget)
+        for _ in range(self.p.max_retries + 1 if target > 1.0 else 1):
+            choice = solve(budget) if target > 1.0 else self.dense_choice  # 1x is the dense model
             model = build(choice)
             m = self.measure(model)
             attempts.append({"budget_ms": budget * 1e3, "predicted_speedup": self.predicted_speedup(choice),
@@ -186,7 +191,7 @@ class SpeedupLab:
             log.info("%.2fx target: measured %.3fx (predicted %.3fx); tightening the budget", target,
                      m["speedup"], attempts[-1]["predicted_speedup"])
             budget *= m["speedup"] / target
-        met = attempts[-1]["measured_speedup"] >= target * (1 - self.p.tolerance)
+        met = target == 1.0 or attempts[-1]["measured_speedup"] >= target * (1 - self.p.tolerance)
         if not met:
             warnings.warn(f"{target}x target missed after {len(attempts)} attempt(s): measured "
                           f"{attempts[-1]['measured_speedup']:.3f}x; raise max_retries or check the latency table",

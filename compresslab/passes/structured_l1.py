@@ -62,15 +62,15 @@ def shrink_by_l1(model: nn.Module, choice: Choice) -> None:
 def uniform_solver(lab: SpeedupLab, num_layers: int, num_heads: int, ffn_size: int, steps: int):
     """``budget -> choice``: the smallest uniform fraction ``f`` whose predicted time fits.
 
-    FFN widths snap to the nearest latency-grid size; heads round to the nearest integer.
+    Head counts and FFN widths snap to the nearest size the latency table prices.
     Predicted time is monotone in ``f`` (the table is smoothed), so the first fit is the least
     pruning that meets the budget.
     """
-    grid = lab.table.sizes("ffn")
+    def nearest(kind: str, x: float) -> int:  # sizes the table prices (dominated ones are absent)
+        return min(lab.table.sizes(kind), key=lambda s: (abs(s - x), -s))  # ties: prune less
 
     def at(f: float) -> Choice:
-        h = round((1 - f) * num_heads)
-        n = min(grid, key=lambda s: (abs(s - (1 - f) * ffn_size), s))
+        h, n = nearest("attention", (1 - f) * num_heads), nearest("ffn", (1 - f) * ffn_size)
         return {"heads": [h] * num_layers, "ffn": [n] * num_layers}
 
     def solve(budget: float) -> Choice:

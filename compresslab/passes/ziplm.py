@@ -58,6 +58,12 @@ def capture_inputs(modules: dict[Key, nn.Module], sink: Any) -> Iterator[None]:
             h.remove()
 
 
+def get_layers(model: nn.Module) -> list[Any]:
+    from compresslab.models.adapters import get_adapter
+
+    return list(get_adapter(model).layers())
+
+
 def _matrices(model: nn.Module) -> dict[Key, nn.Linear]:
     """The pruned matrices with something left to prune: ``W_O`` and ``W_2`` of each layer."""
     out: dict[Key, nn.Linear] = {}
@@ -67,12 +73,6 @@ def _matrices(model: nn.Module) -> dict[Key, nn.Linear]:
         if lv.ffn_size:
             out[(lv.index, "ffn")] = lv.ffn_out
     return out
-
-
-def get_layers(model: nn.Module) -> list[Any]:
-    from compresslab.models.adapters import get_adapter
-
-    return list(get_adapter(model).layers())
 
 
 @torch.no_grad()
@@ -93,14 +93,16 @@ def collect_hessians(model: nn.Module, batches: Any, ctx: PassContext, total: in
     mask: dict[str, torch.Tensor] = {}
     was_training = model.training
     model.eval()
-    with capture_inputs(mats, lambda key, x: accs[key].add_batch(x.detach(), mask["m"])):
-        for i, batch in enumerate(ctx.track(batches, total=total, desc="ziplm: calibration")):
-            if i % world != rank:
-                continue
-            inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            mask["m"] = inputs["attention_mask"]
-            model(**inputs)
-    model.train(was_training)
+    try:
+        with capture_inputs(mats, lambda key, x: accs[key].add_batch(x.detach(), mask["m"])):
+            for i, batch in enumerate(ctx.track(batches, total=total, desc="ziplm: calibration")):
+                if i % world != rank:
+                    continue
+                inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                mask["m"] = inputs["attention_mask"]  # (B, T): pads are left out of every H
+                model(**inputs)
+    finally:
+        model.train(was_training)
     if distributed:
         for acc in accs.values():
             xxt, count = acc.raw()[0].clone(), acc.count_tensor()
@@ -149,17 +151,18 @@ class ZipLM(SpeedupSettings):
             if kind == "attention":
                 group, levels = head_size, range(w.shape[1] // head_size + 1)
             else:
-                group, levels = 1, [w.shape[1] - s for s in self._ffn_options(table, w.shape[1], layer)]
+                group, levels = 1, [w.shape[1] - s for s in self._options(table, kind, w.shape[1], layer)]
             dbs[key] = build_database(w, res.hessian, group, levels, store_device="cpu", store_dtype=weight.dtype)
         return dbs
 
     @staticmethod
-    def _ffn_options(table: LatencyTable, width: int, layer: int) -> list[int]:
-        sizes = table.sizes("ffn")
-        if width not in sizes:
-            raise ValueError(f"layer {layer}: FFN width {width} is not on the latency grid {sizes}; ziplm "
-                             "prunes to grid widths only (use the same ffn_grid for every step)")
-        return [s for s in sizes if s <= width]
+    def _options(table: LatencyTable, kind: str, current: int, layer: int) -> list[int]:
+        """Sizes the DP may pick for one module: the table's sizes up to the current one."""
+        sizes = table.sizes(kind)
+        if current not in sizes:
+            raise ValueError(f"layer {layer}: {kind} size {current} has no latency entry (sizes {sizes}); ziplm "
+                             "prunes to table sizes only (use the same ffn_grid and shape for every step)")
+        return [s for s in sizes if s <= current]
 
     # ------------------------------------------------------------------ search and stitch
     def solver(self, model: nn.Module, dbs: dict[Key, ShrinkDatabase], table: LatencyTable):
@@ -170,7 +173,7 @@ class ZipLM(SpeedupSettings):
                 if cur == 0:  # emptied earlier (gradual): nothing left to choose
                     options.append((kind, [0], [0.0]))
                     continue
-                sizes = list(range(cur + 1)) if kind == "attention" else self._ffn_options(table, cur, lv.index)
+                sizes = self._options(table, kind, cur, lv.index)
                 db = dbs[(lv.index, kind)]
                 options.append((kind, sizes, [db.level(cur - s).error for s in sizes]))
         times = [[table.time(kind, s) for s in sizes] for kind, sizes, _ in options]

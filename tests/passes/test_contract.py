@@ -24,9 +24,10 @@ TINY: dict[str, dict] = {
     "finetune": {"preset": "smoke", "cache": False},
     "obert": {"num_grads": 8, "grad_batch_size": 4, "block_size": 8, "steps": 4, "sparsity": 0.5},
     "magnitude": {"steps": 4, "sparsity": 0.5},
-    "ziplm": {"num_calibration": 32, "speedup": 1.2, "family": [], "batch": 2, "seq": 16, "steps": 2,
+    # a hidden-32 model has no measurable speedup headroom on ORT: 1.0 exercises the whole path
+    "ziplm": {"num_calibration": 32, "speedup": 1.0, "family": [], "batch": 2, "seq": 16, "recovery_steps": 2,
               "latency_runs": 3},
-    "structured_l1": {"speedup": 1.2, "batch": 2, "seq": 16, "steps": 2, "latency_runs": 3},
+    "structured_l1": {"speedup": 1.0, "batch": 2, "seq": 16, "recovery_steps": 2, "latency_runs": 3},
     "layer_drop": {"num_layers": 1, "keep": None},
     "ort_int8_static": {"num_calibration": 16},
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -189,3 +189,26 @@ def test_registry_and_round_trip() -> None:
     assert get_pass("ziplm") is type(p)
     d = pass_to_dict(p)
     assert d["mode"] == "gradual" and pass_from_dict(d) == p
+
+
+def test_speedup_one_keeps_the_dense_model(tmp_path: Path, fake_timing: dict) -> None:
+    fake_timing["script"] = [0.9]  # timing noise below 1x: nothing to tighten, no retry
+    model = tiny_model("bert")
+    res = _ziplm(speedup=1.0, max_retries=3).apply(model, make_ctx(tmp_path))
+    assert res.structure == {"heads": [4, 4], "ffn": [64, 64]} and len(res.metrics["attempts"]) == 1
+    assert res.metrics["met_target"] and res.metrics["params"] == res.metrics["params_dense"]
+
+
+def test_hooks_are_always_removed_and_pads_excluded(tmp_path: Path) -> None:
+    from compresslab.passes.ziplm import collect_hessians
+
+    ctx = make_ctx(tmp_path)
+    model = tiny_model("bert")
+    batches = list(ctx.calibration_batches(16))
+    accs = collect_hessians(model, batches, ctx)
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    assert {a.count for a in accs.values()} == {real_tokens} and len(accs) == 4  # W_O and W_2 of 2 layers
+    with pytest.raises(KeyError):  # a batch without a mask fails while the hooks are registered
+        collect_hessians(model, [{"input_ids": batches[0]["input_ids"]}], ctx)
+    assert not any(m._forward_pre_hooks for m in model.modules())
