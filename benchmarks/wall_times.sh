@@ -10,9 +10,13 @@ git clone -q "$repo" "$work/main"
 cd "$work/main"
 t() { local s=$(date +%s.%N); "$@" > "$work/$1-$2.log" 2>&1; echo "$(date +%s.%N) - $s" | bc; }
 demo_cold=$(t make demo); demo_warm=$(t make demo DEMO_ARGS=run.overwrite=true)
-test_cold=$(rm -rf .venv && t make test); test_warm=$(t make test)
+rm -rf .venv
+test_cold=$(t make test); test_warm=$(t make test)
+quick_acc=$(.venv/bin/python -c "import json,glob; m=json.load(open(glob.glob('outputs/int8/*/manifest.json')[0])); print(m['eval']['models']['teacher_torch']['score'])")
+tests=$(grep -E "passed|failed" "$work/make-test.log" | tail -1)
 cat > "$repo/benchmarks/results/wall_times.json" <<JSON
 {"demo_wall_s": $demo_cold, "demo_wall_warm_s": $demo_warm, "test_wall_s": $test_cold, "test_wall_warm_s": $test_warm,
- "wall_note": "fresh git clone, no venv, empty teacher cache; warm = second run in the same clone"}
+ "teacher_quick_acc": $quick_acc, "test_summary": "$tests",
+ "wall_note": "fresh git clone, no venv, empty teacher cache; warm = second run in the same clone (venv and teacher cache kept; demo rerun with run.overwrite=true)"}
 JSON
 cat "$repo/benchmarks/results/wall_times.json"
