@@ -175,6 +175,8 @@ class Bench:
             shutil.move(str(run / "family" / "step" / f"{tk(t)}x"), d)
             _tag(d, prov)
         m = res.metrics
+        if not (m.get("latency_table") or {}).get("cached"):
+            say(f"WARNING: {method} measured the latency table itself: its wall time includes it")
         _put(key, {"provenance": prov, "wall_s": round(wall, 2), "latency_table": m.get("latency_table"),
                    "max_speedup": m.get("max_speedup"), "dense_ms_predicted": m.get("dense_ms_predicted"),
                    "members": {s: {k: v for k, v in r.items() if k != "saved"} for s, r in m.get("family", {}).items()}})
@@ -365,6 +367,8 @@ def run_all(args: argparse.Namespace) -> None:
         say(f"target {tk(t)}x is beyond the {max_sp:.2f}x that removing every head and neuron gives: skipped")
         _put("targets", tk(t), {"unreachable": True, "max_speedup": max_sp})
     _put("max_speedup_predicted", max_sp)
+    if not reach:
+        raise SystemExit(f"no reachable target among {targets} (at most {max_sp:.2f}x predicted)")
 
     pruned = {f"ziplm_{tk(t)}x": d for t, d in B.family("ziplm", reach).items()}
     pruned |= {f"l1_{tk(t)}x": d for t, d in B.family("structured_l1", reach).items()}
@@ -487,7 +491,7 @@ def main() -> None:
     if args.recovery < 0 or args.calibration < 1 or args.runs < 1 or not args.targets:
         ap.error("need --recovery >= 0, --calibration >= 1, --runs >= 1 and at least one target")
     os.chdir(ROOT)  # the config's cache and output paths are relative to the repo root
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.WARNING)  # ORT quantization logs every tensor at INFO
     logging.getLogger("compresslab").setLevel(logging.INFO)
     t0 = time.perf_counter()
     run_all(args)
