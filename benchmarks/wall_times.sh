@@ -8,7 +8,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/shared" && ln -s "$(cd "$repo/../shared" && pwd)/data" "$work/shared/data"
 git clone -q "$repo" "$work/main"
 cd "$work/main"
-t() { local s=$(date +%s.%N); "$@" > "$work/$1-$2.log" 2>&1; echo "$(date +%s.%N) - $s" | bc; }
+t() { local s=$(date +%s.%N); "$@" > "$work/$1-$2.log" 2>&1 || echo "FAILED: $*" >&2; echo "$(date +%s.%N) - $s" | bc; }
 # WARM=1 also times a second run in the same clone (venv and teacher cache kept)
 demo_cold=$(t make demo); demo_warm=null
 [ "${WARM:-0}" = 1 ] && demo_warm=$(t make demo DEMO_ARGS=run.overwrite=true)
