@@ -4,7 +4,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'cp "$work"/*.log "${LOG_DIR:-/tmp}"/ 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/shared" && ln -s "$(cd "$repo/../shared" && pwd)/data" "$work/shared/data"
 git clone -q "$repo" "$work/main"
 cd "$work/main"
