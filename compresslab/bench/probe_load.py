@@ -62,7 +62,14 @@ def make_session(onnx_path: str | Path, threads: int, provider: str) -> tuple[An
 
 
 def _peak_rss_mb() -> float:
-    # Same as compresslab.bench.env.peak_rss_mb, repeated so this file stays self-contained.
+    """This process's peak RSS. Linux keeps ``ru_maxrss`` across fork+exec, so a child started by a
+    1.7 GB parent would report the parent's peak; ``VmHWM`` belongs to the new address space."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 2)
+    except OSError:
+        pass
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
