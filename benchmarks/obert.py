@@ -4,7 +4,7 @@ is stored in benchmarks/results/obert.json and skipped on rerun.
     python benchmarks/obert.py oneshot            # one-shot oBERT vs magnitude at 0.5/0.7/0.8 (no recovery)
     python benchmarks/obert.py gradual --steps 400 --grads 128 [--sparsity 0.8]
                                                   # obert_int8 and magnitude_int8 pipelines, same budget
-    python benchmarks/obert.py cost               # Fisher cost on a BERT-base-shaped random model
+    python benchmarks/obert.py block4             # 4-block oBERT at 80%, one-shot
 """
 
 from __future__ import annotations
@@ -80,6 +80,23 @@ def oneshot(args) -> None:
                 _store("fisher_peak_mb", None, fm.get("fisher_peak_mb"))
 
 
+def block4(args) -> None:
+    """4-block (1x4 along rows) oBERT at 80%, one-shot (no recovery), B=32 (recipe)."""
+    from compresslab.eval.evaluate import predict, torch_forward
+    from compresslab.passes.obert import OBert
+
+    if "block4_80_acc" in _load():
+        return
+    cfg, state, ctx = _teacher_state([])
+    m = copy.deepcopy(state.teacher)
+    res = OBert(sparsity=0.8, mode="oneshot", steps=0, num_grads=args.grads, damp=args.damp,
+                mask_type="block4").apply(m, ctx)
+    acc = predict(torch_forward(m), state.task.spec, state.task.dev, state.tokenizer).metrics["score"]
+    _store("block4_80_acc", None, acc)
+    _store("block4_80", None, {"mode": "oneshot, no recovery", "num_grads": args.grads, "block_size": 32,
+                                "sparsity": res.metrics.get("sparsity")})
+
+
 def gradual(args) -> None:
     from compresslab.pipeline import run
 
@@ -116,7 +133,7 @@ def gradual(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["oneshot", "gradual"])
+    ap.add_argument("what", choices=["oneshot", "gradual", "block4"])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
     ap.add_argument("--sparsity", type=float, default=0.8)
     ap.add_argument("--grads", type=int, default=512)
@@ -126,7 +143,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=4)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    {"oneshot": oneshot, "gradual": gradual}[args.what](args)
+    {"oneshot": oneshot, "gradual": gradual, "block4": block4}[args.what](args)
     _store("meta", None, {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
                           "command": "python benchmarks/obert.py oneshot; python benchmarks/obert.py gradual ...",
                           "teacher": "finetune preset bench (cached)"})
