@@ -65,3 +65,26 @@ def test_stsb_embedding_int8_smoke(tmp_path, data_root):
     assert ev["teacher_torch"]["score"] > 0.6  # the pretrained embedder is a good STS model
     assert abs(ev["deployed"]["score"] - ev["teacher_torch"]["score"]) < 0.05
     json.dumps(m)
+
+
+@pytest.mark.parametrize("pipeline,extra", [
+    ("magnitude_int8", []),
+    ("obert_int8", []),
+    ("ziplm_int8", ["pipeline.passes.ziplm.batch=8", "pipeline.passes.ziplm.seq=32", "pipeline.passes.ziplm.speedup=1.3",
+                    "pipeline.passes.ziplm.num_calibration=64", "pipeline.passes.ziplm.latency_runs=5",
+                    "pipeline.passes.ziplm.check_runs=5"]),
+])
+def test_compression_pipelines_smoke(tmp_path, data_root, pipeline, extra):
+    d = run(_cfg(tmp_path, data_root, pipeline, "bench.enabled=false", *extra, pipeline=pipeline))
+    m = read_json(d / "manifest.json")
+    assert m["status"] == "finished" and all(s["status"] == "done" for s in m["steps"])
+    step = m["steps"][1]
+    if pipeline == "ziplm_int8":
+        heads = step["result"]["structure"]["heads"]
+        assert sum(heads) < 6 * 12 and step["result"]["metrics"]["met_target"]
+    else:
+        assert step["result"]["metrics"]["sparsity"] == pytest.approx(0.5 if pipeline == "magnitude_int8" else 0.8,
+                                                                      abs=1e-3)
+        assert (d / step["dir"] / "model.sparse.safetensors").is_file()
+        assert m["size"]["sparse_int8"]["encoder"] < m["size"]["ort_fp32"]["encoder"] / 8
+    assert m["eval"]["models"]["deployed"]["score"] > 0
