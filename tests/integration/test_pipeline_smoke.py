@@ -86,5 +86,6 @@ def test_compression_pipelines_smoke(tmp_path, data_root, pipeline, extra):
         assert step["result"]["metrics"]["sparsity"] == pytest.approx(0.5 if pipeline == "magnitude_int8" else 0.8,
                                                                       abs=1e-3)
         assert (d / step["dir"] / "model.sparse.safetensors").is_file()
-        assert m["size"]["sparse_int8"]["encoder"] < m["size"]["ort_fp32"]["encoder"] / 8
+        ratio = 5 if pipeline == "magnitude_int8" else 10  # int8 alone gives 4x; the bitmask adds the rest
+        assert m["size"]["sparse_int8"]["encoder"] < m["size"]["ort_fp32"]["encoder"] / ratio
     assert m["eval"]["models"]["deployed"]["score"] > 0
