@@ -6,33 +6,29 @@ the candidate is still exported with parity by the shared machinery.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from compresslab.data.schema import Example, TaskData
-from compresslab.data.tasks import TASKS
 from compresslab.models.adapters import get_adapter
 from compresslab.models.loading import load, save
 from compresslab.models.structure import shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.ops.spdy import LatencyTable
 from compresslab.passes.structured_l1 import StructuredL1, head_l1, neuron_l1
+from compresslab.testing import tiny_context, tiny_task
 from compresslab.types import PassContext
 
 torch.set_num_threads(1)
 
 
 def _ctx(tmp_path: Path) -> PassContext:
-    rng = random.Random(0)
-    words = ["the", "movie", "good", "bad", "is", "not", "very", "fun"]
-    ex = [Example(" ".join(rng.choices(words, k=rng.randint(2, 10))), None, rng.randint(0, 1)) for _ in range(32)]
-    task = TaskData(spec=TASKS["sst2"], train=ex, validation=ex[:4], dev=ex[:4])
-    return PassContext(tokenizer=tiny_tokenizer(tmp_path / "tok"), task=task, run_dir=tmp_path,
-                       step_dir=tmp_path / "step", device=torch.device("cpu"), seed=0, max_length=32, batch_size=8)
+    """The shared toy context (compresslab.testing), 32 train sentences."""
+    ctx = tiny_context(tiny_tokenizer(tmp_path / "tok"), tmp_path, task=tiny_task(32, 4, 4))
+    ctx.step_dir = tmp_path / "step"
+    return ctx
 
 
 @pytest.fixture
