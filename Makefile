@@ -10,7 +10,7 @@ export COMPRESSLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/glue),$(SHARED_DATA),)
 PIPELINE ?= int8
 DEMO_ARGS ?=
 
-.PHONY: demo test venv install install-test clean
+.PHONY: demo test venv install install-test deepsparse clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ demo: $(VENV)/.installed-demo
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# Optional: DeepSparse 1.8.0 (oBERT's CPU engine) in its own venv; its numpy/onnx pins differ from ours.
+# Then: python -m compresslab ... bench.deepsparse.enabled=auto
+DS_VENV := .venv-deepsparse
+$(DS_VENV)/.installed:
+	$(PYTHON) -m venv $(DS_VENV)
+	$(DS_VENV)/bin/pip install -q 'deepsparse==1.8.0'
+	touch $@
+
+deepsparse: $(DS_VENV)/.installed
 
 clean:
 	rm -rf outputs .cache

@@ -52,6 +52,10 @@ class RunState:
         for s in steps:  # passes that check data sizes etc. before the run starts
             if hasattr(s.pass_, "check"):
                 s.pass_.check(task)
+        if cfg.bench.get("enabled", True):
+            from compresslab.stages_deepsparse import check_requested
+
+            check_requested(cfg.bench)  # bench.deepsparse.enabled=true without a DeepSparse venv
         dev = cfg.get("device", "auto")
         device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
         return cls(cfg=cfg, task=task, model_source=src, device=device)

@@ -29,6 +29,7 @@ def bench(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> Non
     from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths, probe_load,
                                    real_length_speedups, speedups)
     from compresslab.stages import teacher_onnx
+    from compresslab.stages_deepsparse import deepsparse
 
     b = state.cfg.bench
     vocab = int(getattr(state.model.config, "vocab_size", 100))
@@ -52,6 +53,7 @@ def bench(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> Non
     if b.load_probe:
         section["load"] = {name: probe_load(p, threads, vocab_size=vocab) for name, p in files.items()}
     section["gpu"] = _gpu(state, files, shapes, b, vocab)
+    section["deepsparse"] = deepsparse(state, run_dir, manifest, threads)
     if any((s.result.get("metrics") or {}).get("sparsity") for s in manifest.steps):
         section["notes"].append("ONNX Runtime runs sparse weights with dense kernels: sparsity shrinks the "
                                 "compressed size, not the ORT latency.")

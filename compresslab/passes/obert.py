@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from compresslab.ops.fisher import num_blocks
 from compresslab.ops.obs import obs_scores, obs_update
 from compresslab.passes._fisher import (
     LossFn, collect_outer_sums, invert_sums, rank_batches, task_loss, timed_inverses)
@@ -45,48 +46,123 @@ class MaskType(str, Enum):
 _DEFAULT_BLOCK = {MaskType.UNSTRUCTURED: 50, MaskType.BLOCK4: 32}  # recipe values (§2.3)
 
 
+def fisher_state_bytes(module: nn.Linear, block_size: int) -> int:
+    """Bytes of one module's fp32 (num_blocks, B, B) Fisher state."""
+    return num_blocks(module.weight.numel(), block_size) * block_size * block_size * 4
+
+
+def stream_groups(modules: Mapping[str, nn.Linear], block_size: int, max_state_mb: float | None) -> list[list[str]]:
+    """Consecutive module groups whose Fisher state fits ``max_state_mb`` (one group when None).
+
+    A module larger than the budget gets a group of its own (the budget cannot split a tensor).
+    """
+    names = list(modules)
+    if max_state_mb is None:
+        return [names]
+    cap, groups, cur, used = max_state_mb * 2**20, [], [], 0
+    for n in names:
+        b = fisher_state_bytes(modules[n], block_size)
+        if cur and used + b > cap:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(n)
+        used += b
+    return groups + ([cur] if cur else [])
+
+
 class OBSScorer:
-    """Fisher inverses from fresh gradients at each ``scores`` call, used once by ``update``."""
+    """Fisher inverses from fresh gradients at each ``scores`` call, used once by ``update``.
+
+    Memory is bounded by ``max_state_mb``: when the whole encoder's (num_blocks, B, B) state would
+    not fit (BERT-base at B=50 needs 17 GB), modules are processed in groups. Saliencies need every
+    group's inverse before the global threshold is known, and the OBS update needs them again after,
+    so a streamed step costs two gradient passes per group (fresh mini-batches each time: both are
+    estimates of the same Fisher) instead of one pass in total.
+    """
 
     def __init__(self, batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int, damp: float,
                  group_size: int = 1, progress: Any = None, sums: dict[str, Tensor] | None = None,
-                 loss_fn: LossFn = task_loss) -> None:
+                 loss_fn: LossFn = task_loss, max_state_mb: float | None = None) -> None:
         self.batches, self.num_grads, self.block_size = batches, num_grads, block_size
         self.damp, self.group_size, self.progress, self.loss_fn = damp, group_size, progress, loss_fn
+        self.max_state_mb = max_state_mb
         self._sums = sums  # precomputed outer sums for the first step (damp grid), not consumed
         self._finv: dict[str, Tensor] | None = None
+        self._groups: list[list[str]] | None = None  # set when the last scores() call streamed
         self.metrics: dict[str, Any] = {"fisher_s": 0.0, "fisher_invert_s": 0.0, "fisher_grads": 0,
-                                        "fisher_state_mb": 0.0, "fisher_peak_mb": 0.0}
+                                        "fisher_state_mb": 0.0, "fisher_peak_mb": 0.0, "fisher_groups": 1}
+
+    def _inverses(self, model: nn.Module, modules: Mapping[str, nn.Linear],
+                  pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
+                                 self.damp, self.loss_fn, self.progress)
+        m = self.metrics
+        m["fisher_s"] = round(m["fisher_s"] + t["grads_s"] + t["invert_s"], 3)
+        m["fisher_invert_s"] = round(m["fisher_invert_s"] + t["invert_s"], 3)
+        m["fisher_grads"] += self.num_grads
+        m["fisher_state_mb"] = round(max(m["fisher_state_mb"], t["state_mb"]), 1)
+        m["fisher_peak_mb"] = round(max(m["fisher_peak_mb"], t["peak_mb"]), 1)
+        return finv
 
     def scores(self, model: nn.Module, modules: Mapping[str, nn.Linear],
                pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        groups = stream_groups(modules, self.block_size, self.max_state_mb)
+        self._groups, self._model = (groups if len(groups) > 1 else None), model
+        self.metrics["fisher_groups"] = len(groups)
         if self._sums is not None:
+            if self._groups is not None:
+                raise ValueError("precomputed Fisher sums (damp grid) need the whole state in memory; "
+                                 "raise fisher_max_mb or drop damp_grid")
             t0 = time.perf_counter()
             self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp), None
             self.metrics["fisher_invert_s"] = round(self.metrics["fisher_invert_s"] + time.perf_counter() - t0, 3)
             self.metrics["fisher_grads"] += self.num_grads  # collected once by the damp grid
+        elif self._groups is None:
+            self._finv = self._inverses(model, modules, pruned)
         else:
-            self._finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
-                                           self.damp, self.loss_fn, self.progress)
-            m = self.metrics
-            m["fisher_s"] = round(m["fisher_s"] + t["grads_s"] + t["invert_s"], 3)
-            m["fisher_invert_s"] = round(m["fisher_invert_s"] + t["invert_s"], 3)
-            m["fisher_grads"] += self.num_grads
-            m["fisher_state_mb"] = round(t["state_mb"], 1)
-            m["fisher_peak_mb"] = round(max(m["fisher_peak_mb"], t["peak_mb"]), 1)
+            out: dict[str, Tensor] = {}
+            for g in self._groups:
+                finv = self._inverses(model, {n: modules[n] for n in g}, pruned)
+                out.update({n: obs_scores(modules[n].weight.detach().reshape(-1), finv[n], self.group_size)
+                            for n in g})
+                del finv
+            return out
         return {n: obs_scores(m.weight.detach().reshape(-1), self._finv[n], self.group_size)
                 for n, m in modules.items()}
 
     @torch.no_grad()
+    def _deltas(self, modules: Mapping[str, nn.Linear], finv: dict[str, Tensor], new: Mapping[str, Tensor],
+                pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for n, mod in modules.items():
+            out[n] = obs_update(mod.weight.detach().reshape(-1), finv[n], new[n], self.group_size, pruned[n])
+            del finv[n]  # free each inverse as soon as it is used (§2.6)
+        return out
+
+    @staticmethod
+    @torch.no_grad()
+    def _apply(modules: Mapping[str, nn.Linear], deltas: Mapping[str, Tensor]) -> None:
+        for n, delta in deltas.items():
+            w = modules[n].weight
+            w.add_(delta.view_as(w).to(w.dtype))  # pruned entries: w + (-w) == 0 exactly
+
     def update(self, modules: Mapping[str, nn.Linear], new: Mapping[str, Tensor],
                pruned: Mapping[str, Tensor]) -> None:
+        if self._groups is not None:
+            # streamed: rebuild each group's inverse at the weights the saliencies saw, so every
+            # group's update is computed before any is applied (one weight-sized buffer of deltas)
+            deltas: dict[str, Tensor] = {}
+            for g in self._groups:
+                sub = {n: modules[n] for n in g}
+                with torch.enable_grad():
+                    finv = self._inverses(self._model, sub, pruned)
+                deltas.update(self._deltas(sub, finv, new, pruned))
+            self._apply(modules, deltas)
+            self._groups = None
+            return
         if self._finv is None:
             raise RuntimeError("OBSScorer.update() called before scores()")
-        for n, mod in modules.items():
-            w = mod.weight
-            delta = obs_update(w.detach().reshape(-1), self._finv[n], new[n], self.group_size, pruned[n])
-            w.add_(delta.view_as(w).to(w.dtype))  # pruned entries: w + (-w) == 0 exactly
-            del self._finv[n]  # free each inverse as soon as it is used (§2.6)
+        self._apply(modules, self._deltas(modules, self._finv, new, pruned))
         self._finv = None
 
 
@@ -147,6 +223,7 @@ class OBert:
     targets: list[str] | None = None  # default: the encoder linears (q, k, v, o, ffn_in, ffn_out)
     ignore: list[str] | None = None
     damp_grid: list[float] | None = None  # choose damp on the validation split (one-shot to sparsity)
+    fisher_max_mb: float | None = None  # bound on the Fisher state held at once (None: whole encoder)
 
     stage: ClassVar[Stage] = Stage.TORCH
     name: ClassVar[str]
@@ -172,6 +249,10 @@ class OBert:
             self.damp_grid = [float(d) for d in grid]
         self.targets = check_patterns(self.targets, "targets")
         self.ignore = check_patterns(self.ignore, "ignore")
+        if self.fisher_max_mb is not None and (isinstance(self.fisher_max_mb, bool) or
+                                               not isinstance(self.fisher_max_mb, (int, float)) or
+                                               not self.fisher_max_mb > 0):
+            raise ValueError(f"fisher_max_mb must be a positive number of MB or null, got {self.fisher_max_mb!r}")
 
     @property
     def group_size(self) -> int:
@@ -206,6 +287,9 @@ class OBert:
         modules = select_modules(model, self.targets, self.ignore)  # all input checks before the Fisher pass
         self._check_modules(modules)
         self.check(ctx.task)
+        if self.damp_grid and len(stream_groups(modules, self.block_size, self.fisher_max_mb)) > 1:
+            raise ValueError("damp_grid keeps the whole encoder's Fisher sums in memory, which exceeds "
+                             f"fisher_max_mb={self.fisher_max_mb}; raise it or drop damp_grid")
         before = moved(model, ctx.device)
         try:
             loader = ctx.train_loader(batch_size=self.grad_batch_size, shuffle=True)
@@ -215,7 +299,7 @@ class OBert:
                 damp, grid, sums = self._choose_damp(model, ctx, batches, list(modules))
             # one-shot prunes the very model the grid saw: its gradient sums still hold
             scorer = OBSScorer(batches, self.num_grads, self.block_size, damp, self.group_size, ctx.progress,
-                               sums=sums if self.mode is Mode.ONESHOT else None)
+                               sums=sums if self.mode is Mode.ONESHOT else None, max_state_mb=self.fisher_max_mb)
             metrics, structure = run_pruning(self, model, ctx, modules, scorer, Scope.GLOBAL)
         finally:
             model.to(before)

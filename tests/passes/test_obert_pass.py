@@ -55,6 +55,35 @@ def test_obs_beats_magnitude_on_correlated_regression():
     assert increase["obs"] < 0.5 * increase["magnitude"]
 
 
+def test_streamed_fisher_equals_whole_state_when_gradients_repeat():
+    """Groups under ``max_state_mb`` give the same pruned weights as one whole-state pass when every
+    pass sees the same mini-batches (here: a cycle of 8), and the groups partition the modules."""
+    from compresslab.passes.obert import fisher_state_bytes, stream_groups
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = torch.randn(64)
+    base = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    data = [{"x": x[i:i + 8], "y": y[i:i + 8]} for i in range(0, 64, 8)]
+    mse = lambda m, b: ((m(b["x"]).squeeze(-1) - b["y"]) ** 2).mean()  # noqa: E731
+    results, metrics = [], []
+    for cap in (None, fisher_state_bytes(base[0], 4) / 2**20):  # the cap fits exactly one module
+        model = copy.deepcopy(base)
+        mods = {"0": model[0], "2": model[2], "4": model[4]}
+        groups = stream_groups(mods, 4, cap)
+        assert sum(groups, []) == list(mods) and len(groups) == (1 if cap is None else 3)
+        scorer = OBSScorer(iter(itertools.cycle(data)), num_grads=8, block_size=4, damp=1e-4, loss_fn=mse,
+                           max_state_mb=cap)
+        keeper = MaskKeeper({f"{n}.weight": torch.zeros_like(m.weight, dtype=torch.bool) for n, m in mods.items()})
+        prune_to(scorer, model, mods, keeper, 0.5, Scope.GLOBAL)
+        results.append([m.weight.detach().clone() for m in mods.values()])
+        metrics.append(scorer.metrics)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert metrics[0]["fisher_groups"] == 1 and metrics[1]["fisher_groups"] == 3
+    assert metrics[1]["fisher_grads"] == 2 * 3 * 8  # scores + update, per group
+
+
 def test_outer_sums_match_direct_masked_sum_any_chunk():
     model, x, y = _correlated_regression(64, 8)
     data = [{"x": x[i:i + 8], "y": y[i:i + 8]} for i in range(0, 64, 8)]

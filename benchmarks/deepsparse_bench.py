@@ -1,0 +1,69 @@
+"""DeepSparse figures (issue #3) for finished pipeline runs, without redoing their passes.
+
+Restores the run's teacher and final model from its checkpoints, runs the DeepSparse part of the
+bench stage (``compresslab.stages_deepsparse``) with ``bench.deepsparse.enabled=true``, stores the
+section in the run's manifest and rebuilds its report; with ``--store KEY`` also into
+benchmarks/results/obert.json. Needs the DeepSparse venv (``make deepsparse``).
+
+    python benchmarks/deepsparse_bench.py outputs/obert_int8/<hash> --store obert_80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from compresslab.manifest import RunManifest, atomic_write_json, read_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
+
+
+def rebench(run_dir: Path, overrides: list[str]) -> dict:
+    from compresslab import pipeline as P
+    from compresslab.bench.env import resolve_threads
+    from compresslab.cli import setup_process
+    from compresslab.report import build_report
+    from compresslab.runtime import RunState
+    from compresslab.stages_deepsparse import deepsparse
+
+    manifest = RunManifest.load(run_dir)
+    if manifest.data.get("status") != "finished":
+        raise SystemExit(f"{run_dir} is not a finished run (status {manifest.data.get('status')!r})")
+    cfg = OmegaConf.merge(OmegaConf.create(manifest.data["config"]),
+                          OmegaConf.from_dotlist(["bench.deepsparse.enabled=true", *overrides]))
+    threads = resolve_threads(cfg.bench.get("threads"))
+    setup_process(threads, int(cfg.seed))
+    steps = P.build_steps(cfg)
+    state = RunState.prepare(cfg, steps)
+    state.load_initial()
+    done = P.done_steps(manifest)
+    for step in steps:
+        state._restore(step, done[step.index], run_dir)
+    section = deepsparse(state, run_dir, manifest, threads)
+    manifest.data.setdefault("bench", {})["deepsparse"] = section
+    manifest.save()
+    build_report(run_dir)
+    return section
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.deepsparse.runs=40")
+    ap.add_argument("--store", help="also store under deepsparse_runs[KEY] in results/obert.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    section = rebench(args.run_dir, args.overrides)
+    print(json.dumps({k: v for k, v in section.items() if k in ("latency", "speedups", "scores")}, indent=2))
+    if args.store:
+        data = read_json(RESULTS) if RESULTS.is_file() else {}
+        data.setdefault("deepsparse_runs", {})[args.store] = {"run": str(args.run_dir), **section}
+        atomic_write_json(RESULTS, data)
+
+
+if __name__ == "__main__":
+    main()

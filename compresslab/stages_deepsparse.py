@@ -1,0 +1,120 @@
+"""The optional DeepSparse part of the bench stage (see :mod:`compresslab.bench.deepsparse_backend`).
+
+It times, in one worker process and interleaved: ``ort_fp32`` (the canonical denominator), the
+dense teacher and the compressed model on DeepSparse in fp32, and both again as static int8 QDQ.
+The compressed model's DeepSparse files are scored on dev by the same compiled engines.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresslab.manifest import RunManifest
+
+log = logging.getLogger(__name__)
+
+
+def settings(bench_cfg: Any) -> dict[str, Any]:
+    ds = bench_cfg.get("deepsparse") if bench_cfg is not None else None
+    return dict(ds) if ds else {"enabled": False}
+
+
+def check_requested(bench_cfg: Any) -> None:
+    """Fail before any expensive work when DeepSparse is required (``enabled: true``) but missing."""
+    from compresslab.bench.deepsparse_backend import check_python, find_python
+
+    s = settings(bench_cfg)
+    if s.get("enabled") is True:
+        check_python(find_python(s.get("python")))
+
+
+def _unfused(fused_path: Path) -> Path:
+    p = fused_path.with_name("model_unfused.onnx")
+    return p if p.is_file() else fused_path
+
+
+def _quantized(state: Any, src: Path, dst: Path, s: dict[str, Any], run_dir: Path) -> Path:
+    from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
+
+    if not dst.is_file():  # kept across resumes: the file is written atomically
+        ctx = state.context(run_dir, dst.parent)
+        batches = list(ctx.calibration_batches(int(s.get("num_calibration", 256)), batch_size=32))
+        quantize_qdq_for_deepsparse(src, dst, batches, per_channel=bool(s.get("per_channel", False)),
+                                    op_types=list(s.get("op_types") or ("MatMul", "Gemm")))
+    return dst
+
+
+def _score(state: Any, logits: np.ndarray) -> dict[str, Any]:
+    from compresslab.data.metrics import agreement, compute_metrics, mcnemar_pvalue
+    from compresslab.data.tasks import TaskKind
+    from compresslab.eval.evaluate import predict, torch_forward
+
+    spec = state.task.spec
+    labels = np.array([e.label for e in state.task.dev])
+    preds = logits[:, 0] if spec.kind == TaskKind.REGRESSION else logits.argmax(-1)
+    out: dict[str, Any] = dict(compute_metrics(spec, preds, labels))
+    ref = state.scores.get("teacher_torch")
+    if ref is None:
+        ref = predict(torch_forward(state.teacher_or_initial()), spec, state.task.dev, state.tokenizer,
+                      max_length=int(state.cfg.task.max_length))
+        state.scores["teacher_torch"] = ref
+    if spec.kind == TaskKind.CLASSIFICATION:
+        out["agreement"] = agreement(preds, ref.predictions)
+        out["mcnemar_p"] = mcnemar_pvalue(preds == labels, ref.predictions == ref.labels)
+    return out
+
+
+def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
+    """The ``bench.deepsparse`` section; ``{"skipped": reason}`` when disabled or unavailable."""
+    from compresslab.bench.deepsparse_backend import (DeepSparseBench, DeepSparseUnavailable, check_python, find_python,
+                                              speedups, static_inputs)
+    from compresslab.data.tasks import TaskKind
+    from compresslab.stages import teacher_onnx
+
+    s = settings(state.cfg.bench)
+    if not s.get("enabled"):
+        return {"skipped": "bench.deepsparse.enabled is false"}
+    try:
+        python = find_python(s.get("python"))
+        version = check_python(python)
+    except DeepSparseUnavailable as e:
+        if s.get("enabled") is True:
+            raise
+        return {"skipped": str(e)}
+    seq = int(s.get("seq", 128))
+    teacher_fused = teacher_onnx(run_dir, manifest)
+    final_fp32 = _unfused(run_dir / manifest.data["export"]["fp32"]["path"])
+    out_dir = run_dir / "export" / "deepsparse"
+    models = {"ort_fp32": (str(teacher_fused), "ort"),
+              "deepsparse_dense_fp32": (str(_unfused(teacher_fused)), "deepsparse")}
+    same = final_fp32.resolve() == _unfused(teacher_fused).resolve()
+    if s.get("int8", True):
+        models["deepsparse_dense_int8"] = (str(_quantized(state, _unfused(teacher_fused), out_dir / "dense_int8_qdq.onnx",
+                                                         s, run_dir)), "deepsparse")
+    if not same:
+        models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
+        if s.get("int8", True):
+            models["deepsparse_int8"] = (str(_quantized(state, final_fp32, out_dir / "model_int8_qdq.onnx", s,
+                                                        run_dir)), "deepsparse")
+    scored = [k for k in models if k.startswith("deepsparse") and (same or "dense" not in k)]
+    inputs = None
+    if state.task.spec.kind != TaskKind.EMBEDDING and s.get("score", True):
+        inputs = static_inputs(state.task.dev, state.tokenizer, seq, state.task.spec.kind)
+    job = DeepSparseBench(models=models, score=scored, batches=tuple(int(b) for b in s.get("batches", [1, 32])),
+                          seq=seq, threads=threads, vocab_size=int(getattr(state.model.config, "vocab_size", 30522)),
+                          warmup=int(s.get("warmup", 5)), runs=int(s.get("runs", 20)),
+                          min_time_s=float(s.get("min_time_s", 2.0)), max_runs=int(s.get("max_runs", 200)))
+    res = job.run(python, inputs)
+    scores = {k: _score(state, v) for k, v in res.pop("logits").items()}
+    return {"python": str(python), "deepsparse_version": version, "versions": res["versions"], "seq": seq,
+            "files": {k: str(Path(p).resolve().relative_to(run_dir.resolve())) for k, (p, _) in models.items()},
+            "latency": res["latency"], "speedups": speedups(res["latency"], "ort_fp32"),
+            "compile_s": res["compile_s"], "scores": scores,
+            "notes": ["DeepSparse runs static shapes (batch x seq compiled per engine) and the plain unfused "
+                      "graph; int8 files are static QDQ exports of the same models, calibrated on train.",
+                      "ort_fp32 here is the same fused teacher file, timed in the DeepSparse worker process "
+                      "interleaved with the DeepSparse engines."]}
