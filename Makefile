@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # Real data lives beside the checkout in ../shared/data (never copied into the repo).
 SHARED_DATA := $(abspath ../shared/data)
 export COMPRESSLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/glue),$(SHARED_DATA),)
-PIPELINE ?= int8
+PIPELINE ?= obert_int8
 DEMO_ARGS ?=
 
 .PHONY: demo test venv install install-test deepsparse clean

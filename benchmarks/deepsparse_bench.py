@@ -22,7 +22,7 @@ from compresslab.manifest import RunManifest, atomic_write_json, read_json
 RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
 
 
-def rebench(run_dir: Path, overrides: list[str]) -> dict:
+def rebench(run_dir: Path, overrides: list[str], full: bool = False) -> dict:
     from compresslab import pipeline as P
     from compresslab.bench.env import resolve_threads
     from compresslab.cli import setup_process
@@ -43,8 +43,14 @@ def rebench(run_dir: Path, overrides: list[str]) -> dict:
     done = P.done_steps(manifest)
     for step in steps:
         state._restore(step, done[step.index], run_dir)
-    section = deepsparse(state, run_dir, manifest, threads)
-    manifest.data.setdefault("bench", {})["deepsparse"] = section
+    if full:  # the whole bench stage again (ORT runners too), DeepSparse included
+        from compresslab.stages_bench import bench
+
+        bench(state, run_dir, manifest, threads)
+        section = manifest.data["bench"]["deepsparse"]
+    else:
+        section = deepsparse(state, run_dir, manifest, threads)
+        manifest.data.setdefault("bench", {})["deepsparse"] = section
     manifest.save()
     build_report(run_dir)
     return section
@@ -55,13 +61,27 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.deepsparse.runs=40")
     ap.add_argument("--store", help="also store under deepsparse_runs[KEY] in results/obert.json")
+    ap.add_argument("--full", action="store_true", help="rerun the whole bench stage (ORT too), not only DeepSparse")
+    ap.add_argument("--issue-keys", action="store_true",
+                    help="also fill latency_ms.deepsparse and deepsparse_speedup_b32_vs_ort_fp32 from this run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    section = rebench(args.run_dir, args.overrides)
+    section = rebench(args.run_dir, args.overrides, full=args.full)
     print(json.dumps({k: v for k, v in section.items() if k in ("latency", "speedups", "scores")}, indent=2))
     if args.store:
         data = read_json(RESULTS) if RESULTS.is_file() else {}
         data.setdefault("deepsparse_runs", {})[args.store] = {"run": str(args.run_dir), **section}
+        if args.issue_keys:
+            lat = {m: {shape: row[m]["p50_ms"] for shape, row in section["latency"].items()}
+                   for m in next(iter(section["latency"].values()))}
+            bench = read_json(args.run_dir / "manifest.json")["bench"]
+            ort = {k: {sh: v["p50_ms"] for sh, v in d.items()} for k, d in bench["latency"].items()}
+            data["latency_ms"] = {"ort": ort, "deepsparse": lat,
+                                  "deepsparse_note": "p50 ms; DeepSparse rows and their ort_fp32 come from one "
+                                                     "interleaved worker process (deepsparse_runs.*)"}
+            big = max(section["speedups"], key=lambda k: int(k.split("x")[0][1:]))
+            data["deepsparse_speedup_b32_vs_ort_fp32"] = section["speedups"][big]["deepsparse_int8"]
+            data["deepsparse_int8_acc"] = section["scores"]["deepsparse_int8"]["score"]
         atomic_write_json(RESULTS, data)
 
 

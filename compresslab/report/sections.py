@@ -229,7 +229,23 @@ def _bench(m: Mapping[str, Any]) -> list[Block]:
                 for shape, v in F.as_dict(per).items()]
         out.append(Table(["model", "shape", "p50 (ms)", "p90 (ms)"], rows,
                          f"GPU: {plain(gpu.get('backend'))} on {plain(gpu.get('device'))}"))
-    return out
+    return out + _deepsparse(F.as_dict(bench.get("deepsparse")))
+
+
+def _deepsparse(ds: Mapping[str, Any]) -> list[Block]:
+    """DeepSparse engine timings (own process, interleaved with ort_fp32) and scores of those engines."""
+    if not ds or "skipped" in ds:
+        return []
+    speed = F.as_dict(ds.get("speedups"))
+    scores = F.as_dict(ds.get("scores"))
+    rows = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), times(F.num(F.get(speed, shape, model))),
+             pct(F.num(F.get(scores, model, "score"))), pct(F.num(F.get(scores, model, "agreement")))]
+            for shape, per in F.as_dict(ds.get("latency")).items() for model, v in F.as_dict(per).items()]
+    out: list[Block] = [Table(["model", "shape", "p50 (ms)", "vs ort_fp32", "dev score", "agreement"], rows,
+                              f"DeepSparse {plain(ds.get('deepsparse_version'))} (static shapes, seq "
+                              f"{plain(ds.get('seq'))})")]
+    notes = [str(n) for n in ds.get("notes") or []]
+    return out + ([Bullets(notes)] if notes else [])
 
 
 def _notes(m: Mapping[str, Any]) -> list[Block]:

@@ -198,3 +198,19 @@ def test_plot_error_is_written_into_the_report(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(plots, "PLOTS", {"structure.png": broken})
     md = build_report(write_run(tmp_path, full_manifest()))["report.md"].read_text()
     assert "### Plot errors" in md and "- structure.png: KeyError: 'heads'" in md
+
+
+def test_deepsparse_section_lists_engines_speedups_and_scores(tmp_path: Path, no_plots: None) -> None:
+    m = full_manifest()
+    m["bench"]["deepsparse"] = {
+        "deepsparse_version": "1.8.0", "seq": 128,
+        "latency": {"b32xs128": {"ort_fp32": {"p50_ms": 600.0}, "deepsparse_int8": {"p50_ms": 150.0}}},
+        "speedups": {"b32xs128": {"ort_fp32": 1.0, "deepsparse_int8": 4.0}},
+        "scores": {"deepsparse_int8": {"score": 0.875, "agreement": 0.93}},
+        "notes": ["DeepSparse runs static shapes"]}
+    md = build_report(write_run(tmp_path, m))["report.md"].read_text()
+    assert "DeepSparse 1.8.0" in md and "DeepSparse runs static shapes" in md
+    row = next(line for line in md.splitlines() if line.startswith("| deepsparse_int8 | b32xs128"))
+    assert "4.00x" in row and "87.50" in row and "93.00" in row
+    m["bench"]["deepsparse"] = {"skipped": "bench.deepsparse.enabled is false"}
+    assert "deepsparse_int8" not in build_report(write_run(tmp_path, m))["report.md"].read_text()
