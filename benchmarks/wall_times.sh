@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # demo_wall_s and test_wall_s from a fresh clone with an empty cache (MEASURE.md "Wall times"),
-# then warm (same clone, venv and caches kept). Writes benchmarks/results/wall_times.json.
+# then warm (same clone, venv and caches kept). Merges into benchmarks/results/wall_times.json.
+#   WARM=1   also time a second run in the same clone (venv and teacher cache kept)
+#   ONLY=demo | ONLY=test   time one of the two
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -9,17 +11,32 @@ mkdir -p "$work/shared" && ln -s "$(cd "$repo/../shared" && pwd)/data" "$work/sh
 git clone -q "$repo" "$work/main"
 cd "$work/main"
 t() { local s=$(date +%s.%N); "$@" > "$work/$1-$2.log" 2>&1 || echo "FAILED: $*" >&2; echo "$(date +%s.%N) - $s" | bc; }
-# WARM=1 also times a second run in the same clone (venv and teacher cache kept)
-demo_cold=$(t make demo); demo_warm=null
-[ "${WARM:-0}" = 1 ] && demo_warm=$(t make demo DEMO_ARGS=run.overwrite=true)
-quick_acc=$(.venv/bin/python -c "import json,glob; m=json.load(open(glob.glob('outputs/int8/*/manifest.json')[0])); print(m['eval']['models']['teacher_torch']['score'])")
-rm -rf .venv
-test_cold=$(t make test); test_warm=null
-[ "${WARM:-0}" = 1 ] && test_warm=$(t make test)
-tests=$(grep -E "passed|failed" "$work/make-test.log" | tail -1)
-cat > "$repo/benchmarks/results/wall_times.json" <<JSON
-{"demo_wall_s": $demo_cold, "demo_wall_warm_s": $demo_warm, "test_wall_s": $test_cold, "test_wall_warm_s": $test_warm,
- "teacher_quick_acc": $quick_acc, "test_summary": "$tests",
- "wall_note": "fresh git clone, no venv, empty teacher cache; warm = second run in the same clone (venv and teacher cache kept; demo rerun with run.overwrite=true)"}
-JSON
-cat "$repo/benchmarks/results/wall_times.json"
+out=$work/new.json
+echo '{}' > "$out"
+put() { python3 -c "import json,sys; d=json.load(open('$out')); d[sys.argv[1]]=json.loads(sys.argv[2]); json.dump(d,open('$out','w'))" "$1" "$2"; }
+if [ "${ONLY:-}" != test ]; then
+  put demo_wall_s "$(t make demo)"
+  [ "${WARM:-0}" = 1 ] && put demo_wall_warm_s "$(t make demo DEMO_ARGS=run.overwrite=true)"
+  put demo_summary "$(.venv/bin/python -c "
+import glob, json
+m = json.load(open(sorted(glob.glob('outputs/*/*/manifest.json'))[0]))
+e = m['eval']['models']
+print(json.dumps({'pipeline': m['pipeline'], 'teacher_quick_acc': e['teacher_torch']['score'],
+                  'deployed_acc': e['deployed']['score'], 'deployed_agreement': e['deployed'].get('agreement'),
+                  'steps_wall_s': {s['name']: s.get('wall_s') for s in m['steps']}}))")"
+  rm -rf .venv
+fi
+if [ "${ONLY:-test}" != demo ]; then
+  put test_wall_s "$(t make test)"
+  [ "${WARM:-0}" = 1 ] && put test_wall_warm_s "$(t make test)"
+  put test_summary "\"$(grep -E "passed|failed" "$work/make-test.log" | tail -1)\""
+fi
+put wall_note '"fresh git clone, no venv, empty teacher cache; warm = second run in the same clone (venv and teacher cache kept; demo rerun with run.overwrite=true)"'
+python3 - "$repo/benchmarks/results/wall_times.json" "$out" <<'PY'
+import json, os, sys
+dst, new = sys.argv[1], json.load(open(sys.argv[2]))
+old = json.load(open(dst)) if os.path.exists(dst) else {}
+old.update(new)
+json.dump(old, open(dst, "w"), indent=2)
+print(json.dumps(old, indent=2))
+PY

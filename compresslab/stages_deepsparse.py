@@ -37,14 +37,14 @@ def _unfused(fused_path: Path) -> Path:
     return p if p.is_file() else fused_path
 
 
-def _quantized(state: Any, src: Path, dst: Path, s: dict[str, Any], run_dir: Path) -> Path:
+def _quantized(state: Any, src: Path, dst: Path, s: dict[str, Any], run_dir: Path, fmt: str) -> Path:
     from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
 
     if not dst.is_file():  # kept across resumes: the file is written atomically
         ctx = state.context(run_dir, dst.parent)
         batches = list(ctx.calibration_batches(int(s.get("num_calibration", 256)), batch_size=32))
         quantize_qdq_for_deepsparse(src, dst, batches, per_channel=bool(s.get("per_channel", False)),
-                                    op_types=list(s.get("op_types") or ("MatMul", "Gemm")))
+                                    op_types=list(s.get("op_types") or ("MatMul", "Gemm")), quant_format=fmt)
     return dst
 
 
@@ -92,14 +92,17 @@ def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -
     models = {"ort_fp32": (str(teacher_fused), "ort"),
               "deepsparse_dense_fp32": (str(_unfused(teacher_fused)), "deepsparse")}
     same = final_fp32.resolve() == _unfused(teacher_fused).resolve()
-    if s.get("int8", True):
-        models["deepsparse_dense_int8"] = (str(_quantized(state, _unfused(teacher_fused), out_dir / "dense_int8_qdq.onnx",
-                                                         s, run_dir)), "deepsparse")
+    formats = list(s.get("int8_formats") or []) if s.get("int8", True) else []
+    suffix = lambda f: "" if f == formats[0] else f"_{f}"  # noqa: E731 - the first format is the headline
+    for f in formats:
+        models[f"deepsparse_dense_int8{suffix(f)}"] = (
+            str(_quantized(state, _unfused(teacher_fused), out_dir / f"dense_int8_{f}.onnx", s, run_dir, f)),
+            "deepsparse")
     if not same:
         models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
-        if s.get("int8", True):
-            models["deepsparse_int8"] = (str(_quantized(state, final_fp32, out_dir / "model_int8_qdq.onnx", s,
-                                                        run_dir)), "deepsparse")
+        for f in formats:
+            models[f"deepsparse_int8{suffix(f)}"] = (
+                str(_quantized(state, final_fp32, out_dir / f"model_int8_{f}.onnx", s, run_dir, f)), "deepsparse")
     scored = [k for k in models if k.startswith("deepsparse") and (same or "dense" not in k)]
     inputs = None
     if state.task.spec.kind != TaskKind.EMBEDDING and s.get("score", True):
@@ -115,6 +118,7 @@ def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -
             "latency": res["latency"], "speedups": speedups(res["latency"], "ort_fp32"),
             "compile_s": res["compile_s"], "scores": scores,
             "notes": ["DeepSparse runs static shapes (batch x seq compiled per engine) and the plain unfused "
-                      "graph; int8 files are static QDQ exports of the same models, calibrated on train.",
+                      "graph; int8 files are static int8 exports (formats: " + ", ".join(formats or ["none"]) +
+                      ") of the same models, MatMuls only, calibrated on train.",
                       "ort_fp32 here is the same fused teacher file, timed in the DeepSparse worker process "
                       "interleaved with the DeepSparse engines."]}

@@ -76,16 +76,18 @@ def static_inputs(examples: Sequence[Any], tokenizer: Any, seq: int, kind: Any) 
 
 def quantize_qdq_for_deepsparse(unfused: str | Path, dst: str | Path, calibration: Iterable[Mapping[str, Any]],
                                 *, per_channel: bool = False,
-                                op_types: Sequence[str] = ("MatMul", "Gemm")) -> dict[str, Any]:
+                                op_types: Sequence[str] = ("MatMul", "Gemm"), quant_format: str = "qdq") -> dict[str, Any]:
     """Static int8 QDQ of the plain graph: int8 weights, uint8 activations, around the matmuls only.
 
     Only matmuls, as SparseML's exports do: quantizing every op also quantizes the attention-mask
     ``Add`` (whose range spans the dtype's minimum) and wrecks the scores. Per-tensor weight scales by
-    default (SparseML's layout); ``per_channel`` is kept for comparison.
+    default (SparseML's layout); ``per_channel`` is kept for comparison. ``quant_format`` ``qoperator``
+    writes QLinearMatMul nodes instead of QDQ pairs (the form SparseML's final exports take).
     """
     from compresslab.export.ort_quant import quantize_static_qdq
 
-    metrics = quantize_static_qdq(unfused, dst, calibration, per_channel=per_channel, op_types=list(op_types))
+    metrics = quantize_static_qdq(unfused, dst, calibration, per_channel=per_channel, op_types=list(op_types),
+                                  quant_format=quant_format)
     metrics["dropped_opset_imports"] = drop_unused_opsets(dst)
     return metrics
 

@@ -144,15 +144,19 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         calibrate_method: CalibrateMethod | str = CalibrateMethod.MINMAX,
                         activation_type: QuantDType | str = QuantDType.UINT8,
                         weight_type: QuantDType | str = QuantDType.INT8,
-                        op_types: Sequence[str] | None = None) -> dict[str, Any]:
-    """Static QDQ int8 of ``src`` into ``dst``, calibrated on ``batches``; returns metrics.
+                        op_types: Sequence[str] | None = None, quant_format: str = "qdq") -> dict[str, Any]:
+    """Static int8 of ``src`` into ``dst``, calibrated on ``batches``; returns metrics.
 
     ``batches`` are our loader's dicts (torch or numpy); only the graph's inputs are fed.
+    ``quant_format``: ``qdq`` (Quantize/DequantizeLinear pairs) or ``qoperator`` (QLinearMatMul...).
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    if quant_format not in formats:
+        raise ValueError(f"quant_format must be one of {sorted(formats)}, got {quant_format!r}")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[CalibrateMethod(calibrate_method).value]
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -182,12 +186,12 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
         except Exception:  # noqa: BLE001 - ORT raises bare Exception for incomplete inference
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             shape_inference = "onnx"
-        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        quantize_static(str(pre), str(out), _Reader(), quant_format=formats[quant_format], per_channel=per_channel,
                         reduce_range=reduce_range, activation_type=qtype[QuantDType(activation_type).value],
                         weight_type=qtype[QuantDType(weight_type).value], calibrate_method=method,
                         op_types_to_quantize=list(op_types) if op_types else None,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return _metrics(src, Path(dst), method="static_qdq", per_channel=per_channel, reduce_range=reduce_range,
+    return _metrics(src, Path(dst), method=f"static_{quant_format}", per_channel=per_channel, reduce_range=reduce_range,
                     calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
                     n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),
                     shape_inference=shape_inference)

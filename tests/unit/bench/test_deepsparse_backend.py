@@ -51,6 +51,7 @@ def test_required_backend_fails_early_and_auto_does_not(tmp_path, monkeypatch):
 def test_default_config_keeps_deepsparse_off():
     cfg = OmegaConf.load(Path(__file__).resolve().parents[3] / "conf" / "bench" / "default.yaml")
     assert cfg.deepsparse.enabled is False and list(cfg.deepsparse.op_types) == ["MatMul", "Gemm"]
+    assert list(cfg.deepsparse.int8_formats)[0] == "qdq"
 
 
 def test_drop_unused_opsets_keeps_used_domains(tmp_path, tiny_onnx):
@@ -123,3 +124,33 @@ def test_worker_subprocess_times_and_scores_the_same_file(tiny_onnx, tiny_model)
         ref = tiny_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
     np.testing.assert_allclose(res["logits"]["again"], ref, atol=1e-4)
     assert res["versions"]["onnxruntime"] != "missing"
+
+
+@pytest.mark.parametrize("fmt,op", [("qdq", "DequantizeLinear"), ("qoperator", "QLinearMatMul")])
+def test_int8_files_quantize_only_matmuls_and_stay_close(tmp_path, tiny_onnx, fmt, op):
+    """MatMul-only static int8 in both formats: no quantized Add (the attention mask), outputs near fp32."""
+    import onnxruntime as ort
+
+    from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
+
+    rng = np.random.default_rng(0)
+    batches = [{"input_ids": rng.integers(1, 128, size=(4, 16)).astype(np.int64),
+                "attention_mask": np.ones((4, 16), np.int64), "token_type_ids": np.zeros((4, 16), np.int64)}
+               for _ in range(4)]
+    dst = tmp_path / f"{fmt}.onnx"
+    metrics = quantize_qdq_for_deepsparse(tiny_onnx, dst, batches, quant_format=fmt)
+    assert metrics["method"] == f"static_{fmt}"
+    graph = onnx.load(str(dst)).graph
+    ops = [n.op_type for n in graph.node]
+    assert op in ops and "QLinearAdd" not in ops
+    if fmt == "qdq":  # fewer quantized tensors than quantizing every op (which includes the mask Add)
+        from compresslab.export.ort_quant import quantize_static_qdq
+
+        quantize_static_qdq(tiny_onnx, tmp_path / "all.onnx", batches, per_channel=False)
+        every = [n.op_type for n in onnx.load(str(tmp_path / "all.onnx")).graph.node]
+        assert ops.count("QuantizeLinear") < every.count("QuantizeLinear")
+    ref = ort.InferenceSession(str(tiny_onnx)).run(None, batches[0])[0]
+    out = ort.InferenceSession(str(dst)).run(None, batches[0])[0]
+    assert np.abs(out - ref).max() < 0.1 * (np.abs(ref).max() + 1e-3)
+    with pytest.raises(ValueError, match="quant_format"):
+        quantize_qdq_for_deepsparse(tiny_onnx, tmp_path / "x.onnx", batches, quant_format="int4")
