@@ -92,7 +92,7 @@ def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -
     models = {"ort_fp32": (str(teacher_fused), "ort"),
               "deepsparse_dense_fp32": (str(_unfused(teacher_fused)), "deepsparse")}
     same = final_fp32.resolve() == _unfused(teacher_fused).resolve()
-    formats = list(s.get("int8_formats") or []) if s.get("int8", True) else []
+    formats = list(s.get("int8_formats") or ["qdq"]) if s.get("int8", True) else []
     suffix = lambda f: "" if f == formats[0] else f"_{f}"  # noqa: E731 - the first format is the headline
     for f in formats:
         models[f"deepsparse_dense_int8{suffix(f)}"] = (
