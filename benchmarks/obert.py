@@ -5,6 +5,7 @@ is stored in benchmarks/results/obert.json and skipped on rerun.
     python benchmarks/obert.py gradual --steps 400 --grads 128 [--sparsity 0.8]
                                                   # obert_int8 and magnitude_int8 pipelines, same budget
     python benchmarks/obert.py block4             # 4-block oBERT at 80%, one-shot
+    python benchmarks/obert.py dampgrid --sparsities 0.7   # one-shot, damp chosen on validation from --grid
 """
 
 from __future__ import annotations
@@ -80,6 +81,26 @@ def oneshot(args) -> None:
                 _store("fisher_peak_mb", None, fm.get("fisher_peak_mb"))
 
 
+def dampgrid(args) -> None:
+    """One-shot oBERT with ``damp`` chosen on the validation split (never dev) from a grid."""
+    from compresslab.eval.evaluate import predict, torch_forward
+    from compresslab.passes.obert import OBert
+
+    cfg, state, ctx = _teacher_state([])
+    for s in args.sparsities:
+        key = str(s)
+        if key in _load().get("oneshot_damp_grid", {}):
+            continue
+        m = copy.deepcopy(state.teacher)
+        res = OBert(sparsity=s, mode="oneshot", steps=0, num_grads=args.grads, damp_grid=args.grid,
+                    num_recomputations=args.recomputations).apply(m, ctx)
+        acc = predict(torch_forward(m), state.task.spec, state.task.dev, state.tokenizer,
+                      max_length=int(cfg.task.max_length)).metrics["score"]
+        _store("oneshot_damp_grid", key, {"dev_acc_at_chosen_damp": acc, "chosen_damp": res.metrics["damp"],
+                                          "grid_on_validation": res.metrics.get("damp_grid"),
+                                          "num_grads": args.grads, "fisher_s": res.metrics.get("fisher_s")})
+
+
 def block4(args) -> None:
     """4-block (1x4 along rows) oBERT at 80%, one-shot (no recovery), B=32 (recipe)."""
     from compresslab.eval.evaluate import predict, torch_forward
@@ -133,7 +154,8 @@ def gradual(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["oneshot", "gradual", "block4"])
+    ap.add_argument("what", choices=["oneshot", "gradual", "block4", "dampgrid"])
+    ap.add_argument("--grid", type=float, nargs="+", default=[1e-4, 1e-5, 1e-6, 1e-7, 1e-8])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
     ap.add_argument("--sparsity", type=float, default=0.8)
     ap.add_argument("--grads", type=int, default=512)
@@ -143,7 +165,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=4)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    {"oneshot": oneshot, "gradual": gradual, "block4": block4}[args.what](args)
+    {"oneshot": oneshot, "gradual": gradual, "block4": block4, "dampgrid": dampgrid}[args.what](args)
     _store("meta", None, {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
                           "command": "python benchmarks/obert.py oneshot; python benchmarks/obert.py gradual ...",
                           "teacher": "finetune preset bench (cached)"})
