@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.cli import compose, setup_process
-from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json, sha256_file
+from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "ziplm.json"
+from _ziplm_store import RESULTS, ROOT, _fresh, _load, _put, _tag, model_sha, tk  # sibling module (script dir)
+
 WORK = Path("/tmp/ziplm-bench")
-PROV = "bench_source.json"  # provenance tag written into every model / export dir we make
 SHAPES = ((32, 128), (1, 128))  # b32 first: the shape the targets are defined at
 WARMUP, B1_MIN_TIME_S = 5, 10.0  # b1 calls are fast: keep adding rounds until 10 s (cap 10 x runs)
 ISSUE_KEYS = ("teacher_acc", "targets", "ziplm_int8_speedup_vs_ort_fp32_b32", "ziplm_int8_acc",
@@ -43,43 +42,6 @@ ISSUE_KEYS = ("teacher_acc", "targets", "ziplm_int8_speedup_vs_ort_fp32_b32", "z
 
 def say(msg: str) -> None:
     print(f"[ziplm-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _load() -> dict:
-    return read_json(RESULTS) if RESULTS.is_file() else {}
-
-
-def _put(*path_and_value: Any) -> None:
-    """``_put("a", "b", v)`` sets ``data["a"]["b"] = v`` and writes the file atomically."""
-    *path, value = path_and_value
-    data = _load()
-    node = data
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-    node[path[-1]] = value
-    atomic_write_json(RESULTS, data)
-
-
-def tk(t: float) -> str:
-    return f"{t:g}"
-
-
-def _fresh(d: Path, prov: dict) -> bool:
-    """``d`` holds what ``prov`` describes (a model dir or an export dir we tagged)."""
-    return (d / PROV).is_file() and read_json(d / PROV) == prov
-
-
-def _tag(d: Path, prov: dict) -> None:
-    atomic_write_json(d / PROV, prov)
-
-
-_SHA: dict[Path, str] = {}
-
-
-def model_sha(d: Path) -> str:
-    if d not in _SHA:
-        _SHA[d] = sha256_file(d / "model.safetensors")[:16]
-    return _SHA[d]
 
 
 class Bench:

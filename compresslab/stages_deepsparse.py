@@ -49,23 +49,20 @@ def _quantized(state: Any, src: Path, dst: Path, s: dict[str, Any], run_dir: Pat
 
 
 def _score(state: Any, logits: np.ndarray) -> dict[str, Any]:
-    from compresslab.data.metrics import agreement, compute_metrics, mcnemar_pvalue
+    """Dev metrics of one engine's logits, plus agreement with (and McNemar vs) the torch teacher."""
+    from compresslab.data.metrics import compute_metrics
     from compresslab.data.tasks import TaskKind
-    from compresslab.eval.evaluate import predict, torch_forward
+    from compresslab.eval.evaluate import Scored, compare, predict, torch_forward
 
     spec = state.task.spec
     labels = np.array([e.label for e in state.task.dev])
     preds = logits[:, 0] if spec.kind == TaskKind.REGRESSION else logits.argmax(-1)
-    out: dict[str, Any] = dict(compute_metrics(spec, preds, labels))
     ref = state.scores.get("teacher_torch")
     if ref is None:
         ref = predict(torch_forward(state.teacher_or_initial()), spec, state.task.dev, state.tokenizer,
                       max_length=int(state.cfg.task.max_length))
         state.scores["teacher_torch"] = ref
-    if spec.kind == TaskKind.CLASSIFICATION:
-        out["agreement"] = agreement(preds, ref.predictions)
-        out["mcnemar_p"] = mcnemar_pvalue(preds == labels, ref.predictions == ref.labels)
-    return out
+    return compare(Scored(compute_metrics(spec, preds, labels), preds, labels), ref, spec)
 
 
 def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class OBSScorer:
         self._sums = sums  # precomputed outer sums for the first step (damp grid), not consumed
         self._finv: dict[str, Tensor] | None = None
         self._groups: list[list[str]] | None = None  # set when the last scores() call streamed
+        self._model: nn.Module | None = None  # the model scores() saw: update() rebuilds inverses on it
         self.metrics: dict[str, Any] = {"fisher_s": 0.0, "fisher_invert_s": 0.0, "fisher_grads": 0,
                                         "fisher_state_mb": 0.0, "fisher_peak_mb": 0.0, "fisher_groups": 1}
 
@@ -107,7 +108,8 @@ class OBSScorer:
     def scores(self, model: nn.Module, modules: Mapping[str, nn.Linear],
                pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
         groups = stream_groups(modules, self.block_size, self.max_state_mb)
-        self._groups, self._model = (groups if len(groups) > 1 else None), model
+        self._groups = groups if len(groups) > 1 else None
+        self._model = model
         self.metrics["fisher_groups"] = len(groups)
         if self._sums is not None:
             if self._groups is not None:

@@ -1,0 +1,49 @@
+"""Result store of benchmarks/ziplm.py: the resumable JSON and the provenance tags of its model dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compresslab.manifest import atomic_write_json, read_json, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "ziplm.json"
+PROV = "bench_source.json"  # provenance tag written into every model / export dir we make
+
+
+def _load() -> dict:
+    return read_json(RESULTS) if RESULTS.is_file() else {}
+
+
+def _put(*path_and_value: Any) -> None:
+    """``_put("a", "b", v)`` sets ``data["a"]["b"] = v`` and writes the file atomically."""
+    *path, value = path_and_value
+    data = _load()
+    node = data
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value
+    atomic_write_json(RESULTS, data)
+
+
+def tk(t: float) -> str:
+    return f"{t:g}"
+
+
+def _fresh(d: Path, prov: dict) -> bool:
+    """``d`` holds what ``prov`` describes (a model dir or an export dir we tagged)."""
+    return (d / PROV).is_file() and read_json(d / PROV) == prov
+
+
+def _tag(d: Path, prov: dict) -> None:
+    atomic_write_json(d / PROV, prov)
+
+
+_SHA: dict[Path, str] = {}
+
+
+def model_sha(d: Path) -> str:
+    if d not in _SHA:
+        _SHA[d] = sha256_file(d / "model.safetensors")[:16]
+    return _SHA[d]
