@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from compresslab.cli import compose, setup_process
+from compresslab.config import compose, setup_process
 from compresslab.manifest import atomic_write_json, library_versions, git_sha, read_json
 from compresslab.pipeline import run
 

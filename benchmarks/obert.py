@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from compresslab.cli import compose, setup_process
+from compresslab.config import compose, setup_process
 from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from compresslab.cli import compose, setup_process
+from compresslab.config import compose, setup_process
 from compresslab.passes.finetune import Finetune
 from compresslab.runtime import RunState
 

@@ -28,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from compresslab.cli import compose, setup_process
+from compresslab.config import compose, setup_process
 from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
 
 from _ziplm_store import RESULTS, ROOT, _fresh, _load, _put, _tag, model_sha, tk  # sibling module (script dir)

@@ -8,18 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 log = logging.getLogger("compresslab")
-
-
-def config_dir() -> str:
-    """``conf/`` of a source checkout, or the copy shipped inside the installed package."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "conf", here / "conf"):
-        if (cand / "compress.yaml").is_file():
-            return str(cand)
-    raise FileNotFoundError(f"compresslab config directory not found next to {here}")
 
 
 def setup_process(threads: int | None, seed: int) -> int:
@@ -37,17 +27,8 @@ def setup_process(threads: int | None, seed: int) -> int:
     return n
 
 
-def compose(overrides: list[str]):
-    """Compose the config like the CLI does (for the API, tests and benchmarks)."""
-    from hydra import compose as h_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="compresslab"):
-        return h_compose(config_name="compress", overrides=list(overrides))
-
-
 def _missing_pipeline_message() -> str:
-    from compresslab.pipeline import pipelines_hint
+    from compresslab.config import pipelines_hint
 
     return "compresslab: no pipeline selected; " + pipelines_hint() + \
         "\n  e.g. python -m compresslab +pipeline=int8   (see --help for overrides)"
@@ -71,6 +52,8 @@ def _main(cfg) -> None:
 
 def main() -> None:
     import hydra
+
+    from compresslab.config import config_dir
 
     if len(sys.argv) == 1:  # fail fast, before Hydra sets up anything
         print(_missing_pipeline_message(), file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, StepRecord, now, sha256_dir, stable_hash
+from compresslab.config import available_pipelines, pipelines_hint  # noqa: F401 - re-exported
 from compresslab.types import Pass, Stage
 
 log = logging.getLogger(__name__)
@@ -91,20 +92,6 @@ def build_steps(cfg: DictConfig) -> list[Step]:
     return steps
 
 
-def pipelines_dir() -> Path:
-    from compresslab.cli import config_dir
-
-    return Path(config_dir()) / "pipeline"
-
-
-def available_pipelines() -> list[str]:
-    return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
-
-
-def pipelines_hint() -> str:
-    return ("choose one with +pipeline=NAME; available: " + ", ".join(available_pipelines()))
-
-
 def resolve_run_dir(cfg: DictConfig) -> Path:
     if cfg.run.get("dir"):
         return Path(cfg.run.dir)
@@ -156,7 +143,7 @@ def run(cfg: DictConfig) -> Path:
 
 def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
     """Programmatic entry: compose ``+pipeline=<pipeline>`` with overrides and run it."""
-    from compresslab.cli import compose
+    from compresslab.config import compose
 
     extra = [f"{k}={v}" for k, v in kwargs.items()]
     return run(compose([f"+pipeline={pipeline}", *overrides, *extra]))

@@ -52,6 +52,9 @@ class PassResult:
     skipped: dict[str, str] = field(default_factory=dict)
     structure: dict[str, Any] = field(default_factory=dict)
     onnx_path: str | None = None
+    # Checkpoint formats to write beside the dense safetensors (TORCH passes), by name from
+    # ``compresslab.checkpoint.FORMATS`` (e.g. "sparse_int8"): declared, never inferred from metrics.
+    formats: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +85,6 @@ class PassContext:
     progress: Callable[..., Any] | None = None
     cache_dir: Path | None = None
     model_source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def generator(self) -> "torch.Generator":
         """A fresh generator seeded from the run seed, so each use is reproducible."""
@@ -113,6 +115,22 @@ class PassContext:
         return iter(make_loader(examples, self.tokenizer, batch_size or self.batch_size, self.max_length,
                                 shuffle=False, seed=self.seed, kind=self.task.spec.kind))
 
+    def kd_teacher(self, model: "nn.Module") -> "nn.Module":
+        """The teacher a distilling pass learns from: the run's teacher, else ``model`` as it is now.
+
+        Call it before the pass changes ``model``: without a run teacher (no pass produced one and
+        the caller gave none) the frozen copy of the incoming model is the teacher, which is right
+        for a model that is already fine-tuned on the task. The result is in eval mode, no grads.
+        """
+        if self.teacher is not None:
+            return self.teacher
+        import copy
+
+        t = copy.deepcopy(model).eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+        return t
+
     def track(self, iterable: Any = None, *, total: int | None = None, desc: str = "") -> Any:
         """Wrap long work in the run's progress reporter (a no-op wrapper when there is none)."""
         if self.progress is None:
@@ -126,5 +144,12 @@ class Pass(Protocol):
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
+    # True for a pass whose output is the run's teacher (``finetune``): the model after it is frozen
+    # and used for KD and as the reference for agreement, on a fresh run and on resume alike.
+    makes_teacher: ClassVar[bool]
+
+    def check(self, task: "TaskData") -> None:
+        """Cheap checks against the task's data before any model is loaded; raises ValueError."""
+        ...
 
     def apply(self, model: Any, ctx: PassContext) -> PassResult: ...

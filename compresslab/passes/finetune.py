@@ -48,6 +48,7 @@ class Finetune:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = True  # its output is the run's teacher
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.cli import compose
+from compresslab.config import compose
 from compresslab.manifest import read_json
 from compresslab.pipeline import run
 

@@ -12,12 +12,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from compresslab.config import config_dir
 from compresslab.models import load, save
 from compresslab.models.tiny import tiny_model
 from compresslab.registry import available_passes, pass_from_dict, pass_to_dict
 from compresslab.types import OnnxModel, PassResult, Stage
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(config_dir())
 
 # Settings that make each pass fit a 2-layer, hidden-32 model and a 96-example toy task.
 TINY: dict[str, dict] = {

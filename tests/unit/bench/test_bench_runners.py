@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compresslab.config import config_dir
 from compresslab.bench.latency import make_inputs, measure_latency, speedups
 from compresslab.bench.runners import (
     GpuMode,
@@ -17,7 +18,7 @@ from compresslab.bench.runners import (
     select_gpu_backend,
 )
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
+CONF = Path(config_dir())
 
 
 def _inputs(batch=2, seq=12):

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from omegaconf import OmegaConf
 
+from compresslab.config import config_dir
 from compresslab.bench import deepsparse_worker as W
 from compresslab.bench.deepsparse_backend import (
     DeepSparseBench,
@@ -49,7 +50,7 @@ def test_required_backend_fails_early_and_auto_does_not(tmp_path, monkeypatch):
 
 
 def test_default_config_keeps_deepsparse_off():
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[3] / "conf" / "bench" / "default.yaml")
+    cfg = OmegaConf.load(Path(config_dir()) / "bench" / "default.yaml")
     assert cfg.deepsparse.enabled is False and list(cfg.deepsparse.op_types) == ["MatMul", "Gemm"]
     assert list(cfg.deepsparse.int8_formats)[0] == "qdq"
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from compresslab.config import config_dir
 from compresslab.export import count_ops, export_model
 from compresslab.export.ort_quant import CalibrateMethod
 from compresslab.passes.ort_int8_dynamic import OrtInt8Dynamic
@@ -15,7 +16,7 @@ from compresslab.passes.ort_int8_static import OrtInt8Static
 from compresslab.registry import build_pass, pass_from_dict, pass_to_dict
 from compresslab.types import OnnxModel, PassContext, Stage
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "pass"
+CONF = Path(config_dir()) / "pass"
 
 
 def _ctx(tmp_path: Path, tok, batches) -> PassContext:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.cli import compose, config_dir
+from compresslab.config import compose, config_dir
 from compresslab.pipeline import PipelineError, RunDirConflictError, available_pipelines, build_steps, run
 
 CONF = Path(config_dir())
