@@ -17,7 +17,7 @@ from compresslab.bench.latency import (
     real_length_speedups,
     speedups,
 )
-from compresslab.bench.load import probe_load
+from compresslab.bench.load_probe import probe_load
 from compresslab.bench.runners import (
     GpuMode,
     OrtRunner,

@@ -42,7 +42,7 @@ class Runner(Protocol):
 class OrtRunner:
     """An ONNX Runtime session with pinned threads and full graph optimization.
 
-    The session is built by `probe_load.make_session` (ORT_ENABLE_ALL, inter-op 1, intra-op
+    The session is built by `load_probe.make_session` (ORT_ENABLE_ALL, inter-op 1, intra-op
     `threads`), the same code the load probe uses, so both measure the same thing. `vocab_size`
     bounds the random ids when known (an ONNX file does not state it plainly).
     """
@@ -55,7 +55,7 @@ class OrtRunner:
         *,
         vocab_size: int | None = None,
     ) -> None:
-        from compresslab.bench.probe_load import make_session  # imports onnxruntime
+        from compresslab.bench.load_probe import make_session  # imports onnxruntime
 
         self.onnx_path = Path(onnx_path)
         self.threads = resolve_threads(threads)

@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from compresslab.bench.load import PROBE_SCRIPT, probe_load
+from compresslab.bench.load_probe import PROBE_SCRIPT, probe_load
 from compresslab.bench.runners import OrtRunner
 
 
@@ -28,14 +28,20 @@ def test_probe_load_failure_carries_the_child_error(tmp_path):
 
 def test_probe_child_stays_self_contained():
     # Run by path in a fresh interpreter: importing compresslab (torch, transformers) there
-    # would inflate the baseline RSS and break the script, so only stdlib/numpy/ORT are allowed.
+    # would inflate the baseline RSS and break the script, so the module level imports only the
+    # standard library, and compresslab is imported only inside the parent's `probe_load`.
     tree = ast.parse(PROBE_SCRIPT.read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "argparse", "json", "sys", "time", "pathlib", "typing",
-                        "resource", "numpy", "onnxruntime"}
+
+    def roots(nodes):
+        out = {alias.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for alias in n.names}
+        return out | {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert roots(tree.body) <= {"__future__", "argparse", "json", "subprocess", "sys", "time", "pathlib",
+                                "typing"}
+    funcs = {f.name: roots(list(ast.walk(f))) for f in tree.body if isinstance(f, ast.FunctionDef)}
+    assert {name for name, mods in funcs.items() if "compresslab" in mods} == {"probe_load"}
+    child = set().union(*(mods for name, mods in funcs.items() if name != "probe_load"))
+    assert child <= {"resource", "numpy", "onnxruntime"}
 
 
 def test_probe_matches_the_in_process_runner_session(tiny_onnx):

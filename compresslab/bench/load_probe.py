@@ -1,16 +1,22 @@
-"""Model load time and peak RSS, measured in a fresh process per model (the child side).
+"""Model load time and peak RSS, each measured in a fresh child process: parent and child.
 
 Peak RSS is a high-water mark for the whole process, so measuring several models in the
 benchmark process would report the largest one (or the teacher) for all of them. A child that
 loads one ONNX model and runs one b1 x s128 inference gives a clean number per model.
 
-This file imports only the standard library, numpy and onnxruntime, and the parent
-(`compresslab.bench.load.probe_load`) runs it by path, so the child does not import the
-`compresslab` package (which pulls in torch and transformers) and the baseline is what a
-deployment pays: an interpreter with onnxruntime. It also holds `make_session`, the one place
-where benchmark sessions are configured, so the probe and `OrtRunner` load models identically.
+Parent: `probe_load(onnx_path, threads)` starts this very file as the child, by path, and returns
+its JSON. Child: `main()`. This file imports only the standard library at module level, and
+numpy/onnxruntime inside functions; anything from `compresslab` is imported inside the parent's
+function only, so the child never imports the `compresslab` package (which pulls in torch and
+transformers) and its baseline is what a deployment pays: an interpreter with onnxruntime.
+It also holds `make_session`, the one place where benchmark sessions are configured, so the probe
+and `OrtRunner` load models identically.
 
-    python path/to/probe_load.py --onnx PATH --threads N [--provider P] [--seq 128]
+The module's name differs from every name `compresslab.bench` exports: a submodule named like a
+function of its package (`bench/probe_load.py` beside `bench.probe_load()`) rebinds the package
+attribute to the module once anything imports it (tests/unit/test_package_names.py).
+
+    python path/to/load_probe.py --onnx PATH --threads N [--provider P] [--seq 128]
 
 prints one JSON line: {"load_s", "first_run_ms", "baseline_rss_mb", "peak_rss_mb", ...};
 `baseline_rss_mb` is the peak before the model is loaded, so the model's share is the difference.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +34,7 @@ from typing import Any, Sequence
 
 PROBE_SEQ = 128
 PROBE_VOCAB = 100  # ids below this are valid for every BERT-family vocabulary
+PROBE_SCRIPT = Path(__file__).resolve()  # the child is this very file, run by path
 
 
 def make_session(onnx_path: str | Path, threads: int, provider: str) -> tuple[Any, float]:
@@ -105,6 +113,36 @@ def probe(onnx: str, threads: int, provider: str, seq: int, vocab_size: int) -> 
         "baseline_rss_mb": baseline,
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def probe_load(
+    onnx_path: str | Path,
+    threads: int | None,
+    *,
+    provider: str = "CPUExecutionProvider",
+    seq: int = 128,
+    vocab_size: int | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Load time and peak RSS of one ONNX model, measured in a fresh child process.
+
+    Returns the child's JSON: load_s, first_run_ms (one (1, seq) inference), baseline_rss_mb
+    (interpreter + onnxruntime), peak_rss_mb, bytes, threads, provider. Raises RuntimeError
+    carrying the child's stderr when it fails.
+    """
+    from compresslab.bench.env import resolve_threads  # inside: the child must not import compresslab
+
+    cmd = [sys.executable, str(PROBE_SCRIPT), "--onnx", str(onnx_path),
+           "--threads", str(resolve_threads(threads)), "--provider", provider, "--seq", str(seq)]
+    if vocab_size is not None:
+        cmd += ["--vocab-size", str(vocab_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"load probe failed for {onnx_path} (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
+    return json.loads(lines[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
