@@ -26,6 +26,7 @@ from compresslab.data.tasks import (
     load_task,
     resolve_data_root,
 )
+from compresslab.data.user import check_labels_match_head, check_tokenizable, task_from_user_data
 
 _LAZY = {
     "calibration_examples": "compresslab.data.loaders",
@@ -38,7 +39,8 @@ _LAZY = {
 __all__ = [
     "DATA_ENV_VAR", "TASKS", "DataFormatError", "DataNotFoundError", "Example", "MissingSplit",
     "SplitUnavailableError", "TaskData", "TaskKind", "TaskSpec", "agreement", "check_data_available",
-    "compute_metrics", "get_task", "load_task", "mcnemar_pvalue", "resolve_data_root", *_LAZY,
+    "check_labels_match_head", "check_tokenizable", "compute_metrics", "get_task", "load_task", "mcnemar_pvalue",
+    "resolve_data_root", "task_from_user_data", *_LAZY,
 ]
 
 

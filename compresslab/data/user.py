@@ -1,0 +1,523 @@
+"""User-held data as a task: tuples, dict records, a ``datasets.Dataset``, or a CSV/TSV/JSONL path.
+
+The data half of the in-process API (``compresslab.compress(..., data=train, eval_data=dev)``): the
+same :class:`TaskData` and split contract as :func:`load_task`, plus cheap checks against the
+model's head and tokenizer, so bad data fails before any model work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from compresslab.data.generic import _SUFFIX_FORMAT, FORMATS, _read_rows, resolve_file
+from compresslab.data.readers import file_sha256
+from compresslab.data.schema import Example, MissingSplit, TaskData, TaskKind, TaskSpec
+from compresslab.data.tasks import _carve, _check_count
+
+__all__ = ["check_labels_match_head", "check_tokenizable", "task_from_user_data"]
+
+# Column names tried when the caller names none: pairs first (GLUE / HF hub names), then singles.
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("question1", "question2"),
+                ("premise", "hypothesis"), ("text_a", "text_b"), ("text", "text_pair"))
+TEXT_COLUMNS = ("text", "sentence", "text_a", "sentence1", "question", "premise")
+LABEL_COLUMNS = ("label", "labels", "score")
+# Where the names of class ids came from; only name-based sources are compared with config.id2label.
+_NAMED_SOURCES = ("label2id", "class_label", "sorted_strings")
+
+
+@dataclass
+class _Source:
+    """One input, flattened: (text_a, text_b, raw label, where) rows and what was learned reading it."""
+
+    rows: list[tuple[Any, Any, Any, str]]
+    kind: str  # "tuples", "records", "datasets.Dataset", "file"
+    paired: bool
+    columns: tuple[str | None, str | None, str | None] = (None, None, None)
+    class_names: tuple[str, ...] | None = None
+    file: dict[str, Any] | None = None
+
+
+def _pick_columns(found: Sequence[str], text: str | None, pair: str | None, label: str | None,
+                  what: str) -> tuple[str, str | None, str]:
+    """Choose (text_a, text_b, label) columns: the caller's names, else the usual ones."""
+    def need(col: str, role: str) -> str:
+        if col not in found:
+            raise ValueError(f"{what}: {role} column {col!r} not found; columns found: {list(found)}")
+        return col
+
+    if text is not None:
+        a, b = need(text, "text"), (need(pair, "text pair") if pair is not None else None)
+    elif pair is not None:
+        b = need(pair, "text pair")
+        a = next((c for c in TEXT_COLUMNS if c in found and c != b), None)
+        if a is None:
+            raise ValueError(f"{what}: no text column found (tried {list(TEXT_COLUMNS)}); columns found: "
+                             f"{list(found)}; name it with text_column=")
+    else:
+        a, b = next(((x, y) for x, y in PAIR_COLUMNS if x in found and y in found), (None, None))
+        if a is None:
+            a = next((c for c in TEXT_COLUMNS if c in found), None)
+        if a is None:
+            raise ValueError(f"{what}: no text column found (tried {list(TEXT_COLUMNS)} and pairs "
+                             f"{[list(p) for p in PAIR_COLUMNS]}); columns found: {list(found)}; "
+                             f"name it with text_column= (and text_pair_column=)")
+    if label is not None:
+        lab = need(label, "label")
+    else:
+        lab = next((c for c in LABEL_COLUMNS if c in found and c not in (a, b)), None)
+        if lab is None:
+            raise ValueError(f"{what}: no label column found (tried {list(LABEL_COLUMNS)}); columns found: "
+                             f"{list(found)}; name it with label_column=")
+    return a, b, lab
+
+
+def _from_records(records: list[Any], what: str, cols: tuple[str | None, ...]) -> _Source:
+    found = list(records[0])
+    a, b, lab = _pick_columns(found, *cols, what=what)
+    rows = []
+    for i, rec in enumerate(records):
+        where = f"{what}[{i}]"
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"{where}: expected a dict like {what}[0], got {type(rec).__name__} {rec!r}")
+        missing = [c for c in (a, b, lab) if c is not None and c not in rec]
+        if missing:
+            raise ValueError(f"{where}: no key(s) {missing}; the record has {sorted(rec)}")
+        rows.append((rec[a], rec[b] if b else None, rec[lab], where))
+    return _Source(rows, "records", b is not None, (a, b, lab))
+
+
+def _from_tuples(items: list[Any], what: str) -> _Source:
+    width = len(items[0])
+    rows = []
+    for i, item in enumerate(items):
+        where = f"{what}[{i}]"
+        if not isinstance(item, (tuple, list)):
+            raise ValueError(f"{where}: expected a tuple like {what}[0], got {type(item).__name__} {item!r}")
+        if len(item) not in (2, 3):
+            raise ValueError(f"{where}: expected (text, label) or (text_a, text_b, label), got {len(item)} "
+                             f"items: {item!r}")
+        if len(item) != width:
+            raise ValueError(f"{where} has {len(item)} items but {what}[0] has {width}: all items must be "
+                             f"(text, label) or all (text_a, text_b, label)")
+        rows.append((item[0], None, item[1], where) if width == 2 else (item[0], item[1], item[2], where))
+    return _Source(rows, "tuples", width == 3)
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    """A ``datasets.Dataset`` (duck-typed, so ``datasets`` is never imported here)."""
+    return hasattr(obj, "column_names") and hasattr(obj, "features") and hasattr(obj, "num_rows")
+
+
+def _from_dataset(ds: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
+    if ds.num_rows == 0:
+        raise ValueError(f"{what} is an empty Dataset (0 rows)")
+    a, b, lab = _pick_columns(list(ds.column_names), *cols, what=what)
+    feature = ds.features.get(lab)
+    names = tuple(feature.names) if type(feature).__name__ == "ClassLabel" else None
+    texts_a, labels = list(ds[a]), list(ds[lab])
+    texts_b = list(ds[b]) if b else [None] * len(texts_a)
+    if names is not None:  # ids -> names, so label2id (the model's ids) can remap them
+        labels = [names[v] if isinstance(v, int) and 0 <= v < len(names) else v for v in labels]
+    rows = [(x, y, v, f"{what}[{i}]") for i, (x, y, v) in enumerate(zip(texts_a, texts_b, labels))]
+    return _Source(rows, "datasets.Dataset", b is not None, (a, b, lab), class_names=names)
+
+
+def _parse_cell(value: Any) -> Any:
+    """A CSV/TSV cell is text: "3" -> 3, "2.5" -> 2.5, "" -> None; other values pass through."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if value == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _from_file(path: str | os.PathLike[str], what: str, cols: tuple[str | None, ...]) -> _Source:
+    resolved = resolve_file(str(path), lambda: None)
+    fmt = _SUFFIX_FORMAT.get(resolved.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{what}: cannot tell the format of {resolved} from its suffix; use one of "
+                         f"{sorted(_SUFFIX_FORMAT)} ({', '.join(FORMATS)})")
+    records = _read_rows(resolved, fmt, "utf-8-sig")
+    if not records:
+        raise ValueError(f"{what}: {resolved} has no data rows")
+    a, b, lab = _pick_columns(list(records[0][1]), *cols, what=f"{what} ({resolved})")
+    rows = []
+    for lineno, rec in records:
+        text_b = rec.get(b) if b else None
+        label = rec.get(lab)
+        label = _parse_cell(label) if fmt != "jsonl" else label
+        rows.append((rec.get(a), text_b, label, f"{resolved}:{lineno}"))
+    info = {"path": str(resolved), "sha256": file_sha256(resolved), "rows": len(rows)}
+    return _Source(rows, "file", b is not None, (a, b, lab), file=info)
+
+
+def _read_source(obj: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
+    if isinstance(obj, (str, os.PathLike)):
+        source = _from_file(obj, what, cols)
+    elif _is_hf_dataset(obj):
+        source = _from_dataset(obj, what, cols)
+    elif isinstance(obj, Mapping) and obj and all(_is_hf_dataset(v) for v in obj.values()):
+        raise ValueError(f"{what} is a {type(obj).__name__} with splits {list(obj)}; pass one split, e.g. "
+                         f"ds['train']")
+    elif isinstance(obj, Mapping):
+        raise ValueError(f"{what} is a {type(obj).__name__} with keys {list(obj)[:10]}; pass a list of "
+                         f"(text, label) tuples or dict records, a datasets.Dataset (one split), or a path")
+    elif isinstance(obj, Iterable) and not isinstance(obj, bytes):
+        items = list(obj)
+        if not items:
+            raise ValueError(f"{what} is empty; give at least one labelled example")
+        if isinstance(items[0], Mapping):
+            source = _from_records(items, what, cols)
+        elif isinstance(items[0], (tuple, list)):
+            source = _from_tuples(items, what)
+        else:
+            raise ValueError(f"{what}[0]: expected a (text, label) tuple or a dict record, got "
+                             f"{type(items[0]).__name__} {items[0]!r}")
+    else:
+        raise ValueError(f"{what}: unsupported type {type(obj).__name__}; pass a list of (text, label) tuples "
+                         f"or dict records, a datasets.Dataset, or a CSV/TSV/JSONL path")
+    for text_a, text_b, _, where in source.rows:
+        for text, role in [(text_a, "text")] + ([(text_b, "text pair")] if source.paired else []):
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: {role} must be a str, got {type(text).__name__} {text!r}")
+            if not text.strip():
+                raise ValueError(f"{where}: {role} is empty ({text!r})")
+    return source
+
+
+def _norm_label(value: Any, where: str) -> int | float | str:
+    """One raw label as an int (class id), float (score) or stripped str (class name)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:  # numpy / torch scalars
+            value = value.item()
+        except (TypeError, ValueError):
+            pass
+    if value is None:
+        raise ValueError(f"{where}: label is missing (None); every example needs a label")
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: label is {value!r}; labels must be finite")
+        return value
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"{where}: label must be an int (class id), float (score) or non-empty str (class name), "
+                     f"got {type(value).__name__} {value!r}")
+
+
+def _check_label2id(label2id: Any) -> dict[str, int]:
+    if not isinstance(label2id, Mapping) or not label2id:
+        raise ValueError(f"label2id must be a non-empty dict {{name: id}}, got {label2id!r}")
+    if all(isinstance(k, int) and isinstance(v, str) for k, v in label2id.items()):
+        raise ValueError(f"label2id {dict(label2id)} looks like id2label ({{id: name}}); pass {{name: id}}")
+    if not all(isinstance(k, str) for k in label2id) or sorted(label2id.values()) != list(range(len(label2id))):
+        raise ValueError(f"label2id must map str names to the ids 0..{len(label2id) - 1} once each, "
+                         f"got {dict(label2id)}")
+    return {str(k): int(v) for k, v in label2id.items()}
+
+
+class _Labels:
+    """Turns normalised labels into class ids (one mapping for data and eval_data) or float scores."""
+
+    def __init__(self, kind: TaskKind, train: list[tuple[Any, str]], class_names: tuple[str, ...] | None,
+                 label2id: Mapping[str, int] | None) -> None:
+        """``train``: (normalised label, where) per example of ``data``."""
+        self.kind, self.mapping, self.source = kind, None, "scores"
+        self.names: tuple[str, ...] = ()
+        if kind is not TaskKind.CLASSIFICATION:
+            return
+        strings = sorted({v for v, _ in train if isinstance(v, str)})
+        if label2id is not None:
+            self.mapping, self.source = _check_label2id(label2id), "label2id"
+        elif class_names is not None:
+            self.mapping, self.source = {n: i for i, n in enumerate(class_names)}, "class_label"
+        elif strings:
+            numbers = [v for v, _ in train if not isinstance(v, str)]
+            if numbers:
+                raise ValueError(f"data mixes string labels ({strings[:5]}) with numbers ({numbers[:5]}); use one "
+                                 f"kind, or pass label2id={{name: id}} so the ids mean something")
+            self.mapping, self.source = {s: i for i, s in enumerate(strings)}, "sorted_strings"
+        else:
+            self.source = "ids"
+        if self.mapping is not None:
+            self.names = tuple(sorted(self.mapping, key=self.mapping.__getitem__))
+            self.folded = {k.casefold(): v for k, v in self.mapping.items()}
+            if len(self.folded) != len(self.mapping):
+                self.folded = {}
+        else:
+            ids = [self.to_id(v, where) for v, where in train]  # also rejects non-integral floats
+            self.names = tuple(str(i) for i in range(max(max(ids) + 1, 2)))
+        if len(self.names) < 2:
+            raise ValueError(f"classification needs at least 2 classes, the labels give {list(self.names)} "
+                             f"(from {self.source}); pass label2id={{name: id}} naming every class")
+
+    def to_id(self, value: Any, where: str) -> int:
+        if isinstance(value, str):
+            if self.mapping is None:
+                raise ValueError(f"{where}: string label {value!r} but data's labels are integer ids; use one "
+                                 f"kind, or pass label2id={{name: id}}")
+            found = self.mapping.get(value, self.folded.get(value.casefold()))
+            if found is None:
+                raise ValueError(f"{where}: label {value!r} is not in the label mapping {self.mapping} "
+                                 f"(from {self.source})")
+            return found
+        if self.source == "sorted_strings":
+            raise ValueError(f"{where}: numeric label {value!r} but data's labels are class names {list(self.names)}")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{where}: label {value!r} is not a class id (classification); pass "
+                                 f"kind='regression' for scores")
+            value = int(value)
+        if value < 0 or (self.names and value >= len(self.names)):
+            top = f"0..{len(self.names) - 1}" if self.names else ">= 0"
+            raise ValueError(f"{where}: class id {value} is outside {top} (-1 marks unlabelled rows, e.g. a GLUE "
+                             f"test split)")
+        return value
+
+    def convert(self, value: Any, where: str) -> int | float:
+        if self.kind is TaskKind.CLASSIFICATION:
+            return self.to_id(value, where)
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: label {value!r} is not a number ({self.kind.value} task)") from None
+
+
+def _to_kind(kind: TaskKind | str | None) -> TaskKind | None:
+    if kind is None:
+        return None
+    try:
+        return TaskKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(k.value for k in TaskKind)}") from None
+
+
+def task_from_user_data(
+    data: Any,
+    eval_data: Any = None,
+    *,
+    label2id: Mapping[str, int] | None = None,
+    kind: TaskKind | str | None = None,
+    val_size: int | None = None,
+    seed: int = 42,
+    name: str = "user",
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    primary_metric: str | None = None,
+) -> TaskData:
+    """Build a :class:`TaskData` from data the caller holds; all checks run before any model work.
+
+    ``data`` / ``eval_data`` may each be:
+
+    * a list, tuple or other iterable of ``(text, label)`` or ``(text_a, text_b, label)`` tuples
+      (all the same length), or of dicts with text/label keys (guessed as below);
+    * a ``datasets.Dataset`` (one split; a ``ClassLabel`` label feature gives the class names);
+    * a path (``str`` / ``Path``) to a ``.csv``, ``.tsv`` or ``.jsonl`` file with a header/keys,
+      read by the generic readers; CSV/TSV label cells that look like ints or floats are numbers.
+
+    Columns (dicts, datasets, files) are ``text_column`` / ``text_pair_column`` / ``label_column``
+    when given, else the first present of the pairs ``sentence1+sentence2``, ``question+sentence``,
+    ``question1+question2``, ``premise+hypothesis``, ``text_a+text_b``, ``text+text_pair``, then
+    the single ``text``, ``sentence``, ``text_a``, ...; labels ``label``, ``labels``, ``score``.
+
+    Labels: ``kind`` (``"classification"`` / ``"regression"`` / ``"embedding"``) is inferred from
+    ``data`` when None: any string -> classification, all ints -> classification, else regression.
+    Class names map to ids through ``label2id`` (matched exactly, else case-insensitively), else the
+    ``ClassLabel`` names, else the sorted distinct strings of ``data``. Int labels are ids as they
+    are (``num_labels`` = ``len(label2id)`` or ``max id + 1``, at least 2). ``eval_data`` uses the
+    same mapping. ``label2id`` is ignored for regression and embedding tasks.
+
+    Splits: ``train`` is ``data`` minus ``validation``, a seeded carve of ``val_size`` examples
+    (default ``min(1000, len(data) // 20)``, as :func:`load_task`; 0 below 20 examples), both in
+    input order. ``dev`` is ``eval_data``; when it is None, ``dev`` is an empty
+    :class:`MissingSplit` that says why, and code that needs dev examples raises
+    :class:`SplitUnavailableError`. ``info["label_source"]`` says where class names came from
+    (``label2id``, ``class_label``, ``sorted_strings``, ``ids``; ``scores`` for regression).
+
+    Raises:
+        ValueError: empty data, mixed tuple lengths, non-string or empty text, None / NaN / list
+            labels, strings mixed with numbers (without label2id or ClassLabel names), a label
+            not in the mapping (named), a class id out of range, fewer than 2 classes, a column
+            not found (listing the columns found), pairs in one input and singles in the other,
+            a DatasetDict or plain dict, an unknown ``kind``, a bad ``val_size`` / ``label2id``.
+        DataNotFoundError: a path that is not a file (a ``FileNotFoundError``).
+    """
+    kind = _to_kind(kind)
+    _check_count(val_size, "val_size")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if data is None:
+        raise ValueError("data is None; pass the training examples (tuples, dicts, a datasets.Dataset or a path)")
+    cols = (text_column, text_pair_column, label_column)
+    train_src = _read_source(data, "data", cols)
+    dev_src = _read_source(eval_data, "eval_data", cols) if eval_data is not None else None
+    if dev_src is not None and dev_src.paired != train_src.paired:
+        shape = {True: "sentence pairs", False: "single sentences"}
+        raise ValueError(f"data holds {shape[train_src.paired]} but eval_data holds {shape[dev_src.paired]}")
+
+    raw_train = [_norm_label(r[2], r[3]) for r in train_src.rows]
+    raw_dev = [_norm_label(r[2], r[3]) for r in dev_src.rows] if dev_src else []
+    if kind is None:
+        types = {type(v) for v in raw_train}
+        kind = TaskKind.CLASSIFICATION if str in types or types == {int} else TaskKind.REGRESSION
+    class_names = train_src.class_names or (dev_src.class_names if dev_src else None)
+    labels = _Labels(kind, [(v, r[3]) for v, r in zip(raw_train, train_src.rows)], class_names, label2id)
+
+    def examples(src: _Source, raw: list[Any]) -> list[Example]:
+        return [Example(a, b, labels.convert(v, where)) for (a, b, _, where), v in zip(src.rows, raw)]
+
+    train_all = examples(train_src, raw_train)
+    dev: list[Example] = (examples(dev_src, raw_dev) if dev_src else
+                          MissingSplit("no eval_data was given, so there is no dev split to score; pass eval_data="))
+    classification = kind is TaskKind.CLASSIFICATION
+    text_a, text_b, label = train_src.columns
+    spec = TaskSpec(
+        name=name, kind=kind, num_labels=len(labels.names) if classification else 1,
+        primary_metric=primary_metric or ("accuracy" if classification else "spearman"),
+        label_names=labels.names, glue_dir=None,
+        train_file=train_src.file["path"] if train_src.file else None,
+        dev_file=dev_src.file["path"] if dev_src and dev_src.file else None,
+        text_a=text_a or ("text_a" if train_src.paired else "text"),
+        text_b=(text_b or "text_b") if train_src.paired else None, label=label or "label",
+        description=f"user data ({train_src.kind})",
+    )
+    train, validation = _carve(train_all, val_size, seed)
+    files = {s: src.file for s, src in (("train", train_src), ("dev", dev_src)) if src is not None and src.file}
+    info: dict[str, Any] = {
+        "task": spec.name,
+        "kind": spec.kind.value,
+        "data_root": None,
+        "files": files,
+        "sources": {"train": train_src.kind, "dev": dev_src.kind if dev_src else None},
+        "sizes": {"train": len(train), "validation": len(validation), "dev": len(dev)},
+        "val_seed": seed,
+        "val_size": len(validation),
+        "max_train": None,
+        "max_dev": None,
+        "label_names": list(spec.label_names),
+        "label_source": labels.source,
+        "label2id": dict(labels.mapping) if labels.mapping else None,
+        "missing_splits": {"dev": dev.reason} if isinstance(dev, MissingSplit) else {},
+    }
+    return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info)
+
+
+def _model_id2label(config: Any) -> dict[int, str] | None:
+    """``config.id2label`` with int keys, or None when absent or the default ``LABEL_<i>`` names."""
+    raw = getattr(config, "id2label", None) or {}
+    id2label = {int(k): str(v) for k, v in dict(raw).items()}
+    if not id2label or all(v == f"LABEL_{k}" for k, v in id2label.items()):
+        return None
+    return id2label
+
+
+def check_labels_match_head(task: TaskData, model_config: Any) -> None:
+    """Raise ``ValueError`` when the model's head cannot be trained / scored on ``task``.
+
+    Checks, from ``model_config`` (a transformers ``PretrainedConfig`` or anything with the same
+    attributes): a classification task needs ``num_labels == task.spec.num_labels`` and
+    ``problem_type`` None or ``"single_label_classification"`` (``num_labels == 1`` means
+    regression to transformers); a regression task needs ``num_labels == 1`` and ``problem_type``
+    None or ``"regression"``. When the config has non-default ``id2label`` names and the task's
+    class names came from names (``info["label_source"]`` is ``label2id``, ``class_label`` or
+    ``sorted_strings``), each id must carry the same name (compared case-insensitively).
+    Embedding tasks use no head and pass. Returns None.
+    """
+    spec, name = task.spec, task.spec.name
+    if spec.kind is TaskKind.EMBEDDING:
+        return
+    num = getattr(model_config, "num_labels", None)
+    problem = getattr(model_config, "problem_type", None)
+    head = f"the model head has num_labels={num}, problem_type={problem!r}"
+    if spec.kind is TaskKind.REGRESSION:
+        if num != 1 or problem not in (None, "regression"):
+            raise ValueError(f"task {name!r} is regression (one score per example) but {head}; load the model "
+                             f"with num_labels=1, or pass kind='classification' if the labels are classes")
+        return
+    if num == 1 or problem == "regression":
+        raise ValueError(f"task {name!r} is classification with {spec.num_labels} classes but {head} (a "
+                         f"regression head); load the model with num_labels={spec.num_labels}")
+    if problem not in (None, "single_label_classification"):
+        raise ValueError(f"task {name!r} is single-label classification but {head}; only single-label "
+                         f"classification and regression heads are supported")
+    if num != spec.num_labels:
+        raise ValueError(f"task {name!r} has {spec.num_labels} classes {list(spec.label_names)} but {head}; "
+                         f"load the model with num_labels={spec.num_labels} or fix the labels")
+    id2label = _model_id2label(model_config)
+    if id2label is None or task.info.get("label_source") not in _NAMED_SOURCES:
+        return
+    wrong = [(i, n, id2label.get(i)) for i, n in enumerate(spec.label_names)
+             if str(id2label.get(i, "")).casefold() != n.casefold()]
+    if wrong:
+        listed = "; ".join(f"id {i}: data {n!r}, model {m!r}" for i, n, m in wrong)
+        raise ValueError(f"task {name!r}: class names disagree with the model's config.id2label ({listed}); "
+                         f"pass label2id=model.config.label2id so the data uses the model's ids")
+
+
+def _encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[list[int]]:
+    """Content token ids (no special tokens) per text, after encoding each example as the loaders do.
+
+    The joint call (pairs together, truncated to ``max_length``) is what training sees and is what
+    may raise; the second call, every text on its own, finds texts that leave no tokens at all.
+    """
+    for paired in (False, True):
+        part = [e for e in examples if (e.text_b is not None) == paired]
+        if part:
+            tokenizer([e.text_a for e in part], [e.text_b for e in part] if paired else None,
+                      truncation=True, max_length=max_length, padding=False)
+    texts = [t for e in examples for t in (e.text_a, e.text_b) if t is not None]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=True,
+                                           max_length=max_length, padding=False)["input_ids"]]
+
+
+def check_tokenizable(task: TaskData, tokenizer: Any, max_length: int, *, chunk: int = 1024) -> None:
+    """Raise ``ValueError`` naming the first example (split, index, repr) that cannot be tokenized.
+
+    Looks at train, validation and dev in that order: every ``text_a`` (and ``text_b`` when not
+    None) must be a non-empty, non-blank ``str``; the tokenizer must encode each example as the
+    loaders do (pairs jointly, truncated to ``max_length``) without raising, and each text must
+    yield at least one non-special token (text made only of characters the tokenizer drops fails).
+    Tokenizes in batches of ``chunk``; re-encodes one by one only to find a failing example.
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    name = task.spec.name
+    for split in ("train", "validation", "dev"):
+        examples = list(getattr(task, split))
+        for i, e in enumerate(examples):
+            for text, role in ((e.text_a, "text_a"), (e.text_b, "text_b")):
+                if (role == "text_a" or text is not None) and (not isinstance(text, str) or not text.strip()):
+                    raise ValueError(f"task {name!r}: {split}[{i}] {role} must be a non-empty str, got "
+                                     f"{text!r}: {e!r}")
+        for start in range(0, len(examples), chunk):
+            part = examples[start:start + chunk]
+            try:
+                content = _encode(tokenizer, part, max_length)
+            except Exception as batch_err:  # noqa: BLE001 - any tokenizer failure names its example
+                for j, e in enumerate(part):
+                    try:
+                        _encode(tokenizer, [e], max_length)
+                    except Exception as err:  # noqa: BLE001
+                        raise ValueError(f"task {name!r}: the tokenizer failed on {split}[{start + j}] {e!r}: "
+                                         f"{type(err).__name__}: {err}") from err
+                raise ValueError(f"task {name!r}: the tokenizer failed on {split}[{start}:{start + len(part)}] "
+                                 f"but on no single example: {batch_err}") from batch_err
+            sides = [(start + j, t, e) for j, e in enumerate(part) for t in (e.text_a, e.text_b) if t is not None]
+            for (i, text, e), ids in zip(sides, content):
+                if not ids:
+                    raise ValueError(f"task {name!r}: {split}[{i}] text {text!r} yields no tokens "
+                                     f"(only characters the tokenizer drops): {e!r}")
