@@ -1,7 +1,7 @@
 """DeepSparse figures (issue #3) for finished pipeline runs, without redoing their passes.
 
 Restores the run's teacher and final model from its checkpoints, runs the DeepSparse part of the
-bench stage (``compresslab.stages_deepsparse``) with ``bench.deepsparse.enabled=true``, stores the
+bench stage (``compresslab.pipeline.deepsparse``) with ``bench.deepsparse.enabled=true``, stores the
 section in the run's manifest and rebuilds its report; with ``--store KEY`` also into
 benchmarks/results/obert.json. Needs the DeepSparse venv (``make deepsparse``).
 
@@ -23,28 +23,22 @@ RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
 
 
 def rebench(run_dir: Path, overrides: list[str], full: bool = False) -> dict:
-    from compresslab import pipeline as P
     from compresslab.bench.env import resolve_threads
     from compresslab.cli import setup_process
+    from compresslab.pipeline import restore
+    from compresslab.pipeline.deepsparse import deepsparse
     from compresslab.report import build_report
-    from compresslab.runtime import RunState
-    from compresslab.stages_deepsparse import deepsparse
 
     manifest = RunManifest.load(run_dir)
     if manifest.data.get("status") != "finished":
         raise SystemExit(f"{run_dir} is not a finished run (status {manifest.data.get('status')!r})")
-    cfg = OmegaConf.merge(OmegaConf.create(manifest.data["config"]),
-                          OmegaConf.from_dotlist(["bench.deepsparse.enabled=true", *overrides]))
+    overrides = ["bench.deepsparse.enabled=true", *overrides]
+    cfg = OmegaConf.merge(OmegaConf.create(manifest.data["config"]), OmegaConf.from_dotlist(overrides))
     threads = resolve_threads(cfg.bench.get("threads"))
     setup_process(threads, int(cfg.seed))
-    steps = P.build_steps(cfg)
-    state = RunState.prepare(cfg, steps)
-    state.load_initial()
-    done = P.done_steps(manifest)
-    for step in steps:
-        state._restore(step, done[step.index], run_dir)
+    state, manifest = restore(run_dir, overrides)
     if full:  # the whole bench stage again (ORT runners too), DeepSparse included
-        from compresslab.stages_bench import bench
+        from compresslab.pipeline.bench import bench
 
         bench(state, run_dir, manifest, threads)
         section = manifest.data["bench"]["deepsparse"]
@@ -72,15 +66,15 @@ def main() -> None:
         data = read_json(RESULTS) if RESULTS.is_file() else {}
         data.setdefault("deepsparse_runs", {})[args.store] = {"run": str(args.run_dir), **section}
         if args.issue_keys:
-            lat = {m: {shape: row[m]["p50_ms"] for shape, row in section["latency"].items()}
-                   for m in next(iter(section["latency"].values()))}
+            lat = {m: {shape: v["p50_ms"] for shape, v in per.items()} for m, per in section["latency"].items()}
             bench = read_json(args.run_dir / "manifest.json")["bench"]
             ort = {k: {sh: v["p50_ms"] for sh, v in d.items()} for k, d in bench["latency"].items()}
             data["latency_ms"] = {"ort": ort, "deepsparse": lat,
                                   "deepsparse_note": "p50 ms; DeepSparse rows and their ort_fp32 come from one "
                                                      "interleaved worker process (deepsparse_runs.*)"}
-            big = max(section["speedups"], key=lambda k: int(k.split("x")[0][1:]))
-            data["deepsparse_speedup_b32_vs_ort_fp32"] = section["speedups"][big]["deepsparse_int8"]
+            per = section["speedups"]["deepsparse_int8"]
+            big = max(per, key=lambda k: int(k.split("x")[0][1:]))
+            data["deepsparse_speedup_b32_vs_ort_fp32"] = per[big]
             data["deepsparse_int8_acc"] = section["scores"]["deepsparse_int8"]["score"]
         atomic_write_json(RESULTS, data)
 

@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from compresslab.config import compose, setup_process
+from compresslab.cli import setup_process
+from compresslab.config import compose
 from compresslab.manifest import atomic_write_json, library_versions, git_sha, read_json
 from compresslab.pipeline import run
 

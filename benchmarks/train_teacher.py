@@ -13,25 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from compresslab.config import compose, setup_process
-from compresslab.passes.finetune import Finetune
-from compresslab.runtime import RunState
+from compresslab.cli import setup_process
+from compresslab.config import compose
+from compresslab.pipeline import teacher_state
 
 
 def main(overrides: list[str]) -> None:
     logging.basicConfig(level=logging.INFO)
     cfg = compose(["+pipeline=int8", *overrides])
     setup_process(cfg.run.get("threads"), int(cfg.seed))
-    from hydra.utils import instantiate
-
-    ft: Finetune = instantiate(cfg.pipeline.passes.finetune)
-    state = RunState.prepare(cfg, [])
-    state.load_initial()
-    tmp = Path(cfg.paths.cache_dir) / "tmp"
-    ctx = state.context(tmp, tmp)
     t0 = time.perf_counter()
-    res = ft.apply(state.model, ctx)
-    print(json.dumps({"wall_s": round(time.perf_counter() - t0, 1), **res.metrics}, indent=2, default=str))
+    state = teacher_state(cfg, Path(cfg.paths.cache_dir) / "tmp")
+    params = sum(p.numel() for p in state.teacher.parameters())
+    print(json.dumps({"wall_s": round(time.perf_counter() - t0, 1), "params": params}, indent=2))
 
 
 if __name__ == "__main__":

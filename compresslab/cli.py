@@ -44,7 +44,7 @@ def _main(cfg) -> None:
     logging.getLogger("compresslab").setLevel(logging.INFO)
     try:
         run_dir = run(cfg)
-    except (PipelineError, FileNotFoundError, ValueError) as e:
+    except (PipelineError, FileNotFoundError, ValueError) as e:  # SettingsError is a ValueError
         log.error("%s", e)
         raise SystemExit(2) from None
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.md'}")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
 
 def now() -> str:
@@ -88,6 +88,16 @@ def git_sha() -> str | None:
         return None
 
 
+def package_version() -> str:
+    """compresslab's installed version (from the package metadata, so no import of the package face)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("compresslab")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -138,9 +148,7 @@ class RunManifest:
 
     @classmethod
     def create(cls, run_dir: Path, **fields: Any) -> "RunManifest":
-        from compresslab import __version__
-
-        data = {"schema_version": SCHEMA_VERSION, "status": "running", "compresslab_version": __version__,
+        data = {"schema_version": SCHEMA_VERSION, "status": "running", "compresslab_version": package_version(),
                 "git_sha": git_sha(), "created": now(), "updated": now(), "versions": library_versions(),
                 "steps": []}
         data.update(fields)

@@ -164,10 +164,20 @@ class DeepSparseBench:
         return out
 
 
-def speedups(latency: Mapping[str, Mapping[str, Mapping[str, float]]], denominator: str) -> dict[str, Any]:
-    """Per shape, p50 of ``denominator`` divided by each model's p50."""
-    return {shape: {name: row[denominator]["p50_ms"] / r["p50_ms"] for name, r in row.items()}
-            for shape, row in latency.items() if denominator in row}
+def check_requested(enabled: bool | str, python: str | None) -> None:
+    """Fail before any expensive work when DeepSparse is required (``enabled: true``) but missing;
+    ``auto`` and ``false`` never fail here. Raises DeepSparseUnavailable."""
+    if enabled is True:
+        check_python(find_python(python))
+
+
+def by_runner(latency: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The worker's shape -> runner table as runner -> shape, the layout every latency table uses."""
+    out: dict[str, dict[str, Any]] = {}
+    for shape, row in latency.items():
+        for name, stats in row.items():
+            out.setdefault(name, {})[shape] = stats
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: print the interpreter found and its version

@@ -43,9 +43,10 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
 def _targets(model: nn.Module, modules: Iterable[str] | None) -> set[str]:
     if modules is not None:
         return set(modules)
-    from compresslab.targets import select_modules
+    from compresslab.models.adapters import get_adapter  # the encoder linears, as passes target them
 
-    return set(select_modules(model))
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return {n for n in get_adapter(model).encoder_linear_names() if n in linears}
 
 
 def encode(model: nn.Module, mode: str = "sparse_int8",
@@ -122,8 +123,7 @@ def save_sparse(model: nn.Module, out_dir: str | os.PathLike, modules: Iterable[
     """Write ``out_dir/model.sparse.safetensors`` (+ config.json, tokenizer) atomically; returns the file."""
     from safetensors.torch import save_file
 
-    from compresslab.models.loading import STRUCTURE_KEY
-    from compresslab.models.structure import is_shrunk, layer_structure
+    from compresslab.models.structure import stamp_structure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,8 +132,7 @@ def save_sparse(model: nn.Module, out_dir: str | os.PathLike, modules: Iterable[
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, out / SPARSE_FILE)
     if not (out / "config.json").is_file():  # a standalone sparse checkpoint must be loadable on its own
-        if is_shrunk(model):
-            model.config.__dict__[STRUCTURE_KEY] = layer_structure(model)
+        stamp_structure(model)
         model.config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

@@ -1,9 +1,12 @@
-"""Model loading, saving and the architecture adapters passes use."""
+"""Source-model loading, the architecture adapters passes use, and physical shrinking.
+
+Saving and reloading compresslab checkpoints is :mod:`compresslab.checkpoint`.
+"""
 
 from compresslab.models.adapters import (
     SUPPORTED_MODEL_TYPES, ArchAdapter, LayerView, UnsupportedArchitectureError, get_adapter)
 from compresslab.models.loading import (
-    EMBEDDED, CheckpointError, embedded_default_path, load, load_pretrained, load_tokenizer, save)
+    EMBEDDED, CheckpointError, embedded_default_path, load_pretrained, load_tokenizer)
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ArchAdapter", "LayerView", "UnsupportedArchitectureError", "get_adapter",
-           "EMBEDDED", "CheckpointError", "embedded_default_path", "load", "load_pretrained", "load_tokenizer", "save"]
+           "EMBEDDED", "CheckpointError", "embedded_default_path", "load_pretrained", "load_tokenizer"]

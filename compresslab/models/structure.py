@@ -16,6 +16,9 @@ from torch import nn
 
 from compresslab.models.adapters import LayerView, get_adapter
 
+# config.json key holding per-layer {"heads", "ffn"} of a shrunk model (read back by checkpoint.load)
+STRUCTURE_KEY = "compresslab_structure"
+
 
 class EmptySelfAttention(nn.Module):
     """Self-attention with no heads left: a zero-width context, no attention weights."""
@@ -110,6 +113,18 @@ def shrink_ffn(lv: LayerView, keep: Sequence[int]) -> None:
 def layer_structure(model: nn.Module) -> list[dict[str, int]]:
     """Per-layer head count and FFN width (0 for emptied sub-blocks)."""
     return get_adapter(model).structure()
+
+
+def stamp_structure(model: nn.Module) -> None:
+    """Write (or clear) ``config.compresslab_structure`` so a saved config rebuilds the shapes.
+
+    Set when heads or FFN widths differ from the config's uniform shapes, removed otherwise, so a
+    uniform model stays loadable by plain ``from_pretrained``.
+    """
+    if is_shrunk(model):
+        model.config.__dict__[STRUCTURE_KEY] = layer_structure(model)
+    else:
+        model.config.__dict__.pop(STRUCTURE_KEY, None)
 
 
 def is_shrunk(model: nn.Module) -> bool:

@@ -7,15 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.manifest import RunManifest, atomic_write_json
+from compresslab.pipeline.deepsparse import deepsparse
+from compresslab.pipeline.export import teacher_onnx
+from compresslab.pipeline.settings import BenchSettings
+from compresslab.pipeline.state import RunState
 
 log = logging.getLogger(__name__)
 
 
-def _real_batches(state: Any, batch_size: int, max_batches: int | None) -> list[dict]:
+def _real_batches(state: RunState, batch_size: int, max_batches: int | None) -> list[dict]:
     """Dev set batches with dynamic padding: the task's real token-length distribution."""
     from compresslab.data.loaders import make_loader
 
-    loader = make_loader(list(state.task.dev), state.tokenizer, batch_size, int(state.cfg.task.max_length),
+    loader = make_loader(list(state.task.dev), state.tokenizer, batch_size, state.settings.max_length,
                          kind=state.task.spec.kind)
     out = []
     for i, b in enumerate(loader):
@@ -25,36 +29,35 @@ def _real_batches(state: Any, batch_size: int, max_batches: int | None) -> list[
     return out
 
 
-def bench(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> None:
+def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
+    """Time the deployed file vs ``ort_fp32`` (and torch fp32), interleaved; write ``bench/latency.json``."""
     from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths, probe_load,
                                    real_length_speedups, speedups)
-    from compresslab.stages import teacher_onnx
-    from compresslab.stages_deepsparse import deepsparse
 
-    b = state.cfg.bench
+    b = state.settings.bench
     vocab = int(getattr(state.model.config, "vocab_size", 100))
     files = {"ort_fp32": teacher_onnx(run_dir, manifest), "deployed": Path(state.onnx.onnx_path)}
     runners: dict[str, Any] = {name: OrtRunner(p, threads, vocab_size=vocab) for name, p in files.items()}
     if b.torch_fp32:
         runners["torch_fp32"] = TorchRunner(state.teacher_or_initial(), threads)
-    shapes = [tuple(int(x) for x in s) for s in b.shapes]
+    shapes = list(b.shapes)
     log.info("bench: %s at %s, %d threads, interleaved", list(runners), shapes, threads)
-    lat = measure_latency(runners, shapes, warmup=int(b.warmup), runs=int(b.runs), min_time_s=float(b.min_time_s),
-                          seed=int(b.seed), vocab_size=vocab, max_runs=b.get("max_runs"))
+    lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
+                          seed=b.seed, vocab_size=vocab, max_runs=b.max_runs)
     section: dict[str, Any] = {"threads": threads, "shapes": [list(s) for s in shapes], "denominator": b.denominator,
                                "latency": lat["results"], "speedups": speedups(lat, b.denominator),
                                "torch_speedups": speedups(lat, "torch_fp32") if "torch_fp32" in runners else {},
                                "runners": lat.get("runners"), "notes": []}
     if b.real_length:
-        batches = _real_batches(state, int(b.real_length_batch_size), b.get("real_length_max_batches"))
-        rl = measure_real_lengths({k: v for k, v in runners.items()}, batches, rounds=int(b.real_length_rounds))
+        batches = _real_batches(state, b.real_length_batch_size, b.real_length_max_batches)
+        rl = measure_real_lengths(dict(runners), batches, rounds=b.real_length_rounds)
         section["real_length"] = rl.get("results", rl)
         section["real_length_speedups"] = real_length_speedups(rl, b.denominator)
     if b.load_probe:
         section["load"] = {name: probe_load(p, threads, vocab_size=vocab) for name, p in files.items()}
     section["gpu"] = _gpu(state, files, shapes, b, vocab)
     section["deepsparse"] = deepsparse(state, run_dir, manifest, threads)
-    if any((s.result.get("metrics") or {}).get("sparsity") for s in manifest.steps):
+    if any("sparse_int8" in (s.result.get("formats") or ()) for s in manifest.steps):
         section["notes"].append("ONNX Runtime runs sparse weights with dense kernels: sparsity shrinks the "
                                 "compressed size, not the ORT latency.")
     manifest.data["bench"] = section
@@ -62,11 +65,11 @@ def bench(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> Non
     manifest.save()
 
 
-def _gpu(state: Any, files: dict[str, Path], shapes: list, b: Any, vocab: int) -> dict[str, Any]:
+def _gpu(state: RunState, files: dict[str, Path], shapes: list, b: BenchSettings, vocab: int) -> dict[str, Any]:
     """ORT's CUDA provider when installed, else the torch models on CUDA (and say so), else skip."""
     from compresslab.bench import OrtRunner, TorchRunner, measure_latency, select_gpu_backend, speedups
 
-    sel = select_gpu_backend(b.get("gpu", "auto"))
+    sel = select_gpu_backend(b.gpu)
     if sel["backend"] is None:
         return {"skipped": sel["reason"]}
     if sel["backend"] == "ort_cuda":
@@ -78,8 +81,8 @@ def _gpu(state: Any, files: dict[str, Path], shapes: list, b: Any, vocab: int) -
         runners = {"torch_fp32": TorchRunner(copy.deepcopy(state.teacher_or_initial()), None, device="cuda"),
                    "torch_final": TorchRunner(copy.deepcopy(state.model), None, device="cuda")}
         note = "onnxruntime-gpu not installed: the torch models run on CUDA instead"
-    lat = measure_latency(runners, shapes, warmup=int(b.warmup), runs=int(b.runs), min_time_s=float(b.min_time_s),
-                          seed=int(b.seed), vocab_size=vocab)
+    lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
+                          seed=b.seed, vocab_size=vocab)
     denom = "ort_fp32" if "ort_fp32" in runners else "torch_fp32"
     return {"backend": sel["backend"], "note": note, "device": sel.get("reason"), "latency": lat["results"],
             "speedups": speedups(lat, denom)}

@@ -14,22 +14,11 @@ from typing import Any
 import numpy as np
 
 from compresslab.manifest import RunManifest
+from compresslab.pipeline.export import teacher_onnx
+from compresslab.pipeline.settings import DeepSparseSettings
+from compresslab.pipeline.state import RunState
 
 log = logging.getLogger(__name__)
-
-
-def settings(bench_cfg: Any) -> dict[str, Any]:
-    ds = bench_cfg.get("deepsparse") if bench_cfg is not None else None
-    return dict(ds) if ds else {"enabled": False}
-
-
-def check_requested(bench_cfg: Any) -> None:
-    """Fail before any expensive work when DeepSparse is required (``enabled: true``) but missing."""
-    from compresslab.bench.deepsparse_backend import check_python, find_python
-
-    s = settings(bench_cfg)
-    if s.get("enabled") is True:
-        check_python(find_python(s.get("python")))
 
 
 def _unfused(fused_path: Path) -> Path:
@@ -37,59 +26,58 @@ def _unfused(fused_path: Path) -> Path:
     return p if p.is_file() else fused_path
 
 
-def _quantized(state: Any, src: Path, dst: Path, s: dict[str, Any], run_dir: Path, fmt: str) -> Path:
+def _quantized(state: RunState, src: Path, dst: Path, s: DeepSparseSettings, run_dir: Path, fmt: str) -> Path:
     from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
 
     if not dst.is_file():  # kept across resumes: the file is written atomically
         ctx = state.context(run_dir, dst.parent)
-        batches = list(ctx.calibration_batches(int(s.get("num_calibration", 256)), batch_size=32))
-        quantize_qdq_for_deepsparse(src, dst, batches, per_channel=bool(s.get("per_channel", False)),
-                                    op_types=list(s.get("op_types") or ("MatMul", "Gemm")), quant_format=fmt)
+        batches = list(ctx.calibration_batches(s.num_calibration, batch_size=32))
+        quantize_qdq_for_deepsparse(src, dst, batches, per_channel=s.per_channel, op_types=list(s.op_types),
+                                    quant_format=fmt)
     return dst
 
 
-def _score(state: Any, logits: np.ndarray) -> dict[str, Any]:
-    """Dev metrics of one engine's logits, plus agreement with (and McNemar vs) the torch teacher."""
+def _score(state: RunState, logits: np.ndarray) -> dict[str, Any]:
+    """Eval-split metrics of one engine's logits, plus agreement with (and McNemar vs) the torch teacher."""
     from compresslab.data.metrics import compute_metrics
     from compresslab.data.tasks import TaskKind
-    from compresslab.eval.evaluate import Scored, compare, predict, torch_forward
+    from compresslab.eval.evaluate import Scored, compare
+    from compresslab.pipeline.evaluate import teacher_scored
 
     spec = state.task.spec
-    labels = np.array([e.label for e in state.task.dev])
+    labels = np.array([e.label for e in state.eval_examples])
     preds = logits[:, 0] if spec.kind == TaskKind.REGRESSION else logits.argmax(-1)
-    ref = state.scores.get("teacher_torch")
-    if ref is None:
-        ref = predict(torch_forward(state.teacher_or_initial()), spec, state.task.dev, state.tokenizer,
-                      max_length=int(state.cfg.task.max_length))
-        state.scores["teacher_torch"] = ref
-    return compare(Scored(compute_metrics(spec, preds, labels), preds, labels), ref, spec)
+    return compare(Scored(compute_metrics(spec, preds, labels), preds, labels), teacher_scored(state), spec)
 
 
-def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
-    """The ``bench.deepsparse`` section; ``{"skipped": reason}`` when disabled or unavailable."""
-    from compresslab.bench.deepsparse_backend import (DeepSparseBench, DeepSparseUnavailable, check_python, find_python,
-                                              speedups, static_inputs)
+def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
+    """The ``bench.deepsparse`` section; ``{"skipped": reason}`` when disabled or unavailable.
+
+    Latency is keyed runner -> shape like every other latency table (``bench.latency.speedups``).
+    """
+    from compresslab.bench.deepsparse_backend import (DeepSparseBench, DeepSparseUnavailable, by_runner, check_python,
+                                                      find_python, static_inputs)
+    from compresslab.bench.latency import speedups
     from compresslab.data.tasks import TaskKind
-    from compresslab.stages import teacher_onnx
 
-    s = settings(state.cfg.bench)
-    if not s.get("enabled"):
+    s = state.settings.bench.deepsparse
+    if not s.enabled:
         return {"skipped": "bench.deepsparse.enabled is false"}
     try:
-        python = find_python(s.get("python"))
+        python = find_python(s.python)
         version = check_python(python)
     except DeepSparseUnavailable as e:
-        if s.get("enabled") is True:
+        if s.enabled is True:
             raise
         return {"skipped": str(e)}
-    seq = int(s.get("seq", 128))
+    seq = s.seq
     teacher_fused = teacher_onnx(run_dir, manifest)
     final_fp32 = _unfused(run_dir / manifest.data["export"]["fp32"]["path"])
     out_dir = run_dir / "export" / "deepsparse"
     models = {"ort_fp32": (str(teacher_fused), "ort"),
               "deepsparse_dense_fp32": (str(_unfused(teacher_fused)), "deepsparse")}
     same = final_fp32.resolve() == _unfused(teacher_fused).resolve()
-    formats = list(s.get("int8_formats") or ["qdq"]) if s.get("int8", True) else []
+    formats = list(s.int8_formats) if s.int8 else []
     suffix = lambda f: "" if f == formats[0] else f"_{f}"  # noqa: E731 - the first format is the headline
     for f in formats:
         models[f"deepsparse_dense_int8{suffix(f)}"] = (
@@ -102,17 +90,17 @@ def deepsparse(state: Any, run_dir: Path, manifest: RunManifest, threads: int) -
                 str(_quantized(state, final_fp32, out_dir / f"model_int8_{f}.onnx", s, run_dir, f)), "deepsparse")
     scored = [k for k in models if k.startswith("deepsparse") and (same or "dense" not in k)]
     inputs = None
-    if state.task.spec.kind != TaskKind.EMBEDDING and s.get("score", True):
-        inputs = static_inputs(state.task.dev, state.tokenizer, seq, state.task.spec.kind)
-    job = DeepSparseBench(models=models, score=scored, batches=tuple(int(b) for b in s.get("batches", [1, 32])),
-                          seq=seq, threads=threads, vocab_size=int(getattr(state.model.config, "vocab_size", 30522)),
-                          warmup=int(s.get("warmup", 5)), runs=int(s.get("runs", 20)),
-                          min_time_s=float(s.get("min_time_s", 2.0)), max_runs=int(s.get("max_runs", 200)))
+    if state.task.spec.kind != TaskKind.EMBEDDING and s.score:
+        inputs = static_inputs(state.eval_examples, state.tokenizer, seq, state.task.spec.kind)
+    job = DeepSparseBench(models=models, score=scored, batches=s.batches, seq=seq, threads=threads,
+                          vocab_size=int(getattr(state.model.config, "vocab_size", 30522)), warmup=s.warmup,
+                          runs=s.runs, min_time_s=s.min_time_s, max_runs=s.max_runs)
     res = job.run(python, inputs)
+    latency = by_runner(res["latency"])
     scores = {k: _score(state, v) for k, v in res.pop("logits").items()}
     return {"python": str(python), "deepsparse_version": version, "versions": res["versions"], "seq": seq,
             "files": {k: str(Path(p).resolve().relative_to(run_dir.resolve())) for k, (p, _) in models.items()},
-            "latency": res["latency"], "speedups": speedups(res["latency"], "ort_fp32"),
+            "latency": latency, "speedups": speedups(latency, "ort_fp32"),
             "compile_s": res["compile_s"], "scores": scores,
             "notes": ["DeepSparse runs static shapes (batch x seq compiled per engine) and the plain unfused "
                       "graph; int8 files are static int8 exports (formats: " + ", ".join(formats or ["none"]) +

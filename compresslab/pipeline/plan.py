@@ -1,6 +1,5 @@
-"""Run a pipeline: validate everything up front, run the passes in order with a checkpoint and an
-atomic manifest after each, resume after the last finished step, then the fixed stages
-(export, eval, bench, report).
+"""The plan of a run, made before any expensive work: its steps (every pass built and validated,
+stage order checked), its identity and its directory.
 
 A run's identity is its resolved config (minus run-control keys): the run dir is
 ``outputs/<pipeline>/<config-hash>/``, so rerunning the same command resumes it.
@@ -8,7 +7,6 @@ A run's identity is its resolved config (minus run-control keys): the run dir is
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import time
@@ -18,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from compresslab.manifest import RunManifest, StepRecord, now, sha256_dir, stable_hash
-from compresslab.config import available_pipelines, pipelines_hint  # noqa: F401 - re-exported
+from compresslab.manifest import RunManifest, stable_hash
+from compresslab.config import pipelines_hint
 from compresslab.types import Pass, Stage
 
 log = logging.getLogger(__name__)
@@ -82,6 +80,12 @@ def build_steps(cfg: DictConfig) -> list[Step]:
         steps.append(Step(i, name, p))
     if not steps:
         raise PipelineError("pipeline.steps is empty")
+    check_order(steps)
+    return steps
+
+
+def check_order(steps: list[Step]) -> None:
+    """TORCH passes first, then ONNX passes; at most one pass produces the teacher, before the rest."""
     seen_onnx = None
     for s in steps:
         if s.pass_.stage == Stage.ONNX:
@@ -89,7 +93,10 @@ def build_steps(cfg: DictConfig) -> list[Step]:
         elif seen_onnx:
             raise PipelineError(f"step {s.name!r} is a TORCH pass after the ONNX pass {seen_onnx!r}; "
                                 "TORCH passes must come before export")
-    return steps
+    makers = [s for s in steps if getattr(s.pass_, "makes_teacher", False)]
+    if len(makers) > 1 or (makers and makers[0].index != steps[0].index):
+        raise PipelineError(f"the pass producing the teacher ({', '.join(s.name for s in makers)}) must be the "
+                            "first step and appear once")
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
@@ -119,57 +126,3 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
         shutil.move(str(run_dir), backup)
         return None
     return old
-
-
-def run(cfg: DictConfig) -> Path:
-    """Execute a composed config; returns the run directory."""
-    from compresslab.runtime import RunState
-
-    steps = build_steps(cfg)
-    state = RunState.prepare(cfg, steps)  # validates data, model, paths: cheap checks first
-    run_dir = resolve_run_dir(cfg)
-    existing = prepare_run_dir(run_dir, cfg)
-    if existing is not None and existing.data.get("status") == "finished":
-        log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ".hydra").mkdir(exist_ok=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    manifest = existing or state.new_manifest(run_dir, config_hash(cfg))
-    manifest.data["status"] = "running"
-    manifest.save()
-    return state.execute(run_dir, manifest, steps)
-
-
-def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
-    """Programmatic entry: compose ``+pipeline=<pipeline>`` with overrides and run it."""
-    from compresslab.config import compose
-
-    extra = [f"{k}={v}" for k, v in kwargs.items()]
-    return run(compose([f"+pipeline={pipeline}", *overrides, *extra]))
-
-
-def step_record(step: Step, stage: Stage) -> StepRecord:
-    from compresslab.registry import pass_to_dict
-
-    return StepRecord(index=step.index, name=step.name, stage=stage.value, dir=f"steps/{step.dir_name}",
-                      pass_config=pass_to_dict(step.pass_))
-
-
-def finish_step(manifest: RunManifest, rec: StepRecord, step_dir: Path, t0: float) -> None:
-    rec.status = "done"
-    rec.finished = now()
-    rec.wall_s = round(time.perf_counter() - t0, 2)
-    rec.artifacts = sha256_dir(step_dir) if step_dir.exists() else {}
-    manifest.set_step(rec)
-    manifest.save()
-
-
-def done_steps(manifest: RunManifest | None) -> dict[int, StepRecord]:
-    if manifest is None:
-        return {}
-    return {s.index: s for s in manifest.steps if s.status == "done"}
-
-
-def copy_model(model: Any) -> Any:
-    return copy.deepcopy(model)

@@ -1,21 +1,30 @@
-"""The state of one run while it executes: data, model, teacher, and the step loop with resume."""
+"""What one run holds while it executes: settings, data, tokenizer, model, teacher, the ONNX file.
+
+The CLI builds it from a composed config (:meth:`RunState.prepare`); the in-process API builds it
+from a model the user already holds. Steps and stages read only this, never the raw config.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
 from compresslab.manifest import RunManifest
-from compresslab.types import OnnxModel, PassContext, Stage
+from compresslab.pipeline.settings import RunSettings
+from compresslab.types import OnnxModel, PassContext
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from compresslab.data.tasks import TaskData
+    from compresslab.pipeline.plan import Step
 
 log = logging.getLogger(__name__)
 
@@ -24,158 +33,112 @@ def tqdm_progress(iterable: Any = None, *, total: int | None = None, desc: str =
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
 
 
+def frozen(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with no gradients: a teacher that never changes."""
+    t = copy.deepcopy(model).eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_steps(steps: list["Step"], task: "TaskData") -> None:
+    """Every pass's cheap data checks (``Pass.check``) before any model is loaded."""
+    for s in steps:
+        s.pass_.check(task)
+
+
 @dataclass
 class RunState:
-    cfg: DictConfig
-    task: Any
-    model_source: Path
+    settings: RunSettings
+    task: "TaskData"
     device: torch.device
+    model_source: Path | None = None  # the source the initial model is loaded from (None: given in memory)
     tokenizer: Any = None
     model: nn.Module | None = None
     teacher: nn.Module | None = None
     onnx: OnnxModel | None = None
-    scores: dict[str, Any] = field(default_factory=dict)  # label -> Scored (dev), for agreement
+    progress: Any = tqdm_progress
+    scores: dict[str, Any] = field(default_factory=dict)  # label -> Scored on the eval split, for agreement
+    initial_dense: nn.Module | None = None  # the reference when no pass made a teacher (set lazily)
 
     @classmethod
-    def prepare(cls, cfg: DictConfig, steps: list) -> "RunState":
-        """Cheap checks before anything expensive: model source, architecture, data files, budgets."""
+    def prepare(cls, cfg: "DictConfig", steps: list["Step"]) -> "RunState":
+        """Cheap checks before anything expensive: settings, model source, architecture, data, budgets."""
+        from omegaconf import OmegaConf
+
         from compresslab.data.tasks import load_task, resolve_data_root
         from compresslab.models.loading import check_model_source, resolve_source
 
+        settings = RunSettings.from_config(cfg)
         src = resolve_source(cfg.model.source)
         check_model_source(src)
         t = cfg.task
         generic = OmegaConf.to_container(t.generic, resolve=True) if t.get("generic") else None
         root = None if generic else resolve_data_root(cfg.data.get("root"))
-        task = load_task(t.name, root, val_size=t.get("val_size"), seed=int(cfg.seed),
+        task = load_task(t.name, root, val_size=t.get("val_size"), seed=settings.seed,
                          max_train=t.get("max_train"), max_dev=t.get("max_dev"), generic=generic)
-        for s in steps:  # passes that check data sizes etc. before the run starts
-            if hasattr(s.pass_, "check"):
-                s.pass_.check(task)
-        if cfg.bench.get("enabled", True):
-            from compresslab.stages_deepsparse import check_requested
+        check_steps(steps, task)
+        if settings.bench.enabled:
+            from compresslab.bench.deepsparse_backend import check_requested
 
-            check_requested(cfg.bench)  # bench.deepsparse.enabled=true without a DeepSparse venv
-        dev = cfg.get("device", "auto")
-        device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
-        return cls(cfg=cfg, task=task, model_source=src, device=device)
+            check_requested(settings.bench.deepsparse.enabled, settings.bench.deepsparse.python)
+        return cls(settings=settings, task=task, model_source=src, device=resolve_device(settings.device))
 
-    # ---------------------------------------------------------------- setup
-    def new_manifest(self, run_dir: Path, config_hash: str) -> RunManifest:
+    # ---------------------------------------------------------------- derived
+    @property
+    def eval_examples(self) -> list:
+        """The split the eval stage scores: dev (reported) or validation (what a search selects on)."""
+        return list(self.task.dev if self.settings.eval.split == "dev" else self.task.validation)
+
+    def new_manifest(self, run_dir: Path, *, pipeline: str, config_hash: str, model_id: str,
+                     config: dict[str, Any]) -> RunManifest:
         from compresslab.bench.env import hardware_fingerprint
 
-        c = self.cfg
         return RunManifest.create(
-            run_dir, pipeline=str(c.pipeline.name), config_hash=config_hash, model_id=str(c.model.get("name", c.model.source)),
-            model_source=str(self.model_source), task=self.task.spec.name, seed=int(c.seed),
-            config=OmegaConf.to_container(c, resolve=True), hardware=hardware_fingerprint(),
-            data=self.task.info)
+            run_dir, pipeline=pipeline, config_hash=config_hash, model_id=model_id,
+            model_source=str(self.model_source or "in-memory"), task=self.task.spec.name, seed=self.settings.seed,
+            config=config, hardware=hardware_fingerprint(), data=self.task.info)
 
     def context(self, run_dir: Path, step_dir: Path) -> PassContext:
-        c = self.cfg
+        s = self.settings
         return PassContext(tokenizer=self.tokenizer, task=self.task, run_dir=run_dir, step_dir=step_dir,
-                           device=self.device, seed=int(c.seed), teacher=self.teacher,
-                           max_length=int(c.task.max_length), batch_size=int(c.budget.batch_size),
-                           progress=tqdm_progress, cache_dir=Path(c.paths.cache_dir), model_source=str(self.model_source))
+                           device=self.device, seed=s.seed, teacher=self.teacher, max_length=s.max_length,
+                           batch_size=s.batch_size, progress=self.progress, cache_dir=s.cache_dir,
+                           model_source=str(self.model_source or ""))
 
     def load_initial(self) -> None:
+        """Load the source model and tokenizer with a fresh head, seeded (the run is reproducible)."""
         from compresslab.models.loading import load_pretrained
 
+        assert self.model_source is not None, "load_initial needs a model source"
         spec = self.task.spec
-        self.model, self.tokenizer = load_pretrained(self.model_source, kind=spec.kind.value, num_labels=spec.num_labels)
-        torch.manual_seed(int(self.cfg.seed))
-        if hasattr(self.model, "classifier"):  # fresh head, seeded: the run is reproducible
-            self.model.classifier.apply(self.model._init_weights)
-
-    # ---------------------------------------------------------------- steps
-    def execute(self, run_dir: Path, manifest: RunManifest, steps: list) -> Path:
-        from compresslab import pipeline as P
-        from compresslab import stages as run_fixed_stages
-
-        self.load_initial()
-        done = P.done_steps(manifest)
-        stop_after = self.cfg.run.get("stop_after")
-        ran_now = 0
-        for step in steps:
-            step_dir = run_dir / "steps" / step.dir_name
-            if step.index in done:
-                self._restore(step, done[step.index], run_dir)
-                continue
-            if stop_after is not None and len(P.done_steps(manifest)) >= int(stop_after):
-                manifest.data["status"] = "stopped"
-                manifest.save()
-                log.info("stopping after %d step(s) (run.stop_after); rerun the same command to resume", stop_after)
-                return run_dir
-            if step.pass_.stage == Stage.ONNX and self.onnx is None:
-                self.onnx = run_fixed_stages.export(self, run_dir, manifest)
-            self._run_step(step, step_dir, run_dir, manifest)
-            ran_now += 1
-        return run_fixed_stages.finish(self, run_dir, manifest)
-
-    def _run_step(self, step: Any, step_dir: Path, run_dir: Path, manifest: RunManifest) -> None:
-        from compresslab import pipeline as P
-        from compresslab.models.loading import count_params, save
-        from compresslab.stages import score_torch
-
-        log.info("step %d: %s (%s)", step.index, step.name, step.pass_.stage.value)
-        rec = P.step_record(step, step.pass_.stage)
-        prev = manifest.steps[-1].metrics_after if manifest.steps else {}
-        rec.metrics_before = prev
-        manifest.set_step(rec)
-        manifest.save()
-        t0 = time.perf_counter()
-        step_dir.mkdir(parents=True, exist_ok=True)
-        ctx = self.context(run_dir, step_dir)
-        if step.pass_.stage == Stage.TORCH:
-            result = step.pass_.apply(self.model, ctx)
-            self.model.eval()
-            if step.name == "finetune" or getattr(step.pass_, "name", "") == "finetune":
-                self.teacher = self._frozen(self.model)
-            save(self.model, step_dir, self.tokenizer)
-            if result.metrics.get("sparsity"):  # also the deployable sparse format (bitmask + int8)
-                from compresslab.models.sparse_format import save_sparse
-
-                save_sparse(self.model, step_dir)
-            rec.metrics_after = {**score_torch(self, f"step:{step.name}"), "params": count_params(self.model),
-                                 "size_bytes": (step_dir / "model.safetensors").stat().st_size}
-        else:
-            result = step.pass_.apply(self.onnx, ctx)
-            if not result.onnx_path:
-                raise P.PipelineError(f"ONNX pass {step.name!r} returned no onnx_path")
-            self.onnx = OnnxModel(dir=step_dir, onnx_path=Path(result.onnx_path))
-            rec.metrics_after = {"size_bytes": Path(result.onnx_path).stat().st_size}
-        for mod, why in result.skipped.items():
-            log.warning("step %s skipped %s: %s", step.name, mod, why)
-        rec.result = result.to_dict()
-        if result.onnx_path:
-            rec.result["onnx_path"] = str(Path(result.onnx_path).relative_to(run_dir))
-        P.finish_step(manifest, rec, step_dir, t0)
-
-    def _restore(self, step: Any, rec: Any, run_dir: Path) -> None:
-        """Bring the in-memory state to what it was right after a finished step."""
-        from compresslab.models.loading import load
-
-        log.info("step %d: %s already done, resuming past it", step.index, step.name)
-        if rec.stage == Stage.TORCH.value:
-            self.model = load(run_dir / rec.dir)
-            if step.name == "finetune":
-                self.teacher = self._frozen(self.model)
-        else:
-            self.onnx = OnnxModel(dir=run_dir / rec.dir, onnx_path=run_dir / rec.result["onnx_path"])
-
-    @staticmethod
-    def _frozen(model: nn.Module) -> nn.Module:
-        t = copy.deepcopy(model).eval()
-        for p in t.parameters():
-            p.requires_grad_(False)
-        return t
+        self.model, self.tokenizer = load_pretrained(self.model_source, kind=spec.kind.value,
+                                                     num_labels=spec.num_labels)
+        if hasattr(self.model, "classifier"):
+            with torch.random.fork_rng(devices=[]):  # seeds the fresh head only; process RNG is cli's
+                torch.manual_seed(self.settings.seed)
+                self.model.classifier.apply(self.model._init_weights)
 
     def teacher_or_initial(self) -> nn.Module:
-        """The teacher; for pipelines without a finetune step (embeddings), the dense input model."""
-        if self.teacher is None:
+        """The teacher; for pipelines that produce none (embeddings, int8 only), the dense input model.
+
+        This is the reference for agreement and the speed denominator, not a KD fallback (passes use
+        ``PassContext.kd_teacher``).
+        """
+        if self.teacher is not None:
+            return self.teacher
+        if self.initial_dense is None:
             from compresslab.models.loading import load_pretrained
 
+            assert self.model_source is not None, "no teacher and no model source to rebuild the input model"
             spec = self.task.spec
             m, _ = load_pretrained(self.model_source, kind=spec.kind.value, num_labels=spec.num_labels)
-            self.teacher = self._frozen(m)
-        return self.teacher
+            self.initial_dense = frozen(m)
+        return self.initial_dense

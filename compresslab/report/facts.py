@@ -48,6 +48,19 @@ def _parse_shape(key: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def runner_major(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A latency/speedup table keyed runner -> shape; manifests of schema 1 stored the DeepSparse
+    section shape -> runner, recognised by shape-like top-level keys and swapped."""
+    table = as_dict(table)
+    if table and all(_parse_shape(k) is not None for k in table):
+        out: dict[str, Any] = {}
+        for shape, row in table.items():
+            for runner, v in as_dict(row).items():
+                out.setdefault(runner, {})[shape] = v
+        return out
+    return table
+
+
 def shape_keys(m: Mapping[str, Any]) -> list[str]:
     """Bench shapes in the configured order, plus any extra shape found in the latencies."""
     keys: list[str] = []

@@ -236,11 +236,12 @@ def _deepsparse(ds: Mapping[str, Any]) -> list[Block]:
     """DeepSparse engine timings (own process, interleaved with ort_fp32) and scores of those engines."""
     if not ds or "skipped" in ds:
         return []
-    speed = F.as_dict(ds.get("speedups"))
+    speed = F.runner_major(F.as_dict(ds.get("speedups")))
     scores = F.as_dict(ds.get("scores"))
-    rows = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), times(F.num(F.get(speed, shape, model))),
+    rows = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), times(F.num(F.get(speed, model, shape))),
              pct(F.num(F.get(scores, model, "score"))), pct(F.num(F.get(scores, model, "agreement")))]
-            for shape, per in F.as_dict(ds.get("latency")).items() for model, v in F.as_dict(per).items()]
+            for model, per in F.runner_major(F.as_dict(ds.get("latency"))).items()
+            for shape, v in F.as_dict(per).items()]
     out: list[Block] = [Table(["model", "shape", "p50 (ms)", "vs ort_fp32", "dev score", "agreement"], rows,
                               f"DeepSparse {plain(ds.get('deepsparse_version'))} (static shapes, seq "
                               f"{plain(ds.get('seq'))})")]

@@ -17,10 +17,12 @@ from compresslab.bench.deepsparse_backend import (
     DeepSparseBench,
     DeepSparseUnavailable,
     drop_unused_opsets,
+    by_runner,
+    check_requested,
     find_python,
-    speedups,
 )
-from compresslab.stages_deepsparse import check_requested, settings
+from compresslab.bench.latency import speedups
+from compresslab.pipeline.settings import SettingsError, default_settings
 
 
 def test_find_python_explicit_missing_is_a_clear_error(tmp_path):
@@ -42,11 +44,22 @@ def test_find_python_env_var_then_nothing(tmp_path, monkeypatch):
 def test_required_backend_fails_early_and_auto_does_not(tmp_path, monkeypatch):
     monkeypatch.delenv("COMPRESSLAB_DEEPSPARSE_PYTHON", raising=False)
     monkeypatch.chdir(tmp_path)
-    check_requested(OmegaConf.create({"deepsparse": {"enabled": "auto"}}))
-    check_requested(OmegaConf.create({"deepsparse": {"enabled": False}}))
+    check_requested("auto", None)
+    check_requested(False, None)
     with pytest.raises(DeepSparseUnavailable):
-        check_requested(OmegaConf.create({"deepsparse": {"enabled": True}}))
-    assert settings(OmegaConf.create({})) == {"enabled": False}
+        check_requested(True, None)
+
+
+def test_deepsparse_settings_are_typed_and_checked_once():
+    _, _, bench = default_settings(bench={"deepsparse": {"enabled": "auto", "batches": [2]}})
+    ds = bench.deepsparse
+    assert ds.enabled == "auto" and ds.batches == (2,) and ds.int8_formats == ("qdq", "qoperator")
+    with pytest.raises(SettingsError, match="int8_formats"):
+        default_settings(bench={"deepsparse": {"int8_formats": ["qint4"]}})
+    with pytest.raises(SettingsError, match="unknown key.*'sequence'"):
+        default_settings(bench={"deepsparse": {"sequence": 64}})
+    with pytest.raises(SettingsError, match="enabled"):
+        default_settings(bench={"deepsparse": {"enabled": "yes"}})
 
 
 def test_default_config_keeps_deepsparse_off():
@@ -65,9 +78,13 @@ def test_drop_unused_opsets_keeps_used_domains(tmp_path, tiny_onnx):
     assert drop_unused_opsets(p) == []
 
 
-def test_speedups_divide_the_denominator_p50():
-    lat = {"b1xs8": {"ort_fp32": {"p50_ms": 10.0}, "ds": {"p50_ms": 4.0}}}
-    assert speedups(lat, "ort_fp32") == {"b1xs8": {"ort_fp32": 1.0, "ds": 2.5}}
+def test_worker_table_is_turned_into_the_one_latency_layout_then_one_speedups():
+    worker = {"b1xs8": {"ort_fp32": {"p50_ms": 10.0}, "ds": {"p50_ms": 4.0}},
+              "b2xs8": {"ort_fp32": {"p50_ms": 30.0}, "ds": {"p50_ms": 10.0}}}
+    lat = by_runner(worker)  # runner -> shape, like bench.latency.measure_latency's results
+    assert lat == {"ort_fp32": {"b1xs8": {"p50_ms": 10.0}, "b2xs8": {"p50_ms": 30.0}},
+                   "ds": {"b1xs8": {"p50_ms": 4.0}, "b2xs8": {"p50_ms": 10.0}}}
+    assert speedups(lat, "ort_fp32") == {"ort_fp32": {"b1xs8": 1.0, "b2xs8": 1.0}, "ds": {"b1xs8": 2.5, "b2xs8": 3.0}}
 
 
 def test_worker_score_pads_the_last_batch_and_keeps_row_order():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compresslab.models.sparse_format import (
+from compresslab.checkpoint.sparse_int8 import (
     SPARSE_FILE, encode, load_sparse_into, quantize_rows, read_sparse_state, save_sparse, sparse_size_bytes)
 from compresslab.models.tiny import tiny_model
 from compresslab.targets import select_modules

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from compresslab.models import CheckpointError, UnsupportedArchitectureError, get_adapter, load, save
+from compresslab.checkpoint import load, save
+from compresslab.models import CheckpointError, UnsupportedArchitectureError, get_adapter
 from compresslab.models.structure import layer_structure, shrink_ffn, shrink_heads
 from compresslab.models.tiny import tiny_model
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from compresslab.config import compose, config_dir
-from compresslab.pipeline import PipelineError, RunDirConflictError, available_pipelines, build_steps, run
+from compresslab.pipeline import (
+    PipelineError, RunDirConflictError, SettingsError, available_pipelines, build_steps, run)
 
 CONF = Path(config_dir())
-GROUPS = ["model", "data", "task", "budget", "export", "bench", "debug"]
+GROUPS = ["model", "data", "task", "budget", "export", "bench", "eval", "debug"]
 
 
 def _smoke(tmp_path, *extra):
@@ -122,3 +123,30 @@ def test_run_identity_ignores_control_keys():
     b = compose(["+pipeline=int8"])
     c = compose(["+pipeline=int8", "seed=1"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("bench.shapes=[[1]]", "batch, seq"),
+    ("bench.gpu=maybe", "gpu"),
+    ("+bench.typo=1", "unknown key.*typo"),
+    ("bench.deepsparse.int8_formats=[int4]", "int8_formats"),
+    ("eval.split=test", "split"),
+    ("export.atol=0", "atol"),
+])
+def test_bad_stage_settings_fail_before_any_work(tmp_path, data_root, override, match):
+    _fails_fast(_smoke(tmp_path, f"data.root={data_root}", override), SettingsError, match)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_eval_split_is_a_group_and_real(tmp_path):
+    from compresslab.pipeline.settings import RunSettings
+
+    assert RunSettings.from_config(_smoke(tmp_path, "eval=validation")).eval.split == "validation"
+    assert RunSettings.from_config(_smoke(tmp_path)).eval.split == "dev"
+
+
+def test_teacher_pass_must_come_first(tmp_path):
+    cfg = _smoke(tmp_path, "pipeline.steps=[int8,finetune]")
+    _fails_fast(cfg, PipelineError, "TORCH pass after the ONNX pass|teacher")
+    cfg = compose(["+pipeline=magnitude_int8", "debug=smoke", "pipeline.steps=[magnitude,finetune,int8]"])
+    _fails_fast(cfg, PipelineError, "teacher .* must be the first step")

@@ -1,0 +1,48 @@
+"""The checkpoint formats a pass may ask for beside the dense safetensors (``PassResult.formats``).
+
+Each format names its file, how to write it from a model, and how to read a dense state dict
+back from the file alone (its metadata says how it was encoded), so :func:`compresslab.load`
+picks the decoder by the file it finds. A packed n-bit format for quantized passes is added here
+the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import Tensor, nn
+
+from compresslab.checkpoint.sparse_int8 import SPARSE_FILE, read_sparse_state, save_sparse
+
+
+@dataclass(frozen=True)
+class Format:
+    """One on-disk encoding: ``file`` in a checkpoint dir, its writer and its dense reader."""
+
+    name: str
+    file: str
+    write: Callable[..., Path]  # (model, out_dir, tokenizer=None) -> written file
+    read_state: Callable[[str | os.PathLike], dict[str, Tensor]]
+
+
+FORMATS: dict[str, Format] = {
+    "sparse_int8": Format("sparse_int8", SPARSE_FILE,
+                          lambda model, out_dir, tokenizer=None: save_sparse(model, out_dir, tokenizer=tokenizer),
+                          read_sparse_state),
+}
+
+
+def check_formats(names: list[str], who: str) -> list[str]:
+    """``names`` if every one is a known format; ValueError naming the unknown ones and the known."""
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise ValueError(f"{who} asked for checkpoint format(s) {unknown}; known: {sorted(FORMATS)}")
+    return list(names)
+
+
+def write_formats(model: nn.Module, out_dir: str | os.PathLike, names: list[str], tokenizer: Any = None) -> list[Path]:
+    """Write each named format of ``model`` into ``out_dir``; returns the files written."""
+    return [FORMATS[n].write(model, out_dir, tokenizer=tokenizer) for n in check_formats(names, "write_formats")]

@@ -1,0 +1,133 @@
+"""One run, as a short list of calls: plan -> state -> steps -> export -> eval -> sizes -> bench -> report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from compresslab.manifest import RunManifest, now
+from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Execute a composed config; returns the run directory.
+
+    Everything cheap is checked before anything expensive (passes, settings, model source, data);
+    raises PipelineError / SettingsError / FileNotFoundError / ValueError then.
+    """
+    from compresslab.pipeline.state import RunState
+    from compresslab.pipeline.steps import run_steps
+
+    steps = build_steps(cfg)
+    state = RunState.prepare(cfg, steps)
+    run_dir = resolve_run_dir(cfg)
+    existing = prepare_run_dir(run_dir, cfg)
+    if existing is not None and existing.data.get("status") == "finished":
+        log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
+        return run_dir
+    manifest = existing or _start(state, run_dir, cfg)
+    manifest.data["status"] = "running"
+    manifest.save()
+    state.load_initial()
+    if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
+        finish(state, run_dir, manifest)
+    return run_dir
+
+
+def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
+    """A fresh run dir: the resolved config under .hydra/ and a new manifest."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return state.new_manifest(run_dir, pipeline=str(cfg.pipeline.name), config_hash=config_hash(cfg),
+                              model_id=str(cfg.model.get("name", cfg.model.source)),
+                              config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
+    """The fixed stages after the passes: export if no ONNX pass did, eval, sizes, bench, report."""
+    from compresslab.bench.env import resolve_threads
+    from compresslab.pipeline.bench import bench
+    from compresslab.pipeline.evaluate import evaluate, sizes
+    from compresslab.pipeline.export import export
+
+    s = state.settings
+    if state.onnx is None:
+        state.onnx = export(state, run_dir, manifest)
+    manifest.data.setdefault("export", {})["deployed"] = {
+        "path": str(Path(state.onnx.onnx_path).relative_to(run_dir)),
+        "size_bytes": Path(state.onnx.onnx_path).stat().st_size}
+    threads = resolve_threads(s.bench.threads or s.threads)
+    if s.eval.enabled:
+        evaluate(state, run_dir, manifest, threads)
+    sizes(state, run_dir, manifest)
+    if s.bench.enabled:
+        bench(state, run_dir, manifest, threads)
+    manifest.data["status"] = "finished"
+    manifest.data["finished"] = now()
+    manifest.save()
+    if s.report:
+        from compresslab.report import build_report
+
+        build_report(run_dir)
+    return run_dir
+
+
+def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
+    """Programmatic entry: compose ``+pipeline=<pipeline>`` with overrides and run it."""
+    from compresslab.config import compose
+
+    extra = [f"{k}={v}" for k, v in kwargs.items()]
+    return run(compose([f"+pipeline={pipeline}", *overrides, *extra]))
+
+
+def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
+    """A prepared state holding the pipeline's teacher (for benchmarks that compare methods on it).
+
+    Runs only the pass that declares ``makes_teacher`` (finetune: cached by content hash, so a
+    trained teacher is found again), in ``work_dir``. Returns the RunState with ``model`` and
+    ``teacher`` set; PipelineError when the pipeline has no such pass.
+    """
+    from compresslab.pipeline.plan import PipelineError
+    from compresslab.pipeline.state import RunState, frozen
+
+    makers = [s for s in build_steps(cfg) if s.pass_.makes_teacher]
+    if not makers:
+        raise PipelineError(f"pipeline {cfg.pipeline.name!r} has no pass that produces a teacher")
+    state = RunState.prepare(cfg, makers)
+    state.load_initial()
+    work_dir = Path(work_dir)
+    makers[0].pass_.apply(state.model, state.context(work_dir, work_dir / "step"))
+    state.model.eval()
+    state.teacher = frozen(state.model)
+    return state
+
+
+def restore(run_dir: Path, overrides: list[str] = ()) -> tuple[Any, RunManifest]:
+    """The state of a finished (or stopped) run, rebuilt from its checkpoints, for re-benchmarking.
+
+    ``overrides`` are dotlist changes to the run's recorded config (e.g. ``bench.runs=40``); they
+    must not change the passes. Returns (state, manifest).
+    """
+    from compresslab.pipeline.state import RunState
+    from compresslab.pipeline.steps import done_steps, restore_step
+
+    manifest = RunManifest.load(run_dir)
+    cfg = OmegaConf.merge(OmegaConf.create(manifest.data["config"]), OmegaConf.from_dotlist(list(overrides)))
+    steps = build_steps(cfg)
+    state = RunState.prepare(cfg, steps)
+    state.load_initial()
+    done = done_steps(manifest)
+    for step in steps:
+        if step.index in done:
+            restore_step(state, step, done[step.index], run_dir)
+    if state.onnx is None and "fp32" in manifest.data.get("export", {}):
+        from compresslab.types import OnnxModel
+
+        state.onnx = OnnxModel(run_dir / "export", run_dir / manifest.data["export"]["fp32"]["path"])
+    return state, manifest

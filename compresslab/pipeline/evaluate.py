@@ -1,0 +1,90 @@
+"""The eval and size stages: scores of the teacher, the final torch model and the exported files on
+the eval split (``eval.split``: dev is reported, validation is what a search selects on), and the
+deployed bytes per file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from compresslab.manifest import RunManifest, atomic_write_json
+from compresslab.pipeline.export import teacher_onnx
+from compresslab.pipeline.state import RunState
+
+log = logging.getLogger(__name__)
+
+
+def _kw(state: RunState) -> dict[str, int]:
+    return dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
+
+
+def teacher_scored(state: RunState) -> Any:
+    """The teacher's predictions on the eval split (computed once per run): the agreement reference."""
+    from compresslab.eval.evaluate import predict, torch_forward
+
+    if "teacher_torch" not in state.scores:
+        state.scores["teacher_torch"] = predict(torch_forward(state.teacher_or_initial()), state.task.spec,
+                                                state.eval_examples, state.tokenizer, **_kw(state))
+    return state.scores["teacher_torch"]
+
+
+def score_torch(state: RunState, label: str) -> dict[str, Any]:
+    """Eval-split score of the current torch model (+ agreement with the teacher): reported, never
+    selected on; ``{}`` when eval is off."""
+    from compresslab.eval.evaluate import compare, predict, torch_forward
+
+    if not state.settings.eval.enabled:
+        return {}
+    spec = state.task.spec
+    scored = predict(torch_forward(state.model), spec, state.eval_examples, state.tokenizer, **_kw(state))
+    teacher_scored(state)
+    state.scores[label] = scored
+    return compare(scored, state.scores["teacher_torch"], spec)
+
+
+def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
+    """Score teacher, final torch model, ort_fp32 and the deployed file on the eval split."""
+    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
+    from compresslab.eval.onnx_runner import OnnxRunner
+
+    spec = state.task.spec
+    kw = _kw(state)
+    dev = state.eval_examples
+    split = state.settings.eval.split
+    log.info("eval: scoring teacher, final torch model and ONNX files on %s %s (%d examples)", spec.name, split,
+             len(dev))
+    scored = {"teacher_torch": teacher_scored(state)}
+    scored["torch_final"] = predict(torch_forward(state.model), spec, dev, state.tokenizer, **kw)
+    files = {"ort_fp32": teacher_onnx(run_dir, manifest), "deployed": state.onnx.onnx_path}
+    if files["deployed"] == files["ort_fp32"]:
+        files.pop("deployed")
+    for label, path in files.items():
+        scored[label] = predict(onnx_forward(OnnxRunner(path, threads=threads)), spec, dev, state.tokenizer, **kw)
+    if "deployed" not in scored:
+        scored["deployed"] = scored["ort_fp32"]
+    ref = scored["teacher_torch"]
+    models = {k: compare(v, ref, spec) for k, v in scored.items()}
+    section = {"split": split, "n": len(dev), "primary_metric": spec.primary_metric, "models": models,
+               "deployed_path": str(Path(state.onnx.onnx_path).relative_to(run_dir))}
+    manifest.data["eval"] = section
+    atomic_write_json(run_dir / "eval" / "metrics.json", section)
+    manifest.save()
+
+
+def sizes(state: RunState, run_dir: Path, manifest: RunManifest) -> None:
+    """Deployed bytes for the encoder and the whole model, per exported file."""
+    from compresslab.export.size import onnx_size_breakdown
+
+    out: dict[str, Any] = {}
+    for label, path in (("ort_fp32", teacher_onnx(run_dir, manifest)), ("deployed", state.onnx.onnx_path)):
+        b = onnx_size_breakdown(path)
+        out[label] = {"encoder": b["encoder"], "total": b["file"], "embeddings": b["embeddings"], "head": b["head"]}
+    extra = [s.result.get("metrics", {}).get("size") for s in manifest.steps]
+    for e in extra:  # passes that know a better deployed format (e.g. sparse bitmask + int8)
+        if isinstance(e, dict):
+            out.update(e)
+    manifest.data["size"] = out
+    manifest.save()
+
+

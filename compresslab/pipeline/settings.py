@@ -1,0 +1,219 @@
+"""Typed settings of the fixed stages (export, eval, bench, DeepSparse), validated once at start.
+
+The YAML in ``conf/`` is the one source of defaults: these dataclasses have none for the keys the
+YAML sets, so a missing, misspelled or mistyped key fails in :func:`RunSettings.from_config`
+before any model is loaded, with the key's name. The in-process API reads the same YAML files
+(:func:`default_settings`) and applies the caller's overrides on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+# TODO(after the validate.py move lands): use compresslab.validate's shared checks.
+def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
+    if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(repr(a) for a in allowed)}")
+    return value
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_nonneg_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def check_positive_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+EVAL_SPLITS = ("dev", "validation")
+GPU_MODES = ("auto", "off", "ort_cuda", "torch_cuda")
+DEEPSPARSE_ENABLED = (False, "auto", True)
+INT8_FORMATS = ("qdq", "qoperator")
+
+
+class SettingsError(ValueError):
+    """A stage setting that is missing, unknown or out of range."""
+
+
+def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None) -> T:
+    """``cls(**raw)`` with errors that name the section, the unknown keys and the allowed ones."""
+    raw = dict(raw or {})
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise SettingsError(f"{section}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls(**raw)
+    except TypeError as e:  # a required key is missing
+        raise SettingsError(f"{section}: {e}") from None
+    except ValueError as e:
+        raise SettingsError(f"{section}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """``conf/export``: torch -> ONNX with ORT fusion, parity-checked on real padded inputs."""
+
+    opset: int
+    optimize: bool
+    atol: float
+    parity_examples: int
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.opset, "opset")
+        check_positive_number(self.atol, "atol")
+        check_positive_int(self.parity_examples, "parity_examples")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """``conf/eval``: which split the eval stage scores (``dev`` is reported, ``validation`` selected on)."""
+
+    enabled: bool
+    split: str
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        check_choice(self.split, EVAL_SPLITS, "split")
+        check_positive_int(self.batch_size, "batch_size")
+
+
+@dataclass(frozen=True)
+class DeepSparseSettings:
+    """``bench.deepsparse``: the optional DeepSparse backend (see ``bench/deepsparse_backend.py``)."""
+
+    enabled: bool | str
+    python: str | None
+    batches: tuple[int, ...]
+    seq: int
+    int8: bool
+    int8_formats: tuple[str, ...]
+    per_channel: bool
+    op_types: tuple[str, ...]
+    num_calibration: int
+    score: bool
+    warmup: int
+    runs: int
+    min_time_s: float
+    max_runs: int
+
+    def __post_init__(self) -> None:
+        check_choice(self.enabled, DEEPSPARSE_ENABLED, "enabled")
+        object.__setattr__(self, "batches", tuple(check_positive_int(b, "batches") for b in self.batches))
+        fmts = tuple(check_choice(f, INT8_FORMATS, "int8_formats") for f in self.int8_formats)
+        object.__setattr__(self, "int8_formats", fmts)
+        object.__setattr__(self, "op_types", tuple(str(o) for o in self.op_types))
+        for name in ("seq", "num_calibration", "runs", "max_runs"):
+            check_positive_int(getattr(self, name), name)
+        check_nonneg_int(self.warmup, "warmup")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """``conf/bench``: interleaved latency of the deployed file vs ``ort_fp32`` (MEASURE.md "Speed")."""
+
+    enabled: bool
+    threads: int | None
+    shapes: tuple[tuple[int, int], ...]
+    warmup: int
+    runs: int
+    min_time_s: float
+    max_runs: int | None
+    seed: int
+    denominator: str
+    torch_fp32: bool
+    real_length: bool
+    real_length_batch_size: int
+    real_length_max_batches: int | None
+    real_length_rounds: int
+    load_probe: bool
+    gpu: str
+    deepsparse: DeepSparseSettings
+
+    def __post_init__(self) -> None:
+        shapes = []
+        for s in self.shapes:
+            if len(s) != 2:
+                raise ValueError(f"shapes: each entry is [batch, seq], got {list(s)!r}")
+            shapes.append((check_positive_int(s[0], "shapes batch"), check_positive_int(s[1], "shapes seq")))
+        object.__setattr__(self, "shapes", tuple(shapes))
+        if self.threads is not None:
+            check_positive_int(self.threads, "threads")
+        check_nonneg_int(self.warmup, "warmup")
+        check_positive_int(self.runs, "runs")
+        check_choice(self.gpu, GPU_MODES, "gpu")
+        if not isinstance(self.deepsparse, DeepSparseSettings):
+            object.__setattr__(self, "deepsparse", _build(DeepSparseSettings, "bench.deepsparse", self.deepsparse))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything the run engine reads from a composed config, typed (the passes have their own)."""
+
+    seed: int
+    max_length: int
+    batch_size: int
+    cache_dir: Path
+    threads: int | None
+    device: str
+    report: bool
+    export: ExportSettings
+    eval: EvalSettings
+    bench: BenchSettings
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "RunSettings":
+        """Validate and type the run-engine part of a composed Hydra config; SettingsError on bad keys."""
+        from omegaconf import OmegaConf
+
+        c = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(c, dict)
+        return cls(seed=int(c["seed"]), max_length=int(c["task"]["max_length"]),
+                   batch_size=int(c["budget"]["batch_size"]), cache_dir=Path(c["paths"]["cache_dir"]),
+                   threads=c["run"].get("threads"), device=str(c.get("device", "auto")),
+                   report=bool(c.get("report", True)),
+                   export=_build(ExportSettings, "export", c.get("export")),
+                   eval=_build(EvalSettings, "eval", c.get("eval")),
+                   bench=_build(BenchSettings, "bench", c.get("bench")))
+
+
+def _yaml(rel: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from compresslab.config import config_dir
+
+    data = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / rel), resolve=False)
+    assert isinstance(data, dict)
+    data.pop("defaults", None)
+    return data
+
+
+def _merged(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def default_settings(*, export: Mapping[str, Any] | None = None, eval: Mapping[str, Any] | None = None,
+                     bench: Mapping[str, Any] | None = None) -> tuple[ExportSettings, EvalSettings, BenchSettings]:
+    """The shipped defaults (``conf/export/default.yaml``, ``conf/eval/dev.yaml``,
+    ``conf/bench/default.yaml``) with the caller's overrides merged in; SettingsError on bad keys."""
+    return (_build(ExportSettings, "export", _merged(_yaml("export/default.yaml"), export)),
+            _build(EvalSettings, "eval", _merged(_yaml("eval/dev.yaml"), eval)),
+            _build(BenchSettings, "bench", _merged(_yaml("bench/default.yaml"), bench)))

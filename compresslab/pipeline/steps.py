@@ -1,0 +1,133 @@
+"""The step loop: run each pass in order with a checkpoint and an atomic manifest after each, and
+resume after the last finished step.
+
+What a pass produces is declared by the pass (``makes_teacher``, ``PassResult.formats``) and
+applied by :func:`apply_declarations` for a fresh step and a restored one alike, so a renamed
+finetune step resumes with the right teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from compresslab.manifest import RunManifest, StepRecord, atomic_write_json, now, sha256_dir
+from compresslab.pipeline.evaluate import score_torch
+from compresslab.pipeline.export import export
+from compresslab.pipeline.plan import PipelineError, Step
+from compresslab.pipeline.state import RunState, frozen
+from compresslab.types import OnnxModel, PassResult, Stage
+
+log = logging.getLogger(__name__)
+
+PASS_FILE = "pass.json"
+
+
+def step_record(step: Step) -> StepRecord:
+    from compresslab.registry import pass_to_dict
+
+    return StepRecord(index=step.index, name=step.name, stage=step.pass_.stage.value, dir=f"steps/{step.dir_name}",
+                      pass_config=pass_to_dict(step.pass_))
+
+
+def finish_step(manifest: RunManifest, rec: StepRecord, step_dir: Path, t0: float) -> None:
+    rec.status = "done"
+    rec.finished = now()
+    rec.wall_s = round(time.perf_counter() - t0, 2)
+    rec.artifacts = sha256_dir(step_dir) if step_dir.exists() else {}
+    manifest.set_step(rec)
+    manifest.save()
+
+
+def done_steps(manifest: RunManifest | None) -> dict[int, StepRecord]:
+    if manifest is None:
+        return {}
+    return {s.index: s for s in manifest.steps if s.status == "done"}
+
+
+def apply_declarations(state: RunState, step: Step) -> None:
+    """What the pass declares it produces, applied to the in-memory state (fresh or restored step)."""
+    if step.pass_.makes_teacher and state.model is not None:
+        state.teacher = frozen(state.model)
+
+
+def run_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -> tuple[PassResult, dict[str, Any]]:
+    """Apply a TORCH pass to ``state.model``, save the checkpoint (+ declared formats); (result, metrics)."""
+    from compresslab.checkpoint import check_formats, save
+
+    assert state.model is not None
+    result = step.pass_.apply(state.model, state.context(run_dir, step_dir))
+    state.model.eval()
+    apply_declarations(state, step)
+    save(state.model, step_dir, state.tokenizer, formats=check_formats(result.formats, f"step {step.name!r}"))
+    metrics = {**score_torch(state, f"step:{step.name}"), "params": sum(p.numel() for p in state.model.parameters()),
+               "size_bytes": (step_dir / "model.safetensors").stat().st_size}
+    return result, metrics
+
+
+def run_onnx_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -> tuple[PassResult, dict[str, Any]]:
+    """Apply an ONNX pass to the current export; the graph it writes becomes ``state.onnx``."""
+    result = step.pass_.apply(state.onnx, state.context(run_dir, step_dir))
+    if not result.onnx_path:
+        raise PipelineError(f"ONNX pass {step.name!r} returned no onnx_path")
+    state.onnx = OnnxModel(dir=step_dir, onnx_path=Path(result.onnx_path))
+    return result, {"size_bytes": Path(result.onnx_path).stat().st_size}
+
+
+def run_step(state: RunState, step: Step, run_dir: Path, manifest: RunManifest) -> None:
+    """Run one pass and record it: ``pass.json`` in its dir first, the manifest entry when done."""
+    from compresslab.registry import pass_to_dict
+
+    log.info("step %d: %s (%s)", step.index, step.name, step.pass_.stage.value)
+    step_dir = run_dir / "steps" / step.dir_name
+    rec = step_record(step)
+    rec.metrics_before = manifest.steps[-1].metrics_after if manifest.steps else {}
+    manifest.set_step(rec)
+    manifest.save()
+    t0 = time.perf_counter()
+    step_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(step_dir / PASS_FILE, {"step": step.name, "index": step.index, "pass": pass_to_dict(step.pass_)})
+    runner = run_torch_pass if step.pass_.stage == Stage.TORCH else run_onnx_pass
+    result, rec.metrics_after = runner(state, step, step_dir, run_dir)
+    for mod, why in result.skipped.items():
+        log.warning("step %s skipped %s: %s", step.name, mod, why)
+    rec.result = result.to_dict()
+    if result.onnx_path:
+        rec.result["onnx_path"] = str(Path(result.onnx_path).relative_to(run_dir))
+    finish_step(manifest, rec, step_dir, t0)
+
+
+def restore_step(state: RunState, step: Step, rec: StepRecord, run_dir: Path) -> None:
+    """Bring the in-memory state to what it was right after a finished step."""
+    from compresslab.checkpoint import load
+
+    log.info("step %d: %s already done, resuming past it", step.index, step.name)
+    if rec.stage == Stage.TORCH.value:
+        state.model = load(run_dir / rec.dir)
+        apply_declarations(state, step)
+    else:
+        state.onnx = OnnxModel(dir=run_dir / rec.dir, onnx_path=run_dir / rec.result["onnx_path"])
+
+
+def run_steps(state: RunState, steps: list[Step], run_dir: Path, manifest: RunManifest,
+              stop_after: int | None = None) -> bool:
+    """Run (or restore) every step; False when stopped early by ``stop_after`` finished steps.
+
+    The first ONNX pass gets the export of the final torch model (exported once, parity-checked).
+    """
+    done = done_steps(manifest)
+    for step in steps:
+        if step.index in done:
+            restore_step(state, step, done[step.index], run_dir)
+            continue
+        if stop_after is not None and len(done_steps(manifest)) >= int(stop_after):
+            manifest.data["status"] = "stopped"
+            manifest.save()
+            log.info("stopping after %d step(s) (run.stop_after); rerun the same command to resume", stop_after)
+            return False
+        if step.pass_.stage == Stage.ONNX and state.onnx is None:
+            state.onnx = export(state, run_dir, manifest)
+        run_step(state, step, run_dir, manifest)
+    return True

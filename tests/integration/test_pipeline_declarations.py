@@ -1,0 +1,45 @@
+"""What a pass declares decides what the run does, not step names: a renamed finetune step still
+makes the teacher on a fresh run and on resume; every step dir says how it was made (pass.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from compresslab.config import compose
+from compresslab.manifest import RunManifest, read_json
+from compresslab.pipeline import run
+from compresslab.registry import pass_from_dict, pass_to_dict
+
+pytestmark = pytest.mark.integration
+
+
+def _renamed(tmp_path: Path, data_root: Path, out: str, *extra: str):
+    cfg = compose(["+pipeline=int8", "debug=smoke", f"data.root={data_root}", "run.threads=1", "bench.enabled=false",
+                   f"paths.output_dir={tmp_path}/{out}", f"paths.cache_dir={tmp_path}/cache", *extra])
+    with open_dict(cfg):  # the finetune pass under another step name
+        cfg.pipeline.passes["teach"] = cfg.pipeline.passes.pop("finetune")
+        cfg.pipeline.steps = ["teach", "int8"]
+    return cfg
+
+
+def test_renamed_teacher_step_resumes_with_the_right_teacher(tmp_path, data_root):
+    full = run(_renamed(tmp_path, data_root, "full"))
+    stopped = run(_renamed(tmp_path, data_root, "resumed", "run.stop_after=1"))
+    assert read_json(stopped / "manifest.json")["status"] == "stopped"
+    resumed = run(_renamed(tmp_path, data_root, "resumed"))
+    a = read_json(full / "eval" / "metrics.json")["models"]
+    b = read_json(resumed / "eval" / "metrics.json")["models"]
+    # the teacher is the fine-tuned model in both; a fallback to the pretrained source would score ~chance
+    assert b["teacher_torch"]["score"] == pytest.approx(a["teacher_torch"]["score"])
+    assert b["torch_final"]["agreement"] == 1.0  # int8 only touched the ONNX file: torch final == teacher
+
+    for d in (full, resumed):  # every step dir says how it was made, and it rebuilds the same pass
+        m = RunManifest.load(d)
+        for rec in m.steps:
+            pj = read_json(d / rec.dir / "pass.json")
+            assert pj["step"] == rec.name and pj["pass"] == rec.pass_config
+            assert pass_to_dict(pass_from_dict(pj["pass"])) == pj["pass"]
+        assert read_json(d / "steps" / "00_teach" / "pass.json")["pass"]["name"] == "finetune"
