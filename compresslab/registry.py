@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any, Callable, TypeVar
 
 from compresslab.types import Pass
+from compresslab.validate import coerce_enum as coerce_enum  # re-export: the old import path
 
 T = TypeVar("T")
 
@@ -80,27 +81,32 @@ def build_pass(name: str, **kwargs: Any) -> Pass:
     return cls(**kwargs)
 
 
+def _plain(v: Any) -> Any:
+    """Enums to their values and nested settings blocks (``Recovery``) to dicts, recursively."""
+    if isinstance(v, Enum):
+        return v.value
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def pass_to_dict(p: Any) -> dict[str, Any]:
-    """JSON-able dict of a pass's settings, with its name, for manifests and round trips."""
+    """JSON-able dict of a pass's settings, with its name, for manifests and round trips.
+
+    A nested settings block (``recovery``) becomes a dict; the pass's ``__post_init__`` turns it
+    back into its dataclass, so :func:`pass_from_dict` rebuilds an equal pass.
+    """
     out: dict[str, Any] = {"name": p.name}
     for f in dataclasses.fields(p):
-        v = getattr(p, f.name)
-        out[f.name] = v.value if isinstance(v, Enum) else v
+        out[f.name] = _plain(getattr(p, f.name))
     return out
 
 
 def pass_from_dict(d: dict[str, Any]) -> Pass:
-    """Inverse of :func:`pass_to_dict`."""
+    """Inverse of :func:`pass_to_dict` (nested blocks are rebuilt by the pass's ``__post_init__``)."""
     d = dict(d)
     return build_pass(d.pop("name"), **d)
-
-
-def coerce_enum(enum_cls: type[Enum], value: Any, field_name: str) -> Any:
-    """Convert a YAML string to an enum member, or raise ValueError listing the allowed values."""
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}") from None

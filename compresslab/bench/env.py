@@ -14,7 +14,10 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 # ISA flags that decide int8/bf16 speed on x86 (names as /proc/cpuinfo spells them).
 ISA_FLAGS: tuple[str, ...] = (
@@ -182,3 +185,12 @@ def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
     return round(rss * scale, 2)
+
+
+def peak_memory_mb(device: "torch.device") -> float:
+    """High-water mark in MiB: the CUDA allocator's peak on a GPU, else this process's peak RSS."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()

@@ -16,6 +16,7 @@ from torch import nn
 from compresslab.data.loaders import make_loader
 from compresslab.data.metrics import agreement, compute_metrics, mcnemar_pvalue
 from compresslab.data.tasks import Example, TaskKind, TaskSpec
+from compresslab.training.losses import MODEL_INPUTS
 
 
 @dataclass
@@ -34,7 +35,7 @@ def torch_forward(model: nn.Module, device: torch.device | str = "cpu") -> Forwa
     """Batch -> first output (logits, or last hidden state for bare encoders) as numpy."""
 
     def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
-        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         with torch.inference_mode():
             out = model(**inputs)
         first = out.logits if hasattr(out, "logits") else out.last_hidden_state

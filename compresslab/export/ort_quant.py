@@ -22,6 +22,7 @@ written atomically.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -112,6 +113,36 @@ def ensure_fused(onnx_path: str | Path, config: Any, work_dir: str | Path) -> tu
     out = Path(work_dir) / "fused.onnx"
     optimize_graph(onnx_path, out, num_heads=heads, hidden_size=hidden)
     return out, True
+
+
+def check_op_types(p: Any, registry: str) -> list[str] | None:
+    """Pass ``p``'s ``op_types`` as a plain list (Hydra gives ListConfig), each a type ORT can quantize.
+
+    ``registry`` names the ORT table: ``IntegerOpsRegistry`` (dynamic) or ``QDQRegistry`` (static).
+    """
+    if p.op_types is None:
+        return None
+    if isinstance(p.op_types, str) or not all(isinstance(t, str) for t in p.op_types):
+        raise ValueError(f"{p.name} op_types must be a list of op type names, got {p.op_types!r}")
+    ops = [str(t) for t in p.op_types]
+    if not ops:
+        raise ValueError(f"{p.name} op_types is empty; use null to quantize every supported op")
+    from onnxruntime.quantization import registry as ort_registry
+
+    allowed = sorted(getattr(ort_registry, registry))
+    unknown = [t for t in ops if t not in allowed]
+    if unknown:
+        raise ValueError(f"{p.name} op_types {unknown} cannot be quantized; allowed: {', '.join(allowed)}")
+    return ops
+
+
+def read_export_config(model_dir: str | Path) -> dict[str, Any]:
+    """The export directory's ``config.json`` (heads and hidden size for fusion)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: ONNX passes need the export directory's config.json "
+                                "(export_model writes it next to model.onnx)")
+    return json.loads(path.read_text())
 
 
 def copy_model_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:

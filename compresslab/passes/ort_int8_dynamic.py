@@ -8,51 +8,15 @@ the head counts from ``config.json``. The math lives in ``export/ort_quant.py``.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from compresslab.export.ort_quant import check_op_types, read_export_config
 from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
-
-
-def check_bools(p: Any, *names: str) -> None:
-    """Reject non-bool flags (YAML ``"false"`` as a string would be truthy)."""
-    for n in names:
-        if not isinstance(getattr(p, n), bool):
-            raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
-
-
-def check_op_types(p: Any, registry: str) -> list[str] | None:
-    """``op_types`` as a plain list (Hydra gives ListConfig), each a type ORT can quantize.
-
-    ``registry`` names the ORT table: ``IntegerOpsRegistry`` (dynamic) or ``QDQRegistry`` (static).
-    """
-    if p.op_types is None:
-        return None
-    if isinstance(p.op_types, str) or not all(isinstance(t, str) for t in p.op_types):
-        raise ValueError(f"{p.name} op_types must be a list of op type names, got {p.op_types!r}")
-    ops = [str(t) for t in p.op_types]
-    if not ops:
-        raise ValueError(f"{p.name} op_types is empty; use null to quantize every supported op")
-    from onnxruntime.quantization import registry as ort_registry
-
-    allowed = sorted(getattr(ort_registry, registry))
-    unknown = [t for t in ops if t not in allowed]
-    if unknown:
-        raise ValueError(f"{p.name} op_types {unknown} cannot be quantized; allowed: {', '.join(allowed)}")
-    return ops
-
-
-def read_config(model: OnnxModel) -> dict[str, Any]:
-    """The exported model's ``config.json`` (heads and hidden size for fusion)."""
-    path = model.dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: ONNX passes need the export directory's config.json "
-                                "(export_model writes it next to model.onnx)")
-    return json.loads(path.read_text())
+from compresslab.validate import check_bools
 
 
 @register_pass("ort_int8_dynamic")
@@ -71,10 +35,14 @@ class OrtInt8Dynamic:
     op_types: list[str] | None = None
 
     stage: ClassVar[Stage] = Stage.ONNX
+    makes_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_bools(self, "per_channel", "reduce_range", "optimize")
         self.op_types = check_op_types(self, "IntegerOpsRegistry")
+
+    def check(self, task: Any) -> None:
+        """Nothing to check: dynamic quantization uses no data."""
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_dynamic_int8
@@ -83,7 +51,7 @@ class OrtInt8Dynamic:
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         dst = ctx.step_dir / "model.onnx"
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
-            src, fused_here = (ensure_fused(model.onnx_path, read_config(model), work) if self.optimize
+            src, fused_here = (ensure_fused(model.onnx_path, read_export_config(model.dir), work) if self.optimize
                                else (model.onnx_path, False))
             metrics = quantize_dynamic_int8(src, dst, per_channel=self.per_channel,
                                             reduce_range=self.reduce_range, op_types=self.op_types)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from compresslab.export.ort_quant import CalibrateMethod, QuantDType
-from compresslab.passes.ort_int8_dynamic import check_bools, check_op_types, read_config
-from compresslab.registry import coerce_enum, register_pass
+from compresslab.export.ort_quant import CalibrateMethod, QuantDType, check_op_types, read_export_config
+from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
+from compresslab.validate import check_bools, check_int, coerce_enum
 
 
 @register_pass("ort_int8_static")
@@ -39,19 +39,20 @@ class OrtInt8Static:
     op_types: list[str] | None = None
 
     stage: ClassVar[Stage] = Stage.ONNX
+    makes_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.calibrate_method = coerce_enum(CalibrateMethod, self.calibrate_method, "calibrate_method")
         self.activation_type = coerce_enum(QuantDType, self.activation_type, "activation_type")
         self.weight_type = coerce_enum(QuantDType, self.weight_type, "weight_type")
         for n in ("num_calibration", "batch_size"):
-            v = getattr(self, n)
-            if v is None and n == "batch_size":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{self.name} {n}={v!r} must be a positive integer")
+            if getattr(self, n) is not None or n != "batch_size":
+                check_int(getattr(self, n), f"{self.name} {n}")
         check_bools(self, "per_channel", "reduce_range", "optimize")
         self.op_types = check_op_types(self, "QDQRegistry")
+
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: calibration takes up to ``num_calibration`` train examples."""
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_static_qdq
@@ -61,7 +62,7 @@ class OrtInt8Static:
         dst = ctx.step_dir / "model.onnx"
         batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size)
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
-            src, fused_here = (ensure_fused(model.onnx_path, read_config(model), work) if self.optimize
+            src, fused_here = (ensure_fused(model.onnx_path, read_export_config(model.dir), work) if self.optimize
                                else (model.onnx_path, False))
             metrics = quantize_static_qdq(
                 src, dst, ctx.track(batches, desc="calibrate"), per_channel=self.per_channel,

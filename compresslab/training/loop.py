@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import torch
 from torch import nn
 
+from compresslab.training.losses import MODEL_INPUTS
+
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("linear", "constant", "cyclic_linear")
@@ -81,7 +83,7 @@ def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor], hidden: bool, attentions: bool):
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     return model(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
 
 

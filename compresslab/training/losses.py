@@ -7,10 +7,17 @@ loop asks the models for exactly that, and returns a scalar for one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The batch keys a Hugging Face encoder takes as inputs (labels and the rest stay out of forward).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+# ``loss_fn(model, batch) -> scalar``: a whole-model loss, e.g. the empirical Fisher's.
+LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 
 
 class LossPlugin(Protocol):
@@ -149,3 +156,13 @@ def build_losses(hardness: float = 0.0, temperature: float = 2.0, hidden_weight:
     if attention_weight > 0:
         losses.append(AttentionKD(weight=attention_weight))
     return losses
+
+
+def task_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Mean task loss of one batch (CE, or MSE for one output): the empirical Fisher's loss.
+
+    Not the KD loss: at the start of pruning the student equals the teacher, so the KD gradient
+    is exactly zero and its Fisher would be ``damp*I`` (magnitude pruning in disguise).
+    """
+    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, return_dict=True)
+    return TaskLoss()(out, None, batch)

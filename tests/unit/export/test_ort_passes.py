@@ -40,8 +40,8 @@ def test_registered_yaml_and_round_trip(name, cls):
 @pytest.mark.parametrize("kwargs,match", [
     ({"calibrate_method": "kl"}, "allowed: 'minmax', 'entropy', 'percentile'"),
     ({"activation_type": "int4"}, "allowed: 'int8', 'uint8'"),
-    ({"num_calibration": 0}, "positive integer"),
-    ({"num_calibration": True}, "positive integer"),
+    ({"num_calibration": 0}, "num_calibration must be an integer >= 1"),
+    ({"num_calibration": True}, "num_calibration must be an integer >= 1"),
     ({"per_channel": "yes"}, "true or false"),
     ({"op_types": ["Softmax"]}, "allowed: .*MatMul"),
     ({"op_types": "MatMul"}, "list of op type names"),

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from compresslab.ops.hessian import HessianAccumulator, finalize_hessian, zero_dead_columns_
+from compresslab.ops.layer_hessian import HessianAccumulator, finalize_hessian, zero_dead_columns_
 
 
 def _tokens(seed: int, *shape: int) -> torch.Tensor:

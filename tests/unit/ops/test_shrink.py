@@ -154,7 +154,7 @@ def test_database_is_greedy_and_keeps_only_requested_levels() -> None:
 
 def test_dead_columns_are_removed_first_at_no_cost() -> None:
     w, x, _ = _problem(7)
-    x[[2, 11]] = 0.0  # dead inputs, handled as compresslab.ops.hessian does: diag 1, columns zeroed
+    x[[2, 11]] = 0.0  # dead inputs, handled as compresslab.ops.layer_hessian does: diag 1, columns zeroed
     h = 2.0 * x @ x.T / x.shape[1]
     h[2, 2] = h[11, 11] = 1.0
     w[:, [2, 11]] = 0.0

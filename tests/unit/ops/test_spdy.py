@@ -1,4 +1,5 @@
-"""Level search under a latency budget (ZipLM §4.7 tests 5, 6): DP vs brute force, latency table."""
+"""Level search under a latency budget (ZipLM §4.7 tests 5, 6): the knapsack DP (``ops/knapsack``) vs
+brute force, SPDY search, latency table."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from compresslab.ops.spdy import LatencyTable, isotonic_non_decreasing, solve_dp, spdy_search
+from compresslab.ops.knapsack import solve_dp
+from compresslab.ops.spdy import LatencyTable, isotonic_non_decreasing, spdy_search
 
 
 def _brute_force(times, errors, budget, coefs=None) -> float:

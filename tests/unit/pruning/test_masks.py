@@ -10,7 +10,7 @@ from compresslab.models.tiny import tiny_model
 from compresslab.targets import layer_keys, select_modules
 from compresslab.testing import tiny_sentiment
 from compresslab.training import TaskLoss, TrainConfig, train
-from compresslab.training.masks import MaskKeeper, sparsity_stats
+from compresslab.pruning.masks import MaskKeeper, sparsity_stats
 
 
 def _half_masks(model) -> dict[str, torch.Tensor]:

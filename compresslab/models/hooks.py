@@ -1,0 +1,23 @@
+"""Forward hooks that always come off: capture what modules see while a model runs."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Hashable, Iterator, Mapping
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def capture_inputs(modules: Mapping[Hashable, nn.Module], sink: Callable[[Hashable, Any], Any]) -> Iterator[None]:
+    """Call ``sink(key, x)`` with the input of each module on every forward; hooks always removed."""
+    handles = [m.register_forward_pre_hook(lambda _m, args, key=key: sink(key, args[0]))
+               for key, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+__all__ = ["capture_inputs"]

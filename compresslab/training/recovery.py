@@ -1,0 +1,92 @@
+"""KD recovery after compression: one settings block and one function for every distilling pass.
+
+A pass that distils nests ``recovery: Recovery`` (YAML: a ``recovery:`` mapping) and calls
+:func:`recover` with a teacher from ``ctx.kd_teacher(model)``. The losses are
+``(1 - hardness) * task + hardness * logit KD (+ hidden_weight * hidden-state KD)``, or the
+embedding KD loss for embedding tasks; the loop is :func:`compresslab.training.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from torch import nn
+
+from compresslab.training.loop import TrainConfig, TrainResult, train
+from compresslab.training.losses import build_losses
+from compresslab.validate import check_int, check_positive, is_number
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How a compressed model is recovered by distillation from the teacher.
+
+    ``steps`` optimizer steps (0 = no recovery) at peak ``lr``; ``hardness`` weighs logit KD
+    against the task loss (1 = KD only); ``temperature`` softens both logit distributions;
+    ``hidden_weight`` adds token-level KD over every layer's output (0 = off).
+    """
+
+    steps: int = 0
+    lr: float = 5e-5
+    hardness: float = 1.0
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int(self.steps, "recovery.steps", minimum=0)
+        check_positive(self.lr, "recovery.lr")
+        if not is_number(self.hardness) or not 0.0 <= self.hardness <= 1.0:
+            raise ValueError(f"recovery.hardness={self.hardness!r} must be in [0, 1] (1 = KD only)")
+        check_positive(self.temperature, "recovery.temperature")
+        if not is_number(self.hidden_weight) or self.hidden_weight < 0:
+            raise ValueError(f"recovery.hidden_weight must be >= 0, got {self.hidden_weight!r}")
+
+    @classmethod
+    def coerce(cls, value: "Recovery | Mapping[str, Any]") -> "Recovery":
+        """A ``Recovery`` from itself or from a mapping (Hydra and ``pass_from_dict`` give dicts)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"recovery must be a mapping of {_names()}, got {value!r}")
+        unknown = sorted(set(value) - set(_names()))
+        if unknown:
+            raise ValueError(f"recovery has no option(s) {unknown}; options: {_names()}")
+        return cls(**dict(value))
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the classification/regression losses read the teacher (embedding KD always does)."""
+        return self.hardness > 0 or self.hidden_weight > 0
+
+
+def _names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Recovery)]
+
+
+def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Module | None, *,
+            embedding: bool = False, callbacks: Sequence[Any] = (), schedule: str = "linear",
+            cycle_steps: int | None = None, warmup_ratio: float = 0.0, final_lr_ratio: float = 0.0,
+            batch_size: int = 32, seed: int = 0, progress: Callable[..., Any] | None = None,
+            desc: str = "recovery") -> TrainResult:
+    """Train ``model`` in place for ``recovery.steps`` steps of KD from ``teacher``; model left in eval.
+
+    ``embedding=True`` distils mean-pooled sentence embeddings (no logits to match). The schedule
+    arguments are :class:`TrainConfig`'s (gradual pruning uses a cyclic LR and prunes from
+    ``callbacks``). With ``steps == 0`` nothing runs and an empty result comes back.
+    """
+    if recovery.steps == 0:
+        return TrainResult(steps=0, wall_s=0.0)
+    losses = (build_losses(embedding=True) if embedding else
+              build_losses(recovery.hardness, recovery.temperature, recovery.hidden_weight))
+    if not any(l.needs_teacher for l in losses):
+        teacher = None  # no teacher forward per step when no loss reads it
+    cfg = TrainConfig(lr=recovery.lr, steps=recovery.steps, batch_size=batch_size, schedule=schedule,
+                      cycle_steps=cycle_steps, warmup_ratio=warmup_ratio, final_lr_ratio=final_lr_ratio, seed=seed)
+    res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=progress, desc=desc)
+    model.eval()
+    return res
+
+
+__all__ = ["Recovery", "recover"]

@@ -1,0 +1,74 @@
+"""Field validators shared by every pass, so every pass rejects bad settings the same way.
+
+Each returns the value converted to its canonical type (or raises ``ValueError`` naming the field
+and what is allowed). YAML gives booleans for ``true``/``false`` and Python's ``bool`` is an
+``int``, so :func:`is_number` is the one place that decides a bool is not a number.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=Enum)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float, but not a bool (``True`` is an ``int`` in Python, never a setting's number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    """An int, but not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def coerce_enum(enum_cls: type[E], value: Any, field_name: str) -> E:
+    """Convert a YAML string to an enum member, or raise ValueError listing the allowed values."""
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_cls)
+        raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}") from None
+
+
+def check_fraction(value: Any, name: str, *, allow_one: bool = False) -> float:
+    """A fraction (a sparsity) in [0, 1), or [0, 1] with ``allow_one``."""
+    if not is_number(value):
+        raise ValueError(f"{name} must be a number in [0, {'1]' if allow_one else '1)'}, got {value!r}")
+    hi_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (0.0 <= value and hi_ok):
+        raise ValueError(f"{name}={value} must be in [0, {'1]' if allow_one else '1)'}")
+    return float(value)
+
+
+def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """An integer >= ``minimum`` (1 by default: a count)."""
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer >= 1."""
+    return check_int(value, name, minimum=1)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A number > 0."""
+    if not is_number(value) or not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def check_bools(p: Any, *names: str) -> None:
+    """Reject non-bool flags of pass ``p`` (YAML ``"false"`` as a string would be truthy)."""
+    for n in names:
+        if not isinstance(getattr(p, n), bool):
+            raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
+
+
+__all__ = ["check_bools", "check_fraction", "check_int", "check_positive", "check_positive_int", "coerce_enum",
+           "is_int", "is_number"]
