@@ -58,6 +58,9 @@ class Finetune:
             if v is not None and v <= 0:
                 raise ValueError(f"finetune {name} must be > 0, got {v}")
 
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: an embedding task makes this a no-op, any other has a train split."""
+
     def recipe(self) -> dict[str, Any]:
         """The preset with explicit fields applied: exactly what trains the teacher."""
         r = dict(PRESETS[self.preset])
@@ -87,7 +90,7 @@ class Finetune:
         key = self.cache_key(ctx)
         cached = ctx.cache_dir / "teachers" / key if (self.cache and ctx.cache_dir) else None
         if cached is not None and (cached / "teacher.json").is_file():
-            from compresslab.models.loading import load
+            from compresslab.checkpoint import load
 
             log.info("finetune: reusing cached teacher %s", cached)
             model.load_state_dict(load(cached).state_dict())
@@ -95,7 +98,7 @@ class Finetune:
             return PassResult(metrics={**info["metrics"], "cached": True, "cache_key": key})
         metrics = self._train(model, ctx)
         if cached is not None:
-            from compresslab.models.loading import save
+            from compresslab.checkpoint import save
 
             save(model, cached, ctx.tokenizer)
             atomic_write_json(cached / "teacher.json", {"metrics": metrics, "recipe": self.recipe(), "key": key})

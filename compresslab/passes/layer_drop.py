@@ -10,13 +10,14 @@ the teacher's (TinyBERT's ``g(m)``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import nn
 
 from compresslab.models.adapters import get_adapter
 from compresslab.registry import register_pass
+from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext, PassResult, Stage
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,10 @@ class LayerDrop:
 
     keep: list[int] | None = None
     num_layers: int | None = None
-    recovery_steps: int = 0
-    lr: float = 5e-5
-    hardness: float = 1.0
-    temperature: float = 2.0
-    hidden_weight: float = 0.0
+    recovery: Recovery = field(default_factory=Recovery)  # KD after the drop (steps=0: none)
 
     stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if (self.keep is None) == (self.num_layers is None):
@@ -73,8 +71,10 @@ class LayerDrop:
                 raise ValueError(f"keep must be non-empty, ascending, unique, >= 0 layer indices; got {self.keep}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-        if self.recovery_steps < 0 or not self.lr > 0 or not 0 <= self.hardness <= 1:
-            raise ValueError("need recovery_steps >= 0, lr > 0 and hardness in [0, 1]")
+        self.recovery = Recovery.coerce(self.recovery)
+
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: the layer indices are checked against the model in ``apply``."""
 
     def layers_to_keep(self, total: int) -> list[int]:
         """The kept indices for a model of ``total`` layers (range errors name the depth)."""
@@ -91,22 +91,17 @@ class LayerDrop:
         total = get_adapter(model).num_layers
         keep = self.layers_to_keep(total)
         before = sum(p.numel() for p in model.parameters())
-        teacher = ctx.teacher
-        if teacher is None and self.recovery_steps and (self.hardness > 0 or self.hidden_weight > 0):
-            import copy
+        from compresslab.data.schema import TaskKind
 
-            teacher = copy.deepcopy(model).eval()  # no run teacher: distil from the incoming model
+        embedding = ctx.task.spec.kind is TaskKind.EMBEDDING
+        r = self.recovery
+        # the teacher is the model as it enters (or the run's), taken before any layer goes
+        teacher = ctx.kd_teacher(model) if r.steps and (r.uses_teacher or embedding) else None
         drop_layers_(model, keep)
         metrics = {"kept_layers": keep, "num_layers": len(keep), "layers_before": total,
                    "params_before": before, "params": sum(p.numel() for p in model.parameters())}
-        if self.recovery_steps:
-            from compresslab.training import TrainConfig, train
-            from compresslab.training.losses import build_losses
-
-            losses = build_losses(self.hardness, self.temperature, self.hidden_weight)
-            cfg = TrainConfig(lr=self.lr, steps=self.recovery_steps, batch_size=ctx.batch_size, seed=ctx.seed)
-            res = train(model, ctx.train_loader(), cfg, losses, teacher=teacher, progress=ctx.progress,
-                        desc="layer_drop recovery")
-            model.eval()
+        if r.steps:
+            res = recover(model, ctx.train_loader(), r, teacher, embedding=embedding, batch_size=ctx.batch_size,
+                          seed=ctx.seed, progress=ctx.progress, desc="layer_drop recovery")
             metrics["recovery"] = res.to_dict()
         return PassResult(metrics=metrics, structure={"layers": keep})

@@ -1,23 +1,25 @@
 """``magnitude``: prune the smallest |w| (globally or per tensor), with KD recovery: the baseline.
 
-It shares every piece of machinery with ``obert`` (``passes/_pruning.py``: masks, ranking,
-schedules, recovery budget), so a comparison between them changes the saliency only.
+It shares every piece of machinery with ``obert`` (``pruning/unstructured.py``: masks, ranking,
+schedules; ``training.recover``: the KD recovery), so a comparison between them changes the saliency only.
 Saliency is ``0.5 w^2``, i.e. OBS with an identity Fisher (``ops.obs.magnitude_scores``), and
 pruning never moves the surviving weights.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from torch import Tensor, nn
 
 from compresslab.ops.obs import magnitude_scores
-from compresslab.passes._pruning import Mode, Scope, check_recovery, moved, run_pruning
-from compresslab.registry import coerce_enum, register_pass
+from compresslab.pruning.unstructured import Mode, Scope, check_schedule, moved, run_pruning
+from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
+from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
+from compresslab.validate import coerce_enum
 
 
 class MagnitudeScorer:
@@ -42,40 +44,46 @@ class MagnitudeScorer:
 class Magnitude:
     """Magnitude pruning to ``sparsity`` of the targeted weights, one-shot or gradual, with KD.
 
-    ``steps``/``lr`` are the recovery budget (YAML fills them from ``${budget.*}``); the gradual
-    schedule is the same cubic, cyclic-LR recipe as ``obert``, so set ``init_sparsity`` alike
-    (0.7 for oBERT's default) when the two are compared.
+    ``recovery`` is the KD recovery (YAML fills ``steps``/``lr`` from ``${budget.*}``); the gradual
+    schedule is the same cubic, cyclic-LR recipe as ``obert``, placed in ``recovery.steps``, so set
+    ``init_sparsity`` alike (0.7 for oBERT's default) when the two are compared.
     """
 
     sparsity: float = 0.5
     scope: Scope = Scope.GLOBAL
     mode: Mode = Mode.ONESHOT
     init_sparsity: float | None = None  # gradual: first jump; null = 0.7 (recipe), 7/8 of a lower target
-    steps: int = 300  # recovery optimizer steps (budget.recovery_steps)
-    lr: float = 5e-5
-    hardness: float = 1.0  # 1 = KD loss only
-    temperature: float = 2.0
+    recovery: Recovery = field(default_factory=lambda: Recovery(steps=300))  # steps: budget.recovery_steps
     num_events: int = 7  # gradual only: pruning events on the cubic curve
     targets: list[str] | None = None  # default: the encoder linears (q, k, v, o, ffn_in, ffn_out)
     ignore: list[str] | None = None
 
     stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = False
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
         self.scope = coerce_enum(Scope, self.scope, "scope")
         self.mode = coerce_enum(Mode, self.mode, "mode")
-        check_recovery(self)
+        self.recovery = Recovery.coerce(self.recovery)
+        self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
+                                                           self.num_events, self.recovery.steps)
         self.targets = check_patterns(self.targets, "targets")
         self.ignore = check_patterns(self.ignore, "ignore")
 
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: |w| needs no data, and recovery works on every task kind."""
+
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
-        from compresslab.models.sparse_format import sparse_size_bytes
+        from compresslab.checkpoint.sparse_int8 import sparse_size_bytes
 
         modules = select_modules(model, self.targets, self.ignore)  # bad targets fail before any work
         before = moved(model, ctx.device)
         try:
-            metrics, structure = run_pruning(self, model, ctx, modules, MagnitudeScorer(), self.scope)
+            metrics, structure = run_pruning(
+                model, ctx, modules, MagnitudeScorer(), mode=self.mode, sparsity=self.sparsity,
+                init_sparsity=self.init_sparsity, num_events=self.num_events, recovery=self.recovery,
+                scope=self.scope, name=self.name)
         finally:
             model.to(before)
         metrics["size"] = sparse_size_bytes(model, list(modules))

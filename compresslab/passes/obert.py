@@ -4,8 +4,9 @@ Per pruning step: ``num_grads`` masked mini-batch gradients from the train split
 block-diagonal dampened empirical Fisher inverse per weight tensor -> OBS saliency
 ``rho_Q = 0.5 w_Q^T ([F^-1]_QQ)^-1 w_Q`` ranked globally -> summed single-set OBS updates of the
 surviving weights -> hard zero. The inverse is rebuilt from fresh gradients at every (sub-)step
-and freed after it. Schedules, masks and KD recovery are the shared driver (``_pruning.py``);
-the math is ``ops/fisher.py`` + ``ops/obs.py``; gradient collection is ``_fisher.py``.
+and freed after it. Schedules and masks are the shared driver (``pruning/unstructured.py``), KD
+recovery is ``training.recover``; the math is ``ops/fisher.py`` + ``ops/obs.py``; gradient
+collection and the scorer are ``pruning/fisher.py``.
 
 ``damp_grid``: damp is the most fragile setting (§2.6), so it can be chosen by one-shot pruning
 copies of the model to ``sparsity`` and scoring the task loss on the validation split carved
@@ -18,22 +19,22 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from compresslab.ops.fisher import num_blocks
-from compresslab.ops.obs import obs_scores, obs_update
-from compresslab.passes._fisher import (
-    LossFn, collect_outer_sums, invert_sums, rank_batches, task_loss, timed_inverses)
-from compresslab.passes._pruning import Mode, Scope, check_recovery, moved, prune_to, run_pruning
-from compresslab.registry import coerce_enum, register_pass
+from compresslab.pruning.fisher import OBSScorer, collect_outer_sums, stream_groups
+from compresslab.pruning.masks import MaskKeeper
+from compresslab.pruning.unstructured import Mode, Scope, check_schedule, moved, prune_to, run_pruning
+from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
-from compresslab.training.masks import MaskKeeper
+from compresslab.training.dist import rank_batches
+from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
+from compresslab.validate import check_positive, check_positive_int, coerce_enum, is_number
 
 
 class MaskType(str, Enum):
@@ -44,133 +45,6 @@ class MaskType(str, Enum):
 
 
 _DEFAULT_BLOCK = {MaskType.UNSTRUCTURED: 50, MaskType.BLOCK4: 32}  # recipe values (§2.3)
-
-
-def fisher_state_bytes(module: nn.Linear, block_size: int) -> int:
-    """Bytes of one module's fp32 (num_blocks, B, B) Fisher state."""
-    return num_blocks(module.weight.numel(), block_size) * block_size * block_size * 4
-
-
-def stream_groups(modules: Mapping[str, nn.Linear], block_size: int, max_state_mb: float | None) -> list[list[str]]:
-    """Consecutive module groups whose Fisher state fits ``max_state_mb`` (one group when None).
-
-    A module larger than the budget gets a group of its own (the budget cannot split a tensor).
-    """
-    names = list(modules)
-    if max_state_mb is None:
-        return [names]
-    cap, groups, cur, used = max_state_mb * 2**20, [], [], 0
-    for n in names:
-        b = fisher_state_bytes(modules[n], block_size)
-        if cur and used + b > cap:
-            groups.append(cur)
-            cur, used = [], 0
-        cur.append(n)
-        used += b
-    return groups + ([cur] if cur else [])
-
-
-class OBSScorer:
-    """Fisher inverses from fresh gradients at each ``scores`` call, used once by ``update``.
-
-    Memory is bounded by ``max_state_mb``: when the whole encoder's (num_blocks, B, B) state would
-    not fit (BERT-base at B=50 needs 17 GB), modules are processed in groups. Saliencies need every
-    group's inverse before the global threshold is known, and the OBS update needs them again after,
-    so a streamed step costs two gradient passes per group (fresh mini-batches each time: both are
-    estimates of the same Fisher) instead of one pass in total.
-    """
-
-    def __init__(self, batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int, damp: float,
-                 group_size: int = 1, progress: Any = None, sums: dict[str, Tensor] | None = None,
-                 loss_fn: LossFn = task_loss, max_state_mb: float | None = None) -> None:
-        self.batches, self.num_grads, self.block_size = batches, num_grads, block_size
-        self.damp, self.group_size, self.progress, self.loss_fn = damp, group_size, progress, loss_fn
-        self.max_state_mb = max_state_mb
-        self._sums = sums  # precomputed outer sums for the first step (damp grid), not consumed
-        self._finv: dict[str, Tensor] | None = None
-        self._groups: list[list[str]] | None = None  # set when the last scores() call streamed
-        self._model: nn.Module | None = None  # the model scores() saw: update() rebuilds inverses on it
-        self.metrics: dict[str, Any] = {"fisher_s": 0.0, "fisher_invert_s": 0.0, "fisher_grads": 0,
-                                        "fisher_state_mb": 0.0, "fisher_peak_mb": 0.0, "fisher_groups": 1}
-
-    def _inverses(self, model: nn.Module, modules: Mapping[str, nn.Linear],
-                  pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
-                                 self.damp, self.loss_fn, self.progress)
-        m = self.metrics
-        m["fisher_s"] = round(m["fisher_s"] + t["grads_s"] + t["invert_s"], 3)
-        m["fisher_invert_s"] = round(m["fisher_invert_s"] + t["invert_s"], 3)
-        m["fisher_grads"] += self.num_grads
-        m["fisher_state_mb"] = round(max(m["fisher_state_mb"], t["state_mb"]), 1)
-        m["fisher_peak_mb"] = round(max(m["fisher_peak_mb"], t["peak_mb"]), 1)
-        return finv
-
-    def scores(self, model: nn.Module, modules: Mapping[str, nn.Linear],
-               pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        groups = stream_groups(modules, self.block_size, self.max_state_mb)
-        self._groups = groups if len(groups) > 1 else None
-        self._model = model
-        self.metrics["fisher_groups"] = len(groups)
-        if self._sums is not None:
-            if self._groups is not None:
-                raise ValueError("precomputed Fisher sums (damp grid) need the whole state in memory; "
-                                 "raise fisher_max_mb or drop damp_grid")
-            t0 = time.perf_counter()
-            self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp), None
-            self.metrics["fisher_invert_s"] = round(self.metrics["fisher_invert_s"] + time.perf_counter() - t0, 3)
-            self.metrics["fisher_grads"] += self.num_grads  # collected once by the damp grid
-        elif self._groups is None:
-            self._finv = self._inverses(model, modules, pruned)
-        else:
-            out: dict[str, Tensor] = {}
-            for g in self._groups:
-                finv = self._inverses(model, {n: modules[n] for n in g}, pruned)
-                out.update({n: obs_scores(modules[n].weight.detach().reshape(-1), finv[n], self.group_size)
-                            for n in g})
-                del finv
-            return out
-        return {n: obs_scores(m.weight.detach().reshape(-1), self._finv[n], self.group_size)
-                for n, m in modules.items()}
-
-    @torch.no_grad()
-    def _deltas(self, modules: Mapping[str, nn.Linear], finv: dict[str, Tensor], new: Mapping[str, Tensor],
-                pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        out = {}
-        for n, mod in modules.items():
-            out[n] = obs_update(mod.weight.detach().reshape(-1), finv[n], new[n], self.group_size, pruned[n])
-            del finv[n]  # free each inverse as soon as it is used (§2.6)
-        return out
-
-    @staticmethod
-    @torch.no_grad()
-    def _apply(modules: Mapping[str, nn.Linear], deltas: Mapping[str, Tensor]) -> None:
-        for n, delta in deltas.items():
-            w = modules[n].weight
-            w.add_(delta.view_as(w).to(w.dtype))  # pruned entries: w + (-w) == 0 exactly
-
-    def update(self, modules: Mapping[str, nn.Linear], new: Mapping[str, Tensor],
-               pruned: Mapping[str, Tensor]) -> None:
-        if self._groups is not None:
-            # streamed: rebuild each group's inverse at the weights the saliencies saw, so every
-            # group's update is computed before any is applied (one weight-sized buffer of deltas)
-            deltas: dict[str, Tensor] = {}
-            for g in self._groups:
-                sub = {n: modules[n] for n in g}
-                with torch.enable_grad():
-                    finv = self._inverses(self._model, sub, pruned)
-                deltas.update(self._deltas(sub, finv, new, pruned))
-            self._apply(modules, deltas)
-            self._groups = None
-            return
-        if self._finv is None:
-            raise RuntimeError("OBSScorer.update() called before scores()")
-        self._apply(modules, self._deltas(modules, self._finv, new, pruned))
-        self._finv = None
-
-
-def _check_positive_int(v: Any, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
 @torch.no_grad()
@@ -202,7 +76,8 @@ def validation_score(model: nn.Module, loader: Any) -> dict[str, float]:
 class OBert:
     """oBERT pruning to ``sparsity`` of the targeted weights (unstructured or 1x4 blocks), with KD.
 
-    ``steps``/``lr`` are the recovery budget (YAML fills them from ``${budget.*}``). ``num_grads``
+    ``recovery`` is the KD recovery (YAML fills ``steps``/``lr`` from ``${budget.*}``); gradual
+    pruning places its events in ``recovery.steps``. ``num_grads``
     mini-batches of ``grad_batch_size`` are drawn from train for every Fisher rebuild (each
     pruning event times ``num_recomputations``); 1024 is the paper's, 256-512 is realistic on a
     2-core CPU. ``block_size`` defaults to 50 (unstructured) or 32 (block4).
@@ -217,10 +92,7 @@ class OBert:
     damp: float = 1e-7
     block_size: int | None = None
     mask_type: MaskType = MaskType.UNSTRUCTURED
-    steps: int = 300  # recovery optimizer steps (budget.recovery_steps)
-    lr: float = 5e-5
-    hardness: float = 1.0  # 1 = KD loss only (the recipe)
-    temperature: float = 2.0
+    recovery: Recovery = field(default_factory=lambda: Recovery(steps=300))  # steps: budget.recovery_steps
     num_events: int = 7  # gradual only
     targets: list[str] | None = None  # default: the encoder linears (q, k, v, o, ffn_in, ffn_out)
     ignore: list[str] | None = None
@@ -228,32 +100,32 @@ class OBert:
     fisher_max_mb: float | None = None  # bound on the Fisher state held at once (None: whole encoder)
 
     stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = False
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
         self.mode = coerce_enum(Mode, self.mode, "mode")
         self.mask_type = coerce_enum(MaskType, self.mask_type, "mask_type")
-        check_recovery(self)
+        self.recovery = Recovery.coerce(self.recovery)
+        self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
+                                                           self.num_events, self.recovery.steps)
         for f in ("num_recomputations", "num_grads", "grad_batch_size"):
-            _check_positive_int(getattr(self, f), f)
+            check_positive_int(getattr(self, f), f)
         if self.block_size is None:
             self.block_size = _DEFAULT_BLOCK[self.mask_type]
-        _check_positive_int(self.block_size, "block_size")
+        check_positive_int(self.block_size, "block_size")
         if self.mask_type is MaskType.BLOCK4 and self.block_size % 4:
             raise ValueError(f"mask_type=block4 needs block_size % 4 == 0 (e.g. 32), got {self.block_size}")
-        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp > 0:
-            raise ValueError(f"damp must be > 0, got {self.damp!r}")
+        check_positive(self.damp, "damp")
         if self.damp_grid is not None:
             grid = list(self.damp_grid) if not isinstance(self.damp_grid, (str, int, float)) else None
-            if not grid or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and d > 0 for d in grid):
+            if not grid or not all(is_number(d) and d > 0 for d in grid):
                 raise ValueError(f"damp_grid must be a non-empty list of positive numbers or null, got "
                                  f"{self.damp_grid!r}")
             self.damp_grid = [float(d) for d in grid]
         self.targets = check_patterns(self.targets, "targets")
         self.ignore = check_patterns(self.ignore, "ignore")
-        if self.fisher_max_mb is not None and (isinstance(self.fisher_max_mb, bool) or
-                                               not isinstance(self.fisher_max_mb, (int, float)) or
-                                               not self.fisher_max_mb > 0):
+        if self.fisher_max_mb is not None and not (is_number(self.fisher_max_mb) and self.fisher_max_mb > 0):
             raise ValueError(f"fisher_max_mb must be a positive number of MB or null, got {self.fisher_max_mb!r}")
 
     @property
@@ -284,7 +156,7 @@ class OBert:
                                  "exclude them with ignore=")
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
-        from compresslab.models.sparse_format import sparse_size_bytes
+        from compresslab.checkpoint.sparse_int8 import sparse_size_bytes
 
         modules = select_modules(model, self.targets, self.ignore)  # all input checks before the Fisher pass
         self._check_modules(modules)
@@ -302,7 +174,10 @@ class OBert:
             # one-shot prunes the very model the grid saw: its gradient sums still hold
             scorer = OBSScorer(batches, self.num_grads, self.block_size, damp, self.group_size, ctx.progress,
                                sums=sums if self.mode is Mode.ONESHOT else None, max_state_mb=self.fisher_max_mb)
-            metrics, structure = run_pruning(self, model, ctx, modules, scorer, Scope.GLOBAL)
+            metrics, structure = run_pruning(
+                model, ctx, modules, scorer, mode=self.mode, sparsity=self.sparsity,
+                init_sparsity=self.init_sparsity, num_events=self.num_events, recovery=self.recovery,
+                num_recomputations=self.num_recomputations, scope=Scope.GLOBAL, name=self.name)
         finally:
             model.to(before)
         metrics.update(damp=damp, block_size=self.block_size, mask_type=self.mask_type.value)

@@ -5,7 +5,7 @@ its Q/K/V rows and biases and its ``W_O`` columns; a neuron: its ``W_1`` row and
 ``W_2`` column) and the lowest are removed with no refit. Every layer keeps the same fraction
 ``1 - f``; ``f`` is the smallest that the latency table says meets the budget, then the model is
 exported and measured and the budget tightened exactly as ZipLM does (shared code in
-``_structured.py``), so the two differ only in *what* they remove and *how* they refit.
+``pruning/speedup.py``), so the two differ only in *what* they remove and *how* they refit.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from compresslab.models.adapters import LayerView, get_adapter
 from compresslab.models.structure import shrink_ffn, shrink_heads
-from compresslab.passes._structured import (
-    Choice, SpeedupLab, SpeedupSettings, check_layout, kd_teacher, oneshot_family, result_metrics,
-    sample_batches, structure_of)
+from compresslab.pruning.speedup import (
+    Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, result_metrics, sample_batches, structure_of)
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
 
@@ -91,11 +90,15 @@ class StructuredL1(SpeedupSettings):
     fraction_steps: int = 200  # resolution of the uniform-fraction search
 
     stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.fraction_steps < 1:
             raise ValueError(f"fraction_steps must be >= 1, got {self.fraction_steps}")
+
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: the model's layout and the targets are checked in ``apply``."""
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
         check_layout(model)
@@ -104,10 +107,11 @@ class StructuredL1(SpeedupSettings):
             raise ValueError(f"structured_l1 starts from a uniform model; got per-layer structure {start}")
         dense = copy.deepcopy(model).eval()
         params_dense = sum(p.numel() for p in dense.parameters())
+        teacher = ctx.kd_teacher(model)  # before the model changes
         with SpeedupLab(dense, ctx, self, sample_batches(ctx, self.num_calibration)) as lab:
             lab.check_targets(self.targets())
             solve = uniform_solver(lab, len(start["heads"]), start["heads"][0], start["ffn"][0], self.fraction_steps)
             records = oneshot_family(model, dense, ctx, self, lab, solve, shrink_by_l1,
-                                     kd_teacher(ctx, dense), "structured_l1")
+                                     teacher, "structured_l1")
             metrics = result_metrics(self, records, lab, params_dense)
         return PassResult(metrics=metrics, structure=structure_of(model))

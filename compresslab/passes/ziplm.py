@@ -15,24 +15,28 @@ KD-recovering after each (the paper's family schedule). The math lives in ``ops/
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from compresslab.ops.hessian import HessianAccumulator, zero_dead_columns_
+from compresslab.models.hooks import capture_inputs
+from compresslab.ops.knapsack import solve_dp
+from compresslab.ops.layer_hessian import HessianAccumulator, zero_dead_columns_
 from compresslab.ops.shrink import ShrinkDatabase, build_database
-from compresslab.ops.spdy import LatencyTable, solve_dp
-from compresslab.passes._structured import (
-    Choice, SpeedupLab, SpeedupSettings, check_layout, kd_teacher, oneshot_family, recover, result_metrics,
-    sample_batches, save_member, structure_of)
-from compresslab.registry import coerce_enum, register_pass
+from compresslab.ops.spdy import LatencyTable
+from compresslab.pruning.speedup import (
+    Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, recover, result_metrics, sample_batches,
+    save_member, structure_of)
+from compresslab.registry import register_pass
+from compresslab.training.dist import world
+from compresslab.training.losses import MODEL_INPUTS
 from compresslab.types import PassContext, PassResult, Stage
+from compresslab.validate import coerce_enum
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +48,6 @@ class Mode(str, Enum):
 
     ONESHOT = "oneshot"
     GRADUAL = "gradual"
-
-
-@contextlib.contextmanager
-def capture_inputs(modules: dict[Key, nn.Module], sink: Any) -> Iterator[None]:
-    """Call ``sink(key, x)`` with the input of each module on every forward; hooks always removed."""
-    handles = [m.register_forward_pre_hook(lambda _m, args, key=key: sink(key, args[0]))
-               for key, m in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def get_layers(model: nn.Module) -> list[Any]:
@@ -83,10 +75,7 @@ def collect_hessians(model: nn.Module, batches: Any, ctx: PassContext, total: in
     Under ``torch.distributed`` each rank takes every world-size-th batch and the raw sums and
     token counts are all-reduced before anything is divided or inverted.
     """
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world_size = world()
     mats = _matrices(model)
     device = next(model.parameters()).device
     accs = {k: HessianAccumulator(m.in_features, device=device) for k, m in mats.items()}
@@ -96,14 +85,16 @@ def collect_hessians(model: nn.Module, batches: Any, ctx: PassContext, total: in
     try:
         with capture_inputs(mats, lambda key, x: accs[key].add_batch(x.detach(), mask["m"])):
             for i, batch in enumerate(ctx.track(batches, total=total, desc="ziplm: calibration")):
-                if i % world != rank:
+                if i % world_size != rank:
                     continue
-                inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
                 mask["m"] = inputs["attention_mask"]  # (B, T): pads are left out of every H
                 model(**inputs)
     finally:
         model.train(was_training)
-    if distributed:
+    if world_size > 1:
+        import torch.distributed as dist
+
         for acc in accs.values():
             xxt, count = acc.raw()[0].clone(), acc.count_tensor()
             dist.all_reduce(xxt)
@@ -121,12 +112,16 @@ class ZipLM(SpeedupSettings):
     damp: float = 0.01  # relative dampening of each Hessian
 
     stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.mode = coerce_enum(Mode, self.mode, "ziplm mode")
         if not self.damp >= 0:
             raise ValueError(f"damp must be >= 0, got {self.damp!r}")
+
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: the calibration size adapts to the train split (with a warning)."""
 
     # ------------------------------------------------------------------ statistics and databases
     def databases(self, model: nn.Module, ctx: PassContext, table: LatencyTable) -> dict[Key, ShrinkDatabase]:
@@ -211,9 +206,9 @@ class ZipLM(SpeedupSettings):
         if self.num_calibration > len(ctx.task.require_train()):
             log.warning("ziplm: num_calibration=%d but the train split has %d examples; using all of them",
                         self.num_calibration, len(ctx.task.train))
+        teacher = ctx.kd_teacher(model)  # before the model changes
         dense = copy.deepcopy(model).eval()
         params_dense = sum(p.numel() for p in dense.parameters())
-        teacher = kd_teacher(ctx, dense)
         with SpeedupLab(dense, ctx, self, sample_batches(ctx, self.num_calibration)) as lab:
             lab.check_targets(self.targets())
             if self.mode is Mode.ONESHOT:
@@ -242,7 +237,7 @@ class ZipLM(SpeedupSettings):
             del cand
             self.stitch(work, dbs, choice)
             del dbs
-            rec["recovery"] = recover(work, ctx, self, teacher, f"ziplm {target:g}x recovery")
+            rec["recovery"] = recover(work, ctx, self.recovery, teacher, f"ziplm {target:g}x recovery")
             if target in self.family:
                 rec["saved"] = save_member(work, ctx, target, rec)
             records[target] = rec

@@ -1,6 +1,8 @@
 """Collect masked mini-batch gradients and build oBERT's block-diagonal Fisher inverses.
 
-The math is in ``ops/fisher.py``; this module is the glue that touches models and data.
+The math is in ``ops/fisher.py`` and ``ops/obs.py``; this module is the glue that touches models
+and data, and :class:`OBSScorer`, the :class:`~compresslab.pruning.unstructured.Scorer` that
+``obert`` plugs into the shared pruning driver.
 
 Why outer-product sums and not the Sherman-Morrison recursion (``BlockFisherInverse``): both
 give ``inv(damp*I + (1/m) sum g g^T)``, but the sums (1) merge across processes with one
@@ -18,59 +20,17 @@ weight: O(numel * B). MiniLM-L6's encoder (10.6M weights) at B=50 holds 2.1 GB; 
 
 from __future__ import annotations
 
-import resource
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from compresslab.bench.env import peak_memory_mb
 from compresslab.ops.fisher import fisher_inverse_from_outer_sums, num_blocks, to_blocks
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
-
-
-def task_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean task loss of one batch (CE, or MSE for one output): the empirical Fisher's loss.
-
-    Not the KD loss: at the start of pruning the student equals the teacher, so the KD gradient
-    is exactly zero and its Fisher would be ``damp*I`` (magnitude pruning in disguise).
-    """
-    from compresslab.training.losses import TaskLoss
-
-    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, return_dict=True)
-    return TaskLoss()(out, None, batch)
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def rank_batches(loader: Any, device: torch.device) -> Iterator[dict[str, Tensor]]:
-    """Endless batches for this rank: every ``world``-th batch, so ranks see disjoint data."""
-    rank, world = _world()
-    i = 0
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            if i % world == rank:
-                yield {k: v.to(device) for k, v in batch.items()}
-            i += 1
-        if empty:
-            raise ValueError("the gradient loader is empty")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """High-water mark: CUDA allocator peak, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+from compresslab.ops.obs import obs_scores, obs_update
+from compresslab.training.dist import world
+from compresslab.training.losses import LossFn, task_loss
 
 
 def collect_outer_sums(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: Mapping[str, Tensor],
@@ -84,13 +44,13 @@ def collect_outer_sums(model: nn.Module, modules: Mapping[str, nn.Linear], prune
     product per chunk. With torch.distributed initialised, the ``num_grads`` are split over
     ranks and the sums all-reduced, so every rank returns the same total.
     """
-    rank, world = _world()
+    rank, world_size = world()
     names = list(modules)
     params = [modules[n].weight for n in names]
     nbs = [num_blocks(p.numel(), block_size) for p in params]
     sums = {n: torch.zeros(nb, block_size, block_size, dtype=torch.float32, device=p.device)
             for n, nb, p in zip(names, nbs, params)}
-    local = len(range(rank, num_grads, world))
+    local = len(range(rank, num_grads, world_size))
     k = max(1, min(chunk, local))
     # (k, nb*B) per module; the zero-padded tail of each row is never written
     bufs = [torch.zeros(k, nb * block_size, dtype=torch.float32, device=p.device) for nb, p in zip(nbs, params)]
@@ -120,7 +80,7 @@ def collect_outer_sums(model: nn.Module, modules: Mapping[str, nn.Linear], prune
         if pruned[n].any():
             keep = to_blocks((~pruned[n]).to(sums[n]), block_size)  # (nb, B)
             sums[n].mul_(keep.unsqueeze(2)).mul_(keep.unsqueeze(1))
-    if world > 1:
+    if world_size > 1:
         import torch.distributed as dist
 
         for n in names:
@@ -157,4 +117,127 @@ def timed_inverses(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: M
                   "peak_mb": peak_memory_mb(device)}
 
 
-__all__ = ["LossFn", "collect_outer_sums", "invert_sums", "peak_memory_mb", "rank_batches", "task_loss", "timed_inverses"]
+def fisher_state_bytes(module: nn.Linear, block_size: int) -> int:
+    """Bytes of one module's fp32 (num_blocks, B, B) Fisher state."""
+    return num_blocks(module.weight.numel(), block_size) * block_size * block_size * 4
+
+
+def stream_groups(modules: Mapping[str, nn.Linear], block_size: int, max_state_mb: float | None) -> list[list[str]]:
+    """Consecutive module groups whose Fisher state fits ``max_state_mb`` (one group when None).
+
+    A module larger than the budget gets a group of its own (the budget cannot split a tensor).
+    """
+    names = list(modules)
+    if max_state_mb is None:
+        return [names]
+    cap, groups, cur, used = max_state_mb * 2**20, [], [], 0
+    for n in names:
+        b = fisher_state_bytes(modules[n], block_size)
+        if cur and used + b > cap:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(n)
+        used += b
+    return groups + ([cur] if cur else [])
+
+
+class OBSScorer:
+    """Fisher inverses from fresh gradients at each ``scores`` call, used once by ``update``.
+
+    Memory is bounded by ``max_state_mb``: when the whole encoder's (num_blocks, B, B) state would
+    not fit (BERT-base at B=50 needs 17 GB), modules are processed in groups. Saliencies need every
+    group's inverse before the global threshold is known, and the OBS update needs them again after,
+    so a streamed step costs two gradient passes per group (fresh mini-batches each time: both are
+    estimates of the same Fisher) instead of one pass in total.
+    """
+
+    def __init__(self, batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int, damp: float,
+                 group_size: int = 1, progress: Any = None, sums: dict[str, Tensor] | None = None,
+                 loss_fn: LossFn = task_loss, max_state_mb: float | None = None) -> None:
+        self.batches, self.num_grads, self.block_size = batches, num_grads, block_size
+        self.damp, self.group_size, self.progress, self.loss_fn = damp, group_size, progress, loss_fn
+        self.max_state_mb = max_state_mb
+        self._sums = sums  # precomputed outer sums for the first step (damp grid), not consumed
+        self._finv: dict[str, Tensor] | None = None
+        self._groups: list[list[str]] | None = None  # set when the last scores() call streamed
+        self._model: nn.Module | None = None  # the model scores() saw: update() rebuilds inverses on it
+        self.metrics: dict[str, Any] = {"fisher_s": 0.0, "fisher_invert_s": 0.0, "fisher_grads": 0,
+                                        "fisher_state_mb": 0.0, "fisher_peak_mb": 0.0, "fisher_groups": 1}
+
+    def _inverses(self, model: nn.Module, modules: Mapping[str, nn.Linear],
+                  pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        finv, t = timed_inverses(model, modules, pruned, self.batches, self.num_grads, self.block_size,
+                                 self.damp, self.loss_fn, self.progress)
+        m = self.metrics
+        m["fisher_s"] = round(m["fisher_s"] + t["grads_s"] + t["invert_s"], 3)
+        m["fisher_invert_s"] = round(m["fisher_invert_s"] + t["invert_s"], 3)
+        m["fisher_grads"] += self.num_grads
+        m["fisher_state_mb"] = round(max(m["fisher_state_mb"], t["state_mb"]), 1)
+        m["fisher_peak_mb"] = round(max(m["fisher_peak_mb"], t["peak_mb"]), 1)
+        return finv
+
+    def scores(self, model: nn.Module, modules: Mapping[str, nn.Linear],
+               pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        groups = stream_groups(modules, self.block_size, self.max_state_mb)
+        self._groups = groups if len(groups) > 1 else None
+        self._model = model
+        self.metrics["fisher_groups"] = len(groups)
+        if self._sums is not None:
+            if self._groups is not None:
+                raise ValueError("precomputed Fisher sums (damp grid) need the whole state in memory; "
+                                 "raise fisher_max_mb or drop damp_grid")
+            t0 = time.perf_counter()
+            self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp), None
+            self.metrics["fisher_invert_s"] = round(self.metrics["fisher_invert_s"] + time.perf_counter() - t0, 3)
+            self.metrics["fisher_grads"] += self.num_grads  # collected once by the damp grid
+        elif self._groups is None:
+            self._finv = self._inverses(model, modules, pruned)
+        else:
+            out: dict[str, Tensor] = {}
+            for g in self._groups:
+                finv = self._inverses(model, {n: modules[n] for n in g}, pruned)
+                out.update({n: obs_scores(modules[n].weight.detach().reshape(-1), finv[n], self.group_size)
+                            for n in g})
+                del finv
+            return out
+        return {n: obs_scores(m.weight.detach().reshape(-1), self._finv[n], self.group_size)
+                for n, m in modules.items()}
+
+    @torch.no_grad()
+    def _deltas(self, modules: Mapping[str, nn.Linear], finv: dict[str, Tensor], new: Mapping[str, Tensor],
+                pruned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for n, mod in modules.items():
+            out[n] = obs_update(mod.weight.detach().reshape(-1), finv[n], new[n], self.group_size, pruned[n])
+            del finv[n]  # free each inverse as soon as it is used (§2.6)
+        return out
+
+    @staticmethod
+    @torch.no_grad()
+    def _apply(modules: Mapping[str, nn.Linear], deltas: Mapping[str, Tensor]) -> None:
+        for n, delta in deltas.items():
+            w = modules[n].weight
+            w.add_(delta.view_as(w).to(w.dtype))  # pruned entries: w + (-w) == 0 exactly
+
+    def update(self, modules: Mapping[str, nn.Linear], new: Mapping[str, Tensor],
+               pruned: Mapping[str, Tensor]) -> None:
+        if self._groups is not None:
+            # streamed: rebuild each group's inverse at the weights the saliencies saw, so every
+            # group's update is computed before any is applied (one weight-sized buffer of deltas)
+            deltas: dict[str, Tensor] = {}
+            for g in self._groups:
+                sub = {n: modules[n] for n in g}
+                with torch.enable_grad():
+                    finv = self._inverses(self._model, sub, pruned)
+                deltas.update(self._deltas(sub, finv, new, pruned))
+            self._apply(modules, deltas)
+            self._groups = None
+            return
+        if self._finv is None:
+            raise RuntimeError("OBSScorer.update() called before scores()")
+        self._apply(modules, self._deltas(modules, self._finv, new, pruned))
+        self._finv = None
+
+
+__all__ = ["OBSScorer", "collect_outer_sums", "fisher_state_bytes", "invert_sums", "stream_groups",
+           "timed_inverses"]

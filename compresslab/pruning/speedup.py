@@ -3,8 +3,8 @@
 ``ziplm`` and its baseline ``structured_l1`` differ only in how they choose what to remove and
 how they refit what is left; everything else is here so both get exactly the same treatment:
 the dense export and latency table on the target runtime, the re-measure-and-tighten loop, KD
-recovery through the one training loop, and saving the family of models for the benchmark.
-Private module (leading underscore): it registers no pass.
+recovery (``training.recover``), and saving the family of models for the benchmark.
+It registers no pass.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from torch import nn
 
 from compresslab.bench.latency_table import TableSettings, build_latency_table, measure_speedup
 from compresslab.models.adapters import get_adapter
+from compresslab.training.recovery import Recovery
+from compresslab.training.recovery import recover as _train_recover
 from compresslab.types import PassContext
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,11 @@ class SpeedupSettings:
     max_retries: int = 2  # re-solve with a tighter budget while the measured speedup falls short
     tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
     num_calibration: int = 2048
-    recovery_steps: int = 0  # KD optimizer steps after pruning (gradual: after every target)
-    lr: float = 5e-5
-    hardness: float = 1.0  # weight of logit KD vs the task loss
-    temperature: float = 2.0
-    hidden_weight: float = 0.0  # token-level KD (HiddenMSE over every layer's output)
+    # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
+    recovery: Recovery = field(default_factory=Recovery)
 
     def __post_init__(self) -> None:
+        self.recovery = Recovery.coerce(self.recovery)
         self.family = [float(s) for s in (self.family or [])]
         for s in (self.speedup, *self.family):
             if not (math.isfinite(s) and s >= 1.0):
@@ -66,14 +66,11 @@ class SpeedupSettings:
         for name in ("batch", "seq", "ffn_grid", "latency_runs", "check_runs", "num_calibration"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("latency_warmup", "max_retries", "recovery_steps"):
+        for name in ("latency_warmup", "max_retries"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}")
-        if not (self.lr > 0 and self.temperature > 0 and self.hidden_weight >= 0 and 0 <= self.hardness <= 1):
-            raise ValueError("need lr > 0, temperature > 0, hidden_weight >= 0 and hardness in [0, 1]; got "
-                             f"{self.lr}, {self.temperature}, {self.hidden_weight}, {self.hardness}")
         TableSettings(threads=self.threads)  # validates threads
 
     def targets(self) -> list[float]:
@@ -202,22 +199,15 @@ class SpeedupLab:
         return choice, model, record
 
 
-def kd_teacher(ctx: PassContext, dense: nn.Module) -> nn.Module:
-    """The run's teacher, or the dense incoming model when the context has none."""
-    return ctx.teacher if ctx.teacher is not None else dense
-
-
-def recover(model: nn.Module, ctx: PassContext, p: SpeedupSettings, teacher: nn.Module, desc: str) -> dict[str, Any]:
-    """KD recovery through the one training loop (no-op when ``recovery_steps`` is 0)."""
-    if p.recovery_steps == 0:
+def recover(model: nn.Module, ctx: PassContext, recovery: Recovery, teacher: nn.Module, desc: str) -> dict[str, Any]:
+    """KD recovery of a pruned member through ``training.recover``; {} when ``recovery.steps`` is 0."""
+    if recovery.steps == 0:
         return {}
-    from compresslab.training import TrainConfig, train
-    from compresslab.training.losses import build_losses
+    from compresslab.data.schema import TaskKind
 
-    losses = build_losses(p.hardness, p.temperature, p.hidden_weight)
-    cfg = TrainConfig(lr=p.lr, steps=p.recovery_steps, batch_size=ctx.batch_size, seed=ctx.seed)
-    res = train(model, ctx.train_loader(), cfg, losses, teacher=teacher, progress=ctx.progress, desc=desc)
-    model.eval()
+    res = _train_recover(model, ctx.train_loader(), recovery, teacher,
+                         embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, batch_size=ctx.batch_size,
+                         seed=ctx.seed, progress=ctx.progress, desc=desc)
     return res.to_dict()
 
 
@@ -230,7 +220,7 @@ def family_dir(ctx: PassContext) -> Path:
 def save_member(model: nn.Module, ctx: PassContext, target: float, record: dict[str, Any]) -> str:
     """Save one family member (model, tokenizer, its record) under ``family_dir(ctx)/<S>x``."""
     from compresslab.manifest import atomic_write_json
-    from compresslab.models.loading import save
+    from compresslab.checkpoint import save
 
     out = save(model, family_dir(ctx) / f"{target:g}x", ctx.tokenizer)
     atomic_write_json(out / "ziplm_family.json", record)
@@ -262,7 +252,7 @@ def oneshot_family(model: nn.Module, dense: nn.Module, ctx: PassContext, p: Spee
         del cand
     assert step_choice is not None  # p.speedup is always among p.targets()
     apply(model, step_choice)
-    records[p.speedup]["recovery"] = recover(model, ctx, p, teacher, f"{name} {p.speedup:g}x recovery")
+    records[p.speedup]["recovery"] = recover(model, ctx, p.recovery, teacher, f"{name} {p.speedup:g}x recovery")
     if p.speedup in p.family:
         records[p.speedup]["saved"] = save_member(model, ctx, p.speedup, records[p.speedup])
     return records

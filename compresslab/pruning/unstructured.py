@@ -12,12 +12,11 @@ and whether the surviving weights are updated when others are pruned). Everythin
   last fixed-mask cycle. The 30-epoch recipe (dense 0-2, events 2, 6, ..., 26, fixed 26-30) is
   exactly ``plan_events(30, 7, ...)``.
 
-Recovery always runs through :func:`compresslab.training.train` (KD from the teacher).
+Recovery always runs through :func:`compresslab.training.recover` (KD from the teacher).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from enum import Enum
 from typing import Any, Callable, Mapping, Protocol
@@ -27,9 +26,11 @@ from torch import Tensor, nn
 
 from compresslab.ops.obs import expand_group_mask, global_prune_masks
 from compresslab.ops.schedule import PruningEvent, gradual_pruning_events, recomputation_targets
+from compresslab.pruning.masks import MaskKeeper, sparsity_stats
 from compresslab.targets import layer_keys
-from compresslab.training.masks import MaskKeeper, sparsity_stats
+from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext
+from compresslab.validate import check_fraction, check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -68,44 +69,32 @@ class Scorer(Protocol):
         ...
 
 
-def check_fraction(value: float, name: str, *, allow_one: bool = False) -> float:
-    """A sparsity in [0, 1) (or [0, 1]); ValueError naming the range otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    hi_ok = value <= 1.0 if allow_one else value < 1.0
-    if not (0.0 <= value and hi_ok):
-        raise ValueError(f"{name}={value} must be in [0, {'1]' if allow_one else '1)'}")
-    return float(value)
-
-
 def default_init_sparsity(sparsity: float) -> float:
     """The recipe's first jump, 0.7 (for every final sparsity 0.8-0.97), or 7/8 of a lower target."""
     return round(min(0.7, 0.875 * sparsity), 6)
 
 
-def check_recovery(p: Any) -> None:
-    """Shared validation of the recovery fields of a pruning pass (steps, lr, KD, schedule)."""
-    p.sparsity = check_fraction(p.sparsity, "sparsity")
-    if p.init_sparsity is None and p.mode is Mode.GRADUAL:
-        p.init_sparsity = default_init_sparsity(p.sparsity)
-    if p.init_sparsity is not None:
-        p.init_sparsity = check_fraction(p.init_sparsity, "init_sparsity")
-    if isinstance(p.steps, bool) or not isinstance(p.steps, int) or p.steps < 0:
-        raise ValueError(f"steps must be an integer >= 0 (recovery optimizer steps), got {p.steps!r}")
-    if p.mode is Mode.GRADUAL:
-        if p.steps < 2:
-            raise ValueError(f"mode=gradual needs steps >= 2 to place pruning events, got {p.steps}; "
+def check_schedule(mode: Mode, sparsity: Any, init_sparsity: Any, num_events: Any,
+                   steps: int) -> tuple[float, float | None]:
+    """Validated ``(sparsity, init_sparsity)`` of a pruning pass; nothing is changed in place.
+
+    ``init_sparsity=None`` under ``mode=gradual`` becomes :func:`default_init_sparsity`, so the
+    pass (which stores the result in its own ``__post_init__``) shows the jump it will take.
+    ``steps`` is the recovery budget the gradual schedule places its events in.
+    """
+    sparsity = check_fraction(sparsity, "sparsity")
+    if init_sparsity is None and mode is Mode.GRADUAL:
+        init_sparsity = default_init_sparsity(sparsity)
+    if init_sparsity is not None:
+        init_sparsity = check_fraction(init_sparsity, "init_sparsity")
+    if mode is Mode.GRADUAL:
+        if steps < 2:
+            raise ValueError(f"mode=gradual needs recovery.steps >= 2 to place pruning events, got {steps}; "
                              "use mode=oneshot for pruning without recovery")
-        if p.init_sparsity > p.sparsity:
-            raise ValueError(f"init_sparsity={p.init_sparsity} must be <= sparsity={p.sparsity}")
-    if not p.lr > 0:
-        raise ValueError(f"lr must be > 0, got {p.lr}")
-    if not 0.0 <= p.hardness <= 1.0:
-        raise ValueError(f"hardness={p.hardness} must be in [0, 1] (1 = KD only)")
-    if not p.temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {p.temperature}")
-    if isinstance(p.num_events, bool) or not isinstance(p.num_events, int) or p.num_events < 1:
-        raise ValueError(f"num_events must be an integer >= 1, got {p.num_events!r}")
+        if init_sparsity > sparsity:
+            raise ValueError(f"init_sparsity={init_sparsity} must be <= sparsity={sparsity}")
+    check_positive_int(num_events, "num_events")
+    return sparsity, init_sparsity
 
 
 def plan_events(steps: int, num_events: int, init: float, final: float) -> tuple[int, int, list[PruningEvent]]:
@@ -171,60 +160,48 @@ class _PruneAtEvents:
             self.prune(self.events[step], step)
 
 
-def _teacher_and_losses(model: nn.Module, ctx: PassContext, hardness: float, temperature: float):
-    from compresslab.data.schema import TaskKind
-    from compresslab.training import build_losses
+def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear], scorer: Scorer, *,
+                mode: Mode, sparsity: float, recovery: Recovery, init_sparsity: float | None = None,
+                num_events: int = 7, num_recomputations: int = 1, scope: Scope = Scope.GLOBAL,
+                name: str = "pruning") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Prune ``modules`` of ``model`` in place to ``sparsity``; returns (metrics, structure).
 
-    teacher = ctx.teacher
-    if teacher is None:  # no finetune step ran: distil from the model as it entered the pass
-        teacher = copy.deepcopy(model).eval()
-        for q in teacher.parameters():
-            q.requires_grad_(False)
-    if ctx.task.spec.kind is TaskKind.EMBEDDING:
-        return teacher, build_losses(embedding=True)
-    return teacher, build_losses(hardness=hardness, temperature=temperature)
-
-
-def run_pruning(p: Any, model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear],
-                scorer: Scorer, scope: Scope = Scope.GLOBAL) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Prune ``modules`` of ``model`` in place as pass ``p`` says; returns (metrics, structure).
-
-    ``p`` carries mode, sparsity, init_sparsity, steps, lr, hardness, temperature, num_events and
-    (optionally) num_recomputations.
+    One-shot: ``num_recomputations`` sub-steps to ``sparsity``, then ``recovery`` with fixed
+    masks. Gradual: ``num_events`` events from ``init_sparsity`` to ``sparsity`` placed in the
+    ``recovery.steps`` budget (:func:`plan_events`). ``name`` labels progress and log lines.
     """
-    from compresslab.training import TrainConfig, train
-
-    r = int(getattr(p, "num_recomputations", 1))
+    steps = recovery.steps
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
-    if p.steps:  # before any pruning: without ctx.teacher the dense input model is the teacher
-        teacher, losses = _teacher_and_losses(model, ctx, p.hardness, p.temperature)
+    # before any pruning: without ctx.teacher the dense input model is the teacher
+    teacher = ctx.kd_teacher(model) if steps else None
     done: list[list[float]] = []  # [step, sparsity] of every (sub-)step, for the manifest
 
     def prune(target: float, step: int = 0) -> None:
-        for s in prune_to(scorer, model, modules, keeper, target, scope, r):
+        for s in prune_to(scorer, model, modules, keeper, target, scope, num_recomputations):
             done.append([step, round(s, 6)])
 
-    metrics: dict[str, Any] = {"target_sparsity": p.sparsity, "mode": p.mode.value, "scope": scope.value,
-                               "recovery_steps": p.steps, "batch_size": ctx.batch_size}
-    loader = ctx.train_loader(batch_size=ctx.batch_size) if p.steps else None
-    if p.mode is Mode.ONESHOT:
-        prune(p.sparsity)
-        cfg = TrainConfig(lr=p.lr, steps=p.steps, batch_size=ctx.batch_size, schedule="linear",
-                          final_lr_ratio=LR_FLOOR, seed=ctx.seed)
+    metrics: dict[str, Any] = {"target_sparsity": sparsity, "mode": mode.value, "scope": scope.value,
+                               "recovery_steps": steps, "batch_size": ctx.batch_size}
+    schedule: dict[str, Any] = {"schedule": "linear", "final_lr_ratio": LR_FLOOR}
+    if mode is Mode.ONESHOT:
+        prune(sparsity)
         callbacks: list[Any] = [keeper]
     else:
-        w, c, events = plan_events(p.steps, p.num_events, p.init_sparsity, p.sparsity)
-        if len(events) < p.num_events:
-            log.warning("%s: only %d steps, so %d pruning events instead of %d", p.name, p.steps, len(events),
-                        p.num_events)
+        if init_sparsity is None:
+            raise ValueError("mode=gradual needs init_sparsity (check_schedule fills the recipe's default)")
+        w, c, events = plan_events(steps, num_events, init_sparsity, sparsity)
+        if len(events) < num_events:
+            log.warning("%s: only %d steps, so %d pruning events instead of %d", name, steps, len(events), num_events)
         metrics.update(dense_steps=w, cycle_steps=c, num_events=len(events))
-        cfg = TrainConfig(lr=p.lr, steps=p.steps, batch_size=ctx.batch_size, schedule="cyclic_linear",
-                          cycle_steps=c, warmup_ratio=(w + 0.5) / p.steps, final_lr_ratio=LR_FLOOR,
-                          seed=ctx.seed)
+        schedule = {"schedule": "cyclic_linear", "cycle_steps": c, "warmup_ratio": (w + 0.5) / steps,
+                    "final_lr_ratio": LR_FLOOR}
         callbacks = [_PruneAtEvents(events, prune), keeper]
-    if p.steps:
-        res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=ctx.progress,
-                    desc=p.name)
+    if steps:
+        from compresslab.data.schema import TaskKind
+
+        res = recover(model, ctx.train_loader(batch_size=ctx.batch_size), recovery, teacher,
+                      embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, callbacks=callbacks,
+                      batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress, desc=name, **schedule)
         metrics.update(train_s=round(res.wall_s, 2), final_loss=res.losses[-1] if res.losses else None)
     keeper.apply(model)
     stats = sparsity_stats(modules, layer_keys(model, modules))
@@ -242,5 +219,5 @@ def moved(model: nn.Module, device: torch.device) -> torch.device:
     return before
 
 
-__all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_fraction", "check_recovery", "default_init_sparsity",
-           "moved", "plan_events", "prune_step", "prune_to", "run_pruning"]
+__all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_schedule", "default_init_sparsity", "moved", "plan_events",
+           "prune_step", "prune_to", "run_pruning"]

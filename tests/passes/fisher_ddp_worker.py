@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compresslab.passes._fisher import collect_outer_sums, rank_batches
+from compresslab.pruning.fisher import collect_outer_sums
+from compresslab.training.dist import rank_batches
 
 torch.set_num_threads(1)
 if "RANK" in os.environ:

@@ -13,22 +13,23 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from compresslab.config import config_dir
-from compresslab.models import load, save
+from compresslab.checkpoint import load, save
 from compresslab.models.tiny import tiny_model
 from compresslab.registry import available_passes, pass_from_dict, pass_to_dict
-from compresslab.types import OnnxModel, PassResult, Stage
+from compresslab.training import Recovery
+from compresslab.types import OnnxModel, Pass, PassResult, Stage
 
 CONF = Path(config_dir())
 
 # Settings that make each pass fit a 2-layer, hidden-32 model and a 96-example toy task.
 TINY: dict[str, dict] = {
     "finetune": {"preset": "smoke", "cache": False},
-    "obert": {"num_grads": 8, "grad_batch_size": 4, "block_size": 8, "steps": 4, "sparsity": 0.5},
-    "magnitude": {"steps": 4, "sparsity": 0.5},
+    "obert": {"num_grads": 8, "grad_batch_size": 4, "block_size": 8, "recovery": {"steps": 4}, "sparsity": 0.5},
+    "magnitude": {"recovery": {"steps": 4}, "sparsity": 0.5},
     # a hidden-32 model has no measurable speedup headroom on ORT: 1.0 exercises the whole path
-    "ziplm": {"num_calibration": 32, "speedup": 1.0, "family": [], "batch": 2, "seq": 16, "recovery_steps": 2,
+    "ziplm": {"num_calibration": 32, "speedup": 1.0, "family": [], "batch": 2, "seq": 16, "recovery": {"steps": 2},
               "latency_runs": 3},
-    "structured_l1": {"speedup": 1.0, "batch": 2, "seq": 16, "recovery_steps": 2, "latency_runs": 3},
+    "structured_l1": {"speedup": 1.0, "batch": 2, "seq": 16, "recovery": {"steps": 2}, "latency_runs": 3},
     "layer_drop": {"num_layers": 1, "keep": None},
     "ort_int8_static": {"num_calibration": 16},
 }
@@ -61,7 +62,23 @@ def test_build_from_yaml_and_json_round_trip(name):
     assert p.name == name and isinstance(p.stage, Stage)
     d = pass_to_dict(p)
     again = pass_from_dict(json.loads(json.dumps(d)))
-    assert pass_to_dict(again) == d
+    assert pass_to_dict(again) == d and again == p
+    if hasattr(p, "recovery"):  # the nested block: a Recovery after YAML, a dict in JSON, a Recovery again
+        assert isinstance(p.recovery, Recovery) and isinstance(d["recovery"], dict)
+        assert again.recovery == p.recovery
+
+
+@pytest.mark.parametrize("name", available_passes())
+def test_every_pass_meets_the_protocol(name, tiny_ctx):
+    from compresslab.registry import get_pass
+
+    cls = get_pass(name)
+    assert isinstance(getattr(cls, "makes_teacher", None), bool), f"{name} must declare makes_teacher"
+    assert callable(getattr(cls, "check", None)), f"{name} must define check(task)"
+    p = instantiate(pass_yaml(name), _convert_="all")
+    assert isinstance(p, Pass)
+    assert p.makes_teacher is (name == "finetune")  # only finetune produces the run's teacher
+    assert p.check(tiny_ctx().task) is None  # the toy task passes every pass's data checks
 
 
 def _inputs(tok):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compresslab.models.adapters import get_adapter
-from compresslab.models.loading import load, save
+from compresslab.checkpoint import load, save
 from compresslab.models.structure import shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.passes.layer_drop import LayerDrop, evenly_spaced
@@ -74,7 +74,7 @@ def test_drop_after_head_pruning_round_trips(tmp_path: Path) -> None:
 
 
 def test_recovery_uses_the_one_training_loop(tmp_path: Path) -> None:
-    res = LayerDrop(num_layers=1, recovery_steps=2, hidden_weight=1.0).apply(tiny_model("bert"), _ctx(tmp_path))
+    res = LayerDrop(num_layers=1, recovery={"steps": 2, "hidden_weight": 1.0}).apply(tiny_model("bert"), _ctx(tmp_path))
     assert res.metrics["recovery"]["steps"] == 2
 
 

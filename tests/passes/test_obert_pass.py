@@ -11,13 +11,14 @@ from torch import nn
 
 from compresslab.data.schema import MissingSplit
 from compresslab.models.tiny import tiny_model
-from compresslab.passes import _fisher
-from compresslab.passes._pruning import Scope, prune_to
 from compresslab.passes.magnitude import Magnitude, MagnitudeScorer
-from compresslab.passes.obert import OBert, OBSScorer, validation_score
+from compresslab.passes.obert import OBert, validation_score
+from compresslab.pruning import fisher as _fisher
+from compresslab.pruning.fisher import OBSScorer
+from compresslab.pruning.masks import MaskKeeper
+from compresslab.pruning.unstructured import Scope, prune_to
 from compresslab.testing import tiny_task
-from compresslab.training import TaskLoss, TrainConfig, train
-from compresslab.training.masks import MaskKeeper
+from compresslab.training import Recovery, TaskLoss, TrainConfig, train
 
 FAST = dict(num_grads=8, grad_batch_size=4)
 
@@ -58,7 +59,7 @@ def test_obs_beats_magnitude_on_correlated_regression():
 def test_streamed_fisher_equals_whole_state_when_gradients_repeat():
     """Groups under ``max_state_mb`` give the same pruned weights as one whole-state pass when every
     pass sees the same mini-batches (here: a cycle of 8), and the groups partition the modules."""
-    from compresslab.passes.obert import fisher_state_bytes, stream_groups
+    from compresslab.pruning.fisher import fisher_state_bytes, stream_groups
 
     torch.manual_seed(0)
     x = torch.randn(64, 8)
@@ -109,9 +110,9 @@ def test_oneshot_loss_increase_not_worse_than_magnitude(tiny_ctx):
     dense = _fit(tiny_model("bert", seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), ctx)
     val = ctx.validation_loader()
     losses = {}
-    for name, p in (("magnitude", Magnitude(sparsity=0.7, steps=0)),
-                    ("obert", OBert(sparsity=0.7, mode="oneshot", steps=0, num_grads=24, grad_batch_size=4,
-                                    damp=1e-5))):
+    for name, p in (("magnitude", Magnitude(sparsity=0.7, recovery=Recovery(steps=0))),
+                    ("obert", OBert(sparsity=0.7, mode="oneshot", recovery=Recovery(steps=0), num_grads=24,
+                                    grad_batch_size=4, damp=1e-5))):
         m = copy.deepcopy(dense)
         res = p.apply(m, ctx)
         assert res.metrics["num_zero"] == round(0.7 * res.metrics["num_targeted"])  # exact global count
@@ -122,7 +123,8 @@ def test_oneshot_loss_increase_not_worse_than_magnitude(tiny_ctx):
 def test_gradual_schedule_masks_and_metrics(tiny_ctx):
     model = tiny_model("bert")
     ctx = tiny_ctx(teacher=copy.deepcopy(model).eval())
-    res = OBert(sparsity=0.6, init_sparsity=0.3, steps=8, num_events=3, block_size=16, **FAST).apply(model, ctx)
+    res = OBert(sparsity=0.6, init_sparsity=0.3, recovery=Recovery(steps=8), num_events=3, block_size=16,
+                **FAST).apply(model, ctx)
     m = res.metrics
     sched = [s for _, s in m["prune_steps"]]
     assert sched[0] == 0.3 and sched[-1] == 0.6 and sched == sorted(sched)
@@ -134,7 +136,7 @@ def test_gradual_schedule_masks_and_metrics(tiny_ctx):
 
 def test_block4_prunes_whole_groups(tiny_ctx):
     model = tiny_model("bert")
-    res = OBert(sparsity=0.5, mode="oneshot", steps=2, mask_type="block4", **FAST).apply(
+    res = OBert(sparsity=0.5, mode="oneshot", recovery=Recovery(steps=2), mask_type="block4", **FAST).apply(
         model, tiny_ctx(teacher=copy.deepcopy(model).eval()))
     assert res.metrics["block_size"] == 32
     for n in res.structure["targets"]:
@@ -146,7 +148,7 @@ def test_damp_grid_selects_on_validation_never_dev(tiny_ctx):
     task = tiny_task()
     task.dev = MissingSplit("dev is the test set")  # any use of dev would raise
     model = tiny_model("bert")
-    res = OBert(sparsity=0.5, mode="oneshot", steps=0, damp_grid=[1e-2, 1e-6], **FAST).apply(
+    res = OBert(sparsity=0.5, mode="oneshot", recovery=Recovery(steps=0), damp_grid=[1e-2, 1e-6], **FAST).apply(
         model, tiny_ctx(task=task))
     grid = res.metrics["damp_grid"]
     assert [r["damp"] for r in grid["results"]] == [1e-2, 1e-6]
@@ -161,7 +163,7 @@ def test_damp_grid_selects_on_validation_never_dev(tiny_ctx):
     ({"mode": "fast"}, "allowed: 'oneshot', 'gradual'"),
     ({"mask_type": "block4", "block_size": 50}, "block_size % 4 == 0"),
     ({"init_sparsity": 0.9}, "init_sparsity=0.9 must be <= sparsity=0.8"),
-    ({"steps": 1}, "steps >= 2"),
+    ({"recovery": {"steps": 1}}, "steps >= 2"),
     ({"num_grads": 0}, "num_grads must be an integer >= 1"),
     ({"damp": 0}, "damp must be > 0"),
     ({"damp_grid": []}, "damp_grid must be a non-empty list"),

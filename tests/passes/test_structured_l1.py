@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from compresslab.models.adapters import get_adapter
-from compresslab.models.loading import load, save
+from compresslab.checkpoint import load, save
 from compresslab.models.structure import shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.ops.spdy import LatencyTable
@@ -33,7 +33,7 @@ def _ctx(tmp_path: Path) -> PassContext:
 
 @pytest.fixture
 def fake_timing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import compresslab.passes._structured as st
+    import compresslab.pruning.speedup as st
 
     table = LatencyTable(1e-3, {"attention": {h: h * 1e-3 for h in range(5)},
                                 "ffn": {n: n * 5e-5 for n in range(0, 65, 16)}})

@@ -19,7 +19,7 @@ import torch
 from compresslab.data.schema import Example, TaskData
 from compresslab.data.tasks import TASKS
 from compresslab.models.adapters import get_adapter
-from compresslab.models.loading import load, save
+from compresslab.checkpoint import load, save
 from compresslab.models.structure import shrink_ffn, shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.ops.spdy import LatencyTable
@@ -47,7 +47,7 @@ def fake_table(base_ms: float = 1.0) -> LatencyTable:
 @pytest.fixture
 def fake_timing(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Synthetic table; measurements pop from ``script`` (default: always fast enough)."""
-    import compresslab.passes._structured as st
+    import compresslab.pruning.speedup as st
 
     state: dict[str, Any] = {"table": fake_table(), "script": [], "calls": 0}
     monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: (state["table"], {"cached": False, "measure_s": 0.0}))
@@ -159,7 +159,7 @@ def test_short_measurement_tightens_budget(tmp_path: Path, fake_timing: dict) ->
 def test_gradual_recovers_each_target(tmp_path: Path, fake_timing: dict) -> None:
     ctx = make_ctx(tmp_path, teacher=tiny_model("bert"))
     model = tiny_model("bert")
-    res = _ziplm(speedup=1.5, family=[1.5, 2.5], mode="gradual", recovery_steps=2).apply(model, ctx)
+    res = _ziplm(speedup=1.5, family=[1.5, 2.5], mode="gradual", recovery={"steps": 2}).apply(model, ctx)
     fam = res.metrics["family"]
     assert fam["1.5x"]["recovery"]["steps"] == 2 and fam["2.5x"]["recovery"]["steps"] == 2
     assert res.structure == fam["1.5x"]["structure"]  # the pass output stays at the step's target
