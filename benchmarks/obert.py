@@ -66,11 +66,11 @@ def oneshot(args) -> None:
         key = str(s)
         if key not in _load().get("oneshot_magnitude_acc", {}):
             m = copy.deepcopy(state.teacher)
-            Magnitude(sparsity=s, mode="oneshot", steps=0).apply(m, ctx)
+            Magnitude(sparsity=s, mode="oneshot", recovery={"steps": 0}).apply(m, ctx)
             _store("oneshot_magnitude_acc", key, score(m))
         if key not in _load().get("oneshot_acc", {}):
             m = copy.deepcopy(state.teacher)
-            res = OBert(sparsity=s, mode="oneshot", steps=0, num_grads=args.grads, damp=args.damp,
+            res = OBert(sparsity=s, mode="oneshot", recovery={"steps": 0}, num_grads=args.grads, damp=args.damp,
                         num_recomputations=args.recomputations).apply(m, ctx)
             _store("oneshot_acc", key, score(m))
             fm = {k: v for k, v in res.metrics.items() if k.startswith("fisher")}
@@ -92,7 +92,7 @@ def dampgrid(args) -> None:
         if key in _load().get("oneshot_damp_grid", {}):
             continue
         m = copy.deepcopy(state.teacher)
-        res = OBert(sparsity=s, mode="oneshot", steps=0, num_grads=args.grads, damp_grid=args.grid,
+        res = OBert(sparsity=s, mode="oneshot", recovery={"steps": 0}, num_grads=args.grads, damp_grid=args.grid,
                     num_recomputations=args.recomputations).apply(m, ctx)
         acc = predict(torch_forward(m), state.task.spec, state.task.dev, state.tokenizer,
                       max_length=int(cfg.task.max_length)).metrics["score"]
@@ -110,7 +110,7 @@ def block4(args) -> None:
         return
     cfg, state, ctx = _teacher_state([])
     m = copy.deepcopy(state.teacher)
-    res = OBert(sparsity=0.8, mode="oneshot", steps=0, num_grads=args.grads, damp=args.damp,
+    res = OBert(sparsity=0.8, mode="oneshot", recovery={"steps": 0}, num_grads=args.grads, damp=args.damp,
                 mask_type="block4").apply(m, ctx)
     acc = predict(torch_forward(m), state.task.spec, state.task.dev, state.tokenizer).metrics["score"]
     _store("block4_80_acc", None, acc)

@@ -60,8 +60,8 @@ def one(spec: dict) -> dict:
     encoder = sum(m.weight.numel() for n, m in model.named_modules()
                   if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}.")
     t0 = time.perf_counter()
-    res = OBert(sparsity=0.5, mode="oneshot", steps=0, num_grads=spec["num_grads"], block_size=spec["block_size"],
-                fisher_max_mb=spec["max_mb"]).apply(model, ctx)
+    res = OBert(sparsity=0.5, mode="oneshot", recovery={"steps": 0}, num_grads=spec["num_grads"],
+                block_size=spec["block_size"], fisher_max_mb=spec["max_mb"]).apply(model, ctx)
     m = {k: v for k, v in res.metrics.items() if k.startswith("fisher")}
     return {**spec, **m, "encoder_weights": encoder, "pass_s": round(time.perf_counter() - t0, 1),
             "vmhwm_mb": round(_vmhwm_mb(), 1), "threads": 2}

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,10 @@ class Bench:
         self.state, self.teacher, self.tok = st, st.teacher, st.tokenizer
         self.finetune = {"preset": ft.preset, "cache_key": ft.cache_key(ctx), "cached": res.metrics.get("cached")}
         # one ZipLM config; structured_l1 and the recoveries copy its settings (same treatment)
-        self.zp: ZipLM = instantiate(self.cfg.pipeline.passes.ziplm, num_calibration=self.C, recovery_steps=0)
+        self.zp: ZipLM = instantiate(self.cfg.pipeline.passes.ziplm, num_calibration=self.C,
+                                    _convert_="all")
+        self.recovery = self.zp.recovery  # the YAML's KD recipe; the families are pruned without it
+        self.zp = replace(self.zp, recovery=replace(self.recovery, steps=0))
         self.threads = resolve_threads(self.zp.threads)  # ORT intra-op threads, = physical cores
         self.vocab = int(self.teacher.config.vocab_size)
         self.max_length = int(self.cfg.task.max_length)
@@ -108,11 +111,11 @@ class Bench:
     # ------------------------------------------------------------------ model families
     def family(self, method: str, targets: list[float]) -> dict[float, Path]:
         """ZipLM or structured_l1 to every target in ONE apply (one-shot, no recovery)."""
-        from compresslab.passes._structured import SpeedupSettings
+        from compresslab.pruning.speedup import SpeedupSettings
         from compresslab.passes.structured_l1 import StructuredL1
 
         shared = {f.name: getattr(self.zp, f.name) for f in fields(SpeedupSettings)}
-        shared.update(speedup=max(targets), family=list(targets), recovery_steps=0)
+        shared.update(speedup=max(targets), family=list(targets))  # self.zp.recovery: steps=0
         p = self.zp.__class__(**shared, mode=self.zp.mode, damp=self.zp.damp) if method == "ziplm" else StructuredL1(**shared)
         prov = {"teacher": self.finetune["cache_key"], "method": method, "targets": list(targets),
                 "num_calibration": self.C, "pass": {k: str(v) for k, v in vars(p).items()}}
@@ -158,7 +161,7 @@ class Bench:
             prov = {"teacher": self.finetune["cache_key"], "method": "layer_drop", "num_layers": k}
             if not _fresh(d, prov):
                 m = copy.deepcopy(self.teacher)
-                LayerDrop(num_layers=k, recovery_steps=0).apply(m, self.ctx("layer_drop_run"))
+                LayerDrop(num_layers=k).apply(m, self.ctx("layer_drop_run"))
                 shutil.rmtree(d, ignore_errors=True)
                 save(m, d, self.tok)
                 _tag(d, prov)
@@ -169,12 +172,11 @@ class Bench:
     def recovered(self, name: str, src: Path) -> Path:
         """``src`` after ``--recovery`` KD steps (the same recipe for every method); ``src`` if 0."""
         from compresslab.models.loading import load, save
-        from compresslab.passes._structured import recover
+        from compresslab.pruning.speedup import recover
 
         if self.R == 0:
             return src
-        rp = copy.copy(self.zp)
-        rp.recovery_steps = self.R
+        rp = replace(self.recovery, steps=self.R)
         d = WORK / "models" / f"r{self.R}" / name
         prov = {"source": model_sha(src), "recovery_steps": self.R, "lr": rp.lr, "hardness": rp.hardness,
                 "temperature": rp.temperature, "hidden_weight": rp.hidden_weight}
@@ -197,7 +199,7 @@ class Bench:
         from compresslab.data.metrics import mcnemar_pvalue
         from compresslab.eval.evaluate import predict, torch_forward
         from compresslab.models.loading import load
-        from compresslab.passes._structured import structure_of
+        from compresslab.pruning.speedup import structure_of
 
         got = _load().get("scores", {}).get(name)
         if got and got.get("model_sha") == model_sha(d):
@@ -225,7 +227,7 @@ class Bench:
         """The fused, parity-checked ONNX of the model in ``d`` (reused while ``d`` is unchanged)."""
         from compresslab.export import export_model
         from compresslab.models.loading import load
-        from compresslab.passes._structured import sample_batches
+        from compresslab.pruning.speedup import sample_batches
 
         out = WORK / "onnx" / d.relative_to(WORK / "models")
         prov = {"model_sha": model_sha(d)}
@@ -372,8 +374,8 @@ def run_all(args: argparse.Namespace) -> None:
         "recovery": ("none: one-shot (0 optimizer steps) for ZipLM, structured_l1 and layer_drop alike" if R == 0 else
                      f"{R} KD optimizer steps for EVERY compared model separately (each ZipLM member, each "
                      "structured_l1 member, each picked layer_drop depth): batch 32, lr "
-                     f"{B.zp.lr}, hardness {B.zp.hardness}, temperature {B.zp.temperature}, hidden_weight "
-                     f"{B.zp.hidden_weight}, seed {B.cfg.seed}, same data order"),
+                     f"{B.recovery.lr}, hardness {B.recovery.hardness}, temperature {B.recovery.temperature}, "
+                     f"hidden_weight {B.recovery.hidden_weight}, seed {B.cfg.seed}, same data order"),
         "family_oneshot_s_excludes": "recovery training (see 'recovery' wall times) and the latency table "
                                      "(latency_table_s, built before)",
         "ziplm_num_calibration": B.C, "ziplm_damp": B.zp.damp, "ziplm_mode": str(B.zp.mode.value),
