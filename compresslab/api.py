@@ -1,0 +1,446 @@
+"""The in-process API: compress a model you already hold, score it, time it; no Hydra, plain dicts.
+
+    result = compresslab.compress(model, tokenizer, ["obert", OBert(sparsity=0.8)], data=train, eval_data=dev)
+    result.model; result.metrics; result.export("out/")
+
+The same passes, checks and step loop as the CLI (:mod:`compresslab.pipeline`): every pass is built
+and validated, the data read and labelled, the head and the tokenizer checked, and the teacher
+settled before any training. Steps run in a temporary working directory that is removed with the
+result, unless ``output_dir`` asks for a run directory (the CLI's layout, resumable).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from compresslab.data.tasks import TaskData
+    from compresslab.pipeline.plan import Step
+    from compresslab.pipeline.state import RunState
+    from compresslab.types import Pass
+
+log = logging.getLogger(__name__)
+
+PassSpec = Any  # a registered name, a pass instance, or {"name": ..., **settings}
+
+
+def build_steps(passes: Sequence[PassSpec]) -> list["Step"]:
+    """Build and validate every pass, name each step, check the stage and teacher order.
+
+    A pass given by name gets its dataclass defaults (``conf/pass/<name>.yaml`` holds the CLI's,
+    which may read a budget). Raises PipelineError / ValueError / UnknownPassError.
+    """
+    from compresslab.pipeline.plan import PipelineError, Step, check_order
+    from compresslab.registry import build_pass
+    from compresslab.types import Pass
+
+    if isinstance(passes, (str, bytes)) or not isinstance(passes, Iterable):
+        raise PipelineError(f"passes must be a list of pass names or pass objects, got {passes!r}")
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(passes):
+        if isinstance(spec, str):
+            p = build_pass(spec)
+        elif isinstance(spec, Mapping):
+            d = dict(spec)
+            if "name" not in d:
+                raise PipelineError(f"passes[{i}]: a dict needs a 'name' key, got keys {sorted(d)}")
+            p = build_pass(d.pop("name"), **d)
+        elif isinstance(spec, Pass):
+            p = spec
+        else:
+            raise PipelineError(f"passes[{i}]: expected a pass name, a dict or a pass object, got {spec!r}")
+        seen[p.name] = seen.get(p.name, 0) + 1
+        name = p.name if seen[p.name] == 1 else f"{p.name}_{seen[p.name]}"
+        steps.append(Step(i, name, p))
+    if not steps:
+        raise PipelineError("passes is empty: name at least one pass, e.g. ['ort_int8_dynamic']")
+    check_order(steps)
+    return steps
+
+
+def _head(model: "nn.Module") -> "nn.Module | None":
+    """The last Linear of the sequence-classification head, or None for a bare encoder."""
+    from torch import nn
+
+    head = getattr(model, "classifier", None)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if head is not None else []
+    return linears[-1] if linears else None
+
+
+def _task_kind(model: "nn.Module") -> str | None:
+    """The task kind the model implies: embedding for a bare encoder, regression for a 1-output
+    regression head, None (the labels decide) for a classifier."""
+    from compresslab.models.loading import TASK_KEY
+
+    if model.config.__dict__.get(TASK_KEY) == "embedding":
+        return "embedding"
+    if _head(model) is None:
+        raise ValueError(f"{type(model).__name__} has no sequence-classification head: load the model with "
+                         "AutoModelForSequenceClassification (num_labels=<classes>), or pass kind='embedding' "
+                         "for sentence-pair similarity data")
+    if getattr(model.config, "problem_type", None) == "regression" or int(model.config.num_labels) == 1:
+        return "regression"
+    return None
+
+
+def _config_label2id(config: Any) -> dict[str, int] | None:
+    """The head's label names when they are real names (not transformers' LABEL_0 defaults)."""
+    l2i = dict(getattr(config, "label2id", None) or {}) if config is not None else {}
+    if not l2i or all(str(k).upper() == f"LABEL_{v}" for k, v in l2i.items()):
+        return None
+    return {str(k): int(v) for k, v in l2i.items()}
+
+
+def _needs_teacher(p: "Pass") -> bool:
+    """A pass that distils: it has recovery steps with a KD term (logits or hidden states)."""
+    r = getattr(p, "recovery", None)
+    return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
+
+
+def _head_untrained(model: "nn.Module") -> bool:
+    """A freshly initialised head: transformers zeroes its bias, and any training step moves it."""
+    lin = _head(model)
+    return lin is not None and lin.bias is not None and not bool(lin.bias.detach().abs().sum())
+
+
+def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData") -> None:
+    """A distilling pass needs a teacher: the given one, a finetune step's output, or the input model
+    with a trained head. Raises ValueError naming the step and what to pass instead."""
+    from compresslab.data.schema import TaskKind
+    from compresslab.data.user import check_labels_match_head
+
+    if teacher is not None and task.spec.kind is not TaskKind.EMBEDDING:
+        try:
+            check_labels_match_head(task, teacher.config)
+        except ValueError as e:
+            raise ValueError(f"teacher: {e}") from None
+    if teacher is not None or task.spec.kind is TaskKind.EMBEDDING:
+        return  # an embedder is its own teacher (embedding KD)
+    for s in steps:
+        if s.pass_.makes_teacher:
+            return  # every later pass distils from that step's output
+        if _needs_teacher(s.pass_) and _head_untrained(model):
+            raise ValueError(
+                f"step {s.name!r} distils from a teacher, but none can be built: teacher=None and the model's "
+                "classification head is freshly initialised (its bias is all zero), so a copy of it would teach "
+                "noise. Pass teacher=<a model fine-tuned on this task> or put 'finetune' first in passes")
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` returns: the compressed torch model, metrics, and exports on demand.
+
+    ``metrics`` is a plain dict: ``steps`` (per step: pass settings, the pass's metrics, eval-split
+    score and agreement after it, params, wall seconds), ``eval`` (the final torch model vs the
+    teacher on ``eval_data``, when given) and ``data`` (split sizes, label mapping).
+    """
+
+    model: "nn.Module"
+    tokenizer: Any
+    metrics: dict[str, Any]
+    run_dir: Path
+    onnx_path: Path | None = None  # the graph the last ONNX pass wrote, if any
+    _state: Any = field(default=None, repr=False)
+    _cleanup: Any = field(default=None, repr=False)
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write an ONNX directory (``model.onnx`` + config + tokenizer, optimum's ORTModel layout).
+
+        With ONNX passes (e.g. int8) it is the graph they wrote; otherwise the torch model exported
+        now, fused, with parity checked against PyTorch on real padded inputs (ParityError past the
+        tolerance). Returns ``out_dir``. Refuses a non-empty ``out_dir`` that is not an export.
+        """
+        from compresslab.pipeline.export import export_dir
+
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()) and not (out / "model.onnx").is_file():
+            raise FileExistsError(f"{out} is not empty and holds no model.onnx; choose an empty directory")
+        if self.onnx_path is None:
+            export_dir(self.model, self._state, out)
+            return out
+        src = self.onnx_path.parent
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+        for f in src.iterdir():  # the ONNX step dir: graph, config, tokenizer (+ external data)
+            if f.is_file() and f.name != "pass.json":
+                shutil.copy2(f, tmp / ("model.onnx" if f == self.onnx_path else f.name))
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            f.replace(out / f.name)
+        tmp.rmdir()
+        return out
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Save the torch model (+ tokenizer) as a compresslab checkpoint, reloadable by ``compresslab.load``."""
+        from compresslab.checkpoint import save
+
+        return save(self.model, out_dir, self.tokenizer)
+
+    def close(self) -> None:
+        """Remove the temporary working directory now (it is also removed when the result is collected)."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+
+def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, data: Any,
+             eval_data: Any = None, teacher: "nn.Module | None" = None, label2id: Mapping[str, int] | None = None,
+             kind: str | None = None, output_dir: str | Path | None = None, max_length: int = 128,
+             batch_size: int = 32, seed: int = 42, val_size: int | None = None, device: str = "auto",
+             inplace: bool = False, export: Mapping[str, Any] | None = None, progress: bool = True,
+             **columns: str) -> CompressResult:
+    """Compress ``model`` with ``passes`` on ``data``; returns a :class:`CompressResult`.
+
+    Args:
+        model: a Hugging Face BERT / RoBERTa / DistilBERT model (a sequence classifier for labelled
+            tasks, a bare encoder for ``kind="embedding"``). Copied unless ``inplace``.
+        tokenizer: its tokenizer.
+        passes: pass names (``"obert"``), pass objects (``compresslab.passes.OBert(sparsity=0.8)``) or
+            dicts ``{"name": "obert", "sparsity": 0.8}``, in order; TORCH passes before ONNX ones.
+        data: training data: a list of ``(text, label)`` / ``(text_a, text_b, label)``, a
+            ``datasets.Dataset``, or a CSV/TSV/JSONL path; labels may be strings. The validation split
+            (what passes may select on) is carved from it, seeded.
+        eval_data: the same kinds; scored after every step and reported, never selected on.
+        teacher: the model to distil from; default: the output of a ``finetune`` pass, else a frozen
+            copy of ``model`` as given (right for a model already fine-tuned on the task).
+        label2id: label names -> head ids; default: the model's ``config.label2id`` when it names
+            its labels, else sorted label strings.
+        output_dir: write a run directory (checkpoints, ``pass.json`` and ``manifest.json`` per step;
+            rerunning resumes after the last finished step); default: a temporary directory.
+        export: export settings (``opset``, ``optimize``, ``atol``, ``parity_examples``) over
+            ``conf/export/default.yaml``.
+        columns: ``text_column``, ``text_pair_column``, ``label_column`` for datasets and files.
+
+    Raises (all before any training, nothing written): ValueError for empty or unlabelled data,
+    untokenizable text, labels that do not match the model's head, a distilling pass without a
+    teacher, bad pass settings; PipelineError for a bad pass order; UnknownPassError for a name.
+    """
+    import torch
+
+    from compresslab.data.user import check_labels_match_head, check_tokenizable, task_from_user_data
+    from compresslab.models.adapters import get_adapter
+    from compresslab.pipeline.settings import RunSettings, default_settings
+    from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
+
+    unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
+    if unknown:
+        raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}")
+    steps = build_steps(passes)
+    get_adapter(model)  # UnsupportedArchitectureError names the supported ones
+    task = task_from_user_data(data, eval_data, label2id=label2id or _config_label2id(model.config),
+                               kind=kind if kind is not None else _task_kind(model), val_size=val_size, seed=seed, **columns)
+    check_labels_match_head(task, model.config)
+    check_tokenizable(task, tokenizer, max_length)
+    check_steps(steps, task)
+    _check_teacher(steps, model, teacher, task)
+    export_s, eval_s, bench_s = default_settings(export=export, eval={"enabled": len(task.dev) > 0},
+                                                 bench={"enabled": False})
+    settings = RunSettings(seed=seed, max_length=max_length, batch_size=batch_size, cache_dir=None,  # type: ignore[arg-type]
+                           threads=None, device=device, report=False, export=export_s, eval=eval_s, bench=bench_s)
+
+    run_dir, cleanup = _work_dir(output_dir)
+    try:
+        work = model if inplace else copy.deepcopy(model)
+        state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
+                         model=work.eval(), teacher=frozen(teacher) if teacher is not None else None,
+                         progress=tqdm_progress if progress else None)
+        state.initial_dense = frozen(work) if teacher is None else state.teacher
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG is not ours to move
+            torch.manual_seed(seed)
+            manifest = _run(state, steps, run_dir, task)
+    except BaseException:
+        if cleanup is not None:
+            cleanup()
+        raise
+    result = CompressResult(model=state.model, tokenizer=tokenizer, metrics=_metrics(manifest, state),
+                            run_dir=run_dir, onnx_path=state.onnx.onnx_path if state.onnx else None,
+                            _state=state, _cleanup=cleanup)
+    if cleanup is not None:
+        weakref.finalize(result, cleanup)
+    return result
+
+
+def _work_dir(output_dir: str | Path | None) -> tuple[Path, Any]:
+    if output_dir is not None:
+        return Path(output_dir), None
+    tmp = Path(tempfile.mkdtemp(prefix="compresslab-"))
+    return tmp, (lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData") -> Any:
+    """The CLI's step loop over an in-memory model; resumes a run dir made by the same call."""
+    from compresslab.manifest import RunManifest, stable_hash
+    from compresslab.pipeline.plan import RunDirConflictError
+    from compresslab.pipeline.steps import run_steps
+    from compresslab.registry import pass_to_dict
+
+    config = {"passes": [pass_to_dict(s.pass_) for s in steps], "step_names": [s.name for s in steps],
+              "data": {k: task.info.get(k) for k in ("sizes", "val_size", "val_seed", "label2id")},
+              "settings": {"seed": state.settings.seed, "max_length": state.settings.max_length,
+                           "batch_size": state.settings.batch_size}}
+    h = stable_hash(config)
+    manifest = None
+    if (run_dir / "manifest.json").is_file():
+        manifest = RunManifest.load(run_dir)
+        if manifest.data.get("config_hash") != h:
+            raise RunDirConflictError(f"{run_dir} holds a run of other passes or data; use another output_dir")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
+    if manifest is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manifest = state.new_manifest(run_dir, pipeline="compress", config_hash=h,
+                                      model_id=str(getattr(state.model.config, "_name_or_path", "") or "in-memory"),
+                                      config=config)
+    manifest.data["status"] = "running"
+    manifest.save()
+    run_steps(state, steps, run_dir, manifest)
+    manifest.data["status"] = "finished"
+    manifest.save()
+    return manifest
+
+
+def _metrics(manifest: Any, state: "RunState") -> dict[str, Any]:
+    steps = [{"name": s.name, "pass": s.pass_config, "metrics": s.result.get("metrics", {}),
+              "after": s.metrics_after, "wall_s": s.wall_s} for s in manifest.steps]
+    out: dict[str, Any] = {"steps": steps, "data": dict(state.task.info)}
+    if state.settings.eval.enabled:
+        out["eval"] = _final_eval(state)
+    return out
+
+
+def _final_eval(state: "RunState") -> dict[str, Any]:
+    """The teacher, the final torch model and the deployed ONNX graph (if any) on ``eval_data``;
+    ``score`` is what is deployed: the ONNX graph when an ONNX pass ran, else the torch model."""
+    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
+    from compresslab.pipeline.evaluate import teacher_scored
+
+    spec, kw = state.task.spec, dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
+    ref = teacher_scored(state)
+    models = {"teacher": compare(ref, None, spec),
+              "torch_final": compare(predict(torch_forward(state.model), spec, state.eval_examples, state.tokenizer,
+                                             **kw), ref, spec)}
+    if state.onnx is not None:
+        from compresslab.eval.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(state.onnx.onnx_path, threads=state.settings.threads)
+        models["deployed"] = compare(predict(onnx_forward(runner), spec, state.eval_examples, state.tokenizer, **kw),
+                                     ref, spec)
+    final = models.get("deployed", models["torch_final"])
+    return {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
+            "score": final["score"], "agreement": final.get("agreement"), "models": models}
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _load_onnx_dir(path: Path) -> tuple[Path, Any]:
+    from compresslab.models.loading import load_tokenizer
+
+    onnx = path if path.suffix == ".onnx" else path / "model.onnx"
+    if not onnx.is_file():
+        raise FileNotFoundError(f"{path}: no model.onnx (expected an export directory or an .onnx file)")
+    return onnx, load_tokenizer(onnx.parent)
+
+
+def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None,
+             label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
+             batch_size: int = 64, threads: int | None = None, **columns: str) -> dict[str, Any]:
+    """Score a torch model or an exported ONNX dir (or ``.onnx`` file) on ``data``; a plain dict.
+
+    ``data`` takes the same kinds as :func:`compress`. The tokenizer of an ONNX dir is read from the
+    dir. With ``reference`` (another model or ONNX dir) the result adds agreement with it and
+    McNemar's p-value. Returns ``{"n", "primary_metric", "score", <every metric>, ...}``; ValueError
+    for labels that do not match the model's head.
+    """
+    from compresslab.eval.evaluate import compare
+
+    kw = dict(label2id=label2id, kind=kind, max_length=max_length, batch_size=batch_size, threads=threads,
+              columns=columns)
+    scored, task = _predict(model, data, tokenizer, **kw)
+    ref = _predict(reference, data, tokenizer, **kw)[0] if reference is not None else None
+    return {"n": len(task.dev), "primary_metric": task.spec.primary_metric, **compare(scored, ref, task.spec)}
+
+
+def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
+             batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData"]:
+    from compresslab.data.user import check_labels_match_head, task_from_user_data
+    from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
+
+    if isinstance(model, (str, Path)):
+        from compresslab.eval.onnx_runner import OnnxRunner
+
+        onnx, tok = _load_onnx_dir(Path(model))
+        forward, tok = onnx_forward(OnnxRunner(onnx, threads=threads)), tokenizer or tok
+        config = _read_export_config(onnx.parent)
+    else:
+        if tokenizer is None:
+            raise ValueError("evaluate(model, data) of a torch model needs its tokenizer: evaluate(model, data, tok)")
+        forward, tok, config = torch_forward(model.eval()), tokenizer, model.config
+        kind = kind or _task_kind(model)
+    if config is not None and kind is None and int(getattr(config, "num_labels", 2)) == 1:
+        kind = "regression"
+    l2i = label2id or _config_label2id(config)
+    task = task_from_user_data(data, data, label2id=l2i, kind=kind, val_size=0, **columns)
+    if config is not None:
+        check_labels_match_head(task, config)
+    return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task
+
+
+def _read_export_config(d: Path) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(d, local_files_only=True) if (d / "config.json").is_file() else None
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tuple[int, int]] = ((1, 128), (32, 128)),
+              threads: int | None = None, denominator: str | None = None, warmup: int = 5, runs: int = 30,
+              min_time_s: float = 2.0, max_runs: int = 300, seed: int = 0) -> dict[str, Any]:
+    """Interleaved CPU latency of ONNX dirs/files and torch models (MEASURE.md "Speed"); a plain dict.
+
+    ``models``: a list (named by position: the dir name, or ``torch_<i>``) or ``{name: model}``.
+    Every model runs at every ``(batch, seq)`` with random token ids, interleaved round by round,
+    after ``warmup`` untimed calls. Returns ``{"latency": {name: {"b1xs128": {"p50_ms", "p90_ms",
+    ...}}}, "speedups": {name: {shape: x}} (vs ``denominator``, default the first model),
+    "threads", "hardware", "settings"}``.
+    """
+    from compresslab.bench import OrtRunner, TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
+    from compresslab.bench import speedups as speedup_table
+
+    items = dict(models) if isinstance(models, Mapping) else {_name(m, i): m for i, m in enumerate(models)}
+    if not items:
+        raise ValueError("benchmark() needs at least one model")
+    n = resolve_threads(threads)
+    runners: dict[str, Any] = {}
+    vocab = None
+    for name, m in items.items():
+        if isinstance(m, (str, Path)):
+            onnx, _ = _load_onnx_dir(Path(m))
+            cfg = _read_export_config(onnx.parent)
+            vocab = vocab or (int(cfg.vocab_size) if cfg is not None else None)
+            runners[name] = OrtRunner(onnx, n, vocab_size=vocab)
+        else:
+            vocab = vocab or int(m.config.vocab_size)
+            runners[name] = TorchRunner(m.eval(), n)
+    denominator = denominator or next(iter(items))
+    if denominator not in runners:
+        raise ValueError(f"denominator {denominator!r} is not one of {sorted(runners)}")
+    lat = measure_latency(runners, [tuple(map(int, s)) for s in shapes], warmup=warmup, runs=runs,
+                          min_time_s=min_time_s, seed=seed, vocab_size=vocab, max_runs=max_runs)
+    return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,
+            "threads": n, "runners": lat.get("runners"), "hardware": hardware_fingerprint(),
+            "settings": {"shapes": [list(s) for s in shapes], "warmup": warmup, "runs": runs,
+                         "min_time_s": min_time_s, "max_runs": max_runs, "seed": seed}}
+
+
+def _name(m: Any, i: int) -> str:
+    if isinstance(m, (str, Path)):
+        p = Path(m)
+        return p.parent.name if p.suffix == ".onnx" else p.name
+    return f"torch_{i}"

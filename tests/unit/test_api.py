@@ -1,0 +1,183 @@
+"""The in-process API on tiny models: every data kind, the same passes as the CLI, exports that
+load and score, and bad input refused before any training with nothing written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import compresslab
+from compresslab.models.tiny import tiny_model
+from compresslab.testing import tiny_sentiment
+
+NAMES = ["neg", "pos"]
+FAST_MAGNITUDE = {"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 2}}
+
+
+def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    return [(e.text_a, NAMES[e.label]) for e in tiny_sentiment(n, seed)]
+
+
+def _trained(seed: int = 0) -> torch.nn.Module:
+    """A tiny classifier whose head has been 'trained' (non-zero bias): it can serve as its own teacher."""
+    m = tiny_model("bert", seed=seed)
+    with torch.no_grad():
+        m.classifier.bias.add_(0.01)
+    return m
+
+
+def _kw(**over):
+    return dict(max_length=32, batch_size=8, progress=False, **over)
+
+
+def test_compress_tuples_with_string_labels_runs_the_passes_and_exports(tiny_tok, tmp_path):
+    model = _trained()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = compresslab.compress(model, tiny_tok, [FAST_MAGNITUDE, "ort_int8_dynamic"], data=_pairs(96, 0),
+                             eval_data=_pairs(32, 1), **_kw())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
+    lin = r.model.bert.encoder.layer[0].attention.self.query.weight
+    assert (lin == 0).float().mean().item() == pytest.approx(0.5, abs=0.1)
+    names = [s["name"] for s in r.metrics["steps"]]
+    assert names == ["magnitude", "ort_int8_dynamic"]
+    assert r.metrics["steps"][0]["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert r.metrics["eval"]["n"] == 32 and 0 <= r.metrics["eval"]["score"] <= 1
+    assert r.metrics["data"]["label2id"] == {"neg": 0, "pos": 1}
+    out = r.export(tmp_path / "onnx")
+    assert (out / "model.onnx").is_file() and (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    onnx_score = compresslab.evaluate(out, _pairs(32, 1))
+    torch_score = compresslab.evaluate(r.model, _pairs(32, 1), tiny_tok, max_length=32)
+    assert onnx_score["n"] == torch_score["n"] == 32
+    assert abs(onnx_score["score"] - torch_score["score"]) <= 2 / 32  # int8 may flip a near-tie or two
+    work = r.run_dir
+    assert work.is_dir()
+    r.close()
+    assert not work.exists()  # no run dir unless asked
+
+
+def test_compress_without_onnx_pass_exports_fp32_with_parity_and_reloads(tiny_tok, tmp_path):
+    r = compresslab.compress(_trained(), tiny_tok, ["magnitude"], data=_pairs(64, 0), **_kw())
+    assert "eval" not in r.metrics  # no eval_data: nothing scored, nothing claimed
+    out = r.export(tmp_path / "fp32")
+    assert (out / "model.onnx").is_file() and json.loads((out / "parity.json").read_text())
+    ck = r.save(tmp_path / "ck")
+    again = compresslab.load(ck)
+    x = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        assert torch.allclose(again(**x).logits, r.model(**x).logits, atol=1e-5)
+
+
+def test_pair_tuples_dataset_csv_and_jsonl_all_feed_compress(tiny_tok, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ex = tiny_sentiment(48, 0)
+    pairs = [(e.text_a, "the movie", NAMES[e.label]) for e in ex]
+    ds = datasets.Dataset.from_dict({"sentence": [e.text_a for e in ex], "label": [e.label for e in ex]})
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows((e.text_a, NAMES[e.label]) for e in ex)
+    with open(tmp_path / "d.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": e.text_a, "label": NAMES[e.label]}) + "\n" for e in ex)
+    for data in (pairs, ds, str(tmp_path / "d.csv"), tmp_path / "d.jsonl"):
+        r = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=data, eval_data=data, **_kw())
+        assert r.metrics["eval"]["n"] == 48 and r.onnx_path is not None and r.onnx_path.is_file()
+        r.close()
+
+
+def test_output_dir_is_a_resumable_run_dir_with_pass_json(tiny_tok, tmp_path):
+    kw = _kw(data=_pairs(64, 0), output_dir=tmp_path / "run")
+    r = compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], **kw)
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["status"] == "finished" and m["pipeline"] == "compress"
+    pj = json.loads((tmp_path / "run" / "steps" / "00_magnitude" / "pass.json").read_text())
+    assert pj["pass"]["sparsity"] == 0.5
+    assert (tmp_path / "run" / "steps" / "00_magnitude" / "model.sparse.safetensors").is_file()
+    again = compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], **kw)  # finished steps are restored
+    assert torch.equal(again.model.bert.encoder.layer[0].output.dense.weight,
+                       r.model.bert.encoder.layer[0].output.dense.weight)
+    with pytest.raises(compresslab.pipeline.RunDirConflictError):
+        compresslab.compress(_trained(), tiny_tok, [{"name": "magnitude", "sparsity": 0.3}], **kw)
+
+
+def test_benchmark_returns_plain_dicts(tiny_tok, tmp_path):
+    r = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(48, 0), **_kw())
+    out = r.export(tmp_path / "int8")
+    res = compresslab.benchmark({"int8": out, "torch": r.model}, shapes=[(1, 16), (2, 16)], warmup=1, runs=2,
+                                min_time_s=0.0, threads=1)
+    assert set(res["latency"]) == {"int8", "torch"} and set(res["latency"]["int8"]) == {"b1xs16", "b2xs16"}
+    assert res["speedups"]["int8"]["b1xs16"] == 1.0 and res["denominator"] == "int8"
+    json.dumps(res)
+
+
+def _no_training(monkeypatch):
+    """Running any step fails the test: bad input must be refused before the first pass starts."""
+    import compresslab.api as api
+
+    def boom(*a, **k):
+        raise AssertionError("the passes started before the bad input was refused")
+
+    monkeypatch.setattr(api, "_run", boom)
+
+
+@pytest.mark.parametrize("data,match", [
+    ([], "empty"),
+    ([("good movie", "pos"), (None, "neg")], "text"),
+    ([("good movie", "pos"), ("", "neg")], "empty|blank"),
+    ([("good movie", "pos"), (3.5, "neg")], "text"),
+])
+def test_bad_data_is_refused_before_training_and_nothing_is_written(tiny_tok, tmp_path, monkeypatch, data, match):
+    _no_training(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], data=data, output_dir=tmp_path / "run", **_kw())
+    assert not (tmp_path / "run").exists()
+
+
+def test_untokenizable_text_is_named(tiny_tok, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    data = _pairs(40, 0) + [("\u200b\u200b", "pos")]  # only zero-width characters: no tokens at all
+    with pytest.raises(ValueError, match="token|empty|blank"):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], data=data, output_dir=tmp_path / "run", **_kw())
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_that_do_not_match_the_head(tiny_tok, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    three = [(t, lab) for t, lab in _pairs(60, 0)] + [("it was fine", "meh")]
+    with pytest.raises(ValueError, match="3|labels"):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], data=three, output_dir=tmp_path / "r", **_kw())
+    named = _trained()
+    named.config.id2label, named.config.label2id = {0: "NEGATIVE", 1: "POSITIVE"}, {"NEGATIVE": 0, "POSITIVE": 1}
+    with pytest.raises(ValueError, match="neg|NEGATIVE"):
+        compresslab.compress(named, tiny_tok, [FAST_MAGNITUDE], data=_pairs(60, 0), **_kw())
+    assert not (tmp_path / "r").exists()
+
+
+def test_distilling_pass_without_a_buildable_teacher(tiny_tok, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    fresh = tiny_model("bert")  # transformers' fresh head: zero bias, it would teach noise
+    with pytest.raises(ValueError, match="none can be built.*finetune"):
+        compresslab.compress(fresh, tiny_tok, [FAST_MAGNITUDE], data=_pairs(60, 0), output_dir=tmp_path / "r",
+                             **_kw())
+    assert not (tmp_path / "r").exists()
+    # a teacher given, or no KD in the pass, or a finetune step first: all fine up front
+    compresslab.compress(fresh, tiny_tok, [{"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 0}}],
+                         data=_pairs(40, 0), **_kw()).close()
+
+
+def test_bad_passes_are_refused_up_front(tiny_tok):
+    from compresslab.pipeline import PipelineError
+    from compresslab.registry import UnknownPassError
+
+    with pytest.raises(UnknownPassError, match="known passes"):
+        compresslab.compress(_trained(), tiny_tok, ["nope"], data=_pairs(40, 0), **_kw())
+    with pytest.raises(PipelineError, match="TORCH pass after the ONNX pass"):
+        compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic", "magnitude"], data=_pairs(40, 0), **_kw())
+    with pytest.raises(ValueError, match="sparsity"):
+        compresslab.compress(_trained(), tiny_tok, [compresslab.passes.Magnitude(sparsity=0.5), {"name": "magnitude",
+                             "sparsity": 1.5}], data=_pairs(40, 0), **_kw())
+    with pytest.raises(PipelineError, match="empty"):
+        compresslab.compress(_trained(), tiny_tok, [], data=_pairs(40, 0), **_kw())
