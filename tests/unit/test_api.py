@@ -163,9 +163,13 @@ def test_distilling_pass_without_a_buildable_teacher(tiny_tok, tmp_path, monkeyp
         compresslab.compress(fresh, tiny_tok, [FAST_MAGNITUDE], data=_pairs(60, 0), output_dir=tmp_path / "r",
                              **_kw())
     assert not (tmp_path / "r").exists()
-    # a teacher given, or no KD in the pass, or a finetune step first: all fine up front
+
+
+def test_fresh_head_is_fine_without_kd_or_with_a_teacher(tiny_tok):
+    fresh = tiny_model("bert")
     compresslab.compress(fresh, tiny_tok, [{"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 0}}],
                          data=_pairs(40, 0), **_kw()).close()
+    compresslab.compress(fresh, tiny_tok, [FAST_MAGNITUDE], data=_pairs(40, 0), teacher=_trained(), **_kw()).close()
 
 
 def test_bad_passes_are_refused_up_front(tiny_tok):
