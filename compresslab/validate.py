@@ -63,6 +63,13 @@ def check_positive(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
+    """One of ``allowed`` (compared by type too, so ``True`` is not ``1`` and ``"true"`` is not ``True``)."""
+    if not any(value == a and type(value) is type(a) for a in allowed):
+        raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(repr(a) for a in allowed)}")
+    return value
+
+
 def check_bools(p: Any, *names: str) -> None:
     """Reject non-bool flags of pass ``p`` (YAML ``"false"`` as a string would be truthy)."""
     for n in names:
@@ -70,5 +77,5 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["check_bools", "check_fraction", "check_int", "check_positive", "check_positive_int", "coerce_enum",
+__all__ = ["check_bools", "check_choice", "check_fraction", "check_int", "check_positive", "check_positive_int", "coerce_enum",
            "is_int", "is_number"]

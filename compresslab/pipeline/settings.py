@@ -13,32 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from compresslab.validate import check_choice, check_int, check_positive, check_positive_int
+
 T = TypeVar("T")
-
-
-# TODO(after the validate.py move lands): use compresslab.validate's shared checks.
-def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
-    if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(repr(a) for a in allowed)}")
-    return value
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def check_nonneg_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def check_positive_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
 
 EVAL_SPLITS = ("dev", "validation")
 GPU_MODES = ("auto", "off", "ort_cuda", "torch_cuda")
@@ -76,7 +53,7 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         check_positive_int(self.opset, "opset")
-        check_positive_number(self.atol, "atol")
+        check_positive(self.atol, "atol")
         check_positive_int(self.parity_examples, "parity_examples")
 
 
@@ -120,7 +97,7 @@ class DeepSparseSettings:
         object.__setattr__(self, "op_types", tuple(str(o) for o in self.op_types))
         for name in ("seq", "num_calibration", "runs", "max_runs"):
             check_positive_int(getattr(self, name), name)
-        check_nonneg_int(self.warmup, "warmup")
+        check_int(self.warmup, "warmup", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -154,7 +131,7 @@ class BenchSettings:
         object.__setattr__(self, "shapes", tuple(shapes))
         if self.threads is not None:
             check_positive_int(self.threads, "threads")
-        check_nonneg_int(self.warmup, "warmup")
+        check_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.runs, "runs")
         check_choice(self.gpu, GPU_MODES, "gpu")
         if not isinstance(self.deepsparse, DeepSparseSettings):
