@@ -30,8 +30,11 @@ FLOOR = {
 
 
 def _room(module: str) -> str:
+    """``compresslab.pipeline.steps`` -> ``pipeline``; a name taken from the face (``__version__``) -> ``__init__``."""
     parts = module.split(".")
-    return "__init__" if len(parts) == 1 else parts[1]
+    if len(parts) == 1 or not ((PKG / parts[1]).is_dir() or (PKG / f"{parts[1]}.py").is_file()):
+        return "__init__"
+    return parts[1]
 
 
 def _imports(path: Path, module: str) -> list[tuple[int, str]]:
