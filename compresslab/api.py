@@ -117,7 +117,7 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
     """A distilling pass needs a teacher: the given one, a finetune step's output, or the input model
     with a trained head. Raises ValueError naming the step and what to pass instead."""
     from compresslab.data.schema import TaskKind
-    from compresslab.data.user import check_labels_match_head
+    from compresslab.data.checks import check_labels_match_head
 
     if teacher is not None and task.spec.kind is not TaskKind.EMBEDDING:
         try:
@@ -225,7 +225,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     """
     import torch
 
-    from compresslab.data.user import check_labels_match_head, check_tokenizable, task_from_user_data
+    from compresslab.data.checks import check_labels_match_head, check_tokenizable
+    from compresslab.data.user import task_from_user_data
     from compresslab.models.adapters import get_adapter
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
@@ -369,7 +370,8 @@ def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = N
 
 def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
              batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData"]:
-    from compresslab.data.user import check_labels_match_head, task_from_user_data
+    from compresslab.data.checks import check_labels_match_head
+    from compresslab.data.user import task_from_user_data
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
 
     if isinstance(model, (str, Path)):

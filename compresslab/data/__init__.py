@@ -26,7 +26,8 @@ from compresslab.data.tasks import (
     load_task,
     resolve_data_root,
 )
-from compresslab.data.user import check_labels_match_head, check_tokenizable, task_from_user_data
+from compresslab.data.checks import check_labels_match_head, check_tokenizable
+from compresslab.data.user import task_from_user_data
 
 _LAZY = {
     "calibration_examples": "compresslab.data.loaders",

@@ -18,7 +18,7 @@ from compresslab.data.readers import file_sha256
 from compresslab.data.schema import Example, MissingSplit, TaskData, TaskKind, TaskSpec
 from compresslab.data.tasks import _carve, _check_count
 
-__all__ = ["check_labels_match_head", "check_tokenizable", "task_from_user_data"]
+__all__ = ["task_from_user_data"]
 
 # Column names tried when the caller names none: pairs first (GLUE / HF hub names), then singles.
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("question1", "question2"),
@@ -26,7 +26,7 @@ PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("question
 TEXT_COLUMNS = ("text", "sentence", "text_a", "sentence1", "question", "premise")
 LABEL_COLUMNS = ("label", "labels", "score")
 # Where the names of class ids came from; only name-based sources are compared with config.id2label.
-_NAMED_SOURCES = ("label2id", "class_label", "sorted_strings")
+NAMED_SOURCES = ("label2id", "class_label", "sorted_strings")
 
 
 @dataclass
@@ -414,110 +414,3 @@ def task_from_user_data(
         "missing_splits": {"dev": dev.reason} if isinstance(dev, MissingSplit) else {},
     }
     return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info)
-
-
-def _model_id2label(config: Any) -> dict[int, str] | None:
-    """``config.id2label`` with int keys, or None when absent or the default ``LABEL_<i>`` names."""
-    raw = getattr(config, "id2label", None) or {}
-    id2label = {int(k): str(v) for k, v in dict(raw).items()}
-    if not id2label or all(v == f"LABEL_{k}" for k, v in id2label.items()):
-        return None
-    return id2label
-
-
-def check_labels_match_head(task: TaskData, model_config: Any) -> None:
-    """Raise ``ValueError`` when the model's head cannot be trained / scored on ``task``.
-
-    Checks, from ``model_config`` (a transformers ``PretrainedConfig`` or anything with the same
-    attributes): a classification task needs ``num_labels == task.spec.num_labels`` and
-    ``problem_type`` None or ``"single_label_classification"`` (``num_labels == 1`` means
-    regression to transformers); a regression task needs ``num_labels == 1`` and ``problem_type``
-    None or ``"regression"``. When the config has non-default ``id2label`` names and the task's
-    class names came from names (``info["label_source"]`` is ``label2id``, ``class_label`` or
-    ``sorted_strings``), each id must carry the same name (compared case-insensitively).
-    Embedding tasks use no head and pass. Returns None.
-    """
-    spec, name = task.spec, task.spec.name
-    if spec.kind is TaskKind.EMBEDDING:
-        return
-    num = getattr(model_config, "num_labels", None)
-    problem = getattr(model_config, "problem_type", None)
-    head = f"the model head has num_labels={num}, problem_type={problem!r}"
-    if spec.kind is TaskKind.REGRESSION:
-        if num != 1 or problem not in (None, "regression"):
-            raise ValueError(f"task {name!r} is regression (one score per example) but {head}; load the model "
-                             f"with num_labels=1, or pass kind='classification' if the labels are classes")
-        return
-    if num == 1 or problem == "regression":
-        raise ValueError(f"task {name!r} is classification with {spec.num_labels} classes but {head} (a "
-                         f"regression head); load the model with num_labels={spec.num_labels}")
-    if problem not in (None, "single_label_classification"):
-        raise ValueError(f"task {name!r} is single-label classification but {head}; only single-label "
-                         f"classification and regression heads are supported")
-    if num != spec.num_labels:
-        raise ValueError(f"task {name!r} has {spec.num_labels} classes {list(spec.label_names)} but {head}; "
-                         f"load the model with num_labels={spec.num_labels} or fix the labels")
-    id2label = _model_id2label(model_config)
-    if id2label is None or task.info.get("label_source") not in _NAMED_SOURCES:
-        return
-    wrong = [(i, n, id2label.get(i)) for i, n in enumerate(spec.label_names)
-             if str(id2label.get(i, "")).casefold() != n.casefold()]
-    if wrong:
-        listed = "; ".join(f"id {i}: data {n!r}, model {m!r}" for i, n, m in wrong)
-        raise ValueError(f"task {name!r}: class names disagree with the model's config.id2label ({listed}); "
-                         f"pass label2id=model.config.label2id so the data uses the model's ids")
-
-
-def _encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[list[int]]:
-    """Content token ids (no special tokens) per text, after encoding each example as the loaders do.
-
-    The joint call (pairs together, truncated to ``max_length``) is what training sees and is what
-    may raise; the second call, every text on its own, finds texts that leave no tokens at all.
-    """
-    for paired in (False, True):
-        part = [e for e in examples if (e.text_b is not None) == paired]
-        if part:
-            tokenizer([e.text_a for e in part], [e.text_b for e in part] if paired else None,
-                      truncation=True, max_length=max_length, padding=False)
-    texts = [t for e in examples for t in (e.text_a, e.text_b) if t is not None]
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=True,
-                                           max_length=max_length, padding=False)["input_ids"]]
-
-
-def check_tokenizable(task: TaskData, tokenizer: Any, max_length: int, *, chunk: int = 1024) -> None:
-    """Raise ``ValueError`` naming the first example (split, index, repr) that cannot be tokenized.
-
-    Looks at train, validation and dev in that order: every ``text_a`` (and ``text_b`` when not
-    None) must be a non-empty, non-blank ``str``; the tokenizer must encode each example as the
-    loaders do (pairs jointly, truncated to ``max_length``) without raising, and each text must
-    yield at least one non-special token (text made only of characters the tokenizer drops fails).
-    Tokenizes in batches of ``chunk``; re-encodes one by one only to find a failing example.
-    """
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
-    name = task.spec.name
-    for split in ("train", "validation", "dev"):
-        examples = list(getattr(task, split))
-        for i, e in enumerate(examples):
-            for text, role in ((e.text_a, "text_a"), (e.text_b, "text_b")):
-                if (role == "text_a" or text is not None) and (not isinstance(text, str) or not text.strip()):
-                    raise ValueError(f"task {name!r}: {split}[{i}] {role} must be a non-empty str, got "
-                                     f"{text!r}: {e!r}")
-        for start in range(0, len(examples), chunk):
-            part = examples[start:start + chunk]
-            try:
-                content = _encode(tokenizer, part, max_length)
-            except Exception as batch_err:  # noqa: BLE001 - any tokenizer failure names its example
-                for j, e in enumerate(part):
-                    try:
-                        _encode(tokenizer, [e], max_length)
-                    except Exception as err:  # noqa: BLE001
-                        raise ValueError(f"task {name!r}: the tokenizer failed on {split}[{start + j}] {e!r}: "
-                                         f"{type(err).__name__}: {err}") from err
-                raise ValueError(f"task {name!r}: the tokenizer failed on {split}[{start}:{start + len(part)}] "
-                                 f"but on no single example: {batch_err}") from batch_err
-            sides = [(start + j, t, e) for j, e in enumerate(part) for t in (e.text_a, e.text_b) if t is not None]
-            for (i, text, e), ids in zip(sides, content):
-                if not ids:
-                    raise ValueError(f"task {name!r}: {split}[{i}] text {text!r} yields no tokens "
-                                     f"(only characters the tokenizer drops): {e!r}")

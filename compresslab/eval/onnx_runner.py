@@ -73,7 +73,7 @@ class OnnxRunner:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see bench/probe_load.py
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see bench/load_probe.py
         self.threads = threads
         self.providers = providers
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)

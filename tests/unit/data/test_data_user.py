@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from compresslab.data.schema import DataNotFoundError, Example, MissingSplit, SplitUnavailableError, TaskKind
-from compresslab.data.user import check_labels_match_head, check_tokenizable, task_from_user_data
+from compresslab.data.checks import check_labels_match_head, check_tokenizable
+from compresslab.data.user import task_from_user_data
 
 SENTS = ["good film", "bad film", "very good", "not good", "the plot", "a movie", "it was bad", "very bad"]
 
