@@ -94,19 +94,44 @@ def _plain(v: Any) -> Any:
     return v
 
 
+# Version of the dict written by pass_to_dict: 1 = before #8 (recovery fields flat on the pass),
+# 2 = a nested ``recovery`` block. pass_from_dict reads both.
+PASS_SCHEMA = 2
+_FLAT_RECOVERY = {"steps": "steps", "recovery_steps": "steps", "lr": "lr", "hardness": "hardness",
+                  "temperature": "temperature", "hidden_weight": "hidden_weight"}
+
+
 def pass_to_dict(p: Any) -> dict[str, Any]:
-    """JSON-able dict of a pass's settings, with its name, for manifests and round trips.
+    """JSON-able dict of a pass's settings, with its name and ``schema`` version, for manifests,
+    ``pass.json`` and round trips.
 
     A nested settings block (``recovery``) becomes a dict; the pass's ``__post_init__`` turns it
     back into its dataclass, so :func:`pass_from_dict` rebuilds an equal pass.
     """
-    out: dict[str, Any] = {"name": p.name}
+    out: dict[str, Any] = {"name": p.name, "schema": PASS_SCHEMA}
     for f in dataclasses.fields(p):
         out[f.name] = _plain(getattr(p, f.name))
     return out
 
 
 def pass_from_dict(d: dict[str, Any]) -> Pass:
-    """Inverse of :func:`pass_to_dict` (nested blocks are rebuilt by the pass's ``__post_init__``)."""
+    """Inverse of :func:`pass_to_dict`; also reads schema 1 dicts (flat recovery fields).
+
+    Raises ValueError for a schema newer than this version knows, UnknownPassError for a name.
+    """
     d = dict(d)
-    return build_pass(d.pop("name"), **d)
+    schema = int(d.pop("schema", 1))
+    if schema > PASS_SCHEMA:
+        raise ValueError(f"pass dict schema {schema} is newer than this compresslab reads ({PASS_SCHEMA}); upgrade")
+    name = d.pop("name")
+    if schema == 1:
+        d = _migrate_v1(get_pass(name), d)
+    return build_pass(name, **d)
+
+
+def _migrate_v1(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: a pass that now has a ``recovery`` block took its fields flat."""
+    if "recovery" not in {f.name for f in dataclasses.fields(cls)} or "recovery" in d:
+        return d
+    rec = {new: d.pop(old) for old, new in _FLAT_RECOVERY.items() if old in d}
+    return {**d, "recovery": rec}
