@@ -87,4 +87,6 @@ class Magnitude:
         finally:
             model.to(before)
         metrics["size"] = sparse_size_bytes(model, list(modules))
-        return PassResult(metrics=metrics, structure=structure)
+        # the sparse int8 checkpoint stores the zeros as a bitmask: worth writing once any weight is pruned
+        formats = ["sparse_int8"] if metrics["sparsity"] else []
+        return PassResult(metrics=metrics, structure=structure, formats=formats)

@@ -184,7 +184,9 @@ class OBert:
         if grid is not None:
             metrics["damp_grid"] = grid
         metrics["size"] = sparse_size_bytes(model, list(modules))
-        return PassResult(metrics=metrics, structure=structure)
+        # the sparse int8 checkpoint stores the zeros as a bitmask: worth writing once any weight is pruned
+        formats = ["sparse_int8"] if metrics["sparsity"] else []
+        return PassResult(metrics=metrics, structure=structure, formats=formats)
 
     def _choose_damp(self, model: nn.Module, ctx: PassContext, batches: Iterator[dict[str, Tensor]],
                      names: list[str]) -> tuple[float, dict[str, Any], dict[str, Tensor] | None]:

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from compresslab.config import config_dir
-from compresslab.checkpoint import load, save
+from compresslab.checkpoint import check_formats, load, save
 from compresslab.models.tiny import tiny_model
 from compresslab.registry import available_passes, pass_from_dict, pass_to_dict
 from compresslab.training import Recovery
@@ -105,6 +105,7 @@ def test_apply_save_reload_export(name, tiny_tok, tiny_ctx, tmp_path):
         return
     res = p.apply(model, ctx)
     assert isinstance(res, PassResult)
+    assert check_formats(res.formats, name) == res.formats  # only formats the checkpoint can write
     json.dumps(res.to_dict())  # plain JSON-able values only
     model.eval()
     ref = model(**batches[0]).logits

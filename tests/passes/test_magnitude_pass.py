@@ -22,6 +22,7 @@ def test_oneshot_global_exact_and_smallest_weights_go(tiny_ctx):
     thr = allw.kthvalue(k).values
     res = Magnitude(sparsity=0.5, recovery=Recovery(steps=0)).apply(model, tiny_ctx())
     assert res.metrics["num_zero"] == k and res.metrics["sparsity"] == pytest.approx(0.5)
+    assert res.formats == ["sparse_int8"]  # declared by the pass, not inferred from the sparsity metric
     # without recovery, exactly the k smallest |w| are gone
     kept = torch.cat([m.weight.detach().reshape(-1) for m in mods.values()])
     assert bool((allw[kept == 0] <= thr).all()) and bool((allw[kept != 0] >= thr).all())
