@@ -17,7 +17,8 @@ import logging
 import time
 from pathlib import Path
 
-from compresslab.config import compose, setup_process
+from compresslab.cli import setup_process
+from compresslab.config import compose
 from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
@@ -37,18 +38,12 @@ def _store(key: str, sub: str | None, value) -> None:
 
 
 def _teacher_state(extra: list[str]):
-    from compresslab.passes.finetune import Finetune
-    from compresslab.runtime import RunState
-    from hydra.utils import instantiate
+    from compresslab.pipeline import teacher_state
 
     cfg = compose(["+pipeline=obert_int8", "budget=bench", *extra])
     setup_process(cfg.run.get("threads"), int(cfg.seed))
-    state = RunState.prepare(cfg, [])
-    state.load_initial()
-    ft: Finetune = instantiate(cfg.pipeline.passes.finetune)
+    state = teacher_state(cfg, Path("/tmp/obert-bench"))  # the cached bench teacher
     ctx = state.context(Path("/tmp/obert-bench"), Path("/tmp/obert-bench/step"))
-    ft.apply(state.model, ctx)  # cached bench teacher
-    state.teacher = state._frozen(state.model)
     return cfg, state, ctx
 
 

@@ -28,7 +28,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from compresslab.config import compose, setup_process
+from compresslab.cli import setup_process
+from compresslab.config import compose
 from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
 
 from _ziplm_store import RESULTS, ROOT, _fresh, _load, _put, _tag, model_sha, tk  # sibling module (script dir)
@@ -54,19 +55,15 @@ class Bench:
         from compresslab.bench.env import resolve_threads
         from compresslab.passes.finetune import Finetune
         from compresslab.passes.ziplm import ZipLM
-        from compresslab.runtime import RunState
+        from compresslab.pipeline import teacher_state
 
         self.args, self.R, self.C = args, int(args.recovery), int(args.calibration)
         self.cfg = compose(["+pipeline=ziplm_2x", "budget=bench"])
         self.torch_threads = setup_process(self.cfg.run.get("threads"), int(self.cfg.seed))
-        st = RunState.prepare(self.cfg, [])
-        st.load_initial()
+        st = teacher_state(self.cfg, WORK / "teacher")  # the cached bench teacher (trains it once if missing)
         ft: Finetune = instantiate(self.cfg.pipeline.passes.finetune)
-        ctx = st.context(WORK / "teacher", WORK / "teacher" / "step")
-        res = ft.apply(st.model, ctx)  # the cached bench teacher (trains it once if missing)
-        st.teacher = st._frozen(st.model)
         self.state, self.teacher, self.tok = st, st.teacher, st.tokenizer
-        self.finetune = {"preset": ft.preset, "cache_key": ft.cache_key(ctx), "cached": res.metrics.get("cached")}
+        self.finetune = {"preset": ft.preset, "cache_key": ft.cache_key(self.ctx("teacher"))}
         # one ZipLM config; structured_l1 and the recoveries copy its settings (same treatment)
         self.zp: ZipLM = instantiate(self.cfg.pipeline.passes.ziplm, num_calibration=self.C,
                                     _convert_="all")
@@ -82,7 +79,7 @@ class Bench:
 
     # ------------------------------------------------------------------ teacher, table
     def teacher_dir(self) -> Path:
-        from compresslab.models.loading import save
+        from compresslab.checkpoint import save
 
         d, prov = WORK / "models" / "teacher", {"finetune_key": self.finetune["cache_key"]}
         if not _fresh(d, prov):
@@ -93,7 +90,7 @@ class Bench:
 
     def latency_table(self, dense_onnx: Path) -> Any:
         from compresslab.bench.latency_table import build_latency_table
-        from compresslab.runtime import tqdm_progress
+        from compresslab.pipeline.state import tqdm_progress
 
         say("latency table (built before ZipLM runs, so the family timing has it cached)")
         t0 = time.perf_counter()
@@ -152,7 +149,7 @@ class Bench:
 
     def layer_drops(self) -> dict[int, Path]:
         from compresslab.models.adapters import get_adapter
-        from compresslab.models.loading import save
+        from compresslab.checkpoint import save
         from compresslab.passes.layer_drop import LayerDrop, evenly_spaced
 
         out, total = {}, get_adapter(self.teacher).num_layers
@@ -171,7 +168,7 @@ class Bench:
 
     def recovered(self, name: str, src: Path) -> Path:
         """``src`` after ``--recovery`` KD steps (the same recipe for every method); ``src`` if 0."""
-        from compresslab.models.loading import load, save
+        from compresslab.checkpoint import load, save
         from compresslab.pruning.speedup import recover
 
         if self.R == 0:
@@ -198,7 +195,7 @@ class Bench:
 
         from compresslab.data.metrics import mcnemar_pvalue
         from compresslab.eval.evaluate import predict, torch_forward
-        from compresslab.models.loading import load
+        from compresslab.checkpoint import load
         from compresslab.pruning.speedup import structure_of
 
         got = _load().get("scores", {}).get(name)
@@ -226,7 +223,7 @@ class Bench:
     def export(self, d: Path) -> Path:
         """The fused, parity-checked ONNX of the model in ``d`` (reused while ``d`` is unchanged)."""
         from compresslab.export import export_model
-        from compresslab.models.loading import load
+        from compresslab.checkpoint import load
         from compresslab.pruning.speedup import sample_batches
 
         out = WORK / "onnx" / d.relative_to(WORK / "models")
