@@ -1,4 +1,5 @@
-"""The bench stage: latency of the deployed file vs ``ort_fp32`` and torch fp32, per MEASURE.md."""
+"""The bench stage: latency of the deployed file and the dense teacher on ORT, OpenVINO and torch, vs
+``ort_fp32`` (canonical) and ``best_dense`` (the fastest dense teacher here), per MEASURE.md."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _real_batches(state: RunState, batch_size: int, max_batches: int | None) -> 
 
 
 def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
-    """Time the deployed file vs ``ort_fp32`` (and torch fp32), interleaved; write ``bench/latency.json``."""
+    """Time the deployed file and the dense teacher on every enabled backend, interleaved; write
+    ``bench/latency.json`` with speedups vs ``ort_fp32`` (canonical) and vs ``best_dense`` (honest)."""
     from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths, probe_load,
                                    real_length_speedups, speedups)
 
@@ -38,21 +40,48 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
     vocab = int(getattr(state.model.config, "vocab_size", 100))
     files = {"ort_fp32": teacher_onnx(run_dir, manifest), "deployed": Path(state.onnx.onnx_path)}
     runners: dict[str, Any] = {name: OrtRunner(p, threads, vocab_size=vocab) for name, p in files.items()}
-    if b.torch_fp32:
+    ran = {name: (p, _onnx_precision(p)) for name, p in files.items()}
+    dense = ["ort_fp32"]
+    notes: list[str] = []
+    skipped: dict[str, str] = {}
+    if "openvino" in b.backends:
+        ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes)
+        if reason:
+            skipped["openvino"] = reason
+            log.warning("bench: openvino skipped: %s", reason)
+        for name, r in ov.items():
+            runners[name] = r
+            ran[name] = (r.onnx_path, r.compiled_precision)
+            if not name.startswith("deployed"):
+                dense.append(name)
+    if "torch" in b.backends:
         runners["torch_fp32"] = TorchRunner(state.teacher_or_initial(), threads)
+        ran["torch_fp32"] = (None, "fp32")
+        dense.append("torch_fp32")
     shapes = list(b.shapes)
     log.info("bench: %s at %s, %d threads, interleaved", list(runners), shapes, threads)
     lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
                           seed=b.seed, vocab_size=vocab, max_runs=b.max_runs)
+    best = best_dense(lat["results"], dense)
     section: dict[str, Any] = {"threads": threads, "shapes": [list(s) for s in shapes], "denominator": b.denominator,
+                               "backends": list(b.backends), "skipped": skipped, "dense_runners": dense,
                                "latency": lat["results"], "speedups": speedups(lat, b.denominator),
+                               "best_dense": best, "speedups_best_dense": speedups_vs_best(lat["results"], best),
                                "torch_speedups": speedups(lat, "torch_fp32") if "torch_fp32" in runners else {},
-                               "runners": lat.get("runners"), "notes": []}
+                               "runners": lat.get("runners"),
+                               "files": {n: _rel(p, run_dir) for n, (p, _) in ran.items()},
+                               "precision": {n: prec for n, (_, prec) in ran.items()}, "notes": notes}
     if b.real_length:
         batches = _real_batches(state, b.real_length_batch_size, b.real_length_max_batches)
         rl = measure_real_lengths(dict(runners), batches, rounds=b.real_length_rounds)
         section["real_length"] = rl.get("results", rl)
         section["real_length_speedups"] = real_length_speedups(rl, b.denominator)
+        rbest = max(dense, key=lambda n: section["real_length"][n]["sentences_per_s"])
+        section["real_length_best_dense"] = rbest
+        section["real_length_speedups_best_dense"] = real_length_speedups(rl, rbest)
+    ov_names = [n for n in runners if "openvino" in n]
+    if ov_names and state.settings.eval.enabled:
+        section["scores"] = _score_openvino(state, {n: runners[n] for n in ov_names})
     if b.load_probe:
         section["load"] = {name: probe_load(p, threads, vocab_size=vocab) for name, p in files.items()}
     section["gpu"] = _gpu(state, files, shapes, b, vocab)
@@ -63,6 +92,91 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
     manifest.data["bench"] = section
     atomic_write_json(run_dir / "bench" / "latency.json", section)
     manifest.save()
+
+
+def best_dense(results: dict[str, Any], dense: list[str]) -> dict[str, dict[str, Any]]:
+    """Per shape, the fastest dense-teacher runner (MEASURE.md's honest denominator) and its p50."""
+    out: dict[str, dict[str, Any]] = {}
+    for shape in results[dense[0]]:
+        have = [n for n in dense if shape in results.get(n, {})]
+        name = min(have, key=lambda n: results[n][shape]["p50_ms"])
+        out[shape] = {"runner": name, "p50_ms": results[name][shape]["p50_ms"]}
+    return out
+
+
+def speedups_vs_best(results: dict[str, Any], best: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """p50(best dense at that shape) / p50(runner), per runner and shape; > 1 beats every dense backend."""
+    return {name: {shape: best[shape]["p50_ms"] / st["p50_ms"] for shape, st in per.items()
+                   if shape in best and st["p50_ms"] > 0}
+            for name, per in results.items()}
+
+
+def _rel(p: Path | None, run_dir: Path) -> str | None:
+    if p is None:
+        return None
+    try:
+        return str(Path(p).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _onnx_precision(path: Path) -> str:
+    """What an ORT file computes in: ``int4`` (MatMulNBits), ``int8`` (integer / QDQ ops) or ``fp32``."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    if "MatMulNBits" in ops:
+        return "int4"
+    if ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "QLinearMatMul"}:
+        return "int8"
+    return "fp32"
+
+
+def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, threads: int, vocab: int,
+                      notes: list[str]) -> tuple[dict[str, Any], str | None]:
+    """``openvino_<p>`` (dense teacher) and ``deployed_openvino_<p>`` per precision, or the reason to skip.
+
+    OpenVINO reads plain exports only: when the deployed file is ORT-only (dynamic int8
+    MatMulInteger, MatMulNBits), the final torch model's plain fp32 export stands in and a note says so.
+    """
+    from compresslab.bench.openvino_runner import OpenVinoRunner, openvino_missing_reason, plain_export, unreadable_ops
+
+    reason = openvino_missing_reason()
+    if reason:
+        return {}, reason
+    teacher = plain_export(teacher_onnx(run_dir, manifest))
+    deployed = Path(state.onnx.onnx_path)
+    dep = plain_export(deployed)
+    bad = unreadable_ops(dep)
+    if bad:
+        dep = plain_export(run_dir / manifest.data["export"]["fp32"]["path"])
+        notes.append(f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): "
+                     f"deployed_openvino_* run the final torch model's plain fp32 export {_rel(dep, run_dir)}.")
+    if dep.resolve() == teacher.resolve():
+        notes.append(f"openvino_* and deployed_openvino_* run the same file ({_rel(dep, run_dir)}): no torch pass "
+                     "changed the model, so their gap is measurement noise.")
+    out: dict[str, Any] = {}
+    for p in state.settings.bench.openvino_precisions:
+        out[f"openvino_{p}"] = OpenVinoRunner(teacher, threads, p, vocab_size=vocab)
+        out[f"deployed_openvino_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
+    if "openvino_default" in out:
+        notes.append(f"OpenVINO's default precision compiled as {out['openvino_default'].compiled_precision} "
+                     "on this CPU.")
+    return out, None
+
+
+def _score_openvino(state: RunState, runners: dict[str, Any]) -> dict[str, Any]:
+    """Eval-split score + agreement with the torch teacher of each OpenVINO cell (same compiled model)."""
+    from compresslab.eval.evaluate import compare, onnx_forward, predict
+    from compresslab.pipeline.evaluate import teacher_scored
+
+    kw = dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
+    ref = teacher_scored(state)
+    out = {}
+    for name, r in runners.items():
+        scored = predict(onnx_forward(r), state.task.spec, state.eval_examples, state.tokenizer, **kw)
+        out[name] = compare(scored, ref, state.task.spec)
+    return out
 
 
 def _gpu(state: RunState, files: dict[str, Path], shapes: list, b: BenchSettings, vocab: int) -> dict[str, Any]:

@@ -21,6 +21,8 @@ EVAL_SPLITS = ("dev", "validation")
 GPU_MODES = ("auto", "off", "ort_cuda", "torch_cuda")
 DEEPSPARSE_ENABLED = (False, "auto", True)
 INT8_FORMATS = ("qdq", "qoperator")
+BACKENDS = ("ort", "openvino", "torch")
+OPENVINO_PRECISIONS = ("default", "f32", "bf16")
 
 
 class SettingsError(ValueError):
@@ -113,7 +115,8 @@ class BenchSettings:
     max_runs: int | None
     seed: int
     denominator: str
-    torch_fp32: bool
+    backends: tuple[str, ...]
+    openvino_precisions: tuple[str, ...]
     real_length: bool
     real_length_batch_size: int
     real_length_max_batches: int | None
@@ -134,6 +137,22 @@ class BenchSettings:
         check_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.runs, "runs")
         check_choice(self.gpu, GPU_MODES, "gpu")
+        if isinstance(self.backends, str) or not self.backends:
+            raise ValueError(f"backends: a non-empty list of {list(BACKENDS)}, got {self.backends!r}")
+        backends = tuple(dict.fromkeys(check_choice(x, BACKENDS, "backends") for x in self.backends))
+        if "ort" not in backends:  # ort_fp32 is the canonical denominator and the deployed file's runtime
+            raise ValueError(f"backends: 'ort' is required (it runs ort_fp32 and the deployed file), got {list(backends)}")
+        object.__setattr__(self, "backends", backends)
+        if isinstance(self.openvino_precisions, str) or not self.openvino_precisions:
+            raise ValueError(f"openvino_precisions: a non-empty list of {list(OPENVINO_PRECISIONS)}, "
+                             f"got {self.openvino_precisions!r}")
+        precs = tuple(dict.fromkeys(check_choice(x, OPENVINO_PRECISIONS, "openvino_precisions")
+                                    for x in self.openvino_precisions))
+        object.__setattr__(self, "openvino_precisions", precs)
+        if "openvino" in backends and "bf16" in precs:  # fail at start, not after training
+            from compresslab.bench.openvino_runner import check_precision
+
+            check_precision("bf16")
         if not isinstance(self.deepsparse, DeepSparseSettings):
             object.__setattr__(self, "deepsparse", _build(DeepSparseSettings, "bench.deepsparse", self.deepsparse))
 

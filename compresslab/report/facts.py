@@ -112,6 +112,8 @@ class ModelRow:
     size_bytes: float | None = None
     p50_ms: dict[str, float] = field(default_factory=dict)
     speedup: dict[str, float] = field(default_factory=dict)
+    speedup_best: dict[str, float] = field(default_factory=dict)  # vs bench.best_dense at each shape
+    precision: str | None = None  # as compiled/run (bench.precision), e.g. fp32, int8, bf16
 
 
 def teacher_score(m: Mapping[str, Any]) -> float | None:
@@ -142,15 +144,22 @@ def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
     evals = as_dict(get(m, "eval", "models"))
     lat = as_dict(get(m, "bench", "latency"))
     spd = as_dict(get(m, "bench", "speedups"))
+    best = as_dict(get(m, "bench", "speedups_best_dense"))
+    prec = as_dict(get(m, "bench", "precision"))
+    bench_scores = as_dict(get(m, "bench", "scores"))  # OpenVINO cells, scored by bench on the same split
     keys = list(dict.fromkeys([*evals, *lat]))
     keys.sort(key=lambda k: (MODEL_ORDER.index(k) if k in MODEL_ORDER else len(MODEL_ORDER), k))
     deployed_as = get(m, "export", "deployed", "label")
     rows = []
     for k in keys:
         label = f"deployed ({deployed_as})" if k == "deployed" and deployed_as else k
-        e = as_dict(evals.get(k))
+        e = as_dict(evals.get(k)) or as_dict(bench_scores.get(k))
         row = ModelRow(k, label, num(e.get("score")), num(e.get("agreement")),
                        num(e.get("mcnemar_p")), _size_of(m, k))
+        row.precision = str(prec[k]) if prec.get(k) is not None else None
+        for shape, v in as_dict(best.get(k)).items():
+            if (x := num(v)) is not None:
+                row.speedup_best[shape] = x
         for shape, v in as_dict(lat.get(k)).items():
             if (p50 := num(get(v, "p50_ms"))) is not None:
                 row.p50_ms[shape] = p50

@@ -105,21 +105,28 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     split = F.get(m, "eval", "split") or "dev"
     with_p = any(r.mcnemar_p is not None for r in rows)
     headers = ["model", f"{split} {metric} (%)", "Δ vs teacher (pt)", "agreement (%)"]
-    headers += ["McNemar p"] * with_p + ["size (MB)"]
-    headers += [f"{s} p50 (ms)" for s in shapes] + [f"speedup {s}" for s in shapes]
+    denom = F.get(m, "bench", "denominator") or "ort_fp32"
+    best = F.as_dict(F.get(m, "bench", "best_dense"))
+    with_prec = any(r.precision for r in rows)
+    headers += ["McNemar p"] * with_p + ["size (MB)"] + ["precision"] * with_prec
+    headers += [f"{s} p50 (ms)" for s in shapes]
+    headers += [f"vs best_dense {s}" for s in shapes] * bool(best) + [f"vs {denom} {s}" for s in shapes]
     table = []
     for r in rows:
         delta = r.score - teacher if r.score is not None and teacher is not None else None
         cells = [r.label, pct(r.score), pt(delta), pct(r.agreement)]
-        cells += [plain(r.mcnemar_p)] * with_p + [mb(r.size_bytes)]
+        cells += [plain(r.mcnemar_p)] * with_p + [mb(r.size_bytes)] + [plain(r.precision)] * with_prec
         cells += [ms(r.p50_ms.get(s)) for s in shapes]
+        cells += [times(r.speedup_best.get(s)) for s in shapes] * bool(best)
         cells += [times(r.speedup.get(s)) for s in shapes]
         table.append(cells)
-    denom = F.get(m, "bench", "denominator") or "ort_fp32"
     threads = F.get(m, "bench", "threads")
     caption = (f"Δ in points (0.01) against teacher_torch; size is the on-disk bytes of that "
                f"artifact (MB = 10^6 bytes); latency is the median at {plain(threads)} threads; "
-               f"speedup = {denom} p50 / model p50.")
+               f"speedup = reference p50 / model p50.")
+    if best:
+        caption += (" best_dense = the fastest dense teacher over every enabled backend and precision: "
+                    + ", ".join(f"{s}: {plain(F.get(v, 'runner'))}" for s, v in best.items()) + ".")
     out.append(Table(headers, table, caption))
     if "eval" not in m:
         out.append(_missing("eval"))
@@ -207,12 +214,17 @@ def _bench(m: Mapping[str, Any]) -> list[Block]:
         return out + [_missing("bench")]
     out.append(Para(f"threads: {plain(bench.get('threads'))}; denominator: "
                     f"{plain(bench.get('denominator'))}; shapes: {', '.join(F.shape_keys(m))}."))
-    lat = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), ms(F.num(F.get(v, "p90_ms"))),
-            plain(F.get(v, "throughput"))]
+    prec, files = F.as_dict(bench.get("precision")), F.as_dict(bench.get("files"))
+    best = F.as_dict(bench.get("speedups_best_dense"))
+    lat = [[model, plain(prec.get(model)), shape, ms(F.num(F.get(v, "p50_ms"))), ms(F.num(F.get(v, "p90_ms"))),
+            plain(F.get(v, "throughput")), times(F.num(F.get(best, model, shape))), plain(files.get(model))]
            for model, per in F.as_dict(bench.get("latency")).items()
            for shape, v in F.as_dict(per).items()]
     if lat:
-        out.append(Table(["model", "shape", "p50 (ms)", "p90 (ms)", "throughput (seq/s)"], lat))
+        out.append(Table(["model", "precision", "shape", "p50 (ms)", "p90 (ms)", "throughput (seq/s)",
+                          "vs best_dense", "file"], lat))
+    for backend, why in F.as_dict(bench.get("skipped")).items():
+        out.append(Para(f"{backend} skipped: {why}"))
     for key, title in (("real_length", "Real token lengths (dynamic padding)"),
                        ("load", "Load time and peak memory")):
         sec = F.as_dict(bench.get(key))

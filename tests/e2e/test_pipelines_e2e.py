@@ -10,6 +10,7 @@ target: ziplm_2x keeps its 2x speedup so the path that once crashed the bench st
 
 from __future__ import annotations
 
+import importlib.util
 import numbers
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ def test_pipeline_end_to_end_with_every_stage(pipeline, tmp_path, data_root):
         for shape, r in bench["latency"][name].items():
             assert r["p50_ms"] > 0, (name, shape)
     assert _numbers(bench["speedups"]["deployed"]) and all(x > 0 for x in _numbers(bench["speedups"]["deployed"]))
+    ov = {"openvino_default", "openvino_f32", "deployed_openvino_default", "deployed_openvino_f32"}
+    if importlib.util.find_spec("openvino") is not None:  # issue 9: every backend, precision and file recorded
+        assert ov <= set(bench["latency"]) and ov <= set(bench["scores"]), sorted(bench["latency"])
+        assert all(bench["precision"][n] in ("f32", "bf16") and bench["files"][n] for n in ov)
+    else:
+        assert "openvino" in bench["skipped"]
+    assert set(bench["best_dense"]) == set(bench["latency"]["ort_fp32"])
+    assert bench["best_dense"][next(iter(bench["best_dense"]))]["runner"] in bench["dense_runners"]
     load = bench["load"]
     assert set(load) == {"ort_fp32", "deployed"}
     for name, r in load.items():

@@ -1,0 +1,145 @@
+"""OpenVINO on CPU as a bench backend (issue 9): the plain ONNX export, compiled once, per precision.
+
+OpenVINO reads the *plain* export (``model_unfused.onnx``): ORT's fused graph holds
+``com.microsoft`` ops (Attention, SkipLayerNormalization) and ORT's dynamic int8 graph holds
+MatMulInteger/DynamicQuantizeLinear, neither of which OpenVINO reads. On CPUs with AVX512_BF16
+or AMX OpenVINO runs an "fp32" model in bf16 by default, so every runner records the precision
+the compiled model actually uses (``INFERENCE_PRECISION_HINT``). ``openvino`` is imported inside
+functions only: importing compresslab must not import it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresslab.bench.env import _read_cpuinfo, parse_cpuinfo, resolve_threads
+
+# `default` lets OpenVINO pick (bf16 where the CPU has it); the others are forced by the hint.
+PRECISIONS: tuple[str, ...] = ("default", "f32", "bf16")
+# /proc/cpuinfo flags that give the CPU a native bf16 path (AVX512_BF16 on Cooper Lake / Zen 4, AMX).
+BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
+# Ops OpenVINO's ONNX frontend does not read in our exports (ORT contrib and dynamic-int8 ops).
+_ORT_ONLY_OPS = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags as /proc/cpuinfo spells them (empty where it does not exist)."""
+    return parse_cpuinfo(_read_cpuinfo())[1]
+
+
+def openvino_missing_reason() -> str | None:
+    """Why the OpenVINO backend cannot run here, or None when ``import openvino`` works."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as e:
+        return f"openvino is not installed ({e}); install it with `pip install 'compresslab[openvino]'`"
+    return None
+
+
+def check_precision(precision: str, flags: set[str] | None = None) -> str:
+    """Validate ``precision`` against :data:`PRECISIONS` and the CPU (bf16 needs a bf16 ISA)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"OpenVINO precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        flags = cpu_flags() if flags is None else flags
+        if not any(f in flags for f in BF16_FLAGS):
+            raise ValueError(f"OpenVINO precision 'bf16' requested but this CPU has none of {list(BF16_FLAGS)}: "
+                             "OpenVINO would emulate or silently fall back; use precision 'default' or 'f32'")
+    return precision
+
+
+def unreadable_ops(onnx_path: str | Path) -> list[str]:
+    """Op types in ``onnx_path`` that OpenVINO cannot read (non-standard domains, ORT dynamic int8)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    bad = {f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+           for n in graph.node if n.domain not in ("", "ai.onnx") or n.op_type in _ORT_ONLY_OPS}
+    return sorted(bad)
+
+
+def plain_export(onnx_path: str | Path) -> Path:
+    """The plain (unfused) twin of an exported file: ``model_unfused.onnx`` beside it, else the file."""
+    p = Path(onnx_path)
+    twin = p.with_name("model_unfused.onnx")
+    return twin if twin.is_file() else p
+
+
+class OpenVinoRunner:
+    """An OpenVINO CPU compiled model with pinned threads and an explicit precision.
+
+    Compiled once with dynamic (batch, seq) dims: a new shape costs one slower first call (kernel
+    selection), which the timer's warm-up absorbs; ``info()["first_call_ms"]`` records that cost
+    per shape so a reader can see it is not inside the timed loop. ``run`` returns a copy of the
+    first output (logits), so the same compiled model scores the eval split (``onnx_forward``).
+    """
+
+    def __init__(self, onnx_path: str | Path, threads: int | None, precision: str = "default", *,
+                 vocab_size: int | None = None) -> None:
+        import openvino as ov
+
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {self.onnx_path}")
+        self.precision = check_precision(precision)
+        self.threads = resolve_threads(threads)
+        self.vocab_size = vocab_size
+        t0 = time.perf_counter()
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.onnx_path))
+        except Exception as e:  # OpenVINO raises a bare RuntimeError; name the ops it cannot read
+            bad = unreadable_ops(self.onnx_path)
+            raise ValueError(f"OpenVINO cannot read {self.onnx_path.name}: ops {bad or '(none found)'}; "
+                             f"use the plain export (model_unfused.onnx). OpenVINO said: {str(e)[:300]}") from e
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.load_s = time.perf_counter() - t0
+        self.inputs: dict[str, Any] = {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
+        # "f32" / "bf16" as compiled, whatever was asked
+        self.compiled_precision = _precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.first_call_ms: dict[str, float] = {}
+
+    def feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Match ``batch`` to the graph's inputs: drop extras, cast dtypes, refuse missing ones."""
+        missing = [n for n in self.inputs if n not in batch]
+        if missing:
+            raise ValueError(f"{self.onnx_path.name} needs inputs {missing}; batch has {sorted(batch)}")
+        return {n: np.asarray(batch[n]).astype(dt, copy=False) for n, dt in self.inputs.items()}
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """One synchronous inference; returns a copy of the first output, (batch, labels) logits."""
+        feed = self.feed(batch)
+        key = "b{}xs{}".format(*np.shape(feed[next(iter(feed))])[:2])
+        if key not in self.first_call_ms:
+            t0 = time.perf_counter()
+            self.request.infer(feed)
+            self.first_call_ms[key] = (time.perf_counter() - t0) * 1e3
+        else:
+            self.request.infer(feed)
+        return np.array(self.request.get_output_tensor(0).data)
+
+    def info(self) -> dict[str, Any]:
+        """What a results file records about this runner: the file it ran and the precision as compiled."""
+        import openvino as ov
+
+        return {"kind": "openvino", "device": "CPU", "threads": self.threads, "model": str(self.onnx_path),
+                "precision_requested": self.precision, "precision": self.compiled_precision,
+                "load_s": round(self.load_s, 4), "version": ov.__version__.split("-")[0],
+                "first_call_ms": {k: round(v, 3) for k, v in self.first_call_ms.items()}}
+
+
+def _precision_name(value: Any) -> str:
+    """OpenVINO's element type (``<Type: 'float32'>``, ``bf16``) as ``f32`` / ``bf16`` / ``f16``."""
+    get = getattr(value, "get_type_name", None)  # an ov.Type: "f32" / "bf16"
+    s = str(get() if callable(get) else value).lower()
+    s = s.split("'")[1] if s.count("'") >= 2 else s  # "<type: 'float32'>"
+    names = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16", "f16": "f16"}
+    return names.get(s, s)
