@@ -27,6 +27,7 @@ ISA_FLAGS: tuple[str, ...] = (
     "avx512_bf16",
     "amx_tile",
     "amx_int8",
+    "amx_bf16",
 )
 
 LIBRARIES: tuple[str, ...] = ("torch", "transformers", "onnxruntime", "onnx", "numpy")
@@ -43,6 +44,11 @@ def _read_cpuinfo(path: str = "/proc/cpuinfo") -> str:
             return fh.read()
     except OSError:
         return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags as /proc/cpuinfo spells them (empty where it does not exist)."""
+    return parse_cpuinfo(_read_cpuinfo())[1]
 
 
 def parse_cpuinfo(text: str) -> tuple[str, set[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compresslab.bench.env import _read_cpuinfo, parse_cpuinfo, resolve_threads
+from compresslab.bench.env import cpu_flags, resolve_threads
 
 # `default` lets OpenVINO pick (bf16 where the CPU has it); the others are forced by the hint.
 PRECISIONS: tuple[str, ...] = ("default", "f32", "bf16")
@@ -24,11 +24,6 @@ PRECISIONS: tuple[str, ...] = ("default", "f32", "bf16")
 BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 # Ops OpenVINO's ONNX frontend does not read in our exports (ORT contrib and dynamic-int8 ops).
 _ORT_ONLY_OPS = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"})
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's ISA flags as /proc/cpuinfo spells them (empty where it does not exist)."""
-    return parse_cpuinfo(_read_cpuinfo())[1]
 
 
 def openvino_missing_reason() -> str | None:
