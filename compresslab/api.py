@@ -153,30 +153,39 @@ class CompressResult:
     _state: Any = field(default=None, repr=False)
     _cleanup: Any = field(default=None, repr=False)
 
-    def export(self, out_dir: str | Path) -> Path:
+    def export(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write an ONNX directory (``model.onnx`` + config + tokenizer, optimum's ORTModel layout).
 
         With ONNX passes (e.g. int8) it is the graph they wrote; otherwise the torch model exported
         now, fused, with parity checked against PyTorch on real padded inputs (ParityError past the
-        tolerance). Returns ``out_dir``. Refuses a non-empty ``out_dir`` that is not an export.
+        tolerance). The directory is written beside ``out_dir`` and moved into place when complete.
+        Returns ``out_dir``. FileExistsError for a non-empty ``out_dir`` unless ``overwrite`` (then
+        it is replaced whole: no file of an earlier export stays); RuntimeError after :meth:`close`
+        when the ONNX pass's graph is gone.
         """
         from compresslab.pipeline.export import export_dir
 
         out = Path(out_dir)
-        if out.exists() and any(out.iterdir()) and not (out / "model.onnx").is_file():
-            raise FileExistsError(f"{out} is not empty and holds no model.onnx; choose an empty directory")
-        if self.onnx_path is None:
-            export_dir(self.model, self._state, out)
-            return out
-        src = self.onnx_path.parent
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-        for f in src.iterdir():  # the ONNX step dir: graph, config, tokenizer (+ external data)
-            if f.is_file() and f.name != "pass.json":
-                shutil.copy2(f, tmp / ("model.onnx" if f == self.onnx_path else f.name))
-        out.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            f.replace(out / f.name)
-        tmp.rmdir()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose an empty directory or overwrite=True")
+        if self.onnx_path is not None and not self.onnx_path.is_file():
+            raise RuntimeError(f"this result was closed: its ONNX graph ({self.onnx_path.name}) was in the removed "
+                               "working directory; export before close(), or pass output_dir= to compress")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            if self.onnx_path is None:
+                export_dir(self.model, self._state, tmp)
+            else:
+                for f in self.onnx_path.parent.iterdir():  # the ONNX step dir: graph, config, tokenizer
+                    if f.is_file() and f.name != "pass.json":
+                        shutil.copy2(f, tmp / ("model.onnx" if f == self.onnx_path else f.name))
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            tmp.replace(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return out
 
     def save(self, out_dir: str | Path) -> Path:
@@ -230,17 +239,23 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.adapters import get_adapter
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
+    from compresslab.validate import check_positive_int
 
     unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
     if unknown:
         raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}")
+    model = _as_model(model, "model")
+    check_positive_int(batch_size, "batch_size")
+    _check_max_length(max_length, model.config)
+    resolve_device(device)  # an unknown or absent device fails here, not inside a pass
     steps = build_steps(passes)
     get_adapter(model)  # UnsupportedArchitectureError names the supported ones
     task = task_from_user_data(data, eval_data, label2id=label2id or _config_label2id(model.config),
                                kind=kind if kind is not None else _task_kind(model), val_size=val_size, seed=seed, **columns)
-    check_labels_match_head(task, model.config)
+    check_labels_match_head(task, model.config, compare_names=label2id is None)
     check_tokenizable(task, tokenizer, max_length)
     check_steps(steps, task)
+    teacher = _as_model(teacher, "teacher")
     _check_teacher(steps, model, teacher, task)
     export_s, eval_s, bench_s = default_settings(export=export, eval={"enabled": len(task.dev) > 0},
                                                  bench={"enabled": False})
@@ -250,6 +265,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     run_dir, cleanup = _work_dir(output_dir)
     try:
         work = model if inplace else copy.deepcopy(model)
+        _name_labels(work, task)  # every checkpoint and export carries the label names used
         state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
                          model=work.eval(), teacher=frozen(teacher) if teacher is not None else None,
                          progress=tqdm_progress if progress else None)
@@ -267,6 +283,41 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     if cleanup is not None:
         weakref.finalize(result, cleanup)
     return result
+
+
+def _as_model(m: Any, what: str) -> Any:
+    """A torch module as given, or one loaded from a checkpoint / Hugging Face directory path."""
+    from torch import nn
+
+    if m is None or isinstance(m, nn.Module):
+        return m
+    if isinstance(m, (str, Path)):
+        from compresslab.checkpoint import load
+
+        return load(m)
+    raise TypeError(f"{what} must be a torch model or a checkpoint directory, got {type(m).__name__}")
+
+
+def _check_max_length(max_length: Any, config: Any) -> None:
+    """max_length in [1, the model's position table]: longer inputs cannot run through it."""
+    from compresslab.validate import check_positive_int
+
+    check_positive_int(max_length, "max_length")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > int(limit):
+        raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}")
+
+
+def _name_labels(model: "nn.Module", task: "TaskData") -> None:
+    """Write the task's class names into ``config.id2label/label2id`` (classification only)."""
+    from compresslab.data.schema import TaskKind
+    from compresslab.data.user import NAMED_SOURCES
+
+    names = list(task.spec.label_names or ())
+    named = task.info.get("label_source") in NAMED_SOURCES  # integer ids carry no names to write
+    if named and task.spec.kind is TaskKind.CLASSIFICATION and len(names) == int(model.config.num_labels):
+        model.config.id2label = {i: str(n) for i, n in enumerate(names)}
+        model.config.label2id = {str(n): i for i, n in enumerate(names)}
 
 
 def _work_dir(output_dir: str | Path | None) -> tuple[Path, Any]:
@@ -341,15 +392,17 @@ def _final_eval(state: "RunState") -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def _load_onnx_dir(path: Path) -> tuple[Path, Any]:
+    """(the .onnx file, the directory's tokenizer or None when it ships none)."""
     from compresslab.models.loading import load_tokenizer
 
     onnx = path if path.suffix == ".onnx" else path / "model.onnx"
     if not onnx.is_file():
         raise FileNotFoundError(f"{path}: no model.onnx (expected an export directory or an .onnx file)")
-    return onnx, load_tokenizer(onnx.parent)
+    has_tok = any((onnx.parent / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    return onnx, load_tokenizer(onnx.parent) if has_tok else None
 
 
-def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None,
+def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None, reference_tokenizer: Any = None,
              label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
              batch_size: int = 64, threads: int | None = None, **columns: str) -> dict[str, Any]:
     """Score a torch model or an exported ONNX dir (or ``.onnx`` file) on ``data``; a plain dict.
@@ -363,13 +416,15 @@ def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = N
 
     kw = dict(label2id=label2id, kind=kind, max_length=max_length, batch_size=batch_size, threads=threads,
               columns=columns)
-    scored, task = _predict(model, data, tokenizer, **kw)
-    ref = _predict(reference, data, tokenizer, **kw)[0] if reference is not None else None
+    scored, task, tok = _predict(model, data, tokenizer, **kw)
+    ref = None
+    if reference is not None:  # the reference reads its own tokenizer (an export dir's), else the model's
+        ref = _predict(reference, data, reference_tokenizer or tokenizer or tok, **kw)[0]
     return {"n": len(task.dev), "primary_metric": task.spec.primary_metric, **compare(scored, ref, task.spec)}
 
 
 def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
-             batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData"]:
+             batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData", Any]:
     from compresslab.data.checks import check_labels_match_head
     from compresslab.data.user import task_from_user_data
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
@@ -377,8 +432,10 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
     if isinstance(model, (str, Path)):
         from compresslab.eval.onnx_runner import OnnxRunner
 
-        onnx, tok = _load_onnx_dir(Path(model))
-        forward, tok = onnx_forward(OnnxRunner(onnx, threads=threads)), tokenizer or tok
+        onnx, own = _load_onnx_dir(Path(model))
+        forward, tok = onnx_forward(OnnxRunner(onnx, threads=threads)), own or tokenizer
+        if tok is None:
+            raise ValueError(f"{model} ships no tokenizer files: pass tokenizer=")
         config = _read_export_config(onnx.parent)
     else:
         if tokenizer is None:
@@ -391,7 +448,7 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
     task = task_from_user_data(data, data, label2id=l2i, kind=kind, val_size=0, **columns)
     if config is not None:
         check_labels_match_head(task, config)
-    return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task
+    return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task, tok
 
 
 def _read_export_config(d: Path) -> Any:
@@ -415,9 +472,17 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     from compresslab.bench import OrtRunner, TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
     from compresslab.bench import speedups as speedup_table
 
-    items = dict(models) if isinstance(models, Mapping) else {_name(m, i): m for i, m in enumerate(models)}
+    if isinstance(models, Mapping):
+        items = dict(models)
+    else:
+        names = [_name(m, i) for i, m in enumerate(models)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"benchmark(): models {dupes} would share a name; pass a dict {{name: model}}")
+        items = dict(zip(names, models))
     if not items:
         raise ValueError("benchmark() needs at least one model")
+    shapes = _check_shapes(shapes)
     n = resolve_threads(threads)
     runners: dict[str, Any] = {}
     vocab = None
@@ -433,12 +498,35 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     denominator = denominator or next(iter(items))
     if denominator not in runners:
         raise ValueError(f"denominator {denominator!r} is not one of {sorted(runners)}")
-    lat = measure_latency(runners, [tuple(map(int, s)) for s in shapes], warmup=warmup, runs=runs,
+    limit = min((int(getattr(m.config, "max_position_embeddings", 10**9)) for m in items.values()
+                 if not isinstance(m, (str, Path))), default=None)
+    for name, m in items.items():
+        if isinstance(m, (str, Path)):
+            cfg = _read_export_config(_load_onnx_dir(Path(m))[0].parent)
+            if cfg is not None and getattr(cfg, "max_position_embeddings", None):
+                limit = min(limit or 10**9, int(cfg.max_position_embeddings))
+    if limit is not None and max(s for _, s in shapes) > limit:
+        raise ValueError(f"shapes {shapes}: seq exceeds the models' max_position_embeddings={limit}")
+    lat = measure_latency(runners, shapes, warmup=warmup, runs=runs,
                           min_time_s=min_time_s, seed=seed, vocab_size=vocab, max_runs=max_runs)
     return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,
             "threads": n, "runners": lat.get("runners"), "hardware": hardware_fingerprint(),
             "settings": {"shapes": [list(s) for s in shapes], "warmup": warmup, "runs": runs,
                          "min_time_s": min_time_s, "max_runs": max_runs, "seed": seed}}
+
+
+def _check_shapes(shapes: Any) -> list[tuple[int, int]]:
+    """``[(batch, seq), ...]``, non-empty, positive integers; ValueError naming the bad entry."""
+    from compresslab.validate import check_positive_int
+
+    out = []
+    for s in shapes or ():
+        if not isinstance(s, (tuple, list)) or len(s) != 2:
+            raise ValueError(f"shapes: each entry is (batch, seq), got {s!r}")
+        out.append((check_positive_int(s[0], "batch"), check_positive_int(s[1], "seq")))
+    if not out:
+        raise ValueError("shapes is empty: give at least one (batch, seq)")
+    return out
 
 
 def _name(m: Any, i: int) -> str:

@@ -21,7 +21,7 @@ def _model_id2label(config: Any) -> dict[int, str] | None:
     return id2label
 
 
-def check_labels_match_head(task: TaskData, model_config: Any) -> None:
+def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names: bool = True) -> None:
     """Raise ``ValueError`` when the model's head cannot be trained / scored on ``task``.
 
     Checks, from ``model_config`` (a transformers ``PretrainedConfig`` or anything with the same
@@ -31,7 +31,8 @@ def check_labels_match_head(task: TaskData, model_config: Any) -> None:
     None or ``"regression"``. When the config has non-default ``id2label`` names and the task's
     class names came from names (``info["label_source"]`` is ``label2id``, ``class_label`` or
     ``sorted_strings``), each id must carry the same name (compared case-insensitively).
-    Embedding tasks use no head and pass. Returns None.
+    Embedding tasks use no head and pass. ``compare_names=False`` skips the name comparison (the
+    caller's explicit ``label2id`` decides what the ids mean). Returns None.
     """
     spec, name = task.spec, task.spec.name
     if spec.kind is TaskKind.EMBEDDING:
@@ -54,7 +55,7 @@ def check_labels_match_head(task: TaskData, model_config: Any) -> None:
         raise ValueError(f"task {name!r} has {spec.num_labels} classes {list(spec.label_names)} but {head}; "
                          f"load the model with num_labels={spec.num_labels} or fix the labels")
     id2label = _model_id2label(model_config)
-    if id2label is None or task.info.get("label_source") not in NAMED_SOURCES:
+    if not compare_names or id2label is None or task.info.get("label_source") not in NAMED_SOURCES:
         return
     wrong = [(i, n, id2label.get(i)) for i, n in enumerate(spec.label_names)
              if str(id2label.get(i, "")).casefold() != n.casefold()]

@@ -42,9 +42,17 @@ def frozen(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else as given."""
+    """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+
+    Raises ValueError for any other name, and for cuda on a machine without a CUDA device.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(name, str) or not (name == "cpu" or name == "cuda" or
+                                         (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"device={name!r} is not valid; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but torch sees no CUDA device here; use device=cpu or auto")
     return torch.device(name)
 
 

@@ -185,3 +185,84 @@ def test_bad_passes_are_refused_up_front(tiny_tok):
                              "sparsity": 1.5}], data=_pairs(40, 0), **_kw())
     with pytest.raises(PipelineError, match="empty"):
         compresslab.compress(_trained(), tiny_tok, [], data=_pairs(40, 0), **_kw())
+
+
+def test_label_names_travel_with_the_model_and_its_exports(tiny_tok, tmp_path):
+    """A user-chosen mapping (here: reversed) is written into config.id2label, so a later evaluate
+    of the export or the checkpoint reads the same classes instead of re-deriving them."""
+    dev = _pairs(32, 1)
+    r = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(64, 0), eval_data=dev,
+                             label2id={"pos": 0, "neg": 1}, **_kw())
+    assert r.model.config.id2label == {0: "pos", 1: "neg"}
+    out = r.export(tmp_path / "onnx")
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "pos", "1": "neg"}
+    deployed = r.metrics["eval"]["models"]["deployed"]["score"]
+    assert compresslab.evaluate(out, dev, max_length=32)["score"] == pytest.approx(deployed)
+    ck = r.save(tmp_path / "ck")
+    torch_score = r.metrics["eval"]["models"]["torch_final"]["score"]
+    assert compresslab.evaluate(compresslab.load(ck), dev, tiny_tok, max_length=32)["score"] == pytest.approx(torch_score)
+
+
+def test_explicit_label2id_overrides_the_models_own_names(tiny_tok):
+    named = _trained()
+    named.config.id2label, named.config.label2id = {0: "NEG", 1: "POS"}, {"NEG": 0, "POS": 1}
+    data = [(t, {"neg": "negative", "pos": "positive"}[lab]) for t, lab in _pairs(48, 0)]
+    r = compresslab.compress(named, tiny_tok, ["ort_int8_dynamic"], data=data,
+                             label2id={"negative": 0, "positive": 1}, **_kw())
+    assert r.model.config.label2id == {"negative": 0, "positive": 1}
+    r.close()
+
+
+def test_export_never_mixes_files_and_refuses_after_close(tiny_tok, tmp_path):
+    fp32 = compresslab.compress(_trained(), tiny_tok, ["magnitude"], data=_pairs(48, 0), **_kw())
+    int8 = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(48, 0), **_kw())
+    out = fp32.export(tmp_path / "x")
+    assert (out / "model_unfused.onnx").is_file()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        int8.export(out)
+    int8.export(out, overwrite=True)  # replaced whole: nothing of the fp32 export stays
+    assert not (out / "model_unfused.onnx").exists() and not (out / "parity.json").exists()
+    int8.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        int8.export(tmp_path / "after_close")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no temp dir left behind
+
+
+def test_evaluate_an_export_against_a_torch_reference(tiny_tok, tmp_path):
+    r = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(48, 0), **_kw())
+    out = r.export(tmp_path / "int8")
+    res = compresslab.evaluate(out, _pairs(32, 1), reference=r.model, max_length=32)
+    assert res["n"] == 32 and 0.9 <= res["agreement"] <= 1.0
+
+
+def test_teacher_may_be_a_checkpoint_dir_and_nothing_else(tiny_tok, tmp_path):
+    ck = compresslab.save(_trained(seed=3), tmp_path / "teacher", tiny_tok)
+    compresslab.compress(tiny_model("bert"), tiny_tok, [FAST_MAGNITUDE], data=_pairs(40, 0), teacher=ck,
+                         **_kw()).close()
+    with pytest.raises(TypeError, match="teacher must be"):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], data=_pairs(40, 0), teacher=42, **_kw())
+
+
+@pytest.mark.parametrize("over,exc,match", [
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"max_length": 100}, ValueError, "max_position_embeddings=72"),
+    ({"device": "tpu"}, ValueError, "device='tpu' is not valid"),
+])
+def test_run_settings_are_checked_before_any_step(tiny_tok, monkeypatch, over, exc, match):
+    _no_training(monkeypatch)
+    kw = {**_kw(), **over}
+    with pytest.raises(exc, match=match):
+        compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(40, 0), **kw)
+
+
+def test_benchmark_checks_its_inputs(tiny_tok, tmp_path):
+    r = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(48, 0), **_kw())
+    out = r.export(tmp_path / "int8")
+    with pytest.raises(ValueError, match="share a name"):
+        compresslab.benchmark([out, out], shapes=[(1, 8)])
+    with pytest.raises(ValueError, match="batch, seq"):
+        compresslab.benchmark([out], shapes=[(1,)])
+    with pytest.raises(ValueError, match="empty"):
+        compresslab.benchmark([out], shapes=[])
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        compresslab.benchmark([out], shapes=[(1, 1000)])
