@@ -108,9 +108,20 @@ class PassContext:
                            self.max_length, shuffle=False, seed=self.seed, kind=self.task.spec.kind)
 
     def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:
-        """``n`` examples sampled (seeded) from train, tokenized and batched."""
+        """``n`` examples sampled (seeded) from train, tokenized and batched.
+
+        A train split smaller than ``n`` gives all of it, with a warning (calibration statistics
+        are still well defined; the pass records how many it used).
+        """
+        import logging
+
         from compresslab.data.loaders import calibration_examples, make_loader
 
+        available = len(self.task.train)
+        if 0 < available < n:
+            logging.getLogger(__name__).warning("asked for %d calibration examples, the train split has %d: using all",
+                                                n, available)
+            n = available
         examples = calibration_examples(self.task.train, n, self.seed)
         return iter(make_loader(examples, self.tokenizer, batch_size or self.batch_size, self.max_length,
                                 shuffle=False, seed=self.seed, kind=self.task.spec.kind))

@@ -18,6 +18,7 @@ from torch import nn
 from compresslab.manifest import atomic_write_json, read_json, sha256_file, stable_hash
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
+from compresslab.validate import check_positive, check_positive_int, is_number
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,15 @@ class Finetune:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"finetune preset={self.preset!r}; allowed: {', '.join(PRESETS)}")
-        for name in ("lr", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"finetune {name} must be > 0, got {v}")
+        for name in ("lr", "epochs"):
+            if getattr(self, name) is not None:
+                check_positive(getattr(self, name), f"finetune {name}")
+        for name in ("steps", "batch_size", "max_train_examples"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), f"finetune {name}")
+        if self.warmup_ratio is not None and not (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ValueError(f"finetune warmup_ratio must be in [0, 1) (a fraction of the steps), "
+                             f"got {self.warmup_ratio!r}")
 
     def check(self, task: Any) -> None:
         """Nothing to check up front: an embedding task makes this a no-op, any other has a train split."""
@@ -111,7 +117,7 @@ class Finetune:
         r = self.recipe()
         loader = ctx.train_loader(batch_size=r["batch_size"], max_examples=r["max_train_examples"])
         cfg = TrainConfig(lr=r["lr"], epochs=r["epochs"], steps=r["steps"], batch_size=r["batch_size"],
-                          warmup_ratio=r["warmup_ratio"], seed=ctx.seed)
+                          warmup_ratio=r["warmup_ratio"], seed=ctx.seed, device=ctx.device.type)
         res = train(model, loader, cfg, [TaskLoss()], progress=ctx.progress, desc="finetune")
         val = predict(torch_forward(model), ctx.task.spec, ctx.task.validation, ctx.tokenizer,
                       max_length=ctx.max_length) if ctx.task.validation else None

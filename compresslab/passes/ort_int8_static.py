@@ -52,7 +52,8 @@ class OrtInt8Static:
         self.op_types = check_op_types(self, "QDQRegistry")
 
     def check(self, task: Any) -> None:
-        """Nothing to check up front: calibration takes up to ``num_calibration`` train examples."""
+        """Nothing to check up front: calibration takes up to ``num_calibration`` train examples (all of a
+        smaller train split, with a warning)."""
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_static_qdq
@@ -60,7 +61,14 @@ class OrtInt8Static:
         model = model if isinstance(model, OnnxModel) else OnnxModel(Path(model).parent, Path(model))
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         dst = ctx.step_dir / "model.onnx"
-        batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size)
+        seen = {"rows": 0}  # what calibration really used (a small train split gives fewer than asked)
+
+        def counted(it):
+            for b in it:
+                seen["rows"] += len(b["input_ids"])
+                yield b
+
+        batches = counted(ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size))
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
             src, fused_here = (ensure_fused(model.onnx_path, read_export_config(model.dir), work) if self.optimize
                                else (model.onnx_path, False))
@@ -70,6 +78,7 @@ class OrtInt8Static:
                 activation_type=self.activation_type, weight_type=self.weight_type, op_types=self.op_types)
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
+        metrics["calibration_examples"] = seen["rows"]
         return PassResult(metrics=metrics, onnx_path=str(dst),
                           structure={"weight_bits": 8, "activation_bits": 8, "scheme": "ort_static_qdq",
                                      "weight_type": self.weight_type.value,

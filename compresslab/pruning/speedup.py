@@ -207,7 +207,7 @@ def recover(model: nn.Module, ctx: PassContext, recovery: Recovery, teacher: nn.
 
     res = _train_recover(model, ctx.train_loader(), recovery, teacher,
                          embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, batch_size=ctx.batch_size,
-                         seed=ctx.seed, progress=ctx.progress, desc=desc)
+                         seed=ctx.seed, progress=ctx.progress, desc=desc, device=ctx.device)
     return res.to_dict()
 
 

@@ -201,7 +201,8 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
 
         res = recover(model, ctx.train_loader(batch_size=ctx.batch_size), recovery, teacher,
                       embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, callbacks=callbacks,
-                      batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress, desc=name, **schedule)
+                      batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress, desc=name, device=ctx.device,
+                      **schedule)
         metrics.update(train_s=round(res.wall_s, 2), final_loss=res.losses[-1] if res.losses else None)
     keeper.apply(model)
     stats = sparsity_stats(modules, layer_keys(model, modules))

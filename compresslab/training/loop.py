@@ -40,6 +40,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every: int = 50
+    device: str | None = None  # "cpu" | "cuda": where accelerate trains; None = cuda when available
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -126,7 +127,8 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
         raise ValueError("train() needs at least one loss plug-in")
     if any(l.needs_teacher for l in losses) and teacher is None:
         raise ValueError("a KD loss was requested but no teacher was given")
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+    cpu = cfg.device == "cpu" if cfg.device else not torch.cuda.is_available()
+    acc = accelerator or Accelerator(cpu=cpu,
                                      dataloader_config=DataLoaderConfiguration(split_batches=True))
     torch.manual_seed(cfg.seed)
     total = cfg.total_steps(len(loader))

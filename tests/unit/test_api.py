@@ -266,3 +266,11 @@ def test_benchmark_checks_its_inputs(tiny_tok, tmp_path):
         compresslab.benchmark([out], shapes=[])
     with pytest.raises(ValueError, match="max_position_embeddings"):
         compresslab.benchmark([out], shapes=[(1, 1000)])
+
+
+def test_static_int8_with_fewer_train_examples_than_calibration_asks(tiny_tok):
+    r = compresslab.compress(_trained(), tiny_tok, [{"name": "ort_int8_static", "num_calibration": 256}],
+                             data=_pairs(40, 0), **_kw())
+    used = r.metrics["steps"][0]["metrics"]["calibration_examples"]
+    assert used == len(r._state.task.train) < 256  # all of the (carved) train split, not a crash
+    r.close()
