@@ -1,4 +1,4 @@
-"""One run, as a short list of calls: plan -> state -> steps -> export -> eval -> sizes -> bench -> report."""
+"""One run, as a short list of calls: plan -> state -> steps -> export -> deploy -> eval -> sizes -> bench -> report."""
 
 from __future__ import annotations
 
@@ -50,19 +50,18 @@ def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
 
 
 def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
-    """The fixed stages after the passes: export if no ONNX pass did, eval, sizes, bench, report."""
+    """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report."""
     from compresslab.bench.env import resolve_threads
     from compresslab.pipeline.bench import bench
+    from compresslab.pipeline.deploy import deploy
     from compresslab.pipeline.evaluate import evaluate, sizes
     from compresslab.pipeline.export import export
 
     s = state.settings
     if state.onnx is None:
         state.onnx = export(state, run_dir, manifest)
-    manifest.data.setdefault("export", {})["deployed"] = {
-        "path": str(Path(state.onnx.onnx_path).relative_to(run_dir)),
-        "size_bytes": Path(state.onnx.onnx_path).stat().st_size}
     threads = resolve_threads(s.bench.threads or s.threads)
+    deploy(state, run_dir, manifest, threads)  # export.deployed: the ONNX file (ort) or an OpenVINO IR
     if s.eval.enabled:
         evaluate(state, run_dir, manifest, threads)
     sizes(state, run_dir, manifest)

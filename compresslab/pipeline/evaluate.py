@@ -44,7 +44,8 @@ def score_torch(state: RunState, label: str) -> dict[str, Any]:
 
 
 def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
-    """Score teacher, final torch model, ort_fp32 and the deployed file on the eval split."""
+    """Score teacher, final torch model, ort_fp32 and the deployed artifact on the eval split (an OpenVINO
+    IR when deploy chose it: then the ONNX file it came from is scored as ``deployed_onnx_ort``)."""
     from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
     from compresslab.eval.onnx_runner import OnnxRunner
 
@@ -56,20 +57,36 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
              len(dev))
     scored = {"teacher_torch": teacher_scored(state)}
     scored["torch_final"] = predict(torch_forward(state.model), spec, dev, state.tokenizer, **kw)
-    files = {"ort_fp32": teacher_onnx(run_dir, manifest), "deployed": state.onnx.onnx_path}
-    if files["deployed"] == files["ort_fp32"]:
-        files.pop("deployed")
+    dep = manifest.data.get("export", {}).get("deployed") or {}
+    on_ov = dep.get("runtime") == "openvino"  # the deployed artifact is an OpenVINO IR (deploy stage)
+    onnx_label = "deployed_onnx_ort" if on_ov else "deployed"
+    files = {"ort_fp32": teacher_onnx(run_dir, manifest), onnx_label: state.onnx.onnx_path}
+    if files[onnx_label] == files["ort_fp32"]:
+        files.pop(onnx_label)
     for label, path in files.items():
         scored[label] = predict(onnx_forward(OnnxRunner(path, threads=threads)), spec, dev, state.tokenizer, **kw)
+    if on_ov:
+        scored["deployed"] = predict(onnx_forward(_openvino_runner(run_dir / dep["path"], threads, dep["precision"])),
+                                     spec, dev, state.tokenizer, **kw)
     if "deployed" not in scored:
         scored["deployed"] = scored["ort_fp32"]
     ref = scored["teacher_torch"]
     models = {k: compare(v, ref, spec) for k, v in scored.items()}
     section = {"split": split, "n": len(dev), "primary_metric": spec.primary_metric, "models": models,
-               "deployed_path": str(Path(state.onnx.onnx_path).relative_to(run_dir))}
+               "deployed_path": dep.get("path") or str(Path(state.onnx.onnx_path).relative_to(run_dir)),
+               "deployed_runtime": dep.get("runtime", "ort")}
+    if on_ov:
+        section["deployed_precision"] = dep.get("compiled_precision")
     manifest.data["eval"] = section
     atomic_write_json(run_dir / "eval" / "metrics.json", section)
     manifest.save()
+
+
+def _openvino_runner(xml: Path, threads: int, precision: str) -> Any:
+    """The deployed OpenVINO IR, compiled at the deploy precision (scores come from that artifact)."""
+    from compresslab.bench.openvino_runner import OpenVinoRunner
+
+    return OpenVinoRunner(xml, threads, precision)
 
 
 def sizes(state: RunState, run_dir: Path, manifest: RunManifest) -> None:

@@ -23,6 +23,7 @@ DEEPSPARSE_ENABLED = (False, "auto", True)
 INT8_FORMATS = ("qdq", "qoperator")
 BACKENDS = ("ort", "openvino", "torch")
 OPENVINO_PRECISIONS = ("default", "f32", "bf16")
+DEPLOY_RUNTIMES = ("ort", "openvino", "auto")
 
 
 class SettingsError(ValueError):
@@ -158,6 +159,35 @@ class BenchSettings:
 
 
 @dataclass(frozen=True)
+class DeploySettings:
+    """``conf/deploy``: which runtime's artifact is deployed (and scored): ``ort`` (the ONNX file),
+    ``openvino`` (an IR converted from it) or ``auto`` (the faster at b32 among those whose
+    validation agreement with the teacher is within ``tolerance`` of the ORT file's)."""
+
+    runtime: str
+    precision: str
+    tolerance: float
+
+    def __post_init__(self) -> None:
+        check_choice(self.runtime, DEPLOY_RUNTIMES, "runtime")
+        check_choice(self.precision, OPENVINO_PRECISIONS, "precision")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
+                or not 0.0 <= float(self.tolerance) <= 1.0:
+            raise ValueError(f"tolerance: a fraction of examples in [0, 1], got {self.tolerance!r}")
+        object.__setattr__(self, "tolerance", float(self.tolerance))
+        if self.runtime == "openvino":  # fail at start, not after training
+            from compresslab.bench.openvino_runner import openvino_missing_reason
+
+            reason = openvino_missing_reason()
+            if reason:
+                raise ValueError(f"runtime 'openvino' requested but {reason}")
+        if self.runtime != "ort" and self.precision == "bf16":
+            from compresslab.bench.openvino_runner import check_precision
+
+            check_precision("bf16")
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything the run engine reads from a composed config, typed (the passes have their own)."""
 
@@ -171,6 +201,8 @@ class RunSettings:
     export: ExportSettings
     eval: EvalSettings
     bench: BenchSettings
+    # the in-process API builds RunSettings without a deploy group: it gets conf/deploy/ort.yaml
+    deploy: DeploySettings = dataclasses.field(default_factory=lambda: default_deploy())
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RunSettings":
@@ -185,7 +217,8 @@ class RunSettings:
                    report=bool(c.get("report", True)),
                    export=_build(ExportSettings, "export", c.get("export")),
                    eval=_build(EvalSettings, "eval", c.get("eval")),
-                   bench=_build(BenchSettings, "bench", c.get("bench")))
+                   bench=_build(BenchSettings, "bench", c.get("bench")),
+                   deploy=_build(DeploySettings, "deploy", c.get("deploy")))
 
 
 def _yaml(rel: str) -> dict[str, Any]:
@@ -204,6 +237,11 @@ def _merged(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, A
     for k, v in (over or {}).items():
         out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
     return out
+
+
+def default_deploy(over: Mapping[str, Any] | None = None) -> DeploySettings:
+    """``conf/deploy/ort.yaml`` with ``over`` merged in; SettingsError on bad keys."""
+    return _build(DeploySettings, "deploy", _merged(_yaml("deploy/ort.yaml"), over))
 
 
 def default_settings(*, export: Mapping[str, Any] | None = None, eval: Mapping[str, Any] | None = None,

@@ -15,7 +15,7 @@ from compresslab.pipeline import (
     PipelineError, RunDirConflictError, SettingsError, available_pipelines, build_steps, run)
 
 CONF = Path(config_dir())
-GROUPS = ["model", "data", "task", "budget", "export", "bench", "eval", "debug"]
+GROUPS = ["model", "data", "task", "budget", "export", "bench", "eval", "deploy", "debug"]
 
 
 def _smoke(tmp_path, *extra):

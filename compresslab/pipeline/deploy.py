@@ -1,0 +1,234 @@
+"""The deploy stage: which runtime's artifact is deployed, and so scored (``conf/deploy``).
+
+``ort``: the ONNX file the pipeline produced (fused fp32, or an ONNX pass's int8 graph).
+``openvino``: an OpenVINO IR in optimum-intel's layout (``export/openvino/openvino_model.xml`` +
+``.bin`` + config + tokenizer), converted from the plain export, or from the deployed graph itself
+when it is a QDQ int8 graph OpenVINO reads. ORT's fused graph (``com.microsoft`` ops) and its
+dynamic int8 graph (MatMulInteger) are unreadable there: the final model's plain fp32 export is
+converted instead and a note names the file. A graph OpenVINO cannot convert, or an fp32 IR past
+the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash).
+``auto``: among ORT and OpenVINO, the runtimes whose VALIDATION-split agreement with the teacher is
+at least ORT's minus ``tolerance`` are eligible (ORT always is); the one with the lowest p50 at
+batch 32 (seq = the task's max_length), timed interleaved here, is deployed.
+
+Manifest: ``export.openvino`` (IR file, source, int8, parity vs torch, notes or error),
+``export.deployed`` (path, runtime, precision, size) and ``deploy`` (requested, chosen, notes,
+``auto`` figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresslab.manifest import RunManifest
+from compresslab.pipeline.state import RunState
+
+log = logging.getLogger(__name__)
+
+IR_DIR = "openvino"
+IR_NAME = "openvino_model.xml"  # optimum-intel's OVModelForSequenceClassification file name
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
+    """Decide and record the deployed artifact (``manifest.export.deployed``) per ``deploy.runtime``."""
+    d = state.settings.deploy
+    onnx_path = Path(state.onnx.onnx_path)
+    prec = _precision_of(onnx_path)
+    record: dict[str, Any] = {"path": _rel(onnx_path, run_dir), "runtime": "ort", "precision": prec,
+                              "label": f"ort_{prec}", "size_bytes": onnx_path.stat().st_size}
+    section: dict[str, Any] = {"requested": d.runtime, "runtime": "ort", "notes": []}
+    if d.runtime != "ort":
+        ir = openvino_ir(state, run_dir, manifest, threads)
+        section["notes"] += ir.get("notes", [])
+        chosen = "ort"
+        if "error" in ir:
+            section["notes"].append(f"OpenVINO not deployed: {ir['error']}; ORT stays the deploy target")
+            log.warning("deploy: %s", section["notes"][-1])
+        elif d.runtime == "openvino":
+            chosen = "openvino"
+        else:
+            section["auto"] = choose_auto(state, run_dir, ir, threads)
+            chosen = section["auto"]["chosen"]
+        if chosen == "openvino":
+            xml = run_dir / ir["path"]
+            compiled = ir["compiled_precision"].get(d.precision)
+            record = {"path": ir["path"], "runtime": "openvino", "precision": d.precision,
+                      "compiled_precision": compiled, "label": f"openvino_{'int8' if ir['int8'] else compiled}",
+                      "int8": ir["int8"], "source": ir["source"], "onnx_path": _rel(onnx_path, run_dir),
+                      "size_bytes": xml.stat().st_size + xml.with_suffix(".bin").stat().st_size}
+        section["runtime"] = chosen
+    manifest.data.setdefault("export", {})["deployed"] = record
+    manifest.data["deploy"] = section
+    manifest.save()
+    log.info("deploy: %s (%s)", record["path"], record["runtime"])
+
+
+def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
+    """Convert the deployed model to an IR under ``export/openvino/`` (once per run) and check its
+    parity against torch; returns (and stores as ``export.openvino``) the record, with ``error``
+    when OpenVINO cannot convert it or the fp32 IR misses the export tolerance."""
+    section = manifest.data.setdefault("export", {})
+    done = section.get("openvino")
+    if done and ("error" in done or (run_dir / done["path"]).is_file()):
+        return done
+    src, notes = ir_source(Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"], run_dir)
+    out = run_dir / "export" / IR_DIR
+    rec: dict[str, Any] = {"source": _rel(src, run_dir), "int8": _is_int8(src), "notes": notes}
+    try:
+        xml = convert_to_ir(src, out)
+    except ValueError as e:
+        rec["error"] = str(e)
+    else:
+        rec["path"] = _rel(xml, run_dir)
+        rec.update(_check_ir(state, xml, threads))
+    section["openvino"] = rec
+    manifest.save()
+    return rec
+
+
+def ir_source(deployed: Path, fp32: Path, run_dir: Path | None = None) -> tuple[Path, list[str]]:
+    """The ONNX graph to convert: the deployed graph's plain twin when OpenVINO reads it (fp32 plain
+    export, QDQ int8), else the final model's plain fp32 export, with a note naming both files."""
+    from compresslab.bench.openvino_runner import plain_export, unreadable_ops
+
+    src = plain_export(deployed)
+    bad = unreadable_ops(src)
+    if not bad:
+        return src, []
+    fallback = plain_export(fp32)
+    name = (lambda p: _rel(p, run_dir)) if run_dir else (lambda p: str(p))
+    return fallback, [f"OpenVINO cannot read the deployed {name(deployed)} (ops {', '.join(bad)}): the IR is "
+                      f"converted from the final torch model's plain fp32 export {name(fallback)}"]
+
+
+def convert_to_ir(onnx_path: Path, out_dir: Path) -> Path:
+    """``openvino.convert_model`` + ``save_model(compress_to_fp16=False)`` into ``out_dir`` with the
+    config and tokenizer files beside ``onnx_path``; ValueError naming the unconvertible ops."""
+    import openvino as ov
+
+    from compresslab.export.ort_quant import copy_model_files
+
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as e:  # OpenVINO raises bare RuntimeErrors (OpConversionFailure and friends)
+        raise ValueError(f"OpenVINO cannot convert {onnx_path.name}: ops {_ops_in_error(str(e), onnx_path)}. "
+                         f"OpenVINO said: {str(e).strip()[:400]}") from e
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / IR_NAME
+    ov.save_model(model, str(xml), compress_to_fp16=False)  # keep fp32 weights: precision is a compile choice
+    copy_model_files(onnx_path.parent, out_dir)
+    return xml
+
+
+def _ops_in_error(message: str, onnx_path: Path) -> list[str]:
+    """The graph's op types that an OpenVINO conversion error names (else those we know it cannot read)."""
+    import onnx
+
+    from compresslab.bench.openvino_runner import unreadable_ops
+
+    text = message.split("following", 1)[-1]  # "... does not support the following ONNX operations: ..."
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    ops = {f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes}
+    named = sorted(op for op in ops if re.search(rf"(?<![\w.]){re.escape(op)}(?!\w)", text))
+    return named or unreadable_ops(onnx_path) or ["(none named)"]
+
+
+def _check_ir(state: RunState, xml: Path, threads: int) -> dict[str, Any]:
+    """Parity of the IR (compiled f32: the graph's own fidelity) against torch on the export's real
+    padded batches; the compiled precision per setting. An fp32 IR past ``export.atol`` -> error."""
+    from compresslab.bench.openvino_runner import OpenVinoRunner
+    from compresslab.eval.evaluate import torch_forward
+    from compresslab.pipeline.export import _parity_batches
+
+    e = state.settings.export
+    runner = OpenVinoRunner(xml, threads, "f32")
+    ref_fwd = torch_forward(state.model)
+    max_d, n, agree, n_cls = 0.0, 0, 0, 0
+    for b in _parity_batches(state, e.parity_examples):
+        ref = ref_fwd(b)
+        out = runner.run({k: v.numpy() for k, v in b.items()})
+        diff = np.abs(out.astype(np.float64) - ref)
+        if diff.ndim == 3:
+            diff = diff[b["attention_mask"].numpy().astype(bool)]
+        max_d, n = max(max_d, float(np.max(diff, initial=0.0))), n + len(ref)
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            agree, n_cls = agree + int((out.argmax(-1) == ref.argmax(-1)).sum()), n_cls + len(ref)
+    parity = {"graph": "openvino_ir", "precision": "f32", "max_abs_diff": max_d, "atol": e.atol,
+              "n_examples": n, "argmax_agreement": agree / n_cls if n_cls else None}
+    rec: dict[str, Any] = {"parity": parity, "compiled_precision": {"f32": runner.compiled_precision}}
+    d = state.settings.deploy
+    if d.precision != "f32":
+        rec["compiled_precision"][d.precision] = OpenVinoRunner(xml, threads, d.precision).compiled_precision
+    if not _is_int8(xml) and not (np.isfinite(max_d) and max_d <= e.atol):
+        rec["error"] = f"IR parity vs torch: max |diff| {max_d:.3g} > atol {e.atol:.3g}"
+    return rec
+
+
+def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int) -> dict[str, Any]:
+    """ORT or OpenVINO by the rule in this module's docstring; returns the decision and its figures."""
+    from compresslab.bench import OrtRunner, measure_latency
+    from compresslab.bench.latency import shape_key
+    from compresslab.bench.openvino_runner import OpenVinoRunner
+    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
+
+    d, b, spec = state.settings.deploy, state.settings.bench, state.task.spec
+    val = list(state.task.validation)
+    rule = ("eligible: validation agreement >= ORT's - tolerance (ORT always); chosen: lowest p50 at "
+            "b32 x s<max_length> among the eligible")
+    out: dict[str, Any] = {"rule": rule, "tolerance": d.tolerance, "split": "validation", "n": len(val)}
+    if not val:
+        out.update(chosen="ort", reason="no validation examples: nothing to decide on")
+        return out
+    vocab = int(getattr(state.model.config, "vocab_size", 100))
+    runners = {"ort": OrtRunner(state.onnx.onnx_path, threads, vocab_size=vocab),
+               "openvino": OpenVinoRunner(run_dir / ir["path"], threads, d.precision, vocab_size=vocab)}
+    kw = dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
+    teacher = predict(torch_forward(state.teacher_or_initial()), spec, val, state.tokenizer, **kw)
+    from compresslab.eval.onnx_runner import OnnxRunner
+
+    scorers = {"ort": OnnxRunner(state.onnx.onnx_path, threads=threads), "openvino": runners["openvino"]}
+    scores = {k: compare(predict(onnx_forward(r), spec, val, state.tokenizer, **kw), teacher, spec)
+              for k, r in scorers.items()}
+    key = "agreement" if "agreement" in scores["ort"] else "agreement_pearson"
+    shape = (32, state.settings.max_length)
+    lat = measure_latency(runners, [shape], warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s, seed=b.seed,
+                          vocab_size=vocab, max_runs=b.max_runs)["results"]
+    p50 = {k: lat[k][shape_key(*shape)]["p50_ms"] for k in runners}
+    eligible = [k for k in runners if k == "ort" or scores[k][key] >= scores["ort"][key] - d.tolerance]
+    chosen = min(eligible, key=lambda k: (p50[k], k != "ort"))  # a tie keeps ORT
+    out.update(chosen=chosen, agreement_key=key, validation=scores, eligible=eligible,
+               shape=shape_key(*shape), p50_ms=p50, threads=threads,
+               precision={"ort": _precision_of(state.onnx.onnx_path),
+                          "openvino": runners["openvino"].compiled_precision})
+    log.info("deploy auto: %s (validation %s %s, b32 p50 ms %s)", chosen, key,
+             {k: round(v[key], 4) for k, v in scores.items()}, {k: round(v, 2) for k, v in p50.items()})
+    return out
+
+
+def _is_int8(path: Path) -> bool:
+    """Does the graph (ONNX or IR xml) hold int8 quantization (QDQ pairs, MatMulInteger, FakeQuantize)?"""
+    path = Path(path)
+    if path.suffix == ".xml":
+        text = path.read_text(errors="ignore")
+        return 'type="FakeQuantize"' in text or 'element_type="i8"' in text or 'element_type="u8"' in text
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return bool(ops & (_QDQ_OPS | {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"}))
+
+
+def _precision_of(path: Path) -> str:
+    return "int8" if _is_int8(Path(path)) else "fp32"
+
+
+def _rel(p: Path, run_dir: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(p)

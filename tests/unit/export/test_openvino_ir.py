@@ -1,0 +1,83 @@
+"""The deploy stage's OpenVINO IR: files in optimum-intel's layout, parity vs torch, int8 QDQ, fallbacks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from compresslab.bench.openvino_runner import OpenVinoRunner  # noqa: E402
+from compresslab.pipeline.deploy import IR_NAME, _is_int8, convert_to_ir, ir_source  # noqa: E402
+
+
+def _model_dir(exported, dst: Path) -> Path:
+    """A dir holding only the config + tokenizer files of the export (as an ONNX pass's step dir does)."""
+    from compresslab.export.ort_quant import copy_model_files
+
+    copy_model_files(Path(exported.onnx_path).parent, dst)
+    return dst
+
+
+def test_plain_export_converts_to_ir_files_that_load_and_match_torch(exported_bert, bert_model, batches, torch_out,
+                                                                      tmp_path):
+    import openvino as ov
+
+    src, notes = ir_source(Path(exported_bert.onnx_path), Path(exported_bert.onnx_path))
+    assert src.name == "model_unfused.onnx" and notes == []  # the fused graph has com.microsoft ops
+    xml = convert_to_ir(src, tmp_path / "openvino")
+    assert xml.name == IR_NAME
+    for f in (IR_NAME, "openvino_model.bin", "config.json", "tokenizer.json"):
+        assert (tmp_path / "openvino" / f).is_file(), f
+    assert not list((tmp_path / "openvino").glob("*.onnx"))
+    model = ov.Core().read_model(str(xml))
+    assert {p.get_any_name() for p in model.inputs} >= {"input_ids", "attention_mask"}
+    runner = OpenVinoRunner(xml, threads=1, precision="f32")
+    for b in batches:
+        out = runner.run({k: v.numpy() for k, v in b.items()})
+        assert np.abs(out - torch_out(bert_model, b)).max() < 1e-4
+    assert not _is_int8(xml)
+
+
+def test_qdq_int8_graph_deploys_as_an_int8_ir(exported_bert, batches, tmp_path):
+    from compresslab.export.ort_quant import quantize_static_qdq
+
+    qdq = _model_dir(exported_bert, tmp_path / "qdq") / "model.onnx"
+    quantize_static_qdq(exported_bert.unfused_path, qdq, batches, op_types=["MatMul"])
+    src, notes = ir_source(qdq, Path(exported_bert.onnx_path))
+    assert src == qdq and notes == []
+    xml = convert_to_ir(src, tmp_path / "ir")
+    assert _is_int8(xml)
+    out = OpenVinoRunner(xml, threads=1, precision="f32").run({k: v.numpy() for k, v in batches[0].items()})
+    assert out.shape == (len(batches[0]["input_ids"]), 2) and np.isfinite(out).all()
+
+
+def test_dynamic_int8_matmulinteger_falls_back_to_the_plain_fp32_export_with_a_note(exported_bert, tmp_path):
+    from compresslab.export.ort_quant import quantize_dynamic_int8
+
+    dyn = _model_dir(exported_bert, tmp_path / "dyn") / "model.onnx"
+    quantize_dynamic_int8(exported_bert.unfused_path, dyn)
+    src, notes = ir_source(dyn, Path(exported_bert.onnx_path))
+    assert src == Path(exported_bert.unfused_path)
+    assert len(notes) == 1 and "MatMulInteger" in notes[0] and str(dyn) in notes[0]
+
+
+def test_a_graph_openvino_cannot_convert_names_the_op(exported_bert, tmp_path):
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(exported_bert.unfused_path))
+    node = model.graph.node[-1]
+    bogus = helper.make_node("NoSuchOp", list(node.output), [node.output[0] + "_x"], domain="example.bogus")
+    model.graph.node.append(bogus)
+    model.graph.output[0].name = node.output[0] + "_x"
+    model.opset_import.append(helper.make_opsetid("example.bogus", 1))
+    bad = tmp_path / "bad" / "model.onnx"
+    bad.parent.mkdir()
+    onnx.save(model, str(bad))
+    with pytest.raises(ValueError, match=r"example\.bogus\.NoSuchOp"):
+        convert_to_ir(bad, tmp_path / "ir")
+    assert not (tmp_path / "ir" / IR_NAME).exists()

@@ -1,0 +1,67 @@
+"""``deploy.runtime=ort|openvino|auto``: composed from conf/deploy, typed and refused at start when wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from compresslab.config import compose
+from compresslab.pipeline import SettingsError
+from compresslab.pipeline.settings import DeploySettings, RunSettings, default_deploy
+
+
+def _settings(*extra: str) -> RunSettings:
+    return RunSettings.from_config(compose(["+pipeline=int8", "debug=smoke", *extra]))
+
+
+def test_default_is_ort_and_every_option_composes():
+    assert _settings().deploy == default_deploy() == DeploySettings(runtime="ort", precision="default", tolerance=0.005)
+    pytest.importorskip("openvino")
+    assert _settings("deploy=openvino").deploy.runtime == "openvino"
+    auto = _settings("deploy=auto", "deploy.tolerance=0.01").deploy
+    assert (auto.runtime, auto.tolerance) == ("auto", 0.01)
+    cfg = compose(["+pipeline=ziplm_int8", "deploy=openvino"])
+    assert RunSettings.from_config(cfg).deploy.runtime == "openvino"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("deploy.runtime=tensorrt", r"runtime='tensorrt' is not valid; allowed: 'ort', 'openvino', 'auto'"),
+    ("deploy.precision=fp8", r"precision='fp8' is not valid; allowed: 'default', 'f32', 'bf16'"),
+    ("deploy.tolerance=1.5", r"tolerance: a fraction"),
+    ("+deploy.tolerence=0.1", r"unknown key\(s\) \['tolerence'\]"),
+])
+def test_bad_deploy_settings_are_refused_at_start(override, match):
+    with pytest.raises(SettingsError, match=f"deploy: {match}"):
+        _settings(override)
+
+
+def test_openvino_requested_but_missing_names_the_extra(monkeypatch):
+    import compresslab.bench.openvino_runner as ovr
+
+    monkeypatch.setattr(ovr, "openvino_missing_reason",
+                        lambda: "openvino is not installed (x); install it with `pip install 'compresslab[openvino]'`")
+    with pytest.raises(SettingsError, match=r"runtime 'openvino' requested but .*compresslab\[openvino\]"):
+        _settings("deploy=openvino")
+    assert _settings().deploy.runtime == "ort"  # ort never needs it
+
+
+def test_bf16_without_a_bf16_isa_is_refused_at_start(monkeypatch):
+    pytest.importorskip("openvino")
+    import compresslab.bench.openvino_runner as ovr
+
+    monkeypatch.setattr(ovr, "cpu_flags", lambda: {"avx2", "avx512f"})
+    with pytest.raises(SettingsError, match=r"'bf16' requested but this CPU has none of \['avx512_bf16', 'amx_bf16'\]"):
+        _settings("deploy=openvino", "deploy.precision=bf16")
+    monkeypatch.setattr(ovr, "cpu_flags", lambda: {"amx_bf16"})
+    assert _settings("deploy=openvino", "deploy.precision=bf16").deploy.precision == "bf16"
+
+
+def test_bad_deploy_fails_a_run_before_any_model_loads(tmp_path, data_root):
+    import time
+
+    from compresslab.pipeline import run
+
+    t0 = time.perf_counter()
+    with pytest.raises(SettingsError, match="deploy: runtime"):
+        run(compose(["+pipeline=int8", "debug=smoke", f"data.root={data_root}", "deploy.runtime=nope",
+                     f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache"]))
+    assert time.perf_counter() - t0 < 20
