@@ -330,6 +330,7 @@ def _work_dir(output_dir: str | Path | None) -> tuple[Path, Any]:
 def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData") -> Any:
     """The CLI's step loop over an in-memory model; resumes a run dir made by the same call."""
     from compresslab.manifest import RunManifest, stable_hash
+    from compresslab.pipeline.driver import recording_failure
     from compresslab.pipeline.plan import RunDirConflictError
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
@@ -352,8 +353,10 @@ def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData"
                                       model_id=str(getattr(state.model.config, "_name_or_path", "") or "in-memory"),
                                       config=config)
     manifest.data["status"] = "running"
+    manifest.data.pop("error", None)
     manifest.save()
-    run_steps(state, steps, run_dir, manifest)
+    with recording_failure(manifest):
+        run_steps(state, steps, run_dir, manifest)
     manifest.data["status"] = "finished"
     manifest.save()
     return manifest

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,11 +33,29 @@ def run(cfg: DictConfig) -> Path:
         return run_dir
     manifest = existing or _start(state, run_dir, cfg)
     manifest.data["status"] = "running"
+    manifest.data.pop("error", None)
     manifest.save()
-    state.load_initial()
-    if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
-        finish(state, run_dir, manifest)
+    with recording_failure(manifest):
+        state.load_initial()
+        if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
+            finish(state, run_dir, manifest)
     return run_dir
+
+
+@contextmanager
+def recording_failure(manifest: RunManifest) -> Iterator[None]:
+    """Mark the manifest ``failed`` (with the error and the step that was running) when the body
+    raises, then re-raise: a report of the dir says so, and rerunning resumes after the last
+    finished step. Ctrl-C is recorded as ``interrupted``."""
+    try:
+        yield
+    except BaseException as e:
+        running = [s.name for s in manifest.steps if s.status == "running"]
+        manifest.data["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        manifest.data["error"] = {"type": type(e).__name__, "message": str(e)[:2000], "step": running[-1] if running
+                                  else None, "at": now()}
+        manifest.save()
+        raise
 
 
 def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:

@@ -132,6 +132,8 @@ class BenchSettings:
             if len(s) != 2:
                 raise ValueError(f"shapes: each entry is [batch, seq], got {list(s)!r}")
             shapes.append((check_positive_int(s[0], "shapes batch"), check_positive_int(s[1], "shapes seq")))
+        if not shapes:
+            raise ValueError("shapes is empty: give at least one [batch, seq]")
         object.__setattr__(self, "shapes", tuple(shapes))
         if self.threads is not None:
             check_positive_int(self.threads, "threads")
@@ -154,6 +156,10 @@ class BenchSettings:
             from compresslab.bench.openvino_runner import check_precision
 
             check_precision("bf16")
+        # the denominator must be a runner that is always measured: ORT's dense teacher, or torch's
+        # when that backend is on (OpenVINO may be skipped at run time when it is not installed)
+        allowed = ("ort_fp32",) + (("torch_fp32",) if "torch" in backends else ())
+        check_choice(self.denominator, allowed, "denominator")
         if not isinstance(self.deepsparse, DeepSparseSettings):
             object.__setattr__(self, "deepsparse", _build(DeepSparseSettings, "bench.deepsparse", self.deepsparse))
 
@@ -211,10 +217,20 @@ class RunSettings:
 
         c = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(c, dict)
-        return cls(seed=int(c["seed"]), max_length=int(c["task"]["max_length"]),
-                   batch_size=int(c["budget"]["batch_size"]), cache_dir=Path(c["paths"]["cache_dir"]),
-                   threads=c["run"].get("threads"), device=str(c.get("device", "auto")),
-                   report=bool(c.get("report", True)),
+        run = c["run"]
+        try:
+            check_int(c["seed"], "seed", minimum=0)
+            check_positive_int(c["task"]["max_length"], "task.max_length")
+            check_positive_int(c["budget"]["batch_size"], "budget.batch_size")
+            if run.get("threads") is not None:
+                check_positive_int(run["threads"], "run.threads")
+            if run.get("stop_after") is not None:
+                check_int(run["stop_after"], "run.stop_after", minimum=0)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        return cls(seed=c["seed"], max_length=c["task"]["max_length"], batch_size=c["budget"]["batch_size"],
+                   cache_dir=Path(c["paths"]["cache_dir"]), threads=run.get("threads"),
+                   device=str(c.get("device", "auto")), report=bool(c.get("report", True)),
                    export=_build(ExportSettings, "export", c.get("export")),
                    eval=_build(EvalSettings, "eval", c.get("eval")),
                    bench=_build(BenchSettings, "bench", c.get("bench")),

@@ -84,9 +84,15 @@ class RunState:
         from compresslab.data.tasks import load_task, resolve_data_root
         from compresslab.models.loading import check_model_source, resolve_source
 
+        from compresslab.models.loading import read_config
+
         settings = RunSettings.from_config(cfg)
+        device = resolve_device(settings.device)
         src = resolve_source(cfg.model.source)
         check_model_source(src)
+        limit = read_config(src).get("max_position_embeddings")
+        if limit is not None and settings.max_length > int(limit):
+            raise ValueError(f"task.max_length={settings.max_length} exceeds the model's max_position_embeddings={limit}")
         t = cfg.task
         generic = OmegaConf.to_container(t.generic, resolve=True) if t.get("generic") else None
         root = None if generic else resolve_data_root(cfg.data.get("root"))
@@ -97,7 +103,7 @@ class RunState:
             from compresslab.bench.deepsparse_backend import check_requested
 
             check_requested(settings.bench.deepsparse.enabled, settings.bench.deepsparse.python)
-        return cls(settings=settings, task=task, model_source=src, device=resolve_device(settings.device))
+        return cls(settings=settings, task=task, model_source=src, device=device)
 
     # ---------------------------------------------------------------- derived
     @property

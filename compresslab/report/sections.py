@@ -86,6 +86,11 @@ def _status(m: Mapping[str, Any]) -> list[Block]:
     if status != "finished":
         out.append(Para(f"Run status: {status} (last update {m.get('updated', DASH)}). "
                         "Figures below are partial.", kind="warn"))
+    err = m.get("error")
+    if isinstance(err, Mapping):
+        out.append(Para(f"Error{' in step ' + plain(err.get('step')) if err.get('step') else ''}: "
+                        f"{plain(err.get('type'))}: {plain(err.get('message'))}. Rerun the same command to resume "
+                        "after the last finished step.", kind="warn"))
     absent = [k for k in EXPECTED if not m.get(k)]
     if absent:
         out.append(Para("Missing from the manifest: " + ", ".join(absent) + ".", kind="warn"))

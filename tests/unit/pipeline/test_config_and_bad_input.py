@@ -150,3 +150,35 @@ def test_teacher_pass_must_come_first(tmp_path):
     _fails_fast(cfg, PipelineError, "TORCH pass after the ONNX pass|teacher")
     cfg = compose(["+pipeline=magnitude_int8", "debug=smoke", "pipeline.steps=[magnitude,finetune,int8]"])
     _fails_fast(cfg, PipelineError, "teacher .* must be the first step")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("bench.denominator=foo", "denominator"),
+    ("bench.shapes=[]", "shapes is empty"),
+    ("seed=-1", "seed"),
+    ("run.threads=0", "run.threads"),
+    ("run.stop_after=-1", "stop_after"),
+    ("task.max_length=1000", "max_position_embeddings"),
+    ("device=tpu", "device='tpu'"),
+])
+def test_more_bad_settings_fail_before_any_work(tmp_path, data_root, override, match):
+    _fails_fast(_smoke(tmp_path, f"data.root={data_root}", override), ValueError, match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_run_is_recorded_as_failed_and_reported(tmp_path, data_root, monkeypatch):
+    import compresslab.pipeline.steps as steps
+    from compresslab.manifest import read_json
+    from compresslab.report import build_report
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(steps, "run_step", boom)
+    cfg = _smoke(tmp_path, f"data.root={data_root}", f"run.dir={tmp_path}/run")
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(cfg)
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["status"] == "failed" and m["error"]["type"] == "RuntimeError" and "disk full" in m["error"]["message"]
+    build_report(tmp_path / "run")
+    assert "disk full" in (tmp_path / "run" / "report.md").read_text()
