@@ -33,15 +33,15 @@ def compress(model: Any, tokenizer: Any, passes: Any, **kwargs: Any):
 
 
 def evaluate(model: Any, data: Any, tokenizer: Any = None, **kwargs: Any) -> dict:
-    """Score a torch model or an ONNX export dir on data; see :func:`compresslab.api.evaluate`."""
-    from compresslab.api import evaluate as _evaluate
+    """Score a torch model or an ONNX export dir on data; see :func:`compresslab.measure.evaluate`."""
+    from compresslab.measure import evaluate as _evaluate
 
     return _evaluate(model, data, tokenizer, **kwargs)
 
 
 def benchmark(models: Any, **kwargs: Any) -> dict:
-    """Interleaved latency of ONNX dirs and torch models; see :func:`compresslab.api.benchmark`."""
-    from compresslab.api import benchmark as _benchmark
+    """Interleaved latency of ONNX dirs and torch models; see :func:`compresslab.measure.benchmark`."""
+    from compresslab.measure import benchmark as _benchmark
 
     return _benchmark(models, **kwargs)
 

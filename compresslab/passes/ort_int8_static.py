@@ -1,8 +1,10 @@
 """``ort_int8_static``: ONNX Runtime static int8 in QDQ format, calibrated on train data (Stage.ONNX).
 
 Activation ranges come from ``num_calibration`` seeded train examples (never validation or dev,
-MEASURE.md), so no per-call quantization cost. Runs on the fused graph like the dynamic pass; the
-math lives in ``export/ort_quant.py``.
+MEASURE.md), so no per-call quantization cost. Runs on the fused graph like the dynamic pass
+(``graph: fused``), or on the plain export (``graph: plain``: standard ONNX ops only, the QDQ graph
+OpenVINO reads and turns into an int8 IR with ``deploy=openvino``); the math lives in
+``export/ort_quant.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, ClassVar
 from compresslab.export.ort_quant import CalibrateMethod, QuantDType, check_op_types, read_export_config
 from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
-from compresslab.validate import check_bools, check_int, coerce_enum
+from compresslab.validate import check_bools, check_choice, check_int, coerce_enum
+
+GRAPHS = ("fused", "plain")
 
 
 @register_pass("ort_int8_static")
@@ -37,6 +41,7 @@ class OrtInt8Static:
     batch_size: int | None = None
     optimize: bool = True
     op_types: list[str] | None = None
+    graph: str = "fused"  # fused (ORT's fused graph) | plain (the unfused export: readable by OpenVINO)
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
@@ -49,6 +54,7 @@ class OrtInt8Static:
             if getattr(self, n) is not None or n != "batch_size":
                 check_int(getattr(self, n), f"{self.name} {n}")
         check_bools(self, "per_channel", "reduce_range", "optimize")
+        check_choice(self.graph, GRAPHS, f"{self.name} graph")
         self.op_types = check_op_types(self, "QDQRegistry")
 
     def check(self, task: Any) -> None:
@@ -61,25 +67,26 @@ class OrtInt8Static:
         model = model if isinstance(model, OnnxModel) else OnnxModel(Path(model).parent, Path(model))
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         dst = ctx.step_dir / "model.onnx"
-        seen = {"rows": 0}  # what calibration really used (a small train split gives fewer than asked)
-
-        def counted(it):
-            for b in it:
-                seen["rows"] += len(b["input_ids"])
-                yield b
-
-        batches = counted(ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size))
+        # a train split smaller than num_calibration gives all of it; n_calibration_examples says how many
+        batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size)
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
-            src, fused_here = (ensure_fused(model.onnx_path, read_export_config(model.dir), work) if self.optimize
-                               else (model.onnx_path, False))
+            if self.graph == "plain":
+                src, fused_here = model.dir / "model_unfused.onnx", False
+                if not src.is_file():
+                    raise FileNotFoundError(f"graph=plain needs the plain export {src} (written by the export stage)")
+            elif self.optimize:
+                src, fused_here = ensure_fused(model.onnx_path, read_export_config(model.dir), work)
+            else:
+                src, fused_here = model.onnx_path, False
             metrics = quantize_static_qdq(
                 src, dst, ctx.track(batches, desc="calibrate"), per_channel=self.per_channel,
                 reduce_range=self.reduce_range, calibrate_method=self.calibrate_method,
                 activation_type=self.activation_type, weight_type=self.weight_type, op_types=self.op_types)
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
-        metrics["calibration_examples"] = seen["rows"]
+        metrics["graph"] = self.graph
         return PassResult(metrics=metrics, onnx_path=str(dst),
                           structure={"weight_bits": 8, "activation_bits": 8, "scheme": "ort_static_qdq",
+                                     "graph": self.graph,
                                      "weight_type": self.weight_type.value,
                                      "activation_type": self.activation_type.value})

@@ -38,11 +38,23 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
 
     b = state.settings.bench
     vocab = int(getattr(state.model.config, "vocab_size", 100))
-    files = {"ort_fp32": teacher_onnx(run_dir, manifest), "deployed": Path(state.onnx.onnx_path)}
+    ir = _deployed_ir(manifest, run_dir)
+    # ``deployed`` is what the deploy stage chose: the ONNX file on ORT, or the OpenVINO IR; in the
+    # latter case the ONNX file it came from is still timed on ORT as ``deployed_onnx_ort``.
+    files = {"ort_fp32": teacher_onnx(run_dir, manifest),
+             "deployed_onnx_ort" if ir else "deployed": Path(state.onnx.onnx_path)}
     runners: dict[str, Any] = {name: OrtRunner(p, threads, vocab_size=vocab) for name, p in files.items()}
     ran = {name: (p, _onnx_precision(p)) for name, p in files.items()}
     dense = ["ort_fp32"]
     notes: list[str] = []
+    if ir is not None:
+        from compresslab.bench.openvino_runner import OpenVinoRunner
+
+        path, precision = ir
+        runners["deployed"] = OpenVinoRunner(path, threads, precision, vocab_size=vocab)
+        ran["deployed"] = (path, runners["deployed"].compiled_precision)
+        notes.append(f"deployed is the OpenVINO IR {_rel(path, run_dir)} (deploy.runtime=openvino), compiled as "
+                     f"{runners['deployed'].compiled_precision}; its ONNX source runs on ORT as deployed_onnx_ort.")
     skipped: dict[str, str] = {}
     if "openvino" in b.backends:
         ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes)
@@ -92,6 +104,14 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
     manifest.data["bench"] = section
     atomic_write_json(run_dir / "bench" / "latency.json", section)
     manifest.save()
+
+
+def _deployed_ir(manifest: RunManifest, run_dir: Path) -> tuple[Path, str] | None:
+    """(IR path, precision asked) when the deploy stage chose the OpenVINO IR, else None."""
+    dep = manifest.data.get("export", {}).get("deployed") or {}
+    if dep.get("runtime") != "openvino":
+        return None
+    return run_dir / dep["path"], str(dep.get("precision") or "default")
 
 
 def best_dense(results: dict[str, Any], dense: list[str]) -> dict[str, dict[str, Any]]:

@@ -11,11 +11,11 @@ from compresslab.config import compose
 from compresslab.manifest import read_json
 from compresslab.pipeline import run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # two real-model runs: with the e2e runs
 
 
-def _cfg(tmp_path: Path, data_root: Path, *extra: str):
-    return compose(["+pipeline=int8", "debug=smoke", "bench=off", f"data.root={data_root}", "run.threads=1",
+def _cfg(tmp_path: Path, data_root: Path, *extra: str, bench: str = "off"):
+    return compose(["+pipeline=int8", "debug=smoke", f"bench={bench}", f"data.root={data_root}", "run.threads=1",
                     f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", *extra])
 
 
@@ -23,7 +23,7 @@ def test_int8_deployed_on_openvino_then_auto(tmp_path, data_root):
     pytest.importorskip("openvino")
     import openvino as ov
 
-    rd = run(_cfg(tmp_path, data_root, "deploy=openvino"))
+    rd = run(_cfg(tmp_path, data_root, "deploy=openvino", "bench.backends=[ort]", bench="default"))
     m = read_json(rd / "manifest.json")
     assert m["status"] == "finished"
     dep = m["export"]["deployed"]
@@ -40,6 +40,9 @@ def test_int8_deployed_on_openvino_then_auto(tmp_path, data_root):
     assert ev["deployed_path"] == dep["path"] and ev["deployed_runtime"] == "openvino"
     assert {"deployed", "deployed_onnx_ort", "ort_fp32"} <= set(ev["models"])
     assert ev["models"]["deployed"]["agreement"] >= 0.9  # the fp32 IR (at OpenVINO's default precision)
+    b = m["bench"]  # speed from the same artifact that was scored
+    assert b["files"]["deployed"] == dep["path"] and b["files"]["deployed_onnx_ort"] == "steps/01_int8/model.onnx"
+    assert b["precision"]["deployed"] in ("f32", "bf16") and b["speedups"]["deployed"]
 
     rd2 = run(_cfg(tmp_path, data_root, "deploy=auto"))
     m2 = read_json(rd2 / "manifest.json")

@@ -271,6 +271,6 @@ def test_benchmark_checks_its_inputs(tiny_tok, tmp_path):
 def test_static_int8_with_fewer_train_examples_than_calibration_asks(tiny_tok):
     r = compresslab.compress(_trained(), tiny_tok, [{"name": "ort_int8_static", "num_calibration": 256}],
                              data=_pairs(40, 0), **_kw())
-    used = r.metrics["steps"][0]["metrics"]["calibration_examples"]
+    used = r.metrics["steps"][0]["metrics"]["n_calibration_examples"]
     assert used == len(r._state.task.train) < 256  # all of the (carved) train split, not a crash
     r.close()

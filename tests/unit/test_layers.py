@@ -23,7 +23,7 @@ FLOOR = {
     "pruning": 5,
     "passes": 6,
     "pipeline": 7,
-    "api": 8,
+    "api": 8, "measure": 8,
     "cli": 9, "__init__": 9,
     "__main__": 10,
 }

@@ -78,6 +78,19 @@ def test_static_pass_applies_on_export(exported_bert, tmp_path, tok, batches):
     assert count_ops(res.onnx_path)["QuantizeLinear"] > 0 and res.metrics["n_calibration_examples"] == 12
 
 
+def test_static_pass_on_the_plain_graph_gives_standard_ops_openvino_reads(exported_bert, tmp_path, tok, batches):
+    from compresslab.bench.openvino_runner import unreadable_ops
+
+    ctx = _ctx(tmp_path, tok, batches)
+    res = OrtInt8Static(num_calibration=12, graph="plain", op_types=["MatMul"]).apply(
+        OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    ops = count_ops(res.onnx_path)
+    assert ops["QuantizeLinear"] > 0 and not [o for o in ops if o.startswith(("Attention", "SkipLayerNorm", "Embed"))]
+    assert unreadable_ops(res.onnx_path) == [] and res.structure["graph"] == "plain"
+    with pytest.raises(ValueError, match="allowed: 'fused', 'plain'"):
+        OrtInt8Static(graph="unfused")
+
+
 def test_dynamic_pass_fuses_an_unfused_export_first(tmp_path, tok, batches, bert_model):
     exp = export_model(bert_model, tok, tmp_path / "exp", batches[:1], optimize=False, threads=1)
     res = OrtInt8Dynamic().apply(OnnxModel(exp.dir, exp.onnx_path), _ctx(tmp_path, tok, batches))

@@ -1,0 +1,158 @@
+"""Score and time models from Python: :func:`evaluate` (torch model or ONNX export dir on data) and
+:func:`benchmark` (interleaved latency, MEASURE.md "Speed"); plain dicts out, no run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from compresslab.data.tasks import TaskData
+
+
+def _load_onnx_dir(path: Path) -> tuple[Path, Any]:
+    """(the .onnx file, the directory's tokenizer or None when it ships none)."""
+    from compresslab.models.loading import load_tokenizer
+
+    onnx = path if path.suffix == ".onnx" else path / "model.onnx"
+    if not onnx.is_file():
+        raise FileNotFoundError(f"{path}: no model.onnx (expected an export directory or an .onnx file)")
+    has_tok = any((onnx.parent / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    return onnx, load_tokenizer(onnx.parent) if has_tok else None
+
+
+def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None, reference_tokenizer: Any = None,
+             label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
+             batch_size: int = 64, threads: int | None = None, **columns: str) -> dict[str, Any]:
+    """Score a torch model or an exported ONNX dir (or ``.onnx`` file) on ``data``; a plain dict.
+
+    ``data`` takes the same kinds as :func:`compress`. The tokenizer of an ONNX dir is read from the
+    dir. With ``reference`` (another model or ONNX dir) the result adds agreement with it and
+    McNemar's p-value. Returns ``{"n", "primary_metric", "score", <every metric>, ...}``; ValueError
+    for labels that do not match the model's head.
+    """
+    from compresslab.eval.evaluate import compare
+
+    kw = dict(label2id=label2id, kind=kind, max_length=max_length, batch_size=batch_size, threads=threads,
+              columns=columns)
+    scored, task, tok = _predict(model, data, tokenizer, **kw)
+    ref = None
+    if reference is not None:  # the reference reads its own tokenizer (an export dir's), else the model's
+        ref = _predict(reference, data, reference_tokenizer or tokenizer or tok, **kw)[0]
+    return {"n": len(task.dev), "primary_metric": task.spec.primary_metric, **compare(scored, ref, task.spec)}
+
+
+def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
+             batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData", Any]:
+    from compresslab.data.checks import check_labels_match_head
+    from compresslab.data.user import task_from_user_data
+    from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
+
+    if isinstance(model, (str, Path)):
+        from compresslab.eval.onnx_runner import OnnxRunner
+
+        onnx, own = _load_onnx_dir(Path(model))
+        forward, tok = onnx_forward(OnnxRunner(onnx, threads=threads)), own or tokenizer
+        if tok is None:
+            raise ValueError(f"{model} ships no tokenizer files: pass tokenizer=")
+        config = _read_export_config(onnx.parent)
+    else:
+        if tokenizer is None:
+            raise ValueError("evaluate(model, data) of a torch model needs its tokenizer: evaluate(model, data, tok)")
+        forward, tok, config = torch_forward(model.eval()), tokenizer, model.config
+        from compresslab.models.heads import task_kind_of
+
+        kind = kind or task_kind_of(model)
+    if config is not None and kind is None and int(getattr(config, "num_labels", 2)) == 1:
+        kind = "regression"
+    from compresslab.models.heads import config_label2id
+
+    l2i = label2id or config_label2id(config)
+    task = task_from_user_data(data, data, label2id=l2i, kind=kind, val_size=0, **columns)
+    if config is not None:
+        check_labels_match_head(task, config)
+    return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task, tok
+
+
+def _read_export_config(d: Path) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(d, local_files_only=True) if (d / "config.json").is_file() else None
+
+
+def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tuple[int, int]] = ((1, 128), (32, 128)),
+              threads: int | None = None, denominator: str | None = None, warmup: int = 5, runs: int = 30,
+              min_time_s: float = 2.0, max_runs: int = 300, seed: int = 0) -> dict[str, Any]:
+    """Interleaved CPU latency of ONNX dirs/files and torch models (MEASURE.md "Speed"); a plain dict.
+
+    ``models``: a list (named by position: the dir name, or ``torch_<i>``) or ``{name: model}``.
+    Every model runs at every ``(batch, seq)`` with random token ids, interleaved round by round,
+    after ``warmup`` untimed calls. Returns ``{"latency": {name: {"b1xs128": {"p50_ms", "p90_ms",
+    ...}}}, "speedups": {name: {shape: x}} (vs ``denominator``, default the first model),
+    "threads", "hardware", "settings"}``.
+    """
+    from compresslab.bench import OrtRunner, TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
+    from compresslab.bench import speedups as speedup_table
+
+    if isinstance(models, Mapping):
+        items = dict(models)
+    else:
+        names = [_name(m, i) for i, m in enumerate(models)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"benchmark(): models {dupes} would share a name; pass a dict {{name: model}}")
+        items = dict(zip(names, models))
+    if not items:
+        raise ValueError("benchmark() needs at least one model")
+    shapes = _check_shapes(shapes)
+    n = resolve_threads(threads)
+    runners: dict[str, Any] = {}
+    vocab = None
+    for name, m in items.items():
+        if isinstance(m, (str, Path)):
+            onnx, _ = _load_onnx_dir(Path(m))
+            cfg = _read_export_config(onnx.parent)
+            vocab = vocab or (int(cfg.vocab_size) if cfg is not None else None)
+            runners[name] = OrtRunner(onnx, n, vocab_size=vocab)
+        else:
+            vocab = vocab or int(m.config.vocab_size)
+            runners[name] = TorchRunner(m.eval(), n)
+    denominator = denominator or next(iter(items))
+    if denominator not in runners:
+        raise ValueError(f"denominator {denominator!r} is not one of {sorted(runners)}")
+    limit = min((int(getattr(m.config, "max_position_embeddings", 10**9)) for m in items.values()
+                 if not isinstance(m, (str, Path))), default=None)
+    for name, m in items.items():
+        if isinstance(m, (str, Path)):
+            cfg = _read_export_config(_load_onnx_dir(Path(m))[0].parent)
+            if cfg is not None and getattr(cfg, "max_position_embeddings", None):
+                limit = min(limit or 10**9, int(cfg.max_position_embeddings))
+    if limit is not None and max(s for _, s in shapes) > limit:
+        raise ValueError(f"shapes {shapes}: seq exceeds the models' max_position_embeddings={limit}")
+    lat = measure_latency(runners, shapes, warmup=warmup, runs=runs,
+                          min_time_s=min_time_s, seed=seed, vocab_size=vocab, max_runs=max_runs)
+    return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,
+            "threads": n, "runners": lat.get("runners"), "hardware": hardware_fingerprint(),
+            "settings": {"shapes": [list(s) for s in shapes], "warmup": warmup, "runs": runs,
+                         "min_time_s": min_time_s, "max_runs": max_runs, "seed": seed}}
+
+
+def _check_shapes(shapes: Any) -> list[tuple[int, int]]:
+    """``[(batch, seq), ...]``, non-empty, positive integers; ValueError naming the bad entry."""
+    from compresslab.validate import check_positive_int
+
+    out = []
+    for s in shapes or ():
+        if not isinstance(s, (tuple, list)) or len(s) != 2:
+            raise ValueError(f"shapes: each entry is (batch, seq), got {s!r}")
+        out.append((check_positive_int(s[0], "batch"), check_positive_int(s[1], "seq")))
+    if not out:
+        raise ValueError("shapes is empty: give at least one (batch, seq)")
+    return out
+
+
+def _name(m: Any, i: int) -> str:
+    if isinstance(m, (str, Path)):
+        p = Path(m)
+        return p.parent.name if p.suffix == ".onnx" else p.name
+    return f"torch_{i}"
