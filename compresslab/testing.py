@@ -44,3 +44,15 @@ def tiny_context(tokenizer: Any, tmp_path: str | Path, *, teacher: torch.nn.Modu
     return PassContext(tokenizer=tokenizer, task=task or tiny_task(), run_dir=tmp_path, step_dir=step,
                        device=torch.device("cpu"), seed=0, teacher=teacher, max_length=max_length,
                        batch_size=batch_size, cache_dir=tmp_path / "cache", model_source="")
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Path:
+    """A CSV file with ``header`` then ``rows`` (for data-reading tests); returns its path."""
+    import csv
+
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

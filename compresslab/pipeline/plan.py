@@ -93,7 +93,7 @@ def check_order(steps: list[Step]) -> None:
         elif seen_onnx:
             raise PipelineError(f"step {s.name!r} is a TORCH pass after the ONNX pass {seen_onnx!r}; "
                                 "TORCH passes must come before export")
-    makers = [s for s in steps if getattr(s.pass_, "makes_teacher", False)]
+    makers = [s for s in steps if s.pass_.makes_teacher]
     if len(makers) > 1 or (makers and makers[0].index != steps[0].index):
         raise PipelineError(f"the pass producing the teacher ({', '.join(s.name for s in makers)}) must be the "
                             "first step and appear once")

@@ -9,16 +9,9 @@ import pytest
 
 from compresslab.data.schema import DataFormatError, DataNotFoundError, SplitUnavailableError
 from compresslab.data.tasks import TaskKind, check_data_available, load_task
+from compresslab.testing import write_csv
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    import csv
-
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -28,8 +21,8 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
 
 def test_csv_single_sentence_with_string_labels(tmp_path: Path) -> None:
     rows = [["great, really", "pos"], ['a "quoted" bad film', "neg"], ["fine", "neutral"]]
-    train = _write_csv(tmp_path / "train.csv", ["review", "sentiment"], rows)
-    dev = _write_csv(tmp_path / "dev.csv", ["review", "sentiment"], rows[:2])
+    train = write_csv(tmp_path / "train.csv", ["review", "sentiment"], rows)
+    dev = write_csv(tmp_path / "dev.csv", ["review", "sentiment"], rows[:2])
     data = load_task("generic", generic={"train": str(train), "dev": str(dev), "text_a": "review",
                                          "label": "sentiment", "name": "reviews"})
     assert data.spec.name == "reviews" and data.spec.kind is TaskKind.CLASSIFICATION
@@ -43,7 +36,7 @@ def test_csv_single_sentence_with_string_labels(tmp_path: Path) -> None:
 
 def test_csv_pairs_regression(tmp_path: Path) -> None:
     rows = [["a cat", "a dog", "2.5"], ["a man", "a person", "4"]]
-    path = _write_csv(tmp_path / "pairs.csv", ["s1", "s2", "score"], rows)
+    path = write_csv(tmp_path / "pairs.csv", ["s1", "s2", "score"], rows)
     data = load_task("sim", generic={"train": str(path), "dev": str(path), "text_a": "s1", "text_b": "s2",
                                      "label": "score", "kind": "regression"})
     assert data.spec.name == "sim" and data.spec.kind is TaskKind.REGRESSION
@@ -95,6 +88,6 @@ def test_generic_errors_are_specific(tmp_path: Path) -> None:
         load_task("generic", generic={"dev": str(path), "format": "parquet"})
     with pytest.raises(DataFormatError, match="not in labels"):
         load_task("generic", generic={"dev": str(path), "labels": ["a"], "text_a": "label"})
-    bad = _write_csv(tmp_path / "r.csv", ["text", "label"], [["x", "high"]])
+    bad = write_csv(tmp_path / "r.csv", ["text", "label"], [["x", "high"]])
     with pytest.raises(DataFormatError, match="r.csv:2: label 'high' is not a number"):
         load_task("generic", generic={"dev": str(bad), "kind": "regression"})

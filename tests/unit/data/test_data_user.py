@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from compresslab.data.schema import DataNotFoundError, Example, MissingSplit, SplitUnavailableError, TaskKind
 from compresslab.data.checks import check_labels_match_head, check_tokenizable
 from compresslab.data.user import task_from_user_data
+from compresslab.testing import write_csv
 
 SENTS = ["good film", "bad film", "very good", "not good", "the plot", "a movie", "it was bad", "very bad"]
 
@@ -195,16 +195,10 @@ def test_dataset_pairs_float_labels_and_column_errors(datasets) -> None:
 
 # ---- files ---------------------------------------------------------------------------------
 
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def test_csv_and_jsonl_paths(tmp_path: Path) -> None:
-    train = _write_csv(tmp_path / "train.csv", ["review", "sentiment"],
+    train = write_csv(tmp_path / "train.csv", ["review", "sentiment"],
                        [["great, really", "pos"], ['a "quoted" bad film', "neg"], ["fine", "neutral"]])
     dev = tmp_path / "dev.jsonl"
     dev.write_text(json.dumps({"review": "meh", "sentiment": "neutral"}) + "\n", encoding="utf-8")
@@ -215,19 +209,19 @@ def test_csv_and_jsonl_paths(tmp_path: Path) -> None:
     assert task.info["files"]["train"]["rows"] == 3 and len(task.info["files"]["dev"]["sha256"]) == 64
     assert task.spec.train_file == str(train)
     # numeric cells are numbers: ints -> class ids, floats -> regression
-    scores = _write_csv(tmp_path / "s.csv", ["sentence1", "sentence2", "score"], [["a", "b", "2.5"], ["c", "d", "4"]])
+    scores = write_csv(tmp_path / "s.csv", ["sentence1", "sentence2", "score"], [["a", "b", "2.5"], ["c", "d", "4"]])
     reg = task_from_user_data(scores)
     assert reg.spec.kind is TaskKind.REGRESSION and reg.train == [Example("a", "b", 2.5), Example("c", "d", 4.0)]
     ints = tmp_path / "i.jsonl"
     ints.write_text(json.dumps({"text": "good", "label": 1}) + "\n" + json.dumps({"text": "bad", "label": 0}) + "\n")
     assert [e.label for e in task_from_user_data(ints).train] == [1, 0]
-    empty_cell = _write_csv(tmp_path / "e.csv", ["text", "label"], [["good", "1"], ["bad", ""]])
+    empty_cell = write_csv(tmp_path / "e.csv", ["text", "label"], [["good", "1"], ["bad", ""]])
     with pytest.raises(ValueError, match=r"e\.csv:3: label is missing"):
         task_from_user_data(empty_cell)
     with pytest.raises(DataNotFoundError, match="nope.csv"):
         task_from_user_data(tmp_path / "nope.csv")
     with pytest.raises(ValueError, match="cannot tell the format"):
-        task_from_user_data(_write_csv(tmp_path / "x.txt", ["text", "label"], [["a", "1"]]))
+        task_from_user_data(write_csv(tmp_path / "x.txt", ["text", "label"], [["a", "1"]]))
 
 
 def test_real_sst2_tsv_matches_the_glue_reader(data_root: Path) -> None:

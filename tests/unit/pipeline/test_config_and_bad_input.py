@@ -125,16 +125,23 @@ def test_run_identity_ignores_control_keys():
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("bench.shapes=[[1]]", "batch, seq"),
-    ("bench.gpu=maybe", "gpu"),
-    ("+bench.typo=1", "unknown key.*typo"),
-    ("bench.deepsparse.int8_formats=[int4]", "int8_formats"),
-    ("eval.split=test", "split"),
-    ("export.atol=0", "atol"),
+@pytest.mark.parametrize("override,exc,match", [
+    ("bench.shapes=[[1]]", SettingsError, "batch, seq"),
+    ("bench.gpu=maybe", SettingsError, "gpu"),
+    ("+bench.typo=1", SettingsError, "unknown key.*typo"),
+    ("bench.deepsparse.int8_formats=[int4]", SettingsError, "int8_formats"),
+    ("eval.split=test", SettingsError, "split"),
+    ("export.atol=0", SettingsError, "atol"),
+    ("bench.denominator=foo", ValueError, "denominator"),
+    ("bench.shapes=[]", ValueError, "shapes is empty"),
+    ("seed=-1", ValueError, "seed"),
+    ("run.threads=0", ValueError, "run.threads"),
+    ("run.stop_after=-1", ValueError, "stop_after"),
+    ("task.max_length=1000", ValueError, "max_position_embeddings"),
+    ("device=tpu", ValueError, "device='tpu'"),
 ])
-def test_bad_stage_settings_fail_before_any_work(tmp_path, data_root, override, match):
-    _fails_fast(_smoke(tmp_path, f"data.root={data_root}", override), SettingsError, match)
+def test_bad_settings_fail_before_any_work(tmp_path, data_root, override, exc, match):
+    _fails_fast(_smoke(tmp_path, f"data.root={data_root}", override), exc, match)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
@@ -150,20 +157,6 @@ def test_teacher_pass_must_come_first(tmp_path):
     _fails_fast(cfg, PipelineError, "TORCH pass after the ONNX pass|teacher")
     cfg = compose(["+pipeline=magnitude_int8", "debug=smoke", "pipeline.steps=[magnitude,finetune,int8]"])
     _fails_fast(cfg, PipelineError, "teacher .* must be the first step")
-
-
-@pytest.mark.parametrize("override,match", [
-    ("bench.denominator=foo", "denominator"),
-    ("bench.shapes=[]", "shapes is empty"),
-    ("seed=-1", "seed"),
-    ("run.threads=0", "run.threads"),
-    ("run.stop_after=-1", "stop_after"),
-    ("task.max_length=1000", "max_position_embeddings"),
-    ("device=tpu", "device='tpu'"),
-])
-def test_more_bad_settings_fail_before_any_work(tmp_path, data_root, override, match):
-    _fails_fast(_smoke(tmp_path, f"data.root={data_root}", override), ValueError, match)
-    assert not (tmp_path / "out").exists()
 
 
 def test_a_failing_run_is_recorded_as_failed_and_reported(tmp_path, data_root, monkeypatch):
