@@ -3,15 +3,19 @@
 ``ort``: the ONNX file the pipeline produced (fused fp32, or an ONNX pass's int8 graph).
 ``openvino``: an OpenVINO IR in optimum-intel's layout (``export/openvino/openvino_model.xml`` +
 ``.bin`` + config + tokenizer), converted from the plain export, or from the deployed graph itself
-when it is a QDQ int8 graph OpenVINO reads. ORT's fused graph (``com.microsoft`` ops) and its
-dynamic int8 graph (MatMulInteger) are unreadable there: the final model's plain fp32 export is
-converted instead and a note names the file. A graph OpenVINO cannot convert, or an fp32 IR past
+when it is a QDQ int8 graph OpenVINO reads. ORT's fused graph (``com.microsoft`` ops) is
+unreadable there: the plain twin is converted. An int8 pipeline gets an int8 IR per
+``deploy.int8``: ``ours`` (its own QDQ graph; when that is ORT's dynamic MatMulInteger form, our
+static QDQ calibration of the plain fp32 export), ``nncf`` (NNCF PTQ on the same calibration
+examples, in ``export/openvino_nncf/``: the peer's method) or ``auto`` (both, the higher
+validation agreement with the teacher). A graph OpenVINO cannot convert, or an fp32 IR past
 the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash).
 ``auto``: among ORT and OpenVINO, the runtimes whose VALIDATION-split agreement with the teacher is
 at least ORT's minus ``tolerance`` are eligible (ORT always is); the one with the lowest p50 at
 batch 32 (seq = the task's max_length), timed interleaved here, is deployed.
 
-Manifest: ``export.openvino`` (IR file, source, int8, parity vs torch, notes or error),
+Manifest: ``export.openvino`` (IR file, source, int8, method, parity vs torch, int8 candidates and
+choice, notes or error),
 ``export.deployed`` (path, runtime, precision, size) and ``deploy`` (requested, chosen, notes,
 ``auto`` figures).
 """
@@ -25,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from compresslab.export.openvino_int8 import IR_NAME
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.state import RunState
 
 log = logging.getLogger(__name__)
 
 IR_DIR = "openvino"
-IR_NAME = "openvino_model.xml"  # optimum-intel's OVModelForSequenceClassification file name
+NNCF_IR_DIR = "openvino_nncf"  # deploy.int8=nncf|auto: NNCF's int8 IR (the peer's method)
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
@@ -44,7 +49,8 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
                               "label": f"ort_{prec}", "size_bytes": onnx_path.stat().st_size}
     section: dict[str, Any] = {"requested": d.runtime, "runtime": "ort", "notes": []}
     if d.runtime != "ort":
-        ir = openvino_ir(state, run_dir, manifest, threads)
+        validation = _Validation(state)
+        ir = openvino_ir(state, run_dir, manifest, threads, validation)
         section["notes"] += ir.get("notes", [])
         chosen = "ort"
         if "error" in ir:
@@ -53,13 +59,14 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
         elif d.runtime == "openvino":
             chosen = "openvino"
         else:
-            section["auto"] = choose_auto(state, run_dir, ir, threads)
+            section["auto"] = choose_auto(state, run_dir, ir, threads, validation)
             chosen = section["auto"]["chosen"]
         if chosen == "openvino":
             xml = run_dir / ir["path"]
             compiled = ir["compiled_precision"].get(d.precision)
+            label = f"openvino_{'nncf_int8' if ir.get('int8_method') == 'nncf' else 'int8' if ir['int8'] else compiled}"
             record = {"path": ir["path"], "runtime": "openvino", "precision": d.precision,
-                      "compiled_precision": compiled, "label": f"openvino_{'int8' if ir['int8'] else compiled}",
+                      "compiled_precision": compiled, "label": label, "method": ir.get("method", "compresslab"),
                       "int8": ir["int8"], "source": ir["source"], "onnx_path": _rel(onnx_path, run_dir),
                       "size_bytes": xml.stat().st_size + xml.with_suffix(".bin").stat().st_size}
         section["runtime"] = chosen
@@ -69,16 +76,30 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
     log.info("deploy: %s (%s)", record["path"], record["runtime"])
 
 
-def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
+def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: int,
+                validation: "_Validation | None" = None) -> dict[str, Any]:
     """Convert the deployed model to an IR under ``export/openvino/`` (once per run) and check its
     parity against torch; returns (and stores as ``export.openvino``) the record, with ``error``
-    when OpenVINO cannot convert it or the fp32 IR misses the export tolerance."""
+    when OpenVINO cannot convert it or the fp32 IR misses the export tolerance. An int8 pipeline
+    gets an int8 IR per ``deploy.int8`` (ours / nncf / auto: see :func:`_int8_ir`)."""
     section = manifest.data.setdefault("export", {})
     done = section.get("openvino")
     if done and ("error" in done or (run_dir / done["path"]).is_file()):
         return done
-    src, notes = ir_source(Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"], run_dir)
-    out = run_dir / "export" / IR_DIR
+    deployed, fp32 = Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"]
+    if _is_int8(deployed):
+        rec = _int8_ir(state, run_dir, threads, deployed, fp32, validation or _Validation(state))
+    else:
+        src, notes = ir_source(deployed, fp32, run_dir)
+        rec = _converted(state, src, run_dir / "export" / IR_DIR, run_dir, threads, notes)
+        rec["method"] = "compresslab"
+    section["openvino"] = rec
+    manifest.save()
+    return rec
+
+
+def _converted(state: RunState, src: Path, out: Path, run_dir: Path, threads: int, notes: list[str]) -> dict[str, Any]:
+    """Convert ``src`` into an IR in ``out`` and check it; the record (``error`` when it fails)."""
     rec: dict[str, Any] = {"source": _rel(src, run_dir), "int8": _is_int8(src), "notes": notes}
     try:
         xml = convert_to_ir(src, out)
@@ -87,9 +108,152 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
     else:
         rec["path"] = _rel(xml, run_dir)
         rec.update(_check_ir(state, xml, threads))
-    section["openvino"] = rec
-    manifest.save()
     return rec
+
+
+def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32: Path,
+             validation: "_Validation") -> dict[str, Any]:
+    """The int8 IR of an int8 pipeline, per ``deploy.int8``:
+
+    ``ours``: the pipeline's own QDQ graph converted as is; when that graph is ORT-only (dynamic
+    MatMulInteger), our static QDQ calibration of the final model's plain fp32 export
+    (``deploy.calibration_examples`` train examples) -> ``export/openvino/``.
+    ``nncf``: NNCF PTQ of the same plain export on the same calibration examples (accuracy control
+    with ``deploy.accuracy_control``) -> ``export/openvino_nncf/``; ``method: "peer"``.
+    ``auto``: both; the higher VALIDATION agreement with the teacher wins, a tie keeps ours.
+    NNCF missing -> ours, with the reason in the notes."""
+    from compresslab.bench.openvino_runner import plain_export, unreadable_ops
+    from compresslab.export.openvino_int8 import nncf_int8_ir, nncf_missing_reason, ours_int8_ir
+
+    d = state.settings.deploy
+    want = ["ours", "nncf"] if d.int8 == "auto" else [d.int8]
+    notes: list[str] = []
+    if "nncf" in want and (reason := nncf_missing_reason()):
+        notes.append(f"NNCF PTQ skipped: {reason}")
+        want = [w for w in want if w != "nncf"] or ["ours"]
+    plain = plain_export(fp32)
+    feeds: list[dict] = []
+
+    def calibration() -> list[dict]:
+        if not feeds:
+            ctx = state.context(run_dir, run_dir / "export")
+            feeds.extend({k: v.numpy() for k, v in b.items() if k != "labels"}
+                         for b in ctx.calibration_batches(d.calibration_examples))
+        return feeds
+
+    cands: dict[str, dict[str, Any]] = {}
+    if "ours" in want:
+        own = plain_export(deployed)
+        bad = unreadable_ops(own)
+        if not bad:  # the pipeline's own QDQ graph (our calibration in its int8 pass)
+            cands["ours"] = _converted(state, own, run_dir / "export" / IR_DIR, run_dir, threads, [])
+            cands["ours"]["quantization"] = {"method": "ours", "by": "the pipeline's int8 pass"}
+        else:
+            rec: dict[str, Any] = {"source": _rel(plain, run_dir), "int8": True, "notes": [
+                f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): our static QDQ "
+                f"calibration ({d.calibration_examples} train examples) of the plain fp32 export made the int8 IR"]}
+            try:
+                xml, rec["quantization"] = ours_int8_ir(plain, run_dir / "export" / IR_DIR, calibration())
+            except ValueError as e:
+                rec["error"] = str(e)
+            else:
+                rec["path"] = _rel(xml, run_dir)
+                rec.update(_check_ir(state, xml, threads))
+            cands["ours"] = rec
+        cands["ours"]["method"] = "compresslab"
+    if "nncf" in want:
+        rec = {"source": _rel(plain, run_dir), "int8": True, "method": "peer", "notes": []}
+        val = validation.labelled_feeds() if d.accuracy_control else None
+        try:
+            xml, rec["quantization"] = nncf_int8_ir(plain, run_dir / "export" / NNCF_IR_DIR, calibration(),
+                                                    validation=val, max_drop=d.max_drop)
+        except Exception as e:  # NNCF raises many kinds; the run goes on with ours
+            rec["error"] = f"NNCF PTQ failed: {type(e).__name__}: {str(e)[:300]}"
+        else:
+            rec["path"] = _rel(xml, run_dir)
+            rec.update(_check_ir(state, xml, threads))
+        cands["nncf"] = rec
+    ok = [k for k in cands if "error" not in cands[k]]
+    if not ok:
+        return {**cands[want[0]], "notes": notes + cands[want[0]]["notes"], "candidates": cands}
+    chosen, choice = ok[0], {"rule": f"deploy.int8={d.int8}", "candidates": ok}
+    if len(ok) > 1:
+        scores = validation.agreement({k: run_dir / cands[k]["path"] for k in ok}, threads)
+        key = validation.key
+        chosen = choose_int8(scores, key)
+        choice.update(rule="the higher validation agreement with the teacher; a tie keeps ours", split="validation",
+                      agreement_key=key, validation=scores)
+        log.info("deploy int8: %s (validation %s %s)", chosen, key, {k: round(v[key], 4) for k, v in scores.items()})
+    out = dict(cands[chosen])
+    out.update(int8_method=chosen, int8_choice=choice, notes=notes + out["notes"], candidates=cands)
+    return out
+
+
+def choose_int8(scores: dict[str, dict[str, float]], key: str) -> str:
+    """The int8 method with the higher validation ``key`` (agreement with the teacher); a tie, or a
+    score missing or NaN, favours ``ours``. ``scores``: method -> ``compare`` output."""
+    def rank(k: str) -> tuple[float, bool]:
+        v = scores[k].get(key)
+        return (float(v) if v is not None and np.isfinite(v) else float("-inf"), k == "ours")
+
+    return max(scores, key=rank)
+
+
+class _Validation:
+    """The validation split and the teacher's predictions on it, computed once per deploy stage."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self.examples = list(state.task.validation)
+        self._teacher: Any = None
+        kind = state.task.spec.kind.value
+        self.key = "agreement" if kind == "classification" else "agreement_pearson"
+
+    def _kw(self) -> dict[str, int]:
+        return dict(batch_size=self.state.settings.eval.batch_size, max_length=self.state.settings.max_length)
+
+    def teacher(self) -> Any:
+        from compresslab.eval.evaluate import predict, torch_forward
+
+        if self._teacher is None:
+            s = self.state
+            self._teacher = predict(torch_forward(s.teacher_or_initial()), s.task.spec, self.examples, s.tokenizer,
+                                    **self._kw())
+        return self._teacher
+
+    def score(self, forwards: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """``compare`` of each forward's validation predictions with the teacher's."""
+        from compresslab.eval.evaluate import compare, predict
+
+        s = self.state
+        return {k: compare(predict(f, s.task.spec, self.examples, s.tokenizer, **self._kw()), self.teacher(),
+                           s.task.spec) for k, f in forwards.items()}
+
+    def agreement(self, irs: dict[str, Path], threads: int) -> dict[str, dict[str, float]]:
+        """Validation scores of OpenVINO IRs, compiled at ``deploy.precision``."""
+        from compresslab.bench.openvino_runner import OpenVinoRunner
+        from compresslab.eval.evaluate import onnx_forward
+
+        p = self.state.settings.deploy.precision
+        return self.score({k: onnx_forward(OpenVinoRunner(x, threads, p)) for k, x in irs.items()})
+
+    def labelled_feeds(self) -> list[tuple[dict[str, np.ndarray], np.ndarray]] | None:
+        """(feed, teacher label) batches of the validation split for NNCF's accuracy control;
+        None for tasks without class labels (accuracy control is then skipped)."""
+        from compresslab.data.loaders import make_loader
+
+        s = self.state
+        if self.key != "agreement" or not self.examples:
+            return None
+        labels = self.teacher().predictions
+        loader = make_loader(self.examples, s.tokenizer, s.settings.eval.batch_size, s.settings.max_length,
+                             shuffle=False)
+        out, i = [], 0
+        for b in loader:
+            n = len(b["input_ids"])
+            out.append(({k: v.numpy() for k, v in b.items() if k != "labels"}, labels[i:i + n]))
+            i += n
+        return out
 
 
 def ir_source(deployed: Path, fp32: Path, run_dir: Path | None = None) -> tuple[Path, list[str]]:
@@ -112,18 +276,14 @@ def convert_to_ir(onnx_path: Path, out_dir: Path) -> Path:
     config and tokenizer files beside ``onnx_path``; ValueError naming the unconvertible ops."""
     import openvino as ov
 
-    from compresslab.export.ort_quant import copy_model_files
+    from compresslab.export.openvino_int8 import save_ir
 
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as e:  # OpenVINO raises bare RuntimeErrors (OpConversionFailure and friends)
         raise ValueError(f"OpenVINO cannot convert {onnx_path.name}: ops {_ops_in_error(str(e), onnx_path)}. "
                          f"OpenVINO said: {str(e).strip()[:400]}") from e
-    out_dir.mkdir(parents=True, exist_ok=True)
-    xml = out_dir / IR_NAME
-    ov.save_model(model, str(xml), compress_to_fp16=False)  # keep fp32 weights: precision is a compile choice
-    copy_model_files(onnx_path.parent, out_dir)
-    return xml
+    return save_ir(model, out_dir, onnx_path.parent)
 
 
 def _ops_in_error(message: str, onnx_path: Path) -> list[str]:
@@ -170,32 +330,29 @@ def _check_ir(state: RunState, xml: Path, threads: int) -> dict[str, Any]:
     return rec
 
 
-def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int) -> dict[str, Any]:
+def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int,
+                validation: "_Validation | None" = None) -> dict[str, Any]:
     """ORT or OpenVINO by the rule in this module's docstring; returns the decision and its figures."""
     from compresslab.bench import OrtRunner, measure_latency
     from compresslab.bench.latency import shape_key
     from compresslab.bench.openvino_runner import OpenVinoRunner
-    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
+    from compresslab.eval.evaluate import onnx_forward
+    from compresslab.eval.onnx_runner import OnnxRunner
 
-    d, b, spec = state.settings.deploy, state.settings.bench, state.task.spec
-    val = list(state.task.validation)
+    d, b = state.settings.deploy, state.settings.bench
+    validation = validation or _Validation(state)
     rule = ("eligible: validation agreement >= ORT's - tolerance (ORT always); chosen: lowest p50 at "
             "b32 x s<max_length> among the eligible")
-    out: dict[str, Any] = {"rule": rule, "tolerance": d.tolerance, "split": "validation", "n": len(val)}
-    if not val:
+    out: dict[str, Any] = {"rule": rule, "tolerance": d.tolerance, "split": "validation", "n": len(validation.examples)}
+    if not validation.examples:
         out.update(chosen="ort", reason="no validation examples: nothing to decide on")
         return out
     vocab = int(getattr(state.model.config, "vocab_size", 100))
     runners = {"ort": OrtRunner(state.onnx.onnx_path, threads, vocab_size=vocab),
                "openvino": OpenVinoRunner(run_dir / ir["path"], threads, d.precision, vocab_size=vocab)}
-    kw = dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
-    teacher = predict(torch_forward(state.teacher_or_initial()), spec, val, state.tokenizer, **kw)
-    from compresslab.eval.onnx_runner import OnnxRunner
-
-    scorers = {"ort": OnnxRunner(state.onnx.onnx_path, threads=threads), "openvino": runners["openvino"]}
-    scores = {k: compare(predict(onnx_forward(r), spec, val, state.tokenizer, **kw), teacher, spec)
-              for k, r in scorers.items()}
-    key = "agreement" if "agreement" in scores["ort"] else "agreement_pearson"
+    scores = validation.score({"ort": onnx_forward(OnnxRunner(state.onnx.onnx_path, threads=threads)),
+                               "openvino": onnx_forward(runners["openvino"])})
+    key = validation.key
     shape = (32, state.settings.max_length)
     lat = measure_latency(runners, [shape], warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s, seed=b.seed,
                           vocab_size=vocab, max_runs=b.max_runs)["results"]

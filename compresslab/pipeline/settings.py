@@ -24,6 +24,7 @@ INT8_FORMATS = ("qdq", "qoperator")
 BACKENDS = ("ort", "openvino", "torch")
 OPENVINO_PRECISIONS = ("default", "f32", "bf16")
 DEPLOY_RUNTIMES = ("ort", "openvino", "auto")
+DEPLOY_INT8 = ("ours", "nncf", "auto")
 
 
 class SettingsError(ValueError):
@@ -173,20 +174,35 @@ class DeploySettings:
     runtime: str
     precision: str
     tolerance: float
+    int8: str = "auto"  # ours | nncf | auto: how an int8 pipeline's OpenVINO IR is made
+    calibration_examples: int = 300
+    accuracy_control: bool = False
+    max_drop: float = 0.01
 
     def __post_init__(self) -> None:
         check_choice(self.runtime, DEPLOY_RUNTIMES, "runtime")
         check_choice(self.precision, OPENVINO_PRECISIONS, "precision")
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
-                or not 0.0 <= float(self.tolerance) <= 1.0:
-            raise ValueError(f"tolerance: a fraction of examples in [0, 1], got {self.tolerance!r}")
-        object.__setattr__(self, "tolerance", float(self.tolerance))
+        check_choice(self.int8, DEPLOY_INT8, "int8")
+        check_positive_int(self.calibration_examples, "calibration_examples")
+        if not isinstance(self.accuracy_control, bool):
+            raise ValueError(f"accuracy_control: true or false, got {self.accuracy_control!r}")
+        for name in ("tolerance", "max_drop"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name}: a fraction of examples in [0, 1], got {v!r}")
+            object.__setattr__(self, name, float(v))
         if self.runtime == "openvino":  # fail at start, not after training
             from compresslab.bench.openvino_runner import openvino_missing_reason
 
             reason = openvino_missing_reason()
             if reason:
                 raise ValueError(f"runtime 'openvino' requested but {reason}")
+        if self.runtime != "ort" and self.int8 == "nncf":  # asked for by name: refuse now, not after training
+            from compresslab.export.openvino_int8 import nncf_missing_reason
+
+            reason = nncf_missing_reason()
+            if reason:
+                raise ValueError(f"int8 'nncf' requested but {reason}")
         if self.runtime != "ort" and self.precision == "bf16":
             from compresslab.bench.openvino_runner import check_precision
 

@@ -28,6 +28,10 @@ def test_default_is_ort_and_every_option_composes():
     ("deploy.precision=fp8", r"precision='fp8' is not valid; allowed: 'default', 'f32', 'bf16'"),
     ("deploy.tolerance=1.5", r"tolerance: a fraction"),
     ("+deploy.tolerence=0.1", r"unknown key\(s\) \['tolerence'\]"),
+    ("deploy.int8=int4", r"int8='int4' is not valid; allowed: 'ours', 'nncf', 'auto'"),
+    ("deploy.calibration_examples=0", r"calibration_examples"),
+    ("deploy.max_drop=-0.1", r"max_drop: a fraction"),
+    ("deploy.accuracy_control=maybe", r"accuracy_control: true or false"),
 ])
 def test_bad_deploy_settings_are_refused_at_start(override, match):
     with pytest.raises(SettingsError, match=f"deploy: {match}"):
@@ -42,6 +46,18 @@ def test_openvino_requested_but_missing_names_the_extra(monkeypatch):
     with pytest.raises(SettingsError, match=r"runtime 'openvino' requested but .*compresslab\[openvino\]"):
         _settings("deploy=openvino")
     assert _settings().deploy.runtime == "ort"  # ort never needs it
+
+
+def test_nncf_requested_by_name_but_missing_is_refused_at_start(monkeypatch):
+    pytest.importorskip("openvino")
+    import compresslab.export.openvino_int8 as oi
+
+    monkeypatch.setattr(oi, "nncf_missing_reason",
+                        lambda: "nncf is not installed (x); install it with `pip install 'compresslab[openvino]'`")
+    with pytest.raises(SettingsError, match=r"int8 'nncf' requested but nncf is not installed"):
+        _settings("deploy=openvino", "deploy.int8=nncf")
+    assert _settings("deploy=openvino").deploy.int8 == "auto"  # auto goes on with ours (a note says why)
+    assert _settings("deploy.int8=nncf").deploy.runtime == "ort"  # ORT never runs NNCF's IR
 
 
 def test_bf16_without_a_bf16_isa_is_refused_at_start(monkeypatch):

@@ -1,0 +1,137 @@
+"""int8 OpenVINO IRs from an fp32 plain export: our calibration, or NNCF's PTQ (the peer's method).
+
+Two ways to turn a model into an int8 IR for OpenVINO's CPU plugin (issue 9, "int8 for OpenVINO"):
+
+- ``ours``: ONNX Runtime's static QDQ quantization of the *plain* export (MatMul inputs only,
+  per-channel symmetric int8 weights, uint8 activations calibrated on train examples), converted by
+  ``openvino.convert_model``: OpenVINO folds each QuantizeLinear/DequantizeLinear pair into a
+  FakeQuantize and runs the MatMul with int8 kernels. The every-op variant is avoided on purpose:
+  it also quantizes the attention-mask Add, whose range spans float min.
+- ``nncf``: ``nncf.quantize(model_type=TRANSFORMER)`` on the IR converted from the same plain
+  export (SmoothQuant + fast bias correction; NNCF's ignored patterns for attention), or
+  ``nncf.quantize_with_accuracy_control`` when a validation set and ``max_drop`` are given (layers
+  are reverted to fp32 by NNCF's ranking until the drop is met). A cell made this way is the
+  peer's method (``method: "peer"``), whatever model it ran on.
+
+Both write optimum-intel's layout (``openvino_model.xml`` + ``.bin`` + config + tokenizer) and take the
+same calibration feeds, so the two are compared on equal data. ``openvino``/``nncf`` are imported
+inside functions: importing compresslab must not import them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INT8_METHODS: tuple[str, ...] = ("ours", "nncf")
+IR_NAME = "openvino_model.xml"  # optimum-intel's OVModelForSequenceClassification file name
+
+
+def nncf_missing_reason() -> str | None:
+    """Why NNCF PTQ cannot run here, or None when ``import nncf`` works."""
+    try:
+        import nncf  # noqa: F401
+    except ImportError as e:
+        return f"nncf is not installed ({e}); install it with `pip install 'compresslab[openvino]'`"
+    return None
+
+
+def save_ir(model: Any, out_dir: Path, files_from: Path | None) -> Path:
+    """``ov.save_model`` (fp32 weights kept: precision is a compile-time choice) into ``out_dir`` as
+    ``openvino_model.xml``, plus the config/tokenizer files found in ``files_from``."""
+    import openvino as ov
+
+    from compresslab.export.ort_quant import copy_model_files
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / IR_NAME
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    if files_from is not None:
+        copy_model_files(files_from, out_dir)
+    return xml
+
+
+def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
+                 calibrate_method: str = "minmax") -> tuple[Path, dict[str, Any]]:
+    """Our static QDQ int8 of ``plain_onnx`` (MatMul inputs), converted to an IR in ``out_dir``.
+
+    ``feeds``: calibration batches (dicts of (batch, seq) int arrays; extra keys are ignored).
+    Returns the IR path and the quantizer's metrics. Raises ValueError when OpenVINO cannot read it.
+    """
+    import openvino as ov
+
+    from compresslab.export.ort_quant import quantize_static_qdq
+
+    qdq = out_dir / "source_qdq.onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    metrics = quantize_static_qdq(plain_onnx, qdq, feeds, per_channel=True, op_types=["MatMul"],
+                                  calibrate_method=calibrate_method)
+    try:
+        model = ov.convert_model(str(qdq))
+    except Exception as e:  # OpenVINO raises bare RuntimeErrors
+        raise ValueError(f"OpenVINO cannot convert our QDQ graph {qdq.name}: {str(e)[:300]}") from e
+    xml = save_ir(model, out_dir, plain_onnx.parent)
+    qdq.unlink()  # the IR is the artifact; the QDQ ONNX is rebuilt by the same call if needed
+    metrics.update(method="ours", scheme="static QDQ MatMul, per-channel int8 weights, uint8 activations",
+                   quantize_s=round(time.perf_counter() - t0, 2))
+    return xml, metrics
+
+
+def nncf_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
+                 validation: Sequence[tuple[Mapping[str, Any], np.ndarray]] | None = None,
+                 max_drop: float = 0.01) -> tuple[Path, dict[str, Any]]:
+    """NNCF PTQ (``model_type=TRANSFORMER``) of the IR converted from ``plain_onnx``, saved in ``out_dir``.
+
+    With ``validation`` (pairs of feed dict and (batch,) reference labels: the teacher's
+    predictions, so the metric is agreement), ``nncf.quantize_with_accuracy_control`` keeps the
+    agreement drop under ``max_drop`` (absolute fraction) by reverting layers to fp32.
+    Returns the IR path and what ran. ImportError-free: call :func:`nncf_missing_reason` first.
+    """
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(plain_onnx))
+    names = [p.get_any_name() for p in model.inputs]
+    calib = [{n: np.asarray(f[n]) for n in names} for f in feeds]
+    n_examples = sum(len(f[names[0]]) for f in calib)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"method": "nncf", "nncf_version": nncf.__version__, "model_type": "TRANSFORMER",
+                            "n_calibration_batches": len(calib), "n_calibration_examples": n_examples}
+    if validation is None:
+        q = nncf.quantize(model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
+                          subset_size=len(calib))
+        info["api"] = "nncf.quantize"
+    else:
+        val = [({n: np.asarray(f[n]) for n in names}, np.asarray(y)) for f, y in validation]
+        q = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calib), nncf.Dataset(val, lambda item: item[0]), _agreement_fn(),
+            max_drop=float(max_drop), drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib),
+            model_type=nncf.ModelType.TRANSFORMER)
+        info.update(api="nncf.quantize_with_accuracy_control", max_drop=float(max_drop),
+                    n_validation_examples=int(sum(len(y) for _, y in val)))
+    # subset_size counts dataset items (our batches), not examples: all of them are used
+    info["quantize_s"] = round(time.perf_counter() - t0, 2)
+    xml = save_ir(q, out_dir, plain_onnx.parent)
+    return xml, info
+
+
+def _agreement_fn() -> Callable[[Any, Any], float]:
+    """NNCF's validation_fn: the fraction of examples whose argmax matches the reference labels."""
+
+    def fn(compiled: Any, items: Any) -> float:
+        hit = n = 0
+        for feed, ref in items:
+            logits = np.asarray(compiled(feed)[0])
+            hit += int((logits.argmax(-1) == ref).sum())
+            n += len(ref)
+        return hit / max(n, 1)
+
+    return fn

@@ -1,0 +1,88 @@
+"""int8 OpenVINO IRs: our static QDQ calibration and NNCF's PTQ (the peer's method), and the choice rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from compresslab.bench.openvino_runner import OpenVinoRunner  # noqa: E402
+from compresslab.export.openvino_int8 import IR_NAME, nncf_int8_ir, ours_int8_ir  # noqa: E402
+from compresslab.pipeline.deploy import _is_int8, choose_int8  # noqa: E402
+
+
+def _feeds(batches: list) -> list[dict]:
+    return [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in batches]
+
+
+def _fq_count(xml: Path) -> int:
+    return xml.read_text().count('type="FakeQuantize"')
+
+
+def test_ours_makes_an_int8_ir_in_optimum_layout_that_runs_our_qdq_math(exported_bert, make_batches, tmp_path):
+    import onnxruntime as ort
+
+    from compresslab.export.ort_quant import quantize_static_qdq
+
+    calib, held = _feeds(make_batches(n=4, bs=8, seed=1)), _feeds(make_batches(n=3, bs=8, seed=2))
+    plain = Path(exported_bert.unfused_path)
+    xml, metrics = ours_int8_ir(plain, tmp_path / "ours", calib)
+    assert xml.name == IR_NAME and _is_int8(xml) and _fq_count(xml) > 0
+    for f in ("openvino_model.bin", "config.json", "tokenizer.json"):
+        assert (tmp_path / "ours" / f).is_file(), f
+    assert not list((tmp_path / "ours").glob("*.onnx"))  # the QDQ graph is a step, not the artifact
+    assert metrics["method"] == "ours" and metrics["n_calibration_examples"] == 32
+    # OpenVINO must run the same int8 arithmetic as ORT on our QDQ graph (same scales, zero points)
+    qdq = tmp_path / "ref" / "model.onnx"
+    quantize_static_qdq(plain, qdq, calib, per_channel=True, op_types=["MatMul"])
+    sess, runner = ort.InferenceSession(str(qdq)), OpenVinoRunner(xml, threads=1, precision="f32")
+    for f in held:
+        ref = sess.run(None, f)[0]
+        assert np.abs(runner.run(f) - ref).max() <= 0.02 * np.abs(ref).max()
+
+
+def test_ours_int8_ir_tracks_torch_on_a_normally_initialized_model(tok, make_batches, tmp_path):
+    import torch
+
+    from compresslab.export import export_model
+    from compresslab.models.tiny import tiny_model
+
+    model = tiny_model("bert")  # initializer_range 0.02, as pretrained checkpoints are
+    ex = export_model(model, tok, tmp_path / "exp", make_batches(n=2, bs=4), threads=1)
+    calib, held = make_batches(n=4, bs=8, seed=1), make_batches(n=3, bs=8, seed=2)
+    xml, _ = ours_int8_ir(Path(ex.unfused_path), tmp_path / "ours", _feeds(calib))
+    runner = OpenVinoRunner(xml, threads=1, precision="f32")
+    for b, f in zip(held, _feeds(held)):
+        with torch.no_grad():
+            ref = model(**{k: v for k, v in b.items() if k != "labels"})[0].numpy()
+        assert np.abs(runner.run(f) - ref).max() <= 0.1 * np.abs(ref).max()
+
+
+def test_nncf_makes_an_int8_ir_and_accuracy_control_is_wired(exported_bert, bert_model, make_batches, torch_out,
+                                                              tmp_path):
+    pytest.importorskip("nncf")
+    calib, held = make_batches(n=4, bs=8, seed=1), make_batches(n=2, bs=8, seed=3)
+    plain = Path(exported_bert.unfused_path)
+    xml, info = nncf_int8_ir(plain, tmp_path / "nncf", _feeds(calib))
+    assert _is_int8(xml) and _fq_count(xml) > 0 and info["api"] == "nncf.quantize"
+    assert info["n_calibration_examples"] == 32 and (tmp_path / "nncf" / "config.json").is_file()
+    val = [(f, torch_out(bert_model, b).argmax(-1)) for f, b in zip(_feeds(held), held)]
+    # any drop allowed: NNCF keeps its full quantization scope, so the IR equals plain PTQ's
+    xml2, info2 = nncf_int8_ir(plain, tmp_path / "nncf_ac", _feeds(calib), validation=val, max_drop=1.0)
+    assert info2["api"] == "nncf.quantize_with_accuracy_control" and info2["n_validation_examples"] == 16
+    assert _fq_count(xml2) == _fq_count(xml)
+
+
+@pytest.mark.parametrize("scores, chosen", [
+    ({"ours": {"agreement": 0.98}, "nncf": {"agreement": 0.99}}, "nncf"),
+    ({"ours": {"agreement": 0.99}, "nncf": {"agreement": 0.98}}, "ours"),
+    ({"ours": {"agreement": 0.99}, "nncf": {"agreement": 0.99}}, "ours"),    # a tie keeps ours
+    ({"nncf": {"agreement": 0.99}, "ours": {"agreement": 0.99}}, "ours"),    # whatever the order
+    ({"ours": {"agreement": float("nan")}, "nncf": {"agreement": 0.5}}, "nncf"),
+    ({"ours": {}, "nncf": {}}, "ours"),
+])
+def test_int8_choice_is_the_higher_validation_agreement(scores, chosen):
+    assert choose_int8(scores, "agreement") == chosen
