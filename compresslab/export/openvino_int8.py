@@ -59,21 +59,37 @@ def save_ir(model: Any, out_dir: Path, files_from: Path | None) -> Path:
 
 
 def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
-                 calibrate_method: str = "minmax") -> tuple[Path, dict[str, Any]]:
+                 calibrate_method: str = "minmax", attention_matmuls: bool = True,
+                 exclude: Sequence[str] = (), smooth_alpha: float | None = None) -> tuple[Path, dict[str, Any]]:
     """Our static QDQ int8 of ``plain_onnx`` (MatMul inputs), converted to an IR in ``out_dir``.
 
     ``feeds``: calibration batches (dicts of (batch, seq) int arrays; extra keys are ignored).
-    Returns the IR path and the quantizer's metrics. Raises ValueError when OpenVINO cannot read it.
+    ``calibrate_method``: minmax | entropy | percentile (ORT's calibrators).
+    ``attention_matmuls``: also quantize attention's activation x activation MatMuls (Q.K^T, P.V);
+    False keeps them fp32 (weight MatMuls only). ``exclude``: more node names kept fp32.
+    ``smooth_alpha``: SmoothQuant (``export/smoothquant.py``) with this migration strength first. Returns the IR path and the quantizer's metrics.
+    Raises ValueError when OpenVINO cannot read it.
     """
     import openvino as ov
 
-    from compresslab.export.ort_quant import quantize_static_qdq
+    from compresslab.export.ort_quant import activation_matmuls, quantize_static_qdq
 
     qdq = out_dir / "source_qdq.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    metrics = quantize_static_qdq(plain_onnx, qdq, feeds, per_channel=True, op_types=["MatMul"],
-                                  calibrate_method=calibrate_method)
+    skip = [*exclude, *(() if attention_matmuls else activation_matmuls(plain_onnx))]
+    src, smooth = plain_onnx, None
+    if smooth_alpha is not None:
+        from compresslab.export.smoothquant import smooth_onnx
+
+        src = out_dir / "source_smoothed.onnx"
+        smooth = smooth_onnx(plain_onnx, src, feeds, alpha=smooth_alpha)
+    metrics = quantize_static_qdq(src, qdq, feeds, per_channel=True, op_types=["MatMul"],
+                                  calibrate_method=calibrate_method, nodes_to_exclude=skip)
+    if smooth is not None:
+        src.unlink()
+        metrics["smoothquant"] = smooth
+    metrics["attention_matmuls"] = attention_matmuls
     try:
         model = ov.convert_model(str(qdq))
     except Exception as e:  # OpenVINO raises bare RuntimeErrors

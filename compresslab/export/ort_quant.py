@@ -175,9 +175,11 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         calibrate_method: CalibrateMethod | str = CalibrateMethod.MINMAX,
                         activation_type: QuantDType | str = QuantDType.UINT8,
                         weight_type: QuantDType | str = QuantDType.INT8,
-                        op_types: Sequence[str] | None = None, quant_format: str = "qdq") -> dict[str, Any]:
+                        op_types: Sequence[str] | None = None, quant_format: str = "qdq",
+                        nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Static int8 of ``src`` into ``dst``, calibrated on ``batches``; returns metrics.
 
+    ``nodes_to_exclude``: node names left in fp32 (e.g. :func:`activation_matmuls`).
     ``batches`` are our loader's dicts (torch or numpy); only the graph's inputs are fed.
     ``quant_format``: ``qdq`` (Quantize/DequantizeLinear pairs) or ``qoperator`` (QLinearMatMul...).
     """
@@ -221,8 +223,19 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         reduce_range=reduce_range, activation_type=qtype[QuantDType(activation_type).value],
                         weight_type=qtype[QuantDType(weight_type).value], calibrate_method=method,
                         op_types_to_quantize=list(op_types) if op_types else None,
+                        nodes_to_exclude=list(nodes_to_exclude) or None,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return _metrics(src, Path(dst), method=f"static_{quant_format}", per_channel=per_channel, reduce_range=reduce_range,
+    return _metrics(src, Path(dst), method=f"static_{quant_format}", n_excluded=len(nodes_to_exclude), per_channel=per_channel, reduce_range=reduce_range,
                     calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
                     n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),
                     shape_inference=shape_inference)
+
+
+def activation_matmuls(path: str | Path) -> list[str]:
+    """Names of the MatMul nodes whose inputs are both activations (attention's Q.K^T and P.V), as
+    opposed to the weight MatMuls (one input an initializer, possibly through a Transpose)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consts = {i.name for i in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type in ("Constant", "Transpose") and
+               (n.op_type == "Constant" or all(i in consts for i in n.input)) for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]

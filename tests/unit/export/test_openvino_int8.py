@@ -86,3 +86,23 @@ def test_nncf_makes_an_int8_ir_and_accuracy_control_is_wired(exported_bert, bert
 ])
 def test_int8_choice_is_the_higher_validation_agreement(scores, chosen):
     assert choose_int8(scores, "agreement") == chosen
+
+
+def test_activation_matmuls_are_attentions_two_per_layer_and_can_stay_fp32(exported_bert, make_batches, tmp_path):
+    import onnx
+
+    from compresslab.export.ort_quant import activation_matmuls
+
+    plain = Path(exported_bert.unfused_path)
+    names = activation_matmuls(plain)
+    assert len(names) == 2 * 2  # the tiny BERT has 2 layers:  # Q.K^T and P.V in every layer, no weight MatMul among them
+    graph = onnx.load(str(plain)).graph
+    weights = {i.name for i in graph.initializer}
+    assert all(not any(i in weights for i in n.input) for n in graph.node if n.name in names)
+    n_matmul = sum(n.op_type == "MatMul" for n in graph.node)
+    calib = _feeds(make_batches(n=2, bs=8, seed=1))
+    all_q, _ = ours_int8_ir(plain, tmp_path / "all", calib)
+    w_only, m = ours_int8_ir(plain, tmp_path / "w", calib, attention_matmuls=False)
+    assert m["attention_matmuls"] is False and m["n_excluded"] == len(names) < n_matmul
+    # each activation MatMul quantized adds at least one FakeQuantize per input (none are weights)
+    assert _fq_count(all_q) - _fq_count(w_only) >= 2 * len(names)

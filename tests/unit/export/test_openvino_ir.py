@@ -81,3 +81,46 @@ def test_a_graph_openvino_cannot_convert_names_the_op(exported_bert, tmp_path):
     with pytest.raises(ValueError, match=r"example\.bogus\.NoSuchOp"):
         convert_to_ir(bad, tmp_path / "ir")
     assert not (tmp_path / "ir" / IR_NAME).exists()
+
+
+def _shrunk(kind: str):
+    """Tiny models shaped as each compression leaves them: ZipLM (per-layer heads, an emptied
+    attention block, an emptied FFN), oBERT (80% unstructured zeros), layer drop (fewer layers)."""
+    import torch
+
+    from compresslab.models.adapters import get_adapter
+    from compresslab.models.tiny import tiny_model
+    from compresslab.models.structure import shrink_ffn, shrink_heads
+
+    if kind == "layer_drop":
+        return tiny_model("bert", num_hidden_layers=1)
+    model = tiny_model("bert", num_hidden_layers=3)
+    adapter = get_adapter(model)
+    if kind == "ziplm":
+        shrink_heads(adapter.layer(0), [0, 2, 3])
+        shrink_heads(adapter.layer(1), [])  # EmptySelfAttention + bias-only output projection
+        shrink_ffn(adapter.layer(1), list(range(0, 64, 3)))
+        shrink_ffn(adapter.layer(2), [])
+    else:  # sparse: zero 80% of every encoder Linear's weights, as the pruning masks leave them
+        g = torch.Generator().manual_seed(0)
+        for mod in model.bert.encoder.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.data *= (torch.rand(mod.weight.shape, generator=g) > 0.8).float()
+    return model
+
+
+@pytest.mark.parametrize("kind", ["ziplm", "sparse", "layer_drop"])
+def test_every_compressed_shape_converts_and_matches_torch_on_openvino(kind, tok, make_batches, torch_out,
+                                                                        tmp_path):
+    from compresslab.export import export_model
+
+    model = _shrunk(kind)
+    batches = make_batches(n=3, bs=4, seed=5)
+    res = export_model(model, tok, tmp_path / "exp", batches, threads=1)
+    src, notes = ir_source(Path(res.onnx_path), Path(res.onnx_path))
+    assert notes == []
+    xml = convert_to_ir(src, tmp_path / "ir")
+    runner = OpenVinoRunner(xml, threads=1, precision="f32")
+    for b in batches:
+        np.testing.assert_allclose(runner.run({k: v.numpy() for k, v in b.items()}), torch_out(model, b),
+                                   atol=1e-4, rtol=1e-4)

@@ -1,0 +1,121 @@
+"""Which int8 IR keeps the teacher's predictions on OpenVINO? Our static QDQ variants vs NNCF PTQ,
+selected on the VALIDATION split (carved from train), reported on dev (MEASURE.md); latency is one
+interleaved call (b32xs128, b1xs128) with the dense plain export on OpenVINO f32 and ORT fp32.
+
+    python benchmarks/openvino_int8.py RUN_DIR [--variants ...] [--runs 20]
+
+RUN_DIR: a finished ``+pipeline=int8 budget=bench`` run (its final torch model is the teacher).
+Every variant calibrates on the same 300 seeded train examples (deploy.calibration_examples).
+Results: benchmarks/results/openvino_int8.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "openvino_int8.json"
+# name -> ours_int8_ir keyword arguments (None: NNCF PTQ)
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "ours_minmax": dict(calibrate_method="minmax"),
+    "ours_percentile": dict(calibrate_method="percentile"),
+    "ours_entropy": dict(calibrate_method="entropy"),
+    "ours_minmax_weights_only": dict(calibrate_method="minmax", attention_matmuls=False),
+    "ours_minmax_ffn_out_fp32": dict(calibrate_method="minmax", exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
+    "ours_smooth_0.5": dict(calibrate_method="minmax", smooth_alpha=0.5),
+    "ours_smooth_0.8": dict(calibrate_method="minmax", smooth_alpha=0.8),
+    "ours_smooth_0.5_percentile": dict(calibrate_method="percentile", smooth_alpha=0.5),
+    "nncf": None,
+}
+
+
+def main(argv: list[str]) -> None:
+    import numpy as np
+
+    from compresslab.bench import OrtRunner, measure_latency
+    from compresslab.bench.env import hardware_fingerprint
+    from compresslab.bench.latency import shape_key
+    from compresslab.bench.openvino_runner import OpenVinoRunner
+    from compresslab.checkpoint import load
+    from compresslab.cli import setup_process
+    from compresslab.data.loaders import calibration_examples, make_loader
+    from compresslab.data.tasks import load_task, resolve_data_root
+    from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
+    from compresslab.export.openvino_int8 import nncf_int8_ir, ours_int8_ir
+    from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+    from transformers import AutoTokenizer
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-timing", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_process(2, 0)
+    rd = a.run_dir
+    m = read_json(rd / "manifest.json")
+    cfg = m["config"]
+    plain = rd / "export" / "model_unfused.onnx"
+    tok = AutoTokenizer.from_pretrained(str(rd / "export"))
+    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]))
+    ml = int(cfg["task"]["max_length"])
+    calib = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in
+             make_loader(calibration_examples(task.train, 300, int(cfg["seed"])), tok, 32, ml, shuffle=False)]
+    teacher = load(next(rd / s["dir"] for s in m["steps"] if s["name"] == "finetune")).eval()
+    splits = {s: list(getattr(task, s)) for s in ("validation", "dev")}
+    ref = {s: predict(torch_forward(teacher), task.spec, ex, tok, max_length=ml) for s, ex in splits.items()}
+    work = Path(tempfile.mkdtemp(prefix="ovint8-"))
+    out: dict[str, Any] = {"selected_on": f"validation ({len(splits['validation'])}, carved from train)",
+                           "teacher": {s: r.metrics["accuracy"] for s, r in ref.items()}, "variants": {}}
+    irs = {}
+    for name in a.variants:
+        kw = VARIANTS[name]
+        if kw is None:
+            xml, info = nncf_int8_ir(plain, work / name, calib)
+        else:
+            kw = dict(kw)
+            pat = kw.pop("exclude_pattern", None)
+            if pat:
+                import onnx
+
+                kw["exclude"] = [n.name for n in onnx.load(str(plain)).graph.node if n.op_type == "MatMul" and re.search(pat, n.name)]
+            xml, info = ours_int8_ir(plain, work / name, calib, **kw)
+        irs[name] = xml
+        runner = OpenVinoRunner(xml, 2, "f32")
+        row: dict[str, Any] = {"method": "peer" if kw is None else "compresslab",
+                               "settings": {k: v for k, v in (VARIANTS[name] or {}).items()},
+                               "quantize_s": info.get("quantize_s")}
+        for s, ex in splits.items():
+            sc = predict(onnx_forward(runner), task.spec, ex, tok, max_length=ml)
+            row[f"{s}_acc"] = sc.metrics["accuracy"]
+            row[f"{s}_agreement"] = float(np.mean(sc.predictions == ref[s].predictions))
+        out["variants"][name] = row
+        logging.info("%s: %s", name, row)
+    ours = {n: r for n, r in out["variants"].items() if r["method"] == "compresslab"}
+    if ours:
+        out["selected_ours"] = max(ours, key=lambda n: ours[n]["validation_agreement"])
+    if not a.no_timing:
+        runners = {"ort_fp32": OrtRunner(rd / m["export"]["fp32"]["path"], 2),
+                   "openvino_f32": OpenVinoRunner(plain, 2, "f32"),
+                   **{n: OpenVinoRunner(x, 2, "default") for n, x in irs.items()}}
+        load0 = os.getloadavg()
+        lat = measure_latency(runners, [(32, 128), (1, 128)], warmup=5, runs=a.runs, vocab_size=tok.vocab_size)
+        for n in runners:
+            r = out["variants"].setdefault(n, {})
+            for b in (32, 1):
+                r[f"b{b}_ms"] = lat["results"][n][shape_key(b, 128)]["p50_ms"]
+        out["timing_load"] = {"before": load0, "after": os.getloadavg()}
+    out["meta"] = {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(2),
+                   "run_dir": str(rd), "command": "python benchmarks/openvino_int8.py " + " ".join(argv)}
+    atomic_write_json(RESULTS, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
