@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from compresslab.eval.onnx_runner import make_feeds
@@ -198,6 +199,8 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
     feeds = [make_feeds(b, inputs) for b in batches]  # materialized: the calibrator may iterate more than once
     if not feeds:
         raise ValueError("static quantization needs at least one calibration batch")
+    if CalibrateMethod(calibrate_method) != CalibrateMethod.MINMAX:
+        feeds = uniform_feeds(feeds)  # histogram calibrators np.asarray() every batch's values together
 
     class _Reader(CalibrationDataReader):
         """Hands the calibrator one feed dict per call; ``rewind`` allows a second pass."""
@@ -239,3 +242,16 @@ def activation_matmuls(path: str | Path) -> list[str]:
     consts |= {o for n in graph.node if n.op_type in ("Constant", "Transpose") and
                (n.op_type == "Constant" or all(i in consts for i in n.input)) for o in n.output}
     return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
+def uniform_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The same examples as one-example feeds of one shape: every (batch, seq) input right-padded with
+    zeros to the longest seq (attention_mask 0, so the model ignores the added positions; the id is
+    irrelevant under the mask), then split by example (a last, smaller batch would be ragged too)."""
+    longest = max(int(np.shape(v)[1]) for f in feeds for v in f.values() if np.ndim(v) == 2)
+    out = []
+    for f in feeds:
+        padded = {k: np.pad(v, ((0, 0), (0, longest - v.shape[1]))) if np.ndim(v) == 2 else v for k, v in f.items()}
+        n = len(next(iter(padded.values())))
+        out.extend({k: v[i:i + 1] for k, v in padded.items()} for i in range(n))
+    return out

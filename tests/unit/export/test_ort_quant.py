@@ -73,3 +73,29 @@ def test_ensure_fused_is_a_no_op_on_fused_graphs(exported_bert, tmp_path):
     assert ensure_fused(exported_bert.onnx_path, cfg, tmp_path) == (exported_bert.onnx_path, False)
     path, fused = ensure_fused(exported_bert.unfused_path, cfg, tmp_path)
     assert fused and count_ops(path)["Attention"] == 2
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibrators_take_batches_of_different_lengths(exported_bert, make_batches, tmp_path, method,
+                                                                 in_clean_cwd):
+    # dynamic padding gives every batch its own seq length, and the last batch is smaller; ORT's
+    # histogram calibrators np.asarray() all of them together
+    ragged = make_batches(n=3, bs=4, seed=7) + make_batches(n=1, bs=3, seed=8)
+    assert len({b["input_ids"].shape for b in ragged}) > 2
+    dst = tmp_path / "q.onnx"
+    quantize_static_qdq(exported_bert.unfused_path, dst, ragged, op_types=["MatMul"], calibrate_method=method)
+    assert count_ops(dst)["QuantizeLinear"] > 0
+    feed = {k: v.numpy() for k, v in ragged[0].items() if k != "labels"}
+    assert np.isfinite(OnnxRunner(dst, threads=1).run(feed)).all()
+
+
+def test_uniform_feeds_pads_with_a_zero_mask_and_splits_by_example():
+    from compresslab.export.ort_quant import uniform_feeds
+
+    a = {"input_ids": np.arange(6).reshape(2, 3) + 1, "attention_mask": np.ones((2, 3), np.int64)}
+    b = {"input_ids": np.full((1, 5), 9), "attention_mask": np.ones((1, 5), np.int64)}
+    out = uniform_feeds([a, b])
+    assert [f["input_ids"].shape for f in out] == [(1, 5)] * 3
+    np.testing.assert_array_equal(out[1]["input_ids"], [[4, 5, 6, 0, 0]])
+    np.testing.assert_array_equal(out[1]["attention_mask"], [[1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(out[2]["input_ids"], b["input_ids"])
