@@ -153,7 +153,10 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
                 f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): our static QDQ "
                 f"calibration ({d.calibration_examples} train examples) of the plain fp32 export made the int8 IR"]}
             try:
-                xml, rec["quantization"] = ours_int8_ir(plain, run_dir / "export" / IR_DIR, calibration())
+                keep = fp32_matmuls(state.model, d.keep_fp32, plain) if d.keep_fp32 else []
+                xml, rec["quantization"] = ours_int8_ir(plain, run_dir / "export" / IR_DIR, calibration(),
+                                                        exclude=keep)
+                rec["quantization"]["keep_fp32"] = {"patterns": list(d.keep_fp32 or ()), "matmuls": keep}
             except ValueError as e:
                 rec["error"] = str(e)
             else:
@@ -186,6 +189,31 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         log.info("deploy int8: %s (validation %s %s)", chosen, key, {k: round(v[key], 4) for k, v in scores.items()})
     out = dict(cands[chosen])
     out.update(int8_method=chosen, int8_choice=choice, notes=notes + out["notes"], candidates=cands)
+    return out
+
+
+def fp32_matmuls(model: Any, patterns: Any, onnx_path: Path) -> list[str]:
+    """The MatMul node names in ``onnx_path`` of the Linear modules ``patterns`` select in ``model``
+    (``targets`` vocabulary: exact, dotted suffix, glob, role such as ``ffn_out``, ``re:``): the
+    exporter names a Linear ``a.layer.0.c``'s MatMul ``.../a/layer.0/c/MatMul``. ValueError when a selected
+    module has no MatMul in the graph (a pattern that matches nothing raises in ``select_modules``)."""
+    import onnx
+
+    from compresslab.targets import select_modules
+
+    names = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    out = []
+    for mod in select_modules(model, list(patterns)):
+        parts: list[str] = []
+        for seg in mod.split("."):  # the exporter keeps ModuleList indices on their parent: layer.0
+            if seg.isdigit() and parts:
+                parts[-1] += f".{seg}"
+            else:
+                parts.append(seg)
+        hit = [n for n in names if n.endswith("/" + "/".join(parts) + "/MatMul")]
+        if not hit:
+            raise ValueError(f"keep_fp32: module {mod} has no MatMul node in {onnx_path.name}")
+        out += hit
     return out
 
 

@@ -178,12 +178,18 @@ class DeploySettings:
     calibration_examples: int = 300
     accuracy_control: bool = False
     max_drop: float = 0.01
+    keep_fp32: tuple[str, ...] | None = None  # ours: module patterns (targets vocabulary) whose MatMuls stay fp32
 
     def __post_init__(self) -> None:
         check_choice(self.runtime, DEPLOY_RUNTIMES, "runtime")
         check_choice(self.precision, OPENVINO_PRECISIONS, "precision")
         check_choice(self.int8, DEPLOY_INT8, "int8")
         check_positive_int(self.calibration_examples, "calibration_examples")
+        if self.keep_fp32 is not None:
+            from compresslab.targets import check_patterns
+
+            object.__setattr__(self, "keep_fp32", tuple(check_patterns(list(self.keep_fp32) if not isinstance(
+                self.keep_fp32, str) else self.keep_fp32, "keep_fp32")))
         if not isinstance(self.accuracy_control, bool):
             raise ValueError(f"accuracy_control: true or false, got {self.accuracy_control!r}")
         for name in ("tolerance", "max_drop"):

@@ -106,3 +106,16 @@ def test_activation_matmuls_are_attentions_two_per_layer_and_can_stay_fp32(expor
     assert m["attention_matmuls"] is False and m["n_excluded"] == len(names) < n_matmul
     # each activation MatMul quantized adds at least one FakeQuantize per input (none are weights)
     assert _fq_count(all_q) - _fq_count(w_only) >= 2 * len(names)
+
+
+def test_keep_fp32_maps_module_patterns_to_the_exported_matmuls(exported_bert, bert_model):
+    from compresslab.pipeline.deploy import fp32_matmuls
+
+    plain = Path(exported_bert.unfused_path)
+    names = fp32_matmuls(bert_model, ["ffn_out"], plain)  # the role: every layer's FFN output projection
+    assert [n.split("/")[-4:] for n in names] == [["layer.0", "output", "dense", "MatMul"],
+                                                  ["layer.1", "output", "dense", "MatMul"]]
+    assert fp32_matmuls(bert_model, ["bert.encoder.layer.1.attention.self.query"], plain)[0].endswith(
+        "layer.1/attention/self/query/MatMul")
+    with pytest.raises(ValueError, match="matches no nn.Linear"):
+        fp32_matmuls(bert_model, ["no_such_module"], plain)
