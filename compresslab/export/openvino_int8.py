@@ -67,7 +67,8 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     ``calibrate_method``: minmax | entropy | percentile (ORT's calibrators).
     ``attention_matmuls``: also quantize attention's activation x activation MatMuls (Q.K^T, P.V);
     False keeps them fp32 (weight MatMuls only). ``exclude``: more node names kept fp32.
-    ``smooth_alpha``: SmoothQuant (``export/smoothquant.py``) with this migration strength first. Returns the IR path and the quantizer's metrics.
+    ``smooth_alpha``: SmoothQuant (``export/smoothquant.py``) with this migration strength first.
+    Returns the IR path and the quantizer's metrics.
     Raises ValueError when OpenVINO cannot read it.
     """
     import openvino as ov
@@ -103,16 +104,19 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
 
 def nncf_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
                  validation: Sequence[tuple[Mapping[str, Any], np.ndarray]] | None = None,
-                 max_drop: float = 0.01) -> tuple[Path, dict[str, Any]]:
+                 max_drop: float = 0.01, max_iterations: int = 20) -> tuple[Path, dict[str, Any]]:
     """NNCF PTQ (``model_type=TRANSFORMER``) of the IR converted from ``plain_onnx``, saved in ``out_dir``.
 
     With ``validation`` (pairs of feed dict and (batch,) reference labels: the teacher's
     predictions, so the metric is agreement), ``nncf.quantize_with_accuracy_control`` keeps the
-    agreement drop under ``max_drop`` (absolute fraction) by reverting layers to fp32.
+    agreement drop under ``max_drop`` (absolute fraction) by reverting layers to fp32, for at most
+    ``max_iterations`` revert steps (NNCF's default is unbounded: a drop below one example's share
+    never ends on a small set).
     Returns the IR path and what ran. ImportError-free: call :func:`nncf_missing_reason` first.
     """
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     model = ov.convert_model(str(plain_onnx))
     names = [p.get_any_name() for p in model.inputs]
@@ -130,8 +134,9 @@ def nncf_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
         q = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(calib), nncf.Dataset(val, lambda item: item[0]), _agreement_fn(),
             max_drop=float(max_drop), drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib),
-            model_type=nncf.ModelType.TRANSFORMER)
-        info.update(api="nncf.quantize_with_accuracy_control", max_drop=float(max_drop),
+            model_type=nncf.ModelType.TRANSFORMER,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations))
+        info.update(api="nncf.quantize_with_accuracy_control", max_drop=float(max_drop), max_iterations=max_iterations,
                     n_validation_examples=int(sum(len(y) for _, y in val)))
     # subset_size counts dataset items (our batches), not examples: all of them are used
     info["quantize_s"] = round(time.perf_counter() - t0, 2)

@@ -228,7 +228,8 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         op_types_to_quantize=list(op_types) if op_types else None,
                         nodes_to_exclude=list(nodes_to_exclude) or None,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return _metrics(src, Path(dst), method=f"static_{quant_format}", n_excluded=len(nodes_to_exclude), per_channel=per_channel, reduce_range=reduce_range,
+    return _metrics(src, Path(dst), method=f"static_{quant_format}", n_excluded=len(nodes_to_exclude),
+                    per_channel=per_channel, reduce_range=reduce_range,
                     calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
                     n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),
                     shape_inference=shape_inference)

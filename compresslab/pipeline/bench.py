@@ -54,7 +54,8 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
         runners["deployed"] = OpenVinoRunner(path, threads, precision, vocab_size=vocab)
         ran["deployed"] = (path, runners["deployed"].compiled_precision)
         notes.append(f"deployed is the OpenVINO IR {_rel(path, run_dir)} (deploy.runtime=openvino), compiled as "
-                     f"{runners['deployed'].compiled_precision}; its ONNX source runs on ORT as deployed_onnx_ort.")
+                     f"{runners['deployed'].compiled_precision}; the pipeline's ONNX file runs on ORT as "
+                     "deployed_onnx_ort.")
     skipped: dict[str, str] = {}
     if "openvino" in b.backends:
         ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes)

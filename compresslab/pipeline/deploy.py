@@ -151,7 +151,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         else:
             rec: dict[str, Any] = {"source": _rel(plain, run_dir), "int8": True, "notes": [
                 f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): our static QDQ "
-                f"calibration ({d.calibration_examples} train examples) of the plain fp32 export made the int8 IR"]}
+                f"calibration ({sum(len(f['input_ids']) for f in calibration())} train examples) of the plain fp32 "
+                f"export made the int8 IR"]}
             try:
                 keep = fp32_matmuls(state.model, d.keep_fp32, plain) if d.keep_fp32 else []
                 xml, rec["quantization"] = ours_int8_ir(plain, run_dir / "export" / IR_DIR, calibration(),
@@ -167,6 +168,10 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     if "nncf" in want:
         rec = {"source": _rel(plain, run_dir), "int8": True, "method": "peer", "notes": []}
         val = validation.labelled_feeds() if d.accuracy_control else None
+        if val is not None and d.max_drop < 1.0 / max(len(validation.examples), 1):
+            notes.append(f"deploy.max_drop={d.max_drop} is below one validation example "
+                         f"(1/{len(validation.examples)}): NNCF's accuracy control can only meet a zero drop")
+            log.warning("deploy: %s", notes[-1])
         try:
             xml, rec["quantization"] = nncf_int8_ir(plain, run_dir / "export" / NNCF_IR_DIR, calibration(),
                                                     validation=val, max_drop=d.max_drop)
@@ -190,6 +195,19 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     out = dict(cands[chosen])
     out.update(int8_method=chosen, int8_choice=choice, notes=notes + out["notes"], candidates=cands)
     return out
+
+
+def check_deploy(state: RunState) -> None:
+    """Deploy settings that need the loaded model, checked before any step: every ``keep_fp32``
+    pattern must select a Linear of the model (ValueError naming the available ones)."""
+    d = state.settings.deploy
+    if d.keep_fp32 and d.runtime != "ort":
+        from compresslab.targets import select_modules
+
+        try:
+            select_modules(state.model, list(d.keep_fp32))
+        except ValueError as e:
+            raise ValueError(f"deploy.keep_fp32: {e}") from None
 
 
 def fp32_matmuls(model: Any, patterns: Any, onnx_path: Path) -> list[str]:

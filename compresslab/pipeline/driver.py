@@ -21,6 +21,7 @@ def run(cfg: DictConfig) -> Path:
     Everything cheap is checked before anything expensive (passes, settings, model source, data);
     raises PipelineError / SettingsError / FileNotFoundError / ValueError then.
     """
+    from compresslab.pipeline.deploy import check_deploy
     from compresslab.pipeline.state import RunState
     from compresslab.pipeline.steps import run_steps
 
@@ -37,6 +38,7 @@ def run(cfg: DictConfig) -> Path:
     manifest.save()
     with recording_failure(manifest):
         state.load_initial()
+        check_deploy(state)  # module patterns need the model: checked before any step runs
         if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
             finish(state, run_dir, manifest)
     return run_dir

@@ -203,6 +203,9 @@ class DeploySettings:
             reason = openvino_missing_reason()
             if reason:
                 raise ValueError(f"runtime 'openvino' requested but {reason}")
+        if self.keep_fp32 and (self.runtime == "ort" or self.int8 == "nncf"):
+            raise ValueError("keep_fp32 applies to our OpenVINO int8 recipe (runtime openvino|auto with int8 "
+                             f"ours|auto); with runtime={self.runtime!r}, int8={self.int8!r} it would be ignored")
         if self.runtime != "ort" and self.int8 == "nncf":  # asked for by name: refuse now, not after training
             from compresslab.export.openvino_int8 import nncf_missing_reason
 

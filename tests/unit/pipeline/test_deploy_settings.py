@@ -32,6 +32,8 @@ def test_default_is_ort_and_every_option_composes():
     ("deploy.calibration_examples=0", r"calibration_examples"),
     ("deploy.max_drop=-0.1", r"max_drop: a fraction"),
     ("deploy.accuracy_control=maybe", r"accuracy_control: true or false"),
+    ("deploy.keep_fp32=ffn_out", r"keep_fp32 must be a list"),
+    ("deploy.keep_fp32=[ffn_out]", r"keep_fp32 applies to our OpenVINO int8 recipe .*runtime='ort'"),
 ])
 def test_bad_deploy_settings_are_refused_at_start(override, match):
     with pytest.raises(SettingsError, match=f"deploy: {match}"):
@@ -81,3 +83,23 @@ def test_bad_deploy_fails_a_run_before_any_model_loads(tmp_path, data_root):
         run(compose(["+pipeline=int8", "debug=smoke", f"data.root={data_root}", "deploy.runtime=nope",
                      f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache"]))
     assert time.perf_counter() - t0 < 20
+
+
+def test_keep_fp32_with_nncf_is_refused_as_ignored():
+    pytest.importorskip("openvino")
+    with pytest.raises(SettingsError, match=r"keep_fp32 applies to .*int8='nncf' it would be ignored"):
+        _settings("deploy=openvino", "deploy.int8=nncf", "deploy.keep_fp32=[ffn_out]")
+
+
+def test_keep_fp32_matching_no_layer_fails_the_run_before_any_step(tmp_path, data_root):
+    pytest.importorskip("openvino")
+    from compresslab.manifest import read_json
+    from compresslab.pipeline import run
+
+    with pytest.raises(ValueError, match=r"deploy.keep_fp32: target 'no_such_layer' matches no nn.Linear"):
+        run(compose(["+pipeline=int8", "debug=smoke", f"data.root={data_root}", "deploy=openvino",
+                     "deploy.keep_fp32=[no_such_layer]", f"paths.output_dir={tmp_path}/out",
+                     f"paths.cache_dir={tmp_path}/cache"]))
+    (manifest,) = (tmp_path / "out").glob("int8/*/manifest.json")
+    m = read_json(manifest)
+    assert m["status"] == "failed" and not list(manifest.parent.glob("steps/*/model.*"))
