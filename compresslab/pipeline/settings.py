@@ -169,7 +169,10 @@ class BenchSettings:
 class DeploySettings:
     """``conf/deploy``: which runtime's artifact is deployed (and scored): ``ort`` (the ONNX file),
     ``openvino`` (an IR converted from it) or ``auto`` (the faster at b32 among those whose
-    validation agreement with the teacher is within ``tolerance`` of the ORT file's)."""
+    validation agreement with the teacher is within ``tolerance`` of the ORT file's). For an int8
+    pipeline on OpenVINO, ``int8`` says how its IR is made (ours | nncf | auto), on
+    ``calibration_examples`` train examples; ``accuracy_control``/``max_drop`` drive NNCF's
+    accuracy-aware mode; ``keep_fp32`` leaves the selected modules' MatMuls fp32 in our recipe."""
 
     runtime: str
     precision: str
