@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Does optimum-intel's OVModelForSequenceClassification load our deployed IR dir and give the same
-# logits as our OpenVINO runner? Checked once in a side venv (optimum-intel needs torchvision, which
-# our project venv does not carry); the verdict goes to benchmarks/results/optimum_intel_check.json.
+# logits as our OpenVINO runner? Checked once in a side venv (optimum-intel pins its own transformers);
+# the verdict goes to benchmarks/results/optimum_intel_check.json. torchvision is left out on purpose:
+# PyPI's torchvision 0.28.0 does not load beside the CPU torch 2.13.0 ("operator torchvision::nms does
+# not exist"), and with it present transformers' AutoProcessor (imported by optimum-intel) fails.
 #   bash benchmarks/optimum_intel_check.sh RUN_DIR     # a finished run with deploy=openvino|auto
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,9 +11,9 @@ run_dir=$(cd "$1" && pwd)
 venv=${OPTIMUM_VENV:-/tmp/optimum-intel-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  # the CPU torch we pin, torchvision built for it, optimum-intel with its OpenVINO extra
-  "$venv/bin/pip" install -q "torch==2.13.0" "torchvision==0.28.0" "optimum-intel[openvino]" \
-    -c "$repo/constraints.txt" 2>&1 | tail -3
+  # the CPU torch we pin and optimum-intel with its OpenVINO extra; no torchvision (see above)
+  "$venv/bin/pip" install -q "torch==2.13.0" "optimum-intel[openvino]" -c "$repo/constraints.txt" 2>&1 | tail -3
+  "$venv/bin/pip" uninstall -y -q torchvision 2>/dev/null || true
 fi
 "$repo/.venv/bin/python" - "$run_dir" > /tmp/optimum_ref.json <<'PY'
 import json, sys
@@ -37,7 +39,8 @@ try:
     import optimum.intel, openvino, transformers
     from optimum.intel import OVModelForSequenceClassification
     from transformers import AutoTokenizer
-    out["versions"] = {"optimum-intel": optimum.intel.__version__ if hasattr(optimum.intel, "__version__") else None,
+    from importlib.metadata import version
+    out["versions"] = {"optimum-intel": version("optimum-intel"),
                        "openvino": openvino.__version__, "transformers": transformers.__version__}
     model = OVModelForSequenceClassification.from_pretrained(ref["ir_dir"], ov_config={"INFERENCE_PRECISION_HINT": "f32"})
     tok = AutoTokenizer.from_pretrained(ref["ir_dir"])
@@ -46,6 +49,9 @@ try:
     out.update(loaded=True, max_abs_diff_vs_compresslab=diff, ok=diff < 1e-4)
 except Exception as e:  # the verdict is the point: record what failed
     out.update(loaded=False, ok=False, error=f"{type(e).__name__}: {str(e)[:500]}")
-json.dump(out, open(sys.argv[2], "w"), indent=2)
+import os
+allr = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {}
+allr[ref["ir_dir"].split("/outputs/", 1)[-1]] = out  # one entry per IR checked
+json.dump(allr, open(sys.argv[2], "w"), indent=2)
 print(json.dumps(out, indent=2))
 PY
