@@ -93,7 +93,7 @@ def _final_ckpt(rd: Path, m: dict) -> Path:
     raise FileNotFoundError(f"no torch checkpoint in {rd}")
 
 
-def _int8_ir_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]:
+def _int8_ir_cells(rd: Path, m: dict) -> dict[str, dict[str, Any]]:
     """ort_int8 (the pipeline's ORT file) and the OpenVINO int8 IRs its deploy stage made."""
     last = m["steps"][-1]["result"]["onnx_path"]
     out = {"ort_int8": _cell("ort", rd / last, "int8")}
@@ -105,7 +105,7 @@ def _int8_ir_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, An
     return out
 
 
-def _fp32_cells(rd: Path, onnx: Path, ckpt: Path, flags: set[str]) -> dict[str, dict[str, Any]]:
+def _fp32_cells(onnx: Path, ckpt: Path, flags: set[str]) -> dict[str, dict[str, Any]]:
     from compresslab.bench.openvino_runner import BF16_FLAGS, plain_export
 
     out = {"ort_fp32": _cell("ort", onnx, "fp32"),
@@ -125,22 +125,21 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     rd = REPO / runs["int8"]["run_dir"]
     m = read_json(rd / "manifest.json")
-    cells["dense"] = _fp32_cells(rd, teacher_onnx(rd, RunManifest.load(rd)), _teacher_ckpt(rd, m),
-                                 flags)
-    int8 = _int8_ir_cells(rd, m, flags)
+    cells["dense"] = _fp32_cells(teacher_onnx(rd, RunManifest.load(rd)), _teacher_ckpt(rd, m), flags)
+    int8 = _int8_ir_cells(rd, m)
     if "openvino_nncf_int8" in int8:  # the int8 run's torch model is the teacher: NNCF on the dense teacher
         cells["dense"]["openvino_nncf_int8"] = int8.pop("openvino_nncf_int8")
     cells["int8"] = int8
     rd = REPO / runs["ziplm_2x"]["run_dir"]
     m = read_json(rd / "manifest.json")
-    cells["ziplm_2x"] = _fp32_cells(rd, rd / m["export"]["fp32"]["path"], _final_ckpt(rd, m), flags)
+    cells["ziplm_2x"] = _fp32_cells(rd / m["export"]["fp32"]["path"], _final_ckpt(rd, m), flags)
     for p in ("ziplm_int8", "obert_int8"):
         rd = REPO / runs[p]["run_dir"]
-        cells[p] = _int8_ir_cells(rd, read_json(rd / "manifest.json"), flags)
+        cells[p] = _int8_ir_cells(rd, read_json(rd / "manifest.json"))
     return cells
 
 
-def _runner(c: dict[str, Any], vocab: int, sparse_rate: float | None = None) -> Any:
+def _runner(c: dict[str, Any], vocab: int) -> Any:
     from compresslab.bench import OrtRunner, TorchRunner
     from compresslab.bench.openvino_runner import OpenVinoRunner
     from compresslab.checkpoint import load

@@ -106,9 +106,14 @@ def _converted(state: RunState, src: Path, out: Path, run_dir: Path, threads: in
     except ValueError as e:
         rec["error"] = str(e)
     else:
-        rec["path"] = _rel(xml, run_dir)
-        rec.update(_check_ir(state, xml, threads))
+        _add_ir(rec, state, xml, run_dir, threads)
     return rec
+
+
+def _add_ir(rec: dict[str, Any], state: RunState, xml: Path, run_dir: Path, threads: int) -> None:
+    """Record a written IR in ``rec``: its path and its parity check (``error`` when an fp32 IR misses it)."""
+    rec["path"] = _rel(xml, run_dir)
+    rec.update(_check_ir(state, xml, threads))
 
 
 def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32: Path,
@@ -161,8 +166,7 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
             except ValueError as e:
                 rec["error"] = str(e)
             else:
-                rec["path"] = _rel(xml, run_dir)
-                rec.update(_check_ir(state, xml, threads))
+                _add_ir(rec, state, xml, run_dir, threads)
             cands["ours"] = rec
         cands["ours"]["method"] = "compresslab"
     if "nncf" in want:
@@ -178,8 +182,7 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         except Exception as e:  # NNCF raises many kinds; the run goes on with ours
             rec["error"] = f"NNCF PTQ failed: {type(e).__name__}: {str(e)[:300]}"
         else:
-            rec["path"] = _rel(xml, run_dir)
-            rec.update(_check_ir(state, xml, threads))
+            _add_ir(rec, state, xml, run_dir, threads)
         cands["nncf"] = rec
     ok = [k for k in cands if "error" not in cands[k]]
     if not ok:
