@@ -2,7 +2,8 @@
 
 A checkpoint is config.json + model.safetensors + tokenizer files. When a pass changed shapes,
 ``config.json`` carries ``compresslab_structure`` (per-layer heads and FFN widths) so :func:`load`
-rebuilds the exact module shapes before loading the weights; a directory that holds only a
+rebuilds the exact module shapes before loading the weights, and ``compresslab_quant`` names the
+n-bit ``FakeQuantLinear`` modules (bits, group shape) rebuilt frozen before their buffers load; a directory that holds only a
 compressed encoding (e.g. ``model.sparse.safetensors``) is decoded through its format.
 """
 
@@ -20,6 +21,7 @@ from compresslab.checkpoint.formats import FORMATS, write_formats
 from compresslab.models.adapters import check_supported
 from compresslab.models.loading import TASK_KEY, CheckpointError, auto_class, read_config
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
+from compresslab.quant.modules import QUANT_KEY, apply_quant, stamp_quant
 
 DENSE_FILE = "model.safetensors"
 
@@ -44,6 +46,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         stamp_structure(model)
+        stamp_quant(model)
         # safe_serialization would refuse tied/shared tensors only; none in encoders
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -82,6 +85,8 @@ def load(path: str | os.PathLike, *, attn_implementation: str = "sdpa") -> nn.Mo
     model = auto_class(kind).from_config(config)
     if raw.get(STRUCTURE_KEY):
         apply_structure(model, raw[STRUCTURE_KEY])
+    if raw.get(QUANT_KEY):
+        apply_quant(model, raw[QUANT_KEY])
     missing, unexpected = model.load_state_dict(state, strict=False)
     # position_ids buffers and tied weights may be absent from the file; anything else is an error
     missing = [k for k in missing if not k.endswith("position_ids")]

@@ -1,0 +1,1 @@
+"""Quantized modules and the sensitivity, allocation and swap machinery of the quantizing passes."""
