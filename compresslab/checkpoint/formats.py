@@ -2,8 +2,8 @@
 
 Each format names its file, how to write it from a model, and how to read a dense state dict
 back from the file alone (its metadata says how it was encoded), so :func:`compresslab.load`
-picks the decoder by the file it finds. A packed n-bit format for quantized passes is added here
-the same way.
+picks the decoder by the file it finds: ``sparse_int8`` (bitmask + int8, pruned models) and
+``packed_nbits`` (n-bit codes + fp16 scales + packed zero points, quantized models).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
+from compresslab.checkpoint.packed import PACKED_FILE, read_packed_state, save_packed
 from compresslab.checkpoint.sparse_int8 import SPARSE_FILE, read_sparse_state, save_sparse
 
 
@@ -32,6 +33,9 @@ FORMATS: dict[str, Format] = {
     "sparse_int8": Format("sparse_int8", SPARSE_FILE,
                           lambda model, out_dir, tokenizer=None: save_sparse(model, out_dir, tokenizer=tokenizer),
                           read_sparse_state),
+    "packed_nbits": Format("packed_nbits", PACKED_FILE,
+                           lambda model, out_dir, tokenizer=None: save_packed(model, out_dir, tokenizer=tokenizer),
+                           read_packed_state),
 }
 
 
