@@ -28,12 +28,16 @@ def _parity_batches(state: RunState, n: int) -> list[dict]:
 
 
 def export_dir(model: Any, state: RunState, out_dir: Path) -> Any:
-    """Export ``model`` into ``out_dir`` (optimum's ORTModel layout) with the run's export settings."""
-    from compresslab.export.onnx import export_model
+    """Export ``model`` into ``out_dir`` (optimum's ORTModel layout) with the run's export settings.
+
+    A model with frozen fake-quant modules also gets ``config.compresslab_quant`` in config.json and
+    their scales / zero points in ``quantization.safetensors`` (what ``ort_matmul_nbits`` deploys);
+    a dynamic (unfrozen) one is refused."""
+    from compresslab.export.matmul_nbits import export_quantized
 
     e = state.settings.export
-    return export_model(model, state.tokenizer, out_dir, _parity_batches(state, e.parity_examples),
-                        optimize=e.optimize, atol=e.atol, opset=e.opset)
+    return export_quantized(model, state.tokenizer, out_dir, _parity_batches(state, e.parity_examples),
+                            optimize=e.optimize, atol=e.atol, opset=e.opset)
 
 
 def _torch_changed_after_teacher(manifest: RunManifest) -> bool:

@@ -1,0 +1,116 @@
+"""``ort_matmul_nbits``: deploy a frozen n-bit model as ONNX Runtime ``MatMulNBits`` (Stage.ONNX).
+
+Reads the ``compresslab_quant`` stamp from the export directory's ``config.json`` and the scales /
+zero points from its ``quantization.safetensors`` (both written by the export stage for a model
+whose fake-quant modules are frozen, e.g. after the ``hawq`` pass), rewrites the unfused export's
+MatMuls (and a quantized word embedding's Gather) into ``com.microsoft.MatMulNBits`` /
+``GatherBlockQuantized`` with the exact codes, and ends with a parity check of the new graph against
+the incoming fp32 graph, which equals the fake-quant torch model (the export's own parity check).
+The math lives in ``export/matmul_nbits.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from compresslab.registry import register_pass
+from compresslab.types import OnnxModel, PassContext, PassResult, Stage
+from compresslab.validate import check_bools, check_int, is_int
+
+log = logging.getLogger(__name__)
+
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 = fp32 activations ... 4 = int8 activations
+PARITY_ATOL = 1e-3  # max |Δlogits| at accuracy_level 0: the codes are exact, so a larger gap is a bug
+PARITY_BATCH = 16
+
+
+def source_graph(model: OnnxModel) -> Path:
+    """The unfused export beside ``model`` (one MatMul per Linear): ``model_unfused.onnx``, else the
+    directory's graph when it is unfused itself. FileNotFoundError when only a fused graph is there."""
+    from compresslab.export.optimize import count_ops
+
+    plain = model.dir / "model_unfused.onnx"
+    if plain.is_file():
+        return plain
+    ops = count_ops(model.onnx_path)
+    if not (ops["Attention"] or ops["EmbedLayerNormalization"] or ops["MatMulNBits"] or ops["MatMulInteger"]):
+        return model.onnx_path
+    raise FileNotFoundError(f"{model.dir} has no unfused export (model_unfused.onnx) and {model.onnx_path.name} is "
+                            f"fused or already quantized: MatMulNBits needs one fp32 MatMul per Linear; run "
+                            f"ort_matmul_nbits directly on the export stage's directory")
+
+
+@register_pass("ort_matmul_nbits")
+@dataclass
+class OrtMatmulNBits:
+    """Weight-only n-bit deployment of a frozen fake-quant model with ONNX Runtime's ``MatMulNBits``.
+
+    ``accuracy_level``: MatMulNBits' attribute (0 fp32 activations, exact up to summation order; 4 int8
+    activations, faster where MLAS has the kernel, reported by agreement rather than parity).
+    ``check_parity``: compare the new graph with the incoming fp32 graph on ``parity_examples`` train
+    examples (at level 0 a max |Δ| above 1e-3 raises ``ParityError``).
+    """
+
+    accuracy_level: int = 0
+    check_parity: bool = True
+    parity_examples: int = 32
+
+    stage: ClassVar[Stage] = Stage.ONNX
+    makes_teacher: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not is_int(self.accuracy_level) or self.accuracy_level not in ACCURACY_LEVELS:
+            raise ValueError(f"{self.name} accuracy_level={self.accuracy_level!r} is not valid; "
+                             f"allowed: {', '.join(map(str, ACCURACY_LEVELS))}")
+        check_bools(self, "check_parity")
+        self.parity_examples = check_int(self.parity_examples, f"{self.name} parity_examples")
+
+    def check(self, task: Any) -> None:
+        """Nothing to check up front: parity takes up to ``parity_examples`` train examples."""
+
+    def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
+        from compresslab.export.matmul_nbits import (KERNEL_2BIT, compare_graphs, probe_kernel_path,
+                                                     read_quant_sidecar, to_matmul_nbits)
+        from compresslab.export.onnx import ParityError
+        from compresslab.export.ort_quant import copy_model_files, read_export_config
+        from compresslab.quant.modules import QUANT_KEY
+
+        model = model if isinstance(model, OnnxModel) else OnnxModel(Path(model).parent, Path(model))
+        stamp = read_export_config(model.dir).get(QUANT_KEY)
+        if not stamp:
+            raise ValueError(f"{model.dir / 'config.json'} names no quantized modules (no '{QUANT_KEY}'): "
+                             f"{self.name} deploys n-bit weights a TORCH pass froze; run a quantizing pass such "
+                             f"as 'hawq' (FakeQuantLinear swap + QAT + freeze) before it")
+        params = read_quant_sidecar(model.dir)
+        src = source_graph(model)
+        ctx.step_dir.mkdir(parents=True, exist_ok=True)
+        dst = ctx.step_dir / "model.onnx"
+        metrics = to_matmul_nbits(src, dst, stamp, params, accuracy_level=self.accuracy_level)
+        copy_model_files(model.dir, ctx.step_dir)
+        metrics["source_graph"] = src.name
+        if self.check_parity:
+            batches = list(ctx.calibration_batches(self.parity_examples, batch_size=PARITY_BATCH))
+            parity = compare_graphs(src, dst, ctx.track(batches, desc="parity"))
+            metrics["parity"] = {**parity, "reference": f"{src.name} (fp32 = the fake-quant torch model)",
+                                 "atol": PARITY_ATOL if self.accuracy_level == 0 else None}
+            if self.accuracy_level == 0 and (not parity["finite"] or parity["max_abs_diff"] > PARITY_ATOL):
+                raise ParityError(f"{self.name}: MatMulNBits graph differs from the fp32 graph by max |Δ| "
+                                  f"{parity['max_abs_diff']:.3g} > {PARITY_ATOL} at accuracy_level 0 over "
+                                  f"{parity['n_examples']} examples: the codes are exact, so this is a packing bug",
+                                  {**parity, "atol": PARITY_ATOL})
+        configs = sorted({(m["deployed_bits"], m["deployed_block_size"]) for m in metrics["modules"].values()
+                          if m["op"] == "MatMulNBits"})
+        metrics["kernel_paths"] = {f"bits{b}_block{bs}_level{self.accuracy_level}":
+                                   probe_kernel_path(b, bs, self.accuracy_level) for b, bs in configs}
+        metrics["kernel_2bit"] = KERNEL_2BIT
+        skipped = metrics.pop("skipped")
+        for name, why in skipped.items():
+            log.warning("%s: %s: %s", self.name, name, why)
+        mods = metrics["modules"]
+        return PassResult(metrics=metrics, skipped=skipped, onnx_path=str(dst),
+                          structure={"scheme": "ort_matmul_nbits", "accuracy_level": self.accuracy_level,
+                                     "weight_bits": {n: m["bits"] for n, m in mods.items()},
+                                     "deployed_bits": {n: m["deployed_bits"] for n, m in mods.items()}})
