@@ -9,6 +9,7 @@ embedding KD loss for embedding tasks; the loop is :func:`compresslab.training.t
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -69,12 +70,16 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
             embedding: bool = False, callbacks: Sequence[Any] = (), schedule: str = "linear",
             cycle_steps: int | None = None, warmup_ratio: float = 0.0, final_lr_ratio: float = 0.0,
             batch_size: int = 32, seed: int = 0, progress: Callable[..., Any] | None = None,
-            desc: str = "recovery", device: Any = None) -> TrainResult:
+            desc: str = "recovery", device: Any = None, checkpoint_dir: str | os.PathLike | None = None,
+            checkpoint_every: int = 0) -> TrainResult:
     """Train ``model`` in place for ``recovery.steps`` steps of KD from ``teacher``; model left in eval.
 
     ``embedding=True`` distils mean-pooled sentence embeddings (no logits to match). The schedule
     arguments are :class:`TrainConfig`'s (gradual pruning uses a cyclic LR and prunes from
-    ``callbacks``); ``device`` (a ``torch.device`` or its type name) is where training runs. With ``steps == 0`` nothing runs and an empty result comes back.
+    ``callbacks``); ``device`` (a ``torch.device`` or its type name) is where training runs. ``checkpoint_dir`` /
+    ``checkpoint_every`` make the run resumable (:class:`TrainConfig`; one directory per call):
+    they belong to the run, not to the recovery recipe. With ``steps == 0`` nothing runs and an
+    empty result comes back.
     """
     if recovery.steps == 0:
         return TrainResult(steps=0, wall_s=0.0)
@@ -84,7 +89,8 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
         teacher = None  # no teacher forward per step when no loss reads it
     cfg = TrainConfig(lr=recovery.lr, steps=recovery.steps, batch_size=batch_size, schedule=schedule,
                       cycle_steps=cycle_steps, warmup_ratio=warmup_ratio, final_lr_ratio=final_lr_ratio, seed=seed,
-                      device=getattr(device, "type", device))
+                      device=getattr(device, "type", device), checkpoint_dir=checkpoint_dir,
+                      checkpoint_every=checkpoint_every)
     res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=progress, desc=desc)
     model.eval()
     return res
