@@ -1,0 +1,344 @@
+"""Second-order sensitivity of a model's Linears to weight perturbation, from the task loss's Hessian.
+
+Two measures (math in ``ops/loss_hessian.py``):
+
+* :func:`linear_traces` (default; HAWQ-V2, Dong et al. 2020 §3): per Linear weight, Hutchinson's
+  trace of its diagonal Hessian block with one Rademacher probe shared by all Linears per HVP, and
+  the average trace ``Tr(H_i)/n_i`` (the Ω numerator of ALGORITHMS.md §1.6). Stops on the
+  standard error of every Linear's estimate.
+* :func:`layer_eigenvalues` (Q-BERT, Shen et al. 2020 §3.2; §1.3): per encoder layer and batch,
+  the top eigenvalue of the layer's weight block by power iteration, and
+  ``Ω_i = |mean_j λ_ij| + std_j λ_ij``. It costs one HVP chain (≤ ``max_iter`` HVPs) per layer and
+  batch, against ``probes_per_batch`` HVPs for all Linears together in :func:`linear_traces`.
+
+Conditions (§1.7): eval mode (no dropout), eager attention (fused SDPA/Flash kernels may lack a
+double backward), the graph rebuilt per batch, and HVPs in float32: half-precision floating
+parameters and buffers are cast to float32 for the computation and cast back afterwards (exact:
+every fp16/bf16 value is a float32 value). float64 models stay float64. Only the target weights
+require grad during the computation; every flag is restored.
+
+With ``torch.distributed`` initialised, each process feeds its own batches (e.g. from
+``training.dist.rank_batches``); the trace statistics (count, Σs, Σs²) and the eigenvalues are
+all-reduced each round, so every rank stops together and returns the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from compresslab.bench.env import peak_memory_mb
+from compresslab.ops.loss_hessian import RunningTrace, block_quadratic, check_probes, hvp, power_iteration, rademacher
+from compresslab.training.dist import world
+from compresslab.training.losses import LossFn, task_loss
+
+__all__ = ["DoubleBackwardError", "LinearTrace", "SensitivityResult", "layer_eigenvalues", "linear_traces"]
+
+LAYER_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+
+
+class DoubleBackwardError(RuntimeError):
+    """An op on the loss path has no double backward, even with eager attention."""
+
+
+@dataclass(frozen=True)
+class LinearTrace:
+    """One Linear's Hessian trace estimate: ``trace`` ≈ Tr(H_ii) (loss units per weight²), its
+    standard error ``se``, ``avg_trace = trace / numel`` and ``converged`` (the SE rule met)."""
+
+    trace: float
+    avg_trace: float
+    se: float
+    numel: int
+    converged: bool
+
+
+@dataclass
+class SensitivityResult:
+    """Output of :func:`linear_traces`: per qualified Linear name a :class:`LinearTrace`, plus the
+    run's totals (over all processes) and cost."""
+
+    traces: dict[str, LinearTrace]
+    batches: int
+    probes: int
+    converged: bool
+    not_converged: list[str]
+    wall_s: float
+    peak_mb: float
+    seed: int
+    dtype: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def avg_traces(self) -> dict[str, float]:
+        """``{name: Tr(H_i)/n_i}``, the HAWQ-V2 sensitivity numerator."""
+        return {n: t.avg_trace for n, t in self.traces.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (manifest / results files)."""
+        d = asdict(self)
+        d["traces"] = {n: asdict(t) for n, t in self.traces.items()}
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- glue
+
+@contextlib.contextmanager
+def _hessian_mode(model: nn.Module, targets: Sequence[Tensor]) -> Iterator[torch.dtype]:
+    """Eval + eager attention, float32 compute, grad only on ``targets``; all restored on exit.
+    Yields the compute dtype."""
+    from compresslab.export.onnx import eager_attention  # lazy: export pulls in onnxruntime
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    cast = [t for t in tensors if t.dtype in (torch.float16, torch.bfloat16)]
+    saved_dtypes = [t.dtype for t in cast]
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    target_ids = {id(t) for t in targets}
+    try:
+        for t in cast:
+            t.data = t.data.float()
+        for p in params:
+            p.requires_grad_(id(p) in target_ids)
+        with eager_attention(model):
+            yield targets[0].dtype
+    finally:
+        for t, dt in zip(cast, saved_dtypes):
+            t.data = t.data.to(dt)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def _linears(model: nn.Module, names: Sequence[str]) -> list[nn.Linear]:
+    if not names:
+        raise ValueError("names must list at least one Linear (qualified module names)")
+    mods = dict(model.named_modules())
+    missing = [n for n in names if n not in mods]
+    wrong = [n for n in names if n in mods and not isinstance(mods[n], nn.Linear)]
+    if missing or wrong:
+        raise ValueError(f"sensitivity targets must be nn.Linear modules of the model; not found: {missing}, "
+                         f"not Linear: {wrong}; e.g. {[n for n, m in mods.items() if isinstance(m, nn.Linear)][:4]}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names repeat a module: {list(names)}")
+    return [mods[n] for n in names]
+
+
+def _graph(model: nn.Module, batch: dict[str, Tensor], params: list[Tensor], loss_fn: LossFn) -> list[Tensor | None]:
+    """Gradients of the loss with ``create_graph=True`` (the HVP graph for this batch); None for a
+    weight the loss does not reach."""
+    loss = loss_fn(model, batch)
+    try:
+        return list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as e:  # pragma: no cover - depends on the model's ops
+        raise DoubleBackwardError(f"cannot build the gradient graph for Hessian-vector products: {e}") from e
+
+
+def _hvp_fn(grads: list[Tensor | None], params: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
+    live = [i for i, g in enumerate(grads) if g is not None]
+
+    def fn(vecs: list[Tensor]) -> list[Tensor]:
+        out = [torch.zeros_like(p) for p in params]
+        try:
+            hv = hvp([grads[i] for i in live], [params[i] for i in live], [vecs[i] for i in live])  # type: ignore[misc]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            raise DoubleBackwardError(
+                "double backward failed although eager attention was in effect; an op on the loss path "
+                f"has no second derivative: {e}") from e
+        for i, h in zip(live, hv):
+            out[i] = h
+        return out
+
+    return fn
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _all_reduce(t: Tensor, device: torch.device) -> Tensor:
+    """Sum ``t`` over processes (identity in a world of one); returned on the CPU."""
+    if world()[1] == 1:
+        return t
+    import torch.distributed as dist
+
+    buf = t.to(device)
+    dist.all_reduce(buf)
+    return buf.cpu()
+
+
+def _generator(seed: int) -> torch.Generator:
+    rank = world()[0]
+    return torch.Generator().manual_seed(int(seed) * 65537 + rank)  # distinct probes per rank
+
+
+# ------------------------------------------------------------------------------------------ traces
+
+def linear_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names: Sequence[str], *,
+                  probes_per_batch: int = 4, max_batches: int = 16, min_probes: int = 16,
+                  rel_se_tol: float = 0.05, abs_se_tol: float = 0.0, seed: int = 0,
+                  loss_fn: LossFn = task_loss, progress: Any = None) -> SensitivityResult:
+    """HAWQ-V2 average Hessian trace of each named Linear's weight (bias excluded), by Hutchinson.
+
+    Per batch (dicts of ``(B, T)`` model inputs plus ``labels``; moved to the model's device): one
+    forward/backward with ``create_graph=True`` of ``loss_fn`` (default the mean task loss), then
+    ``probes_per_batch`` HVPs, each with one Rademacher probe over all named weights; Linear i's
+    sample is ``z_iᵀ(Hz)_i`` (unbiased for ``Tr(H_ii)``). After each batch, stops once
+    ``probes >= min_probes`` and every Linear has ``se <= max(rel_se_tol·|trace|, abs_se_tol)``;
+    at most ``max_batches`` batches over all processes (rounded up to a multiple of the world
+    size). Linears short of the rule are listed in ``not_converged`` and warned about.
+
+    Deterministic for a given ``seed``, batches and world size. ``progress`` is a tqdm-like
+    ``progress(iterable, total=, desc=)``. Errors: ValueError for unknown or non-Linear names,
+    bad probe settings or no batches; :class:`DoubleBackwardError` when the loss has no double
+    backward.
+    """
+    if probes_per_batch < 1 or max_batches < 1:
+        raise ValueError(f"probes_per_batch={probes_per_batch} and max_batches={max_batches} must be >= 1")
+    if min_probes > probes_per_batch * max_batches:
+        raise ValueError(f"min_probes={min_probes} exceeds probes_per_batch*max_batches="
+                         f"{probes_per_batch * max_batches}: the stopping rule could never be checked")
+    check_probes(min_probes, probes_per_batch * max_batches, rel_se_tol, abs_se_tol)
+    mods = _linears(model, names)
+    params = [m.weight for m in mods]
+    device = params[0].device
+    rank, size = world()
+    rounds = math.ceil(max_batches / size)
+    gen = _generator(seed)
+    local = RunningTrace(len(params))
+    total = RunningTrace(len(params))
+    n_batches = 0
+    t0 = time.perf_counter()
+    it = iter(batches)
+    steps: Iterable[int] = range(rounds) if progress is None else progress(range(rounds), total=rounds,
+                                                                              desc="hessian traces")
+    with _hessian_mode(model, params) as dtype:
+        for _ in steps:
+            batch = next(it, None)
+            if batch is not None:
+                grads = _graph(model, _to(batch, device), params, loss_fn)
+                fn = _hvp_fn(grads, params)
+                for _p in range(probes_per_batch):
+                    z = rademacher(params, gen)
+                    local.add(block_quadratic(z, fn(z), [1] * len(params)))
+                del grads, fn  # frees this batch's graph
+            had = torch.tensor([0.0 if batch is None else 1.0], dtype=torch.float64)
+            reduced = _all_reduce(torch.cat([local.state(), had]), device)
+            total = RunningTrace.from_state(reduced[:-1])
+            if reduced[-1].item() == 0:
+                break
+            n_batches += int(reduced[-1].item())
+            if total.probes >= min_probes and bool(total.converged(rel_se_tol, abs_se_tol).all()):
+                break
+    if total.probes == 0:
+        raise ValueError("linear_traces got no batches")
+    ests = total.estimates(rel_se_tol, abs_se_tol)
+    traces = {n: LinearTrace(e.mean, e.mean / p.numel(), e.se, p.numel(), e.converged)
+              for n, e, p in zip(names, ests, params)}
+    bad = [n for n, t in traces.items() if not t.converged]
+    if bad:
+        warnings.warn(f"Hessian trace not converged to rel_se_tol={rel_se_tol} after {total.probes} probes "
+                      f"for {len(bad)} Linear(s): {bad[:6]}{' ...' if len(bad) > 6 else ''}", stacklevel=2)
+    return SensitivityResult(
+        traces=traces, batches=n_batches, probes=total.probes, converged=not bad, not_converged=bad,
+        wall_s=time.perf_counter() - t0, peak_mb=peak_memory_mb(device), seed=seed,
+        dtype=str(dtype).replace("torch.", ""),
+        settings={"probes_per_batch": probes_per_batch, "max_batches": max_batches, "min_probes": min_probes,
+                  "rel_se_tol": rel_se_tol, "abs_se_tol": abs_se_tol, "world_size": size})
+
+
+# ------------------------------------------------------------------------------------- eigenvalues
+
+def layer_eigenvalues(model: nn.Module, batches: Iterable[dict[str, Tensor]], *, max_batches: int = 16,
+                      max_iter: int = 100, tol: float = 1e-3, seed: int = 0, loss_fn: LossFn = task_loss,
+                      progress: Any = None) -> dict[str, Any]:
+    """Q-BERT sensitivity: per encoder layer i, ``Ω_i = |mean_j λ_ij| + std_j λ_ij`` (population std).
+
+    ``λ_ij`` is the eigenvalue of largest magnitude (sign kept) of the Hessian block of layer i's
+    q, k, v, o, ffn_in, ffn_out weights (biases excluded) on batch j, by power iteration (one HVP
+    chain per layer and batch on one shared gradient graph). ``max_batches`` counts batches over
+    all processes (rounded up to a multiple of the world size).
+
+    Returns ``{"layers": [{"index", "names", "numel", "eigenvalues", "iterations", "converged",
+    "mean", "std", "omega", "seconds"}], "omega": [Ω_i], "batches", "converged",
+    "not_converged": [[layer, batch], ...], "eigen_s_per_layer", "wall_s", "peak_mb", "seed",
+    "settings"}``; ``seconds`` is this process's power-iteration time for the layer over all its
+    batches, ``eigen_s_per_layer`` the whole run's wall time (gradient graphs included) divided by
+    the number of layers. Errors: as :func:`linear_traces`; UnsupportedArchitectureError for a
+    model without an adapter.
+    """
+    from compresslab.models.adapters import get_adapter
+
+    if max_batches < 1:
+        raise ValueError(f"max_batches={max_batches} must be >= 1")
+    views = list(get_adapter(model).layers())
+    layer_names = [[lv.names[r] for r in LAYER_ROLES if getattr(lv, r) is not None] for lv in views]
+    layer_params = [[getattr(lv, r).weight for r in LAYER_ROLES if getattr(lv, r) is not None] for lv in views]
+    params = [p for ps in layer_params for p in ps]
+    offsets = [0]
+    for ps in layer_params:
+        offsets.append(offsets[-1] + len(ps))
+    device = params[0].device
+    rank, size = world()
+    rounds = math.ceil(max_batches / size)
+    n_layers = len(views)
+    gen = _generator(seed)
+    # (world, rounds, layers, [λ, iterations, converged]) and (world, rounds) "had a batch"
+    vals = torch.zeros(size, rounds, n_layers, 3, dtype=torch.float64)
+    had = torch.zeros(size, rounds, dtype=torch.float64)
+    seconds = [0.0] * n_layers
+    t0 = time.perf_counter()
+    it = iter(batches)
+    steps: Iterable[int] = range(rounds) if progress is None else progress(range(rounds), total=rounds,
+                                                                              desc="hessian eigenvalues")
+    with _hessian_mode(model, params):
+        for r in steps:
+            batch = next(it, None)
+            if batch is None:
+                break
+            grads = _graph(model, _to(batch, device), params, loss_fn)
+            for i in range(n_layers):
+                a, b = offsets[i], offsets[i + 1]
+                ts = time.perf_counter()
+                res = power_iteration(_hvp_fn(grads[a:b], params[a:b]), params[a:b], max_iter=max_iter, tol=tol,
+                                      generator=gen)
+                seconds[i] += time.perf_counter() - ts
+                vals[rank, r, i] = torch.tensor([res.value, res.iterations, float(res.converged)])
+            had[rank, r] = 1.0
+            del grads
+    reduced = _all_reduce(torch.cat([vals.reshape(-1), had.reshape(-1)]), device)
+    vals = reduced[:vals.numel()].reshape(vals.shape)
+    had = reduced[vals.numel():].reshape(had.shape).bool()
+    # batch order: round-major, then rank (the order rank_batches deals them)
+    rows = [vals[w, r] for r in range(rounds) for w in range(size) if had[w, r]]
+    if not rows:
+        raise ValueError("layer_eigenvalues got no batches")
+    table = torch.stack(rows)  # (batches, layers, 3)
+    layers, omega, not_conv = [], [], []
+    for i, lv in enumerate(views):
+        lam = table[:, i, 0]
+        mean, std = lam.mean().item(), lam.std(unbiased=False).item()
+        om = abs(mean) + std
+        omega.append(om)
+        conv = [bool(c) for c in table[:, i, 2]]
+        not_conv += [[lv.index, j] for j, c in enumerate(conv) if not c]
+        layers.append({"index": lv.index, "names": layer_names[i], "numel": sum(p.numel() for p in layer_params[i]),
+                       "eigenvalues": lam.tolist(), "iterations": [int(x) for x in table[:, i, 1]],
+                       "converged": conv, "mean": mean, "std": std, "omega": om, "seconds": seconds[i]})
+    wall = time.perf_counter() - t0
+    if not_conv:
+        warnings.warn(f"power iteration did not converge (tol={tol}, max_iter={max_iter}) for "
+                      f"{len(not_conv)} (layer, batch) pair(s): {not_conv[:6]}", stacklevel=2)
+    return {"layers": layers, "omega": omega, "batches": len(rows), "converged": not not_conv,
+            "not_converged": not_conv, "eigen_s_per_layer": wall / n_layers, "wall_s": wall,
+            "peak_mb": peak_memory_mb(device), "seed": seed,
+            "settings": {"max_batches": max_batches, "max_iter": max_iter, "tol": tol, "world_size": size}}
