@@ -24,6 +24,8 @@ _PASS_MODULES = (
     "compresslab.passes.structured_l1",
     "compresslab.passes.ort_int8_dynamic",
     "compresslab.passes.ort_int8_static",
+    "compresslab.passes.hawq",
+    "compresslab.passes.ort_matmul_nbits",
 )
 
 

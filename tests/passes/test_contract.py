@@ -32,6 +32,8 @@ TINY: dict[str, dict] = {
     "structured_l1": {"speedup": 1.0, "batch": 2, "seq": 16, "recovery": {"steps": 2}, "latency_runs": 3},
     "layer_drop": {"num_layers": 1, "keep": None},
     "ort_int8_static": {"num_calibration": 16},
+    "hawq": {"block_size": 16, "hessian": {"batches": 2, "batch_size": 8, "min_probes": 4, "eigen_batches": 1,
+                                           "eigen_iters": 5}},
 }
 
 
@@ -95,7 +97,16 @@ def test_apply_save_reload_export(name, tiny_tok, tiny_ctx, tmp_path):
     ctx = tiny_ctx(teacher=copy.deepcopy(model).eval())
     batches = [_inputs(tiny_tok)]
     if p.stage == Stage.ONNX:
-        exp = export_model(model, tiny_tok, tmp_path / "export", batches)
+        if name == "ort_matmul_nbits":
+            # an n-bit ONNX pass needs an n-bit model: one frozen 4-bit Linear, exported with its sidecar
+            from compresslab.export.matmul_nbits import export_quantized
+            from compresslab.quant.modules import freeze_all, quantize_modules
+
+            quantize_modules(model, {"bert.encoder.layer.0.intermediate.dense": {"bits": 4, "block_size": 16}})
+            freeze_all(model)
+            exp = export_quantized(model, tiny_tok, tmp_path / "export", batches)
+        else:
+            exp = export_model(model, tiny_tok, tmp_path / "export", batches)
         res = p.apply(OnnxModel(exp.dir, exp.onnx_path), ctx)
         assert isinstance(res, PassResult) and res.onnx_path and Path(res.onnx_path).is_file()
         from compresslab.eval.onnx_runner import OnnxRunner

@@ -1,0 +1,341 @@
+"""``hawq``: Hessian-aware mixed-precision weight quantization (Q-BERT, HAWQ-V2/V3; ALGORITHMS.md §1).
+
+sensitivity per targeted Linear (HAWQ-V2: average Hessian trace by Hutchinson, one shared Rademacher
+probe over all Linears per HVP; or Q-BERT: top eigenvalue per encoder layer by power iteration)
+-> bits per Linear from ``choices`` (HAWQ-V3's integer program over Σ Ω_i · ‖Q_b(W_i) − W_i‖² under an
+average-bits budget; Q-BERT's rank rule; a random map at the same budget as the control; or one
+uniform width) -> dynamic ``FakeQuantLinear`` swap -> QAT with KD through ``training.recover``
+(straight-through estimator, ranges recomputed every forward: Q-BERT's dynamic ranges) -> frozen
+(weights become ``ŵ``; scales and integer zero points become buffers, the layout ONNX Runtime's
+MatMulNBits takes: the ``ort_matmul_nbits`` pass writes it).
+
+The math lives in ``ops/quant.py`` (quantizer), ``ops/loss_hessian.py`` + ``quant/sensitivity.py``
+(Hessian statistics over train batches, eval mode, eager attention, fp32) and ``quant/allocate.py``
++ ``ops/knapsack.solve_milp`` (allocation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from compresslab.ops.quant import check_bits, check_group, quant_error
+from compresslab.quant.modules import average_bits, freeze_all, quantize_modules
+from compresslab.registry import register_pass
+from compresslab.targets import check_patterns, layer_keys, select_modules
+from compresslab.training.recovery import Recovery, recover
+from compresslab.types import PassContext, PassResult, Stage
+from compresslab.validate import check_bools, check_positive, check_positive_int, coerce_enum, is_number
+
+FP32 = 32  # the "keep fp32" choice
+QAT_CHECKPOINT_EVERY = 200  # optimizer steps between QAT checkpoints (~1-2 s each on MiniLM)
+
+
+class Sensitivity(str, Enum):
+    """HAWQ-V2 average trace per Linear, or Q-BERT's top eigenvalue per encoder layer."""
+
+    TRACE = "trace"
+    EIGEN = "eigen"
+
+
+class Allocate(str, Enum):
+    """Integer program (HAWQ-V3), Q-BERT's rank rule, a random map at the same budget (control)."""
+
+    ILP = "ilp"
+    RANK = "rank"
+    RANDOM = "random"
+
+
+class Group(str, Enum):
+    """Quantization groups: blocks of ``block_size`` along each row (MatMulNBits), whole rows, one
+    group of rows per attention head (Q-BERT ``G = H``), or the whole matrix (``G = 1``)."""
+
+    BLOCK = "block"
+    ROW = "row"
+    HEAD = "head"
+    LAYER = "layer"
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    """How much train data the sensitivity sees, and when the estimate stops.
+
+    ``batches`` mini-batches of ``batch_size`` from train; ``probes_per_batch`` Hutchinson HVPs per
+    batch (the gradient graph is built once per batch); stops once every Linear's standard error is
+    below ``rel_se_tol`` of its trace (after ``min_probes``). Eigen: ``eigen_batches`` batches,
+    power iteration to ``eigen_tol`` relative change or ``eigen_iters`` steps per layer.
+    """
+
+    batches: int = 16
+    batch_size: int = 16
+    probes_per_batch: int = 4
+    min_probes: int = 16
+    rel_se_tol: float = 0.1
+    eigen_batches: int = 4
+    eigen_iters: int = 100
+    eigen_tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for f in ("batches", "batch_size", "probes_per_batch", "min_probes", "eigen_batches", "eigen_iters"):
+            check_positive_int(getattr(self, f), f"hessian.{f}")
+        check_positive(self.rel_se_tol, "hessian.rel_se_tol")
+        check_positive(self.eigen_tol, "hessian.eigen_tol")
+
+    @classmethod
+    def coerce(cls, value: "HessianSettings | Mapping[str, Any]") -> "HessianSettings":
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"hessian must be a mapping, got {value!r}")
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"hessian has no option(s) {unknown}; options: {sorted(names)}")
+        return cls(**dict(value))
+
+
+@register_pass("hawq")
+@dataclass
+class Hawq:
+    """Mixed-precision (or uniform) n-bit weights for the targeted Linears, then QAT with KD.
+
+    ``bits`` set: every target gets that width (no Hessian). Otherwise ``avg_bits`` is the budget
+    Σ nᵢbᵢ / Σ nᵢ over the targets' weights (fp32 counts as 32), allocated over ``choices`` (widths
+    in 1–8, and 32 = keep fp32) by ``allocate`` from ``sensitivity``. ``couple_qkv`` gives Q, K and
+    V of a layer one width. ``recovery`` is the QAT (0 steps = post-training quantization).
+    """
+
+    bits: int | None = None
+    avg_bits: float | None = 3.0
+    choices: list[int] = field(default_factory=lambda: [2, 3, 4, 8, FP32])
+    sensitivity: Sensitivity = Sensitivity.TRACE
+    allocate: Allocate = Allocate.ILP
+    group: Group = Group.BLOCK
+    block_size: int = 64
+    couple_qkv: bool = False
+    hessian: HessianSettings = field(default_factory=HessianSettings)
+    recovery: Recovery = field(default_factory=Recovery)
+    targets: list[str] | None = None
+    ignore: list[str] | None = None
+
+    stage: ClassVar[Stage] = Stage.TORCH
+    makes_teacher: ClassVar[bool] = False
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        self.sensitivity = coerce_enum(Sensitivity, self.sensitivity, "sensitivity")
+        self.allocate = coerce_enum(Allocate, self.allocate, "allocate")
+        self.group = coerce_enum(Group, self.group, "group")
+        self.hessian = HessianSettings.coerce(self.hessian)
+        self.recovery = Recovery.coerce(self.recovery)
+        check_bools(self, "couple_qkv")
+        check_positive_int(self.block_size, "block_size")
+        self.targets = check_patterns(self.targets, "targets")
+        self.ignore = check_patterns(self.ignore, "ignore")
+        if isinstance(self.choices, (str, int)) or not self.choices:
+            raise ValueError(f"choices must be a non-empty list of widths (1-8, or 32 = fp32), got {self.choices!r}")
+        self.choices = sorted({check_bits(c, "choices") if c != FP32 else FP32 for c in self.choices})
+        if self.bits is not None:
+            self.bits = check_bits(self.bits, "bits")
+            return
+        if self.allocate is Allocate.RANK and len(self.choices) != 2:
+            raise ValueError(f"allocate=rank is Q-BERT's two-width rule (e.g. choices=[2, 3] for MP 2/3); "
+                             f"got choices={self.choices} (use allocate=ilp for more widths)")
+        if self.avg_bits is None or not is_number(self.avg_bits) or self.avg_bits <= 0:
+            raise ValueError(f"avg_bits must be a positive number of bits (or set bits= for uniform), "
+                             f"got {self.avg_bits!r}")
+        self.avg_bits = float(self.avg_bits)
+        if self.avg_bits < min(self.choices):
+            raise ValueError(f"avg_bits={self.avg_bits:g} is below the smallest achievable average "
+                             f"{min(self.choices)} (every Linear at the lowest of choices={self.choices})")
+
+    def check(self, task: Any) -> None:
+        """The Hessian and QAT need a labelled train split."""
+        from compresslab.data.schema import TaskKind
+
+        needs_data = self.bits is None and self.allocate is not Allocate.RANDOM
+        if needs_data and task.spec.kind is TaskKind.EMBEDDING:
+            raise ValueError(f"hawq's Hessian needs a task loss; {task.spec.name!r} is an embedding task "
+                             "(set bits= for uniform quantization)")
+        if needs_data:
+            n = len(task.require_train())
+            if n < self.hessian.batch_size:
+                raise ValueError(f"hessian.batch_size={self.hessian.batch_size} exceeds the train split ({n})")
+
+    # ------------------------------------------------------------------ groups
+    def group_shape(self, model: nn.Module, lin: nn.Linear) -> tuple[int, int]:
+        """(block_size, group_rows) of one Linear under ``group``."""
+        n, k = lin.weight.shape
+        if self.group is Group.BLOCK:
+            return self.block_size, 1
+        if self.group is Group.ROW:
+            return k, 1
+        if self.group is Group.LAYER:
+            return k, n
+        heads = int(getattr(model.config, "num_attention_heads", getattr(model.config, "n_heads", 1)))
+        return k, max(1, n // heads)
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        modules = select_modules(model, self.targets, self.ignore)
+        shapes = {n: self.group_shape(model, m) for n, m in modules.items()}
+        for n, m in modules.items():  # every shape problem before the Hessian
+            check_group(m.weight.shape, *shapes[n], name=n)
+        self.check(ctx.task)
+        teacher = ctx.kd_teacher(model) if self.recovery.steps and self.recovery.uses_teacher else None
+        metrics: dict[str, Any] = {"group": self.group.value, "block_size": self.block_size}
+        if self.bits is not None:
+            bits = {n: self.bits for n in modules}
+            metrics["allocation"] = {"method": "uniform"}
+        else:
+            bits, record = self._allocate(model, ctx, modules, shapes)
+            metrics.update(record)
+        specs = {n: {"bits": b, "block_size": shapes[n][0], "group_rows": shapes[n][1]}
+                 for n, b in bits.items() if b != FP32}
+        quantize_modules(model, specs)
+        if self.recovery.steps:
+            from compresslab.data.schema import TaskKind
+
+            # step-level checkpoints: a stopped QAT resumes where it was (the allocation before it is
+            # deterministic and the sensitivity cached); removed once the frozen model is returned
+            ckpt = ctx.step_dir / "qat_checkpoint"
+            res = recover(model, ctx.train_loader(), self.recovery, teacher,
+                          embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, batch_size=ctx.batch_size,
+                          seed=ctx.seed, progress=ctx.progress, desc="hawq QAT", device=ctx.device,
+                          checkpoint_dir=str(ckpt), checkpoint_every=QAT_CHECKPOINT_EVERY)
+            metrics["qat"] = {**res.to_dict(), "steps": self.recovery.steps, "lr": self.recovery.lr,
+                              "ranges": "dynamic (recomputed from w every forward), frozen after QAT"}
+        freeze_all(model)
+        model.eval()
+        if self.recovery.steps:
+            import shutil
+
+            shutil.rmtree(ctx.step_dir / "qat_checkpoint", ignore_errors=True)
+        metrics["avg_bits"] = round(average_bits(model, list(modules)), 4)
+        metrics["bits"] = {n: bits[n] for n in modules}
+        metrics["bits_per_layer"] = _per_layer(model, bits)
+        # the packed checkpoint stores codes at their nominal bits: the real n-bit size on disk
+        return PassResult(metrics=metrics, structure={"quant": specs}, formats=["packed_nbits"] if specs else [])
+
+    def _allocate(self, model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear],
+                  shapes: Mapping[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, Any]]:
+        from compresslab.quant.allocate import allocate_bits, qkv_groups, random_allocation
+
+        numel = {n: m.weight.numel() for n, m in modules.items()}
+        couple = [[n for n in g if n in modules] for g in qkv_groups(model)] if self.couple_qkv else []
+        couple = [g for g in couple if len(g) > 1]
+        record: dict[str, Any] = {}
+        if self.allocate is Allocate.RANDOM:
+            bits = random_allocation(numel, avg_bits=self.avg_bits, choices=self.choices, seed=ctx.seed,
+                                     couple=couple)
+            record["allocation"] = {"method": "random", "seed": ctx.seed, "budget_avg_bits": self.avg_bits}
+            return dict(bits), record
+        sens, srec = self._sensitivity(model, ctx, modules)
+        record["sensitivity"] = srec
+        if self.sensitivity is Sensitivity.EIGEN:  # Q-BERT allocates per layer: couple a layer's Linears
+            keys = layer_keys(model, modules)
+            by_layer: dict[str, list[str]] = {}
+            for n in modules:
+                by_layer.setdefault(keys[n], []).append(n)
+            couple = [g for g in by_layer.values() if len(g) > 1]
+        t0 = time.perf_counter()
+        errors = {n: {b: (0.0 if b == FP32 else quant_error(m.weight, b, *shapes[n])) for b in self.choices}
+                  for n, m in modules.items()}
+        alloc = allocate_bits(sens, errors, numel, choices=self.choices, avg_bits=self.avg_bits, couple=couple,
+                              method=self.allocate.value)
+        record["allocation"] = {**alloc.to_dict(), "budget_avg_bits": self.avg_bits,
+                                "solve_s": round(time.perf_counter() - t0, 3), "coupled_groups": len(couple)}
+        return dict(alloc.bits), record
+
+    def _sensitivity(self, model: nn.Module, ctx: PassContext,
+                     modules: Mapping[str, nn.Linear]) -> tuple[dict[str, float], dict[str, Any]]:
+        """Ω per Linear (≥ 0) and the record of how it was estimated.
+
+        Cached under ``ctx.cache_dir/hessian`` by content (every parameter of the model, the
+        settings, the seed, the train data seen), so a sweep over budgets pays for the Hessian once.
+        """
+        path = _cache_path(ctx, model, modules, self.sensitivity.value, self.hessian)
+        if path is not None and path.is_file():
+            from compresslab.manifest import read_json
+
+            cached = read_json(path)
+            return cached["omega"], {**cached["record"], "cached": str(path)}
+        omega, record = self._estimate(model, ctx, modules)
+        if path is not None:
+            from compresslab.manifest import atomic_write_json
+
+            atomic_write_json(path, {"omega": omega, "record": record})
+        return omega, record
+
+    def _estimate(self, model: nn.Module, ctx: PassContext,
+                  modules: Mapping[str, nn.Linear]) -> tuple[dict[str, float], dict[str, Any]]:
+        from compresslab.quant.sensitivity import layer_eigenvalues, linear_traces
+
+        h = self.hessian
+        before = next(model.parameters()).device
+        model.to(ctx.device)
+        try:
+            loader = ctx.train_loader(batch_size=h.batch_size, shuffle=True)
+            to_dev = lambda b: {k: v.to(ctx.device) for k, v in b.items()}  # noqa: E731
+            if self.sensitivity is Sensitivity.TRACE:
+                batches = [to_dev(b) for b in itertools.islice(loader, h.batches)]
+                res = linear_traces(model, batches, list(modules), probes_per_batch=h.probes_per_batch,
+                                    max_batches=h.batches, min_probes=h.min_probes, rel_se_tol=h.rel_se_tol,
+                                    seed=ctx.seed, progress=ctx.progress)
+                raw = {n: float(v) for n, v in res.avg_traces().items()}
+                record = {"method": "trace", **res.to_dict()}
+            else:
+                batches = [to_dev(b) for b in itertools.islice(loader, h.eigen_batches)]
+                res = layer_eigenvalues(model, batches, max_batches=h.eigen_batches, max_iter=h.eigen_iters,
+                                        tol=h.eigen_tol, seed=ctx.seed)
+                layer_of = {n: layer for layer in res["layers"] for n in layer["names"]}
+                missing = [n for n in modules if n not in layer_of]
+                if missing:
+                    raise ValueError(f"sensitivity=eigen covers the encoder layers' Linears only; {missing[:3]} "
+                                     "are outside them (use sensitivity=trace, or ignore= them)")
+                raw = {n: float(layer_of[n]["omega"]) for n in modules}
+                record = {"method": "eigen", **res}
+        finally:
+            model.to(before)
+        negative = sorted(n for n, v in raw.items() if v < 0)
+        if negative:  # a negative curvature estimate is a signal (unconverged fine-tuning), not a bug
+            record["negative_clamped_to_0"] = negative
+        return {n: max(0.0, v) for n, v in raw.items()}, record
+
+
+def _cache_path(ctx: PassContext, model: nn.Module, modules: Mapping[str, nn.Linear], method: str,
+                settings: HessianSettings) -> "Path | None":
+    """Where a sensitivity of this exact model, data and setting is cached (None: no cache dir)."""
+    if ctx.cache_dir is None:
+        return None
+    import dataclasses
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    train = ctx.task.train
+    h.update(json.dumps({"method": method, "settings": dataclasses.asdict(settings), "seed": ctx.seed,
+                         "modules": list(modules), "max_length": ctx.max_length, "train": len(train),
+                         "first": repr(train[0]) if len(train) else ""}, sort_keys=True).encode())
+    return Path(ctx.cache_dir) / "hessian" / f"{h.hexdigest()[:20]}.json"
+
+
+def _per_layer(model: nn.Module, bits: Mapping[str, int]) -> dict[str, list[int]]:
+    keys = layer_keys(model, bits)
+    out: dict[str, list[int]] = {}
+    for n, b in bits.items():
+        out.setdefault(keys[n], []).append(b)
+    return out
+
+
+__all__ = ["Allocate", "Group", "Hawq", "HessianSettings", "Sensitivity"]
