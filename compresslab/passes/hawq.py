@@ -109,7 +109,10 @@ class Hawq:
     ``bits`` set: every target gets that width (no Hessian). Otherwise ``avg_bits`` is the budget
     Σ nᵢbᵢ / Σ nᵢ over the targets' weights (fp32 counts as 32), allocated over ``choices`` (widths
     in 1–8, and 32 = keep fp32) by ``allocate`` from ``sensitivity``. ``couple_qkv`` gives Q, K and
-    V of a layer one width. ``recovery`` is the QAT (0 steps = post-training quantization).
+    V of a layer one width. ``embedding_bits`` also quantizes the word embeddings (rows in blocks of
+    ``block_size``, or whole rows; Q-BERT §4 keeps them at 8 bits; position and token-type embeddings
+    stay fp32); they are outside the bit budget. ``recovery`` is the QAT (0 steps = post-training
+    quantization).
     """
 
     bits: int | None = None
@@ -120,6 +123,7 @@ class Hawq:
     group: Group = Group.BLOCK
     block_size: int = 64
     couple_qkv: bool = False
+    embedding_bits: int | None = None
     hessian: HessianSettings = field(default_factory=HessianSettings)
     recovery: Recovery = field(default_factory=Recovery)
     targets: list[str] | None = None
@@ -142,6 +146,8 @@ class Hawq:
         if isinstance(self.choices, (str, int)) or not self.choices:
             raise ValueError(f"choices must be a non-empty list of widths (1-8, or 32 = fp32), got {self.choices!r}")
         self.choices = sorted({check_bits(c, "choices") if c != FP32 else FP32 for c in self.choices})
+        if self.embedding_bits is not None:
+            self.embedding_bits = check_bits(self.embedding_bits, "embedding_bits")
         if self.bits is not None:
             self.bits = check_bits(self.bits, "bits")
             return
@@ -188,6 +194,7 @@ class Hawq:
         shapes = {n: self.group_shape(model, m) for n, m in modules.items()}
         for n, m in modules.items():  # every shape problem before the Hessian
             check_group(m.weight.shape, *shapes[n], name=n)
+        embedding = self._embedding_spec(model)
         self.check(ctx.task)
         teacher = ctx.kd_teacher(model) if self.recovery.steps and self.recovery.uses_teacher else None
         metrics: dict[str, Any] = {"group": self.group.value, "block_size": self.block_size}
@@ -199,7 +206,7 @@ class Hawq:
             metrics.update(record)
         specs = {n: {"bits": b, "block_size": shapes[n][0], "group_rows": shapes[n][1]}
                  for n, b in bits.items() if b != FP32}
-        quantize_modules(model, specs)
+        quantize_modules(model, {**specs, **embedding})
         if self.recovery.steps:
             from compresslab.data.schema import TaskKind
 
@@ -221,8 +228,21 @@ class Hawq:
         metrics["avg_bits"] = round(average_bits(model, list(modules)), 4)
         metrics["bits"] = {n: bits[n] for n in modules}
         metrics["bits_per_layer"] = _per_layer(model, bits)
+        if embedding:
+            metrics["embedding"] = embedding
+        specs.update(embedding)
         # the packed checkpoint stores codes at their nominal bits: the real n-bit size on disk
         return PassResult(metrics=metrics, structure={"quant": specs}, formats=["packed_nbits"] if specs else [])
+
+    def _embedding_spec(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        """{qualified name: spec} of the word embeddings under ``embedding_bits`` ({} when unset)."""
+        if self.embedding_bits is None:
+            return {}
+        emb = model.get_input_embeddings()
+        name = next(n for n, m in model.named_modules() if m is emb)
+        dim = emb.weight.shape[1]
+        block = self.block_size if dim % self.block_size == 0 else dim
+        return {name: {"bits": self.embedding_bits, "block_size": block, "group_rows": 1}}
 
     def _allocate(self, model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear],
                   shapes: Mapping[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, Any]]:

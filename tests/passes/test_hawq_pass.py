@@ -102,3 +102,18 @@ def test_groups(tiny_ctx, group, rows):
     assert m.block_size == m.in_features
     expect = {"row": 1, "layer": m.out_features, "head": m.out_features // model.config.num_attention_heads}[group]
     assert m.group_rows == expect
+
+
+def test_embedding_bits_quantize_word_embeddings_outside_the_budget(tiny_ctx, tmp_path):
+    import compresslab
+    from compresslab.quant.modules import FakeQuantEmbedding
+
+    model = tiny_model()
+    res = Hawq(bits=4, block_size=16, embedding_bits=8).apply(model, tiny_ctx())
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, FakeQuantEmbedding) and emb.bits == 8 and emb.frozen
+    assert res.metrics["avg_bits"] == 4  # the budget counts the encoder Linears only
+    ref = _logits(model)
+    compresslab.save(model, tmp_path / "ck")
+    torch.testing.assert_close(_logits(compresslab.load(tmp_path / "ck", attn_implementation="eager")), ref,
+                               rtol=0, atol=1e-5)
