@@ -159,16 +159,28 @@ def copy_model_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
 
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True,
-                          reduce_range: bool = False, op_types: Sequence[str] | None = None) -> dict[str, Any]:
-    """Dynamic int8 (weights int8, activations per call) of ``src`` into ``dst``; returns metrics."""
+                          reduce_range: bool = False, op_types: Sequence[str] | None = None,
+                          nodes_to_exclude: Sequence[str] = (),
+                          nodes_to_quantize: Sequence[str] | None = None) -> dict[str, Any]:
+    """Dynamic int8 (weights int8, activations per call) of ``src`` into ``dst``; returns metrics.
+
+    ``nodes_to_exclude``: node names left fp32; ``nodes_to_quantize``: if given, only these are
+    quantized. Names are those ORT's quantizer sees: it rewrites a ``Gemm`` into ``<name>_MatMul``
+    (+ ``<name>_Add``) first (see ``quant.guided_int8.quantizable_matmuls``).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if nodes_to_quantize is not None and not list(nodes_to_quantize):
+        raise ValueError("nodes_to_quantize is empty (ORT would quantize every node); pass None for all")
     src = Path(src).resolve()
     with atomic_output(dst) as out, scratch_cwd():
         quantize_dynamic(src, out, per_channel=per_channel, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
+                         nodes_to_exclude=list(nodes_to_exclude) or None,
+                         nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return _metrics(src, Path(dst), method="dynamic", per_channel=per_channel, reduce_range=reduce_range)
+    return _metrics(src, Path(dst), method="dynamic", per_channel=per_channel, reduce_range=reduce_range,
+                    **({"n_excluded": len(nodes_to_exclude)} if nodes_to_exclude else {}))
 
 
 def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapping[str, Any]], *,

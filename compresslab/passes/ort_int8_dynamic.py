@@ -4,6 +4,9 @@ Weights become int8 offline; activations are quantized on the fly per call, so n
 data is needed. Works on the fused graph (``Attention`` -> ``QAttention``) so int8 keeps the
 fused kernels; if the incoming graph is unfused and ``optimize`` is set, it is fused first with
 the head counts from ``config.json``. The math lives in ``export/ort_quant.py``.
+
+``fp32_fallback: guided`` keeps some weight MatMuls fp32, chosen on the validation split against
+the incoming fp32 graph's predictions under a latency budget (``quant/guided_int8.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compresslab.export.ort_quant import check_op_types, read_export_config
+from compresslab.quant.guided_int8 import Sensitivity
 from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
-from compresslab.validate import check_bools
+from compresslab.validate import check_bools, check_choice, check_int, coerce_enum, is_number
+
+FALLBACKS = ("none", "guided")
 
 
 @register_pass("ort_int8_dynamic")
@@ -27,12 +33,23 @@ class OrtInt8Dynamic:
     ``per_channel`` scales each output channel (better accuracy, same speed on CPU kernels);
     ``reduce_range`` uses 7-bit weights for CPUs without VNNI (avoids int16 accumulation
     overflow); ``op_types`` restricts which ops are quantized (default: all ORT supports).
+
+    ``fp32_fallback``: ``none`` (every quantizable op int8) or ``guided`` (weight MatMuls chosen
+    to stay fp32 by ``sensitivity`` on up to ``max_examples`` validation examples, under a speedup
+    of at least ``latency_ratio`` x the all-int8 speedup at b32xs128, timed here with
+    ``latency_runs`` interleaved rounds). The validation-best of the guided sets and the plain
+    all-int8 model is kept, so ``guided`` never keeps a model that agrees less on validation.
     """
 
     per_channel: bool = True
     reduce_range: bool = False
     optimize: bool = True
     op_types: list[str] | None = None
+    fp32_fallback: str = "none"
+    sensitivity: Sensitivity = Sensitivity.AUTO
+    latency_ratio: float = 0.9
+    max_examples: int | None = None
+    latency_runs: int = 10
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
@@ -40,9 +57,21 @@ class OrtInt8Dynamic:
     def __post_init__(self) -> None:
         check_bools(self, "per_channel", "reduce_range", "optimize")
         self.op_types = check_op_types(self, "IntegerOpsRegistry")
+        check_choice(self.fp32_fallback, FALLBACKS, f"{self.name} fp32_fallback")
+        self.sensitivity = coerce_enum(Sensitivity, self.sensitivity, f"{self.name} sensitivity")
+        if not (is_number(self.latency_ratio) and 0.0 < self.latency_ratio <= 1.0):
+            raise ValueError(f"{self.name} latency_ratio must be a number in (0, 1] (speedup kept vs all-int8), "
+                             f"got {self.latency_ratio!r}")
+        self.latency_ratio = float(self.latency_ratio)
+        if self.max_examples is not None:
+            check_int(self.max_examples, f"{self.name} max_examples")
+        check_int(self.latency_runs, f"{self.name} latency_runs")
 
     def check(self, task: Any) -> None:
-        """Nothing to check: dynamic quantization uses no data."""
+        """``guided`` selects on the validation split: it must not be empty."""
+        if self.fp32_fallback == "guided" and task is not None and not len(getattr(task, "validation", ()) or ()):
+            raise ValueError(f"{self.name} fp32_fallback=guided selects on the validation split, which is empty "
+                             "(set task.val_size, or fp32_fallback: none)")
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_dynamic_int8
@@ -53,9 +82,32 @@ class OrtInt8Dynamic:
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
             src, fused_here = (ensure_fused(model.onnx_path, read_export_config(model.dir), work) if self.optimize
                                else (model.onnx_path, False))
-            metrics = quantize_dynamic_int8(src, dst, per_channel=self.per_channel,
-                                            reduce_range=self.reduce_range, op_types=self.op_types)
+            if self.fp32_fallback == "guided":  # writes dst: the file it scored and timed
+                guided = self._guided(src, dst, model, ctx)
+                metrics = {**guided.pop("quantize_metrics"), "guided": guided}
+            else:
+                metrics = quantize_dynamic_int8(src, dst, per_channel=self.per_channel,
+                                                reduce_range=self.reduce_range, op_types=self.op_types)
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
-        return PassResult(metrics=metrics, onnx_path=str(dst),
-                          structure={"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic"})
+        structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic"}
+        if "guided" in metrics:
+            structure["fp32_matmuls"] = list(metrics["guided"]["fp32_matmuls"])
+        return PassResult(metrics=metrics, onnx_path=str(dst), structure=structure)
+
+    def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext) -> dict[str, Any]:
+        """Quantize ``src`` into ``dst`` with the fp32 set chosen on validation; the record of ``guided_int8``."""
+        import torch
+
+        from compresslab.data.loaders import make_loader
+        from compresslab.quant.guided_int8 import guided_int8
+
+        examples = list(ctx.task.validation)[: self.max_examples]
+        loader = make_loader(examples, ctx.tokenizer, ctx.batch_size, ctx.max_length, shuffle=False,
+                             kind=ctx.task.spec.kind)
+        feeds = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
+        vocab = read_export_config(model.dir).get("vocab_size")
+        return guided_int8(src, dst, feeds, sensitivity=self.sensitivity, latency_ratio=self.latency_ratio,
+                           threads=torch.get_num_threads(), latency_runs=self.latency_runs, vocab_size=vocab,
+                           per_channel=self.per_channel, reduce_range=self.reduce_range, op_types=self.op_types,
+                           track=ctx.track)

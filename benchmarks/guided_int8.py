@@ -1,0 +1,179 @@
+"""Sensitivity-guided int8 (issue 10) vs plain all-int8 on the cached ``bench`` teacher (SST-2).
+
+    python benchmarks/guided_int8.py                 # the measurement: results/guided_int8.json (~10-15 min, 2 cores)
+    python benchmarks/guided_int8.py --quick         # smoke: 128 validation / 128 dev examples, 2 timing runs,
+                                                     # written to outputs/guided_int8_quick.json (not results/)
+
+The cached teacher (``.cache/compresslab/teachers/<key>``, default: the one trained on the most
+examples, i.e. the ``bench`` preset) is exported and fused (ORT's graph, the one we deploy). The
+fp32 fallback set is chosen on the VALIDATION split (1,000 examples carved from train, seed 42 as
+in the bench runs) against the fp32 graph's outputs, by both sensitivities (``single_int8``,
+``single_fp32``), under speedup >= 0.9 x the all-int8 speedup at b32xs128 (quant/guided_int8.py);
+dev is the test split, never selected on. Agreement on dev is with the torch teacher's predictions.
+Latency: ORT fp32, all-int8 and the guided model(s), one process, interleaved, b32xs128 and
+b1xs128 medians, 2 threads. Scores and speed come from the same files. Nothing else may run on
+the machine while it measures (the load average is recorded before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+RESULTS = ROOT / "results" / "guided_int8.json"
+QUICK_OUT = REPO / "outputs" / "guided_int8_quick.json"
+THREADS = 2
+SEED = 42  # the bench runs' seed: the same validation carve
+SHAPES = ((32, 128), (1, 128))
+ISA_FLAGS = ("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+log = logging.getLogger("guided_int8")
+
+
+def bench_teacher(cache: Path) -> Path:
+    """The cached teacher trained on the most examples (the ``bench`` preset; smoke teachers see 64)."""
+    dirs = [d for d in sorted(cache.glob("teachers/*")) if (d / "teacher.json").is_file()]
+    if not dirs:
+        raise FileNotFoundError(f"no cached teacher under {cache}/teachers (run a budget=bench pipeline first)")
+    return max(dirs, key=lambda d: json.loads((d / "teacher.json").read_text())["metrics"].get("train_examples", 0))
+
+
+def main(argv: list[str]) -> None:
+    from compresslab.bench import OrtRunner, measure_latency, speedups
+    from compresslab.bench.env import cpu_flags, hardware_fingerprint
+    from compresslab.bench.latency import shape_key
+    from compresslab.checkpoint import load
+    from compresslab.cli import setup_process
+    from compresslab.data.loaders import make_loader
+    from compresslab.data.tasks import load_task, resolve_data_root
+    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
+    from compresslab.eval.onnx_runner import OnnxRunner
+    from compresslab.export import export_model
+    from compresslab.export.ort_quant import quantize_dynamic_int8
+    from compresslab.manifest import atomic_write_json, git_sha, library_versions
+    from compresslab.quant.guided_int8 import guided_int8
+    from transformers import AutoTokenizer
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", type=Path, default=None, help="a teacher dir (default: the cached bench teacher)")
+    ap.add_argument("--quick", action="store_true", help="small smoke run; never writes results/")
+    ap.add_argument("--runs", type=int, default=30, help="interleaved timing rounds of the final measurement")
+    ap.add_argument("--latency-runs", type=int, default=10, help="the method's own timing rounds (cost model, check)")
+    ap.add_argument("--latency-ratio", type=float, default=0.9)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.runs, a.latency_runs = 2, 2
+    out_path = a.out or (QUICK_OUT if a.quick else RESULTS)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_process(THREADS, SEED)
+    load0 = os.getloadavg()
+    t_start = time.perf_counter()
+
+    teacher_dir = a.teacher or bench_teacher(REPO / ".cache" / "compresslab")
+    log.info("teacher: %s", teacher_dir)
+    teacher = load(teacher_dir).eval()
+    tok = AutoTokenizer.from_pretrained(str(teacher_dir))
+    task = load_task("sst2", resolve_data_root(None), seed=SEED)
+    n = 128 if a.quick else None
+    splits = {"validation": list(task.validation)[:n], "dev": list(task.dev)[:n]}
+    kw = dict(batch_size=32, max_length=128)
+    ref = {s: predict(torch_forward(teacher), task.spec, ex, tok, **kw) for s, ex in splits.items()}
+
+    work = Path(tempfile.mkdtemp(prefix="guided-int8-"))
+    sample = list(make_loader(splits["validation"][:64], tok, 32, 128))
+    exp = export_model(teacher, tok, work / "export", sample, threads=THREADS, keep_unfused=False)
+    fp32 = exp.onnx_path
+    feeds = [{k: v.numpy() for k, v in b.items() if k != "labels"}
+             for b in make_loader(splits["validation"], tok, 32, 128)]
+    t0 = time.perf_counter()
+    rec = guided_int8(fp32, work / "guided.onnx", feeds, sensitivity="auto", latency_ratio=a.latency_ratio,
+                      threads=THREADS, latency_runs=a.latency_runs, vocab_size=int(tok.vocab_size))
+    method_s = time.perf_counter() - t0
+    rec.pop("quantize_metrics")
+    files = {"ort_fp32": fp32, "all_int8": work / "all_int8.onnx", "guided": work / "guided.onnx"}
+    quantize_dynamic_int8(fp32, files["all_int8"])
+    for m, sel in rec["selections"].items():  # each sensitivity's own set, for the record (dev is not selected on)
+        if m != rec["winner"] and sel["fp32_matmuls"]:
+            files[f"guided_{m}"] = work / f"guided_{m}.onnx"
+            quantize_dynamic_int8(fp32, files[f"guided_{m}"], nodes_to_exclude=sel["fp32_matmuls"])
+
+    models: dict[str, dict[str, Any]] = {}
+    for name, path in files.items():
+        fwd = onnx_forward(OnnxRunner(path, threads=THREADS))
+        models[name] = {s: compare(predict(fwd, task.spec, ex, tok, **kw), ref[s], task.spec)
+                        for s, ex in splits.items()}
+        models[name]["size_bytes"] = path.stat().st_size
+        log.info("%s: validation agreement %.4f, dev acc %.4f agreement %.4f", name,
+                 models[name]["validation"]["agreement"], models[name]["dev"]["accuracy"],
+                 models[name]["dev"]["agreement"])
+
+    log.info("timing %s interleaved at %s, %d rounds", list(files), SHAPES, a.runs)
+    t0 = time.perf_counter()
+    lat = measure_latency({k: OrtRunner(p, THREADS, vocab_size=int(tok.vocab_size)) for k, p in files.items()},
+                          SHAPES, warmup=3, runs=a.runs, seed=0, vocab_size=int(tok.vocab_size))
+    timing_s = time.perf_counter() - t0
+    sp = speedups(lat, "ort_fp32")
+    b32 = shape_key(32, 128)
+    for name in files:
+        models[name]["latency_ms"] = {k: v["p50_ms"] for k, v in lat["results"][name].items()}
+        models[name]["latency_p90_ms"] = {k: v["p90_ms"] for k, v in lat["results"][name].items()}
+        models[name]["speedup_vs_ort_fp32"] = sp[name]
+
+    def fragment(name: str, fp32_matmuls: list[str], sensitivity: str | None) -> dict[str, Any]:
+        m = models[name]
+        return {"agreement": m["dev"]["agreement"], "acc": m["dev"]["accuracy"], "mcnemar_p": m["dev"]["mcnemar_p"],
+                "speedup_b32_vs_ort_fp32": m["speedup_vs_ort_fp32"][b32],
+                "speedup_vs_all_int8": lat["results"]["all_int8"][b32]["p50_ms"] / lat["results"][name][b32]["p50_ms"],
+                "fp32_matmuls": fp32_matmuls, "sensitivity": sensitivity,
+                "validation": {"agreement": m["validation"]["agreement"], "acc": m["validation"]["accuracy"]},
+                "size_bytes": m["size_bytes"]}
+
+    flags = cpu_flags()
+    guided = fragment("guided", rec["fp32_matmuls"], rec["sensitivity"])
+    guided["method_choice"] = rec["winner"]  # all_int8 when neither set agreed more on validation
+    result = {
+        "guided_int8": guided,
+        "all_int8": fragment("all_int8", [], None),
+        "by_sensitivity": {m: fragment(f"guided_{m}" if f"guided_{m}" in files else
+                                       ("guided" if m == rec["winner"] else "all_int8"), s["fp32_matmuls"], m)
+                           for m, s in rec["selections"].items()},
+        "teacher_acc": {s: r.metrics["accuracy"] for s, r in ref.items()},
+        "ort_fp32": {s: models["ort_fp32"][s] for s in splits},
+        "targets": {"agreement_ge_0.995": guided["agreement"] >= 0.995,
+                    "drop_le_0.003": ref["dev"].metrics["accuracy"] - guided["acc"] <= 0.003,
+                    "speed_ge_0.9x_all_int8": guided["speedup_vs_all_int8"] >= a.latency_ratio},
+        "selection": rec,  # the ranking, both selections, validation scores, the cost model and its check
+        "models": models,
+        "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
+                 "cpu_isa": [f for f in ISA_FLAGS if f in flags], "threads": THREADS, "seed": SEED,
+                 "teacher": {"dir": str(teacher_dir.relative_to(REPO) if teacher_dir.is_relative_to(REPO)
+                                        else teacher_dir),
+                             **{k: v for k, v in json.loads((teacher_dir / "teacher.json").read_text()).items()
+                                if k in ("key", "recipe")}},
+                 "split_sizes": {s: len(ex) for s, ex in splits.items()},
+                 "selected_on": "validation (carved from train); dev reported only",
+                 "agreement_reference": "torch teacher predictions (dev and validation in this file); the "
+                                        "method itself selects against the fp32 ONNX graph's outputs",
+                 "shapes": [list(s) for s in SHAPES], "runs": a.runs, "latency": lat["settings"],
+                 "method_s": round(method_s, 1), "timing_s": round(timing_s, 1),
+                 "wall_s": round(time.perf_counter() - t_start, 1),
+                 "loadavg_before": load0, "loadavg_after": os.getloadavg(), "quick": a.quick,
+                 "command": "python benchmarks/guided_int8.py" + (" --quick" if a.quick else "")},
+    }
+    atomic_write_json(out_path, result)
+    print(json.dumps({k: result[k] for k in ("guided_int8", "all_int8", "targets")}, indent=1))
+    log.info("wrote %s", out_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

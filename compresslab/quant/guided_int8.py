@@ -1,0 +1,374 @@
+"""Sensitivity-guided dynamic int8: which weight MatMuls of the fused graph to leave fp32.
+
+ORT's dynamic int8 quantizes each MatMul's input per tensor, per call; at outlier activations
+that costs a few predictions (the flips). Here every weight MatMul of the fused graph (``MatMul``,
+the fused ``Attention`` QKV projection, the ``Gemm`` heads ORT rewrites into ``<name>_MatMul``)
+is either int8 or fp32, chosen on the validation split against the incoming fp32 graph's outputs:
+
+* sensitivity (activations seen, on real validation batches), two estimates of how much a node's
+  int8 costs, as mean KL(p_fp32 || p) (squared error for a one-output head):
+  ``single_int8``: the node alone int8, all others fp32 -> its KL;
+  ``single_fp32``: all int8 but the node -> the KL it recovers, ``KL(all) - KL(all but it)``;
+* latency cost of keeping a node fp32 (a stated model): the whole-model gap ``t_fp32 - t_int8``
+  at b32xs128, measured once on this machine, shared by weight MACs per token row;
+* the choice: maximise summed benefit (the KL kept away) subject to summed cost <= the budget
+  ``t_int8 * (1/ratio - 1)``, i.e. speedup >= ``ratio`` x the all-int8 speedup, by an exact
+  branch and bound (ties: the cheaper set, then the lexicographically smaller one).
+
+Each estimate's set is built and scored on validation; the best (agreement, then KL) is kept,
+the all-int8 model included, and its speed verified by one interleaved measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LATENCY_SHAPE = (32, 128)  # (batch, seq) of the budget: b32xs128, as the issue states it
+_CANDIDATE_OPS = ("MatMul", "Attention")  # op_types names; a Gemm is quantized as a MatMul
+
+
+class Sensitivity(str, Enum):
+    """How a node's int8 cost is estimated (``auto``: both, the better on validation wins)."""
+
+    AUTO = "auto"
+    SINGLE_INT8 = "single_int8"  # the node alone int8: its KL
+    SINGLE_FP32 = "single_fp32"  # all int8 but the node: the KL it recovers
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node ORT's dynamic quantizer turns int8, under the name its ``nodes_to_exclude`` matches."""
+
+    name: str
+    op_type: str  # as in the graph: MatMul, Attention or Gemm
+    macs_per_row: int  # weight K x N: multiply-accumulates per token row (the seq-independent part)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """How far a model's outputs are from the reference's on the same examples."""
+
+    kl: float  # mean KL(p_ref || p) over examples; mean squared error for a one-output head
+    flips: int  # examples whose argmax differs from the reference's (0 for a one-output head)
+    n: int
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 - self.flips / self.n if self.n else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"kl": self.kl, "flips": self.flips, "n": self.n, "agreement": self.agreement}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The fp32 set chosen by :func:`choose_fp32`: its summed benefit and cost, and the budget."""
+
+    chosen: tuple[str, ...]
+    benefit: float
+    cost: float
+    budget: float
+
+
+# --------------------------------------------------------------------------------------- the graph
+def quantizable_matmuls(path: str | Path, op_types: Sequence[str] | None = None) -> list[Candidate]:
+    """Weight MatMuls of ``path`` that ``quantize_dynamic`` makes int8, in graph order.
+
+    ``op_types`` as given to the quantizer (None: all): ``MatMul`` (also covers a ``Gemm`` with
+    alpha = beta = 1 and no transA, which ORT rewrites into ``<name>_MatMul``) and ``Attention``.
+    MatMuls of two activations (none in the fused graph) and other quantized ops (embeddings)
+    are not candidates: they stay as the plain int8 pass leaves them.
+    """
+    import onnx
+    from onnx import helper
+
+    allowed = set(_CANDIDATE_OPS if op_types is None else op_types)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
+    out = []
+    for n in graph.node:
+        w = dims.get(n.input[1]) if len(n.input) > 1 else None
+        if w is None or len(w) != 2 or not n.name:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type in ("MatMul", "Attention") and n.op_type in allowed:
+            out.append(Candidate(n.name, n.op_type, w[0] * w[1]))
+        elif (n.op_type == "Gemm" and "MatMul" in allowed and attrs.get("alpha", 1.0) == 1.0
+              and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)):
+            out.append(Candidate(f"{n.name}_MatMul", "Gemm", w[0] * w[1]))
+    return out
+
+
+# ------------------------------------------------------------------------------------- divergence
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def divergence(reference: np.ndarray, output: np.ndarray) -> Divergence:
+    """Mean KL(softmax(reference) || softmax(output)) and argmax flips of ``(N, C)`` outputs;
+    for ``C == 1`` (regression) the mean squared error and no flips."""
+    ref, out = np.asarray(reference), np.asarray(output)
+    if ref.shape != out.shape or ref.ndim != 2:
+        raise ValueError(f"need two (N, C) outputs of one shape, got {ref.shape} and {out.shape}")
+    if ref.shape[1] == 1:
+        return Divergence(float(np.mean((ref.astype(np.float64) - out) ** 2)), 0, len(ref))
+    lp, lq = _log_softmax(ref), _log_softmax(out)
+    kl = float(np.mean((np.exp(lp) * (lp - lq)).sum(-1)))
+    return Divergence(max(kl, 0.0), int((ref.argmax(-1) != out.argmax(-1)).sum()), len(ref))
+
+
+def run_outputs(path: str | Path, feeds: Sequence[Mapping[str, Any]], threads: int | None = None) -> np.ndarray:
+    """The graph's first output over ``feeds`` (our batch dicts), concatenated: ``(N, C)``."""
+    from compresslab.eval.onnx_runner import OnnxRunner
+
+    runner = OnnxRunner(path, threads=threads)
+    outs = [runner.run(f) for f in feeds]
+    if not outs or outs[0].ndim != 2:
+        raise ValueError(f"guided int8 needs a (batch, classes) head; {Path(path).name} gives "
+                         f"{outs[0].shape if outs else 'nothing'} (a bare encoder has no predictions to keep)")
+    return np.concatenate(outs)
+
+
+# ---------------------------------------------------------------------------------- sensitivities
+Quantize = Callable[..., Any]  # quantize(src, dst, nodes_to_exclude=..., nodes_to_quantize=...)
+Evaluate = Callable[[Path], Divergence]
+
+
+def sensitivities(method: Sensitivity, src: Path, candidates: Sequence[Candidate], quantize: Quantize,
+                  evaluate: Evaluate, work: Path, all_int8: Divergence,
+                  track: Callable[..., Any] = lambda it, **_: it) -> dict[str, dict[str, Any]]:
+    """Per candidate: the divergence of its probe model and its ``benefit`` (KL kept away by fp32).
+
+    ``single_int8``: benefit = KL with the node alone int8. ``single_fp32``: benefit =
+    KL(all int8) - KL(all int8 but the node), clipped at 0 (a node whose fp32 does not help).
+    """
+    out = {}
+    probe = work / f"probe_{method.value}.onnx"
+    for c in track(candidates, total=len(candidates), desc=f"sensitivity {method.value}"):
+        if method is Sensitivity.SINGLE_INT8:
+            quantize(src, probe, nodes_to_quantize=[c.name])
+        elif method is Sensitivity.SINGLE_FP32:
+            quantize(src, probe, nodes_to_exclude=[c.name])
+        else:
+            raise ValueError(f"sensitivities() needs single_int8 or single_fp32, got {method!r}")
+        d = evaluate(probe)
+        benefit = d.kl if method is Sensitivity.SINGLE_INT8 else max(all_int8.kl - d.kl, 0.0)
+        out[c.name] = {**d.to_dict(), "benefit": benefit}
+    return out
+
+
+# ---------------------------------------------------------------------------------- cost and budget
+def fp32_costs(candidates: Sequence[Candidate], t_fp32: float, t_int8: float) -> dict[str, float]:
+    """Seconds a node adds when kept fp32 (the model): its share of weight MACs times the
+    whole-model gap ``t_fp32 - t_int8`` (0 where int8 is not faster)."""
+    total = sum(c.macs_per_row for c in candidates)
+    gap = max(float(t_fp32) - float(t_int8), 0.0)
+    return {c.name: gap * c.macs_per_row / total if total else 0.0 for c in candidates}
+
+
+def extra_time_budget(t_int8: float, latency_ratio: float) -> float:
+    """Seconds the fp32 set may add to the all-int8 model so that its speedup stays >=
+    ``latency_ratio`` x the all-int8 speedup: ``t <= t_int8 / ratio``."""
+    if not (0.0 < latency_ratio <= 1.0):
+        raise ValueError(f"latency_ratio must be in (0, 1], got {latency_ratio!r}")
+    return float(t_int8) * (1.0 / latency_ratio - 1.0)
+
+
+def choose_fp32(benefit: Mapping[str, float], cost: Mapping[str, float], budget: float) -> Selection:
+    """The set maximising summed ``benefit`` with summed ``cost`` <= ``budget`` (exact 0/1 knapsack).
+
+    Ties (within 1e-9 relative) go to the cheaper set, then to the lexicographically smaller
+    sorted name tuple, so the answer is deterministic. Nodes with benefit <= 0 are never chosen.
+    """
+    if set(benefit) != set(cost):
+        raise ValueError(f"benefit and cost must name the same nodes; differ on {sorted(set(benefit) ^ set(cost))}")
+    for name in benefit:
+        if not math.isfinite(benefit[name]):
+            raise ValueError(f"benefit of {name} must be finite, got {benefit[name]}")
+        if not (math.isfinite(cost[name]) and cost[name] >= 0):
+            raise ValueError(f"cost of {name} must be finite and >= 0, got {cost[name]}")
+    if not (math.isfinite(budget) and budget >= 0):
+        raise ValueError(f"budget must be finite and >= 0, got {budget!r}")
+    useful = sorted((n for n in benefit if benefit[n] > 0 and cost[n] <= budget),
+                    key=lambda n: (-benefit[n] / cost[n] if cost[n] > 0 else -math.inf, n))
+    b = [float(benefit[n]) for n in useful]
+    c = [float(cost[n]) for n in useful]
+    tol = 1e-9 * max(1.0, sum(b))
+    ctol = 1e-12 * max(1.0, budget)
+    best: list[Any] = [0.0, 0.0, ()]  # benefit, cost, sorted names
+
+    def better(vb: float, vc: float, names: tuple[str, ...]) -> bool:
+        if vb > best[0] + tol:
+            return True
+        if vb < best[0] - tol:
+            return False
+        if vc < best[1] - ctol:
+            return True
+        return vc <= best[1] + ctol and names < best[2]
+
+    def bound(k: int, room: float) -> float:  # fractional relaxation over items k.. (ratio order)
+        total = 0.0
+        for j in range(k, len(b)):
+            if c[j] <= room:
+                room -= c[j]
+                total += b[j]
+            else:
+                return total + b[j] * room / c[j]
+        return total
+
+    def search(k: int, vb: float, vc: float, picked: tuple[int, ...]) -> None:
+        names = tuple(sorted(useful[i] for i in picked))
+        if better(vb, vc, names):
+            best[:] = [vb, vc, names]
+        if k == len(b):
+            return
+        ub = vb + bound(k, budget - vc)
+        if ub < best[0] - tol or (ub <= best[0] + tol and vc > best[1] + ctol):
+            return
+        if vc + c[k] <= budget + ctol:
+            search(k + 1, vb + b[k], vc + c[k], picked + (k,))
+        search(k + 1, vb, vc, picked)
+
+    search(0, 0.0, 0.0, ())
+    return Selection(best[2], best[0], best[1], float(budget))
+
+
+# ------------------------------------------------------------------------------------- timing
+def time_models(paths: Mapping[str, Path], threads: int | None, runs: int,
+                vocab_size: int | None = None) -> dict[str, float]:
+    """Median seconds per call of each graph at :data:`LATENCY_SHAPE`, interleaved after warm-up."""
+    from compresslab.bench.latency import measure_latency, shape_key
+    from compresslab.bench.runners import OrtRunner
+
+    runners = {k: OrtRunner(p, threads, vocab_size=vocab_size) for k, p in paths.items()}
+    lat = measure_latency(runners, [LATENCY_SHAPE], warmup=2, runs=runs, vocab_size=vocab_size)
+    key = shape_key(*LATENCY_SHAPE)
+    return {k: lat["results"][k][key]["p50_ms"] / 1e3 for k in paths}
+
+
+# ------------------------------------------------------------------------------------- the driver
+def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, Any]], *,
+                sensitivity: Sensitivity | str = Sensitivity.AUTO, latency_ratio: float = 0.9,
+                threads: int | None = None, latency_runs: int = 10, vocab_size: int | None = None,
+                per_channel: bool = True, reduce_range: bool = False, op_types: Sequence[str] | None = None,
+                max_rounds: int = 3, track: Callable[..., Any] = lambda it, **_: it) -> dict[str, Any]:
+    """Dynamic int8 of ``src`` into ``dst`` with the fp32 fallback set chosen on ``feeds``
+    (validation batches; the reference is ``src``'s own outputs). Returns the record (JSON-able).
+
+    The chosen model is timed against fp32 and all-int8 (one interleaved measurement); where it
+    misses the budget, the cost model is scaled by measured / predicted extra time (at least
+    x1.05) and the choice redone, up to ``max_rounds`` times; every round is recorded.
+    """
+    from compresslab.export.ort_quant import quantize_dynamic_int8
+
+    method = Sensitivity(sensitivity)
+    extra_time_budget(1.0, latency_ratio)  # validates the ratio before any work
+    if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+        raise ValueError(f"max_rounds must be an integer >= 1, got {max_rounds!r}")
+    src, dst = Path(src), Path(dst)
+    feeds = list(feeds)
+    if not feeds:
+        raise ValueError("guided int8 needs at least one validation batch")
+    candidates = quantizable_matmuls(src, op_types)
+    if not candidates:
+        raise ValueError(f"{src.name} has no weight MatMul that dynamic int8 quantizes (op_types={op_types})")
+
+    def quantize(s: Path, d: Path, **nodes: Any) -> dict[str, Any]:
+        return quantize_dynamic_int8(s, d, per_channel=per_channel, reduce_range=reduce_range, op_types=op_types,
+                                     **nodes)
+
+    reference = run_outputs(src, feeds, threads)
+
+    def evaluate(path: Path) -> Divergence:
+        return divergence(reference, run_outputs(path, feeds, threads))
+
+    with tempfile.TemporaryDirectory(prefix="compresslab-guided-") as tmp:
+        work = Path(tmp)
+        all_int8 = work / "all_int8.onnx"
+        made = {"all_int8": quantize(src, all_int8)}
+        base = evaluate(all_int8)
+        methods = [Sensitivity.SINGLE_INT8, Sensitivity.SINGLE_FP32] if method is Sensitivity.AUTO else [method]
+        sens = {m.value: sensitivities(m, src, candidates, quantize, evaluate, work, base, track) for m in methods}
+        t = time_models({"fp32": src, "int8": all_int8}, threads, latency_runs, vocab_size)
+        model_cost = fp32_costs(candidates, t["fp32"], t["int8"])
+        budget = extra_time_budget(t["int8"], latency_ratio)
+        rounds: list[dict[str, Any]] = []
+        scale = 1.0
+        built = {(): (all_int8, made["all_int8"], base)}  # fp32 set -> (file, quantize metrics, score)
+        benefits = {m: {n: v["benefit"] for n, v in s.items()} for m, s in sens.items()}
+        for _ in range(max_rounds):
+            cost = {n: c * scale for n, c in model_cost.items()}
+            selections = {m: choose_fp32(b, cost, budget) for m, b in benefits.items()}
+            for sel in selections.values():  # a set already built (an earlier round, the other method) is reused
+                if sel.chosen not in built:
+                    path = work / f"guided_{len(built)}.onnx"
+                    metrics = quantize(src, path, nodes_to_exclude=list(sel.chosen))
+                    built[sel.chosen] = (path, metrics, evaluate(path))
+            scores = {"all_int8": base, **{m: built[sel.chosen][2] for m, sel in selections.items()}}
+            # validation decides, the plain all-int8 model included: agreement, then KL, then the list order
+            order = list(scores)
+            rank = {k: (scores[k].agreement, -scores[k].kl, -order.index(k)) for k in order}
+            winner = max(order, key=rank.__getitem__)
+            best_sensitivity = max(sens, key=rank.__getitem__)
+            chosen = selections[winner].chosen if winner in selections else ()
+            verify = time_models({"fp32": src, "int8": all_int8, "chosen": built[chosen][0]}, threads,
+                                 latency_runs, vocab_size)
+            met = verify["fp32"] / verify["chosen"] >= latency_ratio * verify["fp32"] / verify["int8"] or not chosen
+            predicted_extra = sum(cost[n] for n in chosen)
+            measured_extra = verify["chosen"] - verify["int8"]
+            rounds.append({"cost_scale": scale, "winner": winner, "fp32_matmuls": list(chosen),
+                           "predicted_speedup_vs_int8": t["int8"] / (t["int8"] + predicted_extra),
+                           "measured_speedup_vs_int8": verify["int8"] / verify["chosen"],
+                           "measured_speedup_vs_fp32": verify["fp32"] / verify["chosen"],
+                           "measured_int8_speedup_vs_fp32": verify["fp32"] / verify["int8"],
+                           "budget_met_measured": bool(met)})
+            if met:
+                break
+            scale *= max(measured_extra / predicted_extra if predicted_extra > 0 else 1.0, 1.05)
+        if not rounds[-1]["budget_met_measured"]:
+            log.warning("guided int8: after %d rounds the measured speedup %.3fx is still below %.2f x the all-int8 "
+                        "speedup %.3fx (timing noise on a shared machine does this too); keeping the last choice",
+                        len(rounds), rounds[-1]["measured_speedup_vs_fp32"], latency_ratio,
+                        rounds[-1]["measured_int8_speedup_vs_fp32"])
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built[chosen][0], dst)  # the very file scored and timed (MEASURE.md: same artifact)
+
+    predicted_t = t["int8"] + sum(cost[n] for n in chosen)
+    ranking = sorted(candidates, key=lambda c: (-sens[best_sensitivity][c.name]["benefit"], c.name))
+    return {
+        "quantize_metrics": built[chosen][1],
+        "winner": winner, "sensitivity": best_sensitivity, "sensitivity_requested": method.value,
+        "fp32_matmuls": list(chosen), "n_candidates": len(candidates),
+        "validation": {k: v.to_dict() for k, v in scores.items()},
+        "n_validation_examples": base.n,
+        "selections": {m: {"fp32_matmuls": list(s.chosen), "benefit": s.benefit, "predicted_extra_s": s.cost}
+                       for m, s in selections.items()},
+        "ranking": [{**asdict(c), "fp32_cost_s": cost[c.name],
+                     **{m: {k: sens[m][c.name][k] for k in ("benefit", "kl", "flips")} for m in sens}}
+                    for c in ranking],
+        "latency": {"shape": list(LATENCY_SHAPE), "threads": threads, "runs": latency_runs,
+                    "cost_model": "fp32 cost of a node = its weight-MAC share x (t_fp32 - t_int8), whole model, "
+                                  "x cost_scale (1, raised where a round's measurement missed the budget)",
+                    "fp32_s": t["fp32"], "int8_s": t["int8"], "budget_extra_s": budget,
+                    "latency_ratio": latency_ratio, "cost_scale": rounds[-1]["cost_scale"],
+                    "predicted_s": predicted_t, "predicted_speedup_vs_fp32": t["fp32"] / predicted_t,
+                    "predicted_speedup_vs_int8": t["int8"] / predicted_t,
+                    "measured": {"fp32_s": verify["fp32"], "int8_s": verify["int8"], "chosen_s": verify["chosen"],
+                                 "speedup_int8_vs_fp32": verify["fp32"] / verify["int8"],
+                                 "speedup_chosen_vs_fp32": verify["fp32"] / verify["chosen"],
+                                 "speedup_chosen_vs_int8": verify["int8"] / verify["chosen"]},
+                    "budget_met_measured": rounds[-1]["budget_met_measured"], "rounds": rounds},
+    }
