@@ -1,7 +1,7 @@
 """Deployed bytes of an ONNX graph, split into embeddings, encoder and head.
 
 MEASURE.md asks for the encoder and the whole model separately (embeddings are half of MiniLM).
-Initializers are classified by who consumes them: tables read by ``Gather`` are embeddings;
+Initializers are classified by who consumes them: tables read by ``Gather`` (or ``GatherBlockQuantized``: n-bit word embeddings) are embeddings;
 anything consumed downstream of the last LayerNorm (pooler, classifier) is the head; the rest
 is the encoder. A ``DequantizeLinear`` counts where its output is used.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-_EMB_OPS = {"Gather", "EmbedLayerNormalization", "QEmbedLayerNormalization"}
-_LN_OPS = {"LayerNormalization", "SkipLayerNormalization"} | _EMB_OPS - {"Gather"}
+_EMB_OPS = {"Gather", "GatherBlockQuantized", "EmbedLayerNormalization", "QEmbedLayerNormalization"}
+_LN_OPS = {"LayerNormalization", "SkipLayerNormalization"} | _EMB_OPS - {"Gather", "GatherBlockQuantized"}
 
 
 def _nbytes(t) -> int:

@@ -95,3 +95,28 @@ def test_compression_pipelines_smoke(tmp_path, data_root, pipeline, extra):
         ratio = 5 if pipeline == "magnitude_int8" else 10  # int8 alone gives 4x; the bitmask adds the rest
         assert m["size"]["sparse_int8"]["encoder"] < m["size"]["ort_fp32"]["encoder"] / ratio
     assert m["eval"]["models"]["deployed"]["score"] > 0
+
+
+def test_hawq_mp3_smoke_deploys_matmul_nbits_and_packed_checkpoint(tmp_path, data_root):
+    """Hessian MP at 3 average bits + QAT on the real MiniLM: MatMulNBits graph at parity with the
+    fake-quant model, the packed n-bit checkpoint restored by compresslab.load, sizes as promised."""
+    import onnx
+
+    import compresslab
+    from compresslab.quant.modules import quantized_modules
+
+    d = run(_cfg(tmp_path, data_root, "hawq", "bench.enabled=false", pipeline="hawq_mp3"))
+    m = read_json(d / "manifest.json")
+    assert m["status"] == "finished" and all(s["status"] == "done" for s in m["steps"])
+    hawq, nbits = m["steps"][1]["result"]["metrics"], m["steps"][2]["result"]["metrics"]
+    assert hawq["avg_bits"] <= 3.0 + 1e-9 and hawq["qat"]["steps"] > 0
+    assert nbits["parity"]["max_abs_diff"] <= 1e-3
+    graph = onnx.load(str(d / m["eval"]["deployed_path"]), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == 36 and "GatherBlockQuantized" in ops
+    assert m["size"]["deployed"]["encoder"] < m["size"]["ort_fp32"]["encoder"] / 6
+    step = d / m["steps"][1]["dir"]
+    (step / "model.safetensors").unlink()  # the packed file alone restores the model
+    back = compresslab.load(step)
+    assert len(quantized_modules(back)) == 37  # 36 encoder Linears + word embeddings
+    assert m["eval"]["models"]["deployed"]["agreement"] > 0.5

@@ -283,3 +283,23 @@ def test_pass_refuses_an_unquantized_export(exported_bert, tmp_path, tok, batche
     with pytest.raises(ValueError, match="run a quantizing pass such as 'hawq'"):
         OrtMatmulNBits().apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), _ctx(tmp_path, tok, batches))
 
+
+
+def test_size_breakdown_counts_nbits_embeddings_as_embeddings(qexport, tmp_path):
+    """GatherBlockQuantized tables are embeddings, MatMulNBits blobs encoder: the deployed size split."""
+    from compresslab.export.size import onnx_size_breakdown
+
+    dst = tmp_path / "sizes" / "model.onnx"
+    _convert(qexport, dst)
+    _, res = qexport
+    before, after = onnx_size_breakdown(res.dir / "model_unfused.onnx"), onnx_size_breakdown(dst)
+    g = onnx.load(str(dst)).graph
+    inits = {t.name: t for t in g.initializer}
+    gbq = [n for n in g.node if n.op_type == "GatherBlockQuantized"]
+    table = sum(onnx.numpy_helper.to_array(inits[i]).nbytes for n in gbq for i in n.input if i in inits)
+    assert gbq and table > 0
+    pos_type = before["embeddings"] - onnx.numpy_helper.to_array(
+        next(t for t in onnx.load(str(res.dir / "model_unfused.onnx")).graph.initializer
+             if "word_embeddings" in t.name)).nbytes
+    assert after["embeddings"] == pos_type + table  # the n-bit table (codes, scales, zeros) stays "embeddings"
+    assert after["encoder"] < before["encoder"] / 2
