@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 E = TypeVar("E", bound=Enum)
+S = TypeVar("S")
 
 
 def is_number(value: Any) -> bool:
@@ -32,6 +33,23 @@ def coerce_enum(enum_cls: type[E], value: Any, field_name: str) -> E:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum_cls)
         raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}") from None
+
+
+def coerce_settings(cls: type[S], value: Any, field_name: str) -> S:
+    """A nested settings dataclass from itself or from a mapping (Hydra and ``pass_from_dict`` give
+    dicts); ValueError naming ``field_name`` and the options for anything else or an unknown key."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    if isinstance(value, cls):
+        return value
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{field_name} must be a mapping of {names}, got {value!r}")
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ValueError(f"{field_name} has no option(s) {unknown}; options: {names}")
+    return cls(**dict(value))
 
 
 def check_fraction(value: Any, name: str, *, allow_one: bool = False) -> float:

@@ -32,7 +32,8 @@ from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, layer_keys, select_modules
 from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_bools, check_positive, check_positive_int, coerce_enum, is_number
+from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_enum, coerce_settings,
+                                  is_number)
 
 FP32 = 32  # the "keep fp32" choice
 QAT_CHECKPOINT_EVERY = 200  # optimizer steps between QAT checkpoints (~1-2 s each on MiniLM)
@@ -90,15 +91,7 @@ class HessianSettings:
 
     @classmethod
     def coerce(cls, value: "HessianSettings | Mapping[str, Any]") -> "HessianSettings":
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(f"hessian must be a mapping, got {value!r}")
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"hessian has no option(s) {unknown}; options: {sorted(names)}")
-        return cls(**dict(value))
+        return coerce_settings(cls, value, "hessian")
 
 
 @register_pass("hawq")

@@ -8,7 +8,6 @@ embedding KD loss for embedding tasks; the loop is :func:`compresslab.training.t
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -17,7 +16,7 @@ from torch import nn
 
 from compresslab.training.loop import TrainConfig, TrainResult, train
 from compresslab.training.losses import build_losses
-from compresslab.validate import check_int, check_positive, is_number
+from compresslab.validate import check_int, check_positive, coerce_settings, is_number
 
 
 @dataclass(frozen=True)
@@ -47,23 +46,12 @@ class Recovery:
     @classmethod
     def coerce(cls, value: "Recovery | Mapping[str, Any]") -> "Recovery":
         """A ``Recovery`` from itself or from a mapping (Hydra and ``pass_from_dict`` give dicts)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(f"recovery must be a mapping of {_names()}, got {value!r}")
-        unknown = sorted(set(value) - set(_names()))
-        if unknown:
-            raise ValueError(f"recovery has no option(s) {unknown}; options: {_names()}")
-        return cls(**dict(value))
+        return coerce_settings(cls, value, "recovery")
 
     @property
     def uses_teacher(self) -> bool:
         """Whether the classification/regression losses read the teacher (embedding KD always does)."""
         return self.hardness > 0 or self.hidden_weight > 0
-
-
-def _names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Recovery)]
 
 
 def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Module | None, *,
