@@ -208,7 +208,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.adapters import get_adapter
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.pipeline.settings import RunSettings, default_settings
-    from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
+    from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
+                                            tqdm_progress)
     from compresslab.validate import check_positive_int
 
     unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
@@ -228,6 +229,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     check_steps(steps, task)
     teacher = _as_model(teacher, "teacher")
     _check_teacher(steps, model, teacher, task)
+    check_steps_model(steps, model)
     export_s, eval_s, bench_s = default_settings(export=export, eval={"enabled": len(task.dev) > 0},
                                                  bench={"enabled": False})
     settings = RunSettings(seed=seed, max_length=max_length, batch_size=batch_size, cache_dir=None,  # type: ignore[arg-type]

@@ -11,11 +11,13 @@ from typing import Any
 
 _CLASSES = {
     "Finetune": "finetune",
+    "Hawq": "hawq",
     "LayerDrop": "layer_drop",
     "Magnitude": "magnitude",
     "OBert": "obert",
     "OrtInt8Dynamic": "ort_int8_dynamic",
     "OrtInt8Static": "ort_int8_static",
+    "OrtMatmulNBits": "ort_matmul_nbits",
     "StructuredL1": "structured_l1",
     "ZipLM": "ziplm",
 }

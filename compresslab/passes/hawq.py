@@ -17,6 +17,7 @@ The math lives in ``ops/quant.py`` (quantizer), ``ops/loss_hessian.py`` + ``quan
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,6 +37,7 @@ from compresslab.validate import (check_bools, check_positive, check_positive_in
                                   is_number)
 
 FP32 = 32  # the "keep fp32" choice
+RANDOM_TOL = 0.05  # allocate=random: average bits in [avg_bits - RANDOM_TOL, avg_bits] (random_allocation's tol)
 QAT_CHECKPOINT_EVERY = 200  # optimizer steps between QAT checkpoints (~1-2 s each on MiniLM)
 
 
@@ -124,6 +126,7 @@ class Hawq:
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
+    quantizes_weights: ClassVar[bool] = True  # frozen n-bit weights: what ort_matmul_nbits deploys
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -147,13 +150,40 @@ class Hawq:
         if self.allocate is Allocate.RANK and len(self.choices) != 2:
             raise ValueError(f"allocate=rank is Q-BERT's two-width rule (e.g. choices=[2, 3] for MP 2/3); "
                              f"got choices={self.choices} (use allocate=ilp for more widths)")
-        if self.avg_bits is None or not is_number(self.avg_bits) or self.avg_bits <= 0:
-            raise ValueError(f"avg_bits must be a positive number of bits (or set bits= for uniform), "
+        if (self.avg_bits is None or not is_number(self.avg_bits) or not math.isfinite(self.avg_bits)
+                or self.avg_bits <= 0):
+            raise ValueError(f"avg_bits must be a positive finite number of bits (or set bits= for uniform), "
                              f"got {self.avg_bits!r}")
         self.avg_bits = float(self.avg_bits)
         if self.avg_bits < min(self.choices):
             raise ValueError(f"avg_bits={self.avg_bits:g} is below the smallest achievable average "
                              f"{min(self.choices)} (every Linear at the lowest of choices={self.choices})")
+        if self.allocate is Allocate.RANDOM and self.avg_bits - RANDOM_TOL > max(self.choices):
+            raise ValueError(f"allocate=random draws maps whose average bits lie in [avg_bits - {RANDOM_TOL:g}, "
+                             f"avg_bits]; avg_bits={self.avg_bits:g} is above the largest achievable average "
+                             f"{max(self.choices)} (every Linear at the highest of choices={self.choices})")
+
+    def check_deployable(self) -> None:
+        """The layout MatMulNBits can hold (called by ``ort_matmul_nbits`` before any work): blocks of
+        ``block_size`` deploy with the largest power of two in [16, 256] dividing it; without one every
+        Linear would stay fp32 in the deployed graph. ValueError naming ``block_size``."""
+        from compresslab.export.matmul_nbits import ORT_BLOCKS, deployable_block
+
+        if self.group is Group.BLOCK and deployable_block(self.block_size) is None:
+            raise ValueError(f"hawq block_size={self.block_size} cannot be deployed by MatMulNBits, whose blocks are "
+                             f"{sorted(ORT_BLOCKS)} (a block must be a multiple of one of them); choose one of "
+                             f"those, or group=row")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Checks against the model before any step runs (called with the loaded model when only
+        shape-preserving steps come before this one): ``targets`` / ``ignore`` select Linears and every
+        group fits its weight (``block_size`` divides the input dimension). ValueError naming them."""
+        try:
+            modules = select_modules(model, self.targets, self.ignore)
+            for n, m in modules.items():
+                check_group(m.weight.shape, *self.group_shape(model, m), name=n)
+        except ValueError as e:
+            raise ValueError(f"hawq: {e}") from None
 
     def check(self, task: Any) -> None:
         """The Hessian and QAT need a labelled train split."""
@@ -224,6 +254,12 @@ class Hawq:
         if embedding:
             metrics["embedding"] = embedding
         specs.update(embedding)
+        if specs:  # the report's Size table: the dense fp32 checkpoint and the packed one (real n-bit bytes)
+            from compresslab.checkpoint.packed import packed_sizes
+
+            ps = packed_sizes(model)
+            metrics["size"] = {k: {"encoder": ps[k]["encoder"], "total": ps[k]["file"]}
+                               for k in ("fp32", "packed_nbits")}
         # the packed checkpoint stores codes at their nominal bits: the real n-bit size on disk
         return PassResult(metrics=metrics, structure={"quant": specs}, formats=["packed_nbits"] if specs else [])
 
@@ -247,7 +283,7 @@ class Hawq:
         record: dict[str, Any] = {}
         if self.allocate is Allocate.RANDOM:
             bits = random_allocation(numel, avg_bits=self.avg_bits, choices=self.choices, seed=ctx.seed,
-                                     couple=couple)
+                                     couple=couple, tol=RANDOM_TOL)
             record["allocation"] = {"method": "random", "seed": ctx.seed, "budget_avg_bits": self.avg_bits}
             return dict(bits), record
         sens, srec = self._sensitivity(model, ctx, modules)

@@ -71,6 +71,25 @@ class OrtMatmulNBits:
     def check(self, task: Any) -> None:
         """Nothing to check up front: parity takes up to ``parity_examples`` train examples."""
 
+    def check_after(self, earlier: list[Any]) -> None:
+        """The pipeline before this step, checked before any work: a TORCH pass that freezes n-bit
+        weights (``quantizes_weights``, e.g. ``hawq``) must come earlier, no ONNX pass in between (this
+        pass reads the export's unfused fp32 graph), and that pass's layout must deploy as MatMulNBits
+        (its ``check_deployable``). ValueError naming what to change."""
+        quant = [p for p in earlier if getattr(p, "quantizes_weights", False)]
+        if not quant:
+            raise ValueError(f"{self.name} deploys n-bit weights that a TORCH pass quantized and froze, and no "
+                             f"earlier step does (steps before it: {[p.name for p in earlier] or 'none'}); put a "
+                             f"quantizing pass such as 'hawq' (bits=4, or avg_bits=...) before it")
+        onnx_before = [p.name for p in earlier if p.stage is Stage.ONNX]
+        if onnx_before:
+            raise ValueError(f"{self.name} must be the first ONNX step: it rewrites the export's unfused fp32 graph, "
+                             f"which {onnx_before} would already have replaced; drop them or put them after it")
+        for p in quant:
+            check = getattr(p, "check_deployable", None)
+            if check is not None:
+                check()
+
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.matmul_nbits import (KERNEL_2BIT, compare_graphs, probe_kernel_path,
                                                      read_quant_sidecar, to_matmul_nbits)

@@ -430,7 +430,15 @@ def _is_int8(path: Path) -> bool:
 
 
 def _precision_of(path: Path) -> str:
-    return "int8" if _is_int8(Path(path)) else "fp32"
+    """``nbits`` (n-bit weights: MatMulNBits / GatherBlockQuantized), ``int8`` or ``fp32``."""
+    path = Path(path)
+    if path.suffix != ".xml":
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        if ops & {"MatMulNBits", "GatherBlockQuantized"}:
+            return "nbits"
+    return "int8" if _is_int8(path) else "fp32"
 
 
 def _rel(p: Path, run_dir: Path) -> str:

@@ -22,7 +22,7 @@ def run(cfg: DictConfig) -> Path:
     raises PipelineError / SettingsError / FileNotFoundError / ValueError then.
     """
     from compresslab.pipeline.deploy import check_deploy
-    from compresslab.pipeline.state import RunState
+    from compresslab.pipeline.state import RunState, check_steps_model
     from compresslab.pipeline.steps import run_steps
 
     steps = build_steps(cfg)
@@ -32,13 +32,16 @@ def run(cfg: DictConfig) -> Path:
     if existing is not None and existing.data.get("status") == "finished":
         log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
         return run_dir
+    state.load_initial()
+    # module patterns and shapes need the model: checked before any step runs and before a fresh run
+    # dir is written (a refused config leaves nothing behind)
+    check_deploy(state)
+    check_steps_model(steps, state.model)  # the passes' own (e.g. hawq's block_size vs the Linears' shapes)
     manifest = existing or _start(state, run_dir, cfg)
     manifest.data["status"] = "running"
     manifest.data.pop("error", None)
     manifest.save()
     with recording_failure(manifest):
-        state.load_initial()
-        check_deploy(state)  # module patterns need the model: checked before any step runs
         if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
             finish(state, run_dir, manifest)
     return run_dir

@@ -97,6 +97,13 @@ def check_order(steps: list[Step]) -> None:
     if len(makers) > 1 or (makers and makers[0].index != steps[0].index):
         raise PipelineError(f"the pass producing the teacher ({', '.join(s.name for s in makers)}) must be the "
                             "first step and appear once")
+    for i, s in enumerate(steps):  # what a pass needs from the steps before it (e.g. nbits after hawq)
+        check_after = getattr(s.pass_, "check_after", None)
+        if check_after is not None:
+            try:
+                check_after([e.pass_ for e in steps[:i]])
+            except ValueError as e:
+                raise PipelineError(f"step {s.name!r}: {e}") from None
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:

@@ -62,6 +62,24 @@ def check_steps(steps: list["Step"], task: "TaskData") -> None:
         s.pass_.check(task)
 
 
+def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
+    """Every pass's checks against the loaded model (``check_model``, where a pass has one: module
+    patterns, shapes) before any step runs. Only the steps whose input is this model up to training
+    are checked: those after the teacher-making pass (finetune keeps every shape); a step after one
+    that may change the structure is checked by its own ``apply``. ValueError naming the step."""
+    from compresslab.types import Stage
+
+    for s in steps:
+        check = getattr(s.pass_, "check_model", None)
+        if check is not None:
+            try:
+                check(model)
+            except ValueError as e:
+                raise ValueError(f"step {s.name!r}: {e}") from None
+        if s.pass_.stage is Stage.TORCH and not s.pass_.makes_teacher:
+            return
+
+
 @dataclass
 class RunState:
     settings: RunSettings

@@ -174,8 +174,10 @@ def _size(m: Mapping[str, Any]) -> list[Block]:
     size = F.as_dict(m.get("size"))
     if not size:
         return []
-    ref_t = F.num(F.get(size, "fp32", "total"))
-    ref_e = F.num(F.get(size, "fp32", "encoder"))
+    # the dense torch checkpoint when a pass measured it (sparse / packed formats), else the fp32 export
+    ref = "fp32" if "fp32" in size else "ort_fp32"
+    ref_t = F.num(F.get(size, ref, "total"))
+    ref_e = F.num(F.get(size, ref, "encoder"))
 
     def ratio(v: float | None, ref: float | None) -> str:
         return times(ref / v) if v and ref else DASH
@@ -186,7 +188,7 @@ def _size(m: Mapping[str, Any]) -> list[Block]:
         rows.append([fmt, mb(enc), mb(tot), ratio(enc, ref_e), ratio(tot, ref_t)])
     return [Heading("Size"), Table(["format", "encoder (MB)", "total (MB)", "fp32/x encoder",
                                     "fp32/x total"], rows, "On-disk bytes; the total includes "
-                                   "embeddings, the encoder ratio excludes them.")]
+                                   "embeddings, the encoder ratio excludes them; ratios are against " + ref + ".")]
 
 
 def _export(m: Mapping[str, Any]) -> list[Block]:
