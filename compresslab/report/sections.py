@@ -191,6 +191,46 @@ def _size(m: Mapping[str, Any]) -> list[Block]:
                                    "embeddings, the encoder ratio excludes them; ratios are against " + ref + ".")]
 
 
+def _quant(m: Mapping[str, Any]) -> list[Block]:
+    """Weight bits of quantizing steps (``bits_per_layer`` / ``avg_bits``, e.g. hawq) and what an n-bit
+    deployment step wrote (``n_matmul_nbits``, e.g. ort_matmul_nbits): bits per layer, the budget and
+    how it was met, deployed bits and the graph's parity. Nothing without such steps."""
+    out: list[Block] = []
+    for s in F.steps(m):
+        met = F.as_dict(F.get(s, "result", "metrics"))
+        label = F.step_label(s)
+        if "bits_per_layer" in met:
+            alloc = F.as_dict(met.get("allocation"))
+            facts = [["average bits (encoder Linears; fp32 counts 32)", plain(met.get("avg_bits"))],
+                     ["allocation", plain(alloc.get("method"))],
+                     ["budget (average bits)", plain(alloc.get("budget_avg_bits"))],
+                     ["sensitivity", plain(F.get(met, "sensitivity", "method"))],
+                     ["groups", f"{plain(met.get('group'))} (block_size {plain(met.get('block_size'))})"],
+                     ["QAT steps", plain(F.get(met, "qat", "steps") or 0)]]
+            emb = F.as_dict(met.get("embedding"))
+            if emb:
+                facts.append(["word embeddings", ", ".join(f"{k}: {plain(F.get(v, 'bits'))} bits"
+                                                           for k, v in emb.items())])
+            out.append(Table(["fact", label], facts, f"{label}: weight quantization"))
+            rows = [[k, " ".join(str(b) for b in (v if isinstance(v, list) else [v]))]
+                    for k, v in F.as_dict(met.get("bits_per_layer")).items()]
+            out.append(Table(["layer", "bits per Linear (32 = fp32)"], rows,
+                             f"{label}: bits per Linear in module order (default targets: q k v o ffn_in ffn_out)"))
+        if "n_matmul_nbits" in met:
+            par = F.as_dict(met.get("parity"))
+            facts = [["accuracy_level", plain(met.get("accuracy_level"))],
+                     ["MatMulNBits / GatherBlockQuantized nodes",
+                      f"{plain(met.get('n_matmul_nbits'))} / {plain(met.get('n_gather_block_quantized'))}"],
+                     ["deployed bits histogram (nodes)", plain(met.get("deployed_bits_histogram"))],
+                     ["average bits nominal / deployed (quantized nodes)",
+                      f"{plain(met.get('avg_bits_nominal'))} / {plain(met.get('avg_bits_deployed'))}"],
+                     ["parity max |Δlogits| vs the fake-quant graph", plain(par.get("max_abs_diff"))],
+                     ["parity tolerance", plain(par.get("atol"))],
+                     ["kernel paths", plain(met.get("kernel_paths"))]]
+            out.append(Table(["fact", label], facts, f"{label}: n-bit deployment"))
+    return [Heading("Quantization"), *out] if out else []
+
+
 def _export(m: Mapping[str, Any]) -> list[Block]:
     out: list[Block] = [Heading("Export and parity")]
     exp = F.as_dict(m.get("export"))
@@ -308,7 +348,7 @@ def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[s
     title = (f"compresslab: {m.get('pipeline', '?')} on {m.get('model_id', '?')} "
              f"({m.get('task', '?')})")
     doc = Document(title, _status(m))
-    for part in (_headline(m, plots), _steps(m, plots), _size(m), _export(m), _bench(m),
+    for part in (_headline(m, plots), _steps(m, plots), _quant(m), _size(m), _export(m), _bench(m),
                  _notes(m), _environment(m, run_dir)):
         doc.blocks += part
     if plot_errors:

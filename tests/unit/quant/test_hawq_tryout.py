@@ -121,3 +121,23 @@ def test_a_matmul_nbits_graph_is_not_labelled_fp32(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=ops),
               str(path))
     assert deploy._precision_of(path) == "nbits"
+
+
+def test_report_shows_bits_per_layer_and_the_nbits_parity():
+    import json
+
+    from compresslab.report.render import to_markdown
+    from compresslab.report.sections import build_document
+
+    hawq = {"avg_bits": 2.5, "group": "block", "block_size": 64,
+            "bits_per_layer": {"layer.0": [3, 3], "layer.1": [2, 32]},
+            "allocation": {"method": "rank", "budget_avg_bits": 2.5}, "sensitivity": {"method": "eigen"},
+            "qat": {"steps": 4}, "embedding": {"bert.embeddings.word_embeddings": {"bits": 8}}}
+    nbits = {"n_matmul_nbits": 4, "n_gather_block_quantized": 1, "accuracy_level": 0,
+             "deployed_bits_histogram": {"2": 1, "4": 2}, "parity": {"max_abs_diff": 4.5e-08, "atol": 0.001}}
+    m = {"steps": [{"index": 0, "name": "hawq", "result": {"metrics": hawq}},
+                   {"index": 1, "name": "nbits", "result": {"metrics": nbits}}]}
+    md = to_markdown(build_document(json.loads(json.dumps(m)), set(), {}, "."))
+    assert "## Quantization" in md
+    assert "| layer.1 | 2 32 |" in md and "2.5" in md and "rank" in md
+    assert "4.5e-08" in md and "8 bits" in md
