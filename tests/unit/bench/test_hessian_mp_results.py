@@ -1,0 +1,70 @@
+"""benchmarks/results/hessian_mp.json (issue 10) has the shape the issue names, and the derived figures
+(random-allocation mean/std, the latency-based speedups) are recomputed here from their own parts."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+RESULTS = ROOT / "benchmarks" / "results" / "hessian_mp.json"
+
+pytestmark = pytest.mark.skipif(not RESULTS.is_file(), reason="benchmarks/results/hessian_mp.json not measured yet")
+
+
+@pytest.fixture(scope="module")
+def res() -> dict:
+    return json.loads(RESULTS.read_text())
+
+
+def _fraction(x) -> bool:
+    return isinstance(x, float) and 0.0 <= x <= 1.0
+
+
+def test_accuracy_keys_are_the_issues(res):
+    assert _fraction(res["teacher_acc"])
+    assert set(res["acc_uniform"]) == {"8", "4", "3", "2"} and all(map(_fraction, res["acc_uniform"].values()))
+    assert set(res["acc_mp"]) == {"4", "3", "2.5"} and all(map(_fraction, res["acc_mp"].values()))
+    assert set(res["acc_groups"]) == {"layer", "head", "row", "block64"}
+    assert set(res["qat"]) == {"acc_mp_3", "acc_uniform_3", "acc_mp_2_5", "mcnemar_p_mp3_vs_uniform3"}
+    assert all(map(_fraction, res["qat"].values()))
+
+
+def test_random_allocation_is_the_mean_and_std_of_its_three_seeds(res):
+    seeds = [res["ptq_detail"][f"random_3_seed{s}"] for s in range(3)]
+    accs = [s["acc"] for s in seeds]
+    assert res["acc_random_alloc"]["3"] == pytest.approx(statistics.mean(accs))
+    assert res["acc_random_alloc"]["3_std"] == pytest.approx(statistics.stdev(accs))
+    assert all(abs(s["avg_bits"] - 3.0) <= 0.05 for s in seeds)  # "at equal average bits"
+
+
+def test_mp_maps_meet_their_budgets(res):
+    for key, budget in (("mp_4", 4.0), ("mp_3", 3.0), ("mp_2.5", 2.5)):
+        assert res["ptq_detail"][key]["avg_bits"] <= budget + 1e-9
+    for key, budget in (("acc_mp_3", 3.0), ("acc_uniform_3", 3.0), ("acc_mp_2_5", 2.5)):
+        assert res["qat_detail"][key]["avg_bits"] <= budget + 1e-9
+
+
+def test_deployed_mp3(res):
+    if "mp_3" not in res:
+        pytest.skip("deploy not measured yet")
+    m = res["mp_3"]
+    assert m["avg_bits"] <= 3.0 + 1e-9 and m["avg_deployed_bits"] >= m["avg_bits"]
+    assert m["onnx_parity_max_abs_level0"] <= 1e-3  # the codes are exact
+    assert _fraction(m["onnx_acc"]) and _fraction(m["agreement_level4"])
+    sizes = m["size_bytes"]
+    assert m["compression_encoder"] == pytest.approx(sizes["fp32"]["encoder"] / sizes["deployed"]["encoder"])
+    assert m["compression_total"] == pytest.approx(sizes["fp32"]["file"] / sizes["deployed"]["file"])
+    if "latency_ms" in m:
+        assert {"ort_fp32", "mp3_level0", "mp3_level4"} <= set(m["latency_ms"])
+
+
+def test_hessian_run_is_recorded(res):
+    if "hessian_s" not in res:
+        pytest.skip("hessian timing not measured yet")
+    assert res["hessian_s"] > 0 and res["hessian_peak_mb"] > 0
+    assert {"batches", "probes", "batch_size"} <= set(res["hessian_setting"])
+    assert isinstance(res["bitmap_deterministic"], bool)
