@@ -208,7 +208,7 @@ def ptq(args) -> None:
             bits = random_allocation({n: m.weight.numel() for n, m in mods.items()}, avg_bits=3.0,
                                      choices=[2, 3, 4, 8, 32], seed=seed)
             m = copy.deepcopy(state.teacher)
-            from compresslab.quant.modules import average_bits, freeze_all, quantize_modules
+            from compresslab.models.quantized import average_bits, freeze_all, quantize_modules
 
             quantize_modules(m, {n: {"bits": b, "block_size": BLOCK} for n, b in bits.items() if b != 32})
             freeze_all(m)

@@ -21,7 +21,7 @@ from compresslab.checkpoint.formats import FORMATS, write_formats
 from compresslab.models.adapters import check_supported
 from compresslab.models.loading import TASK_KEY, CheckpointError, auto_class, read_config
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
-from compresslab.quant.modules import QUANT_KEY, apply_quant, stamp_quant
+from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
 
 DENSE_FILE = "model.safetensors"
 

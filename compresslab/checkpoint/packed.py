@@ -103,7 +103,7 @@ def encode_packed(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
     mods = frozen_quantized(model)
     if not mods:
         raise ValueError(f"{type(model).__name__} has no frozen quantized modules: the packed_nbits format stores "
-                         f"n-bit codes (quant.modules.quantize_modules + freeze_all first)")
+                         f"n-bit codes (models.quantized.quantize_modules + freeze_all first)")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tensors: dict[str, Tensor] = {}
     encodings: dict[str, Any] = {}
@@ -177,7 +177,7 @@ def save_packed(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = N
     from safetensors.torch import save_file
 
     from compresslab.models.structure import stamp_structure
-    from compresslab.quant.modules import QUANT_KEY, stamp_quant
+    from compresslab.models.quantized import QUANT_KEY, stamp_quant
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Deploy a frozen fake-quant model's n-bit weights with ONNX Runtime's weight-only contrib ops.
 
-The torch side (``quant/modules.py``) freezes every quantized Linear / Embedding to ``ŵ = (q − z)·Δ``
+The torch side (``models/quantized.py``) freezes every quantized Linear / Embedding to ``ŵ = (q − z)·Δ``
 on the group grid of ``ops/quant.py``; the exporter writes ``ŵᵀ`` as a plain fp32 MatMul initializer
 (``ŵ`` for a Gemm with ``transB=1`` and for a Gather table), ``config.json`` carries the
 ``compresslab_quant`` stamp and :data:`SIDECAR` the per-module scale / zero point. Here the codes are
@@ -84,7 +84,7 @@ def write_quant_sidecar(model: "nn.Module", out_dir: str | Path) -> Path | None:
     from safetensors.torch import save_file
 
     from compresslab.export.ort_quant import atomic_output
-    from compresslab.quant.modules import quantized_modules
+    from compresslab.models.quantized import quantized_modules
 
     path = Path(out_dir) / SIDECAR
     mods = quantized_modules(model)
@@ -124,7 +124,7 @@ def export_quantized(model: "nn.Module", tokenizer: Any, out_dir: str | Path, ba
     """``export.onnx.export_model`` for a model that may hold frozen fake-quant modules: stamps
     ``config.compresslab_quant`` first (config.json carries it) and writes :data:`SIDECAR` after."""
     from compresslab.export.onnx import export_model
-    from compresslab.quant.modules import stamp_quant
+    from compresslab.models.quantized import stamp_quant
 
     stamp_quant(model)
     res = export_model(model, tokenizer, out_dir, batches, **export_kwargs)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from compresslab.ops.quant import check_bits, check_group, quant_error
-from compresslab.quant.modules import average_bits, freeze_all, quantize_modules
+from compresslab.models.quantized import average_bits, freeze_all, quantize_modules
 from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, layer_keys, select_modules
 from compresslab.training.recovery import Recovery, recover

@@ -95,7 +95,7 @@ class OrtMatmulNBits:
                                                      read_quant_sidecar, to_matmul_nbits)
         from compresslab.export.onnx import ParityError
         from compresslab.export.ort_quant import copy_model_files, read_export_config
-        from compresslab.quant.modules import QUANT_KEY
+        from compresslab.models.quantized import QUANT_KEY
 
         model = model if isinstance(model, OnnxModel) else OnnxModel(Path(model).parent, Path(model))
         stamp = read_export_config(model.dir).get(QUANT_KEY)

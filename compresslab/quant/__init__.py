@@ -1,1 +1,2 @@
-"""Quantized modules and the sensitivity, allocation and swap machinery of the quantizing passes."""
+"""What the quantizing passes share: Hessian sensitivity, bit allocation and guided int8 (the
+fake-quant modules themselves are ``models/quantized.py``: checkpoints and exports need them)."""

@@ -103,7 +103,7 @@ def test_hawq_mp3_smoke_deploys_matmul_nbits_and_packed_checkpoint(tmp_path, dat
     import onnx
 
     import compresslab
-    from compresslab.quant.modules import quantized_modules
+    from compresslab.models.quantized import quantized_modules
 
     d = run(_cfg(tmp_path, data_root, "hawq", "bench.enabled=false", pipeline="hawq_mp3"))
     m = read_json(d / "manifest.json")

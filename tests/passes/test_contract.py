@@ -100,7 +100,7 @@ def test_apply_save_reload_export(name, tiny_tok, tiny_ctx, tmp_path):
         if name == "ort_matmul_nbits":
             # an n-bit ONNX pass needs an n-bit model: one frozen 4-bit Linear, exported with its sidecar
             from compresslab.export.matmul_nbits import export_quantized
-            from compresslab.quant.modules import freeze_all, quantize_modules
+            from compresslab.models.quantized import freeze_all, quantize_modules
 
             quantize_modules(model, {"bert.encoder.layer.0.intermediate.dense": {"bits": 4, "block_size": 16}})
             freeze_all(model)

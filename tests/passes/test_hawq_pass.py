@@ -9,7 +9,7 @@ import torch
 
 from compresslab.models.tiny import tiny_model
 from compresslab.passes.hawq import Hawq
-from compresslab.quant.modules import FakeQuantLinear, quantized_modules
+from compresslab.models.quantized import FakeQuantLinear, quantized_modules
 from compresslab.targets import select_modules
 
 FAST = dict(hessian={"batches": 2, "batch_size": 8, "probes_per_batch": 4, "min_probes": 4, "eigen_batches": 1,
@@ -106,7 +106,7 @@ def test_groups(tiny_ctx, group, rows):
 
 def test_embedding_bits_quantize_word_embeddings_outside_the_budget(tiny_ctx, tmp_path):
     import compresslab
-    from compresslab.quant.modules import FakeQuantEmbedding
+    from compresslab.models.quantized import FakeQuantEmbedding
 
     model = tiny_model()
     res = Hawq(bits=4, block_size=16, embedding_bits=8).apply(model, tiny_ctx())

@@ -20,6 +20,7 @@ FLOOR = {
     "types": 2, "targets": 2, "checkpoint": 2, "eval": 2,
     "registry": 3, "export": 3, "testing": 3,
     "bench": 4,
+    "quant": 5,
     "pruning": 5,
     "passes": 6,
     "pipeline": 7,

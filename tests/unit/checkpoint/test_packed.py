@@ -17,7 +17,7 @@ from compresslab.models.loading import CheckpointError
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.bitpack import pack_bits, pack_nbits, unpack_nbits
 from compresslab.ops.quant import QuantParams, dequantize, quant_params, quantize
-from compresslab.quant.modules import freeze_all, quantize_modules, quantized_modules
+from compresslab.models.quantized import FakeQuantEmbedding, freeze_all, quantize_modules, quantized_modules
 from compresslab.targets import select_modules
 
 BITS = (2, 3, 4, 8)
@@ -227,10 +227,6 @@ def test_generic_over_modules_with_codes_and_params():
 
 
 def test_a_quantized_word_embedding_packs_and_reloads(tmp_path):
-    from compresslab.quant import modules
-
-    if not hasattr(modules, "FakeQuantEmbedding"):
-        pytest.skip("quant.modules has no FakeQuantEmbedding yet")
     model = tiny_model("bert")
     emb = "bert.embeddings.word_embeddings"  # (64, 32)
     quantize_modules(model, {emb: {"bits": 3, "block_size": 16, "group_rows": 2},
@@ -243,7 +239,7 @@ def test_a_quantized_word_embedding_packs_and_reloads(tmp_path):
     tensors, _ = encode_packed(model)
     assert tensors[f"{emb}.weight@codes"].numel() == 64 * 32 * 3 // 8
     back = compresslab.load(ck, attn_implementation="eager")
-    assert isinstance(back.get_submodule(emb), modules.FakeQuantEmbedding)
+    assert isinstance(back.get_submodule(emb), FakeQuantEmbedding)
     assert torch.equal(back(**x).logits, ref)
 
 

@@ -22,7 +22,7 @@ from compresslab.export.onnx import ParityError
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.quant import dequantize, fake_quant, quant_params, quantize
 from compresslab.passes.ort_matmul_nbits import OrtMatmulNBits
-from compresslab.quant.modules import FakeQuantEmbedding, freeze_all, quantize_modules, quantized_modules
+from compresslab.models.quantized import FakeQuantEmbedding, freeze_all, quantize_modules, quantized_modules
 from compresslab.registry import build_pass, pass_from_dict, pass_to_dict
 from compresslab.types import OnnxModel, PassContext, Stage
 

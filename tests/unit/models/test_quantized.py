@@ -7,7 +7,7 @@ from torch import nn
 import compresslab
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.quant import dequantize, quant_params, quantize
-from compresslab.quant.modules import (FakeQuantLinear, average_bits, freeze_all, quantize_modules,
+from compresslab.models.quantized import (FakeQuantLinear, average_bits, freeze_all, quantize_modules,
                                        quantized_modules, stamp_quant)
 from compresslab.targets import select_modules
 
