@@ -120,26 +120,56 @@ def test_resume_check_has_teeth(tiny_tok, tmp_path, reference, monkeypatch, brok
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()))
 
 
-@pytest.mark.parametrize("sig, exc", [(signal.SIGTERM, _Stop), (signal.SIGINT, KeyboardInterrupt)])
+# The stopped half runs in a fresh interpreter: raising a real SIGTERM at the pytest process itself,
+# after earlier tests had loaded native runtimes (ONNX Runtime, OpenVINO thread pools), crashed the
+# whole run with a segfault; alone, in its own process, the same code is what a user's process does.
+_SIGNAL_CHILD = """
+import signal, sys
+import torch
+torch.set_num_threads(1)  # as tests/conftest.py: the resumed half runs in the test process
+sys.path.insert(0, sys.argv[1])
+import test_loop_resume as t
+from compresslab.models.tiny import tiny_tokenizer
+
+ckpt, sig, exc = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+tok = tiny_tokenizer(sys.argv[5])
+
+
+class RaiseAt:
+    def on_step_end(self, step, model, optimizer):
+        if step == 5:
+            signal.raise_signal(sig)  # held by the loop until step 5 has ended
+
+
+def handler(signum, frame):
+    raise t._Stop
+
+
+signal.signal(signal.SIGTERM, handler)
+expected = t._Stop if exc == "_Stop" else KeyboardInterrupt
+try:
+    t._run(tok, ckpt, every=4, callbacks=[RaiseAt()])
+except expected:
+    pass
+else:
+    sys.exit("no exception was re-raised")
+assert signal.getsignal(signal.SIGTERM) is handler, "SIGTERM handler not put back"
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "SIGINT handler not put back"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("sig, exc", [(signal.SIGTERM, "_Stop"), (signal.SIGINT, "KeyboardInterrupt")])
 def test_signal_finishes_the_step_checkpoints_and_is_re_raised(tiny_tok, tmp_path, reference, sig, exc):
-    class RaiseAt:
-        def on_step_end(self, step, model, optimizer):
-            if step == 5:
-                signal.raise_signal(sig)  # held by the loop until step 5 has ended
+    import subprocess
+    import sys
 
-    def handler(signum, frame):
-        raise _Stop
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        with pytest.raises(exc):
-            _run(tiny_tok, tmp_path, every=4, callbacks=[RaiseAt()])
-        assert signal.getsignal(signal.SIGTERM) is handler  # handlers are put back
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    assert _steps_in(tmp_path) == ["step-00000006"]
-    _assert_same(_run(tiny_tok, tmp_path, every=4), reference[False])
+    ckpt = tmp_path / "ckpt"
+    out = subprocess.run([sys.executable, "-c", _SIGNAL_CHILD, str(Path(__file__).parent), str(ckpt), str(int(sig)),
+                          exc, str(tmp_path / "tok")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-4000:]
+    assert _steps_in(ckpt) == ["step-00000006"]
+    _assert_same(_run(tiny_tok, ckpt, every=4), reference[False])
 
 
 def test_finished_run_resumes_as_finished(tiny_tok, tmp_path, reference):
