@@ -122,7 +122,6 @@ def _score_record(model, res) -> dict[str, Any]:
     s = _scored(model)
     rec = {"acc": s.metrics["score"], "agreement": agreement(s.predictions, _teacher_preds()),
            "avg_bits": res.metrics["avg_bits"], "bits_per_layer": res.metrics.get("bits_per_layer")}
-    _STATE.setdefault("correct", {})
     return rec, s
 
 

@@ -46,6 +46,19 @@ def tiny_context(tokenizer: Any, tmp_path: str | Path, *, teacher: torch.nn.Modu
                        batch_size=batch_size, cache_dir=tmp_path / "cache", model_source="")
 
 
+def batches_context(tokenizer: Any, tmp_path: str | Path, batches: list[dict], step: str = "01_q") -> PassContext:
+    """A PassContext without a task whose ``calibration_batches`` are ``batches`` (for ONNX passes;
+    the data module is tested elsewhere); steps write under ``tmp_path/steps/<step>``."""
+
+    class _Ctx(PassContext):
+        def calibration_batches(self, n, batch_size=None):
+            return iter(batches)
+
+    tmp_path = Path(tmp_path)
+    return _Ctx(tokenizer=tokenizer, task=None, run_dir=tmp_path, step_dir=tmp_path / "steps" / step,
+                device=torch.device("cpu"), seed=0)
+
+
 def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Path:
     """A CSV file with ``header`` then ``rows`` (for data-reading tests); returns its path."""
     import csv

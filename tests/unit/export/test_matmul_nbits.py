@@ -49,12 +49,9 @@ DEPLOYED = {2: 2, 3: 4, 4: 4, 8: 8}
 
 
 def _ctx(tmp_path: Path, tok, batches) -> PassContext:
-    class Ctx(PassContext):
-        def calibration_batches(self, n, batch_size=None):  # the data module is tested elsewhere
-            return iter(batches)
+    from compresslab.testing import batches_context
 
-    return Ctx(tokenizer=tok, task=None, run_dir=tmp_path, step_dir=tmp_path / "steps" / "02_nbits",
-               device=torch.device("cpu"), seed=0)
+    return batches_context(tok, tmp_path, batches, "02_nbits")
 
 
 def _quantized(specs=SPECS, seed=0):

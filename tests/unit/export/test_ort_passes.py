@@ -20,12 +20,9 @@ CONF = Path(config_dir()) / "pass"
 
 
 def _ctx(tmp_path: Path, tok, batches) -> PassContext:
-    class Ctx(PassContext):
-        def calibration_batches(self, n, batch_size=None):  # the data module is tested elsewhere
-            return iter(batches)
+    from compresslab.testing import batches_context
 
-    return Ctx(tokenizer=tok, task=None, run_dir=tmp_path, step_dir=tmp_path / "steps" / "01_q",
-               device=torch.device("cpu"), seed=0)
+    return batches_context(tok, tmp_path, batches, "01_q")
 
 
 @pytest.mark.parametrize("name,cls", [("ort_int8_dynamic", OrtInt8Dynamic), ("ort_int8_static", OrtInt8Static)])
