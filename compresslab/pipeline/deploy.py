@@ -417,28 +417,33 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     return out
 
 
+def _onnx_ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+_INT8_OPS = _QDQ_OPS | {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"}
+
+
 def _is_int8(path: Path) -> bool:
     """Does the graph (ONNX or IR xml) hold int8 quantization (QDQ pairs, MatMulInteger, FakeQuantize)?"""
     path = Path(path)
     if path.suffix == ".xml":
         text = path.read_text(errors="ignore")
         return 'type="FakeQuantize"' in text or 'element_type="i8"' in text or 'element_type="u8"' in text
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    return bool(ops & (_QDQ_OPS | {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"}))
+    return bool(_onnx_ops(path) & _INT8_OPS)
 
 
 def _precision_of(path: Path) -> str:
     """``nbits`` (n-bit weights: MatMulNBits / GatherBlockQuantized), ``int8`` or ``fp32``."""
     path = Path(path)
-    if path.suffix != ".xml":
-        import onnx
-
-        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-        if ops & {"MatMulNBits", "GatherBlockQuantized"}:
-            return "nbits"
-    return "int8" if _is_int8(path) else "fp32"
+    if path.suffix == ".xml":
+        return "int8" if _is_int8(path) else "fp32"
+    ops = _onnx_ops(path)  # read the graph once
+    if ops & {"MatMulNBits", "GatherBlockQuantized"}:
+        return "nbits"
+    return "int8" if ops & _INT8_OPS else "fp32"
 
 
 def _rel(p: Path, run_dir: Path) -> str:
