@@ -26,6 +26,7 @@ _PASS_MODULES = (
     "compresslab.passes.ort_int8_static",
     "compresslab.passes.hawq",
     "compresslab.passes.ort_matmul_nbits",
+    "compresslab.passes.bibert",
 )
 
 

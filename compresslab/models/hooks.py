@@ -20,4 +20,17 @@ def capture_inputs(modules: Mapping[Hashable, nn.Module], sink: Callable[[Hashab
             h.remove()
 
 
-__all__ = ["capture_inputs"]
+@contextlib.contextmanager
+def capture_outputs(modules: Mapping[Hashable, nn.Module], sink: Callable[[Hashable, Any], Any]) -> Iterator[None]:
+    """Call ``sink(key, y)`` with the output of each module on every forward (the graph kept, so a
+    loss on ``y`` backpropagates); hooks always removed."""
+    handles = [m.register_forward_hook(lambda _m, _args, out, key=key: sink(key, out))
+               for key, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+__all__ = ["capture_inputs", "capture_outputs"]

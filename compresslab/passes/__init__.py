@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _CLASSES = {
+    "BiBert": "bibert",
     "Finetune": "finetune",
     "Hawq": "hawq",
     "LayerDrop": "layer_drop",

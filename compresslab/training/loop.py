@@ -24,6 +24,8 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch import nn
 
+from compresslab.models.adapters import get_adapter
+from compresslab.models.hooks import capture_outputs
 from compresslab.training.losses import MODEL_INPUTS
 from compresslab.training.resume import (
     DataCursor, DeferredSignals, ResumeError, StepCheckpoints, has_state, param_list, rng_state, set_rng_state,
@@ -113,9 +115,29 @@ def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return f
 
 
-def _forward(model: nn.Module, batch: dict[str, torch.Tensor], hidden: bool, attentions: bool):
+def _heads(x: torch.Tensor, head_size: int) -> torch.Tensor:
+    """(B, T, H·d_h) -> (B, H, T, d_h), the layout attention works in."""
+    b, t, _ = x.shape
+    return x.view(b, t, -1, head_size).transpose(1, 2)
+
+
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor], hidden: bool, attentions: bool,
+             qkv: nn.Module | None = None):
+    """One forward; with ``qkv`` (the unwrapped model) the outputs also carry ``qkv``: per layer a
+    tuple of the q, k, v projection outputs ``(B, H, T, d_h)``, captured by forward hooks (for a
+    binarized model these are the pre-sign values, as direction-matching KD needs)."""
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
-    return model(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
+    if qkv is None:
+        return model(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
+    ad = get_adapter(qkv)
+    mods = {(lv.index, r): getattr(lv, r) for lv in ad.layers() for r in ("q", "k", "v")}
+    if any(m is None for m in mods.values()):
+        raise ValueError("a loss needs every layer's q/k/v, but a layer has no attention heads left")
+    got: dict[tuple[int, str], torch.Tensor] = {}
+    with capture_outputs(mods, got.__setitem__):
+        out = model(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
+    out.qkv = [tuple(_heads(got[(i, r)], ad.head_size) for r in ("q", "k", "v")) for i in range(ad.num_layers)]
+    return out
 
 
 def _describe(obj: Any) -> str:
@@ -213,6 +235,7 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
             p.requires_grad_(False)
     need_h = any(l.needs_hidden for l in losses)
     need_a = any(l.needs_attentions for l in losses)
+    need_qkv = any(getattr(l, "needs_qkv", False) for l in losses)
     stateful = [cb for cb in callbacks if has_state(cb)]  # the record checks their classes match
     result = TrainResult(steps=0, wall_s=0.0)
     data = DataCursor(ploader)
@@ -250,11 +273,11 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
                 if hasattr(cb, "on_step_begin"):
                     cb.on_step_begin(step, acc.unwrap_model(pmodel))
             batch = next(data)
-            out_s = _forward(pmodel, batch, need_h, need_a)
+            out_s = _forward(pmodel, batch, need_h, need_a, acc.unwrap_model(pmodel) if need_qkv else None)
             out_t = None
             if teacher is not None:
                 with torch.no_grad():
-                    out_t = _forward(teacher, batch, need_h, need_a)
+                    out_t = _forward(teacher, batch, need_h, need_a, teacher if need_qkv else None)
             loss = sum(l.weight * l(out_s, out_t, batch) for l in losses)
             acc.backward(loss)
             if cfg.max_grad_norm:

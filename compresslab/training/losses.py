@@ -21,6 +21,9 @@ LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 
 
 class LossPlugin(Protocol):
+    """A loss term. ``needs_qkv`` (optional, default False) asks the loop for every layer's q/k/v
+    projection outputs as ``outputs.qkv``: a list over layers of ``(q, k, v)``, each ``(B, H, T, d_h)``."""
+
     weight: float
     needs_teacher: bool
     needs_hidden: bool
@@ -137,6 +140,85 @@ class EmbeddingKD:
         if self.kind == "mse":
             return F.mse_loss(es, et)
         return (1 - F.cosine_similarity(es, et, dim=-1)).mean()
+
+
+def _bibert_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """BiBERT's map: student layer ``l`` (0-based) reads teacher layer ``l·r + r − 1``, ``r = L_T / L_S``."""
+    if n_teacher % n_student:
+        raise ValueError(f"the teacher's depth ({n_teacher}) must be a multiple of the student's ({n_student})")
+    r = n_teacher // n_student
+    return [l * r + r - 1 for l in range(n_student)]
+
+
+def _unit(x: Tensor) -> Tensor:
+    """``x / ‖x‖_F`` with one norm over the whole tensor (batch, heads and tokens: §3.6 "norm scope")."""
+    return x / torch.linalg.vector_norm(x).clamp_min(1e-12)
+
+
+@dataclass
+class DirectionMatchingKD:
+    """BiBERT's DMD (ALGORITHMS.md §3.3): ``Σ_l Σ_{F∈{Q,K,V}} ‖P̃_F^S − P̃_F^T‖_F`` with
+    ``P_F = F·Fᵀ`` per head (``(B, H, T, T)``; the ``1/√d_h`` cancels under the normalization) and
+    ``P̃ = P/‖P‖_F`` over the whole tensor. An L2 norm, not squared; each term lies in [0, 2].
+    Computed on the *pre-sign* projections (the loop's ``qkv``); no gradient reaches the teacher.
+    Padded tokens are not masked, as in the reference (its ``≤ −100`` zeroing never fires on F·Fᵀ)."""
+
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = False
+    needs_attentions: bool = False
+    needs_qkv: bool = True
+
+    def __call__(self, student, teacher, batch):
+        qs, qt = student.qkv, teacher.qkv
+        terms = []
+        for l, g in enumerate(_bibert_layer_map(len(qs), len(qt))):
+            for fs, ft in zip(qs[l], qt[g]):
+                ps = _unit(torch.matmul(fs, fs.transpose(-1, -2)))
+                pt = _unit(torch.matmul(ft.detach(), ft.detach().transpose(-1, -2)))
+                terms.append(torch.linalg.vector_norm(ps - pt))
+        return torch.stack(terms).sum()
+
+
+@dataclass
+class NormalizedHiddenKD:
+    """BiBERT's hidden-state term (§3.3): ``Σ_{l=0..L} ‖h_S^l/‖h_S^l‖_F − h_T^{l·r}/‖h_T^{l·r}‖_F‖_F``
+    over the embedding output (l = 0) and every layer output, one norm per whole tensor."""
+
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = True
+    needs_attentions: bool = False
+
+    def __call__(self, student, teacher, batch):
+        hs, ht = student.hidden_states, teacher.hidden_states
+        ls, lt = len(hs) - 1, len(ht) - 1
+        if lt % ls:
+            raise ValueError(f"the teacher's depth ({lt}) must be a multiple of the student's ({ls})")
+        r = lt // ls
+        return sum(torch.linalg.vector_norm(_unit(hs[l]) - _unit(ht[l * r].detach())) for l in range(ls + 1))
+
+
+@dataclass
+class SoftCrossEntropyKD:
+    """BiBERT's prediction term (§3.3): ``mean over (batch × classes) of −softmax(z_T) ⊙ log_softmax(z_S)``
+    (T = 1; the mean also divides by the number of classes, as the reference does) plus
+    ``label_weight · CE(z_S, y)`` (0.5 in the reference); ``MSE(z_S, z_T)`` for regression."""
+
+    label_weight: float = 0.5
+    weight: float = 1.0
+    needs_teacher: bool = True
+    needs_hidden: bool = False
+    needs_attentions: bool = False
+
+    def __call__(self, student, teacher, batch):
+        zs, zt = student.logits, teacher.logits.detach()
+        if zs.shape[-1] == 1:
+            return F.mse_loss(zs, zt)
+        soft = (-torch.softmax(zt, -1) * F.log_softmax(zs, -1)).mean()
+        if self.label_weight:
+            soft = soft + self.label_weight * F.cross_entropy(zs, batch["labels"].long())
+        return soft
 
 
 def build_losses(hardness: float = 0.0, temperature: float = 2.0, hidden_weight: float = 0.0,

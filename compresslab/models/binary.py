@@ -1,0 +1,248 @@
+"""BiBERT's binarized modules (ALGORITHMS.md §3.2): ``BinaryLinear``, ``BinaryEmbedding`` and
+Bi-Attention, swapped into BERT, RoBERTa and DistilBERT through the architecture adapter.
+
+* ``BinaryLinear``: ``y = sign(x)·(α ⊙ sign(W − μ))ᵀ + b`` (activations and weights 1 bit, bias fp32);
+* ``BinaryEmbedding``: the word-embedding table, ``α_r · sign(E_r − μ_r)`` per row (position and
+  token-type tables stay full precision);
+* Bi-Attention: the model's attention function becomes :func:`compresslab.ops.binary.bi_attention`
+  (sign of Q, K, V; ``bool`` of the masked scores instead of softmax), registered with transformers'
+  ``AttentionInterface`` under :data:`BI_ATTENTION` so the Hugging Face layer code stays untouched;
+  each self-attention module carries ``binary_attention`` (``"bool"`` or ``"softmax"``).
+
+Two states, as for the fake-quant modules: **dynamic** (training: weights binarized every forward
+with the straight-through estimators; ``torch.sign`` ties, 0 stays 0) and **frozen**
+(:meth:`BinaryLinear.freeze`: the weight *is* ``α ⊙ s`` with ``s ∈ {±1}`` (ties 0 → +1), ``α`` rounded
+to float16 so the 1-bit packed file stores it exactly, a ``weight_alpha`` buffer; activations use
+ties 0 → +1, which is what a bit-packed kernel computes). The config stamp :data:`BINARY_KEY`
+records which modules are binary and the attention mode; :func:`apply_binary` rebuilds them on load.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compresslab.models.adapters import get_adapter
+from compresslab.ops.binary import bi_attention, binarize_weight, check_ties, hard_sign, sign_ste
+
+BINARY_KEY = "compresslab_binary"
+BI_ATTENTION = "compresslab_bi_attention"  # the attention-function name registered with transformers
+ATTENTION_MODES = ("bool", "softmax")
+
+
+class _BinaryWeight:
+    """State shared by the binary modules: a 2-D ``weight`` ``(rows, cols)`` binarized per row."""
+
+    weight: nn.Parameter
+    frozen: bool
+    ties: str
+
+    def _binary_weight(self) -> Tensor:
+        if self.frozen:
+            return self.weight
+        return binarize_weight(self.weight, self.ties)
+
+    def freeze(self) -> None:
+        """Fix ``α`` (float16-exact) and the signs (ties → +1); the weight becomes ``α ⊙ s`` (idempotent)."""
+        if self.frozen:
+            return
+        with torch.no_grad():
+            w = self.weight
+            alpha = w.abs().mean(dim=-1).half().float()  # exactly representable in the packed file
+            signs = hard_sign(w - w.mean(dim=-1, keepdim=True), "plus")
+            self.weight.copy_((alpha[:, None] * signs).to(w.dtype))
+        self.register_buffer("weight_alpha", alpha.to(self.weight.device))  # type: ignore[attr-defined]
+        self.frozen, self.ties = True, "plus"
+
+    def signs(self) -> Tensor:
+        """Bool ``(rows, cols)``: True where the frozen weight is ``+α`` (the 1-bit codes); RuntimeError if dynamic."""
+        if not self.frozen:
+            raise RuntimeError(f"{type(self).__name__}.signs() needs a frozen module (call freeze() after training)")
+        return self.weight > 0
+
+    def alpha(self) -> Tensor:
+        """Float32 ``(rows,)`` row scales of the frozen weight (float16-exact); RuntimeError if dynamic."""
+        if not self.frozen:
+            raise RuntimeError(f"{type(self).__name__}.alpha() needs a frozen module (call freeze() after training)")
+        return self.weight_alpha  # type: ignore[attr-defined]
+
+
+class BinaryLinear(_BinaryWeight, nn.Linear):
+    """``nn.Linear`` with 1-bit weights (rows centred, ``α`` = row mean |w|) and 1-bit inputs (§3.2)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device: Any = None,
+                 dtype: Any = None) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.frozen, self.ties = False, "zero"
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> "BinaryLinear":
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device=lin.weight.device,
+                  dtype=lin.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                new.bias.copy_(lin.bias)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        xb = hard_sign(x, self.ties) if self.frozen else sign_ste(x, self.ties)
+        return F.linear(xb, self._binary_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Linear.extra_repr(self)}, frozen={self.frozen}, ties={self.ties}"
+
+
+class BinaryEmbedding(_BinaryWeight, nn.Embedding):
+    """``nn.Embedding`` whose table is 1 bit per entry, ``α_r · sign(E_r − μ_r)`` per token row (§3.2)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
+                 device: Any = None, dtype: Any = None) -> None:
+        nn.Embedding.__init__(self, num_embeddings, embedding_dim, padding_idx=padding_idx, device=device,
+                              dtype=dtype)
+        self.frozen, self.ties = False, "zero"
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, name: str = "weight") -> "BinaryEmbedding":
+        if emb.max_norm is not None or emb.scale_grad_by_freq or emb.sparse:
+            raise ValueError(f"{name}: an nn.Embedding with max_norm/scale_grad_by_freq/sparse cannot be binarized")
+        new = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=emb.weight.device,
+                  dtype=emb.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(emb.weight)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.embedding(x, self._binary_weight(), self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Embedding.extra_repr(self)}, frozen={self.frozen}, ties={self.ties}"
+
+
+BinaryModule = BinaryLinear | BinaryEmbedding
+
+
+# ---------------------------------------------------------------------------------- Bi-Attention
+def _bi_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                          attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                          **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """transformers' attention-function signature (see ``eager_attention_forward``), binarized."""
+    mode = getattr(module, "binary_attention", None)
+    if mode is None:
+        raise RuntimeError(f"{type(module).__name__} runs under attn_implementation={BI_ATTENTION!r} but was not "
+                           f"binarized (no binary_attention attribute): binarize the model with binarize_model()")
+    ties = getattr(module, "binary_ties", "zero")
+    return bi_attention(query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                        training=module.training, mode=mode, ties=ties)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(BI_ATTENTION, _bi_attention_forward)
+    AttentionMaskInterface.register(BI_ATTENTION, eager_mask)  # additive float mask, as eager attention takes
+
+
+_register()
+
+
+# ---------------------------------------------------------------------------------- swap and stamp
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def default_targets(model: nn.Module, *, embeddings: bool = True, pooler: bool = True) -> dict[str, list[str]]:
+    """BiBERT's binarized modules: every encoder Linear, the pooler's Linear (BERT/RoBERTa) and the
+    word embeddings. The classifier head (and DistilBERT's ``pre_classifier``) stays full precision."""
+    ad = get_adapter(model)
+    linears = ad.encoder_linear_names()
+    if pooler and getattr(ad.base, "pooler", None) is not None:
+        linears.append(f"{ad.base_prefix}pooler.dense")
+    embs = [f"{ad.base_prefix}embeddings.word_embeddings"] if embeddings else []
+    return {"linears": linears, "embeddings": embs}
+
+
+def binarize_model(model: nn.Module, *, attention: str = "bool", linears: list[str] | None = None,
+                   embeddings: list[str] | None = None) -> dict[str, Any]:
+    """Swap the named modules for dynamic binary ones and set the attention function, in place.
+
+    ``linears`` / ``embeddings``: qualified names (default :func:`default_targets`). ``attention``:
+    ``"bool"`` (Bi-Attention) or ``"softmax"`` (binarized Q/K/V, softmax kept). Returns the stamp.
+    ValueError, before anything is swapped, for a name that is not an ``nn.Linear`` /
+    ``nn.Embedding`` (no binarized form exists for it), one already binary, or an unknown mode;
+    UnsupportedArchitectureError for an architecture without an adapter.
+    """
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention={attention!r}; allowed: {', '.join(ATTENTION_MODES)}")
+    targets = default_targets(model)
+    linears = targets["linears"] if linears is None else list(linears)
+    embeddings = targets["embeddings"] if embeddings is None else list(embeddings)
+    mods = dict(model.named_modules())
+    for name, kind in [(n, nn.Linear) for n in linears] + [(n, nn.Embedding) for n in embeddings]:
+        m = mods.get(name)
+        if m is None:
+            raise ValueError(f"{name!r} is not a module of {type(model).__name__}")
+        if isinstance(m, _BinaryWeight):
+            raise ValueError(f"{name!r} is already binarized")
+        if type(m) is not kind:
+            raise ValueError(f"{name!r} is a {type(m).__name__}, which has no binarized form (only nn.Linear and "
+                             f"nn.Embedding are binarized; the classifier head stays full precision)")
+    for n in linears:
+        _set_module(model, n, BinaryLinear.from_linear(mods[n]))
+    for n in embeddings:
+        _set_module(model, n, BinaryEmbedding.from_embedding(mods[n], n))
+    _set_attention(model, attention, ties="zero")
+    stamp = {"linears": linears, "embeddings": embeddings, "attention": attention}
+    model.config.__dict__[BINARY_KEY] = stamp
+    return stamp
+
+
+def _set_attention(model: nn.Module, mode: str, ties: str) -> None:
+    check_ties(ties)
+    for lv in get_adapter(model).layers():
+        lv.self_attn.binary_attention = mode
+        lv.self_attn.binary_ties = ties
+    model.config._attn_implementation = BI_ATTENTION
+
+
+def binary_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> every ``BinaryLinear`` / ``BinaryEmbedding`` in ``model``, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _BinaryWeight)}
+
+
+def freeze_binary(model: nn.Module) -> None:
+    """Freeze every binary module and switch attention to ties 0 → +1: the deployable model."""
+    for m in binary_modules(model).values():
+        m.freeze()
+    stamp = getattr(model.config, BINARY_KEY, None)
+    if stamp:
+        _set_attention(model, stamp["attention"], ties="plus")
+        model.config.__dict__[BINARY_KEY] = {**stamp, "frozen": True}
+
+
+def is_binary(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), BINARY_KEY, None))
+
+
+def apply_binary(model: nn.Module, stamp: Mapping[str, Any]) -> None:
+    """Rebuild the frozen binary modules a saved config names (the state dict, with ``weight_alpha``,
+    is loaded after). ValueError for a stamp that does not match the model (a mismatched config)."""
+    if not stamp.get("frozen"):
+        raise ValueError(f"config.{BINARY_KEY} describes a dynamic (training) binary model; only frozen models "
+                         f"are saved (freeze_binary() first)")
+    binarize_model(model, attention=stamp["attention"], linears=stamp["linears"], embeddings=stamp["embeddings"])
+    for m in binary_modules(model).values():
+        shape = m.weight.shape[0]
+        m.register_buffer("weight_alpha", torch.ones(shape, dtype=m.weight.dtype, device=m.weight.device))
+        m.frozen, m.ties = True, "plus"
+    _set_attention(model, stamp["attention"], ties="plus")
+    model.config.__dict__[BINARY_KEY] = dict(stamp)
+
+
+__all__ = ["ATTENTION_MODES", "BINARY_KEY", "BI_ATTENTION", "BinaryEmbedding", "BinaryLinear", "apply_binary",
+           "binarize_model", "binary_modules", "default_targets", "freeze_binary", "is_binary"]
