@@ -1,0 +1,199 @@
+"""BiBERT figures (issue #11) on the cached `bench` teacher, SST-2 (max length 64).
+
+Every run goes through the ``bibert`` pass (the one training loop, step checkpoints every 200
+steps: a stopped run resumes where it was when the same command is given again). Selection is on
+the validation split carved from train; dev is scored once per finished run. Resumable: finished
+items live in benchmarks/results/bibert.json and are skipped on rerun.
+
+    python benchmarks/bibert.py probe --steps 60              # s/step of each variant: sizes the budget
+    python benchmarks/bibert.py grid --variant bibert --steps 600 --lrs 5e-5 1e-4 2e-4
+    python benchmarks/bibert.py full --variant bibert --steps 3000   # LR = the variant's grid winner
+    python benchmarks/bibert.py summary                       # McNemar, ONNX, sizes, FLOPs, XNOR GEMM
+
+Variants (same budget, same LR grid): ``bibert`` (Bi-Attention + pred + hidden + DMD), ``naive``
+(softmax kept, logit KD only), ``no_biattention`` (softmax kept), ``no_dmd`` (DMD off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresslab.cli import setup_process
+from compresslab.config import compose
+from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bibert.json"
+WORK = Path(os.environ.get("BIBERT_BENCH_DIR", "outputs/bibert_bench")).resolve()
+VARIANTS: dict[str, dict[str, Any]] = {
+    "bibert": {},
+    "naive": {"attention": "softmax", "prediction": "logit_kd", "hidden_weight": 0.0, "dmd_weight": 0.0},
+    "no_biattention": {"attention": "softmax"},
+    "no_dmd": {"dmd_weight": 0.0},
+}
+BATCH, MAX_LEN = 16, 64
+log = logging.getLogger("bibert_bench")
+
+
+def _load() -> dict:
+    return read_json(RESULTS) if RESULTS.is_file() else {}
+
+
+def _store(path: str, value: Any) -> None:
+    data = _load()
+    node = data
+    *parents, last = path.split("/")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    atomic_write_json(RESULTS, data)
+
+
+def _get(path: str) -> Any:
+    node: Any = _load()
+    for p in path.split("/"):
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _teacher():
+    """(cfg, state) over the cached bench teacher (trained once, then found by content hash)."""
+    if not _STATE:
+        from compresslab.pipeline import teacher_state
+
+        cfg = compose(["+pipeline=bibert", "budget=bench"])
+        setup_process(cfg.run.get("threads"), int(cfg.seed))
+        state = teacher_state(cfg, WORK / "teacher")
+        _STATE.update(cfg=cfg, state=state)
+    return _STATE["cfg"], _STATE["state"]
+
+
+def _dev(model) -> Any:
+    from compresslab.eval.evaluate import predict, torch_forward
+
+    cfg, state = _teacher()
+    return predict(torch_forward(model), state.task.spec, state.task.dev, state.tokenizer,
+                   max_length=int(cfg.task.max_length))
+
+
+def _run(name: str, variant: str, lr: float, steps: int, eval_every: int) -> tuple[Any, Any]:
+    """One bibert pass run on a copy of the teacher; its step checkpoints live in WORK/name/step."""
+    import torch
+
+    from compresslab.passes.bibert import BiBert
+
+    _, state = _teacher()
+    model = copy.deepcopy(state.teacher)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ctx = state.context(WORK / name, WORK / name / "step")
+    (WORK / name / "step").mkdir(parents=True, exist_ok=True)
+    p = BiBert(lr=lr, steps=steps, batch_size=BATCH, max_length=MAX_LEN, eval_every=eval_every, **VARIANTS[variant])
+    log.info("%s: %s lr=%g steps=%d threads=%d", name, variant, lr, steps, torch.get_num_threads())
+    return model, p.apply(model, ctx)
+
+
+def _machine() -> dict[str, Any]:
+    from compresslab.bench.env import hardware_fingerprint
+
+    return {"hardware": hardware_fingerprint(), "load_avg": os.getloadavg()}
+
+
+def probe(args) -> None:
+    """Seconds per optimizer step of each variant (batch 16, length 64): sizes the budget."""
+    for v in args.variants:
+        key = f"budget/probe/{v}"
+        if _get(key) and not args.force:
+            continue
+        t0 = time.perf_counter()
+        _, res = _run(f"probe_{v}", v, 1e-4, args.steps, eval_every=args.steps)
+        tr = res.metrics["train"]
+        _store(key, {"steps": args.steps, "train_s": tr["wall_s"], "s_per_step": round(tr["wall_s"] / args.steps, 3),
+                     "cpu_s": tr["cpu_s_this_session"], "wall_s_with_eval": round(time.perf_counter() - t0, 1),
+                     **_machine()})
+
+
+def grid(args) -> None:
+    """Short runs at each LR; the validation score (best over the eval points) picks the LR."""
+    for lr in args.lrs:
+        key = f"lr_grid/{args.variant}/{lr:g}"
+        if _get(key):
+            continue
+        _, res = _run(f"grid_{args.variant}_{lr:g}_{args.steps}", args.variant, lr, args.steps, args.eval_every)
+        tr = res.metrics["train"]
+        _store(key, {"validation_score": res.metrics["selection"]["history"][-1]["score"],
+                     "best_validation_score": max(h["score"] for h in res.metrics["selection"]["history"]),
+                     "best_step": res.metrics["selection"]["best_step"], "steps": args.steps, "batch_size": BATCH,
+                     "train_s": tr["wall_s"], "cpu_s": tr["cpu_s_this_session"], **_machine()})
+
+
+def _best_lr(variant: str) -> float:
+    g = _get(f"lr_grid/{variant}")
+    if not g:
+        raise SystemExit(f"no LR grid for {variant}: run `grid --variant {variant}` first")
+    return float(max(g, key=lambda lr: g[lr]["best_validation_score"]))
+
+
+def full(args) -> None:
+    """The full run of one variant at its grid-chosen LR; dev scored once at the end."""
+    import compresslab
+    from compresslab.data.metrics import agreement
+
+    if _get(f"runs/{args.variant}") and not args.force:
+        return
+    lr = args.lr or _best_lr(args.variant)
+    name = f"full_{args.variant}_{lr:g}_{args.steps}"
+    model, res = _run(name, args.variant, lr, args.steps, args.eval_every)
+    cfg, state = _teacher()
+    s = _dev(model)
+    t = _dev(state.teacher)
+    out = WORK / name / "model"
+    compresslab.save(model, out, tokenizer=state.tokenizer, formats=res.formats)
+    np.save(WORK / name / "dev_preds.npy", s.predictions)
+    tr = res.metrics["train"]
+    _store("teacher_acc", t.metrics["score"])
+    _store(f"acc_{args.variant}", s.metrics["score"])
+    _store(f"runs/{args.variant}", {"steps": args.steps, "batch_size": BATCH, "lr": lr, "train_s": tr["wall_s"],
+                                    "cpu_s": tr["cpu_s_this_session"], "max_length": MAX_LEN,
+                                    "agreement_with_teacher": agreement(s.predictions, t.predictions),
+                                    "validation": res.metrics["validation_score"],
+                                    "best_step": res.metrics["selection"]["best_step"],
+                                    "history": res.metrics["selection"]["history"], "checkpoint": str(out),
+                                    **_machine()})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["probe", "grid", "full"])
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="bibert")
+    ap.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4])
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    {"probe": probe, "grid": grid, "full": full}[args.what](args)
+    _store("meta", {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872); selection on "
+                    "validation (carved from train)", "teacher": "finetune preset bench (cached)",
+                    "batch_size": BATCH, "max_length": MAX_LEN, **_machine(),
+                    "command": "python benchmarks/bibert.py probe|grid|full|summary"})
+    print(json.dumps({k: v for k, v in _load().items() if k != "meta"}, indent=1, default=str)[:3000])
+
+
+if __name__ == "__main__":
+    main()
