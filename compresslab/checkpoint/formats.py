@@ -2,8 +2,9 @@
 
 Each format names its file, how to write it from a model, and how to read a dense state dict
 back from the file alone (its metadata says how it was encoded), so :func:`compresslab.load`
-picks the decoder by the file it finds: ``sparse_int8`` (bitmask + int8, pruned models) and
-``packed_nbits`` (n-bit codes + fp16 scales + packed zero points, quantized models).
+picks the decoder by the file it finds: ``sparse_int8`` (bitmask + int8, pruned models),
+``packed_nbits`` (n-bit codes + fp16 scales + packed zero points, quantized models) and
+``packed_binary`` (1-bit signs + fp16 row scales, BiBERT's binarized models).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from compresslab.checkpoint.packed import PACKED_FILE, read_packed_state, save_packed
+from compresslab.checkpoint.packed import NBITS
+from compresslab.checkpoint.packed_binary import BINARY
 from compresslab.checkpoint.sparse_int8 import SPARSE_FILE, read_sparse_state, save_sparse
 
 
@@ -33,9 +35,7 @@ FORMATS: dict[str, Format] = {
     "sparse_int8": Format("sparse_int8", SPARSE_FILE,
                           lambda model, out_dir, tokenizer=None: save_sparse(model, out_dir, tokenizer=tokenizer),
                           read_sparse_state),
-    "packed_nbits": Format("packed_nbits", PACKED_FILE,
-                           lambda model, out_dir, tokenizer=None: save_packed(model, out_dir, tokenizer=tokenizer),
-                           read_packed_state),
+    **{p.name: Format(p.name, p.file, p.save, p.read_state) for p in (NBITS, BINARY)},  # checkpoint/packed.py
 }
 
 

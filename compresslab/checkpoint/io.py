@@ -3,7 +3,9 @@
 A checkpoint is config.json + model.safetensors + tokenizer files. When a pass changed shapes,
 ``config.json`` carries ``compresslab_structure`` (per-layer heads and FFN widths) so :func:`load`
 rebuilds the exact module shapes before loading the weights, and ``compresslab_quant`` names the
-n-bit ``FakeQuantLinear`` modules (bits, group shape) rebuilt frozen before their buffers load; a directory that holds only a
+n-bit ``FakeQuantLinear`` modules (bits, group shape) rebuilt frozen before their buffers load, and
+``compresslab_binary`` the frozen BiBERT modules (``BinaryLinear`` / ``BinaryEmbedding``) and the
+attention mode, rebuilt with Bi-Attention as the attention function; a directory that holds only a
 compressed encoding (e.g. ``model.sparse.safetensors``) is decoded through its format.
 """
 
@@ -15,10 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from compresslab.checkpoint.formats import FORMATS, write_formats
+from compresslab.checkpoint.packed_binary import stamp_binary
 from compresslab.models.adapters import check_supported
+from compresslab.models.binary import BINARY_KEY, apply_binary
 from compresslab.models.loading import TASK_KEY, CheckpointError, auto_class, read_config
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
 from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
@@ -39,7 +44,8 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
     """Save a model (and tokenizer) as safetensors + config, atomically, rebuildable by :func:`load`.
 
     ``formats`` names extra encodings to write beside the dense file (``checkpoint.FORMATS``, e.g.
-    ``["sparse_int8"]``); ValueError for an unknown name. Returns ``out_dir``.
+    ``["sparse_int8"]``); ValueError for an unknown name, and for a model that cannot be saved as it
+    runs (fake-quant or binary modules still dynamic: freeze them first). Returns ``out_dir``.
     """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +53,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
     try:
         stamp_structure(model)
         stamp_quant(model)
+        stamp_binary(model)
         # safe_serialization would refuse tied/shared tensors only; none in encoders
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -59,8 +66,21 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
     return final
 
 
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
+    """CheckpointError naming the tensors whose shapes in the file differ from the model built from config.json."""
+    have = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} in the file, {tuple(have[k].shape)} in the model"
+           for k, v in state.items() if k in have and tuple(v.shape) != tuple(have[k].shape)]
+    if bad:
+        raise CheckpointError(f"{weights} does not match its config.json (edited, or from another model?): "
+                              f"{len(bad)} tensor(s) differ in shape, e.g. {bad[:3]}")
+
+
 def load(path: str | os.PathLike, *, attn_implementation: str = "sdpa") -> nn.Module:
-    """Load any checkpoint compresslab saved, including shrunk ones plain ``from_pretrained`` rejects."""
+    """Load any checkpoint compresslab saved, including shrunk ones plain ``from_pretrained`` rejects.
+
+    ``attn_implementation`` applies to full-precision attention; a binarized (BiBERT) model always
+    runs its Bi-Attention function (``models.binary.BI_ATTENTION``), as it was saved."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
@@ -83,15 +103,22 @@ def load(path: str | os.PathLike, *, attn_implementation: str = "sdpa") -> nn.Mo
     config._attn_implementation = attn_implementation
     kind = raw.get(TASK_KEY, "classification")
     model = auto_class(kind).from_config(config)
-    if raw.get(STRUCTURE_KEY):
-        apply_structure(model, raw[STRUCTURE_KEY])
-    if raw.get(QUANT_KEY):
-        apply_quant(model, raw[QUANT_KEY])
+    try:
+        if raw.get(STRUCTURE_KEY):
+            apply_structure(model, raw[STRUCTURE_KEY])
+        if raw.get(QUANT_KEY):
+            apply_quant(model, raw[QUANT_KEY])
+        if raw.get(BINARY_KEY):
+            apply_binary(model, raw[BINARY_KEY])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / 'config.json'} does not fit the model it builds: {e}") from e
+    _check_shapes(model, state, weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # position_ids buffers and tied weights may be absent from the file; anything else is an error
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise CheckpointError(f"{weights} does not match its config: missing={missing[:5]} unexpected={unexpected[:5]}")
+        raise CheckpointError(f"{weights} does not match its config.json (its layers or compresslab_* "
+                              f"stamps edited, or from another model?): missing={missing[:5]} unexpected={unexpected[:5]}")
     return model.eval()
 
 
