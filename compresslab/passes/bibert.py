@@ -182,6 +182,10 @@ class BiBert:
             "binarized": {"linears": len(stamp["linears"]), "embeddings": stamp["embeddings"],
                           "attention": stamp["attention"]},
         }
+        from compresslab.checkpoint.packed_binary import binary_sizes
+
+        ps = binary_sizes(model)  # the report's Size table: fp32 dense vs the real 1-bit packed bytes
+        metrics["size"] = {k: {"encoder": ps[k]["encoder"], "total": ps[k]["file"]} for k in ("fp32", "packed_binary")}
         return PassResult(metrics=metrics, structure={"binary": {k: v for k, v in stamp.items()}},
                           formats=["packed_binary"])
 
