@@ -1,8 +1,9 @@
 """BiBERT's forward binarizers and straight-through estimators (ALGORITHMS.md §3.2; Qin et al., ICLR 2022).
 
-Every function is written in the "detach trick" form the reference code uses
-(``value.detach() − surrogate.detach() + surrogate``), so the forward value is the binarized one
-and the gradient is exactly autograd's gradient of the surrogate:
+Every function is written in a "detach trick" form, ``value.detach() + (surrogate − surrogate.detach())``:
+the bracket is exactly 0 in the forward pass, so the forward value is the binarized one bit for bit
+(the reference's ``value.detach() − surrogate.detach() + surrogate`` rounds, e.g. ``(α − c) + c ≠ α``
+in float32 for a weight scale α), and the gradient is exactly autograd's gradient of the surrogate:
 
 * activations ``x̂ = sign(x)``, surrogate ``clamp(x, −1, 1)``: the gradient passes where
   ``|x| ≤ 1`` and is 0 elsewhere;
@@ -40,16 +41,21 @@ def hard_sign(x: Tensor, ties: str = "zero") -> Tensor:
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
+def _straight_through(value: Tensor, surrogate: Tensor) -> Tensor:
+    """``value`` in the forward pass, exactly; the gradient of ``surrogate`` in the backward pass."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
 def sign_ste(x: Tensor, ties: str = "zero") -> Tensor:
     """``sign(x)`` forward; backward passes the gradient where ``|x| ≤ 1``, 0 elsewhere (§3.2)."""
     clipped = torch.clamp(x, -1.0, 1.0)
-    return hard_sign(x, ties).detach() - clipped.detach() + clipped
+    return _straight_through(hard_sign(x, ties), clipped)
 
 
 def bool_ste(s: Tensor) -> Tensor:
     """Bi-Attention's ``bool(s) = 1 if s > 0 else 0``; backward passes where ``|s| ≤ 1`` (§3.2)."""
     clipped = torch.clamp(s, -1.0, 1.0)
-    return (s > 0).to(s.dtype).detach() - clipped.detach() + clipped
+    return _straight_through((s > 0).to(s.dtype), clipped)
 
 
 def row_scale(w: Tensor) -> Tensor:
@@ -68,8 +74,7 @@ def binarize_weight(w: Tensor, ties: str = "zero") -> Tensor:
     alpha = row_scale(w)
     centred = w - w.mean(dim=-1, keepdim=True)
     clipped = torch.clamp(centred, -1.0, 1.0)
-    binary = (alpha * hard_sign(centred, ties)).detach()
-    return binary - clipped.detach() + clipped
+    return _straight_through(alpha * hard_sign(centred, ties), clipped)
 
 
 def bi_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, scaling: float | None = None,
