@@ -13,12 +13,15 @@ Two states, as for the fake-quant modules: **dynamic** (training: weights binari
 with the straight-through estimators; ``torch.sign`` ties, 0 stays 0) and **frozen**
 (:meth:`BinaryLinear.freeze`: the weight *is* ``α ⊙ s`` with ``s ∈ {±1}`` (ties 0 → +1), ``α`` rounded
 to float16 so the 1-bit packed file stores it exactly, a ``weight_alpha`` buffer; activations use
-ties 0 → +1, which is what a bit-packed kernel computes). The config stamp :data:`BINARY_KEY`
-records which modules are binary and the attention mode; :func:`apply_binary` rebuilds them on load.
+ties 0 → +1, which is what a bit-packed kernel computes; the FFN activation before a binary
+``ffn_out`` becomes :class:`SignInput`, since sign(GELU(h)) = sign(h) without GELU's float underflow
+at h < −5.54). The config stamp :data:`BINARY_KEY` records which modules are binary and the
+attention mode; :func:`apply_binary` rebuilds them on load.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import torch
@@ -135,6 +138,15 @@ def _bi_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: 
         raise RuntimeError(f"{type(module).__name__} runs under attn_implementation={BI_ATTENTION!r} but was not "
                            f"binarized (no binary_attention attribute): binarize the model with binarize_model()")
     ties = getattr(module, "binary_ties", "zero")
+    if mode == "bool" and ties == "plus" and not module.training:
+        # frozen Bi-Attention: bool(S·c + M) = bool(S + M/c) for c > 0, so the comparison is made on the
+        # integer S = sign(Q)·sign(K)ᵀ itself. S = 0 is common (d_h even) and stays exactly 0 in any
+        # runtime; scaled, it does not: OpenVINO folds c into an operand of the score MatMul, the
+        # ±c sums round, and S = 0 became ±1e-8 (bool 1 half the time) on every example
+        c = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling)
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            attention_mask = torch.clamp(attention_mask / c, min=torch.finfo(attention_mask.dtype).min)
+        scaling = 1.0
     return bi_attention(query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                         training=module.training, mode=mode, ties=ties)
 
@@ -223,6 +235,54 @@ def freeze_binary(model: nn.Module) -> None:
     if stamp:
         _set_attention(model, stamp["attention"], ties="plus")
         model.config.__dict__[BINARY_KEY] = {**stamp, "frozen": True}
+    _elide_ffn_activations(model)
+
+
+# Activations f with sign(f(h)) = sign(h) for every h (f(h) < 0 iff h < 0): the GELUs, SiLU, Mish, tanh.
+SIGN_PRESERVING_ACTIVATIONS = frozenset({"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate",
+                                         "gelu_python", "quick_gelu", "silu", "swish", "mish", "tanh"})
+_ACTIVATION_ATTRS = ("intermediate_act_fn", "activation")  # BERT/RoBERTa's BertIntermediate, DistilBERT's FFN
+
+
+class SignInput(nn.Identity):
+    """Stands in for the FFN activation ``f`` of a frozen binary model whose ``ffn_out`` is binary.
+
+    ``ffn_out`` reads only ``sign(f(h))``, which equals ``sign(h)`` for a sign-preserving ``f`` (GELU:
+    ``h·Φ(h) < 0`` iff ``h < 0``), so ``h`` is passed on unchanged. Computing ``f`` would let float
+    underflow decide signs: GELU(h) rounds to ``-0.0`` for ``h < -5.543``, which the deployed tie rule
+    (0 → +1) reads as +1, and torch's and ONNX Runtime's Erf put that threshold 5e-4 apart, so a frozen
+    model's ONNX export disagreed with torch on ~1 in 6 SST-2 examples (sign flips cascading).
+    """
+
+    def __init__(self, replaced: str = "") -> None:
+        super().__init__()
+        self.replaced = replaced
+
+    def extra_repr(self) -> str:
+        return f"replaces {self.replaced}: the next binary Linear reads sign(h) = sign({self.replaced}(h))"
+
+
+def _activation_name(config: Any) -> str | None:
+    act = getattr(config, "hidden_act", None) or getattr(config, "activation", None)
+    return act if isinstance(act, str) else None
+
+
+def _elide_ffn_activations(model: nn.Module) -> int:
+    """In each layer whose ``ffn_out`` is a frozen ``BinaryLinear``, replace the FFN activation by
+    :class:`SignInput` when the config's activation is sign-preserving (idempotent). Returns the count."""
+    act = _activation_name(model.config)
+    if act not in SIGN_PRESERVING_ACTIVATIONS:
+        return 0
+    n = 0
+    for lv in get_adapter(model).layers():
+        if not (isinstance(lv.ffn_out, BinaryLinear) and lv.ffn_out.frozen):
+            continue
+        owner = model.get_submodule(lv.names["ffn_in"].rpartition(".")[0])
+        attr = next((a for a in _ACTIVATION_ATTRS if hasattr(owner, a)), None)
+        if attr is not None and not isinstance(getattr(owner, attr), SignInput):
+            setattr(owner, attr, SignInput(act))
+            n += 1
+    return n
 
 
 def is_binary(model: nn.Module) -> bool:
@@ -242,7 +302,9 @@ def apply_binary(model: nn.Module, stamp: Mapping[str, Any]) -> None:
         m.frozen, m.ties = True, "plus"
     _set_attention(model, stamp["attention"], ties="plus")
     model.config.__dict__[BINARY_KEY] = dict(stamp)
+    _elide_ffn_activations(model)
 
 
 __all__ = ["ATTENTION_MODES", "BINARY_KEY", "BI_ATTENTION", "BinaryEmbedding", "BinaryLinear", "apply_binary",
-           "binarize_model", "binary_modules", "default_targets", "freeze_binary", "is_binary"]
+           "SIGN_PRESERVING_ACTIVATIONS", "SignInput", "binarize_model", "binary_modules", "default_targets",
+           "freeze_binary", "is_binary"]
