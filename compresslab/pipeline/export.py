@@ -56,6 +56,8 @@ def export(state: RunState, run_dir: Path, manifest: RunManifest) -> OnnxModel:
     log.info("export: ONNX (fp32, fused) with parity checks")
     res = export_dir(state.model, state, out)
     section["fp32"] = _export_record(res, run_dir)
+    if res.binary:
+        section["fp32"]["theoretical_flops"] = binary_flops(state.model, state.settings.max_length)
     if _torch_changed_after_teacher(manifest):
         tres = export_dir(state.teacher_or_initial(), state, out / "teacher")
         section["teacher_fp32"] = _export_record(tres, run_dir)
@@ -67,8 +69,21 @@ def _export_record(res: Any, run_dir: Path) -> dict[str, Any]:
     p = Path(res.onnx_path)
     return {"path": str(p.relative_to(run_dir)), "size_bytes": p.stat().st_size, "exporter": res.exporter,
             "fused_attention_nodes": res.fused_attention_nodes, "attention_heads": res.attention_heads,
-            "parity": {k: v for k, v in res.parity.items() if k != "unfused"},
-            "parity_unfused": res.parity.get("unfused")}
+            "parity": {k: v for k, v in res.parity.items() if k not in ("unfused", "notes")},
+            "parity_unfused": res.parity.get("unfused"), "binary": res.binary, "notes": list(res.notes)}
+
+
+def binary_flops(model: Any, max_length: int) -> dict[str, Any]:
+    """BiBERT's theoretical FLOPs accounting (``bench.flops``) at the task's max length and at 128
+    (the speed shapes' length), per sequence, without the per-module table."""
+    from compresslab.bench.flops import max_seq_len, theoretical_flops
+
+    limit = max_seq_len(model)
+    out = {}
+    for seq in sorted(s for s in {int(max_length), 128} if limit is None or s <= limit):
+        f = theoretical_flops(model, seq)
+        out[f"s{seq}"] = {k: v for k, v in f.items() if k != "per_module"}
+    return out
 
 
 def teacher_onnx(run_dir: Path, manifest: RunManifest) -> Path:

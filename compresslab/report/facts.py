@@ -95,6 +95,13 @@ def step_label(s: Mapping[str, Any]) -> str:
     return f"{label} ({pname})" if pname and pname != name else label
 
 
+def binary_model(m: Mapping[str, Any]) -> bool:
+    """Whether the final model is binarized (a step left binary modules, or the export says so):
+    drives the no-1-bit-kernels note."""
+    return bool(get(m, "export", "fp32", "binary")) or any(get(s, "result", "structure", "binary")
+                                                           for s in steps(m))
+
+
 def sparsity_steps(m: Mapping[str, Any]) -> bool:
     """Whether any step left non-zero sparsity (drives the dense-kernel note)."""
     return any((num(get(s, "metrics_after", "sparsity")) or 0.0) > 0 for s in steps(m))

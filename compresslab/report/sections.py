@@ -245,7 +245,10 @@ def _export(m: Mapping[str, Any]) -> list[Block]:
     parity = F.as_dict(F.get(exp, "fp32", "parity"))
     if parity:
         diff, atol = F.num(parity.get("max_abs_diff")), F.num(parity.get("atol"))
-        verdict = DASH if diff is None or atol is None else "ok" if diff <= atol else "FAILED"
+        if isinstance(parity.get("passed"), bool):  # a rule other than max |diff| <= atol (binary models)
+            verdict = "ok" if parity["passed"] else "FAILED"
+        else:
+            verdict = DASH if diff is None or atol is None else "ok" if diff <= atol else "FAILED"
         out.append(Table(["check", "value"], [["verdict", verdict]] +
                          [[k, plain(v)] for k, v in parity.items()],
                          "ONNX Runtime vs PyTorch outputs on the fp32 export."))
@@ -308,8 +311,34 @@ def _deepsparse(ds: Mapping[str, Any]) -> list[Block]:
     return out + ([Bullets(notes)] if notes else [])
 
 
+# when a binary run's export left no note of its own (e.g. the export has not run)
+NO_1BIT_KERNELS = ("ONNX Runtime has no 1-bit kernels: the binary model runs as fp32 MatMuls on ±1 values, so "
+                   "its ORT speed is fp32 speed; 1 bit per weight is storage, and FLOPs savings are theoretical.")
+
+
+def _binary_notes(m: Mapping[str, Any]) -> list[str]:
+    """The no-1-bit-kernels statement and the theoretical FLOPs of a binary model."""
+    if not F.binary_model(m):
+        return []
+    notes = [str(n) for n in (F.get(m, "export", "fp32", "notes") or []) if n] or [NO_1BIT_KERNELS]
+    par = F.as_dict(F.get(m, "export", "fp32", "parity"))
+    if par.get("examples_over_atol"):
+        notes.append(f"Sign flips: {plain(par.get('examples_over_atol'))} of {plain(par.get('n_examples'))} parity "
+                     f"examples differ from torch past atol {plain(par.get('atol'))} (max |Δlogits| "
+                     f"{plain(par.get('max_abs_diff'))}, argmax agreement {plain(par.get('argmax_agreement'))}): a "
+                     f"pre-sign value within rounding of 0 took another sign in ORT and the flip cascaded.")
+    for key, f in F.as_dict(F.get(m, "export", "fp32", "theoretical_flops")).items():
+        f = F.as_dict(f)
+        fp32, flops = F.num(f.get("flops_fp32")), F.num(f.get("flops"))
+        notes.append(f"Theoretical FLOPs per sequence at {key} (binary MACs count 1/64, BiBERT's accounting; "
+                     f"not measured): {plain(fp32 / 1e9 if fp32 else None)} G fp32 vs "
+                     f"{plain(flops / 1e9 if flops else None)} G binary, {times(F.num(f.get('flops_ratio')))}.")
+    return notes
+
+
 def _notes(m: Mapping[str, Any]) -> list[Block]:
     notes = [str(n) for n in (F.get(m, "bench", "notes") or []) if n]
+    notes += _binary_notes(m)
     deployed = str(F.get(m, "export", "deployed", "label") or "")
     if F.sparsity_steps(m) and (not deployed or deployed.startswith("ort")):
         notes.append("ORT runs sparse weights with dense kernels: zeros shrink the compressed "
