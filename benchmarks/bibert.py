@@ -89,7 +89,7 @@ def _dev(model) -> Any:
                    max_length=int(cfg.task.max_length))
 
 
-def _run(name: str, variant: str, lr: float, steps: int, eval_every: int) -> tuple[Any, Any]:
+def _run(name: str, variant: str, lr: float, steps: int, eval_every: int, **kw: Any) -> tuple[Any, Any]:
     """One bibert pass run on a copy of the teacher; its step checkpoints live in WORK/name/step."""
     import torch
 
@@ -101,7 +101,8 @@ def _run(name: str, variant: str, lr: float, steps: int, eval_every: int) -> tup
         p.requires_grad_(True)
     ctx = state.context(WORK / name, WORK / name / "step")
     (WORK / name / "step").mkdir(parents=True, exist_ok=True)
-    p = BiBert(lr=lr, steps=steps, batch_size=BATCH, max_length=MAX_LEN, eval_every=eval_every, **VARIANTS[variant])
+    p = BiBert(lr=lr, steps=steps, batch_size=BATCH, max_length=MAX_LEN, eval_every=eval_every, **VARIANTS[variant],
+               **kw)
     log.info("%s: %s lr=%g steps=%d threads=%d", name, variant, lr, steps, torch.get_num_threads())
     return model, p.apply(model, ctx)
 
@@ -119,7 +120,7 @@ def probe(args) -> None:
         if _get(key) and not args.force:
             continue
         t0 = time.perf_counter()
-        _, res = _run(f"probe_{v}", v, 1e-4, args.steps, eval_every=args.steps)
+        _, res = _run(f"probe_{v}", v, 1e-4, args.steps, eval_every=args.steps, eval_examples=16)
         tr = res.metrics["train"]
         _store(key, {"steps": args.steps, "train_s": tr["wall_s"], "s_per_step": round(tr["wall_s"] / args.steps, 3),
                      "cpu_s": tr["cpu_s_this_session"], "wall_s_with_eval": round(time.perf_counter() - t0, 1),
@@ -175,19 +176,88 @@ def full(args) -> None:
                                     **_machine()})
 
 
+def _dev_batches(n: int, batch_size: int = 16) -> list[dict]:
+    from compresslab.data.loaders import make_loader
+
+    cfg, state = _teacher()
+    return [{k: v for k, v in b.items() if k != "labels"}
+            for b in make_loader(list(state.task.dev[:n]), state.tokenizer, batch_size, int(cfg.task.max_length),
+                                 kind=state.task.spec.kind)]
+
+
+def summary(args) -> None:
+    """From the finished full runs: McNemar of each ablation vs BiBERT, the BiBERT ONNX export (parity,
+    dev score, agreement with torch), tie handling, sizes, theoretical FLOPs, the XNOR GEMM figures."""
+    import compresslab
+    from compresslab.bench.flops import flops_ratio
+    from compresslab.checkpoint.packed_binary import binary_sizes
+    from compresslab.data.metrics import agreement, mcnemar_pvalue
+    from compresslab.eval.evaluate import onnx_forward, predict
+    from compresslab.eval.onnx_runner import OnnxRunner
+    from compresslab.export.onnx import export_model
+    from compresslab.models.binary import binary_modules
+
+    cfg, state = _teacher()
+    labels = np.array([e.label for e in state.task.dev])
+    runs = _get("runs") or {}
+    if "bibert" not in runs:
+        raise SystemExit("no full BiBERT run yet: `full --variant bibert` first")
+    preds = {v: np.load(Path(r["checkpoint"]).parent / "dev_preds.npy") for v, r in runs.items()}
+    _store("mcnemar_p", {v: mcnemar_pvalue(preds[v] == labels, preds["bibert"] == labels)
+                         for v in ("no_biattention", "no_dmd", "naive") if v in preds})
+    src = Path(runs["bibert"]["checkpoint"])
+    model = compresslab.load(src)
+    out = src.parent / "onnx"
+    if not (out / "model.onnx").is_file():
+        export_model(model, state.tokenizer, out, _dev_batches(64), optimize=False)
+    parity = read_json(out / "parity.json") if (out / "parity.json").is_file() else None
+    onnx_pred = predict(onnx_forward(OnnxRunner(out / "model.onnx", threads=2)), state.task.spec, state.task.dev,
+                        state.tokenizer, max_length=int(cfg.task.max_length))
+    _store("onnx_acc", onnx_pred.metrics["score"])
+    _store("onnx_agreement_with_torch", agreement(onnx_pred.predictions, preds["bibert"]))
+    _store("onnx", {"file": str(out / "model.onnx"), "parity": parity,
+                    "note": "ONNX Runtime has no 1-bit kernels: the graph runs fp32 MatMuls on +-1 values"})
+    # ties: the frozen model maps sign(0) -> +1; the same weights with torch.sign ties (0 stays 0)
+    for m in binary_modules(model).values():
+        m.ties = "zero"
+    for lv_mod in model.modules():
+        if hasattr(lv_mod, "binary_ties"):
+            lv_mod.binary_ties = "zero"
+    zero = _dev(model)
+    _store("ties", {"acc_ties_plus": float((preds["bibert"] == labels).mean()), "acc_ties_zero": zero.metrics["score"],
+                    "agreement": agreement(zero.predictions, preds["bibert"]),
+                    "trained_with": "plus (0 -> +1, as deployed)"})
+    model = compresslab.load(src)
+    sizes = binary_sizes(model)
+    _store("size_bytes_packed", {"encoder": sizes["packed_binary"]["encoder"], "total": sizes["packed_binary"]["file"]})
+    _store("size_bytes_fp32", {"encoder": sizes["fp32"]["encoder"], "total": sizes["fp32"]["file"]})
+    _store("size_ratio", {"encoder": sizes["fp32"]["encoder"] / sizes["packed_binary"]["encoder"],
+                          "total": sizes["fp32"]["file"] / sizes["packed_binary"]["file"]})
+    _store("flops", flops_ratio(model, seq_len=MAX_LEN))
+    _store("flops_ratio", _get("flops")["flops_ratio"])
+    xnor = Path(__file__).resolve().parent / "results" / "xnor_gemm.json"
+    if xnor.is_file():
+        x = read_json(xnor)
+        for k in ("xnor_gemm_speedup_vs_fp32", "xnor_gemm_speedup_vs_int8"):
+            _store(k, x.get(k))
+    _store("budget/full", {"steps": args.steps, "batch_size": BATCH, "max_length": MAX_LEN,
+                           "grid_steps": args.grid_steps, "lr_grid": args.lrs})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["probe", "grid", "full"])
+    ap.add_argument("what", choices=["probe", "grid", "full", "summary"])
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="bibert")
     ap.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4])
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--grid-steps", type=int, default=None, help="summary: the grid runs' steps (recorded)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    {"probe": probe, "grid": grid, "full": full}[args.what](args)
+    {"probe": probe, "grid": grid, "full": full, "summary": summary}[args.what](args)
     _store("meta", {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872); selection on "
                     "validation (carved from train)", "teacher": "finetune preset bench (cached)",
                     "batch_size": BATCH, "max_length": MAX_LEN, **_machine(),

@@ -180,11 +180,14 @@ def default_targets(model: nn.Module, *, embeddings: bool = True, pooler: bool =
 
 
 def binarize_model(model: nn.Module, *, attention: str = "bool", linears: list[str] | None = None,
-                   embeddings: list[str] | None = None) -> dict[str, Any]:
+                   embeddings: list[str] | None = None, ties: str = "zero") -> dict[str, Any]:
     """Swap the named modules for dynamic binary ones and set the attention function, in place.
 
     ``linears`` / ``embeddings``: qualified names (default :func:`default_targets`). ``attention``:
-    ``"bool"`` (Bi-Attention) or ``"softmax"`` (binarized Q/K/V, softmax kept). Returns the stamp.
+    ``"bool"`` (Bi-Attention) or ``"softmax"`` (binarized Q/K/V, softmax kept). ``ties``: how the
+    dynamic (training) model signs an exact 0: ``"zero"`` (``torch.sign``, the reference code) or
+    ``"plus"`` (0 → +1, what the frozen, deployed model computes; ``A·sign(V)`` is an integer, so exact
+    zeros reach the output projection often). Returns the stamp.
     ValueError, before anything is swapped, for a name that is not an ``nn.Linear`` /
     ``nn.Embedding`` (no binarized form exists for it), one already binary, or an unknown mode;
     UnsupportedArchitectureError for an architecture without an adapter.
@@ -204,11 +207,14 @@ def binarize_model(model: nn.Module, *, attention: str = "bool", linears: list[s
         if type(m) is not kind:
             raise ValueError(f"{name!r} is a {type(m).__name__}, which has no binarized form (only nn.Linear and "
                              f"nn.Embedding are binarized; the classifier head stays full precision)")
+    check_ties(ties)
     for n in linears:
         _set_module(model, n, BinaryLinear.from_linear(mods[n]))
     for n in embeddings:
         _set_module(model, n, BinaryEmbedding.from_embedding(mods[n], n))
-    _set_attention(model, attention, ties="zero")
+    for n in linears + embeddings:
+        model.get_submodule(n).ties = ties
+    _set_attention(model, attention, ties=ties)
     stamp = {"linears": linears, "embeddings": embeddings, "attention": attention}
     model.config.__dict__[BINARY_KEY] = stamp
     return stamp

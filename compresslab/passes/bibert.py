@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from compresslab.ops.binary import TIES
 from compresslab.models.binary import binarize_model, binary_modules, default_targets, freeze_binary
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
@@ -59,7 +60,9 @@ class BiBert:
     (null = the task's), peak ``lr`` with ``warmup_ratio`` linear warm-up then linear decay, AdamW
     with ``weight_decay`` (none on biases and LayerNorms). Every ``eval_every`` steps the model is
     scored on (the first ``eval_examples`` of) the validation split and the best weights are kept.
-    Losses: ``prediction`` (+ ``label_weight``·CE for ``bibert``), ``hidden_weight`` × normalized
+    ``ties``: sign of an exact 0 while training: ``plus`` (0 → +1, as the frozen model deploys; default)
+    or ``zero`` (``torch.sign``, the reference code: the frozen model then differs where a zero
+    occurs, often at the output projection, whose input ``A·sign(V)`` is an integer). Losses: ``prediction`` (+ ``label_weight``·CE for ``bibert``), ``hidden_weight`` × normalized
     hidden-state KD, ``dmd_weight`` × direction-matching KD (0 turns a term off).
     """
 
@@ -71,6 +74,7 @@ class BiBert:
     temperature: float = 2.0  # logit_kd only (BiBERT's own prediction loss uses T = 1)
     embeddings: bool = True
     pooler: bool = True
+    ties: str = "plus"
     steps: int = 1000
     lr: float = 1e-4
     batch_size: int = 16
@@ -87,6 +91,9 @@ class BiBert:
     def __post_init__(self) -> None:
         self.attention = coerce_enum(Attention, self.attention, "attention")
         self.prediction = coerce_enum(Prediction, self.prediction, "prediction")
+        if self.ties not in TIES:
+            raise ValueError(f"bibert.ties={self.ties!r}; allowed: 'plus' (train as deployed: 0 -> +1) or 'zero' "
+                             f"(torch.sign, the reference code; the frozen model still maps 0 -> +1)")
         check_bools(self, "embeddings", "pooler")
         for f in ("label_weight", "hidden_weight", "dmd_weight", "weight_decay", "warmup_ratio"):
             v = getattr(self, f)
@@ -146,7 +153,7 @@ class BiBert:
         self.check(ctx.task)
         teacher = ctx.kd_teacher(model)  # before the swap: the frozen fine-tuned model
         targets = default_targets(model, embeddings=self.embeddings, pooler=self.pooler)
-        stamp = binarize_model(model, attention=self.attention.value, **targets)
+        stamp = binarize_model(model, attention=self.attention.value, ties=self.ties, **targets)
         tctx = dataclasses.replace(ctx, max_length=self.max_length or ctx.max_length)
         loader = tctx.train_loader(batch_size=self.batch_size)
         val = ctx.task.validation if self.eval_examples is None else ctx.task.validation[:self.eval_examples]
@@ -177,8 +184,8 @@ class BiBert:
                       "cpu_s_this_session": round(cpu_s, 1), "threads": torch.get_num_threads()},
             "selection": {"split": "validation", "examples": len(val), "best_step": select.best_step,
                           "history": select.history},
-            # sign ties: training uses torch.sign (0 stays 0); the frozen model maps 0 -> +1
-            "validation_score": {"ties_zero": dynamic, "ties_plus_frozen": frozen},
+            # the best trained model (ties as trained) and the frozen one (alpha in fp16, ties 0 -> +1)
+            "validation_score": {"trained": dynamic, "frozen": frozen, "trained_ties": self.ties},
             "binarized": {"linears": len(stamp["linears"]), "embeddings": stamp["embeddings"],
                           "attention": stamp["attention"]},
         }

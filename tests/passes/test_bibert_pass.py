@@ -99,6 +99,7 @@ def test_a_stopped_run_resumes_from_its_step_checkpoint(tiny_ctx, monkeypatch):
     ({"warmup_ratio": 1.0}, "warmup_ratio"),
     ({"embeddings": "yes"}, "embeddings"),
     ({"max_length": 0}, "max_length"),
+    ({"ties": "minus"}, "ties"),
 ])
 def test_bad_settings_are_refused_at_construction(kw, match):
     with pytest.raises(ValueError, match=match):
