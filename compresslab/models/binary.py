@@ -119,7 +119,14 @@ class BinaryEmbedding(_BinaryWeight, nn.Embedding):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.embedding(x, self._binary_weight(), self.padding_idx)
+        if self.frozen:
+            return F.embedding(x, self.weight, self.padding_idx)
+        # Each binarized row depends on its own row only (α_r, μ_r), so binarizing the looked-up rows
+        # equals looking up the binarized table, forward and gradient, at (tokens × dim) cost instead
+        # of (vocab × dim) per step (30522 × 384 for MiniLM).
+        rows = F.embedding(x, self.weight, self.padding_idx)
+        flat = rows.reshape(-1, rows.shape[-1])
+        return binarize_weight(flat, self.ties).reshape(rows.shape)
 
     def extra_repr(self) -> str:
         return f"{nn.Embedding.extra_repr(self)}, frozen={self.frozen}, ties={self.ties}"
