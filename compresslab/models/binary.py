@@ -222,6 +222,8 @@ def binarize_model(model: nn.Module, *, attention: str = "bool", linears: list[s
     for n in linears + embeddings:
         model.get_submodule(n).ties = ties
     _set_attention(model, attention, ties=ties)
+    if ties == "plus":
+        _keep_ffn_signs(model)
     stamp = {"linears": linears, "embeddings": embeddings, "attention": attention}
     model.config.__dict__[BINARY_KEY] = stamp
     return stamp
@@ -278,6 +280,49 @@ class SignInput(nn.Identity):
 def _activation_name(config: Any) -> str | None:
     act = getattr(config, "hidden_act", None) or getattr(config, "activation", None)
     return act if isinstance(act, str) else None
+
+
+class SignKeepingActivation(nn.Module):
+    """Wraps the sign-preserving FFN activation ``f`` of a *training* binary model with ties "plus":
+    where ``f(h)`` underflowed to 0 although ``h < 0`` (GELU: ``h < −5.54``), it returns the smallest
+    negative normal float instead, so the next binary Linear reads ``sign(f(h)) = sign(h) = −1``, as the
+    frozen model (:class:`SignInput`) does, rather than the tie rule's +1. The gradient there is 0
+    (GELU's slope is below 1e-6 at those points)."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h: Tensor) -> Tensor:
+        y = self.fn(h)
+        tiny = -torch.finfo(y.dtype).tiny
+        return torch.where((h < 0) & (y == 0), torch.full_like(y, tiny), y)
+
+
+def _ffn_activation_slots(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    """(owner module, attribute, layer view) of each layer's FFN activation whose ``ffn_out`` is binary,
+    when the config's activation is sign-preserving; [] otherwise."""
+    if _activation_name(model.config) not in SIGN_PRESERVING_ACTIVATIONS:
+        return []
+    out = []
+    for lv in get_adapter(model).layers():
+        if not isinstance(lv.ffn_out, BinaryLinear):
+            continue
+        owner = model.get_submodule(lv.names["ffn_in"].rpartition(".")[0])
+        attr = next((a for a in _ACTIVATION_ATTRS if hasattr(owner, a)), None)
+        if attr is not None:
+            out.append((owner, attr, lv))
+    return out
+
+
+def _keep_ffn_signs(model: nn.Module) -> int:
+    """Training with ties "plus": wrap each binary layer's FFN activation in :class:`SignKeepingActivation`."""
+    n = 0
+    for owner, attr, _ in _ffn_activation_slots(model):
+        if not isinstance(getattr(owner, attr), (SignKeepingActivation, SignInput)):
+            setattr(owner, attr, SignKeepingActivation(getattr(owner, attr)))
+            n += 1
+    return n
 
 
 def _elide_ffn_activations(model: nn.Module) -> int:
