@@ -56,7 +56,11 @@ def test_pipeline_end_to_end_with_every_stage(pipeline, tmp_path, data_root):
     assert m["steps"] and all(s["status"] == "done" for s in m["steps"]), [(s["name"], s["status"]) for s in m["steps"]]
     assert (run_dir / "report.md").is_file() and (run_dir / "report.md").stat().st_size > 0
 
-    assert m["export"]["fp32"]["parity"]["max_abs_diff"] <= m["export"]["fp32"]["parity"]["atol"]
+    parity = m["export"]["fp32"]["parity"]
+    if "rule" in parity:  # a binary model: sign flips allowed on a few examples, judged by its own rule
+        assert parity["passed"] and parity["argmax_agreement"] >= 0.9, parity
+    else:
+        assert parity["max_abs_diff"] <= parity["atol"], parity
     assert (run_dir / "export" / "model.onnx").is_file()
 
     ev = m["eval"]["models"]
