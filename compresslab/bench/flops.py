@@ -29,13 +29,12 @@ decimal; the same rule without that rounding gives just under 64×.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from compresslab.models.adapters import get_adapter
-from compresslab.models.binary import BinaryLinear
+
+if TYPE_CHECKING:  # bench/ modules import no heavy library at module level
+    from torch import nn
 
 BOPS_PER_FLOP = 64  # a 64-bit word holds 64 binary multiply-accumulates
 CONVENTION = ("FLOPs = 2 x MACs of full-precision matmuls + BOPs/64 (BOPs = 2 x binary MACs); matmuls only "
@@ -44,6 +43,11 @@ CONVENTION = ("FLOPs = 2 x MACs of full-precision matmuls + BOPs/64 (BOPs = 2 x 
 
 def _linear_macs(model: nn.Module, seq_len: int, batch_size: int) -> dict[str, tuple[int, bool]]:
     """Qualified name -> (MACs, binary) of every ``nn.Linear`` a forward pass actually runs."""
+    import torch
+    from torch import nn
+
+    from compresslab.models.binary import BinaryLinear
+
     seen: dict[str, tuple[int, bool]] = {}
     hooks = []
     for name, mod in model.named_modules():
