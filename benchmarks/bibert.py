@@ -6,7 +6,7 @@ the validation split carved from train; dev is scored once per finished run. Res
 items live in benchmarks/results/bibert.json and are skipped on rerun.
 
     python benchmarks/bibert.py probe --steps 60              # s/step of each variant: sizes the budget
-    python benchmarks/bibert.py grid --variant bibert --steps 600 --lrs 5e-5 1e-4 2e-4
+    python benchmarks/bibert.py grid --variant bibert --steps 600 --lrs 1e-3 3e-3 1e-2
     python benchmarks/bibert.py full --variant bibert --steps 3000   # LR = the variant's grid winner
     python benchmarks/bibert.py summary                       # McNemar, ONNX, sizes, FLOPs, XNOR GEMM
 
@@ -250,7 +250,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="bibert")
     ap.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--grid-steps", type=int, default=None, help="summary: the grid runs' steps (recorded)")
