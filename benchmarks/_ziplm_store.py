@@ -7,24 +7,22 @@ from typing import Any
 
 from compresslab.manifest import atomic_write_json, read_json, sha256_file
 
+from _results import ResultsFile  # sibling module (script dir)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ziplm.json"
+_RESULTS = ResultsFile(RESULTS)
 PROV = "bench_source.json"  # provenance tag written into every model / export dir we make
 
 
 def _load() -> dict:
-    return read_json(RESULTS) if RESULTS.is_file() else {}
+    return _RESULTS.load()
 
 
 def _put(*path_and_value: Any) -> None:
     """``_put("a", "b", v)`` sets ``data["a"]["b"] = v`` and writes the file atomically."""
     *path, value = path_and_value
-    data = _load()
-    node = data
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-    node[path[-1]] = value
-    atomic_write_json(RESULTS, data)
+    _RESULTS.put(path, value)
 
 
 def tk(t: float) -> str:

@@ -29,9 +29,12 @@ import numpy as np
 
 from compresslab.cli import setup_process
 from compresslab.config import compose
-from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+from compresslab.manifest import git_sha, library_versions, read_json
+
+from _results import ResultsFile  # sibling module (script dir)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bibert.json"
+_RESULTS = ResultsFile(RESULTS)
 WORK = Path(os.environ.get("BIBERT_BENCH_DIR", "outputs/bibert_bench")).resolve()
 VARIANTS: dict[str, dict[str, Any]] = {
     "bibert": {},
@@ -44,26 +47,16 @@ log = logging.getLogger("bibert_bench")
 
 
 def _load() -> dict:
-    return read_json(RESULTS) if RESULTS.is_file() else {}
+    return _RESULTS.load()
 
 
 def _store(path: str, value: Any) -> None:
-    data = _load()
-    node = data
-    *parents, last = path.split("/")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
-    atomic_write_json(RESULTS, data)
+    """Store ``value`` at the slash-separated ``path`` (e.g. "lr_grid/bibert/0.001")."""
+    _RESULTS.put(path.split("/"), value)
 
 
 def _get(path: str) -> Any:
-    node: Any = _load()
-    for p in path.split("/"):
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return node
+    return _RESULTS.get(path.split("/"))
 
 
 _STATE: dict[str, Any] = {}

@@ -27,16 +27,19 @@ import numpy as np
 
 from compresslab.cli import setup_process
 from compresslab.config import compose
-from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+from compresslab.manifest import git_sha, library_versions, read_json
+
+from _results import ResultsFile  # sibling module (script dir)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hessian_mp.json"
+_RESULTS = ResultsFile(RESULTS)
 WORK = Path(os.environ.get("HAWQ_BENCH_DIR", "outputs/hawq_bench")).resolve()
 BLOCK = 64
 log = logging.getLogger("hessian_mp")
 
 
 def _load() -> dict:
-    return read_json(RESULTS) if RESULTS.is_file() else {}
+    return _RESULTS.load()
 
 
 def _keys(path: str) -> list[str]:
@@ -52,22 +55,11 @@ def _keys(path: str) -> list[str]:
 
 def _store(path: str, value: Any) -> None:
     """Store ``value`` at dotted ``path`` (e.g. "acc_uniform.4", "acc_mp.2.5")."""
-    data = _load()
-    node = data
-    *parents, last = _keys(path)
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
-    atomic_write_json(RESULTS, data)
+    _RESULTS.put(_keys(path), value)
 
 
 def _has(path: str) -> bool:
-    node: Any = _load()
-    for p in _keys(path):
-        if not isinstance(node, dict) or p not in node:
-            return False
-        node = node[p]
-    return True
+    return _RESULTS.has(_keys(path))
 
 
 _STATE: dict[str, Any] = {}
