@@ -182,13 +182,13 @@ def summary(args) -> None:
     """From the finished full runs: McNemar of each ablation vs BiBERT, the BiBERT ONNX export (parity,
     dev score, agreement with torch), tie handling, sizes, theoretical FLOPs, the XNOR GEMM figures."""
     import compresslab
-    from compresslab.bench.flops import flops_ratio
     from compresslab.checkpoint.packed_binary import binary_sizes
     from compresslab.data.metrics import agreement, mcnemar_pvalue
     from compresslab.eval.evaluate import onnx_forward, predict
     from compresslab.eval.onnx_runner import OnnxRunner
     from compresslab.export.onnx import export_model
     from compresslab.models.binary import binary_modules
+    from compresslab.pipeline.export import binary_flops
 
     cfg, state = _teacher()
     labels = np.array([e.label for e in state.task.dev])
@@ -226,8 +226,9 @@ def summary(args) -> None:
     _store("size_bytes_fp32", {"encoder": sizes["fp32"]["encoder"], "total": sizes["fp32"]["file"]})
     _store("size_ratio", {"encoder": sizes["fp32"]["encoder"] / sizes["packed_binary"]["encoder"],
                           "total": sizes["fp32"]["file"] / sizes["packed_binary"]["file"]})
-    _store("flops", flops_ratio(model, seq_len=MAX_LEN))
-    _store("flops_ratio", _get("flops")["flops_ratio"])
+    flops = binary_flops(model, MAX_LEN)  # theoretical (BOPs/64), per sequence, at s64 and s128
+    _store("flops", flops)
+    _store("flops_ratio", flops[f"s{MAX_LEN}"]["flops_ratio"])
     xnor = Path(__file__).resolve().parent / "results" / "xnor_gemm.json"
     if xnor.is_file():
         x = read_json(xnor)

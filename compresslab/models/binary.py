@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compresslab.models.adapters import get_adapter
+from compresslab.models.quantized import set_module
 from compresslab.ops.binary import bi_attention, binarize_weight, check_ties, hard_sign, sign_ste
 
 BINARY_KEY = "compresslab_binary"
@@ -132,9 +133,6 @@ class BinaryEmbedding(_BinaryWeight, nn.Embedding):
         return f"{nn.Embedding.extra_repr(self)}, frozen={self.frozen}, ties={self.ties}"
 
 
-BinaryModule = BinaryLinear | BinaryEmbedding
-
-
 # ---------------------------------------------------------------------------------- Bi-Attention
 def _bi_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                           attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
@@ -170,11 +168,6 @@ _register()
 
 
 # ---------------------------------------------------------------------------------- swap and stamp
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def default_targets(model: nn.Module, *, embeddings: bool = True, pooler: bool = True) -> dict[str, list[str]]:
     """BiBERT's binarized modules: every encoder Linear, the pooler's Linear (BERT/RoBERTa) and the
     word embeddings. The classifier head (and DistilBERT's ``pre_classifier``) stays full precision."""
@@ -216,9 +209,9 @@ def binarize_model(model: nn.Module, *, attention: str = "bool", linears: list[s
                              f"nn.Embedding are binarized; the classifier head stays full precision)")
     check_ties(ties)
     for n in linears:
-        _set_module(model, n, BinaryLinear.from_linear(mods[n]))
+        set_module(model, n, BinaryLinear.from_linear(mods[n]))
     for n in embeddings:
-        _set_module(model, n, BinaryEmbedding.from_embedding(mods[n], n))
+        set_module(model, n, BinaryEmbedding.from_embedding(mods[n], n))
     for n in linears + embeddings:
         model.get_submodule(n).ties = ties
     _set_attention(model, attention, ties=ties)
@@ -328,17 +321,10 @@ def _keep_ffn_signs(model: nn.Module) -> int:
 def _elide_ffn_activations(model: nn.Module) -> int:
     """In each layer whose ``ffn_out`` is a frozen ``BinaryLinear``, replace the FFN activation by
     :class:`SignInput` when the config's activation is sign-preserving (idempotent). Returns the count."""
-    act = _activation_name(model.config)
-    if act not in SIGN_PRESERVING_ACTIVATIONS:
-        return 0
     n = 0
-    for lv in get_adapter(model).layers():
-        if not (isinstance(lv.ffn_out, BinaryLinear) and lv.ffn_out.frozen):
-            continue
-        owner = model.get_submodule(lv.names["ffn_in"].rpartition(".")[0])
-        attr = next((a for a in _ACTIVATION_ATTRS if hasattr(owner, a)), None)
-        if attr is not None and not isinstance(getattr(owner, attr), SignInput):
-            setattr(owner, attr, SignInput(act))
+    for owner, attr, lv in _ffn_activation_slots(model):
+        if lv.ffn_out.frozen and not isinstance(getattr(owner, attr), SignInput):
+            setattr(owner, attr, SignInput(_activation_name(model.config)))
             n += 1
     return n
 

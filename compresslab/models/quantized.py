@@ -161,7 +161,8 @@ FakeQuantModule = Union[FakeQuantLinear, FakeQuantEmbedding]
 _QUANTIZABLE = (nn.Linear, nn.Embedding)
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at qualified ``name`` with ``module`` (the swaps of quantized and binary modules)."""
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
 
@@ -192,7 +193,7 @@ def quantize_modules(model: nn.Module, specs: Mapping[str, Mapping[str, int]]) -
         args = (int(s["bits"]), int(s["block_size"]), int(s.get("group_rows", 1)), name)
         new = FakeQuantLinear.from_linear(m, *args) if isinstance(m, nn.Linear) else \
             FakeQuantEmbedding.from_embedding(m, *args)
-        _set_module(model, name, new)
+        set_module(model, name, new)
         out[name] = new
     return out
 

@@ -145,6 +145,7 @@ class BiBert:
         return out
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
+        from compresslab.checkpoint.packed_binary import binary_sizes
         from compresslab.eval.evaluate import predict, torch_forward
         from compresslab.training import TrainConfig, train
         from compresslab.training.select import BestOnValidation
@@ -189,11 +190,9 @@ class BiBert:
             "binarized": {"linears": len(stamp["linears"]), "embeddings": stamp["embeddings"],
                           "attention": stamp["attention"]},
         }
-        from compresslab.checkpoint.packed_binary import binary_sizes
-
         ps = binary_sizes(model)  # the report's Size table: fp32 dense vs the real 1-bit packed bytes
         metrics["size"] = {k: {"encoder": ps[k]["encoder"], "total": ps[k]["file"]} for k in ("fp32", "packed_binary")}
-        return PassResult(metrics=metrics, structure={"binary": {k: v for k, v in stamp.items()}},
+        return PassResult(metrics=metrics, structure={"binary": dict(stamp)},
                           formats=["packed_binary"])
 
 

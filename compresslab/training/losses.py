@@ -142,11 +142,16 @@ class EmbeddingKD:
         return (1 - F.cosine_similarity(es, et, dim=-1)).mean()
 
 
-def _bibert_layer_map(n_student: int, n_teacher: int) -> list[int]:
-    """BiBERT's map: student layer ``l`` (0-based) reads teacher layer ``l·r + r − 1``, ``r = L_T / L_S``."""
+def _depth_ratio(n_student: int, n_teacher: int) -> int:
+    """``r = L_T / L_S``; ValueError unless the teacher's depth is a multiple of the student's."""
     if n_teacher % n_student:
         raise ValueError(f"the teacher's depth ({n_teacher}) must be a multiple of the student's ({n_student})")
-    r = n_teacher // n_student
+    return n_teacher // n_student
+
+
+def _bibert_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """BiBERT's map: student layer ``l`` (0-based) reads teacher layer ``l·r + r − 1``, ``r = L_T / L_S``."""
+    r = _depth_ratio(n_student, n_teacher)
     return [l * r + r - 1 for l in range(n_student)]
 
 
@@ -175,7 +180,8 @@ class DirectionMatchingKD:
         for l, g in enumerate(_bibert_layer_map(len(qs), len(qt))):
             for fs, ft in zip(qs[l], qt[g]):
                 ps = _unit(torch.matmul(fs, fs.transpose(-1, -2)))
-                pt = _unit(torch.matmul(ft.detach(), ft.detach().transpose(-1, -2)))
+                ft = ft.detach()
+                pt = _unit(torch.matmul(ft, ft.transpose(-1, -2)))
                 terms.append(torch.linalg.vector_norm(ps - pt))
         return torch.stack(terms).sum()
 
@@ -192,10 +198,8 @@ class NormalizedHiddenKD:
 
     def __call__(self, student, teacher, batch):
         hs, ht = student.hidden_states, teacher.hidden_states
-        ls, lt = len(hs) - 1, len(ht) - 1
-        if lt % ls:
-            raise ValueError(f"the teacher's depth ({lt}) must be a multiple of the student's ({ls})")
-        r = lt // ls
+        ls = len(hs) - 1
+        r = _depth_ratio(ls, len(ht) - 1)
         return sum(torch.linalg.vector_norm(_unit(hs[l]) - _unit(ht[l * r].detach())) for l in range(ls + 1))
 
 
