@@ -1,0 +1,59 @@
+"""Issue #12's figures: every robustness case (tests/robustness) and the first-use numbers.
+
+    python benchmarks/robustness.py cases     # runs the case tests, writes `cases` and `bad_inputs`
+    python benchmarks/robustness.py demo      # `make demo`'s pipeline on a quiet machine: wall time,
+                                              # deployed drop, b32 speedup, disk per run
+
+Each case is one pytest test marked ``@pytest.mark.case(name, kind, expected)``; the conftest of
+tests/robustness writes one JSON line per case (observed, pass, and for a bad input how it failed:
+clear / unclear / traceback / silently wrong). Results: benchmarks/results/robustness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _results import ResultsFile  # sibling module (script dir)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ResultsFile(Path(__file__).resolve().parent / "results" / "robustness.json")
+CATEGORIES = ("clear", "unclear", "traceback", "silently wrong")
+
+
+def cases(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cases.jsonl"
+        env = {**os.environ, "COMPRESSLAB_CASES_OUT": str(out)}
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/robustness", *args.pytest_args]
+        rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
+    if not rows:
+        raise SystemExit(f"no cases recorded (pytest exit {rc})")
+    counts = collections.Counter(r["category"] for r in rows if r["bad_input"] and not r["skipped"])
+    RESULTS.put(["cases"], rows)
+    RESULTS.put(["bad_inputs"], {c: counts.get(c, 0) for c in CATEGORIES} | {"total": sum(counts.values())})
+    RESULTS.put(["cases_passed"], {"passed": sum(r["pass"] for r in rows), "total": len(rows),
+                                   "skipped": sum(r["skipped"] for r in rows)})
+    print(json.dumps(RESULTS.get(["bad_inputs"]), indent=1))
+    print(f"{sum(r['pass'] for r in rows)}/{len(rows)} cases pass (pytest exit {rc})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("cases", help="run tests/robustness and record every case")
+    c.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -k fp16)")
+    c.set_defaults(fn=cases)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
