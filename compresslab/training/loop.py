@@ -26,6 +26,7 @@ from torch import nn
 
 from compresslab.models.adapters import get_adapter
 from compresslab.models.hooks import capture_outputs
+from compresslab.runlock import holds_training_lock
 from compresslab.training.losses import MODEL_INPUTS
 from compresslab.training.resume import (
     DataCursor, DeferredSignals, ResumeError, StepCheckpoints, has_state, param_list, rng_state, set_rng_state,
@@ -195,6 +196,7 @@ def _resume(saved: tuple[Any, dict[str, Any], dict[str, Any]], acc: Any, pmodel:
     return result.steps, list(state["window"]), float(state["wall_s"])
 
 
+@holds_training_lock("train")  # timings wait while any training runs (MEASURE.md: a busy machine voids them)
 def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any], *,
           teacher: nn.Module | None = None, callbacks: Sequence[Any] = (), accelerator: Any = None,
           progress: Callable[..., Any] | None = None, desc: str = "train") -> TrainResult:
