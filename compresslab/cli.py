@@ -36,6 +36,7 @@ def _missing_pipeline_message() -> str:
 
 def _main(cfg) -> None:
     from compresslab.pipeline import PipelineError, run
+    from compresslab.runlock import MachineBusyError
 
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
@@ -44,7 +45,7 @@ def _main(cfg) -> None:
     logging.getLogger("compresslab").setLevel(logging.INFO)
     try:
         run_dir = run(cfg)
-    except (PipelineError, FileNotFoundError, ValueError) as e:  # SettingsError is a ValueError
+    except (PipelineError, FileNotFoundError, ValueError, MachineBusyError) as e:  # SettingsError is a ValueError
         log.error("%s", e)
         raise SystemExit(2) from None
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.md'}")

@@ -163,6 +163,11 @@ class BenchSettings:
         check_choice(self.denominator, allowed, "denominator")
         if not isinstance(self.deepsparse, DeepSparseSettings):
             object.__setattr__(self, "deepsparse", _build(DeepSparseSettings, "bench.deepsparse", self.deepsparse))
+        # the timing lock reads these at bench time (and ZipLM's latency table): check them before training
+        from compresslab.runlock import time_busy_allowed, wait_limit_s
+
+        wait_limit_s()
+        time_busy_allowed()
 
 
 @dataclass(frozen=True)
