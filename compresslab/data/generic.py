@@ -1,74 +1,164 @@
-"""User data sets: CSV, TSV or JSONL files with configurable column names.
+"""User data sets: CSV, TSV or JSONL files with configurable column names (``task=generic``).
 
-String class labels are mapped to ids in sorted order (or in the order given by ``labels``),
-integer labels are used as they are; the mapping is recorded in ``info["label_names"]``.
+Every option is a key of ``task.generic`` (``conf/task/generic.yaml``); see :class:`GenericConfig`.
+Files are read strictly (:mod:`compresslab.data.files`), class labels are decided once for train
+and dev together (:mod:`compresslab.data.labels`) and logged at the start of a run; every fault is a
+:class:`DataFormatError` naming file:line and the setting to change.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
-import re
+import difflib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from compresslab.data.files import FORMATS, QUOTINGS, Table, format_of, looks_numeric, read_table
+from compresslab.data.labels import ClassLabels, class_labels, label_value
 from compresslab.data.schema import DataFormatError, DataNotFoundError, Example, TaskKind, TaskSpec
 
-FORMATS = ("csv", "tsv", "jsonl")
-_SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_INT = re.compile(r"^[+-]?\d+$")
+log = logging.getLogger(__name__)
+PREFIX = "task.generic."
+MISSING = "???"  # Hydra's "required, not set" (conf/task/generic.yaml)
 
 
 @dataclass(frozen=True)
 class GenericConfig:
-    """Where a user data set lives and which columns hold the text and the label.
+    """Where a user data set lives and how to read it; each field is the key ``task.generic.<field>``.
 
-    Relative paths are tried against the working directory, then against the data root.
-    ``format`` is inferred from the file suffix when not given. TSV is read with quoting off
-    (as GLUE files are); CSV with standard CSV quoting.
+    * ``train`` / ``dev``: file paths (at least one); relative paths are tried against the working
+      directory, then the data root. ``dev`` is the held-out set that is scored.
+    * ``format``: ``csv`` | ``tsv`` | ``jsonl``; None: from each file's suffix (``.csv``, ``.tsv``,
+      ``.jsonl``, ``.ndjson``).
+    * ``header``: False for a CSV/TSV without a header row; ``columns`` then names its cells in order.
+    * ``quoting``: ``csv`` (quoted cells) or ``none`` (quotes are text); None: ``csv`` for CSV, ``none``
+      for TSV (as GLUE's TSVs), and a TSV with CSV-quoted cells is an error asking which is meant.
+    * ``encoding``: a Python codec name (``utf-8-sig`` reads UTF-8 with or without a BOM; ``cp1252``
+      for Excel CSVs saved on Windows, ``utf-16`` for Excel's "Unicode text").
+    * ``text_a`` / ``text_b`` / ``label``: column (CSV/TSV) or key (JSONL) names; ``text_b`` for pairs.
+    * ``kind``: ``classification`` | ``regression`` (one score per example) | ``embedding``.
+    * ``labels``: class names (as written in the label column) in id order; None: sorted names, or
+      integer ids as they are. ``num_labels``: the number of classes when integer ids leave some
+      class without examples on purpose.
+    * ``primary_metric`` / ``metrics``: what to score (default accuracy, or spearman for scores).
+    * ``name``: the task name in the manifest and report (default: ``task.name``).
     """
 
     name: str = "generic"
     train: str | None = None
     dev: str | None = None
     format: str | None = None
+    header: bool = True
+    columns: tuple[str, ...] | None = None
+    quoting: str | None = None
+    encoding: str = "utf-8-sig"
     text_a: str = "text"
     text_b: str | None = None
     label: str = "label"
     kind: TaskKind = TaskKind.CLASSIFICATION
-    labels: tuple[str, ...] | None = None
+    labels: tuple[Any, ...] | None = None
+    num_labels: int | None = None
     primary_metric: str | None = None
     metrics: tuple[str, ...] = ()
-    encoding: str = "utf-8-sig"
 
     def __post_init__(self) -> None:
+        """Raises ValueError naming the ``task.generic`` key that is wrong and the values it takes."""
+        def setting(key: str, value: Any) -> None:
+            object.__setattr__(self, key, value)
+
         try:
-            object.__setattr__(self, "kind", TaskKind(self.kind))
+            setting("kind", TaskKind(self.kind))
         except ValueError:
             allowed = ", ".join(k.value for k in TaskKind)
-            raise ValueError(f"generic data: unknown kind {self.kind!r}; allowed: {allowed}") from None
-        if self.format is not None and self.format not in FORMATS:
-            raise ValueError(f"generic data: unknown format {self.format!r}; allowed: {', '.join(FORMATS)}")
+            raise ValueError(f"{PREFIX}kind={self.kind!r} is not a task kind; allowed: {allowed}") from None
+        for key, allowed_values in (("format", FORMATS), ("quoting", QUOTINGS)):
+            value = getattr(self, key)
+            if value is not None and value not in allowed_values:
+                raise ValueError(f"{PREFIX}{key}={value!r} is not allowed; use one of {', '.join(allowed_values)} "
+                                 f"(or null: {'from the file suffix' if key == 'format' else 'by format'})")
+        required = [k for k in ("train", "dev") if getattr(self, k) == MISSING]
+        if required == ["train", "dev"]:
+            raise ValueError(f"task=generic needs your files: set {PREFIX}train=PATH (the file to train on) and "
+                             f"{PREFIX}dev=PATH (the file that is scored); CSV, TSV or JSONL")
+        if required == ["dev"]:
+            raise ValueError(f"{PREFIX}dev is not set: set {PREFIX}dev=PATH (the file that is scored), or "
+                             f"{PREFIX}dev=null and eval.split=validation to score the split carved from train")
+        if required == ["train"]:
+            raise ValueError(f"{PREFIX}train is not set: set {PREFIX}train=PATH, or {PREFIX}train=null to only "
+                             f"score dev (pipelines that fine-tune need train)")
+        for key in ("train", "dev"):
+            if getattr(self, key) in ("", None):
+                setting(key, None)
+            elif not isinstance(getattr(self, key), str):
+                raise ValueError(f"{PREFIX}{key} must be a file path, got {getattr(self, key)!r}")
         if not self.train and not self.dev:
-            raise ValueError("generic data: give at least one of train=<path> or dev=<path>")
+            raise ValueError(f"task=generic needs a file: set {PREFIX}train=PATH and/or {PREFIX}dev=PATH "
+                             f"(CSV, TSV or JSONL)")
+        for key in ("name", "text_a", "label", "encoding"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"{PREFIX}{key} must be a non-empty string, got {getattr(self, key)!r}")
+        if not isinstance(self.header, bool):
+            raise ValueError(f"{PREFIX}header must be true or false, got {self.header!r}")
+        if self.columns is not None:
+            setting("columns", tuple(str(c) for c in self.columns))
+        self._check_columns()
+        classification = self.kind is TaskKind.CLASSIFICATION
         if self.labels is not None:
-            object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
-        object.__setattr__(self, "metrics", tuple(self.metrics))
+            if not classification:
+                raise ValueError(f"{PREFIX}labels names classes, but {PREFIX}kind={self.kind.value}; drop labels")
+            if isinstance(self.labels, (str, bytes)) or len(tuple(self.labels)) < 2:
+                raise ValueError(f"{PREFIX}labels must list at least 2 class names in id order, e.g. "
+                                 f"{PREFIX}labels=[negative,positive]; got {self.labels!r}")
+            setting("labels", tuple(self.labels))
+        if self.num_labels is not None:
+            if not classification:
+                raise ValueError(f"{PREFIX}num_labels counts classes, but {PREFIX}kind={self.kind.value}; drop it")
+            if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2:
+                raise ValueError(f"{PREFIX}num_labels must be an integer >= 2, got {self.num_labels!r}")
+        setting("metrics", tuple(self.metrics))
+
+    def _check_columns(self) -> None:
+        if self.header and self.columns is not None:
+            raise ValueError(f"{PREFIX}columns names the cells of a file without a header row; set "
+                             f"{PREFIX}header=false too (or drop columns to use the file's header)")
+        if self.header:
+            return
+        cols = self.columns or ()
+        if not cols:
+            raise ValueError(f"{PREFIX}header=false needs {PREFIX}columns=[...] naming every cell of a row in "
+                             f"order, e.g. {PREFIX}columns=[label,title,body]")
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"{PREFIX}columns={list(cols)} names a column twice")
+        for key in ("text_a", "text_b", "label"):
+            col = getattr(self, key)
+            if col is not None and col not in cols:
+                raise ValueError(f"{PREFIX}{key}={col!r} is not in {PREFIX}columns={list(cols)}; set "
+                                 f"{PREFIX}{key}= one of them")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "GenericConfig":
-        """Build from a (Hydra) dict, rejecting misspelled keys instead of ignoring them."""
+        """Build from a (Hydra) dict, rejecting misspelled keys instead of ignoring them.
+
+        Raises:
+            ValueError: an unknown key (the allowed keys are listed), or a bad value (see ``__post_init__``).
+        """
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
-            raise ValueError(f"generic data: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**dict(raw))
+            close = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
+            hints = "".join(f" ({k}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
+            raise ValueError(f"task.generic: unknown key(s) {unknown}{hints}; allowed: {', '.join(allowed)}")
+        return cls(**{k: v for k, v in raw.items() if not (k == "name" and v is None)})
 
 
 def resolve_file(path: str, root_fn: Callable[[], Path | None]) -> Path:
-    """Find ``path``: absolute as given, else relative to the working directory, then the data root."""
+    """Find ``path``: absolute as given, else relative to the working directory, then the data root.
+
+    Raises:
+        DataNotFoundError: naming every place looked at.
+    """
     p = Path(path).expanduser()
     tried = [p] if p.is_absolute() else [Path.cwd() / p]
     if tried[0].is_file():
@@ -82,95 +172,117 @@ def resolve_file(path: str, root_fn: Callable[[], Path | None]) -> Path:
     raise DataNotFoundError(f"data file {path!r} not found; looked at: {', '.join(str(t) for t in tried)}")
 
 
-def _read_rows(path: Path, fmt: str, encoding: str) -> list[tuple[int, dict[str, Any]]]:
-    """Rows as (line number, record) pairs, so errors can point at the line."""
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with open(path, encoding=encoding, newline="") as fh:
-        if fmt == "jsonl":
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataFormatError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataFormatError(f"{path}:{lineno}: expected a JSON object per line")
-                rows.append((lineno, record))
-        else:
-            quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-            reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
-            rows = [(reader.line_num, dict(r)) for r in reader]
-    return rows
+def _read(cfg: GenericConfig, path: Path) -> Table:
+    fmt = format_of(path, cfg.format, f"{PREFIX}format")
+    if fmt == "jsonl" and (not cfg.header or cfg.columns):
+        raise ValueError(f"{path} is JSON Lines (keys name the fields); {PREFIX}header and {PREFIX}columns apply "
+                         f"to CSV/TSV files only: drop them")
+    table = read_table(path, fmt, encoding=cfg.encoding, header=cfg.header, columns=cfg.columns,
+                       quoting=cfg.quoting, prefix=PREFIX)
+    if fmt != "jsonl":
+        _check_header(cfg, table)
+    return table
 
 
-def _cell(record: dict[str, Any], column: str, where: str, *, optional: bool = False) -> Any:
-    if column not in record or record[column] is None:
-        if optional:
-            return None
-        raise DataFormatError(f"{where}: no value for column {column!r}; the record has {sorted(record)}")
-    return record[column]
+def _check_header(cfg: GenericConfig, table: Table) -> None:
+    """Every configured column is in the header, or an error listing the columns found."""
+    for key in ("text_a", "text_b", "label"):
+        col = getattr(cfg, key)
+        if col is None or col in table.columns:
+            continue
+        if any(looks_numeric(c) or len(c.split()) > 4 for c in table.columns):  # ids or sentences: data
+            raise DataFormatError(f"{table.path}:1: no column {col!r} ({PREFIX}{key}), and the first row "
+                                  f"{table.columns} looks like data, not a header: if the file has no header row, "
+                                  f"set {PREFIX}header=false and {PREFIX}columns=[...] naming its "
+                                  f"{len(table.columns)} cells in order")
+        close = difflib.get_close_matches(col, table.columns, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataFormatError(f"{table.path}:1: no column {col!r} ({PREFIX}{key}); the header has {table.columns}"
+                              f"{hint}; set {PREFIX}{key}= the column to use")
 
 
-def _label_mapping(cfg: GenericConfig, raw: list[Any]) -> tuple[dict[str, int], tuple[str, ...]]:
-    """Class label strings -> ids: explicit ``labels`` order, integers as-is, else sorted strings."""
-    keys = [str(int(v)) if isinstance(v, bool) else str(v).strip() for v in raw]
-    distinct = sorted(set(keys))
-    if cfg.labels is not None:
-        unknown = [k for k in distinct if k not in cfg.labels]
-        if unknown:
-            raise DataFormatError(f"generic data: label(s) {unknown} are not in labels={list(cfg.labels)}")
-        return {k: i for i, k in enumerate(cfg.labels)}, cfg.labels
-    if distinct and all(_INT.match(k) for k in distinct):
-        ids = sorted({int(k) for k in distinct})
-        if ids[0] < 0:
-            raise DataFormatError(f"generic data: integer labels must be >= 0, found {ids[0]}")
-        names = tuple(str(i) for i in range(max(ids[-1] + 1, 2)))
-        return {k: int(k) for k in distinct}, names
-    return {k: i for i, k in enumerate(distinct)}, tuple(distinct)
+def _text(record: dict[str, Any], column: str, key: str, where: str) -> str:
+    if column not in record:
+        raise DataFormatError(f"{where}: no key {column!r} ({PREFIX}{key}); the record has {sorted(record)}")
+    value = record[column]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: {column!r} ({PREFIX}{key}) must be text, got {type(value).__name__} "
+                              f"{value!r}")
+    if not value.strip():
+        raise DataFormatError(f"{where}: {column!r} ({PREFIX}{key}) is empty; every row needs its text")
+    return value
 
 
-def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> tuple[TaskSpec, dict[str, list[Example] | None], dict[str, Path]]:
-    """Read the configured files; returns the spec, examples per split (None: not configured), paths."""
+def _score(value: Any, where: str, kind: TaskKind) -> float:
+    if isinstance(value, str):
+        if not looks_numeric(value):
+            raise DataFormatError(f"{where}: label {value.strip()!r} is not a number ({kind.value} task); set "
+                                  f"{PREFIX}kind=classification if the labels are classes")
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise DataFormatError(f"{where}: label {value!r} is not a number ({kind.value} task)")
+
+
+@dataclass
+class GenericData:
+    """What :func:`read_generic` read: the spec, examples per split (None: no file configured), the
+    files, and the classes (None for regression / embedding)."""
+
+    spec: TaskSpec
+    examples: dict[str, list[Example] | None]
+    paths: dict[str, Path]
+    classes: ClassLabels | None
+
+
+def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> GenericData:
+    """Read the configured files and decide the classes.
+
+    Logs the class set (names in id order, examples per class per split) for classification.
+
+    Raises:
+        DataNotFoundError: a file that does not exist.
+        DataFormatError: anything wrong inside a file, or a label set that cannot be trained (file:line).
+        ValueError: settings that do not fit the file (``header``/``columns`` on JSONL).
+    """
     paths: dict[str, Path] = {}
-    raw_rows: dict[str, list[tuple[str, str | None, Any, str]]] = {}
+    rows: dict[str, list[tuple[str, str | None, Any, str]]] = {}
     for split in ("train", "dev"):
         rel = getattr(cfg, split)
         if not rel:
             continue
         path = resolve_file(rel, root_fn)
-        fmt = cfg.format or _SUFFIX_FORMAT.get(path.suffix.lower())
-        if fmt is None:
-            raise ValueError(f"generic data: cannot tell the format of {path}; set format= one of {FORMATS}")
         parsed = []
-        for lineno, record in _read_rows(path, fmt, cfg.encoding):
+        for lineno, record in _read(cfg, path).rows:
             where = f"{path}:{lineno}"
-            text_b = _cell(record, cfg.text_b, where, optional=True) if cfg.text_b else None
-            parsed.append((str(_cell(record, cfg.text_a, where)), None if text_b is None else str(text_b),
-                           _cell(record, cfg.label, where), where))
-        paths[split], raw_rows[split] = path, parsed
+            text_b = _text(record, cfg.text_b, "text_b", where) if cfg.text_b else None
+            if cfg.label not in record:
+                raise DataFormatError(f"{where}: no key {cfg.label!r} ({PREFIX}label); the record has {sorted(record)}")
+            parsed.append((_text(record, cfg.text_a, "text_a", where), text_b, record[cfg.label], where))
+        paths[split], rows[split] = path, parsed
 
-    label_names: tuple[str, ...] = ()
+    classes: ClassLabels | None = None
     if cfg.kind is TaskKind.CLASSIFICATION:
-        mapping, label_names = _label_mapping(cfg, [r[2] for rows in raw_rows.values() for r in rows])
-        convert: Callable[[Any, str], int | float] = lambda v, _w: mapping[str(int(v)) if isinstance(v, bool) else str(v).strip()]
+        seen = {s: [(label_value(v, w, cfg.label), w) for *_, v, w in r] for s, r in rows.items()}
+        classes = class_labels(seen, labels=cfg.labels, num_labels=cfg.num_labels, prefix=PREFIX)
+        log.info("task %s: %s", cfg.name, classes.describe())
+        unseen = [n for n in classes.names if not classes.counts[next(iter(seen))].get(n)]
+        if unseen:
+            log.warning("task %s: class(es) %s have no example in %s (declared by %slabels / num_labels)",
+                        cfg.name, unseen, next(iter(seen)), PREFIX)
+        labels: dict[str, list[int | float]] = {s: [classes.id_of(v) for v, _ in r] for s, r in seen.items()}
     else:
-        def convert(v: Any, where: str) -> int | float:
-            try:
-                return float(v)
-            except (TypeError, ValueError):
-                raise DataFormatError(f"{where}: label {v!r} is not a number ({cfg.kind.value} task)") from None
+        labels = {s: [_score(v, w, cfg.kind) for *_, v, w in r] for s, r in rows.items()}
 
     default_metric = "accuracy" if cfg.kind is TaskKind.CLASSIFICATION else "spearman"
     spec = TaskSpec(
-        name=cfg.name, kind=cfg.kind,
-        num_labels=len(label_names) if cfg.kind is TaskKind.CLASSIFICATION else 1,
+        name=cfg.name, kind=cfg.kind, num_labels=len(classes.names) if classes else 1,
         primary_metric=cfg.primary_metric or default_metric, metrics=cfg.metrics,
-        label_names=label_names, glue_dir=None, train_file=cfg.train, dev_file=cfg.dev,
-        text_a=cfg.text_a, text_b=cfg.text_b, label=cfg.label, encoding=cfg.encoding,
+        label_names=classes.names if classes else (), glue_dir=None, train_file=cfg.train, dev_file=cfg.dev,
+        columns=cfg.columns, text_a=cfg.text_a, text_b=cfg.text_b, label=cfg.label, encoding=cfg.encoding,
         description="user data set (generic CSV/TSV/JSONL)",
     )
     examples: dict[str, list[Example] | None] = {"train": None, "dev": None}
-    for split, rows in raw_rows.items():
-        examples[split] = [Example(a, b, convert(v, w)) for a, b, v, w in rows]
-    return spec, examples, paths
+    for split, r in rows.items():
+        examples[split] = [Example(a, b, y) for (a, b, _, _), y in zip(r, labels[split])]
+    return GenericData(spec, examples, paths, classes)

@@ -179,16 +179,24 @@ def load_task(
     for value, what in ((val_size, "val_size"), (max_train, "max_train"), (max_dev, "max_dev")):
         _check_count(value, what)
     files: dict[str, dict[str, Any]] = {}
+    labels_info: dict[str, Any] = {}
     if generic is not None or name == "generic":
         raw = dict(generic or {})
-        raw.setdefault("name", name)
+        if raw.get("name") is None:
+            raw["name"] = name
         cfg = GenericConfig.from_dict(raw)
-        spec, read, paths = read_generic(cfg, lambda: _root_or_none(data_root))
-        root = _root_or_none(data_root)
-        train_all = read["train"] if read["train"] is not None else MissingSplit(f"generic data set {cfg.name!r} has no train= file configured")
-        dev = read["dev"] if read["dev"] is not None else MissingSplit(f"generic data set {cfg.name!r} has no dev= file configured")
-        for split, path in paths.items():
-            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(read[split] or [])}
+        read = read_generic(cfg, lambda: _root_or_none(data_root))
+        spec, root = read.spec, _root_or_none(data_root)
+        train_all = read.examples["train"]
+        if train_all is None:
+            train_all = MissingSplit(f"generic data set {cfg.name!r} has no train file: set task.generic.train=PATH")
+        dev = read.examples["dev"]
+        if dev is None:
+            dev = MissingSplit(f"generic data set {cfg.name!r} has no dev file: set task.generic.dev=PATH")
+        for split, path in read.paths.items():
+            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(read.examples[split] or [])}
+        if read.classes is not None:
+            labels_info = {"label_source": read.classes.source, "label_counts": read.classes.counts}
     else:
         spec = get_task(name)
         check_data_available(name, data_root)
@@ -220,5 +228,6 @@ def load_task(
         "max_dev": max_dev,
         "label_names": list(spec.label_names),
         "missing_splits": {s: v.reason for s, v in (("train", train), ("dev", dev)) if isinstance(v, MissingSplit)},
+        **labels_info,
     }
     return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info)

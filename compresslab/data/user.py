@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from compresslab.data.generic import _SUFFIX_FORMAT, FORMATS, _read_rows, resolve_file
+from compresslab.data.files import format_of, read_table
+from compresslab.data.generic import resolve_file
 from compresslab.data.readers import file_sha256
 from compresslab.data.schema import Example, MissingSplit, TaskData, TaskKind, TaskSpec
 from compresslab.data.tasks import _carve, _check_count
@@ -26,7 +27,7 @@ PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("question
 TEXT_COLUMNS = ("text", "sentence", "text_a", "sentence1", "question", "premise")
 LABEL_COLUMNS = ("label", "labels", "score")
 # Where the names of class ids came from; only name-based sources are compared with config.id2label.
-NAMED_SOURCES = ("label2id", "class_label", "sorted_strings")
+NAMED_SOURCES = ("label2id", "class_label", "sorted_strings", "labels")
 
 
 @dataclass
@@ -143,13 +144,8 @@ def _parse_cell(value: Any) -> Any:
 
 def _from_file(path: str | os.PathLike[str], what: str, cols: tuple[str | None, ...]) -> _Source:
     resolved = resolve_file(str(path), lambda: None)
-    fmt = _SUFFIX_FORMAT.get(resolved.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{what}: cannot tell the format of {resolved} from its suffix; use one of "
-                         f"{sorted(_SUFFIX_FORMAT)} ({', '.join(FORMATS)})")
-    records = _read_rows(resolved, fmt, "utf-8-sig")
-    if not records:
-        raise ValueError(f"{what}: {resolved} has no data rows")
+    fmt = format_of(resolved, None, None)
+    records = read_table(resolved, fmt, prefix=None).rows
     a, b, lab = _pick_columns(list(records[0][1]), *cols, what=f"{what} ({resolved})")
     rows = []
     for lineno, rec in records:

@@ -50,7 +50,7 @@ def test_jsonl_single_and_pair_with_integer_and_explicit_labels(tmp_path: Path) 
     data = load_task("generic", generic={"dev": str(single)})
     assert [e.label for e in data.dev] == [1, 0] and data.info["label_names"] == ["0", "1"]
     assert len(data.train) == 0
-    with pytest.raises(SplitUnavailableError, match="no train= file"):
+    with pytest.raises(SplitUnavailableError, match="no train file: set task.generic.train"):
         data.require_train()
 
     pairs = _write_jsonl(tmp_path / "p.jsonl", [
@@ -80,14 +80,16 @@ def test_generic_errors_are_specific(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x", "label": "a"}, {"txt": "y", "label": "b"}])
     with pytest.raises(ValueError, match="unknown key\\(s\\) \\['text_col'\\]"):
         load_task("generic", generic={"dev": str(path), "text_col": "text"})
-    with pytest.raises(DataFormatError, match="d.jsonl:2: no value for column 'text'"):
+    with pytest.raises(DataFormatError, match="d.jsonl:2: no key 'text'"):
         load_task("generic", generic={"dev": str(path)})
-    with pytest.raises(ValueError, match="at least one of train"):
+    with pytest.raises(ValueError, match="task=generic needs a file"):
         load_task("generic", generic={})
-    with pytest.raises(ValueError, match="allowed: csv, tsv, jsonl"):
+    with pytest.raises(ValueError, match="use one of csv, tsv, jsonl"):
         load_task("generic", generic={"dev": str(path), "format": "parquet"})
-    with pytest.raises(DataFormatError, match="not in labels"):
+    with pytest.raises(ValueError, match="at least 2 class names"):
         load_task("generic", generic={"dev": str(path), "labels": ["a"], "text_a": "label"})
+    with pytest.raises(DataFormatError, match="not in task.generic.labels"):
+        load_task("generic", generic={"dev": str(path), "labels": ["a", "c"], "text_a": "label"})
     bad = write_csv(tmp_path / "r.csv", ["text", "label"], [["x", "high"]])
     with pytest.raises(DataFormatError, match="r.csv:2: label 'high' is not a number"):
         load_task("generic", generic={"dev": str(bad), "kind": "regression"})
