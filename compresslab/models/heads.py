@@ -5,7 +5,7 @@ The in-process API reads these before any work to check the user's data against 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -41,4 +41,19 @@ def config_label2id(config: Any) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in l2i.items()}
 
 
-__all__ = ["config_label2id", "head_linear", "task_kind_of"]
+def set_class_names(config: Any, names: Sequence[str]) -> None:
+    """Write class names (in id order) into ``config.id2label`` / ``config.label2id``.
+
+    Every ``config.json`` saved from the model (steps, export dirs, the deployed dir) then carries
+    them, so tools that read only the directory (transformers pipelines, optimum's
+    ``ORTModelForSequenceClassification``) print ``positive`` instead of ``LABEL_1``. Does nothing
+    when ``names`` does not name every output of the head (regression, embeddings).
+    """
+    names = [str(n) for n in names]
+    if not names or len(names) != int(getattr(config, "num_labels", -1)):
+        return
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+
+
+__all__ = ["config_label2id", "head_linear", "set_class_names", "task_kind_of"]

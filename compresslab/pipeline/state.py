@@ -99,7 +99,7 @@ class RunState:
         """Cheap checks before anything expensive: settings, model source, architecture, data, budgets."""
         from omegaconf import OmegaConf
 
-        from compresslab.data.tasks import load_task, resolve_data_root
+        from compresslab.data.tasks import MissingSplit, SplitUnavailableError, load_task, resolve_data_root
         from compresslab.models.loading import check_model_source, resolve_source
 
         from compresslab.models.loading import read_config
@@ -116,6 +116,8 @@ class RunState:
         root = None if generic else resolve_data_root(cfg.data.get("root"))
         task = load_task(t.name, root, val_size=t.get("val_size"), seed=settings.seed,
                          max_train=t.get("max_train"), max_dev=t.get("max_dev"), generic=generic)
+        if settings.eval.split == "dev" and isinstance(task.dev, MissingSplit):  # else found after training
+            raise SplitUnavailableError(f"eval.split=dev, but {task.dev.reason}; or set eval.split=validation")
         check_steps(steps, task)
         if settings.bench.enabled:
             from compresslab.bench.deepsparse_backend import check_requested
@@ -147,6 +149,7 @@ class RunState:
 
     def load_initial(self) -> None:
         """Load the source model and tokenizer with a fresh head, seeded (the run is reproducible)."""
+        from compresslab.models.heads import set_class_names
         from compresslab.models.loading import load_pretrained
 
         assert self.model_source is not None, "load_initial needs a model source"
@@ -157,6 +160,7 @@ class RunState:
             with torch.random.fork_rng(devices=[]):  # seeds the fresh head only; process RNG is cli's
                 torch.manual_seed(self.settings.seed)
                 self.model.classifier.apply(self.model._init_weights)
+        set_class_names(self.model.config, spec.label_names)  # every saved config.json names the classes
 
     def teacher_or_initial(self) -> nn.Module:
         """The teacher; for pipelines that produce none (embeddings, int8 only), the dense input model.
@@ -167,10 +171,12 @@ class RunState:
         if self.teacher is not None:
             return self.teacher
         if self.initial_dense is None:
+            from compresslab.models.heads import set_class_names
             from compresslab.models.loading import load_pretrained
 
             assert self.model_source is not None, "no teacher and no model source to rebuild the input model"
             spec = self.task.spec
             m, _ = load_pretrained(self.model_source, kind=spec.kind.value, num_labels=spec.num_labels)
+            set_class_names(m.config, spec.label_names)
             self.initial_dense = frozen(m)
         return self.initial_dense
