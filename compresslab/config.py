@@ -22,13 +22,53 @@ def config_dir() -> str:
                             "(was the package built without its package data?)")
 
 
+class ConfigError(ValueError):
+    """Command-line overrides that do not compose: an unknown group option (``debug=smok``), a key
+    that does not exist, a syntax error. The message is one line naming the override."""
+
+
+def composition_message(error: Exception) -> str:
+    """One line saying what is wrong with the overrides, from Hydra's multi-line composition error
+    (its config search path and grammar links left out, the options of a group listed)."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        plus = "+" if group == "pipeline" else ""
+        return (f"{plus}{group}={option}: no such option (no config {error.missing_cfg_file!r}); "
+                f"choose one with {plus}{group}=NAME: {', '.join(error.options)}")
+    lines = [ln.strip() for ln in str(error).splitlines()]
+    keep = []
+    for ln in lines:
+        if ln.startswith("Config search path") or ln.startswith("See https://"):
+            break
+        if ln:
+            keep.append(ln)
+    msg = " ".join(keep) or type(error).__name__
+    cause = error.__cause__
+    if cause is not None and "not in struct" in str(cause):  # `x=1` for a key that does not exist
+        msg += (" (no such setting: check its spelling; `python -m compresslab +pipeline=NAME --cfg job` "
+                "prints every setting)")
+    if msg.startswith("Multiple values for "):  # `+group=option` for a group that has a default
+        group = msg.split()[3].rstrip(".")
+        msg += f" (on the command line: {group}=OPTION, without '+')"
+    return msg
+
+
 def compose(overrides: list[str]) -> Any:
-    """Compose the config like the CLI does (for the API, tests and benchmarks); returns a DictConfig."""
+    """Compose the config like the CLI does (for the API, tests and benchmarks); returns a DictConfig.
+
+    Raises ConfigError (one line naming the override) when the overrides do not compose.
+    """
     from hydra import compose as h_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="compresslab"):
-        return h_compose(config_name="compress", overrides=list(overrides))
+        try:
+            return h_compose(config_name="compress", overrides=list(overrides))
+        except HydraException as e:
+            raise ConfigError(composition_message(e)) from e
 
 
 def pipelines_dir() -> Path:

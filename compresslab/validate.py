@@ -81,11 +81,39 @@ def check_positive(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_nonnegative(value: Any, name: str) -> float:
+    """A number >= 0 (a duration, where 0 means none)."""
+    if not is_number(value) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
     """One of ``allowed`` (compared by type too, so ``True`` is not ``1`` and ``"true"`` is not ``True``)."""
     if not any(value == a and type(value) is type(a) for a in allowed):
         raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(repr(a) for a in allowed)}")
     return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A YAML boolean (``true``/``false``); a string such as ``"yes"`` would be truthy, so it is refused."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_text(value: Any, name: str) -> str:
+    """A non-empty string (a name or a path); a number or ``null`` where text belongs is refused."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_list(value: Any, name: str, what: str = "values") -> list[Any]:
+    """A YAML list (``[a, b]``); a scalar where a list belongs (``x=128`` for ``x=[128]``) is refused."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of {what} (written [a, b]), got {value!r}")
+    return list(value)
 
 
 def check_bools(p: Any, *names: str) -> None:
@@ -95,5 +123,5 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["check_bools", "check_choice", "check_fraction", "check_int", "check_positive", "check_positive_int", "coerce_enum",
-           "is_int", "is_number"]
+__all__ = ["check_bool", "check_bools", "check_choice", "check_fraction", "check_int", "check_list", "check_nonnegative", "check_positive",
+           "check_positive_int", "check_text", "coerce_enum", "is_int", "is_number"]

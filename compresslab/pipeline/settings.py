@@ -2,8 +2,11 @@
 
 The YAML in ``conf/`` is the one source of defaults: these dataclasses have none for the keys the
 YAML sets, so a missing, misspelled or mistyped key fails in :func:`RunSettings.from_config`
-before any model is loaded, with the key's name. The in-process API reads the same YAML files
-(:func:`default_settings`) and applies the caller's overrides on top.
+before any model is loaded, with the key's name; the rest of the config (root, run, paths, model,
+task, budget, pipeline) is checked there too, by :mod:`compresslab.pipeline.schema`. Limits of the
+installed tools are checked here as well (the ONNX opsets the torch exporter writes, a CUDA backend
+asked for by name). The in-process API reads the same YAML files (:func:`default_settings`) and
+applies the caller's overrides on top.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from compresslab.validate import check_choice, check_int, check_positive, check_positive_int
+from compresslab.pipeline.schema import SettingsError, check_config
+from compresslab.validate import (
+    check_bool, check_choice, check_int, check_list, check_nonnegative, check_positive, check_positive_int, is_int)
 
 T = TypeVar("T")
 
@@ -25,10 +30,25 @@ BACKENDS = ("ort", "openvino", "torch")
 OPENVINO_PRECISIONS = ("default", "f32", "bf16")
 DEPLOY_RUNTIMES = ("ort", "openvino", "auto")
 DEPLOY_INT8 = ("ours", "nncf", "auto")
+# The lowest ONNX opset every pipeline can use: static int8 with per-channel weights needs
+# QuantizeLinear's ``axis`` (opset 13: at 11 and 12 ORT's quantizer writes a graph ORT then refuses to
+# load), and RoBERTa's position ids need CumSum (11). Measured on tiny bert, roberta and distilbert.
+OPSET_MIN = 13
+OPSET_MAX_FALLBACK = 20  # the TorchScript exporter's newest opset, if torch stops naming its range
+
+__all__ = ["BenchSettings", "DeepSparseSettings", "DeploySettings", "EvalSettings", "ExportSettings", "RunSettings",
+           "SettingsError", "default_deploy", "default_settings", "opset_range"]
 
 
-class SettingsError(ValueError):
-    """A stage setting that is missing, unknown or out of range."""
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets a run can export here: :data:`OPSET_MIN` up to the newest the installed torch
+    exporter writes (``torch.onnx._constants.ONNX_MAX_OPSET``: torch names its range nowhere public)."""
+    try:
+        from torch.onnx import _constants
+
+        return OPSET_MIN, int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return OPSET_MIN, OPSET_MAX_FALLBACK
 
 
 def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None) -> T:
@@ -56,7 +76,14 @@ class ExportSettings:
     parity_examples: int
 
     def __post_init__(self) -> None:
-        check_positive_int(self.opset, "opset")
+        lo, hi = opset_range()
+        if not is_int(self.opset) or not lo <= self.opset <= hi:
+            import torch
+
+            raise ValueError(f"opset={self.opset!r} cannot be used: compresslab exports and quantizes ONNX opsets "
+                             f"{lo}..{hi} with this install (torch {torch.__version__}; below {lo} the int8 "
+                             f"graphs are invalid); set export.opset to one of them (default 17)")
+        check_bool(self.optimize, "optimize")
         check_positive(self.atol, "atol")
         check_positive_int(self.parity_examples, "parity_examples")
 
@@ -70,6 +97,7 @@ class EvalSettings:
     batch_size: int
 
     def __post_init__(self) -> None:
+        check_bool(self.enabled, "enabled")
         check_choice(self.split, EVAL_SPLITS, "split")
         check_positive_int(self.batch_size, "batch_size")
 
@@ -95,13 +123,18 @@ class DeepSparseSettings:
 
     def __post_init__(self) -> None:
         check_choice(self.enabled, DEEPSPARSE_ENABLED, "enabled")
-        object.__setattr__(self, "batches", tuple(check_positive_int(b, "batches") for b in self.batches))
-        fmts = tuple(check_choice(f, INT8_FORMATS, "int8_formats") for f in self.int8_formats)
+        batches = check_list(self.batches, "batches", "batch sizes")
+        object.__setattr__(self, "batches", tuple(check_positive_int(b, "batches") for b in batches))
+        fmts = tuple(check_choice(f, INT8_FORMATS, "int8_formats")
+                     for f in check_list(self.int8_formats, "int8_formats", "formats"))
         object.__setattr__(self, "int8_formats", fmts)
-        object.__setattr__(self, "op_types", tuple(str(o) for o in self.op_types))
+        object.__setattr__(self, "op_types", tuple(str(o) for o in check_list(self.op_types, "op_types", "op types")))
         for name in ("seq", "num_calibration", "runs", "max_runs"):
             check_positive_int(getattr(self, name), name)
         check_int(self.warmup, "warmup", minimum=0)
+        check_nonnegative(self.min_time_s, "min_time_s")
+        for name in ("int8", "per_channel", "score"):
+            check_bool(getattr(self, name), name)
 
 
 @dataclass(frozen=True)
@@ -129,8 +162,8 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         shapes = []
-        for s in self.shapes:
-            if len(s) != 2:
+        for s in check_list(self.shapes, "shapes", "[batch, seq] pairs, e.g. [[1, 128], [32, 128]]"):
+            if isinstance(s, (str, bytes)) or not isinstance(s, (list, tuple)) or len(s) != 2:
                 raise ValueError(f"shapes: each entry is [batch, seq], got {list(s)!r}")
             shapes.append((check_positive_int(s[0], "shapes batch"), check_positive_int(s[1], "shapes seq")))
         if not shapes:
@@ -140,7 +173,24 @@ class BenchSettings:
             check_positive_int(self.threads, "threads")
         check_int(self.warmup, "warmup", minimum=0)
         check_positive_int(self.runs, "runs")
+        check_nonnegative(self.min_time_s, "min_time_s")
+        if self.max_runs is not None and check_positive_int(self.max_runs, "max_runs") < self.runs:
+            raise ValueError(f"max_runs={self.max_runs} is below runs={self.runs}; raise max_runs or lower runs")
+        check_int(self.seed, "seed", minimum=0)
+        for name in ("enabled", "real_length", "load_probe"):
+            check_bool(getattr(self, name), name)
+        check_positive_int(self.real_length_batch_size, "real_length_batch_size")
+        if self.real_length_max_batches is not None:
+            check_positive_int(self.real_length_max_batches, "real_length_max_batches")
+        check_positive_int(self.real_length_rounds, "real_length_rounds")
         check_choice(self.gpu, GPU_MODES, "gpu")
+        if self.enabled and self.gpu in ("ort_cuda", "torch_cuda"):  # asked for by name: refuse now, not at bench
+            from compresslab.bench.runners import cuda_available_backends
+
+            found = cuda_available_backends()
+            if self.gpu not in found:
+                raise ValueError(f"gpu={self.gpu!r} requested but the GPU backends here are {found or 'none'}; "
+                                 "set bench.gpu=auto (uses one when present) or bench.gpu=off")
         if isinstance(self.backends, str) or not self.backends:
             raise ValueError(f"backends: a non-empty list of {list(BACKENDS)}, got {self.backends!r}")
         backends = tuple(dict.fromkeys(check_choice(x, BACKENDS, "backends") for x in self.backends))
@@ -245,25 +295,17 @@ class RunSettings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RunSettings":
-        """Validate and type the run-engine part of a composed Hydra config; SettingsError on bad keys."""
-        from omegaconf import OmegaConf
+        """Validate a whole composed Hydra config (every key and value outside the passes' own
+        settings, see :func:`compresslab.pipeline.schema.check_config`) and type the run-engine part.
 
-        c = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(c, dict)
+        Raises SettingsError naming the key to change: a value left ``???``, an unknown key, a
+        value of the wrong type or out of range, an opset or GPU backend this install lacks.
+        """
+        c = check_config(cfg)
         run = c["run"]
-        try:
-            check_int(c["seed"], "seed", minimum=0)
-            check_positive_int(c["task"]["max_length"], "task.max_length")
-            check_positive_int(c["budget"]["batch_size"], "budget.batch_size")
-            if run.get("threads") is not None:
-                check_positive_int(run["threads"], "run.threads")
-            if run.get("stop_after") is not None:
-                check_int(run["stop_after"], "run.stop_after", minimum=0)
-        except ValueError as e:
-            raise SettingsError(str(e)) from None
         return cls(seed=c["seed"], max_length=c["task"]["max_length"], batch_size=c["budget"]["batch_size"],
                    cache_dir=Path(c["paths"]["cache_dir"]), threads=run.get("threads"),
-                   device=str(c.get("device", "auto")), report=bool(c.get("report", True)),
+                   device=str(c.get("device", "auto")), report=c.get("report", True),
                    export=_build(ExportSettings, "export", c.get("export")),
                    eval=_build(EvalSettings, "eval", c.get("eval")),
                    bench=_build(BenchSettings, "bench", c.get("bench")),
