@@ -187,20 +187,24 @@ def _refuse_csv_quoting(path: Path, lineno: int, cells: list[str], prefix: str |
                                   f"to keep every quote as text (GLUE TSVs) {_set(prefix, 'quoting=none')}")
 
 
+def first_bad_line(data: bytes, encoding: str, err: UnicodeDecodeError) -> tuple[int, bytes]:
+    """(line number, offending bytes) of the first line of ``data`` that does not decode."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    for lineno, line in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            decoder.decode(line)
+        except UnicodeDecodeError as line_err:
+            return lineno, line[line_err.start:line_err.end]
+    return 1, err.object[err.start:err.end]
+
+
 def _decode_message(path: Path, encoding: str, err: UnicodeDecodeError, prefix: str | None) -> str:
     """file:line of the first line that does not decode, and an encoding to try."""
     data = path.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return (f"{path}:1: the file is UTF-16 (it starts with a UTF-16 byte-order mark, as Excel's 'Unicode "
                 f"text' writes), not {encoding}; {_set(prefix, 'encoding=utf-16')}")
-    decoder = codecs.getincrementaldecoder(encoding)()
-    lineno, bad = 1, data[err.start:err.end]
-    for lineno, line in enumerate(data.splitlines(keepends=True), start=1):
-        try:
-            decoder.decode(line)
-        except UnicodeDecodeError as line_err:
-            bad = line[line_err.start:line_err.end]
-            break
+    lineno, bad = first_bad_line(data, encoding, err)
     guess = f"; {_set(prefix, 'encoding=<its encoding>')} (cp1252, latin-1, utf-16, ...)"
     for candidate, what in (("utf-8-sig", "UTF-8"), ("cp1252", "cp1252 (Windows Western, as Excel saves CSVs)")):
         if codecs.lookup(candidate).name == codecs.lookup(encoding).name:
@@ -226,4 +230,5 @@ def looks_numeric(text: str) -> bool:
     return bool(_NUMBER.match(text.strip()))
 
 
-__all__ = ["FORMATS", "QUOTINGS", "SUFFIX_FORMAT", "Table", "format_of", "looks_numeric", "read_table"]
+__all__ = ["FORMATS", "QUOTINGS", "SUFFIX_FORMAT", "Table", "first_bad_line", "format_of", "looks_numeric",
+           "read_table"]

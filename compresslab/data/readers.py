@@ -6,6 +6,7 @@ import csv
 import hashlib
 from pathlib import Path
 
+from compresslab.data.files import first_bad_line
 from compresslab.data.schema import DataFormatError, Example, TaskKind, TaskSpec
 
 
@@ -44,7 +45,21 @@ def read_glue_tsv(spec: TaskSpec, path: Path) -> list[Example]:
 
     Quoting is off (``csv.QUOTE_NONE``) because RTE, STS-B, QNLI and CoLA contain bare ``"``
     that would otherwise merge rows; every row must have as many cells as the header.
+
+    Raises:
+        DataFormatError: naming file:line (a missing column, a row of the wrong width, a bad
+            label, bytes that are not ``spec.encoding``) or the file (empty).
     """
+    try:
+        return _read_glue_tsv(spec, path)
+    except UnicodeDecodeError as err:
+        lineno, bad = first_bad_line(path.read_bytes(), spec.encoding, err)
+        raise DataFormatError(f"{path}:{lineno}: byte(s) {bad.hex(' ')} are not valid {spec.encoding}; the GLUE "
+                              f"files are {spec.encoding}: was this file replaced or damaged? (see "
+                              f"data/PROVENANCE.md for the files)") from None
+
+
+def _read_glue_tsv(spec: TaskSpec, path: Path) -> list[Example]:
     examples: list[Example] = []
     with open(path, encoding=spec.encoding, newline="") as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)

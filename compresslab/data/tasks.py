@@ -154,7 +154,8 @@ def _carve(train_all: list[Example], val_size: int | None, seed: int) -> tuple[l
     n = len(train_all)
     size = default_val_size(n) if val_size is None else val_size
     if size >= n and n > 0:
-        raise ValueError(f"val_size={size} would leave no training examples (train has {n})")
+        raise ValueError(f"val_size={size} would leave no training examples (train has {n}); set a smaller "
+                         f"val_size (task.val_size on the command line; 0 for none)")
     rng = np.random.default_rng([0, seed])
     is_val = np.zeros(n, dtype=bool)
     is_val[rng.permutation(n)[:size]] = True

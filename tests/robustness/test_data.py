@@ -440,3 +440,13 @@ def test_cli_bad_data(tmp_path, observe):
 
 def test_data_format_error_is_a_value_error():
     assert issubclass(DataFormatError, ValueError)  # the CLI turns ValueErrors into exit code 2
+
+
+@pytest.mark.case(name="a GLUE file with a byte that is not UTF-8", kind=2,
+                  expected="an error at file:line, not a bare codec error")
+def test_glue_file_not_utf8(tmp_path, expect_clear):
+    d = tmp_path / "glue" / "SST-2"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_bytes(b"sentence\tlabel\na good film\t1\nit\x92s bad\t0\n")
+    (d / "dev.tsv").write_bytes(b"sentence\tlabel\na good film\t1\n")
+    expect_clear(lambda: load_task("sst2", tmp_path), match=r"SST-2/train\.tsv:3: byte\(s\) 92 are not valid utf-8")
