@@ -73,6 +73,105 @@ def sha256_dir(path: str | os.PathLike) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(Path(path).iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
+# What transformers (and compresslab.load) read from a model directory: config, tokenizer and weight
+# files. Other frameworks' weights (tf_model.h5, flax_model.msgpack, rust_model.ot, ONNX) and docs are
+# never loaded, so their bytes are not part of a model's identity (and a README edit changes nothing).
+_MODEL_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin", ".pt", ".pth")
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The files of a local model directory that define the model as loaded, sorted by name.
+
+    Top-level regular files named ``*.json`` (config, tokenizer, shard index), ``*.txt`` (vocab,
+    merges), ``*.model`` (SentencePiece) and weights (every ``*.safetensors`` shard; ``*.bin`` /
+    ``*.pt`` only when no ``model.safetensors[.index.json]`` is there, since transformers then loads
+    the safetensors and never reads the pickle). Hidden files are skipped.
+    """
+    d = Path(path)
+    files = [p for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")
+             and p.suffix in _MODEL_SUFFIXES]
+    if (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file():
+        files = [p for p in files if p.suffix not in (".bin", ".pt", ".pth")]
+    return files
+
+
+def model_files_sha256(path: str | os.PathLike) -> dict[str, str]:
+    """``{file name: sha256}`` of :func:`model_files` (every byte read: size and mtime are not identity)."""
+    return {p.name: sha256_file(p) for p in model_files(path)}
+
+
+def examples_sha256(*splits: Any) -> str:
+    """sha256 over the examples of one or more splits (text_a, text_b, label per example, in order).
+
+    The identity of data as a pass sees it: files, in-memory lists and data sets alike, after
+    parsing, label mapping, the validation carve and any subset. ``1`` and ``1.0`` differ.
+    """
+    h = hashlib.sha256()
+    for i, split in enumerate(splits):
+        h.update(f"split {i}\n".encode())
+        try:
+            rows = list(split or [])
+        except (TypeError, ValueError):  # a split the task does not have (MissingSplit refuses iteration)
+            rows = []
+        for ex in rows:
+            h.update(json.dumps([ex.text_a, ex.text_b, ex.label], ensure_ascii=False).encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+def state_dict_sha256(model: Any) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and bytes, in order): an in-memory model's identity."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # bytes as stored (bf16/bool too), no copy
+    return h.hexdigest()
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """sha256 of what a tokenizer does: a fast tokenizer's full definition (normalizer, pre-tokenizer,
+    model and vocabulary, post-processor), else its class, vocabulary and settings. For tokenizers
+    held in memory; a model directory's tokenizer files are covered by :func:`model_files_sha256`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        kwargs = {k: v for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
+                  if isinstance(v, (str, int, float, bool, type(None)))}
+        text = json.dumps([type(tokenizer).__name__, tokenizer.get_vocab(), kwargs], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors serialization of ``tensors`` with the header's ``__metadata__`` keys sorted.
+
+    safetensors (0.8, upstream issue #584) writes metadata in a Rust HashMap's random order, so two
+    saves of the same tensors differed in their header bytes and artifact hashes were not
+    reproducible. The header is re-encoded with sorted keys and re-padded to 8 bytes; tensor data
+    offsets are relative to the end of the header, so the data part is unchanged.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
+def atomic_write_safetensors(path: str | os.PathLike, tensors: dict[str, Any],
+                             metadata: dict[str, str] | None = None) -> Path:
+    """Write :func:`safetensors_bytes` atomically (identical tensors and metadata -> identical bytes)."""
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+    return Path(path)
+
+
 def stable_hash(obj: Any, n: int = 12) -> str:
     """Short content hash of a JSON-able object (sorted keys), used for run dirs and caches."""
     blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
@@ -109,6 +208,41 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def process_record() -> dict[str, Any]:
+    """This process, as a manifest records who is running it: pid, host and the pid's start time
+    (so a pid the OS reused later is not mistaken for the run's process)."""
+    import psutil
+
+    return {"pid": os.getpid(), "host": platform.node(), "pid_started": psutil.Process().create_time()}
+
+
+def process_alive(rec: dict[str, Any] | None) -> bool | None:
+    """Whether the process a manifest names still runs: None when unknown (no record, another host)."""
+    import psutil
+
+    if not isinstance(rec, dict) or rec.get("host") != platform.node() or not isinstance(rec.get("pid"), int):
+        return None
+    try:
+        p = psutil.Process(rec["pid"])
+        started = p.create_time()
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.AccessDenied:  # another user's live process
+        return True
+    except psutil.Error:
+        return False
+    return rec.get("pid_started") is None or abs(started - float(rec["pid_started"])) < 1.0
+
+
+def live_status(data: dict[str, Any]) -> str:
+    """A manifest's status as it stands now: ``crashed`` for a ``running`` run whose process is gone
+    (killed: kill -9, out of memory, SIGTERM), which could not record it itself; else ``status``."""
+    status = str(data.get("status") or "unknown")
+    if status == "running" and process_alive(data.get("process")) is False:
+        return "crashed"
+    return status
 
 
 @dataclass
@@ -171,3 +305,22 @@ class RunManifest:
     def save(self) -> None:
         self.data["updated"] = now()
         atomic_write_json(self.path, self.data)
+
+    def mark_running(self) -> None:
+        """Status ``running`` with this process recorded (pid, host), the last error cleared; saved."""
+        self.data["status"] = "running"
+        self.data.pop("error", None)
+        self.data["process"] = process_record()
+        self.save()
+
+    def mark_failed(self, e: BaseException) -> None:
+        """Status ``failed`` (``interrupted`` for Ctrl-C) with the error's type and message and the
+        step that was running (marked the same); saved atomically."""
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        running = [s for s in self.data.get("steps", []) if s.get("status") == "running"]
+        for s in running:
+            s["status"] = status
+        self.data["status"] = status
+        self.data["error"] = {"type": type(e).__name__, "message": str(e)[:2000],
+                              "step": running[-1]["name"] if running else None, "at": now()}
+        self.save()

@@ -189,9 +189,9 @@ class PackedFormat:
 
     def save(self, model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
         """Write ``out_dir/<file>`` atomically (+ config.json when absent, tokenizer); returns the file.
-        The config's stamp must name every packed module."""
-        from safetensors.torch import save_file
-
+        The config's stamp must name every packed module. The same model gives the same bytes
+        (metadata keys sorted: ``manifest.safetensors_bytes``)."""
+        from compresslab.manifest import atomic_write_safetensors
         from compresslab.models.structure import stamp_structure
 
         out = Path(out_dir)
@@ -203,9 +203,7 @@ class PackedFormat:
                            if k.removesuffix(".weight") not in stamped)
         if unstamped:
             raise ValueError(f"{unstamped[:5]} are not in config.{self.stamp_key}, so load could not rebuild them")
-        tmp = out / f".{self.file}.tmp"
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, out / self.file)
+        atomic_write_safetensors(out / self.file, tensors, meta)
         if not (out / "config.json").is_file():  # a standalone packed checkpoint must be loadable on its own
             model.config.save_pretrained(out)
         if tokenizer is not None:
@@ -234,8 +232,7 @@ class PackedFormat:
         Linears' weights (an unpacked one counts 32) and ``bits_per_weight`` their packed weight bits
         (all the weight's parts, scales included) per weight.
         """
-        from safetensors.torch import save
-
+        from compresslab.manifest import safetensors_bytes
         from compresslab.models.adapters import get_adapter
 
         ad = get_adapter(model)
@@ -252,8 +249,8 @@ class PackedFormat:
                     "encoder": sum(_nbytes(t) for k, t in tensors.items() if k.startswith(layers)),
                     "total": sum(_nbytes(t) for t in tensors.values()), "file": file_len}
 
-        out: dict[str, Any] = {"fp32": part(dense, len(save(dense))),
-                               self.name: part(packed, len(save(packed, metadata=meta)))}
+        out: dict[str, Any] = {"fp32": part(dense, len(safetensors_bytes(dense))),
+                               self.name: part(packed, len(safetensors_bytes(packed, meta)))}
         out["ratio"] = {k: out["fp32"][k] / max(1, out[self.name][k]) for k in out["fp32"]}
         enc = json.loads(meta["encodings"])
         numel = bits = packed_weight_bytes = 0

@@ -120,17 +120,15 @@ def load_sparse_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 def save_sparse(model: nn.Module, out_dir: str | os.PathLike, modules: Iterable[str] | None = None,
                 tokenizer: Any = None) -> Path:
-    """Write ``out_dir/model.sparse.safetensors`` (+ config.json, tokenizer) atomically; returns the file."""
-    from safetensors.torch import save_file
-
+    """Write ``out_dir/model.sparse.safetensors`` (+ config.json, tokenizer) atomically; returns the file.
+    The same model gives the same bytes (metadata keys sorted: ``manifest.safetensors_bytes``)."""
+    from compresslab.manifest import atomic_write_safetensors
     from compresslab.models.structure import stamp_structure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors, meta = encode(model, "sparse_int8", modules)
-    tmp = out / f".{SPARSE_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, out / SPARSE_FILE)
+    atomic_write_safetensors(out / SPARSE_FILE, tensors, meta)
     if not (out / "config.json").is_file():  # a standalone sparse checkpoint must be loadable on its own
         stamp_structure(model)
         model.config.save_pretrained(out)
@@ -145,8 +143,7 @@ def sparse_size_bytes(model: nn.Module, modules: Iterable[str] | None = None) ->
     ``total`` is the length of the safetensors file that encoding writes; ``encoder`` the tensor
     bytes under the adapter's encoder layers (MEASURE.md: report both, say which a ratio uses).
     """
-    from safetensors.torch import save
-
+    from compresslab.manifest import safetensors_bytes
     from compresslab.models.adapters import get_adapter
 
     prefix = get_adapter(model).layers_prefix + "."
@@ -155,7 +152,7 @@ def sparse_size_bytes(model: nn.Module, modules: Iterable[str] | None = None) ->
     for mode in MODES:
         tensors, meta = encode(model, mode, mods)
         enc = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(prefix))
-        out[mode] = {"encoder": int(enc), "total": len(save(tensors, metadata=meta))}
+        out[mode] = {"encoder": int(enc), "total": len(safetensors_bytes(tensors, meta))}
     return out
 
 

@@ -81,9 +81,8 @@ def write_quant_sidecar(model: "nn.Module", out_dir: str | Path) -> Path | None:
     """Write ``out_dir/quantization.safetensors`` (``<name>.scale`` float32 / ``<name>.zero_point`` uint8,
     ``(rows/group_rows, cols/block_size)`` each) for every frozen fake-quant module of ``model``;
     remove a stale one and return None when it has none. ValueError for a dynamic (unfrozen) module."""
-    from safetensors.torch import save_file
-
     from compresslab.export.ort_quant import atomic_output
+    from compresslab.manifest import safetensors_bytes
     from compresslab.models.quantized import quantized_modules
 
     path = Path(out_dir) / SIDECAR
@@ -99,7 +98,8 @@ def write_quant_sidecar(model: "nn.Module", out_dir: str | Path) -> Path | None:
         tensors[f"{name}.scale"] = p.scale.detach().float().cpu().contiguous()
         tensors[f"{name}.zero_point"] = p.zero_point.detach().to("cpu").contiguous()
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "compresslab.quant_params", "version": "1"})
+        # metadata keys sorted: the same model gives the same bytes
+        Path(tmp).write_bytes(safetensors_bytes(tensors, {"format": "compresslab.quant_params", "version": "1"}))
     return path
 
 
