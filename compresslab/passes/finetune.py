@@ -2,7 +2,8 @@
 
 Presets (MEASURE.md "Teachers"): ``quick`` for the demo (a 16k-example slice, one epoch, a few
 minutes on 2 cores) and ``bench`` (the full train split, the recipe below). Explicit fields
-override the preset. The cache key covers the source weights, the task data files and every
+override the preset. The cache key covers the content of every model file (config, tokenizer,
+each weight shard or ``pytorch_model.bin``), the examples trained and validated on, and every
 setting that changes the result, so a cached teacher is reused only when it would be identical.
 """
 
@@ -15,7 +16,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from compresslab.manifest import atomic_write_json, read_json, sha256_file, stable_hash
+from compresslab.manifest import (
+    atomic_write_json, examples_sha256, model_files_sha256, read_json, sha256_file, stable_hash, state_dict_sha256,
+    tokenizer_sha256)
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
 from compresslab.validate import check_positive, check_positive_int, is_number
@@ -76,16 +79,53 @@ class Finetune:
         r.setdefault("steps", None)
         return r
 
-    def cache_key(self, ctx: PassContext) -> str:
-        src = Path(ctx.model_source)
-        weights = src / "model.safetensors"
-        model_id = sha256_file(weights) if weights.is_file() else str(src)
+    def cache_key(self, ctx: PassContext, model: nn.Module | None = None) -> str:
+        """The teacher's identity, by content: every file of the model source (config, tokenizer,
+        each weight shard; a model given in memory, ``ctx.model_source`` empty: ``model``'s weights),
+        the train and validation examples as parsed, the label names, and every setting that changes
+        the result. Paths are not part of it. ValueError with neither a source nor a model."""
+        if ctx.model_source:
+            model_id: dict[str, Any] = {"files": model_files_sha256(ctx.model_source)}
+        elif model is not None:
+            model_id = {"state_dict": state_dict_sha256(model), "tokenizer": tokenizer_sha256(ctx.tokenizer)}
+        else:
+            raise ValueError("finetune cache key: no model source and no model to identify the teacher by")
+        data = {"examples": examples_sha256(ctx.task.train, ctx.task.validation),
+                "labels": list(ctx.task.spec.label_names)}
+        return stable_hash({"model": model_id, "task": ctx.task.spec.name, "data": data, "max_length": ctx.max_length,
+                            "seed": ctx.seed, "recipe": self.recipe(), "version": 2}, n=16)
+
+    def _legacy_key(self, ctx: PassContext) -> str | None:
+        """The version-1 key of this teacher (model.safetensors + data file hashes; tokenizer, config and
+        other weight files not covered), for sources that hold a ``model.safetensors``; else None.
+
+        Teachers cached before keys covered every model file (2026-11) are adopted once under the new
+        key instead of being trained again (the bench teacher takes tens of minutes)."""
+        weights = Path(ctx.model_source) / "model.safetensors" if ctx.model_source else None
+        if weights is None or not weights.is_file():
+            return None  # version 1 keyed such sources by path: never trusted
         info = ctx.task.info
-        files = {split: f.get("sha256") for split, f in (info.get("files") or {}).items()}  # not paths
+        files = {split: f.get("sha256") for split, f in (info.get("files") or {}).items()}
         data = {k: info.get(k) for k in ("val_size", "val_seed", "max_train", "sizes")}
-        return stable_hash({"model": model_id, "task": ctx.task.spec.name, "files": files, "data": data,
+        return stable_hash({"model": sha256_file(weights), "task": ctx.task.spec.name, "files": files, "data": data,
                             "max_length": ctx.max_length, "seed": ctx.seed, "recipe": self.recipe(),
                             "version": 1}, n=16)
+
+    def _adopt_legacy(self, ctx: PassContext, cached: Path) -> None:
+        """Link a version-1 cache entry of this teacher into ``cached`` (its new, content-keyed place)."""
+        import os
+        import shutil
+
+        old_key = self._legacy_key(ctx)
+        old = cached.parent / old_key if old_key else None
+        if old is None or not (old / "teacher.json").is_file() or cached.exists():
+            return
+        tmp = cached.with_name(f".{cached.name}.adopt{os.getpid()}")
+        shutil.copytree(old, tmp, copy_function=os.link)  # same cache dir: links, no second copy
+        os.replace(tmp, cached)
+        log.warning("finetune: adopted the teacher cached under the older key %s as %s (its weights and data files "
+                    "match by content; its tokenizer and config files were not part of that key)", old.name,
+                    cached.name)
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
         from compresslab.data.tasks import TaskKind
@@ -93,22 +133,26 @@ class Finetune:
         if ctx.task.spec.kind == TaskKind.EMBEDDING:
             return PassResult(metrics={"cached": False, "trained": False},
                               skipped={"model": "embedding task: the pretrained embedder is its own teacher"})
-        key = self.cache_key(ctx)
+        key = self.cache_key(ctx, model)
         cached = ctx.cache_dir / "teachers" / key if (self.cache and ctx.cache_dir) else None
+        if cached is not None:
+            self._adopt_legacy(ctx, cached)
         if cached is not None and (cached / "teacher.json").is_file():
             from compresslab.checkpoint import load
 
             log.info("finetune: reusing cached teacher %s", cached)
             model.load_state_dict(load(cached).state_dict())
             info = read_json(cached / "teacher.json")
-            return PassResult(metrics={**info["metrics"], "cached": True, "cache_key": key})
+            return PassResult(metrics={**info["metrics"], "cached": True, "cache_key": key,
+                              "cache_path": str(cached)})
         metrics = self._train(model, ctx)
         if cached is not None:
             from compresslab.checkpoint import save
 
             save(model, cached, ctx.tokenizer)
             atomic_write_json(cached / "teacher.json", {"metrics": metrics, "recipe": self.recipe(), "key": key})
-        return PassResult(metrics={**metrics, "cached": False, "cache_key": key})
+        return PassResult(metrics={**metrics, "cached": False, "cache_key": key,
+                                   "cache_path": str(cached) if cached is not None else None})
 
     def _train(self, model: nn.Module, ctx: PassContext) -> dict[str, Any]:
         from compresslab.eval.evaluate import predict, torch_forward

@@ -368,14 +368,15 @@ def _cache_path(ctx: PassContext, model: nn.Module, modules: Mapping[str, nn.Lin
     import hashlib
     import json
 
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    train = ctx.task.train
+    from compresslab.manifest import examples_sha256, state_dict_sha256, tokenizer_sha256
+
+    h = hashlib.sha256(state_dict_sha256(model).encode())
+    # every train example by content (the Hessian batches are drawn from all of them, not a count)
+    # and the tokenizer that turns them into ids
     h.update(json.dumps({"method": method, "settings": dataclasses.asdict(settings), "seed": ctx.seed,
-                         "modules": list(modules), "max_length": ctx.max_length, "train": len(train),
-                         "first": repr(train[0]) if len(train) else ""}, sort_keys=True).encode())
+                         "modules": list(modules), "max_length": ctx.max_length,
+                         "train": examples_sha256(ctx.task.train), "tokenizer": tokenizer_sha256(ctx.tokenizer)},
+                        sort_keys=True).encode())
     return Path(ctx.cache_dir) / "hessian" / f"{h.hexdigest()[:20]}.json"
 
 
