@@ -304,6 +304,7 @@ def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData"
     """The CLI's step loop over an in-memory model; resumes a run dir made by the same call."""
     from compresslab.manifest import RunManifest, stable_hash
     from compresslab.pipeline.driver import recording_failure
+    from compresslab.pipeline.identity import check_inputs, input_identity
     from compresslab.pipeline.plan import RunDirConflictError
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
@@ -313,11 +314,13 @@ def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData"
               "settings": {"seed": state.settings.seed, "max_length": state.settings.max_length,
                            "batch_size": state.settings.batch_size}}
     h = stable_hash(config)
+    inputs = input_identity(state)  # the model, tokenizer, teacher and data by content, not by size
     manifest = None
     if (run_dir / "manifest.json").is_file():
         manifest = RunManifest.load(run_dir)
         if manifest.data.get("config_hash") != h:
             raise RunDirConflictError(f"{run_dir} holds a run of other passes or data; use another output_dir")
+        check_inputs(manifest.data, inputs, run_dir, f"use another output_dir, or delete {run_dir}")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
     if manifest is None:
@@ -325,9 +328,8 @@ def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData"
         manifest = state.new_manifest(run_dir, pipeline="compress", config_hash=h,
                                       model_id=str(getattr(state.model.config, "_name_or_path", "") or "in-memory"),
                                       config=config)
-    manifest.data["status"] = "running"
-    manifest.data.pop("error", None)
-    manifest.save()
+    manifest.data["inputs"] = inputs
+    manifest.mark_running()
     with recording_failure(manifest):
         run_steps(state, steps, run_dir, manifest)
     manifest.data["status"] = "finished"

@@ -10,7 +10,10 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, now
+from compresslab.pipeline.disk import check_keep, link_duplicates
+from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir
+from compresslab.pipeline.preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +28,14 @@ def run(cfg: DictConfig) -> Path:
     from compresslab.pipeline.state import RunState, check_steps_model
     from compresslab.pipeline.steps import run_steps
 
-    steps = build_steps(cfg)
+    keep = check_keep(cfg.run.get("keep", "minimal"))
+    steps = preflight(cfg)  # the whole config, sequence lengths, output dirs: before any model or data is read
     state = RunState.prepare(cfg, steps)
     run_dir = resolve_run_dir(cfg)
     existing = prepare_run_dir(run_dir, cfg)
+    inputs = input_identity(state)  # model files and data by content: a changed file is never reused
+    if existing is not None:
+        check_inputs(existing.data, inputs, run_dir, START_OVER)
     if existing is not None and existing.data.get("status") == "finished":
         log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
         return run_dir
@@ -38,28 +45,30 @@ def run(cfg: DictConfig) -> Path:
     check_deploy(state)
     check_steps_model(steps, state.model)  # the passes' own (e.g. hawq's block_size vs the Linears' shapes)
     manifest = existing or _start(state, run_dir, cfg)
-    manifest.data["status"] = "running"
-    manifest.data.pop("error", None)
-    manifest.save()
+    manifest.data["inputs"] = inputs
+    manifest.mark_running()
     with recording_failure(manifest):
         if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
-            finish(state, run_dir, manifest)
+            finish(state, run_dir, manifest, keep=keep)
     return run_dir
+
+
+# How to start over when a run dir's inputs changed (InputsChangedError names the files).
+START_OVER = ("run.overwrite=true (moves this run dir aside to <dir>.replaced-<time> and runs anew), or "
+              "run.dir=<another dir> (keeps both)")
 
 
 @contextmanager
 def recording_failure(manifest: RunManifest) -> Iterator[None]:
-    """Mark the manifest ``failed`` (with the error and the step that was running) when the body
-    raises, then re-raise: a report of the dir says so, and rerunning resumes after the last
-    finished step. Ctrl-C is recorded as ``interrupted``."""
+    """Mark the manifest ``failed`` (with the error's type and message and the step that was
+    running) when the body raises, then re-raise: a report of the dir says so, and rerunning
+    resumes after the last finished step. Ctrl-C is recorded as ``interrupted``. A process killed
+    outright (kill -9, out of memory) cannot record anything: ``manifest.live_status`` then reads
+    the ``running`` manifest as ``crashed`` from the process it names."""
     try:
         yield
     except BaseException as e:
-        running = [s.name for s in manifest.steps if s.status == "running"]
-        manifest.data["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        manifest.data["error"] = {"type": type(e).__name__, "message": str(e)[:2000], "step": running[-1] if running
-                                  else None, "at": now()}
-        manifest.save()
+        manifest.mark_failed(e)
         raise
 
 
@@ -73,8 +82,10 @@ def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
                               config=OmegaConf.to_container(cfg, resolve=True))
 
 
-def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
-    """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report."""
+def finish(state: Any, run_dir: Path, manifest: RunManifest, keep: str = "minimal") -> Path:
+    """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report;
+    then ``run.keep``: with ``minimal``, identical artifacts (the run dir and the teacher cache entry
+    it used) become hard links to one copy (:mod:`compresslab.pipeline.disk`)."""
     from compresslab.bench.env import resolve_threads
     from compresslab.pipeline.bench import bench
     from compresslab.pipeline.deploy import deploy
@@ -91,6 +102,7 @@ def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
     sizes(state, run_dir, manifest)
     if s.bench.enabled:
         bench(state, run_dir, manifest, threads)
+    manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), keep).to_dict()
     manifest.data["status"] = "finished"
     manifest.data["finished"] = now()
     manifest.save()
@@ -99,6 +111,12 @@ def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
 
         build_report(run_dir)
     return run_dir
+
+
+def _caches_used(manifest: RunManifest) -> list[Path]:
+    """The cache entries the steps recorded (``metrics.cache_path``, e.g. the finetune teacher)."""
+    paths = [(s.result.get("metrics") or {}).get("cache_path") for s in manifest.steps]
+    return [Path(p) for p in paths if p]
 
 
 def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
@@ -135,7 +153,8 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> tuple[Any, RunManifest]
     """The state of a finished (or stopped) run, rebuilt from its checkpoints, for re-benchmarking.
 
     ``overrides`` are dotlist changes to the run's recorded config (e.g. ``bench.runs=40``); they
-    must not change the passes. Returns (state, manifest).
+    must not change the passes. Returns (state, manifest). InputsChangedError when the model or
+    data files differ from those the run recorded.
     """
     from compresslab.pipeline.state import RunState
     from compresslab.pipeline.steps import done_steps, restore_step
@@ -144,6 +163,9 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> tuple[Any, RunManifest]
     cfg = OmegaConf.merge(OmegaConf.create(manifest.data["config"]), OmegaConf.from_dotlist(list(overrides)))
     steps = build_steps(cfg)
     state = RunState.prepare(cfg, steps)
+    # the dense reference is rebuilt from the model source: it must still be the run's input
+    check_inputs(manifest.data, input_identity(state), Path(run_dir),
+                 "rerun the pipeline from the new files (run.overwrite=true) instead of restoring this run")
     state.load_initial()
     done = done_steps(manifest)
     for step in steps:

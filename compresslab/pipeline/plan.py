@@ -2,12 +2,14 @@
 stage order checked), its identity and its directory.
 
 A run's identity is its resolved config (minus run-control keys): the run dir is
-``outputs/<pipeline>/<config-hash>/``, so rerunning the same command resumes it.
+``outputs/<pipeline>/<config-hash>/``, so rerunning the same command resumes it; and its inputs by
+content (:mod:`compresslab.pipeline.identity`): a dir whose model or data files changed is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from compresslab.manifest import RunManifest, stable_hash
+from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.types import Pass, Stage
 
@@ -125,11 +127,25 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
         raise RunDirConflictError(
             f"{run_dir} belongs to another config (hash {old.data.get('config_hash')} != {h}); "
             "use a different run.dir or the same config")
-    if old.data.get("status") == "finished":
-        if not cfg.run.get("overwrite"):
-            return old
+    check_not_running(old, run_dir)
+    if cfg.run.get("overwrite"):  # start over, whatever state the old run is in (it is kept aside)
         backup = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
-        log.warning("run.overwrite=true: moving the finished run to %s", backup)
+        log.warning("run.overwrite=true: moving the %s run to %s", old.data.get("status"), backup)
         shutil.move(str(run_dir), backup)
         return None
     return old
+
+
+def check_not_running(old: RunManifest, run_dir: Path) -> None:
+    """Refuse a run dir that another live process is running now (two runs would write the same
+    files); a ``running`` manifest whose process is gone (killed) is resumed, with a warning."""
+    proc = old.data.get("process") or {}
+    if old.data.get("status") != "running" or proc.get("pid") == os.getpid():
+        return
+    alive = process_alive(proc)
+    if alive:
+        raise RunDirConflictError(f"{run_dir} is being run now by process {proc.get('pid')} on {proc.get('host')}; "
+                                  "wait for it to finish (then rerun to find it finished), or use another run.dir")
+    log.warning("%s says running, but %s; resuming after its last finished step", run_dir,
+                "its process is gone (killed?)" if alive is False else
+                f"it ran on {proc.get('host') or 'an unrecorded host'}: if that run still goes, both write this dir")

@@ -81,7 +81,9 @@ def _missing(what: str) -> Para:
 
 
 def _status(m: Mapping[str, Any]) -> list[Block]:
-    status = m.get("status") or "unknown"
+    from compresslab.manifest import live_status
+
+    status = live_status(dict(m))  # "crashed": a running manifest whose process is gone (kill -9, OOM)
     out: list[Block] = []
     if status != "finished":
         out.append(Para(f"Run status: {status} (last update {m.get('updated', DASH)}). "
