@@ -1,6 +1,12 @@
 """``python -m compresslab +pipeline=NAME [overrides]``: the only @hydra.main.
 
 This is the one place that touches process state: environment, threads, seeds, logging.
+
+A bad command line is answered with one line on stderr (``compresslab: error: ...``, naming the
+setting to change) and exit status 2, never a traceback: the overrides are composed and checked
+(:func:`check_command_line`) before Hydra sets anything up, so a typo such as ``debug=smok``, an
+unwritable ``paths.output_dir`` or ``seed=abc`` stops here; what needs the model or the data stops
+at the start of :func:`compresslab.pipeline.run`, before any training.
 """
 
 from __future__ import annotations
@@ -8,8 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NoReturn
 
 log = logging.getLogger("compresslab")
+
+# Exit status for a bad command line or config (argparse's convention); 1 stays a crash.
+EXIT_BAD_INPUT = 2
 
 
 def setup_process(threads: int | None, seed: int) -> int:
@@ -34,21 +44,63 @@ def _missing_pipeline_message() -> str:
         "\n  e.g. python -m compresslab +pipeline=int8   (see --help for overrides)"
 
 
-def _main(cfg) -> None:
-    from compresslab.pipeline import PipelineError, run
+def fail(error: BaseException | str) -> NoReturn:
+    """Print ``compresslab: error: <message>`` on one line to stderr and exit with status 2."""
+    msg = " ".join(str(error).split()) or type(error).__name__
+    print(f"compresslab: error: {msg}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the input is wrong" (each names what to change), not a crash."""
+    from compresslab.config import ConfigError
+    from compresslab.pipeline import PipelineError, SettingsError
     from compresslab.runlock import MachineBusyError
+
+    # SettingsError, PipelineError, ConfigError and CheckpointError are ValueErrors; MachineBusyError
+    # is a timing refused while training runs (its message names the variables that wait longer)
+    return (ConfigError, PipelineError, SettingsError, FileNotFoundError, ValueError, MachineBusyError)
+
+
+def check_command_line(overrides: list[str]) -> None:
+    """Compose ``overrides`` and check every setting, the sequence lengths against the model's
+    config.json and the output directories, before Hydra creates its run dir or logs a line.
+
+    Prints one line and raises SystemExit(2) when anything is wrong; returns None otherwise.
+    """
+    from compresslab.config import compose
+    from compresslab.pipeline.preflight import preflight
+
+    try:
+        cfg = compose(overrides)
+        if cfg.get("pipeline") is None:
+            print(_missing_pipeline_message(), file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT)
+        preflight(cfg)
+    except bad_input_errors() as e:
+        fail(e)
+
+
+def _main(cfg) -> None:
+    from compresslab.pipeline import run
+    from compresslab.pipeline.settings import RunSettings
 
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
-        raise SystemExit(2)
-    setup_process(cfg.run.get("threads"), int(cfg.seed))
-    logging.getLogger("compresslab").setLevel(logging.INFO)
+        raise SystemExit(EXIT_BAD_INPUT)
     try:
+        settings = RunSettings.from_config(cfg)  # seed and threads are typed before they touch torch
+        setup_process(settings.threads, settings.seed)
+        logging.getLogger("compresslab").setLevel(logging.INFO)
         run_dir = run(cfg)
-    except (PipelineError, FileNotFoundError, ValueError, MachineBusyError) as e:  # SettingsError is a ValueError
-        log.error("%s", e)
-        raise SystemExit(2) from None
+    except bad_input_errors() as e:
+        fail(e)
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.md'}")
+
+
+def _hydra_flags(args: list[str]) -> bool:
+    """Any Hydra flag (``--help``, ``--cfg job``, ``-m``...): Hydra handles the command line itself."""
+    return any(a.startswith("-") for a in args)
 
 
 def main() -> None:
@@ -56,9 +108,12 @@ def main() -> None:
 
     from compresslab.config import config_dir
 
-    if len(sys.argv) == 1:  # fail fast, before Hydra sets up anything
+    args = sys.argv[1:]
+    if not args:  # fail fast, before Hydra sets up anything
         print(_missing_pipeline_message(), file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_BAD_INPUT)
+    if not _hydra_flags(args):  # a multirun's sweeps (-m a=1,2) are composed job by job by Hydra
+        check_command_line(args)
     hydra.main(config_path=config_dir(), config_name="compress", version_base="1.3")(_main)()
 
 

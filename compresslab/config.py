@@ -30,8 +30,12 @@ class ConfigError(ValueError):
 def composition_message(error: Exception) -> str:
     """One line saying what is wrong with the overrides, from Hydra's multi-line composition error
     (its config search path and grammar links left out, the options of a group listed)."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
 
+    if isinstance(error, OverrideParseException):  # the parser's message does not name the override
+        first = str(error).splitlines()[0] if str(error) else "syntax error"
+        return (f"cannot parse the override {error.override!r}: {first} (lists are written [a, b], "
+                "quote values with spaces or special characters)")
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         plus = "+" if group == "pipeline" else ""

@@ -1,0 +1,106 @@
+"""Preflight: everything about a run that can be checked before a model's weights or any data are
+read, checked at once before any work, each failure naming the setting to change.
+
+* the whole composed config: missing values, unknown keys and values, types and ranges
+  (:meth:`RunSettings.from_config`), opsets and GPU backends of this install;
+* every pass's settings and the step order (:func:`build_steps`);
+* every sequence length the run will feed the model (``task.max_length``, the bench shapes, a
+  pass's own ``seq``/``max_length``) against the model's position table, read from its
+  ``config.json`` alone;
+* the directories the run writes (``paths.output_dir`` or ``run.dir``, ``paths.cache_dir``):
+  created and written to, then left as they were.
+
+The checks that need the data or the loaded model follow in ``RunState.prepare`` and the driver.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from compresslab.pipeline.plan import Step, build_steps
+from compresslab.pipeline.settings import RunSettings, SettingsError
+
+
+def preflight(cfg: Any) -> list[Step]:
+    """Check a composed config before any work (see the module docstring); returns its steps.
+
+    Raises SettingsError (a setting, a limit of this install or machine), PipelineError (a pass or
+    the step order), FileNotFoundError (no model at ``model.source``), each naming what to change.
+    """
+    settings = RunSettings.from_config(cfg)
+    steps = build_steps(cfg)
+    check_sequence_lengths(cfg, settings, steps)
+    check_output_dirs(cfg)
+    return steps
+
+
+def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]:
+    """Setting -> the sequence length (tokens) the run will feed the model under it."""
+    lengths = {"task.max_length": settings.max_length}
+    b = settings.bench
+    if b.enabled:
+        lengths["bench.shapes seq"] = max(seq for _, seq in b.shapes)
+        if b.deepsparse.enabled is not False:
+            lengths["bench.deepsparse.seq"] = b.deepsparse.seq
+    for step in steps:  # a pass's own lengths: ziplm's latency shape, bibert's training length
+        for attr in ("seq", "max_length"):
+            value = getattr(step.pass_, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                lengths[f"pipeline.passes.{step.name}.{attr}"] = value
+    return lengths
+
+
+def check_sequence_lengths(cfg: Any, settings: RunSettings, steps: list[Step]) -> None:
+    """ValueError naming the first setting whose sequence length the model's position table cannot
+    embed (read from ``config.json``; the weights are not loaded). FileNotFoundError when
+    ``model.source`` holds no config.json."""
+    from compresslab.models.loading import check_max_length, read_config, resolve_source
+
+    config = read_config(resolve_source(cfg.model.source))
+    for setting, length in sequence_lengths(settings, steps).items():
+        try:
+            check_max_length(length, config, setting)
+        except ValueError as e:
+            raise SettingsError(f"{e} (model.source={cfg.model.source})") from None
+
+
+def output_dirs(cfg: Any) -> dict[str, Path]:
+    """Setting -> a directory the run writes into."""
+    run = cfg.get("run") or {}
+    dirs = {"run.dir": Path(run["dir"])} if run.get("dir") else {"paths.output_dir": Path(cfg.paths.output_dir)}
+    dirs["paths.cache_dir"] = Path(cfg.paths.cache_dir)
+    return dirs
+
+
+def check_writable(path: Path, setting: str) -> None:
+    """Create ``path`` (with its parents) and write a file in it; SettingsError naming ``setting``
+    and the path when either fails (read-only, no permission, a file in the way). Directories this
+    created are removed again, so a refused run leaves nothing behind."""
+    path = Path(path).expanduser()
+    created = []
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        hint = " (or the COMPRESSLAB_CACHE environment variable)" if setting == "paths.cache_dir" else ""
+        raise SettingsError(f"{setting}={path}: cannot write there ({e.strerror or e}); set {setting}{hint} to a "
+                            "directory you can write to") from None
+    finally:
+        for d in created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break  # not empty (written meanwhile) or already gone: leave the rest
+
+
+def check_output_dirs(cfg: Any) -> None:
+    """:func:`check_writable` for every directory of :func:`output_dirs`."""
+    for setting, path in output_dirs(cfg).items():
+        check_writable(path, setting)
