@@ -41,7 +41,7 @@ def one(spec: dict) -> dict:
     from transformers import BertConfig, BertForSequenceClassification
 
     from compresslab.data.tasks import load_task, resolve_data_root
-    from compresslab.models.loading import load_pretrained
+    from compresslab.checkpoint import load_pretrained
     from compresslab.passes.obert import OBert
     from compresslab.types import PassContext
 

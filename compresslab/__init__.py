@@ -12,8 +12,7 @@ __version__ = "0.1.0"
 from typing import Any  # noqa: E402
 
 from compresslab import passes  # noqa: E402,F401 - compresslab.passes.OBert(...) without another import
-from compresslab.checkpoint import load, save  # noqa: E402
-from compresslab.models.loading import load_pretrained  # noqa: E402
+from compresslab.checkpoint import load, load_pretrained, save  # noqa: E402
 from compresslab.registry import available_passes, build_pass, get_pass, register_pass  # noqa: E402
 from compresslab.types import OnnxModel, Pass, PassContext, PassResult, Stage  # noqa: E402
 

@@ -207,6 +207,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.data.user import task_from_user_data
     from compresslab.models.adapters import get_adapter
     from compresslab.models.heads import config_label2id, task_kind_of
+    from compresslab.models.loading import to_float32
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
                                             tqdm_progress)
@@ -237,10 +238,12 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
 
     run_dir, cleanup = _work_dir(output_dir)
     try:
-        work = model if inplace else copy.deepcopy(model)
+        # float16/bfloat16 models train to NaN on CPU: compresslab works in float32 (the copy, or in place)
+        work = to_float32(model if inplace else copy.deepcopy(model), "model")
         _name_labels(work, task)  # every checkpoint and export carries the label names used
         state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
-                         model=work.eval(), teacher=frozen(teacher) if teacher is not None else None,
+                         model=work.eval(),
+                         teacher=to_float32(frozen(teacher), "teacher") if teacher is not None else None,
                          progress=tqdm_progress if progress else None)
         state.initial_dense = frozen(work) if teacher is None else state.teacher
         with torch.random.fork_rng(devices=[]):  # the caller's RNG is not ours to move
@@ -276,9 +279,9 @@ def _check_max_length(max_length: Any, config: Any) -> None:
     from compresslab.validate import check_positive_int
 
     check_positive_int(max_length, "max_length")
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and max_length > int(limit):
-        raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}")
+    from compresslab.models.loading import check_max_length
+
+    check_max_length(max_length, config, "max_length")
 
 
 def _name_labels(model: "nn.Module", task: "TaskData") -> None:

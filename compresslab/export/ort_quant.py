@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -69,6 +70,26 @@ def scratch_cwd() -> Iterator[Path]:
             yield Path(tmp)
         finally:
             os.chdir(old)
+
+
+class _DropPreprocessHint(logging.Filter):
+    """Drops ORT's "Please consider (to run) pre-processing before quantization" root-logger warning,
+    which points at its image-classification example: dynamic int8 of our fused graph needs no
+    pre-processing (DefaultTensorType types the contrib ops), and static QDQ runs quant_pre_process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def quiet_preprocess_hint() -> Iterator[None]:
+    """Hide that one ORT warning during a quantize call (ORT logs it on the root logger)."""
+    root, f = logging.getLogger(), _DropPreprocessHint()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
 
 
 @contextlib.contextmanager
@@ -173,7 +194,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, per_channel: bool
     if nodes_to_quantize is not None and not list(nodes_to_quantize):
         raise ValueError("nodes_to_quantize is empty (ORT would quantize every node); pass None for all")
     src = Path(src).resolve()
-    with atomic_output(dst) as out, scratch_cwd():
+    with atomic_output(dst) as out, scratch_cwd(), quiet_preprocess_hint():
         quantize_dynamic(src, out, per_channel=per_channel, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
                          nodes_to_exclude=list(nodes_to_exclude) or None,
@@ -226,7 +247,7 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
         def rewind(self) -> None:
             self._it = iter(feeds)
 
-    with atomic_output(dst) as out, scratch_cwd() as work:
+    with atomic_output(dst) as out, scratch_cwd() as work, quiet_preprocess_hint():
         pre = work / "pre.onnx"
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from compresslab.manifest import (
@@ -140,11 +141,16 @@ class Finetune:
         if cached is not None and (cached / "teacher.json").is_file():
             from compresslab.checkpoint import load
 
-            log.info("finetune: reusing cached teacher %s", cached)
-            model.load_state_dict(load(cached).state_dict())
-            info = read_json(cached / "teacher.json")
-            return PassResult(metrics={**info["metrics"], "cached": True, "cache_key": key,
-                              "cache_path": str(cached)})
+            teacher = load(cached)
+            if all(bool(torch.isfinite(t).all()) for t in teacher.state_dict().values() if t.is_floating_point()):
+                log.info("finetune: reusing cached teacher %s", cached)
+                model.load_state_dict(teacher.state_dict())
+                info = read_json(cached / "teacher.json")
+                return PassResult(metrics={**info["metrics"], "cached": True, "cache_key": key,
+                                  "cache_path": str(cached)})
+            # written before training stopped on a NaN loss (a float16 source trained in float16): never reuse it
+            log.warning("finetune: the cached teacher %s holds NaN/inf weights; training a new one", cached)
+            (cached / "teacher.json").unlink()
         metrics = self._train(model, ctx)
         if cached is not None:
             from compresslab.checkpoint import save

@@ -93,24 +93,27 @@ class RunState:
     progress: Any = tqdm_progress
     scores: dict[str, Any] = field(default_factory=dict)  # label -> Scored on the eval split, for agreement
     initial_dense: nn.Module | None = None  # the reference when no pass made a teacher (set lazily)
+    # model.finetuned=true: the source model, head included, is the task's teacher; the pass that would
+    # make the teacher (finetune) is not run
+    input_is_teacher: bool = False
 
     @classmethod
     def prepare(cls, cfg: "DictConfig", steps: list["Step"]) -> "RunState":
         """Cheap checks before anything expensive: settings, model source, architecture, data, budgets."""
         from omegaconf import OmegaConf
 
+        from compresslab.checkpoint import check_source
         from compresslab.data.tasks import MissingSplit, SplitUnavailableError, load_task, resolve_data_root
-        from compresslab.models.loading import check_model_source, resolve_source
-
-        from compresslab.models.loading import read_config
+        from compresslab.models.loading import check_max_length, read_config
 
         settings = RunSettings.from_config(cfg)
         device = resolve_device(settings.device)
-        src = resolve_source(cfg.model.source)
-        check_model_source(src)
-        limit = read_config(src).get("max_position_embeddings")
-        if limit is not None and settings.max_length > int(limit):
-            raise ValueError(f"task.max_length={settings.max_length} exceeds the model's max_position_embeddings={limit}")
+        src = check_source(cfg.model.source)  # config, architecture, weights intact, tokenizer files
+        finetuned = cfg.model.get("finetuned", False)
+        if not isinstance(finetuned, bool):
+            raise ValueError(f"model.finetuned={finetuned!r}: use true (the model is already fine-tuned on this "
+                             "task: it is the teacher) or false (fine-tune it first)")
+        check_max_length(settings.max_length, read_config(src), "task.max_length")
         t = cfg.task
         generic = OmegaConf.to_container(t.generic, resolve=True) if t.get("generic") else None
         root = None if generic else resolve_data_root(cfg.data.get("root"))
@@ -123,7 +126,7 @@ class RunState:
             from compresslab.bench.deepsparse_backend import check_requested
 
             check_requested(settings.bench.deepsparse.enabled, settings.bench.deepsparse.python)
-        return cls(settings=settings, task=task, model_source=src, device=device)
+        return cls(settings=settings, task=task, model_source=src, device=device, input_is_teacher=finetuned)
 
     # ---------------------------------------------------------------- derived
     @property
@@ -148,19 +151,32 @@ class RunState:
                            model_source=str(self.model_source or ""))
 
     def load_initial(self) -> None:
-        """Load the source model and tokenizer with a fresh head, seeded (the run is reproducible)."""
+        """Load the source model and tokenizer: with a fresh head, seeded (the run is reproducible), or,
+        with ``input_is_teacher`` (model.finetuned=true), with its own head, checked against the task's
+        labels. ValueError when a fine-tuned model's head does not fit the task."""
+        from compresslab.checkpoint import load_pretrained
         from compresslab.models.heads import set_class_names
-        from compresslab.models.loading import load_pretrained
 
         assert self.model_source is not None, "load_initial needs a model source"
         spec = self.task.spec
-        self.model, self.tokenizer = load_pretrained(self.model_source, kind=spec.kind.value,
-                                                     num_labels=spec.num_labels)
-        if hasattr(self.model, "classifier"):
-            with torch.random.fork_rng(devices=[]):  # seeds the fresh head only; process RNG is cli's
-                torch.manual_seed(self.settings.seed)
-                self.model.classifier.apply(self.model._init_weights)
+        self.model, self.tokenizer = load_pretrained(self.model_source, kind=spec.kind.value, num_labels=spec.num_labels,
+                                                     finetuned=self.input_is_teacher, seed=self.settings.seed)
+        if self.input_is_teacher:
+            self._check_given_head()
         set_class_names(self.model.config, spec.label_names)  # every saved config.json names the classes
+
+    def _check_given_head(self) -> None:
+        """model.finetuned=true: the head's size, kind and class names must be the task's (a head trained
+        with another label order would score every example wrongly, silently). ValueError otherwise."""
+        from compresslab.data.checks import check_labels_match_head
+
+        try:
+            check_labels_match_head(self.task, self.model.config)
+        except ValueError as e:
+            raise ValueError(f"model.finetuned=true, but the head of {self.model_source} does not fit the task: {e}. "
+                             "Set model.finetuned=false to fine-tune a fresh head instead") from None
+        log.info("model.finetuned=true: %s (its own head) is the teacher; the finetune step trains nothing",
+                 self.model_source)
 
     def teacher_or_initial(self) -> nn.Module:
         """The teacher; for pipelines that produce none (embeddings, int8 only), the dense input model.
@@ -171,12 +187,13 @@ class RunState:
         if self.teacher is not None:
             return self.teacher
         if self.initial_dense is None:
+            from compresslab.checkpoint import load_pretrained
             from compresslab.models.heads import set_class_names
-            from compresslab.models.loading import load_pretrained
 
             assert self.model_source is not None, "no teacher and no model source to rebuild the input model"
             spec = self.task.spec
-            m, _ = load_pretrained(self.model_source, kind=spec.kind.value, num_labels=spec.num_labels)
+            m, _ = load_pretrained(self.model_source, kind=spec.kind.value, num_labels=spec.num_labels,
+                                   finetuned=self.input_is_teacher, seed=self.settings.seed)  # load_initial's head
             set_class_names(m.config, spec.label_names)
             self.initial_dense = frozen(m)
         return self.initial_dense

@@ -58,7 +58,12 @@ def run_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -
     from compresslab.checkpoint import check_formats, save
 
     assert state.model is not None
-    result = step.pass_.apply(state.model, state.context(run_dir, step_dir))
+    if step.pass_.makes_teacher and state.input_is_teacher:
+        # model.finetuned=true: the loaded model is already the teacher; training it again would only
+        # replace the user's model by a different one under the name "teacher"
+        result = PassResult(metrics={"trained": False, "input_is_teacher": True, "cached": False})
+    else:
+        result = step.pass_.apply(state.model, state.context(run_dir, step_dir))
     state.model.eval()
     apply_declarations(state, step)
     save(state.model, step_dir, state.tokenizer, formats=check_formats(result.formats, f"step {step.name!r}"))

@@ -162,6 +162,34 @@ def _run_record(cfg: TrainConfig, total: int, loader: Any, model: nn.Module, los
     return json.loads(json.dumps(rec))
 
 
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The loss (or the gradient norm) became NaN or infinite: training stops before that step
+    updates any weight, so no checkpoint, cached teacher or saved step holds NaN weights.
+
+    A ValueError too: its usual causes are settings to change (a learning rate too high, a model in
+    float16), and the CLI reports those as a message, not a traceback."""
+
+
+def _stop_if_nonfinite(acc: Any, value: float, what: str, step: int, total: int, desc: str, sched: Any,
+                       model: nn.Module) -> None:
+    """Raise NonFiniteLossError when ``value`` is NaN/inf on any rank (every rank stops at the same
+    step: one that went on would wait in the gradient all-reduce forever)."""
+    bad = not math.isfinite(value)
+    if acc.num_processes > 1:
+        bad = bool(acc.reduce(torch.tensor([float(bad)], device=acc.device), reduction="sum").item())
+    if not bad:
+        return
+    params = list(model.parameters())
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
+    weights_ok = all(bool(torch.isfinite(p).all()) for p in params)
+    raise NonFiniteLossError(
+        f"{desc}: the {what} is {value} at step {step + 1}/{total} (lr {sched.get_last_lr()[0]:.2e}, weights "
+        f"{'/'.join(dtypes)}{'' if weights_ok else ', already holding NaN/inf'}); training stopped before this step "
+        "changed any weight, and nothing of it was saved. Usual causes: a learning rate too high for this model "
+        "(lower the step's lr), a model in float16/bfloat16 (pass a float32 model; compresslab loads model "
+        "directories in float32), or NaN/inf already in the model's weights")
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -281,16 +309,20 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
                 with torch.no_grad():
                     out_t = _forward(teacher, batch, need_h, need_a, teacher if need_qkv else None)
             loss = sum(l.weight * l(out_s, out_t, batch) for l in losses)
+            value = float(loss.detach())
+            _stop_if_nonfinite(acc, value, "loss", step, total, desc, sched, pmodel)
             acc.backward(loss)
             if cfg.max_grad_norm:
-                acc.clip_grad_norm_(pmodel.parameters(), cfg.max_grad_norm)
+                norm = acc.clip_grad_norm_(pmodel.parameters(), cfg.max_grad_norm)
+                if norm is not None and getattr(acc, "scaler", None) is None:  # a loss scaler skips inf steps itself
+                    _stop_if_nonfinite(acc, float(norm), "gradient norm", step, total, desc, sched, pmodel)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             for cb in callbacks:
                 if hasattr(cb, "on_step_end"):
                     cb.on_step_end(step, acc.unwrap_model(pmodel), opt)
-            window.append(float(loss.detach()))
+            window.append(value)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 result.losses.append(sum(window) / len(window))
                 if hasattr(steps, "set_postfix"):
@@ -314,4 +346,4 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
     return result
 
 
-__all__ = ["Callback", "ResumeError", "TrainConfig", "TrainResult", "lr_lambda", "train"]
+__all__ = ["Callback", "NonFiniteLossError", "ResumeError", "TrainConfig", "TrainResult", "lr_lambda", "train"]
