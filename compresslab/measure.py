@@ -89,7 +89,9 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     Every model runs at every ``(batch, seq)`` with random token ids, interleaved round by round,
     after ``warmup`` untimed calls. Returns ``{"latency": {name: {"b1xs128": {"p50_ms", "p90_ms",
     ...}}}, "speedups": {name: {shape: x}} (vs ``denominator``, default the first model),
-    "threads", "hardware", "settings"}``.
+    "threads", "hardware", "settings", "machine_load"}`` (``machine_load.busy``: other processes ran
+    while timing, so the figures are void). Waits for a running training, then raises
+    MachineBusyError (``COMPRESSLAB_TIME_BUSY=1`` times anyway, marked busy).
     """
     from compresslab.bench import OrtRunner, TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
     from compresslab.bench import speedups as speedup_table
@@ -133,6 +135,7 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
                           min_time_s=min_time_s, seed=seed, vocab_size=vocab, max_runs=max_runs)
     return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,
             "threads": n, "runners": lat.get("runners"), "hardware": hardware_fingerprint(),
+            "machine_load": lat["machine_load"],
             "settings": {"shapes": [list(s) for s in shapes], "warmup": warmup, "runs": runs,
                          "min_time_s": min_time_s, "max_runs": max_runs, "seed": seed}}
 

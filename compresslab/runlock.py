@@ -326,15 +326,18 @@ class LockReport:
 
 
 def _wait(what: str, ready: Callable[[], list[Role]], deadline: float, start: float,
-          clock: Callable[[], float], sleep: Callable[[float], None]) -> list[Role]:
-    """Poll ``ready()`` (the roles still held) until it is empty or the deadline; returns what is held."""
+          clock: Callable[[], float], sleep: Callable[[float], None],
+          notify: Callable[[str], None] | None = None) -> list[Role]:
+    """Poll ``ready()`` (the roles still held) until it is empty or the deadline; returns what is held.
+    Says what it waits for at once and every minute (``notify``, default a log warning)."""
     busy = ready()
     next_report = clock()
     while busy and clock() < deadline:
         if clock() >= next_report:
-            log.warning("%s: waiting (up to %.0f s more) for %s to finish: a timing taken while it runs is "
-                        "void. %s=1 times anyway (results marked busy); %s=<seconds> changes the wait",
-                        what, max(0.0, deadline - clock()), describe_holders(busy), BUSY_ENV, WAIT_ENV)
+            (notify or log.warning)(
+                f"{what}: waiting (up to {max(0.0, deadline - clock()):.0f} s more) for {describe_holders(busy)} "
+                f"to finish: a timing taken while it runs is void. {BUSY_ENV}=1 goes ahead anyway (results "
+                f"marked busy); {WAIT_ENV}=<seconds> changes the wait")
             next_report = clock() + REPORT_EVERY_S
         sleep(min(POLL_S, max(0.0, deadline - clock())))
         busy = ready()
@@ -397,7 +400,7 @@ def timing_lock(what: str, *, wait_s: float | None = None, allow_busy: bool | No
 
 
 def wait_for_training(what: str, *, wait_s: float | None = None, allow_busy: bool | None = None,
-                      clock: Callable[[], float] = time.monotonic,
+                      notify: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
                       sleep: Callable[[float], None] = time.sleep) -> LockReport:
     """Wait until no process holds the training lock (``make test`` does this before it starts).
 
@@ -407,7 +410,7 @@ def wait_for_training(what: str, *, wait_s: float | None = None, allow_busy: boo
     wait = wait_limit_s() if wait_s is None else float(wait_s)
     busy_ok = time_busy_allowed() if allow_busy is None else bool(allow_busy)
     start = clock()
-    busy = _wait(what, lambda: _busy_roles((Role.TRAINING,)), start + wait, start, clock, sleep)
+    busy = _wait(what, lambda: _busy_roles((Role.TRAINING,)), start + wait, start, clock, sleep, notify)
     report = LockReport(waited_s=round(clock() - start, 3), lock_dir=str(lock_dir()))
     if busy:
         report.free, report.holders = False, [describe_holders(busy)]

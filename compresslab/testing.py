@@ -69,3 +69,24 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Pat
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+class FakeCpu:
+    """A CPU reader for timing tests (``timing_window(reader=FakeCpu(...))`` or in place of
+    ``machine_load.read_cpu``), so a test never depends on how busy the real machine is.
+
+    Every reading advances a virtual clock by ``step_s``, during which other processes use
+    ``other`` cores and this process ``own`` cores; change ``other`` mid-test to simulate a burst.
+    """
+
+    def __init__(self, other: float = 0.0, own: float = 1.0, step_s: float = 1.0) -> None:
+        self.other, self.own, self.step_s = other, own, step_s
+        self.wall = self.busy = self.own_s = 0.0
+
+    def __call__(self) -> Any:
+        from compresslab.bench.machine_load import CpuReading
+
+        self.wall += self.step_s
+        self.busy += (self.other + self.own) * self.step_s
+        self.own_s += self.own * self.step_s
+        return CpuReading(self.wall, self.busy, self.own_s)

@@ -46,3 +46,83 @@ def tiny_ctx(tiny_tok, tmp_path):
         return tiny_context(tiny_tok, tmp_path, **kw)
 
     return make
+
+
+
+# The machine-wide training lock (compresslab/runlock.py). `make test` passes --wait-for-training:
+# it waits for a running training (or refuses, naming it) and holds the tests lock, so benchmarks
+# elsewhere wait for the tests. A plain pytest run only reports a running training. Either way the
+# tests get a private lock directory (they never wait on the machine's), and the end of the run
+# prints the machine's load (timings taken in tests are not benchmarks).
+_MACHINE = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--wait-for-training", type=float, default=None, metavar="SECONDS",
+                     help="wait up to SECONDS for a running compresslab training (then refuse; COMPRESSLAB_TIME_BUSY=1 "
+                          "runs anyway) and hold the tests lock so benchmarks wait for the tests (make test)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import sys
+    import tempfile
+
+    from compresslab import runlock
+    from compresslab.bench.machine_load import read_cpu
+
+    wait = config.getoption("--wait-for-training", None)
+    held = None
+    try:
+        if wait is None:  # look only
+            report = runlock.wait_for_training("pytest", wait_s=0, allow_busy=True)
+        else:
+            report = runlock.wait_for_training("make test", wait_s=wait,
+                                               notify=lambda m: print(m, file=sys.stderr, flush=True))
+            held = runlock.hold(runlock.Role.TESTS, "make test")
+            held.__enter__()
+    except (runlock.MachineBusyError, ValueError) as e:
+        raise pytest.UsageError(str(e)) from None
+    private = tempfile.mkdtemp(prefix="compresslab-test-locks-")
+    config.stash[_MACHINE] = {"held": held, "report": report, "start": read_cpu(), "private": private,
+                              "env": os.environ.get(runlock.LOCK_DIR_ENV)}
+    os.environ[runlock.LOCK_DIR_ENV] = private
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    m = config.stash.get(_MACHINE, None)
+    if m is None or m["report"].free:
+        return []
+    return [f"compresslab: a training runs beside these tests: {m['report'].holders[0]} (the tests slow it down; "
+            "make test waits for it)"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    from compresslab.bench.machine_load import loadavg, other_cpu, read_cpu
+
+    m = config.stash.get(_MACHINE, None)
+    if m is None:
+        return
+    busy = other_cpu(m["start"], read_cpu())
+    line = f"machine load during the tests: other processes used {busy:.2f} CPU s per s (loadavg {loadavg()})"
+    if m["report"].waited_s >= 1:
+        line += f"; waited {m['report'].waited_s:.0f} s for a training to finish"
+    if not m["report"].free:
+        line += f"; ran beside {m['report'].holders[0]}"
+    terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    from compresslab import runlock
+
+    m = config.stash.get(_MACHINE, None)
+    if m is None:
+        return
+    if m["env"] is None:
+        os.environ.pop(runlock.LOCK_DIR_ENV, None)
+    else:
+        os.environ[runlock.LOCK_DIR_ENV] = m["env"]
+    if m["held"] is not None:
+        m["held"].__exit__(None, None, None)
+    shutil.rmtree(m["private"], ignore_errors=True)

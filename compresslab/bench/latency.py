@@ -3,6 +3,11 @@
 Models are timed in one process and interleaved (A B C A B C ...) so that noise from a shared
 machine (other jobs, frequency scaling, thermal drift) lands on every model alike and cancels
 in the ratios; medians and p90 are reported because means are dragged by stragglers.
+
+Interleaving does not save a timing from a machine that is *busy* (torch was 35x off beside a
+training): every measurement runs in a :func:`~compresslab.bench.machine_load.timing_window`, which
+waits for training to finish (or refuses), measures other processes' CPU use before and during,
+and returns it as ``machine_load`` (``busy: true`` and a loud warning when the timing is void).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from compresslab.bench.machine_load import spread, timing_window
 from compresslab.bench.runners import Runner
 
 Clock = Callable[[], float]
@@ -42,14 +48,17 @@ def make_inputs(
 
 
 def summarize(times_s: Sequence[float], batch: int) -> dict[str, float | int]:
-    """p50/p90/mean in ms, n, and throughput (sentences/s = batch / p50) of per-call times."""
+    """p50/p90/mean in ms, n, throughput (sentences/s = batch / p50) and spread ((p90 - p50) / p50:
+    repeated runs that spread widely say the machine was not quiet) of per-call times."""
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
     if ms.size == 0:
         raise ValueError("no timings to summarize")
     p50 = float(np.percentile(ms, 50))
+    p90 = float(np.percentile(ms, 90))
     return {
         "p50_ms": p50,
-        "p90_ms": float(np.percentile(ms, 90)),
+        "p90_ms": p90,
+        "spread": spread(p50, p90),
         "mean_ms": float(ms.mean()),
         "n": int(ms.size),
         "throughput": batch / (p50 / 1e3) if p50 > 0 else float("inf"),
@@ -100,9 +109,11 @@ def measure_latency(
     `warmup` times, then `runs` rounds call A, B, C, ... in turn. Rounds continue past `runs`
     until the shape has taken `min_time_s` (so fast models get enough samples), capped at
     `max_runs` (default 10 x runs). `clock` is injectable so tests can use fake time.
+    Runs in a timing window (joins the caller's when there is one).
 
     Returns {"settings": {...}, "runners": {name: info}, "results": {name: {"b1xs128":
-    {p50_ms, p90_ms, mean_ms, n, throughput}}}}.
+    {p50_ms, p90_ms, spread, mean_ms, n, throughput}}}, "machine_load": {busy, reasons, ...}}.
+    Raises ValueError for bad settings, MachineBusyError when training holds the lock past the wait.
     """
     _check(runners, warmup=warmup, min_time_s=min_time_s)
     if runs < 1:
@@ -111,28 +122,32 @@ def measure_latency(
     vocab = _vocab_size(runners, vocab_size)
     rng = np.random.default_rng(seed)
     results: dict[str, dict[str, Any]] = {name: {} for name in runners}
-    for batch_size, seq in shapes:
-        inputs = make_inputs(int(batch_size), int(seq), vocab, rng)
-        for runner in runners.values():
-            for _ in range(warmup):
-                runner.run(inputs)
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        start = clock()
-        rounds = 0
-        while rounds < runs or (rounds < cap and clock() - start < min_time_s):
-            for name, runner in runners.items():
-                t0 = clock()
-                runner.run(inputs)
-                times[name].append(clock() - t0)
-            rounds += 1
-        for name in runners:
+    with timing_window("latency") as window:
+        for batch_size, seq in shapes:
             key = shape_key(int(batch_size), int(seq))
-            results[name][key] = summarize(times[name], int(batch_size))
+            inputs = make_inputs(int(batch_size), int(seq), vocab, rng)
+            with window.span(key):
+                for runner in runners.values():
+                    for _ in range(warmup):
+                        runner.run(inputs)
+                times: dict[str, list[float]] = {name: [] for name in runners}
+                start = clock()
+                rounds = 0
+                while rounds < runs or (rounds < cap and clock() - start < min_time_s):
+                    for name, runner in runners.items():
+                        t0 = clock()
+                        runner.run(inputs)
+                        times[name].append(clock() - t0)
+                    rounds += 1
+            for name in runners:
+                results[name][key] = summarize(times[name], int(batch_size))
+        window.note_spread(results)
     return {
         "settings": {"warmup": warmup, "runs": runs, "min_time_s": min_time_s, "max_runs": cap,
                      "seed": seed, "vocab_size": vocab, "order": "interleaved"},
         "runners": {name: _runner_info(r) for name, r in runners.items()},
         "results": results,
+        "machine_load": window.record(),
     }
 
 
@@ -171,7 +186,8 @@ def measure_real_lengths(
     For each round and each batch, every runner runs that batch in turn. A warm-up round is
     discarded first because ORT and torch allocate per new shape. Per runner: `total_wall_s`
     (median over rounds of the time for all batches), `sentences_per_s` (sentences / that
-    median), and `p50_ms` per batch (median over rounds, in batch order).
+    median), and `p50_ms` per batch (median over rounds, in batch order). Runs in a timing
+    window; the result carries its `machine_load`.
     """
     _check(runners, warmup_rounds=warmup_rounds)
     if rounds < 1:
@@ -180,18 +196,19 @@ def measure_real_lengths(
         raise ValueError("batches is empty; pass the tokenized dev batches")
     sizes = [int(b["input_ids"].shape[0]) for b in batches]
     seqs = [int(b["input_ids"].shape[1]) for b in batches]
-    for _ in range(warmup_rounds):
-        for batch in batches:
-            for runner in runners.values():
-                runner.run(batch)
     # times[name][round][batch_index] in seconds
     times = {name: np.zeros((rounds, len(batches))) for name in runners}
-    for r in range(rounds):
-        for i, batch in enumerate(batches):
-            for name, runner in runners.items():
-                t0 = clock()
-                runner.run(batch)
-                times[name][r, i] = clock() - t0
+    with timing_window("real-length throughput") as window, window.span("real_length"):
+        for _ in range(warmup_rounds):
+            for batch in batches:
+                for runner in runners.values():
+                    runner.run(batch)
+        for r in range(rounds):
+            for i, batch in enumerate(batches):
+                for name, runner in runners.items():
+                    t0 = clock()
+                    runner.run(batch)
+                    times[name][r, i] = clock() - t0
     n_sentences = sum(sizes)
     results: dict[str, Any] = {}
     for name, t in times.items():
@@ -207,6 +224,7 @@ def measure_real_lengths(
                      "max_padded_len": max(seqs), "order": "interleaved by batch"},
         "runners": {name: _runner_info(r) for name, r in runners.items()},
         "results": results,
+        "machine_load": window.record(),
     }
 
 

@@ -21,7 +21,10 @@ take gigabytes).
 Tables are cached as JSON under ``cache_dir/latency/<model+shape>/<environment hash>.json``. The
 environment covers the CPU model and ISA, the onnxruntime/torch/transformers versions, threads,
 provider, batch x seq and the architecture; a table from another environment is never used, and
-when one exists the log says which facts differ before measuring anew.
+when one exists the log says which facts differ before measuring anew. A table measured on a busy
+machine (:mod:`compresslab.bench.machine_load`: other processes' CPU use before or during the
+timing, or a training lock overridden) is used for this run, with a loud warning, but never
+cached: a later run on a quiet machine measures it again.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
+from compresslab.bench.machine_load import timing_window
 from compresslab.ops.spdy import LatencyTable
 
 if TYPE_CHECKING:  # torch stays unloaded until a table is measured (bench imports stay light)
@@ -152,6 +156,8 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
 
     ``dense_onnx`` is the deployed (fused) export of ``model``, timed for ``T_dense``.
     ``fingerprint`` overrides :func:`~compresslab.bench.env.hardware_fingerprint` (tests).
+    The facts include ``machine_load`` (``busy``: then the table is not cached, and
+    ``not_cached`` says why). Raises MachineBusyError when training holds the lock past the wait.
     """
     env = environment(model, settings, fingerprint)
     path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
@@ -159,8 +165,16 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
         log.info("latency table: reusing %s", path)
         return hit[0], {**hit[1], "cached": True, "cache_file": str(path)}
     t0 = time.perf_counter()
-    table, raw = measure_table(model, dense_onnx, settings, env, progress=progress)
-    info = {"raw": raw, "measure_s": round(time.perf_counter() - t0, 2), "settings": asdict(settings)}
+    with timing_window("latency table") as window:
+        table, raw = measure_table(model, dense_onnx, settings, env, progress=progress)
+    load = window.record()
+    info = {"raw": raw, "measure_s": round(time.perf_counter() - t0, 2), "settings": asdict(settings),
+            "machine_load": load}
+    if load["busy"]:
+        reason = "measured on a busy machine (" + "; ".join(load["reasons"]) + ")"
+        log.warning("latency table NOT cached: it was %s; this run uses it, the next run measures it again",
+                    reason)
+        return table, {**info, "cached": False, "cache_file": None, "not_cached": reason}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -285,14 +299,14 @@ def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:
 def measure_speedup(dense_onnx: str | Path, candidate_onnx: str | Path, s: TableSettings,
                     runs: int | None = None, vocab_size: int | None = None) -> dict[str, float]:
     """Measured speedup of ``candidate_onnx`` over ``dense_onnx`` at batch x seq: interleaved
-    rounds after warm-up, ratio of medians (MEASURE.md "Speed")."""
+    rounds after warm-up, ratio of medians (MEASURE.md "Speed"); ``busy`` when the machine was."""
     from compresslab.bench.latency import measure_latency
     from compresslab.bench.runners import OrtRunner
 
     threads = resolve_threads(s.threads)
     runners = {"dense": OrtRunner(dense_onnx, threads, s.provider, vocab_size=vocab_size),
                "candidate": OrtRunner(candidate_onnx, threads, s.provider, vocab_size=vocab_size)}
-    res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)["results"]
-    key = f"b{s.batch}xs{s.seq}"
+    lat = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)
+    res, key = lat["results"], f"b{s.batch}xs{s.seq}"
     dense, cand = res["dense"][key]["p50_ms"], res["candidate"][key]["p50_ms"]
-    return {"speedup": dense / cand, "dense_ms": dense, "candidate_ms": cand}
+    return {"speedup": dense / cand, "dense_ms": dense, "candidate_ms": cand, "busy": lat["machine_load"]["busy"]}

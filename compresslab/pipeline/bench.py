@@ -32,7 +32,27 @@ def _real_batches(state: RunState, batch_size: int, max_batches: int | None) -> 
 
 def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
     """Time the deployed file and the dense teacher on every enabled backend, interleaved; write
-    ``bench/latency.json`` with speedups vs ``ort_fp32`` (canonical) and vs ``best_dense`` (honest)."""
+    ``bench/latency.json`` with speedups vs ``ort_fp32`` (canonical) and vs ``best_dense`` (honest).
+
+    The whole stage is one timing window: it waits for any training to finish (or refuses with
+    MachineBusyError, see :mod:`compresslab.runlock`), and the section's ``machine_load`` records
+    other processes' CPU use before and during, and ``busy`` (then a loud warning is logged).
+    """
+    from compresslab.bench.machine_load import timing_window
+
+    with timing_window("bench stage") as window:
+        section = _measure(state, run_dir, manifest, threads)
+    section["machine_load"] = window.record()
+    if section["machine_load"]["busy"]:
+        section["notes"].append("MACHINE BUSY: " + "; ".join(section["machine_load"]["reasons"]) +
+                                ". These timings are void; rerun the bench on a quiet machine.")
+    manifest.data["bench"] = section
+    atomic_write_json(run_dir / "bench" / "latency.json", section)
+    manifest.save()
+
+
+def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
+    """Every timing of the bench stage: the ``bench`` section of the manifest."""
     from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths, probe_load,
                                    real_length_speedups, speedups)
 
@@ -102,9 +122,7 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
     if any("sparse_int8" in (s.result.get("formats") or ()) for s in manifest.steps):
         section["notes"].append("ONNX Runtime runs sparse weights with dense kernels: sparsity shrinks the "
                                 "compressed size, not the ORT latency.")
-    manifest.data["bench"] = section
-    atomic_write_json(run_dir / "bench" / "latency.json", section)
-    manifest.save()
+    return section
 
 
 def _deployed_ir(manifest: RunManifest, run_dir: Path) -> tuple[Path, str] | None:

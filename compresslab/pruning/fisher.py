@@ -29,10 +29,12 @@ from torch import Tensor, nn
 from compresslab.bench.env import peak_memory_mb
 from compresslab.ops.fisher import fisher_inverse_from_outer_sums, num_blocks, to_blocks
 from compresslab.ops.obs import obs_scores, obs_update
+from compresslab.runlock import holds_training_lock
 from compresslab.training.dist import world
 from compresslab.training.losses import LossFn, task_loss
 
 
+@holds_training_lock("fisher")  # as heavy as training: timings elsewhere wait for it
 def collect_outer_sums(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: Mapping[str, Tensor],
                        batches: Iterator[dict[str, Tensor]], num_grads: int, block_size: int,
                        loss_fn: LossFn = task_loss, chunk: int = 16, progress: Any = None) -> dict[str, Tensor]:
@@ -88,14 +90,19 @@ def collect_outer_sums(model: nn.Module, modules: Mapping[str, nn.Linear], prune
     return sums
 
 
-def invert_sums(sums: dict[str, Tensor], num_grads: int, damp: float, consume: bool = False) -> dict[str, Tensor]:
+@holds_training_lock("fisher inverse")
+def invert_sums(sums: dict[str, Tensor], num_grads: int, damp: float, consume: bool = False,
+                progress: Any = None) -> dict[str, Tensor]:
     """Block inverses of ``damp*I + sums/num_grads`` per module, one tensor at a time.
 
     ``consume=True`` frees each sum as soon as it is inverted, so peak memory stays one copy
-    of the Fisher state (plus one tensor's float64 temporaries).
+    of the Fisher state (plus one tensor's float64 temporaries). ``progress`` (the run's
+    reporter) shows one tick per module: inverting MiniLM's 36 weights takes 44-225 s on 2 cores.
     """
     out: dict[str, Tensor] = {}
-    for n in list(sums):
+    names = list(sums)
+    steps = names if progress is None else progress(names, total=len(names), desc="fisher inverse")
+    for n in steps:
         out[n] = fisher_inverse_from_outer_sums(sums[n], num_grads, damp)
         if consume:
             del sums[n]
@@ -111,7 +118,7 @@ def timed_inverses(model: nn.Module, modules: Mapping[str, nn.Linear], pruned: M
     sums = collect_outer_sums(model, modules, pruned, batches, num_grads, block_size, loss_fn, progress=progress)
     t1 = time.perf_counter()
     state_mb = sum(s.numel() * s.element_size() for s in sums.values()) / 2**20
-    finv = invert_sums(sums, num_grads, damp, consume=True)
+    finv = invert_sums(sums, num_grads, damp, consume=True, progress=progress)
     t2 = time.perf_counter()
     return finv, {"grads_s": t1 - t0, "invert_s": t2 - t1, "state_mb": state_mb,
                   "peak_mb": peak_memory_mb(device)}
@@ -187,7 +194,7 @@ class OBSScorer:
                 raise ValueError("precomputed Fisher sums (damp grid) need the whole state in memory; "
                                  "raise fisher_max_mb or drop damp_grid")
             t0 = time.perf_counter()
-            self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp), None
+            self._finv, self._sums = invert_sums(self._sums, self.num_grads, self.damp, progress=self.progress), None
             self.metrics["fisher_invert_s"] = round(self.metrics["fisher_invert_s"] + time.perf_counter() - t0, 3)
             self.metrics["fisher_grads"] += self.num_grads  # collected once by the damp grid
         elif self._groups is None:

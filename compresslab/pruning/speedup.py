@@ -182,7 +182,8 @@ class SpeedupLab:
             model = build(choice)
             m = self.measure(model)
             attempts.append({"budget_ms": budget * 1e3, "predicted_speedup": self.predicted_speedup(choice),
-                             "measured_speedup": m["speedup"], "dense_ms": m["dense_ms"], "pruned_ms": m["candidate_ms"]})
+                             "measured_speedup": m["speedup"], "dense_ms": m["dense_ms"],
+                             "pruned_ms": m["candidate_ms"], "busy": bool(m.get("busy"))})  # busy: ratio void
             if m["speedup"] >= target * (1 - self.p.tolerance):
                 break
             log.info("%.2fx target: measured %.3fx (predicted %.3fx); tightening the budget", target,
@@ -262,7 +263,11 @@ def result_metrics(p: SpeedupSettings, records: dict[float, dict[str, Any]], lab
                    params_dense: int) -> dict[str, Any]:
     """The step's record at top level, the family by target, and how the table was made."""
     step = {k: v for k, v in records[p.speedup].items() if k != "structure"}
-    info = {k: v for k, v in lab.table_info.items() if k in ("cached", "measure_s", "cache_file")}
+    info = {k: v for k, v in lab.table_info.items() if k in ("cached", "measure_s", "cache_file", "not_cached",
+                                                             "machine_load")}
+    # void figures are flagged where they are read: a table or a speedup check timed on a busy machine
+    info["busy"] = bool((info.get("machine_load") or {}).get("busy"))
+    step["busy_checks"] = sum(a.get("busy", False) for r in records.values() for a in r.get("attempts", []))
     return {**step, "params_dense": params_dense, "dense_ms_predicted": lab.t_dense * 1e3,
             "max_speedup": lab.max_speedup, "latency_table": info,
             "family": {f"{s:g}x": {k: v for k, v in r.items() if k != "attempts"} for s, r in records.items()}}

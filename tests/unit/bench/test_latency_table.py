@@ -29,6 +29,17 @@ def _fp(cpu: str = "Test CPU", ort: str = "1.0") -> dict[str, Any]:
             "transformers": "x"}, "threads": 1}
 
 
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache rules are tested on a quiet machine (a busy one never caches: tests/robustness/test_load.py),
+    whatever else runs on the real one."""
+    import compresslab.bench.machine_load as ml
+    from compresslab.testing import FakeCpu
+
+    monkeypatch.setattr(ml, "read_cpu", FakeCpu(other=0.0))
+    monkeypatch.setattr(ml, "PROBE_S", 0.0)
+
+
 @pytest.fixture(scope="module")
 def dense_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from compresslab.export import export_model
