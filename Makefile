@@ -38,7 +38,7 @@ demo: $(VENV)/.installed-demo
 
 # Unit and integration tests (<= 15 min on 2 cores); the end-to-end runs are `make test-e2e`.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e" --wait-for-training=600
 
 # Every shipped pipeline end to end with every stage on, and the built wheel run from outside the repo.
 test-e2e: $(VENV)/.installed-test
