@@ -18,7 +18,8 @@ from typing import Any, Mapping, TypeVar
 
 from compresslab.pipeline.schema import SettingsError, check_config
 from compresslab.validate import (
-    check_bool, check_choice, check_int, check_list, check_nonnegative, check_positive, check_positive_int, is_int)
+    check_bool, check_choice, check_fraction, check_int, check_list, check_nonnegative, check_positive, check_positive_int,
+    is_int)
 
 T = TypeVar("T")
 
@@ -95,11 +96,13 @@ class EvalSettings:
     enabled: bool
     split: str
     batch_size: int
+    max_drop: float  # the report flags a score this far (a fraction) or more below the teacher's
 
     def __post_init__(self) -> None:
         check_bool(self.enabled, "enabled")
         check_choice(self.split, EVAL_SPLITS, "split")
         check_positive_int(self.batch_size, "batch_size")
+        check_fraction(self.max_drop, "max_drop")
 
 
 @dataclass(frozen=True)
