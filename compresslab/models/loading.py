@@ -370,10 +370,12 @@ def fit_head(model: nn.Module, *, kind: str, num_labels: int, finetuned: bool, s
             log.info("model %s has a trained head of the task's size; a fresh head replaces it and is fine-tuned. "
                      "If the model is already fine-tuned on this task, model.finetuned=true uses it as the teacher",
                      source)
+    elif have[0] == "embedding":  # a pretrained encoder: the usual case, one line instead of transformers' table
+        log.info("model %s: a pretrained encoder; a fresh %s is added (trained by the finetune step)", source,
+                 describe_head(*want).removeprefix("a "))
     else:
-        log.info("model %s has %s and the task needs %s: %s, trained by the finetune step (expected for a "
-                 "pretrained encoder)", source, describe_head(*have), describe_head(*want),
-                 "a fresh one is added" if have[0] == "embedding" else "it is replaced by a fresh one")
+        log.info("model %s: its %s does not fit the task; a fresh %s replaces it (trained by the finetune step)",
+                 source, describe_head(*have).removeprefix("a "), describe_head(*want).removeprefix("a "))
     cfg = model.config
     cfg.num_labels = want[1]  # transformers resets id2label/label2id to LABEL_<i> with it
     cfg.problem_type = "regression" if kind == "regression" else None

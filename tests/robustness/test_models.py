@@ -178,8 +178,8 @@ def test_head_of_another_size_is_replaced(tiny_tok, tmp_path, observe, caplog):
         state, _ = _cli_model(_compose(tmp_path, src))
     assert state.model.config.num_labels == 2 and state.model.classifier.out_features == 2
     torch.testing.assert_close(_encode(state.model, tiny_tok), _encode(m3, tiny_tok))
-    line = [r.getMessage() for r in caplog.records if "fresh one" in r.getMessage()]
-    assert len(line) == 1 and "3-label" in line[0] and "2-label" in line[0]
+    line = [r.getMessage() for r in caplog.records if "fresh" in r.getMessage()]
+    assert len(line) == 1 and "3-label" in line[0] and "2-label" in line[0] and "replaces it" in line[0]
     observe(line[0])
 
 
@@ -418,16 +418,20 @@ def test_weights_of_another_model(tiny_tok, tmp_path, expect_clear):
 
 
 # ----------------------------------------------------------------------------- quiet loading
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
 @pytest.mark.case(name="transformers' load table for an expected fresh head", kind="own", bad_input=False,
-                  expected="no table; one compresslab line saying a fresh head is added")
-def test_load_table_is_replaced_by_one_line(tiny_tok, tmp_path, capfd, caplog, observe):
-    src = _save(tiny_model().base_model, tiny_tok, tmp_path / "encoder")  # a bare encoder, like the default
+                  expected="no table; one compresslab line saying a fresh head is added; the encoder as saved")
+def test_load_table_is_replaced_by_one_line(arch, tiny_tok, tmp_path, capfd, caplog, observe):
+    encoder = tiny_model(arch).base_model  # a bare encoder, like the embedded default
+    src = _save(encoder, tiny_tok, tmp_path / "encoder")
     with caplog.at_level(logging.INFO, logger="compresslab"):
-        load_pretrained(src)
+        model, _ = load_pretrained(src, num_labels=3)
     err = capfd.readouterr().err
     assert "LOAD REPORT" not in err and "MISSING" not in err
     lines = [r.getMessage() for r in caplog.records if "fresh" in r.getMessage()]
-    assert len(lines) == 1 and "a fresh one is added" in lines[0]
+    assert len(lines) == 1 and "pretrained encoder; a fresh 3-label classification head is added" in lines[0]
+    torch.testing.assert_close(_encode(model, tiny_tok), _encode(encoder, tiny_tok))
+    assert model(**_inputs(tiny_tok)).logits.shape == (2, 3)
     observe(lines[0])
 
 
