@@ -93,7 +93,7 @@ def _time(runner: Runner | None = None, **kw: Any) -> dict[str, Any]:
 # --- busy machines are measured, recorded and warned about -------------------------------------------
 
 
-@pytest.mark.case(name="latency table measured under load is cached", kind=4, bad_input=False,
+@pytest.mark.case(name="latency table measured under load", kind=4, bad_input=False,
                   expected="the table is used for this run with a loud warning, marked busy, and not cached; "
                            "a quiet run measures and caches it")
 def test_latency_table_measured_busy_is_not_cached(locks, monkeypatch, tmp_path, caplog, observe) -> None:
@@ -404,3 +404,24 @@ def test_fisher_inversion_shows_progress(locks, tiny_tok, observe) -> None:
     finv, _ = timed_inverses(model, mods, pruned, batches, 2, 8, 1e-4, progress=progress)
     assert ("fisher inverse", len(mods)) in bars and ("fisher grads", 2) in bars and set(finv) == set(mods)
     observe(f"progress bars: {bars}")
+
+
+@pytest.mark.case(name="a CLI run whose bench is refused", kind=4,
+                  expected="one line 'compresslab: error: ...' naming COMPRESSLAB_TIME_BUSY, exit 2, no traceback")
+def test_cli_reports_a_refused_timing(monkeypatch, capsys, expect_clear) -> None:
+    import compresslab.cli as cli
+    import compresslab.pipeline as pipeline
+    from compresslab.config import compose
+
+    def refused(cfg: Any) -> None:  # what the bench stage raises after its wait
+        raise MachineBusyError("bench stage: training pid 42 (finetune, for 3 min) still running after 600 s of "
+                               "waiting; set COMPRESSLAB_LOCK_WAIT_S=<seconds> to wait longer, or "
+                               "COMPRESSLAB_TIME_BUSY=1 to time anyway")
+
+    monkeypatch.setattr(pipeline, "run", refused)
+    monkeypatch.setattr(cli, "setup_process", lambda *a: 1)  # leave this process's threads and seeds alone
+    cfg = compose(["+pipeline=int8", "debug=smoke"])
+    expect_clear(lambda: cli._main(cfg), errors=(SystemExit,))
+    err = capsys.readouterr().err
+    assert err.startswith("compresslab: error: bench stage: training pid 42") and "COMPRESSLAB_TIME_BUSY=1" in err
+    assert len(err.strip().splitlines()) == 1
