@@ -84,8 +84,8 @@ def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
 
 def finish(state: Any, run_dir: Path, manifest: RunManifest, keep: str = "minimal") -> Path:
     """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report;
-    then ``run.keep``: with ``minimal``, identical artifacts (the run dir and the teacher cache entry
-    it used) become hard links to one copy (:mod:`compresslab.pipeline.disk`)."""
+    then ``run.keep``: with ``minimal``, the run's artifacts and the teacher cache entry it used
+    become hard links to one copy of each content, shared across runs (:mod:`compresslab.pipeline.disk`)."""
     from compresslab.bench.env import resolve_threads
     from compresslab.pipeline.bench import bench
     from compresslab.pipeline.deploy import deploy
@@ -102,7 +102,8 @@ def finish(state: Any, run_dir: Path, manifest: RunManifest, keep: str = "minima
     sizes(state, run_dir, manifest)
     if s.bench.enabled:
         bench(state, run_dir, manifest, threads)
-    manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), keep).to_dict()
+    store = Path(s.cache_dir) / "blobs" if s.cache_dir else None  # one copy of each artifact across runs
+    manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), keep, store).to_dict()
     manifest.data["status"] = "finished"
     manifest.data["finished"] = now()
     manifest.save()

@@ -423,9 +423,10 @@ def test_keep_minimal_links_identical_artifacts(finished, observe):
     m = read_json(d / "manifest.json")
     step = d / "steps" / "00_finetune" / "model.safetensors"
     cached = Path(m["steps"][0]["result"]["metrics"]["cache_path"]) / "model.safetensors"
-    assert step.stat().st_ino == cached.stat().st_ino and step.stat().st_nlink == 2
+    assert step.stat().st_ino == cached.stat().st_ino  # one inode: cache entry, step dir (and the store blob)
     disk = m["disk"]
     assert disk["keep"] == "minimal" and disk["linked"] >= 1 and disk["bytes_after"] < disk["bytes_before"]
+    assert Path(disk["store"]) == out / "cache" / "blobs"
     # every artifact hash the manifest records still matches (links change no bytes)
     from compresslab.manifest import sha256_file
 
@@ -436,7 +437,7 @@ def test_keep_minimal_links_identical_artifacts(finished, observe):
             f"(run dir + teacher cache)")
 
 
-def test_keep_all_keeps_copies(tmp_path):
+def test_keep_all_keeps_copies_and_minimal_links_without_a_store(tmp_path):
     from compresslab.pipeline.disk import link_duplicates
 
     for name in ("a", "b"):
@@ -447,6 +448,32 @@ def test_keep_all_keeps_copies(tmp_path):
     use = link_duplicates(tmp_path / "b", [tmp_path / "a"], keep="minimal")
     assert use.linked == 1 and (tmp_path / "b" / "w.bin").stat().st_nlink == 2
     assert use.bytes_before == 20000 and use.bytes_after == 10000
+
+
+@pytest.mark.case(name="several runs from one teacher (a sparsity sweep)", kind="first", bad_input=False,
+                  expected="files identical across runs (the teacher's ONNX export) are on disk once; blobs no run "
+                           "links any more are pruned")
+def test_store_shares_artifacts_across_runs_and_prunes(tmp_path, observe):
+    from compresslab.pipeline.disk import link_duplicates
+
+    store = tmp_path / "cache" / "blobs"
+    teacher_onnx = os.urandom(50_000)
+    for run_name, own in (("r1", b"a" * 20_000), ("r2", b"b" * 20_000)):
+        (tmp_path / run_name / "export" / "teacher").mkdir(parents=True)
+        (tmp_path / run_name / "export" / "teacher" / "model.onnx").write_bytes(teacher_onnx)
+        (tmp_path / run_name / "steps").mkdir()
+        (tmp_path / run_name / "steps" / "model.safetensors").write_bytes(own)
+    first = link_duplicates(tmp_path / "r1", keep="minimal", store=store)
+    second = link_duplicates(tmp_path / "r2", keep="minimal", store=store)
+    a, b = (tmp_path / r / "export" / "teacher" / "model.onnx" for r in ("r1", "r2"))
+    assert a.stat().st_ino == b.stat().st_ino and a.read_bytes() == teacher_onnx
+    assert first.new_bytes == 70_000 and second.new_bytes == 20_000  # the second run adds only its own file
+    shutil.rmtree(tmp_path / "r1")
+    shutil.rmtree(tmp_path / "r2")
+    (tmp_path / "r3").mkdir()
+    assert link_duplicates(tmp_path / "r3", keep="minimal", store=store).pruned == 3
+    observe(f"run 1 added {first.new_bytes} B, run 2 (same teacher export) {second.new_bytes} B; "
+            "3 orphan blobs pruned after both runs were deleted")
 
 
 @pytest.mark.case(name="run.keep=everything (a typo)", kind=1, expected="a one-line error naming run.keep and its values")
