@@ -23,7 +23,7 @@ __all__ = ["ManifestError", "build_report", "load_manifest", "write_atomic"]
 MANIFEST = "manifest.json"
 
 
-class ManifestError(Exception):
+class ManifestError(ValueError):
     """The run directory has no readable manifest; the message says what to do about it."""
 
 

@@ -102,9 +102,80 @@ def binary_model(m: Mapping[str, Any]) -> bool:
                                                            for s in steps(m))
 
 
+def step_sparsity(s: Mapping[str, Any]) -> float | None:
+    """The sparsity a step left: the run engine's measurement after the step, else the pass's own
+    record (``result.metrics.sparsity``, where oBERT and magnitude write it)."""
+    after = num(get(s, "metrics_after", "sparsity"))
+    return after if after is not None else num(get(s, "result", "metrics", "sparsity"))
+
+
 def sparsity_steps(m: Mapping[str, Any]) -> bool:
     """Whether any step left non-zero sparsity (drives the dense-kernel note)."""
-    return any((num(get(s, "metrics_after", "sparsity")) or 0.0) > 0 for s in steps(m))
+    return any((step_sparsity(s) or 0.0) > 0 for s in steps(m))
+
+
+# The score drop below the teacher that the report flags when the config does not set eval.max_drop.
+DEFAULT_MAX_DROP = 0.01
+
+
+def max_drop(m: Mapping[str, Any]) -> float:
+    """The user's tolerance: ``eval.max_drop`` of the run's resolved config (a fraction, 0.01 = 1 pt)."""
+    x = num(get(m, "config", "eval", "max_drop"))
+    return x if x is not None and x >= 0 else DEFAULT_MAX_DROP
+
+
+def threads(m: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The intra-op thread count the run used and where that figure comes from.
+
+    Recorded by bench (or deploy=auto's timing) when they ran; else resolved the way the run engine
+    resolves it (``bench.threads``, then ``run.threads``, then all physical cores).
+    """
+    for keys in (("bench", "threads"), ("deploy", "auto", "threads"), ("hardware", "threads")):
+        if isinstance(n := get(m, *keys), int) and not isinstance(n, bool):
+            return n, ".".join(keys)
+    for keys in (("config", "bench", "threads"), ("config", "run", "threads")):
+        if isinstance(n := get(m, *keys), int) and not isinstance(n, bool):
+            return n, ".".join(keys[1:])
+    cores = get(m, "hardware", "cpu", "physical_cores") or get(m, "hardware", "physical_cores")
+    if isinstance(cores, int) and not isinstance(cores, bool):
+        return cores, "run.threads=null: all physical cores"
+    return None, "not recorded"
+
+
+def run_relative(path: Any, m: Mapping[str, Any], run_dir: str | None = None) -> str | None:
+    """``path`` relative to the run directory when it lies inside it (absolute paths recorded on
+    another machine included, recognised by their ``<config_hash>/`` segment), else as recorded."""
+    if not isinstance(path, str) or not path:
+        return None
+    p = path.replace("\\", "/")
+    if run_dir:
+        root = run_dir.rstrip("/") + "/"
+        if p.startswith(root):
+            return p[len(root):]
+    h = m.get("config_hash")
+    if isinstance(h, str) and h and f"/{h}/" in p:
+        return p.split(f"/{h}/", 1)[1]
+    return p
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys (``cpu.model``); lists stay values."""
+    out: dict[str, Any] = {}
+    if not isinstance(obj, Mapping):
+        return {prefix: obj} if prefix else {}
+    for k, v in obj.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def machine_load(m: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run recorded about other work on the machine while it timed (``machine_load`` at
+    the top level or in ``bench``); empty when the manifest has none (older runs)."""
+    return as_dict(m.get("machine_load")) or as_dict(get(m, "bench", "machine_load"))
 
 
 @dataclass

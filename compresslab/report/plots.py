@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -167,3 +167,44 @@ def draw_all(m: Mapping[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
         if png is not None:
             pngs[name] = png
     return pngs, errors
+
+
+def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost: str, xlabel: str, title: str,
+                scale: float = 1.0) -> bytes | None:
+    """Score against a cost (latency or size) for the runs of a comparison (``compare.RunPoint``):
+    the deployed models (filled when on ``front``, the Pareto front, also drawn as a step line) and
+    each run's dense teacher (its ``ref_cost``) as a grey cross."""
+    pts = [p for p in points if p.score is not None and getattr(p, cost) is not None]
+    if not pts:
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    refs = [(getattr(p, ref_cost) * scale, p.teacher * 100) for p in pts
+            if getattr(p, ref_cost) is not None and p.teacher is not None]
+    if refs:
+        ax.scatter(*zip(*refs), marker="x", s=40, color="grey", zorder=2, label="dense teacher (ort_fp32)")
+        ax.axhline(max(y for _, y in refs), ls="--", lw=1, color="grey")
+    at: dict[tuple[float, float], list[str]] = {}  # runs at one point share one label
+    for p in pts:
+        xy = (getattr(p, cost) * scale, p.score * 100)
+        at.setdefault(xy, []).append(p.name)
+        ax.scatter([xy[0]], [xy[1]], s=60, zorder=3, facecolors=_COLORS[0] if p in front else "white",
+                   edgecolors=_COLORS[0])
+    for i, (xy, names) in enumerate(sorted(at.items())):
+        text = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+        ax.annotate(text, xy, textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -11), fontsize=8)
+    line = sorted((getattr(p, cost) * scale, p.score * 100) for p in front)
+    if len(line) > 1:
+        ax.step([x for x, _ in line], [y for _, y in line], where="post", color=_COLORS[0], lw=1, alpha=0.6,
+                label="Pareto front")
+    metric = pts[0].metric
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} (%)")
+    xs = [getattr(p, cost) * scale for p in pts] + [x for x, _ in refs]
+    ax.set_xlim(left=0, right=max(xs) * 1.3)
+    ax.margins(y=0.25)
+    ax.grid(alpha=0.3)
+    if refs or len(line) > 1:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title)
+    return _png(fig)

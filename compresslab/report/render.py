@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -128,11 +129,14 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #444;padding-bottom:.2em}
 h2{margin-top:1.8em;border-bottom:1px solid #ccc;padding-bottom:.15em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+.table{overflow-x:auto;max-width:100%;margin:.6em 0}
+table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}
-caption{caption-side:top;text-align:left;color:#555;padding-bottom:.3em}
+td.t{text-align:left}
+.caption{color:#555;font-size:.9em;margin:.8em 0 .2em}
+p,li{overflow-wrap:break-word}
 .warn{background:#fff4ce;border-left:4px solid #e0a800;padding:.5em .8em}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em}
@@ -142,15 +146,21 @@ code{font-family:ui-monospace,Menlo,Consolas,monospace}
 _CODE_COLLAPSE_LINES = 15  # longer code blocks (the resolved config) start collapsed
 
 
+# a cell that reads as a figure (91.06, -1.49 ⚠, 2.41x, 1,234, —) is right-aligned, text left-aligned
+_FIGURE = re.compile(r"^(—|[-+]?[\d.,]+(e[-+]?\d+)?\s*(x|%|MB|ms|s|k|M)?( ⚠)?( \(busy\))?)$")
+
+
 def _html_table(t: Table) -> str:
     e = html.escape
-    parts = ["<table>"]
-    if t.caption:
-        parts.append(f"<caption>{e(t.caption)}</caption>")
+    # the caption sits outside the table so it wraps at the page width, and the wrapper scrolls a
+    # table too wide for the page instead of widening the page
+    parts = [f'<p class="caption">{e(t.caption)}</p>'] if t.caption else []
+    parts.append('<div class="table"><table>')
     parts.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in t.headers) + "</tr>")
     for row in t.rows:
-        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
-    parts.append("</table>")
+        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" if _FIGURE.match(c) else f'<td class="t">{e(c)}</td>'
+                                      for c in row) + "</tr>")
+    parts.append("</table></div>")
     return "\n".join(parts)
 
 

@@ -1,79 +1,32 @@
 """Decide what the report says: manifest facts -> formatted tables, notes and plot slots.
 
-Numbers are formatted here once (scores in %, deltas in pt, sizes in MB = 10^6 bytes, latency in
-ms) so the Markdown and HTML renderings are identical. A missing section becomes a sentence
-saying it is missing, never an exception: a running or failed run still deserves a report.
+Numbers are formatted once (``fmt.py``) so the Markdown and HTML renderings are identical. A
+missing section becomes a sentence saying it is missing, never an exception: a running or failed
+run still deserves a report. Tables stay narrow (at most :data:`MAX_COLUMNS` columns): the
+headline shows the largest timed shape, the Speed section (``speed.py``) every shape, one row
+per model and shape.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from compresslab.report import facts as F
-from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
+import yaml
 
-DASH = "—"
+from compresslab.report import facts as F
+from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
+from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
+from compresslab.report.speed import busy_banner, speed_section
+
 # Sections a finished run has; listed as missing at the top of the report when absent.
 EXPECTED = ("steps", "export", "eval", "size", "bench", "hardware", "versions", "config")
-
-
-def pct(x: float | None, digits: int = 2) -> str:
-    """A fraction as a percentage without the sign: 0.91055 -> '91.06'."""
-    return DASH if x is None else f"{x * 100:.{digits}f}"
-
-
-def pt(delta: float | None) -> str:
-    """A score difference in points (0.01), always signed so a drop cannot be misread."""
-    return DASH if delta is None else f"{delta * 100:+.2f}"
-
-
-def mb(b: float | None) -> str:
-    """Bytes as decimal MB; tiny test models keep three decimals so they do not read 0.0."""
-    if b is None:
-        return DASH
-    v = b / 1e6
-    return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
-
-
-def ms(x: float | None) -> str:
-    """Milliseconds with about three significant digits."""
-    if x is None:
-        return DASH
-    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
-
-
-def times(x: float | None) -> str:
-    """A speedup ratio, e.g. '2.41x'."""
-    return DASH if x is None else f"{x:.2f}x"
-
-
-def secs(x: float | None) -> str:
-    """A wall time in the unit a person would say it in."""
-    if x is None:
-        return DASH
-    if x < 90:
-        return f"{x:.1f} s"
-    if x < 5400:
-        return f"{int(x // 60)} min {int(x % 60):02d} s"
-    return f"{int(x // 3600)} h {int(x % 3600 // 60):02d} min"
-
-
-def count(x: float | None) -> str:
-    """A parameter count in millions/thousands: 22713602 -> '22.71M'."""
-    if x is None:
-        return DASH
-    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
-
-
-def plain(x: Any) -> str:
-    """Any JSON scalar as text; floats trimmed to 4 significant digits."""
-    if x is None:
-        return DASH
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
+# Wider tables do not fit a page (or a terminal showing report.md); tests hold every table to it.
+MAX_COLUMNS = 10
+OVER = " ⚠"  # marks a score drop beyond the tolerance (eval.max_drop) in a table cell
+# Step and export names of the dense ONNX files, as opposed to checkpoint formats a pass measured.
+ONNX_SIZES = ("ort_fp32", "deployed")
 
 
 def _missing(what: str) -> Para:
@@ -96,8 +49,75 @@ def _status(m: Mapping[str, Any]) -> list[Block]:
     absent = [k for k in EXPECTED if not m.get(k)]
     if absent:
         out.append(Para("Missing from the manifest: " + ", ".join(absent) + ".", kind="warn"))
+    out += busy_banner(m)
     out.append(Bullets([f"{k}: {plain(m.get(k))}" for k in
                         ("pipeline", "model_id", "task", "status", "created", "updated")]))
+    return out
+
+
+def _delta(r: F.ModelRow, teacher: float | None) -> float | None:
+    return r.score - teacher if r.score is not None and teacher is not None else None
+
+
+def over_tolerance(delta: float | None, tolerance: float) -> bool:
+    """Whether a score change is a drop larger than the tolerance (a gain never is)."""
+    return delta is not None and -delta > tolerance + 1e-12
+
+
+def standard_error(m: Mapping[str, Any]) -> float | None:
+    """One standard error of the teacher's accuracy on the eval split (None for other metrics):
+    how far apart two scores must be before they mean anything (MEASURE.md "Scores and noise")."""
+    p, n = F.teacher_score(m), F.num(F.get(m, "eval", "n"))
+    if F.get(m, "eval", "primary_metric") != "accuracy" or p is None or not n:
+        return None
+    return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def _summary(m: Mapping[str, Any]) -> list[Block]:
+    """The first look: what was deployed, how much score it lost, and how much faster and smaller it is."""
+    rows = {r.key: r for r in F.model_rows(m)}
+    dep, teacher = rows.get("deployed"), F.teacher_score(m)
+    if dep is None or dep.score is None or teacher is None:
+        return []
+    tol = F.max_drop(m)
+    metric = F.get(m, "eval", "primary_metric") or "score"
+    split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
+    delta = _delta(dep, teacher)
+    within = "over" if over_tolerance(delta, tol) else "within"
+    items = [f"Score: {pct(dep.score)}% {metric} on {split}{f' ({n} examples)' if n else ''}, "
+             f"{pt(delta)} pt against the teacher's {pct(teacher)}%: {within} the tolerance of {tol * 100:.2f} pt "
+             f"(eval.max_drop={plain(tol)})."]
+    if dep.agreement is not None:
+        items.append(f"Agreement: the deployed model predicts what the teacher predicts on "
+                     f"{pct(dep.agreement, 1)}% of the examples"
+                     + (f" (McNemar p = {plain(dep.mcnemar_p)}: "
+                        f"{'a real difference' if dep.mcnemar_p < 0.05 else 'not a significant difference'})."
+                        if dep.mcnemar_p is not None else "."))
+    if (se := standard_error(m)) is not None:
+        items.append(f"Noise: one standard error of accuracy on these {n} examples is ±{se * 100:.1f} pt; "
+                     "smaller differences are within noise.")
+    shape = F.big_shape(F.shape_keys(m))
+    denom = F.get(m, "bench", "denominator") or "ort_fp32"
+    if shape and shape in dep.speedup:
+        best = F.get(m, "bench", "best_dense", shape, "runner")
+        text = f"Speed: {times(dep.speedup[shape])} the dense teacher on ONNX Runtime ({denom}) at {shape}"
+        if shape in dep.speedup_best:
+            text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here ({plain(best)})"
+        items.append(text + " (> 1x: faster).")
+    ref = rows.get("ort_fp32")
+    if dep.size_bytes and ref is not None and ref.size_bytes:
+        items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
+                     f"export ({times(ref.size_bytes / dep.size_bytes)} smaller).")
+    label = F.get(m, "export", "deployed", "label")
+    out: list[Block] = [Heading("Summary"),
+                        Para(f"Deployed: {plain(label or 'deployed')}, "
+                             f"{plain(F.run_relative(F.get(m, 'export', 'deployed', 'path'), m))}."),
+                        Bullets(items)]
+    if over_tolerance(delta, tol):
+        out.append(Para(f"The deployed model is {-delta * 100:.2f} pt below the teacher, more than the tolerance "
+                        f"of {tol * 100:.2f} pt. Give the passes more recovery (e.g. budget=bench), choose a milder "
+                        "setting (lower sparsity or speedup), or set eval.max_drop to the drop you accept.",
+                        kind="warn"))
     return out
 
 
@@ -106,35 +126,41 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     rows = F.model_rows(m)
     if not rows:
         return out + [Para("No headline: the manifest has neither `eval` nor `bench` results.")]
-    shapes = F.shape_keys(m)
-    teacher = F.teacher_score(m)
+    shape = F.big_shape(F.shape_keys(m))
+    teacher, tol = F.teacher_score(m), F.max_drop(m)
     metric = F.get(m, "eval", "primary_metric") or "score"
     split = F.get(m, "eval", "split") or "dev"
-    with_p = any(r.mcnemar_p is not None for r in rows)
-    headers = ["model", f"{split} {metric} (%)", "Δ vs teacher (pt)", "agreement (%)"]
     denom = F.get(m, "bench", "denominator") or "ort_fp32"
-    best = F.as_dict(F.get(m, "bench", "best_dense"))
+    with_p = any(r.mcnemar_p is not None for r in rows)
     with_prec = any(r.precision for r in rows)
-    headers += ["McNemar p"] * with_p + ["size (MB)"] + ["precision"] * with_prec
-    headers += [f"{s} p50 (ms)" for s in shapes]
-    headers += [f"vs best_dense {s}" for s in shapes] * bool(best) + [f"vs {denom} {s}" for s in shapes]
-    table = []
+    with_best = any(r.speedup_best for r in rows)
+    headers = ["model", f"{split} {metric} (%)", "Δ (pt)", "agreement (%)"] + ["McNemar p"] * with_p
+    headers += ["size (MB)"] + ["precision"] * with_prec
+    if shape:
+        headers += [f"p50 {shape} (ms)", f"× {denom}"] + ["× best_dense"] * with_best
+    table, flagged = [], []
     for r in rows:
-        delta = r.score - teacher if r.score is not None and teacher is not None else None
-        cells = [r.label, pct(r.score), pt(delta), pct(r.agreement)]
+        delta = _delta(r, teacher)
+        if over_tolerance(delta, tol):
+            flagged.append(r.label)
+        cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""), pct(r.agreement)]
         cells += [plain(r.mcnemar_p)] * with_p + [mb(r.size_bytes)] + [plain(r.precision)] * with_prec
-        cells += [ms(r.p50_ms.get(s)) for s in shapes]
-        cells += [times(r.speedup_best.get(s)) for s in shapes] * bool(best)
-        cells += [times(r.speedup.get(s)) for s in shapes]
+        if shape:
+            cells += [ms(r.p50_ms.get(shape)), times(r.speedup.get(shape))]
+            cells += [times(r.speedup_best.get(shape))] * with_best
         table.append(cells)
-    threads = F.get(m, "bench", "threads")
-    caption = (f"Δ in points (0.01) against teacher_torch; size is the on-disk bytes of that "
-               f"artifact (MB = 10^6 bytes); latency is the median at {plain(threads)} threads; "
-               f"speedup = reference p50 / model p50.")
-    if best:
-        caption += (" best_dense = the fastest dense teacher over every enabled backend and precision: "
-                    + ", ".join(f"{s}: {plain(F.get(v, 'runner'))}" for s, v in best.items()) + ".")
+    n, _ = F.threads(m)
+    caption = (f"Δ in points (0.01) against teacher_torch;{OVER} marks a drop over the tolerance "
+               f"eval.max_drop = {tol * 100:.2f} pt. Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
+    if shape:
+        caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of the "
+                    "model (> 1: faster). Every shape is in the Speed section.")
+    if with_best:
+        caption += " best_dense = the fastest dense teacher over every enabled backend and precision."
     out.append(Table(headers, table, caption))
+    if flagged:
+        out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",
+                        kind="warn"))
     if "eval" not in m:
         out.append(_missing("eval"))
     if "bench" not in m:
@@ -152,7 +178,7 @@ def _steps(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     rows = []
     for s in steps:
         after = F.as_dict(s.get("metrics_after"))
-        sp = F.num(after.get("sparsity"))
+        sp = F.step_sparsity(s)
         rows.append([F.step_label(s), plain(s.get("stage")), plain(s.get("status")),
                      secs(F.num(s.get("wall_s"))),
                      pct(F.num(F.get(s, "metrics_before", "score"))),
@@ -172,25 +198,51 @@ def _steps(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     return out
 
 
-def _size(m: Mapping[str, Any]) -> list[Block]:
-    size = F.as_dict(m.get("size"))
-    if not size:
-        return []
-    # the dense torch checkpoint when a pass measured it (sparse / packed formats), else the fp32 export
-    ref = "fp32" if "fp32" in size else "ort_fp32"
-    ref_t = F.num(F.get(size, ref, "total"))
-    ref_e = F.num(F.get(size, ref, "encoder"))
+def _size_table(sizes: Mapping[str, Any], ref: str | None, caption: str) -> Table:
+    """format | encoder | total | ratios against ``ref`` (a row of ``sizes``) | embeddings | head."""
+    ref_e, ref_t = F.num(F.get(sizes, ref, "encoder")), F.num(F.get(sizes, ref, "total"))
 
-    def ratio(v: float | None, ref: float | None) -> str:
-        return times(ref / v) if v and ref else DASH
+    def ratio(v: float | None, r: float | None) -> str:
+        return times(r / v) if v and r else DASH
 
     rows = []
-    for fmt, v in size.items():
+    for fmt_name, v in sizes.items():
         enc, tot = F.num(F.get(v, "encoder")), F.num(F.get(v, "total"))
-        rows.append([fmt, mb(enc), mb(tot), ratio(enc, ref_e), ratio(tot, ref_t)])
-    return [Heading("Size"), Table(["format", "encoder (MB)", "total (MB)", "fp32/x encoder",
-                                    "fp32/x total"], rows, "On-disk bytes; the total includes "
-                                   "embeddings, the encoder ratio excludes them; ratios are against " + ref + ".")]
+        rows.append([fmt_name, mb(enc), mb(tot), ratio(enc, ref_e), ratio(tot, ref_t),
+                     mb(F.num(F.get(v, "embeddings"))), mb(F.num(F.get(v, "head")))])
+    return Table(["format", "encoder (MB)", "total (MB)", f"{ref or DASH}/x encoder", f"{ref or DASH}/x total",
+                  "embeddings (MB)", "head (MB)"], rows, caption)
+
+
+def _size(m: Mapping[str, Any]) -> list[Block]:
+    """Two kinds of size, never mixed in one table: the ONNX files the run exported and deployed
+    (ratios against the fp32 export), and the checkpoint formats a pass measured for its own model
+    (ratios against that pass's fp32 checkpoint)."""
+    size = {k: v for k, v in F.as_dict(m.get("size")).items() if isinstance(v, Mapping)}
+    if not size:
+        return []
+    onnx = {k: v for k, v in size.items() if k in ONNX_SIZES}
+    out: list[Block] = [Heading("Size")]
+    if onnx:
+        out.append(_size_table(onnx, "ort_fp32" if "ort_fp32" in onnx else None,
+                               "ONNX files: ort_fp32 is the dense teacher's export, deployed the file the run "
+                               "ships. On-disk bytes; the encoder excludes embeddings and the head, the total is "
+                               "the whole file."))
+    by_step: dict[str, dict[str, Any]] = {}
+    for s in F.steps(m):
+        for k in F.as_dict(F.get(s, "result", "metrics", "size")):
+            if k in size and k not in onnx:
+                by_step.setdefault(F.step_label(s), {})[k] = size[k]
+    placed = {k for d in by_step.values() for k in d}
+    rest = {k: v for k, v in size.items() if k not in onnx and k not in placed}
+    if rest:
+        by_step["checkpoint"] = rest
+    for label, formats in by_step.items():
+        ref = "fp32" if "fp32" in formats else None
+        out.append(_size_table(formats, ref, f"Checkpoint formats of {label} (safetensors files, what "
+                                             "compresslab.save writes; not the ONNX file): on-disk bytes, "
+                                             f"ratios against {ref or 'no fp32 row'}."))
+    return out
 
 
 def _quant(m: Mapping[str, Any]) -> list[Block]:
@@ -220,10 +272,12 @@ def _quant(m: Mapping[str, Any]) -> list[Block]:
                              f"{label}: bits per Linear in module order (default targets: q k v o ffn_in ffn_out)"))
         if "n_matmul_nbits" in met:
             par = F.as_dict(met.get("parity"))
+            hist = F.as_dict(met.get("deployed_bits_histogram"))
             facts = [["accuracy_level", plain(met.get("accuracy_level"))],
                      ["MatMulNBits / GatherBlockQuantized nodes",
                       f"{plain(met.get('n_matmul_nbits'))} / {plain(met.get('n_gather_block_quantized'))}"],
-                     ["deployed bits histogram (nodes)", plain(met.get("deployed_bits_histogram"))],
+                     ["deployed bits histogram (nodes)",
+                      ", ".join(f"{b} bits: {plain(c)}" for b, c in hist.items()) or DASH],
                      ["average bits nominal / deployed (quantized nodes)",
                       f"{plain(met.get('avg_bits_nominal'))} / {plain(met.get('avg_bits_deployed'))}"],
                      ["parity max |Δlogits| vs the fake-quant graph", plain(par.get("max_abs_diff"))],
@@ -238,12 +292,12 @@ def _export(m: Mapping[str, Any]) -> list[Block]:
     exp = F.as_dict(m.get("export"))
     if not exp:
         return out + [_missing("export")]
-    rows = [[name, plain(v.get("label", name)), plain(v.get("path")),
-             mb(F.num(v.get("size_bytes"))),
-             plain(v.get("exporter")), plain(v.get("fused_attention_nodes"))]
-            for name, v in ((n, F.as_dict(x)) for n, x in exp.items())]
-    out.append(Table(["artifact", "label", "path", "size (MB)", "exporter",
-                      "fused attention nodes"], rows))
+    rows = []
+    for name, v in ((n, F.as_dict(x)) for n, x in exp.items()):
+        label = str(v.get("label") or name)
+        rows.append([name if label == name else f"{name} ({label})", plain(F.run_relative(v.get("path"), m)),
+                     mb(F.num(v.get("size_bytes"))), plain(v.get("exporter")), plain(v.get("fused_attention_nodes"))])
+    out.append(Table(["artifact", "path", "size (MB)", "exporter", "fused attention nodes"], rows))
     parity = F.as_dict(F.get(exp, "fp32", "parity"))
     if parity:
         diff, atol = F.num(parity.get("max_abs_diff")), F.num(parity.get("atol"))
@@ -257,60 +311,6 @@ def _export(m: Mapping[str, Any]) -> list[Block]:
     else:
         out.append(Para("No parity record for the fp32 export."))
     return out
-
-
-def _bench(m: Mapping[str, Any]) -> list[Block]:
-    out: list[Block] = [Heading("Speed")]
-    bench = F.as_dict(m.get("bench"))
-    if not bench:
-        return out + [_missing("bench")]
-    out.append(Para(f"threads: {plain(bench.get('threads'))}; denominator: "
-                    f"{plain(bench.get('denominator'))}; shapes: {', '.join(F.shape_keys(m))}."))
-    prec, files = F.as_dict(bench.get("precision")), F.as_dict(bench.get("files"))
-    best = F.as_dict(bench.get("speedups_best_dense"))
-    lat = [[model, plain(prec.get(model)), shape, ms(F.num(F.get(v, "p50_ms"))), ms(F.num(F.get(v, "p90_ms"))),
-            plain(F.get(v, "throughput")), times(F.num(F.get(best, model, shape))), plain(files.get(model))]
-           for model, per in F.as_dict(bench.get("latency")).items()
-           for shape, v in F.as_dict(per).items()]
-    if lat:
-        out.append(Table(["model", "precision", "shape", "p50 (ms)", "p90 (ms)", "throughput (seq/s)",
-                          "vs best_dense", "file"], lat))
-    for backend, why in F.as_dict(bench.get("skipped")).items():
-        out.append(Para(f"{backend} skipped: {why}"))
-    for key, title in (("real_length", "Real token lengths (dynamic padding)"),
-                       ("load", "Load time and peak memory")):
-        sec = F.as_dict(bench.get(key))
-        cols = list(dict.fromkeys(c for v in sec.values() for c in F.as_dict(v)))
-        if sec and cols:
-            out.append(Table(["model", *cols], [[k, *(plain(F.get(v, c)) for c in cols)]
-                                                for k, v in sec.items()], title))
-    gpu = F.as_dict(bench.get("gpu"))
-    if "skipped" in gpu:
-        out.append(Para(f"GPU benchmark skipped: {gpu['skipped']}"))
-    elif gpu:
-        rows = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), ms(F.num(F.get(v, "p90_ms")))]
-                for model, per in F.as_dict(gpu.get("latency")).items()
-                for shape, v in F.as_dict(per).items()]
-        out.append(Table(["model", "shape", "p50 (ms)", "p90 (ms)"], rows,
-                         f"GPU: {plain(gpu.get('backend'))} on {plain(gpu.get('device'))}"))
-    return out + _deepsparse(F.as_dict(bench.get("deepsparse")))
-
-
-def _deepsparse(ds: Mapping[str, Any]) -> list[Block]:
-    """DeepSparse engine timings (own process, interleaved with ort_fp32) and scores of those engines."""
-    if not ds or "skipped" in ds:
-        return []
-    speed = F.runner_major(F.as_dict(ds.get("speedups")))
-    scores = F.as_dict(ds.get("scores"))
-    rows = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), times(F.num(F.get(speed, model, shape))),
-             pct(F.num(F.get(scores, model, "score"))), pct(F.num(F.get(scores, model, "agreement")))]
-            for model, per in F.runner_major(F.as_dict(ds.get("latency"))).items()
-            for shape, v in F.as_dict(per).items()]
-    out: list[Block] = [Table(["model", "shape", "p50 (ms)", "vs ort_fp32", "dev score", "agreement"], rows,
-                              f"DeepSparse {plain(ds.get('deepsparse_version'))} (static shapes, seq "
-                              f"{plain(ds.get('seq'))})")]
-    notes = [str(n) for n in ds.get("notes") or []]
-    return out + ([Bullets(notes)] if notes else [])
 
 
 # when a binary run's export left no note of its own (e.g. the export has not run)
@@ -339,22 +339,57 @@ def _binary_notes(m: Mapping[str, Any]) -> list[str]:
 
 
 def _notes(m: Mapping[str, Any]) -> list[Block]:
-    notes = [str(n) for n in (F.get(m, "bench", "notes") or []) if n]
+    busy = bool(F.machine_load(m).get("busy"))  # said once, in the banner at the top
+    notes = [str(n) for n in (F.get(m, "bench", "notes") or []) if n and not (busy and str(n).startswith("MACHINE BUSY"))]
     notes += _binary_notes(m)
     deployed = str(F.get(m, "export", "deployed", "label") or "")
-    if F.sparsity_steps(m) and (not deployed or deployed.startswith("ort")):
+    if F.sparsity_steps(m) and (not deployed or deployed.startswith("ort")) and not any("dense kernels" in n
+                                                                                        for n in notes):
         notes.append("ORT runs sparse weights with dense kernels: zeros shrink the compressed "
-                     "file, not the latency; speedups come from int8 and removed structure.")
+                      "file, not the latency; speedups come from int8 and removed structure.")
     return [Heading("Notes"), Bullets(notes)] if notes else []
+
+
+def _hardware_rows(m: Mapping[str, Any]) -> list[list[str]]:
+    """The hardware record as one fact per row: ISA flags as one line, library versions left to the
+    versions table, and the thread count the run really used."""
+    hw = F.as_dict(m.get("hardware"))
+    rows: list[list[str]] = []
+    for key, v in F.flatten({k: v for k, v in hw.items() if k not in ("libraries", "threads")}).items():
+        if "isa" in key.split("."):  # one summary row below
+            continue
+        rows.append([key, plain(v)])
+    isa = F.as_dict(hw.get("isa")) or F.as_dict(F.get(hw, "cpu", "isa"))
+    if isa:
+        have = [k for k, v in isa.items() if v]
+        lack = [k for k, v in isa.items() if not v]
+        rows.append(["isa", (", ".join(have) or "none of those probed") + (f" (not: {', '.join(lack)})" if lack
+                                                                          else "")])
+    n, source = F.threads(m)
+    rows.append(["threads", f"{plain(n)} ({source})"])
+    return rows
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Block YAML, except lists of scalars (shapes, names) on one line: ``shapes: [[1, 128], [32, 128]]``."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(not isinstance(v, Mapping) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ConfigDumper.add_representer(list, _represent_list)
+
+
+def config_yaml(config: Mapping[str, Any]) -> str:
+    """The resolved config as YAML, in the order Hydra composed it (as in ``.hydra/config.yaml``)."""
+    return yaml.dump(dict(config), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True, width=100).rstrip()
 
 
 def _environment(m: Mapping[str, Any], run_dir: str) -> list[Block]:
     out: list[Block] = [Heading("Environment and reproduction")]
-    hw = F.as_dict(m.get("hardware"))
-    isa = F.as_dict(hw.pop("isa", None))
-    info = [[k, plain(v)] for k, v in hw.items()]
-    if isa:
-        info.append(["isa", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in isa.items())])
+    info = _hardware_rows(m)
     info += [[k, plain(m.get(k))] for k in
              ("seed", "config_hash", "git_sha", "compresslab_version", "schema_version")]
     out.append(Table(["fact", "value"], info, "Hardware and run identity"))
@@ -363,13 +398,15 @@ def _environment(m: Mapping[str, Any], run_dir: str) -> list[Block]:
                if versions else _missing("versions"))
     cmd = m.get("command") or f"python -m compresslab +pipeline={m.get('pipeline', '<pipeline>')}"
     overrides = m.get("overrides")
+    recorded = bool(m.get("command")) or isinstance(overrides, list)
     if not m.get("command") and isinstance(overrides, list) and overrides:
         cmd += " " + " ".join(str(o) for o in overrides)
-    out.append(Code(f"{cmd}\npython -m compresslab.report {run_dir}",
-                    "Run (same config resumes the same run dir), then rebuild this report:"))
-    if m.get("config"):
-        out.append(Code(json.dumps(m["config"], indent=2, sort_keys=True, default=str),
-                        "Resolved config"))
+    how = ("Run (the same config resumes the same run dir), then rebuild this report:" if recorded else
+           "Run, then rebuild this report (the manifest does not record the command-line overrides: add the "
+           "values of the resolved config below that differ from the defaults):")
+    out.append(Code(f"{cmd}\npython -m compresslab.report {run_dir}", how))
+    if isinstance(m.get("config"), Mapping) and m["config"]:
+        out.append(Code(config_yaml(m["config"]), "Resolved config (YAML)"))
     return out
 
 
@@ -379,8 +416,8 @@ def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[s
     title = (f"compresslab: {m.get('pipeline', '?')} on {m.get('model_id', '?')} "
              f"({m.get('task', '?')})")
     doc = Document(title, _status(m))
-    for part in (_headline(m, plots), _steps(m, plots), _quant(m), _size(m), _export(m), _bench(m),
-                 _notes(m), _environment(m, run_dir)):
+    for part in (_summary(m), _headline(m, plots), _steps(m, plots), _quant(m), _size(m), _export(m),
+                 speed_section(m), _notes(m), _environment(m, run_dir)):
         doc.blocks += part
     if plot_errors:
         doc.blocks += [Heading("Plot errors", 3),

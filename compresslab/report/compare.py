@@ -1,0 +1,281 @@
+"""The cross-run view: ``python -m compresslab.report --compare outputs/*/*``.
+
+Reads the manifest of every run directory given (nothing else: no model is loaded), and writes
+``compare.md``, ``compare.html`` and Pareto plots of score against latency and against size,
+one pair per task. Runs of one pipeline that differ only in some settings (a Hydra multirun
+sweep, ``-m ...sparsity=0.5,0.7``) get a sweep summary: the swept settings, each run's score and
+speed, the Pareto front, and the fastest run within the tolerance (``eval.max_drop``).
+
+Scores are compared as drops against each run's own teacher (two runs may have trained different
+teachers: budget=quick vs bench), speeds as ratios against each run's own dense ONNX export timed
+in the same process; absolute latencies are plotted only among runs timed at the same shape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compresslab.report import MANIFEST, ManifestError, facts as F, load_manifest, write_atomic
+from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
+from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
+
+COMPARE_MD = "compare.md"
+# Settings that never make two runs different experiments (where files go, how a run is resumed).
+IGNORED_SETTINGS = ("paths.", "run.dir", "run.overwrite", "run.stop_after", "run.keep", "report", "hydra.",
+                    "model.name")
+
+
+class CompareError(ManifestError):
+    """No run to compare; the message says what was given and what a run directory looks like."""
+
+
+@dataclass
+class RunPoint:
+    """One run, reduced to what the comparison shows: its deployed model against its own teacher."""
+
+    run_dir: Path
+    name: str  # pipeline/config-hash: unique and short
+    pipeline: str
+    task: str
+    status: str
+    metric: str
+    teacher: float | None
+    score: float | None
+    agreement: float | None
+    size_bytes: float | None
+    ref_size_bytes: float | None  # the dense teacher's fp32 export
+    shape: str | None  # the largest timed shape
+    p50_ms: float | None  # deployed, at shape
+    ref_p50_ms: float | None  # ort_fp32, at shape
+    speedup: float | None  # vs the run's denominator (ort_fp32), at shape
+    speedup_best: float | None
+    busy: bool
+    machine: tuple[Any, ...]  # CPU model, threads: absolute latencies compare only within one
+    tolerance: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> float | None:
+        """Deployed score minus the run's own teacher score."""
+        return self.score - self.teacher if self.score is not None and self.teacher is not None else None
+
+
+def collect(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """The manifests under ``paths`` (run directories) and a line for each path that is not a run.
+
+    A ``manifest.json`` given as a path stands for its run. Plain files (logs beside the runs) and
+    a comparison's own output (a folder holding ``compare.md``, and what is in it) are passed over
+    silently, so ``outputs/*/*`` can be given again after a first comparison wrote ``outputs/compare``.
+    """
+    runs: list[tuple[Path, dict[str, Any]]] = []
+    skipped: list[str] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.name == MANIFEST and p.is_file():
+            p = p.parent
+        if p.is_file() or any((d / COMPARE_MD).is_file() for d in (p, p.parent, p.parent.parent)):
+            continue
+        if not (p / MANIFEST).is_file():
+            skipped.append(f"{p}: {'no such directory' if not p.exists() else 'no ' + MANIFEST} (not a run directory)")
+            continue
+        key = p.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            runs.append((p, load_manifest(p)))
+        except ManifestError as e:
+            skipped.append(f"{p}: {e}")
+    return runs, skipped
+
+
+def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
+    """The comparison's view of one manifest (missing figures stay ``None``)."""
+    rows = {r.key: r for r in F.model_rows(m)}
+    dep, ref = rows.get("deployed"), rows.get("ort_fp32")
+    shape = F.big_shape(F.shape_keys(m))
+    n, _ = F.threads(m)
+    cpu = F.get(m, "hardware", "cpu", "model") or F.get(m, "hardware", "cpu_model")
+    settings = {k: v for k, v in F.flatten(F.as_dict(m.get("config"))).items()
+                if not k.startswith(IGNORED_SETTINGS) and not k.endswith("._target_")}
+    return RunPoint(
+        run_dir=run_dir, name=f"{m.get('pipeline', run_dir.parent.name)}/{m.get('config_hash', run_dir.name)}",
+        pipeline=str(m.get("pipeline") or "?"), task=str(m.get("task") or "?"), status=str(m.get("status") or "?"),
+        metric=str(F.get(m, "eval", "primary_metric") or "score"), teacher=F.teacher_score(m),
+        score=dep.score if dep else None, agreement=dep.agreement if dep else None,
+        size_bytes=dep.size_bytes if dep else None, ref_size_bytes=ref.size_bytes if ref else None,
+        shape=shape, p50_ms=dep.p50_ms.get(shape) if dep and shape else None,
+        ref_p50_ms=ref.p50_ms.get(shape) if ref and shape else None,
+        speedup=dep.speedup.get(shape) if dep and shape else None,
+        speedup_best=dep.speedup_best.get(shape) if dep and shape else None,
+        busy=bool(F.machine_load(m).get("busy")), machine=(cpu, n), tolerance=F.max_drop(m), settings=settings)
+
+
+def varied(points: Sequence[RunPoint]) -> list[str]:
+    """Settings whose values differ between the runs (what a sweep swept), in config order. A
+    setting some runs lack (written by an older version) is not a difference."""
+    keys = list(dict.fromkeys(k for p in points for k in p.settings))
+    return [k for k in keys if len({repr(p.settings[k]) for p in points if k in p.settings}) > 1]
+
+
+def short(key: str) -> str:
+    """``pipeline.passes.obert.sparsity`` -> ``obert.sparsity``: the pass name says enough."""
+    return key.removeprefix("pipeline.passes.")
+
+
+def pareto_front(points: Sequence[RunPoint], cost: str) -> list[RunPoint]:
+    """Runs no other run beats on both score and ``cost`` (an attribute: lower is better)."""
+    have = [p for p in points if p.score is not None and getattr(p, cost) is not None]
+    return [p for p in have if not any(q is not p and q.score >= p.score and getattr(q, cost) <= getattr(p, cost)
+                                       and (q.score > p.score or getattr(q, cost) < getattr(p, cost)) for q in have)]
+
+
+def _groups(points: Sequence[RunPoint], *attrs: str) -> dict[tuple[str, ...], list[RunPoint]]:
+    out: dict[tuple[str, ...], list[RunPoint]] = {}
+    for p in points:
+        out.setdefault(tuple(getattr(p, a) for a in attrs), []).append(p)
+    return out
+
+
+def _settings_text(p: RunPoint, keys: Sequence[str]) -> str:
+    return ", ".join(f"{short(k)}={plain(p.settings.get(k))}" for k in keys) or DASH
+
+
+def _runs_table(points: Sequence[RunPoint]) -> Table:
+    sweeps = {k: varied(g) for k, g in _groups(points, "pipeline", "task").items()}
+    rows = []
+    for p in points:
+        label = p.name if p.status == "finished" else f"{p.name} ({p.status})"
+        over = p.delta is not None and -p.delta > p.tolerance + 1e-12
+        rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.task)]), pct(p.teacher), pct(p.score),
+                     pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement), mb(p.size_bytes), plain(p.shape),
+                     times(p.speedup) + (" (busy)" if p.busy and p.speedup is not None else ""),
+                     times(p.speedup_best)])
+    return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)", "agreement (%)", "size (MB)",
+                  "shape", "× ort_fp32", "× best_dense"], rows,
+                 "Each run's deployed model against its own teacher (Δ in points; ⚠ = a drop over that run's "
+                 "eval.max_drop) and its own dense ONNX export timed in the same process (×, at the largest "
+                 "shape it timed; > 1: faster). busy = timed while other processes used the CPUs: void.")
+
+
+def _sweep(key: tuple[str, ...], group: list[RunPoint]) -> list[Block]:
+    """One pipeline's runs that differ in some settings: a table sorted by them, the front, the pick."""
+    keys = varied(group)
+    if len(group) < 2 or not keys:
+        return []
+    group = sorted(group, key=lambda p: tuple(repr(p.settings.get(k)) for k in keys))
+    rows = [[*(plain(p.settings.get(k)) for k in keys[:5]), pct(p.score), pt(p.delta), mb(p.size_bytes),
+             times(p.speedup), p.name] for p in group]
+    out: list[Block] = [Heading(f"Sweep: {key[0]} on {key[1]}", 3),
+                        Table([*(short(k) for k in keys[:5]), "deployed (%)", "Δ (pt)", "size (MB)", "× ort_fp32",
+                               "run"], rows, f"{len(group)} runs; settings that differ between them: "
+                              + ", ".join(short(k) for k in keys) + ".")]
+    facts = []
+    quiet = [p for p in group if not p.busy]  # a busy machine's timings are void (MEASURE.md)
+    for cost, what, among in (("p50_ms", "latency", quiet), ("size_bytes", "size", group)):
+        front = pareto_front(among, cost)
+        if front:
+            facts.append(f"Pareto front, score vs {what}: " + "; ".join(_settings_text(p, keys) for p in front) + ".")
+    ok = [p for p in quiet if p.delta is not None and -p.delta <= p.tolerance + 1e-12 and p.speedup is not None]
+    if ok:
+        best = max(ok, key=lambda p: p.speedup)
+        facts.append(f"Fastest within the tolerance ({best.tolerance * 100:.2f} pt, eval.max_drop): "
+                     f"{_settings_text(best, keys)}: {times(best.speedup)} at {pt(best.delta)} pt ({best.name}).")
+    elif any(p.delta is not None for p in quiet):
+        facts.append("No run of this sweep timed on a quiet machine is within its tolerance (eval.max_drop).")
+    if busy := [p.name for p in group if p.busy]:
+        facts.append("Timed on a busy machine, so left out of the speed comparisons: " + ", ".join(busy) + ".")
+    return out + ([Bullets(facts)] if facts else [])
+
+
+def _plots(points: Sequence[RunPoint]) -> tuple[dict[str, bytes], list[Block]]:
+    """Per task: score vs latency (runs timed at the task's most common shape and machine) and vs size."""
+    from compresslab.report.plots import pareto_plot  # matplotlib only when a comparison is drawn
+
+    pngs: dict[str, bytes] = {}
+    blocks: list[Block] = []
+    many = len({p.task for p in points}) > 1
+    for (task,), group in _groups(points, "task").items():
+        suffix = f"_{task}" if many else ""
+        timed = [p for p in group if p.shape is not None and p.p50_ms is not None and not p.busy]
+        left_out = [f"{p.name} (timed on a busy machine)" for p in group if p.busy and p.p50_ms is not None]
+        if timed:
+            shape, machine = Counter((p.shape, p.machine) for p in timed).most_common(1)[0][0]
+            same = [p for p in timed if (p.shape, p.machine) == (shape, machine)]
+            left_out += [f"{p.name} (timed at {p.shape} on {plain(p.machine[0])}, {plain(p.machine[1])} threads)"
+                         for p in timed if p not in same]
+            png = pareto_plot(same, pareto_front(same, "p50_ms"), "p50_ms", "ref_p50_ms", f"p50 latency at {shape} (ms)  ← faster",
+                              f"{task}: score vs latency ({plain(machine[0])}, {plain(machine[1])} threads)")
+            if png:
+                pngs[f"pareto_latency{suffix}.png"] = png
+        sized = [p for p in group if p.size_bytes is not None]
+        png = pareto_plot(sized, pareto_front(sized, "size_bytes"), "size_bytes", "ref_size_bytes", "deployed file size (MB)  ← smaller",
+                          f"{task}: score vs size", scale=1e-6) if sized else None
+        if png:
+            pngs[f"pareto_size{suffix}.png"] = png
+        names = [n for n in (f"pareto_latency{suffix}.png", f"pareto_size{suffix}.png") if n in pngs]
+        if names:
+            blocks.append(Heading(f"Pareto plots: {task}", 3))
+            blocks += [Image(n, n[:-4].replace("_", " ")) for n in names]
+            blocks.append(Para("Dots: deployed models (filled: on the Pareto front, no other run is both better "
+                               "and cheaper); grey crosses: each run's dense teacher (ort_fp32); dashed: the best "
+                               "teacher score."))
+        if left_out:
+            blocks.append(Para("Not in the latency plot (absolute latencies compare only at one shape on one "
+                               "machine and thread count): " + "; ".join(left_out) + "."))
+    return pngs, blocks
+
+
+def build_comparison(runs: Sequence[tuple[Path, Mapping[str, Any]]], skipped: Sequence[str]) -> tuple[Document,
+                                                                                                      dict[str, bytes]]:
+    """The comparison document and its plots."""
+    points = [point(d, m) for d, m in runs]
+    doc = Document(f"compresslab: {len(points)} runs compared")
+    doc.blocks += [Para("Read from each run's manifest.json; rebuild with python -m compresslab.report --compare "
+                        "RUN_DIR..."), Heading("Runs"), _runs_table(points)]
+    pngs, plot_blocks = _plots(points)
+    doc.blocks += plot_blocks
+    sweeps = [b for k, g in _groups(points, "pipeline", "task").items() for b in _sweep(k, g)]
+    if sweeps:
+        doc.blocks += [Heading("Sweep summary"), *sweeps]
+    if skipped:
+        doc.blocks += [Heading("Not compared", 3), Bullets(list(skipped))]
+    return doc, pngs
+
+
+def default_out(run_dirs: Sequence[Path]) -> Path:
+    """``compare/`` beside the runs: under their common parent folder (``outputs/compare`` for
+    ``outputs/*/*``)."""
+    return Path(os.path.commonpath([str(d.resolve().parent) for d in run_dirs])) / "compare"
+
+
+def compare(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Write the comparison of the runs under ``paths`` into ``out`` (default: :func:`default_out`);
+    return the written files keyed by path relative to ``out``.
+
+    Raises:
+        CompareError: none of ``paths`` is a run directory with a readable manifest.json.
+    """
+    paths = list(paths)
+    runs, skipped = collect(paths)
+    if not runs:
+        shown = ", ".join(map(str, paths[:3])) + (", ..." if len(paths) > 3 else "")
+        raise CompareError(f"None of the {len(paths)} paths given ({shown or 'none'}) is a run directory with a "
+                           f"{MANIFEST}. Pass run directories, e.g. --compare outputs/*/* or "
+                           "--compare outputs/int8/<hash> outputs/obert_int8/<hash>.")
+    root = Path(out) if out is not None else default_out([d for d, _ in runs])
+    doc, pngs = build_comparison(runs, skipped)
+    written: dict[str, Path] = {}
+    for name, png in pngs.items():
+        write_atomic(root / "plots" / name, png)
+        written[f"plots/{name}"] = root / "plots" / name
+    write_atomic(root / COMPARE_MD, to_markdown(doc).encode("utf-8"))
+    written[COMPARE_MD] = root / COMPARE_MD
+    write_atomic(root / "compare.html", to_html(doc, pngs).encode("utf-8"))
+    written["compare.html"] = root / "compare.html"
+    return written

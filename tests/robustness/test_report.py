@@ -1,0 +1,419 @@
+"""Issue #12, the report and the first impression: each fault of the report as users hit it, its
+siblings, the tolerance flag, and the cross-run view (``--compare``) with its sweep summary.
+
+The manifests are real: ``tests/unit/report/runs/*.json`` were written by smoke runs of the tiny
+BERT (``debug=smoke model=local``, bench with real lengths and the load probe) on this code, one
+of them timed on a busy machine and one killed by an error; their absolute paths were rewritten to
+another user's home, as a manifest copied from another machine has them. Documents are built in
+process without plots (drawing is covered once, in the cross-run case and in tests/unit/report).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import runpy
+import struct
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from compresslab.report import build_report, plots
+from compresslab.report.__main__ import main
+from compresslab.report.compare import compare
+from compresslab.report.render import Bullets, Code, Document, Para, Table, to_html, to_markdown
+from compresslab.report.sections import MAX_COLUMNS, build_document
+
+RUNS = Path(__file__).resolve().parents[1] / "unit" / "report" / "runs"
+FULL = Path(__file__).resolve().parents[1] / "unit" / "report" / "manifest_full.json"
+FIXTURES = ("obert_int8_smoke", "int8_smoke", "magnitude_int8_busy", "magnitude_int8_failed")
+case = pytest.mark.case
+
+
+def manifest(name: str) -> dict[str, Any]:
+    return json.loads((RUNS / f"{name}.json").read_text())
+
+
+def doc_of(m: dict[str, Any]) -> Document:
+    return build_document(m, set(), {}, "outputs/run")
+
+
+def tables(doc: Document) -> list[Table]:
+    return [b for b in doc.blocks if isinstance(b, Table)]
+
+
+def table(doc: Document, caption_start: str) -> Table:
+    found = [t for t in tables(doc) if t.caption.startswith(caption_start)]
+    assert found, [t.caption[:40] for t in tables(doc)]
+    return found[0]
+
+
+def row(t: Table, first: str) -> dict[str, str]:
+    r = next(r for r in t.rows if r[0] == first)
+    return dict(zip(t.headers, r))
+
+
+def texts(doc: Document) -> list[str]:
+    """Every table cell, paragraph and bullet (code blocks excluded: the YAML config has lists)."""
+    out: list[str] = []
+    for b in doc.blocks:
+        if isinstance(b, Table):
+            out += [c for r in b.rows for c in r] + list(b.headers)
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Bullets):
+            out += list(b.items)
+    return out
+
+
+@case(name="report: real-length table prints 16 raw latencies per cell", kind="first", bad_input=False,
+      expected="one row per model: sentences/s, wall time, batches, x ort_fp32, x best_dense; no list of latencies")
+def test_real_length_table_is_one_summary_row_per_model(observe) -> None:
+    t = table(doc_of(manifest("obert_int8_smoke")), "Real token lengths")
+    assert t.headers == ["model", "precision", "sentences/s", "wall (s)", "batches", "× ort_fp32", "× best_dense"]
+    assert [r[0] for r in t.rows] == ["ort_fp32", "deployed", "torch_fp32"]
+    for r in t.rows:
+        assert all(len(re.findall(r"\d+\.\d+", c)) <= 1 for c in r), r  # one number per cell
+    assert row(t, "ort_fp32")["batches"] == "4" and row(t, "ort_fp32")["× ort_fp32"] == "1.00x"
+    observe(f"real-length rows: {t.rows}")
+
+
+@case(name="report: load table shows absolute paths and a duplicated model column", kind="first", bad_input=False,
+      expected="one model column; the file relative to the run dir; load ms, first run, peak and model RSS")
+def test_load_table_has_relative_files_and_unique_columns(observe) -> None:
+    doc = doc_of(manifest("obert_int8_smoke"))
+    t = table(doc, "Load time and peak memory")
+    assert len(set(t.headers)) == len(t.headers) and t.headers.count("model") == 1
+    assert row(t, "ort_fp32")["file"] == "export/teacher/model.onnx"
+    assert row(t, "deployed")["file"] == "steps/02_int8/model.onnx"
+    assert not [c for c in texts(doc) if "/home/ada/work/outputs" in c]  # no run-dir path from another machine
+    observe(f"load table: {t.headers} / {t.rows[0]}")
+
+
+@case(name="report: oBERT step shows sparsity — (the value sits in result.metrics)", kind="first", bad_input=False,
+      expected="the steps table shows the sparsity the pass recorded: 80.0 % for obert")
+def test_step_sparsity_read_from_the_pass_metrics(observe) -> None:
+    m = manifest("obert_int8_smoke")
+    assert "sparsity" not in m["steps"][1]["metrics_after"]  # as the run engine writes it today
+    t = table(doc_of(m), "Scores here are the passes'")
+    assert row(t, "01 obert")["sparsity (%)"] == "80.0"
+    observe(f"01 obert sparsity: {row(t, '01 obert')['sparsity (%)']}")
+
+
+@case(name="report: threads — although 2 were used", kind="first", bad_input=False,
+      expected="the thread count the run used and where it comes from, with or without a bench section")
+def test_threads_are_the_ones_used(observe) -> None:
+    m = manifest("obert_int8_smoke")
+    env = table(doc_of(m), "Hardware and run identity")
+    assert row(env, "threads")["value"] == "1 (bench.threads)"
+    del m["bench"]  # no bench: resolved the way the run engine resolves run.threads=null
+    m["config"]["run"]["threads"] = None
+    env = table(doc_of(m), "Hardware and run identity")
+    assert row(env, "threads")["value"] == "2 (run.threads=null: all physical cores)"
+    observe(f"threads without bench: {row(env, 'threads')['value']}")
+
+
+@case(name="report: a table wider than the page", kind="first", bad_input=False,
+      expected=f"every table at most {MAX_COLUMNS} columns (headline at the largest shape, every shape long-form in "
+               "Speed); HTML tables scroll inside their box")
+@pytest.mark.parametrize("name", FIXTURES)
+def test_no_table_is_wider_than_the_limit(name: str, observe) -> None:
+    doc = doc_of(manifest(name))
+    widths = [len(t.headers) for t in tables(doc)]
+    assert max(widths) <= MAX_COLUMNS, widths
+    assert all(len(r) == len(t.headers) for t in tables(doc) for r in t.rows)
+    html = to_html(doc, {})
+    assert html.count('<div class="table"><table>') == html.count("<table>") == len(widths)
+    observe(f"{name}: widest table {max(widths)} columns")
+
+
+@case(name="report: dumped dicts", kind="first", bad_input=False,
+      expected="no Python repr ({'...'}, ['...'], True/False) in any table, paragraph or bullet")
+@pytest.mark.parametrize("name", [*FIXTURES, "full"])
+def test_no_dumped_dicts_or_lists(name: str) -> None:
+    m = json.loads(FULL.read_text()) if name == "full" else manifest(name)
+    dumped = [c for c in texts(doc_of(m)) if re.search(r"[{\[]['\"]|': ", c) or c in ("True", "False")]
+    assert dumped == []
+
+
+@case(name="report: size table mixes ort_fp32/deployed with fp32/int8/sparse_int8", kind="first", bad_input=False,
+      expected="the ONNX files in one table (ratios vs ort_fp32), each pass's checkpoint formats in another (vs fp32)")
+def test_onnx_sizes_and_checkpoint_formats_apart(observe) -> None:
+    doc = doc_of(manifest("obert_int8_smoke"))
+    onnx = table(doc, "ONNX files")
+    ckpt = table(doc, "Checkpoint formats of 01 obert")
+    assert [r[0] for r in onnx.rows] == ["ort_fp32", "deployed"] and onnx.headers[3] == "ort_fp32/x encoder"
+    assert [r[0] for r in ckpt.rows] == ["fp32", "int8", "sparse_int8"] and ckpt.headers[3] == "fp32/x encoder"
+    assert row(ckpt, "fp32")["fp32/x total"] == "1.00x"
+    observe(f"size tables: {[r[0] for r in onnx.rows]} | {[r[0] for r in ckpt.rows]}")
+
+
+@case(name="report: the resolved config is a long vertical JSON", kind="first", bad_input=False,
+      expected="YAML in config order, lists on one line; parses back to the same config")
+def test_config_is_yaml(observe) -> None:
+    m = manifest("obert_int8_smoke")
+    code = next(b for b in doc_of(m).blocks if isinstance(b, Code) and b.summary.startswith("Resolved config"))
+    assert yaml.safe_load(code.text) == m["config"]
+    assert "shapes: [[1, 32], [4, 32]]" in code.text
+    assert code.text.count("\n") < json.dumps(m["config"], indent=2).count("\n") * 0.75
+    assert code.text.splitlines()[0] == "model:"  # Hydra's order, not sorted
+    observe(f"config: {code.text.count(chr(10)) + 1} YAML lines vs {json.dumps(m['config'], indent=2).count(chr(10)) + 1} JSON")
+
+
+def _with_drop(m: dict[str, Any], drop: float) -> dict[str, Any]:
+    m = copy.deepcopy(m)
+    for models in (m["eval"]["models"], m["bench"]["scores"]):  # bench scores: the OpenVINO cells
+        for v in models.values():
+            v["score"] = 0.9
+    m["eval"]["models"]["deployed"]["score"] = 0.9 - drop
+    return m
+
+
+@case(name="report flags a drop above the user's tolerance (eval.max_drop)", kind="first", bad_input=False,
+      expected="a drop over eval.max_drop (default 1 pt) is marked in the headline and named in a warning; "
+               "within it, the summary says so")
+def test_drop_over_tolerance_is_flagged(observe) -> None:
+    md = to_markdown(doc_of(_with_drop(manifest("int8_smoke"), 0.02)))
+    assert "| deployed (ort_int8) | 88.00 | -2.00 ⚠ |" in md
+    assert "The deployed model is 2.00 pt below the teacher, more than the tolerance of 1.00 pt" in md
+    assert "over the tolerance of 1.00 pt (eval.max_drop=0.01)" in md
+    relaxed = _with_drop(manifest("int8_smoke"), 0.02)
+    relaxed["config"]["eval"]["max_drop"] = 0.03
+    md3 = to_markdown(doc_of(relaxed))
+    assert "⚠ |" not in md3 and "within the tolerance of 3.00 pt" in md3
+    gain = to_markdown(doc_of(_with_drop(manifest("int8_smoke"), -0.05)))
+    assert "⚠ |" not in gain  # a gain is never a drop
+    observe("flagged at -2.00 pt with max_drop 0.01; not with 0.03; never for a gain")
+
+
+@case(name="eval.max_drop out of range", kind="own", expected="refused before any work, naming eval.max_drop")
+@pytest.mark.parametrize("value", ["5", "-0.1", "abc"])
+def test_bad_tolerance_refused_up_front(value: str, expect_clear, monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    import compresslab.pipeline.state as state
+    from compresslab.config import compose
+    from compresslab.pipeline import run
+
+    def loaded(self: Any) -> None:
+        raise RuntimeError("the model was loaded: the bad input was not caught up front")
+
+    monkeypatch.setattr(state.RunState, "load_initial", loaded)
+    expect_clear(lambda: run(compose(["+pipeline=int8", "debug=smoke", f"eval.max_drop={value}",
+                                      f"paths.output_dir={tmp_path}/o", f"paths.cache_dir={tmp_path}/c"])),
+                 match=r"eval.*max_drop")
+
+
+@case(name="report of a failed run", kind="own", bad_input=False,
+      expected="says failed, the error with its step, and that rerunning resumes")
+def test_failed_run_report(observe) -> None:
+    md = to_markdown(doc_of(manifest("magnitude_int8_failed")))
+    assert "> **Run status: failed" in md
+    assert "Error in step finetune: ImportError:" in md and "Rerun the same command to resume" in md
+    observe(md.split("\n")[2])
+
+
+@case(name="report of a run timed on a busy machine", kind="own", bad_input=False,
+      expected="a MACHINE BUSY banner at the top naming the reasons; the load while timing in Speed; said once")
+def test_busy_timing_banner(observe) -> None:
+    md = to_markdown(doc_of(manifest("magnitude_int8_busy")))
+    top = md.split("## Summary")[0]
+    assert "MACHINE BUSY while timing: other processes used 2.00 CPU s per s before timing" in top
+    assert "Machine load while timing: BUSY" in md
+    assert md.count("MACHINE BUSY") == 1
+    quiet = to_markdown(doc_of(manifest("obert_int8_smoke")))
+    assert "MACHINE BUSY" not in quiet
+    observe(top.splitlines()[2][:200])
+
+
+@case(name="report: GPU skipped reason printed as 'skipped: skipped: ...'", kind="own", bad_input=False,
+      expected="GPU benchmark skipped: <reason>, once")
+def test_gpu_skip_reason_once() -> None:
+    md = to_markdown(doc_of(manifest("obert_int8_smoke")))
+    assert "GPU benchmark skipped: no CUDAExecutionProvider" in md and "skipped: skipped" not in md
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[dict[str, str | None]] = []
+        self.stack: list[str] = []
+        self.tables_in_div = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        if tag == "table" and self.stack[-1:] == ['div class="table"']:
+            self.tables_in_div += 1
+        if tag not in ("img", "meta", "br"):
+            self.stack.append(tag + "".join(f' {k}="{v}"' for k, v in attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack and self.stack[-1].split()[0] == tag, (tag, self.stack[-3:])
+        self.stack.pop()
+
+
+@case(name="report HTML renders: tags balanced, every image a real PNG", kind="first", bad_input=False,
+      expected="balanced tags, each <img> a data: PNG with a width and height, each table in a scroll box "
+               "(the real browser check is make test-e2e)")
+def test_html_structure_and_images(tmp_path: Path, observe) -> None:
+    run = tmp_path / "outputs" / "obert_int8" / "7aa5f2ac8c4f"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text((RUNS / "obert_int8_smoke.json").read_text())
+    written = build_report(run)
+    parser = _Images()
+    parser.feed(written["report.html"].read_text())
+    assert parser.stack == []
+    pngs = [k for k in written if k.endswith(".png")]
+    assert len(parser.imgs) == len(pngs) == 3
+    for img in parser.imgs:
+        data = base64.b64decode(str(img["src"]).removeprefix("data:image/png;base64,"))
+        width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+        assert data.startswith(b"\x89PNG") and width > 100 and height > 100
+    assert parser.tables_in_div == written["report.html"].read_text().count("<table>")
+    observe(f"{len(parser.imgs)} images, {parser.tables_in_div} tables")
+
+
+def _sweep_run(root: Path, sparsity: float, score: float, p50: float, size: float, *,
+               busy: bool = False, shape: str = "b4xs32") -> Path:
+    """An obert_int8 run of a sparsity sweep, from the real smoke manifest with its figures set."""
+    m = manifest("obert_int8_smoke")
+    h = f"sweep{int(sparsity * 100):03d}{'b' if busy else ''}{shape}"
+    m["config_hash"] = h
+    m["config"]["pipeline"]["passes"]["obert"]["sparsity"] = sparsity
+    models = m["eval"]["models"]
+    for k in ("teacher_torch", "ort_fp32", "torch_final"):
+        models[k]["score"] = 0.905
+    models["deployed"]["score"] = score
+    b = m["bench"]
+    b["latency"] = {"ort_fp32": {shape: {"p50_ms": 60.0, "p90_ms": 61.0}},
+                    "deployed": {shape: {"p50_ms": p50, "p90_ms": p50 * 1.02}}}
+    b["shapes"] = [[int(x) for x in shape[1:].split("xs")]]
+    for k in ("speedups", "speedups_best_dense", "best_dense"):
+        b.pop(k, None)
+    b["machine_load"] = {"busy": busy, "reasons": ["a training ran"] if busy else []}
+    m["size"]["deployed"]["total"] = size * 1e6
+    run = root / "obert_int8" / h
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps(m))
+    return run
+
+
+@case(name="cross-run view: --compare outputs/*/* with Pareto plots of score vs latency and vs size", kind="first",
+      bad_input=False, expected="compare.md/html with every run against its own teacher and export, Pareto plots "
+                                "(PNG) of score vs latency and vs size; other files and the comparison's own output "
+                                "passed over")
+def test_compare_writes_table_and_pareto_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str], observe) -> None:
+    out = tmp_path / "outputs"
+    _sweep_run(out, 0.5, 0.900, 30.0, 30.0)
+    _sweep_run(out, 0.7, 0.880, 31.0, 25.0)  # dominated on latency by 0.5 (worse and slower)
+    _sweep_run(out, 0.9, 0.850, 20.0, 20.0)
+    (out / "obert_int8" / "run.log").write_text("a log beside the runs")
+    args = sorted(str(p) for p in out.glob("*/*"))
+    assert main(["--compare", *args]) == 0
+    written = sorted(Path(p).name for p in capsys.readouterr().out.split())
+    assert written == ["compare.html", "compare.md", "pareto_latency.png", "pareto_size.png"]
+    cmp = out / "obert_int8" / "compare"
+    for png in (cmp / "plots").iterdir():
+        assert png.read_bytes().startswith(b"\x89PNG")
+    md = (cmp / "compare.md").read_text()
+    assert "| obert_int8/sweep070b4xs32 | obert.sparsity=0.7 | 90.50 | 88.00 | -2.50 ⚠ |" in md
+    assert "Not compared" not in md  # the log file is passed over silently
+    assert main(["--compare", *sorted(str(p) for p in out.glob("*/*"))]) == 0  # again, with compare/ among them
+    assert "Not compared" not in (cmp / "compare.md").read_text()
+    observe(md.split("## Runs")[1].split("###")[0].strip()[:480])
+
+
+@case(name="multirun sweep summary", kind="first", bad_input=False,
+      expected="per pipeline, the swept settings with each run's score and speed, the Pareto fronts, and the fastest "
+               "run within eval.max_drop; busy timings left out of speed picks")
+def test_sweep_summary(tmp_path: Path, observe, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)  # drawing is the case above
+    out = tmp_path / "outputs"
+    runs = [_sweep_run(out, 0.5, 0.900, 30.0, 30.0), _sweep_run(out, 0.7, 0.880, 31.0, 25.0),
+            _sweep_run(out, 0.9, 0.850, 20.0, 20.0), _sweep_run(out, 0.8, 0.904, 10.0, 22.0, busy=True)]
+    md = compare(runs)["compare.md"].read_text()
+    sweep = md.split("### Sweep: obert_int8 on sst2")[1]
+    assert "4 runs; settings that differ between them: obert.sparsity." in sweep
+    assert [line.split("|")[1].strip() for line in sweep.splitlines() if line.startswith("| 0.")] == \
+        ["0.5", "0.7", "0.8", "0.9"]
+    assert "Pareto front, score vs latency: obert.sparsity=0.5; obert.sparsity=0.9." in sweep
+    assert "Fastest within the tolerance (1.00 pt, eval.max_drop): obert.sparsity=0.5: 2.00x at -0.50 pt" in sweep
+    assert "Timed on a busy machine, so left out of the speed comparisons: obert_int8/sweep080bb4xs32." in sweep
+    observe(" / ".join(line for line in sweep.splitlines() if line.startswith("- ")))
+
+
+@case(name="cross-run view: runs timed at other shapes", kind="own", bad_input=False,
+      expected="absolute latencies plotted only for runs at one shape and machine; the others named as left out")
+def test_compare_leaves_out_other_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[list[str]] = []
+
+    def fake(points, front, cost, *a, **k):
+        drawn.append([f"{p.name}:{cost}" for p in points])
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    runs = [_sweep_run(out, 0.5, 0.9, 30.0, 30.0), _sweep_run(out, 0.7, 0.89, 25.0, 25.0),
+            _sweep_run(out, 0.9, 0.85, 200.0, 20.0, shape="b32xs128")]
+    md = compare(runs)["compare.md"].read_text()
+    assert drawn[0] == ["obert_int8/sweep050b4xs32:p50_ms", "obert_int8/sweep070b4xs32:p50_ms"]
+    assert len(drawn[1]) == 3  # size compares across shapes
+    assert "Not in the latency plot" in md and "obert_int8/sweep090b32xs128 (timed at b32xs128" in md
+
+
+@case(name="--compare given no run directory", kind="own",
+      expected="a one-line error saying what a run directory is, exit code 2, no traceback")
+def test_compare_without_runs(tmp_path: Path, expect_clear) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    expect_clear(lambda: compare([tmp_path / "outputs" / "*" / "*", tmp_path / "notes.txt"]),
+                 match=r"None of the 2 paths.*is a run directory.*--compare outputs/\*/\*")
+
+
+@case(name="--compare on the real CLI with no runs", kind="own",
+      expected="exit code 2, the message on stderr, no traceback")
+def test_compare_cli_entry_point(tmp_path: Path, expect_clear, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m compresslab.report --compare ...`` as the shell runs it, in process (runpy): a
+    subprocess would pay the package's torch import for nothing."""
+    monkeypatch.setattr(sys, "argv", ["compresslab.report", "--compare", str(tmp_path / "nope")])
+    monkeypatch.delitem(sys.modules, "compresslab.report.__main__", raising=False)
+    expect_clear(lambda: runpy.run_module("compresslab.report", run_name="__main__"))
+    err = capsys.readouterr().err
+    assert err.startswith("error: None of the 1 paths") and "is a run directory with a manifest.json" in err
+    assert "Traceback" not in err
+
+
+@case(name="report CLI: --out without --compare, or no argument", kind="own",
+      expected="argparse's usage error (exit 2) saying what to pass")
+@pytest.mark.parametrize("argv", [["run", "--out", "x"], []])
+def test_cli_argument_errors(argv: list[str], expect_clear, capsys: pytest.CaptureFixture[str]) -> None:
+    expect_clear(lambda: main(argv))
+    err = capsys.readouterr().err
+    assert "--out goes with --compare" in err or "give a RUN_DIR, or --compare" in err
+
+
+@case(name="report into a directory that cannot be written", kind="own",
+      expected="exit code 2 and a message naming what to make writable, no traceback")
+def test_unwritable_report_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str], observe) -> None:
+    import compresslab.report as report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text((RUNS / "magnitude_int8_failed.json").read_text())
+
+    def denied(path: Path, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(report, "write_atomic", denied)
+    monkeypatch.setattr(plots, "PLOTS", {})
+    assert main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not write the report:") and "Make the run directory writable" in err
+    observe(err.strip())
