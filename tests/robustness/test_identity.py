@@ -20,7 +20,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,7 +112,8 @@ def test_finished_run_with_edited_data_is_refused(finished, expect_clear):
     before = (d / "manifest.json").read_bytes()
     with _Restore(root / "train.csv") as f:
         _append_row(f)
-        msg = expect_clear(lambda: run(_cfg(root, out)), match=r"train\.csv.*sha256 \w+ -> \w+.*run\.overwrite=true")
+        msg = expect_clear(lambda: run(_cfg(root, out)), match=r"train\.csv.*sha256 \w+ -> \w+.*run\.overwrite=true",
+                           errors=(InputsChangedError,))
     assert (d / "manifest.json").read_bytes() == before, "a refused rerun must leave the run as it was"
     assert "finished" in msg
     assert run(_cfg(root, out)) == d  # the file restored: the finished run is found again
@@ -189,6 +189,22 @@ def test_changed_inputs_cli_exit_2(tmp_path, observe):
     assert "run.overwrite=true" in both
     assert read_json(d / "manifest.json")["status"] == "stopped"
     observe(f"exit 2; {line.strip()[:300]}")
+
+
+@pytest.mark.case(name="a run dir from before input hashes, its data edited", kind=3,
+                  expected="refused by the data file hashes the old manifest holds (model files cannot be compared)")
+def test_run_without_recorded_inputs_is_checked_by_its_data_files(tmp_path, expect_clear):
+    root = _inputs(tmp_path / "in")
+    d = _stopped(root, tmp_path / "out")
+    m = RunManifest.load(d)
+    del m.data["inputs"]  # what manifests written before this check hold
+    m.save()
+    assert _stopped(root, tmp_path / "out") == d  # unchanged data: resumed (with a warning)
+    m = RunManifest.load(d)
+    del m.data["inputs"]
+    m.save()
+    _append_row(root / "train.csv")
+    expect_clear(lambda: run(_cfg(root, tmp_path / "out")), match=r"train\.csv.*sha256 \w+ -> \w+")
 
 
 @pytest.mark.case(name="run.overwrite=true after an input changed", kind=3, bad_input=False,
