@@ -54,3 +54,11 @@ def test_module_entry_point_exits_non_zero(tmp_path: Path, monkeypatch: pytest.M
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "Could not find manifest.json" in err and "Traceback" not in err
+
+
+def test_help_shows_the_compare_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--compare RUN_DIR [RUN_DIR ...]" in out and "python -m compresslab.report --compare outputs/*/*" in out
