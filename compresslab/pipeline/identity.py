@@ -68,7 +68,8 @@ def input_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         where = nm.get("source") or om.get("source")
         for name in sorted(set(of) | set(nf)):
             if of.get(name) != nf.get(name):
-                out.append(f"model file {Path(str(where)) / name}: sha256 {_short(of.get(name))} -> {_short(nf.get(name))}")
+                out.append(f"model file {Path(str(where)) / name}: sha256 {_short(of.get(name))} -> "
+                           f"{_short(nf.get(name))}")
     for key, what in (("state_dict", "model weights"), ("tokenizer", "tokenizer"),
                       ("teacher_state_dict", "teacher weights")):
         if om.get(key) != nm.get(key):

@@ -167,7 +167,8 @@ def test_changed_tokenizer_or_config_is_refused(tmp_path, expect_clear):
     cfg = json.loads((root / "model" / "config.json").read_text())
     cfg["layer_norm_eps"] = 1e-5  # changes the function, not a single weight
     (root / "model" / "config.json").write_text(json.dumps(cfg))
-    expect_clear(lambda: run(_cfg(root, tmp_path / "out")), match=r"config\.json: sha256.*vocab\.txt|vocab\.txt.*config\.json")
+    expect_clear(lambda: run(_cfg(root, tmp_path / "out")),
+                 match=r"config\.json: sha256.*vocab\.txt|vocab\.txt.*config\.json")
 
 
 @pytest.mark.case(name="changed inputs through the real CLI", kind=3,
@@ -433,7 +434,8 @@ def test_concurrent_run_is_refused(tmp_path, expect_clear):
 
 # --------------------------------------------------------------------------- disk use
 @pytest.mark.case(name="disk per run: the teacher cache and the finetune step", kind="first", bad_input=False,
-                  expected="run.keep=minimal: byte-identical artifacts are one copy (hard links), recorded in the manifest")
+                  expected="run.keep=minimal: byte-identical artifacts are one copy (hard links), recorded in "
+                           "the manifest")
 def test_keep_minimal_links_identical_artifacts(finished, observe):
     _, out, d = finished
     m = read_json(d / "manifest.json")
@@ -492,7 +494,8 @@ def test_store_shares_artifacts_across_runs_and_prunes(tmp_path, observe):
             "3 orphan blobs pruned after both runs were deleted")
 
 
-@pytest.mark.case(name="run.keep=everything (a typo)", kind=1, expected="a one-line error naming run.keep and its values")
+@pytest.mark.case(name="run.keep=everything (a typo)", kind=1,
+                  expected="a one-line error naming run.keep and its values")
 def test_bad_keep_is_refused(tmp_path, expect_clear):
     root = _inputs(tmp_path / "in")
     expect_clear(lambda: run(_cfg(root, tmp_path / "out", "run.keep=everything")), match=r"run\.keep.*minimal.*all")
