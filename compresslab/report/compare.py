@@ -209,13 +209,15 @@ def _plots(points: Sequence[RunPoint]) -> tuple[dict[str, bytes], list[Block]]:
             same = [p for p in timed if (p.shape, p.machine) == (shape, machine)]
             left_out += [f"{p.name} (timed at {p.shape} on {plain(p.machine[0])}, {plain(p.machine[1])} threads)"
                          for p in timed if p not in same]
-            png = pareto_plot(same, pareto_front(same, "p50_ms"), "p50_ms", "ref_p50_ms", f"p50 latency at {shape} (ms)  ← faster",
+            png = pareto_plot(same, pareto_front(same, "p50_ms"), "p50_ms", "ref_p50_ms",
+                              f"p50 latency at {shape} (ms)  ← faster",
                               f"{task}: score vs latency ({plain(machine[0])}, {plain(machine[1])} threads)")
             if png:
                 pngs[f"pareto_latency{suffix}.png"] = png
         sized = [p for p in group if p.size_bytes is not None]
-        png = pareto_plot(sized, pareto_front(sized, "size_bytes"), "size_bytes", "ref_size_bytes", "deployed file size (MB)  ← smaller",
-                          f"{task}: score vs size", scale=1e-6) if sized else None
+        png = pareto_plot(sized, pareto_front(sized, "size_bytes"), "size_bytes", "ref_size_bytes",
+                          "deployed file size (MB)  ← smaller", f"{task}: score vs size",
+                          scale=1e-6) if sized else None
         if png:
             pngs[f"pareto_size{suffix}.png"] = png
         names = [n for n in (f"pareto_latency{suffix}.png", f"pareto_size{suffix}.png") if n in pngs]

@@ -100,10 +100,11 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
     denom = F.get(m, "bench", "denominator") or "ort_fp32"
     if shape and shape in dep.speedup:
         best = F.get(m, "bench", "best_dense", shape, "runner")
-        text = f"Speed: {times(dep.speedup[shape])} the dense teacher on ONNX Runtime ({denom}) at {shape}"
+        text = (f"Speed (> 1x: faster): {times(dep.speedup[shape])} the dense teacher on ONNX Runtime ({denom}) "
+                f"at {shape}")
         if shape in dep.speedup_best:
-            text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here ({plain(best)})"
-        items.append(text + " (> 1x: faster).")
+            text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
+        items.append(text + ".")
     ref = rows.get("ort_fp32")
     if dep.size_bytes and ref is not None and ref.size_bytes:
         items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
@@ -153,8 +154,8 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     caption = (f"Δ in points (0.01) against teacher_torch;{OVER} marks a drop over the tolerance "
                f"eval.max_drop = {tol * 100:.2f} pt. Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
     if shape:
-        caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of the "
-                    "model (> 1: faster). Every shape is in the Speed section.")
+        caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of "
+                    "the model (> 1: faster). Every shape is in the Speed section.")
     if with_best:
         caption += " best_dense = the fastest dense teacher over every enabled backend and precision."
     out.append(Table(headers, table, caption))
@@ -340,7 +341,8 @@ def _binary_notes(m: Mapping[str, Any]) -> list[str]:
 
 def _notes(m: Mapping[str, Any]) -> list[Block]:
     busy = bool(F.machine_load(m).get("busy"))  # said once, in the banner at the top
-    notes = [str(n) for n in (F.get(m, "bench", "notes") or []) if n and not (busy and str(n).startswith("MACHINE BUSY"))]
+    notes = [str(n) for n in (F.get(m, "bench", "notes") or [])
+             if n and not (busy and str(n).startswith("MACHINE BUSY"))]
     notes += _binary_notes(m)
     deployed = str(F.get(m, "export", "deployed", "label") or "")
     if F.sparsity_steps(m) and (not deployed or deployed.startswith("ort")) and not any("dense kernels" in n

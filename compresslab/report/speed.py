@@ -62,7 +62,7 @@ def _latency(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
     denom = bench.get("denominator") or "ort_fp32"
     return Table(["model", "precision", "shape", "p50 (ms)", "p90 (ms)", "seq/s", f"× {denom}", "× best_dense",
                   "file"], rows, "Median (p50) and 90th percentile per call at batch × sequence length, random "
-                 f"token ids; × = p50 of the reference / p50 of the model (> 1: faster).")
+                 "token ids; × = p50 of the reference / p50 of the model (> 1: faster).")
 
 
 def _real_length(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
