@@ -11,7 +11,9 @@ export COMPRESSLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/glue),$(SHARED_DATA),)
 # (benchmarks/RESULTS.md): within 0.3 pt of the teacher, 1.4-1.7x faster than its fp32 ONNX at b32,
 # 4x smaller. obert_int8 on the quick budget lost 6 pt (80% sparsity, 150 recovery steps).
 PIPELINE ?= int8
-DEMO_ARGS ?=
+# OpenVINO's default precision only: on CPUs without bf16 it compiles as f32, so the f32 pair would time
+# the same graphs twice (about 2/7 of the bench stage); best_dense still covers ORT, OpenVINO and torch.
+DEMO_ARGS ?= 'bench.openvino_precisions=[default]'
 # The package asks for a torch range (users keep theirs); our venvs pin the exact CPU build,
 # which pip finds on local disk through its configured find-links.
 CONSTRAINTS := constraints.txt
