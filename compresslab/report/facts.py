@@ -172,6 +172,12 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def switched_off(m: Mapping[str, Any], section: str) -> bool:
+    """Whether the run's config turned a stage off (``bench.enabled=false``): its section is absent
+    on purpose, not missing."""
+    return get(m, "config", section, "enabled") is False
+
+
 def machine_load(m: Mapping[str, Any]) -> dict[str, Any]:
     """What the run recorded about other work on the machine while it timed (``machine_load`` at
     the top level or in ``bench``); empty when the manifest has none (older runs)."""

@@ -29,7 +29,9 @@ OVER = " ⚠"  # marks a score drop beyond the tolerance (eval.max_drop) in a ta
 ONNX_SIZES = ("ort_fp32", "deployed")
 
 
-def _missing(what: str) -> Para:
+def _missing(what: str, m: Mapping[str, Any] | None = None) -> Para:
+    if m is not None and F.switched_off(m, what):
+        return Para(f"Not run: {what}.enabled=false in this run's config.")
     return Para(f"Not available: the manifest has no `{what}` section.")
 
 
@@ -46,9 +48,12 @@ def _status(m: Mapping[str, Any]) -> list[Block]:
         out.append(Para(f"Error{' in step ' + plain(err.get('step')) if err.get('step') else ''}: "
                         f"{plain(err.get('type'))}: {plain(err.get('message'))}. Rerun the same command to resume "
                         "after the last finished step.", kind="warn"))
-    absent = [k for k in EXPECTED if not m.get(k)]
+    absent = [k for k in EXPECTED if not m.get(k) and not F.switched_off(m, k)]
     if absent:
         out.append(Para("Missing from the manifest: " + ", ".join(absent) + ".", kind="warn"))
+    off = [f"{k}.enabled=false" for k in EXPECTED if not m.get(k) and F.switched_off(m, k)]
+    if off:
+        out.append(Para("Switched off in this run's config: " + ", ".join(off) + "."))
     out += busy_banner(m)
     out.append(Bullets([f"{k}: {plain(m.get(k))}" for k in
                         ("pipeline", "model_id", "task", "status", "created", "updated")]))
@@ -163,9 +168,9 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",
                         kind="warn"))
     if "eval" not in m:
-        out.append(_missing("eval"))
+        out.append(_missing("eval", m))
     if "bench" not in m:
-        out.append(_missing("bench"))
+        out.append(_missing("bench", m))
     if "score_vs_latency.png" in plots:
         out.append(Image("score_vs_latency.png", "score vs latency"))
     return out

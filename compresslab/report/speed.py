@@ -15,7 +15,9 @@ from compresslab.report.fmt import DASH, mb, ms, pct, plain, rate, times
 from compresslab.report.render import Block, Bullets, Heading, Para, Table
 
 
-def _missing(what: str) -> Para:
+def _missing(what: str, m: Mapping[str, Any]) -> Para:
+    if F.switched_off(m, what):
+        return Para(f"Not run: {what}.enabled=false in this run's config.")
     return Para(f"Not available: the manifest has no `{what}` section.")
 
 
@@ -155,7 +157,7 @@ def speed_section(m: Mapping[str, Any]) -> list[Block]:
     out: list[Block] = [Heading("Speed")]
     bench = F.as_dict(m.get("bench"))
     if not bench:
-        return out + [_missing("bench")]
+        return out + [_missing("bench", m)]
     n, source = F.threads(m)
     best = ", ".join(f"{s}: {plain(F.get(v, 'runner'))}" for s, v in F.as_dict(bench.get("best_dense")).items())
     out.append(Para(f"Threads: {plain(n)} ({source}). Reference (×): {plain(bench.get('denominator'))}, the dense "

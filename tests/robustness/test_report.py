@@ -418,3 +418,18 @@ def test_unwritable_report_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert err.startswith("error: could not write the report:") and "Make the run directory writable" in err
     observe(err.strip())
+
+
+@case(name="report of a run with bench switched off says 'missing'", kind="own", bad_input=False,
+      expected="a stage switched off in the config (bench.enabled=false) is said to be off, not missing")
+def test_switched_off_stage_is_not_missing(observe) -> None:
+    m = manifest("obert_int8_smoke")
+    del m["bench"]
+    m["config"]["bench"]["enabled"] = False
+    md = to_markdown(doc_of(m))
+    assert "Missing from the manifest" not in md
+    assert "Switched off in this run's config: bench.enabled=false." in md
+    assert "Not run: bench.enabled=false in this run's config." in md
+    m["config"]["bench"]["enabled"] = True  # on, yet absent: missing
+    assert "Missing from the manifest: bench." in to_markdown(doc_of(m))
+    observe("bench.enabled=false: 'Switched off' instead of 'Missing'")
