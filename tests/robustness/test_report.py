@@ -433,3 +433,26 @@ def test_switched_off_stage_is_not_missing(observe) -> None:
     m["config"]["bench"]["enabled"] = True  # on, yet absent: missing
     assert "Missing from the manifest: bench." in to_markdown(doc_of(m))
     observe("bench.enabled=false: 'Switched off' instead of 'Missing'")
+
+
+@case(name="cross-run view: runs of different tasks", kind="own", bad_input=False,
+      expected="one pair of Pareto plots per task (scores of different tasks never share an axis)")
+def test_compare_plots_per_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[tuple[str, list[str]]] = []
+
+    def fake(points, front, cost, ref_cost, xlabel, title, **k):
+        drawn.append((title, sorted(p.task for p in points)))
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    runs = [_sweep_run(out, 0.5, 0.9, 30.0, 30.0), _sweep_run(out, 0.7, 0.89, 25.0, 25.0)]
+    m = json.loads((runs[1] / "manifest.json").read_text())
+    m["task"], m["config_hash"] = "mrpc", "mrpc070"
+    other = out / "obert_int8" / "mrpc070"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps(m))
+    written = compare([*runs, other])
+    assert {"plots/pareto_latency_sst2.png", "plots/pareto_size_sst2.png", "plots/pareto_latency_mrpc.png",
+            "plots/pareto_size_mrpc.png"} <= set(written)
+    assert all(len(set(tasks)) == 1 for _, tasks in drawn)
