@@ -123,5 +123,5 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["check_bool", "check_bools", "check_choice", "check_fraction", "check_int", "check_list", "check_nonnegative", "check_positive",
-           "check_positive_int", "check_text", "coerce_enum", "is_int", "is_number"]
+__all__ = ["check_bool", "check_bools", "check_choice", "check_fraction", "check_int", "check_list",
+           "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum", "is_int", "is_number"]

@@ -18,8 +18,8 @@ from typing import Any, Mapping, TypeVar
 
 from compresslab.pipeline.schema import SettingsError, check_config
 from compresslab.validate import (
-    check_bool, check_choice, check_fraction, check_int, check_list, check_nonnegative, check_positive, check_positive_int,
-    is_int)
+    check_bool, check_choice, check_fraction, check_int, check_list, check_nonnegative, check_positive,
+    check_positive_int, is_int)
 
 T = TypeVar("T")
 
@@ -198,7 +198,8 @@ class BenchSettings:
             raise ValueError(f"backends: a non-empty list of {list(BACKENDS)}, got {self.backends!r}")
         backends = tuple(dict.fromkeys(check_choice(x, BACKENDS, "backends") for x in self.backends))
         if "ort" not in backends:  # ort_fp32 is the canonical denominator and the deployed file's runtime
-            raise ValueError(f"backends: 'ort' is required (it runs ort_fp32 and the deployed file), got {list(backends)}")
+            raise ValueError("backends: 'ort' is required (it runs ort_fp32 and the deployed file), "
+                             f"got {list(backends)}")
         object.__setattr__(self, "backends", backends)
         if isinstance(self.openvino_precisions, str) or not self.openvino_precisions:
             raise ValueError(f"openvino_precisions: a non-empty list of {list(OPENVINO_PRECISIONS)}, "

@@ -170,7 +170,8 @@ def test_cli_seed_not_an_integer(tmp_path, observe):
     assert not (tmp_path / "out").exists()  # refused before Hydra made its run dir
 
 
-@case(name="CLI: read-only output dir", kind=1, expected="exit 2 naming paths.output_dir, before Hydra writes its logs there")
+@case(name="CLI: read-only output dir", kind=1,
+      expected="exit 2 naming paths.output_dir, before Hydra writes its logs there")
 def test_cli_read_only_output_dir(capsys, expect_clear, tmp_path):
     out = _unwritable(tmp_path)
     expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", f"paths.output_dir={out}"])),
@@ -222,7 +223,8 @@ def test_unknown_root_key(start, expect_clear):
 
 @case(name="+task.max_lenght=64 (misspelled, added with +)", kind=1, expected="an error with a did-you-mean hint")
 def test_misspelled_key_added(start, expect_clear):
-    expect_clear(start("+task.max_lenght=64"), match=r"task: unknown setting\(s\) \['max_lenght'\].*did you mean 'max_length'")
+    expect_clear(start("+task.max_lenght=64"),
+                 match=r"task: unknown setting\(s\) \['max_lenght'\].*did you mean 'max_length'")
 
 
 @case(name="+run.thread=2", kind=1, expected="an error listing the run settings")
@@ -286,7 +288,8 @@ def test_lr_zero(start, expect_clear):
     expect_clear(start("budget.lr=0"), match=r"budget\.lr must be > 0")
 
 
-@case(name="bench.shapes=128 (a number for a list)", kind=1, expected="an error saying shapes is a list of [batch, seq]")
+@case(name="bench.shapes=128 (a number for a list)", kind=1,
+      expected="an error saying shapes is a list of [batch, seq]")
 def test_scalar_for_list(start, expect_clear):
     expect_clear(start("bench.shapes=128"), match=r"shapes must be a list of \[batch, seq\] pairs")
 
@@ -306,7 +309,8 @@ def test_max_runs_below_runs(start, expect_clear):
     expect_clear(start("bench.runs=10", "bench.max_runs=5"), match=r"max_runs=5 is below runs=10")
 
 
-@case(name="bench.deepsparse.batches=32 (a number for a list)", kind=1, expected="an error naming bench.deepsparse batches")
+@case(name="bench.deepsparse.batches=32 (a number for a list)", kind=1,
+      expected="an error naming bench.deepsparse batches")
 def test_deepsparse_batches_scalar(start, expect_clear):
     expect_clear(start("bench.deepsparse.batches=32"), match=r"bench\.deepsparse: batches must be a list")
 
@@ -342,7 +346,8 @@ def test_roberta_position_offset(start, expect_clear, tmp_path):
                  match=r"task\.max_length=513 exceeds.*at most 512")
 
 
-@case(name="bench.gpu=torch_cuda without CUDA", kind=1, expected="an error at start naming bench.gpu (else after training)")
+@case(name="bench.gpu=torch_cuda without CUDA", kind=1,
+      expected="an error at start naming bench.gpu (else after training)")
 def test_gpu_backend_missing(start, expect_clear, monkeypatch):
     import compresslab.bench.runners as runners
 
