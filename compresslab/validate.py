@@ -116,6 +116,44 @@ def check_list(value: Any, name: str, what: str = "values") -> list[Any]:
     return list(value)
 
 
+_SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+
+
+def _accepts(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return is_number(value)
+    return isinstance(value, kind)
+
+
+def check_field_types(obj: Any) -> None:
+    """Check a settings dataclass's fields against their annotations where those are plain (bool,
+    int, float, str, or a union of them with None), so a value the class's own checks do not look
+    at cannot pass with the wrong type (``cache=maybe`` is a truthy string). Other annotations
+    (enums, lists, nested settings) are left to the class. ValueError naming the field."""
+    import dataclasses
+    import types
+    import typing
+
+    try:
+        hints = typing.get_type_hints(type(obj))
+    except Exception:  # noqa: BLE001 - an annotation naming a type-checking-only import: nothing to check
+        return
+    for f in dataclasses.fields(obj):
+        hint = hints.get(f.name)
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+            else (hint,)
+        if not kinds or not all(k in _SIMPLE for k in kinds):
+            continue
+        value = getattr(obj, f.name)
+        if not any(_accepts(k, value) for k in kinds):
+            allowed = " or ".join(_SIMPLE[k] for k in kinds)
+            raise ValueError(f"{f.name} must be {allowed}, got {value!r}")
+
+
 def check_bools(p: Any, *names: str) -> None:
     """Reject non-bool flags of pass ``p`` (YAML ``"false"`` as a string would be truthy)."""
     for n in names:
@@ -123,5 +161,6 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["check_bool", "check_bools", "check_choice", "check_fraction", "check_int", "check_list",
-           "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum", "is_int", "is_number"]
+__all__ = ["check_bool", "check_bools", "check_choice", "check_field_types", "check_fraction", "check_int",
+           "check_list", "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum",
+           "is_int", "is_number"]

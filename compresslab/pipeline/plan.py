@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.types import Pass, Stage
+from compresslab.validate import check_field_types
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ def build_steps(cfg: DictConfig) -> list[Step]:
         except Exception as e:  # hydra wraps the dataclass's ValueError; surface it
             cause = e.__cause__ or e
             raise PipelineError(f"step {name!r}: {cause}") from cause
+        try:  # what the pass's own checks leave: e.g. a bool flag given as a string
+            check_field_types(p)
+        except ValueError as e:
+            raise PipelineError(f"step {name!r}: pipeline.passes.{name}.{e}") from None
         steps.append(Step(i, name, p))
     if not steps:
         raise PipelineError("pipeline.steps is empty")

@@ -242,6 +242,13 @@ def test_unknown_pass_key(start, expect_clear):
     expect_clear(start("+pipeline.passes.int8.per_chanel=false"), match=r"int8.*per_chanel")
 
 
+@case(name="pipeline.passes.finetune.cache=maybe", kind=1,
+      expected="an error naming the pass's flag (a string would be truthy), from the annotations of any pass")
+def test_pass_flag_not_bool(start, expect_clear):
+    expect_clear(start("pipeline.passes.finetune.cache=maybe"),
+                 match=r"pipeline\.passes\.finetune\.cache must be true or false")
+
+
 @case(name="run.overwrite=yes", kind=1, expected="an error: true or false (a string 'yes' would be truthy)")
 def test_truthy_string(start, expect_clear):
     expect_clear(start("run.overwrite=yes"), match=r"run\.overwrite must be true or false")
