@@ -1,8 +1,9 @@
 """Issue #12's figures: every robustness case (tests/robustness) and the first-use numbers.
 
     python benchmarks/robustness.py cases     # runs the case tests, writes `cases` and `bad_inputs`
-    python benchmarks/robustness.py demo      # `make demo`'s pipeline on a quiet machine: wall time,
-                                              # deployed drop, b32 speedup, disk per run
+    bash benchmarks/wall_times.sh             # fresh clone: `make demo` then `make test`, quiet machine
+    python benchmarks/robustness.py demo      # copies the demo's figures from results/wall_times.json:
+                                              # wall time, deployed drop, b32 speedup, disk per run
 
 Each case is one pytest test marked ``@pytest.mark.case(name, kind, expected)``; the conftest of
 tests/robustness writes one JSON line per case (observed, pass, and for a bad input how it failed:
@@ -45,12 +46,32 @@ def cases(args: argparse.Namespace) -> None:
     print(f"{sum(r['pass'] for r in rows)}/{len(rows)} cases pass (pytest exit {rc})")
 
 
+def demo(args: argparse.Namespace) -> None:
+    """The first-use figures of the last fresh-clone `make demo` (benchmarks/wall_times.sh)."""
+    wall = json.loads((Path(__file__).resolve().parent / "results" / "wall_times.json").read_text())
+    s = wall.get("demo_summary") or {}
+    if "deployed_drop" not in s:
+        raise SystemExit("results/wall_times.json has no demo figures yet: run `bash benchmarks/wall_times.sh` first")
+    disk = s.get("disk") or {}
+    RESULTS.put(["demo_wall_s"], round(float(wall["demo_wall_s"]), 1))
+    RESULTS.put(["demo_deployed_drop"], round(float(s["deployed_drop"]), 4))
+    RESULTS.put(["demo_speedup_b32"], s.get("speedup_b32"))
+    RESULTS.put(["demo_speedup_b32_vs_best_dense"], s.get("speedup_b32_vs_best_dense"))
+    RESULTS.put(["disk_mb_per_run"], round(disk["new_bytes"] / 1e6, 1) if "new_bytes" in disk else None)
+    RESULTS.put(["demo"], {"pipeline": s.get("pipeline"), "teacher": s.get("teacher_quick_acc"),
+                           "deployed": s.get("deployed_acc"), "disk": disk, "machine_load": s.get("machine_load"),
+                           "source": "benchmarks/results/wall_times.json (fresh clone, empty cache)"})
+    print(json.dumps({k: RESULTS.get([k]) for k in ("demo_wall_s", "demo_deployed_drop", "demo_speedup_b32",
+                                                     "disk_mb_per_run")}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     c = sub.add_parser("cases", help="run tests/robustness and record every case")
     c.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -k fp16)")
     c.set_defaults(fn=cases)
+    sub.add_parser("demo", help="copy the fresh-clone demo figures from results/wall_times.json").set_defaults(fn=demo)
     args = ap.parse_args()
     args.fn(args)
 

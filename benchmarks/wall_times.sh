@@ -23,6 +23,10 @@ m = json.load(open(sorted(glob.glob('outputs/*/*/manifest.json'))[0]))
 e = m['eval']['models']
 print(json.dumps({'pipeline': m['pipeline'], 'teacher_quick_acc': e['teacher_torch']['score'],
                   'deployed_acc': e['deployed']['score'], 'deployed_agreement': e['deployed'].get('agreement'),
+                  'deployed_drop': e['teacher_torch']['score'] - e['deployed']['score'],
+                  'speedup_b32': (m.get('bench') or {}).get('speedups', {}).get('deployed', {}).get('b32xs128'),
+                  'speedup_b32_vs_best_dense': (m.get('bench') or {}).get('speedups_best_dense', {}).get('deployed', {}).get('b32xs128'),
+                  'disk': m.get('disk'), 'machine_load': (m.get('bench') or {}).get('machine_load'),
                   'steps_wall_s': {s['name']: s.get('wall_s') for s in m['steps']}}))")"
   rm -rf .venv
 fi
