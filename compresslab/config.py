@@ -51,7 +51,9 @@ def composition_message(error: Exception) -> str:
     msg = " ".join(keep) or type(error).__name__
     cause = error.__cause__
     if cause is not None and "not in struct" in str(cause):  # `x=1` for a key that does not exist
-        msg += (" (no such setting: check its spelling; `python -m compresslab +pipeline=NAME --cfg job` "
+        # (Hydra's advice to append it with `+` would only meet the unknown-key check)
+        key = getattr(cause, "full_key", None) or msg
+        return (f"{key}: no such setting; check its spelling (`python -m compresslab +pipeline=NAME --cfg job` "
                 "prints every setting)")
     if msg.startswith("Multiple values for "):  # `+group=option` for a group that has a default
         group = msg.split()[3].rstrip(".")

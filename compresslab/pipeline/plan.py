@@ -8,6 +8,8 @@ content (:mod:`compresslab.pipeline.identity`): a dir whose model or data files 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
 import shutil
@@ -74,7 +76,8 @@ def build_steps(cfg: DictConfig) -> list[Step]:
             raise PipelineError(f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}")
         node = passes[name]
         target = str(node.get("_target_", ""))
-        get_pass(target.rsplit(".", 2)[-2] if target.count(".") >= 2 else name)  # unknown pass -> clear error
+        cls = get_pass(target.rsplit(".", 2)[-2] if target.count(".") >= 2 else name)  # unknown pass -> clear error
+        check_pass_keys(cls, node, name)
         try:
             p = instantiate(node, _convert_="all")
         except Exception as e:  # hydra wraps the dataclass's ValueError; surface it
@@ -89,6 +92,17 @@ def build_steps(cfg: DictConfig) -> list[Step]:
         raise PipelineError("pipeline.steps is empty")
     check_order(steps)
     return steps
+
+
+def check_pass_keys(cls: type, node: Any, step: str) -> None:
+    """PipelineError for a key of ``pipeline.passes.<step>`` that the pass has no field for, with the
+    fields and a did-you-mean (instantiating would say only "unexpected keyword argument")."""
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(k for k in node if not str(k).startswith("_") and k not in fields)
+    if unknown:
+        close = [f"{k!r}: did you mean {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, fields, n=1))]
+        raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}"
+                            + (f" ({'; '.join(close)})" if close else "") + f"; the pass has: {', '.join(fields)}")
 
 
 def check_order(steps: list[Step]) -> None:

@@ -63,6 +63,8 @@ def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None) -> T:
         return cls(**raw)
     except TypeError as e:  # a required key is missing
         raise SettingsError(f"{section}: {e}") from None
+    except SettingsError:  # a nested section's (bench.deepsparse), already named
+        raise
     except ValueError as e:
         raise SettingsError(f"{section}: {e}") from None
 

@@ -205,7 +205,7 @@ def test_cli_group_with_plus(capsys, expect_clear):
       expected="exit 2 saying there is no such setting")
 def test_cli_override_of_missing_key(capsys, expect_clear):
     expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "run.thread=2"])),
-                 match=r"Could not override 'run\.thread'.*no such setting")
+                 match=r"run\.thread: no such setting; check its spelling")
 
 
 @case(name="CLI: override syntax error", kind=1, expected="exit 2 with the parser's one-line message")
@@ -237,9 +237,10 @@ def test_unknown_budget_key(start, expect_clear):
     expect_clear(start("+budget.recovery_step=10"), match=r"budget: unknown setting.*recovery_steps")
 
 
-@case(name="+pipeline.passes.int8.per_chanel=false", kind=1, expected="an error from the pass naming the key")
+@case(name="+pipeline.passes.int8.per_chanel=false", kind=1, expected="an error naming the key, the pass's settings")
 def test_unknown_pass_key(start, expect_clear):
-    expect_clear(start("+pipeline.passes.int8.per_chanel=false"), match=r"int8.*per_chanel")
+    expect_clear(start("+pipeline.passes.int8.per_chanel=false"),
+                 match=r"pipeline\.passes\.int8: unknown setting.*did you mean 'per_channel'")
 
 
 @case(name="pipeline.passes.finetune.cache=maybe", kind=1,
@@ -319,7 +320,8 @@ def test_max_runs_below_runs(start, expect_clear):
 @case(name="bench.deepsparse.batches=32 (a number for a list)", kind=1,
       expected="an error naming bench.deepsparse batches")
 def test_deepsparse_batches_scalar(start, expect_clear):
-    expect_clear(start("bench.deepsparse.batches=32"), match=r"bench\.deepsparse: batches must be a list")
+    expect_clear(start("bench.deepsparse.batches=32"),
+                 match=r"^bench\.deepsparse: batches must be a list")
 
 
 # ------------------------------------------------------------------ siblings: limits of the model, machine and install
