@@ -42,6 +42,7 @@ def build_steps(passes: Sequence[PassSpec]) -> list["Step"]:
     from compresslab.pipeline.plan import PipelineError, Step, check_order
     from compresslab.registry import build_pass
     from compresslab.types import Pass
+    from compresslab.validate import check_field_types
 
     if isinstance(passes, (str, bytes)) or not isinstance(passes, Iterable):
         raise PipelineError(f"passes must be a list of pass names or pass objects, got {passes!r}")
@@ -59,6 +60,10 @@ def build_steps(passes: Sequence[PassSpec]) -> list["Step"]:
             p = spec
         else:
             raise PipelineError(f"passes[{i}]: expected a pass name, a dict or a pass object, got {spec!r}")
+        try:  # the CLI's check too: a flag its own checks skip (cache="maybe" is a truthy string)
+            check_field_types(p)
+        except ValueError as e:
+            raise PipelineError(f"passes[{i}] ({p.name}): {e}") from None
         seen[p.name] = seen.get(p.name, 0) + 1
         name = p.name if seen[p.name] == 1 else f"{p.name}_{seen[p.name]}"
         steps.append(Step(i, name, p))

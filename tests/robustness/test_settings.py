@@ -384,3 +384,14 @@ def test_valid_config_reaches_the_model(start, tmp_path, observe):
         start()()
     assert not (tmp_path / "out").exists()
     observe("reached model loading; no output dir left by the checks")
+
+
+# ------------------------------------------------------------------ the API checks what the CLI checks
+
+@case(name="compress() with a pass flag of the wrong type", kind=1,
+      expected="the API refuses cache='maybe' as the CLI does, naming the pass and the field")
+def test_api_pass_field_type(expect_clear):
+    from compresslab.api import build_steps
+
+    expect_clear(lambda: build_steps([{"name": "finetune", "cache": "maybe"}, "ort_int8_dynamic"]),
+                 match=r"finetune.*cache must be")
