@@ -88,6 +88,7 @@ def _main(cfg) -> None:
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
+    _terminate_as_interrupt()
     try:
         settings = RunSettings.from_config(cfg)  # seed and threads are typed before they touch torch
         setup_process(settings.threads, settings.seed)
@@ -95,7 +96,28 @@ def _main(cfg) -> None:
         run_dir = run(cfg)
     except bad_input_errors() as e:
         fail(e)
-    print(f"run dir: {run_dir}\nreport: {run_dir / 'report.md'}")
+    print(f"run dir: {run_dir}\nreport: {run_dir / 'report.html'} ({run_dir / 'report.md'})")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit) seen as an interrupt, so the manifest records the
+    run as ``interrupted`` at its step instead of leaving it ``running`` until the pid check."""
+
+
+def _terminate_as_interrupt() -> None:
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"stopped by signal {signum} (SIGTERM)")
+
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _hydra_flags(args: list[str]) -> bool:

@@ -549,3 +549,29 @@ def test_packed_and_dense_checkpoints_are_reproducible(tmp_path):
     freeze_all(q)
     packed = {NBITS.save(q, tmp_path / f"p{i}").read_bytes() for i in range(4)}
     assert len(packed) == 1
+
+
+@pytest.mark.case(name="SIGTERM mid-run (kill, a scheduler's time limit)", kind=1, bad_input=False,
+                  expected="manifest status interrupted at the running step, as for Ctrl-C")
+def test_sigterm_is_recorded_as_interrupted(tmp_path, monkeypatch, observe):
+    import signal
+
+    import compresslab.pipeline.steps as steps
+    from compresslab.cli import Terminated, _terminate_as_interrupt
+
+    def killed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        _terminate_as_interrupt()
+        monkeypatch.setattr(steps, "run_torch_pass", killed)
+        root = _inputs(tmp_path / "in")
+        with pytest.raises(Terminated):
+            run(_cfg(root, tmp_path / "out", f"run.dir={tmp_path / 'run'}"))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["status"] == "interrupted" and m["error"]["step"] == "finetune"
+    assert [s["status"] for s in m["steps"]] == ["interrupted"]
+    observe(f"status {m['status']}, error {m['error']['type']}: {m['error']['message']!r}")
