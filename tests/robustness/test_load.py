@@ -206,8 +206,11 @@ def test_wide_spread_is_recorded_and_warned(locks, caplog, observe) -> None:
 def test_real_busy_process_is_detected(locks, monkeypatch, observe) -> None:
     monkeypatch.setattr(ml, "read_cpu", _real_read_cpu)
     # a grandchild, so it is not this process's child (children's CPU counts as our own work)
-    burn = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"
-    spawn = f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {burn!r}]).pid)"
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 5: pass"
+    # the grandchild must not inherit the captured stdout: subprocess.run would wait for its EOF,
+    # i.e. for the burn to end, and the window would then see an idle machine
+    spawn = (f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {burn!r}], "
+             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
     pid = int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True, check=True).stdout)
     try:
         with ml.timing_window("bench", probe_s=0.5) as w, w.span("burn"):
