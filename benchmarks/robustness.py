@@ -46,6 +46,14 @@ def cases(args: argparse.Namespace) -> None:
     print(f"{sum(r['pass'] for r in rows)}/{len(rows)} cases pass (pytest exit {rc})")
 
 
+def _cpu() -> dict:
+    """The CPU model and the ISA flags that decide int8 speed (recorded beside every speed figure)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    return {"model": model, "isa": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"})}
+
+
 def demo(args: argparse.Namespace) -> None:
     """The first-use figures of the last fresh-clone `make demo` (benchmarks/wall_times.sh)."""
     wall = json.loads((Path(__file__).resolve().parent / "results" / "wall_times.json").read_text())
@@ -60,7 +68,8 @@ def demo(args: argparse.Namespace) -> None:
     RESULTS.put(["disk_mb_per_run"], round(disk["new_bytes"] / 1e6, 1) if "new_bytes" in disk else None)
     RESULTS.put(["demo"], {"pipeline": s.get("pipeline"), "teacher": s.get("teacher_quick_acc"),
                            "deployed": s.get("deployed_acc"), "disk": disk, "machine_load": s.get("machine_load"),
-                           "source": "benchmarks/results/wall_times.json (fresh clone, empty cache)"})
+                           "source": "benchmarks/results/wall_times.json (fresh clone, empty cache)",
+                           "cpu": _cpu(), "note": "run `demo` in the session that ran wall_times.sh (same CPU)"})
     print(json.dumps({k: RESULTS.get([k]) for k in ("demo_wall_s", "demo_deployed_drop", "demo_speedup_b32",
                                                      "disk_mb_per_run")}, indent=1))
 
