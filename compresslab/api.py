@@ -195,7 +195,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         teacher: the model to distil from; default: the output of a ``finetune`` pass, else a frozen
             copy of ``model`` as given (right for a model already fine-tuned on the task).
         label2id: label names -> head ids; default: the model's ``config.label2id`` when it names
-            its labels, else sorted label strings.
+            its labels (a label matches a name as written, else ignoring case), else the data's
+            sorted class names or its integer ids. Labels follow the rules of the CLI's files
+            (:mod:`compresslab.data.labels`): ``1``, ``"1"`` and ``1.0`` are one class, and ids mixed
+            with names, a label only in ``eval_data`` or ids that leave a class empty are errors.
         output_dir: write a run directory (checkpoints, ``pass.json`` and ``manifest.json`` per step;
             rerunning resumes after the last finished step); default: a temporary directory.
         export: export settings (``opset``, ``optimize``, ``atol``, ``parity_examples``) over
@@ -227,7 +230,9 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     resolve_device(device)  # an unknown or absent device fails here, not inside a pass
     steps = build_steps(passes)
     get_adapter(model)  # UnsupportedArchitectureError names the supported ones
-    task = task_from_user_data(data, eval_data, label2id=label2id or config_label2id(model.config),
+    head_names = config_label2id(model.config) if label2id is None else None  # the model's own class names
+    task = task_from_user_data(data, eval_data, label2id=label2id if label2id is not None else head_names,
+                               label2id_from="the model's config.label2id" if head_names else None,
                                kind=kind if kind is not None else task_kind_of(model), val_size=val_size, seed=seed,
                                **columns)
     check_labels_match_head(task, model.config, compare_names=label2id is None)

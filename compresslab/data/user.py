@@ -7,7 +7,7 @@ model's head and tokenizer, so bad data fails before any model work.
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,11 +15,14 @@ from typing import Any, Sequence
 
 from compresslab.data.files import format_of, read_table
 from compresslab.data.generic import resolve_file
+from compresslab.data.labels import ClassLabelName, LabelSettings, Seen, class_labels, label_score, label_value
 from compresslab.data.readers import file_sha256
-from compresslab.data.schema import Example, MissingSplit, TaskData, TaskKind, TaskSpec
+from compresslab.data.schema import DataFormatError, Example, MissingSplit, TaskData, TaskKind, TaskSpec
 from compresslab.data.tasks import _carve, _check_count
 
 __all__ = ["task_from_user_data"]
+
+log = logging.getLogger(__name__)
 
 # Column names tried when the caller names none: pairs first (GLUE / HF hub names), then singles.
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("question1", "question2"),
@@ -121,25 +124,15 @@ def _from_dataset(ds: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
     names = tuple(feature.names) if type(feature).__name__ == "ClassLabel" else None
     texts_a, labels = list(ds[a]), list(ds[lab])
     texts_b = list(ds[b]) if b else [None] * len(texts_a)
-    if names is not None:  # ids -> names, so label2id (the model's ids) can remap them
-        labels = [names[v] if isinstance(v, int) and 0 <= v < len(names) else v for v in labels]
+    if names is not None:  # the ids are read as these names (ClassLabelName) when the labels are decided
+        bad = next((i for i, v in enumerate(labels) if not (isinstance(v, int) and 0 <= v < len(names))), None)
+        if bad is not None:
+            unlabelled = (f"; -1 marks unlabelled rows (a test split): drop them, e.g. "
+                          f"{what}.filter(lambda r: r[{lab!r}] >= 0)" if labels[bad] == -1 else "")
+            raise DataFormatError(f"{what}[{bad}]: class id {labels[bad]!r} is outside 0..{len(names) - 1}, the ids "
+                                  f"of the ClassLabel feature {lab!r} {list(names)}{unlabelled}")
     rows = [(x, y, v, f"{what}[{i}]") for i, (x, y, v) in enumerate(zip(texts_a, texts_b, labels))]
     return _Source(rows, "datasets.Dataset", b is not None, (a, b, lab), class_names=names)
-
-
-def _parse_cell(value: Any) -> Any:
-    """A CSV/TSV cell is text: "3" -> 3, "2.5" -> 2.5, "" -> None; other values pass through."""
-    if not isinstance(value, str):
-        return value
-    value = value.strip()
-    if value == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def _from_file(path: str | os.PathLike[str], what: str, cols: tuple[str | None, ...]) -> _Source:
@@ -150,9 +143,7 @@ def _from_file(path: str | os.PathLike[str], what: str, cols: tuple[str | None, 
     rows = []
     for lineno, rec in records:
         text_b = rec.get(b) if b else None
-        label = rec.get(lab)
-        label = _parse_cell(label) if fmt != "jsonl" else label
-        rows.append((rec.get(a), text_b, label, f"{resolved}:{lineno}"))
+        rows.append((rec.get(a), text_b, rec.get(lab), f"{resolved}:{lineno}"))
     info = {"path": str(resolved), "sha256": file_sha256(resolved), "rows": len(rows)}
     return _Source(rows, "file", b is not None, (a, b, lab), file=info)
 
@@ -191,30 +182,12 @@ def _read_source(obj: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
     return source
 
 
-def _norm_label(value: Any, where: str) -> int | float | str:
-    """One raw label as an int (class id), float (score) or stripped str (class name)."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:  # numpy / torch scalars
-            value = value.item()
-        except (TypeError, ValueError):
-            pass
-    if value is None:
-        raise ValueError(f"{where}: label is missing (None); every example needs a label")
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: label is {value!r}; labels must be finite")
-        return value
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise ValueError(f"{where}: label must be an int (class id), float (score) or non-empty str (class name), "
-                     f"got {type(value).__name__} {value!r}")
-
-
 def _check_label2id(label2id: Any) -> dict[str, int]:
+    """``label2id`` as ``{name: id}`` with the ids 0..N-1 once each.
+
+    Raises:
+        ValueError: not a dict, an ``{id: name}`` dict, or ids that are not 0..N-1.
+    """
     if not isinstance(label2id, Mapping) or not label2id:
         raise ValueError(f"label2id must be a non-empty dict {{name: id}}, got {label2id!r}")
     if all(isinstance(k, int) and isinstance(v, str) for k, v in label2id.items()):
@@ -225,71 +198,65 @@ def _check_label2id(label2id: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in label2id.items()}
 
 
+def _written_as_float(raw: Any) -> bool:
+    """A Python, numpy or torch float (``5.0``), as a column of scores holds; text is not."""
+    dtype = getattr(raw, "dtype", None)
+    if dtype is not None:
+        return bool(getattr(dtype, "is_floating_point", False) or getattr(dtype, "kind", "") == "f")
+    return isinstance(raw, float)
+
+
+@dataclass
 class _Labels:
-    """Turns normalised labels into class ids (one mapping for data and eval_data) or float scores."""
+    """The labels of ``data`` and ``eval_data`` decided by the files' rules (:mod:`compresslab.data.labels`)."""
 
-    def __init__(self, kind: TaskKind, train: list[tuple[Any, str]], class_names: tuple[str, ...] | None,
-                 label2id: Mapping[str, int] | None) -> None:
-        """``train``: (normalised label, where) per example of ``data``."""
-        self.kind, self.mapping, self.source = kind, None, "scores"
-        self.names: tuple[str, ...] = ()
-        if kind is not TaskKind.CLASSIFICATION:
-            return
-        strings = sorted({v for v, _ in train if isinstance(v, str)})
-        if label2id is not None:
-            self.mapping, self.source = _check_label2id(label2id), "label2id"
-        elif class_names is not None:
-            self.mapping, self.source = {n: i for i, n in enumerate(class_names)}, "class_label"
-        elif strings:
-            numbers = [v for v, _ in train if not isinstance(v, str)]
-            if numbers:
-                raise ValueError(f"data mixes string labels ({strings[:5]}) with numbers ({numbers[:5]}); use one "
-                                 f"kind, or pass label2id={{name: id}} so the ids mean something")
-            self.mapping, self.source = {s: i for i, s in enumerate(strings)}, "sorted_strings"
-        else:
-            self.source = "ids"
-        if self.mapping is not None:
-            self.names = tuple(sorted(self.mapping, key=self.mapping.__getitem__))
-            self.folded = {k.casefold(): v for k, v in self.mapping.items()}
-            if len(self.folded) != len(self.mapping):
-                self.folded = {}
-        else:
-            ids = [self.to_id(v, where) for v, where in train]  # also rejects non-integral floats
-            self.names = tuple(str(i) for i in range(max(max(ids) + 1, 2)))
-        if len(self.names) < 2:
-            raise ValueError(f"classification needs at least 2 classes, the labels give {list(self.names)} "
-                             f"(from {self.source}); pass label2id={{name: id}} naming every class")
+    kind: TaskKind
+    values: dict[str, list[int | float]]  # "data" / "eval_data" -> label per example (class id or score)
+    names: tuple[str, ...] = ()
+    source: str = "scores"  # label2id, class_label, sorted_strings, ids; scores for regression / embedding
+    mapping: dict[str, int] | None = None
 
-    def to_id(self, value: Any, where: str) -> int:
-        if isinstance(value, str):
-            if self.mapping is None:
-                raise ValueError(f"{where}: string label {value!r} but data's labels are integer ids; use one "
-                                 f"kind, or pass label2id={{name: id}}")
-            found = self.mapping.get(value, self.folded.get(value.casefold()))
-            if found is None:
-                raise ValueError(f"{where}: label {value!r} is not in the label mapping {self.mapping} "
-                                 f"(from {self.source})")
-            return found
-        if self.source == "sorted_strings":
-            raise ValueError(f"{where}: numeric label {value!r} but data's labels are class names {list(self.names)}")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"{where}: label {value!r} is not a class id (classification); pass "
-                                 f"kind='regression' for scores")
-            value = int(value)
-        if value < 0 or (self.names and value >= len(self.names)):
-            top = f"0..{len(self.names) - 1}" if self.names else ">= 0"
-            raise ValueError(f"{where}: class id {value} is outside {top} (-1 marks unlabelled rows, e.g. a GLUE "
-                             f"test split)")
-        return value
 
-    def convert(self, value: Any, where: str) -> int | float:
-        if self.kind is TaskKind.CLASSIFICATION:
-            return self.to_id(value, where)
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{where}: label {value!r} is not a number ({self.kind.value} task)") from None
+def _decide_labels(kind: TaskKind | None, sources: dict[str, _Source], class_names: tuple[str, ...] | None,
+                   label2id: Mapping[str, int] | None, label2id_from: str | None, name: str) -> _Labels:
+    """Read every label with :func:`label_value`, infer the kind when None (a fractional number and no
+    class name in ``data``: regression; else classification) and decide the classes with
+    :func:`class_labels`: declared by ``label2id``, else the ``ClassLabel`` names, else the data.
+
+    Raises:
+        DataFormatError: a label the rules refuse, naming ``data[i]`` / ``eval_data[i]`` (or
+            file:line) and ``label2id=`` / ``kind=`` / ``label_column=``.
+        ValueError: a malformed ``label2id``.
+    """
+    seen: Seen = {}
+    for split, src in sources.items():
+        values = [(label_value(raw, where, src.columns[2]), where) for _, _, raw, where in src.rows]
+        if src.class_names is not None:  # a ClassLabel id is its name, so label2id (the model's) can remap it
+            values = [(ClassLabelName(src.class_names[int(v)]), w) for v, w in values]
+        seen[split] = values
+    if kind is None:
+        train = [v for v, _ in seen["data"]]
+        scores = (any(isinstance(v, float) for v in train)  # a fractional label
+                  or all(_written_as_float(raw) for _, _, raw, _ in sources["data"].rows))  # a column of floats
+        kind = (TaskKind.REGRESSION if scores and not any(isinstance(v, str) for v in train)
+                else TaskKind.CLASSIFICATION)
+    if kind is not TaskKind.CLASSIFICATION:
+        settings = LabelSettings.api()
+        return _Labels(kind, {split: [label_score(v, w, kind, settings) for v, w in rows]
+                              for split, rows in seen.items()})
+    declared: list[str] | None = None
+    declared_by = None  # None: the label2id argument itself
+    if label2id is not None:
+        checked = _check_label2id(label2id)
+        declared, declared_by = sorted(checked, key=checked.__getitem__), label2id_from
+    elif class_names is not None:
+        declared, declared_by = list(class_names), "the ClassLabel names of the label feature"
+    classes = class_labels(seen, labels=declared, settings=LabelSettings.api(declared_by))
+    log.info("task %s: %s", name, classes.describe())
+    source = "label2id" if label2id is not None else "class_label" if class_names is not None else classes.source
+    values: dict[str, list[int | float]] = {split: [classes.id_of(v) for v, _ in rows] for split, rows in seen.items()}
+    mapping = {n: i for i, n in enumerate(classes.names)} if source in NAMED_SOURCES else None
+    return _Labels(kind, values, classes.names, source, mapping)
 
 
 def _to_kind(kind: TaskKind | str | None) -> TaskKind | None:
@@ -314,6 +281,7 @@ def task_from_user_data(
     text_pair_column: str | None = None,
     label_column: str | None = None,
     primary_metric: str | None = None,
+    label2id_from: str | None = None,
 ) -> TaskData:
     """Build a :class:`TaskData` from data the caller holds; all checks run before any model work.
 
@@ -330,12 +298,19 @@ def task_from_user_data(
     ``question1+question2``, ``premise+hypothesis``, ``text_a+text_b``, ``text+text_pair``, then
     the single ``text``, ``sentence``, ``text_a``, ...; labels ``label``, ``labels``, ``score``.
 
-    Labels: ``kind`` (``"classification"`` / ``"regression"`` / ``"embedding"``) is inferred from
-    ``data`` when None: any string -> classification, all ints -> classification, else regression.
-    Class names map to ids through ``label2id`` (matched exactly, else case-insensitively), else the
-    ``ClassLabel`` names, else the sorted distinct strings of ``data``. Int labels are ids as they
-    are (``num_labels`` = ``len(label2id)`` or ``max id + 1``, at least 2). ``eval_data`` uses the
-    same mapping. ``label2id`` is ignored for regression and embedding tasks.
+    Labels are read by the rules the CLI applies to files (:mod:`compresslab.data.labels`): ``1``,
+    ``"1"``, ``1.0`` and numpy / torch scalars are class id 1. ``kind`` (``"classification"`` /
+    ``"regression"`` / ``"embedding"``) is inferred from ``data`` when None: regression when it
+    holds no class name and a fractional number or only floats (``5.0``, a column of scores), else
+    classification (``1`` next to ``1.0`` is one class). The classes are declared by
+    ``label2id`` (``label2id_from`` says where it came from, for messages, e.g. "the model's
+    config.label2id"), else by the ``ClassLabel`` names; a label matches a declared name as
+    written, else ignoring case when no two names differ only in case, and integer labels are ids
+    into the declared names unless the names are numbers. Undeclared, the classes are the sorted
+    names of ``data``, or its integer ids as they are; then ids mixed with names, a fractional
+    label, a label only in ``eval_data``, names that differ only in case and ids that leave a class
+    without an example in ``data`` (a stray 7, 1-based ids) are errors. ``eval_data`` uses the
+    same classes. ``label2id`` is ignored for regression and embedding tasks.
 
     Splits: ``train`` is ``data`` minus ``validation``, a seeded carve of ``val_size`` examples
     (default ``min(1000, len(data) // 20)``, as :func:`load_task`; 0 below 20 examples), both in
@@ -345,11 +320,11 @@ def task_from_user_data(
     (``label2id``, ``class_label``, ``sorted_strings``, ``ids``; ``scores`` for regression).
 
     Raises:
-        ValueError: empty data, mixed tuple lengths, non-string or empty text, None / NaN / list
-            labels, strings mixed with numbers (without label2id or ClassLabel names), a label
-            not in the mapping (named), a class id out of range, fewer than 2 classes, a column
-            not found (listing the columns found), pairs in one input and singles in the other,
-            a DatasetDict or plain dict, an unknown ``kind``, a bad ``val_size`` / ``label2id``.
+        ValueError: empty data, mixed tuple lengths, non-string or empty text, a column not found
+            (listing the columns found), pairs in one input and singles in the other, a DatasetDict
+            or plain dict, an unknown ``kind``, a bad ``val_size`` / ``label2id``.
+        DataFormatError: (a ValueError) a label the rules above refuse, naming ``data[i]`` /
+            ``eval_data[i]`` (or file:line) and the argument to change (``label2id=``, ``kind=``).
         DataNotFoundError: a path that is not a file (a ``FileNotFoundError``).
     """
     kind = _to_kind(kind)
@@ -365,19 +340,16 @@ def task_from_user_data(
         shape = {True: "sentence pairs", False: "single sentences"}
         raise ValueError(f"data holds {shape[train_src.paired]} but eval_data holds {shape[dev_src.paired]}")
 
-    raw_train = [_norm_label(r[2], r[3]) for r in train_src.rows]
-    raw_dev = [_norm_label(r[2], r[3]) for r in dev_src.rows] if dev_src else []
-    if kind is None:
-        types = {type(v) for v in raw_train}
-        kind = TaskKind.CLASSIFICATION if str in types or types == {int} else TaskKind.REGRESSION
+    sources = {"data": train_src, **({"eval_data": dev_src} if dev_src is not None else {})}
     class_names = train_src.class_names or (dev_src.class_names if dev_src else None)
-    labels = _Labels(kind, [(v, r[3]) for v, r in zip(raw_train, train_src.rows)], class_names, label2id)
+    labels = _decide_labels(kind, sources, class_names, label2id, label2id_from, name)
+    kind = labels.kind
 
-    def examples(src: _Source, raw: list[Any]) -> list[Example]:
-        return [Example(a, b, labels.convert(v, where)) for (a, b, _, where), v in zip(src.rows, raw)]
+    def examples(src: _Source, values: list[int | float]) -> list[Example]:
+        return [Example(a, b, y) for (a, b, _, _), y in zip(src.rows, values)]
 
-    train_all = examples(train_src, raw_train)
-    dev: list[Example] = (examples(dev_src, raw_dev) if dev_src else
+    train_all = examples(train_src, labels.values["data"])
+    dev: list[Example] = (examples(dev_src, labels.values["eval_data"]) if dev_src else
                           MissingSplit("no eval_data was given, so there is no dev split to score; pass eval_data="))
     classification = kind is TaskKind.CLASSIFICATION
     text_a, text_b, label = train_src.columns

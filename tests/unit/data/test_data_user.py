@@ -70,11 +70,16 @@ def test_numpy_scalar_labels_are_plain_numbers() -> None:
     assert task.dev[0].label == 1 and type(task.dev[0].label) is int
 
 
-def test_int_labels_keep_their_ids_and_at_least_two_classes() -> None:
-    task = task_from_user_data([("good", 1), ("good film", 1)], [("bad", 0)])
-    assert task.spec.num_labels == 2 and [e.label for e in task.train] == [1, 1] and task.dev[0].label == 0
-    with pytest.raises(ValueError, match=r"eval_data\[0\].*class id 2 is outside 0\.\.1"):
+def test_int_labels_keep_their_ids_and_every_class_needs_a_training_example() -> None:
+    task = task_from_user_data([("good", 1), ("good film", 1), ("bad", 0)], [("bad", 0)])
+    assert task.spec.num_labels == 2 and [e.label for e in task.train] == [1, 1, 0] and task.dev[0].label == 0
+    # as in files: a class id only in eval_data could never be learned (label2id declares it on purpose)
+    with pytest.raises(ValueError, match=r"eval_data\[0\]: class id 2 appears in eval_data but never in data"):
         task_from_user_data([("good", 1), ("bad", 0)], [("x", 2)])
+    with pytest.raises(ValueError, match=r"eval_data\[0\]: class id 0 appears in eval_data but never in data"):
+        task_from_user_data([("good", 1), ("good film", 1)], [("bad", 0)])
+    declared = task_from_user_data([("good", 1), ("good film", 1)], [("bad", 0)], label2id={"0": 0, "1": 1})
+    assert [e.label for e in declared.train] == [1, 1] and declared.dev[0].label == 0
 
 
 def test_float_labels_are_regression_and_eval_ints_become_floats() -> None:
@@ -104,7 +109,7 @@ def test_eval_data_uses_the_data_mapping_and_names_unknown_labels() -> None:
     task = task_from_user_data([("a", "zebra"), ("b", "apple"), ("c", "mango")],
                                [("d", "mango"), ("e", "zebra"), ("f", "apple")])
     assert [e.label for e in task.train] == [2, 0, 1] and [e.label for e in task.dev] == [1, 2, 0]
-    with pytest.raises(ValueError, match=r"eval_data\[1\]: label 'kiwi' is not in the label mapping"):
+    with pytest.raises(ValueError, match=r"eval_data\[1\]: label 'kiwi' appears in eval_data but never in data"):
         task_from_user_data([("a", "zebra"), ("b", "apple")], [("d", "apple"), ("e", "kiwi")])
 
 
@@ -118,7 +123,7 @@ def test_label2id_sets_ids_case_insensitively_for_data_and_eval() -> None:
     assert three.spec.num_labels == 3 and [e.label for e in three.train] == [1, 1]
     # int labels are ids in label2id's range
     assert task_from_user_data([("a", 1), ("b", 0)], label2id=label2id).train[0].label == 1
-    with pytest.raises(ValueError, match=r"data\[1\]: label 'neutral' is not in the label mapping"):
+    with pytest.raises(ValueError, match=r"data\[1\]: label 'neutral' is not in label2id=\['POSITIVE', 'NEGATIVE'\]"):
         task_from_user_data([("a", "positive"), ("b", "neutral")], label2id=label2id)
     with pytest.raises(ValueError, match="looks like id2label"):
         task_from_user_data([("a", "x")], label2id={0: "x", 1: "y"})
@@ -216,7 +221,7 @@ def test_csv_and_jsonl_paths(tmp_path: Path) -> None:
     ints.write_text(json.dumps({"text": "good", "label": 1}) + "\n" + json.dumps({"text": "bad", "label": 0}) + "\n")
     assert [e.label for e in task_from_user_data(ints).train] == [1, 0]
     empty_cell = write_csv(tmp_path / "e.csv", ["text", "label"], [["good", "1"], ["bad", ""]])
-    with pytest.raises(ValueError, match=r"e\.csv:3: label is missing"):
+    with pytest.raises(ValueError, match=r"e\.csv:3: the label \(column 'label'\) is empty"):
         task_from_user_data(empty_cell)
     with pytest.raises(DataNotFoundError, match="nope.csv"):
         task_from_user_data(tmp_path / "nope.csv")
@@ -245,11 +250,11 @@ def test_real_sst2_tsv_matches_the_glue_reader(data_root: Path) -> None:
     ([("a", 1), (5, 0)], r"data\[1\]: text must be a str, got int 5"),
     ([("a", "b", 1), ("c", None, 0)], r"data\[1\]: text pair must be a str, got NoneType"),
     ([("a", 1), ("   ", 0)], r"data\[1\]: text is empty"),
-    ([("a", 1), ("b", None)], r"data\[1\]: label is missing \(None\)"),
-    ([("a", 1.0), ("b", math.nan)], r"data\[1\]: label is nan"),
-    ([("a", [0, 1])], r"data\[0\]: label must be an int .* got list"),
-    ([("a", "pos"), ("b", 1)], r"mixes string labels \(\['pos'\]\) with numbers \(\[1\]\)"),
-    ([("a", "pos"), ("b", "pos")], r"at least 2 classes, the labels give \['pos'\]"),
+    ([("a", 1), ("b", None)], r"data\[1\]: the label is missing \(None"),
+    ([("a", 1.0), ("b", math.nan)], r"data\[1\]: the label is nan"),
+    ([("a", [0, 1])], r"data\[0\]: the label is a list \(\[0, 1\]\); expected a class name"),
+    ([("a", "pos"), ("b", 1)], r"labels mix class names \('pos' at data\[0\]\) and class ids \(1 at data\[1\]\)"),
+    ([("a", "pos"), ("b", "pos")], r"at least 2 classes; the data has only \['pos'\]"),
     (["just text"], r"data\[0\]: expected a \(text, label\) tuple or a dict record, got str"),
     ([("a", 1), {"text": "b", "label": 0}], r"data\[1\]: expected a tuple"),
     ({"text": ["a"], "label": [1]}, r"data is a dict with keys \['text', 'label'\]"),
@@ -265,9 +270,9 @@ def test_eval_data_errors() -> None:
         task_from_user_data([("a", 1), ("b", 0)], [("c", "d", 1)])
     with pytest.raises(ValueError, match="eval_data is empty"):
         task_from_user_data([("a", 1), ("b", 0)], [])
-    with pytest.raises(ValueError, match=r"eval_data\[0\]: string label 'pos' but data's labels are integer ids"):
+    with pytest.raises(ValueError, match=r"mix class names \('pos' at eval_data\[0\]\) and class ids \(1 at data\[0\]"):
         task_from_user_data([("a", 1), ("b", 0)], [("c", "pos")])
-    with pytest.raises(ValueError, match=r"eval_data\[0\]: numeric label 1 but data's labels are class names"):
+    with pytest.raises(ValueError, match=r"mix class names \('x' at data\[0\]\) and class ids \(1 at eval_data\[0\]"):
         task_from_user_data([("a", "x"), ("b", "y")], [("c", 1)])
     with pytest.raises(ValueError, match="val_size=2 would leave no training examples"):
         task_from_user_data([("a", 1), ("b", 0)], val_size=2)
