@@ -282,3 +282,42 @@ def test_files_and_api_apply_one_set_of_rules(tmp_path: Path, observe):
             assert "label2id" not in cli and "task.generic" not in api, (case, cli, api)
         seen[case] = "classes " + ", ".join(want) if isinstance(want, tuple) else f"both refuse: {want}"
     observe("; ".join(f"{k}: {v}" for k, v in seen.items()))
+
+
+@pytest.mark.case(name="CLI: task.generic.labels=[World,Sports] names 0-based ids in the file", kind=2,
+                  bad_input=False, expected="accepted as the API does with label2id: id 0 = 'World', id 1 = 'Sports'")
+def test_cli_labels_name_ids(tmp_path: Path, observe):
+    from compresslab.data.tasks import load_task
+
+    path = tmp_path / "news.csv"
+    path.write_text("text,label\nstocks fall,0\ngoal scored,1\nmarkets up,0\n", encoding="utf-8")
+    data = load_task("generic", generic={"train": str(path), "dev": str(path), "labels": ["World", "Sports"]})
+    assert data.spec.label_names == ("World", "Sports") and [e.label for e in data.dev] == [0, 1, 0]
+    observe(f"classes {data.spec.label_names}, dev labels {[e.label for e in data.dev]}")
+
+
+@pytest.mark.case(name="CLI: a class id outside task.generic.labels", kind=2,
+                  expected="an error at file:line: id 2 is outside 0..1, naming task.generic.labels")
+def test_cli_id_outside_declared(tmp_path: Path, expect_clear):
+    from compresslab.data.tasks import load_task
+
+    path = tmp_path / "news.csv"
+    path.write_text("text,label\nstocks fall,0\ngoal scored,1\nrain,2\n", encoding="utf-8")
+    expect_clear(lambda: load_task("generic", generic={"train": str(path), "dev": str(path),
+                                                       "labels": ["World", "Sports"]}),
+                 match=r"news\.csv:4: class id 2 is outside 0\.\.1: task\.generic\.labels names 2 classes")
+
+
+@pytest.mark.case(name="CLI: file spelled 'POSITIVE'/'NEGATIVE', task.generic.labels=[negative,positive]", kind=2,
+                  bad_input=False, expected="accepted: declared names match ignoring case (no two differ only in "
+                                            "case), logged")
+def test_cli_declared_names_ignoring_case(tmp_path: Path, observe, caplog):
+    from compresslab.data.tasks import load_task
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\ngood,POSITIVE\nbad,NEGATIVE\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="compresslab"):
+        data = load_task("generic", generic={"train": str(path), "dev": str(path), "labels": ["negative", "positive"]})
+    assert data.spec.label_names == ("negative", "positive") and [e.label for e in data.dev] == [1, 0]
+    assert "ignoring case: 'POSITIVE' -> 'positive'" in caplog.text
+    observe(f"classes {data.spec.label_names}, dev labels {[e.label for e in data.dev]}")
