@@ -67,8 +67,10 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
         kind = "regression"
     from compresslab.models.heads import config_label2id
 
-    l2i = label2id or config_label2id(config)
-    task = task_from_user_data(data, data, label2id=l2i, kind=kind, val_size=0, **columns)
+    head_names = config_label2id(config) if label2id is None else None  # as compress(): {} is not "none given"
+    task = task_from_user_data(data, data, label2id=label2id if label2id is not None else head_names,
+                               label2id_from="the model's config.label2id" if head_names else None,
+                               kind=kind, val_size=0, **columns)
     if config is not None:
         check_labels_match_head(task, config)
     return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task, tok
