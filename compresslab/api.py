@@ -79,19 +79,12 @@ def _needs_teacher(p: "Pass") -> bool:
     return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
 
 
-def _head_untrained(model: "nn.Module") -> bool:
-    """A freshly initialised head: transformers zeroes its bias, and any training step moves it."""
-    from compresslab.models.heads import head_linear
-
-    lin = head_linear(model)
-    return lin is not None and lin.bias is not None and not bool(lin.bias.detach().abs().sum())
-
-
 def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData") -> None:
     """A distilling pass needs a teacher: the given one, a finetune step's output, or the input model
     with a trained head. Raises ValueError naming the step and what to pass instead."""
     from compresslab.data.schema import TaskKind
     from compresslab.data.checks import check_labels_match_head
+    from compresslab.models.heads import head_is_untrained
 
     if teacher is not None and task.spec.kind is not TaskKind.EMBEDDING:
         try:
@@ -103,7 +96,7 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
     for s in steps:
         if s.pass_.makes_teacher:
             return  # every later pass distils from that step's output
-        if _needs_teacher(s.pass_) and _head_untrained(model):
+        if _needs_teacher(s.pass_) and head_is_untrained(model):
             raise ValueError(
                 f"step {s.name!r} distils from a teacher, but none can be built: teacher=None and the model's "
                 "classification head is freshly initialised (its bias is all zero), so a copy of it would teach "

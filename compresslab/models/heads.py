@@ -56,4 +56,11 @@ def set_class_names(config: Any, names: Sequence[str]) -> None:
     config.label2id = {n: i for i, n in enumerate(names)}
 
 
-__all__ = ["config_label2id", "head_linear", "set_class_names", "task_kind_of"]
+def head_is_untrained(model: nn.Module) -> bool:
+    """A freshly initialised classification head: transformers zeroes its bias, and any training step
+    moves it. False for a bare encoder (no head) or a head without a bias."""
+    lin = head_linear(model)
+    return lin is not None and lin.bias is not None and not bool(lin.bias.detach().abs().sum())
+
+
+__all__ = ["config_label2id", "head_is_untrained", "head_linear", "set_class_names", "task_kind_of"]

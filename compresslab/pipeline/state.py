@@ -169,7 +169,12 @@ class RunState:
         """model.finetuned=true: the head's size, kind and class names must be the task's (a head trained
         with another label order would score every example wrongly, silently). ValueError otherwise."""
         from compresslab.data.checks import check_labels_match_head
+        from compresslab.models.heads import head_is_untrained
 
+        if head_is_untrained(self.model):  # the API's rule too: a copy of a fresh head would teach noise
+            raise ValueError(f"model.finetuned=true, but {self.model_source} has no trained classification head "
+                             "(the head was freshly initialised: its bias is all zero), so it cannot be the "
+                             "teacher. Set model.finetuned=false to fine-tune it on the task first")
         try:
             check_labels_match_head(self.task, self.model.config)
         except ValueError as e:

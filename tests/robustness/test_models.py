@@ -214,6 +214,14 @@ def test_finetuned_with_another_label_order_is_refused(tiny_tok, tmp_path, expec
                  match=r"model\.finetuned=true.*(id2label|class names)")
 
 
+@pytest.mark.case(name="model.finetuned=true on a model with no trained head (a plain encoder)", kind="own",
+                  expected="refused before any work, as the API refuses it: a fresh head would teach noise")
+def test_finetuned_without_a_trained_head_is_refused(tiny_tok, tmp_path, expect_clear):
+    src = _save(tiny_model(), tiny_tok, tmp_path / "plain")  # transformers' fresh head: bias all zero
+    expect_clear(lambda: _cli_model(_compose(tmp_path, src, "model.finetuned=true")),
+                 match=r"model\.finetuned=true.*no trained classification head.*model\.finetuned=false")
+
+
 @pytest.mark.case(name="model.finetuned=yes (not a boolean)", kind="own",
                   expected="a clear error naming model.finetuned and its values")
 def test_finetuned_must_be_a_boolean(tiny_tok, tmp_path, expect_clear):
