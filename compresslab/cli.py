@@ -20,6 +20,7 @@ log = logging.getLogger("compresslab")
 
 # Exit status for a bad command line or config (argparse's convention); 1 stays a crash.
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
 def setup_process(threads: int | None, seed: int) -> int:
@@ -96,6 +97,11 @@ def _main(cfg) -> None:
         run_dir = run(cfg)
     except bad_input_errors() as e:
         fail(e)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the manifest already says interrupted, at which step
+        why = str(e) or "interrupted (Ctrl-C)"
+        print(f"compresslab: {why}; the finished steps are kept: rerun the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.html'} ({run_dir / 'report.md'})")
 
 

@@ -575,3 +575,23 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path, monkeypatch, observe):
     assert m["status"] == "interrupted" and m["error"]["step"] == "finetune"
     assert [s["status"] for s in m["steps"]] == ["interrupted"]
     observe(f"status {m['status']}, error {m['error']['type']}: {m['error']['message']!r}")
+
+
+@pytest.mark.case(name="Ctrl-C in the CLI", kind=1, bad_input=False,
+                  expected="one line saying the finished steps are kept and how to resume, exit 130, no traceback")
+def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, observe):
+    from compresslab import cli
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compresslab.pipeline.run", interrupted)
+    monkeypatch.setattr(cli, "setup_process", lambda *a: 1)
+    monkeypatch.setattr(cli, "_terminate_as_interrupt", lambda: None)
+    from compresslab.config import compose
+
+    with pytest.raises(SystemExit) as e:
+        cli._main(compose(["+pipeline=int8", "debug=smoke"]))
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "rerun the same command to resume" in err and "Traceback" not in err
+    observe(err.strip())
