@@ -218,6 +218,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     if unknown:
         raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}")
     model = _as_model(model, "model")
+    if model is None or not hasattr(model, "config"):
+        raise TypeError("model must be a Hugging Face sequence-classification model (BERT, RoBERTa or DistilBERT: "
+                        "e.g. AutoModelForSequenceClassification.from_pretrained(...)) or its checkpoint directory, "
+                        f"got {type(model).__name__}")
     check_positive_int(batch_size, "batch_size")
     _check_max_length(max_length, model.config)
     resolve_device(device)  # an unknown or absent device fails here, not inside a pass

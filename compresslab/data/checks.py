@@ -21,7 +21,8 @@ def _model_id2label(config: Any) -> dict[int, str] | None:
     return id2label
 
 
-def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names: bool = True) -> None:
+def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names: bool = True,
+                            names_fix: str | None = None) -> None:
     """Raise ``ValueError`` when the model's head cannot be trained / scored on ``task``.
 
     Checks, from ``model_config`` (a transformers ``PretrainedConfig`` or anything with the same
@@ -61,8 +62,8 @@ def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names:
              if str(id2label.get(i, "")).casefold() != n.casefold()]
     if wrong:
         listed = "; ".join(f"id {i}: data {n!r}, model {m!r}" for i, n, m in wrong)
-        raise ValueError(f"task {name!r}: class names disagree with the model's config.id2label ({listed}); "
-                         f"pass label2id=model.config.label2id so the data uses the model's ids")
+        fix = names_fix or "pass label2id=model.config.label2id so the data uses the model's ids"
+        raise ValueError(f"task {name!r}: class names disagree with the model's config.id2label ({listed}); {fix}")
 
 
 def _encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[list[int]]:

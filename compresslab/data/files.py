@@ -118,6 +118,9 @@ def _read_delimited(path: Path, fmt: str, encoding: str, header: bool, columns: 
     kw: dict[str, Any] = ({"quoting": csv.QUOTE_NONE} if quote == "none" else
                           {"quoting": csv.QUOTE_MINIMAL, "strict": True})  # strict: a stray quote is an error
     rows: list[tuple[int, dict[str, Any]]] = []
+    # csv's default cell limit (128 KiB) refuses long documents that JSONL reads; 64 MiB still stops a
+    # runaway unclosed quote long before memory does (the limit is process-wide: only ever raised)
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
     with open(path, encoding=encoding, newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter, **kw)
         names: list[str] | None = list(columns) if not header and columns else None

@@ -175,8 +175,11 @@ class RunState:
             raise ValueError(f"model.finetuned=true, but {self.model_source} has no trained classification head "
                              "(the head was freshly initialised: its bias is all zero), so it cannot be the "
                              "teacher. Set model.finetuned=false to fine-tune it on the task first")
-        try:
-            check_labels_match_head(self.task, self.model.config)
+        names = [str(n) for _, n in sorted((getattr(self.model.config, "id2label", None) or {}).items())]
+        try:  # the CLI's fix for a class-order mismatch is the task's label order, not the API's label2id=
+            check_labels_match_head(self.task, self.model.config,
+                                    names_fix=f"set task.generic.labels=[{','.join(names)}] (the model's classes in "
+                                    "id order) so the data uses the model's ids")
         except ValueError as e:
             raise ValueError(f"model.finetuned=true, but the head of {self.model_source} does not fit the task: {e}. "
                              "Set model.finetuned=false to fine-tune a fresh head instead") from None

@@ -321,3 +321,17 @@ def test_cli_declared_names_ignoring_case(tmp_path: Path, observe, caplog):
     assert data.spec.label_names == ("negative", "positive") and [e.label for e in data.dev] == [1, 0]
     assert "ignoring case: 'POSITIVE' -> 'positive'" in caplog.text
     observe(f"classes {data.spec.label_names}, dev labels {[e.label for e in data.dev]}")
+
+
+@pytest.mark.parametrize("bad", [None, "linear"], ids=["None", "nn.Linear"])
+@pytest.mark.case(name="compress() given something that is not a Hugging Face model", kind=1,
+                  expected="an error naming what model= accepts, not an AttributeError")
+def test_compress_refuses_a_non_model(bad, tiny_tok, expect_clear):
+    import torch
+
+    import compresslab
+
+    model = None if bad is None else torch.nn.Linear(2, 2)
+    expect_clear(lambda: compresslab.compress(model, tiny_tok, ["ort_int8_dynamic"], data=[("a", "x"), ("b", "y")]),
+                 match=r"model must be a Hugging Face sequence-classification model",
+                 errors=(TypeError,))

@@ -450,3 +450,16 @@ def test_glue_file_not_utf8(tmp_path, expect_clear):
     (d / "train.tsv").write_bytes(b"sentence\tlabel\na good film\t1\nit\x92s bad\t0\n")
     (d / "dev.tsv").write_bytes(b"sentence\tlabel\na good film\t1\n")
     expect_clear(lambda: load_task("sst2", tmp_path), match=r"SST-2/train\.tsv:3: byte\(s\) 92 are not valid utf-8")
+
+
+@pytest.mark.case(name="a CSV cell longer than csv's 128 KiB default", kind=2, bad_input=False,
+                  expected="read, as the same text in JSONL is (long documents are real data)")
+def test_long_csv_cell_is_read(tmp_path, observe):
+    from compresslab.data.files import read_table
+
+    long = "word " * 40_000  # 200 000 characters
+    p = tmp_path / "long.csv"
+    p.write_text(f'text,label\n"{long}",pos\nshort,neg\n', encoding="utf-8")
+    table = read_table(p, "csv")
+    assert len(table.rows) == 2 and len(table.rows[0][1]["text"]) == len(long)
+    observe(f"read 2 rows; the long cell has {len(long)} characters")

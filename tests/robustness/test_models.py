@@ -211,7 +211,7 @@ def test_finetuned_with_another_label_order_is_refused(tiny_tok, tmp_path, expec
     m.config.id2label, m.config.label2id = {0: "pos", 1: "neg"}, {"pos": 0, "neg": 1}
     src = _save(m, tiny_tok, tmp_path / "swapped")
     expect_clear(lambda: _cli_model(_compose(tmp_path, src, "model.finetuned=true", names=("neg", "pos"))),
-                 match=r"model\.finetuned=true.*(id2label|class names)")
+                 match=r"model\.finetuned=true.*(id2label|class names).*task\.generic\.labels=\[pos,neg\]")
 
 
 @pytest.mark.case(name="model.finetuned=true on a model with no trained head (a plain encoder)", kind="own",
