@@ -14,6 +14,7 @@ in the same process; absolute latencies are plotted only among runs timed at the
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
 
 COMPARE_MD = "compare.md"
+REPLACED = ".replaced-"  # run.overwrite=true moves a run dir aside to <hash>.replaced-<unix time>
 # Settings that never make two runs different experiments (where files go, how a run is resumed).
 IGNORED_SETTINGS = ("paths.", "run.dir", "run.overwrite", "run.stop_after", "run.keep", "report", "hydra.",
                     "model.name")
@@ -71,11 +73,19 @@ def collect(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, d
     A ``manifest.json`` given as a path stands for its run. Plain files (logs beside the runs) and
     a comparison's own output (a folder holding ``compare.md``, and what is in it) are passed over
     silently, so ``outputs/*/*`` can be given again after a first comparison wrote ``outputs/compare``.
+
+    A run moved aside by ``run.overwrite=true`` (``<hash>.replaced-<time>``) holds the same
+    pipeline and config hash as the live run beside it: when that live run is given too (a glob
+    such as ``outputs/*/*``), the replaced one is passed over and counted in one line; given
+    without its live run, it is compared and labelled as replaced (:func:`point`).
     """
     runs: list[tuple[Path, dict[str, Any]]] = []
     skipped: list[str] = []
     seen: set[Path] = set()
-    for p in map(Path, paths):
+    paths = [Path(p) for p in paths]
+    given = {(p.parent if p.name == MANIFEST else p).resolve() for p in paths}
+    replaced = 0
+    for p in paths:
         if p.name == MANIFEST and p.is_file():
             p = p.parent
         if p.is_file() or any((d / COMPARE_MD).is_file() for d in (p, p.parent, p.parent.parent)):
@@ -87,10 +97,18 @@ def collect(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, d
         if key in seen:
             continue
         seen.add(key)
+        live = key.with_name(key.name.split(REPLACED)[0])
+        if REPLACED in key.name and live in given and (live / MANIFEST).is_file():
+            replaced += 1
+            continue
         try:
             runs.append((p, load_manifest(p)))
         except ManifestError as e:
             skipped.append(f"{p}: {e}")
+    if replaced:
+        skipped.append(f"{replaced} replaced run{'s' if replaced > 1 else ''} (<hash>{REPLACED}<time>: moved aside by "
+                       "run.overwrite=true, superseded by the live run given too); pass one without its live run "
+                       "to compare it")
     return runs, skipped
 
 
@@ -103,8 +121,16 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
     cpu = F.get(m, "hardware", "cpu", "model") or F.get(m, "hardware", "cpu_model")
     settings = {k: v for k, v in F.flatten(F.as_dict(m.get("config"))).items()
                 if not k.startswith(IGNORED_SETTINGS) and not k.endswith("._target_")}
+    name = f"{m.get('pipeline', run_dir.parent.name)}/{m.get('config_hash', run_dir.name)}"
+    if REPLACED in run_dir.name:  # same pipeline and hash as the live run: say which one this is
+        when = run_dir.name.split(REPLACED, 1)[1]
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(when)))
+        except (ValueError, OverflowError, OSError):
+            pass
+        name += f" (replaced {when})"
     return RunPoint(
-        run_dir=run_dir, name=f"{m.get('pipeline', run_dir.parent.name)}/{m.get('config_hash', run_dir.name)}",
+        run_dir=run_dir, name=name,
         pipeline=str(m.get("pipeline") or "?"), task=str(m.get("task") or "?"), status=str(m.get("status") or "?"),
         metric=str(F.get(m, "eval", "primary_metric") or "score"), teacher=F.teacher_score(m),
         score=dep.score if dep else None, agreement=dep.agreement if dep else None,

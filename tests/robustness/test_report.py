@@ -457,3 +457,22 @@ def test_compare_plots_per_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert {"plots/pareto_latency_sst2.png", "plots/pareto_size_sst2.png", "plots/pareto_latency_mrpc.png",
             "plots/pareto_size_mrpc.png"} <= set(written)
     assert all(len(set(tasks)) == 1 for _, tasks in drawn)
+
+
+@case(name="cross-run view: a run moved aside by run.overwrite=true", kind="own", bad_input=False,
+      expected="outputs/*/* passes over <hash>.replaced-<time> beside its live run and says how many; given "
+               "alone, it is compared under a label of its own (never two rows named alike)")
+def test_compare_skips_replaced_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    out = tmp_path / "outputs"
+    live = _sweep_run(out, 0.5, 0.9, 30.0, 30.0)
+    old = _sweep_run(tmp_path / "old", 0.5, 0.8, 30.0, 30.0)
+    moved = live.with_name(f"{live.name}.replaced-1700000000")
+    old.rename(moved)
+    md = compare(sorted(out.glob("*/*")))["compare.md"].read_text()
+    rows = [line for line in md.split("## Runs")[1].splitlines() if line.startswith("| obert_int8/")]
+    assert len(rows) == 1 and "| 88.00 |" not in rows[0] and "90.00" in rows[0]
+    assert "1 replaced run (" in md.split("### Not compared")[1]
+    alone = compare([moved], tmp_path / "cmp")["compare.md"].read_text()
+    assert "| obert_int8/sweep050b4xs32 (replaced 2023-11-" in alone
+    observe(md.split("### Not compared")[1].strip()[:300])
