@@ -2,7 +2,8 @@
 
 Reads the manifest of every run directory given (nothing else: no model is loaded), and writes
 ``compare.md``, ``compare.html`` and Pareto plots of score against latency and against size,
-one pair per task. Runs of one pipeline that differ only in some settings (a Hydra multirun
+one pair per task and dev data set (runs scored on different dev files, as ``task=generic`` runs on
+each user's own data are, are never ranked together). Runs of one pipeline that differ only in some settings (a Hydra multirun
 sweep, ``-m ...sparsity=0.5,0.7``) get a sweep summary: the swept settings, each run's score and
 speed, the Pareto front, and the fastest run within the tolerance (``eval.max_drop``).
 
@@ -14,6 +15,7 @@ in the same process; absolute latencies are plotted only among runs timed at the
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,6 +62,9 @@ class RunPoint:
     machine: tuple[Any, ...]  # CPU model, threads: absolute latencies compare only within one
     tolerance: float
     settings: dict[str, Any] = field(default_factory=dict)
+    data: tuple[Any, ...] | None = None  # what the dev scores were measured on (dev_data); None: not recorded
+    data_name: str = ""  # the dev file's name, or how the dev data was given
+    group: str = ""  # the runs ranked together: task, and dev data where runs of that task differ in it
 
     @property
     def delta(self) -> float | None:
@@ -112,6 +117,51 @@ def collect(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, d
     return runs, skipped
 
 
+def dev_data(m: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
+    """``(key, name)`` of the data a run's scores were measured on, from the input hashes the
+    manifest records (``inputs.data``): the dev file's sha256 (the train file's when dev was carved
+    from it; the parsed examples' when data was given in memory) and the label names, so a
+    regression and a 4-class run on the same file differ. ``(None, "")`` when not recorded."""
+    data = F.as_dict(F.get(m, "inputs", "data"))
+    files = F.as_dict(data.get("files"))
+    labels = tuple(map(str, data.get("labels") or ()))
+    for split in ("dev", "train"):
+        f = F.as_dict(files.get(split))
+        if f.get("sha256"):
+            return ("file", str(f["sha256"]), labels), Path(str(f.get("path") or split)).name
+    if data.get("examples"):
+        return ("examples", str(data["examples"]), labels), "data in memory"
+    return None, ""
+
+
+def assign_groups(points: Sequence[RunPoint]) -> None:
+    """Set each run's ``group``: its task, plus the dev data (file name and short hash) where runs of
+    that task were scored on different data (``task=generic``: each user's own files), so scores
+    measured on different dev sets are never ranked, swept or plotted together."""
+    by_task = _groups(points, "task")
+    for task, group in by_task.items():
+        keys = list(dict.fromkeys(p.data for p in group))
+        if len(keys) == 2 and None in keys and task[0] != "generic":  # a named task's data is fixed by its
+            keys.remove(None)  # name: a manifest older than input hashes joins the one recorded data set
+            for p in group:
+                p.data = p.data or keys[0]
+        names: dict[Any, str] = {}
+        for k in keys:
+            if len(keys) == 1:
+                names[k] = task[0]
+            elif k is None:
+                names[k] = f"{task[0]} · dev data not recorded"
+            else:
+                p = next(p for p in group if p.data == k)
+                names[k] = f"{task[0]} · {p.data_name} · {k[1][:8]}"
+        clash = Counter(names.values())
+        for k in keys:
+            if clash[names[k]] > 1 and k is not None:  # same file, other labels
+                names[k] += f" · labels {'/'.join(k[2]) or 'none'}"
+        for p in group:
+            p.group = names[p.data]
+
+
 def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
     """The comparison's view of one manifest (missing figures stay ``None``)."""
     rows = {r.key: r for r in F.model_rows(m)}
@@ -119,6 +169,7 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
     shape = F.big_shape(F.shape_keys(m))
     n, _ = F.threads(m)
     cpu = F.get(m, "hardware", "cpu", "model") or F.get(m, "hardware", "cpu_model")
+    data, data_name = dev_data(m)
     settings = {k: v for k, v in F.flatten(F.as_dict(m.get("config"))).items()
                 if not k.startswith(IGNORED_SETTINGS) and not k.endswith("._target_")}
     name = f"{m.get('pipeline', run_dir.parent.name)}/{m.get('config_hash', run_dir.name)}"
@@ -139,7 +190,8 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         ref_p50_ms=ref.p50_ms.get(shape) if ref and shape else None,
         speedup=dep.speedup.get(shape) if dep and shape else None,
         speedup_best=dep.speedup_best.get(shape) if dep and shape else None,
-        busy=bool(F.machine_load(m).get("busy")), machine=(cpu, n), tolerance=F.max_drop(m), settings=settings)
+        busy=bool(F.machine_load(m).get("busy")), machine=(cpu, n), tolerance=F.max_drop(m), settings=settings,
+        data=data, data_name=data_name)
 
 
 def varied(points: Sequence[RunPoint]) -> list[str]:
@@ -173,12 +225,13 @@ def _settings_text(p: RunPoint, keys: Sequence[str]) -> str:
 
 
 def _runs_table(points: Sequence[RunPoint]) -> Table:
-    sweeps = {k: varied(g) for k, g in _groups(points, "pipeline", "task").items()}
+    sweeps = {k: varied(g) for k, g in _groups(points, "pipeline", "group").items()}
     rows = []
-    for p in points:
+    order = list(dict.fromkeys(p.group for p in points))
+    for p in sorted(points, key=lambda p: order.index(p.group)):  # runs ranked together stay together
         label = p.name if p.status == "finished" else f"{p.name} ({p.status})"
         over = p.delta is not None and -p.delta > p.tolerance + 1e-12
-        rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.task)]), pct(p.teacher), pct(p.score),
+        rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.group)]), pct(p.teacher), pct(p.score),
                      pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement), mb(p.size_bytes), plain(p.shape),
                      times(p.speedup) + (" (busy)" if p.busy and p.speedup is not None else ""),
                      times(p.speedup_best)])
@@ -186,7 +239,9 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
                   "shape", "× ort_fp32", "× best_dense"], rows,
                  "Each run's deployed model against its own teacher (Δ in points; ⚠ = a drop over that run's "
                  "eval.max_drop) and its own dense ONNX export timed in the same process (×, at the largest "
-                 "shape it timed; > 1: faster). busy = timed while other processes used the CPUs: void.")
+                 "shape it timed; > 1: faster). busy = timed while other processes used the CPUs: void."
+                 + (" Scored on different data, so never ranked together: " + "; ".join(order) + "."
+                    if len(order) > 1 else ""))
 
 
 def _sweep(key: tuple[str, ...], group: list[RunPoint]) -> list[Block]:
@@ -225,9 +280,9 @@ def _plots(points: Sequence[RunPoint]) -> tuple[dict[str, bytes], list[Block]]:
 
     pngs: dict[str, bytes] = {}
     blocks: list[Block] = []
-    many = len({p.task for p in points}) > 1
-    for (task,), group in _groups(points, "task").items():
-        suffix = f"_{task}" if many else ""
+    many = len({p.group for p in points}) > 1
+    for (task,), group in _groups(points, "group").items():
+        suffix = "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", task.replace(" · ", "_")).strip("_") if many else ""
         timed = [p for p in group if p.shape is not None and p.p50_ms is not None and not p.busy]
         left_out = [f"{p.name} (timed on a busy machine)" for p in group if p.busy and p.p50_ms is not None]
         if timed:
@@ -263,12 +318,13 @@ def build_comparison(runs: Sequence[tuple[Path, Mapping[str, Any]]], skipped: Se
                                                                                                       dict[str, bytes]]:
     """The comparison document and its plots."""
     points = [point(d, m) for d, m in runs]
+    assign_groups(points)
     doc = Document(f"compresslab: {len(points)} runs compared")
     doc.blocks += [Para("Read from each run's manifest.json; rebuild with python -m compresslab.report --compare "
                         "RUN_DIR..."), Heading("Runs"), _runs_table(points)]
     pngs, plot_blocks = _plots(points)
     doc.blocks += plot_blocks
-    sweeps = [b for k, g in _groups(points, "pipeline", "task").items() for b in _sweep(k, g)]
+    sweeps = [b for k, g in _groups(points, "pipeline", "group").items() for b in _sweep(k, g)]
     if sweeps:
         doc.blocks += [Heading("Sweep summary"), *sweeps]
     if skipped:

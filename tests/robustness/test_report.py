@@ -476,3 +476,36 @@ def test_compare_skips_replaced_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     alone = compare([moved], tmp_path / "cmp")["compare.md"].read_text()
     assert "| obert_int8/sweep050b4xs32 (replaced 2023-11-" in alone
     observe(md.split("### Not compared")[1].strip()[:300])
+
+
+@case(name="cross-run view: task=generic runs on different dev data", kind="own", bad_input=False,
+      expected="runs grouped by task and by the sha256 of their dev data (manifest inputs): one sweep and one "
+               "pair of Pareto plots per dev set, named task · dev file · short hash; never ranked together")
+def test_compare_groups_generic_runs_by_dev_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    drawn: list[tuple[str, list[str]]] = []
+
+    def fake(points, front, cost, ref_cost, xlabel, title, **k):
+        drawn.append((title, sorted(p.name for p in points)))
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    runs = [_sweep_run(out, s, 0.9 - s / 10, 30.0, 30.0) for s in (0.5, 0.6, 0.7, 0.8)]
+    busy_inputs = manifest("magnitude_int8_busy")["inputs"]
+    for run, (name, sha, labels) in zip(runs, [("reviews.csv", "a" * 64, ["neg", "pos"])] * 2
+                                         + [("tickets.csv", "b" * 64, ["a", "b", "c", "d"])] * 2):
+        m = json.loads((run / "manifest.json").read_text())
+        m["task"] = "generic"
+        m["inputs"] = copy.deepcopy(busy_inputs)
+        m["inputs"]["data"]["files"]["dev"] = {"path": f"/home/ada/{name}", "sha256": sha}
+        m["inputs"]["data"]["labels"] = labels
+        (run / "manifest.json").write_text(json.dumps(m))
+    written = compare(runs)
+    md = written["compare.md"].read_text()
+    assert "### Sweep: obert_int8 on generic · reviews.csv · aaaaaaaa" in md
+    assert "### Sweep: obert_int8 on generic · tickets.csv · bbbbbbbb" in md
+    assert "Sweep: obert_int8 on generic\n" not in md
+    assert {"plots/pareto_size_generic_reviews.csv_aaaaaaaa.png",
+            "plots/pareto_size_generic_tickets.csv_bbbbbbbb.png"} <= set(written)
+    assert all(len(names) == 2 for _, names in drawn) and len(drawn) == 4
+    observe("; ".join(title for title, _ in drawn))
