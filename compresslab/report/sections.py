@@ -55,7 +55,7 @@ def _status(m: Mapping[str, Any]) -> list[Block]:
     if off:
         out.append(Para("Switched off in this run's config: " + ", ".join(off) + "."))
     out += busy_banner(m)
-    out.append(Bullets([f"{k}: {plain(m.get(k))}" for k in
+    out.append(Bullets([f"{k}: {plain(status if k == 'status' else m.get(k))}" for k in  # one status: the live one
                         ("pipeline", "model_id", "task", "status", "created", "updated")]))
     return out
 
@@ -181,11 +181,15 @@ def _steps(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     steps = F.steps(m)
     if not steps:
         return out + [_missing("steps")]
+    from compresslab.manifest import live_status
+
+    crashed = live_status(dict(m)) == "crashed"  # a step left "running" by a killed run crashed with it
     rows = []
     for s in steps:
         after = F.as_dict(s.get("metrics_after"))
         sp = F.step_sparsity(s)
-        rows.append([F.step_label(s), plain(s.get("stage")), plain(s.get("status")),
+        rows.append([F.step_label(s), plain(s.get("stage")),
+                     "crashed" if crashed and s.get("status") == "running" else plain(s.get("status")),
                      secs(F.num(s.get("wall_s"))),
                      pct(F.num(F.get(s, "metrics_before", "score"))),
                      pct(F.num(after.get("score"))),

@@ -509,3 +509,17 @@ def test_compare_groups_generic_runs_by_dev_data(tmp_path: Path, monkeypatch: py
             "plots/pareto_size_generic_tickets.csv_bbbbbbbb.png"} <= set(written)
     assert all(len(names) == 2 for _, names in drawn) and len(drawn) == 4
     observe("; ".join(title for title, _ in drawn))
+
+
+@case(name="report of a killed run (kill -9: manifest left 'running')", kind="own", bad_input=False,
+      expected="one status everywhere: the banner, the status line and the running step all say crashed")
+def test_killed_run_says_crashed_once(observe) -> None:
+    m = manifest("magnitude_int8_failed")
+    m["status"] = "running"
+    m.pop("error", None)
+    m["steps"][-1]["status"] = "running"
+    m["process"] = {"pid": 2 ** 22 + 12345, "host": __import__("platform").node(), "pid_started": 1.0}
+    md = to_markdown(doc_of(m))
+    assert "> **Run status: crashed" in md and "- status: crashed" in md
+    assert "status: running" not in md and "| running |" not in md
+    observe(" / ".join(line for line in md.splitlines() if "crashed" in line)[:480])
