@@ -2,9 +2,9 @@
 
 Reads the manifest of every run directory given (nothing else: no model is loaded), and writes
 ``compare.md``, ``compare.html`` and Pareto plots of score against latency and against size,
-one pair per task and dev data set (runs scored on different dev files, as ``task=generic`` runs on
-each user's own data are, are never ranked together). Runs of one pipeline that differ only in some settings (a Hydra multirun
-sweep, ``-m ...sparsity=0.5,0.7``) get a sweep summary: the swept settings, each run's score and
+one pair per task and dev data set (runs scored on different dev files, as ``task=generic`` runs
+on each user's own data are, are never ranked together). Runs of one pipeline that differ only in
+some settings (a Hydra multirun sweep, ``-m ...sparsity=0.5,0.7``) get a sweep summary: the swept settings, each run's score and
 speed, the Pareto front, and the fastest run within the tolerance (``eval.max_drop``).
 
 Scores are compared as drops against each run's own teacher (two runs may have trained different

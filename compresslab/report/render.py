@@ -82,9 +82,15 @@ def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
 def _md_text(text: str) -> str:
-    """Neutralise HTML in prose: Markdown viewers render raw tags, which we never want."""
-    return text.replace("<", "&lt;").replace(">", "&gt;")
+    """Neutralise HTML in prose: Markdown viewers render raw tags, which we never want. Only a ``<``
+    that could open a tag is backslash-escaped (``\\<b>`` shows ``<b>``); ``> 1x`` and ``< 64`` stay
+    plain characters, readable in the .md file itself; a leading ``>`` is escaped (a quote block)."""
+    text = _TAG_START.sub(r"\\<", text)
+    return "\\" + text if text.startswith(">") else text
 
 
 def _md_table(t: Table) -> list[str]:

@@ -523,3 +523,19 @@ def test_killed_run_says_crashed_once(observe) -> None:
     assert "> **Run status: crashed" in md and "- status: crashed" in md
     assert "status: running" not in md and "| running |" not in md
     observe(" / ".join(line for line in md.splitlines() if "crashed" in line)[:480])
+
+
+@case(name="report.md and compare.md show HTML escapes such as '&gt; 1: faster'", kind="own", bad_input=False,
+      expected="Markdown has the plain characters (> and <); only a '<' that could open a tag is backslash-escaped; "
+               "the HTML keeps escaping")
+def test_markdown_has_plain_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    written = compare([_sweep_run(tmp_path / "outputs", 0.5, 0.9, 30.0, 30.0)])
+    md, page = written["compare.md"].read_text(), written["compare.html"].read_text()
+    assert "&gt;" not in md and "&lt;" not in md and "> 1: faster" in md
+    assert "&gt; 1: faster" in page
+    doc = Document("t", [Para("<script>x</script> and a < b > c"), Bullets(["> quoted?", "<!-- hidden -->"])])
+    text = to_markdown(doc)
+    assert "\\<script>x\\</script> and a < b > c" in text and "- \\> quoted?" in text and "- \\<!-- hidden" in text
+    assert "&lt;script&gt;" in to_html(doc, {})
+    observe(next(line for line in md.splitlines() if "faster" in line)[-120:])
