@@ -1,0 +1,200 @@
+"""Issue #12, the cross-run view (``python -m compresslab.report --compare outputs/*/*``): the runs
+table, Pareto plots, the sweep summary, and which runs are ranked together.
+
+Runs are the real smoke manifest with their figures set (``_report_runs.sweep_run``); plots are
+drawn once (the first case) and replaced by a recorder elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from _report_runs import manifest, sweep_run
+from compresslab.report import plots
+from compresslab.report.__main__ import main
+from compresslab.report.compare import compare
+from compresslab.report.render import Bullets, Document, Para, to_html, to_markdown
+
+case = pytest.mark.case
+
+
+@case(name="cross-run view: --compare outputs/*/* with Pareto plots of score vs latency and vs size", kind="first",
+      bad_input=False, expected="compare.md/html with every run against its own teacher and export, Pareto plots "
+                                "(PNG) of score vs latency and vs size; other files and the comparison's own output "
+                                "passed over")
+def test_compare_writes_table_and_pareto_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str], observe) -> None:
+    out = tmp_path / "outputs"
+    sweep_run(out, 0.5, 0.900, 30.0, 30.0)
+    sweep_run(out, 0.7, 0.880, 31.0, 25.0)  # dominated on latency by 0.5 (worse and slower)
+    sweep_run(out, 0.9, 0.850, 20.0, 20.0)
+    (out / "obert_int8" / "run.log").write_text("a log beside the runs")
+    args = sorted(str(p) for p in out.glob("*/*"))
+    assert main(["--compare", *args]) == 0
+    written = sorted(Path(p).name for p in capsys.readouterr().out.split())
+    assert written == ["compare.html", "compare.md", "pareto_latency.png", "pareto_size.png"]
+    cmp = out / "obert_int8" / "compare"
+    for png in (cmp / "plots").iterdir():
+        assert png.read_bytes().startswith(b"\x89PNG")
+    md = (cmp / "compare.md").read_text()
+    assert "| obert_int8/sweep070b4xs32 | obert.sparsity=0.7 | 90.50 | 88.00 | -2.50 ⚠ |" in md
+    assert "Not compared" not in md  # the log file is passed over silently
+    assert main(["--compare", *sorted(str(p) for p in out.glob("*/*"))]) == 0  # again, with compare/ among them
+    assert "Not compared" not in (cmp / "compare.md").read_text()
+    observe(md.split("## Runs")[1].split("###")[0].strip()[:480])
+
+
+@case(name="multirun sweep summary", kind="first", bad_input=False,
+      expected="per pipeline, the swept settings with each run's score and speed, the Pareto fronts, and the fastest "
+               "run within eval.max_drop; busy timings left out of speed picks")
+def test_sweep_summary(tmp_path: Path, observe, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)  # drawing is the case above
+    out = tmp_path / "outputs"
+    runs = [sweep_run(out, 0.5, 0.900, 30.0, 30.0), sweep_run(out, 0.7, 0.880, 31.0, 25.0),
+            sweep_run(out, 0.9, 0.850, 20.0, 20.0), sweep_run(out, 0.8, 0.904, 10.0, 22.0, busy=True)]
+    md = compare(runs)["compare.md"].read_text()
+    sweep = md.split("### Sweep: obert_int8 on sst2")[1]
+    assert "4 runs; settings that differ between them: obert.sparsity." in sweep
+    assert [line.split("|")[1].strip() for line in sweep.splitlines() if line.startswith("| 0.")] == \
+        ["0.5", "0.7", "0.8", "0.9"]
+    assert "Pareto front, score vs latency: obert.sparsity=0.5; obert.sparsity=0.9." in sweep
+    assert "Fastest within the tolerance (1.00 pt, eval.max_drop): obert.sparsity=0.5: 2.00x at -0.50 pt" in sweep
+    assert "Timed on a busy machine, so left out of the speed comparisons: obert_int8/sweep080bb4xs32." in sweep
+    observe(" / ".join(line for line in sweep.splitlines() if line.startswith("- ")))
+
+
+@case(name="cross-run view: runs timed at other shapes", kind="own", bad_input=False,
+      expected="absolute latencies plotted only for runs at one shape and machine; the others named as left out")
+def test_compare_leaves_out_other_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[list[str]] = []
+
+    def fake(points, front, cost, *a, **k):
+        drawn.append([f"{p.name}:{cost}" for p in points])
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    runs = [sweep_run(out, 0.5, 0.9, 30.0, 30.0), sweep_run(out, 0.7, 0.89, 25.0, 25.0),
+            sweep_run(out, 0.9, 0.85, 200.0, 20.0, shape="b32xs128")]
+    md = compare(runs)["compare.md"].read_text()
+    assert drawn[0] == ["obert_int8/sweep050b4xs32:p50_ms", "obert_int8/sweep070b4xs32:p50_ms"]
+    assert len(drawn[1]) == 3  # size compares across shapes
+    assert "Not in the latency plot" in md and "obert_int8/sweep090b32xs128 (timed at b32xs128" in md
+
+
+@case(name="--compare given no run directory", kind="own",
+      expected="a one-line error saying what a run directory is, exit code 2, no traceback")
+def test_compare_without_runs(tmp_path: Path, expect_clear) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    expect_clear(lambda: compare([tmp_path / "outputs" / "*" / "*", tmp_path / "notes.txt"]),
+                 match=r"None of the 2 paths.*is a run directory.*--compare outputs/\*/\*")
+
+
+@case(name="--compare on the real CLI with no runs", kind="own",
+      expected="exit code 2, the message on stderr, no traceback")
+def test_compare_cli_entry_point(tmp_path: Path, expect_clear, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m compresslab.report --compare ...`` as the shell runs it, in process (runpy): a
+    subprocess would pay the package's torch import for nothing."""
+    monkeypatch.setattr(sys, "argv", ["compresslab.report", "--compare", str(tmp_path / "nope")])
+    monkeypatch.delitem(sys.modules, "compresslab.report.__main__", raising=False)
+    expect_clear(lambda: runpy.run_module("compresslab.report", run_name="__main__"))
+    err = capsys.readouterr().err
+    assert err.startswith("error: None of the 1 paths") and "is a run directory with a manifest.json" in err
+    assert "Traceback" not in err
+
+
+@case(name="cross-run view: runs of different tasks", kind="own", bad_input=False,
+      expected="one pair of Pareto plots per task (scores of different tasks never share an axis)")
+def test_compare_plots_per_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[tuple[str, list[str]]] = []
+
+    def fake(points, front, cost, ref_cost, xlabel, title, **k):
+        drawn.append((title, sorted(p.task for p in points)))
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    runs = [sweep_run(out, 0.5, 0.9, 30.0, 30.0), sweep_run(out, 0.7, 0.89, 25.0, 25.0)]
+    m = json.loads((runs[1] / "manifest.json").read_text())
+    m["task"], m["config_hash"] = "mrpc", "mrpc070"
+    other = out / "obert_int8" / "mrpc070"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps(m))
+    written = compare([*runs, other])
+    assert {"plots/pareto_latency_sst2.png", "plots/pareto_size_sst2.png", "plots/pareto_latency_mrpc.png",
+            "plots/pareto_size_mrpc.png"} <= set(written)
+    assert all(len(set(tasks)) == 1 for _, tasks in drawn)
+
+
+@case(name="cross-run view: a run moved aside by run.overwrite=true", kind="own", bad_input=False,
+      expected="outputs/*/* passes over <hash>.replaced-<time> beside its live run and says how many; given "
+               "alone, it is compared under a label of its own (never two rows named alike)")
+def test_compare_skips_replaced_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    out = tmp_path / "outputs"
+    live = sweep_run(out, 0.5, 0.9, 30.0, 30.0)
+    old = sweep_run(tmp_path / "old", 0.5, 0.8, 30.0, 30.0)
+    moved = live.with_name(f"{live.name}.replaced-1700000000")
+    old.rename(moved)
+    md = compare(sorted(out.glob("*/*")))["compare.md"].read_text()
+    rows = [line for line in md.split("## Runs")[1].splitlines() if line.startswith("| obert_int8/")]
+    assert len(rows) == 1 and "| 88.00 |" not in rows[0] and "90.00" in rows[0]
+    assert "1 replaced run (" in md.split("### Not compared")[1]
+    alone = compare([moved], tmp_path / "cmp")["compare.md"].read_text()
+    assert "| obert_int8/sweep050b4xs32 (replaced 2023-11-" in alone
+    observe(md.split("### Not compared")[1].strip()[:300])
+
+
+@case(name="cross-run view: task=generic runs on different dev data", kind="own", bad_input=False,
+      expected="runs grouped by task and by the sha256 of their dev data (manifest inputs): one sweep and one "
+               "pair of Pareto plots per dev set, named task · dev file · short hash; never ranked together")
+def test_compare_groups_generic_runs_by_dev_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    drawn: list[tuple[str, list[str]]] = []
+
+    def fake(points, front, cost, ref_cost, xlabel, title, **k):
+        drawn.append((title, sorted(p.name for p in points)))
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    runs = [sweep_run(out, s, 0.9 - s / 10, 30.0, 30.0) for s in (0.5, 0.6, 0.7, 0.8)]
+    busy_inputs = manifest("magnitude_int8_busy")["inputs"]
+    for run, (name, sha, labels) in zip(runs, [("reviews.csv", "a" * 64, ["neg", "pos"])] * 2
+                                         + [("tickets.csv", "b" * 64, ["a", "b", "c", "d"])] * 2):
+        m = json.loads((run / "manifest.json").read_text())
+        m["task"] = "generic"
+        m["inputs"] = copy.deepcopy(busy_inputs)
+        m["inputs"]["data"]["files"]["dev"] = {"path": f"/home/ada/{name}", "sha256": sha}
+        m["inputs"]["data"]["labels"] = labels
+        (run / "manifest.json").write_text(json.dumps(m))
+    written = compare(runs)
+    md = written["compare.md"].read_text()
+    assert "### Sweep: obert_int8 on generic · reviews.csv · aaaaaaaa" in md
+    assert "### Sweep: obert_int8 on generic · tickets.csv · bbbbbbbb" in md
+    assert "Sweep: obert_int8 on generic\n" not in md
+    assert {"plots/pareto_size_generic_reviews.csv_aaaaaaaa.png",
+            "plots/pareto_size_generic_tickets.csv_bbbbbbbb.png"} <= set(written)
+    assert all(len(names) == 2 for _, names in drawn) and len(drawn) == 4
+    observe("; ".join(title for title, _ in drawn))
+
+
+@case(name="report.md and compare.md show HTML escapes such as '&gt; 1: faster'", kind="own", bad_input=False,
+      expected="Markdown has the plain characters (> and <); only a '<' that could open a tag is backslash-escaped; "
+               "the HTML keeps escaping")
+def test_markdown_has_plain_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    written = compare([sweep_run(tmp_path / "outputs", 0.5, 0.9, 30.0, 30.0)])
+    md, page = written["compare.md"].read_text(), written["compare.html"].read_text()
+    assert "&gt;" not in md and "&lt;" not in md and "> 1: faster" in md
+    assert "&gt; 1: faster" in page
+    doc = Document("t", [Para("<script>x</script> and a < b > c"), Bullets(["> quoted?", "<!-- hidden -->"])])
+    text = to_markdown(doc)
+    assert "\\<script>x\\</script> and a < b > c" in text and "- \\> quoted?" in text and "- \\<!-- hidden" in text
+    assert "&lt;script&gt;" in to_html(doc, {})
+    observe(next(line for line in md.splitlines() if "faster" in line)[-120:])
