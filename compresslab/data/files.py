@@ -1,7 +1,9 @@
 """Reading user CSV / TSV / JSONL files strictly: every record with its line, every fault named by file:line.
 
-What is checked here, before any label or text is looked at: the file decodes in the configured
-encoding (else the first bad line and an encoding to try), the file is not empty, the header has no
+What is checked here, before any label or text is looked at: each file is read in its own encoding
+(the one its byte-order mark names, else the configured one, else UTF-8; a mark that contradicts
+the configured encoding is an error, and so are NUL bytes, the sign of UTF-16 without a mark), the
+file decodes (else the first bad line and an encoding to try), the file is not empty, the header has no
 duplicated or blank names, no data row repeats the header (files concatenated with ``cat``), every
 row has as many cells as the header (an unquoted comma or tab splits a text), CSV quoting is well
 formed (``csv`` strict mode: an unclosed quote would swallow the rest of the file), a TSV does not
@@ -25,6 +27,18 @@ FORMATS = ("csv", "tsv", "jsonl")
 QUOTINGS = ("csv", "none")
 SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _BOM = "\ufeff"
+# Byte-order marks: (mark, the codec that reads the file and drops the mark, what to call it, the
+# codec names a set encoding may have and agree with it). UTF-32-LE's mark begins with UTF-16-LE's,
+# so it is tried first.
+_BOMS: tuple[tuple[bytes, str, str, tuple[str, ...]], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32 (little-endian)", ("utf-32", "utf-32-le")),
+    (codecs.BOM_UTF32_BE, "utf-32", "UTF-32 (big-endian)", ("utf-32", "utf-32-be")),
+    (codecs.BOM_UTF8, "utf-8-sig", "UTF-8", ("utf-8", "utf-8-sig")),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16 (little-endian)", ("utf-16", "utf-16-le")),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16 (big-endian)", ("utf-16", "utf-16-be")),
+)
+# Codecs that cannot tell the byte order without a mark (Python would guess the machine's).
+_NEED_BOM = ("utf-16", "utf-32")
 # A TSV cell written by a CSV writer (pandas ``to_csv(sep="\t")``): wrapped in quotes, inner quotes doubled.
 _CSV_QUOTED = re.compile(r'^"(?:[^"]|"")*""(?:[^"]|"")*"$')
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -38,6 +52,7 @@ class Table:
     fmt: str
     columns: list[str]
     rows: list[tuple[int, dict[str, Any]]]
+    encoding: str = "utf-8"  # the codec the file was read with (:func:`file_encoding`)
 
 
 def format_of(path: Path, fmt: str | None, setting: str | None = "task.generic.format") -> str:
@@ -57,28 +72,73 @@ def format_of(path: Path, fmt: str | None, setting: str | None = "task.generic.f
     return found
 
 
-def read_table(path: Path, fmt: str, *, encoding: str = "utf-8-sig", header: bool = True,
+def read_table(path: Path, fmt: str, *, encoding: str | None = None, header: bool = True,
                columns: tuple[str, ...] | None = None, quoting: str | None = None,
                prefix: str | None = "task.generic.") -> Table:
     """Read one file into records, or raise :class:`DataFormatError` naming file:line and the setting to change.
 
-    ``header=False`` reads a CSV/TSV without a header row, naming its cells ``columns``. ``quoting``:
-    ``csv`` (cells may be quoted, ``""`` inside), ``none`` (quotes are text, as in GLUE TSVs); None:
-    ``csv`` for CSV files, ``none`` for TSV files, and a TSV with CSV-quoted cells is an error asking
-    which is meant. ``prefix`` is where these settings live, named in messages (None: the caller has
-    no such settings, and messages say to read the file another way and pass its records).
+    ``encoding``: a Python codec name, or None (each file in the encoding its byte-order mark names,
+    else UTF-8); see :func:`file_encoding`. ``header=False`` reads a CSV/TSV without a header row,
+    naming its cells ``columns``. ``quoting``: ``csv`` (cells may be quoted, ``""`` inside), ``none``
+    (quotes are text, as in GLUE TSVs); None: ``csv`` for CSV files, ``none`` for TSV files, and a TSV
+    with CSV-quoted cells is an error asking which is meant. ``prefix`` is where these settings live,
+    named in messages (None: the caller has no such settings, and messages say to read the file
+    another way and pass its records).
     """
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise DataFormatError(f"{path}: unknown encoding {encoding!r}; {_set(prefix, 'encoding=<codec>')} with a Python "
-                              f"codec name (utf-8, utf-8-sig, cp1252, latin-1, utf-16, ...)") from None
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataFormatError(f"{path}: unknown encoding {encoding!r}; {_set(prefix, 'encoding=<codec>')} with a "
+                                  f"Python codec name (utf-8, cp1252, latin-1, utf-16, ...), or null to read each file "
+                                  f"in the encoding its byte-order mark names (UTF-8 without one)") from None
+    codec = file_encoding(path, encoding, prefix)
     try:
         if fmt == "jsonl":
-            return _read_jsonl(path, encoding, prefix)
-        return _read_delimited(path, fmt, encoding, header, columns, quoting, prefix)
+            table = _read_jsonl(path, codec, prefix)
+        else:
+            table = _read_delimited(path, fmt, codec, header, columns, quoting, prefix)
     except UnicodeDecodeError as err:
-        raise DataFormatError(_decode_message(path, encoding, err, prefix)) from None
+        raise DataFormatError(_decode_message(path, codec, err, prefix)) from None
+    table.encoding = codec
+    return table
+
+
+def file_encoding(path: Path, encoding: str | None, prefix: str | None = "task.generic.") -> str:
+    """The codec that reads ``path``: the one its byte-order mark (UTF-8, UTF-16, UTF-32) names, else
+    ``encoding``, else ``utf-8``. So a UTF-16 train file (Excel's "Unicode text") and a UTF-8 dev file
+    are each read right with ``encoding`` unset.
+
+    Raises:
+        DataFormatError: naming the file and the ``encoding`` setting, when ``encoding`` is set and the
+            mark names another encoding; when ``encoding`` is ``utf-16``/``utf-32`` and the file has no
+            mark (Python would guess the byte order: a UTF-8 file would be read as garbage); or when a
+            file without a mark holds NUL bytes (UTF-16/32 without a mark, read as 8-bit text).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    name = codecs.lookup(encoding).name if encoding is not None else None
+    setting = f"{prefix}encoding={encoding}" if prefix else f"encoding {encoding!r}"
+    for bom, codec, what, agrees in _BOMS:
+        if head.startswith(bom):
+            if name is not None and name not in agrees:
+                raise DataFormatError(f"{path}: the file starts with a {what} byte-order mark, but {setting}; "
+                                      f"{_set(prefix, 'encoding=null')} to read each file in the encoding its mark "
+                                      f"names (UTF-8 when it has none), or save this file as {encoding}")
+            return codec
+    if name in _NEED_BOM:
+        raise DataFormatError(f"{path}: {setting}, but the file has no {name.upper()} byte-order mark, so its byte "
+                              f"order is unknown (is it another file's encoding?); {_set(prefix, 'encoding=null')} to "
+                              f"read each file in the encoding its mark names (UTF-8 when it has none), or "
+                              f"{_set(prefix, f'encoding={name}-le')} (or -be) for {name.upper()} without a mark")
+    codec = encoding or "utf-8"
+    nul = head.find(b"\x00")
+    if nul >= 0 and not codecs.lookup(codec).name.startswith(_NEED_BOM):
+        wide = "utf-16-le" if nul % 2 else "utf-16-be"  # ASCII in UTF-16-LE is b"t\x00e\x00...": NULs at odd bytes
+        raise DataFormatError(f"{path}: the file holds NUL bytes (the first at byte {nul}), which "
+                              f"text in {codec} never does: it looks like UTF-16 saved without a byte-order mark; "
+                              f"{_set(prefix, f'encoding={wide}')} (or save it as UTF-8)")
+    return codec
 
 
 def _lines(fh: Any) -> Iterator[tuple[int, str]]:
@@ -203,10 +263,7 @@ def first_bad_line(data: bytes, encoding: str, err: UnicodeDecodeError) -> tuple
 
 def _decode_message(path: Path, encoding: str, err: UnicodeDecodeError, prefix: str | None) -> str:
     """file:line of the first line that does not decode, and an encoding to try."""
-    data = path.read_bytes()
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return (f"{path}:1: the file is UTF-16 (it starts with a UTF-16 byte-order mark, as Excel's 'Unicode "
-                f"text' writes), not {encoding}; {_set(prefix, 'encoding=utf-16')}")
+    data = path.read_bytes()  # a byte-order mark was dealt with before (file_encoding)
     lineno, bad = first_bad_line(data, encoding, err)
     guess = f"; {_set(prefix, 'encoding=<its encoding>')} (cp1252, latin-1, utf-16, ...)"
     for candidate, what in (("utf-8-sig", "UTF-8"), ("cp1252", "cp1252 (Windows Western, as Excel saves CSVs)")):
@@ -233,5 +290,5 @@ def looks_numeric(text: str) -> bool:
     return bool(_NUMBER.match(text.strip()))
 
 
-__all__ = ["FORMATS", "QUOTINGS", "SUFFIX_FORMAT", "Table", "first_bad_line", "format_of", "looks_numeric",
-           "read_table"]
+__all__ = ["FORMATS", "QUOTINGS", "SUFFIX_FORMAT", "Table", "file_encoding", "first_bad_line", "format_of",
+           "looks_numeric", "read_table"]

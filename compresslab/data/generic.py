@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compresslab.data.files import FORMATS, QUOTINGS, Table, format_of, looks_numeric, read_table
-from compresslab.data.labels import ClassLabels, class_labels, label_value
+from compresslab.data.labels import ClassLabels, LabelSettings, class_labels, label_score, label_value
 from compresslab.data.schema import DataFormatError, DataNotFoundError, Example, TaskKind, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ class GenericConfig:
     * ``header``: False for a CSV/TSV without a header row; ``columns`` then names its cells in order.
     * ``quoting``: ``csv`` (quoted cells) or ``none`` (quotes are text); None: ``csv`` for CSV, ``none``
       for TSV (as GLUE's TSVs), and a TSV with CSV-quoted cells is an error asking which is meant.
-    * ``encoding``: a Python codec name (``utf-8-sig`` reads UTF-8 with or without a BOM; ``cp1252``
-      for Excel CSVs saved on Windows, ``utf-16`` for Excel's "Unicode text").
+    * ``encoding``: None (default): each file in the encoding its byte-order mark names (UTF-8, UTF-16
+      as Excel's "Unicode text" writes, UTF-32), else UTF-8; so train and dev may differ. A Python
+      codec name (``cp1252`` for Excel CSVs saved on Windows, ``latin-1``) reads every file without a
+      mark in it; a mark that contradicts it is an error naming the file.
     * ``text_a`` / ``text_b`` / ``label``: column (CSV/TSV) or key (JSONL) names; ``text_b`` for pairs.
     * ``kind``: ``classification`` | ``regression`` (one score per example) | ``embedding``.
     * ``labels``: class names (as written in the label column) in id order; None: sorted names, or
@@ -53,7 +55,7 @@ class GenericConfig:
     header: bool = True
     columns: tuple[str, ...] | None = None
     quoting: str | None = None
-    encoding: str = "utf-8-sig"
+    encoding: str | None = None
     text_a: str = "text"
     text_b: str | None = None
     label: str = "label"
@@ -97,6 +99,8 @@ class GenericConfig:
             raise ValueError(f"task=generic needs a file: set {PREFIX}train=PATH and/or {PREFIX}dev=PATH "
                              f"(CSV, TSV or JSONL)")
         for key in ("name", "text_a", "label", "encoding"):
+            if key == "encoding" and self.encoding is None:
+                continue  # from each file's byte-order mark
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValueError(f"{PREFIX}{key} must be a non-empty string, got {getattr(self, key)!r}")
         if not isinstance(self.header, bool):
@@ -213,17 +217,6 @@ def _text(record: dict[str, Any], column: str, key: str, where: str) -> str:
     return value
 
 
-def _score(value: Any, where: str, kind: TaskKind) -> float:
-    if isinstance(value, str):
-        if not looks_numeric(value):
-            raise DataFormatError(f"{where}: label {value.strip()!r} is not a number ({kind.value} task); set "
-                                  f"{PREFIX}kind=classification if the labels are classes")
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise DataFormatError(f"{where}: label {value!r} is not a number ({kind.value} task)")
-
-
 @dataclass
 class GenericData:
     """What :func:`read_generic` read: the spec, examples per split (None: no file configured), the
@@ -233,6 +226,7 @@ class GenericData:
     examples: dict[str, list[Example] | None]
     paths: dict[str, Path]
     classes: ClassLabels | None
+    encodings: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> the codec its file was read with
 
 
 def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> GenericData:
@@ -246,6 +240,7 @@ def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> Gene
         ValueError: settings that do not fit the file (``header``/``columns`` on JSONL).
     """
     paths: dict[str, Path] = {}
+    encodings: dict[str, str] = {}
     rows: dict[str, list[tuple[str, str | None, Any, str]]] = {}
     for split in ("train", "dev"):
         rel = getattr(cfg, split)
@@ -253,7 +248,9 @@ def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> Gene
             continue
         path = resolve_file(rel, root_fn)
         parsed = []
-        for lineno, record in _read(cfg, path).rows:
+        table = _read(cfg, path)
+        encodings[split] = table.encoding
+        for lineno, record in table.rows:
             where = f"{path}:{lineno}"
             text_b = _text(record, cfg.text_b, "text_b", where) if cfg.text_b else None
             if cfg.label not in record:
@@ -272,17 +269,20 @@ def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> Gene
                         cfg.name, unseen, next(iter(seen)), PREFIX)
         labels: dict[str, list[int | float]] = {s: [classes.id_of(v) for v, _ in r] for s, r in seen.items()}
     else:
-        labels = {s: [_score(v, w, cfg.kind) for *_, v, w in r] for s, r in rows.items()}
+        settings = LabelSettings.files(PREFIX)  # scores are read as labels are: NaN, null and NA refused alike
+        labels = {s: [label_score(label_value(v, w, cfg.label), w, cfg.kind, settings) for *_, v, w in r]
+                  for s, r in rows.items()}
 
     default_metric = "accuracy" if cfg.kind is TaskKind.CLASSIFICATION else "spearman"
     spec = TaskSpec(
         name=cfg.name, kind=cfg.kind, num_labels=len(classes.names) if classes else 1,
         primary_metric=cfg.primary_metric or default_metric, metrics=cfg.metrics,
         label_names=classes.names if classes else (), glue_dir=None, train_file=cfg.train, dev_file=cfg.dev,
-        columns=cfg.columns, text_a=cfg.text_a, text_b=cfg.text_b, label=cfg.label, encoding=cfg.encoding,
+        columns=cfg.columns, text_a=cfg.text_a, text_b=cfg.text_b, label=cfg.label,
+        encoding=next(iter(encodings.values())),  # the first file's codec; each file's own is in ``encodings``
         description="user data set (generic CSV/TSV/JSONL)",
     )
     examples: dict[str, list[Example] | None] = {"train": None, "dev": None}
     for split, r in rows.items():
         examples[split] = [Example(a, b, y) for (a, b, _, _), y in zip(r, labels[split])]
-    return GenericData(spec, examples, paths, classes)
+    return GenericData(spec, examples, paths, classes, encodings)

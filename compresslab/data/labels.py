@@ -6,7 +6,12 @@ Rules (classification), all raising :class:`DataFormatError` with the place (``f
 ``data[17]``) and the setting to change, spelled as the caller spells it (:class:`LabelSettings`):
 
 * a label that looks like a number is a number, in CSV, TSV, JSONL and Python alike (``1``, ``"1"``,
-  ``1.0`` and ``numpy.int64(1)`` are class id 1); an empty, missing or NaN label is an error;
+  ``1.0`` and ``numpy.int64(1)`` are class id 1); an empty, missing (``None`` / JSON ``null``), NaN or
+  infinite label is an error, written as a number or as text (``NaN``, ``-inf``);
+* a cell that spreadsheets and pandas write for "no value" (``NA``, ``N/A``, ``null``, ``None``,
+  ``#N/A``: pandas' default ``na_values``) is an error too, unless the declared classes name it;
+* ``true`` / ``false`` (JSON booleans, Python and numpy bools) are class ids 1 / 0, and mixing them
+  with other class ids is an error (``true`` would silently be class 1);
 * with declared classes (``labels`` in the CLI; ``label2id``, the model's ``config.label2id`` or a
   ``ClassLabel`` feature in the API), every label must be one of them: its name as written, or
   ignoring case when no two declared names differ only in case (hub models write ``POSITIVE``);
@@ -36,6 +41,12 @@ from compresslab.data.schema import DataFormatError, TaskKind
 log = logging.getLogger(__name__)
 
 Label = int | float | str
+
+# What spreadsheets and pandas write in a cell that has no value: pandas.read_csv's default
+# ``na_values`` (pandas._libs.parsers.STR_NA_VALUES) without the NaN spellings, which float() reads and
+# label_value refuses as non-finite. As a label, such a cell would become a class the model learns.
+MISSING_MARKERS = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+                             "NA", "NULL", "None", "n/a", "null"})
 
 
 @dataclass(frozen=True)
@@ -96,14 +107,44 @@ class ClassLabelName(str):
     to integer ids in other data it is not "ids mixed with names"."""
 
 
+class MissingLabel(str):
+    """A label written as a missing-value marker (:data:`MISSING_MARKERS`): refused by
+    :func:`class_labels` unless the declared classes name it, and by :func:`label_score`.
+    ``problem`` says where it is and in which column."""
+
+    problem: str = ""
+
+
+class BoolLabel(int):
+    """A boolean label (JSON ``true``, a Python or numpy bool) read as class id 1 / 0; kept apart
+    from other ints so that booleans mixed with class ids are caught (:func:`class_labels`)."""
+
+
+def _shown(value: Label) -> str:
+    """A label as the user wrote it, for messages (``true`` for a boolean, quotes around a name)."""
+    if isinstance(value, BoolLabel):
+        return "true" if value else "false"
+    return repr(str(value)) if isinstance(value, str) else str(value)
+
+
+def _non_finite_text(text: str) -> bool:
+    """True for text that Python reads as a NaN or an infinity (``nan``, ``-NaN``, ``inf``, ``Infinity``)."""
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def label_value(raw: Any, where: str, column: str | None = None) -> Label:
     """One label as an ``int`` (class id, also ``1.0`` and ``"1"``), a fractional ``float`` or a class name ``str``.
 
     Text that looks like a number is that number; numpy and torch scalars are read with ``.item()``;
-    ``True``/``False`` are 1/0.
+    ``True``/``False`` are 1/0 (as :class:`BoolLabel`); a missing-value marker (``NA``, ``null``) is a
+    :class:`MissingLabel`, refused later unless declared as a class name.
 
     Raises:
-        DataFormatError: an empty / missing / NaN / infinite label, or a list, dict or other object.
+        DataFormatError: an empty / missing / NaN / infinite label (as a number or as text such as
+            ``NaN`` or ``-inf``), or a list, dict or other object.
     """
     what = f"the label (column {column!r})" if column else "the label"
     if not isinstance(raw, (str, bytes)) and callable(getattr(raw, "item", None)):
@@ -114,19 +155,29 @@ def label_value(raw: Any, where: str, column: str | None = None) -> Label:
     if isinstance(raw, str):
         text = raw.strip()
         if not text:
-            raise DataFormatError(f"{where}: {what} is empty; every example needs a label")
+            raise DataFormatError(f"{where}: {what} is empty; every example needs a label: fill it in or drop the row")
         if not looks_numeric(text):
+            if _non_finite_text(text):  # pandas writes NaN for an empty cell; never a class name or a score
+                how = " (NaN is how pandas writes an empty cell)" if "nan" in text.casefold() else ""
+                raise DataFormatError(f"{where}: {what} is {text!r}, not a finite number{how}; every example needs a "
+                                      f"label: fill it in or drop the row")
+            if text in MISSING_MARKERS:
+                missing = MissingLabel(text)
+                missing.problem = f"{where}: {what} is {text!r}"
+                return missing
             return text
         raw = float(text) if any(c in text for c in ".eE") else int(text)
-    if raw is None:
-        raise DataFormatError(f"{where}: {what} is missing (None / null); every example needs a label")
+    if raw is None or type(raw).__name__ in ("NAType", "NaTType"):  # pandas' NA / NaT, without importing pandas
+        raise DataFormatError(f"{where}: {what} is missing ({'None / null' if raw is None else raw}); every example "
+                              f"needs a label: fill it in or drop the row")
     if isinstance(raw, bool):
-        return int(raw)
+        return BoolLabel(raw)
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float):
         if not math.isfinite(raw):
-            raise DataFormatError(f"{where}: {what} is {raw}; every example needs a finite label")
+            raise DataFormatError(f"{where}: {what} is {raw}, not a finite number; every example needs a label: "
+                                  f"fill it in or drop the row")
         return int(raw) if raw.is_integer() else raw
     raise DataFormatError(f"{where}: {what} is a {type(raw).__name__} ({raw!r}); expected a class name (str), "
                           f"a class id (int) or a score (float)")
@@ -141,8 +192,15 @@ def label_score(value: Label, where: str, kind: TaskKind, settings: LabelSetting
     """A label read by :func:`label_value` as the score of a regression / embedding task.
 
     Raises:
-        DataFormatError: a class name (not a number), naming the ``kind`` setting.
+        DataFormatError: a missing-value marker, a boolean, or a class name (not a number), naming the
+            ``kind`` setting for a class name.
     """
+    if isinstance(value, MissingLabel):
+        raise DataFormatError(f"{value.problem}, a missing value; every example needs a score: fill it in or drop "
+                              f"the row")
+    if isinstance(value, BoolLabel):
+        raise DataFormatError(f"{where}: label {_shown(value)} is not a score ({kind.value} task); {settings.verb} "
+                              f"{settings.set_kind(TaskKind.CLASSIFICATION)} if the labels are classes")
     if isinstance(value, str):
         raise DataFormatError(f"{where}: label {value!r} is not a number ({kind.value} task); {settings.verb} "
                               f"{settings.set_kind(TaskKind.CLASSIFICATION)} if the labels are classes")
@@ -210,6 +268,8 @@ def class_labels(seen: Seen, *, labels: Sequence[Any] | None = None, num_labels:
     """
     s = settings or LabelSettings.files(prefix)
     primary = next((k for k, rows in seen.items() if rows), next(iter(seen)))
+    _check_missing(seen, labels, s)
+    _check_bools(seen, s)
     if labels is not None:
         result = _declared_classes(seen, labels, s)
     else:
@@ -229,6 +289,28 @@ def class_labels(seen: Seen, *, labels: Sequence[Any] | None = None, num_labels:
     return result
 
 
+def _check_missing(seen: Seen, declared: Sequence[Any] | None, s: LabelSettings) -> None:
+    """No missing-value marker (``NA``, ``null``, ``None``) as a label, unless a declared class is
+    named so (as written or ignoring case): then it is that class."""
+    names = {label_text(x).casefold() for x in declared or () if x is not None}
+    found = _first(seen, lambda v: isinstance(v, MissingLabel) and v.casefold() not in names)
+    if found is not None:
+        text, problem = str(found[0]), getattr(found[0], "problem", found[1])
+        raise DataFormatError(f"{problem}, which marks a missing value; every example needs a label: fill it in or "
+                              f"drop the row (if {text!r} is a class name, {s.verb} {s.list_classes()} naming every "
+                              f"class in id order)")
+
+
+def _check_bools(seen: Seen, s: LabelSettings) -> None:
+    """Booleans (ids 1 / 0) not mixed with other class ids: ``true`` next to ``2`` is a mistake."""
+    flag = _first(seen, lambda v: isinstance(v, BoolLabel))
+    number = _first(seen, lambda v: isinstance(v, int) and not isinstance(v, BoolLabel))
+    if flag is not None and number is not None:
+        raise DataFormatError(f"labels mix true/false ({_shown(flag[0])} at {flag[1]}) and class ids ({number[0]} at "
+                              f"{number[1]}): true would be read as class 1 and false as 0; write every label one way "
+                              f"in {' and '.join(seen)}, or list every class in id order in {s.list_classes()}")
+
+
 def _fraction_error(value: Label, where: str, s: LabelSettings) -> DataFormatError:
     return DataFormatError(f"{where}: label {value} is not a class id (classification): for scores {s.verb} "
                            f"{s.set_kind(TaskKind.REGRESSION)}; for named classes list them in {s.list_classes()}")
@@ -242,9 +324,9 @@ def _check_one_way(seen: Seen, s: LabelSettings) -> None:
     name = _first(seen, lambda v: isinstance(v, str) and not isinstance(v, ClassLabelName))
     number = _first(seen, lambda v: isinstance(v, int))
     if name is not None and number is not None:
-        raise DataFormatError(f"labels mix class names ({name[0]!r} at {name[1]}) and class ids ({number[0]} at "
-                              f"{number[1]}); write every label one way in {' and '.join(seen)}, or list every "
-                              f"class in id order in {s.list_classes()}")
+        raise DataFormatError(f"labels mix class names ({name[0]!r} at {name[1]}) and class ids "
+                              f"({_shown(number[0])} at {number[1]}); write every label one way in "
+                              f"{' and '.join(seen)}, or list every class in id order in {s.list_classes()}")
 
 
 def _declared_classes(seen: Seen, declared: Sequence[Any], s: LabelSettings) -> ClassLabels:
@@ -355,5 +437,5 @@ def _spans(ids: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-__all__ = ["ClassLabelName", "ClassLabels", "Label", "LabelSettings", "class_labels", "label_score", "label_text",
-           "label_value"]
+__all__ = ["MISSING_MARKERS", "BoolLabel", "ClassLabelName", "ClassLabels", "Label", "LabelSettings", "MissingLabel",
+           "class_labels", "label_score", "label_text", "label_value"]

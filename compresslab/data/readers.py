@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from pathlib import Path
 
 from compresslab.data.files import first_bad_line
@@ -24,9 +25,13 @@ def parse_label(spec: TaskSpec, value: str, path: Path, lineno: int) -> int | fl
     value = value.strip()
     if spec.kind is not TaskKind.CLASSIFICATION:
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             raise DataFormatError(f"{path}:{lineno}: label {value!r} is not a number ({spec.kind.value} task)") from None
+        if not math.isfinite(score):  # float() reads 'nan' and 'inf': a damaged file, never a score
+            raise DataFormatError(f"{path}:{lineno}: label {value!r} is not a finite number ({spec.kind.value} task); "
+                                  f"was this file replaced or damaged?")
+        return score
     if spec.string_labels:
         if value not in spec.label_names:
             raise DataFormatError(f"{path}:{lineno}: label {value!r} is not one of {list(spec.label_names)}")

@@ -195,7 +195,8 @@ def load_task(
         if dev is None:
             dev = MissingSplit(f"generic data set {cfg.name!r} has no dev file: set task.generic.dev=PATH")
         for split, path in read.paths.items():
-            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(read.examples[split] or [])}
+            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(read.examples[split] or []),
+                            "encoding": read.encodings[split]}
         if read.classes is not None:
             labels_info = {"label_source": read.classes.source, "label_counts": read.classes.counts}
     else:

@@ -3,6 +3,7 @@
 Each case writes a small file to tmp_path and loads it through ``load_task("generic", generic=...)``,
 the call ``RunState.prepare`` makes (before any model is loaded); a few go through the composed
 config and ``pipeline.run`` or the real CLI, to show the failure comes before any expensive work.
+Encodings are in test_data_encoding.py, missing and non-finite labels in test_data_missing_labels.py.
 """
 
 from __future__ import annotations
@@ -11,52 +12,12 @@ import json
 import logging
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from _data_files import POS_NEG, REPO, compose_generic, csv_file, jsonl_file, load_generic, run_fails_fast, table_text
 from compresslab.data.schema import DataFormatError
 from compresslab.data.tasks import load_task
-
-REPO = Path(__file__).resolve().parents[2]
-POS_NEG = [("a good film", "positive"), ("a bad film", "negative"), ("great fun", "positive"), ("awful", "negative")]
-
-
-def _csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
-    path.write_bytes(text.encode(encoding))
-    return path
-
-
-def _rows(header: str, rows: list[tuple], sep: str = ",") -> str:
-    return header + "\n" + "".join(sep.join(str(c) for c in r) + "\n" for r in rows)
-
-
-def _jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def _load(**generic):
-    return load_task("generic", generic={k: str(v) if isinstance(v, Path) else v for k, v in generic.items()})
-
-
-def _compose(tmp_path: Path, *extra: str):
-    from compresslab.config import compose
-
-    return compose(["+pipeline=int8", "debug=smoke", "task=generic", f"paths.output_dir={tmp_path}/out",
-                    f"paths.cache_dir={tmp_path}/cache", *extra])
-
-
-def _run_fails_fast(cfg) -> None:
-    """``pipeline.run`` on a bad config: the error must come within seconds (nothing trained)."""
-    from compresslab.pipeline import run
-
-    t0 = time.perf_counter()
-    try:
-        run(cfg)
-    finally:
-        assert time.perf_counter() - t0 < 60, "the error came after expensive work"
 
 
 # ---------------------------------------------------------------- format from the suffix
@@ -65,9 +26,9 @@ def _run_fails_fast(cfg) -> None:
 def test_jsonl_read_by_suffix_through_the_composed_config(tmp_path, observe):
     from omegaconf import OmegaConf
 
-    train = _jsonl(tmp_path / "train.jsonl", [{"text": t, "label": y} for t, y in POS_NEG])
-    dev = _csv(tmp_path / "dev.tsv", _rows("text\tlabel", POS_NEG, sep="\t"))
-    cfg = _compose(tmp_path, f"task.generic.train={train}", f"task.generic.dev={dev}")
+    train = jsonl_file(tmp_path / "train.jsonl", [{"text": t, "label": y} for t, y in POS_NEG])
+    dev = csv_file(tmp_path / "dev.tsv", table_text("text\tlabel", POS_NEG, sep="\t"))
+    cfg = compose_generic(tmp_path, f"task.generic.train={train}", f"task.generic.dev={dev}")
     assert cfg.task.generic.format is None
     data = load_task("generic", generic=OmegaConf.to_container(cfg.task.generic, resolve=True))
     assert [e.text_a for e in data.dev] == [t for t, _ in POS_NEG]
@@ -78,42 +39,43 @@ def test_jsonl_read_by_suffix_through_the_composed_config(tmp_path, observe):
 @pytest.mark.case(name="unknown file suffix (.txt) without task.generic.format", kind=2,
                   expected="an error naming the file and task.generic.format")
 def test_unknown_suffix_names_format_setting(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.txt", _rows("text,label", POS_NEG))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.txt.*task\.generic\.format=")
+    path = csv_file(tmp_path / "train.txt", table_text("text,label", POS_NEG))
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.txt.*task\.generic\.format=")
 
 
 @pytest.mark.case(name="TSV named .csv (header holds tabs)", kind=2,
                   expected="an error saying it looks like a TSV and to set task.generic.format=tsv")
 def test_tsv_named_csv(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text\tlabel", POS_NEG, sep="\t"))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:1.*TSV.*task\.generic\.format=tsv")
+    path = csv_file(tmp_path / "train.csv", table_text("text\tlabel", POS_NEG, sep="\t"))
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:1.*TSV.*task\.generic\.format=tsv")
 
 
 # ---------------------------------------------------------------- label sets
 @pytest.mark.case(name="label spelled differently in dev (Positive vs positive)", kind=2,
                   expected="an error at dev file:line: label only in dev, did you mean 'positive'")
 def test_label_only_in_dev_case_variant(tmp_path, expect_clear):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    dev = _csv(tmp_path / "dev.csv", _rows("text,label", [("nice", "positive"), ("fine", "Positive")]))
-    expect_clear(lambda: _load(train=train, dev=dev),
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
+    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "positive"), ("fine", "Positive")]))
+    expect_clear(lambda: load_generic(train=train, dev=dev),
                  match=r"dev\.csv:3: label 'Positive' appears in dev but never in train.*did you mean 'positive'")
 
 
 @pytest.mark.case(name="a class seen only in dev (neutral)", kind=2,
                   expected="an error at dev file:line naming the label and task.generic.labels")
 def test_label_only_in_dev(tmp_path, expect_clear):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    dev = _csv(tmp_path / "dev.csv", _rows("text,label", [("nice", "positive"), ("meh", "neutral")]))
-    expect_clear(lambda: _load(train=train, dev=dev), match=r"dev\.csv:3: label 'neutral'.*task\.generic\.labels")
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
+    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "positive"), ("meh", "neutral")]))
+    expect_clear(lambda: load_generic(train=train, dev=dev),
+                 match=r"dev\.csv:3: label 'neutral'.*task\.generic\.labels")
 
 
 @pytest.mark.case(name="the dev-only class declared in task.generic.labels", kind=2, bad_input=False,
                   expected="accepted: 3 classes in the given order, a warning that neutral has no train example")
 def test_label_only_in_dev_declared(tmp_path, observe, caplog):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    dev = _csv(tmp_path / "dev.csv", _rows("text,label", [("nice", "positive"), ("meh", "neutral")]))
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
+    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "positive"), ("meh", "neutral")]))
     with caplog.at_level(logging.INFO, logger="compresslab"):
-        data = _load(train=train, dev=dev, labels=["negative", "neutral", "positive"])
+        data = load_generic(train=train, dev=dev, labels=["negative", "neutral", "positive"])
     assert data.spec.label_names == ("negative", "neutral", "positive") and [e.label for e in data.dev] == [2, 1]
     assert "['neutral'] have no example in train" in caplog.text
     observe(f"classes {data.spec.label_names}; log: {caplog.text.strip().splitlines()[-1][:200]}")
@@ -122,16 +84,17 @@ def test_label_only_in_dev_declared(tmp_path, observe, caplog):
 @pytest.mark.case(name="labels differing only in case within train", kind=2,
                   expected="an error naming both spellings and where they are")
 def test_case_variants_within_train(tmp_path, expect_clear):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG + [("so good", "Positive")]))
-    expect_clear(lambda: _load(train=train, dev=train), match=r"'Positive' \(.*train\.csv:6.*'positive'.*differ only in case")
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("so good", "Positive")]))
+    expect_clear(lambda: load_generic(train=train, dev=train),
+                 match=r"'Positive' \(.*train\.csv:6.*'positive'.*differ only in case")
 
 
 @pytest.mark.case(name="one stray label 7 among 0/1", kind=2,
                   expected="an error: classes 2-6 empty, naming the file:line of the 7 and num_labels/labels")
 def test_stray_label_makes_empty_classes(tmp_path, expect_clear):
     rows = [("a good film", 1), ("a bad film", 0), ("great", 1), ("meh", 7), ("awful", 0)]
-    train = _csv(tmp_path / "train.csv", _rows("text,label", rows))
-    expect_clear(lambda: _load(train=train, dev=train),
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", rows))
+    expect_clear(lambda: load_generic(train=train, dev=train),
                  match=r"head of 8 classes.*class\(es\) 2-6.*train\.csv:5.*num_labels=8")
 
 
@@ -139,8 +102,8 @@ def test_stray_label_makes_empty_classes(tmp_path, expect_clear):
                   expected="one class: 1.0 is class id 1 (2 classes, not 3)")
 def test_int_and_float_spelling_are_one_class(tmp_path, observe):
     rows = [("a good film", "1"), ("a bad film", "0"), ("great", "1.0"), ("awful", "0.0")]
-    train = _csv(tmp_path / "train.csv", _rows("text,label", rows))
-    data = _load(train=train, dev=train)
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", rows))
+    data = load_generic(train=train, dev=train)
     assert data.spec.num_labels == 2 and [e.label for e in data.dev] == [1, 0, 1, 0]
     observe(f"num_labels={data.spec.num_labels}, labels {[e.label for e in data.dev]}")
 
@@ -150,8 +113,8 @@ def test_int_and_float_spelling_are_one_class(tmp_path, observe):
 def test_headerless_csv_is_not_read_as_header(tmp_path, expect_clear):
     text = '"3","Wall St. Bears Claw Back Into the Black","Short-sellers are seeing green again."\n' \
            '"4","Carlyle Looks Toward Commercial Aerospace","Private investment firm Carlyle Group."\n'
-    path = _csv(tmp_path / "train.csv", text)
-    expect_clear(lambda: _load(train=path, dev=path),
+    path = csv_file(tmp_path / "train.csv", text)
+    expect_clear(lambda: load_generic(train=path, dev=path),
                  match=r"train\.csv:1: no column 'text'.*looks like data.*task\.generic\.header=false.*columns")
 
 
@@ -159,8 +122,8 @@ def test_headerless_csv_is_not_read_as_header(tmp_path, expect_clear):
                   expected="an error: class 0 would be empty; suggests task.generic.labels=[1, 2, 3, 4]")
 def test_one_based_ids(tmp_path, expect_clear):
     rows = [(i % 4 + 1, f"title {i}", f"body {i}") for i in range(8)]
-    path = _csv(tmp_path / "train.csv", _rows("label,title,body", rows))
-    expect_clear(lambda: _load(train=path, dev=path, text_a="title", text_b="body"),
+    path = csv_file(tmp_path / "train.csv", table_text("label,title,body", rows))
+    expect_clear(lambda: load_generic(train=path, dev=path, text_a="title", text_b="body"),
                  match=r"1-based.*class 0 would be empty.*task\.generic\.labels=\[1, 2, 3, 4\]")
 
 
@@ -168,8 +131,8 @@ def test_one_based_ids(tmp_path, expect_clear):
                   bad_input=False, expected="4 classes, id 0 = '1' ... id 3 = '4', title/body as the pair")
 def test_headerless_one_based_done_right(tmp_path, observe):
     text = "".join(f'"{i % 4 + 1}","title {i}","body, with a comma {i}"\n' for i in range(8))
-    path = _csv(tmp_path / "train.csv", text)
-    data = _load(train=path, dev=path, header=False, columns=["label", "title", "body"], text_a="title",
+    path = csv_file(tmp_path / "train.csv", text)
+    data = load_generic(train=path, dev=path, header=False, columns=["label", "title", "body"], text_a="title",
                  text_b="body", labels=[1, 2, 3, 4])
     assert data.spec.label_names == ("1", "2", "3", "4") and data.dev[0].label == 0 and data.dev[3].label == 3
     assert data.dev[0].text_b == "body, with a comma 0"
@@ -179,174 +142,132 @@ def test_headerless_one_based_done_right(tmp_path, observe):
 @pytest.mark.case(name="header=false without columns", kind=2,
                   expected="an error naming task.generic.columns")
 def test_header_false_needs_columns(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    expect_clear(lambda: _load(train=path, dev=path, header=False), match=r"task\.generic\.columns=\[")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
+    expect_clear(lambda: load_generic(train=path, dev=path, header=False), match=r"task\.generic\.columns=\[")
 
 
 @pytest.mark.case(name="labels as ints in train and strings in dev", kind=2,
                   expected="an error: labels mix class names and ids, naming both places")
 def test_ints_in_train_strings_in_dev(tmp_path, expect_clear):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", [("good", 1), ("bad", 0)]))
-    dev = _csv(tmp_path / "dev.csv", _rows("text,label", [("good", "positive"), ("bad", "negative")]))
-    expect_clear(lambda: _load(train=train, dev=dev),
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", [("good", 1), ("bad", 0)]))
+    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("good", "positive"), ("bad", "negative")]))
+    expect_clear(lambda: load_generic(train=train, dev=dev),
                  match=r"mix class names \('positive' at .*dev\.csv:2\) and class ids \(1 at .*train\.csv:2\)")
 
 
 @pytest.mark.case(name="regression (float) labels on a classification task", kind=2,
                   expected="an error at file:line suggesting task.generic.kind=regression")
 def test_float_labels_on_classification(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", [("a", "0.5"), ("b", "3.2"), ("c", "1")]))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:2: label 0\.5 .*task\.generic\.kind=regression")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", [("a", "0.5"), ("b", "3.2"), ("c", "1")]))
+    expect_clear(lambda: load_generic(train=path, dev=path),
+                 match=r"train\.csv:2: label 0\.5 .*task\.generic\.kind=regression")
 
 
 @pytest.mark.case(name="a single class in train", kind=2, expected="an error: at least 2 classes")
 def test_single_class(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", [("a", "pos"), ("b", "pos")]))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"at least 2 classes.*\['pos'\]")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", [("a", "pos"), ("b", "pos")]))
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"at least 2 classes.*\['pos'\]")
 
 
 @pytest.mark.case(name="a label not in task.generic.labels (typo)", kind=2,
                   expected="an error at file:line with a did-you-mean")
 def test_label_not_in_declared_labels(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG + [("x", "postive")]))
-    expect_clear(lambda: _load(train=path, dev=path, labels=["negative", "positive"]),
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("x", "postive")]))
+    expect_clear(lambda: load_generic(train=path, dev=path, labels=["negative", "positive"]),
                  match=r"train\.csv:6: label 'postive' is not in task\.generic\.labels.*did you mean 'positive'")
 
 
 @pytest.mark.case(name="empty label cell", kind=2, expected="an error at file:line: the label is empty")
 def test_empty_label(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG + [("x", "")]))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:6: the label .* is empty")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("x", "")]))
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:6: the label .* is empty")
 
 
 @pytest.mark.case(name="class set logged at the start", kind=2, bad_input=False,
                   expected="an INFO line with the classes in id order and their counts per split")
 def test_class_set_is_logged(tmp_path, caplog, observe):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
     with caplog.at_level(logging.INFO, logger="compresslab"):
-        data = _load(train=train, dev=train)
+        data = load_generic(train=train, dev=train)
     line = next(r.getMessage() for r in caplog.records if "classes" in r.getMessage())
     assert "0='negative' (train 2, dev 2); 1='positive' (train 2, dev 2)" in line
     assert data.info["label_counts"]["train"] == {"positive": 2, "negative": 2}
     observe(line)
 
 
-# ---------------------------------------------------------------- encodings
-@pytest.mark.case(name="cp1252 CSV (Excel on Windows)", kind=2,
-                  expected="file:line of the first bad byte and the fix task.generic.encoding=cp1252")
-def test_cp1252_csv(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG + [("it\u2019s caf\u00e9 time", "positive")]),
-                encoding="cp1252")
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:6: byte.*task\.generic\.encoding=cp1252")
-
-
-@pytest.mark.case(name="cp1252 CSV with task.generic.encoding=cp1252 (no '+')", kind=2, bad_input=False,
-                  expected="read correctly through the composed config")
-def test_cp1252_with_setting(tmp_path, observe):
-    from omegaconf import OmegaConf
-
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG + [("it\u2019s caf\u00e9", "positive")]),
-                encoding="cp1252")
-    cfg = _compose(tmp_path, f"task.generic.train={path}", f"task.generic.dev={path}", "task.generic.encoding=cp1252")
-    data = load_task("generic", generic=OmegaConf.to_container(cfg.task.generic, resolve=True))
-    assert data.dev[-1].text_a == "it\u2019s caf\u00e9"
-    observe(f"last dev text {data.dev[-1].text_a!r}")
-
-
-@pytest.mark.case(name="UTF-16 file (Excel 'Unicode text')", kind=2,
-                  expected="an error saying the file is UTF-16 and to set task.generic.encoding=utf-16")
-def test_utf16(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.tsv", _rows("text\tlabel", POS_NEG, sep="\t"), encoding="utf-16")
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.tsv:1: .*UTF-16.*task\.generic\.encoding=utf-16")
-
-
-@pytest.mark.case(name="a BOM at file start with encoding=utf-8", kind=2, bad_input=False,
-                  expected="the BOM is dropped: the first column is still 'text'")
-def test_bom_with_plain_utf8(tmp_path, observe):
-    path = _csv(tmp_path / "train.csv", "\ufeff" + _rows("text,label", POS_NEG))
-    for enc in ("utf-8", "utf-8-sig"):
-        data = _load(train=path, dev=path, encoding=enc)
-        assert data.dev[0].text_a == "a good film"
-    observe("BOM dropped with utf-8 and utf-8-sig")
-
-
-@pytest.mark.case(name="unknown encoding name", kind=2, expected="an error naming task.generic.encoding")
-def test_unknown_encoding(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    expect_clear(lambda: _load(train=path, dev=path, encoding="utf8x"), match=r"unknown encoding.*task\.generic\.encoding")
-
-
 # ---------------------------------------------------------------- file structure
 @pytest.mark.case(name="empty file", kind=2, expected="an error naming the file: it is empty")
 def test_empty_file(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", "")
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv: the file is empty")
+    path = csv_file(tmp_path / "train.csv", "")
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv: the file is empty")
 
 
 @pytest.mark.case(name="header only, no rows", kind=2, expected="an error naming the file: no data rows")
 def test_header_only(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", "text,label\n")
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv: no data rows")
+    path = csv_file(tmp_path / "train.csv", "text,label\n")
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv: no data rows")
 
 
 @pytest.mark.case(name="empty text cell", kind=2, expected="an error at file:line naming the text column")
 def test_empty_text(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG + [("  ", "positive")]))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:6: 'text' \(task\.generic\.text_a\) is empty")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("  ", "positive")]))
+    expect_clear(lambda: load_generic(train=path, dev=path),
+                 match=r"train\.csv:6: 'text' \(task\.generic\.text_a\) is empty")
 
 
 @pytest.mark.case(name="label column missing", kind=2,
                   expected="an error naming the column, the columns found and task.generic.label")
 def test_label_column_missing(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,sentiment", POS_NEG))
-    expect_clear(lambda: _load(train=path, dev=path),
+    path = csv_file(tmp_path / "train.csv", table_text("text,sentiment", POS_NEG))
+    expect_clear(lambda: load_generic(train=path, dev=path),
                  match=r"no column 'label' \(task\.generic\.label\); the header has \['text', 'sentiment'\]")
 
 
 @pytest.mark.case(name="duplicated column name in the header", kind=2, expected="an error naming the duplicate")
 def test_duplicated_header_name(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label,text", [(t, y, t) for t, y in POS_NEG]))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:1: .*\['text'\] more than once")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label,text", [(t, y, t) for t, y in POS_NEG]))
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:1: .*\['text'\] more than once")
 
 
 @pytest.mark.case(name="header repeated inside the file (files joined with cat)", kind=2,
                   expected="an error at the line repeating the header, not a class called 'label'")
 def test_repeated_header_row(tmp_path, expect_clear):
-    text = _rows("text,label", POS_NEG) + _rows("text,label", POS_NEG)
-    path = _csv(tmp_path / "train.csv", text)
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:6: this row repeats the header")
+    text = table_text("text,label", POS_NEG) + table_text("text,label", POS_NEG)
+    path = csv_file(tmp_path / "train.csv", text)
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:6: this row repeats the header")
 
 
 @pytest.mark.case(name="unquoted comma in a CSV text", kind=2,
                   expected="an error at file:line: 3 cells but the header has 2; quote the text")
 def test_unquoted_comma(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", "text,label\ngood, really good,positive\nbad,negative\n")
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:2: 3 cells.*has 2.*quoted")
+    path = csv_file(tmp_path / "train.csv", "text,label\ngood, really good,positive\nbad,negative\n")
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:2: 3 cells.*has 2.*quoted")
 
 
 @pytest.mark.case(name="unclosed quote in a CSV", kind=2,
                   expected="an error at file:line, not the rest of the file swallowed into one cell")
 def test_unclosed_quote(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", 'text,label\n"good film,positive\nbad,negative\n')
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.csv:\d+: .*CSV quoting")
+    path = csv_file(tmp_path / "train.csv", 'text,label\n"good film,positive\nbad,negative\n')
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:\d+: .*CSV quoting")
 
 
-@pytest.mark.case(name="TSV with CSV-style quotes (pandas to_csv(sep='\\t'))", kind=2,
+@pytest.mark.case(name="TSV with CSV-style quotes (pandas tocsv_file(sep='\\t'))", kind=2,
                   expected="an error at file:line asking for task.generic.quoting=csv or none")
 def test_tsv_with_quotes(tmp_path, expect_clear):
     text = 'text\tlabel\n"he said ""great"" twice"\tpositive\nbad\tnegative\n'
-    path = _csv(tmp_path / "train.tsv", text)
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.tsv:2: .*quoting=csv.*quoting=none")
+    path = csv_file(tmp_path / "train.tsv", text)
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.tsv:2: .*quoting=csv.*quoting=none")
 
 
 @pytest.mark.case(name="TSV with CSV-style quotes and task.generic.quoting=csv", kind=2, bad_input=False,
                   expected="cells unquoted: he said \"great\" twice; a tab inside a quoted cell kept")
 def test_tsv_with_quotes_quoting_csv(tmp_path, observe):
     text = 'text\tlabel\n"he said ""great"" twice"\tpositive\n"bad\tfilm"\tnegative\n'
-    path = _csv(tmp_path / "train.tsv", text)
-    data = _load(train=path, dev=path, quoting="csv")
+    path = csv_file(tmp_path / "train.tsv", text)
+    data = load_generic(train=path, dev=path, quoting="csv")
     assert [e.text_a for e in data.dev] == ['he said "great" twice', "bad\tfilm"]
-    plain = _load(train=_csv(tmp_path / "glue.tsv", 'text\tlabel\nhe said "hi"\t1\nno\t0\n'), dev=tmp_path / "glue.tsv")
+    plain = load_generic(train=csv_file(tmp_path / "glue.tsv", 'text\tlabel\nhe said "hi"\t1\nno\t0\n'),
+                         dev=tmp_path / "glue.tsv")
     assert plain.dev[0].text_a == 'he said "hi"'  # GLUE-style bare quotes stay text by default
     observe(f"{[e.text_a for e in data.dev]}; GLUE-style default keeps {plain.dev[0].text_a!r}")
 
@@ -355,31 +276,32 @@ def test_tsv_with_quotes_quoting_csv(tmp_path, observe):
 def test_jsonl_bad_line(tmp_path, expect_clear):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0\n{"text": "x", "label": 1}\n')
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.jsonl:2: not valid JSON")
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.jsonl:2: not valid JSON")
 
 
 @pytest.mark.case(name="a JSON array saved as .jsonl", kind=2, expected="an error saying to write one object per line")
 def test_json_array_as_jsonl(tmp_path, expect_clear):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps([{"text": t, "label": y} for t, y in POS_NEG], indent=1))
-    expect_clear(lambda: _load(train=path, dev=path), match=r"train\.jsonl:1: .*JSON array.*object per line")
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.jsonl:1: .*JSON array.*object per line")
 
 
 @pytest.mark.case(name="JSONL with a number as text and a missing key", kind=2,
                   expected="errors at file:line naming the key")
 def test_jsonl_bad_records(tmp_path, expect_clear):
-    path = _jsonl(tmp_path / "a.jsonl", [{"text": "good", "label": 1}, {"text": 3, "label": 0}])
-    expect_clear(lambda: _load(train=path, dev=path), match=r"a\.jsonl:2: 'text' \(task\.generic\.text_a\) must be text")
-    path = _jsonl(tmp_path / "b.jsonl", [{"text": "good", "label": 1}, {"txt": "bad", "label": 0}])
-    expect_clear(lambda: _load(train=path, dev=path), match=r"b\.jsonl:2: no key 'text'.*\['label', 'txt'\]")
+    path = jsonl_file(tmp_path / "a.jsonl", [{"text": "good", "label": 1}, {"text": 3, "label": 0}])
+    expect_clear(lambda: load_generic(train=path, dev=path),
+                 match=r"a\.jsonl:2: 'text' \(task\.generic\.text_a\) must be text")
+    path = jsonl_file(tmp_path / "b.jsonl", [{"text": "good", "label": 1}, {"txt": "bad", "label": 0}])
+    expect_clear(lambda: load_generic(train=path, dev=path), match=r"b\.jsonl:2: no key 'text'.*\['label', 'txt'\]")
 
 
 @pytest.mark.case(name="JSONL labels as numbers and numeric strings", kind=2, bad_input=False,
                   expected="1, \"1\" and 1.0 are the same class id")
 def test_jsonl_numeric_labels(tmp_path, observe):
-    path = _jsonl(tmp_path / "a.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "0"},
+    path = jsonl_file(tmp_path / "a.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "0"},
                                          {"text": "c", "label": 1.0}, {"text": "d", "label": "1"}])
-    data = _load(train=path, dev=path)
+    data = load_generic(train=path, dev=path)
     assert [e.label for e in data.dev] == [1, 0, 1, 1] and data.spec.num_labels == 2
     observe(f"labels {[e.label for e in data.dev]}")
 
@@ -388,14 +310,16 @@ def test_jsonl_numeric_labels(tmp_path, observe):
 @pytest.mark.case(name="a misspelled task.generic key (lables)", kind=2,
                   expected="an error listing allowed keys with a did-you-mean")
 def test_misspelled_generic_key(tmp_path, expect_clear):
-    path = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    expect_clear(lambda: _load(train=path, dev=path, lables=["a", "b"]), match=r"unknown key.*lables.*did you mean 'labels'")
+    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
+    expect_clear(lambda: load_generic(train=path, dev=path, lables=["a", "b"]),
+                 match=r"unknown key.*lables.*did you mean 'labels'")
 
 
 @pytest.mark.case(name="task=generic without task.generic.train/dev", kind=2,
                   expected="an error saying to set task.generic.train=PATH and task.generic.dev=PATH, before any work")
 def test_generic_files_not_set(tmp_path, expect_clear):
-    expect_clear(lambda: _run_fails_fast(_compose(tmp_path)), match=r"task\.generic\.train=PATH.*task\.generic\.dev=PATH")
+    expect_clear(lambda: run_fails_fast(compose_generic(tmp_path)),
+                 match=r"task\.generic\.train=PATH.*task\.generic\.dev=PATH")
 
 
 @pytest.mark.case(name="every task.generic option settable without '+'", kind=2, bad_input=False,
@@ -405,10 +329,11 @@ def test_every_option_in_yaml(tmp_path, observe):
 
     from compresslab.data.generic import GenericConfig
 
-    cfg = _compose(tmp_path, "task.generic.train=a.csv", "task.generic.dev=b.csv", "task.generic.encoding=cp1252",
-                   "task.generic.labels=[World,Sports]", "task.generic.kind=classification", "task.generic.name=news",
-                   "task.generic.header=false", "task.generic.columns=[label,text]", "task.generic.num_labels=2",
-                   "task.generic.quoting=csv", "task.generic.format=csv")
+    cfg = compose_generic(tmp_path, "task.generic.train=a.csv", "task.generic.dev=b.csv",
+                          "task.generic.encoding=cp1252", "task.generic.labels=[World,Sports]",
+                          "task.generic.kind=classification", "task.generic.name=news", "task.generic.header=false",
+                          "task.generic.columns=[label,text]", "task.generic.num_labels=2", "task.generic.quoting=csv",
+                          "task.generic.format=csv")
     fields = {f.name for f in dataclasses.fields(GenericConfig)}
     assert set(cfg.task.generic) == fields
     observe(f"keys: {sorted(fields)}")
@@ -417,16 +342,16 @@ def test_every_option_in_yaml(tmp_path, observe):
 @pytest.mark.case(name="dev=null with eval.split=dev", kind=2,
                   expected="an error before training: no dev file; set task.generic.dev or eval.split=validation")
 def test_no_dev_with_eval_dev(tmp_path, expect_clear):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG * 10))
-    cfg = _compose(tmp_path, f"task.generic.train={train}", "task.generic.dev=null")
-    expect_clear(lambda: _run_fails_fast(cfg), match=r"task\.generic\.dev=PATH.*eval\.split=validation")
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG * 10))
+    cfg = compose_generic(tmp_path, f"task.generic.train={train}", "task.generic.dev=null")
+    expect_clear(lambda: run_fails_fast(cfg), match=r"task\.generic\.dev=PATH.*eval\.split=validation")
 
 
 @pytest.mark.case(name="bad data through the CLI", kind=2,
                   expected="exit code 2, the file:line message printed, no traceback")
 def test_cli_bad_data(tmp_path, observe):
-    train = _csv(tmp_path / "train.csv", _rows("text,label", POS_NEG))
-    dev = _csv(tmp_path / "dev.csv", _rows("text,label", [("nice", "Positive")]))
+    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
+    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "Positive")]))
     out = subprocess.run([sys.executable, "-m", "compresslab", "+pipeline=int8", "debug=smoke", "task=generic",
                           f"task.generic.train={train}", f"task.generic.dev={dev}", f"paths.output_dir={tmp_path}/out",
                           f"paths.cache_dir={tmp_path}/cache"], capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -440,16 +365,6 @@ def test_cli_bad_data(tmp_path, observe):
 
 def test_data_format_error_is_a_value_error():
     assert issubclass(DataFormatError, ValueError)  # the CLI turns ValueErrors into exit code 2
-
-
-@pytest.mark.case(name="a GLUE file with a byte that is not UTF-8", kind=2,
-                  expected="an error at file:line, not a bare codec error")
-def test_glue_file_not_utf8(tmp_path, expect_clear):
-    d = tmp_path / "glue" / "SST-2"
-    d.mkdir(parents=True)
-    (d / "train.tsv").write_bytes(b"sentence\tlabel\na good film\t1\nit\x92s bad\t0\n")
-    (d / "dev.tsv").write_bytes(b"sentence\tlabel\na good film\t1\n")
-    expect_clear(lambda: load_task("sst2", tmp_path), match=r"SST-2/train\.tsv:3: byte\(s\) 92 are not valid utf-8")
 
 
 @pytest.mark.case(name="a CSV cell longer than csv's 128 KiB default", kind=2, bad_input=False,
