@@ -265,13 +265,34 @@ class _DropLoadReport(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_load_report() -> Iterator[None]:
-    """Hide transformers' load table while one ``from_pretrained`` call runs (the filter is removed after)."""
+def no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars ("Loading weights", "Writing model shards") off while compresslab's
+    own load or save runs, with transformers' own switch (``disable_progress_bar``): a run logs its
+    own progress, and a bar per checkpoint drowns it. Switched back on after only if they were on, so a
+    user's setting (``HF_HUB_DISABLE_PROGRESS_BARS=1``, their own ``disable_progress_bar()``) stands
+    and their own loads outside compresslab show bars as before."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if bars:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_load() -> Iterator[None]:
+    """Quiet one ``from_pretrained`` call: transformers' LOAD REPORT table is dropped (compresslab logs
+    one line of its own; the filter is removed after) and its progress bar is off (:func:`no_progress_bars`)."""
     logger = logging.getLogger("transformers.modeling_utils")
     f = _DropLoadReport()
     logger.addFilter(f)
     try:
-        yield
+        with no_progress_bars():
+            yield
     finally:
         logger.removeFilter(f)
 
@@ -289,7 +310,7 @@ def load_hf(path: Path, raw: dict[str, Any], *, attn_implementation: str = "sdpa
         log.info("model %s: saved in %s; loaded in float32 (compresslab trains and exports in float32)",
                  path, saved_dtype(raw))
     try:
-        with quiet_load_report():
+        with quiet_load():
             model, info = auto_class(kind).from_pretrained(
                 path, dtype=torch.float32, attn_implementation=attn_implementation, local_files_only=True,
                 weights_only=True, ignore_mismatched_sizes=True, output_loading_info=True)
