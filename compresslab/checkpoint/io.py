@@ -30,7 +30,7 @@ from compresslab.models.adapters import check_supported
 from compresslab.models.binary import BINARY_KEY, apply_binary
 from compresslab.models.loading import (
     EMBEDDED, TASK_KEY, CheckpointError, auto_class, check_source_files, check_tokenizer_fits, find_weights, fit_head,
-    load_hf, load_tokenizer, read_config, read_state, resolve_source, saved_kind)
+    load_hf, load_tokenizer, no_progress_bars, read_config, read_state, resolve_source, saved_kind)
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
 from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
 
@@ -62,7 +62,8 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
         stamp_quant(model)
         stamp_binary(model)
         # safe_serialization would refuse tied/shared tensors only; none in encoders
-        model.save_pretrained(tmp, safe_serialization=True)
+        with no_progress_bars():  # transformers 5 draws a "Writing model shards" bar per save
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_formats(model, tmp, list(formats))
