@@ -24,6 +24,14 @@ Use :func:`timing_window` around anything that times; it takes the timing lock f
 (:mod:`compresslab.runlock`: waits for training and tests, or refuses). Windows nest: an inner
 window (``measure_latency`` inside the bench stage) joins the outer one, so a stage is locked and
 probed once. Tests inject ``reader`` (fake CPU readings) instead of loading the machine.
+
+Where the records go: every site that times names its window (``timing_window("deploy=auto: ORT
+vs OpenVINO")``) and stores ``window.record()`` beside its figures as ``machine_load``; a site that
+times several times stores :func:`combine` of its records. Every outermost window this process
+closes is also kept in order (:func:`closed_windows`), so a writer of results (``benchmarks/
+_results.py``) stamps each figure with the windows that produced it without the script asking.
+Figures that are not latency timings (the wall time of a training, a pass, a benchmark item) take
+no timing lock; :class:`LoadMeter` measures other processes' CPU use over them.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from compresslab.runlock import LockReport, timing_lock
 
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 BUSY_OTHER_CPU = 0.2
 NOISY_SPREAD = 0.25
 PROBE_S = 0.5
+MIN_INTERVAL_S = 1.0  # a LoadMeter lap shorter than this is not judged (10 ms ticks, 2 cores)
 
 
 @dataclass(frozen=True)
@@ -199,6 +208,17 @@ class MachineLoad:
 
 
 _ACTIVE: ContextVar[MachineLoad | None] = ContextVar("compresslab_timing_window", default=None)
+# Every outermost window this process closed, in order (nested windows join their outer one).
+_CLOSED: list[dict[str, Any]] = []
+
+
+def closed_windows(since: int = 0) -> list[dict[str, Any]]:
+    """The records of the timing windows this process closed, from the ``since``-th on (copies).
+
+    Each is :meth:`MachineLoad.record` plus ``id`` (unique across processes), ``pid`` and
+    ``closed_at`` (UTC, ISO 8601): what a results writer stamps beside the figures they produced.
+    """
+    return [dict(r) for r in _CLOSED[since:]]
 
 
 def active_window() -> MachineLoad | None:
@@ -230,7 +250,82 @@ def timing_window(what: str, *, reader: Reader | None = None, probe_s: float | N
         finally:
             _ACTIVE.reset(token)
             window.finish()
+            now = time.time()
+            _CLOSED.append({**window.record(), "id": f"{os.getpid()}-{now:.6f}-{len(_CLOSED)}", "pid": os.getpid(),
+                            "closed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
 
 
-__all__ = ["BUSY_OTHER_CPU", "NOISY_SPREAD", "PROBE_S", "CpuReading", "MachineLoad", "active_window", "loadavg",
-           "other_cpu", "read_cpu", "spread", "timing_window"]
+def combine(records: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """One verdict over several timing windows (a method that times more than once, a run's manifest,
+    a results file): busy when any was, each reason prefixed by what its window timed.
+
+    ``windows`` counts the records; with none, ``busy`` is false and ``max_other_cpu`` None (nothing
+    was timed, so nothing is void).
+    """
+    recs = [r for r in records if r]
+    reasons: list[str] = []
+    for r in recs:
+        for why in r.get("reasons") or []:
+            line = f"{r.get('what') or 'timing'}: {why}"
+            if line not in reasons:
+                reasons.append(line)
+    peaks = [float(v) for r in recs  # a window's before / during, a LoadMeter lap's own figure
+             for v in ((r.get("before") or {}).get("other_cpu"), (r.get("during") or {}).get("max_other_cpu"),
+                       r.get("other_cpu"))
+             if v is not None]
+    return {"busy": any(bool(r.get("busy")) for r in recs), "reasons": reasons, "windows": len(recs),
+            "busy_windows": sum(bool(r.get("busy")) for r in recs),
+            "max_other_cpu": round(max(peaks), 3) if peaks else None,
+            "noisy": any(bool((r.get("spread") or {}).get("noisy")) for r in recs),
+            "threshold_other_cpu": BUSY_OTHER_CPU}
+
+
+def find_records(tree: Any) -> list[dict[str, Any]]:
+    """Every ``machine_load`` record inside a manifest (or any JSON tree): the bench stage's, a
+    latency table's, ``deploy=auto``'s, guided int8's, in document order."""
+    found: list[dict[str, Any]] = []
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            if k == "machine_load" and isinstance(v, Mapping) and "busy" in v:
+                found.append(dict(v))
+            else:
+                found.extend(find_records(v))
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            found.extend(find_records(v))
+    return found
+
+
+class LoadMeter:
+    """Other processes' CPU use between laps, for figures that are not latency timings: the wall
+    time of a training, a pass or a benchmark item takes no timing lock, but a busy machine stretches
+    it too. ``lap()`` judges the time since the previous lap (or since ``start``) by the same
+    threshold as a timing window."""
+
+    def __init__(self, start: CpuReading | None = None, *, what: str = "wall time",
+                 reader: Reader | None = None) -> None:
+        self.what, self._reader = what, reader
+        self._last = start if start is not None else self.read()
+
+    def read(self) -> CpuReading:
+        return (self._reader or read_cpu)()  # read_cpu looked up now, so tests may replace it
+
+    def lap(self, min_s: float | None = None) -> dict[str, Any] | None:
+        """``{what, busy, reasons, other_cpu, wall_s, loadavg}`` since the previous lap (a ``machine_load``
+        record, as :func:`combine` reads them); None (and the lap goes on) when less than ``min_s``
+        (default :data:`MIN_INTERVAL_S`) passed, too short to judge."""
+        now = self.read()
+        wall = now.wall_s - self._last.wall_s
+        if wall < (MIN_INTERVAL_S if min_s is None else min_s):
+            return None
+        used = other_cpu(self._last, now)
+        self._last = now
+        busy = used >= BUSY_OTHER_CPU
+        reasons = [f"other processes used {used:.2f} CPU s per s over {wall:.1f} s (threshold {BUSY_OTHER_CPU})"]
+        return {"what": self.what, "busy": busy, "reasons": reasons if busy else [], "other_cpu": round(used, 3),
+                "wall_s": round(wall, 3), "loadavg": loadavg()}
+
+
+__all__ = ["BUSY_OTHER_CPU", "MIN_INTERVAL_S", "NOISY_SPREAD", "PROBE_S", "CpuReading", "LoadMeter", "MachineLoad",
+           "active_window", "closed_windows", "combine", "find_records", "loadavg", "other_cpu", "read_cpu", "spread",
+           "timing_window"]

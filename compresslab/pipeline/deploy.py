@@ -12,7 +12,9 @@ validation agreement with the teacher). A graph OpenVINO cannot convert, or an f
 the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash).
 ``auto``: among ORT and OpenVINO, the runtimes whose VALIDATION-split agreement with the teacher is
 at least ORT's minus ``tolerance`` are eligible (ORT always is); the one with the lowest p50 at
-batch 32 (seq = the task's max_length), timed interleaved here, is deployed.
+batch 32 (seq = the task's max_length), timed interleaved here, is deployed. That timing records
+the machine's load (``deploy.auto.machine_load``); when other work ran (``busy``), the choice is
+kept but flagged in ``deploy.notes`` and warned about, since it rests on void timings.
 
 Manifest: ``export.openvino`` (IR file, source, int8, method, parity vs torch, int8 candidates and
 choice, notes or error),
@@ -61,6 +63,12 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
         else:
             section["auto"] = choose_auto(state, run_dir, ir, threads, validation)
             chosen = section["auto"]["chosen"]
+            if section["auto"].get("busy"):
+                section["notes"].append(
+                    f"MACHINE BUSY while deploy=auto timed ORT against OpenVINO: "
+                    f"{'; '.join(section['auto']['machine_load']['reasons'])}. {chosen} was chosen on void timings; "
+                    "rerun on a quiet machine, or choose yourself with deploy.runtime=ort or deploy.runtime=openvino")
+                log.warning("deploy: %s", section["notes"][-1])
         if chosen == "openvino":
             xml = run_dir / ir["path"]
             compiled = ir["compiled_precision"].get(d.precision)
@@ -384,6 +392,7 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     """ORT or OpenVINO by the rule in this module's docstring; returns the decision and its figures."""
     from compresslab.bench import OrtRunner, measure_latency
     from compresslab.bench.latency import shape_key
+    from compresslab.bench.machine_load import timing_window
     from compresslab.bench.openvino_runner import OpenVinoRunner
     from compresslab.eval.evaluate import onnx_forward
     from compresslab.eval.onnx_runner import OnnxRunner
@@ -403,15 +412,19 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
                                "openvino": onnx_forward(runners["openvino"])})
     key = validation.key
     shape = (32, state.settings.max_length)
-    lat = measure_latency(runners, [shape], warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s, seed=b.seed,
-                          vocab_size=vocab, max_runs=b.max_runs)["results"]
+    # a named window: a busy machine is warned about as deploy=auto's, and recorded beside the choice
+    with timing_window("deploy=auto: ORT vs OpenVINO") as window:
+        lat = measure_latency(runners, [shape], warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s, seed=b.seed,
+                              vocab_size=vocab, max_runs=b.max_runs)["results"]
+    load = window.record()
     p50 = {k: lat[k][shape_key(*shape)]["p50_ms"] for k in runners}
     eligible = [k for k in runners if k == "ort" or scores[k][key] >= scores["ort"][key] - d.tolerance]
     chosen = min(eligible, key=lambda k: (p50[k], k != "ort"))  # a tie keeps ORT
     out.update(chosen=chosen, agreement_key=key, validation=scores, eligible=eligible,
                shape=shape_key(*shape), p50_ms=p50, threads=threads,
                precision={"ort": _precision_of(state.onnx.onnx_path),
-                          "openvino": runners["openvino"].compiled_precision})
+                          "openvino": runners["openvino"].compiled_precision},
+               busy=bool(load["busy"]), machine_load=load)
     log.info("deploy auto: %s (validation %s %s, b32 p50 ms %s)", chosen, key,
              {k: round(v[key], 4) for k, v in scores.items()}, {k: round(v, 2) for k, v in p50.items()})
     return out

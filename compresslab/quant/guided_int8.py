@@ -16,7 +16,9 @@ is either int8 or fp32, chosen on the validation split against the incoming fp32
   branch and bound (ties: the cheaper set, then the lexicographically smaller one).
 
 Each estimate's set is built and scored on validation; the best (agreement, then KL) is kept,
-the all-int8 model included, and its speed verified by one interleaved measurement.
+the all-int8 model included, and its speed verified by one interleaved measurement. Every timing
+records the machine's load; the record's ``latency.machine_load`` combines them (``busy`` when any
+was taken while other work ran: the cost model and the check then rest on void timings).
 """
 
 from __future__ import annotations
@@ -248,13 +250,20 @@ def choose_fp32(benefit: Mapping[str, float], cost: Mapping[str, float], budget:
 
 # ------------------------------------------------------------------------------------- timing
 def time_models(paths: Mapping[str, Path], threads: int | None, runs: int,
-                vocab_size: int | None = None) -> dict[str, float]:
-    """Median seconds per call of each graph at :data:`LATENCY_SHAPE`, interleaved after warm-up."""
+                vocab_size: int | None = None, loads: list[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Median seconds per call of each graph at :data:`LATENCY_SHAPE`, interleaved after warm-up.
+
+    ``loads`` receives the timing's ``machine_load`` record (busy, reasons, the load before and during).
+    """
     from compresslab.bench.latency import measure_latency, shape_key
+    from compresslab.bench.machine_load import timing_window
     from compresslab.bench.runners import OrtRunner
 
     runners = {k: OrtRunner(p, threads, vocab_size=vocab_size) for k, p in paths.items()}
-    lat = measure_latency(runners, [LATENCY_SHAPE], warmup=2, runs=runs, vocab_size=vocab_size)
+    with timing_window("guided int8: fp32 / int8 candidates") as window:
+        lat = measure_latency(runners, [LATENCY_SHAPE], warmup=2, runs=runs, vocab_size=vocab_size)
+    if loads is not None:
+        loads.append(window.record())
     key = shape_key(*LATENCY_SHAPE)
     return {k: lat["results"][k][key]["p50_ms"] / 1e3 for k in paths}
 
@@ -272,6 +281,7 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
     misses the budget, the cost model is scaled by measured / predicted extra time (at least
     x1.05) and the choice redone, up to ``max_rounds`` times; every round is recorded.
     """
+    from compresslab.bench.machine_load import combine
     from compresslab.export.ort_quant import quantize_dynamic_int8
 
     method = Sensitivity(sensitivity)
@@ -302,7 +312,8 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
         base = evaluate(all_int8)
         methods = [Sensitivity.SINGLE_INT8, Sensitivity.SINGLE_FP32] if method is Sensitivity.AUTO else [method]
         sens = {m.value: sensitivities(m, src, candidates, quantize, evaluate, work, base, track) for m in methods}
-        t = time_models({"fp32": src, "int8": all_int8}, threads, latency_runs, vocab_size)
+        loads: list[dict[str, Any]] = []  # every timing's machine_load, combined into the record
+        t = time_models({"fp32": src, "int8": all_int8}, threads, latency_runs, vocab_size, loads=loads)
         model_cost = fp32_costs(candidates, t["fp32"], t["int8"])
         budget = extra_time_budget(t["int8"], latency_ratio)
         rounds: list[dict[str, Any]] = []
@@ -325,7 +336,7 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
             best_sensitivity = max(sens, key=rank.__getitem__)
             chosen = selections[winner].chosen if winner in selections else ()
             verify = time_models({"fp32": src, "int8": all_int8, "chosen": built[chosen][0]}, threads,
-                                 latency_runs, vocab_size)
+                                 latency_runs, vocab_size, loads=loads)
             met = verify["fp32"] / verify["chosen"] >= latency_ratio * verify["fp32"] / verify["int8"] or not chosen
             predicted_extra = sum(cost[n] for n in chosen)
             measured_extra = verify["chosen"] - verify["int8"]
@@ -347,6 +358,10 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
         shutil.copyfile(built[chosen][0], dst)  # the very file scored and timed (MEASURE.md: same artifact)
 
     predicted_t = t["int8"] + sum(cost[n] for n in chosen)
+    load = combine(loads)
+    if load["busy"]:
+        log.warning("guided int8: the fp32 set was chosen on timings taken on a busy machine (%s); rerun on a "
+                    "quiet machine for a trustworthy latency budget", "; ".join(load["reasons"]))
     ranking = sorted(candidates, key=lambda c: (-sens[best_sensitivity][c.name]["benefit"], c.name))
     return {
         "quantize_metrics": built[chosen][1],
@@ -370,5 +385,6 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
                                  "speedup_int8_vs_fp32": verify["fp32"] / verify["int8"],
                                  "speedup_chosen_vs_fp32": verify["fp32"] / verify["chosen"],
                                  "speedup_chosen_vs_int8": verify["int8"] / verify["chosen"]},
-                    "budget_met_measured": rounds[-1]["budget_met_measured"], "rounds": rounds},
+                    "budget_met_measured": rounds[-1]["budget_met_measured"], "rounds": rounds,
+                    "busy": load["busy"], "machine_load": load},
     }
