@@ -2,10 +2,13 @@
 
 Reads the manifest of every run directory given (nothing else: no model is loaded), and writes
 ``compare.md``, ``compare.html`` and Pareto plots of score against latency and against size,
-one pair per task and dev data set (runs scored on different dev files, as ``task=generic`` runs
-on each user's own data are, are never ranked together). Runs of one pipeline that differ only in
-some settings (a Hydra multirun sweep, ``-m ...sparsity=0.5,0.7``) get a sweep summary: the swept settings, each run's score and
-speed, the Pareto front, and the fastest run within the tolerance (``eval.max_drop``).
+one pair per task and scored subset: runs scored on different dev files (``task=generic`` runs on
+each user's own data), on another split (``eval.split``) or on other examples of it (``task.max_dev``,
+as ``debug=smoke`` sets it, with its seed) are never ranked together, and each group says which
+examples it was scored on. Runs of one pipeline that differ only in some settings (a Hydra multirun
+sweep, ``-m ...sparsity=0.5,0.7``) get a sweep summary: the swept settings, each run's score and
+speed, the Pareto fronts, the fastest and the smallest run within the tolerance (``eval.max_drop``);
+runs made with ``bench.enabled=false`` are said to have no latency and are ranked by score and size.
 
 Scores are compared as drops against each run's own teacher (two runs may have trained different
 teachers: budget=quick vs bench), speeds as ratios against each run's own dense ONNX export timed
@@ -29,9 +32,10 @@ from compresslab.report.render import Block, Bullets, Document, Heading, Image, 
 
 COMPARE_MD = "compare.md"
 REPLACED = ".replaced-"  # run.overwrite=true moves a run dir aside to <hash>.replaced-<unix time>
-# Settings that never make two runs different experiments (where files go, how a run is resumed).
+# Settings that never make two runs different experiments (where files go, how a run is resumed, and
+# whether it was timed: the speed columns say "bench off" for that).
 IGNORED_SETTINGS = ("paths.", "run.dir", "run.overwrite", "run.stop_after", "run.keep", "report", "hydra.",
-                    "model.name")
+                    "model.name", "bench.enabled")
 
 
 class CompareError(ManifestError):
@@ -64,7 +68,12 @@ class RunPoint:
     settings: dict[str, Any] = field(default_factory=dict)
     data: tuple[Any, ...] | None = None  # what the dev scores were measured on (dev_data); None: not recorded
     data_name: str = ""  # the dev file's name, or how the dev data was given
-    group: str = ""  # the runs ranked together: task, and dev data where runs of that task differ in it
+    subset: tuple[Any, ...] | None = None  # which examples of it were scored (eval_subset); None: not recorded
+    subset_name: str = ""  # e.g. "dev, 64 of 872 examples (task.max_dev=64, seed 42)"
+    subset_short: str = ""  # e.g. "dev64s42", for file names
+    bench_off: bool = False  # bench.enabled=false: no latency was measured, on purpose
+    group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
+    slug: str = ""  # the group as a file-name part of its plots
 
     @property
     def delta(self) -> float | None:
@@ -119,13 +128,15 @@ def collect(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, d
 
 def dev_data(m: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
     """``(key, name)`` of the data a run's scores were measured on, from the input hashes the
-    manifest records (``inputs.data``): the dev file's sha256 (the train file's when dev was carved
-    from it; the parsed examples' when data was given in memory) and the label names, so a
-    regression and a 4-class run on the same file differ. ``(None, "")`` when not recorded."""
+    manifest records (``inputs.data``): the dev file's sha256 (the train file's when the scores are
+    on the validation split carved from it, or there is no dev file; the parsed examples' when data
+    was given in memory) and the label names, so a regression and a 4-class run on the same file
+    differ. ``(None, "")`` when not recorded."""
     data = F.as_dict(F.get(m, "inputs", "data"))
     files = F.as_dict(data.get("files"))
     labels = tuple(map(str, data.get("labels") or ()))
-    for split in ("dev", "train"):
+    order = ("train", "dev") if _eval_split(m) == "validation" else ("dev", "train")
+    for split in order:
         f = F.as_dict(files.get(split))
         if f.get("sha256"):
             return ("file", str(f["sha256"]), labels), Path(str(f.get("path") or split)).name
@@ -134,32 +145,69 @@ def dev_data(m: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
     return None, ""
 
 
+def _eval_split(m: Mapping[str, Any]) -> str:
+    """The split a run's scores are on: ``eval.split`` as recorded, else as configured, else dev."""
+    return str(F.get(m, "eval", "split") or F.get(m, "config", "eval", "split") or "dev")
+
+
+def eval_subset(m: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str, str]:
+    """``(key, description, short)`` of the examples a run was scored on, from its manifest: the split
+    (``eval.split``), how many examples (``eval.n``, else the split's size in ``data.sizes``) and,
+    when they are a seeded draw (a ``task.max_dev`` slice of dev, as ``debug=smoke`` takes, or the
+    validation split carved from train), the seed that drew them. Two runs with the same dev file
+    but another count or seed were scored on other examples. ``(None, "", "")`` when not recorded."""
+    split = _eval_split(m)
+    data = F.as_dict(m.get("data"))
+    n = F.num(F.get(m, "eval", "n"))
+    if n is None:
+        n = F.num(F.get(data, "sizes", split))
+    if n is None:
+        return None, "", ""
+    n_int, seed = int(n), data.get("val_seed")
+    if split == "validation":
+        return ((split, n_int, seed), f"validation, {n_int} examples carved from train (seed {seed})",
+                f"val{n_int}s{seed}")
+    rows = F.num(F.get(data, "files", split, "rows"))
+    if rows is not None and n_int < rows:  # a seeded slice: another seed draws other examples
+        max_dev = data.get("max_dev")
+        how = f"task.max_dev={max_dev}, seed {seed}" if max_dev is not None else f"seed {seed}"
+        return (split, n_int, seed), f"{split}, {n_int} of {int(rows)} examples ({how})", f"{split}{n_int}s{seed}"
+    return (split, n_int, None), f"{split}, all {n_int} examples", f"{split}{n_int}"
+
+
 def assign_groups(points: Sequence[RunPoint]) -> None:
-    """Set each run's ``group``: its task, plus the dev data (file name and short hash) where runs of
-    that task were scored on different data (``task=generic``: each user's own files), so scores
-    measured on different dev sets are never ranked, swept or plotted together."""
+    """Set each run's ``group`` (and ``slug``): its task, plus the dev data (file name and short hash)
+    where runs of that task were scored on different data (``task=generic``: each user's own files),
+    plus the scored subset (split, number of examples, seed) where they were scored on different
+    examples (``task.max_dev`` / ``debug=smoke`` slices, ``eval.split``), so scores measured on
+    different examples are never ranked, swept or plotted together, and each group says which."""
     by_task = _groups(points, "task")
     for task, group in by_task.items():
-        keys = list(dict.fromkeys(p.data for p in group))
-        if len(keys) == 2 and None in keys and task[0] != "generic":  # a named task's data is fixed by its
-            keys.remove(None)  # name: a manifest older than input hashes joins the one recorded data set
-            for p in group:
-                p.data = p.data or keys[0]
-        names: dict[Any, str] = {}
-        for k in keys:
-            if len(keys) == 1:
-                names[k] = task[0]
-            elif k is None:
-                names[k] = f"{task[0]} · dev data not recorded"
-            else:
-                p = next(p for p in group if p.data == k)
-                names[k] = f"{task[0]} · {p.data_name} · {k[1][:8]}"
-        clash = Counter(names.values())
-        for k in keys:
-            if clash[names[k]] > 1 and k is not None:  # same file, other labels
-                names[k] += f" · labels {'/'.join(k[2]) or 'none'}"
+        for attr in ("data", "subset"):
+            keys = list(dict.fromkeys(getattr(p, attr) for p in group))
+            if len(keys) == 2 and None in keys and (attr == "subset" or task[0] != "generic"):
+                keys.remove(None)  # a named task's data is fixed by its name, and a manifest older than input
+                for p in group:  # hashes (or without eval.n) joins the one recorded data set / subset
+                    setattr(p, attr, getattr(p, attr) or keys[0])
+        datas = list(dict.fromkeys(p.data for p in group))
+        subsets = list(dict.fromkeys(p.subset for p in group))
         for p in group:
-            p.group = names[p.data]
+            name, slug = [task[0]], [task[0]]
+            if len(datas) > 1:
+                part = [p.data_name, p.data[1][:8]] if p.data is not None else ["dev data not recorded"]
+                name += part
+                slug += part
+            if len(subsets) > 1:
+                name.append(p.subset_name or "scored examples not recorded")
+                slug.append(p.subset_short if p.subset is not None else "subset_unknown")
+            p.group, p.slug = " · ".join(name), "_".join(slug)
+        clash = Counter(p.group for p in group)
+        alike = {g for g, c in clash.items() if c > 1 and len({q.data for q in group if q.group == g}) > 1}
+        for p in group:
+            if p.group in alike and p.data is not None:
+                labels = "/".join(p.data[2]) or "none"  # same file, other labels
+                p.group += f" · labels {labels}"
+                p.slug += f"_labels_{labels}"
 
 
 def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
@@ -170,6 +218,7 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
     n, _ = F.threads(m)
     cpu = F.get(m, "hardware", "cpu", "model") or F.get(m, "hardware", "cpu_model")
     data, data_name = dev_data(m)
+    subset, subset_name, subset_short = eval_subset(m)
     settings = {k: v for k, v in F.flatten(F.as_dict(m.get("config"))).items()
                 if not k.startswith(IGNORED_SETTINGS) and not k.endswith("._target_")}
     name = f"{m.get('pipeline', run_dir.parent.name)}/{m.get('config_hash', run_dir.name)}"
@@ -191,7 +240,8 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         speedup=dep.speedup.get(shape) if dep and shape else None,
         speedup_best=dep.speedup_best.get(shape) if dep and shape else None,
         busy=bool(F.machine_load(m).get("busy")), machine=(cpu, n), tolerance=F.max_drop(m), settings=settings,
-        data=data, data_name=data_name)
+        data=data, data_name=data_name, subset=subset, subset_name=subset_name, subset_short=subset_short,
+        bench_off=F.switched_off(m, "bench"))
 
 
 def varied(points: Sequence[RunPoint]) -> list[str]:
@@ -224,6 +274,23 @@ def _settings_text(p: RunPoint, keys: Sequence[str]) -> str:
     return ", ".join(f"{short(k)}={plain(p.settings.get(k))}" for k in keys) or DASH
 
 
+def _speed(p: RunPoint) -> str:
+    """A run's speedup cell: ``busy`` marks a void timing, ``bench off`` a run that timed nothing on purpose."""
+    if p.speedup is not None:
+        return times(p.speedup) + (" (busy)" if p.busy else "")
+    return "bench off" if p.bench_off else DASH
+
+
+def _why_untimed(points: Sequence[RunPoint]) -> str:
+    """Why these runs have no latency: bench switched off, the run did not finish, or nothing recorded."""
+    reasons = ["bench.enabled=false" if p.bench_off else f"run {p.status}" if p.status != "finished"
+               else "no latency in its manifest" for p in points]
+    counts = Counter(reasons)
+    if len(points) > 1 and len(counts) == 1:
+        return f"{reasons[0]} in every run"
+    return ", ".join(f"{r} ({n} run{'s' if n > 1 else ''})" if len(points) > 1 else r for r, n in counts.items())
+
+
 def _runs_table(points: Sequence[RunPoint]) -> Table:
     sweeps = {k: varied(g) for k, g in _groups(points, "pipeline", "group").items()}
     rows = []
@@ -233,42 +300,65 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
         over = p.delta is not None and -p.delta > p.tolerance + 1e-12
         rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.group)]), pct(p.teacher), pct(p.score),
                      pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement), mb(p.size_bytes), plain(p.shape),
-                     times(p.speedup) + (" (busy)" if p.busy and p.speedup is not None else ""),
-                     times(p.speedup_best)])
+                     _speed(p), times(p.speedup_best)])
     return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)", "agreement (%)", "size (MB)",
                   "shape", "× ort_fp32", "× best_dense"], rows,
                  "Each run's deployed model against its own teacher (Δ in points; ⚠ = a drop over that run's "
                  "eval.max_drop) and its own dense ONNX export timed in the same process (×, at the largest "
                  "shape it timed; > 1: faster). busy = timed while other processes used the CPUs: void."
-                 + (" Scored on different data, so never ranked together: " + "; ".join(order) + "."
+                 + (" bench off = bench.enabled=false: no latency measured." if any(p.bench_off for p in points)
+                    else "")
+                 + (" Scored on different data or examples, so never ranked together: " + "; ".join(order) + "."
                     if len(order) > 1 else ""))
 
 
 def _sweep(key: tuple[str, ...], group: list[RunPoint]) -> list[Block]:
-    """One pipeline's runs that differ in some settings: a table sorted by them, the front, the pick."""
+    """One pipeline's runs that differ in some settings: a table sorted by them, the fronts, the picks.
+
+    Speed picks use runs timed on a quiet machine only; runs without a latency (``bench.enabled=false``)
+    are named as such, never counted as "not within the tolerance", and still ranked by score and size."""
     keys = varied(group)
     if len(group) < 2 or not keys:
         return []
     group = sorted(group, key=lambda p: tuple(repr(p.settings.get(k)) for k in keys))
     rows = [[*(plain(p.settings.get(k)) for k in keys[:5]), pct(p.score), pt(p.delta), mb(p.size_bytes),
-             times(p.speedup), p.name] for p in group]
+             _speed(p), p.name] for p in group]
     out: list[Block] = [Heading(f"Sweep: {key[0]} on {key[1]}", 3),
                         Table([*(short(k) for k in keys[:5]), "deployed (%)", "Δ (pt)", "size (MB)", "× ort_fp32",
                                "run"], rows, f"{len(group)} runs; settings that differ between them: "
                               + ", ".join(short(k) for k in keys) + ".")]
     facts = []
-    quiet = [p for p in group if not p.busy]  # a busy machine's timings are void (MEASURE.md)
+    timed = [p for p in group if p.speedup is not None or p.p50_ms is not None]
+    quiet = [p for p in timed if not p.busy]  # a busy machine's timings are void (MEASURE.md)
+    scored = [p for p in group if p.delta is not None]
+    within = [p for p in scored if -p.delta <= p.tolerance + 1e-12]
+    if not timed:
+        facts.append(f"No latency was measured ({_why_untimed(group)}), so speed is not compared: the runs are "
+                     "ranked by score and size only.")
     for cost, what, among in (("p50_ms", "latency", quiet), ("size_bytes", "size", group)):
         front = pareto_front(among, cost)
         if front:
             facts.append(f"Pareto front, score vs {what}: " + "; ".join(_settings_text(p, keys) for p in front) + ".")
-    ok = [p for p in quiet if p.delta is not None and -p.delta <= p.tolerance + 1e-12 and p.speedup is not None]
+    ok = [p for p in quiet if p in within and p.speedup is not None]
     if ok:
         best = max(ok, key=lambda p: p.speedup)
         facts.append(f"Fastest within the tolerance ({best.tolerance * 100:.2f} pt, eval.max_drop): "
                      f"{_settings_text(best, keys)}: {times(best.speedup)} at {pt(best.delta)} pt ({best.name}).")
     elif any(p.delta is not None for p in quiet):
         facts.append("No run of this sweep timed on a quiet machine is within its tolerance (eval.max_drop).")
+    sized = [p for p in within if p.size_bytes is not None]
+    if sized:
+        small = min(sized, key=lambda p: p.size_bytes)
+        facts.append(f"Smallest within the tolerance ({small.tolerance * 100:.2f} pt, eval.max_drop): "
+                     f"{_settings_text(small, keys)}: {mb(small.size_bytes)} MB at {pt(small.delta)} pt "
+                     f"({small.name}).")
+    if not timed and scored:
+        top = max(scored, key=lambda p: p.score)
+        facts.append(f"Best score: {_settings_text(top, keys)}: {pct(top.score)} % ({pt(top.delta)} pt, {top.name})."
+                     + ("" if within else " No run is within its tolerance (eval.max_drop)."))
+    if timed and (untimed := [p for p in group if p not in timed]):
+        facts.append("Not timed, so left out of the speed comparisons: "
+                     + ", ".join(f"{p.name} ({_why_untimed([p])})" for p in untimed) + ".")
     if busy := [p.name for p in group if p.busy]:
         facts.append("Timed on a busy machine, so left out of the speed comparisons: " + ", ".join(busy) + ".")
     return out + ([Bullets(facts)] if facts else [])
@@ -282,13 +372,19 @@ def _plots(points: Sequence[RunPoint]) -> tuple[dict[str, bytes], list[Block]]:
     blocks: list[Block] = []
     many = len({p.group for p in points}) > 1
     for (task,), group in _groups(points, "group").items():
-        suffix = "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", task.replace(" · ", "_")).strip("_") if many else ""
+        suffix = "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", group[0].slug or task).strip("_") if many else ""
         timed = [p for p in group if p.shape is not None and p.p50_ms is not None and not p.busy]
         left_out = [f"{p.name} (timed on a busy machine)" for p in group if p.busy and p.p50_ms is not None]
+        untimed = [p for p in group if p.p50_ms is None]
+        if untimed and len(untimed) == len(group):
+            left_out.append(f"no run was timed ({_why_untimed(group)})")
+        elif untimed:
+            left_out += [f"{p.name} (not timed: {_why_untimed([p])})" for p in untimed]
         if timed:
             shape, machine = Counter((p.shape, p.machine) for p in timed).most_common(1)[0][0]
             same = [p for p in timed if (p.shape, p.machine) == (shape, machine)]
-            left_out += [f"{p.name} (timed at {p.shape} on {plain(p.machine[0])}, {plain(p.machine[1])} threads)"
+            left_out += [f"{p.name} (timed at {p.shape} on {plain(p.machine[0])}, {plain(p.machine[1])} threads: "
+                         f"absolute latencies compare only at one shape on one machine and thread count)"
                          for p in timed if p not in same]
             png = pareto_plot(same, pareto_front(same, "p50_ms"), "p50_ms", "ref_p50_ms",
                               f"p50 latency at {shape} (ms)  ← faster",
@@ -309,8 +405,7 @@ def _plots(points: Sequence[RunPoint]) -> tuple[dict[str, bytes], list[Block]]:
                                "and cheaper); grey crosses: each run's dense teacher (ort_fp32); dashed: the best "
                                "teacher score."))
         if left_out:
-            blocks.append(Para("Not in the latency plot (absolute latencies compare only at one shape on one "
-                               "machine and thread count): " + "; ".join(left_out) + "."))
+            blocks.append(Para("Not in the latency plot: " + "; ".join(left_out) + "."))
     return pngs, blocks
 
 

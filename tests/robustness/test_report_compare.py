@@ -198,3 +198,133 @@ def test_markdown_has_plain_characters(tmp_path: Path, monkeypatch: pytest.Monke
     assert "\\<script>x\\</script> and a < b > c" in text and "- \\> quoted?" in text and "- \\<!-- hidden" in text
     assert "&lt;script&gt;" in to_html(doc, {})
     observe(next(line for line in md.splitlines() if "faster" in line)[-120:])
+
+
+def _edit(run: Path, change) -> Path:
+    """Rewrite a run's manifest through ``change(m)``."""
+    m = json.loads((run / "manifest.json").read_text())
+    change(m)
+    (run / "manifest.json").write_text(json.dumps(m))
+    return run
+
+
+def _bench_off(m: dict) -> None:
+    """As a run made with bench.enabled=false records it: no bench section, the stage off in the config."""
+    del m["bench"]
+    m["config"]["bench"]["enabled"] = False
+
+
+@case(name="cross-run view: a sweep made with bench.enabled=false says 'no run within tolerance'", kind="own",
+      bad_input=False, expected="the summary says no latency was measured (bench.enabled=false) and ranks by score "
+                                "and size: the size front, the smallest run within the tolerance, the best score; "
+                                "'bench off' in the speed columns; never 'no run within tolerance'")
+def test_compare_sweep_without_latency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: b"\x89PNG fake")
+    out = tmp_path / "outputs"
+    runs = [_edit(sweep_run(out, s, score, 30.0, size), _bench_off)
+            for s, score, size in ((0.5, 0.903, 30.0), (0.7, 0.898, 25.0), (0.9, 0.850, 20.0))]
+    written = compare(runs)
+    md = written["compare.md"].read_text()
+    sweep = md.split("### Sweep: obert_int8 on sst2")[1]
+    assert "within its tolerance" not in md
+    assert ("No latency was measured (bench.enabled=false in every run), so speed is not compared: the runs are "
+            "ranked by score and size only.") in sweep
+    assert "Pareto front, score vs size: obert.sparsity=0.5; obert.sparsity=0.7; obert.sparsity=0.9." in sweep
+    assert "Smallest within the tolerance (1.00 pt, eval.max_drop): obert.sparsity=0.7: 25.0 MB at -0.70 pt" in sweep
+    assert "Best score: obert.sparsity=0.5: 90.30 % (-0.20 pt" in sweep
+    assert "Pareto front, score vs latency" not in sweep and "Fastest" not in sweep
+    runs_table = md.split("## Runs")[1].split("###")[0]
+    assert runs_table.count("| bench off |") == 3 and "bench off = bench.enabled=false: no latency measured" in md
+    assert "Not in the latency plot: no run was timed (bench.enabled=false in every run)." in md
+    assert set(written) == {"compare.md", "compare.html", "plots/pareto_size.png"}  # no latency plot to draw
+    observe(" / ".join(line for line in sweep.splitlines() if line.startswith("- ")))
+
+
+@case(name="cross-run view: a sweep where one run was made with bench.enabled=false", kind="own", bad_input=False,
+      expected="speed picks among the timed runs; the untimed run named as left out of the speed comparisons "
+               "(bench.enabled=false), still in the size ranking")
+def test_compare_sweep_with_one_untimed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    out = tmp_path / "outputs"
+    runs = [sweep_run(out, 0.5, 0.900, 30.0, 30.0), sweep_run(out, 0.7, 0.898, 20.0, 25.0),
+            _edit(sweep_run(out, 0.9, 0.899, 30.0, 18.0), _bench_off)]
+    sweep = compare(runs)["compare.md"].read_text().split("### Sweep: obert_int8 on sst2")[1]
+    assert "Fastest within the tolerance (1.00 pt, eval.max_drop): obert.sparsity=0.7: 3.00x" in sweep
+    assert ("Not timed, so left out of the speed comparisons: obert_int8/sweep090b4xs32 (bench.enabled=false)."
+            in sweep)
+    assert "Smallest within the tolerance (1.00 pt, eval.max_drop): obert.sparsity=0.9: 18.0 MB" in sweep
+    assert "No latency was measured" not in sweep
+
+
+@case(name="cross-run view: a sweep without latency where no run is within the tolerance", kind="own",
+      bad_input=False, expected="says no latency was measured and no run is within its tolerance (by score), "
+                                "never that no run timed on a quiet machine is")
+def test_compare_untimed_sweep_out_of_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    out = tmp_path / "outputs"
+    runs = [_edit(sweep_run(out, s, 0.85 - s / 10, 30.0, 30.0 - s), _bench_off) for s in (0.5, 0.9)]
+    sweep = compare(runs)["compare.md"].read_text().split("### Sweep: obert_int8 on sst2")[1]
+    assert "No latency was measured (bench.enabled=false in every run)" in sweep
+    assert "No run is within its tolerance (eval.max_drop)." in sweep
+    assert "timed on a quiet machine" not in sweep and "Smallest within" not in sweep
+
+
+def _subset(n: int, seed: int = 42, split: str = "dev"):
+    """Score the run on ``n`` examples of ``split`` drawn with ``seed`` (task.max_dev=n when a slice of dev)."""
+    def change(m: dict) -> None:
+        m["eval"]["n"], m["eval"]["split"], m["config"]["eval"]["split"] = n, split, split
+        m["data"]["val_seed"] = m["seed"] = seed
+        m["data"]["max_dev"] = m["config"]["task"]["max_dev"] = n if split == "dev" and n < 872 else None
+        m["data"]["sizes"][split] = n
+    return change
+
+
+@case(name="cross-run view: runs scored on different dev subsets (task.max_dev, debug=smoke, seed)", kind="own",
+      bad_input=False, expected="runs grouped by the examples scored (split, count, seed of the slice): one sweep "
+                                "and one pair of plots per group, each named with its subset; never ranked together")
+def test_compare_groups_runs_by_scored_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
+    drawn: list[tuple[str, list[str]]] = []
+
+    def fake(points, front, cost, ref_cost, xlabel, title, **k):
+        drawn.append((title, sorted(p.name for p in points)))
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", fake)
+    out = tmp_path / "outputs"
+    smoke = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0 - s), _subset(64)) for s in (0.5, 0.6)]
+    full = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0 - s), _subset(872)) for s in (0.7, 0.8)]
+    other_seed = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0 - s), _subset(64, seed=7)) for s in (0.85, 0.9)]
+    written = compare(smoke + full + other_seed)
+    md = written["compare.md"].read_text()
+    groups = ["sst2 · dev, 64 of 872 examples (task.max_dev=64, seed 42)", "sst2 · dev, all 872 examples",
+              "sst2 · dev, 64 of 872 examples (task.max_dev=64, seed 7)"]
+    for g in groups:
+        assert f"### Sweep: obert_int8 on {g}\n" in md and f"### Pareto plots: {g}\n" in md
+    assert md.count("### Sweep: ") == 3 and "2 runs; settings that differ" in md and "4 runs" not in md
+    assert "never ranked together: " + "; ".join(groups) + "." in md
+    assert {"plots/pareto_size_sst2_dev64s42.png", "plots/pareto_size_sst2_dev872.png",
+            "plots/pareto_latency_sst2_dev64s7.png"} <= set(written)
+    assert all(len(names) == 2 for _, names in drawn) and len(drawn) == 6
+    observe("groups: " + "; ".join(groups))
+
+
+@case(name="cross-run view: runs scored on dev and on the validation split (eval.split)", kind="own",
+      bad_input=False, expected="two groups, one named 'validation, N examples carved from train (seed S)'")
+def test_compare_separates_eval_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    out = tmp_path / "outputs"
+    dev = [sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0) for s in (0.5, 0.6)]
+    val = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0), _subset(32, split="validation")) for s in (0.7, 0.8)]
+    md = compare(dev + val)["compare.md"].read_text()
+    assert "### Sweep: obert_int8 on sst2 · dev, 64 of 872 examples (task.max_dev=64, seed 42)\n" in md
+    assert "### Sweep: obert_int8 on sst2 · validation, 32 examples carved from train (seed 42)\n" in md
+
+
+@case(name="cross-run view: runs on one dev subset", kind="own", bad_input=False,
+      expected="one group named by its task only (the subset is not spelled out when nothing differs)")
+def test_compare_one_subset_is_one_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+    out = tmp_path / "outputs"
+    runs = [sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0) for s in (0.5, 0.6, 0.7)]
+    md = compare(runs)["compare.md"].read_text()
+    assert "### Sweep: obert_int8 on sst2\n" in md and "3 runs; settings" in md and "never ranked together" not in md
