@@ -2,6 +2,8 @@
 
 * :func:`spdy_search` — SPDY's random-coefficient search around the DP, scored by a callback.
 * :class:`LatencyTable` — the additive latency model ``T = t_0 + sum_modules t_type(size)``.
+* :func:`fit_fixed_costs` / :class:`FixedCostFit` — whole-model correction of a one-layer table:
+  a fixed cost per *present* module and one scale, fitted by least squares (issue #13).
 
 No timing happens here: the tables are measured elsewhere (``bench/``) and passed in.
 """
@@ -19,8 +21,10 @@ import numpy as np
 from compresslab.ops.knapsack import _check_tables, solve_dp
 
 __all__ = [
+    "FixedCostFit",
     "LatencyTable",
     "SearchResult",
+    "fit_fixed_costs",
     "isotonic_non_decreasing",
     "spdy_search",
 ]
@@ -232,3 +236,105 @@ class LatencyTable:
     def from_json(cls, text: str) -> LatencyTable:
         """Parse a string written by :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class FixedCostFit:
+    """Whole-model latency model built on a one-layer table (seconds)::
+
+        T(config) = base_time + sum_kinds sum_layers [s > 0] * (fixed[kind] + scale * t_kind(s))
+
+    ``t_kind(s)`` is the one-layer probe's entry. A module with nothing left (``s = 0``) pays
+    neither its fixed cost nor any time, so emptying a layer's attention saves ``fixed["attention"]``
+    on top of its size-dependent time. :meth:`apply` folds the model into an ordinary
+    :class:`LatencyTable`, so the DP and every other consumer use it unchanged.
+    """
+
+    base_time: float
+    fixed: dict[str, float]
+    scale: float
+
+    def __post_init__(self) -> None:
+        values = [self.base_time, self.scale, *self.fixed.values()]
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(f"fitted latency terms must be finite and >= 0, got base_time="
+                             f"{self.base_time!r}, fixed={self.fixed!r}, scale={self.scale!r}")
+
+    def apply(self, table: LatencyTable) -> LatencyTable:
+        """``table`` with every entry ``s > 0`` replaced by ``fixed[kind] + scale * t(s)`` (``t(0)`` stays 0)."""
+        missing = sorted(set(table.module_times) - set(self.fixed))
+        if missing:
+            raise ValueError(f"the fit has no fixed cost for module type(s) {missing}; "
+                             f"it was fitted for {sorted(self.fixed)}")
+        tables = {kind: {s: (0.0 if s == 0 else self.fixed[kind] + self.scale * t) for s, t in entries.items()}
+                  for kind, entries in table.module_times.items()}
+        return LatencyTable(self.base_time, tables, dict(table.fingerprint))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (seconds)."""
+        return {"base_time": self.base_time, "fixed": dict(self.fixed), "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FixedCostFit:
+        """Inverse of :meth:`to_dict`."""
+        return cls(float(data["base_time"]), {str(k): float(v) for k, v in data["fixed"].items()},
+                   float(data["scale"]))
+
+
+def fit_fixed_costs(table: LatencyTable, configs: Sequence[Mapping[str, Sequence[int]]],
+                    measured: Sequence[float], *, fit_scale: bool = True) -> FixedCostFit:
+    """Least-squares fit of :class:`FixedCostFit` to whole-model times of a few configurations.
+
+    ``configs[p]`` maps every module type of ``table`` to per-layer sizes (as
+    :meth:`LatencyTable.predict` takes them); ``measured[p]`` is that model's time in seconds.
+    The model is linear in ``(base_time, fixed[kind]..., scale)``: one row per point holds
+    ``1``, the number of present modules of each kind and the summed one-layer times. Rows are
+    divided by the measured time, so the fit minimises *relative* error (speedup targets are
+    ratios), with every term bounded at >= 0 (``scipy.optimize.lsq_linear``).
+
+    Why this form: with the scale fixed at 1, a fixed cost per present module equals a change of
+    ``t_0`` whenever every module is present, so it could not explain why shrunk (but present)
+    layers run slower than the one-layer table says; one shared scale is the one extra freedom
+    that does. Separate scales per kind are not identifiable from uniform shrinks (both kinds
+    shrink together), and the fixed costs are only identifiable from points where a kind is
+    removed everywhere: include them (see ``bench.latency_table.calibration_points``).
+    ``fit_scale=False`` keeps the scale at 1 and fits the rest: for a table whose only non-zero
+    size per kind is the full one (nothing to scale: the fixed cost absorbs it), where no point
+    with every module present differs from the dense model.
+
+    Raises ValueError when the points are too few or cannot separate the terms (rank-deficient),
+    when a time is not positive and finite, or when a configuration lacks a module type or uses
+    a size the table has no entry for.
+    """
+    kinds = sorted(table.module_times)
+    n_terms = len(kinds) + (2 if fit_scale else 1)
+    if len(configs) != len(measured):
+        raise ValueError(f"need one measured time per configuration, got {len(configs)} and {len(measured)}")
+    if len(configs) < n_terms:
+        raise ValueError(f"fitting base_time, one fixed cost per module type ({kinds})"
+                         f"{' and a scale' if fit_scale else ''} needs >= {n_terms} whole-model timings, "
+                         f"got {len(configs)}")
+    y = np.asarray(measured, dtype=np.float64)
+    if not np.all(np.isfinite(y) & (y > 0)):
+        raise ValueError(f"measured times must be finite and > 0 seconds, got {list(measured)}")
+    rows = []
+    for p, config in enumerate(configs):
+        if set(config) != set(kinds):
+            raise ValueError(f"configuration {p} has module types {sorted(config)}; the table has {kinds}")
+        present = [sum(1 for s in config[k] if int(s) > 0) for k in kinds]
+        summed = sum(table.time(k, s) for k in kinds for s in config[k])  # ValueError: size not in the table
+        rows.append([1.0, *present, summed])
+    design, summed = np.asarray(rows)[:, :n_terms], np.asarray(rows)[:, -1]
+    if np.linalg.matrix_rank(design) < n_terms:
+        raise ValueError(
+            "the calibration points cannot separate base_time, the fixed costs and the scale: include the "
+            "dense model, one model per module type with that type removed in every layer, and at least one "
+            f"uniform shrink with every module present (got {len(configs)} points of rank "
+            f"{np.linalg.matrix_rank(design)} < {n_terms})")
+    from scipy.optimize import lsq_linear  # scipy loads only when a table is calibrated
+
+    # a fixed scale of 1 moves the summed table times to the measured side
+    target = np.ones_like(y) if fit_scale else (y - summed) / y
+    sol = lsq_linear(design / y[:, None], target, bounds=(0.0, np.inf), method="bvls")
+    base, *fixed = (float(v) for v in sol.x[:len(kinds) + 1])
+    return FixedCostFit(base, dict(zip(kinds, fixed, strict=True)), float(sol.x[-1]) if fit_scale else 1.0)
