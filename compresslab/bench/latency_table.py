@@ -25,6 +25,18 @@ when one exists the log says which facts differ before measuring anew. A table m
 machine (:mod:`compresslab.bench.machine_load`: other processes' CPU use before or during the
 timing, or a training lock overridden) is used for this run, with a loud warning, but never
 cached: a later run on a quiet machine measures it again.
+
+**Whole-model calibration** (issue #13). One-layer probes price a module out of context: on the
+bench teacher the table predicted 2.82x for a member that measured 2.17x, and the error grew the
+more a layer was shrunk. So, in the same timing window, a few whole models are timed
+interleaved (:func:`calibration_points`: the dense export, uniform shrinks to
+``TableSettings.calibration_fractions`` of every layer's heads and FFN, every attention removed,
+every FFN removed, both removed) and :func:`~compresslab.ops.spdy.fit_fixed_costs` fits
+``T = t_0 + sum over present modules (c_kind + scale * t_kind(s))`` to them by least squares.
+The returned table has that model folded in (a module with ``s = 0`` still costs 0, so the DP
+sees the fixed cost a layer saves when it loses a whole module); the one-layer table, the fit
+and every point's measured vs predicted time (before and after) are in ``info["raw"]["calibration"]``
+and are cached with the table.
 """
 
 from __future__ import annotations
@@ -43,14 +55,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
 from compresslab.bench.machine_load import timing_window
-from compresslab.ops.spdy import LatencyTable
+from compresslab.ops.spdy import FixedCostFit, LatencyTable, fit_fixed_costs
 
 if TYPE_CHECKING:  # torch stays unloaded until a table is measured (bench imports stay light)
     from torch import nn
 
 log = logging.getLogger(__name__)
 
-TABLE_METHOD = 1  # bump when the probes or the arithmetic change: older caches are re-measured
+TABLE_METHOD = 2  # bump when the probes or the arithmetic change: older caches are re-measured
+# 2: whole-model calibration (fixed cost per present module + scale) folded into the table
 ENV_KEYS = (*LATENCY_KEYS, "libraries.torch", "libraries.transformers")
 
 
@@ -66,6 +79,9 @@ class TableSettings:
     warmup: int = 3
     runs: int = 30  # interleaved rounds; medians over them
     chunk: int = 8  # probes per interleaved chunk (each chunk also runs the base probe)
+    # whole-model calibration: uniform shrinks of every layer to these fractions of the dense
+    # heads and FFN width (plus dense, no attention, no FFN, neither: see calibration_points)
+    calibration_fractions: tuple[float, ...] = (0.5, 0.25, 0.125)
 
     def __post_init__(self) -> None:
         for name in ("batch", "seq", "ffn_grid", "runs", "chunk"):
@@ -73,6 +89,11 @@ class TableSettings:
                 raise ValueError(f"latency table {name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"latency table warmup must be >= 0, got {self.warmup}")
+        fractions = tuple(float(f) for f in self.calibration_fractions)
+        if not fractions or not all(0.0 < f < 1.0 for f in fractions):
+            raise ValueError("latency table calibration_fractions must be one or more fractions in (0, 1) "
+                             f"(the uniform shrinks the fixed costs are fitted on), got {self.calibration_fractions!r}")
+        object.__setattr__(self, "calibration_fractions", fractions)  # a list from YAML becomes a tuple
         resolve_threads(self.threads)
 
 
@@ -103,7 +124,8 @@ def environment(model: nn.Module, s: TableSettings, fingerprint: dict[str, Any] 
             node = node.get(part) if isinstance(node, dict) else None
         env[key] = node
     env.update({"provider": s.provider, "batch": s.batch, "seq": s.seq, "ffn_grid": s.ffn_grid,
-                "arch": arch_signature(model), "method": TABLE_METHOD})
+                "calibration_fractions": list(s.calibration_fractions), "arch": arch_signature(model),
+                "method": TABLE_METHOD})
     return json.loads(json.dumps(env, sort_keys=True, default=str))
 
 
@@ -190,21 +212,31 @@ def probe_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
     size above the position table, because ORT fuses the embeddings only when the word table is
     the larger one; the embeddings are in the base probe and cancel out of every entry.
     """
+    return _fresh_model(model, heads, ffn, layers=1,
+                        vocab=int(getattr(model.config, "max_position_embeddings", 512)) + 64)
+
+
+def uniform_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
+    """A fresh model of ``model``'s dense architecture (all layers, its vocabulary) with every
+    layer shrunk to ``heads`` heads and ``ffn`` neurons: a whole-model calibration point.
+    Weights are random (latency does not depend on their values)."""
+    return _fresh_model(model, heads, ffn)
+
+
+def _fresh_model(model: nn.Module, heads: int, ffn: int, *, layers: int | None = None,
+                 vocab: int | None = None) -> nn.Module:
     from compresslab.models.adapters import get_adapter
-    from compresslab.models.structure import shrink_ffn, shrink_heads
+    from compresslab.models.structure import apply_structure
 
     cfg = copy.deepcopy(model.config)
-    cfg.__dict__.pop("compresslab_structure", None)
-    setattr(cfg, "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers", 1)
-    cfg.vocab_size = int(getattr(cfg, "max_position_embeddings", 512)) + 64
-    probe = type(model)(cfg).eval()
-    lv = get_adapter(probe).layer(0)
-    if heads < lv.num_heads:
-        shrink_heads(lv, range(heads))
-    lv = get_adapter(probe).layer(0)
-    if ffn < lv.ffn_size:
-        shrink_ffn(lv, range(ffn))
-    return probe
+    cfg.__dict__.pop("compresslab_structure", None)  # built dense from the config, then shrunk
+    if layers is not None:
+        setattr(cfg, "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers", layers)
+    if vocab is not None:
+        cfg.vocab_size = vocab
+    fresh = type(model)(cfg).eval()
+    apply_structure(fresh, [{"heads": heads, "ffn": ffn}] * get_adapter(fresh).num_layers)
+    return fresh
 
 
 def export_probe(probe: nn.Module, path: Path) -> int:
@@ -273,7 +305,103 @@ def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, en
         log.warning("latency table: T_dense is below the sum of module times (t_0 = %.4g s): the "
                     "additive model overestimates; clamping t_0 to 0", table.base_time)
         table = LatencyTable(0.0, table.module_times, env)
-    return table, raw
+    fit, raw["calibration"] = measure_calibration(model, dense_onnx, table, s, env, progress=progress)
+    return fit.apply(table), raw
+
+
+def calibration_points(table: LatencyTable, heads: int, ffn: int, layers: int,
+                       fractions: tuple[float, ...]) -> dict[str, dict[str, list[int]]]:
+    """The whole models the fixed costs are fitted on, by name: ``{"attention": [...], "ffn": [...]}``.
+
+    ``dense``; ``uniform_<f>`` for each fraction (every layer at the table size nearest to
+    ``f`` x dense, at least the smallest non-zero size, ties to the larger); ``no_attention`` and
+    ``no_ffn`` (one kind removed in every layer: only these separate each kind's fixed cost from
+    ``t_0``); ``empty`` (both removed: ``t_0`` itself). A uniform shrink that lands on an
+    earlier point's shape is left out.
+    """
+    def nearest(kind: str, x: float) -> int:
+        return min((n for n in table.sizes(kind) if n > 0), key=lambda n: (abs(n - x), -n))
+
+    shapes = {"dense": (heads, ffn)}
+    for f in fractions:
+        shapes[f"uniform_{f:g}"] = (nearest("attention", f * heads), nearest("ffn", f * ffn))
+    shapes.update({"no_attention": (0, ffn), "no_ffn": (heads, 0), "empty": (0, 0)})
+    points: dict[str, dict[str, list[int]]] = {}
+    for name, (h, n) in shapes.items():
+        config = {"attention": [h] * layers, "ffn": [n] * layers}
+        if config not in points.values():
+            points[name] = config
+    return points
+
+
+def measure_calibration(model: nn.Module, dense_onnx: str | Path, table: LatencyTable, s: TableSettings,
+                        env: dict[str, Any], *, progress: Progress | None = None
+                        ) -> tuple[FixedCostFit, dict[str, Any]]:
+    """Time the :func:`calibration_points` interleaved (one call), fit the fixed costs to them.
+
+    Returns the fit and its record: the fit in ms, the one-layer ``table`` (so the uncorrected
+    model stays available), and per point the shape, the measured time and the time predicted by
+    the one-layer table (``before_ms``) and by the fitted model (``after_ms``).
+    """
+    from compresslab.bench.latency import measure_latency, shape_key
+    from compresslab.bench.runners import OrtRunner
+
+    arch = env["arch"]
+    points = calibration_points(table, arch["heads"], arch["ffn"], arch["layers"], s.calibration_fractions)
+    threads, key, vocab = resolve_threads(s.threads), shape_key(s.batch, s.seq), arch["vocab"]
+    work = Path(tempfile.mkdtemp(prefix="latency-calibration-"))
+    try:
+        paths: dict[str, Path] = {"dense": Path(dense_onnx)}  # the deployed export the speedups are against
+        for name in _track(progress, [n for n in points if n != "dense"], "latency table: export whole models"):
+            h, n = points[name]["attention"][0], points[name]["ffn"][0]
+            paths[name] = work / f"{name}.onnx"
+            if export_probe(uniform_model(model, h, n), paths[name]) != (arch["layers"] if h else 0):
+                log.warning("latency calibration model %s: attention did not fuse as deployed", name)
+        runners = {name: OrtRunner(path, threads, s.provider, vocab_size=vocab) for name, path in paths.items()}
+        res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
+        del runners
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    measured = [res[name][key]["p50_ms"] / 1e3 for name in points]
+    # every uniform shrink landed on the dense shape when the table's only non-zero size per kind is
+    # the full one: then nothing is scaled and the fixed costs alone carry the correction
+    fit_scale = any(name.startswith("uniform_") for name in points)
+    if not fit_scale:
+        log.warning("latency calibration: the table prices only removed or full modules (sizes %s), so no "
+                    "uniform shrink differs from dense; the scale stays 1 and only t_0 and the fixed costs are "
+                    "fitted", {k: table.sizes(k) for k in table.module_times})
+    fit = fit_fixed_costs(table, list(points.values()), measured, fit_scale=fit_scale)
+    fitted = fit.apply(table)
+    rows = []
+    for (name, config), t in zip(points.items(), measured, strict=True):
+        before, after = table.predict(config), fitted.predict(config)
+        rows.append({"name": name, "heads": config["attention"][0], "ffn": config["ffn"][0],
+                     "measured_ms": t * 1e3, "before_ms": before * 1e3, "after_ms": after * 1e3,
+                     "before_rel_error": before / t - 1, "after_rel_error": after / t - 1})
+    worst = {w: max(abs(r[f"{w}_rel_error"]) for r in rows) for w in ("before", "after")}
+    log.info("latency calibration: fixed costs %s ms, scale %.3f, t_0 %.2f ms; worst relative error "
+             "%.1f%% with the one-layer table, %.1f%% fitted",
+             {k: round(v * 1e3, 3) for k, v in fit.fixed.items()}, fit.scale, fit.base_time * 1e3,
+             100 * worst["before"], 100 * worst["after"])
+    record = {"model": "T = t_0 + sum over present modules (fixed[kind] + scale * t_kind(size))",
+              "fit_ms": {"t_0": fit.base_time * 1e3, "fixed": {k: v * 1e3 for k, v in fit.fixed.items()},
+                         "scale": fit.scale},
+              "scale_fitted": fit_scale, "fit": fit.to_dict(), "points": rows,
+              "max_abs_rel_error_before": worst["before"], "max_abs_rel_error_after": worst["after"],
+              "one_layer_table": table.to_dict()}
+    return fit, record
+
+
+def one_layer_table(info: dict[str, Any]) -> LatencyTable:
+    """The uncorrected one-layer table from :func:`build_latency_table`'s ``info`` (to compare).
+
+    Raises ValueError when ``info`` has no calibration record (a table not made by this method).
+    """
+    try:
+        return LatencyTable.from_dict(info["raw"]["calibration"]["one_layer_table"])
+    except (KeyError, TypeError) as e:
+        raise ValueError("this latency table has no one-layer table in its record (made before the whole-model "
+                         f"calibration, TABLE_METHOD {TABLE_METHOD}): delete its cache file to re-measure") from e
 
 
 def efficient_sizes(times: dict[int, float]) -> dict[int, float]:

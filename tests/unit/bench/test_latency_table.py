@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from compresslab.bench.latency_table import (
-    TableSettings, build_latency_table, cache_file, efficient_sizes, environment, ffn_sizes, probe_model)
+    TableSettings, build_latency_table, cache_file, efficient_sizes, environment, ffn_sizes, one_layer_table,
+    probe_model)
 from compresslab.models.adapters import get_adapter
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.spdy import LatencyTable
@@ -82,12 +83,18 @@ def test_measured_table_is_monotone_and_cached(tmp_path: Path, dense_onnx: Path,
     table, info = build_latency_table(model, dense_onnx, SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
     assert not info["cached"]
     measured = {"attention": [1, 2, 3, 4], "ffn": [16, 32, 48, 64]}
+    alone = one_layer_table(info)  # the probes' table, before the whole-model calibration
     for kind, sizes in measured.items():  # timing noise at this shape may drop dominated sizes
-        assert {0, sizes[-1]} <= set(table.sizes(kind)) <= {0, *sizes}
-        times = list(table.module_times[kind].values())  # t(0) = 0; then strictly increasing
+        assert {0, sizes[-1]} <= set(table.sizes(kind)) == set(alone.sizes(kind)) <= {0, *sizes}
+        times = list(alone.module_times[kind].values())  # t(0) = 0; then strictly increasing
         assert times[0] == 0.0 and all(a < b for a, b in zip(times[1:], times[2:])) and min(times) >= 0
+        fitted = list(table.module_times[kind].values())  # fixed cost + scale x probe: never decreasing
+        assert fitted[0] == 0.0 and all(a <= b for a, b in zip(fitted, fitted[1:]))
         assert set(info["raw"]["dominated"][kind]) == set(sizes) - set(table.sizes(kind))
     assert table.base_time >= 0 and info["raw"]["dense_ms"] > 0
+    points = info["raw"]["calibration"]["points"]  # real exports of the whole models, timed
+    assert points[0]["name"] == "dense" and {"no_attention", "no_ffn", "empty"} <= {p["name"] for p in points}
+    assert all(p["measured_ms"] > 0 for p in points)
     assert len(info["raw"]["base_ms"]) == 3  # 4 + 4 probes in chunks of 3, each against the base
     monkeypatch.setattr(lt, "measure_table", lambda *a, **k: pytest.fail("re-measured a valid cache"))
     again, info2 = build_latency_table(model, dense_onnx, SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
