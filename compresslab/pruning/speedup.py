@@ -17,20 +17,34 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
-from compresslab.bench.latency_table import TableSettings, build_latency_table, measure_speedup
+from compresslab.bench.latency_table import TableSettings, build_latency_table, measure_speedup, one_layer_table
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
 from compresslab.types import PassContext
+from compresslab.validate import coerce_enum
 
 log = logging.getLogger(__name__)
 
 Choice = dict[str, list[int]]  # {"heads": [per layer], "ffn": [per layer]}: remaining sizes
+
+
+class LatencyModel(str, Enum):
+    """What the search prices a structure with (``bench/latency_table.py``).
+
+    ``calibrated``: the one-layer table corrected by whole-model timings (a fixed cost per present
+    module and a scale, fitted by least squares); ``one_layer``: the one-layer table alone (the
+    method before issue #13, kept to compare retries on the same measurement).
+    """
+
+    CALIBRATED = "calibrated"
+    ONE_LAYER = "one_layer"
 
 
 @dataclass
@@ -54,11 +68,13 @@ class SpeedupSettings:
     max_retries: int = 2  # re-solve with a tighter budget while the measured speedup falls short
     tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
     num_calibration: int = 2048
+    latency_model: LatencyModel = LatencyModel.CALIBRATED
     # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
     recovery: Recovery = field(default_factory=Recovery)
 
     def __post_init__(self) -> None:
         self.recovery = Recovery.coerce(self.recovery)
+        self.latency_model = coerce_enum(LatencyModel, self.latency_model, "latency_model")
         self.family = [float(s) for s in (self.family or [])]
         for s in (self.speedup, *self.family):
             if not (math.isfinite(s) and s >= 1.0):
@@ -119,6 +135,8 @@ class SpeedupLab:
                                            keep_unfused=False).onnx_path
             self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
                                                               cache_dir=ctx.cache_dir, progress=ctx.progress)
+            if p.latency_model is LatencyModel.ONE_LAYER:
+                self.table = one_layer_table(self.table_info)
         except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
             raise
@@ -194,8 +212,10 @@ class SpeedupLab:
             warnings.warn(f"{target}x target missed after {len(attempts)} attempt(s): measured "
                           f"{attempts[-1]['measured_speedup']:.3f}x; raise max_retries or check the latency table",
                           stacklevel=2)
+        # retries and the first try's measured / target: how well the latency model priced the target
         record = {"target_speedup": target, "predicted_speedup": attempts[-1]["predicted_speedup"],
                   f"measured_speedup_b{self.p.batch}": attempts[-1]["measured_speedup"], "met_target": met,
+                  "retries": len(attempts) - 1, "first_try_ratio": attempts[0]["measured_speedup"] / target,
                   "attempts": attempts, "structure": choice, "params": sum(t.numel() for t in model.parameters())}
         return choice, model, record
 
@@ -267,7 +287,12 @@ def result_metrics(p: SpeedupSettings, records: dict[float, dict[str, Any]], lab
                                                              "machine_load")}
     # void figures are flagged where they are read: a table or a speedup check timed on a busy machine
     info["busy"] = bool((info.get("machine_load") or {}).get("busy"))
+    info["model"] = p.latency_model.value
+    cal = (lab.table_info.get("raw") or {}).get("calibration")
+    if cal:  # the fitted costs and every calibration point, measured vs predicted before/after the fit
+        info["calibration"] = {k: v for k, v in cal.items() if k not in ("one_layer_table", "fit")}
     step["busy_checks"] = sum(a.get("busy", False) for r in records.values() for a in r.get("attempts", []))
+    step["retries_total"] = sum(len(r.get("attempts", [])) - 1 for r in records.values() if r.get("attempts"))
     return {**step, "params_dense": params_dense, "dense_ms_predicted": lab.t_dense * 1e3,
             "max_speedup": lab.max_speedup, "latency_table": info,
             "family": {f"{s:g}x": {k: v for k, v in r.items() if k != "attempts"} for s, r in records.items()}}
