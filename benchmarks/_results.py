@@ -1,33 +1,90 @@
-"""A benchmark's resumable results file: nested JSON keys, written atomically after every item."""
+"""A benchmark's results file: nested JSON keys, written atomically after every item, every write
+stamped with how busy the machine was (issue #12 kind 4: a figure timed beside other work is void).
+
+Every benchmark writes ``benchmarks/results/<topic>.json`` through :class:`ResultsFile`, and only
+through it (``tests/robustness/test_timing_sites.py`` reads the scripts and fails on any other
+writer), so a new benchmark cannot leave its figures without the machine's load. The script does
+nothing for it: each write (:meth:`ResultsFile.put` of one item, :meth:`ResultsFile.write` of the
+whole file) records in ``meta.machine_load``
+
+* ``timings``: every timing window this process closed since the file's previous write
+  (:func:`compresslab.bench.machine_load.closed_windows`: ``measure_latency``, a latency table, a
+  script's own ``timing_window``), each tagged with the ``item`` written next (its keys joined by
+  ``/``; ``*`` for a whole-file write): the item that holds those figures;
+* ``intervals``: per item, other processes' CPU use since the previous write (what a wall time, a
+  training's seconds or a pass's cost were measured under: those take no timing lock);
+* ``runs``: the ``machine_load`` records of pipeline runs whose figures the script copies from their
+  manifests (:meth:`ResultsFile.note_run`: the bench stage, ``deploy=auto``, latency tables, guided int8);
+* ``busy`` (any of these busy) and ``busy_items`` (item -> why).
+
+Entries written by earlier processes are kept (a resumed benchmark), so an item measured busy stays
+flagged until the file is made afresh. Files that are not results (a list of run dirs, a provenance
+tag, ``_timed.py``'s record) are written with :func:`write_aside`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from compresslab.bench.machine_load import BUSY_OTHER_CPU, LoadMeter, closed_windows, combine, find_records
 from compresslab.manifest import atomic_write_json, read_json
 
 _MISSING = object()
+WHOLE = "*"  # the item of a whole-file write
+HOW = ("timings: the timing windows closed before each write, tagged with the item written; intervals: other "
+       "processes' CPU s per s since the previous write, per item (wall times); runs: pipeline runs whose figures "
+       f"were copied; busy at >= {BUSY_OTHER_CPU} CPU s per s of other processes")
+
+
+def write_aside(path: str | Path, data: Any) -> None:
+    """Write a JSON file that is not a results file atomically, unstamped: one that holds no figures (a run
+    list, a provenance tag) or a record that carries its own ``machine_load`` (``_timed.py``)."""
+    atomic_write_json(Path(path), data)
 
 
 class ResultsFile:
     """``benchmarks/results/<topic>.json`` as a nested dict: ``put(["a", "b"], v)`` sets ``data["a"]["b"]``
-    and rewrites the file atomically, so a stopped benchmark keeps every finished item."""
+    and rewrites the file atomically, so a stopped benchmark keeps every finished item; every write
+    stamps ``meta.machine_load`` (this module's docstring).
 
-    def __init__(self, path: str | Path) -> None:
+    Make it when the script starts (its first interval runs from then). ``meter`` is for tests (a
+    :class:`~compresslab.bench.machine_load.LoadMeter` on fake CPU readings).
+    """
+
+    def __init__(self, path: str | Path, *, meter: LoadMeter | None = None) -> None:
         self.path = Path(path)
+        self._meter = meter or LoadMeter(what="since the previous write")
+        # the process's timing windows closed before the file was opened belong to no item of it
+        self._stamped = len(closed_windows())
+        self._runs: dict[str, dict[str, Any]] = {}
 
     def load(self) -> dict:
         return read_json(self.path) if self.path.is_file() else {}
 
     def put(self, keys: Sequence[str], value: Any) -> None:
+        """Set the item at ``keys`` (a ``meta`` replaced whole keeps its ``machine_load``) and write."""
         data = self.load()
+        kept = _load_of(data)
         node = data
         *parents, last = keys
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = value
-        atomic_write_json(self.path, data)
+        self._write(data, "/".join(map(str, keys)), kept)
+
+    def write(self, data: Mapping[str, Any]) -> None:
+        """Replace the whole file with ``data`` (a script that builds its file itself), stamped the same way;
+        the machine_load entries the file (or ``data``) held are kept."""
+        data = dict(data)
+        self._write(data, WHOLE, _merge(_load_of(self.load()), _load_of(data)))
+
+    def note_run(self, name: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Record the machine's load of a pipeline run whose figures this file copies (every ``machine_load``
+        in its manifest, combined); stored under ``meta.machine_load.runs[name]`` at the next write."""
+        rec = {**combine(find_records(manifest)), "run": manifest.get("config_hash") or manifest.get("run_dir")}
+        self._runs[name] = rec
+        return rec
 
     def get(self, keys: Sequence[str], default: Any = None) -> Any:
         node: Any = self.load()
@@ -39,3 +96,61 @@ class ResultsFile:
 
     def has(self, keys: Sequence[str]) -> bool:
         return self.get(keys, _MISSING) is not _MISSING
+
+    def _write(self, data: dict, item: str, kept: Mapping[str, Any]) -> None:
+        windows = closed_windows(self._stamped)
+        self._stamped += len(windows)
+        timings = {t["id"]: t for t in kept.get("timings") or [] if isinstance(t, Mapping) and "id" in t}
+        timings.update({w["id"]: _compact(w, item) for w in windows})
+        intervals = dict(kept.get("intervals") or {})
+        lap = self._meter.lap()
+        if lap is not None:  # None: under a second since the last write, too short to judge
+            intervals[item] = lap
+        runs = {**(kept.get("runs") or {}), **self._runs}
+        meta = data.get("meta")
+        data["meta"] = meta = dict(meta) if isinstance(meta, Mapping) else {}
+        meta["machine_load"] = _verdict(list(timings.values()), intervals, runs)
+        atomic_write_json(self.path, data)
+
+
+def _load_of(data: Any) -> dict[str, Any]:
+    meta = data.get("meta") if isinstance(data, Mapping) else None
+    load = meta.get("machine_load") if isinstance(meta, Mapping) else None
+    return dict(load) if isinstance(load, Mapping) else {}
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Two machine_load stamps as one: timings by id, intervals and runs by name (``b`` wins)."""
+    timings = {t["id"]: t for t in [*(a.get("timings") or []), *(b.get("timings") or [])]
+               if isinstance(t, Mapping) and "id" in t}
+    return {"timings": list(timings.values()),
+            "intervals": {**(a.get("intervals") or {}), **(b.get("intervals") or {})},
+            "runs": {**(a.get("runs") or {}), **(b.get("runs") or {})}}
+
+
+def _compact(window: Mapping[str, Any], item: str) -> dict[str, Any]:
+    """One closed timing window, as a results file keeps it."""
+    before, during = window.get("before") or {}, window.get("during") or {}
+    return {"id": window["id"], "item": item, "what": window.get("what"), "busy": bool(window.get("busy")),
+            "reasons": list(window.get("reasons") or []), "other_cpu_before": before.get("other_cpu"),
+            "max_other_cpu_during": during.get("max_other_cpu"), "window_s": during.get("window_s"),
+            "noisy": bool((window.get("spread") or {}).get("noisy")), "closed_at": window.get("closed_at"),
+            "pid": window.get("pid")}
+
+
+def _verdict(timings: list[dict[str, Any]], intervals: Mapping[str, Any], runs: Mapping[str, Any]) -> dict[str, Any]:
+    why: dict[str, list[str]] = {}
+    for t in timings:
+        if t.get("busy"):
+            why.setdefault(t["item"], []).extend(f"{t.get('what')}: {r}" for r in t.get("reasons") or [])
+    for item, lap in intervals.items():
+        if isinstance(lap, Mapping) and lap.get("busy"):
+            why.setdefault(item, []).append(f"other processes used {lap.get('other_cpu')} CPU s per s over the "
+                                            f"{lap.get('wall_s')} s before it was written")
+    for name, rec in runs.items():
+        if isinstance(rec, Mapping) and rec.get("busy"):
+            why.setdefault(f"run {name}", []).extend(rec.get("reasons") or ["timed on a busy machine"])
+    return {"busy": bool(why), "busy_items": why, "what": "results file",
+            "reasons": [f"{item}: {r}" for item, rs in why.items() for r in rs],  # as combine() reads a record
+            "threshold_other_cpu": BUSY_OTHER_CPU, "timings": timings, "intervals": dict(intervals),
+            "runs": dict(runs), "how": HOW}

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compresslab.manifest import atomic_write_json, read_json, sha256_file
+from compresslab.manifest import read_json, sha256_file
 
-from _results import ResultsFile  # sibling module (script dir)
+from _results import ResultsFile, write_aside  # sibling module (script dir)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ziplm.json"
-_RESULTS = ResultsFile(RESULTS)
+_RESULTS = ResultsFile(RESULTS)  # every write stamps meta.machine_load
 PROV = "bench_source.json"  # provenance tag written into every model / export dir we make
 
 
@@ -25,6 +25,16 @@ def _put(*path_and_value: Any) -> None:
     _RESULTS.put(path, value)
 
 
+def _write_all(data: dict) -> None:
+    """Rewrite the whole file (the issue's keys first), stamped like every write."""
+    _RESULTS.write(data)
+
+
+def _note_run(name: str, manifest: dict) -> None:
+    """The machine's load of a pipeline run whose figures are copied (its bench stage's timing)."""
+    _RESULTS.note_run(name, manifest)
+
+
 def tk(t: float) -> str:
     return f"{t:g}"
 
@@ -35,7 +45,7 @@ def _fresh(d: Path, prov: dict) -> bool:
 
 
 def _tag(d: Path, prov: dict) -> None:
-    atomic_write_json(d / PROV, prov)
+    write_aside(d / PROV, prov)  # provenance, no figures
 
 
 _SHA: dict[Path, str] = {}

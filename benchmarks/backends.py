@@ -32,10 +32,12 @@ from typing import Any
 
 from compresslab.cli import setup_process
 from compresslab.config import compose
-from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+from compresslab.manifest import git_sha, library_versions, read_json
+
+from _results import ResultsFile, write_aside  # sibling module (script dir)
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "backends.json"
+RESULTS = ResultsFile(ROOT / "results" / "backends.json")  # every write stamps meta.machine_load
 REPO = ROOT.parent
 RUNS = REPO / "outputs" / "backends_runs.json"
 PIPELINES = ("int8", "ziplm_2x", "ziplm_int8", "obert_int8")
@@ -64,7 +66,7 @@ def pipelines(a: argparse.Namespace) -> None:
         runs[p] = {"run_dir": str(rd.relative_to(REPO) if rd.is_relative_to(REPO) else rd),
                    "overrides": _overrides(a), "wall_s": round(time.perf_counter() - t0, 1)}
         RUNS.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(RUNS, runs)
+        write_aside(RUNS, runs)  # run dirs, no figures
         log.info("%s: %s (%.0f s)", p, rd, time.perf_counter() - t0)
 
 
@@ -172,6 +174,7 @@ def measure(a: argparse.Namespace) -> None:
     from compresslab.bench import measure_latency, measure_real_lengths
     from compresslab.bench.env import cpu_flags, hardware_fingerprint
     from compresslab.bench.latency import shape_key
+    from compresslab.bench.machine_load import timing_window
     from compresslab.data.loaders import make_loader
     from compresslab.data.tasks import load_task, resolve_data_root
     from compresslab.eval.evaluate import predict
@@ -213,10 +216,11 @@ def measure(a: argparse.Namespace) -> None:
 
     log.info("timing %d runners interleaved at %s", len(runners), SHAPES)
     t0 = time.perf_counter()
-    lat = measure_latency(runners, SHAPES, warmup=5, runs=a.runs, min_time_s=0.0, seed=0, vocab_size=vocab)
     loader = make_loader(dev, tok, 32, kw["max_length"], shuffle=False)
     batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
-    rl = measure_real_lengths(runners, batches, rounds=a.rounds)
+    with timing_window("backends: every cell, fixed shapes and real lengths"):  # one lock, one probe for both
+        lat = measure_latency(runners, SHAPES, warmup=5, runs=a.runs, min_time_s=0.0, seed=0, vocab_size=vocab)
+        rl = measure_real_lengths(runners, batches, rounds=a.rounds)
     timing_s = time.perf_counter() - t0
     for key, r in runners.items():
         model, name = key.split(".", 1)
@@ -235,8 +239,9 @@ def measure(a: argparse.Namespace) -> None:
               for m, mc in out_models.items()}
     deployed_auto = {}
     for p, r in runs.items():
-        dep = read_json(REPO / r["run_dir"] / "manifest.json")["export"].get("deployed", {})
-        deployed_auto[p] = dep.get("label")
+        run_manifest = read_json(REPO / r["run_dir"] / "manifest.json")
+        RESULTS.note_run(p, run_manifest)  # deploy=auto chose on its own timing: its machine_load comes along
+        deployed_auto[p] = run_manifest["export"].get("deployed", {}).get("label")
     result = {"cpu_isa": _isa(flags), "teacher_acc": models["dense"]["torch_fp32"]["acc"], "models": models,
               "deployed_auto": deployed_auto, "derived": None,
               "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
@@ -247,17 +252,17 @@ def measure(a: argparse.Namespace) -> None:
                        "runners": {k: _jsonable(v) for k, v in lat["runners"].items()},
                        "command": "python benchmarks/backends.py pipelines && python benchmarks/backends.py measure",
                        "sparse_weights_decompression": _sparse_note(flags)}}
-    atomic_write_json(RESULTS, result)  # the cells first: a slip in derive() must not lose the timing
+    RESULTS.write(result)  # the cells first: a slip in derive() must not lose the timing
     result["derived"] = derive(models)
-    atomic_write_json(RESULTS, result)
+    RESULTS.write(result)
     print(json.dumps({"derived": result["derived"], "deployed_auto": deployed_auto}, indent=1))
 
 
 def rederive() -> None:
     """Recompute ``derived`` (speedups, best_dense, targets) from the cells already in backends.json."""
-    result = read_json(RESULTS)
+    result = RESULTS.load()
     result["derived"] = derive(result["models"])
-    atomic_write_json(RESULTS, result)
+    RESULTS.write(result)
     print(json.dumps(result["derived"]["targets"], indent=1))
 
 

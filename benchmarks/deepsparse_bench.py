@@ -17,13 +17,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from compresslab.manifest import RunManifest, atomic_write_json, read_json
+from compresslab.manifest import RunManifest, read_json
 
-RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
+from _results import ResultsFile  # sibling module (script dir)
+
+RESULTS = ResultsFile(Path(__file__).resolve().parent / "results" / "obert.json")  # stamps meta.machine_load
 
 
 def rebench(run_dir: Path, overrides: list[str], full: bool = False) -> dict:
     from compresslab.bench.env import resolve_threads
+    from compresslab.bench.machine_load import timing_window
     from compresslab.cli import setup_process
     from compresslab.pipeline import restore
     from compresslab.pipeline.deepsparse import deepsparse
@@ -42,8 +45,10 @@ def rebench(run_dir: Path, overrides: list[str], full: bool = False) -> dict:
 
         bench(state, run_dir, manifest, threads)
         section = manifest.data["bench"]["deepsparse"]
-    else:
-        section = deepsparse(state, run_dir, manifest, threads)
+    else:  # outside the bench stage's timing window: open one, and keep its record with the section
+        with timing_window("deepsparse rebench") as window:
+            section = deepsparse(state, run_dir, manifest, threads)
+        section["machine_load"] = window.record()
         manifest.data.setdefault("bench", {})["deepsparse"] = section
     manifest.save()
     build_report(run_dir)
@@ -63,11 +68,13 @@ def main() -> None:
     section = rebench(args.run_dir, args.overrides, full=args.full)
     print(json.dumps({k: v for k, v in section.items() if k in ("latency", "speedups", "scores")}, indent=2))
     if args.store:
-        data = read_json(RESULTS) if RESULTS.is_file() else {}
+        data = RESULTS.load()
         data.setdefault("deepsparse_runs", {})[args.store] = {"run": str(args.run_dir), **section}
         if args.issue_keys:
             lat = {m: {shape: v["p50_ms"] for shape, v in per.items()} for m, per in section["latency"].items()}
-            bench = read_json(args.run_dir / "manifest.json")["bench"]
+            run_manifest = read_json(args.run_dir / "manifest.json")
+            RESULTS.note_run(args.store, run_manifest)  # its ORT latencies are copied below
+            bench = run_manifest["bench"]
             ort = {k: {sh: v["p50_ms"] for sh, v in d.items()} for k, d in bench["latency"].items()}
             data["latency_ms"] = {"ort": ort, "deepsparse": lat,
                                   "deepsparse_note": "p50 ms; DeepSparse rows and their ort_fp32 come from one "
@@ -76,7 +83,7 @@ def main() -> None:
             big = max(per, key=lambda k: int(k.split("x")[0][1:]))
             data["deepsparse_speedup_b32_vs_ort_fp32"] = per[big]
             data["deepsparse_int8_acc"] = section["scores"]["deepsparse_int8"]["score"]
-        atomic_write_json(RESULTS, data)
+        RESULTS.write(data)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ in the bench runs) against the fp32 graph's outputs, by both sensitivities (``si
 dev is the test split, never selected on. Agreement on dev is with the torch teacher's predictions.
 Latency: ORT fp32, all-int8 and the guided model(s), one process, interleaved, b32xs128 and
 b1xs128 medians, 2 threads. Scores and speed come from the same files. Nothing else may run on
-the machine while it measures (the load average is recorded before and after).
+the machine while it measures (its load is recorded in meta.machine_load, and the load average).
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def main(argv: list[str]) -> None:
     from compresslab.eval.onnx_runner import OnnxRunner
     from compresslab.export import export_model
     from compresslab.export.ort_quant import quantize_dynamic_int8
-    from compresslab.manifest import atomic_write_json, git_sha, library_versions
+    from compresslab.bench.machine_load import timing_window
+    from compresslab.manifest import git_sha, library_versions
     from compresslab.quant.guided_int8 import guided_int8
     from transformers import AutoTokenizer
+
+    from _results import ResultsFile  # sibling module (script dir)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", type=Path, default=None, help="a teacher dir (default: the cached bench teacher)")
@@ -74,6 +77,7 @@ def main(argv: list[str]) -> None:
     if a.quick:
         a.runs, a.latency_runs = 2, 2
     out_path = a.out or (QUICK_OUT if a.quick else RESULTS)
+    results = ResultsFile(out_path)  # stamps meta.machine_load: the method's timings and the final one
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     setup_process(THREADS, SEED)
     load0 = os.getloadavg()
@@ -119,8 +123,9 @@ def main(argv: list[str]) -> None:
 
     log.info("timing %s interleaved at %s, %d rounds", list(files), SHAPES, a.runs)
     t0 = time.perf_counter()
-    lat = measure_latency({k: OrtRunner(p, THREADS, vocab_size=int(tok.vocab_size)) for k, p in files.items()},
-                          SHAPES, warmup=3, runs=a.runs, seed=0, vocab_size=int(tok.vocab_size))
+    with timing_window("guided_int8 benchmark: fp32, all-int8 and guided files"):
+        lat = measure_latency({k: OrtRunner(p, THREADS, vocab_size=int(tok.vocab_size)) for k, p in files.items()},
+                              SHAPES, warmup=3, runs=a.runs, seed=0, vocab_size=int(tok.vocab_size))
     timing_s = time.perf_counter() - t0
     sp = speedups(lat, "ort_fp32")
     b32 = shape_key(32, 128)
@@ -170,7 +175,7 @@ def main(argv: list[str]) -> None:
                  "loadavg_before": load0, "loadavg_after": os.getloadavg(), "quick": a.quick,
                  "command": "python benchmarks/guided_int8.py" + (" --quick" if a.quick else "")},
     }
-    atomic_write_json(out_path, result)
+    results.write(result)
     print(json.dumps({k: result[k] for k in ("guided_int8", "all_int8", "targets")}, indent=1))
     log.info("wrote %s", out_path)
 

@@ -444,6 +444,7 @@ def guided(args) -> None:
     if not src.is_file():
         raise SystemExit(f"{src} missing: run `python benchmarks/guided_int8.py` on a quiet machine first")
     g = read_json(src)
+    _RESULTS.note_run("guided_int8.json", g)  # copied figures keep the load they were timed under
     keys = ("agreement", "acc", "speedup_b32_vs_ort_fp32", "speedup_vs_all_int8", "fp32_matmuls", "sensitivity")
     _store("guided_int8", {**{k: g["guided_int8"].get(k) for k in keys}, "source": "results/guided_int8.json",
                            "all_int8": {k: g["all_int8"].get(k) for k in keys if k in g["all_int8"]}})

@@ -17,8 +17,12 @@ from compresslab.data.tasks import load_task
 from compresslab.eval.evaluate import compare, onnx_forward, predict
 from compresslab.eval.onnx_runner import OnnxRunner
 from compresslab.export.ort_quant import quantize_dynamic_int8, quantize_static_qdq
-from compresslab.manifest import atomic_write_json, read_json
+from compresslab.manifest import read_json
 from compresslab.models.loading import load_tokenizer
+
+from _results import ResultsFile  # sibling module (script dir)
+
+RESULTS = ResultsFile(Path(__file__).resolve().parent / "results" / "int8_variants.json")  # stamps meta.machine_load
 
 VARIANTS = {
     "dynamic_per_channel": dict(per_channel=True),
@@ -57,8 +61,7 @@ def main(run_dir: Path) -> None:
     best = max((n for n in paths if n != "ort_fp32"),
                key=lambda n: out["variants"][n]["validation"]["agreement"])
     out["best_on_validation"] = best
-    res = Path(__file__).parent / "results" / "int8_variants.json"
-    atomic_write_json(res, out)
+    RESULTS.write(out)
     print(json.dumps(out, indent=1))
 
 

@@ -19,22 +19,20 @@ from pathlib import Path
 
 from compresslab.cli import setup_process
 from compresslab.config import compose
-from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+from compresslab.manifest import git_sha, library_versions, read_json
+
+from _results import ResultsFile  # sibling module (script dir)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "obert.json"
+_RESULTS = ResultsFile(RESULTS)  # every write stamps meta.machine_load
 
 
 def _load() -> dict:
-    return read_json(RESULTS) if RESULTS.is_file() else {}
+    return _RESULTS.load()
 
 
 def _store(key: str, sub: str | None, value) -> None:
-    data = _load()
-    if sub is None:
-        data[key] = value
-    else:
-        data.setdefault(key, {})[sub] = value
-    atomic_write_json(RESULTS, data)
+    _RESULTS.put([key] if sub is None else [key, sub], value)
 
 
 def _teacher_state(extra: list[str]):
@@ -129,6 +127,7 @@ def gradual(args) -> None:
         setup_process(cfg.run.get("threads"), int(cfg.seed))
         t0 = time.perf_counter()
         m = read_json(run(cfg) / "manifest.json")
+        _RESULTS.note_run(f"{key}.{s}", m)  # its bench stage timed the latencies copied below
         step = m["steps"][1]
         _store(key, str(s), step["metrics_after"]["score"])
         _store(key + "_runs", str(s), {"run": m["config_hash"], "pipeline": m["pipeline"], "wall_s": time.perf_counter() - t0,

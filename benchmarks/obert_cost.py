@@ -74,12 +74,12 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(one(json.loads(args.one))), flush=True)
         return
-    from compresslab.manifest import atomic_write_json, read_json
+    from _results import ResultsFile  # sibling module (script dir)
 
+    results = ResultsFile(RESULTS)  # stamps meta.machine_load: the load while each child ran (its wall time)
     for spec in GRID:
         key = f"{spec['model']}_B{spec['block_size']}_g{spec['num_grads']}" + (f"_max{spec['max_mb']}" if spec["max_mb"] else "")
-        data = read_json(RESULTS)
-        if key in data.get("cost", {}):
+        if results.has(["cost", key]):
             continue
         print(f"== {key}", flush=True)
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
@@ -89,9 +89,7 @@ def main() -> None:
             continue
         row = json.loads(line[-1][7:])
         print(row, flush=True)
-        data = read_json(RESULTS)
-        data.setdefault("cost", {})[key] = row
-        atomic_write_json(RESULTS, data)
+        results.put(["cost", key], row)
 
 
 if __name__ == "__main__":

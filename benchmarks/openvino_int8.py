@@ -48,8 +48,12 @@ def main(argv: list[str]) -> None:
     from compresslab.data.tasks import load_task, resolve_data_root
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
     from compresslab.export.openvino_int8 import nncf_int8_ir, ours_int8_ir
-    from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+    from compresslab.manifest import git_sha, library_versions, read_json
     from transformers import AutoTokenizer
+
+    from _results import ResultsFile  # sibling module (script dir)
+
+    results = ResultsFile(RESULTS)  # every write stamps meta.machine_load
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
@@ -98,7 +102,7 @@ def main(argv: list[str]) -> None:
             row[f"{s}_agreement"] = float(np.mean(sc.predictions == ref[s].predictions))
         out["variants"][name] = row
         logging.info("%s: %s", name, row)
-        atomic_write_json(RESULTS, out)  # partial: each variant as it is scored
+        results.write(out)  # partial: each variant as it is scored
     ours = {n: r for n, r in out["variants"].items() if r["method"] == "compresslab"}
     if ours:
         out["selected_ours"] = max(ours, key=lambda n: ours[n]["validation_agreement"])
@@ -115,7 +119,7 @@ def main(argv: list[str]) -> None:
         out["timing_load"] = {"before": load0, "after": os.getloadavg()}
     out["meta"] = {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(2),
                    "run_dir": str(rd), "command": "python benchmarks/openvino_int8.py " + " ".join(argv)}
-    atomic_write_json(RESULTS, out)
+    results.write(out)
 
 
 if __name__ == "__main__":

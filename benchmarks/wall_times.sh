@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # demo_wall_s and test_wall_s from a fresh clone with an empty cache (MEASURE.md "Wall times"),
 # then warm (same clone, venv and caches kept). Merges into benchmarks/results/wall_times.json.
+# Each wall time comes with <key>_machine_load: other processes' CPU use while it ran (busy: stretched),
+# measured by benchmarks/_timed.py with this checkout's venv.
 #   WARM=1   also time a second run in the same clone (venv and teacher cache kept)
 #   ONLY=demo | ONLY=test   time one of the two
 set -euo pipefail
@@ -10,13 +12,18 @@ trap 'cp "$work"/*.log "${LOG_DIR:-/tmp}"/ 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/shared" && ln -s "$(cd "$repo/../shared" && pwd)/data" "$work/shared/data"
 git clone -q "$repo" "$work/main"
 cd "$work/main"
-t() { local s=$(date +%s.%N); "$@" > "$work/$1-$2.log" 2>&1 || echo "FAILED: $*" >&2; echo "$(date +%s.%N) - $s" | bc; }
+py="$repo/.venv/bin/python"  # this checkout's venv: _timed.py reads the CPU clocks with compresslab
+# t KEY CMD...: run CMD (log in $work), put KEY (its wall seconds) and KEY's machine_load
+t() { local key=$1; shift; "$py" "$repo/benchmarks/_timed.py" "$work/$key.time.json" "$@" > "$work/$1-$2.log" 2>&1 \
+        || echo "FAILED: $*" >&2
+      put "$key" "$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['wall_s'])" "$work/$key.time.json")"
+      put "${key%_s}_machine_load" "$("$py" -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['machine_load']))" "$work/$key.time.json")"; }
 out=$work/new.json
 echo '{}' > "$out"
 put() { python3 -c "import json,sys; d=json.load(open('$out')); d[sys.argv[1]]=json.loads(sys.argv[2]); json.dump(d,open('$out','w'))" "$1" "$2"; }
 if [ "${ONLY:-}" != test ]; then
-  put demo_wall_s "$(t make demo)"
-  [ "${WARM:-0}" = 1 ] && put demo_wall_warm_s "$(t make demo DEMO_ARGS=run.overwrite=true)"
+  t demo_wall_s make demo
+  [ "${WARM:-0}" = 1 ] && t demo_wall_warm_s make demo DEMO_ARGS=run.overwrite=true
   put demo_summary "$(.venv/bin/python -c "
 import glob, json
 m = json.load(open(sorted(glob.glob('outputs/*/*/manifest.json'))[0]))
@@ -31,8 +38,8 @@ print(json.dumps({'pipeline': m['pipeline'], 'teacher_quick_acc': e['teacher_tor
   rm -rf .venv
 fi
 if [ "${ONLY:-test}" != demo ]; then
-  put test_wall_s "$(t make test)"
-  [ "${WARM:-0}" = 1 ] && put test_wall_warm_s "$(t make test)"
+  t test_wall_s make test
+  [ "${WARM:-0}" = 1 ] && t test_wall_warm_s make test
   put test_summary "\"$(grep -E "passed|failed" "$work/make-test.log" | tail -1)\""
 fi
 put wall_note '"fresh git clone, no venv, empty teacher cache; warm = second run in the same clone (venv and teacher cache kept; demo rerun with run.overwrite=true)"'

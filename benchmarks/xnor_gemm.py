@@ -20,7 +20,9 @@ timing, each result is checked (xnor against the fp32 matmul of the signs, int8 
 reference on the first rows). Headline ratios use the layer sum (per round: 4 x qkvo + ffn_in +
 ffn_out, then the median over rounds); ``fp32`` is the faster of torch and numpy, ``int8`` is
 ``ort_int8``. The timing refuses to start when the 1-minute load average is above ``--max-load``
-unless ``--force`` (then ``load.warning`` is true and the figures are void).
+unless ``--force`` (then ``load.warning`` is true and the figures are void). It runs in a timing
+window: it waits for a running training (then refuses; ``--force`` times at once) and records other
+processes' CPU use before and during every round in ``meta.machine_load`` (``busy``: void).
 """
 
 from __future__ import annotations
@@ -186,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from compresslab.bench.env import hardware_fingerprint
     from compresslab.bench.latency import summarize
+    from compresslab.bench.machine_load import timing_window
     from compresslab.cli import setup_process
-    from compresslab.manifest import atomic_write_json, git_sha, library_versions
+    from compresslab.manifest import git_sha, library_versions
+
+    sys.path.insert(0, str(ROOT))  # run as `python -m benchmarks.xnor_gemm`: the sibling module is not importable
+    from _results import ResultsFile
+
+    results = ResultsFile(a.out or RESULTS)  # stamps meta.machine_load (the timing window below)
 
     setup_process(a.threads, 0)  # torch threads and seed
     m = SMALL_ROWS if a.small else BATCH * SEQ
@@ -198,14 +206,19 @@ def main(argv: list[str] | None = None) -> int:
         built = {name: _build(m, k, n, a.threads, Path(tmp), rng) for name, (k, n, _) in shapes.items()}
         fns = {name: b[0] for name, b in built.items()}
         times: dict[str, dict[str, list[float]]] = {s: {meth: [] for meth in METHODS} for s in shapes}
-        for r in range(a.warmup + a.rounds):
-            for s in shapes:
-                for meth in METHODS:  # A B C ... every round, every shape
-                    t0 = time.perf_counter()
-                    fns[s][meth]()
-                    dt = time.perf_counter() - t0
-                    if r >= a.warmup:
-                        times[s][meth].append(dt)
+        # the timing lock and the load before and during (per round: a burst is not diluted)
+        # --force: no wait for a running training either (time at once, marked busy)
+        with timing_window("xnor gemm kernels", wait_s=0 if a.force else None,
+                           allow_busy=True if a.force else None) as window:
+            for r in range(a.warmup + a.rounds):
+                with window.span(f"round {r}"):
+                    for s in shapes:
+                        for meth in METHODS:  # A B C ... every round, every shape
+                            t0 = time.perf_counter()
+                            fns[s][meth]()
+                            dt = time.perf_counter() - t0
+                            if r >= a.warmup:
+                                times[s][meth].append(dt)
     load_after = os.getloadavg()
 
     per_shape: dict[str, Any] = {}
@@ -262,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     out = a.out or RESULTS
-    atomic_write_json(out, result)
+    results.write(result)
     print(f"{'shape':8} {'method':20} {'p50 ms':>9} {'p90 ms':>9}")
     for s, d in per_shape.items():
         for meth in METHODS:

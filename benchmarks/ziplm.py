@@ -30,9 +30,10 @@ from typing import Any
 
 from compresslab.cli import setup_process
 from compresslab.config import compose
-from compresslab.manifest import atomic_write_json, git_sha, library_versions, read_json
+from compresslab.manifest import git_sha, library_versions, read_json
 
-from _ziplm_store import RESULTS, ROOT, _fresh, _load, _put, _tag, model_sha, tk  # sibling module (script dir)
+from _ziplm_store import (RESULTS, ROOT, _fresh, _load, _note_run, _put, _tag, _write_all,  # sibling module
+                          model_sha, tk)
 
 WORK = Path("/tmp/ziplm-bench")
 SHAPES = ((32, 128), (1, 128))  # b32 first: the shape the targets are defined at
@@ -284,6 +285,7 @@ class Bench:
         t0 = time.perf_counter()
         run_dir = run(cfg)
         m = read_json(run_dir / "manifest.json")
+        _note_run("ziplm_int8", m)  # its bench stage timed the speedup copied below
         dep, b = m["eval"]["models"]["deployed"], m["bench"]
         zstep = next(s for s in m["steps"] if s["name"] == "ziplm")["result"]["metrics"]
         _put("ziplm_int8_speedup_vs_ort_fp32_b32", b["speedups"]["deployed"]["b32xs128"])
@@ -391,8 +393,7 @@ def run_all(args: argparse.Namespace) -> None:
                         "b1_min_time_s": B1_MIN_TIME_S, "statistic": "p50 ratios vs ort_fp32, one interleaved call "
                         "per shape", "accuracy": "torch model of the exported file (parity <= 1e-4 at export)"}})
     data = _load()
-    atomic_write_json(RESULTS, {**{k: data[k] for k in ISSUE_KEYS if k in data},
-                                **{k: v for k, v in data.items() if k not in ISSUE_KEYS}})
+    _write_all({**{k: data[k] for k in ISSUE_KEYS if k in data}, **{k: v for k, v in data.items() if k not in ISSUE_KEYS}})
 
 
 def _closest(speed: dict[int, float], target: float) -> int:
