@@ -5,8 +5,9 @@ This is the one place that touches process state: environment, threads, seeds, l
 A bad command line is answered with one line on stderr (``compresslab: error: ...``, naming the
 setting to change) and exit status 2, never a traceback: the overrides are composed and checked
 (:func:`check_command_line`) before Hydra sets anything up, so a typo such as ``debug=smok``, an
-unwritable ``paths.output_dir`` or ``seed=abc`` stops here; what needs the model or the data stops
-at the start of :func:`compresslab.pipeline.run`, before any training.
+unwritable ``paths.output_dir`` or ``seed=abc`` stops here; a multirun (``-m seed=1,2``) has each
+of its jobs checked so (:func:`check_multirun`) before the first starts. What needs the model or
+the data stops at the start of :func:`compresslab.pipeline.run`, before any training.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 log = logging.getLogger("compresslab")
 
@@ -69,17 +70,62 @@ def check_command_line(overrides: list[str]) -> None:
 
     Prints one line and raises SystemExit(2) when anything is wrong; returns None otherwise.
     """
+    try:
+        _check_job(overrides)
+    except bad_input_errors() as e:
+        fail(e)
+
+
+def _check_job(overrides: list[str]) -> None:
+    """:func:`check_command_line`'s checks of one job, raising the bad-input error (the missing
+    pipeline prints its own message and exits 2)."""
     from compresslab.config import compose
     from compresslab.pipeline.preflight import preflight
 
+    cfg = compose(overrides)
+    if cfg.get("pipeline") is None:
+        print(_missing_pipeline_message(), file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+    preflight(cfg)
+
+
+# A multirun of at most this many jobs has every job checked up front; a larger one has every swept
+# value checked (each in one job), since each check composes a config (~0.1 s).
+MAX_CHECKED_JOBS = 64
+
+
+def multirun_jobs_to_check(lists: list[list[str]]) -> list[list[str]]:
+    """The jobs of a multirun (one pick from each of ``lists``, see ``config.sweep_lists``) that the
+    pre-Hydra check composes: all of them up to :data:`MAX_CHECKED_JOBS`, else a covering set in
+    which every swept value appears (job i takes value i of each sweep, wrapping around)."""
+    import itertools
+    import math
+
+    if math.prod(len(v) for v in lists) <= MAX_CHECKED_JOBS:
+        return [list(job) for job in itertools.product(*lists)]
+    return [[v[i % len(v)] for v in lists] for i in range(max(len(v) for v in lists))]
+
+
+def check_multirun(overrides: list[str]) -> None:
+    """:func:`check_command_line` for each job of a multirun (``-m``): the sweeps are expanded as
+    Hydra expands them and every job (or every swept value, see :func:`multirun_jobs_to_check`)
+    is composed and checked before Hydra starts the first job. Prints one line naming the job's
+    swept values and raises SystemExit(2) when any is wrong; returns None otherwise."""
+    from compresslab.config import sweep_lists
+
     try:
-        cfg = compose(overrides)
-        if cfg.get("pipeline") is None:
-            print(_missing_pipeline_message(), file=sys.stderr)
-            raise SystemExit(EXIT_BAD_INPUT)
-        preflight(cfg)
+        lists = sweep_lists(overrides)
     except bad_input_errors() as e:
         fail(e)
+    swept = [i for i, v in enumerate(lists) if len(v) > 1]
+    for job in multirun_jobs_to_check(lists):
+        try:
+            _check_job(job)
+        except bad_input_errors() as e:
+            if not swept:  # one job: the same line as without -m
+                fail(e)
+            values = " ".join(job[i] for i in swept)
+            fail(f"{' '.join(str(e).split())} (in the multirun job with {values}; no job was started)")
 
 
 def _main(cfg) -> None:
@@ -94,7 +140,7 @@ def _main(cfg) -> None:
         settings = RunSettings.from_config(cfg)  # seed and threads are typed before they touch torch
         setup_process(settings.threads, settings.seed)
         logging.getLogger("compresslab").setLevel(logging.INFO)
-        run_dir = run(cfg)
+        run_dir = run(cfg, overrides=_task_overrides())
     except bad_input_errors() as e:
         fail(e)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the manifest already says interrupted, at which step
@@ -103,6 +149,14 @@ def _main(cfg) -> None:
               file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.html'} ({run_dir / 'report.md'})")
+
+
+def _task_overrides() -> list[str] | None:
+    """The command-line overrides of this job as Hydra parsed them (a multirun job's own values, no
+    ``hydra.*``), recorded in the manifest for its rerun command; None outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 class Terminated(KeyboardInterrupt):
@@ -131,6 +185,35 @@ def _hydra_flags(args: list[str]) -> bool:
     return any(a.startswith("-") for a in args)
 
 
+# Hydra flags that print or change where configs come from instead of running: left to Hydra
+_NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "config_path", "config_name", "config_dir",
+              "experimental_rerun")
+
+
+def _parse_hydra_args(args: list[str]) -> Any:
+    """``args`` read by Hydra's own argument parser, the overrides collected wherever they stand
+    (``+pipeline=int8 -m seed=1,2``: Hydra's ``parse_args`` takes overrides only before the first
+    flag); None for a malformed flag, which Hydra reports itself."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        return get_args_parser().parse_intermixed_args(args)
+    except SystemExit:
+        return None
+
+
+def _overrides_first(args: list[str], overrides: list[str]) -> list[str]:
+    """``args`` reordered as Hydra's parser reads them: the overrides, then the flags (with their
+    values) in their order. An override always has ``=`` (or a leading ``~``), a flag's value none."""
+    rest, pending = [], list(overrides)
+    for a in args:
+        if pending and a == pending[0]:
+            pending.pop(0)
+        else:
+            rest.append(a)
+    return [*overrides, *rest]
+
+
 def main() -> None:
     import hydra
 
@@ -140,8 +223,12 @@ def main() -> None:
     if not args:  # fail fast, before Hydra sets up anything
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
-    if not _hydra_flags(args):  # a multirun's sweeps (-m a=1,2) are composed job by job by Hydra
+    if not _hydra_flags(args):
         check_command_line(args)
+    elif (parsed := _parse_hydra_args(args)) is not None:
+        sys.argv[1:] = _overrides_first(args, parsed.overrides)
+        if not any(getattr(parsed, flag, None) for flag in _NOT_A_RUN):  # flags that run jobs: -m, --run
+            (check_multirun if parsed.multirun else check_command_line)(parsed.overrides)
     hydra.main(config_path=config_dir(), config_name="compress", version_base="1.3")(_main)()
 
 

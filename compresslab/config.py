@@ -32,6 +32,8 @@ def composition_message(error: Exception) -> str:
     (its config search path and grammar links left out, the options of a group listed)."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
+    from compresslab.validate import did_you_mean
+
     if isinstance(error, OverrideParseException):  # the parser's message does not name the override
         first = str(error).splitlines()[0] if str(error) else "syntax error"
         return (f"cannot parse the override {error.override!r}: {first} (lists are written [a, b], "
@@ -51,9 +53,14 @@ def composition_message(error: Exception) -> str:
     msg = " ".join(keep) or type(error).__name__
     cause = error.__cause__
     if cause is not None and "not in struct" in str(cause):  # `x=1` for a key that does not exist
-        # (Hydra's advice to append it with `+` would only meet the unknown-key check)
+        # (Hydra's advice to append it with `+` would only meet the unknown-key check); the keys of the
+        # node it was set on (OmegaConf's parent_node) give the did-you-mean in every group alike
         key = getattr(cause, "full_key", None) or msg
-        return (f"{key}: no such setting; check its spelling (`python -m compresslab +pipeline=NAME --cfg job` "
+        parent = getattr(cause, "parent_node", None)
+        siblings = [k for k in (parent.keys() if hasattr(parent, "keys") else ())
+                    if isinstance(k, str) and k != "hydra" and not k.startswith("_")]
+        hint = did_you_mean([getattr(cause, "key", None) or key.rpartition(".")[2]], siblings)
+        return (f"{key}: no such setting{hint}; check its spelling (`python -m compresslab +pipeline=NAME --cfg job` "
                 "prints every setting)")
     if msg.startswith("Multiple values for "):  # `+group=option` for a group that has a default
         group = msg.split()[3].rstrip(".")
@@ -90,3 +97,38 @@ def available_pipelines() -> list[str]:
 def pipelines_hint() -> str:
     """One line telling the user how to choose a pipeline and which exist."""
     return "choose one with +pipeline=NAME; available: " + ", ".join(available_pipelines())
+
+
+def sweep_lists(overrides: list[str]) -> list[list[str]]:
+    """A multirun's (``-m``) overrides as Hydra's basic sweeper reads them: one list per key of the
+    ``key=value`` strings its jobs take, a sweep expanded (``seed=1,2``, ``range(1,4)``,
+    ``glob(*)`` over a group's options), a plain override as a list of one. Every job is one pick
+    from each list (their product, in order).
+
+    Raises ConfigError (one line) for an override that does not parse or a sweep the basic sweeper
+    refuses (``interval(...)``).
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    # the parser and the expansion Hydra's multirun uses (the loader lists a group's options for glob)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(config_dir()))
+    try:
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
+        keyed: dict[str, list[str]] = {}
+        for o in parsed:
+            if o.is_sweep_override() and not o.is_discrete_sweep():
+                raise ConfigError(f"{o.input_line}: a multirun (-m) sweeps lists (a=1,2), range(start,stop) and "
+                                  "glob(pattern) over a group's options; interval() needs a sweeper plugin (Optuna, "
+                                  "Nevergrad): give the values as a list instead")
+            if o.is_sweep_override():
+                jobs = BasicSweeper.split_arguments([o], None)[0]  # [[k=v1], [k=v2], ...]
+                keyed[o.get_key_element()] = [job[0] for job in jobs]
+            else:
+                keyed[o.get_key_element()] = [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+    except HydraException as e:
+        raise ConfigError(composition_message(e)) from e
+    return list(keyed.values())

@@ -8,7 +8,7 @@ and what is allowed). YAML gives booleans for ``true``/``false`` and Python's ``
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 E = TypeVar("E", bound=Enum)
 S = TypeVar("S")
@@ -164,3 +164,14 @@ def check_bools(p: Any, *names: str) -> None:
 __all__ = ["check_bool", "check_bools", "check_choice", "check_field_types", "check_fraction", "check_int",
            "check_list", "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum",
            "is_int", "is_number"]
+
+
+def did_you_mean(unknown: Iterable[str], allowed: Iterable[str]) -> str:
+    """``" ('sorce': did you mean 'source'?)"`` for each unknown key with a close allowed one
+    (:func:`difflib.get_close_matches`), or ``""``: the one hint every unknown-key error gives."""
+    import difflib
+
+    options = sorted(str(a) for a in allowed)
+    hints = [f"{k!r}: did you mean {close[0]!r}?" for k in unknown
+             if (close := difflib.get_close_matches(str(k), options, n=1))]
+    return f" ({'; '.join(hints)})" if hints else ""

@@ -14,7 +14,7 @@ What each value may be is :data:`VALUE_CHECKS`: one validator per dotted key, so
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Mapping
@@ -23,7 +23,7 @@ from typing import Any
 
 from compresslab.config import config_dir
 from compresslab.validate import (
-    check_bool, check_int, check_list, check_positive, check_positive_int, check_text)
+    check_bool, check_int, check_list, check_positive, check_positive_int, check_text, did_you_mean)
 
 
 class SettingsError(ValueError):
@@ -153,13 +153,9 @@ def config_schema() -> dict[str, frozenset[str]]:
 
 
 def _unknown_message(where: str, unknown: list[str], allowed: frozenset[str], source: str) -> str:
-    hints = []
-    for k in unknown:
-        close = difflib.get_close_matches(k, sorted(allowed), n=1)
-        if close:
-            hints.append(f"{k!r}: did you mean {close[0]!r}?")
-    return (f"{where}: unknown setting(s) {unknown}" + (f" ({'; '.join(hints)})" if hints else "") +
-            f"; allowed: {', '.join(sorted(allowed))} (the keys {source} define{'' if '*' in source else 's'})")
+    verb = "define" if "*" in source or " and " in source else "defines"  # one file or several
+    return (f"{where}: unknown setting(s) {unknown}{did_you_mean(unknown, allowed)}; allowed: "
+            f"{', '.join(sorted(allowed))} (the keys {source} {verb})")
 
 
 def check_keys(c: Mapping[str, Any]) -> None:
@@ -181,6 +177,14 @@ def check_keys(c: Mapping[str, Any]) -> None:
         if unknown:
             source = f"conf/{section}/*.yaml" if (Path(config_dir()) / section).is_dir() else "conf/compress.yaml"
             raise SettingsError(_unknown_message(section, unknown, allowed, source))
+    generic = (c.get("task") or {}).get("generic")
+    if isinstance(generic, Mapping):  # its owner's fields, checked here too: before Hydra starts a (multi)run
+        from compresslab.data.generic import GenericConfig
+
+        fields = frozenset(f.name for f in dataclasses.fields(GenericConfig))
+        unknown = sorted(set(generic) - fields)
+        if unknown:
+            raise SettingsError(_unknown_message("task.generic", unknown, fields, "conf/task/generic.yaml"))
 
 
 def _get(c: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -249,7 +253,11 @@ def check_config(cfg: Any) -> dict[str, Any]:
     Raises SettingsError naming the key to change. The stage sections are typed afterwards by
     ``RunSettings.from_config``, the passes by ``build_steps``.
     """
+    from omegaconf import DictConfig, OmegaConf
+
+    # keys first, on the unresolved config: a misspelled key (+model.sorce=DIR) is named with its
+    # did-you-mean, not reported as the mandatory value it failed to set (model.source is not set)
+    check_keys(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg)
     c = resolve(cfg)
-    check_keys(c)
     check_values(c)
     return c

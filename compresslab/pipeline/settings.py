@@ -19,7 +19,7 @@ from typing import Any, Mapping, TypeVar
 from compresslab.pipeline.schema import SettingsError, check_config
 from compresslab.validate import (
     check_bool, check_choice, check_fraction, check_int, check_list, check_nonnegative, check_positive,
-    check_positive_int, is_int)
+    check_positive_int, did_you_mean, is_int)
 
 T = TypeVar("T")
 
@@ -58,7 +58,8 @@ def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise SettingsError(f"{section}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        raise SettingsError(f"{section}: unknown key(s) {unknown}{did_you_mean(unknown, names)}; "
+                            f"allowed: {sorted(names)}")
     try:
         return cls(**raw)
     except TypeError as e:  # a required key is missing
