@@ -80,27 +80,38 @@ def _needs_teacher(p: "Pass") -> bool:
 
 
 def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData") -> None:
-    """A distilling pass needs a teacher: the given one, a finetune step's output, or the input model
-    with a trained head. Raises ValueError naming the step and what to pass instead."""
+    """The teacher a run will use must be one: the given one, a finetune step's output, or the input
+    model with a trained head (the CLI's ``model.finetuned=true`` rule, :func:`check_teacher_head`).
+
+    ``teacher=`` is always checked (its labels and its head). The model as given is the teacher when
+    no pass makes one; it is checked when the teacher is used: a pass distils from it, or
+    ``eval_data`` is scored against it. Raises ValueError naming the step or setting and what to
+    pass instead.
+    """
     from compresslab.data.schema import TaskKind
     from compresslab.data.checks import check_labels_match_head
-    from compresslab.models.heads import head_is_untrained
+    from compresslab.pipeline.state import check_teacher_head
 
-    if teacher is not None and task.spec.kind is not TaskKind.EMBEDDING:
+    if task.spec.kind is TaskKind.EMBEDDING:
+        return  # an embedder is its own teacher (embedding KD); there is no head to train
+    if teacher is not None:
         try:
             check_labels_match_head(task, teacher.config)
         except ValueError as e:
             raise ValueError(f"teacher: {e}") from None
-    if teacher is not None or task.spec.kind is TaskKind.EMBEDDING:
-        return  # an embedder is its own teacher (embedding KD)
+        check_teacher_head(teacher, "teacher=", "Pass teacher=<a model fine-tuned on this task>, or teacher=None "
+                                                "with 'finetune' first in passes")
+        return
+    fix = "Pass teacher=<a model fine-tuned on this task> or put 'finetune' first in passes"
     for s in steps:
         if s.pass_.makes_teacher:
             return  # every later pass distils from that step's output
-        if _needs_teacher(s.pass_) and head_is_untrained(model):
-            raise ValueError(
-                f"step {s.name!r} distils from a teacher, but none can be built: teacher=None and the model's "
-                "classification head is freshly initialised (its bias is all zero), so a copy of it would teach "
-                "noise. Pass teacher=<a model fine-tuned on this task> or put 'finetune' first in passes")
+        if _needs_teacher(s.pass_):
+            check_teacher_head(model, f"step {s.name!r} distils from a teacher, but none can be built: teacher=None "
+                                      "and the model", fix)
+    if len(task.dev):  # eval_data is scored against the teacher (score, agreement, the drop below it)
+        check_teacher_head(model, "eval_data is scored against the teacher, which is the model as given "
+                                  "(teacher=None and no 'finetune' pass), but the model", fix)
 
 
 @dataclass
@@ -127,10 +138,12 @@ class CompressResult:
         now, fused, with parity checked against PyTorch on real padded inputs (ParityError past the
         tolerance). The directory is written beside ``out_dir`` and moved into place when complete.
         Returns ``out_dir``. FileExistsError for a non-empty ``out_dir`` unless ``overwrite`` (then
-        it is replaced whole: no file of an earlier export stays); RuntimeError after :meth:`close`
-        when the ONNX pass's graph is gone.
+        it is replaced whole: no file of an earlier export stays); SettingsError naming ``out_dir``
+        when its parent cannot be written; RuntimeError after :meth:`close` when the ONNX pass's
+        graph is gone.
         """
         from compresslab.pipeline.export import export_dir
+        from compresslab.pipeline.preflight import check_writable
 
         out = Path(out_dir)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -138,6 +151,7 @@ class CompressResult:
         if self.onnx_path is not None and not self.onnx_path.is_file():
             raise RuntimeError(f"this result was closed: its ONNX graph ({self.onnx_path.name}) was in the removed "
                                "working directory; export before close(), or pass output_dir= to compress")
+        check_writable(out.parent, "out_dir", out)  # the export is written beside out_dir, then moved in
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
@@ -156,9 +170,12 @@ class CompressResult:
         return out
 
     def save(self, out_dir: str | Path) -> Path:
-        """Save the torch model (+ tokenizer) as a compresslab checkpoint, reloadable by ``compresslab.load``."""
+        """Save the torch model (+ tokenizer) as a compresslab checkpoint, reloadable by ``compresslab.load``.
+        SettingsError naming ``out_dir`` when its parent cannot be written (read-only, a file in the path)."""
         from compresslab.checkpoint import save
+        from compresslab.pipeline.preflight import check_writable
 
+        check_writable(Path(out_dir).parent, "out_dir", out_dir)  # written beside out_dir, then moved in
         return save(self.model, out_dir, self.tokenizer)
 
     def close(self) -> None:
@@ -185,8 +202,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
             ``datasets.Dataset``, or a CSV/TSV/JSONL path; labels may be strings. The validation split
             (what passes may select on) is carved from it, seeded.
         eval_data: the same kinds; scored after every step and reported, never selected on.
-        teacher: the model to distil from; default: the output of a ``finetune`` pass, else a frozen
-            copy of ``model`` as given (right for a model already fine-tuned on the task).
+        teacher: the model to distil from and score against; default: the output of a ``finetune``
+            pass, else a frozen copy of ``model`` as given (right for a model already fine-tuned on
+            the task: the CLI's ``model.finetuned=true``). Its classification head must be trained
+            (given, or the model as given when a pass distils or ``eval_data`` is scored).
         label2id: label names -> head ids; default: the model's ``config.label2id`` when it names
             its labels (a label matches a name as written, else ignoring case), else the data's
             sorted class names or its integer ids. Labels follow the rules of the CLI's files
@@ -198,9 +217,12 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
             ``conf/export/default.yaml``.
         columns: ``text_column``, ``text_pair_column``, ``label_column`` for datasets and files.
 
-    Raises (all before any training, nothing written): ValueError for empty or unlabelled data,
-    untokenizable text, labels that do not match the model's head, a distilling pass without a
-    teacher, bad pass settings; PipelineError for a bad pass order; UnknownPassError for a name.
+    Raises (all before any training, nothing written): SettingsError (a ValueError) for an
+    ``output_dir`` that cannot be written (read-only, a file in its path); ValueError for empty or
+    unlabelled data, untokenizable text, labels that do not match the model's head, a teacher with
+    an untrained head (``teacher=``, or the model as given when it is the teacher), a distilling
+    pass without a teacher, bad pass settings; PipelineError for a bad pass order;
+    UnknownPassError for a name.
     """
     import torch
 
@@ -209,6 +231,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.adapters import get_adapter
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
+    from compresslab.pipeline.preflight import check_writable
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
                                             tqdm_progress)
@@ -225,6 +248,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     check_positive_int(batch_size, "batch_size")
     _check_max_length(max_length, model.config)
     resolve_device(device)  # an unknown or absent device fails here, not inside a pass
+    if output_dir is not None:  # the CLI's preflight rule: a read-only dir or a file in the path, before any work
+        check_writable(Path(output_dir), "output_dir")
     steps = build_steps(passes)
     get_adapter(model)  # UnsupportedArchitectureError names the supported ones
     head_names = config_label2id(model.config) if label2id is None else None  # the model's own class names

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,11 +20,14 @@ from compresslab.pipeline.preflight import preflight
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> Path:
+def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     """Execute a composed config; returns the run directory.
 
-    Everything cheap is checked before anything expensive (passes, settings, model source, data);
-    raises PipelineError / SettingsError / FileNotFoundError / ValueError then.
+    ``overrides`` are the command-line overrides ``cfg`` was composed from (``+pipeline=int8
+    seed=3``): recorded in the manifest with the command that reproduces the run; None when not
+    known (a config composed elsewhere). Everything cheap is checked before anything expensive
+    (passes, settings, model source, data); raises PipelineError / SettingsError /
+    FileNotFoundError / ValueError then.
     """
     from compresslab.pipeline.deploy import check_deploy
     from compresslab.pipeline.state import RunState, check_steps_model
@@ -45,6 +50,7 @@ def run(cfg: DictConfig) -> Path:
     check_deploy(state)
     check_steps_model(steps, state.model)  # the passes' own (e.g. hawq's block_size vs the Linears' shapes)
     manifest = existing or _start(state, run_dir, cfg)
+    record_invocation(manifest, cfg, run_dir, overrides)
     manifest.data["inputs"] = inputs
     manifest.mark_running()
     with recording_failure(manifest):
@@ -73,13 +79,35 @@ def recording_failure(manifest: RunManifest) -> Iterator[None]:
 
 
 def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
-    """A fresh run dir: the resolved config under .hydra/ and a new manifest."""
+    """A fresh run dir and a new manifest."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ".hydra").mkdir(exist_ok=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return state.new_manifest(run_dir, pipeline=str(cfg.pipeline.name), config_hash=config_hash(cfg),
                               model_id=str(cfg.model.get("name", cfg.model.source)),
                               config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def rerun_command(overrides: Sequence[str]) -> str:
+    """The shell command that composes the same config again: each override quoted for a POSIX
+    shell (``shlex.join``), so paths with spaces, ``[1,128]`` lists and ``${...}`` reach Hydra as given."""
+    return shlex.join(["python", "-m", "compresslab", *overrides])
+
+
+def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None) -> None:
+    """Record the invocation that runs now: its resolved config (``config`` and
+    ``.hydra/config.yaml``), its overrides, the command that reproduces it and its working directory
+    (relative paths are read from there), and append it to ``invocations``. A resumed run (the same
+    run identity) may differ in the settings outside it (``run.*``, ``paths.*``): the manifest and
+    the report show the latest, the history stays in ``invocations``. Not saved here: the caller's
+    next save writes it."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    manifest.data["config"] = config
+    manifest.data["overrides"] = list(overrides) if overrides is not None else None
+    manifest.data["command"] = rerun_command(overrides) if overrides is not None else None
+    manifest.data["cwd"] = os.getcwd()
+    manifest.data.setdefault("invocations", []).append(
+        {"started": now(), "overrides": manifest.data["overrides"], "cwd": manifest.data["cwd"]})
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def finish(state: Any, run_dir: Path, manifest: RunManifest, keep: str = "minimal") -> Path:
@@ -124,19 +152,23 @@ def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
     """Programmatic entry: compose ``+pipeline=<pipeline>`` with overrides and run it."""
     from compresslab.config import compose
 
-    extra = [f"{k}={v}" for k, v in kwargs.items()]
-    return run(compose([f"+pipeline={pipeline}", *overrides, *extra]))
+    args = [f"+pipeline={pipeline}", *overrides, *(f"{k}={v}" for k, v in kwargs.items())]
+    return run(compose(args), overrides=args)
 
 
 def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
     """A prepared state holding the pipeline's teacher (for benchmarks that compare methods on it).
 
-    Runs only the pass that declares ``makes_teacher`` (finetune: cached by content hash, so a
-    trained teacher is found again), in ``work_dir``. Returns the RunState with ``model`` and
-    ``teacher`` set; PipelineError when the pipeline has no such pass.
+    Runs only the pass that declares ``makes_teacher``, in ``work_dir``, as the pipeline's step
+    loop runs it (:func:`~compresslab.pipeline.steps.apply_torch_pass`): finetune is cached by
+    content hash, so a trained teacher is found again; with ``model.finetuned=true`` the given model
+    (its own head, checked against the task) is the teacher and nothing is trained. Returns the
+    RunState with ``model`` and ``teacher`` set; PipelineError when the pipeline has no such pass,
+    ValueError when ``model.finetuned=true`` names a model without a trained head of the task's.
     """
     from compresslab.pipeline.plan import PipelineError
-    from compresslab.pipeline.state import RunState, frozen
+    from compresslab.pipeline.state import RunState
+    from compresslab.pipeline.steps import apply_torch_pass
 
     makers = [s for s in build_steps(cfg) if s.pass_.makes_teacher]
     if not makers:
@@ -144,9 +176,7 @@ def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
     state = RunState.prepare(cfg, makers)
     state.load_initial()
     work_dir = Path(work_dir)
-    makers[0].pass_.apply(state.model, state.context(work_dir, work_dir / "step"))
-    state.model.eval()
-    state.teacher = frozen(state.model)
+    apply_torch_pass(state, makers[0], work_dir / "step", work_dir)
     return state
 
 

@@ -74,10 +74,14 @@ def output_dirs(cfg: Any) -> dict[str, Path]:
     return dirs
 
 
-def check_writable(path: Path, setting: str) -> None:
+def check_writable(path: Path, setting: str, value: str | Path | None = None) -> None:
     """Create ``path`` (with its parents) and write a file in it; SettingsError naming ``setting``
     and the path when either fails (read-only, no permission, a file in the way). Directories this
-    created are removed again, so a refused run leaves nothing behind."""
+    created are removed again, so a refused run leaves nothing behind. ``value``: the setting's value
+    when ``path`` is another directory it needs (the parent an output is first written in).
+
+    The CLI's preflight and the API (``compress(output_dir=)``, ``CompressResult.export/save``) use
+    this one check."""
     path = Path(path).expanduser()
     created = []
     probe = path.absolute()
@@ -90,8 +94,9 @@ def check_writable(path: Path, setting: str) -> None:
             pass
     except OSError as e:
         hint = " (or the COMPRESSLAB_CACHE environment variable)" if setting == "paths.cache_dir" else ""
-        raise SettingsError(f"{setting}={path}: cannot write there ({e.strerror or e}); set {setting}{hint} to a "
-                            "directory you can write to") from None
+        where = "there" if value is None else f"in {path}"
+        raise SettingsError(f"{setting}={path if value is None else value}: cannot write {where} "
+                            f"({e.strerror or e}); set {setting}{hint} to a directory you can write to") from None
     finally:
         for d in created:  # deepest first
             try:

@@ -56,6 +56,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_teacher_head(model: nn.Module, what: str, fix: str) -> None:
+    """The one rule for a model about to be the teacher (``model.finetuned=true`` in the CLI; the
+    API's ``teacher=``, or its model with no ``finetune`` pass): its classification head must have
+    been trained. ValueError saying ``what`` it is and the ``fix``, when the head is freshly
+    initialised: a copy of it would teach noise, and every score would be compared with chance."""
+    from compresslab.models.heads import head_is_untrained
+
+    if head_is_untrained(model):
+        raise ValueError(f"{what} has no trained classification head (the head was freshly initialised: its bias is "
+                         f"all zero), so it cannot be the teacher. {fix}")
+
+
 def check_steps(steps: list["Step"], task: "TaskData") -> None:
     """Every pass's cheap data checks (``Pass.check``) before any model is loaded."""
     for s in steps:
@@ -169,12 +181,10 @@ class RunState:
         """model.finetuned=true: the head's size, kind and class names must be the task's (a head trained
         with another label order would score every example wrongly, silently). ValueError otherwise."""
         from compresslab.data.checks import check_labels_match_head
-        from compresslab.models.heads import head_is_untrained
 
-        if head_is_untrained(self.model):  # the API's rule too: a copy of a fresh head would teach noise
-            raise ValueError(f"model.finetuned=true, but {self.model_source} has no trained classification head "
-                             "(the head was freshly initialised: its bias is all zero), so it cannot be the "
-                             "teacher. Set model.finetuned=false to fine-tune it on the task first")
+        assert self.model is not None
+        check_teacher_head(self.model, f"model.finetuned=true, but {self.model_source}",
+                           "Set model.finetuned=false to fine-tune it on the task first")
         names = [str(n) for _, n in sorted((getattr(self.model.config, "id2label", None) or {}).items())]
         try:  # the CLI's fix for a class-order mismatch is the task's label order, not the API's label2id=
             check_labels_match_head(self.task, self.model.config,

@@ -53,10 +53,10 @@ def apply_declarations(state: RunState, step: Step) -> None:
         state.teacher = frozen(state.model)
 
 
-def run_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -> tuple[PassResult, dict[str, Any]]:
-    """Apply a TORCH pass to ``state.model``, save the checkpoint (+ declared formats); (result, metrics)."""
-    from compresslab.checkpoint import check_formats, save
-
+def apply_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -> PassResult:
+    """Apply a TORCH pass to ``state.model`` in place, then what it declares (the teacher); nothing
+    saved. The pass that makes the teacher trains nothing when the input is the teacher
+    (``model.finetuned=true``). The step loop and ``teacher_state`` (benchmarks) both call this."""
     assert state.model is not None
     if step.pass_.makes_teacher and state.input_is_teacher:
         # model.finetuned=true: the loaded model is already the teacher; training it again would only
@@ -66,6 +66,15 @@ def run_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -
         result = step.pass_.apply(state.model, state.context(run_dir, step_dir))
     state.model.eval()
     apply_declarations(state, step)
+    return result
+
+
+def run_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -> tuple[PassResult, dict[str, Any]]:
+    """Apply a TORCH pass to ``state.model``, save the checkpoint (+ declared formats); (result, metrics)."""
+    from compresslab.checkpoint import check_formats, save
+
+    result = apply_torch_pass(state, step, step_dir, run_dir)
+    assert state.model is not None
     save(state.model, step_dir, state.tokenizer, formats=check_formats(result.formats, f"step {step.name!r}"))
     metrics = {**score_torch(state, f"step:{step.name}"), "params": sum(p.numel() for p in state.model.parameters()),
                "size_bytes": (step_dir / "model.safetensors").stat().st_size}

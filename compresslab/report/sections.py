@@ -10,6 +10,7 @@ per model and shape.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -407,18 +408,35 @@ def _environment(m: Mapping[str, Any], run_dir: str) -> list[Block]:
     versions = F.as_dict(m.get("versions"))
     out.append(Table(["library", "version"], [[k, plain(v)] for k, v in versions.items()])
                if versions else _missing("versions"))
-    cmd = m.get("command") or f"python -m compresslab +pipeline={m.get('pipeline', '<pipeline>')}"
-    overrides = m.get("overrides")
-    recorded = bool(m.get("command")) or isinstance(overrides, list)
-    if not m.get("command") and isinstance(overrides, list) and overrides:
-        cmd += " " + " ".join(str(o) for o in overrides)
-    how = ("Run (the same config resumes the same run dir), then rebuild this report:" if recorded else
-           "Run, then rebuild this report (the manifest does not record the command-line overrides: add the "
-           "values of the resolved config below that differ from the defaults):")
-    out.append(Code(f"{cmd}\npython -m compresslab.report {run_dir}", how))
+    out.append(_rerun(m, run_dir))
+    runs = m.get("invocations")
+    if isinstance(runs, list) and len(runs) > 1:
+        out.append(Para(f"This run dir was run {len(runs)} times (resumed, or rerun with settings outside the run "
+                        "identity: run.*, paths.*); the command and config here are the latest run's, every "
+                        "run's overrides are under invocations in manifest.json."))
     if isinstance(m.get("config"), Mapping) and m["config"]:
         out.append(Code(config_yaml(m["config"]), "Resolved config (YAML)"))
     return out
+
+
+def _rerun(m: Mapping[str, Any], run_dir: str) -> Block:
+    """The commands that reproduce the run (each argument quoted for a POSIX shell), then rebuild
+    this report: from the working directory the run started in, since relative paths are read
+    from there."""
+    report = f"python -m compresslab.report {shlex.quote(str(run_dir))}"
+    if m.get("pipeline") == "compress" and not m.get("command"):  # made by compresslab.compress(output_dir=...)
+        return Code(report, "Made by compresslab.compress(..., output_dir=this dir): the same call again resumes "
+                            "it (or finds it finished); rebuild this report:")
+    overrides = m.get("overrides")
+    cmd = m.get("command")
+    if not cmd and isinstance(overrides, list):
+        cmd = shlex.join(["python", "-m", "compresslab", *(str(o) for o in overrides)])
+    lines = [f"cd {shlex.quote(str(m['cwd']))}"] if cmd and m.get("cwd") else []
+    lines += [cmd or f"python -m compresslab +pipeline={m.get('pipeline', '<pipeline>')}", report]
+    how = ("Run (the same command resumes the same run dir, or finds it finished), then rebuild this report:"
+           if cmd else "Run, then rebuild this report (the manifest does not record the command-line overrides: "
+                       "add the values of the resolved config below that differ from the defaults):")
+    return Code("\n".join(lines), how)
 
 
 def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[str, str],
