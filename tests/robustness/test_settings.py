@@ -202,10 +202,10 @@ def test_cli_group_with_plus(capsys, expect_clear):
 
 
 @case(name="CLI: run.thread=2 (a key that does not exist, without +)", kind=1,
-      expected="exit 2 saying there is no such setting")
+      expected="exit 2 saying there is no such setting, with a did-you-mean")
 def test_cli_override_of_missing_key(capsys, expect_clear):
     expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "run.thread=2"])),
-                 match=r"run\.thread: no such setting; check its spelling")
+                 match=r"run\.thread: no such setting \('thread': did you mean 'threads'\?\); check its spelling")
 
 
 @case(name="CLI: override syntax error", kind=1, expected="exit 2 with the parser's one-line message")
