@@ -416,7 +416,7 @@ def test_cli_reports_a_refused_timing(monkeypatch, capsys, expect_clear) -> None
     import compresslab.pipeline as pipeline
     from compresslab.config import compose
 
-    def refused(cfg: Any) -> None:  # what the bench stage raises after its wait
+    def refused(cfg: Any, **kw: Any) -> None:  # what the bench stage raises after its wait
         raise MachineBusyError("bench stage: training pid 42 (finetune, for 3 min) still running after 600 s of "
                                "waiting; set COMPRESSLAB_LOCK_WAIT_S=<seconds> to wait longer, or "
                                "COMPRESSLAB_TIME_BUSY=1 to time anyway")

@@ -118,7 +118,7 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path, monkeypatch, observe):
 def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, observe):
     from compresslab import cli
 
-    def interrupted(cfg):
+    def interrupted(cfg, **kw):  # pipeline.run's signature: (cfg, overrides=...)
         raise KeyboardInterrupt
 
     monkeypatch.setattr("compresslab.pipeline.run", interrupted)
