@@ -73,8 +73,18 @@ class LayerDrop:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         self.recovery = Recovery.coerce(self.recovery)
 
+    @property
+    def keeps_zeros(self) -> bool:
+        """Dropping layers keeps every surviving weight as it is; a dense KD recovery would not
+        (pruned zeros grow back), so after a sparse pass only ``recovery.steps: 0`` composes."""
+        return self.recovery.steps == 0
+
     def check(self, task: Any) -> None:
-        """Nothing to check up front: the layer indices are checked against the model in ``apply``."""
+        """Nothing to check up front: the layer indices are checked against the model (``check_model``)."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """Before any step runs: ``keep`` / ``num_layers`` fit the model's depth (ValueError naming it)."""
+        self.layers_to_keep(get_adapter(model).num_layers)
 
     def layers_to_keep(self, total: int) -> list[int]:
         """The kept indices for a model of ``total`` layers (range errors name the depth)."""

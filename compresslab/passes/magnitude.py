@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 from torch import Tensor, nn
 
 from compresslab.ops.obs import magnitude_scores
-from compresslab.pruning.unstructured import Mode, Scope, check_schedule, moved, run_pruning
+from compresslab.pruning.unstructured import Mode, Scope, check_schedule, moved, run_pruning, teacher_modules
 from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
 from compresslab.training.recovery import Recovery
@@ -60,6 +60,8 @@ class Magnitude:
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
+    makes_sparse: ClassVar[bool] = True  # later passes must keep its zeros (pipeline.plan.check_zeros_kept)
+    keeps_zeros: ClassVar[bool] = True  # the masks start from today's zeros (MaskKeeper.from_zeros)
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -83,7 +85,7 @@ class Magnitude:
             metrics, structure = run_pruning(
                 model, ctx, modules, MagnitudeScorer(), mode=self.mode, sparsity=self.sparsity,
                 init_sparsity=self.init_sparsity, num_events=self.num_events, recovery=self.recovery,
-                scope=self.scope, name=self.name)
+                scope=self.scope, name=self.name, reference=teacher_modules(ctx, self.targets, self.ignore))
         finally:
             model.to(before)
         metrics["size"] = sparse_size_bytes(model, list(modules))

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from compresslab.pruning.fisher import OBSScorer, collect_outer_sums, stream_groups
 from compresslab.pruning.masks import MaskKeeper
-from compresslab.pruning.unstructured import Mode, Scope, check_schedule, moved, prune_to, run_pruning
+from compresslab.pruning.unstructured import (
+    Mode, Scope, check_schedule, moved, prune_to, run_pruning, teacher_modules)
 from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
 from compresslab.training.dist import rank_batches
@@ -101,6 +102,8 @@ class OBert:
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
+    makes_sparse: ClassVar[bool] = True  # later passes must keep its zeros (pipeline.plan.check_zeros_kept)
+    keeps_zeros: ClassVar[bool] = True  # the masks start from today's zeros (MaskKeeper.from_zeros)
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -148,6 +151,20 @@ class OBert:
         if self.damp_grid and not task.validation:
             raise ValueError("damp_grid selects on the validation split carved from train, but the task has none")
 
+    def check_after(self, earlier: list[Any]) -> None:
+        """Plan-time check against the steps before this one: 1x4 blocks need every pruned Linear's
+        ``in_features % 4 == 0``, and a structured pass before it leaves FFN widths on its
+        ``ffn_grid``, so that grid must be a multiple of 4 (ValueError naming the setting)."""
+        if self.group_size == 1:
+            return
+        bad = [(p.name, p.ffn_grid) for p in earlier if isinstance(getattr(p, "ffn_grid", None), int)
+               and p.ffn_grid % self.group_size]
+        if bad:
+            name, grid = bad[0]
+            raise ValueError(f"mask_type=block4 prunes 1x4 blocks along each row, but the earlier {name} step leaves "
+                             f"FFN widths on ffn_grid={grid}, not a multiple of 4; set that step's ffn_grid to a "
+                             "multiple of 4 (e.g. 32), or mask_type=unstructured")
+
     def _check_modules(self, modules: Mapping[str, nn.Linear]) -> None:
         if self.group_size > 1:
             bad = [n for n, m in modules.items() if m.in_features % self.group_size]
@@ -177,7 +194,8 @@ class OBert:
             metrics, structure = run_pruning(
                 model, ctx, modules, scorer, mode=self.mode, sparsity=self.sparsity,
                 init_sparsity=self.init_sparsity, num_events=self.num_events, recovery=self.recovery,
-                num_recomputations=self.num_recomputations, scope=Scope.GLOBAL, name=self.name)
+                num_recomputations=self.num_recomputations, scope=Scope.GLOBAL, name=self.name,
+                reference=teacher_modules(ctx, self.targets, self.ignore))
         finally:
             model.to(before)
         metrics.update(damp=damp, block_size=self.block_size, mask_type=self.mask_type.value)

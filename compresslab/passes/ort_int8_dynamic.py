@@ -53,6 +53,9 @@ class OrtInt8Dynamic:
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
+    # a zero weight quantizes to its zero point, which dequantizes to exactly 0.0 (ORT ranges always
+    # include 0; symmetric int8 weights have zero point 0): the zeros of a pruned model survive
+    keeps_zeros: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_bools(self, "per_channel", "reduce_range", "optimize")

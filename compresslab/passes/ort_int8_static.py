@@ -45,6 +45,9 @@ class OrtInt8Static:
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
+    # a zero weight quantizes to its zero point, which dequantizes to exactly 0.0 (ORT ranges always
+    # include 0; symmetric int8 weights have zero point 0): the zeros of a pruned model survive
+    keeps_zeros: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.calibrate_method = coerce_enum(CalibrateMethod, self.calibrate_method, "calibrate_method")

@@ -106,7 +106,9 @@ def check_pass_keys(cls: type, node: Any, step: str) -> None:
 
 
 def check_order(steps: list[Step]) -> None:
-    """TORCH passes first, then ONNX passes; at most one pass produces the teacher, before the rest."""
+    """TORCH passes first, then ONNX passes; at most one pass produces the teacher, before the rest; the
+    zeros of a sparse pass kept by every later pass (:func:`check_zeros_kept`); each pass's own
+    ``check_after`` (what it needs from the steps before it)."""
     seen_onnx = None
     for s in steps:
         if s.pass_.stage == Stage.ONNX:
@@ -118,6 +120,7 @@ def check_order(steps: list[Step]) -> None:
     if len(makers) > 1 or (makers and makers[0].index != steps[0].index):
         raise PipelineError(f"the pass producing the teacher ({', '.join(s.name for s in makers)}) must be the "
                             "first step and appear once")
+    check_zeros_kept(steps)
     for i, s in enumerate(steps):  # what a pass needs from the steps before it (e.g. nbits after hawq)
         check_after = getattr(s.pass_, "check_after", None)
         if check_after is not None:
@@ -125,6 +128,30 @@ def check_order(steps: list[Step]) -> None:
                 check_after([e.pass_ for e in steps[:i]])
             except ValueError as e:
                 raise PipelineError(f"step {s.name!r}: {e}") from None
+
+
+def check_zeros_kept(steps: list[Step]) -> None:
+    """After a pass that prunes weights to exact zeros (``makes_sparse``), every later pass must keep
+    them (``keeps_zeros``), else PipelineError naming both steps and the order that composes.
+
+    Why refuse rather than re-apply the masks afterwards: the passes that do not keep zeros rewrite
+    the surviving weights densely on purpose (ZipLM's OBS compensation of ``W_O``/``W_2`` and every
+    dense KD recovery fill the pruned entries back in), and zeroing them again after the fact
+    undoes the very update those passes optimised. Structure first, then sparsity (ZipLM, then
+    oBERT) composes: oBERT prunes the shrunk layers and keeps every zero it finds. A pass that does
+    not declare ``keeps_zeros`` is assumed not to keep them.
+    """
+    sparse: Step | None = None
+    for s in steps:
+        if sparse is not None and not getattr(s.pass_, "keeps_zeros", False):
+            raise PipelineError(
+                f"step {s.name!r} ({s.pass_.name}) cannot come after step {sparse.name!r} ({sparse.pass_.name}): "
+                f"{sparse.pass_.name} leaves pruned weights at exactly zero and {s.pass_.name} does not keep them "
+                f"(its weight updates or dense training would grow them back). Put {s.name!r} before "
+                f"{sparse.name!r} in pipeline.steps (structure first, then sparsity, then int8: e.g. "
+                "[finetune, layer_drop, ziplm, obert, int8])")
+        if sparse is None and getattr(s.pass_, "makes_sparse", False):
+            sparse = s
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:

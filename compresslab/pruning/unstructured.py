@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from compresslab.ops.obs import expand_group_mask, global_prune_masks
 from compresslab.ops.schedule import PruningEvent, gradual_pruning_events, recomputation_targets
 from compresslab.pruning.masks import MaskKeeper, sparsity_stats
-from compresslab.targets import layer_keys
+from compresslab.targets import layer_keys, select_modules
 from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext
 from compresslab.validate import check_fraction, check_positive_int
@@ -160,15 +160,38 @@ class _PruneAtEvents:
             self.prune(self.events[step], step)
 
 
+def teacher_modules(ctx: PassContext, targets: list[str] | None,
+                    ignore: list[str] | None) -> dict[str, nn.Linear] | None:
+    """The run teacher's Linears under the same ``targets`` / ``ignore``: the dense reference a
+    sparsity is also reported against when earlier steps shrank the model (ZipLM, layer_drop).
+
+    None when the run has no teacher, or a pattern selects nothing in it (explicit layer indices
+    after layer_drop renumbered the layers: no counterpart to compare with).
+    """
+    if ctx.teacher is None:
+        return None
+    try:
+        return select_modules(ctx.teacher, targets, ignore)
+    except ValueError:
+        return None
+
+
 def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear], scorer: Scorer, *,
                 mode: Mode, sparsity: float, recovery: Recovery, init_sparsity: float | None = None,
                 num_events: int = 7, num_recomputations: int = 1, scope: Scope = Scope.GLOBAL,
-                name: str = "pruning") -> tuple[dict[str, Any], dict[str, Any]]:
+                name: str = "pruning", reference: Mapping[str, nn.Module] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Prune ``modules`` of ``model`` in place to ``sparsity``; returns (metrics, structure).
 
     One-shot: ``num_recomputations`` sub-steps to ``sparsity``, then ``recovery`` with fixed
     masks. Gradual: ``num_events`` events from ``init_sparsity`` to ``sparsity`` placed in the
     ``recovery.steps`` budget (:func:`plan_events`). ``name`` labels progress and log lines.
+
+    ``sparsity`` (the target and the metric) is the fraction of zeros among ``modules``' weights
+    as they are: after ZipLM or layer_drop, of the shrunk model's remaining weights. Every exact
+    zero already there (an earlier pass's) counts as pruned and stays zero. With ``reference``
+    (the dense teacher's counterparts, :func:`teacher_modules`) the metrics also say
+    ``sparsity_vs_teacher = 1 - nonzero / teacher weights``: what is gone, removed or zeroed.
     """
     steps = recovery.steps
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
@@ -208,9 +231,18 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
     stats = sparsity_stats(modules, layer_keys(model, modules))
     metrics.update(sparsity=stats["sparsity"], num_zero=stats["num_zero"], num_targeted=stats["num_targeted"],
                    prune_steps=done, **scorer.metrics)
+    if reference is not None:
+        metrics.update(relative_sparsity(stats["num_targeted"] - stats["num_zero"], reference))
     structure = {"layer_sparsity": stats["layer_sparsity"], "tensor_sparsity": stats["tensor_sparsity"],
                  "targets": list(modules), "group_size": scorer.group_size}
     return metrics, structure
+
+
+def relative_sparsity(nonzero: int, reference: Mapping[str, nn.Module]) -> dict[str, Any]:
+    """``sparsity_vs_teacher``: the fraction of the reference's targeted weights that are not left
+    as non-zeros (``nonzero`` of them remain), with the count it is relative to."""
+    total = sum(m.weight.numel() for m in reference.values())
+    return {"teacher_targeted": total, "sparsity_vs_teacher": round(1 - nonzero / max(1, total), 6)}
 
 
 def moved(model: nn.Module, device: torch.device) -> torch.device:
@@ -221,4 +253,4 @@ def moved(model: nn.Module, device: torch.device) -> torch.device:
 
 
 __all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_schedule", "default_init_sparsity", "moved", "plan_events",
-           "prune_step", "prune_to", "run_pruning"]
+           "prune_step", "prune_to", "relative_sparsity", "run_pruning", "teacher_modules"]
