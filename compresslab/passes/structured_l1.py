@@ -91,6 +91,8 @@ class StructuredL1(SpeedupSettings):
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
+    # emptying a layer's attention needs the BERT/RoBERTa layout (checked before any step runs)
+    model_types: ClassVar[tuple[str, ...]] = ("bert", "roberta")
 
     def __post_init__(self) -> None:
         super().__post_init__()

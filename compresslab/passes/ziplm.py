@@ -113,6 +113,8 @@ class ZipLM(SpeedupSettings):
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
+    # emptying a layer's attention needs the BERT/RoBERTa layout (checked before any step runs)
+    model_types: ClassVar[tuple[str, ...]] = ("bert", "roberta")
 
     def __post_init__(self) -> None:
         super().__post_init__()

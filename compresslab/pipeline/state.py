@@ -78,9 +78,19 @@ def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
     """Every pass's checks against the loaded model (``check_model``, where a pass has one: module
     patterns, shapes) before any step runs. Only the steps whose input is this model up to training
     are checked: those after the teacher-making pass (finetune keeps every shape); a step after one
-    that may change the structure is checked by its own ``apply``. ValueError naming the step."""
+    that may change the structure is checked by its own ``apply``. ValueError naming the step.
+
+    The architecture is the one thing no pass changes, so every step's ``model_types`` (the
+    architectures a pass supports, where it declares them) is checked here, wherever it runs."""
+    from compresslab.models.adapters import model_type_of
     from compresslab.types import Stage
 
+    model_type = model_type_of(model)
+    for s in steps:
+        allowed = getattr(s.pass_, "model_types", None)
+        if allowed and model_type not in allowed:
+            raise ValueError(f"step {s.name!r}: {s.pass_.name} supports {', '.join(allowed)} models only, and this "
+                             f"one is {model_type}; use a {' or '.join(allowed)} model, or remove the step")
     for s in steps:
         check = getattr(s.pass_, "check_model", None)
         if check is not None:
