@@ -193,12 +193,13 @@ _NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "config_p
 def _parse_hydra_args(args: list[str]) -> Any:
     """``args`` read by Hydra's own argument parser, the overrides collected wherever they stand
     (``+pipeline=int8 -m seed=1,2``: Hydra's ``parse_args`` takes overrides only before the first
-    flag); None for a malformed flag, which Hydra reports itself."""
-    from hydra._internal.utils import get_args_parser
-
+    flag); None for a malformed flag, which Hydra reports itself, or a Hydra without this parser
+    (its ``_internal`` API: the command line then goes to Hydra unchecked, as before)."""
     try:
+        from hydra._internal.utils import get_args_parser
+
         return get_args_parser().parse_intermixed_args(args)
-    except SystemExit:
+    except (SystemExit, ImportError):
         return None
 
 
