@@ -43,7 +43,7 @@ demo: $(VENV)/.installed-demo
 
 # Unit and integration tests (<= 15 min on 2 cores); the end-to-end runs are `make test-e2e`.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not e2e" --wait-for-training=600
+	$(PY) -m pytest -q -m "not e2e" --wait-for-training=600 --durations=25
 
 # Every shipped pipeline end to end with every stage on, the built wheel run from outside the repo,
 # and the HTML report opened in headless Chromium.
