@@ -9,7 +9,6 @@ and dev together (:mod:`compresslab.data.labels`) and logged at the start of a r
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable
 from compresslab.data.files import FORMATS, QUOTINGS, Table, format_of, looks_numeric, read_table
 from compresslab.data.labels import ClassLabels, LabelSettings, class_labels, label_score, label_value
 from compresslab.data.schema import DataFormatError, DataNotFoundError, Example, TaskKind, TaskSpec
+from compresslab.validate import did_you_mean
 
 log = logging.getLogger(__name__)
 PREFIX = "task.generic."
@@ -151,9 +151,8 @@ class GenericConfig:
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
-            close = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
-            hints = "".join(f" ({k}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
-            raise ValueError(f"task.generic: unknown key(s) {unknown}{hints}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"task.generic: unknown key(s) {unknown}{did_you_mean(unknown, allowed)}; "
+                             f"allowed: {', '.join(allowed)}")
         return cls(**{k: v for k, v in raw.items() if not (k == "name" and v is None)})
 
 
@@ -199,10 +198,8 @@ def _check_header(cfg: GenericConfig, table: Table) -> None:
                                   f"{table.columns} looks like data, not a header: if the file has no header row, "
                                   f"set {PREFIX}header=false and {PREFIX}columns=[...] naming its "
                                   f"{len(table.columns)} cells in order")
-        close = difflib.get_close_matches(col, table.columns, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise DataFormatError(f"{table.path}:1: no column {col!r} ({PREFIX}{key}); the header has {table.columns}"
-                              f"{hint}; set {PREFIX}{key}= the column to use")
+                              f"{did_you_mean([col], table.columns)}; set {PREFIX}{key}= the column to use")
 
 
 def _text(record: dict[str, Any], column: str, key: str, where: str) -> str:

@@ -9,7 +9,6 @@ content (:mod:`compresslab.pipeline.identity`): a dir whose model or data files 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import shutil
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.types import Pass, Stage
-from compresslab.validate import check_field_types
+from compresslab.validate import check_field_types, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +99,8 @@ def check_pass_keys(cls: type, node: Any, step: str) -> None:
     fields = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(k for k in node if not str(k).startswith("_") and k not in fields)
     if unknown:
-        close = [f"{k!r}: did you mean {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, fields, n=1))]
-        raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}"
-                            + (f" ({'; '.join(close)})" if close else "") + f"; the pass has: {', '.join(fields)}")
+        raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}{did_you_mean(unknown, fields)}; "
+                            f"the pass has: {', '.join(fields)}")
 
 
 def check_order(steps: list[Step]) -> None:

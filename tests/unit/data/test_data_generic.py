@@ -93,3 +93,16 @@ def test_generic_errors_are_specific(tmp_path: Path) -> None:
     bad = write_csv(tmp_path / "r.csv", ["text", "label"], [["x", "high"]])
     with pytest.raises(DataFormatError, match="r.csv:2: label 'high' is not a number"):
         load_task("generic", generic={"dev": str(bad), "kind": "regression"})
+
+
+def test_generic_typos_get_a_did_you_mean(tmp_path: Path) -> None:
+    """A misspelled task.generic key, and a column name off by a letter, name the close match (validate.did_you_mean)."""
+    from compresslab.data.generic import GenericConfig
+
+    with pytest.raises(ValueError, match=r"task\.generic: unknown key\(s\) \['lables'\] \('lables': did you mean "
+                                         r"'labels'\?\); allowed: "):
+        GenericConfig.from_dict({"dev": "d.jsonl", "lables": ["a", "b"]})
+    path = write_csv(tmp_path / "d.csv", ["txt", "label"], [["x", "a"], ["y", "b"]])
+    with pytest.raises(DataFormatError, match=r"no column 'text' \(task\.generic\.text_a\).*\('text': did you mean "
+                                              r"'txt'\?\)"):
+        load_task("generic", generic={"dev": str(path)})
