@@ -48,6 +48,17 @@ class Sensitivity(str, Enum):
     EIGEN = "eigen"
 
 
+class HessianLoss(str, Enum):
+    """Whose Hessian the sensitivity probes. ``task``: the mean cross-entropy on train labels
+    (HAWQ-V2, Q-BERT). ``teacher_kl``: KL from the model's own output (``training.losses.
+    teacher_kl_loss``), whose Hessian is the Gauss-Newton matrix: positive semi-definite and the
+    second-order output change a weight perturbation causes, where the task loss's Hessian at a
+    well-fit point is small and indefinite."""
+
+    TASK = "task"
+    TEACHER_KL = "teacher_kl"
+
+
 class Allocate(str, Enum):
     """Integer program (HAWQ-V3), Q-BERT's rank rule, a random map at the same budget (control)."""
 
@@ -73,7 +84,8 @@ class HessianSettings:
     ``batches`` mini-batches of ``batch_size`` from train; ``probes_per_batch`` Hutchinson HVPs per
     batch (the gradient graph is built once per batch); stops once every Linear's standard error is
     below ``rel_se_tol`` of its trace (after ``min_probes``). Eigen: ``eigen_batches`` batches,
-    power iteration to ``eigen_tol`` relative change or ``eigen_iters`` steps per layer.
+    power iteration to ``eigen_tol`` relative change or ``eigen_iters`` steps per layer. ``loss``:
+    the loss whose Hessian is probed (:class:`HessianLoss`), for both.
     """
 
     batches: int = 16
@@ -84,8 +96,10 @@ class HessianSettings:
     eigen_batches: int = 4
     eigen_iters: int = 100
     eigen_tol: float = 1e-3
+    loss: HessianLoss = HessianLoss.TASK
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", coerce_enum(HessianLoss, self.loss, "hessian.loss"))  # frozen
         for f in ("batches", "batch_size", "probes_per_batch", "min_probes", "eigen_batches", "eigen_iters"):
             check_positive_int(getattr(self, f), f"hessian.{f}")
         check_positive(self.rel_se_tol, "hessian.rel_se_tol")
@@ -326,8 +340,10 @@ class Hawq:
     def _estimate(self, model: nn.Module, ctx: PassContext,
                   modules: Mapping[str, nn.Linear]) -> tuple[dict[str, float], dict[str, Any]]:
         from compresslab.quant.sensitivity import layer_eigenvalues, linear_traces
+        from compresslab.training.losses import task_loss, teacher_kl_loss
 
         h = self.hessian
+        loss_fn = teacher_kl_loss if h.loss is HessianLoss.TEACHER_KL else task_loss
         before = next(model.parameters()).device
         model.to(ctx.device)
         try:
@@ -337,20 +353,20 @@ class Hawq:
                 batches = [to_dev(b) for b in itertools.islice(loader, h.batches)]
                 res = linear_traces(model, batches, list(modules), probes_per_batch=h.probes_per_batch,
                                     max_batches=h.batches, min_probes=h.min_probes, rel_se_tol=h.rel_se_tol,
-                                    seed=ctx.seed, progress=ctx.progress)
+                                    seed=ctx.seed, loss_fn=loss_fn, progress=ctx.progress)
                 raw = {n: float(v) for n, v in res.avg_traces().items()}
-                record = {"method": "trace", **res.to_dict()}
+                record = {"method": "trace", "loss": h.loss.value, **res.to_dict()}
             else:
                 batches = [to_dev(b) for b in itertools.islice(loader, h.eigen_batches)]
                 res = layer_eigenvalues(model, batches, max_batches=h.eigen_batches, max_iter=h.eigen_iters,
-                                        tol=h.eigen_tol, seed=ctx.seed)
+                                        tol=h.eigen_tol, seed=ctx.seed, loss_fn=loss_fn)
                 layer_of = {n: layer for layer in res["layers"] for n in layer["names"]}
                 missing = [n for n in modules if n not in layer_of]
                 if missing:
                     raise ValueError(f"sensitivity=eigen covers the encoder layers' Linears only; {missing[:3]} "
                                      "are outside them (use sensitivity=trace, or ignore= them)")
                 raw = {n: float(layer_of[n]["omega"]) for n in modules}
-                record = {"method": "eigen", **res}
+                record = {"method": "eigen", "loss": h.loss.value, **res}
         finally:
             model.to(before)
         negative = sorted(n for n, v in raw.items() if v < 0)
@@ -388,4 +404,4 @@ def _per_layer(model: nn.Module, bits: Mapping[str, int]) -> dict[str, list[int]
     return out
 
 
-__all__ = ["Allocate", "Group", "Hawq", "HessianSettings", "Sensitivity"]
+__all__ = ["Allocate", "Group", "Hawq", "HessianLoss", "HessianSettings", "Sensitivity"]

@@ -252,3 +252,22 @@ def task_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """
     out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, return_dict=True)
     return TaskLoss()(out, None, batch)
+
+
+def teacher_kl_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Mean KL(p_teacher ‖ p_model) of one batch with the model's own detached logits as the teacher.
+
+    Value and gradient are 0 (the model is its own teacher), but the Hessian by double backprop is
+    ``(1/B) Σ_n J_nᵀ (diag(p_n) − p_n p_nᵀ) J_n`` (``J_n`` = ∂logits_n/∂θ, ``p_n`` = softmax): the
+    generalized Gauss-Newton matrix, equal to the Fisher of the model's predictive distribution.
+    It is positive semi-definite and is the second-order term of the output KL that a weight
+    perturbation δ (e.g. quantization noise) causes: KL ≈ ½ δᵀHδ. The task loss's Hessian adds
+    ``Σ_c (p_c − y_c) ∇²z_c``, which at a well-fit point is small and indefinite. For a single output
+    (regression) the loss is MSE to the detached output, whose Hessian is ``(2/B) Σ_n J_nᵀJ_n``.
+    """
+    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, return_dict=True)
+    z = out.logits
+    if z.shape[-1] == 1:
+        return F.mse_loss(z, z.detach())
+    target = F.log_softmax(z.detach(), -1)
+    return F.kl_div(F.log_softmax(z, -1), target, log_target=True, reduction="batchmean")

@@ -36,14 +36,19 @@ def test_uniform_bits_quantize_every_target_and_freeze(tiny_ctx):
         assert torch.equal(((m.codes().float() - p.expand(p.zero_point).float()) * p.expand(p.scale)), m.weight)
 
 
-@pytest.mark.parametrize("allocate,sensitivity", [("ilp", "trace"), ("rank", "eigen"), ("random", "trace")])
-def test_mixed_precision_meets_the_budget_and_is_deterministic(tiny_ctx, allocate, sensitivity):
+@pytest.mark.parametrize("allocate,sensitivity,loss", [("ilp", "trace", "task"), ("rank", "eigen", "task"),
+                                                       ("random", "trace", "task"), ("ilp", "trace", "teacher_kl"),
+                                                       ("rank", "eigen", "teacher_kl")])
+def test_mixed_precision_meets_the_budget_and_is_deterministic(tiny_ctx, allocate, sensitivity, loss):
     maps = []
     for _ in range(2):
         model = tiny_model()
         extra = {"choices": [2, 4]} if allocate == "rank" else {}
-        res = Hawq(avg_bits=3.0, allocate=allocate, sensitivity=sensitivity, **FAST, **extra).apply(model, tiny_ctx())
+        fast = {**FAST, "hessian": {**FAST["hessian"], "loss": loss}}
+        res = Hawq(avg_bits=3.0, allocate=allocate, sensitivity=sensitivity, **fast, **extra).apply(model, tiny_ctx())
         assert res.metrics["avg_bits"] <= 3.0 + 1e-9
+        if allocate != "random":
+            assert res.metrics["sensitivity"]["loss"] == loss
         maps.append(res.metrics["bits"])
     assert maps[0] == maps[1]
     assert len(set(maps[0].values())) > 1  # a mixed map at 3 average bits over {2, 3, 4, 8, 32}
@@ -80,6 +85,7 @@ def test_sensitivity_is_cached_by_content(tiny_ctx):
     ({"group": "rows"}, "group"),
     ({"allocate": "rank"}, "two-width"),
     ({"hessian": {"batchez": 2}}, "batchez"),
+    ({"hessian": {"loss": "kl"}}, "hessian.loss='kl' is not valid; allowed: 'task', 'teacher_kl'"),
 ])
 def test_bad_settings_fail_at_construction(kw, match):
     with pytest.raises(ValueError, match=match):
