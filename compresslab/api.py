@@ -143,7 +143,7 @@ class CompressResult:
         graph is gone.
         """
         from compresslab.pipeline.export import export_dir
-        from compresslab.pipeline.preflight import check_writable
+        from compresslab.validate import check_writable
 
         out = Path(out_dir)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -171,12 +171,10 @@ class CompressResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Save the torch model (+ tokenizer) as a compresslab checkpoint, reloadable by ``compresslab.load``.
-        SettingsError naming ``out_dir`` when its parent cannot be written (read-only, a file in the path)."""
+        SettingsError naming ``out_dir`` when it cannot be written (read-only, a file in the path)."""
         from compresslab.checkpoint import save
-        from compresslab.pipeline.preflight import check_writable
 
-        check_writable(Path(out_dir).parent, "out_dir", out_dir)  # written beside out_dir, then moved in
-        return save(self.model, out_dir, self.tokenizer)
+        return save(self.model, out_dir, self.tokenizer)  # checks out_dir first, as compresslab.save does
 
     def close(self) -> None:
         """Remove the temporary working directory now (it is also removed when the result is collected)."""
@@ -231,7 +229,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.adapters import get_adapter
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
-    from compresslab.pipeline.preflight import check_writable
+    from compresslab.validate import check_writable
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
                                             tqdm_progress)

@@ -15,12 +15,12 @@ The checks that need the data or the loaded model follow in ``RunState.prepare``
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from compresslab.pipeline.plan import Step, build_steps
 from compresslab.pipeline.settings import RunSettings, SettingsError
+from compresslab.validate import check_writable
 
 
 def preflight(cfg: Any) -> list[Step]:
@@ -72,37 +72,6 @@ def output_dirs(cfg: Any) -> dict[str, Path]:
     dirs = {"run.dir": Path(run["dir"])} if run.get("dir") else {"paths.output_dir": Path(cfg.paths.output_dir)}
     dirs["paths.cache_dir"] = Path(cfg.paths.cache_dir)
     return dirs
-
-
-def check_writable(path: Path, setting: str, value: str | Path | None = None) -> None:
-    """Create ``path`` (with its parents) and write a file in it; SettingsError naming ``setting``
-    and the path when either fails (read-only, no permission, a file in the way). Directories this
-    created are removed again, so a refused run leaves nothing behind. ``value``: the setting's value
-    when ``path`` is another directory it needs (the parent an output is first written in).
-
-    The CLI's preflight and the API (``compress(output_dir=)``, ``CompressResult.export/save``) use
-    this one check."""
-    path = Path(path).expanduser()
-    created = []
-    probe = path.absolute()
-    while not probe.exists() and probe != probe.parent:
-        created.append(probe)
-        probe = probe.parent
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        hint = " (or the COMPRESSLAB_CACHE environment variable)" if setting == "paths.cache_dir" else ""
-        where = "there" if value is None else f"in {path}"
-        raise SettingsError(f"{setting}={path if value is None else value}: cannot write {where} "
-                            f"({e.strerror or e}); set {setting}{hint} to a directory you can write to") from None
-    finally:
-        for d in created:  # deepest first
-            try:
-                d.rmdir()
-            except OSError:
-                break  # not empty (written meanwhile) or already gone: leave the rest
 
 
 def check_output_dirs(cfg: Any) -> None:

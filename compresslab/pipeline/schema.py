@@ -22,12 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.config import config_dir
-from compresslab.validate import (
-    check_bool, check_int, check_list, check_positive, check_positive_int, check_text, did_you_mean)
-
-
-class SettingsError(ValueError):
-    """A setting that is missing, unknown or out of range (names the key and what it may be)."""
+from compresslab.validate import (  # noqa: F401 - SettingsError: pipeline.settings and callers import it from here
+    SettingsError, check_bool, check_int, check_list, check_positive, check_positive_int, check_text, did_you_mean)
 
 
 # subtrees whose keys their owners check (see the module docstring)

@@ -145,6 +145,38 @@ def test_api_save_under_a_file(result, tmp_path, expect_clear):
     expect_clear(lambda: result.save(tmp_path / "a-file" / "ck"), match=r"out_dir=.*a-file/ck: cannot write in")
 
 
+def _save_target(tmp_path: Path, where: str) -> tuple[Path, str]:
+    """The out_dir of a save that cannot be written, and the message that must name it."""
+    if where == "existing read-only dir":
+        out = _unwritable(tmp_path).parent  # the read-only dir itself (under /proc for root: cannot be made)
+        return out, rf"out_dir={out}: cannot write (there|in )"
+    if where == "new dir under a read-only dir":
+        out = _unwritable(tmp_path)
+        return out, rf"out_dir={out}: cannot write in .*set out_dir to a directory you can write to"
+    (tmp_path / "a-file").write_text("x")
+    return tmp_path / "a-file", r"out_dir=.*a-file: cannot write there \(File exists\)"
+
+
+@pytest.mark.parametrize("where", [
+    pytest.param("existing read-only dir", marks=case(
+        name="compresslab.save(model, <a read-only dir>)", kind=1,
+        expected="refused before any file is written, naming out_dir (not a raw PermissionError from mkdtemp)")),
+    pytest.param("new dir under a read-only dir", marks=case(
+        name="compresslab.save(model, <a new dir under a read-only dir>)", kind=1,
+        expected="refused before any file is written, naming out_dir and the dir it is written in")),
+    pytest.param("a file", marks=case(
+        name="compresslab.save(model, <an existing file>)", kind=1,
+        expected="refused before any file is written, naming out_dir (not a FileExistsError after the weights)")),
+])
+def test_save_unwritable(tmp_path, expect_clear, where):
+    import compresslab
+
+    out, match = _save_target(tmp_path, where)
+    before = sorted(out.parent.iterdir()) if out.parent.is_dir() else None
+    expect_clear(lambda: compresslab.save(tiny_model(), out), match=match)
+    assert (sorted(out.parent.iterdir()) if out.parent.is_dir() else None) == before  # no temp dir left behind
+
+
 # ------------------------------------------------------------------ 2. the teacher's head, one rule
 
 @case(name="compress(teacher=<a model with a fresh head>)", kind="own",
