@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
@@ -243,6 +243,23 @@ def live_status(data: dict[str, Any]) -> str:
     if status == "running" and process_alive(data.get("process")) is False:
         return "crashed"
     return status
+
+
+def find_records(tree: Any) -> list[dict[str, Any]]:
+    """Every ``machine_load`` record inside a manifest (or any JSON tree): the bench stage's, a
+    latency table's, ``deploy=auto``'s, guided int8's, in document order. Here, on the ground floor,
+    so that the report reads them too (:mod:`compresslab.bench.machine_load` writes them)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            if k == "machine_load" and isinstance(v, Mapping) and "busy" in v:
+                found.append(dict(v))
+            else:
+                found.extend(find_records(v))
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            found.extend(find_records(v))
+    return found
 
 
 @dataclass

@@ -44,6 +44,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from compresslab.manifest import find_records  # noqa: F401 - read back here by results writers
 from compresslab.runlock import LockReport, timing_lock
 
 log = logging.getLogger(__name__)
@@ -278,22 +279,6 @@ def combine(records: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
             "max_other_cpu": round(max(peaks), 3) if peaks else None,
             "noisy": any(bool((r.get("spread") or {}).get("noisy")) for r in recs),
             "threshold_other_cpu": BUSY_OTHER_CPU}
-
-
-def find_records(tree: Any) -> list[dict[str, Any]]:
-    """Every ``machine_load`` record inside a manifest (or any JSON tree): the bench stage's, a
-    latency table's, ``deploy=auto``'s, guided int8's, in document order."""
-    found: list[dict[str, Any]] = []
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            if k == "machine_load" and isinstance(v, Mapping) and "busy" in v:
-                found.append(dict(v))
-            else:
-                found.extend(find_records(v))
-    elif isinstance(tree, (list, tuple)):
-        for v in tree:
-            found.extend(find_records(v))
-    return found
 
 
 class LoadMeter:

@@ -184,6 +184,21 @@ def machine_load(m: Mapping[str, Any]) -> dict[str, Any]:
     return as_dict(m.get("machine_load")) or as_dict(get(m, "bench", "machine_load"))
 
 
+def run_load(m: Mapping[str, Any]) -> dict[str, Any]:
+    """One verdict over every ``machine_load`` record in the manifest (the bench stage's, a ZipLM
+    latency table's, ``deploy=auto``'s, guided int8's: :func:`compresslab.manifest.find_records`):
+    ``busy`` when any timing was, ``reasons`` of the busy ones each prefixed by what it timed,
+    ``windows`` and ``busy_windows`` counts. The bench record alone misses a latency table or a
+    runtime choice timed on a busy machine, whose results (the model, the runtime) the run kept."""
+    from compresslab.manifest import find_records
+
+    records = find_records(m)
+    busy = [r for r in records if r.get("busy")]
+    reasons = [f"{r.get('what') or 'timing'}: {why}" for r in busy for why in r.get("reasons") or []]
+    return {"busy": bool(busy), "reasons": list(dict.fromkeys(reasons)), "windows": len(records),
+            "busy_windows": len(busy)}
+
+
 @dataclass
 class ModelRow:
     """Everything the headline table and the score/latency plot show for one model."""

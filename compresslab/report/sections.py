@@ -350,7 +350,7 @@ def _binary_notes(m: Mapping[str, Any]) -> list[str]:
 
 
 def _notes(m: Mapping[str, Any]) -> list[Block]:
-    busy = bool(F.machine_load(m).get("busy"))  # said once, in the banner at the top
+    busy = bool(F.run_load(m).get("busy"))  # said once, in the banner at the top
     notes = [str(n) for n in (F.get(m, "bench", "notes") or [])
              if n and not (busy and str(n).startswith("MACHINE BUSY"))]
     notes += _binary_notes(m)

@@ -22,13 +22,16 @@ def _missing(what: str, m: Mapping[str, Any]) -> Para:
 
 
 def busy_banner(m: Mapping[str, Any]) -> list[Block]:
-    """A warning at the top of the report when the timings were taken on a busy machine."""
-    load = F.machine_load(m)
+    """A warning at the top of the report when any timing of the run (bench, a latency table,
+    ``deploy=auto``, guided int8: :func:`facts.run_load`) was taken on a busy machine."""
+    load = F.run_load(m)
     if not load.get("busy"):
         return []
     why = "; ".join(str(r) for r in load.get("reasons") or []) or "other processes used the CPUs"
-    return [Para(f"MACHINE BUSY while timing: {why}. The speed figures below are void (MEASURE.md: a timing "
-                 "taken while anything else runs); rerun on a quiet machine.", kind="warn")]
+    n = f" ({load['busy_windows']} of {load['windows']} timings)" if load.get("windows", 0) > 1 else ""
+    return [Para(f"MACHINE BUSY while timing{n}: {why}. What was timed then is void (MEASURE.md: a timing "
+                 "taken while anything else runs): its speed figures, and any choice made from them (a latency "
+                 "table, the runtime deployed); rerun on a quiet machine.", kind="warn")]
 
 
 def _load_line(load: Mapping[str, Any]) -> Para | None:

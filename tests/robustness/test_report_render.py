@@ -213,12 +213,44 @@ def test_failed_run_report(observe) -> None:
 def test_busy_timing_banner(observe) -> None:
     md = to_markdown(doc_of(manifest("magnitude_int8_busy")))
     top = md.split("## Summary")[0]
-    assert "MACHINE BUSY while timing: other processes used 2.00 CPU s per s before timing" in top
+    assert "MACHINE BUSY while timing: bench stage: other processes used 2.00 CPU s per s before timing" in top
     assert "Machine load while timing: BUSY" in md
     assert md.count("MACHINE BUSY") == 1
     quiet = to_markdown(doc_of(manifest("obert_int8_smoke")))
     assert "MACHINE BUSY" not in quiet
     observe(top.splitlines()[2][:200])
+
+
+BUSY_TABLE = {"busy": True, "what": "ZipLM latency table", "reasons": ["other processes used 1.50 CPU s per s while "
+                                                                      "timing (threshold 0.2)"]}
+
+
+def _busy_elsewhere(m: dict[str, Any], where: str) -> dict[str, Any]:
+    """A quiet bench stage, and one busy ``machine_load`` record at ``where`` (a step's latency table,
+    or deploy=auto's choice of runtime), as those sites write it."""
+    m["bench"]["machine_load"] = {"busy": False, "what": "bench stage", "reasons": []}
+    if where == "latency table":
+        m["steps"][1]["result"]["metrics"]["latency_table"] = {"busy": True, "machine_load": BUSY_TABLE}
+    else:
+        m["deploy"]["auto"] = {"chosen": "ort", "busy": True,
+                               "machine_load": {**BUSY_TABLE, "what": "deploy=auto (ORT vs OpenVINO)"}}
+    return m
+
+
+@case(name="report banner of a run whose bench was quiet but a latency table or deploy=auto was timed busy",
+      kind="own", bad_input=False,
+      expected="the MACHINE BUSY banner from every machine_load record of the manifest (not the bench's alone), "
+               "naming what was timed busy and how many of the run's timings were")
+@pytest.mark.parametrize("where", ["latency table", "deploy=auto"])
+def test_busy_banner_reads_every_timing(observe, where) -> None:
+    top = to_markdown(doc_of(_busy_elsewhere(manifest("obert_int8_smoke"), where))).split("## Summary")[0]
+    what = "ZipLM latency table" if where == "latency table" else r"deploy=auto \(ORT vs OpenVINO\)"
+    assert re.search(rf"MACHINE BUSY while timing \(1 of 2 timings\): {what}: other processes used 1\.50", top), top
+    quiet = _busy_elsewhere(manifest("obert_int8_smoke"), where)
+    quiet["steps"][1]["result"]["metrics"].pop("latency_table", None)
+    quiet["deploy"].pop("auto", None)
+    assert "MACHINE BUSY" not in to_markdown(doc_of(quiet))
+    observe(next(line for line in top.splitlines() if "MACHINE BUSY" in line)[:240])
 
 
 @case(name="report: GPU skipped reason printed as 'skipped: skipped: ...'", kind="own", bad_input=False,
