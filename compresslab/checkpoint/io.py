@@ -3,7 +3,8 @@
 A checkpoint is config.json + model.safetensors + tokenizer files. When a pass changed shapes,
 ``config.json`` carries ``compresslab_structure`` (per-layer heads and FFN widths) so :func:`load`
 rebuilds the exact module shapes before loading the weights, and ``compresslab_quant`` names the
-n-bit ``FakeQuantLinear`` modules (bits, group shape) rebuilt frozen before their buffers load, and
+n-bit ``FakeQuantLinear`` modules (bits, group shape) rebuilt frozen before their buffers load,
+``compresslab_qdq`` the int8 QDQ ``QDQLinear`` modules (int8 QAT) rebuilt frozen likewise, and
 ``compresslab_binary`` the frozen BiBERT modules (``BinaryLinear`` / ``BinaryEmbedding``) and the
 attention mode, rebuilt with Bi-Attention as the attention function; a directory that holds only a
 compressed encoding (e.g. ``model.sparse.safetensors``) is decoded through its format.
@@ -33,6 +34,7 @@ from compresslab.models.loading import (
     load_hf, load_tokenizer, no_progress_bars, read_config, read_state, resolve_source, saved_kind)
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
 from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
+from compresslab.models.qdq import QDQ_KEY, apply_qdq, stamp_qdq
 from compresslab.validate import check_writable
 
 DENSE_FILE = "model.safetensors"
@@ -68,6 +70,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
     try:
         stamp_structure(model)
         stamp_quant(model)
+        stamp_qdq(model)
         stamp_binary(model)
         # safe_serialization would refuse tied/shared tensors only; none in encoders
         with no_progress_bars():  # transformers 5 draws a "Writing model shards" bar per save
@@ -120,7 +123,7 @@ def pruned_heads_structure(raw: dict[str, Any], config_file: Path) -> list[dict[
 def rebuild_needed(path: Path, raw: dict[str, Any]) -> bool:
     """True when plain ``from_pretrained`` cannot load ``path``: compresslab's shape / quantization /
     binary stamps, transformers-4 ``pruned_heads``, or only a compressed encoding on disk."""
-    stamped = any(raw.get(k) for k in (STRUCTURE_KEY, QUANT_KEY, BINARY_KEY, "pruned_heads"))
+    stamped = any(raw.get(k) for k in (STRUCTURE_KEY, QUANT_KEY, QDQ_KEY, BINARY_KEY, "pruned_heads"))
     return stamped or find_weights(path) is None
 
 
@@ -157,6 +160,8 @@ def _rebuild(path: Path, raw: dict[str, Any], attn_implementation: str) -> nn.Mo
             apply_structure(model, structure)
         if raw.get(QUANT_KEY):
             apply_quant(model, raw[QUANT_KEY])
+        if raw.get(QDQ_KEY):
+            apply_qdq(model, raw[QDQ_KEY])
         if raw.get(BINARY_KEY):
             apply_binary(model, raw[BINARY_KEY])
     except (ValueError, KeyError, TypeError) as e:

@@ -72,6 +72,7 @@ class ExportResult:
     attention_heads: list[int] = field(default_factory=list)
     parity: dict[str, Any] = field(default_factory=dict)  # of the deployed graph (parity.json)
     binary: bool = False  # a frozen binarized (BiBERT) model: sign-flip parity rule, no 1-bit kernels in ORT
+    qdq: dict[str, Any] | None = None  # an int8 QAT model: its plain QDQ graph (export.qdq.qdq_summary + fold)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,8 +202,8 @@ def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], i
                 # transformers' mask builder, and the opset note about advanced indexing
                 warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
                 warnings.filterwarnings("ignore", message="The feature will be removed.*")
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
-                                        module=r"(transformers\.|torch\.nn\.functional)")
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,  # FakeQuantize's on/off flags too
+                                        module=r"(transformers\.|torch\.nn\.functional|torch\.ao\.quantization)")
                 warnings.filterwarnings("ignore", message="Exporting aten::index operator.*")
                 torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
                                   output_names=[out_name], dynamic_axes=axes, opset_version=opset,
@@ -244,9 +245,16 @@ def _sign_sensitive(model: nn.Module) -> bool:
     return is_binary(model)
 
 
+def _is_qdq(model: nn.Module) -> bool:
+    """An int8 QAT model (``models.qdq``): exported as a plain QDQ graph."""
+    from compresslab.models.qdq import is_qdq
+
+    return is_qdq(model)
+
+
 def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapping[str, Any]], *,
                  atol: float = 1e-4, threads: int | None = None, exporter: str = "",
-                 graph: str = "") -> dict[str, Any]:
+                 graph: str = "", optimization: str = "all") -> dict[str, Any]:
     """Compare PyTorch (eager attention) with ORT on ``batches``; raise :class:`ParityError` past ``atol``.
 
     3-D outputs are compared on real tokens only: padded positions are garbage in both and
@@ -261,9 +269,10 @@ def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapp
     logit difference, the number of examples past ``atol`` and the argmax agreement, and raises
     only on non-finite outputs, a shape mismatch, or fewer than
     :data:`BINARY_MIN_EXACT_FRACTION` of the examples within ``atol`` (an export fault moves every
-    example). Every other model keeps the plain ``atol`` rule.
+    example). Every other model keeps the plain ``atol`` rule. ``optimization`` is ORT's graph
+    optimization level (``eval.onnx_runner.GRAPH_OPTIMIZATION``).
     """
-    runner = OnnxRunner(onnx_path, threads=threads)
+    runner = OnnxRunner(onnx_path, threads=threads, optimization=optimization)
     wrapper = _ExportWrapper(model)
     device = _device(model)
     binary = _sign_sensitive(model)
@@ -319,6 +328,47 @@ def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapp
     return report
 
 
+# Parity of an int8 QDQ model (models.qdq) is checked with ORT running the graph as ONNX defines it
+# (graph optimization "basic": QuantizeLinear/DequantizeLinear in float, fp32 MatMul), which is the
+# function the torch fake-quant model computes; the tolerance is wider than fp32's because an input
+# that torch and ORT compute a few ulps apart (LayerNorm, GELU's Erf) can land on the other side of a
+# rounding boundary of its uint8 grid: that element then moves by one step s_x (~1e-2), and the flip
+# carries through the later layers. See export_model for the int8-kernel run, reported beside it.
+QDQ_ATOL = 5e-2
+QDQ_NOTE = ("int8 QDQ model: deployed as the plain (unfused) graph, weights as int8 initializers with zero point 0 "
+            "feeding DequantizeLinear -> MatMul (the form sparse int8 engines such as DeepSparse pattern-match; ORT "
+            "fuses each Q/DQ + MatMul into its int8 kernel at load); parity checked with ORT running the graph as ONNX "
+            "defines it (graph optimization 'basic'), the int8-kernel run reported beside it (parity.int8_kernels)")
+
+
+def _has_vnni() -> bool | None:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX); None if unknown.
+
+    Without one, ORT's x86 u8s8 kernels multiply-add pairs in int16 (vpmaddubsw) and can saturate:
+    ORT's quantization docs advise reduce_range on such CPUs, so the int8-kernel parity is informative only."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _qdq_parity(model: nn.Module, path: Path, batches: list[Mapping[str, Any]], atol: float, threads: int | None,
+                exporter: str) -> dict[str, Any]:
+    """Parity of a QDQ graph at ``max(atol, QDQ_ATOL)`` with ORT's basic level (raises past it), and the
+    same inputs through ORT's int8 kernels (level "all") reported as ``int8_kernels`` (never raises on
+    a difference: on CPUs without VNNI its u8s8 kernels may saturate, see :func:`_has_vnni`)."""
+    tol = max(atol, QDQ_ATOL)
+    parity = check_parity(model, path, batches, atol=tol, threads=threads, exporter=exporter,
+                          graph="QDQ (ORT basic: Q/DQ as ONNX defines them)", optimization="basic")
+    kernels = check_parity(model, path, batches, atol=float("inf"), threads=threads, exporter=exporter,
+                           graph="QDQ (ORT int8 kernels)", optimization="all")
+    kernels.update(atol=None, cpu_int8_dot_product=_has_vnni())
+    return {**parity, "rule": f"int8 QDQ: max |diff| <= {tol:g} with ORT running Q/DQ as ONNX defines them "
+                              f"(rounding-boundary flips of the uint8 activations; see export.onnx.QDQ_ATOL)",
+            "int8_kernels": kernels}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
@@ -350,12 +400,23 @@ def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_b
     if not batches:
         raise ValueError("export_model needs at least one sample batch (for tracing and parity)")
     names = input_names_for(model, tokenizer)
+    qdq = _is_qdq(model)
+    optimize = optimize and not qdq  # ORT's fuser would hide the Q/DQ + MatMul patterns an int8 engine matches
     raw = out_dir / ("model_unfused.onnx" if optimize else "model.onnx")
+    if qdq:  # no stale fp32 graph beside it (DeepSparse reads model_unfused.onnx where there is one)
+        (out_dir / "model_unfused.onnx").unlink(missing_ok=True)
     exporter, output_name = export_onnx(model, raw, batches[0], names, opset=opset)
-    parity = check_parity(model, raw, batches, atol=atol, threads=threads, exporter=exporter, graph="unfused")
+    qdq_record = None
+    if qdq:
+        from compresslab.export.qdq import fold_weight_qdq, qdq_summary
+
+        qdq_record = {**fold_weight_qdq(raw), **qdq_summary(raw)}
+        parity = _qdq_parity(model, raw, batches, atol, threads, exporter)
+    else:
+        parity = check_parity(model, raw, batches, atol=atol, threads=threads, exporter=exporter, graph="unfused")
     deployed, fused_n, heads, parity_unfused = raw, 0, [], None
     binary = _sign_sensitive(model)
-    notes = [BINARY_ORT_NOTE] if binary else []
+    notes = [BINARY_ORT_NOTE] if binary else [QDQ_NOTE] if qdq else []
     if optimize:
         num_heads, hidden = heads_and_hidden(model.config)
         deployed = out_dir / "model.onnx"
@@ -396,4 +457,4 @@ def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_b
                         unfused_path=raw if optimize and keep_unfused else None, exporter=exporter,
                         opset=opset, input_names=names, output_name=output_name,
                         fused_attention_nodes=fused_n, attention_heads=heads, parity=parity, binary=binary,
-                        notes=notes)
+                        qdq=qdq_record, notes=notes)

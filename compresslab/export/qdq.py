@@ -1,0 +1,204 @@
+"""The exported graph of an int8 QAT model (``models/qdq.py``): int8 weight initializers and a check
+that every quantized MatMul is in the form sparse int8 engines pattern-match.
+
+torch's exporter writes each frozen ``QDQLinear`` as::
+
+    x -> QuantizeLinear(s_x, z_x uint8) -> DequantizeLinear ------------------------------> MatMul -> Add(bias)
+    W fp32 -> QuantizeLinear(Δ, 0 int8) -> DequantizeLinear -> Transpose ----------------/
+
+:func:`fold_weight_qdq` computes the weight's QuantizeLinear offline (exact: ONNX's
+``saturate(round_half_even(W/Δ) + 0)``) and folds the Transpose into it, leaving
+``int8 Wᵀ -> DequantizeLinear(Δ, 0) -> MatMul``: the layout ONNX Runtime's own static QDQ quantizer
+writes and SparseML's QAT exports use (DeepSparse reads int8 weights there, and the file is ~4x
+smaller). The activation side stays a QuantizeLinear/DequantizeLinear pair, which an engine fuses
+into its int8 kernel. :func:`qdq_summary` describes what a graph holds (the tests and the export
+record use it).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _axis(node: Any, default: int = 1) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), default)
+
+
+def _set_axis(node: Any, axis: int) -> None:
+    from onnx import helper
+
+    for a in [a for a in node.attribute if a.name == "axis"]:
+        node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute("axis", axis))
+
+
+def _qparams_as_initializers(graph: Any) -> None:
+    """Point every Q/DQ scale and zero point at an initializer: torch writes some as ``Constant`` nodes,
+    and its de-duplication of equal initializers leaves ``Identity`` nodes in front of the shared one."""
+    inits = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i in (1, 2):
+            if i >= len(node.input) or not node.input[i]:
+                continue
+            name = node.input[i]
+            while name not in inits and name in producer and producer[name].op_type == "Identity":
+                name = producer[name].input[0]
+            src = producer.get(name)
+            if name not in inits and src is not None and src.op_type == "Constant":
+                t = next(a.t for a in src.attribute if a.name == "value")
+                t.name = name
+                graph.initializer.append(t)
+                inits.add(name)
+            node.input[i] = name
+
+
+def _drop_dead(graph: Any) -> None:
+    """Remove ``Constant`` / ``Identity`` nodes and initializers that nothing reads any more."""
+    while True:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("Constant", "Identity") and n.output[0] not in used]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def _scalar_qparams(graph: Any) -> int:
+    """Make the 1-element ``[1]`` scale / zero-point initializers of Q/DQ nodes 0-d (per-tensor);
+    returns how many.
+
+    torch's ``FakeQuantize`` keeps its activation scale as a ``[1]`` tensor; from opset 13 a 1-D scale
+    means per-axis (along ``axis``, default 1), which ORT happens to broadcast but stricter engines read
+    as a per-channel activation. A 0-d scale is the unambiguous per-tensor form ORT's quantizer writes."""
+    names = {i for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input[1:3]}
+    n = 0
+    for init in graph.initializer:
+        if init.name in names and list(init.dims) == [1]:
+            del init.dims[:]
+            n += 1
+    return n
+
+
+def fold_weight_qdq(path: str | Path) -> dict[str, Any]:
+    """Fold every ``QuantizeLinear`` of a constant fp32 initializer (a weight) into an int8 initializer,
+    and a ``Transpose`` after its ``DequantizeLinear`` into the initializer too; rewrites ``path``
+    atomically. Returns ``{"folded": n, "transposes_folded": n}``.
+
+    Exact: the int8 values are what the QuantizeLinear node computes (round half to even, saturate).
+    Only 2-D weights with zero point 0 and a per-tensor or axis-0 scale are folded; others are left
+    as they are (and counted by :func:`qdq_summary`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from compresslab.manifest import atomic_write_bytes
+
+    model = onnx.load(str(path))
+    g = model.graph
+    _qparams_as_initializers(g)
+    inits = {i.name: i for i in g.initializer}
+    users = _consumers(g)
+    drop: list[Any] = []
+    folded = transposed = 0
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        w_name, s_name = q.input[0], q.input[1]
+        z_name = q.input[2] if len(q.input) > 2 else ""
+        if w_name not in inits or s_name not in inits or (z_name and z_name not in inits):
+            continue  # an activation (or a scale computed in the graph): not a weight
+        w = numpy_helper.to_array(inits[w_name])
+        scale = numpy_helper.to_array(inits[s_name]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[z_name]) if z_name else np.zeros((), np.uint8)
+        dqs = users.get(q.output[0], [])
+        if (w.ndim != 2 or w.dtype != np.float32 or zero.dtype != np.int8 or np.any(zero != 0)
+                or not dqs or any(d.op_type != "DequantizeLinear" for d in dqs)
+                or (scale.size > 1 and (_axis(q) != 0 or scale.size != w.shape[0]))):
+            continue
+        s = scale.reshape(-1, 1) if scale.size > 1 else scale
+        codes = np.clip(np.rint(w / s), -128, 127).astype(np.int8)  # np.rint: half to even, as ONNX
+        users_of_dq = [u for d in dqs for u in users.get(d.output[0], [])]
+        perm_t = all(u.op_type == "Transpose" and [a.ints for a in u.attribute if a.name == "perm"][0] == [1, 0]
+                     for u in users_of_dq) and len(dqs) == 1 and users_of_dq
+        q_name = f"{w_name}_quantized"
+        g.initializer.append(numpy_helper.from_array(codes.T.copy() if perm_t else codes, q_name))
+        # scale and zero point as initializers of their own (engines look for constants there)
+        g.initializer.extend([numpy_helper.from_array(scale, f"{q_name}_scale"),
+                              numpy_helper.from_array(zero.astype(np.int8), f"{q_name}_zero_point")])
+        for d in dqs:
+            d.input[0], d.input[1] = q_name, f"{q_name}_scale"
+            if len(d.input) > 2:
+                d.input[2] = f"{q_name}_zero_point"
+            else:
+                d.input.append(f"{q_name}_zero_point")
+            if scale.size > 1:  # a per-row scale follows its rows through the transpose
+                _set_axis(d, 1 if perm_t else 0)
+        if perm_t:
+            dq = dqs[0]
+            for t in users_of_dq:  # the Transpose's consumers read the DequantizeLinear directly
+                for u in users.get(t.output[0], []):
+                    for i, name in enumerate(u.input):
+                        if name == t.output[0]:
+                            u.input[i] = dq.output[0]
+                for o in g.output:
+                    if o.name == t.output[0]:
+                        raise ValueError(f"{path}: a transposed weight is a graph output; cannot fold it")
+                drop.append(t)
+            transposed += 1
+        drop.append(q)
+        folded += 1
+    for n in drop:
+        g.node.remove(n)
+    _drop_dead(g)  # the fp32 weights, the zero-point constants and identities now unused
+    scalars = _scalar_qparams(g)
+    atomic_write_bytes(path, model.SerializeToString())
+    return {"folded": folded, "transposes_folded": transposed, "qparams_made_scalar": scalars}
+
+
+def qdq_summary(path: str | Path) -> dict[str, Any]:
+    """What a QDQ graph holds: MatMul/Gemm nodes and how many have both inputs from DequantizeLinear
+    (``qdq_matmuls``), of which how many read an int8 zero-point-0 weight initializer
+    (``int8_weights_zp0``) and how many of those are per-tensor (``per_tensor_weights``); the op counts;
+    the weight sparsity over those int8 initializers (fraction of 0 codes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    matmuls = [n for n in g.node if n.op_type in ("MatMul", "Gemm")]
+    qdq = int8 = per_tensor = zeros = total = 0
+    for mm in matmuls:
+        dqs = [producer.get(i) for i in mm.input[:2]]
+        if not all(d is not None and d.op_type == "DequantizeLinear" for d in dqs):
+            continue
+        qdq += 1
+        w_dq = next((d for d in dqs if d.input[0] in inits), None)
+        if w_dq is None:
+            continue
+        w = numpy_helper.to_array(inits[w_dq.input[0]])
+        zp = numpy_helper.to_array(inits[w_dq.input[2]]) if len(w_dq.input) > 2 and w_dq.input[2] else None
+        if w.dtype == np.int8 and (zp is None or not np.any(zp)):
+            int8 += 1
+            per_tensor += int(numpy_helper.to_array(inits[w_dq.input[1]]).size == 1)
+            zeros, total = zeros + int((w == 0).sum()), total + w.size
+    return {"matmuls": len(matmuls), "qdq_matmuls": qdq, "int8_weights_zp0": int8, "per_tensor_weights": per_tensor,
+            "int8_weight_sparsity": round(zeros / total, 6) if total else 0.0,
+            "ops": dict(sorted(Counter(n.op_type for n in g.node).items()))}
+
+
+__all__ = ["fold_weight_qdq", "qdq_summary"]
