@@ -27,6 +27,7 @@ _PASS_MODULES = (
     "compresslab.passes.hawq",
     "compresslab.passes.ort_matmul_nbits",
     "compresslab.passes.bibert",
+    "compresslab.passes.int8_qat",
 )
 
 

@@ -13,6 +13,7 @@ _CLASSES = {
     "BiBert": "bibert",
     "Finetune": "finetune",
     "Hawq": "hawq",
+    "Int8Qat": "int8_qat",
     "LayerDrop": "layer_drop",
     "Magnitude": "magnitude",
     "OBert": "obert",

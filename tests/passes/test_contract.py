@@ -32,6 +32,7 @@ TINY: dict[str, dict] = {
     "structured_l1": {"speedup": 1.0, "batch": 2, "seq": 16, "recovery": {"steps": 2}, "latency_runs": 3},
     "layer_drop": {"num_layers": 1, "keep": None},
     "ort_int8_static": {"num_calibration": 16},
+    "int8_qat": {"num_calibration": 16},
     "hawq": {"block_size": 16, "hessian": {"batches": 2, "batch_size": 8, "min_probes": 4, "eigen_batches": 1,
                                            "eigen_iters": 5}},
 }
