@@ -73,6 +73,13 @@ def stopped_run(root: Path, out: Path, *extra: str) -> Path:
     return d
 
 
+def stopped_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """(inputs root, run dir): fresh inputs under ``tmp_path/in`` and their run under ``tmp_path/out``,
+    stopped before its first step (:func:`stopped_run`)."""
+    root = make_inputs(tmp_path / "in")
+    return root, stopped_run(root, tmp_path / "out")
+
+
 def append_row(path: Path) -> None:
     """One more example at the end of a CSV (same header, a new sha256)."""
     with open(path, "a") as f:

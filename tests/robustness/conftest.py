@@ -58,6 +58,59 @@ def observe(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return note
 
 
+@pytest.fixture
+def cli_refusal(capsys: pytest.CaptureFixture[str]) -> Callable[[Callable[[], Any]], Callable[[], None]]:
+    """``cli_refusal(fn)``: ``fn`` (a CLI entry: ``cli.check_command_line``, ``cli.check_multirun``,
+    ``cli._main``) as a thunk for ``expect_clear``: its refusal, exit status 2 with one
+    ``compresslab: error:`` line on stderr and no traceback, is raised as a ValueError carrying that
+    line; any other exit is re-raised (and counted as it is)."""
+
+    def wrap(fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
+            try:
+                fn()
+            except SystemExit as e:
+                err = capsys.readouterr().err.strip()
+                if e.code == 2 and err.startswith("compresslab: error:") and "\n" not in err and "Traceback" not in err:
+                    raise ValueError(err) from None
+                raise
+        return call
+
+    return wrap
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A directory path nobody can create or write to: under a read-only dir for a normal user, under
+    /proc for root (who may write anywhere else); skips where neither is possible."""
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro / "out"
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs a non-root user or Linux /proc")
+    return Path("/proc/compresslab-test/out")
+
+
+@pytest.fixture
+def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private lock directory, no override variables, a quiet fake CPU, no idle probe sleep and a short
+    poll: the machine that runs the tests may be busy, and no test may wait on the machine's locks."""
+    import compresslab.bench.machine_load as ml
+    from compresslab import runlock
+    from compresslab.testing import FakeCpu
+
+    d = tmp_path / "locks"
+    monkeypatch.setenv(runlock.LOCK_DIR_ENV, str(d))
+    monkeypatch.delenv(runlock.BUSY_ENV, raising=False)
+    monkeypatch.delenv(runlock.WAIT_ENV, raising=False)
+    monkeypatch.setattr(ml, "read_cpu", FakeCpu(other=0.0))
+    monkeypatch.setattr(ml, "PROBE_S", 0.0)
+    monkeypatch.setattr(runlock, "POLL_S", 0.1)
+    return d
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield

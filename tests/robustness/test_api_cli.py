@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from _cases import case_param
 from _runs import REPO, cli_args, make_inputs
 from compresslab import cli
 from compresslab.config import compose
@@ -35,18 +37,6 @@ from compresslab.testing import tiny_sentiment
 
 case = pytest.mark.case
 NOT_CAUGHT = "the data was read: the bad input was not caught before any work"
-
-
-def _unwritable(tmp_path: Path) -> Path:
-    """A directory nobody can create or write: read-only for a normal user, under /proc for root."""
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        ro = tmp_path / "read-only"
-        ro.mkdir()
-        ro.chmod(0o500)
-        return ro / "out"
-    if not Path("/proc/self").is_dir():
-        pytest.skip("needs a non-root user or Linux /proc")
-    return Path("/proc/compresslab-test/out")
 
 
 def _trained(model: torch.nn.Module) -> torch.nn.Module:
@@ -98,29 +88,35 @@ NO_KD = {"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 0}}
 
 # ------------------------------------------------------------------ 1. the API's output_dir, checked first
 
-@case(name="compress(output_dir=<a read-only dir>)", kind=1,
-      expected="refused before the data is read, naming output_dir and the path (the CLI's preflight rule)")
-def test_api_read_only_output_dir(tiny_tok, tmp_path, no_data, expect_clear):
-    out = _unwritable(tmp_path)
-    expect_clear(_compress(tiny_model(), tiny_tok, [NO_KD], output_dir=out),
-                 match=rf"output_dir={out}: cannot write there.*set output_dir to a directory you can write to")
-
-
-@case(name="compress(output_dir=<a path under a file>)", kind=1,
-      expected="refused before the data is read, naming output_dir (not a NotADirectoryError traceback)")
-def test_api_output_dir_under_a_file(tiny_tok, tmp_path, no_data, expect_clear):
+def _bad_dir(tmp_path: Path, unwritable: Path, where: str) -> Path:
+    """A directory path that cannot be written: ``read-only`` (a new dir under a read-only one),
+    ``read-only itself`` (that dir; under /proc for root, who may write anywhere else), ``under a
+    file`` or ``a file``."""
+    if where == "read-only":
+        return unwritable
+    if where == "read-only itself":
+        return unwritable.parent
     (tmp_path / "a-file").write_text("x")
-    out = tmp_path / "a-file" / "run"
+    return tmp_path / "a-file" / "run" if where == "under a file" else tmp_path / "a-file"
+
+
+@pytest.mark.parametrize("where, match", [
+    pytest.param("read-only", r"output_dir={out}: cannot write there.*set output_dir to a directory you can write to",
+                 marks=case(name="compress(output_dir=<a read-only dir>)", kind=1,
+                            expected="refused before the data is read, naming output_dir and the path (the CLI's "
+                                     "preflight rule)")),
+    pytest.param("under a file", r"output_dir={out}: cannot write there \(Not a directory\)",
+                 marks=case(name="compress(output_dir=<a path under a file>)", kind=1,
+                            expected="refused before the data is read, naming output_dir (not a NotADirectoryError "
+                                     "traceback)")),
+    pytest.param("a file", r"output_dir={out}: cannot write there",
+                 marks=case(name="compress(output_dir=<an existing file>)", kind=1,
+                            expected="refused before the data is read, naming output_dir")),
+])
+def test_api_output_dir_unwritable(tiny_tok, tmp_path, unwritable, no_data, expect_clear, where, match):
+    out = _bad_dir(tmp_path, unwritable, where)
     expect_clear(_compress(tiny_model(), tiny_tok, [NO_KD], output_dir=out),
-                 match=r"output_dir=.*a-file/run: cannot write there \(Not a directory\)")
-
-
-@case(name="compress(output_dir=<an existing file>)", kind=1,
-      expected="refused before the data is read, naming output_dir")
-def test_api_output_dir_is_a_file(tiny_tok, tmp_path, no_data, expect_clear):
-    (tmp_path / "a-file").write_text("x")
-    expect_clear(_compress(tiny_model(), tiny_tok, [NO_KD], output_dir=tmp_path / "a-file"),
-                 match=r"output_dir=.*a-file: cannot write there")
+                 match=match.format(out=re.escape(str(out))))
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +129,8 @@ def result(tiny_tok: Any) -> Any:
 
 @case(name="CompressResult.export(<a dir under a read-only dir>)", kind=1,
       expected="refused before the export, naming out_dir (not a PermissionError from mkdtemp)")
-def test_api_export_unwritable(result, tmp_path, expect_clear):
-    out = _unwritable(tmp_path) / "export"
+def test_api_export_unwritable(result, unwritable, expect_clear):
+    out = unwritable / "export"
     expect_clear(lambda: result.export(out), match=rf"out_dir={out}: cannot write in .*set out_dir")
 
 
@@ -145,35 +141,24 @@ def test_api_save_under_a_file(result, tmp_path, expect_clear):
     expect_clear(lambda: result.save(tmp_path / "a-file" / "ck"), match=r"out_dir=.*a-file/ck: cannot write in")
 
 
-def _save_target(tmp_path: Path, where: str) -> tuple[Path, str]:
-    """The out_dir of a save that cannot be written, and the message that must name it."""
-    if where == "existing read-only dir":
-        out = _unwritable(tmp_path).parent  # the read-only dir itself (under /proc for root: cannot be made)
-        return out, rf"out_dir={out}: cannot write (there|in )"
-    if where == "new dir under a read-only dir":
-        out = _unwritable(tmp_path)
-        return out, rf"out_dir={out}: cannot write in .*set out_dir to a directory you can write to"
-    (tmp_path / "a-file").write_text("x")
-    return tmp_path / "a-file", r"out_dir=.*a-file: cannot write there \(File exists\)"
-
-
-@pytest.mark.parametrize("where", [
-    pytest.param("existing read-only dir", marks=case(
+@pytest.mark.parametrize("where, match", [
+    pytest.param("read-only itself", r"out_dir={out}: cannot write (there|in )", marks=case(
         name="compresslab.save(model, <a read-only dir>)", kind=1,
         expected="refused before any file is written, naming out_dir (not a raw PermissionError from mkdtemp)")),
-    pytest.param("new dir under a read-only dir", marks=case(
-        name="compresslab.save(model, <a new dir under a read-only dir>)", kind=1,
-        expected="refused before any file is written, naming out_dir and the dir it is written in")),
-    pytest.param("a file", marks=case(
+    pytest.param("read-only", r"out_dir={out}: cannot write in .*set out_dir to a directory you can write to",
+                 marks=case(name="compresslab.save(model, <a new dir under a read-only dir>)", kind=1,
+                            expected="refused before any file is written, naming out_dir and the dir it is written "
+                                     "in")),
+    pytest.param("a file", r"out_dir={out}: cannot write there \(File exists\)", marks=case(
         name="compresslab.save(model, <an existing file>)", kind=1,
         expected="refused before any file is written, naming out_dir (not a FileExistsError after the weights)")),
 ])
-def test_save_unwritable(tmp_path, expect_clear, where):
+def test_save_unwritable(tmp_path, unwritable, expect_clear, where, match):
     import compresslab
 
-    out, match = _save_target(tmp_path, where)
+    out = _bad_dir(tmp_path, unwritable, where)
     before = sorted(out.parent.iterdir()) if out.parent.is_dir() else None
-    expect_clear(lambda: compresslab.save(tiny_model(), out), match=match)
+    expect_clear(lambda: compresslab.save(tiny_model(), out), match=match.format(out=re.escape(str(out))))
     assert (sorted(out.parent.iterdir()) if out.parent.is_dir() else None) == before  # no temp dir left behind
 
 
@@ -205,13 +190,19 @@ def test_api_model_as_teacher_with_fresh_head_scored(tiny_tok, no_run, expect_cl
                        r"classification head.*put 'finetune' first in passes")
 
 
-@case(name="compress(<a fresh-head model>, a distilling pass, no teacher)", kind="own",
-      expected="refused before any pass (the rule the CLI's model.finetuned=true shares)")
-def test_api_distilling_without_teacher(tiny_tok, no_run, expect_clear):
-    kd = {"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 2}}
-    expect_clear(_compress(tiny_model(), tiny_tok, [kd]),
-                 match=r"step 'magnitude' distils from a teacher, but none can be built.*no trained classification "
-                       r"head.*'finetune' first")
+@pytest.mark.parametrize("spec", [
+    pytest.param({"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 2}}, marks=case(
+        name="compress(<a fresh-head model>, a distilling pass, no teacher)", kind="own",
+        expected="refused before any pass (the rule the CLI's model.finetuned=true shares)")),
+    pytest.param({"name": "bibert", "steps": 2, "batch_size": 8}, marks=case(
+        name="compress(<a fresh-head model>, ['bibert'], no teacher)", kind="own",
+        expected="refused before any pass: bibert declares needs_teacher (all its losses are KD), as the plan "
+                 "reads it")),
+])
+def test_api_distilling_without_teacher(tiny_tok, no_run, expect_clear, spec):
+    expect_clear(_compress(tiny_model(), tiny_tok, [spec]),
+                 match=rf"step '{spec['name']}' distils from a teacher, but none can be built.*no trained "
+                       r"classification head.*'finetune' first")
 
 
 @case(name="compress(<a fresh-head model>) with finetune first, or a trained teacher, or no teacher use",
@@ -329,33 +320,11 @@ TYPOS = [  # (overrides, the did-you-mean)
 @pytest.mark.parametrize("overrides,hint", TYPOS, ids=[" ".join(o) for o, _ in TYPOS])
 @case(name="a misspelled key (model.sorce=DIR) in any config group, with or without +", kind=1,
       expected="exit 2 before Hydra starts, naming the key with a did-you-mean")
-def test_misspelled_key_did_you_mean(overrides, hint, capsys, expect_clear):
-    def check() -> None:
-        try:
-            cli.check_command_line(["+pipeline=int8", *overrides])
-        except SystemExit as e:
-            err = capsys.readouterr().err.strip()
-            if e.code == 2 and err.startswith("compresslab: error:") and "\n" not in err:
-                raise ValueError(err) from None
-            raise
-    expect_clear(check, match=hint)
+def test_misspelled_key_did_you_mean(overrides, hint, cli_refusal, expect_clear):
+    expect_clear(cli_refusal(lambda: cli.check_command_line(["+pipeline=int8", *overrides])), match=hint)
 
 
 # ------------------------------------------------------------------ 5. -m: every job checked first
-
-def _refused(capsys: pytest.CaptureFixture[str], fn: Callable[[], Any]) -> Callable[[], None]:
-    """``fn`` (a CLI entry) as a thunk whose refusal (exit 2, one line on stderr) becomes a ValueError."""
-
-    def call() -> None:
-        try:
-            fn()
-        except SystemExit as e:
-            err = capsys.readouterr().err.strip()
-            if e.code == 2 and err.startswith("compresslab: error:") and "\n" not in err:
-                raise ValueError(err) from None
-            raise
-    return call
-
 
 @case(name="CLI: +pipeline=int8 -m seed=abc", kind=1,
       expected="exit 2, the same one line as without -m, before Hydra starts a job (no multirun dir)")
@@ -370,40 +339,35 @@ def test_cli_multirun_bad_value(tmp_path, observe):
     assert not (tmp_path / "out").exists()  # Hydra's multirun dir was never made
 
 
-@case(name="-m seed=1,abc (a bad value in a sweep)", kind=1,
-      expected="exit 2 naming the job's swept value, no job started")
-def test_multirun_bad_sweep_value(capsys, expect_clear):
-    expect_clear(_refused(capsys, lambda: cli.check_multirun(["+pipeline=int8", "seed=1,abc"])),
-                 match=r"seed must be an integer.*'abc' \(in the multirun job with seed=abc; no job was started\)")
-
-
-@case(name="--multirun sede=1,2 (a typo key)", kind=1, expected="exit 2 with the did-you-mean, no job started")
-def test_multirun_typo_key(capsys, expect_clear):
-    expect_clear(_refused(capsys, lambda: cli.check_multirun(["+pipeline=int8", "sede=1,2"])),
-                 match=r"sede: no such setting \('sede': did you mean 'seed'\?\).*no job was started")
-
-
-@case(name="-m budget=quick,smoke eval.split=dev,test (the bad value in one combination)", kind=1,
-      expected="exit 2 naming that job's values")
-def test_multirun_every_combination(capsys, expect_clear):
-    expect_clear(_refused(capsys, lambda: cli.check_multirun(["+pipeline=int8", "budget=quick,smoke",
-                                                               "eval.split=dev,test"])),
-                 match=r"split='test' is not valid.*multirun job with budget=quick eval\.split=test")
+@pytest.mark.parametrize("argv, match", [  # each -m command refused with exit 2 before any job starts
+    case_param(["+pipeline=int8", "seed=1,abc"],
+               r"seed must be an integer.*'abc' \(in the multirun job with seed=abc; no job was started\)",
+               name="-m seed=1,abc (a bad value in a sweep)", kind=1,
+               expected="exit 2 naming the job's swept value, no job started"),
+    case_param(["+pipeline=int8", "sede=1,2"],
+               r"sede: no such setting \('sede': did you mean 'seed'\?\).*no job was started",
+               name="--multirun sede=1,2 (a typo key)", kind=1,
+               expected="exit 2 with the did-you-mean, no job started"),
+    case_param(["+pipeline=int8", "budget=quick,smoke", "eval.split=dev,test"],
+               r"split='test' is not valid.*multirun job with budget=quick eval\.split=test",
+               name="-m budget=quick,smoke eval.split=dev,test (the bad value in one combination)", kind=1,
+               expected="exit 2 naming that job's values"),
+    case_param(["+pipeline=int8", "seed=interval(0,1)"],
+               r"seed=interval\(0,1\): a multirun \(-m\) sweeps lists.*give the values as a list",
+               name="-m seed=interval(0,1)", kind=1,
+               expected="exit 2: the basic sweeper takes lists, range() and glob()"),
+])
+def test_multirun_refused(cli_refusal, expect_clear, argv, match):
+    expect_clear(cli_refusal(lambda: cli.check_multirun(argv)), match=match)
 
 
 @case(name="-m over more jobs than are composed one by one (task=glob(*) seed=range(0,20) debug=...)", kind=1,
       expected="every swept value still checked: the bad one named")
-def test_multirun_large_sweep_checks_each_value(capsys, monkeypatch, expect_clear):
+def test_multirun_large_sweep_checks_each_value(cli_refusal, monkeypatch, expect_clear):
     monkeypatch.setattr(cli, "MAX_CHECKED_JOBS", 4)  # as if the sweep were huge
-    expect_clear(_refused(capsys, lambda: cli.check_multirun(["+pipeline=int8", "budget=glob(*)", "seed=range(0,6)",
-                                                               "task.max_length=64,32,0"])),
+    expect_clear(cli_refusal(lambda: cli.check_multirun(["+pipeline=int8", "budget=glob(*)", "seed=range(0,6)",
+                                                          "task.max_length=64,32,0"])),
                  match=r"task\.max_length must be an integer >= 1.*multirun job with .*task\.max_length=0")
-
-
-@case(name="-m seed=interval(0,1)", kind=1, expected="exit 2: the basic sweeper takes lists, range() and glob()")
-def test_multirun_interval(capsys, expect_clear):
-    expect_clear(_refused(capsys, lambda: cli.check_multirun(["+pipeline=int8", "seed=interval(0,1)"])),
-                 match=r"seed=interval\(0,1\): a multirun \(-m\) sweeps lists.*give the values as a list")
 
 
 @case(name="+pipeline=int8 -m seed=1,2 --cfg job (flags anywhere)", kind="own", bad_input=False,

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from _data_files import POS_NEG, REPO, compose_generic, csv_file, jsonl_file, load_generic, run_fails_fast, table_text
+from _data_files import (POS_NEG, REPO, compose_generic, csv_file, jsonl_file, load_generic, refused, run_fails_fast,
+                         table_text)
 from compresslab.data.schema import DataFormatError
 from compresslab.data.tasks import load_task
 
@@ -36,39 +37,94 @@ def test_jsonl_read_by_suffix_through_the_composed_config(tmp_path, observe):
     observe(f"format from suffix: train .jsonl and dev .tsv read; classes {data.spec.label_names}")
 
 
-@pytest.mark.case(name="unknown file suffix (.txt) without task.generic.format", kind=2,
-                  expected="an error naming the file and task.generic.format")
-def test_unknown_suffix_names_format_setting(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.txt", table_text("text,label", POS_NEG))
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.txt.*task\.generic\.format=")
+# ---------------------------------------------------------------- files refused: format, labels, structure, settings
+# Files that loading must refuse, each differing from the others only in its data, settings and message.
+REFUSED = [
+    refused("unknown file suffix (.txt) without task.generic.format",
+            "an error naming the file and task.generic.format", "train.txt", table_text("text,label", POS_NEG),
+            r"train\.txt.*task\.generic\.format="),
+    refused("TSV named .csv (header holds tabs)",
+            "an error saying it looks like a TSV and to set task.generic.format=tsv", "train.csv",
+            table_text("text\tlabel", POS_NEG, sep="\t"), r"train\.csv:1.*TSV.*task\.generic\.format=tsv"),
+    refused("label spelled differently in dev (Positive vs positive)",
+            "an error at dev file:line: label only in dev, did you mean 'positive'", "train.csv",
+            table_text("text,label", POS_NEG),
+            r"dev\.csv:3: label 'Positive' appears in dev but never in train.*did you mean 'positive'",
+            dev=("dev.csv", table_text("text,label", [("nice", "positive"), ("fine", "Positive")]))),
+    refused("a class seen only in dev (neutral)", "an error at dev file:line naming the label and task.generic.labels",
+            "train.csv", table_text("text,label", POS_NEG), r"dev\.csv:3: label 'neutral'.*task\.generic\.labels",
+            dev=("dev.csv", table_text("text,label", [("nice", "positive"), ("meh", "neutral")]))),
+    refused("labels differing only in case within train", "an error naming both spellings and where they are",
+            "train.csv", table_text("text,label", POS_NEG + [("so good", "Positive")]),
+            r"'Positive' \(.*train\.csv:6.*'positive'.*differ only in case"),
+    refused("one stray label 7 among 0/1",
+            "an error: classes 2-6 empty, naming the file:line of the 7 and num_labels/labels", "train.csv",
+            table_text("text,label", [("a good film", 1), ("a bad film", 0), ("great", 1), ("meh", 7), ("awful", 0)]),
+            r"head of 8 classes.*class\(es\) 2-6.*train\.csv:5.*num_labels=8"),
+    refused("header-less news-topic CSV (\"3\",\"title\",\"body\")",
+            "an error: the first row looks like data; set task.generic.header=false and columns", "train.csv",
+            '"3","Wall St. Bears Claw Back Into the Black","Short-sellers are seeing green again."\n'
+            '"4","Carlyle Looks Toward Commercial Aerospace","Private investment firm Carlyle Group."\n',
+            r"train\.csv:1: no column 'text'.*looks like data.*task\.generic\.header=false.*columns"),
+    refused("1-based class ids 1-4 (news topics) with a header",
+            "an error: class 0 would be empty; suggests task.generic.labels=[1, 2, 3, 4]", "train.csv",
+            table_text("label,title,body", [(i % 4 + 1, f"title {i}", f"body {i}") for i in range(8)]),
+            r"1-based.*class 0 would be empty.*task\.generic\.labels=\[1, 2, 3, 4\]", text_a="title", text_b="body"),
+    refused("header=false without columns", "an error naming task.generic.columns", "train.csv",
+            table_text("text,label", POS_NEG), r"task\.generic\.columns=\[", header=False),
+    refused("labels as ints in train and strings in dev",
+            "an error: labels mix class names and ids, naming both places", "train.csv",
+            table_text("text,label", [("good", 1), ("bad", 0)]),
+            r"mix class names \('positive' at .*dev\.csv:2\) and class ids \(1 at .*train\.csv:2\)",
+            dev=("dev.csv", table_text("text,label", [("good", "positive"), ("bad", "negative")]))),
+    refused("regression (float) labels on a classification task",
+            "an error at file:line suggesting task.generic.kind=regression", "train.csv",
+            table_text("text,label", [("a", "0.5"), ("b", "3.2"), ("c", "1")]),
+            r"train\.csv:2: label 0\.5 .*task\.generic\.kind=regression"),
+    refused("a single class in train", "an error: at least 2 classes", "train.csv",
+            table_text("text,label", [("a", "pos"), ("b", "pos")]), r"at least 2 classes.*\['pos'\]"),
+    refused("a label not in task.generic.labels (typo)", "an error at file:line with a did-you-mean", "train.csv",
+            table_text("text,label", POS_NEG + [("x", "postive")]),
+            r"train\.csv:6: label 'postive' is not in task\.generic\.labels.*did you mean 'positive'",
+            labels=["negative", "positive"]),
+    refused("empty label cell", "an error at file:line: the label is empty", "train.csv",
+            table_text("text,label", POS_NEG + [("x", "")]), r"train\.csv:6: the label .* is empty"),
+    refused("empty file", "an error naming the file: it is empty", "train.csv", "", r"train\.csv: the file is empty"),
+    refused("header only, no rows", "an error naming the file: no data rows", "train.csv", "text,label\n",
+            r"train\.csv: no data rows"),
+    refused("empty text cell", "an error at file:line naming the text column", "train.csv",
+            table_text("text,label", POS_NEG + [("  ", "positive")]),
+            r"train\.csv:6: 'text' \(task\.generic\.text_a\) is empty"),
+    refused("label column missing", "an error naming the column, the columns found and task.generic.label",
+            "train.csv", table_text("text,sentiment", POS_NEG),
+            r"no column 'label' \(task\.generic\.label\); the header has \['text', 'sentiment'\]"),
+    refused("duplicated column name in the header", "an error naming the duplicate", "train.csv",
+            table_text("text,label,text", [(t, y, t) for t, y in POS_NEG]),
+            r"train\.csv:1: .*\['text'\] more than once"),
+    refused("header repeated inside the file (files joined with cat)",
+            "an error at the line repeating the header, not a class called 'label'", "train.csv",
+            table_text("text,label", POS_NEG) + table_text("text,label", POS_NEG),
+            r"train\.csv:6: this row repeats the header"),
+    refused("unquoted comma in a CSV text", "an error at file:line: 3 cells but the header has 2; quote the text",
+            "train.csv", "text,label\ngood, really good,positive\nbad,negative\n",
+            r"train\.csv:2: 3 cells.*has 2.*quoted"),
+    refused("unclosed quote in a CSV", "an error at file:line, not the rest of the file swallowed into one cell",
+            "train.csv", 'text,label\n"good film,positive\nbad,negative\n', r"train\.csv:\d+: .*CSV quoting"),
+    refused("TSV with CSV-style quotes (pandas tocsv_file(sep='\\t'))",
+            "an error at file:line asking for task.generic.quoting=csv or none", "train.tsv",
+            'text\tlabel\n"he said ""great"" twice"\tpositive\nbad\tnegative\n',
+            r"train\.tsv:2: .*quoting=csv.*quoting=none"),
+    refused("a misspelled task.generic key (lables)", "an error listing allowed keys with a did-you-mean", "train.csv",
+            table_text("text,label", POS_NEG), r"unknown key.*lables.*did you mean 'labels'", lables=["a", "b"]),
+]
 
 
-@pytest.mark.case(name="TSV named .csv (header holds tabs)", kind=2,
-                  expected="an error saying it looks like a TSV and to set task.generic.format=tsv")
-def test_tsv_named_csv(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text\tlabel", POS_NEG, sep="\t"))
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:1.*TSV.*task\.generic\.format=tsv")
+@pytest.mark.parametrize("bad", REFUSED)
+def test_refused(tmp_path, expect_clear, bad):
+    bad.expect_refused(tmp_path, expect_clear)
 
 
 # ---------------------------------------------------------------- label sets
-@pytest.mark.case(name="label spelled differently in dev (Positive vs positive)", kind=2,
-                  expected="an error at dev file:line: label only in dev, did you mean 'positive'")
-def test_label_only_in_dev_case_variant(tmp_path, expect_clear):
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
-    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "positive"), ("fine", "Positive")]))
-    expect_clear(lambda: load_generic(train=train, dev=dev),
-                 match=r"dev\.csv:3: label 'Positive' appears in dev but never in train.*did you mean 'positive'")
-
-
-@pytest.mark.case(name="a class seen only in dev (neutral)", kind=2,
-                  expected="an error at dev file:line naming the label and task.generic.labels")
-def test_label_only_in_dev(tmp_path, expect_clear):
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
-    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "positive"), ("meh", "neutral")]))
-    expect_clear(lambda: load_generic(train=train, dev=dev),
-                 match=r"dev\.csv:3: label 'neutral'.*task\.generic\.labels")
-
-
 @pytest.mark.case(name="the dev-only class declared in task.generic.labels", kind=2, bad_input=False,
                   expected="accepted: 3 classes in the given order, a warning that neutral has no train example")
 def test_label_only_in_dev_declared(tmp_path, observe, caplog):
@@ -81,23 +137,6 @@ def test_label_only_in_dev_declared(tmp_path, observe, caplog):
     observe(f"classes {data.spec.label_names}; log: {caplog.text.strip().splitlines()[-1][:200]}")
 
 
-@pytest.mark.case(name="labels differing only in case within train", kind=2,
-                  expected="an error naming both spellings and where they are")
-def test_case_variants_within_train(tmp_path, expect_clear):
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("so good", "Positive")]))
-    expect_clear(lambda: load_generic(train=train, dev=train),
-                 match=r"'Positive' \(.*train\.csv:6.*'positive'.*differ only in case")
-
-
-@pytest.mark.case(name="one stray label 7 among 0/1", kind=2,
-                  expected="an error: classes 2-6 empty, naming the file:line of the 7 and num_labels/labels")
-def test_stray_label_makes_empty_classes(tmp_path, expect_clear):
-    rows = [("a good film", 1), ("a bad film", 0), ("great", 1), ("meh", 7), ("awful", 0)]
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", rows))
-    expect_clear(lambda: load_generic(train=train, dev=train),
-                 match=r"head of 8 classes.*class\(es\) 2-6.*train\.csv:5.*num_labels=8")
-
-
 @pytest.mark.case(name="labels 1 and 1.0 in one file", kind=2, bad_input=False,
                   expected="one class: 1.0 is class id 1 (2 classes, not 3)")
 def test_int_and_float_spelling_are_one_class(tmp_path, observe):
@@ -106,25 +145,6 @@ def test_int_and_float_spelling_are_one_class(tmp_path, observe):
     data = load_generic(train=train, dev=train)
     assert data.spec.num_labels == 2 and [e.label for e in data.dev] == [1, 0, 1, 0]
     observe(f"num_labels={data.spec.num_labels}, labels {[e.label for e in data.dev]}")
-
-
-@pytest.mark.case(name="header-less news-topic CSV (\"3\",\"title\",\"body\")", kind=2,
-                  expected="an error: the first row looks like data; set task.generic.header=false and columns")
-def test_headerless_csv_is_not_read_as_header(tmp_path, expect_clear):
-    text = '"3","Wall St. Bears Claw Back Into the Black","Short-sellers are seeing green again."\n' \
-           '"4","Carlyle Looks Toward Commercial Aerospace","Private investment firm Carlyle Group."\n'
-    path = csv_file(tmp_path / "train.csv", text)
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"train\.csv:1: no column 'text'.*looks like data.*task\.generic\.header=false.*columns")
-
-
-@pytest.mark.case(name="1-based class ids 1-4 (news topics) with a header", kind=2,
-                  expected="an error: class 0 would be empty; suggests task.generic.labels=[1, 2, 3, 4]")
-def test_one_based_ids(tmp_path, expect_clear):
-    rows = [(i % 4 + 1, f"title {i}", f"body {i}") for i in range(8)]
-    path = csv_file(tmp_path / "train.csv", table_text("label,title,body", rows))
-    expect_clear(lambda: load_generic(train=path, dev=path, text_a="title", text_b="body"),
-                 match=r"1-based.*class 0 would be empty.*task\.generic\.labels=\[1, 2, 3, 4\]")
 
 
 @pytest.mark.case(name="header-less 1-based news CSV read with header=false, columns and labels", kind=2,
@@ -137,50 +157,6 @@ def test_headerless_one_based_done_right(tmp_path, observe):
     assert data.spec.label_names == ("1", "2", "3", "4") and data.dev[0].label == 0 and data.dev[3].label == 3
     assert data.dev[0].text_b == "body, with a comma 0"
     observe(f"classes {data.spec.label_names}; first dev example {data.dev[0]}")
-
-
-@pytest.mark.case(name="header=false without columns", kind=2,
-                  expected="an error naming task.generic.columns")
-def test_header_false_needs_columns(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
-    expect_clear(lambda: load_generic(train=path, dev=path, header=False), match=r"task\.generic\.columns=\[")
-
-
-@pytest.mark.case(name="labels as ints in train and strings in dev", kind=2,
-                  expected="an error: labels mix class names and ids, naming both places")
-def test_ints_in_train_strings_in_dev(tmp_path, expect_clear):
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", [("good", 1), ("bad", 0)]))
-    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("good", "positive"), ("bad", "negative")]))
-    expect_clear(lambda: load_generic(train=train, dev=dev),
-                 match=r"mix class names \('positive' at .*dev\.csv:2\) and class ids \(1 at .*train\.csv:2\)")
-
-
-@pytest.mark.case(name="regression (float) labels on a classification task", kind=2,
-                  expected="an error at file:line suggesting task.generic.kind=regression")
-def test_float_labels_on_classification(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", [("a", "0.5"), ("b", "3.2"), ("c", "1")]))
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"train\.csv:2: label 0\.5 .*task\.generic\.kind=regression")
-
-
-@pytest.mark.case(name="a single class in train", kind=2, expected="an error: at least 2 classes")
-def test_single_class(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", [("a", "pos"), ("b", "pos")]))
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"at least 2 classes.*\['pos'\]")
-
-
-@pytest.mark.case(name="a label not in task.generic.labels (typo)", kind=2,
-                  expected="an error at file:line with a did-you-mean")
-def test_label_not_in_declared_labels(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("x", "postive")]))
-    expect_clear(lambda: load_generic(train=path, dev=path, labels=["negative", "positive"]),
-                 match=r"train\.csv:6: label 'postive' is not in task\.generic\.labels.*did you mean 'positive'")
-
-
-@pytest.mark.case(name="empty label cell", kind=2, expected="an error at file:line: the label is empty")
-def test_empty_label(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("x", "")]))
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:6: the label .* is empty")
 
 
 @pytest.mark.case(name="class set logged at the start", kind=2, bad_input=False,
@@ -196,68 +172,6 @@ def test_class_set_is_logged(tmp_path, caplog, observe):
 
 
 # ---------------------------------------------------------------- file structure
-@pytest.mark.case(name="empty file", kind=2, expected="an error naming the file: it is empty")
-def test_empty_file(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", "")
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv: the file is empty")
-
-
-@pytest.mark.case(name="header only, no rows", kind=2, expected="an error naming the file: no data rows")
-def test_header_only(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", "text,label\n")
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv: no data rows")
-
-
-@pytest.mark.case(name="empty text cell", kind=2, expected="an error at file:line naming the text column")
-def test_empty_text(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("  ", "positive")]))
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"train\.csv:6: 'text' \(task\.generic\.text_a\) is empty")
-
-
-@pytest.mark.case(name="label column missing", kind=2,
-                  expected="an error naming the column, the columns found and task.generic.label")
-def test_label_column_missing(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,sentiment", POS_NEG))
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"no column 'label' \(task\.generic\.label\); the header has \['text', 'sentiment'\]")
-
-
-@pytest.mark.case(name="duplicated column name in the header", kind=2, expected="an error naming the duplicate")
-def test_duplicated_header_name(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label,text", [(t, y, t) for t, y in POS_NEG]))
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:1: .*\['text'\] more than once")
-
-
-@pytest.mark.case(name="header repeated inside the file (files joined with cat)", kind=2,
-                  expected="an error at the line repeating the header, not a class called 'label'")
-def test_repeated_header_row(tmp_path, expect_clear):
-    text = table_text("text,label", POS_NEG) + table_text("text,label", POS_NEG)
-    path = csv_file(tmp_path / "train.csv", text)
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:6: this row repeats the header")
-
-
-@pytest.mark.case(name="unquoted comma in a CSV text", kind=2,
-                  expected="an error at file:line: 3 cells but the header has 2; quote the text")
-def test_unquoted_comma(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", "text,label\ngood, really good,positive\nbad,negative\n")
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:2: 3 cells.*has 2.*quoted")
-
-
-@pytest.mark.case(name="unclosed quote in a CSV", kind=2,
-                  expected="an error at file:line, not the rest of the file swallowed into one cell")
-def test_unclosed_quote(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", 'text,label\n"good film,positive\nbad,negative\n')
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:\d+: .*CSV quoting")
-
-
-@pytest.mark.case(name="TSV with CSV-style quotes (pandas tocsv_file(sep='\\t'))", kind=2,
-                  expected="an error at file:line asking for task.generic.quoting=csv or none")
-def test_tsv_with_quotes(tmp_path, expect_clear):
-    text = 'text\tlabel\n"he said ""great"" twice"\tpositive\nbad\tnegative\n'
-    path = csv_file(tmp_path / "train.tsv", text)
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.tsv:2: .*quoting=csv.*quoting=none")
-
 
 @pytest.mark.case(name="TSV with CSV-style quotes and task.generic.quoting=csv", kind=2, bad_input=False,
                   expected="cells unquoted: he said \"great\" twice; a tab inside a quoted cell kept")
@@ -307,13 +221,6 @@ def test_jsonl_numeric_labels(tmp_path, observe):
 
 
 # ---------------------------------------------------------------- settings
-@pytest.mark.case(name="a misspelled task.generic key (lables)", kind=2,
-                  expected="an error listing allowed keys with a did-you-mean")
-def test_misspelled_generic_key(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
-    expect_clear(lambda: load_generic(train=path, dev=path, lables=["a", "b"]),
-                 match=r"unknown key.*lables.*did you mean 'labels'")
-
 
 @pytest.mark.case(name="task=generic without task.generic.train/dev", kind=2,
                   expected="an error saying to set task.generic.train=PATH and task.generic.dev=PATH, before any work")

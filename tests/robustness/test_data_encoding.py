@@ -15,19 +15,41 @@ import json
 
 import pytest
 
-from _data_files import POS_NEG, compose_generic, csv_file, load_generic, run_fails_fast, table_text
+from _data_files import POS_NEG, compose_generic, csv_file, load_generic, refused, run_fails_fast, table_text
 from compresslab.data.tasks import load_task
 
 NEWS = [("caf\u00e9 \u2019s great", "positive"), ("na\u00efve \u00fcber", "negative")]  # non-ASCII in both splits
+BOM = "a byte-order mark that contradicts task.generic.encoding"
+
+# Files read in the wrong encoding: each differs from the others only in its bytes, the setting and the message.
+REFUSED = [
+    refused("cp1252 CSV (Excel on Windows)", "file:line of the first bad byte and the fix task.generic.encoding=cp1252",
+            "train.csv", table_text("text,label", POS_NEG + [("it\u2019s caf\u00e9 time", "positive")]),
+            r"train\.csv:6: byte.*task\.generic\.encoding=cp1252", written_in="cp1252"),
+    refused("UTF-16 train and UTF-8 dev with task.generic.encoding=utf-16",
+            "an error naming the dev file: no UTF-16 byte-order mark; set task.generic.encoding=null (not UTF-8 read "
+            "as UTF-16 garbage)",
+            "train.csv", table_text("text,label", POS_NEG),
+            r"dev\.csv: task\.generic\.encoding=utf-16, but the file has no UTF-16 byte-order mark.*"
+            r"task\.generic\.encoding=null",
+            written_in="utf-16", dev=("dev.csv", table_text("text,label", POS_NEG)), encoding="utf-16"),
+    *[refused(BOM, "an error naming the file, its mark and task.generic.encoding (set null, or re-save)",
+              "train.csv", table_text("text,label", POS_NEG),
+              rf"train\.csv: the file starts with a {mark}.* byte-order mark, but "
+              rf"task\.generic\.encoding={setting}; set task\.generic\.encoding=null",
+              written_in=written, encoding=setting)
+      for written, setting, mark in [("utf-16", "cp1252", "UTF-16"), ("utf-16", "utf-8", "UTF-16"),
+                                     ("utf-8-sig", "latin-1", "UTF-8"), ("utf-32", "utf-16", "UTF-32"),
+                                     ("utf-8-sig", "utf-16-le", "UTF-8")]],
+    refused("unknown encoding name", "an error naming task.generic.encoding",
+            "train.csv", table_text("text,label", POS_NEG), r"unknown encoding.*task\.generic\.encoding",
+            encoding="utf8x"),
+]
 
 
-@pytest.mark.case(name="cp1252 CSV (Excel on Windows)", kind=2,
-                  expected="file:line of the first bad byte and the fix task.generic.encoding=cp1252")
-def test_cp1252_csv(tmp_path, expect_clear):
-    text = table_text("text,label", POS_NEG + [("it\u2019s caf\u00e9 time", "positive")])
-    path = csv_file(tmp_path / "train.csv", text, encoding="cp1252")
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"train\.csv:6: byte.*task\.generic\.encoding=cp1252")
+@pytest.mark.parametrize("bad", REFUSED)
+def test_refused(tmp_path, expect_clear, bad):
+    bad.expect_refused(tmp_path, expect_clear)
 
 
 @pytest.mark.case(name="cp1252 CSV with task.generic.encoding=cp1252 (no '+')", kind=2, bad_input=False,
@@ -70,29 +92,6 @@ def test_utf16_train_utf8_dev(tmp_path, observe):
     encodings = {s: f["encoding"] for s, f in data.info["files"].items()}
     assert encodings == {"train": "utf-16", "dev": "utf-8"}
     observe(f"encodings {encodings}; dev[0] {data.dev[0].text_a!r}")
-
-
-@pytest.mark.case(name="UTF-16 train and UTF-8 dev with task.generic.encoding=utf-16", kind=2,
-                  expected="an error naming the dev file: no UTF-16 byte-order mark; set task.generic.encoding=null "
-                           "(not UTF-8 read as UTF-16 garbage)")
-def test_utf16_setting_on_a_utf8_file(tmp_path, expect_clear):
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG), encoding="utf-16")
-    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", POS_NEG), encoding="utf-8")
-    expect_clear(lambda: load_generic(train=train, dev=dev, encoding="utf-16"),
-                 match=r"dev\.csv: task\.generic\.encoding=utf-16, but the file has no UTF-16 byte-order mark.*"
-                       r"task\.generic\.encoding=null")
-
-
-@pytest.mark.case(name="a byte-order mark that contradicts task.generic.encoding", kind=2,
-                  expected="an error naming the file, its mark and task.generic.encoding (set null, or re-save)")
-@pytest.mark.parametrize("written, setting, mark", [("utf-16", "cp1252", "UTF-16"), ("utf-16", "utf-8", "UTF-16"),
-                                                    ("utf-8-sig", "latin-1", "UTF-8"), ("utf-32", "utf-16", "UTF-32"),
-                                                    ("utf-8-sig", "utf-16-le", "UTF-8")])
-def test_bom_contradicts_setting(tmp_path, expect_clear, written, setting, mark):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG), encoding=written)
-    expect_clear(lambda: load_generic(train=path, dev=path, encoding=setting),
-                 match=rf"train\.csv: the file starts with a {mark}.* byte-order mark, but "
-                       rf"task\.generic\.encoding={setting}; set task\.generic\.encoding=null")
 
 
 @pytest.mark.case(name="files with each byte-order mark (UTF-8, UTF-16 LE/BE, UTF-32) and a matching setting",
@@ -142,13 +141,6 @@ def test_dev_decode_error_names_file_and_line(tmp_path, expect_clear):
                     + b'{"text": "caf\xe9", "label": "positive"}\n')
     expect_clear(lambda: load_generic(train=train, dev=dev),
                  match=r"dev\.jsonl:5: byte\(s\) e9 are not valid utf-8.*task\.generic\.encoding=")
-
-
-@pytest.mark.case(name="unknown encoding name", kind=2, expected="an error naming task.generic.encoding")
-def test_unknown_encoding(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
-    expect_clear(lambda: load_generic(train=path, dev=path, encoding="utf8x"),
-                 match=r"unknown encoding.*task\.generic\.encoding")
 
 
 @pytest.mark.case(name="a contradicting byte-order mark through the composed config and pipeline.run", kind=2,

@@ -11,32 +11,57 @@ from __future__ import annotations
 
 import pytest
 
-from _data_files import POS_NEG, compose_generic, csv_file, jsonl_file, load_generic, run_fails_fast, table_text
+from _data_files import (POS_NEG, compose_generic, csv_file, jsonl_file, load_generic, refused, run_fails_fast,
+                         table_text)
 from compresslab.data.tasks import load_task
 
 IDS = [("a good film", 1), ("a bad film", 0), ("great fun", 1), ("awful", 0)]
+NAN = "NaN label in a CSV (as pandas writes an empty cell)"
+MARKER = "missing-value marker as a label (NA, N/A, null, None, #N/A, <NA>)"
+JSONL = "JSONL label null, NaN, empty or whitespace-only"
+SCORE = "regression scores: NaN, null, NA or true as a score"
+
+# Files whose labels have no value: each differs from the others only in its data and the message.
+REFUSED = [
+    *[refused(NAN, "an error at file:line naming the label column: not a finite number; fill it in or drop the row",
+              "train.csv", table_text("text,label", POS_NEG + [("x", cell)]),
+              rf"train\.csv:6: the label \(column 'label'\) is '{cell}', not a finite number.*drop the row")
+      for cell in ["NaN", "nan", "-nan", "inf", "-Infinity"]],
+    *[refused(MARKER, "an error at file:line naming the label column: a missing value; fill it in or drop the row, "
+                      "or declare it in task.generic.labels if it is a class",
+              "train.csv", table_text("text,label", POS_NEG),
+              rf"dev\.csv:3: the label \(column 'label'\) is '{cell}', which marks a missing value.*"
+              r"task\.generic\.labels=",
+              dev=("dev.csv", table_text("text,label", [("nice", "positive"), ("x", cell)])))
+      for cell in ["NA", "N/A", "null", "NULL", "None", "#N/A", "<NA>"]],
+    *[refused(JSONL, "an error at file:line naming the label column: missing / not finite / empty",
+              "train.jsonl", [{"text": t, "label": y} for t, y in IDS] + [{"text": "x", "label": value}],
+              rf"train\.jsonl:5: the label \(column 'label'\) is {said}")
+      for value, said in [(None, r"missing \(None / null\)"), (float("nan"), "nan, not a finite"), ("", "empty"),
+                          ("   ", "empty"), ("\t", "empty")]],
+    refused("whitespace-only label cell in a CSV", "an error at file:line: the label is empty",
+            "train.csv", table_text("text,label", POS_NEG + [("x", "   ")]), r"train\.csv:6: the label .* is empty"),
+    refused("JSONL booleans mixed with class ids (0, 1, 2 and true)",
+            "an error naming a true/false and a class id with their file:line (true would be id 1)",
+            "train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 2}, {"text": "c", "label": 1},
+                            {"text": "d", "label": True}],
+            r"labels mix true/false \(true at .*train\.jsonl:4\) and class ids \(0 at .*train\.jsonl:1\)"),
+    refused("JSONL booleans mixed with class names",
+            "an error naming a class name and a true/false with their file:line",
+            "train.jsonl", [{"text": "a", "label": "positive"}, {"text": "b", "label": "negative"},
+                            {"text": "c", "label": False}],
+            r"labels mix class names \('positive' at .*:1\) and class ids \(false at .*:3\)"),
+    *[refused(SCORE, "an error at file:line (a NaN score was accepted and trained on)",
+              "train.jsonl", [{"text": "a", "score": 0.5}, {"text": "b", "score": 2.5}, {"text": "c", "score": value}],
+              rf"train\.jsonl:3: .*{said}", label="score", kind="regression")
+      for value, said in [(float("nan"), "nan, not a finite"), ("NaN", "'NaN', not a finite"), (None, "missing"),
+                          ("NA", "'NA', a missing value"), (True, "label true is not a score")]],
+]
 
 
-@pytest.mark.case(name="NaN label in a CSV (as pandas writes an empty cell)", kind=2,
-                  expected="an error at file:line naming the label column: not a finite number; fill it in or drop "
-                           "the row")
-@pytest.mark.parametrize("cell", ["NaN", "nan", "-nan", "inf", "-Infinity"])
-def test_nan_or_inf_label_in_csv(tmp_path, expect_clear, cell):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("x", cell)]))
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=rf"train\.csv:6: the label \(column 'label'\) is '{cell}', not a finite number.*drop the row")
-
-
-@pytest.mark.case(name="missing-value marker as a label (NA, N/A, null, None, #N/A, <NA>)", kind=2,
-                  expected="an error at file:line naming the label column: a missing value; fill it in or drop the "
-                           "row, or declare it in task.generic.labels if it is a class")
-@pytest.mark.parametrize("cell", ["NA", "N/A", "null", "NULL", "None", "#N/A", "<NA>"])
-def test_missing_marker_label_in_csv(tmp_path, expect_clear, cell):
-    train = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG))
-    dev = csv_file(tmp_path / "dev.csv", table_text("text,label", [("nice", "positive"), ("x", cell)]))
-    expect_clear(lambda: load_generic(train=train, dev=dev),
-                 match=rf"dev\.csv:3: the label \(column 'label'\) is '{cell}', which marks a missing value.*"
-                       r"task\.generic\.labels=")
+@pytest.mark.parametrize("bad", REFUSED)
+def test_refused(tmp_path, expect_clear, bad):
+    bad.expect_refused(tmp_path, expect_clear)
 
 
 @pytest.mark.case(name="a class really named like a missing value (None), declared in task.generic.labels", kind=2,
@@ -49,43 +74,6 @@ def test_declared_class_named_none(tmp_path, observe):
     observe(f"classes {data.spec.label_names}, labels {[e.label for e in data.dev]}")
 
 
-@pytest.mark.case(name="JSONL label null, NaN, empty or whitespace-only", kind=2,
-                  expected="an error at file:line naming the label column: missing / not finite / empty")
-@pytest.mark.parametrize("value, said", [(None, r"missing \(None / null\)"), (float("nan"), "nan, not a finite"),
-                                         ("", "empty"), ("   ", "empty"), ("\t", "empty")])
-def test_jsonl_missing_label(tmp_path, expect_clear, value, said):
-    records = [{"text": t, "label": y} for t, y in IDS] + [{"text": "x", "label": value}]
-    path = jsonl_file(tmp_path / "train.jsonl", records)
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=rf"train\.jsonl:5: the label \(column 'label'\) is {said}")
-
-
-@pytest.mark.case(name="whitespace-only label cell in a CSV", kind=2,
-                  expected="an error at file:line: the label is empty")
-def test_whitespace_label_in_csv(tmp_path, expect_clear):
-    path = csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG + [("x", "   ")]))
-    expect_clear(lambda: load_generic(train=path, dev=path), match=r"train\.csv:6: the label .* is empty")
-
-
-@pytest.mark.case(name="JSONL booleans mixed with class ids (0, 1, 2 and true)", kind=2,
-                  expected="an error naming a true/false and a class id with their file:line (true would be id 1)")
-def test_bools_mixed_with_ids(tmp_path, expect_clear):
-    records = [{"text": "a", "label": 0}, {"text": "b", "label": 2}, {"text": "c", "label": 1},
-               {"text": "d", "label": True}]
-    path = jsonl_file(tmp_path / "train.jsonl", records)
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"labels mix true/false \(true at .*train\.jsonl:4\) and class ids \(0 at .*train\.jsonl:1\)")
-
-
-@pytest.mark.case(name="JSONL booleans mixed with class names", kind=2,
-                  expected="an error naming a class name and a true/false with their file:line")
-def test_bools_mixed_with_names(tmp_path, expect_clear):
-    records = [{"text": "a", "label": "positive"}, {"text": "b", "label": "negative"}, {"text": "c", "label": False}]
-    path = jsonl_file(tmp_path / "train.jsonl", records)
-    expect_clear(lambda: load_generic(train=path, dev=path),
-                 match=r"labels mix class names \('positive' at .*:1\) and class ids \(false at .*:3\)")
-
-
 @pytest.mark.case(name="JSONL labels all true/false", kind=2, bad_input=False,
                   expected="accepted as class ids 0 (false) and 1 (true)")
 def test_all_bools_are_ids(tmp_path, observe):
@@ -94,18 +82,6 @@ def test_all_bools_are_ids(tmp_path, observe):
     data = load_generic(train=path, dev=path)
     assert [e.label for e in data.dev] == [1, 0, 1, 0] and data.spec.label_names == ("0", "1")
     observe(f"labels {[e.label for e in data.dev]}, classes {data.spec.label_names}")
-
-
-@pytest.mark.case(name="regression scores: NaN, null, NA or true as a score", kind=2,
-                  expected="an error at file:line (a NaN score was accepted and trained on)")
-@pytest.mark.parametrize("value, said", [(float("nan"), "nan, not a finite"), ("NaN", "'NaN', not a finite"),
-                                         (None, "missing"), ("NA", "'NA', a missing value"),
-                                         (True, "label true is not a score")])
-def test_regression_missing_score(tmp_path, expect_clear, value, said):
-    records = [{"text": "a", "score": 0.5}, {"text": "b", "score": 2.5}, {"text": "c", "score": value}]
-    path = jsonl_file(tmp_path / "train.jsonl", records)
-    expect_clear(lambda: load_generic(train=path, dev=path, label="score", kind="regression"),
-                 match=rf"train\.jsonl:3: .*{said}")
 
 
 @pytest.mark.case(name="a GLUE regression file (STS-B) with a 'nan' score", kind=2,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _runs import REPO, Restore, append_row, cli_args, finished_run, make_inputs, run_cfg, stopped_run
+from _runs import REPO, Restore, append_row, cli_args, finished_run, make_inputs, run_cfg, stopped_inputs, stopped_run
 from compresslab.manifest import RunManifest, model_files, read_json
 from compresslab.pipeline import run
 from compresslab.pipeline.identity import InputsChangedError
@@ -105,8 +105,7 @@ def test_changed_tokenizer_or_config_is_refused(tmp_path, expect_clear):
 @pytest.mark.case(name="changed inputs through the real CLI", kind=3,
                   expected="exit code 2, the changed file and run.overwrite=true in the output, no traceback")
 def test_changed_inputs_cli_exit_2(tmp_path, observe):
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     append_row(root / "train.csv")
     out = subprocess.run([sys.executable, "-m", "compresslab", *cli_args(root, tmp_path / "out")], capture_output=True,
                          text=True, timeout=600, cwd=REPO)
@@ -122,8 +121,7 @@ def test_changed_inputs_cli_exit_2(tmp_path, observe):
 @pytest.mark.case(name="a run dir from before input hashes, its data edited", kind=3,
                   expected="refused by the data file hashes the old manifest holds (model files cannot be compared)")
 def test_run_without_recorded_inputs_is_checked_by_its_data_files(tmp_path, expect_clear):
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     m = RunManifest.load(d)
     del m.data["inputs"]  # what manifests written before this check hold
     m.save()
@@ -138,8 +136,7 @@ def test_run_without_recorded_inputs_is_checked_by_its_data_files(tmp_path, expe
 @pytest.mark.case(name="run.overwrite=true after an input changed", kind=3, bad_input=False,
                   expected="the old run dir moved aside (<dir>.replaced-<time>), a fresh run from the new files")
 def test_overwrite_starts_over_with_new_inputs(tmp_path, observe):
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     old_hash = read_json(d / "manifest.json")["inputs"]["data"]["files"]["train"]["sha256"]
     append_row(root / "train.csv")
     again = stopped_run(root, tmp_path / "out", "run.overwrite=true")
@@ -154,8 +151,7 @@ def test_overwrite_starts_over_with_new_inputs(tmp_path, observe):
 @pytest.mark.case(name="a README or tf_model.h5 beside the model changes", kind=3, bad_input=False,
                   expected="not an input: the run resumes (only files transformers loads are hashed)")
 def test_unloaded_files_are_not_identity(tmp_path, observe):
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     (root / "model" / "README.md").write_text("# notes\n")
     (root / "model" / "tf_model.h5").write_bytes(b"\0" * 64)
     assert stopped_run(root, tmp_path / "out") == d
@@ -168,8 +164,7 @@ def test_restore_after_source_changed_is_refused(tmp_path, expect_clear):
     from compresslab.models.tiny import tiny_model
     from compresslab.pipeline.driver import restore
 
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     tiny_model("bert", seed=3).save_pretrained(root / "model")
     expect_clear(lambda: restore(d), match=r"model\.safetensors: sha256 \w+ -> \w+")
 

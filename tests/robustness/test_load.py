@@ -1,8 +1,9 @@
 """Issue #12 kind 4: measurements taken on a busy machine, the training lock, and progress of long work.
 
-Every test uses its own lock directory (``COMPRESSLAB_LOCK_DIR`` under ``tmp_path``) and, unless it
-is about the real CPU clocks, a :class:`~compresslab.testing.FakeCpu` reader: the machine that runs
-the tests may be busy (a training runs beside them), and no test may wait on the machine's locks.
+Every test uses its own lock directory (``COMPRESSLAB_LOCK_DIR`` under ``tmp_path``: the ``locks``
+fixture of conftest.py) and, unless it is about the real CPU clocks, a
+:class:`~compresslab.testing.FakeCpu` reader: the machine that runs the tests may be busy (a
+training runs beside them), and no test may wait on the machine's locks.
 Processes that hold a lock are small children that load ``runlock.py`` alone (no torch), so they
 start in a fraction of a second.
 """
@@ -41,19 +42,6 @@ with cm:
     print("ready", flush=True)
     time.sleep(60)
 """
-
-
-@pytest.fixture
-def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private lock directory, no override variables, a quiet fake CPU and no idle probe sleep."""
-    d = tmp_path / "locks"
-    monkeypatch.setenv(runlock.LOCK_DIR_ENV, str(d))
-    monkeypatch.delenv(runlock.BUSY_ENV, raising=False)
-    monkeypatch.delenv(runlock.WAIT_ENV, raising=False)
-    monkeypatch.setattr(ml, "read_cpu", FakeCpu(other=0.0))
-    monkeypatch.setattr(ml, "PROBE_S", 0.0)
-    monkeypatch.setattr(runlock, "POLL_S", 0.1)
-    return d
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 table, Pareto plots, the sweep summary, and which runs are ranked together.
 
 Runs are the real smoke manifest with their figures set (``_report_runs.sweep_run``); plots are
-drawn once (the first case) and replaced by a recorder elsewhere.
+drawn once (the first case) and elsewhere recorded (the ``drawn`` fixture) or left out (``no_plots``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import copy
 import json
 import runpy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,35 @@ from compresslab.report.compare import compare
 from compresslab.report.render import Bullets, Document, Para, to_html, to_markdown
 
 case = pytest.mark.case
+
+
+@dataclass
+class Drawing:
+    """One call of ``plots.pareto_plot``: its title, the cost on the x axis and the runs plotted."""
+
+    title: str
+    cost: str
+    points: list[Any]
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Drawing]:
+    """``plots.pareto_plot`` replaced by a recorder (each call a :class:`Drawing`; fake PNG bytes
+    back, so the plot files are written): which plots a comparison draws, without drawing."""
+    calls: list[Drawing] = []
+
+    def record(points: Any, front: Any, cost: str, ref_cost: str, xlabel: str, title: str, **k: Any) -> bytes:
+        calls.append(Drawing(title, cost, list(points)))
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(plots, "pareto_plot", record)
+    return calls
+
+
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Pareto plot is drawn (``pareto_plot`` returns None): drawing is the first case's."""
+    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
 
 
 @case(name="cross-run view: --compare outputs/*/* with Pareto plots of score vs latency and vs size", kind="first",
@@ -52,8 +83,7 @@ def test_compare_writes_table_and_pareto_plots(tmp_path: Path, capsys: pytest.Ca
 @case(name="multirun sweep summary", kind="first", bad_input=False,
       expected="per pipeline, the swept settings with each run's score and speed, the Pareto fronts, and the fastest "
                "run within eval.max_drop; busy timings left out of speed picks")
-def test_sweep_summary(tmp_path: Path, observe, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)  # drawing is the case above
+def test_sweep_summary(tmp_path: Path, observe, no_plots: None) -> None:
     out = tmp_path / "outputs"
     runs = [sweep_run(out, 0.5, 0.900, 30.0, 30.0), sweep_run(out, 0.7, 0.880, 31.0, 25.0),
             sweep_run(out, 0.9, 0.850, 20.0, 20.0), sweep_run(out, 0.8, 0.904, 10.0, 22.0, busy=True)]
@@ -70,20 +100,14 @@ def test_sweep_summary(tmp_path: Path, observe, monkeypatch: pytest.MonkeyPatch)
 
 @case(name="cross-run view: runs timed at other shapes", kind="own", bad_input=False,
       expected="absolute latencies plotted only for runs at one shape and machine; the others named as left out")
-def test_compare_leaves_out_other_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    drawn: list[list[str]] = []
-
-    def fake(points, front, cost, *a, **k):
-        drawn.append([f"{p.name}:{cost}" for p in points])
-        return b"\x89PNG fake"
-
-    monkeypatch.setattr(plots, "pareto_plot", fake)
+def test_compare_leaves_out_other_shapes(tmp_path: Path, drawn: list[Drawing]) -> None:
     out = tmp_path / "outputs"
     runs = [sweep_run(out, 0.5, 0.9, 30.0, 30.0), sweep_run(out, 0.7, 0.89, 25.0, 25.0),
             sweep_run(out, 0.9, 0.85, 200.0, 20.0, shape="b32xs128")]
     md = compare(runs)["compare.md"].read_text()
-    assert drawn[0] == ["obert_int8/sweep050b4xs32:p50_ms", "obert_int8/sweep070b4xs32:p50_ms"]
-    assert len(drawn[1]) == 3  # size compares across shapes
+    assert [f"{p.name}:{drawn[0].cost}" for p in drawn[0].points] == ["obert_int8/sweep050b4xs32:p50_ms",
+                                                                      "obert_int8/sweep070b4xs32:p50_ms"]
+    assert len(drawn[1].points) == 3  # size compares across shapes
     assert "Not in the latency plot" in md and "obert_int8/sweep090b32xs128 (timed at b32xs128" in md
 
 
@@ -111,14 +135,7 @@ def test_compare_cli_entry_point(tmp_path: Path, expect_clear, monkeypatch: pyte
 
 @case(name="cross-run view: runs of different tasks", kind="own", bad_input=False,
       expected="one pair of Pareto plots per task (scores of different tasks never share an axis)")
-def test_compare_plots_per_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    drawn: list[tuple[str, list[str]]] = []
-
-    def fake(points, front, cost, ref_cost, xlabel, title, **k):
-        drawn.append((title, sorted(p.task for p in points)))
-        return b"\x89PNG fake"
-
-    monkeypatch.setattr(plots, "pareto_plot", fake)
+def test_compare_plots_per_task(tmp_path: Path, drawn: list[Drawing]) -> None:
     out = tmp_path / "outputs"
     runs = [sweep_run(out, 0.5, 0.9, 30.0, 30.0), sweep_run(out, 0.7, 0.89, 25.0, 25.0)]
     m = json.loads((runs[1] / "manifest.json").read_text())
@@ -129,14 +146,13 @@ def test_compare_plots_per_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     written = compare([*runs, other])
     assert {"plots/pareto_latency_sst2.png", "plots/pareto_size_sst2.png", "plots/pareto_latency_mrpc.png",
             "plots/pareto_size_mrpc.png"} <= set(written)
-    assert all(len(set(tasks)) == 1 for _, tasks in drawn)
+    assert all(len({p.task for p in d.points}) == 1 for d in drawn)
 
 
 @case(name="cross-run view: a run moved aside by run.overwrite=true", kind="own", bad_input=False,
       expected="outputs/*/* passes over <hash>.replaced-<time> beside its live run and says how many; given "
                "alone, it is compared under a label of its own (never two rows named alike)")
-def test_compare_skips_replaced_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+def test_compare_skips_replaced_runs(tmp_path: Path, no_plots: None, observe) -> None:
     out = tmp_path / "outputs"
     live = sweep_run(out, 0.5, 0.9, 30.0, 30.0)
     old = sweep_run(tmp_path / "old", 0.5, 0.8, 30.0, 30.0)
@@ -154,14 +170,7 @@ def test_compare_skips_replaced_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @case(name="cross-run view: task=generic runs on different dev data", kind="own", bad_input=False,
       expected="runs grouped by task and by the sha256 of their dev data (manifest inputs): one sweep and one "
                "pair of Pareto plots per dev set, named task · dev file · short hash; never ranked together")
-def test_compare_groups_generic_runs_by_dev_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
-    drawn: list[tuple[str, list[str]]] = []
-
-    def fake(points, front, cost, ref_cost, xlabel, title, **k):
-        drawn.append((title, sorted(p.name for p in points)))
-        return b"\x89PNG fake"
-
-    monkeypatch.setattr(plots, "pareto_plot", fake)
+def test_compare_groups_generic_runs_by_dev_data(tmp_path: Path, drawn: list[Drawing], observe) -> None:
     out = tmp_path / "outputs"
     runs = [sweep_run(out, s, 0.9 - s / 10, 30.0, 30.0) for s in (0.5, 0.6, 0.7, 0.8)]
     busy_inputs = manifest("magnitude_int8_busy")["inputs"]
@@ -180,15 +189,14 @@ def test_compare_groups_generic_runs_by_dev_data(tmp_path: Path, monkeypatch: py
     assert "Sweep: obert_int8 on generic\n" not in md
     assert {"plots/pareto_size_generic_reviews.csv_aaaaaaaa.png",
             "plots/pareto_size_generic_tickets.csv_bbbbbbbb.png"} <= set(written)
-    assert all(len(names) == 2 for _, names in drawn) and len(drawn) == 4
-    observe("; ".join(title for title, _ in drawn))
+    assert all(len(d.points) == 2 for d in drawn) and len(drawn) == 4
+    observe("; ".join(d.title for d in drawn))
 
 
 @case(name="report.md and compare.md show HTML escapes such as '&gt; 1: faster'", kind="own", bad_input=False,
       expected="Markdown has the plain characters (> and <); only a '<' that could open a tag is backslash-escaped; "
                "the HTML keeps escaping")
-def test_markdown_has_plain_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+def test_markdown_has_plain_characters(tmp_path: Path, no_plots: None, observe) -> None:
     written = compare([sweep_run(tmp_path / "outputs", 0.5, 0.9, 30.0, 30.0)])
     md, page = written["compare.md"].read_text(), written["compare.html"].read_text()
     assert "&gt;" not in md and "&lt;" not in md and "> 1: faster" in md
@@ -218,8 +226,7 @@ def _bench_off(m: dict) -> None:
       bad_input=False, expected="the summary says no latency was measured (bench.enabled=false) and ranks by score "
                                 "and size: the size front, the smallest run within the tolerance, the best score; "
                                 "'bench off' in the speed columns; never 'no run within tolerance'")
-def test_compare_sweep_without_latency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: b"\x89PNG fake")
+def test_compare_sweep_without_latency(tmp_path: Path, drawn: list[Drawing], observe) -> None:
     out = tmp_path / "outputs"
     runs = [_edit(sweep_run(out, s, score, 30.0, size), _bench_off)
             for s, score, size in ((0.5, 0.903, 30.0), (0.7, 0.898, 25.0), (0.9, 0.850, 20.0))]
@@ -243,8 +250,7 @@ def test_compare_sweep_without_latency(tmp_path: Path, monkeypatch: pytest.Monke
 @case(name="cross-run view: a sweep where one run was made with bench.enabled=false", kind="own", bad_input=False,
       expected="speed picks among the timed runs; the untimed run named as left out of the speed comparisons "
                "(bench.enabled=false), still in the size ranking")
-def test_compare_sweep_with_one_untimed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+def test_compare_sweep_with_one_untimed_run(tmp_path: Path, no_plots: None) -> None:
     out = tmp_path / "outputs"
     runs = [sweep_run(out, 0.5, 0.900, 30.0, 30.0), sweep_run(out, 0.7, 0.898, 20.0, 25.0),
             _edit(sweep_run(out, 0.9, 0.899, 30.0, 18.0), _bench_off)]
@@ -259,8 +265,7 @@ def test_compare_sweep_with_one_untimed_run(tmp_path: Path, monkeypatch: pytest.
 @case(name="cross-run view: a sweep without latency where no run is within the tolerance", kind="own",
       bad_input=False, expected="says no latency was measured and no run is within its tolerance (by score), "
                                 "never that no run timed on a quiet machine is")
-def test_compare_untimed_sweep_out_of_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+def test_compare_untimed_sweep_out_of_tolerance(tmp_path: Path, no_plots: None) -> None:
     out = tmp_path / "outputs"
     runs = [_edit(sweep_run(out, s, 0.85 - s / 10, 30.0, 30.0 - s), _bench_off) for s in (0.5, 0.9)]
     sweep = compare(runs)["compare.md"].read_text().split("### Sweep: obert_int8 on sst2")[1]
@@ -282,14 +287,7 @@ def _subset(n: int, seed: int = 42, split: str = "dev"):
 @case(name="cross-run view: runs scored on different dev subsets (task.max_dev, debug=smoke, seed)", kind="own",
       bad_input=False, expected="runs grouped by the examples scored (split, count, seed of the slice): one sweep "
                                 "and one pair of plots per group, each named with its subset; never ranked together")
-def test_compare_groups_runs_by_scored_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, observe) -> None:
-    drawn: list[tuple[str, list[str]]] = []
-
-    def fake(points, front, cost, ref_cost, xlabel, title, **k):
-        drawn.append((title, sorted(p.name for p in points)))
-        return b"\x89PNG fake"
-
-    monkeypatch.setattr(plots, "pareto_plot", fake)
+def test_compare_groups_runs_by_scored_subset(tmp_path: Path, drawn: list[Drawing], observe) -> None:
     out = tmp_path / "outputs"
     smoke = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0 - s), _subset(64)) for s in (0.5, 0.6)]
     full = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0 - s), _subset(872)) for s in (0.7, 0.8)]
@@ -304,14 +302,13 @@ def test_compare_groups_runs_by_scored_subset(tmp_path: Path, monkeypatch: pytes
     assert "never ranked together: " + "; ".join(groups) + "." in md
     assert {"plots/pareto_size_sst2_dev64s42.png", "plots/pareto_size_sst2_dev872.png",
             "plots/pareto_latency_sst2_dev64s7.png"} <= set(written)
-    assert all(len(names) == 2 for _, names in drawn) and len(drawn) == 6
+    assert all(len(d.points) == 2 for d in drawn) and len(drawn) == 6
     observe("groups: " + "; ".join(groups))
 
 
 @case(name="cross-run view: runs scored on dev and on the validation split (eval.split)", kind="own",
       bad_input=False, expected="two groups, one named 'validation, N examples carved from train (seed S)'")
-def test_compare_separates_eval_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+def test_compare_separates_eval_splits(tmp_path: Path, no_plots: None) -> None:
     out = tmp_path / "outputs"
     dev = [sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0) for s in (0.5, 0.6)]
     val = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0), _subset(32, split="validation")) for s in (0.7, 0.8)]
@@ -322,8 +319,7 @@ def test_compare_separates_eval_splits(tmp_path: Path, monkeypatch: pytest.Monke
 
 @case(name="cross-run view: runs on one dev subset", kind="own", bad_input=False,
       expected="one group named by its task only (the subset is not spelled out when nothing differs)")
-def test_compare_one_subset_is_one_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plots, "pareto_plot", lambda *a, **k: None)
+def test_compare_one_subset_is_one_group(tmp_path: Path, no_plots: None) -> None:
     out = tmp_path / "outputs"
     runs = [sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0) for s in (0.5, 0.6, 0.7)]
     md = compare(runs)["compare.md"].read_text()

@@ -47,6 +47,11 @@ def row(t: Table, first: str) -> dict[str, str]:
     return dict(zip(t.headers, r))
 
 
+def cell(m: dict[str, Any], caption_start: str, first: str, column: str) -> str:
+    """The report's text in ``column`` of the row starting ``first`` of the table captioned ``caption_start``."""
+    return row(table(doc_of(m), caption_start), first)[column]
+
+
 def texts(doc: Document) -> list[str]:
     """Every table cell, paragraph and bullet (code blocks excluded: the YAML config has lists)."""
     out: list[str] = []
@@ -89,22 +94,21 @@ def test_load_table_has_relative_files_and_unique_columns(observe) -> None:
 def test_step_sparsity_read_from_the_pass_metrics(observe) -> None:
     m = manifest("obert_int8_smoke")
     assert "sparsity" not in m["steps"][1]["metrics_after"]  # as the run engine writes it today
-    t = table(doc_of(m), "Scores here are the passes'")
-    assert row(t, "01 obert")["sparsity (%)"] == "80.0"
-    observe(f"01 obert sparsity: {row(t, '01 obert')['sparsity (%)']}")
+    sparsity = cell(m, "Scores here are the passes'", "01 obert", "sparsity (%)")
+    assert sparsity == "80.0"
+    observe(f"01 obert sparsity: {sparsity}")
 
 
 @case(name="report: threads — although 2 were used", kind="first", bad_input=False,
       expected="the thread count the run used and where it comes from, with or without a bench section")
 def test_threads_are_the_ones_used(observe) -> None:
     m = manifest("obert_int8_smoke")
-    env = table(doc_of(m), "Hardware and run identity")
-    assert row(env, "threads")["value"] == "1 (bench.threads)"
+    assert cell(m, "Hardware and run identity", "threads", "value") == "1 (bench.threads)"
     del m["bench"]  # no bench: resolved the way the run engine resolves run.threads=null
     m["config"]["run"]["threads"] = None
-    env = table(doc_of(m), "Hardware and run identity")
-    assert row(env, "threads")["value"] == "2 (run.threads=null: all physical cores)"
-    observe(f"threads without bench: {row(env, 'threads')['value']}")
+    threads = cell(m, "Hardware and run identity", "threads", "value")
+    assert threads == "2 (run.threads=null: all physical cores)"
+    observe(f"threads without bench: {threads}")
 
 
 @case(name="report: a table wider than the page", kind="first", bad_input=False,

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from _runs import make_inputs, run_cfg, stopped_run
+from _runs import make_inputs, run_cfg, stopped_inputs, stopped_run
 from compresslab.manifest import RunManifest, live_status, process_record, read_json
 from compresslab.pipeline import run
 
@@ -53,8 +53,7 @@ def _dead_pid() -> dict:
 @pytest.mark.case(name="a run killed outright (kill -9, out of memory)", kind=1, bad_input=False,
                   expected="read as crashed (its process is gone); the same command resumes it with a warning")
 def test_killed_run_reads_as_crashed_and_resumes(tmp_path, observe, caplog):
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     m = RunManifest.load(d)
     m.data["status"], m.data["process"] = "running", _dead_pid()  # what kill -9 leaves behind
     m.save()
@@ -70,8 +69,7 @@ def test_killed_run_reads_as_crashed_and_resumes(tmp_path, observe, caplog):
 def test_concurrent_run_is_refused(tmp_path, expect_clear):
     import psutil
 
-    root = make_inputs(tmp_path / "in")
-    d = stopped_run(root, tmp_path / "out")
+    root, d = stopped_inputs(tmp_path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         m = RunManifest.load(d)

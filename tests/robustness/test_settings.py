@@ -10,7 +10,6 @@ does with the composed config), and two run the real command in a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
+from _cases import case_param
 from compresslab import cli
 from compresslab.config import compose
 from compresslab.pipeline import run
@@ -59,44 +59,110 @@ def start(data: list[str], no_model: None) -> Callable[..., Callable[[], Any]]:
     return make
 
 
-def _refusal(capsys: pytest.CaptureFixture[str], fn: Callable[[], Any]) -> Callable[[], None]:
-    """``fn`` (a CLI entry) as a thunk whose refusal, exit status 2 with one line on stderr and no
-    traceback, is raised as a ValueError carrying that line (any other exit is re-raised)."""
-
-    def call() -> None:
-        try:
-            fn()
-        except SystemExit as e:
-            err = capsys.readouterr().err.strip()
-            if e.code == 2 and err.startswith("compresslab: error:") and "\n" not in err and "Traceback" not in err:
-                raise ValueError(err) from None
-            raise
-    return call
+def refused(name: str, expected: str, overrides: str | tuple[str, ...], match: str, *,
+            pipeline: str = "int8") -> Any:
+    """One case of :func:`test_refused_before_work`: ``start(*overrides, pipeline=pipeline)`` must
+    raise a clear error matching ``match``."""
+    overrides = (overrides,) if isinstance(overrides, str) else overrides
+    return case_param(overrides, pipeline, match, name=name, kind=1, expected=expected, id=" ".join(overrides))
 
 
-def _unwritable(tmp_path: Path) -> Path:
-    """A directory nobody can create or write: read-only for a normal user, under /proc for root."""
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        ro = tmp_path / "read-only"
-        ro.mkdir()
-        ro.chmod(0o500)
-        return ro / "out"
-    if not Path("/proc/self").is_dir():
-        pytest.skip("needs a non-root user or Linux /proc")
-    return Path("/proc/compresslab-test/out")
+NO_TEACHER = (r"step '{step}' distils from a teacher, but none is made before it.*Put 'finetune' first in "
+              r"pipeline\.steps, or set model\.finetuned=true")
+
+# Each a setting, limit or typo that the composed config and the plan must refuse before the model is
+# loaded: they differ only in the override and the message.
+REFUSED = [
+    # the issue's cases
+    refused("seed=abc", "a one-line error naming `seed`, no traceback",
+            "seed=abc", r"seed must be an integer"),
+    refused("model=local without model.source", "an error saying to set model.source=DIR",
+            "model=local", r"model\.source is not set.*model\.source=/path"),
+    refused("export.opset=5", "an error naming export.opset and the range this install exports",
+            "export.opset=5", r"opset=5 cannot be used.*opsets 13\.\.\d+.*set export\.opset"),
+    refused("debug=smok", "an error: no such option, the options of `debug` listed",
+            "debug=smok", r"debug=smok: no such option.*smoke"),
+    refused("eval.split=test", "an error listing dev and validation",
+            "eval.split=test", r"split='test' is not valid; allowed: 'dev', 'validation'"),
+    refused("budget.batch_size=0", "an error naming budget.batch_size before any training",
+            "budget.batch_size=0", r"budget\.batch_size must be an integer >= 1"),
+    refused("bench.shapes=[[0,128]]", "an error naming the bench shape before any training",
+            "bench.shapes=[[0,128]]", r"bench: shapes batch must be an integer >= 1"),
+    # siblings: unknown keys and values
+    refused("+foo=1 (unknown top-level key)", "an error listing the top-level settings",
+            "+foo=1", r"unknown setting\(s\) \['foo'\].*allowed: bench, budget"),
+    refused("+task.max_lenght=64 (misspelled, added with +)", "an error with a did-you-mean hint",
+            "+task.max_lenght=64", r"task: unknown setting\(s\) \['max_lenght'\].*did you mean 'max_length'"),
+    refused("+run.thread=2", "an error listing the run settings",
+            "+run.thread=2", r"run: unknown setting.*did you mean 'threads'"),
+    refused("+budget.recovery_step=10", "an error listing the budget keys",
+            "+budget.recovery_step=10", r"budget: unknown setting.*recovery_steps"),
+    refused("+pipeline.passes.int8.per_chanel=false", "an error naming the key, the pass's settings",
+            "+pipeline.passes.int8.per_chanel=false",
+            r"pipeline\.passes\.int8: unknown setting.*did you mean 'per_channel'"),
+    refused("pipeline.passes.finetune.cache=maybe",
+            "an error naming the pass's flag (a string would be truthy), from the annotations of any pass",
+            "pipeline.passes.finetune.cache=maybe", r"pipeline\.passes\.finetune\.cache must be true or false"),
+    refused("run.overwrite=yes", "an error: true or false (a string 'yes' would be truthy)",
+            "run.overwrite=yes", r"run\.overwrite must be true or false"),
+    refused("report=maybe", "an error: report is true or false",
+            "report=maybe", r"report must be true or false"),
+    refused("export.optimize=maybe", "an error naming export optimize",
+            "export.optimize=maybe", r"export: optimize must be true or false"),
+    refused("eval.enabled=no", "an error naming eval enabled",
+            "eval.enabled=no", r"eval: enabled must be true or false"),
+    refused("export.opset=24", "an error: above the newest opset the installed torch exports",
+            "export.opset=24", r"opset=24 cannot be used.*opsets 13\.\.2[0-3]"),
+    refused("task.max_train=0", "an error naming task.max_train (0 examples cannot train)",
+            "task.max_train=0", r"task\.max_train must be an integer >= 1"),
+    refused("budget.recovery_steps=-3", "an error naming budget.recovery_steps",
+            "budget.recovery_steps=-3", r"budget\.recovery_steps must be an integer >= 0"),
+    refused("budget.lr=0", "an error naming budget.lr",
+            "budget.lr=0", r"budget\.lr must be > 0"),
+    refused("bench.shapes=128 (a number for a list)", "an error saying shapes is a list of [batch, seq]",
+            "bench.shapes=128", r"shapes must be a list of \[batch, seq\] pairs"),
+    refused("pipeline.steps=finetune (a string for a list)", "an error saying steps is a list",
+            "pipeline.steps=finetune", r"pipeline\.steps must be a list of step names"),
+    refused("bench.real_length_batch_size=0", "an error naming the setting before training",
+            "bench.real_length_batch_size=0", r"real_length_batch_size must be an integer >= 1"),
+    refused("bench.max_runs below bench.runs", "an error naming both",
+            ("bench.runs=10", "bench.max_runs=5"), r"max_runs=5 is below runs=10"),
+    refused("bench.deepsparse.batches=32 (a number for a list)", "an error naming bench.deepsparse batches",
+            "bench.deepsparse.batches=32", r"^bench\.deepsparse: batches must be a list"),
+    refused("seed=1.5 / seed=2**64", "an error naming seed", "seed=1.5", r"seed must be an integer"),
+    refused("seed=1.5 / seed=2**64", "an error naming seed", f"seed={2**64}", r"seed must be an integer"),
+    # siblings: limits of the model, machine and install
+    refused("task.max_length=600 > 512 positions", "an error naming task.max_length and the limit",
+            "task.max_length=600", r"task\.max_length=600 exceeds.*set task\.max_length<=512"),
+    refused("bench.shapes seq 1024 > 512 positions",
+            "an error naming the bench shape before training (else the bench fails after it)",
+            "bench.shapes=[[1,1024]]", r"bench\.shapes seq=1024 exceeds.*512"),
+    refused("pipeline.passes.ziplm.seq=1024 > 512 positions",
+            "an error naming the pass's seq before the teacher is trained",
+            "pipeline.passes.ziplm.seq=1024", r"pipeline\.passes\.ziplm\.seq=1024 exceeds", pipeline="ziplm_2x"),
+    # a pass that distils needs a teacher made before it (pipeline.plan.check_teacher_made)
+    refused("pipeline.steps=[bibert] (no finetune) with model.finetuned=false",
+            "refused at plan time: bibert distils from a teacher and none is made; put finetune first or set "
+            "model.finetuned=true (else it distils from the model's untrained head)",
+            "pipeline.steps=[bibert]", NO_TEACHER.format(step="bibert"), pipeline="bibert"),
+    refused("pipeline.steps=[ziplm,int8] (no finetune; KD recovery) with model.finetuned=false",
+            "refused at plan time as for bibert: every pass that distils needs a teacher made before it",
+            "pipeline.steps=[ziplm,int8]", NO_TEACHER.format(step="ziplm"), pipeline="ziplm_int8"),
+]
+
+
+@pytest.mark.parametrize("overrides, pipeline, match", REFUSED)
+def test_refused_before_work(start, expect_clear, overrides, pipeline, match):
+    expect_clear(start(*overrides, pipeline=pipeline), match=match)
 
 
 # ------------------------------------------------------------------ the issue's cases
 
-@case(name="seed=abc", kind=1, expected="a one-line error naming `seed`, no traceback")
-def test_seed_not_an_integer(start, expect_clear):
-    expect_clear(start("seed=abc"), match=r"seed must be an integer")
-
 
 @case(name="run.threads=0", kind=1, expected="an error naming `run.threads` before torch's threads are set")
-def test_threads_zero(capsys, expect_clear, data, no_model):
+def test_threads_zero(cli_refusal, expect_clear, data, no_model):
     cfg = compose(["+pipeline=int8", "debug=smoke", *data, "run.threads=0"])
-    expect_clear(_refusal(capsys, lambda: cli._main(cfg)), match=r"run\.threads must be an integer >= 1")
+    expect_clear(cli_refusal(lambda: cli._main(cfg)), match=r"run\.threads must be an integer >= 1")
 
 
 @case(name="device=cuda on a CPU-only torch", kind=1, expected="an error naming `device` and what to use")
@@ -107,40 +173,9 @@ def test_cuda_missing(start, expect_clear, monkeypatch):
     expect_clear(start("device=cuda"), match=r"device='cuda'.*device=cpu")
 
 
-@case(name="model=local without model.source", kind=1, expected="an error saying to set model.source=DIR")
-def test_local_model_without_source(start, expect_clear):
-    expect_clear(start("model=local"), match=r"model\.source is not set.*model\.source=/path")
-
-
 @case(name="read-only output dir", kind=1, expected="an error naming paths.output_dir and the path, nothing written")
-def test_read_only_output_dir(start, expect_clear, tmp_path):
-    out = _unwritable(tmp_path)
-    expect_clear(start(f"paths.output_dir={out}"), match=rf"paths\.output_dir={out}: cannot write there")
-
-
-@case(name="export.opset=5", kind=1, expected="an error naming export.opset and the range this install exports")
-def test_opset_too_low(start, expect_clear):
-    expect_clear(start("export.opset=5"), match=r"opset=5 cannot be used.*opsets 13\.\.\d+.*set export\.opset")
-
-
-@case(name="debug=smok", kind=1, expected="an error: no such option, the options of `debug` listed")
-def test_debug_typo(start, expect_clear):
-    expect_clear(start("debug=smok"), match=r"debug=smok: no such option.*smoke")
-
-
-@case(name="eval.split=test", kind=1, expected="an error listing dev and validation")
-def test_eval_split_typo(start, expect_clear):
-    expect_clear(start("eval.split=test"), match=r"split='test' is not valid; allowed: 'dev', 'validation'")
-
-
-@case(name="budget.batch_size=0", kind=1, expected="an error naming budget.batch_size before any training")
-def test_batch_size_zero(start, expect_clear):
-    expect_clear(start("budget.batch_size=0"), match=r"budget\.batch_size must be an integer >= 1")
-
-
-@case(name="bench.shapes=[[0,128]]", kind=1, expected="an error naming the bench shape before any training")
-def test_bench_shape_zero(start, expect_clear):
-    expect_clear(start("bench.shapes=[[0,128]]"), match=r"bench: shapes batch must be an integer >= 1")
+def test_read_only_output_dir(start, expect_clear, unwritable):
+    expect_clear(start(f"paths.output_dir={unwritable}"), match=rf"paths\.output_dir={unwritable}: cannot write there")
 
 
 @case(name="--help", kind="first", bad_input=False, expected="a description, the usage and examples, then the groups")
@@ -172,176 +207,38 @@ def test_cli_seed_not_an_integer(tmp_path, observe):
 
 @case(name="CLI: read-only output dir", kind=1,
       expected="exit 2 naming paths.output_dir, before Hydra writes its logs there")
-def test_cli_read_only_output_dir(capsys, expect_clear, tmp_path):
-    out = _unwritable(tmp_path)
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", f"paths.output_dir={out}"])),
+def test_cli_read_only_output_dir(cli_refusal, expect_clear, unwritable):
+    expect_clear(cli_refusal(lambda: cli.check_command_line(["+pipeline=int8", f"paths.output_dir={unwritable}"])),
                  match=r"compresslab: error: paths\.output_dir=.*cannot write there")
 
 
-@case(name="CLI: debug=smok", kind=1, expected="exit 2, one line naming debug/smok and the options")
-def test_cli_group_typo(capsys, expect_clear):
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "debug=smok"])),
-                 match=r"debug=smok: no such option \(no config 'debug/smok'\); choose one with debug=NAME: smoke")
+def cli_refused(name: str, expected: str, argv: list[str], match: str) -> Any:
+    """One case of :func:`test_cli_refused`: ``python -m compresslab ARGV`` refused by the checks it
+    runs before Hydra starts (``cli.check_command_line``), exit 2 with one line matching ``match``."""
+    return case_param(argv, match, name=name, kind=1, expected=expected, id=" ".join(argv))
 
 
-@case(name="CLI: budget=quik", kind=1, expected="exit 2 listing the budgets")
-def test_cli_budget_typo(capsys, expect_clear):
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "budget=quik"])),
-                 match=r"budget=quik: no such option.*bench, quick, smoke")
-
-
-@case(name="CLI: pipeline=int8 without +", kind=1, expected="exit 2 saying to write +pipeline=int8")
-def test_cli_pipeline_without_plus(capsys, expect_clear):
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["pipeline=int8"])), match=r"\+pipeline=int8")
-
-
-@case(name="CLI: +debug=smoke", kind=1, expected="exit 2 saying to write debug=smoke without '+'")
-def test_cli_group_with_plus(capsys, expect_clear):
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "+debug=smoke"])),
-                 match=r"debug=OPTION, without '\+'")
-
-
-@case(name="CLI: run.thread=2 (a key that does not exist, without +)", kind=1,
-      expected="exit 2 saying there is no such setting, with a did-you-mean")
-def test_cli_override_of_missing_key(capsys, expect_clear):
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "run.thread=2"])),
-                 match=r"run\.thread: no such setting \('thread': did you mean 'threads'\?\); check its spelling")
-
-
-@case(name="CLI: override syntax error", kind=1, expected="exit 2 with the parser's one-line message")
-def test_cli_syntax_error(capsys, expect_clear):
-    expect_clear(_refusal(capsys, lambda: cli.check_command_line(["+pipeline=int8", "bench.shapes=[[1,128]"])),
-                 match=r"compresslab: error: .*bench\.shapes")
-
-
-# ------------------------------------------------------------------ siblings: unknown keys and values
-
-@case(name="+foo=1 (unknown top-level key)", kind=1, expected="an error listing the top-level settings")
-def test_unknown_root_key(start, expect_clear):
-    expect_clear(start("+foo=1"), match=r"unknown setting\(s\) \['foo'\].*allowed: bench, budget")
-
-
-@case(name="+task.max_lenght=64 (misspelled, added with +)", kind=1, expected="an error with a did-you-mean hint")
-def test_misspelled_key_added(start, expect_clear):
-    expect_clear(start("+task.max_lenght=64"),
-                 match=r"task: unknown setting\(s\) \['max_lenght'\].*did you mean 'max_length'")
-
-
-@case(name="+run.thread=2", kind=1, expected="an error listing the run settings")
-def test_unknown_run_key(start, expect_clear):
-    expect_clear(start("+run.thread=2"), match=r"run: unknown setting.*did you mean 'threads'")
-
-
-@case(name="+budget.recovery_step=10", kind=1, expected="an error listing the budget keys")
-def test_unknown_budget_key(start, expect_clear):
-    expect_clear(start("+budget.recovery_step=10"), match=r"budget: unknown setting.*recovery_steps")
-
-
-@case(name="+pipeline.passes.int8.per_chanel=false", kind=1, expected="an error naming the key, the pass's settings")
-def test_unknown_pass_key(start, expect_clear):
-    expect_clear(start("+pipeline.passes.int8.per_chanel=false"),
-                 match=r"pipeline\.passes\.int8: unknown setting.*did you mean 'per_channel'")
-
-
-@case(name="pipeline.passes.finetune.cache=maybe", kind=1,
-      expected="an error naming the pass's flag (a string would be truthy), from the annotations of any pass")
-def test_pass_flag_not_bool(start, expect_clear):
-    expect_clear(start("pipeline.passes.finetune.cache=maybe"),
-                 match=r"pipeline\.passes\.finetune\.cache must be true or false")
-
-
-@case(name="run.overwrite=yes", kind=1, expected="an error: true or false (a string 'yes' would be truthy)")
-def test_truthy_string(start, expect_clear):
-    expect_clear(start("run.overwrite=yes"), match=r"run\.overwrite must be true or false")
-
-
-@case(name="report=maybe", kind=1, expected="an error: report is true or false")
-def test_report_not_bool(start, expect_clear):
-    expect_clear(start("report=maybe"), match=r"report must be true or false")
-
-
-@case(name="export.optimize=maybe", kind=1, expected="an error naming export optimize")
-def test_export_optimize_not_bool(start, expect_clear):
-    expect_clear(start("export.optimize=maybe"), match=r"export: optimize must be true or false")
-
-
-@case(name="eval.enabled=no", kind=1, expected="an error naming eval enabled")
-def test_eval_enabled_not_bool(start, expect_clear):
-    expect_clear(start("eval.enabled=no"), match=r"eval: enabled must be true or false")
-
-
-@case(name="export.opset=24", kind=1, expected="an error: above the newest opset the installed torch exports")
-def test_opset_too_high(start, expect_clear):
-    expect_clear(start("export.opset=24"), match=r"opset=24 cannot be used.*opsets 13\.\.2[0-3]")
-
-
-@case(name="seed=1.5 / seed=2**64", kind=1, expected="an error naming seed")
-@pytest.mark.parametrize("seed", ["1.5", str(2**64)])
-def test_seed_out_of_range(start, expect_clear, seed):
-    expect_clear(start(f"seed={seed}"), match=r"seed must be an integer")
-
-
-@case(name="task.max_train=0", kind=1, expected="an error naming task.max_train (0 examples cannot train)")
-def test_max_train_zero(start, expect_clear):
-    expect_clear(start("task.max_train=0"), match=r"task\.max_train must be an integer >= 1")
-
-
-@case(name="budget.recovery_steps=-3", kind=1, expected="an error naming budget.recovery_steps")
-def test_negative_steps(start, expect_clear):
-    expect_clear(start("budget.recovery_steps=-3"), match=r"budget\.recovery_steps must be an integer >= 0")
-
-
-@case(name="budget.lr=0", kind=1, expected="an error naming budget.lr")
-def test_lr_zero(start, expect_clear):
-    expect_clear(start("budget.lr=0"), match=r"budget\.lr must be > 0")
-
-
-@case(name="bench.shapes=128 (a number for a list)", kind=1,
-      expected="an error saying shapes is a list of [batch, seq]")
-def test_scalar_for_list(start, expect_clear):
-    expect_clear(start("bench.shapes=128"), match=r"shapes must be a list of \[batch, seq\] pairs")
-
-
-@case(name="pipeline.steps=finetune (a string for a list)", kind=1, expected="an error saying steps is a list")
-def test_steps_not_a_list(start, expect_clear):
-    expect_clear(start("pipeline.steps=finetune"), match=r"pipeline\.steps must be a list of step names")
-
-
-@case(name="bench.real_length_batch_size=0", kind=1, expected="an error naming the setting before training")
-def test_real_length_batch_zero(start, expect_clear):
-    expect_clear(start("bench.real_length_batch_size=0"), match=r"real_length_batch_size must be an integer >= 1")
-
-
-@case(name="bench.max_runs below bench.runs", kind=1, expected="an error naming both")
-def test_max_runs_below_runs(start, expect_clear):
-    expect_clear(start("bench.runs=10", "bench.max_runs=5"), match=r"max_runs=5 is below runs=10")
-
-
-@case(name="bench.deepsparse.batches=32 (a number for a list)", kind=1,
-      expected="an error naming bench.deepsparse batches")
-def test_deepsparse_batches_scalar(start, expect_clear):
-    expect_clear(start("bench.deepsparse.batches=32"),
-                 match=r"^bench\.deepsparse: batches must be a list")
+@pytest.mark.parametrize("argv, match", [
+    cli_refused("CLI: debug=smok", "exit 2, one line naming debug/smok and the options",
+                ["+pipeline=int8", "debug=smok"],
+                r"debug=smok: no such option \(no config 'debug/smok'\); choose one with debug=NAME: smoke"),
+    cli_refused("CLI: budget=quik", "exit 2 listing the budgets",
+                ["+pipeline=int8", "budget=quik"], r"budget=quik: no such option.*bench, quick, smoke"),
+    cli_refused("CLI: pipeline=int8 without +", "exit 2 saying to write +pipeline=int8",
+                ["pipeline=int8"], r"\+pipeline=int8"),
+    cli_refused("CLI: +debug=smoke", "exit 2 saying to write debug=smoke without '+'",
+                ["+pipeline=int8", "+debug=smoke"], r"debug=OPTION, without '\+'"),
+    cli_refused("CLI: run.thread=2 (a key that does not exist, without +)",
+                "exit 2 saying there is no such setting, with a did-you-mean", ["+pipeline=int8", "run.thread=2"],
+                r"run\.thread: no such setting \('thread': did you mean 'threads'\?\); check its spelling"),
+    cli_refused("CLI: override syntax error", "exit 2 with the parser's one-line message",
+                ["+pipeline=int8", "bench.shapes=[[1,128]"], r"compresslab: error: .*bench\.shapes"),
+])
+def test_cli_refused(cli_refusal, expect_clear, argv, match):
+    expect_clear(cli_refusal(lambda: cli.check_command_line(argv)), match=match)
 
 
 # ------------------------------------------------------------------ siblings: limits of the model, machine and install
-
-@case(name="task.max_length=600 > 512 positions", kind=1, expected="an error naming task.max_length and the limit")
-def test_max_length_over_position_table(start, expect_clear):
-    expect_clear(start("task.max_length=600"), match=r"task\.max_length=600 exceeds.*set task\.max_length<=512")
-
-
-@case(name="bench.shapes seq 1024 > 512 positions", kind=1,
-      expected="an error naming the bench shape before training (else the bench fails after it)")
-def test_bench_seq_over_position_table(start, expect_clear):
-    expect_clear(start("bench.shapes=[[1,1024]]"), match=r"bench\.shapes seq=1024 exceeds.*512")
-
-
-@case(name="pipeline.passes.ziplm.seq=1024 > 512 positions", kind=1,
-      expected="an error naming the pass's seq before the teacher is trained")
-def test_pass_seq_over_position_table(start, expect_clear):
-    expect_clear(start("pipeline.passes.ziplm.seq=1024", pipeline="ziplm_2x"),
-                 match=r"pipeline\.passes\.ziplm\.seq=1024 exceeds")
 
 
 @case(name="RoBERTa: task.max_length=513 with 514 position rows", kind=1,
@@ -365,14 +262,26 @@ def test_gpu_backend_missing(start, expect_clear, monkeypatch):
 
 
 @case(name="paths.cache_dir unwritable", kind=1, expected="an error naming paths.cache_dir and COMPRESSLAB_CACHE")
-def test_cache_dir_unwritable(start, expect_clear, tmp_path):
-    expect_clear(start(f"paths.cache_dir={_unwritable(tmp_path)}"), match=r"paths\.cache_dir=.*COMPRESSLAB_CACHE")
+def test_cache_dir_unwritable(start, expect_clear, unwritable):
+    expect_clear(start(f"paths.cache_dir={unwritable}"), match=r"paths\.cache_dir=.*COMPRESSLAB_CACHE")
 
 
 @case(name="run.dir under a file", kind=1, expected="an error naming run.dir and the path")
 def test_run_dir_under_a_file(start, expect_clear, tmp_path):
     (tmp_path / "a-file").write_text("x")
     expect_clear(start(f"run.dir={tmp_path / 'a-file' / 'run'}"), match=r"run\.dir=.*a-file.*cannot write there")
+
+
+# ------------------------------------------------------------------ a distilling pass, its teacher given
+
+@case(name="pipeline.steps=[bibert] with model.finetuned=true", kind=1, bad_input=False,
+      expected="planned: the given (fine-tuned) model is the teacher, so no finetune step is needed")
+def test_distilling_pass_with_finetuned_input(observe):
+    from compresslab.pipeline import build_steps
+
+    steps = build_steps(compose(["+pipeline=bibert", "debug=smoke", "pipeline.steps=[bibert]", "model.finetuned=true"]))
+    assert [s.name for s in steps] == ["bibert"]
+    observe(f"steps {[s.name for s in steps]}")
 
 
 # ------------------------------------------------------------------ a good config

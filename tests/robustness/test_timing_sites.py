@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 import compresslab.bench.machine_load as ml
-from compresslab import runlock
 from compresslab.bench.latency import measure_latency
 from compresslab.testing import FakeCpu
 
@@ -30,18 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
 VOCAB = 64  # compresslab.models.tiny's vocabulary: timing inputs draw ids below it
 SHAPE = (2, 16)  # guided int8's timing shape for the tiny model (72 positions: b32xs128 does not fit)
-
-
-@pytest.fixture
-def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private lock directory, no override variables, a quiet fake CPU and no idle probe sleep."""
-    d = tmp_path / "locks"
-    monkeypatch.setenv(runlock.LOCK_DIR_ENV, str(d))
-    monkeypatch.delenv(runlock.BUSY_ENV, raising=False)
-    monkeypatch.delenv(runlock.WAIT_ENV, raising=False)
-    monkeypatch.setattr(ml, "read_cpu", FakeCpu(other=0.0))
-    monkeypatch.setattr(ml, "PROBE_S", 0.0)
-    return d
 
 
 def _results_module() -> ModuleType:
