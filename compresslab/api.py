@@ -73,12 +73,6 @@ def build_steps(passes: Sequence[PassSpec]) -> list["Step"]:
     return steps
 
 
-def _needs_teacher(p: "Pass") -> bool:
-    """A pass that distils: it has recovery steps with a KD term (logits or hidden states)."""
-    r = getattr(p, "recovery", None)
-    return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
-
-
 def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData") -> None:
     """The teacher a run will use must be one: the given one, a finetune step's output, or the input
     model with a trained head (the CLI's ``model.finetuned=true`` rule, :func:`check_teacher_head`).
@@ -90,6 +84,7 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
     """
     from compresslab.data.schema import TaskKind
     from compresslab.data.checks import check_labels_match_head
+    from compresslab.pipeline.plan import needs_teacher
     from compresslab.pipeline.state import check_teacher_head
 
     if task.spec.kind is TaskKind.EMBEDDING:
@@ -106,7 +101,7 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
     for s in steps:
         if s.pass_.makes_teacher:
             return  # every later pass distils from that step's output
-        if _needs_teacher(s.pass_):
+        if needs_teacher(s.pass_):
             check_teacher_head(model, f"step {s.name!r} distils from a teacher, but none can be built: teacher=None "
                                       "and the model", fix)
     if len(task.dev):  # eval_data is scored against the teacher (score, agreement, the drop below it)

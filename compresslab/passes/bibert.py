@@ -86,6 +86,9 @@ class BiBert:
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
+    # every loss is KD against the full-precision model: a plan with no teacher before it is refused
+    # (pipeline.plan.check_teacher_made; the API's teacher check reads it too)
+    needs_teacher: ClassVar[bool] = True
     name: ClassVar[str]
 
     def __post_init__(self) -> None:

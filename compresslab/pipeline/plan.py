@@ -90,6 +90,8 @@ def build_steps(cfg: DictConfig) -> list[Step]:
     if not steps:
         raise PipelineError("pipeline.steps is empty")
     check_order(steps)
+    model = cfg.get("model")
+    check_teacher_made(steps, input_is_teacher=model is not None and model.get("finetuned") is True)
     return steps
 
 
@@ -101,6 +103,33 @@ def check_pass_keys(cls: type, node: Any, step: str) -> None:
     if unknown:
         raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}{did_you_mean(unknown, fields)}; "
                             f"the pass has: {', '.join(fields)}")
+
+
+def needs_teacher(p: Pass) -> bool:
+    """Whether a pass distils from a teacher: it declares so (``needs_teacher = True``, a ClassVar:
+    BiBERT, whose every loss is a KD term against the full-precision model), or its recovery
+    training has a KD term (logits or hidden states)."""
+    if getattr(p, "needs_teacher", False):
+        return True
+    r = getattr(p, "recovery", None)
+    return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
+
+
+def check_teacher_made(steps: list[Step], *, input_is_teacher: bool) -> None:
+    """A pass that distils (:func:`needs_teacher`) needs a teacher made before it: an earlier step
+    that makes one (``makes_teacher``: finetune), or the input model itself (``model.finetuned=true``).
+    Without either its teacher would be a copy of the input model with a fresh, untrained head (the
+    pass learns from noise and nothing fails). PipelineError naming the step and both fixes."""
+    if input_is_teacher:
+        return
+    for s in steps:
+        if s.pass_.makes_teacher:
+            return
+        if needs_teacher(s.pass_):
+            raise PipelineError(f"step {s.name!r} distils from a teacher, but none is made before it: no earlier step "
+                                "fine-tunes the model and model.finetuned=false, so the teacher would be the input "
+                                "model with a fresh, untrained head. Put 'finetune' first in pipeline.steps, or set "
+                                "model.finetuned=true if the model is already fine-tuned on this task")
 
 
 def check_order(steps: list[Step]) -> None:
