@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 
-from compresslab.models.quantized import set_module
+from compresslab.models.quantized import set_module, set_stamp
 from compresslab.ops.qdq import UINT8_MAX, UINT8_MIN, fake_quant_weight, symmetric_scale, weight_codes
 
 QDQ_KEY = "compresslab_qdq"
@@ -144,13 +144,7 @@ def stamp_qdq(model: nn.Module) -> None:
     if dynamic:
         raise ValueError(f"a model with int8 QAT modules still training ({dynamic[:3]}) cannot be saved or exported: "
                          "freeze_qdq() first")
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return
-    if mods:
-        cfg.__dict__[QDQ_KEY] = {n: m.spec() for n, m in mods.items()}
-    else:
-        cfg.__dict__.pop(QDQ_KEY, None)
+    set_stamp(model, QDQ_KEY, {n: m.spec() for n, m in mods.items()})
 
 
 def apply_qdq(model: nn.Module, stamp: Mapping[str, Mapping[str, Any]]) -> None:

@@ -218,13 +218,19 @@ def stamp_quant(model: nn.Module) -> None:
     if dynamic:
         raise ValueError(f"a model with dynamic (QAT) fake-quant modules ({dynamic[:3]}) cannot be saved or "
                          f"exported: freeze_all() first")
+    set_stamp(model, QUANT_KEY, {n: m.spec() for n, m in mods.items()})
+
+
+def set_stamp(model: nn.Module, key: str, entries: Mapping[str, Any]) -> None:
+    """``model.config.<key> = entries`` (per-module specs a checkpoint needs to rebuild them), or the key
+    removed when there are none; nothing for a model without a config."""
     cfg = getattr(model, "config", None)
     if cfg is None:
         return
-    if mods:
-        cfg.__dict__[QUANT_KEY] = {n: m.spec() for n, m in mods.items()}
+    if entries:
+        cfg.__dict__[key] = dict(entries)
     else:
-        cfg.__dict__.pop(QUANT_KEY, None)
+        cfg.__dict__.pop(key, None)
 
 
 def apply_quant(model: nn.Module, stamp: Mapping[str, Mapping[str, int]]) -> None:
@@ -250,4 +256,4 @@ def average_bits(model: nn.Module, names: list[str]) -> float:
 
 
 __all__ = ["FakeQuantEmbedding", "FakeQuantLinear", "FakeQuantModule", "QUANT_KEY", "apply_quant", "average_bits",
-           "freeze_all", "quantize_modules", "quantized_modules", "stamp_quant"]
+           "freeze_all", "quantize_modules", "quantized_modules", "set_stamp", "stamp_quant"]
