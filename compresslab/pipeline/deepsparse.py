@@ -2,7 +2,9 @@
 
 It times, in one worker process and interleaved: ``ort_fp32`` (the canonical denominator), the
 dense teacher and the compressed model on DeepSparse in fp32, and both again as static int8 QDQ.
-The compressed model's DeepSparse files are scored on dev by the same compiled engines.
+The compressed model's DeepSparse files are scored on dev by the same compiled engines. A model whose
+export is already int8 QDQ (the ``int8_qat`` pass) is timed and scored as that very file
+(``deepsparse_int8``), not re-quantized.
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
         models[f"deepsparse_dense_int8{suffix(f)}"] = (
             str(_quantized(state, _unfused(teacher_fused), out_dir / f"dense_int8_{f}.onnx", s, run_dir, f)),
             "deepsparse")
-    if not same:
+    qat = bool(manifest.data["export"]["fp32"].get("qdq"))  # an int8 QAT export is already the sparse int8 file
+    if qat:  # timed and scored exactly as exported: no fp32 twin, no re-quantization
+        models["deepsparse_int8"] = (str(final_fp32), "deepsparse")
+    elif not same:
         models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
         for f in formats:
             models[f"deepsparse_int8{suffix(f)}"] = (
@@ -106,4 +111,7 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
                       "graph; int8 files are static int8 exports (formats: " + ", ".join(formats or ["none"]) +
                       ") of the same models, MatMuls only, calibrated on train.",
                       "ort_fp32 here is the same fused teacher file, timed in the DeepSparse worker process "
-                      "interleaved with the DeepSparse engines."]}
+                      "interleaved with the DeepSparse engines."] +
+                     (["deepsparse_int8 is the run's own int8 QAT export (QDQ, int8 per-tensor symmetric weights, "
+                       "uint8 activations, export/model.onnx), timed and scored as exported; only the dense "
+                       "teacher is re-quantized (deepsparse_dense_int8*)."] if qat else [])}

@@ -70,7 +70,7 @@ def _export_record(res: Any, run_dir: Path) -> dict[str, Any]:
     return {"path": str(p.relative_to(run_dir)), "size_bytes": p.stat().st_size, "exporter": res.exporter,
             "fused_attention_nodes": res.fused_attention_nodes, "attention_heads": res.attention_heads,
             "parity": {k: v for k, v in res.parity.items() if k not in ("unfused", "notes")},
-            "parity_unfused": res.parity.get("unfused"), "binary": res.binary, "notes": list(res.notes)}
+            "parity_unfused": res.parity.get("unfused"), "binary": res.binary, "qdq": res.qdq, "notes": list(res.notes)}
 
 
 def binary_flops(model: Any, max_length: int) -> dict[str, Any]:

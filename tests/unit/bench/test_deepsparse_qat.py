@@ -1,0 +1,55 @@
+"""The DeepSparse part of the bench stage takes an int8 QAT export as it is: the run's own QDQ file is
+``deepsparse_int8`` (timed and scored), with no fp32 twin and no ORT re-quantization of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from compresslab.pipeline.settings import default_settings
+
+
+def _section(tmp_path: Path, monkeypatch, qdq: dict | None) -> tuple[dict, dict]:
+    import compresslab.bench.deepsparse_backend as B
+    from compresslab.data.schema import TaskKind
+    from compresslab.pipeline.deepsparse import deepsparse
+
+    for f in ("export/model.onnx", "export/teacher/model.onnx", "export/teacher/model_unfused.onnx"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    monkeypatch.setattr(B, "find_python", lambda setting=None: Path("/nonexistent/python"))
+    monkeypatch.setattr(B, "check_python", lambda python: "1.8.0")
+    seen: dict = {}
+
+    def fake_run(self, python, inputs=None):
+        seen.update(self.models)
+        seen["score"] = list(self.score)
+        return {"latency": {"b1xs16": {k: {"p50_ms": 1.0} for k in self.models}}, "versions": {}, "compile_s": {},
+                "logits": {}}
+
+    monkeypatch.setattr(B.DeepSparseBench, "run", fake_run)
+    ds = default_settings(bench={"deepsparse": {"enabled": True, "int8": False, "score": False, "batches": [1],
+                                                "seq": 16}})[2].deepsparse
+    state = SimpleNamespace(settings=SimpleNamespace(bench=SimpleNamespace(deepsparse=ds)),
+                            task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION)),
+                            model=SimpleNamespace(config=SimpleNamespace(vocab_size=100)))
+    manifest = SimpleNamespace(data={"export": {"fp32": {"path": "export/model.onnx", "qdq": qdq},
+                                                "teacher_fp32": {"path": "export/teacher/model.onnx"}}})
+    return deepsparse(state, tmp_path, manifest, threads=1), seen
+
+
+def test_a_qdq_export_is_timed_and_scored_as_the_sparse_int8_file(tmp_path, monkeypatch):
+    section, models = _section(tmp_path, monkeypatch, {"int8_weights_zp0": 36})
+    assert models["deepsparse_int8"] == (str(tmp_path / "export/model.onnx"), "deepsparse")
+    assert "deepsparse_fp32" not in models and models["score"] == ["deepsparse_int8"]  # what its engine scores
+    assert section["files"]["deepsparse_int8"] == "export/model.onnx"
+    assert any("int8 QAT export" in n for n in section["notes"])
+    assert np.isclose(section["speedups"]["deepsparse_int8"]["b1xs16"], 1.0)
+
+
+def test_an_fp32_export_is_still_timed_as_fp32(tmp_path, monkeypatch):
+    _, models = _section(tmp_path, monkeypatch, None)
+    assert models["deepsparse_fp32"] == (str(tmp_path / "export/model.onnx"), "deepsparse")
+    assert "deepsparse_int8" not in models  # int8: false (re-quantized files are the int8 path otherwise)
