@@ -46,7 +46,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not e2e" --wait-for-training=600 --durations=25
 
 # Every shipped pipeline end to end with every stage on, the built wheel run from outside the repo,
-# and the HTML report opened in headless Chromium.
+# the quickstart notebook executed, and the HTML report opened in headless Chromium.
 test-e2e: $(VENV)/.installed-test browser
 	$(PY) -m pytest -q -m e2e
 
