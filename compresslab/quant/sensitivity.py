@@ -6,6 +6,12 @@ Two measures (math in ``ops/loss_hessian.py``):
   trace of its diagonal Hessian block with one Rademacher probe shared by all Linears per HVP, and
   the average trace ``Tr(H_i)/n_i`` (the Ω numerator of ALGORITHMS.md §1.6). Stops on the
   standard error of every Linear's estimate.
+* :func:`fisher_traces`: per Linear weight, the EXACT trace of the diagonal block of the Gauss-Newton
+  matrix (the Hessian of ``training.losses.teacher_kl_loss``, equal to the Fisher of the model's
+  predictive distribution) on each batch, from per-example gradients: no probe noise, and no
+  leakage from the other Linears' blocks, which is what dominates the shared-probe Hutchinson
+  variance on a fine-tuned encoder (benchmarks/results/hessian_sensitivity.json). Its standard
+  error is the spread over batches.
 * :func:`layer_eigenvalues` (Q-BERT, Shen et al. 2020 §3.2; §1.3): per encoder layer and batch,
   the top eigenvalue of the layer's weight block by power iteration, and
   ``Ω_i = |mean_j λ_ij| + std_j λ_ij``. It costs one HVP chain (≤ ``max_iter`` HVPs) per layer and
@@ -39,7 +45,8 @@ from compresslab.ops.loss_hessian import RunningTrace, block_quadratic, check_pr
 from compresslab.training.dist import world
 from compresslab.training.losses import LossFn, task_loss
 
-__all__ = ["DoubleBackwardError", "LinearTrace", "SensitivityResult", "layer_eigenvalues", "linear_traces"]
+__all__ = ["DoubleBackwardError", "LinearTrace", "SensitivityResult", "fisher_traces", "layer_eigenvalues",
+           "linear_traces"]
 
 LAYER_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
@@ -183,6 +190,31 @@ def _generator(seed: int) -> torch.Generator:
 
 # ------------------------------------------------------------------------------------------ traces
 
+def _rounds(max_batches: int, progress: Any, desc: str) -> tuple[int, Iterable[int]]:
+    """(world size, the rounds to iterate): ``max_batches`` over all processes, one batch per process
+    per round, wrapped in ``progress`` when given."""
+    size = world()[1]
+    rounds = math.ceil(max_batches / size)
+    return size, range(rounds) if progress is None else progress(range(rounds), total=rounds, desc=desc)
+
+
+def _trace_result(names: Sequence[str], params: Sequence[Tensor], total: RunningTrace, rel_se_tol: float,
+                  abs_se_tol: float, warning: str, *, batches: int, probes: int, t0: float, seed: int,
+                  dtype: torch.dtype, settings: dict[str, Any]) -> SensitivityResult:
+    """The :class:`SensitivityResult` of per-Linear trace statistics ``total``; warns ``warning`` (on the
+    caller's caller) with the Linears whose standard error misses the rule."""
+    ests = total.estimates(rel_se_tol, abs_se_tol)
+    traces = {n: LinearTrace(e.mean, e.mean / p.numel(), e.se, p.numel(), e.converged)
+              for n, e, p in zip(names, ests, params)}
+    bad = [n for n, t in traces.items() if not t.converged]
+    if bad:
+        warnings.warn(f"{warning} for {len(bad)} Linear(s): {bad[:6]}{' ...' if len(bad) > 6 else ''}", stacklevel=3)
+    return SensitivityResult(
+        traces=traces, batches=batches, probes=probes, converged=not bad, not_converged=bad,
+        wall_s=time.perf_counter() - t0, peak_mb=peak_memory_mb(params[0].device), seed=seed,
+        dtype=str(dtype).replace("torch.", ""), settings=settings)
+
+
 def linear_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names: Sequence[str], *,
                   probes_per_batch: int = 4, max_batches: int = 16, min_probes: int = 16,
                   rel_se_tol: float = 0.05, abs_se_tol: float = 0.0, seed: int = 0,
@@ -211,16 +243,13 @@ def linear_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
     mods = _linears(model, names)
     params = [m.weight for m in mods]
     device = params[0].device
-    rank, size = world()
-    rounds = math.ceil(max_batches / size)
+    size, steps = _rounds(max_batches, progress, "hessian traces")
     gen = _generator(seed)
     local = RunningTrace(len(params))
     total = RunningTrace(len(params))
     n_batches = 0
     t0 = time.perf_counter()
     it = iter(batches)
-    steps: Iterable[int] = range(rounds) if progress is None else progress(range(rounds), total=rounds,
-                                                                              desc="hessian traces")
     with _hessian_mode(model, params) as dtype:
         for _ in steps:
             batch = next(it, None)
@@ -241,19 +270,103 @@ def linear_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
                 break
     if total.probes == 0:
         raise ValueError("linear_traces got no batches")
-    ests = total.estimates(rel_se_tol, abs_se_tol)
-    traces = {n: LinearTrace(e.mean, e.mean / p.numel(), e.se, p.numel(), e.converged)
-              for n, e, p in zip(names, ests, params)}
-    bad = [n for n, t in traces.items() if not t.converged]
-    if bad:
-        warnings.warn(f"Hessian trace not converged to rel_se_tol={rel_se_tol} after {total.probes} probes "
-                      f"for {len(bad)} Linear(s): {bad[:6]}{' ...' if len(bad) > 6 else ''}", stacklevel=2)
-    return SensitivityResult(
-        traces=traces, batches=n_batches, probes=total.probes, converged=not bad, not_converged=bad,
-        wall_s=time.perf_counter() - t0, peak_mb=peak_memory_mb(device), seed=seed,
-        dtype=str(dtype).replace("torch.", ""),
+    return _trace_result(
+        names, params, total, rel_se_tol, abs_se_tol, f"Hessian trace not converged to rel_se_tol={rel_se_tol} "
+        f"after {total.probes} probes", batches=n_batches, probes=total.probes, t0=t0, seed=seed, dtype=dtype,
         settings={"probes_per_batch": probes_per_batch, "max_batches": max_batches, "min_probes": min_probes,
                   "rel_se_tol": rel_se_tol, "abs_se_tol": abs_se_tol, "world_size": size})
+
+
+# --------------------------------------------------------------------------------- exact GGN traces
+
+def _output_directions(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Factor the output-space curvature of :func:`teacher_kl_loss` per example: ``(w, U)`` with
+    ``diag(p) − ppᵀ = Σ_k w_k u_k u_kᵀ`` (``w`` ``(B, C)`` ≥ 0, ``U`` ``(B, C, C)``, columns ``u_k``);
+    for one output (MSE) ``w = 2`` and ``u = 1``. ``logits`` ``(B, C)``, detached. The eigenvalues
+    come ascending, so column 0 is the null direction (``1/√C``, eigenvalue 0) when ``C > 1``."""
+    if logits.shape[-1] == 1:
+        return torch.full_like(logits, 2.0), torch.ones_like(logits).unsqueeze(-1)
+    p = torch.softmax(logits.double(), -1)
+    m = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    w, u = torch.linalg.eigh(m)  # one eigenvalue is 0 (direction 1): Σ_c p_c = 1
+    return w.clamp_min(0.0).to(logits.dtype), u.to(logits.dtype)
+
+
+def fisher_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names: Sequence[str], *,
+                  max_batches: int = 16, rel_se_tol: float = 0.1, seed: int = 0,
+                  progress: Any = None) -> SensitivityResult:
+    """Exact per-Linear traces of the Gauss-Newton matrix ``(1/B) Σ_n J_nᵀ(diag(p_n) − p_n p_nᵀ)J_n``
+    (the Hessian of :func:`~compresslab.training.losses.teacher_kl_loss`; ``J_n`` = ∂logits_n/∂θ).
+
+    With ``diag(p_n) − p_n p_nᵀ = Σ_k w_nk u_nk u_nkᵀ``, ``tr(H_ii) = (1/B) Σ_n Σ_k w_nk
+    ‖∂(u_nkᵀ z_n)/∂W_i‖²``. Examples do not interact in eval mode, so one backward of
+    ``Σ_n √w_nk u_nkᵀ z_n`` per direction ``k`` (C − 1 of them; one for two classes) gives every
+    example's gradient at every Linear's output, ``δ_n`` ``(T, out)``; with the Linear's input
+    ``x_n`` ``(T, in)`` the per-example weight gradient is ``δ_nᵀ x_n``, whose squared norm is
+    summed. Padded positions get ``δ = 0`` (masked out of attention), so they add nothing.
+
+    Per batch this is exact (no Hutchinson probe, so no leakage from the other blocks); the
+    estimate is the mean over batches and ``se`` its standard error over batches (``converged``:
+    ``se <= rel_se_tol·trace``). ``probes`` in the result counts backward passes. Deterministic
+    (``seed`` is recorded only). Batches are dicts of ``(B, T)`` inputs; labels are not used.
+    Errors: ValueError for unknown or non-Linear names, ``max_batches < 1`` or no batches.
+    """
+    from compresslab.models.hooks import capture_inputs, capture_outputs
+    from compresslab.training.losses import MODEL_INPUTS
+
+    if max_batches < 1:
+        raise ValueError(f"max_batches={max_batches} must be >= 1")
+    check_probes(2, 2, rel_se_tol)
+    mods = _linears(model, names)
+    params = [m.weight for m in mods]
+    device = params[0].device
+    size, steps = _rounds(max_batches, progress, "fisher traces")
+    local = RunningTrace(len(params))
+    backwards = 0
+    t0 = time.perf_counter()
+    it = iter(batches)
+    keyed = dict(enumerate(mods))
+    with _hessian_mode(model, params) as dtype:
+        for _ in steps:
+            batch = next(it, None)
+            if batch is None:
+                break
+            xs: dict[int, Tensor] = {}
+            ys: dict[int, Tensor] = {}
+            with capture_inputs(keyed, lambda k, x: xs.__setitem__(k, x.detach())), \
+                    capture_outputs(keyed, ys.__setitem__):
+                batch = _to(batch, device)
+                z = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, return_dict=True).logits
+            w, u = _output_directions(z.detach())
+            keys = [k for k in keyed if k in ys and ys[k].requires_grad]
+            tr = torch.zeros(len(params), dtype=torch.float64)
+            b = z.shape[0]
+            # eigh sorts ascending: column 0 is diag(p) − ppᵀ's null direction (the all-ones vector), skipped
+            dirs = list(range(1, w.shape[1])) if w.shape[1] > 1 else [0]
+            for j, k in enumerate(dirs):
+                s = (w[:, k].sqrt() * (u[:, :, k] * z).sum(-1)).sum()
+                deltas = torch.autograd.grad(s, [ys[i] for i in keys], retain_graph=j < len(dirs) - 1,
+                                             allow_unused=True)
+                backwards += 1
+                for i, d in zip(keys, deltas):
+                    if d is None:
+                        continue
+                    x = xs[i].reshape(b, -1, xs[i].shape[-1])  # (B, T, in); (B, 1, in) for a pooled input
+                    g = torch.einsum("bto,bti->boi", d.reshape(b, -1, d.shape[-1]), x)  # per-example dL/dW
+                    tr[i] += g.double().pow(2).sum().item()
+            local.add(tr / b)
+            del xs, ys, z
+    reduced = _all_reduce(local.state(), device)
+    total = RunningTrace.from_state(reduced)
+    if total.probes == 0:
+        raise ValueError("fisher_traces got no batches")
+    n_back = int(_all_reduce(torch.tensor([float(backwards)], dtype=torch.float64), device).item())
+    return _trace_result(
+        names, params, total, rel_se_tol, 0.0, f"Fisher trace standard error over {total.probes} batches above "
+        f"rel_se_tol={rel_se_tol} (more batches narrow it)", batches=total.probes, probes=n_back, t0=t0, seed=seed,
+        dtype=dtype, settings={"estimator": "exact", "max_batches": max_batches, "rel_se_tol": rel_se_tol,
+                               "world_size": size, "se": "over batches (each batch's trace is exact)",
+                               "probes": "backward passes"})
 
 
 # ------------------------------------------------------------------------------------- eigenvalues

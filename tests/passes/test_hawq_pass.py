@@ -38,17 +38,21 @@ def test_uniform_bits_quantize_every_target_and_freeze(tiny_ctx):
 
 @pytest.mark.parametrize("allocate,sensitivity,loss", [("ilp", "trace", "task"), ("rank", "eigen", "task"),
                                                        ("random", "trace", "task"), ("ilp", "trace", "teacher_kl"),
-                                                       ("rank", "eigen", "teacher_kl")])
+                                                       ("rank", "eigen", "teacher_kl"), ("ilp", "trace", "exact")])
 def test_mixed_precision_meets_the_budget_and_is_deterministic(tiny_ctx, allocate, sensitivity, loss):
     maps = []
     for _ in range(2):
         model = tiny_model()
         extra = {"choices": [2, 4]} if allocate == "rank" else {}
-        fast = {**FAST, "hessian": {**FAST["hessian"], "loss": loss}}
+        how = {"loss": "teacher_kl", "estimator": "exact"} if loss == "exact" else {"loss": loss}
+        fast = {**FAST, "hessian": {**FAST["hessian"], **how}}
         res = Hawq(avg_bits=3.0, allocate=allocate, sensitivity=sensitivity, **fast, **extra).apply(model, tiny_ctx())
         assert res.metrics["avg_bits"] <= 3.0 + 1e-9
         if allocate != "random":
-            assert res.metrics["sensitivity"]["loss"] == loss
+            assert res.metrics["sensitivity"]["loss"] == how["loss"]
+            if loss == "exact":
+                assert res.metrics["sensitivity"]["estimator"] == "exact"
+                assert all(t["trace"] > 0 for t in res.metrics["sensitivity"]["traces"].values())  # PSD, exact
         maps.append(res.metrics["bits"])
     assert maps[0] == maps[1]
     assert len(set(maps[0].values())) > 1  # a mixed map at 3 average bits over {2, 3, 4, 8, 32}
@@ -86,6 +90,8 @@ def test_sensitivity_is_cached_by_content(tiny_ctx):
     ({"allocate": "rank"}, "two-width"),
     ({"hessian": {"batchez": 2}}, "batchez"),
     ({"hessian": {"loss": "kl"}}, "hessian.loss='kl' is not valid; allowed: 'task', 'teacher_kl'"),
+    ({"hessian": {"estimator": "exact"}}, "set hessian.loss=teacher_kl"),
+    ({"sensitivity": "eigen", "hessian": {"loss": "teacher_kl", "estimator": "exact"}}, "set sensitivity=trace"),
 ])
 def test_bad_settings_fail_at_construction(kw, match):
     with pytest.raises(ValueError, match=match):

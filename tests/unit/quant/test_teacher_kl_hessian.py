@@ -138,3 +138,69 @@ def test_one_output_is_mse_to_itself_with_hessian_2_jtj() -> None:
     h = _dense(model, ["head"], batch, teacher_kl_loss)
     x = batch["input_ids"]
     assert torch.allclose(h, 2 * x.T @ x / x.shape[0], atol=1e-12)
+
+
+# ---------------------------------------------------------------- fisher_traces: the exact GGN block traces
+
+def _bert_batches(n: int, batch: int = 4, seq: int = 10, labels: int = 2) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(n):
+        mask = torch.ones(batch, seq, dtype=torch.long)
+        mask[0, seq - 4:] = 0  # a padded row: its pad positions must add nothing
+        out.append({"input_ids": torch.randint(5, 60, (batch, seq), generator=g), "attention_mask": mask,
+                    "labels": torch.randint(0, labels, (batch,), generator=g)})
+    return out
+
+
+@pytest.mark.parametrize("labels", [2, 3, 1])
+def test_fisher_traces_equal_the_dense_teacher_kl_hessian_blocks(labels: int) -> None:
+    from compresslab.models.adapters import get_adapter
+    from compresslab.models.tiny import tiny_model
+    from compresslab.quant.sensitivity import fisher_traces
+
+    model = tiny_model(hidden_size=8, num_attention_heads=2, intermediate_size=8, num_labels=labels).double()
+    names = get_adapter(model).encoder_linear_names()[6:] + ["classifier"]  # layer 1 and the (pooled) head
+    batches = _bert_batches(2)
+
+    def dense(batch):
+        def hf_loss(f, b):  # functional_call hands the model's kwargs through; teacher_kl_loss picks inputs
+            return teacher_kl_loss(f, b)
+        return _dense(model, names, batch, hf_loss)
+
+    hs = [dense(b) for b in batches]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fisher_traces(model, batches, names, max_batches=2, rel_se_tol=0.1)
+    assert res.batches == 2 and res.probes == 2 * (1 if labels <= 2 else labels - 1)
+    mods = dict(model.named_modules())
+    i = 0
+    for n in names:
+        k = mods[n].weight.numel()
+        per_batch = [torch.trace(h[i:i + k, i:i + k]).item() for h in hs]
+        i += k
+        exact = sum(per_batch) / 2
+        assert exact > 0 and res.traces[n].trace == pytest.approx(exact, rel=1e-8, abs=1e-14), n
+        # the standard error is the spread of the two batches' exact traces
+        assert res.traces[n].se == pytest.approx(abs(per_batch[0] - per_batch[1]) / 2, rel=1e-6, abs=1e-14)
+
+
+def test_fisher_traces_are_deterministic_and_leave_the_model_as_found() -> None:
+    from compresslab.models.tiny import tiny_model
+    from compresslab.quant.sensitivity import fisher_traces
+
+    model = tiny_model()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    flags = [p.requires_grad for p in model.parameters()]
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = fisher_traces(model, _bert_batches(3), names, max_batches=3).to_dict()
+        b = fisher_traces(model, _bert_batches(3), names, max_batches=3).to_dict()
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("wall_s", "peak_mb")}  # noqa: E731
+    assert strip(a) == strip(b) and a["batches"] == 3
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    with pytest.raises(ValueError, match="max_batches"):
+        fisher_traces(model, _bert_batches(1), names, max_batches=0)
+    with pytest.raises(ValueError, match="not Linear"):
+        fisher_traces(model, _bert_batches(1), ["bert.embeddings"], max_batches=1)
