@@ -35,6 +35,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "hessian_mp.json"
 _RESULTS = ResultsFile(RESULTS)
 WORK = Path(os.environ.get("HAWQ_BENCH_DIR", "outputs/hawq_bench")).resolve()
 BLOCK = 64
+# the sensitivities --hessian-loss names: hawq's hessian settings (task = the default, the issue's keys)
+HESSIAN = {"task": {"loss": "task"}, "teacher_kl": {"loss": "teacher_kl"},
+           "teacher_kl_exact": {"loss": "teacher_kl", "estimator": "exact"}}
 log = logging.getLogger("hessian_mp")
 
 
@@ -180,13 +183,15 @@ def ptq(args) -> None:
             rec, _ = _score_record(m, r)
             _store(f"acc_uniform.{b}", rec["acc"])
             _store(f"ptq_detail.uniform_{b}", rec)
+    sfx = _loss_suffix(args)
     for avg in (4.0, 3.0, 2.5):
         key = f"{avg:g}"
-        if not _has(f"acc_mp.{key}"):
-            m, r = _quantize(avg_bits=avg)
+        if not _has(f"acc_mp{sfx}.{key}"):
+            m, r = _quantize(avg_bits=avg, hessian=HESSIAN[args.hessian_loss])
             rec, _ = _score_record(m, r)
-            _store(f"acc_mp.{key}", rec["acc"])
-            _store(f"ptq_detail.mp_{key}", {**rec, "bits": r.metrics["bits"]})
+            _store(f"acc_mp{sfx}.{key}", rec["acc"])
+            _store(f"ptq_detail.mp_{key}{sfx}", {**rec, "bits": r.metrics["bits"],
+                                                 "hessian_loss": args.hessian_loss})
     if not _has("acc_random_alloc.3"):
         accs = []
         for seed in (0, 1, 2):
@@ -226,12 +231,18 @@ def qat(args) -> None:
     cfg, state, _ = _teacher()
     teacher_preds = _teacher_preds()
     labels = np.array([e.label for e in state.task.dev])
-    runs = {"acc_mp_3": {"avg_bits": 3.0}, "acc_uniform_3": {"bits": 3}, "acc_mp_2_5": {"avg_bits": 2.5}}
+    sfx = _loss_suffix(args)
+    hess = {"hessian": HESSIAN[args.hessian_loss]}
+    runs = {"acc_mp_3": {"avg_bits": 3.0, **hess}, "acc_uniform_3": {"bits": 3},
+            "acc_mp_2_5": {"avg_bits": 2.5, **hess}}
     rec = {"steps": args.steps, "lr": args.lr, "batch_size": int(cfg.budget.batch_size), "hardness": 1.0,
-           "temperature": 2.0, "embedding_bits": args.embedding_bits}
+           "temperature": 2.0, "embedding_bits": args.embedding_bits, "hessian_loss": args.hessian_loss}
+    dirs = {k: WORK / f"qat{sfx}" / k for k in runs}
+    if sfx:  # uniform 3 has no Hessian: the task-loss run's model (same seed, steps and data) is the control
+        dirs["acc_uniform_3"] = WORK / "qat" / "acc_uniform_3"
     for key, kw in runs.items():
-        out = WORK / "qat" / key
-        if _has(f"qat.{key}") and (out / "preds.npy").is_file():
+        out = dirs[key]
+        if (_has(f"qat{sfx}.{key}") or (sfx and key == "acc_uniform_3")) and (out / "preds.npy").is_file():
             continue
         t0 = time.perf_counter()
         m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits, **kw)
@@ -240,15 +251,26 @@ def qat(args) -> None:
         np.save(out / "preds.npy", s.predictions)
         from compresslab.data.metrics import agreement
 
-        _store(f"qat.{key}", s.metrics["score"])
-        _store(f"qat_detail.{key}", {"acc": s.metrics["score"], "agreement": agreement(s.predictions, teacher_preds),
-                                     "avg_bits": r.metrics["avg_bits"], "bits_per_layer": r.metrics["bits_per_layer"],
-                                     "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out),
-                                     "train_s": r.metrics["qat"].get("wall_s")})
-    p = {k: np.load(WORK / "qat" / k / "preds.npy") for k in runs}
-    _store("qat.mcnemar_p_mp3_vs_uniform3", mcnemar_pvalue(p["acc_mp_3"] == labels, p["acc_uniform_3"] == labels))
-    _store("qat_budget", {**rec, "preset": "bench teacher; QAT budget named here (steps x batch)",
-                          "seeds": [int(cfg.seed)]})
+        _store(f"qat{sfx}.{key}", s.metrics["score"])
+        _store(f"qat{sfx}_detail.{key}", {"acc": s.metrics["score"],
+                                          "agreement": agreement(s.predictions, teacher_preds),
+                                          "avg_bits": r.metrics["avg_bits"],
+                                          "bits_per_layer": r.metrics["bits_per_layer"],
+                                          "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out),
+                                          "train_s": r.metrics["qat"].get("wall_s")})
+    p = {k: np.load(dirs[k] / "preds.npy") for k in runs}
+    if sfx:
+        _store(f"qat{sfx}.acc_uniform_3", float(np.mean(p["acc_uniform_3"] == labels)))
+    _store(f"qat{sfx}.mcnemar_p_mp3_vs_uniform3",
+           mcnemar_pvalue(p["acc_mp_3"] == labels, p["acc_uniform_3"] == labels))
+    _store(f"qat{sfx}_budget", {**rec, "preset": "bench teacher; QAT budget named here (steps x batch)",
+                                "seeds": [int(cfg.seed)], "uniform_3_from": str(dirs["acc_uniform_3"])})
+
+
+def _loss_suffix(args) -> str:
+    """Result keys of a non-default Hessian loss get a suffix ("acc_mp_teacher_kl"): the issue's keys keep the
+    default's figures."""
+    return "" if args.hessian_loss == "task" else f"_{args.hessian_loss}"
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -262,8 +284,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--embedding-bits", type=int, default=8, help="QAT runs: word embeddings too (Q-BERT: 8)")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--hessian-loss", choices=sorted(HESSIAN), default="task",
+                    help="ptq/qat: the sensitivity (hawq hessian.loss / hessian.estimator); all but task get their "
+                         "own result keys")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's run.threads)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        import torch
+
+        _teacher()
+        torch.set_num_threads(args.threads)  # a shared machine: fewer than the config's cores
     {"hessian": hessian, "ptq": ptq, "qat": qat, "deploy": deploy, "baselines": baselines,
      "guided": guided}[args.what](args)
     from compresslab.bench.env import hardware_fingerprint
