@@ -24,7 +24,9 @@ def _final_metrics(run_dir: Path) -> dict:
 
 
 def test_int8_smoke_end_to_end_then_interrupted_run_resumes_to_same_result(tmp_path, data_root):
-    full = run(_cfg(tmp_path, data_root, "full"))
+    # OpenVINO at its default precision only (as `make demo`): on a CPU without bf16 the f32 pair times and
+    # scores the same compiled graphs again; both precisions run in make test-e2e
+    full = run(_cfg(tmp_path, data_root, "full", "bench.openvino_precisions=[default]"))
     m = read_json(full / "manifest.json")
     assert m["status"] == "finished" and [s["status"] for s in m["steps"]] == ["done", "done"]
     for f in ("report.md", "report.html", "export/model.onnx", "export/parity.json", "steps/00_finetune/model.safetensors",
@@ -40,9 +42,11 @@ def test_int8_smoke_end_to_end_then_interrupted_run_resumes_to_same_result(tmp_p
     assert {"ort_fp32", "deployed", "torch_fp32"} <= set(m["bench"]["latency"])
     assert m["hardware"]["cpu"]["model"] and m["versions"]["torch"].startswith("2.13")
 
-    # interrupted after step 1, then the same command again: resumes, same final metrics
-    cfg = _cfg(tmp_path, data_root, "resumed")
-    stopped = run(_cfg(tmp_path, data_root, "resumed", "run.stop_after=1"))
+    # interrupted after step 1, then the same command again: resumes, same final metrics. Its own
+    # teacher cache, so the teacher is fine-tuned again (determinism is part of "same result"); no
+    # bench stage: resuming concerns the steps, and the bench stage was checked on the full run above
+    cfg = _cfg(tmp_path, data_root, "resumed", "bench.enabled=false")
+    stopped = run(_cfg(tmp_path, data_root, "resumed", "bench.enabled=false", "run.stop_after=1"))
     s = read_json(stopped / "manifest.json")
     assert s["status"] == "stopped" and [x["name"] for x in s["steps"]] == ["finetune"]
     done = run(cfg)
