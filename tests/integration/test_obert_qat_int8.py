@@ -29,7 +29,9 @@ def test_obert_qat_int8_smoke(tmp_path, data_root):
     q = exp["qdq"]
     assert q["int8_weights_zp0"] == q["per_tensor_weights"] == q["qdq_matmuls"] == 36  # 6 layers x 6 Linears
     assert q["int8_weight_sparsity"] >= 0.8 - 1e-3
-    assert exp["parity"]["max_abs_diff"] <= exp["parity"]["atol"] and exp["parity"]["argmax_agreement"] >= 0.98
+    # the parity rule is on logits; no argmax floor: the smoke model is barely trained (logit margins of
+    # ~1e-3), so a 4e-3 difference flipped 2 of 64 argmaxes at 2 threads (0.969) and none at 1 thread
+    assert exp["parity"]["max_abs_diff"] <= exp["parity"]["atol"] and exp["parity"]["examples_over_atol"] == 0
     assert not (d / "export" / "model_unfused.onnx").exists()
     back = compresslab.load(d / m["steps"][2]["dir"])
     assert len(qdq_modules(back)) == 36 and all(x.frozen for x in qdq_modules(back).values())
