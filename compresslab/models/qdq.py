@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 
-from compresslab.models.quantized import set_module, set_stamp
+from compresslab.models.quantized import copy_linear_params, set_module, set_stamp
 from compresslab.ops.qdq import UINT8_MAX, UINT8_MIN, fake_quant_weight, symmetric_scale, weight_codes
 
 QDQ_KEY = "compresslab_qdq"
@@ -58,11 +58,7 @@ class QDQLinear(nn.Linear):
         """A QAT ``QDQLinear`` with ``lin``'s weight and bias (copied) on ``lin``'s device."""
         new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, per_channel=per_channel,
                   averaging_constant=averaging_constant, device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                new.bias.copy_(lin.bias)
-        return new
+        return copy_linear_params(lin, new)
 
     def _weight(self) -> Tensor:
         if not self.frozen:  # QAT: the range follows the weight (a buffer, so checkpoints carry it)

@@ -105,11 +105,7 @@ class FakeQuantLinear(_GroupQuantWeight, nn.Linear):
         check_group(lin.weight.shape, block_size, group_rows, name)
         new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, bits=bits, block_size=block_size,
                   group_rows=group_rows, device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                new.bias.copy_(lin.bias)
-        return new
+        return copy_linear_params(lin, new)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self._weight(), self.bias)
@@ -159,6 +155,16 @@ class FakeQuantEmbedding(_GroupQuantWeight, nn.Embedding):
 
 FakeQuantModule = Union[FakeQuantLinear, FakeQuantEmbedding]
 _QUANTIZABLE = (nn.Linear, nn.Embedding)
+
+
+def copy_linear_params(src: nn.Linear, dst: nn.Linear) -> Any:
+    """Copy ``src``'s weight and bias values into ``dst`` (same shapes) and return ``dst``: a swapped-in
+    quantized Linear shares nothing with the module it replaces but its values."""
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
+    return dst
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
