@@ -371,14 +371,14 @@ class Hawq:
         try:
             loader = ctx.train_loader(batch_size=h.batch_size, shuffle=True)
             to_dev = lambda b: {k: v.to(ctx.device) for k, v in b.items()}  # noqa: E731
-            if self.sensitivity is Sensitivity.TRACE and h.estimator is HessianEstimator.EXACT:
+            if self.sensitivity is Sensitivity.TRACE:
                 batches = [to_dev(b) for b in itertools.islice(loader, h.batches)]
+            if self.sensitivity is Sensitivity.TRACE and h.estimator is HessianEstimator.EXACT:
                 res = fisher_traces(model, batches, list(modules), max_batches=h.batches, rel_se_tol=h.rel_se_tol,
                                     seed=ctx.seed, progress=ctx.progress)
                 raw = {n: float(v) for n, v in res.avg_traces().items()}
                 record = {"method": "trace", "loss": h.loss.value, "estimator": h.estimator.value, **res.to_dict()}
             elif self.sensitivity is Sensitivity.TRACE:
-                batches = [to_dev(b) for b in itertools.islice(loader, h.batches)]
                 res = linear_traces(model, batches, list(modules), probes_per_batch=h.probes_per_batch,
                                     max_batches=h.batches, min_probes=h.min_probes, rel_se_tol=h.rel_se_tol,
                                     seed=ctx.seed, loss_fn=loss_fn, progress=ctx.progress)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from compresslab.data.loaders import side_inputs
 from compresslab.models.qdq import DEFAULT_AVERAGING, freeze_qdq, observe, qdq_modules, quantize_qdq
 from compresslab.pruning.masks import MaskKeeper, sparsity_stats
 from compresslab.registry import register_pass
@@ -168,8 +169,7 @@ class Int8Qat:
         seen = 0
         with torch.no_grad():
             for batch in ctx.calibration_batches(self.num_calibration):
-                inputs = {k: v.to(ctx.device) for k, v in batch.items() if k != "labels" and not k.endswith("_b")}
-                model(**inputs)
+                model(**{k: v.to(ctx.device) for k, v in side_inputs(batch).items()})
                 seen += len(batch["input_ids"])
         model.train(was_training)
         return seen
