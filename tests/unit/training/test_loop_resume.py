@@ -125,6 +125,9 @@ def test_resume_check_has_teeth(tiny_tok, tmp_path, reference, monkeypatch, brok
 # whole run with a segfault; alone, in its own process, the same code is what a user's process does.
 _SIGNAL_CHILD = """
 import signal, sys
+# a shell's background job (`make test &`, nohup) starts with SIGINT ignored, and Python then keeps it
+# ignored: give the child what an interactive user's process has
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.set_num_threads(1)  # as tests/conftest.py: the resumed half runs in the test process
 sys.path.insert(0, sys.argv[1])
