@@ -312,7 +312,7 @@ def _export(m: Mapping[str, Any]) -> list[Block]:
     parity = F.as_dict(F.get(exp, "fp32", "parity"))
     if parity:
         diff, atol = F.num(parity.get("max_abs_diff")), F.num(parity.get("atol"))
-        if isinstance(parity.get("passed"), bool):  # a rule other than max |diff| <= atol (binary models)
+        if isinstance(parity.get("passed"), bool):  # the verdict of whatever rule judged it (older manifests: none)
             verdict = "ok" if parity["passed"] else "FAILED"
         else:
             verdict = DASH if diff is None or atol is None else "ok" if diff <= atol else "FAILED"

@@ -57,9 +57,10 @@ def test_pipeline_end_to_end_with_every_stage(pipeline, tmp_path, data_root):
     assert (run_dir / "report.md").is_file() and (run_dir / "report.md").stat().st_size > 0
 
     parity = m["export"]["fp32"]["parity"]
-    if "rule" in parity:  # a binary model: sign flips allowed on a few examples, judged by its own rule
-        assert parity["passed"] and parity["argmax_agreement"] >= 0.9, parity
-    else:
+    assert parity["passed"], parity  # every parity report carries its verdict, whatever rule judged it
+    if parity.get("rule", "").startswith("binary"):  # sign flips allowed on a few examples, judged by its own rule
+        assert parity["argmax_agreement"] >= 0.9, parity
+    else:  # fp32 and int8 QDQ graphs: every example within the report's own tolerance
         assert parity["max_abs_diff"] <= parity["atol"], parity
     assert (run_dir / "export" / "model.onnx").is_file()
 
