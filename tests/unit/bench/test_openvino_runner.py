@@ -33,6 +33,17 @@ def test_openvino_matches_ort_at_f32_and_records_precision(tiny_onnx):
     assert ovr.OpenVinoRunner(tiny_onnx, threads=1).info()["precision"] in ("f32", "bf16")  # as compiled
 
 
+def test_sparse_weight_decompression_rate_is_passed_and_checked(tiny_onnx):
+    ov = ovr.OpenVinoRunner(tiny_onnx, threads=1, precision="f32", sparse_rate=0.5)
+    assert float(ov.compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE")) == pytest.approx(0.5)
+    assert ov.info()["sparse_weights_decompression_rate"] == 0.5
+    x = make_inputs(2, 8, 100, np.random.default_rng(0))  # same function: a dense fp32 graph is not affected
+    np.testing.assert_allclose(ov.run(x), ovr.OpenVinoRunner(tiny_onnx, threads=1, precision="f32").run(x), atol=1e-5)
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="sparse_rate"):
+            ovr.OpenVinoRunner(tiny_onnx, threads=1, sparse_rate=bad)
+
+
 def test_bf16_refused_without_a_bf16_cpu(monkeypatch, tiny_onnx):
     monkeypatch.setattr(ovr, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
     with pytest.raises(ValueError, match="bf16.*avx512_bf16"):
