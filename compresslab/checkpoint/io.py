@@ -164,7 +164,7 @@ def _rebuild(path: Path, raw: dict[str, Any], attn_implementation: str) -> nn.Mo
             apply_qdq(model, raw[QDQ_KEY])
         if raw.get(BINARY_KEY):
             apply_binary(model, raw[BINARY_KEY])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError: a stamp of the wrong type
         raise CheckpointError(f"{path / 'config.json'} does not fit the model it builds: {e}") from e
     # the structure stamp now describes the shapes; pruned_heads would make transformers 4 prune again
     model.config.pruned_heads = {}

@@ -333,9 +333,26 @@ def is_binary(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), BINARY_KEY, None))
 
 
+def _check_stamp(stamp: Any) -> None:
+    """The stamp's shape, before any module is touched: a hand-edited config.json otherwise fails with
+    a bare KeyError ('linears') or an AttributeError that names no setting."""
+    if not isinstance(stamp, Mapping):
+        raise ValueError(f"config.{BINARY_KEY} must be an object {{linears, embeddings, attention, frozen}}, "
+                         f"got {type(stamp).__name__} {stamp!r}")
+    missing = [k for k in ("linears", "embeddings", "attention") if k not in stamp]
+    if missing:
+        raise ValueError(f"config.{BINARY_KEY} lacks {missing} (it has {sorted(stamp)}): restore the config.json "
+                         f"saved with the weights")
+    for k in ("linears", "embeddings"):
+        v = stamp[k]
+        if not isinstance(v, list) or not all(isinstance(n, str) for n in v):
+            raise ValueError(f"config.{BINARY_KEY}.{k} must be a list of module names, got {v!r}")
+
+
 def apply_binary(model: nn.Module, stamp: Mapping[str, Any]) -> None:
     """Rebuild the frozen binary modules a saved config names (the state dict, with ``weight_alpha``,
     is loaded after). ValueError for a stamp that does not match the model (a mismatched config)."""
+    _check_stamp(stamp)
     if not stamp.get("frozen"):
         raise ValueError(f"config.{BINARY_KEY} describes a dynamic (training) binary model; only frozen models "
                          f"are saved (freeze_binary() first)")

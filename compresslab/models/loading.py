@@ -326,6 +326,7 @@ def load_hf(path: Path, raw: dict[str, Any], *, attn_implementation: str = "sdpa
             f"{weights} does not match its config.json: {len(mismatched)} tensor(s) differ in shape, e.g. "
             f"{sorted(mismatched)[:3]}. A shrunk model needs compresslab's compresslab_structure or "
             "transformers' pruned_heads in config.json; otherwise the file comes from another model")
+    _check_no_orphan_buffers(info["unexpected_keys"], weights)
     head = _head_keys(model)
     missing = sorted(k for k in info["missing_keys"] if k not in head and not any(s in k for s in _FRESH_OK))
     if missing:
@@ -335,6 +336,33 @@ def load_hf(path: Path, raw: dict[str, Any], *, attn_implementation: str = "sdpa
         log.info("model %s: no classification head in the file; a fresh one is initialised", path)
     model.config.__dict__.setdefault(TASK_KEY, kind)
     return model.eval()
+
+
+# State-dict entries only compresslab's frozen modules carry, and the config.json stamp that rebuilds
+# those modules: the binary ones' row scales (models.binary), the n-bit ones' group parameters
+# (models.quantized), the int8 QDQ ones' weight scale and input quantizer (models.qdq).
+_STAMPED_SUFFIXES = {".weight_alpha": "compresslab_binary", ".weight_zero_point": "compresslab_quant",
+                     ".weight_scale": "compresslab_quant or compresslab_qdq",
+                     ".input_quant.scale": "compresslab_qdq"}
+
+
+def _check_no_orphan_buffers(unexpected: Any, weights: Path) -> None:
+    """CheckpointError when the file holds a compressed model's tensors but config.json has no stamp.
+
+    transformers drops unexpected keys with a note in its load table; for these keys that means
+    loading a binarized or quantized model as a plain float one (the weights ``±α`` or ``q·Δ`` run
+    with float activations and softmax attention): no error, wrong predictions. Typically the
+    config.json was replaced by the original model's."""
+    found: dict[str, list[str]] = {}
+    for k in sorted(unexpected):
+        stamp = next((v for suffix, v in _STAMPED_SUFFIXES.items() if k.endswith(suffix)), None)
+        if stamp is not None:
+            found.setdefault(stamp, []).append(k)
+    if found:
+        stamp, keys = next(iter(found.items()))
+        raise CheckpointError(f"{weights} holds the tensors of compresslab's compressed modules (e.g. {keys[:3]}) "
+                              f"but its config.json has no {stamp} entry, so they would be dropped and the model "
+                              f"would run as a plain float one: use the config.json saved with these weights")
 
 
 def saved_dtype(raw: dict[str, Any]) -> str | None:
