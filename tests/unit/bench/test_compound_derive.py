@@ -1,0 +1,116 @@
+"""benchmarks/compound.py's derive() (issue 13) on hand-made cells: best_dense is the fastest dense cell at
+b32 whatever its backend, a pipeline's entry is its fastest cell within 1 pt of the teacher, ``best`` the
+fastest such entry, and every speedup is recomputed from the cells' medians (failed cells never win)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def compound():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compound
+    finally:
+        sys.path.pop(0)
+    return compound
+
+
+def cell(backend: str, acc: float, b32: float, b1: float, **extra) -> dict:
+    return {"backend": backend, "acc": acc, "agreement": 0.9, "b32_ms": b32, "b1_ms": b1, "file": f"f/{backend}",
+            "real_len_sent_per_s": 1000.0 / b32, "size_bytes": 100, **extra}
+
+
+def cells() -> dict:
+    return {
+        "dense": {"ort_fp32": cell("ort", 0.90, 100.0, 10.0),
+                  "torch_fp32": cell("torch", 0.90, 150.0, 12.0),
+                  "openvino_bf16": cell("openvino", 0.90, 25.0, 4.0),  # the fastest dense: best_dense
+                  "openvino_f32": cell("openvino", 0.90, 60.0, 6.0),
+                  "deepsparse_fp32": {"backend": "deepsparse", "error": "RuntimeError: refuses this CPU"}},
+        # fastest cell 0.885 (1.5 pt down): not eligible; 0.891 (0.9 pt down) at 10 ms is the entry
+        "a": {"ort_int8": cell("ort", 0.895, 40.0, 5.0),
+              "openvino_int8": cell("openvino", 0.891, 10.0, 2.0),
+              "openvino_int8_sparse50": cell("openvino", 0.885, 5.0, 1.0, sparse_weights_decompression_rate=0.5)},
+        # faster than a's entry but 2 pt down everywhere: never best
+        "b": {"ort_int8": cell("ort", 0.88, 4.0, 1.0)},
+        "c": {"ort_int8": cell("ort", 0.90, 20.0, 2.5),
+              "deepsparse_int8": {"backend": "deepsparse", "error": "deepsparse worker failed with exit code 1"}},
+    }
+
+
+def test_best_dense_is_the_fastest_dense_cell_at_b32(compound):
+    d = compound.derive(cells())
+    assert d["best_dense"]["cell"] == "dense.openvino_bf16" and d["best_dense"]["b32_ms"] == 25.0
+
+
+def test_pipeline_entry_and_best_respect_the_1pt_rule(compound):
+    d = compound.derive(cells())
+    assert d["models"]["a"]["cell"] == "openvino_int8" and d["models"]["a"]["within_1pt"]
+    assert not d["models"]["b"]["within_1pt"]  # reported (its most accurate cell), flagged
+    assert d["best"]["pipeline"] == "a" and d["best"]["cell"] == "openvino_int8"
+    assert d["best"]["backend"] == "openvino" and d["best"]["acc"] == 0.891
+
+
+def test_speedups_are_recomputed_from_the_cells(compound):
+    d = compound.derive(cells())
+    a = d["models"]["a"]
+    assert math.isclose(a["speedup_b32_vs_ort_fp32"], 100.0 / 10.0)
+    assert math.isclose(a["speedup_b32_vs_best_dense"], 25.0 / 10.0)
+    assert math.isclose(a["speedup_b1_vs_ort_fp32"], 10.0 / 2.0)
+    assert math.isclose(d["best"]["speedup_b32_vs_best_dense"], 2.5)
+    assert math.isclose(a["cells"]["openvino_int8_sparse50"]["speedup_b32_vs_ort_fp32"], 20.0)
+    assert set(compound.MODEL_KEYS) <= set(a)
+    c = d["models"]["c"]
+    assert c["cell"] == "ort_int8" and math.isclose(c["speedup_b32_vs_ort_fp32"], 5.0)
+    assert "error" in c["cells"]["deepsparse_int8"]  # a failed cell is kept with its error, never picked
+
+
+def test_rederive_from_the_stored_layout_is_the_same(compound):
+    first = compound.derive(cells())
+    again = compound.derive(compound.cells_of(first))
+    assert again["best"] == first["best"] and again["best_dense"]["cell"] == first["best_dense"]["cell"]
+    for p in ("a", "b", "c"):
+        assert again["models"][p]["b32_ms"] == first["models"][p]["b32_ms"]
+        assert math.isclose(again["models"][p]["speedup_b32_vs_ort_fp32"], first["models"][p]["speedup_b32_vs_ort_fp32"])
+
+
+def test_nothing_within_1pt_means_no_best(compound):
+    cs = cells()
+    del cs["a"], cs["c"]
+    assert compound.derive(cs)["best"] is None
+
+
+def test_pass_overrides_reach_only_pipelines_with_that_pass(compound):
+    """One --override list serves every pipeline: a setting of a pass a pipeline lacks would be refused."""
+    import argparse
+
+    from compresslab.config import compose
+
+    a = argparse.Namespace(budget="smoke", steps=4, grads=8, events=2,
+                           override=["debug=smoke", "pipeline.passes.ziplm.batch=2"])
+    qat = compound._overrides(a, "obert_qat_int8")
+    assert "pipeline.passes.ziplm.batch=2" not in qat and "pipeline.passes.obert.num_events=2" in qat
+    zi = compound._overrides(a, "ziplm_int8")
+    assert "pipeline.passes.ziplm.batch=2" in zi and not any(o.startswith("pipeline.passes.obert.") for o in zi)
+    for p in ("obert_qat_int8", "ziplm_int8", "ziplm_obert_qat_int8"):
+        cfg = compose([f"+pipeline={p}", *compound._overrides(a, p)])
+        assert cfg.budget.recovery_steps == 4
+
+
+def test_backends_runs_are_reused_only_at_the_same_budget(compound):
+    import argparse
+
+    theirs = {"overrides": ["budget=bench", "deploy=auto", "bench=off", "run.threads=2", "budget.recovery_steps=400",
+                            "budget.fisher_grads=128", "budget.prune_events=4"]}
+    a = argparse.Namespace(budget="bench", steps=400, grads=128, events=4, override=[])
+    assert compound._same_budget(a, theirs)
+    assert not compound._same_budget(argparse.Namespace(**{**vars(a), "steps": 2000}), theirs)
+    assert not compound._same_budget(argparse.Namespace(**{**vars(a), "override": ["debug=smoke"]}), theirs)
