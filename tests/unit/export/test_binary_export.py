@@ -253,3 +253,29 @@ def test_openvino_runs_the_binary_graph_like_torch(arch, exported, make_batches,
         feeds = _feeds(model, b)
         np.testing.assert_allclose(runner.run({k: v.numpy() for k, v in feeds.items()}), torch_out(model, feeds),
                                    atol=1e-4)
+
+
+def test_qdq_parity_allows_a_few_flipped_examples_but_fails_a_wrong_graph(tmp_path, tok):
+    """An int8 QDQ model is judged by the same few-examples rule: rounding-boundary flips of its uint8
+    activations cascade on a few examples (seen on MiniLM after QAT: max |diff| 0.09, mean 0.004)."""
+    from compresslab.models.qdq import freeze_qdq, quantize_qdq
+    from compresslab.targets import select_modules
+
+    batches, row = _one_token_batches(tok)
+    model = tiny_model("bert", initializer_range=0.3)
+    quantize_qdq(model, list(select_modules(model)), per_channel=False)
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            model(**b)  # observe
+    freeze_qdq(model)
+    res = export_model(model, tok, tmp_path / "e", batches, threads=1, optimize=False)
+    assert res.parity["passed"] and "rounding-boundary" in res.parity["rule"]
+    _perturb(res.onnx_path, tmp_path / "one.onnx", "word_embeddings", _negate_row(row))
+    rep = check_parity(model, tmp_path / "one.onnx", batches, atol=export_onnx_mod.QDQ_ATOL, threads=1,
+                       optimization="basic")
+    assert rep["passed"] and rep["examples_over_atol"] == 1 and rep["max_abs_diff"] > export_onnx_mod.QDQ_ATOL
+    _perturb(res.onnx_path, tmp_path / "all.onnx", "classifier.bias", lambda b: b + 1.0)
+    with pytest.raises(ParityError, match="QDQ model .*12 of 12 examples past atol"):
+        check_parity(model, tmp_path / "all.onnx", batches, atol=export_onnx_mod.QDQ_ATOL, threads=1,
+                     optimization="basic")
