@@ -114,3 +114,13 @@ def test_backends_runs_are_reused_only_at_the_same_budget(compound):
     assert compound._same_budget(a, theirs)
     assert not compound._same_budget(argparse.Namespace(**{**vars(a), "steps": 2000}), theirs)
     assert not compound._same_budget(argparse.Namespace(**{**vars(a), "override": ["debug=smoke"]}), theirs)
+
+
+def test_a_peers_ir_of_our_model_is_never_our_headline(compound):
+    c = cells()
+    c["a"]["openvino_nncf_int8"] = cell("openvino", 0.899, 3.0, 0.5, method="peer")  # faster and within 1 pt
+    d = compound.derive(c)
+    assert d["models"]["a"]["cell"] == "openvino_int8" and d["models"]["a"]["method"] == "compresslab"
+    assert d["best"]["cell"] == "openvino_int8" and d["best"]["method"] == "compresslab"
+    assert d["best_any_method"]["cell"] == "openvino_nncf_int8" and d["best_any_method"]["method"] == "peer"
+    assert math.isclose(d["best_any_method"]["speedup_b32_vs_ort_fp32"], 100.0 / 3.0)
