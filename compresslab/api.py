@@ -192,8 +192,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         passes: pass names (``"obert"``), pass objects (``compresslab.passes.OBert(sparsity=0.8)``) or
             dicts ``{"name": "obert", "sparsity": 0.8}``, in order; TORCH passes before ONNX ones.
         data: training data: a list of ``(text, label)`` / ``(text_a, text_b, label)``, a
-            ``datasets.Dataset``, or a CSV/TSV/JSONL path; labels may be strings. The validation split
-            (what passes may select on) is carved from it, seeded.
+            ``datasets.Dataset``, a pandas ``DataFrame``, or a CSV/TSV/JSONL path; labels may be
+            strings. The validation split (what passes may select on) is carved from it, seeded.
         eval_data: the same kinds; scored after every step and reported, never selected on.
         teacher: the model to distil from and score against; default: the output of a ``finetune``
             pass, else a frozen copy of ``model`` as given (right for a model already fine-tuned on

@@ -225,10 +225,26 @@ def _header(path: Path, cells: list[str], fmt: str, prefix: str | None) -> list[
     if dup:
         raise DataFormatError(f"{path}:1: the header names column(s) {dup} more than once; rename them so each "
                               f"column has its own name")
-    if fmt == "csv" and len(names) == 1 and "\t" in names[0]:
-        raise DataFormatError(f"{path}:1: the header {names[0]!r} holds tabs: this looks like a TSV file; "
-                              f"{_set(prefix, 'format=tsv')} (or name it .tsv)")
+    if len(names) == 1:
+        _refuse_other_separator(path, names[0], fmt, prefix)
     return names
+
+
+def _refuse_other_separator(path: Path, header: str, fmt: str, prefix: str | None) -> None:
+    """A one-column header that holds another separator: the file is split by something else than
+    its format's separator (a TSV named .csv, a CSV named .tsv, Excel's ';' CSVs of locales where ','
+    is the decimal mark). Without this the error would be a missing column, pointing at the wrong setting."""
+    if fmt == "csv" and "\t" in header:
+        raise DataFormatError(f"{path}:1: the header {header!r} holds tabs: this looks like a TSV file; "
+                              f"{_set(prefix, 'format=tsv')} (or name it .tsv)")
+    if fmt == "tsv" and "," in header:
+        raise DataFormatError(f"{path}:1: the header {header!r} holds commas but no tab: this looks like a CSV file; "
+                              f"{_set(prefix, 'format=csv')} (or name it .csv)")
+    for sep in (";", "|"):
+        if sep in header:
+            raise DataFormatError(f"{path}:1: the header {header!r} is separated by {sep!r} (as Excel saves CSVs "
+                                  f"where ',' is the decimal mark); CSV files are read with ',' and TSV files with "
+                                  f"tabs: save it as \"CSV UTF-8 (comma delimited)\" or as a TSV")
 
 
 def _split_hint(fmt: str, quote: str, prefix: str | None) -> str:

@@ -107,6 +107,7 @@ class GenericConfig:
             raise ValueError(f"{PREFIX}header must be true or false, got {self.header!r}")
         if self.columns is not None:
             setting("columns", tuple(str(c) for c in self.columns))
+        self._check_distinct_columns()
         self._check_columns()
         classification = self.kind is TaskKind.CLASSIFICATION
         if self.labels is not None:
@@ -122,6 +123,24 @@ class GenericConfig:
             if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2:
                 raise ValueError(f"{PREFIX}num_labels must be an integer >= 2, got {self.num_labels!r}")
         setting("metrics", tuple(self.metrics))
+
+    def _check_distinct_columns(self) -> None:
+        """text_a, text_b and label name three different columns. A text column that is also the label
+        column trains a model that reads its answer (a score that means nothing, no error anywhere);
+        text_b equal to text_a pairs each text with itself."""
+        roles: dict[str, str] = {}
+        for key in ("text_a", "text_b", "label"):
+            col = getattr(self, key)
+            if col is None:
+                continue
+            if col in roles:
+                first = roles[col]
+                why = ("the model would read each example's label as its input" if key == "label" else
+                       "each text would be paired with itself")
+                fix = (f"set {PREFIX}{first}= the column holding the text" if key == "label" else
+                       f"set {PREFIX}text_b= the second text's column, or {PREFIX}text_b=null for single texts")
+                raise ValueError(f"{PREFIX}{first} and {PREFIX}{key} both name the column {col!r}: {why}; {fix}")
+            roles[col] = key
 
     def _check_columns(self) -> None:
         if self.header and self.columns is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from compresslab.data.files import format_of, read_table
@@ -38,7 +38,7 @@ class _Source:
     """One input, flattened: (text_a, text_b, raw label, where) rows and what was learned reading it."""
 
     rows: list[tuple[Any, Any, Any, str]]
-    kind: str  # "tuples", "records", "datasets.Dataset", "file"
+    kind: str  # "tuples", "records", "datasets.Dataset", "pandas.DataFrame", "file"
     paired: bool
     columns: tuple[str | None, str | None, str | None] = (None, None, None)
     class_names: tuple[str, ...] | None = None
@@ -76,6 +76,14 @@ def _pick_columns(found: Sequence[str], text: str | None, pair: str | None, labe
         if lab is None:
             raise ValueError(f"{what}: no label column found (tried {list(LABEL_COLUMNS)}); columns found: "
                              f"{list(found)}; name it with label_column=")
+    # one column in two roles: a model that reads its own label as input, or a text paired with itself
+    if lab in (a, b):
+        raise ValueError(f"{what}: the label column {lab!r} is also the {'text' if lab == a else 'text pair'} column: "
+                         f"the model would read each label as its input; name the text with text_column= "
+                         f"(and text_pair_column=) and the label with label_column=")
+    if a == b:
+        raise ValueError(f"{what}: text_column and text_pair_column both name {a!r}: each text would be paired "
+                         f"with itself; name the second text's column, or drop text_pair_column for single texts")
     return a, b, lab
 
 
@@ -109,6 +117,20 @@ def _from_tuples(items: list[Any], what: str) -> _Source:
                              f"(text, label) or all (text_a, text_b, label)")
         rows.append((item[0], None, item[1], where) if width == 2 else (item[0], item[1], item[2], where))
     return _Source(rows, "tuples", width == 3)
+
+
+def _is_dataframe(obj: Any) -> bool:
+    """A pandas ``DataFrame`` (duck-typed, so pandas is never imported here). Iterated as a list it
+    would yield its column names, read as if they were examples."""
+    return type(obj).__name__ == "DataFrame" and type(obj).__module__.startswith("pandas") and hasattr(obj, "columns")
+
+
+def _from_dataframe(df: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
+    """Rows as dict records (``data[i]`` is row i by position); a NaN cell fails as a missing label or text."""
+    if len(df) == 0:
+        raise ValueError(f"{what} is an empty DataFrame (0 rows); give at least one labelled example")
+    source = _from_records(df.to_dict("records"), what, cols)
+    return replace(source, kind="pandas.DataFrame")
 
 
 def _is_hf_dataset(obj: Any) -> bool:
@@ -153,6 +175,8 @@ def _read_source(obj: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
         source = _from_file(obj, what, cols)
     elif _is_hf_dataset(obj):
         source = _from_dataset(obj, what, cols)
+    elif _is_dataframe(obj):
+        source = _from_dataframe(obj, what, cols)
     elif isinstance(obj, Mapping) and obj and all(_is_hf_dataset(v) for v in obj.values()):
         raise ValueError(f"{what} is a {type(obj).__name__} with splits {list(obj)}; pass one split, e.g. "
                          f"ds['train']")
@@ -290,6 +314,7 @@ def task_from_user_data(
     * a list, tuple or other iterable of ``(text, label)`` or ``(text_a, text_b, label)`` tuples
       (all the same length), or of dicts with text/label keys (guessed as below);
     * a ``datasets.Dataset`` (one split; a ``ClassLabel`` label feature gives the class names);
+    * a pandas ``DataFrame`` (its rows as dict records; ``data[i]`` in messages is row i by position);
     * a path (``str`` / ``Path``) to a ``.csv``, ``.tsv`` or ``.jsonl`` file with a header/keys,
       read by the generic readers; CSV/TSV label cells that look like ints or floats are numbers.
 

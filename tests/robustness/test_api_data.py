@@ -158,6 +158,43 @@ def test_label_not_in_label2id(expect_clear):
                        r"\(did you mean 'positive'\?\)")
 
 
+RECORDS = [{"review": t, "sentiment": y} for t, y in POS_NEG]
+
+
+@pytest.mark.parametrize("columns, match", [
+    pytest.param({"text_column": "sentiment", "label_column": "sentiment"},
+                 r"data: the label column 'sentiment' is also the text column.*text_column=.*label_column=",
+                 marks=pytest.mark.case(name="API: text_column and label_column name the same column", kind=2,
+                                        expected="an error naming text_column= and label_column=, not a model "
+                                                 "that reads its label"), id="text_is_label"),
+    pytest.param({"text_column": "review", "text_pair_column": "sentiment", "label_column": "sentiment"},
+                 r"data: the label column 'sentiment' is also the text pair column",
+                 marks=pytest.mark.case(name="API: text_pair_column and label_column name the same column", kind=2,
+                                        expected="an error naming the columns to set"), id="pair_is_label"),
+    pytest.param({"text_column": "review", "text_pair_column": "review", "label_column": "sentiment"},
+                 r"data: text_column and text_pair_column both name 'review'",
+                 marks=pytest.mark.case(name="API: text_pair_column names the text column again", kind=2,
+                                        expected="an error: each text would be paired with itself"), id="pair_is_text"),
+])
+def test_one_column_in_two_roles(expect_clear, columns, match):
+    expect_clear(lambda: task_from_user_data(RECORDS, **columns), match=match)
+
+
+@pytest.mark.case(name="API: a pandas DataFrame as data and eval_data", kind=2, bad_input=False,
+                  expected="its rows read as dict records (not its column names as examples); a NaN label is an "
+                           "error naming data[i]")
+def test_pandas_dataframe(observe, expect_clear):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(RECORDS)
+    task = task_from_user_data(df, df.iloc[:2], text_column="review", label_column="sentiment")
+    assert task.spec.label_names == ("negative", "positive") and _labels(task) == ([1, 0, 1, 0], [1, 0])
+    assert task.info["sources"] == {"train": "pandas.DataFrame", "dev": "pandas.DataFrame"}
+    holes = pd.DataFrame([*RECORDS, {"review": "meh", "sentiment": float("nan")}])
+    expect_clear(lambda: task_from_user_data(holes, text_column="review", label_column="sentiment"),
+                 match=r"data\[4\]: the label .*nan")
+    observe(f"classes {task.spec.label_names}, labels {_labels(task)}, sources {task.info['sources']}")
+
+
 @pytest.mark.case(name="API: text labels '1' and '0' next to int labels", kind=2, bad_input=False,
                   expected="one class per id: '1' is class id 1, as in a CSV cell")
 def test_text_ids_are_ids(observe):

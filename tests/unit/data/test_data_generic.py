@@ -86,10 +86,11 @@ def test_generic_errors_are_specific(tmp_path: Path) -> None:
         load_task("generic", generic={})
     with pytest.raises(ValueError, match="use one of csv, tsv, jsonl"):
         load_task("generic", generic={"dev": str(path), "format": "parquet"})
+    good = _write_jsonl(tmp_path / "g.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}])
     with pytest.raises(ValueError, match="at least 2 class names"):
-        load_task("generic", generic={"dev": str(path), "labels": ["a"], "text_a": "label"})
+        load_task("generic", generic={"dev": str(good), "labels": ["a"]})
     with pytest.raises(DataFormatError, match="not in task.generic.labels"):
-        load_task("generic", generic={"dev": str(path), "labels": ["a", "c"], "text_a": "label"})
+        load_task("generic", generic={"dev": str(good), "labels": ["a", "c"]})
     bad = write_csv(tmp_path / "r.csv", ["text", "label"], [["x", "high"]])
     with pytest.raises(DataFormatError, match="r.csv:2: label 'high' is not a number"):
         load_task("generic", generic={"dev": str(bad), "kind": "regression"})
