@@ -39,6 +39,14 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def check_stamps(path: str | os.PathLike, raw: dict[str, Any]) -> None:
+    """Each packed file in checkpoint dir ``path`` against config.json (``raw``): CheckpointError naming
+    the stamp entries that differ (``PackedFormat.check_config``), whichever weights file was loaded."""
+    for p in (NBITS, BINARY):
+        if (Path(path) / p.file).is_file():
+            p.check_config(Path(path) / p.file, raw)
+
+
 def check_formats(names: list[str], who: str) -> list[str]:
     """``names`` if every one is a known format; ValueError naming the unknown ones and the known."""
     unknown = [n for n in names if n not in FORMATS]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresslab.checkpoint.formats import FORMATS, write_formats
+from compresslab.checkpoint.formats import FORMATS, check_stamps, write_formats
 from compresslab.checkpoint.packed_binary import stamp_binary
 from compresslab.models.adapters import check_supported
 from compresslab.models.binary import BINARY_KEY, apply_binary
@@ -177,6 +177,9 @@ def _rebuild(path: Path, raw: dict[str, Any], attn_implementation: str) -> nn.Mo
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match its config.json (its layers or compresslab_* "
                               f"stamps edited, or from another model?): missing={missing[:5]} unexpected={unexpected[:5]}")
+    # last: an edit that still fits the weights (BiBERT's attention mode) is caught by the stamp the
+    # packed file recorded; the checks above name the edits that do not fit
+    check_stamps(path, raw)
     model.config.__dict__.setdefault(TASK_KEY, kind)
     return model.eval()
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ from compresslab.ops.bitpack import pack_nbits, unpack_nbits
 from compresslab.ops.quant import QuantParams, check_bits, dequantize
 
 VERSION = "1"
+
+log = logging.getLogger(__name__)
 
 EncodeModule = Callable[[str, nn.Module, Mapping[str, Tensor]], tuple[dict[str, Tensor], dict[str, Any]]]
 DecodeModule = Callable[[str, Mapping[str, Any], Mapping[str, Tensor]], dict[str, Tensor]]
@@ -94,6 +97,19 @@ def _digest(tensors: dict[str, Tensor]) -> str:
         h.update(k.encode())
         h.update(tensors[k].reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def stamp_diff(written: Any, have: Any) -> list[str]:
+    """Entry by entry, how config.json's stamp (``have``) differs from the one a file was written with."""
+    def short(v: Any) -> str:
+        r = repr(v)
+        return r if len(r) <= 120 else r[:117] + "..."
+
+    if not isinstance(written, dict) or not isinstance(have, dict):
+        return [f"{short(have)} in config.json, {short(written)} in the file"]
+    absent = "<absent>"
+    return [f"{k}: {short(have.get(k, absent))} in config.json, {short(written.get(k, absent))} in the file"
+            for k in sorted(set(written) | set(have), key=str) if have.get(k, absent) != written.get(k, absent)]
 
 
 # ---------------------------------------------------------------------------------- the machinery
@@ -151,6 +167,12 @@ class PackedFormat:
             tensors[k] = v.clone().contiguous()
         meta = {"format": self.tag, "version": self.version, "encodings": json.dumps(encodings),
                 "sha256": _digest(tensors)}
+        # the config stamp the modules are rebuilt from, recorded in the file: load compares it with
+        # config.json (check_config), since some entries (binary attention mode) leave no trace in the weights
+        self.stamp(model)
+        stamp = getattr(getattr(model, "config", None), self.stamp_key, None)
+        if stamp:
+            meta["stamp"] = json.dumps(stamp, sort_keys=True)
         return tensors, meta
 
     def decode(self, tensors: dict[str, Tensor], meta: dict[str, str]) -> dict[str, Tensor]:
@@ -186,6 +208,34 @@ class PackedFormat:
         except Exception as e:  # safetensors raises its own error types for bad headers and short files
             raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {e}") from e
         return self.decode(tensors, meta)
+
+    def check_config(self, path: str | os.PathLike, raw: Mapping[str, Any]) -> None:
+        """CheckpointError naming the entries where config.json's ``stamp_key`` (``raw``) differs from the
+        stamp ``path`` was written with: an edited config.json can rebuild modules that load the same
+        weights and compute something else (BiBERT's ``attention``: bool vs softmax). A file written
+        before the stamp was recorded is not checked (a log line says so)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {e}") from e
+        if "stamp" not in meta:
+            log.info("%s was written before packed files recorded their config stamp: config.json's %s is not "
+                     "checked against it", path, self.stamp_key)
+            return
+        try:
+            written = json.loads(meta["stamp"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: unreadable 'stamp' metadata: {e}") from e
+        have = json.loads(json.dumps(raw.get(self.stamp_key)))  # tuples as lists, as the file has them
+        if have != written:
+            raise CheckpointError(
+                f"{path.parent / 'config.json'}: config.{self.stamp_key} does not match the stamp {path.name} was "
+                f"written with ({'; '.join(stamp_diff(written, have))}): config.json was edited or belongs to "
+                f"another model; restore the config.json saved with the weights")
 
     def save(self, model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
         """Write ``out_dir/<file>`` atomically (+ config.json when absent, tokenizer); returns the file.
