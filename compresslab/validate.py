@@ -7,6 +7,7 @@ and what is allowed). YAML gives booleans for ``true``/``false`` and Python's ``
 
 from __future__ import annotations
 
+import math
 import tempfile
 from enum import Enum
 from pathlib import Path
@@ -91,6 +92,21 @@ def check_nonnegative(value: Any, name: str) -> float:
     """A number >= 0 (a duration, where 0 means none)."""
     if not is_number(value) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_loss_weight(value: Any, name: str) -> float:
+    """A loss term's weight: a finite number >= 0 (0 turns the term off). ``inf`` or ``nan`` makes every
+    step's loss inf/NaN (training stops at its first step, hours later, or the term swamps the others)."""
+    if not is_number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 and finite (0 turns the term off), got {value!r}")
+    return float(value)
+
+
+def check_finite_positive(value: Any, name: str) -> float:
+    """A finite number > 0 (a distillation temperature: ``inf`` flattens both distributions to NaN)."""
+    if not is_number(value) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
     return float(value)
 
 

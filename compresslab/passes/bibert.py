@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from compresslab.ops.binary import TIES
 from compresslab.models.binary import binarize_model, binary_modules, default_targets, freeze_binary
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_bools, check_positive, check_positive_int, coerce_enum, is_number
+from compresslab.validate import (
+    check_bools, check_finite_positive, check_loss_weight, check_positive, check_positive_int, coerce_enum, is_number)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class BiBert:
     # every loss is KD against the full-precision model: a plan with no teacher before it is refused
     # (pipeline.plan.check_teacher_made; the API's teacher check reads it too)
     needs_teacher: ClassVar[bool] = True
+    # the model it returns is binary: deploy.check_deploy refuses bf16 for it on OpenVINO before training
+    binarizes: ClassVar[bool] = True
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -98,14 +102,16 @@ class BiBert:
             raise ValueError(f"bibert.ties={self.ties!r}; allowed: 'plus' (train as deployed: 0 -> +1) or 'zero' "
                              f"(torch.sign, the reference code; the frozen model still maps 0 -> +1)")
         check_bools(self, "embeddings", "pooler")
-        for f in ("label_weight", "hidden_weight", "dmd_weight", "weight_decay", "warmup_ratio"):
+        for f in ("label_weight", "hidden_weight", "dmd_weight"):  # the distillation losses' weights
+            check_loss_weight(getattr(self, f), f"bibert.{f}")
+        for f in ("weight_decay", "warmup_ratio"):
             v = getattr(self, f)
-            if not is_number(v) or v < 0:
-                raise ValueError(f"bibert.{f} must be a number >= 0, got {v!r}")
+            if not is_number(v) or not 0 <= v < math.inf:
+                raise ValueError(f"bibert.{f} must be a finite number >= 0, got {v!r}")
         if self.warmup_ratio >= 1:
             raise ValueError(f"bibert.warmup_ratio must be < 1, got {self.warmup_ratio!r}")
         check_positive(self.lr, "lr")
-        check_positive(self.temperature, "temperature")
+        check_finite_positive(self.temperature, "bibert.temperature")
         for f in ("steps", "batch_size", "eval_every"):
             check_positive_int(getattr(self, f), f)
         if self.max_length is not None:

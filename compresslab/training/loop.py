@@ -31,7 +31,7 @@ from compresslab.training.losses import MODEL_INPUTS
 from compresslab.training.resume import (
     DataCursor, DeferredSignals, ResumeError, StepCheckpoints, has_state, param_list, rng_state, set_rng_state,
     weights_digest)
-from compresslab.validate import check_int
+from compresslab.validate import check_int, check_loss_weight, is_number
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,11 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
         raise ValueError("train() needs at least one loss plug-in")
     if any(l.needs_teacher for l in losses) and teacher is None:
         raise ValueError("a KD loss was requested but no teacher was given")
+    for l in losses:  # plug-ins built outside a pass's settings (the API, a script) meet the same rule
+        check_loss_weight(l.weight, f"{type(l).__name__}.weight")
+        for k, v in getattr(l, "__dict__", {}).items():
+            if k.endswith("_weight") and is_number(v):
+                check_loss_weight(v, f"{type(l).__name__}.{k}")
     cpu = cfg.device == "cpu" if cfg.device else not torch.cuda.is_available()
     acc = accelerator or Accelerator(cpu=cpu,
                                      dataloader_config=DataLoaderConfiguration(split_batches=True))

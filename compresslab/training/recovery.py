@@ -16,7 +16,8 @@ from torch import nn
 
 from compresslab.training.loop import TrainConfig, TrainResult, train
 from compresslab.training.losses import build_losses
-from compresslab.validate import check_int, check_positive, coerce_settings, is_number
+from compresslab.validate import (
+    check_finite_positive, check_int, check_loss_weight, check_positive, coerce_settings, is_number)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,8 @@ class Recovery:
         check_positive(self.lr, "recovery.lr")
         if not is_number(self.hardness) or not 0.0 <= self.hardness <= 1.0:
             raise ValueError(f"recovery.hardness={self.hardness!r} must be in [0, 1] (1 = KD only)")
-        check_positive(self.temperature, "recovery.temperature")
-        if not is_number(self.hidden_weight) or self.hidden_weight < 0:
-            raise ValueError(f"recovery.hidden_weight must be >= 0, got {self.hidden_weight!r}")
+        check_finite_positive(self.temperature, "recovery.temperature")
+        check_loss_weight(self.hidden_weight, "recovery.hidden_weight")
 
     @classmethod
     def coerce(cls, value: "Recovery | Mapping[str, Any]") -> "Recovery":

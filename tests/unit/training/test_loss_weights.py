@@ -1,0 +1,55 @@
+"""Every distillation-loss weight is a finite number >= 0, refused at settings time otherwise (BiBERT's
+label/hidden/DMD weights, recovery's hidden weight and temperatures), and the training loop holds
+plug-ins built elsewhere to the same rule: ``inf`` or ``nan`` would make every step's loss inf/NaN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from compresslab.passes.bibert import BiBert
+from compresslab.training.losses import LogitKD, SoftCrossEntropyKD, TaskLoss
+from compresslab.training.recovery import Recovery
+
+BAD = [math.inf, -math.inf, math.nan, -1.0]
+
+
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("field", ["label_weight", "hidden_weight", "dmd_weight"])
+def test_bibert_refuses_a_non_finite_or_negative_loss_weight(field, bad):
+    with pytest.raises(ValueError, match=rf"bibert\.{field} must be >= 0 and finite"):
+        BiBert(**{field: bad})
+    assert getattr(BiBert(**{field: 0.0}), field) == 0.0  # 0 turns the term off
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_recovery_refuses_a_non_finite_or_negative_hidden_weight(bad):
+    with pytest.raises(ValueError, match=r"recovery\.hidden_weight must be >= 0 and finite"):
+        Recovery(hidden_weight=bad)
+
+
+@pytest.mark.parametrize("cls, name", [(BiBert, "bibert"), (Recovery, "recovery")])
+def test_an_infinite_temperature_is_refused(cls, name):
+    with pytest.raises(ValueError, match=rf"{name}\.temperature must be > 0 and finite"):
+        cls(temperature=math.inf)
+    with pytest.raises(ValueError, match=rf"{name}\.temperature"):
+        cls(temperature=math.nan)
+
+
+def test_recovery_hardness_stays_a_fraction():
+    for bad in (math.nan, math.inf, 1.5):
+        with pytest.raises(ValueError, match="hardness"):
+            Recovery(hardness=bad)
+
+
+@pytest.mark.parametrize("loss, match", [
+    (LogitKD(weight=math.inf), r"LogitKD\.weight"),
+    (SoftCrossEntropyKD(label_weight=math.nan), r"SoftCrossEntropyKD\.label_weight"),
+    (TaskLoss(weight=-0.5), r"TaskLoss\.weight"),
+])
+def test_the_loop_refuses_a_plug_in_with_a_bad_weight_before_any_work(loss, match):
+    from compresslab.training.loop import TrainConfig, train
+
+    with pytest.raises(ValueError, match=match + " must be >= 0 and finite"):
+        train(None, [], TrainConfig(), [loss], teacher=object())  # type: ignore[arg-type]
