@@ -91,6 +91,8 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         runners["torch_fp32"] = TorchRunner(state.teacher_or_initial(), threads)
         ran["torch_fp32"] = (None, "fp32")
         dense.append("torch_fp32")
+    # a binary model's OpenVINO cells compile as f32 whatever was asked (openvino_runner.resolve_precision)
+    notes += precision_notes(runners)
     shapes = list(b.shapes)
     log.info("bench: %s at %s, %d threads, interleaved", list(runners), shapes, threads)
     lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
@@ -123,6 +125,11 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         section["notes"].append("ONNX Runtime runs sparse weights with dense kernels: sparsity shrinks the "
                                 "compressed size, not the ORT latency.")
     return section
+
+
+def precision_notes(runners: dict[str, Any]) -> list[str]:
+    """One note per OpenVINO runner whose precision was forced (a binary model's ``default`` -> f32)."""
+    return [f"{name}: {r.precision_note}" for name, r in runners.items() if getattr(r, "precision_note", None)]
 
 
 def _deployed_ir(manifest: RunManifest, run_dir: Path) -> tuple[Path, str] | None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -77,6 +77,8 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
                       "compiled_precision": compiled, "label": label, "method": ir.get("method", "compresslab"),
                       "int8": ir["int8"], "source": ir["source"], "onnx_path": _rel(onnx_path, run_dir),
                       "size_bytes": xml.stat().st_size + xml.with_suffix(".bin").stat().st_size}
+            if ir.get("precision_note"):  # a binary model: deploy.precision=default compiled as f32
+                record["precision_note"] = ir["precision_note"]
         section["runtime"] = chosen
     manifest.data.setdefault("export", {})["deployed"] = record
     manifest.data["deploy"] = section
@@ -122,6 +124,8 @@ def _add_ir(rec: dict[str, Any], state: RunState, xml: Path, run_dir: Path, thre
     """Record a written IR in ``rec``: its path and its parity check (``error`` when an fp32 IR misses it)."""
     rec["path"] = _rel(xml, run_dir)
     rec.update(_check_ir(state, xml, threads))
+    if rec.get("precision_note"):
+        rec.setdefault("notes", []).append(rec["precision_note"])
 
 
 def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32: Path,
@@ -208,10 +212,23 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     return out
 
 
-def check_deploy(state: RunState) -> None:
+def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
     """Deploy settings that need the loaded model, checked before any step: every ``keep_fp32``
-    pattern must select a Linear of the model (ValueError naming the available ones)."""
-    d = state.settings.deploy
+    pattern must select a Linear of the model (ValueError naming the available ones), and no
+    OpenVINO precision a binary model refuses (bf16), when the model is binary or one of ``steps``
+    binarizes it (a pass with ``binarizes``): otherwise the refusal would come after the training."""
+    from compresslab.bench.openvino_runner import resolve_precision
+    from compresslab.models.binary import is_binary
+
+    d, b = state.settings.deploy, state.settings.bench
+    binarized_by = [s.name for s in steps if getattr(s.pass_, "binarizes", False)]
+    if is_binary(state.model) or binarized_by:
+        what = f"the model {'step ' + binarized_by[0] + ' makes' if binarized_by else 'loaded'}"
+        if d.runtime != "ort":
+            resolve_precision(d.precision, binary=True, setting="deploy.precision", what=what)
+        if "openvino" in b.backends:
+            for p in b.openvino_precisions:
+                resolve_precision(p, binary=True, setting="bench.openvino_precisions", what=what)
     if d.keep_fp32 and d.runtime != "ort":
         from compresslab.targets import select_modules
 
@@ -381,7 +398,11 @@ def _check_ir(state: RunState, xml: Path, threads: int) -> dict[str, Any]:
     rec: dict[str, Any] = {"parity": parity, "compiled_precision": {"f32": runner.compiled_precision}}
     d = state.settings.deploy
     if d.precision != "f32":
-        rec["compiled_precision"][d.precision] = OpenVinoRunner(xml, threads, d.precision).compiled_precision
+        # a binary IR compiles 'default' as f32 and refuses bf16 (openvino_runner.resolve_precision)
+        asked = OpenVinoRunner(xml, threads, d.precision)
+        rec["compiled_precision"][d.precision] = asked.compiled_precision
+        if asked.precision_note:
+            rec["precision_note"] = asked.precision_note
     if not _is_int8(xml) and not (np.isfinite(max_d) and max_d <= e.atol):
         rec["error"] = f"IR parity vs torch: max |diff| {max_d:.3g} > atol {e.atol:.3g}"
     return rec

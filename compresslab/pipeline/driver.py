@@ -47,7 +47,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     state.load_initial()
     # module patterns and shapes need the model: checked before any step runs and before a fresh run
     # dir is written (a refused config leaves nothing behind)
-    check_deploy(state)
+    check_deploy(state, steps)
     check_steps_model(steps, state.model)  # the passes' own (e.g. hawq's block_size vs the Linears' shapes)
     manifest = existing or _start(state, run_dir, cfg)
     record_invocation(manifest, cfg, run_dir, overrides)
