@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import sys
@@ -83,7 +84,26 @@ def resolve_threads(threads: int | None) -> int:
         return physical_cores()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int or None (auto), got {threads!r}")
+    usable = _usable_cpus()
+    if usable is not None and threads > usable and threads not in _WARNED_THREADS:
+        # allowed (a user may mean it), but every timing taken this way is oversubscribed: say so once
+        _WARNED_THREADS.add(threads)
+        logging.getLogger(__name__).warning(
+            "run.threads=%d is more than the %d CPU(s) this process may use: threads will share cores and every "
+            "latency figure of this run is oversubscribed; set run.threads=%d or less (or null: all physical cores)",
+            threads, usable, usable)
     return threads
+
+
+_WARNED_THREADS: set[int] = set()
+
+
+def _usable_cpus() -> int | None:
+    """CPUs this process may run on (its affinity mask, as taskset/cgroups set it), or None if unknown."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 def _total_ram_gb() -> float | None:

@@ -91,3 +91,18 @@ def test_bench_modules_import_no_heavy_library_at_module_level():
         names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & {"onnxruntime", "torch", "transformers", "onnx"}, path.name
+
+
+def test_more_threads_than_usable_cpus_is_warned_once(monkeypatch, caplog):
+    """run.threads=999 on 2 cores is allowed but every timing is oversubscribed: a warning naming the setting."""
+    from compresslab.bench import env
+
+    monkeypatch.setattr(env, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(env, "_WARNED_THREADS", set())
+    with caplog.at_level("WARNING", logger="compresslab.bench.env"):
+        assert env.resolve_threads(2) == 2
+        assert not caplog.records
+        assert env.resolve_threads(999) == 999
+        assert env.resolve_threads(999) == 999
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "run.threads=999" in msgs[0] and "2 CPU(s)" in msgs[0] and "oversubscribed" in msgs[0]
