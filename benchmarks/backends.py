@@ -111,12 +111,12 @@ def _int8_ir_cells(rd: Path, m: dict) -> dict[str, dict[str, Any]]:
 
 
 def _fp32_cells(onnx: Path, ckpt: Path, flags: set[str]) -> dict[str, dict[str, Any]]:
-    from compresslab.bench.openvino_runner import BF16_FLAGS, plain_export
+    from compresslab.bench.openvino_runner import allowed_precisions, plain_export
 
     out = {"ort_fp32": _cell("ort", onnx, "fp32"),
            "openvino_default": _cell("openvino", plain_export(onnx), "default"),
            "openvino_f32": _cell("openvino", plain_export(onnx), "f32")}
-    if any(f in flags for f in BF16_FLAGS):
+    if "bf16" in allowed_precisions(False, flags):  # a bf16 ISA (openvino_runner's rule)
         out["openvino_bf16"] = _cell("openvino", plain_export(onnx), "bf16")
     out["torch_fp32"] = _cell("torch", ckpt, "fp32")
     return out

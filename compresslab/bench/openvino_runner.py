@@ -47,15 +47,19 @@ def openvino_missing_reason() -> str | None:
     return None
 
 
-def check_precision(precision: str, flags: set[str] | None = None) -> str:
-    """Validate ``precision`` against :data:`PRECISIONS` and the CPU (bf16 needs a bf16 ISA)."""
+def _check_known(precision: str) -> None:
+    """ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
     if precision not in PRECISIONS:
         raise ValueError(f"OpenVINO precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16":
-        flags = cpu_flags() if flags is None else flags
-        if not any(f in flags for f in BF16_FLAGS):
-            raise ValueError(f"OpenVINO precision 'bf16' requested but this CPU has none of {list(BF16_FLAGS)}: "
-                             "OpenVINO would emulate or silently fall back; use precision 'default' or 'f32'")
+
+
+def check_precision(precision: str, flags: set[str] | None = None) -> str:
+    """Validate ``precision`` against :data:`PRECISIONS` and the CPU (bf16 needs a bf16 ISA:
+    :func:`allowed_precisions`)."""
+    _check_known(precision)
+    if precision == "bf16" and precision not in allowed_precisions(False, flags):  # flags read for bf16 only
+        raise ValueError(f"OpenVINO precision 'bf16' requested but this CPU has none of {list(BF16_FLAGS)}: "
+                         "OpenVINO would emulate or silently fall back; use precision 'default' or 'f32'")
     return precision
 
 
@@ -71,8 +75,10 @@ def is_binary_artifact(model_path: str | Path) -> bool:
 
 
 def allowed_precisions(binary: bool, flags: set[str] | None = None) -> tuple[str, ...]:
-    """The OpenVINO precisions a model may be compiled at on this CPU: a binary model's are
-    :data:`BINARY_PRECISIONS` (``default`` meaning f32 there); bf16 needs a bf16 ISA."""
+    """The OpenVINO precisions a model may be compiled at on this CPU (``flags``: /proc/cpuinfo's, read
+    when None): a binary model's are :data:`BINARY_PRECISIONS` (``default`` meaning f32 there); bf16
+    needs one of :data:`BF16_FLAGS`. The one statement of both rules: :func:`check_precision` and
+    :func:`resolve_precision` ask it."""
     if binary:
         return BINARY_PRECISIONS
     flags = cpu_flags() if flags is None else flags
@@ -86,10 +92,9 @@ def resolve_precision(precision: str, *, binary: bool, setting: str | None = Non
     A binary model: ``default`` -> ``f32`` with a note (OpenVINO would pick bf16 on a bf16 CPU),
     ``bf16`` -> ValueError naming ``setting`` (else ``deploy.precision`` / ``bench.openvino_precisions``).
     Other models: :func:`check_precision`, unchanged. ``what`` names the model in the messages."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"OpenVINO precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if not binary:
         return check_precision(precision, flags), None
+    _check_known(precision)
     if precision not in allowed_precisions(True):
         where = setting or "deploy.precision / bench.openvino_precisions"
         raise ValueError(f"{where}={precision!r} refused for {what}, a binary model (compresslab_binary): bf16 "
