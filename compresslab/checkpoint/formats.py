@@ -31,18 +31,20 @@ class Format:
     read_state: Callable[[str | os.PathLike], dict[str, Tensor]]
 
 
+PACKED = (NBITS, BINARY)  # the formats on checkpoint/packed.py's machinery (they record their config stamp)
+
 FORMATS: dict[str, Format] = {
     "sparse_int8": Format("sparse_int8", SPARSE_FILE,
                           lambda model, out_dir, tokenizer=None: save_sparse(model, out_dir, tokenizer=tokenizer),
                           read_sparse_state),
-    **{p.name: Format(p.name, p.file, p.save, p.read_state) for p in (NBITS, BINARY)},  # checkpoint/packed.py
+    **{p.name: Format(p.name, p.file, p.save, p.read_state) for p in PACKED},
 }
 
 
 def check_stamps(path: str | os.PathLike, raw: dict[str, Any]) -> None:
     """Each packed file in checkpoint dir ``path`` against config.json (``raw``): CheckpointError naming
     the stamp entries that differ (``PackedFormat.check_config``), whichever weights file was loaded."""
-    for p in (NBITS, BINARY):
+    for p in PACKED:
         if (Path(path) / p.file).is_file():
             p.check_config(Path(path) / p.file, raw)
 

@@ -99,6 +99,18 @@ def _digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def _read(path: str | os.PathLike, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """(metadata, tensors) of a safetensors file; the tensors are not read (``{}``) unless ``tensors``.
+    CheckpointError for a truncated or corrupt file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+    except Exception as e:  # safetensors raises its own error types for bad headers and short files
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {e}") from e
+
+
 def stamp_diff(written: Any, have: Any) -> list[str]:
     """Entry by entry, how config.json's stamp (``have``) differs from the one a file was written with."""
     def short(v: Any) -> str:
@@ -199,14 +211,7 @@ class PackedFormat:
     def read_state(self, path: str | os.PathLike) -> dict[str, Tensor]:
         """Dense state dict (weights + their buffers) from a packed file alone; CheckpointError for a
         truncated, corrupt or foreign file."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {e}") from e
+        meta, tensors = _read(path)
         return self.decode(tensors, meta)
 
     def check_config(self, path: str | os.PathLike, raw: Mapping[str, Any]) -> None:
@@ -214,14 +219,8 @@ class PackedFormat:
         stamp ``path`` was written with: an edited config.json can rebuild modules that load the same
         weights and compute something else (BiBERT's ``attention``: bool vs softmax). A file written
         before the stamp was recorded is not checked (a log line says so)."""
-        from safetensors import safe_open
-
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as e:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {e}") from e
+        meta, _ = _read(path, tensors=False)
         if "stamp" not in meta:
             log.info("%s was written before packed files recorded their config stamp: config.json's %s is not "
                      "checked against it", path, self.stamp_key)
