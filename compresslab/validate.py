@@ -95,12 +95,18 @@ def check_nonnegative(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_finite_nonnegative(value: Any, name: str, *, hint: str = "") -> float:
+    """A finite number >= 0 (a coefficient: ``inf`` or ``nan`` makes whatever it scales inf/NaN);
+    ``hint`` is added to the message in parentheses."""
+    if not is_number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 and finite{f' ({hint})' if hint else ''}, got {value!r}")
+    return float(value)
+
+
 def check_loss_weight(value: Any, name: str) -> float:
     """A loss term's weight: a finite number >= 0 (0 turns the term off). ``inf`` or ``nan`` makes every
     step's loss inf/NaN (training stops at its first step, hours later, or the term swamps the others)."""
-    if not is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 and finite (0 turns the term off), got {value!r}")
-    return float(value)
+    return check_finite_nonnegative(value, name, hint="0 turns the term off")
 
 
 def check_finite_positive(value: Any, name: str) -> float:
@@ -183,9 +189,10 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["check_bool", "check_bools", "check_choice", "check_field_types", "check_fraction", "check_int",
-           "check_list", "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum",
-           "is_int", "is_number"]
+__all__ = ["check_bool", "check_bools", "check_choice", "check_field_types", "check_finite_nonnegative",
+           "check_finite_positive", "check_fraction", "check_int", "check_list", "check_loss_weight",
+           "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum", "is_int",
+           "is_number"]
 
 
 def did_you_mean(unknown: Iterable[str], allowed: Iterable[str]) -> str:

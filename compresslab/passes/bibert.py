@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from compresslab.models.binary import binarize_model, binary_modules, default_ta
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
 from compresslab.validate import (
-    check_bools, check_finite_positive, check_loss_weight, check_positive, check_positive_int, coerce_enum, is_number)
+    check_bools, check_finite_nonnegative, check_finite_positive, check_fraction, check_loss_weight, check_positive,
+    check_positive_int, coerce_enum)
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,8 @@ class BiBert:
         check_bools(self, "embeddings", "pooler")
         for f in ("label_weight", "hidden_weight", "dmd_weight"):  # the distillation losses' weights
             check_loss_weight(getattr(self, f), f"bibert.{f}")
-        for f in ("weight_decay", "warmup_ratio"):
-            v = getattr(self, f)
-            if not is_number(v) or not 0 <= v < math.inf:
-                raise ValueError(f"bibert.{f} must be a finite number >= 0, got {v!r}")
-        if self.warmup_ratio >= 1:
-            raise ValueError(f"bibert.warmup_ratio must be < 1, got {self.warmup_ratio!r}")
+        check_finite_nonnegative(self.weight_decay, "bibert.weight_decay")
+        check_fraction(self.warmup_ratio, "bibert.warmup_ratio")  # of the steps: [0, 1)
         check_positive(self.lr, "lr")
         check_finite_positive(self.temperature, "bibert.temperature")
         for f in ("steps", "batch_size", "eval_every"):

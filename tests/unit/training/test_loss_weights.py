@@ -53,3 +53,12 @@ def test_the_loop_refuses_a_plug_in_with_a_bad_weight_before_any_work(loss, matc
 
     with pytest.raises(ValueError, match=match + " must be >= 0 and finite"):
         train(None, [], TrainConfig(), [loss], teacher=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field, bad", [("weight_decay", math.inf), ("weight_decay", math.nan), ("weight_decay", -0.1),
+                                        ("warmup_ratio", 1.0), ("warmup_ratio", math.inf), ("warmup_ratio", math.nan),
+                                        ("warmup_ratio", -0.1)])
+def test_bibert_refuses_an_infinite_weight_decay_and_a_warmup_ratio_outside_0_1(field, bad):
+    with pytest.raises(ValueError, match=rf"bibert\.{field}"):
+        BiBert(**{field: bad})
+    assert getattr(BiBert(**{field: 0.0}), field) == 0.0
