@@ -18,8 +18,8 @@ timed in the first chunk for ``T_dense`` and ``t_0 = T_dense - L (t_att(H) + t_f
 run in chunks because every ORT session keeps its own memory arena (dozens at b32 x s128 would
 take gigabytes).
 
-Tables are cached as JSON under ``cache_dir/latency/<model+shape>/<environment hash>.json``. The
-environment covers the CPU model and ISA, the onnxruntime/torch/transformers versions, threads,
+Tables are cached as JSON under ``cache_dir/latency/<model+shape>/<environment hash>.json`` by
+:mod:`compresslab.bench.table_cache` (shared with the n-bit table). The environment covers the CPU model and ISA, the onnxruntime/torch/transformers versions, threads,
 provider, batch x seq and the architecture; a table from another environment is never used, and
 when one exists the log says which facts differ before measuring anew. A table measured on a busy
 machine (:mod:`compresslab.bench.machine_load`: other processes' CPU use before or during the
@@ -42,10 +42,8 @@ and are cached with the table.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -55,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
 from compresslab.bench.machine_load import timing_window
+from compresslab.bench.table_cache import environment_facts, read_cached, stable_hash, write_cached
 from compresslab.ops.spdy import FixedCostFit, LatencyTable, fit_fixed_costs
 
 if TYPE_CHECKING:  # torch stays unloaded until a table is measured (bench imports stay light)
@@ -117,55 +116,29 @@ def arch_signature(model: nn.Module) -> dict[str, Any]:
 def environment(model: nn.Module, s: TableSettings, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every fact a measured table is valid for (flat, so mismatches are easy to name)."""
     fp = fingerprint if fingerprint is not None else hardware_fingerprint(resolve_threads(s.threads))
-    env: dict[str, Any] = {}
-    for key in ENV_KEYS:
-        node: Any = fp
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        env[key] = node
+    env = environment_facts(fp, ENV_KEYS)
     env.update({"provider": s.provider, "batch": s.batch, "seq": s.seq, "ffn_grid": s.ffn_grid,
                 "calibration_fractions": list(s.calibration_fractions), "arch": arch_signature(model),
                 "method": TABLE_METHOD})
     return json.loads(json.dumps(env, sort_keys=True, default=str))
 
 
-def _hash(obj: Any) -> str:  # short, stable
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def cache_file(cache_dir: Path, env: dict[str, Any]) -> Path:
     """``latency/<arch+shape>/<env hash>.json``: siblings are the same model on other machines."""
     a = env["arch"]
-    group = f"{a['model_type']}-L{a['layers']}-H{a['hidden']}-b{env['batch']}xs{env['seq']}-{_hash(a)[:8]}"
-    return Path(cache_dir) / "latency" / group / f"{_hash(env)}.json"
+    group = f"{a['model_type']}-L{a['layers']}-H{a['hidden']}-b{env['batch']}xs{env['seq']}-{stable_hash(a, 8)}"
+    return Path(cache_dir) / "latency" / group / f"{stable_hash(env)}.json"
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:  # the keys that differ
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+def _parse(data: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any], dict[str, Any]]:
+    """A cache file's table, the environment it was measured in, and its info."""
+    table = LatencyTable.from_dict(data["table"])
+    return table, table.fingerprint, data.get("info", {})
 
 
 def _read_cached(path: Path, env: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]] | None:
     """The cached table if it was measured in exactly ``env``; log why not otherwise."""
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            table = LatencyTable.from_dict(data["table"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("latency table cache %s is unreadable (%s); re-measuring", path, e)
-            return None
-        if table.matches(env):
-            return table, data.get("info", {})
-        log.warning("latency table cache %s was measured in another environment (differs in %s); "
-                    "re-measuring", path, _differences(table.fingerprint, env))
-        return None
-    for other in sorted(path.parent.glob("*.json")) if path.parent.is_dir() else []:
-        try:
-            fp = json.loads(other.read_text())["table"]["fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        log.warning("a latency table for this model and shape exists (%s) but from another environment "
-                    "(differs in %s): not reused, measuring anew", other.name, _differences(fp, env))
-    return None
+    return read_cached(path, env, _parse, log=log, what="latency table", scope="this model and shape")
 
 
 Progress = Callable[..., Any]
@@ -192,17 +165,8 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
     load = window.record()
     info = {"raw": raw, "measure_s": round(time.perf_counter() - t0, 2), "settings": asdict(settings),
             "machine_load": load}
-    if load["busy"]:
-        reason = "measured on a busy machine (" + "; ".join(load["reasons"]) + ")"
-        log.warning("latency table NOT cached: it was %s; this run uses it, the next run measures it again",
-                    reason)
-        return table, {**info, "cached": False, "cache_file": None, "not_cached": reason}
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"table": table.to_dict(), "info": info}, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    return table, {**info, "cached": False, "cache_file": str(path) if path else None}
+    stored = write_cached(path, {"table": table.to_dict(), "info": info}, load, log=log, what="latency table")
+    return table, {**info, **stored}
 
 
 def probe_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:

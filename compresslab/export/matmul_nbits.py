@@ -261,23 +261,41 @@ def _weight_of(node: "onnx.NodeProto", inits: Mapping[str, Any], name: str) -> n
     return w
 
 
-def _matmul_nbits_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray, z_dep: np.ndarray, dbits: int,
-                        dbs: int, accuracy_level: int) -> tuple[list, list]:
+def matmul_nbits_node(a: str, y: str, name: str, q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
+                      bits: int, block_size: int, accuracy_level: int = 0) -> tuple["onnx.NodeProto", list]:
+    """One ``com.microsoft.MatMulNBits`` node ``y = a · dequant(B)ᵀ`` (``a`` ``[..., K]`` float32, ``y``
+    ``[..., N]``) and its three initializers, in the layout of the module doc.
+
+    ``q``: uint8 codes ``(N, K)``, each < 2^bits; ``scales`` float32 and ``zero_points`` uint8, both
+    ``(N, K / block_size)``; ``bits`` in :data:`ORT_BITS`; ``block_size`` a power of two >= 16 dividing K.
+    Initializers are named ``<name>_Q<bits>``, ``<name>_scales``, ``<name>_zero_points``; the node
+    ``<name>_Q<bits>``. ValueError for a block that does not divide K."""
     from onnx import helper, numpy_helper
 
     n_rows, k = q.shape
-    nb = k // dbs
+    if k % block_size:
+        raise ValueError(f"{name}: block_size={block_size} does not divide K={k}")
+    nb = k // block_size
+    b = numpy_helper.from_array(pack_codes(q.reshape(n_rows, nb, block_size), bits), f"{name}_Q{bits}")
+    s = numpy_helper.from_array(np.asarray(scales).reshape(-1).astype(np.float32), f"{name}_scales")
+    z = numpy_helper.from_array(pack_codes(zero_points, bits).reshape(-1), f"{name}_zero_points")
+    node = helper.make_node("MatMulNBits", [a, b.name, s.name, z.name], [y], name=f"{name}_Q{bits}", domain=_MS,
+                            K=k, N=n_rows, bits=bits, block_size=block_size, accuracy_level=accuracy_level)
+    return node, [b, s, z]
+
+
+def _matmul_nbits_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray, z_dep: np.ndarray, dbits: int,
+                        dbs: int, accuracy_level: int) -> tuple[list, list]:
+    from onnx import helper
+
     base = node.name or node.output[0]
-    b = numpy_helper.from_array(pack_codes(q.reshape(n_rows, nb, dbs), dbits), f"{base}_Q{dbits}")
-    s = numpy_helper.from_array(s_dep.reshape(-1).astype(np.float32), f"{base}_scales")
-    z = numpy_helper.from_array(pack_codes(z_dep, dbits).reshape(-1), f"{base}_zero_points")
     has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
     out = f"{base}_Q{dbits}_output" if has_bias else node.output[0]
-    nodes = [helper.make_node("MatMulNBits", [node.input[0], b.name, s.name, z.name], [out], name=f"{base}_Q{dbits}",
-                              domain=_MS, K=k, N=n_rows, bits=dbits, block_size=dbs, accuracy_level=accuracy_level)]
+    mm, inits = matmul_nbits_node(node.input[0], out, base, q, s_dep, z_dep, dbits, dbs, accuracy_level)
+    nodes = [mm]
     if has_bias:  # a Gemm's C: the bias Add the MatMul export has anyway
         nodes.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]], name=f"{base}_bias_Add"))
-    return nodes, [b, s, z]
+    return nodes, inits
 
 
 def _gather_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray, z_dep: np.ndarray, dbits: int | None,
@@ -488,5 +506,5 @@ def probe_kernel_path(bits: int, block_size: int, accuracy_level: int = 0, *, ti
 
 
 __all__ = ["ACCURACY_LEVELS", "KERNEL_2BIT", "ORT_BITS", "ORT_BLOCKS", "ORT_FALLBACK_LOG", "SIDECAR", "compare_graphs",
-           "deployable_block", "deployed_bits", "export_quantized", "grid_codes", "onnx_module_path", "pack_codes",
-           "probe_kernel_path", "read_quant_sidecar", "to_matmul_nbits", "unpack_codes", "write_quant_sidecar"]
+           "deployable_block", "deployed_bits", "export_quantized", "grid_codes", "matmul_nbits_node", "onnx_module_path",
+           "pack_codes", "probe_kernel_path", "read_quant_sidecar", "to_matmul_nbits", "unpack_codes", "write_quant_sidecar"]
