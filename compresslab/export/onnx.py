@@ -231,11 +231,11 @@ BINARY_ORT_NOTE = ("ONNX Runtime has no 1-bit kernels: the binary model runs as 
                    "(signs as Where/GreaterOrEqual, Bi-Attention as MatMul + Greater), so its ORT speed is fp32 "
                    "speed; 1 bit per weight is the packed checkpoint's storage, and FLOPs savings are theoretical")
 
-# A binary model's parity (is_binary): examples whose outputs stay within atol of torch must be at
-# least this fraction; the rest are sign-flip cascades (see check_parity). A real export fault (a
-# wrong attention function, a dropped op, a wrong weight) moves every example, not a few. The same rule
-# holds for int8 QDQ models (models.qdq), whose activations are rounded to a uint8 grid.
-BINARY_MIN_EXACT_FRACTION = 0.9
+# The parity of a model with step-function activations (binary: sign; int8 QDQ: a uint8 grid):
+# examples whose outputs stay within atol of torch must be at least this fraction; the rest are
+# flip cascades (see check_parity). A real export fault (a wrong attention function, a dropped op, a
+# wrong weight) moves every example, not a few.
+MIN_EXACT_FRACTION = 0.9
 
 
 def _sign_sensitive(model: nn.Module) -> bool:
@@ -269,7 +269,7 @@ def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapp
     to within fp rounding; neither is the reference. So a binary model's parity reports the max
     logit difference, the number of examples past ``atol`` and the argmax agreement, and raises
     only on non-finite outputs, a shape mismatch, or fewer than
-    :data:`BINARY_MIN_EXACT_FRACTION` of the examples within ``atol`` (an export fault moves every
+    :data:`MIN_EXACT_FRACTION` of the examples within ``atol`` (an export fault moves every
     example). int8 QDQ models (``models.qdq.is_qdq``) get the same rule: their activations are rounded
     to a uint8 grid, and an activation torch and ORT compute a few ulps apart can land on the other
     side of a grid midpoint (one step, ~1e-2) and cascade. Every other model keeps the plain ``atol`` rule. ``optimization`` is ORT's graph
@@ -310,25 +310,27 @@ def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapp
               "atol": atol, "n_examples": n_ex, "argmax_agreement": agree / n_cls if n_cls else None,
               "examples_over_atol": over}
     if stepwise:
-        report["rule"] = (f"binary model (sign activations): at least {BINARY_MIN_EXACT_FRACTION:.0%} of examples "
-                          f"within atol; the rest are sign flips (|x| ~ 1e-7 pre-sign values rounded differently by "
-                          f"torch and ORT) cascading through later layers" if binary else
-                          f"int8 QDQ model (uint8 activations): at least {BINARY_MIN_EXACT_FRACTION:.0%} of examples "
-                          f"within atol; the rest are rounding-boundary flips (an activation torch and ORT compute a "
-                          f"few ulps apart lands on the other side of a grid midpoint and moves by one step) "
+        # (short and full name of the kind, its activations, what its flips are, why they happen)
+        kind, name, acts, flips, cause = (
+            ("binary", "binary", "sign activations", "sign flips",
+             "|x| ~ 1e-7 pre-sign values rounded differently by torch and ORT") if binary else
+            ("QDQ", "int8 QDQ", "uint8 activations", "rounding-boundary flips",
+             "an activation torch and ORT compute a few ulps apart lands on the other side of a grid midpoint and "
+             "moves by one step"))
+        report["rule"] = (f"{name} model ({acts}): at least "
+                          f"{MIN_EXACT_FRACTION:.0%} of examples within atol; the rest are {flips} ({cause}) "
                           f"cascading through later layers")
-        passed = finite and (n_ex - over) >= BINARY_MIN_EXACT_FRACTION * n_ex
+        passed = finite and (n_ex - over) >= MIN_EXACT_FRACTION * n_ex
         report["passed"] = passed
         if finite and over:
             log.info("%s: %d of %d examples differ from torch past atol %.3g (max |diff| %.3g, argmax agreement %s):"
-                     " %s, reported, not failed", graph or onnx_path, over, n_ex, atol,
-                     max_d, report["argmax_agreement"],
-                     "sign flips of a binary model" if binary else "rounding-boundary flips of a QDQ model")
+                     " %s of a %s model, reported, not failed", graph or onnx_path, over, n_ex, atol,
+                     max_d, report["argmax_agreement"], flips, kind)
         if not passed:
             why = "non-finite outputs" if not finite else (
                 f"{over} of {n_ex} examples past atol {atol:.3g} (max |diff| {max_d:.3g}); flips touch a few "
                 f"examples, this many means the graph computes something else")
-            raise ParityError(f"ONNX parity failed for {'binary' if binary else 'QDQ'} model {graph or onnx_path}: {why} "
+            raise ParityError(f"ONNX parity failed for {kind} model {graph or onnx_path}: {why} "
                               f"(exporter {exporter})", report)
         return report
     if not finite or max_d > atol:
