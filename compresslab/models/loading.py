@@ -338,12 +338,16 @@ def load_hf(path: Path, raw: dict[str, Any], *, attn_implementation: str = "sdpa
     return model.eval()
 
 
-# State-dict entries only compresslab's frozen modules carry, and the config.json stamp that rebuilds
-# those modules: the binary ones' row scales (models.binary), the n-bit ones' group parameters
-# (models.quantized), the int8 QDQ ones' weight scale and input quantizer (models.qdq).
-_STAMPED_SUFFIXES = {".weight_alpha": "compresslab_binary", ".weight_zero_point": "compresslab_quant",
-                     ".weight_scale": "compresslab_quant or compresslab_qdq",
-                     ".input_quant.scale": "compresslab_qdq"}
+def _stamped_suffixes() -> dict[str, str]:
+    """State-dict entries only compresslab's frozen modules carry -> the config.json stamp that rebuilds
+    those modules: the binary ones' row scales (models.binary), the n-bit ones' group parameters
+    (models.quantized), the int8 QDQ ones' weight scale and input quantizer (models.qdq)."""
+    from compresslab.models.binary import BINARY_KEY
+    from compresslab.models.qdq import QDQ_KEY
+    from compresslab.models.quantized import QUANT_KEY
+
+    return {".weight_alpha": BINARY_KEY, ".weight_zero_point": QUANT_KEY, ".weight_scale": f"{QUANT_KEY} or {QDQ_KEY}",
+            ".input_quant.scale": QDQ_KEY}
 
 
 def _check_no_orphan_buffers(unexpected: Any, weights: Path) -> None:
@@ -354,8 +358,9 @@ def _check_no_orphan_buffers(unexpected: Any, weights: Path) -> None:
     with float activations and softmax attention): no error, wrong predictions. Typically the
     config.json was replaced by the original model's."""
     found: dict[str, list[str]] = {}
+    suffixes = _stamped_suffixes()
     for k in sorted(unexpected):
-        stamp = next((v for suffix, v in _STAMPED_SUFFIXES.items() if k.endswith(suffix)), None)
+        stamp = next((v for suffix, v in suffixes.items() if k.endswith(suffix)), None)
         if stamp is not None:
             found.setdefault(stamp, []).append(k)
     if found:
