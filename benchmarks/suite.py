@@ -1,0 +1,505 @@
+"""The peer suite (issue 14): our pipelines and the tools users know, on one cached teacher, one report.
+
+    python -m benchmarks.suite --task sst2                # build every cell, score it, time all cells at the end
+    python -m benchmarks.suite --all --budget bench       # every task in benchmarks/suite.yaml
+    python -m benchmarks.suite --task sst2 --cells int8,ort_quantize_dynamic --no-timing
+    python -m benchmarks.suite --list                     # tasks, budgets and cells
+
+For one task: the task's ``bench`` teacher is obtained as every pipeline obtains it (the finetune pass,
+cached by content hash: :func:`compresslab.pipeline.teacher_state`), exported once (fused and plain
+ONNX, a torch checkpoint) and scored on dev (its predictions are the reference for ``agreement``).
+Then every cell is built: our pipelines as normal runs (``python -m compresslab +pipeline=<p>`` with
+the task's and the budget's overrides, ``deploy=ort bench=off``: a finished run is found again by its
+config hash) and the peers (``benchmarks/peers``) from the teacher's export and the same calibration
+examples. Each cell is cached by the hash of its settings (``benchmarks/store.py``): a rerun skips
+finished cells and resumes where it stopped. A cell that fails keeps its exact error; the rest run.
+Every cell is scored from its deployed artifact itself on dev (the task metric, agreement with the
+teacher's predictions, McNemar p of each of ours against each peer on the same examples).
+
+Then ONE timing phase for all cells of the task, interleaved in this process (MEASURE.md): b1 and b32
+medians at the configured sequence length, and real-length throughput over dev. It is refused, with
+the reason, when training or tests hold their lock or other processes use the CPU
+(:func:`compresslab.bench.quiet.require_quiet`); the scores are still written and earlier timings of
+unchanged cells kept. Writes ``benchmarks/results/suite_<task>.json`` (atomically, stamped with the
+machine's load) and rebuilds ``benchmarks/REPORT.md`` / ``REPORT.html`` from every suite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._results import ResultsFile, write_aside
+from .artifacts import Artifact, forward, size_bytes, timing_runner
+from .store import CellStore, cell_key
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+CONFIG = ROOT / "suite.yaml"
+RESULTS_DIR = ROOT / "results"
+WORK = REPO / "outputs" / "suite"
+EXIT_TIMING_REFUSED = 3
+ISA_FLAGS = ("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+log = logging.getLogger("suite")
+
+
+class SuiteError(ValueError):
+    """A bad suite setting (unknown task, budget or cell), raised before any work."""
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class TaskPlan:
+    """What one task's suite runs: resolved from suite.yaml, the budget and the command line."""
+
+    task: str
+    budget: str
+    overrides: tuple[str, ...]  # compresslab overrides of the teacher and every pipeline
+    pipelines: tuple[str, ...]
+    peers: tuple[str, ...]
+    threads: int
+    calibration_examples: int
+    timing: Mapping[str, Any]
+    cell_cpu_hours: float | None
+    teacher_cpu_hours: float | None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """suite.yaml as a dict; SuiteError when a section is missing."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
+    missing = [k for k in ("tasks", "budgets", "pipelines", "timing") if k not in cfg]
+    if missing:
+        raise SuiteError(f"{path}: missing section(s) {missing}")
+    return cfg
+
+
+def peer_names(cfg: Mapping[str, Any]) -> list[str]:
+    from .peers import PEERS
+
+    want = cfg.get("peers", "all")
+    names = list(PEERS) if want == "all" else list(want)
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SuiteError(f"unknown peer(s) {unknown} in the suite config; known: {list(PEERS)}")
+    return names
+
+
+def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | None,
+         extra: Sequence[str] = ()) -> TaskPlan:
+    """Resolve one task's plan; SuiteError naming the allowed values for an unknown task, budget or cell."""
+    if task not in cfg["tasks"]:
+        raise SuiteError(f"unknown task {task!r}; the suite config has {list(cfg['tasks'])}")
+    if budget not in cfg["budgets"]:
+        raise SuiteError(f"unknown budget {budget!r}; the suite config has {list(cfg['budgets'])}")
+    t, b = cfg["tasks"][task], cfg["budgets"][budget]
+    pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
+    if cells:
+        unknown = [c for c in cells if c not in pipelines and c not in peers]
+        if unknown:
+            raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
+        pipelines, peers = [p for p in pipelines if p in cells], [p for p in peers if p in cells]
+    teacher = b.get("teacher") or t.get("teacher")
+    threads = int(cfg.get("threads", 2))
+    overrides = (*t.get("overrides", []), *b.get("overrides", []), *([f"budget.teacher={teacher}"] if teacher else []),
+                 f"run.threads={threads}", *extra)
+    return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
+                    int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
+                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"))
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+@dataclass
+class Teacher:
+    """The task's teacher and what every cell shares: data, tokenizer, export, calibration feeds."""
+
+    state: Any  # compresslab RunState holding the teacher
+    sha: str
+    dir: Path  # <work>/<task>/teacher/<sha>: export/, checkpoint/, preds.npy, teacher.json
+    preds: np.ndarray
+    score: float
+    calibration: list[dict[str, np.ndarray]]
+
+    @property
+    def dev(self) -> list:
+        return list(self.state.task.dev)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.state.settings.max_length)
+
+
+def prepare_teacher(p: TaskPlan, work: Path) -> Teacher:
+    """Train or find the cached teacher, export it once (keyed by its weights' hash) and score it on dev."""
+    from compresslab.cli import setup_process
+    from compresslab.config import compose
+    from compresslab.data.loaders import make_loader
+    from compresslab.export.onnx import export_model
+    from compresslab.manifest import read_json, state_dict_sha256
+    from compresslab.pipeline import teacher_state
+
+    cfg = compose(["+pipeline=int8", *p.overrides])  # any pipeline whose first pass makes the teacher
+    setup_process(p.threads, int(cfg.seed))
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    state = teacher_state(cfg, work / "teacher_run")
+    sha = state_dict_sha256(state.teacher)
+    d = work / "teacher" / sha[:16]
+    done = d / "teacher.json"
+    if not done.is_file():
+        dev = list(state.task.dev)
+        batches = list(make_loader(dev[:32], state.tokenizer, 16, int(state.settings.max_length), shuffle=False,
+                                   kind=state.task.spec.kind))
+        export_model(state.teacher, state.tokenizer, d / "export", batches, threads=p.threads)
+        state.teacher.save_pretrained(d / "checkpoint")
+        state.tokenizer.save_pretrained(d / "checkpoint")
+        scored = _score(Artifact(d / "checkpoint", "torch", "fp32"), state, p.threads)
+        np.save(d / "preds.npy", scored.predictions)
+        write_aside(done, {"sha256": sha, "score": float(scored.metrics["score"]), "prepare_s": _since(t0),
+                           "cpu_s": round(_cpu_s() - cpu0, 1), "overrides": list(p.overrides)})
+    rec = read_json(done)
+    calib = [{k: v.numpy() for k, v in b.items() if k != "labels"}
+             for b in state.context(work, work / "calibration").calibration_batches(p.calibration_examples, 32)]
+    return Teacher(state, sha, d, np.load(d / "preds.npy"), float(rec["score"]), calib)
+
+
+# ----------------------------------------------------------------------------------------------- cells
+def _cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children (what a CPU-hour budget counts)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 1)
+
+
+def _score(a: Artifact, state: Any, threads: int) -> Any:
+    from compresslab.eval.evaluate import predict
+
+    return predict(forward(a, threads), state.task.spec, list(state.task.dev), state.tokenizer, batch_size=64,
+                   max_length=int(state.settings.max_length))
+
+
+def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
+    """The run's command line: a pass setting (``pipeline.passes.<step>.<key>=``) only where the pipeline has
+    that step (the config refuses settings of passes it does not run); deploy on ORT, no bench stage (the
+    suite times every cell itself, together)."""
+    from compresslab.config import compose
+
+    steps = set(compose([f"+pipeline={pipeline}"]).pipeline.steps)
+    kept = [o for o in overrides if not o.startswith("pipeline.passes.") or o.split(".")[2] in steps]
+    return [f"+pipeline={pipeline}", *kept, "deploy=ort", "bench=off"]
+
+
+def build_pipeline(args: Sequence[str], results: ResultsFile, name: str) -> tuple[Artifact, dict[str, Any]]:
+    """Run (or find finished) ``python -m compresslab <args>``; its deployed file is the artifact."""
+    from compresslab.config import compose
+    from compresslab.manifest import read_json
+    from compresslab.pipeline import run
+
+    rd = run(compose(list(args)), overrides=list(args))
+    m = read_json(rd / "manifest.json")
+    if m.get("status") != "finished":
+        raise RuntimeError(f"run {rd} ended {m.get('status')!r}: {m.get('error')}")
+    results.note_run(name, m)  # the copied deploy record comes with the run's machine load
+    dep = m["export"]["deployed"]
+    precision = "default" if dep["runtime"] == "openvino" else dep["precision"]
+    return Artifact(rd / dep["path"], dep["runtime"], precision), {"run_dir": _rel(rd), "command": m.get("command")}
+
+
+def _rel(p: Path) -> str:
+    p = Path(p).resolve()
+    return str(p.relative_to(REPO) if p.is_relative_to(REPO) else p)
+
+
+def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: ResultsFile) -> dict[str, dict[str, Any]]:
+    """Build and score every cell (finished ones are read back); name -> record."""
+    from tqdm.auto import tqdm
+
+    from compresslab.manifest import examples_sha256
+
+    from .peers import PEERS, PeerInputs
+
+    data = {"task": p.task, "budget": p.budget, "overrides": list(p.overrides), "teacher": teacher.sha,
+            "dev": examples_sha256(teacher.dev), "max_length": teacher.max_length}
+    todo: list[tuple[str, str, dict[str, Any]]] = []
+    for pl in p.pipelines:
+        args = pipeline_overrides(pl, p.overrides)
+        todo.append((pl, "compresslab", {"kind": "pipeline", "args": args, **data}))
+    for name in p.peers:
+        peer = PEERS[name]
+        try:
+            settings = peer.settings()
+        except Exception as e:  # the tool is not importable: the cell records why, with its exact error
+            settings = {"settings_error": f"{type(e).__name__}: {e}"}
+        todo.append((name, "peer", {"kind": "peer", "peer": name, "settings": settings,
+                                    "calibration_examples": p.calibration_examples, **data}))
+    inputs_dir = teacher.dir / "export"
+    out: dict[str, dict[str, Any]] = {}
+    bar = tqdm(todo, desc=f"{p.task} cells", unit="cell", dynamic_ncols=True)
+    for name, method, spec in bar:
+        bar.set_postfix_str(name)
+        key = cell_key(spec)
+        rec = store.finished(name, key)
+        if rec is None:
+            rec = _build_one(name, method, spec, key, p, teacher, store, results, inputs_dir, PeerInputs)
+        out[name] = rec
+    return out
+
+
+def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPlan, teacher: Teacher,
+               store: CellStore, results: ResultsFile, inputs_dir: Path, PeerInputs: Any) -> dict[str, Any]:
+    from .peers import PEERS
+
+    work = store.begin(name, key)
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    base = {"name": name, "method": method, "spec": spec}
+    try:
+        if method == "compresslab":
+            a, extra = build_pipeline(spec["args"], results, name)
+            tool = f"compresslab +pipeline={name}"
+        else:
+            peer = PEERS[name]
+            tool, extra = peer.tool, {}
+            a = peer.build(PeerInputs(plain_onnx=inputs_dir / "model_unfused.onnx", fused_onnx=inputs_dir / "model.onnx",
+                                      checkpoint=teacher.dir / "checkpoint", calibration=teacher.calibration,
+                                      work_dir=work))
+        build_s, cpu_s = _since(t0), round(_cpu_s() - cpu0, 1)
+        scored = _score(a, teacher.state, p.threads)
+    except Exception as e:  # any failure is this cell's, exactly as raised; the suite goes on
+        log.warning("cell %s failed: %s: %s", name, type(e).__name__, e)
+        return store.fail(name, key, {**base, "tool": getattr(PEERS.get(name), "tool", f"compresslab +pipeline={name}"),
+                                      "error": f"{type(e).__name__}: {e}", "build_s": _since(t0)})
+    over = p.cell_cpu_hours is not None and cpu_s > 3600 * float(p.cell_cpu_hours)
+    rec = {**base, "tool": tool, "artifact": a.to_dict(), "size_bytes": size_bytes(a.file),
+           "score": float(scored.metrics["score"]), "metrics": {k: float(v) for k, v in scored.metrics.items()},
+           "build_s": build_s, "cpu_s": cpu_s, "cpu_hours_budget": p.cell_cpu_hours, "over_budget": over, **extra,
+           "error": None}
+    if over:
+        log.warning("cell %s took %.2f CPU h, over its budget of %s", name, cpu_s / 3600, p.cell_cpu_hours)
+    return store.finish(name, key, rec, scored.predictions)
+
+
+# ----------------------------------------------------------------------------------------------- scores
+def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: Teacher) -> dict[str, dict[str, Any]]:
+    """``systems.<name>`` of suite_<task>.json without timings: score, agreement, size, file, errors, and
+    ``mcnemar_p_vs`` for each of ours against every peer that was scored (classification only)."""
+    from compresslab.data.metrics import agreement, mcnemar_pvalue
+    from compresslab.data.tasks import TaskKind
+
+    spec = teacher.state.task.spec
+    labels = np.array([e.label for e in teacher.dev])
+    classify = spec.kind is TaskKind.CLASSIFICATION
+    preds = {n: store.preds(n, c["key"]) for n, c in cells.items() if c.get("status") == "finished"}
+    out: dict[str, dict[str, Any]] = {}
+    for name, c in cells.items():
+        a = c.get("artifact") or {}
+        s = {"method": c["method"], "tool": c["tool"], "score": c.get("score"), "agreement": None,
+             "latency_ms_b1": None, "latency_ms_b32": None, "throughput_real": None, "size_bytes": c.get("size_bytes"),
+             "backend": a.get("backend"), "precision": a.get("precision"), "file": _rel(Path(a["file"])) if a else None,
+             "mcnemar_p_vs": {}, "error": c.get("error")}
+        if name in preds:
+            s["agreement"] = (agreement(preds[name], teacher.preds) if classify
+                              else float(np.corrcoef(preds[name], teacher.preds)[0, 1]))
+        out[name] = s
+    for ours in (n for n in preds if cells[n]["method"] == "compresslab"):
+        for peer in (n for n in preds if cells[n]["method"] == "peer"):
+            out[ours]["mcnemar_p_vs"][peer] = (mcnemar_pvalue(preds[ours] == labels, preds[peer] == labels)
+                                               if classify else None)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: Teacher, p: TaskPlan,
+               *, quiet: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """ONE interleaved timing of every finished cell (fixed shapes, then real lengths over dev). Refuses
+    first (MachineBusyError) when the machine is not quiet. Returns ``{"results": name -> figures or
+    {"error"}, "meta": {...}}``; a runner that cannot be built keeps its error, the rest are timed."""
+    from compresslab.bench import measure_latency, measure_real_lengths
+    from compresslab.bench.latency import shape_key
+    from compresslab.bench.machine_load import timing_window
+    from compresslab.bench.quiet import require_quiet
+    from compresslab.data.loaders import make_loader
+
+    quiet = dict(quiet or {})
+    window_kw = quiet.pop("window", {})  # tests: a fake CPU reader for the timing window too
+    report = require_quiet(f"suite {p.task}: timing", **quiet)
+    tok = teacher.state.tokenizer
+    vocab = int(tok.vocab_size)
+    out: dict[str, Any] = {}
+    runners: dict[str, Any] = {}
+    for name, c in cells.items():
+        if c.get("status") != "finished":
+            continue
+        try:
+            runners[name] = timing_runner(Artifact.from_dict(c["artifact"]), p.threads, vocab)
+        except Exception as e:
+            out[name] = {"error": f"timing: {type(e).__name__}: {e}"}
+    if not runners:
+        return {"results": out, "meta": {"quiet": report, "timed": []}}
+    shapes = [tuple(int(x) for x in s) for s in p.timing["shapes"]]
+    loader = make_loader(teacher.dev, tok, 32, teacher.max_length, shuffle=False, kind=teacher.state.task.spec.kind)
+    batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
+    t0 = time.perf_counter()
+    with timing_window(f"suite {p.task}: every cell, fixed shapes and real lengths", **window_kw):
+        lat = measure_latency(runners, shapes, warmup=int(p.timing["warmup"]), runs=int(p.timing["runs"]),
+                              vocab_size=vocab)
+        rl = measure_real_lengths(runners, batches, rounds=int(p.timing["rounds"]))
+    by_batch = {b: shape_key(b, s) for b, s in shapes}
+    for name, r in runners.items():
+        res = lat["results"][name]
+        info = r.info() if hasattr(r, "info") else {}
+        out[name] = {"latency_ms_b1": res[by_batch[1]]["p50_ms"] if 1 in by_batch else None,
+                     "latency_ms_b32": res[by_batch[32]]["p50_ms"] if 32 in by_batch else None,
+                     "throughput_real": rl["results"][name]["sentences_per_s"],
+                     "compiled_precision": info.get("precision") if info.get("kind") == "openvino" else None}
+    return {"results": out,
+            "meta": {"quiet": report, "timed": list(runners), "shapes": [list(s) for s in shapes],
+                     "latency_settings": lat["settings"], "real_length": rl["settings"], "timing_s": _since(t0),
+                     "runners": {k: _jsonable(v) for k, v in lat["runners"].items()},
+                     "order": "one process, every cell interleaved (A B C A B C ...), medians"}}
+
+
+def _jsonable(v: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(v, default=str))
+
+
+def apply_timing(sysd: dict[str, dict[str, Any]], timed: Mapping[str, Any]) -> None:
+    for name, t in timed.items():
+        if "error" in t:
+            sysd[name]["error"] = t["error"]
+            continue
+        for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real"):
+            sysd[name][k] = t[k]
+        if t.get("compiled_precision"):
+            sysd[name]["precision"] = f"{sysd[name]['precision']} (compiled {t['compiled_precision']})"
+
+
+def keep_earlier_timings(sysd: dict[str, dict[str, Any]], keys: Mapping[str, str], old: Mapping[str, Any]) -> list[str]:
+    """Copy the timings of cells whose key did not change from the previous file; the names kept."""
+    old_keys = (old.get("meta") or {}).get("cell_keys") or {}
+    kept = []
+    for name, s in sysd.items():
+        prev = (old.get("systems") or {}).get(name)
+        if prev and keys.get(name) and old_keys.get(name) == keys[name] and prev.get("latency_ms_b32") is not None:
+            for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real", "precision"):
+                s[k] = prev.get(k)
+            kept.append(name)
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------- one task
+def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet: Mapping[str, Any] | None = None) -> int:
+    """Build, score and (unless ``timing`` is False) time one task; write suite_<task>.json. Returns 0, or
+    EXIT_TIMING_REFUSED when the timing phase was refused (the scores are written all the same)."""
+    from compresslab.bench.env import cpu_flags, hardware_fingerprint
+    from compresslab.manifest import git_sha, library_versions
+    from compresslab.runlock import MachineBusyError
+
+    results = ResultsFile(results_dir / f"suite_{p.task}.json")
+    old = results.load()
+    task_work = work / p.task / p.budget
+    teacher = prepare_teacher(p, task_work)
+    store = CellStore(task_work / "cells")
+    cells = build_cells(p, teacher, store, results)
+    sysd = systems(cells, store, teacher)
+    keys = {n: c["key"] for n, c in cells.items() if c.get("status") == "finished"}
+    flags = cpu_flags()
+    code, timing_meta = 0, {"status": "skipped (--no-timing)"}
+    if timing:
+        try:
+            t = time_cells(cells, teacher, p, quiet=quiet)
+            apply_timing(sysd, t["results"])
+            timing_meta = {"status": "timed", **t["meta"]}
+        except MachineBusyError as e:
+            log.error("%s", e)
+            print(f"suite: {e}", file=sys.stderr)
+            code, timing_meta = EXIT_TIMING_REFUSED, {"status": "refused", "reason": str(e)}
+    if timing_meta["status"] != "timed":
+        timing_meta["kept_from_earlier_run"] = keep_earlier_timings(sysd, keys, old)
+    data = {"teacher_score": teacher.score, "systems": sysd,
+            "meta": {"task": p.task, "metric": teacher.state.task.spec.primary_metric, "budget": p.budget,
+                     "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
+                     "overrides": list(p.overrides), "threads": p.threads, "timing": timing_meta,
+                     "cpu_isa": [f for f in ISA_FLAGS if f in flags], "cell_keys": keys,
+                     "cells": {n: {k: c.get(k) for k in ("build_s", "cpu_s", "over_budget", "run_dir", "command", "status")}
+                               for n, c in cells.items()},
+                     "agreement": ("fraction of dev examples predicted as the teacher (torch fp32) predicts"
+                                   if sysd and _classify(teacher) else "Pearson r of the predictions with the teacher's"),
+                     "mcnemar": "exact two-sided McNemar on dev correctness, each of ours vs each peer (classification)",
+                     "teacher_cpu_hours_budget": p.teacher_cpu_hours, "git_sha": git_sha(),
+                     "versions": library_versions(), "hardware": hardware_fingerprint(p.threads),
+                     "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:])}}
+    results.write(data)
+    log.info("%s: %d systems written to %s (timing: %s)", p.task, len(sysd), results.path, timing_meta["status"])
+    return code
+
+
+def _classify(teacher: Teacher) -> bool:
+    from compresslab.data.tasks import TaskKind
+
+    return teacher.state.task.spec.kind is TaskKind.CLASSIFICATION
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def list_suite(cfg: Mapping[str, Any]) -> str:
+    from .peers import PEERS
+
+    lines = ["tasks: " + ", ".join(cfg["tasks"]), "budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
+    lines += [f"  {p}" for p in cfg["pipelines"]]
+    lines.append("peers:")
+    lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", help="one task of the suite config")
+    which.add_argument("--all", action="store_true", help="every task of the suite config")
+    which.add_argument("--list", action="store_true", help="list tasks, budgets and cells, run nothing")
+    ap.add_argument("--cells", help="comma-separated cell names (default: every pipeline and peer)")
+    ap.add_argument("--budget", default="bench", help="a budget of the suite config (default bench)")
+    ap.add_argument("--config", default=str(CONFIG), help="the suite config (default benchmarks/suite.yaml)")
+    ap.add_argument("--no-timing", action="store_true", help="build and score only; keep earlier timings of unchanged cells")
+    ap.add_argument("--override", nargs="*", default=[], help="more compresslab overrides for every run (paths.*, ...)")
+    ap.add_argument("--work-dir", default=str(WORK), help="cells and teacher exports (default outputs/suite)")
+    ap.add_argument("--results-dir", default=str(RESULTS_DIR), help="where suite_<task>.json go")
+    ap.add_argument("--report", default=str(ROOT / "REPORT.md"), help="the Markdown report (HTML beside it)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(a.config)
+        if a.list:
+            print(list_suite(cfg))
+            return 0
+        cells = [c.strip() for c in a.cells.split(",") if c.strip()] if a.cells else None
+        tasks = list(cfg["tasks"]) if a.all else [a.task]
+        plans = [plan(cfg, t, a.budget, cells, a.override) for t in tasks]  # every task checked before any work
+    except SuiteError as e:
+        print(f"suite: error: {e}", file=sys.stderr)
+        return 2
+    code = 0
+    for p in plans:
+        code = max(code, run_task(p, work=Path(a.work_dir), results_dir=Path(a.results_dir), timing=not a.no_timing))
+    from .suite_report import write_report
+
+    write_report(Path(a.results_dir), Path(a.report))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``benchmarks/REPORT.md`` and ``REPORT.html`` from every ``results/suite_<task>.json``: one table per task,
+the paired tests of ours against each peer, Pareto plots (score vs b32 latency, score vs size).
+
+Only the results files are read: the report says what they say, figures included, and nothing else.
+The CPU's ISA flags stand in the header of every speed column and the title of every latency plot
+(int8 and bf16 gains depend on them, and machines differ between runs). Cells timed on a busy machine
+(the file's ``meta.machine_load``) and tasks whose timing was refused or skipped say so above their
+table. Rendering reuses the run report's blocks (``compresslab.report.render``) and its Pareto plot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from compresslab.manifest import atomic_write_bytes, read_json
+from compresslab.report.fmt import mb, ms, pt
+from compresslab.report.render import Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
+
+PLOT_DIR = "report_plots"  # beside REPORT.md
+
+
+@dataclass(frozen=True)
+class Point:
+    """A system as ``compresslab.report.plots.pareto_plot`` reads it (score and cost attributes)."""
+
+    name: str
+    score: float | None
+    metric: str
+    teacher: float | None
+    latency_ms_b32: float | None
+    size_bytes: float | None
+    ref_latency_ms_b32: float | None  # the dense teacher on ORT fp32
+    ref_size_bytes: float | None
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _isa(meta: Mapping[str, Any]) -> str:
+    return ", ".join(meta.get("cpu_isa") or []) or "ISA not recorded"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str, bytes]]:
+    """One task's section and its plots (name -> PNG)."""
+    from compresslab.report.compare import pareto_front
+    from compresslab.report.plots import pareto_plot
+
+    meta, sysd = data.get("meta") or {}, data.get("systems") or {}
+    teacher = data.get("teacher_score")
+    isa = _isa(meta)
+    timing = (meta.get("timing") or {})
+    load = meta.get("machine_load") or {}
+    blocks: list[Any] = [Heading(f"{task} ({meta.get('metric', 'score')}, {meta.get('split', 'dev')})")]
+    blocks.append(Para(f"Teacher {_pct(teacher)}; budget {meta.get('budget')}; {meta.get('threads')} threads; CPU "
+                       f"{(meta.get('hardware') or {}).get('cpu', {}).get('model', '?')} [{isa}]; git "
+                       f"{meta.get('git_sha')}."))
+    if timing.get("status") != "timed":
+        kept = timing.get("kept_from_earlier_run") or []
+        blocks.append(Para(f"Not timed in this run ({timing.get('status')}: {timing.get('reason', '')}). "
+                           + (f"Timings kept from an earlier run of the same cells: {', '.join(kept)}." if kept
+                              else "No latency figures: not yet measured."), "warn"))
+    if load.get("busy"):
+        blocks.append(Para("Timed on a busy machine, figures void: " + "; ".join(load.get("reasons") or []), "warn"))
+    rows = []
+    for name, s in sysd.items():
+        delta = None if s.get("score") is None or teacher is None else s["score"] - teacher
+        rows.append([name, s.get("method") or "", s.get("tool") or "", _pct(s.get("score")), pt(delta),
+                     _f(s.get("agreement")), ms(s.get("latency_ms_b1")), ms(s.get("latency_ms_b32")),
+                     _f(s.get("throughput_real"), 1), mb(s.get("size_bytes")), s.get("backend") or "",
+                     s.get("precision") or "", s.get("error") or ""])
+    blocks.append(Table(["system", "method", "tool", "score", "Δ vs teacher", "agreement", f"b1 ms [{isa}]",
+                         f"b32 ms [{isa}]", f"real-length sent/s [{isa}]", "size", "backend", "precision", "error"],
+                        rows, caption="Scores from each deployed file on dev; latency p50 from one interleaved run."))
+    ours = [n for n, s in sysd.items() if s.get("mcnemar_p_vs")]
+    peers = sorted({p for n in ours for p in sysd[n]["mcnemar_p_vs"]})
+    if ours and peers:
+        blocks.append(Table(["ours \\ peer", *peers],
+                            [[n, *(_f(sysd[n]["mcnemar_p_vs"].get(p), 3) for p in peers)] for n in ours],
+                            caption="McNemar p (exact, two-sided), paired on the same dev examples."))
+    pngs: dict[str, bytes] = {}
+    ref = sysd.get("dense_ort_fp32") or {}
+    pts = [Point(n, s.get("score"), meta.get("metric", "score"), teacher, s.get("latency_ms_b32"), s.get("size_bytes"),
+                 ref.get("latency_ms_b32"), ref.get("size_bytes")) for n, s in sysd.items() if s.get("score") is not None]
+    for cost, ref_cost, label, title, scale in (
+            ("latency_ms_b32", "ref_latency_ms_b32", "p50 latency, b32 (ms)  ← faster", f"{task}: score vs b32 latency [{isa}]", 1.0),
+            ("size_bytes", "ref_size_bytes", "deployed size (MB)  ← smaller", f"{task}: score vs size", 1e-6)):
+        have = [q for q in pts if getattr(q, cost) is not None]
+        png = pareto_plot(have, pareto_front(have, cost), cost, ref_cost, label, title, scale=scale) if have else None
+        if png:
+            pngs[f"suite_{task}_{cost}.png"] = png
+            blocks.append(Image(f"suite_{task}_{cost}.png", title))
+    return blocks, pngs
+
+
+def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
+    """The report over every ``suite_<task>.json`` in ``results_dir``."""
+    doc = Document("compresslab against the tools users know (issue 14)")
+    files = sorted(results_dir.glob("suite_*.json"))
+    doc.blocks.append(Para("Built by python -m benchmarks.suite from " + (", ".join(f.name for f in files) or
+                                                                          "no results file yet") + "."))
+    pngs: dict[str, bytes] = {}
+    if not files:
+        doc.blocks.append(Para("Not yet measured: no suite_<task>.json in benchmarks/results.", "warn"))
+    for f in files:
+        blocks, p = task_blocks(f.stem.removeprefix("suite_"), read_json(f))
+        doc.blocks += blocks
+        pngs.update(p)
+    doc.blocks += [Heading("How to read it", 3), Bullets([
+        "method compresslab: our pipeline's deployed file; peer: another tool's (the dense teacher's cells included).",
+        "agreement: fraction of dev examples predicted as the teacher (torch fp32) predicts (Pearson r on regression).",
+        "Every speed figure: one process, every cell interleaved, medians; the CPU ISA flags are in the header."])]
+    return doc, pngs
+
+
+def write_report(results_dir: Path, md_path: Path) -> dict[str, Path]:
+    """Write ``md_path``, the HTML beside it (plots embedded) and the plots under ``report_plots/``."""
+    doc, pngs = build(Path(results_dir))
+    md_path = Path(md_path)
+    written = {}
+    for name, png in pngs.items():
+        atomic_write_bytes(md_path.parent / PLOT_DIR / name, png)
+        written[name] = md_path.parent / PLOT_DIR / name
+    atomic_write_bytes(md_path, to_markdown(doc, PLOT_DIR).encode("utf-8"))
+    html = md_path.with_suffix(".html")
+    atomic_write_bytes(html, to_html(doc, pngs).encode("utf-8"))
+    written.update({"md": md_path, "html": html})
+    return written
