@@ -259,7 +259,7 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
 
 def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPlan, teacher: Teacher,
                store: CellStore, results: ResultsFile, inputs_dir: Path, PeerInputs: Any) -> dict[str, Any]:
-    from .peers import PEERS
+    from .peers import PEERS, NotWiredError
 
     work = store.begin(name, key)
     t0, cpu0 = time.perf_counter(), _cpu_s()
@@ -277,9 +277,10 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
         build_s, cpu_s = _since(t0), round(_cpu_s() - cpu0, 1)
         scored = _score(a, teacher.state, p.threads)
     except Exception as e:  # any failure is this cell's, exactly as raised; the suite goes on
-        log.warning("cell %s failed: %s: %s", name, type(e).__name__, e)
+        error = str(e) if isinstance(e, NotWiredError) else f"{type(e).__name__}: {e}"
+        log.warning("cell %s failed: %s", name, error)
         return store.fail(name, key, {**base, "tool": getattr(PEERS.get(name), "tool", f"compresslab +pipeline={name}"),
-                                      "error": f"{type(e).__name__}: {e}", "build_s": _since(t0)})
+                                      "error": error, "build_s": _since(t0)})
     over = p.cell_cpu_hours is not None and cpu_s > 3600 * float(p.cell_cpu_hours)
     rec = {**base, "tool": tool, "artifact": a.to_dict(), "size_bytes": size_bytes(a.file),
            "score": float(scored.metrics["score"]), "metrics": {k: float(v) for k, v in scored.metrics.items()},

@@ -66,8 +66,10 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
         blocks.append(Para(f"Not timed in this run ({timing.get('status')}: {timing.get('reason', '')}). "
                            + (f"Timings kept from an earlier run of the same cells: {', '.join(kept)}." if kept
                               else "No latency figures: not yet measured."), "warn"))
-    if load.get("busy"):
-        blocks.append(Para("Timed on a busy machine, figures void: " + "; ".join(load.get("reasons") or []), "warn"))
+    # only the timing windows void speed figures (a busy wall-time interval of a build does not)
+    busy = [r for t in load.get("timings") or [] if t.get("busy") for r in t.get("reasons") or ["busy"]]
+    if busy:
+        blocks.append(Para("Timed on a busy machine, speed figures void: " + "; ".join(busy), "warn"))
     rows = []
     for name, s in sysd.items():
         delta = None if s.get("score") is None or teacher is None else s["score"] - teacher
