@@ -31,7 +31,7 @@ store_mod = importlib.import_module("benchmarks.store")
 
 SYSTEM_KEYS = {"method", "tool", "score", "agreement", "latency_ms_b1", "latency_ms_b32", "throughput_real",
                "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "error"}
-PEERS = ["dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "broken"]
+PEERS = ["dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8", "broken"]
 QUIET = {"reader": FakeCpu(other=0.0), "probe_s": 0.0, "sleep": lambda s: None, "allow_busy": False,
          "window": {"reader": FakeCpu(other=0.0), "probe_s": 0.0}}
 
@@ -190,7 +190,7 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     d = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert code == 0 and d["meta"]["timing"]["status"] == "timed"
     timed = set(d["meta"]["timing"]["timed"])
-    assert timed == {"int8", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic"}
+    assert timed == {"int8", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8"}
     for n in timed:
         s = d["systems"][n]
         assert s["latency_ms_b1"] > 0 and s["latency_ms_b32"] > 0 and s["throughput_real"] > 0
