@@ -19,12 +19,13 @@ run in chunks because every ORT session keeps its own memory arena (dozens at b3
 take gigabytes).
 
 Tables are cached as JSON under ``cache_dir/latency/<model+shape>/<environment hash>.json`` by
-:mod:`compresslab.bench.table_cache` (shared with the n-bit table). The environment covers the CPU model and ISA, the onnxruntime/torch/transformers versions, threads,
-provider, batch x seq and the architecture; a table from another environment is never used, and
-when one exists the log says which facts differ before measuring anew. A table measured on a busy
-machine (:mod:`compresslab.bench.machine_load`: other processes' CPU use before or during the
-timing, or a training lock overridden) is used for this run, with a loud warning, but never
-cached: a later run on a quiet machine measures it again.
+:mod:`compresslab.bench.table_cache` (shared with the n-bit table). The environment covers the CPU
+model and ISA, the onnxruntime/torch/transformers versions, threads, provider, batch x seq and the
+architecture; a table from another environment is never used, and when one exists the log says which
+facts differ before measuring anew. A table measured on a busy machine
+(:mod:`compresslab.bench.machine_load`: other processes' CPU use before or during the timing, or a
+training lock overridden) is used for this run, with a loud warning, but never cached: a later run
+on a quiet machine measures it again.
 
 **Whole-model calibration** (issue #13). One-layer probes price a module out of context: on the
 bench teacher the table predicted 2.82x for a member that measured 2.17x, and the error grew the

@@ -81,7 +81,8 @@ class NBitsTableSettings:
             raise ValueError(f"latency.warmup must be an integer >= 0, got {self.warmup!r}")
         if not is_int(self.accuracy_level) or self.accuracy_level not in ACCURACY_LEVELS:
             raise ValueError(f"latency.accuracy_level={self.accuracy_level!r} is not valid; allowed: "
-                             f"{', '.join(map(str, ACCURACY_LEVELS))} (MatMulNBits' attribute, as the deploy step sets it)")
+                             f"{', '.join(map(str, ACCURACY_LEVELS))} (MatMulNBits' attribute, as the deploy step "
+                             "sets it)")
         if not isinstance(self.provider, str) or not self.provider:
             raise ValueError(f"latency.provider must be an ONNX Runtime provider name, got {self.provider!r}")
         resolve_threads(self.threads)  # ValueError for 0, negatives, bools

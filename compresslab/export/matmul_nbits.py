@@ -506,5 +506,6 @@ def probe_kernel_path(bits: int, block_size: int, accuracy_level: int = 0, *, ti
 
 
 __all__ = ["ACCURACY_LEVELS", "KERNEL_2BIT", "ORT_BITS", "ORT_BLOCKS", "ORT_FALLBACK_LOG", "SIDECAR", "compare_graphs",
-           "deployable_block", "deployed_bits", "export_quantized", "grid_codes", "matmul_nbits_node", "onnx_module_path",
-           "pack_codes", "probe_kernel_path", "read_quant_sidecar", "to_matmul_nbits", "unpack_codes", "write_quant_sidecar"]
+           "deployable_block", "deployed_bits", "export_quantized", "grid_codes", "matmul_nbits_node",
+           "onnx_module_path", "pack_codes", "probe_kernel_path", "read_quant_sidecar", "to_matmul_nbits",
+           "unpack_codes", "write_quant_sidecar"]

@@ -3,19 +3,21 @@
 sensitivity per targeted Linear (HAWQ-V2: average Hessian trace by Hutchinson, one shared Rademacher
 probe over all Linears per HVP; or Q-BERT: top eigenvalue per encoder layer by power iteration)
 -> bits per Linear from ``choices`` (HAWQ-V3's integer program over Σ Ω_i · ‖Q_b(W_i) − W_i‖² under an
-average-bits budget; Q-BERT's rank rule; a random map at the same budget as the control; or one
-uniform width) -> dynamic ``FakeQuantLinear`` swap -> QAT with KD through ``training.recover``
+average-bits, size and/or latency budget; Q-BERT's rank rule; a random map at the same budget as the
+control; or one uniform width) -> dynamic ``FakeQuantLinear`` swap -> QAT with KD through ``training.recover``
 (straight-through estimator, ranges recomputed every forward: Q-BERT's dynamic ranges) -> frozen
 (weights become ``ŵ``; scales and integer zero points become buffers, the layout ONNX Runtime's
 MatMulNBits takes: the ``ort_matmul_nbits`` pass writes it).
 
 The math lives in ``ops/quant.py`` (quantizer), ``ops/loss_hessian.py`` + ``quant/sensitivity.py``
-(Hessian statistics over train batches, eval mode, eager attention, fp32) and ``quant/allocate.py``
-+ ``ops/knapsack.solve_milp`` (allocation).
+(Hessian statistics over train batches, eval mode, eager attention, fp32), ``quant/allocate.py``
++ ``ops/knapsack.solve_milp`` (allocation) and ``bench/nbits_latency.py`` (the latency table of the
+deployed MatMulNBits per Linear and width, measured on this machine, for ``latency_limit``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -27,6 +29,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
+from compresslab.bench.nbits_latency import NBitsTableSettings
 from compresslab.ops.quant import check_bits, check_group, quant_error
 from compresslab.models.quantized import average_bits, freeze_all, quantize_modules
 from compresslab.registry import register_pass
@@ -134,17 +137,36 @@ class HessianSettings:
 class Hawq:
     """Mixed-precision (or uniform) n-bit weights for the targeted Linears, then QAT with KD.
 
-    ``bits`` set: every target gets that width (no Hessian). Otherwise ``avg_bits`` is the budget
-    Σ nᵢbᵢ / Σ nᵢ over the targets' weights (fp32 counts as 32), allocated over ``choices`` (widths
-    in 1–8, and 32 = keep fp32) by ``allocate`` from ``sensitivity``. ``couple_qkv`` gives Q, K and
-    V of a layer one width. ``embedding_bits`` also quantizes the word embeddings (rows in blocks of
-    ``block_size``, or whole rows; Q-BERT §4 keeps them at 8 bits; position and token-type embeddings
-    stay fp32); they are outside the bit budget. ``recovery`` is the QAT (0 steps = post-training
-    quantization).
+    ``bits`` set: every target gets that width (no Hessian). Otherwise widths from ``choices``
+    (1–8 bits, and 32 = keep fp32) are allocated by ``allocate`` from ``sensitivity`` under every
+    budget that is set (at least one; ``allocate=random`` takes ``avg_bits`` alone):
+
+    * ``avg_bits``: Σ nᵢbᵢ / Σ nᵢ over the targets' weights, in bits (fp32 counts as 32);
+    * ``size_bytes``: Σ nᵢbᵢ / 8 over the targets, nominal weight bytes (no scales or zero points);
+    * ``latency_limit``: a **fraction** of the all-fp32 time, i.e. Σᵢ tᵢ(bᵢ) ≤ latency_limit · Σᵢ tᵢ(32),
+      where tᵢ(b) is the median time of target i's deployed MatMul (MatMulNBits at b bits, a plain
+      MatMul at 32; bias excluded) on this machine at ``latency.batch`` × ``latency.seq`` rows,
+      ``latency.threads`` (null: the run's, as ``cli`` pinned torch) and the deploy step's
+      ``latency.accuracy_level`` (0.8 = at most 80% of the fp32 MatMuls' summed time). The table
+      is measured (or read from this machine's cache, never another's) before any Hessian work
+      (``bench/nbits_latency.py``). A width can be slower than fp32 (2 bits at accuracy_level 0 is
+      dequantized to fp32 before an SGEMM).
+
+    Every budget is checked for feasibility before the Hessian: :class:`~compresslab.ops.knapsack.
+    InfeasibleBudgetError` (a ValueError) names the smallest achievable value. ValueError at
+    construction for a budget that is not a finite number > 0, ``latency_limit`` or ``size_bytes``
+    with ``bits`` or ``allocate=random``, no budget at all, or bad ``latency`` settings.
+
+    ``couple_qkv`` gives Q, K and V of a layer one width. ``embedding_bits`` also quantizes the word
+    embeddings (rows in blocks of ``block_size``, or whole rows; Q-BERT §4 keeps them at 8 bits;
+    position and token-type embeddings stay fp32); they are outside the bit budget. ``recovery`` is
+    the QAT (0 steps = post-training quantization).
     """
 
     bits: int | None = None
     avg_bits: float | None = 3.0
+    size_bytes: float | None = None
+    latency_limit: float | None = None
     choices: list[int] = field(default_factory=lambda: [2, 3, 4, 8, FP32])
     sensitivity: Sensitivity = Sensitivity.TRACE
     allocate: Allocate = Allocate.ILP
@@ -153,6 +175,7 @@ class Hawq:
     couple_qkv: bool = False
     embedding_bits: int | None = None
     hessian: HessianSettings = field(default_factory=HessianSettings)
+    latency: NBitsTableSettings = field(default_factory=NBitsTableSettings)
     recovery: Recovery = field(default_factory=Recovery)
     targets: list[str] | None = None
     ignore: list[str] | None = None
@@ -167,6 +190,7 @@ class Hawq:
         self.allocate = coerce_enum(Allocate, self.allocate, "allocate")
         self.group = coerce_enum(Group, self.group, "group")
         self.hessian = HessianSettings.coerce(self.hessian)
+        self.latency = NBitsTableSettings.coerce(self.latency)
         if self.sensitivity is Sensitivity.EIGEN and self.hessian.estimator is HessianEstimator.EXACT:
             raise ValueError("hessian.estimator=exact estimates traces; sensitivity=eigen runs power iteration on HVPs "
                              "(set sensitivity=trace, or hessian.estimator=hutchinson)")
@@ -180,17 +204,30 @@ class Hawq:
         self.choices = sorted({check_bits(c, "choices") if c != FP32 else FP32 for c in self.choices})
         if self.embedding_bits is not None:
             self.embedding_bits = check_bits(self.embedding_bits, "embedding_bits")
+        self.size_bytes = _budget(self.size_bytes, "size_bytes", "nominal weight bytes sum(n_i b_i) / 8")
+        self.latency_limit = _budget(self.latency_limit, "latency_limit",
+                                     "a fraction of the all-fp32 MatMul time on this machine, e.g. 0.8")
         if self.bits is not None:
             self.bits = check_bits(self.bits, "bits")
+            extra = [k for k in ("size_bytes", "latency_limit") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"bits={self.bits} is one uniform width, so the budget(s) {extra} have nothing to "
+                                 "allocate: unset bits (bits=null) to allocate widths under them")
             return
         if self.allocate is Allocate.RANK and len(self.choices) != 2:
             raise ValueError(f"allocate=rank is Q-BERT's two-width rule (e.g. choices=[2, 3] for MP 2/3); "
                              f"got choices={self.choices} (use allocate=ilp for more widths)")
-        if (self.avg_bits is None or not is_number(self.avg_bits) or not math.isfinite(self.avg_bits)
-                or self.avg_bits <= 0):
-            raise ValueError(f"avg_bits must be a positive finite number of bits (or set bits= for uniform), "
-                             f"got {self.avg_bits!r}")
-        self.avg_bits = float(self.avg_bits)
+        if self.allocate is Allocate.RANDOM and (self.size_bytes is not None or self.latency_limit is not None):
+            raise ValueError("allocate=random is the control at an average-bits budget only; unset size_bytes and "
+                             "latency_limit, or use allocate=ilp")
+        if self.avg_bits is None and self.size_bytes is None and self.latency_limit is None:
+            raise ValueError("no budget: set avg_bits (bits per weight), size_bytes, or latency_limit (a fraction of "
+                             "the all-fp32 MatMul time), or bits= for one uniform width")
+        if self.avg_bits is None:
+            if self.allocate is Allocate.RANDOM:
+                raise ValueError("allocate=random needs avg_bits (the control draws maps at that average)")
+            return
+        self.avg_bits = _budget(self.avg_bits, "avg_bits", "bits per weight; or set bits= for uniform")
         if self.avg_bits < min(self.choices):
             raise ValueError(f"avg_bits={self.avg_bits:g} is below the smallest achievable average "
                              f"{min(self.choices)} (every Linear at the lowest of choices={self.choices})")
@@ -322,22 +359,83 @@ class Hawq:
                                      couple=couple, tol=RANDOM_TOL)
             record["allocation"] = {"method": "random", "seed": ctx.seed, "budget_avg_bits": self.avg_bits}
             return dict(bits), record
-        sens, srec = self._sensitivity(model, ctx, modules)
-        record["sensitivity"] = srec
         if self.sensitivity is Sensitivity.EIGEN:  # Q-BERT allocates per layer: couple a layer's Linears
             keys = layer_keys(model, modules)
             by_layer: dict[str, list[str]] = {}
             for n in modules:
                 by_layer.setdefault(keys[n], []).append(n)
             couple = [g for g in by_layer.values() if len(g) > 1]
+        # the latency table and every budget's feasibility before the Hessian (minutes on MiniLM)
+        latency, limit_s = None, None
+        if self.latency_limit is not None:
+            latency, record["latency"] = self._latency_table(modules, shapes, ctx)
+            limit_s = record["latency"]["limit_s"]
+        self._check_feasible(numel, couple, latency, limit_s)
+        sens, srec = self._sensitivity(model, ctx, modules)
+        record["sensitivity"] = srec
         t0 = time.perf_counter()
         errors = {n: {b: (0.0 if b == FP32 else quant_error(m.weight, b, *shapes[n])) for b in self.choices}
                   for n, m in modules.items()}
-        alloc = allocate_bits(sens, errors, numel, choices=self.choices, avg_bits=self.avg_bits, couple=couple,
+        alloc = allocate_bits(sens, errors, numel, choices=self.choices, avg_bits=self.avg_bits,
+                              size_bytes=self.size_bytes, latency=latency, latency_limit=limit_s, couple=couple,
                               method=self.allocate.value)
         record["allocation"] = {**alloc.to_dict(), "budget_avg_bits": self.avg_bits,
+                                "budget_size_bytes": self.size_bytes, "budget_latency_limit": self.latency_limit,
                                 "solve_s": round(time.perf_counter() - t0, 3), "coupled_groups": len(couple)}
+        if latency is not None and alloc.latency is not None:
+            fp32 = record["latency"]["fp32_total_s"]
+            record["latency"].update(predicted_s=alloc.latency, predicted_relative=alloc.latency / fp32)
         return dict(alloc.bits), record
+
+    def _latency_table(self, modules: Mapping[str, nn.Linear], shapes: Mapping[str, tuple[int, int]],
+                       ctx: PassContext) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+        """The table (seconds per target and width in ``choices``) and its record: where it came from
+        (``source`` measured / cached, the hardware ``fingerprint``), the fp32 total, the budget in
+        seconds. Measured with fp32 too, whatever ``choices``: the limit is relative to it."""
+        from compresslab.bench.nbits_latency import build_nbits_table
+        from compresslab.bench.table_cache import stable_hash
+
+        # (in_features, out_features, quantization block along the input) per target
+        lin = {n: (int(m.weight.shape[1]), int(m.weight.shape[0]), int(shapes[n][0])) for n, m in modules.items()}
+        widths = sorted({*self.choices, FP32})
+        settings = self.latency
+        if settings.threads is None:  # the run's threads: cli.setup_process pinned torch to run.threads
+            settings = dataclasses.replace(settings, threads=torch.get_num_threads())
+        table, info = build_nbits_table(lin, widths, settings, cache_dir=ctx.cache_dir)
+        fp32 = sum(t[FP32] for t in table.values())
+        if not fp32 > 0:
+            raise ValueError(f"the n-bit latency table's all-fp32 total is {fp32!r} s: cannot take latency_limit="
+                             f"{self.latency_limit:g} as a fraction of it (delete its cache file to re-measure)")
+        env = info["fingerprint"]
+        load = info.get("machine_load") or {}
+        record = {
+            "source": info["source"], "cache_file": info.get("cache_file"), "unit": "s",
+            "fingerprint": {k: env.get(k) for k in ("cpu.model", "cpu.isa", "libraries.onnxruntime", "threads")},
+            "fingerprint_hash": stable_hash(env),
+            "settings": {k: env.get(k) for k in ("batch", "seq", "accuracy_level", "provider")},
+            "limit": self.latency_limit, "limit_unit": "fraction of the all-fp32 summed MatMul time of the targets",
+            "fp32_total_s": fp32, "limit_s": self.latency_limit * fp32,
+            "entries_ms": {k: v["p50_ms"] for k, v in (info.get("entries_ms") or {}).items()},
+            "machine_load": {"busy": bool(load.get("busy")), "reasons": list(load.get("reasons") or [])},
+        }
+        return {n: {b: t[b] for b in self.choices} for n, t in table.items()}, record
+
+    def _check_feasible(self, numel: Mapping[str, int], couple: list[list[str]],
+                        latency: Mapping[str, Mapping[int, float]] | None, limit_s: float | None) -> None:
+        """Refuse, before the Hessian, budgets that no map meets: the same integer program with a zero
+        objective (couplings included). InfeasibleBudgetError naming each budget's smallest achievable
+        value, the latency one as a fraction of the fp32 time (the unit ``latency_limit`` is given in)."""
+        from compresslab.ops.knapsack import InfeasibleBudgetError
+        from compresslab.quant.allocate import allocate_bits
+
+        zero = {n: 0.0 for n in numel}
+        try:
+            allocate_bits(zero, {n: {b: 0.0 for b in self.choices} for n in numel}, numel, choices=self.choices,
+                          avg_bits=self.avg_bits, size_bytes=self.size_bytes, latency=latency,
+                          latency_limit=limit_s, couple=couple, method="ilp")
+        except InfeasibleBudgetError as e:
+            raise InfeasibleBudgetError(_infeasible(e, self.latency_limit, limit_s, self.choices),
+                                        e.smallest, e.limits) from None
 
     def _sensitivity(self, model: nn.Module, ctx: PassContext,
                      modules: Mapping[str, nn.Linear]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -403,12 +501,43 @@ class Hawq:
         return {n: max(0.0, v) for n, v in raw.items()}, record
 
 
+def _infeasible(e: Any, limit: float | None, limit_s: float | None, choices: list[int]) -> str:
+    """The message of an infeasible budget in the units the settings use (the latency as a fraction
+    of the all-fp32 time and in ms on this machine)."""
+    if limit is None or limit_s is None or "latency" not in e.smallest:
+        return f"hawq: {e} (choices={choices})"
+    fp32 = limit_s / limit
+    least = e.smallest["latency"]
+    parts = []
+    if least > limit_s * (1 + 1e-9):
+        parts.append(f"latency_limit={limit:g} ({1e3 * limit_s:.4g} ms; 1.0 = {1e3 * fp32:.4g} ms, every target "
+                     f"fp32) is below the smallest achievable {least / fp32:.4g} ({1e3 * least:.4g} ms) with "
+                     f"choices={choices} on this machine")
+    label = {"avg_bits": "avg_bits", "size_bytes": "size_bytes"}
+    parts += [f"{label[k]}={e.limits[k]:g} is below the smallest achievable {e.smallest[k]:g}"
+              for k in label if k in e.limits and e.smallest[k] > e.limits[k] * (1 + 1e-9)]
+    if not parts:
+        achievable = {k: round(v / fp32, 4) if k == "latency" else v for k, v in e.smallest.items()}
+        parts.append(f"the budgets are each achievable alone but not together (smallest achievable: {achievable}, "
+                     "latency as a fraction of the all-fp32 time)")
+    return "hawq: " + "; ".join(parts)
+
+
+def _budget(value: Any, name: str, unit: str) -> float | None:
+    """``value`` as a float, None when unset; ValueError naming ``name`` and its ``unit`` unless it is a
+    finite number > 0 (a bool, a string, nan, inf, 0 or a negative are refused at settings time)."""
+    if value is None:
+        return None
+    if not is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number ({unit}), got {value!r}")
+    return float(value)
+
+
 def _cache_path(ctx: PassContext, model: nn.Module, modules: Mapping[str, nn.Linear], method: str,
                 settings: HessianSettings) -> "Path | None":
     """Where a sensitivity of this exact model, data and setting is cached (None: no cache dir)."""
     if ctx.cache_dir is None:
         return None
-    import dataclasses
     import hashlib
     import json
 

@@ -117,8 +117,12 @@ def _name_groups(couple: Sequence[Sequence[str]], names: list[str]) -> list[list
 
 
 def _infeasible_message(smallest: Mapping[str, float], asked: Mapping[str, float]) -> str:
+    """Each limit below its smallest achievable value, in the limit's own unit (the latency in the
+    table's: the sum over modules of the table at their widths, e.g. seconds)."""
     label = {"avg_bits": "average bits", "size_bytes": "size in bytes", "latency": "latency limit"}
-    over = [f"{label[k]} {asked[k]:g} is below the smallest achievable {smallest[k]:g}"
+    unit = {"latency": " (the sum of the latency table over the modules, in the table's unit; the least any "
+                       "allowed map of widths reaches)"}
+    over = [f"{label[k]} {asked[k]:g} is below the smallest achievable {smallest[k]:g}{unit.get(k, '')}"
             for k in asked if smallest[k] > asked[k] * (1 + 1e-9)]
     if over:
         return "; ".join(over)
