@@ -1,0 +1,511 @@
+"""The accuracy-aware search: ``python -m compresslab +search=auto search.max_drop=1.0
+search.objective=latency search.time_budget_s=7200 [task=... budget=... ...]``.
+
+It tries the candidates of ``search.space`` (:mod:`compresslab.search.space`) in order, each as a
+normal run (``+pipeline=<p>`` + the command's other overrides + the candidate's, scored with
+``eval=validation``): a finished run dir is read back, not rerun, and the teacher comes from its
+cache. After every candidate it writes ``search.json`` atomically and keeps a copy of the best
+model so far under ``<search dir>/best/``; a failed candidate is recorded with its error and the
+search goes on. A candidate whose time estimate does not fit in what is left of
+``search.time_budget_s`` is not started. At the end it reports the choice
+(:mod:`compresslab.search.objective`), the Pareto front, and the dev scores of the chosen model and
+of the best single-method candidate (:mod:`compresslab.search.dev_score`).
+
+Rerunning the same command resumes: finished and failed candidates are read from ``search.json``
+(failed ones are retried only with ``search.retry_failed=true``), and the time already spent counts
+against the budget. The search dir is ``<paths.output_dir>/search/<hash>`` (or ``search.dir``),
+the hash of everything that decides which runs it makes, the time budget excepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from compresslab.manifest import atomic_write_json, now, read_json, stable_hash
+from compresslab.search.objective import (Objective, Outcome, SearchSettings, meets, pick, rank, read_run, select,
+                                          shape_key)
+from compresslab.search.space import Candidate, Entry, expand, first_candidates, parse_space
+from compresslab.validate import SettingsError
+
+log = logging.getLogger(__name__)
+
+SEARCH_FILE = "search.json"
+BEST_DIR = "best"
+SCHEMA = 1
+# what a candidate's run gets on top of the command's overrides: it is scored on validation
+EVAL_OVERRIDE = "eval=validation"
+
+
+@dataclass
+class SearchPlan:
+    """Everything a search needs, checked before any work (:func:`plan_search`)."""
+
+    settings: SearchSettings
+    entries: list[Entry]
+    base_overrides: list[str]  # the command's overrides for every candidate (pass settings filtered per pipeline)
+    search_dir: Path
+    threads: int | None = None
+    seed: int = 42
+    command: list[str] = field(default_factory=list)
+
+    def candidate_args(self, c: Candidate) -> list[str]:
+        """The overrides that compose ``c``'s run, as a command line would give them."""
+        steps = pipeline_steps(c.pipeline)
+        base = [o for o in self.base_overrides if _pass_step(o) is None or _pass_step(o) in steps]
+        return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
+
+
+def pipeline_steps(name: str) -> list[str]:
+    """The step names of a shipped pipeline (``conf/pipeline/<name>.yaml``), read without composing."""
+    from omegaconf import OmegaConf
+
+    from compresslab.config import pipelines_dir
+
+    return [str(s) for s in OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("steps") or []]
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _pass_step(override: str) -> str | None:
+    """``pipeline.passes.<step>.x=v`` -> ``<step>``: such a setting applies to the pipelines having that step."""
+    parts = _key(override).split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["pipeline", "passes"] else None
+
+
+def base_overrides(overrides: Sequence[str]) -> list[str]:
+    """The command's overrides every candidate gets: ``search`` ones removed; SettingsError for those a
+    search decides itself (the pipeline, the eval split, one run dir for all, stopping runs early)."""
+    out = []
+    for o in overrides:
+        key = _key(o)
+        if key == "search" or key.startswith("search."):
+            continue
+        if key == "pipeline" or (key.startswith("pipeline.") and _pass_step(o) is None):
+            raise SettingsError(f"{o}: a search chooses the pipelines itself (search.space); remove it (pass settings "
+                                "pipeline.passes.<step>.<key>=V are allowed: they apply where the step exists)")
+        if key in ("eval", "eval.split", "eval.enabled"):
+            raise SettingsError(f"{o}: a search scores every candidate on the validation split (eval=validation) and "
+                                "reports dev for the chosen one itself; remove it")
+        if key in ("run.dir", "run.stop_after", "run.overwrite") and o.partition("=")[2] not in ("null", "false", ""):
+            raise SettingsError(f"{o}: every candidate is its own run in its own dir; a search cannot use {key} "
+                                "(search.dir sets where the search itself writes)")
+        out.append(o)
+    return out
+
+
+def _check_task(cfg: Any) -> None:
+    """SettingsError unless the task has a train split to carve a non-empty validation split from."""
+    from compresslab.data.tasks import get_task
+
+    t = cfg.task
+    if t.get("val_size") == 0:
+        raise SettingsError("task.val_size=0 leaves no validation split, and a search selects on validation only "
+                            "(never on dev): leave task.val_size unset (min(1000, 5% of train)) or give a size")
+    if t.get("generic") is not None or t.name == "generic":
+        if not (t.get("generic") or {}).get("train"):
+            raise SettingsError("task.generic.train is not set: a search selects on a validation split carved from "
+                                "train, so it needs a train file (task.generic.train=PATH)")
+        return
+    spec = get_task(str(t.name))
+    if spec.train_file is None:
+        raise SettingsError(f"task {spec.name!r} has no train split to carve a validation split from (it ships dev "
+                            "only), and a search never selects on dev: pick a task with a train split")
+
+
+def _check_objective(settings: SearchSettings, run_settings: Any) -> None:
+    b = run_settings.bench
+    if settings.objective is not Objective.LATENCY:
+        return
+    if not b.enabled:
+        raise SettingsError("search.objective=latency reads each candidate's bench stage, but bench.enabled=false; "
+                            "enable the bench (or search.objective=size)")
+    shapes = [tuple(s) for s in b.shapes]
+    if settings.latency_shape is not None and settings.latency_shape not in shapes:
+        raise SettingsError(f"search.latency_shape={list(settings.latency_shape)} is not among bench.shapes "
+                            f"{[list(s) for s in shapes]}: add it there or pick one of them")
+
+
+def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
+    """Check a ``+search=NAME`` config before any work and return the plan.
+
+    Checks: the search settings (objective, max_drop > 0 and finite, margin, time budget > 0), the
+    space (not empty, every entry's pipeline and keys), the command's overrides, the task (a train
+    split to carve validation from), and every candidate config known before any result (each
+    composed and preflighted as a normal run). Raises SettingsError / ConfigError / PipelineError /
+    FileNotFoundError naming what to change; nothing is written.
+    """
+    from omegaconf import OmegaConf
+
+    from compresslab.config import available_pipelines, compose
+    from compresslab.pipeline.plan import config_identity
+    from compresslab.pipeline.preflight import preflight
+    from compresslab.pipeline.settings import RunSettings
+
+    raw = OmegaConf.to_container(cfg.search, resolve=True)
+    if not isinstance(raw, dict):
+        raise SettingsError(f"search must be a mapping (conf/search/*.yaml), got {raw!r}")
+    settings = SearchSettings.from_mapping(raw)
+    entries = parse_space(raw.get("space"), available_pipelines())
+    base = base_overrides(list(overrides))
+    plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
+    first = None
+    for entry in entries:
+        for c in first_candidates(entry, entries):
+            args = plan.candidate_args(c)
+            try:
+                ccfg = compose(args)
+                preflight(ccfg)
+            except (ValueError, FileNotFoundError) as e:
+                raise type(e)(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
+            if first is None:
+                first = ccfg
+    assert first is not None  # parse_space refuses an empty space
+    _check_task(first)
+    rs = RunSettings.from_config(first)
+    _check_objective(settings, rs)
+    identity = {k: v for k, v in config_identity(first).items() if k != "pipeline"}
+    what = {"space": raw.get("space"), "identity": identity,
+            "pass_overrides": sorted(o for o in base if _pass_step(o) is not None),
+            "settings": {k: v for k, v in settings.to_dict().items()
+                         if k not in ("time_budget_s", "retry_failed", "dir", "unit_s")}}
+    plan.search_dir = Path(settings.dir) if settings.dir else Path(first.paths.output_dir) / "search" / stable_hash(what)
+    plan.threads, plan.seed = rs.threads, rs.seed
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- running
+
+Runner = Callable[[Candidate], Outcome]
+DevScorer = Callable[[str], dict]
+
+
+def _outcome(c: Candidate, status: str, **kw: Any) -> Outcome:
+    return Outcome(name=c.name, entry=c.entry, pipeline=c.pipeline, overrides=list(c.overrides),
+                   methods=list(c.methods), status=status, extra={"cost": c.cost}, **kw)
+
+
+def _teacher_s(manifest: Mapping[str, Any]) -> float:
+    """Seconds the run's teacher-making step took (fine-tuning: not part of the candidate's own price)."""
+    from compresslab.registry import UnknownPassError, get_pass
+
+    for s in manifest.get("steps") or ():
+        try:
+            if getattr(get_pass(str((s.get("pass_config") or {}).get("name"))), "makes_teacher", False):
+                return float(s.get("wall_s") or 0.0)
+        except UnknownPassError:
+            continue
+    return 0.0
+
+
+def run_candidate(plan: SearchPlan, c: Candidate) -> Outcome:
+    """Run ``c`` as a normal run (or read back its finished run dir) and read its figures.
+
+    Raises whatever the run raises (the driver records it as the candidate's error).
+    """
+    from compresslab.config import compose
+    from compresslab.pipeline import run
+    from compresslab.pipeline.plan import resolve_run_dir
+
+    args = plan.candidate_args(c)
+    cfg = compose(args)
+    run_dir = resolve_run_dir(cfg)
+    mpath = run_dir / "manifest.json"
+    t0 = time.perf_counter()
+    ran = not (mpath.is_file() and read_json(mpath).get("status") == "finished")
+    if ran:
+        run_dir = run(cfg, overrides=args)
+    ran_s = time.perf_counter() - t0 if ran else 0.0
+    m = read_json(run_dir / "manifest.json")
+    if m.get("status") != "finished":
+        raise RuntimeError(f"the run ended {m.get('status')!r}, not finished ({run_dir})")
+    figures = read_run(m, plan.settings.latency_shape)
+    return _outcome(c, "ok", run_dir=str(run_dir), ran_s=round(ran_s, 2), teacher_s=_teacher_s(m) if ran else 0.0,
+                    **figures)
+
+
+def estimate_s(c: Candidate, done: Sequence[Outcome], prior_unit_s: float) -> float:
+    """Seconds ``c`` is expected to take: its cost x the seconds per cost unit, the largest seen on
+    the candidates this search ran (teacher fine-tuning left out), else ``prior_unit_s``. The largest,
+    not the mean: a candidate is not started when its estimate does not fit."""
+    ratios = [(o.ran_s - o.teacher_s) / float(o.extra.get("cost") or 1.0) for o in done if o.ran_s > 0]
+    unit = max(ratios) if ratios else prior_unit_s
+    return c.cost * max(unit, 0.0)
+
+
+def _as_candidate(o: Outcome) -> Candidate:
+    return Candidate(o.name, o.entry, o.pipeline, tuple(o.overrides), tuple(o.methods), float(o.extra.get("cost", 1)))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def save_best(search_dir: Path, o: Outcome, met: bool) -> dict[str, Any] | None:
+    """Copy (hard-link where possible) the directory of ``o``'s deployed file to ``<search_dir>/best``,
+    replacing the previous best whole (built beside it, then renamed in). Returns the record for
+    ``search.json``; None when ``o`` has no run dir (nothing to copy)."""
+    if not o.run_dir:
+        return None
+    run_dir = Path(o.run_dir)
+    rel = (read_json(run_dir / "manifest.json").get("eval") or {}).get("deployed_path")
+    if not rel:
+        return None
+    src = (run_dir / rel).parent
+    tmp, best, old = search_dir / f".{BEST_DIR}.tmp", search_dir / BEST_DIR, search_dir / f".{BEST_DIR}.old"
+    for d in (tmp, old):
+        shutil.rmtree(d, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "pass.json":
+            _link_or_copy(f, tmp / f.name)
+    record = {"name": o.name, "met": met, "run_dir": o.run_dir, "file": f"{BEST_DIR}/{Path(rel).name}",
+              "source": str(src), "saved": now()}
+    atomic_write_json(tmp / "choice.json", record)
+    if best.exists():
+        best.rename(old)
+    tmp.rename(best)
+    shutil.rmtree(old, ignore_errors=True)
+    return record
+
+
+class Search:
+    """One search's loop over the space (see the module docstring). ``runner`` runs a candidate
+    (default :func:`run_candidate`), ``dev_scorer`` scores a run dir on dev (default
+    :func:`compresslab.search.dev_score.dev_scores`), ``clock`` gives seconds (monotonic)."""
+
+    def __init__(self, plan: SearchPlan, *, runner: Runner | None = None, dev_scorer: DevScorer | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.plan, self.s = plan, plan.settings
+        self.runner = runner or (lambda c: run_candidate(plan, c))
+        self.dev_scorer = dev_scorer
+        self.clock = clock
+        self.path = plan.search_dir / SEARCH_FILE
+        self.recorded: dict[str, Outcome] = {}
+        self.spent_before = 0.0
+        self.best: dict[str, Any] | None = None
+        if self.path.is_file():
+            data = read_json(self.path)
+            self.recorded = {d["name"]: Outcome.from_dict(d) for d in data.get("candidates", [])}
+            self.spent_before = float(data.get("spent_s") or 0.0)
+            self.best = data.get("best")
+        self.outcomes: list[Outcome] = []  # this pass over the space, in order
+        self.t0 = clock()
+
+    # ------------------------------------------------------------------ time
+    def spent_s(self) -> float:
+        return self.spent_before + (self.clock() - self.t0)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        """Try the space, then report; returns what ``search.json`` holds. KeyboardInterrupt is
+        recorded (status ``interrupted``) and re-raised: the same command resumes."""
+        self.plan.search_dir.mkdir(parents=True, exist_ok=True)
+        log.info("search: %s, max_drop %.2f pt (selection on validation at <= %.2f pt), budget %.0f s (%.0f spent "
+                 "before), dir %s", self.s.objective.value, self.s.max_drop, self.s.select_drop, self.s.time_budget_s,
+                 self.spent_before, self.plan.search_dir)
+        status = "finished"
+        try:
+            for entry in self.plan.entries:
+                if self._entry(entry):
+                    status = "budget_spent"
+        except KeyboardInterrupt:
+            self._save("interrupted")
+            raise
+        return self._finish(status)
+
+    def _passing(self) -> dict[str, list[Candidate]]:
+        names = {o.entry for o in self.outcomes}
+        return {e: [_as_candidate(o) for o in rank([o for o in self.outcomes if o.entry == e], self.s)]
+                for e in names}
+
+    def _entry(self, entry: Entry) -> bool:
+        """Try ``entry``'s candidates; True when the time budget kept one from starting."""
+        cands, why = expand(entry, self._passing(), self.s.seeds_per_key)
+        if not cands:
+            log.info("search: %s skipped: %s", entry.name, why)
+            self._add(Outcome(name=entry.name, entry=entry.name, pipeline=entry.pipeline, overrides=[],
+                              methods=list(entry.methods), status="skipped", reason=why))
+            return False
+        missed, budget_hit = None, False
+        seen = {o.name for o in self.outcomes}
+        for c in cands:
+            if c.name in seen:
+                continue
+            if missed is not None:
+                self._add(_outcome(c, "skipped", reason=f"{missed} already missed the drop budget on validation "
+                                                        f"(search.space.{entry.name}.stop_on_miss)"))
+                continue
+            o = self._reuse(c)
+            if o is None:
+                est, left = estimate_s(c, self._ran(), self.s.unit_s), self.s.time_budget_s - self.spent_s()
+                if est > left:
+                    budget_hit = True
+                    o = _outcome(c, "skipped", reason=f"time budget: estimated {est:.0f} s, {max(left, 0):.0f} s "
+                                                      f"left of search.time_budget_s={self.s.time_budget_s:g}")
+                    log.info("search: %s not started (%s)", c.name, o.reason)
+                else:
+                    o = self._try(c, est, left)
+            self._add(o)
+            if entry.stop_on_miss and entry.key is not None and o.ok and not meets(o, self.s):
+                missed = c.name
+        return budget_hit
+
+    def _ran(self) -> list[Outcome]:
+        return [o for o in [*self.outcomes, *self.recorded.values()] if o.ran_s > 0]
+
+    def _reuse(self, c: Candidate) -> Outcome | None:
+        """The recorded outcome of ``c`` from an earlier invocation: finished, or failed (unless
+        ``search.retry_failed``); None when it must run."""
+        o = self.recorded.get(c.name)
+        if o is None or o.overrides != list(c.overrides) or o.pipeline != c.pipeline:
+            return None
+        if o.ok and (o.run_dir is None or (Path(o.run_dir) / "manifest.json").is_file()):
+            log.info("search: %s finished earlier (read from %s)", c.name, SEARCH_FILE)
+            return o
+        if o.status == "failed" and not self.s.retry_failed:
+            log.info("search: %s failed earlier, not retried (search.retry_failed=true retries): %s", c.name, o.error)
+            return o
+        return None
+
+    def _try(self, c: Candidate, est: float, left: float) -> Outcome:
+        log.info("search: starting %s (estimated %.0f s, %.0f s left)", c.name, est, left)
+        t0 = self.clock()
+        try:
+            o = self.runner(c)
+        except Exception as e:  # a failed candidate is recorded and the search goes on
+            msg = " ".join(f"{type(e).__name__}: {e}".split())
+            log.warning("search: %s FAILED: %s", c.name, msg)
+            o = _outcome(c, "failed", error=msg, ran_s=round(self.clock() - t0, 2))
+            return o
+        what = (f"{o.speedup:.2f}x vs best_dense" if o.speedup is not None else "no speedup") + \
+            (f", {o.size_bytes / 1e6:.1f} MB" if o.size_bytes is not None else "")
+        log.info("search: %s: validation %.4f (drop %.2f pt, %s budget), %s, %.0f s", c.name, o.val_score or 0.0,
+                 o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE", what, o.ran_s)
+        return o
+
+    def _add(self, o: Outcome) -> None:
+        self.outcomes.append(o)
+        if o.status != "skipped":
+            self.recorded[o.name] = o
+        chosen, met = pick(self.outcomes, self.s)
+        if chosen is not None and (self.best is None or self.best.get("name") != chosen.name
+                                   or self.best.get("met") != met):
+            self.best = save_best(self.plan.search_dir, chosen, met) or {"name": chosen.name, "met": met}
+            log.info("search: best so far: %s%s", chosen.name, "" if met else " (closest; none within budget yet)")
+        self._save("running")
+
+    # ------------------------------------------------------------------ report
+    def _dev(self, o: Outcome | None) -> None:
+        if o is None or o.dev is not None or not o.run_dir:
+            return
+        scorer = self.dev_scorer
+        if scorer is None:
+            from compresslab.search.dev_score import dev_scores as scorer
+        try:
+            o.dev = scorer(o.run_dir)
+        except Exception as e:  # the choice stands; the report says why its dev score is missing
+            o.dev = {"error": " ".join(f"{type(e).__name__}: {e}".split())}
+            log.warning("search: dev score of %s failed: %s", o.name, o.dev["error"])
+
+    def _finish(self, status: str) -> dict[str, Any]:
+        sel = select(self.outcomes, self.s)
+        for o in (sel.chosen, sel.best_single):
+            self._dev(o)
+        data = self._save(status, sel)
+        log.info("search: %s", data["message"])
+        return data
+
+    def _save(self, status: str, sel: Any = None) -> dict[str, Any]:
+        sel = sel or select(self.outcomes, self.s)
+        skipped_budget = [o.name for o in self.outcomes if o.status == "skipped" and (o.reason or "").startswith("time")]
+        msg = sel.message
+        if status == "budget_spent":
+            msg += (f". The time budget ({self.s.time_budget_s:g} s) kept {len(skipped_budget)} candidate(s) from "
+                    f"starting: {', '.join(skipped_budget)} (a larger search.time_budget_s resumes with them)")
+        teacher_dev = next((o.dev.get("teacher_dev") for o in (sel.chosen, sel.best_single)
+                            if o is not None and o.dev and "teacher_dev" in o.dev), None)
+        data = {"schema": SCHEMA, "status": status, "message": msg, "updated": now(),
+                "search_dir": str(self.plan.search_dir), "settings": self.s.to_dict(),
+                "space": [e.name for e in self.plan.entries], "base_overrides": self.plan.base_overrides,
+                "command": self.plan.command, "time_budget_s": self.s.time_budget_s, "spent_s": round(self.spent_s(), 2),
+                "objective_shape": shape_key(self.s.latency_shape) if self.s.latency_shape else None,
+                "met": sel.met, "chosen": _report(sel.chosen), "best_single": _report(sel.best_single),
+                "best_single_met": sel.best_single_met, "front": [_report(o) for o in sel.front],
+                "teacher_val": next((o.teacher_val for o in self.outcomes if o.teacher_val is not None), None),
+                "teacher_dev": teacher_dev, "best": self.best,
+                "candidates": [o.to_dict() for o in self._all()]}
+        atomic_write_json(self.path, data)
+        return data
+
+    def _all(self) -> list[Outcome]:
+        """This pass's outcomes, then recorded ones this pass has not reached (kept for resuming)."""
+        names = {o.name for o in self.outcomes}
+        return [*self.outcomes, *(o for n, o in self.recorded.items() if n not in names)]
+
+
+def _report(o: Outcome | None) -> dict[str, Any] | None:
+    """One candidate as the report shows it (``pipeline``, ``val_score``, ``dev_score``, speed and size)."""
+    if o is None:
+        return None
+    dev = o.dev or {}
+    return {"name": o.name, "pipeline": o.pipeline, "overrides": o.overrides, "methods": o.methods,
+            "val_score": o.val_score, "val_drop_pt": o.drop_pt, "dev_score": dev.get("dev_score"),
+            "dev_drop_pt": dev.get("dev_drop_pt"), "speedup_vs_best_dense": o.speedup, "size_bytes": o.size_bytes,
+            "run_dir": o.run_dir, **({"dev_error": dev["error"]} if "error" in dev else {})}
+
+
+def run_search(plan: SearchPlan, **kw: Any) -> dict[str, Any]:
+    """Run a planned search (see :class:`Search` for the keyword arguments); returns ``search.json``'s data."""
+    return Search(plan, **kw).run()
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+def search_from_config(cfg: Any, overrides: Sequence[str]) -> dict[str, Any]:
+    """Plan (every check first) and run the search a composed ``+search=NAME`` config describes."""
+    return run_search(plan_search(cfg, overrides))
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return str(v.value if isinstance(v, Objective) else v)
+
+
+def search(overrides: Sequence[str] | None = None, *, space: str = "auto", **settings: Any) -> dict[str, Any]:
+    """The search from Python: ``compresslab.search.run(["task=sst2"], max_drop=1.0, objective="latency",
+    time_budget_s=3600)`` composes ``+search=<space>`` with ``overrides`` and ``search.<key>=<value>`` per
+    keyword, and returns what ``search.json`` holds (``chosen``, ``best_single``, ``front``, ...).
+    Bad input raises (SettingsError, ConfigError, ...) before any run starts."""
+    from compresslab.config import compose
+
+    args = [f"+search={space}", *(overrides or []), *(f"search.{k}={_value(v)}" for k, v in settings.items())]
+    return search_from_config(compose(args), args)
+
+
+def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None, int], Any]) -> None:
+    """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer."""
+    plan = plan_search(cfg, list(overrides or []))
+    setup(plan.threads, plan.seed)
+    logging.getLogger("compresslab").setLevel(logging.INFO)
+    data = run_search(plan)
+    print(f"search: {data['message']}")
+    best = data.get("best") or {}
+    if best.get("file"):
+        print(f"best model: {plan.search_dir / best['file']}")
+    print(f"search.json: {plan.search_dir / SEARCH_FILE}")

@@ -1,0 +1,279 @@
+"""What a search optimises and how it selects: the score on the VALIDATION split, the drop vs the
+teacher with a safety margin, and the objective value of the deployed artifact.
+
+* ``drop_pt``: (teacher's validation score - the deployed file's validation score) x 100, in
+  points (0.01 of the score), both from the candidate's own eval stage (``eval=validation``).
+* A candidate *meets* the budget when ``drop_pt <= max_drop - margin``: the margin keeps room for
+  the gap between validation and dev, so the chosen model's dev drop also stays within max_drop.
+  Dev is never selected on (MEASURE.md): it is scored for the chosen model only, to report it.
+* The objective: ``latency`` = the deployed file's speedup vs ``best_dense`` at the latency shape
+  (``bench.speedups_best_dense.deployed``; higher is better), ``size`` = the deployed file's bytes
+  (``size.deployed.total``; lower is better).
+
+Selection: the best objective among the candidates that meet; if none meets, the closest (smallest
+drop) with ``met=False`` and a message saying so. The Pareto front is over (validation score,
+objective) of every finished candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any, Mapping, Sequence
+
+from compresslab.validate import SettingsError, coerce_enum, is_number
+
+# drops are compared with this slack: a score read back from JSON may differ in its last bits
+EPS = 1e-9
+
+
+class Objective(str, Enum):
+    """What the search minimises or maximises among the candidates within the drop budget."""
+
+    LATENCY = "latency"  # speedup of the deployed file vs best_dense at the latency shape (higher is better)
+    SIZE = "size"  # bytes of the deployed file (lower is better)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """``search.*`` (conf/search/auto.yaml) other than the space, checked on construction.
+
+    ``max_drop`` and ``margin`` are in points (0.01 of the score: 1.0 = one accuracy point);
+    ``time_budget_s`` and ``unit_s`` in seconds; ``latency_shape`` is (batch, seq) or None for the
+    bench shape with the largest batch. Raises SettingsError naming ``search.<key>``.
+    """
+
+    objective: Objective = Objective.LATENCY
+    max_drop: float = 1.0
+    margin: float = 0.5
+    time_budget_s: float = 7200.0
+    latency_shape: tuple[int, int] | None = None
+    seeds_per_key: int = 2
+    unit_s: float = 150.0
+    retry_failed: bool = False
+    dir: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objective", coerce_enum(Objective, self.objective, "search.objective"))
+        for name in ("max_drop", "time_budget_s", "unit_s"):
+            v = getattr(self, name)
+            if not is_number(v) or not math.isfinite(v) or v <= 0:
+                raise SettingsError(f"search.{name} must be a finite number > 0, got {v!r}"
+                                    + (" (points: 1.0 = one point of the score)" if name == "max_drop" else ""))
+        if not is_number(self.margin) or not math.isfinite(self.margin) or self.margin < 0:
+            raise SettingsError(f"search.margin must be a finite number >= 0 (points), got {self.margin!r}")
+        if self.margin >= self.max_drop:
+            raise SettingsError(f"search.margin={self.margin} must be below search.max_drop={self.max_drop}: "
+                                "a candidate meets the budget when its validation drop <= max_drop - margin")
+        if not isinstance(self.seeds_per_key, int) or isinstance(self.seeds_per_key, bool) or self.seeds_per_key < 1:
+            raise SettingsError(f"search.seeds_per_key must be an integer >= 1, got {self.seeds_per_key!r}")
+        if not isinstance(self.retry_failed, bool):
+            raise SettingsError(f"search.retry_failed must be true or false, got {self.retry_failed!r}")
+        if self.dir is not None and (not isinstance(self.dir, str) or not self.dir.strip()):
+            raise SettingsError(f"search.dir must be a directory path or null, got {self.dir!r}")
+        shape = self.latency_shape
+        if shape is not None:
+            if isinstance(shape, str) or not isinstance(shape, Sequence) or len(shape) != 2 or \
+                    not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape):
+                raise SettingsError(f"search.latency_shape must be [batch, seq] (positive integers) or null, "
+                                    f"got {shape!r}")
+            object.__setattr__(self, "latency_shape", (int(shape[0]), int(shape[1])))
+
+    @property
+    def select_drop(self) -> float:
+        """The largest validation drop (points) a candidate may have to be selected."""
+        return self.max_drop - self.margin
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "SearchSettings":
+        """From ``search.*`` (the ``space`` key is the space's own); unknown keys are refused."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(names) - {"space"})
+        if unknown:
+            raise SettingsError(f"search: unknown setting(s) {unknown}; allowed: {', '.join(names + ['space'])}")
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objective"] = self.objective.value
+        d["latency_shape"] = list(self.latency_shape) if self.latency_shape else None
+        return d
+
+
+def shape_key(shape: tuple[int, int]) -> str:
+    """The bench stage's key of a shape (``b32xs128``)."""
+    return f"b{shape[0]}xs{shape[1]}"
+
+
+@dataclass
+class Outcome:
+    """One candidate as the search saw it (``search.json`` keeps a list of these).
+
+    ``status``: ``ok`` (its run finished and was read), ``failed`` (``error`` says why; the search
+    went on), ``skipped`` (``reason``: the time budget, a milder value that already missed, no seed).
+    ``ran_s``: seconds this search spent running it (0 when read back from a finished run dir);
+    ``teacher_s``: of those, the teacher's fine-tuning (left out of the time estimates).
+    """
+
+    name: str
+    entry: str
+    pipeline: str
+    overrides: list[str]
+    methods: list[str]
+    status: str
+    run_dir: str | None = None
+    val_score: float | None = None
+    teacher_val: float | None = None
+    drop_pt: float | None = None
+    agreement: float | None = None
+    speedup: float | None = None
+    size_bytes: int | None = None
+    ran_s: float = 0.0
+    teacher_s: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+    dev: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def single(self) -> bool:
+        return len(self.methods) == 1
+
+    def value(self, objective: Objective) -> float | None:
+        """The objective's value (speedup, or bytes), None when the run did not record it."""
+        v = self.speedup if objective is Objective.LATENCY else self.size_bytes
+        return None if v is None else float(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Outcome":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict[str, Any]:
+    """The search's figures of a finished run, from its manifest: validation score of the deployed
+    file and of the teacher, the drop in points, agreement, speedup vs best_dense at ``shape`` (None
+    when the bench stage did not run; ``shape`` None = the bench shape with the largest batch) and the
+    deployed file's bytes. ValueError when the run was not scored on validation (dev is never
+    selected on) or lacks its eval section."""
+    ev = manifest.get("eval") or {}
+    if ev.get("split") != "validation":
+        raise ValueError(f"the run was scored on {ev.get('split')!r}, not on the validation split: a search selects "
+                         "on validation only (eval=validation)")
+    models = ev.get("models") or {}
+    if "deployed" not in models or "teacher_torch" not in models:
+        raise ValueError("the run's eval section has no deployed / teacher_torch score")
+    val, teacher = float(models["deployed"]["score"]), float(models["teacher_torch"]["score"])
+    bench = manifest.get("bench") or {}
+    speedup = None
+    per_shape = (bench.get("speedups_best_dense") or {}).get("deployed") or {}
+    if per_shape:
+        key = shape_key(shape) if shape else largest_batch(per_shape)
+        if key not in per_shape:
+            raise ValueError(f"the run's bench has no deployed speedup at {key} (timed: {sorted(per_shape)})")
+        speedup = float(per_shape[key])
+    size = ((manifest.get("size") or {}).get("deployed") or {}).get("total")
+    return {"val_score": val, "teacher_val": teacher, "drop_pt": (teacher - val) * 100.0,
+            "agreement": models["deployed"].get("agreement"), "speedup": speedup,
+            "size_bytes": int(size) if size is not None else None}
+
+
+def largest_batch(per_shape: Mapping[str, Any]) -> str:
+    """Of bench keys ``b<B>xs<S>``, the one with the largest batch (then sequence)."""
+    def parse(k: str) -> tuple[int, int]:
+        b, _, s = k[1:].partition("xs")
+        return int(b), int(s)
+    return max(per_shape, key=parse)
+
+
+def meets(o: Outcome, s: SearchSettings) -> bool:
+    """A finished candidate within the drop budget on validation, margin included."""
+    return o.ok and o.drop_pt is not None and o.drop_pt <= s.select_drop + EPS
+
+
+def _better_first(o: Outcome, objective: Objective) -> tuple[float, float]:
+    """Sort key: best objective first (a missing value last), then the higher validation score."""
+    v = o.value(objective)
+    if v is None:
+        rank = math.inf
+    else:
+        rank = -v if objective is Objective.LATENCY else v
+    return rank, -(o.val_score or 0.0)
+
+
+def rank(outcomes: Sequence[Outcome], s: SearchSettings) -> list[Outcome]:
+    """The candidates that meet the budget, best objective first (ties: the higher validation score)."""
+    return sorted((o for o in outcomes if meets(o, s) and o.value(s.objective) is not None),
+                  key=lambda o: _better_first(o, s.objective))
+
+
+def closest(outcomes: Sequence[Outcome], s: SearchSettings) -> Outcome | None:
+    """The finished candidate with the smallest validation drop (ties: the better objective)."""
+    done = [o for o in outcomes if o.ok and o.drop_pt is not None]
+    return min(done, key=lambda o: (o.drop_pt, _better_first(o, s.objective)), default=None)
+
+
+@dataclass
+class Selection:
+    """The search's answer: ``chosen`` (None when no candidate finished), whether it meets the drop
+    budget, a message for people, the best single-method candidate chosen by the same rule, and the
+    Pareto front over (validation score, objective)."""
+
+    chosen: Outcome | None
+    met: bool
+    message: str
+    best_single: Outcome | None
+    best_single_met: bool
+    front: list[Outcome]
+
+
+def pick(outcomes: Sequence[Outcome], s: SearchSettings) -> tuple[Outcome | None, bool]:
+    """(the best candidate within budget, True), else (the closest, False), else (None, False)."""
+    ranked = rank(outcomes, s)
+    if ranked:
+        return ranked[0], True
+    return closest(outcomes, s), False
+
+
+def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
+    """Choose among ``outcomes`` (see the module docstring); never looks at dev scores."""
+    chosen, met = pick(outcomes, s)
+    single, single_met = pick([o for o in outcomes if o.single], s)
+    what = "b32 speedup vs best_dense" if s.objective is Objective.LATENCY else "deployed bytes"
+    if chosen is None:
+        msg = "no candidate finished: nothing to choose (see each candidate's error or reason)"
+    elif met:
+        msg = (f"chose {chosen.name}: validation drop {chosen.drop_pt:.2f} pt <= {s.select_drop:.2f} pt "
+               f"(max_drop {s.max_drop} - margin {s.margin}), best {what} among those within budget")
+    else:
+        msg = (f"NO candidate met the drop budget: every validation drop exceeds {s.select_drop:.2f} pt "
+               f"(max_drop {s.max_drop} - margin {s.margin}); returning the closest, {chosen.name}, at "
+               f"{chosen.drop_pt:.2f} pt")
+    return Selection(chosen, met, msg, single, single_met, pareto_front(outcomes, s.objective))
+
+
+def pareto_front(outcomes: Sequence[Outcome], objective: Objective) -> list[Outcome]:
+    """The finished candidates no other beats on both validation score and objective (at least as
+    good on both, better on one), sorted by objective, best first."""
+    pts = [o for o in outcomes if o.ok and o.val_score is not None and o.value(objective) is not None]
+
+    def good(o: Outcome) -> float:  # the objective as "higher is better"
+        v = o.value(objective)
+        assert v is not None
+        return v if objective is Objective.LATENCY else -v
+
+    front = []
+    for o in pts:
+        dominated = any(p is not o and p.val_score >= o.val_score and good(p) >= good(o)  # type: ignore[operator]
+                        and (p.val_score > o.val_score or good(p) > good(o)) for p in pts)  # type: ignore[operator]
+        if not dominated:
+            front.append(o)
+    return sorted(front, key=lambda o: -good(o))
