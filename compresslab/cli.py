@@ -83,6 +83,11 @@ def _check_job(overrides: list[str]) -> None:
     from compresslab.pipeline.preflight import preflight
 
     cfg = compose(overrides)
+    if cfg.get("search") is not None:  # +search=NAME: the search checks its own settings and every candidate
+        from compresslab.search.driver import plan_search
+
+        plan_search(cfg, overrides)
+        return
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
@@ -132,11 +137,17 @@ def _main(cfg) -> None:
     from compresslab.pipeline import run
     from compresslab.pipeline.settings import RunSettings
 
-    if cfg.get("pipeline") is None:
+    searching = cfg.get("search") is not None  # +search=NAME: an accuracy-aware search picks the pipelines
+    if cfg.get("pipeline") is None and not searching:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
     _terminate_as_interrupt()
     try:
+        if searching:
+            from compresslab.search.driver import main as search_main
+
+            search_main(cfg, _task_overrides(), setup_process)
+            return
         settings = RunSettings.from_config(cfg)  # seed and threads are typed before they touch torch
         setup_process(settings.threads, settings.seed)
         logging.getLogger("compresslab").setLevel(logging.INFO)

@@ -162,13 +162,16 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
             args = plan.candidate_args(c)
             try:
                 ccfg = compose(args)
-                preflight(ccfg)
-            except (ValueError, FileNotFoundError) as e:
-                raise type(e)(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
-            if first is None:
+            except ValueError as e:
+                raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
+            if first is None:  # the task is every candidate's: checked once, before the slower checks
+                _check_task(ccfg)
                 first = ccfg
+            try:
+                preflight(ccfg)
+            except ValueError as e:
+                raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
     assert first is not None  # parse_space refuses an empty space
-    _check_task(first)
     rs = RunSettings.from_config(first)
     _check_objective(settings, rs)
     identity = {k: v for k, v in config_identity(first).items() if k != "pipeline"}
