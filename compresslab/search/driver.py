@@ -23,9 +23,10 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from compresslab.manifest import atomic_write_json, now, read_json, stable_hash
 from compresslab.search.objective import (Objective, Outcome, SearchSettings, meets, pick, rank, read_run, select,
@@ -61,6 +62,31 @@ class SearchPlan:
         return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
 
 
+@contextmanager
+def _own_compose() -> Iterator[None]:
+    """Let ``config.compose`` run inside the CLI's Hydra app (``hydra.main`` holds the global Hydra
+    that ``compose`` would initialize again): the app's Hydra is set aside and put back after."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    gh = GlobalHydra.instance()
+    saved = gh.hydra
+    gh.clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+
+
+def compose_candidate(args: Sequence[str]) -> Any:
+    """``config.compose(args)``, also from inside the CLI's Hydra app."""
+    from compresslab.config import compose
+
+    with _own_compose():
+        return compose(list(args))
+
+
 def pipeline_steps(name: str) -> list[str]:
     """The step names of a shipped pipeline (``conf/pipeline/<name>.yaml``), read without composing."""
     from omegaconf import OmegaConf
@@ -88,9 +114,9 @@ def base_overrides(overrides: Sequence[str]) -> list[str]:
         key = _key(o)
         if key == "search" or key.startswith("search."):
             continue
-        if key == "pipeline" or (key.startswith("pipeline.") and _pass_step(o) is None):
-            raise SettingsError(f"{o}: a search chooses the pipelines itself (search.space); remove it (pass settings "
-                                "pipeline.passes.<step>.<key>=V are allowed: they apply where the step exists)")
+        if key == "pipeline" or key.startswith("pipeline."):
+            raise SettingsError(f"{o}: a search chooses the pipelines itself (search.space); remove it. A pass setting "
+                                "for every candidate having that step is +search.passes.<step>.<key>=VALUE")
         if key in ("eval", "eval.split", "eval.enabled"):
             raise SettingsError(f"{o}: a search scores every candidate on the validation split (eval=validation) and "
                                 "reports dev for the chosen one itself; remove it")
@@ -99,6 +125,23 @@ def base_overrides(overrides: Sequence[str]) -> list[str]:
                                 "(search.dir sets where the search itself writes)")
         out.append(o)
     return out
+
+
+def pass_overrides(passes: Any) -> list[str]:
+    """``search.passes`` ({step: {key: value}}) as ``pipeline.passes.<step>.<key>=<value>`` overrides;
+    each reaches only the candidates whose pipeline has that step (:meth:`SearchPlan.candidate_args`)."""
+    if passes is None:
+        return []
+    if not isinstance(passes, Mapping) or not all(isinstance(v, Mapping) for v in passes.values()):
+        raise SettingsError(f"search.passes must map a step name to its settings ({{obert: {{grad_batch_size: 4}}}}; "
+                            f"on the command line +search.passes.obert.grad_batch_size=4), got {passes!r}")
+
+    def flat(prefix: str, node: Any) -> list[str]:
+        if isinstance(node, Mapping) and node:
+            return [o for k, v in node.items() for o in flat(f"{prefix}.{k}", v)]
+        return [f"{prefix}={_value(node)}"]
+
+    return [o for step, node in passes.items() for o in flat(f"pipeline.passes.{step}", node)]
 
 
 def _check_task(cfg: Any) -> None:
@@ -144,7 +187,7 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     """
     from omegaconf import OmegaConf
 
-    from compresslab.config import available_pipelines, compose
+    from compresslab.config import available_pipelines
     from compresslab.pipeline.plan import config_identity
     from compresslab.pipeline.preflight import preflight
     from compresslab.pipeline.settings import RunSettings
@@ -154,14 +197,14 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
         raise SettingsError(f"search must be a mapping (conf/search/*.yaml), got {raw!r}")
     settings = SearchSettings.from_mapping(raw)
     entries = parse_space(raw.get("space"), available_pipelines())
-    base = base_overrides(list(overrides))
+    base = base_overrides(list(overrides)) + pass_overrides(raw.get("passes"))
     plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
     first = None
     for entry in entries:
         for c in first_candidates(entry, entries):
             args = plan.candidate_args(c)
             try:
-                ccfg = compose(args)
+                ccfg = compose_candidate(args)
             except ValueError as e:
                 raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
             if first is None:  # the task is every candidate's: checked once, before the slower checks
@@ -213,12 +256,11 @@ def run_candidate(plan: SearchPlan, c: Candidate) -> Outcome:
 
     Raises whatever the run raises (the driver records it as the candidate's error).
     """
-    from compresslab.config import compose
     from compresslab.pipeline import run
     from compresslab.pipeline.plan import resolve_run_dir
 
     args = plan.candidate_args(c)
-    cfg = compose(args)
+    cfg = compose_candidate(args)
     run_dir = resolve_run_dir(cfg)
     mpath = run_dir / "manifest.json"
     t0 = time.perf_counter()

@@ -87,11 +87,11 @@ class SearchSettings:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "SearchSettings":
-        """From ``search.*`` (the ``space`` key is the space's own); unknown keys are refused."""
+        """From ``search.*`` (``space`` and ``passes`` are read by the driver); unknown keys are refused."""
         names = [f.name for f in fields(cls)]
-        unknown = sorted(set(raw) - set(names) - {"space"})
+        unknown = sorted(set(raw) - set(names) - {"space", "passes"})  # those two are the driver's
         if unknown:
-            raise SettingsError(f"search: unknown setting(s) {unknown}; allowed: {', '.join(names + ['space'])}")
+            raise SettingsError(f"search: unknown setting(s) {unknown}; allowed: {', '.join(names + ['space', 'passes'])}")
         return cls(**{k: v for k, v in raw.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +247,8 @@ def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
     """Choose among ``outcomes`` (see the module docstring); never looks at dev scores."""
     chosen, met = pick(outcomes, s)
     single, single_met = pick([o for o in outcomes if o.single], s)
-    what = "b32 speedup vs best_dense" if s.objective is Objective.LATENCY else "deployed bytes"
+    at = shape_key(s.latency_shape) if s.latency_shape else "the largest bench batch"
+    what = f"speedup vs best_dense at {at}" if s.objective is Objective.LATENCY else "deployed bytes"
     if chosen is None:
         msg = "no candidate finished: nothing to choose (see each candidate's error or reason)"
     elif met:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from compresslab.manifest import read_json
-from compresslab.search.driver import SEARCH_FILE, Search, SearchPlan, base_overrides, estimate_s
+from compresslab.search.driver import SEARCH_FILE, Search, SearchPlan, base_overrides, estimate_s, pass_overrides
 from compresslab.search.objective import Outcome, SearchSettings, pareto_front, select
 from compresslab.search.space import Candidate, expand, parse_space
 from compresslab.validate import SettingsError
@@ -244,9 +244,18 @@ def test_bad_overrides(override, match):
         base_overrides(["task=sst2", override])
 
 
-def test_base_overrides_keep_pass_settings_and_drop_search_ones():
-    assert base_overrides(["+search=auto", "search.max_drop=2", "task=rte", "pipeline.passes.obert.grad_batch_size=4"]) \
-        == ["task=rte", "pipeline.passes.obert.grad_batch_size=4"]
+def test_base_overrides_drop_search_ones_and_pass_settings_reach_their_step_only(tmp_path):
+    assert base_overrides(["+search=auto", "search.max_drop=2", "task=rte"]) == ["task=rte"]
+    with pytest.raises(SettingsError, match=r"\+search.passes.<step>"):
+        base_overrides(["pipeline.passes.obert.grad_batch_size=4"])
+    got = pass_overrides({"obert": {"grad_batch_size": 4, "recovery": {"steps": 2}}})
+    assert got == ["pipeline.passes.obert.grad_batch_size=4", "pipeline.passes.obert.recovery.steps=2"]
+    plan = SearchPlan(SearchSettings(), [], ["task=rte", *got], tmp_path)
+    int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
+    obert = Candidate("o", "o", "obert_int8", ("pipeline.passes.obert.sparsity=0.5",), ("obert", "int8"), 4.0)
+    assert plan.candidate_args(int8) == ["+pipeline=int8", "task=rte", "eval=validation"]
+    assert plan.candidate_args(obert) == ["+pipeline=obert_int8", "task=rte", *got,
+                                          "pipeline.passes.obert.sparsity=0.5", "eval=validation"]
 
 
 def test_expand_seeds_best_first_and_limited():
