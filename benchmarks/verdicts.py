@@ -1,0 +1,109 @@
+"""The issue-14 verdict, per task and per peer that ran: is some compresslab system
+
+(a) at most as slow (b32 p50) with a higher score: McNemar p < 0.05 on a classification task (paired on
+    the same dev examples), or at least 1 pt (0.01) higher on a regression task (STS-B); or
+(b) the same score: agreement >= 0.99 with the PEER's predictions (classification) or within 0.3 pt
+    (0.003), at <= 0.9x the peer's b32 latency?
+
+If one is, the peer is ``beaten`` (every system of ours that does it is listed, with the rule and its
+figures); if none is, the peer ``wins`` (stated plainly in the report); without b32 latencies of the
+peer, or of every one of ours, it is ``undecided`` and says why. Pure functions over plain numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+P_MAX = 0.05  # rule (a), classification: McNemar p below this
+MIN_GAIN_REGRESSION = 0.01  # rule (a), regression: at least 1 pt higher
+SAME_AGREEMENT = 0.99  # rule (b): agreement with the peer's predictions at least this ...
+SAME_WITHIN = 0.003  # ... or the score within 0.3 pt
+SPEED_RATIO = 0.9  # rule (b): at most this fraction of the peer's b32 latency
+EPS = 1e-9  # scores are fractions: 0.900 - 0.897 is 0.0030000000000000027 in floats, and within 0.3 pt
+
+
+@dataclass(frozen=True)
+class System:
+    """What the rule reads of one system: its dev score and b32 p50 latency (ms; None when not timed)."""
+
+    name: str
+    score: float | None
+    latency_ms_b32: float | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """What the rule reads of one of ours against one peer: McNemar p (classification; None on regression)
+    and the fraction of dev examples where ours predicts what the peer predicts (None on regression)."""
+
+    p_value: float | None
+    agreement: float | None
+
+
+def judge(ours: System, peer: System, pair: Pair, *, classification: bool) -> dict[str, Any] | None:
+    """The rule ``ours`` meets against ``peer`` (``{"rule": "a"|"b", ...figures}``), or None."""
+    if None in (ours.score, peer.score, ours.latency_ms_b32, peer.latency_ms_b32):
+        return None
+    ratio = ours.latency_ms_b32 / peer.latency_ms_b32
+    delta = ours.score - peer.score
+    figs = {"system": ours.name, "score": ours.score, "peer_score": peer.score, "delta": round(delta, 6),
+            "latency_ms_b32": ours.latency_ms_b32, "peer_latency_ms_b32": peer.latency_ms_b32,
+            "latency_ratio": round(ratio, 4), "p_value": pair.p_value, "agreement_with_peer": pair.agreement}
+    if ratio <= 1.0 and delta > 0:
+        if classification and pair.p_value is not None and pair.p_value < P_MAX:
+            return {"rule": "a", "why": f"at most as slow ({ratio:.2f}x) and higher (McNemar p={pair.p_value:.3g})",
+                    **figs}
+        if not classification and delta >= MIN_GAIN_REGRESSION - EPS:
+            return {"rule": "a", "why": f"at most as slow ({ratio:.2f}x) and {100 * delta:.2f} pt higher", **figs}
+    same_agree = classification and pair.agreement is not None and pair.agreement >= SAME_AGREEMENT
+    same = same_agree or abs(delta) <= SAME_WITHIN + EPS
+    if same and ratio <= SPEED_RATIO + EPS:
+        how = f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
+        return {"rule": "b", "why": f"same score ({how}) at {ratio:.2f}x the peer's latency", **figs}
+    return None
+
+
+def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, classification: bool) -> dict[str, Any]:
+    """One peer's verdict: ``status`` (``beaten`` | ``peer wins`` | ``undecided``), ``beaten_by`` (the
+    systems of ours meeting rule a or b, fastest first), ``why``."""
+    if peer.score is None:
+        return {"status": "undecided", "beaten_by": [], "why": "the peer has no score"}
+    if peer.latency_ms_b32 is None:
+        return {"status": "undecided", "beaten_by": [], "why": "the peer has no b32 latency (not timed)"}
+    timed = [o for o in ours if o.score is not None and o.latency_ms_b32 is not None]
+    hits = [h for o in timed if (h := judge(o, peer, pairs.get(o.name, Pair(None, None)),
+                                            classification=classification))]
+    hits.sort(key=lambda h: h["latency_ms_b32"])
+    if hits:
+        return {"status": "beaten", "beaten_by": hits, "why": f"{hits[0]['system']}: {hits[0]['why']}"}
+    untimed = [o.name for o in ours if o.latency_ms_b32 is None]
+    if untimed and not timed:
+        return {"status": "undecided", "beaten_by": [], "why": f"none of ours was timed ({', '.join(untimed)})"}
+    best = max(timed, key=lambda o: o.score or 0.0, default=None)
+    why = ("no system of ours is at most as slow with a significantly higher score, or the same score at "
+           f"<= {SPEED_RATIO}x its latency")
+    if best is not None:
+        why += (f"; our best score: {best.name} {best.score:.4f} vs {peer.score:.4f} at "
+                f"{best.latency_ms_b32 / peer.latency_ms_b32:.2f}x its b32 latency")
+    if untimed:
+        why += f"; not timed: {', '.join(untimed)}"
+    return {"status": "peer wins", "beaten_by": [], "why": why}
+
+
+def task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs: Mapping[str, Mapping[str, float]], *,
+                  classification: bool) -> dict[str, dict[str, Any]]:
+    """Verdicts for every peer of a suite file's ``systems`` that ran (a score, no error): peer name ->
+    :func:`verdict`. ``agreement_vs``: ours -> peer -> agreement of their dev predictions."""
+    def sysof(n: str, s: Mapping[str, Any]) -> System:
+        return System(n, s.get("score"), s.get("latency_ms_b32"))
+
+    ours = [sysof(n, s) for n, s in systems.items() if s.get("method") == "compresslab" and s.get("score") is not None]
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in systems.items():
+        if s.get("method") != "peer" or s.get("score") is None or s.get("error"):
+            continue
+        pairs = {o.name: Pair((systems[o.name].get("mcnemar_p_vs") or {}).get(name),
+                              (agreement_vs.get(o.name) or {}).get(name)) for o in ours}
+        out[name] = verdict(ours, sysof(name, s), pairs, classification=classification)
+    return out

@@ -1,0 +1,88 @@
+"""benchmarks/verdicts.py (issue 14) on hand-made systems: rule (a) needs b32 <= the peer's AND a higher score
+with McNemar p < 0.05 (classification) or >= 1 pt (regression); rule (b) needs the same score (agreement
+>= 0.99 with the peer's predictions, or within 0.3 pt) AND <= 0.9x the peer's b32 latency. Each boundary is
+tested on both sides, so loosening 0.9, 0.05, 1 pt, 0.99 or 0.3 pt fails a test."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+V = importlib.import_module("benchmarks.verdicts")
+S, P = V.System, V.Pair
+PEER = S("peer", 0.900, 100.0)
+
+
+def judge(ours, pair, classification=True):
+    return V.judge(ours, PEER, pair, classification=classification)
+
+
+@pytest.mark.parametrize("ms, ok", [(90.0, True), (89.9, True), (90.1, False), (95.0, False)])
+def test_rule_b_needs_at_most_0_9x_the_peers_latency(ms, ok) -> None:
+    hit = judge(S("ours", 0.900, ms), P(1.0, 0.995))
+    assert (hit is not None) == ok
+    if ok:
+        assert hit["rule"] == "b" and hit["latency_ratio"] == pytest.approx(ms / 100)
+
+
+@pytest.mark.parametrize("agreement, score, ok", [(0.99, 0.880, True), (0.989, 0.880, False),
+                                                  (0.95, 0.897, True), (0.95, 0.8969, False), (0.95, 0.903, True),
+                                                  (None, 0.9031, False)])
+def test_rule_b_same_score_is_agreement_0_99_or_within_0_3_pt(agreement, score, ok) -> None:
+    assert (judge(S("ours", score, 80.0), P(1.0, agreement)) is not None) == ok
+
+
+@pytest.mark.parametrize("p, ok", [(0.049, True), (0.05, False), (0.2, False), (None, False)])
+def test_rule_a_classification_needs_mcnemar_p_below_0_05(p, ok) -> None:
+    hit = judge(S("ours", 0.920, 100.0), P(p, 0.9))  # as fast as the peer, 2 pt higher, agreement low
+    assert (hit is not None) == ok
+    if ok:
+        assert hit["rule"] == "a"
+
+
+def test_rule_a_needs_at_most_the_peers_latency_and_a_higher_score() -> None:
+    assert judge(S("ours", 0.920, 100.1), P(0.001, 0.9)) is None  # slower, however significant
+    assert judge(S("ours", 0.880, 50.0), P(0.001, 0.9)) is None  # significantly WORSE and faster: not a win
+    assert judge(S("ours", 0.900, 100.0), P(0.001, 0.9)) is None  # not higher
+
+
+@pytest.mark.parametrize("score, ok", [(0.910, True), (0.9099, False)])
+def test_rule_a_regression_needs_one_point(score, ok) -> None:
+    hit = judge(S("ours", score, 100.0), P(None, None), classification=False)
+    assert (hit is not None) == ok
+
+
+def test_regression_same_score_is_within_0_3_pt_only() -> None:
+    assert judge(S("ours", 0.8975, 85.0), P(None, None), classification=False)["rule"] == "b"
+    assert judge(S("ours", 0.8965, 85.0), P(None, None), classification=False) is None
+
+
+def test_verdict_lists_every_winner_fastest_first_and_a_peer_can_win() -> None:
+    ours = [S("slow_same", 0.900, 89.0), S("fast_same", 0.899, 40.0), S("worse", 0.850, 10.0)]
+    pairs = {"slow_same": P(1.0, 0.999), "fast_same": P(1.0, 0.97), "worse": P(1e-9, 0.8)}
+    v = V.verdict(ours, PEER, pairs, classification=True)
+    assert v["status"] == "beaten" and [h["system"] for h in v["beaten_by"]] == ["fast_same", "slow_same"]
+    lost = V.verdict([S("worse", 0.850, 10.0), S("slower", 0.905, 95.0)], PEER,
+                     {"worse": P(1e-9, 0.8), "slower": P(0.5, 0.97)}, classification=True)
+    assert lost["status"] == "peer wins" and "slower 0.9050" in lost["why"]
+
+
+def test_undecided_without_timings_never_a_silent_win() -> None:
+    assert V.verdict([S("ours", 0.95, 1.0)], S("peer", 0.9, None), {}, classification=True)["status"] == "undecided"
+    v = V.verdict([S("ours", 0.95, None)], PEER, {}, classification=True)
+    assert v["status"] == "undecided" and "none of ours was timed" in v["why"]
+
+
+def test_task_verdicts_reads_the_suite_systems() -> None:
+    systems = {"int8": {"method": "compresslab", "score": 0.90, "latency_ms_b32": 50.0, "mcnemar_p_vs": {"ortq": 1.0}},
+               "ortq": {"method": "peer", "score": 0.90, "latency_ms_b32": 100.0, "error": None},
+               "broken": {"method": "peer", "score": None, "latency_ms_b32": None, "error": "ValueError: no"}}
+    out = V.task_verdicts(systems, {"int8": {"ortq": 0.995}}, classification=True)
+    assert set(out) == {"ortq"}  # a peer that did not run gets no verdict (its error is in the table)
+    assert out["ortq"]["status"] == "beaten" and out["ortq"]["beaten_by"][0]["rule"] == "b"
