@@ -1,7 +1,8 @@
 """compresslab: make Hugging Face encoders smaller and faster without losing accuracy.
 
 The public API: :func:`run` (a pipeline from ``conf/``), :func:`compress` (a model you hold),
-:func:`evaluate`, :func:`benchmark`, :func:`load` / :func:`save` (checkpoints), :func:`build_pass`.
+:func:`evaluate`, :func:`benchmark`, :func:`load` / :func:`save` (checkpoints), :func:`build_pass`, and
+``search.run`` (the accuracy-aware search over pipelines, :mod:`compresslab.search`).
 Importing this package stays light: no onnxruntime, no CUDA initialisation.
 """
 
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 from typing import Any  # noqa: E402
 
 from compresslab import passes  # noqa: E402,F401 - compresslab.passes.OBert(...) without another import
+from compresslab import search  # noqa: E402,F401 - compresslab.search.run(...): the accuracy-aware search
 from compresslab.checkpoint import load, load_pretrained, save  # noqa: E402
 from compresslab.registry import available_passes, build_pass, get_pass, register_pass  # noqa: E402
 from compresslab.types import OnnxModel, Pass, PassContext, PassResult, Stage  # noqa: E402

@@ -295,3 +295,20 @@ def test_latency_objective_needs_the_bench(capsys):
     with pytest.raises(SystemExit):
         cli.check_command_line(["+search=auto", "bench.enabled=false"])
     assert "search.objective=latency reads each candidate's bench stage" in capsys.readouterr().err
+
+
+def test_api_search_composes_the_same_plan(monkeypatch, tmp_path):
+    import compresslab
+    from compresslab.search import driver
+
+    seen = {}
+    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.setdefault("plan", plan) and {"ok": True})
+    compresslab.search.run([f"paths.output_dir={tmp_path}", "+search.passes.obert.grad_batch_size=4"], max_drop=2.0,
+                           objective="size", time_budget_s=100, latency_shape=[32, 128])
+    plan = seen["plan"]
+    assert plan.settings.max_drop == 2.0 and plan.settings.objective.value == "size"
+    assert plan.settings.time_budget_s == 100 and plan.settings.latency_shape == (32, 128)
+    assert "pipeline.passes.obert.grad_batch_size=4" in plan.base_overrides
+    assert plan.search_dir.parent == tmp_path / "search"
+    with pytest.raises(SettingsError, match="search.max_drop"):
+        compresslab.search.run(max_drop=-1)
