@@ -2,7 +2,8 @@
 
 DeepSparse 1.8.0 cannot share our virtualenv (it pins numpy<2 and onnx 1.14), so it lives in its own
 (``make deepsparse`` creates ``.venv-deepsparse``) and runs :mod:`compresslab.bench.deepsparse_worker`
-as a subprocess. The worker times every model interleaved in ONE process, the ``ort_fp32``
+as a subprocess through :mod:`compresslab.bench.external` (the generic "tool in its own venv" protocol:
+JSON spec in, JSON out, the worker's stderr tail in any error). The worker times every model interleaved in ONE process, the ``ort_fp32``
 denominator included, and scores the very engines it timed (MEASURE.md: speed and score from one
 artifact).
 
@@ -16,10 +17,9 @@ What DeepSparse needs, and why the files differ from the ORT deployment:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -53,12 +53,14 @@ def find_python(setting: str | os.PathLike | None = None) -> Path:
 
 
 def check_python(python: Path) -> str:
-    """The DeepSparse version the interpreter imports; a clear error when it cannot."""
-    proc = subprocess.run([str(python), "-c", "import deepsparse, sys; sys.stdout.write(deepsparse.__version__)"],
-                          capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise DeepSparseUnavailable(f"{python} cannot import deepsparse: {proc.stderr.strip()[-400:]}")
-    return proc.stdout.strip()
+    """The DeepSparse version the interpreter imports; DeepSparseUnavailable (with the import's error) when
+    it cannot."""
+    from compresslab.bench.external import ExternalError, check_imports
+
+    try:
+        return str(check_imports(python, ["deepsparse"])["deepsparse"])
+    except ExternalError as e:
+        raise DeepSparseUnavailable(f"{python} cannot import deepsparse: {e.detail[-400:]}") from None
 
 
 def static_inputs(examples: Sequence[Any], tokenizer: Any, seq: int, kind: Any) -> dict[str, np.ndarray]:
@@ -130,7 +132,10 @@ class DeepSparseBench:
     timeout_s: float = 3600.0
 
     def run(self, python: Path, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-        """Runs the worker; returns its JSON plus ``logits`` (label -> array) for the scored models."""
+        """Runs the worker; returns its JSON plus ``logits`` (label -> array) for the scored models.
+        Raises ExternalError (a RuntimeError) with the worker's stderr tail when it fails."""
+        from compresslab.bench.external import run_worker
+
         for label, (path, engine) in self.models.items():
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{label}: {path} does not exist")
@@ -139,28 +144,24 @@ class DeepSparseBench:
         unknown = set(self.score) - set(self.models)
         if unknown:
             raise ValueError(f"cannot score {sorted(unknown)}: not among the models {sorted(self.models)}")
-        with tempfile.TemporaryDirectory(prefix="compresslab-deepsparse-") as tmp:
-            work = Path(tmp)
+        work = Path(tempfile.mkdtemp(prefix="compresslab-deepsparse-"))
+        try:
             spec: dict[str, Any] = {
                 "threads": self.threads, "seq": self.seq, "vocab_size": self.vocab_size, "batches": list(self.batches),
                 "warmup": self.warmup, "runs": self.runs, "min_time_s": self.min_time_s, "max_runs": self.max_runs,
                 "score_batch_size": self.score_batch_size, "score": list(self.score) if inputs is not None else [],
                 "models": {k: {"path": str(Path(p).resolve()), "engine": e} for k, (p, e) in self.models.items()},
-                "out": str(work / "out.json"), "logits": str(work / "logits.npz")}
+                "logits": str(work / "logits.npz")}
             if inputs is not None:
                 np.savez(work / "inputs.npz", **inputs)
                 spec["inputs"] = str(work / "inputs.npz")
-            (work / "spec.json").write_text(json.dumps(spec))
             log.info("deepsparse: %s at batches %s x %d, %d threads (worker %s)", list(self.models), self.batches,
                      self.seq, self.threads, python)
-            proc = subprocess.run([str(python), str(WORKER), str(work / "spec.json")], stdout=subprocess.PIPE,
-                                  stderr=None if log.isEnabledFor(logging.INFO) else subprocess.DEVNULL,
-                                  text=True, timeout=self.timeout_s, env={**os.environ, "PYTHONPATH": ""})
-            if proc.returncode != 0:
-                raise RuntimeError(f"deepsparse worker failed with exit code {proc.returncode}")
-            out = json.loads((work / "out.json").read_text())
+            out = run_worker(python, WORKER, spec, work=work, timeout=self.timeout_s).out
             logits_file = work / "logits.npz"
             out["logits"] = dict(np.load(logits_file)) if logits_file.is_file() else {}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return out
 
 
