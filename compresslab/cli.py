@@ -84,7 +84,7 @@ def _check_job(overrides: list[str]) -> None:
 
     cfg = compose(overrides)
     if cfg.get("search") is not None:  # +search=NAME: the search checks its own settings and every candidate
-        from compresslab.search.driver import plan_search
+        from compresslab.search.plan import plan_search
 
         plan_search(cfg, overrides)
         return

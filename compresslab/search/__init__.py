@@ -7,8 +7,8 @@ selected on the validation split, each candidate a normal run.
     result = compresslab.search.run(["task=sst2"], max_drop=1.0, objective="latency", time_budget_s=7200)
 
 Homes: :mod:`~compresslab.search.space` (the candidates, as data), :mod:`~compresslab.search.objective`
-(validation score, drop, objective, selection), :mod:`~compresslab.search.driver` (the loop, budget,
-resume, best-so-far), :mod:`~compresslab.search.dev_score` (dev scores of the chosen model).
+(validation score, drop, objective, selection), :mod:`~compresslab.search.plan` (every check before
+any work), :mod:`~compresslab.search.driver` (the loop, budget, resume, best-so-far), :mod:`~compresslab.search.dev_score` (dev scores of the chosen model).
 Importing this package imports nothing heavy.
 """
 

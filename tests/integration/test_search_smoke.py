@@ -17,8 +17,6 @@ from compresslab.manifest import read_json
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.testing import tiny_sentiment, write_csv
 
-pytestmark = pytest.mark.integration
-
 DROP = [f"~search.space.{e}" for e in ("guided_int8", "ziplm", "w4", "mixed_precision", "ziplm_int8",
                                        "ziplm_obert_int8")]
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from compresslab.manifest import read_json
-from compresslab.search.driver import SEARCH_FILE, Search, SearchPlan, base_overrides, estimate_s, pass_overrides
+from compresslab.search.driver import SEARCH_FILE, Search, estimate_s
+from compresslab.search.plan import SearchPlan, base_overrides, pass_overrides
 from compresslab.search.objective import Outcome, SearchSettings, pareto_front, select
 from compresslab.search.space import Candidate, expand, parse_space
 from compresslab.validate import SettingsError

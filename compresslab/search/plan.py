@@ -1,0 +1,218 @@
+"""The plan of a search, made and checked before any work: its settings, its space, the overrides
+every candidate gets, and its directory.
+
+``plan_search`` refuses bad input with one line naming what to change (SettingsError, a ValueError
+the CLI prints and exits 2 on): an unknown objective, ``max_drop`` <= 0 or not finite, a time budget
+<= 0, an empty space, a task without a train split to carve the validation split from, overrides a
+search decides itself, and any candidate config that would not compose or pass a normal run's
+preflight.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from compresslab.manifest import stable_hash
+from compresslab.search.objective import Objective, SearchSettings
+from compresslab.search.space import Candidate, Entry, first_candidates, parse_space
+from compresslab.validate import SettingsError
+
+# what a candidate's run gets on top of the command's overrides: it is scored on validation
+EVAL_OVERRIDE = "eval=validation"
+
+
+@dataclass
+class SearchPlan:
+    """Everything a search needs, checked before any work (:func:`plan_search`)."""
+
+    settings: SearchSettings
+    entries: list[Entry]
+    base_overrides: list[str]  # the command's overrides for every candidate (pass settings filtered per pipeline)
+    search_dir: Path
+    threads: int | None = None
+    seed: int = 42
+    command: list[str] = field(default_factory=list)
+
+    def candidate_args(self, c: Candidate) -> list[str]:
+        """The overrides that compose ``c``'s run, as a command line would give them."""
+        steps = pipeline_steps(c.pipeline)
+        base = [o for o in self.base_overrides if _pass_step(o) is None or _pass_step(o) in steps]
+        return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
+
+
+@contextmanager
+def _own_compose() -> Iterator[None]:
+    """Let ``config.compose`` run inside the CLI's Hydra app (``hydra.main`` holds the global Hydra
+    that ``compose`` would initialize again): the app's Hydra is set aside and put back after."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    gh = GlobalHydra.instance()
+    saved = gh.hydra
+    gh.clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+
+
+def compose_candidate(args: Sequence[str]) -> Any:
+    """``config.compose(args)``, also from inside the CLI's Hydra app."""
+    from compresslab.config import compose
+
+    with _own_compose():
+        return compose(list(args))
+
+
+def pipeline_steps(name: str) -> list[str]:
+    """The step names of a shipped pipeline (``conf/pipeline/<name>.yaml``), read without composing."""
+    from omegaconf import OmegaConf
+
+    from compresslab.config import pipelines_dir
+
+    return [str(s) for s in OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("steps") or []]
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _pass_step(override: str) -> str | None:
+    """``pipeline.passes.<step>.x=v`` -> ``<step>``: such a setting applies to the pipelines having that step."""
+    parts = _key(override).split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["pipeline", "passes"] else None
+
+
+def base_overrides(overrides: Sequence[str]) -> list[str]:
+    """The command's overrides every candidate gets: ``search`` ones removed; SettingsError for those a
+    search decides itself (the pipeline, the eval split, one run dir for all, stopping runs early)."""
+    out = []
+    for o in overrides:
+        key = _key(o)
+        if key == "search" or key.startswith("search."):
+            continue
+        if key == "pipeline" or key.startswith("pipeline."):
+            raise SettingsError(f"{o}: a search chooses the pipelines itself (search.space); remove it. A pass setting "
+                                "for every candidate having that step is +search.passes.<step>.<key>=VALUE")
+        if key in ("eval", "eval.split", "eval.enabled"):
+            raise SettingsError(f"{o}: a search scores every candidate on the validation split (eval=validation) and "
+                                "reports dev for the chosen one itself; remove it")
+        if key in ("run.dir", "run.stop_after", "run.overwrite") and o.partition("=")[2] not in ("null", "false", ""):
+            raise SettingsError(f"{o}: every candidate is its own run in its own dir; a search cannot use {key} "
+                                "(search.dir sets where the search itself writes)")
+        out.append(o)
+    return out
+
+
+def pass_overrides(passes: Any) -> list[str]:
+    """``search.passes`` ({step: {key: value}}) as ``pipeline.passes.<step>.<key>=<value>`` overrides;
+    each reaches only the candidates whose pipeline has that step (:meth:`SearchPlan.candidate_args`)."""
+    if passes is None:
+        return []
+    if not isinstance(passes, Mapping) or not all(isinstance(v, Mapping) for v in passes.values()):
+        raise SettingsError(f"search.passes must map a step name to its settings ({{obert: {{grad_batch_size: 4}}}}; "
+                            f"on the command line +search.passes.obert.grad_batch_size=4), got {passes!r}")
+
+    def flat(prefix: str, node: Any) -> list[str]:
+        if isinstance(node, Mapping) and node:
+            return [o for k, v in node.items() for o in flat(f"{prefix}.{k}", v)]
+        return [f"{prefix}={override_value(node)}"]
+
+    return [o for step, node in passes.items() for o in flat(f"pipeline.passes.{step}", node)]
+
+
+def _check_task(cfg: Any) -> None:
+    """SettingsError unless the task has a train split to carve a non-empty validation split from."""
+    from compresslab.data.tasks import get_task
+
+    t = cfg.task
+    if t.get("val_size") == 0:
+        raise SettingsError("task.val_size=0 leaves no validation split, and a search selects on validation only "
+                            "(never on dev): leave task.val_size unset (min(1000, 5% of train)) or give a size")
+    if t.get("generic") is not None or t.name == "generic":
+        if not (t.get("generic") or {}).get("train"):
+            raise SettingsError("task.generic.train is not set: a search selects on a validation split carved from "
+                                "train, so it needs a train file (task.generic.train=PATH)")
+        return
+    spec = get_task(str(t.name))
+    if spec.train_file is None:
+        raise SettingsError(f"task {spec.name!r} has no train split to carve a validation split from (it ships dev "
+                            "only), and a search never selects on dev: pick a task with a train split")
+
+
+def _check_objective(settings: SearchSettings, run_settings: Any) -> None:
+    b = run_settings.bench
+    if settings.objective is not Objective.LATENCY:
+        return
+    if not b.enabled:
+        raise SettingsError("search.objective=latency reads each candidate's bench stage, but bench.enabled=false; "
+                            "enable the bench (or search.objective=size)")
+    shapes = [tuple(s) for s in b.shapes]
+    if settings.latency_shape is not None and settings.latency_shape not in shapes:
+        raise SettingsError(f"search.latency_shape={list(settings.latency_shape)} is not among bench.shapes "
+                            f"{[list(s) for s in shapes]}: add it there or pick one of them")
+
+
+def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
+    """Check a ``+search=NAME`` config before any work and return the plan.
+
+    Checks: the search settings (objective, max_drop > 0 and finite, margin, time budget > 0), the
+    space (not empty, every entry's pipeline and keys), the command's overrides, the task (a train
+    split to carve validation from), and every candidate config known before any result (each
+    composed and preflighted as a normal run). Raises SettingsError / ConfigError / PipelineError /
+    FileNotFoundError naming what to change; nothing is written.
+    """
+    from omegaconf import OmegaConf
+
+    from compresslab.config import available_pipelines
+    from compresslab.pipeline.plan import config_identity
+    from compresslab.pipeline.preflight import preflight
+    from compresslab.pipeline.settings import RunSettings
+
+    raw = OmegaConf.to_container(cfg.search, resolve=True)
+    if not isinstance(raw, dict):
+        raise SettingsError(f"search must be a mapping (conf/search/*.yaml), got {raw!r}")
+    settings = SearchSettings.from_mapping(raw)
+    entries = parse_space(raw.get("space"), available_pipelines())
+    base = base_overrides(list(overrides)) + pass_overrides(raw.get("passes"))
+    plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
+    first = None
+    for entry in entries:
+        for c in first_candidates(entry, entries):
+            args = plan.candidate_args(c)
+            try:
+                ccfg = compose_candidate(args)
+            except ValueError as e:
+                raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
+            if first is None:  # the task is every candidate's: checked once, before the slower checks
+                _check_task(ccfg)
+                first = ccfg
+            try:
+                preflight(ccfg)
+            except ValueError as e:
+                raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
+    assert first is not None  # parse_space refuses an empty space
+    rs = RunSettings.from_config(first)
+    _check_objective(settings, rs)
+    identity = {k: v for k, v in config_identity(first).items() if k != "pipeline"}
+    what = {"space": raw.get("space"), "identity": identity,
+            "pass_overrides": sorted(o for o in base if _pass_step(o) is not None),
+            "settings": {k: v for k, v in settings.to_dict().items()
+                         if k not in ("time_budget_s", "retry_failed", "dir", "unit_s")}}
+    plan.search_dir = Path(settings.dir) if settings.dir else Path(first.paths.output_dir) / "search" / stable_hash(what)
+    plan.threads, plan.seed = rs.threads, rs.seed
+    return plan
+
+
+def override_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    return str(v.value if isinstance(v, Objective) else v)
