@@ -1,5 +1,7 @@
 """A deployed artifact of the peer suite (one file, the runtime that runs it, the precision asked) and
-the two ways the suite runs it: scored on dev (:func:`forward`) and timed (:func:`timing_runner`).
+the two ways the suite runs it: scored on dev (:func:`score`, through :func:`forward`) and timed
+(:func:`timing_runner`). :func:`record_batches` gives the exact dev batches :func:`score` feeds, for
+peers scored in their own venv, whose logits :func:`replay_forward` plays back into the same scoring.
 
 Speed and score of a cell come from the same file (MEASURE.md "Speed"): both functions open
 ``Artifact.file`` with the runtime ``Artifact.backend`` names, nothing else. Backends:
@@ -10,6 +12,9 @@ Speed and score of a cell come from the same file (MEASURE.md "Speed"): both fun
 * ``torch``: eager PyTorch; ``file`` is a checkpoint directory (``compresslab.load``) or a ``.pt``
   file holding a whole pickled module (torch.ao dynamic int8: its packed weights have no
   safetensors form). Only files the suite wrote itself are unpickled.
+* ``external``: a file only a tool's own venv runs (``benchmarks/peers/torch_venv.py``): scored by
+  replaying the logits its worker wrote for the suite's dev batches (``info["logits"]``), timed by the
+  peer's worker; neither runs in this process, so :func:`timing_runner` refuses it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("ort", "openvino", "torch")
+import numpy as np
+
+BACKENDS = ("ort", "openvino", "torch", "external")
+SCORE_BATCH = 64  # dev batches of the suite's scoring (the recorded batches follow it)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,30 @@ def forward(a: Artifact, threads: int) -> Any:
         from compresslab.bench.openvino_runner import OpenVinoRunner
 
         return onnx_forward(OpenVinoRunner(a.file, threads, a.precision))
+    if a.backend == "external":
+        return replay_forward(a.info["logits"])
     return torch_forward(load_torch(a.file))
+
+
+def replay_forward(logits_npz: str | Path) -> Any:
+    """A scoring forward that returns, batch after batch, the logits a worker computed for the same dev
+    batches in the same order (``b0``, ``b1``, ...). ValueError when a batch's size differs from the
+    logits' (the batches are not the ones the worker saw) or when more batches come than it scored."""
+    z = np.load(logits_npz)
+    outs = [z[f"b{i}"] for i in range(len(z.files))]
+    it = iter(range(len(outs)))
+
+    def run(batch: dict[str, Any]) -> Any:
+        i = next(it, None)
+        if i is None:
+            raise ValueError(f"{logits_npz}: more batches than the {len(outs)} the worker scored")
+        n = len(batch["input_ids"])
+        if outs[i].shape[0] != n or (outs[i].ndim == 3 and outs[i].shape[1] != batch["input_ids"].shape[1]):
+            raise ValueError(f"{logits_npz}: batch {i} has shape {tuple(batch['input_ids'].shape)}, the worker's "
+                             f"output {outs[i].shape}: not the batches it scored")
+        return outs[i]
+
+    return run
 
 
 def timing_runner(a: Artifact, threads: int, vocab_size: int | None) -> Any:
@@ -94,6 +125,47 @@ def timing_runner(a: Artifact, threads: int, vocab_size: int | None) -> Any:
         from compresslab.bench.openvino_runner import OpenVinoRunner
 
         return OpenVinoRunner(a.file, threads, a.precision, vocab_size=vocab_size)
+    if a.backend == "external":
+        raise ValueError(f"{a.file} runs only in its tool's venv: it is timed by its peer's worker")
     from compresslab.bench import TorchRunner
 
     return TorchRunner(load_torch(a.file), threads)
+
+
+def score(a: Artifact, state: Any, threads: int) -> Any:
+    """The artifact scored on the dev split of ``state``'s task (compresslab ``Scored``)."""
+    return _predict(forward(a, threads), state)
+
+
+def _predict(fwd: Any, state: Any) -> Any:
+    from compresslab.eval.evaluate import predict
+
+    return predict(fwd, state.task.spec, list(state.task.dev), state.tokenizer, batch_size=SCORE_BATCH,
+                   max_length=int(state.settings.max_length))
+
+
+def record_batches(state: Any) -> list[dict[str, np.ndarray]]:
+    """Run :func:`_predict` with a forward that records each batch (labels dropped) and answers random
+    outputs of the right shape; the batches, in order. Its metrics are thrown away."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    seen: list[dict[str, np.ndarray]] = []
+
+    def fwd(b: dict[str, Any]) -> np.ndarray:
+        feeds = {k: v.numpy() for k, v in b.items() if k != "labels"}
+        seen.append(feeds)
+        n, s = feeds["input_ids"].shape
+        return rng.standard_normal((n, s, 4) if head_of(state) == "encoder" else (n, 2))
+
+    with warnings.catch_warnings():  # metrics of random outputs warn (constant inputs and the like)
+        warnings.simplefilter("ignore")
+        _predict(fwd, state)
+    return seen
+
+
+def head_of(state: Any) -> str:
+    """``encoder`` for embedding tasks (the last hidden state is scored), else ``classification``."""
+    from compresslab.data.tasks import TaskKind
+
+    return "encoder" if state.task.spec.kind is TaskKind.EMBEDDING else "classification"

@@ -14,13 +14,20 @@ config hash) and the peers (``benchmarks/peers``) from the teacher's export and 
 examples. Each cell is cached by the hash of its settings (``benchmarks/store.py``): a rerun skips
 finished cells and resumes where it stopped. A cell that fails keeps its exact error; the rest run.
 Every cell is scored from its deployed artifact itself on dev (the task metric, agreement with the
-teacher's predictions, McNemar p of each of ours against each peer on the same examples).
+teacher's predictions, McNemar p of each of ours against each peer on the same examples). Each of our
+pipelines also gets an OpenVINO cell of the same model (``<pipeline>_openvino``, ``suite_openvino.py``).
+Peers whose pins conflict with ours run in their own venv (``compresslab.bench.external``): optimum's
+file is scored and timed here like any ONNX file; INC's and torchao's modules are scored and timed in
+their worker on the same dev batches (``timing: alternating processes``).
 
 Then ONE timing phase for all cells of the task, interleaved in this process (MEASURE.md): b1 and b32
-medians at the configured sequence length, and real-length throughput over dev. It is refused, with
+medians at the configured sequence length, and real-length throughput over dev; then, in the same
+window, the peers timed in their own venv, one after the other. It is refused, with
 the reason, when training or tests hold their lock or other processes use the CPU
 (:func:`compresslab.bench.quiet.require_quiet`); the scores are still written and earlier timings of
-unchanged cells kept. Writes ``benchmarks/results/suite_<task>.json`` (atomically, stamped with the
+unchanged cells kept. The verdicts (``benchmarks/verdicts.py``: for each peer that ran, which of ours
+beat it and by which rule, or that it wins) and which runtime is faster per pipeline (``runtimes``) are
+derived from the figures. Writes ``benchmarks/results/suite_<task>.json`` (atomically, stamped with the
 machine's load) and rebuilds ``benchmarks/REPORT.md`` / ``REPORT.html`` from every suite file.
 """
 
@@ -38,8 +45,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._results import ResultsFile, write_aside
-from .artifacts import Artifact, forward, size_bytes, timing_runner
+from .artifacts import Artifact, head_of, record_batches, size_bytes
+from .artifacts import score as _score
 from .store import CellStore, cell_key
+from .suite_openvino import cell_name, faster_runtime, openvino_artifact
+from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -71,6 +81,7 @@ class TaskPlan:
     timing: Mapping[str, Any]
     cell_cpu_hours: float | None
     teacher_cpu_hours: float | None
+    openvino: bool = True  # backends holds openvino: each pipeline also gets its OpenVINO cell
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -81,7 +92,23 @@ def load_config(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("tasks", "budgets", "pipelines", "timing") if k not in cfg]
     if missing:
         raise SuiteError(f"{path}: missing section(s) {missing}")
+    backends(cfg)
     return cfg
+
+
+BACKENDS = ("ort", "openvino")
+
+
+def backends(cfg: Mapping[str, Any]) -> list[str]:
+    """The runtimes our pipelines' files run on (``backends``, default both); SuiteError for an unknown one
+    or a list without ort (every pipeline deploys on ORT: ``deploy=ort``)."""
+    got = list(cfg.get("backends", BACKENDS))
+    unknown = [b for b in got if b not in BACKENDS]
+    if unknown:
+        raise SuiteError(f"unknown backend(s) {unknown} in the suite config; allowed: {list(BACKENDS)}")
+    if "ort" not in got:
+        raise SuiteError(f"backends {got} must include ort (every pipeline deploys its file on ORT)")
+    return got
 
 
 def peer_names(cfg: Mapping[str, Any]) -> list[str]:
@@ -105,6 +132,8 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     t, b = cfg["tasks"][task], cfg["budgets"][budget]
     pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
     if cells:
+        # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
+        cells = [c.removesuffix("_openvino") if c.removesuffix("_openvino") in pipelines else c for c in cells]
         unknown = [c for c in cells if c not in pipelines and c not in peers]
         if unknown:
             raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
@@ -115,7 +144,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
                  f"run.threads={threads}", *extra)
     return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                     int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
-                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"))
+                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg))
 
 
 # ----------------------------------------------------------------------------------------------- teacher
@@ -129,6 +158,7 @@ class Teacher:
     preds: np.ndarray
     score: float
     calibration: list[dict[str, np.ndarray]]
+    _dev_batches: list[dict[str, np.ndarray]] | None = None
 
     @property
     def dev(self) -> list:
@@ -137,6 +167,17 @@ class Teacher:
     @property
     def max_length(self) -> int:
         return int(self.state.settings.max_length)
+
+    @property
+    def head(self) -> str:
+        return head_of(self.state)
+
+    def dev_batches(self) -> list[dict[str, np.ndarray]]:
+        """The dev batches exactly as :func:`_score` feeds them, in order (recorded once): what a peer scored
+        in its own process must see, so its logits replay into the same ``predict``."""
+        if self._dev_batches is None:
+            self._dev_batches = record_batches(self.state)
+        return self._dev_batches
 
 
 def prepare_teacher(p: TaskPlan, work: Path) -> Teacher:
@@ -181,13 +222,6 @@ def _cpu_s() -> float:
 
 def _since(t0: float) -> float:
     return round(time.perf_counter() - t0, 1)
-
-
-def _score(a: Artifact, state: Any, threads: int) -> Any:
-    from compresslab.eval.evaluate import predict
-
-    return predict(forward(a, threads), state.task.spec, list(state.task.dev), state.tokenizer, batch_size=64,
-                   max_length=int(state.settings.max_length))
 
 
 def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
@@ -236,6 +270,10 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
     for pl in p.pipelines:
         args = pipeline_overrides(pl, p.overrides)
         todo.append((pl, "compresslab", {"kind": "pipeline", "args": args, **data}))
+    if p.openvino:
+        for pl in p.pipelines:
+            todo.append((cell_name(pl), "compresslab", {"kind": "pipeline_openvino", "of": pl, "args": todo[
+                p.pipelines.index(pl)][2]["args"], "calibration_examples": p.calibration_examples, **data}))
     for name in p.peers:
         peer = PEERS[name]
         try:
@@ -252,37 +290,51 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
         key = cell_key(spec)
         rec = store.finished(name, key)
         if rec is None:
-            rec = _build_one(name, method, spec, key, p, teacher, store, results, inputs_dir, PeerInputs)
+            rec = _build_one(name, method, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
         out[name] = rec
     return out
 
 
+def _tool_of(name: str, spec: Mapping[str, Any]) -> str:
+    from .peers import PEERS
+
+    if spec["kind"] == "pipeline_openvino":
+        return f"compresslab +pipeline={spec['of']} on OpenVINO"
+    return PEERS[name].tool if name in PEERS else f"compresslab +pipeline={name}"
+
+
 def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPlan, teacher: Teacher,
-               store: CellStore, results: ResultsFile, inputs_dir: Path, PeerInputs: Any) -> dict[str, Any]:
-    from .peers import PEERS, NotWiredError
+               store: CellStore, results: ResultsFile, inputs_dir: Path, PeerInputs: Any,
+               built: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    from compresslab.bench.external import ExternalError
+
+    from .peers import PEERS
 
     work = store.begin(name, key)
     t0, cpu0 = time.perf_counter(), _cpu_s()
     base = {"name": name, "method": method, "spec": spec}
+    tool, extra = _tool_of(name, spec), {}
     try:
-        if method == "compresslab":
+        if spec["kind"] == "pipeline":
             a, extra = build_pipeline(spec["args"], results, name)
-            tool = f"compresslab +pipeline={name}"
+        elif spec["kind"] == "pipeline_openvino":
+            a = openvino_artifact(built.get(spec["of"]) or {}, work, teacher.calibration)
+            extra = {k: built[spec["of"]].get(k) for k in ("run_dir", "command")}
         else:
-            peer = PEERS[name]
-            tool, extra = peer.tool, {}
-            a = peer.build(PeerInputs(plain_onnx=inputs_dir / "model_unfused.onnx", fused_onnx=inputs_dir / "model.onnx",
-                                      checkpoint=teacher.dir / "checkpoint", calibration=teacher.calibration,
-                                      work_dir=work))
+            a = PEERS[name].build(PeerInputs(
+                plain_onnx=inputs_dir / "model_unfused.onnx", fused_onnx=inputs_dir / "model.onnx",
+                checkpoint=teacher.dir / "checkpoint", calibration=teacher.calibration, work_dir=work,
+                dev_batches=teacher.dev_batches() if hasattr(PEERS[name], "time") else (), head=teacher.head,
+                threads=p.threads))
         build_s, cpu_s = _since(t0), round(_cpu_s() - cpu0, 1)
         scored = _score(a, teacher.state, p.threads)
     except Exception as e:  # any failure is this cell's, exactly as raised; the suite goes on
-        error = str(e) if isinstance(e, NotWiredError) else f"{type(e).__name__}: {e}"
+        error = str(e) if isinstance(e, ExternalError) else f"{type(e).__name__}: {e}"
         log.warning("cell %s failed: %s", name, error)
-        return store.fail(name, key, {**base, "tool": getattr(PEERS.get(name), "tool", f"compresslab +pipeline={name}"),
-                                      "error": error, "build_s": _since(t0)})
+        return store.fail(name, key, {**base, "tool": tool, "error": error, "build_s": _since(t0)})
     over = p.cell_cpu_hours is not None and cpu_s > 3600 * float(p.cell_cpu_hours)
-    rec = {**base, "tool": tool, "artifact": a.to_dict(), "size_bytes": size_bytes(a.file),
+    size = a.info.get("size_bytes") if a.backend == "external" else size_bytes(a.file)
+    rec = {**base, "tool": tool, "artifact": a.to_dict(), "size_bytes": size,
            "score": float(scored.metrics["score"]), "metrics": {k: float(v) for k, v in scored.metrics.items()},
            "build_s": build_s, "cpu_s": cpu_s, "cpu_hours_budget": p.cell_cpu_hours, "over_budget": over, **extra,
            "error": None}
@@ -292,9 +344,12 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
 
 
 # ----------------------------------------------------------------------------------------------- scores
-def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: Teacher) -> dict[str, dict[str, Any]]:
+def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: Teacher,
+            agreement_vs: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, Any]]:
     """``systems.<name>`` of suite_<task>.json without timings: score, agreement, size, file, errors, and
-    ``mcnemar_p_vs`` for each of ours against every peer that was scored (classification only)."""
+    ``mcnemar_p_vs`` for each of ours against every peer that was scored (classification only). When
+    given, ``agreement_vs`` is filled: ours -> peer -> fraction of dev examples predicted alike
+    (classification; what the verdicts' "same score" rule reads)."""
     from compresslab.data.metrics import agreement, mcnemar_pvalue
     from compresslab.data.tasks import TaskKind
 
@@ -308,7 +363,7 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
         s = {"method": c["method"], "tool": c["tool"], "score": c.get("score"), "agreement": None,
              "latency_ms_b1": None, "latency_ms_b32": None, "throughput_real": None, "size_bytes": c.get("size_bytes"),
              "backend": a.get("backend"), "precision": a.get("precision"), "file": _rel(Path(a["file"])) if a else None,
-             "mcnemar_p_vs": {}, "error": c.get("error")}
+             "mcnemar_p_vs": {}, "timing": None, "error": c.get("error")}
         if name in preds:
             s["agreement"] = (agreement(preds[name], teacher.preds) if classify
                               else float(np.corrcoef(preds[name], teacher.preds)[0, 1]))
@@ -317,88 +372,9 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
         for peer in (n for n in preds if cells[n]["method"] == "peer"):
             out[ours]["mcnemar_p_vs"][peer] = (mcnemar_pvalue(preds[ours] == labels, preds[peer] == labels)
                                                if classify else None)
+            if agreement_vs is not None and classify:
+                agreement_vs.setdefault(ours, {})[peer] = agreement(preds[ours], preds[peer])
     return out
-
-
-# ----------------------------------------------------------------------------------------------- timing
-def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: Teacher, p: TaskPlan,
-               *, quiet: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """ONE interleaved timing of every finished cell (fixed shapes, then real lengths over dev). Refuses
-    first (MachineBusyError) when the machine is not quiet. Returns ``{"results": name -> figures or
-    {"error"}, "meta": {...}}``; a runner that cannot be built keeps its error, the rest are timed."""
-    from compresslab.bench import measure_latency, measure_real_lengths
-    from compresslab.bench.latency import shape_key
-    from compresslab.bench.machine_load import timing_window
-    from compresslab.bench.quiet import require_quiet
-    from compresslab.data.loaders import make_loader
-
-    quiet = dict(quiet or {})
-    window_kw = quiet.pop("window", {})  # tests: a fake CPU reader for the timing window too
-    report = require_quiet(f"suite {p.task}: timing", **quiet)
-    tok = teacher.state.tokenizer
-    vocab = int(tok.vocab_size)
-    out: dict[str, Any] = {}
-    runners: dict[str, Any] = {}
-    for name, c in cells.items():
-        if c.get("status") != "finished":
-            continue
-        try:
-            runners[name] = timing_runner(Artifact.from_dict(c["artifact"]), p.threads, vocab)
-        except Exception as e:
-            out[name] = {"error": f"timing: {type(e).__name__}: {e}"}
-    if not runners:
-        return {"results": out, "meta": {"quiet": report, "timed": []}}
-    shapes = [tuple(int(x) for x in s) for s in p.timing["shapes"]]
-    loader = make_loader(teacher.dev, tok, 32, teacher.max_length, shuffle=False, kind=teacher.state.task.spec.kind)
-    batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
-    t0 = time.perf_counter()
-    with timing_window(f"suite {p.task}: every cell, fixed shapes and real lengths", **window_kw):
-        lat = measure_latency(runners, shapes, warmup=int(p.timing["warmup"]), runs=int(p.timing["runs"]),
-                              vocab_size=vocab)
-        rl = measure_real_lengths(runners, batches, rounds=int(p.timing["rounds"]))
-    by_batch = {b: shape_key(b, s) for b, s in shapes}
-    for name, r in runners.items():
-        res = lat["results"][name]
-        info = r.info() if hasattr(r, "info") else {}
-        out[name] = {"latency_ms_b1": res[by_batch[1]]["p50_ms"] if 1 in by_batch else None,
-                     "latency_ms_b32": res[by_batch[32]]["p50_ms"] if 32 in by_batch else None,
-                     "throughput_real": rl["results"][name]["sentences_per_s"],
-                     "compiled_precision": info.get("precision") if info.get("kind") == "openvino" else None}
-    return {"results": out,
-            "meta": {"quiet": report, "timed": list(runners), "shapes": [list(s) for s in shapes],
-                     "latency_settings": lat["settings"], "real_length": rl["settings"], "timing_s": _since(t0),
-                     "runners": {k: _jsonable(v) for k, v in lat["runners"].items()},
-                     "order": "one process, every cell interleaved (A B C A B C ...), medians"}}
-
-
-def _jsonable(v: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(v, default=str))
-
-
-def apply_timing(sysd: dict[str, dict[str, Any]], timed: Mapping[str, Any]) -> None:
-    for name, t in timed.items():
-        if "error" in t:
-            sysd[name]["error"] = t["error"]
-            continue
-        for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real"):
-            sysd[name][k] = t[k]
-        if t.get("compiled_precision"):
-            sysd[name]["precision"] = f"{sysd[name]['precision']} (compiled {t['compiled_precision']})"
-
-
-def keep_earlier_timings(sysd: dict[str, dict[str, Any]], keys: Mapping[str, str], old: Mapping[str, Any]) -> list[str]:
-    """Copy the timings of cells whose key did not change from the previous file; the names kept."""
-    old_keys = (old.get("meta") or {}).get("cell_keys") or {}
-    kept = []
-    for name, s in sysd.items():
-        prev = (old.get("systems") or {}).get(name)
-        if prev and keys.get(name) and old_keys.get(name) == keys[name] and prev.get("latency_ms_b32") is not None:
-            for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real", "precision"):
-                s[k] = prev.get(k)
-            kept.append(name)
-    return kept
 
 
 # ----------------------------------------------------------------------------------------------- one task
@@ -415,7 +391,8 @@ def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet:
     teacher = prepare_teacher(p, task_work)
     store = CellStore(task_work / "cells")
     cells = build_cells(p, teacher, store, results)
-    sysd = systems(cells, store, teacher)
+    agree_vs: dict[str, dict[str, float]] = {}
+    sysd = systems(cells, store, teacher, agree_vs)
     keys = {n: c["key"] for n, c in cells.items() if c.get("status") == "finished"}
     flags = cpu_flags()
     code, timing_meta = 0, {"status": "skipped (--no-timing)"}
@@ -430,7 +407,11 @@ def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet:
             code, timing_meta = EXIT_TIMING_REFUSED, {"status": "refused", "reason": str(e)}
     if timing_meta["status"] != "timed":
         timing_meta["kept_from_earlier_run"] = keep_earlier_timings(sysd, keys, old)
+    from .verdicts import task_verdicts
+
     data = {"teacher_score": teacher.score, "systems": sysd,
+            "verdicts": task_verdicts(sysd, agree_vs, classification=_classify(teacher)),
+            "runtimes": faster_runtime(sysd, p.pipelines) if p.openvino else {},
             "meta": {"task": p.task, "metric": teacher.state.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
                      "overrides": list(p.overrides), "threads": p.threads, "timing": timing_meta,
@@ -440,6 +421,10 @@ def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet:
                      "agreement": ("fraction of dev examples predicted as the teacher (torch fp32) predicts"
                                    if sysd and _classify(teacher) else "Pearson r of the predictions with the teacher's"),
                      "mcnemar": "exact two-sided McNemar on dev correctness, each of ours vs each peer (classification)",
+                     "verdicts": "benchmarks/verdicts.py: (a) b32 <= the peer's and a higher score (McNemar p < 0.05; "
+                                 ">= 1 pt on regression) or (b) agreement >= 0.99 with the peer's predictions or "
+                                 "within 0.3 pt at <= 0.9x its b32 latency",
+                     "agreement_vs_peers": agree_vs,
                      "teacher_cpu_hours_budget": p.teacher_cpu_hours, "git_sha": git_sha(),
                      "versions": library_versions(), "hardware": hardware_fingerprint(p.threads),
                      "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:])}}

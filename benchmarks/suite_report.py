@@ -5,7 +5,9 @@ Only the results files are read: the report says what they say, figures included
 The CPU's ISA flags stand in the header of every speed column and the title of every latency plot
 (int8 and bf16 gains depend on them, and machines differ between runs). Cells timed on a busy machine
 (the file's ``meta.machine_load``) and tasks whose timing was refused or skipped say so above their
-table. Rendering reuses the run report's blocks (``compresslab.report.render``) and its Pareto plot.
+table. Below each table: which runtime is faster per pipeline (ORT or OpenVINO, ``runtimes``) and the
+verdict for every peer that ran (``verdicts``: which of ours beat it and by which rule, or, said plainly,
+that the peer wins). Rendering reuses the run report's blocks (``compresslab.report.render``) and its Pareto plot.
 """
 
 from __future__ import annotations
@@ -76,10 +78,16 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
         rows.append([name, s.get("method") or "", s.get("tool") or "", _pct(s.get("score")), pt(delta),
                      _f(s.get("agreement")), ms(s.get("latency_ms_b1")), ms(s.get("latency_ms_b32")),
                      _f(s.get("throughput_real"), 1), mb(s.get("size_bytes")), s.get("backend") or "",
-                     s.get("precision") or "", s.get("error") or ""])
+                     s.get("precision") or "", _timing(s.get("timing")), s.get("error") or ""])
     blocks.append(Table(["system", "method", "tool", "score", "Δ vs teacher", "agreement", f"b1 ms [{isa}]",
-                         f"b32 ms [{isa}]", f"real-length sent/s [{isa}]", "size", "backend", "precision", "error"],
-                        rows, caption="Scores from each deployed file on dev; latency p50 from one interleaved run."))
+                         f"b32 ms [{isa}]", f"real-length sent/s [{isa}]", "size", "backend", "precision", "timed",
+                         "error"], rows,
+                        caption="Scores from each deployed file on dev; latency p50. timed: 'one process' = every "
+                                "such cell interleaved in the suite's process; 'alternating' = in the tool's own "
+                                "venv after them (interleaved there with the dense teacher: see below)."))
+    blocks += runtime_blocks(data.get("runtimes") or {}, isa)
+    blocks += external_blocks(meta)
+    blocks += verdict_blocks(data.get("verdicts") or {})
     ours = [n for n, s in sysd.items() if s.get("mcnemar_p_vs")]
     peers = sorted({p for n in ours for p in sysd[n]["mcnemar_p_vs"]})
     if ours and peers:
@@ -101,6 +109,63 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
     return blocks, pngs
 
 
+def _timing(t: str | None) -> str:
+    return "" if not t else "alternating" if t.startswith("alternating") else "one process"
+
+
+def runtime_blocks(runtimes: Mapping[str, Mapping[str, Any]], isa: str) -> list[Any]:
+    """Which runtime runs each of our pipelines faster (b32 p50): its ORT file vs its OpenVINO cell."""
+    if not runtimes:
+        return []
+    rows = []
+    for p, r in runtimes.items():
+        verdict = (f"{r['faster']} ({r['ratio']:.2f}x)" if r.get("faster") not in (None, "tie") else
+                   "tie" if r.get("faster") == "tie" else f"not compared: {r.get('why', '')}")
+        rows.append([p, ms(r.get("ort_ms_b32")), ms(r.get("openvino_ms_b32")), verdict, _pct(r.get("ort_score")),
+                     _pct(r.get("openvino_score"))])
+    return [Table(["pipeline", f"ORT b32 ms [{isa}]", f"OpenVINO b32 ms [{isa}]", "faster", "ORT score",
+                   "OpenVINO score"], rows,
+                  caption="Each of our pipelines on both runtimes (OpenVINO: the same file, its plain twin, or our "
+                          "static QDQ of the run's plain export where ORT's file is its dynamic int8 form).")]
+
+
+def external_blocks(meta: Mapping[str, Any]) -> list[Any]:
+    """The dense teacher's figures timed beside each peer in its own venv (the bridge between processes)."""
+    ext = ((meta.get("timing") or {}).get("external") or {})
+    lines = []
+    for name, e in ext.items():
+        ref = ((e.get("reference") or {}).get("dense_torch_fp32") or {})
+        if e.get("error"):
+            lines.append(f"{name}: {e['error']}")
+        elif ref:
+            lines.append(f"{name}: timed in its own venv, alternating with this process; the dense teacher (eager "
+                         f"fp32) timed beside it there: b32 {ms(ref.get('latency_ms_b32'))}, b1 "
+                         f"{ms(ref.get('latency_ms_b1'))} (compare with dense_torch_fp32 above).")
+    return [Para("Peers timed in their own venv (alternating processes):"), Bullets(lines)] if lines else []
+
+
+def verdict_blocks(verdicts: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """Per peer: beaten (by which of ours, which rule) or, said plainly, the peer wins; undecided and why."""
+    if not verdicts:
+        return []
+    wins = [n for n, v in verdicts.items() if v.get("status") == "peer wins"]
+    lines = []
+    for name, v in verdicts.items():
+        if v["status"] == "beaten":
+            who = "; ".join(f"{h['system']} (rule {h['rule']}: {h['why']})" for h in v["beaten_by"])
+            lines.append(f"{name}: beaten by {who}")
+        elif v["status"] == "peer wins":
+            lines.append(f"{name}: THE PEER WINS. {v['why']}")
+        else:
+            lines.append(f"{name}: undecided ({v['why']})")
+    head = (f"Where a peer wins: {', '.join(wins)}." if wins else
+            "No peer wins where both were timed." if any(v["status"] == "beaten" for v in verdicts.values())
+            else "No verdict yet (not timed).")
+    return [Para("Verdicts (issue 14): (a) at most as slow at b32 with a higher score (McNemar p < 0.05; >= 1 pt "
+                 "on STS-B), or (b) the same score (agreement >= 0.99 with the peer's predictions, or within "
+                 f"0.3 pt) at <= 0.9x the peer's b32 latency. {head}", "warn" if wins else "text"), Bullets(lines)]
+
+
 def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
     """The report over every ``suite_<task>.json`` in ``results_dir``."""
     doc = Document("compresslab against the tools users know (issue 14)")
@@ -117,7 +182,11 @@ def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
     doc.blocks += [Heading("How to read it", 3), Bullets([
         "method compresslab: our pipeline's deployed file; peer: another tool's (the dense teacher's cells included).",
         "agreement: fraction of dev examples predicted as the teacher (torch fp32) predicts (Pearson r on regression).",
-        "Every speed figure: one process, every cell interleaved, medians; the CPU ISA flags are in the header."])]
+        "Every speed figure: one process, every cell interleaved, medians, except the cells timed 'alternating': "
+        "those run only in their tool's venv and were timed there, after the others, interleaved with the dense "
+        "teacher (eager fp32) whose figure there is given; the CPU ISA flags are in the header.",
+        "OpenVINO cells of ours (<pipeline>_openvino): the same model on OpenVINO (see the runtime table).",
+        "Verdicts: benchmarks/verdicts.py; a peer that failed has no verdict, its exact error is in the table."])]
     return doc, pngs
 
 

@@ -5,8 +5,10 @@ One module per tool; each exposes peers that follow :class:`Peer`: a ``name`` (t
 ``suite_<task>.json``), the ``tool`` in words, ``settings()`` (what is hashed into the cell's cache key:
 change a setting and the cell is built again) and ``build(inputs) -> Artifact``. ``build`` may raise
 anything: the suite records ``"<ExceptionType>: <message>"`` as the cell's ``error`` and goes on with
-the other cells. A peer that cannot run in this process (pins that conflict with ours) is an
-:class:`Unwired` peer: listed, never silent, its ``error`` says what it needs.
+the other cells. Tools whose pins conflict with ours run in their own venv through
+``compresslab.bench.external`` (``venvs``): optimum-onnx writes an ONNX file the suite runs itself;
+Intel Neural Compressor and torchao (``torch_venv``) give an ``external`` artifact, scored and timed
+in its worker (a peer with a ``time`` method), so their timing is "alternating processes".
 
 :data:`PEERS` is the registry, in the order cells are built and reported.
 """
@@ -25,15 +27,21 @@ from ..artifacts import Artifact
 @dataclass(frozen=True)
 class PeerInputs:
     """What every peer may start from. ``plain_onnx``: the teacher's unfused fp32 export (what a user's
-    exporter writes); ``fused_onnx``: the same after ORT's transformer fusion; ``checkpoint``: the
-    teacher's torch directory; ``calibration``: feeds from train (name -> (batch, seq) int64), the
-    same examples for every peer that calibrates; ``work_dir``: an empty directory of the cell's own."""
+    exporter writes; its directory is in the layout optimum's ORTModel classes load); ``fused_onnx``:
+    the same after ORT's transformer fusion; ``checkpoint``: the teacher's torch directory;
+    ``calibration``: feeds from train (name -> (batch, seq) int64), the same examples for every peer
+    that calibrates; ``work_dir``: an empty directory of the cell's own; ``dev_batches``: the dev
+    batches exactly as the suite scores them (for peers scored in their own process); ``head``:
+    ``classification`` (logits) or ``encoder`` (last hidden state, embedding tasks); ``threads``."""
 
     plain_onnx: Path
     fused_onnx: Path
     checkpoint: Path
     calibration: Sequence[Mapping[str, np.ndarray]]
     work_dir: Path
+    dev_batches: Sequence[Mapping[str, np.ndarray]] = ()
+    head: str = "classification"
+    threads: int = 1
 
 
 class Peer(Protocol):
@@ -49,36 +57,11 @@ class Peer(Protocol):
         ...
 
 
-class NotWiredError(RuntimeError):
-    """A peer the suite lists but cannot run yet."""
-
-
-@dataclass(frozen=True)
-class Unwired:
-    """A peer listed in the suite that needs what this process cannot give (its own venv)."""
-
-    name: str
-    tool: str
-    needs: str
-
-    def settings(self) -> dict[str, Any]:
-        return {"needs": self.needs}
-
-    def build(self, inputs: PeerInputs) -> Artifact:
-        raise NotWiredError(f"not yet wired: needs its own venv ({self.needs})")
-
-
 def _registry() -> dict[str, Peer]:
-    from . import dense, nncf_ptq, nncf_weights, ort_dynamic, ort_nbits, torch_dynamic
+    from . import dense, nncf_ptq, nncf_weights, optimum_ort, ort_dynamic, ort_nbits, torch_dynamic, torch_venv
 
     peers: list[Peer] = [*dense.PEERS, ort_dynamic.PEER, torch_dynamic.PEER, nncf_ptq.PEER, ort_nbits.PEER,
-                         nncf_weights.PEER,
-                         Unwired("optimum_ort_avx512_vnni", "optimum-onnx ORTOptimizer + ORTQuantizer (avx512_vnni)",
-                                 "optimum-onnx pins transformers<4.58; to run through compresslab/bench/external.py"),
-                         Unwired("inc_ptq", "Intel Neural Compressor 3.x PTQ (PyTorch path)",
-                                 "neural-compressor 3.x and its torch pins; to run through compresslab/bench/external.py"),
-                         Unwired("torchao_int8_dynamic", "torchao Int8DynamicActivationInt8WeightConfig",
-                                 "a torchao build matching its torch; to run through compresslab/bench/external.py")]
+                         nncf_weights.PEER, *optimum_ort.PEERS, *torch_venv.PEERS]
     return {p.name: p for p in peers}
 
 

@@ -166,10 +166,24 @@ def _run(cmd: Sequence[str], *, stage: str, timeout: float, log_file: Path, env:
                                 log_file=log_file) from None
         lf.write(proc.stderr or "")
     if proc.returncode != 0:
-        shown = " ".join(cmd)
-        shown = shown if len(shown) <= 400 else shown[:400] + " ..."
-        raise ExternalError(stage, f"`{shown}` exited {proc.returncode}: {_tail(proc.stderr)}", log_file=log_file)
+        raise ExternalError(stage, f"{_last_line(proc.stderr)} ({_shown(cmd)} exited {proc.returncode}; stderr: "
+                                   f"{_tail(proc.stderr)})", log_file=log_file)
     return proc
+
+
+def _last_line(text: str | None) -> str:
+    """The tool's last word: the last non-blank stderr line (a traceback's exception, pip's ERROR line)."""
+    lines = [ln.strip() for ln in _tail(text, 10**9).splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no stderr)"
+
+
+def _shown(cmd: Sequence[str]) -> str:
+    """A command as an error names it: a worker by its script's name, pip by what it installs."""
+    cmd = list(cmd)
+    if len(cmd) >= 2 and cmd[1].endswith(".py"):
+        return f"worker {Path(cmd[1]).name}"
+    text = " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))
+    return f"`{text if len(text) <= 300 else text[:300] + ' ...'}`"
 
 
 def _nice() -> None:  # pragma: no cover - runs in the child

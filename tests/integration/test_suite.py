@@ -1,11 +1,12 @@
 """The peer suite (issue 14, ``benchmarks/suite.py``) on a tiny random BERT and a generic CSV task.
 
-One task is built once for the module (teacher, our ``int8`` pipeline, three peers and one that fails),
-scores only; the timing phase is run against a fake CPU reader (quiet or busy), never judged. What must
+One task is built once for the module (teacher, our ``int8`` pipeline and its OpenVINO cell, three peers,
+one that fails and a fake of a peer scored and timed in its own venv), scores only; the timing phase is run against a fake CPU reader (quiet or busy), never judged. What must
 hold: the JSON has the issue's shape; a failing peer keeps its exact error and the rest finish; a second
 run builds nothing (every finished cell is found by its config hash) and a changed setting builds anew;
 McNemar is paired on the same dev examples; timing is refused when the machine is busy or a training
-holds its lock, and the scores are still written.
+holds its lock, and the scores are still written; a peer scored in its own process replays to exactly
+the score it computed; verdicts and the ORT/OpenVINO comparison are written and reported.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ peers = importlib.import_module("benchmarks.peers")
 store_mod = importlib.import_module("benchmarks.store")
 
 SYSTEM_KEYS = {"method", "tool", "score", "agreement", "latency_ms_b1", "latency_ms_b32", "throughput_real",
-               "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "error"}
-PEERS = ["dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8", "broken"]
+               "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "timing", "error"}
+PEERS = ["dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8", "broken", "fake_venv"]
 QUIET = {"reader": FakeCpu(other=0.0), "probe_s": 0.0, "sleep": lambda s: None, "allow_busy": False,
          "window": {"reader": FakeCpu(other=0.0), "probe_s": 0.0}}
 
@@ -46,6 +47,35 @@ class Broken:
 
     def build(self, inputs: Any) -> Any:
         raise ValueError("boom: the tool said no (42)")
+
+
+class FakeVenvPeer:
+    """A peer scored and timed in "its own process": here the teacher in torch, run on the suite's recorded dev
+    batches, logits written to a file as a worker would; timing returns fixed figures."""
+
+    name, tool = "fake_venv", "the teacher, scored as a worker would"
+
+    def settings(self) -> dict[str, Any]:
+        return {"v": 1}
+
+    def build(self, inputs: Any) -> Any:
+        import torch
+
+        from benchmarks.artifacts import Artifact
+        from compresslab.checkpoint import load
+
+        assert inputs.dev_batches and inputs.head == "classification"
+        model = load(inputs.checkpoint).eval()
+        with torch.inference_mode():
+            logits = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
+                      for b in inputs.dev_batches]
+        f = inputs.work_dir / "logits.npz"
+        np.savez(f, **{f"b{i}": x for i, x in enumerate(logits)})
+        return Artifact(f, "external", "fp32", {"logits": str(f), "size_bytes": 123})
+
+    def time(self, artifact: Any, timing: Any, vocab_size: int) -> dict[str, Any]:
+        return {"latency_ms_b1": 1.0, "latency_ms_b32": 1e6, "throughput_real": 5.0,
+                "timing": "alternating processes (fake)", "reference": {"dense_torch_fp32": {"latency_ms_b32": 2e6}}}
 
 
 def _config(root: Path) -> dict[str, Any]:
@@ -66,6 +96,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         write_csv(root / f"{name}.csv", ["text", "label"], [[e.text_a, str(e.label)] for e in tiny_sentiment(n, seed)])
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(peers.PEERS, "broken", Broken())
+        mp.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
         cfg = _config(root)
         p = suite.plan(cfg, "tiny", "smoke", None, [f"paths.output_dir={root / 'out'}", f"paths.cache_dir={root / 'cache'}"])
         code = suite.run_task(p, work=root / "work", results_dir=root / "results", timing=False)
@@ -75,8 +106,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def test_json_has_the_issue_shape(built) -> None:
     d = built.data
-    assert built.code == 0 and set(d) == {"teacher_score", "systems", "meta"}
-    assert set(d["systems"]) == {"int8", *PEERS}
+    assert built.code == 0 and set(d) == {"teacher_score", "systems", "meta", "verdicts", "runtimes"}
+    assert set(d["systems"]) == {"int8", "int8_openvino", *PEERS}
     for name, s in d["systems"].items():
         assert set(s) == SYSTEM_KEYS, name
     ours = d["systems"]["int8"]
@@ -97,10 +128,30 @@ def test_failing_peer_keeps_its_exact_error_and_the_rest_finish(built) -> None:
     assert "broken" not in s["int8"]["mcnemar_p_vs"]  # no predictions, no paired test
 
 
-def test_unwired_peer_says_what_it_needs(tmp_path) -> None:
-    p = peers.PEERS["inc_ptq"]
-    with pytest.raises(peers.NotWiredError, match=r"^not yet wired: needs its own venv \(neural-compressor"):
-        p.build(None)
+def test_venv_peers_are_registered_with_pinned_venvs() -> None:
+    from compresslab.bench.external import VenvSpec
+
+    for name in ("optimum_ort_avx512_vnni", "optimum_ort_avx512_vnni_plain", "inc_ptq_dynamic_int8",
+                 "torchao_int8_dynamic"):
+        s = peers.PEERS[name].settings()
+        assert all("==" in r for r in s["venv"]["requirements"]) and s["venv"]["key"], name
+    assert isinstance(importlib.import_module("benchmarks.peers.venvs").INC, VenvSpec)
+
+
+def test_a_peer_scored_in_its_own_process_replays_to_its_exact_score(built) -> None:
+    s = built.data["systems"]
+    fake = s["fake_venv"]
+    assert fake["error"] is None and fake["backend"] == "external" and fake["size_bytes"] == 123
+    assert fake["score"] == pytest.approx(built.data["teacher_score"]) and fake["agreement"] == 1.0
+
+
+def test_openvino_cell_of_our_int8_is_our_qdq_of_the_plain_export(built) -> None:
+    s = built.data["systems"]["int8_openvino"]
+    assert s["error"] is None and s["method"] == "compresslab" and s["backend"] == "openvino"
+    assert s["file"].endswith(".xml") and s["score"] is not None
+    cell = store_mod.CellStore(built.root / "work" / "tiny" / "smoke" / "cells").finished(
+        "int8_openvino", built.data["meta"]["cell_keys"]["int8_openvino"])
+    assert "MatMulInteger" in cell["artifact"]["info"]["source"]  # why not the deployed file itself
 
 
 def test_second_run_builds_nothing_and_a_changed_setting_builds_anew(built, monkeypatch) -> None:
@@ -113,6 +164,7 @@ def test_second_run_builds_nothing_and_a_changed_setting_builds_anew(built, monk
 
     monkeypatch.setattr(suite, "_build_one", spy)
     monkeypatch.setitem(peers.PEERS, "broken", Broken())
+    monkeypatch.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
     code = suite.run_task(built.plan, work=built.root / "work", results_dir=built.root / "results", timing=False)
     assert code == 0
     assert built_now == ["broken"]  # finished cells are found by their key; a failed one is tried again
@@ -165,6 +217,7 @@ def test_timing_refused_when_busy_and_scores_still_written(built) -> None:
     busy = {**QUIET, "reader": FakeCpu(other=1.0)}
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(peers.PEERS, "broken", Broken())
+        mp.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
         code = suite.run_task(built.plan, work=built.root / "work", results_dir=built.root / "results", timing=True,
                               quiet=busy)
     d = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
@@ -185,16 +238,28 @@ def test_timing_refused_while_a_training_holds_its_lock(built) -> None:
 
 def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> None:
     monkeypatch.setitem(peers.PEERS, "broken", Broken())
+    monkeypatch.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
     code = suite.run_task(built.plan, work=built.root / "work", results_dir=built.root / "results", timing=True,
                           quiet=QUIET)
     d = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert code == 0 and d["meta"]["timing"]["status"] == "timed"
     timed = set(d["meta"]["timing"]["timed"])
-    assert timed == {"int8", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8"}
+    assert timed == {"int8", "int8_openvino", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic",
+                     "torch_ao_dynamic_int8", "fake_venv"}
     for n in timed:
         s = d["systems"][n]
         assert s["latency_ms_b1"] > 0 and s["latency_ms_b32"] > 0 and s["throughput_real"] > 0
+        assert s["timing"] == ("alternating processes (fake)" if n == "fake_venv" else "interleaved in one process")
     assert d["systems"]["broken"]["latency_ms_b32"] is None
+    assert d["meta"]["timing"]["external"]["fake_venv"]["reference"]["dense_torch_fp32"]["latency_ms_b32"] == 2e6
+    # the ORT/OpenVINO comparison and the verdicts come from these figures
+    r = d["runtimes"]["int8"]
+    assert r["faster"] in ("ort", "openvino", "tie") and r["ort_ms_b32"] == d["systems"]["int8"]["latency_ms_b32"]
+    v = d["verdicts"]
+    assert set(v) == {"dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8",
+                      "fake_venv"}
+    assert v["fake_venv"]["status"] in ("beaten", "peer wins")  # timed: never undecided
+    assert all(h["latency_ratio"] <= 1.0 for h in v["fake_venv"]["beaten_by"])
     # a later scoring-only run keeps those timings for the unchanged cells
     suite.run_task(built.plan, work=built.root / "work", results_dir=built.root / "results", timing=False)
     d2 = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
@@ -208,6 +273,7 @@ def test_report_has_a_table_per_task_and_the_isa(built, tmp_path) -> None:
     out = write_report(built.root / "results", tmp_path / "REPORT.md")
     md = out["md"].read_text()
     assert "## tiny" in md and "| int8 | compresslab |" in md and "boom: the tool said no (42)" in md
+    assert "| int8_openvino | compresslab |" in md and "Verdicts (issue 14)" in md and "OpenVINO b32 ms" in md
     isa = built.data["meta"]["cpu_isa"]
     if isa:
         assert f"b32 ms [{', '.join(isa)}]" in md
@@ -215,9 +281,10 @@ def test_report_has_a_table_per_task_and_the_isa(built, tmp_path) -> None:
 
 
 def test_bad_settings_are_refused_before_any_work(built, monkeypatch) -> None:
-    with pytest.raises(suite.SuiteError, match=r"unknown peer\(s\) \['broken'\] in the suite config"):
+    with pytest.raises(suite.SuiteError, match=r"unknown peer\(s\) \['broken', 'fake_venv'\] in the suite config"):
         suite.plan(built.cfg, "tiny", "smoke", None)  # not registered outside the fixture
     monkeypatch.setitem(peers.PEERS, "broken", Broken())
+    monkeypatch.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
     with pytest.raises(suite.SuiteError, match="unknown task 'nope'"):
         suite.plan(built.cfg, "nope", "smoke", None)
     with pytest.raises(suite.SuiteError, match="unknown budget 'huge'.*smoke"):
@@ -225,6 +292,8 @@ def test_bad_settings_are_refused_before_any_work(built, monkeypatch) -> None:
     with pytest.raises(suite.SuiteError, match=r"unknown cell\(s\) \['int9'\]"):
         suite.plan(built.cfg, "tiny", "smoke", ["int9"])
     assert suite.main(["--task", "nope", "--config", str(REPO / "benchmarks" / "suite.yaml")]) == 2
+    with pytest.raises(suite.SuiteError, match=r"unknown backend\(s\) \['tensorrt'\].*allowed: \['ort', 'openvino'\]"):
+        suite.backends({**built.cfg, "backends": ["ort", "tensorrt"]})
 
 
 class _FakeStore:
