@@ -48,7 +48,7 @@ from ._results import ResultsFile, write_aside
 from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
-from .suite_openvino import cell_name, faster_runtime, openvino_artifact
+from .suite_openvino import SUFFIX, cell_name, faster_runtime, openvino_artifact
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
 ROOT = Path(__file__).resolve().parent
@@ -133,7 +133,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
     if cells:
         # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
-        cells = [c.removesuffix("_openvino") if c.removesuffix("_openvino") in pipelines else c for c in cells]
+        cells = [c.removesuffix(SUFFIX) if c.removesuffix(SUFFIX) in pipelines else c for c in cells]
         unknown = [c for c in cells if c not in pipelines and c not in peers]
         if unknown:
             raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
@@ -267,13 +267,12 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
     data = {"task": p.task, "budget": p.budget, "overrides": list(p.overrides), "teacher": teacher.sha,
             "dev": examples_sha256(teacher.dev), "max_length": teacher.max_length}
     todo: list[tuple[str, str, dict[str, Any]]] = []
-    for pl in p.pipelines:
-        args = pipeline_overrides(pl, p.overrides)
-        todo.append((pl, "compresslab", {"kind": "pipeline", "args": args, **data}))
-    if p.openvino:
-        for pl in p.pipelines:
-            todo.append((cell_name(pl), "compresslab", {"kind": "pipeline_openvino", "of": pl, "args": todo[
-                p.pipelines.index(pl)][2]["args"], "calibration_examples": p.calibration_examples, **data}))
+    args = {pl: pipeline_overrides(pl, p.overrides) for pl in p.pipelines}
+    todo += [(pl, "compresslab", {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
+    if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
+        todo += [(cell_name(pl), "compresslab", {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
+                                                 "calibration_examples": p.calibration_examples, **data})
+                 for pl in p.pipelines]
     for name in p.peers:
         peer = PEERS[name]
         try:

@@ -7,6 +7,9 @@
   quantization for BERT-like NLP models, static for CNNs);
 * torchao ``Int8DynamicActivationInt8WeightConfig`` (per-token int8 activations, per-channel int8 weights).
 
+INC's other static path, through Intel Extension for PyTorch, is not run: IPEX stops at 2.8.0 (for torch
+2.8), and every venv here runs the suite's torch 2.13.0+cpu.
+
 The quantized module (pickled by the worker: the deployed file, sized here) runs only in its venv, so the
 worker scores it there on the suite's own dev batches (the logits come back; predictions, agreement and
 McNemar are derived here as for every cell) and times it there, interleaved with the dense teacher in
