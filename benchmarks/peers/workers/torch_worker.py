@@ -38,10 +38,6 @@ METHODS = ("inc_dynamic", "torchao_int8_dynamic")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _torch():
-    return torch
-
-
 class Logits(torch.nn.Module):
     """An HF model called with the feeds as positional tensors (what torch.export traces); returns the
     scored output: logits, or the last hidden state of a bare encoder (``head="encoder"``)."""
@@ -69,14 +65,12 @@ def load_dense(spec: dict[str, Any]) -> Any:
 
 
 def _example(spec: dict[str, Any], batches: list[dict[str, np.ndarray]]) -> tuple:
-    torch = _torch()
     b = batches[0]
     return tuple(torch.from_numpy(np.ascontiguousarray(b[n])) for n in spec["input_names"])
 
 
 def quantize(spec: dict[str, Any], dense: Any, batches: list[dict[str, np.ndarray]]) -> tuple[Any, dict[str, Any]]:
     """The tool's quantized module (not compiled) and what it recorded."""
-    torch = _torch()
     method = spec["method"]
     if method == "torchao_int8_dynamic":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -127,7 +121,6 @@ def load(spec: dict[str, Any], path: str) -> Any:
 
 def compiled(spec: dict[str, Any], q: Any) -> Any:
     """``torch.compile`` as the tool's docs say (INC: inductor freezing on); eager when ``compile`` is off."""
-    torch = _torch()
     if not spec.get("compile", True):
         return q
     if spec["method"] == "inc_dynamic":
@@ -138,7 +131,6 @@ def compiled(spec: dict[str, Any], q: Any) -> Any:
 
 
 def runner(model: Any, names: list[str]):
-    torch = _torch()
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names)
@@ -149,7 +141,6 @@ def runner(model: Any, names: list[str]):
 
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:
-    torch = _torch()
     batches = common.load_batches(spec["batches"])
     dense = load_dense(spec)
     t0 = time.perf_counter()
@@ -170,7 +161,6 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_it(spec: dict[str, Any]) -> dict[str, Any]:
-    torch = _torch()
     batches = common.load_batches(spec["batches"])
     names = list(spec["input_names"])
     dense = load_dense(spec)
@@ -196,7 +186,6 @@ def time_it(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     spec = common.read_spec(argv)
-    torch = _torch()
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
