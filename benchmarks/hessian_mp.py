@@ -98,11 +98,16 @@ def _teacher_preds() -> np.ndarray:
     return _STATE["teacher_preds"]
 
 
-def _quantize(**kw) -> tuple[Any, Any]:
-    """A copy of the teacher through the hawq pass with ``kw``; (model, PassResult)."""
+def _quantize(seed: int | None = None, **kw) -> tuple[Any, Any]:
+    """A copy of the teacher through the hawq pass with ``kw`` (``seed``: the context's run seed instead of the
+    config's); (model, PassResult)."""
+    import dataclasses
+
     from compresslab.passes.hawq import Hawq
 
     _, state, ctx = _teacher()
+    if seed is not None:
+        ctx = dataclasses.replace(ctx, seed=int(seed))
     model = copy.deepcopy(state.teacher)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -232,39 +237,80 @@ def qat(args) -> None:
     teacher_preds = _teacher_preds()
     labels = np.array([e.label for e in state.task.dev])
     sfx = _loss_suffix(args)
+    seed = int(cfg.seed) if args.seed is None else int(args.seed)
+    base_seed = seed == int(cfg.seed)
+    # the config's seed keeps the issue's keys; other seeds (the seed study) go under qat{sfx}_seeds.<seed>
+    key_root = f"qat{sfx}" if base_seed else f"qat{sfx}_seeds.{seed}"
+    seed_dir = "" if base_seed else f"_seed{seed}"
     hess = {"hessian": HESSIAN[args.hessian_loss]}
     runs = {"acc_mp_3": {"avg_bits": 3.0, **hess}, "acc_uniform_3": {"bits": 3},
             "acc_mp_2_5": {"avg_bits": 2.5, **hess}}
     rec = {"steps": args.steps, "lr": args.lr, "batch_size": int(cfg.budget.batch_size), "hardness": 1.0,
            "temperature": 2.0, "embedding_bits": args.embedding_bits, "hessian_loss": args.hessian_loss}
-    dirs = {k: WORK / f"qat{sfx}" / k for k in runs}
-    if sfx:  # uniform 3 has no Hessian: the task-loss run's model (same seed, steps and data) is the control
-        dirs["acc_uniform_3"] = WORK / "qat" / "acc_uniform_3"
+    dirs = {k: WORK / f"qat{sfx}{seed_dir}" / k for k in runs}
+    # uniform 3 has no Hessian: the task-loss run's model of the same seed (steps and data) is every loss's control
+    dirs["acc_uniform_3"] = WORK / f"qat{seed_dir}" / "acc_uniform_3"
     for key, kw in runs.items():
         out = dirs[key]
-        if (_has(f"qat{sfx}.{key}") or (sfx and key == "acc_uniform_3")) and (out / "preds.npy").is_file():
+        if (out / "preds.npy").is_file() and (_has(f"{key_root}.{key}") or key == "acc_uniform_3"):
             continue
         t0 = time.perf_counter()
-        m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits, **kw)
+        m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits,
+                         seed=seed, **kw)
         s = _scored(m)
         compresslab.save(m, out, tokenizer=state.tokenizer, formats=["packed_nbits"])
         np.save(out / "preds.npy", s.predictions)
         from compresslab.data.metrics import agreement
 
-        _store(f"qat{sfx}.{key}", s.metrics["score"])
-        _store(f"qat{sfx}_detail.{key}", {"acc": s.metrics["score"],
+        _store(f"{key_root}.{key}", s.metrics["score"])
+        _store(f"{key_root}_detail.{key}" if base_seed else f"{key_root}.detail.{key}", {"seed": seed,"acc": s.metrics["score"],
                                           "agreement": agreement(s.predictions, teacher_preds),
                                           "avg_bits": r.metrics["avg_bits"],
                                           "bits_per_layer": r.metrics["bits_per_layer"],
                                           "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out),
                                           "train_s": r.metrics["qat"].get("wall_s")})
     p = {k: np.load(dirs[k] / "preds.npy") for k in runs}
-    if sfx:
-        _store(f"qat{sfx}.acc_uniform_3", float(np.mean(p["acc_uniform_3"] == labels)))
-    _store(f"qat{sfx}.mcnemar_p_mp3_vs_uniform3",
+    _store(f"{key_root}.acc_uniform_3", float(np.mean(p["acc_uniform_3"] == labels)))
+    _store(f"{key_root}.mcnemar_p_mp3_vs_uniform3",
            mcnemar_pvalue(p["acc_mp_3"] == labels, p["acc_uniform_3"] == labels))
-    _store(f"qat{sfx}_budget", {**rec, "preset": "bench teacher; QAT budget named here (steps x batch)",
-                                "seeds": [int(cfg.seed)], "uniform_3_from": str(dirs["acc_uniform_3"])})
+    if base_seed:
+        _store(f"qat{sfx}_budget", {**rec, "preset": "bench teacher; QAT budget named here (steps x batch)",
+                                    "seeds": [seed], "uniform_3_from": str(dirs["acc_uniform_3"])})
+    _seed_summary(sfx, int(cfg.seed), labels)
+
+
+def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
+    """qat{sfx}_seed_summary: per arm the mean and sample std of dev accuracy over every seed run so far (the
+    config's seed from the issue's keys, others from qat{sfx}_seeds), per-seed McNemar MP 3 vs uniform 3, and a
+    pooled McNemar over all seeds' paired dev predictions (each seed's examples counted once per seed)."""
+    from compresslab.data.metrics import mcnemar_pvalue
+
+    seeds = {base_seed: WORK / f"qat{sfx}", **{int(k): WORK / f"qat{sfx}_seed{k}"
+                                              for k in (_load().get(f"qat{sfx}_seeds") or {})}}
+    arms = ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5")
+    accs: dict[str, list[float]] = {a: [] for a in arms}
+    correct: dict[str, list[np.ndarray]] = {a: [] for a in arms}
+    done = []
+    for seed, root in sorted(seeds.items()):
+        uni = (WORK / ("qat" if seed == base_seed else f"qat_seed{seed}")) / "acc_uniform_3"
+        files = {a: (uni if a == "acc_uniform_3" else root / a) / "preds.npy" for a in arms}
+        if not all(f.is_file() for f in files.values()):
+            continue
+        done.append(seed)
+        for a, f in files.items():
+            ok = np.load(f) == labels
+            correct[a].append(ok)
+            accs[a].append(float(ok.mean()))
+    if len(done) < 2:
+        return
+    out: dict[str, Any] = {"seeds": done}
+    for a in arms:
+        out[a] = {"per_seed": accs[a], "mean": float(np.mean(accs[a])), "std": float(np.std(accs[a], ddof=1))}
+    out["mcnemar_p_mp3_vs_uniform3_per_seed"] = [mcnemar_pvalue(m, u) for m, u in
+                                                 zip(correct["acc_mp_3"], correct["acc_uniform_3"])]
+    out["mcnemar_p_mp3_vs_uniform3_pooled"] = mcnemar_pvalue(np.concatenate(correct["acc_mp_3"]),
+                                                             np.concatenate(correct["acc_uniform_3"]))
+    _store(f"qat{sfx}_seed_summary", out)
 
 
 def _loss_suffix(args) -> str:
@@ -287,6 +333,9 @@ def main() -> None:
     ap.add_argument("--hessian-loss", choices=sorted(HESSIAN), default="task",
                     help="ptq/qat: the sensitivity (hawq hessian.loss / hessian.estimator); all but task get their "
                          "own result keys")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="qat: the run seed (Hessian batches and probes, QAT data order); default the config's, "
+                         "whose figures are the issue's keys; others go under qat_seeds (3-seed study)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's run.threads)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -412,15 +461,12 @@ def baselines(args) -> None:
     if not plain.is_file():
         export_model(state.teacher, state.tokenizer, WORK / "deploy" / "teacher", _dev_batches(32, 16))
     if not _has("baselines.ort_rtn_4"):
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer, RTNWeightOnlyQuantConfig
+        import sys
 
-        dst = out / "ort_rtn_4" / "model.onnx"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        q = MatMulNBitsQuantizer(onnx.load(str(plain)), block_size=BLOCK, is_symmetric=False,
-                                 algo_config=RTNWeightOnlyQuantConfig())
-        q.process()
-        q.model.save_model_to_file(str(dst), False)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks.peers
+        from benchmarks.peers.ort_nbits import rtn_nbits  # the one copy of the peer's call (the suite's too)
+
+        dst = rtn_nbits(plain, out / "ort_rtn_4" / "model.onnx", bits=4, block_size=BLOCK, symmetric=False)
         s = _onnx_scored(dst)
         _store("baselines.ort_rtn_4", s.metrics["score"])
         _store("baselines_detail.ort_rtn_4", {"agreement": agreement(s.predictions, teacher_preds),

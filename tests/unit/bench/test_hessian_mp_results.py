@@ -68,3 +68,23 @@ def test_hessian_run_is_recorded(res):
     assert res["hessian_s"] > 0 and res["hessian_peak_mb"] > 0
     assert {"batches", "probes", "batch_size"} <= set(res["hessian_setting"])
     assert isinstance(res["bitmap_deterministic"], bool)
+
+
+@pytest.mark.parametrize("sfx", ["", "_teacher_kl_exact"])
+def test_qat_seed_summary_is_recomputed_from_each_seeds_keys(res, sfx):
+    """qat{sfx}_seed_summary: per arm the mean and sample std of the seeds' dev accuracies, each the figure
+    stored for that seed (the config's seed under qat{sfx}, others under qat{sfx}_seeds)."""
+    summ = res.get(f"qat{sfx}_seed_summary")
+    if not summ:
+        pytest.skip("seed study not run yet")
+    base = res["qat_budget"]["seeds"][0]
+    assert len(summ["seeds"]) == len(set(summ["seeds"])) >= 2
+    for i, seed in enumerate(summ["seeds"]):
+        src = res[f"qat{sfx}"] if seed == base else res[f"qat{sfx}_seeds"][str(seed)]
+        for arm in ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5"):
+            assert summ[arm]["per_seed"][i] == pytest.approx(src[arm])
+    for arm in ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5"):
+        accs = summ[arm]["per_seed"]
+        assert summ[arm]["mean"] == pytest.approx(statistics.mean(accs))
+        assert summ[arm]["std"] == pytest.approx(statistics.stdev(accs))
+    assert len(summ["mcnemar_p_mp3_vs_uniform3_per_seed"]) == len(summ["seeds"])
