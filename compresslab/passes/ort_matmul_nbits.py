@@ -75,7 +75,8 @@ class OrtMatmulNBits:
         """The pipeline before this step, checked before any work: a TORCH pass that freezes n-bit
         weights (``quantizes_weights``, e.g. ``hawq``) must come earlier, no ONNX pass in between (this
         pass reads the export's unfused fp32 graph), and that pass's layout must deploy as MatMulNBits
-        (its ``check_deployable``). ValueError naming what to change."""
+        (its ``check_deployable``), and a latency budget must have been priced at this step's
+        ``accuracy_level``. ValueError naming what to change."""
         quant = [p for p in earlier if getattr(p, "quantizes_weights", False)]
         if not quant:
             raise ValueError(f"{self.name} deploys n-bit weights that a TORCH pass quantized and froze, and no "
@@ -89,6 +90,13 @@ class OrtMatmulNBits:
             check = getattr(p, "check_deployable", None)
             if check is not None:
                 check()
+            # a latency budget priced on another accuracy_level than this step deploys would be met on paper only
+            table = getattr(p, "latency", None)
+            if getattr(p, "latency_limit", None) is not None and table is not None \
+                    and table.accuracy_level != self.accuracy_level:
+                raise ValueError(f"{p.name} latency.accuracy_level={table.accuracy_level} prices its latency_limit on "
+                                 f"MatMulNBits at another accuracy_level than {self.name} deploys "
+                                 f"(accuracy_level={self.accuracy_level}); set both to the same value")
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.matmul_nbits import (KERNEL_2BIT, compare_graphs, probe_kernel_path,

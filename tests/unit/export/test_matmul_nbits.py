@@ -300,3 +300,19 @@ def test_size_breakdown_counts_nbits_embeddings_as_embeddings(qexport, tmp_path)
              if "word_embeddings" in t.name)).nbytes
     assert after["embeddings"] == pos_type + table  # the n-bit table (codes, scales, zeros) stays "embeddings"
     assert after["encoder"] < before["encoder"] / 2
+
+
+@pytest.mark.parametrize("table_level,deploy_level,refused", [(0, 4, True), (4, 0, True), (4, 4, False), (0, 0, False)])
+def test_a_latency_budget_priced_at_another_accuracy_level_is_refused(table_level, deploy_level, refused):
+    """hawq's latency_limit is priced on MatMulNBits at latency.accuracy_level; the deploy step must run that
+    level, or the budget holds on paper only (a level-0 table under a level-4 deploy, and the reverse)."""
+    from compresslab.passes.hawq import Hawq
+
+    hawq = Hawq(avg_bits=None, latency_limit=0.8, latency={"accuracy_level": table_level})
+    deploy = OrtMatmulNBits(accuracy_level=deploy_level)
+    if refused:
+        with pytest.raises(ValueError, match=r"latency\.accuracy_level.*set both to the same value"):
+            deploy.check_after([hawq])
+    else:
+        deploy.check_after([hawq])
+    deploy.check_after([Hawq(avg_bits=3.0, latency={"accuracy_level": table_level})])  # no latency budget: no rule
