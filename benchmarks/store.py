@@ -14,6 +14,7 @@ A cell is finished when ``cell.json`` says ``status: finished``; it is written l
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +26,8 @@ from compresslab.manifest import read_json, stable_hash
 from ._results import write_aside
 
 KEY_CHARS = 16
+
+log = logging.getLogger("suite")
 
 
 def cell_key(spec: Mapping[str, Any]) -> str:
@@ -42,9 +45,24 @@ class CellStore:
         return self.root / name / key
 
     def record(self, name: str, key: str) -> dict[str, Any] | None:
-        """The cell's record (finished or failed), or None when it was never built."""
+        """The cell's record (finished or failed), or None when it was never built or its record cannot be
+        read (written atomically, so damaged from outside: the cell is built again, with a warning)."""
         f = self.dir(name, key) / "cell.json"
-        return read_json(f) if f.is_file() else None
+        if not f.is_file():
+            return None
+        try:
+            rec = read_json(f)
+        except (OSError, ValueError) as e:
+            log.warning("cell %s: its record %s cannot be read (%s): building the cell again", name, f, e)
+            return None
+        if not isinstance(rec, dict):
+            log.warning("cell %s: its record %s is not a JSON object: building the cell again", name, f)
+            return None
+        if rec.get("status") == "finished" and not (self.dir(name, key) / "preds.npy").is_file():
+            log.warning("cell %s: finished but its predictions %s are missing: building the cell again", name,
+                        self.dir(name, key) / "preds.npy")
+            return None
+        return rec
 
     def finished(self, name: str, key: str) -> dict[str, Any] | None:
         rec = self.record(name, key)

@@ -48,6 +48,7 @@ from ._results import ResultsFile, write_aside
 from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
+from .suite_method import pipeline_method
 from .suite_openvino import SUFFIX, cell_name, faster_runtime, openvino_artifact
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
@@ -57,6 +58,11 @@ CONFIG = ROOT / "suite.yaml"
 RESULTS_DIR = ROOT / "results"
 WORK = REPO / "outputs" / "suite"
 EXIT_TIMING_REFUSED = 3
+EXIT_BUSY = 4  # another process runs the same task and budget (its work dir is locked)
+EXIT_HELP = ("exit status: 0 every task done; 2 a bad setting or an unreadable results file (that task not run); "
+             f"{EXIT_TIMING_REFUSED} the timing phase was refused (training or other load on the machine: the scores "
+             f"are written, rerun on a quiet machine or with --no-timing); {EXIT_BUSY} another suite process runs the "
+             "same task and budget (that task not run); 1 a crash")
 ISA_FLAGS = ("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 log = logging.getLogger("suite")
@@ -131,6 +137,9 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
         raise SuiteError(f"unknown budget {budget!r}; the suite config has {list(cfg['budgets'])}")
     t, b = cfg["tasks"][task], cfg["budgets"][budget]
     pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
+    if cells is not None and not cells:  # `--cells ""` or `--cells ,`: never "every cell" by accident
+        raise SuiteError(f"--cells names no cell; give comma-separated names of pipelines {pipelines} or peers "
+                         f"{peers}, or leave --cells out for every cell")
     if cells:
         # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
         cells = [c.removesuffix(SUFFIX) if c.removesuffix(SUFFIX) in pipelines else c for c in cells]
@@ -268,10 +277,12 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
             "dev": examples_sha256(teacher.dev), "max_length": teacher.max_length}
     todo: list[tuple[str, str, dict[str, Any]]] = []
     args = {pl: pipeline_overrides(pl, p.overrides) for pl in p.pipelines}
-    todo += [(pl, "compresslab", {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
+    # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule)
+    method = {pl: pipeline_method(args[pl]) for pl in p.pipelines}
+    todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
     if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
-        todo += [(cell_name(pl), "compresslab", {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
-                                                 "calibration_examples": p.calibration_examples, **data})
+        todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
+                                              "calibration_examples": p.calibration_examples, **data})
                  for pl in p.pipelines]
     for name in p.peers:
         peer = PEERS[name]
@@ -284,13 +295,13 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
     inputs_dir = teacher.dir / "export"
     out: dict[str, dict[str, Any]] = {}
     bar = tqdm(todo, desc=f"{p.task} cells", unit="cell", dynamic_ncols=True)
-    for name, method, spec in bar:
+    for name, how, spec in bar:
         bar.set_postfix_str(name)
         key = cell_key(spec)
         rec = store.finished(name, key)
         if rec is None:
-            rec = _build_one(name, method, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
-        out[name] = rec
+            rec = _build_one(name, how, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
+        out[name] = {**rec, "method": how}  # the rule of today, not the one a cached record was built under
     return out
 
 
@@ -379,14 +390,24 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
 # ----------------------------------------------------------------------------------------------- one task
 def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet: Mapping[str, Any] | None = None) -> int:
     """Build, score and (unless ``timing`` is False) time one task; write suite_<task>.json. Returns 0, or
-    EXIT_TIMING_REFUSED when the timing phase was refused (the scores are written all the same)."""
+    EXIT_TIMING_REFUSED when the timing phase was refused (the scores are written all the same). Raises
+    DirectoryBusyError when another process runs the same task and budget in ``work`` (nothing done)."""
+
+    from compresslab.dirlock import exclusive
+
+    task_work = work / p.task / p.budget
+    with exclusive(task_work, f"the suite's task {p.task} (budget {p.budget})"):  # one writer of its cells
+        return _run_task(p, task_work, results_dir, timing, quiet)
+
+
+def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
+              quiet: Mapping[str, Any] | None) -> int:
     from compresslab.bench.env import cpu_flags, hardware_fingerprint
     from compresslab.manifest import git_sha, library_versions
     from compresslab.runlock import MachineBusyError
 
     results = ResultsFile(results_dir / f"suite_{p.task}.json")
-    old = results.load()
-    task_work = work / p.task / p.budget
+    old = load_results(results)
     teacher = prepare_teacher(p, task_work)
     store = CellStore(task_work / "cells")
     cells = build_cells(p, teacher, store, results)
@@ -432,6 +453,17 @@ def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet:
     return code
 
 
+def load_results(results: ResultsFile) -> dict[str, Any]:
+    """The earlier suite_<task>.json (its timings of unchanged cells are kept), {} when there is none;
+    SuiteError naming the file when it is not readable JSON (a results file is written atomically, so a
+    damaged one was damaged outside the suite: it is not overwritten silently)."""
+    try:
+        return results.load()
+    except ValueError as e:
+        raise SuiteError(f"{results.path} is not a readable suite results file ({e}); move it aside or delete it "
+                         "(every figure in it is rebuilt from the cached cells, timings by a timed run)") from None
+
+
 def _classify(teacher: Teacher) -> bool:
     from compresslab.data.tasks import TaskKind
 
@@ -451,7 +483,7 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_HELP)
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--task", help="one task of the suite config")
     which.add_argument("--all", action="store_true", help="every task of the suite config")
@@ -471,15 +503,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.list:
             print(list_suite(cfg))
             return 0
-        cells = [c.strip() for c in a.cells.split(",") if c.strip()] if a.cells else None
+        cells = [c.strip() for c in a.cells.split(",") if c.strip()] if a.cells is not None else None
         tasks = list(cfg["tasks"]) if a.all else [a.task]
         plans = [plan(cfg, t, a.budget, cells, a.override) for t in tasks]  # every task checked before any work
     except SuiteError as e:
         print(f"suite: error: {e}", file=sys.stderr)
         return 2
+    from compresslab.dirlock import DirectoryBusyError
+
     code = 0
-    for p in plans:
-        code = max(code, run_task(p, work=Path(a.work_dir), results_dir=Path(a.results_dir), timing=not a.no_timing))
+    for p in plans:  # a task that cannot run says why; the other tasks still run
+        try:
+            code = max(code, run_task(p, work=Path(a.work_dir), results_dir=Path(a.results_dir),
+                                      timing=not a.no_timing))
+        except (SuiteError, DirectoryBusyError) as e:
+            print(f"suite: error: {e}", file=sys.stderr)
+            code = max(code, EXIT_BUSY if isinstance(e, DirectoryBusyError) else 2)
     from .suite_report import write_report
 
     write_report(Path(a.results_dir), Path(a.report))

@@ -180,12 +180,14 @@ def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
         doc.blocks += blocks
         pngs.update(p)
     doc.blocks += [Heading("How to read it", 3), Bullets([
-        "method compresslab: our pipeline's deployed file; peer: another tool's (the dense teacher's cells included).",
+        "method compresslab: our pipeline's deployed file, where one of our passes changed the model; peer: another "
+        "tool's (the dense teacher's cells included), also when one of our pipelines only runs that tool on the "
+        "teacher (int8: ORT's quantize_dynamic; benchmarks/suite_method.py).",
         "agreement: fraction of dev examples predicted as the teacher (torch fp32) predicts (Pearson r on regression).",
         "Every speed figure: one process, every cell interleaved, medians, except the cells timed 'alternating': "
         "those run only in their tool's venv and were timed there, after the others, interleaved with the dense "
         "teacher (eager fp32) whose figure there is given; the CPU ISA flags are in the header.",
-        "OpenVINO cells of ours (<pipeline>_openvino): the same model on OpenVINO (see the runtime table).",
+        "OpenVINO cells of our pipelines (<pipeline>_openvino): the same model on OpenVINO (see the runtime table).",
         "Verdicts: benchmarks/verdicts.py; a peer that failed has no verdict, its exact error is in the table."])]
     return doc, pngs
 

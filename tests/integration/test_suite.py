@@ -1,6 +1,7 @@
 """The peer suite (issue 14, ``benchmarks/suite.py``) on a tiny random BERT and a generic CSV task.
 
-One task is built once for the module (teacher, our ``int8`` pipeline and its OpenVINO cell, three peers,
+One task is built once for the module (teacher, the ``int8`` pipeline (ORT's quantizer on the teacher: a
+peer by the issue's rule), our ``magnitude_int8`` pipeline, their OpenVINO cells, three peers,
 one that fails and a fake of a peer scored and timed in its own venv), scores only; the timing phase is run against a fake CPU reader (quiet or busy), never judged. What must
 hold: the JSON has the issue's shape; a failing peer keeps its exact error and the rest finish; a second
 run builds nothing (every finished cell is found by its config hash) and a changed setting builds anew;
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from compresslab.manifest import read_json
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.testing import FakeCpu, tiny_sentiment, write_csv
 
@@ -32,6 +34,7 @@ store_mod = importlib.import_module("benchmarks.store")
 
 SYSTEM_KEYS = {"method", "tool", "score", "agreement", "latency_ms_b1", "latency_ms_b32", "throughput_real",
                "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "timing", "error"}
+OURS = "magnitude_int8"  # our pass (pruning) changes the model before ORT quantizes it
 PEERS = ["dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8", "broken", "fake_venv"]
 QUIET = {"reader": FakeCpu(other=0.0), "probe_s": 0.0, "sleep": lambda s: None, "allow_busy": False,
          "window": {"reader": FakeCpu(other=0.0), "probe_s": 0.0}}
@@ -81,7 +84,7 @@ class FakeVenvPeer:
 def _config(root: Path) -> dict[str, Any]:
     task = ["model=local", f"model.source={root / 'model'}", "task=generic", f"task.generic.train={root / 'train.csv'}",
             f"task.generic.dev={root / 'dev.csv'}", "task.max_length=32"]
-    return {"threads": 1, "pipelines": ["int8"], "peers": PEERS, "calibration_examples": 16,
+    return {"threads": 1, "pipelines": ["int8", OURS], "peers": PEERS, "calibration_examples": 16,
             "timing": {"shapes": [[1, 16], [32, 16]], "warmup": 0, "runs": 1, "rounds": 1},
             "budgets": {"smoke": {"overrides": ["debug=smoke"], "teacher": "smoke", "cell_cpu_hours": 1.0}},
             "tasks": {"tiny": {"overrides": task}}}
@@ -107,11 +110,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_json_has_the_issue_shape(built) -> None:
     d = built.data
     assert built.code == 0 and set(d) == {"teacher_score", "systems", "meta", "verdicts", "runtimes"}
-    assert set(d["systems"]) == {"int8", "int8_openvino", *PEERS}
+    assert set(d["systems"]) == {"int8", "int8_openvino", OURS, f"{OURS}_openvino", *PEERS}
     for name, s in d["systems"].items():
         assert set(s) == SYSTEM_KEYS, name
-    ours = d["systems"]["int8"]
+    ours = d["systems"][OURS]
     assert ours["method"] == "compresslab" and ours["backend"] == "ort" and ours["size_bytes"] > 0
+    # +pipeline=int8 runs ORT's quantize_dynamic on the unchanged teacher: a peer's tool on our model is a peer
+    assert d["systems"]["int8"]["method"] == "peer" and d["systems"]["int8"]["mcnemar_p_vs"] == {}
+    assert d["systems"]["int8_openvino"]["method"] == "peer" and f"{OURS}_openvino" in d["systems"]
+    assert d["systems"][f"{OURS}_openvino"]["method"] == "compresslab"
+    assert set(ours["mcnemar_p_vs"]) == {n for n, s in d["systems"].items()
+                                         if s["method"] == "peer" and s["score"] is not None}
     assert 0.0 <= ours["score"] <= 1.0 and 0.0 <= ours["agreement"] <= 1.0
     assert d["systems"]["dense_torch_fp32"]["agreement"] == 1.0  # the teacher agrees with itself
     assert d["systems"]["dense_torch_fp32"]["score"] == pytest.approx(d["teacher_score"])
@@ -123,9 +132,9 @@ def test_failing_peer_keeps_its_exact_error_and_the_rest_finish(built) -> None:
     s = built.data["systems"]
     assert s["broken"]["error"] == "ValueError: boom: the tool said no (42)"
     assert s["broken"]["score"] is None and s["broken"]["file"] is None
-    assert all(s[n]["error"] is None and s[n]["score"] is not None for n in ("int8", "dense_ort_fp32",
+    assert all(s[n]["error"] is None and s[n]["score"] is not None for n in ("int8", OURS, "dense_ort_fp32",
                                                                                "ort_quantize_dynamic"))
-    assert "broken" not in s["int8"]["mcnemar_p_vs"]  # no predictions, no paired test
+    assert "broken" not in s[OURS]["mcnemar_p_vs"]  # no predictions, no paired test
 
 
 def test_venv_peers_are_registered_with_pinned_venvs() -> None:
@@ -145,9 +154,9 @@ def test_a_peer_scored_in_its_own_process_replays_to_its_exact_score(built) -> N
     assert fake["score"] == pytest.approx(built.data["teacher_score"]) and fake["agreement"] == 1.0
 
 
-def test_openvino_cell_of_our_int8_is_our_qdq_of_the_plain_export(built) -> None:
+def test_openvino_cell_of_int8_is_our_qdq_of_the_plain_export(built) -> None:
     s = built.data["systems"]["int8_openvino"]
-    assert s["error"] is None and s["method"] == "compresslab" and s["backend"] == "openvino"
+    assert s["error"] is None and s["method"] == "peer" and s["backend"] == "openvino"
     assert s["file"].endswith(".xml") and s["score"] is not None
     cell = store_mod.CellStore(built.root / "work" / "tiny" / "smoke" / "cells").finished(
         "int8_openvino", built.data["meta"]["cell_keys"]["int8_openvino"])
@@ -165,11 +174,16 @@ def test_second_run_builds_nothing_and_a_changed_setting_builds_anew(built, monk
     monkeypatch.setattr(suite, "_build_one", spy)
     monkeypatch.setitem(peers.PEERS, "broken", Broken())
     monkeypatch.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
+    # a cell cached under an older rule says "compresslab": the rule of today decides, not the cache
+    cells = built.root / "work" / "tiny" / "smoke" / "cells"
+    cell = cells / "int8" / built.data["meta"]["cell_keys"]["int8"] / "cell.json"
+    suite.write_aside(cell, {**read_json(cell), "method": "compresslab"})
     code = suite.run_task(built.plan, work=built.root / "work", results_dir=built.root / "results", timing=False)
     assert code == 0
     assert built_now == ["broken"]  # finished cells are found by their key; a failed one is tried again
     again = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert again["systems"]["int8"]["score"] == built.data["systems"]["int8"]["score"]
+    assert again["systems"]["int8"]["method"] == "peer"
     assert again["meta"]["cell_keys"] == built.data["meta"]["cell_keys"]
 
     class Broken2(Broken):
@@ -244,7 +258,8 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     d = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert code == 0 and d["meta"]["timing"]["status"] == "timed"
     timed = set(d["meta"]["timing"]["timed"])
-    assert timed == {"int8", "int8_openvino", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic",
+    assert timed == {"int8", "int8_openvino", OURS, f"{OURS}_openvino", "dense_ort_fp32", "dense_torch_fp32",
+                     "ort_quantize_dynamic",
                      "torch_ao_dynamic_int8", "fake_venv"}
     for n in timed:
         s = d["systems"][n]
@@ -256,8 +271,9 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     r = d["runtimes"]["int8"]
     assert r["faster"] in ("ort", "openvino", "tie") and r["ort_ms_b32"] == d["systems"]["int8"]["latency_ms_b32"]
     v = d["verdicts"]
-    assert set(v) == {"dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "torch_ao_dynamic_int8",
-                      "fake_venv"}
+    assert set(v) == {"int8", "int8_openvino", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic",
+                      "torch_ao_dynamic_int8", "fake_venv"}
+    assert all(h["system"] in (OURS, f"{OURS}_openvino") for x in v.values() for h in x["beaten_by"])
     assert v["fake_venv"]["status"] in ("beaten", "peer wins")  # timed: never undecided
     assert all(h["latency_ratio"] <= 1.0 for h in v["fake_venv"]["beaten_by"])
     # a later scoring-only run keeps those timings for the unchanged cells
@@ -272,8 +288,8 @@ def test_report_has_a_table_per_task_and_the_isa(built, tmp_path) -> None:
 
     out = write_report(built.root / "results", tmp_path / "REPORT.md")
     md = out["md"].read_text()
-    assert "## tiny" in md and "| int8 | compresslab |" in md and "boom: the tool said no (42)" in md
-    assert "| int8_openvino | compresslab |" in md and "Verdicts (issue 14)" in md and "OpenVINO b32 ms" in md
+    assert "## tiny" in md and "| int8 | peer |" in md and "boom: the tool said no (42)" in md
+    assert f"| {OURS} | compresslab |" in md and "| int8_openvino | peer |" in md and "Verdicts (issue 14)" in md and "OpenVINO b32 ms" in md
     isa = built.data["meta"]["cpu_isa"]
     if isa:
         assert f"b32 ms [{', '.join(isa)}]" in md

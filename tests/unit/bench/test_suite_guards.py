@@ -1,0 +1,95 @@
+"""The peer suite's guards (issue 14), without a model: whose system a pipeline cell is (the issue's
+``method: "peer"`` rule), an empty ``--cells`` refused, a damaged cell record or results file, and two
+suite processes on the same task."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root
+    sys.path.insert(0, str(REPO))
+suite = importlib.import_module("benchmarks.suite")
+suite_method = importlib.import_module("benchmarks.suite_method")
+store_mod = importlib.import_module("benchmarks.store")
+
+
+@pytest.mark.parametrize("args, method", [
+    (["+pipeline=int8"], "peer"),  # the teacher through ORT's quantize_dynamic: a peer's tool on our model
+    (["+pipeline=qdq_int8"], "peer"),  # ORT's static quantizer on the teacher
+    (["+pipeline=int8", "pipeline.passes.int8.fp32_fallback=guided"], "compresslab"),  # our choice of fallbacks
+    (["+pipeline=hawq_int8"], "compresslab"),
+    (["+pipeline=ziplm_int8"], "compresslab"),  # ZipLM changed the model before ORT saw it
+    (["+pipeline=obert_int8"], "compresslab"),
+    (["+pipeline=hawq_w4"], "compresslab"),  # HAWQ's n-bit weights, then MatMulNBits packs them
+    (["+pipeline=ziplm_2x"], "compresslab"),
+])
+def test_a_pipeline_is_ours_only_when_our_pass_changed_the_model(args, method) -> None:
+    assert suite_method.pipeline_method(args) == method
+
+
+def test_every_suite_pipeline_gets_a_method() -> None:
+    cfg = suite.load_config(suite.CONFIG)
+    got = {p: suite_method.pipeline_method(suite.pipeline_overrides(p, [])) for p in cfg["pipelines"]}
+    assert got["int8"] == "peer" and all(m in ("peer", "compresslab") for m in got.values())
+
+
+def _cfg() -> dict:
+    return {"threads": 1, "pipelines": ["int8"], "peers": ["dense_ort_fp32"], "timing": {},
+            "budgets": {"smoke": {"overrides": []}}, "tasks": {"tiny": {"overrides": []}}}
+
+
+@pytest.mark.parametrize("cells", [[], ["int8"]])
+def test_an_empty_cell_list_is_refused_not_read_as_every_cell(cells) -> None:
+    if cells:
+        assert suite.plan(_cfg(), "tiny", "smoke", cells).pipelines == ("int8",)
+        return
+    with pytest.raises(suite.SuiteError, match="--cells names no cell"):
+        suite.plan(_cfg(), "tiny", "smoke", cells)
+
+
+@pytest.mark.parametrize("value", [",", "", " , "])
+def test_cli_empty_cells_exit_2_before_any_work(value, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(suite, "run_task", lambda *a, **k: pytest.fail("ran a task"))
+    assert suite.main(["--task", "sst2", "--cells", value]) == 2
+    assert "--cells names no cell" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", "missing preds"])
+def test_a_damaged_cell_record_is_built_again(tmp_path, damage) -> None:
+    store = store_mod.CellStore(tmp_path / "cells")
+    store.begin("c", "k")
+    store.finish("c", "k", {"name": "c", "score": 0.5}, np.zeros(3))
+    assert store.finished("c", "k")["score"] == 0.5
+    if damage == "missing preds":
+        (store.dir("c", "k") / "preds.npy").unlink()
+    else:
+        (store.dir("c", "k") / "cell.json").write_text(damage)
+    assert store.finished("c", "k") is None  # rebuilt next run, no crash
+
+
+def test_a_damaged_results_file_is_named_before_any_work(tmp_path, monkeypatch) -> None:
+    (tmp_path / "suite_tiny.json").write_text('{"systems": {')
+    monkeypatch.setattr(suite, "prepare_teacher", lambda *a, **k: pytest.fail("worked on a damaged file"))
+    p = suite.plan(_cfg(), "tiny", "smoke", None)
+    with pytest.raises(suite.SuiteError, match=r"suite_tiny\.json is not a readable suite results file"):
+        suite.run_task(p, work=tmp_path / "work", results_dir=tmp_path, timing=False)
+
+
+def test_a_second_suite_process_on_the_same_task_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    from compresslab.dirlock import DirectoryBusyError, exclusive
+
+    monkeypatch.setattr(suite, "prepare_teacher", lambda *a, **k: pytest.fail("built beside another run"))
+    p = suite.plan(_cfg(), "tiny", "smoke", None)
+    with exclusive(tmp_path / "work" / "tiny" / "smoke", "a test holder"):
+        with pytest.raises(DirectoryBusyError, match=r"task tiny \(budget smoke\) is already running.*pid"):
+            suite.run_task(p, work=tmp_path / "work", results_dir=tmp_path, timing=False)
+    # another budget is another work dir: not refused (it gets as far as the teacher)
+    with exclusive(tmp_path / "work" / "tiny" / "bench", "a test holder"):
+        with pytest.raises(pytest.fail.Exception, match="built beside"):
+            suite.run_task(p, work=tmp_path / "work", results_dir=tmp_path, timing=False)
