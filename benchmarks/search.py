@@ -25,9 +25,17 @@ from typing import Any, Mapping
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# the suite's bench budget (benchmarks/suite.yaml): the same steps for every method
-BUDGETS = {"bench": ["budget=bench", "budget.recovery_steps=400", "budget.fisher_grads=128", "budget.prune_events=4"],
-           "smoke": ["debug=smoke"]}
+SUITE_CONFIG = REPO / "benchmarks" / "suite.yaml"
+
+
+def budgets() -> dict[str, list[str]]:
+    """The suite's budgets (``benchmarks/suite.yaml``: name -> the overrides every run gets, its teacher
+    preset included): the search's candidates train exactly as the suite's cells do."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(SUITE_CONFIG), resolve=True)
+    return {name: [*b.get("overrides", []), *([f"budget.teacher={b['teacher']}"] if b.get("teacher") else [])]
+            for name, b in cfg["budgets"].items()}
 
 
 def entry(c: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -64,7 +72,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--budget-s", type=float, default=7200.0, help="search.time_budget_s (wall seconds, all of it)")
     ap.add_argument("--max-drop", type=float, default=1.0, help="search.max_drop in points")
     ap.add_argument("--objective", default="latency", choices=["latency", "size"])
-    ap.add_argument("--budget", default="bench", choices=sorted(BUDGETS), help="training budget of every candidate")
+    ap.add_argument("--budget", default="bench", choices=sorted(budgets()),
+                    help="training budget of every candidate (benchmarks/suite.yaml's budgets)")
     ap.add_argument("--threads", type=int, default=None, help="run.threads (default: physical cores)")
     ap.add_argument("--override", nargs="*", default=[], help="more overrides for the search command")
     ap.add_argument("--results", default=None, help="results file (default benchmarks/results/search_<task>.json)")
@@ -78,14 +87,21 @@ def main(argv: list[str]) -> None:
     from compresslab.manifest import read_json
     from compresslab.search.driver import search
 
-    os.chdir(REPO)
-    results = ResultsFile(a.results or RESULTS / f"search_{a.task}.json")
-    overrides = [f"task={a.task}", *BUDGETS[a.budget], *([f"run.threads={a.threads}"] if a.threads else []),
+    # a --results path is the user's, relative to where they ran the command (resolved before the chdir)
+    results = ResultsFile(Path(a.results).resolve() if a.results else RESULTS / f"search_{a.task}.json")
+    os.chdir(REPO)  # the runs' relative paths (outputs/, the caches) are the repo's, wherever this is started
+    overrides = [f"task={a.task}", *budgets()[a.budget], *([f"run.threads={a.threads}"] if a.threads else []),
                  *a.override]
     shape = [] if a.budget == "smoke" else [32, 128]  # the smoke bench has no b32 x s128 shape
     settings: dict[str, Any] = {"max_drop": a.max_drop, "objective": a.objective, "time_budget_s": a.budget_s,
                                 **({"latency_shape": shape} if shape else {})}
-    data = search(overrides, **settings)
+    from compresslab.cli import bad_input_errors
+
+    try:
+        data = search(overrides, **settings)
+    except bad_input_errors() as e:  # a bad setting: one line naming it, exit 2, nothing run
+        print(f"search: error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
     for c in data.get("candidates") or []:  # the timed figures copied come from these runs' bench stages
         if c.get("status") == "ok" and c.get("run_dir") and (Path(c["run_dir"]) / "manifest.json").is_file():
             results.note_run(c["name"], read_json(Path(c["run_dir"]) / "manifest.json"))

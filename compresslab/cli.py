@@ -57,11 +57,14 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "the input is wrong" (each names what to change), not a crash."""
     from compresslab.config import ConfigError
     from compresslab.pipeline import PipelineError, SettingsError
+    from compresslab.dirlock import DirectoryBusyError
     from compresslab.runlock import MachineBusyError
 
     # SettingsError, PipelineError, ConfigError and CheckpointError are ValueErrors; MachineBusyError
-    # is a timing refused while training runs (its message names the variables that wait longer)
-    return (ConfigError, PipelineError, SettingsError, FileNotFoundError, ValueError, MachineBusyError)
+    # is a timing refused while training runs (its message names the variables that wait longer);
+    # DirectoryBusyError: the same search is running in another process (its message names it)
+    return (ConfigError, PipelineError, SettingsError, FileNotFoundError, ValueError, MachineBusyError,
+            DirectoryBusyError)
 
 
 def check_command_line(overrides: list[str]) -> None:
@@ -81,7 +84,10 @@ def _check_job(overrides: list[str]) -> None:
     pipeline prints its own message and exits 2)."""
     from compresslab.config import compose
     from compresslab.pipeline.preflight import preflight
+    from compresslab.search.plan import base_overrides, requests_search
 
+    if requests_search(overrides):  # before composing: a search's own refusals name the setting to change
+        base_overrides(overrides)
     cfg = compose(overrides)
     if cfg.get("search") is not None:  # +search=NAME: the search checks its own settings and every candidate
         from compresslab.search.plan import plan_search

@@ -30,6 +30,7 @@ from compresslab.manifest import atomic_write_json, now, read_json
 from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key
 from compresslab.search.plan import SearchPlan, override_value, compose_candidate, plan_search
 from compresslab.search.space import Candidate, Entry, expand
+from compresslab.validate import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,23 @@ class Search:
         self.recorded: dict[str, Outcome] = {}
         self.spent_before = 0.0
         self.best: dict[str, Any] | None = None
-        if self.path.is_file():
+        self.outcomes: list[Outcome] = []  # this pass over the space, in order
+        self.t0 = clock()
+
+    def _load(self) -> None:
+        """What an earlier invocation recorded in ``search.json`` (read under the search dir's lock).
+        SettingsError naming the file when it cannot be read (it is written atomically: damaged from outside)."""
+        if not self.path.is_file():
+            return
+        try:
             data = read_json(self.path)
             self.recorded = {d["name"]: Outcome.from_dict(d) for d in data.get("candidates", [])}
             self.spent_before = float(data.get("spent_s") or 0.0)
             self.best = data.get("best")
-        self.outcomes: list[Outcome] = []  # this pass over the space, in order
-        self.t0 = clock()
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise SettingsError(f"{self.path} cannot be read as a search record ({type(e).__name__}: {e}); move it "
+                                "aside or delete it to start the search over (finished candidates are read back from "
+                                "their run dirs, not run again)") from None
 
     # ------------------------------------------------------------------ time
     def spent_s(self) -> float:
@@ -165,8 +176,16 @@ class Search:
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Try the space, then report; returns what ``search.json`` holds. KeyboardInterrupt is
-        recorded (status ``interrupted``) and re-raised: the same command resumes."""
-        self.plan.search_dir.mkdir(parents=True, exist_ok=True)
+        recorded (status ``interrupted``) and re-raised: the same command resumes. Raises
+        DirectoryBusyError, doing nothing, while another process runs the same search (its dir is locked)."""
+        from compresslab.dirlock import exclusive
+
+        with exclusive(self.plan.search_dir, "the search"):
+            self._load()
+            self.t0 = self.clock()
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         log.info("search: %s, max_drop %.2f pt (selection on validation at <= %.2f pt), budget %.0f s (%.0f spent "
                  "before), dir %s", self.s.objective.value, self.s.max_drop, self.s.select_drop, self.s.time_budget_s,
                  self.spent_before, self.plan.search_dir)

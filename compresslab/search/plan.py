@@ -87,6 +87,11 @@ def _pass_step(override: str) -> str | None:
     return parts[2] if len(parts) > 3 and parts[:2] == ["pipeline", "passes"] else None
 
 
+def requests_search(overrides: Sequence[str]) -> bool:
+    """Whether a command line selects a search (``+search=NAME``)."""
+    return any(o.startswith("+") and _key(o) == "search" for o in overrides)
+
+
 def base_overrides(overrides: Sequence[str]) -> list[str]:
     """The command's overrides every candidate gets: ``search`` ones removed; SettingsError for those a
     search decides itself (the pipeline, the eval split, one run dir for all, stopping runs early)."""
@@ -187,14 +192,14 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
             try:
                 ccfg = compose_candidate(args)
             except ValueError as e:
-                raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
+                raise candidate_error(c, e) from None
             if first is None:  # the task is every candidate's: checked once, before the slower checks
                 _check_task(ccfg)
                 first = ccfg
             try:
                 preflight(ccfg)
             except ValueError as e:
-                raise SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}): {e}") from None
+                raise candidate_error(c, e) from None
     assert first is not None  # parse_space refuses an empty space
     rs = RunSettings.from_config(first)
     _check_objective(settings, rs)
@@ -206,6 +211,25 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     plan.search_dir = Path(settings.dir) if settings.dir else Path(first.paths.output_dir) / "search" / stable_hash(what)
     plan.threads, plan.seed = rs.threads, rs.seed
     return plan
+
+
+def candidate_error(c: Candidate, e: BaseException) -> SettingsError:
+    """A candidate's config error as the search's: a normal run's advice to set ``pipeline.passes.<step>.<key>``
+    becomes the search's way to set it (``+search.passes.<step>.<key>=VALUE``: ``pipeline.*`` is refused here),
+    and a setting of the space entry itself is named as such."""
+    msg = " ".join(str(e).split())
+    if "pipeline.passes." in msg:
+        msg += (" (in a search, a pass setting for every candidate having that step is "
+                "+search.passes.<step>.<key>=VALUE, e.g. " + _search_form(msg) + ")")
+    return SettingsError(f"search candidate {c.name} (+pipeline={c.pipeline}, search.space.{c.entry}): {msg}")
+
+
+def _search_form(msg: str) -> str:
+    """The first ``pipeline.passes.<step>.<key>`` named in ``msg``, written as the search's override."""
+    import re
+
+    m = re.search(r"pipeline\.passes\.([A-Za-z0-9_]+)\.([A-Za-z0-9_.]*[A-Za-z0-9_])", msg)
+    return f"+search.passes.{m.group(1)}.{m.group(2)}=VALUE" if m else "+search.passes.obert.grad_batch_size=4"
 
 
 def override_value(v: Any) -> str:

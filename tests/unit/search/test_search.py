@@ -276,6 +276,10 @@ def test_expand_seeds_best_first_and_limited():
     (["task=qnli"], "task 'qnli' has no train split to carve a validation split from"),
     (["task.val_size=0"], "leaves no validation split"),
     (["+pipeline=int8"], "chooses the pipelines itself"),
+    # refused as a search's setting before Hydra composes it (not Hydra's "pipeline: no such setting")
+    (["pipeline.passes.ziplm.seq=64"], "remove it. A pass setting for every candidate having that step is +search.passes"),
+    (["pipeline.name=x"], "chooses the pipelines itself"),
+    (["eval=dev"], "scores every candidate on the validation split"),
 ])
 def test_cli_refuses_bad_input_before_any_work(overrides, match, capsys, tmp_path, monkeypatch):
     from compresslab import cli
