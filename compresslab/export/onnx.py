@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from compresslab.eval.onnx_runner import OnnxRunner
+from compresslab.export.graph_inputs import restore_inputs
 from compresslab.export.optimize import heads_and_hidden, optimize_graph
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,15 @@ def _to_torch(feeds: Mapping[str, np.ndarray], device: torch.device) -> dict[str
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
 
 
+def _keep_inputs(path: Path, input_names: Sequence[str]) -> None:
+    """Declare again the inputs the exporter dropped because no node reads them (every layer's
+    attention emptied leaves ``attention_mask`` unread), so every export takes the same feeds."""
+    added = restore_inputs(path, input_names)
+    if added:
+        log.info("graph reads none of %s (e.g. every layer's attention was pruned away): kept as unused inputs "
+                 "so it takes the same feeds as the dense export", added)
+
+
 def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], input_names: Sequence[str],
                 *, opset: int = 17) -> tuple[str, str]:
     """Export ``model`` to ``path`` with dynamic batch and sequence axes.
@@ -208,6 +218,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], i
                 torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
                                   output_names=[out_name], dynamic_axes=axes, opset_version=opset,
                                   do_constant_folding=True, dynamo=False, external_data=False)
+            _keep_inputs(tmp, input_names)
             os.replace(tmp, path)
             return "torchscript", out_name
         except Exception as ts_err:  # noqa: BLE001 - any failure means: try the other exporter
@@ -218,6 +229,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], i
                 torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
                                   output_names=[out_name], dynamic_shapes=tuple(dims for _ in args),
                                   opset_version=max(opset, 18), dynamo=True, external_data=False)
+                _keep_inputs(tmp, input_names)
                 os.replace(tmp, path)
                 return "dynamo", out_name
             except Exception as dy_err:  # noqa: BLE001

@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compresslab.export.graph_inputs import restore_inputs
+
 log = logging.getLogger(__name__)
 
 
@@ -124,6 +126,7 @@ def optimize_graph(src: str | Path, dst: str | Path, *, num_heads: int, hidden_s
     """Fuse ``src`` into ``dst`` (written atomically) and fix per-layer head counts.
 
     ``num_heads``/``hidden_size`` are the dense config's; the per-node fix handles pruned layers.
+    ``dst`` has ``src``'s graph inputs, in order, even those no node reads any more.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -139,6 +142,9 @@ def optimize_graph(src: str | Path, dst: str | Path, *, num_heads: int, hidden_s
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
         fused.save_model_to_file(str(tmp))  # sorts nodes and declares the com.microsoft opset
+        # ORT's fuser prunes graph inputs no node reads (attention_mask once every layer's attention
+        # is emptied): the fused graph keeps src's inputs so it takes the same feeds
+        restore_inputs(tmp, [i.name for i in onnx.load(str(src), load_external_data=False).graph.input])
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
