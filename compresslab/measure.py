@@ -111,28 +111,29 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     shapes = _check_shapes(shapes)
     n = resolve_threads(threads)
     runners: dict[str, Any] = {}
+    configs: dict[str, Any] = {}
     vocab = None
     for name, m in items.items():
         if isinstance(m, (str, Path)):
             onnx, _ = _load_onnx_dir(Path(m))
-            cfg = _read_export_config(onnx.parent)
+            cfg = configs[name] = _read_export_config(onnx.parent)
             vocab = vocab or (int(cfg.vocab_size) if cfg is not None else None)
             runners[name] = OrtRunner(onnx, n, vocab_size=vocab)
         else:
+            configs[name] = m.config
             vocab = vocab or int(m.config.vocab_size)
             runners[name] = TorchRunner(m.eval(), n)
     denominator = denominator or next(iter(items))
     if denominator not in runners:
         raise ValueError(f"denominator {denominator!r} is not one of {sorted(runners)}")
-    limit = min((int(getattr(m.config, "max_position_embeddings", 10**9)) for m in items.values()
-                 if not isinstance(m, (str, Path))), default=None)
-    for name, m in items.items():
-        if isinstance(m, (str, Path)):
-            cfg = _read_export_config(_load_onnx_dir(Path(m))[0].parent)
-            if cfg is not None and getattr(cfg, "max_position_embeddings", None):
-                limit = min(limit or 10**9, int(cfg.max_position_embeddings))
-    if limit is not None and max(s for _, s in shapes) > limit:
-        raise ValueError(f"shapes {shapes}: seq exceeds the models' max_position_embeddings={limit}")
+    from compresslab.models.loading import check_max_length
+
+    for name, cfg in configs.items():  # before any timing: ORT fails deep in its embedding kernel otherwise
+        if cfg is not None:
+            try:
+                check_max_length(max(s for _, s in shapes), cfg, "shapes seq")
+            except ValueError as e:
+                raise ValueError(f"benchmark(): model {name!r}: {e}") from None
     lat = measure_latency(runners, shapes, warmup=warmup, runs=runs,
                           min_time_s=min_time_s, seed=seed, vocab_size=vocab, max_runs=max_runs)
     return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,

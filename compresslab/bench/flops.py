@@ -76,12 +76,9 @@ def _linear_macs(model: nn.Module, seq_len: int, batch_size: int) -> dict[str, t
 def max_seq_len(model: nn.Module) -> int | None:
     """The longest sequence the model's position table holds (RoBERTa's positions start after its
     padding id); None when the config does not say."""
-    n = getattr(model.config, "max_position_embeddings", None)
-    if n is None:
-        return None
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        n -= int(getattr(model.config, "pad_token_id", 1) or 0) + 1
-    return int(n)
+    from compresslab.models.loading import position_limit
+
+    return position_limit(model.config)
 
 
 def theoretical_flops(model: nn.Module, seq_len: int, *, batch_size: int = 1) -> dict[str, Any]:
@@ -97,9 +94,9 @@ def theoretical_flops(model: nn.Module, seq_len: int, *, batch_size: int = 1) ->
     for v, what in ((seq_len, "seq_len"), (batch_size, "batch_size")):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{what} must be a positive integer, got {v!r}")
-    limit = max_seq_len(model)
-    if limit is not None and seq_len > limit:
-        raise ValueError(f"seq_len={seq_len} exceeds the model's {limit} positions")
+    from compresslab.models.loading import check_max_length
+
+    check_max_length(seq_len, model.config, "seq_len")
     per: dict[str, dict[str, Any]] = {n: {"macs": macs, "binary": b}
                                       for n, (macs, b) in _linear_macs(model, seq_len, batch_size).items()}
     for lv in get_adapter(model).layers():

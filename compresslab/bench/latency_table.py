@@ -153,8 +153,12 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
     ``dense_onnx`` is the deployed (fused) export of ``model``, timed for ``T_dense``.
     ``fingerprint`` overrides :func:`~compresslab.bench.env.hardware_fingerprint` (tests).
     The facts include ``machine_load`` (``busy``: then the table is not cached, and
-    ``not_cached`` says why). Raises MachineBusyError when training holds the lock past the wait.
+    ``not_cached`` says why). Raises MachineBusyError when training holds the lock past the wait,
+    ValueError when ``settings.seq`` exceeds the model's position table (before any timing).
     """
+    from compresslab.models.loading import check_max_length
+
+    check_max_length(settings.seq, model.config, "latency table seq")
     env = environment(model, settings, fingerprint)
     path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
     if path is not None and (hit := _read_cached(path, env)) is not None:

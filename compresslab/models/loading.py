@@ -176,20 +176,29 @@ def check_source_files(path: Path, *, extra_weights: tuple[str, ...] = (), token
 def position_limit(config: Any) -> int | None:
     """The longest input (tokens, special ones included) the model's position table can embed.
 
-    RoBERTa numbers positions from ``pad_token_id + 1``, so 2 of its 514 rows are never a position.
-    ``config``: a transformers config or the raw config.json dict."""
+    RoBERTa (and its XLM-R / CamemBERT kin) numbers positions from ``pad_token_id + 1``, so 2 of its
+    514 rows are never a position. ``config``: a transformers config or the raw config.json dict.
+    This is the one limit every sequence-length check compares against (:func:`check_max_length`)."""
     get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
     limit = get("max_position_embeddings")
     if limit is None:
         return None
-    if get("model_type") == "roberta":
-        return int(limit) - int(get("pad_token_id", 1) or 1) - 1
+    if get("model_type") in OFFSET_POSITIONS:
+        pad = get("pad_token_id")
+        return int(limit) - (1 if pad is None else int(pad)) - 1
     return int(limit)
+
+
+# model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids)
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
 
 
 def check_max_length(max_length: int, config: Any, setting: str) -> None:
     """ValueError when inputs of ``max_length`` tokens cannot be embedded: the position table is
-    shorter (found after minutes of work otherwise, as an index error in the first long batch)."""
+    shorter (found after minutes of work otherwise, as an index error in the first long batch, or
+    ORT's "EmbedLayerNormalization ... out of range" in a timing). The one check every setting that
+    feeds sequences to the model goes through (``pipeline.preflight``, the API, the benchmarks);
+    the message names ``setting`` and the limit."""
     limit = position_limit(config)
     if limit is not None and max_length > limit:
         get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))

@@ -258,6 +258,11 @@ class Hawq:
         except ValueError as e:
             raise ValueError(f"hawq: {e}") from None
 
+    def sequence_lengths(self) -> dict[str, int]:
+        """Setting (under this step) -> tokens per row: the latency table's shape, used only under a
+        ``latency_limit`` (a budget priced at a length the model cannot run holds on paper only)."""
+        return {"latency.seq": self.latency.seq} if self.latency_limit is not None else {}
+
     def check(self, task: Any) -> None:
         """The Hessian and QAT need a labelled train split."""
         from compresslab.data.schema import TaskKind

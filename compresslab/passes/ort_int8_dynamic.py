@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compresslab.export.ort_quant import check_op_types, read_export_config
-from compresslab.quant.guided_int8 import Sensitivity
+from compresslab.quant.guided_int8 import LATENCY_SHAPE, Sensitivity
 from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
 from compresslab.validate import check_bools, check_choice, check_int, coerce_enum, is_number
@@ -36,9 +36,10 @@ class OrtInt8Dynamic:
 
     ``fp32_fallback``: ``none`` (every quantizable op int8) or ``guided`` (weight MatMuls chosen
     to stay fp32 by ``sensitivity`` on up to ``max_examples`` validation examples, under a speedup
-    of at least ``latency_ratio`` x the all-int8 speedup at b32xs128, timed here with
-    ``latency_runs`` interleaved rounds). The validation-best of the guided sets and the plain
-    all-int8 model is kept, so ``guided`` never keeps a model that agrees less on validation.
+    of at least ``latency_ratio`` x the all-int8 speedup at batch 32 x ``latency_seq`` tokens, timed
+    here with ``latency_runs`` interleaved rounds; ``latency_seq`` must fit the model's position
+    table). The validation-best of the guided sets and the plain all-int8 model is kept, so
+    ``guided`` never keeps a model that agrees less on validation.
     """
 
     per_channel: bool = True
@@ -50,6 +51,7 @@ class OrtInt8Dynamic:
     latency_ratio: float = 0.9
     max_examples: int | None = None
     latency_runs: int = 10
+    latency_seq: int = LATENCY_SHAPE[1]
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
@@ -69,6 +71,11 @@ class OrtInt8Dynamic:
         if self.max_examples is not None:
             check_int(self.max_examples, f"{self.name} max_examples")
         check_int(self.latency_runs, f"{self.name} latency_runs")
+        check_int(self.latency_seq, f"{self.name} latency_seq")
+
+    def sequence_lengths(self) -> dict[str, int]:
+        """Setting (under this step) -> tokens per row it feeds the model: the guided timing shape's seq."""
+        return {"latency_seq": self.latency_seq} if self.fp32_fallback == "guided" else {}
 
     def check(self, task: Any) -> None:
         """``guided`` selects on the validation split: it must not be empty."""
@@ -103,14 +110,19 @@ class OrtInt8Dynamic:
         import torch
 
         from compresslab.data.loaders import make_loader
+        from compresslab.models.loading import check_max_length
         from compresslab.quant.guided_int8 import guided_int8
 
+        config = read_export_config(model.dir)
+        # the run's preflight checked this against config.json; a direct caller gets the same error here,
+        # before the sensitivity work, instead of ORT's index error from the embedding when it is timed
+        check_max_length(self.latency_seq, config, f"{self.name} latency_seq")
         examples = list(ctx.task.validation)[: self.max_examples]
         loader = make_loader(examples, ctx.tokenizer, ctx.batch_size, ctx.max_length, shuffle=False,
                              kind=ctx.task.spec.kind)
         feeds = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
-        vocab = read_export_config(model.dir).get("vocab_size")
+        vocab = config.get("vocab_size")
         return guided_int8(src, dst, feeds, sensitivity=self.sensitivity, latency_ratio=self.latency_ratio,
                            threads=torch.get_num_threads(), latency_runs=self.latency_runs, vocab_size=vocab,
                            per_channel=self.per_channel, reduce_range=self.reduce_range, op_types=self.op_types,
-                           track=ctx.track)
+                           track=ctx.track, latency_shape=(LATENCY_SHAPE[0], self.latency_seq))

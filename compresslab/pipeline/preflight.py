@@ -5,8 +5,9 @@ read, checked at once before any work, each failure naming the setting to change
   (:meth:`RunSettings.from_config`), opsets and GPU backends of this install;
 * every pass's settings and the step order (:func:`build_steps`);
 * every sequence length the run will feed the model (``task.max_length``, the bench shapes, a
-  pass's own ``seq``/``max_length``) against the model's position table, read from its
-  ``config.json`` alone;
+  pass's own ``seq``/``max_length`` and its ``sequence_lengths()``: guided int8's ``latency_seq``,
+  hawq's ``latency.seq`` under a latency budget) against the model's position table, read from its
+  ``config.json`` alone, by the one check ``models.loading.check_max_length``;
 * the directories the run writes (``paths.output_dir`` or ``run.dir``, ``paths.cache_dir``):
   created and written to, then left as they were.
 
@@ -44,11 +45,24 @@ def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]
         lengths["bench.shapes seq"] = max(seq for _, seq in b.shapes)
         if b.deepsparse.enabled is not False:
             lengths["bench.deepsparse.seq"] = b.deepsparse.seq
-    for step in steps:  # a pass's own lengths: ziplm's latency shape, bibert's training length
-        for attr in ("seq", "max_length"):
-            value = getattr(step.pass_, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                lengths[f"pipeline.passes.{step.name}.{attr}"] = value
+    for step in steps:
+        lengths.update({f"pipeline.passes.{step.name}.{key}": n for key, n in pass_lengths(step.pass_).items()})
+    return lengths
+
+
+def pass_lengths(pass_: Any) -> dict[str, int]:
+    """A pass's own sequence lengths, setting (under its step) -> tokens: its ``sequence_lengths()``
+    where it has one (settings used only in some modes: guided int8's ``latency_seq``, hawq's
+    ``latency.seq`` under a latency budget), plus its ``seq`` / ``max_length`` attributes (ziplm's and
+    structured_l1's latency shape, bibert's training length)."""
+    lengths: dict[str, int] = {}
+    for attr in ("seq", "max_length"):
+        value = getattr(pass_, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            lengths[attr] = value
+    own = getattr(pass_, "sequence_lengths", None)
+    if callable(own):
+        lengths.update(own())
     return lengths
 
 

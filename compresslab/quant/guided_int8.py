@@ -10,7 +10,8 @@ is either int8 or fp32, chosen on the validation split against the incoming fp32
   ``single_int8``: the node alone int8, all others fp32 -> its KL;
   ``single_fp32``: all int8 but the node -> the KL it recovers, ``KL(all) - KL(all but it)``;
 * latency cost of keeping a node fp32 (a stated model): the whole-model gap ``t_fp32 - t_int8``
-  at b32xs128, measured once on this machine, shared by weight MACs per token row;
+  at the latency shape (b32xs128 by default; the pass's ``latency_seq``), measured once on this
+  machine, shared by weight MACs per token row;
 * the choice: maximise summed benefit (the KL kept away) subject to summed cost <= the budget
   ``t_int8 * (1/ratio - 1)``, i.e. speedup >= ``ratio`` x the all-int8 speedup, by an exact
   branch and bound (ties: the cheaper set, then the lexicographically smaller one).
@@ -250,8 +251,10 @@ def choose_fp32(benefit: Mapping[str, float], cost: Mapping[str, float], budget:
 
 # ------------------------------------------------------------------------------------- timing
 def time_models(paths: Mapping[str, Path], threads: int | None, runs: int,
-                vocab_size: int | None = None, loads: list[dict[str, Any]] | None = None) -> dict[str, float]:
-    """Median seconds per call of each graph at :data:`LATENCY_SHAPE`, interleaved after warm-up.
+                vocab_size: int | None = None, loads: list[dict[str, Any]] | None = None,
+                shape: tuple[int, int] | None = None) -> dict[str, float]:
+    """Median seconds per call of each graph at ``shape`` ``(batch, seq)`` (None: :data:`LATENCY_SHAPE`),
+    interleaved after warm-up.
 
     ``loads`` receives the timing's ``machine_load`` record (busy, reasons, the load before and during).
     """
@@ -259,12 +262,13 @@ def time_models(paths: Mapping[str, Path], threads: int | None, runs: int,
     from compresslab.bench.machine_load import timing_window
     from compresslab.bench.runners import OrtRunner
 
+    shape = tuple(shape or LATENCY_SHAPE)
     runners = {k: OrtRunner(p, threads, vocab_size=vocab_size) for k, p in paths.items()}
     with timing_window("guided int8: fp32 / int8 candidates") as window:
-        lat = measure_latency(runners, [LATENCY_SHAPE], warmup=2, runs=runs, vocab_size=vocab_size)
+        lat = measure_latency(runners, [shape], warmup=2, runs=runs, vocab_size=vocab_size)
     if loads is not None:
         loads.append(window.record())
-    key = shape_key(*LATENCY_SHAPE)
+    key = shape_key(*shape)
     return {k: lat["results"][k][key]["p50_ms"] / 1e3 for k in paths}
 
 
@@ -273,18 +277,22 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
                 sensitivity: Sensitivity | str = Sensitivity.AUTO, latency_ratio: float = 0.9,
                 threads: int | None = None, latency_runs: int = 10, vocab_size: int | None = None,
                 per_channel: bool = True, reduce_range: bool = False, op_types: Sequence[str] | None = None,
-                max_rounds: int = 3, track: Callable[..., Any] = lambda it, **_: it) -> dict[str, Any]:
+                max_rounds: int = 3, track: Callable[..., Any] = lambda it, **_: it,
+                latency_shape: tuple[int, int] | None = None) -> dict[str, Any]:
     """Dynamic int8 of ``src`` into ``dst`` with the fp32 fallback set chosen on ``feeds``
     (validation batches; the reference is ``src``'s own outputs). Returns the record (JSON-able).
 
     The chosen model is timed against fp32 and all-int8 (one interleaved measurement); where it
     misses the budget, the cost model is scaled by measured / predicted extra time (at least
     x1.05) and the choice redone, up to ``max_rounds`` times; every round is recorded.
+    Timing runs at ``latency_shape`` ``(batch, seq)`` (None: :data:`LATENCY_SHAPE`); its seq must fit
+    the model's position table (the pass checks it against config.json before any work).
     """
     from compresslab.bench.machine_load import combine
     from compresslab.export.ort_quant import quantize_dynamic_int8
 
     method = Sensitivity(sensitivity)
+    shape = tuple(latency_shape or LATENCY_SHAPE)
     extra_time_budget(1.0, latency_ratio)  # validates the ratio before any work
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
         raise ValueError(f"max_rounds must be an integer >= 1, got {max_rounds!r}")
@@ -313,7 +321,8 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
         methods = [Sensitivity.SINGLE_INT8, Sensitivity.SINGLE_FP32] if method is Sensitivity.AUTO else [method]
         sens = {m.value: sensitivities(m, src, candidates, quantize, evaluate, work, base, track) for m in methods}
         loads: list[dict[str, Any]] = []  # every timing's machine_load, combined into the record
-        t = time_models({"fp32": src, "int8": all_int8}, threads, latency_runs, vocab_size, loads=loads)
+        t = time_models({"fp32": src, "int8": all_int8}, threads, latency_runs, vocab_size, loads=loads,
+                        shape=shape)
         model_cost = fp32_costs(candidates, t["fp32"], t["int8"])
         budget = extra_time_budget(t["int8"], latency_ratio)
         rounds: list[dict[str, Any]] = []
@@ -336,7 +345,7 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
             best_sensitivity = max(sens, key=rank.__getitem__)
             chosen = selections[winner].chosen if winner in selections else ()
             verify = time_models({"fp32": src, "int8": all_int8, "chosen": built[chosen][0]}, threads,
-                                 latency_runs, vocab_size, loads=loads)
+                                 latency_runs, vocab_size, loads=loads, shape=shape)
             met = verify["fp32"] / verify["chosen"] >= latency_ratio * verify["fp32"] / verify["int8"] or not chosen
             predicted_extra = sum(cost[n] for n in chosen)
             measured_extra = verify["chosen"] - verify["int8"]
@@ -374,7 +383,7 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
         "ranking": [{**asdict(c), "fp32_cost_s": cost[c.name],
                      **{m: {k: sens[m][c.name][k] for k in ("benefit", "kl", "flips")} for m in sens}}
                     for c in ranking],
-        "latency": {"shape": list(LATENCY_SHAPE), "threads": threads, "runs": latency_runs,
+        "latency": {"shape": list(shape), "threads": threads, "runs": latency_runs,
                     "cost_model": "fp32 cost of a node = its weight-MAC share x (t_fp32 - t_int8), whole model, "
                                   "x cost_scale (1, raised where a round's measurement missed the budget)",
                     "fp32_s": t["fp32"], "int8_s": t["int8"], "budget_extra_s": budget,

@@ -283,10 +283,12 @@ def test_pass_guided_apply(exported, tiny_tok, tmp_path, synthetic_times):
     from compresslab.types import OnnxModel
 
     ctx = tiny_context(tiny_tok, tmp_path)
-    p = OrtInt8Dynamic(fp32_fallback="guided", max_examples=12, latency_runs=1)
+    p = OrtInt8Dynamic(fp32_fallback="guided", max_examples=12, latency_runs=1,
+                       latency_seq=64)  # tiny BERT: 72 positions
     p.check(ctx.task)
     res = p.apply(OnnxModel(exported.dir, exported.onnx_path), ctx)
     rec = res.metrics["guided"]
+    assert rec["latency"]["shape"] == [32, 64]  # the setting reaches the timing
     assert rec["n_validation_examples"] == 12 and "quantize_metrics" not in rec
     assert res.metrics["size_bytes"] == Path(res.onnx_path).stat().st_size
     ops = _ops(Path(res.onnx_path))
