@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.cli import setup_process
-from compresslab.config import compose
+from compresslab.config import compose, keep_pass_overrides
 from compresslab.manifest import git_sha, library_versions, read_json
 
 from _results import ResultsFile, write_aside  # sibling modules (script dir)
@@ -67,8 +67,7 @@ def _overrides(a: argparse.Namespace, pipeline: str) -> list[str]:
              f"budget.recovery_steps={a.steps}", f"budget.fisher_grads={a.grads}",
              # the pass's key, not budget.prune_events: the smoke budget has no such setting
              f"pipeline.passes.obert.num_events={a.events}", *a.override]
-    steps = set(compose([f"+pipeline={pipeline}"]).pipeline.steps)
-    return [o for o in every if not o.startswith("pipeline.passes.") or o.split(".")[2] in steps]
+    return keep_pass_overrides(every, compose([f"+pipeline={pipeline}"]).pipeline.steps)
 
 
 def _rel(p: Path) -> str:

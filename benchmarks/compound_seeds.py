@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from compresslab.cli import setup_process
-from compresslab.config import compose
+from compresslab.config import compose, keep_pass_overrides
 from compresslab.manifest import git_sha, read_json
 
 from _results import ResultsFile  # sibling modules (script dir)
@@ -224,9 +224,8 @@ def base_overrides(a: argparse.Namespace) -> list[str]:
 def _filter(overrides: Sequence[str], pipeline: Sequence[str]) -> list[str]:
     """``pipeline`` (the overrides that choose it) and ``overrides``, less the pass settings
     (``pipeline.passes.<pass>.<key>=...``) of passes that pipeline does not run (the config refuses them)."""
-    steps = set(compose(list(pipeline)).pipeline.steps)
     # the pipeline's own settings last: they win (max_retries=0 and the targets are what the study holds fixed)
-    return [*(o for o in overrides if not o.startswith("pipeline.passes.") or o.split(".")[2] in steps), *pipeline]
+    return [*keep_pass_overrides(overrides, compose(list(pipeline)).pipeline.steps), *pipeline]
 
 
 def score_step(cfg: Any, rd: Path, m: dict[str, Any], step: str) -> tuple[str, str, float]:

@@ -237,10 +237,9 @@ def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
     """The run's command line: a pass setting (``pipeline.passes.<step>.<key>=``) only where the pipeline has
     that step (the config refuses settings of passes it does not run); deploy on ORT, no bench stage (the
     suite times every cell itself, together)."""
-    from compresslab.config import compose
+    from compresslab.config import compose, keep_pass_overrides
 
-    steps = set(compose([f"+pipeline={pipeline}"]).pipeline.steps)
-    kept = [o for o in overrides if not o.startswith("pipeline.passes.") or o.split(".")[2] in steps]
+    kept = keep_pass_overrides(overrides, compose([f"+pipeline={pipeline}"]).pipeline.steps)
     return [f"+pipeline={pipeline}", *kept, "deploy=ort", "bench=off"]
 
 

@@ -7,7 +7,7 @@ same configs as a source checkout; nothing here touches process state (that is `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 
 def config_dir() -> str:
@@ -132,3 +132,38 @@ def sweep_lists(overrides: list[str]) -> list[list[str]]:
     except HydraException as e:
         raise ConfigError(composition_message(e)) from e
     return list(keyed.values())
+
+
+# Hydra's override prefixes: ``++`` adds or sets, ``+`` adds, ``~`` deletes (``~key`` or ``~key=value``).
+_OVERRIDE_PREFIXES = ("++", "+", "~")
+
+
+def override_key(override: str) -> str:
+    """The key an override sets, adds or deletes: ``++a.b=1``, ``+a.b=1``, ``~a.b``, ``~a.b=1``, ``a.b=1``
+    -> ``a.b``; a group choice keeps its package (``+pass@pipeline.passes.x=y`` -> ``pass@pipeline.passes.x``).
+    A value's own ``=`` or ``.`` never reaches the key (the key ends at the first ``=``)."""
+    key = override.partition("=")[0].strip()
+    for prefix in _OVERRIDE_PREFIXES:  # "++" before "+": one prefix only, as Hydra's grammar has it
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def pass_step(override: str) -> str | None:
+    """The step a pass setting belongs to: ``[+|++|~]pipeline.passes.<step>[.<key>...][=value]`` -> ``<step>``;
+    None for any other override (a group choice such as ``+pass@pipeline.passes.<step>=NAME`` adds a pass, it
+    sets nothing of one, so it is not a pass setting either)."""
+    key = override_key(override)
+    if "@" in key:
+        return None
+    parts = key.split(".")
+    return parts[2] if len(parts) >= 3 and parts[:2] == ["pipeline", "passes"] and parts[2] else None
+
+
+def keep_pass_overrides(overrides: Sequence[str], steps: Iterable[str]) -> list[str]:
+    """``overrides`` (order kept) less the pass settings (:func:`pass_step`) of steps not in ``steps``, the
+    step names of the pipeline they go to: one command line can then serve several pipelines, and the
+    config refuses a setting of a pass its pipeline does not run (Hydra: deleting it fails). Every other
+    override is kept as given."""
+    have = set(steps)
+    return [o for o in overrides if (step := pass_step(o)) is None or step in have]

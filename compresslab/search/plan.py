@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from compresslab.config import keep_pass_overrides, override_key, pass_step
 from compresslab.manifest import stable_hash
 from compresslab.search.objective import Objective, SearchSettings
 from compresslab.search.space import Candidate, Entry, first_candidates, parse_space
@@ -38,8 +39,7 @@ class SearchPlan:
 
     def candidate_args(self, c: Candidate) -> list[str]:
         """The overrides that compose ``c``'s run, as a command line would give them."""
-        steps = pipeline_steps(c.pipeline)
-        base = [o for o in self.base_overrides if _pass_step(o) is None or _pass_step(o) in steps]
+        base = keep_pass_overrides(self.base_overrides, pipeline_steps(c.pipeline))
         return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
 
 
@@ -77,19 +77,9 @@ def pipeline_steps(name: str) -> list[str]:
     return [str(s) for s in OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("steps") or []]
 
 
-def _key(override: str) -> str:
-    return override.partition("=")[0].lstrip("+~")
-
-
-def _pass_step(override: str) -> str | None:
-    """``pipeline.passes.<step>.x=v`` -> ``<step>``: such a setting applies to the pipelines having that step."""
-    parts = _key(override).split(".")
-    return parts[2] if len(parts) > 3 and parts[:2] == ["pipeline", "passes"] else None
-
-
 def requests_search(overrides: Sequence[str]) -> bool:
     """Whether a command line selects a search (``+search=NAME``)."""
-    return any(o.startswith("+") and _key(o) == "search" for o in overrides)
+    return any(o.startswith("+") and override_key(o) == "search" for o in overrides)
 
 
 def base_overrides(overrides: Sequence[str]) -> list[str]:
@@ -97,7 +87,7 @@ def base_overrides(overrides: Sequence[str]) -> list[str]:
     search decides itself (the pipeline, the eval split, one run dir for all, stopping runs early)."""
     out = []
     for o in overrides:
-        key = _key(o)
+        key = override_key(o)
         if key == "search" or key.startswith("search."):
             continue
         if key == "pipeline" or key.startswith("pipeline."):
@@ -205,7 +195,7 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     _check_objective(settings, rs)
     identity = {k: v for k, v in config_identity(first).items() if k != "pipeline"}
     what = {"space": raw.get("space"), "identity": identity,
-            "pass_overrides": sorted(o for o in base if _pass_step(o) is not None),
+            "pass_overrides": sorted(o for o in base if pass_step(o) is not None),
             "settings": {k: v for k, v in settings.to_dict().items()
                          if k not in ("time_budget_s", "retry_failed", "dir", "unit_s")}}
     plan.search_dir = Path(settings.dir) if settings.dir else Path(first.paths.output_dir) / "search" / stable_hash(what)
