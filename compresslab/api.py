@@ -329,7 +329,17 @@ def _work_dir(output_dir: str | Path | None) -> tuple[Path, Any]:
 
 
 def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData") -> Any:
-    """The CLI's step loop over an in-memory model; resumes a run dir made by the same call."""
+    """The CLI's step loop over an in-memory model; resumes a run dir made by the same call. Raises
+    DirectoryBusyError at once while another live process runs in ``run_dir`` (its lock, as the CLI's)."""
+    from compresslab.pipeline.lock import locked_run_dir
+
+    with locked_run_dir(run_dir, another="another output_dir keeps both"):
+        return _run_locked(state, steps, run_dir, task)
+
+
+def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData") -> Any:
+    """:func:`_run` once it holds ``run_dir``'s lock."""
+    from compresslab.dirlock import LOCK_NAME
     from compresslab.manifest import RunManifest, stable_hash
     from compresslab.pipeline.driver import recording_failure
     from compresslab.pipeline.identity import check_inputs, input_identity
@@ -349,7 +359,7 @@ def _run(state: "RunState", steps: list["Step"], run_dir: Path, task: "TaskData"
         if manifest.data.get("config_hash") != h:
             raise RunDirConflictError(f"{run_dir} holds a run of other passes or data; use another output_dir")
         check_inputs(manifest.data, inputs, run_dir, f"use another output_dir, or delete {run_dir}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
     if manifest is None:
         run_dir.mkdir(parents=True, exist_ok=True)

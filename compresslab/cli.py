@@ -62,7 +62,7 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
 
     # SettingsError, PipelineError, ConfigError and CheckpointError are ValueErrors; MachineBusyError
     # is a timing refused while training runs (its message names the variables that wait longer);
-    # DirectoryBusyError: the same search is running in another process (its message names it)
+    # DirectoryBusyError: the same search or run dir is in use by another process (its message names it)
     return (ConfigError, PipelineError, SettingsError, FileNotFoundError, ValueError, MachineBusyError,
             DirectoryBusyError)
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from compresslab.manifest import RunManifest, now
 from compresslab.pipeline.disk import check_keep, link_duplicates
 from compresslab.pipeline.identity import check_inputs, input_identity
+from compresslab.pipeline.lock import locked_run_dir
 from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir
 from compresslab.pipeline.preflight import preflight
 
@@ -27,16 +28,28 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     seed=3``): recorded in the manifest with the command that reproduces the run; None when not
     known (a config composed elsewhere). Everything cheap is checked before anything expensive
     (passes, settings, model source, data); raises PipelineError / SettingsError /
-    FileNotFoundError / ValueError then.
+    FileNotFoundError / ValueError then. Raises :class:`~compresslab.dirlock.DirectoryBusyError`
+    (naming its pid and command) while another live process runs the same run dir
+    (:mod:`compresslab.pipeline.lock`); a dead one's lock is gone, and its dir resumes.
     """
-    from compresslab.pipeline.deploy import check_deploy
-    from compresslab.pipeline.state import RunState, check_steps_model
-    from compresslab.pipeline.steps import run_steps
+    from compresslab.pipeline.state import RunState
 
     keep = check_keep(cfg.run.get("keep", "minimal"))
     steps = preflight(cfg)  # the whole config, sequence lengths, output dirs: before any model or data is read
     state = RunState.prepare(cfg, steps)
     run_dir = resolve_run_dir(cfg)
+    # one process per run dir, from the first look at it to the end (DirectoryBusyError at once otherwise)
+    with locked_run_dir(run_dir):
+        return _run_in(cfg, overrides, state, steps, run_dir, keep)
+
+
+def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: Any, steps: Any, run_dir: Path,
+            keep: str) -> Path:
+    """:func:`run` once it holds ``run_dir``'s lock: resume or start the dir, run the steps, finish."""
+    from compresslab.pipeline.deploy import check_deploy
+    from compresslab.pipeline.state import check_steps_model
+    from compresslab.pipeline.steps import run_steps
+
     existing = prepare_run_dir(run_dir, cfg)
     inputs = input_identity(state)  # model files and data by content: a changed file is never reused
     if existing is not None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
+from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage
 from compresslab.validate import check_field_types, did_you_mean
 
@@ -192,7 +193,8 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
     h = config_hash(cfg)
     mpath = run_dir / "manifest.json"
     if not mpath.exists():
-        if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name != ".hydra"):
+        # .hydra: written before the manifest; the lock file: left by any run (pipeline/lock.py)
+        if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name not in (".hydra", LOCK_NAME)):
             raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
         return None
     old = RunManifest.load(run_dir)
@@ -203,8 +205,15 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
     check_not_running(old, run_dir)
     if cfg.run.get("overwrite"):  # start over, whatever state the old run is in (it is kept aside)
         backup = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
+        n = 1
+        while backup.exists():  # two overwrites within a second
+            backup, n = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}-{n}"), n + 1
         log.warning("run.overwrite=true: moving the %s run to %s", old.data.get("status"), backup)
-        shutil.move(str(run_dir), backup)
+        backup.mkdir()
+        # its files, not the dir: the lock file stays, and with it this process's hold of the dir
+        for p in list(run_dir.iterdir()):
+            if p.name != LOCK_NAME:
+                shutil.move(str(p), backup / p.name)
         return None
     return old
 
