@@ -50,7 +50,8 @@ MODEL_KEYS = ("acc", "agreement", "backend", "file", "b1_ms", "b32_ms", "speedup
               "speedup_b32_vs_best_dense", "speedup_b1_vs_ort_fp32", "real_len_sent_per_s", "size_bytes")
 # filled by other scripts (issue 13's long runs, seeds, ZipLM's fitted latency model): never invented here
 PENDING = {
-    "ziplm_retries": "ZipLM's per-layer fixed-cost latency model (retries before/after) is measured by benchmarks/ziplm.py",
+    "ziplm_retries": "ZipLM's per-layer fixed-cost latency model (retries before/after) is measured by "
+                     "benchmarks/ziplm_retries.py",
     "obert_80_long_acc": "the long oBERT 80% recovery (1-2 epochs, <= 3 CPU h) is run separately",
     "magnitude_80_long_tuned_acc": "the tuned gradual magnitude baseline at the long budget is run separately",
     "mcnemar_p_obert_vs_magnitude_80_long": "needs both long runs' dev predictions",

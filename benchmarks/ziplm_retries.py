@@ -1,0 +1,110 @@
+"""ZipLM retries before/after the fitted latency model (issue #13) into benchmarks/results/compound.json.
+
+The two runs are normal pipeline runs on a quiet machine, the same family from one database, differing only
+in ``latency_model``; no recovery (retries are a property of the latency model, not of training)::
+
+    for LM in one_layer calibrated; do
+      python -m compresslab +pipeline=ziplm_2x budget=bench budget.recovery_steps=0 bench=off \\
+        pipeline.passes.ziplm.speedup=4 'pipeline.passes.ziplm.family=[1.5,2,3,4]' \\
+        pipeline.passes.ziplm.num_calibration=512 pipeline.passes.ziplm.latency_model=$LM
+    done
+    python benchmarks/ziplm_retries.py
+
+``before`` = retries summed over the family with the one-layer table, ``after`` = with the calibrated
+one (``retries_total`` of each run's ZipLM step); per target the first try's measured / target ratio (the
+issue: within [0.95, 1.15] on the first try), retries, measured speedup and whether it met the target.
+Figures are copied from the runs' manifests (``note_run`` stamps their machine load).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from compresslab.manifest import read_json
+
+from _results import ResultsFile  # sibling module (script dir)
+
+ROOT = Path(__file__).resolve().parent
+RESULTS_PATH = ROOT / "results" / "compound.json"
+FAMILY = [1.5, 2.0, 3.0, 4.0]
+FIRST_TRY = (0.95, 1.15)  # the issue's window for measured / target on the first try
+
+
+def ziplm_step(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished ZipLM step of a run's manifest, or None."""
+    for s in manifest.get("steps", []):
+        if s.get("name") == "ziplm" and s.get("status") == "done":
+            return s
+    return None
+
+
+def find_runs(outputs: Path) -> dict[str, Path]:
+    """latency_model -> the newest finished ``ziplm_2x`` run dir with the retries settings (speedup 4, the
+    family above, no recovery)."""
+    found: dict[str, tuple[str, Path]] = {}
+    for m in sorted((outputs / "ziplm_2x").glob("*/manifest.json")):
+        data = read_json(m)
+        step = ziplm_step(data)
+        if step is None:
+            continue
+        cfg = step.get("pass") or step.get("pass_config") or {}  # the manifest names it "pass"
+        rec = cfg.get("recovery") or {}
+        if float(cfg.get("speedup", 0)) != 4.0 or [float(x) for x in cfg.get("family") or []] != FAMILY \
+                or int(rec.get("steps", -1)) != 0:
+            continue
+        lm = str(cfg.get("latency_model"))
+        when = str(step.get("finished") or "")
+        if lm not in found or when > found[lm][0]:
+            found[lm] = (when, m.parent)
+    return {k: v[1] for k, v in found.items()}
+
+
+def summarize(step: dict[str, Any]) -> dict[str, Any]:
+    """Retries and the first try's accuracy per target from one ZipLM step's result."""
+    res = step.get("result") or {}
+    metrics = res.get("metrics", res)
+    fam = metrics.get("family") or {}
+    targets = {}
+    for key, r in fam.items():
+        ratio = r.get("first_try_ratio")
+        targets[key] = {"retries": r.get("retries"), "first_try_ratio": ratio,
+                        "first_try_within": None if ratio is None else FIRST_TRY[0] <= ratio <= FIRST_TRY[1],
+                        "predicted_speedup": r.get("predicted_speedup"),
+                        "measured_speedup_b32": r.get("measured_speedup_b32"), "met_target": r.get("met_target")}
+    table = metrics.get("latency_table") or {}
+    return {"retries_total": metrics.get("retries_total"), "busy_checks": metrics.get("busy_checks"),
+            "table_busy": table.get("busy"), "targets": targets,
+            "calibration": table.get("calibration")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--outputs", default="outputs", help="the pipelines' output dir (default outputs)")
+    ap.add_argument("--results", default=str(RESULTS_PATH))
+    a = ap.parse_args()
+    runs = find_runs(Path(a.outputs))
+    missing = sorted({"one_layer", "calibrated"} - set(runs))
+    if missing:
+        raise SystemExit(f"no finished ziplm_2x retries run for latency_model={missing} under {a.outputs}/ziplm_2x: "
+                         "run the commands in this script's docstring first")
+    results = ResultsFile(a.results)
+    detail = {}
+    for lm, rd in runs.items():
+        manifest = read_json(rd / "manifest.json")
+        results.note_run(f"ziplm_retries_{lm}", manifest)
+        detail[lm] = {"run_dir": str(rd), **summarize(ziplm_step(manifest))}
+    results.put(["ziplm_retries_detail"], {**detail, "family": FAMILY, "first_try_window": list(FIRST_TRY),
+                                           "before": "one_layer", "after": "calibrated"})
+    results.put(["ziplm_retries"], {"before": detail["one_layer"]["retries_total"],
+                                    "after": detail["calibrated"]["retries_total"]})
+    pending = dict(results.get(["meta", "pending"]) or {})
+    if pending.pop("ziplm_retries", None) is not None:
+        results.put(["meta", "pending"], pending)
+    print({lm: (d["retries_total"], {k: round(t["first_try_ratio"] or 0, 3) for k, t in d["targets"].items()})
+           for lm, d in detail.items()})
+
+
+if __name__ == "__main__":
+    main()
