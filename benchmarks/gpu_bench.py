@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = plan_names(args.models)
     specs = {m: load_spec(SPEC_DIR / f"{m}.json") for m in dict.fromkeys(m for m, _ in pairs)}
     t0 = time.time()
+    load_before = os.getloadavg()  # the device host's load (compresslab's LoadMeter needs hydra, absent there)
     env = machine(device)
     bases = {m: build_model(s["config"], seed=args.seed) for m, s in specs.items()}
     models: dict[str, dict[str, Any]] = {}
@@ -268,6 +269,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "git_sha": _git_sha(), "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.gpu_bench",
                                                         *sys.argv[1:]]),
             "machine": env, "denominator": DENOMINATOR, "wall_s": round(time.time() - t0, 1),
+            "machine_load": {"loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+                             "how": "os.getloadavg() of the host before and after (GPU timings; the device is lent "
+                                    "to this session alone)"},
             "settings": {"shapes": [f"b{b}xs{s}" for b, s in shapes], "warmup": args.warmup, "rounds": args.rounds,
                          "inner": args.inner, "seed": args.seed, "order": "interleaved, rotating each round",
                          "timer": "CUDA events around `inner` forwards after synchronize" if device.type == "cuda"
@@ -329,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parse_shapes(args.shapes), plan_names(args.models)  # bad input fails here, before models are built
     doc = run(args)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed: a stopped run leaves no half file
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, out)
     print(_table(doc))
     print(f"[gpu_bench] wrote {out} ({doc['meta']['wall_s']} s)")
     return 0

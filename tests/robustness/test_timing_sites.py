@@ -306,6 +306,16 @@ def _imported(src: str) -> set[str]:
     return out
 
 
+# scripts run on a lent GPU machine, where compresslab cannot be imported (no hydra): the entry records the host's
+# load itself (os.getloadavg) and writes atomically (os.replace); its timing module is imported only by it
+DEVICE_SCRIPTS = {"gpu_bench.py": ("getloadavg", "os.replace"), "gpu_timing.py": (), "gpu_build.py": ()}
+
+
+def _importers(stem: str) -> set[str]:
+    """The stems of the scripts that import the sibling module ``stem`` (``from .x`` or ``import x``)."""
+    return {p.stem for p in _scripts() if stem in _imported(p.read_text())}
+
+
 def _writers() -> set[str]:
     """``_results`` and the sibling modules that write through it (``_ziplm_store``)."""
     return {"_results"} | {p.stem for p in BENCHMARKS.glob("_*.py") if "_results" in _imported(p.read_text())}
@@ -321,6 +331,12 @@ def test_every_benchmark_records_machine_load(observe) -> None:
         src = path.read_text()
         tree = ast.parse(src)
         calls = _calls(tree)
+        if path.name in DEVICE_SCRIPTS:
+            problems += [f"{path.name} runs on the device: it must call {need}" for need in DEVICE_SCRIPTS[path.name]
+                         if need not in src]
+            problems += [f"{path.name} is imported by {sorted(_importers(path.stem) - {'gpu_bench'})}: device modules "
+                         "are for gpu_bench only" for _ in [0] if _importers(path.stem) - {"gpu_bench", path.stem}]
+            continue
         for c in calls:
             if _writes_a_file(c):
                 problems.append(f"{path.name}:{c.lineno} writes a file with {_name(c)}(): use _results.ResultsFile "
@@ -328,7 +344,11 @@ def test_every_benchmark_records_machine_load(observe) -> None:
         times = sorted({_name(c) for c in calls} & TIMES)
         if times:
             timed.append(path.name)
-            if not (_imported(src) & writers) and "LoadMeter" not in src:
+            # a timing module whose figures return to scripts that write through _results (suite_timing -> suite):
+            # ResultsFile stamps the timing windows the process closed, whoever closed them
+            via = _importers(path.stem)
+            if not (_imported(src) & writers) and "LoadMeter" not in src \
+                    and not (via and all(writers & _imported((BENCHMARKS / f"{v}.py").read_text()) for v in via)):
                 problems.append(f"{path.name} times ({', '.join(times)}) but neither writes through _results nor "
                                 "measures the load with LoadMeter")
         if "manifest.json" in src and READS_TIMED.search(src) and "note_run" not in src:
