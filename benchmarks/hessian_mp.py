@@ -348,8 +348,17 @@ def main() -> None:
      "guided": guided}[args.what](args)
     from compresslab.bench.env import hardware_fingerprint
 
+    hw = hardware_fingerprint()
+    # items are measured by different commands, sessions and machines: each command's last run keeps its own
+    # machine and commit (meta.hardware is only the latest run's)
+    by_cmd = dict((_load().get("meta") or {}).get("runs_by_command") or {})
+    cpu = hw.get("cpu") or {}
+    by_cmd[args.what if args.what != "qat" else f"qat{_loss_suffix(args)}"] = {
+        "git_sha": git_sha(), "date": time.strftime("%Y-%m-%d"), "cpu": cpu.get("model"),
+        "isa": sorted(k for k, v in (cpu.get("isa") or {}).items() if v)}
     _store("meta", {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
-                    "teacher": "finetune preset bench (cached)", "hardware": hardware_fingerprint(), "block_size": BLOCK,
+                    "teacher": "finetune preset bench (cached)", "hardware": hw, "block_size": BLOCK,
+                    "runs_by_command": by_cmd,
                     "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines"})
     print(json.dumps(_load(), indent=1, default=str)[:3000])
 
