@@ -90,3 +90,16 @@ class FakeCpu:
         self.busy += (self.other + self.own) * self.step_s
         self.own_s += self.own * self.step_s
         return CpuReading(self.wall, self.busy, self.own_s)
+
+
+def import_benchmark(name: str, repo: str | Path) -> Any:
+    """The module of the script ``benchmarks/<name>.py`` in the checkout ``repo`` (benchmark scripts import their
+    siblings by bare name, so the folder is on ``sys.path`` only while it loads)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(repo) / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

@@ -27,12 +27,9 @@ SPEED = ["batch=2", "seq=16", "threads=1", "ffn_grid=16", "latency_warmup=0", "l
 
 @pytest.fixture(scope="module")
 def seeds():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import compound_seeds
-    finally:
-        sys.path.pop(0)
-    return compound_seeds
+    from compresslab.testing import import_benchmark
+
+    return import_benchmark("compound_seeds", ROOT)
 
 
 def _inputs(root: Path) -> list[str]:

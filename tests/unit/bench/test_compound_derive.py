@@ -5,7 +5,6 @@ fastest such entry, and every speedup is recomputed from the cells' medians (fai
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def compound():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import compound
-    finally:
-        sys.path.pop(0)
-    return compound
+    from compresslab.testing import import_benchmark
+
+    return import_benchmark("compound", ROOT)
 
 
 def cell(backend: str, acc: float, b32: float, b1: float, **extra) -> dict:

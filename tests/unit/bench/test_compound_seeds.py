@@ -5,7 +5,6 @@ per seed and pooled over the discordant pairs of every seed; meta.pending.seeds 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def seeds():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import compound_seeds
-    finally:
-        sys.path.pop(0)
-    return compound_seeds
+    from compresslab.testing import import_benchmark
+
+    return import_benchmark("compound_seeds", ROOT)
 
 
 LABELS = "1111111111"  # 10 examples, all positive: a prediction's accuracy is its count of 1s / 10

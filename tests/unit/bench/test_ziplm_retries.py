@@ -5,7 +5,6 @@ name), per-target figures come from the ZipLM step's family, and compound.json's
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "compound.json"
 
 @pytest.fixture(scope="module")
 def zr():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import ziplm_retries
-    finally:
-        sys.path.pop(0)
-    return ziplm_retries
+    from compresslab.testing import import_benchmark
+
+    return import_benchmark("ziplm_retries", ROOT)
 
 
 def _manifest(lm: str, retries: list[int], *, speedup: float = 4, steps: int = 0, finished: str = "2026-12-01T12:00"):
