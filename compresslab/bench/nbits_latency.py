@@ -9,7 +9,7 @@ with the bench's session settings (:func:`~compresslab.bench.load_probe.make_ses
 * ``b`` in 1–8: ``com.microsoft.MatMulNBits`` with ``bits = deployed_bits(b)`` (3 bits deploy as
   4-bit codes, so 3 and 4 share one measurement), the deployed block (the largest power of two in
   [16, 256] dividing the quantization block) and the deploy step's ``accuracy_level``; the node
-  is written by :func:`compresslab.export.matmul_nbits.matmul_nbits_node`, the exporter's own code;
+  is written by :func:`compresslab.export.nbits_pack.matmul_nbits_node`, the exporter's own code;
 * ``b = 32`` (keep fp32), or a Linear whose block has no deployable power of two (the exporter
   leaves it fp32): a plain ``MatMul`` with a ``(K, N)`` float32 initializer.
 
@@ -40,7 +40,7 @@ import numpy as np
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
 from compresslab.bench.machine_load import timing_window
 from compresslab.bench.table_cache import environment_facts, normalize, read_cached, stable_hash, write_cached
-from compresslab.export.matmul_nbits import ACCURACY_LEVELS, deployable_block, deployed_bits
+from compresslab.export.nbits_pack import ACCURACY_LEVELS, deployable_block, deployed_bits
 from compresslab.validate import coerce_settings, is_int
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def linear_graph(e: Entry, accuracy_level: int, seed: int = 0) -> Any:
     ``[M, N]``; MatMulNBits (the exporter's node) or, for width 32, a plain MatMul."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from compresslab.export.matmul_nbits import matmul_nbits_node
+    from compresslab.export.nbits_pack import matmul_nbits_node
 
     k, n, block, w = e
     rng = np.random.default_rng(seed)

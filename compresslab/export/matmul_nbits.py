@@ -3,19 +3,12 @@
 The torch side (``models/quantized.py``) freezes every quantized Linear / Embedding to ``ŵ = (q − z)·Δ``
 on the group grid of ``ops/quant.py``; the exporter writes ``ŵᵀ`` as a plain fp32 MatMul initializer
 (``ŵ`` for a Gemm with ``transB=1`` and for a Gather table), ``config.json`` carries the
-``compresslab_quant`` stamp and :data:`SIDECAR` the per-module scale / zero point. Here the codes are
-recovered exactly, ``q = round(ŵ/Δ) + z`` (checked to reproduce ``ŵ``), and packed into
-
-* ``com.microsoft.MatMulNBits`` for Linears (ORT ContribOperators spec, ``MatMulNBits``; layout as
-  written by ORT's own ``onnxruntime/quantization/matmul_nbits_quantizer.py``):
-  ``B`` uint8 ``[N, n_blocks, block_size·bits/8]``, codes along K packed low bits first within each
-  byte; ``scales`` float32 ``[N·n_blocks]``; ``zero_points`` uint8 ``[N·ceil(n_blocks·bits/8)]``, each
-  row's zero points packed the same way; attributes K, N, bits, block_size, accuracy_level.
-  ``Y = A · dequant(B)ᵀ``; the exporter's bias Add stays as it is (a Gemm's C becomes an Add).
-* ``com.microsoft.GatherBlockQuantized`` for word embeddings (uint8 data, bits 2/4/8 in ORT 1.32,
-  ``quantize_axis=1``, codes packed along the last axis low bits first, zero points packed alike);
-  a table whose block has no deployable power of two falls back to a Gather of uint8 codes plus
-  gathered per-block scale / zero point in standard ops (8 bits a weight).
+``compresslab_quant`` stamp and :data:`SIDECAR` the per-module scale / zero point. Here the graph is
+walked: each stamped module's node is found, its codes are recovered exactly, ``q = round(ŵ/Δ) + z``
+(checked to reproduce ``ŵ``), and the node is replaced by ``com.microsoft.MatMulNBits`` (Linears; the
+exporter's bias Add stays as it is, a Gemm's C becomes an Add) or ``com.microsoft.GatherBlockQuantized``
+(word embeddings). The codes, the packing and the nodes in ORT's layout are
+:mod:`compresslab.export.nbits_pack`'s.
 
 Deployment rules: bits 2, 4, 8 map directly; other widths use the next supported width with the
 same codes (3 bits -> 4-bit codes, 8 levels used; nominal and deployed bits are both reported).
@@ -41,6 +34,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from compresslab.export.nbits_pack import (ACCURACY_LEVELS, MS_DOMAIN, deployable_block, deployed_bits,
+                                           gather_quantized_nodes, grid_codes, matmul_nbits_node)
+
 if TYPE_CHECKING:
     import onnx
     from torch import nn
@@ -50,10 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SIDECAR = "quantization.safetensors"  # per module: "<name>.scale" float32, "<name>.zero_point" uint8
-ORT_BITS = (2, 4, 8)  # MatMulNBits / GatherBlockQuantized (uint8 data) bit widths in ORT 1.32
-ORT_BLOCKS = (256, 128, 64, 32, 16)  # deployable blocks, largest first (power of two >= 16)
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-_MS = "com.microsoft"
 
 # ORT's own statement, logged (INFO) by the CPU kernel whenever MLAS has no quantized kernel for a
 # (bits, block_size, compute type): onnxruntime/contrib_ops/cpu/quantization/matmul_nbits.cc,
@@ -132,74 +124,7 @@ def export_quantized(model: "nn.Module", tokenizer: Any, out_dir: str | Path, ba
     return res
 
 
-# ---------------------------------------------------------------- codes and packing
-
-def deployed_bits(bits: int) -> int:
-    """The ORT bit width that stores ``bits``-bit codes unchanged: the smallest of 2, 4, 8 >= bits."""
-    for b in ORT_BITS:
-        if bits <= b:
-            return b
-    raise ValueError(f"bits={bits}: weight bits must be in [1, 8]")
-
-
-def deployable_block(block_size: int) -> int | None:
-    """The largest power of two in [16, 256] dividing ``block_size`` (None when there is none)."""
-    return next((b for b in ORT_BLOCKS if block_size % b == 0), None)
-
-
-def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
-    """Pack uint8 codes ``(..., L)`` (each < 2^bits) along the last axis, ``8/bits`` per byte, the first
-    in the low bits (ORT's packing for MatMulNBits B / zero points and GatherBlockQuantized data); a
-    last partial byte is zero-padded. Returns ``(..., ceil(L·bits/8))`` uint8."""
-    if bits not in (1, 2, 4, 8):
-        raise ValueError(f"bits={bits}: only 1, 2, 4 or 8 pack into whole bytes")
-    q = np.asarray(q, dtype=np.uint8)
-    if bits == 8:
-        return q.copy()
-    per = 8 // bits
-    pad = (-q.shape[-1]) % per
-    if pad:
-        q = np.concatenate([q, np.zeros(q.shape[:-1] + (pad,), np.uint8)], axis=-1)
-    q = q.reshape(q.shape[:-1] + (-1, per))
-    out = np.zeros(q.shape[:-1], np.uint8)
-    for i in range(per):
-        out |= (q[..., i] << (bits * i)).astype(np.uint8)
-    return out
-
-
-def unpack_codes(packed: np.ndarray, bits: int, length: int) -> np.ndarray:
-    """Inverse of :func:`pack_codes`: ``(..., bytes)`` -> ``(..., length)`` uint8 codes."""
-    if bits == 8:
-        return np.asarray(packed, np.uint8)[..., :length].copy()
-    per, mask = 8 // bits, (1 << bits) - 1
-    parts = [(packed >> (bits * i)) & mask for i in range(per)]
-    return np.stack(parts, axis=-1).reshape(packed.shape[:-1] + (-1,))[..., :length].astype(np.uint8)
-
-
-def grid_codes(w_hat: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, block_size: int,
-               group_rows: int = 1, name: str = "weight") -> np.ndarray:
-    """The codes ``q = round(ŵ/Δ) + z`` (uint8, ``ŵ``'s shape ``(rows, cols)``) of a frozen weight whose
-    groups are ``group_rows × block_size`` with ``scale`` / ``zero`` ``(rows/gr, cols/bs)``.
-
-    ValueError unless ``ŵ`` lies on that grid: every code in ``[0, 2^bits − 1]`` and ``(q − z)·Δ``
-    equal to ``ŵ`` in float32 (the export is not the frozen fake-quant model otherwise)."""
-    rows, cols = w_hat.shape
-    if scale.shape != (rows // group_rows, cols // block_size) or rows % group_rows or cols % block_size:
-        raise ValueError(f"{name}: weight {w_hat.shape} does not match its quantization parameters {scale.shape} "
-                         f"(group_rows={group_rows}, block_size={block_size})")
-    s = np.repeat(np.repeat(scale.astype(np.float32), group_rows, 0), block_size, 1)
-    z = np.repeat(np.repeat(zero, group_rows, 0), block_size, 1).astype(np.float32)
-    w = w_hat.astype(np.float32)
-    q = np.rint(w / s) + z  # the torch quantizer's order: round(w/Δ) + z, half to even
-    if q.min() < 0 or q.max() > (1 << bits) - 1:
-        raise ValueError(f"{name}: codes outside [0, {(1 << bits) - 1}]: the exported weight is not on its "
-                         f"{bits}-bit grid (was the model frozen before export?)")
-    err = float(np.abs((q - z) * s - w).max(initial=0.0))
-    if err > 0.0:
-        raise ValueError(f"{name}: (q - z)·Δ differs from the exported weight by up to {err:.3g}: the export is not "
-                         f"the frozen fake-quant model (re-export after freeze_all())")
-    return q.astype(np.uint8)
-
+# ---------------------------------------------------------------- graph rewrite
 
 def onnx_module_path(name: str) -> str:
     """The exporter's scope of module ``name``: ``a.layer.0.c`` -> ``a/layer.0/c`` (ModuleList indices
@@ -212,8 +137,6 @@ def onnx_module_path(name: str) -> str:
             parts.append(seg)
     return "/".join(parts)
 
-
-# ---------------------------------------------------------------- graph rewrite
 
 _WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Gather": 0}
 
@@ -261,29 +184,6 @@ def _weight_of(node: "onnx.NodeProto", inits: Mapping[str, Any], name: str) -> n
     return w
 
 
-def matmul_nbits_node(a: str, y: str, name: str, q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
-                      bits: int, block_size: int, accuracy_level: int = 0) -> tuple["onnx.NodeProto", list]:
-    """One ``com.microsoft.MatMulNBits`` node ``y = a · dequant(B)ᵀ`` (``a`` ``[..., K]`` float32, ``y``
-    ``[..., N]``) and its three initializers, in the layout of the module doc.
-
-    ``q``: uint8 codes ``(N, K)``, each < 2^bits; ``scales`` float32 and ``zero_points`` uint8, both
-    ``(N, K / block_size)``; ``bits`` in :data:`ORT_BITS`; ``block_size`` a power of two >= 16 dividing K.
-    Initializers are named ``<name>_Q<bits>``, ``<name>_scales``, ``<name>_zero_points``; the node
-    ``<name>_Q<bits>``. ValueError for a block that does not divide K."""
-    from onnx import helper, numpy_helper
-
-    n_rows, k = q.shape
-    if k % block_size:
-        raise ValueError(f"{name}: block_size={block_size} does not divide K={k}")
-    nb = k // block_size
-    b = numpy_helper.from_array(pack_codes(q.reshape(n_rows, nb, block_size), bits), f"{name}_Q{bits}")
-    s = numpy_helper.from_array(np.asarray(scales).reshape(-1).astype(np.float32), f"{name}_scales")
-    z = numpy_helper.from_array(pack_codes(zero_points, bits).reshape(-1), f"{name}_zero_points")
-    node = helper.make_node("MatMulNBits", [a, b.name, s.name, z.name], [y], name=f"{name}_Q{bits}", domain=_MS,
-                            K=k, N=n_rows, bits=bits, block_size=block_size, accuracy_level=accuracy_level)
-    return node, [b, s, z]
-
-
 def _matmul_nbits_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray, z_dep: np.ndarray, dbits: int,
                         dbs: int, accuracy_level: int) -> tuple[list, list]:
     from onnx import helper
@@ -296,46 +196,6 @@ def _matmul_nbits_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray
     if has_bias:  # a Gemm's C: the bias Add the MatMul export has anyway
         nodes.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]], name=f"{base}_bias_Add"))
     return nodes, inits
-
-
-def _gather_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray, z_dep: np.ndarray, dbits: int | None,
-                  dbs: int | None) -> tuple[list, list, str]:
-    """GatherBlockQuantized when the block is deployable, else Gather of uint8 codes + dequant in standard ops."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    v, d = q.shape
-    base, ids = node.name or node.output[0], node.input[1]
-    if dbs is not None and dbits is not None:
-        data = numpy_helper.from_array(pack_codes(q, dbits), f"{base}_Q{dbits}")
-        s = numpy_helper.from_array(s_dep.astype(np.float32), f"{base}_scales")
-        z = numpy_helper.from_array(pack_codes(z_dep, dbits), f"{base}_zero_points")
-        gbq = helper.make_node("GatherBlockQuantized", [data.name, ids, s.name, z.name], [node.output[0]],
-                               name=f"{base}_Q{dbits}", domain=_MS, bits=dbits, block_size=dbs, gather_axis=0,
-                               quantize_axis=1)
-        return [gbq], [data, s, z], "GatherBlockQuantized"
-    # fallback: codes (V, nb, bs) uint8 and per-block scale / zero (V, nb, 1); out = (q − z)·Δ, reshaped back
-    nb = s_dep.shape[1]
-    bs = d // nb
-    t = {k: numpy_helper.from_array(a, f"{base}_{k}") for k, a in (
-        ("codes", q.reshape(v, nb, bs)), ("scales", s_dep.astype(np.float32).reshape(v, nb, 1)),
-        ("zero_points", z_dep.reshape(v, nb, 1)), ("dim", np.array([d], np.int64)))}
-
-    def o(k: str) -> str:
-        return f"{base}/{k}_output"
-
-    nodes = [
-        helper.make_node("Gather", [t["codes"].name, ids], [o("codes")], name=f"{base}/codes", axis=0),
-        helper.make_node("Cast", [o("codes")], [o("codes_f")], name=f"{base}/codes_f", to=TensorProto.FLOAT),
-        helper.make_node("Gather", [t["zero_points"].name, ids], [o("zero")], name=f"{base}/zero", axis=0),
-        helper.make_node("Cast", [o("zero")], [o("zero_f")], name=f"{base}/zero_f", to=TensorProto.FLOAT),
-        helper.make_node("Gather", [t["scales"].name, ids], [o("scale")], name=f"{base}/scale", axis=0),
-        helper.make_node("Sub", [o("codes_f"), o("zero_f")], [o("centered")], name=f"{base}/centered"),
-        helper.make_node("Mul", [o("centered"), o("scale")], [o("blocks")], name=f"{base}/blocks"),
-        helper.make_node("Shape", [ids], [o("ids_shape")], name=f"{base}/ids_shape"),
-        helper.make_node("Concat", [o("ids_shape"), t["dim"].name], [o("shape")], name=f"{base}/shape", axis=0),
-        helper.make_node("Reshape", [o("blocks"), o("shape")], [node.output[0]], name=f"{base}/Reshape"),
-    ]
-    return nodes, list(t.values()), "Gather+dequantize"
 
 
 def to_matmul_nbits(src_onnx: str | Path, dst_onnx: str | Path, stamp: Mapping[str, Mapping[str, int]],
@@ -395,7 +255,7 @@ def to_matmul_nbits(src_onnx: str | Path, dst_onnx: str | Path, stamp: Mapping[s
         s_dep = np.repeat(np.repeat(scale.astype(np.float32), gr, 0), rep, 1)  # (rows, cols/dbs)
         z_dep = np.repeat(np.repeat(zero, gr, 0), rep, 1)
         if node.op_type == "Gather":
-            nodes, tensors, op = _gather_nodes(node, q, s_dep, z_dep, dbits if dbs else None, dbs)
+            nodes, tensors, op = gather_quantized_nodes(node, q, s_dep, z_dep, dbits if dbs else None, dbs)
             if dbs is None:
                 dbits = 8
         else:
@@ -412,8 +272,8 @@ def to_matmul_nbits(src_onnx: str | Path, dst_onnx: str | Path, stamp: Mapping[s
     unused = [t for t in graph.initializer if not used[t.name]]
     for t in unused:
         graph.initializer.remove(t)
-    if not any(o.domain == _MS for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(_MS, 1))
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     with atomic_output(dst) as tmp:
         onnx.save(model, str(tmp))
     return _metrics(src, dst, modules, skipped, accuracy_level)
@@ -505,7 +365,5 @@ def probe_kernel_path(bits: int, block_size: int, accuracy_level: int = 0, *, ti
     return "dequantize_fp32" if "Falling back to using unpacked compute mode" in r.stderr else "kernel"
 
 
-__all__ = ["ACCURACY_LEVELS", "KERNEL_2BIT", "ORT_BITS", "ORT_BLOCKS", "ORT_FALLBACK_LOG", "SIDECAR", "compare_graphs",
-           "deployable_block", "deployed_bits", "export_quantized", "grid_codes", "matmul_nbits_node",
-           "onnx_module_path", "pack_codes", "probe_kernel_path", "read_quant_sidecar", "to_matmul_nbits",
-           "unpack_codes", "write_quant_sidecar"]
+__all__ = ["KERNEL_2BIT", "ORT_FALLBACK_LOG", "SIDECAR", "compare_graphs", "export_quantized", "onnx_module_path",
+           "probe_kernel_path", "read_quant_sidecar", "to_matmul_nbits", "write_quant_sidecar"]

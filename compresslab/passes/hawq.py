@@ -240,7 +240,7 @@ class Hawq:
         """The layout MatMulNBits can hold (called by ``ort_matmul_nbits`` before any work): blocks of
         ``block_size`` deploy with the largest power of two in [16, 256] dividing it; without one every
         Linear would stay fp32 in the deployed graph. ValueError naming ``block_size``."""
-        from compresslab.export.matmul_nbits import ORT_BLOCKS, deployable_block
+        from compresslab.export.nbits_pack import ORT_BLOCKS, deployable_block
 
         if self.group is Group.BLOCK and deployable_block(self.block_size) is None:
             raise ValueError(f"hawq block_size={self.block_size} cannot be deployed by MatMulNBits, whose blocks are "

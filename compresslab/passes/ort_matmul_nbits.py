@@ -6,7 +6,8 @@ whose fake-quant modules are frozen, e.g. after the ``hawq`` pass), rewrites the
 MatMuls (and a quantized word embedding's Gather) into ``com.microsoft.MatMulNBits`` /
 ``GatherBlockQuantized`` with the exact codes, and ends with a parity check of the new graph against
 the incoming fp32 graph, which equals the fake-quant torch model (the export's own parity check).
-The math lives in ``export/matmul_nbits.py``.
+The math lives in ``export/matmul_nbits.py`` (the graph rewrite) and ``export/nbits_pack.py`` (codes,
+packing and the nodes in ORT's layout).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from compresslab.config import config_dir
 from compresslab.eval.onnx_runner import OnnxRunner
 from compresslab.export import count_ops
 from compresslab.export import matmul_nbits as mnb
+from compresslab.export import nbits_pack as nbp
 from compresslab.export.onnx import ParityError
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.quant import dequantize, fake_quant, quant_params, quantize
@@ -87,17 +88,17 @@ def _convert(qexport, dst, **kw):
 # ------------------------------------------------------------------ pure helpers
 
 def test_pack_codes_low_bits_first_and_round_trip():
-    assert mnb.pack_codes(np.array([1, 2, 3, 0], np.uint8), 2).tolist() == [0b00111001]
-    assert mnb.pack_codes(np.array([0xA, 0x5, 0x3], np.uint8), 4).tolist() == [0x5A, 0x03]  # padded high nibble
+    assert nbp.pack_codes(np.array([1, 2, 3, 0], np.uint8), 2).tolist() == [0b00111001]
+    assert nbp.pack_codes(np.array([0xA, 0x5, 0x3], np.uint8), 4).tolist() == [0x5A, 0x03]  # padded high nibble
     rng = np.random.default_rng(0)
     for bits in (2, 4, 8):
         q = rng.integers(0, 1 << bits, (3, 5, 37), dtype=np.uint8)
-        assert np.array_equal(mnb.unpack_codes(mnb.pack_codes(q, bits), bits, 37), q)
+        assert np.array_equal(nbp.unpack_codes(nbp.pack_codes(q, bits), bits, 37), q)
 
 
 def test_deployment_rules():
-    assert [mnb.deployed_bits(b) for b in range(1, 9)] == [2, 2, 4, 4, 8, 8, 8, 8]
-    assert [mnb.deployable_block(b) for b in (16, 32, 48, 96, 768, 1024, 8, 24)] == [16, 32, 16, 32, 256, 256, None,
+    assert [nbp.deployed_bits(b) for b in range(1, 9)] == [2, 2, 4, 4, 8, 8, 8, 8]
+    assert [nbp.deployable_block(b) for b in (16, 32, 48, 96, 768, 1024, 8, 24)] == [16, 32, 16, 32, 256, 256, None,
                                                                                       None]
     assert mnb.onnx_module_path("bert.encoder.layer.10.attention.self.query") == \
         "bert/encoder/layer.10/attention/self/query"
@@ -177,7 +178,7 @@ def test_level0_equals_torch_fake_quant_and_graph_has_the_bits(qexport, batches,
 def test_swapped_nibble_order_breaks_parity(qexport, batches, tmp_path, monkeypatch):
     """The layout is checked by ORT, not by belief: packing high-bits-first must not pass."""
     model, _ = qexport
-    right = mnb.pack_codes
+    right = nbp.pack_codes
 
     def swapped(q, bits):  # the first code in the HIGH bits of each byte
         if bits == 8:
@@ -188,7 +189,7 @@ def test_swapped_nibble_order_breaks_parity(qexport, batches, tmp_path, monkeypa
         q = np.concatenate([q, np.zeros(q.shape[:-1] + (pad,), np.uint8)], -1).reshape(q.shape[:-1] + (-1, per))
         return right(q[..., ::-1].reshape(q.shape[:-2] + (-1,)), bits)
 
-    monkeypatch.setattr(mnb, "pack_codes", swapped)
+    monkeypatch.setattr(nbp, "pack_codes", swapped)
     dst = tmp_path / "bad.onnx"
     _convert(qexport, dst)
     worst = max(np.abs(o - r).max() for o, r in zip(_logits(dst, batches), _torch_logits(model, batches)))
