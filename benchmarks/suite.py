@@ -48,13 +48,12 @@ from ._results import ResultsFile, write_aside
 from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
-from .suite_method import pipeline_method
-from .suite_openvino import SUFFIX, cell_name, faster_runtime, openvino_artifact
+from .suite_openvino import faster_runtime, openvino_artifact
+from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-CONFIG = ROOT / "suite.yaml"
 RESULTS_DIR = ROOT / "results"
 WORK = REPO / "outputs" / "suite"
 EXIT_TIMING_REFUSED = 3
@@ -66,94 +65,6 @@ EXIT_HELP = ("exit status: 0 every task done; 2 a bad setting or an unreadable r
 ISA_FLAGS = ("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 log = logging.getLogger("suite")
-
-
-class SuiteError(ValueError):
-    """A bad suite setting (unknown task, budget or cell), raised before any work."""
-
-
-# ----------------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class TaskPlan:
-    """What one task's suite runs: resolved from suite.yaml, the budget and the command line."""
-
-    task: str
-    budget: str
-    overrides: tuple[str, ...]  # compresslab overrides of the teacher and every pipeline
-    pipelines: tuple[str, ...]
-    peers: tuple[str, ...]
-    threads: int
-    calibration_examples: int
-    timing: Mapping[str, Any]
-    cell_cpu_hours: float | None
-    teacher_cpu_hours: float | None
-    openvino: bool = True  # backends holds openvino: each pipeline also gets its OpenVINO cell
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """suite.yaml as a dict; SuiteError when a section is missing."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
-    missing = [k for k in ("tasks", "budgets", "pipelines", "timing") if k not in cfg]
-    if missing:
-        raise SuiteError(f"{path}: missing section(s) {missing}")
-    backends(cfg)
-    return cfg
-
-
-BACKENDS = ("ort", "openvino")
-
-
-def backends(cfg: Mapping[str, Any]) -> list[str]:
-    """The runtimes our pipelines' files run on (``backends``, default both); SuiteError for an unknown one
-    or a list without ort (every pipeline deploys on ORT: ``deploy=ort``)."""
-    got = list(cfg.get("backends", BACKENDS))
-    unknown = [b for b in got if b not in BACKENDS]
-    if unknown:
-        raise SuiteError(f"unknown backend(s) {unknown} in the suite config; allowed: {list(BACKENDS)}")
-    if "ort" not in got:
-        raise SuiteError(f"backends {got} must include ort (every pipeline deploys its file on ORT)")
-    return got
-
-
-def peer_names(cfg: Mapping[str, Any]) -> list[str]:
-    from .peers import PEERS
-
-    want = cfg.get("peers", "all")
-    names = list(PEERS) if want == "all" else list(want)
-    unknown = [n for n in names if n not in PEERS]
-    if unknown:
-        raise SuiteError(f"unknown peer(s) {unknown} in the suite config; known: {list(PEERS)}")
-    return names
-
-
-def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | None,
-         extra: Sequence[str] = ()) -> TaskPlan:
-    """Resolve one task's plan; SuiteError naming the allowed values for an unknown task, budget or cell."""
-    if task not in cfg["tasks"]:
-        raise SuiteError(f"unknown task {task!r}; the suite config has {list(cfg['tasks'])}")
-    if budget not in cfg["budgets"]:
-        raise SuiteError(f"unknown budget {budget!r}; the suite config has {list(cfg['budgets'])}")
-    t, b = cfg["tasks"][task], cfg["budgets"][budget]
-    pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
-    if cells is not None and not cells:  # `--cells ""` or `--cells ,`: never "every cell" by accident
-        raise SuiteError(f"--cells names no cell; give comma-separated names of pipelines {pipelines} or peers "
-                         f"{peers}, or leave --cells out for every cell")
-    if cells:
-        # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
-        cells = [c.removesuffix(SUFFIX) if c.removesuffix(SUFFIX) in pipelines else c for c in cells]
-        unknown = [c for c in cells if c not in pipelines and c not in peers]
-        if unknown:
-            raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
-        pipelines, peers = [p for p in pipelines if p in cells], [p for p in peers if p in cells]
-    teacher = b.get("teacher") or t.get("teacher")
-    threads = int(cfg.get("threads", 2))
-    overrides = (*t.get("overrides", []), *b.get("overrides", []), *([f"budget.teacher={teacher}"] if teacher else []),
-                 f"run.threads={threads}", *extra)
-    return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
-                    int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
-                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg))
 
 
 # ----------------------------------------------------------------------------------------------- teacher
@@ -233,16 +144,6 @@ def _since(t0: float) -> float:
     return round(time.perf_counter() - t0, 1)
 
 
-def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
-    """The run's command line: a pass setting (``pipeline.passes.<step>.<key>=``) only where the pipeline has
-    that step (the config refuses settings of passes it does not run); deploy on ORT, no bench stage (the
-    suite times every cell itself, together)."""
-    from compresslab.config import compose, keep_pass_overrides
-
-    kept = keep_pass_overrides(overrides, compose([f"+pipeline={pipeline}"]).pipeline.steps)
-    return [f"+pipeline={pipeline}", *kept, "deploy=ort", "bench=off"]
-
-
 def build_pipeline(args: Sequence[str], results: ResultsFile, name: str) -> tuple[Artifact, dict[str, Any]]:
     """Run (or find finished) ``python -m compresslab <args>``; its deployed file is the artifact."""
     from compresslab.config import compose
@@ -268,29 +169,9 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
     """Build and score every cell (finished ones are read back); name -> record."""
     from tqdm.auto import tqdm
 
-    from compresslab.manifest import examples_sha256
+    from .peers import PeerInputs
 
-    from .peers import PEERS, PeerInputs
-
-    data = {"task": p.task, "budget": p.budget, "overrides": list(p.overrides), "teacher": teacher.sha,
-            "dev": examples_sha256(teacher.dev), "max_length": teacher.max_length}
-    todo: list[tuple[str, str, dict[str, Any]]] = []
-    args = {pl: pipeline_overrides(pl, p.overrides) for pl in p.pipelines}
-    # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule)
-    method = {pl: pipeline_method(args[pl]) for pl in p.pipelines}
-    todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
-    if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
-        todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
-                                              "calibration_examples": p.calibration_examples, **data})
-                 for pl in p.pipelines]
-    for name in p.peers:
-        peer = PEERS[name]
-        try:
-            settings = peer.settings()
-        except Exception as e:  # the tool is not importable: the cell records why, with its exact error
-            settings = {"settings_error": f"{type(e).__name__}: {e}"}
-        todo.append((name, "peer", {"kind": "peer", "peer": name, "settings": settings,
-                                    "calibration_examples": p.calibration_examples, **data}))
+    todo = cell_specs(p, teacher_sha=teacher.sha, dev=teacher.dev, max_length=teacher.max_length)
     inputs_dir = teacher.dir / "export"
     out: dict[str, dict[str, Any]] = {}
     bar = tqdm(todo, desc=f"{p.task} cells", unit="cell", dynamic_ncols=True)
@@ -470,16 +351,6 @@ def _classify(teacher: Teacher) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def list_suite(cfg: Mapping[str, Any]) -> str:
-    from .peers import PEERS
-
-    lines = ["tasks: " + ", ".join(cfg["tasks"]), "budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
-    lines += [f"  {p}" for p in cfg["pipelines"]]
-    lines.append("peers:")
-    lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_HELP)

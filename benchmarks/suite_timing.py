@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .artifacts import Artifact, timing_runner
 
 if TYPE_CHECKING:
-    from .suite import TaskPlan, Teacher
+    from .suite import Teacher
+    from .suite_plan import TaskPlan
 
 INTERLEAVED = "interleaved in one process"
 

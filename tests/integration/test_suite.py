@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root (python -m benchmarks.suite)
     sys.path.insert(0, str(REPO))
 suite = importlib.import_module("benchmarks.suite")
+suite_plan = importlib.import_module("benchmarks.suite_plan")
 peers = importlib.import_module("benchmarks.peers")
 store_mod = importlib.import_module("benchmarks.store")
 
@@ -101,7 +102,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         mp.setitem(peers.PEERS, "broken", Broken())
         mp.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
         cfg = _config(root)
-        p = suite.plan(cfg, "tiny", "smoke", None, [f"paths.output_dir={root / 'out'}", f"paths.cache_dir={root / 'cache'}"])
+        p = suite_plan.plan(cfg, "tiny", "smoke", None,
+                            [f"paths.output_dir={root / 'out'}", f"paths.cache_dir={root / 'cache'}"])
         code = suite.run_task(p, work=root / "work", results_dir=root / "results", timing=False)
         data = suite.ResultsFile(root / "results" / "suite_tiny.json").load()
     return SimpleNamespace(root=root, cfg=cfg, plan=p, code=code, data=data)
@@ -297,19 +299,20 @@ def test_report_has_a_table_per_task_and_the_isa(built, tmp_path) -> None:
 
 
 def test_bad_settings_are_refused_before_any_work(built, monkeypatch) -> None:
-    with pytest.raises(suite.SuiteError, match=r"unknown peer\(s\) \['broken', 'fake_venv'\] in the suite config"):
-        suite.plan(built.cfg, "tiny", "smoke", None)  # not registered outside the fixture
+    with pytest.raises(suite_plan.SuiteError, match=r"unknown peer\(s\) \['broken', 'fake_venv'\] in the suite config"):
+        suite_plan.plan(built.cfg, "tiny", "smoke", None)  # not registered outside the fixture
     monkeypatch.setitem(peers.PEERS, "broken", Broken())
     monkeypatch.setitem(peers.PEERS, "fake_venv", FakeVenvPeer())
-    with pytest.raises(suite.SuiteError, match="unknown task 'nope'"):
-        suite.plan(built.cfg, "nope", "smoke", None)
-    with pytest.raises(suite.SuiteError, match="unknown budget 'huge'.*smoke"):
-        suite.plan(built.cfg, "tiny", "huge", None)
-    with pytest.raises(suite.SuiteError, match=r"unknown cell\(s\) \['int9'\]"):
-        suite.plan(built.cfg, "tiny", "smoke", ["int9"])
+    with pytest.raises(suite_plan.SuiteError, match="unknown task 'nope'"):
+        suite_plan.plan(built.cfg, "nope", "smoke", None)
+    with pytest.raises(suite_plan.SuiteError, match="unknown budget 'huge'.*smoke"):
+        suite_plan.plan(built.cfg, "tiny", "huge", None)
+    with pytest.raises(suite_plan.SuiteError, match=r"unknown cell\(s\) \['int9'\]"):
+        suite_plan.plan(built.cfg, "tiny", "smoke", ["int9"])
     assert suite.main(["--task", "nope", "--config", str(REPO / "benchmarks" / "suite.yaml")]) == 2
-    with pytest.raises(suite.SuiteError, match=r"unknown backend\(s\) \['tensorrt'\].*allowed: \['ort', 'openvino'\]"):
-        suite.backends({**built.cfg, "backends": ["ort", "tensorrt"]})
+    with pytest.raises(suite_plan.SuiteError,
+                       match=r"unknown backend\(s\) \['tensorrt'\].*allowed: \['ort', 'openvino'\]"):
+        suite_plan.backends({**built.cfg, "backends": ["ort", "tensorrt"]})
 
 
 class _FakeStore:

@@ -14,16 +14,16 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 script = importlib.import_module("benchmarks.search")
-suite = importlib.import_module("benchmarks.suite")
+suite_plan = importlib.import_module("benchmarks.suite_plan")
 
 
 def test_budgets_are_the_suites() -> None:
-    cfg = suite.load_config(suite.CONFIG)
+    cfg = suite_plan.load_config(suite_plan.CONFIG)
     got = script.budgets()
     assert set(got) == set(cfg["budgets"])
     for name in cfg["budgets"]:  # what every suite pipeline gets, less the task's own overrides
         task_over = cfg["tasks"]["sst2"]["overrides"]
-        want = [o for o in suite.plan(cfg, "sst2", name, None).overrides
+        want = [o for o in suite_plan.plan(cfg, "sst2", name, None).overrides
                 if o not in task_over and not o.startswith("run.threads=")]
         if not cfg["budgets"][name].get("teacher"):  # the suite names the task's teacher preset then
             want = [o for o in want if not o.startswith("budget.teacher=")]

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root
     sys.path.insert(0, str(REPO))
 suite = importlib.import_module("benchmarks.suite")
+suite_plan = importlib.import_module("benchmarks.suite_plan")
 suite_method = importlib.import_module("benchmarks.suite_method")
 store_mod = importlib.import_module("benchmarks.store")
 
@@ -34,8 +35,8 @@ def test_a_pipeline_is_ours_only_when_our_pass_changed_the_model(args, method) -
 
 
 def test_every_suite_pipeline_gets_a_method() -> None:
-    cfg = suite.load_config(suite.CONFIG)
-    got = {p: suite_method.pipeline_method(suite.pipeline_overrides(p, [])) for p in cfg["pipelines"]}
+    cfg = suite_plan.load_config(suite_plan.CONFIG)
+    got = {p: suite_method.pipeline_method(suite_plan.pipeline_overrides(p, [])) for p in cfg["pipelines"]}
     assert got["int8"] == "peer" and all(m in ("peer", "compresslab") for m in got.values())
 
 
@@ -47,10 +48,10 @@ def _cfg() -> dict:
 @pytest.mark.parametrize("cells", [[], ["int8"]])
 def test_an_empty_cell_list_is_refused_not_read_as_every_cell(cells) -> None:
     if cells:
-        assert suite.plan(_cfg(), "tiny", "smoke", cells).pipelines == ("int8",)
+        assert suite_plan.plan(_cfg(), "tiny", "smoke", cells).pipelines == ("int8",)
         return
-    with pytest.raises(suite.SuiteError, match="--cells names no cell"):
-        suite.plan(_cfg(), "tiny", "smoke", cells)
+    with pytest.raises(suite_plan.SuiteError, match="--cells names no cell"):
+        suite_plan.plan(_cfg(), "tiny", "smoke", cells)
 
 
 @pytest.mark.parametrize("value", [",", "", " , "])
@@ -76,8 +77,8 @@ def test_a_damaged_cell_record_is_built_again(tmp_path, damage) -> None:
 def test_a_damaged_results_file_is_named_before_any_work(tmp_path, monkeypatch) -> None:
     (tmp_path / "suite_tiny.json").write_text('{"systems": {')
     monkeypatch.setattr(suite, "prepare_teacher", lambda *a, **k: pytest.fail("worked on a damaged file"))
-    p = suite.plan(_cfg(), "tiny", "smoke", None)
-    with pytest.raises(suite.SuiteError, match=r"suite_tiny\.json is not a readable suite results file"):
+    p = suite_plan.plan(_cfg(), "tiny", "smoke", None)
+    with pytest.raises(suite_plan.SuiteError, match=r"suite_tiny\.json is not a readable suite results file"):
         suite.run_task(p, work=tmp_path / "work", results_dir=tmp_path, timing=False)
 
 
@@ -85,7 +86,7 @@ def test_a_second_suite_process_on_the_same_task_is_refused(tmp_path, monkeypatc
     from compresslab.dirlock import DirectoryBusyError, exclusive
 
     monkeypatch.setattr(suite, "prepare_teacher", lambda *a, **k: pytest.fail("built beside another run"))
-    p = suite.plan(_cfg(), "tiny", "smoke", None)
+    p = suite_plan.plan(_cfg(), "tiny", "smoke", None)
     with exclusive(tmp_path / "work" / "tiny" / "smoke", "a test holder"):
         with pytest.raises(DirectoryBusyError, match=r"task tiny \(budget smoke\) is already running.*pid"):
             suite.run_task(p, work=tmp_path / "work", results_dir=tmp_path, timing=False)

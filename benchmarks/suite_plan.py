@@ -1,0 +1,159 @@
+"""The suite's planning half (issue 14, ``benchmarks/suite.py`` runs it): what a task's suite will do,
+decided before any work, so a bad setting is refused with the allowed values before a teacher is trained.
+
+Reads ``benchmarks/suite.yaml`` (tasks, budgets, pipelines, peers, backends, timing), resolves one task's
+:class:`TaskPlan` from it, the budget and the command line, and lists the task's cells with the settings each
+is cached under (``cell_specs``: what :func:`benchmarks.store.cell_key` hashes, so a changed setting builds
+that cell anew). Nothing here trains, builds, scores or times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .suite_method import pipeline_method
+from .suite_openvino import SUFFIX, cell_name
+
+CONFIG = Path(__file__).resolve().parent / "suite.yaml"
+BACKENDS = ("ort", "openvino")
+
+
+class SuiteError(ValueError):
+    """A bad suite setting (unknown task, budget or cell), raised before any work."""
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """What one task's suite runs: resolved from suite.yaml, the budget and the command line."""
+
+    task: str
+    budget: str
+    overrides: tuple[str, ...]  # compresslab overrides of the teacher and every pipeline
+    pipelines: tuple[str, ...]
+    peers: tuple[str, ...]
+    threads: int
+    calibration_examples: int
+    timing: Mapping[str, Any]
+    cell_cpu_hours: float | None
+    teacher_cpu_hours: float | None
+    openvino: bool = True  # backends holds openvino: each pipeline also gets its OpenVINO cell
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """suite.yaml as a dict; SuiteError when a section is missing."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
+    missing = [k for k in ("tasks", "budgets", "pipelines", "timing") if k not in cfg]
+    if missing:
+        raise SuiteError(f"{path}: missing section(s) {missing}")
+    backends(cfg)
+    return cfg
+
+
+def backends(cfg: Mapping[str, Any]) -> list[str]:
+    """The runtimes our pipelines' files run on (``backends``, default both); SuiteError for an unknown one
+    or a list without ort (every pipeline deploys on ORT: ``deploy=ort``)."""
+    got = list(cfg.get("backends", BACKENDS))
+    unknown = [b for b in got if b not in BACKENDS]
+    if unknown:
+        raise SuiteError(f"unknown backend(s) {unknown} in the suite config; allowed: {list(BACKENDS)}")
+    if "ort" not in got:
+        raise SuiteError(f"backends {got} must include ort (every pipeline deploys its file on ORT)")
+    return got
+
+
+def peer_names(cfg: Mapping[str, Any]) -> list[str]:
+    """The config's peers (``peers``: ``all`` or a list), in registry order for ``all``; SuiteError naming
+    the registered ones for a name the registry does not hold."""
+    from .peers import PEERS
+
+    want = cfg.get("peers", "all")
+    names = list(PEERS) if want == "all" else list(want)
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SuiteError(f"unknown peer(s) {unknown} in the suite config; known: {list(PEERS)}")
+    return names
+
+
+def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | None,
+         extra: Sequence[str] = ()) -> TaskPlan:
+    """Resolve one task's plan; SuiteError naming the allowed values for an unknown task, budget or cell."""
+    if task not in cfg["tasks"]:
+        raise SuiteError(f"unknown task {task!r}; the suite config has {list(cfg['tasks'])}")
+    if budget not in cfg["budgets"]:
+        raise SuiteError(f"unknown budget {budget!r}; the suite config has {list(cfg['budgets'])}")
+    t, b = cfg["tasks"][task], cfg["budgets"][budget]
+    pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
+    if cells is not None and not cells:  # `--cells ""` or `--cells ,`: never "every cell" by accident
+        raise SuiteError(f"--cells names no cell; give comma-separated names of pipelines {pipelines} or peers "
+                         f"{peers}, or leave --cells out for every cell")
+    if cells:
+        # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
+        cells = [c.removesuffix(SUFFIX) if c.removesuffix(SUFFIX) in pipelines else c for c in cells]
+        unknown = [c for c in cells if c not in pipelines and c not in peers]
+        if unknown:
+            raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
+        pipelines, peers = [p for p in pipelines if p in cells], [p for p in peers if p in cells]
+    teacher = b.get("teacher") or t.get("teacher")
+    threads = int(cfg.get("threads", 2))
+    overrides = (*t.get("overrides", []), *b.get("overrides", []), *([f"budget.teacher={teacher}"] if teacher else []),
+                 f"run.threads={threads}", *extra)
+    return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
+                    int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
+                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg))
+
+
+def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
+    """The run's command line: a pass setting (``pipeline.passes.<step>.<key>=``) only where the pipeline has
+    that step (the config refuses settings of passes it does not run); deploy on ORT, no bench stage (the
+    suite times every cell itself, together)."""
+    from compresslab.config import compose, keep_pass_overrides
+
+    kept = keep_pass_overrides(overrides, compose([f"+pipeline={pipeline}"]).pipeline.steps)
+    return [f"+pipeline={pipeline}", *kept, "deploy=ort", "bench=off"]
+
+
+def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length: int
+               ) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every cell of the task in build order, as ``(name, method, spec)``: the pipelines, then their OpenVINO
+    cells (each is made from its pipeline's finished run), then the peers. ``spec`` is what the cell is
+    cached under: its settings plus the task, budget, overrides, teacher hash, dev examples' hash and
+    sequence length, so any change to what the cell is built from builds it again."""
+    from compresslab.manifest import examples_sha256
+
+    from .peers import PEERS
+
+    data = {"task": p.task, "budget": p.budget, "overrides": list(p.overrides), "teacher": teacher_sha,
+            "dev": examples_sha256(dev), "max_length": max_length}
+    todo: list[tuple[str, str, dict[str, Any]]] = []
+    args = {pl: pipeline_overrides(pl, p.overrides) for pl in p.pipelines}
+    # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule)
+    method = {pl: pipeline_method(args[pl]) for pl in p.pipelines}
+    todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
+    if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
+        todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
+                                              "calibration_examples": p.calibration_examples, **data})
+                 for pl in p.pipelines]
+    for name in p.peers:
+        peer = PEERS[name]
+        try:
+            settings = peer.settings()
+        except Exception as e:  # the tool is not importable: the cell records why, with its exact error
+            settings = {"settings_error": f"{type(e).__name__}: {e}"}
+        todo.append((name, "peer", {"kind": "peer", "peer": name, "settings": settings,
+                                    "calibration_examples": p.calibration_examples, **data}))
+    return todo
+
+
+def list_suite(cfg: Mapping[str, Any]) -> str:
+    """``--list``: the config's tasks, budgets, our pipelines and the peers with their tools, one per line."""
+    from .peers import PEERS
+
+    lines = ["tasks: " + ", ".join(cfg["tasks"]), "budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
+    lines += [f"  {p}" for p in cfg["pipelines"]]
+    lines.append("peers:")
+    lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]
+    return "\n".join(lines)
