@@ -18,84 +18,19 @@ import argparse
 import copy
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compresslab.cli import setup_process
-from compresslab.config import compose
 from compresslab.manifest import git_sha, library_versions, read_json
 
-from _results import ResultsFile  # sibling module (script dir)
+from _hessian_mp_core import (BLOCK, HESSIAN, RESULTS, WORK, _RESULTS, _has, _load, _scored, _store,  # sibling modules
+                              _teacher, _teacher_preds)
+from hessian_mp_baselines import baselines
+from hessian_mp_deploy import deploy
 
-RESULTS = Path(__file__).resolve().parent / "results" / "hessian_mp.json"
-_RESULTS = ResultsFile(RESULTS)
-WORK = Path(os.environ.get("HAWQ_BENCH_DIR", "outputs/hawq_bench")).resolve()
-BLOCK = 64
-# the sensitivities --hessian-loss names: hawq's hessian settings (task = the default, the issue's keys)
-HESSIAN = {"task": {"loss": "task"}, "teacher_kl": {"loss": "teacher_kl"},
-           "teacher_kl_exact": {"loss": "teacher_kl", "estimator": "exact"}}
 log = logging.getLogger("hessian_mp")
-
-
-def _load() -> dict:
-    return _RESULTS.load()
-
-
-def _keys(path: str) -> list[str]:
-    """Dotted path -> keys; a number such as 2.5 stays one key ("acc_mp.2.5" -> acc_mp, 2.5)."""
-    out: list[str] = []
-    for part in path.split("."):
-        if out and part.isdigit() and out[-1].isdigit():
-            out[-1] += "." + part
-        else:
-            out.append(part)
-    return out
-
-
-def _store(path: str, value: Any) -> None:
-    """Store ``value`` at dotted ``path`` (e.g. "acc_uniform.4", "acc_mp.2.5")."""
-    _RESULTS.put(_keys(path), value)
-
-
-def _has(path: str) -> bool:
-    return _RESULTS.has(_keys(path))
-
-
-_STATE: dict[str, Any] = {}
-
-
-def _teacher():
-    """(cfg, state, ctx) over the cached bench teacher (trained once, then found by content hash)."""
-    if not _STATE:
-        from compresslab.pipeline import teacher_state
-
-        cfg = compose(["+pipeline=hawq_mp3", "budget=bench"])
-        setup_process(cfg.run.get("threads"), int(cfg.seed))
-        state = teacher_state(cfg, WORK / "teacher")
-        ctx = state.context(WORK, WORK / "step")
-        _STATE.update(cfg=cfg, state=state, ctx=ctx)
-    return _STATE["cfg"], _STATE["state"], _STATE["ctx"]
-
-
-def _scored(model) -> Any:
-    from compresslab.eval.evaluate import predict, torch_forward
-
-    cfg, state, _ = _teacher()
-    return predict(torch_forward(model), state.task.spec, state.task.dev, state.tokenizer,
-                   max_length=int(cfg.task.max_length))
-
-
-def _teacher_preds() -> np.ndarray:
-    if "teacher_preds" not in _STATE:
-        s = _scored(_teacher()[1].teacher)
-        _STATE["teacher_preds"] = s.predictions
-        if not _has("teacher_acc"):
-            _store("teacher_acc", s.metrics["score"])
-    return _STATE["teacher_preds"]
 
 
 def _quantize(seed: int | None = None, **kw) -> tuple[Any, Any]:
@@ -362,166 +297,6 @@ def main() -> None:
                     "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines"})
     print(json.dumps(_load(), indent=1, default=str)[:3000])
 
-
-def _dev_batches(n: int | None = None, batch_size: int = 32) -> list[dict]:
-    from compresslab.data.loaders import make_loader
-
-    cfg, state, _ = _teacher()
-    ex = list(state.task.dev if n is None else state.task.dev[:n])
-    return [{k: v for k, v in b.items() if k != "labels"}
-            for b in make_loader(ex, state.tokenizer, batch_size, int(cfg.task.max_length), kind=state.task.spec.kind)]
-
-
-def _onnx_scored(path: Path) -> Any:
-    from compresslab.eval.evaluate import onnx_forward, predict
-    from compresslab.eval.onnx_runner import OnnxRunner
-
-    cfg, state, _ = _teacher()
-    return predict(onnx_forward(OnnxRunner(path, threads=2)), state.task.spec, state.task.dev, state.tokenizer,
-                   max_length=int(cfg.task.max_length))
-
-
-def deploy(args) -> None:
-    """The QAT'd MP-3 checkpoint -> ONNX (MatMulNBits at accuracy_level 0 and 4): parity, scores, sizes, latency."""
-    import torch
-
-    import compresslab
-    from compresslab.bench.latency import measure_latency
-    from compresslab.bench.runners import OrtRunner
-    from compresslab.checkpoint.packed import packed_sizes
-    from compresslab.data.metrics import agreement
-    from compresslab.export.matmul_nbits import (KERNEL_2BIT, export_quantized, probe_kernel_path, read_quant_sidecar,
-                                                 to_matmul_nbits)
-    from compresslab.export.onnx import export_model
-    from compresslab.export.size import onnx_size_breakdown
-
-    cfg, state, _ = _teacher()
-    teacher_preds = _teacher_preds()
-    src = WORK / "qat" / "acc_mp_3"
-    if not src.is_dir():
-        raise SystemExit(f"{src} missing: run `python benchmarks/hessian_mp.py qat` first")
-    out = WORK / "deploy"
-    model = compresslab.load(src, attn_implementation="eager")
-    parity_batches = _dev_batches(32, 16)
-    if not (out / "export" / "model_unfused.onnx").is_file():
-        export_quantized(model, state.tokenizer, out / "export", parity_batches)
-    if not (out / "teacher" / "model.onnx").is_file():
-        export_model(state.teacher, state.tokenizer, out / "teacher", parity_batches)
-    stamp = read_json(out / "export" / "config.json")["compresslab_quant"]
-    params = read_quant_sidecar(out / "export")
-    paths, conv = {}, {}
-    for level in (0, 4):
-        paths[level] = out / f"nbits_level{level}" / "model.onnx"
-        conv[level] = to_matmul_nbits(out / "export" / "model_unfused.onnx", paths[level], stamp, params,
-                                      accuracy_level=level)
-    # parity at level 0 against the fake-quant torch model, over the whole dev split
-    from compresslab.eval.onnx_runner import OnnxRunner
-
-    runner = OnnxRunner(paths[0], threads=2)
-    worst = 0.0
-    with torch.no_grad():
-        for b in _dev_batches():
-            ref = model(**{k: v for k, v in b.items()}).logits.numpy()
-            got = runner.session.run(runner.output_names[:1], runner.feeds(b))[0]
-            worst = max(worst, float(np.abs(got - ref).max()))
-    s0, s4 = _onnx_scored(paths[0]), _onnx_scored(paths[4])
-    fp32 = onnx_size_breakdown(out / "teacher" / "model_unfused.onnx")
-    dep = onnx_size_breakdown(paths[0])
-    packed = packed_sizes(model)
-    lin = [m for m in conv[0]["modules"].values() if m["op"] == "MatMulNBits"]
-    n_lin = sum(m["numel"] for m in lin)
-    mp3 = {"avg_bits": sum(m["numel"] * m["bits"] for m in lin) / n_lin,
-           "avg_deployed_bits": sum(m["numel"] * m["deployed_bits"] for m in lin) / n_lin,
-           "avg_bits_scope": "the 36 encoder Linears (the 8-bit word embeddings are outside the budget)",
-           "onnx_acc": s0.metrics["score"], "onnx_agreement": agreement(s0.predictions, teacher_preds),
-           "onnx_parity_max_abs_level0": worst, "agreement_level4": agreement(s4.predictions, teacher_preds),
-           "acc_level4": s4.metrics["score"],
-           "compression_encoder": fp32["encoder"] / dep["encoder"], "compression_total": fp32["file"] / dep["file"],
-           "compression_packed_encoder": packed["ratio"]["encoder"],
-           "size_bytes": {"fp32": fp32, "deployed": dep, "packed": packed},
-           "kernel_paths": {f"bits{b}_block{BLOCK}_level{lv}": probe_kernel_path(b, BLOCK, lv)
-                            for b in (2, 4, 8) for lv in (0, 4)},
-           "kernel_2bit": KERNEL_2BIT,
-           "files": {str(k): str(v) for k, v in paths.items()},
-           "note": "deployed graph is the unfused export (ORT's attention fuser does not recognise MatMulNBits); "
-                   "the ort_fp32 denominator is the fused dense teacher"}
-    if not args.no_timing:
-        load0 = os.getloadavg()
-        runners = {"ort_fp32": OrtRunner(out / "teacher" / "model.onnx", 2),
-                   "ort_fp32_unfused": OrtRunner(out / "teacher" / "model_unfused.onnx", 2),
-                   "mp3_level0": OrtRunner(paths[0], 2), "mp3_level4": OrtRunner(paths[4], 2)}
-        lat = measure_latency(runners, [(32, 128), (1, 128)], warmup=3, runs=args.runs,
-                              vocab_size=state.tokenizer.vocab_size)
-        mp3["latency_ms"] = {n: {sh: v["p50_ms"] for sh, v in d.items()} for n, d in lat["results"].items()}
-        mp3["latency_p90_ms"] = {n: {sh: v["p90_ms"] for sh, v in d.items()} for n, d in lat["results"].items()}
-        mp3["latency_load"] = {"before": load0, "after": os.getloadavg()}
-    _store("mp_3", mp3)
-
-
-def baselines(args) -> None:
-    """ORT's own MatMulNBitsQuantizer (RTN) at 4 bits, and NNCF compress_weights 4/8 on OpenVINO."""
-    from compresslab.data.metrics import agreement
-    from compresslab.export.onnx import export_model
-
-    _, state, _ = _teacher()
-    teacher_preds = _teacher_preds()
-    out = WORK / "baselines"
-    plain = WORK / "deploy" / "teacher" / "model_unfused.onnx"
-    if not plain.is_file():
-        export_model(state.teacher, state.tokenizer, WORK / "deploy" / "teacher", _dev_batches(32, 16))
-    if not _has("baselines.ort_rtn_4"):
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks.peers
-        from benchmarks.peers.ort_nbits import rtn_nbits  # the one copy of the peer's call (the suite's too)
-
-        dst = rtn_nbits(plain, out / "ort_rtn_4" / "model.onnx", bits=4, block_size=BLOCK, symmetric=False)
-        s = _onnx_scored(dst)
-        _store("baselines.ort_rtn_4", s.metrics["score"])
-        _store("baselines_detail.ort_rtn_4", {"agreement": agreement(s.predictions, teacher_preds),
-                                              "block_size": BLOCK, "symmetric": False, "algo": "RTN",
-                                              "file_bytes": dst.stat().st_size,
-                                              "note": "MatMulNBitsQuantizer also quantizes the classifier/pooler "
-                                                      "MatMuls it finds; PTQ, no data"})
-    if not _has("baselines.nncf_4_8"):
-        try:
-            rec = _nncf_4_8(plain, out / "nncf_4_8", teacher_preds)
-            _store("baselines.nncf_4_8", rec["acc"])
-            _store("baselines_detail.nncf_4_8", rec)
-        except Exception as e:  # a peer that fails gets its exact error, not silence
-            _store("baselines.nncf_4_8", None)
-            _store("baselines_detail.nncf_4_8", {"error": f"{type(e).__name__}: {e}"})
-
-
-def _nncf_4_8(plain: Path, out: Path, teacher_preds: np.ndarray) -> dict[str, Any]:
-    """NNCF compress_weights, INT4_ASYM group 64 with the rest INT8_ASYM, its Hessian-input-activation
-    sensitivity on 128 train examples, ratio 0.8 (NNCF's documented starting point), on OpenVINO."""
-    import nncf
-    import openvino as ov
-
-    from compresslab.bench.openvino_runner import OpenVinoRunner
-    from compresslab.data.metrics import agreement
-    from compresslab.eval.evaluate import onnx_forward, predict
-
-    cfg, state, ctx = _teacher()
-    core = ov.Core()
-    model = core.read_model(str(plain))
-    names = [i.get_any_name() for i in model.inputs]
-    feeds = [{k: v.numpy() for k, v in b.items() if k in names} for b in ctx.calibration_batches(128, batch_size=1)]
-    t0 = time.perf_counter()
-    cm = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=0.8, group_size=BLOCK,
-                               dataset=nncf.Dataset(feeds),
-                               sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION)
-    wall = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    ov.save_model(cm, str(out / "openvino_model.xml"))
-    runner = OpenVinoRunner(out / "openvino_model.xml", 2, "f32")
-    s = predict(onnx_forward(runner), state.task.spec, state.task.dev, state.tokenizer,
-                max_length=int(cfg.task.max_length))
-    return {"acc": s.metrics["score"], "agreement": agreement(s.predictions, teacher_preds), "ratio": 0.8,
-            "group_size": BLOCK, "mode": "INT4_ASYM + INT8_ASYM", "sensitivity": "HESSIAN_INPUT_ACTIVATION",
-            "calibration_examples": 128, "compress_s": round(wall, 1), "nncf": nncf.__version__,
-            "openvino": ov.__version__}
 
 
 def guided(args) -> None:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from _hessian_mp_core import BLOCK, HESSIAN, RESULTS as MP_RESULTS, _teacher  # sibling module: the cached teacher
 from _results import ResultsFile  # sibling module (script dir)
-from hessian_mp import BLOCK, HESSIAN, RESULTS as MP_RESULTS, _teacher  # sibling benchmark: the cached teacher
 
 RESULTS = MP_RESULTS.parent / "hessian_sensitivity.json"
 _RESULTS = ResultsFile(RESULTS)

@@ -1,0 +1,104 @@
+"""The state every ``hessian_mp.py`` subcommand shares: the results file (benchmarks/results/hessian_mp.json),
+the cached bench teacher and its dev predictions, and the dev-split scorers.
+
+It lives apart from the entry script so the subcommand modules (``hessian_mp_deploy``,
+``hessian_mp_baselines``) and ``hessian_sensitivity.py`` share one copy of it: importing
+``hessian_mp`` from a sibling while it runs as ``__main__`` would load it a second time, with a
+second teacher cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresslab.cli import setup_process
+from compresslab.config import compose
+
+from _results import ResultsFile  # sibling module (script dir)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "hessian_mp.json"
+_RESULTS = ResultsFile(RESULTS)
+WORK = Path(os.environ.get("HAWQ_BENCH_DIR", "outputs/hawq_bench")).resolve()
+BLOCK = 64
+# the sensitivities --hessian-loss names: hawq's hessian settings (task = the default, the issue's keys)
+HESSIAN = {"task": {"loss": "task"}, "teacher_kl": {"loss": "teacher_kl"},
+           "teacher_kl_exact": {"loss": "teacher_kl", "estimator": "exact"}}
+
+
+def _load() -> dict:
+    return _RESULTS.load()
+
+
+def _keys(path: str) -> list[str]:
+    """Dotted path -> keys; a number such as 2.5 stays one key ("acc_mp.2.5" -> acc_mp, 2.5)."""
+    out: list[str] = []
+    for part in path.split("."):
+        if out and part.isdigit() and out[-1].isdigit():
+            out[-1] += "." + part
+        else:
+            out.append(part)
+    return out
+
+
+def _store(path: str, value: Any) -> None:
+    """Store ``value`` at dotted ``path`` (e.g. "acc_uniform.4", "acc_mp.2.5")."""
+    _RESULTS.put(_keys(path), value)
+
+
+def _has(path: str) -> bool:
+    return _RESULTS.has(_keys(path))
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _teacher():
+    """(cfg, state, ctx) over the cached bench teacher (trained once, then found by content hash)."""
+    if not _STATE:
+        from compresslab.pipeline import teacher_state
+
+        cfg = compose(["+pipeline=hawq_mp3", "budget=bench"])
+        setup_process(cfg.run.get("threads"), int(cfg.seed))
+        state = teacher_state(cfg, WORK / "teacher")
+        ctx = state.context(WORK, WORK / "step")
+        _STATE.update(cfg=cfg, state=state, ctx=ctx)
+    return _STATE["cfg"], _STATE["state"], _STATE["ctx"]
+
+
+def _scored(model) -> Any:
+    from compresslab.eval.evaluate import predict, torch_forward
+
+    cfg, state, _ = _teacher()
+    return predict(torch_forward(model), state.task.spec, state.task.dev, state.tokenizer,
+                   max_length=int(cfg.task.max_length))
+
+
+def _teacher_preds() -> np.ndarray:
+    if "teacher_preds" not in _STATE:
+        s = _scored(_teacher()[1].teacher)
+        _STATE["teacher_preds"] = s.predictions
+        if not _has("teacher_acc"):
+            _store("teacher_acc", s.metrics["score"])
+    return _STATE["teacher_preds"]
+
+
+def _dev_batches(n: int | None = None, batch_size: int = 32) -> list[dict]:
+    from compresslab.data.loaders import make_loader
+
+    cfg, state, _ = _teacher()
+    ex = list(state.task.dev if n is None else state.task.dev[:n])
+    return [{k: v for k, v in b.items() if k != "labels"}
+            for b in make_loader(ex, state.tokenizer, batch_size, int(cfg.task.max_length), kind=state.task.spec.kind)]
+
+
+def _onnx_scored(path: Path) -> Any:
+    from compresslab.eval.evaluate import onnx_forward, predict
+    from compresslab.eval.onnx_runner import OnnxRunner
+
+    cfg, state, _ = _teacher()
+    return predict(onnx_forward(OnnxRunner(path, threads=2)), state.task.spec, state.task.dev, state.tokenizer,
+                   max_length=int(cfg.task.max_length))
