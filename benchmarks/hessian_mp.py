@@ -62,7 +62,8 @@ def _score_record(model, res) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- hessian
 def hessian(args) -> None:
-    from compresslab.passes.hawq import Hawq, HessianSettings
+    from compresslab.passes.hawq import Hawq
+    from compresslab.quant.hawq_settings import HessianSettings
     from compresslab.targets import select_modules
 
     _, state, ctx = _teacher()

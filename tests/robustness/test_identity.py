@@ -272,7 +272,8 @@ def test_legacy_teacher_is_adopted(tmp_path, tiny_tok, observe):
 def test_hessian_cache_key_covers_every_example(tmp_path, tiny_tok):
     from compresslab.data.schema import Example
     from compresslab.models.tiny import tiny_model
-    from compresslab.passes.hawq import HessianSettings, _cache_path
+    from compresslab.passes.hawq import _cache_path
+    from compresslab.quant.hawq_settings import HessianSettings
 
     ctx = _ctx(tiny_tok, tmp_path)
     model = tiny_model("bert")
