@@ -4,10 +4,11 @@ latency), stored under ``mp_3`` of benchmarks/results/hessian_mp.json."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 
-from compresslab.manifest import read_json
+from compresslab.manifest import atomic_write_json, read_json, sha256_file
 
 from _hessian_mp_core import BLOCK, WORK, _dev_batches, _onnx_scored, _store, _teacher, _teacher_preds  # sibling module
 
@@ -34,8 +35,14 @@ def deploy(args) -> None:
     out = WORK / "deploy"
     model = compresslab.load(src, attn_implementation="eager")
     parity_batches = _dev_batches(32, 16)
+    # the export is cached, keyed by the checkpoint it came from: a re-trained acc_mp_3 is exported again
+    source = {"checkpoint": str(src), "sha256": sha256_file(src / "model.safetensors")}
+    stamp_path = out / "export" / "source.json"
+    if stamp_path.is_file() and read_json(stamp_path) != source:
+        shutil.rmtree(out / "export")
     if not (out / "export" / "model_unfused.onnx").is_file():
         export_quantized(model, state.tokenizer, out / "export", parity_batches)
+        atomic_write_json(stamp_path, source)
     if not (out / "teacher" / "model.onnx").is_file():
         export_model(state.teacher, state.tokenizer, out / "teacher", parity_batches)
     stamp = read_json(out / "export" / "config.json")["compresslab_quant"]
@@ -73,7 +80,7 @@ def deploy(args) -> None:
            "kernel_paths": {f"bits{b}_block{BLOCK}_level{lv}": probe_kernel_path(b, BLOCK, lv)
                             for b in (2, 4, 8) for lv in (0, 4)},
            "kernel_2bit": KERNEL_2BIT,
-           "files": {str(k): str(v) for k, v in paths.items()},
+           "files": {str(k): str(v) for k, v in paths.items()}, "source": source,
            "note": "deployed graph is the unfused export (ORT's attention fuser does not recognise MatMulNBits); "
                    "the ort_fp32 denominator is the fused dense teacher"}
     if not args.no_timing:
