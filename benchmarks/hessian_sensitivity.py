@@ -208,7 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["noise", "validate"])
     ap.add_argument("--losses", nargs="+", default=["task", "teacher_kl"],
-                    help="noise: task / teacher_kl; validate: also teacher_kl_exact (hessian_mp.HESSIAN)")
+                    help="noise: task / teacher_kl; validate: also teacher_kl_exact (_hessian_mp_core.HESSIAN)")
     ap.add_argument("--batches", type=int, default=4, help="noise: train batches of 16")
     ap.add_argument("--probes", type=int, default=16, help="noise: probes per batch per scheme")
     ap.add_argument("--bits", type=float, nargs="+", default=[3.0, 2.5])

@@ -1,7 +1,7 @@
 """ONNX Runtime's ``MatMulNBitsQuantizer`` with RTN (round to nearest, no data): 4-bit weight-only blocks
 of 64, asymmetric, on the plain export; ORT runs it with its MatMulNBits kernels. The weight-only peer of
-our Hessian mixed precision (``hawq_w4``); :func:`rtn_nbits` is the one copy of this call (benchmarks/
-hessian_mp.py ``baselines`` makes the same file)."""
+our Hessian mixed precision (``hawq_w4``); :func:`rtn_nbits` is the one copy of this call (the suite's
+cell, and ``hessian_mp.py baselines`` in benchmarks/hessian_mp_baselines.py for the same file)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ save/reload, the re-measure-and-tighten loop, and bad inputs.
 
 Timing is replaced by a synthetic latency table and scripted speedup measurements, so the tests
 are deterministic; the candidates are still really exported (with parity) on every attempt.
-The real measurement path is tested in tests/unit/test_latency_table.py.
+The real measurement path is tested in tests/unit/bench/test_latency_table.py.
 """
 
 from __future__ import annotations
