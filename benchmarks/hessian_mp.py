@@ -6,7 +6,8 @@ rerun. Nothing here may run while anything else uses the CPU if its timings are 
 
     python benchmarks/hessian_mp.py hessian            # default Hutchinson run (hessian_s), determinism, eigen cost
     python benchmarks/hessian_mp.py ptq                # uniform 8/4/3/2, MP 4/3/2.5, random x3 at 3, groups
-    python benchmarks/hessian_mp.py qat --steps 400    # MP 3, uniform 3, MP 2.5 with KD (same budget); McNemar
+    python benchmarks/hessian_mp.py qat --steps 250    # MP 3, uniform 3, MP 2.5 with KD (same budget); McNemar
+                                                       # (250: the published figures; --seed N for the seed study)
     python benchmarks/hessian_mp.py deploy             # the QAT'd MP-3 -> ONNX MatMulNBits: parity, size, latency
     python benchmarks/hessian_mp.py baselines          # ORT MatMulNBitsQuantizer RTN 4-bit; NNCF compress_weights 4/8
     python benchmarks/guided_int8.py && python benchmarks/hessian_mp.py guided   # guided int8 (quiet machine)
@@ -257,7 +258,7 @@ def _loss_suffix(args) -> str:
 
 # ---------------------------------------------------------------------------------------- main
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["hessian", "ptq", "qat", "deploy", "baselines", "guided"])
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -295,7 +296,7 @@ def main() -> None:
     _store("meta", {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
                     "teacher": "finetune preset bench (cached)", "hardware": hw, "block_size": BLOCK,
                     "runs_by_command": by_cmd,
-                    "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines"})
+                    "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines|guided"})
     print(json.dumps(_load(), indent=1, default=str)[:3000])
 
 
