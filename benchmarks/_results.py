@@ -18,7 +18,8 @@ whole file) records in ``meta.machine_load``
 * ``busy`` (any of these busy) and ``busy_items`` (item -> why).
 
 Entries written by earlier processes are kept (a resumed benchmark), so an item measured busy stays
-flagged until the file is made afresh. Files that are not results (a list of run dirs, a provenance
+flagged until the file is made afresh, or until every speed figure is measured again in one phase
+(:meth:`ResultsFile.restart_timings`, the suite's timing of a task). Files that are not results (a list of run dirs, a provenance
 tag, ``_timed.py``'s record) are written with :func:`write_aside`.
 """
 
@@ -58,6 +59,7 @@ class ResultsFile:
         # the process's timing windows closed before the file was opened belong to no item of it
         self._stamped = len(closed_windows())
         self._runs: dict[str, dict[str, Any]] = {}
+        self._fresh_timings = False  # restart_timings(): earlier processes' windows describe no figure any more
 
     def load(self) -> dict:
         return read_json(self.path) if self.path.is_file() else {}
@@ -86,6 +88,26 @@ class ResultsFile:
         self._runs[name] = rec
         return rec
 
+    def restart_timings(self, before: int | None = None, builds: str = "builds before the timing phase") -> None:
+        """Every speed figure of the file is about to be measured again, all in one phase (the suite's timing
+        of a task): forget the timing windows recorded so far, so a window that no longer describes any
+        figure (an earlier run's, or a discarded build's) cannot void the new ones.
+
+        Windows this process closed before the call (a cell build's own speedup checks, a runtime choice)
+        are not lost: combined into one record under ``meta.machine_load.runs[builds]`` (a busy one still
+        flags the file, naming the builds); the report's "speed figures void" banner reads ``timings`` only.
+        Earlier processes' timing windows are dropped at the next write; intervals and runs are kept.
+        ``before``: the process's count of closed windows (``len(closed_windows())``) when the phase began,
+        for a call made after the phase succeeded (a refused phase keeps the file's earlier timings); the
+        windows from there on are the phase's own and stay in ``timings``. Default: every window so far.
+        """
+        end = len(closed_windows()) if before is None else before
+        windows = closed_windows(self._stamped)[:max(0, end - self._stamped)]
+        self._stamped = max(self._stamped, end)
+        if windows:
+            self._runs[builds] = {**combine(windows), "run": "this process, before the timing phase"}
+        self._fresh_timings = True
+
     def get(self, keys: Sequence[str], default: Any = None) -> Any:
         node: Any = self.load()
         for k in keys:
@@ -100,7 +122,8 @@ class ResultsFile:
     def _write(self, data: dict, item: str, kept: Mapping[str, Any]) -> None:
         windows = closed_windows(self._stamped)
         self._stamped += len(windows)
-        timings = {t["id"]: t for t in kept.get("timings") or [] if isinstance(t, Mapping) and "id" in t}
+        timings = {} if self._fresh_timings else {t["id"]: t for t in kept.get("timings") or []
+                                                  if isinstance(t, Mapping) and "id" in t}
         timings.update({w["id"]: _compact(w, item) for w in windows})
         intervals = dict(kept.get("intervals") or {})
         lap = self._meter.lap()

@@ -8,9 +8,10 @@ import shutil
 
 import numpy as np
 
-from compresslab.manifest import atomic_write_json, read_json, sha256_file
+from compresslab.manifest import read_json, sha256_file
 
 from _hessian_mp_core import BLOCK, WORK, _dev_batches, _onnx_scored, _store, _teacher, _teacher_preds  # sibling module
+from _results import write_aside  # sibling module: a file that holds no figures
 
 
 def deploy(args) -> None:
@@ -42,7 +43,7 @@ def deploy(args) -> None:
         shutil.rmtree(out / "export")
     if not (out / "export" / "model_unfused.onnx").is_file():
         export_quantized(model, state.tokenizer, out / "export", parity_batches)
-        atomic_write_json(stamp_path, source)
+        write_aside(stamp_path, source)
     if not (out / "teacher" / "model.onnx").is_file():
         export_model(state.teacher, state.tokenizer, out / "teacher", parity_batches)
     stamp = read_json(out / "export" / "config.json")["compresslab_quant"]

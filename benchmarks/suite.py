@@ -283,6 +283,7 @@ def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet:
 def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
               quiet: Mapping[str, Any] | None) -> int:
     from compresslab.bench.env import cpu_flags, hardware_fingerprint
+    from compresslab.bench.machine_load import closed_windows
     from compresslab.manifest import git_sha, library_versions
     from compresslab.runlock import MachineBusyError
 
@@ -297,8 +298,12 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
     flags = cpu_flags()
     code, timing_meta = 0, {"status": "skipped (--no-timing)"}
     if timing:
+        phase_start = len(closed_windows())
         try:
             t = time_cells(cells, teacher, p, quiet=quiet)
+            # every speed figure of the file now comes from this one phase: earlier windows (an earlier run's,
+            # a discarded build's speedup checks) no longer describe any of them; the builds' own go to runs
+            results.restart_timings(before=phase_start)
             apply_timing(sysd, t["results"])
             timing_meta = {"status": "timed", **t["meta"]}
         except MachineBusyError as e:

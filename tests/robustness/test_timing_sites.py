@@ -262,6 +262,40 @@ def test_benchmark_copied_run_figures_keep_their_load(locks, tmp_path, observe) 
     observe(f"runs.int8: busy, {load['runs']['int8']['windows']} records; busy_items {list(load['busy_items'])}")
 
 
+@pytest.mark.case(name="a file's speed figures are all measured again in one phase (the suite's timing)",
+                  kind=4, bad_input=False,
+                  expected="restart_timings: earlier processes' windows and this process's build windows leave "
+                           "meta.machine_load.timings (they describe no figure now; the report's void banner reads "
+                           "timings only), the builds' load is kept under runs and still flags the file; the "
+                           "phase's own windows stay")
+def test_benchmark_restarted_timings_drop_stale_windows(locks, tmp_path, monkeypatch, observe) -> None:
+    R = _results_module()
+    path = tmp_path / "suite_x.json"
+    monkeypatch.setattr(ml, "read_cpu", FakeCpu(other=1.0))
+    first = R.ResultsFile(path, meter=ml.LoadMeter(reader=FakeCpu(step_s=0.0)))
+    _fake_timing("an earlier run's timing phase")  # busy
+    first.write({"systems": {"a": {"latency_ms_b32": 1.0}}})
+    assert first.load()["meta"]["machine_load"]["timings"][0]["busy"]
+    second = R.ResultsFile(path, meter=ml.LoadMeter(reader=FakeCpu(step_s=0.0)))  # the rerun
+    _fake_timing("a cell build's speedup check")  # busy: a build beside other work
+    start = len(ml.closed_windows())
+    monkeypatch.setattr(ml, "read_cpu", FakeCpu(other=0.0))
+    _fake_timing("the timing phase")  # quiet
+    second.restart_timings(before=start)
+    second.write({"systems": {"a": {"latency_ms_b32": 2.0}}})
+    load = second.load()["meta"]["machine_load"]
+    assert [t["what"] for t in load["timings"]] == ["test benchmark: the timing phase"]
+    assert not any(t["busy"] for t in load["timings"])
+    build = load["runs"]["builds before the timing phase"]
+    assert build["busy"] and build["windows"] == 1 and "speedup check" in " ".join(build["reasons"])
+    assert load["busy"] and list(load["busy_items"]) == ["run builds before the timing phase"]
+    # a refused phase calls nothing: a third process keeps the file's timings as they are
+    third = R.ResultsFile(path, meter=ml.LoadMeter(reader=FakeCpu(step_s=0.0)))
+    third.write(third.load())
+    assert [t["what"] for t in third.load()["meta"]["machine_load"]["timings"]] == ["test benchmark: the timing phase"]
+    observe(f"timings after the restart: {[t['what'] for t in load['timings']]}; busy_items {list(load['busy_items'])}")
+
+
 # --------------------------------------------------------------------------------- guards over the sources
 def _calls(tree: ast.AST) -> list[ast.Call]:
     return [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
