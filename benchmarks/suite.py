@@ -255,8 +255,13 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
              "backend": a.get("backend"), "precision": a.get("precision"), "file": _rel(Path(a["file"])) if a else None,
              "mcnemar_p_vs": {}, "timing": None, "error": c.get("error")}
         if name in preds:
+            if np.unique(preds[name]).size == 1 < np.unique(teacher.preds).size:
+                # a broken model, not a compressed one (INC's documented dynamic recipe did this, session 9):
+                # its score is the majority share; no verdict may rest on it
+                s["degenerate"] = (f"every dev example gets the same prediction ({preds[name][0]}): a broken model; "
+                                   "no verdict is drawn from it")
             s["agreement"] = (agreement(preds[name], teacher.preds) if classify
-                              else float(np.corrcoef(preds[name], teacher.preds)[0, 1]))
+                              else None if s.get("degenerate") else float(np.corrcoef(preds[name], teacher.preds)[0, 1]))
         out[name] = s
     for ours in (n for n in preds if cells[n]["method"] == "compresslab"):
         for peer in (n for n in preds if cells[n]["method"] == "peer"):

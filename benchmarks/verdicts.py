@@ -94,14 +94,18 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
 def task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs: Mapping[str, Mapping[str, float]], *,
                   classification: bool) -> dict[str, dict[str, Any]]:
     """Verdicts for every peer of a suite file's ``systems`` that ran (a score, no error): peer name ->
-    :func:`verdict`. ``agreement_vs``: ours -> peer -> agreement of their dev predictions."""
+    :func:`verdict`; a ``degenerate`` system (one prediction for every example) is compared with nothing. ``agreement_vs``: ours -> peer -> agreement of their dev predictions."""
     def sysof(n: str, s: Mapping[str, Any]) -> System:
         return System(n, s.get("score"), s.get("latency_ms_b32"))
 
-    ours = [sysof(n, s) for n, s in systems.items() if s.get("method") == "compresslab" and s.get("score") is not None]
+    ours = [sysof(n, s) for n, s in systems.items()
+            if s.get("method") == "compresslab" and s.get("score") is not None and not s.get("degenerate")]
     out: dict[str, dict[str, Any]] = {}
     for name, s in systems.items():
         if s.get("method") != "peer" or s.get("score") is None or s.get("error"):
+            continue
+        if s.get("degenerate"):  # beating a broken model proves nothing
+            out[name] = {"status": "not compared", "beaten_by": [], "why": s["degenerate"]}
             continue
         pairs = {o.name: Pair((systems[o.name].get("mcnemar_p_vs") or {}).get(name),
                               (agreement_vs.get(o.name) or {}).get(name)) for o in ours}

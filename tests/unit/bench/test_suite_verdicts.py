@@ -86,3 +86,34 @@ def test_task_verdicts_reads_the_suite_systems() -> None:
     out = V.task_verdicts(systems, {"int8": {"ortq": 0.995}}, classification=True)
     assert set(out) == {"ortq"}  # a peer that did not run gets no verdict (its error is in the table)
     assert out["ortq"]["status"] == "beaten" and out["ortq"]["beaten_by"][0]["rule"] == "b"
+
+
+def test_degenerate_systems_are_compared_with_nothing() -> None:
+    """A model that predicts one class for every example (INC's documented dynamic recipe, session 9: 0.509 on
+    SST-2 = the positive share) is neither beaten nor allowed to beat: 'beaten' must mean something."""
+    deg = "every dev example gets the same prediction (1): a broken model; no verdict is drawn from it"
+    systems = {"ziplm": {"method": "compresslab", "score": 0.88, "latency_ms_b32": 50.0, "mcnemar_p_vs": {"inc": 1e-50}},
+               "const": {"method": "compresslab", "score": 0.51, "latency_ms_b32": 1.0, "degenerate": deg,
+                         "mcnemar_p_vs": {"ortq": 1e-40}},
+               "inc": {"method": "peer", "score": 0.51, "latency_ms_b32": 500.0, "error": None, "degenerate": deg},
+               "ortq": {"method": "peer", "score": 0.89, "latency_ms_b32": 100.0, "error": None}}
+    out = V.task_verdicts(systems, {"ziplm": {"inc": 0.5, "ortq": 0.9}, "const": {"ortq": 0.5}}, classification=True)
+    assert out["inc"] == {"status": "not compared", "beaten_by": [], "why": deg}
+    assert all(b["system"] != "const" for b in out["ortq"]["beaten_by"])  # a broken model of ours beats nobody
+
+
+def test_suite_flags_constant_predictions(tmp_path) -> None:
+    """systems() marks a cell whose dev predictions are all one class (and leaves a normal one alone)."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    suite = importlib.import_module("benchmarks.suite")
+    labels = [0, 1, 1, 0, 1]
+    preds = {"ok": np.array([0, 1, 1, 0, 0]), "const": np.array([1, 1, 1, 1, 1])}
+    store = SimpleNamespace(preds=lambda n, k: preds[n])
+    from compresslab.data.tasks import TaskKind
+    teacher = SimpleNamespace(state=SimpleNamespace(task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION))),
+                              dev=[SimpleNamespace(label=v) for v in labels], preds=np.array(labels))
+    cells = {n: {"status": "finished", "key": n, "method": "peer", "tool": "t", "score": 0.6} for n in preds}
+    out = suite.systems(cells, store, teacher)
+    assert "degenerate" not in out["ok"] and "same prediction (1)" in out["const"]["degenerate"]
