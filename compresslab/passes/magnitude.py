@@ -14,12 +14,13 @@ from typing import Any, ClassVar, Mapping
 from torch import Tensor, nn
 
 from compresslab.ops.obs import magnitude_scores
-from compresslab.pruning.unstructured import Mode, Scope, check_schedule, moved, run_pruning, teacher_modules
+from compresslab.pruning.unstructured import (
+    Mode, Scope, check_schedule, moved, recovery_checkpoints, run_pruning, teacher_modules)
 from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import coerce_enum
+from compresslab.validate import check_int, coerce_enum
 
 
 class MagnitudeScorer:
@@ -57,6 +58,7 @@ class Magnitude:
     num_events: int = 7  # gradual only: pruning events on the cubic curve
     targets: list[str] | None = None  # default: the encoder linears (q, k, v, o, ffn_in, ffn_out)
     ignore: list[str] | None = None
+    checkpoint_every: int = 0  # > 0: recovery step checkpoints in the step dir; a stopped run resumes inside the pass
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
@@ -70,6 +72,7 @@ class Magnitude:
         self.recovery = Recovery.coerce(self.recovery)
         self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
                                                            self.num_events, self.recovery.steps)
+        check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         self.targets = check_patterns(self.targets, "targets")
         self.ignore = check_patterns(self.ignore, "ignore")
 
@@ -85,6 +88,7 @@ class Magnitude:
             metrics, structure = run_pruning(
                 model, ctx, modules, MagnitudeScorer(), mode=self.mode, sparsity=self.sparsity,
                 init_sparsity=self.init_sparsity, num_events=self.num_events, recovery=self.recovery,
+                checkpoint_dir=recovery_checkpoints(ctx, self.checkpoint_every), checkpoint_every=self.checkpoint_every,
                 scope=self.scope, name=self.name, reference=teacher_modules(ctx, self.targets, self.ignore))
         finally:
             model.to(before)

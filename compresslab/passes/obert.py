@@ -29,13 +29,13 @@ from torch import Tensor, nn
 from compresslab.pruning.fisher import OBSScorer, collect_outer_sums, stream_groups
 from compresslab.pruning.masks import MaskKeeper
 from compresslab.pruning.unstructured import (
-    Mode, Scope, check_schedule, moved, prune_to, run_pruning, teacher_modules)
+    Mode, Scope, check_schedule, moved, prune_to, recovery_checkpoints, run_pruning, teacher_modules)
 from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
 from compresslab.training.dist import rank_batches
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_positive, check_positive_int, coerce_enum, is_number
+from compresslab.validate import check_int, check_positive, check_positive_int, coerce_enum, is_number
 
 
 class MaskType(str, Enum):
@@ -99,6 +99,7 @@ class OBert:
     ignore: list[str] | None = None
     damp_grid: list[float] | None = None  # choose damp on the validation split (one-shot to sparsity)
     fisher_max_mb: float | None = None  # bound on the Fisher state held at once (None: whole encoder)
+    checkpoint_every: int = 0  # > 0: recovery step checkpoints in the step dir; a stopped run resumes inside the pass
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = False
@@ -112,6 +113,7 @@ class OBert:
         self.recovery = Recovery.coerce(self.recovery)
         self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
                                                            self.num_events, self.recovery.steps)
+        check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         for f in ("num_recomputations", "num_grads", "grad_batch_size"):
             check_positive_int(getattr(self, f), f)
         if self.block_size is None:
@@ -194,6 +196,7 @@ class OBert:
             metrics, structure = run_pruning(
                 model, ctx, modules, scorer, mode=self.mode, sparsity=self.sparsity,
                 init_sparsity=self.init_sparsity, num_events=self.num_events, recovery=self.recovery,
+                checkpoint_dir=recovery_checkpoints(ctx, self.checkpoint_every), checkpoint_every=self.checkpoint_every,
                 num_recomputations=self.num_recomputations, scope=Scope.GLOBAL, name=self.name,
                 reference=teacher_modules(ctx, self.targets, self.ignore))
         finally:

@@ -18,7 +18,10 @@ Recovery always runs through :func:`compresslab.training.recover` (KD from the t
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 import torch
@@ -30,12 +33,13 @@ from compresslab.pruning.masks import MaskKeeper, sparsity_stats
 from compresslab.targets import layer_keys, select_modules
 from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext
-from compresslab.validate import check_fraction, check_positive_int
+from compresslab.validate import check_fraction, check_int, check_positive_int
 
 log = logging.getLogger(__name__)
 
 # Recovery LR decays from lr to lr * LR_FLOOR in each cycle (recipe: 5e-5 -> 5e-6 on GLUE).
 LR_FLOOR = 0.1
+TRAIN_CHECKPOINT = "train_checkpoint"  # the recovery's step checkpoints, inside the pass's step dir
 
 
 class Mode(str, Enum):
@@ -160,6 +164,31 @@ class _PruneAtEvents:
             self.prune(self.events[step], step)
 
 
+class _PruneRecord:
+    """Loop callback with state, added only when the recovery checkpoints: the masks and the pruning steps
+    done so far. A resumed gradual run needs them because the keeper is rebuilt from the dense input model
+    (it would know none of the earlier events' zeros and let them grow back) and ``prune_steps`` would miss
+    the events before the stop. Runs without checkpoints never see it, so their loop record is unchanged."""
+
+    def __init__(self, keeper: MaskKeeper, done: list[list[float]]) -> None:
+        self.keeper, self.done = keeper, done
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {n: m.detach().cpu() for n, m in self.keeper.masks.items()},
+                "done": [list(d) for d in self.done]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.keeper.update(dict(state["masks"]))
+        self.done[:] = [list(d) for d in state["done"]]
+
+
+def recovery_checkpoints(ctx: PassContext, every: int) -> Path | None:
+    """Where a pruning pass's recovery keeps step checkpoints: ``<step dir>/train_checkpoint`` when
+    ``every`` > 0 (the pipeline reruns an unfinished step in the same dir, so the loop resumes there), else None."""
+    check_int(every, "checkpoint_every", minimum=0)
+    return ctx.step_dir / TRAIN_CHECKPOINT if every else None
+
+
 def teacher_modules(ctx: PassContext, targets: list[str] | None,
                     ignore: list[str] | None) -> dict[str, nn.Linear] | None:
     """The run teacher's Linears under the same ``targets`` / ``ignore``: the dense reference a
@@ -179,7 +208,8 @@ def teacher_modules(ctx: PassContext, targets: list[str] | None,
 def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear], scorer: Scorer, *,
                 mode: Mode, sparsity: float, recovery: Recovery, init_sparsity: float | None = None,
                 num_events: int = 7, num_recomputations: int = 1, scope: Scope = Scope.GLOBAL,
-                name: str = "pruning", reference: Mapping[str, nn.Module] | None = None
+                name: str = "pruning", reference: Mapping[str, nn.Module] | None = None,
+                checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 0
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Prune ``modules`` of ``model`` in place to ``sparsity``; returns (metrics, structure).
 
@@ -192,6 +222,10 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
     zero already there (an earlier pass's) counts as pruned and stays zero. With ``reference``
     (the dense teacher's counterparts, :func:`teacher_modules`) the metrics also say
     ``sparsity_vs_teacher = 1 - nonzero / teacher weights``: what is gone, removed or zeroed.
+
+    ``checkpoint_dir`` / ``checkpoint_every``: the recovery writes step checkpoints there (with the masks
+    and events done) and a later call resumes inside it. A resumed gradual run draws the next events'
+    Fisher gradients from a fresh batch stream and reports the scorer's timings of its own session only.
     """
     steps = recovery.steps
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
@@ -219,14 +253,22 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
         schedule = {"schedule": "cyclic_linear", "cycle_steps": c, "warmup_ratio": (w + 0.5) / steps,
                     "final_lr_ratio": LR_FLOOR}
         callbacks = [_PruneAtEvents(events, prune), keeper]
+    if checkpoint_dir is not None:
+        callbacks.append(_PruneRecord(keeper, done))
     if steps:
         from compresslab.data.schema import TaskKind
 
         res = recover(model, ctx.train_loader(batch_size=ctx.batch_size), recovery, teacher,
                       embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, callbacks=callbacks,
                       batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress, desc=name, device=ctx.device,
-                      **schedule)
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, **schedule)
         metrics.update(train_s=round(res.wall_s, 2), final_loss=res.losses[-1] if res.losses else None)
+        if checkpoint_dir is not None:
+            metrics["checkpoint_every"] = checkpoint_every
+            if res.resumed_at is not None:
+                metrics["resumed_at"] = res.resumed_at
+            # the model is whole in memory and the step saves it next (a stop before that retrains the pass)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     keeper.apply(model)
     stats = sparsity_stats(modules, layer_keys(model, modules))
     metrics.update(sparsity=stats["sparsity"], num_zero=stats["num_zero"], num_targeted=stats["num_targeted"],
@@ -252,5 +294,6 @@ def moved(model: nn.Module, device: torch.device) -> torch.device:
     return before
 
 
-__all__ = ["LR_FLOOR", "Mode", "Scope", "Scorer", "check_schedule", "default_init_sparsity", "moved", "plan_events",
-           "prune_step", "prune_to", "relative_sparsity", "run_pruning", "teacher_modules"]
+__all__ = ["LR_FLOOR", "TRAIN_CHECKPOINT", "Mode", "Scope", "Scorer", "check_schedule",
+           "default_init_sparsity", "moved", "plan_events", "prune_step", "prune_to",
+           "recovery_checkpoints", "relative_sparsity", "run_pruning", "teacher_modules"]
