@@ -71,6 +71,23 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Pat
     return path
 
 
+def tiny_generic_run(root: str | Path) -> list[str]:
+    """Overrides for a real pipeline run on a tiny random BERT and a tiny sentiment task written under ``root``
+    (``model/``, ``train.csv`` 96 examples, ``dev.csv`` 32; outputs and caches under ``root`` too):
+    ``debug=smoke model=local task=generic ...`` for benchmark scripts' smoke tests."""
+    from compresslab.models.tiny import tiny_model, tiny_tokenizer
+
+    root = Path(root)
+    tiny_tokenizer(root / "model").save_pretrained(root / "model")
+    tiny_model("bert").save_pretrained(root / "model")
+    for name, n, seed in (("train", 96, 0), ("dev", 32, 1)):
+        write_csv(root / f"{name}.csv", ["text", "label"], [[e.text_a, str(e.label)] for e in tiny_sentiment(n, seed)])
+    return ["debug=smoke", "model=local", f"model.source={root / 'model'}", "task=generic",
+            f"task.generic.train={root / 'train.csv'}", f"task.generic.dev={root / 'dev.csv'}", "task.max_length=32",
+            f"paths.output_dir={root / 'out'}", f"paths.cache_dir={root / 'cache'}", "report=false",
+            "pipeline.passes.obert.grad_batch_size=4"]
+
+
 class FakeCpu:
     """A CPU reader for timing tests (``timing_window(reader=FakeCpu(...))`` or in place of
     ``machine_load.read_cpu``), so a test never depends on how busy the real machine is.

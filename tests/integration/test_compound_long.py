@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.models.tiny import tiny_model, tiny_tokenizer
-from compresslab.testing import tiny_sentiment, write_csv
+from compresslab.testing import tiny_generic_run
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_AT = 3  # the stopped run raises before this optimizer step (a checkpoint was written after step 2)
@@ -29,14 +28,7 @@ def long():
 
 
 def _inputs(root: Path) -> list[str]:
-    tiny_tokenizer(root / "model").save_pretrained(root / "model")
-    tiny_model("bert").save_pretrained(root / "model")
-    for name, n, seed in (("train", 96, 0), ("dev", 32, 1)):
-        write_csv(root / f"{name}.csv", ["text", "label"], [[e.text_a, str(e.label)] for e in tiny_sentiment(n, seed)])
-    return ["debug=smoke", "model=local", f"model.source={root / 'model'}", "task=generic",
-            f"task.generic.train={root / 'train.csv'}", f"task.generic.dev={root / 'dev.csv'}", "task.max_length=32",
-            f"paths.output_dir={root / 'out'}", f"paths.cache_dir={root / 'cache'}", "report=false",
-            "pipeline.passes.obert.grad_batch_size=4"]
+    return tiny_generic_run(root)
 
 
 class _Stop(Exception):
