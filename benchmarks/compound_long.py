@@ -48,7 +48,7 @@ from compresslab.manifest import git_sha, read_json
 
 from _results import ResultsFile  # sibling modules (script dir)
 from compound import REPO, RESULTS_PATH, THREADS, _rel
-from compound_seeds import Arm, _filter, _without_model, comparisons, fixed_teacher
+from compound_seeds import Arm, _filter, _without_model, comparisons, fixed_teacher, score_step
 
 log = logging.getLogger("compound_long")
 
@@ -95,25 +95,6 @@ def teacher_dir_of(a: argparse.Namespace) -> Path:
     return d
 
 
-def score(cfg: Any, rd: Path, m: Mapping[str, Any], step: str, split: str) -> tuple[str, str, float]:
-    """(predictions, labels, accuracy) of the step's torch checkpoint on ``split`` ("dev" or "validation")."""
-    from transformers import AutoTokenizer
-
-    from compresslab.checkpoint import load
-    from compresslab.eval.evaluate import predict, torch_forward
-    from compresslab.pipeline import build_steps
-    from compresslab.pipeline.state import RunState
-
-    rec = next(s for s in m["steps"] if s["name"] == step)
-    state = RunState.prepare(cfg, build_steps(cfg))
-    examples = list(state.task.validation if split == "validation" else state.task.dev)
-    sc = predict(torch_forward(load(rd / rec["dir"])), state.task.spec, examples,
-                 AutoTokenizer.from_pretrained(str(rd / rec["dir"])), batch_size=int(cfg.eval.batch_size),
-                 max_length=int(cfg.task.max_length))
-    as_str = lambda xs: "".join(str(int(x)) for x in xs)  # noqa: E731
-    return as_str(sc.predictions), as_str(sc.labels), float(sc.metrics["score"])
-
-
 def finished_run(cfg: Any, seed: int) -> tuple[Path, dict[str, Any]]:
     """Run (or resume) the pipeline; its dir and manifest, SystemExit unless it finished."""
     from compresslab.pipeline import run
@@ -146,7 +127,7 @@ def lr_grid(a: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         cfg = make_cfg(a, teacher_dir, a.steps, lr)
         rd, m = finished_run(cfg, a.seed)
-        preds, _, val = score(cfg, rd, m, arm.step, "validation")
+        preds, _, val = score_step(cfg, rd, m, arm.step, "validation")
         results.put(["long", "lr_grid_runs", a.method, key],
                     {"run_dir": _rel(rd), "config_hash": m.get("config_hash"), "val_acc": val,
                      "val_examples": len(preds), "wall_s_this_call": round(time.perf_counter() - t0, 1)})
@@ -202,7 +183,7 @@ def long_run(a: argparse.Namespace) -> None:
     t0, c0 = time.perf_counter(), cpu_s()
     rd, m = finished_run(cfg, a.seed)
     step = next(s for s in m["steps"] if s["name"] == arm.step)
-    preds, labels, acc = score(cfg, rd, m, arm.step, "dev")
+    preds, labels, acc = score_step(cfg, rd, m, arm.step, "dev")
     this = {"started": started, "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_s() - c0, 1)}
     sessions = [*sessions, this]
     cpu_h = sum(s.get("cpu_s") or 0.0 for s in sessions) / 3600

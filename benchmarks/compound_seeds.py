@@ -228,8 +228,10 @@ def _filter(overrides: Sequence[str], pipeline: Sequence[str]) -> list[str]:
     return [*keep_pass_overrides(overrides, compose(list(pipeline)).pipeline.steps), *pipeline]
 
 
-def score_step(cfg: Any, rd: Path, m: dict[str, Any], step: str) -> tuple[str, str, float]:
-    """(predictions, labels, accuracy) of the step's torch checkpoint on the run's eval split."""
+def score_step(cfg: Any, rd: Path, m: Mapping[str, Any], step: str, split: str | None = None
+               ) -> tuple[str, str, float]:
+    """(predictions, labels, accuracy) of the step's torch checkpoint on the run's eval split, or on
+    ``split`` ("dev" or "validation": compound_long selects its LR on validation)."""
     from transformers import AutoTokenizer
 
     from compresslab.checkpoint import load
@@ -239,7 +241,9 @@ def score_step(cfg: Any, rd: Path, m: dict[str, Any], step: str) -> tuple[str, s
 
     rec = next(s for s in m["steps"] if s["name"] == step)
     state = RunState.prepare(cfg, build_steps(cfg))
-    sc = predict(torch_forward(load(rd / rec["dir"])), state.task.spec, state.eval_examples,
+    examples = (state.eval_examples if split is None
+                else list(state.task.validation if split == "validation" else state.task.dev))
+    sc = predict(torch_forward(load(rd / rec["dir"])), state.task.spec, examples,
                  AutoTokenizer.from_pretrained(str(rd / rec["dir"])), batch_size=int(cfg.eval.batch_size),
                  max_length=int(cfg.task.max_length))
     as_str = lambda xs: "".join(str(int(x)) for x in xs)  # noqa: E731
