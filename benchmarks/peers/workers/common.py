@@ -3,7 +3,8 @@ spec, the dev batches and writing the answer; interleaved timing (A B A B ..., a
 the models of ONE process; real-length throughput. Imports numpy only: each venv has its own packages,
 none of compresslab's.
 
-Files (written by ``benchmarks/peers/external_peer.py``):
+Files (the spec is written by the peer's module, e.g. ``benchmarks/peers/torch_venv.py``, and completed with
+``out`` and ``work`` by ``compresslab.bench.external.run_worker``):
   spec["batches"]: an ``.npz`` with ``b<i>__<input name>`` arrays, the dev batches in scoring order
   (the exact batches compresslab's ``predict`` makes), ``count`` their number;
   spec["out"]: the worker's JSON answer; logits go to ``spec["work"]/logits.npz`` as ``b<i>`` arrays.
