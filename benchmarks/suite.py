@@ -12,7 +12,10 @@ Then every cell is built: our pipelines as normal runs (``python -m compresslab 
 the task's and the budget's overrides, ``deploy=ort bench=off``: a finished run is found again by its
 config hash) and the peers (``benchmarks/peers``) from the teacher's export and the same calibration
 examples. Each cell is cached by the hash of its settings (``benchmarks/store.py``): a rerun skips
-finished cells and resumes where it stopped. A cell that fails keeps its exact error; the rest run.
+finished cells and resumes where it stopped. A cell that fails keeps its exact error; the rest run. A
+pipeline whose pass refuses the task (oBERT on the label-free ``stsb_embedding``) is not built: its cell,
+and its OpenVINO cell, record the pass's reason up front (``suite_applies.py``, which also states per pass
+what replaces the task loss on an embedding task: ``meta.label_free``).
 Every cell is scored from its deployed artifact itself on dev (the task metric, agreement with the
 teacher's predictions, McNemar p of each of ours against each peer on the same examples). Each of our
 pipelines also gets an OpenVINO cell of the same model (``<pipeline>_openvino``, ``suite_openvino.py``).
@@ -48,6 +51,7 @@ from ._results import ResultsFile, write_aside
 from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
+from .suite_applies import loss_statement, skip_reason
 from .suite_openvino import faster_runtime, openvino_artifact
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
@@ -128,9 +132,17 @@ def prepare_teacher(p: TaskPlan, work: Path) -> Teacher:
         write_aside(done, {"sha256": sha, "score": float(scored.metrics["score"]), "prepare_s": _since(t0),
                            "cpu_s": round(_cpu_s() - cpu0, 1), "overrides": list(p.overrides)})
     rec = read_json(done)
-    calib = [{k: v.numpy() for k, v in b.items() if k != "labels"}
-             for b in state.context(work, work / "calibration").calibration_batches(p.calibration_examples, 32)]
+    calib = calibration_feeds(state.context(work, work / "calibration").calibration_batches(p.calibration_examples, 32))
     return Teacher(state, sha, d, np.load(d / "preds.npy"), float(rec["score"]), calib)
+
+
+def calibration_feeds(batches: Any) -> list[dict[str, np.ndarray]]:
+    """The model's inputs of each calibration batch as numpy. An embedding task's batches also hold the
+    pair's second sentence (``input_ids_b``, ...: our loader's keys, no graph input of any model): only the
+    first is fed, as our own calibrating passes feed it (``MODEL_INPUTS``)."""
+    from compresslab.training.losses import MODEL_INPUTS
+
+    return [{k: v.numpy() for k, v in b.items() if k in MODEL_INPUTS} for b in batches]
 
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -179,7 +191,11 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
         bar.set_postfix_str(name)
         key = cell_key(spec)
         rec = store.finished(name, key)
-        if rec is None:
+        if rec is None and (why := skip_reason(spec, teacher.state.task, out)) is not None:
+            log.warning("cell %s not run: %s", name, why)
+            rec = {"name": name, "spec": spec, "tool": _tool_of(name, spec), "status": "skipped", "skipped": why,
+                   "error": f"not run: {why}", "key": key}  # asked again each run (cheap): never cached
+        elif rec is None:
             rec = _build_one(name, how, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
         out[name] = {**rec, "method": how}  # the rule of today, not the one a cached record was built under
     return out
@@ -254,6 +270,8 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
              "latency_ms_b1": None, "latency_ms_b32": None, "throughput_real": None, "size_bytes": c.get("size_bytes"),
              "backend": a.get("backend"), "precision": a.get("precision"), "file": _rel(Path(a["file"])) if a else None,
              "mcnemar_p_vs": {}, "timing": None, "error": c.get("error")}
+        if c.get("status") == "skipped":
+            s["skipped"] = c["skipped"]  # not applicable to the task: the reason, recorded up front
         if name in preds:
             if np.unique(preds[name]).size == 1 < np.unique(teacher.preds).size:
                 # a broken model, not a compressed one (INC's documented dynamic recipe did this, session 9):
@@ -319,6 +337,9 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
         timing_meta["kept_from_earlier_run"] = keep_earlier_timings(sysd, keys, old)
     from .verdicts import task_verdicts
 
+    label_free = ({"label_free": loss_statement({pl: c["spec"]["args"] for pl, c in cells.items()
+                                                 if c["spec"]["kind"] == "pipeline"})}
+                  if teacher.head == "encoder" else {})
     data = {"teacher_score": teacher.score, "systems": sysd,
             "verdicts": task_verdicts(sysd, agree_vs, classification=_classify(teacher)),
             "runtimes": faster_runtime(sysd, p.pipelines) if p.openvino else {},
@@ -328,6 +349,8 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
                      "cpu_isa": [f for f in ISA_FLAGS if f in flags], "cell_keys": keys,
                      "cells": {n: {k: c.get(k) for k in ("build_s", "cpu_s", "over_budget", "run_dir", "command", "status")}
                                for n, c in cells.items()},
+                     "skipped": {n: c["skipped"] for n, c in cells.items() if c.get("status") == "skipped"},
+                     **label_free,
                      "agreement": ("fraction of dev examples predicted as the teacher (torch fp32) predicts"
                                    if sysd and _classify(teacher) else "Pearson r of the predictions with the teacher's"),
                      "mcnemar": "exact two-sided McNemar on dev correctness, each of ours vs each peer (classification)",

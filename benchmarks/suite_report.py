@@ -7,7 +7,8 @@ The CPU's ISA flags stand in the header of every speed column and the title of e
 (the file's ``meta.machine_load``) and tasks whose timing was refused or skipped say so above their
 table. Below each table: which runtime is faster per pipeline (ORT or OpenVINO, ``runtimes``) and the
 verdict for every peer that ran (``verdicts``: which of ours beat it and by which rule, or, said plainly,
-that the peer wins). Rendering reuses the run report's blocks (``compresslab.report.render``) and its Pareto plot.
+that the peer wins); on a label-free task, per pass, what replaces the task loss or that it does not apply
+(``meta.label_free``). Rendering reuses the run report's blocks (``compresslab.report.render``) and its Pareto plot.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
                         caption="Scores from each deployed file on dev; latency p50. timed: 'one process' = every "
                                 "such cell interleaved in the suite's process; 'alternating' = in the tool's own "
                                 "venv after them (interleaved there with the dense teacher: see below)."))
+    blocks += label_free_blocks(meta.get("label_free") or {})
     blocks += runtime_blocks(data.get("runtimes") or {}, isa)
     blocks += external_blocks(meta)
     blocks += verdict_blocks(data.get("verdicts") or {})
@@ -111,6 +113,19 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
 
 def _timing(t: str | None) -> str:
     return "" if not t else "alternating" if t.startswith("alternating") else "one process"
+
+
+def label_free_blocks(label_free: Mapping[str, Any]) -> list[Any]:
+    """A label-free task (``meta.label_free``): per pass of our pipelines, whether it applies and what replaces
+    the task loss (``benchmarks/suite_applies.py``); the cells refused up front carry the reason as their error."""
+    passes = label_free.get("passes") or {}
+    if not passes:
+        return []
+    rows = [[name, p.get("applies", ""), p.get("replaces_task_loss", ""), ", ".join(p.get("pipelines") or [])]
+            for name, p in passes.items()]
+    return [Table(["pass", "applies", "what replaces the task loss", "in pipelines"], rows,
+                  caption=f"Label-free task. Task loss: {label_free.get('task_loss', '')}. Cells whose pass does "
+                          "not apply were not run: the reason is their error above.")]
 
 
 def runtime_blocks(runtimes: Mapping[str, Mapping[str, Any]], isa: str) -> list[Any]:

@@ -61,6 +61,11 @@ def load_dense(spec: dict[str, Any]) -> Any:
         raise ValueError(f"input_names must be {list(NAMES)} or its first two, got {spec['input_names']}")
     cls = AutoModelForSequenceClassification if spec["head"] == "classification" else AutoModel
     model = cls.from_pretrained(spec["checkpoint"], attn_implementation="eager").eval()
+    if spec["head"] == "encoder" and getattr(model, "pooler", None) is not None:
+        # an embedding is mean-pooled from the last hidden state: the pooler (Linear -> Tanh) would be dead code
+        # in the exported graph, and INC's X86InductorQuantizer fails on that unused pair (IndexError in
+        # _get_output_nodes_of_partitions); BERT/RoBERTa skip a None pooler, and no other cell deploys it
+        model.pooler = None
     return Logits(model, spec["head"]).eval()
 
 
