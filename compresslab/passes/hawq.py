@@ -86,7 +86,10 @@ class Hawq(HawqSettings):
             check_group(m.weight.shape, *shapes[n], name=n)
         embedding = self._embedding_spec(model)
         self.check(ctx.task)
-        teacher = ctx.kd_teacher(model) if self.recovery.steps and self.recovery.uses_teacher else None
+        from compresslab.data.schema import TaskKind
+
+        is_embedding = ctx.task.spec.kind is TaskKind.EMBEDDING
+        teacher = ctx.kd_teacher(model) if self.recovery.needs_teacher(is_embedding) else None
         metrics: dict[str, Any] = {"group": self.group.value, "block_size": self.block_size}
         if self.bits is not None:
             bits = {n: self.bits for n in modules}
@@ -98,13 +101,11 @@ class Hawq(HawqSettings):
                  for n, b in bits.items() if b != FP32}
         quantize_modules(model, {**specs, **embedding})
         if self.recovery.steps:
-            from compresslab.data.schema import TaskKind
-
             # step-level checkpoints: a stopped QAT resumes where it was (the allocation before it is
             # deterministic and the sensitivity cached); removed once the frozen model is returned
             ckpt = ctx.step_dir / "qat_checkpoint"
             res = recover(model, ctx.train_loader(), self.recovery, teacher,
-                          embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, batch_size=ctx.batch_size,
+                          embedding=is_embedding, batch_size=ctx.batch_size,
                           seed=ctx.seed, progress=ctx.progress, desc="hawq QAT", device=ctx.device,
                           checkpoint_dir=str(ckpt), checkpoint_every=QAT_CHECKPOINT_EVERY)
             metrics["qat"] = {**res.to_dict(), "steps": self.recovery.steps, "lr": self.recovery.lr,

@@ -125,7 +125,7 @@ class Int8Qat:
         r = self.recovery
         embedding = ctx.task.spec.kind is TaskKind.EMBEDDING
         # the teacher before any module changes (without a run teacher: the model as it enters)
-        teacher = ctx.kd_teacher(model) if r.steps and (r.uses_teacher or embedding) else None
+        teacher = ctx.kd_teacher(model) if r.needs_teacher(embedding) else None
         keeper = MaskKeeper.from_zeros(model, weights)  # an earlier pass's zeros, kept through QAT
         before = sparsity_stats(modules)
         before_device = next(model.parameters()).device

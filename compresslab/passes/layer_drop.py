@@ -106,7 +106,7 @@ class LayerDrop:
         embedding = ctx.task.spec.kind is TaskKind.EMBEDDING
         r = self.recovery
         # the teacher is the model as it enters (or the run's), taken before any layer goes
-        teacher = ctx.kd_teacher(model) if r.steps and (r.uses_teacher or embedding) else None
+        teacher = ctx.kd_teacher(model) if r.needs_teacher(embedding) else None
         drop_layers_(model, keep)
         metrics = {"kept_layers": keep, "num_layers": len(keep), "layers_before": total,
                    "params_before": before, "params": sum(p.numel() for p in model.parameters())}

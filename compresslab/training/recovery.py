@@ -53,6 +53,12 @@ class Recovery:
         """Whether the classification/regression losses read the teacher (embedding KD always does)."""
         return self.hardness > 0 or self.hidden_weight > 0
 
+    def needs_teacher(self, embedding: bool) -> bool:
+        """Whether :func:`recover` needs a teacher: some steps, and a loss that reads it (on an embedding
+        task every recovery is embedding KD, whatever ``hardness`` says). Passes fetch the teacher by
+        this rule, before they change the model."""
+        return self.steps > 0 and (embedding or self.uses_teacher)
+
 
 def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Module | None, *,
             embedding: bool = False, callbacks: Sequence[Any] = (), schedule: str = "linear",
@@ -75,6 +81,10 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
               build_losses(recovery.hardness, recovery.temperature, recovery.hidden_weight))
     if not any(l.needs_teacher for l in losses):
         teacher = None  # no teacher forward per step when no loss reads it
+    elif teacher is None:  # before any step: a pass that fetched no teacher is a bug, not a silent no-KD run
+        raise ValueError(f"{desc}: the recovery losses ({', '.join(type(l).__name__ for l in losses)}) read a "
+                         "teacher and none was given (fetch it with Recovery.needs_teacher(embedding) before "
+                         "the model changes)")
     cfg = TrainConfig(lr=recovery.lr, steps=recovery.steps, batch_size=batch_size, schedule=schedule,
                       cycle_steps=cycle_steps, warmup_ratio=warmup_ratio, final_lr_ratio=final_lr_ratio, seed=seed,
                       device=getattr(device, "type", device), checkpoint_dir=checkpoint_dir,

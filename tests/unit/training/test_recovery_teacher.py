@@ -1,0 +1,77 @@
+"""Who needs a teacher during recovery, and what happens when a pass forgets to fetch it.
+
+The fault class: a pass fetched its KD teacher only when ``Recovery.uses_teacher`` (hardness or hidden KD),
+but on an embedding task every recovery is embedding KD, which always reads the teacher. ``hawq`` with QAT
+steps and ``hardness=0`` on ``stsb_embedding`` got ``None``. The rule now lives in one place
+(``Recovery.needs_teacher``) and ``recover`` refuses, before any step, to run teacher-reading losses without
+one. Every pass with a ``recovery`` runs here on a tiny embedding task with ``hardness=0``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from compresslab.data.schema import Example, TaskData
+from compresslab.data.tasks import TASKS
+from compresslab.models.tiny import tiny_config
+from compresslab.registry import build_pass
+from compresslab.training.recovery import Recovery, recover
+
+WORDS = ["the", "movie", "film", "good", "bad", "great", "awful", "is", "was", "very", "fun", "boring"]
+
+
+def _pairs(n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    return [Example(" ".join(rng.choices(WORDS, k=rng.randrange(3, 7))),
+                    " ".join(rng.choices(WORDS, k=rng.randrange(3, 7))), round(rng.uniform(0, 5), 2))
+            for _ in range(n)]
+
+
+def _embedding_task() -> TaskData:
+    return TaskData(spec=TASKS["stsb_embedding"], train=_pairs(32, 1), validation=_pairs(8, 2), dev=_pairs(8, 3))
+
+
+def _encoder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return AutoModel.from_config(tiny_config("bert")).eval()
+
+
+@pytest.mark.parametrize("steps, hardness, hidden, embedding, want", [
+    (0, 1.0, 0.0, True, False),    # no steps: nothing trains
+    (2, 0.0, 0.0, False, False),   # task loss only
+    (2, 1.0, 0.0, False, True),    # logit KD
+    (2, 0.0, 0.5, False, True),    # hidden-state KD
+    (2, 0.0, 0.0, True, True),     # embedding KD reads the teacher whatever hardness says
+])
+def test_needs_teacher(steps, hardness, hidden, embedding, want) -> None:
+    r = Recovery(steps=steps, hardness=hardness, hidden_weight=hidden)
+    assert r.needs_teacher(embedding) is want
+
+
+def test_recover_refuses_teacher_losses_without_a_teacher_before_any_step() -> None:
+    class NoBatches:  # iterating it would mean a step started
+        def __iter__(self):
+            raise AssertionError("a training step started")
+
+    with pytest.raises(ValueError, match="read a teacher and none was given"):
+        recover(_encoder(), NoBatches(), Recovery(steps=2, hardness=0.0), None, embedding=True)
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("hawq", {"bits": 4, "avg_bits": None, "block_size": 32}),
+    ("int8_qat", {}),
+    ("layer_drop", {"keep": [0]}),
+    ("magnitude", {"sparsity": 0.5}),
+])  # structured_l1, ziplm and bibert fetch their teacher unconditionally (their recovery always distils)
+def test_every_recovering_pass_distils_an_embedder_with_hardness_zero(name, kw, tiny_ctx) -> None:
+    p = build_pass(name, **kw, recovery={"steps": 2, "hardness": 0.0, "lr": 1e-4})
+    model = _encoder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = tiny_ctx(task=_embedding_task())  # no run teacher: the pass's frozen copy of the incoming model
+    p.apply(model, ctx)
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    assert changed  # the recovery (or the compression) ran, no crash for a missing teacher
