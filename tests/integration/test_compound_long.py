@@ -86,6 +86,7 @@ def test_grid_scores_validation_and_chooses(study) -> None:
         assert all(r["val_examples"] > 0 for r in runs.values())  # the carve from train, not dev
         assert data["long"]["lr_grid_settings"][method]["steps"] == 4
     assert data["long"]["budget"]["same_grid_and_budget"] is True
+    assert data["long"]["budget"]["baseline_grid_covers_ours"] is True
 
 
 def test_stopped_run_resumes_from_its_checkpoint(study) -> None:
