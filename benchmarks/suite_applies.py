@@ -70,9 +70,10 @@ def pipeline_passes(args: Sequence[str]) -> list[tuple[str, str]]:
 
 def refused_by(args: Sequence[str], task: Any) -> str | None:
     """Why the run ``python -m compresslab <args>`` would refuse ``task`` before any work (its first pass
-    whose ``check`` raises ValueError, as ``step 'obert' (obert) refuses it: <its message>``), or None when every pass
-    accepts it. None too for a pipeline that cannot even be built (a bad setting): that is a failure, not a
-    skip; its cell is built and records the run's own error."""
+    whose ``check`` raises :class:`~compresslab.data.schema.TaskNotSupportedError`, as ``step 'obert' (obert)
+    refuses it: <its message>``), or None when every pass accepts it. None too for a bad setting (a pipeline
+    that cannot be built, or a ``check`` raising any other ValueError): that is a failure, not a skip; its
+    cell is built and records the run's own error."""
     from compresslab.config import compose
     from compresslab.pipeline import build_steps
 
@@ -80,11 +81,15 @@ def refused_by(args: Sequence[str], task: Any) -> str | None:
         steps = build_steps(compose(list(args)))
     except Exception:  # noqa: BLE001 (the run raises it again, and the cell keeps it as its error)
         return None
+    from compresslab.data.schema import TaskNotSupportedError
+
     for s in steps:
         try:
             s.pass_.check(task)
-        except ValueError as e:
+        except TaskNotSupportedError as e:  # the task's kind; any other ValueError is a bad setting: built, fails
             return f"step {s.name!r} ({s.pass_.name}) refuses it: {e}"
+        except ValueError:
+            return None
     return None
 
 

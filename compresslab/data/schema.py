@@ -11,6 +11,12 @@ from enum import Enum
 from typing import Any, SupportsIndex, overload
 
 
+class TaskNotSupportedError(ValueError):
+    """A pass cannot run on this KIND of task (an embedding task for a method that needs labels), as
+    opposed to a bad setting: callers may skip the pass for the task (the peer suite does), never a
+    bad setting."""
+
+
 class TaskKind(str, Enum):
     """What the model outputs: class logits, one score, or a sentence embedding."""
 

@@ -117,10 +117,10 @@ class BiBert:
 
     def check(self, task: Any) -> None:
         """Distillation needs labelled train data and a validation split to select on."""
-        from compresslab.data.schema import TaskKind
+        from compresslab.data.schema import TaskKind, TaskNotSupportedError
 
         if task.spec.kind is TaskKind.EMBEDDING:
-            raise ValueError(f"bibert distils logits; {task.spec.name!r} is an embedding task")
+            raise TaskNotSupportedError(f"bibert distils logits; {task.spec.name!r} is an embedding task")
         n = len(task.require_train())
         if n < self.batch_size:
             raise ValueError(f"bibert.batch_size={self.batch_size} exceeds the train split ({n} examples)")

@@ -67,11 +67,11 @@ class Hawq(HawqSettings):
 
     def check(self, task: Any) -> None:
         """The Hessian and QAT need a labelled train split."""
-        from compresslab.data.schema import TaskKind
+        from compresslab.data.schema import TaskKind, TaskNotSupportedError
 
         needs_data = self.bits is None and self.allocate is not Allocate.RANDOM
         if needs_data and task.spec.kind is TaskKind.EMBEDDING:
-            raise ValueError(f"hawq's Hessian needs a task loss; {task.spec.name!r} is an embedding task "
+            raise TaskNotSupportedError(f"hawq's Hessian needs a task loss; {task.spec.name!r} is an embedding task "
                              "(set bits= for uniform quantization)")
         if needs_data:
             n = len(task.require_train())

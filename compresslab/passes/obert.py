@@ -139,10 +139,10 @@ class OBert:
 
     def check(self, task: Any) -> None:
         """Data checks the pipeline runs before any work (and apply repeats before the Fisher pass)."""
-        from compresslab.data.schema import TaskKind
+        from compresslab.data.schema import TaskKind, TaskNotSupportedError
 
         if task.spec.kind is TaskKind.EMBEDDING:
-            raise ValueError("obert needs a labelled classification or regression task for its empirical "
+            raise TaskNotSupportedError("obert needs a labelled classification or regression task for its empirical "
                              f"Fisher; task {task.spec.name!r} is an embedding task (use magnitude)")
         n = len(task.require_train())
         available = math.ceil(n / self.grad_batch_size)

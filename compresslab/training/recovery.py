@@ -81,7 +81,7 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
               build_losses(recovery.hardness, recovery.temperature, recovery.hidden_weight))
     if not any(l.needs_teacher for l in losses):
         teacher = None  # no teacher forward per step when no loss reads it
-    elif teacher is None:  # before any step: a pass that fetched no teacher is a bug, not a silent no-KD run
+    elif teacher is None:  # a pass that fetched no teacher: say so here, naming the rule (train() would also refuse)
         raise ValueError(f"{desc}: the recovery losses ({', '.join(type(l).__name__ for l in losses)}) read a "
                          "teacher and none was given (fetch it with Recovery.needs_teacher(embedding) before "
                          "the model changes)")

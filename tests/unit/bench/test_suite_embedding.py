@@ -82,6 +82,17 @@ def test_a_pipeline_with_a_bad_setting_is_not_skipped_but_left_to_fail_with_its_
     assert "damp" in lf["pipelines_not_built"]["ziplm_int8"] and set(lf["passes"]) == {"finetune", "ort_int8_dynamic"}
 
 
+@pytest.mark.parametrize("args", [
+    ["+pipeline=obert_int8", "task=sst2", "pipeline.passes.obert.num_grads=100000"],  # check() raises ValueError
+    ["+pipeline=hawq_mp3", "task=sst2", "pipeline.passes.hawq.hessian.batch_size=1000"],
+])
+def test_a_bad_setting_caught_by_a_pass_check_is_a_failure_not_a_skip(args) -> None:
+    from compresslab.testing import tiny_task
+
+    task = tiny_task()  # labelled: only the setting is wrong
+    assert applies.refused_by(args, task) is None  # built, so the cell records the run's exact error
+
+
 def test_the_embedding_kd_is_what_recovery_trains_on_an_embedding_task() -> None:
     from compresslab.training.losses import EmbeddingKD, build_losses
 
