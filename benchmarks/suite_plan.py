@@ -101,6 +101,12 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     threads = int(cfg.get("threads", 2))
     overrides = (*t.get("overrides", []), *b.get("overrides", []), *([f"budget.teacher={teacher}"] if teacher else []),
                  f"run.threads={threads}", *extra)
+    from compresslab.passes.finetune import PRESETS
+
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("budget.teacher=")]
+    if named and named[-1] not in PRESETS:  # the last one wins, as in the runs; refused before a teacher trains
+        raise SuiteError(f"teacher preset {named[-1]!r} (budget.teacher) is not a finetune preset; allowed: "
+                         f"{', '.join(PRESETS)}")
     return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                     int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                     b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg))

@@ -94,3 +94,13 @@ def test_a_second_suite_process_on_the_same_task_is_refused(tmp_path, monkeypatc
     with exclusive(tmp_path / "work" / "tiny" / "bench", "a test holder"):
         with pytest.raises(pytest.fail.Exception, match="built beside"):
             suite.run_task(p, work=tmp_path / "work", results_dir=tmp_path, timing=False)
+
+
+@pytest.mark.parametrize("extra", [["budget.teacher=nope"], ["budget.teacher=bench", "budget.teacher=nope"]])
+def test_an_unknown_teacher_preset_is_refused_in_the_plan_before_a_teacher_trains(extra) -> None:
+    from benchmarks import suite_plan
+
+    cfg = suite_plan.load_config(suite_plan.CONFIG)
+    with pytest.raises(suite_plan.SuiteError, match="'nope'.*allowed: quick, bench, bench_small, smoke"):
+        suite_plan.plan(cfg, "mrpc", "bench", None, extra)
+    assert suite_plan.plan(cfg, "mrpc", "bench", None, ["budget.teacher=bench"]).task == "mrpc"
