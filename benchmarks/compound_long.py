@@ -231,14 +231,15 @@ def summarize(a: argparse.Namespace) -> None:
     long = data.get("long") or {}
     filled = summary(long.get("runs") or {})
     grids = long.get("lr_grid_settings") or {}
-    same = (len(grids) == 2 and len({json.dumps({k: g.get(k) for k in ("base", "steps", "lrs", "seed", "events")},
-                                                sort_keys=True) for g in grids.values()}) == 1)
+    def agree(*keys: str) -> bool:  # both methods' grids hold the same values under ``keys``
+        return len(grids) == 2 and len({json.dumps({k: g.get(k) for k in keys}, sort_keys=True)
+                                        for g in grids.values()}) == 1
+
+    same = agree("base", "steps", "lrs", "seed", "events")
     # MEASURE.md: the baseline gets at least our tuning effort. Same budget and settings, and the baseline's
     # LRs include ours (a wider baseline grid only makes the comparison harder for us).
     lrs = {m: {float(x) for x in g.get("lrs") or ()} for m, g in grids.items()}
-    covers = (len(grids) == 2 and len({json.dumps({k: g.get(k) for k in ("base", "steps", "seed", "events")},
-                                                  sort_keys=True) for g in grids.values()}) == 1
-              and lrs["obert"] <= lrs["magnitude"])
+    covers = agree("base", "steps", "seed", "events") and lrs["obert"] <= lrs["magnitude"]
     runs = long.get("runs") or {}
     long["budget"] = {
         "lr_grid": {m: {k: g.get(k) for k in ("steps", "lrs", "split")} for m, g in grids.items()},

@@ -6,8 +6,9 @@
     python -m benchmarks.suite --list                     # tasks, budgets and cells
 
 For one task: the task's teacher (its preset in suite.yaml: ``bench``, or ``bench_small`` for the small
-GLUE tasks) is obtained as every pipeline obtains it (the finetune pass, cached by content hash: :func:`compresslab.pipeline.teacher_state`), exported once (fused and plain
-ONNX, a torch checkpoint) and scored on dev (its predictions are the reference for ``agreement``).
+GLUE tasks) is obtained as every pipeline obtains it (the finetune pass, cached by content hash:
+:func:`compresslab.pipeline.teacher_state`), exported once (fused and plain ONNX, a torch checkpoint) and
+scored on dev (its predictions are the reference for ``agreement``).
 Then every cell is built: our pipelines as normal runs (``python -m compresslab +pipeline=<p>`` with
 the task's and the budget's overrides, ``deploy=ort bench=off``: a finished run is found again by its
 config hash) and the peers (``benchmarks/peers``) from the teacher's export and the same calibration

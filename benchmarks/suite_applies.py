@@ -75,14 +75,13 @@ def refused_by(args: Sequence[str], task: Any) -> str | None:
     that cannot be built, or a ``check`` raising any other ValueError): that is a failure, not a skip; its
     cell is built and records the run's own error."""
     from compresslab.config import compose
+    from compresslab.data.schema import TaskNotSupportedError
     from compresslab.pipeline import build_steps
 
     try:
         steps = build_steps(compose(list(args)))
     except Exception:  # noqa: BLE001 (the run raises it again, and the cell keeps it as its error)
         return None
-    from compresslab.data.schema import TaskNotSupportedError
-
     for s in steps:
         try:
             s.pass_.check(task)
