@@ -12,7 +12,11 @@ Comparisons (a vs b, the same budget for both arms, one normal pipeline run per 
   still makes is void: ``COMPRESSLAB_TIME_BUSY=1`` lets it run beside training, its figure is not used).
   Every run must price with ONE table: the cached table of this machine (``table`` measures it, on a quiet
   machine); ``run`` refuses to start without it and checks every run used exactly that file.
-* ``obert_vs_magnitude_80``: ``obert_int8`` vs ``magnitude_int8``, gradual to 80% (benchmarks/obert.py gradual).
+* ``obert_vs_magnitude_80``: ``obert_int8`` vs ``magnitude_int8``, gradual to 80% (benchmarks/obert.py gradual),
+  both at the pipelines' default recovery LR (5e-5): untuned for magnitude.
+* ``obert_vs_magnitude_80_tuned_lr``: the same pair, each at the recovery LR its own grid chose on the
+  validation split (``long.chosen_lr`` in the same results file, written by ``compound_long.py lr-grid`` at
+  this budget); refused before any run when that choice is missing or was made at another budget.
 
 Scored: the torch model after the pruning step (``ziplm``/``structured_l1``/``obert``/``magnitude``), fp32,
 on SST-2 dev, for both arms alike (obert_int8/magnitude_int8 still run their int8 step; that file is not scored). Every run starts from the
@@ -69,22 +73,55 @@ class Arm:
     overrides: tuple[str, ...]
 
 
-def comparisons(events: int) -> dict[str, tuple[Arm, Arm]]:
-    """name -> (a, b); a is our method, b its baseline."""
+TUNED = "obert_vs_magnitude_80_tuned_lr"
+NAMES = ("ziplm_vs_l1_2x", "obert_vs_magnitude_80", TUNED)
+
+
+def comparisons(events: int, lrs: Mapping[str, float] | None = None) -> dict[str, tuple[Arm, Arm]]:
+    """name -> (a, b); a is our method, b its baseline. ``lrs`` (method -> recovery LR, from
+    ``long.chosen_lr``) adds :data:`TUNED`: oBERT vs magnitude, each at its own tuned LR."""
     speed = lambda p: (f"pipeline.passes.{p}.speedup={SPEEDUP}", f"pipeline.passes.{p}.max_retries=0",  # noqa: E731
                        f"pipeline.passes.{p}.check_runs=1")  # the check is void: as little of it as possible
     sparse = lambda p: (f"pipeline.passes.{p}.mode=gradual", f"pipeline.passes.{p}.sparsity={SPARSITY}",  # noqa: E731
                         f"pipeline.passes.{p}.num_events={events}")
+    ob = Arm("obert_int8", "obert", ("+pipeline=obert_int8", *sparse("obert")))
+    mag = Arm("magnitude_int8", "magnitude", ("+pipeline=magnitude_int8", *sparse("magnitude")))
+    tuned = ({TUNED: tuple(Arm(arm.name, arm.step, (*arm.overrides, f"pipeline.passes.{arm.step}.recovery.lr={lrs[arm.step]}"))
+                           for arm in (ob, mag))} if lrs is not None else {})
     return {
         "ziplm_vs_l1_2x": (
             Arm("ziplm_2x", "ziplm", ("+pipeline=ziplm_2x", *speed("ziplm"))),
             Arm("structured_l1_2x", "structured_l1",
                 ("+pipeline=ziplm_2x", "~pipeline.passes.ziplm", "+pass@pipeline.passes.structured_l1=structured_l1",
                  "pipeline.steps=[finetune,structured_l1]", "pipeline.name=structured_l1_2x", *speed("structured_l1")))),
-        "obert_vs_magnitude_80": (
-            Arm("obert_int8", "obert", ("+pipeline=obert_int8", *sparse("obert"))),
-            Arm("magnitude_int8", "magnitude", ("+pipeline=magnitude_int8", *sparse("magnitude")))),
+        "obert_vs_magnitude_80": (ob, mag),
+        **tuned,  # type: ignore[dict-item]
     }
+
+
+def tuned_lrs(results: ResultsFile, a: argparse.Namespace, base: Sequence[str]) -> dict[str, float] | None:
+    """``long.chosen_lr`` when both methods have one chosen at this comparison's budget, else None.
+
+    Raises SystemExit when :data:`TUNED` is asked for (``--only``) and no such choice exists: the grid
+    must have run at the same base settings, recovery steps and pruning events."""
+    chosen = results.get(["long", "chosen_lr"]) or {}
+    grid = results.get(["long", "lr_grid_settings"]) or {}
+    why = []
+    for method in ("obert", "magnitude"):
+        g = grid.get(method) or {}
+        if method not in chosen:
+            why.append(f"{method}: no LR chosen (python benchmarks/compound_long.py lr-grid --method {method})")
+            continue
+        want = {"base": [o for o in base if not o.startswith("budget.recovery_steps=")], "steps": a.steps,
+                "events": a.events}
+        got = {"base": g.get("base"), "steps": g.get("steps"), "events": g.get("events")}
+        if got != want:
+            why.append(f"{method}: its LR was chosen at {got}, these seeds run at {want}")
+    if not why:
+        return {m: float(chosen[m]) for m in ("obert", "magnitude")}
+    if a.only and TUNED in a.only:
+        raise SystemExit(f"{TUNED}: no tuned LRs for this budget in {a.results}: " + "; ".join(why))
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- summary math
@@ -285,9 +322,9 @@ def run_all(a: argparse.Namespace) -> None:
     # the speedup passes' one check per run times beside training: allowed, marked busy, never used
     os.environ.setdefault("COMPRESSLAB_TIME_BUSY", "1")
     results = ResultsFile(a.results)
-    comps = comparisons(a.events)
-    names = a.only or list(comps)
     base = base_overrides(a)
+    comps = comparisons(a.events, tuned_lrs(results, a, base))
+    names = a.only or list(comps)
     with tempfile.TemporaryDirectory(prefix="seeds-teacher-") as tmp:
         state, teacher_dir = fixed_teacher(base, Path(tmp))
         teacher = ["model=local", f"model.source={teacher_dir}", "model.finetuned=true"]
@@ -301,6 +338,13 @@ def run_all(a: argparse.Namespace) -> None:
                                  "away first (seeds are only pooled within one setting)")
             asked = [*old.get("seeds_asked", []), *(s for s in a.seeds if s not in old.get("seeds_asked", []))]
             settings[name] = {"base": base, "seeds_asked": asked}
+            if name == TUNED:  # the arms' LRs are part of the setting: seeds pool only at the same LRs
+                lrs = {arm.step: float(o.split("=", 1)[1]) for arm in comps[name] for o in arm.overrides
+                       if ".recovery.lr=" in o}
+                if old.get("recovery_lr", lrs) != lrs:
+                    raise SystemExit(f"{a.results} holds {name} seeds made at recovery LRs {old['recovery_lr']}, "
+                                     f"not {lrs}: move them away first")
+                settings[name]["recovery_lr"] = lrs
             if name == "ziplm_vs_l1_2x":
                 pins[name] = pinned_table([cfg_of(arm, a.seeds[0]) for arm in comps[name]], state.teacher)
                 old_pin = results.get(["seeds", name, "latency_table"])
@@ -375,7 +419,7 @@ def store_meta(results: ResultsFile, a: argparse.Namespace, names: list[str], te
 
 def resummarize(a: argparse.Namespace) -> None:
     results = ResultsFile(a.results)
-    comps = comparisons(a.events)
+    comps = comparisons(a.events, results.get(["long", "chosen_lr"]))
     for name, entry in (results.get(["seeds"]) or {}).items():
         store_summary(results, name, comps[name], entry.get("settings") or {}, entry.get("latency_table"), None)
     store_meta(results, a, list(comps), None)
@@ -390,7 +434,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=400, help="budget.recovery_steps, both arms")
     ap.add_argument("--grads", type=int, default=128, help="budget.fisher_grads (oBERT)")
     ap.add_argument("--events", type=int, default=4, help="gradual pruning events (oBERT and magnitude)")
-    ap.add_argument("--only", nargs="*", choices=list(comparisons(4)))
+    ap.add_argument("--only", nargs="*", choices=NAMES)
     ap.add_argument("--override", nargs="*", default=[], help="more overrides for every run (e.g. debug=smoke)")
     ap.add_argument("--results", default=str(RESULTS_PATH), help="the results file (a scratch path for smoke runs)")
     a = ap.parse_args(argv)

@@ -96,3 +96,44 @@ def test_arms_compose_with_the_same_settings_and_only_their_own_pass_settings(se
 def test_user_model_overrides_do_not_reach_the_runs(seeds) -> None:
     assert seeds._without_model(["model=local", "model.source=/x", "+model.finetuned=true", "seed=3",
                                  "task=generic"]) == ["seed=3", "task=generic"]
+
+
+def _grid_file(tmp_path: Path, seeds, steps: int = 400, events: int = 4) -> tuple[object, object]:
+    """(ResultsFile with long.chosen_lr and its grid settings at ``steps``/``events``, the base overrides)."""
+    import argparse
+    import json
+
+    a = argparse.Namespace(budget="bench", steps=400, grads=128, events=4, override=[], only=None,
+                           results=str(tmp_path / "c.json"))
+    base = seeds.base_overrides(a)
+    grid = {"base": [o for o in base if not o.startswith("budget.recovery_steps=")], "steps": steps, "events": events}
+    (tmp_path / "c.json").write_text(json.dumps({"long": {"chosen_lr": {"obert": 3e-5, "magnitude": 3e-4},
+                                                          "lr_grid_settings": {"obert": grid, "magnitude": grid}}}))
+    return seeds.ResultsFile(a.results), a
+
+
+def test_tuned_comparison_runs_each_arm_at_its_own_chosen_lr(seeds, tmp_path) -> None:
+    from compresslab.config import compose
+
+    results, a = _grid_file(tmp_path, seeds)
+    lrs = seeds.tuned_lrs(results, a, seeds.base_overrides(a))
+    assert lrs == {"obert": 3e-5, "magnitude": 3e-4}
+    comps = seeds.comparisons(4, lrs)
+    assert set(comps) == set(seeds.NAMES)
+    ob, mag = comps[seeds.TUNED]
+    oc = compose(seeds._filter(["debug=smoke"], ob.overrides))
+    mc = compose(seeds._filter(["debug=smoke"], mag.overrides))
+    assert oc.pipeline.passes.obert.recovery.lr == 3e-5 and mc.pipeline.passes.magnitude.recovery.lr == 3e-4
+    assert oc.pipeline.passes.obert.sparsity == 0.8 and mc.pipeline.passes.magnitude.num_events == 4
+    # without the LRs the untuned pair alone (its arms never carry an LR override)
+    assert seeds.TUNED not in seeds.comparisons(4)
+    assert not any(".recovery.lr=" in o for arm in seeds.comparisons(4)["obert_vs_magnitude_80"] for o in arm.overrides)
+
+
+@pytest.mark.parametrize("steps,events", [(800, 4), (400, 2)])
+def test_tuned_lrs_chosen_at_another_budget_are_refused(seeds, tmp_path, steps, events) -> None:
+    results, a = _grid_file(tmp_path, seeds, steps=steps, events=events)
+    assert seeds.tuned_lrs(results, a, seeds.base_overrides(a)) is None  # not asked: left out quietly
+    a.only = [seeds.TUNED]
+    with pytest.raises(SystemExit, match="chosen at"):
+        seeds.tuned_lrs(results, a, seeds.base_overrides(a))
