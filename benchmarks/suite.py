@@ -53,7 +53,7 @@ from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
 from .suite_applies import loss_statement, skip_reason
-from .suite_openvino import faster_runtime, openvino_artifact
+from .suite_openvino import faster_runtime, nncf_artifact, openvino_artifact
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
@@ -205,6 +205,8 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
 def _tool_of(name: str, spec: Mapping[str, Any]) -> str:
     from .peers import PEERS
 
+    if spec["kind"] == "pipeline_openvino" and spec.get("int8") == "nncf":
+        return f"NNCF PTQ int8 of compresslab +pipeline={spec['of']}'s model, on OpenVINO"
     if spec["kind"] == "pipeline_openvino":
         return f"compresslab +pipeline={spec['of']} on OpenVINO"
     return PEERS[name].tool if name in PEERS else f"compresslab +pipeline={name}"
@@ -225,7 +227,9 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
         if spec["kind"] == "pipeline":
             a, extra = build_pipeline(spec["args"], results, name)
         elif spec["kind"] == "pipeline_openvino":
-            a = openvino_artifact(built.get(spec["of"]) or {}, work, teacher.calibration)
+            of = built.get(spec["of"]) or {}
+            a = (nncf_artifact(of, work, teacher.calibration) if spec.get("int8") == "nncf"
+                 else openvino_artifact(of, work, teacher.calibration, spec.get("keep_fp32") or ()))
             extra = {k: built[spec["of"]].get(k) for k in ("run_dir", "command")}
         else:
             a = PEERS[name].build(PeerInputs(

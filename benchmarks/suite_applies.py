@@ -94,7 +94,8 @@ def refused_by(args: Sequence[str], task: Any) -> str | None:
 
 def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The reason a cell is not built on ``task`` (None: build it). A pipeline cell: a pass refuses the task
-    (:func:`refused_by`); its OpenVINO cell: its pipeline was skipped. Peers are always built (a tool that
+    (:func:`refused_by`); its OpenVINO cells: its pipeline was skipped (the NNCF one also: the pipeline does
+    not deploy int8). Peers are always built (a tool that
     cannot handle the task fails with its own error)."""
     if spec["kind"] == "pipeline":
         why = refused_by(spec["args"], task)
@@ -103,6 +104,9 @@ def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[
         of = built.get(spec["of"]) or {}
         if of.get("status") == "skipped":
             return f"its pipeline {spec['of']} is not run: {of.get('skipped')}"
+        precision = (of.get("artifact") or {}).get("precision")
+        if spec.get("int8") == "nncf" and of.get("status") == "finished" and precision != "int8":
+            return f"its pipeline {spec['of']} deploys {precision}, not int8: no int8 model to set NNCF's beside"
     return None
 
 

@@ -9,8 +9,15 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
 * a deployed file OpenVINO reads (plain fp32, a QDQ int8 graph): that very file;
 * a fused fp32 file: its plain twin ``model_unfused.onnx`` (the same weights, unfused);
 * ORT dynamic int8: our static QDQ calibration of the run's plain fp32 export, on the suite's calibration
-  examples (``deploy.int8=ours``; the IR is its own artifact, scored and timed as such);
+  examples (``deploy.int8=ours``; the IR is its own artifact, scored and timed as such), with the MatMuls of
+  the Linear modules ``keep_fp32`` selects (suite.yaml ``openvino_keep_fp32``; ``deploy.keep_fp32``'s
+  vocabulary, e.g. ``ffn_out``) left in fp32, as ``deploy.keep_fp32`` does;
 * anything else OpenVINO cannot read (MatMulNBits): the cell's error says so, exactly.
+
+Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``, the
+peer's method, ``method: "peer"``: our pass did not choose what NNCF quantizes) of the same plain fp32
+export on the same calibration examples, the other candidate of ``deploy.int8=auto``. Both are shown,
+side by side, on dev; none is chosen on dev.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any, Mapping, Sequence
 from .artifacts import Artifact
 
 SUFFIX = "_openvino"
+NNCF_SUFFIX = "_openvino_nncf"
 _ORT_DYNAMIC_INT8 = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"})
 
 
@@ -28,17 +36,80 @@ def cell_name(pipeline: str) -> str:
     return f"{pipeline}{SUFFIX}"
 
 
-def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path,
-                      calibration: Sequence[Mapping[str, Any]]) -> Artifact:
-    """The OpenVINO artifact of a finished pipeline cell (see the module docstring). Raises ValueError when
-    the pipeline cell did not finish, OpenVINO is missing, or no form of the file is readable by OpenVINO."""
-    from compresslab.bench.openvino_runner import openvino_missing_reason, plain_export, unreadable_ops
+def nncf_cell_name(pipeline: str) -> str:
+    return f"{pipeline}{NNCF_SUFFIX}"
+
+
+def pipeline_of(cell: str) -> str | None:
+    """The pipeline an OpenVINO cell is made from (``ziplm_int8_openvino_nncf`` -> ``ziplm_int8``), else None."""
+    for suffix in (NNCF_SUFFIX, SUFFIX):
+        if cell.endswith(suffix) and len(cell) > len(suffix):
+            return cell.removesuffix(suffix)
+    return None
+
+
+def _run_dir(pipeline_cell: Mapping[str, Any]) -> Path:
+    run_dir = Path(pipeline_cell["run_dir"])
+    return run_dir if run_dir.is_absolute() else Path(__file__).resolve().parents[1] / run_dir
+
+
+def _plain_fp32(run_dir: Path) -> Path:
+    """The run's plain (unfused) fp32 export of its final model."""
+    from compresslab.bench.openvino_runner import plain_export
     from compresslab.manifest import read_json
+
+    return plain_export(run_dir / read_json(run_dir / "manifest.json")["export"]["fp32"]["path"])
+
+
+def _final_torch_model(run_dir: Path) -> Any:
+    """The run's last torch checkpoint (the model its ONNX-stage passes quantized): names Linear modules."""
+    from compresslab.checkpoint import load
+    from compresslab.manifest import read_json
+
+    steps = [s for s in read_json(run_dir / "manifest.json")["steps"] if s.get("stage") == "torch"]
+    if not steps:
+        raise ValueError(f"{run_dir}: no torch step holds a checkpoint")
+    return load(run_dir / steps[-1]["dir"])
+
+
+def _check(pipeline_cell: Mapping[str, Any]) -> None:
+    from compresslab.bench.openvino_runner import openvino_missing_reason
 
     if pipeline_cell.get("status") != "finished":
         raise ValueError(f"its pipeline cell did not finish: {pipeline_cell.get('error')}")
     if (why := openvino_missing_reason()) is not None:
         raise ImportError(why)
+
+
+def nncf_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration: Sequence[Mapping[str, Any]]) -> Artifact:
+    """NNCF PTQ int8 (defaults, ``model_type=TRANSFORMER``, no accuracy control: as the ``nncf_ptq_int8``
+    peer runs it) of a finished int8 pipeline's plain fp32 export, as an IR in ``work/openvino_nncf``.
+    Raises ValueError when the pipeline did not finish or its deployed file is not int8; ImportError
+    when OpenVINO or NNCF is missing."""
+    from compresslab.export.openvino_int8 import nncf_int8_ir, nncf_missing_reason
+
+    _check(pipeline_cell)
+    a = Artifact.from_dict(dict(pipeline_cell["artifact"]))
+    if a.precision != "int8":
+        raise ValueError(f"its pipeline deploys {a.precision}, not int8: no int8 candidate to set NNCF beside")
+    if (why := nncf_missing_reason()) is not None:
+        raise ImportError(why)
+    fp32 = _plain_fp32(_run_dir(pipeline_cell))
+    xml, q = nncf_int8_ir(fp32, work / "openvino_nncf", calibration)
+    return Artifact(xml, "openvino", "default", {
+        "source": f"NNCF PTQ ({q.get('n_calibration_examples')} train examples) of the run's plain fp32 export "
+                  f"{fp32.name}: the peer's method on our model (deploy.int8=nncf)", "quantization": q})
+
+
+def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path,
+                      calibration: Sequence[Mapping[str, Any]], keep_fp32: Sequence[str] = ()) -> Artifact:
+    """The OpenVINO artifact of a finished pipeline cell (see the module docstring). ``keep_fp32``: Linear
+    module patterns whose MatMuls our static QDQ leaves fp32 (only when it quantizes). Raises ValueError
+    when the pipeline cell did not finish, no form of the file is readable by OpenVINO, or a ``keep_fp32``
+    pattern selects nothing; ImportError when OpenVINO is missing."""
+    from compresslab.bench.openvino_runner import plain_export, unreadable_ops
+
+    _check(pipeline_cell)
     a = Artifact.from_dict(dict(pipeline_cell["artifact"]))
     if a.backend == "openvino":
         return Artifact(a.file, "openvino", "default", {"source": "the pipeline's deployed IR"})
@@ -54,15 +125,18 @@ def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path,
         raise ValueError(f"OpenVINO cannot read {a.file.name} (ops {', '.join(bad)}) and the run has no plain or "
                          "QDQ form of it: not run on OpenVINO")
     from compresslab.export.openvino_int8 import ours_int8_ir
+    from compresslab.pipeline.deploy import fp32_matmuls
 
-    run_dir = Path(pipeline_cell["run_dir"])
-    run_dir = run_dir if run_dir.is_absolute() else Path(__file__).resolve().parents[1] / run_dir
-    fp32 = plain_export(run_dir / read_json(run_dir / "manifest.json")["export"]["fp32"]["path"])
-    xml, q = ours_int8_ir(fp32, work / "openvino", calibration)
+    run_dir = _run_dir(pipeline_cell)
+    fp32 = _plain_fp32(run_dir)
+    keep = fp32_matmuls(_final_torch_model(run_dir), list(keep_fp32), fp32) if keep_fp32 else []
+    xml, q = ours_int8_ir(fp32, work / "openvino", calibration, exclude=keep)
+    q["keep_fp32"] = {"patterns": list(keep_fp32), "matmuls": keep}
+    kept = f", {len(keep)} MatMuls kept fp32 ({', '.join(keep_fp32)})" if keep else ""
     return Artifact(xml, "openvino", "default", {
         "source": f"our static QDQ calibration ({sum(len(f['input_ids']) for f in calibration)} train examples) of "
-                  f"the run's plain fp32 export {fp32.name}: the deployed {a.file.name} is ORT's dynamic int8 form "
-                  f"({', '.join(sorted(set(bad) & _ORT_DYNAMIC_INT8))}), which OpenVINO does not read "
+                  f"the run's plain fp32 export {fp32.name}{kept}: the deployed {a.file.name} is ORT's dynamic int8 "
+                  f"form ({', '.join(sorted(set(bad) & _ORT_DYNAMIC_INT8))}), which OpenVINO does not read "
                   "(deploy.int8=ours)",
         "quantization": q})
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .suite_method import pipeline_method
-from .suite_openvino import SUFFIX, cell_name
+from .suite_method import OURS, PEER, pipeline_method
+from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
 BACKENDS = ("ort", "openvino")
@@ -39,6 +39,7 @@ class TaskPlan:
     cell_cpu_hours: float | None
     teacher_cpu_hours: float | None
     openvino: bool = True  # backends holds openvino: each pipeline also gets its OpenVINO cell
+    openvino_keep_fp32: tuple[str, ...] = ()  # Linear patterns our QDQ for OpenVINO keeps fp32 (suite_openvino)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
                          f"{peers}, or leave --cells out for every cell")
     if cells:
         # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
-        cells = [c.removesuffix(SUFFIX) if c.removesuffix(SUFFIX) in pipelines else c for c in cells]
+        cells = [pipeline_of(c) if pipeline_of(c) in pipelines else c for c in cells]
         unknown = [c for c in cells if c not in pipelines and c not in peers]
         if unknown:
             raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
@@ -109,7 +110,8 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
                          f"{', '.join(PRESETS)}")
     return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                     int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
-                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg))
+                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
+                    tuple(cfg.get("openvino_keep_fp32") or ()))
 
 
 def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
@@ -141,8 +143,13 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
     if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
         todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
-                                              "calibration_examples": p.calibration_examples, **data})
+                                              "calibration_examples": p.calibration_examples,
+                                              "keep_fp32": list(p.openvino_keep_fp32), **data})
                  for pl in p.pipelines]
+        # NNCF's int8 beside ours, for our pipelines (on the teacher it is the nncf_ptq_int8 peer already)
+        todo += [(nncf_cell_name(pl), PEER, {"kind": "pipeline_openvino", "int8": "nncf", "of": pl, "args": args[pl],
+                                             "calibration_examples": p.calibration_examples, **data})
+                 for pl in p.pipelines if method[pl] == OURS]
     for name in p.peers:
         peer = PEERS[name]
         try:
@@ -158,8 +165,16 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
     """``--list``: the config's tasks, budgets, our pipelines and the peers with their tools, one per line."""
     from .peers import PEERS
 
-    lines = ["tasks: " + ", ".join(cfg["tasks"]), "budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
+    lines = ["tasks (teacher preset, teacher CPU h):"]
+    for n, t in cfg["tasks"].items():
+        preset = t.get("teacher") or "none named (the budget's, else the config's budget.teacher)"
+        lines.append(f"  {n}: {preset}, {t.get('teacher_cpu_hours', 'no budget')}")
+    lines += ["budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
     lines += [f"  {p}" for p in cfg["pipelines"]]
+    if "openvino" in backends(cfg):
+        lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}, our QDQ keeping "
+                     f"{list(cfg.get('openvino_keep_fp32') or []) or 'nothing'} fp32) and, for our int8 pipelines, "
+                     f"NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')}, a peer)")
     lines.append("peers:")
     lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]
     return "\n".join(lines)

@@ -86,6 +86,7 @@ def _config(root: Path) -> dict[str, Any]:
     task = ["model=local", f"model.source={root / 'model'}", "task=generic", f"task.generic.train={root / 'train.csv'}",
             f"task.generic.dev={root / 'dev.csv'}", "task.max_length=32"]
     return {"threads": 1, "pipelines": ["int8", OURS], "peers": PEERS, "calibration_examples": 16,
+            "openvino_keep_fp32": ["ffn_out"],
             "timing": {"shapes": [[1, 16], [32, 16]], "warmup": 0, "runs": 1, "rounds": 1},
             "budgets": {"smoke": {"overrides": ["debug=smoke"], "teacher": "smoke", "cell_cpu_hours": 1.0}},
             "tasks": {"tiny": {"overrides": task}}}
@@ -112,7 +113,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_json_has_the_issue_shape(built) -> None:
     d = built.data
     assert built.code == 0 and set(d) == {"teacher_score", "systems", "meta", "verdicts", "runtimes"}
-    assert set(d["systems"]) == {"int8", "int8_openvino", OURS, f"{OURS}_openvino", *PEERS}
+    # NNCF beside our int8 pipeline only (on the teacher it would be the nncf_ptq_int8 peer again)
+    assert set(d["systems"]) == {"int8", "int8_openvino", OURS, f"{OURS}_openvino", f"{OURS}_openvino_nncf", *PEERS}
     for name, s in d["systems"].items():
         assert set(s) == SYSTEM_KEYS, name
     ours = d["systems"][OURS]
@@ -121,6 +123,7 @@ def test_json_has_the_issue_shape(built) -> None:
     assert d["systems"]["int8"]["method"] == "peer" and d["systems"]["int8"]["mcnemar_p_vs"] == {}
     assert d["systems"]["int8_openvino"]["method"] == "peer" and f"{OURS}_openvino" in d["systems"]
     assert d["systems"][f"{OURS}_openvino"]["method"] == "compresslab"
+    assert d["systems"][f"{OURS}_openvino_nncf"]["method"] == "peer"  # NNCF chose what it quantized
     assert set(ours["mcnemar_p_vs"]) == {n for n, s in d["systems"].items()
                                          if s["method"] == "peer" and s["score"] is not None}
     assert 0.0 <= ours["score"] <= 1.0 and 0.0 <= ours["agreement"] <= 1.0
@@ -163,6 +166,19 @@ def test_openvino_cell_of_int8_is_our_qdq_of_the_plain_export(built) -> None:
     cell = store_mod.CellStore(built.root / "work" / "tiny" / "smoke" / "cells").finished(
         "int8_openvino", built.data["meta"]["cell_keys"]["int8_openvino"])
     assert "MatMulInteger" in cell["artifact"]["info"]["source"]  # why not the deployed file itself
+    # suite.yaml's openvino_keep_fp32 (ffn_out): every layer's FFN output MatMul left fp32, named
+    keep = cell["artifact"]["info"]["quantization"]["keep_fp32"]
+    assert keep["patterns"] == ["ffn_out"] and len(keep["matmuls"]) == 2  # the tiny BERT's two layers
+    assert all(m.endswith("/output/dense/MatMul") for m in keep["matmuls"])
+
+
+def test_nncf_cell_quantizes_our_model_with_the_peers_method(built) -> None:
+    s = built.data["systems"][f"{OURS}_openvino_nncf"]
+    assert s["error"] is None and s["method"] == "peer" and s["backend"] == "openvino" and s["score"] is not None
+    cell = store_mod.CellStore(built.root / "work" / "tiny" / "smoke" / "cells").finished(
+        f"{OURS}_openvino_nncf", built.data["meta"]["cell_keys"][f"{OURS}_openvino_nncf"])
+    assert cell["artifact"]["info"]["quantization"]["method"] == "nncf" and "NNCF" in cell["tool"]
+    assert "magnitude_int8" in cell["run_dir"] and "+pipeline=magnitude_int8" in cell["command"]  # its pipeline's run
 
 
 def test_second_run_builds_nothing_and_a_changed_setting_builds_anew(built, monkeypatch) -> None:
@@ -260,7 +276,8 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     d = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert code == 0 and d["meta"]["timing"]["status"] == "timed"
     timed = set(d["meta"]["timing"]["timed"])
-    assert timed == {"int8", "int8_openvino", OURS, f"{OURS}_openvino", "dense_ort_fp32", "dense_torch_fp32",
+    assert timed == {"int8", "int8_openvino", OURS, f"{OURS}_openvino", f"{OURS}_openvino_nncf", "dense_ort_fp32",
+                     "dense_torch_fp32",
                      "ort_quantize_dynamic",
                      "torch_ao_dynamic_int8", "fake_venv"}
     for n in timed:
@@ -273,7 +290,8 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     r = d["runtimes"]["int8"]
     assert r["faster"] in ("ort", "openvino", "tie") and r["ort_ms_b32"] == d["systems"]["int8"]["latency_ms_b32"]
     v = d["verdicts"]
-    assert set(v) == {"int8", "int8_openvino", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic",
+    assert set(v) == {"int8", "int8_openvino", f"{OURS}_openvino_nncf", "dense_ort_fp32", "dense_torch_fp32",
+                      "ort_quantize_dynamic",
                       "torch_ao_dynamic_int8", "fake_venv"}
     assert all(h["system"] in (OURS, f"{OURS}_openvino") for x in v.values() for h in x["beaten_by"])
     assert v["fake_venv"]["status"] in ("beaten", "peer wins")  # timed: never undecided

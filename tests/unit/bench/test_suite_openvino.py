@@ -62,3 +62,50 @@ def test_faster_runtime_per_pipeline() -> None:
     r = OV.faster_runtime(sysd, ["int8", "hawq"])
     assert r["int8"]["faster"] == "openvino" and r["int8"]["ratio"] == 2.5
     assert r["hawq"]["faster"] is None and "hawq_openvino: ValueError: no" in r["hawq"]["why"]
+
+
+@pytest.mark.parametrize("cell,pipeline", [("ziplm_int8_openvino", "ziplm_int8"),
+                                           ("ziplm_int8_openvino_nncf", "ziplm_int8"),
+                                           ("ziplm_int8", None), ("_openvino", None), ("nncf_ptq_int8", None)])
+def test_pipeline_of_an_openvino_cell(cell, pipeline) -> None:
+    assert OV.pipeline_of(cell) == pipeline
+
+
+def test_nncf_beside_a_pipeline_that_does_not_deploy_int8_is_refused(tmp_path) -> None:
+    f = _graph(tmp_path / "model.onnx", "Relu")
+    with pytest.raises(ValueError, match="deploys fp32, not int8"):
+        OV.nncf_artifact(_cell(f), tmp_path / "w", [])
+    with pytest.raises(ValueError, match="did not finish: boom"):
+        OV.nncf_artifact({"status": "failed", "error": "boom"}, tmp_path, [])
+
+
+def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_keep_fp32_keys_the_twin() -> None:
+    plan_mod = importlib.import_module("benchmarks.suite_plan")
+    cfg = plan_mod.load_config(REPO / "benchmarks" / "suite.yaml")
+    p = plan_mod.plan(cfg, "mrpc", "bench", None)
+    assert p.openvino_keep_fp32 == ("ffn_out",)
+    specs = {n: (m, s) for n, m, s in plan_mod.cell_specs(p, teacher_sha="x", dev=[], max_length=128)}
+    # int8 is the teacher through ORT's quantizer (a peer): NNCF on it is the nncf_ptq_int8 peer already
+    assert "int8_openvino_nncf" not in specs and specs["ziplm_int8_openvino_nncf"][0] == "peer"
+    assert specs["ziplm_int8_openvino_nncf"][1]["int8"] == "nncf"
+    assert specs["ziplm_int8_openvino"][1]["keep_fp32"] == ["ffn_out"]
+    assert "keep_fp32" not in specs["ziplm_int8_openvino_nncf"][1]
+    # --cells names a twin by its pipeline: both twins come with it
+    q = plan_mod.plan(cfg, "mrpc", "bench", ["ziplm_int8_openvino_nncf"])
+    assert q.pipelines == ("ziplm_int8",) and q.peers == ()
+
+
+def test_skip_nncf_beside_a_finished_pipeline_that_is_not_int8() -> None:
+    applies = importlib.import_module("benchmarks.suite_applies")
+    spec = {"kind": "pipeline_openvino", "int8": "nncf", "of": "hawq_w4"}
+    built = {"hawq_w4": {"status": "finished", "artifact": {"precision": "nbits"}}}
+    assert "deploys nbits, not int8" in applies.skip_reason(spec, None, built)
+    built["hawq_w4"]["artifact"]["precision"] = "int8"
+    assert applies.skip_reason(spec, None, built) is None
+
+
+def test_list_names_each_tasks_teacher_preset_and_the_openvino_cells() -> None:
+    plan_mod = importlib.import_module("benchmarks.suite_plan")
+    text = plan_mod.list_suite(plan_mod.load_config(REPO / "benchmarks" / "suite.yaml"))
+    assert "  mrpc: bench_small, 1.0" in text and "  sst2: bench, 6.0" in text
+    assert "<pipeline>_openvino_nncf" in text and "['ffn_out']" in text
