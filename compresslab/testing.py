@@ -35,6 +35,22 @@ def tiny_task(n_train: int = 96, n_val: int = 16, n_dev: int = 32, seed: int = 0
                     dev=tiny_sentiment(n_dev, seed + 2), info={"task": "tiny", "sizes": {"train": n_train}})
 
 
+def tiny_pairs(n: int, seed: int = 0, max_words: int = 8) -> list[Example]:
+    """Random sentence pairs with a random similarity in [0, 5] (STS-B's scale): no signal to learn, just
+    the shape of a pair regression or embedding task."""
+    rng = random.Random(seed)
+    words = [*_FILL, *_POS, *_NEG]
+    return [Example(" ".join(rng.choices(words, k=rng.randrange(3, max_words))),
+                    " ".join(rng.choices(words, k=rng.randrange(3, max_words))), round(rng.uniform(0, 5), 2))
+            for _ in range(n)]
+
+
+def tiny_embedding_task(n_train: int = 64, n_val: int = 16, n_dev: int = 40, seed: int = 1) -> TaskData:
+    """A ``stsb_embedding``-shaped TaskData (label-free embedding task) over :func:`tiny_pairs`."""
+    return TaskData(spec=TASKS["stsb_embedding"], train=tiny_pairs(n_train, seed), validation=tiny_pairs(n_val, seed + 1),
+                    dev=tiny_pairs(n_dev, seed + 2))
+
+
 def tiny_context(tokenizer: Any, tmp_path: str | Path, *, teacher: torch.nn.Module | None = None,
                  task: TaskData | None = None, batch_size: int = 8, max_length: int = 32) -> PassContext:
     """A PassContext over :func:`tiny_task` writing under ``tmp_path``."""

@@ -71,8 +71,8 @@ class Hawq(HawqSettings):
 
         needs_data = self.bits is None and self.allocate is not Allocate.RANDOM
         if needs_data and task.spec.kind is TaskKind.EMBEDDING:
-            raise TaskNotSupportedError(f"hawq's Hessian needs a task loss; {task.spec.name!r} is an embedding task "
-                             "(set bits= for uniform quantization)")
+            raise TaskNotSupportedError(f"hawq's Hessian needs a task loss; {task.spec.name!r} is an embedding "
+                                        "task (set bits= for uniform quantization)")
         if needs_data:
             n = len(task.require_train())
             if n < self.hessian.batch_size:

@@ -11,7 +11,6 @@ hold only the model's inputs (an embedding batch also carries the pair's second 
 from __future__ import annotations
 
 import importlib
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compresslab.data.schema import Example, TaskData, TaskKind
-from compresslab.data.tasks import TASKS
+from compresslab.data.schema import TaskData, TaskKind
 from compresslab.models.tiny import tiny_config, tiny_tokenizer
+from compresslab.testing import tiny_embedding_task
 
 REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root
@@ -32,19 +31,11 @@ applies = importlib.import_module("benchmarks.suite_applies")
 peers = importlib.import_module("benchmarks.peers")
 report = importlib.import_module("benchmarks.suite_report")
 
-WORDS = ["the", "movie", "film", "good", "bad", "great", "awful", "is", "was", "very", "fun", "boring", "plot"]
 MAX_LEN = 16
 
 
-def _pairs(n: int, seed: int) -> list[Example]:
-    rng = random.Random(seed)
-    return [Example(" ".join(rng.choices(WORDS, k=rng.randrange(3, 8))),
-                    " ".join(rng.choices(WORDS, k=rng.randrange(3, 8))), round(rng.uniform(0, 5), 2))
-            for _ in range(n)]
-
-
 def _task() -> TaskData:
-    return TaskData(spec=TASKS["stsb_embedding"], train=_pairs(64, 1), validation=_pairs(16, 2), dev=_pairs(40, 3))
+    return tiny_embedding_task()
 
 
 # ----------------------------------------------------------------------------------------------- statements

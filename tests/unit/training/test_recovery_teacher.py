@@ -9,30 +9,18 @@ one. Every pass with a ``recovery`` runs here on a tiny embedding task with ``ha
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from transformers import AutoModel
 
-from compresslab.data.schema import Example, TaskData
-from compresslab.data.tasks import TASKS
+from compresslab.data.schema import TaskData
 from compresslab.models.tiny import tiny_config
 from compresslab.registry import build_pass
+from compresslab.testing import tiny_embedding_task
 from compresslab.training.recovery import Recovery, recover
 
-WORDS = ["the", "movie", "film", "good", "bad", "great", "awful", "is", "was", "very", "fun", "boring"]
-
-
-def _pairs(n: int, seed: int) -> list[Example]:
-    rng = random.Random(seed)
-    return [Example(" ".join(rng.choices(WORDS, k=rng.randrange(3, 7))),
-                    " ".join(rng.choices(WORDS, k=rng.randrange(3, 7))), round(rng.uniform(0, 5), 2))
-            for _ in range(n)]
-
-
 def _embedding_task() -> TaskData:
-    return TaskData(spec=TASKS["stsb_embedding"], train=_pairs(32, 1), validation=_pairs(8, 2), dev=_pairs(8, 3))
+    return tiny_embedding_task(32, 8, 8)
 
 
 def _encoder() -> torch.nn.Module:
