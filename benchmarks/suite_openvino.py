@@ -14,10 +14,13 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
   vocabulary, e.g. ``ffn_out``) left in fp32, as ``deploy.keep_fp32`` does;
 * anything else OpenVINO cannot read (MatMulNBits): the cell's error says so, exactly.
 
-Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``, the
-peer's method, ``method: "peer"``: our pass did not choose what NNCF quantizes) of the same plain fp32
-export on the same calibration examples, the other candidate of ``deploy.int8=auto``. Both are shown,
-side by side, on dev; none is chosen on dev.
+Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the
+same plain fp32 export on the same calibration examples, the other candidate of ``deploy.int8=auto``. Both
+are shown, side by side, on dev; none is chosen on dev. Its method is its pipeline's, by issue 14's rule
+(a peer's tool on our model is ours when our pass changed the model first: the same rule that makes
+``ziplm_int8``, ORT's quantizer on our ZipLM model, ours); its tool names NNCF, and on the unchanged
+teacher (``+pipeline=int8``, a peer) no such cell is made: that is the ``nncf_ptq_int8`` peer. (Issue 9's
+deploy manifest is stricter: there NNCF's IR is ``method: "peer"`` unless our pass chose what it quantizes.)
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def nncf_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration: Seq
     xml, q = nncf_int8_ir(fp32, work / "openvino_nncf", calibration)
     return Artifact(xml, "openvino", "default", {
         "source": f"NNCF PTQ ({q.get('n_calibration_examples')} train examples) of the run's plain fp32 export "
-                  f"{fp32.name}: the peer's method on our model (deploy.int8=nncf)", "quantization": q})
+                  f"{fp32.name}: NNCF's int8 of our pipeline's model (deploy.int8=nncf)", "quantization": q})
 
 
 def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .suite_method import OURS, PEER, pipeline_method
+from .suite_method import OURS, pipeline_method
 from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
@@ -146,8 +146,10 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
                                               "calibration_examples": p.calibration_examples,
                                               "keep_fp32": list(p.openvino_keep_fp32), **data})
                  for pl in p.pipelines]
-        # NNCF's int8 beside ours, for our pipelines (on the teacher it is the nncf_ptq_int8 peer already)
-        todo += [(nncf_cell_name(pl), PEER, {"kind": "pipeline_openvino", "int8": "nncf", "of": pl, "args": args[pl],
+        # NNCF's int8 beside ours, for our pipelines (on the teacher it is the nncf_ptq_int8 peer already); the
+        # pipeline's method, as ORT's quantizer in ziplm_int8 (suite_openvino's docstring)
+        todo += [(nncf_cell_name(pl), method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
+                                                   "args": args[pl],
                                              "calibration_examples": p.calibration_examples, **data})
                  for pl in p.pipelines if method[pl] == OURS]
     for name in p.peers:
@@ -174,7 +176,7 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
     if "openvino" in backends(cfg):
         lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}, our QDQ keeping "
                      f"{list(cfg.get('openvino_keep_fp32') or []) or 'nothing'} fp32) and, for our int8 pipelines, "
-                     f"NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')}, a peer)")
+                     f"NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')})")
     lines.append("peers:")
     lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]
     return "\n".join(lines)
