@@ -97,6 +97,19 @@ class Teacher:
     def head(self) -> str:
         return head_of(self.state)
 
+    def build_record(self, budget_cpu_hours: float | None) -> dict[str, Any]:
+        """``meta.teacher_build``: what preparing the teacher took in the process that first did it (wall s,
+        that process's CPU s: the training when it trained there, else the export of a cached teacher) against
+        the task's ``teacher_cpu_hours``: flagged when over, never enforced (the preset fixes the steps)."""
+        from compresslab.manifest import read_json
+
+        rec = read_json(self.dir / "teacher.json") if (self.dir / "teacher.json").is_file() else {}
+        cpu = rec.get("cpu_s")
+        over = None if cpu is None or budget_cpu_hours is None else cpu > 3600 * float(budget_cpu_hours)
+        return {"prepare_s": rec.get("prepare_s"), "cpu_s": cpu, "cpu_hours_budget": budget_cpu_hours,
+                "over_budget": over, "how": "CPU s of the suite process that trained or first found the teacher "
+                "(a teacher trained by another command shows only its export here)"}
+
     def dev_batches(self) -> list[dict[str, np.ndarray]]:
         """The dev batches exactly as :func:`_score` feeds them, in order (recorded once): what a peer scored
         in its own process must see, so its logits replay into the same ``predict``."""
@@ -363,7 +376,8 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
                                  ">= 1 pt on regression) or (b) agreement >= 0.99 with the peer's predictions or "
                                  "within 0.3 pt at <= 0.9x its b32 latency",
                      "agreement_vs_peers": agree_vs,
-                     "teacher_cpu_hours_budget": p.teacher_cpu_hours, "git_sha": git_sha(),
+                     "teacher_cpu_hours_budget": p.teacher_cpu_hours,
+                     "teacher_build": teacher.build_record(p.teacher_cpu_hours), "git_sha": git_sha(),
                      "versions": library_versions(), "hardware": hardware_fingerprint(p.threads),
                      "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:])}}
     results.write(data)

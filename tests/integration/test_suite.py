@@ -132,6 +132,8 @@ def test_json_has_the_issue_shape(built) -> None:
     assert d["systems"]["dense_torch_fp32"]["score"] == pytest.approx(d["teacher_score"])
     assert d["meta"]["timing"]["status"].startswith("skipped") and ours["latency_ms_b32"] is None
     assert "machine_load" in d["meta"] and d["meta"]["cpu_isa"] is not None
+    tb = d["meta"]["teacher_build"]  # trained in this process: its CPU time is the training's
+    assert tb["cpu_s"] > 0 and tb["prepare_s"] > 0 and tb["cpu_hours_budget"] is None and tb["over_budget"] is None
 
 
 def test_failing_peer_keeps_its_exact_error_and_the_rest_finish(built) -> None:

@@ -104,3 +104,14 @@ def test_an_unknown_teacher_preset_is_refused_in_the_plan_before_a_teacher_train
     with pytest.raises(suite_plan.SuiteError, match="'nope'.*allowed: quick, bench, bench_small, smoke"):
         suite_plan.plan(cfg, "mrpc", "bench", None, extra)
     assert suite_plan.plan(cfg, "mrpc", "bench", None, ["budget.teacher=bench"]).task == "mrpc"
+
+
+@pytest.mark.parametrize("cpu_s, budget, over", [(7200.0, 1.0, True), (1800.0, 1.0, False), (7200.0, None, None)])
+def test_teacher_build_is_flagged_over_its_cpu_budget(tmp_path, cpu_s, budget, over) -> None:
+    import json
+
+    (tmp_path / "teacher.json").write_text(json.dumps({"prepare_s": 4000.0, "cpu_s": cpu_s, "score": 0.9}))
+    t = suite.Teacher(None, "0" * 64, tmp_path, np.zeros(2), 0.9, [])
+    rec = t.build_record(budget)
+    assert rec["cpu_s"] == cpu_s and rec["prepare_s"] == 4000.0 and rec["over_budget"] is over
+    assert suite.Teacher(None, "0", tmp_path / "none", np.zeros(2), 0.9, []).build_record(1.0)["cpu_s"] is None
