@@ -419,8 +419,11 @@ def store_meta(results: ResultsFile, a: argparse.Namespace, names: list[str], te
 
 def resummarize(a: argparse.Namespace) -> None:
     results = ResultsFile(a.results)
-    comps = comparisons(a.events, results.get(["long", "chosen_lr"]))
-    for name, entry in (results.get(["seeds"]) or {}).items():
+    entries = results.get(["seeds"]) or {}
+    # the tuned comparison's arms from the LRs its seeds ran at (long.chosen_lr may have moved on since)
+    ran_at = (entries.get(TUNED) or {}).get("settings", {}).get("recovery_lr")
+    comps = comparisons(a.events, ran_at)
+    for name, entry in entries.items():
         store_summary(results, name, comps[name], entry.get("settings") or {}, entry.get("latency_table"), None)
     store_meta(results, a, list(comps), None)
 

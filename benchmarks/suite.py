@@ -105,7 +105,8 @@ class Teacher:
 
         rec = read_json(self.dir / "teacher.json") if (self.dir / "teacher.json").is_file() else {}
         cpu = rec.get("cpu_s")
-        over = None if cpu is None or budget_cpu_hours is None else cpu > 3600 * float(budget_cpu_hours)
+        # only an excess is known: a teacher trained by another command shows just its export here
+        over = True if cpu is not None and budget_cpu_hours is not None and cpu > 3600 * float(budget_cpu_hours) else None
         return {"prepare_s": rec.get("prepare_s"), "cpu_s": cpu, "cpu_hours_budget": budget_cpu_hours,
                 "over_budget": over, "how": "CPU s of the suite process that trained or first found the teacher "
                 "(a teacher trained by another command shows only its export here)"}
@@ -353,6 +354,11 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
             code, timing_meta = EXIT_TIMING_REFUSED, {"status": "refused", "reason": str(e)}
     if timing_meta["status"] != "timed":
         timing_meta["kept_from_earlier_run"] = keep_earlier_timings(sysd, keys, old)
+        before = (old.get("meta") or {}).get("timing") or {}
+        # the kept figures' own phase (quiet check, wall time, bridging references) stays with them
+        earlier = before if before.get("status") == "timed" else before.get("earlier_phase")
+        if timing_meta["kept_from_earlier_run"] and earlier:
+            timing_meta["earlier_phase"] = {k: v for k, v in earlier.items() if k != "earlier_phase"}
     from .verdicts import task_verdicts
 
     label_free = ({"label_free": loss_statement({pl: c["spec"]["args"] for pl, c in cells.items()

@@ -106,7 +106,7 @@ def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[
             return f"its pipeline {spec['of']} is not run: {of.get('skipped')}"
         precision = (of.get("artifact") or {}).get("precision")
         if spec.get("int8") == "nncf" and of.get("status") == "finished" and precision != "int8":
-            return f"its pipeline {spec['of']} deploys {precision}, not int8: no int8 model to set NNCF's beside"
+            return f"its pipeline {spec['of']} deploys {precision}, not int8: NNCF's int8 is built only beside an int8 pipeline"
     return None
 
 

@@ -202,7 +202,10 @@ def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
         "Every speed figure: one process, every cell interleaved, medians, except the cells timed 'alternating': "
         "those run only in their tool's venv and were timed there, after the others, interleaved with the dense "
         "teacher (eager fp32) whose figure there is given; the CPU ISA flags are in the header.",
-        "OpenVINO cells of our pipelines (<pipeline>_openvino): the same model on OpenVINO (see the runtime table).",
+        "OpenVINO cells of our pipelines (<pipeline>_openvino): the same model on OpenVINO (see the runtime table); "
+        "an ORT int8 pipeline's is our static QDQ of its fp32 export, keeping suite.yaml's openvino_keep_fp32 "
+        "MatMuls fp32. <pipeline>_openvino_nncf: NNCF PTQ of the same model (NNCF's int8; the pipeline's method, "
+        "since our pass changed the model first).",
         "Verdicts: benchmarks/verdicts.py; a peer that failed has no verdict, its exact error is in the table."])]
     return doc, pngs
 

@@ -3,7 +3,9 @@
 (a) at most as slow (b32 p50) with a higher score: McNemar p < 0.05 on a classification task (paired on
     the same dev examples), or at least 1 pt (0.01) higher on a regression task (STS-B); or
 (b) the same score: agreement >= 0.99 with the PEER's predictions (classification) or within 0.3 pt
-    (0.003), at <= 0.9x the peer's b32 latency?
+    (0.003), at <= 0.9x the peer's b32 latency? A score HIGHER by more than 0.3 pt counts as "the same"
+    here too (not significant for rule a, but never a loss: a better score must not lose what an equal one
+    wins).
 
 If one is, the peer is ``beaten`` (every system of ours that does it is listed, with the rule and its
 figures); if none is, the peer ``wins`` (stated plainly in the report); without b32 latencies of the
@@ -57,9 +59,10 @@ def judge(ours: System, peer: System, pair: Pair, *, classification: bool) -> di
         if not classification and delta >= MIN_GAIN_REGRESSION - EPS:
             return {"rule": "a", "why": f"at most as slow ({ratio:.2f}x) and {100 * delta:.2f} pt higher", **figs}
     same_agree = classification and pair.agreement is not None and pair.agreement >= SAME_AGREEMENT
-    same = same_agree or abs(delta) <= SAME_WITHIN + EPS
+    same = same_agree or delta >= -(SAME_WITHIN + EPS)  # within 0.3 pt below, or any amount above
     if same and ratio <= SPEED_RATIO + EPS:
-        how = f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
+        how = (f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
+               if delta <= SAME_WITHIN + EPS else f"{100 * delta:.2f} pt higher, not significant")
         return {"rule": "b", "why": f"same score ({how}) at {ratio:.2f}x the peer's latency", **figs}
     return None
 

@@ -36,8 +36,8 @@ def tiny_task(n_train: int = 96, n_val: int = 16, n_dev: int = 32, seed: int = 0
 
 
 def tiny_pairs(n: int, seed: int = 0, max_words: int = 8) -> list[Example]:
-    """Random sentence pairs with a random similarity in [0, 5] (STS-B's scale): no signal to learn, just
-    the shape of a pair regression or embedding task."""
+    """Random sentence pairs (3 to ``max_words - 1`` words each) with a random similarity in [0, 5] (STS-B's
+    scale): no signal to learn, just the shape of a pair regression or embedding task."""
     rng = random.Random(seed)
     words = [*_FILL, *_POS, *_NEG]
     return [Example(" ".join(rng.choices(words, k=rng.randrange(3, max_words))),

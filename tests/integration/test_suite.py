@@ -304,6 +304,11 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     d2 = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert d2["systems"]["int8"]["latency_ms_b32"] == d["systems"]["int8"]["latency_ms_b32"]
     assert set(d2["meta"]["timing"]["kept_from_earlier_run"]) == timed
+    phase = d2["meta"]["timing"]["earlier_phase"]  # the kept figures keep their own phase's record
+    assert phase["status"] == "timed" and set(phase["timed"]) == timed
+    suite.run_task(built.plan, work=built.root / "work", results_dir=built.root / "results", timing=False)
+    d3 = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
+    assert d3["meta"]["timing"]["earlier_phase"] == phase  # and through a second scoring-only run
 
 
 def test_report_has_a_table_per_task_and_the_isa(built, tmp_path) -> None:

@@ -33,9 +33,27 @@ def test_rule_b_needs_at_most_0_9x_the_peers_latency(ms, ok) -> None:
 
 @pytest.mark.parametrize("agreement, score, ok", [(0.99, 0.880, True), (0.989, 0.880, False),
                                                   (0.95, 0.897, True), (0.95, 0.8969, False), (0.95, 0.903, True),
-                                                  (None, 0.9031, False)])
+                                                  (None, 0.9031, True)])  # higher by more: never a loss
 def test_rule_b_same_score_is_agreement_0_99_or_within_0_3_pt(agreement, score, ok) -> None:
     assert (judge(S("ours", score, 80.0), P(1.0, agreement)) is not None) == ok
+
+
+def test_a_higher_score_that_is_not_significant_counts_as_the_same_never_as_a_loss() -> None:
+    hit = judge(S("ours", 0.9072, 50.0), P(0.3, 0.85))  # 0.72 pt higher (RTE: two examples), p 0.3, 0.5x
+    assert hit["rule"] == "b" and "0.72 pt higher, not significant" in hit["why"]
+    assert judge(S("ours", 0.9072, 95.0), P(0.3, 0.85)) is None  # rule b still needs <= 0.9x
+
+
+@pytest.mark.parametrize("classification", [True, False])
+@pytest.mark.parametrize("ms", [50.0, 89.0, 90.0, 95.0, 100.0, 101.0])
+@pytest.mark.parametrize("p", [None, 0.01, 0.3])
+def test_a_better_score_never_turns_a_win_into_a_loss(classification, ms, p) -> None:
+    """The class of fault: for any latency and pair, raising our score keeps every win a win."""
+    scores = [0.85 + 0.0005 * i for i in range(200)]
+    wins = [judge(S("ours", x, ms), P(p if classification else None, 0.9 if classification else None),
+                  classification=classification) is not None for x in scores]
+    first = wins.index(True) if True in wins else len(wins)
+    assert all(wins[first:]), f"a win at {scores[first]:.4f} turned into a loss at a higher score"
 
 
 @pytest.mark.parametrize("p, ok", [(0.049, True), (0.05, False), (0.2, False), (None, False)])
