@@ -63,7 +63,8 @@ def judge(ours: System, peer: System, pair: Pair, *, classification: bool) -> di
     if same and ratio <= SPEED_RATIO + EPS:
         how = (f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
                if delta <= SAME_WITHIN + EPS else f"{100 * delta:.2f} pt higher, not significant")
-        return {"rule": "b", "why": f"same score ({how}) at {ratio:.2f}x the peer's latency", **figs}
+        what = "same score" if delta <= SAME_WITHIN + EPS else "same or higher score"
+        return {"rule": "b", "why": f"{what} ({how}) at {ratio:.2f}x the peer's latency", **figs}
     return None
 
 
