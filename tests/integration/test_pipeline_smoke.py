@@ -87,11 +87,15 @@ def test_compression_pipelines_smoke(tmp_path, data_root, pipeline, extra):
     assert m["status"] == "finished" and all(s["status"] == "done" for s in m["steps"])
     step = m["steps"][1]
     if pipeline == "ziplm_int8":
-        heads, metrics = step["result"]["structure"]["heads"], step["result"]["metrics"]
-        # heads really removed and the shrunk model measured faster than the dense one; whether the 1.3x
-        # target is met at b8 x s32 with 5 timing rounds is timing noise, not correctness (not asserted)
+        structure, metrics = step["result"]["structure"], step["result"]["metrics"]
+        # structure really removed and the shrunk model measured faster than the dense one. Which structure
+        # goes (heads, FFN neurons or both) is the DP's choice under measured latencies: at 1.3x it may keep
+        # every head (CI once saw 12 heads in all 6 layers and FFN-only shrinking), so neither kind alone is
+        # asserted; nor is meeting 1.3x at b8 x s32 with 5 timing rounds (timing noise, not correctness)
+        removed = 6 * 12 - sum(structure["heads"]) + 6 * 1536 - sum(structure["ffn"])
         measured = [v for k, v in metrics.items() if k.startswith("measured_speedup_b")]
-        assert sum(heads) < 6 * 12 and measured and measured[0] > 1.0
+        assert removed > 0 and metrics["params"] < metrics["params_dense"]
+        assert measured and measured[0] > 1.0
     else:
         assert step["result"]["metrics"]["sparsity"] == pytest.approx(0.5 if pipeline == "magnitude_int8" else 0.8,
                                                                       abs=1e-3)
