@@ -323,7 +323,8 @@ def run_all(a: argparse.Namespace) -> None:
     os.environ.setdefault("COMPRESSLAB_TIME_BUSY", "1")
     results = ResultsFile(a.results)
     base = base_overrides(a)
-    comps = comparisons(a.events, tuned_lrs(results, a, base))
+    lrs = tuned_lrs(results, a, base)  # method -> recovery LR, or None: TUNED is then not offered
+    comps = comparisons(a.events, lrs)
     names = a.only or list(comps)
     with tempfile.TemporaryDirectory(prefix="seeds-teacher-") as tmp:
         state, teacher_dir = fixed_teacher(base, Path(tmp))
@@ -339,8 +340,6 @@ def run_all(a: argparse.Namespace) -> None:
             asked = [*old.get("seeds_asked", []), *(s for s in a.seeds if s not in old.get("seeds_asked", []))]
             settings[name] = {"base": base, "seeds_asked": asked}
             if name == TUNED:  # the arms' LRs are part of the setting: seeds pool only at the same LRs
-                lrs = {arm.step: float(o.split("=", 1)[1]) for arm in comps[name] for o in arm.overrides
-                       if ".recovery.lr=" in o}
                 if old.get("recovery_lr", lrs) != lrs:
                     raise SystemExit(f"{a.results} holds {name} seeds made at recovery LRs {old['recovery_lr']}, "
                                      f"not {lrs}: move them away first")
