@@ -91,6 +91,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     if cells is not None and not cells:  # `--cells ""` or `--cells ,`: never "every cell" by accident
         raise SuiteError(f"--cells names no cell; give comma-separated names of pipelines {pipelines} or peers "
                          f"{peers}, or leave --cells out for every cell")
+    asked_openvino = [c for c in cells or () if pipeline_of(c) in pipelines]
     if cells:
         # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
         cells = [pipeline_of(c) if pipeline_of(c) in pipelines else c for c in cells]
@@ -108,10 +109,28 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     if named and named[-1] not in PRESETS:  # the last one wins, as in the runs; refused before a teacher trains
         raise SuiteError(f"teacher preset {named[-1]!r} (budget.teacher) is not a finetune preset; allowed: "
                          f"{', '.join(PRESETS)}")
-    return TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
-                    int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
-                    b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                    tuple(cfg.get("openvino_keep_fp32") or ()))
+    tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
+                  int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
+                  b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
+                  tuple(cfg.get("openvino_keep_fp32") or ()))
+    _check_openvino_cells(tp, asked_openvino)
+    return tp
+
+
+def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
+    """SuiteError for an asked ``<pipeline>_openvino[_nncf]`` cell the plan would not build: its pipeline
+    would run but the cell itself never would (no openvino backend; NNCF's int8 of a pipeline that only
+    runs another tool on the teacher: on ``int8`` that is the ``nncf_ptq_int8`` peer)."""
+    bad = {}
+    for c in asked:
+        pl = pipeline_of(c)
+        if not p.openvino:
+            bad[c] = "the suite config's backends do not include openvino"
+        elif c == nncf_cell_name(pl) and pipeline_method(pipeline_overrides(pl, p.overrides)) != OURS:
+            bad[c] = (f"{pl} is not our method (it runs another tool on the shared teacher): NNCF's int8 of the "
+                      "teacher is the nncf_ptq_int8 peer")
+    if bad:
+        raise SuiteError("no such cell: " + "; ".join(f"{c}: {why}" for c, why in bad.items()))
 
 
 def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:

@@ -97,6 +97,19 @@ def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_keep_fp32_keys_the
     assert q.pipelines == ("ziplm_int8",) and q.peers == ()
 
 
+@pytest.mark.parametrize("cell,why", [("int8_openvino_nncf", "nncf_ptq_int8 peer"),
+                                      ("ziplm_int8_openvino", "backends do not include openvino")])
+def test_an_asked_openvino_cell_the_plan_never_builds_is_refused(cell, why) -> None:
+    plan_mod = importlib.import_module("benchmarks.suite_plan")
+    cfg = plan_mod.load_config(REPO / "benchmarks" / "suite.yaml")
+    if cell == "ziplm_int8_openvino":
+        cfg["backends"] = ["ort"]
+    with pytest.raises(plan_mod.SuiteError, match=f"no such cell: {cell}: .*{why}"):
+        plan_mod.plan(cfg, "mrpc", "bench", [cell])
+    specs = plan_mod.cell_specs(plan_mod.plan(cfg, "mrpc", "bench", None), teacher_sha="x", dev=[], max_length=128)
+    assert cell not in {n for n, _, _ in specs}  # the refusal and the plan agree
+
+
 def test_skip_nncf_beside_a_finished_pipeline_that_is_not_int8() -> None:
     applies = importlib.import_module("benchmarks.suite_applies")
     spec = {"kind": "pipeline_openvino", "int8": "nncf", "of": "hawq_w4"}
