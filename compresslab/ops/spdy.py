@@ -197,6 +197,33 @@ class LatencyTable:
             tables[kind] = {size: float(t) for size, t in zip(table, fit, strict=True)}
         return LatencyTable(self.base_time, tables, dict(self.fingerprint))
 
+    def linear_in_size(self) -> tuple[LatencyTable, dict[str, tuple[float, float]]]:
+        """A copy whose entries ``s > 0`` lie on one line per module type, and the lines.
+
+        Each type's ``(intercept, slope)`` (seconds, seconds per unit of size) is the ordinary
+        least-squares line through its entries ``s > 0``; an entry becomes ``max(0, intercept +
+        slope * s)``; ``t(0)`` stays 0 and ``base_time`` is kept. A type with fewer than two sizes
+        above 0 is left as it is (line ``(t, 0.0)`` through its one entry, or ``(0.0, 0.0)``).
+
+        Why: a module's FLOPs are linear in its heads or width, and the one-layer probes' deviations
+        from that line are a few percent of timing noise and tile effects that whole-model timings
+        do not reproduce. A search that minimises error under a budget picks exactly the sizes
+        whose probes came out low (the winner's curse), so its structures run slower than the raw
+        table predicts; on the line nothing is cheap by chance (``LatencyModel.LINEAR``).
+        """
+        tables: dict[str, dict[int, float]] = {}
+        lines: dict[str, tuple[float, float]] = {}
+        for kind, table in self.module_times.items():
+            pts = [(s, t) for s, t in table.items() if s > 0]
+            if len(pts) < 2:
+                tables[kind], lines[kind] = dict(table), ((pts[0][1], 0.0) if pts else (0.0, 0.0))
+                continue
+            x, y = np.asarray([s for s, _ in pts], dtype=np.float64), np.asarray([t for _, t in pts])
+            slope, intercept = np.polyfit(x, y, 1)
+            lines[kind] = (float(intercept), float(slope))
+            tables[kind] = {s: (0.0 if s == 0 else max(0.0, float(intercept + slope * s))) for s in table}
+        return LatencyTable(self.base_time, tables, dict(self.fingerprint)), lines
+
     def matches(self, fingerprint: Mapping[str, Any]) -> bool:
         """True when ``fingerprint`` names the same environment (all keys and values equal)."""
         return _normalize(dict(fingerprint)) == self.fingerprint

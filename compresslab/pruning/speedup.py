@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from compresslab.bench.latency_table import TableSettings, build_latency_table, measure_speedup, one_layer_table
+from compresslab.bench.latency_table import (TableSettings, build_latency_table, linear_table, measure_speedup,
+                                            one_layer_table)
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
@@ -39,11 +40,15 @@ class LatencyModel(str, Enum):
     """What the search prices a structure with (``bench/latency_table.py``).
 
     ``calibrated``: the one-layer table corrected by whole-model timings (a fixed cost per present
-    module and a scale, fitted by least squares); ``one_layer``: the one-layer table alone (the
-    method before issue #13, kept to compare retries on the same measurement).
+    module and a scale, fitted by least squares); ``linear``: the same correction on the one-layer
+    table put on one least-squares line per module type (``bench.latency_table.linear_table``: the
+    search cannot pick sizes whose probes came out low by chance); ``one_layer``: the one-layer
+    table alone (the method before issue #13, kept to compare retries on the same measurement).
+    All three come from the same cached measurement.
     """
 
     CALIBRATED = "calibrated"
+    LINEAR = "linear"
     ONE_LAYER = "one_layer"
 
 
@@ -130,6 +135,7 @@ class SpeedupLab:
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=".speedup-", dir=ctx.step_dir))
         self._n = 0
+        self.linear_record: dict[str, Any] | None = None  # latency_model=linear: its lines and refit
         try:
             self.dense_onnx = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
                                            keep_unfused=False).onnx_path
@@ -137,6 +143,8 @@ class SpeedupLab:
                                                               cache_dir=ctx.cache_dir, progress=ctx.progress)
             if p.latency_model is LatencyModel.ONE_LAYER:
                 self.table = one_layer_table(self.table_info)
+            elif p.latency_model is LatencyModel.LINEAR:
+                self.table, self.linear_record = linear_table(self.table_info)
         except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
             raise
@@ -291,6 +299,8 @@ def result_metrics(p: SpeedupSettings, records: dict[float, dict[str, Any]], lab
     cal = (lab.table_info.get("raw") or {}).get("calibration")
     if cal:  # the fitted costs and every calibration point, measured vs predicted before/after the fit
         info["calibration"] = {k: v for k, v in cal.items() if k not in ("one_layer_table", "fit")}
+    if lab.linear_record:  # latency_model=linear: its lines and refit on the same points
+        info["linear"] = {k: v for k, v in lab.linear_record.items() if k != "fit"}
     step["busy_checks"] = sum(a.get("busy", False) for r in records.values() for a in r.get("attempts", []))
     step["retries_total"] = sum(len(r.get("attempts", [])) - 1 for r in records.values() if r.get("attempts"))
     return {**step, "params_dense": params_dense, "dense_ms_predicted": lab.t_dense * 1e3,

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from compresslab.bench.latency_table import (
-    TABLE_METHOD, TableSettings, build_latency_table, cache_file, calibration_points, environment, one_layer_table)
+    TABLE_METHOD, TableSettings, build_latency_table, cache_file, calibration_points, environment, linear_table,
+    one_layer_table)
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.knapsack import solve_dp
 from compresslab.ops.spdy import FixedCostFit, LatencyTable, fit_fixed_costs
@@ -296,14 +297,19 @@ def test_step_metrics_record_the_fit_the_points_and_retries() -> None:
     cal = {"fit_ms": {"t_0": 13.0, "fixed": {"attention": 8.0, "ffn": 7.0}, "scale": 0.93},
            "points": [{"name": "dense", "measured_ms": 750.0, "before_ms": 750.0, "after_ms": 749.0}],
            "max_abs_rel_error_before": 0.2, "max_abs_rel_error_after": 0.01, "fit": {}, "one_layer_table": {}}
-    lab = SimpleNamespace(table_info={"cached": True, "raw": {"calibration": cal}}, t_dense=0.75, max_speedup=50.0)
+    lab = SimpleNamespace(table_info={"cached": True, "raw": {"calibration": cal}}, t_dense=0.75, max_speedup=50.0,
+                          linear_record=None)
     recs = {2.0: {"target_speedup": 2.0, "attempts": [{}, {}], "structure": {}, "retries": 1},
             4.0: {"target_speedup": 4.0, "attempts": [{}], "structure": {}, "retries": 0}}
     m = result_metrics(SpeedupSettings(speedup=2.0, family=[4.0]), recs, lab, 100)
     table = m["latency_table"]
     assert table["model"] == "calibrated" and table["calibration"]["fit_ms"]["fixed"] == {"attention": 8.0, "ffn": 7.0}
     assert table["calibration"]["points"][0]["after_ms"] == 749.0 and "one_layer_table" not in table["calibration"]
-    assert m["retries_total"] == 1 and m["family"]["4x"]["retries"] == 0
+    assert m["retries_total"] == 1 and m["family"]["4x"]["retries"] == 0 and "linear" not in table
+    lab.linear_record = {"lines_ms": {"ffn": {"intercept": -1.0, "slope": 0.02}}, "fit": {}, "points": []}
+    m = result_metrics(SpeedupSettings(speedup=2.0, family=[4.0], latency_model="linear"), recs, lab, 100)
+    assert m["latency_table"]["model"] == "linear" and m["latency_table"]["linear"] == {
+        "lines_ms": {"ffn": {"intercept": -1.0, "slope": 0.02}}, "points": []}
 
 
 # ------------------------------------------------------------------ measuring, caching (synthetic runtime)
@@ -386,6 +392,16 @@ def test_measured_table_is_the_fitted_model_and_is_cached_with_its_calibration(
     assert hit["cached"] and len(synthetic_runtime["timed"]) == n_calls  # nothing timed again
     assert again.to_dict() == table.to_dict() and hit["raw"]["calibration"] == json.loads(json.dumps(cal))
     assert one_layer_table(hit).to_dict() == alone.to_dict()
+    # latency_model=linear: the same cached measurement, the table on its lines, refitted to the same points
+    line, rec = linear_table(hit)
+    assert len(synthetic_runtime["timed"]) == n_calls  # nothing timed for it either
+    assert rec["lines_ms"]["attention"] == pytest.approx({"intercept": 0.0, "slope": 1.0}, abs=1e-9)  # exact
+    assert rec["lines_ms"]["ffn"]["slope"] == pytest.approx(8e-2, rel=0.05)  # the tile bump is averaged in
+    assert [r["name"] for r in rec["points"]] == [p["name"] for p in cal["points"]]
+    assert [r["measured_ms"] for r in rec["points"]] == [p["measured_ms"] for p in cal["points"]]
+    assert rec["max_abs_rel_error_after"] < 0.05 and "least-squares line" in rec["model"]
+    assert line.time("attention", 0) == 0.0 and line.time("attention", 2) == pytest.approx(
+        rec["fit"]["fixed"]["attention"] + rec["fit"]["scale"] * 2e-3, rel=1e-6)
 
 
 def test_busy_calibration_is_used_but_not_cached(tmp_path: Path, synthetic_runtime: dict,
@@ -451,8 +467,73 @@ def test_bad_inputs_are_refused_clearly() -> None:
     for bad in ((), (1.0,), (0.5, 0.0)):
         with pytest.raises(ValueError, match="calibration_fractions"):
             TableSettings(calibration_fractions=bad)
-    with pytest.raises(ValueError, match="latency_model='exact' is not valid; allowed: 'calibrated', 'one_layer'"):
+    with pytest.raises(ValueError, match="latency_model='exact' is not valid; allowed: 'calibrated', 'linear', 'one_layer'"):
         SpeedupSettings(latency_model="exact")
     assert SpeedupSettings(latency_model="one_layer").latency_model is LatencyModel.ONE_LAYER
     with pytest.raises(ValueError, match="delete its cache file"):
         one_layer_table({"raw": {"dense_ms": 5.0}})
+
+
+# ------------------------------------------------------------------ latency_model=linear: the winner's curse
+
+
+def test_linear_in_size_is_the_least_squares_line_per_module_type() -> None:
+    table = LatencyTable(0.01, {"attention": {0: 0.0, 1: 1e-3, 2: 3e-3, 3: 2e-3},  # line 1e-3 + 0.5e-3 s
+                                "ffn": {0: 0.0, 1: 0.0, 2: 0.0, 3: 3e-3},  # line -2e-3 + 1.5e-3 s: clamped at 0
+                                "other": {0: 0.0, 8: 4e-3}})  # one size: kept as it is
+    lin, lines = table.linear_in_size()
+    assert lines["attention"] == pytest.approx((1e-3, 0.5e-3)) and lines["ffn"] == pytest.approx((-2e-3, 1.5e-3))
+    assert lin.module_times["attention"] == pytest.approx({0: 0.0, 1: 1.5e-3, 2: 2e-3, 3: 2.5e-3})
+    assert lin.module_times["ffn"] == pytest.approx({0: 0.0, 1: 0.0, 2: 1e-3, 3: 2.5e-3})
+    assert lin.module_times["other"] == {0: 0.0, 8: 4e-3} and lines["other"] == (4e-3, 0.0)
+    assert lin.base_time == 0.01 and table.module_times["attention"][3] == 2e-3  # the original is untouched
+    exact = LatencyTable(0.0, {"ffn": {s: 1e-3 + 2e-5 * s for s in (32, 64, 96, 128)}})  # on a line already
+    assert exact.linear_in_size()[0].module_times["ffn"] == pytest.approx(exact.module_times["ffn"], rel=1e-9)
+
+
+@dataclass
+class LinearTruth(Truth):
+    """Module time exactly linear in size (FLOPs), no tile bump: what the probes' noise is measured against."""
+
+    def t(self, kind: str, size: int) -> float:
+        return self.per_head * size if kind == "attention" else self.per_neuron * size
+
+
+def test_noisy_probes_bias_the_search_toward_over_prediction_and_the_linear_table_removes_it() -> None:
+    """The winner's curse on the bench teacher's shape (6 x 12 heads x 1536): probes carry 4% noise per size
+    (the scatter around a line on the real tables), the whole models are timed exactly. The DP minimises
+    error under a time budget, so it picks the sizes whose probes came out low: the speedup it predicts for
+    its own choice is above the true one (as on the real runs: first tries at 0.93-0.95 of the target).
+    On the least-squares line nothing is cheap by chance and the bias goes."""
+    from compresslab.bench.latency_table import efficient_sizes
+    from compresslab.passes.ziplm import ZipLM
+
+    truth = LinearTruth(12, 1536, 6, 32, FixedCostFit(0.045, {"attention": 1.3e-3, "ffn": 0.0}, 0.95),
+                        per_head=1.2e-3, per_neuron=1.6e-5)
+    model = tiny_model("bert", num_hidden_layers=6, num_attention_heads=12, hidden_size=48, intermediate_size=1536)
+    points = _points(truth)
+    bias: dict[str, list[float]] = {"calibrated": [], "linear": []}
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        probes = {k: efficient_sizes({s: 0.0 if s == 0 else truth.t(k, s) * (1 + 0.04 * rng.standard_normal())
+                                      for s in truth.sizes(k)}) for k in KINDS}
+        one = LatencyTable.from_dense(truth.time(truth.dense), probes, {k: truth.layers for k in KINDS}, {})
+        measured = [truth.time(c) for c in points if all(s in one.module_times[k] for k in KINDS for s in c[k])]
+        points_here = [c for c in points if all(s in one.module_times[k] for k in KINDS for s in c[k])]
+        line, _ = one.linear_in_size()
+        dbs = {}
+        for layer, kind in itertools.product(range(truth.layers), KINDS):  # error grows with what is removed
+            full = truth.heads if kind == "attention" else truth.ffn
+            errs = np.concatenate([[0.0], np.cumsum(rng.random(full))]).tolist()
+            dbs[(layer, kind)] = SimpleNamespace(level=lambda k, e=errs: SimpleNamespace(error=e[k]))
+        for name, base in (("calibrated", one), ("linear", line)):
+            table = fit_fixed_costs(base, points_here, measured).apply(base)
+            t_dense = table.predict(truth.dense)
+            for target in (1.5, 2.0, 3.0):
+                choice = ZipLM().solver(model, dbs, table)(t_dense / target - table.base_time)
+                config = {"attention": choice["heads"], "ffn": choice["ffn"]}
+                predicted = t_dense / table.predict(config)
+                bias[name].append(predicted / (truth.time(truth.dense) / truth.time(config)) - 1)
+    mean = {k: float(np.mean(v)) for k, v in bias.items()}
+    assert mean["calibrated"] > 0.01, mean  # over-predicts its own choices
+    assert abs(mean["linear"]) < 0.3 * mean["calibrated"], mean

@@ -20,7 +20,8 @@ def zr():
     return import_benchmark("ziplm_retries", ROOT)
 
 
-def _manifest(lm: str, retries: list[int], *, speedup: float = 4, steps: int = 0, finished: str = "2026-12-01T12:00"):
+def _manifest(lm: str, retries: list[int], *, speedup: float = 4, steps: int = 0, finished: str = "2026-12-01T12:00",
+              table: str = "latency/t.json"):
     fam = {f"{t:g}x": {"retries": r, "first_try_ratio": 0.9 + 0.01 * r, "predicted_speedup": t,
                        "measured_speedup_b32": t, "met_target": True}
            for t, r in zip([1.5, 2.0, 3.0, 4.0], retries)}
@@ -28,7 +29,7 @@ def _manifest(lm: str, retries: list[int], *, speedup: float = 4, steps: int = 0
                        "pass": {"speedup": speedup, "family": [1.5, 2.0, 3.0, 4.0], "latency_model": lm,
                                 "recovery": {"steps": steps}},
                        "result": {"metrics": {"retries_total": sum(retries), "busy_checks": 0, "family": fam,
-                                              "latency_table": {"busy": False}}}}]}
+                                              "latency_table": {"busy": False, "cache_file": table}}}}]}
 
 
 def test_runs_are_found_by_their_settings(zr, tmp_path):
@@ -55,7 +56,28 @@ def test_stored_retries_are_each_runs_total():
     if data.get("ziplm_retries") is None:
         pytest.skip("ziplm_retries not measured yet")
     d = data["ziplm_retries_detail"]
-    for side, lm in (("before", "one_layer"), ("after", "calibrated")):
-        assert d[side] == lm
+    from compresslab.pruning.speedup import SpeedupSettings
+
+    for side, lm in (("before", "one_layer"), ("after", SpeedupSettings().latency_model.value)):
+        assert d[side] == lm  # after: the model ZipLM ships as its default
         assert data["ziplm_retries"][side] == d[lm]["retries_total"] == sum(t["retries"] for t in d[lm]["targets"].values())
     assert "ziplm_retries" not in (data["meta"].get("pending") or {})
+
+
+def test_runs_priced_with_different_tables_are_refused_before_writing(zr, tmp_path, monkeypatch):
+    runs = {"a1": _manifest("one_layer", [1, 2, 2, 2], table="latency/old.json"),
+            "b2": _manifest("calibrated", [1, 2, 1, 0]), "c3": _manifest("linear", [0, 1, 0, 0])}
+    for name, m in runs.items():
+        (tmp_path / "ziplm_2x" / name).mkdir(parents=True)
+        (tmp_path / "ziplm_2x" / name / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "compound.json"
+    monkeypatch.setattr("sys.argv", ["ziplm_retries", "--outputs", str(tmp_path), "--results", str(out)])
+    with pytest.raises(SystemExit, match="different .*latency tables"):
+        zr.main()
+    assert not out.exists()
+    runs["a1"] = _manifest("one_layer", [1, 2, 2, 2])
+    (tmp_path / "ziplm_2x" / "a1" / "manifest.json").write_text(json.dumps(runs["a1"]))
+    zr.main()
+    data = json.loads(out.read_text())
+    assert set(data["ziplm_retries_detail"]) >= {"one_layer", "calibrated", "linear"}
+    assert data["ziplm_retries"]["before"] == 7
