@@ -1,7 +1,10 @@
 """ZipLM retries before/after the fitted latency model (issue #13) into benchmarks/results/compound.json.
 
-The two runs are normal pipeline runs on a quiet machine, the same family from one database, differing only
-in ``latency_model``; no recovery (retries are a property of the latency model, not of training)::
+The runs are normal pipeline runs on a quiet machine, the same family from one database, differing only in
+``latency_model``; no recovery (retries are a property of the latency model, not of training). They must
+price with one measurement (the same cached latency table: same file, same calibration timings), so run
+them in one session; the script refuses ``one_layer`` and the default model's run otherwise and leaves out
+any other model's run that priced differently::
 
     for LM in one_layer calibrated linear; do
       python -m compresslab +pipeline=ziplm_2x budget=bench budget.recovery_steps=0 bench=off \\
@@ -81,6 +84,13 @@ def summarize(step: dict[str, Any]) -> dict[str, Any]:
             "calibration": table.get("calibration"), **({"linear": table["linear"]} if table.get("linear") else {})}
 
 
+def measurement(detail: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies the latency measurement a run priced with: the cached table's file and its whole-model
+    calibration timings (a file measured anew after its cache was deleted keeps its path, not its timings)."""
+    points = (detail.get("calibration") or {}).get("points") or []
+    return (detail.get("table_cache_file"), *(p.get("measured_ms") for p in points))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--outputs", default="outputs", help="the pipelines' output dir (default outputs)")
@@ -96,12 +106,18 @@ def main() -> None:
                          "run the commands in this script's docstring first")
     manifests = {lm: read_json(rd / "manifest.json") for lm, rd in runs.items()}
     detail = {lm: {"run_dir": str(rd), **summarize(ziplm_step(manifests[lm]))} for lm, rd in runs.items()}
-    tables = {lm: d["table_cache_file"] for lm, d in detail.items()}
-    if len(set(tables.values())) > 1 or None in tables.values():  # one measurement, priced three ways
-        raise SystemExit(f"the runs priced with different (or uncached) latency tables {tables}: run every "
-                         "latency_model in one session on a quiet machine, so they share one cached table")
+    tables = {lm: measurement(d) for lm, d in detail.items()}
+    required = {"one_layer", after}
+    if len({tables[lm] for lm in required}) > 1 or any(tables[lm][0] is None for lm in required):
+        raise SystemExit(f"the runs priced with different (or uncached) latency tables "
+                         f"{ {lm: tables[lm][0] for lm in sorted(required)} } (or the same file measured anew): run "
+                         "every latency_model in one session on a quiet machine, so they share one cached table")
+    for lm in sorted(set(detail) - required):
+        if tables[lm] != tables[after]:
+            print(f"left out: the {lm} run {detail[lm]['run_dir']} priced with another latency table")
+            del detail[lm], manifests[lm]
     results = ResultsFile(a.results)
-    for lm in runs:
+    for lm in detail:
         results.note_run(f"ziplm_retries_{lm}", manifests[lm])
     results.put(["ziplm_retries_detail"], {**detail, "family": FAMILY, "first_try_window": list(FIRST_TRY),
                                            "before": "one_layer", "after": after})

@@ -42,9 +42,11 @@ and are cached with the table.
 **Linear model** (``latency_model=linear``, :func:`linear_table`). The one-layer probes scatter a few
 percent around a line in size (timing noise, tile effects that whole models do not reproduce), and a
 search that minimises error under a budget picks the sizes whose probes came out low, so its structures
-run slower than priced (first tries at 0.93-0.95 of the target on the bench teachers). The linear model
+run slower than priced (first tries at 0.91-0.95 of the target on the bench teachers). The linear model
 puts each kind's probes on their least-squares line and refits the fixed costs to the same whole-model
-points: the same cached measurement, nothing timed again.
+points: the same cached measurement, nothing timed again. The line goes through the sizes the table
+kept: dominated sizes (probes that came out higher than a larger size's) were dropped before, so it
+may lean a little low, and those sizes stay unpriced.
 """
 
 from __future__ import annotations

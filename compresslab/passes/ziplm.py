@@ -165,7 +165,7 @@ class ZipLM(SpeedupSettings):
     def solver(self, model: nn.Module, dbs: dict[Key, ShrinkDatabase], table: LatencyTable):
         """``budget -> choice``: the DP over every layer's attention and FFN levels.
 
-        Times are ``table.time``: with ``latency_model=calibrated`` every size above 0 includes its
+        Times are ``table.time``: with ``latency_model=calibrated`` or ``linear`` every size above 0 includes its
         kind's fixed cost (fitted on whole models), so emptying a module saves that cost too.
         """
         options: list[tuple[str, list[int], list[float]]] = []  # (kind, sizes, errors) per module
