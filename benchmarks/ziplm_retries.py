@@ -99,15 +99,15 @@ def main() -> None:
     from compresslab.pruning.speedup import SpeedupSettings
 
     after = SpeedupSettings().latency_model.value  # the model a user gets
+    required = {"one_layer", after}
     runs = find_runs(Path(a.outputs))
-    missing = sorted({"one_layer", after} - set(runs))
+    missing = sorted(required - set(runs))
     if missing:
         raise SystemExit(f"no finished ziplm_2x retries run for latency_model={missing} under {a.outputs}/ziplm_2x: "
                          "run the commands in this script's docstring first")
     manifests = {lm: read_json(rd / "manifest.json") for lm, rd in runs.items()}
     detail = {lm: {"run_dir": str(rd), **summarize(ziplm_step(manifests[lm]))} for lm, rd in runs.items()}
     tables = {lm: measurement(d) for lm, d in detail.items()}
-    required = {"one_layer", after}
     if len({tables[lm] for lm in required}) > 1 or any(tables[lm][0] is None for lm in required):
         raise SystemExit(f"the runs priced with different (or uncached) latency tables "
                          f"{ {lm: tables[lm][0] for lm in sorted(required)} } (or the same file measured anew): run "
