@@ -11,6 +11,7 @@ rerun. Nothing here may run while anything else uses the CPU if its timings are 
     python benchmarks/hessian_mp.py deploy             # the QAT'd MP-3 -> ONNX MatMulNBits: parity, size, latency
     python benchmarks/hessian_mp.py baselines          # ORT MatMulNBitsQuantizer RTN 4-bit; NNCF compress_weights 4/8
     python benchmarks/guided_int8.py && python benchmarks/hessian_mp.py guided   # guided int8 (quiet machine)
+    python benchmarks/hessian_mp.py latency --limit 0.8  # hawq_mp3 under a latency_limit (quiet machine)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from _hessian_mp_core import (BLOCK, HESSIAN, RESULTS, WORK, _RESULTS, _has, _lo
                               _teacher, _teacher_preds)
 from hessian_mp_baselines import baselines
 from hessian_mp_deploy import deploy
+from hessian_mp_latency import latency
 
 log = logging.getLogger("hessian_mp")
 
@@ -259,7 +261,7 @@ def _loss_suffix(args) -> str:
 # ---------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["hessian", "ptq", "qat", "deploy", "baselines", "guided"])
+    ap.add_argument("what", choices=["hessian", "ptq", "qat", "deploy", "baselines", "guided", "latency"])
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--eigen-iters", type=int, default=20)
@@ -274,6 +276,10 @@ def main() -> None:
                     help="qat: the run seed (Hessian batches and probes, QAT data order); default the config's, "
                          "whose figures are the issue's keys; others go under qat_seeds (3-seed study)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's run.threads)")
+    ap.add_argument("--limit", type=float, default=0.8,
+                    help="latency: hawq latency_limit, a fraction of the targets' all-fp32 summed MatMul time")
+    ap.add_argument("--avg-bits", default="3", help="latency: the average-bits budget beside the limit, or none")
+    ap.add_argument("--accuracy-level", type=int, default=0, help="latency: MatMulNBits accuracy_level (0 or 4)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.threads:
@@ -282,7 +288,7 @@ def main() -> None:
         _teacher()
         torch.set_num_threads(args.threads)  # a shared machine: fewer than the config's cores
     {"hessian": hessian, "ptq": ptq, "qat": qat, "deploy": deploy, "baselines": baselines,
-     "guided": guided}[args.what](args)
+     "guided": guided, "latency": latency}[args.what](args)
     from compresslab.bench.env import hardware_fingerprint
 
     hw = hardware_fingerprint()
@@ -296,7 +302,7 @@ def main() -> None:
     _store("meta", {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
                     "teacher": "finetune preset bench (cached)", "hardware": hw, "block_size": BLOCK,
                     "runs_by_command": by_cmd,
-                    "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines|guided"})
+                    "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines|guided|latency"})
     print(json.dumps(_load(), indent=1, default=str)[:3000])
 
 

@@ -179,7 +179,17 @@ class Hawq(HawqSettings):
                                 "solve_s": round(time.perf_counter() - t0, 3), "coupled_groups": len(couple)}
         if latency is not None and alloc.latency is not None:
             fp32 = record["latency"]["fp32_total_s"]
-            record["latency"].update(predicted_s=alloc.latency, predicted_relative=alloc.latency / fp32)
+            record["latency"].update(predicted_s=alloc.latency, predicted_relative=alloc.latency / fp32,
+                                     objective=alloc.objective)
+            if self.avg_bits is not None or self.size_bytes is not None:
+                # what the limit costs: the same program without it, priced by the same table (a
+                # relaxation: its objective is never higher; equal whenever its map meets the limit)
+                free = allocate_bits(sens, errors, numel, choices=self.choices, avg_bits=self.avg_bits,
+                                     size_bytes=self.size_bytes, latency=latency, couple=couple,
+                                     method=self.allocate.value)
+                record["latency"]["without_limit"] = {
+                    "predicted_s": free.latency, "predicted_relative": free.latency / fp32,
+                    "objective": free.objective, "avg_bits": free.avg_bits, "bits": dict(free.bits)}
         return dict(alloc.bits), record
 
     def _sensitivity(self, model: nn.Module, ctx: PassContext,

@@ -103,6 +103,34 @@ def test_latency_and_average_bits_together(tiny_ctx, fake: list) -> None:
     assert set(res.metrics["allocation"]["budget"]) == {"avg_bits", "latency"}
 
 
+# PER makes 2 bits the slowest width: the free 3-bit map (some 2-bit Linears) takes 1.28x the fp32 time
+@pytest.mark.parametrize("limit, binds", [(0.55, True), (0.7, True), (2.0, False)])
+def test_the_record_prices_the_map_without_the_limit(tiny_ctx, fake: list, limit: float, binds: bool) -> None:
+    """With another budget beside the limit, the record holds the map the limit displaced: the same
+    program without it (a relaxation: objective never higher; the same when its map meets the limit)."""
+    from compresslab.targets import select_modules
+
+    model = tiny_model()
+    shapes = {n: (m.in_features, m.out_features) for n, m in select_modules(model).items()}
+    fp32 = _time({n: 32 for n in shapes}, shapes)
+    lat = Hawq(avg_bits=3.0, latency_limit=limit, **FAST).apply(model, tiny_ctx()).metrics["latency"]
+    free = lat["without_limit"]
+    assert free["avg_bits"] <= 3.0 + 1e-9
+    assert free["predicted_s"] == pytest.approx(_time(free["bits"], shapes))
+    assert free["predicted_relative"] == pytest.approx(free["predicted_s"] / fp32)
+    assert free["objective"] <= lat["objective"] * (1 + 1e-9) + 1e-12
+    assert (free["predicted_relative"] > limit) == binds
+    if not binds:  # the free map is feasible under the limit: same optimum
+        assert lat["objective"] == pytest.approx(free["objective"], rel=1e-9, abs=1e-12)
+    else:  # the limit binds: the chosen map is within it and the free one is not
+        assert lat["predicted_relative"] <= limit + 1e-9 < free["predicted_relative"]
+
+
+def test_no_without_limit_record_when_the_limit_is_the_only_budget(tiny_ctx, fake: list) -> None:
+    lat = Hawq(avg_bits=None, latency_limit=0.6, **FAST).apply(tiny_model(), tiny_ctx()).metrics["latency"]
+    assert "without_limit" not in lat and lat["objective"] >= 0
+
+
 def test_an_infeasible_limit_names_the_smallest_achievable_before_the_hessian(tiny_ctx, fake: list,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Hawq, "_sensitivity", lambda *a, **k: pytest.fail("the Hessian ran for an infeasible budget"))
