@@ -24,6 +24,7 @@ Figures are copied from the runs' manifests (``note_run`` stamps their machine l
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,70 @@ def summarize(step: dict[str, Any]) -> dict[str, Any]:
             "calibration": table.get("calibration"), **({"linear": table["linear"]} if table.get("linear") else {})}
 
 
+def measured_structures(manifests: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every structure the runs timed, as each run's final model per target (structure, measured speedup from the
+    same check): ``[{"run": latency_model, "target", "heads", "ffn", "measured"}]``; dense members left out."""
+    points = []
+    for lm, manifest in manifests.items():
+        res = (ziplm_step(manifest) or {}).get("result") or {}
+        for key, r in ((res.get("metrics", res)).get("family") or {}).items():
+            st, measured = r.get("structure"), r.get("measured_speedup_b32")
+            if st and measured is not None and float(r.get("target_speedup", 0)) > 1.0:
+                points.append({"run": lm, "target": key, "heads": list(st["heads"]), "ffn": list(st["ffn"]),
+                               "measured": float(measured)})
+    return points
+
+
+def heldout(tables: dict[str, Any], points: list[dict[str, Any]], dense: dict[str, list[int]]) -> dict[str, Any]:
+    """Each latency model's predicted speedup (``T(dense) / T(structure)``) of every measured structure, against
+    its measured speedup: ``{model: {"mean_rel_error", "max_abs_rel_error", "within_first_try_window",
+    "points": [...]}}`` (relative error = predicted / measured - 1; ``within_first_try_window``: how many
+    measured / predicted land in FIRST_TRY, what a target priced by that model would have done on the first
+    try if the structure were the one it picked).
+
+    A size a model's table dropped as dominated is priced at the next larger size it kept. Unlike retries,
+    which count the few structures each model chose, this prices the same structures with
+    every model: none is graded on its own choices, and one noisy check moves one point, not a retry count.
+    """
+    def price(table: Any, config: dict[str, list[int]]) -> float:
+        # a size this table dropped as dominated (no faster than a larger size) at the next larger size kept
+        def kept(kind: str, n: int) -> int:
+            return min(s for s in table.sizes(kind) if s >= n)
+        return table.predict({k: [kept(k, n) for n in sizes] for k, sizes in config.items()})
+
+    out: dict[str, Any] = {}
+    for name, table in tables.items():
+        t_dense = price(table, dense)
+        rows = []
+        for p in points:
+            pred = t_dense / price(table, {"attention": p["heads"], "ffn": p["ffn"]})
+            rows.append({"run": p["run"], "target": p["target"], "predicted": pred, "measured": p["measured"],
+                         "rel_error": pred / p["measured"] - 1})
+        errs = [r["rel_error"] for r in rows]
+        out[name] = {"mean_rel_error": sum(errs) / len(errs) if errs else None,
+                     "max_abs_rel_error": max(map(abs, errs)) if errs else None,
+                     "within_first_try_window": sum(FIRST_TRY[0] <= r["measured"] / r["predicted"] <= FIRST_TRY[1]
+                                                    for r in rows),
+                     "points": rows}
+    return out
+
+
+def latency_models(cache_file: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """The three latency models from one cached table file (the one-layer table, the calibrated one, and the
+    calibrated model on the table's lines) and the dense structure they price."""
+    from compresslab.bench.latency_table import linear_table, one_layer_table
+    from compresslab.ops.spdy import LatencyTable
+
+    data = json.loads(cache_file.read_text())
+    info = data["info"]
+    one = one_layer_table(info)
+    arch = one.fingerprint["arch"]
+    dense = {"attention": [int(arch["heads"])] * int(arch["layers"]),
+             "ffn": [int(arch["ffn"])] * int(arch["layers"])}
+    return {"one_layer": one, "calibrated": LatencyTable.from_dict(data["table"]),
+            "linear": linear_table(info)[0]}, dense
+
+
 def measurement(detail: dict[str, Any]) -> tuple[Any, ...]:
     """What identifies the latency measurement a run priced with: the cached table's file and its whole-model
     calibration timings (a file measured anew after its cache was deleted keeps its path, not its timings)."""
@@ -116,11 +181,19 @@ def main() -> None:
         if tables[lm] != tables[after]:
             print(f"left out: the {lm} run {detail[lm]['run_dir']} priced with another latency table")
             del detail[lm], manifests[lm]
+    cache = Path(tables[after][0])
+    held = None
+    if cache.is_file():  # the file every required run priced with (checked above): same structures, every model
+        models, dense = latency_models(cache)
+        held = heldout(models, measured_structures(manifests), dense)
+    else:
+        print(f"held-out comparison left out: the latency table file {cache} is gone")
     results = ResultsFile(a.results)
     for lm in detail:
         results.note_run(f"ziplm_retries_{lm}", manifests[lm])
     results.put(["ziplm_retries_detail"], {**detail, "family": FAMILY, "first_try_window": list(FIRST_TRY),
-                                           "before": "one_layer", "after": after})
+                                           "before": "one_layer", "after": after,
+                                           **({"heldout": held} if held is not None else {})})
     results.put(["ziplm_retries"], {"before": detail["one_layer"]["retries_total"],
                                     "after": detail[after]["retries_total"]})
     pending = dict(results.get(["meta", "pending"]) or {})
@@ -128,6 +201,9 @@ def main() -> None:
         results.put(["meta", "pending"], pending)
     print({lm: (d["retries_total"], {k: round(t["first_try_ratio"] or 0, 3) for k, t in d["targets"].items()})
            for lm, d in detail.items()})
+    if held is not None:
+        print({m: (round(h["mean_rel_error"], 3), round(h["max_abs_rel_error"], 3), h["within_first_try_window"],
+                   len(h["points"])) for m, h in held.items()})
 
 
 if __name__ == "__main__":

@@ -89,3 +89,40 @@ def test_runs_priced_with_different_tables_are_refused_before_writing(zr, tmp_pa
     out.unlink()
     zr.main()
     assert "linear" not in json.loads(out.read_text())["ziplm_retries_detail"]
+
+
+def test_heldout_prices_every_measured_structure_with_every_model(zr):
+    """Each model predicts T(dense) / T(structure) for the same structures; errors are predicted / measured - 1."""
+    from compresslab.ops.spdy import LatencyTable
+
+    times = {"attention": {0: 0.0, 1: 1.0, 2: 2.0}, "ffn": {0: 0.0, 4: 3.0, 8: 6.0}}
+    exact = LatencyTable(2.0, times)  # dense (2 layers, 2 heads, 8 neurons): 2 + 2 * (2 + 6) = 18
+    slow_small = LatencyTable(2.0, {"attention": {0: 0.0, 1: 1.5, 2: 2.0}, "ffn": times["ffn"]})
+    dense = {"attention": [2, 2], "ffn": [8, 8]}
+    half = {"heads": [1, 1], "ffn": [4, 4]}  # exact: 2 + 2 * (1 + 3) = 10 -> 1.8x
+    points = [{"run": "calibrated", "target": "2x", **half, "measured": 1.8},
+              {"run": "linear", "target": "2x", **half, "measured": 1.8 * 1.2}]  # a noisy check: 20% faster
+    out = zr.heldout({"exact": exact, "slow_small": slow_small}, points, dense)
+    e = out["exact"]
+    assert [r["predicted"] for r in e["points"]] == pytest.approx([1.8, 1.8])
+    assert [r["rel_error"] for r in e["points"]] == pytest.approx([0.0, 1 / 1.2 - 1])
+    assert e["max_abs_rel_error"] == pytest.approx(1 - 1 / 1.2) and e["within_first_try_window"] == 1  # 1.2 > 1.15
+    # slow_small prices the half model at 2 + 2 * (1.5 + 3) = 11 -> 18 / 11
+    assert out["slow_small"]["points"][0]["predicted"] == pytest.approx(18 / 11)
+    assert out["slow_small"]["mean_rel_error"] == pytest.approx(((18 / 11) / 1.8 - 1 + (18 / 11) / 2.16 - 1) / 2)
+    # a size the table dropped as dominated (ffn 4 here) is priced at the next larger size kept (8)
+    no4 = LatencyTable(2.0, {"attention": times["attention"], "ffn": {0: 0.0, 8: 6.0}})
+    assert zr.heldout({"no4": no4}, points[:1], dense)["no4"]["points"][0]["predicted"] == pytest.approx(18 / 16)
+
+
+def test_measured_structures_are_each_runs_final_members(zr):
+    m = _manifest("calibrated", [1, 0, 0, 0])
+    fam = m["steps"][0]["result"]["metrics"]["family"]
+    for key, r in fam.items():
+        r["structure"] = {"heads": [6, 6], "ffn": [512, 512]}
+        r["target_speedup"] = float(key[:-1])
+    fam["1x"] = {"target_speedup": 1.0, "structure": {"heads": [12, 12], "ffn": [1536, 1536]},
+                 "measured_speedup_b32": 1.0}  # the dense member: not a structure the model priced
+    pts = zr.measured_structures({"calibrated": m})
+    assert [p["target"] for p in pts] == ["1.5x", "2x", "3x", "4x"]
+    assert all(p["run"] == "calibrated" and p["heads"] == [6, 6] for p in pts)
