@@ -35,13 +35,20 @@ class Objective(str, Enum):
     SIZE = "size"  # bytes of the deployed file (lower is better)
 
 
+DEPLOY_GROUPS = ("auto", "ort", "openvino")  # conf/deploy/*.yaml
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """``search.*`` (conf/search/auto.yaml) other than the space, checked on construction.
 
     ``max_drop`` and ``margin`` are in points (0.01 of the score: 1.0 = one accuracy point);
     ``time_budget_s`` and ``unit_s`` in seconds; ``latency_shape`` is (batch, seq) or None for the
-    bench shape with the largest batch. Raises SettingsError naming ``search.<key>``.
+    bench shape with the largest batch. ``deploy``: the runtime every candidate deploys on
+    (``conf/deploy``; default ``auto``: each candidate's run picks ORT or OpenVINO, int8 IRs included, by
+    validation agreement and measured latency, so the objective compares deployments, not one runtime's
+    files), unless the command line sets ``deploy`` itself; None leaves each pipeline's own. Raises
+    SettingsError naming ``search.<key>``.
     """
 
     objective: Objective = Objective.LATENCY
@@ -53,9 +60,13 @@ class SearchSettings:
     unit_s: float = 150.0
     retry_failed: bool = False
     dir: str | None = None
+    deploy: str | None = "auto"  # every candidate's deploy group (ort | openvino | auto) unless the command sets deploy
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objective", coerce_enum(Objective, self.objective, "search.objective"))
+        if self.deploy is not None and self.deploy not in DEPLOY_GROUPS:
+            raise SettingsError(f"search.deploy={self.deploy!r} is not valid; allowed: {', '.join(DEPLOY_GROUPS)} "
+                                "or null (each pipeline's own deploy setting)")
         for name in ("max_drop", "time_budget_s", "unit_s"):
             v = getattr(self, name)
             if not is_number(v) or not math.isfinite(v) or v <= 0:

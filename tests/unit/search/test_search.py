@@ -215,6 +215,7 @@ def test_budget_first_candidate_by_prior(tmp_path):
     ({"time_budget_s": 0}, "search.time_budget_s must be a finite number > 0"),
     ({"time_budget_s": -5}, "search.time_budget_s"),
     ({"latency_shape": [32]}, "search.latency_shape"),
+    ({"deploy": "fastest"}, "search.deploy='fastest' is not valid; allowed: auto, ort, openvino or null"),
 ])
 def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")):
@@ -317,3 +318,23 @@ def test_api_search_composes_the_same_plan(monkeypatch, tmp_path):
     assert plan.search_dir.parent == tmp_path / "search"
     with pytest.raises(SettingsError, match="search.max_drop"):
         compresslab.search.run(max_drop=-1)
+
+
+@pytest.mark.parametrize("overrides, settings, expected", [
+    ([], {}, ["deploy=auto"]),                                   # the default: each candidate picks its runtime
+    (["deploy=ort"], {}, ["deploy=ort"]),                         # the command's own deploy wins
+    (["deploy.precision=f32"], {}, ["deploy.precision=f32"]),      # so does any deploy.* setting
+    ([], {"deploy": "openvino"}, ["deploy=openvino"]),
+    ([], {"deploy": None}, []),                                   # null: each pipeline's own deploy
+])
+def test_every_candidate_deploys_as_the_search_says(monkeypatch, tmp_path, overrides, settings, expected):
+    import compresslab
+    from compresslab.search import driver
+
+    seen = {}
+    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.setdefault("plan", plan) and {"ok": True})
+    compresslab.search.run([f"paths.output_dir={tmp_path}", *overrides], **settings)
+    plan = seen["plan"]
+    assert [o for o in plan.base_overrides if o.startswith("deploy")] == expected
+    int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
+    assert [o for o in plan.candidate_args(int8) if o.startswith("deploy")] == expected
