@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from compresslab.manifest import atomic_write_json, now, read_json
-from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key
+from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key, within_max_drop
 from compresslab.search.plan import SearchPlan, override_value, compose_candidate, plan_search
 from compresslab.search.space import Candidate, Entry, expand
 from compresslab.validate import SettingsError
@@ -201,8 +201,9 @@ class Search:
 
     def _passing(self) -> dict[str, list[Candidate]]:
         names = {o.entry for o in self.outcomes}
-        return {e: [_as_candidate(o) for o in rank([o for o in self.outcomes if o.entry == e], self.s)]
-                for e in names}
+        # seeds: every candidate within max_drop (a drop between the margin and max_drop is noise-level)
+        return {e: [_as_candidate(o) for o in rank([o for o in self.outcomes if o.entry == e], self.s,
+                                                   within_max_drop)] for e in names}
 
     def _entry(self, entry: Entry) -> bool:
         """Try ``entry``'s candidates; True when the time budget kept one from starting."""
@@ -218,7 +219,8 @@ class Search:
             if c.name in seen:
                 continue
             if missed is not None:
-                self._add(_outcome(c, "skipped", reason=f"{missed} already missed the drop budget on validation "
+                self._add(_outcome(c, "skipped", reason=f"{missed} already lost more than max_drop "
+                                                        f"({self.s.max_drop:g} pt) on validation "
                                                         f"(search.space.{entry.name}.stop_on_miss)"))
                 continue
             o = self._reuse(c)
@@ -232,7 +234,7 @@ class Search:
                 else:
                     o = self._try(c, est, left)
             self._add(o)
-            if entry.stop_on_miss and entry.key is not None and o.ok and not meets(o, self.s):
+            if entry.stop_on_miss and entry.key is not None and o.ok and not within_max_drop(o, self.s):
                 missed = c.name
         return budget_hit
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from compresslab.validate import SettingsError, coerce_enum, is_number
 
@@ -210,6 +210,14 @@ def meets(o: Outcome, s: SearchSettings) -> bool:
     return o.ok and o.drop_pt is not None and o.drop_pt <= s.select_drop + EPS
 
 
+def within_max_drop(o: Outcome, s: SearchSettings) -> bool:
+    """A finished candidate whose validation drop is within ``max_drop`` itself (no margin): selectable only if
+    it also meets the margin (:func:`meets`), but not a clear miss either. A drop on ~1,000 validation examples
+    carries about sqrt(disagreements) / n of noise (0.7 pt at 95 % agreement), so a sweep goes on past such a
+    value and compositions may be seeded with it; only a drop beyond ``max_drop`` stops a sweep."""
+    return o.ok and o.drop_pt is not None and o.drop_pt <= s.max_drop + EPS
+
+
 def _better_first(o: Outcome, objective: Objective) -> tuple[float, float]:
     """Sort key: best objective first (a missing value last), then the higher validation score."""
     v = o.value(objective)
@@ -220,9 +228,11 @@ def _better_first(o: Outcome, objective: Objective) -> tuple[float, float]:
     return rank, -(o.val_score or 0.0)
 
 
-def rank(outcomes: Sequence[Outcome], s: SearchSettings) -> list[Outcome]:
-    """The candidates that meet the budget, best objective first (ties: the higher validation score)."""
-    return sorted((o for o in outcomes if meets(o, s) and o.value(s.objective) is not None),
+def rank(outcomes: Sequence[Outcome], s: SearchSettings,
+         keep: Callable[[Outcome, SearchSettings], bool] = meets) -> list[Outcome]:
+    """The candidates that meet the budget (or pass ``keep``), best objective first (ties: the higher
+    validation score)."""
+    return sorted((o for o in outcomes if keep(o, s) and o.value(s.objective) is not None),
                   key=lambda o: _better_first(o, s.objective))
 
 
