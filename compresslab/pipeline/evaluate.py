@@ -90,13 +90,24 @@ def _openvino_runner(xml: Path, threads: int, precision: str) -> Any:
 
 
 def sizes(state: RunState, run_dir: Path, manifest: RunManifest) -> None:
-    """Deployed bytes for the encoder and the whole model, per exported file."""
+    """Deployed bytes for the encoder and the whole model, per exported file.
+
+    ``deployed`` is the artifact the run ships: the pipeline's ONNX file on ORT, or, when the deploy stage
+    chose OpenVINO, its IR (``.xml`` + ``.bin`` bytes; an IR has no per-part breakdown here, so only
+    ``total``) with the ONNX file it came from as ``deployed_onnx``. An n-bit ONNX file deployed as an fp32
+    IR is as large as the IR, not as the file it was converted from.
+    """
     from compresslab.export.size import onnx_size_breakdown
 
     out: dict[str, Any] = {}
-    for label, path in (("ort_fp32", teacher_onnx(run_dir, manifest)), ("deployed", state.onnx.onnx_path)):
+    dep = (manifest.data.get("export") or {}).get("deployed") or {}
+    ir = dep.get("runtime") == "openvino"
+    onnx_label = "deployed_onnx" if ir else "deployed"
+    for label, path in (("ort_fp32", teacher_onnx(run_dir, manifest)), (onnx_label, state.onnx.onnx_path)):
         b = onnx_size_breakdown(path)
         out[label] = {"encoder": b["encoder"], "total": b["file"], "embeddings": b["embeddings"], "head": b["head"]}
+    if ir:
+        out["deployed"] = {"total": int(dep["size_bytes"]), "runtime": "openvino", "file": dep.get("path")}
     extra = [s.result.get("metrics", {}).get("size") for s in manifest.steps]
     for e in extra:  # passes that know a better deployed format (e.g. sparse bitmask + int8)
         if isinstance(e, dict):

@@ -27,7 +27,7 @@ EXPECTED = ("steps", "export", "eval", "size", "bench", "hardware", "versions", 
 MAX_COLUMNS = 10
 OVER = " ⚠"  # marks a score drop beyond the tolerance (eval.max_drop) in a table cell
 # Step and export names of the dense ONNX files, as opposed to checkpoint formats a pass measured.
-ONNX_SIZES = ("ort_fp32", "deployed")
+ONNX_SIZES = ("ort_fp32", "deployed", "deployed_onnx")  # deployed: an OpenVINO IR when deploy chose one
 
 
 def _missing(what: str, m: Mapping[str, Any] | None = None) -> Para:
@@ -236,9 +236,10 @@ def _size(m: Mapping[str, Any]) -> list[Block]:
     out: list[Block] = [Heading("Size")]
     if onnx:
         out.append(_size_table(onnx, "ort_fp32" if "ort_fp32" in onnx else None,
-                               "ONNX files: ort_fp32 is the dense teacher's export, deployed the file the run "
-                               "ships. On-disk bytes; the encoder excludes embeddings and the head, the total is "
-                               "the whole file."))
+                               "Deployed files: ort_fp32 is the dense teacher's export, deployed the file the run "
+                               "ships (an OpenVINO IR when the deploy stage chose OpenVINO: total only, with "
+                               "deployed_onnx the ONNX file it came from). On-disk bytes; the encoder excludes "
+                               "embeddings and the head, the total is the whole file."))
     by_step: dict[str, dict[str, Any]] = {}
     for s in F.steps(m):
         for k in F.as_dict(F.get(s, "result", "metrics", "size")):

@@ -45,10 +45,8 @@ class SearchSettings:
     ``max_drop`` and ``margin`` are in points (0.01 of the score: 1.0 = one accuracy point);
     ``time_budget_s`` and ``unit_s`` in seconds; ``latency_shape`` is (batch, seq) or None for the
     bench shape with the largest batch. ``deploy``: the runtime every candidate deploys on
-    (``conf/deploy``; default ``auto``: each candidate's run picks ORT or OpenVINO, int8 IRs included, by
-    validation agreement and measured latency, so the objective compares deployments, not one runtime's
-    files), unless the command line sets ``deploy`` itself; None leaves each pipeline's own. Raises
-    SettingsError naming ``search.<key>``.
+    (``conf/deploy``), unless the command line sets ``deploy`` itself; None picks by the objective
+    (:attr:`deploy_group`). Raises SettingsError naming ``search.<key>``.
     """
 
     objective: Objective = Objective.LATENCY
@@ -60,13 +58,13 @@ class SearchSettings:
     unit_s: float = 150.0
     retry_failed: bool = False
     dir: str | None = None
-    deploy: str | None = "auto"  # every candidate's deploy group (ort | openvino | auto) unless the command sets deploy
+    deploy: str | None = None  # every candidate's deploy group (auto | ort | openvino); None: by the objective
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objective", coerce_enum(Objective, self.objective, "search.objective"))
         if self.deploy is not None and self.deploy not in DEPLOY_GROUPS:
             raise SettingsError(f"search.deploy={self.deploy!r} is not valid; allowed: {', '.join(DEPLOY_GROUPS)} "
-                                "or null (each pipeline's own deploy setting)")
+                                "or null (by the objective: auto for latency, ort for size)")
         for name in ("max_drop", "time_budget_s", "unit_s"):
             v = getattr(self, name)
             if not is_number(v) or not math.isfinite(v) or v <= 0:
@@ -92,6 +90,17 @@ class SearchSettings:
             object.__setattr__(self, "latency_shape", (int(shape[0]), int(shape[1])))
 
     @property
+    def deploy_group(self) -> str:
+        """The deploy group every candidate gets: ``deploy`` if set; else ``auto`` for the latency objective
+        (each run picks ORT or OpenVINO, int8 IRs included, by validation agreement and measured latency, so
+        the search compares deployments, not one runtime's files) and ``ort`` for size (the n-bit and int8
+        ONNX files are the small ones; OpenVINO cannot read MatMulNBits and would ship an n-bit model as an fp32
+        IR)."""
+        if self.deploy is not None:
+            return self.deploy
+        return "auto" if self.objective is Objective.LATENCY else "ort"
+
+    @property
     def select_drop(self) -> float:
         """The largest validation drop (points) a candidate may have to be selected."""
         return self.max_drop - self.margin
@@ -109,6 +118,7 @@ class SearchSettings:
         d = asdict(self)
         d["objective"] = self.objective.value
         d["latency_shape"] = list(self.latency_shape) if self.latency_shape else None
+        d["deploy"] = self.deploy_group  # resolved: what every candidate got
         return d
 
 

@@ -174,9 +174,8 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     settings = SearchSettings.from_mapping(raw)
     entries = parse_space(raw.get("space"), available_pipelines())
     base = base_overrides(list(overrides)) + pass_overrides(raw.get("passes"))
-    if settings.deploy is not None and not any(override_key(o) == "deploy" or override_key(o).startswith("deploy.")
-                                               for o in overrides):
-        base.append(f"deploy={settings.deploy}")  # the command's own deploy setting wins
+    if not any(override_key(o) == "deploy" or override_key(o).startswith("deploy.") for o in overrides):
+        base.append(f"deploy={settings.deploy_group}")  # the command's own deploy setting wins
     plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
     first = None
     for entry in entries:

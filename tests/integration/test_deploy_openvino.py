@@ -52,6 +52,10 @@ def test_int8_deployed_on_openvino_then_auto(tmp_path, data_root):
     b = m["bench"]  # speed from the same artifact that was scored
     assert b["files"]["deployed"] == dep["path"] and b["files"]["deployed_onnx_ort"] == "steps/01_int8/model.onnx"
     assert b["speedups"]["deployed"]
+    # the size of what ships: the IR's bytes, with the ONNX file it came from beside it
+    ir_bytes = sum((rd / dep["path"]).with_suffix(x).stat().st_size for x in (".xml", ".bin"))
+    assert m["size"]["deployed"] == {"total": ir_bytes, "runtime": "openvino", "file": dep["path"]}
+    assert m["size"]["deployed_onnx"]["total"] == (rd / "steps/01_int8/model.onnx").stat().st_size
 
     rd2 = run(_cfg(tmp_path, data_root, "deploy=auto"))
     m2 = read_json(rd2 / "manifest.json")
@@ -59,3 +63,6 @@ def test_int8_deployed_on_openvino_then_auto(tmp_path, data_root):
     assert auto["chosen"] in ("ort", "openvino") and auto["chosen"] == m2["export"]["deployed"]["runtime"]
     assert set(auto["p50_ms"]) == {"ort", "openvino"} and set(auto["validation"]) == {"ort", "openvino"}
     assert auto["split"] == "validation" and auto["n"] > 0 and "ort" in auto["eligible"]
+    dep2 = m2["export"]["deployed"]
+    assert m2["size"]["deployed"]["total"] == dep2["size_bytes"]  # whichever runtime auto chose
+    assert ("deployed_onnx" in m2["size"]) == (dep2["runtime"] == "openvino")

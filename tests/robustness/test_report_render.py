@@ -139,7 +139,7 @@ def test_no_dumped_dicts_or_lists() -> None:
       expected="the ONNX files in one table (ratios vs ort_fp32), each pass's checkpoint formats in another (vs fp32)")
 def test_onnx_sizes_and_checkpoint_formats_apart(observe) -> None:
     doc = doc_of(manifest("obert_int8_smoke"))
-    onnx = table(doc, "ONNX files")
+    onnx = table(doc, "Deployed files")
     ckpt = table(doc, "Checkpoint formats of 01 obert")
     assert [r[0] for r in onnx.rows] == ["ort_fp32", "deployed"] and onnx.headers[3] == "ort_fp32/x encoder"
     assert [r[0] for r in ckpt.rows] == ["fp32", "int8", "sparse_int8"] and ckpt.headers[3] == "fp32/x encoder"

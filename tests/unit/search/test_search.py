@@ -340,7 +340,9 @@ def test_api_search_composes_the_same_plan(monkeypatch, tmp_path):
     (["deploy=ort"], {}, ["deploy=ort"]),                         # the command's own deploy wins
     (["deploy.precision=f32"], {}, ["deploy.precision=f32"]),      # so does any deploy.* setting
     ([], {"deploy": "openvino"}, ["deploy=openvino"]),
-    ([], {"deploy": None}, []),                                   # null: each pipeline's own deploy
+    ([], {"deploy": None}, ["deploy=auto"]),                      # null: by the objective (latency: auto)
+    ([], {"objective": "size"}, ["deploy=ort"]),                  # size: ORT, where the n-bit files run
+    ([], {"objective": "size", "deploy": "auto"}, ["deploy=auto"]),
 ])
 def test_every_candidate_deploys_as_the_search_says(monkeypatch, tmp_path, overrides, settings, expected):
     import compresslab
