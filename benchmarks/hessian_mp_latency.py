@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from _hessian_mp_core import _store  # sibling module (script dir)
+from _hessian_mp_core import _RESULTS  # sibling module (script dir)
 
 QAT_STEPS = 250  # the qat item's budget: the unconstrained MP 3 arm at the same steps is the reference
 
@@ -66,7 +66,7 @@ def latency(args: Any) -> None:
         if inf is None or "latency" not in inf.limits:
             raise
         fp32 = inf.limits["latency"] / args.limit
-        _store(f"latency_budget.{label}", {
+        _RESULTS.put(["latency_budget", label], {
             "command": command, "limit": args.limit, "avg_bits_budget": avg, "accuracy_level": level,
             "feasible": False, "message": str(inf),
             "smallest_achievable_relative": inf.smallest["latency"] / fp32, "fp32_total_ms": fp32 * 1e3})
@@ -102,5 +102,5 @@ def latency(args: Any) -> None:
         "speedup_vs_ort_fp32": (bench.get("speedups") or {}).get("deployed"),
         "bench_machine_load": bench.get("machine_load"),
     }
-    _store(f"latency_budget.{label}", record)
+    _RESULTS.put(["latency_budget", label], record)  # a list of keys: the label's dots stay in one key
     print({k: record[k] for k in ("predicted_relative", "avg_bits", "widths", "dev_acc", "speedup_vs_ort_fp32")})

@@ -95,8 +95,9 @@ def main(argv: list[str]) -> None:
     shape = [] if a.budget == "smoke" else [32, 128]  # the smoke bench has no b32 x s128 shape
     settings: dict[str, Any] = {"max_drop": a.max_drop, "objective": a.objective, "time_budget_s": a.budget_s,
                                 **({"latency_shape": shape} if shape else {})}
-    from compresslab.cli import bad_input_errors
+    from compresslab.cli import bad_input_errors, terminate_as_interrupt
 
+    terminate_as_interrupt()  # kill (SIGTERM) records the search as interrupted, like Ctrl-C; rerun to resume
     try:
         data = search(overrides, **settings)
     except bad_input_errors() as e:  # a bad setting: one line naming it, exit 2, nothing run

@@ -147,7 +147,7 @@ def _main(cfg) -> None:
     if cfg.get("pipeline") is None and not searching:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
-    _terminate_as_interrupt()
+    terminate_as_interrupt()
     try:
         if searching:
             from compresslab.search.driver import main as search_main
@@ -181,7 +181,9 @@ class Terminated(KeyboardInterrupt):
     run as ``interrupted`` at its step instead of leaving it ``running`` until the pid check."""
 
 
-def _terminate_as_interrupt() -> None:
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM raise :class:`Terminated` (a KeyboardInterrupt) in the main thread: whatever a long run
+    does on Ctrl-C (record ``interrupted``, keep what finished) it then does on ``kill`` too."""
     import signal
 
     def handler(signum: int, frame: object) -> None:

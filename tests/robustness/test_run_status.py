@@ -89,7 +89,7 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path, monkeypatch, observe):
     import signal
 
     import compresslab.pipeline.steps as steps
-    from compresslab.cli import Terminated, _terminate_as_interrupt
+    from compresslab.cli import Terminated, terminate_as_interrupt
 
     old = signal.getsignal(signal.SIGTERM)
 
@@ -98,7 +98,7 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path, monkeypatch, observe):
         signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
 
     try:
-        _terminate_as_interrupt()
+        terminate_as_interrupt()
         monkeypatch.setattr(steps, "run_torch_pass", killed)
         root = make_inputs(tmp_path / "in")
         with pytest.raises(Terminated):
@@ -121,7 +121,7 @@ def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, observe):
 
     monkeypatch.setattr("compresslab.pipeline.run", interrupted)
     monkeypatch.setattr(cli, "setup_process", lambda *a: 1)
-    monkeypatch.setattr(cli, "_terminate_as_interrupt", lambda: None)
+    monkeypatch.setattr(cli, "terminate_as_interrupt", lambda: None)
     from compresslab.config import compose
 
     with pytest.raises(SystemExit) as e:
