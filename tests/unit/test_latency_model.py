@@ -301,7 +301,7 @@ def test_step_metrics_record_the_fit_the_points_and_retries() -> None:
                           linear_record=None)
     recs = {2.0: {"target_speedup": 2.0, "attempts": [{}, {}], "structure": {}, "retries": 1},
             4.0: {"target_speedup": 4.0, "attempts": [{}], "structure": {}, "retries": 0}}
-    m = result_metrics(SpeedupSettings(speedup=2.0, family=[4.0]), recs, lab, 100)
+    m = result_metrics(SpeedupSettings(speedup=2.0, family=[4.0], latency_model="calibrated"), recs, lab, 100)
     table = m["latency_table"]
     assert table["model"] == "calibrated" and table["calibration"]["fit_ms"]["fixed"] == {"attention": 8.0, "ffn": 7.0}
     assert table["calibration"]["points"][0]["after_ms"] == 749.0 and "one_layer_table" not in table["calibration"]

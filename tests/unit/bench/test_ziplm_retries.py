@@ -82,13 +82,16 @@ def test_runs_priced_with_different_tables_are_refused_before_writing(zr, tmp_pa
     assert set(data["ziplm_retries_detail"]) >= {"one_layer", "calibrated", "linear"}
     assert data["ziplm_retries"]["before"] == 7
     # the same file measured anew (other calibration timings) is another measurement; an optional model's run
-    # that priced with another one is left out, not a reason to refuse the required pair
-    anew = _manifest("linear", [0, 1, 0, 0])
+    # (neither one_layer nor the default) that priced with another one is left out, not a reason to refuse
+    from compresslab.pruning.speedup import SpeedupSettings
+
+    optional = ({"calibrated", "linear"} - {SpeedupSettings().latency_model.value}).pop()
+    anew = _manifest(optional, [0, 1, 0, 0])
     anew["steps"][0]["result"]["metrics"]["latency_table"]["calibration"] = {"points": [{"measured_ms": 270.0}]}
-    (tmp_path / "ziplm_2x" / "c3" / "manifest.json").write_text(json.dumps(anew))
+    (tmp_path / "ziplm_2x" / {"calibrated": "b2", "linear": "c3"}[optional] / "manifest.json").write_text(json.dumps(anew))
     out.unlink()
     zr.main()
-    assert "linear" not in json.loads(out.read_text())["ziplm_retries_detail"]
+    assert optional not in json.loads(out.read_text())["ziplm_retries_detail"]
 
 
 def test_heldout_prices_every_measured_structure_with_every_model(zr):
