@@ -73,6 +73,7 @@ def latency(args: Any) -> None:
         print(f"infeasible: {inf}")
         return
     m = read_json(run_dir / "manifest.json")
+    _RESULTS.note_run(f"latency_budget_{label}", m)  # the run's machine load and hardware beside its figures
     step = next(s for s in m["steps"] if s["name"] == "hawq")
     met = step["result"]["metrics"]
     lat = met["latency"]
