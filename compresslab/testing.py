@@ -136,3 +136,27 @@ def import_benchmark(name: str, repo: str | Path) -> Any:
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def synthetic_latency_table(base_ms: float = 1.0, *, layers: int = 2, heads: int = 4, ffn: int = 64,
+                            ffn_grid: int = 16, env: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """A latency table for the tiny models with no timing: ``(table, info)`` as ``build_latency_table`` returns.
+
+    The table prices 1 ms per head and 0.05 ms per FFN neuron (sizes on ``ffn_grid``) plus
+    ``base_ms``. ``info`` carries the whole-model calibration record the real build writes, with
+    the table's own predictions as the "measured" times, so every ``latency_model``
+    (one_layer, calibrated, linear) prices a structure the same: tests of the search and the
+    checks do not depend on which model is the default.
+    """
+    from compresslab.bench.latency_table import calibration_points, calibration_record
+    from compresslab.ops.spdy import LatencyTable
+
+    times = {"attention": {h: h * 1e-3 for h in range(heads + 1)},
+             "ffn": {n: n * 5e-5 for n in range(0, ffn + 1, ffn_grid)}}
+    table = LatencyTable(base_ms * 1e-3, times, env or {})
+    points = calibration_points(table, heads, ffn, layers, (0.5, 0.25, 0.125))
+    _, record = calibration_record(table, points, [table.predict(c) for c in points.values()], fit_scale=True)
+    arch = {**(env or {}).get("arch", {}), "layers": layers, "heads": heads, "ffn": ffn}
+    one_layer = LatencyTable(table.base_time, times, {**(env or {}), "arch": arch})
+    calibration = {**record, "one_layer_table": one_layer.to_dict()}
+    return table, {"cached": False, "measure_s": 0.0, "raw": {"calibration": calibration}}

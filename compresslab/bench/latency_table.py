@@ -348,7 +348,7 @@ def measure_calibration(model: nn.Module, dense_onnx: str | Path, table: Latency
         log.warning("latency calibration: the table prices only removed or full modules (sizes %s), so no "
                     "uniform shrink differs from dense; the scale stays 1 and only t_0 and the fixed costs are "
                     "fitted", {k: table.sizes(k) for k in table.module_times})
-    fit, record = _fit_record(table, points, measured, fit_scale)
+    fit, record = calibration_record(table, points, measured, fit_scale)
     log.info("latency calibration: fixed costs %s ms, scale %.3f, t_0 %.2f ms; worst relative error "
              "%.1f%% with the one-layer table, %.1f%% fitted",
              {k: round(v * 1e3, 3) for k, v in fit.fixed.items()}, fit.scale, fit.base_time * 1e3,
@@ -356,9 +356,15 @@ def measure_calibration(model: nn.Module, dense_onnx: str | Path, table: Latency
     return fit, {**record, "one_layer_table": table.to_dict()}
 
 
-def _fit_record(table: LatencyTable, points: dict[str, dict[str, list[int]]], measured: list[float],
-                fit_scale: bool) -> tuple[FixedCostFit, dict[str, Any]]:
-    """Fit the fixed costs of ``table`` to the whole-model times (s) and record every point before and after."""
+def calibration_record(table: LatencyTable, points: dict[str, dict[str, list[int]]], measured: list[float],
+                       fit_scale: bool) -> tuple[FixedCostFit, dict[str, Any]]:
+    """Fit the fixed costs of ``table`` to whole-model times and record every point before and after.
+
+    ``points``: name -> ``{"attention": [heads per layer], "ffn": [neurons per layer]}`` (as
+    :func:`calibration_points` names them); ``measured``: their times in seconds, in the same order.
+    Returns the fit and the record :func:`measure_calibration` stores (times in ms), which
+    :func:`linear_table` refits from. Raises ValueError (from ``fit_fixed_costs``) on too few points.
+    """
     fit = fit_fixed_costs(table, list(points.values()), measured, fit_scale=fit_scale)
     fitted = fit.apply(table)
     rows = []
@@ -404,7 +410,7 @@ def linear_table(info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any]]:
               for r in cal["points"]}
     measured = [float(r["measured_ms"]) / 1e3 for r in cal["points"]]
     line_table, lines = one.linear_in_size()
-    fit, record = _fit_record(line_table, points, measured, bool(cal.get("scale_fitted", True)))
+    fit, record = calibration_record(line_table, points, measured, bool(cal.get("scale_fitted", True)))
     record["lines_ms"] = {k: {"intercept": a * 1e3, "slope": b * 1e3} for k, (a, b) in lines.items()}
     record["model"] = ("T = t_0 + sum over present modules (fixed[kind] + scale * max(0, a_kind + b_kind * size)); "
                        "a, b: least-squares line through the one-layer table")

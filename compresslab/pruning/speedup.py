@@ -39,15 +39,14 @@ Choice = dict[str, list[int]]  # {"heads": [per layer], "ffn": [per layer]}: rem
 class LatencyModel(str, Enum):
     """What the search prices a structure with (``bench/latency_table.py``).
 
-    ``calibrated`` (the default): the one-layer table corrected by whole-model timings (a fixed cost per
-    present module and a scale, fitted by least squares); ``linear``: the same correction on the one-layer
-    table put on one least-squares line per module type (``bench.latency_table.linear_table``: the search
-    cannot pick sizes whose probes came out low by chance); ``one_layer``: the one-layer table alone (the
-    method before issue #13, kept to compare retries on the same measurement). All three come from the same
-    cached measurement. Priced on the same 12 measured structures, linear lands 11 of 12 first tries in the
-    window [0.95, 1.15], calibrated 8 and one_layer 2 (``benchmarks/RESULTS.md``, ZipLM retries; the check's
-    own spread is 1-2 %): linear is the better model and the intended default, pending test fakes that
-    carry a whole-model calibration record.
+    ``linear`` (the default): the one-layer table put on one least-squares line per module type
+    (``bench.latency_table.linear_table``: the search cannot pick sizes whose probes came out low by
+    chance), corrected by whole-model timings (a fixed cost per present module and a scale, fitted by least
+    squares); ``calibrated``: the same correction on the one-layer table as measured; ``one_layer``: the
+    one-layer table alone (the method before issue #13, kept to compare retries on the same measurement).
+    All three come from the same cached measurement. Priced on the same 12 measured structures, linear
+    lands 11 of 12 first tries in the window [0.95, 1.15], calibrated 8 and one_layer 2
+    (``benchmarks/RESULTS.md``, ZipLM retries; the check's own spread is 1-2 %).
     """
 
     CALIBRATED = "calibrated"
@@ -76,7 +75,7 @@ class SpeedupSettings:
     max_retries: int = 2  # re-solve with a tighter budget while the measured speedup falls short
     tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
     num_calibration: int = 2048
-    latency_model: LatencyModel = LatencyModel.CALIBRATED
+    latency_model: LatencyModel = LatencyModel.LINEAR
     # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
     recovery: Recovery = field(default_factory=Recovery)
 

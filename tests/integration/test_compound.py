@@ -33,10 +33,9 @@ from compresslab.manifest import read_json
 from compresslab.models.adapters import get_adapter
 from compresslab.models.structure import shrink_ffn, shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
-from compresslab.ops.spdy import LatencyTable
 from compresslab.pipeline import PipelineError, build_steps, run
 from compresslab.targets import select_modules
-from compresslab.testing import tiny_sentiment, write_csv
+from compresslab.testing import synthetic_latency_table, tiny_sentiment, write_csv
 
 # tiny budgets: ZipLM's latency shape and calibration, oBERT's gradient batches (the smoke budget's
 # 8 gradients per Fisher need 8 mini-batches of the 64 train examples left after validation)
@@ -45,17 +44,11 @@ ZIPLM_TINY = ["batch=2", "seq=16", "threads=1", "ffn_grid=16", "latency_warmup=0
 OBERT_TINY = ["grad_batch_size=4"]
 
 
-def fake_table(base_ms: float = 1.0) -> LatencyTable:
-    """Tiny models (4 heads, FFN 64, grid 16): 1 ms per head, 0.05 ms per neuron."""
-    return LatencyTable(base_ms * 1e-3, {"attention": {h: h * 1e-3 for h in range(5)},
-                                          "ffn": {n: n * 5e-5 for n in range(0, 65, 16)}})
-
-
 def patch_timing(mp: pytest.MonkeyPatch) -> None:
-    """No timing on a shared machine: ZipLM prices with :func:`fake_table` and every check says 100x."""
+    """No timing on a shared machine: ZipLM prices with ``synthetic_latency_table`` and every check says 100x."""
     import compresslab.pruning.speedup as sp
 
-    mp.setattr(sp, "build_latency_table", lambda *a, **k: (fake_table(), {"cached": False, "measure_s": 0.0}))
+    mp.setattr(sp, "build_latency_table", lambda *a, **k: synthetic_latency_table())
     mp.setattr(sp, "measure_speedup", lambda *a, **k: {"speedup": 100.0, "dense_ms": 10.0, "candidate_ms": 0.1})
 
 

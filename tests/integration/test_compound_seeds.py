@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.ops.spdy import LatencyTable
-from compresslab.testing import tiny_generic_run
+from compresslab.testing import synthetic_latency_table, tiny_generic_run
 
 ROOT = Path(__file__).resolve().parents[2]
 # ZipLM's and L1's tiny timing shape (the script adds max_retries=0 and check_runs=1 itself)
@@ -42,11 +41,10 @@ def _put_table(root: Path) -> Path:
 
     model, _ = load_pretrained(root / "model", kind="classification", num_labels=2)
     env = environment(model, TableSettings(batch=2, seq=16, threads=1, ffn_grid=16))
-    table = LatencyTable(1e-3, {"attention": {h: h * 1e-3 for h in range(5)},
-                                "ffn": {n: n * 5e-5 for n in range(0, 65, 16)}}, env)
+    table, info = synthetic_latency_table(env=env)
     path = cache_file(root / "cache", env)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"table": table.to_dict(), "info": {}}))
+    path.write_text(json.dumps({"table": table.to_dict(), "info": info}))
     return path
 
 

@@ -16,9 +16,8 @@ from compresslab.models.adapters import get_adapter
 from compresslab.checkpoint import load, save
 from compresslab.models.structure import shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
-from compresslab.ops.spdy import LatencyTable
 from compresslab.passes.structured_l1 import StructuredL1, head_l1, neuron_l1
-from compresslab.testing import tiny_context, tiny_task
+from compresslab.testing import synthetic_latency_table, tiny_context, tiny_task
 from compresslab.types import PassContext
 
 torch.set_num_threads(1)
@@ -35,9 +34,7 @@ def _ctx(tmp_path: Path) -> PassContext:
 def fake_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     import compresslab.pruning.speedup as st
 
-    table = LatencyTable(1e-3, {"attention": {h: h * 1e-3 for h in range(5)},
-                                "ffn": {n: n * 5e-5 for n in range(0, 65, 16)}})
-    monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: (table, {"cached": False}))
+    monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: synthetic_latency_table())
     monkeypatch.setattr(st, "measure_speedup", lambda *a, **k: {"speedup": 9.0, "dense_ms": 9.0, "candidate_ms": 1.0})
 
 

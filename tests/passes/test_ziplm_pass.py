@@ -23,6 +23,7 @@ from compresslab.checkpoint import load, save
 from compresslab.models.structure import shrink_ffn, shrink_heads
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.ops.spdy import LatencyTable
+from compresslab.testing import synthetic_latency_table
 from compresslab.types import PassContext
 
 torch.set_num_threads(1)
@@ -38,10 +39,9 @@ def make_ctx(tmp_path: Path, n: int = 48, teacher: Any = None) -> PassContext:
                        max_length=32, batch_size=8, cache_dir=tmp_path / "cache")
 
 
-def fake_table(base_ms: float = 1.0) -> LatencyTable:
-    """Tiny BERT (4 heads, FFN 64, grid 16): 1 ms per head, 0.05 ms per neuron."""
-    return LatencyTable(base_ms * 1e-3, {"attention": {h: h * 1e-3 for h in range(5)},
-                                          "ffn": {n: n * 5e-5 for n in range(0, 65, 16)}})
+def fake_table(base_ms: float = 1.0) -> tuple[LatencyTable, dict[str, Any]]:
+    """Tiny BERT (4 heads, FFN 64, grid 16): 1 ms per head, 0.05 ms per neuron, with its calibration record."""
+    return synthetic_latency_table(base_ms)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def fake_timing(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import compresslab.pruning.speedup as st
 
     state: dict[str, Any] = {"table": fake_table(), "script": [], "calls": 0}
-    monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: (state["table"], {"cached": False, "measure_s": 0.0}))
+    monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: state["table"])
 
     def measure(dense: Any, cand: Any, settings: Any, **kw: Any) -> dict[str, float]:
         state["calls"] += 1
@@ -138,7 +138,7 @@ def test_stitch_loads_compensated_weights(tmp_path: Path, fake_timing: dict) -> 
     ctx = make_ctx(tmp_path)
     model = tiny_model("bert")
     p = _ziplm()
-    dbs = p.databases(model, ctx, fake_table())
+    dbs = p.databases(model, ctx, fake_table()[0])
     choice = {"heads": [2, 0], "ffn": [32, 64]}
     ZipLM.stitch(model, dbs, choice)
     lv0, lv1 = get_adapter(model).layer(0), get_adapter(model).layer(1)

@@ -45,6 +45,31 @@ def _cfg() -> dict:
             "budgets": {"smoke": {"overrides": []}}, "tasks": {"tiny": {"overrides": []}}}
 
 
+@pytest.mark.parametrize("extra, match", [
+    ({"ziplm_int8": ["budget.recovery_steps=2000"]}, r"pipeline\(s\) \['ziplm_int8'\] the suite config does not run"),
+    ({"int8": "budget.recovery_steps=2000"}, "a list of key=value overrides"),
+    ({"int8": ["budget.recovery_steps"]}, "a list of key=value overrides"),
+])
+def test_a_pipeline_override_for_no_pipeline_or_not_a_list_is_refused(extra, match) -> None:
+    with pytest.raises(suite_plan.SuiteError, match=match):
+        suite_plan.plan({**_cfg(), "pipeline_overrides": extra}, "tiny", "smoke", None)
+
+
+def test_a_pipeline_override_comes_last_and_only_in_its_own_pipeline() -> None:
+    cfg = {**_cfg(), "pipelines": ["int8", "ziplm_int8"],
+           "budgets": {"smoke": {"overrides": ["budget=bench", "budget.recovery_steps=400"]}},
+           "pipeline_overrides": {"ziplm_int8": ["budget.recovery_steps=2000"]}}
+    p = suite_plan.plan(cfg, "tiny", "smoke", None)
+    assert p.overrides.count("budget.recovery_steps=400") == 1  # shared by every cell's cache key, unchanged
+    zl, i8 = p.args("ziplm_int8"), p.args("int8")
+    assert zl.index("budget.recovery_steps=2000") > zl.index("budget.recovery_steps=400")
+    assert "budget.recovery_steps=2000" not in i8
+    from compresslab.config import compose
+
+    assert compose(zl).pipeline.passes.ziplm.recovery.steps == 2000  # the last one wins, as the runs read it
+    assert "  ziplm_int8 (then budget.recovery_steps=2000)\n" in suite_plan.list_suite(cfg)
+
+
 @pytest.mark.parametrize("cells", [[], ["int8"]])
 def test_an_empty_cell_list_is_refused_not_read_as_every_cell(cells) -> None:
     if cells:
