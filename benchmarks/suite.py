@@ -370,6 +370,7 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
             "meta": {"task": p.task, "metric": teacher.state.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
                      "overrides": list(p.overrides), "threads": p.threads, "timing": timing_meta,
+                     "pipeline_overrides": {k: list(v) for k, v in p.pipeline_extra.items()},
                      "cpu_isa": [f for f in ISA_FLAGS if f in flags], "cell_keys": keys,
                      "cells": {n: {k: c.get(k) for k in ("build_s", "cpu_s", "over_budget", "run_dir", "command", "status")}
                                for n, c in cells.items()},

@@ -9,7 +9,7 @@ that cell anew). Nothing here trains, builds, scores or times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +40,12 @@ class TaskPlan:
     teacher_cpu_hours: float | None
     openvino: bool = True  # backends holds openvino: each pipeline also gets its OpenVINO cell
     openvino_keep_fp32: tuple[str, ...] = ()  # Linear patterns our QDQ for OpenVINO keeps fp32 (suite_openvino)
+    # one pipeline's own overrides, after every other (the last wins): suite.yaml ``pipeline_overrides``
+    pipeline_extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def args(self, pipeline: str) -> list[str]:
+        """The compresslab command line of ``pipeline``'s run (:func:`pipeline_overrides`)."""
+        return pipeline_overrides(pipeline, [*self.overrides, *self.pipeline_extra.get(pipeline, ())])
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -79,6 +85,21 @@ def peer_names(cfg: Mapping[str, Any]) -> list[str]:
     return names
 
 
+def pipeline_extra(cfg: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """suite.yaml ``pipeline_overrides`` (pipeline -> overrides applied after the task's and the budget's);
+    SuiteError for a pipeline the config does not run or a value that is not a list of ``key=value``."""
+    extra = cfg.get("pipeline_overrides") or {}
+    unknown = [p for p in extra if p not in cfg["pipelines"]]
+    if unknown:
+        raise SuiteError(f"pipeline_overrides names pipeline(s) {unknown} the suite config does not run; "
+                         f"pipelines: {list(cfg['pipelines'])}")
+    bad = {p: v for p, v in extra.items()
+           if not isinstance(v, list) or not all(isinstance(o, str) and "=" in o for o in v)}
+    if bad:
+        raise SuiteError(f"pipeline_overrides must map each pipeline to a list of key=value overrides, got {bad}")
+    return {p: tuple(v) for p, v in extra.items()}
+
+
 def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | None,
          extra: Sequence[str] = ()) -> TaskPlan:
     """Resolve one task's plan; SuiteError naming the allowed values for an unknown task, budget or cell."""
@@ -112,7 +133,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                  tuple(cfg.get("openvino_keep_fp32") or ()))
+                  tuple(cfg.get("openvino_keep_fp32") or ()), pipeline_extra(cfg))
     _check_openvino_cells(tp, asked_openvino)
     return tp
 
@@ -126,7 +147,7 @@ def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
         pl = pipeline_of(c)
         if not p.openvino:
             bad[c] = "the suite config's backends do not include openvino"
-        elif c == nncf_cell_name(pl) and pipeline_method(pipeline_overrides(pl, p.overrides)) != OURS:
+        elif c == nncf_cell_name(pl) and pipeline_method(p.args(pl)) != OURS:
             bad[c] = (f"{pl} is not our method (it runs another tool on the shared teacher): NNCF's int8 of the "
                       "teacher is the nncf_ptq_int8 peer")
     if bad:
@@ -156,7 +177,7 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     data = {"task": p.task, "budget": p.budget, "overrides": list(p.overrides), "teacher": teacher_sha,
             "dev": examples_sha256(dev), "max_length": max_length}
     todo: list[tuple[str, str, dict[str, Any]]] = []
-    args = {pl: pipeline_overrides(pl, p.overrides) for pl in p.pipelines}
+    args = {pl: p.args(pl) for pl in p.pipelines}
     # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule)
     method = {pl: pipeline_method(args[pl]) for pl in p.pipelines}
     todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
@@ -191,7 +212,8 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
         preset = t.get("teacher") or "none named (the budget's, else the config's budget.teacher)"
         lines.append(f"  {n}: {preset}, {t.get('teacher_cpu_hours', 'no budget')}")
     lines += ["budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
-    lines += [f"  {p}" for p in cfg["pipelines"]]
+    extra = pipeline_extra(cfg)
+    lines += [f"  {p}" + (f" (then {' '.join(extra[p])})" if p in extra else "") for p in cfg["pipelines"]]
     if "openvino" in backends(cfg):
         lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}, our QDQ keeping "
                      f"{list(cfg.get('openvino_keep_fp32') or []) or 'nothing'} fp32) and, for our int8 pipelines, "
