@@ -151,12 +151,13 @@ def synthetic_latency_table(base_ms: float = 1.0, *, layers: int = 2, heads: int
     from compresslab.bench.latency_table import calibration_points, calibration_record
     from compresslab.ops.spdy import LatencyTable
 
+    env = env or {}
     times = {"attention": {h: h * 1e-3 for h in range(heads + 1)},
              "ffn": {n: n * 5e-5 for n in range(0, ffn + 1, ffn_grid)}}
-    table = LatencyTable(base_ms * 1e-3, times, env or {})
+    table = LatencyTable(base_ms * 1e-3, times, env)
     points = calibration_points(table, heads, ffn, layers, (0.5, 0.25, 0.125))
     _, record = calibration_record(table, points, [table.predict(c) for c in points.values()], fit_scale=True)
-    arch = {**(env or {}).get("arch", {}), "layers": layers, "heads": heads, "ffn": ffn}
-    one_layer = LatencyTable(table.base_time, times, {**(env or {}), "arch": arch})
+    arch = {**env.get("arch", {}), "layers": layers, "heads": heads, "ffn": ffn}
+    one_layer = LatencyTable(table.base_time, times, {**env, "arch": arch})
     calibration = {**record, "one_layer_table": one_layer.to_dict()}
     return table, {"cached": False, "measure_s": 0.0, "raw": {"calibration": calibration}}

@@ -107,6 +107,15 @@ class PassContext:
         return make_loader(self.task.validation, self.tokenizer, batch_size or self.batch_size,
                            self.max_length, shuffle=False, seed=self.seed, kind=self.task.spec.kind)
 
+    def validation_score(self, model: "nn.Module") -> float:
+        """``model``'s score (the task's metric, higher is better) on the validation split: what a pass
+        selects on (``Recovery.select_every``). The model runs on ``self.device`` as it is (eval mode is
+        the caller's; :class:`~compresslab.training.select.BestOnValidation` sets it)."""
+        from compresslab.eval.evaluate import predict, torch_forward
+
+        return float(predict(torch_forward(model, self.device), self.task.spec, self.task.validation,
+                             self.tokenizer, max_length=self.max_length).metrics["score"])
+
     def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:
         """``n`` examples sampled (seeded) from train, tokenized and batched.
 

@@ -107,7 +107,8 @@ class Hawq(HawqSettings):
             res = recover(model, ctx.train_loader(), self.recovery, teacher,
                           embedding=is_embedding, batch_size=ctx.batch_size,
                           seed=ctx.seed, progress=ctx.progress, desc="hawq QAT", device=ctx.device,
-                          checkpoint_dir=str(ckpt), checkpoint_every=QAT_CHECKPOINT_EVERY)
+                          checkpoint_dir=str(ckpt), checkpoint_every=QAT_CHECKPOINT_EVERY,
+                          validate=ctx.validation_score)
             metrics["qat"] = {**res.to_dict(), "steps": self.recovery.steps, "lr": self.recovery.lr,
                               "ranges": "dynamic (recomputed from w every forward), frozen after QAT"}
         freeze_all(model)

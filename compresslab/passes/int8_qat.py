@@ -144,7 +144,8 @@ class Int8Qat:
                 res = recover(model, ctx.train_loader(), r, teacher, embedding=embedding,
                               callbacks=[keeper, FreezeObservers(self.observer_freeze_step)],
                               batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress, desc="int8 QAT",
-                              device=ctx.device, checkpoint_dir=str(ckpt), checkpoint_every=QAT_CHECKPOINT_EVERY)
+                              device=ctx.device, checkpoint_dir=str(ckpt), checkpoint_every=QAT_CHECKPOINT_EVERY,
+                              validate=ctx.validation_score)
                 metrics["qat"] = {**res.to_dict(), "steps": r.steps, "lr": r.lr,
                                   "observers_frozen_at_step": min(self.observer_freeze_step, r.steps)}
             keeper.apply(model)

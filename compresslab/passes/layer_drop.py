@@ -112,6 +112,7 @@ class LayerDrop:
                    "params_before": before, "params": sum(p.numel() for p in model.parameters())}
         if r.steps:
             res = recover(model, ctx.train_loader(), r, teacher, embedding=embedding, batch_size=ctx.batch_size,
-                          seed=ctx.seed, progress=ctx.progress, desc="layer_drop recovery", device=ctx.device)
+                          seed=ctx.seed, progress=ctx.progress, desc="layer_drop recovery", device=ctx.device,
+                          validate=ctx.validation_score)
             metrics["recovery"] = res.to_dict()
         return PassResult(metrics=metrics, structure={"layers": keep})

@@ -238,7 +238,8 @@ def recover(model: nn.Module, ctx: PassContext, recovery: Recovery, teacher: nn.
 
     res = _train_recover(model, ctx.train_loader(), recovery, teacher,
                          embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, batch_size=ctx.batch_size,
-                         seed=ctx.seed, progress=ctx.progress, desc=desc, device=ctx.device)
+                         seed=ctx.seed, progress=ctx.progress, desc=desc, device=ctx.device,
+                         validate=ctx.validation_score)
     return res.to_dict()
 
 

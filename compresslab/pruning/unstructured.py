@@ -228,6 +228,10 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
     Fisher gradients from a fresh batch stream and reports the scorer's timings of its own session only.
     """
     steps = recovery.steps
+    if recovery.select_every and mode is not Mode.ONESHOT:
+        # an early check scores a less sparse model: restoring it would miss the target sparsity
+        raise ValueError(f"{name}: recovery.select_every={recovery.select_every} is for a fixed structure; "
+                         "gradual pruning changes the sparsity during recovery (use mode=oneshot, or 0)")
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
     # before any pruning: without ctx.teacher the dense input model is the teacher
     teacher = ctx.kd_teacher(model) if steps else None
@@ -261,8 +265,11 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
         res = recover(model, ctx.train_loader(batch_size=ctx.batch_size), recovery, teacher,
                       embedding=ctx.task.spec.kind is TaskKind.EMBEDDING, callbacks=callbacks,
                       batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress, desc=name, device=ctx.device,
-                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, **schedule)
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                      validate=ctx.validation_score, **schedule)
         metrics.update(train_s=round(res.wall_s, 2), final_loss=res.losses[-1] if res.losses else None)
+        if res.selection is not None:
+            metrics["selection"] = res.selection
         if checkpoint_dir is not None:
             metrics["checkpoint_every"] = checkpoint_every
             if res.resumed_at is not None:

@@ -196,12 +196,15 @@ class TrainResult:
     wall_s: float  # all sessions of a resumed run together
     losses: list[float] = field(default_factory=list)  # mean loss per log window
     resumed_at: int | None = None  # the checkpoint step this call started from
+    selection: dict[str, Any] | None = None  # recover(): the validation checks and the step kept
 
     def to_dict(self) -> dict[str, Any]:
         out = {"steps": self.steps, "wall_s": round(self.wall_s, 2),
                "final_loss": self.losses[-1] if self.losses else None}
         if self.resumed_at is not None:
             out["resumed_at"] = self.resumed_at
+        if self.selection is not None:
+            out["selection"] = self.selection
         return out
 
 

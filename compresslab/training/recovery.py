@@ -16,6 +16,7 @@ from torch import nn
 
 from compresslab.training.loop import TrainConfig, TrainResult, train
 from compresslab.training.losses import build_losses
+from compresslab.training.select import BestOnValidation
 from compresslab.validate import (
     check_finite_positive, check_int, check_loss_weight, check_positive, coerce_settings, is_number)
 
@@ -26,7 +27,11 @@ class Recovery:
 
     ``steps`` optimizer steps (0 = no recovery) at peak ``lr``; ``hardness`` weighs logit KD
     against the task loss (1 = KD only); ``temperature`` softens both logit distributions;
-    ``hidden_weight`` adds token-level KD over every layer's output (0 = off).
+    ``hidden_weight`` adds token-level KD over every layer's output (0 = off). ``select_every``
+    scores the model on the validation split every that many steps (and at the last) and keeps
+    the best weights (0 = off: the last weights): a long recovery on a small task can overfit the
+    teacher's train-set outputs, and the step to stop at is chosen on validation, never on dev
+    (MEASURE.md). Costs one validation pass per check.
     """
 
     steps: int = 0
@@ -34,6 +39,7 @@ class Recovery:
     hardness: float = 1.0
     temperature: float = 2.0
     hidden_weight: float = 0.0
+    select_every: int = 0
 
     def __post_init__(self) -> None:
         check_int(self.steps, "recovery.steps", minimum=0)
@@ -42,6 +48,7 @@ class Recovery:
             raise ValueError(f"recovery.hardness={self.hardness!r} must be in [0, 1] (1 = KD only)")
         check_finite_positive(self.temperature, "recovery.temperature")
         check_loss_weight(self.hidden_weight, "recovery.hidden_weight")
+        check_int(self.select_every, "recovery.select_every", minimum=0)
 
     @classmethod
     def coerce(cls, value: "Recovery | Mapping[str, Any]") -> "Recovery":
@@ -65,7 +72,7 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
             cycle_steps: int | None = None, warmup_ratio: float = 0.0, final_lr_ratio: float = 0.0,
             batch_size: int = 32, seed: int = 0, progress: Callable[..., Any] | None = None,
             desc: str = "recovery", device: Any = None, checkpoint_dir: str | os.PathLike | None = None,
-            checkpoint_every: int = 0) -> TrainResult:
+            checkpoint_every: int = 0, validate: Callable[[nn.Module], float] | None = None) -> TrainResult:
     """Train ``model`` in place for ``recovery.steps`` steps of KD from ``teacher``; model left in eval.
 
     ``embedding=True`` distils mean-pooled sentence embeddings (no logits to match). The schedule
@@ -74,9 +81,20 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
     ``checkpoint_every`` make the run resumable (:class:`TrainConfig`; one directory per call):
     they belong to the run, not to the recovery recipe. With ``steps == 0`` nothing runs and an
     empty result comes back.
+
+    ``validate(model) -> float`` (higher is better; :meth:`PassContext.validation_score`) is required
+    when ``recovery.select_every`` is set: the best-scoring weights are restored at the end and
+    ``TrainResult.selection`` records every check (ValueError without it, before any step).
     """
     if recovery.steps == 0:
         return TrainResult(steps=0, wall_s=0.0)
+    select = None
+    if recovery.select_every:
+        if validate is None:
+            raise ValueError(f"{desc}: recovery.select_every={recovery.select_every} selects weights on the "
+                             "validation split, and the caller gave no validate(model) scorer")
+        select = BestOnValidation(validate, recovery.select_every, recovery.steps)
+        callbacks = [*callbacks, select]
     losses = (build_losses(embedding=True) if embedding else
               build_losses(recovery.hardness, recovery.temperature, recovery.hidden_weight))
     if not any(l.needs_teacher for l in losses):
@@ -90,6 +108,10 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
                       device=getattr(device, "type", device), checkpoint_dir=checkpoint_dir,
                       checkpoint_every=checkpoint_every)
     res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=progress, desc=desc)
+    if select is not None:
+        select.restore_best(model)
+        res.selection = {"split": "validation", "every": recovery.select_every, "best_step": select.best_step,
+                         "best_score": select.best_score, "history": list(select.history)}
     model.eval()
     return res
 

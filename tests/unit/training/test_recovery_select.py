@@ -1,0 +1,137 @@
+"""``Recovery.select_every``: a recovery keeps the weights that scored best on the validation split.
+
+The fault class it fixes: a fixed recovery length on a small task (MRPC: 2,000 steps are ~17 epochs) can
+overfit the teacher's train-set outputs, and the last weights are kept however the validation score went.
+The tests pin the weights kept (those of the best check, not the last step), the refusals (no scorer, a
+gradual pruning schedule whose early checks are less sparse) and that every recovering pass wires the
+scorer through.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compresslab.data.loaders import make_loader
+from compresslab.models.tiny import tiny_model
+from compresslab.registry import build_pass
+from compresslab.testing import tiny_sentiment
+from compresslab.training.recovery import Recovery, recover
+
+
+def _loader(tok):
+    return make_loader(tiny_sentiment(40, 0), tok, 8, 16, shuffle=True, seed=0)
+
+
+class _Snapshots:
+    """Records a copy of the weights after every step (the loop calls it before the selection callback)."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, step, model, optimizer):
+        self.by_step[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _Scripted:
+    """A validation scorer giving a fixed sequence of scores, one per call."""
+
+    def __init__(self, scores):
+        self.scores, self.calls = list(scores), 0
+
+    def __call__(self, model) -> float:
+        assert not model.training  # scored in eval mode
+        self.calls += 1
+        return self.scores[self.calls - 1]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_select_every_is_a_non_negative_integer(bad) -> None:
+    with pytest.raises(ValueError, match="select_every"):
+        Recovery(steps=4, select_every=bad)
+
+
+def test_the_best_check_is_kept_not_the_last_step(tiny_tok) -> None:
+    model = tiny_model("bert", seed=0)
+    snaps = _Snapshots()
+    score = _Scripted([0.5, 0.9, 0.7])  # checks at steps 2, 4, 6: the second wins
+    res = recover(model, _loader(tiny_tok), Recovery(steps=6, lr=3e-3, hardness=0.0, select_every=2), None,
+                  callbacks=[snaps], batch_size=8, validate=score)
+    assert score.calls == 3
+    assert res.selection["best_step"] == 4 and res.selection["best_score"] == 0.9
+    assert [h["step"] for h in res.selection["history"]] == [2, 4, 6]
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in snaps.by_step[4].items())
+    assert any(not torch.equal(kept[k], v) for k, v in snaps.by_step[6].items())  # the last step trained on
+    assert res.to_dict()["selection"]["best_step"] == 4
+
+
+def test_the_last_step_is_checked_even_off_the_grid(tiny_tok) -> None:
+    model = tiny_model("bert", seed=0)
+    score = _Scripted([0.1, 0.2, 0.3])
+    res = recover(model, _loader(tiny_tok), Recovery(steps=5, lr=3e-3, hardness=0.0, select_every=2), None,
+                  batch_size=8, validate=score)
+    assert [h["step"] for h in res.selection["history"]] == [2, 4, 5] and res.selection["best_step"] == 5
+
+
+def test_off_by_default_and_no_scorer_needed(tiny_tok) -> None:
+    res = recover(tiny_model("bert", seed=0), _loader(tiny_tok), Recovery(steps=2, lr=3e-3, hardness=0.0), None,
+                  batch_size=8)
+    assert res.selection is None and "selection" not in res.to_dict()
+
+
+def test_selection_without_a_scorer_is_refused_before_any_step() -> None:
+    class NoBatches:
+        def __iter__(self):
+            raise AssertionError("a training step started")
+
+    with pytest.raises(ValueError, match="no validate"):
+        recover(tiny_model("bert", seed=0), NoBatches(), Recovery(steps=2, hardness=0.0, select_every=1), None)
+
+
+def test_gradual_pruning_refuses_selection_before_pruning(tiny_ctx, monkeypatch) -> None:
+    import compresslab.pruning.unstructured as u
+
+    def no_pruning(*a, **k):
+        raise AssertionError("pruning started")
+
+    monkeypatch.setattr(u, "prune_to", no_pruning)
+    p = build_pass("magnitude", sparsity=0.5, mode="gradual",
+                   recovery={"steps": 8, "hardness": 0.0, "select_every": 2})
+    with pytest.raises(ValueError, match="gradual pruning changes the sparsity"):
+        p.apply(tiny_model("bert", seed=0), tiny_ctx())
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("layer_drop", {"keep": [0]}),
+    ("magnitude", {"sparsity": 0.5, "mode": "oneshot"}),
+    ("int8_qat", {}),
+    ("hawq", {"bits": 4, "avg_bits": None, "block_size": 32}),
+])  # ZipLM and structured_l1 recover through pruning.speedup.recover: below
+def test_every_recovering_pass_selects_on_validation(name, kw, tiny_ctx, monkeypatch) -> None:
+    import compresslab.types as types
+
+    calls = []
+
+    def scored(self, model):  # the pass's scorer is the context's validation score
+        calls.append(model.training)
+        return float(len(calls) == 1)  # the first check wins
+
+    monkeypatch.setattr(types.PassContext, "validation_score", scored)
+    p = build_pass(name, **kw, recovery={"steps": 4, "hardness": 0.0, "lr": 1e-3, "select_every": 2})
+    res = p.apply(tiny_model("bert", seed=0), tiny_ctx())
+    assert calls == [False, False]  # steps 2 and 4, in eval mode
+    assert '"best_step": 2' in __import__("json").dumps(res.metrics, default=str)
+
+
+def test_speedup_recovery_selects_on_validation(tiny_ctx, monkeypatch) -> None:
+    """ZipLM's and structured_l1's recovery (``pruning.speedup.recover``) passes the scorer too."""
+    import compresslab.types as types
+    from compresslab.pruning.speedup import recover as speedup_recover
+
+    calls = []
+    monkeypatch.setattr(types.PassContext, "validation_score", lambda self, m: calls.append(1) or -len(calls))
+    model = tiny_model("bert", seed=0)
+    ctx = tiny_ctx()
+    rec = speedup_recover(model, ctx, Recovery(steps=4, lr=1e-3, select_every=2), ctx.kd_teacher(model), "ziplm")
+    assert len(calls) == 2 and rec["selection"]["best_step"] == 2
