@@ -109,11 +109,15 @@ class PassContext:
 
     def validation_score(self, model: "nn.Module") -> float:
         """``model``'s score (the task's metric, higher is better) on the validation split: what a pass
-        selects on (``Recovery.select_every``). The model runs on ``self.device`` as it is (eval mode is
-        the caller's; :class:`~compresslab.training.select.BestOnValidation` sets it)."""
+        selects on (``Recovery.select_every``). The model runs where its parameters are (a training
+        wrapper may have placed it off ``self.device``); eval mode is the caller's
+        (:class:`~compresslab.training.select.BestOnValidation` sets it). ValueError on an empty split."""
         from compresslab.eval.evaluate import predict, torch_forward
 
-        return float(predict(torch_forward(model, self.device), self.task.spec, self.task.validation,
+        if not len(self.task.validation):
+            raise ValueError("validation_score: the validation split is empty (task.val_size=0)")
+        device = next(model.parameters()).device
+        return float(predict(torch_forward(model, device), self.task.spec, self.task.validation,
                              self.tokenizer, max_length=self.max_length).metrics["score"])
 
     def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:

@@ -66,7 +66,8 @@ class Hawq(HawqSettings):
             raise ValueError(f"hawq: {e}") from None
 
     def check(self, task: Any) -> None:
-        """The Hessian and QAT need a labelled train split."""
+        """The Hessian and QAT need a labelled train split (and QAT selecting on validation, that split)."""
+        self.recovery.check_task(task)
         from compresslab.data.schema import TaskKind, TaskNotSupportedError
 
         needs_data = self.bits is None and self.allocate is not Allocate.RANDOM

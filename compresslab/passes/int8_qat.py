@@ -102,7 +102,8 @@ class Int8Qat:
         return self.recovery.steps // 2
 
     def check(self, task: Any) -> None:
-        """Calibration and QAT read the train split."""
+        """Calibration and QAT read the train split (and the validation split when QAT selects on it)."""
+        self.recovery.check_task(task)
         if self.num_calibration or self.recovery.steps:
             task.require_train()
 

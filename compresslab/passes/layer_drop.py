@@ -80,7 +80,9 @@ class LayerDrop:
         return self.recovery.steps == 0
 
     def check(self, task: Any) -> None:
-        """Nothing to check up front: the layer indices are checked against the model (``check_model``)."""
+        """A validation split when recovery selects on it; the layer indices are checked against the model
+        (``check_model``)."""
+        self.recovery.check_task(task)
 
     def check_model(self, model: nn.Module) -> None:
         """Before any step runs: ``keep`` / ``num_layers`` fit the model's depth (ValueError naming it)."""

@@ -71,13 +71,15 @@ class Magnitude:
         self.mode = coerce_enum(Mode, self.mode, "mode")
         self.recovery = Recovery.coerce(self.recovery)
         self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
-                                                           self.num_events, self.recovery.steps)
+                                                           self.num_events, self.recovery.steps,
+                                                           self.recovery.select_every)
         check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         self.targets = check_patterns(self.targets, "targets")
         self.ignore = check_patterns(self.ignore, "ignore")
 
     def check(self, task: Any) -> None:
-        """Nothing to check up front: |w| needs no data, and recovery works on every task kind."""
+        """|w| needs no data and recovery works on every task kind; selecting on validation needs that split."""
+        self.recovery.check_task(task)
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
         from compresslab.checkpoint.sparse_int8 import sparse_size_bytes

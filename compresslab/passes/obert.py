@@ -112,7 +112,8 @@ class OBert:
         self.mask_type = coerce_enum(MaskType, self.mask_type, "mask_type")
         self.recovery = Recovery.coerce(self.recovery)
         self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
-                                                           self.num_events, self.recovery.steps)
+                                                           self.num_events, self.recovery.steps,
+                                                           self.recovery.select_every)
         check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         for f in ("num_recomputations", "num_grads", "grad_batch_size"):
             check_positive_int(getattr(self, f), f)
@@ -139,6 +140,7 @@ class OBert:
 
     def check(self, task: Any) -> None:
         """Data checks the pipeline runs before any work (and apply repeats before the Fisher pass)."""
+        self.recovery.check_task(task)
         from compresslab.data.schema import TaskKind, TaskNotSupportedError
 
         if task.spec.kind is TaskKind.EMBEDDING:

@@ -100,7 +100,8 @@ class StructuredL1(SpeedupSettings):
             raise ValueError(f"fraction_steps must be >= 1, got {self.fraction_steps}")
 
     def check(self, task: Any) -> None:
-        """Nothing to check up front: the model's layout and the targets are checked in ``apply``."""
+        """A validation split when recovery selects on it; the layout and targets are checked in ``apply``."""
+        self.recovery.check_task(task)
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
         check_layout(model)

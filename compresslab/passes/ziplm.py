@@ -123,7 +123,8 @@ class ZipLM(SpeedupSettings):
             raise ValueError(f"damp must be >= 0, got {self.damp!r}")
 
     def check(self, task: Any) -> None:
-        """Nothing to check up front: the calibration size adapts to the train split (with a warning)."""
+        """The calibration size adapts to the train split (with a warning); a validation split to select on."""
+        self.recovery.check_task(task)
 
     # ------------------------------------------------------------------ statistics and databases
     def databases(self, model: nn.Module, ctx: PassContext, table: LatencyTable) -> dict[Key, ShrinkDatabase]:

@@ -79,12 +79,14 @@ def default_init_sparsity(sparsity: float) -> float:
 
 
 def check_schedule(mode: Mode, sparsity: Any, init_sparsity: Any, num_events: Any,
-                   steps: int) -> tuple[float, float | None]:
+                   steps: int, select_every: int = 0) -> tuple[float, float | None]:
     """Validated ``(sparsity, init_sparsity)`` of a pruning pass; nothing is changed in place.
 
     ``init_sparsity=None`` under ``mode=gradual`` becomes :func:`default_init_sparsity`, so the
     pass (which stores the result in its own ``__post_init__``) shows the jump it will take.
-    ``steps`` is the recovery budget the gradual schedule places its events in.
+    ``steps`` is the recovery budget the gradual schedule places its events in; ``select_every``
+    (``Recovery.select_every``) is refused under ``mode=gradual``: an early check scores a less sparse
+    model, and restoring it would miss the target sparsity.
     """
     sparsity = check_fraction(sparsity, "sparsity")
     if init_sparsity is None and mode is Mode.GRADUAL:
@@ -97,6 +99,9 @@ def check_schedule(mode: Mode, sparsity: Any, init_sparsity: Any, num_events: An
                              "use mode=oneshot for pruning without recovery")
         if init_sparsity > sparsity:
             raise ValueError(f"init_sparsity={init_sparsity} must be <= sparsity={sparsity}")
+        if select_every:
+            raise ValueError(f"recovery.select_every={select_every} is for a fixed structure; gradual pruning "
+                             "changes the sparsity during recovery (use mode=oneshot, or select_every=0)")
     check_positive_int(num_events, "num_events")
     return sparsity, init_sparsity
 

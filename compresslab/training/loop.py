@@ -159,6 +159,9 @@ def _run_record(cfg: TrainConfig, total: int, loader: Any, model: nn.Module, los
            "num_processes": num_processes, "losses": [_describe(l) for l in losses], "teacher": teacher is not None,
            "callbacks_with_state": [type(cb).__name__ for cb in callbacks if has_state(cb)],
            "parameters": hashlib.blake2b("\n".join(params).encode(), digest_size=16).hexdigest()}
+    settings = [cb.run_settings() for cb in callbacks if hasattr(cb, "run_settings")]
+    if settings:  # only then: records of runs without such callbacks keep their old form (and resume)
+        rec["callback_settings"] = settings
     return json.loads(json.dumps(rec))
 
 

@@ -55,6 +55,13 @@ class Recovery:
         """A ``Recovery`` from itself or from a mapping (Hydra and ``pass_from_dict`` give dicts)."""
         return coerce_settings(cls, value, "recovery")
 
+    def check_task(self, task: Any) -> None:
+        """Before any work (a pass's ``check``): ValueError when ``select_every`` is set and the task has no
+        validation split to select on."""
+        if self.select_every and not len(task.validation):
+            raise ValueError(f"recovery.select_every={self.select_every} selects on the validation split and this "
+                             "task has none (task.val_size=0): give it one (task.val_size) or set select_every=0")
+
     @property
     def uses_teacher(self) -> bool:
         """Whether the classification/regression losses read the teacher (embedding KD always does)."""

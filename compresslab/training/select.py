@@ -35,15 +35,27 @@ class BestOnValidation:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
 
+    def run_settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the checkpoint (``training.loop``'s run record)."""
+        return {"select_every": self.every}
+
     def on_step_end(self, step: int, model: nn.Module, optimizer: Any) -> None:
         done = step + 1
         if done % self.every and done != self.last_step:
             return
         was_training = model.training
         model.eval()
+        # Scoring must leave the run as it was: a DataLoader draws from the global RNG when iterated (dropout
+        # on the next steps would change), and some modules update buffers in eval mode (int8 QAT's
+        # activation observers would learn the validation ranges the choice is then made on).
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         try:
-            s = float(self.score(model))
+            with torch.random.fork_rng(devices=[]):
+                s = float(self.score(model))
         finally:
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    b.copy_(buffers[n])
             model.train(was_training)
         self.history.append({"step": done, "score": s})
         log.info("validation at step %d: %.4f (best %.4f)", done, s, max(s, self.best_score))

@@ -89,17 +89,72 @@ def test_selection_without_a_scorer_is_refused_before_any_step() -> None:
         recover(tiny_model("bert", seed=0), NoBatches(), Recovery(steps=2, hardness=0.0, select_every=1), None)
 
 
-def test_gradual_pruning_refuses_selection_before_pruning(tiny_ctx, monkeypatch) -> None:
-    import compresslab.pruning.unstructured as u
-
-    def no_pruning(*a, **k):
-        raise AssertionError("pruning started")
-
-    monkeypatch.setattr(u, "prune_to", no_pruning)
-    p = build_pass("magnitude", sparsity=0.5, mode="gradual",
-                   recovery={"steps": 8, "hardness": 0.0, "select_every": 2})
+@pytest.mark.parametrize("name", ["magnitude", "obert"])
+def test_gradual_pruning_refuses_selection_when_built(name) -> None:
+    """Refused with the settings, before any pipeline step (oBERT's default mode is gradual)."""
     with pytest.raises(ValueError, match="gradual pruning changes the sparsity"):
-        p.apply(tiny_model("bert", seed=0), tiny_ctx())
+        build_pass(name, sparsity=0.5, mode="gradual", recovery={"steps": 8, "select_every": 2})
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("ziplm", {}), ("structured_l1", {}), ("layer_drop", {"keep": [0]}), ("int8_qat", {}),
+    ("hawq", {"bits": 4, "avg_bits": None, "block_size": 32}), ("obert", {"mode": "oneshot", "num_grads": 2}),
+    ("magnitude", {"mode": "oneshot"}),
+])
+def test_no_validation_split_is_refused_at_check(name, kw) -> None:
+    """``task.val_size=0`` leaves nothing to select on: every recovering pass's ``check`` says so, before
+    any model is loaded (it used to fail at the first check, after N steps of training)."""
+    import dataclasses
+
+    from compresslab.testing import tiny_task
+
+    task = dataclasses.replace(tiny_task(), validation=[])
+    p = build_pass(name, **kw, recovery={"steps": 4, "select_every": 2})
+    with pytest.raises(ValueError, match="task has none"):
+        p.check(task)
+    build_pass(name, **kw, recovery={"steps": 4}).check(task)  # without selection the split is not needed
+
+
+def test_scoring_leaves_the_run_unchanged(tiny_tok) -> None:
+    """A check that draws from the global RNG (a DataLoader does) and changes buffers in eval mode (int8 QAT's
+    observers do) must not change the training: with the best check the last, the weights equal a run
+    without selection."""
+    def scorer_with_side_effects(model) -> float:
+        torch.rand(16)  # an RNG draw, as iterating a DataLoader takes
+        for b in model.buffers():
+            b.zero_()
+        scorer_with_side_effects.calls += 1
+        return float(scorer_with_side_effects.calls)  # rising: the last check wins
+
+    scorer_with_side_effects.calls = 0
+    plain = tiny_model("bert", seed=0)
+    recover(plain, _loader(tiny_tok), Recovery(steps=6, lr=3e-3, hardness=0.0), None, batch_size=8)
+    picked = tiny_model("bert", seed=0)
+    res = recover(picked, _loader(tiny_tok), Recovery(steps=6, lr=3e-3, hardness=0.0, select_every=2), None,
+                  batch_size=8, validate=scorer_with_side_effects)
+    assert res.selection["best_step"] == 6
+    assert picked.training is False
+    a, b = plain.state_dict(), picked.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(bool(buf.abs().sum()) for buf in picked.buffers())  # buffers restored, not left zeroed
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_the_real_validation_score(embedding, tiny_ctx) -> None:
+    """``PassContext.validation_score`` on a classifier and on a bare encoder (embedding task), unpatched."""
+    from transformers import AutoModel
+
+    from compresslab.models.tiny import tiny_config
+    from compresslab.testing import tiny_embedding_task
+
+    if embedding:
+        torch.manual_seed(0)
+        model, ctx = AutoModel.from_config(tiny_config("bert")).eval(), tiny_ctx(task=tiny_embedding_task(32, 8, 8))
+    else:
+        model, ctx = tiny_model("bert", seed=0).eval(), tiny_ctx()
+    s = ctx.validation_score(model)
+    assert isinstance(s, float) and s == s  # a number, not NaN
+    assert s == ctx.validation_score(model)  # deterministic
 
 
 @pytest.mark.parametrize("name, kw", [
