@@ -190,3 +190,37 @@ def test_speedup_recovery_selects_on_validation(tiny_ctx, monkeypatch) -> None:
     ctx = tiny_ctx()
     rec = speedup_recover(model, ctx, Recovery(steps=4, lr=1e-3, select_every=2), ctx.kd_teacher(model), "ziplm")
     assert len(calls) == 2 and rec["selection"]["best_step"] == 2
+
+
+class _Stop(Exception):
+    """Stands in for a session ending mid-recovery."""
+
+
+class _StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, step, model):
+        if step == self.step:
+            raise _Stop(step)
+
+
+def test_a_stopped_recovery_resumes_with_its_checks_and_refuses_another_select_every(tiny_tok, tmp_path) -> None:
+    """The checks before the stop (and the best weights) come back from the step checkpoint; resuming with
+    another ``select_every`` is a different run, refused naming the field."""
+    from compresslab.training.loop import ResumeError
+
+    def run(every, score, stop=-1):
+        model = tiny_model("bert", seed=0)
+        res = recover(model, _loader(tiny_tok), Recovery(steps=6, lr=3e-3, hardness=0.0, select_every=every), None,
+                      callbacks=[_StopAt(stop)], batch_size=8, validate=score, checkpoint_dir=str(tmp_path),
+                      checkpoint_every=2)
+        return model, res
+
+    with pytest.raises(_Stop):
+        run(2, _Scripted([0.9]), stop=3)  # the check at step 2 (the best of the run) is in the step-2 checkpoint
+    with pytest.raises(ResumeError, match="callback_settings"):
+        run(3, _Scripted([0.1, 0.2]))
+    _, res = run(2, _Scripted([0.5, 0.7]))  # steps 4 and 6 are checked after the resume
+    assert [h["step"] for h in res.selection["history"]] == [2, 4, 6]
+    assert res.selection["best_step"] == 2 and res.selection["best_score"] == 0.9
