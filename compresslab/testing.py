@@ -104,6 +104,21 @@ def tiny_generic_run(root: str | Path) -> list[str]:
             "pipeline.passes.obert.grad_batch_size=4"]
 
 
+class StopRun(Exception):
+    """Stands in for a session ending mid-training (raised by :class:`StopAt`)."""
+
+
+class StopAt:
+    """A training callback raising :class:`StopRun` when step ``step`` (0-based) begins; -1 never stops."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, step: int, model: Any) -> None:
+        if step == self.step:
+            raise StopRun(step)
+
+
 class FakeCpu:
     """A CPU reader for timing tests (``timing_window(reader=FakeCpu(...))`` or in place of
     ``machine_load.read_cpu``), so a test never depends on how busy the real machine is.

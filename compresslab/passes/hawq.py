@@ -67,9 +67,9 @@ class Hawq(HawqSettings):
 
     def check(self, task: Any) -> None:
         """The Hessian and QAT need a labelled train split (and QAT selecting on validation, that split)."""
-        self.recovery.check_task(task)
         from compresslab.data.schema import TaskKind, TaskNotSupportedError
 
+        self.recovery.check_task(task)
         needs_data = self.bits is None and self.allocate is not Allocate.RANDOM
         if needs_data and task.spec.kind is TaskKind.EMBEDDING:
             raise TaskNotSupportedError(f"hawq's Hessian needs a task loss; {task.spec.name!r} is an embedding "

@@ -233,10 +233,6 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
     Fisher gradients from a fresh batch stream and reports the scorer's timings of its own session only.
     """
     steps = recovery.steps
-    if recovery.select_every and mode is not Mode.ONESHOT:
-        # an early check scores a less sparse model: restoring it would miss the target sparsity
-        raise ValueError(f"{name}: recovery.select_every={recovery.select_every} is for a fixed structure; "
-                         "gradual pruning changes the sparsity during recovery (use mode=oneshot, or 0)")
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
     # before any pruning: without ctx.teacher the dense input model is the teacher
     teacher = ctx.kd_teacher(model) if steps else None

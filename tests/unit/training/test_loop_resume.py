@@ -9,25 +9,12 @@ import torch
 
 from compresslab.data.loaders import make_loader
 from compresslab.models.tiny import tiny_model
-from compresslab.testing import tiny_sentiment
+from compresslab.testing import StopAt as _StopAt, StopRun as _Stop, tiny_sentiment
 from compresslab.training import Recovery, TaskLoss, TrainConfig, recover, train
 from compresslab.training import loop, resume
 from compresslab.training.loop import ResumeError
 
 STEPS = 13  # 40 examples / batch 8 = 5 batches an epoch: the run crosses two epoch boundaries
-
-
-class _Stop(Exception):
-    """Stands in for a session ending mid-run."""
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_begin(self, step, model):
-        if step == self.step:
-            raise _Stop(step)
 
 
 class _Seen:

@@ -15,7 +15,7 @@ import torch
 from compresslab.data.loaders import make_loader
 from compresslab.models.tiny import tiny_model
 from compresslab.registry import build_pass
-from compresslab.testing import tiny_sentiment
+from compresslab.testing import StopAt as _StopAt, StopRun as _Stop, tiny_sentiment
 from compresslab.training.recovery import Recovery, recover
 
 
@@ -190,19 +190,6 @@ def test_speedup_recovery_selects_on_validation(tiny_ctx, monkeypatch) -> None:
     ctx = tiny_ctx()
     rec = speedup_recover(model, ctx, Recovery(steps=4, lr=1e-3, select_every=2), ctx.kd_teacher(model), "ziplm")
     assert len(calls) == 2 and rec["selection"]["best_step"] == 2
-
-
-class _Stop(Exception):
-    """Stands in for a session ending mid-recovery."""
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_begin(self, step, model):
-        if step == self.step:
-            raise _Stop(step)
 
 
 def test_a_stopped_recovery_resumes_with_its_checks_and_refuses_another_select_every(tiny_tok, tmp_path) -> None:

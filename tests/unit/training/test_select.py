@@ -7,24 +7,11 @@ import torch
 
 from compresslab.data.loaders import make_loader
 from compresslab.models.tiny import tiny_model
-from compresslab.testing import tiny_sentiment
+from compresslab.testing import StopAt as _StopAt, StopRun as _Stop, tiny_sentiment
 from compresslab.training import TaskLoss, TrainConfig, train
 from compresslab.training.select import BestOnValidation
 
 STEPS, EVERY = 13, 3  # scored after steps 3, 6, 9, 12 and the last, 13
-
-
-class _Stop(Exception):
-    pass
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_begin(self, step, model):
-        if step == self.step:
-            raise _Stop(step)
 
 
 class _Score:
