@@ -17,6 +17,9 @@ DEMO_ARGS ?= 'bench.openvino_precisions=[default]'
 # The package asks for a torch range (users keep theirs); our venvs pin the exact CPU build,
 # which pip finds on local disk through its configured find-links.
 CONSTRAINTS := constraints.txt
+# pytest-xdist workers for make test / test-e2e: one per core of the 2-core machines we and CI run on (each
+# worker's torch is single-threaded, tests/conftest.py). TEST_WORKERS=0 runs in this process, one test at a time.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-e2e venv install install-test browser deepsparse clean
 
@@ -43,12 +46,12 @@ demo: $(VENV)/.installed-demo
 
 # Unit and integration tests (<= 15 min on 2 cores); the end-to-end runs are `make test-e2e`.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not e2e" --wait-for-training=600 --durations=25
+	$(PY) -m pytest -q -m "not e2e" --wait-for-training=600 --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 # Every shipped pipeline end to end with every stage on, the built wheel run from outside the repo,
 # the quickstart notebook executed, and the HTML report opened in headless Chromium.
 test-e2e: $(VENV)/.installed-test browser
-	$(PY) -m pytest -q -m e2e
+	$(PY) -m pytest -q -m e2e -n $(TEST_WORKERS) --dist loadgroup
 
 # Headless Chromium for the report's browser test, from the npm registry alone (the binary ships inside
 # @sparticuz/chromium; puppeteer-core drives it). Without npm, or offline, the test skips and says why.

@@ -126,3 +126,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if m["held"] is not None:
         m["held"].__exit__(None, None, None)
     shutil.rmtree(m["private"], ignore_errors=True)
+
+
+# `make test` runs on two workers (pytest-xdist, --dist loadgroup). A module whose tests share a module-scoped
+# fixture (a study run, a cached model) keeps them on one worker, so the fixture is built once; every other
+# test goes wherever a worker is free. Integration tests are collected first, so the long ones start early.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "package", "class") for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
