@@ -43,7 +43,7 @@ def test_renamed_teacher_step_resumes_with_the_right_teacher(tmp_path):
     assert shared and any(not source[k].equal(teachers[0][k]) for k in shared)
     a = read_json(full / "eval" / "metrics.json")["models"]
     b = read_json(resumed / "eval" / "metrics.json")["models"]
-    # the teacher is the fine-tuned model in both; a fallback to the pretrained source would score ~chance
+    # and it scores the same in both runs (the weights above rule out a fallback to the pretrained source)
     assert b["teacher_torch"]["score"] == pytest.approx(a["teacher_torch"]["score"])
     assert b["torch_final"]["agreement"] == 1.0  # int8 only touched the ONNX file: torch final == teacher
 
