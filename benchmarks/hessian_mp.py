@@ -6,7 +6,7 @@ rerun. Nothing here may run while anything else uses the CPU if its timings are 
 
     python benchmarks/hessian_mp.py hessian            # default Hutchinson run (hessian_s), determinism, eigen cost
     python benchmarks/hessian_mp.py ptq                # uniform 8/4/3/2, MP 4/3/2.5, random x3 at 3, groups
-    python benchmarks/hessian_mp.py qat --steps 250    # MP 3, uniform 3, MP 2.5 with KD (same budget); McNemar
+    python benchmarks/hessian_mp.py qat --steps 250    # MP 3, uniform 3, MP 2.5, random 3 with KD (same budget)
                                                        # (250: the published figures; --seed N for the seed study)
     python benchmarks/hessian_mp.py deploy             # the QAT'd MP-3 -> ONNX MatMulNBits: parity, size, latency
     python benchmarks/hessian_mp.py baselines          # ORT MatMulNBitsQuantizer RTN 4-bit; NNCF compress_weights 4/8
@@ -182,16 +182,19 @@ def qat(args) -> None:
     key_root = f"qat{sfx}" if base_seed else f"qat{sfx}_seeds.{seed}"
     seed_dir = "" if base_seed else f"_seed{seed}"
     hess = {"hessian": HESSIAN[args.hessian_loss]}
+    # acc_random_3: the control of the allocation after the same QAT (the random map is drawn from the run seed)
     runs = {"acc_mp_3": {"avg_bits": 3.0, **hess}, "acc_uniform_3": {"bits": 3},
-            "acc_mp_2_5": {"avg_bits": 2.5, **hess}}
+            "acc_mp_2_5": {"avg_bits": 2.5, **hess}, "acc_random_3": {"avg_bits": 3.0, "allocate": "random"}}
     rec = {"steps": args.steps, "lr": args.lr, "batch_size": int(cfg.budget.batch_size), "hardness": 1.0,
            "temperature": 2.0, "embedding_bits": args.embedding_bits, "hessian_loss": args.hessian_loss}
     dirs = {k: WORK / f"qat{sfx}{seed_dir}" / k for k in runs}
-    # uniform 3 has no Hessian: the task-loss run's model of the same seed (steps and data) is every loss's control
-    dirs["acc_uniform_3"] = WORK / f"qat{seed_dir}" / "acc_uniform_3"
+    # uniform 3 and random 3 use no Hessian: the task-loss run's models of the same seed (steps and data) are
+    # every loss's controls
+    for key in NO_HESSIAN_ARMS:
+        dirs[key] = WORK / f"qat{seed_dir}" / key
     for key, kw in runs.items():
         out = dirs[key]
-        if (out / "preds.npy").is_file() and (_has(f"{key_root}.{key}") or key == "acc_uniform_3"):
+        if (out / "preds.npy").is_file() and (_has(f"{key_root}.{key}") or key in NO_HESSIAN_ARMS):
             continue
         t0 = time.perf_counter()
         m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits,
@@ -209,7 +212,8 @@ def qat(args) -> None:
                                           "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out),
                                           "train_s": r.metrics["qat"].get("wall_s")})
     p = {k: np.load(dirs[k] / "preds.npy") for k in runs}
-    _store(f"{key_root}.acc_uniform_3", float(np.mean(p["acc_uniform_3"] == labels)))
+    for key in NO_HESSIAN_ARMS:
+        _store(f"{key_root}.{key}", float(np.mean(p[key] == labels)))
     _store(f"{key_root}.mcnemar_p_mp3_vs_uniform3",
            mcnemar_pvalue(p["acc_mp_3"] == labels, p["acc_uniform_3"] == labels))
     if base_seed:
@@ -218,21 +222,25 @@ def qat(args) -> None:
     _seed_summary(sfx, int(cfg.seed), labels)
 
 
+NO_HESSIAN_ARMS = ("acc_uniform_3", "acc_random_3")
+
+
 def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
-    """qat{sfx}_seed_summary: per arm the mean and sample std of dev accuracy over every seed run so far (the
-    config's seed from the issue's keys, others from qat{sfx}_seeds), per-seed McNemar MP 3 vs uniform 3, and a
-    pooled McNemar over all seeds' paired dev predictions (each seed's examples counted once per seed)."""
+    """qat{sfx}_seed_summary: per arm the mean and sample std of dev accuracy over every seed with all four arms
+    (the config's seed from the issue's keys, others from qat{sfx}_seeds), per-seed McNemar MP 3 vs uniform 3, a
+    pooled McNemar over all seeds' paired dev predictions (each seed's examples counted once per seed), and MP 3
+    against the random-allocation control after the same QAT (the issue's "more than 2 x 3_std" bar)."""
     from compresslab.data.metrics import mcnemar_pvalue
 
     seeds = {base_seed: WORK / f"qat{sfx}", **{int(k): WORK / f"qat{sfx}_seed{k}"
                                               for k in (_load().get(f"qat{sfx}_seeds") or {})}}
-    arms = ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5")
+    arms = ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5", "acc_random_3")
     accs: dict[str, list[float]] = {a: [] for a in arms}
     correct: dict[str, list[np.ndarray]] = {a: [] for a in arms}
     done = []
     for seed, root in sorted(seeds.items()):
-        uni = (WORK / ("qat" if seed == base_seed else f"qat_seed{seed}")) / "acc_uniform_3"
-        files = {a: (uni if a == "acc_uniform_3" else root / a) / "preds.npy" for a in arms}
+        plain = WORK / ("qat" if seed == base_seed else f"qat_seed{seed}")  # the no-Hessian arms' home
+        files = {a: (plain if a in NO_HESSIAN_ARMS else root) / a / "preds.npy" for a in arms}
         if not all(f.is_file() for f in files.values()):
             continue
         done.append(seed)
@@ -249,6 +257,10 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
                                                  zip(correct["acc_mp_3"], correct["acc_uniform_3"])]
     out["mcnemar_p_mp3_vs_uniform3_pooled"] = mcnemar_pvalue(np.concatenate(correct["acc_mp_3"]),
                                                              np.concatenate(correct["acc_uniform_3"]))
+    # the issue's bar for the allocation: Hessian above random by more than 2 x the random arm's seed std
+    gap = out["acc_mp_3"]["mean"] - out["acc_random_3"]["mean"]
+    out["mp3_minus_random3"] = {"gap": gap, "two_std_random": 2 * out["acc_random_3"]["std"],
+                                "met": bool(gap > 2 * out["acc_random_3"]["std"])}
     _store(f"qat{sfx}_seed_summary", out)
 
 
