@@ -238,11 +238,18 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
     accs: dict[str, list[float]] = {a: [] for a in arms}
     correct: dict[str, list[np.ndarray]] = {a: [] for a in arms}
     done = []
+    random_bits = []
     for seed, root in sorted(seeds.items()):
         plain = WORK / ("qat" if seed == base_seed else f"qat_seed{seed}")  # the no-Hessian arms' home
         files = {a: (plain if a in NO_HESSIAN_ARMS else root) / a / "preds.npy" for a in arms}
-        if not all(f.is_file() for f in files.values()):
+        # a seed counts once this loss's run wrote its keys too (the no-Hessian arms' files are shared by every
+        # loss, so another loss's run may have made them)
+        key_root = f"qat{sfx}" if seed == base_seed else f"qat{sfx}_seeds.{seed}"
+        if not all(f.is_file() for f in files.values()) or not all(_has(f"{key_root}.{a}") for a in arms):
             continue
+        detail = _load().get(f"qat{sfx}_detail" if seed == base_seed else f"qat{sfx}_seeds", {})
+        detail = detail if seed == base_seed else detail.get(str(seed), {}).get("detail", {})
+        random_bits.append((detail.get("acc_random_3") or {}).get("avg_bits"))
         done.append(seed)
         for a, f in files.items():
             ok = np.load(f) == labels
@@ -259,8 +266,11 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
                                                              np.concatenate(correct["acc_uniform_3"]))
     # the issue's bar for the allocation: Hessian above random by more than 2 x the random arm's seed std
     gap = out["acc_mp_3"]["mean"] - out["acc_random_3"]["mean"]
-    out["mp3_minus_random3"] = {"gap": gap, "two_std_random": 2 * out["acc_random_3"]["std"],
-                                "met": bool(gap > 2 * out["acc_random_3"]["std"])}
+    # the random map's average bits lie in [2.95, 3.0] (hawq RANDOM_TOL), the Hessian map's at 3.0: recorded per seed;
+    # the bar is judged on 3 or more seeds only (the issue's "3_std")
+    out["mp3_minus_random3"] = {"gap": gap, "two_std_random": 2 * out["acc_random_3"]["std"], "n_seeds": len(done),
+                                "random_avg_bits": random_bits,
+                                "met": bool(len(done) >= 3 and gap > 2 * out["acc_random_3"]["std"])}
     _store(f"qat{sfx}_seed_summary", out)
 
 

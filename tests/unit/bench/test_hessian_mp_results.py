@@ -89,7 +89,7 @@ def test_qat_seed_summary_is_recomputed_from_each_seeds_keys(res, sfx):
         bar = summ["mp3_minus_random3"]
         assert bar["gap"] == pytest.approx(summ["acc_mp_3"]["mean"] - summ["acc_random_3"]["mean"])
         assert bar["two_std_random"] == pytest.approx(2 * summ["acc_random_3"]["std"])
-        assert bar["met"] == (bar["gap"] > bar["two_std_random"])
+        assert bar["met"] == (len(summ["seeds"]) >= 3 and bar["gap"] > bar["two_std_random"])
     for arm in arms:
         accs = summ[arm]["per_seed"]
         assert summ[arm]["mean"] == pytest.approx(statistics.mean(accs))
