@@ -176,6 +176,9 @@ def qat(args) -> None:
     teacher_preds = _teacher_preds()
     labels = np.array([e.label for e in state.task.dev])
     sfx = _loss_suffix(args)
+    # the teacher these arms distil from (retrained per machine class: its dev score moves with the CPU's float
+    # path, so `teacher_acc`, stored once, can belong to another machine's teacher)
+    _store(f"qat{sfx}_teacher_acc", float(np.mean(teacher_preds == labels)))
     seed = int(cfg.seed) if args.seed is None else int(args.seed)
     base_seed = seed == int(cfg.seed)
     # the config's seed keeps the keys; other seeds (the seed study) go under qat{sfx}_seeds.<seed>
