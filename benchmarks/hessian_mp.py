@@ -197,7 +197,7 @@ def qat(args) -> None:
         dirs[key] = WORK / f"qat{seed_dir}" / key
     for key, kw in runs.items():
         out = dirs[key]
-        if (out / "preds.npy").is_file() and (_has(f"{key_root}.{key}") or key in NO_HESSIAN_ARMS):
+        if (out / "preds.npy").is_file() and (_has(_arm_key(key_root, key)) or key in NO_HESSIAN_ARMS):
             continue
         t0 = time.perf_counter()
         m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits,
@@ -207,7 +207,7 @@ def qat(args) -> None:
         np.save(out / "preds.npy", s.predictions)
         from compresslab.data.metrics import agreement
 
-        _store(f"{key_root}.{key}", s.metrics["score"])
+        _store(_arm_key(key_root, key), s.metrics["score"])
         _store(f"{key_root}_detail.{key}" if base_seed else f"{key_root}.detail.{key}", {"seed": seed,"acc": s.metrics["score"],
                                           "agreement": agreement(s.predictions, teacher_preds),
                                           "avg_bits": r.metrics["avg_bits"],
@@ -216,7 +216,7 @@ def qat(args) -> None:
                                           "train_s": r.metrics["qat"].get("wall_s")})
     p = {k: np.load(dirs[k] / "preds.npy") for k in runs}
     for key in NO_HESSIAN_ARMS:
-        _store(f"{key_root}.{key}", float(np.mean(p[key] == labels)))
+        _store(_arm_key(key_root, key), float(np.mean(p[key] == labels)))
     _store(f"{key_root}.mcnemar_p_mp3_vs_uniform3",
            mcnemar_pvalue(p["acc_mp_3"] == labels, p["acc_uniform_3"] == labels))
     if base_seed:
@@ -226,6 +226,14 @@ def qat(args) -> None:
 
 
 NO_HESSIAN_ARMS = ("acc_uniform_3", "acc_random_3")
+
+
+def _arm_key(key_root: str, arm: str) -> str:
+    """Where an arm's dev accuracy is stored: the issue fixes the keys of ``qat`` exactly (MP 3, uniform 3, MP 2.5,
+    McNemar), so the config seed's random-allocation control goes beside it, under ``qat{sfx}_control``."""
+    if arm == "acc_random_3" and "_seeds." not in key_root:
+        return f"{key_root}_control.{arm}"
+    return f"{key_root}.{arm}"
 
 
 def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
@@ -248,7 +256,7 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
         # a seed counts once this loss's run wrote its keys too (the no-Hessian arms' files are shared by every
         # loss, so another loss's run may have made them)
         key_root = f"qat{sfx}" if seed == base_seed else f"qat{sfx}_seeds.{seed}"
-        if not all(f.is_file() for f in files.values()) or not all(_has(f"{key_root}.{a}") for a in arms):
+        if not all(f.is_file() for f in files.values()) or not all(_has(_arm_key(key_root, a)) for a in arms):
             continue
         detail = _load().get(f"qat{sfx}_detail" if seed == base_seed else f"qat{sfx}_seeds", {})
         detail = detail if seed == base_seed else detail.get(str(seed), {}).get("detail", {})

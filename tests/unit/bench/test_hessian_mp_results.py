@@ -83,6 +83,8 @@ def test_qat_seed_summary_is_recomputed_from_each_seeds_keys(res, sfx):
     arms = [a for a in ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5", "acc_random_3") if a in summ]
     for i, seed in enumerate(summ["seeds"]):
         src = res[f"qat{sfx}"] if seed == base else res[f"qat{sfx}_seeds"][str(seed)]
+        # the config seed's random arm sits beside the exact `qat` keys, under qat{sfx}_control
+        src = {**src, **res.get(f"qat{sfx}_control", {})} if seed == base else src
         for arm in arms:
             assert summ[arm]["per_seed"][i] == pytest.approx(src[arm])
     if "acc_random_3" in summ:
