@@ -21,6 +21,7 @@ import copy
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +37,9 @@ from hessian_mp_latency import latency
 log = logging.getLogger("hessian_mp")
 
 
-def _quantize(seed: int | None = None, **kw) -> tuple[Any, Any]:
+def _quantize(seed: int | None = None, step_dir: Path | None = None, **kw) -> tuple[Any, Any]:
     """A copy of the teacher through the hawq pass with ``kw`` (``seed``: the context's run seed instead of the
-    config's); (model, PassResult)."""
+    config's; ``step_dir``: the pass's own folder, where its QAT checkpoints live); (model, PassResult)."""
     import dataclasses
 
     from compresslab.passes.hawq import Hawq
@@ -46,6 +47,9 @@ def _quantize(seed: int | None = None, **kw) -> tuple[Any, Any]:
     _, state, ctx = _teacher()
     if seed is not None:
         ctx = dataclasses.replace(ctx, seed=int(seed))
+    if step_dir is not None:
+        step_dir.mkdir(parents=True, exist_ok=True)
+        ctx = dataclasses.replace(ctx, step_dir=step_dir)
     model = copy.deepcopy(state.teacher)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -200,8 +204,10 @@ def qat(args) -> None:
         if (out / "preds.npy").is_file() and (_has(_arm_key(key_root, key)) or key in NO_HESSIAN_ARMS):
             continue
         t0 = time.perf_counter()
+        # each arm and seed resumes only its own QAT checkpoint (one shared folder let an interrupted arm be
+        # picked up by another arm with the same parameter names)
         m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits,
-                         seed=seed, **kw)
+                         seed=seed, step_dir=WORK / "step" / f"qat{sfx}{seed_dir}_{key}", **kw)
         s = _scored(m)
         compresslab.save(m, out, tokenizer=state.tokenizer, formats=["packed_nbits"])
         np.save(out / "preds.npy", s.predictions)
