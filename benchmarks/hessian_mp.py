@@ -28,7 +28,7 @@ import numpy as np
 
 from compresslab.manifest import git_sha, library_versions, read_json
 
-from _hessian_mp_core import (BLOCK, HESSIAN, RESULTS, WORK, _RESULTS, _has, _load, _scored, _store,  # sibling modules
+from _hessian_mp_core import (BLOCK, HESSIAN, RESULTS, WORK, _RESULTS, _has, _keys, _load, _scored, _store,  # sibling modules
                               _teacher, _teacher_preds)
 from hessian_mp_baselines import baselines
 from hessian_mp_deploy import deploy
@@ -201,7 +201,7 @@ def qat(args) -> None:
         dirs[key] = WORK / f"qat{seed_dir}" / key
     for key, kw in runs.items():
         out = dirs[key]
-        if (out / "preds.npy").is_file() and (_has(_arm_key(key_root, key)) or key in NO_HESSIAN_ARMS):
+        if (out / "preds.npy").is_file() and (_has(_arm_key(sfx, seed, base_seed, key)) or key in NO_HESSIAN_ARMS):
             continue
         t0 = time.perf_counter()
         # each arm and seed resumes only its own QAT checkpoint (one shared folder let an interrupted arm be
@@ -213,8 +213,8 @@ def qat(args) -> None:
         np.save(out / "preds.npy", s.predictions)
         from compresslab.data.metrics import agreement
 
-        _store(_arm_key(key_root, key), s.metrics["score"])
-        _store(f"{key_root}_detail.{key}" if base_seed else f"{key_root}.detail.{key}", {"seed": seed,"acc": s.metrics["score"],
+        _store(_arm_key(sfx, seed, base_seed, key), s.metrics["score"])
+        _store(_detail_key(sfx, seed, base_seed, key), {"seed": seed, "acc": s.metrics["score"],
                                           "agreement": agreement(s.predictions, teacher_preds),
                                           "avg_bits": r.metrics["avg_bits"],
                                           "bits_per_layer": r.metrics["bits_per_layer"],
@@ -222,7 +222,7 @@ def qat(args) -> None:
                                           "train_s": r.metrics["qat"].get("wall_s")})
     p = {k: np.load(dirs[k] / "preds.npy") for k in runs}
     for key in NO_HESSIAN_ARMS:
-        _store(_arm_key(key_root, key), float(np.mean(p[key] == labels)))
+        _store(_arm_key(sfx, seed, base_seed, key), float(np.mean(p[key] == labels)))
     _store(f"{key_root}.mcnemar_p_mp3_vs_uniform3",
            mcnemar_pvalue(p["acc_mp_3"] == labels, p["acc_uniform_3"] == labels))
     if base_seed:
@@ -234,12 +234,18 @@ def qat(args) -> None:
 NO_HESSIAN_ARMS = ("acc_uniform_3", "acc_random_3")
 
 
-def _arm_key(key_root: str, arm: str) -> str:
-    """Where an arm's dev accuracy is stored: the issue fixes the keys of ``qat`` exactly (MP 3, uniform 3, MP 2.5,
-    McNemar), so the config seed's random-allocation control goes beside it, under ``qat{sfx}_control``."""
-    if arm == "acc_random_3" and "_seeds." not in key_root:
-        return f"{key_root}_control.{arm}"
-    return f"{key_root}.{arm}"
+def _arm_key(sfx: str, seed: int, base: bool, arm: str) -> str:
+    """Where an arm's dev accuracy is stored: the config's seed (``base``) under ``qat{sfx}``, other seeds under
+    ``qat{sfx}_seeds.<seed>``. The issue fixes the keys of ``qat`` exactly (MP 3, uniform 3, MP 2.5, McNemar), so
+    the config seed's random-allocation control goes beside it, under ``qat{sfx}_control``."""
+    if not base:
+        return f"qat{sfx}_seeds.{seed}.{arm}"
+    return f"qat{sfx}_control.{arm}" if arm == "acc_random_3" else f"qat{sfx}.{arm}"
+
+
+def _detail_key(sfx: str, seed: int, base: bool, arm: str) -> str:
+    """Where an arm's run record (bit map, agreement, wall time) is stored."""
+    return f"qat{sfx}_detail.{arm}" if base else f"qat{sfx}_seeds.{seed}.detail.{arm}"
 
 
 def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
@@ -261,12 +267,10 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
         files = {a: (plain if a in NO_HESSIAN_ARMS else root) / a / "preds.npy" for a in arms}
         # a seed counts once this loss's run wrote its keys too (the no-Hessian arms' files are shared by every
         # loss, so another loss's run may have made them)
-        key_root = f"qat{sfx}" if seed == base_seed else f"qat{sfx}_seeds.{seed}"
-        if not all(f.is_file() for f in files.values()) or not all(_has(_arm_key(key_root, a)) for a in arms):
+        base = seed == base_seed
+        if not all(f.is_file() for f in files.values()) or not all(_has(_arm_key(sfx, seed, base, a)) for a in arms):
             continue
-        detail = _load().get(f"qat{sfx}_detail" if seed == base_seed else f"qat{sfx}_seeds", {})
-        detail = detail if seed == base_seed else detail.get(str(seed), {}).get("detail", {})
-        random_bits.append((detail.get("acc_random_3") or {}).get("avg_bits"))
+        random_bits.append(_RESULTS.get(_keys(_detail_key(sfx, seed, base, "acc_random_3") + ".avg_bits")))
         done.append(seed)
         for a, f in files.items():
             ok = np.load(f) == labels
