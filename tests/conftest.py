@@ -15,6 +15,47 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Process-wide numeric settings a test must leave as it found them. Under xdist a worker's tests share
+# one interpreter, and module fixtures (the bit-for-bit references of test_loop_resume) are built by
+# whichever test needs them first: one test leaving torch at 2 threads made a later reference differ by
+# one float ulp from a child process pinned to 1 (a resume "mismatch" that depended on test order).
+def _numerics() -> dict[str, object]:
+    return {"torch.get_num_threads()": torch.get_num_threads(),
+            "torch.get_default_dtype()": torch.get_default_dtype(),
+            "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+            "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
+            "torch.is_grad_enabled()": torch.is_grad_enabled(),
+            "torch.backends.mkldnn.enabled": torch.backends.mkldnn.enabled}
+
+
+def _restore_numerics(state: dict[str, object]) -> None:
+    torch.set_num_threads(state["torch.get_num_threads()"])
+    torch.set_default_dtype(state["torch.get_default_dtype()"])
+    torch.set_float32_matmul_precision(state["torch.get_float32_matmul_precision()"])
+    torch.use_deterministic_algorithms(state["torch.are_deterministic_algorithms_enabled()"])
+    torch.set_grad_enabled(state["torch.is_grad_enabled()"])
+    torch.backends.mkldnn.enabled = state["torch.backends.mkldnn.enabled"]
+
+
+_NUMERICS = _numerics()  # as this file set them up: what every test starts from
+
+
+@pytest.fixture(autouse=True)
+def _numerics_left_as_found(request: pytest.FixtureRequest):
+    """Fails the test that leaves a process-wide numeric setting changed, by itself or through one of
+    its fixtures (a module fixture runs before this check's start, so the baseline is this file's),
+    after putting it back: the leak is fixed where it happens, not met as a flaky comparison elsewhere."""
+    yield
+    after = _numerics()
+    changed = {k: (v, after[k]) for k, v in _NUMERICS.items() if after[k] != v}
+    if changed:
+        _restore_numerics(_NUMERICS)
+        pytest.fail(f"{request.node.nodeid} (or one of its fixtures) left process-wide numerics changed: "
+                    + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                    + ". Pin them only in a child process, or use compresslab.testing.process_state_restored()",
+                    pytrace=False)
+
+
 def _data_root() -> Path | None:
     for cand in (os.environ.get("COMPRESSLAB_DATA"), REPO.parent / "shared" / "data"):
         if cand and (Path(cand) / "glue" / "SST-2" / "dev.tsv").is_file():

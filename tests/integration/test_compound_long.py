@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.testing import tiny_generic_run
+from compresslab.testing import process_state_restored, tiny_generic_run
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_AT = 3  # the stopped run raises before this optimizer step (a checkpoint was written after step 2)
@@ -45,7 +45,7 @@ def study(long, tmp_path_factory):
               "--override", *_inputs(root)]
     run = ["--epochs", "1.0", "--checkpoint-every", "2", "--cpu-hours", "0.0001"]
     seen: dict[str, list[str]] = {}
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, process_state_restored():
         mp.chdir(root)  # the script moves to the repo root: undone after
         with pytest.raises(SystemExit) as refused:
             long.main(["run", "--method", "obert", *run, *common])
@@ -128,7 +128,7 @@ def test_a_finished_run_runs_nothing(study, long) -> None:
     def no_run(*a, **k):
         raise AssertionError("a finished long run was run again")
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, process_state_restored():
         mp.chdir(root)
         mp.setattr(pipeline, "run", no_run)
         long.main(["run", "--method", "obert", "--epochs", "1.0", "--checkpoint-every", "2", *common])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.testing import synthetic_latency_table, tiny_generic_run
+from compresslab.testing import process_state_restored, synthetic_latency_table, tiny_generic_run
 
 ROOT = Path(__file__).resolve().parents[2]
 # ZipLM's and L1's tiny timing shape (the script adds max_retries=0 and check_runs=1 itself)
@@ -56,7 +56,7 @@ def study(seeds, tmp_path_factory):
     root = tmp_path_factory.mktemp("seeds")
     argv = ["run", "--seeds", "42", "1", "--budget", "smoke", "--steps", "4", "--grads", "8", "--events", "2",
             "--results", str(root / "compound.json"), "--override", *_inputs(root)]
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, process_state_restored():
         mp.chdir(root)  # the script moves to the repo root: undone after
         mp.setenv("COMPRESSLAB_TIME_BUSY", "1")  # what the script sets for its runs, undone after
         mp.setattr(sp, "measure_speedup", lambda *a, **k: {"speedup": 2.0, "dense_ms": 2.0, "candidate_ms": 1.0})
@@ -120,7 +120,7 @@ def test_a_second_call_runs_nothing(study, seeds) -> None:
     def no_run(*a, **k):
         raise AssertionError("a finished seed was run again")
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, process_state_restored():
         mp.chdir(root)
         mp.setenv("COMPRESSLAB_TIME_BUSY", "1")
         mp.setattr(pipeline, "run", no_run)
@@ -131,7 +131,7 @@ def test_a_second_call_runs_nothing(study, seeds) -> None:
 
 def test_table_command_finds_the_cached_table(study, seeds, capsys) -> None:
     root, argv, _, _, table = study
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, process_state_restored():
         mp.chdir(root)
         seeds.main(["table", *argv[4:]])  # the run's overrides, no seeds
     out = json.loads(capsys.readouterr().out)
