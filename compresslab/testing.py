@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,17 +160,15 @@ def process_state_restored() -> Iterator[None]:
     """Runs a script's ``main`` in this process and puts back what it pins for a whole process
     (``cli.setup_process``: torch's intra-op threads and the global seeds), so later tests in the same
     interpreter start from the same state (tests/conftest.py fails a test that leaves them changed)."""
-    import numpy as np
+    from compresslab.training.resume import rng_state, set_rng_state  # the step checkpoints' own RNG record
 
     threads = torch.get_num_threads()
-    rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    rng = rng_state([])
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.set_rng_state(rng[0])
-        random.setstate(rng[1])
-        np.random.set_state(rng[2])
+        set_rng_state(rng, [])
 
 
 def synthetic_latency_table(base_ms: float = 1.0, *, layers: int = 2, heads: int = 4, ffn: int = 64,

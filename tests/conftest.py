@@ -19,22 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 # one interpreter, and module fixtures (the bit-for-bit references of test_loop_resume) are built by
 # whichever test needs them first: one test leaving torch at 2 threads made a later reference differ by
 # one float ulp from a child process pinned to 1 (a resume "mismatch" that depended on test order).
+_NUMERIC_SETTINGS = {  # name shown on failure: (read it, put it back)
+    "torch.get_num_threads()": (torch.get_num_threads, torch.set_num_threads),
+    "torch.get_default_dtype()": (torch.get_default_dtype, torch.set_default_dtype),
+    "torch.get_float32_matmul_precision()": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    "torch.are_deterministic_algorithms_enabled()": (torch.are_deterministic_algorithms_enabled,
+                                                     torch.use_deterministic_algorithms),
+    "torch.is_grad_enabled()": (torch.is_grad_enabled, torch.set_grad_enabled),
+    "torch.backends.mkldnn.enabled": (lambda: torch.backends.mkldnn.enabled,
+                                      lambda v: setattr(torch.backends.mkldnn, "enabled", v))}
+
+
 def _numerics() -> dict[str, object]:
-    return {"torch.get_num_threads()": torch.get_num_threads(),
-            "torch.get_default_dtype()": torch.get_default_dtype(),
-            "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
-            "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
-            "torch.is_grad_enabled()": torch.is_grad_enabled(),
-            "torch.backends.mkldnn.enabled": torch.backends.mkldnn.enabled}
-
-
-def _restore_numerics(state: dict[str, object]) -> None:
-    torch.set_num_threads(state["torch.get_num_threads()"])
-    torch.set_default_dtype(state["torch.get_default_dtype()"])
-    torch.set_float32_matmul_precision(state["torch.get_float32_matmul_precision()"])
-    torch.use_deterministic_algorithms(state["torch.are_deterministic_algorithms_enabled()"])
-    torch.set_grad_enabled(state["torch.is_grad_enabled()"])
-    torch.backends.mkldnn.enabled = state["torch.backends.mkldnn.enabled"]
+    return {k: get() for k, (get, _) in _NUMERIC_SETTINGS.items()}
 
 
 _NUMERICS = _numerics()  # as this file set them up: what every test starts from
@@ -49,7 +46,8 @@ def _numerics_left_as_found(request: pytest.FixtureRequest):
     after = _numerics()
     changed = {k: (v, after[k]) for k, v in _NUMERICS.items() if after[k] != v}
     if changed:
-        _restore_numerics(_NUMERICS)
+        for k, (before, _) in changed.items():
+            _NUMERIC_SETTINGS[k][1](before)
         pytest.fail(f"{request.node.nodeid} (or one of its fixtures) left process-wide numerics changed: "
                     + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
                     + ". Pin them only in a child process, or use compresslab.testing.process_state_restored()",
