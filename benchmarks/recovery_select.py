@@ -2,6 +2,12 @@
 
     python benchmarks/recovery_select.py --task mrpc            # runs (or finds) the pipeline, then writes
                                                                 # results/recovery_select.json["mrpc"]
+    python benchmarks/recovery_select.py --task cola --label hidden1 \
+        --set pipeline.passes.ziplm.recovery.hidden_weight=1.0  # a lever tried on the same cell: written to
+                                                                # results/recovery_select.json["cola"]["hidden1"]
+
+Levers are compared by the validation score of the checkpoint each keeps (``selection.best_score``), never by
+dev: dev is the suite's reported score.
 
 The run is the suite's ``ziplm_mild_int8`` cell for the task (benchmarks/suite.yaml: the task's and the
 ``bench`` budget's overrides, the pipeline's own, deploy on ORT, no bench stage) with
@@ -27,13 +33,13 @@ REPO = ROOT.parent
 PIPELINE = "ziplm_mild_int8"
 
 
-def run_args(task: str, every: int) -> list[str]:
-    """The suite cell's command line with selection on (suite_plan.plan + TaskPlan.args)."""
+def run_args(task: str, every: int, extra: list[str] = ()) -> list[str]:
+    """The suite cell's command line with selection on (suite_plan.plan + TaskPlan.args), then ``extra``."""
     sys.path.insert(0, str(REPO))
     from benchmarks.suite_plan import load_config, plan
 
     p = plan(load_config(ROOT / "suite.yaml"), task, "bench", [PIPELINE])
-    return [*p.args(PIPELINE), f"pipeline.passes.ziplm.recovery.select_every={every}"]
+    return [*p.args(PIPELINE), f"pipeline.passes.ziplm.recovery.select_every={every}", *extra]
 
 
 def summary(run_dir: Path) -> dict:
@@ -64,19 +70,24 @@ def main() -> None:
     ap.add_argument("--task", default="mrpc")
     ap.add_argument("--select-every", type=int, default=200)
     ap.add_argument("--run-dir", help="summarise this finished run instead of running the pipeline")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Hydra override on top of the suite cell's (repeatable): the lever tried")
+    ap.add_argument("--label", help="store under results[task][label] (default: results[task])")
     a = ap.parse_args()
+    if a.set and not a.label:
+        ap.error("--set needs --label: a lever's figures must not overwrite the cell's own")
     if a.run_dir:
         run_dir = Path(a.run_dir).resolve()
     else:
-        args = run_args(a.task, a.select_every)
+        args = run_args(a.task, a.select_every, a.set)
         out = subprocess.run([sys.executable, "-m", "compresslab", *args], cwd=REPO, check=True,
                              capture_output=True, text=True).stdout
         line = next(ln for ln in out.splitlines() if ln.startswith("run dir: "))
         run_dir = (REPO / line.split(": ", 1)[1].strip()).resolve()
     rf = ResultsFile(ROOT / "results" / "recovery_select.json")
     rec = summary(run_dir)
-    rf.note_run(a.task, read_json(run_dir / "manifest.json"))
-    rf.put([a.task], rec)
+    rf.note_run(f"{a.task}/{a.label}" if a.label else a.task, read_json(run_dir / "manifest.json"))
+    rf.put([a.task, a.label] if a.label else [a.task], rec)
     print(rec)
 
 

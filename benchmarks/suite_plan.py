@@ -85,19 +85,26 @@ def peer_names(cfg: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def pipeline_extra(cfg: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """suite.yaml ``pipeline_overrides`` (pipeline -> overrides applied after the task's and the budget's);
-    SuiteError for a pipeline the config does not run or a value that is not a list of ``key=value``."""
-    extra = cfg.get("pipeline_overrides") or {}
-    unknown = [p for p in extra if p not in cfg["pipelines"]]
-    if unknown:
-        raise SuiteError(f"pipeline_overrides names pipeline(s) {unknown} the suite config does not run; "
-                         f"pipelines: {list(cfg['pipelines'])}")
-    bad = {p: v for p, v in extra.items()
-           if not isinstance(v, list) or not all(isinstance(o, str) and "=" in o for o in v)}
-    if bad:
-        raise SuiteError(f"pipeline_overrides must map each pipeline to a list of key=value overrides, got {bad}")
-    return {p: tuple(v) for p, v in extra.items()}
+def pipeline_extra(cfg: Mapping[str, Any], task: str | None = None) -> dict[str, tuple[str, ...]]:
+    """suite.yaml ``pipeline_overrides`` (pipeline -> overrides applied after the task's and the budget's), then
+    the task's own ``tasks.<task>.pipeline_overrides`` (a lever chosen on that task's validation split; the last
+    wins); SuiteError for a pipeline the config does not run or a value that is not a list of ``key=value``."""
+    layers = [("pipeline_overrides", cfg.get("pipeline_overrides") or {})]
+    if task is not None:
+        layers.append((f"tasks.{task}.pipeline_overrides", cfg["tasks"][task].get("pipeline_overrides") or {}))
+    out: dict[str, tuple[str, ...]] = {}
+    for where, extra in layers:
+        unknown = [p for p in extra if p not in cfg["pipelines"]]
+        if unknown:
+            raise SuiteError(f"{where} names pipeline(s) {unknown} the suite config does not run; "
+                             f"pipelines: {list(cfg['pipelines'])}")
+        bad = {p: v for p, v in extra.items()
+               if not isinstance(v, list) or not all(isinstance(o, str) and "=" in o for o in v)}
+        if bad:
+            raise SuiteError(f"{where} must map each pipeline to a list of key=value overrides, got {bad}")
+        for p, v in extra.items():
+            out[p] = (*out.get(p, ()), *v)
+    return out
 
 
 def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | None,
@@ -133,7 +140,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                  tuple(cfg.get("openvino_keep_fp32") or ()), pipeline_extra(cfg))
+                  tuple(cfg.get("openvino_keep_fp32") or ()), pipeline_extra(cfg, task))
     _check_openvino_cells(tp, asked_openvino)
     return tp
 
@@ -211,6 +218,8 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
     for n, t in cfg["tasks"].items():
         preset = t.get("teacher") or "none named (the budget's, else the config's budget.teacher)"
         lines.append(f"  {n}: {preset}, {t.get('teacher_cpu_hours', 'no budget')}")
+        for p, v in pipeline_extra({**cfg, "pipeline_overrides": {}}, n).items():
+            lines.append(f"    {p} on {n} (then {' '.join(v)})")
     lines += ["budgets: " + ", ".join(cfg["budgets"]), "pipelines (ours):"]
     extra = pipeline_extra(cfg)
     lines += [f"  {p}" + (f" (then {' '.join(extra[p])})" if p in extra else "") for p in cfg["pipelines"]]

@@ -70,6 +70,31 @@ def test_a_pipeline_override_comes_last_and_only_in_its_own_pipeline() -> None:
     assert "  ziplm_int8 (then budget.recovery_steps=2000)\n" in suite_plan.list_suite(cfg)
 
 
+def test_a_task_pipeline_override_applies_to_that_task_only_and_after_the_global_one() -> None:
+    cfg = {**_cfg(), "pipelines": ["int8", "ziplm_int8"],
+           "tasks": {"tiny": {"overrides": [], "pipeline_overrides": {"ziplm_int8": ["budget.recovery_steps=300"]}},
+                     "other": {"overrides": []}},
+           "pipeline_overrides": {"ziplm_int8": ["budget.recovery_steps=2000"]}}
+    tiny, other = suite_plan.plan(cfg, "tiny", "smoke", None), suite_plan.plan(cfg, "other", "smoke", None)
+    zl = tiny.args("ziplm_int8")
+    assert zl.index("budget.recovery_steps=300") > zl.index("budget.recovery_steps=2000")
+    assert "budget.recovery_steps=300" not in other.args("ziplm_int8") + tiny.args("int8")
+    from compresslab.config import compose
+
+    assert compose(zl).pipeline.passes.ziplm.recovery.steps == 300
+    assert "    ziplm_int8 on tiny (then budget.recovery_steps=300)\n" in suite_plan.list_suite(cfg)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"ziplm_int8": ["budget.recovery_steps=2000"]}, r"tasks\.tiny\.pipeline_overrides names pipeline\(s\)"),
+    ({"int8": "budget.recovery_steps=2000"}, "tasks.tiny.pipeline_overrides must map"),
+])
+def test_a_task_pipeline_override_for_no_pipeline_or_not_a_list_is_refused(extra, match) -> None:
+    cfg = {**_cfg(), "tasks": {"tiny": {"overrides": [], "pipeline_overrides": extra}}}
+    with pytest.raises(suite_plan.SuiteError, match=match):
+        suite_plan.plan(cfg, "tiny", "smoke", None)
+
+
 @pytest.mark.parametrize("cells", [[], ["int8"]])
 def test_an_empty_cell_list_is_refused_not_read_as_every_cell(cells) -> None:
     if cells:
