@@ -54,7 +54,7 @@ def summary(run_dir: Path) -> dict:
         "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "command": m["command"], "git_sha": m.get("git_sha"), "seed": m.get("seed"),
         "selection": zm["recovery"]["selection"], "recovery_steps": zm["recovery"]["steps"],
-        "structure": zm.get("structure") or zm["family"]["1.5x"]["structure"],
+        "structure": zm.get("structure") or zm["family"][f"{zm['target_speedup']:g}x"]["structure"],
         "measured_speedup_b32": zm.get("measured_speedup_b32"), "ziplm_retries": zm.get("retries"),
         "dev": {"split": ev["split"], "n": ev["n"], "metric": ev["primary_metric"],
                 "teacher": ev["models"]["teacher_torch"]["score"], "torch_selected": ev["models"]["torch_final"]["score"],
