@@ -180,7 +180,8 @@ class CompressResult:
 def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, data: Any,
              eval_data: Any = None, teacher: "nn.Module | None" = None, label2id: Mapping[str, int] | None = None,
              kind: str | None = None, output_dir: str | Path | None = None, max_length: int = 128,
-             batch_size: int = 32, seed: int = 42, val_size: int | None = None, device: str = "auto",
+             batch_size: int = 32, seed: int = 42, val_size: int | None = None, val_carve: str = "random",
+             device: str = "auto",
              inplace: bool = False, export: Mapping[str, Any] | None = None, progress: bool = True,
              **columns: str) -> CompressResult:
     """Compress ``model`` with ``passes`` on ``data``; returns a :class:`CompressResult`.
@@ -194,6 +195,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         data: training data: a list of ``(text, label)`` / ``(text_a, text_b, label)``, a
             ``datasets.Dataset``, a pandas ``DataFrame``, or a CSV/TSV/JSONL path; labels may be
             strings. The validation split (what passes may select on) is carved from it, seeded.
+        val_carve: ``"random"`` (examples) or ``"grouped"`` (whole texts; their duplicates and, for
+            single texts, their phrases are kept out of train: for phrase-augmented data like SST-2).
         eval_data: the same kinds; scored after every step and reported, never selected on.
         teacher: the model to distil from and score against; default: the output of a ``finetune``
             pass, else a frozen copy of ``model`` as given (right for a model already fine-tuned on
@@ -248,7 +251,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     head_names = config_label2id(model.config) if label2id is None else None  # the model's own class names
     task = task_from_user_data(data, eval_data, label2id=label2id if label2id is not None else head_names,
                                label2id_from="the model's config.label2id" if head_names else None,
-                               kind=kind if kind is not None else task_kind_of(model), val_size=val_size, seed=seed,
+                               kind=kind if kind is not None else task_kind_of(model), val_size=val_size,
+                               val_carve=val_carve, seed=seed,
                                **columns)
     check_labels_match_head(task, model.config, compare_names=label2id is None)
     check_tokenizable(task, tokenizer, max_length)
@@ -351,6 +355,8 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
               "data": {k: task.info.get(k) for k in ("sizes", "val_size", "val_seed", "label2id")},
               "settings": {"seed": state.settings.seed, "max_length": state.settings.max_length,
                            "batch_size": state.settings.batch_size}}
+    if task.info.get("val_carve", "random") != "random":  # the random carve keeps earlier runs' hashes
+        config["data"]["val_carve"] = task.info["val_carve"]
     h = stable_hash(config)
     inputs = input_identity(state)  # the model, tokenizer, teacher and data by content, not by size
     manifest = None

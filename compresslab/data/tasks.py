@@ -11,6 +11,7 @@ from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
+from compresslab.data.carve import CARVES, carve_validation, check_carve, default_val_size
 from compresslab.data.generic import GenericConfig, read_generic, resolve_file
 from compresslab.data.readers import file_sha256, read_glue_tsv
 from compresslab.data.schema import (
@@ -25,7 +26,7 @@ from compresslab.data.schema import (
 )
 
 __all__ = [
-    "DATA_ENV_VAR", "TASKS", "DataFormatError", "DataNotFoundError", "Example", "MissingSplit",
+    "CARVES", "DATA_ENV_VAR", "TASKS", "DataFormatError", "DataNotFoundError", "Example", "MissingSplit",
     "SplitUnavailableError", "TaskData", "TaskKind", "TaskSpec", "check_data_available",
     "default_val_size", "get_task", "load_task", "resolve_data_root",
 ]
@@ -128,11 +129,6 @@ def _root_or_none(data_root: str | Path | None) -> Path | None:
         return None
 
 
-def default_val_size(n_train: int) -> int:
-    """5% of train or 1,000 examples, whichever is smaller (MEASURE.md)."""
-    return min(1000, n_train // 20)
-
-
 def _check_count(value: int | None, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValueError(f"{what} must be a non-negative integer or None, got {value!r}")
@@ -147,26 +143,12 @@ def _seeded_subset(items: Sequence[T], n: int | None, seed: int, stream: int) ->
     return [items[i] for i in keep]
 
 
-def _carve(train_all: list[Example], val_size: int | None, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split a seeded validation set off train; both keep file order and are disjoint by index."""
-    if isinstance(train_all, MissingSplit):
-        return train_all, MissingSplit(train_all.reason + " (so no validation split either)")
-    n = len(train_all)
-    size = default_val_size(n) if val_size is None else val_size
-    if size >= n and n > 0:
-        raise ValueError(f"val_size={size} would leave no training examples (train has {n}); set a smaller "
-                         f"val_size (task.val_size on the command line; 0 for none)")
-    rng = np.random.default_rng([0, seed])
-    is_val = np.zeros(n, dtype=bool)
-    is_val[rng.permutation(n)[:size]] = True
-    return ([e for e, v in zip(train_all, is_val) if not v], [e for e, v in zip(train_all, is_val) if v])
-
-
 def load_task(
     name: str,
     data_root: str | Path | None = None,
     *,
     val_size: int | None = None,
+    val_carve: str = "random",
     seed: int = 0,
     max_train: int | None = None,
     max_dev: int | None = None,
@@ -174,11 +156,14 @@ def load_task(
 ) -> TaskData:
     """Load a task: train minus a seeded validation carve, the validation carve, and dev.
 
+    ``val_carve``: ``random`` (examples) or ``grouped`` (whole texts with their duplicates and phrases:
+    :mod:`compresslab.data.carve`); checked before any file is read.
     ``max_train`` / ``max_dev`` take seeded subsets after the carve (for smoke runs and tests).
     ``name == "generic"`` or a ``generic`` dict reads user CSV/TSV/JSONL files (see GenericConfig).
     """
     for value, what in ((val_size, "val_size"), (max_train, "max_train"), (max_dev, "max_dev")):
         _check_count(value, what)
+    val_carve = check_carve(val_carve)
     files: dict[str, dict[str, Any]] = {}
     labels_info: dict[str, Any] = {}
     if generic is not None or name == "generic":
@@ -215,7 +200,8 @@ def load_task(
             files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(split_examples[split])}
         train_all, dev = split_examples["train"], split_examples["dev"]
 
-    train, validation = _carve(train_all, val_size, seed)
+    carve = carve_validation(train_all, val_size, seed, val_carve)
+    train, validation = carve.train, carve.validation
     train = _seeded_subset(train, max_train, seed, stream=1)
     dev = _seeded_subset(dev, max_dev, seed, stream=2)
     info: dict[str, Any] = {
@@ -226,6 +212,7 @@ def load_task(
         "sizes": {"train": len(train), "validation": len(validation), "dev": len(dev)},
         "val_seed": seed,
         "val_size": len(validation),
+        **carve.info,
         "max_train": max_train,
         "max_dev": max_dev,
         "label_names": list(spec.label_names),

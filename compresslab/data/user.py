@@ -18,7 +18,8 @@ from compresslab.data.generic import resolve_file
 from compresslab.data.labels import ClassLabelName, LabelSettings, Seen, class_labels, label_score, label_value
 from compresslab.data.readers import file_sha256
 from compresslab.data.schema import DataFormatError, Example, MissingSplit, TaskData, TaskKind, TaskSpec
-from compresslab.data.tasks import _carve, _check_count
+from compresslab.data.carve import carve_validation, check_carve
+from compresslab.data.tasks import _check_count
 
 __all__ = ["task_from_user_data"]
 
@@ -299,6 +300,7 @@ def task_from_user_data(
     label2id: Mapping[str, int] | None = None,
     kind: TaskKind | str | None = None,
     val_size: int | None = None,
+    val_carve: str = "random",
     seed: int = 42,
     name: str = "user",
     text_column: str | None = None,
@@ -339,7 +341,8 @@ def task_from_user_data(
 
     Splits: ``train`` is ``data`` minus ``validation``, a seeded carve of ``val_size`` examples
     (default ``min(1000, len(data) // 20)``, as :func:`load_task`; 0 below 20 examples), both in
-    input order. ``dev`` is ``eval_data``; when it is None, ``dev`` is an empty
+    input order; ``val_carve="grouped"`` draws whole texts and keeps their duplicates and phrases out
+    of train (:mod:`compresslab.data.carve`). ``dev`` is ``eval_data``; when it is None, ``dev`` is an empty
     :class:`MissingSplit` that says why, and code that needs dev examples raises
     :class:`SplitUnavailableError`. ``info["label_source"]`` says where class names came from
     (``label2id``, ``class_label``, ``sorted_strings``, ``ids``; ``scores`` for regression).
@@ -354,6 +357,7 @@ def task_from_user_data(
     """
     kind = _to_kind(kind)
     _check_count(val_size, "val_size")
+    val_carve = check_carve(val_carve)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if data is None:
@@ -388,7 +392,8 @@ def task_from_user_data(
         text_b=(text_b or "text_b") if train_src.paired else None, label=label or "label",
         description=f"user data ({train_src.kind})",
     )
-    train, validation = _carve(train_all, val_size, seed)
+    carve = carve_validation(train_all, val_size, seed, val_carve)
+    train, validation = carve.train, carve.validation
     files = {s: src.file for s, src in (("train", train_src), ("dev", dev_src)) if src is not None and src.file}
     info: dict[str, Any] = {
         "task": spec.name,
@@ -399,6 +404,7 @@ def task_from_user_data(
         "sizes": {"train": len(train), "validation": len(validation), "dev": len(dev)},
         "val_seed": seed,
         "val_size": len(validation),
+        **carve.info,
         "max_train": None,
         "max_dev": None,
         "label_names": list(spec.label_names),

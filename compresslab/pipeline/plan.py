@@ -50,10 +50,20 @@ class Step:
         return f"{self.index:02d}_{self.name}"
 
 
+# Keys added after runs were made, with the value those runs had: left out of the identity at that value,
+# so a run made before the key existed is found again (resumed, reused) rather than made anew.
+_ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random"}
+
+
 def config_identity(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    return {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
+    out = {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
+    for (group, key), value in _ADDED_DEFAULTS.items():
+        node = out.get(group)
+        if isinstance(node, dict) and key in node and node[key] == value:
+            out[group] = {k: v for k, v in node.items() if k != key}
+    return out
 
 
 def config_hash(cfg: DictConfig) -> str:

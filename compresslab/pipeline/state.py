@@ -139,7 +139,7 @@ class RunState:
         t = cfg.task
         generic = OmegaConf.to_container(t.generic, resolve=True) if t.get("generic") else None
         root = None if generic else resolve_data_root(cfg.data.get("root"))
-        task = load_task(t.name, root, val_size=t.get("val_size"), seed=settings.seed,
+        task = load_task(t.name, root, val_size=t.get("val_size"), val_carve=t.get("val_carve"), seed=settings.seed,
                          max_train=t.get("max_train"), max_dev=t.get("max_dev"), generic=generic)
         if settings.eval.split == "dev" and isinstance(task.dev, MissingSplit):  # else found after training
             raise SplitUnavailableError(f"eval.split=dev, but {task.dev.reason}; or set eval.split=validation")

@@ -136,6 +136,24 @@ def test_bad_data_is_refused_before_training_and_nothing_is_written(tiny_tok, tm
     assert not (tmp_path / "run").exists()
 
 
+def test_val_carve_is_checked_before_training_and_grouped_carves_whole_texts(tiny_tok, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    with pytest.raises(ValueError, match="val_carve='sentences'.*random, grouped"):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], data=_pairs(60, 0), val_carve="sentences",
+                             output_dir=tmp_path / "run", **_kw())
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    # each review and a phrase of it: the grouped carve's validation holds whole reviews only
+    data = [x for t, lab in _pairs(60, 0) for x in ((t + " indeed", lab), (t, lab))]
+    res = compresslab.compress(_trained(), tiny_tok, [{"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 0}}],
+                               data=data, val_carve="grouped", val_size=5, **_kw())
+    try:
+        info = res.metrics["data"]
+        assert info["val_carve"] == "grouped" and info["val_size"] == 5 and info["val_dropped_from_train"] == 5
+    finally:
+        res.close()
+
+
 def test_untokenizable_text_is_named(tiny_tok, tmp_path, monkeypatch):
     _no_training(monkeypatch)
     data = _pairs(40, 0) + [("\u200b\u200b", "pos")]  # only zero-width characters: no tokens at all

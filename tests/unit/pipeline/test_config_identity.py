@@ -1,0 +1,22 @@
+"""A run's identity (its config hash): keys added later keep the hashes of runs made before them."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from compresslab.config import compose
+from compresslab.pipeline.plan import config_hash, config_identity
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb_embedding"])
+def test_the_default_val_carve_keeps_the_hash_runs_had_before_the_key(task: str) -> None:
+    cfg = compose(["+pipeline=int8", f"task={task}"])
+    assert cfg.task.val_carve == "random"
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["task"]["val_carve"]  # the config as composed before task.val_carve existed
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    assert "val_carve" not in config_identity(cfg)["task"]
+    grouped = compose(["+pipeline=int8", f"task={task}", "task.val_carve=grouped"])
+    assert config_hash(grouped) != config_hash(cfg)
+    assert config_identity(grouped)["task"]["val_carve"] == "grouped"
