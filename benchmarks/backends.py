@@ -194,7 +194,8 @@ def measure(a: argparse.Namespace) -> None:
     cells = build_cells(runs, flags)
     rd = REPO / runs["int8"]["run_dir"]
     cfg = read_json(rd / "manifest.json")["config"]
-    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]))
+    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]),
+                     val_size=cfg["task"].get("val_size"), val_carve=cfg["task"].get("val_carve"))
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
     dev = list(task.dev)
     vocab = int(tok.vocab_size)

@@ -252,7 +252,8 @@ def measure(a: argparse.Namespace) -> None:
     cells = build_cells(runs, flags)
     rd = REPO / next(iter(runs.values()))["run_dir"]
     cfg = read_json(rd / "manifest.json")["config"]
-    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]))
+    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]),
+                     val_size=cfg["task"].get("val_size"), val_carve=cfg["task"].get("val_carve"))
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
     dev = list(task.dev)
     if cfg["task"].get("max_dev"):  # a smoke run's slice (debug=smoke); the real measurement has all 872

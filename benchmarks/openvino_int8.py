@@ -68,7 +68,8 @@ def main(argv: list[str]) -> None:
     cfg = m["config"]
     plain = rd / "export" / "model_unfused.onnx"
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
-    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]))
+    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]),
+                     val_size=cfg["task"].get("val_size"), val_carve=cfg["task"].get("val_carve"))
     ml = int(cfg["task"]["max_length"])
     calib = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in
              make_loader(calibration_examples(task.train, 300, int(cfg["seed"])), tok, 32, ml, shuffle=False)]

@@ -9,7 +9,9 @@ scores on dev. For each carve (``task.val_carve``, :mod:`compresslab.data.carve`
 teacher on that carve's train split (the budget's finetune preset, exactly as a pipeline's finetune step:
 cached by content, so a bench teacher is found again), then scores the torch teacher (fp32) on the carve's
 validation split and on dev. Writes ``results/val_carve.json[task][budget][carve]``: both scores, the gap in
-points and its standard error, the splits' sizes and lengths. Nothing is timed.
+points and its standard error, the splits' sizes and lengths, the teacher's training wall time (under
+whatever else ran: not a speed figure), and the McNemar p of each carve's teacher against the random
+carve's on dev (what the carve costs the teacher). No speed is measured.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def _words(split: list[Any]) -> dict[str, float]:
     return {"mean_words": round(float(n.mean()), 2), "share_le_8_words": round(float((n <= 8).mean()), 4)}
 
 
-def measure(task: str, budget: str, carve: str, work: Path) -> dict[str, Any]:
-    """Train (or find) the teacher beside ``carve``, score it on validation and dev."""
+def measure(task: str, budget: str, carve: str, work: Path) -> tuple[dict[str, Any], Any]:
+    """Train (or find) the teacher beside ``carve``, score it on validation and dev; (record, dev Scored)."""
     from compresslab.cli import setup_process
     from compresslab.config import compose
     from compresslab.eval.evaluate import predict, torch_forward
@@ -62,8 +64,8 @@ def measure(task: str, budget: str, carve: str, work: Path) -> dict[str, Any]:
         "carve": {k: v for k, v in data.info.items() if k.startswith("val_")},
         "validation_text": _words(list(data.validation)), "dev_text": _words(list(data.dev)),
         "train_text": _words(list(data.train)),
-        "teacher_s": round(train_s, 1), "finetune_preset": str(cfg.budget.teacher),
-    }
+        "teacher_wall_s": round(train_s, 1), "finetune_preset": str(cfg.budget.teacher),
+    }, scores["dev"]
 
 
 def git_sha() -> str | None:
@@ -88,10 +90,20 @@ def main() -> None:
         check_carve(c)  # a bad name fails before any training
     rf = ResultsFile(a.results)
     work = REPO / ".cache" / "val_carve"
+    from compresslab.data.metrics import mcnemar_pvalue
+
+    dev: dict[str, Any] = {}
     for carve in a.carves:
-        rec = measure(a.task, a.budget, carve, work)
+        rec, dev[carve] = measure(a.task, a.budget, carve, work)
         rf.put([a.task, a.budget, carve], rec)
         print(carve, {k: rec[k] for k in ("validation", "dev", "gap_pt", "gap_se_pt")}, flush=True)
+    if "random" in dev and dev["random"].metrics and len(dev) > 1:  # what a carve costs the teacher on dev
+        for carve, scored in dev.items():
+            if carve != "random":
+                ref = dev["random"]
+                p = mcnemar_pvalue(scored.predictions == scored.labels, ref.predictions == ref.labels)
+                rf.put([a.task, a.budget, carve, "dev_mcnemar_p_vs_random"], round(float(p), 4))
+                print(carve, "dev McNemar p vs random", round(float(p), 4), flush=True)
     rf.put(["meta"], {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(),
                       "command": "python benchmarks/val_carve.py " + " ".join(sys.argv[1:]),
                       "scored": "the torch teacher (fp32), trained on the carve's train split; seed from the config"})

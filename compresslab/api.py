@@ -196,7 +196,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
             ``datasets.Dataset``, a pandas ``DataFrame``, or a CSV/TSV/JSONL path; labels may be
             strings. The validation split (what passes may select on) is carved from it, seeded.
         val_carve: ``"random"`` (examples) or ``"grouped"`` (whole texts; their duplicates and, for
-            single texts, their phrases are kept out of train: for phrase-augmented data like SST-2).
+            single texts, their phrases are kept out of train: for phrase-augmented data like SST-2;
+            pairs group by exact duplicates only). A bad name is a ValueError before any training.
         eval_data: the same kinds; scored after every step and reported, never selected on.
         teacher: the model to distil from and score against; default: the output of a ``finetune``
             pass, else a frozen copy of ``model`` as given (right for a model already fine-tuned on

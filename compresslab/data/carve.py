@@ -4,21 +4,26 @@ Two ways, chosen by ``task.val_carve``:
 
 - ``random`` (the default): a seeded uniform draw of examples. Right when examples are independent.
 - ``grouped``: a seeded draw of *groups* (the idea of scikit-learn's ``GroupShuffleSplit``), so that no
-  training example is a near-copy of a validation example. A group is a **root** and the examples
-  that belong to it: its exact duplicates (same text after whitespace normalisation; for pairs, the
-  same pair) and, for single-text data, every example that is a contiguous token span of it. SST-2's
-  train split is the case in point: it holds each review sentence of the Stanford Sentiment Treebank
-  *and* the phrases of its parse tree (67,349 examples from 6,885 whole sentences; 58% of them 8 words
-  or fewer, while dev holds whole sentences, mean 19.5 words). A random carve there draws mostly
-  phrases whose sentence (and sibling phrases) stay in train: the teacher is then ~3.7 pt more accurate
-  on validation than on dev, and compressed models rank differently on the two (benchmarks/RESULTS.md,
-  "CoLA and SST-2, session 19"). The grouped carve's validation holds whole sentences only (the roots,
-  one example per group), and train drops every example whose only roots were carved; a phrase that is
-  also a span of a kept sentence stays in train (it is that sentence's training data).
+  training example is a copy or a phrase of a validation example (exact matches: see below). A group is
+  a **root** and the examples that belong to it: its exact duplicates (same text after whitespace
+  normalisation; for pairs, the same pair) and, for single-text data, every example that is a
+  contiguous token span of it. SST-2's train split is the case in point: it holds each review sentence
+  of the Stanford Sentiment Treebank *and* the phrases of its parse tree (67,349 examples from 6,885
+  whole sentences; 58% of them 8 words or fewer, while dev holds whole sentences, mean 19.5 words). A
+  random carve there draws mostly phrases whose sentence (and sibling phrases) stay in train: the bench
+  teacher scores 3.7 pt higher on that validation split than on dev, on the grouped carve's 0.9 pt
+  (``benchmarks/results/val_carve.json``). The grouped carve's validation holds whole sentences only (the
+  roots, one example per group), and train drops every example whose only roots were carved; a phrase
+  that is also a span of a kept sentence stays in train (it is that sentence's training data). The
+  cost: those sentences leave train (SST-2 at 1,000 groups: 8,337 examples, 12.4%).
 
-Span grouping splits on whitespace (GLUE's files are pre-tokenised), so it costs one dictionary lookup
-per span of each root: ~1.7 M lookups (a few seconds) on SST-2. For long texts the count grows with the
-square of the length; beyond :data:`MAX_SPAN_LOOKUPS` the carve refuses before doing it.
+Only exact matches group: whitespace-token spans and whitespace-normalised duplicates (GLUE's files are
+pre-tokenised); case, punctuation glued to a word and detokenisation are not normalised. Duplicates with
+different labels keep the first example's label in validation. Pairs group by exact duplicates only.
+
+Span grouping joins and looks up every span of each root: ~1.7 M lookups (a few seconds) on SST-2. The
+work grows with the cube of a text's length (spans x their length), so the carve counts the tokens it
+joins and stops with an error past :data:`MAX_SPAN_TOKENS`.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ import numpy as np
 
 from compresslab.data.schema import Example, MissingSplit
 
-__all__ = ["CARVES", "MAX_SPAN_LOOKUPS", "Carve", "carve_validation", "check_carve", "default_val_size"]
+__all__ = ["CARVES", "MAX_SPAN_TOKENS", "Carve", "carve_validation", "check_carve", "default_val_size"]
 
 CARVES: tuple[str, ...] = ("random", "grouped")
-MAX_SPAN_LOOKUPS = 50_000_000  # ~30 s of Python: a data set with long texts should dedupe another way
+MAX_SPAN_TOKENS = 200_000_000  # tokens joined into spans: ~1 min of Python; SST-2 needs ~15 M
 
 
 def default_val_size(n_train: int) -> int:
@@ -43,12 +48,19 @@ def default_val_size(n_train: int) -> int:
 
 
 def check_carve(how: Any) -> str:
-    """``how`` as a carve name, or ``ValueError`` listing the choices (before any data is read)."""
+    """``how`` as a carve name (None: ``random``), or ``ValueError`` listing the choices (before any data is read)."""
     if how is None:
         return "random"
     if not isinstance(how, str) or how not in CARVES:
-        raise ValueError(f"val_carve={how!r}: use one of {', '.join(CARVES)} (task.val_carve on the command line)")
+        raise ValueError(f"val_carve={how!r}: use one of {', '.join(CARVES)} (task.val_carve on the command line, "
+                         f"val_carve= in compresslab.compress)")
     return how
+
+
+def default_group_count(n_train: int, n_groups: int) -> int:
+    """The grouped carve's default: :func:`default_val_size` of the examples, at most a fifth of the groups
+    (a group takes a sentence *and* its phrases out of train: SST-2 keeps 1,000 of 6,885 sentences)."""
+    return min(default_val_size(n_train), n_groups // 5)
 
 
 @dataclass
@@ -66,7 +78,8 @@ def carve_validation(train_all: list[Example], val_size: int | None, seed: int, 
     Args:
         train_all: every training example (a :class:`MissingSplit` passes through, with an empty
             validation split that says why).
-        val_size: validation examples; None: :func:`default_val_size` of ``len(train_all)``.
+        val_size: validation examples (``grouped``: groups, one example each); None: :func:`default_val_size`
+            of ``len(train_all)`` (``grouped``: at most a fifth of the groups, :func:`default_group_count`).
         seed: the run's seed (the draw is a function of it and the data only).
         how: ``random`` (examples) or ``grouped`` (roots of groups; see the module docstring).
 
@@ -75,16 +88,19 @@ def carve_validation(train_all: list[Example], val_size: int | None, seed: int, 
         ``train_all``) and ``val_dropped_from_train`` (examples of carved groups left out of both).
 
     Raises:
-        ValueError: an unknown ``how``; ``val_size`` that leaves no training examples (``random``) or
-            no training group (``grouped``); span grouping over more than :data:`MAX_SPAN_LOOKUPS`.
+        ValueError: an unknown ``how``; a ``val_size`` that is not a non-negative int or None, or that leaves
+            no training examples (``random``) or no training group (``grouped``); span grouping that joins
+            more than :data:`MAX_SPAN_TOKENS` tokens (texts too long for it).
     """
     how = check_carve(how)
+    if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0):
+        raise ValueError(f"val_size must be a non-negative integer or None, got {val_size!r}")
     if isinstance(train_all, MissingSplit):
         return Carve(train_all, MissingSplit(train_all.reason + " (so no validation split either)"),
                      {"val_carve": how})
     n = len(train_all)
-    size = default_val_size(n) if val_size is None else val_size
     if how == "random":
+        size = default_val_size(n) if val_size is None else val_size
         if size >= n and n > 0:
             raise ValueError(f"val_size={size} would leave no training examples (train has {n}); set a smaller "
                              f"val_size (task.val_size on the command line; 0 for none)")
@@ -93,20 +109,21 @@ def carve_validation(train_all: list[Example], val_size: int | None, seed: int, 
         is_val[rng.permutation(n)[:size]] = True
         return Carve([e for e, v in zip(train_all, is_val) if not v], [e for e, v in zip(train_all, is_val) if v],
                      {"val_carve": how})
-    return _grouped(train_all, size, seed)
+    return _grouped(train_all, val_size, seed)
 
 
 def _key(e: Example) -> tuple[str, str | None]:
     return " ".join(e.text_a.split()), None if e.text_b is None else " ".join(e.text_b.split())
 
 
-def _grouped(train_all: list[Example], size: int, seed: int) -> Carve:
+def _grouped(train_all: list[Example], val_size: int | None, seed: int) -> Carve:
     keys = [_key(e) for e in train_all]
     first: dict[tuple[str, str | None], int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
     owners = _span_owners(list(first))  # key -> the root keys it is a proper span of (roots: absent)
     roots = [k for k in first if k not in owners]  # in file order of first occurrence: deterministic
+    size = default_group_count(len(train_all), len(roots)) if val_size is None else val_size
     if size >= len(roots) and roots:
         raise ValueError(f"val_size={size} would leave no training group (train has {len(roots)} groups: whole "
                          f"texts with their duplicates and phrases); set a smaller val_size or val_carve=random")
@@ -128,21 +145,20 @@ def _span_owners(keys: Sequence[tuple[str, str | None]]) -> dict[tuple[str, str 
     groups are exact duplicates only).
     """
     singles = {k[0]: k for k in keys if k[1] is None}
-    if not singles:
-        return {}
     lengths = sorted({len(t.split()) for t in singles})
     order = sorted(singles, key=lambda t: -len(t.split()))
-    cost = sum(sum(n - m + 1 for m in lengths if m < n) for n in (len(t.split()) for t in order))
-    if cost > MAX_SPAN_LOOKUPS:  # an upper bound (contained texts are skipped): refuse before the work
-        raise ValueError(f"val_carve=grouped would look up to {cost:,} token spans (texts too long for span "
-                         f"grouping; limit {MAX_SPAN_LOOKUPS:,}); use val_carve=random")
     owners: dict[tuple[str, str | None], set] = {}
+    joined = 0
     for text in order:
         key = singles[text]
         if key in owners:
             continue  # inside a longer text: not a root
         toks = text.split()
         n = len(toks)
+        joined += sum((n - m + 1) * m for m in lengths if m < n)  # this root's work, counted before doing it
+        if joined > MAX_SPAN_TOKENS:
+            raise ValueError(f"val_carve=grouped would join more than {MAX_SPAN_TOKENS:,} tokens into spans (texts "
+                             f"too long for span grouping: {n} tokens here); use val_carve=random")
         for m in lengths:
             if m >= n:
                 break

@@ -350,7 +350,8 @@ def task_from_user_data(
     Raises:
         ValueError: empty data, mixed tuple lengths, non-string or empty text, a column not found
             (listing the columns found), pairs in one input and singles in the other, a DatasetDict
-            or plain dict, an unknown ``kind``, a bad ``val_size`` / ``label2id``.
+            or plain dict, an unknown ``kind``, a bad ``val_size`` / ``val_carve`` / ``label2id``, a
+            ``val_size`` that leaves no training example (or group).
         DataFormatError: (a ValueError) a label the rules above refuse, naming ``data[i]`` /
             ``eval_data[i]`` (or file:line) and the argument to change (``label2id=``, ``kind=``).
         DataNotFoundError: a path that is not a file (a ``FileNotFoundError``).

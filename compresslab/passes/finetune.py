@@ -112,6 +112,8 @@ class Finetune:
         if weights is None or not weights.is_file():
             return None  # version 1 keyed such sources by path: never trusted
         info = ctx.task.info
+        if info.get("val_carve", "random") != "random":
+            return None  # version 1 predates val_carve: its teachers saw another carve's validation examples
         files = {split: f.get("sha256") for split, f in (info.get("files") or {}).items()}
         data = {k: info.get(k) for k in ("val_size", "val_seed", "max_train", "sizes")}
         return stable_hash({"model": sha256_file(weights), "task": ctx.task.spec.name, "files": files, "data": data,

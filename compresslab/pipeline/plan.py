@@ -61,7 +61,7 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
     for (group, key), value in _ADDED_DEFAULTS.items():
         node = out.get(group)
-        if isinstance(node, dict) and key in node and node[key] == value:
+        if isinstance(node, dict) and key in node and node[key] in (value, None):  # None: the default too
             out[group] = {k: v for k, v in node.items() if k != key}
     return out
 

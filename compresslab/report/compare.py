@@ -165,6 +165,10 @@ def eval_subset(m: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str, str]
         return None, "", ""
     n_int, seed = int(n), data.get("val_seed")
     if split == "validation":
+        carve = data.get("val_carve") or "random"
+        if carve != "random":  # another carve holds other examples (the random carve keeps earlier slugs)
+            return ((split, n_int, seed, carve), f"validation, {n_int} examples carved from train ({carve}, "
+                    f"seed {seed})", f"val{n_int}s{seed}{carve}")
         return ((split, n_int, seed), f"validation, {n_int} examples carved from train (seed {seed})",
                 f"val{n_int}s{seed}")
     rows = F.num(F.get(data, "files", split, "rows"))

@@ -264,6 +264,10 @@ def test_legacy_teacher_is_adopted(tmp_path, tiny_tok, observe):
     assert new.name == ft.cache_key(ctx) != old.name
     assert (new / "model.safetensors").stat().st_ino == (old / "model.safetensors").stat().st_ino
     assert torch.equal(model.classifier.weight, teacher.classifier.weight)
+    # version 1 keys predate val_carve: a grouped carve never adopts them (its validation was in their train)
+    grouped = dataclasses.replace(ctx, task=dataclasses.replace(ctx.task, info={**ctx.task.info,
+                                                                                "val_carve": "grouped"}))
+    assert ft._legacy_key(grouped) is None and ft._legacy_key(ctx) == old.name
     observe(f"adopted {old.name} as {new.name} (hard links), no training")
 
 

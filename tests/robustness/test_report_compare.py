@@ -317,6 +317,22 @@ def test_compare_separates_eval_splits(tmp_path: Path, no_plots: None) -> None:
     assert "### Sweep: obert_int8 on sst2 · validation, 32 examples carved from train (seed 42)\n" in md
 
 
+@case(name="cross-run view: runs scored on validation splits of different carves (task.val_carve)", kind="own",
+      bad_input=False, expected="two groups: the random carve's name as before, the grouped carve's named by it")
+def test_compare_separates_validation_carves(tmp_path: Path, no_plots: None) -> None:
+    out = tmp_path / "outputs"
+
+    def grouped(m: dict) -> None:
+        m["data"]["val_carve"] = m["config"]["task"]["val_carve"] = "grouped"
+
+    rand = [_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0), _subset(32, split="validation")) for s in (0.5, 0.6)]
+    grp = [_edit(_edit(sweep_run(out, s, 0.9 - s / 20, 30.0, 30.0), _subset(32, split="validation")), grouped)
+           for s in (0.7, 0.8)]
+    md = compare(rand + grp)["compare.md"].read_text()
+    assert "### Sweep: obert_int8 on sst2 · validation, 32 examples carved from train (seed 42)\n" in md
+    assert "### Sweep: obert_int8 on sst2 · validation, 32 examples carved from train (grouped, seed 42)\n" in md
+
+
 @case(name="cross-run view: runs on one dev subset", kind="own", bad_input=False,
       expected="one group named by its task only (the subset is not spelled out when nothing differs)")
 def test_compare_one_subset_is_one_group(tmp_path: Path, no_plots: None) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compresslab.data import carve as carve_mod
-from compresslab.data.carve import CARVES, MAX_SPAN_LOOKUPS, carve_validation, check_carve
+from compresslab.data.carve import CARVES, MAX_SPAN_TOKENS, carve_validation, check_carve, default_group_count
 from compresslab.data.schema import Example, MissingSplit
 from compresslab.data.tasks import load_task
 from compresslab.data.user import task_from_user_data
@@ -139,17 +142,44 @@ def test_carve_refuses_bad_settings_with_the_key_to_change() -> None:
     assert isinstance(missing.validation, MissingSplit) and "no validation split" in missing.validation.reason
 
 
-def test_grouped_carve_refuses_texts_too_long_for_span_grouping_before_the_work(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grouped_carve_stops_on_texts_too_long_for_span_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
     texts = [_ex(" ".join(f"t{i}" for i in range(60)))] + [_ex(" ".join(["x"] * m)) for m in range(1, 30)]
-    # cost bound: the 60-token text over the 29 shorter lengths, and each "x" text over those below it
-    bound = sum(60 - m + 1 for m in range(1, 30)) + sum(n - m + 1 for n in range(1, 30) for m in range(1, n))
-    monkeypatch.setattr(carve_mod, "MAX_SPAN_LOOKUPS", bound - 1)
-    with pytest.raises(ValueError, match=f"up to {bound:,} token spans .*too long for span grouping.*val_carve=random"):
+    # tokens joined: only roots are enumerated (the 60-token text, then "x"*29), each over the shorter lengths
+    work = sum((60 - m + 1) * m for m in range(1, 30)) + sum((29 - m + 1) * m for m in range(1, 29))
+    monkeypatch.setattr(carve_mod, "MAX_SPAN_TOKENS", work - 1)
+    with pytest.raises(ValueError, match="would join more than .* tokens .*too long for span grouping.*"
+                                         "val_carve=random"):
         carve_validation(texts, 1, seed=0, how="grouped")
-    monkeypatch.setattr(carve_mod, "MAX_SPAN_LOOKUPS", bound)
+    monkeypatch.setattr(carve_mod, "MAX_SPAN_TOKENS", work)  # the exact work passes: the count is not a loose bound
     assert carve_validation(texts, 1, seed=0, how="grouped").info["val_groups"] == 2  # 60 tokens, 29 x's
-    assert MAX_SPAN_LOOKUPS == 50_000_000
+    assert MAX_SPAN_TOKENS == 200_000_000
+
+
+def test_grouped_default_size_leaves_most_groups_in_train() -> None:
+    # 100 sentences with 14 phrases each: 5% of 1,500 examples would be 75 of the 100 sentences
+    rows = []
+    for s in range(100):
+        toks = [f"s{s}w{i}" for i in range(6)]
+        rows.append(_ex(" ".join(toks)))
+        rows += [_ex(" ".join(toks[a:a + m])) for m in (1, 2, 3) for a in range(6 - m + 1)][:14]
+    got = carve_validation(rows, None, seed=0, how="grouped")
+    assert len(got.validation) == 20 == default_group_count(len(rows), 100)
+    assert default_group_count(67349, 6885) == 1000  # SST-2: the examples' default, as measured
+    with pytest.raises(ValueError, match="val_size must be a non-negative integer"):
+        carve_validation(rows, -1, seed=0, how="grouped")
+    with pytest.raises(ValueError, match="val_size must be a non-negative integer"):
+        carve_validation(rows, True, seed=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc"])
+def test_grouped_carve_is_the_same_in_processes_with_other_string_hashes(task: str, data_root: Path) -> None:
+    """Sets of strings iterate in a per-process order (PYTHONHASHSEED): the split must not depend on it."""
+    code = ("import hashlib,sys; from compresslab.data.tasks import load_task; "
+            f"t = load_task({task!r}, sys.argv[1], val_carve='grouped', seed=42); "
+            "print(hashlib.sha256(repr([t.train, t.validation]).encode()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code, str(data_root)], env={**os.environ, "PYTHONHASHSEED": h},
+                           capture_output=True, text=True, check=True).stdout for h in ("0", "12345")}
+    assert len(outs) == 1
 
 
 def test_load_task_and_user_data_take_the_carve(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ def test_the_default_val_carve_keeps_the_hash_runs_had_before_the_key(task: str)
     del before["task"]["val_carve"]  # the config as composed before task.val_carve existed
     assert config_hash(cfg) == config_hash(OmegaConf.create(before))
     assert "val_carve" not in config_identity(cfg)["task"]
+    assert config_hash(compose(["+pipeline=int8", f"task={task}", "task.val_carve=null"])) == config_hash(cfg)
     grouped = compose(["+pipeline=int8", f"task={task}", "task.val_carve=grouped"])
     assert config_hash(grouped) != config_hash(cfg)
     assert config_identity(grouped)["task"]["val_carve"] == "grouped"
