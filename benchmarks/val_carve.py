@@ -2,6 +2,8 @@
 
     python benchmarks/val_carve.py                          # sst2, budget quick, carves random and grouped
     python benchmarks/val_carve.py --budget bench --task sst2
+    python benchmarks/val_carve.py --budget bench --carves grouped --val-size 500   # a smaller carve: stored
+                                                                                    # as grouped_500
 
 Everything that selects (a checkpoint, a lever, the search's candidate) reads the validation split carved
 from train (MEASURE.md); dev is the test set. A carve is only useful if a model scores on it about as it
@@ -36,17 +38,18 @@ def _words(split: list[Any]) -> dict[str, float]:
     return {"mean_words": round(float(n.mean()), 2), "share_le_8_words": round(float((n <= 8).mean()), 4)}
 
 
-def measure(task: str, budget: str, carve: str, work: Path) -> tuple[dict[str, Any], Any]:
+def measure(task: str, budget: str, carve: str, work: Path, val_size: int | None = None) -> tuple[dict[str, Any], Any]:
     """Train (or find) the teacher beside ``carve``, score it on validation and dev; (record, dev Scored)."""
     from compresslab.cli import setup_process
     from compresslab.config import compose
     from compresslab.eval.evaluate import predict, torch_forward
     from compresslab.pipeline import teacher_state
 
-    cfg = compose(["+pipeline=int8", f"task={task}", f"budget={budget}", f"task.val_carve={carve}"])
+    sized = [] if val_size is None else [f"task.val_size={val_size}"]
+    cfg = compose(["+pipeline=int8", f"task={task}", f"budget={budget}", f"task.val_carve={carve}", *sized])
     setup_process(cfg.run.get("threads"), int(cfg.seed))
     t0 = time.perf_counter()
-    state = teacher_state(cfg, work / f"{task}_{budget}_{carve}")
+    state = teacher_state(cfg, work / f"{task}_{budget}_{carve}{'' if val_size is None else val_size}")
     train_s = time.perf_counter() - t0
     forward = torch_forward(state.teacher.eval(), "cpu")
     data = state.task
@@ -81,6 +84,7 @@ def main() -> None:
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--budget", default="quick")
     ap.add_argument("--carves", nargs="+", default=["random", "grouped"])
+    ap.add_argument("--val-size", type=int, help="task.val_size (default: the carve's); stored as <carve>_<N>")
     ap.add_argument("--results", default=str(ROOT / "results" / "val_carve.json"))
     a = ap.parse_args()
     from compresslab.bench.env import hardware_fingerprint, library_versions
@@ -94,9 +98,10 @@ def main() -> None:
 
     dev: dict[str, Any] = {}
     for carve in a.carves:
-        rec, dev[carve] = measure(a.task, a.budget, carve, work)
-        rf.put([a.task, a.budget, carve], rec)
-        print(carve, {k: rec[k] for k in ("validation", "dev", "gap_pt", "gap_se_pt")}, flush=True)
+        label = carve if a.val_size is None else f"{carve}_{a.val_size}"
+        rec, dev[label] = measure(a.task, a.budget, carve, work, a.val_size)
+        rf.put([a.task, a.budget, label], rec)
+        print(label, {k: rec[k] for k in ("validation", "dev", "gap_pt", "gap_se_pt")}, flush=True)
     if "random" in dev and dev["random"].metrics and len(dev) > 1:  # what a carve costs the teacher on dev
         for carve, scored in dev.items():
             if carve != "random":
