@@ -183,7 +183,7 @@ def measure(a: argparse.Namespace) -> None:
     from compresslab.bench.latency import shape_key
     from compresslab.bench.machine_load import timing_window
     from compresslab.data.loaders import make_loader
-    from compresslab.data.tasks import load_task, resolve_data_root
+    from compresslab.data.tasks import load_run_task
     from compresslab.eval.evaluate import predict
     from transformers import AutoTokenizer
 
@@ -194,8 +194,7 @@ def measure(a: argparse.Namespace) -> None:
     cells = build_cells(runs, flags)
     rd = REPO / runs["int8"]["run_dir"]
     cfg = read_json(rd / "manifest.json")["config"]
-    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]),
-                     val_size=cfg["task"].get("val_size"), val_carve=cfg["task"].get("val_carve"))
+    task = load_run_task(cfg)
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
     dev = list(task.dev)
     vocab = int(tok.vocab_size)

@@ -240,7 +240,7 @@ def measure(a: argparse.Namespace) -> None:
     from compresslab.bench.latency import shape_key
     from compresslab.bench.machine_load import timing_window
     from compresslab.data.loaders import make_loader
-    from compresslab.data.tasks import load_task, resolve_data_root
+    from compresslab.data.tasks import load_run_task
     from compresslab.eval.evaluate import predict
     from transformers import AutoTokenizer
 
@@ -252,8 +252,7 @@ def measure(a: argparse.Namespace) -> None:
     cells = build_cells(runs, flags)
     rd = REPO / next(iter(runs.values()))["run_dir"]
     cfg = read_json(rd / "manifest.json")["config"]
-    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]),
-                     val_size=cfg["task"].get("val_size"), val_carve=cfg["task"].get("val_carve"))
+    task = load_run_task(cfg)
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
     dev = list(task.dev)
     if cfg["task"].get("max_dev"):  # a smoke run's slice (debug=smoke); the real measurement has all 872

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     from compresslab.checkpoint import load
     from compresslab.cli import setup_process
     from compresslab.data.loaders import calibration_examples, make_loader
-    from compresslab.data.tasks import load_task, resolve_data_root
+    from compresslab.data.tasks import load_run_task
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
     from compresslab.export.openvino_int8 import nncf_int8_ir, ours_int8_ir
     from compresslab.manifest import git_sha, library_versions, read_json
@@ -68,8 +68,7 @@ def main(argv: list[str]) -> None:
     cfg = m["config"]
     plain = rd / "export" / "model_unfused.onnx"
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
-    task = load_task(cfg["task"]["name"], resolve_data_root(cfg["data"].get("root")), seed=int(cfg["seed"]),
-                     val_size=cfg["task"].get("val_size"), val_carve=cfg["task"].get("val_carve"))
+    task = load_run_task(cfg)
     ml = int(cfg["task"]["max_length"])
     calib = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in
              make_loader(calibration_examples(task.train, 300, int(cfg["seed"])), tok, 32, ml, shuffle=False)]

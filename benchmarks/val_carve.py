@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,14 +70,6 @@ def measure(task: str, budget: str, carve: str, work: Path, val_size: int | None
     }, scores["dev"]
 
 
-def git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sst2")
@@ -89,26 +80,25 @@ def main() -> None:
     a = ap.parse_args()
     from compresslab.bench.env import hardware_fingerprint, library_versions
     from compresslab.data.carve import check_carve
+    from compresslab.data.metrics import mcnemar_pvalue
+    from compresslab.manifest import git_sha
 
     for c in a.carves:
         check_carve(c)  # a bad name fails before any training
     rf = ResultsFile(a.results)
     work = REPO / ".cache" / "val_carve"
-    from compresslab.data.metrics import mcnemar_pvalue
-
     dev: dict[str, Any] = {}
     for carve in a.carves:
         label = carve if a.val_size is None else f"{carve}_{a.val_size}"
         rec, dev[label] = measure(a.task, a.budget, carve, work, a.val_size)
         rf.put([a.task, a.budget, label], rec)
         print(label, {k: rec[k] for k in ("validation", "dev", "gap_pt", "gap_se_pt")}, flush=True)
-    if "random" in dev and dev["random"].metrics and len(dev) > 1:  # what a carve costs the teacher on dev
-        for carve, scored in dev.items():
-            if carve != "random":
-                ref = dev["random"]
-                p = mcnemar_pvalue(scored.predictions == scored.labels, ref.predictions == ref.labels)
-                rf.put([a.task, a.budget, carve, "dev_mcnemar_p_vs_random"], round(float(p), 4))
-                print(carve, "dev McNemar p vs random", round(float(p), 4), flush=True)
+    ref = dev.get("random")  # what each other carve costs the teacher on dev, paired on the same sentences
+    for label, scored in dev.items():
+        if ref is not None and label != "random":
+            p = round(float(mcnemar_pvalue(scored.predictions == scored.labels, ref.predictions == ref.labels)), 4)
+            rf.put([a.task, a.budget, label, "dev_mcnemar_p_vs_random"], p)
+            print(label, "dev McNemar p vs random", p, flush=True)
     rf.put(["meta"], {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(),
                       "command": "python benchmarks/val_carve.py " + " ".join(sys.argv[1:]),
                       "scored": "the torch teacher (fp32), trained on the carve's train split; seed from the config"})

@@ -47,6 +47,12 @@ def default_val_size(n_train: int) -> int:
     return min(1000, n_train // 20)
 
 
+def check_count(value: int | None, what: str) -> None:
+    """``ValueError`` unless ``value`` is a non-negative int (not a bool) or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{what} must be a non-negative integer or None, got {value!r}")
+
+
 def check_carve(how: Any) -> str:
     """``how`` as a carve name (None: ``random``), or ``ValueError`` listing the choices (before any data is read)."""
     if how is None:
@@ -93,8 +99,7 @@ def carve_validation(train_all: list[Example], val_size: int | None, seed: int, 
             more than :data:`MAX_SPAN_TOKENS` tokens (texts too long for it).
     """
     how = check_carve(how)
-    if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0):
-        raise ValueError(f"val_size must be a non-negative integer or None, got {val_size!r}")
+    check_count(val_size, "val_size")
     if isinstance(train_all, MissingSplit):
         return Carve(train_all, MissingSplit(train_all.reason + " (so no validation split either)"),
                      {"val_carve": how})

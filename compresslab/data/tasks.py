@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from compresslab.data.carve import CARVES, carve_validation, check_carve, default_val_size
+from compresslab.data.carve import check_count as _check_count
 from compresslab.data.generic import GenericConfig, read_generic, resolve_file
 from compresslab.data.readers import file_sha256, read_glue_tsv
 from compresslab.data.schema import (
@@ -28,7 +29,7 @@ from compresslab.data.schema import (
 __all__ = [
     "CARVES", "DATA_ENV_VAR", "TASKS", "DataFormatError", "DataNotFoundError", "Example", "MissingSplit",
     "SplitUnavailableError", "TaskData", "TaskKind", "TaskSpec", "check_data_available",
-    "default_val_size", "get_task", "load_task", "resolve_data_root",
+    "default_val_size", "get_task", "load_run_task", "load_task", "resolve_data_root",
 ]
 
 DATA_ENV_VAR = "COMPRESSLAB_DATA"
@@ -129,11 +130,6 @@ def _root_or_none(data_root: str | Path | None) -> Path | None:
         return None
 
 
-def _check_count(value: int | None, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"{what} must be a non-negative integer or None, got {value!r}")
-
-
 def _seeded_subset(items: Sequence[T], n: int | None, seed: int, stream: int) -> list[T]:
     """``n`` items drawn without replacement (seeded), kept in file order; all when n is None."""
     if isinstance(items, MissingSplit) or n is None or n >= len(items):
@@ -220,3 +216,11 @@ def load_task(
         **labels_info,
     }
     return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info)
+
+
+def load_run_task(config: Mapping[str, Any]) -> TaskData:
+    """The task a finished run read, rebuilt from its recorded config (``manifest["config"]``): the same
+    data root, validation carve and size, and seed (``max_train`` / ``max_dev`` are the caller's)."""
+    t = config["task"]
+    return load_task(t["name"], resolve_data_root((config.get("data") or {}).get("root")), seed=int(config["seed"]),
+                     val_size=t.get("val_size"), val_carve=t.get("val_carve"))

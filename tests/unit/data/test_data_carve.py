@@ -15,7 +15,7 @@ import pytest
 from compresslab.data import carve as carve_mod
 from compresslab.data.carve import CARVES, MAX_SPAN_TOKENS, carve_validation, check_carve, default_group_count
 from compresslab.data.schema import Example, MissingSplit
-from compresslab.data.tasks import load_task
+from compresslab.data.tasks import load_run_task, load_task
 from compresslab.data.user import task_from_user_data
 
 
@@ -193,6 +193,9 @@ def test_load_task_and_user_data_take_the_carve(tmp_path: Path) -> None:
     assert task.validation == direct.validation and task.train == direct.train
     assert task.info["val_carve"] == "grouped" and task.info["val_dropped_from_train"] > 0
     assert load_task("sst2", tmp_path, val_size=10, seed=7).info["val_carve"] == "random"
+    recorded = {"task": {"name": "sst2", "val_size": 10, "val_carve": "grouped"}, "data": {"root": str(tmp_path)},
+                "seed": 7}  # a run's manifest config: benchmarks rebuild the split it read
+    assert load_run_task(recorded).validation == direct.validation
     with pytest.raises(ValueError, match="val_carve='rows'"):
         load_task("sst2", tmp_path, val_carve="rows")
     user = task_from_user_data([(e.text_a, e.label) for e in rows], val_size=10, val_carve="grouped", seed=7)
