@@ -1,13 +1,17 @@
 """Sensitivity-guided int8 (issue 10) vs plain all-int8 on the cached ``bench`` teacher (SST-2).
 
     python benchmarks/guided_int8.py                 # the measurement: results/guided_int8.json (~10-15 min, 2 cores)
+    python benchmarks/guided_int8.py --carve grouped --val-size 500   # selected on a carve that looks like dev:
+                                                     # results/guided_int8_grouped500.json
     python benchmarks/guided_int8.py --quick         # smoke: 128 validation / 128 dev examples, 2 timing runs,
                                                      # written to outputs/guided_int8_quick.json (not results/)
 
-The cached teacher (``.cache/compresslab/teachers/<key>``, default: the one trained on the most
-examples, i.e. the ``bench`` preset) is exported and fused (ORT's graph, the one we deploy). The
-fp32 fallback set is chosen on the VALIDATION split (1,000 examples carved from train, seed 42 as
-in the bench runs) against the fp32 graph's outputs, by both sensitivities (``single_int8``,
+The ``bench`` teacher of the named validation carve (``task.val_carve``/``task.val_size``; found in
+the teacher cache by content, as a pipeline's finetune step finds it, and trained there if missing) is
+exported and fused (ORT's graph, the one we deploy). The fp32 fallback set is chosen on the
+VALIDATION split (the random carve: 1,000 examples carved from train, seed 42 as in the bench runs;
+``--carve grouped``: whole sentences whose phrases are kept out of train, which scores like dev:
+results/val_carve.json) against the fp32 graph's outputs, by both sensitivities (``single_int8``,
 ``single_fp32``), under speedup >= 0.9 x the all-int8 speedup at b32xs128 (quant/guided_int8.py);
 dev is the test split, never selected on. Agreement on dev is with the torch teacher's predictions.
 Latency: ORT fp32, all-int8 and the guided model(s), one process, interleaved, b32xs128 and
@@ -39,22 +43,13 @@ ISA_FLAGS = ("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "
 log = logging.getLogger("guided_int8")
 
 
-def bench_teacher(cache: Path) -> Path:
-    """The cached teacher trained on the most examples (the ``bench`` preset; smoke teachers see 64)."""
-    dirs = [d for d in sorted(cache.glob("teachers/*")) if (d / "teacher.json").is_file()]
-    if not dirs:
-        raise FileNotFoundError(f"no cached teacher under {cache}/teachers (run a budget=bench pipeline first)")
-    return max(dirs, key=lambda d: json.loads((d / "teacher.json").read_text())["metrics"].get("train_examples", 0))
-
-
 def main(argv: list[str]) -> None:
     from compresslab.bench import OrtRunner, measure_latency, speedups
     from compresslab.bench.env import cpu_flags, hardware_fingerprint
     from compresslab.bench.latency import shape_key
-    from compresslab.checkpoint import load
     from compresslab.cli import setup_process
+    from compresslab.config import compose
     from compresslab.data.loaders import make_loader
-    from compresslab.data.tasks import load_task, resolve_data_root
     from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
     from compresslab.eval.onnx_runner import OnnxRunner
     from compresslab.export import export_model
@@ -62,12 +57,14 @@ def main(argv: list[str]) -> None:
     from compresslab.bench.machine_load import timing_window
     from compresslab.manifest import git_sha, library_versions
     from compresslab.quant.guided_int8 import guided_int8
-    from transformers import AutoTokenizer
+    from compresslab.pipeline import teacher_state
 
     from _results import ResultsFile  # sibling module (script dir)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--teacher", type=Path, default=None, help="a teacher dir (default: the cached bench teacher)")
+    ap.add_argument("--carve", choices=["random", "grouped"], default="random",
+                    help="the validation carve the teacher is trained beside and the fallback set is chosen on")
+    ap.add_argument("--val-size", type=int, default=None, help="the carve's size (default: the task's)")
     ap.add_argument("--quick", action="store_true", help="small smoke run; never writes results/")
     ap.add_argument("--runs", type=int, default=30, help="interleaved timing rounds of the final measurement")
     ap.add_argument("--latency-runs", type=int, default=10, help="the method's own timing rounds (cost model, check)")
@@ -76,24 +73,31 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     if a.quick:
         a.runs, a.latency_runs = 2, 2
-    out_path = a.out or (QUICK_OUT if a.quick else RESULTS)
+    label = "" if a.carve == "random" and a.val_size is None else f"_{a.carve}{a.val_size or ''}"
+    out_path = a.out or (QUICK_OUT.with_stem(QUICK_OUT.stem + label) if a.quick
+                         else RESULTS.with_stem(RESULTS.stem + label))
     results = ResultsFile(out_path)  # stamps meta.machine_load: the method's timings and the final one
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     setup_process(THREADS, SEED)
     load0 = os.getloadavg()
     t_start = time.perf_counter()
 
-    teacher_dir = a.teacher or bench_teacher(REPO / ".cache" / "compresslab")
-    log.info("teacher: %s", teacher_dir)
-    teacher = load(teacher_dir).eval()
-    tok = AutoTokenizer.from_pretrained(str(teacher_dir))
-    task = load_task("sst2", resolve_data_root(None), seed=SEED)
+    # the teacher a `budget=bench` pipeline on this carve uses: found by its content key (never by a guess
+    # such as "the one trained on most examples", which can hold another carve's validation examples)
+    overrides = ["+pipeline=int8", "task=sst2", "budget=bench", f"seed={SEED}", f"task.val_carve={a.carve}"]
+    if a.val_size is not None:
+        overrides.append(f"task.val_size={a.val_size}")
+    cfg = compose(overrides)
+    work = Path(tempfile.mkdtemp(prefix="guided-int8-"))
+    state = teacher_state(cfg, work / "teacher")
+    teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
+    teacher_rec = {k: state.teacher_metrics.get(k) for k in ("cache_key", "recipe", "validation", "train_examples")}
+    log.info("teacher: %s carve, validation %d, train %d", a.carve, len(task.validation), len(task.train))
     n = 128 if a.quick else None
     splits = {"validation": list(task.validation)[:n], "dev": list(task.dev)[:n]}
     kw = dict(batch_size=32, max_length=128)
     ref = {s: predict(torch_forward(teacher), task.spec, ex, tok, **kw) for s, ex in splits.items()}
 
-    work = Path(tempfile.mkdtemp(prefix="guided-int8-"))
     sample = list(make_loader(splits["validation"][:64], tok, 32, 128))
     exp = export_model(teacher, tok, work / "export", sample, threads=THREADS, keep_unfused=False)
     fp32 = exp.onnx_path
@@ -161,10 +165,8 @@ def main(argv: list[str]) -> None:
         "models": models,
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
                  "cpu_isa": [f for f in ISA_FLAGS if f in flags], "threads": THREADS, "seed": SEED,
-                 "teacher": {"dir": str(teacher_dir.relative_to(REPO) if teacher_dir.is_relative_to(REPO)
-                                        else teacher_dir),
-                             **{k: v for k, v in json.loads((teacher_dir / "teacher.json").read_text()).items()
-                                if k in ("key", "recipe")}},
+                 "teacher": teacher_rec,
+                 "task": {"val_carve": a.carve, **{k: v for k, v in task.info.items() if k in ("val_size", "sizes")}},
                  "split_sizes": {s: len(ex) for s, ex in splits.items()},
                  "selected_on": "validation (carved from train); dev reported only",
                  "agreement_reference": "torch teacher predictions (dev and validation in this file); the "
@@ -173,7 +175,7 @@ def main(argv: list[str]) -> None:
                  "method_s": round(method_s, 1), "timing_s": round(timing_s, 1),
                  "wall_s": round(time.perf_counter() - t_start, 1),
                  "loadavg_before": load0, "loadavg_after": os.getloadavg(), "quick": a.quick,
-                 "command": "python benchmarks/guided_int8.py" + (" --quick" if a.quick else "")},
+                 "command": " ".join(["python benchmarks/guided_int8.py", *argv])},
     }
     results.write(result)
     print(json.dumps({k: result[k] for k in ("guided_int8", "all_int8", "targets")}, indent=1))

@@ -176,7 +176,8 @@ def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
     loop runs it (:func:`~compresslab.pipeline.steps.apply_torch_pass`): finetune is cached by
     content hash, so a trained teacher is found again; with ``model.finetuned=true`` the given model
     (its own head, checked against the task) is the teacher and nothing is trained. Returns the
-    RunState with ``model`` and ``teacher`` set; PipelineError when the pipeline has no such pass,
+    RunState with ``model`` and ``teacher`` set (and ``teacher_metrics``: the pass's record, e.g. its
+    ``cache_key``); PipelineError when the pipeline has no such pass,
     ValueError when ``model.finetuned=true`` names a model without a trained head of the task's.
     """
     from compresslab.pipeline.plan import PipelineError
@@ -189,7 +190,7 @@ def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
     state = RunState.prepare(cfg, makers)
     state.load_initial()
     work_dir = Path(work_dir)
-    apply_torch_pass(state, makers[0], work_dir / "step", work_dir)
+    state.teacher_metrics = dict(apply_torch_pass(state, makers[0], work_dir / "step", work_dir).metrics)
     return state
 
 

@@ -285,11 +285,12 @@ def test_teacher_state_finetunes_otherwise(inputs, tmp_path, monkeypatch, observ
         calls.append(ctx.step_dir)
         with torch.no_grad():
             model.classifier.bias.add_(1.0)  # "trained"
-        return PassResult(metrics={"trained": True})
+        return PassResult(metrics={"trained": True, "cache_key": "k"})
 
     monkeypatch.setattr(Finetune, "apply", apply)
     state = teacher_state(_local_cfg(inputs, tmp_path / "out", inputs / "model"), tmp_path / "work")
     assert len(calls) == 1 and not state.input_is_teacher
+    assert state.teacher_metrics == {"trained": True, "cache_key": "k"}  # what benchmarks record as the teacher
     assert torch.equal(state.teacher.classifier.bias, state.model.classifier.bias)
     observe(f"Finetune.apply called once in {calls[0].name}/; the teacher is its output")
 
