@@ -50,6 +50,8 @@ def main(argv: list[str]) -> None:
     from compresslab.bench.env import hardware_fingerprint
     from compresslab.pipeline import teacher_state
 
+    from _results import ResultsFile  # sibling module (script dir)
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--carve", choices=["random", "grouped"], default="random")
     ap.add_argument("--val-size", type=int, default=None)
@@ -61,6 +63,7 @@ def main(argv: list[str]) -> None:
     out_path = a.out or (ROOT / "results" / f"int8_batch_dependence{label}.json")
     if a.max_dev is not None and a.out is None:
         raise SystemExit("--max-dev is a smoke run: give --out (results/ holds full-dev figures only)")
+    results = ResultsFile(out_path)  # stamps meta.machine_load (nothing here is timed; the load is kept anyway)
     setup_process(THREADS, SEED)
     t_start = time.perf_counter()
 
@@ -116,10 +119,7 @@ def main(argv: list[str]) -> None:
                  "wall_s": round(time.perf_counter() - t_start, 1), "timing": "none (scores only)",
                  "command": " ".join(["python benchmarks/int8_batch_dependence.py", *argv])},
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out_path)
+    results.write(result)
     print(json.dumps({k: {kk: v[kk] for kk in ("flips_vs_b1", "flips_b32_vs_b32_shuffled")} for k, v in models.items()},
                      indent=1))
     log.info("wrote %s", out_path)
