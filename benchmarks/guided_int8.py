@@ -48,7 +48,6 @@ def main(argv: list[str]) -> None:
     from compresslab.bench.env import cpu_flags, hardware_fingerprint
     from compresslab.bench.latency import shape_key
     from compresslab.cli import setup_process
-    from compresslab.config import compose
     from compresslab.data.loaders import make_loader
     from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
     from compresslab.eval.onnx_runner import OnnxRunner
@@ -57,14 +56,12 @@ def main(argv: list[str]) -> None:
     from compresslab.bench.machine_load import timing_window
     from compresslab.manifest import git_sha, library_versions
     from compresslab.quant.guided_int8 import guided_int8
-    from compresslab.pipeline import teacher_state
 
-    from _results import ResultsFile  # sibling module (script dir)
+    from _carve_teacher import add_carve_args, carve_label, carve_teacher, teacher_meta  # sibling modules
+    from _results import ResultsFile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--carve", choices=["random", "grouped"], default="random",
-                    help="the validation carve the teacher is trained beside and the fallback set is chosen on")
-    ap.add_argument("--val-size", type=int, default=None, help="the carve's size (default: the task's)")
+    add_carve_args(ap)
     ap.add_argument("--quick", action="store_true", help="small smoke run; never writes results/")
     ap.add_argument("--runs", type=int, default=30, help="interleaved timing rounds of the final measurement")
     ap.add_argument("--latency-runs", type=int, default=10, help="the method's own timing rounds (cost model, check)")
@@ -73,7 +70,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     if a.quick:
         a.runs, a.latency_runs = 2, 2
-    label = "" if a.carve == "random" and a.val_size is None else f"_{a.carve}{a.val_size or ''}"
+    label = carve_label(a)
     out_path = a.out or (QUICK_OUT.with_stem(QUICK_OUT.stem + label) if a.quick
                          else RESULTS.with_stem(RESULTS.stem + label))
     results = ResultsFile(out_path)  # stamps meta.machine_load: the method's timings and the final one
@@ -82,16 +79,9 @@ def main(argv: list[str]) -> None:
     load0 = os.getloadavg()
     t_start = time.perf_counter()
 
-    # the teacher a `budget=bench` pipeline on this carve uses: found by its content key (never by a guess
-    # such as "the one trained on most examples", which can hold another carve's validation examples)
-    overrides = ["+pipeline=int8", "task=sst2", "budget=bench", f"seed={SEED}", f"task.val_carve={a.carve}"]
-    if a.val_size is not None:
-        overrides.append(f"task.val_size={a.val_size}")
-    cfg = compose(overrides)
     work = Path(tempfile.mkdtemp(prefix="guided-int8-"))
-    state = teacher_state(cfg, work / "teacher")
+    state = carve_teacher(a, SEED, work)
     teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
-    teacher_rec = {k: state.teacher_metrics.get(k) for k in ("cache_key", "recipe", "validation", "train_examples")}
     log.info("teacher: %s carve, validation %d, train %d", a.carve, len(task.validation), len(task.train))
     n = 128 if a.quick else None
     splits = {"validation": list(task.validation)[:n], "dev": list(task.dev)[:n]}
@@ -165,8 +155,7 @@ def main(argv: list[str]) -> None:
         "models": models,
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
                  "cpu_isa": [f for f in ISA_FLAGS if f in flags], "threads": THREADS, "seed": SEED,
-                 "teacher": teacher_rec,
-                 "task": {"val_carve": a.carve, **{k: v for k, v in task.info.items() if k in ("val_size", "sizes")}},
+                 **teacher_meta(state, a),
                  "split_sizes": {s: len(ex) for s, ex in splits.items()},
                  "selected_on": "validation (carved from train); dev reported only",
                  "agreement_reference": "torch teacher predictions (dev and validation in this file); the "

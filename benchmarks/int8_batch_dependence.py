@@ -40,7 +40,6 @@ log = logging.getLogger("int8_batch_dependence")
 
 def main(argv: list[str]) -> None:
     from compresslab.cli import setup_process
-    from compresslab.config import compose
     from compresslab.data.loaders import make_loader
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
     from compresslab.eval.onnx_runner import OnnxRunner
@@ -48,30 +47,25 @@ def main(argv: list[str]) -> None:
     from compresslab.export.ort_quant import quantize_dynamic_int8, quantize_static_qdq
     from compresslab.manifest import git_sha, library_versions
     from compresslab.bench.env import hardware_fingerprint
-    from compresslab.pipeline import teacher_state
 
-    from _results import ResultsFile  # sibling module (script dir)
+    from _carve_teacher import add_carve_args, carve_label, carve_teacher, teacher_meta  # sibling modules
+    from _results import ResultsFile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--carve", choices=["random", "grouped"], default="random")
-    ap.add_argument("--val-size", type=int, default=None)
+    add_carve_args(ap)
     ap.add_argument("--max-dev", type=int, default=None, help="a smoke run on the first N dev sentences")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    label = "" if a.carve == "random" and a.val_size is None else f"_{a.carve}{a.val_size or ''}"
-    out_path = a.out or (ROOT / "results" / f"int8_batch_dependence{label}.json")
+    out_path = a.out or (ROOT / "results" / f"int8_batch_dependence{carve_label(a)}.json")
     if a.max_dev is not None and a.out is None:
         raise SystemExit("--max-dev is a smoke run: give --out (results/ holds full-dev figures only)")
     results = ResultsFile(out_path)  # stamps meta.machine_load (nothing here is timed; the load is kept anyway)
     setup_process(THREADS, SEED)
     t_start = time.perf_counter()
 
-    overrides = ["+pipeline=int8", "task=sst2", "budget=bench", f"seed={SEED}", f"task.val_carve={a.carve}"]
-    if a.val_size is not None:
-        overrides.append(f"task.val_size={a.val_size}")
     work = Path(tempfile.mkdtemp(prefix="int8-batch-"))
-    state = teacher_state(compose(overrides), work / "teacher")
+    state = carve_teacher(a, SEED, work)
     teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
     dev = list(task.dev)[: a.max_dev]
     train = list(task.train)
@@ -91,6 +85,7 @@ def main(argv: list[str]) -> None:
 
     kw = dict(max_length=128)
     ref = predict(torch_forward(teacher), task.spec, dev, tok, batch_size=32, **kw).predictions
+    labels = np.array([e.label for e in dev])
     order = np.random.default_rng(SEED + 1).permutation(len(dev))
     inverse = np.argsort(order)
     models: dict[str, Any] = {}
@@ -105,7 +100,7 @@ def main(argv: list[str]) -> None:
             "flips_vs_b1": {k: int(np.sum(p != base)) for k, p in preds.items() if k != "b1"},
             "flips_b32_vs_b32_shuffled": int(np.sum(preds["b32"] != preds["b32_shuffled"])),
             "agreement_with_teacher": {k: round(float(np.mean(p == ref)), 4) for k, p in preds.items()},
-            "accuracy": {k: round(float(np.mean(p == np.array([e.label for e in dev]))), 4) for k, p in preds.items()},
+            "accuracy": {k: round(float(np.mean(p == labels)), 4) for k, p in preds.items()},
         }
         log.info("%s: %s", name, json.dumps(models[name]))
     result = {
@@ -113,8 +108,7 @@ def main(argv: list[str]) -> None:
         "question": "does a sentence's predicted label depend on the batch it is sent in?",
         "batches": list(BATCHES), "padding": "dynamic (to the longest sentence of each batch), as evaluation pads",
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
-                 "teacher": {k: state.teacher_metrics.get(k) for k in ("cache_key", "recipe", "validation")},
-                 "task": {"val_carve": a.carve, **{k: v for k, v in task.info.items() if k in ("val_size", "sizes")}},
+                 **teacher_meta(state, a),
                  "calibration_examples": CALIBRATION_EXAMPLES, "seed": SEED, "threads": THREADS,
                  "wall_s": round(time.perf_counter() - t_start, 1), "timing": "none (scores only)",
                  "command": " ".join(["python benchmarks/int8_batch_dependence.py", *argv])},
