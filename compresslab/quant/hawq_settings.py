@@ -91,7 +91,10 @@ class HessianSettings:
     standard error is the spread over batches.
     """
 
-    batches: int = 16
+    # 128 x 4 = 512 shared probes: at 64 (16 batches) the bit map moved with the seed (benchmarks/results/
+    # hessian_probes_grouped500.json: 36 % of Linears kept their width between seeds, random maps 31 %; PTQ MP-3
+    # 0.879 +- 0.010); at 512, 65 % and 0.889 +- 0.003, in ~270 s on 2 cores (issue 10's bar: 300 s)
+    batches: int = 128
     batch_size: int = 16
     probes_per_batch: int = 4
     min_probes: int = 16
