@@ -29,6 +29,39 @@ HESSIAN = {"task": {"loss": "task"}, "teacher_kl": {"loss": "teacher_kl"},
            "teacher_kl_exact": {"loss": "teacher_kl", "estimator": "exact"}}
 
 
+# the validation carve whose bench teacher every subcommand uses (use_carve); "" label = the default random carve
+_CARVE: dict[str, Any] = {"carve": "random", "val_size": None, "label": ""}
+
+
+def use_carve(args: Any) -> None:
+    """Point every subcommand at the ``bench`` teacher of ``args``' validation carve (the flags of
+    ``_carve_teacher.add_carve_args``). A non-default carve gets its own results file
+    (``hessian_mp_grouped500.json``) and work folder (``outputs/hawq_bench_grouped500``), so two carves' teachers
+    never share a figure or a QAT checkpoint. Call it before anything loads the teacher."""
+    from _carve_teacher import carve_label  # sibling module
+
+    if _STATE:
+        raise RuntimeError("use_carve() after the teacher was loaded: its figures would mix two teachers")
+    label = carve_label(args)
+    _CARVE.update(carve=args.carve, val_size=args.val_size, label=label)
+    _RESULTS.path = RESULTS.with_stem(RESULTS.stem + label)
+
+
+def carve_overrides() -> list[str]:
+    """The config overrides that select the carve (none for the default, whose teacher cache key they keep)."""
+    if not _CARVE["label"]:
+        return []
+    out = [f"task.val_carve={_CARVE['carve']}"]
+    if _CARVE["val_size"] is not None:
+        out.append(f"task.val_size={_CARVE['val_size']}")
+    return out
+
+
+def work_dir() -> Path:
+    """Where this carve's models live (``WORK``, suffixed by the carve's label)."""
+    return WORK.with_name(WORK.name + _CARVE["label"])
+
+
 def _load() -> dict:
     return _RESULTS.load()
 
@@ -61,10 +94,10 @@ def _teacher():
     if not _STATE:
         from compresslab.pipeline import teacher_state
 
-        cfg = compose(["+pipeline=hawq_mp3", "budget=bench"])
+        cfg = compose(["+pipeline=hawq_mp3", "budget=bench", *carve_overrides()])
         setup_process(cfg.run.get("threads"), int(cfg.seed))
-        state = teacher_state(cfg, WORK / "teacher")
-        ctx = state.context(WORK, WORK / "step")
+        state = teacher_state(cfg, work_dir() / "teacher")
+        ctx = state.context(work_dir(), work_dir() / "step")
         _STATE.update(cfg=cfg, state=state, ctx=ctx)
     return _STATE["cfg"], _STATE["state"], _STATE["ctx"]
 

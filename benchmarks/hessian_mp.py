@@ -12,6 +12,10 @@ rerun. Nothing here may run while anything else uses the CPU if its timings are 
     python benchmarks/hessian_mp.py baselines          # ORT MatMulNBitsQuantizer RTN 4-bit; NNCF compress_weights 4/8
     python benchmarks/guided_int8.py && python benchmarks/hessian_mp.py guided   # guided int8 (quiet machine)
     python benchmarks/hessian_mp.py latency --limit 0.8  # hawq_mp3 under a latency_limit (quiet machine)
+
+Every subcommand takes ``--carve grouped --val-size 500``: the bench teacher trained beside the grouped
+validation carve (one that scores like dev: results/val_carve.json), its own results file
+(``hessian_mp_grouped500.json``) and work folder (``outputs/hawq_bench_grouped500``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import numpy as np
 
 from compresslab.manifest import git_sha, library_versions, read_json
 
-from _hessian_mp_core import (BLOCK, HESSIAN, RESULTS, WORK, _RESULTS, _has, _keys, _load, _scored, _store,  # sibling modules
-                              _teacher, _teacher_preds)
+from _carve_teacher import add_carve_args, teacher_meta  # sibling modules
+from _hessian_mp_core import (_CARVE, _RESULTS, BLOCK, HESSIAN, RESULTS, _has, _keys, _load, _scored, _store,
+                              _teacher, _teacher_preds, use_carve, work_dir)
 from hessian_mp_baselines import baselines
 from hessian_mp_deploy import deploy
 from hessian_mp_latency import latency
@@ -194,11 +199,11 @@ def qat(args) -> None:
             "acc_mp_2_5": {"avg_bits": 2.5, **hess}, "acc_random_3": {"avg_bits": 3.0, "allocate": "random"}}
     rec = {"steps": args.steps, "lr": args.lr, "batch_size": int(cfg.budget.batch_size), "hardness": 1.0,
            "temperature": 2.0, "embedding_bits": args.embedding_bits, "hessian_loss": args.hessian_loss}
-    dirs = {k: WORK / f"qat{sfx}{seed_dir}" / k for k in runs}
+    dirs = {k: work_dir() / f"qat{sfx}{seed_dir}" / k for k in runs}
     # uniform 3 and random 3 use no Hessian: the task-loss run's models of the same seed (steps and data) are
     # every loss's controls
     for key in NO_HESSIAN_ARMS:
-        dirs[key] = WORK / f"qat{seed_dir}" / key
+        dirs[key] = work_dir() / f"qat{seed_dir}" / key
     for key, kw in runs.items():
         out = dirs[key]
         if (out / "preds.npy").is_file() and (_has(_arm_key(sfx, seed, base_seed, key)) or key in NO_HESSIAN_ARMS):
@@ -207,7 +212,7 @@ def qat(args) -> None:
         # each arm and seed resumes only its own QAT checkpoint (one shared folder let an interrupted arm be
         # picked up by another arm with the same parameter names)
         m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits,
-                         seed=seed, step_dir=WORK / "step" / f"qat{sfx}{seed_dir}_{key}", **kw)
+                         seed=seed, step_dir=work_dir() / "step" / f"qat{sfx}{seed_dir}_{key}", **kw)
         s = _scored(m)
         compresslab.save(m, out, tokenizer=state.tokenizer, formats=["packed_nbits"])
         np.save(out / "preds.npy", s.predictions)
@@ -255,7 +260,7 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
     against the random-allocation control after the same QAT (the issue's "more than 2 x 3_std" bar)."""
     from compresslab.data.metrics import mcnemar_pvalue
 
-    seeds = {base_seed: WORK / f"qat{sfx}", **{int(k): WORK / f"qat{sfx}_seed{k}"
+    seeds = {base_seed: work_dir() / f"qat{sfx}", **{int(k): work_dir() / f"qat{sfx}_seed{k}"
                                               for k in (_load().get(f"qat{sfx}_seeds") or {})}}
     arms = ("acc_mp_3", "acc_uniform_3", "acc_mp_2_5", "acc_random_3")
     accs: dict[str, list[float]] = {a: [] for a in arms}
@@ -263,7 +268,7 @@ def _seed_summary(sfx: str, base_seed: int, labels: np.ndarray) -> None:
     done = []
     random_bits = []
     for seed, root in sorted(seeds.items()):
-        plain = WORK / ("qat" if seed == base_seed else f"qat_seed{seed}")  # the no-Hessian arms' home
+        plain = work_dir() / ("qat" if seed == base_seed else f"qat_seed{seed}")  # the no-Hessian arms' home
         files = {a: (plain if a in NO_HESSIAN_ARMS else root) / a / "preds.npy" for a in arms}
         # a seed counts once this loss's run wrote its keys too (the no-Hessian arms' files are shared by every
         # loss, so another loss's run may have made them)
@@ -323,8 +328,10 @@ def main() -> None:
                     help="latency: hawq latency_limit, a fraction of the targets' all-fp32 summed MatMul time")
     ap.add_argument("--avg-bits", default="3", help="latency: the average-bits budget beside the limit, or none")
     ap.add_argument("--accuracy-level", type=int, default=0, help="latency: MatMulNBits accuracy_level (0 or 4)")
+    add_carve_args(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
+    use_carve(args)  # before anything loads the teacher
     if args.threads:
         import torch
 
@@ -344,21 +351,25 @@ def main() -> None:
         "isa": sorted(k for k, v in (cpu.get("isa") or {}).items() if v)}
     _store("meta", {"git_sha": git_sha(), "versions": library_versions(), "split": "SST-2 dev (872)",
                     "teacher": "finetune preset bench (cached)", "hardware": hw, "block_size": BLOCK,
+                    **teacher_meta(_teacher()[1], args),
                     "runs_by_command": by_cmd,
-                    "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines|guided|latency"})
+                    "command": "python benchmarks/hessian_mp.py hessian|ptq|qat|deploy|baselines|guided|latency"
+                               + (f" --carve {args.carve}" if _CARVE["label"] else "")
+                               + (f" --val-size {args.val_size}" if args.val_size is not None else "")})
     print(json.dumps(_load(), indent=1, default=str)[:3000])
 
 
 
 def guided(args) -> None:
-    """Copy the issue's keys from results/guided_int8.json (benchmarks/guided_int8.py measures them)."""
-    src = RESULTS.parent / "guided_int8.json"
+    """Copy the issue's keys from results/guided_int8[<carve>].json (benchmarks/guided_int8.py measures them)."""
+    src = RESULTS.parent / f"guided_int8{_CARVE['label']}.json"  # the same carve's teacher
     if not src.is_file():
-        raise SystemExit(f"{src} missing: run `python benchmarks/guided_int8.py` on a quiet machine first")
+        raise SystemExit(f"{src} missing: run `python benchmarks/guided_int8.py` (with the same --carve and "
+                         "--val-size) on a quiet machine first")
     g = read_json(src)
-    _RESULTS.note_run("guided_int8.json", g)  # copied figures keep the load they were timed under
+    _RESULTS.note_run(src.name, g)  # copied figures keep the load they were timed under
     keys = ("agreement", "acc", "speedup_b32_vs_ort_fp32", "speedup_vs_all_int8", "fp32_matmuls", "sensitivity")
-    _store("guided_int8", {**{k: g["guided_int8"].get(k) for k in keys}, "source": "results/guided_int8.json",
+    _store("guided_int8", {**{k: g["guided_int8"].get(k) for k in keys}, "source": f"results/{src.name}",
                            "all_int8": {k: g["all_int8"].get(k) for k in keys if k in g["all_int8"]}})
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from _hessian_mp_core import BLOCK, WORK, _dev_batches, _has, _onnx_scored, _store, _teacher, _teacher_preds  # sibling
+from _hessian_mp_core import BLOCK, work_dir, _dev_batches, _has, _onnx_scored, _store, _teacher, _teacher_preds  # sibling
 
 
 def baselines(args) -> None:
@@ -20,10 +20,10 @@ def baselines(args) -> None:
 
     _, state, _ = _teacher()
     teacher_preds = _teacher_preds()
-    out = WORK / "baselines"
-    plain = WORK / "deploy" / "teacher" / "model_unfused.onnx"
+    out = work_dir() / "baselines"
+    plain = work_dir() / "deploy" / "teacher" / "model_unfused.onnx"
     if not plain.is_file():
-        export_model(state.teacher, state.tokenizer, WORK / "deploy" / "teacher", _dev_batches(32, 16))
+        export_model(state.teacher, state.tokenizer, work_dir() / "deploy" / "teacher", _dev_batches(32, 16))
     if not _has("baselines.ort_rtn_4"):
         import sys
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from compresslab.manifest import read_json, sha256_file
 
-from _hessian_mp_core import BLOCK, WORK, _dev_batches, _onnx_scored, _store, _teacher, _teacher_preds  # sibling module
+from _hessian_mp_core import BLOCK, work_dir, _dev_batches, _onnx_scored, _store, _teacher, _teacher_preds  # sibling module
 from _results import write_aside  # sibling module: a file that holds no figures
 
 
@@ -30,10 +30,10 @@ def deploy(args) -> None:
 
     cfg, state, _ = _teacher()
     teacher_preds = _teacher_preds()
-    src = WORK / "qat" / "acc_mp_3"
+    src = work_dir() / "qat" / "acc_mp_3"
     if not src.is_dir():
         raise SystemExit(f"{src} missing: run `python benchmarks/hessian_mp.py qat` first")
-    out = WORK / "deploy"
+    out = work_dir() / "deploy"
     model = compresslab.load(src, attn_implementation="eager")
     parity_batches = _dev_batches(32, 16)
     # the export is cached, keyed by the checkpoint it came from: a re-trained acc_mp_3 is exported again

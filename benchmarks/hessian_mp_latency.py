@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from _hessian_mp_core import _RESULTS  # sibling module (script dir)
+from _hessian_mp_core import _RESULTS, carve_overrides  # sibling module (script dir)
 
 QAT_STEPS = 250  # the qat item's budget: the unconstrained MP 3 arm at the same steps is the reference
 
@@ -57,7 +57,7 @@ def latency(args: Any) -> None:
     overrides = ["budget=bench", f"budget.recovery_steps={QAT_STEPS}", "budget.teacher=bench",
                  f"pipeline.passes.hawq.latency_limit={args.limit}",
                  f"pipeline.passes.hawq.avg_bits={'null' if avg is None else avg}",
-                 f"pipeline.passes.nbits.accuracy_level={level}", "bench.backends=[ort]"]
+                 f"pipeline.passes.nbits.accuracy_level={level}", "bench.backends=[ort]", *carve_overrides()]
     command = "python -m compresslab +pipeline=hawq_mp3 " + " ".join(overrides)
     try:
         run_dir = compresslab.run("hawq_mp3", overrides)
