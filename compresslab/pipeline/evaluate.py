@@ -45,7 +45,9 @@ def score_torch(state: RunState, label: str) -> dict[str, Any]:
 
 def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
     """Score teacher, final torch model, ort_fp32 and the deployed artifact on the eval split (an OpenVINO
-    IR when deploy chose it: then the ONNX file it came from is scored as ``deployed_onnx_ort``)."""
+    IR when deploy chose it: then the ONNX file it came from is scored as ``deployed_onnx_ort``). ONNX files
+    whose outputs depend on the batch (ORT dynamic int8) are also scored one sentence per call
+    (``eval.batch_dependence``, on by default): ``batch_dependence.<label>`` in the section."""
     from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
     from compresslab.eval.onnx_runner import OnnxRunner
 
@@ -63,8 +65,14 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     files = {"ort_fp32": teacher_onnx(run_dir, manifest), onnx_label: state.onnx.onnx_path}
     if files[onnx_label] == files["ort_fp32"]:
         files.pop(onnx_label)
+    batch_dep: dict[str, Any] = {}
     for label, path in files.items():
-        scored[label] = predict(onnx_forward(OnnxRunner(path, threads=threads)), spec, dev, state.tokenizer, **kw)
+        forward = onnx_forward(OnnxRunner(path, threads=threads))
+        scored[label] = predict(forward, spec, dev, state.tokenizer, **kw)
+        if state.settings.eval.batch_dependence:
+            found = score_batch_dependence(forward, path, scored[label], state, label)
+            if found:
+                batch_dep[label] = found
     if on_ov:
         scored["deployed"] = predict(onnx_forward(_openvino_runner(run_dir / dep["path"], threads, dep["precision"])),
                                      spec, dev, state.tokenizer, **kw)
@@ -77,9 +85,31 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
                "deployed_runtime": dep.get("runtime", "ort")}
     if on_ov:
         section["deployed_precision"] = dep.get("compiled_precision")
+    if batch_dep:
+        section["batch_dependence"] = batch_dep
     manifest.data["eval"] = section
     atomic_write_json(run_dir / "eval" / "metrics.json", section)
     manifest.save()
+
+
+def score_batch_dependence(forward: Any, path: Path, batched: Any, state: RunState,
+                           label: str) -> dict[str, Any] | None:
+    """For a file whose outputs depend on the batch (a dynamic per-call activation scale), its batch-1 scores
+    against the batched ones (eval/batch_dependence.py); None for a file that depends on each sentence alone."""
+    from compresslab.eval.batch_dependence import batch_dependence, batch_dependent_ops
+
+    ops = batch_dependent_ops(path)
+    if not ops:
+        return None
+    kw = _kw(state)
+    rec = {"ops": ops, **batch_dependence(forward, state.task.spec, state.eval_examples, state.tokenizer, batched,
+                                         batch_size=kw["batch_size"], max_length=kw["max_length"],
+                                         reference=state.scores.get("teacher_torch"))}
+    if rec.get("flips") or abs(rec["score_b1"] - rec["score_batched"]) >= 1e-4:
+        log.warning("eval: %s (%s) depends on the batch: score %.4f at batch %d, %.4f one sentence per call%s",
+                    label, ", ".join(ops), rec["score_batched"], rec["batch_size"], rec["score_b1"],
+                    f"; {rec['flips']} of {rec['n']} labels differ" if "flips" in rec else "")
+    return rec
 
 
 def _openvino_runner(xml: Path, threads: int, precision: str) -> Any:

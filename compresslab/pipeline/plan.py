@@ -52,7 +52,9 @@ class Step:
 
 # Keys added after runs were made, with the value those runs had: left out of the identity at that value,
 # so a run made before the key existed is found again (resumed, reused) rather than made anew.
-_ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random"}
+# (eval.batch_dependence adds a batch-1 score of dynamic-int8 files beside the batched one, the same model and
+# the same batched score: a run made before it is still that run)
+_ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", ("eval", "batch_dependence"): True}
 
 
 def config_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -100,12 +100,15 @@ class EvalSettings:
     split: str
     batch_size: int
     max_drop: float  # the report flags a score this far (a fraction) or more below the teacher's
+    # files with a per-call dynamic activation scale (eval/batch_dependence.py) are scored at batch 1 too
+    batch_dependence: bool = True
 
     def __post_init__(self) -> None:
         check_bool(self.enabled, "enabled")
         check_choice(self.split, EVAL_SPLITS, "split")
         check_positive_int(self.batch_size, "batch_size")
         check_fraction(self.max_drop, "max_drop")
+        check_bool(self.batch_dependence, "batch_dependence")
 
 
 @dataclass(frozen=True)

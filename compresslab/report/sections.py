@@ -350,11 +350,28 @@ def _binary_notes(m: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def _batch_dependence_notes(m: Mapping[str, Any]) -> list[str]:
+    """One note per scored file whose outputs depend on the batch (eval.batch_dependence): its score one
+    sentence per call beside the batched one, and how many labels differ."""
+    notes = []
+    for label, rec in (F.as_dict(F.get(m, "eval", "batch_dependence")) or {}).items():
+        rec = F.as_dict(rec)
+        flips = rec.get("flips")
+        differ = (f"; {count(flips)} of {count(rec.get('n'))} predicted labels differ" if flips is not None else "")
+        ops = ", ".join(map(str, rec.get("ops") or []))
+        notes.append(f"{label} quantizes activations with one scale per call ({ops}), "
+                     f"so its predictions depend on the batchmates: score {pct(F.num(rec.get('score_batched')))} at "
+                     f"batch {plain(rec.get('batch_size'))}, {pct(F.num(rec.get('score_b1')))} one sentence per "
+                     f"call{differ}.")
+    return notes
+
+
 def _notes(m: Mapping[str, Any]) -> list[Block]:
     busy = bool(F.run_load(m).get("busy"))  # said once, in the banner at the top
     notes = [str(n) for n in (F.get(m, "bench", "notes") or [])
              if n and not (busy and str(n).startswith("MACHINE BUSY"))]
     notes += _binary_notes(m)
+    notes += _batch_dependence_notes(m)
     deployed = str(F.get(m, "export", "deployed", "label") or "")
     if F.sparsity_steps(m) and (not deployed or deployed.startswith("ort")) and not any("dense kernels" in n
                                                                                         for n in notes):

@@ -38,6 +38,11 @@ def test_int8_smoke_end_to_end_then_interrupted_run_resumes_to_same_result(tmp_p
     ev = m["eval"]["models"]
     assert set(ev) >= {"teacher_torch", "torch_final", "ort_fp32", "deployed"}
     assert ev["ort_fp32"]["agreement"] == 1.0  # the fp32 export predicts exactly what torch predicts
+    # ORT dynamic int8 takes one activation scale per call: scored one sentence per call too; the fp32 file not
+    bd = m["eval"]["batch_dependence"]
+    assert set(bd) == {"deployed"} and "DynamicQuantizeLinear" in bd["deployed"]["ops"]
+    assert bd["deployed"]["score_batched"] == pytest.approx(ev["deployed"]["score"])
+    assert 0 <= bd["deployed"]["flips"] <= m["eval"]["n"] and 0.0 <= bd["deployed"]["agreement_b1"] <= 1.0
     assert m["size"]["deployed"]["encoder"] < 0.3 * m["size"]["ort_fp32"]["encoder"]
     assert {"ort_fp32", "deployed", "torch_fp32"} <= set(m["bench"]["latency"])
     assert m["hardware"]["cpu"]["model"] and m["versions"]["torch"].startswith("2.13")
@@ -68,6 +73,7 @@ def test_stsb_embedding_int8_smoke(tmp_path, data_root):
     assert m["eval"]["primary_metric"] == "spearman"
     assert ev["teacher_torch"]["score"] > 0.6  # the pretrained embedder is a good STS model
     assert abs(ev["deployed"]["score"] - ev["teacher_torch"]["score"]) < 0.05
+    assert m["eval"]["batch_dependence"]["deployed"]["max_abs_diff"] >= 0.0  # embeddings: no labels to flip
     json.dumps(m)
 
 

@@ -21,3 +21,13 @@ def test_the_default_val_carve_keeps_the_hash_runs_had_before_the_key(task: str)
     grouped = compose(["+pipeline=int8", f"task={task}", "task.val_carve=grouped"])
     assert config_hash(grouped) != config_hash(cfg)
     assert config_identity(grouped)["task"]["val_carve"] == "grouped"
+
+
+def test_eval_batch_dependence_at_its_default_keeps_the_hash_runs_had_before_the_key() -> None:
+    cfg = compose(["+pipeline=int8"])
+    assert cfg.eval.batch_dependence is True
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["eval"]["batch_dependence"]  # the config as composed before eval.batch_dependence existed
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    off = compose(["+pipeline=int8", "eval.batch_dependence=false"])
+    assert config_hash(off) != config_hash(cfg) and config_identity(off)["eval"]["batch_dependence"] is False
