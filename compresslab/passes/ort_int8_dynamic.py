@@ -7,6 +7,11 @@ the head counts from ``config.json``. The math lives in ``export/ort_quant.py``.
 
 ``fp32_fallback: guided`` keeps some weight MatMuls fp32, chosen on the validation split against
 the incoming fp32 graph's predictions under a latency budget (``quant/guided_int8.py``).
+
+``activations: per_token`` gives each token its own activation scale instead of one per call
+(``export/per_token_int8.py``): fewer flips against fp32, and a sentence's output no longer depends on
+its batchmates. ``QAttention`` takes one scale per call, so with ``op_types: null`` only ``MatMul`` is
+quantized and the fused ``Attention`` (its Q/K/V projections) stays fp32.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from compresslab.types import OnnxModel, PassContext, PassResult, Stage
 from compresslab.validate import check_bools, check_choice, check_int, coerce_enum, is_number
 
 FALLBACKS = ("none", "guided")
+ACTIVATIONS = ("per_call", "per_token")
+# per-token scales reach MatMulInteger only (QAttention / DynamicQuantizeMatMul take one scale per call)
+PER_TOKEN_OP_TYPES = ["MatMul"]
 
 
 @register_pass("ort_int8_dynamic")
@@ -40,6 +48,10 @@ class OrtInt8Dynamic:
     here with ``latency_runs`` interleaved rounds; ``latency_seq`` must fit the model's position
     table). The validation-best of the guided sets and the plain all-int8 model is kept, so
     ``guided`` never keeps a model that agrees less on validation.
+
+    ``activations``: ``per_call`` (ORT's ``DynamicQuantizeLinear``: one uint8 scale over the whole call)
+    or ``per_token`` (one symmetric scale per token; ``op_types`` then defaults to ``["MatMul"]`` and may
+    name only ``MatMul``). ``per_token`` with ``fp32_fallback: guided`` is refused (not measured together).
     """
 
     per_channel: bool = True
@@ -52,6 +64,7 @@ class OrtInt8Dynamic:
     max_examples: int | None = None
     latency_runs: int = 10
     latency_seq: int = LATENCY_SHAPE[1]
+    activations: str = "per_call"
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
@@ -72,6 +85,14 @@ class OrtInt8Dynamic:
             check_int(self.max_examples, f"{self.name} max_examples")
         check_int(self.latency_runs, f"{self.name} latency_runs")
         check_int(self.latency_seq, f"{self.name} latency_seq")
+        check_choice(self.activations, ACTIVATIONS, f"{self.name} activations")
+        if self.activations == "per_token":
+            if self.fp32_fallback == "guided":
+                raise ValueError(f"{self.name} activations=per_token with fp32_fallback=guided is not supported "
+                                 "(the guided selection times and scores per-call files); pick one")
+            if self.op_types is not None and self.op_types != PER_TOKEN_OP_TYPES:
+                raise ValueError(f"{self.name} activations=per_token quantizes MatMul only (QAttention and "
+                                 f"DynamicQuantizeMatMul take one scale per call); got op_types {self.op_types}")
 
     def sequence_lengths(self) -> dict[str, int]:
         """Setting (under this step) -> tokens per row it feeds the model: the guided timing shape's seq."""
@@ -95,15 +116,30 @@ class OrtInt8Dynamic:
             if self.fp32_fallback == "guided":  # writes dst: the file it scored and timed
                 guided = self._guided(src, dst, model, ctx)
                 metrics = {**guided.pop("quantize_metrics"), "guided": guided}
+            elif self.activations == "per_token":
+                metrics = self._per_token(src, dst, work)
             else:
                 metrics = quantize_dynamic_int8(src, dst, per_channel=self.per_channel,
                                                 reduce_range=self.reduce_range, op_types=self.op_types)
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
-        structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic"}
+        metrics["activations"] = self.activations
+        structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
+                                     "activations": self.activations}
         if "guided" in metrics:
             structure["fp32_matmuls"] = list(metrics["guided"]["fp32_matmuls"])
         return PassResult(metrics=metrics, onnx_path=str(dst), structure=structure)
+
+    def _per_token(self, src: Path, dst: Path, work: str) -> dict[str, Any]:
+        """Dynamic int8 of the MatMuls, then every per-call activation scale rewritten per token."""
+        from compresslab.export.ort_quant import quantize_dynamic_int8
+        from compresslab.export.per_token_int8 import per_token_activations
+
+        per_call = Path(work) / "per_call.onnx"
+        metrics = quantize_dynamic_int8(src, per_call, per_channel=self.per_channel, reduce_range=self.reduce_range,
+                                        op_types=self.op_types or PER_TOKEN_OP_TYPES)
+        metrics["per_token"] = per_token_activations(per_call, dst)
+        return metrics
 
     def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext) -> dict[str, Any]:
         """Quantize ``src`` into ``dst`` with the fp32 set chosen on validation; the record of ``guided_int8``."""

@@ -57,6 +57,11 @@ class Step:
 _ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", ("eval", "batch_dependence"): True}
 
 
+# The same for pass settings, keyed by the pass's _target_ (its step name differs between pipelines)
+_ADDED_PASS_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "activations"): "per_call"}
+
+
 def config_identity(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
@@ -65,6 +70,16 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
         node = out.get(group)
         if isinstance(node, dict) and key in node and node[key] in (value, None):  # None: the default too
             out[group] = {k: v for k, v in node.items() if k != key}
+    pipe = out.get("pipeline")
+    passes = pipe.get("passes") if isinstance(pipe, dict) else None
+    if isinstance(passes, dict):
+        for step, node in passes.items():
+            if not isinstance(node, dict):
+                continue
+            for (target, key), value in _ADDED_PASS_DEFAULTS.items():
+                if node.get("_target_") == target and key in node and node[key] in (value, None):
+                    node = {k: v for k, v in node.items() if k != key}
+            passes[step] = node
     return out
 
 

@@ -79,3 +79,20 @@ def test_stsb_embedding_int8_smoke(tmp_path, data_root):
 
 # The compression pipelines' own promises (sparse sizes, structure removed, the n-bit graph and packed
 # checkpoint of hawq_mp3) are checked on their end-to-end runs: tests/e2e/test_pipelines_e2e.py (make test-e2e).
+
+
+def test_int8_per_token_smoke_deploys_a_batch_independent_file(tmp_path, data_root):
+    """``activations=per_token`` end to end on the real model: the deployed file has no per-call scale left (so
+    the eval stage finds nothing batch-dependent), Attention stays fp32, and the parity-checked export scores."""
+    from compresslab.export import count_ops
+
+    d = run(_cfg(tmp_path, data_root, "tok", "bench.enabled=false", "pipeline.passes.int8.activations=per_token"))
+    m = read_json(d / "manifest.json")
+    assert m["status"] == "finished"
+    step = next(s for s in m["steps"] if s["name"] == "int8")
+    assert step["result"]["metrics"]["per_token"]["rewritten"] > 0
+    ops = count_ops(d / "steps" / "01_int8" / "model.onnx")
+    assert "DynamicQuantizeLinear" not in ops and ops["MatMulIntegerToFloat"] > 0 and ops["Attention"] == 6
+    assert "batch_dependence" not in m["eval"]
+    ev = m["eval"]["models"]
+    assert ev["deployed"]["agreement"] >= 0.9

@@ -93,3 +93,35 @@ def test_dynamic_pass_fuses_an_unfused_export_first(tmp_path, tok, batches, bert
     res = OrtInt8Dynamic().apply(OnnxModel(exp.dir, exp.onnx_path), _ctx(tmp_path, tok, batches))
     assert res.metrics["fused_before_quantization"] is True
     assert count_ops(res.onnx_path)["QAttention"] == 2
+
+
+def test_per_token_activation_settings_are_checked():
+    with pytest.raises(ValueError, match="allowed: 'per_call', 'per_token'"):
+        OrtInt8Dynamic(activations="per_row")
+    with pytest.raises(ValueError, match="not supported"):
+        OrtInt8Dynamic(activations="per_token", fp32_fallback="guided")
+    with pytest.raises(ValueError, match="MatMul only"):
+        OrtInt8Dynamic(activations="per_token", op_types=["Attention", "MatMul"])
+    assert OrtInt8Dynamic(activations="per_token", op_types=["MatMul"]).op_types == ["MatMul"]
+
+
+def test_per_token_pass_leaves_no_per_call_scale_and_no_batch_dependence(exported_bert, tmp_path, tok, batches):
+    """Every activation scale per token: no DynamicQuantizeLinear left, the fused Attention fp32 (QAttention
+    would need one scale per call), and a sentence scores the same alone as in its batch."""
+    import numpy as np
+
+    from compresslab.eval.batch_dependence import batch_dependent_ops
+    from compresslab.eval.onnx_runner import OnnxRunner
+
+    ctx = _ctx(tmp_path, tok, batches)
+    res = OrtInt8Dynamic(activations="per_token").apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    ops = count_ops(res.onnx_path)
+    assert ops["MatMulIntegerToFloat"] > 0 and ops["Attention"] == 2 and "QAttention" not in ops
+    assert batch_dependent_ops(res.onnx_path) == []
+    assert res.metrics["per_token"]["rewritten"] > 0 and res.metrics["per_token"]["kept_per_call"] == 0
+    assert res.structure["activations"] == "per_token" and res.metrics["activations"] == "per_token"
+    runner = OnnxRunner(res.onnx_path, threads=1)
+    feed = {k: v.numpy() for k, v in batches[0].items() if k != "labels"}
+    together = runner.run(feed)
+    alone = runner.run({k: v[:1] for k, v in feed.items()})
+    np.testing.assert_allclose(together[:1], alone, rtol=0, atol=1e-5)

@@ -31,3 +31,15 @@ def test_eval_batch_dependence_at_its_default_keeps_the_hash_runs_had_before_the
     assert config_hash(cfg) == config_hash(OmegaConf.create(before))
     off = compose(["+pipeline=int8", "eval.batch_dependence=false"])
     assert config_hash(off) != config_hash(cfg) and config_identity(off)["eval"]["batch_dependence"] is False
+
+
+@pytest.mark.parametrize("pipeline", ["int8", "ziplm_int8", "hawq_int8"])
+def test_int8_activations_at_its_default_keeps_the_hash_runs_had_before_the_key(pipeline: str) -> None:
+    cfg = compose([f"+pipeline={pipeline}"])
+    assert cfg.pipeline.passes.int8.activations == "per_call"
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["pipeline"]["passes"]["int8"]["activations"]  # as composed before the setting existed
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    per_token = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.activations=per_token"])
+    assert config_hash(per_token) != config_hash(cfg)
+    assert config_identity(per_token)["pipeline"]["passes"]["int8"]["activations"] == "per_token"
