@@ -67,10 +67,11 @@ def _load() -> dict:
 
 
 def _keys(path: str) -> list[str]:
-    """Dotted path -> keys; a number such as 2.5 stays one key ("acc_mp.2.5" -> acc_mp, 2.5)."""
+    """Dotted path -> keys; a number such as 2.5 stays one key, alone or ending a name ("acc_mp.2.5" -> acc_mp,
+    2.5; "ptq_detail.mp_2.5" -> ptq_detail, mp_2.5)."""
     out: list[str] = []
     for part in path.split("."):
-        if out and part.isdigit() and out[-1].isdigit():
+        if out and part.isdigit() and out[-1][-1:].isdigit():
             out[-1] += "." + part
         else:
             out.append(part)

@@ -129,3 +129,18 @@ def test_the_grouped_carves_hessian_figures_are_the_current_default():
     default = HessianSettings()
     assert (setting["batches"], setting["probes_per_batch"], setting["batch_size"]) == (
         default.batches, default.probes_per_batch, default.batch_size)
+
+
+def test_dotted_result_paths_keep_fractional_budgets_whole(monkeypatch):
+    """hessian_mp.py's ``_store("ptq_detail.mp_2.5", ...)`` writes one key ``mp_2.5``, as ``acc_mp.2.5`` does
+    (a split once wrote the 2.5-bit PTQ record under ``mp_2`` -> ``5``)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    core = importlib.import_module("_hessian_mp_core")
+    assert core._keys("ptq_detail.mp_2.5") == ["ptq_detail", "mp_2.5"]
+    assert core._keys("acc_mp.2.5") == ["acc_mp", "2.5"]
+    assert core._keys("acc_uniform.4") == ["acc_uniform", "4"]
+    assert core._keys("qat_seeds.1.detail.acc_mp_3") == ["qat_seeds", "1", "detail", "acc_mp_3"]
+    sys.modules.pop("_hessian_mp_core", None)
