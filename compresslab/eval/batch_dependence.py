@@ -50,17 +50,24 @@ def summarize(single: Scored, batched: Scored, spec: TaskSpec, batch_size: int,
     Classification: ``flips`` (examples whose predicted label differs) and ``agreement_b1_vs_batched``
     (1 - flips / n); with ``reference`` (the teacher), ``agreement_b1`` is the per-sentence agreement with it.
     Regression / embedding tasks: ``max_abs_diff`` of the predictions. Scores are fractions (the task's
-    primary metric). Raises ``ValueError`` when the two cover different examples.
+    primary metric). Raises ``ValueError`` when the two (or the reference) cover different examples, or none.
     """
-    if single.predictions.shape != batched.predictions.shape or not np.array_equal(single.labels, batched.labels):
+    if single.predictions.shape != batched.predictions.shape:
         raise ValueError("batch-1 and batched scores cover different examples: "
-                         f"{single.predictions.shape} vs {batched.predictions.shape}")
+                         f"{single.predictions.shape} vs {batched.predictions.shape} predictions")
+    if not np.array_equal(single.labels, batched.labels):
+        raise ValueError("batch-1 and batched scores cover different examples: their labels differ")
+    if not len(single.labels):
+        raise ValueError("no examples to compare")
+    if reference is not None and reference.predictions.shape != single.predictions.shape:
+        raise ValueError(f"the reference covers other examples: {reference.predictions.shape} vs "
+                         f"{single.predictions.shape} predictions")
     out: dict[str, Any] = {"batch_size": int(batch_size), "n": int(len(single.labels)),
                            "score_b1": float(single.metrics["score"]), "score_batched": float(batched.metrics["score"])}
     if spec.kind == TaskKind.CLASSIFICATION:
         flips = int(np.sum(single.predictions != batched.predictions))
         out["flips"] = flips
-        out["agreement_b1_vs_batched"] = 1.0 - flips / max(1, len(single.predictions))
+        out["agreement_b1_vs_batched"] = 1.0 - flips / len(single.predictions)
         if reference is not None:
             out["agreement_b1"] = float(np.mean(single.predictions == reference.predictions))
     else:

@@ -39,7 +39,7 @@ from compresslab.export.optimize import count_ops, heads_and_hidden, optimize_gr
 
 # op types whose presence shows what got quantized (reported in metrics)
 _QUANT_OPS = ("MatMulInteger", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLinear",
-              "QuantizeLinear", "DequantizeLinear", "QGemm", "QLinearMatMul")
+              "QuantizeLinear", "DequantizeLinear", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat")
 
 
 class CalibrateMethod(str, Enum):
@@ -105,7 +105,8 @@ def atomic_output(dst: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _metrics(src: Path, dst: Path, **extra: Any) -> dict[str, Any]:
+def quant_metrics(src: Path, dst: Path, **extra: Any) -> dict[str, Any]:
+    """Sizes of ``src`` and ``dst`` and the quantized op counts of ``dst`` (a pass's metrics), plus ``extra``."""
     ops = count_ops(dst)
     before, after = src.stat().st_size, dst.stat().st_size
     return {"size_bytes": after, "size_bytes_input": before, "size_ratio": after / before,
@@ -200,7 +201,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, *, per_channel: bool
                          nodes_to_exclude=list(nodes_to_exclude) or None,
                          nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return _metrics(src, Path(dst), method="dynamic", per_channel=per_channel, reduce_range=reduce_range,
+    return quant_metrics(src, Path(dst), method="dynamic", per_channel=per_channel, reduce_range=reduce_range,
                     **({"n_excluded": len(nodes_to_exclude)} if nodes_to_exclude else {}))
 
 
@@ -261,7 +262,7 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         op_types_to_quantize=list(op_types) if op_types else None,
                         nodes_to_exclude=list(nodes_to_exclude) or None,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return _metrics(src, Path(dst), method=f"static_{quant_format}", n_excluded=len(nodes_to_exclude),
+    return quant_metrics(src, Path(dst), method=f"static_{quant_format}", n_excluded=len(nodes_to_exclude),
                     per_channel=per_channel, reduce_range=reduce_range,
                     calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
                     n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),

@@ -20,8 +20,9 @@ codes, and so its output, depend on that token alone.
 ORT's quantizer rescales with ``Mul(Cast(MatMulInteger(..)), Mul(a_scale, b_scale))``, and ORT fuses that
 pattern at load into ``MatMulIntegerToFloat``, whose ``a_scale`` is one value per tensor (or per column of
 A): given a per-token scale it computes wrong outputs (tests/unit/export/test_per_token_int8.py). The
-rewrite therefore rescales in two steps, ``Mul(Mul(Cast(Y), b_scale), a_scale)``, which the fusion does not
-match.
+rewrite therefore writes ``MatMulIntegerToFloat(A, B, 1, b_scale, ...)`` itself and multiplies by the
+per-token scale after it (``Mul(Mul(Cast(Y), b_scale), a_scale)`` where the MatMulInteger feeds anything
+else). The output uses com.microsoft ops: it is a file for ONNX Runtime only, like every dynamic-int8 file.
 
 Fused ``QAttention`` / ``DynamicQuantizeMatMul`` take a scalar input scale: the ``DynamicQuantizeLinear``
 feeding them is left per call and counted (``kept_per_call``), so such a file still depends on the batch
@@ -57,28 +58,50 @@ def per_token_activations(src: str | Path, dst: str | Path, matmuls: Collection[
     docstring); write the result to ``dst`` atomically. Those feeding an op that takes one scale per call
     (``QAttention``, ``DynamicQuantizeMatMul``) stay as they are.
 
-    ``matmuls``: if given, only the inputs of these MatMuls (the fp32 graph's node names, as ``nodes_to_exclude``
-    takes them) are rewritten; the others stay per call.
+    ``matmuls``: if given, only the inputs of these MatMuls are rewritten (their names before quantization, as
+    ``nodes_to_exclude`` takes them; a Gemm is ``<name>_MatMul``); an input shared by several MatMuls only if
+    all of them are named; the others stay per call. A name the file does not have raises.
 
     Returns ``{"rewritten": n, "kept_per_call": m, "kept_for": [op types], "method": "per_token_symmetric_u8"}``.
-    Raises :class:`PerTokenError` when ``src`` has no ``DynamicQuantizeLinear`` (not a dynamic-int8 file) or
-    none that can take a per-token scale.
+    Raises :class:`PerTokenError` when ``src`` has no ``DynamicQuantizeLinear`` (not a dynamic-int8 file, or
+    already per token), none that can take a per-token scale (one feeding B of a MatMulInteger, QAttention, or
+    a graph output cannot), its opset is below 13, or ``matmuls`` names an unknown MatMul; ``TypeError`` when
+    ``matmuls`` is a string.
     """
+    if isinstance(matmuls, str):
+        raise TypeError(f"matmuls must be a collection of MatMul names, not the string {matmuls!r}")
     model = onnx.load(str(src))
     graph = model.graph
+    if _opset(model) < 13:  # QuantizeLinear takes a per-axis scale from opset 13
+        raise PerTokenError(f"{src}: opset {_opset(model)} < 13; per-token scales need a per-axis QuantizeLinear")
     dqls = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
     if not dqls:
-        raise PerTokenError(f"{src}: no DynamicQuantizeLinear to rewrite (not a dynamic-int8 file)")
+        already = any(n.name.endswith("_per_token_Quantize") for n in graph.node)
+        raise PerTokenError(f"{src}: no DynamicQuantizeLinear to rewrite "
+                            + ("(its activations are already per token)" if already else "(not a dynamic-int8 file)"))
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in graph.output}
+    selectable = {c.name.removesuffix("_quant") for c in graph.node if c.op_type == "MatMulInteger"}
+    if matmuls is not None:
+        unknown = sorted(set(matmuls) - selectable)
+        if unknown:
+            raise PerTokenError(f"{src}: matmuls {unknown} are not dynamic-int8 MatMuls of this file (a Gemm is "
+                                f"named '<name>_MatMul' after quantization); known: {sorted(selectable)}")
     targets, kept_for = [], set()
     rescale: dict[str, tuple[str, str]] = {}  # per-call rescale Mul output -> (its b_scale, the token scale)
     for n in dqls:
-        _, scale, zero = n.output
+        xq, scale, zero = n.output
         other = {c.op_type for c in consumers.get(scale, []) if c.op_type != "Mul"}
         other |= {c.op_type for c in consumers.get(zero, []) if c.op_type != "MatMulInteger"}
+        # a per-row scale is valid on A (rows of [..., M, K]) only: on B it would vary along the summed axis
+        if any(c.op_type == "MatMulInteger" and (list(c.input[:1]) != [xq] or c.input[2:3] != [zero])
+               for c in consumers.get(xq, []) + consumers.get(zero, [])):
+            other.add("MatMulInteger input B")
+        if {scale, zero} & graph_outputs:
+            other.add("a graph output")
         # ORT's form: Mul(a_scale, b_scale) -> S, consumed only by Mul(Cast(MatMulInteger), S)
         plan = {}
         for m in consumers.get(scale, []):
@@ -90,7 +113,7 @@ def per_token_activations(src: str | Path, dst: str | Path, matmuls: Collection[
                 other.add(f"Mul({scale}) used as {[u.op_type for u in users] or 'an output'}")
                 continue
             plan[m.output[0]] = (b_scale[0], scale)
-        if matmuls is not None:
+        if matmuls is not None:  # an input shared by several MatMuls is rewritten only if all are selected
             names = {c.name.removesuffix("_quant") for c in consumers.get(zero, []) if c.op_type == "MatMulInteger"}
             if not names or not names <= set(matmuls):
                 other.add("not selected")
@@ -100,8 +123,12 @@ def per_token_activations(src: str | Path, dst: str | Path, matmuls: Collection[
             targets.append(n)
             rescale.update(plan)
     if not targets:
-        raise PerTokenError(f"{src}: every DynamicQuantizeLinear feeds {sorted(kept_for)}, which take one input "
-                            "scale per call; quantize the plain export (or the fused one with op_types=['MatMul'])")
+        if kept_for == {"not selected"}:
+            raise PerTokenError(f"{src}: none of matmuls {sorted(matmuls or [])} has an input of its own (an input "
+                                "shared by several MatMuls is rewritten only when all of them are named)")
+        raise PerTokenError(f"{src}: no DynamicQuantizeLinear can take a per-token scale (they feed "
+                            f"{sorted(kept_for)}); QAttention takes one scale per call: quantize the plain export, or "
+                            "the fused one with op_types=['MatMul']")
     target_ids = {n.output[0] for n in targets}  # output names are unique; protobuf wrappers are not
     producer = {o: n for n in graph.node for o in n.output}
     # Mul(Cast(MatMulInteger(A, B, a_zp, b_zp)), S) whose MatMulInteger and Cast feed nothing else: fused into
@@ -125,7 +152,8 @@ def per_token_activations(src: str | Path, dst: str | Path, matmuls: Collection[
              numpy_helper.from_array(np.array(1.0, np.float32), "per_token_one")]
     if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
         inits.append(numpy_helper.from_array(np.array([-1], np.int64), "per_token_axes"))
-    graph.initializer.extend(inits)
+    have = {t.name for t in graph.initializer}
+    graph.initializer.extend(t for t in inits if t.name not in have)  # a second rewrite reuses the first's
     new_nodes: list[onnx.NodeProto] = []
     for n in graph.node:
         if n.op_type == "Mul" and n.output[0] in rescale:  # Mul(a_scale, b_scale): rescaled in two steps below

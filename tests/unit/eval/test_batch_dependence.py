@@ -94,3 +94,12 @@ def test_regression_reports_the_largest_difference():
 def test_different_examples_are_refused():
     with pytest.raises(ValueError, match="different examples"):
         summarize(_scored([0, 1], [0, 1]), _scored([0, 1, 1], [0, 1, 1]), CLS, 8)
+
+
+def test_empty_and_mismatched_references_are_refused():
+    with pytest.raises(ValueError, match="no examples"):
+        summarize(_scored([], []), _scored([], []), CLS, 8)
+    with pytest.raises(ValueError, match="reference covers other examples"):
+        summarize(_scored([0, 1], [0, 1]), _scored([0, 1], [0, 1]), CLS, 8, reference=_scored([0], [0]))
+    with pytest.raises(ValueError, match="labels differ"):
+        summarize(_scored([0, 1], [0, 1]), _scored([0, 1], [1, 1]), CLS, 8)

@@ -110,5 +110,67 @@ def test_only_the_named_matmuls_inputs_are_rewritten(tmp_path):
     quantize_dynamic_int8(src, tmp_path / "int8.onnx", reduce_range=True)
     rec = per_token_activations(tmp_path / "int8.onnx", tmp_path / "tok.onnx", matmuls=["mm"])
     assert rec["rewritten"] == 1
-    with pytest.raises(PerTokenError, match="not selected"):
+    with pytest.raises(PerTokenError, match="not dynamic-int8 MatMuls"):
         per_token_activations(tmp_path / "int8.onnx", tmp_path / "none.onnx", matmuls=["another"])
+
+
+def _two_input_matmul(path: Path, m: int = 4, k: int = 8, n: int = 6) -> Path:
+    """y = a @ b with both operands graph inputs (an activation x activation MatMul)."""
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["b", m, k])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["b", k, n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", m, n])
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"], name="qk")], "g", [a, b], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_an_activation_feeding_matmul_input_b_stays_per_call(tmp_path):
+    """A per-row scale is valid on A only: on B (rows along the summed axis) it cannot be factored out. ORT
+    quantizes such MatMuls with MatMulConstBOnly=False; their B stays per call, A may go per token."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = _two_input_matmul(tmp_path / "aa.onnx")
+    quantize_dynamic(src, tmp_path / "aa_i8.onnx", weight_type=QuantType.QInt8,
+                     extra_options={"MatMulConstBOnly": False})
+    rec = per_token_activations(tmp_path / "aa_i8.onnx", tmp_path / "tok.onnx")
+    assert rec["kept_per_call"] >= 1 and "MatMulInteger input B" in rec["kept_for"]
+    rng = np.random.default_rng(3)
+    feeds = {"a": rng.normal(size=(2, 4, 8)).astype(np.float32), "b": rng.normal(size=(2, 8, 6)).astype(np.float32)}
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(tmp_path / "tok.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    exact = feeds["a"] @ feeds["b"]
+    assert np.abs(got - exact).max() < 0.05 * np.abs(exact).max()
+
+
+def test_a_second_selective_rewrite_keeps_the_file_valid(tmp_path):
+    """Two MatMuls with inputs of their own, rewritten one call at a time: one set of helper initializers."""
+    rng = np.random.default_rng(4)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", K])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", N])
+    inits = [numpy_helper.from_array(rng.normal(size=(K, K)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.normal(size=(K, N)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="mm2")]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
+    quantize_dynamic_int8(tmp_path / "two.onnx", tmp_path / "two_i8.onnx", reduce_range=True)
+    per_token_activations(tmp_path / "two_i8.onnx", tmp_path / "a.onnx", matmuls=["mm1"])
+    per_token_activations(tmp_path / "a.onnx", tmp_path / "b.onnx", matmuls=["mm2"])
+    onnx.checker.check_model(onnx.load(str(tmp_path / "b.onnx")))
+    with pytest.raises(PerTokenError, match="already per token"):
+        per_token_activations(tmp_path / "b.onnx", tmp_path / "c.onnx")
+
+
+def test_bad_selections_and_old_opsets_are_clear_errors(tmp_path):
+    src, _ = _matmul_model(tmp_path / "fp32.onnx")
+    quantize_dynamic_int8(src, tmp_path / "int8.onnx", reduce_range=True)
+    with pytest.raises(PerTokenError, match=r"\['typo'\] are not dynamic-int8 MatMuls"):
+        per_token_activations(tmp_path / "int8.onnx", tmp_path / "o.onnx", matmuls=["typo"])
+    with pytest.raises(TypeError, match="not the string"):
+        per_token_activations(tmp_path / "int8.onnx", tmp_path / "o.onnx", matmuls="mm")
+    old, _ = _matmul_model(tmp_path / "fp32_12.onnx", opset=12)
+    quantize_dynamic_int8(old, tmp_path / "int8_12.onnx", reduce_range=True)
+    with pytest.raises(PerTokenError, match="opset 12 < 13"):
+        per_token_activations(tmp_path / "int8_12.onnx", tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
