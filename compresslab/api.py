@@ -409,10 +409,9 @@ def _final_eval(state: "RunState") -> dict[str, Any]:
         forward = onnx_forward(OnnxRunner(state.onnx.onnx_path, threads=state.settings.threads))
         deployed = predict(forward, spec, state.eval_examples, state.tokenizer, **kw)
         models["deployed"] = compare(deployed, ref, spec)
-        if state.settings.eval.batch_dependence:
-            found = score_batch_dependence(forward, state.onnx.onnx_path, deployed, state, "deployed")
-            if found:
-                batch_dep = {"deployed": found}
+        found = score_batch_dependence(forward, state.onnx.onnx_path, deployed, state, "deployed")
+        if found:
+            batch_dep = {"deployed": found}
     final = models.get("deployed", models["torch_final"])
     out = {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
            "score": final["score"], "agreement": final.get("agreement"), "models": models}

@@ -136,12 +136,12 @@ class OrtInt8Dynamic:
         from compresslab.export.per_token_int8 import per_token_activations
 
         per_call = Path(work) / "per_call.onnx"
-        metrics = quantize_dynamic_int8(src, per_call, per_channel=self.per_channel, reduce_range=self.reduce_range,
-                                        op_types=self.op_types or PER_TOKEN_OP_TYPES)
+        quantize_dynamic_int8(src, per_call, per_channel=self.per_channel, reduce_range=self.reduce_range,
+                              op_types=self.op_types or PER_TOKEN_OP_TYPES)
         rewrite = per_token_activations(per_call, dst)
         # sizes and op counts of the file deployed, not of the per-call intermediate
-        return {**metrics, **quant_metrics(Path(src), dst, method="dynamic_per_token", per_channel=self.per_channel,
-                                      reduce_range=self.reduce_range), "per_token": rewrite}
+        return {**quant_metrics(Path(src), dst, method="dynamic_per_token", per_channel=self.per_channel,
+                                reduce_range=self.reduce_range), "per_token": rewrite}
 
     def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext) -> dict[str, Any]:
         """Quantize ``src`` into ``dst`` with the fp32 set chosen on validation; the record of ``guided_int8``."""

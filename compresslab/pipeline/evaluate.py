@@ -69,10 +69,9 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     for label, path in files.items():
         forward = onnx_forward(OnnxRunner(path, threads=threads))
         scored[label] = predict(forward, spec, dev, state.tokenizer, **kw)
-        if state.settings.eval.batch_dependence:
-            found = score_batch_dependence(forward, path, scored[label], state, label)
-            if found:
-                batch_dep[label] = found
+        found = score_batch_dependence(forward, path, scored[label], state, label)
+        if found:
+            batch_dep[label] = found
     if on_ov:
         scored["deployed"] = predict(onnx_forward(_openvino_runner(run_dir / dep["path"], threads, dep["precision"])),
                                      spec, dev, state.tokenizer, **kw)
@@ -95,9 +94,12 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
 def score_batch_dependence(forward: Any, path: Path, batched: Any, state: RunState,
                            label: str) -> dict[str, Any] | None:
     """For a file whose outputs depend on the batch (a dynamic per-call activation scale), its batch-1 scores
-    against the batched ones (eval/batch_dependence.py); None for a file that depends on each sentence alone."""
+    against the batched ones (eval/batch_dependence.py); None for a file that depends on each sentence alone,
+    or when ``eval.batch_dependence`` is off."""
     from compresslab.eval.batch_dependence import batch_dependence, batch_dependent_ops
 
+    if not state.settings.eval.batch_dependence:
+        return None
     ops = batch_dependent_ops(path)
     if not ops:
         return None

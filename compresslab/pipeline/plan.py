@@ -62,24 +62,26 @@ _ADDED_PASS_DEFAULTS: dict[tuple[str, str], Any] = {
     ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "activations"): "per_call"}
 
 
+def _without_default(node: Any, key: str, value: Any) -> Any:
+    """``node`` without ``key`` when it holds the value runs had before the key existed (None: the default too)."""
+    if isinstance(node, dict) and key in node and node[key] in (value, None):
+        return {k: v for k, v in node.items() if k != key}
+    return node
+
+
 def config_identity(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     out = {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
     for (group, key), value in _ADDED_DEFAULTS.items():
-        node = out.get(group)
-        if isinstance(node, dict) and key in node and node[key] in (value, None):  # None: the default too
-            out[group] = {k: v for k, v in node.items() if k != key}
+        if group in out:
+            out[group] = _without_default(out[group], key, value)
     pipe = out.get("pipeline")
     passes = pipe.get("passes") if isinstance(pipe, dict) else None
-    if isinstance(passes, dict):
-        for step, node in passes.items():
-            if not isinstance(node, dict):
-                continue
-            for (target, key), value in _ADDED_PASS_DEFAULTS.items():
-                if node.get("_target_") == target and key in node and node[key] in (value, None):
-                    node = {k: v for k, v in node.items() if k != key}
-            passes[step] = node
+    for step, node in (passes.items() if isinstance(passes, dict) else ()):
+        for (target, key), value in _ADDED_PASS_DEFAULTS.items():
+            if isinstance(node, dict) and node.get("_target_") == target:
+                passes[step] = node = _without_default(node, key, value)
     return out
 
 
