@@ -10,7 +10,7 @@ activations per row instead.
 
 :func:`per_token_activations` rewrites a dynamic-int8 file so: each ``DynamicQuantizeLinear`` becomes
 
-    s  = max(ReduceMax(|X|, last axis, keepdims) / 127, eps)          # [..., 1], one scale per token
+    s  = max(max(ReduceMax(X), -ReduceMin(X)) / 127, eps)            # [..., 1], one scale per token (max |X|)
     Xq = QuantizeLinear(X, s, 128) per token                           # Round(X / s) + 128: codes 1..255
 
 with the scalar zero point 128. ORT's ``MatMulInteger`` takes only a scalar ``a_zero_point``
@@ -150,7 +150,7 @@ def per_token_activations(src: str | Path, dst: str | Path, matmuls: Collection[
              numpy_helper.from_array(np.array(128, np.uint8), "per_token_zp"),
              numpy_helper.from_array(np.array([-1], np.int64), "per_token_flat"),
              numpy_helper.from_array(np.array(1.0, np.float32), "per_token_one")]
-    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+    if opset >= 18:  # ReduceMax / ReduceMin take their axes as an input from opset 18
         inits.append(numpy_helper.from_array(np.array([-1], np.int64), "per_token_axes"))
     have = {t.name for t in graph.initializer}
     graph.initializer.extend(t for t in inits if t.name not in have)  # a second rewrite reuses the first's
@@ -182,11 +182,16 @@ def per_token_activations(src: str | Path, dst: str | Path, matmuls: Collection[
             continue
         x, (xq, scale, zero) = n.input[0], n.output
         p = (n.name or xq) + "_per_token"
-        reduce_in = [f"{p}_abs"] + (["per_token_axes"] if opset >= 18 else [])
+        reduce_in = [x] + (["per_token_axes"] if opset >= 18 else [])
         reduce_kw = {} if opset >= 18 else {"axes": [-1]}
         new_nodes += [
-            helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_Abs"),
-            helper.make_node("ReduceMax", reduce_in, [f"{p}_amax"], name=f"{p}_ReduceMax", keepdims=1, **reduce_kw),
+            # max|x| per token as max(ReduceMax(x), -ReduceMin(x)): two reads of X and no write, where
+            # ReduceMax(Abs(x)) writes a copy of X first. Same value; a little faster (MiniLM b32xs128, AVX2, 2
+            # threads, 30 interleaved rounds: +57 ms over per-call instead of +64 ms; timing noise is ~10 %)
+            helper.make_node("ReduceMax", reduce_in, [f"{p}_hi"], name=f"{p}_ReduceMax", keepdims=1, **reduce_kw),
+            helper.make_node("ReduceMin", reduce_in, [f"{p}_lo"], name=f"{p}_ReduceMin", keepdims=1, **reduce_kw),
+            helper.make_node("Neg", [f"{p}_lo"], [f"{p}_neg_lo"], name=f"{p}_Neg"),
+            helper.make_node("Max", [f"{p}_hi", f"{p}_neg_lo"], [f"{p}_amax"], name=f"{p}_AbsMax"),
             helper.make_node("Mul", [f"{p}_amax", "per_token_inv127"], [f"{p}_s"], name=f"{p}_Scale"),
             helper.make_node("Max", [f"{p}_s", "per_token_eps"], [scale], name=f"{p}_Floor"),
             # one QuantizeLinear pass (divide, round half to even, + 128, saturate, cast) with the per-token

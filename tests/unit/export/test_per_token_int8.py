@@ -61,6 +61,7 @@ def test_rewritten_graph_is_per_token_int8_exactly(tmp_path, opset):
     assert "DynamicQuantizeLinear" not in ops and "MatMulIntegerToFloat" in ops and "MatMulInteger" not in ops
     x = np.random.default_rng(1).normal(size=(3, 5, K)).astype(np.float32)
     x[0, 0] *= 50  # an outlier token
+    x[1, 0], x[1, 1] = -np.abs(x[1, 0]), np.abs(x[1, 1])  # max |x| from the most negative value, and from the largest
     np.testing.assert_allclose(_run(tmp_path / "tok.onnx", x), _reference(x, tmp_path / "tok.onnx"),
                                rtol=1e-5, atol=1e-5)
 
