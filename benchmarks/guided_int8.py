@@ -5,6 +5,9 @@
                                                      # results/guided_int8_grouped500.json
     python benchmarks/guided_int8.py --quick         # smoke: 128 validation / 128 dev examples, 2 timing runs,
                                                      # written to outputs/guided_int8_quick.json (not results/)
+    python benchmarks/guided_int8.py --carve grouped --val-size 500 --per-token
+                                                     # each MatMul per-call int8, per-token int8 or fp32:
+                                                     # results/guided_int8_per_token_grouped500.json
 
 The ``bench`` teacher of the named validation carve (``task.val_carve``/``task.val_size``; found in
 the teacher cache by content, as a pipeline's finetune step finds it, and trained there if missing) is
@@ -17,6 +20,11 @@ dev is the test split, never selected on. Agreement on dev is with the torch tea
 Latency: ORT fp32, all-int8 and the guided model(s), one process, interleaved, b32xs128 and
 b1xs128 medians, 2 threads. Scores and speed come from the same files. Nothing else may run on
 the machine while it measures (its load is recorded in meta.machine_load, and the load average).
+
+``--per-token``: the pass's ``activations: per_token`` with ``fp32_fallback: guided``: each weight MatMul is
+per-call int8, per-token int8 or fp32 and each Attention int8 or fp32, by all three estimates (``single_per_call``
+too). The file then also times ``per_token`` (every MatMul per token, every Attention fp32: the plain
+``activations: per_token`` pass) beside the guided choice.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ def main(argv: list[str]) -> None:
     from compresslab.export.ort_quant import quantize_dynamic_int8
     from compresslab.bench.machine_load import timing_window
     from compresslab.manifest import git_sha, library_versions
-    from compresslab.quant.guided_int8 import guided_int8
+    from compresslab.export.per_token_int8 import per_token_activations
+    from compresslab.quant.guided_int8 import Choice, guided_int8, make_build
 
     from _carve_teacher import add_carve_args, carve_label, carve_teacher, teacher_meta  # sibling modules
     from _results import ResultsFile
@@ -67,10 +76,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--latency-runs", type=int, default=10, help="the method's own timing rounds (cost model, check)")
     ap.add_argument("--latency-ratio", type=float, default=0.9)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--per-token", action="store_true", help="per-token int8 as a third choice per MatMul")
     a = ap.parse_args(argv)
     if a.quick:
         a.runs, a.latency_runs = 2, 2
-    label = carve_label(a)
+    label = ("_per_token" if a.per_token else "") + carve_label(a)
     out_path = a.out or (QUICK_OUT.with_stem(QUICK_OUT.stem + label) if a.quick
                          else RESULTS.with_stem(RESULTS.stem + label))
     results = ResultsFile(out_path)  # stamps meta.machine_load: the method's timings and the final one
@@ -95,15 +105,22 @@ def main(argv: list[str]) -> None:
              for b in make_loader(splits["validation"], tok, 32, 128)]
     t0 = time.perf_counter()
     rec = guided_int8(fp32, work / "guided.onnx", feeds, sensitivity="auto", latency_ratio=a.latency_ratio,
-                      threads=THREADS, latency_runs=a.latency_runs, vocab_size=int(tok.vocab_size))
+                      threads=THREADS, latency_runs=a.latency_runs, vocab_size=int(tok.vocab_size),
+                      per_token=a.per_token)
     method_s = time.perf_counter() - t0
     rec.pop("quantize_metrics")
     files = {"ort_fp32": fp32, "all_int8": work / "all_int8.onnx", "guided": work / "guided.onnx"}
     quantize_dynamic_int8(fp32, files["all_int8"])
+    build = make_build(Path(fp32), quantize_dynamic_int8, work)
     for m, sel in rec["selections"].items():  # each sensitivity's own set, for the record (dev is not selected on)
-        if m != rec["winner"] and sel["fp32_matmuls"]:
+        if m != rec["winner"] and (sel["fp32_matmuls"] or sel["per_token_matmuls"]):
             files[f"guided_{m}"] = work / f"guided_{m}.onnx"
-            quantize_dynamic_int8(fp32, files[f"guided_{m}"], nodes_to_exclude=sel["fp32_matmuls"])
+            build({**{n: Choice.FP32 for n in sel["fp32_matmuls"]},
+                   **{n: Choice.PER_TOKEN for n in sel["per_token_matmuls"]}}, files[f"guided_{m}"])
+    if a.per_token:  # the plain per-token pass: every MatMul per token, every Attention fp32
+        files["per_token"] = work / "per_token.onnx"
+        quantize_dynamic_int8(fp32, work / "matmul_per_call.onnx", op_types=["MatMul"])
+        per_token_activations(work / "matmul_per_call.onnx", files["per_token"])
 
     models: dict[str, dict[str, Any]] = {}
     for name, path in files.items():
@@ -128,24 +145,28 @@ def main(argv: list[str]) -> None:
         models[name]["latency_p90_ms"] = {k: v["p90_ms"] for k, v in lat["results"][name].items()}
         models[name]["speedup_vs_ort_fp32"] = sp[name]
 
-    def fragment(name: str, fp32_matmuls: list[str], sensitivity: str | None) -> dict[str, Any]:
+    def fragment(name: str, fp32_matmuls: list[str], sensitivity: str | None,
+                 per_token_matmuls: list[str] | None = None) -> dict[str, Any]:
         m = models[name]
         return {"agreement": m["dev"]["agreement"], "acc": m["dev"]["accuracy"], "mcnemar_p": m["dev"]["mcnemar_p"],
                 "speedup_b32_vs_ort_fp32": m["speedup_vs_ort_fp32"][b32],
                 "speedup_vs_all_int8": lat["results"]["all_int8"][b32]["p50_ms"] / lat["results"][name][b32]["p50_ms"],
                 "fp32_matmuls": fp32_matmuls, "sensitivity": sensitivity,
+                **({"per_token_matmuls": per_token_matmuls} if a.per_token else {}),
                 "validation": {"agreement": m["validation"]["agreement"], "acc": m["validation"]["accuracy"]},
                 "size_bytes": m["size_bytes"]}
 
     flags = cpu_flags()
-    guided = fragment("guided", rec["fp32_matmuls"], rec["sensitivity"])
+    guided = fragment("guided", rec["fp32_matmuls"], rec["sensitivity"], rec["per_token_matmuls"])
     guided["method_choice"] = rec["winner"]  # all_int8 when neither set agreed more on validation
     result = {
         "guided_int8": guided,
         "all_int8": fragment("all_int8", [], None),
         "by_sensitivity": {m: fragment(f"guided_{m}" if f"guided_{m}" in files else
-                                       ("guided" if m == rec["winner"] else "all_int8"), s["fp32_matmuls"], m)
+                                       ("guided" if m == rec["winner"] else "all_int8"), s["fp32_matmuls"], m,
+                                       s["per_token_matmuls"])
                            for m, s in rec["selections"].items()},
+        **({"per_token": fragment("per_token", [], None)} if a.per_token else {}),
         "teacher_acc": {s: r.metrics["accuracy"] for s, r in ref.items()},
         "ort_fp32": {s: models["ort_fp32"][s] for s in splits},
         "targets": {"agreement_ge_0.995": guided["agreement"] >= 0.995,

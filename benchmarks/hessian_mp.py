@@ -371,6 +371,14 @@ def guided(args) -> None:
     keys = ("agreement", "acc", "speedup_b32_vs_ort_fp32", "speedup_vs_all_int8", "fp32_matmuls", "sensitivity")
     _store("guided_int8", {**{k: g["guided_int8"].get(k) for k in keys}, "source": f"results/{src.name}",
                            "all_int8": {k: g["all_int8"].get(k) for k in keys if k in g["all_int8"]}})
+    # the same selection with per-token int8 as a third choice per MatMul (guided_int8.py --per-token), if measured
+    tok = RESULTS.parent / f"guided_int8_per_token{_CARVE['label']}.json"
+    if tok.is_file():
+        t = read_json(tok)
+        _RESULTS.note_run(tok.name, t)
+        _store("guided_int8_per_token", {**{k: t["guided_int8"].get(k) for k in (*keys, "per_token_matmuls")},
+                                         "source": f"results/{tok.name}",
+                                         "all_int8": {k: t["all_int8"].get(k) for k in keys if k in t["all_int8"]}})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ the incoming fp32 graph's predictions under a latency budget (``quant/guided_int
 ``activations: per_token`` gives each token its own activation scale instead of one per call
 (``export/per_token_int8.py``): fewer flips against fp32, and a sentence's output no longer depends on
 its batchmates. ``QAttention`` takes one scale per call, so with ``op_types: null`` only ``MatMul`` is
-quantized and the fused ``Attention`` (its Q/K/V projections) stays fp32.
+quantized and the fused ``Attention`` (its Q/K/V projections) stays fp32. With ``fp32_fallback: guided`` too,
+per-token is a third choice per MatMul: each MatMul is per-call int8, per-token int8 or fp32 and each
+``Attention`` int8 or fp32, chosen on validation under the same latency budget.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class OrtInt8Dynamic:
 
     ``activations``: ``per_call`` (ORT's ``DynamicQuantizeLinear``: one uint8 scale over the whole call)
     or ``per_token`` (one symmetric scale per token; ``op_types`` then defaults to ``["MatMul"]`` and may
-    name only ``MatMul``). ``per_token`` with ``fp32_fallback: guided`` is refused (not measured together).
+    name only ``MatMul``). ``per_token`` with ``fp32_fallback: guided``: the guided choice per weight MatMul is
+    among per-call int8, per-token int8 and fp32 (``Attention``: int8 or fp32; ``op_types`` as for per-call),
+    and ``sensitivity: auto`` adds the ``single_per_call`` estimate (which needs ``per_token``).
     """
 
     per_channel: bool = True
@@ -86,10 +90,10 @@ class OrtInt8Dynamic:
         check_int(self.latency_runs, f"{self.name} latency_runs")
         check_int(self.latency_seq, f"{self.name} latency_seq")
         check_choice(self.activations, ACTIVATIONS, f"{self.name} activations")
-        if self.activations == "per_token":
-            if self.fp32_fallback == "guided":
-                raise ValueError(f"{self.name} activations=per_token with fp32_fallback=guided is not supported "
-                                 "(the guided selection times and scores per-call files); pick one")
+        if self.sensitivity is Sensitivity.SINGLE_PER_CALL and self.activations != "per_token":
+            raise ValueError(f"{self.name} sensitivity=single_per_call probes around per-token MatMuls: it needs "
+                             "activations=per_token (with fp32_fallback=guided)")
+        if self.activations == "per_token" and self.fp32_fallback != "guided":
             if self.op_types is not None and self.op_types != PER_TOKEN_OP_TYPES:
                 raise ValueError(f"{self.name} activations=per_token quantizes MatMul only (QAttention and "
                                  f"DynamicQuantizeMatMul take one scale per call); got op_types {self.op_types}")
@@ -128,6 +132,8 @@ class OrtInt8Dynamic:
                                      "activations": self.activations}
         if "guided" in metrics:
             structure["fp32_matmuls"] = list(metrics["guided"]["fp32_matmuls"])
+            if self.activations == "per_token":
+                structure["per_token_matmuls"] = list(metrics["guided"]["per_token_matmuls"])
         return PassResult(metrics=metrics, onnx_path=str(dst), structure=structure)
 
     def _per_token(self, src: Path, dst: Path, work: str) -> dict[str, Any]:
@@ -163,4 +169,5 @@ class OrtInt8Dynamic:
         return guided_int8(src, dst, feeds, sensitivity=self.sensitivity, latency_ratio=self.latency_ratio,
                            threads=torch.get_num_threads(), latency_runs=self.latency_runs, vocab_size=vocab,
                            per_channel=self.per_channel, reduce_range=self.reduce_range, op_types=self.op_types,
-                           track=ctx.track, latency_shape=(LATENCY_SHAPE[0], self.latency_seq))
+                           track=ctx.track, latency_shape=(LATENCY_SHAPE[0], self.latency_seq),
+                           per_token=self.activations == "per_token")

@@ -162,6 +162,68 @@ def test_selection_bad_input():
         g.choose_fp32({"a": 1.0}, {"a": 1.0}, -1.0)
 
 
+def _brute_mixed(benefits, costs, budget):
+    names = sorted(benefits)
+    best = 0.0
+    for combo in itertools.product(*[[None, *sorted(benefits[n])] for n in names]):
+        c = sum(costs[n][o] for n, o in zip(names, combo) if o)
+        if c <= budget + 1e-12:
+            best = max(best, sum(benefits[n][o] for n, o in zip(names, combo) if o))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mixed_selection_equals_brute_force(seed):
+    """One choice per node among per-call int8 (free), per-token and fp32: the integer program's summed
+    benefit is the brute-force optimum, and its cost fits the budget."""
+    rng = random.Random(seed)
+    benefits, costs = {}, {}
+    for i in range(7):
+        name = f"n{i}"
+        fp32, tok = rng.uniform(-0.2, 1.0), rng.uniform(-0.2, 1.0)
+        benefits[name] = {"fp32": fp32, **({"per_token": tok} if i % 3 else {})}  # some nodes: fp32 only
+        costs[name] = {"fp32": rng.uniform(0.2, 1.0), **({"per_token": rng.uniform(0.0, 0.4)} if i % 3 else {})}
+    budget = rng.uniform(0.3, 2.0)
+    sel = g.choose(benefits, costs, budget)
+    assert sel.cost <= budget + 1e-9
+    assert sel.benefit == pytest.approx(_brute_mixed(benefits, costs, budget), abs=1e-7)
+    assert all(benefits[n][o.value] > 0 for n, o in sel.choice.items())  # nothing chosen that does not help
+    assert sel.names(g.Choice.FP32) + sel.names(g.Choice.PER_TOKEN) == tuple(sorted(sel.choice, key=lambda n: (
+        sel.choice[n] is not g.Choice.FP32, n)))
+
+
+def test_mixed_selection_without_per_token_is_the_fp32_knapsack():
+    benefits = {"a": {"fp32": 3.0}, "b": {"fp32": 2.0}, "c": {"fp32": 2.0}}
+    costs = {"a": {"fp32": 3.0}, "b": {"fp32": 2.0}, "c": {"fp32": 2.0}}
+    sel = g.choose(benefits, costs, 4.0)
+    assert sel.names(g.Choice.FP32) == g.choose_fp32({n: 3.0 if n == "a" else 2.0 for n in "abc"},
+                                                      {n: 3.0 if n == "a" else 2.0 for n in "abc"}, 4.0).chosen
+    # a cheap per-token choice that keeps most of the benefit frees the budget for another node
+    mixed = g.choose({**benefits, "a": {"fp32": 3.0, "per_token": 2.9}}, {**costs, "a": {"fp32": 3.0, "per_token": 0.1}},
+                     4.0)
+    assert dict(mixed.choice) == {"a": g.Choice.PER_TOKEN, "b": g.Choice.FP32} or dict(mixed.choice) == {
+        "a": g.Choice.PER_TOKEN, "c": g.Choice.FP32}
+    assert mixed.benefit == pytest.approx(4.9)
+    with pytest.raises(ValueError, match="same nodes"):
+        g.choose({"a": {"fp32": 1.0}}, {}, 1.0)
+    with pytest.raises(ValueError, match="same choices"):
+        g.choose({"a": {"fp32": 1.0, "per_token": 1.0}}, {"a": {"fp32": 1.0}}, 1.0)
+    with pytest.raises(ValueError, match="same choices"):
+        g.choose({"a": {"int8": 1.0}}, {"a": {"int8": 1.0}}, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        g.choose({"a": {"per_token": math.nan}}, {"a": {"per_token": 1.0}}, 1.0)
+    with pytest.raises(ValueError, match="budget"):
+        g.choose({"a": {"fp32": 1.0}}, {"a": {"fp32": 1.0}}, -1.0)
+
+
+def test_per_token_cost_model():
+    cands = [g.Candidate("a", "MatMul", 12, 3, 4), g.Candidate("b", "Gemm", 2, 1, 2),
+             g.Candidate("att", "Attention", 9, 3, 3), g.Candidate("shared", "MatMul", 4, 2, 2, own_input=False)]
+    cost = g.per_token_costs(cands, t_int8=1.0, t_per_token=1.5)
+    assert cost == pytest.approx({"a": 0.5 * 7 / 10, "b": 0.5 * 3 / 10})  # in + out features; only nodes with the choice
+    assert g.per_token_costs(cands, 1.0, 0.9) == {"a": 0.0, "b": 0.0}  # per token not slower: it costs nothing
+
+
 def test_cost_model_and_budget():
     cands = [g.Candidate("a", "MatMul", 100), g.Candidate("b", "Attention", 300)]
     cost = g.fp32_costs(cands, t_fp32=2.0, t_int8=1.2)
@@ -208,6 +270,33 @@ def test_driver_respects_the_budget_and_writes_the_chosen_graph(exported, feeds,
     assert rec["latency"]["budget_met_measured"] is True  # 2/1.05 >= 0.9 * 2/1
 
 
+def test_driver_with_per_token_choices(exported, feeds, tmp_path, monkeypatch):
+    """per_token: three estimates, one choice per node within the budget under both cost models, and the
+    written file has exactly the chosen per-token and fp32 nodes."""
+    table = {"fp32": 2.0, "int8": 1.0, "per_token": 1.04, "chosen": 1.05}
+    monkeypatch.setattr(g, "time_models", lambda paths, *a, **k: {n: table[n] for n in paths})
+    rec = g.guided_int8(exported.onnx_path, tmp_path / "g.onnx", feeds, threads=1, per_token=True)
+    cands = g.quantizable_matmuls(exported.onnx_path)
+    fp32, tok = g.fp32_costs(cands, 2.0, 1.0), g.per_token_costs(cands, 1.0, 1.04)
+    assert rec["per_token"] is True and list(rec["selections"]) == ["single_int8", "single_fp32", "single_per_call"]
+    assert rec["latency"]["per_token_s"] == 1.04 and "per_token_top_validation" in rec
+    budget = 1.0 * (1 / 0.9 - 1)
+    for sel in rec["selections"].values():
+        assert not set(sel["fp32_matmuls"]) & set(sel["per_token_matmuls"])
+        spent = sum(fp32[n] for n in sel["fp32_matmuls"]) + sum(tok[n] for n in sel["per_token_matmuls"])
+        assert spent == pytest.approx(sel["predicted_extra_s"]) and spent <= budget + 1e-9
+    assert rec["validation"][rec["winner"]]["agreement"] >= rec["validation"]["all_int8"]["agreement"]
+    assert all(n in tok for n in rec["per_token_matmuls"])  # Attention never per token
+    graph = onnx.load(str(tmp_path / "g.onnx")).graph
+    assert sum(n.name.endswith("_per_token_Quantize") for n in graph.node) == len(rec["per_token_matmuls"])
+    ops = _ops(tmp_path / "g.onnx")
+    assert all(ops[n] in ("MatMul", "Attention") for n in rec["fp32_matmuls"])
+    if rec["per_token_matmuls"]:
+        assert rec["quantize_metrics"]["size_bytes"] == (tmp_path / "g.onnx").stat().st_size
+    with pytest.raises(ValueError, match="per_token=True"):
+        g.guided_int8(exported.onnx_path, tmp_path / "x.onnx", feeds, sensitivity="single_per_call")
+
+
 def test_driver_tightens_the_cost_model_when_the_measurement_misses(exported, feeds, tmp_path, monkeypatch):
     """The chosen model measures slower than predicted: costs are scaled up and the choice redone."""
     table = {"fp32": 2.0, "int8": 1.0, "chosen": 1.5}  # 2/1.5 < 0.9 x 2/1: always a miss unless nothing is fp32
@@ -246,18 +335,78 @@ def test_single_int8_sensitivity_sees_the_node(exported, feeds, tmp_path):
     def evaluate(p):
         return g.divergence(ref, g.run_outputs(p, feeds, 1))
 
+    build = g.make_build(Path(exported.onnx_path), quantize, tmp_path)
     base = g.Divergence(1.0, 0, 48)
-    s = g.sensitivities(g.Sensitivity.SINGLE_INT8, exported.onnx_path, cands[:2], quantize, evaluate, tmp_path, base)
+    s = g.sensitivities(g.Sensitivity.SINGLE_INT8, cands[:2], build, evaluate, tmp_path, base)
     quantize_dynamic_int8(exported.onnx_path, tmp_path / "x.onnx", nodes_to_quantize=[cands[0].name])
     assert s[cands[0].name]["benefit"] == pytest.approx(evaluate(tmp_path / "x.onnx").kl)
     assert all(v["benefit"] > 0 for v in s.values())  # int8 of a wide-init model moves the logits
-    f = g.sensitivities(g.Sensitivity.SINGLE_FP32, exported.onnx_path, cands[:2], quantize, evaluate, tmp_path, base)
+    assert all(set(v["benefits"]) == {"fp32"} for v in s.values())  # no per-token choice unless asked
+    f = g.sensitivities(g.Sensitivity.SINGLE_FP32, cands[:2], build, evaluate, tmp_path, base)
     assert all(v["benefit"] == pytest.approx(max(1.0 - v["kl"], 0.0)) for v in f.values())
+
+
+def test_per_token_sensitivities_probe_each_choice_around_their_base(exported, feeds, tmp_path):
+    """Every choice of a node but the base's is probed with the others at the base, and each benefit is
+    KL(node per-call int8) - KL(node at the choice): checked against models built by hand."""
+    from compresslab.export.per_token_int8 import per_token_activations
+
+    cands = g.quantizable_matmuls(exported.onnx_path)
+    mm = next(c for c in cands if c.op_type == "MatMul")
+    att = next(c for c in cands if c.op_type == "Attention")
+    assert mm.options(True) == (g.Choice.INT8, g.Choice.PER_TOKEN, g.Choice.FP32)
+    assert att.options(True) == mm.options(False) == (g.Choice.INT8, g.Choice.FP32)  # QAttention: one scale per call
+    ref = g.run_outputs(exported.onnx_path, feeds, 1)
+
+    def evaluate(p):
+        return g.divergence(ref, g.run_outputs(p, feeds, 1))
+
+    build = g.make_build(Path(exported.onnx_path), quantize_dynamic_int8, tmp_path)
+    # single_int8 around all-fp32: the MatMul alone per token = quantize it alone, then its per-token rewrite
+    s = g.sensitivities(g.Sensitivity.SINGLE_INT8, [mm], build, evaluate, tmp_path, g.Divergence(0.0, 0, 48),
+                        per_token=True)[mm.name]
+    quantize_dynamic_int8(exported.onnx_path, tmp_path / "one.onnx", nodes_to_quantize=[mm.name])
+    per_token_activations(tmp_path / "one.onnx", tmp_path / "one_tok.onnx", matmuls=[mm.name])
+    kl8, klt = evaluate(tmp_path / "one.onnx").kl, evaluate(tmp_path / "one_tok.onnx").kl
+    assert s["benefits"]["fp32"] == pytest.approx(kl8) and s["benefits"]["per_token"] == pytest.approx(max(kl8 - klt, 0))
+    assert klt != kl8  # the per-token probe is another model (symmetric per-token codes are not always closer)
+    # single_per_call around every MatMul per token and every Attention fp32
+    top = g.base_choice(g.Sensitivity.SINGLE_PER_CALL, cands, True)
+    assert {c.op_type for c in cands if top[c.name] is g.Choice.FP32} == {"Attention"}
+    build(top, tmp_path / "top.onnx")
+    base = evaluate(tmp_path / "top.onnx")
+    p = g.sensitivities(g.Sensitivity.SINGLE_PER_CALL, cands, build, evaluate, tmp_path, base, per_token=True)
+    build({**top, mm.name: g.Choice.INT8}, tmp_path / "mm8.onnx")
+    build({**top, mm.name: g.Choice.FP32}, tmp_path / "mm32.onnx")
+    build({**top, att.name: g.Choice.INT8}, tmp_path / "att8.onnx")
+    k8, k32 = evaluate(tmp_path / "mm8.onnx").kl, evaluate(tmp_path / "mm32.onnx").kl
+    assert p[mm.name]["benefits"] == pytest.approx({"per_token": max(k8 - base.kl, 0), "fp32": max(k8 - k32, 0)})
+    assert p[att.name]["benefits"] == pytest.approx({"fp32": max(evaluate(tmp_path / "att8.onnx").kl - base.kl, 0)})
+    with pytest.raises(ValueError, match="per_token=True"):
+        g.base_choice(g.Sensitivity.SINGLE_PER_CALL, cands, False)
+
+
+def test_a_matmul_sharing_its_input_has_no_per_token_choice(tmp_path):
+    """Q/K/V of the plain graph read one input: per-token scales would reach all three or none
+    (export/per_token_int8.py), so none of them is offered the choice alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])
+    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["b", 4]) for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y0"], name="q"), helper.make_node("MatMul", ["x", "W"], ["y1"], name="k"),
+             helper.make_node("MatMul", ["y1", "W"], ["y2"], name="own")]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outs, [w])), tmp_path / "m.onnx")
+    by = {c.name: c for c in g.quantizable_matmuls(tmp_path / "m.onnx")}
+    assert not by["q"].own_input and not by["k"].own_input and by["own"].own_input
+    assert by["q"].options(True) == (g.Choice.INT8, g.Choice.FP32)
+    assert (by["own"].in_features, by["own"].out_features) == (4, 4)
 
 
 # ------------------------------------------------------------------------------------------- pass
 @pytest.mark.parametrize("kwargs,match", [
-    ({"sensitivity": "hessian"}, "allowed: 'auto', 'single_int8', 'single_fp32'"),
+    ({"sensitivity": "hessian"}, "allowed: 'auto', 'single_int8', 'single_fp32', 'single_per_call'"),
+    ({"sensitivity": "single_per_call", "fp32_fallback": "guided"}, "needs activations=per_token"),
     ({"fp32_fallback": "all"}, "allowed: 'none', 'guided'"),
     ({"latency_ratio": 0}, r"\(0, 1\]"),
     ({"latency_ratio": 1.2}, r"\(0, 1\]"),
@@ -295,3 +444,20 @@ def test_pass_guided_apply(exported, tiny_tok, tmp_path, synthetic_times):
     assert all(ops[n] in ("MatMul", "Attention") for n in rec["fp32_matmuls"])
     assert res.structure["fp32_matmuls"] == rec["fp32_matmuls"]
     assert (Path(res.onnx_path).parent / "config.json").is_file()
+    assert rec["per_token"] is False and "per_token_matmuls" not in res.structure
+
+
+def test_pass_guided_per_token_apply(exported, tiny_tok, tmp_path, monkeypatch):
+    from compresslab.types import OnnxModel
+
+    table = {"fp32": 2.0, "int8": 1.0, "per_token": 1.04, "chosen": 1.05}
+    monkeypatch.setattr(g, "time_models", lambda paths, *a, **k: {n: table[n] for n in paths})
+    ctx = tiny_context(tiny_tok, tmp_path)
+    p = OrtInt8Dynamic(fp32_fallback="guided", activations="per_token", max_examples=12, latency_runs=1,
+                       latency_seq=64)
+    res = p.apply(OnnxModel(exported.dir, exported.onnx_path), ctx)
+    rec = res.metrics["guided"]
+    assert rec["per_token"] is True and res.metrics["activations"] == "per_token"
+    assert res.structure["per_token_matmuls"] == rec["per_token_matmuls"]
+    assert res.structure["fp32_matmuls"] == rec["fp32_matmuls"]
+    assert res.metrics["size_bytes"] == Path(res.onnx_path).stat().st_size
