@@ -90,9 +90,10 @@ class OrtInt8Dynamic:
         check_int(self.latency_runs, f"{self.name} latency_runs")
         check_int(self.latency_seq, f"{self.name} latency_seq")
         check_choice(self.activations, ACTIVATIONS, f"{self.name} activations")
-        if self.sensitivity is Sensitivity.SINGLE_PER_CALL and self.activations != "per_token":
+        if self.sensitivity is Sensitivity.SINGLE_PER_CALL and (self.activations != "per_token"
+                                                                or self.fp32_fallback != "guided"):
             raise ValueError(f"{self.name} sensitivity=single_per_call probes around per-token MatMuls: it needs "
-                             "activations=per_token (with fp32_fallback=guided)")
+                             "activations=per_token with fp32_fallback=guided")
         if self.activations == "per_token" and self.fp32_fallback != "guided":
             if self.op_types is not None and self.op_types != PER_TOKEN_OP_TYPES:
                 raise ValueError(f"{self.name} activations=per_token quantizes MatMul only (QAttention and "
@@ -127,9 +128,14 @@ class OrtInt8Dynamic:
                                                 reduce_range=self.reduce_range, op_types=self.op_types)
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
-        metrics["activations"] = self.activations
+        # what the written file does: a guided choice may keep every MatMul per call (all-int8 won on validation)
+        activations = self.activations
+        if "guided" in metrics and self.activations == "per_token":
+            activations = "per_token" if metrics["guided"]["per_token_matmuls"] else "per_call"
+            metrics["activations_requested"] = self.activations
+        metrics["activations"] = activations
         structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
-                                     "activations": self.activations}
+                                     "activations": activations}
         if "guided" in metrics:
             structure["fp32_matmuls"] = list(metrics["guided"]["fp32_matmuls"])
             if self.activations == "per_token":

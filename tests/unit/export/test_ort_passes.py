@@ -101,7 +101,8 @@ def test_per_token_activation_settings_are_checked():
     with pytest.raises(ValueError, match="needs activations=per_token"):
         OrtInt8Dynamic(fp32_fallback="guided", sensitivity="single_per_call")
     # guided with per_token: a per-MatMul choice, Attention included as int8 / fp32 (quant/guided_int8.py)
-    assert OrtInt8Dynamic(activations="per_token", fp32_fallback="guided", op_types=["Attention", "MatMul"])
+    both = OrtInt8Dynamic(activations="per_token", fp32_fallback="guided", op_types=["Attention", "MatMul"])
+    assert both.op_types == ["Attention", "MatMul"] and both.activations == "per_token"
     with pytest.raises(ValueError, match="MatMul only"):
         OrtInt8Dynamic(activations="per_token", op_types=["Attention", "MatMul"])
     assert OrtInt8Dynamic(activations="per_token", op_types=["MatMul"]).op_types == ["MatMul"]

@@ -188,8 +188,22 @@ def test_mixed_selection_equals_brute_force(seed):
     assert sel.cost <= budget + 1e-9
     assert sel.benefit == pytest.approx(_brute_mixed(benefits, costs, budget), abs=1e-7)
     assert all(benefits[n][o.value] > 0 for n, o in sel.choice.items())  # nothing chosen that does not help
-    assert sel.names(g.Choice.FP32) + sel.names(g.Choice.PER_TOKEN) == tuple(sorted(sel.choice, key=lambda n: (
-        sel.choice[n] is not g.Choice.FP32, n)))
+    assert sel.cost == pytest.approx(sum(costs[n][o.value] for n, o in sel.choice.items()))
+
+
+def test_mixed_selection_ties_go_to_the_cheaper_choice():
+    # per token keeps all of fp32's benefit at a fifth of its cost: never fp32
+    sel = g.choose({"a": {"fp32": 1.0, "per_token": 1.0}}, {"a": {"fp32": 0.5, "per_token": 0.1}}, 1.0)
+    assert dict(sel.choice) == {"a": g.Choice.PER_TOKEN} and sel.cost == pytest.approx(0.1)
+    # same benefit and cost: per token (the cheaper kind in the model's order), every time
+    for _ in range(3):
+        sel = g.choose({"a": {"fp32": 1.0, "per_token": 1.0}, "b": {"fp32": 0.5, "per_token": 0.2}},
+                       {"a": {"fp32": 0.3, "per_token": 0.3}, "b": {"fp32": 0.4, "per_token": 0.1}}, 1.0)
+        assert dict(sel.choice) == {"a": g.Choice.PER_TOKEN, "b": g.Choice.FP32}
+    with pytest.raises(ValueError, match="budget"):
+        g.choose({"a": {"fp32": 1.0}}, {"a": {"fp32": 1.0}}, None)
+    with pytest.raises(ValueError, match="finite"):
+        g.choose({"a": {"fp32": "1"}}, {"a": {"fp32": 1.0}}, 1.0)
 
 
 def test_mixed_selection_without_per_token_is_the_fp32_knapsack():
@@ -219,9 +233,14 @@ def test_mixed_selection_without_per_token_is_the_fp32_knapsack():
 def test_per_token_cost_model():
     cands = [g.Candidate("a", "MatMul", 12, 3, 4), g.Candidate("b", "Gemm", 2, 1, 2),
              g.Candidate("att", "Attention", 9, 3, 3), g.Candidate("shared", "MatMul", 4, 2, 2, own_input=False)]
-    cost = g.per_token_costs(cands, t_int8=1.0, t_per_token=1.5)
-    assert cost == pytest.approx({"a": 0.5 * 7 / 10, "b": 0.5 * 3 / 10})  # in + out features; only nodes with the choice
-    assert g.per_token_costs(cands, 1.0, 0.9) == {"a": 0.0, "b": 0.0}  # per token not slower: it costs nothing
+    cost = g.per_token_costs(cands, t_int8=1.0, t_per_token=1.5, seq=2)
+    # (in + out features) x rows: 7 x 2 tokens for the MatMul, 3 x 1 for the Gemm head; only nodes with the choice
+    assert cost == pytest.approx({"a": 0.5 * 14 / 17, "b": 0.5 * 3 / 17})
+    # per token timed no slower (noise): the floor, never 0, or the rounds' scaling could never correct it
+    floor = g.PER_TOKEN_GAP_FLOOR
+    assert g.per_token_costs(cands, 1.0, 0.9, seq=2) == pytest.approx({"a": floor * 14 / 17, "b": floor * 3 / 17})
+    with pytest.raises(ValueError, match="in_features and out_features"):
+        g.per_token_costs([g.Candidate("bare", "MatMul", 12)], 1.0, 1.5)
 
 
 def test_cost_model_and_budget():
@@ -287,14 +306,24 @@ def test_driver_with_per_token_choices(exported, feeds, tmp_path, monkeypatch):
         assert spent == pytest.approx(sel["predicted_extra_s"]) and spent <= budget + 1e-9
     assert rec["validation"][rec["winner"]]["agreement"] >= rec["validation"]["all_int8"]["agreement"]
     assert all(n in tok for n in rec["per_token_matmuls"])  # Attention never per token
+    assert rec["per_token_matmuls"]  # the wide-init tiny model takes some (the checks below need one)
     graph = onnx.load(str(tmp_path / "g.onnx")).graph
     assert sum(n.name.endswith("_per_token_Quantize") for n in graph.node) == len(rec["per_token_matmuls"])
     ops = _ops(tmp_path / "g.onnx")
     assert all(ops[n] in ("MatMul", "Attention") for n in rec["fp32_matmuls"])
-    if rec["per_token_matmuls"]:
-        assert rec["quantize_metrics"]["size_bytes"] == (tmp_path / "g.onnx").stat().st_size
+    assert rec["quantize_metrics"]["size_bytes"] == (tmp_path / "g.onnx").stat().st_size
+    assert rec["quantize_metrics"]["n_excluded"] == len(rec["fp32_matmuls"])
     with pytest.raises(ValueError, match="per_token=True"):
         g.guided_int8(exported.onnx_path, tmp_path / "x.onnx", feeds, sensitivity="single_per_call")
+    # nothing can be per token (Attention only): single_per_call is refused before any work, auto says so and
+    # chooses between int8 and fp32
+    with pytest.raises(ValueError, match="single_per_call: no weight MatMul"):
+        g.guided_int8(exported.onnx_path, tmp_path / "x.onnx", feeds, sensitivity="single_per_call", per_token=True,
+                      op_types=["Attention"])
+    only_att = g.guided_int8(exported.onnx_path, tmp_path / "y.onnx", feeds, threads=1, per_token=True,
+                             op_types=["Attention"], sensitivity="single_fp32")
+    assert only_att["per_token"] is False and only_att["per_token_requested"] is True
+    assert only_att["per_token_matmuls"] == []
 
 
 def test_driver_tightens_the_cost_model_when_the_measurement_misses(exported, feeds, tmp_path, monkeypatch):
@@ -407,6 +436,7 @@ def test_a_matmul_sharing_its_input_has_no_per_token_choice(tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     ({"sensitivity": "hessian"}, "allowed: 'auto', 'single_int8', 'single_fp32', 'single_per_call'"),
     ({"sensitivity": "single_per_call", "fp32_fallback": "guided"}, "needs activations=per_token"),
+    ({"sensitivity": "single_per_call", "activations": "per_token"}, "with fp32_fallback=guided"),
     ({"fp32_fallback": "all"}, "allowed: 'none', 'guided'"),
     ({"latency_ratio": 0}, r"\(0, 1\]"),
     ({"latency_ratio": 1.2}, r"\(0, 1\]"),
@@ -445,6 +475,7 @@ def test_pass_guided_apply(exported, tiny_tok, tmp_path, synthetic_times):
     assert res.structure["fp32_matmuls"] == rec["fp32_matmuls"]
     assert (Path(res.onnx_path).parent / "config.json").is_file()
     assert rec["per_token"] is False and "per_token_matmuls" not in res.structure
+    assert res.structure["activations"] == res.metrics["activations"] == "per_call"
 
 
 def test_pass_guided_per_token_apply(exported, tiny_tok, tmp_path, monkeypatch):
@@ -457,7 +488,10 @@ def test_pass_guided_per_token_apply(exported, tiny_tok, tmp_path, monkeypatch):
                        latency_seq=64)
     res = p.apply(OnnxModel(exported.dir, exported.onnx_path), ctx)
     rec = res.metrics["guided"]
-    assert rec["per_token"] is True and res.metrics["activations"] == "per_token"
+    assert rec["per_token"] is True and res.metrics["activations_requested"] == "per_token"
+    # the record says what the file does: per token only where a MatMul was chosen per token
+    assert res.metrics["activations"] == res.structure["activations"] == (
+        "per_token" if rec["per_token_matmuls"] else "per_call")
     assert res.structure["per_token_matmuls"] == rec["per_token_matmuls"]
     assert res.structure["fp32_matmuls"] == rec["fp32_matmuls"]
     assert res.metrics["size_bytes"] == Path(res.onnx_path).stat().st_size
