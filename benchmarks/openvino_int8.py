@@ -32,6 +32,15 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "ours_percentile": dict(calibrate_method="percentile"),
     "ours_entropy": dict(calibrate_method="entropy"),
     "ours_smooth_0.5_percentile": dict(calibrate_method="percentile", smooth_alpha=0.5),
+    # ORT's quantizer also quantizes every MatMul output, and hands the quantized LayerNorm output to the
+    # residual Add: the two options below undo that, then the attention MatMuls (slow in int8 on OpenVINO)
+    "ours_no_outputs": dict(calibrate_method="minmax", matmul_outputs=False),
+    "ours_no_outputs_float_residual": dict(calibrate_method="minmax", matmul_outputs=False, float_residual=True),
+    "ours_weights_only_no_outputs_float_residual": dict(calibrate_method="minmax", attention_matmuls=False,
+                                                        matmul_outputs=False, float_residual=True),
+    "ours_weights_only_no_outputs_float_residual_ffn_out_fp32": dict(
+        calibrate_method="minmax", attention_matmuls=False, matmul_outputs=False, float_residual=True,
+        exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
 }
 
 

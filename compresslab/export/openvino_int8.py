@@ -60,7 +60,8 @@ def save_ir(model: Any, out_dir: Path, files_from: Path | None) -> Path:
 
 def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
                  calibrate_method: str = "minmax", attention_matmuls: bool = True,
-                 exclude: Sequence[str] = (), smooth_alpha: float | None = None) -> tuple[Path, dict[str, Any]]:
+                 exclude: Sequence[str] = (), smooth_alpha: float | None = None,
+                 matmul_outputs: bool = True, float_residual: bool = False) -> tuple[Path, dict[str, Any]]:
     """Our static QDQ int8 of ``plain_onnx`` (MatMul inputs), converted to an IR in ``out_dir``.
 
     ``feeds``: calibration batches (dicts of (batch, seq) int arrays; extra keys are ignored).
@@ -68,6 +69,10 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     ``attention_matmuls``: also quantize attention's activation x activation MatMuls (Q.K^T, P.V);
     False keeps them fp32 (weight MatMuls only). ``exclude``: more node names kept fp32.
     ``smooth_alpha``: SmoothQuant (``export/smoothquant.py``) with this migration strength first.
+    ``matmul_outputs``: ORT's quantizer also puts a QDQ pair on every MatMul's output (before the bias
+    Add, the GELU, the softmax); False leaves outputs float (``OpTypesToExcludeOutputQuantization``).
+    ``float_residual``: the ops that are not quantized (residual Add, LayerNorm) read the float tensor,
+    not the uint8 grid the MatMuls read (:func:`~compresslab.export.qdq.float_path_for_unquantized`).
     Returns the IR path and the quantizer's metrics.
     Raises ValueError when OpenVINO cannot read it.
     """
@@ -86,7 +91,14 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
         src = out_dir / "source_smoothed.onnx"
         smooth = smooth_onnx(plain_onnx, src, feeds, alpha=smooth_alpha)
     metrics = quantize_static_qdq(src, qdq, feeds, per_channel=True, op_types=["MatMul"],
-                                  calibrate_method=calibrate_method, nodes_to_exclude=skip)
+                                  calibrate_method=calibrate_method, nodes_to_exclude=skip,
+                                  extra_options=None if matmul_outputs else {
+                                      "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    metrics["matmul_outputs"] = matmul_outputs
+    if float_residual:
+        from compresslab.export.qdq import float_path_for_unquantized
+
+        metrics["float_residual_inputs"] = float_path_for_unquantized(qdq, ["MatMul"])
     if smooth is not None:
         src.unlink()
         metrics["smoothquant"] = smooth

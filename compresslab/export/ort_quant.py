@@ -211,12 +211,15 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         activation_type: QuantDType | str = QuantDType.UINT8,
                         weight_type: QuantDType | str = QuantDType.INT8,
                         op_types: Sequence[str] | None = None, quant_format: str = "qdq",
-                        nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any]:
+                        nodes_to_exclude: Sequence[str] = (),
+                        extra_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Static int8 of ``src`` into ``dst``, calibrated on ``batches``; returns metrics.
 
     ``nodes_to_exclude``: node names left in fp32 (e.g. :func:`activation_matmuls`).
     ``batches`` are our loader's dicts (torch or numpy); only the graph's inputs are fed.
     ``quant_format``: ``qdq`` (Quantize/DequantizeLinear pairs) or ``qoperator`` (QLinearMatMul...).
+    ``extra_options``: more of ``quantize_static``'s ``extra_options`` (e.g.
+    ``OpTypesToExcludeOutputQuantization``, ``DedicatedQDQPair``); recorded in the metrics.
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -261,12 +264,12 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                         weight_type=qtype[QuantDType(weight_type).value], calibrate_method=method,
                         op_types_to_quantize=list(op_types) if op_types else None,
                         nodes_to_exclude=list(nodes_to_exclude) or None,
-                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, **(extra_options or {})})
     return quant_metrics(src, Path(dst), method=f"static_{quant_format}", n_excluded=len(nodes_to_exclude),
                     per_channel=per_channel, reduce_range=reduce_range,
                     calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
                     n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),
-                    shape_inference=shape_inference)
+                    shape_inference=shape_inference, **({"extra_options": dict(extra_options)} if extra_options else {}))
 
 
 def activation_matmuls(path: str | Path) -> list[str]:

@@ -18,6 +18,7 @@ record use it).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,4 +202,42 @@ def qdq_summary(path: str | Path) -> dict[str, Any]:
             "ops": dict(sorted(Counter(n.op_type for n in g.node).items()))}
 
 
-__all__ = ["fold_weight_qdq", "qdq_summary"]
+def float_path_for_unquantized(path: str | Path, quantized_ops: Sequence[str] = ("MatMul",)) -> int:
+    """Point every consumer of a quantized activation that is NOT itself quantized (an op type outside
+    ``quantized_ops``: the residual ``Add``, ``LayerNormalization``, a ``Reshape``) back at the float
+    tensor its ``QuantizeLinear`` read; rewrites ``path`` atomically and returns how many inputs moved.
+
+    Why: ONNX Runtime's static QDQ quantizer replaces a quantized tensor for *all* its consumers, so
+    the LayerNorm output that feeds Q/K/V (or the FFN's first MatMul) reaches the residual ``Add`` on
+    the uint8 grid too: the residual stream is rounded to 256 levels every layer, and OpenVINO keeps a
+    FakeQuantize on that float path. Only the quantized ops' inputs should see the grid; this is the
+    ONNX QDQ form a QAT export of the same model has. Weights (DequantizeLinear of an initializer) and
+    DequantizeLinear nodes without a QuantizeLinear in front are left as they are.
+    """
+    import onnx
+
+    from compresslab.manifest import atomic_write_bytes
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    keep = set(quantized_ops) | {"QuantizeLinear", "DequantizeLinear"}
+    moved = 0
+    for node in g.node:
+        if node.op_type in keep:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                moved += 1
+    if moved:
+        atomic_write_bytes(path, model.SerializeToString())
+    return moved
+
+
+__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "qdq_summary"]

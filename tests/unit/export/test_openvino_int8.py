@@ -132,3 +132,44 @@ def test_accuracy_control_stops_after_max_iterations(exported_bert, bert_model, 
     xml, info = nncf_int8_ir(Path(exported_bert.unfused_path), tmp_path / "ac", _feeds(calib), validation=val,
                              max_drop=0.0, max_iterations=1)
     assert info["max_iterations"] == 1 and xml.is_file() and time.perf_counter() - t0 < 60
+
+
+def _fq_edges(xml: Path) -> tuple[set[str], set[str]]:
+    """The op types that feed a FakeQuantize, and those that read one."""
+    import openvino as ov
+
+    srcs, dsts = set(), set()
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        if op.get_type_name() == "FakeQuantize":
+            srcs.add(op.input_value(0).get_node().get_type_name())
+            dsts |= {t.get_node().get_type_name() for t in op.output(0).get_target_inputs()}
+    return srcs, dsts
+
+
+def test_outputs_and_residual_options_leave_only_the_weight_matmul_inputs_on_the_grid(tok, make_batches, tmp_path):
+    import torch
+
+    from compresslab.export import export_model
+    from compresslab.models.tiny import tiny_model
+
+    model = tiny_model("bert")
+    ex = export_model(model, tok, tmp_path / "exp", make_batches(n=2, bs=4), threads=1)
+    plain, calib, held = Path(ex.unfused_path), _feeds(make_batches(n=4, bs=8, seed=1)), make_batches(n=3, bs=8, seed=2)
+    old, m_old = ours_int8_ir(plain, tmp_path / "old", calib)
+    new, m_new = ours_int8_ir(plain, tmp_path / "new", calib, attention_matmuls=False, matmul_outputs=False,
+                              float_residual=True)
+    srcs, dsts = _fq_edges(old)
+    assert "MatMul" in srcs and "Add" in dsts  # ORT's defaults: MatMul outputs and the residual Add on the grid
+    srcs, dsts = _fq_edges(new)
+    assert dsts == {"MatMul"} and "MatMul" not in srcs, (srcs, dsts)
+    assert m_new["matmul_outputs"] is False and m_new["float_residual_inputs"] > 0 and m_old["matmul_outputs"]
+    assert "float_residual_inputs" not in m_old
+    err = {}
+    for name, xml in (("old", old), ("new", new)):
+        runner = OpenVinoRunner(xml, threads=1, precision="f32")
+        err[name] = 0.0
+        for b, f in zip(held, _feeds(held)):
+            with torch.no_grad():
+                ref = model(**{k: v for k, v in b.items() if k != "labels"})[0].numpy()
+            err[name] = max(err[name], float(np.abs(runner.run(f) - ref).max()))
+    assert err["new"] < err["old"], err  # fewer roundings on the way: closer to torch
