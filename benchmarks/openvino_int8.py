@@ -22,25 +22,39 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "openvino_int8.json"
 # name -> ours_int8_ir keyword arguments (None: NNCF PTQ)
+# ORT's static QDQ defaults (our recipe until 2026-12-04): attention MatMuls and every MatMul output quantized,
+# the residual Add reading the quantized LayerNorm output
+LEGACY = dict(attention_matmuls=True, matmul_outputs=True, float_residual=False)
 VARIANTS: dict[str, dict[str, Any] | None] = {
-    "ours_minmax": dict(calibrate_method="minmax"),
-    "ours_smooth_0.5": dict(calibrate_method="minmax", smooth_alpha=0.5),
-    "ours_smooth_0.8": dict(calibrate_method="minmax", smooth_alpha=0.8),
-    "ours_minmax_weights_only": dict(calibrate_method="minmax", attention_matmuls=False),
-    "ours_minmax_ffn_out_fp32": dict(calibrate_method="minmax", exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
+    "ours_minmax": dict(LEGACY, calibrate_method="minmax"),
+    "ours_smooth_0.5": dict(LEGACY, calibrate_method="minmax", smooth_alpha=0.5),
+    "ours_smooth_0.8": dict(LEGACY, calibrate_method="minmax", smooth_alpha=0.8),
+    "ours_minmax_weights_only": dict(LEGACY, calibrate_method="minmax", attention_matmuls=False),
+    "ours_minmax_ffn_out_fp32": dict(LEGACY, calibrate_method="minmax",
+                                     exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
     "nncf": None,
-    "ours_percentile": dict(calibrate_method="percentile"),
-    "ours_entropy": dict(calibrate_method="entropy"),
-    "ours_smooth_0.5_percentile": dict(calibrate_method="percentile", smooth_alpha=0.5),
+    "ours_percentile": dict(LEGACY, calibrate_method="percentile"),
+    "ours_entropy": dict(LEGACY, calibrate_method="entropy"),
+    "ours_smooth_0.5_percentile": dict(LEGACY, calibrate_method="percentile", smooth_alpha=0.5),
     # ORT's quantizer also quantizes every MatMul output, and hands the quantized LayerNorm output to the
     # residual Add: the two options below undo that, then the attention MatMuls (slow in int8 on OpenVINO)
-    "ours_no_outputs": dict(calibrate_method="minmax", matmul_outputs=False),
-    "ours_no_outputs_float_residual": dict(calibrate_method="minmax", matmul_outputs=False, float_residual=True),
+    "ours_no_outputs": dict(LEGACY, calibrate_method="minmax", matmul_outputs=False),
+    "ours_no_outputs_float_residual": dict(LEGACY, calibrate_method="minmax", matmul_outputs=False,
+                                           float_residual=True),
     "ours_weights_only_no_outputs_float_residual": dict(calibrate_method="minmax", attention_matmuls=False,
                                                         matmul_outputs=False, float_residual=True),
     "ours_weights_only_no_outputs_float_residual_ffn_out_fp32": dict(
         calibrate_method="minmax", attention_matmuls=False, matmul_outputs=False, float_residual=True,
         exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
+    **{f"ours_weights_only_no_outputs_float_residual_{k}": dict(
+        attention_matmuls=False, matmul_outputs=False, float_residual=True, **kw) for k, kw in (
+        ("smooth_0.5", dict(calibrate_method="minmax", smooth_alpha=0.5)),
+        ("smooth_0.7", dict(calibrate_method="minmax", smooth_alpha=0.7)),
+        ("smooth_0.8", dict(calibrate_method="minmax", smooth_alpha=0.8)),
+        ("smooth_0.9", dict(calibrate_method="minmax", smooth_alpha=0.9)),
+        ("smooth_0.8_percentile", dict(calibrate_method="percentile", smooth_alpha=0.8)),
+        ("smooth_0.95", dict(calibrate_method="minmax", smooth_alpha=0.95)),
+        ("percentile", dict(calibrate_method="percentile")))},
 }
 
 

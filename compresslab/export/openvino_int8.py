@@ -2,11 +2,16 @@
 
 Two ways to turn a model into an int8 IR for OpenVINO's CPU plugin (issue 9, "int8 for OpenVINO"):
 
-- ``ours``: ONNX Runtime's static QDQ quantization of the *plain* export (MatMul inputs only,
-  per-channel symmetric int8 weights, uint8 activations calibrated on train examples), converted by
-  ``openvino.convert_model``: OpenVINO folds each QuantizeLinear/DequantizeLinear pair into a
-  FakeQuantize and runs the MatMul with int8 kernels. The every-op variant is avoided on purpose:
-  it also quantizes the attention-mask Add, whose range spans float min.
+- ``ours``: ONNX Runtime's static QDQ quantization of the *plain* export (the inputs of the weight
+  MatMuls only, per-channel symmetric int8 weights, uint8 activations calibrated on train examples),
+  optionally after SmoothQuant, converted by ``openvino.convert_model``: OpenVINO folds each
+  QuantizeLinear/DequantizeLinear pair into a FakeQuantize and runs the MatMul with int8 kernels.
+  Three of ORT's defaults are undone because they cost accuracy or speed on OpenVINO (measured in
+  ``benchmarks/results/openvino_int8.json``): MatMul *outputs* are not quantized (ORT puts a pair
+  before each bias Add, GELU and softmax), the residual Add and LayerNorm read the float tensor, not
+  the grid the MatMuls read, and attention's activation x activation MatMuls (Q.K^T, P.V) stay
+  float (quantized as ORT writes them they make OpenVINO slower, not faster). The every-op variant
+  is avoided on purpose: it also quantizes the attention-mask Add, whose range spans float min.
 - ``nncf``: ``nncf.quantize(model_type=TRANSFORMER)`` on the IR converted from the same plain
   export (SmoothQuant + fast bias correction; NNCF's ignored patterns for attention), or
   ``nncf.quantize_with_accuracy_control`` when a validation set and ``max_drop`` are given (layers
@@ -59,15 +64,15 @@ def save_ir(model: Any, out_dir: Path, files_from: Path | None) -> Path:
 
 
 def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
-                 calibrate_method: str = "minmax", attention_matmuls: bool = True,
+                 calibrate_method: str = "minmax", attention_matmuls: bool = False,
                  exclude: Sequence[str] = (), smooth_alpha: float | None = None,
-                 matmul_outputs: bool = True, float_residual: bool = False) -> tuple[Path, dict[str, Any]]:
+                 matmul_outputs: bool = False, float_residual: bool = True) -> tuple[Path, dict[str, Any]]:
     """Our static QDQ int8 of ``plain_onnx`` (MatMul inputs), converted to an IR in ``out_dir``.
 
     ``feeds``: calibration batches (dicts of (batch, seq) int arrays; extra keys are ignored).
     ``calibrate_method``: minmax | entropy | percentile (ORT's calibrators).
     ``attention_matmuls``: also quantize attention's activation x activation MatMuls (Q.K^T, P.V);
-    False keeps them fp32 (weight MatMuls only). ``exclude``: more node names kept fp32.
+    False (the default) keeps them fp32 (weight MatMuls only). ``exclude``: more node names kept fp32.
     ``smooth_alpha``: SmoothQuant (``export/smoothquant.py``) with this migration strength first.
     ``matmul_outputs``: ORT's quantizer also puts a QDQ pair on every MatMul's output (before the bias
     Add, the GELU, the softmax); False leaves outputs float (``OpTypesToExcludeOutputQuantization``).
@@ -109,9 +114,54 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
         raise ValueError(f"OpenVINO cannot convert our QDQ graph {qdq.name}: {str(e)[:300]}") from e
     xml = save_ir(model, out_dir, plain_onnx.parent)
     qdq.unlink()  # the IR is the artifact; the QDQ ONNX is rebuilt by the same call if needed
-    metrics.update(method="ours", scheme="static QDQ MatMul, per-channel int8 weights, uint8 activations",
+    metrics.update(method="ours", scheme="static QDQ MatMul inputs, per-channel int8 weights, uint8 activations",
                    quantize_s=round(time.perf_counter() - t0, 2))
     return xml, metrics
+
+
+def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]],
+                        smooth_alphas: Sequence[float | None],
+                        score: Callable[[dict[str, Path]], dict[str, float]], **kw: Any) -> tuple[Path, dict[str, Any]]:
+    """:func:`ours_int8_ir` once per SmoothQuant strength in ``smooth_alphas`` (``None``: no smoothing),
+    each IR scored by ``score`` (label -> IR path in, label -> a higher-is-better figure out: the
+    validation agreement with the teacher); the best is moved to ``out_dir``, the others deleted.
+    A tie keeps the earlier entry. With one entry nothing is scored.
+
+    Returns the IR path and the chosen build's metrics, with ``smooth_choice``: the grid, each
+    entry's score and the chosen ``alpha``. Raises ValueError for an empty grid, or what
+    :func:`ours_int8_ir` raises.
+    """
+    import shutil
+
+    grid = list(smooth_alphas)
+    if not grid:
+        raise ValueError("smooth_alphas is empty: give at least one strength (or None for no SmoothQuant)")
+    if len(grid) == 1:
+        xml, metrics = ours_int8_ir(plain_onnx, out_dir, feeds, smooth_alpha=grid[0], **kw)
+        metrics["smooth_choice"] = {"grid": grid, "alpha": grid[0], "scored": False}
+        return xml, metrics
+    label = {a: "none" if a is None else f"alpha_{a:g}" for a in grid}
+    if len(set(label.values())) != len(grid):
+        raise ValueError(f"smooth_alphas has a repeated entry: {grid}")
+    work = out_dir.parent / f".{out_dir.name}.smooth_grid"
+    shutil.rmtree(work, ignore_errors=True)
+    built: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for a in grid:
+        built[label[a]] = ours_int8_ir(plain_onnx, work / label[a], feeds, smooth_alpha=a, **kw)
+    scores = score({k: xml for k, (xml, _) in built.items()})
+    best = max(grid, key=lambda a: (scores[label[a]], -grid.index(a)))
+    xml, metrics = built[label[best]]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    xml.parent.replace(out_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    metrics["smooth_choice"] = {"grid": grid, "alpha": best, "scored": True,
+                                "scores": {label[a]: scores[label[a]] for a in grid},
+                                "rule": "the highest score (validation agreement with the teacher); a tie keeps "
+                                        "the earlier grid entry"}
+    log.info("our int8 IR: SmoothQuant %s chosen (%s)", label[best],
+             {k: round(v, 4) for k, v in metrics["smooth_choice"]["scores"].items()})
+    return out_dir / IR_NAME, metrics
 
 
 def nncf_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,

@@ -140,7 +140,7 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     ``auto``: both; the higher VALIDATION agreement with the teacher wins, a tie keeps ours.
     NNCF missing -> ours, with the reason in the notes."""
     from compresslab.bench.openvino_runner import plain_export, unreadable_ops
-    from compresslab.export.openvino_int8 import nncf_int8_ir, nncf_missing_reason, ours_int8_ir
+    from compresslab.export.openvino_int8 import nncf_int8_ir, nncf_missing_reason, ours_int8_ir_chosen
 
     d = state.settings.deploy
     want = ["ours", "nncf"] if d.int8 == "auto" else [d.int8]
@@ -172,8 +172,10 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
                 f"export made the int8 IR"]}
             try:
                 keep = fp32_matmuls(state.model, d.keep_fp32, plain) if d.keep_fp32 else []
-                xml, rec["quantization"] = ours_int8_ir(plain, run_dir / "export" / IR_DIR, calibration(),
-                                                        exclude=keep)
+                key = validation.key
+                xml, rec["quantization"] = ours_int8_ir_chosen(
+                    plain, run_dir / "export" / IR_DIR, calibration(), d.smooth_alpha,
+                    lambda irs: {k: v[key] for k, v in validation.agreement(irs, threads).items()}, exclude=keep)
                 rec["quantization"]["keep_fp32"] = {"patterns": list(d.keep_fp32 or ()), "matmuls": keep}
             except ValueError as e:
                 rec["error"] = str(e)

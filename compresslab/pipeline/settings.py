@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from compresslab.pipeline.schema import SettingsError, check_config
 from compresslab.validate import (
@@ -237,7 +237,9 @@ class DeploySettings:
     validation agreement with the teacher is within ``tolerance`` of the ORT file's). For an int8
     pipeline on OpenVINO, ``int8`` says how its IR is made (ours | nncf | auto), on
     ``calibration_examples`` train examples; ``accuracy_control``/``max_drop`` drive NNCF's
-    accuracy-aware mode; ``keep_fp32`` leaves the selected modules' MatMuls fp32 in our recipe."""
+    accuracy-aware mode; ``keep_fp32`` leaves the selected modules' MatMuls fp32 in our recipe;
+    ``smooth_alpha`` is our recipe's SmoothQuant strength: one value (``None``: no smoothing) or a
+    grid, one IR per entry, the highest validation agreement with the teacher kept."""
 
     runtime: str
     precision: str
@@ -247,6 +249,7 @@ class DeploySettings:
     accuracy_control: bool = False
     max_drop: float = 0.01
     keep_fp32: tuple[str, ...] | None = None  # ours: module patterns (targets vocabulary) whose MatMuls stay fp32
+    smooth_alpha: tuple[float | None, ...] = (None,)  # ours: SmoothQuant strengths tried (None: none)
 
     def __post_init__(self) -> None:
         check_choice(self.runtime, DEPLOY_RUNTIMES, "runtime")
@@ -260,6 +263,7 @@ class DeploySettings:
                 self.keep_fp32, str) else self.keep_fp32, "keep_fp32")))
         if not isinstance(self.accuracy_control, bool):
             raise ValueError(f"accuracy_control: true or false, got {self.accuracy_control!r}")
+        object.__setattr__(self, "smooth_alpha", _smooth_grid(self.smooth_alpha))
         for name in ("tolerance", "max_drop"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
@@ -284,6 +288,23 @@ class DeploySettings:
             from compresslab.bench.openvino_runner import check_precision
 
             check_precision("bf16")
+
+
+def _smooth_grid(value: Any) -> tuple[float | None, ...]:
+    """``deploy.smooth_alpha`` as a tuple: a number or null is a one-entry grid; each entry in (0, 1] or null,
+    no repeats (SmoothQuant's migration strength, Xiao et al. 2023 eq. 4)."""
+    grid = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if not grid:
+        raise ValueError("smooth_alpha: an empty list; give a strength in (0, 1], null, or a list of them")
+    out: list[float | None] = []
+    for v in grid:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
+            raise ValueError(f"smooth_alpha: each entry is a SmoothQuant strength in (0, 1] or null, got {v!r}")
+        v = None if v is None else float(v)
+        if v in out:
+            raise ValueError(f"smooth_alpha: {v} is listed twice in {grid}")
+        out.append(v)
+    return tuple(out)
 
 
 @dataclass(frozen=True)

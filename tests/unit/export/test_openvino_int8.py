@@ -35,9 +35,17 @@ def test_ours_makes_an_int8_ir_in_optimum_layout_that_runs_our_qdq_math(exported
         assert (tmp_path / "ours" / f).is_file(), f
     assert not list((tmp_path / "ours").glob("*.onnx"))  # the QDQ graph is a step, not the artifact
     assert metrics["method"] == "ours" and metrics["n_calibration_examples"] == 32
-    # OpenVINO must run the same int8 arithmetic as ORT on our QDQ graph (same scales, zero points)
+    assert metrics["attention_matmuls"] is False and metrics["matmul_outputs"] is False
+    # OpenVINO must run the same int8 arithmetic as ORT on our QDQ graph (same scales, zero points): the
+    # recipe's graph rebuilt by hand (weight MatMul inputs only, outputs float, float residual path)
+    from compresslab.export.ort_quant import activation_matmuls
+    from compresslab.export.qdq import float_path_for_unquantized
+
     qdq = tmp_path / "ref" / "model.onnx"
-    quantize_static_qdq(plain, qdq, calib, per_channel=True, op_types=["MatMul"])
+    quantize_static_qdq(plain, qdq, calib, per_channel=True, op_types=["MatMul"],
+                        nodes_to_exclude=activation_matmuls(plain),
+                        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    assert float_path_for_unquantized(qdq) == metrics["float_residual_inputs"] > 0
     sess, runner = ort.InferenceSession(str(qdq)), OpenVinoRunner(xml, threads=1, precision="f32")
     for f in held:
         ref = sess.run(None, f)[0]
@@ -101,8 +109,8 @@ def test_activation_matmuls_are_attentions_two_per_layer_and_can_stay_fp32(expor
     assert all(not any(i in weights for i in n.input) for n in graph.node if n.name in names)
     n_matmul = sum(n.op_type == "MatMul" for n in graph.node)
     calib = _feeds(make_batches(n=2, bs=8, seed=1))
-    all_q, _ = ours_int8_ir(plain, tmp_path / "all", calib)
-    w_only, m = ours_int8_ir(plain, tmp_path / "w", calib, attention_matmuls=False)
+    all_q, _ = ours_int8_ir(plain, tmp_path / "all", calib, attention_matmuls=True)
+    w_only, m = ours_int8_ir(plain, tmp_path / "w", calib)  # the default: weight MatMuls only
     assert m["attention_matmuls"] is False and m["n_excluded"] == len(names) < n_matmul
     # each activation MatMul quantized adds at least one FakeQuantize per input (none are weights)
     assert _fq_count(all_q) - _fq_count(w_only) >= 2 * len(names)
@@ -155,9 +163,10 @@ def test_outputs_and_residual_options_leave_only_the_weight_matmul_inputs_on_the
     model = tiny_model("bert")
     ex = export_model(model, tok, tmp_path / "exp", make_batches(n=2, bs=4), threads=1)
     plain, calib, held = Path(ex.unfused_path), _feeds(make_batches(n=4, bs=8, seed=1)), make_batches(n=3, bs=8, seed=2)
-    old, m_old = ours_int8_ir(plain, tmp_path / "old", calib)
-    new, m_new = ours_int8_ir(plain, tmp_path / "new", calib, attention_matmuls=False, matmul_outputs=False,
-                              float_residual=True)
+    # ORT's static QDQ defaults (our recipe before), then the recipe's defaults
+    old, m_old = ours_int8_ir(plain, tmp_path / "old", calib, attention_matmuls=True, matmul_outputs=True,
+                              float_residual=False)
+    new, m_new = ours_int8_ir(plain, tmp_path / "new", calib)
     srcs, dsts = _fq_edges(old)
     assert "MatMul" in srcs and "Add" in dsts  # ORT's defaults: MatMul outputs and the residual Add on the grid
     srcs, dsts = _fq_edges(new)
