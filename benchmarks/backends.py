@@ -37,8 +37,9 @@ from compresslab.manifest import git_sha, library_versions, read_json
 from _results import ResultsFile, write_aside  # sibling module (script dir)
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ResultsFile(ROOT / "results" / "backends.json")  # every write stamps meta.machine_load
 REPO = ROOT.parent
+DEFAULT_OUT = "benchmarks/results/backends.json"
+RESULTS = ResultsFile(REPO / DEFAULT_OUT)  # every write stamps meta.machine_load; main() rebinds it for --out
 RUNS = REPO / "outputs" / "backends_runs.json"
 PIPELINES = ("int8", "ziplm_2x", "ziplm_int8", "obert_int8")
 THREADS = 2
@@ -135,13 +136,15 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
     if "openvino_nncf_int8" in int8:  # the int8 run's torch model is the teacher: NNCF on the dense teacher
         cells["dense"]["openvino_nncf_int8"] = int8.pop("openvino_nncf_int8")
     cells["int8"] = int8
-    rd = REPO / runs["ziplm_2x"]["run_dir"]
-    m = read_json(rd / "manifest.json")
-    cells["ziplm_2x"] = _fp32_cells(rd / m["export"]["fp32"]["path"], _final_ckpt(rd, m), flags)
+    if "ziplm_2x" in runs:  # a measurement of some pipelines only (--only) leaves the others out
+        rd = REPO / runs["ziplm_2x"]["run_dir"]
+        m = read_json(rd / "manifest.json")
+        cells["ziplm_2x"] = _fp32_cells(rd / m["export"]["fp32"]["path"], _final_ckpt(rd, m), flags)
     for p in ("ziplm_int8", "obert_int8"):
-        rd = REPO / runs[p]["run_dir"]
-        cells[p] = _int8_ir_cells(rd, read_json(rd / "manifest.json"))
-    if "amx_int8" in flags:  # issue 9: OpenVINO's sparse weight decompression, int8 FC layers, AMX only
+        if p in runs:
+            rd = REPO / runs[p]["run_dir"]
+            cells[p] = _int8_ir_cells(rd, read_json(rd / "manifest.json"))
+    if "amx_int8" in flags and "obert_int8" in cells:  # issue 9: OpenVINO's sparse weight decompression, int8 FC layers, AMX only
         for name, c in list(cells["obert_int8"].items()):
             if c["kind"] == "openvino":
                 cells["obert_int8"][f"{name}_sparse"] = {**c, "sparse_rate": SPARSE_RATE}
@@ -191,6 +194,12 @@ def measure(a: argparse.Namespace) -> None:
     load0 = os.getloadavg()
     flags = cpu_flags()
     runs = read_json(RUNS)
+    if a.only:
+        missing = [p for p in a.only if p not in runs]
+        if "int8" not in a.only or missing:
+            raise SystemExit(f"--only needs int8 (the teacher's cells come from its run) and run dirs for every "
+                             f"pipeline named; missing: {missing or ['int8']}")
+        runs = {p: r for p, r in runs.items() if p in a.only}
     cells = build_cells(runs, flags)
     rd = REPO / runs["int8"]["run_dir"]
     cfg = read_json(rd / "manifest.json")["config"]
@@ -261,7 +270,8 @@ def measure(a: argparse.Namespace) -> None:
                        "loadavg_before": load0, "loadavg_after": os.getloadavg(),
                        "split": f"{task.spec.name} dev ({len(dev)})", "pipelines": runs,
                        "runners": {k: _jsonable(v) for k, v in lat["runners"].items()},
-                       "command": "python benchmarks/backends.py pipelines && python benchmarks/backends.py measure",
+                       "command": "python benchmarks/backends.py pipelines && python benchmarks/backends.py measure"
+                                  + "".join(f" {k}" for k in _cli_tail(a)),
                        "sparse_weights_decompression": _sparse_note(flags)}}
     RESULTS.write(result)  # the cells first: a slip in derive() must not lose the timing
     result["derived"] = derive(models, result["cpu_isa"])
@@ -275,6 +285,12 @@ def rederive() -> None:
     result["derived"] = derive(result["models"], result.get("cpu_isa"))
     RESULTS.write(result)
     print(json.dumps(result["derived"]["targets"], indent=1))
+
+
+def _cli_tail(a: argparse.Namespace) -> list[str]:
+    """The measure options that change what is measured or where it goes, for meta.command."""
+    tail = [f"--only {' '.join(a.only)}"] if a.only else []
+    return tail + ([f"--out {a.out}"] if a.out != DEFAULT_OUT else [])
 
 
 def _jsonable(v: Any) -> Any:
@@ -304,10 +320,6 @@ def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | No
     ours8 = {n: c for n, c in models["int8"].items() if c["method"] == "compresslab" and c["agreement"] >= 0.99}
     best8 = min(ours8, key=lambda n: ours8[n]["b32_ms"]) if ours8 else None
     peer = dense.get("openvino_nncf_int8")
-    z = models["ziplm_2x"]
-    zbest = min(z, key=lambda n: z[n]["b32_ms"])
-    zi = {n: c for n, c in models["ziplm_int8"].items() if c["method"] == "compresslab"}  # not NNCF's int8
-    zibest = min(zi, key=lambda n: zi[n]["b32_ms"])
     teacher = dense["torch_fp32"]["acc"]
     amx = "amx_int8" in (cpu_isa or [])  # the ISA the cells were timed on, as recorded beside them
     targets = {
@@ -316,18 +328,29 @@ def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | No
             "b32_ms": ours8[best8]["b32_ms"] if best8 else None, "nncf_b32_ms": peer["b32_ms"] if peer else None,
             "met": bool(best8 and peer and ours8[best8]["b32_ms"] <= peer["b32_ms"]),
             "our_int8_cells": {n: {"agreement": c["agreement"], "b32_ms": c["b32_ms"]} for n, c in models["int8"].items()}},
-        "ziplm_2x_within_1pt_at_1.8x_best_dense": {
+    }
+    not_run = {"met": None, "measured": False, "reason": "its pipeline was not part of this measurement (--only)"}
+    if "ziplm_2x" not in models:
+        targets["ziplm_2x_within_1pt_at_1.8x_best_dense"] = dict(not_run)
+    else:
+        z = models["ziplm_2x"]
+        zbest = min(z, key=lambda n: z[n]["b32_ms"])
+        targets["ziplm_2x_within_1pt_at_1.8x_best_dense"] = {
             "cell": f"ziplm_2x.{zbest}", "acc_drop_pt": 100 * (teacher - z[zbest]["acc"]),
             "b32_vs_best_dense": sp[f"ziplm_2x.{zbest}"]["b32_vs_best_dense"],
-            "met": bool(teacher - z[zbest]["acc"] <= 0.01 and sp[f"ziplm_2x.{zbest}"]["b32_vs_best_dense"] >= 1.8)},
-        "ziplm_int8_8x_ort_fp32": {
+            "met": bool(teacher - z[zbest]["acc"] <= 0.01 and sp[f"ziplm_2x.{zbest}"]["b32_vs_best_dense"] >= 1.8)}
+    if "ziplm_int8" not in models:
+        targets["ziplm_int8_8x_ort_fp32"] = dict(not_run)
+    else:
+        zi = {n: c for n, c in models["ziplm_int8"].items() if c["method"] == "compresslab"}  # not NNCF's int8
+        zibest = min(zi, key=lambda n: zi[n]["b32_ms"])
+        targets["ziplm_int8_8x_ort_fp32"] = {
             "cell": f"ziplm_int8.{zibest}", "b32_vs_ort_fp32": sp[f"ziplm_int8.{zibest}"]["b32_vs_ort_fp32"],
             "met": sp[f"ziplm_int8.{zibest}"]["b32_vs_ort_fp32"] >= 8.0,
             "all_cells_b32_vs_ort_fp32": {n: round(sp[f"ziplm_int8.{n}"]["b32_vs_ort_fp32"], 3)
                                           for n in models["ziplm_int8"]},
             "judged": amx, "note": ("the 8x target is set for AMX machines: judged here (amx_int8)" if amx else
-                                    "the 8x target is set for AMX machines; this one has no AMX (reported, not judged)")},
-    }
+                                    "the 8x target is set for AMX machines; this one has no AMX (reported, not judged)")}
     return {"best_dense": f"dense.{best}", "speedups": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in sp.items()},
             "targets": targets}
 
@@ -341,7 +364,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--only", nargs="*", choices=PIPELINES)
     ap.add_argument("--runs", type=int, default=30, help="timed rounds per shape (interleaved)")
     ap.add_argument("--rounds", type=int, default=3, help="real-length rounds over the dev batches")
+    ap.add_argument("--out", default=DEFAULT_OUT,
+                    help="results file (relative to the repo): e.g. benchmarks/results/backends_avx512_bf16.json for a "
+                         "CPU of another ISA class than the one backends.json was timed on")
     a = ap.parse_args(argv)
+    global RESULTS
+    RESULTS = ResultsFile(REPO / a.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.chdir(REPO)
     if a.what == "derive":

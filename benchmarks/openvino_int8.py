@@ -24,7 +24,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "openvino_int8.json"
 # name -> ours_int8_ir keyword arguments (None: NNCF PTQ)
 # ORT's static QDQ defaults (our recipe until 2026-12-04): attention MatMuls and every MatMul output quantized,
 # the residual Add reading the quantized LayerNorm output
-LEGACY = dict(attention_matmuls=True, matmul_outputs=True, float_residual=False)
+LEGACY = dict(attention_matmuls=True, matmul_outputs=True, float_residual=False, attention_scores=False)
+NO_SCORES = dict(attention_matmuls=False, matmul_outputs=False, float_residual=True, attention_scores=False)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "ours_minmax": dict(LEGACY, calibrate_method="minmax"),
     "ours_smooth_0.5": dict(LEGACY, calibrate_method="minmax", smooth_alpha=0.5),
@@ -41,13 +42,10 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "ours_no_outputs": dict(LEGACY, calibrate_method="minmax", matmul_outputs=False),
     "ours_no_outputs_float_residual": dict(LEGACY, calibrate_method="minmax", matmul_outputs=False,
                                            float_residual=True),
-    "ours_weights_only_no_outputs_float_residual": dict(calibrate_method="minmax", attention_matmuls=False,
-                                                        matmul_outputs=False, float_residual=True),
+    "ours_weights_only_no_outputs_float_residual": dict(NO_SCORES, calibrate_method="minmax"),
     "ours_weights_only_no_outputs_float_residual_ffn_out_fp32": dict(
-        calibrate_method="minmax", attention_matmuls=False, matmul_outputs=False, float_residual=True,
-        exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
-    **{f"ours_weights_only_no_outputs_float_residual_{k}": dict(
-        attention_matmuls=False, matmul_outputs=False, float_residual=True, **kw) for k, kw in (
+        NO_SCORES, calibrate_method="minmax", exclude_pattern=r"layer\.\d+/output/dense/MatMul"),
+    **{f"ours_weights_only_no_outputs_float_residual_{k}": dict(NO_SCORES, **kw) for k, kw in (
         ("smooth_0.5", dict(calibrate_method="minmax", smooth_alpha=0.5)),
         ("smooth_0.7", dict(calibrate_method="minmax", smooth_alpha=0.7)),
         ("smooth_0.8", dict(calibrate_method="minmax", smooth_alpha=0.8)),
@@ -55,7 +53,28 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         ("smooth_0.8_percentile", dict(calibrate_method="percentile", smooth_alpha=0.8)),
         ("smooth_0.95", dict(calibrate_method="minmax", smooth_alpha=0.95)),
         ("percentile", dict(calibrate_method="percentile")))},
+    # the recipe as ours_int8_ir's defaults now make it: the above plus Q.K^T in symmetric int8 before the
+    # head split (OpenVINO's int8 attention kernel); deploy.smooth_alpha's grid picks the strength
+    "ours_recipe": dict(calibrate_method="minmax"),
+    **{f"ours_recipe_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a))
+       for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
 }
+
+
+# deploy.smooth_alpha's default grid over the new recipe (conf/deploy/ort.yaml), in its order
+GRID = [f"ours_recipe_smooth_{a}" for a in ("0.5", "0.7", "0.8", "0.9", "0.95")]
+
+
+def grid_choice(variants: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """What ``deploy`` would ship from the default SmoothQuant grid: the highest validation agreement, a tie
+    keeping the earlier strength (``export.openvino_int8.ours_int8_ir_chosen``'s rule); None if a grid
+    variant was not run."""
+    if not all(g in variants and "validation_agreement" in variants[g] for g in GRID):
+        return None
+    best = max(GRID, key=lambda g: (variants[g]["validation_agreement"], -GRID.index(g)))
+    return {"variant": best, "rule": "deploy.smooth_alpha grid: the highest validation agreement, a tie keeps the "
+                                     "earlier strength", **{k: variants[best].get(k) for k in (
+                                         "validation_agreement", "dev_agreement", "dev_acc", "b32_ms", "b1_ms")}}
 
 
 def main(argv: list[str]) -> None:
@@ -129,6 +148,7 @@ def main(argv: list[str]) -> None:
     ours = {n: r for n, r in out["variants"].items() if r["method"] == "compresslab"}
     if ours:
         out["selected_ours"] = max(ours, key=lambda n: ours[n]["validation_agreement"])
+    out["deploy_grid_choice"] = grid_choice(out["variants"])
     if not a.no_timing:
         runners = {"ort_fp32": OrtRunner(rd / m["export"]["fp32"]["path"], 2),
                    "openvino_f32": OpenVinoRunner(plain, 2, "f32"),
@@ -140,6 +160,8 @@ def main(argv: list[str]) -> None:
             for b in (32, 1):
                 r[f"b{b}_ms"] = lat["results"][n][shape_key(b, 128)]["p50_ms"]
         out["timing_load"] = {"before": load0, "after": os.getloadavg()}
+        if out["deploy_grid_choice"]:  # with its timing
+            out["deploy_grid_choice"] = grid_choice(out["variants"])
     out["meta"] = {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(2),
                    "run_dir": str(rd), "command": "python benchmarks/openvino_int8.py " + " ".join(argv)}
     results.write(out)

@@ -66,7 +66,8 @@ def save_ir(model: Any, out_dir: Path, files_from: Path | None) -> Path:
 def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
                  calibrate_method: str = "minmax", attention_matmuls: bool = False,
                  exclude: Sequence[str] = (), smooth_alpha: float | None = None,
-                 matmul_outputs: bool = False, float_residual: bool = True) -> tuple[Path, dict[str, Any]]:
+                 matmul_outputs: bool = False, float_residual: bool = True,
+                 attention_scores: bool = True) -> tuple[Path, dict[str, Any]]:
     """Our static QDQ int8 of ``plain_onnx`` (MatMul inputs), converted to an IR in ``out_dir``.
 
     ``feeds``: calibration batches (dicts of (batch, seq) int arrays; extra keys are ignored).
@@ -78,32 +79,52 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     Add, the GELU, the softmax); False leaves outputs float (``OpTypesToExcludeOutputQuantization``).
     ``float_residual``: the ops that are not quantized (residual Add, LayerNorm) read the float tensor,
     not the uint8 grid the MatMuls read (:func:`~compresslab.export.qdq.float_path_for_unquantized`).
+    ``attention_scores``: quantize the inputs of attention's Q.K^T (not P.V) as symmetric int8, the
+    pair placed on the query/key projections before the head split
+    (:func:`~compresslab.export.qdq.hoist_qdq_above_layout_ops`): the form OpenVINO's CPU plugin runs
+    as an int8 attention kernel (NNCF writes it so too).
     Returns the IR path and the quantizer's metrics.
     Raises ValueError when OpenVINO cannot read it.
     """
     import openvino as ov
 
-    from compresslab.export.ort_quant import activation_matmuls, quantize_static_qdq
+    from onnxruntime.quantization import QuantType
+
+    from compresslab.export.ort_quant import activation_matmuls, attention_score_matmuls, quantize_static_qdq
 
     qdq = out_dir / "source_qdq.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    skip = [*exclude, *(() if attention_matmuls else activation_matmuls(plain_onnx))]
+    scores = [n for n in attention_score_matmuls(plain_onnx) if n not in exclude] if attention_scores else []
+    skip = [*exclude, *(() if attention_matmuls else
+                        (n for n in activation_matmuls(plain_onnx) if n not in scores))]
     src, smooth = plain_onnx, None
     if smooth_alpha is not None:
         from compresslab.export.smoothquant import smooth_onnx
 
         src = out_dir / "source_smoothed.onnx"
         smooth = smooth_onnx(plain_onnx, src, feeds, alpha=smooth_alpha)
+    extra: dict[str, Any] = {} if matmul_outputs else {"OpTypesToExcludeOutputQuantization": ["MatMul"]}
+    if scores:  # symmetric int8 for Q.K^T's two inputs (tensor names are the plain export's)
+        import onnx
+
+        names = {i for n in onnx.load(str(plain_onnx), load_external_data=False).graph.node if n.name in scores
+                 for i in n.input}
+        extra["TensorQuantOverrides"] = {t: [{"quant_type": QuantType.QInt8, "symmetric": True}] for t in sorted(names)}
     metrics = quantize_static_qdq(src, qdq, feeds, per_channel=True, op_types=["MatMul"],
                                   calibrate_method=calibrate_method, nodes_to_exclude=skip,
-                                  extra_options=None if matmul_outputs else {
-                                      "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+                                  extra_options=extra or None)
+    metrics.pop("extra_options", None)  # summarized below (the overrides hold QuantType objects)
     metrics["matmul_outputs"] = matmul_outputs
+    metrics["attention_scores"] = {"matmuls": len(scores)}
     if float_residual:
         from compresslab.export.qdq import float_path_for_unquantized
 
         metrics["float_residual_inputs"] = float_path_for_unquantized(qdq, ["MatMul"])
+    if scores:  # after the float path: the head split then reads the dequantized tensor on purpose
+        from compresslab.export.qdq import hoist_qdq_above_layout_ops
+
+        metrics["attention_scores"]["pairs_moved_before_head_split"] = hoist_qdq_above_layout_ops(qdq, scores)
     if smooth is not None:
         src.unlink()
         metrics["smoothquant"] = smooth

@@ -282,6 +282,22 @@ def activation_matmuls(path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
 
 
+def attention_score_matmuls(path: str | Path) -> list[str]:
+    """Of :func:`activation_matmuls`, attention's Q.K^T: those with no input computed from a Softmax
+    (through Cast / Identity / Dropout); the others are P.V."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def from_softmax(name: str) -> bool:
+        n = producer.get(name)
+        while n is not None and n.op_type in ("Cast", "Identity", "Dropout"):
+            n = producer.get(n.input[0])
+        return n is not None and n.op_type == "Softmax"
+
+    acts = set(activation_matmuls(path))
+    return [n.name for n in graph.node if n.name in acts and not any(from_softmax(i) for i in n.input)]
+
+
 def uniform_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """The same examples as one-example feeds of one shape: every (batch, seq) input right-padded with
     zeros to the longest seq (attention_mask 0, so the model ignores the added positions; the id is

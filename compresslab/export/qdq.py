@@ -240,4 +240,69 @@ def float_path_for_unquantized(path: str | Path, quantized_ops: Sequence[str] = 
     return moved
 
 
-__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "qdq_summary"]
+def _toposort(graph: Any) -> None:
+    """Reorder ``graph.node`` so every node follows the producers of its inputs (ONNX requires it)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    order, pending = [], list(graph.node)
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise ValueError(f"graph has a cycle or a dangling input at {rest[0].name!r}")
+        for n in done:
+            order.append(n)
+            ready.update(n.output)
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(order)
+
+
+def hoist_qdq_above_layout_ops(path: str | Path, matmuls: Sequence[str]) -> int:
+    """For each input of the named MatMul nodes that is ``x -> QuantizeLinear -> DequantizeLinear``, move
+    that pair above the chain of ``Reshape`` / ``Transpose`` nodes that made ``x`` (each output read by
+    the next op only); rewrites ``path`` atomically and returns how many pairs moved.
+
+    Exact for a per-tensor scale and zero point: quantization is elementwise, so it commutes with
+    reshapes and transposes. Why: for attention's Q.K^T, ORT puts the pair after the head split
+    (Reshape, Transpose); OpenVINO's CPU plugin only builds its int8 attention kernel when the
+    FakeQuantize sits on the projection's output, before the head split (as NNCF writes it).
+    Per-axis pairs are left where they are.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from compresslab.manifest import atomic_write_bytes
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers = _consumers(g)
+    moved = 0
+    for mm in [n for n in g.node if n.name in set(matmuls)]:
+        for idx, name in enumerate(mm.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or len(readers.get(dq.input[0], [])) != 1:
+                continue
+            if any(i in inits and numpy_helper.to_array(inits[i]).size != 1 for i in q.input[1:]):
+                continue  # per-axis: the axis would move with the transpose
+            x = top = q.input[0]
+            chain = []
+            while (src := producer.get(top)) is not None and src.op_type in ("Reshape", "Transpose") \
+                    and len(readers.get(top, [])) == 1:
+                chain.append(src)
+                top = src.input[0]
+            if not chain:
+                continue
+            q.input[0] = top  # quantize the projection's output ...
+            chain[-1].input[0] = dq.output[0]  # ... and split heads on the dequantized tensor
+            mm.input[idx] = x
+            moved += 1
+    if moved:
+        _toposort(g)
+        atomic_write_bytes(path, model.SerializeToString())
+    return moved
+
+
+__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "hoist_qdq_above_layout_ops", "qdq_summary"]

@@ -249,7 +249,7 @@ class DeploySettings:
     accuracy_control: bool = False
     max_drop: float = 0.01
     keep_fp32: tuple[str, ...] | None = None  # ours: module patterns (targets vocabulary) whose MatMuls stay fp32
-    smooth_alpha: tuple[float | None, ...] = (None,)  # ours: SmoothQuant strengths tried (None: none)
+    smooth_alpha: tuple[float | None, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)  # ours: SmoothQuant strengths (None: none)
 
     def __post_init__(self) -> None:
         check_choice(self.runtime, DEPLOY_RUNTIMES, "runtime")

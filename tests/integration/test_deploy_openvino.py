@@ -37,6 +37,11 @@ def test_int8_deployed_on_openvino_then_auto(tmp_path, data_root):
     assert choice["split"] == "validation" and set(choice["validation"]) == {"ours", "nncf"}
     assert ir["int8_method"] == max(("ours", "nncf"), key=lambda k: (choice["validation"][k]["agreement"], k == "ours"))
     assert any("steps/01_int8/model.onnx" in n and "MatMulInteger" in n for n in ir["candidates"]["ours"]["notes"])
+    # our recipe built one IR per SmoothQuant strength of deploy.smooth_alpha and kept the best on validation
+    sc = ir["candidates"]["ours"]["quantization"]["smooth_choice"]
+    assert sc["scored"] and sc["grid"] == [0.5, 0.7, 0.8, 0.9, 0.95] and sc["alpha"] in sc["grid"]
+    assert sc["scores"][f"alpha_{sc['alpha']:g}"] == max(sc["scores"].values())
+    assert not list((rd / "export").glob(".*smooth_grid"))  # the other builds are gone
     ir_dir = {"ours": "openvino", "nncf": "openvino_nncf"}[ir["int8_method"]]
     assert (dep["path"], dep["runtime"]) == (f"export/{ir_dir}/openvino_model.xml", "openvino")
     assert dep["method"] == ir["method"] and dep["label"].endswith("int8")

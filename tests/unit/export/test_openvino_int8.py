@@ -29,7 +29,7 @@ def test_ours_makes_an_int8_ir_in_optimum_layout_that_runs_our_qdq_math(exported
 
     calib, held = _feeds(make_batches(n=4, bs=8, seed=1)), _feeds(make_batches(n=3, bs=8, seed=2))
     plain = Path(exported_bert.unfused_path)
-    xml, metrics = ours_int8_ir(plain, tmp_path / "ours", calib)
+    xml, metrics = ours_int8_ir(plain, tmp_path / "ours", calib, attention_scores=False)
     assert xml.name == IR_NAME and _is_int8(xml) and _fq_count(xml) > 0
     for f in ("openvino_model.bin", "config.json", "tokenizer.json"):
         assert (tmp_path / "ours" / f).is_file(), f
@@ -110,7 +110,7 @@ def test_activation_matmuls_are_attentions_two_per_layer_and_can_stay_fp32(expor
     n_matmul = sum(n.op_type == "MatMul" for n in graph.node)
     calib = _feeds(make_batches(n=2, bs=8, seed=1))
     all_q, _ = ours_int8_ir(plain, tmp_path / "all", calib, attention_matmuls=True)
-    w_only, m = ours_int8_ir(plain, tmp_path / "w", calib)  # the default: weight MatMuls only
+    w_only, m = ours_int8_ir(plain, tmp_path / "w", calib, attention_scores=False)  # weight MatMuls only
     assert m["attention_matmuls"] is False and m["n_excluded"] == len(names) < n_matmul
     # each activation MatMul quantized adds at least one FakeQuantize per input (none are weights)
     assert _fq_count(all_q) - _fq_count(w_only) >= 2 * len(names)
@@ -166,11 +166,17 @@ def test_outputs_and_residual_options_leave_only_the_weight_matmul_inputs_on_the
     # ORT's static QDQ defaults (our recipe before), then the recipe's defaults
     old, m_old = ours_int8_ir(plain, tmp_path / "old", calib, attention_matmuls=True, matmul_outputs=True,
                               float_residual=False)
-    new, m_new = ours_int8_ir(plain, tmp_path / "new", calib)
+    new, m_new = ours_int8_ir(plain, tmp_path / "new", calib, attention_scores=False)
     srcs, dsts = _fq_edges(old)
     assert "MatMul" in srcs and "Add" in dsts  # ORT's defaults: MatMul outputs and the residual Add on the grid
     srcs, dsts = _fq_edges(new)
     assert dsts == {"MatMul"} and "MatMul" not in srcs, (srcs, dsts)
+    # the default adds Q.K^T: its pairs sit on the query/key projections' outputs, before the head split
+    dflt, m_dflt = ours_int8_ir(plain, tmp_path / "dflt", calib)
+    srcs, dsts = _fq_edges(dflt)
+    assert dsts == {"MatMul", "Reshape"}, (srcs, dsts)
+    assert m_dflt["attention_scores"] == {"matmuls": 2, "pairs_moved_before_head_split": 4}  # 2 layers x (Q, K)
+    assert m_dflt["n_excluded"] == 2  # P.V stays float
     assert m_new["matmul_outputs"] is False and m_new["float_residual_inputs"] > 0 and m_old["matmul_outputs"]
     assert "float_residual_inputs" not in m_old
     err = {}
@@ -182,3 +188,29 @@ def test_outputs_and_residual_options_leave_only_the_weight_matmul_inputs_on_the
                 ref = model(**{k: v for k, v in b.items() if k != "labels"})[0].numpy()
             err[name] = max(err[name], float(np.abs(runner.run(f) - ref).max()))
     assert err["new"] < err["old"], err  # fewer roundings on the way: closer to torch
+
+
+def test_smooth_grid_keeps_the_best_scored_ir_and_cleans_up(exported_bert, make_batches, tmp_path):
+    from compresslab.export.openvino_int8 import ours_int8_ir_chosen
+
+    plain, calib = Path(exported_bert.unfused_path), _feeds(make_batches(n=2, bs=8, seed=1))
+    seen: list[dict] = []
+
+    def score(irs: dict[str, Path]) -> dict[str, float]:
+        seen.append({k: v.is_file() for k, v in irs.items()})
+        return {"none": 0.5, "alpha_0.5": 0.9, "alpha_0.8": 0.9}  # a tie between 0.5 and 0.8: the earlier wins
+
+    out = tmp_path / "export" / "openvino"
+    xml, m = ours_int8_ir_chosen(plain, out, calib, [None, 0.5, 0.8], score)
+    assert seen == [{"none": True, "alpha_0.5": True, "alpha_0.8": True}]  # all built before scoring
+    assert xml == out / IR_NAME and xml.is_file() and _is_int8(xml)
+    assert m["smooth_choice"]["alpha"] == 0.5 and m["smooth_choice"]["scores"]["none"] == 0.5
+    assert m["smoothquant"]["alpha"] == 0.5  # the kept IR's own build record
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["openvino"]  # the losers are gone
+    one, m1 = ours_int8_ir_chosen(plain, tmp_path / "one", calib, [None], lambda irs: 1 / 0)  # never scored
+    assert one.is_file() and m1["smooth_choice"] == {"grid": [None], "alpha": None, "scored": False}
+    assert "smoothquant" not in m1
+    with pytest.raises(ValueError, match="empty"):
+        ours_int8_ir_chosen(plain, tmp_path / "e", calib, [], score)
+    with pytest.raises(ValueError, match="repeated"):
+        ours_int8_ir_chosen(plain, tmp_path / "r", calib, [0.5, 0.5], score)

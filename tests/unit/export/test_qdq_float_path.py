@@ -56,3 +56,43 @@ def test_listing_add_as_quantized_keeps_its_grid(tmp_path):
     p = tmp_path / "m.onnx"
     _graph(p)
     assert float_path_for_unquantized(p, ["MatMul", "Add"]) == 0
+
+
+def test_hoisting_the_pair_above_the_head_split_is_exact_and_only_moves_per_tensor_pairs(tmp_path):
+    """x (2, 6) -> Reshape (2, 2, 3) -> Transpose (2, 3, 2) -> Q/DQ -> MatMul with y (2, 2, 3): the pair moves
+    onto x; a per-axis pair on the other input stays."""
+    from compresslab.export.qdq import hoist_qdq_above_layout_ops
+
+    def build(per_axis: bool) -> onnx.ModelProto:
+        s = np.array([0.02, 0.03], np.float32) if per_axis else np.array(0.02, np.float32)
+        z = np.array([0, 0], np.int8) if per_axis else np.array(0, np.int8)
+        inits = [numpy_helper.from_array(np.array([2, 2, 3], np.int64), "shape"),
+                 numpy_helper.from_array(s, "s"), numpy_helper.from_array(z, "z")]
+        ax = [helper.make_attribute("axis", 0)] if per_axis else []
+        q = helper.make_node("QuantizeLinear", ["t", "s", "z"], ["t_q"], name="q")
+        dq = helper.make_node("DequantizeLinear", ["t_q", "s", "z"], ["t_dq"], name="dq")
+        q.attribute.extend(ax)
+        dq.attribute.extend(ax)
+        nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+                 helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1], name="transpose"), q, dq,
+                 helper.make_node("MatMul", ["t_dq", "y"], ["out"], name="scores")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                                           helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.normal(size=(2, 6)).astype(np.float32), "y": rng.normal(size=(2, 2, 3)).astype(np.float32)}
+    p = tmp_path / "m.onnx"
+    onnx.save(build(False), str(p))
+    before = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert hoist_qdq_above_layout_ops(p, ["scores"]) == 1
+    g = onnx.load(str(p)).graph
+    nodes = {n.name: n for n in g.node}
+    assert nodes["q"].input[0] == "x" and nodes["reshape"].input[0] == "t_dq" and nodes["scores"].input[0] == "t"
+    assert [n.name for n in g.node].index("q") < [n.name for n in g.node].index("reshape")  # sorted again
+    after = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(after, before)  # elementwise per-tensor quantization commutes with the layout
+    assert hoist_qdq_above_layout_ops(p, ["scores"]) == 0  # nothing left to move
+    onnx.save(build(True), str(p))
+    assert hoist_qdq_above_layout_ops(p, ["scores"]) == 0  # a per-axis pair would change meaning: stays

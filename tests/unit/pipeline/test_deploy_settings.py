@@ -15,6 +15,9 @@ def _settings(*extra: str) -> RunSettings:
 
 def test_default_is_ort_and_every_option_composes():
     assert _settings().deploy == default_deploy() == DeploySettings(runtime="ort", precision="default", tolerance=0.005)
+    assert _settings("deploy.smooth_alpha=null").deploy.smooth_alpha == (None,)
+    assert _settings("deploy.smooth_alpha=0.8").deploy.smooth_alpha == (0.8,)
+    assert _settings("deploy.smooth_alpha=[null,0.5]").deploy.smooth_alpha == (None, 0.5)
     pytest.importorskip("openvino")
     assert _settings("deploy=openvino").deploy.runtime == "openvino"
     auto = _settings("deploy=auto", "deploy.tolerance=0.01").deploy
@@ -34,6 +37,10 @@ def test_default_is_ort_and_every_option_composes():
     ("deploy.accuracy_control=maybe", r"accuracy_control: true or false"),
     ("deploy.keep_fp32=ffn_out", r"keep_fp32 must be a list"),
     ("deploy.keep_fp32=[ffn_out]", r"keep_fp32 applies to our OpenVINO int8 recipe .*runtime='ort'"),
+    ("deploy.smooth_alpha=[]", r"smooth_alpha: an empty list"),
+    ("deploy.smooth_alpha=[0.5,0]", r"smooth_alpha: each entry is a SmoothQuant strength in \(0, 1\] or null, got 0"),
+    ("deploy.smooth_alpha=1.5", r"smooth_alpha: each entry"),
+    ("deploy.smooth_alpha=[0.5,0.5]", r"smooth_alpha: 0.5 is listed twice"),
 ])
 def test_bad_deploy_settings_are_refused_at_start(override, match):
     with pytest.raises(SettingsError, match=f"deploy: {match}"):
