@@ -87,8 +87,11 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     Raises ValueError when OpenVINO cannot read it.
     """
     import openvino as ov
-
     from onnxruntime.quantization import QuantType
+
+    if matmul_outputs and float_residual:  # the float path would move the bias Add off each output pair
+        raise ValueError("matmul_outputs=True with float_residual=True: the unquantized readers of a quantized "
+                         "MatMul output would be moved to the float tensor, undoing the output quantization")
 
     from compresslab.export.ort_quant import activation_matmuls, attention_score_matmuls, quantize_static_qdq
 
@@ -114,7 +117,6 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     metrics = quantize_static_qdq(src, qdq, feeds, per_channel=True, op_types=["MatMul"],
                                   calibrate_method=calibrate_method, nodes_to_exclude=skip,
                                   extra_options=extra or None)
-    metrics.pop("extra_options", None)  # summarized below (the overrides hold QuantType objects)
     metrics["matmul_outputs"] = matmul_outputs
     metrics["attention_scores"] = {"matmuls": len(scores)}
     if float_residual:
@@ -122,9 +124,17 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
 
         metrics["float_residual_inputs"] = float_path_for_unquantized(qdq, ["MatMul"])
     if scores:  # after the float path: the head split then reads the dequantized tensor on purpose
-        from compresslab.export.qdq import hoist_qdq_above_layout_ops
+        from compresslab.export.qdq import hoist_qdq_above_layout_ops, symmetric_int8_inputs
 
-        metrics["attention_scores"]["pairs_moved_before_head_split"] = hoist_qdq_above_layout_ops(qdq, scores)
+        want = 2 * len(scores)
+        sym = symmetric_int8_inputs(qdq, scores)  # ORT ignores override names it cannot find: check
+        moved = hoist_qdq_above_layout_ops(qdq, scores)
+        metrics["attention_scores"].update(symmetric_int8_inputs=sym, pairs_moved_before_head_split=moved)
+        if sym != want or moved != want:
+            note = (f"of {want} Q.K^T inputs, {sym} got symmetric int8 and {moved} pairs moved before the head "
+                    "split: OpenVINO may not run its int8 attention kernel on this graph")
+            metrics["attention_scores"]["note"] = note
+            log.warning("our int8 IR: %s", note)
     if smooth is not None:
         src.unlink()
         metrics["smoothquant"] = smooth
@@ -166,22 +176,33 @@ def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping
         raise ValueError(f"smooth_alphas has a repeated entry: {grid}")
     work = out_dir.parent / f".{out_dir.name}.smooth_grid"
     shutil.rmtree(work, ignore_errors=True)
-    built: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for a in grid:
-        built[label[a]] = ours_int8_ir(plain_onnx, work / label[a], feeds, smooth_alpha=a, **kw)
-    scores = score({k: xml for k, (xml, _) in built.items()})
-    best = max(grid, key=lambda a: (scores[label[a]], -grid.index(a)))
-    xml, metrics = built[label[best]]
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    xml.parent.replace(out_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    try:  # a failed build or score leaves nothing behind, and out_dir as it was
+        built: dict[str, tuple[Path, dict[str, Any]]] = {}
+        for a in grid:
+            built[label[a]] = ours_int8_ir(plain_onnx, work / label[a], feeds, smooth_alpha=a, **kw)
+        try:
+            raw = score({k: xml for k, (xml, _) in built.items()})
+        except Exception as e:  # an IR OpenVINO cannot compile, a scorer's own failure: the caller's ValueError
+            raise ValueError(f"scoring the SmoothQuant grid failed: {type(e).__name__}: {str(e)[:300]}") from e
+        scores = {k: float(v) if v is not None and np.isfinite(v) else float("-inf")
+                  for k, v in ((k, raw.get(k)) for k in label.values())}  # missing or NaN: never chosen
+        best = max(grid, key=lambda a: (scores[label[a]], -grid.index(a)))
+        xml, metrics = built[label[best]]
+        old = out_dir.parent / f".{out_dir.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():
+            out_dir.replace(old)  # the previous IR moves aside first, then goes
+        xml.parent.replace(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     metrics["smooth_choice"] = {"grid": grid, "alpha": best, "scored": True,
-                                "scores": {label[a]: scores[label[a]] for a in grid},
+                                "scores": {label[a]: scores[label[a]] if np.isfinite(scores[label[a]]) else None
+                                           for a in grid},
                                 "rule": "the highest score (validation agreement with the teacher); a tie keeps "
                                         "the earlier grid entry"}
     log.info("our int8 IR: SmoothQuant %s chosen (%s)", label[best],
-             {k: round(v, 4) for k, v in metrics["smooth_choice"]["scores"].items()})
+             {k: v if v is None else round(v, 4) for k, v in metrics["smooth_choice"]["scores"].items()})
     return out_dir / IR_NAME, metrics
 
 

@@ -269,7 +269,8 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                     per_channel=per_channel, reduce_range=reduce_range,
                     calibrate_method=CalibrateMethod(calibrate_method).value, n_calibration_batches=len(feeds),
                     n_calibration_examples=sum(len(f["input_ids"]) for f in feeds if "input_ids" in f),
-                    shape_inference=shape_inference, **({"extra_options": dict(extra_options)} if extra_options else {}))
+                    shape_inference=shape_inference,
+                    **({"extra_options": json.loads(json.dumps(dict(extra_options), default=str))} if extra_options else {}))
 
 
 def activation_matmuls(path: str | Path) -> list[str]:
@@ -283,19 +284,25 @@ def activation_matmuls(path: str | Path) -> list[str]:
 
 
 def attention_score_matmuls(path: str | Path) -> list[str]:
-    """Of :func:`activation_matmuls`, attention's Q.K^T: those with no input computed from a Softmax
-    (through Cast / Identity / Dropout); the others are P.V."""
+    """Of :func:`activation_matmuls`, attention's Q.K^T: those whose output reaches a Softmax through the
+    score's elementwise ops (scale, mask: Mul, Div, Add, Sub, Where, Cast, Identity), at most 6 ops on.
+    P.V (an input from the Softmax) and anything else stay out."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    between = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Identity"}
 
-    def from_softmax(name: str) -> bool:
-        n = producer.get(name)
-        while n is not None and n.op_type in ("Cast", "Identity", "Dropout"):
-            n = producer.get(n.input[0])
-        return n is not None and n.op_type == "Softmax"
+    def reaches_softmax(tensor: str, depth: int = 6) -> bool:
+        for n in readers.get(tensor, []):
+            if n.op_type == "Softmax" or (depth > 0 and n.op_type in between
+                                          and any(reaches_softmax(o, depth - 1) for o in n.output)):
+                return True
+        return False
 
     acts = set(activation_matmuls(path))
-    return [n.name for n in graph.node if n.name in acts and not any(from_softmax(i) for i in n.input)]
+    return [n.name for n in graph.node if n.name in acts and reaches_softmax(n.output[0])]
 
 
 def uniform_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

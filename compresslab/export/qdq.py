@@ -240,6 +240,26 @@ def float_path_for_unquantized(path: str | Path, quantized_ops: Sequence[str] = 
     return moved
 
 
+def symmetric_int8_inputs(path: str | Path, matmuls: Sequence[str]) -> int:
+    """How many inputs of the named MatMul nodes come straight from a DequantizeLinear with an int8 zero point
+    of 0 (symmetric int8): the check that a requested per-tensor override really took effect."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    n = 0
+    for mm in (m for m in g.node if m.name in set(matmuls)):
+        for name in mm.input:
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in inits:
+                continue
+            zp = numpy_helper.to_array(inits[dq.input[2]])
+            n += int(zp.dtype == np.int8 and not np.any(zp))
+    return n
+
+
 def _toposort(graph: Any) -> None:
     """Reorder ``graph.node`` so every node follows the producers of its inputs (ONNX requires it)."""
     ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
@@ -266,7 +286,8 @@ def hoist_qdq_above_layout_ops(path: str | Path, matmuls: Sequence[str]) -> int:
     reshapes and transposes. Why: for attention's Q.K^T, ORT puts the pair after the head split
     (Reshape, Transpose); OpenVINO's CPU plugin only builds its int8 attention kernel when the
     FakeQuantize sits on the projection's output, before the head split (as NNCF writes it).
-    Per-axis pairs are left where they are.
+    Left where they are: per-axis pairs, pairs whose scale or zero point is not an initializer, a pair
+    whose DequantizeLinear output another node also reads, and chains with a graph output on them.
     """
     import onnx
     from onnx import numpy_helper
@@ -278,19 +299,24 @@ def hoist_qdq_above_layout_ops(path: str | Path, matmuls: Sequence[str]) -> int:
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     readers = _consumers(g)
+    outputs = {o.name for o in g.output}
+
+    def per_tensor(node: Any) -> bool:  # scale and zero point: scalar initializers
+        return all(i in inits and numpy_helper.to_array(inits[i]).size == 1 for i in node.input[1:3] if i)
+
     moved = 0
     for mm in [n for n in g.node if n.name in set(matmuls)]:
         for idx, name in enumerate(mm.input):
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is None or q.op_type != "QuantizeLinear" or len(readers.get(dq.input[0], [])) != 1:
+            if (q is None or q.op_type != "QuantizeLinear" or readers.get(dq.input[0], []) != [dq]
+                    or readers.get(name, []) != [mm] or not per_tensor(q) or not per_tensor(dq)
+                    or {name, dq.input[0]} & outputs):
                 continue
-            if any(i in inits and numpy_helper.to_array(inits[i]).size != 1 for i in q.input[1:]):
-                continue  # per-axis: the axis would move with the transpose
             x = top = q.input[0]
             chain = []
             while (src := producer.get(top)) is not None and src.op_type in ("Reshape", "Transpose") \
-                    and len(readers.get(top, [])) == 1:
+                    and len(readers.get(top, [])) == 1 and top not in outputs:
                 chain.append(src)
                 top = src.input[0]
             if not chain:
@@ -305,4 +331,5 @@ def hoist_qdq_above_layout_ops(path: str | Path, matmuls: Sequence[str]) -> int:
     return moved
 
 
-__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "hoist_qdq_above_layout_ops", "qdq_summary"]
+__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "hoist_qdq_above_layout_ops", "qdq_summary",
+           "symmetric_int8_inputs"]

@@ -69,10 +69,25 @@ def _without_default(node: Any, key: str, value: Any) -> Any:
     return node
 
 
+def _smooth_identity(deploy: Any) -> Any:
+    """``deploy.smooth_alpha`` (added 2026-12-04) as a list (``0.8`` and ``[0.8]`` are one setting), and left
+    out at its default grid so earlier runs keep their hashes; ``null`` (no smoothing) is a value of its own."""
+    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
+
+    if not isinstance(deploy, dict) or "smooth_alpha" not in deploy:
+        return deploy
+    v = deploy["smooth_alpha"]
+    grid = list(v) if isinstance(v, (list, tuple)) else [v]
+    rest = {k: x for k, x in deploy.items() if k != "smooth_alpha"}
+    return rest if grid == list(DEFAULT_SMOOTH_GRID) else {**rest, "smooth_alpha": grid}
+
+
 def config_identity(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     out = {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
+    if "deploy" in out:
+        out["deploy"] = _smooth_identity(out["deploy"])
     for (group, key), value in _ADDED_DEFAULTS.items():
         if group in out:
             out[group] = _without_default(out[group], key, value)

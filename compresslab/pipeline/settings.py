@@ -31,6 +31,8 @@ BACKENDS = ("ort", "openvino", "torch")
 OPENVINO_PRECISIONS = ("default", "f32", "bf16")
 DEPLOY_RUNTIMES = ("ort", "openvino", "auto")
 DEPLOY_INT8 = ("ours", "nncf", "auto")
+# deploy.smooth_alpha's default (conf/deploy/ort.yaml): SmoothQuant strengths our OpenVINO int8 recipe tries
+DEFAULT_SMOOTH_GRID: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
 # The lowest ONNX opset every pipeline can use: static int8 with per-channel weights needs
 # QuantizeLinear's ``axis`` (opset 13: at 11 and 12 ORT's quantizer writes a graph ORT then refuses to
 # load), and RoBERTa's position ids need CumSum (11). Measured on tiny bert, roberta and distilbert.
@@ -249,7 +251,7 @@ class DeploySettings:
     accuracy_control: bool = False
     max_drop: float = 0.01
     keep_fp32: tuple[str, ...] | None = None  # ours: module patterns (targets vocabulary) whose MatMuls stay fp32
-    smooth_alpha: tuple[float | None, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)  # ours: SmoothQuant strengths (None: none)
+    smooth_alpha: tuple[float | None, ...] = DEFAULT_SMOOTH_GRID  # ours: SmoothQuant strengths (None: none)
 
     def __post_init__(self) -> None:
         check_choice(self.runtime, DEPLOY_RUNTIMES, "runtime")
@@ -301,7 +303,7 @@ def _smooth_grid(value: Any) -> tuple[float | None, ...]:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
             raise ValueError(f"smooth_alpha: each entry is a SmoothQuant strength in (0, 1] or null, got {v!r}")
         v = None if v is None else float(v)
-        if v in out:
+        if v in out or (v is not None and f"{v:g}" in {f"{x:g}" for x in out if x is not None}):
             raise ValueError(f"smooth_alpha: {v} is listed twice in {grid}")
         out.append(v)
     return tuple(out)

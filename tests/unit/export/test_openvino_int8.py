@@ -175,7 +175,8 @@ def test_outputs_and_residual_options_leave_only_the_weight_matmul_inputs_on_the
     dflt, m_dflt = ours_int8_ir(plain, tmp_path / "dflt", calib)
     srcs, dsts = _fq_edges(dflt)
     assert dsts == {"MatMul", "Reshape"}, (srcs, dsts)
-    assert m_dflt["attention_scores"] == {"matmuls": 2, "pairs_moved_before_head_split": 4}  # 2 layers x (Q, K)
+    # 2 layers x (Q, K): every override took (symmetric int8) and every pair moved
+    assert m_dflt["attention_scores"] == {"matmuls": 2, "symmetric_int8_inputs": 4, "pairs_moved_before_head_split": 4}
     assert m_dflt["n_excluded"] == 2  # P.V stays float
     assert m_new["matmul_outputs"] is False and m_new["float_residual_inputs"] > 0 and m_old["matmul_outputs"]
     assert "float_residual_inputs" not in m_old
@@ -214,3 +215,29 @@ def test_smooth_grid_keeps_the_best_scored_ir_and_cleans_up(exported_bert, make_
         ours_int8_ir_chosen(plain, tmp_path / "e", calib, [], score)
     with pytest.raises(ValueError, match="repeated"):
         ours_int8_ir_chosen(plain, tmp_path / "r", calib, [0.5, 0.5], score)
+
+
+def test_smooth_grid_failure_leaves_nothing_and_a_nan_score_is_never_chosen(exported_bert, make_batches, tmp_path):
+    from compresslab.export.openvino_int8 import ours_int8_ir_chosen
+
+    plain, calib = Path(exported_bert.unfused_path), _feeds(make_batches(n=2, bs=8, seed=1))
+    out = tmp_path / "export" / "openvino"
+    out.mkdir(parents=True)
+    (out / "previous.txt").write_text("an earlier IR")
+
+    def broken(irs):
+        raise RuntimeError("compile failed")
+
+    with pytest.raises(ValueError, match="scoring the SmoothQuant grid failed: RuntimeError: compile failed"):
+        ours_int8_ir_chosen(plain, out, calib, [None, 0.5], broken)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["openvino"]  # no grid dir left
+    assert (out / "previous.txt").is_file()  # what was there stays
+    xml, m = ours_int8_ir_chosen(plain, out, calib, [None, 0.5], lambda irs: {"none": float("nan"), "alpha_0.5": 0.1})
+    assert m["smooth_choice"]["alpha"] == 0.5 and m["smooth_choice"]["scores"]["none"] is None
+    assert not (out / "previous.txt").exists() and xml.is_file()  # replaced whole
+
+
+def test_refuses_output_quantization_with_the_float_residual_path(exported_bert, make_batches, tmp_path):
+    with pytest.raises(ValueError, match="matmul_outputs=True with float_residual=True"):
+        ours_int8_ir(Path(exported_bert.unfused_path), tmp_path / "x", _feeds(make_batches(n=1, bs=4)),
+                     matmul_outputs=True, float_residual=True)

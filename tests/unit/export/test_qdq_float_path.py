@@ -96,3 +96,21 @@ def test_hoisting_the_pair_above_the_head_split_is_exact_and_only_moves_per_tens
     assert hoist_qdq_above_layout_ops(p, ["scores"]) == 0  # nothing left to move
     onnx.save(build(True), str(p))
     assert hoist_qdq_above_layout_ops(p, ["scores"]) == 0  # a per-axis pair would change meaning: stays
+    m = build(False)  # another reader of the pair's output: it must keep reading the transposed tensor
+    m.graph.node.append(helper.make_node("Identity", ["t_dq"], ["also"], name="also"))
+    m.graph.output.append(helper.make_tensor_value_info("also", TensorProto.FLOAT, None))
+    onnx.save(m, str(p))
+    assert hoist_qdq_above_layout_ops(p, ["scores"]) == 0
+    m = build(False)  # a graph output on the chain: its value must not change
+    m.graph.output.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, None))
+    onnx.save(m, str(p))
+    assert hoist_qdq_above_layout_ops(p, ["scores"]) == 0
+    m = build(False)  # the head split's first output read elsewhere too: the pair moves above the Transpose only
+    m.graph.node.append(helper.make_node("Identity", ["r"], ["also"], name="also"))
+    m.graph.output.append(helper.make_tensor_value_info("also", TensorProto.FLOAT, None))
+    onnx.save(m, str(p))
+    assert hoist_qdq_above_layout_ops(p, ["scores"]) == 1
+    nodes = {n.name: n for n in onnx.load(str(p)).graph.node}
+    assert nodes["q"].input[0] == "r" and nodes["transpose"].input[0] == "t_dq" and nodes["also"].input[0] == "r"
+    out = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)
+    np.testing.assert_array_equal(out[0], before)

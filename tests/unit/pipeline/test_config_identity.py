@@ -43,3 +43,15 @@ def test_int8_activations_at_its_default_keeps_the_hash_runs_had_before_the_key(
     per_token = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.activations=per_token"])
     assert config_hash(per_token) != config_hash(cfg)
     assert config_identity(per_token)["pipeline"]["passes"]["int8"]["activations"] == "per_token"
+
+
+def test_deploy_smooth_alpha_at_its_default_grid_keeps_the_hash_and_other_values_do_not() -> None:
+    cfg = compose(["+pipeline=int8"])
+    assert list(cfg.deploy.smooth_alpha) == [0.5, 0.7, 0.8, 0.9, 0.95]
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["deploy"]["smooth_alpha"]  # the config as composed before deploy.smooth_alpha existed
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    none = compose(["+pipeline=int8", "deploy.smooth_alpha=null"])  # no smoothing: a setting of its own
+    one, one_list = (compose(["+pipeline=int8", f"deploy.smooth_alpha={v}"]) for v in ("0.8", "[0.8]"))
+    assert len({config_hash(cfg), config_hash(none), config_hash(one)}) == 3
+    assert config_hash(one) == config_hash(one_list) and config_identity(one)["deploy"]["smooth_alpha"] == [0.8]
