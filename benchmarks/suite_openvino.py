@@ -11,7 +11,10 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
 * ORT dynamic int8: our static QDQ calibration of the run's plain fp32 export, on the suite's calibration
   examples (``deploy.int8=ours``; the IR is its own artifact, scored and timed as such), with the MatMuls of
   the Linear modules ``keep_fp32`` selects (suite.yaml ``openvino_keep_fp32``; ``deploy.keep_fp32``'s
-  vocabulary, e.g. ``ffn_out``) left in fp32, as ``deploy.keep_fp32`` does;
+  vocabulary, e.g. ``ffn_out``) left in fp32, as ``deploy.keep_fp32`` does. It takes ``ours_int8_ir``'s
+  recipe defaults (since 2026-12-04: Q.K^T int8 before the head split, float MatMul outputs and residual
+  path) WITHOUT deploy's SmoothQuant grid, and cells built before that date keep the older recipe (the cell
+  key has no recipe field): rebuild the suite's ``*_openvino`` cells before comparing them with deploy's IRs;
 * anything else OpenVINO cannot read (MatMulNBits): the cell's error says so, exactly.
 
 Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the

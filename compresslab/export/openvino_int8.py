@@ -3,15 +3,17 @@
 Two ways to turn a model into an int8 IR for OpenVINO's CPU plugin (issue 9, "int8 for OpenVINO"):
 
 - ``ours``: ONNX Runtime's static QDQ quantization of the *plain* export (the inputs of the weight
-  MatMuls only, per-channel symmetric int8 weights, uint8 activations calibrated on train examples),
-  optionally after SmoothQuant, converted by ``openvino.convert_model``: OpenVINO folds each
+  MatMuls: per-channel symmetric int8 weights, uint8 activations calibrated on train examples; the
+  inputs of attention's Q.K^T: symmetric int8), after SmoothQuant at a strength chosen on validation
+  (:func:`ours_int8_ir_chosen`), converted by ``openvino.convert_model``: OpenVINO folds each
   QuantizeLinear/DequantizeLinear pair into a FakeQuantize and runs the MatMul with int8 kernels.
-  Three of ORT's defaults are undone because they cost accuracy or speed on OpenVINO (measured in
+  Four of ORT's defaults are undone because they cost accuracy or speed on OpenVINO (measured in
   ``benchmarks/results/openvino_int8.json``): MatMul *outputs* are not quantized (ORT puts a pair
-  before each bias Add, GELU and softmax), the residual Add and LayerNorm read the float tensor, not
-  the grid the MatMuls read, and attention's activation x activation MatMuls (Q.K^T, P.V) stay
-  float (quantized as ORT writes them they make OpenVINO slower, not faster). The every-op variant
-  is avoided on purpose: it also quantizes the attention-mask Add, whose range spans float min.
+  before each bias Add, GELU and softmax); the residual Add and LayerNorm read the float tensor, not
+  the grid the MatMuls read; Q.K^T's pairs sit on the query/key projections before the head split
+  (after it, as ORT writes them, OpenVINO does not build its int8 attention kernel and runs slower);
+  P.V stays float. The every-op variant is avoided on purpose: it also quantizes the attention-mask
+  Add, whose range spans float min.
 - ``nncf``: ``nncf.quantize(model_type=TRANSFORMER)`` on the IR converted from the same plain
   export (SmoothQuant + fast bias correction; NNCF's ignored patterns for attention), or
   ``nncf.quantize_with_accuracy_control`` when a validation set and ``max_drop`` are given (layers
@@ -72,8 +74,8 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
 
     ``feeds``: calibration batches (dicts of (batch, seq) int arrays; extra keys are ignored).
     ``calibrate_method``: minmax | entropy | percentile (ORT's calibrators).
-    ``attention_matmuls``: also quantize attention's activation x activation MatMuls (Q.K^T, P.V);
-    False (the default) keeps them fp32 (weight MatMuls only). ``exclude``: more node names kept fp32.
+    ``attention_matmuls``: also quantize attention's activation x activation MatMuls (Q.K^T, P.V) as
+    ORT writes them (uint8, after the head split); False (the default) leaves that to ``attention_scores``. ``exclude``: more node names kept fp32.
     ``smooth_alpha``: SmoothQuant (``export/smoothquant.py``) with this migration strength first.
     ``matmul_outputs``: ORT's quantizer also puts a QDQ pair on every MatMul's output (before the bias
     Add, the GELU, the softmax); False leaves outputs float (``OpTypesToExcludeOutputQuantization``).
@@ -145,7 +147,8 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
         raise ValueError(f"OpenVINO cannot convert our QDQ graph {qdq.name}: {str(e)[:300]}") from e
     xml = save_ir(model, out_dir, plain_onnx.parent)
     qdq.unlink()  # the IR is the artifact; the QDQ ONNX is rebuilt by the same call if needed
-    metrics.update(method="ours", scheme="static QDQ MatMul inputs, per-channel int8 weights, uint8 activations",
+    metrics.update(method="ours", scheme=("static QDQ MatMul inputs, per-channel int8 weights, uint8 activations"
+                           + (", Q.K^T symmetric int8 before the head split" if scores else "")),
                    quantize_s=round(time.perf_counter() - t0, 2))
     return xml, metrics
 

@@ -134,7 +134,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
 
     ``ours``: the pipeline's own QDQ graph converted as is; when that graph is ORT-only (dynamic
     MatMulInteger), our static QDQ calibration of the final model's plain fp32 export
-    (``deploy.calibration_examples`` train examples) -> ``export/openvino/``.
+    (``deploy.calibration_examples`` train examples), one IR per ``deploy.smooth_alpha`` strength, the
+    highest validation agreement kept -> ``export/openvino/``.
     ``nncf``: NNCF PTQ of the same plain export on the same calibration examples (accuracy control
     with ``deploy.accuracy_control``) -> ``export/openvino_nncf/``; ``method: "peer"``.
     ``auto``: both; the higher VALIDATION agreement with the teacher wins, a tie keeps ours.
