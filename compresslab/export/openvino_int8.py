@@ -162,7 +162,9 @@ def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping
     A tie keeps the earlier entry. With one entry nothing is scored.
 
     Returns the IR path and the chosen build's metrics, with ``smooth_choice``: the grid, each
-    entry's score and the chosen ``alpha``. Raises ValueError for an empty grid, or what
+    entry's score and the chosen ``alpha``. Every entry is built in a scratch folder beside ``out_dir``
+    that is deleted whatever happens; ``out_dir`` is replaced whole only once an IR is chosen.
+    Raises ValueError for an empty grid, a failed scoring, no entry with a finite score, or what
     :func:`ours_int8_ir` raises.
     """
     import shutil
@@ -170,25 +172,26 @@ def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping
     grid = list(smooth_alphas)
     if not grid:
         raise ValueError("smooth_alphas is empty: give at least one strength (or None for no SmoothQuant)")
-    if len(grid) == 1:
-        xml, metrics = ours_int8_ir(plain_onnx, out_dir, feeds, smooth_alpha=grid[0], **kw)
-        metrics["smooth_choice"] = {"grid": grid, "alpha": grid[0], "scored": False}
-        return xml, metrics
     label = {a: "none" if a is None else f"alpha_{a:g}" for a in grid}
     if len(set(label.values())) != len(grid):
-        raise ValueError(f"smooth_alphas has a repeated entry: {grid}")
+        raise ValueError(f"smooth_alphas has a repeated entry (equal at 6 significant digits): {grid}")
     work = out_dir.parent / f".{out_dir.name}.smooth_grid"
     shutil.rmtree(work, ignore_errors=True)
     try:  # a failed build or score leaves nothing behind, and out_dir as it was
         built: dict[str, tuple[Path, dict[str, Any]]] = {}
         for a in grid:
             built[label[a]] = ours_int8_ir(plain_onnx, work / label[a], feeds, smooth_alpha=a, **kw)
-        try:
-            raw = score({k: xml for k, (xml, _) in built.items()})
-        except Exception as e:  # an IR OpenVINO cannot compile, a scorer's own failure: the caller's ValueError
-            raise ValueError(f"scoring the SmoothQuant grid failed: {type(e).__name__}: {str(e)[:300]}") from e
-        scores = {k: float(v) if v is not None and np.isfinite(v) else float("-inf")
-                  for k, v in ((k, raw.get(k)) for k in label.values())}  # missing or NaN: never chosen
+        if len(grid) == 1:  # nothing to choose: no scoring
+            scores = {label[grid[0]]: float("nan")}
+        else:
+            try:
+                raw = score({k: xml for k, (xml, _) in built.items()})
+            except Exception as e:  # an IR OpenVINO cannot compile, a scorer's own failure: the caller's ValueError
+                raise ValueError(f"scoring the SmoothQuant grid failed: {type(e).__name__}: {str(e)[:300]}") from e
+            scores = {k: float(v) if v is not None and np.isfinite(v) else float("-inf")
+                      for k, v in ((k, raw.get(k)) for k in label.values())}  # missing or NaN: never chosen
+            if not any(np.isfinite(v) for v in scores.values()):
+                raise ValueError(f"no SmoothQuant grid entry got a finite score: {raw}")
         best = max(grid, key=lambda a: (scores[label[a]], -grid.index(a)))
         xml, metrics = built[label[best]]
         old = out_dir.parent / f".{out_dir.name}.replaced"
@@ -199,6 +202,9 @@ def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if len(grid) == 1:
+        metrics["smooth_choice"] = {"grid": grid, "alpha": best, "scored": False}
+        return out_dir / IR_NAME, metrics
     metrics["smooth_choice"] = {"grid": grid, "alpha": best, "scored": True,
                                 "scores": {label[a]: scores[label[a]] if np.isfinite(scores[label[a]]) else None
                                            for a in grid},

@@ -166,6 +166,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         if not bad:  # the pipeline's own QDQ graph (our calibration in its int8 pass)
             cands["ours"] = _converted(state, own, run_dir / "export" / IR_DIR, run_dir, threads, [])
             cands["ours"]["quantization"] = {"method": "ours", "by": "the pipeline's int8 pass"}
+            cands["ours"]["notes"].append("the pipeline's own QDQ graph, converted as it is: our OpenVINO int8 "
+                                          "recipe and deploy.smooth_alpha do not apply to it")
         else:
             rec: dict[str, Any] = {"source": _rel(plain, run_dir), "int8": True, "notes": [
                 f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): our static QDQ "
@@ -178,6 +180,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
                     plain, run_dir / "export" / IR_DIR, calibration(), d.smooth_alpha,
                     lambda irs: {k: v[key] for k, v in validation.agreement(irs, threads).items()}, exclude=keep)
                 rec["quantization"]["keep_fp32"] = {"patterns": list(d.keep_fp32 or ()), "matmuls": keep}
+                if note := rec["quantization"].get("attention_scores", {}).get("note"):
+                    rec["notes"].append(note)  # a Q.K^T shortfall, where a reader of the notes sees it
             except ValueError as e:
                 rec["error"] = str(e)
             else:

@@ -77,7 +77,8 @@ def _smooth_identity(deploy: Any) -> Any:
     if not isinstance(deploy, dict) or "smooth_alpha" not in deploy:
         return deploy
     v = deploy["smooth_alpha"]
-    grid = list(v) if isinstance(v, (list, tuple)) else [v]
+    grid = [float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+            for x in (list(v) if isinstance(v, (list, tuple)) else [v])]  # 1 and 1.0: one setting
     rest = {k: x for k, x in deploy.items() if k != "smooth_alpha"}
     return rest if grid == list(DEFAULT_SMOOTH_GRID) else {**rest, "smooth_alpha": grid}
 

@@ -277,6 +277,9 @@ class DeploySettings:
             reason = openvino_missing_reason()
             if reason:
                 raise ValueError(f"runtime 'openvino' requested but {reason}")
+        if self.smooth_alpha != DEFAULT_SMOOTH_GRID and (self.runtime == "ort" or self.int8 == "nncf"):
+            raise ValueError("smooth_alpha applies to our OpenVINO int8 recipe (runtime openvino|auto with int8 "
+                             f"ours|auto); with runtime={self.runtime!r}, int8={self.int8!r} it would be ignored")
         if self.keep_fp32 and (self.runtime == "ort" or self.int8 == "nncf"):
             raise ValueError("keep_fp32 applies to our OpenVINO int8 recipe (runtime openvino|auto with int8 "
                              f"ours|auto); with runtime={self.runtime!r}, int8={self.int8!r} it would be ignored")
@@ -303,8 +306,11 @@ def _smooth_grid(value: Any) -> tuple[float | None, ...]:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
             raise ValueError(f"smooth_alpha: each entry is a SmoothQuant strength in (0, 1] or null, got {v!r}")
         v = None if v is None else float(v)
-        if v in out or (v is not None and f"{v:g}" in {f"{x:g}" for x in out if x is not None}):
+        if v in out:
             raise ValueError(f"smooth_alpha: {v} is listed twice in {grid}")
+        if v is not None and f"{v:g}" in {f"{x:g}" for x in out if x is not None}:
+            raise ValueError(f"smooth_alpha: {v} equals another entry of {grid} at 6 significant digits (the IRs are "
+                             f"labelled alpha_{v:g}); give strengths that differ")
         out.append(v)
     return tuple(out)
 

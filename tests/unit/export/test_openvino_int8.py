@@ -208,8 +208,14 @@ def test_smooth_grid_keeps_the_best_scored_ir_and_cleans_up(exported_bert, make_
     assert m["smooth_choice"]["alpha"] == 0.5 and m["smooth_choice"]["scores"]["none"] == 0.5
     assert m["smoothquant"]["alpha"] == 0.5  # the kept IR's own build record
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["openvino"]  # the losers are gone
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "stale.txt").write_text("an earlier build")
     one, m1 = ours_int8_ir_chosen(plain, tmp_path / "one", calib, [None], lambda irs: 1 / 0)  # never scored
     assert one.is_file() and m1["smooth_choice"] == {"grid": [None], "alpha": None, "scored": False}
+    assert not (tmp_path / "one" / "stale.txt").exists()  # replaced whole, as with a grid
+    with pytest.raises(ValueError, match="no SmoothQuant grid entry got a finite score"):
+        ours_int8_ir_chosen(plain, tmp_path / "nan", calib, [None, 0.5], lambda irs: {"none": float("nan")})
+    assert not (tmp_path / "nan").exists()
     assert "smoothquant" not in m1
     with pytest.raises(ValueError, match="empty"):
         ours_int8_ir_chosen(plain, tmp_path / "e", calib, [], score)

@@ -55,3 +55,5 @@ def test_deploy_smooth_alpha_at_its_default_grid_keeps_the_hash_and_other_values
     one, one_list = (compose(["+pipeline=int8", f"deploy.smooth_alpha={v}"]) for v in ("0.8", "[0.8]"))
     assert len({config_hash(cfg), config_hash(none), config_hash(one)}) == 3
     assert config_hash(one) == config_hash(one_list) and config_identity(one)["deploy"]["smooth_alpha"] == [0.8]
+    assert config_hash(compose(["+pipeline=int8", "deploy.smooth_alpha=1"])) == config_hash(
+        compose(["+pipeline=int8", "deploy.smooth_alpha=1.0"]))

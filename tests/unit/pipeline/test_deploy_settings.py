@@ -15,9 +15,10 @@ def _settings(*extra: str) -> RunSettings:
 
 def test_default_is_ort_and_every_option_composes():
     assert _settings().deploy == default_deploy() == DeploySettings(runtime="ort", precision="default", tolerance=0.005)
-    assert _settings("deploy.smooth_alpha=null").deploy.smooth_alpha == (None,)
-    assert _settings("deploy.smooth_alpha=0.8").deploy.smooth_alpha == (0.8,)
-    assert _settings("deploy.smooth_alpha=[null,0.5]").deploy.smooth_alpha == (None, 0.5)
+    ov = "deploy=openvino"
+    assert _settings(ov, "deploy.smooth_alpha=null").deploy.smooth_alpha == (None,)
+    assert _settings(ov, "deploy.smooth_alpha=0.8").deploy.smooth_alpha == (0.8,)
+    assert _settings(ov, "deploy.smooth_alpha=[null,0.5]").deploy.smooth_alpha == (None, 0.5)
     pytest.importorskip("openvino")
     assert _settings("deploy=openvino").deploy.runtime == "openvino"
     auto = _settings("deploy=auto", "deploy.tolerance=0.01").deploy
@@ -41,6 +42,8 @@ def test_default_is_ort_and_every_option_composes():
     ("deploy.smooth_alpha=[0.5,0]", r"smooth_alpha: each entry is a SmoothQuant strength in \(0, 1\] or null, got 0"),
     ("deploy.smooth_alpha=1.5", r"smooth_alpha: each entry"),
     ("deploy.smooth_alpha=[0.5,0.5]", r"smooth_alpha: 0.5 is listed twice"),
+    ("deploy.smooth_alpha=[0.5,0.50000001]", r"smooth_alpha: 0.50000001 equals another entry .* at 6 significant"),
+    ("deploy.smooth_alpha=0.8", r"smooth_alpha applies to our OpenVINO int8 recipe .*runtime='ort'"),
 ])
 def test_bad_deploy_settings_are_refused_at_start(override, match):
     with pytest.raises(SettingsError, match=f"deploy: {match}"):
