@@ -100,9 +100,12 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     qdq = out_dir / "source_qdq.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    scores = [n for n in attention_score_matmuls(plain_onnx) if n not in exclude] if attention_scores else []
+    import onnx
+
+    graph = onnx.load(str(plain_onnx), load_external_data=False).graph  # read once for the questions below
+    scores = [n for n in attention_score_matmuls(graph) if n not in exclude] if attention_scores else []
     skip = [*exclude, *(() if attention_matmuls else
-                        (n for n in activation_matmuls(plain_onnx) if n not in scores))]
+                        (n for n in activation_matmuls(graph) if n not in scores))]
     src, smooth = plain_onnx, None
     if smooth_alpha is not None:
         from compresslab.export.smoothquant import smooth_onnx
@@ -111,10 +114,7 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
         smooth = smooth_onnx(plain_onnx, src, feeds, alpha=smooth_alpha)
     extra: dict[str, Any] = {} if matmul_outputs else {"OpTypesToExcludeOutputQuantization": ["MatMul"]}
     if scores:  # symmetric int8 for Q.K^T's two inputs (tensor names are the plain export's)
-        import onnx
-
-        names = {i for n in onnx.load(str(plain_onnx), load_external_data=False).graph.node if n.name in scores
-                 for i in n.input}
+        names = {i for n in graph.node if n.name in scores for i in n.input}
         extra["TensorQuantOverrides"] = {t: [{"quant_type": QuantType.QInt8, "symmetric": True}] for t in sorted(names)}
     metrics = quantize_static_qdq(src, qdq, feeds, per_channel=True, op_types=["MatMul"],
                                   calibrate_method=calibrate_method, nodes_to_exclude=skip,

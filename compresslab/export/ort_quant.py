@@ -273,21 +273,29 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, batches: Iterable[Mapp
                     **({"extra_options": json.loads(json.dumps(dict(extra_options), default=str))} if extra_options else {}))
 
 
-def activation_matmuls(path: str | Path) -> list[str]:
+def _graph(path_or_graph: str | Path | onnx.GraphProto) -> onnx.GraphProto:
+    """A graph already loaded, or the one in the file (weights not needed: external data not read)."""
+    if isinstance(path_or_graph, onnx.GraphProto):
+        return path_or_graph
+    return onnx.load(str(path_or_graph), load_external_data=False).graph
+
+
+def activation_matmuls(path: str | Path | onnx.GraphProto) -> list[str]:
     """Names of the MatMul nodes whose inputs are both activations (attention's Q.K^T and P.V), as
-    opposed to the weight MatMuls (one input an initializer, possibly through a Transpose)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    opposed to the weight MatMuls (one input an initializer, possibly through a Transpose).
+    ``path``: a file, or its graph already loaded."""
+    graph = _graph(path)
     consts = {i.name for i in graph.initializer}
     consts |= {o for n in graph.node if n.op_type in ("Constant", "Transpose") and
                (n.op_type == "Constant" or all(i in consts for i in n.input)) for o in n.output}
     return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
 
 
-def attention_score_matmuls(path: str | Path) -> list[str]:
+def attention_score_matmuls(path: str | Path | onnx.GraphProto) -> list[str]:
     """Of :func:`activation_matmuls`, attention's Q.K^T: those whose output reaches a Softmax through the
     score's elementwise ops (scale, mask: Mul, Div, Add, Sub, Where, Cast, Identity), at most 6 ops on.
-    P.V (an input from the Softmax) and anything else stay out."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    P.V (an input from the Softmax) and anything else stay out. ``path``: a file, or its graph."""
+    graph = _graph(path)
     readers: dict[str, list[Any]] = {}
     for n in graph.node:
         for i in n.input:
@@ -301,7 +309,7 @@ def attention_score_matmuls(path: str | Path) -> list[str]:
                 return True
         return False
 
-    acts = set(activation_matmuls(path))
+    acts = set(activation_matmuls(graph))
     return [n.name for n in graph.node if n.name in acts and reaches_softmax(n.output[0])]
 
 
