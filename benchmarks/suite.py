@@ -53,7 +53,7 @@ from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
 from .suite_applies import loss_statement, skip_reason
-from .suite_openvino import faster_runtime, nncf_artifact, openvino_artifact
+from .suite_openvino import faster_runtime, method_of, nncf_artifact, openvino_artifact
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
@@ -84,6 +84,7 @@ class Teacher:
     score: float
     calibration: list[dict[str, np.ndarray]]
     _dev_batches: list[dict[str, np.ndarray]] | None = None
+    _validation: Any = None
 
     @property
     def dev(self) -> list:
@@ -110,6 +111,15 @@ class Teacher:
         return {"prepare_s": rec.get("prepare_s"), "cpu_s": cpu, "cpu_hours_budget": budget_cpu_hours,
                 "over_budget": over, "how": "CPU s of the suite process that trained or first found the teacher "
                 "(a teacher trained by another command shows only its export here)"}
+
+    def validation(self) -> Any:
+        """The validation split with this teacher's predictions on it (computed once, on first use): what our
+        OpenVINO cells choose their SmoothQuant strength on (``ValidationAgreement``)."""
+        from compresslab.pipeline.validation import ValidationAgreement
+
+        if self._validation is None:
+            self._validation = ValidationAgreement(self.state)
+        return self._validation
 
     def dev_batches(self) -> list[dict[str, np.ndarray]]:
         """The dev batches exactly as :func:`_score` feeds them, in order (recorded once): what a peer scored
@@ -212,6 +222,8 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
                    "error": f"not run: {why}", "key": key}  # asked again each run (cheap): never cached
         elif rec is None:
             rec = _build_one(name, how, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
+        if spec["kind"] == "pipeline_openvino" and rec.get("status") == "finished":
+            how = method_of(rec, how)  # our SmoothQuant changed the weights first: ours (suite_openvino.method_of)
         out[name] = {**rec, "method": how}  # the rule of today, not the one a cached record was built under
     return out
 
@@ -243,7 +255,8 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
         elif spec["kind"] == "pipeline_openvino":
             of = built.get(spec["of"]) or {}
             a = (nncf_artifact(of, work, teacher.calibration) if spec.get("int8") == "nncf"
-                 else openvino_artifact(of, work, teacher.calibration, spec.get("keep_fp32") or ()))
+                 else openvino_artifact(of, work, teacher.calibration, spec.get("keep_fp32") or (),
+                                        spec.get("smooth_alpha") or (None,), teacher.validation(), p.threads))
             extra = {k: built[spec["of"]].get(k) for k in ("run_dir", "command")}
         else:
             a = PEERS[name].build(PeerInputs(

@@ -8,13 +8,14 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
 
 * a deployed file OpenVINO reads (plain fp32, a QDQ int8 graph): that very file;
 * a fused fp32 file: its plain twin ``model_unfused.onnx`` (the same weights, unfused);
-* ORT dynamic int8: our static QDQ calibration of the run's plain fp32 export, on the suite's calibration
-  examples (``deploy.int8=ours``; the IR is its own artifact, scored and timed as such), with the MatMuls of
-  the Linear modules ``keep_fp32`` selects (suite.yaml ``openvino_keep_fp32``; ``deploy.keep_fp32``'s
-  vocabulary, e.g. ``ffn_out``) left in fp32, as ``deploy.keep_fp32`` does. It takes ``ours_int8_ir``'s
-  recipe defaults (since 2026-12-04: Q.K^T int8 before the head split, float MatMul outputs and residual
-  path) WITHOUT deploy's SmoothQuant grid, and cells built before that date keep the older recipe (the cell
-  key has no recipe field): rebuild the suite's ``*_openvino`` cells before comparing them with deploy's IRs;
+* ORT dynamic int8: our int8 IR of the run's plain fp32 export, made as ``deploy.int8=ours`` makes it
+  (``ours_int8_ir_chosen``: one IR per SmoothQuant strength of suite.yaml ``openvino_smooth_alpha``,
+  deploy.smooth_alpha's default grid unless set; the highest VALIDATION agreement with the task's teacher
+  kept), on the suite's calibration examples, with the MatMuls of the Linear modules ``keep_fp32`` selects
+  (suite.yaml ``openvino_keep_fp32``; ``deploy.keep_fp32``'s vocabulary, e.g. ``ffn_out``) left in fp32.
+  The cell key holds the grid and :data:`RECIPE`, so a cell built by an older recipe is built anew. Its
+  method is ours even on the shared teacher (``+pipeline=int8``): SmoothQuant, our pass, changed the
+  weights before ORT's quantizer saw them (issue 14's rule; :func:`method_of`);
 * anything else OpenVINO cannot read (MatMulNBits): the cell's error says so, exactly.
 
 Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the
@@ -32,8 +33,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .artifacts import Artifact
+from .suite_method import OURS
 
 SUFFIX = "_openvino"
+# The recipe of our int8 IR, in every cell key: bump it when ``ours_int8_ir``'s defaults change, so cached cells
+# of the older recipe are rebuilt (2026-12-04: Q.K^T int8 before the head split, float outputs and residual path)
+RECIPE = "ours_int8_ir/2026-12-04"
 NNCF_SUFFIX = "_openvino_nncf"
 _ORT_DYNAMIC_INT8 = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"})
 
@@ -107,12 +112,16 @@ def nncf_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration: Seq
                   f"{fp32.name}: NNCF's int8 of our pipeline's model (deploy.int8=nncf)", "quantization": q})
 
 
-def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path,
-                      calibration: Sequence[Mapping[str, Any]], keep_fp32: Sequence[str] = ()) -> Artifact:
+def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration: Sequence[Mapping[str, Any]],
+                      keep_fp32: Sequence[str] = (), smooth_alpha: Sequence[float | None] = (None,),
+                      validation: Any = None, threads: int = 1) -> Artifact:
     """The OpenVINO artifact of a finished pipeline cell (see the module docstring). ``keep_fp32``: Linear
-    module patterns whose MatMuls our static QDQ leaves fp32 (only when it quantizes). Raises ValueError
-    when the pipeline cell did not finish, no form of the file is readable by OpenVINO, or a ``keep_fp32``
-    pattern selects nothing; ImportError when OpenVINO is missing."""
+    module patterns whose MatMuls our static QDQ leaves fp32 (only when it quantizes). ``smooth_alpha``:
+    the SmoothQuant grid of our int8 IR (``None``: no smoothing); with more than one entry ``validation``
+    (a :class:`~compresslab.pipeline.validation.ValidationAgreement` of the task's teacher) scores them.
+    Raises ValueError when the pipeline cell did not finish, no form of the file is readable by OpenVINO,
+    a ``keep_fp32`` pattern selects nothing, or a grid of several strengths has no ``validation``;
+    ImportError when OpenVINO is missing."""
     from compresslab.bench.openvino_runner import plain_export, unreadable_ops
 
     _check(pipeline_cell)
@@ -125,26 +134,41 @@ def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path,
         return Artifact(own, "openvino", "default",
                         {"source": "the deployed file" if own == a.file else
                          f"the plain twin {own.name} of the deployed fused {a.file.name}"})
-    # ORT's dynamic int8 form (of the fused or the plain graph): OpenVINO gets our QDQ of the plain fp32 export.
+    # ORT's dynamic int8 form (of the fused or the plain graph): OpenVINO gets our int8 IR of the plain fp32 export.
     # Anything else (a 4-bit MatMulNBits model) has no form OpenVINO reads.
     if not set(bad) & _ORT_DYNAMIC_INT8 or any(b.endswith("MatMulNBits") for b in bad):
         raise ValueError(f"OpenVINO cannot read {a.file.name} (ops {', '.join(bad)}) and the run has no plain or "
                          "QDQ form of it: not run on OpenVINO")
-    from compresslab.export.openvino_int8 import ours_int8_ir
+    grid = list(smooth_alpha)
+    if len(grid) > 1 and validation is None:
+        raise ValueError(f"a SmoothQuant grid of {len(grid)} strengths needs the validation split to choose on")
+    from compresslab.export.openvino_int8 import ours_int8_ir_chosen
     from compresslab.pipeline.deploy import fp32_matmuls
 
     run_dir = _run_dir(pipeline_cell)
     fp32 = _plain_fp32(run_dir)
     keep = fp32_matmuls(_final_torch_model(run_dir), list(keep_fp32), fp32) if keep_fp32 else []
-    xml, q = ours_int8_ir(fp32, work / "openvino", calibration, exclude=keep)
+    scorer = validation.ir_scorer(threads) if validation is not None else (lambda irs: {})
+    xml, q = ours_int8_ir_chosen(fp32, work / "openvino", calibration, grid, scorer, exclude=keep)
     q["keep_fp32"] = {"patterns": list(keep_fp32), "matmuls": keep}
+    q["recipe"] = RECIPE
     kept = f", {len(keep)} MatMuls kept fp32 ({', '.join(keep_fp32)})" if keep else ""
+    alpha = q["smooth_choice"]["alpha"]
+    smooth = "no SmoothQuant" if alpha is None else f"SmoothQuant alpha {alpha:g}"
+    chosen = f" (chosen from {grid} on validation agreement)" if len(grid) > 1 else ""
     return Artifact(xml, "openvino", "default", {
-        "source": f"our static QDQ calibration ({sum(len(f['input_ids']) for f in calibration)} train examples) of "
-                  f"the run's plain fp32 export {fp32.name}{kept}: the deployed {a.file.name} is ORT's dynamic int8 "
-                  f"form ({', '.join(sorted(set(bad) & _ORT_DYNAMIC_INT8))}), which OpenVINO does not read "
-                  "(deploy.int8=ours)",
+        "source": f"our int8 IR ({smooth}{chosen}; static QDQ calibrated on "
+                  f"{sum(len(f['input_ids']) for f in calibration)} train examples) of the run's plain fp32 export "
+                  f"{fp32.name}{kept}: the deployed {a.file.name} is ORT's dynamic int8 form "
+                  f"({', '.join(sorted(set(bad) & _ORT_DYNAMIC_INT8))}), which OpenVINO does not read (deploy.int8=ours)",
         "quantization": q})
+
+
+def method_of(rec: Mapping[str, Any], planned: str) -> str:
+    """The method of a built ``<pipeline>_openvino`` cell record: ours when SmoothQuant (our pass) changed the
+    weights before ORT's quantizer made its int8 IR, else ``planned`` (its pipeline's method)."""
+    q = ((rec.get("artifact") or {}).get("info") or {}).get("quantization") or {}
+    return OURS if ((q.get("smoothquant") or {}).get("n_matmuls") or 0) > 0 else planned
 
 
 def faster_runtime(systems: Mapping[str, Mapping[str, Any]], pipelines: Sequence[str]) -> dict[str, dict[str, Any]]:

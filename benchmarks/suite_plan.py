@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .suite_method import OURS, pipeline_method
-from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
+from .suite_openvino import RECIPE, cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
 BACKENDS = ("ort", "openvino")
@@ -40,6 +40,7 @@ class TaskPlan:
     teacher_cpu_hours: float | None
     openvino: bool = True  # backends holds openvino: each pipeline also gets its OpenVINO cell
     openvino_keep_fp32: tuple[str, ...] = ()  # Linear patterns our QDQ for OpenVINO keeps fp32 (suite_openvino)
+    openvino_smooth_alpha: tuple[float | None, ...] = (None,)  # SmoothQuant grid of our int8 IR (suite_openvino)
     # one pipeline's own overrides, after every other (the last wins): suite.yaml ``pipeline_overrides``
     pipeline_extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -140,7 +141,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                  tuple(cfg.get("openvino_keep_fp32") or ()), pipeline_extra(cfg, task))
+                  tuple(cfg.get("openvino_keep_fp32") or ()), smooth_grid(cfg), pipeline_extra(cfg, task))
     _check_openvino_cells(tp, asked_openvino)
     return tp
 
@@ -191,7 +192,8 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
         todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
                                               "calibration_examples": p.calibration_examples,
-                                              "keep_fp32": list(p.openvino_keep_fp32), **data})
+                                              "keep_fp32": list(p.openvino_keep_fp32),
+                                              "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE, **data})
                  for pl in p.pipelines]
         # NNCF's int8 beside ours, for our pipelines (on the teacher it is the nncf_ptq_int8 peer already); the
         # pipeline's method, as ORT's quantizer in ziplm_int8 (suite_openvino's docstring)
@@ -210,6 +212,22 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     return todo
 
 
+def smooth_grid(cfg: Mapping[str, Any]) -> tuple[float | None, ...]:
+    """suite.yaml ``openvino_smooth_alpha`` (a strength, null, or a list of them) as a grid; absent: deploy's
+    default grid (``deploy.smooth_alpha``). SuiteError for an empty list, a strength outside [0, 1] or a
+    repeated entry."""
+    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
+
+    raw = cfg.get("openvino_smooth_alpha", list(DEFAULT_SMOOTH_GRID))
+    grid = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    bad = [a for a in grid if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))
+                                                 or not 0.0 <= float(a) <= 1.0)]
+    if not grid or bad or len(set(grid)) != len(grid):
+        raise SuiteError(f"openvino_smooth_alpha={raw!r}: give a SmoothQuant strength in [0, 1], null (none), or a "
+                         "non-empty list of distinct ones")
+    return tuple(None if a is None else float(a) for a in grid)
+
+
 def list_suite(cfg: Mapping[str, Any]) -> str:
     """``--list``: the config's tasks, budgets, our pipelines and the peers with their tools, one per line."""
     from .peers import PEERS
@@ -224,8 +242,9 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
     extra = pipeline_extra(cfg)
     lines += [f"  {p}" + (f" (then {' '.join(extra[p])})" if p in extra else "") for p in cfg["pipelines"]]
     if "openvino" in backends(cfg):
-        lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}, our QDQ keeping "
-                     f"{list(cfg.get('openvino_keep_fp32') or []) or 'nothing'} fp32) and, for our int8 pipelines, "
+        lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}, our int8 IR keeping "
+                     f"{list(cfg.get('openvino_keep_fp32') or []) or 'nothing'} fp32, SmoothQuant grid "
+                     f"{list(smooth_grid(cfg))}) and, for our int8 pipelines, "
                      f"NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')})")
     lines.append("peers:")
     lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]

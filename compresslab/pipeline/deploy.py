@@ -34,6 +34,7 @@ import numpy as np
 from compresslab.export.openvino_int8 import IR_NAME
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.state import RunState
+from compresslab.pipeline.validation import ValidationAgreement
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
                               "label": f"ort_{prec}", "size_bytes": onnx_path.stat().st_size}
     section: dict[str, Any] = {"requested": d.runtime, "runtime": "ort", "notes": []}
     if d.runtime != "ort":
-        validation = _Validation(state)
+        validation = ValidationAgreement(state)
         ir = openvino_ir(state, run_dir, manifest, threads, validation)
         section["notes"] += ir.get("notes", [])
         chosen = "ort"
@@ -87,7 +88,7 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
 
 
 def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: int,
-                validation: "_Validation | None" = None) -> dict[str, Any]:
+                validation: "ValidationAgreement | None" = None) -> dict[str, Any]:
     """Convert the deployed model to an IR under ``export/openvino/`` (once per run) and check its
     parity against torch; returns (and stores as ``export.openvino``) the record, with ``error``
     when OpenVINO cannot convert it or the fp32 IR misses the export tolerance. An int8 pipeline
@@ -98,7 +99,7 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
         return done
     deployed, fp32 = Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"]
     if _is_int8(deployed):
-        rec = _int8_ir(state, run_dir, threads, deployed, fp32, validation or _Validation(state))
+        rec = _int8_ir(state, run_dir, threads, deployed, fp32, validation or ValidationAgreement(state))
     else:
         src, notes = ir_source(deployed, fp32, run_dir)
         rec = _converted(state, src, run_dir / "export" / IR_DIR, run_dir, threads, notes)
@@ -129,7 +130,7 @@ def _add_ir(rec: dict[str, Any], state: RunState, xml: Path, run_dir: Path, thre
 
 
 def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32: Path,
-             validation: "_Validation") -> dict[str, Any]:
+             validation: "ValidationAgreement") -> dict[str, Any]:
     """The int8 IR of an int8 pipeline, per ``deploy.int8``:
 
     ``ours``: the pipeline's own QDQ graph converted as is; when that graph is ORT-only (dynamic
@@ -175,10 +176,9 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
                 f"export made the int8 IR"]}
             try:
                 keep = fp32_matmuls(state.model, d.keep_fp32, plain) if d.keep_fp32 else []
-                key = validation.key
                 xml, rec["quantization"] = ours_int8_ir_chosen(
                     plain, run_dir / "export" / IR_DIR, calibration(), d.smooth_alpha,
-                    lambda irs: {k: v[key] for k, v in validation.agreement(irs, threads).items()}, exclude=keep)
+                    validation.ir_scorer(threads), exclude=keep)
                 rec["quantization"]["keep_fp32"] = {"patterns": list(d.keep_fp32 or ()), "matmuls": keep}
                 if note := rec["quantization"].get("attention_scores", {}).get("note"):
                     rec["notes"].append(note)  # a Q.K^T shortfall, where a reader of the notes sees it
@@ -280,63 +280,6 @@ def choose_int8(scores: dict[str, dict[str, float]], key: str) -> str:
     return max(scores, key=rank)
 
 
-class _Validation:
-    """The validation split and the teacher's predictions on it, computed once per deploy stage."""
-
-    def __init__(self, state: RunState) -> None:
-        self.state = state
-        self.examples = list(state.task.validation)
-        self._teacher: Any = None
-        kind = state.task.spec.kind.value
-        self.key = "agreement" if kind == "classification" else "agreement_pearson"
-
-    def _kw(self) -> dict[str, int]:
-        return dict(batch_size=self.state.settings.eval.batch_size, max_length=self.state.settings.max_length)
-
-    def teacher(self) -> Any:
-        from compresslab.eval.evaluate import predict, torch_forward
-
-        if self._teacher is None:
-            s = self.state
-            self._teacher = predict(torch_forward(s.teacher_or_initial()), s.task.spec, self.examples, s.tokenizer,
-                                    **self._kw())
-        return self._teacher
-
-    def score(self, forwards: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """``compare`` of each forward's validation predictions with the teacher's."""
-        from compresslab.eval.evaluate import compare, predict
-
-        s = self.state
-        return {k: compare(predict(f, s.task.spec, self.examples, s.tokenizer, **self._kw()), self.teacher(),
-                           s.task.spec) for k, f in forwards.items()}
-
-    def agreement(self, irs: dict[str, Path], threads: int) -> dict[str, dict[str, float]]:
-        """Validation scores of OpenVINO IRs, compiled at ``deploy.precision``."""
-        from compresslab.bench.openvino_runner import OpenVinoRunner
-        from compresslab.eval.evaluate import onnx_forward
-
-        p = self.state.settings.deploy.precision
-        return self.score({k: onnx_forward(OpenVinoRunner(x, threads, p)) for k, x in irs.items()})
-
-    def labelled_feeds(self) -> list[tuple[dict[str, np.ndarray], np.ndarray]] | None:
-        """(feed, teacher label) batches of the validation split for NNCF's accuracy control;
-        None for tasks without class labels (accuracy control is then skipped)."""
-        from compresslab.data.loaders import make_loader
-
-        s = self.state
-        if self.key != "agreement" or not self.examples:
-            return None
-        labels = self.teacher().predictions
-        loader = make_loader(self.examples, s.tokenizer, s.settings.eval.batch_size, s.settings.max_length,
-                             shuffle=False)
-        out, i = [], 0
-        for b in loader:
-            n = len(b["input_ids"])
-            out.append(({k: v.numpy() for k, v in b.items() if k != "labels"}, labels[i:i + n]))
-            i += n
-        return out
-
-
 def ir_source(deployed: Path, fp32: Path, run_dir: Path | None = None) -> tuple[Path, list[str]]:
     """The ONNX graph to convert: the deployed graph's plain twin when OpenVINO reads it (fp32 plain
     export, QDQ int8), else the final model's plain fp32 export, with a note naming both files."""
@@ -416,7 +359,7 @@ def _check_ir(state: RunState, xml: Path, threads: int) -> dict[str, Any]:
 
 
 def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int,
-                validation: "_Validation | None" = None) -> dict[str, Any]:
+                validation: "ValidationAgreement | None" = None) -> dict[str, Any]:
     """ORT or OpenVINO by the rule in this module's docstring; returns the decision and its figures."""
     from compresslab.bench import OrtRunner, measure_latency
     from compresslab.bench.latency import shape_key
@@ -426,7 +369,7 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     from compresslab.eval.onnx_runner import OnnxRunner
 
     d, b = state.settings.deploy, state.settings.bench
-    validation = validation or _Validation(state)
+    validation = validation or ValidationAgreement(state)
     rule = ("eligible: validation agreement >= ORT's - tolerance (ORT always); chosen: lowest p50 at "
             "b32 x s<max_length> among the eligible")
     out: dict[str, Any] = {"rule": rule, "tolerance": d.tolerance, "split": "validation", "n": len(validation.examples)}

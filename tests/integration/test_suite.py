@@ -32,6 +32,7 @@ suite = importlib.import_module("benchmarks.suite")
 suite_plan = importlib.import_module("benchmarks.suite_plan")
 peers = importlib.import_module("benchmarks.peers")
 store_mod = importlib.import_module("benchmarks.store")
+OV = importlib.import_module("benchmarks.suite_openvino")
 
 SYSTEM_KEYS = {"method", "tool", "score", "agreement", "latency_ms_b1", "latency_ms_b32", "throughput_real",
                "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "timing", "error"}
@@ -86,7 +87,7 @@ def _config(root: Path) -> dict[str, Any]:
     task = ["model=local", f"model.source={root / 'model'}", "task=generic", f"task.generic.train={root / 'train.csv'}",
             f"task.generic.dev={root / 'dev.csv'}", "task.max_length=32"]
     return {"threads": 1, "pipelines": ["int8", OURS], "peers": PEERS, "calibration_examples": 16,
-            "openvino_keep_fp32": ["ffn_out"],
+            "openvino_keep_fp32": ["ffn_out"], "openvino_smooth_alpha": [0.5, 0.8],
             "timing": {"shapes": [[1, 16], [32, 16]], "warmup": 0, "runs": 1, "rounds": 1},
             "budgets": {"smoke": {"overrides": ["debug=smoke"], "teacher": "smoke", "cell_cpu_hours": 1.0}},
             "tasks": {"tiny": {"overrides": task}}}
@@ -121,7 +122,8 @@ def test_json_has_the_issue_shape(built) -> None:
     assert ours["method"] == "compresslab" and ours["backend"] == "ort" and ours["size_bytes"] > 0
     # +pipeline=int8 runs ORT's quantize_dynamic on the unchanged teacher: a peer's tool on our model is a peer
     assert d["systems"]["int8"]["method"] == "peer" and d["systems"]["int8"]["mcnemar_p_vs"] == {}
-    assert d["systems"]["int8_openvino"]["method"] == "peer" and f"{OURS}_openvino" in d["systems"]
+    # ...but its OpenVINO cell is our int8 recipe: SmoothQuant (our pass) changed the weights first
+    assert d["systems"]["int8_openvino"]["method"] == "compresslab" and f"{OURS}_openvino" in d["systems"]
     assert d["systems"][f"{OURS}_openvino"]["method"] == "compresslab"
     # NNCF on our pruned model: ours by the issue's rule (our pass changed the model first), like OURS itself
     assert d["systems"][f"{OURS}_openvino_nncf"]["method"] == "compresslab"
@@ -164,7 +166,7 @@ def test_a_peer_scored_in_its_own_process_replays_to_its_exact_score(built) -> N
 
 def test_openvino_cell_of_int8_is_our_qdq_of_the_plain_export(built) -> None:
     s = built.data["systems"]["int8_openvino"]
-    assert s["error"] is None and s["method"] == "peer" and s["backend"] == "openvino"
+    assert s["error"] is None and s["method"] == "compresslab" and s["backend"] == "openvino"
     assert s["file"].endswith(".xml") and s["score"] is not None
     cell = store_mod.CellStore(built.root / "work" / "tiny" / "smoke" / "cells").finished(
         "int8_openvino", built.data["meta"]["cell_keys"]["int8_openvino"])
@@ -173,6 +175,13 @@ def test_openvino_cell_of_int8_is_our_qdq_of_the_plain_export(built) -> None:
     keep = cell["artifact"]["info"]["quantization"]["keep_fp32"]
     assert keep["patterns"] == ["ffn_out"] and len(keep["matmuls"]) == 2  # the tiny BERT's two layers
     assert all(m.endswith("/output/dense/MatMul") for m in keep["matmuls"])
+    # suite.yaml's openvino_smooth_alpha: one IR per strength, the highest validation agreement kept
+    q = cell["artifact"]["info"]["quantization"]
+    choice = q["smooth_choice"]
+    assert choice["grid"] == [0.5, 0.8] and choice["scored"] and choice["alpha"] in (0.5, 0.8)
+    assert set(choice["scores"]) == {"alpha_0.5", "alpha_0.8"} and q["smoothquant"]["alpha"] == choice["alpha"]
+    assert q["recipe"] == OV.RECIPE and "validation agreement" in cell["artifact"]["info"]["source"]
+    assert cell["spec"]["smooth_alpha"] == [0.5, 0.8] and cell["spec"]["recipe"] == OV.RECIPE  # in the cell key
 
 
 def test_nncf_cell_quantizes_our_pipelines_model(built) -> None:
@@ -293,9 +302,9 @@ def test_quiet_machine_times_every_cell_once_interleaved(built, monkeypatch) -> 
     r = d["runtimes"]["int8"]
     assert r["faster"] in ("ort", "openvino", "tie") and r["ort_ms_b32"] == d["systems"]["int8"]["latency_ms_b32"]
     v = d["verdicts"]
-    assert set(v) == {"int8", "int8_openvino", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic",
+    assert set(v) == {"int8", "dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic",
                       "torch_ao_dynamic_int8", "fake_venv"}
-    assert all(h["system"] in (OURS, f"{OURS}_openvino", f"{OURS}_openvino_nncf") for x in v.values()
+    assert all(h["system"] in (OURS, f"{OURS}_openvino", f"{OURS}_openvino_nncf", "int8_openvino") for x in v.values()
                for h in x["beaten_by"])
     assert v["fake_venv"]["status"] in ("beaten", "peer wins")  # timed: never undecided
     assert all(h["latency_ratio"] <= 1.0 for h in v["fake_venv"]["beaten_by"])
@@ -317,7 +326,7 @@ def test_report_has_a_table_per_task_and_the_isa(built, tmp_path) -> None:
     out = write_report(built.root / "results", tmp_path / "REPORT.md")
     md = out["md"].read_text()
     assert "## tiny" in md and "| int8 | peer |" in md and "boom: the tool said no (42)" in md
-    assert f"| {OURS} | compresslab |" in md and "| int8_openvino | peer |" in md and "Verdicts (issue 14)" in md and "OpenVINO b32 ms" in md
+    assert f"| {OURS} | compresslab |" in md and "| int8_openvino | compresslab |" in md and "Verdicts (issue 14)" in md and "OpenVINO b32 ms" in md
     isa = built.data["meta"]["cpu_isa"]
     if isa:
         assert f"b32 ms [{', '.join(isa)}]" in md

@@ -91,7 +91,7 @@ def _deploy_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: float) 
     monkeypatch.setattr(compresslab.bench.openvino_runner, "OpenVinoRunner", _Runner)
     monkeypatch.setattr(compresslab.eval.onnx_runner, "OnnxRunner", _Runner)
     monkeypatch.setattr(compresslab.eval.evaluate, "onnx_forward", lambda runner: runner)
-    monkeypatch.setattr(dep, "_Validation", _Validation)
+    monkeypatch.setattr(dep, "ValidationAgreement", _Validation)
     monkeypatch.setattr(dep, "_precision_of", lambda path: "fp32")
     monkeypatch.setattr(dep, "openvino_ir", lambda *a, **k: {"path": "export/openvino/openvino_model.xml", "notes": [],
                                                              "compiled_precision": {"f32": "f32"}, "int8": False,

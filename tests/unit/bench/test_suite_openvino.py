@@ -79,19 +79,25 @@ def test_nncf_beside_a_pipeline_that_does_not_deploy_int8_is_refused(tmp_path) -
         OV.nncf_artifact({"status": "failed", "error": "boom"}, tmp_path, [])
 
 
-def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_keep_fp32_keys_the_twin() -> None:
+def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_the_recipe_keys_the_twin() -> None:
     plan_mod = importlib.import_module("benchmarks.suite_plan")
     cfg = plan_mod.load_config(REPO / "benchmarks" / "suite.yaml")
     p = plan_mod.plan(cfg, "mrpc", "bench", None)
-    assert p.openvino_keep_fp32 == ("ffn_out",)
+    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
+
+    assert p.openvino_keep_fp32 == () and p.openvino_smooth_alpha == DEFAULT_SMOOTH_GRID
     specs = {n: (m, s) for n, m, s in plan_mod.cell_specs(p, teacher_sha="x", dev=[], max_length=128)}
     # int8 is the teacher through ORT's quantizer (a peer): NNCF on it is the nncf_ptq_int8 peer already
     assert "int8_openvino_nncf" not in specs
     # ours by issue 14's rule (our pass changed the model before NNCF saw it), as ziplm_int8 itself
     assert specs["ziplm_int8_openvino_nncf"][0] == specs["ziplm_int8"][0] == "compresslab"
     assert specs["ziplm_int8_openvino_nncf"][1]["int8"] == "nncf"
-    assert specs["ziplm_int8_openvino"][1]["keep_fp32"] == ["ffn_out"]
+    twin = specs["ziplm_int8_openvino"][1]  # what its cell key hashes: a changed grid or recipe builds it anew
+    assert twin["keep_fp32"] == [] and twin["smooth_alpha"] == list(DEFAULT_SMOOTH_GRID) and twin["recipe"] == OV.RECIPE
     assert "keep_fp32" not in specs["ziplm_int8_openvino_nncf"][1]
+    store = importlib.import_module("benchmarks.store")
+    assert store.cell_key(twin) != store.cell_key({**twin, "recipe": "older"})
+    assert store.cell_key(twin) != store.cell_key({**twin, "smooth_alpha": [0.8]})
     # --cells names a twin by its pipeline: both twins come with it
     q = plan_mod.plan(cfg, "mrpc", "bench", ["ziplm_int8_openvino_nncf"])
     assert q.pipelines == ("ziplm_int8",) and q.peers == ()
@@ -123,4 +129,34 @@ def test_list_names_each_tasks_teacher_preset_and_the_openvino_cells() -> None:
     plan_mod = importlib.import_module("benchmarks.suite_plan")
     text = plan_mod.list_suite(plan_mod.load_config(REPO / "benchmarks" / "suite.yaml"))
     assert "  mrpc: bench_small, 1.0" in text and "  sst2: bench, 6.0" in text
-    assert "<pipeline>_openvino_nncf" in text and "['ffn_out']" in text
+    assert "<pipeline>_openvino_nncf" in text and "keeping nothing fp32, SmoothQuant grid [0.5, 0.7, 0.8, 0.9, 0.95]" in text
+
+
+@pytest.mark.parametrize("raw,grid", [(None, (None,)), (0.8, (0.8,)), ([0.5, None, 1], (0.5, None, 1.0))])
+def test_smooth_grid_reads_a_strength_null_or_a_list(raw, grid) -> None:
+    plan_mod = importlib.import_module("benchmarks.suite_plan")
+    assert plan_mod.smooth_grid({"openvino_smooth_alpha": raw}) == grid
+
+
+@pytest.mark.parametrize("raw", [[], [0.5, 0.5], [1.5], [-0.1], ["high"], [True]])
+def test_a_bad_smooth_grid_is_refused_before_any_work(raw) -> None:
+    plan_mod = importlib.import_module("benchmarks.suite_plan")
+    with pytest.raises(plan_mod.SuiteError, match="openvino_smooth_alpha"):
+        plan_mod.smooth_grid({"openvino_smooth_alpha": raw})
+
+
+def test_a_grid_without_a_validation_split_is_refused(tmp_path) -> None:
+    f = _graph(tmp_path / "model.onnx", "MatMulInteger")  # ORT's dynamic int8: our recipe would run
+    with pytest.raises(ValueError, match="needs the validation split"):
+        OV.openvino_artifact(_cell(f), tmp_path / "w", [], smooth_alpha=[0.5, 0.8], validation=None)
+
+
+@pytest.mark.parametrize("quantization,planned,method", [
+    ({"smoothquant": {"alpha": 0.8, "n_matmuls": 24}}, "peer", "compresslab"),  # our pass changed the weights
+    ({"smoothquant": {"alpha": 0.8, "n_matmuls": 0}}, "peer", "peer"),  # SmoothQuant found nothing to scale
+    ({"method": "ours"}, "peer", "peer"),  # no smoothing: ORT's quantizer on the teacher stays a peer's
+    ({}, "compresslab", "compresslab"),  # our pipeline's model: ours whatever ran after
+])
+def test_method_of_an_openvino_cell(quantization, planned, method) -> None:
+    rec = {"artifact": {"info": {"quantization": quantization}}}
+    assert OV.method_of(rec, planned) == method
