@@ -42,7 +42,7 @@ import logging
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -84,7 +84,7 @@ class Teacher:
     score: float
     calibration: list[dict[str, np.ndarray]]
     _dev_batches: list[dict[str, np.ndarray]] | None = None
-    _validation: Any = None
+    _validation: Any = field(default=None, repr=False, compare=False)
 
     @property
     def dev(self) -> list:
@@ -208,7 +208,8 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
 
     from .peers import PeerInputs
 
-    todo = cell_specs(p, teacher_sha=teacher.sha, dev=teacher.dev, max_length=teacher.max_length)
+    todo = cell_specs(p, teacher_sha=teacher.sha, dev=teacher.dev, max_length=teacher.max_length,
+                      validation=teacher.state.task.validation)
     inputs_dir = teacher.dir / "export"
     out: dict[str, dict[str, Any]] = {}
     bar = tqdm(todo, desc=f"{p.task} cells", unit="cell", dynamic_ncols=True)
@@ -222,7 +223,7 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
                    "error": f"not run: {why}", "key": key}  # asked again each run (cheap): never cached
         elif rec is None:
             rec = _build_one(name, how, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
-        if spec["kind"] == "pipeline_openvino" and rec.get("status") == "finished":
+        if spec["kind"] == "pipeline_openvino" and spec.get("int8") != "nncf" and rec.get("status") == "finished":
             how = method_of(rec, how)  # our SmoothQuant changed the weights first: ours (suite_openvino.method_of)
         out[name] = {**rec, "method": how}  # the rule of today, not the one a cached record was built under
     return out

@@ -10,8 +10,9 @@ is ours only when one of its steps is ours:
 * an ONNX-stage pass run with a choice of ours (``fp32_fallback: guided``: which MatMuls stay fp32 is
   chosen by our sensitivity search on validation).
 
-``+pipeline=int8`` (the teacher through ORT's ``quantize_dynamic``) is therefore a peer, and so is its
-OpenVINO cell (ORT's static quantizer on the teacher's plain export).
+``+pipeline=int8`` (the teacher through ORT's ``quantize_dynamic``) is therefore a peer. Its OpenVINO cell
+is ours when our int8 recipe made it (``suite_openvino.method_of``: SmoothQuant, our pass, changed the
+weights first, or our search chose its strength on validation); ORT's static quantizer alone would be a peer's.
 """
 
 from __future__ import annotations

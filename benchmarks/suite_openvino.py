@@ -13,9 +13,11 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
   deploy.smooth_alpha's default grid unless set; the highest VALIDATION agreement with the task's teacher
   kept), on the suite's calibration examples, with the MatMuls of the Linear modules ``keep_fp32`` selects
   (suite.yaml ``openvino_keep_fp32``; ``deploy.keep_fp32``'s vocabulary, e.g. ``ffn_out``) left in fp32.
-  The cell key holds the grid and :data:`RECIPE`, so a cell built by an older recipe is built anew. Its
-  method is ours even on the shared teacher (``+pipeline=int8``): SmoothQuant, our pass, changed the
-  weights before ORT's quantizer saw them (issue 14's rule; :func:`method_of`);
+  The cell key holds the grid, the validation examples' hash and ``RECIPE``, so a cell built by an older
+  recipe is built anew. Its method is ours even on the shared teacher (``+pipeline=int8``) whenever our
+  recipe chose or changed something (:func:`method_of`): SmoothQuant, our pass, changed the weights before
+  ORT's quantizer saw them, or its strength was chosen by our search on validation (as
+  ``fp32_fallback: guided`` is ours, ``suite_method``);
 * anything else OpenVINO cannot read (MatMulNBits): the cell's error says so, exactly.
 
 Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the
@@ -35,10 +37,9 @@ from typing import Any, Mapping, Sequence
 from .artifacts import Artifact
 from .suite_method import OURS
 
+from compresslab.export.openvino_int8 import RECIPE  # in the cell key: cells of an older recipe are rebuilt
+
 SUFFIX = "_openvino"
-# The recipe of our int8 IR, in every cell key: bump it when ``ours_int8_ir``'s defaults change, so cached cells
-# of the older recipe are rebuilt (2026-12-04: Q.K^T int8 before the head split, float outputs and residual path)
-RECIPE = "ours_int8_ir/2026-12-04"
 NNCF_SUFFIX = "_openvino_nncf"
 _ORT_DYNAMIC_INT8 = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"})
 
@@ -140,15 +141,18 @@ def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration:
         raise ValueError(f"OpenVINO cannot read {a.file.name} (ops {', '.join(bad)}) and the run has no plain or "
                          "QDQ form of it: not run on OpenVINO")
     grid = list(smooth_alpha)
-    if len(grid) > 1 and validation is None:
-        raise ValueError(f"a SmoothQuant grid of {len(grid)} strengths needs the validation split to choose on")
+    if len(grid) > 1 and (validation is None or not validation.examples):
+        raise ValueError(f"a SmoothQuant grid of {len(grid)} strengths needs the validation split to choose on, "
+                         "and the task has " + ("none" if validation is None else "an empty one") +
+                         ": give openvino_smooth_alpha one strength (or null)")
     from compresslab.export.openvino_int8 import ours_int8_ir_chosen
     from compresslab.pipeline.deploy import fp32_matmuls
 
     run_dir = _run_dir(pipeline_cell)
     fp32 = _plain_fp32(run_dir)
     keep = fp32_matmuls(_final_torch_model(run_dir), list(keep_fp32), fp32) if keep_fp32 else []
-    scorer = validation.ir_scorer(threads) if validation is not None else (lambda irs: {})
+    # the strength is chosen at the precision the cell is scored and timed at (the Artifact's "default")
+    scorer = validation.ir_scorer(threads, "default") if validation is not None else (lambda irs: {})
     xml, q = ours_int8_ir_chosen(fp32, work / "openvino", calibration, grid, scorer, exclude=keep)
     q["keep_fp32"] = {"patterns": list(keep_fp32), "matmuls": keep}
     q["recipe"] = RECIPE
@@ -165,10 +169,13 @@ def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration:
 
 
 def method_of(rec: Mapping[str, Any], planned: str) -> str:
-    """The method of a built ``<pipeline>_openvino`` cell record: ours when SmoothQuant (our pass) changed the
-    weights before ORT's quantizer made its int8 IR, else ``planned`` (its pipeline's method)."""
+    """The method of a built ``<pipeline>_openvino`` cell record: ours when our int8 recipe chose or changed
+    something before ORT's quantizer made its IR (SmoothQuant, our pass, scaled weights; or its strength,
+    ``None`` included, was chosen on validation by our search), else ``planned`` (its pipeline's method)."""
     q = ((rec.get("artifact") or {}).get("info") or {}).get("quantization") or {}
-    return OURS if ((q.get("smoothquant") or {}).get("n_matmuls") or 0) > 0 else planned
+    smoothed = ((q.get("smoothquant") or {}).get("n_matmuls") or 0) > 0
+    chosen = bool((q.get("smooth_choice") or {}).get("scored"))
+    return OURS if smoothed or chosen else planned
 
 
 def faster_runtime(systems: Mapping[str, Mapping[str, Any]], pipelines: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from compresslab.export.openvino_int8 import RECIPE
+
 from .suite_method import OURS, pipeline_method
-from .suite_openvino import RECIPE, cell_name, nncf_cell_name, pipeline_of
+from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
 BACKENDS = ("ort", "openvino")
@@ -172,12 +174,13 @@ def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
     return [f"+pipeline={pipeline}", *kept, "deploy=ort", "bench=off"]
 
 
-def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length: int
-               ) -> list[tuple[str, str, dict[str, Any]]]:
+def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length: int,
+               validation: Sequence[Any] = ()) -> list[tuple[str, str, dict[str, Any]]]:
     """Every cell of the task in build order, as ``(name, method, spec)``: the pipelines, then their OpenVINO
     cells (each is made from its pipeline's finished run), then the peers. ``spec`` is what the cell is
     cached under: its settings plus the task, budget, overrides, teacher hash, dev examples' hash and
-    sequence length, so any change to what the cell is built from builds it again."""
+    sequence length, so any change to what the cell is built from builds it again. ``validation``: the split
+    our OpenVINO cells choose their SmoothQuant strength on (its hash keys them)."""
     from compresslab.manifest import examples_sha256
 
     from .peers import PEERS
@@ -193,7 +196,8 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
         todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
                                               "calibration_examples": p.calibration_examples,
                                               "keep_fp32": list(p.openvino_keep_fp32),
-                                              "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE, **data})
+                                              "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE,
+                                              "validation": examples_sha256(validation), **data})
                  for pl in p.pipelines]
         # NNCF's int8 beside ours, for our pipelines (on the teacher it is the nncf_ptq_int8 peer already); the
         # pipeline's method, as ORT's quantizer in ziplm_int8 (suite_openvino's docstring)
@@ -214,18 +218,16 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
 
 def smooth_grid(cfg: Mapping[str, Any]) -> tuple[float | None, ...]:
     """suite.yaml ``openvino_smooth_alpha`` (a strength, null, or a list of them) as a grid; absent: deploy's
-    default grid (``deploy.smooth_alpha``). SuiteError for an empty list, a strength outside [0, 1] or a
+    default grid (``deploy.smooth_alpha``). SuiteError for an empty list, a strength outside (0, 1] or a
     repeated entry."""
     from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
 
-    raw = cfg.get("openvino_smooth_alpha", list(DEFAULT_SMOOTH_GRID))
-    grid = list(raw) if isinstance(raw, (list, tuple)) else [raw]
-    bad = [a for a in grid if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))
-                                                 or not 0.0 <= float(a) <= 1.0)]
-    if not grid or bad or len(set(grid)) != len(grid):
-        raise SuiteError(f"openvino_smooth_alpha={raw!r}: give a SmoothQuant strength in [0, 1], null (none), or a "
-                         "non-empty list of distinct ones")
-    return tuple(None if a is None else float(a) for a in grid)
+    from compresslab.pipeline.settings import smooth_grid as parse
+
+    try:  # deploy.smooth_alpha's own rules, so the suite and a run accept the same grids
+        return parse(cfg.get("openvino_smooth_alpha", list(DEFAULT_SMOOTH_GRID)))
+    except ValueError as e:
+        raise SuiteError(f"openvino_smooth_alpha: {e}") from e
 
 
 def list_suite(cfg: Mapping[str, Any]) -> str:

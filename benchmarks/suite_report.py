@@ -141,7 +141,8 @@ def runtime_blocks(runtimes: Mapping[str, Mapping[str, Any]], isa: str) -> list[
     return [Table(["pipeline", f"ORT b32 ms [{isa}]", f"OpenVINO b32 ms [{isa}]", "faster", "ORT score",
                    "OpenVINO score"], rows,
                   caption="Each of our pipelines on both runtimes (OpenVINO: the same file, its plain twin, or our "
-                          "static QDQ of the run's plain export where ORT's file is its dynamic int8 form).")]
+                          "int8 IR (SmoothQuant chosen on validation + static QDQ) of the run's plain export where ORT's file is "
+                          "its dynamic int8 form).")]
 
 
 def external_blocks(meta: Mapping[str, Any]) -> list[Any]:

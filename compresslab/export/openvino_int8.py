@@ -38,6 +38,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 INT8_METHODS: tuple[str, ...] = ("ours", "nncf")
+# The version of ours_int8_ir's defaults: what a cache of our int8 IRs keys on (the peer suite's OpenVINO cells).
+# Bump it with any change to those defaults. 2026-12-04: Q.K^T symmetric int8 before the head split, MatMul
+# outputs and the residual path float.
+RECIPE = "ours_int8_ir/2026-12-04"
 IR_NAME = "openvino_model.xml"  # optimum-intel's OVModelForSequenceClassification file name
 
 

@@ -265,7 +265,7 @@ class DeploySettings:
                 self.keep_fp32, str) else self.keep_fp32, "keep_fp32")))
         if not isinstance(self.accuracy_control, bool):
             raise ValueError(f"accuracy_control: true or false, got {self.accuracy_control!r}")
-        object.__setattr__(self, "smooth_alpha", _smooth_grid(self.smooth_alpha))
+        object.__setattr__(self, "smooth_alpha", smooth_grid(self.smooth_alpha))
         for name in ("tolerance", "max_drop"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
@@ -295,7 +295,7 @@ class DeploySettings:
             check_precision("bf16")
 
 
-def _smooth_grid(value: Any) -> tuple[float | None, ...]:
+def smooth_grid(value: Any) -> tuple[float | None, ...]:
     """``deploy.smooth_alpha`` as a tuple: a number or null is a one-entry grid; each entry in (0, 1] or null,
     no repeats (SmoothQuant's migration strength, Xiao et al. 2023 eq. 4)."""
     grid = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]

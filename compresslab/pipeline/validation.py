@@ -47,18 +47,19 @@ class ValidationAgreement:
         return {k: compare(predict(f, s.task.spec, self.examples, s.tokenizer, **self._kw()), self.teacher(),
                            s.task.spec) for k, f in forwards.items()}
 
-    def agreement(self, irs: dict[str, Path], threads: int) -> dict[str, dict[str, float]]:
-        """Validation scores of OpenVINO IRs, compiled at ``deploy.precision``."""
+    def agreement(self, irs: dict[str, Path], threads: int, precision: str | None = None) -> dict[str, dict[str, float]]:
+        """Validation scores of OpenVINO IRs, compiled at ``precision`` (default: ``deploy.precision``)."""
         from compresslab.bench.openvino_runner import OpenVinoRunner
         from compresslab.eval.evaluate import onnx_forward
 
-        p = self.state.settings.deploy.precision
+        p = precision or self.state.settings.deploy.precision
         return self.score({k: onnx_forward(OpenVinoRunner(x, threads, p)) for k, x in irs.items()})
 
-    def ir_scorer(self, threads: int) -> Callable[[dict[str, Path]], dict[str, float]]:
+    def ir_scorer(self, threads: int, precision: str | None = None) -> Callable[[dict[str, Path]], dict[str, float]]:
         """label -> IR path in, label -> ``key`` out: the ``score`` argument of
-        :func:`compresslab.export.openvino_int8.ours_int8_ir_chosen`."""
-        return lambda irs: {k: v[self.key] for k, v in self.agreement(irs, threads).items()}
+        :func:`compresslab.export.openvino_int8.ours_int8_ir_chosen` (IRs compiled at ``precision``,
+        default ``deploy.precision``)."""
+        return lambda irs: {k: v[self.key] for k, v in self.agreement(irs, threads, precision).items()}
 
     def labelled_feeds(self) -> list[tuple[dict[str, np.ndarray], np.ndarray]] | None:
         """(feed, teacher label) batches of the validation split for NNCF's accuracy control;

@@ -214,6 +214,8 @@ def test_second_run_builds_nothing_and_a_changed_setting_builds_anew(built, monk
     again = suite.ResultsFile(built.root / "results" / "suite_tiny.json").load()
     assert again["systems"]["int8"]["score"] == built.data["systems"]["int8"]["score"]
     assert again["systems"]["int8"]["method"] == "peer"
+    # and a cached OpenVINO cell of our recipe is ours again, read back from its record (suite_openvino.method_of)
+    assert again["systems"]["int8_openvino"]["method"] == "compresslab"
     assert again["meta"]["cell_keys"] == built.data["meta"]["cell_keys"]
 
     class Broken2(Broken):

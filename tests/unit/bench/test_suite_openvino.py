@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -98,6 +99,7 @@ def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_the_recipe_keys_th
     store = importlib.import_module("benchmarks.store")
     assert store.cell_key(twin) != store.cell_key({**twin, "recipe": "older"})
     assert store.cell_key(twin) != store.cell_key({**twin, "smooth_alpha": [0.8]})
+    assert store.cell_key(twin) != store.cell_key({**twin, "validation": "another carve"})
     # --cells names a twin by its pipeline: both twins come with it
     q = plan_mod.plan(cfg, "mrpc", "bench", ["ziplm_int8_openvino_nncf"])
     assert q.pipelines == ("ziplm_int8",) and q.peers == ()
@@ -138,23 +140,26 @@ def test_smooth_grid_reads_a_strength_null_or_a_list(raw, grid) -> None:
     assert plan_mod.smooth_grid({"openvino_smooth_alpha": raw}) == grid
 
 
-@pytest.mark.parametrize("raw", [[], [0.5, 0.5], [1.5], [-0.1], ["high"], [True]])
+@pytest.mark.parametrize("raw", [[], [0.5, 0.5], [1.5], [-0.1], [0.0], ["high"], [True]])
 def test_a_bad_smooth_grid_is_refused_before_any_work(raw) -> None:
     plan_mod = importlib.import_module("benchmarks.suite_plan")
     with pytest.raises(plan_mod.SuiteError, match="openvino_smooth_alpha"):
         plan_mod.smooth_grid({"openvino_smooth_alpha": raw})
 
 
-def test_a_grid_without_a_validation_split_is_refused(tmp_path) -> None:
+@pytest.mark.parametrize("validation,has", [(None, "none"), (SimpleNamespace(examples=[]), "an empty one")])
+def test_a_grid_without_a_validation_split_is_refused(tmp_path, validation, has) -> None:
     f = _graph(tmp_path / "model.onnx", "MatMulInteger")  # ORT's dynamic int8: our recipe would run
-    with pytest.raises(ValueError, match="needs the validation split"):
-        OV.openvino_artifact(_cell(f), tmp_path / "w", [], smooth_alpha=[0.5, 0.8], validation=None)
+    with pytest.raises(ValueError, match=f"needs the validation split to choose on, and the task has {has}"):
+        OV.openvino_artifact(_cell(f), tmp_path / "w", [], smooth_alpha=[0.5, 0.8], validation=validation)
 
 
 @pytest.mark.parametrize("quantization,planned,method", [
     ({"smoothquant": {"alpha": 0.8, "n_matmuls": 24}}, "peer", "compresslab"),  # our pass changed the weights
     ({"smoothquant": {"alpha": 0.8, "n_matmuls": 0}}, "peer", "peer"),  # SmoothQuant found nothing to scale
-    ({"method": "ours"}, "peer", "peer"),  # no smoothing: ORT's quantizer on the teacher stays a peer's
+    ({"method": "ours"}, "peer", "peer"),  # no smoothing, nothing chosen: ORT's quantizer alone stays a peer's
+    ({"smooth_choice": {"alpha": None, "scored": True}}, "peer", "compresslab"),  # our search chose "none"
+    ({"smooth_choice": {"alpha": 0.8, "scored": False}, "smoothquant": {"n_matmuls": 0}}, "peer", "peer"),
     ({}, "compresslab", "compresslab"),  # our pipeline's model: ours whatever ran after
 ])
 def test_method_of_an_openvino_cell(quantization, planned, method) -> None:
