@@ -53,7 +53,7 @@ from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
 from .suite_applies import loss_statement, skip_reason
-from .suite_openvino import faster_runtime, method_of, nncf_artifact, openvino_artifact
+from .suite_openvino import faster_runtime, method_of, nncf_artifact, openvino_artifact, recipe_of
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
 
@@ -386,7 +386,9 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
                      "overrides": list(p.overrides), "threads": p.threads, "timing": timing_meta,
                      "pipeline_overrides": {k: list(v) for k, v in p.pipeline_extra.items()},
                      "cpu_isa": [f for f in ISA_FLAGS if f in flags], "cell_keys": keys,
-                     "cells": {n: {k: c.get(k) for k in ("build_s", "cpu_s", "over_budget", "run_dir", "command", "status")}
+                     "cells": {n: {**{k: c.get(k) for k in ("build_s", "cpu_s", "over_budget", "run_dir", "command",
+                                                                  "status")},
+                                   **({"int8_recipe": r} if (r := recipe_of(c)) else {})}
                                for n, c in cells.items()},
                      "skipped": {n: c["skipped"] for n, c in cells.items() if c.get("status") == "skipped"},
                      **label_free,

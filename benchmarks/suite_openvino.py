@@ -178,6 +178,20 @@ def method_of(rec: Mapping[str, Any], planned: str) -> str:
     return OURS if smoothed or chosen else planned
 
 
+def recipe_of(rec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What our int8 recipe chose for a built ``<pipeline>_openvino`` cell, for the results file's
+    ``meta.cells`` (the cell record itself lives in the untracked work dir): recipe, grid, chosen strength,
+    each strength's validation score, SmoothQuant's MatMul count, MatMuls kept fp32. None when the recipe
+    did not make the cell (a file OpenVINO read as it is, NNCF's int8, a failed cell)."""
+    q = ((rec.get("artifact") or {}).get("info") or {}).get("quantization") or {}
+    if q.get("method") != "ours" or "smooth_choice" not in q:
+        return None
+    c = q["smooth_choice"]
+    return {"recipe": q.get("recipe"), "smooth_grid": c.get("grid"), "smooth_alpha": c.get("alpha"),
+            "validation_scores": c.get("scores"), "smoothquant_matmuls": (q.get("smoothquant") or {}).get("n_matmuls"),
+            "keep_fp32": (q.get("keep_fp32") or {}).get("patterns")}
+
+
 def faster_runtime(systems: Mapping[str, Mapping[str, Any]], pipelines: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per pipeline: its ORT and OpenVINO b32 p50 (ms), which is faster and by how much (slower / faster),
     and both scores; ``faster`` is None with ``why`` when either was not timed."""

@@ -20,6 +20,8 @@ from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
 BACKENDS = ("ort", "openvino")
+KEYS = ("threads", "pipelines", "pipeline_overrides", "peers", "backends", "openvino_keep_fp32",
+        "openvino_smooth_alpha", "calibration_examples", "timing", "budgets", "tasks")  # suite.yaml's top level
 
 
 class SuiteError(ValueError):
@@ -52,21 +54,34 @@ class TaskPlan:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """suite.yaml as a dict; SuiteError when a section is missing."""
+    """suite.yaml as a dict; SuiteError when a section is missing, a key is unknown (a typo would otherwise
+    leave its default in force, silently) or a setting is malformed, before any work."""
+    import difflib
+
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
     missing = [k for k in ("tasks", "budgets", "pipelines", "timing") if k not in cfg]
     if missing:
         raise SuiteError(f"{path}: missing section(s) {missing}")
+    for k in cfg:
+        if k not in KEYS:
+            near = difflib.get_close_matches(str(k), KEYS, n=1)
+            raise SuiteError(f"{path}: unknown key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                             + f"; allowed: {', '.join(KEYS)}")
     backends(cfg)
+    keep_fp32(cfg)
+    smooth_grid(cfg)
     return cfg
 
 
 def backends(cfg: Mapping[str, Any]) -> list[str]:
     """The runtimes our pipelines' files run on (``backends``, default both); SuiteError for an unknown one
     or a list without ort (every pipeline deploys on ORT: ``deploy=ort``)."""
-    got = list(cfg.get("backends", BACKENDS))
+    raw = cfg.get("backends", BACKENDS)
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise SuiteError(f"backends must be a list of runtimes (e.g. [ort, openvino]), got {raw!r}")
+    got = list(raw)
     unknown = [b for b in got if b not in BACKENDS]
     if unknown:
         raise SuiteError(f"unknown backend(s) {unknown} in the suite config; allowed: {list(BACKENDS)}")
@@ -143,7 +158,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                  tuple(cfg.get("openvino_keep_fp32") or ()), smooth_grid(cfg), pipeline_extra(cfg, task))
+                  keep_fp32(cfg), smooth_grid(cfg), pipeline_extra(cfg, task))
     _check_openvino_cells(tp, asked_openvino)
     return tp
 
@@ -227,7 +242,22 @@ def smooth_grid(cfg: Mapping[str, Any]) -> tuple[float | None, ...]:
     try:  # deploy.smooth_alpha's own rules, so the suite and a run accept the same grids
         return parse(cfg.get("openvino_smooth_alpha", list(DEFAULT_SMOOTH_GRID)))
     except ValueError as e:
-        raise SuiteError(f"openvino_smooth_alpha: {e}") from e
+        raise SuiteError(f"openvino_smooth_alpha: {str(e).removeprefix('smooth_alpha: ')}") from e
+
+
+def keep_fp32(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """suite.yaml ``openvino_keep_fp32``: a list of ``deploy.keep_fp32`` patterns (``[]`` or null: none).
+    SuiteError for a string, a non-string entry or a bad ``re:`` pattern; whether a pattern selects a Linear
+    is only known once a model is loaded (the OpenVINO cell's error then names the available ones)."""
+    from compresslab.targets import check_patterns
+
+    raw = cfg.get("openvino_keep_fp32")
+    if raw is None or (isinstance(raw, (list, tuple)) and not raw):
+        return ()
+    try:
+        return tuple(check_patterns(raw, "openvino_keep_fp32") or ())
+    except ValueError as e:
+        raise SuiteError(str(e)) from e
 
 
 def list_suite(cfg: Mapping[str, Any]) -> str:
@@ -244,9 +274,11 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
     extra = pipeline_extra(cfg)
     lines += [f"  {p}" + (f" (then {' '.join(extra[p])})" if p in extra else "") for p in cfg["pipelines"]]
     if "openvino" in backends(cfg):
-        lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}, our int8 IR keeping "
-                     f"{list(cfg.get('openvino_keep_fp32') or []) or 'nothing'} fp32, SmoothQuant grid "
-                     f"{list(smooth_grid(cfg))}) and, for our int8 pipelines, "
+        grid = smooth_grid(cfg)
+        smooth = "no SmoothQuant" if grid == (None,) else f"SmoothQuant grid {list(grid)}"
+        lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}: an ORT int8 file as our int8 IR keeping "
+                     f"{list(keep_fp32(cfg)) or 'nothing'} fp32, {smooth}; a file OpenVINO cannot read, such as "
+                     "MatMulNBits, records why) and, for our int8 pipelines, "
                      f"NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')})")
     lines.append("peers:")
     lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]

@@ -199,14 +199,17 @@ def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
         "method compresslab: our pipeline's deployed file, where one of our passes changed the model; peer: another "
         "tool's (the dense teacher's cells included), also when one of our pipelines only runs that tool on the "
         "teacher (int8: ORT's quantize_dynamic; benchmarks/suite_method.py). An OpenVINO cell made by our int8 "
-        "recipe is ours, on the teacher too: SmoothQuant, our pass, changed the weights first.",
+        "recipe (results files from 2026-12-04 on: meta.cells.<cell>.int8_recipe) is ours, on the teacher too "
+        "(int8_openvino): SmoothQuant, our pass, changed the weights first, or our search chose its strength on "
+        "validation. A task whose results file is older holds static-QDQ cells, where int8_openvino is a peer.",
         "agreement: fraction of dev examples predicted as the teacher (torch fp32) predicts (Pearson r on regression).",
         "Every speed figure: one process, every cell interleaved, medians, except the cells timed 'alternating': "
         "those run only in their tool's venv and were timed there, after the others, interleaved with the dense "
         "teacher (eager fp32) whose figure there is given; the CPU ISA flags are in the header.",
         "OpenVINO cells of our pipelines (<pipeline>_openvino): the same model on OpenVINO (see the runtime table); "
         "an ORT int8 pipeline's is our int8 IR of its fp32 export (deploy.int8=ours: the SmoothQuant strength "
-        "chosen on validation agreement, keeping suite.yaml's openvino_keep_fp32 MatMuls fp32). <pipeline>_openvino_nncf: NNCF PTQ of the same model (NNCF's int8; the pipeline's method, "
+        "chosen on validation agreement, keeping suite.yaml's openvino_keep_fp32 MatMuls fp32; older results "
+        "files: our static QDQ). <pipeline>_openvino_nncf: NNCF PTQ of the same model (NNCF's int8; the pipeline's method, "
         "since our pass changed the model first).",
         "Verdicts: benchmarks/verdicts.py; a peer that failed has no verdict, its exact error is in the table."])]
     return doc, pngs

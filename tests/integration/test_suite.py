@@ -182,6 +182,11 @@ def test_openvino_cell_of_int8_is_our_qdq_of_the_plain_export(built) -> None:
     assert set(choice["scores"]) == {"alpha_0.5", "alpha_0.8"} and q["smoothquant"]["alpha"] == choice["alpha"]
     assert q["recipe"] == OV.RECIPE and "validation agreement" in cell["artifact"]["info"]["source"]
     assert cell["spec"]["smooth_alpha"] == [0.5, 0.8] and cell["spec"]["recipe"] == OV.RECIPE  # in the cell key
+    # and the choice reaches the results file (the cell record stays in the work dir)
+    r = built.data["meta"]["cells"]["int8_openvino"]["int8_recipe"]
+    assert r["recipe"] == OV.RECIPE and r["smooth_alpha"] == choice["alpha"] and r["smooth_grid"] == [0.5, 0.8]
+    assert set(r["validation_scores"]) == {"alpha_0.5", "alpha_0.8"} and r["keep_fp32"] == ["ffn_out"]
+    assert "int8_recipe" not in built.data["meta"]["cells"][f"{OURS}_openvino_nncf"]
 
 
 def test_nncf_cell_quantizes_our_pipelines_model(built) -> None:

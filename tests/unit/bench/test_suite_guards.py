@@ -165,3 +165,35 @@ def test_teacher_build_is_flagged_over_its_cpu_budget(tmp_path, cpu_s, budget, o
     rec = t.build_record(budget)
     assert rec["cpu_s"] == cpu_s and rec["prepare_s"] == 4000.0 and rec["over_budget"] is over
     assert suite.Teacher(None, "0", tmp_path / "none", np.zeros(2), 0.9, []).build_record(1.0)["cpu_s"] is None
+
+
+def _yaml(tmp_path: Path, **extra) -> Path:
+    import yaml
+
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump({**_cfg(), **extra}))
+    return p
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"openvino_smoth_alpha": [0.5]}, r"unknown key 'openvino_smoth_alpha' \(did you mean 'openvino_smooth_alpha'\?\)"),
+    ({"backends": "ort"}, r"backends must be a list of runtimes"),
+    ({"openvino_keep_fp32": "ffn_out"}, r"openvino_keep_fp32 must be a list of patterns"),
+    ({"openvino_keep_fp32": ["ffn_out", 42]}, r"non-empty strings"),
+    ({"openvino_keep_fp32": ["re:(("]}, r"openvino_keep_fp32: bad regex"),
+    ({"openvino_smooth_alpha": [0.0, 0.5]}, r"^openvino_smooth_alpha: each entry is a SmoothQuant strength in \(0, 1\]"),
+])
+def test_a_malformed_suite_config_is_refused_when_read(tmp_path, extra, match) -> None:
+    """A typo'd key would leave its default in force; a string where a list belongs would be split into
+    characters; a bad pattern would only fail after every pipeline was built: all refused up front."""
+    with pytest.raises(suite_plan.SuiteError, match=match):
+        suite_plan.load_config(_yaml(tmp_path, **extra))
+
+
+def test_keep_fp32_and_a_null_grid_are_read_and_listed(tmp_path) -> None:
+    cfg = suite_plan.load_config(_yaml(tmp_path, openvino_keep_fp32=["ffn_out", "re:.*query"],
+                                       openvino_smooth_alpha=None))
+    assert suite_plan.keep_fp32(cfg) == ("ffn_out", "re:.*query") and suite_plan.smooth_grid(cfg) == (None,)
+    assert suite_plan.keep_fp32({"openvino_keep_fp32": []}) == () == suite_plan.keep_fp32({})
+    text = suite_plan.list_suite(cfg)
+    assert "keeping ['ffn_out', 're:.*query'] fp32, no SmoothQuant" in text
