@@ -333,3 +333,57 @@ def hoist_qdq_above_layout_ops(path: str | Path, matmuls: Sequence[str]) -> int:
 
 __all__ = ["float_path_for_unquantized", "fold_weight_qdq", "hoist_qdq_above_layout_ops", "qdq_summary",
            "symmetric_int8_inputs"]
+
+
+def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, Any]:
+    """Store each embedding table of ``path`` (a float rank-2 initializer of at least ``min_rows`` rows
+    whose only readers are ``Gather`` nodes' data input: the word-embedding table, not the small
+    position/token-type ones) as int8, per-row symmetric: ``q = clip(round(E / s), -127, 127)`` with
+    ``s_r = max|E_r| / 127``, and ``DequantizeLinear(q, s, 0, axis=0)`` in front of its Gathers.
+    Rewrites ``path`` atomically; returns ``{"tables": [...names], "rows": n, "max_abs_error": e}``
+    (``e <= max_r s_r / 2``: round-to-nearest on the grid).
+
+    Why: ORT's static quantizer (op types MatMul) leaves the table in fp32, ~half of a MiniLM's weights;
+    NNCF's IR stores it in int8. A weight-only table keeps the Gather's output float (no activation grid)
+    and OpenVINO keeps the constant compressed in the IR. Per row because token rows differ in scale by
+    orders of magnitude (one scale for the table would flatten the rare tokens' rows).
+    Raises ValueError when the graph's opset is below 13 (per-axis DequantizeLinear).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from compresslab.manifest import atomic_write_bytes
+
+    model = onnx.load(str(path))
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise ValueError(f"{Path(path).name}: opset {opset} < 13 has no per-axis DequantizeLinear")
+    inits = {i.name: i for i in g.initializer}
+    readers = _consumers(g)
+    graph_outputs = {o.name for o in g.output}
+    tables, rows, err = [], 0, 0.0
+    for name, init in list(inits.items()):
+        users = readers.get(name, [])
+        if (not users or name in graph_outputs or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2
+                or init.dims[0] < min_rows or any(u.op_type != "Gather" or u.input[0] != name or name in u.input[1:]
+                                                  for u in users)):
+            continue
+        e = numpy_helper.to_array(init).astype(np.float32)
+        scale = np.abs(e).max(axis=1) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero row: any scale is exact
+        q = np.clip(np.rint(e / scale[:, None]), -127, 127).astype(np.int8)
+        err = max(err, float(np.max(np.abs(q.astype(np.float32) * scale[:, None] - e))))
+        g.initializer.remove(init)
+        g.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                              numpy_helper.from_array(scale, f"{name}_scale"),
+                              numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero_point")])
+        g.node.insert(0, helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                                          [f"{name}_dequantized"], name=f"{name}_DequantizeLinear", axis=0))
+        for u in users:
+            u.input[0] = f"{name}_dequantized"
+        tables.append(name)
+        rows += int(init.dims[0])
+    if tables:
+        atomic_write_bytes(path, model.SerializeToString())
+    return {"tables": tables, "rows": rows, "max_abs_error": err}
