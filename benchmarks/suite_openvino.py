@@ -34,10 +34,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from compresslab.export.openvino_int8 import RECIPE  # in the cell key: cells of an older recipe are rebuilt
+
 from .artifacts import Artifact
 from .suite_method import OURS
-
-from compresslab.export.openvino_int8 import RECIPE  # in the cell key: cells of an older recipe are rebuilt
 
 SUFFIX = "_openvino"
 NNCF_SUFFIX = "_openvino_nncf"
@@ -168,11 +168,16 @@ def openvino_artifact(pipeline_cell: Mapping[str, Any], work: Path, calibration:
         "quantization": q})
 
 
+def _quantization(rec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A cell record's ``artifact.info.quantization`` (what the int8 tool recorded), or {}."""
+    return ((rec.get("artifact") or {}).get("info") or {}).get("quantization") or {}
+
+
 def method_of(rec: Mapping[str, Any], planned: str) -> str:
     """The method of a built ``<pipeline>_openvino`` cell record: ours when our int8 recipe chose or changed
     something before ORT's quantizer made its IR (SmoothQuant, our pass, scaled weights; or its strength,
     ``None`` included, was chosen on validation by our search), else ``planned`` (its pipeline's method)."""
-    q = ((rec.get("artifact") or {}).get("info") or {}).get("quantization") or {}
+    q = _quantization(rec)
     smoothed = ((q.get("smoothquant") or {}).get("n_matmuls") or 0) > 0
     chosen = bool((q.get("smooth_choice") or {}).get("scored"))
     return OURS if smoothed or chosen else planned
@@ -183,7 +188,7 @@ def recipe_of(rec: Mapping[str, Any]) -> dict[str, Any] | None:
     ``meta.cells`` (the cell record itself lives in the untracked work dir): recipe, grid, chosen strength,
     each strength's validation score, SmoothQuant's MatMul count, MatMuls kept fp32. None when the recipe
     did not make the cell (a file OpenVINO read as it is, NNCF's int8, a failed cell)."""
-    q = ((rec.get("artifact") or {}).get("info") or {}).get("quantization") or {}
+    q = _quantization(rec)
     if q.get("method") != "ours" or "smooth_choice" not in q:
         return None
     c = q["smooth_choice"]

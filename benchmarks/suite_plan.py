@@ -79,7 +79,7 @@ def backends(cfg: Mapping[str, Any]) -> list[str]:
     """The runtimes our pipelines' files run on (``backends``, default both); SuiteError for an unknown one
     or a list without ort (every pipeline deploys on ORT: ``deploy=ort``)."""
     raw = cfg.get("backends", BACKENDS)
-    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+    if not isinstance(raw, (list, tuple)):  # a string would be split into characters
         raise SuiteError(f"backends must be a list of runtimes (e.g. [ort, openvino]), got {raw!r}")
     got = list(raw)
     unknown = [b for b in got if b not in BACKENDS]
@@ -235,9 +235,7 @@ def smooth_grid(cfg: Mapping[str, Any]) -> tuple[float | None, ...]:
     """suite.yaml ``openvino_smooth_alpha`` (a strength, null, or a list of them) as a grid; absent: deploy's
     default grid (``deploy.smooth_alpha``). SuiteError for an empty list, a strength outside (0, 1] or a
     repeated entry."""
-    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
-
-    from compresslab.pipeline.settings import smooth_grid as parse
+    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID, smooth_grid as parse
 
     try:  # deploy.smooth_alpha's own rules, so the suite and a run accept the same grids
         return parse(cfg.get("openvino_smooth_alpha", list(DEFAULT_SMOOTH_GRID)))
@@ -255,7 +253,7 @@ def keep_fp32(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     if raw is None or (isinstance(raw, (list, tuple)) and not raw):
         return ()
     try:
-        return tuple(check_patterns(raw, "openvino_keep_fp32") or ())
+        return tuple(check_patterns(raw, "openvino_keep_fp32"))
     except ValueError as e:
         raise SuiteError(str(e)) from e
 

@@ -331,9 +331,6 @@ def hoist_qdq_above_layout_ops(path: str | Path, matmuls: Sequence[str]) -> int:
     return moved
 
 
-__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "hoist_qdq_above_layout_ops", "qdq_summary",
-           "symmetric_int8_inputs"]
-
 
 def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, Any]:
     """Store each embedding table of ``path`` (a float rank-2 initializer of at least ``min_rows`` rows
@@ -365,9 +362,10 @@ def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, A
     tables, rows, err = [], 0, 0.0
     for name, init in list(inits.items()):
         users = readers.get(name, [])
-        if (not users or name in graph_outputs or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2
-                or init.dims[0] < min_rows or any(u.op_type != "Gather" or u.input[0] != name or name in u.input[1:]
-                                                  for u in users)):
+        is_table = init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2 and init.dims[0] >= min_rows
+        gathered_only = bool(users) and all(u.op_type == "Gather" and list(u.input).count(name) == 1
+                                            and u.input[0] == name for u in users)
+        if not (is_table and gathered_only) or name in graph_outputs:
             continue
         e = numpy_helper.to_array(init).astype(np.float32)
         scale = np.abs(e).max(axis=1) / 127.0
@@ -387,3 +385,7 @@ def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, A
     if tables:
         atomic_write_bytes(path, model.SerializeToString())
     return {"tables": tables, "rows": rows, "max_abs_error": err}
+
+
+__all__ = ["float_path_for_unquantized", "fold_weight_qdq", "hoist_qdq_above_layout_ops", "int8_embedding_tables",
+           "qdq_summary", "symmetric_int8_inputs"]
