@@ -58,23 +58,39 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "ours_recipe": dict(calibrate_method="minmax"),
     **{f"ours_recipe_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a))
        for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
+    # the same grid with the word-embedding table stored as per-row int8 before its Gather (ORT's quantizer
+    # leaves it fp32: ~half of MiniLM's weights; NNCF's IR stores it int8)
+    **{f"ours_recipe_embed_int8_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a),
+                                                  embeddings_int8=True)
+       for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
 }
 
 
-# deploy.smooth_alpha's default grid over the new recipe (conf/deploy/ort.yaml), in its order
-GRID = [f"ours_recipe_smooth_{a}" for a in ("0.5", "0.7", "0.8", "0.9", "0.95")]
+# deploy.smooth_alpha's default grid over the new recipe (conf/deploy/ort.yaml), in its order; one grid per
+# recipe family (the key of deploy_grid_choice)
+_ALPHAS = ("0.5", "0.7", "0.8", "0.9", "0.95")
+GRIDS = {"ours_recipe": [f"ours_recipe_smooth_{a}" for a in _ALPHAS],
+         "ours_recipe_embed_int8": [f"ours_recipe_embed_int8_smooth_{a}" for a in _ALPHAS]}
+GRID = GRIDS["ours_recipe"]
 
 
-def grid_choice(variants: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """What ``deploy`` would ship from the default SmoothQuant grid: the highest validation agreement, a tie
+def grid_choice(variants: dict[str, dict[str, Any]], grid: list[str] = GRID) -> dict[str, Any] | None:
+    """What ``deploy`` would ship from the default SmoothQuant ``grid``: the highest validation agreement, a tie
     keeping the earlier strength (``export.openvino_int8.ours_int8_ir_chosen``'s rule); None if a grid
     variant was not run."""
-    if not all(g in variants and "validation_agreement" in variants[g] for g in GRID):
+    if not all(g in variants and "validation_agreement" in variants[g] for g in grid):
         return None
-    best = max(GRID, key=lambda g: (variants[g]["validation_agreement"], -GRID.index(g)))
+    best = max(grid, key=lambda g: (variants[g]["validation_agreement"], -grid.index(g)))
     return {"variant": best, "rule": "deploy.smooth_alpha grid: the highest validation agreement, a tie keeps the "
                                      "earlier strength", **{k: variants[best].get(k) for k in (
-                                         "validation_agreement", "dev_agreement", "dev_acc", "b32_ms", "b1_ms")}}
+                                         "validation_agreement", "dev_agreement", "dev_acc", "b32_ms", "b1_ms",
+                                         "size_bytes")}}
+
+
+def grid_choices(variants: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`grid_choice` per recipe family whose grid ran; None if none did."""
+    got = {fam: c for fam, g in GRIDS.items() if (c := grid_choice(variants, g)) is not None}
+    return got or None
 
 
 def main(argv: list[str]) -> None:
@@ -95,14 +111,15 @@ def main(argv: list[str]) -> None:
 
     from _results import ResultsFile  # sibling module (script dir)
 
-    results = ResultsFile(RESULTS)  # every write stamps meta.machine_load
-
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="results file (default: results/openvino_int8.json; a subset of variants belongs in its own)")
     a = ap.parse_args(argv)
+    results = ResultsFile(a.out)  # every write stamps meta.machine_load
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     setup_process(2, 0)
     rd = a.run_dir
@@ -137,7 +154,8 @@ def main(argv: list[str]) -> None:
         runner = OpenVinoRunner(xml, 2, "f32")
         row: dict[str, Any] = {"method": "peer" if kw is None else "compresslab",
                                "settings": {k: v for k, v in (VARIANTS[name] or {}).items()},
-                               "quantize_s": info.get("quantize_s")}
+                               "quantize_s": info.get("quantize_s"),
+                               "size_bytes": xml.stat().st_size + xml.with_suffix(".bin").stat().st_size}
         for s, ex in splits.items():
             sc = predict(onnx_forward(runner), task.spec, ex, tok, max_length=ml)
             row[f"{s}_acc"] = sc.metrics["accuracy"]
@@ -148,7 +166,7 @@ def main(argv: list[str]) -> None:
     ours = {n: r for n, r in out["variants"].items() if r["method"] == "compresslab"}
     if ours:
         out["selected_ours"] = max(ours, key=lambda n: ours[n]["validation_agreement"])
-    out["deploy_grid_choice"] = grid_choice(out["variants"])
+    out["deploy_grid_choice"] = grid_choices(out["variants"])
     if not a.no_timing:
         runners = {"ort_fp32": OrtRunner(rd / m["export"]["fp32"]["path"], 2),
                    "openvino_f32": OpenVinoRunner(plain, 2, "f32"),
@@ -161,7 +179,7 @@ def main(argv: list[str]) -> None:
                 r[f"b{b}_ms"] = lat["results"][n][shape_key(b, 128)]["p50_ms"]
         out["timing_load"] = {"before": load0, "after": os.getloadavg()}
         if out["deploy_grid_choice"]:  # with its timing
-            out["deploy_grid_choice"] = grid_choice(out["variants"])
+            out["deploy_grid_choice"] = grid_choices(out["variants"])
     out["meta"] = {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(2),
                    "run_dir": str(rd), "command": "python benchmarks/openvino_int8.py " + " ".join(argv)}
     results.write(out)
