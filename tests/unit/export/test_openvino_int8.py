@@ -29,7 +29,7 @@ def test_ours_makes_an_int8_ir_in_optimum_layout_that_runs_our_qdq_math(exported
 
     calib, held = _feeds(make_batches(n=4, bs=8, seed=1)), _feeds(make_batches(n=3, bs=8, seed=2))
     plain = Path(exported_bert.unfused_path)
-    xml, metrics = ours_int8_ir(plain, tmp_path / "ours", calib, attention_scores=False)
+    xml, metrics = ours_int8_ir(plain, tmp_path / "ours", calib, attention_scores=False, embeddings_int8=False)
     assert xml.name == IR_NAME and _is_int8(xml) and _fq_count(xml) > 0
     for f in ("openvino_model.bin", "config.json", "tokenizer.json"):
         assert (tmp_path / "ours" / f).is_file(), f
@@ -67,6 +67,30 @@ def test_ours_int8_ir_tracks_torch_on_a_normally_initialized_model(tok, make_bat
         with torch.no_grad():
             ref = model(**{k: v for k, v in b.items() if k != "labels"})[0].numpy()
         assert np.abs(runner.run(f) - ref).max() <= 0.1 * np.abs(ref).max()
+
+
+def test_ours_stores_the_word_embedding_table_in_int8_by_default(tok, make_batches, tmp_path):
+    """The recipe's default (RECIPE 2026-12-04.2): the word-embedding table per-row int8 before its Gather,
+    the IR's weights ~table/4 smaller, its outputs those of the same recipe with the table in fp32 up to the
+    table's rounding."""
+    from compresslab.export import export_model
+    from compresslab.models.tiny import tiny_model
+
+    model = tiny_model("bert", vocab_size=1200)  # a word table (>= 1,000 rows), beside the small position/type ones
+    ex = export_model(model, tok, tmp_path / "exp", make_batches(n=2, bs=4), threads=1)
+    calib, held = _feeds(make_batches(n=4, bs=8, seed=1)), _feeds(make_batches(n=2, bs=8, seed=2))
+    plain = Path(ex.unfused_path)
+    xml, m = ours_int8_ir(plain, tmp_path / "emb", calib)
+    ref_xml, ref_m = ours_int8_ir(plain, tmp_path / "fp32_table", calib, embeddings_int8=False)
+    table = model.config.vocab_size * model.config.hidden_size
+    assert m["embeddings_int8"]["rows"] == model.config.vocab_size and len(m["embeddings_int8"]["tables"]) == 1
+    assert "embeddings_int8" not in ref_m
+    saved = ref_xml.with_suffix(".bin").stat().st_size - xml.with_suffix(".bin").stat().st_size
+    assert saved >= 0.7 * 3 * table  # 4 bytes -> 1 per entry (+ one fp32 scale per row)
+    got, ref = OpenVinoRunner(xml, threads=1, precision="f32"), OpenVinoRunner(ref_xml, threads=1, precision="f32")
+    for f in held:
+        r = ref.run(f)
+        assert np.abs(got.run(f) - r).max() <= 0.05 * np.abs(r).max()
 
 
 def test_nncf_makes_an_int8_ir_and_accuracy_control_is_wired(exported_bert, bert_model, make_batches, torch_out,
