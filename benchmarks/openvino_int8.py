@@ -24,8 +24,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "openvino_int8.json"
 # name -> ours_int8_ir keyword arguments (None: NNCF PTQ)
 # ORT's static QDQ defaults (our recipe until 2026-12-04): attention MatMuls and every MatMul output quantized,
 # the residual Add reading the quantized LayerNorm output
-LEGACY = dict(attention_matmuls=True, matmul_outputs=True, float_residual=False, attention_scores=False)
-NO_SCORES = dict(attention_matmuls=False, matmul_outputs=False, float_residual=True, attention_scores=False)
+# Every variant names embeddings_int8: the recipe's default changed (2026-12-04.2), the rows of older runs did not
+LEGACY = dict(attention_matmuls=True, matmul_outputs=True, float_residual=False, attention_scores=False,
+              embeddings_int8=False)
+NO_SCORES = dict(attention_matmuls=False, matmul_outputs=False, float_residual=True, attention_scores=False,
+                 embeddings_int8=False)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "ours_minmax": dict(LEGACY, calibrate_method="minmax"),
     "ours_smooth_0.5": dict(LEGACY, calibrate_method="minmax", smooth_alpha=0.5),
@@ -53,13 +56,14 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         ("smooth_0.8_percentile", dict(calibrate_method="percentile", smooth_alpha=0.8)),
         ("smooth_0.95", dict(calibrate_method="minmax", smooth_alpha=0.95)),
         ("percentile", dict(calibrate_method="percentile")))},
-    # the recipe as ours_int8_ir's defaults now make it: the above plus Q.K^T in symmetric int8 before the
-    # head split (OpenVINO's int8 attention kernel); deploy.smooth_alpha's grid picks the strength
-    "ours_recipe": dict(calibrate_method="minmax"),
-    **{f"ours_recipe_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a))
+    # the recipe of 2026-12-04: the above plus Q.K^T in symmetric int8 before the head split (OpenVINO's int8
+    # attention kernel); deploy.smooth_alpha's grid picks the strength
+    "ours_recipe": dict(calibrate_method="minmax", embeddings_int8=False),
+    **{f"ours_recipe_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a), embeddings_int8=False)
        for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
-    # the same grid with the word-embedding table stored as per-row int8 before its Gather (ORT's quantizer
-    # leaves it fp32: ~half of MiniLM's weights; NNCF's IR stores it int8)
+    # the recipe as ours_int8_ir's defaults now make it (2026-12-04.2): the same grid with the word-embedding
+    # table stored as per-row int8 before its Gather (ORT's quantizer leaves it fp32: ~half of MiniLM's
+    # weights; NNCF's IR stores it int8)
     **{f"ours_recipe_embed_int8_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a),
                                                   embeddings_int8=True)
        for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
@@ -88,7 +92,8 @@ def grid_choice(variants: dict[str, dict[str, Any]], grid: list[str] = GRID) -> 
 
 
 def grid_choices(variants: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """:func:`grid_choice` per recipe family whose grid ran; None if none did."""
+    """:func:`grid_choice` per recipe family whose grid ran (family -> choice); None if none did. Files written
+    before session 27 (``results/openvino_int8.json``) hold the ``ours_recipe`` choice alone, unkeyed."""
     got = {fam: c for fam, g in GRIDS.items() if (c := grid_choice(variants, g)) is not None}
     return got or None
 

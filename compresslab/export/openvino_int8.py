@@ -162,8 +162,11 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
         raise ValueError(f"OpenVINO cannot convert our QDQ graph {qdq.name}: {str(e)[:300]}") from e
     xml = save_ir(model, out_dir, plain_onnx.parent)
     qdq.unlink()  # the IR is the artifact; the QDQ ONNX is rebuilt by the same call if needed
-    metrics.update(method="ours", scheme=("static QDQ MatMul inputs, per-channel int8 weights, uint8 activations"
-                           + (", Q.K^T symmetric int8 before the head split" if scores else "")),
+    metrics.update(method="ours", recipe=RECIPE,
+                   scheme=("static QDQ MatMul inputs, per-channel int8 weights, uint8 activations"
+                           + (", Q.K^T symmetric int8 before the head split" if scores else "")
+                           + (", word-embedding table per-row int8"
+                              if metrics.get("embeddings_int8", {}).get("tables") else "")),
                    quantize_s=round(time.perf_counter() - t0, 2))
     return xml, metrics
 

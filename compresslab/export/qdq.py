@@ -344,7 +344,7 @@ def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, A
     NNCF's IR stores it in int8. A weight-only table keeps the Gather's output float (no activation grid)
     and OpenVINO keeps the constant compressed in the IR. Per row because token rows differ in scale by
     orders of magnitude (one scale for the table would flatten the rare tokens' rows).
-    Raises ValueError when the graph's opset is below 13 (per-axis DequantizeLinear).
+    Raises ValueError when the graph has such a table and its opset is below 13 (per-axis DequantizeLinear).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -354,8 +354,6 @@ def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, A
     model = onnx.load(str(path))
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
-        raise ValueError(f"{Path(path).name}: opset {opset} < 13 has no per-axis DequantizeLinear")
     inits = {i.name: i for i in g.initializer}
     readers = _consumers(g)
     graph_outputs = {o.name for o in g.output}
@@ -367,6 +365,8 @@ def int8_embedding_tables(path: str | Path, min_rows: int = 1000) -> dict[str, A
                                             and u.input[0] == name for u in users)
         if not (is_table and gathered_only) or name in graph_outputs:
             continue
+        if opset < 13:  # only a graph with a table to store needs it
+            raise ValueError(f"{Path(path).name}: opset {opset} < 13 has no per-axis DequantizeLinear")
         e = numpy_helper.to_array(init).astype(np.float32)
         scale = np.abs(e).max(axis=1) / 127.0
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero row: any scale is exact

@@ -76,3 +76,11 @@ def test_an_opset_without_per_axis_dequantize_is_refused(tmp_path) -> None:
     f = _graph(tmp_path / "m.onnx", {"word": np.ones((1000, 4))}, opset=12)
     with pytest.raises(ValueError, match="opset 12 < 13"):
         int8_embedding_tables(f)
+
+
+def test_an_old_opset_without_a_table_is_left_as_it_is(tmp_path) -> None:
+    """Only a graph with a table to store needs per-axis DequantizeLinear: small tables at opset 12 pass."""
+    f = _graph(tmp_path / "m.onnx", {"pos": np.ones((64, 4))}, opset=12)
+    before = f.read_bytes()
+    assert int8_embedding_tables(f) == {"tables": [], "rows": 0, "max_abs_error": 0.0}
+    assert f.read_bytes() == before
