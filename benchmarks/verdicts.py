@@ -43,6 +43,18 @@ class Pair:
     agreement: float | None
 
 
+def _same_by_agreement(pair: Pair, classification: bool) -> bool:
+    return classification and pair.agreement is not None and pair.agreement >= SAME_AGREEMENT
+
+
+def same_score(ours: System, peer: System, pair: Pair, *, classification: bool) -> bool:
+    """Rule (b)'s "same score": agreement >= 0.99 with the peer's predictions (classification), or the score
+    within 0.3 pt below the peer's, or any amount above. False when either score is missing."""
+    if ours.score is None or peer.score is None:
+        return False
+    return _same_by_agreement(pair, classification) or ours.score - peer.score >= -(SAME_WITHIN + EPS)
+
+
 def judge(ours: System, peer: System, pair: Pair, *, classification: bool) -> dict[str, Any] | None:
     """The rule ``ours`` meets against ``peer`` (``{"rule": "a"|"b", ...figures}``), or None."""
     if None in (ours.score, peer.score, ours.latency_ms_b32, peer.latency_ms_b32):
@@ -58,9 +70,8 @@ def judge(ours: System, peer: System, pair: Pair, *, classification: bool) -> di
                     **figs}
         if not classification and delta >= MIN_GAIN_REGRESSION - EPS:
             return {"rule": "a", "why": f"at most as slow ({ratio:.2f}x) and {100 * delta:.2f} pt higher", **figs}
-    same_agree = classification and pair.agreement is not None and pair.agreement >= SAME_AGREEMENT
-    same = same_agree or delta >= -(SAME_WITHIN + EPS)  # within 0.3 pt below, or any amount above
-    if same and ratio <= SPEED_RATIO + EPS:
+    same_agree = _same_by_agreement(pair, classification)
+    if same_score(ours, peer, pair, classification=classification) and ratio <= SPEED_RATIO + EPS:
         how = (f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
                if delta <= SAME_WITHIN + EPS else f"{100 * delta:.2f} pt higher, not significant")
         what = "same score" if delta <= SAME_WITHIN + EPS else "same or higher score"
@@ -90,6 +101,13 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
     if best is not None:
         why += (f"; our best score: {best.name} {best.score:.4f} vs {peer.score:.4f} at "
                 f"{best.latency_ms_b32 / peer.latency_ms_b32:.2f}x its b32 latency")
+    same = [o for o in timed if same_score(o, peer, pairs.get(o.name, Pair(None, None)), classification=classification)]
+    if same:  # the nearest miss: the same score, but not fast enough
+        near = min(same, key=lambda o: o.latency_ms_b32)
+        why += (f"; our fastest at the same score: {near.name} {near.score:.4f} at "
+                f"{near.latency_ms_b32 / peer.latency_ms_b32:.2f}x (rule b needs <= {SPEED_RATIO}x)")
+    else:
+        why += "; none of ours has the same score"
     if untimed:
         why += f"; not timed: {', '.join(untimed)}"
     return {"status": "peer wins", "beaten_by": [], "why": why}

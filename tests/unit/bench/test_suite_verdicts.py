@@ -89,6 +89,13 @@ def test_verdict_lists_every_winner_fastest_first_and_a_peer_can_win() -> None:
     lost = V.verdict([S("worse", 0.850, 10.0), S("slower", 0.905, 95.0)], PEER,
                      {"worse": P(1e-9, 0.8), "slower": P(0.5, 0.97)}, classification=True)
     assert lost["status"] == "peer wins" and "slower 0.9050" in lost["why"]
+    # the nearest miss is named: the fastest of ours at the same score, and how far it is from 0.9x
+    assert "our fastest at the same score: slower 0.9050 at 0.95x" in lost["why"]
+    tie = V.verdict([S("tie_fast", 0.898, 91.0), S("tie_slow", 0.899, 99.0), S("worse", 0.850, 10.0)], PEER,
+                    {"tie_fast": P(0.6, 0.95), "tie_slow": P(0.6, 0.95), "worse": P(1e-9, 0.8)}, classification=True)
+    assert tie["status"] == "peer wins" and "same score: tie_fast 0.8980 at 0.91x" in tie["why"]
+    none = V.verdict([S("worse", 0.850, 10.0)], PEER, {"worse": P(1e-9, 0.8)}, classification=True)
+    assert "none of ours has the same score" in none["why"]
 
 
 def test_undecided_without_timings_never_a_silent_win() -> None:
