@@ -24,6 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "openvino_int8.json"
 # name -> ours_int8_ir keyword arguments (None: NNCF PTQ)
 # ORT's static QDQ defaults (our recipe until 2026-12-04): attention MatMuls and every MatMul output quantized,
 # the residual Add reading the quantized LayerNorm output
+_ALPHAS = ("0.5", "0.7", "0.8", "0.9", "0.95")  # deploy.smooth_alpha's default grid (conf/deploy/ort.yaml), in order
 # Every variant names embeddings_int8: the recipe's default changed (2026-12-04.2), the rows of older runs did not
 LEGACY = dict(attention_matmuls=True, matmul_outputs=True, float_residual=False, attention_scores=False,
               embeddings_int8=False)
@@ -60,19 +61,18 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     # attention kernel); deploy.smooth_alpha's grid picks the strength
     "ours_recipe": dict(calibrate_method="minmax", embeddings_int8=False),
     **{f"ours_recipe_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a), embeddings_int8=False)
-       for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
+       for a in _ALPHAS},
     # the recipe as ours_int8_ir's defaults now make it (2026-12-04.2): the same grid with the word-embedding
     # table stored as per-row int8 before its Gather (ORT's quantizer leaves it fp32: ~half of MiniLM's
     # weights; NNCF's IR stores it int8)
     **{f"ours_recipe_embed_int8_smooth_{a}": dict(calibrate_method="minmax", smooth_alpha=float(a),
                                                   embeddings_int8=True)
-       for a in ("0.5", "0.7", "0.8", "0.9", "0.95")},
+       for a in _ALPHAS},
 }
 
 
 # deploy.smooth_alpha's default grid over the new recipe (conf/deploy/ort.yaml), in its order; one grid per
 # recipe family (the key of deploy_grid_choice)
-_ALPHAS = ("0.5", "0.7", "0.8", "0.9", "0.95")
 GRIDS = {"ours_recipe": [f"ours_recipe_smooth_{a}" for a in _ALPHAS],
          "ours_recipe_embed_int8": [f"ours_recipe_embed_int8_smooth_{a}" for a in _ALPHAS]}
 GRID = GRIDS["ours_recipe"]
