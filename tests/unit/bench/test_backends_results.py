@@ -1,5 +1,6 @@
-"""benchmarks/results/backends.json (issue 9) has the shape the issue names, and every speedup in it is
-recomputed here from the cells' own medians (one interleaved run), so a stale or hand-edited figure fails."""
+"""benchmarks/results/backends*.json (issue 9: one file per ISA class measured, ``backends.json`` the first) has
+the shape the issue names, and every speedup in it is recomputed here from the cells' own medians (one
+interleaved run), so a stale or hand-edited figure fails."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-RESULTS = ROOT / "benchmarks" / "results" / "backends.json"
+FILES = sorted((ROOT / "benchmarks" / "results").glob("backends*.json"))
 MODELS = ("dense", "int8", "ziplm_2x", "ziplm_int8", "obert_int8")
 CELL_KEYS = {"acc", "agreement", "b1_ms", "b32_ms", "real_len_sent_per_s", "file", "precision", "method"}
 
-pytestmark = pytest.mark.skipif(not RESULTS.is_file(), reason="benchmarks/results/backends.json not measured yet")
+pytestmark = pytest.mark.skipif(not FILES, reason="benchmarks/results/backends*.json not measured yet")
 
 
-@pytest.fixture(scope="module")
-def res() -> dict:
-    return json.loads(RESULTS.read_text())
+@pytest.fixture(scope="module", params=FILES, ids=[f.name for f in FILES])
+def res(request) -> dict:
+    return json.loads(request.param.read_text())
 
 
 def test_shape_is_the_issues(res):
