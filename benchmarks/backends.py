@@ -231,6 +231,9 @@ def measure(a: argparse.Namespace) -> None:
             cell["agreement"] = float(np.mean(cell.pop("_pred") == teacher_pred.predictions))
 
     log.info("timing %d runners interleaved at %s", len(runners), SHAPES)
+    # every figure of the file is timed again below, in one phase: an earlier measurement's timing windows
+    # (the file's previous write, e.g. another session's) describe no figure any more
+    RESULTS.restart_timings(builds="scoring before the timing phase")
     t0 = time.perf_counter()
     loader = make_loader(dev, tok, 32, kw["max_length"], shuffle=False)
     batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
