@@ -71,8 +71,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 }
 
 
-# deploy.smooth_alpha's default grid over the new recipe (conf/deploy/ort.yaml), in its order; one grid per
-# recipe family (the key of deploy_grid_choice)
+# deploy.smooth_alpha's grid (_ALPHAS) over each recipe family: the key of deploy_grid_choice
 GRIDS = {"ours_recipe": [f"ours_recipe_smooth_{a}" for a in _ALPHAS],
          "ours_recipe_embed_int8": [f"ours_recipe_embed_int8_smooth_{a}" for a in _ALPHAS]}
 GRID = GRIDS["ours_recipe"]
