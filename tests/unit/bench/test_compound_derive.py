@@ -99,6 +99,9 @@ def test_pass_overrides_reach_only_pipelines_with_that_pass(compound):
     for p in ("obert_qat_int8", "ziplm_int8", "ziplm_obert_qat_int8"):
         cfg = compose([f"+pipeline={p}", *compound._overrides(a, p)])
         assert cfg.budget.recovery_steps == 4
+    # the speed-first ZipLM point recovers 5x longer, at any --steps
+    cfg = compose(["+pipeline=ziplm_strong_int8", *compound._overrides(a, "ziplm_strong_int8")])
+    assert cfg.budget.recovery_steps == 20 and cfg.pipeline.passes.ziplm.recovery.steps == 20
 
 
 def test_backends_runs_are_reused_only_at_the_same_budget(compound):
