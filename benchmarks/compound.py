@@ -7,9 +7,10 @@
 ``pipelines`` runs, as a user would, ``ziplm_obert_int8``, ``obert_qat_int8``, ``ziplm_obert_qat_int8`` and
 ``ziplm_strong_int8`` (ZipLM 2.5x + int8, with 5x the KD steps: ``STEPS_FACTOR``) on the cached ``bench``
 teacher (``budget=bench deploy=auto bench=off run.threads=2`` plus the step budget; ``--override`` appends more,
-e.g. ``debug=smoke``). ``ziplm_int8`` and ``obert_int8`` are
-taken from ``outputs/backends_runs.json`` (benchmarks/backends.py) when that run finished at the same budget, else run
-here. Run dirs go to ``outputs/compound_runs.json``.
+e.g. ``debug=smoke``). ``int8``, ``ziplm_int8`` and ``obert_int8`` are taken from ``outputs/backends_runs.json``
+(benchmarks/backends.py) when that run finished at the same budget, else run here; ``int8``'s model is the teacher,
+so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8`` (a user gets it without us: on CPUs without AMX
+it is the fastest dense baseline). Run dirs go to ``outputs/compound_runs.json``.
 
 ``measure`` builds the cells (benchmarks/backends.py's cells, plus OpenVINO sparse weight decompression
 on AMX and DeepSparse), scores each on SST-2 dev (accuracy, agreement with the teacher's torch
@@ -47,7 +48,10 @@ PIPELINES = ("ziplm_obert_int8", "obert_qat_int8", "ziplm_obert_qat_int8", "zipl
 # a pipeline's KD steps as a multiple of --steps: the speed-first ZipLM point gets 5x (2,000 at the default 400,
 # ziplm_mild_int8's recovery in the peer suite), since at 400 steps ZipLM 2x already costs ~0.8 pt
 STEPS_FACTOR = {"ziplm_strong_int8": 5}
-REUSED = ("ziplm_int8", "obert_int8")  # benchmarks/backends.py's runs, when finished
+# benchmarks/backends.py's runs, when finished. ``int8``'s final model IS the teacher: NNCF's int8 IR of it is
+# the dense cell ``openvino_nncf_int8`` (a user gets it without us: MEASURE.md's best_dense counts it, and on
+# CPUs without AMX it is the fastest dense baseline)
+REUSED = ("int8", "ziplm_int8", "obert_int8")
 SPARSE_RATES = (0.5, 0.8)  # CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE tried on every OpenVINO int8 IR (AMX only)
 WITHIN = 0.01  # `best` and models.<pipeline>: at most 1 pt below the teacher on SST-2 dev
 MODEL_KEYS = ("acc", "agreement", "backend", "file", "b1_ms", "b32_ms", "speedup_b32_vs_ort_fp32",
@@ -154,11 +158,31 @@ def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]
     return out
 
 
+def one_teacher(keys: dict[str, str | None]) -> None:
+    """Every run must start from the same teacher (its finetune cache key), or agreement and best_dense mix
+    models: ValueError naming the runs and keys. Runs without a key (no finetune step recorded) are skipped."""
+    known = {p: k for p, k in keys.items() if k}
+    if len(set(known.values())) > 1:
+        raise ValueError(f"the runs start from different teachers (finetune cache keys {known}): measure runs of "
+                         "one teacher together")
+
+
+def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Move NNCF's int8 IR of the ``int8`` run (whose final model is the teacher) into ``dense`` (in place)."""
+    if "openvino_nncf_int8" in cells.get("int8", {}):
+        cells["dense"]["openvino_nncf_int8"] = cells["int8"].pop("openvino_nncf_int8")
+
+
 def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """model -> cell -> what to run: ``dense`` from the first run's teacher, then every pipeline's model."""
+    """model -> cell -> what to run: ``dense`` from the first run's teacher (and NNCF's int8 IR of it from the
+    ``int8`` run, when listed), then every pipeline's model. ValueError when the runs have different teachers."""
     from compresslab.manifest import RunManifest
     from compresslab.pipeline.export import teacher_onnx
 
+    manifests = {p: read_json(REPO / r["run_dir"] / "manifest.json") for p, r in runs.items()
+                 if (REPO / r["run_dir"] / "manifest.json").is_file()}
+    one_teacher({p: ((m["steps"][0].get("result") or {}).get("metrics") or {}).get("cache_key")
+                 for p, m in manifests.items() if m.get("steps")})
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     first = next(iter(runs.values()))
     rd = REPO / first["run_dir"]
@@ -172,6 +196,7 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
             cells[p] = model_cells(rd, read_json(rd / "manifest.json"), flags)
         except (OSError, KeyError, StopIteration) as e:  # recorded, not dropped: the run is unfinished or odd
             cells[p] = {"error": _cell("none", None, "-", error=f"{type(e).__name__}: {e}")}
+    dense_from_int8(cells)
     return cells
 
 

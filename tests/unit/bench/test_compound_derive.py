@@ -123,3 +123,24 @@ def test_a_peers_ir_of_our_model_is_never_our_headline(compound):
     assert d["best"]["cell"] == "openvino_int8" and d["best"]["method"] == "compresslab"
     assert d["best_any_method"]["cell"] == "openvino_nncf_int8" and d["best_any_method"]["method"] == "peer"
     assert math.isclose(d["best_any_method"]["speedup_b32_vs_ort_fp32"], 100.0 / 3.0)
+
+
+def test_nncf_int8_of_the_teacher_is_a_dense_cell(compound):
+    """The int8 run's model is the teacher: NNCF's IR of it is a dense baseline (it can be best_dense), the
+    rest of that run stays a model of its own."""
+    cs = cells()
+    cs["int8"] = {"ort_int8": cell("ort", 0.895, 50.0, 5.0),
+                  "openvino_nncf_int8": cell("openvino", 0.90, 12.0, 2.0, method="peer")}
+    compound.dense_from_int8(cs)
+    assert "openvino_nncf_int8" in cs["dense"] and set(cs["int8"]) == {"ort_int8"}
+    d = compound.derive(cs)
+    assert d["best_dense"]["cell"] == "dense.openvino_nncf_int8"
+    assert math.isclose(d["models"]["a"]["speedup_b32_vs_best_dense"], 12.0 / 10.0)
+    compound.dense_from_int8(cs)  # nothing left to move: unchanged
+    assert set(cs["int8"]) == {"ort_int8"}
+
+
+def test_runs_from_different_teachers_are_refused(compound):
+    compound.one_teacher({"a": "k1", "b": "k1", "c": None})
+    with pytest.raises(ValueError, match="different teachers"):
+        compound.one_teacher({"a": "k1", "b": "k2"})
