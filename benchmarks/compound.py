@@ -327,7 +327,8 @@ def measure(a: argparse.Namespace) -> None:
     loader = make_loader(dev, tok, 32, kw["max_length"], shuffle=False)
     batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
     with timing_window("compound: every in-process cell, fixed shapes and real lengths"):
-        lat = measure_latency(runners, SHAPES, warmup=5, runs=a.runs, min_time_s=0.0, seed=0, vocab_size=vocab)
+        lat = measure_latency(runners, SHAPES, warmup=5, runs=a.runs, min_time_s=0.0, seed=0, vocab_size=vocab,
+                              keep_times=True)
         rl = measure_real_lengths(runners, batches, rounds=a.rounds)
     timing_s = time.perf_counter() - t0
     for key, r in runners.items():
@@ -335,6 +336,7 @@ def measure(a: argparse.Namespace) -> None:
         cell, c = out[model][name], cells[model][name]
         res = lat["results"][key]
         cell["b32_ms"] = res[shape_key(32, 128)]["p50_ms"]
+        cell["b32_times_ms"] = res[shape_key(32, 128)]["times_ms"]  # per round: the paired speedups
         cell["b1_ms"] = res[shape_key(1, 128)]["p50_ms"]
         cell["real_len_sent_per_s"] = rl["results"][key]["sentences_per_s"]
         info = r.info() if hasattr(r, "info") else {}
@@ -413,9 +415,21 @@ def cells_of(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return {"dense": data["best_dense"]["cells"], **{p: m["cells"] for p, m in data["models"].items()}}
 
 
+def _paired(base: dict[str, Any], c: dict[str, Any]) -> float | None:
+    """Median over the interleaved rounds of base / cell at b32 (``paired_speedup``); None without both round lists
+    (DeepSparse's worker, files measured before the rounds were kept)."""
+    from compresslab.bench.latency import paired_speedup
+
+    a, b = base.get("b32_times_ms"), c.get("b32_times_ms")
+    return paired_speedup(a, b) if a and b and len(a) == len(b) else None
+
+
 def derive(cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """best_dense (the fastest dense cell at b32), models.<pipeline> (its fastest cell within 1 pt of the
-    teacher, speedups from the cells' own medians; every cell kept under ``cells``) and best."""
+    teacher, speedups from the cells' own medians; every cell kept under ``cells``) and best. Beside the
+    ratios of medians, ``*_paired``: the median over interleaved rounds of the per-round ratio (cells that
+    kept their b32 round times), which a machine switching speed state mid-run cannot bias; a headline holds
+    only where both do."""
     dense = {n: c for n, c in cells["dense"].items() if _timed(c)}
     base = dense["ort_fp32"]
     bd = min(dense, key=lambda n: dense[n]["b32_ms"])
@@ -438,6 +452,8 @@ def derive(cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                      "file": c["file"], "b1_ms": c["b1_ms"], "b32_ms": c["b32_ms"],
                      "speedup_b32_vs_ort_fp32": base["b32_ms"] / c["b32_ms"],
                      "speedup_b32_vs_best_dense": dense[bd]["b32_ms"] / c["b32_ms"],
+                     "speedup_b32_vs_ort_fp32_paired": _paired(base, c),
+                     "speedup_b32_vs_best_dense_paired": _paired(dense[bd], c),
                      "speedup_b1_vs_ort_fp32": base["b1_ms"] / c["b1_ms"],
                      "real_len_sent_per_s": c["real_len_sent_per_s"], "size_bytes": c["size_bytes"],
                      "precision": c.get("precision"), "method": c.get("method", "compresslab"),
@@ -451,7 +467,8 @@ def derive(cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
         p = min(ranked, key=lambda q: models[q]["b32_ms"])
         best = {"pipeline": p, "acc": models[p]["acc"], "backend": models[p]["backend"], "cell": models[p]["cell"],
                 "method": models[p]["method"], "speedup_b32_vs_ort_fp32": models[p]["speedup_b32_vs_ort_fp32"],
-                "speedup_b32_vs_best_dense": models[p]["speedup_b32_vs_best_dense"]}
+                "speedup_b32_vs_best_dense": models[p]["speedup_b32_vs_best_dense"],
+                "speedup_b32_vs_best_dense_paired": models[p]["speedup_b32_vs_best_dense_paired"]}
     any_cells = [(p, n, c) for p, m in models.items() for n, c in m.get("cells", {}).items()
                  if _timed(c) and teacher - c["acc"] <= WITHIN + 1e-12]
     best_any = None

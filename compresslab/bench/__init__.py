@@ -14,6 +14,7 @@ from compresslab.bench.latency import (
     make_inputs,
     measure_latency,
     measure_real_lengths,
+    paired_speedup,
     real_length_speedups,
     speedups,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "make_inputs",
     "measure_latency",
     "measure_real_lengths",
+    "paired_speedup",
     "peak_rss_mb",
     "probe_load",
     "real_length_speedups",

@@ -102,6 +102,7 @@ def measure_latency(
     vocab_size: int | None = None,
     max_runs: int | None = None,
     clock: Clock = time.perf_counter,
+    keep_times: bool = False,
 ) -> dict[str, Any]:
     """Time every runner on every (batch, seq) shape, interleaved, after warm-up.
 
@@ -113,6 +114,8 @@ def measure_latency(
 
     Returns {"settings": {...}, "runners": {name: info}, "results": {name: {"b1xs128":
     {p50_ms, p90_ms, spread, mean_ms, n, throughput}}}, "machine_load": {busy, reasons, ...}}.
+    ``keep_times``: each shape's entry also holds ``times_ms``, the per-round times in round order
+    (element i of every runner is from the same round): what :func:`paired_speedup` reads.
     Raises ValueError for bad settings, MachineBusyError when training holds the lock past the wait.
     """
     _check(runners, warmup=warmup, min_time_s=min_time_s)
@@ -141,6 +144,8 @@ def measure_latency(
                     rounds += 1
             for name in runners:
                 results[name][key] = summarize(times[name], int(batch_size))
+                if keep_times:
+                    results[name][key]["times_ms"] = [round(1e3 * t, 4) for t in times[name]]
         window.note_spread(results)
     return {
         "settings": {"warmup": warmup, "runs": runs, "min_time_s": min_time_s, "max_runs": cap,
@@ -171,6 +176,23 @@ def speedups(
             if shape in base and stats["p50_ms"] > 0
         }
     return out
+
+
+def paired_speedup(base_ms: Sequence[float], model_ms: Sequence[float]) -> float:
+    """Median over rounds of ``base_ms[i] / model_ms[i]``: the speedup of a model over a base timed in the same
+    interleaved rounds (:func:`measure_latency` with ``keep_times``).
+
+    Why beside the ratio of medians: when the machine switches speed state during a run (seen on shared
+    VMs: every runner 15-30% slower for a stretch), the two medians can fall in different states and their
+    ratio is then off by up to that much; within one round both calls share the state. ValueError when the
+    lists differ in length or are empty, or a time is not positive."""
+    a = np.asarray(base_ms, dtype=np.float64)
+    b = np.asarray(model_ms, dtype=np.float64)
+    if a.size == 0 or a.shape != b.shape:
+        raise ValueError(f"paired_speedup needs two equal, non-empty lists of round times; got {a.size} and {b.size}")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("paired_speedup: every time must be positive")
+    return float(np.median(a / b))
 
 
 def measure_real_lengths(

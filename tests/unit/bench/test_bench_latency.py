@@ -151,3 +151,33 @@ def test_real_lengths_interleave_by_batch_and_report_throughput():
     assert real_length_speedups(out, denominator="a") == pytest.approx({"a": 1.0, "b": 3.0})
     with pytest.raises(ValueError, match="batches"):
         measure_real_lengths({"a": a}, [], rounds=1)
+
+
+def test_kept_round_times_pair_up_and_survive_a_machine_state_switch():
+    """A machine that turns slow halfway (every call 30% slower for the base, 60% for the model, as seen on a
+    shared VM) with runners whose medians land in different states: the ratio of medians is off, the paired
+    median is the per-state ratio of the state most rounds were in."""
+    from compresslab.bench.latency import paired_speedup
+
+    clock = FakeClock()
+    # base: 4 fast rounds at 100 ms then 5 slow at 130 ms; model: 4 fast at 40 ms then 5 slow at 64 ms
+    base = FakeRunner("B", [], clock, [0.100] * 4 + [0.130] * 5)
+    model = FakeRunner("M", [], clock, [0.040] * 4 + [0.064] * 5)
+    out = measure_latency({"base": base, "model": model}, [(1, 8)], warmup=0, runs=9, clock=clock, keep_times=True)
+    tb = out["results"]["base"]["b1xs8"]["times_ms"]
+    tm = out["results"]["model"]["b1xs8"]["times_ms"]
+    assert tb == pytest.approx([100.0] * 4 + [130.0] * 5) and tm == pytest.approx([40.0] * 4 + [64.0] * 5)
+    assert paired_speedup(tb, tm) == pytest.approx(130.0 / 64.0)  # the slow state: 5 of 9 rounds
+    assert speedups(out, "base")["model"]["b1xs8"] == pytest.approx(130.0 / 64.0)  # medians: same state here
+    # one more fast round moves only the model's median into the fast state: medians give 130 / 40
+    base2 = FakeRunner("B", [], clock, [0.100] * 5 + [0.130] * 5)
+    model2 = FakeRunner("M", [], clock, [0.040] * 6 + [0.064] * 4)
+    out2 = measure_latency({"base": base2, "model": model2}, [(1, 8)], warmup=0, runs=10, clock=clock, keep_times=True)
+    r = out2["results"]
+    assert speedups(out2, "base")["model"]["b1xs8"] == pytest.approx(115.0 / 40.0)  # 2.875: mixed states
+    assert paired_speedup(r["base"]["b1xs8"]["times_ms"], r["model"]["b1xs8"]["times_ms"]) == pytest.approx(2.5)
+    assert "times_ms" not in measure_latency({"base": base}, [(1, 8)], warmup=0, runs=2, clock=clock)["results"]["base"]["b1xs8"]
+    with pytest.raises(ValueError, match="equal"):
+        paired_speedup([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        paired_speedup([1.0], [0.0])

@@ -144,3 +144,17 @@ def test_runs_from_different_teachers_are_refused(compound):
     compound.one_teacher({"a": "k1", "b": "k1", "c": None})
     with pytest.raises(ValueError, match="different teachers"):
         compound.one_teacher({"a": "k1", "b": "k2"})
+
+
+def test_paired_speedups_come_from_the_rounds(compound):
+    """Round times kept: the paired figure is the median of per-round ratios, beside the ratio of medians."""
+    cs = cells()
+    cs["dense"]["openvino_bf16"]["b32_times_ms"] = [25.0, 25.0, 30.0]
+    cs["dense"]["ort_fp32"]["b32_times_ms"] = [100.0, 100.0, 120.0]
+    cs["a"]["openvino_int8"]["b32_times_ms"] = [10.0, 12.0, 10.0]
+    d = compound.derive(cs)
+    a = d["models"]["a"]
+    assert math.isclose(a["speedup_b32_vs_best_dense_paired"], 2.5)  # median of 2.5, 25/12, 3.0
+    assert math.isclose(a["speedup_b32_vs_ort_fp32_paired"], 10.0)  # median of 10, 100/12, 12
+    assert math.isclose(d["best"]["speedup_b32_vs_best_dense_paired"], 2.5)
+    assert d["models"]["c"]["speedup_b32_vs_best_dense_paired"] is None  # no rounds kept: not invented
