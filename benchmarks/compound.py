@@ -158,19 +158,38 @@ def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]
     return out
 
 
+def teacher_key(m: dict[str, Any]) -> str | None:
+    """The teacher a run started from: its first (finetune) step's cache key, None when the manifest has none."""
+    steps = m.get("steps") or [{}]
+    return ((steps[0].get("result") or {}).get("metrics") or {}).get("cache_key")
+
+
 def one_teacher(keys: dict[str, str | None]) -> None:
     """Every run must start from the same teacher (its finetune cache key), or agreement and best_dense mix
-    models: ValueError naming the runs and keys. Runs without a key (no finetune step recorded) are skipped."""
-    known = {p: k for p, k in keys.items() if k}
-    if len(set(known.values())) > 1:
-        raise ValueError(f"the runs start from different teachers (finetune cache keys {known}): measure runs of "
+    models: ValueError naming the runs and keys, and when a run's teacher cannot be told (no key)."""
+    unknown = [p for p, k in keys.items() if not k]
+    if unknown and len(keys) > 1:
+        raise ValueError(f"cannot tell which teacher runs {unknown} started from (no finetune cache key in their "
+                         "manifests): measure only runs whose teacher is recorded")
+    if len(set(keys.values())) > 1:
+        raise ValueError(f"the runs start from different teachers (finetune cache keys {keys}): measure runs of "
                          "one teacher together")
 
 
 def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """Move NNCF's int8 IR of the ``int8`` run (whose final model is the teacher) into ``dense`` (in place)."""
-    if "openvino_nncf_int8" in cells.get("int8", {}):
-        cells["dense"]["openvino_nncf_int8"] = cells["int8"].pop("openvino_nncf_int8")
+    """Move NNCF's int8 IRs of the ``int8`` run (whose final model is the teacher; the sparse-decompression
+    twins on AMX too) into ``dense`` (in place). When the ``int8`` run is listed but has no NNCF IR (NNCF
+    missing or failed), ``dense.openvino_nncf_int8`` says so as an error cell: best_dense then falls back to
+    the fastest fp32/bf16 cell, and the file shows why."""
+    if "int8" not in cells:
+        return
+    moved = [n for n in cells["int8"] if n.startswith("openvino_nncf_int8")]
+    for n in moved:
+        cells["dense"][n] = cells["int8"].pop(n)
+    if not moved:
+        why = "; ".join(f"{n}: {c['error']}" for n, c in cells["int8"].items() if "error" in c)
+        cells["dense"]["openvino_nncf_int8"] = _cell("openvino", None, "default", "peer",
+                                                     error=f"the int8 run has no NNCF IR of the teacher{': ' + why if why else ''}")
 
 
 def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -179,10 +198,13 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
     from compresslab.manifest import RunManifest
     from compresslab.pipeline.export import teacher_onnx
 
-    manifests = {p: read_json(REPO / r["run_dir"] / "manifest.json") for p, r in runs.items()
-                 if (REPO / r["run_dir"] / "manifest.json").is_file()}
-    one_teacher({p: ((m["steps"][0].get("result") or {}).get("metrics") or {}).get("cache_key")
-                 for p, m in manifests.items() if m.get("steps")})
+    keys = {}
+    for p, r in runs.items():
+        try:
+            keys[p] = teacher_key(read_json(REPO / r["run_dir"] / "manifest.json"))
+        except (OSError, ValueError):  # unreadable: its cells record the error below
+            continue
+    one_teacher(keys)
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     first = next(iter(runs.values()))
     rd = REPO / first["run_dir"]
@@ -417,19 +439,21 @@ def cells_of(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _paired(base: dict[str, Any], c: dict[str, Any]) -> float | None:
     """Median over the interleaved rounds of base / cell at b32 (``paired_speedup``); None without both round lists
-    (DeepSparse's worker, files measured before the rounds were kept)."""
+    (DeepSparse's worker, files measured before the rounds were kept). Lists of different lengths are not from
+    the same rounds: ``paired_speedup`` raises."""
     from compresslab.bench.latency import paired_speedup
 
     a, b = base.get("b32_times_ms"), c.get("b32_times_ms")
-    return paired_speedup(a, b) if a and b and len(a) == len(b) else None
+    return paired_speedup(a, b) if a and b else None
 
 
 def derive(cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """best_dense (the fastest dense cell at b32), models.<pipeline> (its fastest cell within 1 pt of the
     teacher, speedups from the cells' own medians; every cell kept under ``cells``) and best. Beside the
     ratios of medians, ``*_paired``: the median over interleaved rounds of the per-round ratio (cells that
-    kept their b32 round times), which a machine switching speed state mid-run cannot bias; a headline holds
-    only where both do."""
+    kept their b32 round times). When the machine switches speed state mid-run, two medians can fall in
+    different states; the paired median stays within one (the state most rounds were in). RESULTS.md
+    claims a headline only where both figures meet it (not enforced here: both are stated)."""
     dense = {n: c for n, c in cells["dense"].items() if _timed(c)}
     base = dense["ort_fp32"]
     bd = min(dense, key=lambda n: dense[n]["b32_ms"])

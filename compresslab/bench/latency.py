@@ -184,8 +184,10 @@ def paired_speedup(base_ms: Sequence[float], model_ms: Sequence[float]) -> float
 
     Why beside the ratio of medians: when the machine switches speed state during a run (seen on shared
     VMs: every runner 15-30% slower for a stretch), the two medians can fall in different states and their
-    ratio is then off by up to that much; within one round both calls share the state. ValueError when the
-    lists differ in length or are empty, or a time is not positive."""
+    ratio is then off by up to that much. The calls of one round are adjacent, so they mostly share a state
+    and the paired median is the ratio in the state most rounds were in (the ratio itself can differ
+    between states: that is not removed). ValueError when the lists differ in length or are empty, or a
+    time is not positive."""
     a = np.asarray(base_ms, dtype=np.float64)
     b = np.asarray(model_ms, dtype=np.float64)
     if a.size == 0 or a.shape != b.shape:

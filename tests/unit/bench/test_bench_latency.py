@@ -169,13 +169,20 @@ def test_kept_round_times_pair_up_and_survive_a_machine_state_switch():
     assert tb == pytest.approx([100.0] * 4 + [130.0] * 5) and tm == pytest.approx([40.0] * 4 + [64.0] * 5)
     assert paired_speedup(tb, tm) == pytest.approx(130.0 / 64.0)  # the slow state: 5 of 9 rounds
     assert speedups(out, "base")["model"]["b1xs8"] == pytest.approx(130.0 / 64.0)  # medians: same state here
-    # one more fast round moves only the model's median into the fast state: medians give 130 / 40
+    # one more fast round moves only the model's median into the fast state: medians give 115 / 40
     base2 = FakeRunner("B", [], clock, [0.100] * 5 + [0.130] * 5)
     model2 = FakeRunner("M", [], clock, [0.040] * 6 + [0.064] * 4)
     out2 = measure_latency({"base": base2, "model": model2}, [(1, 8)], warmup=0, runs=10, clock=clock, keep_times=True)
     r = out2["results"]
     assert speedups(out2, "base")["model"]["b1xs8"] == pytest.approx(115.0 / 40.0)  # 2.875: mixed states
     assert paired_speedup(r["base"]["b1xs8"]["times_ms"], r["model"]["b1xs8"]["times_ms"]) == pytest.approx(2.5)
+    # times stay in round order (a sort would break the pairing): fast, slow, fast, slow, slow
+    base3 = FakeRunner("B", [], clock, [0.100, 0.130, 0.100, 0.130, 0.130])
+    model3 = FakeRunner("M", [], clock, [0.040, 0.064, 0.040, 0.064, 0.064])
+    out3 = measure_latency({"base": base3, "model": model3}, [(1, 8)], warmup=0, runs=5, clock=clock, keep_times=True)
+    r3 = out3["results"]
+    assert r3["model"]["b1xs8"]["times_ms"] == pytest.approx([40.0, 64.0, 40.0, 64.0, 64.0])
+    assert paired_speedup(r3["base"]["b1xs8"]["times_ms"], r3["model"]["b1xs8"]["times_ms"]) == pytest.approx(130.0 / 64.0)
     assert "times_ms" not in measure_latency({"base": base}, [(1, 8)], warmup=0, runs=2, clock=clock)["results"]["base"]["b1xs8"]
     with pytest.raises(ValueError, match="equal"):
         paired_speedup([1.0, 2.0], [1.0])

@@ -136,25 +136,48 @@ def test_nncf_int8_of_the_teacher_is_a_dense_cell(compound):
     d = compound.derive(cs)
     assert d["best_dense"]["cell"] == "dense.openvino_nncf_int8"
     assert math.isclose(d["models"]["a"]["speedup_b32_vs_best_dense"], 12.0 / 10.0)
-    compound.dense_from_int8(cs)  # nothing left to move: unchanged
-    assert set(cs["int8"]) == {"ort_int8"}
+    # the AMX sparse-decompression twins of that IR are dense baselines too
+    cs2 = cells()
+    cs2["int8"] = {"ort_int8": cell("ort", 0.895, 50.0, 5.0),
+                   "openvino_nncf_int8": cell("openvino", 0.90, 12.0, 2.0, method="peer"),
+                   "openvino_nncf_int8_sparse50": cell("openvino", 0.90, 11.0, 2.0, method="peer")}
+    compound.dense_from_int8(cs2)
+    assert set(cs2["int8"]) == {"ort_int8"} and "openvino_nncf_int8_sparse50" in cs2["dense"]
+    # an int8 run without an NNCF IR: the dense cell says why, and best_dense falls back visibly
+    cs3 = cells()
+    cs3["int8"] = {"ort_int8": cell("ort", 0.895, 50.0, 5.0)}
+    compound.dense_from_int8(cs3)
+    assert "no NNCF IR" in cs3["dense"]["openvino_nncf_int8"]["error"]
+    assert compound.derive(cs3)["best_dense"]["cell"] == "dense.openvino_bf16"
 
 
 def test_runs_from_different_teachers_are_refused(compound):
-    compound.one_teacher({"a": "k1", "b": "k1", "c": None})
+    def manifest(key):
+        return {"steps": [{"name": "finetune", "result": {"metrics": {"cache_key": key}}}]}
+
+    assert compound.teacher_key(manifest("k1")) == "k1" and compound.teacher_key({"steps": []}) is None
+    compound.one_teacher({"a": compound.teacher_key(manifest("k1")), "b": compound.teacher_key(manifest("k1"))})
+    compound.one_teacher({"a": None})  # one run: nothing to mix
     with pytest.raises(ValueError, match="different teachers"):
         compound.one_teacher({"a": "k1", "b": "k2"})
+    with pytest.raises(ValueError, match="cannot tell"):  # a run whose teacher is not recorded is not waved through
+        compound.one_teacher({"a": "k1", "b": compound.teacher_key({"steps": [{"result": {}}]})})
 
 
 def test_paired_speedups_come_from_the_rounds(compound):
     """Round times kept: the paired figure is the median of per-round ratios, beside the ratio of medians."""
     cs = cells()
-    cs["dense"]["openvino_bf16"]["b32_times_ms"] = [25.0, 25.0, 30.0]
-    cs["dense"]["ort_fp32"]["b32_times_ms"] = [100.0, 100.0, 120.0]
-    cs["a"]["openvino_int8"]["b32_times_ms"] = [10.0, 12.0, 10.0]
+    # the base is fast, slow, fast, slow, slow; the model fast in the first three rounds: the ratio of the
+    # lists' medians (30 / 8 = 3.75, 120 / 8 = 15) mixes states, the paired median does not
+    cs["dense"]["openvino_bf16"]["b32_times_ms"] = [25.0, 30.0, 25.0, 30.0, 30.0]
+    cs["dense"]["ort_fp32"]["b32_times_ms"] = [100.0, 120.0, 100.0, 120.0, 120.0]
+    cs["a"]["openvino_int8"]["b32_times_ms"] = [8.0, 8.0, 8.0, 12.0, 12.0]
     d = compound.derive(cs)
     a = d["models"]["a"]
-    assert math.isclose(a["speedup_b32_vs_best_dense_paired"], 2.5)  # median of 2.5, 25/12, 3.0
-    assert math.isclose(a["speedup_b32_vs_ort_fp32_paired"], 10.0)  # median of 10, 100/12, 12
-    assert math.isclose(d["best"]["speedup_b32_vs_best_dense_paired"], 2.5)
+    assert math.isclose(a["speedup_b32_vs_best_dense_paired"], 3.125)  # per round 3.125, 3.75, 3.125, 2.5, 2.5
+    assert math.isclose(a["speedup_b32_vs_ort_fp32_paired"], 12.5)  # per round 12.5, 15, 12.5, 10, 10
+    assert math.isclose(d["best"]["speedup_b32_vs_best_dense_paired"], 3.125)
     assert d["models"]["c"]["speedup_b32_vs_best_dense_paired"] is None  # no rounds kept: not invented
+    cs["c"]["ort_int8"]["b32_times_ms"] = [20.0, 20.0]  # not the same rounds as the base's five
+    with pytest.raises(ValueError, match="equal"):
+        compound.derive(cs)
