@@ -36,7 +36,8 @@ from compresslab.cli import setup_process
 from compresslab.config import compose, keep_pass_overrides
 from compresslab.manifest import git_sha, library_versions, read_json
 
-from _results import ResultsFile, write_aside  # sibling modules (script dir)
+from _compound_derive import MODEL_KEYS, WITHIN, cells_of, derive  # noqa: F401 (sibling modules, script dir; tests read them here)
+from _results import ResultsFile, write_aside
 from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _cell, _final_ckpt, _fp32_cells, _forward, _int8_ir_cells,
                       _isa, _jsonable, _runner, _teacher_ckpt)
 
@@ -53,9 +54,6 @@ STEPS_FACTOR = {"ziplm_strong_int8": 5}
 # CPUs without AMX it is the fastest dense baseline)
 REUSED = ("int8", "ziplm_int8", "obert_int8")
 SPARSE_RATES = (0.5, 0.8)  # CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE tried on every OpenVINO int8 IR (AMX only)
-WITHIN = 0.01  # `best` and models.<pipeline>: at most 1 pt below the teacher on SST-2 dev
-MODEL_KEYS = ("acc", "agreement", "backend", "file", "b1_ms", "b32_ms", "speedup_b32_vs_ort_fp32",
-              "speedup_b32_vs_best_dense", "speedup_b1_vs_ort_fp32", "real_len_sent_per_s", "size_bytes")
 # filled by other scripts (issue 13's long runs, seeds, ZipLM's fitted latency model): never invented here
 PENDING = {
     "ziplm_retries": "ZipLM's per-layer fixed-cost latency model (retries before/after) is measured by "
@@ -198,25 +196,25 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
     from compresslab.manifest import RunManifest
     from compresslab.pipeline.export import teacher_onnx
 
-    keys = {}
-    for p, r in runs.items():
+    manifests: dict[str, Any] = {}
+    for p, r in runs.items():  # read once; an unreadable one is recorded as its model's error below
         try:
-            keys[p] = teacher_key(read_json(REPO / r["run_dir"] / "manifest.json"))
-        except (OSError, ValueError):  # unreadable: its cells record the error below
-            continue
-    one_teacher(keys)
+            manifests[p] = read_json(REPO / r["run_dir"] / "manifest.json")
+        except (OSError, ValueError) as e:
+            manifests[p] = e
+    one_teacher({p: teacher_key(m) for p, m in manifests.items() if isinstance(m, dict)})
     cells: dict[str, dict[str, dict[str, Any]]] = {}
-    first = next(iter(runs.values()))
-    rd = REPO / first["run_dir"]
-    m = read_json(rd / "manifest.json")
+    first = next(iter(runs))
+    rd = REPO / runs[first]["run_dir"]
     fused = teacher_onnx(rd, RunManifest.load(rd))
-    cells["dense"] = _fp32_cells(fused, _teacher_ckpt(rd, m), flags)
+    cells["dense"] = _fp32_cells(fused, _teacher_ckpt(rd, manifests[first]), flags)
     cells["dense"]["deepsparse_fp32"] = _cell("deepsparse", _unfused(fused), "fp32")
     for p, r in runs.items():
-        rd = REPO / r["run_dir"]
         try:
-            cells[p] = model_cells(rd, read_json(rd / "manifest.json"), flags)
-        except (OSError, KeyError, StopIteration) as e:  # recorded, not dropped: the run is unfinished or odd
+            if isinstance(manifests[p], Exception):
+                raise manifests[p]
+            cells[p] = model_cells(REPO / r["run_dir"], manifests[p], flags)
+        except (OSError, ValueError, KeyError, StopIteration) as e:  # recorded, not dropped: unfinished or odd
             cells[p] = {"error": _cell("none", None, "-", error=f"{type(e).__name__}: {e}")}
     dense_from_int8(cells)
     return cells
@@ -425,85 +423,6 @@ def _sparse_note(flags: set[str]) -> str:
                 "AMX only, and this CPU has no amx_int8")
     return (f"tried: every OpenVINO int8 IR also compiled with CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE in {SPARSE_RATES} "
             "(cells *_sparse50 / *_sparse80, the rate in sparse_weights_decompression_rate; compare with the twin)")
-
-
-# ----------------------------------------------------------------------------------------------- derive
-def _timed(c: dict[str, Any]) -> bool:
-    return "error" not in c and c.get("b32_ms") is not None
-
-
-def cells_of(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """model -> cell -> figures, as stored: the dense cells under best_dense, a pipeline's under models.<p>."""
-    return {"dense": data["best_dense"]["cells"], **{p: m["cells"] for p, m in data["models"].items()}}
-
-
-def _paired(base: dict[str, Any], c: dict[str, Any]) -> float | None:
-    """Median over the interleaved rounds of base / cell at b32 (``paired_speedup``); None without both round lists
-    (DeepSparse's worker, files measured before the rounds were kept). Lists of different lengths are not from
-    the same rounds: ``paired_speedup`` raises."""
-    from compresslab.bench.latency import paired_speedup
-
-    a, b = base.get("b32_times_ms"), c.get("b32_times_ms")
-    return paired_speedup(a, b) if a and b else None
-
-
-def derive(cells: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """best_dense (the fastest dense cell at b32), models.<pipeline> (its fastest cell within 1 pt of the
-    teacher, speedups from the cells' own medians; every cell kept under ``cells``) and best. Beside the
-    ratios of medians, ``*_paired``: the median over interleaved rounds of the per-round ratio (cells that
-    kept their b32 round times). When the machine switches speed state mid-run, two medians can fall in
-    different states; the paired median stays within one (the state most rounds were in). RESULTS.md
-    claims a headline only where both figures meet it (not enforced here: both are stated)."""
-    dense = {n: c for n, c in cells["dense"].items() if _timed(c)}
-    base = dense["ort_fp32"]
-    bd = min(dense, key=lambda n: dense[n]["b32_ms"])
-    teacher = cells["dense"]["torch_fp32"]["acc"]
-    models: dict[str, dict[str, Any]] = {}
-    for p, mc in cells.items():
-        if p == "dense":
-            continue
-        ok = {n: c for n, c in mc.items() if _timed(c)}
-        if not ok:
-            models[p] = {"error": "; ".join(f"{n}: {c.get('error', 'not timed')}" for n, c in mc.items()), "cells": mc}
-            continue
-        # the headline is our method's: an NNCF IR of our model is the peer's int8 (issue 9's rule), kept in
-        # cells and in best_any_method, never picked here unless no cell of ours was timed
-        ours = {n: c for n, c in ok.items() if c.get("method") != "peer"} or ok
-        within = {n: c for n, c in ours.items() if teacher - c["acc"] <= WITHIN + 1e-12}
-        pick = min(within, key=lambda n: within[n]["b32_ms"]) if within else max(ours, key=lambda n: ours[n]["acc"])
-        c = ok[pick]
-        models[p] = {"acc": c["acc"], "agreement": c["agreement"], "backend": c["backend"], "cell": pick,
-                     "file": c["file"], "b1_ms": c["b1_ms"], "b32_ms": c["b32_ms"],
-                     "speedup_b32_vs_ort_fp32": base["b32_ms"] / c["b32_ms"],
-                     "speedup_b32_vs_best_dense": dense[bd]["b32_ms"] / c["b32_ms"],
-                     "speedup_b32_vs_ort_fp32_paired": _paired(base, c),
-                     "speedup_b32_vs_best_dense_paired": _paired(dense[bd], c),
-                     "speedup_b1_vs_ort_fp32": base["b1_ms"] / c["b1_ms"],
-                     "real_len_sent_per_s": c["real_len_sent_per_s"], "size_bytes": c["size_bytes"],
-                     "precision": c.get("precision"), "method": c.get("method", "compresslab"),
-                     "within_1pt": bool(within),
-                     "cells": {n: {**x, **({"speedup_b32_vs_ort_fp32": base["b32_ms"] / x["b32_ms"],
-                                            "speedup_b32_vs_best_dense": dense[bd]["b32_ms"] / x["b32_ms"]}
-                                           if _timed(x) else {})} for n, x in mc.items()}}
-    ranked = [p for p, m in models.items() if m.get("within_1pt")]
-    best = None
-    if ranked:
-        p = min(ranked, key=lambda q: models[q]["b32_ms"])
-        best = {"pipeline": p, "acc": models[p]["acc"], "backend": models[p]["backend"], "cell": models[p]["cell"],
-                "method": models[p]["method"], "speedup_b32_vs_ort_fp32": models[p]["speedup_b32_vs_ort_fp32"],
-                "speedup_b32_vs_best_dense": models[p]["speedup_b32_vs_best_dense"],
-                "speedup_b32_vs_best_dense_paired": models[p]["speedup_b32_vs_best_dense_paired"]}
-    any_cells = [(p, n, c) for p, m in models.items() for n, c in m.get("cells", {}).items()
-                 if _timed(c) and teacher - c["acc"] <= WITHIN + 1e-12]
-    best_any = None
-    if any_cells:  # peers' IRs of our models included: what a user of both tools could deploy
-        p, n, c = min(any_cells, key=lambda t: t[2]["b32_ms"])
-        best_any = {"pipeline": p, "cell": n, "method": c.get("method", "compresslab"), "acc": c["acc"],
-                    "backend": c["backend"], "speedup_b32_vs_ort_fp32": base["b32_ms"] / c["b32_ms"],
-                    "speedup_b32_vs_best_dense": dense[bd]["b32_ms"] / c["b32_ms"]}
-    return {"best_dense": {"cell": f"dense.{bd}", "b32_ms": dense[bd]["b32_ms"], "precision": dense[bd].get("precision"),
-                           "cells": cells["dense"]},
-            "models": models, "best": best, "best_any_method": best_any}
 
 
 def rederive(results: ResultsFile) -> None:
