@@ -5,7 +5,8 @@
 Prints, per IR, p10/p50/p90 and the first 20 round times, then the speedup over the IR named ``dense_nncf``
 per round (p10/p50/p90) and split by the base's state (a round is "fast" when the base took under 0.93x its
 median). Used once in session 29 (RESULTS.md, compound on avx512_bf16) to show a VM switching between two
-speed states; nothing is written. 2 threads, precision as compiled by default; run on an idle machine.
+speed states; nothing is written. 2 threads, precision as compiled by default. It takes the timing lock (waits for
+training) and prints the other processes' CPU use over the rounds: the states it shows are only meaningful at ~0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 import numpy as np
 
+from compresslab.bench.machine_load import LoadMeter, timing_window
 from compresslab.bench.openvino_runner import OpenVinoRunner
 
 BASE = "dense_nncf"
@@ -33,11 +35,14 @@ def main(argv: list[str]) -> None:
         for _ in range(5):
             r.run(feed)
     t: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(int(os.environ.get("ROUNDS", 60))):
-        for k, r in runners.items():
-            t0 = time.perf_counter()
-            r.run(feed)
-            t[k].append(1e3 * (time.perf_counter() - t0))
+    with timing_window("latency_states: OpenVINO IRs, per round"):
+        meter = LoadMeter(what="latency_states rounds")
+        for _ in range(int(os.environ.get("ROUNDS", 60))):
+            for k, r in runners.items():
+                t0 = time.perf_counter()
+                r.run(feed)
+                t[k].append(1e3 * (time.perf_counter() - t0))
+        print("machine load over the rounds:", meter.lap(min_s=0.0))
     for k, v in t.items():
         a = np.array(v)
         print(f"{k:12s} p10 {np.percentile(a, 10):6.1f} p50 {np.median(a):6.1f} p90 {np.percentile(a, 90):6.1f} "
