@@ -1,5 +1,13 @@
 """Measure ZipLM's latency table (ALGORITHMS.md §4.3) on the deployment runtime, and cache it.
 
+The runtime is ``TableSettings.runtime`` (:data:`RUNTIMES`): ``ort`` (the default, described below),
+``openvino`` (each probe's plain export on OpenVINO's CPU plugin at its default precision) or
+``openvino_int8`` (each plain export turned into our int8 IR by :func:`as_deployed`, as a pipeline that
+ends in int8 deploys it on OpenVINO). Probes, whole-model points, dense reference and candidate checks
+all go through :func:`deploy_probe` / :func:`as_deployed` and :func:`make_runner`, so every time in one
+table comes from one runtime; the OpenVINO runtimes add ``runtime``, the OpenVINO version and (int8)
+the IR recipe to the environment a cached table is keyed on.
+
 What is timed is what we deploy: every entry comes from a *one-layer probe model* of the same
 architecture, exported and fused by :mod:`compresslab.export` exactly like the real model (fused
 ``Attention`` with per-layer head counts, ``BiasGelu``, ``SkipLayerNormalization``), then run by
@@ -71,6 +79,10 @@ if TYPE_CHECKING:  # torch stays unloaded until a table is measured (bench impor
 
 log = logging.getLogger(__name__)
 
+# What a table can be measured on (TableSettings.runtime). ZipLM's speedup is a ratio on one runtime, and it does
+# not carry over whole: on Zen 4 a 2.5x shrink measured on ORT fp32 ran 2.30x faster than the dense model as int8
+# IRs on OpenVINO (benchmarks/RESULTS.md, compound on avx512_bf16), so a pipeline that deploys there prices there.
+RUNTIMES: tuple[str, ...] = ("ort", "openvino", "openvino_int8")
 TABLE_METHOD = 2  # bump when the probes or the arithmetic change: older caches are re-measured
 # 2: whole-model calibration (fixed cost per present module + scale) folded into the table
 ENV_KEYS = (*LATENCY_KEYS, "libraries.torch", "libraries.transformers")
@@ -83,7 +95,11 @@ class TableSettings:
     batch: int = 32
     seq: int = 128
     threads: int | None = None  # None = physical cores, as the bench stage does
-    provider: str = "CPUExecutionProvider"
+    provider: str = "CPUExecutionProvider"  # ORT's execution provider (runtime "ort")
+    # what is timed: "ort" (the fused fp32 export on ONNX Runtime), "openvino" (the plain export on OpenVINO's CPU
+    # plugin at its default precision: bf16 on CPUs with AVX512-BF16 or AMX) or "openvino_int8" (the plain export
+    # as our int8 IR, export/openvino_int8.py: where the pipeline deploys int8 on OpenVINO). See RUNTIMES.
+    runtime: str = "ort"
     ffn_grid: int = 32  # FFN widths priced: multiples of this (tile-friendly), plus 0 and d_ff
     warmup: int = 3
     runs: int = 30  # interleaved rounds; medians over them
@@ -103,7 +119,17 @@ class TableSettings:
             raise ValueError("latency table calibration_fractions must be one or more fractions in (0, 1) "
                              f"(the uniform shrinks the fixed costs are fitted on), got {self.calibration_fractions!r}")
         object.__setattr__(self, "calibration_fractions", fractions)  # a list from YAML becomes a tuple
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"latency table runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
         resolve_threads(self.threads)
+
+    def check_runtime(self) -> None:
+        """Raise RuntimeError when this runtime's library is not installed (before any export or timing)."""
+        if self.runtime != "ort":
+            from compresslab.bench.openvino_runner import openvino_missing_reason
+
+            if (why := openvino_missing_reason()) is not None:
+                raise RuntimeError(f"latency runtime {self.runtime!r}: {why}")
 
 
 def ffn_sizes(d_ff: int, grid: int) -> list[int]:
@@ -130,6 +156,14 @@ def environment(model: nn.Module, s: TableSettings, fingerprint: dict[str, Any] 
     env.update({"provider": s.provider, "batch": s.batch, "seq": s.seq, "ffn_grid": s.ffn_grid,
                 "calibration_fractions": list(s.calibration_fractions), "arch": arch_signature(model),
                 "method": TABLE_METHOD})
+    if s.runtime != "ort":  # ORT tables keep the environment (and cache files) they had before runtimes existed
+        import openvino
+
+        from compresslab.export.openvino_int8 import RECIPE
+
+        env.update({"runtime": s.runtime, "libraries.openvino": openvino.__version__.split("-")[0]})
+        if s.runtime == "openvino_int8":
+            env["int8_recipe"] = RECIPE
     return json.loads(json.dumps(env, sort_keys=True, default=str))
 
 
@@ -159,15 +193,18 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
                         progress: Progress | None = None) -> tuple[LatencyTable, dict[str, Any]]:
     """The table for ``model``'s architecture (cached), and facts about how it was made.
 
-    ``dense_onnx`` is the deployed (fused) export of ``model``, timed for ``T_dense``.
+    ``dense_onnx`` is the file of ``model`` that ``settings.runtime`` deploys, timed for ``T_dense``: the fused
+    export on ORT, the plain export or its int8 IR (:func:`as_deployed`) on OpenVINO.
     ``fingerprint`` overrides :func:`~compresslab.bench.env.hardware_fingerprint` (tests).
     The facts include ``machine_load`` (``busy``: then the table is not cached, and
     ``not_cached`` says why). Raises MachineBusyError when training holds the lock past the wait,
-    ValueError when ``settings.seq`` exceeds the model's position table (before any timing).
+    ValueError when ``settings.seq`` exceeds the model's position table, RuntimeError when the runtime is not
+    installed (both before any timing).
     """
     from compresslab.models.loading import check_max_length
 
     check_max_length(settings.seq, model.config, "latency table seq")
+    settings.check_runtime()
     env = environment(model, settings, fingerprint)
     path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
     if path is not None and (hit := _read_cached(path, env)) is not None:
@@ -217,52 +254,109 @@ def _fresh_model(model: nn.Module, heads: int, ffn: int, *, layers: int | None =
     return fresh
 
 
-def export_probe(probe: nn.Module, path: Path) -> int:
-    """Export and fuse ``probe`` as the real model is (no parity: probes are only timed).
-
-    Returns the number of fused Attention nodes, so the caller can flag an unfused probe.
-    """
+def _plain_export(probe: nn.Module, path: Path) -> None:
+    """Export ``probe`` to ``path`` as traced (no fusion, no parity: probes are only timed)."""
     import torch
 
-    from compresslab.export import export_onnx, input_names_for, optimize_graph
-    from compresslab.export.optimize import heads_and_hidden
+    from compresslab.export import export_onnx, input_names_for
 
     ids = torch.randint(0, 64, (2, 8))
     sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    export_onnx(probe, path, sample, input_names_for(probe))
+
+
+def export_probe(probe: nn.Module, path: Path) -> int:
+    """Export and fuse ``probe`` as the real model is deployed on ORT (no parity: probes are only timed).
+
+    Returns the number of fused Attention nodes, so the caller can flag an unfused probe.
+    """
+    from compresslab.export import optimize_graph
+    from compresslab.export.optimize import heads_and_hidden
+
     raw = path.with_name(f"{path.stem}.raw.onnx")
-    export_onnx(probe, raw, sample, input_names_for(probe))
+    _plain_export(probe, raw)
     heads, hidden = heads_and_hidden(probe.config)
     fused = optimize_graph(raw, path, num_heads=heads, hidden_size=hidden).fused_attention_nodes
     raw.unlink()
     return fused
 
 
+def synthetic_feeds(seq: int, vocab: int) -> list[dict[str, Any]]:
+    """Calibration batches for an int8 IR that is only timed: random ids (below ``vocab`` and 64), full masks.
+
+    The kernels OpenVINO picks depend on which ops are quantized, not on the ranges calibrated, so
+    the probes' IRs time as the deployed IR (calibrated on real text) does."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, min(64, vocab), size=(2, seq), dtype=np.int64)
+    return [{"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}]
+
+
+def as_deployed(plain_onnx: str | Path, s: TableSettings, vocab: int) -> Path:
+    """The file ``s.runtime`` times for a plain export: the export itself (``openvino``), or our int8 IR
+    of it (``openvino_int8``; :func:`~compresslab.export.openvino_int8.ours_int8_ir` with its default recipe,
+    calibrated on :func:`synthetic_feeds`) in the folder ``<plain_onnx without suffix>_int8/``.
+    Raises ValueError for ``ort`` (whose deployed file is the fused export, not a plain one)."""
+    plain_onnx = Path(plain_onnx)
+    if s.runtime == "ort":
+        raise ValueError("as_deployed is for the OpenVINO runtimes; ORT times the fused export")
+    if s.runtime == "openvino":
+        return plain_onnx
+    from compresslab.export.openvino_int8 import ours_int8_ir
+
+    xml, _ = ours_int8_ir(plain_onnx, plain_onnx.with_name(f"{plain_onnx.stem}_int8"), synthetic_feeds(s.seq, vocab))
+    return xml
+
+
+def deploy_probe(probe: nn.Module, path: Path, s: TableSettings, expect_fused: int) -> Path:
+    """Export ``probe`` to ``path`` and return the file ``s.runtime`` times (see :func:`as_deployed`).
+
+    On ORT, warns when fewer than ``expect_fused`` Attention nodes fused (the deployed export fuses all)."""
+    if s.runtime == "ort":
+        if export_probe(probe, path) != expect_fused:
+            log.warning("latency probe %s: attention did not fuse as deployed", path.stem)
+        return path
+    _plain_export(probe, path)
+    return as_deployed(path, s, int(probe.config.vocab_size))
+
+
+def make_runner(path: str | Path, s: TableSettings, vocab_size: int | None = None) -> Any:
+    """A timing runner for ``path`` on ``s.runtime`` (ORT: ``s.provider``; OpenVINO: its default precision)."""
+    threads = resolve_threads(s.threads)
+    if s.runtime == "ort":
+        from compresslab.bench.runners import OrtRunner
+
+        return OrtRunner(path, threads, s.provider, vocab_size=vocab_size)
+    from compresslab.bench.openvino_runner import OpenVinoRunner
+
+    return OpenVinoRunner(path, threads, "default", vocab_size=vocab_size, binary=False)
+
+
 def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, env: dict[str, Any], *,
                   progress: Progress | None = None) -> tuple[LatencyTable, dict[str, Any]]:
     """Export every probe, time them chunk by chunk against the base probe, build the table."""
     from compresslab.bench.latency import measure_latency
-    from compresslab.bench.runners import OrtRunner
 
     arch = env["arch"]
     H, F, L = arch["heads"], arch["ffn"], arch["layers"]
     wanted = [("attention", h) for h in range(H, 0, -1)] + [("ffn", n) for n in reversed(ffn_sizes(F, s.ffn_grid)) if n]
-    threads, key = resolve_threads(s.threads), f"b{s.batch}xs{s.seq}"
+    key = f"b{s.batch}xs{s.seq}"
     work = Path(tempfile.mkdtemp(prefix="latency-probes-"))
     try:
         paths: dict[tuple[str, int], Path] = {}
         for kind, size in _track(progress, [("base", 0), *wanted], "latency table: export probes"):
             heads, ffn = (size, 0) if kind == "attention" else (0, size if kind == "ffn" else 0)
-            paths[(kind, size)] = work / f"{kind}_{size}.onnx"
-            if export_probe(probe_model(model, heads, ffn), paths[(kind, size)]) != (1 if heads else 0):
-                log.warning("latency probe %s_%d: attention did not fuse as deployed", kind, size)
+            paths[(kind, size)] = deploy_probe(probe_model(model, heads, ffn), work / f"{kind}_{size}.onnx", s,
+                                               1 if heads else 0)
         chunks = [wanted[i:i + s.chunk] for i in range(0, len(wanted), s.chunk)]
         p50: dict[tuple[str, int], float] = {}
         raw: dict[str, Any] = {"base_ms": [], "probes_ms": {}}
         for ci, chunk in enumerate(_track(progress, chunks, "latency table: time probe chunks")):
-            runners: dict[str, Any] = {"base": OrtRunner(paths[("base", 0)], threads, s.provider)}
-            runners.update({f"{k}_{n}": OrtRunner(paths[(k, n)], threads, s.provider) for k, n in chunk})
+            runners: dict[str, Any] = {"base": make_runner(paths[("base", 0)], s)}
+            runners.update({f"{k}_{n}": make_runner(paths[(k, n)], s) for k, n in chunk})
             if ci == 0:  # ids are drawn below the smallest declared vocabulary (the dense one here)
-                runners["dense"] = OrtRunner(dense_onnx, threads, s.provider, vocab_size=arch["vocab"])
+                runners["dense"] = make_runner(dense_onnx, s, vocab_size=arch["vocab"])
             res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
             base = res["base"][key]["p50_ms"]
             raw["base_ms"].append(base)
@@ -322,20 +416,17 @@ def measure_calibration(model: nn.Module, dense_onnx: str | Path, table: Latency
     the one-layer table (``before_ms``) and by the fitted model (``after_ms``).
     """
     from compresslab.bench.latency import measure_latency, shape_key
-    from compresslab.bench.runners import OrtRunner
 
     arch = env["arch"]
     points = calibration_points(table, arch["heads"], arch["ffn"], arch["layers"], s.calibration_fractions)
-    threads, key, vocab = resolve_threads(s.threads), shape_key(s.batch, s.seq), arch["vocab"]
+    key, vocab = shape_key(s.batch, s.seq), arch["vocab"]
     work = Path(tempfile.mkdtemp(prefix="latency-calibration-"))
     try:
         paths: dict[str, Path] = {"dense": Path(dense_onnx)}  # the deployed export the speedups are against
         for name in _track(progress, [n for n in points if n != "dense"], "latency table: export whole models"):
             h, n = points[name]["attention"][0], points[name]["ffn"][0]
-            paths[name] = work / f"{name}.onnx"
-            if export_probe(uniform_model(model, h, n), paths[name]) != (arch["layers"] if h else 0):
-                log.warning("latency calibration model %s: attention did not fuse as deployed", name)
-        runners = {name: OrtRunner(path, threads, s.provider, vocab_size=vocab) for name, path in paths.items()}
+            paths[name] = deploy_probe(uniform_model(model, h, n), work / f"{name}.onnx", s, arch["layers"] if h else 0)
+        runners = {name: make_runner(path, s, vocab_size=vocab) for name, path in paths.items()}
         res = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=s.runs)["results"]
         del runners
     finally:
@@ -442,11 +533,9 @@ def measure_speedup(dense_onnx: str | Path, candidate_onnx: str | Path, s: Table
     """Measured speedup of ``candidate_onnx`` over ``dense_onnx`` at batch x seq: interleaved
     rounds after warm-up, ratio of medians (MEASURE.md "Speed"); ``busy`` when the machine was."""
     from compresslab.bench.latency import measure_latency
-    from compresslab.bench.runners import OrtRunner
 
-    threads = resolve_threads(s.threads)
-    runners = {"dense": OrtRunner(dense_onnx, threads, s.provider, vocab_size=vocab_size),
-               "candidate": OrtRunner(candidate_onnx, threads, s.provider, vocab_size=vocab_size)}
+    runners = {"dense": make_runner(dense_onnx, s, vocab_size=vocab_size),
+               "candidate": make_runner(candidate_onnx, s, vocab_size=vocab_size)}
     lat = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)
     res, key = lat["results"], f"b{s.batch}xs{s.seq}"
     dense, cand = res["dense"][key]["p50_ms"], res["candidate"][key]["p50_ms"]

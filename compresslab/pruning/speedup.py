@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from compresslab.bench.latency_table import (TableSettings, build_latency_table, linear_table, measure_speedup,
-                                            one_layer_table)
+from compresslab.bench.latency_table import (
+    TableSettings, as_deployed, build_latency_table, linear_table, measure_speedup, one_layer_table)
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
@@ -76,6 +76,9 @@ class SpeedupSettings:
     tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
     num_calibration: int = 2048
     latency_model: LatencyModel = LatencyModel.LINEAR
+    # the runtime the table and the speedup checks time (bench.latency_table.RUNTIMES): ort | openvino |
+    # openvino_int8. A target is a speedup on that runtime only (a shrink does not carry over whole).
+    latency_runtime: str = "ort"
     # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
     recovery: Recovery = field(default_factory=Recovery)
 
@@ -94,7 +97,8 @@ class SpeedupSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}")
-        TableSettings(threads=self.threads)  # validates threads
+        # validates threads and the runtime's name, and that its library is installed (before any step runs)
+        TableSettings(threads=self.threads, runtime=self.latency_runtime).check_runtime()
 
     def targets(self) -> list[float]:
         """Every target this pass produces, ascending (the step's own and the family)."""
@@ -102,7 +106,7 @@ class SpeedupSettings:
 
     def table_settings(self) -> TableSettings:
         return TableSettings(batch=self.batch, seq=self.seq, threads=self.threads, ffn_grid=self.ffn_grid,
-                             warmup=self.latency_warmup, runs=self.latency_runs)
+                             warmup=self.latency_warmup, runs=self.latency_runs, runtime=self.latency_runtime)
 
 
 def check_layout(model: nn.Module) -> None:
@@ -124,7 +128,7 @@ def sample_batches(ctx: PassContext, n: int) -> list[dict]:
 
 
 class SpeedupLab:
-    """The dense model on the target runtime: its fused export, the latency table and the check.
+    """The dense model on the target runtime: its deployed file, the latency table and the check.
 
     Use as a context manager; the exports live in a temporary folder under the step dir.
     """
@@ -139,8 +143,9 @@ class SpeedupLab:
         self._n = 0
         self.linear_record: dict[str, Any] | None = None  # latency_model=linear: its lines and refit
         try:
-            self.dense_onnx = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
-                                           keep_unfused=False).onnx_path
+            self.dense_onnx = self._deployed(export_model(dense, ctx.tokenizer, self.work / "dense", samples,
+                                                          threads=p.threads, keep_unfused=self._plain),
+                                             int(dense.config.vocab_size))
             self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
                                                               cache_dir=ctx.cache_dir, progress=ctx.progress)
             if p.latency_model is LatencyModel.ONE_LAYER:
@@ -152,6 +157,17 @@ class SpeedupLab:
             raise
         self.dense_choice = structure_of(dense)
         self.t_dense = self.predict(self.dense_choice)
+
+    @property
+    def _plain(self) -> bool:
+        """OpenVINO runtimes read the plain export (ORT's fused graph has com.microsoft ops)."""
+        return self.settings.runtime != "ort"
+
+    def _deployed(self, res: Any, vocab: int) -> Path:
+        """The file of an :class:`~compresslab.export.ExportResult` that the table's runtime times."""
+        if not self._plain:
+            return res.onnx_path
+        return as_deployed(res.unfused_path or res.onnx_path, self.settings, vocab)
 
     def __enter__(self) -> "SpeedupLab":
         return self
@@ -185,15 +201,17 @@ class SpeedupLab:
         return self.t_dense / self.predict(choice)
 
     def measure(self, model: nn.Module) -> dict[str, float]:
-        """Export ``model`` (parity-checked, fused) and time it against the dense export."""
+        """Export ``model`` (parity-checked) and time its deployed file against the dense one."""
         from compresslab.export import export_model
 
         self._n += 1
         out = self.work / f"candidate{self._n}"
         try:
-            res = export_model(model, self.ctx.tokenizer, out, self.samples, threads=self.p.threads, keep_unfused=False)
-            return measure_speedup(self.dense_onnx, res.onnx_path, self.settings, runs=self.p.check_runs,
-                                   vocab_size=int(model.config.vocab_size))
+            res = export_model(model, self.ctx.tokenizer, out, self.samples, threads=self.p.threads,
+                               keep_unfused=self._plain)
+            vocab = int(model.config.vocab_size)
+            return measure_speedup(self.dense_onnx, self._deployed(res, vocab), self.settings, runs=self.p.check_runs,
+                                   vocab_size=vocab)
         finally:
             shutil.rmtree(out, ignore_errors=True)
 

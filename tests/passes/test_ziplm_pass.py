@@ -212,3 +212,48 @@ def test_hooks_are_always_removed_and_pads_excluded(tmp_path: Path) -> None:
     with pytest.raises(KeyError):  # a batch without a mask fails while the hooks are registered
         collect_hessians(model, [{"input_ids": batches[0]["input_ids"]}], ctx)
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("runtime", ["ort", "openvino", "openvino_int8"])
+def test_table_and_checks_time_the_files_the_runtime_deploys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             runtime: str) -> None:
+    """latency_runtime reaches the table and every check, and both time that runtime's files of the dense model
+    and the candidate: ORT the fused export, OpenVINO the plain export, openvino_int8 our int8 IR of it."""
+    import compresslab.pruning.speedup as st
+
+    seen: dict[str, Any] = {"checks": []}
+
+    def table(model: Any, dense: Any, settings: Any, **kw: Any) -> Any:
+        seen["table"] = (Path(dense), settings.runtime)
+        return fake_table()
+
+    def measure(dense: Any, cand: Any, settings: Any, **kw: Any) -> dict[str, float]:
+        assert Path(dense).is_file() and Path(cand).is_file()  # still there while timed
+        seen["checks"].append((Path(dense), Path(cand), settings.runtime))
+        if settings.runtime == "openvino_int8":  # what is timed is int8
+            import openvino as ov
+
+            seen["ops"] = {op.get_type_name() for op in ov.Core().read_model(str(cand)).get_ops()}
+        return {"speedup": 100.0, "dense_ms": 10.0, "candidate_ms": 0.1}
+
+    monkeypatch.setattr(st, "build_latency_table", table)
+    monkeypatch.setattr(st, "measure_speedup", measure)
+    _ziplm(speedup=2.0, latency_runtime=runtime).apply(tiny_model("bert"), make_ctx(tmp_path))
+    want = {"ort": "model.onnx", "openvino": "model_unfused.onnx",
+            "openvino_int8": "model_unfused_int8/openvino_model.xml"}[runtime]
+    dense, rt = seen["table"]
+    assert rt == runtime and dense.as_posix().endswith(f"/dense/{want}")
+    (d, cand, rt2), = seen["checks"]
+    assert d == dense and cand.as_posix().endswith(f"/candidate1/{want}") and rt2 == runtime
+    assert runtime != "openvino_int8" or "FakeQuantize" in seen["ops"]
+
+
+def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import compresslab.bench.openvino_runner as ovr
+
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        _ziplm(latency_runtime="tensorrt")
+    monkeypatch.setattr(ovr, "openvino_missing_reason", lambda: "openvino is not installed (test)")
+    with pytest.raises(RuntimeError, match="not installed"):
+        _ziplm(latency_runtime="openvino")
+    _ziplm(latency_runtime="ort")  # ORT needs nothing more

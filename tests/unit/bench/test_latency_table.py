@@ -6,6 +6,7 @@ A cached table is reused only in the exact environment it was measured in; a cha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 from compresslab.bench.latency_table import (
-    TableSettings, build_latency_table, cache_file, efficient_sizes, environment, ffn_sizes, one_layer_table,
-    probe_model)
+    TableSettings, as_deployed, build_latency_table, cache_file, efficient_sizes, environment, ffn_sizes,
+    measure_speedup, one_layer_table, probe_model)
+from compresslab.export.openvino_int8 import RECIPE
 from compresslab.models.adapters import get_adapter
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.spdy import LatencyTable
@@ -148,3 +150,64 @@ def test_tampered_or_corrupt_cache_is_remeasured(tmp_path: Path, counted: list, 
     path.write_text("{not json")
     build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
     assert len(counted) == 3
+
+
+def test_runtime_is_validated_and_keyed_only_off_the_default() -> None:
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        TableSettings(runtime="tensorrt")
+    model = tiny_model("bert")
+    ort = environment(model, SETTINGS, _fp())
+    # ORT tables keep the environment they had before runtimes existed: their cache files stay valid
+    assert "runtime" not in ort and "libraries.openvino" not in ort
+    ov = environment(model, dataclasses.replace(SETTINGS, runtime="openvino"), _fp())
+    ov8 = environment(model, dataclasses.replace(SETTINGS, runtime="openvino_int8"), _fp())
+    assert ov["runtime"] == "openvino" and ov["libraries.openvino"] and "int8_recipe" not in ov
+    assert ov8["runtime"] == "openvino_int8" and ov8["int8_recipe"] == RECIPE
+    assert len({cache_file(Path("c"), e) for e in (ort, ov, ov8)}) == 3
+
+
+def test_missing_openvino_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import compresslab.bench.latency_table as lt
+    import compresslab.bench.openvino_runner as ovr
+
+    monkeypatch.setattr(ovr, "openvino_missing_reason", lambda: "openvino is not installed (test)")
+    monkeypatch.setattr(lt, "measure_table", lambda *a, **k: pytest.fail("measured without a runtime"))
+    with pytest.raises(RuntimeError, match="openvino_int8.*not installed"):
+        build_latency_table(tiny_model("bert"), "dense.xml", dataclasses.replace(SETTINGS, runtime="openvino_int8"))
+    TableSettings(runtime="ort").check_runtime()  # ORT needs nothing more
+
+
+def test_openvino_int8_table_times_int8_irs_of_every_probe(tmp_path: Path, dense_onnx: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes, whole-model points and the dense reference are all our int8 IRs, timed on OpenVINO."""
+    import openvino as ov
+
+    import compresslab.bench.latency_table as lt
+
+    s = dataclasses.replace(SETTINGS, runtime="openvino_int8")
+    model = tiny_model("bert")
+    dense_ir = as_deployed(dense_onnx.with_name("model_unfused.onnx"), s, model.config.vocab_size)
+    timed: list[tuple[str, str, set[str]]] = []
+    real = lt.make_runner
+
+    def spy(path: Any, settings: TableSettings, vocab_size: int | None = None) -> Any:
+        runner = real(path, settings, vocab_size)
+        ops = {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
+        timed.append((f"{Path(path).parent.name}/{Path(path).name}", type(runner).__name__, ops))
+        return runner
+
+    monkeypatch.setattr(lt, "make_runner", spy)
+    table, info = build_latency_table(model, dense_ir, s, cache_dir=tmp_path, fingerprint=_fp())
+    assert not info["cached"] and info["settings"]["runtime"] == "openvino_int8"
+    # a base per chunk of 3, 8 probes, the dense reference, the whole-model points
+    assert len(timed) == 3 + 8 + 1 + len(info["raw"]["calibration"]["points"])
+    assert all(name.endswith("_int8/openvino_model.xml") and kind == "OpenVinoRunner" for name, kind, _ in timed)
+    # every timed graph with an encoder Linear is quantized (the base probe and the empty model have none)
+    unquantized = {name.split("/")[0] for name, _, ops in timed if "FakeQuantize" not in ops}
+    assert unquantized == {"base_0_int8", "empty_int8"}
+    for kind in ("attention", "ffn"):
+        fitted = list(table.module_times[kind].values())
+        assert fitted[0] == 0.0 and all(a <= b for a, b in zip(fitted, fitted[1:]))
+    again, info2 = build_latency_table(model, dense_ir, s, cache_dir=tmp_path, fingerprint=_fp())
+    assert info2["cached"] and again.to_dict() == table.to_dict()
+    assert measure_speedup(dense_ir, dense_ir, s, runs=2)["speedup"] > 0
