@@ -238,7 +238,8 @@ def measure(a: argparse.Namespace) -> None:
     loader = make_loader(dev, tok, 32, kw["max_length"], shuffle=False)
     batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
     with timing_window("backends: every cell, fixed shapes and real lengths"):  # one lock, one probe for both
-        lat = measure_latency(runners, SHAPES, warmup=5, runs=a.runs, min_time_s=0.0, seed=0, vocab_size=vocab)
+        lat = measure_latency(runners, SHAPES, warmup=5, runs=a.runs, min_time_s=0.0, seed=0, vocab_size=vocab,
+                              keep_times=True)
         rl = measure_real_lengths(runners, batches, rounds=a.rounds)
     timing_s = time.perf_counter() - t0
     for key, r in runners.items():
@@ -247,6 +248,7 @@ def measure(a: argparse.Namespace) -> None:
         res = lat["results"][key]
         cell["b32_ms"] = res[shape_key(32, 128)]["p50_ms"]
         cell["b1_ms"] = res[shape_key(1, 128)]["p50_ms"]
+        cell["b32_times_ms"] = res[shape_key(32, 128)]["times_ms"]  # per round: the paired speedups
         cell["real_len_sent_per_s"] = rl["results"][key]["sentences_per_s"]
         info = r.info() if hasattr(r, "info") else {}
         cell["precision"] = (info.get("precision") if cells[model][name]["kind"] == "openvino"
@@ -254,7 +256,7 @@ def measure(a: argparse.Namespace) -> None:
         if cells[model][name]["kind"] == "openvino" and "int8" in name:
             cell["precision"] = f"int8 ({cell['precision']} for the rest)"
     models = {m: {n: {k: c[k] for k in ("acc", "agreement", "b1_ms", "b32_ms", "real_len_sent_per_s", "file",
-                                        "precision", "method")} for n, c in mc.items()}
+                                        "precision", "method", "b32_times_ms")} for n, c in mc.items()}
               for m, mc in out_models.items()}
     for m, mc in cells.items():  # the setting that made a *_sparse cell differ from its twin
         for n, c in mc.items():
@@ -308,8 +310,21 @@ def _sparse_note(flags: set[str]) -> str:
             f"{SPARSE_RATE} (cells *_sparse; compare with the same IR without it)")
 
 
+def _paired(base: dict[str, Any], c: dict[str, Any]) -> dict[str, float]:
+    """``paired_speedup`` at b32 (the median over interleaved rounds of base / cell) where both cells kept their
+    round times (measurements since 2026-12-05), else nothing: older files re-derive unchanged."""
+    from compresslab.bench.latency import paired_speedup
+
+    a, b = base.get("b32_times_ms"), c.get("b32_times_ms")
+    return {"paired": paired_speedup(a, b)} if a and b else {}
+
+
 def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | None = None) -> dict[str, Any]:
-    """Speedups from the cells: vs dense.ort_fp32 and vs best_dense (fastest dense cell at b32), and the targets."""
+    """Speedups from the cells: vs dense.ort_fp32 and vs best_dense (fastest dense cell at b32), and the targets.
+
+    ``b32_*_paired``: the median of per-round ratios (``compresslab.bench.paired_speedup``), where the cells kept
+    their round times. A ratio of two medians can pair medians from the VM's two speed states (RESULTS.md,
+    compound on avx512_bf16); so a b32 target counts as met only where the paired ratio meets it too."""
     dense = models["dense"]
     best = min(dense, key=lambda n: dense[n]["b32_ms"])
     base, top = dense["ort_fp32"], dense[best]
@@ -320,6 +335,12 @@ def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | No
                               "b1_vs_ort_fp32": base["b1_ms"] / c["b1_ms"], "b1_vs_best_dense": top["b1_ms"] / c["b1_ms"],
                               "real_len_vs_ort_fp32": c["real_len_sent_per_s"] / base["real_len_sent_per_s"],
                               "real_len_vs_best_dense": c["real_len_sent_per_s"] / top["real_len_sent_per_s"]}
+            sp[f"{m}.{n}"].update({f"b32_vs_{ref}_{k}": v for ref, cell in (("ort_fp32", base), ("best_dense", top))
+                                   for k, v in _paired(cell, c).items()})
+
+    def b32_at_least(key: str, ref: str, x: float) -> bool:
+        """The b32 speedup vs ``ref`` meets ``x`` as a ratio of medians and, where measured, paired."""
+        return sp[key][f"b32_vs_{ref}"] >= x and sp[key].get(f"b32_vs_{ref}_paired", x) >= x
     ours8 = {n: c for n, c in models["int8"].items() if c["method"] == "compresslab" and c["agreement"] >= 0.99}
     best8 = min(ours8, key=lambda n: ours8[n]["b32_ms"]) if ours8 else None
     peer = dense.get("openvino_nncf_int8")
@@ -329,7 +350,9 @@ def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | No
         "int8_best_ours_agreement_ge_0.99": {
             "cell": f"int8.{best8}" if best8 else None,
             "b32_ms": ours8[best8]["b32_ms"] if best8 else None, "nncf_b32_ms": peer["b32_ms"] if peer else None,
-            "met": bool(best8 and peer and ours8[best8]["b32_ms"] <= peer["b32_ms"]),
+            **({"vs_nncf_paired": v} if best8 and peer and (v := _paired(peer, ours8[best8]).get("paired")) else {}),
+            "met": bool(best8 and peer and ours8[best8]["b32_ms"] <= peer["b32_ms"]
+                        and _paired(peer, ours8[best8]).get("paired", 1.0) >= 1.0),
             "our_int8_cells": {n: {"agreement": c["agreement"], "b32_ms": c["b32_ms"]} for n, c in models["int8"].items()}},
     }
     not_run = {"met": None, "measured": False, "reason": "its pipeline was not part of this measurement (--only)"}
@@ -341,7 +364,9 @@ def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | No
         targets["ziplm_2x_within_1pt_at_1.8x_best_dense"] = {
             "cell": f"ziplm_2x.{zbest}", "acc_drop_pt": 100 * (teacher - z[zbest]["acc"]),
             "b32_vs_best_dense": sp[f"ziplm_2x.{zbest}"]["b32_vs_best_dense"],
-            "met": bool(teacher - z[zbest]["acc"] <= 0.01 and sp[f"ziplm_2x.{zbest}"]["b32_vs_best_dense"] >= 1.8)}
+            **({"b32_vs_best_dense_paired": v} if (v := sp[f"ziplm_2x.{zbest}"].get("b32_vs_best_dense_paired"))
+               is not None else {}),
+            "met": bool(teacher - z[zbest]["acc"] <= 0.01 and b32_at_least(f"ziplm_2x.{zbest}", "best_dense", 1.8))}
     if "ziplm_int8" not in models:
         targets["ziplm_int8_8x_ort_fp32"] = dict(not_run)
     else:
@@ -349,7 +374,9 @@ def derive(models: dict[str, dict[str, dict[str, Any]]], cpu_isa: list[str] | No
         zibest = min(zi, key=lambda n: zi[n]["b32_ms"])
         targets["ziplm_int8_8x_ort_fp32"] = {
             "cell": f"ziplm_int8.{zibest}", "b32_vs_ort_fp32": sp[f"ziplm_int8.{zibest}"]["b32_vs_ort_fp32"],
-            "met": sp[f"ziplm_int8.{zibest}"]["b32_vs_ort_fp32"] >= 8.0,
+            **({"b32_vs_ort_fp32_paired": v} if (v := sp[f"ziplm_int8.{zibest}"].get("b32_vs_ort_fp32_paired"))
+               is not None else {}),
+            "met": b32_at_least(f"ziplm_int8.{zibest}", "ort_fp32", 8.0),
             "all_cells_b32_vs_ort_fp32": {n: round(sp[f"ziplm_int8.{n}"]["b32_vs_ort_fp32"], 3)
                                           for n in models["ziplm_int8"]},
             "judged": amx, "note": ("the 8x target is set for AMX machines: judged here (amx_int8)" if amx else

@@ -49,3 +49,34 @@ def test_slower_than_nncf_or_below_the_agreement_bar_is_not_met_and_the_full_run
     assert t["ziplm_2x_within_1pt_at_1.8x_best_dense"]["met"] is True  # 0.5 pt, 2.0x best_dense (NNCF on the teacher, 80 ms)
     z = t["ziplm_int8_8x_ort_fp32"]
     assert z["cell"] == "ziplm_int8.ort_int8" and z["met"] is True and z["judged"] is True  # NNCF's cell not ours
+
+
+def _timed(c: dict, times: list[float]) -> dict:
+    return {**c, "b32_times_ms": times}
+
+
+def test_paired_ratios_come_from_the_rounds_and_a_target_needs_both_ratios():
+    """Two speed states: the model's median round sits in the fast state, the dense reference's in the slow one,
+    so the ratio of medians can say more than most rounds do."""
+    m = _models()
+    m["dense"]["openvino_bf16"] = _c(220.0)
+    dense = [200.0, 200.0, 200.0, 250.0, 250.0]   # median 200
+    model = [100.0, 100.0, 100.0, 200.0, 200.0]   # median 100; per round 2.0, 2.0, 2.0, 1.25, 1.25
+    m["dense"]["openvino_nncf_int8"] = _timed(_c(200.0, agreement=0.995, method="peer"), dense)
+    m["dense"]["ort_fp32"] = _timed(_c(300.0), [300.0] * 5)
+    m["ziplm_2x"] = {"openvino_bf16": _timed(_c(100.0, acc=0.895), model)}
+    d = backends.derive(m)
+    s = d["speedups"]["ziplm_2x.openvino_bf16"]
+    assert s["b32_vs_best_dense"] == 2.0 and s["b32_vs_best_dense_paired"] == 2.0
+    assert s["b32_vs_ort_fp32_paired"] == pytest.approx(3.0)
+    t = d["targets"]["ziplm_2x_within_1pt_at_1.8x_best_dense"]
+    assert t["met"] is True and t["b32_vs_best_dense_paired"] == 2.0
+    # the same medians, but the rounds pair the model's fast state with the reference's fast state
+    m["dense"]["openvino_nncf_int8"] = _timed(m["dense"]["openvino_nncf_int8"], [160.0, 160.0, 200.0, 200.0, 250.0])
+    m["ziplm_2x"]["openvino_bf16"] = _timed(m["ziplm_2x"]["openvino_bf16"], [100.0, 100.0, 100.0, 200.0, 200.0])
+    d = backends.derive(m)
+    t = d["targets"]["ziplm_2x_within_1pt_at_1.8x_best_dense"]
+    assert t["b32_vs_best_dense"] == 2.0 and t["b32_vs_best_dense_paired"] == pytest.approx(1.6)  # 1.6 1.6 2 1 1.25
+    assert t["met"] is False  # the median ratio alone would say met
+    # cells without round times (files measured before 2026-12-05) keep their keys: no paired figure at all
+    assert "b32_vs_best_dense_paired" not in backends.derive(_models())["speedups"]["int8.openvino_int8"]
