@@ -53,6 +53,10 @@ BUSY_OTHER_CPU = 0.2
 NOISY_SPREAD = 0.25
 PROBE_S = 0.5
 MIN_INTERVAL_S = 1.0  # a LoadMeter lap shorter than this is not judged (10 ms ticks, 2 cores)
+# A timing window or span shorter than this is recorded but not judged busy: the clocks tick in 10 ms, so one tick
+# over a 5 ms window reads as 2 CPU s per s (seen: the window around a DeepSparse worker that never started). At
+# 0.25 s one tick is 0.04, well under the 0.2 threshold.
+MIN_JUDGED_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -175,11 +179,15 @@ class MachineLoad:
 
     def _during(self) -> dict[str, Any]:
         end = self._end or self.read()
+        window = end.wall_s - self._start.wall_s if self._start is not None else 0.0
         whole = other_cpu(self._start, end) if self._start is not None else 0.0
-        spans = [s["other_cpu"] for s in self.spans]
-        return {"other_cpu": round(whole, 3), "max_other_cpu": round(max([whole, *spans]), 3),
-                "window_s": round(end.wall_s - self._start.wall_s, 3) if self._start else 0.0,
-                "measurements": len(self.spans), "loadavg": self._load_end or loadavg()}
+        judged = [x for x, w in ((whole, window), *((sp["other_cpu"], sp["window_s"]) for sp in self.spans))
+                  if w >= MIN_JUDGED_S]  # shorter readings are one clock tick or two: recorded, not judged
+        out = {"other_cpu": round(whole, 3), "max_other_cpu": round(max(judged, default=0.0), 3),
+               "window_s": round(window, 3), "measurements": len(self.spans), "loadavg": self._load_end or loadavg()}
+        if (short := 1 + len(self.spans) - len(judged)) and self._start is not None:
+            out["not_judged"] = f"{short} reading(s) over less than {MIN_JUDGED_S} s (clock ticks of 10 ms)"
+        return out
 
     def reasons(self, during: dict[str, Any] | None = None) -> list[str]:
         """Why this window is busy (empty when it was quiet)."""
@@ -311,6 +319,6 @@ class LoadMeter:
                 "wall_s": round(wall, 3), "loadavg": loadavg()}
 
 
-__all__ = ["BUSY_OTHER_CPU", "MIN_INTERVAL_S", "NOISY_SPREAD", "PROBE_S", "CpuReading", "LoadMeter", "MachineLoad",
-           "active_window", "closed_windows", "combine", "find_records", "loadavg", "other_cpu", "read_cpu", "spread",
+__all__ = ["BUSY_OTHER_CPU", "MIN_INTERVAL_S", "MIN_JUDGED_S", "NOISY_SPREAD", "PROBE_S", "CpuReading", "LoadMeter",
+           "MachineLoad", "active_window", "closed_windows", "combine", "find_records", "loadavg", "other_cpu", "read_cpu", "spread",
            "timing_window"]

@@ -416,3 +416,23 @@ def test_cli_reports_a_refused_timing(monkeypatch, capsys, expect_clear) -> None
     err = capsys.readouterr().err
     assert err.startswith("compresslab: error: bench stage: training pid 42") and "COMPRESSLAB_TIME_BUSY=1" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_reading_too_short_for_the_clock_is_recorded_not_judged() -> None:
+    """One 10 ms tick of other processes' CPU over a 5 ms window reads as 2 CPU s per s: such a window (or span)
+    is not a busy machine. A long enough window with the same load is."""
+    from compresslab.bench import machine_load as ml
+    from compresslab.testing import FakeCpu
+
+    short = FakeCpu(other=0.0, step_s=0.005)
+    with ml.timing_window("short", reader=short, probe_s=0.0) as w:
+        short.other = 2.0  # one reading's worth of 'load' inside a 5 ms window
+    rec = w.record()
+    assert not rec["busy"] and "not_judged" in rec["during"] and rec["during"]["max_other_cpu"] == 0.0
+    long = FakeCpu(other=0.0, step_s=ml.MIN_JUDGED_S)
+    with ml.timing_window("long", reader=long, probe_s=0.0) as w:
+        long.other = 2.0
+        with w.span("burst"):
+            pass
+    rec = w.record()
+    assert rec["busy"] and "not_judged" not in rec["during"]
