@@ -63,7 +63,7 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
     with timing_window(f"suite {p.task}: every cell, fixed shapes and real lengths", **window_kw):
         if runners:
             lat = measure_latency(runners, shapes, warmup=int(p.timing["warmup"]), runs=int(p.timing["runs"]),
-                                  vocab_size=vocab)
+                                  vocab_size=vocab, keep_times=True)
             rl = measure_real_lengths(runners, batches, rounds=int(p.timing["rounds"]))
         out.update(time_external(external, p, vocab))  # after ours, one worker process at a time
     by_batch = {b: shape_key(b, s) for b, s in shapes}
@@ -72,6 +72,8 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
         info = r.info() if hasattr(r, "info") else {}
         out[name] = {"latency_ms_b1": res[by_batch[1]]["p50_ms"] if 1 in by_batch else None,
                      "latency_ms_b32": res[by_batch[32]]["p50_ms"] if 32 in by_batch else None,
+                     # per round, in round order for every runner: the verdicts' paired latency ratios
+                     "latency_b32_times_ms": res[by_batch[32]].get("times_ms") if 32 in by_batch else None,
                      "throughput_real": rl["results"][name]["sentences_per_s"], "timing": INTERLEAVED,
                      "compiled_precision": info.get("precision") if info.get("kind") == "openvino" else None}
     timed = [*runners, *(n for n in external if "error" not in out.get(n, {"error": 1}))]
@@ -111,6 +113,8 @@ def apply_timing(sysd: dict[str, dict[str, Any]], timed: Mapping[str, Any]) -> N
             continue
         for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real", "timing"):
             sysd[name][k] = t[k]
+        if t.get("latency_b32_times_ms"):
+            sysd[name]["latency_b32_times_ms"] = t["latency_b32_times_ms"]
         if t.get("compiled_precision"):
             sysd[name]["precision"] = f"{sysd[name]['precision']} (compiled {t['compiled_precision']})"
 
@@ -124,5 +128,8 @@ def keep_earlier_timings(sysd: dict[str, dict[str, Any]], keys: Mapping[str, str
         if prev and keys.get(name) and old_keys.get(name) == keys[name] and prev.get("latency_ms_b32") is not None:
             for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real", "precision", "timing"):
                 s[k] = prev.get(k)
+            # no round times: those rounds were another phase's, and round i of one phase says nothing about
+            # round i of another (the verdicts pair only cells timed together; these fall back to medians)
+            s.pop("latency_b32_times_ms", None)
             kept.append(name)
     return kept

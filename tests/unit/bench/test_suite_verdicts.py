@@ -142,3 +142,48 @@ def test_suite_flags_constant_predictions(tmp_path) -> None:
     cells = {n: {"status": "finished", "key": n, "method": "peer", "tool": "t", "score": 0.6} for n in preds}
     out = suite.systems(cells, store, teacher)
     assert "degenerate" not in out["ok"] and "same prediction (1)" in out["const"]["degenerate"]
+
+
+def test_a_latency_rule_must_hold_round_by_round_where_rounds_were_kept() -> None:
+    """A ratio of medians can pair rounds from two VM speed states (the peer's fast rounds at 80 ms): a system whose
+    per-round ratio is 0.95x must not pass rule b (<= 0.9x) on a 0.89x ratio of medians. Without round times (files
+    timed before 2026-12-05, peers timed in their own process) the medians decide as before."""
+    peer_t = (100.0, 100.0, 100.0, 80.0, 80.0)          # median 100
+    ours_t = (95.0, 95.0, 89.0, 60.0, 60.0)              # median 89; per round .95 .95 .89 .75 .75
+    peer = S("peer", 0.900, 100.0, peer_t)
+    ours = S("ours", 0.900, 89.0, ours_t)
+    assert V.paired_ratio(ours, peer) == pytest.approx(0.89)  # sorted .75 .75 .89 .95 .95: rule b holds
+    hit = V.judge(ours, peer, P(1.0, 0.995), classification=True)
+    assert hit is not None and hit["latency_ratio_paired"] == pytest.approx(0.89)
+    # stated median 89 (as if taken in the fast state); per round .95 .95 .95 .75 1.11 -> .95
+    slow_rounds = S("ours", 0.900, 89.0, (95.0, 95.0, 95.0, 60.0, 89.0))
+    assert V.paired_ratio(slow_rounds, peer) == pytest.approx(0.95)
+    assert V.judge(slow_rounds, peer, P(1.0, 0.995), classification=True) is None
+    assert V.judge(S("ours", 0.900, 89.0), peer, P(1.0, 0.995), classification=True) is not None  # no rounds: medians
+    # rule a too: at most as slow round by round
+    higher = S("ours", 0.95, 99.0, (99.0, 99.0, 99.0, 99.0, 99.0))  # median 0.99x, but slower in the 80 ms rounds
+    assert V.paired_ratio(higher, peer) == pytest.approx(0.99)
+    assert V.judge(higher, peer, P(0.001, 0.9), classification=True)["rule"] == "a"
+    late = S("ours", 0.95, 99.0, (99.0, 99.0, 85.0, 85.0, 85.0))  # per round .99 .99 .85 1.06 1.06 -> median .99
+    assert V.judge(late, peer, P(0.001, 0.9), classification=True)["rule"] == "a"
+    later = S("ours", 0.95, 99.0, (99.0, 101.0, 101.0, 85.0, 99.0))  # .99 1.01 1.01 1.06 1.24 -> 1.01 > 1
+    assert V.judge(later, peer, P(0.001, 0.9), classification=True) is None
+    assert V.paired_ratio(S("x", 0.9, 1.0, (1.0,)), peer) is None  # unequal round lists never pair
+
+
+def test_suite_systems_carry_round_times_into_the_verdicts_and_never_across_timing_phases() -> None:
+    T = importlib.import_module("benchmarks.suite_timing")
+    sysd = {"ours": {"method": "compresslab", "score": 0.9, "precision": "int8"},
+            "peer": {"method": "peer", "score": 0.9, "precision": "int8"}}
+    timed = {"ours": {"latency_ms_b1": 1.0, "latency_ms_b32": 95.0, "throughput_real": 1.0, "timing": "x",
+                      "latency_b32_times_ms": [95.0, 95.0, 95.0, 60.0, 89.0]},
+             "peer": {"latency_ms_b1": 1.0, "latency_ms_b32": 100.0, "throughput_real": 1.0, "timing": "x",
+                      "latency_b32_times_ms": [100.0, 100.0, 100.0, 80.0, 80.0]}}
+    T.apply_timing(sysd, timed)
+    sysd["ours"]["latency_ms_b32"] = 89.0
+    v = V.task_verdicts(sysd, {"ours": {"peer": 0.995}}, classification=True)
+    assert v["peer"]["status"] == "peer wins"  # 0.89x by medians, 0.95x by rounds
+    # a later run that keeps this file's timing for an unchanged cell keeps its median, not its rounds
+    new = {"ours": {"method": "compresslab", "score": 0.9, "latency_b32_times_ms": [1.0] * 5}}
+    kept = T.keep_earlier_timings(new, {"ours": "k"}, {"meta": {"cell_keys": {"ours": "k"}}, "systems": sysd})
+    assert kept == ["ours"] and new["ours"]["latency_ms_b32"] == 89.0 and "latency_b32_times_ms" not in new["ours"]
