@@ -1,12 +1,14 @@
 """Measure ZipLM's latency table (ALGORITHMS.md §4.3) on the deployment runtime, and cache it.
 
 The runtime is ``TableSettings.runtime`` (:data:`RUNTIMES`): ``ort`` (the default, described below),
-``openvino`` (each probe's plain export on OpenVINO's CPU plugin at its default precision) or
+``ort_int8`` (each fused export quantized as ``ort_int8_dynamic`` deploys it: ORT dynamic int8, per-channel
+weights), ``openvino`` (each probe's plain export on OpenVINO's CPU plugin at its default precision) or
 ``openvino_int8`` (each plain export turned into our int8 IR by :func:`as_deployed`, as a pipeline that
-ends in int8 deploys it on OpenVINO). Probes, whole-model points, dense reference and candidate checks
+ends in int8 deploys it on OpenVINO). :func:`fastest_runtime` picks one of several by timing the dense model. Probes, whole-model points, dense reference and candidate checks
 all go through :func:`deploy_probe` / :func:`as_deployed` and :func:`make_runner`, so every time in one
 table comes from one runtime; the OpenVINO runtimes add ``runtime``, the OpenVINO version and (int8)
-the IR recipe to the environment a cached table is keyed on.
+the IR recipe to the environment a cached table is keyed on (``ort_int8``: the runtime and its quantizer
+recipe).
 
 What is timed is what we deploy: every entry comes from a *one-layer probe model* of the same
 architecture, exported and fused by :mod:`compresslab.export` exactly like the real model (fused
@@ -65,7 +67,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -82,7 +84,16 @@ log = logging.getLogger(__name__)
 # What a table can be measured on (TableSettings.runtime). ZipLM's speedup is a ratio on one runtime, and it does
 # not carry over whole: on Zen 4 a 2.5x shrink measured on ORT fp32 ran 2.30x faster than the dense model as int8
 # IRs on OpenVINO (benchmarks/RESULTS.md, compound on avx512_bf16), so a pipeline that deploys there prices there.
-RUNTIMES: tuple[str, ...] = ("ort", "openvino", "openvino_int8")
+# And which runtime is fastest depends on the ISA: on AVX2 without VNNI, ORT's dynamic int8 ran RTE's teacher 1.8x
+# faster than the OpenVINO int8 IR (RESULTS.md, RTE on AVX2); on Zen 4 the IR wins. See fastest_runtime.
+RUNTIMES: tuple[str, ...] = ("ort", "ort_int8", "openvino", "openvino_int8")
+# what ort_int8 times: ort_int8_dynamic's defaults (passes/ort_int8_dynamic.py); in the cache key of its tables
+ORT_INT8_RECIPE = "ort quantize_dynamic QInt8 weights, per_channel, per-call uint8 activations, all op types"
+
+
+def reads_plain(runtime: str) -> bool:
+    """Whether ``runtime`` reads the plain export (OpenVINO) rather than ORT's fused graph (com.microsoft ops)."""
+    return runtime.startswith("openvino")
 TABLE_METHOD = 2  # bump when the probes or the arithmetic change: older caches are re-measured
 # 2: whole-model calibration (fixed cost per present module + scale) folded into the table
 ENV_KEYS = (*LATENCY_KEYS, "libraries.torch", "libraries.transformers")
@@ -96,9 +107,10 @@ class TableSettings:
     seq: int = 128
     threads: int | None = None  # None = physical cores, as the bench stage does
     provider: str = "CPUExecutionProvider"  # ORT's execution provider (runtime "ort")
-    # what is timed: "ort" (the fused fp32 export on ONNX Runtime), "openvino" (the plain export on OpenVINO's CPU
-    # plugin at its default precision: bf16 on CPUs with AVX512-BF16 or AMX) or "openvino_int8" (the plain export
-    # as our int8 IR, export/openvino_int8.py: where the pipeline deploys int8 on OpenVINO). See RUNTIMES.
+    # what is timed: "ort" (the fused fp32 export on ONNX Runtime), "ort_int8" (the fused export as ORT dynamic int8,
+    # ORT_INT8_RECIPE), "openvino" (the plain export on OpenVINO's CPU plugin at its default precision: bf16 on CPUs
+    # with AVX512-BF16 or AMX) or "openvino_int8" (the plain export as our int8 IR, export/openvino_int8.py: where
+    # the pipeline deploys int8 on OpenVINO). See RUNTIMES.
     runtime: str = "ort"
     ffn_grid: int = 32  # FFN widths priced: multiples of this (tile-friendly), plus 0 and d_ff
     warmup: int = 3
@@ -125,7 +137,7 @@ class TableSettings:
 
     def check_runtime(self) -> None:
         """Raise RuntimeError when this runtime's library is not installed (before any export or timing)."""
-        if self.runtime != "ort":
+        if reads_plain(self.runtime):
             from compresslab.bench.openvino_runner import openvino_missing_reason
 
             if (why := openvino_missing_reason()) is not None:
@@ -156,7 +168,10 @@ def environment(model: nn.Module, s: TableSettings, fingerprint: dict[str, Any] 
     env.update({"provider": s.provider, "batch": s.batch, "seq": s.seq, "ffn_grid": s.ffn_grid,
                 "calibration_fractions": list(s.calibration_fractions), "arch": arch_signature(model),
                 "method": TABLE_METHOD})
-    if s.runtime != "ort":  # ORT tables keep the environment (and cache files) they had before runtimes existed
+    # ORT fp32 tables keep the environment (and cache files) they had before runtimes existed
+    if s.runtime == "ort_int8":
+        env.update({"runtime": s.runtime, "int8_recipe": ORT_INT8_RECIPE})
+    elif s.runtime != "ort":
         import openvino
 
         from compresslab.export.openvino_int8 import RECIPE
@@ -293,38 +308,44 @@ def synthetic_feeds(seq: int, vocab: int) -> list[dict[str, Any]]:
     return [{"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}]
 
 
-def as_deployed(plain_onnx: str | Path, s: TableSettings, vocab: int) -> Path:
-    """The file ``s.runtime`` times for a plain export: the export itself (``openvino``), or our int8 IR
-    of it (``openvino_int8``; :func:`~compresslab.export.openvino_int8.ours_int8_ir` with its default recipe,
-    calibrated on :func:`synthetic_feeds`) in the folder ``<plain_onnx without suffix>_int8/``.
-    Raises ValueError for ``ort`` (whose deployed file is the fused export, not a plain one)."""
-    plain_onnx = Path(plain_onnx)
-    if s.runtime == "ort":
-        raise ValueError("as_deployed is for the OpenVINO runtimes; ORT times the fused export")
-    if s.runtime == "openvino":
-        return plain_onnx
+def as_deployed(onnx: str | Path, s: TableSettings, vocab: int) -> Path:
+    """The file ``s.runtime`` times for an export of the model: the fused export itself (``ort``; pass the fused
+    file), its ORT dynamic int8 (``ort_int8``: ``<stem>_int8.onnx`` beside it, :data:`ORT_INT8_RECIPE`), the plain
+    export itself (``openvino``; pass the plain file, see :func:`reads_plain`) or our int8 IR of it
+    (``openvino_int8``; :func:`~compresslab.export.openvino_int8.ours_int8_ir` with its default recipe,
+    calibrated on :func:`synthetic_feeds`) in the folder ``<stem>_int8/``."""
+    onnx = Path(onnx)
+    if s.runtime in ("ort", "openvino"):
+        return onnx
+    if s.runtime == "ort_int8":
+        from compresslab.export.ort_quant import quantize_dynamic_int8
+
+        out = onnx.with_name(f"{onnx.stem}_int8.onnx")
+        quantize_dynamic_int8(onnx, out, per_channel=True)
+        return out
     from compresslab.export.openvino_int8 import ours_int8_ir
 
-    xml, _ = ours_int8_ir(plain_onnx, plain_onnx.with_name(f"{plain_onnx.stem}_int8"), synthetic_feeds(s.seq, vocab))
+    xml, _ = ours_int8_ir(onnx, onnx.with_name(f"{onnx.stem}_int8"), synthetic_feeds(s.seq, vocab))
     return xml
 
 
 def deploy_probe(probe: nn.Module, path: Path, s: TableSettings, expect_fused: int) -> Path:
     """Export ``probe`` to ``path`` and return the file ``s.runtime`` times (see :func:`as_deployed`).
 
-    On ORT, warns when fewer than ``expect_fused`` Attention nodes fused (the deployed export fuses all)."""
-    if s.runtime == "ort":
+    On the ORT runtimes, warns when fewer than ``expect_fused`` Attention nodes fused (the deployed export fuses
+    all)."""
+    if not reads_plain(s.runtime):
         if export_probe(probe, path) != expect_fused:
             log.warning("latency probe %s: attention did not fuse as deployed", path.stem)
-        return path
-    _plain_export(probe, path)
+    else:
+        _plain_export(probe, path)
     return as_deployed(path, s, int(probe.config.vocab_size))
 
 
 def make_runner(path: str | Path, s: TableSettings, vocab_size: int | None = None) -> Any:
     """A timing runner for ``path`` on ``s.runtime`` (ORT: ``s.provider``; OpenVINO: its default precision)."""
     threads = resolve_threads(s.threads)
-    if s.runtime == "ort":
+    if not reads_plain(s.runtime):
         from compresslab.bench.runners import OrtRunner
 
         return OrtRunner(path, threads, s.provider, vocab_size=vocab_size)
@@ -526,6 +547,34 @@ def efficient_sizes(times: dict[int, float]) -> dict[int, float]:
 
 def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:
     return iterable if progress is None else progress(iterable, total=len(iterable), desc=desc)
+
+
+def fastest_runtime(files: dict[str, Path], s: TableSettings, *, runs: int | None = None,
+                    vocab_size: int | None = None) -> dict[str, Any]:
+    """Which runtime runs the dense model fastest: ``files`` maps each candidate runtime (:data:`RUNTIMES`) to the
+    dense model's file it deploys (:func:`as_deployed`); each is timed at ``s.batch`` x ``s.seq`` in interleaved
+    rounds (MEASURE.md "Speed") and the lowest median wins, so a speedup target is priced where the best dense
+    baseline runs (MEASURE.md ``best_dense``). Returns ``{"chosen": runtime, "b<B>xs<S>_ms": {runtime: median ms},
+    "busy": bool}``; ``busy`` (the machine was, so the choice may be wrong) is logged loudly, not raised.
+    Raises ValueError for fewer than two candidates or an unknown runtime."""
+    from compresslab.bench.latency import measure_latency
+
+    if len(files) < 2 or any(rt not in RUNTIMES for rt in files):
+        raise ValueError(f"fastest_runtime needs two or more of {list(RUNTIMES)}, got {sorted(files)}")
+    runners = {rt: make_runner(f, _with_runtime(s, rt), vocab_size=vocab_size) for rt, f in files.items()}
+    lat = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)
+    key = f"b{s.batch}xs{s.seq}"
+    ms = {rt: round(float(lat["results"][rt][key]["p50_ms"]), 3) for rt in files}
+    chosen = min(ms, key=ms.__getitem__)
+    busy = bool(lat["machine_load"]["busy"])
+    (log.warning if busy else log.info)("latency runtime: %s is fastest for the dense model at %s (%s)%s", chosen,
+                                        key, ", ".join(f"{rt} {t:.1f} ms" for rt, t in ms.items()),
+                                        " -- the machine was busy: the choice may be wrong" if busy else "")
+    return {"chosen": chosen, f"{key}_ms": ms, "busy": busy}
+
+
+def _with_runtime(s: TableSettings, runtime: str) -> TableSettings:
+    return replace(s, runtime=runtime)
 
 
 def measure_speedup(dense_onnx: str | Path, candidate_onnx: str | Path, s: TableSettings,

@@ -24,7 +24,8 @@ from typing import Any, Callable
 from torch import nn
 
 from compresslab.bench.latency_table import (
-    TableSettings, as_deployed, build_latency_table, linear_table, measure_speedup, one_layer_table)
+    TableSettings, as_deployed, build_latency_table, fastest_runtime, linear_table, measure_speedup, one_layer_table,
+    reads_plain)
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
@@ -76,9 +77,11 @@ class SpeedupSettings:
     tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
     num_calibration: int = 2048
     latency_model: LatencyModel = LatencyModel.LINEAR
-    # the runtime the table and the speedup checks time (bench.latency_table.RUNTIMES): ort | openvino |
-    # openvino_int8. A target is a speedup on that runtime only (a shrink does not carry over whole).
-    latency_runtime: str = "ort"
+    # the runtime the table and the speedup checks time (bench.latency_table.RUNTIMES): ort | ort_int8 | openvino |
+    # openvino_int8, or a list of them: the one that runs the dense model fastest on this machine, timed before the
+    # table (bench.latency_table.fastest_runtime; recorded). A target is a speedup on that runtime only (a shrink
+    # does not carry over whole), and which int8 runtime is fastest depends on the CPU's ISA.
+    latency_runtime: str | list[str] = "ort"
     # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
     recovery: Recovery = field(default_factory=Recovery)
 
@@ -97,16 +100,31 @@ class SpeedupSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}")
-        # validates threads and the runtime's name, and that its library is installed (before any step runs)
-        TableSettings(threads=self.threads, runtime=self.latency_runtime).check_runtime()
+        if not isinstance(self.latency_runtime, str):  # a YAML list
+            self.latency_runtime = [str(r) for r in self.latency_runtime]
+            if not self.latency_runtime or len(set(self.latency_runtime)) != len(self.latency_runtime):
+                raise ValueError("latency_runtime as a list names distinct runtimes to choose the fastest of, got "
+                                 f"{self.latency_runtime!r}")
+        # validates threads and each runtime's name, and that its library is installed (before any step runs)
+        for runtime in self.runtimes():
+            TableSettings(threads=self.threads, runtime=runtime).check_runtime()
+
+    def runtimes(self) -> list[str]:
+        """The candidate runtimes: one, or several to choose the fastest of."""
+        return [self.latency_runtime] if isinstance(self.latency_runtime, str) else list(self.latency_runtime)
 
     def targets(self) -> list[float]:
         """Every target this pass produces, ascending (the step's own and the family)."""
         return sorted({self.speedup, *self.family})
 
-    def table_settings(self) -> TableSettings:
+    def table_settings(self, runtime: str | None = None) -> TableSettings:
+        """The table's settings on ``runtime`` (default: the one candidate; required when there are several)."""
+        if runtime is None:
+            if len(self.runtimes()) != 1:
+                raise ValueError("several latency runtimes: name the chosen one")
+            runtime = self.runtimes()[0]
         return TableSettings(batch=self.batch, seq=self.seq, threads=self.threads, ffn_grid=self.ffn_grid,
-                             warmup=self.latency_warmup, runs=self.latency_runs, runtime=self.latency_runtime)
+                             warmup=self.latency_warmup, runs=self.latency_runs, runtime=runtime)
 
 
 def check_layout(model: nn.Module) -> None:
@@ -137,12 +155,15 @@ class SpeedupLab:
         from compresslab.export import export_model
 
         self.ctx, self.p, self.samples = ctx, p, samples
-        self.settings = p.table_settings()
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=".speedup-", dir=ctx.step_dir))
         self._n = 0
         self.linear_record: dict[str, Any] | None = None  # latency_model=linear: its lines and refit
+        self.runtime_choice: dict[str, Any] | None = None  # several candidate runtimes: the timing that chose one
         try:
+            if len(p.runtimes()) > 1:
+                self.runtime_choice = self._choose_runtime(dense)
+            self.settings = p.table_settings(self.runtime_choice["chosen"] if self.runtime_choice else None)
             self.dense_onnx = self._deployed(export_model(dense, ctx.tokenizer, self.work / "dense", samples,
                                                           threads=p.threads, keep_unfused=self._plain),
                                              int(dense.config.vocab_size))
@@ -158,16 +179,31 @@ class SpeedupLab:
         self.dense_choice = structure_of(dense)
         self.t_dense = self.predict(self.dense_choice)
 
+    def _choose_runtime(self, dense: nn.Module) -> dict[str, Any]:
+        """Time the dense model on every candidate runtime (one export, each runtime's file of it) and pick the
+        fastest (:func:`~compresslab.bench.latency_table.fastest_runtime`)."""
+        from compresslab.export import export_model
+
+        res = export_model(dense, self.ctx.tokenizer, self.work / "choose", self.samples, threads=self.p.threads,
+                           keep_unfused=True)
+        vocab = int(dense.config.vocab_size)
+        files = {rt: self._deployed(res, vocab, self.p.table_settings(rt)) for rt in self.p.runtimes()}
+        try:
+            return fastest_runtime(files, self.p.table_settings(self.p.runtimes()[0]), runs=self.p.check_runs,
+                                   vocab_size=vocab)
+        finally:
+            shutil.rmtree(self.work / "choose", ignore_errors=True)
+
     @property
     def _plain(self) -> bool:
         """OpenVINO runtimes read the plain export (ORT's fused graph has com.microsoft ops)."""
-        return self.settings.runtime != "ort"
+        return reads_plain(self.settings.runtime)
 
-    def _deployed(self, res: Any, vocab: int) -> Path:
-        """The file of an :class:`~compresslab.export.ExportResult` that the table's runtime times."""
-        if not self._plain:
-            return res.onnx_path
-        return as_deployed(res.unfused_path or res.onnx_path, self.settings, vocab)
+    def _deployed(self, res: Any, vocab: int, settings: TableSettings | None = None) -> Path:
+        """The file of an :class:`~compresslab.export.ExportResult` that the table's runtime (or ``settings``') times."""
+        s = settings or self.settings
+        src = (res.unfused_path or res.onnx_path) if reads_plain(s.runtime) else res.onnx_path
+        return as_deployed(src, s, vocab)
 
     def __enter__(self) -> "SpeedupLab":
         return self
@@ -317,6 +353,9 @@ def result_metrics(p: SpeedupSettings, records: dict[float, dict[str, Any]], lab
     # void figures are flagged where they are read: a table or a speedup check timed on a busy machine
     info["busy"] = bool((info.get("machine_load") or {}).get("busy"))
     info["model"] = p.latency_model.value
+    info["runtime"] = lab.settings.runtime
+    if lab.runtime_choice:  # several candidates: each one's dense median and whether the machine was busy
+        info["runtime_choice"] = lab.runtime_choice
     cal = (lab.table_info.get("raw") or {}).get("calibration")
     if cal:  # the fitted costs and every calibration point, measured vs predicted before/after the fit
         info["calibration"] = {k: v for k, v in cal.items() if k not in ("one_layer_table", "fit")}

@@ -214,7 +214,7 @@ def test_hooks_are_always_removed_and_pads_excluded(tmp_path: Path) -> None:
     assert not any(m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("runtime", ["ort", "openvino", "openvino_int8"])
+@pytest.mark.parametrize("runtime", ["ort", "ort_int8", "openvino", "openvino_int8"])
 def test_table_and_checks_time_the_files_the_runtime_deploys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              runtime: str) -> None:
     """latency_runtime reaches the table and every check, and both time that runtime's files of the dense model
@@ -234,18 +234,64 @@ def test_table_and_checks_time_the_files_the_runtime_deploys(tmp_path: Path, mon
             import openvino as ov
 
             seen["ops"] = {op.get_type_name() for op in ov.Core().read_model(str(cand)).get_ops()}
+        if settings.runtime == "ort_int8":
+            import onnx
+
+            seen["ops"] = {n.op_type for n in onnx.load(str(cand), load_external_data=False).graph.node}
         return {"speedup": 100.0, "dense_ms": 10.0, "candidate_ms": 0.1}
 
     monkeypatch.setattr(st, "build_latency_table", table)
     monkeypatch.setattr(st, "measure_speedup", measure)
     _ziplm(speedup=2.0, latency_runtime=runtime).apply(tiny_model("bert"), make_ctx(tmp_path))
-    want = {"ort": "model.onnx", "openvino": "model_unfused.onnx",
+    want = {"ort": "model.onnx", "ort_int8": "model_int8.onnx", "openvino": "model_unfused.onnx",
             "openvino_int8": "model_unfused_int8/openvino_model.xml"}[runtime]
     dense, rt = seen["table"]
     assert rt == runtime and dense.as_posix().endswith(f"/dense/{want}")
     (d, cand, rt2), = seen["checks"]
     assert d == dense and cand.as_posix().endswith(f"/candidate1/{want}") and rt2 == runtime
     assert runtime != "openvino_int8" or "FakeQuantize" in seen["ops"]
+    assert runtime != "ort_int8" or "QAttention" in seen["ops"]
+
+
+def test_a_list_of_runtimes_prices_on_the_one_fastest_for_the_dense_model(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """latency_runtime: [ort_int8, openvino_int8] times the dense model's file on each, then the table and every
+    check use the fastest only; the choice and its timings are in the step's metrics."""
+    import onnx
+    import openvino as ov
+
+    import compresslab.pruning.speedup as st
+
+    seen: dict[str, Any] = {"checks": []}
+
+    def fastest(files: dict[str, Path], settings: Any, **kw: Any) -> dict[str, Any]:
+        seen["files"] = {rt: Path(f) for rt, f in files.items()}
+        assert {n.op_type for n in onnx.load(str(files["ort_int8"]), load_external_data=False).graph.node} \
+            & {"QAttention", "MatMulInteger"}
+        assert "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(str(files["openvino_int8"])).get_ops()}
+        return {"chosen": "openvino_int8", "b32xs128_ms": {"ort_int8": 9.0, "openvino_int8": 7.0}, "busy": False}
+
+    def table(model: Any, dense: Any, settings: Any, **kw: Any) -> Any:
+        seen["table"] = (Path(dense), settings.runtime)
+        return fake_table()
+
+    def measure(dense: Any, cand: Any, settings: Any, **kw: Any) -> dict[str, float]:
+        seen["checks"].append(settings.runtime)
+        return {"speedup": 100.0, "dense_ms": 10.0, "candidate_ms": 0.1}
+
+    monkeypatch.setattr(st, "fastest_runtime", fastest)
+    monkeypatch.setattr(st, "build_latency_table", table)
+    monkeypatch.setattr(st, "measure_speedup", measure)
+    res = _ziplm(speedup=2.0, latency_runtime=["ort_int8", "openvino_int8"]).apply(tiny_model("bert"),
+                                                                                 make_ctx(tmp_path))
+    assert seen["files"]["ort_int8"].as_posix().endswith("/choose/model_int8.onnx")
+    assert seen["files"]["openvino_int8"].as_posix().endswith("/choose/model_unfused_int8/openvino_model.xml")
+    dense, rt = seen["table"]
+    assert rt == "openvino_int8" and dense.as_posix().endswith("/dense/model_unfused_int8/openvino_model.xml")
+    assert seen["checks"] == ["openvino_int8"]
+    info = res.metrics["latency_table"]
+    assert info["runtime"] == "openvino_int8" and info["runtime_choice"]["chosen"] == "openvino_int8"
+    assert not any(p.name.startswith(".speedup-") for p in (tmp_path).rglob("*"))  # work dirs removed
 
 
 def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,3 +303,11 @@ def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPa
     with pytest.raises(RuntimeError, match="not installed"):
         _ziplm(latency_runtime="openvino")
     _ziplm(latency_runtime="ort")  # ORT needs nothing more
+    _ziplm(latency_runtime=["ort", "ort_int8"])
+    with pytest.raises(RuntimeError, match="openvino_int8.*not installed"):  # each candidate is checked
+        _ziplm(latency_runtime=["ort_int8", "openvino_int8"])
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        _ziplm(latency_runtime=["ort", "tensorrt"])
+    for bad in ([], ["ort", "ort"]):
+        with pytest.raises(ValueError, match="distinct runtimes"):
+            _ziplm(latency_runtime=bad)

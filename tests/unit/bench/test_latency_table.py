@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from compresslab.bench.latency_table import (
-    TableSettings, as_deployed, build_latency_table, cache_file, efficient_sizes, environment, ffn_sizes,
-    measure_speedup, one_layer_table, probe_model)
+    ORT_INT8_RECIPE, TableSettings, as_deployed, build_latency_table, cache_file, efficient_sizes, environment,
+    fastest_runtime, ffn_sizes, measure_speedup, one_layer_table, probe_model)
 from compresslab.export.openvino_int8 import RECIPE
 from compresslab.models.adapters import get_adapter
 from compresslab.models.tiny import tiny_model
@@ -163,7 +163,9 @@ def test_runtime_is_validated_and_keyed_only_off_the_default() -> None:
     ov8 = environment(model, dataclasses.replace(SETTINGS, runtime="openvino_int8"), _fp())
     assert ov["runtime"] == "openvino" and ov["libraries.openvino"] and "int8_recipe" not in ov
     assert ov8["runtime"] == "openvino_int8" and ov8["int8_recipe"] == RECIPE
-    assert len({cache_file(Path("c"), e) for e in (ort, ov, ov8)}) == 3
+    o8 = environment(model, dataclasses.replace(SETTINGS, runtime="ort_int8"), _fp())
+    assert o8["runtime"] == "ort_int8" and o8["int8_recipe"] == ORT_INT8_RECIPE and "libraries.openvino" not in o8
+    assert len({cache_file(Path("c"), e) for e in (ort, ov, ov8, o8)}) == 4
 
 
 def test_missing_openvino_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,3 +213,70 @@ def test_openvino_int8_table_times_int8_irs_of_every_probe(tmp_path: Path, dense
     again, info2 = build_latency_table(model, dense_ir, s, cache_dir=tmp_path, fingerprint=_fp())
     assert info2["cached"] and again.to_dict() == table.to_dict()
     assert measure_speedup(dense_ir, dense_ir, s, runs=2)["speedup"] > 0
+
+
+def test_ort_int8_table_times_dynamic_int8_of_every_fused_probe(tmp_path: Path, dense_onnx: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """ort_int8: every probe, whole-model point and the dense reference is the fused export quantized as
+    ort_int8_dynamic deploys it (int8 weights, per-call activations), timed on ORT; ORT fp32 stays untouched."""
+    import onnx
+
+    import compresslab.bench.latency_table as lt
+
+    s = dataclasses.replace(SETTINGS, runtime="ort_int8")
+    model = tiny_model("bert")
+    dense_q = as_deployed(dense_onnx, s, model.config.vocab_size)
+    assert dense_q.name == "model_int8.onnx" and as_deployed(dense_onnx, SETTINGS, 0) == dense_onnx
+    timed: list[tuple[str, str, set[str]]] = []
+    real = lt.make_runner
+
+    def spy(path: Any, settings: TableSettings, vocab_size: int | None = None) -> Any:
+        runner = real(path, settings, vocab_size)
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        timed.append((Path(path).name, type(runner).__name__, ops))
+        return runner
+
+    monkeypatch.setattr(lt, "make_runner", spy)
+    table, info = build_latency_table(model, dense_q, s, cache_dir=tmp_path, fingerprint=_fp())
+    assert not info["cached"] and info["settings"]["runtime"] == "ort_int8"
+    assert len(timed) == 3 + 8 + 1 + len(info["raw"]["calibration"]["points"])
+    assert all(name.endswith("_int8.onnx") and kind == "OrtRunner" for name, kind, _ in timed)
+    int8_ops = {"QAttention", "MatMulInteger", "DynamicQuantizeMatMul"}
+    # every graph runs int8 kernels, as deployed (ORT's dynamic int8 also takes the pooler and classifier) ...
+    assert all(ops & int8_ops for _, _, ops in timed)
+    # ... and attention probes keep ORT's fused (now quantized) Attention
+    att = [ops for name, _, ops in timed if name.startswith("attention_")]
+    assert att and all("QAttention" in ops for ops in att)
+    again, info2 = build_latency_table(model, dense_q, s, cache_dir=tmp_path, fingerprint=_fp())
+    assert info2["cached"] and again.to_dict() == table.to_dict()
+
+
+def test_fastest_runtime_picks_the_lowest_dense_median(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import compresslab.bench.latency as lat
+    import compresslab.bench.latency_table as lt
+
+    made: dict[str, str] = {}
+    monkeypatch.setattr(lt, "make_runner", lambda path, s, vocab_size=None: made.setdefault(s.runtime, str(path)))
+    medians = {"ort_int8": 80.0, "openvino_int8": 60.0, "ort": 100.0}
+
+    def fake(runners: dict[str, Any], shapes: Any, **kw: Any) -> dict[str, Any]:
+        assert set(runners) == set(medians) and shapes == [(2, 16)]  # one interleaved run at the table's shape
+        return {"results": {rt: {"b2xs16": {"p50_ms": medians[rt]}} for rt in runners},
+                "machine_load": {"busy": busy}}
+
+    monkeypatch.setattr(lat, "measure_latency", fake)
+    busy = False
+    files = {rt: Path(f"{rt}.onnx") for rt in medians}
+    got = fastest_runtime(files, SETTINGS, runs=3)
+    assert got == {"chosen": "openvino_int8", "b2xs16_ms": medians, "busy": False}
+    assert made == {rt: f"{rt}.onnx" for rt in medians}  # each file timed on its own runtime
+    medians["ort_int8"] = 59.0
+    busy = True
+    with caplog.at_level(logging.WARNING):
+        assert fastest_runtime(files, SETTINGS)["chosen"] == "ort_int8"
+    assert "busy" in caplog.text
+    with pytest.raises(ValueError, match="two or more"):
+        fastest_runtime({"ort": Path("a.onnx")}, SETTINGS)
+    with pytest.raises(ValueError, match="two or more"):
+        fastest_runtime({"ort": Path("a"), "tensorrt": Path("b")}, SETTINGS)
