@@ -135,6 +135,9 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
     int8 = _int8_ir_cells(rd, m)
     if "openvino_nncf_int8" in int8:  # the int8 run's torch model is the teacher: NNCF on the dense teacher
         cells["dense"]["openvino_nncf_int8"] = int8.pop("openvino_nncf_int8")
+    # and ORT's dynamic int8 of the teacher is a speed a user gets without us (the fastest dense baseline on AVX2
+    # without VNNI): a dense peer cell too, timed beside the int8 model's own (compound.py's dense_from_int8)
+    cells["dense"]["ort_int8"] = {**int8["ort_int8"], "method": "peer"}
     cells["int8"] = int8
     if "ziplm_2x" in runs:  # a measurement of some pipelines only (--only) leaves the others out
         rd = REPO / runs["ziplm_2x"]["run_dir"]

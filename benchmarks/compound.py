@@ -176,14 +176,18 @@ def one_teacher(keys: dict[str, str | None]) -> None:
 
 def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Move NNCF's int8 IRs of the ``int8`` run (whose final model is the teacher; the sparse-decompression
-    twins on AMX too) into ``dense`` (in place). When the ``int8`` run is listed but has no NNCF IR (NNCF
-    missing or failed), ``dense.openvino_nncf_int8`` says so as an error cell: best_dense then falls back to
-    the fastest fp32/bf16 cell, and the file shows why."""
+    twins on AMX too) into ``dense`` (in place), and copy its ORT dynamic int8 file there as ``dense.ort_int8``
+    (a peer cell: ORT's ``quantize_dynamic`` gives a user that speed without us; on AVX2 without VNNI it is the
+    fastest dense baseline, ahead of OpenVINO int8. The ``int8`` model keeps its own ORT cell: both are timed).
+    When the ``int8`` run is listed but has no NNCF IR (NNCF missing or failed), ``dense.openvino_nncf_int8``
+    says so as an error cell: best_dense then falls back to the fastest other cell, and the file shows why."""
     if "int8" not in cells:
         return
     moved = [n for n in cells["int8"] if n.startswith("openvino_nncf_int8")]
     for n in moved:
         cells["dense"][n] = cells["int8"].pop(n)
+    if "ort_int8" in cells["int8"] and "error" not in cells["int8"]["ort_int8"]:
+        cells["dense"]["ort_int8"] = {**cells["int8"]["ort_int8"], "method": "peer"}
     if not moved:
         why = "; ".join(f"{n}: {c['error']}" for n, c in cells["int8"].items() if "error" in c)
         cells["dense"]["openvino_nncf_int8"] = _cell("openvino", None, "default", "peer",

@@ -133,6 +133,9 @@ def test_nncf_int8_of_the_teacher_is_a_dense_cell(compound):
                   "openvino_nncf_int8": cell("openvino", 0.90, 12.0, 2.0, method="peer")}
     compound.dense_from_int8(cs)
     assert "openvino_nncf_int8" in cs["dense"] and set(cs["int8"]) == {"ort_int8"}
+    # ORT's dynamic int8 of the teacher is a dense baseline too (a peer's speed), and the int8 model keeps its cell
+    assert cs["dense"]["ort_int8"]["method"] == "peer" and cs["dense"]["ort_int8"]["b32_ms"] == 50.0
+    assert "method" not in cs["int8"]["ort_int8"] or cs["int8"]["ort_int8"]["method"] != "peer"
     d = compound.derive(cs)
     assert d["best_dense"]["cell"] == "dense.openvino_nncf_int8"
     assert math.isclose(d["models"]["a"]["speedup_b32_vs_best_dense"], 12.0 / 10.0)
@@ -149,6 +152,19 @@ def test_nncf_int8_of_the_teacher_is_a_dense_cell(compound):
     compound.dense_from_int8(cs3)
     assert "no NNCF IR" in cs3["dense"]["openvino_nncf_int8"]["error"]
     assert compound.derive(cs3)["best_dense"]["cell"] == "dense.openvino_bf16"
+    # where ORT's int8 is the fastest dense runtime (AVX2 without VNNI), it is best_dense
+    cs4 = cells()
+    cs4["int8"] = {"ort_int8": cell("ort", 0.895, 20.0, 5.0),
+                   "openvino_nncf_int8": cell("openvino", 0.90, 30.0, 2.0, method="peer")}
+    compound.dense_from_int8(cs4)
+    d4 = compound.derive(cs4)
+    assert d4["best_dense"]["cell"] == "dense.ort_int8" and d4["best_dense"]["b32_ms"] == 20.0
+    assert math.isclose(d4["models"]["int8"]["speedup_b32_vs_best_dense"], 1.0)
+    # a failed ORT cell is not copied (it could not be a baseline)
+    cs5 = cells()
+    cs5["int8"] = {"ort_int8": {"backend": "ort", "error": "x"}}
+    compound.dense_from_int8(cs5)
+    assert "ort_int8" not in cs5["dense"]
 
 
 def test_runs_from_different_teachers_are_refused(compound):
