@@ -86,18 +86,21 @@ def judge(ours: System, peer: System, pair: Pair, *, classification: bool) -> di
     def at_most(x: float) -> bool:  # the latency ratio as a ratio of medians and, where kept, round by round
         return ratio <= x + EPS and (paired is None or paired <= x + EPS)
 
+    # the ratio as the verdict states it: both figures where round times were kept
+    rtxt = f"{ratio:.2f}x" if paired is None else f"{ratio:.2f}x, {paired:.2f}x round by round"
+
     if at_most(1.0) and delta > 0:
         if classification and pair.p_value is not None and pair.p_value < P_MAX:
-            return {"rule": "a", "why": f"at most as slow ({ratio:.2f}x) and higher (McNemar p={pair.p_value:.3g})",
+            return {"rule": "a", "why": f"at most as slow ({rtxt}) and higher (McNemar p={pair.p_value:.3g})",
                     **figs}
         if not classification and delta >= MIN_GAIN_REGRESSION - EPS:
-            return {"rule": "a", "why": f"at most as slow ({ratio:.2f}x) and {100 * delta:.2f} pt higher", **figs}
+            return {"rule": "a", "why": f"at most as slow ({rtxt}) and {100 * delta:.2f} pt higher", **figs}
     same_agree = _same_by_agreement(pair, classification)
     if same_score(ours, peer, pair, classification=classification) and at_most(SPEED_RATIO):
         how = (f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
                if delta <= SAME_WITHIN + EPS else f"{100 * delta:.2f} pt higher, not significant")
         what = "same score" if delta <= SAME_WITHIN + EPS else "same or higher score"
-        return {"rule": "b", "why": f"{what} ({how}) at {ratio:.2f}x the peer's latency", **figs}
+        return {"rule": "b", "why": f"{what} ({how}) at {rtxt} the peer's latency", **figs}
     return None
 
 

@@ -155,6 +155,7 @@ def test_a_latency_rule_must_hold_round_by_round_where_rounds_were_kept() -> Non
     assert V.paired_ratio(ours, peer) == pytest.approx(0.89)  # sorted .75 .75 .89 .95 .95: rule b holds
     hit = V.judge(ours, peer, P(1.0, 0.995), classification=True)
     assert hit is not None and hit["latency_ratio_paired"] == pytest.approx(0.89)
+    assert "at 0.89x, 0.89x round by round the peer's latency" in hit["why"]
     # stated median 89 (as if taken in the fast state); per round .95 .95 .95 .75 1.11 -> .95
     slow_rounds = S("ours", 0.900, 89.0, (95.0, 95.0, 95.0, 60.0, 89.0))
     assert V.paired_ratio(slow_rounds, peer) == pytest.approx(0.95)
