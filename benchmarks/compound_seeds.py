@@ -216,7 +216,11 @@ def pinned_table(cfgs: Sequence[Any], teacher: Any) -> dict[str, Any]:
     found = {}
     for cfg in cfgs:
         step = next(s for s in cfg.pipeline.steps if s in SPEEDUP_PASSES)
-        env = environment(teacher, instantiate(cfg.pipeline.passes[step], _convert_="all").table_settings())
+        p = instantiate(cfg.pipeline.passes[step], _convert_="all")
+        if len(p.runtimes()) != 1:  # a pinned table is one runtime's
+            raise SystemExit(f"{step}: latency_runtime {p.latency_runtime} lists several runtimes; the seeds pin "
+                             "one cached table, so give one")
+        env = environment(teacher, p.table_settings())
         found[step] = (cache_file(Path(cfg.paths.cache_dir), env), env)
     (path, env), *rest = found.values()
     if any(p != path for p, _ in rest):

@@ -12,8 +12,9 @@ recipe).
 
 What is timed is what we deploy: every entry comes from a *one-layer probe model* of the same
 architecture, exported and fused by :mod:`compresslab.export` exactly like the real model (fused
-``Attention`` with per-layer head counts, ``BiasGelu``, ``SkipLayerNormalization``), then run by
-the same :class:`~compresslab.bench.runners.OrtRunner` session settings at the user's batch x seq.
+``Attention`` with per-layer head counts, ``BiasGelu``, ``SkipLayerNormalization``; on ``ort_int8`` then
+quantized), then run by the same :class:`~compresslab.bench.runners.OrtRunner` session settings at the
+user's batch x seq (on the OpenVINO runtimes: the plain export, or our int8 IR of it, on OpenVINO).
 Timing a lone sub-block graph instead would miss the fusions ORT only finds in a whole encoder.
 
 * ``t_att(h) = T(probe with h heads, no FFN) - T(probe with no heads, no FFN)``
@@ -87,8 +88,13 @@ log = logging.getLogger(__name__)
 # And which runtime is fastest depends on the ISA: on AVX2 without VNNI, ORT's dynamic int8 ran RTE's teacher 1.8x
 # faster than the OpenVINO int8 IR (RESULTS.md, RTE on AVX2); on Zen 4 the IR wins. See fastest_runtime.
 RUNTIMES: tuple[str, ...] = ("ort", "ort_int8", "openvino", "openvino_int8")
-# what ort_int8 times: ort_int8_dynamic's defaults (passes/ort_int8_dynamic.py); in the cache key of its tables
-ORT_INT8_RECIPE = "ort quantize_dynamic QInt8 weights, per_channel, per-call uint8 activations, all op types"
+# what ort_int8 times: ort_int8_dynamic's defaults (passes/ort_int8_dynamic.py: QInt8 weights, per-call uint8
+# activations, every op type ORT quantizes), with these arguments; in the cache key of its tables
+ORT_INT8_ARGS: dict[str, Any] = {"per_channel": True, "reduce_range": False}
+ORT_INT8_RECIPE = "export.ort_quant.quantize_dynamic_int8 " + json.dumps(ORT_INT8_ARGS, sort_keys=True)
+# fastest_runtime keeps the first listed candidate unless another is faster by more than this fraction, so one
+# config does not flip between runtimes (and tables, and models) on timing noise when two are close
+RUNTIME_MARGIN = 0.05
 
 
 def reads_plain(runtime: str) -> bool:
@@ -208,8 +214,9 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
                         progress: Progress | None = None) -> tuple[LatencyTable, dict[str, Any]]:
     """The table for ``model``'s architecture (cached), and facts about how it was made.
 
-    ``dense_onnx`` is the file of ``model`` that ``settings.runtime`` deploys, timed for ``T_dense``: the fused
-    export on ORT, the plain export or its int8 IR (:func:`as_deployed`) on OpenVINO.
+    ``dense_onnx`` is the file of ``model`` that ``settings.runtime`` deploys, timed for ``T_dense``
+    (:func:`as_deployed`): the fused export on ORT or its dynamic int8 (``ort_int8``), the plain export or its int8
+    IR on OpenVINO.
     ``fingerprint`` overrides :func:`~compresslab.bench.env.hardware_fingerprint` (tests).
     The facts include ``machine_load`` (``busy``: then the table is not cached, and
     ``not_cached`` says why). Raises MachineBusyError when training holds the lock past the wait,
@@ -321,7 +328,7 @@ def as_deployed(onnx: str | Path, s: TableSettings, vocab: int) -> Path:
         from compresslab.export.ort_quant import quantize_dynamic_int8
 
         out = onnx.with_name(f"{onnx.stem}_int8.onnx")
-        quantize_dynamic_int8(onnx, out, per_channel=True)
+        quantize_dynamic_int8(onnx, out, **ORT_INT8_ARGS)
         return out
     from compresslab.export.openvino_int8 import ours_int8_ir
 
@@ -551,12 +558,14 @@ def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:
 
 def fastest_runtime(files: dict[str, Path], s: TableSettings, *, runs: int | None = None,
                     vocab_size: int | None = None) -> dict[str, Any]:
-    """Which runtime runs the dense model fastest: ``files`` maps each candidate runtime (:data:`RUNTIMES`) to the
-    dense model's file it deploys (:func:`as_deployed`); each is timed at ``s.batch`` x ``s.seq`` in interleaved
-    rounds (MEASURE.md "Speed") and the lowest median wins, so a speedup target is priced where the best dense
-    baseline runs (MEASURE.md ``best_dense``). Returns ``{"chosen": runtime, "b<B>xs<S>_ms": {runtime: median ms},
-    "busy": bool}``; ``busy`` (the machine was, so the choice may be wrong) is logged loudly, not raised.
-    Raises ValueError for fewer than two candidates or an unknown runtime."""
+    """Which runtime runs the dense model fastest: ``files`` maps each candidate runtime (:data:`RUNTIMES`), in the
+    user's order, to the dense model's file it deploys (:func:`as_deployed`); each is timed at ``s.batch`` x
+    ``s.seq`` in interleaved rounds (MEASURE.md "Speed"), so a speedup target is priced where the best dense
+    baseline runs (MEASURE.md ``best_dense``). The first candidate stays chosen unless another's median is lower by
+    more than :data:`RUNTIME_MARGIN` (then the lowest median wins): timing noise between two close runtimes does not
+    flip one config's choice. Returns ``{"chosen": runtime, "b<B>xs<S>_ms": {runtime: median ms}, "margin": f,
+    "busy": bool, "machine_load": {...}}``; ``busy`` (the choice may be wrong) is logged loudly, not raised, and the
+    load record lets run reports flag it. Raises ValueError for fewer than two candidates or an unknown runtime."""
     from compresslab.bench.latency import measure_latency
 
     if len(files) < 2 or any(rt not in RUNTIMES for rt in files):
@@ -565,12 +574,14 @@ def fastest_runtime(files: dict[str, Path], s: TableSettings, *, runs: int | Non
     lat = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)
     key = f"b{s.batch}xs{s.seq}"
     ms = {rt: round(float(lat["results"][rt][key]["p50_ms"]), 3) for rt in files}
-    chosen = min(ms, key=ms.__getitem__)
+    first, fastest = next(iter(ms)), min(ms, key=ms.__getitem__)
+    chosen = fastest if ms[fastest] < ms[first] * (1 - RUNTIME_MARGIN) else first
     busy = bool(lat["machine_load"]["busy"])
     (log.warning if busy else log.info)("latency runtime: %s is fastest for the dense model at %s (%s)%s", chosen,
                                         key, ", ".join(f"{rt} {t:.1f} ms" for rt, t in ms.items()),
                                         " -- the machine was busy: the choice may be wrong" if busy else "")
-    return {"chosen": chosen, f"{key}_ms": ms, "busy": busy}
+    return {"chosen": chosen, f"{key}_ms": ms, "margin": RUNTIME_MARGIN, "busy": busy,
+            "machine_load": lat["machine_load"]}
 
 
 def _with_runtime(s: TableSettings, runtime: str) -> TableSettings:

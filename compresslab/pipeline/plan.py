@@ -58,8 +58,19 @@ _ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", 
 
 
 # The same for pass settings, keyed by the pass's _target_ (its step name differs between pipelines)
+# (latency_runtime, 2026-12-05: ZipLM and L1 priced on ORT fp32 before it; one runtime and a one-item list of it
+# are one setting, see _runtime_identity)
 _ADDED_PASS_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "activations"): "per_call"}
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "activations"): "per_call",
+    ("compresslab.passes.ziplm.ZipLM", "latency_runtime"): "ort",
+    ("compresslab.passes.structured_l1.StructuredL1", "latency_runtime"): "ort"}
+
+
+def _runtime_identity(node: Any) -> Any:
+    """A speedup pass's ``latency_runtime`` as one setting: ``[ort_int8]`` is ``ort_int8``."""
+    if isinstance(node, dict) and isinstance(rt := node.get("latency_runtime"), list) and len(rt) == 1:
+        return {**node, "latency_runtime": rt[0]}
+    return node
 
 
 def _without_default(node: Any, key: str, value: Any) -> Any:
@@ -95,6 +106,7 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     pipe = out.get("pipeline")
     passes = pipe.get("passes") if isinstance(pipe, dict) else None
     for step, node in (passes.items() if isinstance(passes, dict) else ()):
+        passes[step] = node = _runtime_identity(node)
         for (target, key), value in _ADDED_PASS_DEFAULTS.items():
             if isinstance(node, dict) and node.get("_target_") == target:
                 passes[step] = node = _without_default(node, key, value)

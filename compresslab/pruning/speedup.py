@@ -100,6 +100,9 @@ class SpeedupSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}")
+        if not isinstance(self.latency_runtime, (str, list, tuple)):
+            raise ValueError("latency_runtime must be a runtime's name or a list of them, got "
+                             f"{self.latency_runtime!r}")
         if not isinstance(self.latency_runtime, str):  # a YAML list
             self.latency_runtime = [str(r) for r in self.latency_runtime]
             if not self.latency_runtime or len(set(self.latency_runtime)) != len(self.latency_runtime):
@@ -350,12 +353,13 @@ def result_metrics(p: SpeedupSettings, records: dict[float, dict[str, Any]], lab
     step = {k: v for k, v in records[p.speedup].items() if k != "structure"}
     info = {k: v for k, v in lab.table_info.items() if k in ("cached", "measure_s", "cache_file", "not_cached",
                                                              "machine_load")}
-    # void figures are flagged where they are read: a table or a speedup check timed on a busy machine
+    # void figures are flagged where they are read: a table, the runtime choice or a speedup check timed busy
     info["busy"] = bool((info.get("machine_load") or {}).get("busy"))
     info["model"] = p.latency_model.value
     info["runtime"] = lab.settings.runtime
-    if lab.runtime_choice:  # several candidates: each one's dense median and whether the machine was busy
+    if lab.runtime_choice:  # several candidates: each one's dense median, and its machine_load record (for reports)
         info["runtime_choice"] = lab.runtime_choice
+        info["busy"] = info["busy"] or bool(lab.runtime_choice.get("busy"))
     cal = (lab.table_info.get("raw") or {}).get("calibration")
     if cal:  # the fitted costs and every calibration point, measured vs predicted before/after the fit
         info["calibration"] = {k: v for k, v in cal.items() if k not in ("one_layer_table", "fit")}

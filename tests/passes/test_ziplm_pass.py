@@ -269,10 +269,13 @@ def test_a_list_of_runtimes_prices_on_the_one_fastest_for_the_dense_model(tmp_pa
         assert {n.op_type for n in onnx.load(str(files["ort_int8"]), load_external_data=False).graph.node} \
             & {"QAttention", "MatMulInteger"}
         assert "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(str(files["openvino_int8"])).get_ops()}
-        return {"chosen": "openvino_int8", "b32xs128_ms": {"ort_int8": 9.0, "openvino_int8": 7.0}, "busy": False}
+        return {"chosen": "openvino_int8", "b32xs128_ms": {"ort_int8": 9.0, "openvino_int8": 7.0}, "busy": True,
+                "machine_load": {"busy": True}}
 
     def table(model: Any, dense: Any, settings: Any, **kw: Any) -> Any:
         seen["table"] = (Path(dense), settings.runtime)
+        # the candidates' files are gone once the choice is made (only the chosen runtime's dense file stays)
+        assert not any(p.name == "choose" for p in tmp_path.rglob("*"))
         return fake_table()
 
     def measure(dense: Any, cand: Any, settings: Any, **kw: Any) -> dict[str, float]:
@@ -291,6 +294,7 @@ def test_a_list_of_runtimes_prices_on_the_one_fastest_for_the_dense_model(tmp_pa
     assert seen["checks"] == ["openvino_int8"]
     info = res.metrics["latency_table"]
     assert info["runtime"] == "openvino_int8" and info["runtime_choice"]["chosen"] == "openvino_int8"
+    assert info["busy"] is True  # a choice timed on a busy machine flags the step's latency figures
     assert not any(p.name.startswith(".speedup-") for p in (tmp_path).rglob("*"))  # work dirs removed
 
 
@@ -311,3 +315,5 @@ def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPa
     for bad in ([], ["ort", "ort"]):
         with pytest.raises(ValueError, match="distinct runtimes"):
             _ziplm(latency_runtime=bad)
+    with pytest.raises(ValueError, match="a runtime's name or a list"):
+        _ziplm(latency_runtime=None)

@@ -57,3 +57,29 @@ def test_deploy_smooth_alpha_at_its_default_grid_keeps_the_hash_and_other_values
     assert config_hash(one) == config_hash(one_list) and config_identity(one)["deploy"]["smooth_alpha"] == [0.8]
     assert config_hash(compose(["+pipeline=int8", "deploy.smooth_alpha=1"])) == config_hash(
         compose(["+pipeline=int8", "deploy.smooth_alpha=1.0"]))
+
+
+@pytest.mark.parametrize("pipeline", ["ziplm_int8", "ziplm_2x", "ziplm_obert_int8"])
+def test_ziplm_latency_runtime_at_its_default_keeps_the_hash_runs_had_before_the_key(pipeline: str) -> None:
+    cfg = compose([f"+pipeline={pipeline}"])
+    assert cfg.pipeline.passes.ziplm.latency_runtime == "ort"
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["pipeline"]["passes"]["ziplm"]["latency_runtime"]  # as composed before the setting existed
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    key = "pipeline.passes.ziplm.latency_runtime"
+    assert config_hash(compose([f"+pipeline={pipeline}", f"{key}=[ort]"])) == config_hash(cfg)  # one setting
+    one, one_list, two = (compose([f"+pipeline={pipeline}", f"{key}={v}"])
+                          for v in ("ort_int8", "[ort_int8]", "[ort_int8,openvino_int8]"))
+    assert config_hash(one) == config_hash(one_list)
+    assert len({config_hash(cfg), config_hash(one), config_hash(two)}) == 3
+
+
+def test_structured_l1_latency_runtime_at_its_default_keeps_the_hash() -> None:
+    """compound_seeds.py's L1 arm: ziplm_2x with structured_l1 in ZipLM's place."""
+    over = ["+pipeline=ziplm_2x", "~pipeline.passes.ziplm", "+pass@pipeline.passes.structured_l1=structured_l1",
+            "pipeline.steps=[finetune,structured_l1]"]
+    cfg = compose(over)
+    assert cfg.pipeline.passes.structured_l1.latency_runtime == "ort"
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["pipeline"]["passes"]["structured_l1"]["latency_runtime"]
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
