@@ -129,8 +129,10 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
     same = [o for o in timed if same_score(o, peer, pairs.get(o.name, Pair(None, None)), classification=classification)]
     if same:  # the nearest miss: the same score, but not fast enough
         near = min(same, key=lambda o: o.latency_ms_b32)
+        pr = paired_ratio(near, peer)
         why += (f"; our fastest at the same score: {near.name} {near.score:.4f} at "
-                f"{near.latency_ms_b32 / peer.latency_ms_b32:.2f}x (rule b needs <= {SPEED_RATIO}x)")
+                f"{near.latency_ms_b32 / peer.latency_ms_b32:.2f}x"
+                f"{'' if pr is None else f', {pr:.2f}x round by round'} (rule b needs <= {SPEED_RATIO}x)")
     else:
         why += "; none of ours has the same score"
     if untimed:

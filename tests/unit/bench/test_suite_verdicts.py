@@ -184,6 +184,7 @@ def test_suite_systems_carry_round_times_into_the_verdicts_and_never_across_timi
     sysd["ours"]["latency_ms_b32"] = 89.0
     v = V.task_verdicts(sysd, {"ours": {"peer": 0.995}}, classification=True)
     assert v["peer"]["status"] == "peer wins"  # 0.89x by medians, 0.95x by rounds
+    assert "ours 0.9000 at 0.89x, 0.95x round by round (rule b needs <= 0.9x)" in v["peer"]["why"]
     # a later run that keeps this file's timing for an unchanged cell keeps its median, not its rounds
     new = {"ours": {"method": "compresslab", "score": 0.9, "latency_b32_times_ms": [1.0] * 5}}
     kept = T.keep_earlier_timings(new, {"ours": "k"}, {"meta": {"cell_keys": {"ours": "k"}}, "systems": sysd})
