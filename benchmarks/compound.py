@@ -9,8 +9,9 @@
 teacher (``budget=bench deploy=auto bench=off run.threads=2`` plus the step budget; ``--override`` appends more,
 e.g. ``debug=smoke``). ``int8``, ``ziplm_int8`` and ``obert_int8`` are taken from ``outputs/backends_runs.json``
 (benchmarks/backends.py) when that run finished at the same budget, else run here; ``int8``'s model is the teacher,
-so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8`` (a user gets it without us: on CPUs without AMX
-it is the fastest dense baseline). Run dirs go to ``outputs/compound_runs.json``.
+so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8`` and its ORT dynamic int8 file the dense cell
+``ort_int8`` (a user gets both without us: with AVX512-VNNI and no AMX the first is the fastest dense baseline, on
+AVX2 without VNNI the second). Run dirs go to ``outputs/compound_runs.json``.
 
 ``measure`` builds the cells (benchmarks/backends.py's cells, plus OpenVINO sparse weight decompression
 on AMX and DeepSparse), scores each on SST-2 dev (accuracy, agreement with the teacher's torch
