@@ -126,7 +126,8 @@ def test_ziplm_step_records_busy_table_and_checks(observe) -> None:
     load = {"busy": True, "reasons": ["other processes used up to 1.00 CPU s per s while timing (threshold 0.2)"]}
     lab = SimpleNamespace(table_info={"cached": False, "measure_s": 1.0, "cache_file": None,
                                       "not_cached": "measured on a busy machine", "machine_load": load},
-                          t_dense=0.01, max_speedup=5.0, linear_record=None)
+                          t_dense=0.01, max_speedup=5.0, linear_record=None, settings=SimpleNamespace(runtime="ort"),
+                          runtime_choice=None)
     attempt = {"measured_speedup": 2.4, "busy": True}
     rec = {"target_speedup": 2.0, "attempts": [attempt], "structure": {}}
     m = result_metrics(SpeedupSettings(speedup=2.0), {2.0: rec}, lab, 100)

@@ -298,7 +298,7 @@ def test_step_metrics_record_the_fit_the_points_and_retries() -> None:
            "points": [{"name": "dense", "measured_ms": 750.0, "before_ms": 750.0, "after_ms": 749.0}],
            "max_abs_rel_error_before": 0.2, "max_abs_rel_error_after": 0.01, "fit": {}, "one_layer_table": {}}
     lab = SimpleNamespace(table_info={"cached": True, "raw": {"calibration": cal}}, t_dense=0.75, max_speedup=50.0,
-                          linear_record=None)
+                          linear_record=None, settings=SimpleNamespace(runtime="ort"), runtime_choice=None)
     recs = {2.0: {"target_speedup": 2.0, "attempts": [{}, {}], "structure": {}, "retries": 1},
             4.0: {"target_speedup": 4.0, "attempts": [{}], "structure": {}, "retries": 0}}
     m = result_metrics(SpeedupSettings(speedup=2.0, family=[4.0], latency_model="calibrated"), recs, lab, 100)
