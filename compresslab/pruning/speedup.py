@@ -105,9 +105,12 @@ class SpeedupSettings:
                              f"{self.latency_runtime!r}")
         if not isinstance(self.latency_runtime, str):  # a YAML list
             self.latency_runtime = [str(r) for r in self.latency_runtime]
-            if not self.latency_runtime or len(set(self.latency_runtime)) != len(self.latency_runtime):
-                raise ValueError("latency_runtime as a list names distinct runtimes to choose the fastest of, got "
-                                 f"{self.latency_runtime!r}")
+            if not self.latency_runtime:
+                raise ValueError("latency_runtime is an empty list: name a runtime, or several to choose the "
+                                 "fastest of")
+            if len(set(self.latency_runtime)) != len(self.latency_runtime):
+                raise ValueError("latency_runtime lists a runtime twice: name distinct runtimes to choose the "
+                                 f"fastest of, got {self.latency_runtime!r}")
         # validates threads and each runtime's name, and that its library is installed (before any step runs)
         for runtime in self.runtimes():
             TableSettings(threads=self.threads, runtime=runtime).check_runtime()
