@@ -9,7 +9,7 @@ standard deviation and the range, beside the speedup the run itself recorded::
     python benchmarks/ziplm_check_noise.py --run outputs/ziplm_2x/<run> --members 1.5x,4x --repeats 10
 
 into ``ziplm_check_noise`` of ``results/compound.json``. Same code path as the pass
-(:func:`compresslab.bench.latency_table.measure_speedup` with the pass's table settings; the member exported
+(:func:`compresslab.bench.latency_runtimes.measure_speedup` with the pass's table settings; the member exported
 fused with :func:`compresslab.export.export_model`, the dense model is the run's fused teacher export).
 """
 
@@ -55,7 +55,7 @@ def main() -> None:
     import shutil
 
     import compresslab
-    from compresslab.bench.latency_table import as_deployed, measure_speedup, reads_plain
+    from compresslab.bench.latency_runtimes import as_deployed, measure_speedup, reads_plain
     from compresslab.bench.openvino_runner import plain_export
     from compresslab.export import export_model
     from compresslab.pruning.speedup import SpeedupSettings

@@ -4,7 +4,8 @@ The runtime is ``TableSettings.runtime`` (:data:`RUNTIMES`): ``ort`` (the defaul
 ``ort_int8`` (each fused export quantized as ``ort_int8_dynamic`` deploys it: ORT dynamic int8, per-channel
 weights), ``openvino`` (each probe's plain export on OpenVINO's CPU plugin at its default precision) or
 ``openvino_int8`` (each plain export turned into our int8 IR by :func:`as_deployed`, as a pipeline that
-ends in int8 deploys it on OpenVINO). :func:`fastest_runtime` picks one of several by timing the dense model. Probes, whole-model points, dense reference and candidate checks
+ends in int8 deploys it on OpenVINO): :mod:`compresslab.bench.latency_runtimes`, whose :func:`fastest_runtime`
+picks one of several by timing the dense model. Probes, whole-model points, dense reference and candidate checks
 all go through :func:`deploy_probe` / :func:`as_deployed` and :func:`make_runner`, so every time in one
 table comes from one runtime; the OpenVINO runtimes add ``runtime``, the OpenVINO version and (int8)
 the IR recipe to the environment a cached table is keyed on (``ort_int8``: the runtime and its quantizer
@@ -68,11 +69,12 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
+from compresslab.bench.latency_runtimes import ORT_INT8_RECIPE, RUNTIMES, as_deployed, make_runner, reads_plain
 from compresslab.bench.machine_load import timing_window
 from compresslab.bench.table_cache import environment_facts, read_cached, stable_hash, write_cached
 from compresslab.ops.spdy import FixedCostFit, LatencyTable, fit_fixed_costs
@@ -82,24 +84,6 @@ if TYPE_CHECKING:  # torch stays unloaded until a table is measured (bench impor
 
 log = logging.getLogger(__name__)
 
-# What a table can be measured on (TableSettings.runtime). ZipLM's speedup is a ratio on one runtime, and it does
-# not carry over whole: on Zen 4 a 2.5x shrink measured on ORT fp32 ran 2.30x faster than the dense model as int8
-# IRs on OpenVINO (benchmarks/RESULTS.md, compound on avx512_bf16), so a pipeline that deploys there prices there.
-# And which runtime is fastest depends on the ISA: on AVX2 without VNNI, ORT's dynamic int8 ran RTE's teacher 1.8x
-# faster than the OpenVINO int8 IR (RESULTS.md, RTE on AVX2); on Zen 4 the IR wins. See fastest_runtime.
-RUNTIMES: tuple[str, ...] = ("ort", "ort_int8", "openvino", "openvino_int8")
-# what ort_int8 times: ort_int8_dynamic's defaults (passes/ort_int8_dynamic.py: QInt8 weights, per-call uint8
-# activations, every op type ORT quantizes), with these arguments; in the cache key of its tables
-ORT_INT8_ARGS: dict[str, Any] = {"per_channel": True, "reduce_range": False}
-ORT_INT8_RECIPE = "export.ort_quant.quantize_dynamic_int8 " + json.dumps(ORT_INT8_ARGS, sort_keys=True)
-# fastest_runtime keeps the first listed candidate unless another is faster by more than this fraction, so one
-# config does not flip between runtimes (and tables, and models) on timing noise when two are close
-RUNTIME_MARGIN = 0.05
-
-
-def reads_plain(runtime: str) -> bool:
-    """Whether ``runtime`` reads the plain export (OpenVINO) rather than ORT's fused graph (com.microsoft ops)."""
-    return runtime.startswith("openvino")
 TABLE_METHOD = 2  # bump when the probes or the arithmetic change: older caches are re-measured
 # 2: whole-model calibration (fixed cost per present module + scale) folded into the table
 ENV_KEYS = (*LATENCY_KEYS, "libraries.torch", "libraries.transformers")
@@ -303,39 +287,6 @@ def export_probe(probe: nn.Module, path: Path) -> int:
     return fused
 
 
-def synthetic_feeds(seq: int, vocab: int) -> list[dict[str, Any]]:
-    """Calibration batches for an int8 IR that is only timed: random ids (below ``vocab`` and 64), full masks.
-
-    The kernels OpenVINO picks depend on which ops are quantized, not on the ranges calibrated, so
-    the probes' IRs time as the deployed IR (calibrated on real text) does."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, min(64, vocab), size=(2, seq), dtype=np.int64)
-    return [{"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}]
-
-
-def as_deployed(onnx: str | Path, s: TableSettings, vocab: int) -> Path:
-    """The file ``s.runtime`` times for an export of the model: the fused export itself (``ort``; pass the fused
-    file), its ORT dynamic int8 (``ort_int8``: ``<stem>_int8.onnx`` beside it, :data:`ORT_INT8_RECIPE`), the plain
-    export itself (``openvino``; pass the plain file, see :func:`reads_plain`) or our int8 IR of it
-    (``openvino_int8``; :func:`~compresslab.export.openvino_int8.ours_int8_ir` with its default recipe,
-    calibrated on :func:`synthetic_feeds`) in the folder ``<stem>_int8/``."""
-    onnx = Path(onnx)
-    if s.runtime in ("ort", "openvino"):
-        return onnx
-    if s.runtime == "ort_int8":
-        from compresslab.export.ort_quant import quantize_dynamic_int8
-
-        out = onnx.with_name(f"{onnx.stem}_int8.onnx")
-        quantize_dynamic_int8(onnx, out, **ORT_INT8_ARGS)
-        return out
-    from compresslab.export.openvino_int8 import ours_int8_ir
-
-    xml, _ = ours_int8_ir(onnx, onnx.with_name(f"{onnx.stem}_int8"), synthetic_feeds(s.seq, vocab))
-    return xml
-
-
 def deploy_probe(probe: nn.Module, path: Path, s: TableSettings, expect_fused: int) -> Path:
     """Export ``probe`` to ``path`` and return the file ``s.runtime`` times (see :func:`as_deployed`).
 
@@ -349,18 +300,6 @@ def deploy_probe(probe: nn.Module, path: Path, s: TableSettings, expect_fused: i
     else:
         _plain_export(probe, path)
     return as_deployed(path, s, int(probe.config.vocab_size))
-
-
-def make_runner(path: str | Path, s: TableSettings, vocab_size: int | None = None) -> Any:
-    """A timing runner for ``path`` on ``s.runtime`` (ORT: ``s.provider``; OpenVINO: its default precision)."""
-    threads = resolve_threads(s.threads)
-    if not reads_plain(s.runtime):
-        from compresslab.bench.runners import OrtRunner
-
-        return OrtRunner(path, threads, s.provider, vocab_size=vocab_size)
-    from compresslab.bench.openvino_runner import OpenVinoRunner
-
-    return OpenVinoRunner(path, threads, "default", vocab_size=vocab_size, binary=False)
 
 
 def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, env: dict[str, Any], *,
@@ -556,49 +495,3 @@ def efficient_sizes(times: dict[int, float]) -> dict[int, float]:
 
 def _track(progress: Progress | None, iterable: Any, desc: str) -> Any:
     return iterable if progress is None else progress(iterable, total=len(iterable), desc=desc)
-
-
-def fastest_runtime(files: dict[str, Path], s: TableSettings, *, runs: int | None = None,
-                    vocab_size: int | None = None) -> dict[str, Any]:
-    """Which runtime runs the dense model fastest: ``files`` maps each candidate runtime (:data:`RUNTIMES`), in the
-    user's order, to the dense model's file it deploys (:func:`as_deployed`); each is timed at ``s.batch`` x
-    ``s.seq`` in interleaved rounds (MEASURE.md "Speed"), so a speedup target is priced where the best dense
-    baseline runs (MEASURE.md ``best_dense``). The first candidate stays chosen unless another's median is lower by
-    more than :data:`RUNTIME_MARGIN` (then the lowest median wins): timing noise between two close runtimes does not
-    flip one config's choice. Returns ``{"chosen": runtime, "b<B>xs<S>_ms": {runtime: median ms}, "margin": f,
-    "busy": bool, "machine_load": {...}}``; ``busy`` (the choice may be wrong) is logged loudly, not raised, and the
-    load record lets run reports flag it. Raises ValueError for fewer than two candidates or an unknown runtime."""
-    from compresslab.bench.latency import measure_latency
-
-    if len(files) < 2 or any(rt not in RUNTIMES for rt in files):
-        raise ValueError(f"fastest_runtime needs two or more of {list(RUNTIMES)}, got {sorted(files)}")
-    runners = {rt: make_runner(f, _with_runtime(s, rt), vocab_size=vocab_size) for rt, f in files.items()}
-    lat = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)
-    key = f"b{s.batch}xs{s.seq}"
-    ms = {rt: round(float(lat["results"][rt][key]["p50_ms"]), 3) for rt in files}
-    first, fastest = next(iter(ms)), min(ms, key=ms.__getitem__)
-    chosen = fastest if ms[fastest] < ms[first] * (1 - RUNTIME_MARGIN) else first
-    busy = bool(lat["machine_load"]["busy"])
-    (log.warning if busy else log.info)("latency runtime: %s is fastest for the dense model at %s (%s)%s", chosen,
-                                        key, ", ".join(f"{rt} {t:.1f} ms" for rt, t in ms.items()),
-                                        " -- the machine was busy: the choice may be wrong" if busy else "")
-    return {"chosen": chosen, f"{key}_ms": ms, "margin": RUNTIME_MARGIN, "busy": busy,
-            "machine_load": lat["machine_load"]}
-
-
-def _with_runtime(s: TableSettings, runtime: str) -> TableSettings:
-    return replace(s, runtime=runtime)
-
-
-def measure_speedup(dense_onnx: str | Path, candidate_onnx: str | Path, s: TableSettings,
-                    runs: int | None = None, vocab_size: int | None = None) -> dict[str, float]:
-    """Measured speedup of ``candidate_onnx`` over ``dense_onnx`` at batch x seq: interleaved
-    rounds after warm-up, ratio of medians (MEASURE.md "Speed"); ``busy`` when the machine was."""
-    from compresslab.bench.latency import measure_latency
-
-    runners = {"dense": make_runner(dense_onnx, s, vocab_size=vocab_size),
-               "candidate": make_runner(candidate_onnx, s, vocab_size=vocab_size)}
-    lat = measure_latency(runners, [(s.batch, s.seq)], warmup=s.warmup, runs=runs or s.runs)
-    res, key = lat["results"], f"b{s.batch}xs{s.seq}"
-    dense, cand = res["dense"][key]["p50_ms"], res["candidate"][key]["p50_ms"]
-    return {"speedup": dense / cand, "dense_ms": dense, "candidate_ms": cand, "busy": lat["machine_load"]["busy"]}

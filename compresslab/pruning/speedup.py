@@ -23,9 +23,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from compresslab.bench.latency_table import (
-    TableSettings, as_deployed, build_latency_table, fastest_runtime, linear_table, measure_speedup, one_layer_table,
-    reads_plain)
+from compresslab.bench.latency_runtimes import as_deployed, fastest_runtime, measure_speedup, reads_plain
+from compresslab.bench.latency_table import TableSettings, build_latency_table, linear_table, one_layer_table
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
@@ -77,9 +76,9 @@ class SpeedupSettings:
     tolerance: float = 0.02  # accept measured >= target * (1 - tolerance): timing noise
     num_calibration: int = 2048
     latency_model: LatencyModel = LatencyModel.LINEAR
-    # the runtime the table and the speedup checks time (bench.latency_table.RUNTIMES): ort | ort_int8 | openvino |
+    # the runtime the table and the speedup checks time (bench.latency_runtimes.RUNTIMES): ort | ort_int8 | openvino |
     # openvino_int8, or a list of them: the one that runs the dense model fastest on this machine, timed before the
-    # table (bench.latency_table.fastest_runtime; recorded). A target is a speedup on that runtime only (a shrink
+    # table (bench.latency_runtimes.fastest_runtime; recorded). A target is a speedup on that runtime only (a shrink
     # does not carry over whole), and which int8 runtime is fastest depends on the CPU's ISA.
     latency_runtime: str | list[str] = "ort"
     # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
@@ -187,7 +186,7 @@ class SpeedupLab:
 
     def _choose_runtime(self, dense: nn.Module) -> dict[str, Any]:
         """Time the dense model on every candidate runtime (one export, each runtime's file of it) and pick the
-        fastest (:func:`~compresslab.bench.latency_table.fastest_runtime`)."""
+        fastest (:func:`~compresslab.bench.latency_runtimes.fastest_runtime`)."""
         from compresslab.export import export_model
 
         res = export_model(dense, self.ctx.tokenizer, self.work / "choose", self.samples, threads=self.p.threads,

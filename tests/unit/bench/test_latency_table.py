@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import torch
 
+from compresslab.bench.latency_runtimes import ORT_INT8_RECIPE, as_deployed, fastest_runtime, measure_speedup
 from compresslab.bench.latency_table import (
-    ORT_INT8_RECIPE, TableSettings, as_deployed, build_latency_table, cache_file, efficient_sizes, environment,
-    fastest_runtime, ffn_sizes, measure_speedup, one_layer_table, probe_model)
+    TableSettings, build_latency_table, cache_file, efficient_sizes, environment, ffn_sizes, one_layer_table,
+    probe_model)
 from compresslab.export.openvino_int8 import RECIPE
 from compresslab.models.adapters import get_adapter
 from compresslab.models.tiny import tiny_model
@@ -257,7 +258,7 @@ def test_ort_int8_table_times_dynamic_int8_of_every_fused_probe(tmp_path: Path, 
 def test_fastest_runtime_picks_the_lowest_dense_median(monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     import compresslab.bench.latency as lat
-    import compresslab.bench.latency_table as lt
+    import compresslab.bench.latency_runtimes as lt
 
     made: dict[str, str] = {}
     monkeypatch.setattr(lt, "make_runner", lambda path, s, vocab_size=None: made.setdefault(s.runtime, str(path)))
