@@ -14,7 +14,8 @@ stack. Both cache it the same way, here:
   which facts differ and the caller measures anew (another machine's table is never reused);
 * a table measured on a busy machine (:mod:`~compresslab.bench.machine_load`) is used for the run
   that measured it, with a loud warning, but never written: a later run on a quiet machine
-  measures it again.
+  measures it again; one flagged noisy (a wide median-to-p90 spread, not busy) is cached, and every
+  run that reuses it warns so.
 
 Only the standard library is imported.
 """
@@ -78,6 +79,7 @@ def read_cached(path: Path, env: Mapping[str, Any], parse: Parse[T], *, log: log
             return None
         recorded = normalize(dict(recorded))
         if recorded == env:
+            _warn_if_noisy(info, path, log=log, what=what)
             return table, info
         log.warning("%s cache %s was measured in another environment (differs in %s); re-measuring",
                     what, path, differences(recorded, env))
@@ -90,6 +92,16 @@ def read_cached(path: Path, env: Mapping[str, Any], parse: Parse[T], *, log: log
         log.warning("a %s for %s exists (%s) but from another environment (differs in %s): not reused, "
                     "measuring anew", what, scope, other.name, differences(normalize(dict(recorded)), env))
     return None
+
+
+def _warn_if_noisy(info: Mapping[str, Any], path: Path, *, log: logging.Logger, what: str) -> None:
+    """Warn when a reused table was flagged noisy when it was measured: its run warned then, and every run that
+    reuses it must say so too (a noisy table is cached, unlike a busy one, so it would otherwise pass in silence)."""
+    spread = ((info.get("machine_load") or {}).get("spread") or {}) if isinstance(info, Mapping) else {}
+    if spread.get("noisy"):
+        log.warning("%s cache %s was flagged noisy when measured (%s at %s: %.0f%% between median and p90); "
+                    "reusing it: delete the file to measure it again on a quiet machine", what, path,
+                    spread.get("runner"), spread.get("shape"), 100 * float(spread.get("max") or 0.0))
 
 
 def write_cached(path: Path | None, payload: Mapping[str, Any], load: Mapping[str, Any], *,

@@ -153,6 +153,22 @@ def test_tampered_or_corrupt_cache_is_remeasured(tmp_path: Path, counted: list, 
     assert len(counted) == 3
 
 
+@pytest.mark.parametrize("noisy", [True, False])
+def test_reusing_a_noisy_table_warns(tmp_path: Path, counted: list, caplog: pytest.LogCaptureFixture,
+                                     noisy: bool) -> None:
+    """A table flagged noisy when measured is cached (it was not busy); every run that reuses it says so."""
+    model = tiny_model("bert")
+    build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    path = cache_file(tmp_path, environment(model, SETTINGS, _fp()))
+    data = json.loads(path.read_text())
+    data["info"]["machine_load"]["spread"] = {"max": 0.42, "runner": "probe3", "shape": "b2xs16", "noisy": noisy}
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="compresslab.bench.latency_table"):
+        _, info = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert info["cached"] and len(counted) == 1  # reused either way: noisy is not busy
+    assert ("flagged noisy" in caplog.text and "probe3" in caplog.text and "42%" in caplog.text) is noisy
+
+
 def test_runtime_is_validated_and_keyed_only_off_the_default() -> None:
     with pytest.raises(ValueError, match="runtime must be one of"):
         TableSettings(runtime="tensorrt")

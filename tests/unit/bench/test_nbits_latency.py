@@ -116,6 +116,22 @@ def test_a_busy_measurement_is_used_but_never_cached(tmp_path: Path, fake: list,
     assert len(fake) == 2
 
 
+def test_reusing_a_noisy_table_warns(tmp_path: Path, fake: list, caplog: pytest.LogCaptureFixture) -> None:
+    """Noisy is not busy: the table is cached, and each run that reuses it warns (tables share table_cache)."""
+    shapes = _shapes()
+    build_nbits_table(shapes, WIDTHS, SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    env = nl.environment([e for r in nl.module_entries(shapes, WIDTHS).values() for e in r.values()], SETTINGS, _fp())
+    path = cache_file(tmp_path, env)
+    data = json.loads(path.read_text())
+    assert "flagged noisy" not in caplog.text
+    data["info"]["machine_load"]["spread"].update(noisy=True, max=0.3, runner="768x384", shape="b2xs4")
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="compresslab.bench.nbits_latency"):
+        _, info = build_nbits_table(shapes, WIDTHS, SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert len(fake) == 1 and info["source"] == "cached"
+    assert "flagged noisy" in caplog.text and "768x384" in caplog.text
+
+
 @pytest.mark.parametrize("kw, match", [({"runs": 0}, "latency.runs"), ({"batch": 1.5}, "latency.batch"),
                                        ({"warmup": -1}, "latency.warmup"), ({"accuracy_level": 5}, "accuracy_level"),
                                        ({"threads": 0}, "threads")])
