@@ -166,12 +166,17 @@ class SpeedupLab:
         self.linear_record: dict[str, Any] | None = None  # latency_model=linear: its lines and refit
         self.runtime_choice: dict[str, Any] | None = None  # several candidate runtimes: the timing that chose one
         try:
-            if len(p.runtimes()) > 1:
-                self.runtime_choice = self._choose_runtime(dense)
-            self.settings = p.table_settings(self.runtime_choice["chosen"] if self.runtime_choice else None)
-            self.dense_onnx = self._deployed(export_model(dense, ctx.tokenizer, self.work / "dense", samples,
-                                                          threads=p.threads, keep_unfused=self._plain),
-                                             int(dense.config.vocab_size))
+            # one export of the dense model serves every candidate runtime: the choice (several) and the table
+            vocab, runtimes = int(dense.config.vocab_size), p.runtimes()
+            res = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
+                               keep_unfused=any(reads_plain(rt) for rt in runtimes))
+            files = {rt: self._deployed(res, vocab, p.table_settings(rt)) for rt in runtimes}
+            if len(runtimes) > 1:
+                self.runtime_choice = fastest_runtime(files, p.table_settings(runtimes[0]), runs=p.check_runs,
+                                                      vocab_size=vocab)
+            chosen = self.runtime_choice["chosen"] if self.runtime_choice else runtimes[0]
+            self.settings = p.table_settings(chosen)
+            self.dense_onnx = files[chosen]
             self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
                                                               cache_dir=ctx.cache_dir, progress=ctx.progress)
             if p.latency_model is LatencyModel.ONE_LAYER:
@@ -183,21 +188,6 @@ class SpeedupLab:
             raise
         self.dense_choice = structure_of(dense)
         self.t_dense = self.predict(self.dense_choice)
-
-    def _choose_runtime(self, dense: nn.Module) -> dict[str, Any]:
-        """Time the dense model on every candidate runtime (one export, each runtime's file of it) and pick the
-        fastest (:func:`~compresslab.bench.latency_runtimes.fastest_runtime`)."""
-        from compresslab.export import export_model
-
-        res = export_model(dense, self.ctx.tokenizer, self.work / "choose", self.samples, threads=self.p.threads,
-                           keep_unfused=True)
-        vocab = int(dense.config.vocab_size)
-        files = {rt: self._deployed(res, vocab, self.p.table_settings(rt)) for rt in self.p.runtimes()}
-        try:
-            return fastest_runtime(files, self.p.table_settings(self.p.runtimes()[0]), runs=self.p.check_runs,
-                                   vocab_size=vocab)
-        finally:
-            shutil.rmtree(self.work / "choose", ignore_errors=True)
 
     @property
     def _plain(self) -> bool:

@@ -274,23 +274,32 @@ def test_a_list_of_runtimes_prices_on_the_one_fastest_for_the_dense_model(tmp_pa
 
     def table(model: Any, dense: Any, settings: Any, **kw: Any) -> Any:
         seen["table"] = (Path(dense), settings.runtime)
-        # the candidates' files are gone once the choice is made (only the chosen runtime's dense file stays)
-        assert not any(p.name == "choose" for p in tmp_path.rglob("*"))
         return fake_table()
 
     def measure(dense: Any, cand: Any, settings: Any, **kw: Any) -> dict[str, float]:
         seen["checks"].append(settings.runtime)
         return {"speedup": 100.0, "dense_ms": 10.0, "candidate_ms": 0.1}
 
+    import compresslab.export as ex
+
+    exports: list[str] = []
+    real_export = ex.export_model
+
+    def export(model: Any, tok: Any, out: Any, *a: Any, **kw: Any) -> Any:
+        exports.append(Path(out).name)
+        return real_export(model, tok, out, *a, **kw)
+
+    monkeypatch.setattr(ex, "export_model", export)
     monkeypatch.setattr(st, "fastest_runtime", fastest)
     monkeypatch.setattr(st, "build_latency_table", table)
     monkeypatch.setattr(st, "measure_speedup", measure)
     res = _ziplm(speedup=2.0, latency_runtime=["ort_int8", "openvino_int8"]).apply(tiny_model("bert"),
                                                                                  make_ctx(tmp_path))
-    assert seen["files"]["ort_int8"].as_posix().endswith("/choose/model_int8.onnx")
-    assert seen["files"]["openvino_int8"].as_posix().endswith("/choose/model_unfused_int8/openvino_model.xml")
+    assert seen["files"]["ort_int8"].as_posix().endswith("/dense/model_int8.onnx")
+    assert seen["files"]["openvino_int8"].as_posix().endswith("/dense/model_unfused_int8/openvino_model.xml")
     dense, rt = seen["table"]
-    assert rt == "openvino_int8" and dense.as_posix().endswith("/dense/model_unfused_int8/openvino_model.xml")
+    assert rt == "openvino_int8" and dense == seen["files"]["openvino_int8"]  # the chosen runtime's file of it
+    assert exports == ["dense", "candidate1"]  # the dense model exported once for the choice and the table
     assert seen["checks"] == ["openvino_int8"]
     info = res.metrics["latency_table"]
     assert info["runtime"] == "openvino_int8" and info["runtime_choice"]["chosen"] == "openvino_int8"
