@@ -85,7 +85,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         for name, r in ov.items():
             runners[name] = r
             ran[name] = (r.onnx_path, r.compiled_precision)
-            if not name.startswith("deployed"):
+            if name.startswith("openvino_"):  # the teacher's cells; deployed_* / final_fp32_* are the model's
                 dense.append(name)
     if "torch" in b.backends:
         runners["torch_fp32"] = TorchRunner(state.teacher_or_initial(), threads)
@@ -180,10 +180,13 @@ def _onnx_precision(path: Path) -> str:
 
 def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, threads: int, vocab: int,
                       notes: list[str]) -> tuple[dict[str, Any], str | None]:
-    """``openvino_<p>`` (dense teacher) and ``deployed_openvino_<p>`` per precision, or the reason to skip.
+    """``openvino_<p>`` (dense teacher) and, per precision ``p``, the pipeline's model on OpenVINO, or the reason
+    to skip.
 
-    OpenVINO reads plain exports only: when the deployed file is ORT-only (dynamic int8
-    MatMulInteger, MatMulNBits), the final torch model's plain fp32 export stands in and a note says so.
+    ``deployed_openvino_<p>``: the deployed file's plain twin when OpenVINO reads it, else the int8 IR the deploy
+    stage made of it (``export.openvino``, deploy.runtime=openvino|auto). When the deployed file is ORT-only
+    (dynamic int8 MatMulInteger, MatMulNBits) and no such IR exists, the cells are ``final_fp32_openvino_<p>``:
+    the final torch model's plain fp32 export, named so that no figure of it passes for the deployed file's.
     """
     from compresslab.bench.openvino_runner import OpenVinoRunner, openvino_missing_reason, plain_export, unreadable_ops
 
@@ -192,19 +195,28 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
         return {}, reason
     teacher = plain_export(teacher_onnx(run_dir, manifest))
     deployed = Path(state.onnx.onnx_path)
-    dep = plain_export(deployed)
+    dep, prefix = plain_export(deployed), "deployed_openvino"
     bad = unreadable_ops(dep)
     if bad:
-        dep = plain_export(run_dir / manifest.data["export"]["fp32"]["path"])
-        notes.append(f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): "
-                     f"deployed_openvino_* run the final torch model's plain fp32 export {_rel(dep, run_dir)}.")
+        ir = manifest.data.get("export", {}).get("openvino") or {}
+        if ir.get("int8") and ir.get("path") and (run_dir / ir["path"]).is_file():
+            dep = run_dir / ir["path"]
+            notes.append(f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): "
+                         f"deployed_openvino_* run the int8 IR the deploy stage made of it ({ir['path']}, "
+                         f"{ir.get('method', 'compresslab')}).")
+        else:
+            dep, prefix = plain_export(run_dir / manifest.data["export"]["fp32"]["path"]), "final_fp32_openvino"
+            notes.append(f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}) and "
+                         "the run made no int8 IR of it (deploy.runtime=openvino or auto makes one): "
+                         f"final_fp32_openvino_* run the final torch model's plain fp32 export {_rel(dep, run_dir)}, "
+                         "not the deployed file.")
     if dep.resolve() == teacher.resolve():
-        notes.append(f"openvino_* and deployed_openvino_* run the same file ({_rel(dep, run_dir)}): no torch pass "
+        notes.append(f"openvino_* and {prefix}_* run the same file ({_rel(dep, run_dir)}): no torch pass "
                      "changed the model, so their gap is measurement noise.")
     out: dict[str, Any] = {}
     for p in state.settings.bench.openvino_precisions:
         out[f"openvino_{p}"] = OpenVinoRunner(teacher, threads, p, vocab_size=vocab)
-        out[f"deployed_openvino_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
+        out[f"{prefix}_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
     if "openvino_default" in out:
         notes.append(f"OpenVINO's default precision compiled as {out['openvino_default'].compiled_precision} "
                      "on this CPU.")

@@ -114,3 +114,43 @@ def test_best_dense_and_its_speedups_recomputed_from_the_cells():
             assert sp[n][shape] == pytest.approx(best[shape]["p50_ms"] / v)
     assert sp["deployed_openvino_default"] == {"b1": 1.5, "b32": 2.0}
     assert max(sp[n]["b32"] for n in dense) == 1.0
+
+
+@pytest.mark.parametrize("case", ["readable", "ort_only_with_ir", "ort_only_without_ir"])
+def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, case):
+    """The pipeline's cells on OpenVINO run the deployed file (its plain twin, or the int8 IR the deploy stage made
+    of an ORT-only file); the final model's fp32 export stands in only under its own name, never as ``deployed``."""
+    import shutil
+    from types import SimpleNamespace
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from compresslab.pipeline.deploy import convert_to_ir
+
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    (run / "export").mkdir()
+    shutil.copy(tiny_onnx, run / "teacher" / "model.onnx")
+    shutil.copy(tiny_onnx, run / "export" / "model.onnx")  # the final model's fp32 export
+    deployed = run / "export" / "model.onnx"
+    export: dict = {"teacher_fp32": {"path": "teacher/model.onnx"}, "fp32": {"path": "export/model.onnx"}}
+    if case != "readable":
+        deployed = run / "int8" / "model.onnx"
+        deployed.parent.mkdir()
+        quantize_dynamic(str(tiny_onnx), str(deployed), weight_type=QuantType.QInt8)  # MatMulInteger: ORT-only
+    if case == "ort_only_with_ir":  # what deploy.runtime=openvino|auto records (here the fp32 IR stands in for it)
+        convert_to_ir(tiny_onnx, run / "export" / "openvino")
+        export["openvino"] = {"path": "export/openvino/openvino_model.xml", "int8": True, "method": "compresslab"}
+    state = SimpleNamespace(onnx=SimpleNamespace(onnx_path=str(deployed)),
+                            settings=SimpleNamespace(bench=SimpleNamespace(openvino_precisions=["f32"])))
+    notes: list[str] = []
+    runners, why = _openvino_runners(state, run, SimpleNamespace(data={"export": export}), 1, 100, notes)
+    assert why is None
+    want = {"readable": ("deployed_openvino_f32", "export/model.onnx"),
+            "ort_only_with_ir": ("deployed_openvino_f32", "export/openvino/openvino_model.xml"),
+            "ort_only_without_ir": ("final_fp32_openvino_f32", "export/model.onnx")}[case]
+    assert set(runners) == {"openvino_f32", want[0]}
+    assert str(runners[want[0]].onnx_path).endswith(want[1])
+    assert str(runners["openvino_f32"].onnx_path).endswith("teacher/model.onnx")
+    if case != "readable":
+        assert any("cannot read the deployed" in n and want[0].rsplit("_", 1)[0] in n for n in notes), notes
