@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,15 @@ def pipelines(a: argparse.Namespace) -> None:
     theirs = read_json(BACKENDS_RUNS) if BACKENDS_RUNS.is_file() else {}
     todo = a.only or (*PIPELINES, *REUSED)
     for p in todo:
+        if a.label:  # another setting of one pipeline, kept beside the pipeline's own run (checked in main)
+            t0 = time.perf_counter()
+            over = _overrides(a, p)
+            cfg = compose([f"+pipeline={p}", *over])
+            setup_process(THREADS, int(cfg.seed))
+            rd = run(cfg)
+            runs[a.label] = {"run_dir": _rel(rd), "pipeline": p, "overrides": over,
+                             "wall_s": round(time.perf_counter() - t0, 1)}
+            break
         if p in REUSED and p in theirs and _same_budget(a, theirs[p]) and _finished(REPO / theirs[p]["run_dir"]):
             runs[p] = {**theirs[p], "reused_from": _rel(BACKENDS_RUNS)}
             log.info("%s: reusing %s", p, theirs[p]["run_dir"])
@@ -453,7 +463,14 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="real-length rounds over the dev batches")
     ap.add_argument("--runs-file", default=str(RUNS_PATH), help="where the run dirs are listed")
     ap.add_argument("--results", default=str(RESULTS_PATH), help="the results file (a scratch path for smoke runs)")
+    ap.add_argument("--label", help="pipelines: list the run under this name (one --only pipeline, with --override "
+                                    "or --steps: e.g. ziplm_strong_int8@3x); measure: a model like any other")
     a = ap.parse_args(argv)
+    if a.label is not None:
+        if a.what != "pipelines" or len(a.only or ()) != 1:
+            ap.error("--label names one run: use it with `pipelines --only <one pipeline>`")
+        if a.label in (*PIPELINES, *REUSED, "dense") or not re.fullmatch(r"[A-Za-z0-9_.@-]+", a.label):
+            ap.error(f"--label {a.label!r}: a pipeline's own name, 'dense' or characters outside [A-Za-z0-9_.@-]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.chdir(REPO)
     if a.what == "derive":
