@@ -11,7 +11,9 @@ e.g. ``debug=smoke``). ``int8``, ``ziplm_int8`` and ``obert_int8`` are taken fro
 (benchmarks/backends.py) when that run finished at the same budget, else run here; ``int8``'s model is the teacher,
 so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8`` and its ORT dynamic int8 file the dense cell
 ``ort_int8`` (a user gets both without us: with AVX512-VNNI and no AMX the first is the fastest dense baseline, on
-AVX2 without VNNI the second). Run dirs go to ``outputs/compound_runs.json``.
+AVX2 without VNNI the second). Run dirs go to ``outputs/compound_runs.json``. ``--label NAME`` lists one pipeline's run
+at other settings under its own name (``--only ziplm_strong_int8 --override pipeline.passes.ziplm.speedup=3.4
+--label ziplm_strong_int8@3.4x``); ``measure`` treats it as one more model (``models.<NAME>``).
 
 ``measure`` builds the cells (benchmarks/backends.py's cells, plus OpenVINO sparse weight decompression
 on AMX and DeepSparse), scores each on SST-2 dev (accuracy, agreement with the teacher's torch
