@@ -94,14 +94,18 @@ def read_cached(path: Path, env: Mapping[str, Any], parse: Parse[T], *, log: log
     return None
 
 
-def _warn_if_noisy(info: Mapping[str, Any], path: Path, *, log: logging.Logger, what: str) -> None:
+def _warn_if_noisy(info: Any, path: Path, *, log: logging.Logger, what: str) -> None:
     """Warn when a reused table was flagged noisy when it was measured: its run warned then, and every run that
-    reuses it must say so too (a noisy table is cached, unlike a busy one, so it would otherwise pass in silence)."""
-    spread = ((info.get("machine_load") or {}).get("spread") or {}) if isinstance(info, Mapping) else {}
-    if spread.get("noisy"):
-        log.warning("%s cache %s was flagged noisy when measured (%s at %s: %.0f%% between median and p90); "
-                    "reusing it: delete the file to measure it again on a quiet machine", what, path,
-                    spread.get("runner"), spread.get("shape"), 100 * float(spread.get("max") or 0.0))
+    reuses it must say so too (a noisy table is cached, unlike a busy one, so it would otherwise pass in silence).
+    A record of another shape (hand-edited, older) is not judged: it never stops the table from being used."""
+    load = info.get("machine_load") if isinstance(info, Mapping) else None
+    spread = load.get("spread") if isinstance(load, Mapping) else None
+    if not isinstance(spread, Mapping) or spread.get("noisy") is not True:
+        return
+    worst = spread.get("max")
+    how = f": {100 * worst:.0f}% between median and p90" if isinstance(worst, (int, float)) else ""
+    log.warning("%s cache %s was flagged noisy when measured (%s at %s%s); reusing it: delete the file to measure "
+                "it again on a quiet machine", what, path, spread.get("runner"), spread.get("shape"), how)
 
 
 def write_cached(path: Path | None, payload: Mapping[str, Any], load: Mapping[str, Any], *,

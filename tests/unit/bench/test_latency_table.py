@@ -308,3 +308,22 @@ def test_fastest_runtime_picks_the_lowest_dense_median(monkeypatch: pytest.Monke
         fastest_runtime({"ort": Path("a.onnx")}, SETTINGS)
     with pytest.raises(ValueError, match="two or more"):
         fastest_runtime({"ort": Path("a"), "tensorrt": Path("b")}, SETTINGS)
+
+
+@pytest.mark.parametrize("record", [{"spread": {"noisy": True, "max": "abc"}}, {"spread": [1]}, "x",
+                                    {"spread": {"noisy": "false", "max": 0.3}}, {"spread": {"noisy": True, "max": None}}])
+def test_an_odd_load_record_never_stops_a_valid_table(tmp_path: Path, counted: list, record: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The noisy check reads a hand-edited or older record without raising; only ``noisy: true`` warns."""
+    model = tiny_model("bert")
+    build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    path = cache_file(tmp_path, environment(model, SETTINGS, _fp()))
+    data = json.loads(path.read_text())
+    data["info"]["machine_load"] = record
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="compresslab.bench.latency_table"):
+        _, info = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
+    assert info["cached"] and len(counted) == 1
+    noisy = isinstance(record, dict) and isinstance(record["spread"], dict) and record["spread"]["noisy"] is True
+    assert ("flagged noisy" in caplog.text) is noisy
+    assert "between median" not in caplog.text  # no spread to print where "max" is not a number
