@@ -104,8 +104,10 @@ def fastest_runtime(files: dict[str, Path], s: Any, *, runs: int | None = None,
     first, fastest = next(iter(ms)), min(ms, key=ms.__getitem__)
     chosen = fastest if ms[fastest] < ms[first] * (1 - RUNTIME_MARGIN) else first
     busy = bool(load["busy"])
-    (log.warning if busy else log.info)("latency runtime: %s is fastest for the dense model at %s (%s)%s", chosen,
-                                        key, ", ".join(f"{rt} {t:.1f} ms" for rt, t in ms.items()),
+    why = ("fastest" if chosen == fastest else
+           f"kept: listed first, and {fastest} is not more than {RUNTIME_MARGIN:.0%} faster")
+    (log.warning if busy else log.info)("latency runtime: %s for the dense model at %s (%s: %s)%s", chosen, key, why,
+                                        ", ".join(f"{rt} {t:.1f} ms" for rt, t in ms.items()),
                                         " -- the machine was busy: the choice may be wrong" if busy else "")
     return {"chosen": chosen, f"{key}_ms": ms, "margin": RUNTIME_MARGIN, "busy": busy, "machine_load": load}
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from compresslab.bench.latency_runtimes import as_deployed, fastest_runtime, measure_speedup, reads_plain
+from compresslab.bench.latency_runtimes import RUNTIMES, as_deployed, fastest_runtime, measure_speedup, reads_plain
 from compresslab.bench.latency_table import TableSettings, build_latency_table, linear_table, one_layer_table
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
@@ -100,8 +100,8 @@ class SpeedupSettings:
         if not 0.0 <= self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}")
         if not isinstance(self.latency_runtime, (str, list, tuple)):
-            raise ValueError("latency_runtime must be a runtime's name or a list of them, got "
-                             f"{self.latency_runtime!r}")
+            raise ValueError(f"latency_runtime must be one of {list(RUNTIMES)} or a list of them (default 'ort'), "
+                             f"got {self.latency_runtime!r}")
         if not isinstance(self.latency_runtime, str):  # a YAML list
             self.latency_runtime = [str(r) for r in self.latency_runtime]
             if not self.latency_runtime:
@@ -110,7 +110,11 @@ class SpeedupSettings:
             if len(set(self.latency_runtime)) != len(self.latency_runtime):
                 raise ValueError("latency_runtime lists a runtime twice: name distinct runtimes to choose the "
                                  f"fastest of, got {self.latency_runtime!r}")
-        # validates threads and each runtime's name, and that its library is installed (before any step runs)
+        unknown = [rt for rt in self.runtimes() if rt not in RUNTIMES]
+        if unknown:  # named as the user wrote the setting (TableSettings would say "latency table runtime")
+            raise ValueError(f"latency_runtime must be one of {list(RUNTIMES)} or a list of them, got "
+                             f"{self.latency_runtime!r} ({', '.join(map(repr, unknown))} unknown)")
+        # validates threads, and that each runtime's library is installed (before any step runs)
         for runtime in self.runtimes():
             TableSettings(threads=self.threads, runtime=runtime).check_runtime()
 

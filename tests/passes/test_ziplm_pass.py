@@ -310,8 +310,10 @@ def test_a_list_of_runtimes_prices_on_the_one_fastest_for_the_dense_model(tmp_pa
 def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import compresslab.bench.openvino_runner as ovr
 
-    with pytest.raises(ValueError, match="runtime must be one of"):
+    with pytest.raises(ValueError, match="latency_runtime must be one of .*'tensorrt' unknown"):
         _ziplm(latency_runtime="tensorrt")
+    with pytest.raises(ValueError, match="latency_runtime must be one of .*default 'ort'.*None"):
+        _ziplm(latency_runtime=None)
     monkeypatch.setattr(ovr, "openvino_missing_reason", lambda: "openvino is not installed (test)")
     with pytest.raises(RuntimeError, match="not installed"):
         _ziplm(latency_runtime="openvino")
@@ -319,11 +321,11 @@ def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPa
     _ziplm(latency_runtime=["ort", "ort_int8"])
     with pytest.raises(RuntimeError, match="openvino_int8.*not installed"):  # each candidate is checked
         _ziplm(latency_runtime=["ort_int8", "openvino_int8"])
-    with pytest.raises(ValueError, match="runtime must be one of"):
+    with pytest.raises(ValueError, match="latency_runtime must be one of .*'tensorrt' unknown"):
         _ziplm(latency_runtime=["ort", "tensorrt"])
     with pytest.raises(ValueError, match="latency_runtime is an empty list"):
         _ziplm(latency_runtime=[])
     with pytest.raises(ValueError, match="lists a runtime twice"):
         _ziplm(latency_runtime=["ort", "ort"])
-    with pytest.raises(ValueError, match="a runtime's name or a list"):
-        _ziplm(latency_runtime=None)
+    with pytest.raises(ValueError, match="or a list of them .default 'ort'.*got 3"):
+        _ziplm(latency_runtime=3)

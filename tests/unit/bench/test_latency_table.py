@@ -294,7 +294,10 @@ def test_fastest_runtime_picks_the_lowest_dense_median(monkeypatch: pytest.Monke
     assert made == {rt: f"{rt}.onnx" for rt in medians}  # each file timed on its own runtime
     # the first listed stays chosen unless another is faster by more than the margin (no flip on noise) ...
     medians["openvino_int8"] = 76.5  # 4.4 % faster
-    assert fastest_runtime(files, SETTINGS)["chosen"] == "ort_int8"
+    with caplog.at_level(logging.INFO, logger="compresslab.bench.latency_runtimes"):
+        assert fastest_runtime(files, SETTINGS)["chosen"] == "ort_int8"
+    assert "ort_int8 for the dense model" in caplog.text and "kept: listed first" in caplog.text  # not "fastest"
+    caplog.clear()
     medians["openvino_int8"] = 75.0  # 6.25 % faster
     assert fastest_runtime(files, SETTINGS)["chosen"] == "openvino_int8"
     # ... and the lowest median wins among those that beat it
