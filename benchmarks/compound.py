@@ -465,14 +465,17 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="real-length rounds over the dev batches")
     ap.add_argument("--runs-file", default=str(RUNS_PATH), help="where the run dirs are listed")
     ap.add_argument("--results", default=str(RESULTS_PATH), help="the results file (a scratch path for smoke runs)")
-    ap.add_argument("--label", help="pipelines: list the run under this name (one --only pipeline, with --override "
-                                    "or --steps: e.g. ziplm_strong_int8@3x); measure: a model like any other")
+    ap.add_argument("--label", help="pipelines only: list the run under this name in the runs file (with one --only "
+                                    "pipeline and the --override / --steps that make it differ, e.g. "
+                                    "ziplm_strong_int8@3x); measure then times it as one more model")
     a = ap.parse_args(argv)
     if a.label is not None:
         if a.what != "pipelines" or len(a.only or ()) != 1:
             ap.error("--label names one run: use it with `pipelines --only <one pipeline>`")
-        if a.label in (*PIPELINES, *REUSED, "dense") or not re.fullmatch(r"[A-Za-z0-9_.@-]+", a.label):
-            ap.error(f"--label {a.label!r}: a pipeline's own name, 'dense' or characters outside [A-Za-z0-9_.@-]")
+        if a.label in (*PIPELINES, *REUSED, "dense"):
+            ap.error(f"--label {a.label!r} is a pipeline's own name or 'dense': pick a name of its own")
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]+", a.label):
+            ap.error(f"--label {a.label!r}: use one or more of A-Z a-z 0-9 _ . @ - (no spaces or slashes)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.chdir(REPO)
     if a.what == "derive":

@@ -19,19 +19,21 @@ def compound():
     return import_benchmark("compound", ROOT)
 
 
-@pytest.mark.parametrize("argv", [
-    ["measure", "--label", "x"],                                               # only for pipelines
-    ["pipelines", "--label", "x"],                                             # needs one --only pipeline
-    ["pipelines", "--only", "int8", "ziplm_int8", "--label", "x"],
-    ["pipelines", "--only", "ziplm_strong_int8", "--label", "int8"],           # a pipeline's own name
-    ["pipelines", "--only", "ziplm_strong_int8", "--label", "dense"],
-    ["pipelines", "--only", "ziplm_strong_int8", "--label", "a b/c"],
+@pytest.mark.parametrize("argv, why", [
+    (["measure", "--label", "x"], "names one run"),                                  # only for pipelines
+    (["pipelines", "--label", "x"], "names one run"),                                # needs one --only pipeline
+    (["pipelines", "--only", "int8", "ziplm_int8", "--label", "x"], "names one run"),
+    (["pipelines", "--only", "ziplm_strong_int8", "--label", "int8"], "own name"),   # a pipeline's own name
+    (["pipelines", "--only", "ziplm_strong_int8", "--label", "dense"], "own name"),
+    (["pipelines", "--only", "ziplm_strong_int8", "--label", "a b/c"], "no spaces"),
+    (["pipelines", "--only", "ziplm_strong_int8", "--label", ""], "one or more"),
 ])
-def test_bad_labels_are_refused_before_any_run(compound, argv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_labels_are_refused_before_any_run(compound, argv, why, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(compound, "pipelines", lambda a: pytest.fail("ran"))
     with pytest.raises(SystemExit) as e:
         compound.main(argv)
-    assert e.value.code == 2
+    assert e.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_a_labelled_run_is_listed_beside_the_pipelines_own(compound, tmp_path: Path,
