@@ -72,7 +72,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
 
         path, precision = ir
         runners["deployed"] = OpenVinoRunner(path, threads, precision, vocab_size=vocab)
-        ran["deployed"] = (path, runners["deployed"].compiled_precision)
+        ran["deployed"] = (path, _openvino_precision(runners["deployed"]))
         notes.append(f"deployed is the OpenVINO IR {_rel(path, run_dir)} (deploy.runtime=openvino), compiled as "
                      f"{runners['deployed'].compiled_precision}; the pipeline's ONNX file runs on ORT as "
                      "deployed_onnx_ort.")
@@ -84,7 +84,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
             log.warning("bench: openvino skipped: %s", reason)
         for name, r in ov.items():
             runners[name] = r
-            ran[name] = (r.onnx_path, r.compiled_precision)
+            ran[name] = (r.onnx_path, _openvino_precision(r))
             if name.startswith("openvino_"):  # the teacher's cells; deployed_* / final_fp32_* are the model's
                 dense.append(name)
     if "torch" in b.backends:
@@ -176,6 +176,20 @@ def _onnx_precision(path: Path) -> str:
     if ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "QLinearMatMul"}:
         return "int8"
     return "fp32"
+
+
+def _openvino_precision(runner: Any) -> str:
+    """What an OpenVINO cell computes in: its compiled precision (``f32`` / ``bf16``), prefixed ``int8+`` when the
+    file is quantized (a QDQ ONNX graph or an IR with FakeQuantize): the int8 ops run int8, the rest compiled as
+    said. An int8 IR labelled only ``f32`` read as an fp32 model slower than the dense one."""
+    path = Path(runner.onnx_path)
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        int8 = any(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ops())
+    else:
+        int8 = _onnx_precision(path) == "int8"
+    return f"int8+{runner.compiled_precision}" if int8 else str(runner.compiled_precision)
 
 
 def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, threads: int, vocab: int,

@@ -154,3 +154,20 @@ def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, c
     assert str(runners["openvino_f32"].onnx_path).endswith("teacher/model.onnx")
     if case != "readable":
         assert any("cannot read the deployed" in n and want[0].rsplit("_", 1)[0] in n for n in notes), notes
+
+
+def test_an_int8_file_on_openvino_is_labelled_int8_not_by_its_compile_precision_alone(tiny_onnx, tmp_path):
+    """bench.precision of an OpenVINO cell: ``int8+f32`` for an int8 IR (FakeQuantize), the compiled precision for
+    an fp32 file; a bare ``f32`` on an int8 IR reads as an fp32 model."""
+    import shutil
+    from types import SimpleNamespace
+
+    from compresslab.bench.latency_runtimes import as_deployed
+    from compresslab.bench.latency_table import TableSettings
+    from compresslab.pipeline.bench import _openvino_precision
+
+    plain = tmp_path / "model.onnx"
+    shutil.copy(tiny_onnx, plain)
+    xml = as_deployed(plain, TableSettings(batch=2, seq=8, threads=1, runtime="openvino_int8"), 100)
+    assert _openvino_precision(SimpleNamespace(onnx_path=xml, compiled_precision="f32")) == "int8+f32"
+    assert _openvino_precision(SimpleNamespace(onnx_path=plain, compiled_precision="bf16")) == "bf16"
