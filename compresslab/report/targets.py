@@ -1,0 +1,78 @@
+"""The report's "Speedup targets" section: what a speedup-targeted pass (ZipLM, structured L1) was asked for, the
+runtime its latency was priced on (and, for a list, the dense timings that chose it), what it predicted and
+measured, and whether the latency table it rests on was cached, busy or noisy when measured.
+
+A speedup is a fact about one runtime on one machine: 2.5x priced on ORT's int8 is not 2.5x on ORT fp32, so the
+runtime is stated beside every figure; a cached table flagged noisy is named here as well as in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from compresslab.report import facts as F
+from compresslab.report.fmt import DASH, plain, secs
+from compresslab.report.render import Block, Heading, Table
+
+
+def _x(v: Any) -> str:
+    x = F.num(v)
+    return f"{x:.3f}x" if x is not None else DASH
+
+
+def _runtime(lt: Mapping[str, Any]) -> str:
+    """``ort_int8``, or ``ort_int8 (fastest of ...)`` / ``(kept: ...)`` with the dense medians of a list."""
+    rt = plain(lt.get("runtime")) if lt.get("runtime") is not None else "ort (default)"
+    choice = F.as_dict(lt.get("runtime_choice"))
+    medians = next((F.as_dict(v) for k, v in choice.items() if k.endswith("_ms")), {})
+    if not medians:
+        return rt
+    shape = next(k[:-3] for k in choice if k.endswith("_ms"))
+    timed = ", ".join(f"{k} {F.num(v):.1f} ms" for k, v in medians.items() if F.num(v) is not None)
+    fastest = min(medians, key=lambda k: F.num(medians[k]) or float("inf"))
+    how = "fastest" if fastest == choice.get("chosen") else f"kept: listed first, {fastest} within the margin"
+    busy = "; chosen on a BUSY machine" if choice.get("busy") else ""
+    return f"{rt} ({how} for the dense model at {shape}: {timed}{busy})"
+
+
+def _table_source(lt: Mapping[str, Any]) -> str:
+    """Measured here or cached, and whether the measurement was busy or noisy."""
+    load = F.as_dict(lt.get("machine_load"))
+    spread = F.as_dict(load.get("spread"))
+    took = secs(F.num(lt.get("measure_s")))
+    out = f"cached (measured earlier in {took})" if lt.get("cached") else f"measured in this run ({took})"
+    if load.get("busy"):
+        out += "; BUSY when measured: " + "; ".join(str(r) for r in load.get("reasons") or [])
+    if spread.get("noisy") is True:
+        worst = F.num(spread.get("max"))
+        out += (f"; flagged noisy when measured ({plain(spread.get('runner'))} at {plain(spread.get('shape'))}"
+                + (f": {100 * worst:.0f}% median to p90)" if worst is not None else ")"))
+    return out
+
+
+def speedup_targets(m: Mapping[str, Any]) -> list[Block]:
+    """One facts table per step that was given a speedup target; nothing when no step was."""
+    out: list[Block] = []
+    for s in F.steps(m):
+        met = F.as_dict(F.get(s, "result", "metrics"))
+        if "target_speedup" not in met:
+            continue
+        lt = F.as_dict(met.get("latency_table"))
+        verdict = "met" if met.get("met_target") else "NOT met"
+        facts = [["target (b32, on the runtime below)", _x(met.get("target_speedup"))],
+                 ["latency runtime", _runtime(lt)],
+                 ["predicted / measured", f"{_x(met.get('predicted_speedup'))} / {_x(met.get('measured_speedup_b32'))}"
+                                          f" ({verdict}; retries {plain(met.get('retries', 0))})"],
+                 ["latency model", plain(lt.get("model"))],
+                 ["latency table", _table_source(lt)]]
+        if F.num(met.get("busy_checks")):
+            facts.append(["speedup checks on a busy machine", plain(met.get("busy_checks"))])
+        family = {k: v for k, v in F.as_dict(met.get("family")).items()
+                  if F.num(F.get(v, "target_speedup")) != F.num(met.get("target_speedup"))}
+        for name, member in family.items():
+            facts.append([f"family member {name}: predicted / measured",
+                          f"{_x(F.get(member, 'predicted_speedup'))} / {_x(F.get(member, 'measured_speedup_b32'))}"])
+        label = F.step_label(s)
+        out.append(Table(["fact", label], facts, f"{label}: speedup target, priced and checked on one runtime"))
+    return [Heading("Speedup targets"), *out] if out else []
