@@ -107,16 +107,8 @@ def pipelines(a: argparse.Namespace) -> None:
     theirs = read_json(BACKENDS_RUNS) if BACKENDS_RUNS.is_file() else {}
     todo = a.only or (*PIPELINES, *REUSED)
     for p in todo:
-        if a.label:  # another setting of one pipeline, kept beside the pipeline's own run (checked in main)
-            t0 = time.perf_counter()
-            over = _overrides(a, p)
-            cfg = compose([f"+pipeline={p}", *over])
-            setup_process(THREADS, int(cfg.seed))
-            rd = run(cfg)
-            runs[a.label] = {"run_dir": _rel(rd), "pipeline": p, "overrides": over,
-                             "wall_s": round(time.perf_counter() - t0, 1)}
-            break
-        if p in REUSED and p in theirs and _same_budget(a, theirs[p]) and _finished(REPO / theirs[p]["run_dir"]):
+        if not a.label and p in REUSED and p in theirs and _same_budget(a, theirs[p]) \
+                and _finished(REPO / theirs[p]["run_dir"]):
             runs[p] = {**theirs[p], "reused_from": _rel(BACKENDS_RUNS)}
             log.info("%s: reusing %s", p, theirs[p]["run_dir"])
             continue
@@ -125,7 +117,9 @@ def pipelines(a: argparse.Namespace) -> None:
         cfg = compose([f"+pipeline={p}", *over])
         setup_process(THREADS, int(cfg.seed))
         rd = run(cfg)
-        runs[p] = {"run_dir": _rel(rd), "overrides": over, "wall_s": round(time.perf_counter() - t0, 1)}
+        # --label (one pipeline, checked in main): another setting of it, listed beside the pipeline's own run
+        runs[a.label or p] = {"run_dir": _rel(rd), **({"pipeline": p} if a.label else {}), "overrides": over,
+                              "wall_s": round(time.perf_counter() - t0, 1)}
         runs_path.parent.mkdir(parents=True, exist_ok=True)
         write_aside(runs_path, runs)  # run dirs, no figures
         log.info("%s: %s (%.0f s)", p, rd, time.perf_counter() - t0)

@@ -180,6 +180,8 @@ class OpenVinoRunner:
         self.request = self.compiled.create_infer_request()
         self.load_s = time.perf_counter() - t0
         self.inputs: dict[str, Any] = {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
+        # a quantized graph (a QDQ ONNX file or an int8 IR): OpenVINO reads both as FakeQuantize
+        self.int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         # "f32" / "bf16" as compiled, whatever was asked
         self.compiled_precision = _precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.first_call_ms: dict[str, float] = {}

@@ -180,16 +180,9 @@ def _onnx_precision(path: Path) -> str:
 
 def _openvino_precision(runner: Any) -> str:
     """What an OpenVINO cell computes in: its compiled precision (``f32`` / ``bf16``), prefixed ``int8+`` when the
-    file is quantized (a QDQ ONNX graph or an IR with FakeQuantize): the int8 ops run int8, the rest compiled as
-    said. An int8 IR labelled only ``f32`` read as an fp32 model slower than the dense one."""
-    path = Path(runner.onnx_path)
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        int8 = any(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ops())
-    else:
-        int8 = _onnx_precision(path) == "int8"
-    return f"int8+{runner.compiled_precision}" if int8 else str(runner.compiled_precision)
+    graph is quantized (``OpenVinoRunner.int8``): the int8 ops run int8, the rest compiled as said. An int8 IR
+    labelled only ``f32`` read as an fp32 model slower than the dense one."""
+    return f"int8+{runner.compiled_precision}" if runner.int8 else str(runner.compiled_precision)
 
 
 def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, threads: int, vocab: int,

@@ -25,10 +25,11 @@ def _runtime(lt: Mapping[str, Any]) -> str:
     """``ort_int8``, or ``ort_int8 (fastest of ...)`` / ``(kept: ...)`` with the dense medians of a list."""
     rt = plain(lt.get("runtime")) if lt.get("runtime") is not None else "ort (default)"
     choice = F.as_dict(lt.get("runtime_choice"))
-    medians = next((F.as_dict(v) for k, v in choice.items() if k.endswith("_ms")), {})
+    key = next((k for k in choice if k.endswith("_ms")), None)  # "b32xs128_ms": {runtime: median ms}
+    medians = F.as_dict(choice.get(key)) if key else {}
     if not medians:
         return rt
-    shape = next(k[:-3] for k in choice if k.endswith("_ms"))
+    shape = key[:-3]
     timed = ", ".join(f"{k} {F.num(v):.1f} ms" for k, v in medians.items() if F.num(v) is not None)
     fastest = min(medians, key=lambda k: F.num(medians[k]) or float("inf"))
     how = "fastest" if fastest == choice.get("chosen") else f"kept: listed first, {fastest} within the margin"

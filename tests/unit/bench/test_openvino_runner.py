@@ -160,7 +160,6 @@ def test_an_int8_file_on_openvino_is_labelled_int8_not_by_its_compile_precision_
     """bench.precision of an OpenVINO cell: ``int8+f32`` for an int8 IR (FakeQuantize), the compiled precision for
     an fp32 file; a bare ``f32`` on an int8 IR reads as an fp32 model."""
     import shutil
-    from types import SimpleNamespace
 
     from compresslab.bench.latency_runtimes import as_deployed
     from compresslab.bench.latency_table import TableSettings
@@ -169,5 +168,7 @@ def test_an_int8_file_on_openvino_is_labelled_int8_not_by_its_compile_precision_
     plain = tmp_path / "model.onnx"
     shutil.copy(tiny_onnx, plain)
     xml = as_deployed(plain, TableSettings(batch=2, seq=8, threads=1, runtime="openvino_int8"), 100)
-    assert _openvino_precision(SimpleNamespace(onnx_path=xml, compiled_precision="f32")) == "int8+f32"
-    assert _openvino_precision(SimpleNamespace(onnx_path=plain, compiled_precision="bf16")) == "bf16"
+    assert _openvino_precision(ovr.OpenVinoRunner(xml, threads=1, precision="f32")) == "int8+f32"
+    fp32 = ovr.OpenVinoRunner(plain, threads=1)
+    fp32.compiled_precision = "bf16"  # as compiled on an AVX512_BF16 / AMX CPU
+    assert _openvino_precision(fp32) == "bf16"
