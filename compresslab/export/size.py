@@ -21,6 +21,22 @@ def _nbytes(t) -> int:
     return int(numpy_helper.to_array(t).nbytes)
 
 
+def artifact_bytes(path: str | Path) -> int:
+    """On-disk bytes of a deployable file with what it loads: an OpenVINO IR's ``.xml`` plus its ``.bin``; an
+    ONNX file plus the external-data files its initializers name (read without loading the tensors).
+
+    Raises FileNotFoundError when the file or a part it names is missing."""
+    import onnx
+
+    path = Path(path)
+    if path.suffix == ".xml":
+        return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    g = onnx.load(str(path), load_external_data=False).graph
+    external = {e.value for t in g.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                for e in t.external_data if e.key == "location"}
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in sorted(external))
+
+
 def onnx_size_breakdown(path: str | Path) -> dict[str, int]:
     """{"embeddings", "encoder", "head", "total_initializers", "file"} in bytes."""
     import onnx

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from compresslab.export.size import artifact_bytes
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.deepsparse import deepsparse
 from compresslab.pipeline.export import teacher_onnx
@@ -33,6 +34,10 @@ def _real_batches(state: RunState, batch_size: int, max_batches: int | None) -> 
 def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
     """Time the deployed file and the dense teacher on every enabled backend, interleaved; write
     ``bench/latency.json`` with speedups vs ``ort_fp32`` (canonical) and vs ``best_dense`` (honest).
+
+    The dense cells: ``ort_fp32``, ``openvino_<precision>``, ``torch_fp32`` and (``bench.dense_int8``) ``ort_int8``,
+    the teacher's ORT dynamic int8; ``best_dense`` is the fastest of them per shape. Cells other than the deployed
+    file and ``ort_fp32`` are scored here (``scores``); ``size_bytes`` holds each timed file's bytes on disk.
 
     The whole stage is one timing window: it waits for any training to finish (or refuses with
     MachineBusyError, see :mod:`compresslab.runlock`), and the section's ``machine_load`` records
@@ -67,6 +72,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     ran = {name: (p, _onnx_precision(p)) for name, p in files.items()}
     dense = ["ort_fp32"]
     notes: list[str] = []
+    same_file = False  # the deployed file is ort_int8's byte for byte
     if ir is not None:
         from compresslab.bench.openvino_runner import OpenVinoRunner
 
@@ -91,6 +97,13 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         runners["torch_fp32"] = TorchRunner(state.teacher_or_initial(), threads)
         ran["torch_fp32"] = (None, "fp32")
         dense.append("torch_fp32")
+    if b.dense_int8:
+        path = _teacher_int8(run_dir, manifest)
+        runners["ort_int8"] = OrtRunner(path, threads, vocab_size=vocab)
+        ran["ort_int8"] = (path, "int8")
+        dense.append("ort_int8")
+        note, same_file = _dense_int8_note(path, Path(state.onnx.onnx_path), run_dir)
+        notes.append(note)
     # a binary model's OpenVINO cells compile as f32 whatever was asked (openvino_runner.resolve_precision)
     notes += precision_notes(runners)
     shapes = list(b.shapes)
@@ -105,7 +118,9 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
                                "torch_speedups": speedups(lat, "torch_fp32") if "torch_fp32" in runners else {},
                                "runners": lat.get("runners"),
                                "files": {n: _rel(p, run_dir) for n, (p, _) in ran.items()},
-                               "precision": {n: prec for n, (_, prec) in ran.items()}, "notes": notes}
+                               "precision": {n: prec for n, (_, prec) in ran.items()},
+                               "size_bytes": {n: artifact_bytes(p) for n, (p, _) in ran.items() if p is not None},
+                               "deployed_same_file_as": "ort_int8" if same_file else None, "notes": notes}
     if b.real_length:
         batches = _real_batches(state, b.real_length_batch_size, b.real_length_max_batches)
         rl = measure_real_lengths(dict(runners), batches, rounds=b.real_length_rounds)
@@ -114,9 +129,10 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         rbest = max(dense, key=lambda n: section["real_length"][n]["sentences_per_s"])
         section["real_length_best_dense"] = rbest
         section["real_length_speedups_best_dense"] = real_length_speedups(rl, rbest)
-    ov_names = [n for n in runners if "openvino" in n]
-    if ov_names and state.settings.eval.enabled:
-        section["scores"] = _score_openvino(state, {n: runners[n] for n in ov_names})
+    # the deployed file and ort_fp32 are scored by the eval stage; the other cells here, on the same split
+    scored = [n for n in runners if "openvino" in n or n == "ort_int8"]
+    if scored and state.settings.eval.enabled:
+        section["scores"] = _score_cells(state, {n: runners[n] for n in scored})
     if b.load_probe:
         section["load"] = {name: probe_load(p, threads, vocab_size=vocab) for name, p in files.items()}
     section["gpu"] = _gpu(state, files, shapes, b, vocab)
@@ -157,6 +173,37 @@ def speedups_vs_best(results: dict[str, Any], best: dict[str, dict[str, Any]]) -
             for name, per in results.items()}
 
 
+def _teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
+    """The dense teacher's ORT dynamic int8: its fused export quantized by the recipe ZipLM's ``ort_int8`` runtime
+    times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`, ``ort_int8_dynamic``'s defaults), in
+    ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
+    bench run: a few seconds, and never stale after a rerun of the export."""
+    from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
+    from compresslab.export.ort_quant import quantize_dynamic_int8
+
+    out = run_dir / "bench" / "teacher_int8" / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic_int8(teacher_onnx(run_dir, manifest), out, **ORT_INT8_ARGS)
+    return out
+
+
+def _dense_int8_note(teacher_int8: Path, deployed: Path, run_dir: Path) -> tuple[str, bool]:
+    """What ``ort_int8`` is, and whether it is byte for byte the deployed file (then their gap is noise)."""
+    import hashlib
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    note = (f"ort_int8: the dense teacher's ORT dynamic int8 ({_rel(teacher_int8, run_dir)}; per-channel int8 "
+            "weights, activations quantized per call): one call of ONNX Runtime's quantizer, so it counts for "
+            "best_dense (bench.dense_int8).")
+    same = deployed.is_file() and deployed.stat().st_size == teacher_int8.stat().st_size and \
+        digest(deployed) == digest(teacher_int8)
+    if same:
+        note += " It is the deployed file byte for byte (no torch pass changed the model): their gap is noise."
+    return note, same
+
+
 def _rel(p: Path | None, run_dir: Path) -> str | None:
     if p is None:
         return None
@@ -193,7 +240,9 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
     ``deployed_openvino_<p>``: the deployed file's plain twin when OpenVINO reads it, else the int8 IR the deploy
     stage made of it (``export.openvino``, deploy.runtime=openvino|auto). When the deployed file is ORT-only
     (dynamic int8 MatMulInteger, MatMulNBits) and no such IR exists, the cells are ``final_fp32_openvino_<p>``:
-    the final torch model's plain fp32 export, named so that no figure of it passes for the deployed file's.
+    the final torch model's plain fp32 export, named so that no figure of it passes for the deployed file's. When
+    that file is the teacher's own (no torch pass changed the model) the model gets no cells of its own: a note
+    says ``openvino_*`` stand for them.
     """
     from compresslab.bench.openvino_runner import OpenVinoRunner, openvino_missing_reason, plain_export, unreadable_ops
 
@@ -204,34 +253,40 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
     deployed = Path(state.onnx.onnx_path)
     dep, prefix = plain_export(deployed), "deployed_openvino"
     bad = unreadable_ops(dep)
+    head = tail = ""  # the note: why the model's cells run what they run
     if bad:
+        head = f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)})"
         ir = manifest.data.get("export", {}).get("openvino") or {}
         if ir.get("int8") and ir.get("path") and (run_dir / ir["path"]).is_file():
             dep = run_dir / ir["path"]
-            notes.append(f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): "
-                         f"deployed_openvino_* run the int8 IR the deploy stage made of it ({ir['path']}, "
-                         f"{ir.get('method', 'compresslab')}).")
+            tail = (f": deployed_openvino_* run the int8 IR the deploy stage made of it ({ir['path']}, "
+                    f"{ir.get('method', 'compresslab')}).")
         else:
             dep, prefix = plain_export(run_dir / manifest.data["export"]["fp32"]["path"]), "final_fp32_openvino"
-            notes.append(f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}) and "
-                         "the run made no int8 IR of it (deploy.runtime=openvino or auto makes one): "
-                         f"final_fp32_openvino_* run the final torch model's plain fp32 export {_rel(dep, run_dir)}, "
-                         "not the deployed file.")
-    if dep.resolve() == teacher.resolve():
-        notes.append(f"openvino_* and {prefix}_* run the same file ({_rel(dep, run_dir)}): no torch pass "
-                     "changed the model, so their gap is measurement noise.")
+            head += " and the run made no int8 IR of it (deploy.runtime=openvino or auto makes one)"
+            tail = (f": final_fp32_openvino_* run the final torch model's plain fp32 export {_rel(dep, run_dir)}, "
+                    "not the deployed file.")
+    same = dep.resolve() == teacher.resolve()
+    if same:  # timing one file twice buys noise, not a figure
+        head, tail = head + ". " if head else "", (
+            f"{prefix}_* are not timed: they would run the teacher's own file ({_rel(dep, run_dir)}; no torch pass "
+            "changed the model), so openvino_* stand for them.")
+    if head or tail:
+        notes.append(head + tail)
     out: dict[str, Any] = {}
     for p in state.settings.bench.openvino_precisions:
         out[f"openvino_{p}"] = OpenVinoRunner(teacher, threads, p, vocab_size=vocab)
-        out[f"{prefix}_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
+        if not same:
+            out[f"{prefix}_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
     if "openvino_default" in out:
         notes.append(f"OpenVINO's default precision compiled as {out['openvino_default'].compiled_precision} "
                      "on this CPU.")
     return out, None
 
 
-def _score_openvino(state: RunState, runners: dict[str, Any]) -> dict[str, Any]:
-    """Eval-split score + agreement with the torch teacher of each OpenVINO cell (same compiled model)."""
+def _score_cells(state: RunState, runners: dict[str, Any]) -> dict[str, Any]:
+    """Eval-split score + agreement with the torch teacher of each cell, from the runner that was timed (the same
+    compiled model or ORT session)."""
     from compresslab.eval.evaluate import compare, onnx_forward, predict
     from compresslab.pipeline.evaluate import teacher_scored
 

@@ -163,6 +163,7 @@ class BenchSettings:
     denominator: str
     backends: tuple[str, ...]
     openvino_precisions: tuple[str, ...]
+    dense_int8: bool
     real_length: bool
     real_length_batch_size: int
     real_length_max_batches: int | None
@@ -188,7 +189,7 @@ class BenchSettings:
         if self.max_runs is not None and check_positive_int(self.max_runs, "max_runs") < self.runs:
             raise ValueError(f"max_runs={self.max_runs} is below runs={self.runs}; raise max_runs or lower runs")
         check_int(self.seed, "seed", minimum=0)
-        for name in ("enabled", "real_length", "load_probe"):
+        for name in ("enabled", "dense_int8", "real_length", "load_probe"):
             check_bool(getattr(self, name), name)
         check_positive_int(self.real_length_batch_size, "real_length_batch_size")
         if self.real_length_max_batches is not None:

@@ -235,7 +235,7 @@ def _size_of(m: Mapping[str, Any], key: str) -> float | None:
     torch_done = [s for s in done if s.get("stage", "torch") == "torch"]
     if key == "torch_final" and torch_done:
         return num(get(torch_done[-1], "metrics_after", "size_bytes"))
-    return None
+    return num(get(m, "bench", "size_bytes", key))  # a file only bench ran (an IR: .xml + .bin)
 
 
 def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
@@ -245,7 +245,7 @@ def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
     spd = as_dict(get(m, "bench", "speedups"))
     best = as_dict(get(m, "bench", "speedups_best_dense"))
     prec = as_dict(get(m, "bench", "precision"))
-    bench_scores = as_dict(get(m, "bench", "scores"))  # OpenVINO cells, scored by bench on the same split
+    bench_scores = as_dict(get(m, "bench", "scores"))  # OpenVINO cells and ort_int8, scored by bench on the same split
     keys = list(dict.fromkeys([*evals, *lat]))
     keys.sort(key=lambda k: (MODEL_ORDER.index(k) if k in MODEL_ORDER else len(MODEL_ORDER), k))
     deployed_as = get(m, "export", "deployed", "label")

@@ -111,6 +111,8 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
                 f"at {shape}")
         if shape in dep.speedup_best:
             text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
+            if best is not None and best == F.get(m, "bench", "deployed_same_file_as"):
+                text += " (the deployed file itself, byte for byte: the gap is noise)"
         items.append(text + ".")
     ref = rows.get("ort_fp32")
     if dep.size_bytes and ref is not None and ref.size_bytes:

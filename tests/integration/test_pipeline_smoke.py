@@ -44,7 +44,17 @@ def test_int8_smoke_end_to_end_then_interrupted_run_resumes_to_same_result(tmp_p
     assert bd["deployed"]["score_batched"] == pytest.approx(ev["deployed"]["score"])
     assert 0 <= bd["deployed"]["flips"] <= m["eval"]["n"] and 0.0 <= bd["deployed"]["agreement_b1"] <= 1.0
     assert m["size"]["deployed"]["encoder"] < 0.3 * m["size"]["ort_fp32"]["encoder"]
-    assert {"ort_fp32", "deployed", "torch_fp32"} <= set(m["bench"]["latency"])
+    bench = m["bench"]
+    assert {"ort_fp32", "deployed", "torch_fp32", "ort_int8"} <= set(bench["latency"])
+    # the teacher's ORT dynamic int8 is a dense baseline a user gets in one call: timed, scored, counted
+    assert "ort_int8" in bench["dense_runners"] and bench["precision"]["ort_int8"] == "int8"
+    assert 0.5 <= bench["scores"]["ort_int8"]["agreement"] <= 1.0
+    for shape, best in bench["best_dense"].items():
+        assert best["p50_ms"] == min(bench["latency"][n][shape]["p50_ms"] for n in bench["dense_runners"])
+    assert bench["size_bytes"]["ort_int8"] < 0.5 * bench["size_bytes"]["ort_fp32"]
+    # no torch pass changed the model: its OpenVINO cells would time the teacher's file again
+    assert not any(n.startswith(("final_fp32_openvino", "deployed_openvino")) for n in bench["latency"])
+    assert any("openvino_* stand for them" in n for n in bench["notes"]) or "openvino" in bench["skipped"]
     assert m["hardware"]["cpu"]["model"] and m["versions"]["torch"].startswith("2.13")
 
     # interrupted after step 1, then the same command again: resumes, same final metrics. Its own

@@ -116,7 +116,7 @@ def test_best_dense_and_its_speedups_recomputed_from_the_cells():
     assert max(sp[n]["b32"] for n in dense) == 1.0
 
 
-@pytest.mark.parametrize("case", ["readable", "ort_only_with_ir", "ort_only_without_ir"])
+@pytest.mark.parametrize("case", ["readable", "ort_only_with_ir", "ort_only_without_ir", "teacher_unchanged"])
 def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, case):
     """The pipeline's cells on OpenVINO run the deployed file (its plain twin, or the int8 IR the deploy stage made
     of an ORT-only file); the final model's fp32 export stands in only under its own name, never as ``deployed``."""
@@ -134,6 +134,8 @@ def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, c
     shutil.copy(tiny_onnx, run / "export" / "model.onnx")  # the final model's fp32 export
     deployed = run / "export" / "model.onnx"
     export: dict = {"teacher_fp32": {"path": "teacher/model.onnx"}, "fp32": {"path": "export/model.onnx"}}
+    if case == "teacher_unchanged":  # no torch pass: the one fp32 export is the teacher's (an int8 pipeline)
+        del export["teacher_fp32"]
     if case != "readable":
         deployed = run / "int8" / "model.onnx"
         deployed.parent.mkdir()
@@ -146,6 +148,10 @@ def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, c
     notes: list[str] = []
     runners, why = _openvino_runners(state, run, SimpleNamespace(data={"export": export}), 1, 100, notes)
     assert why is None
+    if case == "teacher_unchanged":  # its cells would time the teacher's own file again: none, and a note says so
+        assert set(runners) == {"openvino_f32"} and str(runners["openvino_f32"].onnx_path).endswith("export/model.onnx")
+        assert len(notes) == 1 and "cannot read the deployed" in notes[0] and "openvino_* stand for them" in notes[0]
+        return
     want = {"readable": ("deployed_openvino_f32", "export/model.onnx"),
             "ort_only_with_ir": ("deployed_openvino_f32", "export/openvino/openvino_model.xml"),
             "ort_only_without_ir": ("final_fp32_openvino_f32", "export/model.onnx")}[case]
