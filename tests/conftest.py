@@ -54,6 +54,24 @@ def _numerics_left_as_found(request: pytest.FixtureRequest):
                     pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def _cwd_left_as_found(request: pytest.FixtureRequest):
+    """Fails the test that leaves the working directory changed, after putting it back. The benchmarks' mains
+    chdir to the repo (their paths are the repo's); a test that patched the repo to tmp_path and called one left
+    every later test in a deleted temp folder, where the data root is looked for relative to cwd (a test of an
+    unknown task then failed with "no data root found", depending on the order)."""
+    before = os.getcwd()
+    yield
+    try:
+        after = os.getcwd()
+    except FileNotFoundError:  # the folder it moved into is gone already
+        after = "<deleted>"
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"{request.node.nodeid} left the working directory changed: {before} -> {after}. Use "
+                    "monkeypatch.chdir(...) before calling code that chdirs.", pytrace=False)
+
+
 def _data_root() -> Path | None:
     for cand in (os.environ.get("COMPRESSLAB_DATA"), REPO.parent / "shared" / "data"):
         if cand and (Path(cand) / "glue" / "SST-2" / "dev.tsv").is_file():

@@ -83,6 +83,21 @@ def _runner_info(runner: Runner) -> dict[str, Any]:
     return {"threads": getattr(runner, "threads", None)}
 
 
+def settle(runner: Runner) -> None:
+    """Busy-wait ``runner.settle_s`` seconds (untimed) after one of its calls, when it declares one.
+
+    A runtime whose worker threads keep spinning after its call returns steals a core from whatever
+    runs next: PyTorch's OpenMP workers (libgomp spins ~300k pauses before sleeping) made the ONNX
+    Runtime cell timed right after ``torch_fp32`` 20-25% slower at b1 on 2 cores, and the bias moved
+    with the order of the cells (benchmarks/RESULTS.md, "Slot bias after torch"). The wait spins
+    rather than sleeps: an idle core makes the next call slower (70% here after a 50 ms sleep)."""
+    s = float(getattr(runner, "settle_s", 0.0) or 0.0)
+    if s > 0:
+        end = time.perf_counter() + s
+        while time.perf_counter() < end:
+            pass
+
+
 def _check(runners: Mapping[str, Runner], **positive: float) -> None:
     if not runners:
         raise ValueError("runners is empty; pass at least one named runner")
@@ -133,6 +148,7 @@ def measure_latency(
                 for runner in runners.values():
                     for _ in range(warmup):
                         runner.run(inputs)
+                        settle(runner)
                 times: dict[str, list[float]] = {name: [] for name in runners}
                 start = clock()
                 rounds = 0
@@ -141,6 +157,7 @@ def measure_latency(
                         t0 = clock()
                         runner.run(inputs)
                         times[name].append(clock() - t0)
+                        settle(runner)
                     rounds += 1
             for name in runners:
                 results[name][key] = summarize(times[name], int(batch_size))
@@ -227,12 +244,14 @@ def measure_real_lengths(
             for batch in batches:
                 for runner in runners.values():
                     runner.run(batch)
+                    settle(runner)
         for r in range(rounds):
             for i, batch in enumerate(batches):
                 for name, runner in runners.items():
                     t0 = clock()
                     runner.run(batch)
                     times[name][r, i] = clock() - t0
+                    settle(runner)
     n_sentences = sum(sizes)
     results: dict[str, Any] = {}
     for name, t in times.items():

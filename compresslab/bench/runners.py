@@ -32,7 +32,8 @@ _ORT_DTYPES: dict[str, type[np.generic]] = {
 
 
 class Runner(Protocol):
-    """Anything `measure_latency` can time. Optional attributes: `threads`, `vocab_size`."""
+    """Anything `measure_latency` can time. Optional attributes: `threads`, `vocab_size`, `settle_s` (an untimed
+    busy-wait after each call, for runtimes whose threads keep spinning: :func:`~compresslab.bench.latency.settle`)."""
 
     def run(self, batch: dict[str, np.ndarray]) -> None:
         """Run one forward pass on `batch` (name -> (batch, seq) array) and wait for it."""
@@ -89,11 +90,19 @@ class OrtRunner:
                 "model": str(self.onnx_path), "load_s": round(self.load_s, 4)}
 
 
+# Untimed busy-wait after each CPU torch call in an interleaved timing (bench.latency.settle). libgomp's workers
+# spin GOMP_SPINCOUNT (300k) pauses after a parallel region before they sleep: ~8 ms on Zen 3, up to ~20 ms where a
+# pause costs ~140 cycles (recent Intel). 10 ms removed the bias on Zen 3 (RESULTS.md, "Slot bias after torch");
+# 30 covers the slower pause, and a longer spin did not slow the next cell (40 ms tried).
+TORCH_CPU_SETTLE_S = 0.03
+
+
 class TorchRunner:
     """Eager PyTorch under `inference_mode`, threads pinned per call and restored after.
 
     The model is moved to `device` in place (as `nn.Module.to` does). On CUDA every call ends
-    with a synchronize, otherwise the timer would measure only the kernel launch.
+    with a synchronize, otherwise the timer would measure only the kernel launch. On CPU, `settle_s`
+    (:data:`TORCH_CPU_SETTLE_S`) lets its OpenMP workers stop spinning before the next timed cell.
     """
 
     def __init__(self, model: torch.nn.Module, threads: int | None, device: str = "cpu") -> None:
@@ -104,6 +113,7 @@ class TorchRunner:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
         self.model = model.eval().to(self.device)
+        self.settle_s = TORCH_CPU_SETTLE_S if self.device.type == "cpu" else 0.0
         config = getattr(model, "config", None)
         self.vocab_size: int | None = getattr(config, "vocab_size", None)
         # DistilBERT's forward has no token_type_ids; pass only what forward accepts.
@@ -129,7 +139,7 @@ class TorchRunner:
 
     def info(self) -> dict[str, Any]:
         """What a results file records about this runner."""
-        return {"kind": "torch_eager", "device": str(self.device), "threads": self.threads,
+        return {"kind": "torch_eager", "device": str(self.device), "threads": self.threads, "settle_s": self.settle_s,
                 "dtype": str(next(self.model.parameters()).dtype)}
 
 

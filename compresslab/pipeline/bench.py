@@ -84,7 +84,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
                      "deployed_onnx_ort.")
     skipped: dict[str, str] = {}
     if "openvino" in b.backends:
-        ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes)
+        ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes, deployed_ir=ir)
         if reason:
             skipped["openvino"] = reason
             log.warning("bench: openvino skipped: %s", reason)
@@ -102,8 +102,11 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         runners["ort_int8"] = OrtRunner(path, threads, vocab_size=vocab)
         ran["ort_int8"] = (path, "int8")
         dense.append("ort_int8")
-        note, same_file = _dense_int8_note(path, Path(state.onnx.onnx_path), run_dir)
+        # with an IR deployed, the same bytes as ort_int8 would be deployed_onnx_ort's, not the deployed file's
+        note, same_file = _dense_int8_note(path, Path(state.onnx.onnx_path), run_dir,
+                                           "deployed_onnx_ort" if ir is not None else "deployed")
         notes.append(note)
+        same_file = same_file and ir is None
     # a binary model's OpenVINO cells compile as f32 whatever was asked (openvino_runner.resolve_precision)
     notes += precision_notes(runners)
     shapes = list(b.shapes)
@@ -187,8 +190,9 @@ def _teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
     return out
 
 
-def _dense_int8_note(teacher_int8: Path, deployed: Path, run_dir: Path) -> tuple[str, bool]:
-    """What ``ort_int8`` is, and whether it is byte for byte the deployed file (then their gap is noise)."""
+def _dense_int8_note(teacher_int8: Path, deployed: Path, run_dir: Path, cell: str = "deployed") -> tuple[str, bool]:
+    """What ``ort_int8`` is, and whether it is byte for byte ``deployed`` (the file of ``cell``; then their gap is
+    noise)."""
     import hashlib
 
     def digest(p: Path) -> str:
@@ -200,7 +204,8 @@ def _dense_int8_note(teacher_int8: Path, deployed: Path, run_dir: Path) -> tuple
     same = deployed.is_file() and deployed.stat().st_size == teacher_int8.stat().st_size and \
         digest(deployed) == digest(teacher_int8)
     if same:
-        note += " It is the deployed file byte for byte (no torch pass changed the model): their gap is noise."
+        note += (f" It is {cell}'s file ({_rel(deployed, run_dir)}) byte for byte (no torch pass changed the model): "
+                 "their gap is noise.")
     return note, same
 
 
@@ -233,7 +238,8 @@ def _openvino_precision(runner: Any) -> str:
 
 
 def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, threads: int, vocab: int,
-                      notes: list[str]) -> tuple[dict[str, Any], str | None]:
+                      notes: list[str], deployed_ir: tuple[Path, str] | None = None
+                      ) -> tuple[dict[str, Any], str | None]:
     """``openvino_<p>`` (dense teacher) and, per precision ``p``, the pipeline's model on OpenVINO, or the reason
     to skip.
 
@@ -242,7 +248,8 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
     (dynamic int8 MatMulInteger, MatMulNBits) and no such IR exists, the cells are ``final_fp32_openvino_<p>``:
     the final torch model's plain fp32 export, named so that no figure of it passes for the deployed file's. When
     that file is the teacher's own (no torch pass changed the model) the model gets no cells of its own: a note
-    says ``openvino_*`` stand for them.
+    says ``openvino_*`` stand for them. Nor is ``deployed_openvino_<p>`` timed when it is the ``deployed`` cell
+    itself (``deployed_ir``: the IR deploy.runtime=openvino chose, compiled at the precision asked).
     """
     from compresslab.bench.openvino_runner import OpenVinoRunner, openvino_missing_reason, plain_export, unreadable_ops
 
@@ -276,8 +283,12 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
     out: dict[str, Any] = {}
     for p in state.settings.bench.openvino_precisions:
         out[f"openvino_{p}"] = OpenVinoRunner(teacher, threads, p, vocab_size=vocab)
-        if not same:
-            out[f"{prefix}_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
+        if same:
+            continue
+        if deployed_ir is not None and dep.resolve() == Path(deployed_ir[0]).resolve() and p == deployed_ir[1]:
+            notes.append(f"{prefix}_{p} is not timed: it is the deployed cell itself ({_rel(dep, run_dir)} at {p}).")
+            continue
+        out[f"{prefix}_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
     if "openvino_default" in out:
         notes.append(f"OpenVINO's default precision compiled as {out['openvino_default'].compiled_precision} "
                      "on this CPU.")

@@ -176,7 +176,7 @@ class BenchSettings:
         shapes = []
         for s in check_list(self.shapes, "shapes", "[batch, seq] pairs, e.g. [[1, 128], [32, 128]]"):
             if isinstance(s, (str, bytes)) or not isinstance(s, (list, tuple)) or len(s) != 2:
-                raise ValueError(f"shapes: each entry is [batch, seq], got {list(s)!r}")
+                raise ValueError(f"shapes: each entry is a [batch, seq] pair, e.g. [[1, 128], [32, 128]]; got {s!r}")
             shapes.append((check_positive_int(s[0], "shapes batch"), check_positive_int(s[1], "shapes seq")))
         if not shapes:
             raise ValueError("shapes is empty: give at least one [batch, seq]")
@@ -223,6 +223,9 @@ class BenchSettings:
         # the denominator must be a runner that is always measured: ORT's dense teacher, or torch's
         # when that backend is on (OpenVINO may be skipped at run time when it is not installed)
         allowed = ("ort_fp32",) + (("torch_fp32",) if "torch" in backends else ())
+        if self.denominator == "torch_fp32" and "torch" not in backends:
+            raise ValueError(f"denominator='torch_fp32' needs the torch backend: add torch to bench.backends "
+                             f"(got {list(backends)}) or use denominator=ort_fp32")
         check_choice(self.denominator, allowed, "denominator")
         if not isinstance(self.deepsparse, DeepSparseSettings):
             object.__setattr__(self, "deepsparse", _build(DeepSparseSettings, "bench.deepsparse", self.deepsparse))

@@ -215,6 +215,16 @@ class ModelRow:
     precision: str | None = None  # as compiled/run (bench.precision), e.g. fp32, int8, bf16
 
 
+# what each bench.denominator times, in words (pipeline.settings allows these two)
+_DENOMINATORS = {"ort_fp32": "the dense teacher's fp32 ONNX on ONNX Runtime",
+                 "torch_fp32": "the dense teacher in eager PyTorch (fp32)"}
+
+
+def denominator_text(denom: str) -> str:
+    """``bench.denominator`` in words, for the report's speed sentences."""
+    return _DENOMINATORS.get(denom, f"the {denom} cell")
+
+
 def teacher_score(m: Mapping[str, Any]) -> float | None:
     """The dense teacher's dev score: the reference every delta in pt is taken against."""
     return num(get(m, "eval", "models", "teacher_torch", "score"))

@@ -107,7 +107,7 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
     denom = F.get(m, "bench", "denominator") or "ort_fp32"
     if shape and shape in dep.speedup:
         best = F.get(m, "bench", "best_dense", shape, "runner")
-        text = (f"Speed (> 1x: faster): {times(dep.speedup[shape])} the dense teacher on ONNX Runtime ({denom}) "
+        text = (f"Speed (> 1x: faster): {times(dep.speedup[shape])} {F.denominator_text(denom)} ({denom}) "
                 f"at {shape}")
         if shape in dep.speedup_best:
             text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
@@ -166,7 +166,9 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of "
                     "the model (> 1: faster). Every shape is in the Speed section.")
     if with_best:
-        caption += " best_dense = the fastest dense teacher over every enabled backend and precision."
+        caption += (" best_dense = the fastest dense teacher over every enabled backend and precision. Rows named "
+                    "by runtime and precision (ort_fp32, ort_int8, openvino_*, torch_fp32) are the dense teacher; "
+                    "deployed (its label) is the model this run made.")
     out.append(Table(headers, table, caption))
     if flagged:
         out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",

@@ -163,9 +163,11 @@ def speed_section(m: Mapping[str, Any]) -> list[Block]:
         return out + [_missing("bench", m)]
     n, source = F.threads(m)
     best = ", ".join(f"{s}: {plain(F.get(v, 'runner'))}" for s, v in F.as_dict(bench.get("best_dense")).items())
-    out.append(Para(f"Threads: {plain(n)} ({source}). Reference (×): {plain(bench.get('denominator'))}, the dense "
-                    f"teacher exported to ONNX on ONNX Runtime. best_dense: the fastest dense teacher over every "
-                    f"backend and precision timed here ({best or DASH}): a speed a user gets without compressing."))
+    denom = str(bench.get("denominator") or "ort_fp32")
+    out.append(Para(f"Threads: {plain(n)} ({source}). Reference (×): {plain(denom)}, {F.denominator_text(denom)}. "
+                    f"best_dense: the fastest dense teacher over every backend and precision timed here "
+                    f"({best or DASH}): a speed a user gets without compressing. The rows ort_fp32, ort_int8, "
+                    f"openvino_* and torch_fp32 time the dense teacher; deployed is the file this run made."))
     if (line := _load_line(F.machine_load(m))) is not None:
         out.append(line)
     for table in (_latency(bench, m), _real_length(bench, m), _load(bench, m)):

@@ -39,6 +39,8 @@ def test_the_teacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is
     assert is_same and "byte for byte" in note
     other = tmp_path / "other.onnx"
     quantize_dynamic_int8(run / "export" / "model.onnx", other, per_channel=False)
+    note, is_same = _dense_int8_note(path, same, run, "deployed_onnx_ort")  # deploy=openvino: the IR is deployed
+    assert is_same and "It is deployed_onnx_ort's file" in note
     note, is_same = _dense_int8_note(path, other, run)
     assert not is_same and "best_dense" in note and "byte for byte" not in note
     # the timed session is the scored one: the runner returns the logits

@@ -188,3 +188,56 @@ def test_kept_round_times_pair_up_and_survive_a_machine_state_switch():
         paired_speedup([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="positive"):
         paired_speedup([1.0], [0.0])
+
+
+def test_a_runner_that_spins_after_its_call_settles_untimed_after_every_call(monkeypatch):
+    """A runner with ``settle_s`` (torch on CPU: its OpenMP workers spin after the call) is followed by an untimed
+    wait after each of its calls, warm-up included, in both timing loops; the wait never enters a timed figure,
+    and a runner without it is not waited for."""
+    import compresslab.bench.latency as lat
+
+    log: list[str] = []
+    clock = FakeClock()
+    a = FakeRunner("A", log, clock, [0.001])
+    spinner = FakeRunner("T", log, clock, [0.004])
+    spinner.settle_s = 0.25  # far longer than any call: would show in every figure if it were timed
+    b = FakeRunner("B", log, clock, [0.002])
+
+    def fake_settle(runner):  # the real one spins on the wall clock; here it moves the fake one
+        s = getattr(runner, "settle_s", 0.0)
+        if s:
+            log.append("settle")
+            clock.now += s
+
+    monkeypatch.setattr(lat, "settle", fake_settle)
+    out = lat.measure_latency({"a": a, "t": spinner, "b": b}, [(1, 8)], warmup=1, runs=3, clock=clock)
+    assert log == ["A", "T", "settle", "B"] + ["A", "T", "settle", "B"] * 3
+    assert [out["results"][n]["b1xs8"]["p50_ms"] for n in ("a", "t", "b")] == pytest.approx([1.0, 4.0, 2.0])
+    log.clear()
+    batches = [make_inputs(2, 8, 50, np.random.default_rng(0))]
+    rl = lat.measure_real_lengths({"t": spinner, "b": b}, batches, rounds=2, clock=clock)
+    assert log == ["T", "settle", "B"] * 3  # one warm-up round, two timed
+    assert rl["results"]["t"]["total_wall_s"] == pytest.approx(0.004)
+
+
+def test_settle_spins_for_the_runners_settle_time_and_torch_on_cpu_declares_one():
+    import time
+
+    import torch
+
+    from compresslab.bench.latency import settle
+    from compresslab.bench.runners import TORCH_CPU_SETTLE_S, TorchRunner
+
+    class R:
+        settle_s = 0.02
+
+    t0 = time.perf_counter()
+    settle(R())
+    assert time.perf_counter() - t0 >= 0.02
+    t0 = time.perf_counter()
+    settle(object())  # no settle_s: returns at once
+    assert time.perf_counter() - t0 < 0.01
+    model = torch.nn.Linear(2, 2)
+    model.config = None
+    r = TorchRunner(model, 1)
+    assert r.settle_s == TORCH_CPU_SETTLE_S > 0 and r.info()["settle_s"] == TORCH_CPU_SETTLE_S

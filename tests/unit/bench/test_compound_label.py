@@ -49,6 +49,7 @@ def test_a_labelled_run_is_listed_beside_the_pipelines_own(compound, tmp_path: P
     monkeypatch.setattr(pl, "run", fake_run)
     monkeypatch.setattr(compound, "setup_process", lambda *a: None)
     monkeypatch.setattr(compound, "REPO", tmp_path)
+    monkeypatch.chdir(tmp_path)  # main() chdirs to REPO: monkeypatch puts the working directory back
     runs = tmp_path / "runs.json"
     runs.write_text(json.dumps({"ziplm_strong_int8": {"run_dir": "outputs/ziplm_strong_int8/h0"}}))
     compound.main(["pipelines", "--only", "ziplm_strong_int8", "--override", "pipeline.passes.ziplm.speedup=3.4",

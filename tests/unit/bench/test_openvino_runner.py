@@ -116,7 +116,8 @@ def test_best_dense_and_its_speedups_recomputed_from_the_cells():
     assert max(sp[n]["b32"] for n in dense) == 1.0
 
 
-@pytest.mark.parametrize("case", ["readable", "ort_only_with_ir", "ort_only_without_ir", "teacher_unchanged"])
+@pytest.mark.parametrize("case", ["readable", "ort_only_with_ir", "ort_only_without_ir", "teacher_unchanged",
+                                  "ir_deployed"])
 def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, case):
     """The pipeline's cells on OpenVINO run the deployed file (its plain twin, or the int8 IR the deploy stage made
     of an ORT-only file); the final model's fp32 export stands in only under its own name, never as ``deployed``."""
@@ -140,14 +141,20 @@ def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, c
         deployed = run / "int8" / "model.onnx"
         deployed.parent.mkdir()
         quantize_dynamic(str(tiny_onnx), str(deployed), weight_type=QuantType.QInt8)  # MatMulInteger: ORT-only
-    if case == "ort_only_with_ir":  # what deploy.runtime=openvino|auto records (here the fp32 IR stands in for it)
+    if case in ("ort_only_with_ir", "ir_deployed"):  # what deploy.runtime=openvino|auto records (an fp32 IR here)
         convert_to_ir(tiny_onnx, run / "export" / "openvino")
         export["openvino"] = {"path": "export/openvino/openvino_model.xml", "int8": True, "method": "compresslab"}
     state = SimpleNamespace(onnx=SimpleNamespace(onnx_path=str(deployed)),
                             settings=SimpleNamespace(bench=SimpleNamespace(openvino_precisions=["f32"])))
     notes: list[str] = []
-    runners, why = _openvino_runners(state, run, SimpleNamespace(data={"export": export}), 1, 100, notes)
+    ir = (run / "export" / "openvino" / "openvino_model.xml", "f32") if case == "ir_deployed" else None
+    runners, why = _openvino_runners(state, run, SimpleNamespace(data={"export": export}), 1, 100, notes,
+                                     deployed_ir=ir)
     assert why is None
+    if case == "ir_deployed":  # deploy.runtime=openvino: the bench's "deployed" cell already times that IR at f32
+        assert set(runners) == {"openvino_f32"}
+        assert any("deployed_openvino_f32 is not timed: it is the deployed cell itself" in n for n in notes), notes
+        return
     if case == "teacher_unchanged":  # its cells would time the teacher's own file again: none, and a note says so
         assert set(runners) == {"openvino_f32"} and str(runners["openvino_f32"].onnx_path).endswith("export/model.onnx")
         assert len(notes) == 1 and "cannot read the deployed" in notes[0] and "openvino_* stand for them" in notes[0]
