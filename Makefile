@@ -12,7 +12,8 @@ export COMPRESSLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/glue),$(SHARED_DATA),)
 # 4x smaller. obert_int8 on the quick budget lost 6 pt (80% sparsity, 150 recovery steps).
 PIPELINE ?= int8
 # OpenVINO's default precision only: on CPUs without bf16 it compiles as f32, so the f32 pair would time
-# the same graphs twice (about 2/7 of the bench stage); best_dense still covers ORT, OpenVINO and torch.
+# the same graphs twice (about 2/7 of the bench stage); best_dense still covers ORT (fp32 and the teacher's
+# int8), OpenVINO and torch.
 DEMO_ARGS ?= 'bench.openvino_precisions=[default]'
 # The package asks for a torch range (users keep theirs); our venvs pin the exact CPU build,
 # which pip finds on local disk through its configured find-links.
