@@ -88,9 +88,9 @@ def settle(runner: Runner) -> None:
 
     A runtime whose worker threads keep spinning after its call returns steals a core from whatever
     runs next: PyTorch's OpenMP workers (libgomp spins ~300k pauses before sleeping) made the ONNX
-    Runtime cell timed right after ``torch_fp32`` 20-25% slower at b1 on 2 cores, and the bias moved
-    with the order of the cells (benchmarks/RESULTS.md, "Slot bias after torch"). The wait spins
-    rather than sleeps: an idle core makes the next call slower (70% here after a 50 ms sleep)."""
+    Runtime cell timed right after ``torch_fp32`` 1.20x / 1.23x slower at b1xs128 / b4xs32 on 2 cores
+    (benchmarks/results/slot_bias.json; 1.02x at b32xs128). The wait spins rather than sleeps: in an
+    exploratory run a 50 ms sleep between calls made every cell slower (an idle core costs more)."""
     s = float(getattr(runner, "settle_s", 0.0) or 0.0)
     if s > 0:
         end = time.perf_counter() + s
@@ -123,7 +123,7 @@ def measure_latency(
 
     Per shape: inputs are built once (same arrays for all runners), each runner is called
     `warmup` times, then `runs` rounds call A, B, C, ... in turn. Rounds continue past `runs`
-    until the shape has taken `min_time_s` (so fast models get enough samples), capped at
+    until the shape's timed calls add up to `min_time_s` (so fast models get enough samples), capped at
     `max_runs` (default 10 x runs). `clock` is injectable so tests can use fake time.
     Runs in a timing window (joins the caller's when there is one).
 
@@ -150,13 +150,14 @@ def measure_latency(
                         runner.run(inputs)
                         settle(runner)
                 times: dict[str, list[float]] = {name: [] for name in runners}
-                start = clock()
+                timed = 0.0  # seconds inside timed calls: the settles do not count toward min_time_s
                 rounds = 0
-                while rounds < runs or (rounds < cap and clock() - start < min_time_s):
+                while rounds < runs or (rounds < cap and timed < min_time_s):
                     for name, runner in runners.items():
                         t0 = clock()
                         runner.run(inputs)
                         times[name].append(clock() - t0)
+                        timed += times[name][-1]
                         settle(runner)
                     rounds += 1
             for name in runners:

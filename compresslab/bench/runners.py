@@ -92,8 +92,8 @@ class OrtRunner:
 
 # Untimed busy-wait after each CPU torch call in an interleaved timing (bench.latency.settle). libgomp's workers
 # spin GOMP_SPINCOUNT (300k) pauses after a parallel region before they sleep: ~8 ms on Zen 3, up to ~20 ms where a
-# pause costs ~140 cycles (recent Intel). 10 ms removed the bias on Zen 3 (RESULTS.md, "Slot bias after torch");
-# 30 covers the slower pause, and a longer spin did not slow the next cell (40 ms tried).
+# pause costs ~140 cycles (recent Intel). 30 ms removed the bias on Zen 3 (results/slot_bias.json; 10 ms did too in an
+# exploratory run) and covers the slower pause; a 40 ms spin did not slow the next cell there either.
 TORCH_CPU_SETTLE_S = 0.03
 
 
@@ -113,7 +113,8 @@ class TorchRunner:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
         self.model = model.eval().to(self.device)
-        self.settle_s = TORCH_CPU_SETTLE_S if self.device.type == "cpu" else 0.0
+        # one thread: no OpenMP workers to spin; CUDA: the CPU side only launches and synchronizes
+        self.settle_s = TORCH_CPU_SETTLE_S if self.device.type == "cpu" and self.threads > 1 else 0.0
         config = getattr(model, "config", None)
         self.vocab_size: int | None = getattr(config, "vocab_size", None)
         # DistilBERT's forward has no token_type_ids; pass only what forward accepts.

@@ -84,7 +84,8 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
                      "deployed_onnx_ort.")
     skipped: dict[str, str] = {}
     if "openvino" in b.backends:
-        ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes, deployed_ir=ir)
+        deployed_compiled = (ir[0], runners["deployed"].compiled_precision) if ir is not None else None
+        ov, reason = _openvino_runners(state, run_dir, manifest, threads, vocab, notes, deployed_ir=deployed_compiled)
         if reason:
             skipped["openvino"] = reason
             log.warning("bench: openvino skipped: %s", reason)
@@ -98,8 +99,13 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         ran["torch_fp32"] = (None, "fp32")
         dense.append("torch_fp32")
     if b.dense_int8:
-        path = _teacher_int8(run_dir, manifest)
-        runners["ort_int8"] = OrtRunner(path, threads, vocab_size=vocab)
+        try:
+            path = _teacher_int8(run_dir, manifest)
+            runners["ort_int8"] = OrtRunner(path, threads, vocab_size=vocab)
+        except Exception as e:  # a graph ORT's quantizer cannot take: the other cells still run
+            path, skipped["ort_int8"] = None, f"{type(e).__name__}: {str(e)[:300]}"
+            log.warning("bench: ort_int8 (the teacher's ORT int8) skipped: %s", skipped["ort_int8"])
+    if "ort_int8" in runners:
         ran["ort_int8"] = (path, "int8")
         dense.append("ort_int8")
         # with an IR deployed, the same bytes as ort_int8 would be deployed_onnx_ort's, not the deployed file's
@@ -177,16 +183,24 @@ def speedups_vs_best(results: dict[str, Any], best: dict[str, dict[str, Any]]) -
 
 
 def _teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
-    """The dense teacher's ORT dynamic int8: its fused export quantized by the recipe ZipLM's ``ort_int8`` runtime
-    times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`, ``ort_int8_dynamic``'s defaults), in
+    """The dense teacher's ORT dynamic int8: its export, fused first when it is not (``export.optimize=false``),
+    quantized by the recipe ZipLM's ``ort_int8`` runtime times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`,
+    ``ort_int8_dynamic``'s defaults), in
     ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
     bench run: a few seconds, and never stale after a rerun of the export."""
     from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
     from compresslab.export.ort_quant import quantize_dynamic_int8
 
+    import tempfile
+
+    from compresslab.export.ort_quant import ensure_fused, read_export_config
+
     out = run_dir / "bench" / "teacher_int8" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic_int8(teacher_onnx(run_dir, manifest), out, **ORT_INT8_ARGS)
+    teacher = teacher_onnx(run_dir, manifest)
+    with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:  # as ort_int8_dynamic does (optimize=true)
+        src, _ = ensure_fused(teacher, read_export_config(teacher.parent), work)
+        quantize_dynamic_int8(src, out, **ORT_INT8_ARGS)
     return out
 
 
@@ -249,7 +263,8 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
     the final torch model's plain fp32 export, named so that no figure of it passes for the deployed file's. When
     that file is the teacher's own (no torch pass changed the model) the model gets no cells of its own: a note
     says ``openvino_*`` stand for them. Nor is ``deployed_openvino_<p>`` timed when it is the ``deployed`` cell
-    itself (``deployed_ir``: the IR deploy.runtime=openvino chose, compiled at the precision asked).
+    itself (``deployed_ir``: the IR deploy.runtime=openvino chose and the precision it compiled as; ``p`` resolved
+    as the teacher's ``openvino_<p>`` compiled on this CPU).
     """
     from compresslab.bench.openvino_runner import OpenVinoRunner, openvino_missing_reason, plain_export, unreadable_ops
 
@@ -285,8 +300,10 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
         out[f"openvino_{p}"] = OpenVinoRunner(teacher, threads, p, vocab_size=vocab)
         if same:
             continue
-        if deployed_ir is not None and dep.resolve() == Path(deployed_ir[0]).resolve() and p == deployed_ir[1]:
-            notes.append(f"{prefix}_{p} is not timed: it is the deployed cell itself ({_rel(dep, run_dir)} at {p}).")
+        compiled = out[f"openvino_{p}"].compiled_precision  # what p resolves to on this CPU (default: f32 or bf16)
+        if deployed_ir is not None and dep.resolve() == Path(deployed_ir[0]).resolve() and compiled == deployed_ir[1]:
+            notes.append(f"{prefix}_{p} is not timed: it is the deployed cell itself ({_rel(dep, run_dir)} compiled "
+                         f"as {compiled}).")
             continue
         out[f"{prefix}_{p}"] = OpenVinoRunner(dep, threads, p, vocab_size=vocab)
     if "openvino_default" in out:

@@ -166,9 +166,10 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of "
                     "the model (> 1: faster). Every shape is in the Speed section.")
     if with_best:
-        caption += (" best_dense = the fastest dense teacher over every enabled backend and precision. Rows named "
-                    "by runtime and precision (ort_fp32, ort_int8, openvino_*, torch_fp32) are the dense teacher; "
-                    "deployed (its label) is the model this run made.")
+        caption += (" best_dense = the fastest dense teacher over every enabled backend and precision. The rows "
+                    "teacher_torch, ort_fp32, ort_int8, openvino_<precision> and torch_fp32 are the dense teacher; "
+                    "deployed (with its deploy label), deployed_*, final_fp32_* and torch_final are this run's "
+                    "model.")
     out.append(Table(headers, table, caption))
     if flagged:
         out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",

@@ -167,7 +167,8 @@ def speed_section(m: Mapping[str, Any]) -> list[Block]:
     out.append(Para(f"Threads: {plain(n)} ({source}). Reference (×): {plain(denom)}, {F.denominator_text(denom)}. "
                     f"best_dense: the fastest dense teacher over every backend and precision timed here "
                     f"({best or DASH}): a speed a user gets without compressing. The rows ort_fp32, ort_int8, "
-                    f"openvino_* and torch_fp32 time the dense teacher; deployed is the file this run made."))
+                    f"openvino_<precision> and torch_fp32 time the dense teacher; deployed, deployed_* and "
+                    f"final_fp32_* time this run's model."))
     if (line := _load_line(F.machine_load(m))) is not None:
         out.append(line)
     for table in (_latency(bench, m), _real_length(bench, m), _load(bench, m)):

@@ -18,27 +18,32 @@ from compresslab.pipeline.bench import _dense_int8_note, _teacher_int8, best_den
 from compresslab.report.facts import model_rows
 
 
-def _run_dir(tmp_path, tiny_onnx):
+def _run_dir(tmp_path, tiny_onnx, tiny_model):
     run = tmp_path / "run"
     (run / "export").mkdir(parents=True)
-    shutil.copy(tiny_onnx, run / "export" / "model.onnx")
+    shutil.copy(tiny_onnx, run / "export" / "model.onnx")  # the plain (unfused) export
+    tiny_model.config.to_json_file(run / "export" / "config.json")
     return run, SimpleNamespace(data={"export": {"fp32": {"path": "export/model.onnx"}}})
 
 
-def test_the_teacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_the_deployed_file(tiny_onnx,
-                                                                                                  tmp_path):
-    run, manifest = _run_dir(tmp_path, tiny_onnx)
+def test_the_teacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_the_deployed_file(
+        tiny_onnx, tiny_model, tmp_path):
+    from compresslab.export.ort_quant import ensure_fused
+
+    run, manifest = _run_dir(tmp_path, tiny_onnx, tiny_model)
     path = _teacher_int8(run, manifest)
     assert path == run / "bench" / "teacher_int8" / "model.onnx"
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops  # dynamic int8, not the fp32 file copied
+    assert "QAttention" in ops  # an unfused export is fused first, as the int8 pass does: fused int8 kernels
     assert not list((run / "export").glob("*int8*"))  # export/ keeps optimum's layout
     same = tmp_path / "deployed.onnx"  # what an int8 pipeline deploys when no torch pass changed the model
-    quantize_dynamic_int8(run / "export" / "model.onnx", same, **ORT_INT8_ARGS)
+    fused, _ = ensure_fused(run / "export" / "model.onnx", tiny_model.config.to_dict(), tmp_path)
+    quantize_dynamic_int8(fused, same, **ORT_INT8_ARGS)
     note, is_same = _dense_int8_note(path, same, run)
     assert is_same and "byte for byte" in note
     other = tmp_path / "other.onnx"
-    quantize_dynamic_int8(run / "export" / "model.onnx", other, per_channel=False)
+    quantize_dynamic_int8(fused, other, per_channel=False)
     note, is_same = _dense_int8_note(path, same, run, "deployed_onnx_ort")  # deploy=openvino: the IR is deployed
     assert is_same and "It is deployed_onnx_ort's file" in note
     note, is_same = _dense_int8_note(path, other, run)

@@ -213,6 +213,10 @@ def test_a_runner_that_spins_after_its_call_settles_untimed_after_every_call(mon
     out = lat.measure_latency({"a": a, "t": spinner, "b": b}, [(1, 8)], warmup=1, runs=3, clock=clock)
     assert log == ["A", "T", "settle", "B"] + ["A", "T", "settle", "B"] * 3
     assert [out["results"][n]["b1xs8"]["p50_ms"] for n in ("a", "t", "b")] == pytest.approx([1.0, 4.0, 2.0])
+    # min_time_s counts the timed calls only (7 ms a round here): the 250 ms settles would end it after one round
+    out = lat.measure_latency({"a": a, "t": spinner, "b": b}, [(1, 8)], warmup=0, runs=1, min_time_s=0.05,
+                              clock=clock)
+    assert out["results"]["a"]["b1xs8"]["n"] == 8
     log.clear()
     batches = [make_inputs(2, 8, 50, np.random.default_rng(0))]
     rl = lat.measure_real_lengths({"t": spinner, "b": b}, batches, rounds=2, clock=clock)
@@ -239,5 +243,6 @@ def test_settle_spins_for_the_runners_settle_time_and_torch_on_cpu_declares_one(
     assert time.perf_counter() - t0 < 0.01
     model = torch.nn.Linear(2, 2)
     model.config = None
-    r = TorchRunner(model, 1)
+    r = TorchRunner(model, 2)
     assert r.settle_s == TORCH_CPU_SETTLE_S > 0 and r.info()["settle_s"] == TORCH_CPU_SETTLE_S
+    assert TorchRunner(model, 1).settle_s == 0  # one thread: no OpenMP worker to spin

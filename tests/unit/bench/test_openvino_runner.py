@@ -147,13 +147,14 @@ def test_the_models_openvino_cells_name_the_file_they_run(tiny_onnx, tmp_path, c
     state = SimpleNamespace(onnx=SimpleNamespace(onnx_path=str(deployed)),
                             settings=SimpleNamespace(bench=SimpleNamespace(openvino_precisions=["f32"])))
     notes: list[str] = []
-    ir = (run / "export" / "openvino" / "openvino_model.xml", "f32") if case == "ir_deployed" else None
+    ir = (run / "export" / "openvino" / "openvino_model.xml", "f32") if case == "ir_deployed" else None  # compiled
     runners, why = _openvino_runners(state, run, SimpleNamespace(data={"export": export}), 1, 100, notes,
                                      deployed_ir=ir)
     assert why is None
     if case == "ir_deployed":  # deploy.runtime=openvino: the bench's "deployed" cell already times that IR at f32
         assert set(runners) == {"openvino_f32"}
-        assert any("deployed_openvino_f32 is not timed: it is the deployed cell itself" in n for n in notes), notes
+        assert any("deployed_openvino_f32 is not timed: it is the deployed cell itself" in n and "compiled as f32" in n
+                   for n in notes), notes
         return
     if case == "teacher_unchanged":  # its cells would time the teacher's own file again: none, and a note says so
         assert set(runners) == {"openvino_f32"} and str(runners["openvino_f32"].onnx_path).endswith("export/model.onnx")
