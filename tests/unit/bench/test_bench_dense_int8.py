@@ -14,7 +14,7 @@ from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
 from compresslab.bench.runners import OrtRunner
 from compresslab.export.ort_quant import quantize_dynamic_int8
 from compresslab.export.size import artifact_bytes
-from compresslab.pipeline.bench import _dense_int8_note, _teacher_int8, best_dense
+from compresslab.pipeline.bench import _dense_int8_note, _teacher_int8, best_dense, int8_drop_note
 from compresslab.report.facts import model_rows
 
 
@@ -104,3 +104,11 @@ def test_the_summary_says_when_best_dense_is_the_deployed_file_itself(same):
     text = to_markdown(Document("run", _summary(m)))
     assert "1.02x the fastest dense backend timed here, ort_int8" in text
     assert ("byte for byte: the gap is noise" in text) is same
+
+
+def test_a_teacher_int8_over_the_tolerance_is_named_in_a_note():
+    assert int8_drop_note(0.90, 0.895, 0.01) is None  # within 1 pt
+    assert int8_drop_note(0.90, 0.89, 0.01) is None  # exactly at the tolerance: not over
+    note = int8_drop_note(0.90, 0.87, 0.01)
+    assert note is not None and "3.00 pt below the teacher" in note and "1.00 pt" in note
+    assert int8_drop_note(None, 0.5, 0.01) is None and int8_drop_note(0.9, None, 0.01) is None
