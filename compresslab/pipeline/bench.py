@@ -100,19 +100,19 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         dense.append("torch_fp32")
     if b.dense_int8:
         try:
-            path = _teacher_int8(run_dir, manifest)
-            runners["ort_int8"] = OrtRunner(path, threads, vocab_size=vocab)
+            int8_path = _teacher_int8(run_dir, manifest)
+            runners["ort_int8"] = OrtRunner(int8_path, threads, vocab_size=vocab)
         except Exception as e:  # a graph ORT's quantizer cannot take: the other cells still run
-            path, skipped["ort_int8"] = None, f"{type(e).__name__}: {str(e)[:300]}"
+            skipped["ort_int8"] = f"{type(e).__name__}: {str(e)[:300]}"
             log.warning("bench: ort_int8 (the teacher's ORT int8) skipped: %s", skipped["ort_int8"])
-    if "ort_int8" in runners:
-        ran["ort_int8"] = (path, "int8")
-        dense.append("ort_int8")
-        # with an IR deployed, the same bytes as ort_int8 would be deployed_onnx_ort's, not the deployed file's
-        note, same_file = _dense_int8_note(path, Path(state.onnx.onnx_path), run_dir,
-                                           "deployed_onnx_ort" if ir is not None else "deployed")
-        notes.append(note)
-        same_file = same_file and ir is None
+        else:
+            ran["ort_int8"] = (int8_path, "int8")
+            dense.append("ort_int8")
+            # with an IR deployed, the same bytes as ort_int8 would be deployed_onnx_ort's, not the deployed file's
+            note, same = _dense_int8_note(int8_path, Path(state.onnx.onnx_path), run_dir,
+                                          "deployed_onnx_ort" if ir is not None else "deployed")
+            notes.append(note)
+            same_file = same and ir is None
     # a binary model's OpenVINO cells compile as f32 whatever was asked (openvino_runner.resolve_precision)
     notes += precision_notes(runners)
     shapes = list(b.shapes)
@@ -195,12 +195,10 @@ def _teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
     ``ort_int8_dynamic``'s defaults), in
     ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
     bench run: a few seconds, and never stale after a rerun of the export."""
-    from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
-    from compresslab.export.ort_quant import quantize_dynamic_int8
-
     import tempfile
 
-    from compresslab.export.ort_quant import ensure_fused, read_export_config
+    from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
+    from compresslab.export.ort_quant import ensure_fused, quantize_dynamic_int8, read_export_config
 
     out = run_dir / "bench" / "teacher_int8" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,16 +223,12 @@ def int8_drop_note(teacher: float | None, int8: float | None, max_drop: float) -
 def _dense_int8_note(teacher_int8: Path, deployed: Path, run_dir: Path, cell: str = "deployed") -> tuple[str, bool]:
     """What ``ort_int8`` is, and whether it is byte for byte ``deployed`` (the file of ``cell``; then their gap is
     noise)."""
-    import hashlib
-
-    def digest(p: Path) -> str:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
+    import filecmp
 
     note = (f"ort_int8: the dense teacher's ORT dynamic int8 ({_rel(teacher_int8, run_dir)}; per-channel int8 "
             "weights, activations quantized per call): one call of ONNX Runtime's quantizer, so it counts for "
             "best_dense (bench.dense_int8).")
-    same = deployed.is_file() and deployed.stat().st_size == teacher_int8.stat().st_size and \
-        digest(deployed) == digest(teacher_int8)
+    same = deployed.is_file() and filecmp.cmp(deployed, teacher_int8, shallow=False)  # sizes first, then bytes
     if same:
         note += (f" It is {cell}'s file ({_rel(deployed, run_dir)}) byte for byte (no torch pass changed the model): "
                  "their gap is noise.")
@@ -313,13 +307,14 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
             "changed the model), so openvino_* stand for them.")
     if head or tail:
         notes.append(head + tail)
+    runs_deployed_ir = deployed_ir is not None and dep.resolve() == Path(deployed_ir[0]).resolve()
     out: dict[str, Any] = {}
     for p in state.settings.bench.openvino_precisions:
         out[f"openvino_{p}"] = OpenVinoRunner(teacher, threads, p, vocab_size=vocab)
         if same:
             continue
         compiled = out[f"openvino_{p}"].compiled_precision  # what p resolves to on this CPU (default: f32 or bf16)
-        if deployed_ir is not None and dep.resolve() == Path(deployed_ir[0]).resolve() and compiled == deployed_ir[1]:
+        if runs_deployed_ir and compiled == deployed_ir[1]:
             notes.append(f"{prefix}_{p} is not timed: it is the deployed cell itself ({_rel(dep, run_dir)} compiled "
                          f"as {compiled}).")
             continue
