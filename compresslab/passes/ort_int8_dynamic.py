@@ -14,6 +14,11 @@ its batchmates. ``QAttention`` takes one scale per call, so with ``op_types: nul
 quantized and the fused ``Attention`` (its Q/K/V projections) stays fp32. With ``fp32_fallback: guided`` too,
 per-token is a third choice per MatMul: each MatMul is per-call int8, per-token int8 or fp32 and each
 ``Attention`` int8 or fp32, chosen on validation under the same latency budget.
+
+``outliers: split`` first moves each FFN block's outlier channels (max |x| over ``outlier_calibration`` train
+examples above ``outlier_ratio`` x the median channel's, at most ``outlier_max_channels`` per input) to an fp32
+side path, so that the per-call scale of the rest is set by ordinary values (``export/outlier_split.py``:
+LLM.int8()'s mixed-precision decomposition). The side MatMuls stay fp32 under every other setting (guided too).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from compresslab.types import OnnxModel, PassContext, PassResult, Stage
 from compresslab.validate import check_bools, check_choice, check_int, coerce_enum, is_number
 
 FALLBACKS = ("none", "guided")
+OUTLIERS = ("none", "split")
 ACTIVATIONS = ("per_call", "per_token")
 # per-token scales reach MatMulInteger only (QAttention / DynamicQuantizeMatMul take one scale per call)
 PER_TOKEN_OP_TYPES = ["MatMul"]
@@ -69,6 +75,10 @@ class OrtInt8Dynamic:
     latency_runs: int = 10
     latency_seq: int = LATENCY_SHAPE[1]
     activations: str = "per_call"
+    outliers: str = "none"
+    outlier_ratio: float = 3.0
+    outlier_max_channels: int = 8
+    outlier_calibration: int = 256
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
@@ -90,6 +100,13 @@ class OrtInt8Dynamic:
         check_int(self.latency_runs, f"{self.name} latency_runs")
         check_int(self.latency_seq, f"{self.name} latency_seq")
         check_choice(self.activations, ACTIVATIONS, f"{self.name} activations")
+        check_choice(self.outliers, OUTLIERS, f"{self.name} outliers")
+        if not (is_number(self.outlier_ratio) and self.outlier_ratio > 1.0):
+            raise ValueError(f"{self.name} outlier_ratio must be a number > 1 (x the median channel's max |x|), "
+                             f"got {self.outlier_ratio!r}")
+        self.outlier_ratio = float(self.outlier_ratio)
+        check_int(self.outlier_max_channels, f"{self.name} outlier_max_channels")
+        check_int(self.outlier_calibration, f"{self.name} outlier_calibration")
         if self.sensitivity is Sensitivity.SINGLE_PER_CALL and (self.activations != "per_token"
                                                                 or self.fp32_fallback != "guided"):
             raise ValueError(f"{self.name} sensitivity=single_per_call probes around per-token MatMuls: it needs "
@@ -118,14 +135,21 @@ class OrtInt8Dynamic:
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
             src, fused_here = (ensure_fused(model.onnx_path, read_export_config(model.dir), work) if self.optimize
                                else (model.onnx_path, False))
+            split, keep_fp32 = None, []
+            if self.outliers == "split":
+                src, split = self._split(Path(src), Path(work), ctx)
+                keep_fp32 = list(split["side_nodes"])
             if self.fp32_fallback == "guided":  # writes dst: the file it scored and timed
-                guided = self._guided(src, dst, model, ctx)
+                guided = self._guided(src, dst, model, ctx, keep_fp32)
                 metrics = {**guided.pop("quantize_metrics"), "guided": guided}
             elif self.activations == "per_token":
-                metrics = self._per_token(src, dst, work)
+                metrics = self._per_token(src, dst, work, keep_fp32)
             else:
                 metrics = quantize_dynamic_int8(src, dst, per_channel=self.per_channel,
-                                                reduce_range=self.reduce_range, op_types=self.op_types)
+                                                reduce_range=self.reduce_range, op_types=self.op_types,
+                                                nodes_to_exclude=keep_fp32)
+        if split is not None:
+            metrics["outlier_split"] = split
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
         # what the written file does: a guided choice may keep every MatMul per call (all-int8 won on validation)
@@ -135,27 +159,43 @@ class OrtInt8Dynamic:
             metrics["activations_requested"] = self.activations
         metrics["activations"] = activations
         structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
-                                     "activations": activations}
+                                     "activations": activations, "outliers": self.outliers}
         if "guided" in metrics:
             structure["fp32_matmuls"] = list(metrics["guided"]["fp32_matmuls"])
             if self.activations == "per_token":
                 structure["per_token_matmuls"] = list(metrics["guided"]["per_token_matmuls"])
         return PassResult(metrics=metrics, onnx_path=str(dst), structure=structure)
 
-    def _per_token(self, src: Path, dst: Path, work: str) -> dict[str, Any]:
+    def _split(self, src: Path, work: Path, ctx: PassContext) -> tuple[Path, dict[str, Any]]:
+        """``src`` with its FFN outlier channels on fp32 side paths (calibrated on train), and the record."""
+        import torch
+
+        from compresslab.export.outlier_split import split_outliers
+
+        batches = ctx.calibration_batches(self.outlier_calibration)
+        feeds = [{k: v.numpy() for k, v in b.items() if k != "labels"}
+                 for b in ctx.track(batches, desc="outlier calibration")]
+        out = work / "outlier_split.onnx"
+        record = split_outliers(src, out, feeds, ratio=self.outlier_ratio, max_channels=self.outlier_max_channels,
+                                threads=torch.get_num_threads())
+        record["calibration_examples"] = sum(len(next(iter(f.values()))) for f in feeds)
+        return out, record
+
+    def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: list[str]) -> dict[str, Any]:
         """Dynamic int8 of the MatMuls, then every per-call activation scale rewritten per token."""
         from compresslab.export.ort_quant import quant_metrics, quantize_dynamic_int8
         from compresslab.export.per_token_int8 import per_token_activations
 
         per_call = Path(work) / "per_call.onnx"
         quantize_dynamic_int8(src, per_call, per_channel=self.per_channel, reduce_range=self.reduce_range,
-                              op_types=self.op_types or PER_TOKEN_OP_TYPES)
+                              op_types=self.op_types or PER_TOKEN_OP_TYPES, nodes_to_exclude=keep_fp32)
         rewrite = per_token_activations(per_call, dst)
         # sizes and op counts of the file deployed, not of the per-call intermediate
         return {**quant_metrics(Path(src), dst, method="dynamic_per_token", per_channel=self.per_channel,
                                 reduce_range=self.reduce_range), "per_token": rewrite}
 
-    def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext) -> dict[str, Any]:
+    def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext,
+                keep_fp32: list[str]) -> dict[str, Any]:
         """Quantize ``src`` into ``dst`` with the fp32 set chosen on validation; the record of ``guided_int8``."""
         import torch
 
@@ -176,4 +216,4 @@ class OrtInt8Dynamic:
                            threads=torch.get_num_threads(), latency_runs=self.latency_runs, vocab_size=vocab,
                            per_channel=self.per_channel, reduce_range=self.reduce_range, op_types=self.op_types,
                            track=ctx.track, latency_shape=(LATENCY_SHAPE[0], self.latency_seq),
-                           per_token=self.activations == "per_token")
+                           per_token=self.activations == "per_token", exclude=keep_fp32)

@@ -312,9 +312,13 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
                 threads: int | None = None, latency_runs: int = 10, vocab_size: int | None = None,
                 per_channel: bool = True, reduce_range: bool = False, op_types: Sequence[str] | None = None,
                 max_rounds: int = 3, track: Callable[..., Any] = lambda it, **_: it,
-                latency_shape: tuple[int, int] | None = None, per_token: bool = False) -> dict[str, Any]:
+                latency_shape: tuple[int, int] | None = None, per_token: bool = False,
+                exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Dynamic int8 of ``src`` into ``dst`` with the fp32 fallback set chosen on ``feeds``
     (validation batches; the reference is ``src``'s own outputs). Returns the record (JSON-able).
+
+    ``exclude``: node names that stay fp32 in every model built here and are not candidates (the fp32 side
+    MatMuls of ``export/outlier_split.py``).
 
     ``per_token``: each weight MatMul with an input of its own may also take per-token activation scales
     (module docstring); ``auto`` then runs all three estimates. The chosen model is timed against fp32
@@ -338,7 +342,8 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
     feeds = list(feeds)
     if not feeds:
         raise ValueError("guided int8 needs at least one validation batch")
-    candidates = quantizable_matmuls(src, op_types)
+    excluded = sorted(set(exclude))
+    candidates = [c for c in quantizable_matmuls(src, op_types) if c.name not in excluded]
     if not candidates:
         raise ValueError(f"{src.name} has no weight MatMul that dynamic int8 quantizes (op_types={op_types})")
     per_token = asked_per_token and any(Choice.PER_TOKEN in c.options(True) for c in candidates)
@@ -350,6 +355,8 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
         log.warning("guided int8: per_token asked, but %s; choosing between int8 and fp32 only", why)
 
     def quantize(s: Path, d: Path, **nodes: Any) -> dict[str, Any]:
+        if excluded and "nodes_to_quantize" not in nodes:  # nodes_to_quantize lists candidates only
+            nodes = {**nodes, "nodes_to_exclude": sorted({*nodes.get("nodes_to_exclude", ()), *excluded})}
         return quantize_dynamic_int8(s, d, per_channel=per_channel, reduce_range=reduce_range, op_types=op_types,
                                      **nodes)
 
