@@ -18,7 +18,11 @@ per-token is a third choice per MatMul: each MatMul is per-call int8, per-token 
 ``outliers: split`` first moves each FFN block's outlier channels (max |x| over ``outlier_calibration`` train
 examples above ``outlier_ratio`` x the median channel's, at most ``outlier_max_channels`` per input) to an fp32
 side path, so that the per-call scale of the rest is set by ordinary values (``export/outlier_split.py``:
-LLM.int8()'s mixed-precision decomposition). The side MatMuls stay fp32 under every other setting (guided too).
+LLM.int8()'s mixed-precision decomposition, with a static channel set). The side MatMuls stay fp32 under every
+other setting. With ``fp32_fallback: guided`` the guided choice runs on the split graph: its all-int8 reference
+(for ``latency_ratio`` and for "never less agreement on validation") and its fp32 timing are the split files, so
+``latency_ratio: 0.9`` there means 0.9x the split all-int8 speed (~0.82x plain all-int8 on MiniLM).
+ZipLM's ``ort_int8`` latency runtime prices plain int8, not the split file.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class OrtInt8Dynamic:
     name only ``MatMul``). ``per_token`` with ``fp32_fallback: guided``: the guided choice per weight MatMul is
     among per-call int8, per-token int8 and fp32 (``Attention``: int8 or fp32; ``op_types`` as for per-call),
     and ``sensitivity: auto`` adds the ``single_per_call`` estimate (which needs ``per_token``).
+
+    ``outliers``: ``none``, or ``split`` (module docstring): channels whose max |x| over ``outlier_calibration``
+    seeded train examples exceeds ``outlier_ratio`` (> 1) x the median channel's, at most ``outlier_max_channels``
+    per FFN input and per FFN hidden layer, go to fp32 side paths. Needs MatMul among ``op_types`` and a fused
+    FFN (``MatMul -> BiasGelu|FastGelu -> MatMul``; ``optimize: true`` fuses an unfused export).
     """
 
     per_channel: bool = True
@@ -107,6 +116,11 @@ class OrtInt8Dynamic:
         self.outlier_ratio = float(self.outlier_ratio)
         check_int(self.outlier_max_channels, f"{self.name} outlier_max_channels")
         check_int(self.outlier_calibration, f"{self.name} outlier_calibration")
+        if not self.outlier_ratio < float("inf"):
+            raise ValueError(f"{self.name} outlier_ratio must be finite, got {self.outlier_ratio!r}")
+        if self.outliers == "split" and self.op_types is not None and "MatMul" not in self.op_types:
+            raise ValueError(f"{self.name} outliers=split keeps FFN MatMuls' outlier channels fp32 beside int8 "
+                             f"MatMuls, but op_types {self.op_types} quantizes no MatMul")
         if self.sensitivity is Sensitivity.SINGLE_PER_CALL and (self.activations != "per_token"
                                                                 or self.fp32_fallback != "guided"):
             raise ValueError(f"{self.name} sensitivity=single_per_call probes around per-token MatMuls: it needs "
@@ -121,7 +135,11 @@ class OrtInt8Dynamic:
         return {"latency_seq": self.latency_seq} if self.fp32_fallback == "guided" else {}
 
     def check(self, task: Any) -> None:
-        """``guided`` selects on the validation split: it must not be empty."""
+        """``guided`` selects on the validation split, ``outliers: split`` calibrates on train: neither may be
+        empty."""
+        if self.outliers == "split" and task is not None and not len(getattr(task, "train", ()) or ()):
+            raise ValueError(f"{self.name} outliers=split takes its channel ranges on the train split, which is "
+                             "empty (set outliers: none)")
         if self.fp32_fallback == "guided" and task is not None and not len(getattr(task, "validation", ()) or ()):
             raise ValueError(f"{self.name} fp32_fallback=guided selects on the validation split, which is empty "
                              "(set task.val_size, or fp32_fallback: none)")
@@ -160,6 +178,8 @@ class OrtInt8Dynamic:
         metrics["activations"] = activations
         structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
                                      "activations": activations, "outliers": self.outliers}
+        if split is not None:
+            structure["outlier_side_matmuls"] = list(split["side_nodes"])  # fp32, beside the int8 ones
         if "guided" in metrics:
             structure["fp32_matmuls"] = list(metrics["guided"]["fp32_matmuls"])
             if self.activations == "per_token":

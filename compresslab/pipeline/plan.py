@@ -62,6 +62,10 @@ _ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", 
 # are one setting, see _runtime_identity)
 _ADDED_PASS_DEFAULTS: dict[tuple[str, str], Any] = {
     ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "activations"): "per_call",
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outliers"): "none",  # the outlier split (2026-12-05)
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_ratio"): 3.0,
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_max_channels"): 8,
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_calibration"): 256,
     ("compresslab.passes.ziplm.ZipLM", "latency_runtime"): "ort",
     ("compresslab.passes.structured_l1.StructuredL1", "latency_runtime"): "ort"}
 

@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -100,8 +100,10 @@ class Divergence:
 
 
 # --------------------------------------------------------------------------------------- the graph
-def quantizable_matmuls(path: str | Path, op_types: Sequence[str] | None = None) -> list[Candidate]:
-    """Weight MatMuls of ``path`` that ``quantize_dynamic`` makes int8, in graph order.
+def quantizable_matmuls(path: str | Path, op_types: Sequence[str] | None = None,
+                        exclude: Collection[str] = ()) -> list[Candidate]:
+    """Weight MatMuls of ``path`` that ``quantize_dynamic`` makes int8, in graph order, but those named in
+    ``exclude`` (kept fp32 by the caller: they neither are candidates nor share an input that matters).
 
     ``op_types`` as given to the quantizer (None: all): ``MatMul`` (also covers a ``Gemm`` with
     alpha = beta = 1 and no transA, which ORT rewrites into ``<name>_MatMul``) and ``Attention``.
@@ -125,6 +127,8 @@ def quantizable_matmuls(path: str | Path, op_types: Sequence[str] | None = None)
         elif (n.op_type == "Gemm" and "MatMul" in allowed and attrs.get("alpha", 1.0) == 1.0
               and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)):
             found.append((Candidate(f"{n.name}_MatMul", "Gemm", w[0] * w[1], w[0], w[1]), n.input[0]))
+    found = [(c, a) for c, a in found if c.name not in exclude]
+    # an fp32 reader of the same input (an excluded node) does not stop per-token scales: it never reads the codes
     readers: dict[str, int] = {}
     for _, a in found:
         readers[a] = readers.get(a, 0) + 1
@@ -342,8 +346,10 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
     feeds = list(feeds)
     if not feeds:
         raise ValueError("guided int8 needs at least one validation batch")
+    if isinstance(exclude, str):
+        raise TypeError(f"exclude must be a collection of node names, not the string {exclude!r}")
     excluded = sorted(set(exclude))
-    candidates = [c for c in quantizable_matmuls(src, op_types) if c.name not in excluded]
+    candidates = quantizable_matmuls(src, op_types, exclude=excluded)
     if not candidates:
         raise ValueError(f"{src.name} has no weight MatMul that dynamic int8 quantizes (op_types={op_types})")
     per_token = asked_per_token and any(Choice.PER_TOKEN in c.options(True) for c in candidates)

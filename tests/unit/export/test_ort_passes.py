@@ -128,3 +128,39 @@ def test_per_token_pass_leaves_no_per_call_scale_and_no_batch_dependence(exporte
     together = runner.run(feed)
     alone = runner.run({k: v[:1] for k, v in feed.items()})
     np.testing.assert_allclose(together[:1], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"outliers": "llm_int8"}, "allowed: 'none', 'split'"),
+    ({"outlier_ratio": 1.0}, "outlier_ratio must be a number > 1"),
+    ({"outlier_ratio": "3"}, "outlier_ratio must be a number > 1"),
+    ({"outlier_max_channels": 0}, "outlier_max_channels must be an integer >= 1"),
+    ({"outlier_calibration": True}, "outlier_calibration must be an integer >= 1"),
+    ({"outlier_ratio": float("inf")}, "outlier_ratio must be finite"),
+    ({"outliers": "split", "op_types": ["Attention"]}, "quantizes no MatMul"),
+])
+def test_outlier_split_settings_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OrtInt8Dynamic(**kwargs)
+
+
+@pytest.mark.parametrize("activations", ["per_call", "per_token"])
+def test_outlier_split_pass_keeps_the_side_path_fp32_and_records_the_split(exported_bert, tmp_path, tok, batches,
+                                                                           activations):
+    """outliers=split: the FFN side MatMuls stay fp32 MatMul under either activation scheme, every other weight
+    MatMul is int8, and the record names what was split (a ratio near 1: the tiny random model has mild outliers)."""
+    import onnx
+
+    ctx = _ctx(tmp_path, tok, batches)
+    p = OrtInt8Dynamic(outliers="split", outlier_ratio=1.01, outlier_max_channels=2, activations=activations)
+    res = p.apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    split = res.metrics["outlier_split"]
+    assert split["side_nodes"] and split["split_input_channels"] > 0 and split["split_neurons"] > 0
+    assert split["calibration_examples"] == sum(len(b["input_ids"]) for b in batches)
+    nodes = {n.name: n.op_type for n in onnx.load(res.onnx_path).graph.node}
+    assert all(nodes[n] == "MatMul" for n in split["side_nodes"])
+    # every other weight MatMul is int8 (the fused graph has no activation x activation MatMul outside Attention)
+    fp32_weight_matmuls = [n for n, op in nodes.items() if op == "MatMul" and n not in split["side_nodes"]]
+    assert fp32_weight_matmuls == []
+    assert res.structure["outliers"] == "split"
+    assert res.structure["outlier_side_matmuls"] == split["side_nodes"]

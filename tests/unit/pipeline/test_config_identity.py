@@ -83,3 +83,19 @@ def test_structured_l1_latency_runtime_at_its_default_keeps_the_hash() -> None:
     before = OmegaConf.to_container(cfg, resolve=True)
     del before["pipeline"]["passes"]["structured_l1"]["latency_runtime"]
     assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+
+
+@pytest.mark.parametrize("pipeline", ["int8", "ziplm_int8", "hawq_int8"])
+def test_int8_outlier_settings_at_their_defaults_keep_the_hash_runs_had_before_them(pipeline: str) -> None:
+    cfg = compose([f"+pipeline={pipeline}"])
+    assert cfg.pipeline.passes.int8.outliers == "none"
+    before = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("outliers", "outlier_ratio", "outlier_max_channels", "outlier_calibration"):
+        del before["pipeline"]["passes"]["int8"][key]  # as composed before the settings existed
+    assert config_hash(cfg) == config_hash(OmegaConf.create(before))
+    split = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.outliers=split"])
+    assert config_hash(split) != config_hash(cfg)
+    assert config_identity(split)["pipeline"]["passes"]["int8"]["outliers"] == "split"
+    ratio = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.outliers=split",
+                     "pipeline.passes.int8.outlier_ratio=4"])
+    assert config_hash(ratio) != config_hash(split)
