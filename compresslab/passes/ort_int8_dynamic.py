@@ -30,7 +30,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 from compresslab.export.ort_quant import check_op_types, read_export_config
 from compresslab.quant.guided_int8 import LATENCY_SHAPE, Sensitivity
@@ -201,21 +201,21 @@ class OrtInt8Dynamic:
         record["calibration_examples"] = sum(len(next(iter(f.values()))) for f in feeds)
         return out, record
 
-    def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: list[str]) -> dict[str, Any]:
+    def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
         """Dynamic int8 of the MatMuls, then every per-call activation scale rewritten per token."""
         from compresslab.export.ort_quant import quant_metrics, quantize_dynamic_int8
         from compresslab.export.per_token_int8 import per_token_activations
 
         per_call = Path(work) / "per_call.onnx"
         quantize_dynamic_int8(src, per_call, per_channel=self.per_channel, reduce_range=self.reduce_range,
-                              op_types=self.op_types or PER_TOKEN_OP_TYPES, nodes_to_exclude=keep_fp32)
+                              op_types=self.op_types or PER_TOKEN_OP_TYPES, nodes_to_exclude=list(keep_fp32))
         rewrite = per_token_activations(per_call, dst)
         # sizes and op counts of the file deployed, not of the per-call intermediate
         return {**quant_metrics(Path(src), dst, method="dynamic_per_token", per_channel=self.per_channel,
                                 reduce_range=self.reduce_range), "per_token": rewrite}
 
     def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext,
-                keep_fp32: list[str]) -> dict[str, Any]:
+                keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
         """Quantize ``src`` into ``dst`` with the fp32 set chosen on validation; the record of ``guided_int8``."""
         import torch
 
@@ -236,4 +236,4 @@ class OrtInt8Dynamic:
                            threads=torch.get_num_threads(), latency_runs=self.latency_runs, vocab_size=vocab,
                            per_channel=self.per_channel, reduce_range=self.reduce_range, op_types=self.op_types,
                            track=ctx.track, latency_shape=(LATENCY_SHAPE[0], self.latency_seq),
-                           per_token=self.activations == "per_token", exclude=keep_fp32)
+                           per_token=self.activations == "per_token", exclude=list(keep_fp32))
