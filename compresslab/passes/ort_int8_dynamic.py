@@ -27,6 +27,7 @@ ZipLM's ``ort_int8`` latency runtime prices plain int8, not the split file.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from compresslab.quant.guided_int8 import LATENCY_SHAPE, Sensitivity
 from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
 from compresslab.validate import check_bools, check_choice, check_int, coerce_enum, is_number
+
+log = logging.getLogger(__name__)
 
 FALLBACKS = ("none", "guided")
 OUTLIERS = ("none", "split")
@@ -199,6 +202,15 @@ class OrtInt8Dynamic:
         record = split_outliers(src, out, feeds, ratio=self.outlier_ratio, max_channels=self.outlier_max_channels,
                                 threads=torch.get_num_threads())
         record["calibration_examples"] = sum(len(next(iter(f.values()))) for f in feeds)
+        moved = record["split_input_channels"] + record["split_neurons"]
+        if not moved:
+            log.warning("%s outliers=split: no channel's max |x| exceeds outlier_ratio=%g x its median in any of "
+                        "%d FFN blocks, so the file is plain int8 (lower outlier_ratio to split some)", self.name,
+                        self.outlier_ratio, len(record["blocks"]))
+        else:
+            log.info("%s outliers=split: %d input channels and %d FFN neurons over %d blocks on fp32 side paths "
+                     "(ratio %g, at most %d each)", self.name, record["split_input_channels"], record["split_neurons"],
+                     len(record["blocks"]), self.outlier_ratio, self.outlier_max_channels)
         return out, record
 
     def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:

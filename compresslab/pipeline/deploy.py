@@ -129,6 +129,15 @@ def _add_ir(rec: dict[str, Any], state: RunState, xml: Path, run_dir: Path, thre
         rec.setdefault("notes", []).append(rec["precision_note"])
 
 
+def _outlier_split(path: Path) -> bool:
+    """Whether the ONNX file holds ``export/outlier_split.py``'s fp32 side paths."""
+    import onnx
+
+    from compresslab.export.outlier_split import PREFIX
+
+    return any(n.name.startswith(PREFIX) for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32: Path,
              validation: "ValidationAgreement") -> dict[str, Any]:
     """The int8 IR of an int8 pipeline, per ``deploy.int8``:
@@ -173,7 +182,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
             rec: dict[str, Any] = {"source": _rel(plain, run_dir), "int8": True, "notes": [
                 f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): our static QDQ "
                 f"calibration ({sum(len(f['input_ids']) for f in calibration())} train examples) of the plain fp32 "
-                f"export made the int8 IR"]}
+                f"export made the int8 IR" + ("; the int8 step's outlier split (fp32 side paths) is not in it"
+                                              if _outlier_split(deployed) else "")]}
             try:
                 keep = fp32_matmuls(state.model, d.keep_fp32, plain) if d.keep_fp32 else []
                 xml, rec["quantization"] = ours_int8_ir_chosen(

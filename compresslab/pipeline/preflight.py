@@ -32,9 +32,28 @@ def preflight(cfg: Any) -> list[Step]:
     """
     settings = RunSettings.from_config(cfg)
     steps = build_steps(cfg)
+    check_outlier_split(settings, steps)
     check_sequence_lengths(cfg, settings, steps)
     check_output_dirs(cfg)
     return steps
+
+
+def check_outlier_split(settings: RunSettings, steps: list[Step]) -> None:
+    """SettingsError where an int8 step's ``outliers: split`` could not work or would be dropped: an unfused graph
+    (the split rewrites the fused FFN; the pass fuses only with its ``optimize``), or ``deploy.runtime=openvino``,
+    whose int8 IR is made from the plain fp32 export, without the split."""
+    for step in steps:
+        if getattr(step.pass_, "outliers", "none") != "split":
+            continue
+        key = f"pipeline.passes.{step.name}.outliers=split"
+        if not getattr(step.pass_, "optimize", True) and not settings.export.optimize:
+            raise SettingsError(f"{key} rewrites the fused graph's FFN blocks, but export.optimize=false and "
+                                f"pipeline.passes.{step.name}.optimize=false leave it unfused: set either to true, "
+                                "or outliers: none")
+        if settings.deploy.runtime == "openvino":
+            raise SettingsError(f"{key} changes the ONNX Runtime int8 file; deploy.runtime=openvino deploys an int8 IR "
+                                "made from the plain fp32 export, without the split: use deploy.runtime=ort (auto "
+                                "compares the split ORT file with the IR on validation), or outliers: none")
 
 
 def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]:

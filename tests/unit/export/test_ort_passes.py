@@ -164,3 +164,16 @@ def test_outlier_split_pass_keeps_the_side_path_fp32_and_records_the_split(expor
     assert fp32_weight_matmuls == []
     assert res.structure["outliers"] == "split"
     assert res.structure["outlier_side_matmuls"] == split["side_nodes"]
+
+
+def test_a_split_that_moves_nothing_says_so(exported_bert, tmp_path, tok, batches, caplog):
+    """outlier_ratio above every channel: the file is plain int8, and the log says so (a trial run saw silence)."""
+    import logging
+
+    ctx = _ctx(tmp_path, tok, batches)
+    with caplog.at_level(logging.WARNING):
+        res = OrtInt8Dynamic(outliers="split", outlier_ratio=1e6).apply(
+            OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    split = res.metrics["outlier_split"]
+    assert split["split_input_channels"] == split["split_neurons"] == 0 and split["side_nodes"] == []
+    assert "the file is plain int8" in caplog.text
