@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     from compresslab.export.ort_quant import quantize_dynamic_int8
     from compresslab.export.outlier_split import split_outliers
     from compresslab.manifest import git_sha, library_versions
-    from compresslab.quant.guided_int8 import divergence, run_outputs
+    from compresslab.quant.divergence import divergence, run_outputs
 
     from _carve_teacher import add_carve_args, carve_label, carve_teacher, teacher_meta  # sibling modules
     from _results import ResultsFile

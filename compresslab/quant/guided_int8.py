@@ -43,8 +43,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-import numpy as np
-
+from compresslab.quant.divergence import Divergence, divergence, run_outputs  # noqa: F401 (re-exported)
 from compresslab.quant.guided_choice import Choice, MixedSelection, Selection, choose, choose_fp32  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -83,22 +82,6 @@ class Candidate:
         return (Choice.INT8, Choice.FP32)
 
 
-@dataclass(frozen=True)
-class Divergence:
-    """How far a model's outputs are from the reference's on the same examples."""
-
-    kl: float  # mean KL(p_ref || p) over examples; mean squared error for a one-output head
-    flips: int  # examples whose argmax differs from the reference's (0 for a one-output head)
-    n: int
-
-    @property
-    def agreement(self) -> float:
-        return 1.0 - self.flips / self.n if self.n else float("nan")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"kl": self.kl, "flips": self.flips, "n": self.n, "agreement": self.agreement}
-
-
 # --------------------------------------------------------------------------------------- the graph
 def quantizable_matmuls(path: str | Path, op_types: Sequence[str] | None = None,
                         exclude: Collection[str] = ()) -> list[Candidate]:
@@ -133,38 +116,6 @@ def quantizable_matmuls(path: str | Path, op_types: Sequence[str] | None = None,
     for _, a in found:
         readers[a] = readers.get(a, 0) + 1
     return [replace(c, own_input=readers[a] == 1) for c, a in found]
-
-
-# ------------------------------------------------------------------------------------- divergence
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def divergence(reference: np.ndarray, output: np.ndarray) -> Divergence:
-    """Mean KL(softmax(reference) || softmax(output)) and argmax flips of ``(N, C)`` outputs;
-    for ``C == 1`` (regression) the mean squared error and no flips."""
-    ref, out = np.asarray(reference), np.asarray(output)
-    if ref.shape != out.shape or ref.ndim != 2:
-        raise ValueError(f"need two (N, C) outputs of one shape, got {ref.shape} and {out.shape}")
-    if ref.shape[1] == 1:
-        return Divergence(float(np.mean((ref.astype(np.float64) - out) ** 2)), 0, len(ref))
-    lp, lq = _log_softmax(ref), _log_softmax(out)
-    kl = float(np.mean((np.exp(lp) * (lp - lq)).sum(-1)))
-    return Divergence(max(kl, 0.0), int((ref.argmax(-1) != out.argmax(-1)).sum()), len(ref))
-
-
-def run_outputs(path: str | Path, feeds: Sequence[Mapping[str, Any]], threads: int | None = None) -> np.ndarray:
-    """The graph's first output over ``feeds`` (our batch dicts), concatenated: ``(N, C)``."""
-    from compresslab.eval.onnx_runner import OnnxRunner
-
-    runner = OnnxRunner(path, threads=threads)
-    outs = [runner.run(f) for f in feeds]
-    if not outs or outs[0].ndim != 2:
-        raise ValueError(f"guided int8 needs a (batch, classes) head; {Path(path).name} gives "
-                         f"{outs[0].shape if outs else 'nothing'} (a bare encoder has no predictions to keep)")
-    return np.concatenate(outs)
 
 
 # ---------------------------------------------------------------------------------- sensitivities

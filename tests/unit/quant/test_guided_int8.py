@@ -13,30 +13,12 @@ import onnx
 import pytest
 import torch
 
-from compresslab.data.loaders import make_loader
 from compresslab.export.ort_quant import quantize_dynamic_int8
-from compresslab.models.tiny import tiny_model
 from compresslab.passes.ort_int8_dynamic import OrtInt8Dynamic
 from compresslab.quant import guided_int8 as g
-from compresslab.testing import tiny_context, tiny_sentiment
+from compresslab.testing import tiny_context
 
 N_LAYERS = 2  # tiny_model: 2 layers -> per layer Attention + 3 MatMuls; pooler and classifier Gemms
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_tok):
-    """A fused export of the tiny BERT (wide init: int8 really moves its logits)."""
-    from compresslab.export import export_model
-
-    model = tiny_model("bert", initializer_range=0.3)
-    batches = list(make_loader(tiny_sentiment(8), tiny_tok, 4, 32))
-    return export_model(model, tiny_tok, tmp_path_factory.mktemp("guided") / "bert", batches, threads=1)
-
-
-@pytest.fixture(scope="module")
-def feeds(tiny_tok):
-    loader = make_loader(tiny_sentiment(48, seed=3), tiny_tok, 16, 32)
-    return [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
 
 
 def _ops(path: Path) -> dict[str, str]:
@@ -256,14 +238,6 @@ def test_cost_model_and_budget():
 
 
 # ----------------------------------------------------------------------------------------- driver
-@pytest.fixture
-def synthetic_times(monkeypatch):
-    """A fixed latency table (fp32 2 s, int8 1 s, the chosen model 1.05 s): no timing in unit tests."""
-    table = {"fp32": 2.0, "int8": 1.0, "chosen": 1.05}
-    monkeypatch.setattr(g, "time_models", lambda paths, *a, **k: {n: table[n] for n in paths})
-    return table
-
-
 def test_driver_respects_the_budget_and_writes_the_chosen_graph(exported, feeds, tmp_path, synthetic_times):
     rec = g.guided_int8(exported.onnx_path, tmp_path / "g.onnx", feeds, latency_ratio=0.9, threads=1)
     cands = g.quantizable_matmuls(exported.onnx_path)
@@ -495,36 +469,3 @@ def test_pass_guided_per_token_apply(exported, tiny_tok, tmp_path, monkeypatch):
     assert res.structure["per_token_matmuls"] == rec["per_token_matmuls"]
     assert res.structure["fp32_matmuls"] == rec["fp32_matmuls"]
     assert res.metrics["size_bytes"] == Path(res.onnx_path).stat().st_size
-
-
-def test_excluded_nodes_are_no_candidates_and_stay_fp32_in_every_model(exported, feeds, tmp_path, synthetic_times):
-    """exclude (the outlier split's side MatMuls): never a candidate, never quantized, in the chosen file."""
-    cands = g.quantizable_matmuls(exported.onnx_path)
-    keep = [c.name for c in cands if c.op_type == "MatMul"][:2]
-    rec = g.guided_int8(exported.onnx_path, tmp_path / "g.onnx", feeds, threads=1, exclude=keep)
-    assert {r["name"] for r in rec["ranking"]} == {c.name for c in cands} - set(keep)
-    ops = _ops(tmp_path / "g.onnx")
-    assert all(ops[n] == "MatMul" for n in keep) and not any(f"{n}_quant" in ops for n in keep)
-
-
-def test_an_excluded_reader_of_the_same_input_does_not_take_the_per_token_choice_away(tmp_path):
-    """Two weight MatMuls reading one tensor share one DynamicQuantizeLinear (no per-token choice for either);
-    an excluded one stays fp32 and reads the float tensor, so the other keeps its own input."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
-    v = numpy_helper.from_array(np.eye(4, dtype=np.float32), "v")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["a"], name="a"),
-                               helper.make_node("MatMul", ["x", "v"], ["b"], name="b")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 4]) for n in "ab"], [w, v])
-    path = tmp_path / "two.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    assert [c.own_input for c in g.quantizable_matmuls(path)] == [False, False]
-    (only,) = g.quantizable_matmuls(path, exclude=["b"])
-    assert only.name == "a" and only.own_input
-
-
-def test_exclude_must_be_a_collection_of_names(exported, feeds, tmp_path):
-    with pytest.raises(TypeError, match="collection of node names"):
-        g.guided_int8(exported.onnx_path, tmp_path / "g.onnx", feeds, exclude="/model/classifier/Gemm_MatMul")
