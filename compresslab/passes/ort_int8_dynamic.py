@@ -23,6 +23,11 @@ other setting. With ``fp32_fallback: guided`` the guided choice runs on the spli
 (for ``latency_ratio`` and for "never less agreement on validation") and its fp32 timing are the split files, so
 ``latency_ratio: 0.9`` there means 0.9x the split all-int8 speed (~0.82x plain all-int8 on MiniLM).
 ZipLM's ``ort_int8`` latency runtime prices plain int8, not the split file.
+
+``embeddings``: ``blockwise`` (default) stores the word-embedding table as uint8 codes with a scale and zero point
+per 128 values of a row (``export/embedding_int8.py``), the position and token-type tables fp32; ``per_tensor`` is
+ORT's ``QEmbedLayerNormalization`` (one scale per table, set by a few rows: ~7x coarser on MiniLM) where its op type
+is among ``op_types``; ``fp32`` keeps every table fp32 (2.5x the file size on MiniLM). The speed is the same.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from compresslab.export.embedding_int8 import EMBEDDINGS
 from compresslab.export.ort_quant import check_op_types, read_export_config
 from compresslab.quant.guided_int8 import LATENCY_SHAPE, Sensitivity
 from compresslab.registry import register_pass
@@ -74,6 +80,9 @@ class OrtInt8Dynamic:
     seeded train examples exceeds ``outlier_ratio`` (> 1) x the median channel's, at most ``outlier_max_channels``
     per FFN input and per FFN hidden layer, go to fp32 side paths. Needs MatMul among ``op_types`` and a fused
     FFN (``MatMul -> BiasGelu|FastGelu -> MatMul``; ``optimize: true`` fuses an unfused export).
+
+    ``embeddings``: ``blockwise`` (the word-embedding table as block-wise uint8 codes, other tables fp32),
+    ``per_tensor`` (ORT's one scale per table, where ``op_types`` includes the embedding op) or ``fp32``.
     """
 
     per_channel: bool = True
@@ -91,6 +100,7 @@ class OrtInt8Dynamic:
     outlier_ratio: float = 3.0
     outlier_max_channels: int = 8
     outlier_calibration: int = 256
+    embeddings: str = "blockwise"
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
@@ -113,6 +123,7 @@ class OrtInt8Dynamic:
         check_int(self.latency_seq, f"{self.name} latency_seq")
         check_choice(self.activations, ACTIVATIONS, f"{self.name} activations")
         check_choice(self.outliers, OUTLIERS, f"{self.name} outliers")
+        check_choice(self.embeddings, EMBEDDINGS, f"{self.name} embeddings")
         if not (is_number(self.outlier_ratio) and self.outlier_ratio > 1.0):
             raise ValueError(f"{self.name} outlier_ratio must be a number > 1 (x the median channel's max |x|), "
                              f"got {self.outlier_ratio!r}")
@@ -160,6 +171,10 @@ class OrtInt8Dynamic:
             if self.outliers == "split":
                 src, split = self._split(Path(src), Path(work), ctx)
                 keep_fp32 = list(split["side_nodes"])
+            embeddings = None
+            if self.embeddings != "per_tensor":
+                src, embeddings = self._embeddings(Path(src), Path(work))
+                keep_fp32 += embeddings["exclude"]
             if self.fp32_fallback == "guided":  # writes dst: the file it scored and timed
                 guided = self._guided(src, dst, model, ctx, keep_fp32)
                 metrics = {**guided.pop("quantize_metrics"), "guided": guided}
@@ -171,6 +186,8 @@ class OrtInt8Dynamic:
                                                 nodes_to_exclude=keep_fp32)
         if split is not None:
             metrics["outlier_split"] = split
+        if embeddings is not None:
+            metrics["embeddings"] = embeddings
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
         # what the written file does: a guided choice may keep every MatMul per call (all-int8 won on validation)
@@ -180,7 +197,8 @@ class OrtInt8Dynamic:
             metrics["activations_requested"] = self.activations
         metrics["activations"] = activations
         structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
-                                     "activations": activations, "outliers": self.outliers}
+                                     "activations": activations, "outliers": self.outliers,
+                                     "embeddings": self.embeddings}
         if split is not None:
             structure["outlier_side_matmuls"] = list(split["side_nodes"])  # fp32, beside the int8 ones
         if "guided" in metrics:
@@ -212,6 +230,19 @@ class OrtInt8Dynamic:
                      "(ratio %g, at most %d each)", self.name, record["split_input_channels"], record["split_neurons"],
                      len(record["blocks"]), self.outlier_ratio, self.outlier_max_channels)
         return out, record
+
+    def _embeddings(self, src: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+        """``src`` with block-wise int8 word embeddings (``blockwise``), or as it is (``fp32``); the record, whose
+        ``exclude`` names the embedding nodes the quantizer must leave alone."""
+        from compresslab.export.embedding_int8 import blockwise_word_embeddings, embedding_readers
+
+        if self.embeddings == "fp32":
+            import onnx
+
+            readers = embedding_readers(onnx.load(str(src), load_external_data=False))[1]
+            return src, {"embeddings": "fp32", "exclude": readers}
+        out = work / "embeddings_int8.onnx"
+        return out, {"embeddings": "blockwise", **blockwise_word_embeddings(src, out)}
 
     def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
         """Dynamic int8 of the MatMuls, then every per-call activation scale rewritten per token."""
