@@ -11,6 +11,7 @@ rerun. Nothing here may run while anything else uses the CPU if its timings are 
     python benchmarks/hessian_mp.py deploy             # the QAT'd MP-3 -> ONNX MatMulNBits: parity, size, latency
     python benchmarks/hessian_mp.py baselines          # ORT MatMulNBitsQuantizer RTN 4-bit; NNCF compress_weights 4/8
     python benchmarks/guided_int8.py && python benchmarks/hessian_mp.py guided   # guided int8 (quiet machine)
+                                      # (+ results/outlier_split_int8.json's keys as int8_outlier_split, if measured)
     python benchmarks/hessian_mp.py latency --limit 0.8  # hawq_mp3 under a latency_limit (quiet machine)
 
 Every subcommand takes ``--carve grouped --val-size 500``: the bench teacher trained beside the grouped
@@ -379,6 +380,18 @@ def guided(args) -> None:
         _store("guided_int8_per_token", {**{k: t["guided_int8"].get(k) for k in (*keys, "per_token_matmuls")},
                                          "source": f"results/{tok.name}",
                                          "all_int8": {k: t["all_int8"].get(k) for k in keys if k in t["all_int8"]}})
+    # the outlier split (outlier_split_int8.py): fp32 side paths for the FFN outlier channels, chosen by their range
+    split = RESULTS.parent / f"outlier_split_int8{_CARVE['label']}.json"
+    if split.is_file():
+        o = read_json(split)
+        _RESULTS.note_run(split.name, o)
+        _store("int8_outlier_split", {**o["outlier_split_int8"], "targets": o["targets"],
+                                      "sensitivity": "outlier max|x| > ratio x the median channel (calibrated on train)",
+                                      "fp32_matmuls": [], "source": f"results/{split.name}",
+                                      "all_int8": o["all_int8"],
+                                      **({"all_int8_same_embeddings": o[f"all_int8_{emb}"]}
+                                         if (emb := o["outlier_split_int8"].get("embeddings", "per_tensor"))
+                                         != "per_tensor" else {})})
 
 
 if __name__ == "__main__":

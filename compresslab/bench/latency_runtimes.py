@@ -1,7 +1,7 @@
 """The runtimes a ZipLM latency table and its speedup checks can time (``TableSettings.runtime``), and the file
 each one times for an export of the model.
 
-``ort`` (the fused fp32 export on ONNX Runtime), ``ort_int8`` (it quantized as ``ort_int8_dynamic`` deploys it),
+``ort`` (the fused fp32 export on ONNX Runtime), ``ort_int8`` (it quantized as ``ort_int8_dynamic`` deploys it, with ORT's own embedding tables),
 ``openvino`` (the plain export on OpenVINO's CPU plugin at its default precision) and ``openvino_int8`` (our int8
 IR of the plain export). :func:`fastest_runtime` picks one of several by timing the dense model. Used by
 :mod:`compresslab.bench.latency_table` and :mod:`compresslab.pruning.speedup`; ``s`` below is a
@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 # And which runtime is fastest depends on the ISA: on AVX2 without VNNI, ORT's dynamic int8 ran RTE's teacher 1.8x
 # faster than the OpenVINO int8 IR (RESULTS.md, RTE on AVX2); on Zen 4 the IR wins. See fastest_runtime.
 RUNTIMES: tuple[str, ...] = ("ort", "ort_int8", "openvino", "openvino_int8")
-# what ort_int8 times: ort_int8_dynamic's defaults (passes/ort_int8_dynamic.py: QInt8 weights, per-call uint8
-# activations, every op type ORT quantizes), with these arguments; in the cache key of its tables
+# what ort_int8 times: ORT's quantizer in one call, as ort_int8_dynamic quantizes the MatMuls (QInt8 weights,
+# per-call uint8 activations, every op type ORT quantizes) but with ORT's own one-scale embedding tables (the pass's
+# embeddings: per_tensor; its default blockwise tables run at the same speed), with these arguments; in the cache
+# key of its tables
 ORT_INT8_ARGS: dict[str, Any] = {"per_channel": True, "reduce_range": False}
 ORT_INT8_RECIPE = "export.ort_quant.quantize_dynamic_int8 " + json.dumps(ORT_INT8_ARGS, sort_keys=True)
 # fastest_runtime keeps the first listed candidate unless another is faster by more than this fraction, so one

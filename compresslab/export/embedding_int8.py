@@ -4,16 +4,17 @@ ONNX Runtime's dynamic quantizer turns the fused ``EmbedLayerNormalization`` int
 (and an unfused embedding ``Gather`` into a quantized ``Gather``) with ONE uint8 scale per table. A word-embedding
 table's range is set by a few rows: on MiniLM (all-MiniLM-L6-v2) the largest |value| is 1.05 against a median row
 maximum of 0.18, so a typical row gets ~40 of the 256 levels (relative error 3.2 %). On the bench SST-2 teacher
-that table error alone flips 2-3 of 1,000 validation predictions against fp32, about as many as all int8 MatMuls
+that table error alone flips 2 of 1,000 validation predictions against fp32, about as many as all int8 MatMuls
 together once their outliers are split off (benchmarks/RESULTS.md, "Outlier split").
 
 :func:`blockwise_word_embeddings` stores the word-embedding table as uint8 codes with one scale and integer zero
 point per block of :data:`BLOCK_SIZE` values along the hidden dimension (per row when that does not divide it):
 the asymmetric grid of ``ops.quant`` (``ŵ = (q − z)·Δ``; bitsandbytes' "block-wise quantization", Dettmers et al.,
 2022, 8-bit optimizers §2). The lookup dequantizes only the rows it gathers, in standard ONNX ops (Gather, Cast,
-Sub, Mul, Reshape; ``export/nbits_pack.gather_quantized_nodes``), so any ONNX Runtime version and any runtime reads
-it. The relative table error on MiniLM is 0.7 %; the file is ~1 MB larger than with one scale (the scales and zero
-points), and the speed is the same.
+Sub, Mul, Reshape; ``export/nbits_pack.gather_quantized_nodes``), which every ONNX Runtime version runs (the fused
+graph's ``EmbedLayerNormalization`` is a com.microsoft op either way). The relative table error on MiniLM is 0.6 %
+(against 3.2 % with one scale); the file is ~1 MB larger (the scales and zero points), and the speed is the same.
+(The OpenVINO int8 IR stores its tables per row, symmetric: ``export/qdq.int8_embedding_tables``.)
 
 * **Unfused graph**: the ``Gather(table, input_ids)`` is replaced by the dequantizing lookup.
 * **Fused graph**: ``EmbedLayerNormalization`` takes a whole table. Its word input is given the dequantized rows of
@@ -86,82 +87,95 @@ def embedding_readers(model: onnx.ModelProto) -> tuple[list[tuple[onnx.NodeProto
     return words, readers
 
 
+def _block(d: int, block_size: int) -> int:
+    """The largest divisor of the width ``d`` that is at most ``block_size`` (``block_size`` itself when it
+    divides ``d``)."""
+    return next(b for b in range(min(block_size, d), 0, -1) if d % b == 0)
+
+
 def _codes(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """uint8 codes ``(V, D)``, scales float32 and zero points uint8 ``(V, D / block)``, and the block used."""
     import torch
 
     from compresslab.ops.quant import quant_params, quantize
 
-    d = w.shape[1]
-    block = block_size if d % block_size == 0 else d
+    block = _block(w.shape[1], block_size)
     t = torch.from_numpy(np.array(w, dtype=np.float32))  # a writable copy
     p = quant_params(t, 8, block)
     return quantize(t, p).numpy(), p.scale.numpy().astype(np.float32), p.zero_point.numpy(), block
 
 
+def _name_unnamed(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name: the rewrite places nodes, and the quantizer excludes them, by name."""
+    taken = {n.name for n in model.graph.node}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = next(c for c in (f"/embedding_int8_named/{n.op_type}_{i}_{k}" for k in range(len(taken) + 1))
+                          if c not in taken)
+            taken.add(n.name)
+
+
 def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: int = BLOCK_SIZE) -> dict[str, Any]:
     """Rewrite the fp32 ONNX file ``src`` into ``dst`` (atomically) with its word-embedding table(s) as block-wise
-    uint8 codes (module docstring); other tables and all other nodes unchanged.
+    uint8 codes (module docstring); other tables and all other nodes unchanged. ``block_size``: values per scale
+    along the hidden dimension; the largest divisor of the width up to it is used.
 
     Returns ``{"tables": {name: {"shape", "block_size", "rel_error", "lookups"}}, "exclude": [node names the
-    quantizer must leave alone], "block_size"}``. Raises :class:`EmbeddingError` when ``src`` has no word lookup
-    (no ``EmbedLayerNormalization`` with an initializer table, no ``Gather`` of ``input_ids``) or was already
-    rewritten; ``ValueError`` for ``block_size < 1``.
+    quantizer must leave alone], "block_size"}``. A table read by several lookups is stored once; one also read by
+    another node (a tied head) keeps its fp32 copy for that node. Raises :class:`EmbeddingError` when ``src`` has no
+    word lookup (no ``EmbedLayerNormalization`` with an initializer table, no ``Gather`` of ``input_ids``) or was
+    already rewritten; ``ValueError`` for a ``block_size`` that is not a positive integer.
     """
     from compresslab.export.nbits_pack import gather_quantized_nodes
 
-    if not (isinstance(block_size, int) and block_size >= 1):
+    if isinstance(block_size, bool) or not (isinstance(block_size, int) and block_size >= 1):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
     g = model.graph
     if any(n.name.startswith(PREFIX) for n in g.node):
         raise EmbeddingError(f"{src.name} already has block-wise int8 embeddings ({PREFIX} nodes)")
+    _name_unnamed(model)
+    if len({n.name for n in g.node}) != len(g.node):
+        raise EmbeddingError(f"{src.name} has duplicate node names; the rewrite places its nodes by name")
     words, readers = embedding_readers(model)
     if not words:
         raise EmbeddingError(f"{src.name} has no word-embedding lookup (an EmbedLayerNormalization with an "
                              "initializer table, or a Gather of input_ids): use embeddings: per_tensor or fp32")
     inits = {t.name: t for t in g.initializer}
     before: dict[str, list[onnx.NodeProto]] = {}
+    replaced: dict[str, list[onnx.NodeProto]] = {}
     new_inits: list[onnx.TensorProto] = []
     tables: dict[str, dict[str, Any]] = {}
-    replaced: dict[str, list[onnx.NodeProto]] = {}
+    stored: dict[str, tuple[str, tuple]] = {}  # table -> (the base its codes are stored under, its codes)
     for i, (node, name) in enumerate(words):
-        w = numpy_helper.to_array(inits[name])
-        q, s, z, block = _codes(w, block_size)
         base = f"{PREFIX}{i}"
-        rec = tables.setdefault(name, {"shape": list(w.shape), "block_size": block, "lookups": []})
-        rec["lookups"].append(node.name)
-        if "rel_error" not in rec:
+        if name not in stored:
+            w = numpy_helper.to_array(inits[name])
+            q, s, z, block = _codes(w, block_size)
             w_hat = (q.astype(np.float32).reshape(len(w), -1, block) - z[..., None]) * s[..., None]
-            rec["rel_error"] = float(np.linalg.norm(w_hat.reshape(w.shape) - w) / max(np.linalg.norm(w), 1e-30))
+            tables[name] = {"shape": list(w.shape), "block_size": block, "lookups": [],
+                            "rel_error": float(np.linalg.norm(w_hat.reshape(w.shape) - w)
+                                               / max(np.linalg.norm(w), 1e-30))}
+            stored[name] = (base, (q, s, z))
+        tables[name]["lookups"].append(node.name)
+        first, (q, s, z) = stored[name]
+        width = tables[name]["shape"][1]
         if node.op_type == "Gather":
             lookup = helper.make_node("Gather", [name, node.input[1]], [node.output[0]], name=base)
-            nodes, tensors, _ = gather_quantized_nodes(lookup, q, s, z, None, None)
-            replaced[node.name] = nodes
         else:  # EmbedLayerNormalization: this call's rows as the table, positions in it as the ids
-            ids, rows = node.input[0], f"{base}/rows"
-            lookup = helper.make_node("Gather", [name, ids], [rows], name=base)
-            nodes, tensors, _ = gather_quantized_nodes(lookup, q, s, z, None, None)
-            e = f"{base}/eln"  # names apart from the lookup's own
-            c = {k: numpy_helper.from_array(v, f"{e}/{k}") for k, v in (
-                ("table_shape", np.array([-1, w.shape[1]], np.int64)),
-                ("start", np.array(0, np.int32)), ("step", np.array(1, np.int32)))}
-            tensors += list(c.values())
-            nodes += [
-                helper.make_node("Reshape", [rows, c["table_shape"].name], [f"{e}/table"], name=f"{e}/table"),
-                helper.make_node("Size", [ids], [f"{e}/n64"], name=f"{e}/n64"),
-                helper.make_node("Cast", [f"{e}/n64"], [f"{e}/n"], name=f"{e}/n", to=TensorProto.INT32),
-                helper.make_node("Range", [c["start"].name, f"{e}/n", c["step"].name], [f"{e}/range"],
-                                 name=f"{e}/range"),
-                helper.make_node("Shape", [ids], [f"{e}/ids_shape"], name=f"{e}/ids_shape"),
-                helper.make_node("Reshape", [f"{e}/range", f"{e}/ids_shape"], [f"{e}/ids"],
-                                 name=f"{e}/ids"),
-            ]
-            if node.input[0] and _elem_type(model, ids) not in (None, TensorProto.INT32):
-                raise EmbeddingError(f"{node.name}: input_ids of type {_elem_type(model, ids)}; "
-                                     "EmbedLayerNormalization takes int32 ids")
-            node.input[0], node.input[2] = f"{e}/ids", f"{e}/table"
+            lookup = helper.make_node("Gather", [name, node.input[0]], [f"{base}/rows"], name=base)
+        nodes, tensors, _ = gather_quantized_nodes(lookup, q, s, z, None, None)
+        if first != base:  # a table already stored: read its codes, scales and zero points
+            for n in nodes:
+                n.input[:] = [x.replace(f"{base}_", f"{first}_", 1) if x.startswith(f"{base}_") else x
+                              for x in n.input]
+            tensors = []
+        if node.op_type == "Gather":
+            replaced[node.name] = nodes
+        else:
+            nodes, more = _eln_table(node, base, width, nodes)
+            tensors += more
             before[node.name] = nodes
         new_inits += tensors
     kept: list[onnx.NodeProto] = []
@@ -174,6 +188,8 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
     for name in tables:
         if name not in used:  # a table also read elsewhere (a tied head) keeps its fp32 copy
             g.initializer.remove(inits[name])
+            for v in [v for v in g.input if v.name == name]:  # exported with initializers as inputs
+                g.input.remove(v)
     with atomic_output(dst) as tmp:
         onnx.save(model, str(tmp))
     # the other tables' readers, and the new lookups: ORT's quantizer would quantize a Gather of a float table
@@ -184,12 +200,22 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
     return {"tables": tables, "exclude": exclude, "block_size": block_size}
 
 
-def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
-    """The element type of tensor ``name`` where the graph declares it (inputs, value_info, Cast outputs)."""
-    for v in list(model.graph.input) + list(model.graph.value_info):
-        if v.name == name:
-            return v.type.tensor_type.elem_type
-    for n in model.graph.node:
-        if n.op_type == "Cast" and name in n.output:
-            return next(a.i for a in n.attribute if a.name == "to")
-    return None
+def _eln_table(node: onnx.NodeProto, base: str, width: int,
+               lookup: list[onnx.NodeProto]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes that feed the fused ``node`` this call's dequantized rows (``lookup``'s output ``{base}/rows``)
+    as its word table, ``[ids.size, width]``, and ``0 .. ids.size - 1`` in the ids' shape as its ids; ``node``'s
+    inputs are pointed at them. ELN takes int32 ids (its schema), so the range is int32."""
+    ids, e = node.input[0], f"{base}/eln"  # names apart from the lookup's own
+    c = {k: numpy_helper.from_array(v, f"{e}/{k}") for k, v in (
+        ("table_shape", np.array([-1, width], np.int64)),
+        ("start", np.array(0, np.int32)), ("step", np.array(1, np.int32)))}
+    nodes = lookup + [
+        helper.make_node("Reshape", [f"{base}/rows", c["table_shape"].name], [f"{e}/table"], name=f"{e}/table"),
+        helper.make_node("Size", [ids], [f"{e}/n64"], name=f"{e}/n64"),
+        helper.make_node("Cast", [f"{e}/n64"], [f"{e}/n"], name=f"{e}/n", to=TensorProto.INT32),
+        helper.make_node("Range", [c["start"].name, f"{e}/n", c["step"].name], [f"{e}/range"], name=f"{e}/range"),
+        helper.make_node("Shape", [ids], [f"{e}/ids_shape"], name=f"{e}/ids_shape"),
+        helper.make_node("Reshape", [f"{e}/range", f"{e}/ids_shape"], [f"{e}/ids"], name=f"{e}/ids"),
+    ]
+    node.input[0], node.input[2] = f"{e}/ids", f"{e}/table"
+    return nodes, list(c.values())

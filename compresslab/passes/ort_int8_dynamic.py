@@ -26,8 +26,11 @@ ZipLM's ``ort_int8`` latency runtime prices plain int8, not the split file.
 
 ``embeddings``: ``blockwise`` (default) stores the word-embedding table as uint8 codes with a scale and zero point
 per 128 values of a row (``export/embedding_int8.py``), the position and token-type tables fp32; ``per_tensor`` is
-ORT's ``QEmbedLayerNormalization`` (one scale per table, set by a few rows: ~7x coarser on MiniLM) where its op type
-is among ``op_types``; ``fp32`` keeps every table fp32 (2.5x the file size on MiniLM). The speed is the same.
+ORT's ``QEmbedLayerNormalization`` (one scale per table, set by a few rows: ~5x the table error on MiniLM); ``fp32``
+keeps every table fp32 (2.5x the file size on MiniLM). The speed is the same. An explicit ``op_types`` without
+``EmbedLayerNormalization`` / ``Gather`` keeps the tables fp32 whatever ``embeddings`` says (``per_token``'s implied
+``["MatMul"]`` does not: its tables follow ``embeddings``). With ``fp32_fallback: guided`` the choice is scored
+against the graph before the tables were quantized.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ OUTLIERS = ("none", "split")
 ACTIVATIONS = ("per_call", "per_token")
 # per-token scales reach MatMulInteger only (QAttention / DynamicQuantizeMatMul take one scale per call)
 PER_TOKEN_OP_TYPES = ["MatMul"]
+# the ops that read embedding tables: an explicit op_types without them leaves the tables fp32
+EMBEDDING_OPS = {"EmbedLayerNormalization", "Gather"}
 
 
 @register_pass("ort_int8_dynamic")
@@ -171,12 +176,12 @@ class OrtInt8Dynamic:
             if self.outliers == "split":
                 src, split = self._split(Path(src), Path(work), ctx)
                 keep_fp32 = list(split["side_nodes"])
-            embeddings = None
-            if self.embeddings != "per_tensor":
+            before_embeddings, embeddings = Path(src), None
+            if self._embeddings_effective() != "per_tensor":
                 src, embeddings = self._embeddings(Path(src), Path(work))
-                keep_fp32 += embeddings["exclude"]
+                keep_fp32 += embeddings.get("exclude", [])
             if self.fp32_fallback == "guided":  # writes dst: the file it scored and timed
-                guided = self._guided(src, dst, model, ctx, keep_fp32)
+                guided = self._guided(src, dst, model, ctx, keep_fp32, reference=before_embeddings)
                 metrics = {**guided.pop("quantize_metrics"), "guided": guided}
             elif self.activations == "per_token":
                 metrics = self._per_token(src, dst, work, keep_fp32)
@@ -188,6 +193,10 @@ class OrtInt8Dynamic:
             metrics["outlier_split"] = split
         if embeddings is not None:
             metrics["embeddings"] = embeddings
+        # against the file this step was given, not an intermediate rewrite of it (split, embeddings, fusion)
+        metrics["size_bytes_input"] = Path(model.onnx_path).stat().st_size
+        if metrics.get("size_bytes"):
+            metrics["size_ratio"] = metrics["size_bytes"] / metrics["size_bytes_input"]
         copy_model_files(model.dir, ctx.step_dir)
         metrics["fused_before_quantization"] = fused_here
         # what the written file does: a guided choice may keep every MatMul per call (all-int8 won on validation)
@@ -198,7 +207,7 @@ class OrtInt8Dynamic:
         metrics["activations"] = activations
         structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
                                      "activations": activations, "outliers": self.outliers,
-                                     "embeddings": self.embeddings}
+                                     "embeddings": (embeddings or {}).get("embeddings", self._embeddings_effective())}
         if split is not None:
             structure["outlier_side_matmuls"] = list(split["side_nodes"])  # fp32, beside the int8 ones
         if "guided" in metrics:
@@ -231,18 +240,34 @@ class OrtInt8Dynamic:
                      len(record["blocks"]), self.outlier_ratio, self.outlier_max_channels)
         return out, record
 
+    def _embeddings_effective(self) -> str:
+        """``embeddings`` as applied: an explicit ``op_types`` without the embedding ops keeps the tables fp32 (it
+        quantizes nothing else), whatever ``embeddings`` says; ``per_token``'s implied ``["MatMul"]`` does not."""
+        if self.op_types is not None and not set(self.op_types) & EMBEDDING_OPS:
+            return "fp32"
+        if (self.embeddings == "per_tensor" and self.op_types is None and self.activations == "per_token"
+                and self.fp32_fallback != "guided"):
+            return "fp32"  # ORT quantizes MatMul only there: its tables stay fp32
+        return self.embeddings
+
     def _embeddings(self, src: Path, work: Path) -> tuple[Path, dict[str, Any]]:
         """``src`` with block-wise int8 word embeddings (``blockwise``), or as it is (``fp32``); the record, whose
-        ``exclude`` names the embedding nodes the quantizer must leave alone."""
-        from compresslab.export.embedding_int8 import blockwise_word_embeddings, embedding_readers
+        ``exclude`` names the embedding nodes the quantizer must leave alone. A graph without a word lookup the
+        rewrite knows falls back to ORT's per-tensor tables, with a warning (the step runs after all the torch
+        passes: failing there would throw their work away for a setting about 1 % of the file)."""
+        import onnx
 
-        if self.embeddings == "fp32":
-            import onnx
+        from compresslab.export.embedding_int8 import EmbeddingError, blockwise_word_embeddings, embedding_readers
 
+        if self._embeddings_effective() == "fp32":
             readers = embedding_readers(onnx.load(str(src), load_external_data=False))[1]
             return src, {"embeddings": "fp32", "exclude": readers}
         out = work / "embeddings_int8.onnx"
-        return out, {"embeddings": "blockwise", **blockwise_word_embeddings(src, out)}
+        try:
+            return out, {"embeddings": "blockwise", **blockwise_word_embeddings(src, out)}
+        except EmbeddingError as e:
+            log.warning("%s embeddings=blockwise: %s; the tables are quantized per tensor by ORT instead", self.name, e)
+            return src, {"embeddings": "per_tensor", "requested": "blockwise", "fallback_reason": str(e)}
 
     def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
         """Dynamic int8 of the MatMuls, then every per-call activation scale rewritten per token."""
@@ -258,7 +283,7 @@ class OrtInt8Dynamic:
                                 reduce_range=self.reduce_range), "per_token": rewrite}
 
     def _guided(self, src: Path, dst: Path, model: OnnxModel, ctx: PassContext,
-                keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
+                keep_fp32: Sequence[str] = (), reference: Path | None = None) -> dict[str, Any]:
         """Quantize ``src`` into ``dst`` with the fp32 set chosen on validation; the record of ``guided_int8``."""
         import torch
 
@@ -279,4 +304,4 @@ class OrtInt8Dynamic:
                            threads=torch.get_num_threads(), latency_runs=self.latency_runs, vocab_size=vocab,
                            per_channel=self.per_channel, reduce_range=self.reduce_range, op_types=self.op_types,
                            track=ctx.track, latency_shape=(LATENCY_SHAPE[0], self.latency_seq),
-                           per_token=self.activations == "per_token", exclude=list(keep_fp32))
+                           per_token=self.activations == "per_token", exclude=list(keep_fp32), reference=reference)

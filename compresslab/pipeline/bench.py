@@ -191,8 +191,8 @@ def speedups_vs_best(results: dict[str, Any], best: dict[str, dict[str, Any]]) -
 
 def _teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
     """The dense teacher's ORT dynamic int8: its export, fused first when it is not (``export.optimize=false``),
-    quantized by the recipe ZipLM's ``ort_int8`` runtime times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`,
-    ``ort_int8_dynamic``'s defaults), in
+    quantized by the recipe ZipLM's ``ort_int8`` runtime times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`:
+    one call of ORT's quantizer, i.e. ``ort_int8_dynamic`` with ``embeddings: per_tensor``), in
     ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
     bench run: a few seconds, and never stale after a rerun of the export."""
     import tempfile

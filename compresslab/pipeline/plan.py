@@ -66,6 +66,9 @@ _ADDED_PASS_DEFAULTS: dict[tuple[str, str], Any] = {
     ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_ratio"): 3.0,
     ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_max_channels"): 8,
     ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_calibration"): 256,
+    # embeddings: the old behaviour is per_tensor, so only a run that asks for it keeps its old hash; the default
+    # (blockwise, 2026-12-05) writes other files and gets new hashes
+    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "embeddings"): "per_tensor",
     ("compresslab.passes.ziplm.ZipLM", "latency_runtime"): "ort",
     ("compresslab.passes.structured_l1.StructuredL1", "latency_runtime"): "ort"}
 

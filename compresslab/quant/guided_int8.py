@@ -268,9 +268,11 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
                 per_channel: bool = True, reduce_range: bool = False, op_types: Sequence[str] | None = None,
                 max_rounds: int = 3, track: Callable[..., Any] = lambda it, **_: it,
                 latency_shape: tuple[int, int] | None = None, per_token: bool = False,
-                exclude: Sequence[str] = ()) -> dict[str, Any]:
+                exclude: Sequence[str] = (), reference: str | Path | None = None) -> dict[str, Any]:
     """Dynamic int8 of ``src`` into ``dst`` with the fp32 fallback set chosen on ``feeds``
-    (validation batches; the reference is ``src``'s own outputs). Returns the record (JSON-able).
+    (validation batches; the reference is the outputs of ``reference``, by default ``src``'s own: pass the fp32
+    graph ``src`` was rewritten from when the rewrite is not exact, e.g. ``export/embedding_int8.py``'s int8
+    tables). Returns the record (JSON-able).
 
     ``exclude``: node names that stay fp32 in every model built here and are not candidates (the fp32 side
     MatMuls of ``export/outlier_split.py``).
@@ -317,7 +319,7 @@ def guided_int8(src: str | Path, dst: str | Path, feeds: Sequence[Mapping[str, A
         return quantize_dynamic_int8(s, d, per_channel=per_channel, reduce_range=reduce_range, op_types=op_types,
                                      **nodes)
 
-    reference = run_outputs(src, feeds, threads)
+    reference = run_outputs(Path(reference) if reference is not None else src, feeds, threads)
 
     def evaluate(path: Path) -> Divergence:
         return divergence(reference, run_outputs(path, feeds, threads))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -177,3 +178,112 @@ def test_a_split_that_moves_nothing_says_so(exported_bert, tmp_path, tok, batche
     split = res.metrics["outlier_split"]
     assert split["split_input_channels"] == split["split_neurons"] == 0 and split["side_nodes"] == []
     assert "the file is plain int8" in caplog.text
+
+
+@pytest.mark.parametrize("embeddings", ["blockwise", "per_tensor", "fp32"])
+@pytest.mark.parametrize("activations", ["per_call", "per_token"])
+def test_the_embeddings_setting_decides_how_the_tables_are_stored(exported_bert, tmp_path, tok, batches, embeddings,
+                                                                  activations):
+    """blockwise: uint8 codes read by a plain Gather and the fused op fp32; per_tensor: ORT's QEmbedLayerNormalization
+    where the op type is quantized (per_token quantizes MatMul only); fp32: the fp32 tables."""
+    import onnx
+    from onnx import numpy_helper
+
+    ctx = _ctx(tmp_path, tok, batches)
+    res = OrtInt8Dynamic(embeddings=embeddings, activations=activations).apply(
+        OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    g = onnx.load(res.onnx_path).graph
+    ops = count_ops(res.onnx_path)
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    word = [k for k in inits if k.endswith("word_embeddings.weight")]
+    # per_token quantizes MatMul only: ORT's own (per_tensor) leaves the tables fp32, and the record says so
+    assert res.structure["embeddings"] == ("fp32" if (embeddings, activations) == ("per_tensor", "per_token")
+                                           else embeddings)
+    if embeddings == "blockwise":
+        assert ops["EmbedLayerNormalization"] == 1 and ops["QEmbedLayerNormalization"] == 0 and not word
+        assert inits["/embedding_int8/0_codes"].dtype == np.uint8
+        eln = [n.name for n in g.node if n.op_type == "EmbedLayerNormalization"]
+        assert set(eln) <= set(res.metrics["embeddings"]["exclude"])  # left alone by ORT's quantizer
+    elif embeddings == "per_tensor" and activations == "per_call":
+        assert ops["QEmbedLayerNormalization"] == 1 and "embeddings" not in res.metrics
+    else:
+        assert ops["EmbedLayerNormalization"] == 1 and inits[word[0]].dtype == np.float32
+    # int8 MatMuls either way: the setting changes the tables only
+    assert ops["MatMulInteger"] + ops.get("MatMulIntegerToFloat", 0) > 0
+
+
+def test_blockwise_embeddings_compose_with_the_outlier_split(exported_bert, tmp_path, tok, batches):
+    """Both rewrites in one file: the side MatMuls fp32, the word table as codes, the fused op left fp32."""
+    import onnx
+    import onnxruntime as ort
+
+    ctx = _ctx(tmp_path, tok, batches)
+    res = OrtInt8Dynamic(outliers="split", outlier_ratio=1.01, outlier_max_channels=2).apply(
+        OnnxModel(exported_bert.dir, exported_bert.onnx_path), ctx)
+    split, emb = res.metrics["outlier_split"], res.metrics["embeddings"]
+    assert split["side_nodes"] and [t.endswith("word_embeddings.weight") for t in emb["tables"]] == [True]
+    g = onnx.load(res.onnx_path).graph
+    ops = {n.name: n.op_type for n in g.node}
+    assert all(ops[n] == "MatMul" for n in split["side_nodes"])
+    assert "EmbedLayerNormalization" in ops.values() and "QEmbedLayerNormalization" not in ops.values()
+    b = ort.InferenceSession(res.onnx_path, providers=["CPUExecutionProvider"])
+    names = {i.name for i in b.get_inputs()}
+    assert np.isfinite(b.run(None, {k: v.numpy() for k, v in batches[0].items() if k in names})[0]).all()
+
+
+def test_a_bad_embeddings_value_is_refused():
+    with pytest.raises(ValueError, match="embeddings"):
+        OrtInt8Dynamic(embeddings="int4")
+
+
+def test_explicit_op_types_without_the_embedding_ops_keep_the_tables_fp32(exported_bert, tmp_path, tok, batches):
+    import onnx
+    from onnx import numpy_helper
+
+    p = OrtInt8Dynamic(op_types=["MatMul", "Attention"])
+    res = p.apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), _ctx(tmp_path, tok, batches))
+    word = [t for t in onnx.load(res.onnx_path).graph.initializer if t.name.endswith("word_embeddings.weight")]
+    assert res.structure["embeddings"] == "fp32" and numpy_helper.to_array(word[0]).dtype == np.float32
+    assert OrtInt8Dynamic(embeddings="per_tensor", activations="per_token")._embeddings_effective() == "fp32"
+    assert OrtInt8Dynamic(activations="per_token")._embeddings_effective() == "blockwise"
+
+
+def test_a_graph_without_a_word_lookup_falls_back_to_per_tensor_with_a_warning(tmp_path, caplog):
+    """The step runs after every torch pass: a graph the rewrite does not know warns and keeps ORT's tables."""
+    from compresslab.passes.ort_int8_dynamic import OrtInt8Dynamic as P
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph([helper.make_node("Gather", ["table", "positions"], ["y"], name="pos")], "g",
+                          [helper.make_tensor_value_info("positions", TensorProto.INT64, ["T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 4])],
+                          [numpy_helper.from_array(np.zeros((8, 4), np.float32), "table")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "pos.onnx"))
+    with caplog.at_level("WARNING"):
+        out, rec = P()._embeddings(tmp_path / "pos.onnx", tmp_path)
+    assert out == tmp_path / "pos.onnx" and rec["embeddings"] == "per_tensor" and rec["requested"] == "blockwise"
+    assert "per tensor by ORT instead" in caplog.text
+
+
+def test_guided_scores_against_the_graph_before_its_tables_were_quantized(exported_bert, tmp_path, tok, batches,
+                                                                          monkeypatch):
+    """The block-wise rewrite is not exact: guided's fp32 reference must be the file before it, not after."""
+    import inspect
+
+    import compresslab.quant.guided_int8 as g
+
+    seen, original = {}, OrtInt8Dynamic._guided
+
+    def fake(self, src, dst, model, ctx, keep_fp32=(), reference=None):
+        seen.update(src=Path(src), reference=reference, exclude=list(keep_fp32))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(OrtInt8Dynamic, "_guided", fake)
+    with pytest.raises(RuntimeError, match="stop"):
+        OrtInt8Dynamic(fp32_fallback="guided").apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path),
+                                                     _ctx(tmp_path, tok, batches))
+    assert seen["src"].name == "embeddings_int8.onnx"
+    assert Path(seen["reference"]) == Path(exported_bert.onnx_path)  # the fused fp32 export this step was given
+    assert any(n.startswith("/embedding_int8/") for n in seen["exclude"])
+    assert "reference" in inspect.signature(g.guided_int8).parameters  # and _guided hands it on
+    assert "reference=reference" in inspect.getsource(original)

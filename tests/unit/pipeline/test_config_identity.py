@@ -99,3 +99,18 @@ def test_int8_outlier_settings_at_their_defaults_keep_the_hash_runs_had_before_t
     ratio = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.outliers=split",
                      "pipeline.passes.int8.outlier_ratio=4"])
     assert config_hash(ratio) != config_hash(split)
+
+
+@pytest.mark.parametrize("pipeline", ["int8", "ziplm_int8"])
+def test_int8_embeddings_per_tensor_keeps_the_old_hash_and_the_new_default_does_not(pipeline: str) -> None:
+    """per_tensor writes the files runs wrote before the key existed, so it finds them; blockwise (the default
+    since) writes other files and must not."""
+    old = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.embeddings=per_tensor"])
+    before = OmegaConf.to_container(old, resolve=True)
+    del before["pipeline"]["passes"]["int8"]["embeddings"]  # as composed before the setting existed
+    assert config_hash(old) == config_hash(OmegaConf.create(before))
+    default = compose([f"+pipeline={pipeline}"])
+    assert default.pipeline.passes.int8.embeddings == "blockwise"
+    assert config_hash(default) != config_hash(old)
+    fp32 = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.embeddings=fp32"])
+    assert len({config_hash(default), config_hash(old), config_hash(fp32)}) == 3
