@@ -380,6 +380,14 @@ def guided(args) -> None:
         _store("guided_int8_per_token", {**{k: t["guided_int8"].get(k) for k in (*keys, "per_token_matmuls")},
                                          "source": f"results/{tok.name}",
                                          "all_int8": {k: t["all_int8"].get(k) for k in keys if k in t["all_int8"]}})
+    # the same selection with the int8 pass's block-wise embedding tables (guided_int8.py --embeddings blockwise)
+    blk = RESULTS.parent / f"guided_int8_blockwise{_CARVE['label']}.json"
+    if blk.is_file():
+        b = read_json(blk)
+        _RESULTS.note_run(blk.name, b)
+        _store("guided_int8_blockwise", {**{k: b["guided_int8"].get(k) for k in (
+            *keys, "speedup_vs_all_int8_per_tensor_tables")}, "targets": b["targets"], "source": f"results/{blk.name}",
+            "all_int8": {k: b["all_int8"].get(k) for k in keys if k in b["all_int8"]}})
     # the outlier split (outlier_split_int8.py): fp32 side paths for the FFN outlier channels, chosen by their range
     split = RESULTS.parent / f"outlier_split_int8{_CARVE['label']}.json"
     if split.is_file():

@@ -39,7 +39,8 @@ from compresslab.export.ort_quant import atomic_output
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BLOCK_SIZE", "EMBEDDINGS", "EmbeddingError", "blockwise_word_embeddings", "embedding_readers"]
+__all__ = ["BLOCK_SIZE", "EMBEDDINGS", "EmbeddingError", "blockwise_word_embeddings", "embedding_readers",
+           "table_storage"]
 
 # the int8 pass's choices: ORT's one scale per table, block-wise codes (this module), or the tables kept fp32
 EMBEDDINGS = ("per_tensor", "blockwise", "fp32")
@@ -82,15 +83,19 @@ def embedding_readers(model: onnx.ModelProto) -> tuple[list[tuple[onnx.NodeProto
                 words.append((n, n.input[2]))
         elif n.op_type == "Gather" and table(n.input[0]):
             readers.append(n.name)
-            if _ids_source(model, n.input[1]) == "input_ids":
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+            if axis == 0 and _ids_source(model, n.input[1]) == "input_ids":  # rows looked up by token id
                 words.append((n, n.input[0]))
     return words, readers
 
 
+MIN_BLOCK = 16  # below this a scale and zero point per block cost more than they save: one block per row instead
+
+
 def _block(d: int, block_size: int) -> int:
-    """The largest divisor of the width ``d`` that is at most ``block_size`` (``block_size`` itself when it
-    divides ``d``)."""
-    return next(b for b in range(min(block_size, d), 0, -1) if d % b == 0)
+    """The largest divisor of the width ``d`` that is at most ``block_size`` and at least :data:`MIN_BLOCK`
+    (or ``block_size``, if smaller); the whole row when there is none (a prime width)."""
+    return next((b for b in range(min(block_size, d), min(MIN_BLOCK, block_size) - 1, -1) if d % b == 0), d)
 
 
 def _codes(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -103,6 +108,20 @@ def _codes(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.n
     t = torch.from_numpy(np.array(w, dtype=np.float32))  # a writable copy
     p = quant_params(t, 8, block)
     return quantize(t, p).numpy(), p.scale.numpy().astype(np.float32), p.zero_point.numpy(), block
+
+
+def table_storage(path: str | Path) -> str:
+    """How the ONNX file ``path`` stores its word-embedding table: ``blockwise`` (this module's codes), ``per_tensor``
+    (ORT's ``QEmbedLayerNormalization`` or a Gather of a 2-D uint8 / int8 table) or ``fp32``."""
+    model = onnx.load(str(path), load_external_data=False)
+    if any(n.name.startswith(PREFIX) for n in model.graph.node):
+        return "blockwise"
+    int8 = {t.name for t in model.graph.initializer if len(t.dims) == 2
+            and t.data_type in (TensorProto.UINT8, TensorProto.INT8)}
+    if any(n.op_type == "QEmbedLayerNormalization" or (n.op_type == "Gather" and n.input[0] in int8)
+           for n in model.graph.node):
+        return "per_tensor"
+    return "fp32"
 
 
 def _name_unnamed(model: onnx.ModelProto) -> None:
@@ -118,13 +137,15 @@ def _name_unnamed(model: onnx.ModelProto) -> None:
 def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: int = BLOCK_SIZE) -> dict[str, Any]:
     """Rewrite the fp32 ONNX file ``src`` into ``dst`` (atomically) with its word-embedding table(s) as block-wise
     uint8 codes (module docstring); other tables and all other nodes unchanged. ``block_size``: values per scale
-    along the hidden dimension; the largest divisor of the width up to it is used.
+    along the hidden dimension; the largest divisor of the width up to it (and >= 16) is used, else the whole row.
 
-    Returns ``{"tables": {name: {"shape", "block_size", "rel_error", "lookups"}}, "exclude": [node names the
-    quantizer must leave alone], "block_size"}``. A table read by several lookups is stored once; one also read by
-    another node (a tied head) keeps its fp32 copy for that node. Raises :class:`EmbeddingError` when ``src`` has no
+    Returns ``{"tables": {name: {"shape", "block_size" (used), "rel_error", "lookups", "fp32_copy_kept"}},
+    "exclude": [node names the quantizer must leave alone], "block_size_requested"}``. A table read by several
+    lookups is stored once; one also read by another node (a tied head) keeps its fp32 copy for that node (the file
+    then grows: ``fp32_copy_kept``). Raises :class:`EmbeddingError` when ``src`` has no
     word lookup (no ``EmbedLayerNormalization`` with an initializer table, no ``Gather`` of ``input_ids``) or was
-    already rewritten; ``ValueError`` for a ``block_size`` that is not a positive integer.
+    already rewritten, a table with non-finite values, or new tensor names the graph already has; ``ValueError``
+    for a ``block_size`` that is not a positive integer.
     """
     from compresslab.export.nbits_pack import gather_quantized_nodes
 
@@ -152,6 +173,8 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
         base = f"{PREFIX}{i}"
         if name not in stored:
             w = numpy_helper.to_array(inits[name])
+            if not np.isfinite(w).all():
+                raise EmbeddingError(f"{name} has non-finite values: no int8 grid holds them")
             q, s, z, block = _codes(w, block_size)
             w_hat = (q.astype(np.float32).reshape(len(w), -1, block) - z[..., None]) * s[..., None]
             tables[name] = {"shape": list(w.shape), "block_size": block, "lookups": [],
@@ -178,6 +201,9 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
             tensors += more
             before[node.name] = nodes
         new_inits += tensors
+    clash = {t.name for t in new_inits} & (set(inits) | {o for n in g.node for o in n.output})
+    if clash:
+        raise EmbeddingError(f"{src.name} already has tensors named {sorted(clash)[:3]}: the rewrite's names clash")
     kept: list[onnx.NodeProto] = []
     for n in g.node:
         kept += before.get(n.name, []) + replaced.get(n.name, [n])
@@ -186,7 +212,8 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
     g.initializer.extend(new_inits)
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     for name in tables:
-        if name not in used:  # a table also read elsewhere (a tied head) keeps its fp32 copy
+        tables[name]["fp32_copy_kept"] = name in used  # a table also read elsewhere (a tied head) keeps it
+        if name not in used:
             g.initializer.remove(inits[name])
             for v in [v for v in g.input if v.name == name]:  # exported with initializers as inputs
                 g.input.remove(v)
@@ -197,7 +224,7 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
     exclude = [n for n in readers if n not in replaced] + [n.name for n in kept if n.name.startswith(PREFIX)]
     log.info("embeddings: %s as block-wise int8 (%s)", ", ".join(tables),
              ", ".join(f"block {t['block_size']}, rel. error {t['rel_error']:.2%}" for t in tables.values()))
-    return {"tables": tables, "exclude": exclude, "block_size": block_size}
+    return {"tables": tables, "exclude": exclude, "block_size_requested": block_size}
 
 
 def _eln_table(node: onnx.NodeProto, base: str, width: int,

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from compresslab.export.embedding_int8 import EMBEDDINGS
+from compresslab.export.embedding_int8 import EMBEDDINGS, table_storage
 from compresslab.export.ort_quant import check_op_types, read_export_config
 from compresslab.quant.guided_int8 import LATENCY_SHAPE, Sensitivity
 from compresslab.registry import register_pass
@@ -191,8 +191,13 @@ class OrtInt8Dynamic:
                                                 nodes_to_exclude=keep_fp32)
         if split is not None:
             metrics["outlier_split"] = split
-        if embeddings is not None:
-            metrics["embeddings"] = embeddings
+        # what the file stores, read back from it: an op_types or per_token setting can keep the tables fp32
+        stored = table_storage(dst)
+        metrics["embeddings"] = {**(embeddings or {}), "requested": self.embeddings, "stored": stored}
+        if stored != self.embeddings:
+            log.warning("%s embeddings=%s: the deployed file stores its word table as %s (%s)", self.name,
+                        self.embeddings, stored, (embeddings or {}).get("fallback_reason") or
+                        f"op_types {self.op_types or PER_TOKEN_OP_TYPES} do not quantize the embedding op")
         # against the file this step was given, not an intermediate rewrite of it (split, embeddings, fusion)
         metrics["size_bytes_input"] = Path(model.onnx_path).stat().st_size
         if metrics.get("size_bytes"):
@@ -207,7 +212,7 @@ class OrtInt8Dynamic:
         metrics["activations"] = activations
         structure: dict[str, Any] = {"weight_bits": 8, "activation_bits": 8, "scheme": "ort_dynamic",
                                      "activations": activations, "outliers": self.outliers,
-                                     "embeddings": (embeddings or {}).get("embeddings", self._embeddings_effective())}
+                                     "embeddings": stored}
         if split is not None:
             structure["outlier_side_matmuls"] = list(split["side_nodes"])  # fp32, beside the int8 ones
         if "guided" in metrics:

@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compresslab.export.embedding_int8 import (EmbeddingError, blockwise_word_embeddings, embedding_readers)
+from compresslab.export.embedding_int8 import (EmbeddingError, blockwise_word_embeddings, embedding_readers,
+                                               table_storage)
 from compresslab.export.ort_quant import quantize_dynamic_int8
 
 
@@ -166,8 +167,8 @@ def test_a_table_also_read_by_another_node_keeps_its_fp32_copy(tmp_path):
     m.graph.node.insert(0, helper.make_node("Transpose", ["table"], ["table_t"], name="t"))
     m.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", 64]))
     onnx.save(m, str(tmp_path / "tied.onnx"))
-    blockwise_word_embeddings(tmp_path / "tied.onnx", tmp_path / "emb.onnx")
-    assert "table" in _tables(tmp_path / "emb.onnx")
+    rec = blockwise_word_embeddings(tmp_path / "tied.onnx", tmp_path / "emb.onnx")
+    assert "table" in _tables(tmp_path / "emb.onnx") and rec["tables"]["table"]["fp32_copy_kept"] is True
     ids = np.array([[1, 2, 3]], np.int64)
     out = _session(tmp_path / "emb.onnx").run(None, {"input_ids": ids})
     assert np.isfinite(out[1]).all()
@@ -218,8 +219,41 @@ def test_a_table_read_by_two_lookups_is_stored_once_and_unnamed_nodes_are_handle
     assert table.shape == (64, 32)
 
 
-@pytest.mark.parametrize("width,block,used", [(384, 128, 128), (312, 128, 104), (32, 128, 32), (48, 16, 16)])
+@pytest.mark.parametrize("width,block,used", [(384, 128, 128), (312, 128, 104), (32, 128, 32), (48, 16, 16),
+                                              (131, 128, 131), (40, 8, 8)])  # a prime width: one block per row
 def test_the_block_is_the_largest_divisor_of_the_width_up_to_block_size(tmp_path, width, block, used):
     _embedding_graph(tmp_path / "fp32.onnx", vocab=8, width=width)
     rec = blockwise_word_embeddings(tmp_path / "fp32.onnx", tmp_path / "emb.onnx", block_size=block)
     assert rec["tables"]["table"]["block_size"] == used
+
+
+def test_odd_graphs_are_refused_or_left_alone_not_broken(tmp_path):
+    """From a trial: a Gather along axis 1 is no token lookup; inf in the table, or a name the rewrite would write
+    twice, are clear errors instead of a file ORT refuses or a nan record."""
+    _embedding_graph(tmp_path / "fp32.onnx")
+    m = onnx.load(str(tmp_path / "fp32.onnx"))
+    m.graph.node[0].attribute.append(helper.make_attribute("axis", 1))
+    assert embedding_readers(m)[0] == [] and embedding_readers(m)[1] == ["word"]  # still a reader: excluded
+    t = next(t for t in m.graph.initializer if t.name == "table")
+    bad = numpy_helper.to_array(t).copy()
+    bad[3, 3] = np.inf
+    m2 = onnx.load(str(tmp_path / "fp32.onnx"))
+    next(x for x in m2.graph.initializer if x.name == "table").CopyFrom(numpy_helper.from_array(bad, "table"))
+    onnx.save(m2, str(tmp_path / "inf.onnx"))
+    with pytest.raises(EmbeddingError, match="non-finite"):
+        blockwise_word_embeddings(tmp_path / "inf.onnx", tmp_path / "x.onnx")
+    m3 = onnx.load(str(tmp_path / "fp32.onnx"))
+    m3.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "/embedding_int8/0_dim"))
+    onnx.save(m3, str(tmp_path / "clash.onnx"))
+    with pytest.raises(EmbeddingError, match="clash"):
+        blockwise_word_embeddings(tmp_path / "clash.onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_table_storage_reads_back_what_a_file_holds(tmp_path):
+    _embedding_graph(tmp_path / "fp32.onnx")
+    rec = blockwise_word_embeddings(tmp_path / "fp32.onnx", tmp_path / "emb.onnx")
+    quantize_dynamic_int8(tmp_path / "fp32.onnx", tmp_path / "per_tensor.onnx")
+    quantize_dynamic_int8(tmp_path / "emb.onnx", tmp_path / "blockwise.onnx", nodes_to_exclude=rec["exclude"])
+    assert [table_storage(tmp_path / f"{k}.onnx") for k in ("fp32", "per_tensor", "blockwise", "emb")] == [
+        "fp32", "per_tensor", "blockwise", "blockwise"]

@@ -205,7 +205,7 @@ def test_the_embeddings_setting_decides_how_the_tables_are_stored(exported_bert,
         eln = [n.name for n in g.node if n.op_type == "EmbedLayerNormalization"]
         assert set(eln) <= set(res.metrics["embeddings"]["exclude"])  # left alone by ORT's quantizer
     elif embeddings == "per_tensor" and activations == "per_call":
-        assert ops["QEmbedLayerNormalization"] == 1 and "embeddings" not in res.metrics
+        assert ops["QEmbedLayerNormalization"] == 1 and res.metrics["embeddings"]["stored"] == "per_tensor"
     else:
         assert ops["EmbedLayerNormalization"] == 1 and inits[word[0]].dtype == np.float32
     # int8 MatMuls either way: the setting changes the tables only
@@ -246,6 +246,18 @@ def test_explicit_op_types_without_the_embedding_ops_keep_the_tables_fp32(export
     assert res.structure["embeddings"] == "fp32" and numpy_helper.to_array(word[0]).dtype == np.float32
     assert OrtInt8Dynamic(embeddings="per_tensor", activations="per_token")._embeddings_effective() == "fp32"
     assert OrtInt8Dynamic(activations="per_token")._embeddings_effective() == "blockwise"
+
+
+def test_the_record_says_what_the_file_stores_and_warns_when_it_is_not_what_was_asked(exported_bert, tmp_path, tok,
+                                                                                      batches, caplog):
+    """op_types [MatMul, Gather] on the fused graph: ORT's per-tensor tables need EmbedLayerNormalization, so the
+    tables stay fp32; the record reads that back from the file and a warning says so (a trial run saw silence)."""
+    with caplog.at_level("WARNING"):
+        res = OrtInt8Dynamic(embeddings="per_tensor", op_types=["MatMul", "Gather"]).apply(
+            OnnxModel(exported_bert.dir, exported_bert.onnx_path), _ctx(tmp_path, tok, batches))
+    assert res.structure["embeddings"] == "fp32" == res.metrics["embeddings"]["stored"]
+    assert res.metrics["embeddings"]["requested"] == "per_tensor"
+    assert "stores its word table as fp32" in caplog.text
 
 
 def test_a_graph_without_a_word_lookup_falls_back_to_per_tensor_with_a_warning(tmp_path, caplog):
