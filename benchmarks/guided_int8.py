@@ -26,7 +26,8 @@ the machine while it measures (its load is recorded in meta.machine_load, and th
 ``--embeddings blockwise``: the word table as block-wise int8 codes in every file (the pass's ``embeddings``
 default since 2026-12-05; the default here stays ORT's per-tensor tables, which the earlier files measured); the
 choice is scored against the fp32 graph before the tables were quantized, and ``all_int8`` is then the all-int8 file
-with the same tables (``all_int8_per_tensor_tables`` is timed beside it).
+with the same tables (``all_int8_per_tensor_tables`` is timed beside it; the speed target then holds against
+both).
 
 ``--per-token``: the pass's ``activations: per_token`` with ``fp32_fallback: guided``: each weight MatMul is
 per-call int8, per-token int8 or fp32 and each Attention int8 or fp32, by all three estimates (``single_per_call``

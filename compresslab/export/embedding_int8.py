@@ -83,8 +83,7 @@ def embedding_readers(model: onnx.ModelProto) -> tuple[list[tuple[onnx.NodeProto
                 words.append((n, n.input[2]))
         elif n.op_type == "Gather" and table(n.input[0]):
             readers.append(n.name)
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-            if axis == 0 and _ids_source(model, n.input[1]) == "input_ids":  # rows looked up by token id
+            if _axis(n) == 0 and _ids_source(model, n.input[1]) == "input_ids":  # rows looked up by token id
                 words.append((n, n.input[0]))
     return words, readers
 
@@ -94,8 +93,9 @@ MIN_BLOCK = 16  # below this a scale and zero point per block cost more than the
 
 def _block(d: int, block_size: int) -> int:
     """The largest divisor of the width ``d`` that is at most ``block_size`` and at least :data:`MIN_BLOCK`
-    (or ``block_size``, if smaller); the whole row when there is none (a prime width)."""
-    return next((b for b in range(min(block_size, d), min(MIN_BLOCK, block_size) - 1, -1) if d % b == 0), d)
+    (any divisor when ``block_size`` is below it); the whole row when there is none (a prime width)."""
+    lo = MIN_BLOCK if block_size >= MIN_BLOCK else 1  # a small block asked for: its divisors below it too
+    return next((b for b in range(min(block_size, d), lo - 1, -1) if d % b == 0), d)
 
 
 def _codes(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -111,17 +111,32 @@ def _codes(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def table_storage(path: str | Path) -> str:
-    """How the ONNX file ``path`` stores its word-embedding table: ``blockwise`` (this module's codes), ``per_tensor``
-    (ORT's ``QEmbedLayerNormalization`` or a Gather of a 2-D uint8 / int8 table) or ``fp32``."""
+    """How the ONNX file ``path`` stores its word-embedding table: ``blockwise`` (this module's codes),
+    ``per_tensor`` (ORT's ``QEmbedLayerNormalization``, or an axis-0 ``Gather`` of ``input_ids`` from a 2-D int8 /
+    uint8 table), ``fp32`` (``EmbedLayerNormalization`` or that Gather on a float table), or ``none`` (no word lookup
+    this recognises)."""
     model = onnx.load(str(path), load_external_data=False)
     if any(n.name.startswith(PREFIX) for n in model.graph.node):
         return "blockwise"
-    int8 = {t.name for t in model.graph.initializer if len(t.dims) == 2
-            and t.data_type in (TensorProto.UINT8, TensorProto.INT8)}
-    if any(n.op_type == "QEmbedLayerNormalization" or (n.op_type == "Gather" and n.input[0] in int8)
-           for n in model.graph.node):
-        return "per_tensor"
-    return "fp32"
+    types = {t.name: (len(t.dims), t.data_type) for t in model.graph.initializer}
+    found = "none"
+    for n in model.graph.node:
+        if n.op_type == "QEmbedLayerNormalization":
+            return "per_tensor"
+        if n.op_type in _ELN and len(n.input) > 2 and types.get(n.input[2], (0, 0))[1] == TensorProto.FLOAT:
+            found = "fp32"
+        elif n.op_type == "Gather" and _axis(n) == 0 and _ids_source(model, n.input[1]) == "input_ids":
+            rank, dtype = types.get(n.input[0], (0, 0))
+            if rank == 2 and dtype in (TensorProto.UINT8, TensorProto.INT8):
+                return "per_tensor"
+            if rank == 2 and dtype == TensorProto.FLOAT:
+                found = "fp32"
+    return found
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    """A Gather's axis over a 2-D table, normalised (-2 is 0)."""
+    return next((a.i for a in node.attribute if a.name == "axis"), 0) % 2
 
 
 def _name_unnamed(model: onnx.ModelProto) -> None:

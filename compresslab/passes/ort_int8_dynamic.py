@@ -28,7 +28,9 @@ ZipLM's ``ort_int8`` latency runtime prices plain int8, not the split file.
 per 128 values of a row (``export/embedding_int8.py``), the position and token-type tables fp32; ``per_tensor`` is
 ORT's ``QEmbedLayerNormalization`` (one scale per table, set by a few rows: ~5x the table error on MiniLM); ``fp32``
 keeps every table fp32 (2.5x the file size on MiniLM). The speed is the same. An explicit ``op_types`` without
-``EmbedLayerNormalization`` / ``Gather`` keeps the tables fp32 whatever ``embeddings`` says (``per_token``'s implied
+``EmbedLayerNormalization`` / ``Gather`` keeps the tables fp32 whatever ``embeddings`` says (and ``per_tensor`` on a
+fused graph needs ``EmbedLayerNormalization`` among them; the record's ``stored`` is read back from the file, with a
+warning when it differs from what was asked) (``per_token``'s implied
 ``["MatMul"]`` does not: its tables follow ``embeddings``). With ``fp32_fallback: guided`` the choice is scored
 against the graph before the tables were quantized.
 """
@@ -193,11 +195,11 @@ class OrtInt8Dynamic:
             metrics["outlier_split"] = split
         # what the file stores, read back from it: an op_types or per_token setting can keep the tables fp32
         stored = table_storage(dst)
-        metrics["embeddings"] = {**(embeddings or {}), "requested": self.embeddings, "stored": stored}
-        if stored != self.embeddings:
+        record = {k: v for k, v in (embeddings or {}).items() if k != "embeddings"}
+        metrics["embeddings"] = {**record, "requested": self.embeddings, "stored": stored}
+        if stored != self.embeddings:  # one warning, with every reason that applies
             log.warning("%s embeddings=%s: the deployed file stores its word table as %s (%s)", self.name,
-                        self.embeddings, stored, (embeddings or {}).get("fallback_reason") or
-                        f"op_types {self.op_types or PER_TOKEN_OP_TYPES} do not quantize the embedding op")
+                        self.embeddings, stored, "; ".join(self._storage_reasons(record.get("fallback_reason"))))
         # against the file this step was given, not an intermediate rewrite of it (split, embeddings, fusion)
         metrics["size_bytes_input"] = Path(model.onnx_path).stat().st_size
         if metrics.get("size_bytes"):
@@ -255,6 +257,17 @@ class OrtInt8Dynamic:
             return "fp32"  # ORT quantizes MatMul only there: its tables stay fp32
         return self.embeddings
 
+    def _storage_reasons(self, fallback: str | None) -> list[str]:
+        """Why the written file's word table is not stored as ``embeddings`` asks."""
+        reasons = [f"the block-wise rewrite did not apply: {fallback}"] if fallback else []
+        if self.op_types is not None:
+            reasons.append(f"op_types {self.op_types} leave the embedding op to fp32 or ORT")
+        elif self.activations == "per_token" and self.fp32_fallback != "guided":
+            reasons.append("per_token quantizes MatMul only")
+        else:
+            reasons.append("ORT's quantizer left the embedding op as it was")
+        return reasons
+
     def _embeddings(self, src: Path, work: Path) -> tuple[Path, dict[str, Any]]:
         """``src`` with block-wise int8 word embeddings (``blockwise``), or as it is (``fp32``); the record, whose
         ``exclude`` names the embedding nodes the quantizer must leave alone. A graph without a word lookup the
@@ -271,7 +284,7 @@ class OrtInt8Dynamic:
         try:
             return out, {"embeddings": "blockwise", **blockwise_word_embeddings(src, out)}
         except EmbeddingError as e:
-            log.warning("%s embeddings=blockwise: %s; the tables are quantized per tensor by ORT instead", self.name, e)
+            log.info("%s embeddings=blockwise: %s; the tables are left to ORT's quantizer", self.name, e)
             return src, {"embeddings": "per_tensor", "requested": "blockwise", "fallback_reason": str(e)}
 
     def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def test_a_table_read_by_two_lookups_is_stored_once_and_unnamed_nodes_are_handle
 
 
 @pytest.mark.parametrize("width,block,used", [(384, 128, 128), (312, 128, 104), (32, 128, 32), (48, 16, 16),
-                                              (131, 128, 131), (40, 8, 8)])  # a prime width: one block per row
+                                              (131, 128, 131), (40, 8, 8), (36, 8, 6)])  # prime: a block per row
 def test_the_block_is_the_largest_divisor_of_the_width_up_to_block_size(tmp_path, width, block, used):
     _embedding_graph(tmp_path / "fp32.onnx", vocab=8, width=width)
     rec = blockwise_word_embeddings(tmp_path / "fp32.onnx", tmp_path / "emb.onnx", block_size=block)

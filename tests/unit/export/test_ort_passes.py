@@ -260,8 +260,9 @@ def test_the_record_says_what_the_file_stores_and_warns_when_it_is_not_what_was_
     assert "stores its word table as fp32" in caplog.text
 
 
-def test_a_graph_without_a_word_lookup_falls_back_to_per_tensor_with_a_warning(tmp_path, caplog):
-    """The step runs after every torch pass: a graph the rewrite does not know warns and keeps ORT's tables."""
+def test_a_graph_without_a_word_lookup_falls_back_to_ort_and_says_why(tmp_path):
+    """The step runs after every torch pass: a graph the rewrite does not know keeps ORT's tables, and the record
+    and the warning say why."""
     from compresslab.passes.ort_int8_dynamic import OrtInt8Dynamic as P
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -271,10 +272,16 @@ def test_a_graph_without_a_word_lookup_falls_back_to_per_tensor_with_a_warning(t
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 4])],
                           [numpy_helper.from_array(np.zeros((8, 4), np.float32), "table")])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "pos.onnx"))
-    with caplog.at_level("WARNING"):
-        out, rec = P()._embeddings(tmp_path / "pos.onnx", tmp_path)
+    from compresslab.export.embedding_int8 import table_storage
+
+    out, rec = P()._embeddings(tmp_path / "pos.onnx", tmp_path)
     assert out == tmp_path / "pos.onnx" and rec["embeddings"] == "per_tensor" and rec["requested"] == "blockwise"
-    assert "per tensor by ORT instead" in caplog.text
+    assert table_storage(out) == "none"  # a position table is no word table, quantized or not
+    # the one warning apply gives names every reason that applies
+    assert "did not apply: " in P()._storage_reasons(rec["fallback_reason"])[0]
+    assert P(activations="per_token")._storage_reasons(None) == ["per_token quantizes MatMul only"]
+    assert "op_types ['MatMul']" in P(op_types=["MatMul"])._storage_reasons(None)[0]
+    assert P()._storage_reasons(None) == ["ORT's quantizer left the embedding op as it was"]
 
 
 def test_guided_scores_against_the_graph_before_its_tables_were_quantized(exported_bert, tmp_path, tok, batches,
