@@ -278,14 +278,18 @@ def combine(records: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
             line = f"{r.get('what') or 'timing'}: {why}"
             if line not in reasons:
                 reasons.append(line)
-    peaks = [float(v) for r in recs  # a window's before / during, a LoadMeter lap's own figure
-             for v in ((r.get("before") or {}).get("other_cpu"), (r.get("during") or {}).get("max_other_cpu"),
-                       r.get("other_cpu"))
-             if v is not None]
+    # a results file's verdict (benchmarks/_results.py) keeps its windows under "timings", compacted to flat keys
+    # (other_cpu_before, max_other_cpu_during, noisy); a combined record has max_other_cpu and noisy on top
+    windows = [w for r in recs for w in (r, *[t for t in r.get("timings") or [] if isinstance(t, Mapping)])]
+    peaks = [float(v) for w in windows  # a window's before / during, a LoadMeter lap's own figure
+             for v in ((w.get("before") or {}).get("other_cpu"), (w.get("during") or {}).get("max_other_cpu"),
+                       w.get("other_cpu"), w.get("other_cpu_before"), w.get("max_other_cpu_during"),
+                       w.get("max_other_cpu"))
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return {"busy": any(bool(r.get("busy")) for r in recs), "reasons": reasons, "windows": len(recs),
             "busy_windows": sum(bool(r.get("busy")) for r in recs),
             "max_other_cpu": round(max(peaks), 3) if peaks else None,
-            "noisy": any(bool((r.get("spread") or {}).get("noisy")) for r in recs),
+            "noisy": any(bool((w.get("spread") or {}).get("noisy") or w.get("noisy") is True) for w in windows),
             "threshold_other_cpu": BUSY_OTHER_CPU}
 
 
