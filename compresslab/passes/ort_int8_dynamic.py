@@ -28,11 +28,10 @@ ZipLM's ``ort_int8`` latency runtime prices plain int8, not the split file.
 per 128 values of a row (``export/embedding_int8.py``), the position and token-type tables fp32; ``per_tensor`` is
 ORT's ``QEmbedLayerNormalization`` (one scale per table, set by a few rows: ~5x the table error on MiniLM); ``fp32``
 keeps every table fp32 (2.5x the file size on MiniLM). The speed is the same. An explicit ``op_types`` without
-``EmbedLayerNormalization`` / ``Gather`` keeps the tables fp32 whatever ``embeddings`` says (and ``per_tensor`` on a
-fused graph needs ``EmbedLayerNormalization`` among them; the record's ``stored`` is read back from the file, with a
-warning when it differs from what was asked) (``per_token``'s implied
-``["MatMul"]`` does not: its tables follow ``embeddings``). With ``fp32_fallback: guided`` the choice is scored
-against the graph before the tables were quantized.
+``EmbedLayerNormalization`` / ``Gather`` keeps the tables fp32 whatever ``embeddings`` says, and ``per_tensor`` on a
+fused graph needs ``EmbedLayerNormalization`` among them; ``per_token``'s implied ``["MatMul"]`` does not override
+``blockwise``. The record's ``stored`` is read back from the written file, with a warning when it differs from what
+was asked. With ``fp32_fallback: guided`` the choice is scored against the graph before the tables were quantized.
 """
 
 from __future__ import annotations
@@ -146,7 +145,7 @@ class OrtInt8Dynamic:
                                                                 or self.fp32_fallback != "guided"):
             raise ValueError(f"{self.name} sensitivity=single_per_call probes around per-token MatMuls: it needs "
                              "activations=per_token with fp32_fallback=guided")
-        if self.activations == "per_token" and self.fp32_fallback != "guided":
+        if self._matmul_only():
             if self.op_types is not None and self.op_types != PER_TOKEN_OP_TYPES:
                 raise ValueError(f"{self.name} activations=per_token quantizes MatMul only (QAttention and "
                                  f"DynamicQuantizeMatMul take one scale per call); got op_types {self.op_types}")
@@ -247,13 +246,16 @@ class OrtInt8Dynamic:
                      len(record["blocks"]), self.outlier_ratio, self.outlier_max_channels)
         return out, record
 
+    def _matmul_only(self) -> bool:
+        """Plain per-token int8: ORT quantizes MatMul only (``PER_TOKEN_OP_TYPES``) unless ``op_types`` says more."""
+        return self.activations == "per_token" and self.fp32_fallback != "guided"
+
     def _embeddings_effective(self) -> str:
         """``embeddings`` as applied: an explicit ``op_types`` without the embedding ops keeps the tables fp32 (it
         quantizes nothing else), whatever ``embeddings`` says; ``per_token``'s implied ``["MatMul"]`` does not."""
         if self.op_types is not None and not set(self.op_types) & EMBEDDING_OPS:
             return "fp32"
-        if (self.embeddings == "per_tensor" and self.op_types is None and self.activations == "per_token"
-                and self.fp32_fallback != "guided"):
+        if self.embeddings == "per_tensor" and self.op_types is None and self._matmul_only():
             return "fp32"  # ORT quantizes MatMul only there: its tables stay fp32
         return self.embeddings
 
@@ -262,7 +264,7 @@ class OrtInt8Dynamic:
         reasons = [f"the block-wise rewrite did not apply: {fallback}"] if fallback else []
         if self.op_types is not None:
             reasons.append(f"op_types {self.op_types} leave the embedding op to fp32 or ORT")
-        elif self.activations == "per_token" and self.fp32_fallback != "guided":
+        elif self._matmul_only():
             reasons.append("per_token quantizes MatMul only")
         else:
             reasons.append("ORT's quantizer left the embedding op as it was")
