@@ -9,9 +9,10 @@
 teacher (``budget=bench deploy=auto bench=off run.threads=2`` plus the step budget; ``--override`` appends more,
 e.g. ``debug=smoke``). ``int8``, ``ziplm_int8`` and ``obert_int8`` are taken from ``outputs/backends_runs.json``
 (benchmarks/backends.py) when that run finished at the same budget, else run here; ``int8``'s model is the teacher,
-so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8`` and its ORT dynamic int8 file the dense cell
-``ort_int8`` (a user gets both without us: with AVX512-VNNI and no AMX the first is the fastest dense baseline, on
-AVX2 without VNNI the second). Run dirs go to ``outputs/compound_runs.json``. ``--label NAME`` lists one pipeline's run
+so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8``, and ORT's one-call dynamic int8 of the teacher
+is the dense cell ``ort_int8`` (a user gets both without us: with AVX512-VNNI and no AMX the first is the fastest
+dense baseline, on AVX2 without VNNI the second; the ``int8`` run's own ORT file has our block-wise embeddings, so it
+is a model of ours, not that baseline). Run dirs go to ``outputs/compound_runs.json``. ``--label NAME`` lists one pipeline's run
 at other settings under its own name (``--only ziplm_strong_int8 --override pipeline.passes.ziplm.speedup=3.4
 --label ziplm_strong_int8@3.4x``); ``measure`` treats it as one more model (``models.<NAME>``).
 
@@ -43,7 +44,7 @@ from compresslab.manifest import git_sha, library_versions, read_json
 from _compound_derive import MODEL_KEYS, WITHIN, cells_of, derive  # noqa: F401 (sibling modules, script dir; tests read them here)
 from _results import ResultsFile, write_aside
 from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _cell, _final_ckpt, _fp32_cells, _forward, _int8_ir_cells,
-                      _isa, _jsonable, _runner, _teacher_ckpt)
+                      _isa, _jsonable, _runner, _teacher_ckpt, teacher_ort_int8)
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -183,18 +184,16 @@ def one_teacher(keys: dict[str, str | None]) -> None:
 
 def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Move NNCF's int8 IRs of the ``int8`` run (whose final model is the teacher; the sparse-decompression
-    twins on AMX too) into ``dense`` (in place), and copy its ORT dynamic int8 file there as ``dense.ort_int8``
-    (a peer cell: ORT's ``quantize_dynamic`` gives a user that speed without us; on AVX2 without VNNI it is the
-    fastest dense baseline, ahead of OpenVINO int8. The ``int8`` model keeps its own ORT cell: both are timed).
-    When the ``int8`` run is listed but has no NNCF IR (NNCF missing or failed), ``dense.openvino_nncf_int8``
-    says so as an error cell: best_dense then falls back to the fastest other cell, and the file shows why."""
+    twins on AMX too) into ``dense`` (in place). ``dense.ort_int8`` is not taken from that run: its ORT file
+    carries our rewrites (block-wise word embeddings), so build_cells quantizes the teacher in one call of ORT's
+    quantizer instead (backends.teacher_ort_int8). When the ``int8`` run is listed but has no NNCF IR (NNCF
+    missing or failed), ``dense.openvino_nncf_int8`` says so as an error cell: best_dense then falls back to the
+    fastest other cell, and the file shows why."""
     if "int8" not in cells:
         return
     moved = [n for n in cells["int8"] if n.startswith("openvino_nncf_int8")]
     for n in moved:
         cells["dense"][n] = cells["int8"].pop(n)
-    if "ort_int8" in cells["int8"] and "error" not in cells["int8"]["ort_int8"]:
-        cells["dense"]["ort_int8"] = {**cells["int8"]["ort_int8"], "method": "peer"}
     if not moved:
         why = "; ".join(f"{n}: {c['error']}" for n, c in cells["int8"].items() if "error" in c)
         cells["dense"]["openvino_nncf_int8"] = _cell("openvino", None, "default", "peer",
@@ -220,6 +219,8 @@ def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, di
     fused = teacher_onnx(rd, RunManifest.load(rd))
     cells["dense"] = _fp32_cells(fused, _teacher_ckpt(rd, manifests[first]), flags)
     cells["dense"]["deepsparse_fp32"] = _cell("deepsparse", _unfused(fused), "fp32")
+    # ORT's dynamic int8 of the teacher, one quantizer call: a dense peer cell (best_dense on AVX2 without VNNI)
+    cells["dense"]["ort_int8"] = teacher_ort_int8(rd)
     for p, r in runs.items():
         try:
             if isinstance(manifests[p], Exception):

@@ -7,12 +7,17 @@ is ours only when one of its steps is ours:
 
 * a torch-stage pass that does not make the teacher (pruning, ZipLM, HAWQ's n-bit weights, QAT, ...):
   it changed the model before any tool saw it;
-* an ONNX-stage pass run with a choice of ours (``fp32_fallback: guided``: which MatMuls stay fp32 is
-  chosen by our sensitivity search on validation).
+* an ONNX-stage pass with a setting of ours (a value outside its class's ``peer_settings``: the settings at
+  which it is one call of the peer's tool, e.g. ``ort_int8_dynamic``'s ``fp32_fallback: none``, ``activations:
+  per_call``, ``outliers: none``, ``embeddings: per_tensor``): our choice of fallbacks, our per-token scales, our
+  outlier split, our block-wise word embeddings changed the graph the quantizer wrote.
 
-``+pipeline=int8`` (the teacher through ORT's ``quantize_dynamic``) is therefore a peer. Its OpenVINO cell
-is ours when our int8 recipe made it (``suite_openvino.method_of``: SmoothQuant, our pass, changed the
-weights first, or our search chose its strength on validation); ORT's static quantizer alone would be a peer's.
+``+pipeline=int8`` with its defaults (block-wise embeddings since 2026-12-05) is therefore ours; with
+``embeddings=per_tensor`` it is ORT's ``quantize_dynamic`` on the teacher, a peer (the ``ort_quantize_dynamic``
+peer is the same tool at its own defaults). An ONNX-stage setting changes the ORT file only, not the torch model:
+the ``<pipeline>_openvino`` cells are made from that model, so their planned method is :func:`model_method_of_config`
+(ours only when a torch pass of ours changed the model), and ``suite_openvino.method_of`` makes one ours when our
+int8 recipe (SmoothQuant) changed it; NNCF's int8 of an unchanged model is the ``nncf_ptq_int8`` peer.
 """
 
 from __future__ import annotations
@@ -22,28 +27,53 @@ from typing import Any, Sequence
 OURS, PEER = "compresslab", "peer"
 
 
-def method_of_config(pipeline_cfg: Any) -> str:
-    """``compresslab`` or ``peer`` for a composed ``pipeline`` config node (``steps`` and ``passes.<step>``
-    with their ``_target_``). Raises ImportError when a step's pass class cannot be imported."""
+def _step_classes(pipeline_cfg: Any) -> list[tuple[Any, Any]]:
+    """``(pass class, config node)`` of each step, in order. Raises ImportError when a class cannot be imported."""
     from hydra.utils import get_class
 
+    return [(get_class(str(pipeline_cfg.passes[s]["_target_"])), pipeline_cfg.passes[s]) for s in pipeline_cfg.steps]
+
+
+def model_method_of_config(pipeline_cfg: Any) -> str:
+    """``compresslab`` when a torch-stage pass of ours (not the one that makes the shared teacher) changed the
+    model before any tool saw it, else ``peer``."""
     from compresslab.types import Stage
 
-    for step in pipeline_cfg.steps:
-        node = pipeline_cfg.passes[step]
-        cls = get_class(str(node["_target_"]))
-        if getattr(cls, "makes_teacher", False):
-            continue  # the teacher every cell shares, peers included
-        if getattr(cls, "stage", None) is Stage.TORCH:
-            return OURS
-        if str(node.get("fp32_fallback", "none")) == "guided":
+    for cls, _ in _step_classes(pipeline_cfg):
+        if not getattr(cls, "makes_teacher", False) and getattr(cls, "stage", None) is Stage.TORCH:
             return OURS
     return PEER
 
 
+def own_settings(pipeline_cfg: Any) -> list[str]:
+    """``<step>.<key>=<value>`` for every ONNX-stage setting of ours in the pipeline (a value outside its pass
+    class's ``peer_settings``)."""
+    out = []
+    for step, (cls, node) in zip(pipeline_cfg.steps, _step_classes(pipeline_cfg)):
+        for key, peer_value in getattr(cls, "peer_settings", {}).items():
+            value = node.get(key, peer_value)
+            if str(value) != str(peer_value):
+                out.append(f"{step}.{key}={value}")
+    return out
+
+
+def method_of_config(pipeline_cfg: Any) -> str:
+    """``compresslab`` or ``peer`` for a composed ``pipeline`` config node (``steps`` and ``passes.<step>``
+    with their ``_target_``): ours when a torch pass of ours changed the model or an ONNX pass ran with a
+    setting of ours. Raises ImportError when a step's pass class cannot be imported."""
+    return OURS if model_method_of_config(pipeline_cfg) == OURS or own_settings(pipeline_cfg) else PEER
+
+
 def pipeline_method(args: Sequence[str]) -> str:
     """:func:`method_of_config` of the run ``python -m compresslab <args>`` would make (its overrides count:
-    ``pipeline.passes.int8.fp32_fallback=guided`` makes ``+pipeline=int8`` ours)."""
+    ``pipeline.passes.int8.embeddings=per_tensor`` makes ``+pipeline=int8`` a peer's)."""
     from compresslab.config import compose
 
     return method_of_config(compose(list(args)).pipeline)
+
+
+def pipeline_model_method(args: Sequence[str]) -> str:
+    """:func:`model_method_of_config` of that run: whose torch model its OpenVINO cells are made from."""
+    from compresslab.config import compose
+
+    return model_method_of_config(compose(list(args)).pipeline)

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from compresslab.export.openvino_int8 import RECIPE
 
-from .suite_method import OURS, pipeline_method
+from .suite_method import OURS, pipeline_method, pipeline_model_method
 from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
@@ -172,8 +172,8 @@ def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
         pl = pipeline_of(c)
         if not p.openvino:
             bad[c] = "the suite config's backends do not include openvino"
-        elif c == nncf_cell_name(pl) and pipeline_method(p.args(pl)) != OURS:
-            bad[c] = (f"{pl} is not our method (it runs another tool on the shared teacher): NNCF's int8 of the "
+        elif c == nncf_cell_name(pl) and pipeline_model_method(p.args(pl)) != OURS:
+            bad[c] = (f"no pass of ours changes {pl}'s torch model (it is the shared teacher): NNCF's int8 of the "
                       "teacher is the nncf_ptq_int8 peer")
     if bad:
         raise SuiteError("no such cell: " + "; ".join(f"{c}: {why}" for c, why in bad.items()))
@@ -204,22 +204,29 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
             "dev": examples_sha256(dev), "max_length": max_length}
     todo: list[tuple[str, str, dict[str, Any]]] = []
     args = {pl: p.args(pl) for pl in p.pipelines}
-    # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule)
+    # the run's config identity, not only its command line: a pass default that changes (the int8 pass's
+    # embeddings, 2026-12-05) changes what the same command makes, so the cell is built anew
+    run_hash = {pl: pipeline_config_hash(args[pl]) for pl in p.pipelines}
+    # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule); the
+    # OpenVINO cells are made from the pipeline's torch model, so theirs is whose model that is
     method = {pl: pipeline_method(args[pl]) for pl in p.pipelines}
-    todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], **data}) for pl in p.pipelines]
+    model_method = {pl: pipeline_model_method(args[pl]) for pl in p.pipelines}
+    todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], "config_hash": run_hash[pl], **data})
+             for pl in p.pipelines]
     if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
-        todo += [(cell_name(pl), method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
+        todo += [(cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
+                                                    "config_hash": run_hash[pl],
                                               "calibration_examples": p.calibration_examples,
                                               "keep_fp32": list(p.openvino_keep_fp32),
                                               "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE,
                                               "validation": examples_sha256(validation), **data})
                  for pl in p.pipelines]
-        # NNCF's int8 beside ours, for our pipelines (on the teacher it is the nncf_ptq_int8 peer already); the
-        # pipeline's method, as ORT's quantizer in ziplm_int8 (suite_openvino's docstring)
-        todo += [(nncf_cell_name(pl), method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
-                                                   "args": args[pl],
-                                             "calibration_examples": p.calibration_examples, **data})
-                 for pl in p.pipelines if method[pl] == OURS]
+        # NNCF's int8 beside ours, for the pipelines whose torch model is ours (on the teacher it is the
+        # nncf_ptq_int8 peer already); the model's method, as ORT's quantizer in ziplm_int8 (suite_openvino's docstring)
+        todo += [(nncf_cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
+                                                         "args": args[pl], "config_hash": run_hash[pl],
+                                                         "calibration_examples": p.calibration_examples, **data})
+                 for pl in p.pipelines if model_method[pl] == OURS]
     for name in p.peers:
         peer = PEERS[name]
         try:
@@ -229,6 +236,14 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
         todo.append((name, "peer", {"kind": "peer", "peer": name, "settings": settings,
                                     "calibration_examples": p.calibration_examples, **data}))
     return todo
+
+
+def pipeline_config_hash(args: Sequence[str]) -> str:
+    """The config hash (run identity) of ``python -m compresslab <args>``: it names the run dir the cell reads."""
+    from compresslab.config import compose
+    from compresslab.pipeline.plan import config_hash
+
+    return config_hash(compose(list(args)))
 
 
 def smooth_grid(cfg: Mapping[str, Any]) -> tuple[float | None, ...]:

@@ -113,6 +113,11 @@ class OrtInt8Dynamic:
     # a zero weight quantizes to its zero point, which dequantizes to exactly 0.0 (ORT ranges always
     # include 0; symmetric int8 weights have zero point 0): the zeros of a pruned model survive
     keeps_zeros: ClassVar[bool] = True
+    # The settings at which this pass is one call of ORT's quantize_dynamic and nothing of ours; any other value
+    # (our fallback choice, per-token scales, the outlier split, block-wise embeddings) makes its file our method
+    # (the peer suite's rule, benchmarks/suite_method.py). Mind it when a setting of ours is added.
+    peer_settings: ClassVar[dict[str, str]] = {"fp32_fallback": "none", "activations": "per_call",
+                                               "outliers": "none", "embeddings": "per_tensor"}
 
     def __post_init__(self) -> None:
         check_bools(self, "per_channel", "reduce_range", "optimize")

@@ -100,7 +100,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         dense.append("torch_fp32")
     if b.dense_int8:
         try:
-            int8_path = _teacher_int8(run_dir, manifest)
+            int8_path = teacher_int8(run_dir, manifest)
             runners["ort_int8"] = OrtRunner(int8_path, threads, vocab_size=vocab)
         except Exception as e:  # a graph ORT's quantizer cannot take: the other cells still run
             skipped["ort_int8"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -189,12 +189,14 @@ def speedups_vs_best(results: dict[str, Any], best: dict[str, dict[str, Any]]) -
             for name, per in results.items()}
 
 
-def _teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
+def teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
     """The dense teacher's ORT dynamic int8: its export, fused first when it is not (``export.optimize=false``),
     quantized by the recipe ZipLM's ``ort_int8`` runtime times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`:
     one call of ORT's quantizer, i.e. ``ort_int8_dynamic`` with ``embeddings: per_tensor``), in
     ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
-    bench run: a few seconds, and never stale after a rerun of the export."""
+    bench run: a few seconds, and never stale after a rerun of the export. Never the ``int8`` pipeline's own file:
+    that one carries our rewrites (block-wise embeddings, outlier split) since 2026-12-05, and this cell is what a
+    user gets without us (benchmarks/backends.py and compound.py take it from here for the same reason)."""
     import tempfile
 
     from compresslab.bench.latency_runtimes import ORT_INT8_ARGS

@@ -14,7 +14,7 @@ from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
 from compresslab.bench.runners import OrtRunner
 from compresslab.export.ort_quant import quantize_dynamic_int8
 from compresslab.export.size import artifact_bytes
-from compresslab.pipeline.bench import _dense_int8_note, _teacher_int8, best_dense, int8_drop_note
+from compresslab.pipeline.bench import _dense_int8_note, teacher_int8, best_dense, int8_drop_note
 from compresslab.report.facts import model_rows
 
 
@@ -26,12 +26,12 @@ def _run_dir(tmp_path, tiny_onnx, tiny_model):
     return run, SimpleNamespace(data={"export": {"fp32": {"path": "export/model.onnx"}}})
 
 
-def test_the_teacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_the_deployed_file(
+def test_theteacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_the_deployed_file(
         tiny_onnx, tiny_model, tmp_path):
     from compresslab.export.ort_quant import ensure_fused
 
     run, manifest = _run_dir(tmp_path, tiny_onnx, tiny_model)
-    path = _teacher_int8(run, manifest)
+    path = teacher_int8(run, manifest)
     assert path == run / "bench" / "teacher_int8" / "model.onnx"
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops  # dynamic int8, not the fp32 file copied
@@ -106,7 +106,7 @@ def test_the_summary_says_when_best_dense_is_the_deployed_file_itself(same):
     assert ("byte for byte: the gap is noise" in text) is same
 
 
-def test_a_teacher_int8_over_the_tolerance_is_named_in_a_note():
+def test_ateacher_int8_over_the_tolerance_is_named_in_a_note():
     assert int8_drop_note(0.90, 0.895, 0.01) is None  # within 1 pt
     assert int8_drop_note(0.90, 0.89, 0.01) is None  # exactly at the tolerance: not over
     note = int8_drop_note(0.90, 0.87, 0.01)

@@ -21,7 +21,14 @@ store_mod = importlib.import_module("benchmarks.store")
 
 
 @pytest.mark.parametrize("args, method", [
-    (["+pipeline=int8"], "peer"),  # the teacher through ORT's quantize_dynamic: a peer's tool on our model
+    # the teacher through one call of ORT's quantize_dynamic: a peer's tool on our model
+    (["+pipeline=int8", "pipeline.passes.int8.embeddings=per_tensor"], "peer"),
+    (["+pipeline=int8"], "compresslab"),  # its default word table is our block-wise rewrite
+    (["+pipeline=int8", "pipeline.passes.int8.embeddings=fp32"], "compresslab"),
+    (["+pipeline=int8", "pipeline.passes.int8.embeddings=per_tensor", "pipeline.passes.int8.outliers=split"],
+     "compresslab"),  # our outlier split
+    (["+pipeline=int8", "pipeline.passes.int8.embeddings=per_tensor", "pipeline.passes.int8.activations=per_token"],
+     "compresslab"),  # our per-token scales
     (["+pipeline=qdq_int8"], "peer"),  # ORT's static quantizer on the teacher
     (["+pipeline=int8", "pipeline.passes.int8.fp32_fallback=guided"], "compresslab"),  # our choice of fallbacks
     (["+pipeline=hawq_int8"], "compresslab"),
@@ -34,10 +41,31 @@ def test_a_pipeline_is_ours_only_when_our_pass_changed_the_model(args, method) -
     assert suite_method.pipeline_method(args) == method
 
 
+@pytest.mark.parametrize("args, method", [
+    (["+pipeline=int8"], "peer"),  # an ORT-file rewrite: the torch model OpenVINO and NNCF see is the teacher
+    (["+pipeline=int8", "pipeline.passes.int8.fp32_fallback=guided"], "peer"),
+    (["+pipeline=ziplm_int8"], "compresslab"),
+    (["+pipeline=hawq_w4"], "compresslab"),
+])
+def test_whose_torch_model_a_pipeline_leaves_is_told_apart_from_whose_ort_file(args, method) -> None:
+    assert suite_method.pipeline_model_method(args) == method
+
+
+def test_every_peer_setting_of_a_pass_is_one_of_its_fields() -> None:
+    """A renamed or removed setting must not leave the rule reading a key that no longer exists."""
+    import dataclasses
+
+    from compresslab.registry import get_pass
+
+    cls = get_pass("ort_int8_dynamic")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(cls.peer_settings) <= set(fields)
+
+
 def test_every_suite_pipeline_gets_a_method() -> None:
     cfg = suite_plan.load_config(suite_plan.CONFIG)
     got = {p: suite_method.pipeline_method(suite_plan.pipeline_overrides(p, [])) for p in cfg["pipelines"]}
-    assert got["int8"] == "peer" and all(m in ("peer", "compresslab") for m in got.values())
+    assert got["int8"] == "compresslab" and all(m in ("peer", "compresslab") for m in got.values())
 
 
 def _cfg() -> dict:

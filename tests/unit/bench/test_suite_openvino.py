@@ -88,8 +88,17 @@ def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_the_recipe_keys_th
 
     assert p.openvino_keep_fp32 == () and p.openvino_smooth_alpha == DEFAULT_SMOOTH_GRID
     specs = {n: (m, s) for n, m, s in plan_mod.cell_specs(p, teacher_sha="x", dev=[], max_length=128)}
-    # int8 is the teacher through ORT's quantizer (a peer): NNCF on it is the nncf_ptq_int8 peer already
+    # int8's torch model is the teacher (its block-wise embeddings are an ORT-file rewrite): NNCF on it is the
+    # nncf_ptq_int8 peer already, and its OpenVINO twin is ours only when our recipe changes it (method_of)
     assert "int8_openvino_nncf" not in specs
+    assert specs["int8"][0] == "compresslab" and specs["int8_openvino"][0] == "peer"
+    # the run's config identity keys every pipeline cell: a changed pass default builds it anew
+    from compresslab.config import compose
+    from compresslab.pipeline.plan import config_hash
+
+    assert specs["int8"][1]["config_hash"] == config_hash(compose(specs["int8"][1]["args"]))
+    assert specs["int8_openvino"][1]["config_hash"] == specs["int8"][1]["config_hash"]
+    assert specs["ziplm_int8_openvino_nncf"][1]["config_hash"] == specs["ziplm_int8"][1]["config_hash"]
     # ours by issue 14's rule (our pass changed the model before NNCF saw it), as ziplm_int8 itself
     assert specs["ziplm_int8_openvino_nncf"][0] == specs["ziplm_int8"][0] == "compresslab"
     assert specs["ziplm_int8_openvino_nncf"][1]["int8"] == "nncf"
