@@ -10,8 +10,9 @@ therefore move with its batchmates, and with the padding their lengths bring. A 
 does not move. This script scores the same SST-2 dev sentences through each file at batch 1, 8 and 32
 (dynamic padding, the evaluation's own loader) and at batch 32 in a shuffled order (same batch size, other
 batchmates), and counts the sentences whose predicted label changes against batch 1, and each setting's
-agreement with the torch teacher. Files: the fused fp32 export (the control: 0 flips expected), our
-``+pipeline=int8`` deploy (dynamic, per-channel weights), ORT ``quantize_dynamic`` with its defaults (the
+agreement with the torch teacher. Files: the fused fp32 export (the control: 0 flips expected), ORT's
+dynamic int8 with per-channel weights on the fused graph (``+pipeline=int8``'s deploy before its block-wise word
+embeddings, i.e. with ``embeddings: per_tensor``), ORT ``quantize_dynamic`` with its defaults (the
 suite's peer), and ORT static QDQ (per-channel, MinMax on 300 train examples). No timing: safe beside
 training. Writes ``results/int8_batch_dependence[_<carve><size>].json``.
 """
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> None:
     plain = exp.unfused_path or exp.onnx_path
     files = {"ort_fp32_fused": exp.onnx_path, "int8_dynamic_per_channel": work / "dyn_pc.onnx",
              "ort_quantize_dynamic_defaults": work / "dyn_defaults.onnx", "static_qdq_per_channel": work / "qdq.onnx"}
-    quantize_dynamic_int8(exp.onnx_path, files["int8_dynamic_per_channel"])  # what +pipeline=int8 deploys
+    quantize_dynamic_int8(exp.onnx_path, files["int8_dynamic_per_channel"])  # +pipeline=int8 with embeddings: per_tensor
     from onnxruntime.quantization import quantize_dynamic  # the peer: the library's defaults, plain export
 
     quantize_dynamic(str(plain), str(files["ort_quantize_dynamic_defaults"]))

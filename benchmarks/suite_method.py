@@ -7,10 +7,9 @@ is ours only when one of its steps is ours:
 
 * a torch-stage pass that does not make the teacher (pruning, ZipLM, HAWQ's n-bit weights, QAT, ...):
   it changed the model before any tool saw it;
-* an ONNX-stage pass with a setting of ours (a value outside its class's ``peer_settings``: the settings at
-  which it is one call of the peer's tool, e.g. ``ort_int8_dynamic``'s ``fp32_fallback: none``, ``activations:
-  per_call``, ``outliers: none``, ``embeddings: per_tensor``): our choice of fallbacks, our per-token scales, our
-  outlier split, our block-wise word embeddings changed the graph the quantizer wrote.
+* an ONNX-stage pass with a setting of ours (its ``own_settings()``, e.g. ``ort_int8_dynamic``'s guided fp32
+  fallback, per-token scales, outlier split, block-wise word embeddings): our choice changed the graph the
+  quantizer wrote. ORT's own options (per_channel, op_types, fp32 tables through ``nodes_to_exclude``) are not.
 
 ``+pipeline=int8`` with its defaults (block-wise embeddings since 2026-12-05) is therefore ours; with
 ``embeddings=per_tensor`` it is ORT's ``quantize_dynamic`` on the teacher, a peer (the ``ort_quantize_dynamic``
@@ -27,11 +26,12 @@ from typing import Any, Sequence
 OURS, PEER = "compresslab", "peer"
 
 
-def _step_classes(pipeline_cfg: Any) -> list[tuple[Any, Any]]:
-    """``(pass class, config node)`` of each step, in order. Raises ImportError when a class cannot be imported."""
+def _steps(pipeline_cfg: Any) -> list[tuple[str, Any, Any]]:
+    """``(step, pass class, config node)`` of each step, in order. Raises ImportError when a class cannot be
+    imported."""
     from hydra.utils import get_class
 
-    return [(get_class(str(pipeline_cfg.passes[s]["_target_"])), pipeline_cfg.passes[s]) for s in pipeline_cfg.steps]
+    return [(s, get_class(str(pipeline_cfg.passes[s]["_target_"])), pipeline_cfg.passes[s]) for s in pipeline_cfg.steps]
 
 
 def model_method_of_config(pipeline_cfg: Any) -> str:
@@ -39,21 +39,24 @@ def model_method_of_config(pipeline_cfg: Any) -> str:
     model before any tool saw it, else ``peer``."""
     from compresslab.types import Stage
 
-    for cls, _ in _step_classes(pipeline_cfg):
+    for _, cls, _ in _steps(pipeline_cfg):
         if not getattr(cls, "makes_teacher", False) and getattr(cls, "stage", None) is Stage.TORCH:
             return OURS
     return PEER
 
 
 def own_settings(pipeline_cfg: Any) -> list[str]:
-    """``<step>.<key>=<value>`` for every ONNX-stage setting of ours in the pipeline (a value outside its pass
-    class's ``peer_settings``)."""
+    """``<step>.<key>=<value>`` for every setting of ours in the pipeline's ONNX-stage passes (each pass's
+    ``own_settings()``, on the pass built from its node as the run builds it: its defaults and its rules for
+    what is applied count)."""
+    from hydra.utils import instantiate
+
+    from compresslab.types import Stage
+
     out = []
-    for step, (cls, node) in zip(pipeline_cfg.steps, _step_classes(pipeline_cfg)):
-        for key, peer_value in getattr(cls, "peer_settings", {}).items():
-            value = node.get(key, peer_value)
-            if str(value) != str(peer_value):
-                out.append(f"{step}.{key}={value}")
+    for step, cls, node in _steps(pipeline_cfg):
+        if getattr(cls, "stage", None) is Stage.ONNX and hasattr(cls, "own_settings"):
+            out += [f"{step}.{kv}" for kv in instantiate(node, _convert_="all").own_settings()]
     return out
 
 

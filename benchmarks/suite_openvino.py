@@ -14,7 +14,9 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
   kept), on the suite's calibration examples, with the MatMuls of the Linear modules ``keep_fp32`` selects
   (suite.yaml ``openvino_keep_fp32``; ``deploy.keep_fp32``'s vocabulary, e.g. ``ffn_out``) left in fp32.
   The cell key holds the grid, the validation examples' hash and ``RECIPE``, so a cell built by an older
-  recipe is built anew. Its method is ours even on the shared teacher (``+pipeline=int8``) whenever our
+  recipe is built anew. Its planned method is whose torch model it is (``suite_method.pipeline_model_method``:
+  the int8 pipeline's block-wise embeddings are an ORT-file rewrite, so on ``+pipeline=int8`` that is the
+  teacher's, a peer's), and it is ours even on the shared teacher (``+pipeline=int8``) whenever our
   recipe chose or changed something (:func:`method_of`): SmoothQuant, our pass, changed the weights before
   ORT's quantizer saw them, or its strength was chosen by our search on validation (as
   ``fp32_fallback: guided`` is ours, ``suite_method``);
@@ -22,10 +24,10 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
 
 Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the
 same plain fp32 export on the same calibration examples, the other candidate of ``deploy.int8=auto``. Both
-are shown, side by side, on dev; none is chosen on dev. Its method is its pipeline's, by issue 14's rule
+are shown, side by side, on dev; none is chosen on dev. Its method is its pipeline's torch model's, by issue 14's rule
 (a peer's tool on our model is ours when our pass changed the model first: the same rule that makes
 ``ziplm_int8``, ORT's quantizer on our ZipLM model, ours); its tool names NNCF, and on the unchanged
-teacher (``+pipeline=int8``, a peer) no such cell is made: that is the ``nncf_ptq_int8`` peer. (Issue 9's
+teacher (``+pipeline=int8``, whose torch model is the teacher) no such cell is made: that is the ``nncf_ptq_int8`` peer. (Issue 9's
 deploy manifest is stricter: there NNCF's IR is ``method: "peer"`` unless our pass chose what it quantizes.)
 """
 

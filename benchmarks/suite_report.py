@@ -198,9 +198,10 @@ def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
         doc.blocks += blocks
         pngs.update(p)
     doc.blocks += [Heading("How to read it", 3), Bullets([
-        "method compresslab: our pipeline's deployed file, where one of our passes changed the model; peer: another "
+        "method compresslab: our pipeline's deployed file, where one of our passes changed the model or the graph "
+        "the quantizer wrote (int8's block-wise word embeddings, results files from 2026-12-06 on); peer: another "
         "tool's (the dense teacher's cells included), also when one of our pipelines only runs that tool on the "
-        "teacher (int8: ORT's quantize_dynamic; benchmarks/suite_method.py). An OpenVINO cell made by our int8 "
+        "teacher (int8 in older results files: ORT's quantize_dynamic; benchmarks/suite_method.py). An OpenVINO cell made by our int8 "
         "recipe (results files from 2026-12-04 on: meta.cells.<cell>.int8_recipe) is ours, on the teacher too "
         "(int8_openvino): SmoothQuant, our pass, changed the weights first, or our search chose its strength on "
         "validation. A task whose results file is older holds static-QDQ cells, where int8_openvino is a peer.",

@@ -60,8 +60,8 @@ class Peer(Protocol):
 def _registry() -> dict[str, Peer]:
     from . import dense, nncf_ptq, nncf_weights, optimum_ort, ort_dynamic, ort_nbits, torch_dynamic, torch_venv
 
-    peers: list[Peer] = [*dense.PEERS, ort_dynamic.PEER, torch_dynamic.PEER, nncf_ptq.PEER, ort_nbits.PEER,
-                         nncf_weights.PEER, *optimum_ort.PEERS, *torch_venv.PEERS]
+    peers: list[Peer] = [*dense.PEERS, ort_dynamic.PEER, ort_dynamic.FUSED, torch_dynamic.PEER, nncf_ptq.PEER,
+                         ort_nbits.PEER, nncf_weights.PEER, *optimum_ort.PEERS, *torch_venv.PEERS]
     return {p.name: p for p in peers}
 
 

@@ -113,11 +113,6 @@ class OrtInt8Dynamic:
     # a zero weight quantizes to its zero point, which dequantizes to exactly 0.0 (ORT ranges always
     # include 0; symmetric int8 weights have zero point 0): the zeros of a pruned model survive
     keeps_zeros: ClassVar[bool] = True
-    # The settings at which this pass is one call of ORT's quantize_dynamic and nothing of ours; any other value
-    # (our fallback choice, per-token scales, the outlier split, block-wise embeddings) makes its file our method
-    # (the peer suite's rule, benchmarks/suite_method.py). Mind it when a setting of ours is added.
-    peer_settings: ClassVar[dict[str, str]] = {"fp32_fallback": "none", "activations": "per_call",
-                                               "outliers": "none", "embeddings": "per_tensor"}
 
     def __post_init__(self) -> None:
         check_bools(self, "per_channel", "reduce_range", "optimize")
@@ -250,6 +245,16 @@ class OrtInt8Dynamic:
                      "(ratio %g, at most %d each)", self.name, record["split_input_channels"], record["split_neurons"],
                      len(record["blocks"]), self.outlier_ratio, self.outlier_max_channels)
         return out, record
+
+    def own_settings(self) -> list[str]:
+        """``key=value`` of each setting that makes this pass's file ours rather than ORT's ``quantize_dynamic``
+        with its own options (per_channel, reduce_range, op_types, fp32 tables through ``nodes_to_exclude``):
+        our fp32 fallback choice, per-token scales, the outlier split, block-wise word embeddings as applied
+        (an ``op_types`` without the embedding ops keeps them fp32). [] for one call of ORT's tool. The peer
+        suite's rule (benchmarks/suite_method.py); extend it with every setting of ours added here."""
+        own = {"fp32_fallback": self.fp32_fallback != "none", "activations": self.activations != "per_call",
+               "outliers": self.outliers != "none", "embeddings": self._embeddings_effective() == "blockwise"}
+        return [f"{k}={getattr(self, k)}" for k, on in own.items() if on]
 
     def _matmul_only(self) -> bool:
         """Plain per-token int8: ORT quantizes MatMul only (``PER_TOKEN_OP_TYPES``) unless ``op_types`` says more."""

@@ -195,8 +195,8 @@ def teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
     one call of ORT's quantizer, i.e. ``ort_int8_dynamic`` with ``embeddings: per_tensor``), in
     ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
     bench run: a few seconds, and never stale after a rerun of the export. Never the ``int8`` pipeline's own file:
-    that one carries our rewrites (block-wise embeddings, outlier split) since 2026-12-05, and this cell is what a
-    user gets without us (benchmarks/backends.py and compound.py take it from here for the same reason)."""
+    that one carries our rewrites (block-wise word embeddings by default since 2026-12-05; the outlier split when
+    asked), and this cell is what a user gets without us (benchmarks/backends.py and compound.py take it from here for the same reason)."""
     import tempfile
 
     from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
@@ -232,8 +232,8 @@ def _dense_int8_note(teacher_int8: Path, deployed: Path, run_dir: Path, cell: st
             "best_dense (bench.dense_int8).")
     same = deployed.is_file() and filecmp.cmp(deployed, teacher_int8, shallow=False)  # sizes first, then bytes
     if same:
-        note += (f" It is {cell}'s file ({_rel(deployed, run_dir)}) byte for byte (no torch pass changed the model): "
-                 "their gap is noise.")
+        note += (f" It is {cell}'s file ({_rel(deployed, run_dir)}) byte for byte (no torch pass changed the model "
+                 "and the int8 pass ran as one call of ORT's quantizer, embeddings: per_tensor): their gap is noise.")
     return note, same
 
 

@@ -26,7 +26,7 @@ def _run_dir(tmp_path, tiny_onnx, tiny_model):
     return run, SimpleNamespace(data={"export": {"fp32": {"path": "export/model.onnx"}}})
 
 
-def test_theteacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_the_deployed_file(
+def test_the_teacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_the_deployed_file(
         tiny_onnx, tiny_model, tmp_path):
     from compresslab.export.ort_quant import ensure_fused
 
@@ -37,7 +37,7 @@ def test_theteacher_int8_is_the_recipe_ziplm_times_and_its_note_says_when_it_is_
     assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops  # dynamic int8, not the fp32 file copied
     assert "QAttention" in ops  # an unfused export is fused first, as the int8 pass does: fused int8 kernels
     assert not list((run / "export").glob("*int8*"))  # export/ keeps optimum's layout
-    same = tmp_path / "deployed.onnx"  # what an int8 pipeline deploys when no torch pass changed the model
+    same = tmp_path / "deployed.onnx"  # an int8 pipeline's file with embeddings: per_tensor and no torch pass
     fused, _ = ensure_fused(run / "export" / "model.onnx", tiny_model.config.to_dict(), tmp_path)
     quantize_dynamic_int8(fused, same, **ORT_INT8_ARGS)
     note, is_same = _dense_int8_note(path, same, run)
@@ -106,7 +106,7 @@ def test_the_summary_says_when_best_dense_is_the_deployed_file_itself(same):
     assert ("byte for byte: the gap is noise" in text) is same
 
 
-def test_ateacher_int8_over_the_tolerance_is_named_in_a_note():
+def test_a_teacher_int8_over_the_tolerance_is_named_in_a_note():
     assert int8_drop_note(0.90, 0.895, 0.01) is None  # within 1 pt
     assert int8_drop_note(0.90, 0.89, 0.01) is None  # exactly at the tolerance: not over
     note = int8_drop_note(0.90, 0.87, 0.01)

@@ -24,7 +24,7 @@ store_mod = importlib.import_module("benchmarks.store")
     # the teacher through one call of ORT's quantize_dynamic: a peer's tool on our model
     (["+pipeline=int8", "pipeline.passes.int8.embeddings=per_tensor"], "peer"),
     (["+pipeline=int8"], "compresslab"),  # its default word table is our block-wise rewrite
-    (["+pipeline=int8", "pipeline.passes.int8.embeddings=fp32"], "compresslab"),
+    (["+pipeline=int8", "pipeline.passes.int8.embeddings=fp32"], "peer"),  # ORT's nodes_to_exclude
     (["+pipeline=int8", "pipeline.passes.int8.embeddings=per_tensor", "pipeline.passes.int8.outliers=split"],
      "compresslab"),  # our outlier split
     (["+pipeline=int8", "pipeline.passes.int8.embeddings=per_tensor", "pipeline.passes.int8.activations=per_token"],
@@ -51,15 +51,18 @@ def test_whose_torch_model_a_pipeline_leaves_is_told_apart_from_whose_ort_file(a
     assert suite_method.pipeline_model_method(args) == method
 
 
-def test_every_peer_setting_of_a_pass_is_one_of_its_fields() -> None:
-    """A renamed or removed setting must not leave the rule reading a key that no longer exists."""
-    import dataclasses
+@pytest.mark.parametrize("overrides, own", [
+    ([], ["int8.embeddings=blockwise"]),
+    (["pipeline.passes.int8.embeddings=per_tensor"], []),
+    (["pipeline.passes.int8.embeddings=fp32"], []),  # ORT's nodes_to_exclude: its own option
+    (["pipeline.passes.int8.op_types=[MatMul]"], []),  # the tables stay fp32 whatever embeddings says
+    (["pipeline.passes.int8.embeddings=per_tensor", "pipeline.passes.int8.outliers=split",
+      "pipeline.passes.int8.fp32_fallback=guided"], ["int8.fp32_fallback=guided", "int8.outliers=split"]),
+])
+def test_own_settings_are_the_ones_applied(overrides, own) -> None:
+    from compresslab.config import compose
 
-    from compresslab.registry import get_pass
-
-    cls = get_pass("ort_int8_dynamic")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    assert set(cls.peer_settings) <= set(fields)
+    assert suite_method.own_settings(compose(["+pipeline=int8", *overrides]).pipeline) == own
 
 
 def test_every_suite_pipeline_gets_a_method() -> None:
