@@ -127,7 +127,8 @@ def matmul_nbits_node(a: str, y: str, name: str, q: np.ndarray, scales: np.ndarr
 def gather_quantized_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndarray, z_dep: np.ndarray,
                            dbits: int | None, dbs: int | None) -> tuple[list, list, str]:
     """The nodes and initializers replacing the embedding ``Gather`` ``node``: GatherBlockQuantized when the
-    block is deployable, else Gather of uint8 codes + dequant in standard ops.
+    block is deployable, else Gather of uint8 codes + dequant in standard ops. An id outside ``[0, V)`` is refused
+    (:func:`_ids_checked`); the graph needs opset >= :data:`GUARD_OPSET`.
 
     ``q``: uint8 codes ``(V, D)``; ``s_dep`` float32 / ``z_dep`` uint8 ``(V, D / block)``, one per deployed
     block; ``dbits`` / ``dbs`` the deployed width and block (both None for the fallback). Returns
@@ -135,7 +136,8 @@ def gather_quantized_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndar
     from onnx import TensorProto, helper, numpy_helper
 
     v, d = q.shape
-    base, ids = node.name or node.output[0], node.input[1]
+    base = node.name or node.output[0]
+    guard, ids, guard_inits = _ids_checked(node.input[1], v, base)
     if dbs is not None and dbits is not None:
         data = numpy_helper.from_array(pack_codes(q, dbits), f"{base}_Q{dbits}")
         s = numpy_helper.from_array(s_dep.astype(np.float32), f"{base}_scales")
@@ -143,7 +145,7 @@ def gather_quantized_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndar
         gbq = helper.make_node("GatherBlockQuantized", [data.name, ids, s.name, z.name], [node.output[0]],
                                name=f"{base}_Q{dbits}", domain=MS_DOMAIN, bits=dbits, block_size=dbs, gather_axis=0,
                                quantize_axis=1)
-        return [gbq], [data, s, z], "GatherBlockQuantized"
+        return [*guard, gbq], [data, s, z, *guard_inits], "GatherBlockQuantized"
     # fallback: codes (V, nb, bs) uint8 and per-block scale / zero (V, nb, 1); out = (q − z)·Δ, reshaped back
     nb = s_dep.shape[1]
     bs = d // nb
@@ -166,8 +168,43 @@ def gather_quantized_nodes(node: "onnx.NodeProto", q: np.ndarray, s_dep: np.ndar
         helper.make_node("Concat", [o("ids_shape"), t["dim"].name], [o("shape")], name=f"{base}/shape", axis=0),
         helper.make_node("Reshape", [o("blocks"), o("shape")], [node.output[0]], name=f"{base}/Reshape"),
     ]
-    return nodes, list(t.values()), "Gather+dequantize"
+    return [*guard, *nodes], [*t.values(), *guard_inits], "Gather+dequantize"
 
 
-__all__ = ["ACCURACY_LEVELS", "MS_DOMAIN", "ORT_BITS", "ORT_BLOCKS", "deployable_block", "deployed_bits",
-           "gather_quantized_nodes", "grid_codes", "matmul_nbits_node", "pack_codes", "unpack_codes"]
+GUARD_OPSET = 15  # CastLike, which the lookup's id check casts its bound with
+
+
+def default_opset(model: "onnx.ModelProto") -> int:
+    """The graph's default-domain (ai.onnx) opset version (1 when none is imported, as ONNX reads it)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _ids_checked(ids: str, rows: int, base: str) -> tuple[list, str, list]:
+    """Nodes that pass ``ids`` through unchanged when every id is in ``[0, rows)`` and make ONNX Runtime raise
+    otherwise, as the fp32 lookup does: ONNX ``Gather`` wraps -1 to the last row (BERT's
+    ``EmbedLayerNormalization`` and torch's embedding refuse it), and ORT's ``GatherBlockQuantized`` checks no
+    bound at all (an id >= rows read past the table without an error on ORT 1.32). A negative id is mapped to
+    ``rows``; then a ``Gather`` of a ``rows``-long zero vector (uint8, ``rows`` bytes), whose error names node
+    ``<base>/ids_guard/token_id_out_of_range``, is added to the ids so the check cannot be pruned. int32 or int64
+    ids (the bound is cast like them). Returns ``(nodes, the checked ids' name, initializers)``."""
+    from onnx import helper, numpy_helper
+
+    g = f"{base}/ids_guard"
+    # initializers named ``<base>_*`` like the table's own: a second lookup of one stored table reads the first's
+    bound = numpy_helper.from_array(np.array(rows, np.int64), f"{base}_ids_rows")
+    zeros = numpy_helper.from_array(np.zeros(rows, np.uint8), f"{base}_ids_zeros")
+    nodes = [
+        helper.make_node("CastLike", [bound.name, ids], [f"{g}/rows_like"], name=f"{g}/rows_like"),
+        helper.make_node("Sub", [ids, ids], [f"{g}/zero"], name=f"{g}/zero"),
+        helper.make_node("Less", [ids, f"{g}/zero"], [f"{g}/negative"], name=f"{g}/negative"),
+        helper.make_node("Where", [f"{g}/negative", f"{g}/rows_like", ids], [f"{g}/mapped"], name=f"{g}/mapped"),
+        helper.make_node("Gather", [zeros.name, f"{g}/mapped"], [f"{g}/probe"], name=f"{g}/token_id_out_of_range",
+                         axis=0),
+        helper.make_node("CastLike", [f"{g}/probe", ids], [f"{g}/probe_like"], name=f"{g}/probe_like"),
+        helper.make_node("Add", [f"{g}/mapped", f"{g}/probe_like"], [f"{g}/ids"], name=f"{g}/ids"),
+    ]
+    return nodes, f"{g}/ids", [bound, zeros]
+
+
+__all__ = ["ACCURACY_LEVELS", "GUARD_OPSET", "MS_DOMAIN", "ORT_BITS", "ORT_BLOCKS", "default_opset", "deployable_block",
+           "deployed_bits", "gather_quantized_nodes", "grid_codes", "matmul_nbits_node", "pack_codes", "unpack_codes"]

@@ -159,6 +159,39 @@ def test_bad_input_is_refused(exported_bert, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_token_id_outside_the_table_is_refused_not_wrapped(exported_bert, make_batches, tmp_path, fused):
+    """ONNX Gather wraps -1 to the last row; the rewritten lookup must refuse it (and ids >= vocab) as BERT's
+    fused op does, and pass every id in range unchanged."""
+    import onnxruntime as ort
+
+    src = Path(exported_bert.onnx_path if fused else exported_bert.unfused_path)
+    blockwise_word_embeddings(src, tmp_path / "emb.onnx")
+    sess = _session(tmp_path / "emb.onnx")
+    feeds = _feeds(make_batches, tmp_path / "emb.onnx", seed=3)[0]
+    vocab = next(t.dims[0] for t in onnx.load(str(src)).graph.initializer if "word_embeddings" in t.name)
+    ok = sess.run(None, {**feeds, "input_ids": np.full_like(feeds["input_ids"], vocab - 1)})[0]
+    assert np.isfinite(ok).all()
+    for bad in (-1, vocab):
+        ids = feeds["input_ids"].copy()
+        ids[0, 1] = bad
+        with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="token_id_out_of_range"):
+            sess.run(None, {**feeds, "input_ids": ids})
+    if fused:  # the fp32 graph's own op refuses -1 as well: the rewrite keeps its contract
+        with pytest.raises(Exception):
+            _session(src).run(None, {**feeds, "input_ids": np.where(feeds["input_ids"] > 0, -1, 0)})
+
+
+def test_a_graph_below_opset_15_is_refused_before_any_rewrite(tmp_path):
+    _embedding_graph(tmp_path / "fp32.onnx")
+    m = onnx.load(str(tmp_path / "fp32.onnx"))
+    m.opset_import[0].version = 14
+    onnx.save(m, str(tmp_path / "old.onnx"))
+    with pytest.raises(EmbeddingError, match="opset 14.*>= 15"):
+        blockwise_word_embeddings(tmp_path / "old.onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_a_table_also_read_by_another_node_keeps_its_fp32_copy(tmp_path):
     """A tied head (the table reused as a MatMul weight) must not lose its weights."""
     _embedding_graph(tmp_path / "fp32.onnx")

@@ -224,6 +224,28 @@ def test_undeployable_blocks_fall_back_exactly(tok, batches, tmp_path):
     assert ops["GatherBlockQuantized"] == 0 and ops["MatMulNBits"] == 1
     for ours, ref in zip(_logits(tmp_path / "fb.onnx", batches), _torch_logits(model, batches)):
         assert np.abs(ours - ref).max() <= 1e-4
+    _refuses_ids_outside_the_table(tmp_path / "fb.onnx", batches, int(model.config.vocab_size))
+
+
+def _refuses_ids_outside_the_table(path, batches, vocab):
+    """GatherBlockQuantized reads past its table on an id >= vocab without an error, and Gather wraps -1: the
+    deployed lookup refuses both, as the fp32 model does."""
+    import onnxruntime as ort
+
+    run = OnnxRunner(path, threads=1)
+    feeds = run.feeds(batches[0])
+    for bad in (-1, vocab):
+        ids = feeds["input_ids"].copy()
+        ids[0, 1] = bad
+        with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="token_id_out_of_range"):
+            run.session.run(None, {**feeds, "input_ids": ids})
+
+
+def test_the_block_quantized_lookup_refuses_ids_outside_the_table(qexport, batches, tmp_path):
+    model, _ = qexport
+    m = _convert(qexport, tmp_path / "nb.onnx")
+    assert m["n_gather_block_quantized"] == 1
+    _refuses_ids_outside_the_table(tmp_path / "nb.onnx", batches, int(model.config.vocab_size))
 
 
 # ------------------------------------------------------------------ the pass
@@ -299,7 +321,11 @@ def test_size_breakdown_counts_nbits_embeddings_as_embeddings(qexport, tmp_path)
     pos_type = before["embeddings"] - onnx.numpy_helper.to_array(
         next(t for t in onnx.load(str(res.dir / "model_unfused.onnx")).graph.initializer
              if "word_embeddings" in t.name)).nbytes
-    assert after["embeddings"] == pos_type + table  # the n-bit table (codes, scales, zeros) stays "embeddings"
+    # the lookup's id check reads a vocab-long uint8 zero vector with a Gather: embeddings too (its 8-byte int64
+    # bound is read by a CastLike, so it counts as encoder)
+    guard = [onnx.numpy_helper.to_array(t) for t in g.initializer if t.name.endswith("_ids_zeros")]
+    assert len(guard) == 1 and guard[0].nbytes == onnx.numpy_helper.to_array(inits[gbq[0].input[0]]).shape[0]
+    assert after["embeddings"] == pos_type + table + guard[0].nbytes  # the n-bit table (codes, scales, zeros) too
     assert after["encoder"] < before["encoder"] / 2
 
 
