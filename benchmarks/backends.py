@@ -259,7 +259,7 @@ def measure(a: argparse.Namespace) -> None:
         rl = measure_real_lengths(runners, batches, rounds=a.rounds)
     timing_s = time.perf_counter() - t0
     for key, r in runners.items():
-        model, name = key.split(".", 1)
+        model, name = key.rsplit(".", 1)  # a cell name has no dot
         cell = out_models[model][name]
         res = lat["results"][key]
         cell["b32_ms"] = res[shape_key(32, 128)]["p50_ms"]

@@ -182,6 +182,20 @@ def one_teacher(keys: dict[str, str | None]) -> None:
                          "one teacher together")
 
 
+def cell_key(model: str, name: str) -> str:
+    """``<model>.<cell>``, the key of one cell in the runners and in DeepSparse's worker. A model may be a
+    ``--label`` with dots (``ziplm_strong_int8@3.4x``); a cell name never has one (:func:`split_key`)."""
+    if "." in name:
+        raise ValueError(f"cell name {name!r} has a dot: its key could not be split back")
+    return f"{model}.{name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(model, cell)`` of :func:`cell_key`: split at the LAST dot, since labels may hold dots."""
+    model, name = key.rsplit(".", 1)
+    return model, name
+
+
 def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Move NNCF's int8 IRs of the ``int8`` run (whose final model is the teacher; the sparse-decompression
     twins on AMX too) into ``dense`` (in place). ``dense.ort_int8`` is not taken from that run: its ORT file
@@ -254,7 +268,7 @@ def deepsparse_cells(cells: dict[str, dict[str, dict[str, Any]]], fused_teacher:
                                                       find_python, static_inputs)
     from compresslab.bench.latency import shape_key
 
-    keys = {f"{m}.{n}": c for m, mc in cells.items() for n, c in mc.items() if c["kind"] == "deepsparse"}
+    keys = {cell_key(m, n): c for m, mc in cells.items() for n, c in mc.items() if c["kind"] == "deepsparse"}
     try:
         python = find_python(None)
         version = check_python(python)
@@ -329,7 +343,7 @@ def measure(a: argparse.Namespace) -> None:
     preds: dict[str, Any] = {}
     for model, mc in cells.items():
         for name, c in mc.items():
-            key = f"{model}.{name}"
+            key = cell_key(model, name)
             cell = out.setdefault(model, {})[name] = {
                 "backend": c["kind"], "file": _rel(Path(c["path"])) if c["path"] else None,
                 "size_bytes": size_bytes(c["path"]), "method": c["method"], "precision_requested": c["precision"]}
@@ -354,7 +368,7 @@ def measure(a: argparse.Namespace) -> None:
             log.info("scored %s: %s (%.0f s)", key, cell["acc"], time.perf_counter() - t0)
     teacher = preds["dense.torch_fp32"]
     for key, p in preds.items():
-        model, name = key.split(".", 1)
+        model, name = split_key(key)
         out[model][name]["agreement"] = float(np.mean(p == teacher))
 
     log.info("timing %d runners interleaved at %s", len(runners), SHAPES)
@@ -367,7 +381,7 @@ def measure(a: argparse.Namespace) -> None:
         rl = measure_real_lengths(runners, batches, rounds=a.rounds)
     timing_s = time.perf_counter() - t0
     for key, r in runners.items():
-        model, name = key.split(".", 1)
+        model, name = split_key(key)
         cell, c = out[model][name], cells[model][name]
         res = lat["results"][key]
         cell["b32_ms"] = res[shape_key(32, 128)]["p50_ms"]
@@ -384,7 +398,7 @@ def measure(a: argparse.Namespace) -> None:
     ds, ds_meta = deepsparse_cells(cells, teacher_onnx(rd, RunManifest.load(rd)), dev, tok, task.spec,
                                    _Pred(teacher), vocab, a)
     for key, figs in ds.items():
-        model, name = key.split(".", 1)
+        model, name = split_key(key)
         out[model][name].update(figs)
         if "precision" not in out[model][name] and "error" not in figs:
             out[model][name]["precision"] = cells[model][name]["precision"]

@@ -213,3 +213,13 @@ def test_paired_speedups_come_from_the_rounds(compound):
     cs["c"]["ort_int8"]["b32_times_ms"] = [20.0, 20.0]  # not the same rounds as the base's five
     with pytest.raises(ValueError, match="equal"):
         compound.derive(cs)
+
+
+def test_a_label_with_a_dot_keeps_its_cells_apart(compound):
+    """``--label ziplm_strong_int8@3.4x`` (the docstring's own example) once crashed measure at the split."""
+    assert compound.split_key(compound.cell_key("ziplm_strong_int8@3.4x", "ort_int8")) == ("ziplm_strong_int8@3.4x",
+                                                                                           "ort_int8")
+    assert compound.split_key(compound.cell_key("dense", "openvino_nncf_int8_sparse50")) == ("dense",
+                                                                                             "openvino_nncf_int8_sparse50")
+    with pytest.raises(ValueError, match="has a dot"):
+        compound.cell_key("int8", "ort.int8")
