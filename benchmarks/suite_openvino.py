@@ -18,8 +18,9 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
   the int8 pipeline's block-wise embeddings are an ORT-file rewrite, so on ``+pipeline=int8`` that is the
   teacher's, a peer's), and it is ours even on the shared teacher (``+pipeline=int8``) whenever our
   recipe chose or changed something (:func:`method_of`): SmoothQuant, our pass, changed the weights before
-  ORT's quantizer saw them, or its strength was chosen by our search on validation (as
-  ``fp32_fallback: guided`` is ours, ``suite_method``);
+  ORT's quantizer saw them, its strength was chosen by our search on validation (as
+  ``fp32_fallback: guided`` is ours, ``suite_method``), or one of the recipe's graph rewrites applied (the word
+  table as per-row int8, Q.K^T's QDQ pairs moved before the head split, the float path of unquantized inputs);
 * anything else OpenVINO cannot read (MatMulNBits): the cell's error says so, exactly.
 
 Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the
@@ -177,12 +178,18 @@ def _quantization(rec: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def method_of(rec: Mapping[str, Any], planned: str) -> str:
     """The method of a built ``<pipeline>_openvino`` cell record: ours when our int8 recipe chose or changed
-    something before ORT's quantizer made its IR (SmoothQuant, our pass, scaled weights; or its strength,
-    ``None`` included, was chosen on validation by our search), else ``planned`` (its pipeline's method)."""
+    something around ORT's quantizer (SmoothQuant, our pass, scaled weights; its strength, ``None`` included,
+    chosen on validation by our search; or one of the recipe's own graph rewrites applied, as the recorded
+    counts say: the word table as per-row int8, Q.K^T's QDQ pairs moved before the head split, unquantized
+    inputs given their float path back), else ``planned`` (its pipeline's method). The same rule as an ONNX
+    pass's ``own_settings`` (``suite_method``): our rewrite of the graph makes the file ours."""
     q = _quantization(rec)
     smoothed = ((q.get("smoothquant") or {}).get("n_matmuls") or 0) > 0
     chosen = bool((q.get("smooth_choice") or {}).get("scored"))
-    return OURS if smoothed or chosen else planned
+    rewrites = (bool((q.get("embeddings_int8") or {}).get("tables"))
+                or ((q.get("attention_scores") or {}).get("pairs_moved_before_head_split") or 0) > 0
+                or (q.get("float_residual_inputs") or 0) > 0)
+    return OURS if smoothed or chosen or rewrites else planned
 
 
 def recipe_of(rec: Mapping[str, Any]) -> dict[str, Any] | None:

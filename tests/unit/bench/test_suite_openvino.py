@@ -167,6 +167,14 @@ def test_a_grid_without_a_validation_split_is_refused(tmp_path, validation, has)
     ({"smoothquant": {"alpha": 0.8, "n_matmuls": 24}}, "peer", "compresslab"),  # our pass changed the weights
     ({"smoothquant": {"alpha": 0.8, "n_matmuls": 0}}, "peer", "peer"),  # SmoothQuant found nothing to scale
     ({"method": "ours"}, "peer", "peer"),  # no smoothing, nothing chosen: ORT's quantizer alone stays a peer's
+    # ...but the recipe's own graph rewrites, when they applied, make it ours
+    ({"method": "ours", "embeddings_int8": {"tables": ["w"], "rows": 64}}, "peer", "compresslab"),
+    ({"method": "ours", "embeddings_int8": {"tables": []}}, "peer", "peer"),
+    ({"method": "ours", "attention_scores": {"matmuls": 6, "pairs_moved_before_head_split": 12}}, "peer",
+     "compresslab"),
+    ({"method": "ours", "attention_scores": {"matmuls": 0}}, "peer", "peer"),
+    ({"method": "ours", "float_residual_inputs": 3}, "peer", "compresslab"),
+    ({"method": "ours", "float_residual_inputs": 0}, "peer", "peer"),
     ({"smooth_choice": {"alpha": None, "scored": True}}, "peer", "compresslab"),  # our search chose "none"
     ({"smooth_choice": {"alpha": 0.8, "scored": False}, "smoothquant": {"n_matmuls": 0}}, "peer", "peer"),
     ({}, "compresslab", "compresslab"),  # our pipeline's model: ours whatever ran after
