@@ -111,6 +111,20 @@ def _int8_ir_cells(rd: Path, m: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
+def cell_key(model: str, name: str) -> str:
+    """``<model>.<cell>``, the key of one cell in the runners and in DeepSparse's worker (compound.py). A model may be a
+    ``--label`` with dots (``ziplm_strong_int8@3.4x``); a cell name never has one (:func:`split_key`)."""
+    if "." in name:
+        raise ValueError(f"cell name {name!r} has a dot: its key could not be split back")
+    return f"{model}.{name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(model, cell)`` of :func:`cell_key`: split at the LAST dot, since labels may hold dots."""
+    model, name = key.rsplit(".", 1)
+    return model, name
+
+
 def teacher_ort_int8(rd: Path) -> dict[str, Any]:
     """The dense peer cell ``ort_int8``: ORT's dynamic int8 of run ``rd``'s teacher in one quantizer call
     (``compresslab.pipeline.bench.teacher_int8``, the bench stage's own cell), a speed a user gets without us (the
@@ -230,7 +244,7 @@ def measure(a: argparse.Namespace) -> None:
     teacher_pred = None
     for model, mc in cells.items():
         for name, c in mc.items():
-            key = f"{model}.{name}"
+            key = cell_key(model, name)
             runners[key] = _runner(c, vocab)
             t0 = time.perf_counter()
             scored = predict(_forward(c, runners[key]), task.spec, dev, tok, **kw)
@@ -259,7 +273,7 @@ def measure(a: argparse.Namespace) -> None:
         rl = measure_real_lengths(runners, batches, rounds=a.rounds)
     timing_s = time.perf_counter() - t0
     for key, r in runners.items():
-        model, name = key.rsplit(".", 1)  # a cell name has no dot
+        model, name = split_key(key)
         cell = out_models[model][name]
         res = lat["results"][key]
         cell["b32_ms"] = res[shape_key(32, 128)]["p50_ms"]

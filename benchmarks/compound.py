@@ -12,8 +12,8 @@ e.g. ``debug=smoke``). ``int8``, ``ziplm_int8`` and ``obert_int8`` are taken fro
 so NNCF's int8 IR of it becomes the dense cell ``openvino_nncf_int8``, and ORT's one-call dynamic int8 of the teacher
 is the dense cell ``ort_int8`` (a user gets both without us: with AVX512-VNNI and no AMX the first is the fastest
 dense baseline, on AVX2 without VNNI the second; the ``int8`` run's own ORT file has our block-wise embeddings, so it
-is a model of ours, not that baseline). Run dirs go to ``outputs/compound_runs.json``. ``--label NAME`` lists one pipeline's run
-at other settings under its own name (``--only ziplm_strong_int8 --override pipeline.passes.ziplm.speedup=3.4
+is a model of ours, not that baseline). Run dirs go to ``outputs/compound_runs.json``. ``--label NAME`` lists one
+pipeline's run at other settings under its own name (``--only ziplm_strong_int8 --override pipeline.passes.ziplm.speedup=3.4
 --label ziplm_strong_int8@3.4x``); ``measure`` treats it as one more model (``models.<NAME>``).
 
 ``measure`` builds the cells (benchmarks/backends.py's cells, plus OpenVINO sparse weight decompression
@@ -44,7 +44,7 @@ from compresslab.manifest import git_sha, library_versions, read_json
 from _compound_derive import MODEL_KEYS, WITHIN, cells_of, derive  # noqa: F401 (sibling modules, script dir; tests read them here)
 from _results import ResultsFile, write_aside
 from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _cell, _final_ckpt, _fp32_cells, _forward, _int8_ir_cells,
-                      _isa, _jsonable, _runner, _teacher_ckpt, teacher_ort_int8)
+                      _isa, _jsonable, _runner, _teacher_ckpt, cell_key, split_key, teacher_ort_int8)
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -180,20 +180,6 @@ def one_teacher(keys: dict[str, str | None]) -> None:
     if len(set(keys.values())) > 1:
         raise ValueError(f"the runs start from different teachers (finetune cache keys {keys}): measure runs of "
                          "one teacher together")
-
-
-def cell_key(model: str, name: str) -> str:
-    """``<model>.<cell>``, the key of one cell in the runners and in DeepSparse's worker. A model may be a
-    ``--label`` with dots (``ziplm_strong_int8@3.4x``); a cell name never has one (:func:`split_key`)."""
-    if "." in name:
-        raise ValueError(f"cell name {name!r} has a dot: its key could not be split back")
-    return f"{model}.{name}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """``(model, cell)`` of :func:`cell_key`: split at the LAST dot, since labels may hold dots."""
-    model, name = key.rsplit(".", 1)
-    return model, name
 
 
 def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:

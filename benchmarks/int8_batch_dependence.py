@@ -78,7 +78,8 @@ def main(argv: list[str]) -> None:
     plain = exp.unfused_path or exp.onnx_path
     files = {"ort_fp32_fused": exp.onnx_path, "int8_dynamic_per_channel": work / "dyn_pc.onnx",
              "ort_quantize_dynamic_defaults": work / "dyn_defaults.onnx", "static_qdq_per_channel": work / "qdq.onnx"}
-    quantize_dynamic_int8(exp.onnx_path, files["int8_dynamic_per_channel"])  # +pipeline=int8 with embeddings: per_tensor
+    # +pipeline=int8 with embeddings: per_tensor
+    quantize_dynamic_int8(exp.onnx_path, files["int8_dynamic_per_channel"])
     from onnxruntime.quantization import quantize_dynamic  # the peer: the library's defaults, plain export
 
     quantize_dynamic(str(plain), str(files["ort_quantize_dynamic_defaults"]))

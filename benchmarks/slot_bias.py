@@ -2,12 +2,12 @@
 does the runner's untimed settle (``TorchRunner.settle_s``, :func:`compresslab.bench.latency.settle`) remove it?
 
     python benchmarks/slot_bias.py outputs/int8/<hash>   # a finished +pipeline=int8 run with
-                                                         # pipeline.passes.int8.embeddings=per_tensor (debug=smoke will do)
+                                        # pipeline.passes.int8.embeddings=per_tensor (debug=smoke will do)
 
 The bench stage's own order with one file in two slots: ``ort_fp32``, ``deployed`` (the int8 pipeline's ORT file),
 ``openvino_f32``, ``torch_fp32``, ``ort_int8`` (the teacher's ORT int8: the same bytes as ``deployed`` when no torch
-pass changed the model and the int8 pass ran as one ORT call, ``embeddings: per_tensor``; checked here), timed by :func:`~compresslab.bench.latency.measure_latency` twice, with the
-settle off and at its default, each at b1xs128, b4xs32 and b32xs128. Same bytes, so ``ort_int8 / deployed`` should be
+pass changed the model and the int8 pass ran as one ORT call, ``embeddings: per_tensor``; checked here), timed
+by :func:`~compresslab.bench.latency.measure_latency` twice, with the settle off and at its default, each at b1xs128, b4xs32 and b32xs128. Same bytes, so ``ort_int8 / deployed`` should be
 1 within noise. Writes ``benchmarks/results/slot_bias.json`` (ISA and machine load recorded); takes the timing lock.
 Latency needs only shapes, so the smoke teacher serves.
 """

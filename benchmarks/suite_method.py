@@ -16,7 +16,8 @@ is ours only when one of its steps is ours:
 peer is the same tool at its own defaults). An ONNX-stage setting changes the ORT file only, not the torch model:
 the ``<pipeline>_openvino`` cells are made from that model, so their planned method is :func:`model_method_of_config`
 (ours only when a torch pass of ours changed the model), and ``suite_openvino.method_of`` makes one ours when our
-int8 recipe (SmoothQuant) changed it; NNCF's int8 of an unchanged model is the ``nncf_ptq_int8`` peer.
+int8 recipe changed it (SmoothQuant, its strength chosen on validation, its own graph rewrites); NNCF's int8 of an
+unchanged model is the ``nncf_ptq_int8`` peer.
 """
 
 from __future__ import annotations

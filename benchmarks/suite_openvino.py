@@ -25,11 +25,11 @@ dynamic int8 form (MatMulInteger / DynamicQuantizeLinear). So:
 
 Each of our int8 pipelines also gets ``<pipeline>_openvino_nncf``: NNCF PTQ (``nncf.quantize``) of the
 same plain fp32 export on the same calibration examples, the other candidate of ``deploy.int8=auto``. Both
-are shown, side by side, on dev; none is chosen on dev. Its method is its pipeline's torch model's, by issue 14's rule
-(a peer's tool on our model is ours when our pass changed the model first: the same rule that makes
+are shown, side by side, on dev; none is chosen on dev. Its method is its pipeline's torch model's, by issue
+14's rule (a peer's tool on our model is ours when our pass changed the model first: the same rule that makes
 ``ziplm_int8``, ORT's quantizer on our ZipLM model, ours); its tool names NNCF, and on the unchanged
-teacher (``+pipeline=int8``, whose torch model is the teacher) no such cell is made: that is the ``nncf_ptq_int8`` peer. (Issue 9's
-deploy manifest is stricter: there NNCF's IR is ``method: "peer"`` unless our pass chose what it quantizes.)
+teacher (``+pipeline=int8``, whose torch model is the teacher) no such cell is made: that is the
+``nncf_ptq_int8`` peer. (Issue 9's deploy manifest is stricter: there NNCF's IR is ``method: "peer"`` unless our pass chose what it quantizes.)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from compresslab.export.openvino_int8 import RECIPE
 
-from .suite_method import OURS, pipeline_method, pipeline_model_method
+from .suite_method import OURS, method_of_config, model_method_of_config, pipeline_model_method
 from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
 
 CONFIG = Path(__file__).resolve().parent / "suite.yaml"
@@ -203,14 +203,18 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     data = {"task": p.task, "budget": p.budget, "overrides": list(p.overrides), "teacher": teacher_sha,
             "dev": examples_sha256(dev), "max_length": max_length}
     todo: list[tuple[str, str, dict[str, Any]]] = []
+    from compresslab.config import compose
+    from compresslab.pipeline.plan import config_hash
+
     args = {pl: p.args(pl) for pl in p.pipelines}
+    cfg = {pl: compose(list(args[pl])) for pl in p.pipelines}  # once per pipeline: the three below read it
     # the run's config identity, not only its command line: a pass default that changes (the int8 pass's
     # embeddings, 2026-12-05) changes what the same command makes, so the cell is built anew
-    run_hash = {pl: pipeline_config_hash(args[pl]) for pl in p.pipelines}
+    run_hash = {pl: config_hash(c) for pl, c in cfg.items()}
     # ours unless it only runs another tool on the shared teacher (suite_method: the issue's "peer" rule); the
     # OpenVINO cells are made from the pipeline's torch model, so theirs is whose model that is
-    method = {pl: pipeline_method(args[pl]) for pl in p.pipelines}
-    model_method = {pl: pipeline_model_method(args[pl]) for pl in p.pipelines}
+    method = {pl: method_of_config(c.pipeline) for pl, c in cfg.items()}
+    model_method = {pl: model_method_of_config(c.pipeline) for pl, c in cfg.items()}
     todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], "config_hash": run_hash[pl], **data})
              for pl in p.pipelines]
     if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
@@ -222,7 +226,7 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
                                               "validation": examples_sha256(validation), **data})
                  for pl in p.pipelines]
         # NNCF's int8 beside ours, for the pipelines whose torch model is ours (on the teacher it is the
-        # nncf_ptq_int8 peer already); the model's method, as ORT's quantizer in ziplm_int8 (suite_openvino's docstring)
+        # nncf_ptq_int8 peer already); the model's method, as ORT's quantizer in ziplm_int8 (suite_openvino)
         todo += [(nncf_cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
                                                          "args": args[pl], "config_hash": run_hash[pl],
                                                          "calibration_examples": p.calibration_examples, **data})
@@ -236,14 +240,6 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
         todo.append((name, "peer", {"kind": "peer", "peer": name, "settings": settings,
                                     "calibration_examples": p.calibration_examples, **data}))
     return todo
-
-
-def pipeline_config_hash(args: Sequence[str]) -> str:
-    """The config hash (run identity) of ``python -m compresslab <args>``: it names the run dir the cell reads."""
-    from compresslab.config import compose
-    from compresslab.pipeline.plan import config_hash
-
-    return config_hash(compose(list(args)))
 
 
 def smooth_grid(cfg: Mapping[str, Any]) -> tuple[float | None, ...]:

@@ -201,10 +201,11 @@ def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:
         "method compresslab: our pipeline's deployed file, where one of our passes changed the model or the graph "
         "the quantizer wrote (int8's block-wise word embeddings, results files from 2026-12-06 on); peer: another "
         "tool's (the dense teacher's cells included), also when one of our pipelines only runs that tool on the "
-        "teacher (int8 in older results files: ORT's quantize_dynamic; benchmarks/suite_method.py). An OpenVINO cell made by our int8 "
-        "recipe (results files from 2026-12-04 on: meta.cells.<cell>.int8_recipe) is ours, on the teacher too "
+        "teacher (int8 in older results files: ORT's quantize_dynamic; benchmarks/suite_method.py). An OpenVINO "
+        "cell made by our int8 recipe (results files from 2026-12-04 on: meta.cells.<cell>.int8_recipe) is ours, on the teacher too "
         "(int8_openvino): SmoothQuant, our pass, changed the weights first, our search chose its strength on "
-        "validation, or one of its graph rewrites applied (per-row int8 word table, Q.K^T pairs moved, float path). A task whose results file is older holds static-QDQ cells, where int8_openvino is a peer.",
+        "validation, or one of its graph rewrites applied (per-row int8 word table, Q.K^T pairs moved, float "
+        "path). A task whose results file is older holds static-QDQ cells, where int8_openvino is a peer.",
         "agreement: fraction of dev examples predicted as the teacher (torch fp32) predicts (Pearson r on regression).",
         "Every speed figure: one process, every cell interleaved, medians, except the cells timed 'alternating': "
         "those run only in their tool's venv and were timed there, after the others, interleaved with the dense "

@@ -162,7 +162,7 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
     already rewritten, a table with non-finite values, or new tensor names the graph already has; ``ValueError``
     for a ``block_size`` that is not a positive integer.
     """
-    from compresslab.export.nbits_pack import GUARD_OPSET, default_opset, gather_quantized_nodes
+    from compresslab.export.nbits_pack import check_guard_opset, gather_quantized_nodes
 
     if isinstance(block_size, bool) or not (isinstance(block_size, int) and block_size >= 1):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
@@ -174,9 +174,7 @@ def blockwise_word_embeddings(src: str | Path, dst: str | Path, *, block_size: i
     _name_unnamed(model)
     if len({n.name for n in g.node}) != len(g.node):
         raise EmbeddingError(f"{src.name} has duplicate node names; the rewrite places its nodes by name")
-    if default_opset(model) < GUARD_OPSET:
-        raise EmbeddingError(f"{src.name} is opset {default_opset(model)}; the block-wise lookup needs >= {GUARD_OPSET} "
-                             "(CastLike, for its token-id check): re-export with export.opset >= 15")
+    check_guard_opset(model, src.name, EmbeddingError)
     words, readers = embedding_readers(model)
     if not words:
         raise EmbeddingError(f"{src.name} has no word-embedding lookup (an EmbedLayerNormalization with an "

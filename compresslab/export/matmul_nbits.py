@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
-from compresslab.export.nbits_pack import (ACCURACY_LEVELS, GUARD_OPSET, MS_DOMAIN, default_opset, deployable_block,
+from compresslab.export.nbits_pack import (ACCURACY_LEVELS, MS_DOMAIN, check_guard_opset, deployable_block,
                                            deployed_bits, gather_quantized_nodes, grid_codes, matmul_nbits_node)
 
 if TYPE_CHECKING:
@@ -255,9 +255,7 @@ def to_matmul_nbits(src_onnx: str | Path, dst_onnx: str | Path, stamp: Mapping[s
         s_dep = np.repeat(np.repeat(scale.astype(np.float32), gr, 0), rep, 1)  # (rows, cols/dbs)
         z_dep = np.repeat(np.repeat(zero, gr, 0), rep, 1)
         if node.op_type == "Gather":
-            if default_opset(model) < GUARD_OPSET:
-                raise ValueError(f"{src.name} is opset {default_opset(model)}; the n-bit word lookup needs >= "
-                                 f"{GUARD_OPSET} (CastLike, for its token-id check): re-export with export.opset >= 15")
+            check_guard_opset(model, src.name)
             nodes, tensors, op = gather_quantized_nodes(node, q, s_dep, z_dep, dbits if dbs else None, dbs)
             if dbs is None:
                 dbits = 8

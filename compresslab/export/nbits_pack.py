@@ -179,6 +179,13 @@ def default_opset(model: "onnx.ModelProto") -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
+def check_guard_opset(model: "onnx.ModelProto", name: str, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` when graph ``name`` is below :data:`GUARD_OPSET`, before any lookup is rewritten."""
+    if (v := default_opset(model)) < GUARD_OPSET:
+        raise error(f"{name} is opset {v}; a quantized word lookup needs >= {GUARD_OPSET} (CastLike, for its "
+                    f"token-id check): re-export with export.opset >= {GUARD_OPSET}")
+
+
 def _ids_checked(ids: str, rows: int, base: str) -> tuple[list, str, list]:
     """Nodes that pass ``ids`` through unchanged when every id is in ``[0, rows)`` and make ONNX Runtime raise
     otherwise, as the fp32 lookup does: ONNX ``Gather`` wraps -1 to the last row (BERT's
@@ -206,5 +213,5 @@ def _ids_checked(ids: str, rows: int, base: str) -> tuple[list, str, list]:
     return nodes, f"{g}/ids", [bound, zeros]
 
 
-__all__ = ["ACCURACY_LEVELS", "GUARD_OPSET", "MS_DOMAIN", "ORT_BITS", "ORT_BLOCKS", "default_opset", "deployable_block",
-           "deployed_bits", "gather_quantized_nodes", "grid_codes", "matmul_nbits_node", "pack_codes", "unpack_codes"]
+__all__ = ["ACCURACY_LEVELS", "GUARD_OPSET", "MS_DOMAIN", "ORT_BITS", "ORT_BLOCKS", "check_guard_opset",
+           "default_opset", "deployable_block", "deployed_bits", "gather_quantized_nodes", "grid_codes", "matmul_nbits_node", "pack_codes", "unpack_codes"]

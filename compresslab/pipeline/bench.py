@@ -196,7 +196,8 @@ def teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
     ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
     bench run: a few seconds, and never stale after a rerun of the export. Never the ``int8`` pipeline's own file:
     that one carries our rewrites (block-wise word embeddings by default since 2026-12-05; the outlier split when
-    asked), and this cell is what a user gets without us (benchmarks/backends.py and compound.py take it from here for the same reason)."""
+    asked), and this cell is what a user gets without us (benchmarks/backends.py and compound.py take it from here
+    for the same reason)."""
     import tempfile
 
     from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
