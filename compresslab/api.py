@@ -137,6 +137,7 @@ class CompressResult:
         when its parent cannot be written; RuntimeError after :meth:`close` when the ONNX pass's
         graph is gone.
         """
+        from compresslab.manifest import publish_mode
         from compresslab.pipeline.export import export_dir
         from compresslab.validate import check_writable
 
@@ -156,6 +157,7 @@ class CompressResult:
                 for f in self.onnx_path.parent.iterdir():  # the ONNX step dir: graph, config, tokenizer
                     if f.is_file() and f.name != "pass.json":
                         shutil.copy2(f, tmp / ("model.onnx" if f == self.onnx_path else f.name))
+            publish_mode(tmp)  # mkdtemp made it 0700
             if out.exists():
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
             tmp.replace(out)

@@ -20,14 +20,41 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def process_umask() -> int:
+    """The process's umask. Linux shows it in /proc/self/status; elsewhere it is read by setting and restoring it
+    (``os.umask`` has no getter), which another thread creating a file at that instant could see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o077)
+    os.umask(m)
+    return m
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a directory alone) the mode a plain ``open``/``mkdir`` gives under the umask
+    (0644 / 0755 at the usual 022). Temp files and dirs are private (``mkstemp`` 0600, ``mkdtemp`` 0700), and
+    safetensors writes its files 0600: moved into place as they are, a checkpoint or export would be unreadable
+    to the service account that loads it."""
+    p = Path(path)
+    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~process_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temp file in the same directory and ``os.replace``: readers see the old file or
-    the new one, never a mix. Keeps an existing file's mode (mkstemp would make it 0600)."""
+    the new one, never a mix. Keeps an existing file's mode; a new file gets :func:`publish_mode`'s (mkstemp
+    would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            publish_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -35,6 +35,7 @@ from compresslab.models.loading import (
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
 from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
 from compresslab.models.qdq import QDQ_KEY, apply_qdq, stamp_qdq
+from compresslab.manifest import publish_mode
 from compresslab.validate import check_writable
 
 DENSE_FILE = "model.safetensors"
@@ -43,9 +44,11 @@ FORMAT_FILES = tuple(f.file for f in FORMATS.values())  # compressed encodings t
 
 def _move_files_into(tmp: Path, final: Path) -> None:
     """Move every file of ``tmp`` into ``final`` with ``os.replace`` (each file atomic), keeping
-    files a pass wrote there itself (e.g. a sparse copy); the step is marked done only afterwards."""
+    files a pass wrote there itself (e.g. a sparse copy); the step is marked done only afterwards. Each file gets
+    the umask's mode first: safetensors writes 0600."""
     final.mkdir(parents=True, exist_ok=True)
     for f in tmp.iterdir():
+        publish_mode(f)
         os.replace(f, final / f.name)
     tmp.rmdir()
 

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from compresslab.manifest import publish_mode
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -264,6 +266,7 @@ class StepCheckpoints:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
+            publish_mode(tmp)  # mkdtemp made it 0700
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
