@@ -61,6 +61,8 @@ class OrtMatmulNBits:
 
     stage: ClassVar[Stage] = Stage.ONNX
     makes_teacher: ClassVar[bool] = False
+    # its file has ORT-only n-bit ops (MatMulNBits): OpenVINO would run the fp32 model instead (pipeline/deploy.py)
+    writes_nbits: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not is_int(self.accuracy_level) or self.accuracy_level not in ACCURACY_LEVELS:

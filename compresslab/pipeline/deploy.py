@@ -9,7 +9,9 @@ unreadable there: the plain twin is converted. An int8 pipeline gets an int8 IR 
 static QDQ calibration of the plain fp32 export), ``nncf`` (NNCF PTQ on the same calibration
 examples, in ``export/openvino_nncf/``: the peer's method) or ``auto`` (both, the higher
 validation agreement with the teacher). A graph OpenVINO cannot convert, or an fp32 IR past
-the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash).
+the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash). An n-bit
+weight-only file (``MatMulNBits``) has no OpenVINO form here: its IR would be the fp32 model, its size win
+lost, so ``openvino`` is refused before any step and ``auto`` keeps ORT with a note.
 ``auto``: among ORT and OpenVINO, the runtimes whose VALIDATION-split agreement with the teacher is
 at least ORT's minus ``tolerance`` are eligible (ORT always is); the one with the lowest p50 at
 batch 32 (seq = the task's max_length), timed interleaved here, is deployed. That timing records
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 IR_DIR = "openvino"
 NNCF_IR_DIR = "openvino_nncf"  # deploy.int8=nncf|auto: NNCF's int8 IR (the peer's method)
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+NBITS_NOT_ON_OPENVINO = ("OpenVINO not deployed: {file} has n-bit weights (MatMulNBits), which OpenVINO cannot read; "
+                         "its IR would be the fp32 model (the dequantized weights, the size win lost), so ORT stays "
+                         "the deploy target")
 
 
 def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
@@ -51,7 +56,10 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
     record: dict[str, Any] = {"path": _rel(onnx_path, run_dir), "runtime": "ort", "precision": prec,
                               "label": f"ort_{prec}", "size_bytes": onnx_path.stat().st_size}
     section: dict[str, Any] = {"requested": d.runtime, "runtime": "ort", "notes": []}
-    if d.runtime != "ort":
+    if d.runtime != "ort" and prec == "nbits":
+        section["notes"].append(NBITS_NOT_ON_OPENVINO.format(file=_rel(onnx_path, run_dir)))
+        log.warning("deploy: %s", section["notes"][-1])
+    elif d.runtime != "ort":
         validation = ValidationAgreement(state)
         ir = openvino_ir(state, run_dir, manifest, threads, validation)
         section["notes"] += ir.get("notes", [])
@@ -230,14 +238,23 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
 
 
 def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
-    """Deploy settings that need the loaded model, checked before any step: every ``keep_fp32``
+    """Deploy settings that need the loaded model, checked before any step: no ``deploy.runtime=openvino``
+    when one of ``steps`` writes n-bit weights (a pass with ``writes_nbits``; SettingsError), every ``keep_fp32``
     pattern must select a Linear of the model (ValueError naming the available ones), and no
     OpenVINO precision a binary model refuses (bf16), when the model is binary or one of ``steps``
     binarizes it (a pass with ``binarizes``): otherwise the refusal would come after the training."""
     from compresslab.bench.openvino_runner import resolve_precision
     from compresslab.models.binary import is_binary
 
+    from compresslab.validate import SettingsError
+
     d, b = state.settings.deploy, state.settings.bench
+    nbits_by = [s.name for s in steps if getattr(s.pass_, "writes_nbits", False)]
+    if d.runtime == "openvino" and nbits_by:
+        raise SettingsError(f"deploy.runtime=openvino: step {nbits_by[0]} writes n-bit weights (MatMulNBits), which "
+                            "OpenVINO cannot read; the IR would be the fp32 model, its size win lost. Deploy on ORT "
+                            "(deploy.runtime=ort), or use deploy.runtime=auto (it keeps ORT for an n-bit file); "
+                            "bench.backends=[ort,openvino] still times the fp32 model on OpenVINO, labelled as such")
     binarized_by = [s.name for s in steps if getattr(s.pass_, "binarizes", False)]
     if is_binary(state.model) or binarized_by:
         what = f"the model {'step ' + binarized_by[0] + ' makes' if binarized_by else 'loaded'}"

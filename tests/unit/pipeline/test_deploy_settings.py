@@ -110,3 +110,36 @@ def test_keep_fp32_matching_no_layer_fails_the_run_before_any_step(tmp_path, dat
                      "deploy.keep_fp32=[no_such_layer]", f"paths.output_dir={tmp_path}/out",
                      f"paths.cache_dir={tmp_path}/cache"]))
     assert not list((tmp_path / "out").glob("int8/*"))  # refused before the run dir is written
+
+
+def test_openvino_deploy_of_an_nbits_pipeline_is_refused_before_the_run_dir(tmp_path, data_root):
+    """OpenVINO cannot read MatMulNBits: its IR would be the fp32 model, so the request is refused up front."""
+    pytest.importorskip("openvino")
+    from compresslab.pipeline import run
+
+    with pytest.raises(SettingsError, match=r"deploy.runtime=openvino: step nbits writes n-bit weights"):
+        run(compose(["+pipeline=hawq_w4", "debug=smoke", f"data.root={data_root}", "deploy=openvino",
+                     f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache"]))
+    assert not list((tmp_path / "out").glob("hawq_w4/*"))
+
+
+@pytest.mark.parametrize("runtime", ["auto", "openvino"])
+def test_an_nbits_file_stays_on_ort_with_the_reason(tmp_path, monkeypatch, runtime):
+    """deploy=auto (and openvino, should the file be n-bit without a step saying so) never deploys the fp32 IR of
+    an n-bit model: no IR is built, ORT is the target and the note says why."""
+    from types import SimpleNamespace
+
+    import compresslab.pipeline.deploy as dep
+
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"x" * 10)
+    monkeypatch.setattr(dep, "_precision_of", lambda p: "nbits")
+    monkeypatch.setattr(dep, "openvino_ir", lambda *a, **k: pytest.fail("an IR was built for an n-bit file"))
+    state = SimpleNamespace(settings=SimpleNamespace(deploy=SimpleNamespace(runtime=runtime)),
+                            onnx=SimpleNamespace(onnx_path=str(f)))
+    manifest = SimpleNamespace(data={}, save=lambda: None)
+    dep.deploy(state, tmp_path, manifest, threads=1)
+    assert manifest.data["export"]["deployed"]["runtime"] == "ort"
+    assert manifest.data["export"]["deployed"]["precision"] == "nbits"
+    assert manifest.data["deploy"]["runtime"] == "ort"
+    assert "n-bit weights (MatMulNBits), which OpenVINO cannot read" in manifest.data["deploy"]["notes"][0]
