@@ -292,3 +292,23 @@ def test_static_int8_with_fewer_train_examples_than_calibration_asks(tiny_tok):
     used = r.metrics["steps"][0]["metrics"]["n_calibration_examples"]
     assert used == len(r._state.task.train) < 256  # all of the (carved) train split, not a crash
     r.close()
+
+
+@pytest.mark.parametrize("with_eval", [False, True])
+@pytest.mark.parametrize("passes", [["ort_int8_dynamic"], [FAST_MAGNITUDE, "ort_int8_dynamic"]], ids=["int8", "kd"])
+def test_compress_leaves_the_callers_random_streams_where_they_were(tiny_tok, with_eval, passes):
+    """Checks, training and the final eval's loaders (they draw a base seed) leave torch's, Python's and numpy's
+    global random streams as the caller had them."""
+    import random
+
+    import numpy as np
+
+    data, model = _pairs(48, 0), _trained()
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    compresslab.compress(model, tiny_tok, passes, data=data, **_kw(eval_data=data if with_eval else None)).close()
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
