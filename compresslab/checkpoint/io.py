@@ -31,7 +31,7 @@ from compresslab.models.adapters import check_supported
 from compresslab.models.binary import BINARY_KEY, apply_binary
 from compresslab.models.loading import (
     EMBEDDED, TASK_KEY, CheckpointError, auto_class, check_source_files, check_tokenizer_fits, find_weights, fit_head,
-    load_hf, load_tokenizer, no_progress_bars, read_config, read_state, resolve_source, saved_kind)
+    load_hf, load_tokenizer, no_progress_bars, read_config, read_state, resolve_source, save_tokenizer, saved_kind)
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
 from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
 from compresslab.models.qdq import QDQ_KEY, apply_qdq, stamp_qdq
@@ -79,7 +79,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None, fo
         with no_progress_bars():  # transformers 5 draws a "Writing model shards" bar per save
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         write_formats(model, tmp, list(formats))
         _move_files_into(tmp, final)
     except BaseException:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from compresslab.models.loading import CheckpointError
+from compresslab.models.loading import CheckpointError, save_tokenizer
 from compresslab.models.quantized import QUANT_KEY, stamp_quant
 from compresslab.ops.bitpack import pack_nbits, unpack_nbits
 from compresslab.ops.quant import QuantParams, check_bits, dequantize
@@ -256,7 +256,7 @@ class PackedFormat:
         if not (out / "config.json").is_file():  # a standalone packed checkpoint must be loadable on its own
             model.config.save_pretrained(out)
         if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+            save_tokenizer(tokenizer, out)
         return out / self.file
 
     def dense_fp32(self, model: nn.Module) -> dict[str, Tensor]:

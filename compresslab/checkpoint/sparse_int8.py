@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from compresslab.models.loading import save_tokenizer
 from compresslab.ops.bitpack import nonzero_rows, pack_bits, unpack_bits
 
 SPARSE_FILE = "model.sparse.safetensors"
@@ -133,7 +134,7 @@ def save_sparse(model: nn.Module, out_dir: str | os.PathLike, modules: Iterable[
         stamp_structure(model)
         model.config.save_pretrained(out)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out)
     return out / SPARSE_FILE
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from compresslab.eval.onnx_runner import OnnxRunner
 from compresslab.export.graph_inputs import restore_inputs
 from compresslab.export.optimize import heads_and_hidden, optimize_graph
+from compresslab.models.loading import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +472,7 @@ def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_b
             raw.unlink()
     model.config.save_pretrained(out_dir)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        save_tokenizer(tokenizer, out_dir)
     parity = {**parity, "fused_attention_nodes": fused_n, "attention_heads": heads, "unfused": parity_unfused}
     if notes:
         parity["notes"] = notes

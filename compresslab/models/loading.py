@@ -465,6 +465,23 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
                               "trained with beside it: tokenizer.save_pretrained(DIR)") from e
 
 
+def save_tokenizer(tokenizer: Any, out_dir: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(out_dir)`` without the padding and truncation a fast tokenizer's backend keeps
+    from its last call: ``tokenizer.json`` would otherwise carry whatever the last encode left (truncation at one
+    length, padding to the longest, ...), different between a checkpoint and an export of the same model, and
+    applied by a plain ``tokenizers`` reader. The caller's tokenizer is not touched (a copy is saved)."""
+    import copy
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or (backend.padding is None and backend.truncation is None):
+        tokenizer.save_pretrained(out_dir)
+        return
+    clean = copy.deepcopy(tokenizer)
+    clean.backend_tokenizer.no_padding()
+    clean.backend_tokenizer.no_truncation()
+    clean.save_pretrained(out_dir)
+
+
 def check_tokenizer_fits(tokenizer: Any, config: Any, source: str) -> None:
     """ValueError when the tokenizer can produce ids the model's embedding table does not have
     (a tokenizer from another model): the first batch would fail with an index error."""

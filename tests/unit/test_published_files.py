@@ -1,4 +1,5 @@
-"""Everything a run publishes has the mode a plain ``open``/``mkdir`` gives under the umask.
+"""What a run publishes: every file and folder has the mode a plain ``open``/``mkdir`` gives under the umask, and
+saved tokenizers carry no state from their last call.
 
 Temp files and dirs are private (``mkstemp`` 0600, ``mkdtemp`` 0700) and safetensors writes 0600; moved into place
 as they were, a checkpoint or an export is unreadable to the service account that deploys it. Two umasks, so a
@@ -88,3 +89,24 @@ def test_step_checkpoint_folder_is_not_private(tmp_path, umask):
     ck = StepCheckpoints(str(tmp_path / "ck"), {"run": 1}, ["w"], "d")
     final = ck.save(3, 10, {"w": torch.zeros(2)}, {"step": 3})
     assert _wrong_modes(final, mask=umask) == []
+
+
+def test_saved_tokenizers_carry_no_state_from_the_last_encode(tiny_tok, tmp_path):
+    """A fast tokenizer's backend keeps the padding and truncation of its last call, and save_pretrained wrote them
+    into tokenizer.json: a checkpoint and an export of one model tokenized differently under plain `tokenizers`."""
+    import json
+
+    from compresslab.checkpoint import save
+    from compresslab.models.loading import save_tokenizer
+
+    import copy
+
+    tok = copy.deepcopy(tiny_tok)  # the session's tokenizer stays as it is
+    tok(["a b c", "a"], padding="max_length", truncation=True, max_length=7)  # leaves state behind
+    assert tok.backend_tokenizer.truncation is not None and tok.backend_tokenizer.padding is not None
+    save(tiny_model("bert", seed=0), tmp_path / "ckpt", tok)
+    save_tokenizer(tok, tmp_path / "tok")
+    for d in ("ckpt", "tok"):
+        saved = json.loads((tmp_path / d / "tokenizer.json").read_text())
+        assert saved["truncation"] is None and saved["padding"] is None, d
+    assert tok.backend_tokenizer.truncation["max_length"] == 7  # the caller's tokenizer is as it was
