@@ -79,9 +79,11 @@ def check_command_line(overrides: list[str]) -> None:
         fail(e)
 
 
-def _check_job(overrides: list[str]) -> None:
+def _check_job(overrides: list[str], *, deep: bool = False) -> None:
     """:func:`check_command_line`'s checks of one job, raising the bad-input error (the missing
-    pipeline prints its own message and exits 2)."""
+    pipeline prints its own message and exits 2). ``deep`` (a multirun's jobs) adds the checks a run makes
+    before its first step, which read the data and load the model (:func:`_check_with_model`): a single run
+    makes them itself within seconds, but a sweep's later job would make them only after the earlier jobs ran."""
     from compresslab.config import compose
     from compresslab.pipeline.preflight import preflight
     from compresslab.search.plan import base_overrides, requests_search
@@ -97,7 +99,22 @@ def _check_job(overrides: list[str]) -> None:
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
-    preflight(cfg)
+    steps = preflight(cfg)
+    if deep:
+        _check_with_model(cfg, steps)
+
+
+def _check_with_model(cfg: Any, steps: list[Any]) -> None:
+    """The driver's checks before its first step: the data (columns, labels, splits: ``RunState.prepare``), then the
+    loaded model (deploy settings, each pass's ``check_model``: shapes such as hawq's block size, module patterns).
+    Seconds per job (the data read, the model loaded); nothing is written."""
+    from compresslab.pipeline.deploy import check_deploy
+    from compresslab.pipeline.state import RunState, check_steps_model
+
+    state = RunState.prepare(cfg, steps)
+    state.load_initial()
+    check_deploy(state, steps)
+    check_steps_model(steps, state.model)
 
 
 # A multirun of at most this many jobs has every job checked up front; a larger one has every swept
@@ -120,8 +137,9 @@ def multirun_jobs_to_check(lists: list[list[str]]) -> list[list[str]]:
 def check_multirun(overrides: list[str]) -> None:
     """:func:`check_command_line` for each job of a multirun (``-m``): the sweeps are expanded as
     Hydra expands them and every job (or every swept value, see :func:`multirun_jobs_to_check`)
-    is composed and checked before Hydra starts the first job. Prints one line naming the job's
-    swept values and raises SystemExit(2) when any is wrong; returns None otherwise."""
+    is composed and checked before Hydra starts the first job, with the data and model checks a run
+    makes before its first step (``_check_job(deep=True)``) when something is swept. Prints one line
+    naming the job's swept values and raises SystemExit(2) when any is wrong; returns None otherwise."""
     from compresslab.config import sweep_lists
 
     try:
@@ -129,14 +147,18 @@ def check_multirun(overrides: list[str]) -> None:
     except bad_input_errors() as e:
         fail(e)
     swept = [i for i, v in enumerate(lists) if len(v) > 1]
-    for job in multirun_jobs_to_check(lists):
-        try:
-            _check_job(job)
-        except bad_input_errors() as e:
-            if not swept:  # one job: the same line as without -m
-                fail(e)
-            values = " ".join(job[i] for i in swept)
-            fail(f"{' '.join(str(e).split())} (in the multirun job with {values}; no job was started)")
+    jobs = multirun_jobs_to_check(lists)
+    # the config of every job first (a fraction of a second each), then, for a sweep, what needs the data and the
+    # model (seconds each): a later job's bad block size or data file would otherwise stop it after the earlier ran
+    for deep in (False, True) if swept else (False,):
+        for job in jobs:
+            try:
+                _check_job(job, deep=deep)
+            except bad_input_errors() as e:
+                if not swept:  # one job: the same line as without -m
+                    fail(e)
+                values = " ".join(job[i] for i in swept)
+                fail(f"{' '.join(str(e).split())} (in the multirun job with {values}; no job was started)")
 
 
 def _main(cfg) -> None:
