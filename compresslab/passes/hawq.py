@@ -57,13 +57,26 @@ class Hawq(HawqSettings):
     def check_model(self, model: nn.Module) -> None:
         """Checks against the model before any step runs (called with the loaded model when only
         shape-preserving steps come before this one): ``targets`` / ``ignore`` select Linears and every
-        group fits its weight (``block_size`` divides the input dimension). ValueError naming them."""
+        group fits its weight (``block_size`` divides the input dimension), ValueError naming them; and, when the
+        sensitivity takes Hessian-vector products, one tiny double backward (DoubleBackwardError naming the
+        attention implementation that has none)."""
         try:
             modules = select_modules(model, self.targets, self.ignore)
             for n, m in modules.items():
                 check_group(m.weight.shape, *self.group_shape(model, m), name=n)
         except ValueError as e:
             raise ValueError(f"hawq: {e}") from None
+        if self._uses_hvp() and modules:  # a fused or custom attention without a double backward: refused now
+            from compresslab.quant.sensitivity import check_double_backward
+
+            check_double_backward(model, list(modules))
+
+    def _uses_hvp(self) -> bool:
+        """Whether the sensitivity takes Hessian-vector products (double backprop): the Hutchinson trace and the
+        eigenvalues do; the exact Fisher trace and fixed or random bits do not."""
+        if self.bits is not None or self.allocate is Allocate.RANDOM:
+            return False
+        return not (self.sensitivity is Sensitivity.TRACE and self.hessian.estimator is HessianEstimator.EXACT)
 
     def check(self, task: Any) -> None:
         """The Hessian and QAT need a labelled train split (and QAT selecting on validation, that split)."""

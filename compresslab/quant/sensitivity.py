@@ -51,7 +51,7 @@ __all__ = ["DoubleBackwardError", "LinearTrace", "SensitivityResult", "fisher_tr
 LAYER_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
 
-class DoubleBackwardError(RuntimeError):
+class DoubleBackwardError(ValueError, RuntimeError):
     """An op on the loss path has no double backward, even with eager attention."""
 
 
@@ -159,13 +159,40 @@ def _hvp_fn(grads: list[Tensor | None], params: list[Tensor]) -> Callable[[list[
             raise
         except RuntimeError as e:
             raise DoubleBackwardError(
-                "double backward failed although eager attention was in effect; an op on the loss path "
-                f"has no second derivative: {e}") from e
+                f"double backward failed; an op on the loss path has no second derivative. {_EAGER_NOTE}: {e}") from e
         for i, h in zip(live, hv):
             out[i] = h
         return out
 
     return fn
+
+
+_EAGER_NOTE = ("transformers' fused attention kernels (sdpa, flash, ...) run as eager here, but an attention "
+               "implementation registered by you is kept as it is: load the model with attn_implementation='eager'")
+
+
+def check_double_backward(model: nn.Module, names: Sequence[str]) -> None:
+    """One Hessian-vector product through the Linear ``names[0]`` on a fixed tiny batch (2 sequences of 8 tokens,
+    loss Σ logits²), in the mode the estimates run in (:func:`_hessian_mode`): DoubleBackwardError naming the
+    attention implementation when an op on the path has no second derivative. A pass calls it before any step runs,
+    so a model that cannot give Hessian-vector products is refused before fine-tuning, not after. The model is left
+    as it was (no ``.grad`` written, every flag restored)."""
+    (linear,) = _linears(model, list(names[:1]))
+    params = [linear.weight]
+    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
+    ids = (torch.arange(16) % max(vocab - 1, 1) + 1).reshape(2, 8).to(linear.weight.device)
+    with _hessian_mode(model, params):
+        try:
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            (grad,) = torch.autograd.grad(logits.float().pow(2).sum(), params, create_graph=True)
+            hvp([grad], params, [torch.ones_like(grad)])
+        except RuntimeError as e:
+            impls = sorted({str(m.config._attn_implementation) for m in model.modules()
+                            if hasattr(getattr(m, "config", None), "_attn_implementation")})
+            raise DoubleBackwardError(
+                f"Hessian-vector products need a second derivative through the model, and its attention "
+                f"implementation {', '.join(impls)} has none here ({_EAGER_NOTE}): {str(e)[:300]}") from e
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
