@@ -108,7 +108,7 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
     if shape and shape in dep.speedup:
         best = F.get(m, "bench", "best_dense", shape, "runner")
         text = (f"Speed (> 1x: faster): {times(dep.speedup[shape])} {F.denominator_text(denom)} ({denom}) "
-                f"at {shape}")
+                f"at {shape}{f' on a CPU with {isa}' if (isa := _isa_have(m)) else ''}")
         if shape in dep.speedup_best:
             text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
             if best is not None and best == F.get(m, "bench", "deployed_same_file_as"):
@@ -123,6 +123,11 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
                         Para(f"Deployed: {plain(label or 'deployed')}, "
                              f"{plain(F.run_relative(F.get(m, 'export', 'deployed', 'path'), m))}."),
                         Bullets(items)]
+    notes = [str(n) for n in F.get(m, "deploy", "notes") or []]
+    if notes:  # why the deployed runtime is not the one asked for, an IR made from another file, ...
+        requested = F.get(m, "deploy", "requested")
+        out += [Para(f"Deploy notes (deploy.runtime={plain(requested)}):"
+                     if requested else "Deploy notes:"), Bullets(notes)]
     if over_tolerance(delta, tol):
         out.append(Para(f"The deployed model is {-delta * 100:.2f} pt below the teacher, more than the tolerance "
                         f"of {tol * 100:.2f} pt. Give the passes more recovery (e.g. budget=bench), choose a milder "
@@ -384,6 +389,13 @@ def _notes(m: Mapping[str, Any]) -> list[Block]:
         notes.append("ORT runs sparse weights with dense kernels: zeros shrink the compressed "
                       "file, not the latency; speedups come from int8 and removed structure.")
     return [Heading("Notes"), Bullets(notes)] if notes else []
+
+
+def _isa_have(m: Mapping[str, Any]) -> str:
+    """The ISA flags the CPU has (``avx2, avx512_vnni, ...``), "" when none were recorded: named beside a speed."""
+    hw = F.as_dict(m.get("hardware"))
+    isa = F.as_dict(hw.get("isa")) or F.as_dict(F.get(hw, "cpu", "isa"))
+    return ", ".join(k for k, v in isa.items() if v)
 
 
 def _hardware_rows(m: Mapping[str, Any]) -> list[list[str]]:

@@ -214,3 +214,16 @@ def test_deepsparse_section_lists_engines_speedups_and_scores(tmp_path: Path, no
     assert "4.00x" in row and "87.50" in row and "93.00" in row
     m["bench"]["deepsparse"] = {"skipped": "bench.deepsparse.enabled is false"}
     assert "deepsparse_int8" not in build_report(write_run(tmp_path, m))["report.md"].read_text()
+
+
+def test_summary_names_the_isa_beside_the_speed_and_shows_deploy_notes(tmp_path: Path, no_plots: None) -> None:
+    """A speed figure means little without the CPU's ISA; a deploy that kept ORT (an n-bit file OpenVINO cannot
+    read, a failed conversion) says why in the summary, not only in the manifest."""
+    m = full_manifest()
+    m["deploy"] = {"requested": "auto", "runtime": "ort",
+                   "notes": ["OpenVINO not deployed: steps/02_nbits/model.onnx has n-bit weights (MatMulNBits)"]}
+    md = build_report(write_run(tmp_path, m))["report.md"].read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "on a CPU with avx2, avx512f, avx512_vnni, amx_int8" in summary
+    assert "Deploy notes (deploy.runtime=auto):" in summary
+    assert "has n-bit weights (MatMulNBits)" in summary
