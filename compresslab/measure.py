@@ -10,21 +10,48 @@ if TYPE_CHECKING:
     from compresslab.data.tasks import TaskData
 
 
+IR_FILE = "openvino_model.xml"  # optimum-intel's layout, as the deploy stage writes it (export/openvino/)
+
+
 def _load_onnx_dir(path: Path) -> tuple[Path, Any]:
-    """(the .onnx file, the directory's tokenizer or None when it ships none)."""
+    """(the model file, the directory's tokenizer or None when it ships none). The file is an export dir's
+    ``model.onnx``, an ``.onnx`` file, or an OpenVINO IR (an ``.xml`` file, or a dir with ``openvino_model.xml``
+    and no ``model.onnx``: the deployed artifact of ``deploy.runtime=openvino``). FileNotFoundError otherwise,
+    pointing a torch checkpoint dir to ``compresslab.load``."""
     from compresslab.models.loading import load_tokenizer
 
-    onnx = path if path.suffix == ".onnx" else path / "model.onnx"
-    if not onnx.is_file():
-        raise FileNotFoundError(f"{path}: no model.onnx (expected an export directory or an .onnx file)")
-    has_tok = any((onnx.parent / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
-    return onnx, load_tokenizer(onnx.parent) if has_tok else None
+    if path.suffix in (".onnx", ".xml"):
+        model = path
+    else:  # an export dir's model.onnx wins; a dir with only the IR is the OpenVINO artifact
+        model = path / IR_FILE if (path / IR_FILE).is_file() and not (path / "model.onnx").is_file() \
+            else path / "model.onnx"
+    if not model.is_file():
+        hint = (": it holds a torch checkpoint; load it with compresslab.load(dir) and pass the model"
+                if (path / "model.safetensors").is_file() else "")
+        raise FileNotFoundError(f"{path}: no model.onnx or {IR_FILE} (expected an export directory, an .onnx file or "
+                                f"an OpenVINO IR){hint}")
+    has_tok = any((model.parent / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    return model, load_tokenizer(model.parent) if has_tok else None
+
+
+def _file_runner(model: Path, threads: int | None, vocab_size: int | None = None) -> Any:
+    """An ORT runner for an ``.onnx`` file, an OpenVINO one (CPU, its default precision) for an IR."""
+    from compresslab.bench import OrtRunner, resolve_threads
+
+    if model.suffix == ".xml":
+        from compresslab.bench.openvino_runner import OpenVinoRunner, openvino_missing_reason
+
+        if reason := openvino_missing_reason():
+            raise ValueError(f"{model} is an OpenVINO IR, and {reason}")
+        return OpenVinoRunner(model, resolve_threads(threads), vocab_size=vocab_size)
+    return OrtRunner(model, resolve_threads(threads), vocab_size=vocab_size)
 
 
 def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None, reference_tokenizer: Any = None,
              label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
              batch_size: int = 64, threads: int | None = None, **columns: str) -> dict[str, Any]:
-    """Score a torch model or an exported ONNX dir (or ``.onnx`` file) on ``data``; a plain dict.
+    """Score a torch model, an exported ONNX dir (or ``.onnx`` file) or an OpenVINO IR (its dir or ``.xml``) on
+    ``data``; a plain dict.
 
     ``data`` takes the same kinds as :func:`compress`. The tokenizer of an ONNX dir is read from the
     dir. With ``reference`` (another model or ONNX dir) the result adds agreement with it and
@@ -52,7 +79,8 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
         from compresslab.eval.onnx_runner import OnnxRunner
 
         onnx, own = _load_onnx_dir(Path(model))
-        forward, tok = onnx_forward(OnnxRunner(onnx, threads=threads)), own or tokenizer
+        runner = _file_runner(onnx, threads) if onnx.suffix == ".xml" else OnnxRunner(onnx, threads=threads)
+        forward, tok = onnx_forward(runner), own or tokenizer
         if tok is None:
             raise ValueError(f"{model} ships no tokenizer files: pass tokenizer=")
         config = _read_export_config(onnx.parent)
@@ -85,7 +113,7 @@ def _read_export_config(d: Path) -> Any:
 def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tuple[int, int]] = ((1, 128), (32, 128)),
               threads: int | None = None, denominator: str | None = None, warmup: int = 5, runs: int = 30,
               min_time_s: float = 2.0, max_runs: int = 300, seed: int = 0) -> dict[str, Any]:
-    """Interleaved CPU latency of ONNX dirs/files and torch models (MEASURE.md "Speed"); a plain dict.
+    """Interleaved CPU latency of ONNX dirs/files, OpenVINO IRs and torch models (MEASURE.md "Speed"); a plain dict.
 
     ``models``: a list (named by position: the dir name, or ``torch_<i>``) or ``{name: model}``.
     Every model runs at every ``(batch, seq)`` with random token ids, interleaved round by round,
@@ -95,7 +123,7 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     while timing, so the figures are void). Waits for a running training, then raises
     MachineBusyError (``COMPRESSLAB_TIME_BUSY=1`` times anyway, marked busy).
     """
-    from compresslab.bench import OrtRunner, TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
+    from compresslab.bench import TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
     from compresslab.bench import speedups as speedup_table
 
     if isinstance(models, Mapping):
@@ -118,7 +146,7 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
             onnx, _ = _load_onnx_dir(Path(m))
             cfg = configs[name] = _read_export_config(onnx.parent)
             vocab = vocab or (int(cfg.vocab_size) if cfg is not None else None)
-            runners[name] = OrtRunner(onnx, n, vocab_size=vocab)
+            runners[name] = _file_runner(onnx, n, vocab_size=vocab)
         else:
             configs[name] = m.config
             vocab = vocab or int(m.config.vocab_size)

@@ -312,3 +312,25 @@ def test_compress_leaves_the_callers_random_streams_where_they_were(tiny_tok, wi
     assert torch.equal(torch.get_rng_state(), before[0])
     assert random.getstate() == before[1]
     assert np.array_equal(np.random.get_state()[1], before[2])
+
+
+def test_evaluate_and_benchmark_take_an_openvino_ir_and_point_a_checkpoint_to_load(tiny_tok, tmp_path):
+    """The deployed artifact of deploy.runtime=openvino is an IR dir (openvino_model.xml): it is scored and timed as
+    an ONNX export is; a torch checkpoint dir is pointed to compresslab.load."""
+    pytest.importorskip("openvino")
+    from compresslab.pipeline.deploy import convert_to_ir
+
+    data = _pairs(32, 1)
+    r = compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], data=_pairs(48, 0), **_kw())
+    exported = r.export(tmp_path / "export")
+    plain = exported / "model_unfused.onnx"
+    ir_dir = convert_to_ir(plain if plain.is_file() else exported / "model.onnx", tmp_path / "ir").parent
+    assert not (ir_dir / "model.onnx").exists()
+    on_ort = compresslab.evaluate(exported, data, max_length=32)
+    on_ov = compresslab.evaluate(ir_dir, data, max_length=32, reference=exported)
+    assert on_ov["score"] == on_ort["score"] and on_ov["agreement"] == 1.0
+    out = compresslab.benchmark({"ort": exported, "ov": ir_dir / "openvino_model.xml"}, shapes=[(1, 16)], runs=3,
+                                warmup=1, min_time_s=0.0)
+    assert set(out["latency"]) == {"ort", "ov"}
+    with pytest.raises(FileNotFoundError, match=r"torch checkpoint; load it with compresslab.load"):
+        compresslab.evaluate(r.save(tmp_path / "ckpt"), data)
