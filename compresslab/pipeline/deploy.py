@@ -11,7 +11,8 @@ examples, in ``export/openvino_nncf/``: the peer's method) or ``auto`` (both, th
 validation agreement with the teacher). A graph OpenVINO cannot convert, or an fp32 IR past
 the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash). An n-bit
 weight-only file (``MatMulNBits``) has no OpenVINO form here: its IR would be the fp32 model, its size win
-lost, so ``openvino`` is refused before any step and ``auto`` keeps ORT with a note.
+lost, so ``openvino`` is refused with the config (``preflight.check_nbits_deploy``) and ``auto`` keeps ORT with
+a note.
 ``auto``: among ORT and OpenVINO, the runtimes whose VALIDATION-split agreement with the teacher is
 at least ORT's minus ``tolerance`` are eligible (ORT always is); the one with the lowest p50 at
 batch 32 (seq = the task's max_length), timed interleaved here, is deployed. That timing records
@@ -238,23 +239,14 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
 
 
 def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
-    """Deploy settings that need the loaded model, checked before any step: no ``deploy.runtime=openvino``
-    when one of ``steps`` writes n-bit weights (a pass with ``writes_nbits``; SettingsError), every ``keep_fp32``
+    """Deploy settings that need the loaded model, checked before any step: every ``keep_fp32``
     pattern must select a Linear of the model (ValueError naming the available ones), and no
     OpenVINO precision a binary model refuses (bf16), when the model is binary or one of ``steps``
     binarizes it (a pass with ``binarizes``): otherwise the refusal would come after the training."""
     from compresslab.bench.openvino_runner import resolve_precision
     from compresslab.models.binary import is_binary
 
-    from compresslab.validate import SettingsError
-
     d, b = state.settings.deploy, state.settings.bench
-    nbits_by = [s.name for s in steps if getattr(s.pass_, "writes_nbits", False)]
-    if d.runtime == "openvino" and nbits_by:
-        raise SettingsError(f"deploy.runtime=openvino: step {nbits_by[0]} writes n-bit weights (MatMulNBits), which "
-                            "OpenVINO cannot read; the IR would be the fp32 model, its size win lost. Deploy on ORT "
-                            "(deploy.runtime=ort), or use deploy.runtime=auto (it keeps ORT for an n-bit file); "
-                            "bench.backends=[ort,openvino] still times the fp32 model on OpenVINO, labelled as such")
     binarized_by = [s.name for s in steps if getattr(s.pass_, "binarizes", False)]
     if is_binary(state.model) or binarized_by:
         what = f"the model {'step ' + binarized_by[0] + ' makes' if binarized_by else 'loaded'}"

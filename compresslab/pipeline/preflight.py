@@ -3,7 +3,8 @@ read, checked at once before any work, each failure naming the setting to change
 
 * the whole composed config: missing values, unknown keys and values, types and ranges
   (:meth:`RunSettings.from_config`), opsets and GPU backends of this install;
-* every pass's settings and the step order (:func:`build_steps`);
+* every pass's settings and the step order (:func:`build_steps`), and deploy settings a step rules out
+  (an outlier split or n-bit weights on ``deploy.runtime=openvino``);
 * every sequence length the run will feed the model (``task.max_length``, the bench shapes, a
   pass's own ``seq``/``max_length`` and its ``sequence_lengths()``: guided int8's ``latency_seq``,
   hawq's ``latency.seq`` under a latency budget) against the model's position table, read from its
@@ -33,6 +34,7 @@ def preflight(cfg: Any) -> list[Step]:
     settings = RunSettings.from_config(cfg)
     steps = build_steps(cfg)
     check_outlier_split(settings, steps)
+    check_nbits_deploy(settings, steps)
     check_sequence_lengths(cfg, settings, steps)
     check_output_dirs(cfg)
     return steps
@@ -54,6 +56,18 @@ def check_outlier_split(settings: RunSettings, steps: list[Step]) -> None:
             raise SettingsError(f"{key} changes the ONNX Runtime int8 file; deploy.runtime=openvino deploys an int8 IR "
                                 "made from the plain fp32 export, without the split: use deploy.runtime=ort (auto "
                                 "compares the split ORT file with the IR on validation), or outliers: none")
+
+
+def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
+    """SettingsError for ``deploy.runtime=openvino`` when a step writes n-bit weights (a pass with
+    ``writes_nbits``: MatMulNBits): OpenVINO cannot read them, so the IR would be the fp32 model, its size win
+    lost. ``auto`` is allowed: the deploy stage keeps ORT for an n-bit file and says why."""
+    nbits_by = [s.name for s in steps if getattr(s.pass_, "writes_nbits", False)]
+    if settings.deploy.runtime == "openvino" and nbits_by:
+        raise SettingsError(f"deploy.runtime=openvino: step {nbits_by[0]} writes n-bit weights (MatMulNBits), which "
+                            "OpenVINO cannot read; the IR would be the fp32 model, its size win lost. Deploy on ORT "
+                            "(deploy.runtime=ort), or use deploy.runtime=auto (it keeps ORT for an n-bit file); "
+                            "bench.backends=[ort,openvino] still times the fp32 model on OpenVINO, labelled as such")
 
 
 def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]:

@@ -117,10 +117,18 @@ def test_openvino_deploy_of_an_nbits_pipeline_is_refused_before_the_run_dir(tmp_
     pytest.importorskip("openvino")
     from compresslab.pipeline import run
 
-    with pytest.raises(SettingsError, match=r"deploy.runtime=openvino: step nbits writes n-bit weights"):
-        run(compose(["+pipeline=hawq_w4", "debug=smoke", f"data.root={data_root}", "deploy=openvino",
-                     f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache"]))
+    from compresslab.pipeline.preflight import preflight
+
+    cfg = compose(["+pipeline=hawq_w4", "debug=smoke", f"data.root={data_root}", "deploy=openvino",
+                   f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache"])
+    match = r"deploy.runtime=openvino: step nbits writes n-bit weights"
+    with pytest.raises(SettingsError, match=match):
+        preflight(cfg)  # with the config: the CLI's check, every multirun job and a search's candidates
+    with pytest.raises(SettingsError, match=match):
+        run(cfg)
     assert not list((tmp_path / "out").glob("hawq_w4/*"))
+    preflight(compose(["+pipeline=hawq_w4", "debug=smoke", "deploy=auto", f"paths.output_dir={tmp_path}/out",
+                       f"paths.cache_dir={tmp_path}/cache"]))  # auto keeps ORT for the n-bit file: allowed
 
 
 @pytest.mark.parametrize("runtime", ["auto", "openvino"])
