@@ -38,8 +38,10 @@ def publish_mode(path: str | os.PathLike) -> None:
     """Give ``path`` (a file, or a directory alone) the mode a plain ``open``/``mkdir`` gives under the umask
     (0644 / 0755 at the usual 022). Temp files and dirs are private (``mkstemp`` 0600, ``mkdtemp`` 0700), and
     safetensors writes its files 0600: moved into place as they are, a checkpoint or export would be unreadable
-    to the service account that loads it."""
+    to the service account that loads it. A symlink is left alone (chmod would change its target)."""
     p = Path(path)
+    if p.is_symlink():  # chmod would change the target's mode, not the link's
+        return
     os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~process_umask())
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,7 +83,18 @@ def disk_bytes(*roots: Path) -> int:
 
 
 def _link(keep: Path, dup: Path) -> bool:
-    """Replace ``dup`` by a hard link to ``keep`` atomically; False where links are impossible."""
+    """Replace ``dup`` by a hard link to ``keep`` atomically; False where links are impossible. A link shares
+    ``keep``'s mode, so ``keep`` first gains ``dup``'s permission bits (a blob stored 0600 by an older version, or
+    under a stricter umask, would make the file just published unreadable again); a blob we may not chmod is left
+    as it is and ``dup`` stays a copy unless the modes already agree."""
+    want = stat.S_IMODE(dup.stat().st_mode)
+    have = stat.S_IMODE(keep.stat().st_mode)
+    if have | want != have:
+        try:
+            os.chmod(keep, have | want)
+        except OSError as e:  # another user's blob
+            log.debug("keeping %s as a copy (cannot widen the mode of %s: %s)", dup, keep, e)
+            return False
     tmp = dup.with_name(f".{dup.name}.link{os.getpid()}")
     try:
         os.link(keep, tmp)

@@ -91,3 +91,23 @@ def test_bad_keep_is_refused(tmp_path, expect_clear):
     root = make_inputs(tmp_path / "in")
     expect_clear(lambda: run(run_cfg(root, tmp_path / "out", "run.keep=everything")), match=r"run\.keep.*minimal.*all")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_private_blob_does_not_make_a_published_file_private_again(tmp_path):
+    """A hard link shares its blob's mode: a blob stored 0600 (before files were published with the umask's mode, or
+    under a stricter umask) gains the published file's read bits instead of taking them away."""
+    import stat
+
+    from compresslab.pipeline.disk import link_duplicates
+
+    store, data = tmp_path / "cache" / "blobs", os.urandom(20_000)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.safetensors").write_bytes(data)
+    os.chmod(tmp_path / "old" / "model.safetensors", 0o600)
+    link_duplicates(tmp_path / "old", keep="minimal", store=store)  # stored as it was: 0600
+    (tmp_path / "new").mkdir()
+    new = tmp_path / "new" / "model.safetensors"
+    new.write_bytes(data)
+    os.chmod(new, 0o644)
+    assert link_duplicates(tmp_path / "new", keep="minimal", store=store).linked == 1
+    assert new.stat().st_nlink > 1 and stat.S_IMODE(new.stat().st_mode) == 0o644
