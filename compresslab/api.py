@@ -12,7 +12,6 @@ result, unless ``output_dir`` asks for a run directory (the CLI's layout, resuma
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import shutil
 import tempfile
@@ -20,6 +19,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from compresslab.rng import callers_rng_kept
 
 if TYPE_CHECKING:
     from torch import nn
@@ -180,28 +181,7 @@ class CompressResult:
             self._cleanup()
 
 
-def _callers_rng_kept(fn: Any) -> Any:
-    """Run ``fn`` with the caller's random streams restored after: torch's CPU generator (forked), Python's
-    ``random`` and numpy's global state. The passes seed them for their own reproducibility, and checks, training
-    and the eval's DataLoaders (a base seed each) draw from them; a notebook's own streams are not ours to move."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import random
-
-        import numpy as np
-        import torch
-
-        py, npy = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                return fn(*args, **kwargs)
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
-    return wrapper
-
-
-@_callers_rng_kept
+@callers_rng_kept
 def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, data: Any,
              eval_data: Any = None, teacher: "nn.Module | None" = None, label2id: Mapping[str, int] | None = None,
              kind: str | None = None, output_dir: str | Path | None = None, max_length: int = 128,
@@ -301,7 +281,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
                          teacher=to_float32(frozen(teacher), "teacher") if teacher is not None else None,
                          progress=tqdm_progress if progress else None)
         state.initial_dense = frozen(work) if teacher is None else state.teacher
-        torch.manual_seed(seed)  # on a fork of the caller's RNG (_callers_rng_kept)
+        torch.manual_seed(seed)  # on a fork of the caller's RNG (callers_rng_kept)
         manifest = _run(state, steps, run_dir, task)
         metrics = _metrics(manifest, state)
     except BaseException:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from compresslab.rng import callers_rng_kept
+
 if TYPE_CHECKING:
     from compresslab.data.tasks import TaskData
 
@@ -47,6 +49,7 @@ def _file_runner(model: Path, threads: int | None, vocab_size: int | None = None
     return OrtRunner(model, resolve_threads(threads), vocab_size=vocab_size)
 
 
+@callers_rng_kept
 def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None, reference_tokenizer: Any = None,
              label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
              batch_size: int = 64, threads: int | None = None, **columns: str) -> dict[str, Any]:
@@ -110,6 +113,7 @@ def _read_export_config(d: Path) -> Any:
     return AutoConfig.from_pretrained(d, local_files_only=True) if (d / "config.json").is_file() else None
 
 
+@callers_rng_kept
 def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tuple[int, int]] = ((1, 128), (32, 128)),
               threads: int | None = None, denominator: str | None = None, warmup: int = 5, runs: int = 30,
               min_time_s: float = 2.0, max_runs: int = 300, seed: int = 0) -> dict[str, Any]:
@@ -188,5 +192,5 @@ def _check_shapes(shapes: Any) -> list[tuple[int, int]]:
 def _name(m: Any, i: int) -> str:
     if isinstance(m, (str, Path)):
         p = Path(m)
-        return p.parent.name if p.suffix == ".onnx" else p.name
+        return p.parent.name if p.suffix in (".onnx", ".xml") else p.name
     return f"torch_{i}"

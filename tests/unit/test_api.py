@@ -303,15 +303,25 @@ def test_compress_leaves_the_callers_random_streams_where_they_were(tiny_tok, wi
 
     import numpy as np
 
+    def state():
+        key, pos, *rest = np.random.get_state()[1:]
+        return torch.get_rng_state(), random.getstate(), (key.copy(), pos, *rest)
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and a[1] == b[1] and np.array_equal(a[2][0], b[2][0]) and a[2][1:] == b[2][1:]
+
     data, model = _pairs(48, 0), _trained()
     torch.manual_seed(123)
     random.seed(5)
     np.random.seed(7)
-    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
-    compresslab.compress(model, tiny_tok, passes, data=data, **_kw(eval_data=data if with_eval else None)).close()
-    assert torch.equal(torch.get_rng_state(), before[0])
-    assert random.getstate() == before[1]
-    assert np.array_equal(np.random.get_state()[1], before[2])
+    np.random.rand(3)  # a position inside the key, not only a fresh seed
+    before = state()
+    r = compresslab.compress(model, tiny_tok, passes, data=data, **_kw(eval_data=data if with_eval else None))
+    assert same(state(), before)
+    compresslab.evaluate(r.model, data, tiny_tok, max_length=32)  # its DataLoader draws a base seed too
+    compresslab.benchmark({"torch": r.model}, shapes=[(1, 8)], warmup=1, runs=2, min_time_s=0.0)
+    r.close()
+    assert same(state(), before)
 
 
 def test_evaluate_and_benchmark_take_an_openvino_ir_and_point_a_checkpoint_to_load(tiny_tok, tmp_path):
