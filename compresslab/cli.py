@@ -7,7 +7,9 @@ setting to change) and exit status 2, never a traceback: the overrides are compo
 (:func:`check_command_line`) before Hydra sets anything up, so a typo such as ``debug=smok``, an
 unwritable ``paths.output_dir`` or ``seed=abc`` stops here; a multirun (``-m seed=1,2``) has each
 of its jobs checked so (:func:`check_multirun`) before the first starts. What needs the model or
-the data stops at the start of :func:`compresslab.pipeline.run`, before any training.
+the data stops at the start of :func:`compresslab.pipeline.run`, before any training; for a multirun that
+sweeps something, it is checked for each job before the first starts too (a search's candidates are
+checked by the search's own plan).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _check_job(overrides: list[str], *, deep: bool = False) -> None:
 def _check_with_model(cfg: Any, steps: list[Any]) -> None:
     """The driver's checks before its first step: the data (columns, labels, splits: ``RunState.prepare``), then the
     loaded model (deploy settings, each pass's ``check_model``: shapes such as hawq's block size, module patterns).
-    Seconds per job (the data read, the model loaded); nothing is written."""
+    Seconds per job (the data read, the model loaded); no run dir is written."""
     from compresslab.pipeline.deploy import check_deploy
     from compresslab.pipeline.state import RunState, check_steps_model
 
@@ -138,7 +140,8 @@ def check_multirun(overrides: list[str]) -> None:
     """:func:`check_command_line` for each job of a multirun (``-m``): the sweeps are expanded as
     Hydra expands them and every job (or every swept value, see :func:`multirun_jobs_to_check`)
     is composed and checked before Hydra starts the first job, with the data and model checks a run
-    makes before its first step (``_check_job(deep=True)``) when something is swept. Prints one line
+    makes before its first step (``_check_job(deep=True)``) when something is swept (a sweep of more than
+    :data:`MAX_CHECKED_JOBS` jobs: each swept value, not each combination). Prints one line
     naming the job's swept values and raises SystemExit(2) when any is wrong; returns None otherwise."""
     from compresslab.config import sweep_lists
 

@@ -300,7 +300,7 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
                     f"{ir.get('method', 'compresslab')}).")
         else:
             dep, prefix = plain_export(run_dir / manifest.data["export"]["fp32"]["path"]), "final_fp32_openvino"
-            nbits = any(o.endswith("MatMulNBits") for o in bad)
+            nbits = any(o.endswith(("MatMulNBits", "GatherBlockQuantized")) for o in bad)
             head += (" and OpenVINO has no form of its n-bit weights" if nbits else
                      " and the run made no int8 IR of it (deploy.runtime=openvino or auto makes one)")
             tail = (f": final_fp32_openvino_* run the final torch model's plain fp32 export {_rel(dep, run_dir)}, "

@@ -173,26 +173,31 @@ _EAGER_NOTE = ("transformers' fused attention kernels (sdpa, flash, ...) run as 
 
 def check_double_backward(model: nn.Module, names: Sequence[str]) -> None:
     """One Hessian-vector product through the Linear ``names[0]`` on a fixed tiny batch (2 sequences of 8 tokens,
-    loss Σ logits²), in the mode the estimates run in (:func:`_hessian_mode`): DoubleBackwardError naming the
-    attention implementation when an op on the path has no second derivative. A pass calls it before any step runs,
+    loss Σ logits²), in the mode the estimates run in (:func:`_hessian_mode`): DoubleBackwardError when an op on the
+    path has no second derivative, naming the attention implementation kept as registered (transformers' fused
+    kernels run as eager) when there is one; a forward that fails raises as it is. A pass calls it before any step runs,
     so a model that cannot give Hessian-vector products is refused before fine-tuning, not after. The model is left
     as it was (no ``.grad`` written, every flag restored)."""
     (linear,) = _linears(model, list(names[:1]))
     params = [linear.weight]
     vocab = int(getattr(model.config, "vocab_size", 0) or 2)
     ids = (torch.arange(16) % max(vocab - 1, 1) + 1).reshape(2, 8).to(linear.weight.device)
-    with _hessian_mode(model, params):
+    with _hessian_mode(model, params), torch.enable_grad():  # a caller under no_grad still gets its answer
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))  # a failing forward is not ours to explain
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        # as the estimates see them: transformers' fused kernels are eager here, a registered one is kept
+        kept = sorted({str(m.config._attn_implementation) for m in model.modules()
+                       if hasattr(getattr(m, "config", None), "_attn_implementation")} - {"eager"})
         try:
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
-            logits = out.logits if hasattr(out, "logits") else out[0]
             (grad,) = torch.autograd.grad(logits.float().pow(2).sum(), params, create_graph=True)
             hvp([grad], params, [torch.ones_like(grad)])
+        except torch.cuda.OutOfMemoryError:
+            raise
         except RuntimeError as e:
-            impls = sorted({str(m.config._attn_implementation) for m in model.modules()
-                            if hasattr(getattr(m, "config", None), "_attn_implementation")})
-            raise DoubleBackwardError(
-                f"Hessian-vector products need a second derivative through the model, and its attention "
-                f"implementation {', '.join(impls)} has none here ({_EAGER_NOTE}): {str(e)[:300]}") from e
+            where = (f"its attention implementation {', '.join(kept)} has none here ({_EAGER_NOTE})" if kept
+                     else "an op on the path has none")
+            raise DoubleBackwardError(f"Hessian-vector products need a second derivative through the model, and "
+                                      f"{where}: {str(e)[:300]}") from e
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

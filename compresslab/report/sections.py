@@ -123,7 +123,8 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
                         Para(f"Deployed: {plain(label or 'deployed')}, "
                              f"{plain(F.run_relative(F.get(m, 'export', 'deployed', 'path'), m))}."),
                         Bullets(items)]
-    notes = [str(n) for n in F.get(m, "deploy", "notes") or []]
+    notes = F.get(m, "deploy", "notes")
+    notes = [str(n) for n in notes] if isinstance(notes, list) else [str(notes)] if notes else []
     if notes:  # why the deployed runtime is not the one asked for, an IR made from another file, ...
         requested = F.get(m, "deploy", "requested")
         out += [Para(f"Deploy notes (deploy.runtime={plain(requested)}):"
