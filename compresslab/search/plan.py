@@ -178,6 +178,7 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
         base.append(f"deploy={settings.deploy_group}")  # the command's own deploy setting wins
     plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
     first = None
+    left_out: list[str] = []
     for entry in entries:
         for c in first_candidates(entry, entries):
             args = plan.candidate_args(c)
@@ -188,11 +189,16 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
             if first is None:  # the task is every candidate's: checked once, before the slower checks
                 _check_task(ccfg)
                 first = ccfg
+            if _nbits_on_openvino(ccfg):  # its n-bit file has no OpenVINO form: not a candidate of this search
+                left_out.append(entry.name)
+                break
             try:
                 preflight(ccfg)
             except ValueError as e:
                 raise candidate_error(c, e) from None
     assert first is not None  # parse_space refuses an empty space
+    if left_out:
+        plan.entries = _without(entries, left_out)
     rs = RunSettings.from_config(first)
     _check_objective(settings, rs)
     identity = {k: v for k, v in config_identity(first).items() if k != "pipeline"}
@@ -203,6 +209,37 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     plan.search_dir = Path(settings.dir) if settings.dir else Path(first.paths.output_dir) / "search" / stable_hash(what)
     plan.threads, plan.seed = rs.threads, rs.seed
     return plan
+
+
+def _nbits_on_openvino(ccfg: Any) -> bool:
+    """Whether a candidate deploys on OpenVINO (``deploy.runtime=openvino``) a pipeline that writes n-bit weights
+    (MatMulNBits), which OpenVINO cannot read (``preflight.check_nbits_deploy`` refuses that run). A config that
+    fails to read answers False: its preflight names the fault."""
+    from compresslab.pipeline.plan import build_steps
+    from compresslab.pipeline.settings import RunSettings
+
+    try:
+        if RunSettings.from_config(ccfg).deploy.runtime != "openvino":
+            return False
+        return any(getattr(s.pass_, "writes_nbits", False) for s in build_steps(ccfg))
+    except ValueError:
+        return False
+
+
+def _without(entries: list[Entry], left_out: list[str]) -> list[Entry]:
+    """``entries`` less those whose n-bit files cannot deploy on OpenVINO, said in a warning; SettingsError when
+    nothing is left or a kept entry takes its seeds from a left-out one."""
+    import logging
+
+    kept = [e for e in entries if e.name not in left_out]
+    why = (f"search.space entries {', '.join(left_out)} write n-bit weights (MatMulNBits), which OpenVINO cannot "
+           "read, and every candidate deploys on OpenVINO (deploy.runtime=openvino)")
+    seeded = [f"{e.name} (seeds from {s.source})" for e in kept for s in e.seeds if s.source in left_out]
+    if not kept or seeded:
+        raise SettingsError(f"{why}: {'no entry is left' if not kept else 'needed by ' + ', '.join(seeded)}; "
+                            "use search.deploy=auto (n-bit files stay on ORT) or remove them (~search.space.<name>)")
+    logging.getLogger(__name__).warning("%s: left out of this search (search.deploy=auto keeps them, on ORT)", why)
+    return kept
 
 
 def candidate_error(c: Candidate, e: BaseException) -> SettingsError:

@@ -355,3 +355,22 @@ def test_every_candidate_deploys_as_the_search_says(monkeypatch, tmp_path, overr
     assert [o for o in plan.base_overrides if o.startswith("deploy")] == expected
     int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
     assert [o for o in plan.candidate_args(int8) if o.startswith("deploy")] == expected
+
+
+def test_an_openvino_search_leaves_out_the_n_bit_entries_and_says_so(monkeypatch, tmp_path, caplog):
+    """search.deploy=openvino: the n-bit entries (w4, mixed_precision) cannot deploy there (MatMulNBits), so they
+    are left out with a warning rather than failing the plan or running as fp32 IRs; auto keeps them."""
+    import logging
+
+    import compresslab
+    from compresslab.search import driver
+
+    seen = {}
+    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.update(plan=plan) or {"ok": True})
+    with caplog.at_level(logging.WARNING):
+        compresslab.search.run([f"paths.output_dir={tmp_path}"], deploy="openvino")
+    names = [e.name for e in seen["plan"].entries]
+    assert "w4" not in names and "mixed_precision" not in names and "int8" in names
+    assert "write n-bit weights (MatMulNBits)" in caplog.text
+    compresslab.search.run([f"paths.output_dir={tmp_path}"], deploy="auto")
+    assert "w4" in [e.name for e in seen["plan"].entries]
