@@ -81,11 +81,10 @@ def check_command_line(overrides: list[str]) -> None:
         fail(e)
 
 
-def _check_job(overrides: list[str], *, deep: bool = False) -> None:
+def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
     """:func:`check_command_line`'s checks of one job, raising the bad-input error (the missing
-    pipeline prints its own message and exits 2). ``deep`` (a multirun's jobs) adds the checks a run makes
-    before its first step, which read the data and load the model (:func:`_check_with_model`): a single run
-    makes them itself within seconds, but a sweep's later job would make them only after the earlier jobs ran."""
+    pipeline prints its own message and exits 2); returns the composed config and its steps for
+    :func:`_check_with_model` (None for a search, which checks its candidates itself)."""
     from compresslab.config import compose
     from compresslab.pipeline.preflight import preflight
     from compresslab.search.plan import base_overrides, requests_search
@@ -97,19 +96,18 @@ def _check_job(overrides: list[str], *, deep: bool = False) -> None:
         from compresslab.search.plan import plan_search
 
         plan_search(cfg, overrides)
-        return
+        return None
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
-    steps = preflight(cfg)
-    if deep:
-        _check_with_model(cfg, steps)
+    return cfg, preflight(cfg)
 
 
 def _check_with_model(cfg: Any, steps: list[Any]) -> None:
     """The driver's checks before its first step: the data (columns, labels, splits: ``RunState.prepare``), then the
     loaded model (deploy settings, each pass's ``check_model``: shapes such as hawq's block size, module patterns).
-    Seconds per job (the data read, the model loaded); no run dir is written."""
+    Seconds per job (the data read, the model loaded); no run dir is written. A single run makes them itself within
+    seconds; a multirun's later job would make them only after the earlier jobs ran."""
     from compresslab.pipeline.deploy import check_deploy
     from compresslab.pipeline.state import RunState, check_steps_model
 
@@ -140,7 +138,7 @@ def check_multirun(overrides: list[str]) -> None:
     """:func:`check_command_line` for each job of a multirun (``-m``): the sweeps are expanded as
     Hydra expands them and every job (or every swept value, see :func:`multirun_jobs_to_check`)
     is composed and checked before Hydra starts the first job, with the data and model checks a run
-    makes before its first step (``_check_job(deep=True)``) when something is swept (a sweep of more than
+    makes before its first step (:func:`_check_with_model`) when something is swept (a sweep of more than
     :data:`MAX_CHECKED_JOBS` jobs: each swept value, not each combination). Prints one line
     naming the job's swept values and raises SystemExit(2) when any is wrong; returns None otherwise."""
     from compresslab.config import sweep_lists
@@ -150,18 +148,27 @@ def check_multirun(overrides: list[str]) -> None:
     except bad_input_errors() as e:
         fail(e)
     swept = [i for i, v in enumerate(lists) if len(v) > 1]
-    jobs = multirun_jobs_to_check(lists)
+
+    def refused(job: list[str], e: BaseException) -> NoReturn:
+        if not swept:  # one job: the same line as without -m
+            fail(e)
+        values = " ".join(job[i] for i in swept)
+        fail(f"{' '.join(str(e).split())} (in the multirun job with {values}; no job was started)")
+
     # the config of every job first (a fraction of a second each), then, for a sweep, what needs the data and the
     # model (seconds each): a later job's bad block size or data file would otherwise stop it after the earlier ran
-    for deep in (False, True) if swept else (False,):
-        for job in jobs:
-            try:
-                _check_job(job, deep=deep)
-            except bad_input_errors() as e:
-                if not swept:  # one job: the same line as without -m
-                    fail(e)
-                values = " ".join(job[i] for i in swept)
-                fail(f"{' '.join(str(e).split())} (in the multirun job with {values}; no job was started)")
+    checked = []
+    for job in multirun_jobs_to_check(lists):
+        try:
+            checked.append((job, _check_job(job)))
+        except bad_input_errors() as e:
+            refused(job, e)
+    for job, composed in checked if swept else ():
+        try:
+            if composed is not None:
+                _check_with_model(*composed)
+        except bad_input_errors() as e:
+            refused(job, e)
 
 
 def _main(cfg) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from compresslab.export.openvino_int8 import IR_NAME as IR_FILE  # optimum-intel's layout, as deploy writes it
 from compresslab.rng import callers_rng_kept
 
 if TYPE_CHECKING:
     from compresslab.data.tasks import TaskData
-
-
-IR_FILE = "openvino_model.xml"  # optimum-intel's layout, as the deploy stage writes it (export/openvino/)
 
 
 def _load_onnx_dir(path: Path) -> tuple[Path, Any]:

@@ -58,13 +58,20 @@ def check_outlier_split(settings: RunSettings, steps: list[Step]) -> None:
                                 "compares the split ORT file with the IR on validation), or outliers: none")
 
 
+def nbits_step_on_openvino(settings: RunSettings, steps: list[Step]) -> str | None:
+    """The step that writes n-bit weights (a pass with ``writes_nbits``: MatMulNBits) when the run deploys on
+    OpenVINO (``deploy.runtime=openvino``), which cannot read them; else None."""
+    if settings.deploy.runtime != "openvino":
+        return None
+    return next((s.name for s in steps if getattr(s.pass_, "writes_nbits", False)), None)
+
+
 def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
-    """SettingsError for ``deploy.runtime=openvino`` when a step writes n-bit weights (a pass with
-    ``writes_nbits``: MatMulNBits): OpenVINO cannot read them, so the IR would be the fp32 model, its size win
-    lost. ``auto`` is allowed: the deploy stage keeps ORT for an n-bit file and says why."""
-    nbits_by = [s.name for s in steps if getattr(s.pass_, "writes_nbits", False)]
-    if settings.deploy.runtime == "openvino" and nbits_by:
-        raise SettingsError(f"deploy.runtime=openvino: step {nbits_by[0]} writes n-bit weights (MatMulNBits), which "
+    """SettingsError for :func:`nbits_step_on_openvino`: the IR would be the fp32 model, its size win lost.
+    ``auto`` is allowed: the deploy stage keeps ORT for an n-bit file and says why."""
+    step = nbits_step_on_openvino(settings, steps)
+    if step is not None:
+        raise SettingsError(f"deploy.runtime=openvino: step {step} writes n-bit weights (MatMulNBits), which "
                             "OpenVINO cannot read; the IR would be the fp32 model, its size win lost. Deploy on ORT "
                             "(deploy.runtime=ort), or use deploy.runtime=auto (it keeps ORT for an n-bit file); "
                             "bench.backends=[ort,openvino] still times the fp32 model on OpenVINO, labelled as such")

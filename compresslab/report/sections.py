@@ -392,11 +392,15 @@ def _notes(m: Mapping[str, Any]) -> list[Block]:
     return [Heading("Notes"), Bullets(notes)] if notes else []
 
 
+def _isa(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded ISA flags, ``{flag: present}`` ({} when none were recorded)."""
+    hw = F.as_dict(m.get("hardware"))
+    return F.as_dict(hw.get("isa")) or F.as_dict(F.get(hw, "cpu", "isa"))
+
+
 def _isa_have(m: Mapping[str, Any]) -> str:
     """The ISA flags the CPU has (``avx2, avx512_vnni, ...``), "" when none were recorded: named beside a speed."""
-    hw = F.as_dict(m.get("hardware"))
-    isa = F.as_dict(hw.get("isa")) or F.as_dict(F.get(hw, "cpu", "isa"))
-    return ", ".join(k for k, v in isa.items() if v)
+    return ", ".join(k for k, v in _isa(m).items() if v)
 
 
 def _hardware_rows(m: Mapping[str, Any]) -> list[list[str]]:
@@ -408,7 +412,7 @@ def _hardware_rows(m: Mapping[str, Any]) -> list[list[str]]:
         if "isa" in key.split("."):  # one summary row below
             continue
         rows.append([key, plain(v)])
-    isa = F.as_dict(hw.get("isa")) or F.as_dict(F.get(hw, "cpu", "isa"))
+    isa = _isa(m)
     if isa:
         have = [k for k, v in isa.items() if v]
         lack = [k for k, v in isa.items() if not v]

@@ -212,16 +212,15 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
 
 
 def _nbits_on_openvino(ccfg: Any) -> bool:
-    """Whether a candidate deploys on OpenVINO (``deploy.runtime=openvino``) a pipeline that writes n-bit weights
-    (MatMulNBits), which OpenVINO cannot read (``preflight.check_nbits_deploy`` refuses that run). A config that
-    fails to read answers False: its preflight names the fault."""
+    """Whether a candidate deploys on OpenVINO a pipeline that writes n-bit weights (the rule
+    ``preflight.check_nbits_deploy`` refuses a run by). A config that fails to read answers False: its preflight
+    names the fault."""
     from compresslab.pipeline.plan import build_steps
+    from compresslab.pipeline.preflight import nbits_step_on_openvino
     from compresslab.pipeline.settings import RunSettings
 
     try:
-        if RunSettings.from_config(ccfg).deploy.runtime != "openvino":
-            return False
-        return any(getattr(s.pass_, "writes_nbits", False) for s in build_steps(ccfg))
+        return nbits_step_on_openvino(RunSettings.from_config(ccfg), build_steps(ccfg)) is not None
     except ValueError:
         return False
 
