@@ -47,6 +47,14 @@ class TaskPlan:
     openvino_smooth_alpha: tuple[float | None, ...] = (None,)  # SmoothQuant grid of our int8 IR (suite_openvino)
     # one pipeline's own overrides, after every other (the last wins): suite.yaml ``pipeline_overrides``
     pipeline_extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the suite config's pipelines before --cells chose some: whose OpenVINO twin another's duplicates
+    # (:func:`teacher_twins`) does not depend on which cells this command builds
+    config_pipelines: tuple[str, ...] = ()
+
+    def twin_of(self) -> dict[str, str]:
+        """:func:`teacher_twins` over the config's pipelines (each one's torch model's method, composed)."""
+        every = self.config_pipelines or self.pipelines
+        return teacher_twins(every, {pl: pipeline_model_method(self.args(pl)) for pl in every})
 
     def args(self, pipeline: str) -> list[str]:
         """The compresslab command line of ``pipeline``'s run (:func:`pipeline_overrides`)."""
@@ -158,7 +166,7 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                  keep_fp32(cfg), smooth_grid(cfg), pipeline_extra(cfg, task))
+                  keep_fp32(cfg), smooth_grid(cfg), pipeline_extra(cfg, task), tuple(cfg["pipelines"]))
     _check_openvino_cells(tp, asked_openvino)
     return tp
 
@@ -175,8 +183,22 @@ def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
         elif c == nncf_cell_name(pl) and pipeline_model_method(p.args(pl)) != OURS:
             bad[c] = (f"no pass of ours changes {pl}'s torch model (it is the shared teacher): NNCF's int8 of the "
                       "teacher is the nncf_ptq_int8 peer")
+        elif c == cell_name(pl) and pl in (shared := p.twin_of()):
+            bad[c] = (f"{pl}'s torch model is the shared teacher, as {shared[pl]}'s: its OpenVINO twin would be the "
+                      f"same IR as {cell_name(shared[pl])} (our IR recipe reads the plain fp32 export, not {pl}'s "
+                      "ORT-file rewrites)")
     if bad:
         raise SuiteError("no such cell: " + "; ".join(f"{c}: {why}" for c, why in bad.items()))
+
+
+def teacher_twins(pipelines: Sequence[str], model_method: Mapping[str, str]) -> dict[str, str]:
+    """Pipeline -> the earlier pipeline whose OpenVINO twin it would duplicate. A twin is made from the run's
+    torch model by our IR recipe (``suite_openvino``), which reads the plain fp32 export and none of the ORT
+    file's rewrites (block-wise tables, the outlier split, guided fallbacks): so every pipeline whose torch
+    model is the shared teacher (``int8``, ``int8_outlier_split``) would give the same IR, and only the first
+    in suite order gets the cell."""
+    first = next((pl for pl in pipelines if model_method[pl] != OURS), None)
+    return {pl: first for pl in pipelines if model_method[pl] != OURS and pl != first}
 
 
 def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
@@ -217,6 +239,7 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     model_method = {pl: model_method_of_config(c.pipeline) for pl, c in cfg.items()}
     todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], "config_hash": run_hash[pl], **data})
              for pl in p.pipelines]
+    shared = p.twin_of() if p.openvino else {}
     if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
         todo += [(cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
                                                     "config_hash": run_hash[pl],
@@ -224,7 +247,7 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
                                               "keep_fp32": list(p.openvino_keep_fp32),
                                               "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE,
                                               "validation": examples_sha256(validation), **data})
-                 for pl in p.pipelines]
+                 for pl in p.pipelines if pl not in shared]
         # NNCF's int8 beside ours, for the pipelines whose torch model is ours (on the teacher it is the
         # nncf_ptq_int8 peer already); the model's method, as ORT's quantizer in ziplm_int8 (suite_openvino)
         todo += [(nncf_cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
@@ -287,8 +310,8 @@ def list_suite(cfg: Mapping[str, Any]) -> str:
         smooth = "no SmoothQuant" if grid == (None,) else f"SmoothQuant grid {list(grid)}"
         lines.append(f"  each also on OpenVINO (<pipeline>{cell_name('')}: an ORT int8 file as our int8 IR keeping "
                      f"{list(keep_fp32(cfg)) or 'nothing'} fp32, {smooth}; a file OpenVINO cannot read, such as "
-                     "MatMulNBits, records why) and, for our int8 pipelines, "
-                     f"NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')})")
+                     "MatMulNBits, records why; one twin for the pipelines whose torch model is the teacher) and, "
+                     f"for our int8 pipelines, NNCF's int8 of the same model (<pipeline>{nncf_cell_name('')})")
     lines.append("peers:")
     lines += [f"  {n}: {PEERS[n].tool}" for n in peer_names(cfg)]
     return "\n".join(lines)

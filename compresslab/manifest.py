@@ -226,12 +226,18 @@ def package_version() -> str:
         return "0+unknown"
 
 
+# what a run's figures can depend on; the optional runtimes (OpenVINO, NNCF, DeepSparse) only where installed
+RUN_LIBRARIES: tuple[str, ...] = ("compresslab", "torch", "transformers", "onnx", "onnxruntime", "accelerate",
+                                  "hydra-core", "numpy", "scipy", "safetensors", "openvino", "nncf", "deepsparse")
+
+
 def library_versions() -> dict[str, str]:
+    """Python and the installed version of each of :data:`RUN_LIBRARIES` (package metadata; none imported);
+    a library that is not installed is left out."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for lib in ("compresslab", "torch", "transformers", "onnx", "onnxruntime", "accelerate", "hydra-core",
-                "numpy", "scipy", "safetensors"):
+    for lib in RUN_LIBRARIES:
         try:
             out[lib] = version(lib)
         except PackageNotFoundError:

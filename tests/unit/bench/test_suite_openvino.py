@@ -109,13 +109,17 @@ def test_nncf_cell_is_planned_for_our_int8_pipelines_only_and_the_recipe_keys_th
     assert store.cell_key(twin) != store.cell_key({**twin, "recipe": "older"})
     assert store.cell_key(twin) != store.cell_key({**twin, "smooth_alpha": [0.8]})
     assert store.cell_key(twin) != store.cell_key({**twin, "validation": "another carve"})
+    # every pipeline whose torch model is the teacher would give int8's IR: one twin, the first in suite order
+    assert specs["int8_outlier_split"][0] == "compresslab" and "int8_outlier_split_openvino" not in specs
+    assert "int8_outlier_split_openvino_nncf" not in specs
     # --cells names a twin by its pipeline: both twins come with it
     q = plan_mod.plan(cfg, "mrpc", "bench", ["ziplm_int8_openvino_nncf"])
     assert q.pipelines == ("ziplm_int8",) and q.peers == ()
 
 
 @pytest.mark.parametrize("cell,why", [("int8_openvino_nncf", "nncf_ptq_int8 peer"),
-                                      ("ziplm_int8_openvino", "backends do not include openvino")])
+                                      ("ziplm_int8_openvino", "backends do not include openvino"),
+                                      ("int8_outlier_split_openvino", "same IR as int8_openvino")])
 def test_an_asked_openvino_cell_the_plan_never_builds_is_refused(cell, why) -> None:
     plan_mod = importlib.import_module("benchmarks.suite_plan")
     cfg = plan_mod.load_config(REPO / "benchmarks" / "suite.yaml")
