@@ -92,6 +92,12 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
     if task.spec.kind is TaskKind.EMBEDDING:
         return  # an embedder is its own teacher (embedding KD); there is no head to train
     if teacher is not None:
+        makers = [s.name for s in steps if s.pass_.makes_teacher]
+        if makers:  # the pipeline would replace the given teacher with that step's output, silently
+            raise ValueError(f"teacher= was given and step {makers[0]!r} makes the run's teacher too (its output "
+                             "replaces the given one for every later distillation and for agreement): pass "
+                             f"teacher=None to distil from the fine-tuned model, or remove {makers[0]!r} from passes "
+                             "to distil from the given teacher")
         try:
             check_labels_match_head(task, teacher.config)
         except ValueError as e:
@@ -234,6 +240,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
     from compresslab.validate import check_writable
+    from compresslab.pipeline.preflight import check_lengths_fit, check_outlier_split
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
                                             tqdm_progress)
@@ -270,6 +277,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
                                                  bench={"enabled": False})
     settings = RunSettings(seed=seed, max_length=max_length, batch_size=batch_size, cache_dir=None,  # type: ignore[arg-type]
                            threads=None, device=device, report=False, export=export_s, eval=eval_s, bench=bench_s)
+    # the CLI preflight's per-step checks that read the settings: a pass's own sequence lengths (ZipLM's seq,
+    # bibert's max_length) against this model's position table, an outlier split the export leaves unfused
+    check_lengths_fit(model.config, settings, steps, " (the model given to compress())")
+    check_outlier_split(settings, steps)
 
     run_dir, cleanup = _work_dir(output_dir)
     try:

@@ -171,6 +171,9 @@ class Pass(Protocol):
     # True for a pass whose output is the run's teacher (``finetune``): the model after it is frozen
     # and used for KD and as the reference for agreement, on a fresh run and on resume alike.
     makes_teacher: ClassVar[bool]
+    # Optional (default False): True for a torch pass that keeps every module's name and shape (pruning by
+    # masks), so the pipeline also checks the steps after it against the loaded model before any work.
+    # keeps_structure: ClassVar[bool]
 
     def check(self, task: "TaskData") -> None:
         """Cheap checks against the task's data before any model is loaded; raises ValueError."""

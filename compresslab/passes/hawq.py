@@ -66,10 +66,25 @@ class Hawq(HawqSettings):
                 check_group(m.weight.shape, *self.group_shape(model, m), name=n)
         except ValueError as e:
             raise ValueError(f"hawq: {e}") from None
+        self._check_eigen_targets(model, modules)
         if self._uses_hvp() and modules:  # a fused or custom attention without a double backward: refused now
             from compresslab.quant.sensitivity import check_double_backward
 
             check_double_backward(model, list(modules))
+
+    def _check_eigen_targets(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> None:
+        """Q-BERT's eigenvalues are per encoder layer (its q..ffn_out Linears together): a targeted Linear outside
+        every layer (the pooler, the classifier) has none. ValueError naming them, before the power iteration."""
+        if self.sensitivity is not Sensitivity.EIGEN or self.bits is not None or self.allocate is Allocate.RANDOM:
+            return
+        from compresslab.models.adapters import get_adapter
+        from compresslab.quant.sensitivity import LAYER_ROLES
+
+        covered = {lv.names[r] for lv in get_adapter(model).layers() for r in LAYER_ROLES if getattr(lv, r) is not None}
+        missing = [n for n in modules if n not in covered]
+        if missing:
+            raise ValueError(f"hawq: sensitivity=eigen covers the encoder layers' Linears only; {missing[:3]} are "
+                             "outside them (use sensitivity=trace, or ignore= them)")
 
     def _uses_hvp(self) -> bool:
         """Whether the sensitivity takes Hessian-vector products (double backprop): the Hutchinson trace and the

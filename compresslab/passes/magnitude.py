@@ -64,6 +64,7 @@ class Magnitude:
     makes_teacher: ClassVar[bool] = False
     makes_sparse: ClassVar[bool] = True  # later passes must keep its zeros (pipeline.plan.check_zeros_kept)
     keeps_zeros: ClassVar[bool] = True  # the masks start from today's zeros (MaskKeeper.from_zeros)
+    keeps_structure: ClassVar[bool] = True  # masks only: the steps after it are checked on the loaded model too
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -80,6 +81,10 @@ class Magnitude:
     def check(self, task: Any) -> None:
         """|w| needs no data and recovery works on every task kind; selecting on validation needs that split."""
         self.recovery.check_task(task)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Before any step runs: ``targets`` / ``ignore`` select Linears (ValueError naming them)."""
+        select_modules(model, self.targets, self.ignore)
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
         from compresslab.checkpoint.sparse_int8 import sparse_size_bytes

@@ -105,6 +105,7 @@ class OBert:
     makes_teacher: ClassVar[bool] = False
     makes_sparse: ClassVar[bool] = True  # later passes must keep its zeros (pipeline.plan.check_zeros_kept)
     keeps_zeros: ClassVar[bool] = True  # the masks start from today's zeros (MaskKeeper.from_zeros)
+    keeps_structure: ClassVar[bool] = True  # masks only: the steps after it are checked on the loaded model too
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -169,6 +170,18 @@ class OBert:
                              f"FFN widths on ffn_grid={grid}, not a multiple of 4; set that step's ffn_grid to a "
                              "multiple of 4 (e.g. 32), or mask_type=unstructured")
 
+    def check_model(self, model: nn.Module) -> None:
+        """Before any step runs (pipeline.state.check_steps_model): ``targets`` / ``ignore`` select Linears,
+        1x4 blocks fit them, and ``damp_grid`` fits ``fisher_max_mb``; ValueError naming the setting."""
+        modules = select_modules(model, self.targets, self.ignore)
+        self._check_modules(modules)
+        self._check_damp_grid(modules)
+
+    def _check_damp_grid(self, modules: Mapping[str, nn.Linear]) -> None:
+        if self.damp_grid and len(stream_groups(modules, self.block_size, self.fisher_max_mb)) > 1:
+            raise ValueError("damp_grid keeps the whole encoder's Fisher sums in memory, which exceeds "
+                             f"fisher_max_mb={self.fisher_max_mb}; raise it or drop damp_grid")
+
     def _check_modules(self, modules: Mapping[str, nn.Linear]) -> None:
         if self.group_size > 1:
             bad = [n for n, m in modules.items() if m.in_features % self.group_size]
@@ -182,9 +195,7 @@ class OBert:
         modules = select_modules(model, self.targets, self.ignore)  # all input checks before the Fisher pass
         self._check_modules(modules)
         self.check(ctx.task)
-        if self.damp_grid and len(stream_groups(modules, self.block_size, self.fisher_max_mb)) > 1:
-            raise ValueError("damp_grid keeps the whole encoder's Fisher sums in memory, which exceeds "
-                             f"fisher_max_mb={self.fisher_max_mb}; raise it or drop damp_grid")
+        self._check_damp_grid(modules)
         before = moved(model, ctx.device)
         try:
             loader = ctx.train_loader(batch_size=self.grad_batch_size, shuffle=True)

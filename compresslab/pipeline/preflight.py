@@ -35,6 +35,7 @@ def preflight(cfg: Any) -> list[Step]:
     steps = build_steps(cfg)
     check_outlier_split(settings, steps)
     check_nbits_deploy(settings, steps)
+    check_openvino_int8_settings(settings, steps)
     check_sequence_lengths(cfg, settings, steps)
     check_output_dirs(cfg)
     return steps
@@ -77,6 +78,38 @@ def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
                             "bench.backends=[ort,openvino] still times the fp32 model on OpenVINO, labelled as such")
 
 
+# the passes whose file is int8 (dynamic: ORT's MatMulInteger form, which our OpenVINO recipe re-quantizes; QDQ: a
+# graph OpenVINO reads as it is) and the deploy settings each kind reads when the run deploys on OpenVINO
+DYNAMIC_INT8_PASSES = frozenset({"ort_int8_dynamic"})
+QDQ_INT8_PASSES = frozenset({"ort_int8_static", "int8_qat"})
+OUR_RECIPE_SETTINGS = ("keep_fp32", "smooth_alpha")
+
+
+def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> None:
+    """SettingsError for a ``deploy.*`` int8 setting changed from its default that this pipeline's OpenVINO IR would
+    never read: any of them when no step makes int8 (the IR is the fp32 model converted), and our recipe's
+    ``keep_fp32`` / ``smooth_alpha`` when the int8 step writes a QDQ graph (converted as it is)."""
+    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
+
+    d = settings.deploy
+    if d.runtime == "ort":  # DeploySettings refuses these on ORT itself
+        return
+    defaults = {"int8": "auto", "calibration_examples": 300, "accuracy_control": False, "max_drop": 0.01,
+                "keep_fp32": None, "smooth_alpha": DEFAULT_SMOOTH_GRID}
+    changed = [k for k, v in defaults.items() if getattr(d, k) != v]
+    names = {s.pass_.name for s in steps}
+    if not names & (DYNAMIC_INT8_PASSES | QDQ_INT8_PASSES):
+        why = "no step of this pipeline makes int8, so its IR is the fp32 model converted"
+    elif not names & DYNAMIC_INT8_PASSES:
+        changed = [k for k in changed if k in OUR_RECIPE_SETTINGS]
+        why = ("the int8 step writes a QDQ graph, which OpenVINO reads as it is: our int8 recipe (keep_fp32, "
+               "smooth_alpha) does not run")
+    else:
+        return
+    if changed:
+        raise SettingsError(f"deploy.{changed[0]}={getattr(d, changed[0])!r} would be ignored: {why}; leave it out")
+
+
 def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]:
     """Setting -> the sequence length (tokens) the run will feed the model under it."""
     lengths = {"task.max_length": settings.max_length}
@@ -110,14 +143,22 @@ def check_sequence_lengths(cfg: Any, settings: RunSettings, steps: list[Step]) -
     """ValueError naming the first setting whose sequence length the model's position table cannot
     embed (read from ``config.json``; the weights are not loaded). FileNotFoundError when
     ``model.source`` holds no config.json."""
-    from compresslab.models.loading import check_max_length, read_config, resolve_source
+    from compresslab.models.loading import read_config, resolve_source
 
-    config = read_config(resolve_source(cfg.model.source))
+    check_lengths_fit(read_config(resolve_source(cfg.model.source)), settings, steps,
+                      f" (model.source={cfg.model.source})")
+
+
+def check_lengths_fit(config: Any, settings: RunSettings, steps: list[Step], where: str = "") -> None:
+    """SettingsError naming the first setting of :func:`sequence_lengths` longer than ``config``'s position
+    table (a transformers config; ``where`` ends the message). The CLI's preflight and ``compress()``."""
+    from compresslab.models.loading import check_max_length
+
     for setting, length in sequence_lengths(settings, steps).items():
         try:
             check_max_length(length, config, setting)
         except ValueError as e:
-            raise SettingsError(f"{e} (model.source={cfg.model.source})") from None
+            raise SettingsError(f"{e}{where}") from None
 
 
 def output_dirs(cfg: Any) -> dict[str, Path]:

@@ -281,6 +281,7 @@ class DeploySettings:
             reason = openvino_missing_reason()
             if reason:
                 raise ValueError(f"runtime 'openvino' requested but {reason}")
+        self._check_ignored()
         if self.smooth_alpha != DEFAULT_SMOOTH_GRID and (self.runtime == "ort" or self.int8 == "nncf"):
             raise ValueError("smooth_alpha applies to our OpenVINO int8 recipe (runtime openvino|auto with int8 "
                              f"ours|auto); with runtime={self.runtime!r}, int8={self.int8!r} it would be ignored")
@@ -297,6 +298,25 @@ class DeploySettings:
             from compresslab.bench.openvino_runner import check_precision
 
             check_precision("bf16")
+
+
+    def _check_ignored(self) -> None:
+        """ValueError for a setting changed from its default where this runtime / int8 method never reads it (a user
+        would believe it took effect): the OpenVINO settings on ``runtime=ort``, ``tolerance`` outside ``auto``,
+        NNCF's accuracy control with ``int8=ours`` or ``max_drop`` without it."""
+        openvino, nncf = self.runtime != "ort", self.int8 != "ours"
+        rules = (("precision", "default", openvino, "OpenVINO's inference precision (runtime openvino|auto)"),
+                 ("int8", "auto", openvino, "how an int8 pipeline's OpenVINO IR is made (runtime openvino|auto)"),
+                 ("calibration_examples", 300, openvino, "the OpenVINO int8 IR's calibration (runtime openvino|auto)"),
+                 ("tolerance", 0.005, self.runtime == "auto", "runtime=auto's choice"),
+                 ("accuracy_control", False, openvino and nncf, "NNCF's int8 IR (runtime openvino|auto, int8 nncf|auto)"),
+                 ("max_drop", 0.01, openvino and nncf and self.accuracy_control,
+                  "NNCF's accuracy control (accuracy_control=true, runtime openvino|auto, int8 nncf|auto)"))
+        for name, default, read, what in rules:
+            if not read and getattr(self, name) != default:
+                raise ValueError(f"{name}={getattr(self, name)!r} applies to {what}; with runtime={self.runtime!r}, "
+                                 f"int8={self.int8!r}, accuracy_control={self.accuracy_control} it would be ignored: "
+                                 "leave it out, or change those")
 
 
 def smooth_grid(value: Any) -> tuple[float | None, ...]:

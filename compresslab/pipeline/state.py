@@ -77,8 +77,9 @@ def check_steps(steps: list["Step"], task: "TaskData") -> None:
 def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
     """Every pass's checks against the loaded model (``check_model``, where a pass has one: module
     patterns, shapes) before any step runs. Only the steps whose input is this model up to training
-    are checked: those after the teacher-making pass (finetune keeps every shape); a step after one
-    that may change the structure is checked by its own ``apply``. ValueError naming the step.
+    are checked: those up to the first torch step that may change the structure (finetune and the
+    passes that declare ``keeps_structure``, pruning by masks, keep every module name and shape);
+    a step after that one is checked by its own ``apply``. ValueError naming the step.
 
     The architecture is the one thing no pass changes, so every step's ``model_types`` (the
     architectures a pass supports, where it declares them) is checked here, wherever it runs."""
@@ -98,7 +99,9 @@ def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
                 check(model)
             except ValueError as e:
                 raise ValueError(f"step {s.name!r}: {e}") from None
-        if s.pass_.stage is Stage.TORCH and not s.pass_.makes_teacher:
+        # a torch step that may change module names or shapes (ZipLM, layer drop, QAT's wrapped Linears) ends
+        # what the loaded model can answer for; finetune and the masking passes (``keeps_structure``) do not
+        if s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher or getattr(s.pass_, "keeps_structure", False)):
             return
 
 
@@ -145,6 +148,10 @@ class RunState:
                          max_train=t.get("max_train"), max_dev=t.get("max_dev"), generic=generic)
         if settings.eval.split == "dev" and isinstance(task.dev, MissingSplit):  # else found after training
             raise SplitUnavailableError(f"eval.split=dev, but {task.dev.reason}; or set eval.split=validation")
+        if settings.eval.enabled and settings.eval.split == "validation" and not len(task.validation):
+            raise SplitUnavailableError("eval.split=validation, but the task has no validation split (task.val_size=0, "
+                                        "or a train split too small to carve one): set task.val_size, or "
+                                        "eval.split=dev")
         check_steps(steps, task)
         if settings.bench.enabled:
             from compresslab.bench.deepsparse_backend import check_requested

@@ -67,7 +67,7 @@ class SpeedupSettings:
     family: list[float] = field(default_factory=list)
     batch: int = 32
     seq: int = 128
-    threads: int | None = None  # ORT intra-op threads; None = physical cores
+    threads: int | None = None  # ORT intra-op threads; None = the run's (run.threads, as the process pinned torch)
     ffn_grid: int = 32  # FFN widths stay multiples of this (latency is tile-quantized)
     latency_warmup: int = 3
     latency_runs: int = 30  # interleaved rounds per latency-table entry (median)
@@ -126,13 +126,21 @@ class SpeedupSettings:
         """Every target this pass produces, ascending (the step's own and the family)."""
         return sorted({self.speedup, *self.family})
 
+    def run_threads(self) -> int:
+        """The intra-op threads every table entry and speedup check runs with: ``threads``, else the run's (the CLI
+        pins torch to ``run.threads``; in ``compress()`` the caller's torch setting), as the bench stage times the
+        result: a table priced at another thread count than the report's would misprice every structure."""
+        import torch
+
+        return self.threads if self.threads is not None else torch.get_num_threads()
+
     def table_settings(self, runtime: str | None = None) -> TableSettings:
         """The table's settings on ``runtime`` (default: the one candidate; required when there are several)."""
         if runtime is None:
             if len(self.runtimes()) != 1:
                 raise ValueError("several latency runtimes: name the chosen one")
             runtime = self.runtimes()[0]
-        return TableSettings(batch=self.batch, seq=self.seq, threads=self.threads, ffn_grid=self.ffn_grid,
+        return TableSettings(batch=self.batch, seq=self.seq, threads=self.run_threads(), ffn_grid=self.ffn_grid,
                              warmup=self.latency_warmup, runs=self.latency_runs, runtime=runtime)
 
 
@@ -172,7 +180,7 @@ class SpeedupLab:
         try:
             # one export of the dense model serves every candidate runtime: the choice (several) and the table
             vocab, runtimes = int(dense.config.vocab_size), p.runtimes()
-            res = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.threads,
+            res = export_model(dense, ctx.tokenizer, self.work / "dense", samples, threads=p.run_threads(),
                                keep_unfused=any(reads_plain(rt) for rt in runtimes))
             files = {rt: self._deployed(res, vocab, p.table_settings(rt)) for rt in runtimes}
             if len(runtimes) > 1:
@@ -242,7 +250,7 @@ class SpeedupLab:
         self._n += 1
         out = self.work / f"candidate{self._n}"
         try:
-            res = export_model(model, self.ctx.tokenizer, out, self.samples, threads=self.p.threads,
+            res = export_model(model, self.ctx.tokenizer, out, self.samples, threads=self.p.run_threads(),
                                keep_unfused=self._plain)
             vocab = int(model.config.vocab_size)
             return measure_speedup(self.dense_onnx, self._deployed(res, vocab), self.settings, runs=self.p.check_runs,

@@ -120,6 +120,26 @@ def pass_overrides(passes: Any) -> list[str]:
     return [o for step, node in passes.items() for o in flat(f"pipeline.passes.{step}", node)]
 
 
+def check_pass_settings(base: Sequence[str], entries: Sequence[Entry]) -> None:
+    """SettingsError for a pass setting of the command or ``search.passes`` that no candidate would run with: its
+    step is in none of the space's pipelines (each candidate keeps only its own steps' settings, so a misspelt
+    step would vanish from all), or an entry sets the same key per candidate (its value would win)."""
+    given = {override_key(o): o for o in base if pass_step(o) is not None}
+    have = {step for e in entries for step in pipeline_steps(e.pipeline)}
+    unknown = sorted({pass_step(o) for o in given.values()} - have)
+    if unknown:
+        named = ", ".join(o for o in given.values() if pass_step(o) == unknown[0])
+        raise SettingsError(f"pass setting(s) of step {unknown[0]!r} ({named}): no pipeline of this search has that "
+                            f"step, so no candidate would run with it; the search's steps: {', '.join(sorted(have))}")
+    for e in entries:
+        own = ({e.key} if e.key else set()) | {override_key(o) for o in e.overrides}
+        clash = sorted(own & given.keys())
+        if clash:
+            raise SettingsError(f"{given[clash[0]]}: search.space.{e.name} sets {clash[0]} per candidate, and its value "
+                                f"would win; change that entry (search.space.{e.name}) instead, or remove it "
+                                f"(~search.space.{e.name})")
+
+
 def _check_task(cfg: Any) -> None:
     """SettingsError unless the task has a train split to carve a non-empty validation split from."""
     from compresslab.data.tasks import get_task
@@ -174,8 +194,11 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     settings = SearchSettings.from_mapping(raw)
     entries = parse_space(raw.get("space"), available_pipelines())
     base = base_overrides(list(overrides)) + pass_overrides(raw.get("passes"))
-    if not any(override_key(o) == "deploy" or override_key(o).startswith("deploy.") for o in overrides):
-        base.append(f"deploy={settings.deploy_group}")  # the command's own deploy setting wins
+    check_pass_settings(base, entries)
+    if not any(override_key(o) == "deploy" for o in overrides):
+        # the command's own deploy group wins; a deploy.* setting alone refines the search's (deploy.precision=f32
+        # on the default ORT group would be refused: ORT never reads it)
+        base.append(f"deploy={settings.deploy_group}")
     plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
     first = None
     left_out: list[str] = []

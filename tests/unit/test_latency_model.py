@@ -472,3 +472,14 @@ def test_bad_inputs_are_refused_clearly() -> None:
     assert SpeedupSettings(latency_model="one_layer").latency_model is LatencyModel.ONE_LAYER
     with pytest.raises(ValueError, match="delete its cache file"):
         one_layer_table({"raw": {"dense_ms": 5.0}})
+
+
+def test_ziplm_prices_at_the_runs_threads_when_it_names_none(monkeypatch):
+    # a review found ZipLM's table and checks at all physical cores while run.threads=4 timed the report's bench
+    import torch
+
+    from compresslab.passes.ziplm import ZipLM
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # what cli.setup_process pinned from run.threads
+    assert ZipLM().table_settings("ort").threads == 3
+    assert ZipLM(threads=1).table_settings("ort").threads == 1  # bench.threads, when set, wins

@@ -69,7 +69,32 @@ def test_nncf_requested_by_name_but_missing_is_refused_at_start(monkeypatch):
     with pytest.raises(SettingsError, match=r"int8 'nncf' requested but nncf is not installed"):
         _settings("deploy=openvino", "deploy.int8=nncf")
     assert _settings("deploy=openvino").deploy.int8 == "auto"  # auto goes on with ours (a note says why)
-    assert _settings("deploy.int8=nncf").deploy.runtime == "ort"  # ORT never runs NNCF's IR
+    with pytest.raises(SettingsError, match="int8='nncf' applies to how an int8 pipeline's OpenVINO IR is made"):
+        _settings("deploy.int8=nncf")  # ORT never runs NNCF's IR: the setting would be ignored, so it is refused
+
+
+@pytest.mark.parametrize("args,match", [
+    (["deploy.precision=f32"], "precision='f32' applies to OpenVINO's inference precision"),
+    (["deploy.calibration_examples=50"], "calibration_examples=50 applies to the OpenVINO int8 IR"),
+    (["deploy.accuracy_control=true"], "accuracy_control=True applies to NNCF's int8 IR"),
+    (["deploy=openvino", "deploy.int8=ours", "deploy.accuracy_control=true"], "accuracy_control=True applies"),
+    (["deploy=openvino", "deploy.max_drop=0.02"], "max_drop=0.02 applies to NNCF's accuracy control"),
+    (["deploy=openvino", "deploy.tolerance=0.01"], "tolerance=0.01 applies to runtime=auto's choice"),
+    (["deploy.tolerance=0.01"], "tolerance=0.01 applies to runtime=auto's choice"),
+])
+def test_a_deploy_setting_this_runtime_never_reads_is_refused(args, match):
+    pytest.importorskip("openvino")
+    with pytest.raises(SettingsError, match=match):
+        _settings(*args)
+
+
+@pytest.mark.parametrize("args", [["deploy=openvino", "deploy.precision=f32"], ["deploy=auto", "deploy.tolerance=0.01"],
+                                  ["deploy=openvino", "deploy.accuracy_control=true", "deploy.max_drop=0.02"],
+                                  ["deploy=auto", "deploy.calibration_examples=50", "deploy.int8=ours"]])
+def test_the_same_settings_where_they_are_read_are_accepted(args):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    assert _settings(*args).deploy.runtime != "ort"
 
 
 def test_bf16_without_a_bf16_isa_is_refused_at_start(monkeypatch):
@@ -151,3 +176,25 @@ def test_an_nbits_file_stays_on_ort_with_the_reason(tmp_path, monkeypatch, runti
     assert manifest.data["export"]["deployed"]["precision"] == "nbits"
     assert manifest.data["deploy"]["runtime"] == "ort"
     assert "n-bit weights (MatMulNBits), which OpenVINO cannot read" in manifest.data["deploy"]["notes"][0]
+
+
+@pytest.mark.parametrize("pipeline,args,match", [
+    ("ziplm_2x", ["deploy.keep_fp32=[ffn_out]"], "deploy.keep_fp32=.* no step of this pipeline makes int8"),
+    ("ziplm_2x", ["deploy.int8=nncf"], "deploy.int8='nncf' would be ignored: no step of this pipeline makes int8"),
+    ("ziplm_2x", ["deploy.calibration_examples=50"], "no step of this pipeline makes int8"),
+    ("qdq_int8", ["deploy.smooth_alpha=0.5"], "deploy.smooth_alpha=.* writes a QDQ graph"),
+    ("obert_qat_int8", ["deploy.keep_fp32=[ffn_out]"], "writes a QDQ graph"),
+    ("qdq_int8", ["deploy.int8=nncf"], None),  # NNCF's IR of the plain export: read for a QDQ pipeline too
+    ("int8", ["deploy.smooth_alpha=0.5", "deploy.keep_fp32=[ffn_out]"], None),  # ORT dynamic int8: our recipe
+])
+def test_an_openvino_int8_setting_the_pipeline_never_reads_is_refused_in_preflight(pipeline, args, match, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from compresslab.pipeline.preflight import preflight
+
+    cfg = compose([f"+pipeline={pipeline}", "debug=smoke", "deploy=openvino", f"paths.output_dir={tmp_path}", *args])
+    if match is None:
+        assert preflight(cfg)
+        return
+    with pytest.raises(SettingsError, match=match):
+        preflight(cfg)

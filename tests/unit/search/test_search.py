@@ -296,6 +296,10 @@ def test_expand_seeds_best_first_and_limited():
     (["pipeline.passes.ziplm.seq=64"], "remove it. A pass setting for every candidate having that step is +search.passes"),
     (["pipeline.name=x"], "chooses the pipelines itself"),
     (["eval=dev"], "scores every candidate on the validation split"),
+    # a pass setting no candidate would run with: a misspelt step, or a key the space sets per candidate
+    (["+search.passes.obret.damp=1e-6"], "pass setting(s) of step 'obret' (pipeline.passes.obret.damp=1e-06): no "
+                                          "pipeline of this search has that step"),
+    (["+search.passes.obert.sparsity=0.95"], "search.space.obert_int8 sets pipeline.passes.obert.sparsity per candidate"),
 ])
 def test_cli_refuses_bad_input_before_any_work(overrides, match, capsys, tmp_path, monkeypatch):
     from compresslab import cli
@@ -338,7 +342,7 @@ def test_api_search_composes_the_same_plan(monkeypatch, tmp_path):
 @pytest.mark.parametrize("overrides, settings, expected", [
     ([], {}, ["deploy=auto"]),                                   # the default: each candidate picks its runtime
     (["deploy=ort"], {}, ["deploy=ort"]),                         # the command's own deploy wins
-    (["deploy.precision=f32"], {}, ["deploy.precision=f32"]),      # so does any deploy.* setting
+    (["deploy.precision=f32"], {}, ["deploy.precision=f32", "deploy=auto"]),  # a deploy.* setting refines the search's
     ([], {"deploy": "openvino"}, ["deploy=openvino"]),
     ([], {"deploy": None}, ["deploy=auto"]),                      # null: by the objective (latency: auto)
     ([], {"objective": "size"}, ["deploy=ort"]),                  # size: ORT, where the n-bit files run
