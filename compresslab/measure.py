@@ -47,6 +47,22 @@ def _file_runner(model: Path, threads: int | None, vocab_size: int | None = None
     return OrtRunner(model, resolve_threads(threads), vocab_size=vocab_size)
 
 
+def _check_inputs_fit(task: "TaskData", tokenizer: Any, max_length: int, config: Any) -> None:
+    """ValueError, before scoring, when an input truncated at ``max_length`` is longer than the model's position
+    table (ORT fails deep in its embedding kernel otherwise, partway through). The inputs' own lengths decide, not
+    ``max_length`` alone: short texts score on a short-table model at the default ``max_length``."""
+    from compresslab.models.loading import position_limit
+
+    limit = position_limit(config)
+    if limit is None or max_length <= limit:
+        return
+    longest = max((len(tokenizer(e.text_a, e.text_b, truncation=True, max_length=max_length)["input_ids"])
+                   for e in task.dev), default=0)
+    if longest > limit:
+        raise ValueError(f"max_length={max_length}: an input is {longest} tokens long there, and the model's position "
+                         f"table embeds at most {limit}; set max_length<={limit}")
+
+
 @callers_rng_kept
 def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None, reference_tokenizer: Any = None,
              label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
@@ -102,6 +118,7 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
                                kind=kind, val_size=0, **columns)
     if config is not None:
         check_labels_match_head(task, config)
+        _check_inputs_fit(task, tok, max_length, config)
     return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task, tok
 
 

@@ -191,6 +191,11 @@ def _read_source(obj: Any, what: str, cols: tuple[str | None, ...]) -> _Source:
         if isinstance(items[0], Mapping):
             source = _from_records(items, what, cols)
         elif isinstance(items[0], (tuple, list)):
+            named = [f"{k}={v!r}" for k, v in zip(("text_column", "text_pair_column", "label_column"), cols) if v]
+            if named:  # positions, not names: the columns would be ignored
+                raise ValueError(f"{what} is a list of tuples, read by position ((text, label) or (text, text pair, "
+                                 f"label)); {', '.join(named)} names columns of dict records, a dataset or a file: "
+                                 "leave it out, or pass dict records")
             source = _from_tuples(items, what)
         else:
             raise ValueError(f"{what}[0]: expected a (text, label) tuple or a dict record, got "

@@ -70,6 +70,22 @@ def count_ops(model: onnx.ModelProto | str | Path) -> Counter:
     return Counter(n.op_type for n in model.graph.node)
 
 
+def plain_graph(model_dir: Path, onnx_path: Path, needs: str) -> Path:
+    """The unfused fp32 graph of an export directory (one MatMul per Linear, standard ops): ``model_unfused.onnx``
+    beside a fused ``model.onnx``, else ``onnx_path`` itself when it is unfused (``export.optimize=false`` writes
+    only that). FileNotFoundError, saying what ``needs`` it, when only a fused or quantized graph is there."""
+    plain = model_dir / "model_unfused.onnx"
+    if plain.is_file():
+        return plain
+    ops = count_ops(onnx_path)
+    if not any(ops[op] for op in ("Attention", "EmbedLayerNormalization", "MatMulNBits", "MatMulInteger",
+                                  "QuantizeLinear", "DynamicQuantizeLinear")):
+        return onnx_path
+    raise FileNotFoundError(f"{model_dir} has no unfused export (model_unfused.onnx) and {onnx_path.name} is fused or "
+                            f"already quantized: {needs} needs one fp32 MatMul per Linear; run this step directly on "
+                            "the export stage's directory")
+
+
 def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
     return next((a for a in node.attribute if a.name == name), None)
 

@@ -65,6 +65,7 @@ class OrtInt8Static:
         smaller train split, with a warning)."""
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
+        from compresslab.export.optimize import plain_graph
         from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_static_qdq
 
         model = model if isinstance(model, OnnxModel) else OnnxModel(Path(model).parent, Path(model))
@@ -73,10 +74,8 @@ class OrtInt8Static:
         # a train split smaller than num_calibration gives all of it; n_calibration_examples says how many
         batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size)
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
-            if self.graph == "plain":
-                src, fused_here = model.dir / "model_unfused.onnx", False
-                if not src.is_file():
-                    raise FileNotFoundError(f"graph=plain needs the plain export {src} (written by the export stage)")
+            if self.graph == "plain":  # model_unfused.onnx, or the export itself when export.optimize=false
+                src, fused_here = plain_graph(model.dir, model.onnx_path, "graph=plain (a QDQ graph OpenVINO reads)"), False
             elif self.optimize:
                 src, fused_here = ensure_fused(model.onnx_path, read_export_config(model.dir), work)
             else:

@@ -29,19 +29,10 @@ PARITY_BATCH = 16
 
 
 def source_graph(model: OnnxModel) -> Path:
-    """The unfused export beside ``model`` (one MatMul per Linear): ``model_unfused.onnx``, else the
-    directory's graph when it is unfused itself. FileNotFoundError when only a fused graph is there."""
-    from compresslab.export.optimize import count_ops
+    """The unfused export beside ``model`` (:func:`compresslab.export.optimize.plain_graph`)."""
+    from compresslab.export.optimize import plain_graph
 
-    plain = model.dir / "model_unfused.onnx"
-    if plain.is_file():
-        return plain
-    ops = count_ops(model.onnx_path)
-    if not (ops["Attention"] or ops["EmbedLayerNormalization"] or ops["MatMulNBits"] or ops["MatMulInteger"]):
-        return model.onnx_path
-    raise FileNotFoundError(f"{model.dir} has no unfused export (model_unfused.onnx) and {model.onnx_path.name} is "
-                            f"fused or already quantized: MatMulNBits needs one fp32 MatMul per Linear; run "
-                            f"ort_matmul_nbits directly on the export stage's directory")
+    return plain_graph(model.dir, model.onnx_path, "MatMulNBits")
 
 
 @register_pass("ort_matmul_nbits")

@@ -61,6 +61,17 @@ class Recovery:
         if self.select_every and not len(task.validation):
             raise ValueError(f"recovery.select_every={self.select_every} selects on the validation split and this "
                              "task has none (task.val_size=0): give it one (task.val_size) or set select_every=0")
+        from compresslab.data.schema import TaskKind
+
+        spec = getattr(task, "spec", None)
+        if spec is not None and spec.kind is TaskKind.EMBEDDING:
+            # an embedding task's recovery is embedding KD alone (losses.build_losses): these would do nothing
+            changed = [f"recovery.{k}={getattr(self, k)}" for k, default in
+                       (("hardness", 1.0), ("temperature", 2.0), ("hidden_weight", 0.0)) if getattr(self, k) != default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: on the embedding task {spec.name!r} the recovery distils "
+                                 "the pooled embedding toward the teacher's (EmbeddingKD) and nothing else, so it "
+                                 "would be ignored; leave it at its default")
 
     @property
     def uses_teacher(self) -> bool:

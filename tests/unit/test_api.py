@@ -344,3 +344,14 @@ def test_evaluate_and_benchmark_take_an_openvino_ir_and_point_a_checkpoint_to_lo
     assert set(out["latency"]) == {"ort", "ov"}
     with pytest.raises(FileNotFoundError, match=r"torch checkpoint; load it with compresslab.load"):
         compresslab.evaluate(r.save(tmp_path / "ckpt"), data)
+
+
+def test_evaluate_refuses_a_max_length_the_model_cannot_embed_before_scoring(tiny_tok, tmp_path):
+    # a review found evaluate() went straight to scoring: ORT's embedding kernel failed partway through
+    model = _trained()
+    out = compresslab.compress(model, tiny_tok, ["ort_int8_dynamic"], data=_pairs(48, 0), **_kw()).export(tmp_path / "x")
+    long_text = [(" ".join(["good"] * 90), "pos"), ("bad", "neg")]
+    for m in (model, out):
+        with pytest.raises(ValueError, match=r"max_length=100: an input is \d+ tokens long .* at most 72"):
+            compresslab.evaluate(m, long_text, tiny_tok, max_length=100)
+        assert compresslab.evaluate(m, _pairs(8, 1), tiny_tok, max_length=100)["n"] == 8  # short inputs fit

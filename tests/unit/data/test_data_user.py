@@ -349,3 +349,10 @@ def test_check_tokenizable_names_the_example_the_tokenizer_fails_on(tiny_tokeniz
     failed = r"failed on train\[2\] Example\(text_a='a boom b'.*RuntimeError: cannot encode boom"
     with pytest.raises(ValueError, match=failed):
         check_tokenizable(task, picky, 8, chunk=2)
+
+
+@pytest.mark.parametrize("col", ["text_column", "text_pair_column", "label_column"])
+def test_column_names_with_tuples_are_refused_not_ignored(col) -> None:
+    # tuples are read by position: a review found compress(..., text_column=...) silently ignored with tuple data
+    with pytest.raises(ValueError, match=f"list of tuples, read by position .*{col}='x'"):
+        task_from_user_data([("good", "pos"), ("bad", "neg")], None, **{col: "x"})

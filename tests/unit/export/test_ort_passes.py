@@ -306,3 +306,21 @@ def test_guided_scores_against_the_graph_before_its_tables_were_quantized(export
     assert any(n.startswith("/embedding_int8/") for n in seen["exclude"])
     assert "reference" in inspect.signature(g.guided_int8).parameters  # and _guided hands it on
     assert "reference=reference" in inspect.getsource(original)
+
+
+def test_a_plain_graph_step_reads_an_unfused_export_and_names_what_is_missing(tmp_path, tok, batches, bert_model,
+                                                                              exported_bert):
+    # export.optimize=false writes only an unfused model.onnx: graph=plain quantizes that one (a review found it
+    # refused with a FileNotFoundError that named neither setting)
+    exp = export_model(bert_model, tok, tmp_path / "exp", batches[:1], optimize=False, threads=1)
+    assert not (exp.dir / "model_unfused.onnx").exists()
+    res = OrtInt8Static(num_calibration=12, graph="plain", op_types=["MatMul"]).apply(
+        OnnxModel(exp.dir, exp.onnx_path), _ctx(tmp_path, tok, batches))
+    assert count_ops(res.onnx_path)["QuantizeLinear"] > 0
+    # a fused graph alone cannot serve it: the error says what needs the unfused one
+    alone = tmp_path / "fused_only"
+    alone.mkdir()
+    (alone / "model.onnx").write_bytes(exported_bert.onnx_path.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"no unfused export .* graph=plain \(a QDQ graph OpenVINO reads\) needs"):
+        OrtInt8Static(num_calibration=12, graph="plain").apply(OnnxModel(alone, alone / "model.onnx"),
+                                                               _ctx(tmp_path / "b", tok, batches))

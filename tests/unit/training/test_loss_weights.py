@@ -62,3 +62,20 @@ def test_bibert_refuses_an_infinite_weight_decay_and_a_warmup_ratio_outside_0_1(
     with pytest.raises(ValueError, match=rf"bibert\.{field}"):
         BiBert(**{field: bad})
     assert getattr(BiBert(**{field: 0.0}), field) == 0.0
+
+
+@pytest.mark.parametrize("kw", [{"hidden_weight": 1.0}, {"hardness": 0.5}, {"temperature": 4.0}])
+def test_a_logit_kd_setting_on_an_embedding_task_is_refused_not_ignored(kw):
+    # an embedding task's recovery is embedding KD alone (build_losses): a review found these silently dropped
+    from types import SimpleNamespace
+
+    from compresslab.data.schema import TaskKind
+    from compresslab.training.recovery import Recovery
+
+    task = SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.EMBEDDING, name="stsb_embedding"), validation=[1])
+    key = next(iter(kw))
+    with pytest.raises(ValueError, match=f"recovery.{key}=.*embedding task 'stsb_embedding'"):
+        Recovery(steps=10, **kw).check_task(task)
+    Recovery(steps=10).check_task(task)  # the defaults pass
+    Recovery(steps=10, **kw).check_task(SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION,
+                                                                             name="sst2"), validation=[1]))
