@@ -126,6 +126,18 @@ class SpeedupSettings:
         """Every target this pass produces, ascending (the step's own and the family)."""
         return sorted({self.speedup, *self.family})
 
+    def check_after(self, earlier: list[Any]) -> None:
+        """Plan-time check against the steps before this one: an earlier structured step leaves FFN widths on its
+        ``ffn_grid``; this one's latency table has entries on its own grid only, so that grid must divide the
+        earlier one (else the table has no entry for the widths it is given: found after the Hessians)."""
+        bad = [(p.name, p.ffn_grid) for p in earlier if isinstance(getattr(p, "ffn_grid", None), int)
+               and p.ffn_grid % self.ffn_grid]
+        if bad:
+            name, grid = bad[0]
+            raise ValueError(f"ffn_grid={self.ffn_grid} does not divide the earlier {name} step's ffn_grid={grid}: the FFN "
+                             f"widths it leaves are multiples of {grid}, which this step's latency table (a width every "
+                             f"{self.ffn_grid}) does not hold; use one ffn_grid for both, or one that divides {grid}")
+
     def run_threads(self) -> int:
         """The intra-op threads every table entry and speedup check runs with: ``threads``, else the run's (the CLI
         pins torch to ``run.threads``; in ``compress()`` the caller's torch setting), as the bench stage times the

@@ -109,3 +109,18 @@ def test_a_given_teacher_and_a_finetune_step_are_refused_together(tiny_tok, tmp_
         compresslab.compress(tiny_model(), tiny_tok, [FT, {"name": "magnitude", "sparsity": 0.5}], data=_pairs(32, 0),
                              teacher=teacher, output_dir=tmp_path / "run", max_length=32, batch_size=8, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("first,then,ok", [(32, 64, False), (64, 32, True), (32, 32, True), (96, 32, True)])
+def test_a_structured_step_after_another_needs_a_grid_that_divides_the_earlier_one(first, then, ok):
+    # the later step's latency table holds widths on its own grid only; a review found the mismatch surfacing
+    # as "no latency entry" after the Hessians
+    from compresslab.api import build_steps
+    from compresslab.pipeline.plan import PipelineError
+
+    passes = [FT, {"name": "structured_l1", "ffn_grid": first}, {"name": "ziplm", "ffn_grid": then}]
+    if ok:
+        build_steps(passes)
+        return
+    with pytest.raises(PipelineError, match=f"step 'ziplm': ffn_grid={then} does not divide the earlier structured_l1"):
+        build_steps(passes)
