@@ -247,8 +247,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.validate import check_positive_int
 
     unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
-    if unknown:
-        raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}")
+    if unknown:  # the CLI's task keys (README's data table) name the same columns: say which keyword that is
+        cli = {"text_a": "text_column", "text_b": "text_pair_column", "label": "label_column"}
+        hint = "; ".join(f"{k}: the API's keyword is {cli[k]}=" for k in sorted(unknown) if k in cli)
+        raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}" + (f" ({hint})" if hint else ""))
     model = _as_model(model, "model")
     if model is None or not hasattr(model, "config"):
         raise TypeError("model must be a Hugging Face sequence-classification model (BERT, RoBERTa or DistilBERT: "

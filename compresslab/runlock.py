@@ -336,7 +336,7 @@ def _wait(what: str, ready: Callable[[], list[Role]], deadline: float, start: fl
         if clock() >= next_report:
             (notify or log.warning)(
                 f"{what}: waiting (up to {max(0.0, deadline - clock()):.0f} s more) for {describe_holders(busy)} "
-                f"to finish: a timing taken while it runs is void. {BUSY_ENV}=1 goes ahead anyway (results "
+                f"to finish: a timing taken while it runs is void. {BUSY_ENV}=1 goes ahead at once (results "
                 f"marked busy); {WAIT_ENV}=<seconds> changes the wait")
             next_report = clock() + REPORT_EVERY_S
         sleep(min(POLL_S, max(0.0, deadline - clock())))
@@ -355,8 +355,9 @@ def timing_lock(what: str, *, wait_s: float | None = None, allow_busy: bool | No
     variables) when a lock is still held after the wait and busy timing is not allowed; ValueError
     for a malformed variable. Re-entrant: a nested call in the same process yields at once.
     """
-    wait = wait_limit_s() if wait_s is None else float(wait_s)
     busy_ok = time_busy_allowed() if allow_busy is None else bool(allow_busy)
+    # asked to time while others run: at once, marked busy (waiting first would only delay what was asked for)
+    wait = 0.0 if busy_ok else wait_limit_s() if wait_s is None else float(wait_s)
     report = LockReport(lock_dir=str(lock_dir()))
     if held_here(Role.TIMING):
         yield report
@@ -407,8 +408,8 @@ def wait_for_training(what: str, *, wait_s: float | None = None, allow_busy: boo
     Returns a :class:`LockReport` (``free=False`` when it went ahead under ``COMPRESSLAB_TIME_BUSY=1``);
     raises :class:`MachineBusyError` after ``wait_s`` (default ``$COMPRESSLAB_LOCK_WAIT_S``) otherwise.
     """
-    wait = wait_limit_s() if wait_s is None else float(wait_s)
     busy_ok = time_busy_allowed() if allow_busy is None else bool(allow_busy)
+    wait = 0.0 if busy_ok else wait_limit_s() if wait_s is None else float(wait_s)  # busy allowed: go on at once
     start = clock()
     busy = _wait(what, lambda: _busy_roles((Role.TRAINING,)), start + wait, start, clock, sleep, notify)
     report = LockReport(waited_s=round(clock() - start, 3), lock_dir=str(lock_dir()))

@@ -145,10 +145,27 @@ class OrtInt8Dynamic:
                                                                 or self.fp32_fallback != "guided"):
             raise ValueError(f"{self.name} sensitivity=single_per_call probes around per-token MatMuls: it needs "
                              "activations=per_token with fp32_fallback=guided")
+        self._check_mode_settings()
         if self._matmul_only():
             if self.op_types is not None and self.op_types != PER_TOKEN_OP_TYPES:
                 raise ValueError(f"{self.name} activations=per_token quantizes MatMul only (QAttention and "
                                  f"DynamicQuantizeMatMul take one scale per call); got op_types {self.op_types}")
+
+    def _check_mode_settings(self) -> None:
+        """ValueError for a setting of one mode changed from its default while that mode is off: it would be
+        ignored, yet the run's config hash (and so its run dir) would differ from the same file made without it."""
+        import dataclasses
+
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        modes = (("fp32_fallback=guided", self.fp32_fallback == "guided",
+                  ("sensitivity", "latency_ratio", "max_examples", "latency_runs", "latency_seq")),
+                 ("outliers=split", self.outliers == "split",
+                  ("outlier_ratio", "outlier_max_channels", "outlier_calibration")))
+        for mode, on, keys in modes:
+            changed = [f"{k}={getattr(self, k)!r}" for k in keys if not on and getattr(self, k) != defaults[k]]
+            if changed:
+                raise ValueError(f"{self.name} {', '.join(changed)}: applies to {mode} only, which this step does not "
+                                 f"use, so it would be ignored; set {mode}, or leave it out")
 
     def sequence_lengths(self) -> dict[str, int]:
         """Setting (under this step) -> tokens per row it feeds the model: the guided timing shape's seq."""

@@ -83,6 +83,7 @@ def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
 DYNAMIC_INT8_PASSES = frozenset({"ort_int8_dynamic"})
 QDQ_INT8_PASSES = frozenset({"ort_int8_static", "int8_qat"})
 OUR_RECIPE_SETTINGS = ("keep_fp32", "smooth_alpha")
+OPENVINO_INT8_SETTINGS = ("int8", "calibration_examples", "accuracy_control", "max_drop", *OUR_RECIPE_SETTINGS)
 
 
 def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> None:
@@ -107,7 +108,9 @@ def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> No
     else:
         return
     if changed:
-        raise SettingsError(f"deploy.{changed[0]}={getattr(d, changed[0])!r} would be ignored: {why}; leave it out")
+        value = getattr(d, changed[0])
+        shown = list(value) if isinstance(value, tuple) else value  # as the setting is written, not a tuple
+        raise SettingsError(f"deploy.{changed[0]}={shown!r} would be ignored: {why}; leave it out")
 
 
 def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]:

@@ -365,8 +365,13 @@ def search(overrides: Sequence[str] | None = None, *, space: str = "auto", **set
     return search_from_config(compose(args), args)
 
 
+# exit status of a search that ran but has no model to give (no candidate finished in the budget, or none scored)
+EXIT_NO_MODEL = 3
+
+
 def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None, int], Any]) -> None:
-    """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer."""
+    """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer.
+    SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model; a rerun with a larger budget resumes it."""
     plan = plan_search(cfg, list(overrides or []))
     setup(plan.threads, plan.seed)
     logging.getLogger("compresslab").setLevel(logging.INFO)
@@ -376,3 +381,5 @@ def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None,
     if best.get("file"):
         print(f"best model: {plan.search_dir / best['file']}")
     print(f"search.json: {plan.search_dir / SEARCH_FILE}")
+    if data.get("chosen") is None:  # nothing to deploy: a script must not read this as success
+        raise SystemExit(EXIT_NO_MODEL)

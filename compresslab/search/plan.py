@@ -40,6 +40,7 @@ class SearchPlan:
     def candidate_args(self, c: Candidate) -> list[str]:
         """The overrides that compose ``c``'s run, as a command line would give them."""
         base = keep_pass_overrides(self.base_overrides, pipeline_steps(c.pipeline))
+        base = [o for o in base if override_key(o) not in unread_deploy_keys(c.pipeline)]
         return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
 
 
@@ -75,6 +76,30 @@ def pipeline_steps(name: str) -> list[str]:
     from compresslab.config import pipelines_dir
 
     return [str(s) for s in OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("steps") or []]
+
+
+def pipeline_passes(name: str) -> set[str]:
+    """The registered pass names a shipped pipeline runs (its defaults list: ``/pass@passes.<step>: <pass>``)."""
+    from omegaconf import OmegaConf
+
+    from compresslab.config import pipelines_dir
+
+    defaults = OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("defaults") or []
+    return {str(v) for d in defaults if isinstance(d, Mapping) or OmegaConf.is_dict(d)
+            for k, v in d.items() if str(k).startswith("/pass@")}
+
+
+def unread_deploy_keys(pipeline: str) -> set[str]:
+    """The ``deploy.*`` OpenVINO int8 settings ``pipeline``'s IR never reads (preflight refuses them on a run):
+    a search passes them on to the candidates that read them only, as it does a pass's settings."""
+    from compresslab.pipeline.preflight import (DYNAMIC_INT8_PASSES, OPENVINO_INT8_SETTINGS, OUR_RECIPE_SETTINGS,
+                                                QDQ_INT8_PASSES)
+
+    passes = pipeline_passes(pipeline)
+    if passes & DYNAMIC_INT8_PASSES:
+        return set()
+    keys = OUR_RECIPE_SETTINGS if passes & QDQ_INT8_PASSES else OPENVINO_INT8_SETTINGS
+    return {f"deploy.{k}" for k in keys}
 
 
 def requests_search(overrides: Sequence[str]) -> bool:
@@ -131,6 +156,11 @@ def check_pass_settings(base: Sequence[str], entries: Sequence[Entry]) -> None:
         named = ", ".join(o for o in given.values() if pass_step(o) == unknown[0])
         raise SettingsError(f"pass setting(s) of step {unknown[0]!r} ({named}): no pipeline of this search has that "
                             f"step, so no candidate would run with it; the search's steps: {', '.join(sorted(have))}")
+    deploy = {override_key(o) for o in base if override_key(o).startswith("deploy.")}
+    unread = set.intersection(*(unread_deploy_keys(e.pipeline) for e in entries)) & deploy if entries else set()
+    if unread:
+        raise SettingsError(f"{sorted(unread)[0]}: no pipeline of this search makes an int8 file whose OpenVINO IR "
+                            "reads it (preflight.check_openvino_int8_settings), so no candidate would run with it")
     for e in entries:
         own = ({e.key} if e.key else set()) | {override_key(o) for o in e.overrides}
         clash = sorted(own & given.keys())

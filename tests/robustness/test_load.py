@@ -254,6 +254,17 @@ def test_time_busy_override_marks_the_result(holder, monkeypatch, observe) -> No
     observe(f"timed; busy=true: {load['reasons'][0][:160]}")
 
 
+@pytest.mark.case(name="COMPRESSLAB_TIME_BUSY=1 with a long wait limit", kind=4, bad_input=False,
+                  expected="times at once, without waiting for the training (a new user waited 4 minutes for it)")
+def test_time_busy_does_not_wait_first(holder, monkeypatch, observe) -> None:
+    holder(Role.TRAINING)
+    monkeypatch.setenv(runlock.WAIT_ENV, "600")
+    monkeypatch.setenv(runlock.BUSY_ENV, "1")
+    with runlock.timing_lock("t") as report:
+        assert report.override and report.waited_s < 5
+    assert runlock.wait_for_training("t").waited_s < 5
+
+
 @pytest.mark.case(name="stale lock: the training was killed -9", kind=4, bad_input=False,
                   expected="nothing waits for a dead holder: the kernel dropped its lock, its record is removed")
 def test_stale_lock_of_a_killed_training_does_not_block(holder, locks, monkeypatch, observe) -> None:

@@ -355,3 +355,8 @@ def test_evaluate_refuses_a_max_length_the_model_cannot_embed_before_scoring(tin
         with pytest.raises(ValueError, match=r"max_length=100: an input is \d+ tokens long .* at most 72"):
             compresslab.evaluate(m, long_text, tiny_tok, max_length=100)
         assert compresslab.evaluate(m, _pairs(8, 1), tiny_tok, max_length=100)["n"] == 8  # short inputs fit
+
+
+def test_a_cli_column_key_given_to_compress_names_the_api_keyword(tiny_tok):
+    with pytest.raises(TypeError, match=r"\['text_a'\] \(text_a: the API's keyword is text_column=\)"):
+        compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(8, 0), text_a="sentence", **_kw())

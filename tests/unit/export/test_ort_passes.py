@@ -324,3 +324,15 @@ def test_a_plain_graph_step_reads_an_unfused_export_and_names_what_is_missing(tm
     with pytest.raises(FileNotFoundError, match=r"no unfused export .* graph=plain \(a QDQ graph OpenVINO reads\) needs"):
         OrtInt8Static(num_calibration=12, graph="plain").apply(OnnxModel(alone, alone / "model.onnx"),
                                                                _ctx(tmp_path / "b", tok, batches))
+
+
+@pytest.mark.parametrize("kw,mode", [({"outlier_ratio": 9.0}, "outliers=split"), ({"outlier_calibration": 64}, "outliers=split"),
+                                     ({"latency_ratio": 0.5}, "fp32_fallback=guided"),
+                                     ({"sensitivity": "single_int8"}, "fp32_fallback=guided")])
+def test_a_setting_of_a_mode_that_is_off_is_refused_not_ignored(kw, mode):
+    # a new user's outlier_ratio=9 without outliers=split ran plain int8 under its own config hash
+    key = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{key}=.*applies to {mode} only"):
+        OrtInt8Dynamic(**kw)
+    on = {"outliers": "split"} if mode == "outliers=split" else {"fp32_fallback": "guided"}
+    assert getattr(OrtInt8Dynamic(**kw, **on), key) is not None

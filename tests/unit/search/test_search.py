@@ -378,3 +378,40 @@ def test_an_openvino_search_leaves_out_the_n_bit_entries_and_says_so(monkeypatch
     assert "write n-bit weights (MatMulNBits)" in caplog.text
     compresslab.search.run([f"paths.output_dir={tmp_path}"], deploy="auto")
     assert "w4" in [e.name for e in seen["plan"].entries]
+
+
+@pytest.mark.parametrize("chosen,code", [(None, 3), ({"name": "int8"}, None)])
+def test_a_search_that_chose_nothing_exits_non_zero(monkeypatch, tmp_path, capsys, chosen, code):
+    # a new user's search spent its budget before any candidate finished and exited 0 (scripts read success)
+    from types import SimpleNamespace
+
+    from compresslab.search import driver
+
+    plan = SimpleNamespace(threads=1, seed=0, search_dir=tmp_path)
+    monkeypatch.setattr(driver, "plan_search", lambda cfg, overrides: plan)
+    monkeypatch.setattr(driver, "run_search", lambda p: {"message": "no candidate finished", "chosen": chosen})
+    if code is None:
+        driver.main(None, [], lambda *a: None)
+    else:
+        with pytest.raises(SystemExit) as e:
+            driver.main(None, [], lambda *a: None)
+        assert e.value.code == code == driver.EXIT_NO_MODEL
+    assert "search: no candidate finished" in capsys.readouterr().out
+
+
+def test_an_openvino_int8_deploy_setting_reaches_the_candidates_that_read_it(monkeypatch, tmp_path):
+    # a new user's deploy.smooth_alpha=0.8 refused the whole default search: its fp32 ZipLM candidate never reads it
+    import compresslab
+    from compresslab.search import driver
+
+    seen = {}
+    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.setdefault("plan", plan) and {"ok": True})
+    compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.smooth_alpha=0.8"])
+    plan = seen["plan"]
+    int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
+    fp32 = Candidate("z", "ziplm", "ziplm_2x", (), ("ziplm",), 1.0)
+    assert "deploy.smooth_alpha=0.8" in plan.candidate_args(int8)
+    assert not [o for o in plan.candidate_args(fp32) if o.startswith("deploy.smooth_alpha")]
+    with pytest.raises(SettingsError, match="deploy.smooth_alpha: no pipeline of this search makes an int8 file"):
+        compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.smooth_alpha=0.8", "~search.space",
+                                "+search.space.z={pipeline: ziplm_2x, methods: [ziplm], cost: 1}"])
