@@ -55,8 +55,12 @@ def test_recover_refuses_teacher_losses_without_a_teacher_before_any_step() -> N
     ("layer_drop", {"keep": [0]}),
     ("magnitude", {"sparsity": 0.5}),
 ])  # structured_l1, ziplm and bibert fetch their teacher unconditionally (their recovery always distils)
-def test_every_recovering_pass_distils_an_embedder_with_hardness_zero(name, kw, tiny_ctx) -> None:
-    p = build_pass(name, **kw, recovery={"steps": 2, "hardness": 0.0, "lr": 1e-4})
+def test_every_recovering_pass_refuses_hardness_on_an_embedder_and_distils_it(name, kw, tiny_ctx) -> None:
+    # hardness weighs logit KD against the task loss; an embedder has neither, so the setting is refused up front
+    # (it would be ignored) and the recovery distils the embedding with its teacher fetched either way
+    with pytest.raises(ValueError, match="recovery.hardness=0.0: on the embedding task"):
+        build_pass(name, **kw, recovery={"steps": 2, "hardness": 0.0, "lr": 1e-4}).check(_embedding_task())
+    p = build_pass(name, **kw, recovery={"steps": 2, "lr": 1e-4})
     model = _encoder()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = tiny_ctx(task=_embedding_task())  # no run teacher: the pass's frozen copy of the incoming model
