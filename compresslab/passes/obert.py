@@ -162,8 +162,9 @@ class OBert:
         ``ffn_grid``, so that grid must be a multiple of 4 (ValueError naming the setting)."""
         if self.group_size == 1:
             return
-        bad = [(p.name, p.ffn_grid) for p in earlier if isinstance(getattr(p, "ffn_grid", None), int)
-               and p.ffn_grid % self.group_size]
+        from compresslab.pruning.speedup import off_grid
+
+        bad = off_grid(earlier, self.group_size)
         if bad:
             name, grid = bad[0]
             raise ValueError(f"mask_type=block4 prunes 1x4 blocks along each row, but the earlier {name} step leaves "

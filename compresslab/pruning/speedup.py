@@ -130,8 +130,7 @@ class SpeedupSettings:
         """Plan-time check against the steps before this one: an earlier structured step leaves FFN widths on its
         ``ffn_grid``; this one's latency table has entries on its own grid only, so that grid must divide the
         earlier one (else the table has no entry for the widths it is given: found after the Hessians)."""
-        bad = [(p.name, p.ffn_grid) for p in earlier if isinstance(getattr(p, "ffn_grid", None), int)
-               and p.ffn_grid % self.ffn_grid]
+        bad = off_grid(earlier, self.ffn_grid)
         if bad:
             name, grid = bad[0]
             raise ValueError(f"ffn_grid={self.ffn_grid} does not divide the earlier {name} step's ffn_grid={grid}: the FFN "
@@ -154,6 +153,13 @@ class SpeedupSettings:
             runtime = self.runtimes()[0]
         return TableSettings(batch=self.batch, seq=self.seq, threads=self.run_threads(), ffn_grid=self.ffn_grid,
                              warmup=self.latency_warmup, runs=self.latency_runs, runtime=runtime)
+
+
+def off_grid(earlier: list[Any], divisor: int) -> list[tuple[str, int]]:
+    """``(name, ffn_grid)`` of each earlier structured step (one with an int ``ffn_grid``) whose FFN widths are not
+    all multiples of ``divisor``: its grid is not a multiple of it."""
+    return [(p.name, p.ffn_grid) for p in earlier if isinstance(getattr(p, "ffn_grid", None), int)
+            and p.ffn_grid % divisor]
 
 
 def check_layout(model: nn.Module) -> None:
