@@ -90,14 +90,13 @@ def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> No
     """SettingsError for a ``deploy.*`` int8 setting changed from its default that this pipeline's OpenVINO IR would
     never read: any of them when no step makes int8 (the IR is the fp32 model converted), and our recipe's
     ``keep_fp32`` / ``smooth_alpha`` when the int8 step writes a QDQ graph (converted as it is)."""
-    from compresslab.pipeline.settings import DEFAULT_SMOOTH_GRID
+    import dataclasses
 
     d = settings.deploy
     if d.runtime == "ort":  # DeploySettings refuses these on ORT itself
         return
-    defaults = {"int8": "auto", "calibration_examples": 300, "accuracy_control": False, "max_drop": 0.01,
-                "keep_fp32": None, "smooth_alpha": DEFAULT_SMOOTH_GRID}
-    changed = [k for k, v in defaults.items() if getattr(d, k) != v]
+    defaults = {f.name: f.default for f in dataclasses.fields(d)}  # DeploySettings' own, not a copy of them
+    changed = [k for k in OPENVINO_INT8_SETTINGS if getattr(d, k) != defaults[k]]
     names = {s.pass_.name for s in steps}
     if not names & (DYNAMIC_INT8_PASSES | QDQ_INT8_PASSES):
         why = "no step of this pipeline makes int8, so its IR is the fp32 model converted"
