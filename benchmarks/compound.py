@@ -41,10 +41,12 @@ from compresslab.cli import setup_process
 from compresslab.config import compose, keep_pass_overrides
 from compresslab.manifest import git_sha, library_versions, read_json
 
-from _compound_derive import MODEL_KEYS, WITHIN, cells_of, derive  # noqa: F401 (sibling modules, script dir; tests read them here)
+from _compound_cells import (SPARSE_RATES, build_cells, check_runs, dense_from_int8, model_cells,  # noqa: F401 (tests
+                             one_teacher, size_bytes, teacher_key, teacher_ort_int8)                 # read them here)
+from _compound_derive import MODEL_KEYS, SELECTION, WITHIN, cells_of, derive  # noqa: F401 (sibling modules, script dir; tests read them here)
 from _results import ResultsFile, write_aside
-from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _cell, _final_ckpt, _fp32_cells, _forward, _int8_ir_cells,
-                      _isa, _jsonable, _runner, _teacher_ckpt, cell_key, split_key, teacher_ort_int8)
+from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _forward, _isa, _jsonable, _runner, cell_key,
+                      split_key)
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -58,7 +60,6 @@ STEPS_FACTOR = {"ziplm_strong_int8": 5}
 # the dense cell ``openvino_nncf_int8`` (a user gets it without us: MEASURE.md's best_dense counts it, and on
 # CPUs without AMX it is the fastest dense baseline)
 REUSED = ("int8", "ziplm_int8", "obert_int8")
-SPARSE_RATES = (0.5, 0.8)  # CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE tried on every OpenVINO int8 IR (AMX only)
 # filled by other scripts (issue 13's long runs, seeds, ZipLM's fitted latency model): never invented here
 PENDING = {
     "ziplm_retries": "ZipLM's per-layer fixed-cost latency model (retries before/after) is measured by "
@@ -127,121 +128,6 @@ def pipelines(a: argparse.Namespace) -> None:
     write_aside(runs_path, runs)
 
 
-# ----------------------------------------------------------------------------------------------- cells
-def _deployed_onnx(rd: Path, m: dict) -> Path:
-    """The ONNX file the pipeline deploys on ORT: an ONNX pass's int8 graph, else the export (QAT: the QDQ graph)."""
-    last = m["steps"][-1]["result"].get("onnx_path")
-    return rd / (last or m["export"]["fp32"]["path"])
-
-
-def _unfused(p: Path) -> Path:
-    u = p.with_name("model_unfused.onnx")
-    return u if u.is_file() else p
-
-
-def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]:
-    """One compound model's cells: ORT on the deployed file, the OpenVINO int8 IRs deploy made (ours, NNCF's),
-    each again with sparse weight decompression on AMX, and DeepSparse on the sparse file."""
-    out = _int8_ir_cells(rd, m) if m["steps"][-1]["result"].get("onnx_path") else {}
-    qat = bool(m["export"]["fp32"].get("qdq"))
-    if qat:  # the QAT export IS the int8 file (QDQ): ORT runs it as is; deploy converted the same graph for OpenVINO
-        out = {"ort_int8": _cell("ort", _deployed_onnx(rd, m), "int8")}
-        cands = m["export"].get("openvino", {}).get("candidates", {})
-        for key, name, method in (("ours", "openvino_int8", "compresslab"), ("nncf", "openvino_nncf_int8", "peer")):
-            if "path" in cands.get(key, {}):
-                out[name] = _cell("openvino", rd / cands[key]["path"], "default", method)
-            elif key in cands:
-                out[name] = _cell("openvino", None, "default", method, error=cands[key].get("error", "no IR written"))
-    if "amx_int8" in flags:  # OpenVINO's sparse weight decompression acts on int8 FC layers, AMX only
-        for name, c in list(out.items()):
-            if c["kind"] == "openvino" and c["path"] is not None:
-                for r in SPARSE_RATES:
-                    out[f"{name}_sparse{int(r * 100)}"] = {**c, "sparse_rate": r}
-    # DeepSparse: the QAT export (its sparse-int8 format) as is; otherwise the plain fp32 export (its sparse
-    # fp32 kernels): ORT's dynamic int8 graph has contrib ops DeepSparse does not know
-    ds = _deployed_onnx(rd, m) if qat else _unfused(rd / m["export"]["fp32"]["path"])
-    out["deepsparse_int8" if qat else "deepsparse_fp32"] = _cell("deepsparse", ds, "int8" if qat else "fp32")
-    return out
-
-
-def teacher_key(m: dict[str, Any]) -> str | None:
-    """The teacher a run started from: its first (finetune) step's cache key, None when the manifest has none."""
-    steps = m.get("steps") or [{}]
-    return ((steps[0].get("result") or {}).get("metrics") or {}).get("cache_key")
-
-
-def one_teacher(keys: dict[str, str | None]) -> None:
-    """Every run must start from the same teacher (its finetune cache key), or agreement and best_dense mix
-    models: ValueError naming the runs and keys, and when a run's teacher cannot be told (no key)."""
-    unknown = [p for p, k in keys.items() if not k]
-    if unknown and len(keys) > 1:
-        raise ValueError(f"cannot tell which teacher runs {unknown} started from (no finetune cache key in their "
-                         "manifests): measure only runs whose teacher is recorded")
-    if len(set(keys.values())) > 1:
-        raise ValueError(f"the runs start from different teachers (finetune cache keys {keys}): measure runs of "
-                         "one teacher together")
-
-
-def dense_from_int8(cells: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """Move NNCF's int8 IRs of the ``int8`` run (whose final model is the teacher; the sparse-decompression
-    twins on AMX too) into ``dense`` (in place). ``dense.ort_int8`` is not taken from that run: its ORT file
-    carries our rewrites (block-wise word embeddings), so build_cells quantizes the teacher in one call of ORT's
-    quantizer instead (backends.teacher_ort_int8). When the ``int8`` run is listed but has no NNCF IR (NNCF
-    missing or failed), ``dense.openvino_nncf_int8`` says so as an error cell: best_dense then falls back to the
-    fastest other cell, and the file shows why."""
-    if "int8" not in cells:
-        return
-    moved = [n for n in cells["int8"] if n.startswith("openvino_nncf_int8")]
-    for n in moved:
-        cells["dense"][n] = cells["int8"].pop(n)
-    if not moved:
-        why = "; ".join(f"{n}: {c['error']}" for n, c in cells["int8"].items() if "error" in c)
-        cells["dense"]["openvino_nncf_int8"] = _cell("openvino", None, "default", "peer",
-                                                     error=f"the int8 run has no NNCF IR of the teacher{': ' + why if why else ''}")
-
-
-def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """model -> cell -> what to run: ``dense`` from the first run's teacher (and NNCF's int8 IR of it from the
-    ``int8`` run, when listed), then every pipeline's model. ValueError when the runs have different teachers."""
-    from compresslab.manifest import RunManifest
-    from compresslab.pipeline.export import teacher_onnx
-
-    manifests: dict[str, Any] = {}
-    for p, r in runs.items():  # read once; an unreadable one is recorded as its model's error below
-        try:
-            manifests[p] = read_json(REPO / r["run_dir"] / "manifest.json")
-        except (OSError, ValueError) as e:
-            manifests[p] = e
-    one_teacher({p: teacher_key(m) for p, m in manifests.items() if isinstance(m, dict)})
-    cells: dict[str, dict[str, dict[str, Any]]] = {}
-    first = next(iter(runs))
-    rd = REPO / runs[first]["run_dir"]
-    fused = teacher_onnx(rd, RunManifest.load(rd))
-    cells["dense"] = _fp32_cells(fused, _teacher_ckpt(rd, manifests[first]), flags)
-    cells["dense"]["deepsparse_fp32"] = _cell("deepsparse", _unfused(fused), "fp32")
-    # ORT's dynamic int8 of the teacher, one quantizer call: a dense peer cell (best_dense on AVX2 without VNNI)
-    cells["dense"]["ort_int8"] = teacher_ort_int8(rd)
-    for p, r in runs.items():
-        try:
-            if isinstance(manifests[p], Exception):
-                raise manifests[p]
-            cells[p] = model_cells(REPO / r["run_dir"], manifests[p], flags)
-        except (OSError, ValueError, KeyError, StopIteration) as e:  # recorded, not dropped: unfinished or odd
-            cells[p] = {"error": _cell("none", None, "-", error=f"{type(e).__name__}: {e}")}
-    dense_from_int8(cells)
-    return cells
-
-
-def size_bytes(path: Path | None) -> int | None:
-    """Deployed bytes on disk: the file plus its external data (ONNX) or weights (an OpenVINO IR's .bin)."""
-    if path is None or not Path(path).is_file():
-        return None
-    p = Path(path)
-    extra = [p.with_suffix(".bin")] if p.suffix == ".xml" else [p.with_name(p.name + "_data"), p.with_suffix(".onnx_data"),
-                                                              p.with_name(p.name + ".data")]
-    return p.stat().st_size + sum(e.stat().st_size for e in set(extra) if e.is_file() and e != p)
-
-
 # ----------------------------------------------------------------------------------------------- DeepSparse
 def deepsparse_cells(cells: dict[str, dict[str, dict[str, Any]]], fused_teacher: Path, dev: list, tok: Any, spec: Any,
                      teacher_pred: Any, vocab: int, a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -276,6 +162,8 @@ def deepsparse_cells(cells: dict[str, dict[str, dict[str, Any]]], fused_teacher:
         return ({k: {"error": f"{type(e).__name__}: {e}"} for k in keys},
                 {"python": str(python), "deepsparse_version": version, "error": f"{type(e).__name__}: {e}"})
     lat = by_runner(res["latency"])
+    own = lat.get("ort_fp32", {})  # the worker's own ort_fp32, interleaved with its cells: their only same-process base
+    own_b32, own_b1 = (own.get(shape_key(b, seq), {}).get("p50_ms") for b in (32, 1))
     out: dict[str, Any] = {}
     for k in keys:
         if k not in lat or k not in res["logits"]:
@@ -286,16 +174,27 @@ def deepsparse_cells(cells: dict[str, dict[str, dict[str, Any]]], fused_teacher:
         out[k] = {"acc": float(np.mean(preds == labels)), "agreement": float(np.mean(preds == teacher_pred.predictions)),
                   "b32_ms": b32, "b1_ms": lat[k][shape_key(1, seq)]["p50_ms"],
                   # static engines: every sentence is padded to seq, so the real-length figure is b32's throughput
-                  "real_len_sent_per_s": 32 * 1000.0 / b32, "real_len_note": f"static shapes: padded to {seq}"}
+                  "real_len_sent_per_s": 32 * 1000.0 / b32, "real_len_note": f"static shapes: padded to {seq}",
+                  "timed_in": "deepsparse_worker", "ort_fp32_b32_ms_same_process": own_b32,
+                  "ort_fp32_b1_ms_same_process": own_b1}
     meta = {"python": str(python), "deepsparse_version": version, "versions": res.get("versions"),
             "compile_s": res.get("compile_s"), "ort_fp32_in_worker": lat.get("ort_fp32"),
             "note": "DeepSparse cells are timed in their own worker process (interleaved with that process's ort_fp32), "
-                    "after the in-process interleaved run, not interleaved with it: their speedups use the "
-                    "in-process dense.ort_fp32; ort_fp32_in_worker is the same file timed beside them, to compare"}
+                    "after the in-process interleaved run, not interleaved with it: their speedups are against the "
+                    "worker's own ort_fp32 (ort_fp32_in_worker, the same file); none against best_dense, which is "
+                    "timed in the other process, so a DeepSparse cell is never best_dense, a pipeline's entry or best"}
     return out, meta
 
 
 # ----------------------------------------------------------------------------------------------- measure
+def picks_on_validation(model: str, name: str, cell: dict[str, Any]) -> bool:
+    """The cells scored on the validation split too: the teacher (the reference) and every in-process cell of
+    ours that may stand for its pipeline (not a peer's IR, not a file before the pipeline's last step)."""
+    if model == "dense":
+        return name == "torch_fp32"
+    return cell.get("method") != "peer" and cell.get("backend") != "deepsparse"
+
+
 def measure(a: argparse.Namespace) -> None:
     import numpy as np
 
@@ -312,15 +211,16 @@ def measure(a: argparse.Namespace) -> None:
     setup_process(THREADS, 0)
     load0 = os.getloadavg()
     flags = cpu_flags()
-    runs = read_json(Path(a.runs_file))
-    cells = build_cells(runs, flags)
+    runs = read_json(Path(a.runs_file)) if Path(a.runs_file).is_file() else {}
+    manifests = check_runs(runs, a.runs_file)  # every run readable and finished before anything is scored or timed
+    cells = build_cells(runs, manifests, flags)
     rd = REPO / next(iter(runs.values()))["run_dir"]
-    cfg = read_json(rd / "manifest.json")["config"]
+    cfg = manifests[next(iter(runs))]["config"]
     task = load_run_task(cfg)
     tok = AutoTokenizer.from_pretrained(str(rd / "export"))
-    dev = list(task.dev)
+    dev, val = list(task.dev), list(task.validation)
     if cfg["task"].get("max_dev"):  # a smoke run's slice (debug=smoke); the real measurement has all 872
-        dev = dev[: int(cfg["task"]["max_dev"])]
+        dev, val = dev[: int(cfg["task"]["max_dev"])], val[: int(cfg["task"]["max_dev"])]
     vocab = int(tok.vocab_size)
     kw = dict(batch_size=64, max_length=int(cfg["task"]["max_length"]))
 
@@ -335,6 +235,8 @@ def measure(a: argparse.Namespace) -> None:
                 "size_bytes": size_bytes(c["path"]), "method": c["method"], "precision_requested": c["precision"]}
             if c.get("sparse_rate") is not None:
                 cell["sparse_weights_decompression_rate"] = c["sparse_rate"]
+            if c.get("final_model") is False:
+                cell["final_model"] = False
             if "error" in c:
                 cell["error"] = c["error"]
                 continue
@@ -351,7 +253,11 @@ def measure(a: argparse.Namespace) -> None:
                 continue
             preds[key] = scored.predictions
             cell["acc"] = float(scored.metrics[task.spec.primary_metric])
-            log.info("scored %s: %s (%.0f s)", key, cell["acc"], time.perf_counter() - t0)
+            if picks_on_validation(model, name, cell):  # what derive() picks a pipeline's cell on (dev is the test set)
+                cell["val_acc"] = float(predict(_forward(c, runners[key]), task.spec, val, tok, **kw)
+                                        .metrics[task.spec.primary_metric])
+            log.info("scored %s: dev %s, validation %s (%.0f s)", key, cell["acc"], cell.get("val_acc"),
+                     time.perf_counter() - t0)
     teacher = preds["dense.torch_fp32"]
     for key, p in preds.items():
         model, name = split_key(key)
@@ -389,8 +295,9 @@ def measure(a: argparse.Namespace) -> None:
         if "precision" not in out[model][name] and "error" not in figs:
             out[model][name]["precision"] = cells[model][name]["precision"]
     for p in runs:
-        results.note_run(p, read_json(REPO / runs[p]["run_dir"] / "manifest.json"))
+        results.note_run(p, manifests[p])
     data = results.load()  # other scripts' keys (seeds, long runs, retries) are kept
+    data["best"] = data["best_any_method"] = None  # until derive() below: never the last measure's beside new cells
     meta = {**data.get("meta", {}),
             "git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
             "cpu_flags_relevant": sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx_vnni"))),
@@ -399,9 +306,7 @@ def measure(a: argparse.Namespace) -> None:
             "loadavg_after": os.getloadavg(), "split": f"{task.spec.name} dev ({len(dev)})", "pipelines": runs,
             "runners": {k: _jsonable(v) for k, v in lat["runners"].items()}, "deepsparse": ds_meta,
             "sparse_weights_decompression": _sparse_note(flags),
-            "selection": f"models.<pipeline>: the pipeline's fastest cell at b32 whose dev acc is within {WITHIN} of "
-                         "the teacher's (else its most accurate, flagged within_1pt false); best: the fastest of those "
-                         "within 1 pt; best_dense: the fastest dense cell at b32 (any backend, precision recorded)",
+            "selection": SELECTION,
             "size_bytes": "the deployed file on disk plus its external data / IR weights (the whole model, embeddings in)",
             "command": f"python benchmarks/compound.py pipelines && python benchmarks/compound.py measure --runs {a.runs} "
                        f"--rounds {a.rounds}",
