@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from compresslab.export.precision import precision_label
 from compresslab.export.size import artifact_bytes
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.deepsparse import deepsparse
@@ -69,7 +70,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     files = {"ort_fp32": teacher_onnx(run_dir, manifest),
              "deployed_onnx_ort" if ir else "deployed": Path(state.onnx.onnx_path)}
     runners: dict[str, Any] = {name: OrtRunner(p, threads, vocab_size=vocab) for name, p in files.items()}
-    ran = {name: (p, _onnx_precision(p)) for name, p in files.items()}
+    ran = {name: (p, precision_label(p)) for name, p in files.items()}
     dense = ["ort_fp32"]
     notes: list[str] = []
     same_file = False  # the deployed file is ort_int8's byte for byte
@@ -245,18 +246,6 @@ def _rel(p: Path | None, run_dir: Path) -> str | None:
         return str(Path(p).resolve().relative_to(run_dir.resolve()))
     except ValueError:
         return str(p)
-
-
-def _onnx_precision(path: Path) -> str:
-    """What an ORT file computes in: ``int4`` (MatMulNBits), ``int8`` (integer / QDQ ops) or ``fp32``."""
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    if "MatMulNBits" in ops:
-        return "int4"
-    if ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "QLinearMatMul"}:
-        return "int8"
-    return "fp32"
 
 
 def _openvino_precision(runner: Any) -> str:

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from compresslab.export.openvino_int8 import IR_NAME
+from compresslab.export.precision import is_int8, nbits_of, precision_class
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.validation import ValidationAgreement
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 IR_DIR = "openvino"
 NNCF_IR_DIR = "openvino_nncf"  # deploy.int8=nncf|auto: NNCF's int8 IR (the peer's method)
-_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 NBITS_NOT_ON_OPENVINO = ("OpenVINO not deployed: {file} has n-bit weights (MatMulNBits), which OpenVINO cannot read; "
                          "its IR would be the fp32 model (the dequantized weights, the size win lost), so ORT stays "
                          "the deploy target")
@@ -56,6 +56,8 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
     prec = _precision_of(onnx_path)
     record: dict[str, Any] = {"path": _rel(onnx_path, run_dir), "runtime": "ort", "precision": prec,
                               "label": f"ort_{prec}", "size_bytes": onnx_path.stat().st_size}
+    if prec == "nbits":  # which widths the file stores (deployed bits: 3-bit layers are 4-bit codes)
+        record["weight_bits"] = nbits_of(onnx_path)
     section: dict[str, Any] = {"requested": d.runtime, "runtime": "ort", "notes": []}
     if d.runtime != "ort" and prec == "nbits":
         section["notes"].append(NBITS_NOT_ON_OPENVINO.format(file=_rel(onnx_path, run_dir)))
@@ -107,7 +109,7 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
     if done and ("error" in done or (run_dir / done["path"]).is_file()):
         return done
     deployed, fp32 = Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"]
-    if _is_int8(deployed):
+    if is_int8(deployed):
         rec = _int8_ir(state, run_dir, threads, deployed, fp32, validation or ValidationAgreement(state))
     else:
         src, notes = ir_source(deployed, fp32, run_dir)
@@ -120,7 +122,7 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
 
 def _converted(state: RunState, src: Path, out: Path, run_dir: Path, threads: int, notes: list[str]) -> dict[str, Any]:
     """Convert ``src`` into an IR in ``out`` and check it; the record (``error`` when it fails)."""
-    rec: dict[str, Any] = {"source": _rel(src, run_dir), "int8": _is_int8(src), "notes": notes}
+    rec: dict[str, Any] = {"source": _rel(src, run_dir), "int8": is_int8(src), "notes": notes}
     try:
         xml = convert_to_ir(src, out)
     except ValueError as e:
@@ -372,7 +374,7 @@ def _check_ir(state: RunState, xml: Path, threads: int) -> dict[str, Any]:
         rec["compiled_precision"][d.precision] = asked.compiled_precision
         if asked.precision_note:
             rec["precision_note"] = asked.precision_note
-    if not _is_int8(xml) and not (np.isfinite(max_d) and max_d <= e.atol):
+    if not is_int8(xml) and not (np.isfinite(max_d) and max_d <= e.atol):
         rec["error"] = f"IR parity vs torch: max |diff| {max_d:.3g} > atol {e.atol:.3g}"
     return rec
 
@@ -420,35 +422,7 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     return out
 
 
-def _onnx_ops(path: Path) -> set[str]:
-    import onnx
-
-    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-
-
-_INT8_OPS = _QDQ_OPS | {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"}
-
-
-def _is_int8(path: Path) -> bool:
-    """Does the graph (ONNX or IR xml) hold int8 quantization (QDQ pairs, MatMulInteger, FakeQuantize)?"""
-    path = Path(path)
-    if path.suffix == ".xml":
-        text = path.read_text(errors="ignore")
-        return 'type="FakeQuantize"' in text or 'element_type="i8"' in text or 'element_type="u8"' in text
-    return bool(_onnx_ops(path) & _INT8_OPS)
-
-
-def _precision_of(path: Path) -> str:
-    """``nbits`` (n-bit weights: MatMulNBits / GatherBlockQuantized), ``int8`` or ``fp32``."""
-    path = Path(path)
-    if path.suffix == ".xml":
-        return "int8" if _is_int8(path) else "fp32"
-    ops = _onnx_ops(path)  # read the graph once
-    if ops & {"MatMulNBits", "GatherBlockQuantized"}:
-        return "nbits"
-    return "int8" if ops & _INT8_OPS else "fp32"
-
-
+_precision_of = precision_class  # a module name of its own: tests stand in for the graph read
 def _rel(p: Path, run_dir: Path) -> str:
     try:
         return str(Path(p).resolve().relative_to(Path(run_dir).resolve()))
