@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
@@ -231,18 +231,31 @@ RUN_LIBRARIES: tuple[str, ...] = ("compresslab", "torch", "transformers", "onnx"
                                   "hydra-core", "numpy", "scipy", "safetensors", "openvino", "nncf", "deepsparse")
 
 
-def library_versions() -> dict[str, str]:
-    """Python and the installed version of each of :data:`RUN_LIBRARIES` (package metadata; none imported);
-    a library that is not installed is left out."""
+def installed_versions(names: Sequence[str], keep_missing: bool = False) -> dict[str, str | None]:
+    """The installed version of each distribution in ``names`` (package metadata: nothing is imported, so torch
+    and ONNX Runtime stay unloaded). A missing one is left out, or recorded as None with ``keep_missing``.
+    ``onnxruntime`` falls back to the GPU wheel's distribution name, ``onnxruntime-gpu``."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for lib in RUN_LIBRARIES:
+    out: dict[str, str | None] = {}
+    for name in names:
         try:
-            out[lib] = version(lib)
+            out[name] = version(name)
         except PackageNotFoundError:
-            pass
+            try:
+                if name != "onnxruntime":
+                    raise
+                out[name] = version("onnxruntime-gpu")
+            except PackageNotFoundError:
+                if keep_missing:
+                    out[name] = None
     return out
+
+
+def library_versions() -> dict[str, str]:
+    """Python and the installed version of each of :data:`RUN_LIBRARIES` (:func:`installed_versions`); a library
+    that is not installed is left out."""
+    return {"python": platform.python_version(), **installed_versions(RUN_LIBRARIES)}  # type: ignore[dict-item]
 
 
 def process_record() -> dict[str, Any]:

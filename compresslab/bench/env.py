@@ -9,13 +9,14 @@ collects those facts once so every results file (and the latency-table cache, vi
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
 import platform
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
+
+from compresslab.manifest import installed_versions
 
 if TYPE_CHECKING:
     import torch
@@ -117,19 +118,9 @@ def _total_ram_gb() -> float | None:
 
 
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
-    """Installed versions from package metadata (no import, so torch/ORT stay unloaded)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    if out.get("onnxruntime") is None:  # the GPU wheel has another distribution name
-        try:
-            out["onnxruntime"] = importlib.metadata.version("onnxruntime-gpu")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    """Installed versions for a hardware fingerprint (:func:`compresslab.manifest.installed_versions`); a missing
+    library is recorded as None, so a fingerprint always has the same keys."""
+    return installed_versions(names, keep_missing=True)
 
 
 def ort_providers() -> list[str]:
