@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import os
 import shutil
@@ -40,6 +39,7 @@ from torch import nn
 from compresslab.eval.onnx_runner import OnnxRunner
 from compresslab.export.graph_inputs import restore_inputs
 from compresslab.export.optimize import heads_and_hidden, optimize_graph
+from compresslab.manifest import atomic_write_json
 from compresslab.models.loading import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -393,12 +393,6 @@ def _qdq_parity(model: nn.Module, path: Path, batches: list[Mapping[str, Any]], 
     return {**parity, "int8_kernels": kernels}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _expected_attention_layers(model: nn.Module) -> int | None:
     """Layers that still have heads (each should fuse into one Attention node); None if unknown."""
     try:
@@ -476,7 +470,7 @@ def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_b
     parity = {**parity, "fused_attention_nodes": fused_n, "attention_heads": heads, "unfused": parity_unfused}
     if notes:
         parity["notes"] = notes
-    _write_json(out_dir / "parity.json", parity)
+    atomic_write_json(out_dir / "parity.json", parity)
     return ExportResult(dir=out_dir, onnx_path=deployed,
                         unfused_path=raw if optimize and keep_unfused else None, exporter=exporter,
                         opset=opset, input_names=names, output_name=output_name,
