@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # keep `import compresslab` light
     import torch
@@ -164,19 +165,95 @@ class PassContext:
 
 @runtime_checkable
 class Pass(Protocol):
-    """A compression method. Implementations are dataclasses registered with ``@register_pass``."""
+    """A compression method. Implementations are dataclasses registered with ``@register_pass``.
+
+    Beyond these required members a pass may declare the optional capabilities listed in
+    :data:`PASS_FLAGS` (class attributes, read with :func:`capability`) and :data:`PASS_HOOKS`
+    (methods, read with :func:`hook`); nothing else is read from a pass by name."""
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
     # True for a pass whose output is the run's teacher (``finetune``): the model after it is frozen
     # and used for KD and as the reference for agreement, on a fresh run and on resume alike.
     makes_teacher: ClassVar[bool]
-    # Optional (default False): True for a torch pass that keeps every module's name and shape (pruning by
-    # masks), so the pipeline also checks the steps after it against the loaded model before any work.
-    # keeps_structure: ClassVar[bool]
 
     def check(self, task: "TaskData") -> None:
         """Cheap checks against the task's data before any model is loaded; raises ValueError."""
         ...
 
     def apply(self, model: Any, ctx: PassContext) -> PassResult: ...
+
+
+# The optional flags a pass may declare, name -> the value of a pass that does not declare it. A flag is a
+# ClassVar, or a property where it depends on the pass's settings (layer_drop's ``keeps_zeros``).
+PASS_FLAGS: Mapping[str, Any] = MappingProxyType({
+    # a torch pass that keeps every module's name and shape (pruning by masks): the steps after it are also checked
+    # against the loaded model before any work (pipeline/state.py check_steps_model)
+    "keeps_structure": False,
+    # prunes weights to exactly zero: every later pass must keep them (pipeline/plan.py check_zeros_kept)
+    "makes_sparse": False,
+    # keeps the exact zeros of an earlier ``makes_sparse`` pass; undeclared: assumed not to (plan.py check_zeros_kept)
+    "keeps_zeros": False,
+    # distils from a teacher whatever its recovery says (BiBERT): one must be made before it (plan.py needs_teacher)
+    "needs_teacher": False,
+    # makes the model binary: OpenVINO precisions a binary model refuses are refused before any step
+    # (pipeline/deploy.py check_deploy)
+    "binarizes": False,
+    # its file has ORT-only n-bit ops (MatMulNBits), which OpenVINO cannot read (pipeline/preflight.py
+    # nbits_step_on_openvino)
+    "writes_nbits": False,
+    # a torch pass that quantizes and freezes n-bit weights (hawq): what ort_matmul_nbits needs before it
+    # (passes/ort_matmul_nbits.py check_after)
+    "quantizes_weights": False,
+    # the architectures (``config.model_type``) the pass supports; None: any (pipeline/state.py check_steps_model)
+    "model_types": None,
+})
+
+# The optional methods a pass may define, name -> its signature and what it means (who calls it).
+PASS_HOOKS: Mapping[str, str] = MappingProxyType({
+    "check_model": "check_model(model) -> None: ValueError where the loaded model does not suit the pass (module "
+                   "patterns, shapes), before any step runs (pipeline/state.py check_steps_model)",
+    "check_after": "check_after(earlier: list[Pass]) -> None: ValueError where the passes before this step do not "
+                   "give it what it needs, before any work (pipeline/plan.py check_order)",
+    "check_deployable": "check_deployable() -> None: ValueError where a ``quantizes_weights`` pass's layout cannot "
+                        "deploy as MatMulNBits (passes/ort_matmul_nbits.py check_after)",
+    "sequence_lengths": "sequence_lengths() -> dict[str, int]: setting -> tokens, for settings used only in some "
+                        "modes, checked against the model's position table (pipeline/preflight.py pass_lengths)",
+    "own_settings": "own_settings() -> list[str]: ``key=value`` of each setting of an ONNX pass that makes its file "
+                    "ours rather than the runtime's own tool (benchmarks/suite_method.py own_settings)",
+})
+
+# A pass's own public methods whose names look like a hook's (``check_*``, ``*_settings``) but that no pipeline
+# code calls on an arbitrary pass, name -> who calls it: declared so that a misspelt hook still stands out.
+PASS_OWN_METHODS: Mapping[str, str] = MappingProxyType({
+    "check_feasible": "hawq's own apply (quant/hawq_settings.py): its bit budget against the priced layouts",
+    "table_settings": "ziplm / structured_l1 (pruning/speedup.py) and benchmarks: the latency table's settings",
+})
+
+
+class UnknownCapabilityError(KeyError):
+    """A flag or hook name that :data:`PASS_FLAGS` / :data:`PASS_HOOKS` does not declare (a typo in the
+    reader); the message lists the declared ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0])
+
+
+def capability(pass_: Any, name: str) -> Any:
+    """Pass (instance or class) ``pass_``'s value of the optional flag ``name``, or its declared default
+    (:data:`PASS_FLAGS`). UnknownCapabilityError for an undeclared name."""
+    if name not in PASS_FLAGS:
+        raise UnknownCapabilityError(f"{name!r} is not a declared pass flag; declared: {', '.join(PASS_FLAGS)} "
+                                     "(compresslab.types.PASS_FLAGS)")
+    return getattr(pass_, name, PASS_FLAGS[name])
+
+
+def hook(pass_: Any, name: str) -> Callable[..., Any] | None:
+    """Pass ``pass_``'s optional method ``name`` (bound on an instance, the function on a class), or None where
+    it has none or the attribute is not callable. UnknownCapabilityError for a name :data:`PASS_HOOKS` does
+    not declare."""
+    if name not in PASS_HOOKS:
+        raise UnknownCapabilityError(f"{name!r} is not a declared pass hook; declared: {', '.join(PASS_HOOKS)} "
+                                     "(compresslab.types.PASS_HOOKS)")
+    method = getattr(pass_, name, None)
+    return method if callable(method) else None
