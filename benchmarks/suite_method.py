@@ -52,12 +52,12 @@ def own_settings(pipeline_cfg: Any) -> list[str]:
     what is applied count)."""
     from hydra.utils import instantiate
 
-    from compresslab.types import Stage
+    from compresslab.types import Stage, hook
 
     out = []
     for step, cls, node in _steps(pipeline_cfg):
-        if getattr(cls, "stage", None) is Stage.ONNX and hasattr(cls, "own_settings"):
-            out += [f"{step}.{kv}" for kv in instantiate(node, _convert_="all").own_settings()]
+        if getattr(cls, "stage", None) is Stage.ONNX and hook(cls, "own_settings") is not None:
+            out += [f"{step}.{kv}" for kv in hook(instantiate(node, _convert_="all"), "own_settings")()]
     return out
 
 

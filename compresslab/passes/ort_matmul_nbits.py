@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compresslab.registry import register_pass
-from compresslab.types import OnnxModel, PassContext, PassResult, Stage
+from compresslab.types import OnnxModel, PassContext, PassResult, Stage, capability, hook
 from compresslab.validate import check_bools, check_int, is_int
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class OrtMatmulNBits:
         pass reads the export's unfused fp32 graph), and that pass's layout must deploy as MatMulNBits
         (its ``check_deployable``), and a latency budget must have been priced at this step's
         ``accuracy_level``. ValueError naming what to change."""
-        quant = [p for p in earlier if getattr(p, "quantizes_weights", False)]
+        quant = [p for p in earlier if capability(p, "quantizes_weights")]
         if not quant:
             raise ValueError(f"{self.name} deploys n-bit weights that a TORCH pass quantized and froze, and no "
                              f"earlier step does (steps before it: {[p.name for p in earlier] or 'none'}); put a "
@@ -81,7 +81,7 @@ class OrtMatmulNBits:
             raise ValueError(f"{self.name} must be the first ONNX step: it rewrites the export's unfused fp32 graph, "
                              f"which {onnx_before} would already have replaced; drop them or put them after it")
         for p in quant:
-            check = getattr(p, "check_deployable", None)
+            check = hook(p, "check_deployable")
             if check is not None:
                 check()
             # a latency budget priced on another accuracy_level than this step deploys would be met on paper only

@@ -247,9 +247,10 @@ def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
     binarizes it (a pass with ``binarizes``): otherwise the refusal would come after the training."""
     from compresslab.bench.openvino_runner import resolve_precision
     from compresslab.models.binary import is_binary
+    from compresslab.types import capability
 
     d, b = state.settings.deploy, state.settings.bench
-    binarized_by = [s.name for s in steps if getattr(s.pass_, "binarizes", False)]
+    binarized_by = [s.name for s in steps if capability(s.pass_, "binarizes")]
     if is_binary(state.model) or binarized_by:
         what = f"the model {'step ' + binarized_by[0] + ' makes' if binarized_by else 'loaded'}"
         if d.runtime != "ort":

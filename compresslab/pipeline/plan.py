@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.dirlock import LOCK_NAME
-from compresslab.types import Pass, Stage
+from compresslab.types import Pass, Stage, capability, hook
 from compresslab.validate import check_field_types, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def needs_teacher(p: Pass) -> bool:
     """Whether a pass distils from a teacher: it declares so (``needs_teacher = True``, a ClassVar:
     BiBERT, whose every loss is a KD term against the full-precision model), or its recovery
     training has a KD term (logits or hidden states)."""
-    if getattr(p, "needs_teacher", False):
+    if capability(p, "needs_teacher"):
         return True
     r = getattr(p, "recovery", None)
     return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
@@ -214,7 +214,7 @@ def check_order(steps: list[Step]) -> None:
                             "first step and appear once")
     check_zeros_kept(steps)
     for i, s in enumerate(steps):  # what a pass needs from the steps before it (e.g. nbits after hawq)
-        check_after = getattr(s.pass_, "check_after", None)
+        check_after = hook(s.pass_, "check_after")
         if check_after is not None:
             try:
                 check_after([e.pass_ for e in steps[:i]])
@@ -235,14 +235,14 @@ def check_zeros_kept(steps: list[Step]) -> None:
     """
     sparse: Step | None = None
     for s in steps:
-        if sparse is not None and not getattr(s.pass_, "keeps_zeros", False):
+        if sparse is not None and not capability(s.pass_, "keeps_zeros"):
             raise PipelineError(
                 f"step {s.name!r} ({s.pass_.name}) cannot come after step {sparse.name!r} ({sparse.pass_.name}): "
                 f"{sparse.pass_.name} leaves pruned weights at exactly zero and {s.pass_.name} does not keep them "
                 f"(its weight updates or dense training would grow them back). Put {s.name!r} before "
                 f"{sparse.name!r} in pipeline.steps (structure first, then sparsity, then int8: e.g. "
                 "[finetune, layer_drop, ziplm, obert, int8])")
-        if sparse is None and getattr(s.pass_, "makes_sparse", False):
+        if sparse is None and capability(s.pass_, "makes_sparse"):
             sparse = s
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from compresslab.pipeline.plan import Step, build_steps
 from compresslab.pipeline.settings import RunSettings, SettingsError
+from compresslab.types import capability, hook
 from compresslab.validate import check_writable
 
 
@@ -64,7 +65,7 @@ def nbits_step_on_openvino(settings: RunSettings, steps: list[Step]) -> str | No
     OpenVINO (``deploy.runtime=openvino``), which cannot read them; else None."""
     if settings.deploy.runtime != "openvino":
         return None
-    return next((s.name for s in steps if getattr(s.pass_, "writes_nbits", False)), None)
+    return next((s.name for s in steps if capability(s.pass_, "writes_nbits")), None)
 
 
 def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
@@ -135,8 +136,8 @@ def pass_lengths(pass_: Any) -> dict[str, int]:
         value = getattr(pass_, attr, None)
         if isinstance(value, int) and not isinstance(value, bool):
             lengths[attr] = value
-    own = getattr(pass_, "sequence_lengths", None)
-    if callable(own):
+    own = hook(pass_, "sequence_lengths")
+    if own is not None:
         lengths.update(own())
     return lengths
 

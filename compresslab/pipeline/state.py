@@ -84,16 +84,16 @@ def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
     The architecture is the one thing no pass changes, so every step's ``model_types`` (the
     architectures a pass supports, where it declares them) is checked here, wherever it runs."""
     from compresslab.models.adapters import model_type_of
-    from compresslab.types import Stage
+    from compresslab.types import Stage, capability, hook
 
     model_type = model_type_of(model)
     for s in steps:
-        allowed = getattr(s.pass_, "model_types", None)
+        allowed = capability(s.pass_, "model_types")
         if allowed and model_type not in allowed:
             raise ValueError(f"step {s.name!r}: {s.pass_.name} supports {', '.join(allowed)} models only, and this "
                              f"one is {model_type}; use a {' or '.join(allowed)} model, or remove the step")
     for s in steps:
-        check = getattr(s.pass_, "check_model", None)
+        check = hook(s.pass_, "check_model")
         if check is not None:
             try:
                 check(model)
@@ -101,7 +101,7 @@ def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
                 raise ValueError(f"step {s.name!r}: {e}") from None
         # a torch step that may change module names or shapes (ZipLM, layer drop, QAT's wrapped Linears) ends
         # what the loaded model can answer for; finetune and the masking passes (``keeps_structure``) do not
-        if s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher or getattr(s.pass_, "keeps_structure", False)):
+        if s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher or capability(s.pass_, "keeps_structure")):
             return
 
 
