@@ -46,6 +46,11 @@ def test_the_pipelines_cell_is_picked_on_validation_not_dev(compound):
     # nothing within 1 pt on validation: the most accurate there, not the fastest
     cs["a"]["ort_int8"]["val_acc"] = 0.90
     assert compound.derive(cs)["models"]["a"]["cell"] == "openvino_int8"
+    # equally accurate on validation and neither within 1 pt: the faster, whatever order the cells are listed in
+    cs["a"]["ort_int8"]["val_acc"] = cs["a"]["openvino_int8"]["val_acc"] = 0.90
+    assert compound.derive(cs)["models"]["a"]["cell"] == "openvino_int8"
+    cs["a"] = dict(reversed(list(cs["a"].items())))
+    assert compound.derive(cs)["models"]["a"]["cell"] == "openvino_int8"
     # a file measured before validation scores were kept: the old rule on dev, and the entry says so
     old = cells(teacher_val=None)
     old["a"] = {"ort_int8": cell("ort", 0.885, 40.0), "openvino_int8": cell("openvino", 0.895, 20.0)}
