@@ -115,6 +115,11 @@ class BiBert:
         if self.eval_examples is not None:
             check_positive_int(self.eval_examples, "eval_examples")
 
+    def sequence_lengths(self) -> dict[str, int]:
+        """The distillation's token length, checked against the model's position table before any work
+        (pipeline/preflight.py, the ``sequence_lengths`` hook); None: the task's own max_length."""
+        return {"max_length": self.max_length} if self.max_length is not None else {}
+
     def check(self, task: Any) -> None:
         """Distillation needs labelled train data and a validation split to select on."""
         from compresslab.data.schema import TaskKind, TaskNotSupportedError

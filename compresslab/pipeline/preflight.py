@@ -127,19 +127,13 @@ def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]
 
 
 def pass_lengths(pass_: Any) -> dict[str, int]:
-    """A pass's own sequence lengths, setting (under its step) -> tokens: its ``sequence_lengths()``
-    where it has one (settings used only in some modes: guided int8's ``latency_seq``, hawq's
-    ``latency.seq`` under a latency budget), plus its ``seq`` / ``max_length`` attributes (ziplm's and
-    structured_l1's latency shape, bibert's training length)."""
-    lengths: dict[str, int] = {}
-    for attr in ("seq", "max_length"):
-        value = getattr(pass_, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            lengths[attr] = value
+    """A pass's own sequence lengths, setting (under its step) -> tokens, as its ``sequence_lengths()`` hook
+    declares them (ziplm's and structured_l1's latency shape, bibert's training length, guided int8's
+    ``latency_seq`` and hawq's ``latency.seq`` in the modes that use them); none without the hook. A pass's
+    fields are not read by name: tests/passes/test_capabilities.py requires the hook of every pass with a
+    length-like field."""
     own = hook(pass_, "sequence_lengths")
-    if own is not None:
-        lengths.update(own())
-    return lengths
+    return dict(own()) if own is not None else {}
 
 
 def check_sequence_lengths(cfg: Any, settings: RunSettings, steps: list[Step]) -> None:

@@ -145,6 +145,11 @@ class SpeedupSettings:
 
         return self.threads if self.threads is not None else torch.get_num_threads()
 
+    def sequence_lengths(self) -> dict[str, int]:
+        """The latency table's and speedup checks' shape length, checked against the model's position table
+        before any work (pipeline/preflight.py, the ``sequence_lengths`` hook)."""
+        return {"seq": self.seq}
+
     def table_settings(self, runtime: str | None = None) -> TableSettings:
         """The table's settings on ``runtime`` (default: the one candidate; required when there are several)."""
         if runtime is None:

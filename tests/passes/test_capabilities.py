@@ -38,9 +38,10 @@ DEFAULTS_BEFORE = {"keeps_structure": False, "makes_sparse": False, "keeps_zeros
 HOOKS_BEFORE = {"check_model", "check_after", "check_deployable", "sequence_lengths", "own_settings"}
 
 # Which registered pass (built from its YAML under the smoke budget) declares which flag (other than its default)
-# and which hook: the refactor changed none of them.
+# and which hook (since session 39 the length settings of ziplm, structured_l1 and bibert are declared through
+# sequence_lengths, which preflight asks, instead of preflight reading their `seq` / `max_length` fields by name).
 DECLARES = {
-    "bibert": {"binarizes", "needs_teacher", "check_model"},
+    "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths"},
     "finetune": set(),
     "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths"},
     "int8_qat": {"keeps_zeros", "check_model"},
@@ -50,8 +51,8 @@ DECLARES = {
     "ort_int8_dynamic": {"keeps_zeros", "own_settings", "sequence_lengths"},
     "ort_int8_static": {"keeps_zeros"},
     "ort_matmul_nbits": {"writes_nbits", "check_after"},
-    "structured_l1": {"model_types", "check_after"},
-    "ziplm": {"model_types", "check_after"},
+    "structured_l1": {"model_types", "check_after", "sequence_lengths"},
+    "ziplm": {"model_types", "check_after", "sequence_lengths"},
 }
 
 

@@ -11,7 +11,8 @@ pytest.importorskip("openvino")
 
 from compresslab.bench.openvino_runner import OpenVinoRunner  # noqa: E402
 from compresslab.export.openvino_int8 import IR_NAME, nncf_int8_ir, ours_int8_ir  # noqa: E402
-from compresslab.pipeline.deploy import _is_int8, choose_int8  # noqa: E402
+from compresslab.export.precision import is_int8 as _is_int8  # noqa: E402
+from compresslab.pipeline.deploy import choose_int8  # noqa: E402
 
 
 def _feeds(batches: list) -> list[dict]:

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("openvino")
 
 from compresslab.bench.openvino_runner import OpenVinoRunner  # noqa: E402
-from compresslab.pipeline.deploy import IR_NAME, _is_int8, convert_to_ir, ir_source  # noqa: E402
+from compresslab.export.precision import is_int8 as _is_int8  # noqa: E402
+from compresslab.pipeline.deploy import IR_NAME, convert_to_ir, ir_source  # noqa: E402
 
 
 def _model_dir(exported, dst: Path) -> Path:
