@@ -75,8 +75,9 @@ def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]
     # fp32 kernels): ORT's dynamic int8 graph has contrib ops DeepSparse does not know. That fp32 file is the
     # model before the pipeline's int8 step: listed, never the pipeline's entry
     ds = _deployed_onnx(rd, m) if qat else _unfused(rd / m["export"]["fp32"]["path"])
+    before_last = not qat and bool(m["steps"][-1]["result"].get("onnx_path"))  # an ONNX step came after the export
     out["deepsparse_int8" if qat else "deepsparse_fp32"] = _cell("deepsparse", ds, "int8" if qat else "fp32",
-                                                                 **({} if qat else {"final_model": False}))
+                                                                 **({"final_model": False} if before_last else {}))
     return out
 
 

@@ -211,7 +211,9 @@ def measure(a: argparse.Namespace) -> None:
     setup_process(THREADS, 0)
     load0 = os.getloadavg()
     flags = cpu_flags()
-    runs = read_json(Path(a.runs_file)) if Path(a.runs_file).is_file() else {}
+    if not Path(a.runs_file).is_file():
+        raise SystemExit(f"no runs file at {a.runs_file}: run `python benchmarks/compound.py pipelines` first")
+    runs = read_json(Path(a.runs_file))
     manifests = check_runs(runs, a.runs_file)  # every run readable and finished before anything is scored or timed
     cells = build_cells(runs, manifests, flags)
     rd = REPO / next(iter(runs.values()))["run_dir"]
@@ -246,16 +248,17 @@ def measure(a: argparse.Namespace) -> None:
             try:
                 runners[key] = _runner(c, vocab)
                 scored = predict(_forward(c, runners[key]), task.spec, dev, tok, **kw)
+                if picks_on_validation(model, name, cell):  # what derive() picks a pipeline's cell on (not dev)
+                    cell["val_acc"] = float(predict(_forward(c, runners[key]), task.spec, val, tok, **kw)
+                                            .metrics[task.spec.primary_metric])
             except Exception as e:  # e.g. OpenVINO cannot read a file: the cell says why
                 runners.pop(key, None)
+                cell.pop("val_acc", None)
                 cell["error"] = f"{type(e).__name__}: {str(e)[:500]}"
                 log.warning("cell %s failed: %s", key, cell["error"])
                 continue
             preds[key] = scored.predictions
             cell["acc"] = float(scored.metrics[task.spec.primary_metric])
-            if picks_on_validation(model, name, cell):  # what derive() picks a pipeline's cell on (dev is the test set)
-                cell["val_acc"] = float(predict(_forward(c, runners[key]), task.spec, val, tok, **kw)
-                                        .metrics[task.spec.primary_metric])
             log.info("scored %s: dev %s, validation %s (%.0f s)", key, cell["acc"], cell.get("val_acc"),
                      time.perf_counter() - t0)
     teacher = preds["dense.torch_fp32"]

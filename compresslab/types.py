@@ -241,11 +241,16 @@ class UnknownCapabilityError(KeyError):
 
 def capability(pass_: Any, name: str) -> Any:
     """Pass (instance or class) ``pass_``'s value of the optional flag ``name``, or its declared default
-    (:data:`PASS_FLAGS`). UnknownCapabilityError for an undeclared name."""
+    (:data:`PASS_FLAGS`). UnknownCapabilityError for an undeclared name; TypeError for a flag that is a property
+    (it depends on the settings) asked of the class."""
     if name not in PASS_FLAGS:
         raise UnknownCapabilityError(f"{name!r} is not a declared pass flag; declared: {', '.join(PASS_FLAGS)} "
                                      "(compresslab.types.PASS_FLAGS)")
-    return getattr(pass_, name, PASS_FLAGS[name])
+    value = getattr(pass_, name, PASS_FLAGS[name])
+    if isinstance(value, property):  # read on the class: the flag depends on the settings (layer_drop's keeps_zeros)
+        raise TypeError(f"{getattr(pass_, '__name__', pass_)}.{name} depends on the pass's settings (a property): "
+                        "ask an instance")
+    return value
 
 
 def hook(pass_: Any, name: str) -> Callable[..., Any] | None:

@@ -57,7 +57,7 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
     record: dict[str, Any] = {"path": _rel(onnx_path, run_dir), "runtime": "ort", "precision": prec,
                               "label": f"ort_{prec}", "size_bytes": onnx_path.stat().st_size}
     if prec == "nbits":  # which widths the file stores (deployed bits: 3-bit layers are 4-bit codes)
-        record["weight_bits"] = nbits_of(onnx_path)
+        record["stored_bits"] = _nbits_of(onnx_path)
     section: dict[str, Any] = {"requested": d.runtime, "runtime": "ort", "notes": []}
     if d.runtime != "ort" and prec == "nbits":
         section["notes"].append(NBITS_NOT_ON_OPENVINO.format(file=_rel(onnx_path, run_dir)))
@@ -423,7 +423,9 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     return out
 
 
-_precision_of = precision_class  # a module name of its own: tests stand in for the graph read
+_precision_of = precision_class  # module names of their own: tests stand in for the graph reads
+_nbits_of = nbits_of
+
 def _rel(p: Path, run_dir: Path) -> str:
     try:
         return str(Path(p).resolve().relative_to(Path(run_dir).resolve()))

@@ -120,3 +120,20 @@ def test_a_runs_file_that_cannot_be_measured_is_refused_before_any_work(compound
     assert "r.json" in msg and "gone: no readable manifest" in msg and "half:" in msg and "'running'" in msg
     assert "odd:" in msg and "no finetune step" in msg and "good:" not in msg  # every bad entry, named at once
     assert set(compound.check_runs({"good": good}, "r.json")) == {"good"}
+
+
+def test_the_fp32_export_is_marked_before_the_last_step_only_when_a_step_came_after_it(compound, tmp_path):
+    """DeepSparse runs a dynamic-int8 pipeline's fp32 export: the model before its int8 step (never the entry);
+    a pipeline with no ONNX step ends in that export, and a QAT pipeline's QDQ export is its final file."""
+    def manifest(last_onnx: str | None, qdq: bool = False) -> dict:
+        result = {"onnx_path": last_onnx} if last_onnx else {}
+        return {"steps": [{"name": "finetune", "result": {}}, {"name": "last", "result": result}],
+                "export": {"fp32": {"path": "export/model.onnx", **({"qdq": True} if qdq else {})},
+                           "openvino": {"candidates": {}}}}
+
+    dyn = compound.model_cells(tmp_path, manifest("steps/02_int8/model.onnx"), set())
+    assert dyn["deepsparse_fp32"]["final_model"] is False and "ort_int8" in dyn
+    ends_in_export = compound.model_cells(tmp_path, manifest(None), set())
+    assert "final_model" not in ends_in_export["deepsparse_fp32"]
+    qat = compound.model_cells(tmp_path, manifest(None, qdq=True), set())
+    assert "final_model" not in qat["deepsparse_int8"] and set(qat) == {"ort_int8", "deepsparse_int8"}

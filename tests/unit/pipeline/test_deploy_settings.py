@@ -167,6 +167,7 @@ def test_an_nbits_file_stays_on_ort_with_the_reason(tmp_path, monkeypatch, runti
     f = tmp_path / "model.onnx"
     f.write_bytes(b"x" * 10)
     monkeypatch.setattr(dep, "_precision_of", lambda p: "nbits")
+    monkeypatch.setattr(dep, "_nbits_of", lambda p: [2, 4, 8])
     monkeypatch.setattr(dep, "openvino_ir", lambda *a, **k: pytest.fail("an IR was built for an n-bit file"))
     state = SimpleNamespace(settings=SimpleNamespace(deploy=SimpleNamespace(runtime=runtime)),
                             onnx=SimpleNamespace(onnx_path=str(f)))
@@ -174,6 +175,7 @@ def test_an_nbits_file_stays_on_ort_with_the_reason(tmp_path, monkeypatch, runti
     dep.deploy(state, tmp_path, manifest, threads=1)
     assert manifest.data["export"]["deployed"]["runtime"] == "ort"
     assert manifest.data["export"]["deployed"]["precision"] == "nbits"
+    assert manifest.data["export"]["deployed"]["stored_bits"] == [2, 4, 8]  # the widths the file stores
     assert manifest.data["deploy"]["runtime"] == "ort"
     assert "n-bit weights (MatMulNBits), which OpenVINO cannot read" in manifest.data["deploy"]["notes"][0]
 
