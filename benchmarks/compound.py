@@ -20,8 +20,9 @@ pipeline's run at other settings under its own name (``--only ziplm_strong_int8 
 on AMX and DeepSparse), scores each on SST-2 dev (accuracy, agreement with the teacher's torch
 predictions), times the in-process cells in ONE interleaved run (b32xs128, b1xs128 medians and the
 real-length throughput), then the DeepSparse cells in its worker process (another interleaved run,
-with its own ``ort_fp32``). ``models.<pipeline>`` is the pipeline's fastest cell at b32 within 1 pt of
-the teacher (all cells under ``cells``); ``best`` the fastest of those. Keys other scripts fill
+with its own ``ort_fp32``). ``models.<pipeline>`` is the pipeline's fastest own cell at b32 within 1 pt of
+the teacher on the VALIDATION split (``_compound_derive.SELECTION``; all cells under ``cells``); ``best`` the
+fastest entry within 1 pt on dev. Keys other scripts fill
 (the long oBERT/magnitude runs, seeds, ZipLM retries) stay null with the reason in ``meta.pending``.
 """
 
@@ -306,7 +307,7 @@ def measure(a: argparse.Namespace) -> None:
             "cpu_flags_relevant": sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx_vnni"))),
             "threads": THREADS, "shapes": [list(s) for s in SHAPES], "runs": a.runs, "rounds": a.rounds,
             "real_length": rl["settings"], "timing_s": round(timing_s, 1), "loadavg_before": load0,
-            "loadavg_after": os.getloadavg(), "split": f"{task.spec.name} dev ({len(dev)})", "pipelines": runs,
+            "loadavg_after": os.getloadavg(), "split": f"{task.spec.name} dev ({len(dev)}; validation {len(val)} to pick each pipeline's cell)", "pipelines": runs,
             "runners": {k: _jsonable(v) for k, v in lat["runners"].items()}, "deepsparse": ds_meta,
             "sparse_weights_decompression": _sparse_note(flags),
             "selection": SELECTION,
