@@ -169,7 +169,9 @@ class Pass(Protocol):
 
     Beyond these required members a pass may declare the optional capabilities listed in
     :data:`PASS_FLAGS` (class attributes, read with :func:`capability`) and :data:`PASS_HOOKS`
-    (methods, read with :func:`hook`); nothing else is read from a pass by name."""
+    (methods, read with :func:`hook`). (Still read by field name, to be declared: an int8 pass's ``outliers`` /
+    ``optimize`` in pipeline/preflight.py, ``recovery`` in pipeline/plan.py, ``ffn_grid`` in pruning/speedup.py,
+    hawq's ``latency`` / ``latency_limit`` in passes/ort_matmul_nbits.py.)"""
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
