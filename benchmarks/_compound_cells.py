@@ -19,12 +19,16 @@ def check_runs(runs: dict[str, Any], runs_file: str | Path) -> dict[str, dict[st
     """Every listed run, before any scoring or timing: its manifest is readable, it finished, and it has the
     finetune step the teacher comes from. Returns run -> manifest; SystemExit naming every bad entry and the
     runs file otherwise (a measure that failed after its timing phase lost 10 minutes of a quiet machine)."""
-    if not runs:
-        raise SystemExit(f"{runs_file} lists no runs: run `python benchmarks/compound.py pipelines` first")
+    if not isinstance(runs, dict) or not runs:
+        raise SystemExit(f"{runs_file} lists no runs (a JSON object of name -> {{\"run_dir\": ...}}): run "
+                         "`python benchmarks/compound.py pipelines` first")
     bad: list[str] = []
     manifests: dict[str, dict[str, Any]] = {}
     for p, r in runs.items():
-        where = REPO / str(r.get("run_dir", ""))
+        if not isinstance(r, dict) or not isinstance(r.get("run_dir"), str) or not r["run_dir"]:
+            bad.append(f"{p}: {r!r} is not {{\"run_dir\": \"outputs/<pipeline>/<hash>\", ...}}")
+            continue
+        where = REPO / r["run_dir"]
         try:
             m = read_json(where / "manifest.json")
         except (OSError, ValueError) as e:

@@ -214,7 +214,10 @@ def measure(a: argparse.Namespace) -> None:
     flags = cpu_flags()
     if not Path(a.runs_file).is_file():
         raise SystemExit(f"no runs file at {a.runs_file}: run `python benchmarks/compound.py pipelines` first")
-    runs = read_json(Path(a.runs_file))
+    try:
+        runs = read_json(Path(a.runs_file))
+    except ValueError as e:
+        raise SystemExit(f"{a.runs_file} is not a JSON runs file ({e})") from None
     manifests = check_runs(runs, a.runs_file)  # every run readable and finished before anything is scored or timed
     cells = build_cells(runs, manifests, flags)
     rd = REPO / next(iter(runs.values()))["run_dir"]
@@ -351,6 +354,9 @@ def _sparse_note(flags: set[str]) -> str:
 def rederive(results: ResultsFile) -> None:
     """Recompute best_dense, models and best from the cells already in the results file."""
     data = results.load()
+    if not isinstance(data, dict) or not {"best_dense", "models"} <= set(data):
+        raise SystemExit(f"{results.path}: no measured cells to derive from (no best_dense / models): run "
+                         "`python benchmarks/compound.py measure` first")
     data.update(derive(cells_of(data)))
     results.write(data)
     print(json.dumps({k: data[k] for k in ("best_dense", "best")}, indent=1))
@@ -373,6 +379,9 @@ def main(argv: list[str]) -> None:
                                     "pipeline and the --override / --steps that make it differ, e.g. "
                                     "ziplm_strong_int8@3x); measure then times it as one more model")
     a = ap.parse_args(argv)
+    # a path the user gives is relative to where they ran the command: resolved before the chdir to the repo
+    a.runs_file = str(Path(a.runs_file).resolve())
+    a.results = str(Path(a.results).resolve())
     if a.label is not None:
         if a.what != "pipelines" or len(a.only or ()) != 1:
             ap.error("--label names one run: use it with `pipelines --only <one pipeline>`")

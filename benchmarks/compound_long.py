@@ -278,6 +278,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--override", nargs="*", default=[], help="more overrides for every run (e.g. debug=smoke)")
     ap.add_argument("--results", default=str(RESULTS_PATH), help="the results file (a scratch path for smoke runs)")
     a = ap.parse_args(argv)
+    # a path the user gives is relative to where they ran the command: resolved before the chdir to the repo
+    a.results = str(Path(a.results).resolve())
     if a.what != "summarize" and a.method is None:
         ap.error(f"{a.what} needs --method")
     if a.steps < 2 or a.grads < 1 or a.events < 1 or a.checkpoint_every < 1 or a.epochs <= 0 or a.cpu_hours <= 0:

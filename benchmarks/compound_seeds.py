@@ -444,6 +444,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--override", nargs="*", default=[], help="more overrides for every run (e.g. debug=smoke)")
     ap.add_argument("--results", default=str(RESULTS_PATH), help="the results file (a scratch path for smoke runs)")
     a = ap.parse_args(argv)
+    # a path the user gives is relative to where they ran the command: resolved before the chdir to the repo
+    a.results = str(Path(a.results).resolve())
     if len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
         ap.error(f"--seeds must be distinct integers >= 0, got {a.seeds}")
     if a.steps < 1 or a.grads < 1 or a.events < 1:

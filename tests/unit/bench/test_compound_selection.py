@@ -137,3 +137,38 @@ def test_the_fp32_export_is_marked_before_the_last_step_only_when_a_step_came_af
     assert "final_model" not in ends_in_export["deepsparse_fp32"]
     qat = compound.model_cells(tmp_path, manifest(None, qdq=True), set())
     assert "final_model" not in qat["deepsparse_int8"] and set(qat) == {"ort_int8", "deepsparse_int8"}
+
+
+def test_bad_runs_entries_are_named_not_tracebacks(compound, tmp_path):
+    good = _run(tmp_path, "good")
+    with pytest.raises(SystemExit) as e:
+        compound.check_runs({"good": good, "s": "outputs/int8/x", "n": {"wall_s": 1}}, "r.json")
+    assert "s: 'outputs/int8/x' is not" in str(e.value) and "n: {'wall_s': 1} is not" in str(e.value)
+    with pytest.raises(SystemExit, match="lists no runs"):
+        compound.check_runs([], "r.json")
+
+
+@pytest.mark.parametrize("script, what", [("compound", ["measure"]), ("compound_long", ["summarize"]),
+                                          ("compound_seeds", ["summarize"])])
+def test_a_relative_path_is_the_users_not_the_repos(script, what, tmp_path, monkeypatch):
+    """The scripts chdir to the repo (the runs' own paths are repo-relative): a --results / --runs-file the user
+    gives is resolved where they ran the command first, so it is neither missed nor written into the repo."""
+    from compresslab.testing import import_benchmark
+
+    mod = import_benchmark(script, ROOT)
+    seen = {}
+    entry = {"measure": "measure", "summarize": "summarize" if script == "compound_long" else "resummarize"}[what[0]]
+    monkeypatch.setattr(mod, entry, lambda a: seen.update(vars(a)))
+    monkeypatch.chdir(tmp_path)
+    extra = ["--runs-file", "r.json"] if script == "compound" else []
+    mod.main([*what, "--results", "sub/res.json", *extra])  # main chdirs to the repo; monkeypatch restores the cwd
+    assert seen["results"] == str(tmp_path / "sub" / "res.json")
+    if script == "compound":
+        assert seen["runs_file"] == str(tmp_path / "r.json")
+
+
+def test_derive_of_a_file_without_cells_says_so(compound, tmp_path):
+    from _results import ResultsFile  # on sys.path beside compound while the benchmarks load
+
+    with pytest.raises(SystemExit, match="no measured cells"):
+        compound.rederive(ResultsFile(tmp_path / "none.json"))
