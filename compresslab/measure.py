@@ -89,6 +89,7 @@ def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = N
 def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
              batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData", Any]:
     from compresslab.data.checks import check_labels_match_head
+    from compresslab.data.schema import DataFormatError
     from compresslab.data.user import task_from_user_data
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
 
@@ -113,9 +114,18 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
     from compresslab.models.heads import config_label2id
 
     head_names = config_label2id(config) if label2id is None else None  # as compress(): {} is not "none given"
-    task = task_from_user_data(data, data, label2id=label2id if label2id is not None else head_names,
-                               label2id_from="the model's config.label2id" if head_names else None,
-                               kind=kind, val_size=0, **columns)
+    try:
+        task = task_from_user_data(data, data, label2id=label2id if label2id is not None else head_names,
+                                   label2id_from="the model's config.label2id" if head_names else None,
+                                   kind=kind, val_size=0, **columns)
+    except DataFormatError:
+        # the data-reading rules are compress()'s: a head must be learnable from the labels, so one class, or ids
+        # with a gap, are refused. Scoring has a head already: read the ids against its outputs instead
+        n = int(getattr(config, "num_labels", 0) or 0) if config is not None else 0
+        if label2id is not None or head_names or kind is not None or n < 2:
+            raise
+        task = task_from_user_data(data, data, label2id={str(i): i for i in range(n)},
+                                   label2id_from=f"the model's head ({n} outputs)", kind=kind, val_size=0, **columns)
     if config is not None:
         check_labels_match_head(task, config)
         _check_inputs_fit(task, tok, max_length, config)
