@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from compresslab.export.openvino_int8 import IR_NAME as IR_FILE  # optimum-intel's layout, as deploy writes it
 from compresslab.rng import callers_rng_kept
@@ -86,6 +86,15 @@ def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = N
     return {"n": len(task.dev), "primary_metric": task.spec.primary_metric, **compare(scored, ref, task.spec)}
 
 
+def _check_model_arg(model: Any, where: str) -> None:
+    """TypeError before any work for what is neither a path (an export dir, ``model.onnx``, an IR ``.xml``) nor a
+    torch model with a transformers ``config``."""
+    if isinstance(model, (str, Path)) or (hasattr(model, "config") and callable(getattr(model, "eval", None))):
+        return
+    raise TypeError(f"{where}: {type(model).__name__} {model!r:.60} is neither a model (a transformers model, "
+                    "e.g. from AutoModelForSequenceClassification) nor a path to an exported dir or file")
+
+
 def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
              batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData", Any]:
     from compresslab.data.checks import check_labels_match_head
@@ -93,6 +102,7 @@ def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str 
     from compresslab.data.user import task_from_user_data
     from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
 
+    _check_model_arg(model, "evaluate()")
     if isinstance(model, (str, Path)):
         from compresslab.eval.onnx_runner import OnnxRunner
 
@@ -155,8 +165,12 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     from compresslab.bench import TorchRunner, hardware_fingerprint, measure_latency, resolve_threads
     from compresslab.bench import speedups as speedup_table
 
+    if isinstance(models, (str, Path)) or hasattr(models, "config"):
+        models = [models]  # one model: timed alone (a str is not a list of one-letter paths)
     if isinstance(models, Mapping):
         items = dict(models)
+    elif not isinstance(models, Iterable):
+        raise TypeError(f"benchmark() takes a list of models or {{name: model}}, got {type(models).__name__}")
     else:
         names = [_name(m, i) for i, m in enumerate(models)]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -165,6 +179,8 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
         items = dict(zip(names, models))
     if not items:
         raise ValueError("benchmark() needs at least one model")
+    for name, m in items.items():
+        _check_model_arg(m, f"benchmark(): model {name!r}")
     shapes = _check_shapes(shapes)
     n = resolve_threads(threads)
     runners: dict[str, Any] = {}

@@ -35,3 +35,17 @@ def test_a_label_the_head_cannot_output_is_refused(model_tok, label):
 def test_named_classes_on_a_default_head_still_score(model_tok):
     model, tok = model_tok
     assert compresslab.evaluate(model, [("a", "negative"), ("b", "positive")], tok)["n"] == 2
+
+
+@pytest.mark.parametrize("call", [lambda tok: compresslab.evaluate(5, [("a", 1)], tok),
+                                  lambda tok: compresslab.benchmark({"a": 5}),
+                                  lambda tok: compresslab.benchmark(5)])
+def test_what_is_not_a_model_is_named_before_any_work(model_tok, call):
+    with pytest.raises(TypeError, match="neither a model|takes a list"):
+        call(model_tok[1])
+
+
+def test_one_path_is_one_model_not_its_letters(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        compresslab.benchmark(str(tmp_path / "nope"))
+    assert "nope" in str(e.value)
