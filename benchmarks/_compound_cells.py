@@ -60,7 +60,8 @@ def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]
     each again with sparse weight decompression on AMX, and DeepSparse on the sparse file. A cell whose file is
     not the pipeline's final model (DeepSparse's fp32 export of a dynamic-int8 pipeline) says so:
     ``final_model`` False, and it never stands for the pipeline (``_compound_derive``)."""
-    out = _int8_ir_cells(rd, m) if m["steps"][-1]["result"].get("onnx_path") else {}
+    onnx_step = bool(m["steps"][-1]["result"].get("onnx_path"))  # an ONNX pass (int8) came after the export
+    out = _int8_ir_cells(rd, m) if onnx_step else {}
     qat = bool(m["export"]["fp32"].get("qdq"))
     if qat:  # the QAT export IS the int8 file (QDQ): ORT runs it as is; deploy converted the same graph for OpenVINO
         out = {"ort_int8": _cell("ort", _deployed_onnx(rd, m), "int8")}
@@ -79,9 +80,8 @@ def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]
     # fp32 kernels): ORT's dynamic int8 graph has contrib ops DeepSparse does not know. That fp32 file is the
     # model before the pipeline's int8 step: listed, never the pipeline's entry
     ds = _deployed_onnx(rd, m) if qat else _unfused(rd / m["export"]["fp32"]["path"])
-    before_last = not qat and bool(m["steps"][-1]["result"].get("onnx_path"))  # an ONNX step came after the export
-    out["deepsparse_int8" if qat else "deepsparse_fp32"] = _cell("deepsparse", ds, "int8" if qat else "fp32",
-                                                                 **({"final_model": False} if before_last else {}))
+    out["deepsparse_int8" if qat else "deepsparse_fp32"] = _cell(
+        "deepsparse", ds, "int8" if qat else "fp32", **({"final_model": False} if onnx_step and not qat else {}))
     return out
 
 

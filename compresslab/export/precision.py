@@ -35,13 +35,14 @@ def is_int8(path: str | Path) -> bool:
     return any(n.op_type in INT8_OPS for n in _nodes(path))
 
 
+def _bits(nodes: list) -> list[int]:
+    return sorted({next((int(a.i) for a in n.attribute if a.name == "bits"), _DEFAULT_BITS)
+                   for n in nodes if n.op_type in NBITS_OPS})
+
+
 def nbits_of(path: str | Path) -> list[int]:
     """The distinct deployed bit widths of the n-bit nodes in an ONNX file, ascending ([] when none)."""
-    bits: set[int] = set()
-    for n in _nodes(Path(path)):
-        if n.op_type in NBITS_OPS:
-            bits.add(next((int(a.i) for a in n.attribute if a.name == "bits"), _DEFAULT_BITS))
-    return sorted(bits)
+    return _bits(_nodes(Path(path)))
 
 
 def precision_class(path: str | Path) -> str:
@@ -58,7 +59,10 @@ def precision_class(path: str | Path) -> str:
 def precision_label(path: str | Path) -> str:
     """A file's precision as a person reads it: ``fp32``, ``int8``, or for n-bit files the deployed widths:
     ``int4`` when every n-bit node stores 4 bits, ``int2+int4+int8`` for a mix (a Hessian allocation)."""
-    cls = precision_class(path)
-    if cls != "nbits":
-        return cls
-    return "+".join(f"int{b}" for b in nbits_of(path))
+    if Path(path).suffix == ".xml":
+        return precision_class(path)
+    nodes = _nodes(Path(path))  # read once: the class and the widths come from the same node list
+    bits = _bits(nodes)
+    if bits:
+        return "+".join(f"int{b}" for b in bits)
+    return "int8" if any(n.op_type in INT8_OPS for n in nodes) else "fp32"
