@@ -23,13 +23,20 @@ class BestOnValidation:
     with ``score(model) -> float`` (higher is better; the model is in eval mode during the call and
     back in train mode after) and keep a CPU copy of the best weights.
 
+    ``include_start=True`` also scores the weights before the first step (``step`` 0 in ``history``),
+    so training that only loses validation score leaves the model as it came: a pass's recovery
+    (ZipLM's OBS-updated shrink, oBERT's one-shot mask) is then never worse on validation than no
+    recovery. It costs one more validation pass; a resumed run keeps the checks its checkpoint saved.
+
     ``history`` lists ``{"step", "score"}``; :meth:`restore_best` loads the best weights into a model.
     """
 
-    def __init__(self, score: Callable[[nn.Module], float], every: int, last_step: int) -> None:
+    def __init__(self, score: Callable[[nn.Module], float], every: int, last_step: int, *,
+                 include_start: bool = False) -> None:
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"eval_every must be an integer >= 1, got {every!r}")
         self.score, self.every, self.last_step = score, every, last_step
+        self.include_start = include_start
         self.best_score = -math.inf
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -37,12 +44,21 @@ class BestOnValidation:
 
     def run_settings(self) -> dict[str, Any]:
         """What a resumed run must share with the checkpoint (``training.loop``'s run record)."""
+        # not include_start: the step-0 check changes no training step, only the candidates, so a run stopped
+        # before it existed resumes (its history then starts at the first later check)
         return {"select_every": self.every}
+
+    def on_step_begin(self, step: int, model: nn.Module) -> None:
+        if self.include_start and step == 0 and not self.history:
+            self._check(0, model)
 
     def on_step_end(self, step: int, model: nn.Module, optimizer: Any) -> None:
         done = step + 1
         if done % self.every and done != self.last_step:
             return
+        self._check(done, model)
+
+    def _check(self, done: int, model: nn.Module) -> None:
         was_training = model.training
         model.eval()
         # Scoring must leave the run as it was: a DataLoader draws from the global RNG when iterated (dropout

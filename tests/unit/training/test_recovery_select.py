@@ -54,12 +54,12 @@ def test_select_every_is_a_non_negative_integer(bad) -> None:
 def test_the_best_check_is_kept_not_the_last_step(tiny_tok) -> None:
     model = tiny_model("bert", seed=0)
     snaps = _Snapshots()
-    score = _Scripted([0.5, 0.9, 0.7])  # checks at steps 2, 4, 6: the second wins
+    score = _Scripted([0.3, 0.5, 0.9, 0.7])  # checks at steps 0, 2, 4, 6: step 4 wins
     res = recover(model, _loader(tiny_tok), Recovery(steps=6, lr=3e-3, hardness=0.0, select_every=2), None,
                   callbacks=[snaps], batch_size=8, validate=score)
-    assert score.calls == 3
+    assert score.calls == 4
     assert res.selection["best_step"] == 4 and res.selection["best_score"] == 0.9
-    assert [h["step"] for h in res.selection["history"]] == [2, 4, 6]
+    assert [h["step"] for h in res.selection["history"]] == [0, 2, 4, 6]
     kept = model.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in snaps.by_step[4].items())
     assert any(not torch.equal(kept[k], v) for k, v in snaps.by_step[6].items())  # the last step trained on
@@ -68,10 +68,24 @@ def test_the_best_check_is_kept_not_the_last_step(tiny_tok) -> None:
 
 def test_the_last_step_is_checked_even_off_the_grid(tiny_tok) -> None:
     model = tiny_model("bert", seed=0)
-    score = _Scripted([0.1, 0.2, 0.3])
+    score = _Scripted([0.0, 0.1, 0.2, 0.3])
     res = recover(model, _loader(tiny_tok), Recovery(steps=5, lr=3e-3, hardness=0.0, select_every=2), None,
                   batch_size=8, validate=score)
-    assert [h["step"] for h in res.selection["history"]] == [2, 4, 5] and res.selection["best_step"] == 5
+    assert [h["step"] for h in res.selection["history"]] == [0, 2, 4, 5] and res.selection["best_step"] == 5
+
+
+def test_the_weights_before_recovery_are_a_candidate(tiny_tok) -> None:
+    """Training that only loses validation score leaves the model exactly as the pass made it (SST-2: ZipLM
+    1.2x one-shot scored 0.34 pt under the teacher on dev, after 2,000 KD steps 1.0 pt): step 0 is scored
+    before the first step and, when it stays the best, its weights come back bit for bit."""
+    model = tiny_model("bert", seed=0)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    score = _Scripted([0.8, 0.5, 0.6, 0.7])
+    res = recover(model, _loader(tiny_tok), Recovery(steps=6, lr=3e-3, hardness=0.0, select_every=2), None,
+                  batch_size=8, validate=score)
+    assert res.steps == 6 and res.selection["best_step"] == 0 and res.selection["best_score"] == 0.8
+    assert res.selection["history"][0] == {"step": 0, "score": 0.8}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 def test_off_by_default_and_no_scorer_needed(tiny_tok) -> None:
@@ -170,13 +184,13 @@ def test_every_recovering_pass_selects_on_validation(name, kw, tiny_ctx, monkeyp
 
     def scored(self, model):  # the pass's scorer is the context's validation score
         calls.append(model.training)
-        return float(len(calls) == 1)  # the first check wins
+        return float(len(calls) == 1)  # the first check (step 0, before training) wins
 
     monkeypatch.setattr(types.PassContext, "validation_score", scored)
     p = build_pass(name, **kw, recovery={"steps": 4, "hardness": 0.0, "lr": 1e-3, "select_every": 2})
     res = p.apply(tiny_model("bert", seed=0), tiny_ctx())
-    assert calls == [False, False]  # steps 2 and 4, in eval mode
-    assert '"best_step": 2' in __import__("json").dumps(res.metrics, default=str)
+    assert calls == [False, False, False]  # steps 0, 2 and 4, in eval mode
+    assert '"best_step": 0' in __import__("json").dumps(res.metrics, default=str)
 
 
 def test_speedup_recovery_selects_on_validation(tiny_ctx, monkeypatch) -> None:
@@ -189,7 +203,7 @@ def test_speedup_recovery_selects_on_validation(tiny_ctx, monkeypatch) -> None:
     model = tiny_model("bert", seed=0)
     ctx = tiny_ctx()
     rec = speedup_recover(model, ctx, Recovery(steps=4, lr=1e-3, select_every=2), ctx.kd_teacher(model), "ziplm")
-    assert len(calls) == 2 and rec["selection"]["best_step"] == 2
+    assert len(calls) == 3 and rec["selection"]["best_step"] == 0  # steps 0, 2, 4: scores -1, -2, -3
 
 
 def test_a_stopped_recovery_resumes_with_its_checks_and_refuses_another_select_every(tiny_tok, tmp_path) -> None:
@@ -205,9 +219,9 @@ def test_a_stopped_recovery_resumes_with_its_checks_and_refuses_another_select_e
         return model, res
 
     with pytest.raises(_Stop):
-        run(2, _Scripted([0.9]), stop=3)  # the check at step 2 (the best of the run) is in the step-2 checkpoint
+        run(2, _Scripted([0.1, 0.9]), stop=3)  # checks 0 and 2 (the best of the run) are in the step-2 checkpoint
     with pytest.raises(ResumeError, match="callback_settings"):
         run(3, _Scripted([0.1, 0.2]))
-    _, res = run(2, _Scripted([0.5, 0.7]))  # steps 4 and 6 are checked after the resume
-    assert [h["step"] for h in res.selection["history"]] == [2, 4, 6]
+    _, res = run(2, _Scripted([0.5, 0.7]))  # steps 4 and 6 are checked after the resume; step 0 is not rescored
+    assert [h["step"] for h in res.selection["history"]] == [0, 2, 4, 6]
     assert res.selection["best_step"] == 2 and res.selection["best_score"] == 0.9
