@@ -209,6 +209,10 @@ PASS_FLAGS: Mapping[str, Any] = MappingProxyType({
     "quantizes_weights": False,
     # the architectures (``config.model_type``) the pass supports; None: any (pipeline/state.py check_steps_model)
     "model_types": None,
+    # settings added after runs were made, name -> the value those runs had (a ClassVar mapping): the run identity
+    # leaves a setting out at that value (or at None), so a run made before it existed is found again, resumed and
+    # reused, rather than made anew (pipeline/plan.py config_identity; every key must be a field of the pass)
+    "identity_defaults": MappingProxyType({}),
 })
 
 # The optional methods a pass may define, name -> its signature and what it means (who calls it).
@@ -223,6 +227,10 @@ PASS_HOOKS: Mapping[str, str] = MappingProxyType({
                         "modes, checked against the model's position table (pipeline/preflight.py pass_lengths)",
     "own_settings": "own_settings() -> list[str]: ``key=value`` of each setting of an ONNX pass that makes its file "
                     "ours rather than the runtime's own tool (benchmarks/suite_method.py own_settings)",
+    "identity_settings": "identity_settings(node: dict) -> dict (a classmethod): the pass's resolved config node as "
+                         "the run identity sees it, one setting written two ways made one (ZipLM's latency_runtime "
+                         "``[ort_int8]`` is ``ort_int8``), before ``identity_defaults`` apply (pipeline/plan.py "
+                         "config_identity)",
 })
 
 # A pass's own public methods whose names look like a hook's (``check_*``, ``*_settings``) but that no pipeline

@@ -40,7 +40,8 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping, Sequence
 
 from compresslab.export.embedding_int8 import EMBEDDINGS, table_storage
 from compresslab.export.ort_quant import check_op_types, read_export_config
@@ -113,6 +114,12 @@ class OrtInt8Dynamic:
     # a zero weight quantizes to its zero point, which dequantizes to exactly 0.0 (ORT ranges always
     # include 0; symmetric int8 weights have zero point 0): the zeros of a pruned model survive
     keeps_zeros: ClassVar[bool] = True
+    # settings added after runs were made, with the value those runs had (types.PASS_FLAGS): activations, the
+    # outlier split (2026-12-05); embeddings: the old behaviour is per_tensor, so only a run that asks for it keeps
+    # its old hash, while the default (blockwise, 2026-12-05) writes other files and gets new hashes
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({
+        "activations": "per_call", "outliers": "none", "outlier_ratio": 3.0, "outlier_max_channels": 8,
+        "outlier_calibration": 256, "embeddings": "per_tensor"})
 
     def __post_init__(self) -> None:
         check_bools(self, "per_channel", "reduce_range", "optimize")

@@ -57,29 +57,6 @@ class Step:
 _ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", ("eval", "batch_dependence"): True}
 
 
-# The same for pass settings, keyed by the pass's _target_ (its step name differs between pipelines)
-# (latency_runtime, 2026-12-05: ZipLM and L1 priced on ORT fp32 before it; one runtime and a one-item list of it
-# are one setting, see _runtime_identity)
-_ADDED_PASS_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "activations"): "per_call",
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outliers"): "none",  # the outlier split (2026-12-05)
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_ratio"): 3.0,
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_max_channels"): 8,
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "outlier_calibration"): 256,
-    # embeddings: the old behaviour is per_tensor, so only a run that asks for it keeps its old hash; the default
-    # (blockwise, 2026-12-05) writes other files and gets new hashes
-    ("compresslab.passes.ort_int8_dynamic.OrtInt8Dynamic", "embeddings"): "per_tensor",
-    ("compresslab.passes.ziplm.ZipLM", "latency_runtime"): "ort",
-    ("compresslab.passes.structured_l1.StructuredL1", "latency_runtime"): "ort"}
-
-
-def _runtime_identity(node: Any) -> Any:
-    """A speedup pass's ``latency_runtime`` as one setting: ``[ort_int8]`` is ``ort_int8``."""
-    if isinstance(node, dict) and isinstance(rt := node.get("latency_runtime"), list) and len(rt) == 1:
-        return {**node, "latency_runtime": rt[0]}
-    return node
-
-
 def _without_default(node: Any, key: str, value: Any) -> Any:
     """``node`` without ``key`` when it holds the value runs had before the key existed (None: the default too)."""
     if isinstance(node, dict) and key in node and node[key] in (value, None):
@@ -101,7 +78,27 @@ def _smooth_identity(deploy: Any) -> Any:
     return rest if grid == list(DEFAULT_SMOOTH_GRID) else {**rest, "smooth_alpha": grid}
 
 
+def _pass_class(node: Any) -> type | None:
+    """The registered pass class a ``pipeline.passes`` node builds (by its ``_target_``'s module, as
+    :func:`build_steps` finds it), or None where it names none (build_steps then refuses the config)."""
+    from compresslab.registry import UnknownPassError, get_pass
+
+    target = str(node.get("_target_", "")) if isinstance(node, dict) else ""
+    if target.count(".") < 2:
+        return None
+    try:
+        return get_pass(target.rsplit(".", 2)[-2])
+    except UnknownPassError:
+        return None
+
+
 def config_identity(cfg: DictConfig) -> dict[str, Any]:
+    """A run's identity: its resolved config without the run-control keys (``run``, ``paths``, ``hydra``),
+    the form :func:`config_hash` hashes (the run dir is ``outputs/<pipeline>/<hash>``, so an equal identity
+    resumes or reuses the run and any other makes a new one). Settings added after runs were made are left
+    out at the value those runs had: ``_ADDED_DEFAULTS`` for the config groups, each pass's declared
+    ``identity_defaults`` (after its ``identity_settings`` hook) for its node; ``deploy.smooth_alpha`` is
+    normalised (:func:`_smooth_identity`)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     out = {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
@@ -113,14 +110,18 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     pipe = out.get("pipeline")
     passes = pipe.get("passes") if isinstance(pipe, dict) else None
     for step, node in (passes.items() if isinstance(passes, dict) else ()):
-        passes[step] = node = _runtime_identity(node)
-        for (target, key), value in _ADDED_PASS_DEFAULTS.items():
-            if isinstance(node, dict) and node.get("_target_") == target:
-                passes[step] = node = _without_default(node, key, value)
+        if (cls := _pass_class(node)) is None:
+            continue
+        if (normalise := hook(cls, "identity_settings")) is not None:
+            node = normalise(node)
+        for key, value in capability(cls, "identity_defaults").items():
+            node = _without_default(node, key, value)
+        passes[step] = node
     return out
 
 
 def config_hash(cfg: DictConfig) -> str:
+    """The hash of :func:`config_identity`: a run's directory name under ``outputs/<pipeline>/``."""
     return stable_hash(config_identity(cfg))
 
 

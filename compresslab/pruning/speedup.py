@@ -19,7 +19,8 @@ import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping
 
 from torch import nn
 
@@ -83,6 +84,15 @@ class SpeedupSettings:
     latency_runtime: str | list[str] = "ort"
     # KD after pruning (gradual: after every target); hidden_weight: HiddenMSE over every layer's output
     recovery: Recovery = field(default_factory=Recovery)
+
+    # latency_runtime (2026-12-05): ZipLM and L1 priced on ORT fp32 before it (types.PASS_FLAGS)
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({"latency_runtime": "ort"})
+
+    @classmethod
+    def identity_settings(cls, node: dict[str, Any]) -> dict[str, Any]:
+        """``latency_runtime`` as one setting in the run identity: ``[ort_int8]`` is ``ort_int8``."""
+        rt = node.get("latency_runtime")
+        return {**node, "latency_runtime": rt[0]} if isinstance(rt, list) and len(rt) == 1 else node
 
     def __post_init__(self) -> None:
         self.recovery = Recovery.coerce(self.recovery)

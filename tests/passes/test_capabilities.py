@@ -33,9 +33,12 @@ HOOK_LIKE = re.compile(r"check_\w+|\w+_settings|\w+_lengths")  # the naming patt
 # pipeline/state.py (keeps_structure, model_types), pipeline/plan.py (makes_sparse, keeps_zeros, needs_teacher),
 # pipeline/deploy.py (binarizes), pipeline/preflight.py (writes_nbits), passes/ort_matmul_nbits.py (quantizes_weights)
 DEFAULTS_BEFORE = {"keeps_structure": False, "makes_sparse": False, "keeps_zeros": False, "needs_teacher": False,
-                   "binarizes": False, "writes_nbits": False, "quantizes_weights": False, "model_types": None}
+                   "binarizes": False, "writes_nbits": False, "quantizes_weights": False, "model_types": None,
+                   # since session 40: pipeline/plan.py's table keyed by `_target_` strings, now declared by the pass
+                   "identity_defaults": {}}
 # The hooks read before (``getattr(pass, name, None)`` / ``hasattr``): absent means "no such check / nothing own".
-HOOKS_BEFORE = {"check_model", "check_after", "check_deployable", "sequence_lengths", "own_settings"}
+HOOKS_BEFORE = {"check_model", "check_after", "check_deployable", "sequence_lengths", "own_settings",
+                "identity_settings"}  # the last: plan.py's ZipLM-only `_runtime_identity` before session 40
 
 # Which registered pass (built from its YAML under the smoke budget) declares which flag (other than its default)
 # and which hook (since session 39 the length settings of ziplm, structured_l1 and bibert are declared through
@@ -48,11 +51,11 @@ DECLARES = {
     "layer_drop": {"check_model"},  # keeps_zeros is a property: true only with recovery.steps=0
     "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model"},
     "obert": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "check_after"},
-    "ort_int8_dynamic": {"keeps_zeros", "own_settings", "sequence_lengths"},
+    "ort_int8_dynamic": {"keeps_zeros", "own_settings", "sequence_lengths", "identity_defaults"},
     "ort_int8_static": {"keeps_zeros"},
     "ort_matmul_nbits": {"writes_nbits", "check_after"},
-    "structured_l1": {"model_types", "check_after", "sequence_lengths"},
-    "ziplm": {"model_types", "check_after", "sequence_lengths"},
+    "structured_l1": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings"},
+    "ziplm": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings"},
 }
 
 
@@ -172,6 +175,9 @@ def test_registered_pass_capabilities_have_the_declared_kind(name):
         value = capability(p, flag)
         if isinstance(default, bool):
             assert isinstance(value, bool), f"{name}.{flag}={value!r} must be a bool"
+        elif flag == "identity_defaults":  # settings of this pass, each with the value runs had before it existed
+            fields = {f.name for f in dataclasses.fields(p)}
+            assert set(value) <= fields, f"{name}.identity_defaults names no setting: {sorted(set(value) - fields)}"
         else:  # model_types
             assert value is None or (isinstance(value, tuple) and value and all(isinstance(v, str) for v in value))
     for h in PASS_HOOKS:
