@@ -240,7 +240,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
     from compresslab.validate import check_writable
-    from compresslab.pipeline.preflight import check_lengths_fit, check_outlier_split
+    from compresslab.pipeline.preflight import check_deploy_settings, check_lengths_fit
     from compresslab.pipeline.settings import RunSettings, default_settings
     from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
                                             tqdm_progress)
@@ -282,7 +282,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     # the CLI preflight's per-step checks that read the settings: a pass's own sequence lengths (ZipLM's seq,
     # bibert's max_length) against this model's position table, an outlier split the export leaves unfused
     check_lengths_fit(model.config, settings, steps, " (the model given to compress())")
-    check_outlier_split(settings, steps)
+    check_deploy_settings(settings, steps)
 
     run_dir, cleanup = _work_dir(output_dir)
     try:

@@ -231,6 +231,20 @@ PASS_HOOKS: Mapping[str, str] = MappingProxyType({
                          "the run identity sees it, one setting written two ways made one (ZipLM's latency_runtime "
                          "``[ort_int8]`` is ``ort_int8``), before ``identity_defaults`` apply (pipeline/plan.py "
                          "config_identity)",
+    "check_deploy_settings": "check_deploy_settings(*, export_optimize: bool, deploy_runtime: str) -> None: "
+                             "ValueError, its message starting with the pass's own ``key=value``, where the run's "
+                             "``export.optimize`` / ``deploy.runtime`` would make the pass fail or drop what it wrote "
+                             "(ort_int8_dynamic's ``outliers: split`` needs a fused graph and an ORT deploy), before "
+                             "any work (pipeline/preflight.py check_deploy_settings)",
+    "recovery_settings": "recovery_settings() -> Recovery: the pass's KD recovery (training.recovery.Recovery); "
+                         "one whose losses read a teacher needs a teacher made before it (pipeline/plan.py "
+                         "needs_teacher)",
+    "ffn_width_multiple": "ffn_width_multiple() -> int: the multiple every FFN width the pass leaves is on (a "
+                          "structured pass's ``ffn_grid``), which a later pass's own grid or blocks must divide "
+                          "(pruning/speedup.py off_grid, from ziplm / structured_l1 / obert check_after)",
+    "check_accuracy_level": "check_accuracy_level(accuracy_level: int) -> None: ValueError where a "
+                            "``quantizes_weights`` pass priced a budget on MatMulNBits at another accuracy_level than "
+                            "the deploy step's (passes/ort_matmul_nbits.py check_after)",
 })
 
 # A pass's own public methods whose names look like a hook's (``check_*``, ``*_settings``) but that no pipeline

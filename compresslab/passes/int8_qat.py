@@ -101,6 +101,11 @@ class Int8Qat:
             return self.freeze_observer_step
         return self.recovery.steps // 2
 
+    def recovery_settings(self) -> Recovery:
+        """The QAT, a KD recovery of the fake-quant model (the ``recovery_settings`` hook): the pipeline asks it
+        whether a teacher must be made before this step (pipeline/plan.py needs_teacher)."""
+        return self.recovery
+
     def check(self, task: Any) -> None:
         """Calibration and QAT read the train split (and the validation split when QAT selects on it)."""
         self.recovery.check_task(task)

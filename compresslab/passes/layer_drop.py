@@ -79,6 +79,11 @@ class LayerDrop:
         (pruned zeros grow back), so after a sparse pass only ``recovery.steps: 0`` composes."""
         return self.recovery.steps == 0
 
+    def recovery_settings(self) -> Recovery:
+        """The KD recovery after the drop (steps=0: none) (the ``recovery_settings`` hook): the pipeline asks it
+        whether a teacher must be made before this step (pipeline/plan.py needs_teacher)."""
+        return self.recovery
+
     def check(self, task: Any) -> None:
         """A validation split when recovery selects on it; the layer indices are checked against the model
         (``check_model``)."""

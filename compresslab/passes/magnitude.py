@@ -78,6 +78,11 @@ class Magnitude:
         self.targets = check_patterns(self.targets, "targets")
         self.ignore = check_patterns(self.ignore, "ignore")
 
+    def recovery_settings(self) -> Recovery:
+        """The KD recovery of the pruned model (the ``recovery_settings`` hook): the pipeline asks it
+        whether a teacher must be made before this step (pipeline/plan.py needs_teacher)."""
+        return self.recovery
+
     def check(self, task: Any) -> None:
         """|w| needs no data and recovery works on every task kind; selecting on validation needs that split."""
         self.recovery.check_task(task)

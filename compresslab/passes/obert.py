@@ -139,6 +139,11 @@ class OBert:
     def group_size(self) -> int:
         return 4 if self.mask_type is MaskType.BLOCK4 else 1
 
+    def recovery_settings(self) -> Recovery:
+        """The KD recovery of the pruned model (the ``recovery_settings`` hook): the pipeline asks it
+        whether a teacher must be made before this step (pipeline/plan.py needs_teacher)."""
+        return self.recovery
+
     def check(self, task: Any) -> None:
         """Data checks the pipeline runs before any work (and apply repeats before the Fisher pass)."""
         self.recovery.check_task(task)

@@ -178,6 +178,20 @@ class OrtInt8Dynamic:
         """Setting (under this step) -> tokens per row it feeds the model: the guided timing shape's seq."""
         return {"latency_seq": self.latency_seq} if self.fp32_fallback == "guided" else {}
 
+    def check_deploy_settings(self, *, export_optimize: bool, deploy_runtime: str) -> None:
+        """Before any work (pipeline/preflight.py): ValueError where ``outliers: split`` could not work or would be
+        dropped: an unfused graph (the split rewrites the fused FFN; this pass fuses only with its ``optimize``), or
+        ``deploy.runtime=openvino``, whose int8 IR is made from the plain fp32 export, without the split."""
+        if self.outliers != "split":
+            return
+        if not self.optimize and not export_optimize:
+            raise ValueError("outliers=split rewrites the fused graph's FFN blocks, but export.optimize=false and "
+                             "this step's optimize=false leave it unfused: set either to true, or outliers: none")
+        if deploy_runtime == "openvino":
+            raise ValueError("outliers=split changes the ONNX Runtime int8 file; deploy.runtime=openvino deploys an "
+                             "int8 IR made from the plain fp32 export, without the split: use deploy.runtime=ort "
+                             "(auto compares the split ORT file with the IR on validation), or outliers: none")
+
     def check(self, task: Any) -> None:
         """``guided`` selects on the validation split, ``outliers: split`` calibrates on train: neither may be
         empty."""

@@ -69,8 +69,8 @@ class OrtMatmulNBits:
         """The pipeline before this step, checked before any work: a TORCH pass that freezes n-bit
         weights (``quantizes_weights``, e.g. ``hawq``) must come earlier, no ONNX pass in between (this
         pass reads the export's unfused fp32 graph), and that pass's layout must deploy as MatMulNBits
-        (its ``check_deployable``), and a latency budget must have been priced at this step's
-        ``accuracy_level``. ValueError naming what to change."""
+        (its ``check_deployable``), and a budget it priced on MatMulNBits must have been priced at this
+        step's ``accuracy_level`` (its ``check_accuracy_level``). ValueError naming what to change."""
         quant = [p for p in earlier if capability(p, "quantizes_weights")]
         if not quant:
             raise ValueError(f"{self.name} deploys n-bit weights that a TORCH pass quantized and froze, and no "
@@ -84,13 +84,10 @@ class OrtMatmulNBits:
             check = hook(p, "check_deployable")
             if check is not None:
                 check()
-            # a latency budget priced on another accuracy_level than this step deploys would be met on paper only
-            table = getattr(p, "latency", None)
-            if getattr(p, "latency_limit", None) is not None and table is not None \
-                    and table.accuracy_level != self.accuracy_level:
-                raise ValueError(f"{p.name} latency.accuracy_level={table.accuracy_level} prices its latency_limit on "
-                                 f"MatMulNBits at another accuracy_level than {self.name} deploys "
-                                 f"(accuracy_level={self.accuracy_level}); set both to the same value")
+            # a budget priced on another accuracy_level than this step deploys would be met on paper only
+            check_level = hook(p, "check_accuracy_level")
+            if check_level is not None:
+                check_level(self.accuracy_level)
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.matmul_nbits import (KERNEL_2BIT, compare_graphs, probe_kernel_path,

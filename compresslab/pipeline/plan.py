@@ -173,11 +173,13 @@ def check_pass_keys(cls: type, node: Any, step: str) -> None:
 
 def needs_teacher(p: Pass) -> bool:
     """Whether a pass distils from a teacher: it declares so (``needs_teacher = True``, a ClassVar:
-    BiBERT, whose every loss is a KD term against the full-precision model), or its recovery
-    training has a KD term (logits or hidden states)."""
+    BiBERT, whose every loss is a KD term against the full-precision model), or the recovery its
+    ``recovery_settings`` hook gives trains with a KD term (logits or hidden states). A field that
+    merely happens to be called ``recovery`` is not asked."""
     if capability(p, "needs_teacher"):
         return True
-    r = getattr(p, "recovery", None)
+    settings = hook(p, "recovery_settings")
+    r = settings() if settings is not None else None
     return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
 
 

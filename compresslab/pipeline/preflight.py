@@ -3,8 +3,9 @@ read, checked at once before any work, each failure naming the setting to change
 
 * the whole composed config: missing values, unknown keys and values, types and ranges
   (:meth:`RunSettings.from_config`), opsets and GPU backends of this install;
-* every pass's settings and the step order (:func:`build_steps`), and deploy settings a step rules out
-  (an outlier split or n-bit weights on ``deploy.runtime=openvino``);
+* every pass's settings and the step order (:func:`build_steps`), and export / deploy settings a step rules out,
+  as the pass declares (its ``check_deploy_settings`` hook: int8's outlier split unfused or on
+  ``deploy.runtime=openvino``; its ``writes_nbits`` flag: n-bit weights on OpenVINO);
 * every sequence length the run will feed the model (``task.max_length``, the bench shapes, a
   pass's own ``seq``/``max_length`` and its ``sequence_lengths()``: guided int8's ``latency_seq``,
   hawq's ``latency.seq`` under a latency budget) against the model's position table, read from its
@@ -34,7 +35,7 @@ def preflight(cfg: Any) -> list[Step]:
     """
     settings = RunSettings.from_config(cfg)
     steps = build_steps(cfg)
-    check_outlier_split(settings, steps)
+    check_deploy_settings(settings, steps)
     check_nbits_deploy(settings, steps)
     check_openvino_int8_settings(settings, steps)
     check_sequence_lengths(cfg, settings, steps)
@@ -42,22 +43,18 @@ def preflight(cfg: Any) -> list[Step]:
     return steps
 
 
-def check_outlier_split(settings: RunSettings, steps: list[Step]) -> None:
-    """SettingsError where an int8 step's ``outliers: split`` could not work or would be dropped: an unfused graph
-    (the split rewrites the fused FFN; the pass fuses only with its ``optimize``), or ``deploy.runtime=openvino``,
-    whose int8 IR is made from the plain fp32 export, without the split."""
+def check_deploy_settings(settings: RunSettings, steps: list[Step]) -> None:
+    """SettingsError where the run's ``export.optimize`` / ``deploy.runtime`` would make a step fail or drop what it
+    wrote, as each pass's ``check_deploy_settings`` hook says (int8's ``outliers: split``: an unfused graph, or an
+    OpenVINO IR made from the plain fp32 export). The pass names its own setting; this names the step."""
     for step in steps:
-        if getattr(step.pass_, "outliers", "none") != "split":
+        check = hook(step.pass_, "check_deploy_settings")
+        if check is None:
             continue
-        key = f"pipeline.passes.{step.name}.outliers=split"
-        if not getattr(step.pass_, "optimize", True) and not settings.export.optimize:
-            raise SettingsError(f"{key} rewrites the fused graph's FFN blocks, but export.optimize=false and "
-                                f"pipeline.passes.{step.name}.optimize=false leave it unfused: set either to true, "
-                                "or outliers: none")
-        if settings.deploy.runtime == "openvino":
-            raise SettingsError(f"{key} changes the ONNX Runtime int8 file; deploy.runtime=openvino deploys an int8 IR "
-                                "made from the plain fp32 export, without the split: use deploy.runtime=ort (auto "
-                                "compares the split ORT file with the IR on validation), or outliers: none")
+        try:
+            check(export_optimize=settings.export.optimize, deploy_runtime=settings.deploy.runtime)
+        except ValueError as e:
+            raise SettingsError(f"pipeline.passes.{step.name}.{e}") from None
 
 
 def nbits_step_on_openvino(settings: RunSettings, steps: list[Step]) -> str | None:

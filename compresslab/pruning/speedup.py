@@ -29,7 +29,7 @@ from compresslab.bench.latency_table import TableSettings, build_latency_table, 
 from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
-from compresslab.types import PassContext
+from compresslab.types import PassContext, hook
 from compresslab.validate import coerce_enum
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,16 @@ class SpeedupSettings:
                              f"widths it leaves are multiples of {grid}, which this step's latency table (a width every "
                              f"{self.ffn_grid}) does not hold; use one ffn_grid for both, or one that divides {grid}")
 
+    def ffn_width_multiple(self) -> int:
+        """The multiple every FFN width this step leaves is on (the ``ffn_width_multiple`` hook): ``ffn_grid``, which
+        a later structured or block-pruning step's own grid must divide (:func:`off_grid`)."""
+        return self.ffn_grid
+
+    def recovery_settings(self) -> Recovery:
+        """The KD recovery after each target's prune (the ``recovery_settings`` hook): the pipeline asks it whether a
+        teacher must be made before this step (pipeline/plan.py needs_teacher)."""
+        return self.recovery
+
     def run_threads(self) -> int:
         """The intra-op threads every table entry and speedup check runs with: ``threads``, else the run's (the CLI
         pins torch to ``run.threads``; in ``compress()`` the caller's torch setting), as the bench stage times the
@@ -171,10 +181,17 @@ class SpeedupSettings:
 
 
 def off_grid(earlier: list[Any], divisor: int) -> list[tuple[str, int]]:
-    """``(name, ffn_grid)`` of each earlier structured step (one with an int ``ffn_grid``) whose FFN widths are not
-    all multiples of ``divisor``: its grid is not a multiple of it."""
-    return [(p.name, p.ffn_grid) for p in earlier if isinstance(getattr(p, "ffn_grid", None), int)
-            and p.ffn_grid % divisor]
+    """``(name, grid)`` of each earlier step that leaves FFN widths on a grid (its ``ffn_width_multiple`` hook gives
+    an int) whose widths are not all multiples of ``divisor``: its grid is not a multiple of it. A field that merely
+    happens to be called ``ffn_grid`` is not asked."""
+    grids = [(p.name, _width_multiple(p)) for p in earlier]
+    return [(name, grid) for name, grid in grids if isinstance(grid, int) and grid % divisor]
+
+
+def _width_multiple(pass_: Any) -> int | None:
+    """The multiple ``pass_``'s FFN widths are left on (its ``ffn_width_multiple`` hook), or None: it has none."""
+    own = hook(pass_, "ffn_width_multiple")
+    return own() if own is not None else None
 
 
 def check_layout(model: nn.Module) -> None:

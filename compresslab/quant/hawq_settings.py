@@ -232,6 +232,20 @@ class HawqSettings:
                              f"{sorted(ORT_BLOCKS)} (a block must be a multiple of one of them); choose one of "
                              f"those, or group=row")
 
+    def check_accuracy_level(self, accuracy_level: int) -> None:
+        """The deploy step's MatMulNBits ``accuracy_level`` against the one ``latency_limit`` was priced at
+        (called by ``ort_matmul_nbits`` before any work): a budget priced at another level would be met on paper
+        only. Without ``latency_limit`` no budget depends on it. ValueError naming ``latency.accuracy_level``."""
+        if self.latency_limit is not None and self.latency.accuracy_level != accuracy_level:
+            raise ValueError(f"hawq latency.accuracy_level={self.latency.accuracy_level} prices its latency_limit on "
+                             f"MatMulNBits at another accuracy_level than the deploy step's (accuracy_level="
+                             f"{accuracy_level}); set both to the same value")
+
+    def recovery_settings(self) -> Recovery:
+        """The QAT, a KD recovery of the fake-quant model (the ``recovery_settings`` hook): the pipeline asks it
+        whether a teacher must be made before this step (pipeline/plan.py needs_teacher)."""
+        return self.recovery
+
     def sequence_lengths(self) -> dict[str, int]:
         """Setting (under this step) -> tokens per row: the latency table's shape, used only under a
         ``latency_limit`` (a budget priced at a length the model cannot run holds on paper only)."""

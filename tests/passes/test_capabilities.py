@@ -38,24 +38,35 @@ DEFAULTS_BEFORE = {"keeps_structure": False, "makes_sparse": False, "keeps_zeros
                    "identity_defaults": {}}
 # The hooks read before (``getattr(pass, name, None)`` / ``hasattr``): absent means "no such check / nothing own".
 HOOKS_BEFORE = {"check_model", "check_after", "check_deployable", "sequence_lengths", "own_settings",
-                "identity_settings"}  # the last: plan.py's ZipLM-only `_runtime_identity` before session 40
+                "identity_settings",  # plan.py's ZipLM-only `_runtime_identity` before session 40
+                # new in session 40, each for a read of another pass's field by name (absent: the field was absent):
+                # preflight's int8 `outliers`/`optimize`, plan.py's `recovery`, speedup.py's `ffn_grid`,
+                # ort_matmul_nbits' hawq `latency`/`latency_limit`
+                "check_deploy_settings", "recovery_settings", "ffn_width_multiple", "check_accuracy_level"}
 
 # Which registered pass (built from its YAML under the smoke budget) declares which flag (other than its default)
 # and which hook (since session 39 the length settings of ziplm, structured_l1 and bibert are declared through
 # sequence_lengths, which preflight asks, instead of preflight reading their `seq` / `max_length` fields by name).
+# New in session 40: recovery_settings (every pass with a KD recovery), ffn_width_multiple (ziplm, structured_l1),
+# check_deploy_settings (ort_int8_dynamic's outlier split), check_accuracy_level (hawq's latency budget).
+RECOVERS = {"recovery_settings"}
 DECLARES = {
     "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths"},
     "finetune": set(),
-    "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths"},
-    "int8_qat": {"keeps_zeros", "check_model"},
-    "layer_drop": {"check_model"},  # keeps_zeros is a property: true only with recovery.steps=0
-    "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model"},
-    "obert": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "check_after"},
-    "ort_int8_dynamic": {"keeps_zeros", "own_settings", "sequence_lengths", "identity_defaults"},
+    "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths", "check_accuracy_level",
+             *RECOVERS},
+    "int8_qat": {"keeps_zeros", "check_model", *RECOVERS},
+    "layer_drop": {"check_model", *RECOVERS},  # keeps_zeros is a property: true only with recovery.steps=0
+    "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", *RECOVERS},
+    "obert": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "check_after", *RECOVERS},
+    "ort_int8_dynamic": {"keeps_zeros", "own_settings", "sequence_lengths", "identity_defaults",
+                         "check_deploy_settings"},
     "ort_int8_static": {"keeps_zeros"},
     "ort_matmul_nbits": {"writes_nbits", "check_after"},
-    "structured_l1": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings"},
-    "ziplm": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings"},
+    "structured_l1": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings",
+                      "ffn_width_multiple", *RECOVERS},
+    "ziplm": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings",
+              "ffn_width_multiple", *RECOVERS},
 }
 
 
@@ -252,3 +263,4 @@ def test_readers_go_through_the_accessors_with_declared_names():
     raw, typos = _reads()
     assert raw == [], "read a pass capability with compresslab.types.capability() / hook(), not getattr/hasattr"
     assert typos == [], "an undeclared capability name"
+
