@@ -264,3 +264,104 @@ def test_readers_go_through_the_accessors_with_declared_names():
     assert raw == [], "read a pass capability with compresslab.types.capability() / hook(), not getattr/hasattr"
     assert typos == [], "an undeclared capability name"
 
+
+# The passes other than the reader's own, as code sees them: a step's ``pass_``, a parameter annotated ``Pass``, and
+# an element of ``earlier`` (what ``check_after`` is given: the passes before the step) or of a list filtered from it.
+# Reading one of their fields by name checks a pass under the rules of whichever pass first had a field so called.
+PASS_LISTS = frozenset({"earlier"})
+
+
+def _is_pass_annotation(ann: ast.expr | None) -> bool:
+    """``Pass`` or ``"Pass"``: the contract's type."""
+    return (isinstance(ann, ast.Name) and ann.id == "Pass") or (isinstance(ann, ast.Constant) and ann.value == "Pass")
+
+
+def _iterated(node: ast.For | ast.comprehension) -> str | None:
+    """The name a loop or comprehension iterates over, where it is a plain name."""
+    return node.iter.id if isinstance(node.iter, ast.Name) else None
+
+
+def _other_passes(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """Names in ``fn`` that hold another pass (see above)."""
+    a = fn.args
+    names = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs) if _is_pass_annotation(x.annotation)}
+    lists, grown = set(PASS_LISTS), True
+    made = [n for n in ast.walk(fn) if isinstance(n, ast.Assign)
+            and isinstance(n.value, (ast.ListComp, ast.SetComp, ast.GeneratorExp))]
+    while grown:  # a list filtered from a list filtered from ``earlier``
+        before = len(lists)
+        lists |= {t.id for n in made if any(_iterated(g) in lists for g in n.value.generators)
+                  for t in n.targets if isinstance(t, ast.Name)}
+        grown = len(lists) > before
+    return names | {n.target.id for n in ast.walk(fn) if isinstance(n, (ast.For, ast.comprehension))
+                    and _iterated(n) in lists and isinstance(n.target, ast.Name)}
+
+
+def _is_other_pass(node: ast.expr, names: set[str]) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "pass_") or (
+        isinstance(node, ast.Name) and node.id in names | {"pass_"})
+
+
+def _field_read(node: ast.AST, names: set[str]) -> str | None:
+    """``node`` as a read of another pass's attribute by name (``getattr``/``hasattr`` with a literal, or
+    ``p.field``), the Protocol's own members and dunders aside; else None."""
+    if isinstance(node, ast.Attribute) and _is_other_pass(node.value, names):
+        field = node.attr
+        shown = f".{field}"
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+          and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+          and _is_other_pass(node.args[0], names)):
+        field = node.args[1].value
+        shown = f"{node.func.id}(..., {field!r})"
+    else:
+        return None
+    return None if field in REQUIRED or field.startswith("__") else shown
+
+
+def _field_reads(tree: ast.AST, where: str) -> list[str]:
+    """The reads of :func:`_field_read` in ``tree``: a field of another pass read by name, where a declared flag or
+    hook belongs."""
+    scopes = [(tree, set())] + [(fn, _other_passes(fn)) for fn in ast.walk(tree)
+                                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    out: set[tuple[int, int, str]] = set()  # a read inside a function is met in the module's walk too
+    for scope, names in scopes:
+        for node in ast.walk(scope):
+            shown = _field_read(node, names)
+            if shown is not None:
+                out.add((node.lineno, node.col_offset, f"{where}:{node.lineno} {shown}"))
+    return [text for *_, text in sorted(out)]
+
+
+def test_no_code_reads_another_pass_field_by_name():
+    # found 6 reads before session 40: int8's outliers/optimize (preflight), recovery (plan), ffn_grid (speedup),
+    # hawq's latency/latency_limit (ort_matmul_nbits)
+    found = []
+    for path in sorted([*(ROOT / "compresslab").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        if path != ROOT / "compresslab" / "types.py":
+            found += _field_reads(ast.parse(path.read_text()), str(path.relative_to(ROOT)))
+    assert found == [], "declare what another step needs to know as a flag or hook in compresslab.types"
+
+
+def test_the_field_read_check_catches_the_shapes_it_replaced():
+    # the four reads declared in session 40, as they were written (pipeline/preflight.py, pipeline/plan.py,
+    # pruning/speedup.py, passes/ort_matmul_nbits.py), and reads that are not of another pass
+    src = '''
+def check_outlier_split(settings, steps):
+    for step in steps:
+        if getattr(step.pass_, "outliers", "none") != "split":
+            continue
+def needs_teacher(p: Pass) -> bool:
+    return getattr(p, "recovery", None)
+def off_grid(earlier, divisor):
+    return [p.name for p in earlier if isinstance(getattr(p, "ffn_grid", None), int) and p.ffn_grid % divisor]
+def check_after(self, earlier):
+    quant = [p for p in earlier if capability(p, "quantizes_weights")]
+    for p in quant:
+        table = getattr(p, "latency", None)
+def fine(self, d, k, step, earlier):
+    return (getattr(self, "recovery"), self.ffn_grid, getattr(d, k), getattr(d, "runtime"), step.pass_.name,
+            getattr(step.pass_, "stage"), [p.name for p in earlier], hook(step.pass_, "recovery_settings"))
+'''
+    assert [r.split(" ", 1)[1] for r in _field_reads(ast.parse(src), "x")] == [
+        "getattr(..., 'outliers')", "getattr(..., 'recovery')", "getattr(..., 'ffn_grid')", ".ffn_grid",
+        "getattr(..., 'latency')"]
