@@ -169,9 +169,10 @@ class Pass(Protocol):
 
     Beyond these required members a pass may declare the optional capabilities listed in
     :data:`PASS_FLAGS` (class attributes, read with :func:`capability`) and :data:`PASS_HOOKS`
-    (methods, read with :func:`hook`). (Still read by field name, to be declared: an int8 pass's ``outliers`` /
-    ``optimize`` in pipeline/preflight.py, ``recovery`` in pipeline/plan.py, ``ffn_grid`` in pruning/speedup.py,
-    hawq's ``latency`` / ``latency_limit`` in passes/ort_matmul_nbits.py.)"""
+    (methods, read with :func:`hook`). Code outside a pass never reads that pass's settings by field name: what
+    another step needs to know is one of those capabilities, so a new pass whose field shares a name with another
+    pass's setting (``outliers``, ``recovery``, ``ffn_grid``, ``latency``) is not checked under that pass's rules
+    (tests/passes/test_capabilities.py reads the code for such reads)."""
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
