@@ -20,6 +20,7 @@ from compresslab.report import facts as F
 from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
 from compresslab.report.speed import busy_banner, speed_section
+from compresslab.report.selection import selection_section
 from compresslab.report.targets import speedup_targets
 
 # Sections a finished run has; listed as missing at the top of the report when absent.
@@ -486,8 +487,8 @@ def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[s
     title = (f"compresslab: {m.get('pipeline', '?')} on {m.get('model_id', '?')} "
              f"({m.get('task', '?')})")
     doc = Document(title, _status(m))
-    for part in (_summary(m), _headline(m, plots), _steps(m, plots), speedup_targets(m), _quant(m), _size(m),
-                 _export(m), speed_section(m), _notes(m), _environment(m, run_dir)):
+    for part in (_summary(m), _headline(m, plots), _steps(m, plots), speedup_targets(m), selection_section(m),
+                 _quant(m), _size(m), _export(m), speed_section(m), _notes(m), _environment(m, run_dir)):
         doc.blocks += part
     if plot_errors:
         doc.blocks += [Heading("Plot errors", 3),

@@ -1,0 +1,44 @@
+"""The report's "Checkpoint selection" section: which validation check a recovery kept, what that means (step 0:
+the pass's own weights, the recovery discarded; the last step: still rising), and every check. Without it a user
+who set ``recovery.select_every`` could not tell from the report that 2,000 KD steps were thrown away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from compresslab.report.render import Document, to_markdown
+from compresslab.report.selection import selection_section
+
+
+def _manifest(best: int, *, key: str = "recovery") -> dict[str, Any]:
+    history = [{"step": s, "score": 0.9 + (0.01 if s == best else 0.0)} for s in (0, 200, 400)]
+    sel = {"split": "validation", "every": 200, "best_step": best, "best_score": 0.91, "history": history}
+    metrics = ({"recovery": {"steps": 400, "selection": sel}} if key == "recovery"
+               else {"steps": 400, "selection": sel})
+    return {"steps": [{"index": 0, "name": "finetune", "result": {"metrics": {}}},
+                      {"index": 1, "name": "ziplm", "result": {"metrics": metrics}}]}
+
+
+def _md(m: dict[str, Any]) -> str:
+    doc = Document("t", [])
+    doc.blocks += selection_section(m)
+    return to_markdown(doc)
+
+
+@pytest.mark.parametrize("best, reading", [(0, "step 0: the weights before training"),
+                                           (200, "an intermediate step"), (400, "the last step")])
+@pytest.mark.parametrize("key", ["recovery", "selection"])  # training.recover's record / a pass's own
+def test_the_kept_step_and_its_meaning_are_stated(best: int, reading: str, key: str) -> None:
+    md = _md(_manifest(best, key=key))
+    assert "## Checkpoint selection" in md and "01 ziplm: the checkpoint kept on validation" in md
+    assert f"| kept step | {best} of 400 |" in md and "| its score | 0.9100 |" in md
+    assert reading in md and "| checks | every 200 steps |" in md
+    assert "0: 0.9" in md and "400: 0.9" in md  # every check listed
+
+
+def test_no_section_without_a_selection() -> None:
+    m = _manifest(0)
+    m["steps"][1]["result"]["metrics"] = {"recovery": {"steps": 400}}
+    assert selection_section(m) == [] and selection_section({}) == []
