@@ -17,11 +17,13 @@ from compresslab.report.fmt import DASH, plain
 from compresslab.report.render import Block, Heading, Table
 
 
-def _selections(metrics: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The selection records of one step's metrics: ``recovery.selection`` (training.recover), ``selection``
-    (oBERT / magnitude one-shot, BiBERT); one per record found, in that order."""
-    found = [F.get(metrics, "recovery", "selection"), metrics.get("selection")]
-    return [s for s in found if isinstance(s, Mapping) and "best_step" in s]
+def _selections(metrics: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], float | None]]:
+    """``(selection record, training steps)`` of one step's metrics: a pass's own ``selection`` (oBERT / magnitude
+    one-shot, BiBERT), then each training record's (``training.recover``'s result under any key: ZipLM's
+    ``recovery``, int8 QAT's and hawq's ``qat``)."""
+    records = [metrics, *(v for v in metrics.values() if isinstance(v, Mapping))]
+    return [(r["selection"], F.num(r.get("steps"))) for r in records
+            if isinstance(r.get("selection"), Mapping) and "best_step" in r["selection"]]
 
 
 def _reading(sel: Mapping[str, Any], steps: float | None) -> str:
@@ -47,8 +49,7 @@ def selection_section(m: Mapping[str, Any]) -> list[Block]:
     out: list[Block] = []
     for s in F.steps(m):
         metrics = F.as_dict(F.get(s, "result", "metrics"))
-        for sel in _selections(metrics):
-            steps = F.num(F.get(metrics, "recovery", "steps")) or F.num(metrics.get("steps"))
+        for sel, steps in _selections(metrics):
             score = F.num(sel.get("best_score"))
             facts = [["split", plain(sel.get("split", "validation"))],
                      ["checks", f"every {plain(sel.get('every'))} steps" if sel.get("every") is not None else DASH],

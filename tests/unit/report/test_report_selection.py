@@ -15,7 +15,7 @@ from compresslab.report.selection import selection_section
 def _manifest(best: int, *, key: str = "recovery") -> dict[str, Any]:
     history = [{"step": s, "score": 0.9 + (0.01 if s == best else 0.0)} for s in (0, 200, 400)]
     sel = {"split": "validation", "every": 200, "best_step": best, "best_score": 0.91, "history": history}
-    metrics = ({"recovery": {"steps": 400, "selection": sel}} if key == "recovery"
+    metrics = ({key: {"steps": 400, "selection": sel}} if key in ("recovery", "qat")
                else {"steps": 400, "selection": sel})
     return {"steps": [{"index": 0, "name": "finetune", "result": {"metrics": {}}},
                       {"index": 1, "name": "ziplm", "result": {"metrics": metrics}}]}
@@ -29,7 +29,8 @@ def _md(m: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("best, reading", [(0, "step 0: the weights before training"),
                                            (200, "an intermediate step"), (400, "the last step")])
-@pytest.mark.parametrize("key", ["recovery", "selection"])  # training.recover's record / a pass's own
+@pytest.mark.parametrize("key", ["recovery", "qat", "selection"])  # training.recover's record (ZipLM's, QAT's) / a
+# pass's own
 def test_the_kept_step_and_its_meaning_are_stated(best: int, reading: str, key: str) -> None:
     md = _md(_manifest(best, key=key))
     assert "## Checkpoint selection" in md and "01 ziplm: the checkpoint kept on validation" in md
