@@ -293,6 +293,12 @@ def live_status(data: dict[str, Any]) -> str:
     return status
 
 
+def shape_key(batch: int, seq: int) -> str:
+    """The key of one input shape in a manifest's latency sections, e.g. ``b32xs128``. Here, on the ground
+    floor, so that bench (which writes the keys), the report and the search (which read them) share it."""
+    return f"b{batch}xs{seq}"
+
+
 def find_records(tree: Any) -> list[dict[str, Any]]:
     """Every ``machine_load`` record inside a manifest (or any JSON tree): the bench stage's, a
     latency table's, ``deploy=auto``'s, guided int8's, in document order. Here, on the ground floor,

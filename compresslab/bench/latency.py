@@ -19,6 +19,7 @@ import numpy as np
 
 from compresslab.bench.machine_load import spread, timing_window
 from compresslab.bench.runners import Runner
+from compresslab.manifest import shape_key  # also this module's name: callers import it from here
 
 Clock = Callable[[], float]
 
@@ -26,11 +27,6 @@ Clock = Callable[[], float]
 # does not say it plainly): every real BERT-family vocabulary, and our tiny test models, are
 # larger, and latency does not depend on which ids are fed.
 DEFAULT_VOCAB = 100
-
-
-def shape_key(batch: int, seq: int) -> str:
-    """Results key of a shape, e.g. "b1xs128"."""
-    return f"b{batch}xs{seq}"
 
 
 def make_inputs(

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from compresslab.manifest import shape_key
+
 # Rows in the headline table, in reading order: reference first, deployed last.
 MODEL_ORDER = ("teacher_torch", "torch_fp32", "torch_final", "ort_fp32", "deployed")
 _SHAPE_RE = re.compile(r"^b(\d+)xs(\d+)$")
@@ -36,11 +38,6 @@ def num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, int | float):
         return None
     return float(x)
-
-
-def shape_key(batch: int, seq: int) -> str:
-    """The key bench uses for one input shape, e.g. ``b32xs128``."""
-    return f"b{batch}xs{seq}"
 
 
 def _parse_shape(key: str) -> tuple[int, int] | None:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Callable, Mapping, Sequence
 
+from compresslab.manifest import shape_key as manifest_shape_key
 from compresslab.validate import SettingsError, coerce_enum, is_number
 
 # drops are compared with this slack: a score read back from JSON may differ in its last bits
@@ -123,8 +124,8 @@ class SearchSettings:
 
 
 def shape_key(shape: tuple[int, int]) -> str:
-    """The bench stage's key of a shape (``b32xs128``)."""
-    return f"b{shape[0]}xs{shape[1]}"
+    """The bench stage's key of a ``(batch, seq)`` shape (``b32xs128``): :func:`compresslab.manifest.shape_key`."""
+    return manifest_shape_key(*shape)
 
 
 @dataclass
