@@ -299,6 +299,36 @@ def shape_key(batch: int, seq: int) -> str:
     return f"b{batch}xs{seq}"
 
 
+def read_cpuinfo(path: str = "/proc/cpuinfo") -> str:
+    """/proc/cpuinfo's text, or "" where it does not exist (macOS, Windows)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """(model name, flag set) from the first processor block of /proc/cpuinfo text."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:  # "Features" on aarch64
+            flags = set(value.split())
+        if model and flags:
+            break
+    return model, flags
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags as /proc/cpuinfo spells them (empty where it does not exist). Here, on the ground
+    floor, so that export (int8 parity) and bench (fingerprints, OpenVINO precisions) read them the same way."""
+    return parse_cpuinfo(read_cpuinfo())[1]
+
+
 def find_records(tree: Any) -> list[dict[str, Any]]:
     """Every ``machine_load`` record inside a manifest (or any JSON tree): the bench stage's, a
     latency table's, ``deploy=auto``'s, guided int8's, in document order. Here, on the ground floor,

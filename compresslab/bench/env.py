@@ -16,7 +16,9 @@ import platform
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
-from compresslab.manifest import installed_versions
+# the /proc/cpuinfo reader lives on the ground floor (export reads the flags too); cpu_flags and parse_cpuinfo
+# are this module's names as well, for the scripts and runners that import them from here
+from compresslab.manifest import cpu_flags, installed_versions, parse_cpuinfo, read_cpuinfo
 
 if TYPE_CHECKING:
     import torch
@@ -37,35 +39,6 @@ LIBRARIES: tuple[str, ...] = ("torch", "transformers", "onnxruntime", "onnx", "n
 # The parts of a fingerprint that change latency; other fields (python version, RAM) do not
 # invalidate a cached latency table.
 LATENCY_KEYS: tuple[str, ...] = ("cpu.model", "cpu.isa", "libraries.onnxruntime", "threads")
-
-
-def _read_cpuinfo(path: str = "/proc/cpuinfo") -> str:
-    """Return /proc/cpuinfo text, or "" where it does not exist (macOS, Windows)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return ""
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's ISA flags as /proc/cpuinfo spells them (empty where it does not exist)."""
-    return parse_cpuinfo(_read_cpuinfo())[1]
-
-
-def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
-    """Return (model name, flag set) from the first processor block of /proc/cpuinfo text."""
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:  # "Features" on aarch64
-            flags = set(value.split())
-        if model and flags:
-            break
-    return model, flags
 
 
 def physical_cores() -> int:
@@ -149,7 +122,7 @@ def hardware_fingerprint(threads: int | None = None) -> dict[str, Any]:
     `threads` is the thread count the benchmark pins (recorded because it is part of what a
     latency number means); it is stored as given, `None` when not benchmarking.
     """
-    model, flags = parse_cpuinfo(_read_cpuinfo())
+    model, flags = parse_cpuinfo(read_cpuinfo())
     uname = platform.uname()
     return {
         "cpu": {

@@ -39,7 +39,7 @@ from torch import nn
 from compresslab.eval.onnx_runner import OnnxRunner
 from compresslab.export.graph_inputs import restore_inputs
 from compresslab.export.optimize import heads_and_hidden, optimize_graph
-from compresslab.manifest import atomic_write_json
+from compresslab.manifest import atomic_write_json, cpu_flags
 from compresslab.models.loading import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -372,9 +372,8 @@ def _has_vnni() -> bool | None:
 
     Without one, ORT's x86 u8s8 kernels multiply-add pairs in int16 (vpmaddubsw) and can saturate:
     ORT's quantization docs advise reduce_range on such CPUs, so the int8-kernel parity is informative only."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
+    flags = cpu_flags()
+    if not flags:  # no /proc/cpuinfo (macOS, Windows), or no flags line in it
         return None
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
