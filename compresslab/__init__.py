@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from compresslab import passes  # noqa: E402,F401 - compresslab.passes.OBert(...) without another import
@@ -19,34 +20,23 @@ from compresslab.registry import available_passes, build_pass, get_pass, registe
 from compresslab.types import OnnxModel, Pass, PassContext, PassResult, Stage  # noqa: E402
 
 
-def run(pipeline: str, overrides: list[str] | None = None, **kwargs: Any):
-    """Run a pipeline from ``conf/`` programmatically; returns the run directory. See ``pipeline.run``."""
+from compresslab.api import CompressResult, compress  # noqa: E402 - the real signatures (IDEs, help(), mypy)
+from compresslab.measure import benchmark, evaluate  # noqa: E402
+
+
+def run(pipeline: str, overrides: list[str] | None = None, **settings: Any) -> Path:
+    """Run the pipeline ``conf/pipeline/<pipeline>.yaml`` as ``python -m compresslab +pipeline=<pipeline>
+    <overrides>`` would; returns the run directory (``outputs/<pipeline>/<config hash>``).
+
+    ``overrides`` are Hydra overrides (``["task=mrpc", "budget=bench"]``); ``settings`` more of them as keywords
+    (``run(..., seed=3)`` is ``seed=3``). Raises what the CLI reports before any work (PipelineError,
+    SettingsError: a bad key or value, named); a finished run with the same config is reused, an interrupted one
+    resumed from its last finished pass."""
     from compresslab.pipeline import run_pipeline
 
-    return run_pipeline(pipeline, overrides or [], **kwargs)
-
-
-def compress(model: Any, tokenizer: Any, passes: Any, **kwargs: Any):
-    """Compress a model you hold in memory; see :func:`compresslab.api.compress`."""
-    from compresslab.api import compress as _compress
-
-    return _compress(model, tokenizer, passes, **kwargs)
-
-
-def evaluate(model: Any, data: Any, tokenizer: Any = None, **kwargs: Any) -> dict:
-    """Score a torch model or an ONNX export dir on data; see :func:`compresslab.measure.evaluate`."""
-    from compresslab.measure import evaluate as _evaluate
-
-    return _evaluate(model, data, tokenizer, **kwargs)
-
-
-def benchmark(models: Any, **kwargs: Any) -> dict:
-    """Interleaved latency of ONNX dirs and torch models; see :func:`compresslab.measure.benchmark`."""
-    from compresslab.measure import benchmark as _benchmark
-
-    return _benchmark(models, **kwargs)
+    return run_pipeline(pipeline, list(overrides or []), **settings)
 
 
 __all__ = ["__version__", "load", "load_pretrained", "save", "available_passes", "build_pass", "get_pass",
            "register_pass", "OnnxModel", "Pass", "PassContext", "PassResult", "Stage", "run", "compress",
-           "evaluate", "benchmark"]
+           "CompressResult", "evaluate", "benchmark"]
