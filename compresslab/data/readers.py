@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 from pathlib import Path
 
 from compresslab.data.files import first_bad_line
 from compresslab.data.schema import DataFormatError, Example, TaskKind, TaskSpec
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, recorded in the manifest so a score names the data it came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_label(spec: TaskSpec, value: str, path: Path, lineno: int) -> int | float:

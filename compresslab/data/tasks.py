@@ -14,7 +14,7 @@ import numpy as np
 from compresslab.data.carve import CARVES, carve_validation, check_carve, default_val_size
 from compresslab.data.carve import check_count as _check_count
 from compresslab.data.generic import GenericConfig, read_generic, resolve_file
-from compresslab.data.readers import file_sha256, read_glue_tsv
+from compresslab.data.readers import read_glue_tsv
 from compresslab.data.schema import (
     DataFormatError,
     DataNotFoundError,
@@ -25,6 +25,7 @@ from compresslab.data.schema import (
     TaskKind,
     TaskSpec,
 )
+from compresslab.manifest import sha256_file
 
 __all__ = [
     "CARVES", "DATA_ENV_VAR", "TASKS", "DataFormatError", "DataNotFoundError", "Example", "MissingSplit",
@@ -176,7 +177,7 @@ def load_task(
         if dev is None:
             dev = MissingSplit(f"generic data set {cfg.name!r} has no dev file: set task.generic.dev=PATH")
         for split, path in read.paths.items():
-            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(read.examples[split] or []),
+            files[split] = {"path": str(path), "sha256": sha256_file(path), "rows": len(read.examples[split] or []),
                             "encoding": read.encodings[split]}
         if read.classes is not None:
             labels_info = {"label_source": read.classes.source, "label_counts": read.classes.counts}
@@ -193,7 +194,7 @@ def load_task(
                 )
                 continue
             split_examples[split] = read_glue_tsv(spec, path)
-            files[split] = {"path": str(path), "sha256": file_sha256(path), "rows": len(split_examples[split])}
+            files[split] = {"path": str(path), "sha256": sha256_file(path), "rows": len(split_examples[split])}
         train_all, dev = split_examples["train"], split_examples["dev"]
 
     carve = carve_validation(train_all, val_size, seed, val_carve)

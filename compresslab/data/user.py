@@ -16,10 +16,10 @@ from typing import Any, Sequence
 from compresslab.data.files import format_of, read_table
 from compresslab.data.generic import resolve_file
 from compresslab.data.labels import ClassLabelName, LabelSettings, Seen, class_labels, label_score, label_value
-from compresslab.data.readers import file_sha256
 from compresslab.data.schema import DataFormatError, Example, MissingSplit, TaskData, TaskKind, TaskSpec
 from compresslab.data.carve import carve_validation, check_carve
 from compresslab.data.tasks import _check_count
+from compresslab.manifest import sha256_file
 
 __all__ = ["task_from_user_data"]
 
@@ -167,7 +167,7 @@ def _from_file(path: str | os.PathLike[str], what: str, cols: tuple[str | None, 
     for lineno, rec in records:
         text_b = rec.get(b) if b else None
         rows.append((rec.get(a), text_b, rec.get(lab), f"{resolved}:{lineno}"))
-    info = {"path": str(resolved), "sha256": file_sha256(resolved), "rows": len(rows)}
+    info = {"path": str(resolved), "sha256": sha256_file(resolved), "rows": len(rows)}
     return _Source(rows, "file", b is not None, (a, b, lab), file=info)
 
 
