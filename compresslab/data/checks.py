@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from compresslab.data.schema import Example, TaskData, TaskKind
 from compresslab.data.user import NAMED_SOURCES
+from compresslab.validate import check_positive_int
 
 
 def _model_id2label(config: Any) -> dict[int, str] | None:
@@ -91,8 +92,7 @@ def check_tokenizable(task: TaskData, tokenizer: Any, max_length: int, *, chunk:
     yield at least one non-special token (text made only of characters the tokenizer drops fails).
     Tokenizes in batches of ``chunk``; re-encodes one by one only to find a failing example.
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    check_positive_int(max_length, "max_length")
     name = task.spec.name
     for split in ("train", "validation", "dev"):
         examples = list(getattr(task, split))

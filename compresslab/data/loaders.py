@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from compresslab.data.schema import Example, TaskKind, require_examples
+from compresslab.validate import check_positive_int
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -66,11 +67,6 @@ def _resolve_kind(examples: Sequence[Example], kind: TaskKind | str | None) -> T
     return TaskKind.CLASSIFICATION if all(is_int) else TaskKind.REGRESSION
 
 
-def _check_positive(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-
-
 def _encode(tokenizer: Any, texts_a: list[str], texts_b: list[str] | None, max_length: int) -> list[dict[str, list[int]]]:
     """One batched tokenizer call (fast tokenizers parallelise it), split back per example."""
     if not texts_a:
@@ -97,7 +93,7 @@ def tokenize_examples(
 ) -> list[dict[str, Any]]:
     """Tokenize without padding: one dict of token lists (+ ``labels``) per example."""
     examples = require_examples(examples, "tokenize")
-    _check_positive(max_length, "max_length")
+    check_positive_int(max_length, "max_length")
     kind = _resolve_kind(examples, kind)
     if kind is TaskKind.EMBEDDING:
         has_b = {e.text_b is not None for e in examples}
@@ -153,8 +149,8 @@ def make_loader(
     the sequence length (for fixed-shape benchmarks); it must be >= ``max_length`` so no
     sequence has to be cut after tokenization.
     """
-    _check_positive(batch_size, "batch_size")
-    _check_positive(max_length, "max_length")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(max_length, "max_length")
     if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < max_length):
         raise ValueError(f"pad_to must be an integer >= max_length ({max_length}), got {pad_to!r}")
     if tokenizer.pad_token_id is None:
@@ -193,7 +189,7 @@ def side_inputs(batch: dict[str, torch.Tensor], side: str = "a") -> dict[str, to
 def calibration_examples(train: Sequence[Example], n: int, seed: int) -> list[Example]:
     """``n`` train examples drawn without replacement, seeded (calibration statistics use train only)."""
     train = require_examples(train, "draw calibration examples from the train split")
-    _check_positive(n, "n (number of calibration examples)")
+    check_positive_int(n, "n (number of calibration examples)")
     if n > len(train):
         raise ValueError(f"asked for {n} calibration examples but only {len(train)} train examples are available")
     idx = np.random.default_rng([3, seed]).choice(len(train), size=n, replace=False)

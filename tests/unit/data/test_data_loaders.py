@@ -109,14 +109,14 @@ def test_calibration_examples(tiny_tokenizer) -> None:
     assert sorted(map(SINGLES.index, calibration_examples(SINGLES, 5, seed=1))) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="asked for 6 calibration examples but only 5"):
         calibration_examples(SINGLES, 6, seed=0)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match=r"number of calibration examples\) must be an integer >= 1, got 0"):
         calibration_examples(SINGLES, 0, seed=0)
     with pytest.raises(SplitUnavailableError, match="no train"):
         calibration_examples(MissingSplit("no train here"), 1, seed=0)
 
 
 def test_loader_argument_errors(tiny_tokenizer) -> None:
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         make_loader(SINGLES, tiny_tokenizer, 0, 16)
     with pytest.raises(ValueError, match="no examples"):
         make_loader([], tiny_tokenizer, 2, 16)

@@ -335,7 +335,7 @@ def test_check_tokenizable(tiny_tokenizer) -> None:
     task.dev[2] = Example("a", 7, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"dev\[2\] text_b must be a non-empty str, got 7"):
         check_tokenizable(task, tiny_tokenizer, 16)
-    with pytest.raises(ValueError, match="max_length must be a positive integer"):
+    with pytest.raises(ValueError, match="max_length must be an integer >= 1"):
         check_tokenizable(task, tiny_tokenizer, 0)
 
 
