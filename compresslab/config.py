@@ -6,8 +6,9 @@ same configs as a source checkout; nothing here touches process state (that is `
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def config_dir() -> str:
@@ -71,17 +72,37 @@ def composition_message(error: Exception) -> str:
 def compose(overrides: list[str]) -> Any:
     """Compose the config like the CLI does (for the API, tests and benchmarks); returns a DictConfig.
 
-    Raises ConfigError (one line naming the override) when the overrides do not compose.
+    Works inside a running Hydra app too (the CLI's own, when the search composes its candidates, or a user's
+    ``@hydra.main`` calling :func:`compresslab.run`): Hydra's process-global state is set aside for the call
+    and put back after, where ``initialize_config_dir`` alone would refuse ("GlobalHydra is already
+    initialized"). Raises ConfigError (one line naming the override) when the overrides do not compose.
     """
     from hydra import compose as h_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="compresslab"):
+    with _own_global_hydra(), initialize_config_dir(config_dir=config_dir(), version_base="1.3",
+                                                    job_name="compresslab"):
         try:
             return h_compose(config_name="compress", overrides=list(overrides))
         except HydraException as e:
             raise ConfigError(composition_message(e)) from e
+
+
+@contextmanager
+def _own_global_hydra() -> Iterator[None]:
+    """Set an initialized ``GlobalHydra`` (a running Hydra app's) aside for the block and restore it after."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if saved is not None:
+        GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        if saved is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(saved)
 
 
 def pipelines_dir() -> Path:

@@ -10,10 +10,9 @@ preflight.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from compresslab.config import keep_pass_overrides, override_key, pass_step
 from compresslab.manifest import stable_hash
@@ -44,29 +43,11 @@ class SearchPlan:
         return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
 
 
-@contextmanager
-def _own_compose() -> Iterator[None]:
-    """Let ``config.compose`` run inside the CLI's Hydra app (``hydra.main`` holds the global Hydra
-    that ``compose`` would initialize again): the app's Hydra is set aside and put back after."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    gh = GlobalHydra.instance()
-    saved = gh.hydra
-    gh.clear()
-    try:
-        yield
-    finally:
-        GlobalHydra.instance().clear()
-        if saved is not None:
-            GlobalHydra.instance().initialize(saved)
-
-
 def compose_candidate(args: Sequence[str]) -> Any:
-    """``config.compose(args)``, also from inside the CLI's Hydra app."""
+    """``config.compose(args)`` (which also runs inside the CLI's Hydra app)."""
     from compresslab.config import compose
 
-    with _own_compose():
-        return compose(list(args))
+    return compose(list(args))
 
 
 def pipeline_steps(name: str) -> list[str]:
