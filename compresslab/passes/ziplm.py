@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +31,7 @@ from compresslab.ops.spdy import LatencyTable
 from compresslab.pruning.speedup import (
     Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, recover, result_metrics, sample_batches,
     save_member, structure_of)
+from compresslab.pruning.unstructured import Mode  # also this module's name (ziplm.Mode)
 from compresslab.registry import register_pass
 from compresslab.training.dist import world
 from compresslab.training.losses import MODEL_INPUTS
@@ -41,13 +41,6 @@ from compresslab.validate import coerce_enum
 log = logging.getLogger(__name__)
 
 Key = tuple[int, str]  # (layer index, "attention" | "ffn")
-
-
-class Mode(str, Enum):
-    """One database for every target, or prune-recover-repeat along the targets."""
-
-    ONESHOT = "oneshot"
-    GRADUAL = "gradual"
 
 
 def get_layers(model: nn.Module) -> list[Any]:

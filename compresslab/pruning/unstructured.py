@@ -43,7 +43,9 @@ TRAIN_CHECKPOINT = "train_checkpoint"  # the recovery's step checkpoints, inside
 
 
 class Mode(str, Enum):
-    """One-shot (prune, then recover with a fixed mask) or gradual (prune while recovering)."""
+    """One-shot or gradual pruning, for every pruning pass. Unstructured (magnitude, oBERT): prune, then recover
+    with a fixed mask, or prune while recovering. ZipLM: one database for every target, or prune-recover-repeat
+    along the targets."""
 
     ONESHOT = "oneshot"
     GRADUAL = "gradual"
