@@ -47,28 +47,27 @@ def _linear_macs(model: nn.Module, seq_len: int, batch_size: int) -> dict[str, t
     from torch import nn
 
     from compresslab.models.binary import BinaryLinear
+    from compresslab.models.hooks import capture_inputs
 
+    linears = {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
     seen: dict[str, tuple[int, bool]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            def hook(m: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
-                tokens = args[0].numel() // m.in_features
-                macs = tokens * m.in_features * m.out_features
-                prev = seen.get(name, (0, False))[0]
-                seen[name] = (prev + macs, isinstance(m, BinaryLinear))
-            hooks.append(mod.register_forward_hook(hook))
+
+    def count(name: Any, x: Any) -> None:
+        m = linears[name]
+        tokens = x.numel() // m.in_features
+        macs = tokens * m.in_features * m.out_features
+        prev = seen.get(name, (0, False))[0]
+        seen[name] = (prev + macs, isinstance(m, BinaryLinear))
+
     pad = getattr(model.config, "pad_token_id", None)
     token = 5 if pad != 5 else 6  # any id but padding (RoBERTa's positions skip padding ids)
     ids = torch.full((batch_size, seq_len), token, dtype=torch.long, device=next(model.parameters()).device)
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), capture_inputs(linears, count):
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
     return seen
 
