@@ -126,3 +126,16 @@ def test_apply_save_reload_export(name, tiny_tok, tiny_ctx, tmp_path):
     torch.testing.assert_close(again(**batches[0]).logits, ref, atol=1e-5, rtol=1e-4)
     exp = export_model(again, tiny_tok, tmp_path / "export", batches)
     assert exp.parity["max_abs_diff"] <= exp.parity["atol"]
+
+
+def test_every_registered_pass_is_an_attribute_of_compresslab_passes() -> None:
+    """``compresslab.passes.<Class>`` (lazy, ``passes/__init__.py``'s ``_CLASSES``) lists exactly the registered
+    classes: a new pass left out of it was unreachable that way, and no test failed."""
+    import compresslab.passes as passes_pkg
+    from compresslab.registry import available_passes, get_pass
+
+    registered = {get_pass(n).__name__: n for n in available_passes()}
+    assert dict(passes_pkg._CLASSES) == registered
+    assert sorted(passes_pkg.__all__) == sorted(registered)
+    for cls_name, name in registered.items():
+        assert getattr(passes_pkg, cls_name) is get_pass(name)
