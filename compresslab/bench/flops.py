@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from compresslab.models.adapters import get_adapter
+from compresslab.validate import check_positive_int
 
 if TYPE_CHECKING:  # bench/ modules import no heavy library at module level
     from torch import nn
@@ -90,9 +91,8 @@ def theoretical_flops(model: nn.Module, seq_len: int, *, batch_size: int = 1) ->
     the ratio is 1. ValueError for a non-positive ``seq_len`` or ``batch_size``, or a ``seq_len``
     beyond the position table.
     """
-    for v, what in ((seq_len, "seq_len"), (batch_size, "batch_size")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{what} must be a positive integer, got {v!r}")
+    check_positive_int(seq_len, "seq_len")
+    check_positive_int(batch_size, "batch_size")
     from compresslab.models.loading import check_max_length
 
     check_max_length(seq_len, model.config, "seq_len")

@@ -78,7 +78,7 @@ def test_bad_lengths_are_refused():
     m = tiny_model("roberta")
     assert max_seq_len(m) == 72 - 2  # positions start after RoBERTa's padding id (1)
     for bad in (0, -1, 2.0, True):
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(ValueError, match="seq_len must be an integer >= 1"):
             theoretical_flops(m, bad)
     with pytest.raises(ValueError, match="exceeds"):
         theoretical_flops(m, 71)
