@@ -25,6 +25,8 @@ tag, ``_timed.py``'s record) are written with :func:`write_aside`.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -42,6 +44,16 @@ def write_aside(path: str | Path, data: Any) -> None:
     """Write a JSON file that is not a results file atomically, unstamped: one that holds no figures (a run
     list, a provenance tag) or a record that carries its own ``machine_load`` (``_timed.py``)."""
     atomic_write_json(Path(path), data)
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` as a results file holds it: through JSON and back, anything JSON has no type for as its ``str``."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def since(t0: float) -> float:
+    """Wall seconds since ``t0`` (a ``time.perf_counter()`` reading), to 0.1 s, as results record a build or phase."""
+    return round(time.perf_counter() - t0, 1)
 
 
 class ResultsFile:

@@ -34,7 +34,7 @@ from compresslab.cli import setup_process
 from compresslab.config import compose
 from compresslab.manifest import git_sha, library_versions, read_json
 
-from _results import ResultsFile, write_aside  # sibling module (script dir)
+from _results import ResultsFile, jsonable, write_aside  # sibling module (script dir)
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -304,7 +304,7 @@ def measure(a: argparse.Namespace) -> None:
                        "real_length": rl["settings"], "timing_s": round(timing_s, 1),
                        "loadavg_before": load0, "loadavg_after": os.getloadavg(),
                        "split": f"{task.spec.name} dev ({len(dev)})", "pipelines": runs,
-                       "runners": {k: _jsonable(v) for k, v in lat["runners"].items()},
+                       "runners": {k: jsonable(v) for k, v in lat["runners"].items()},
                        "command": "python benchmarks/backends.py pipelines && python benchmarks/backends.py measure"
                                   + "".join(f" {k}" for k in _cli_tail(a)),
                        "sparse_weights_decompression": _sparse_note(flags)}}
@@ -326,10 +326,6 @@ def _cli_tail(a: argparse.Namespace) -> list[str]:
     """The measure options that change what is measured or where it goes, for meta.command."""
     tail = [f"--only {' '.join(a.only)}"] if a.only else []
     return tail + ([f"--out {a.out}"] if a.out != DEFAULT_OUT else [])
-
-
-def _jsonable(v: Any) -> Any:
-    return json.loads(json.dumps(v, default=str))
 
 
 def _sparse_note(flags: set[str]) -> str:

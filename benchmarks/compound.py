@@ -45,8 +45,8 @@ from compresslab.manifest import git_sha, library_versions, read_json
 from _compound_cells import (SPARSE_RATES, build_cells, check_runs, dense_from_int8, model_cells,  # noqa: F401 (tests
                              one_teacher, size_bytes, teacher_key, teacher_ort_int8)                 # read them here)
 from _compound_derive import MODEL_KEYS, SELECTION, WITHIN, cells_of, derive  # noqa: F401 (sibling modules, script dir; tests read them here)
-from _results import ResultsFile, write_aside
-from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _forward, _isa, _jsonable, _runner, cell_key,
+from _results import ResultsFile, jsonable, write_aside
+from backends import (RUNS as BACKENDS_RUNS, SHAPES, THREADS, _forward, _isa, _runner, cell_key,
                       split_key)
 
 ROOT = Path(__file__).resolve().parent
@@ -311,7 +311,7 @@ def measure(a: argparse.Namespace) -> None:
             "threads": THREADS, "shapes": [list(s) for s in SHAPES], "runs": a.runs, "rounds": a.rounds,
             "real_length": rl["settings"], "timing_s": round(timing_s, 1), "loadavg_before": load0,
             "loadavg_after": os.getloadavg(), "split": f"{task.spec.name} dev ({len(dev)}; validation {len(val)} to pick each pipeline's cell)", "pipelines": runs,
-            "runners": {k: _jsonable(v) for k, v in lat["runners"].items()}, "deepsparse": ds_meta,
+            "runners": {k: jsonable(v) for k, v in lat["runners"].items()}, "deepsparse": ds_meta,
             "sparse_weights_decompression": _sparse_note(flags),
             "selection": SELECTION,
             "size_bytes": "the deployed file on disk plus its external data / IR weights (the whole model, embeddings in)",

@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._results import ResultsFile, write_aside
+from ._results import ResultsFile, since, write_aside
 from .artifacts import Artifact, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
@@ -154,7 +154,7 @@ def prepare_teacher(p: TaskPlan, work: Path) -> Teacher:
         state.tokenizer.save_pretrained(d / "checkpoint")
         scored = _score(Artifact(d / "checkpoint", "torch", "fp32"), state, p.threads)
         np.save(d / "preds.npy", scored.predictions)
-        write_aside(done, {"sha256": sha, "score": float(scored.metrics["score"]), "prepare_s": _since(t0),
+        write_aside(done, {"sha256": sha, "score": float(scored.metrics["score"]), "prepare_s": since(t0),
                            "cpu_s": round(_cpu_s() - cpu0, 1), "overrides": list(p.overrides)})
     rec = read_json(done)
     calib = calibration_feeds(state.context(work, work / "calibration").calibration_batches(p.calibration_examples, 32))
@@ -175,10 +175,6 @@ def _cpu_s() -> float:
     """CPU seconds of this process and its waited-for children (what a CPU-hour budget counts)."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
-def _since(t0: float) -> float:
-    return round(time.perf_counter() - t0, 1)
 
 
 def build_pipeline(args: Sequence[str], results: ResultsFile, name: str) -> tuple[Artifact, dict[str, Any]]:
@@ -265,12 +261,12 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
                 checkpoint=teacher.dir / "checkpoint", calibration=teacher.calibration, work_dir=work,
                 dev_batches=teacher.dev_batches() if hasattr(PEERS[name], "time") else (), head=teacher.head,
                 threads=p.threads))
-        build_s, cpu_s = _since(t0), round(_cpu_s() - cpu0, 1)
+        build_s, cpu_s = since(t0), round(_cpu_s() - cpu0, 1)
         scored = _score(a, teacher.state, p.threads)
     except Exception as e:  # any failure is this cell's, exactly as raised; the suite goes on
         error = str(e) if isinstance(e, ExternalError) else f"{type(e).__name__}: {e}"
         log.warning("cell %s failed: %s", name, error)
-        return store.fail(name, key, {**base, "tool": tool, "error": error, "build_s": _since(t0)})
+        return store.fail(name, key, {**base, "tool": tool, "error": error, "build_s": since(t0)})
     over = p.cell_cpu_hours is not None and cpu_s > 3600 * float(p.cell_cpu_hours)
     size = a.info.get("size_bytes") if a.backend == "external" else size_bytes(a.file)
     rec = {**base, "tool": tool, "artifact": a.to_dict(), "size_bytes": size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ._results import jsonable, since
 from .artifacts import Artifact, timing_runner
 
 if TYPE_CHECKING:
@@ -16,10 +17,6 @@ if TYPE_CHECKING:
     from .suite_plan import TaskPlan
 
 INTERLEAVED = "interleaved in one process"
-
-
-def _since(t0: float) -> float:
-    return round(time.perf_counter() - t0, 1)
 
 
 def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "TaskPlan",
@@ -81,8 +78,8 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
             "meta": {"quiet": report, "timed": timed, "shapes": [list(s) for s in shapes],
                      "external": {n: {k: v for k, v in out[n].items() if k in ("reference", "order", "source", "error")}
                                   for n in external},
-                     "latency_settings": lat["settings"], "real_length": rl["settings"], "timing_s": _since(t0),
-                     "runners": {k: _jsonable(v) for k, v in lat["runners"].items()},
+                     "latency_settings": lat["settings"], "real_length": rl["settings"], "timing_s": since(t0),
+                     "runners": {k: jsonable(v) for k, v in lat["runners"].items()},
                      "order": "one process, every cell interleaved (A B C A B C ...), medians"}}
 
 
@@ -98,12 +95,6 @@ def time_external(external: Mapping[str, Artifact], p: "TaskPlan", vocab: int) -
         except Exception as e:  # the worker's exact failure is the cell's timing error; the others go on
             out[name] = {"error": f"timing: {type(e).__name__}: {e}"}
     return out
-
-
-def _jsonable(v: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(v, default=str))
 
 
 def apply_timing(sysd: dict[str, dict[str, Any]], timed: Mapping[str, Any]) -> None:
