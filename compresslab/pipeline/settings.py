@@ -1,4 +1,5 @@
-"""Typed settings of the fixed stages (export, eval, bench, DeepSparse), validated once at start.
+"""Typed settings of a run, validated once at start: the fixed stages' (export, eval, bench, DeepSparse,
+deploy) here, the run engine's own (run, model, task, data) in :mod:`compresslab.pipeline.run_settings`.
 
 The YAML in ``conf/`` is the one source of defaults: these dataclasses have none for the keys the
 YAML sets, so a missing, misspelled or mistyped key fails in :func:`RunSettings.from_config`
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
+from compresslab.pipeline.run_settings import DataSettings, ModelSettings, RunControl, TaskSettings
 from compresslab.pipeline.schema import SettingsError, check_config
 from compresslab.validate import (
     check_bool, check_choice, check_fraction, check_int, check_list, check_nonnegative, check_positive,
@@ -39,8 +41,9 @@ DEFAULT_SMOOTH_GRID: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
 OPSET_MIN = 13
 OPSET_MAX_FALLBACK = 20  # the TorchScript exporter's newest opset, if torch stops naming its range
 
-__all__ = ["BenchSettings", "DeepSparseSettings", "DeploySettings", "EvalSettings", "ExportSettings", "RunSettings",
-           "SettingsError", "default_deploy", "default_settings", "opset_range"]
+__all__ = ["BenchSettings", "DataSettings", "DeepSparseSettings", "DeploySettings", "EvalSettings", "ExportSettings",
+           "ModelSettings", "RunControl", "RunSettings", "SettingsError", "TaskSettings", "default_deploy",
+           "default_settings", "opset_range"]
 
 
 def opset_range() -> tuple[int, int]:
@@ -54,8 +57,9 @@ def opset_range() -> tuple[int, int]:
         return OPSET_MIN, OPSET_MAX_FALLBACK
 
 
-def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None) -> T:
-    """``cls(**raw)`` with errors that name the section, the unknown keys and the allowed ones."""
+def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None, *, prefix: bool = True) -> T:
+    """``cls(**raw)`` with errors that name the section, the unknown keys and the allowed ones. ``prefix=False``
+    for the blocks whose own messages name the whole dotted key (``run.keep=...``: the run engine's)."""
     raw = dict(raw or {})
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - names)
@@ -69,7 +73,7 @@ def _build(cls: type[T], section: str, raw: Mapping[str, Any] | None) -> T:
     except SettingsError:  # a nested section's (bench.deepsparse), already named
         raise
     except ValueError as e:
-        raise SettingsError(f"{section}: {e}") from None
+        raise SettingsError(f"{section}: {e}" if prefix else str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -341,13 +345,18 @@ def smooth_grid(value: Any) -> tuple[float | None, ...]:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything the run engine reads from a composed config, typed (the passes have their own)."""
+    """Everything the run engine reads from a composed config, typed (the passes have their own): the
+    driver, the plan's run dir and ``RunState.prepare`` read these blocks, never the raw config.
+
+    The in-process API builds one without a config: its model and data are in memory, so ``model``,
+    ``task``, ``data`` and ``output_dir`` are None there (the caller names its run dir), and ``run`` is
+    compress.yaml's (the API reads none of it)."""
 
     seed: int
-    max_length: int
+    max_length: int  # task.max_length
     batch_size: int
     cache_dir: Path
-    threads: int | None
+    threads: int | None  # run.threads
     device: str
     report: bool
     export: ExportSettings
@@ -355,6 +364,11 @@ class RunSettings:
     bench: BenchSettings
     # the in-process API builds RunSettings without a deploy group: it gets conf/deploy/ort.yaml
     deploy: DeploySettings = dataclasses.field(default_factory=lambda: default_deploy())
+    output_dir: Path | None = None  # paths.output_dir: run dirs are <output_dir>/<pipeline>/<config hash>
+    run: RunControl = dataclasses.field(default_factory=RunControl)
+    model: ModelSettings | None = None
+    task: TaskSettings | None = None
+    data: DataSettings | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RunSettings":
@@ -365,14 +379,20 @@ class RunSettings:
         value of the wrong type or out of range, an opset or GPU backend this install lacks.
         """
         c = check_config(cfg)
-        run = c["run"]
-        return cls(seed=c["seed"], max_length=c["task"]["max_length"], batch_size=c["budget"]["batch_size"],
-                   cache_dir=Path(c["paths"]["cache_dir"]), threads=run.get("threads"),
+        run = dict(c["run"])
+        task = dict(c["task"] or {})
+        return cls(seed=c["seed"], max_length=task.pop("max_length"), batch_size=c["budget"]["batch_size"],
+                   cache_dir=Path(c["paths"]["cache_dir"]), threads=run.pop("threads", None),
                    device=str(c.get("device", "auto")), report=c.get("report", True),
                    export=_build(ExportSettings, "export", c.get("export")),
                    eval=_build(EvalSettings, "eval", c.get("eval")),
                    bench=_build(BenchSettings, "bench", c.get("bench")),
-                   deploy=_build(DeploySettings, "deploy", c.get("deploy")))
+                   deploy=_build(DeploySettings, "deploy", c.get("deploy")),
+                   output_dir=Path(c["paths"]["output_dir"]),
+                   run=_build(RunControl, "run", run, prefix=False),
+                   model=_build(ModelSettings, "model", c["model"], prefix=False),
+                   task=_build(TaskSettings, "task", task, prefix=False),
+                   data=_build(DataSettings, "data", c.get("data"), prefix=False))
 
 
 def _yaml(rel: str) -> dict[str, Any]:
