@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, now
-from compresslab.pipeline.disk import check_keep, link_duplicates
+from compresslab.pipeline.disk import link_duplicates
 from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.lock import locked_run_dir
 from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir
@@ -34,23 +34,22 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     """
     from compresslab.pipeline.state import RunState
 
-    keep = check_keep(cfg.run.get("keep", "minimal"))
     steps = preflight(cfg)  # the whole config, sequence lengths, output dirs: before any model or data is read
-    state = RunState.prepare(cfg, steps)
-    run_dir = resolve_run_dir(cfg)
+    state = RunState.prepare(cfg, steps)  # state.settings: the typed config, what the rest reads
+    run_dir = resolve_run_dir(cfg, state.settings)
     # one process per run dir, from the first look at it to the end (DirectoryBusyError at once otherwise)
     with locked_run_dir(run_dir):
-        return _run_in(cfg, overrides, state, steps, run_dir, keep)
+        return _run_in(cfg, overrides, state, steps, run_dir)
 
 
-def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: Any, steps: Any, run_dir: Path,
-            keep: str) -> Path:
-    """:func:`run` once it holds ``run_dir``'s lock: resume or start the dir, run the steps, finish."""
+def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: Any, steps: Any, run_dir: Path) -> Path:
+    """:func:`run` once it holds ``run_dir``'s lock: resume or start the dir, run the steps, finish.
+    ``cfg`` is recorded (and gives the run's identity); the settings are read from ``state.settings``."""
     from compresslab.pipeline.deploy import check_deploy
     from compresslab.pipeline.state import check_steps_model
     from compresslab.pipeline.steps import run_steps
 
-    existing = prepare_run_dir(run_dir, cfg)
+    existing = prepare_run_dir(run_dir, cfg, state.settings)
     inputs = input_identity(state)  # model files and data by content: a changed file is never reused
     if existing is not None:
         check_inputs(existing.data, inputs, run_dir, START_OVER)
@@ -67,8 +66,8 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: Any, steps:
     manifest.data["inputs"] = inputs
     manifest.mark_running()
     with recording_failure(manifest):
-        if run_steps(state, steps, run_dir, manifest, stop_after=cfg.run.get("stop_after")):
-            finish(state, run_dir, manifest, keep=keep)
+        if run_steps(state, steps, run_dir, manifest, stop_after=state.settings.run.stop_after):
+            finish(state, run_dir, manifest)
     return run_dir
 
 
@@ -95,7 +94,7 @@ def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
     """A fresh run dir and a new manifest."""
     run_dir.mkdir(parents=True, exist_ok=True)
     return state.new_manifest(run_dir, pipeline=str(cfg.pipeline.name), config_hash=config_hash(cfg),
-                              model_id=str(cfg.model.get("name", cfg.model.source)),
+                              model_id=state.settings.model.name,
                               config=OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -123,10 +122,11 @@ def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, ove
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def finish(state: Any, run_dir: Path, manifest: RunManifest, keep: str = "minimal") -> Path:
+def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
     """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report;
-    then ``run.keep``: with ``minimal``, the run's artifacts and the teacher cache entry it used
-    become hard links to one copy of each content, shared across runs (:mod:`compresslab.pipeline.disk`)."""
+    then ``run.keep`` (``state.settings.run``): with ``minimal``, the run's artifacts and the teacher cache
+    entry it used become hard links to one copy of each content, shared across runs
+    (:mod:`compresslab.pipeline.disk`)."""
     from compresslab.bench.env import resolve_threads
     from compresslab.pipeline.bench import bench
     from compresslab.pipeline.deploy import deploy
@@ -144,7 +144,7 @@ def finish(state: Any, run_dir: Path, manifest: RunManifest, keep: str = "minima
     if s.bench.enabled:
         bench(state, run_dir, manifest, threads)
     store = Path(s.cache_dir) / "blobs" if s.cache_dir else None  # one copy of each artifact across runs
-    manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), keep, store).to_dict()
+    manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), s.run.keep, store).to_dict()
     manifest.data["status"] = "finished"
     manifest.data["finished"] = now()
     manifest.save()

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +24,9 @@ from compresslab.config import pipelines_hint
 from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage, capability, hook
 from compresslab.validate import check_field_types, did_you_mean
+
+if TYPE_CHECKING:
+    from compresslab.pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -249,14 +252,26 @@ def check_zeros_kept(steps: list[Step]) -> None:
             sparse = s
 
 
-def resolve_run_dir(cfg: DictConfig) -> Path:
-    if cfg.run.get("dir"):
-        return Path(cfg.run.dir)
-    return Path(cfg.paths.output_dir) / str(cfg.pipeline.name) / config_hash(cfg)
+def _typed(cfg: DictConfig, settings: "RunSettings | None") -> "RunSettings":
+    """``settings``, or ``cfg`` typed and validated here for a caller that holds only the config."""
+    from compresslab.pipeline.settings import RunSettings
+
+    return settings if settings is not None else RunSettings.from_config(cfg)
 
 
-def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
-    """Return the existing manifest to resume, or None for a fresh dir; refuse foreign dirs."""
+def resolve_run_dir(cfg: DictConfig, settings: "RunSettings | None" = None) -> Path:
+    """``run.dir``, else ``<paths.output_dir>/<pipeline>/<config hash>``. ``settings``: ``cfg``'s
+    (:meth:`RunSettings.from_config`), typed from ``cfg`` when not given; ``cfg`` gives the identity."""
+    s = _typed(cfg, settings)
+    if s.run.dir is not None:
+        return s.run.dir
+    assert s.output_dir is not None, "a composed config's settings name paths.output_dir"
+    return s.output_dir / str(cfg.pipeline.name) / config_hash(cfg)
+
+
+def prepare_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | None" = None) -> RunManifest | None:
+    """Return the existing manifest to resume, or None for a fresh dir; refuse foreign dirs. With
+    ``run.overwrite`` (``settings.run``; typed from ``cfg`` when not given) an existing run is moved aside."""
     h = config_hash(cfg)
     mpath = run_dir / "manifest.json"
     if not mpath.exists():
@@ -270,7 +285,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
             f"{run_dir} belongs to another config (hash {old.data.get('config_hash')} != {h}); "
             "use a different run.dir or the same config")
     check_not_running(old, run_dir)
-    if cfg.run.get("overwrite"):  # start over, whatever state the old run is in (it is kept aside)
+    if _typed(cfg, settings).run.overwrite:  # start over, whatever state the old run is in (it is kept aside)
         backup = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
         n = 1
         while backup.exists():  # two overwrites within a second

@@ -126,26 +126,21 @@ class RunState:
 
     @classmethod
     def prepare(cls, cfg: "DictConfig", steps: list["Step"]) -> "RunState":
-        """Cheap checks before anything expensive: settings, model source, architecture, data, budgets."""
-        from omegaconf import OmegaConf
-
+        """Cheap checks before anything expensive: settings, model source, architecture, data, budgets.
+        The typed settings are all it reads of ``cfg`` (:meth:`RunSettings.from_config`)."""
         from compresslab.checkpoint import check_source
         from compresslab.data.tasks import MissingSplit, SplitUnavailableError, load_task, resolve_data_root
         from compresslab.models.loading import check_max_length, read_config
 
         settings = RunSettings.from_config(cfg)
+        m, t, data = settings.model, settings.task, settings.data
+        assert m is not None and t is not None and data is not None, "a composed config's settings have all three"
         device = resolve_device(settings.device)
-        src = check_source(cfg.model.source)  # config, architecture, weights intact, tokenizer files
-        finetuned = cfg.model.get("finetuned", False)
-        if not isinstance(finetuned, bool):
-            raise ValueError(f"model.finetuned={finetuned!r}: use true (the model is already fine-tuned on this "
-                             "task: it is the teacher) or false (fine-tune it first)")
+        src = check_source(m.source)  # config, architecture, weights intact, tokenizer files
         check_max_length(settings.max_length, read_config(src), "task.max_length")
-        t = cfg.task
-        generic = OmegaConf.to_container(t.generic, resolve=True) if t.get("generic") else None
-        root = None if generic else resolve_data_root(cfg.data.get("root"))
-        task = load_task(t.name, root, val_size=t.get("val_size"), val_carve=t.get("val_carve"), seed=settings.seed,
-                         max_train=t.get("max_train"), max_dev=t.get("max_dev"), generic=generic)
+        root = None if t.generic else resolve_data_root(data.root)
+        task = load_task(t.name, root, val_size=t.val_size, val_carve=t.val_carve, seed=settings.seed,
+                         max_train=t.max_train, max_dev=t.max_dev, generic=dict(t.generic) if t.generic else None)
         if settings.eval.split == "dev" and isinstance(task.dev, MissingSplit):  # else found after training
             raise SplitUnavailableError(f"eval.split=dev, but {task.dev.reason}; or set eval.split=validation")
         if settings.eval.enabled and settings.eval.split == "validation" and not len(task.validation):
@@ -157,7 +152,7 @@ class RunState:
             from compresslab.bench.deepsparse_backend import check_requested
 
             check_requested(settings.bench.deepsparse.enabled, settings.bench.deepsparse.python)
-        return cls(settings=settings, task=task, model_source=src, device=device, input_is_teacher=finetuned)
+        return cls(settings=settings, task=task, model_source=src, device=device, input_is_teacher=m.finetuned)
 
     # ---------------------------------------------------------------- derived
     @property
