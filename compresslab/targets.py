@@ -12,15 +12,22 @@ Only ``nn.Linear`` modules are selectable. A pattern that matches nothing raises
 naming it (a misspelt target silently pruning nothing is the failure this module exists to stop).
 The default targets are the adapter's encoder linears: q, k, v, o, ffn_in and ffn_out of every
 layer, not embeddings, pooler or classifier (ALGORITHMS.md §2.3).
+
+Per-module settings use the same patterns as ``rules``: a mapping ``{pattern: value}``
+(:func:`assign`), e.g. hawq's ``rules: {ffn_out: 8, "re:layer\\.0\\.": 32}``. Two patterns that give
+one module different values are an error naming both (no silent precedence by order or
+specificity); equal values from overlapping patterns are fine.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Iterable
+from typing import Iterable, Mapping, TypeVar
 
 from torch import nn
+
+V = TypeVar("V")
 
 ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 _GLOB_CHARS = set("*?[")
@@ -72,16 +79,40 @@ def matches(pattern: str, name: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
+def check_rules(value: object, field_name: str) -> dict[str, object] | None:
+    """Validate a ``rules`` option: None, or a non-empty mapping of non-empty pattern strings to values
+    (YAML/OmegaConf dicts arrive as plain dicts after ``_convert_="all"``). Returns a plain ``dict`` in
+    the given order; the values are the caller's to check (widths, ratios, ...). ValueError naming
+    ``field_name`` for another shape, an empty mapping, a non-string or empty key, or a bad ``re:`` regex."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{field_name} must be a mapping {{pattern: value}} or null, got {value!r}; {_HELP}")
+    out = dict(value)
+    if not out:
+        raise ValueError(f"{field_name} is an empty mapping: give {{pattern: value}} entries, or null for none")
+    bad = [k for k in out if not (isinstance(k, str) and k)]
+    if bad:
+        raise ValueError(f"{field_name} keys must be non-empty pattern strings, got {bad!r}; {_HELP}")
+    check_patterns(list(out), field_name)  # the regexes compile
+    return out
+
+
+def _hits(p: str, linears: Mapping[str, nn.Linear], roles: Mapping[str, list[str]], what: str) -> set[str]:
+    """The Linears one pattern selects; ValueError naming it (and ``what`` it is) when there are none."""
+    hit = ({n for n in roles.get(p, []) if n in linears} if p in ROLES and roles
+           else {n for n in linears if matches(p, n)})
+    if not hit:
+        examples = ", ".join(list(linears)[:4]) or "(the model has no nn.Linear)"
+        raise ValueError(f"{what} {p!r} matches no nn.Linear module; available e.g.: {examples}; {_HELP}")
+    return hit
+
+
 def _select(patterns: list[str], linears: dict[str, nn.Linear], roles: dict[str, list[str]],
             what: str) -> set[str]:
     chosen: set[str] = set()
     for p in patterns:
-        hit = ({n for n in roles.get(p, []) if n in linears} if p in ROLES and roles
-               else {n for n in linears if matches(p, n)})
-        if not hit:
-            examples = ", ".join(list(linears)[:4]) or "(the model has no nn.Linear)"
-            raise ValueError(f"{what} {p!r} matches no nn.Linear module; available e.g.: {examples}; {_HELP}")
-        chosen |= hit
+        chosen |= _hits(p, linears, roles, what)
     return chosen
 
 
@@ -110,6 +141,44 @@ def select_modules(model: nn.Module, targets: list[str] | None = None,
     return {n: m for n, m in linears.items() if n in chosen}
 
 
+def assign(model: nn.Module, rules: Mapping[str, V], *, among: Iterable[str] | None = None,
+           field_name: str = "rules") -> dict[str, V]:
+    """Qualified Linear name -> value, in model order, from ``rules`` = ``{pattern: value}`` (patterns as
+    :func:`select_modules` reads them). Modules no pattern matches are absent.
+
+    ``among`` (e.g. a pass's selected modules, names or a name -> module mapping): the rules apply to
+    these only; a pattern's matches outside them are left out, and a pattern matching none of them
+    is an error. Errors (ValueError, naming ``field_name``): the option's shape (:func:`check_rules`;
+    None is refused here), a pattern matching no ``nn.Linear`` (with the pattern help), a pattern
+    whose every match lies outside ``among``, and two patterns giving one module different values
+    (naming the module, both patterns and both values: which should win is the user's to say, by
+    narrowing one pattern).
+    """
+    if check_rules(rules, field_name) is None:
+        raise ValueError(f"{field_name} is None: nothing to assign")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    roles = _role_names(model)
+    allowed = None if among is None else set(among)
+    order = {n: i for i, n in enumerate(linears)}
+    given: dict[str, tuple[str, V]] = {}  # name -> (pattern, value)
+    for p, v in rules.items():
+        hit = _hits(p, linears, roles, f"{field_name} pattern")
+        if allowed is not None:
+            outside = sorted(hit - allowed, key=order.__getitem__)
+            hit &= allowed
+            if not hit:
+                raise ValueError(f"{field_name} pattern {p!r} matches only modules outside the selected ones "
+                                 f"(e.g. {', '.join(outside[:3])}); the rules apply to the modules the targets/"
+                                 "ignore patterns select: add these to targets, or narrow the pattern")
+        for n in sorted(hit, key=order.__getitem__):  # model order: the first conflict is named
+            if n in given and given[n][1] != v:
+                q, w = given[n]
+                raise ValueError(f"{field_name}: patterns {q!r} ({w!r}) and {p!r} ({v!r}) both match {n} with "
+                                 "different values; narrow one so that each module gets one value")
+            given.setdefault(n, (p, v))
+    return {n: given[n][1] for n in linears if n in given}
+
+
 def layer_keys(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
     """Qualified module name -> ``"layer.<i>"`` (its encoder layer), or the name itself outside layers.
 
@@ -127,4 +196,4 @@ def layer_keys(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-__all__ = ["ROLES", "check_patterns", "layer_keys", "matches", "select_modules"]
+__all__ = ["ROLES", "assign", "check_patterns", "check_rules", "layer_keys", "matches", "select_modules"]
