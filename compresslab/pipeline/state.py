@@ -138,7 +138,9 @@ class RunState:
         device = resolve_device(settings.device)
         src = check_source(m.source)  # config, architecture, weights intact, tokenizer files
         check_max_length(settings.max_length, read_config(src), "task.max_length")
-        root = None if t.generic else resolve_data_root(data.root)
+        # generic files: relative paths are tried against the working directory, then data.root (conf/task/generic.yaml),
+        # so the configured root goes through unresolved (load_task resolves it only if a file needs it)
+        root = data.root if t.generic else resolve_data_root(data.root)
         task = load_task(t.name, root, val_size=t.val_size, val_carve=t.val_carve, seed=settings.seed,
                          max_train=t.max_train, max_dev=t.max_dev, generic=dict(t.generic) if t.generic else None)
         if settings.eval.split == "dev" and isinstance(task.dev, MissingSplit):  # else found after training
