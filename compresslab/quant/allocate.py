@@ -12,8 +12,10 @@ subject to any of
 * nominal size  Σ nᵢbᵢ / 8 ≤ ``size_bytes``     (weights only: no scales, no zero points),
 * latency       Σ latencyᵢ(bᵢ) ≤ ``latency_limit`` (a table measured on this hardware),
 
-and couplings (modules that must share a width, e.g. Q/K/V of a layer: :func:`qkv_groups`).
-The program is solved exactly by :func:`compresslab.ops.knapsack.solve_milp`.
+and couplings (modules that must share a width, e.g. Q/K/V of a layer: :func:`qkv_groups`), and
+pins (``pinned``: modules whose width the caller fixed, e.g. hawq's ``rules``; they stay in every
+budget's sums, so they use up part of it, and a coupled group with a pinned member takes its width:
+:func:`expand_pins`). The program is solved exactly by :func:`compresslab.ops.knapsack.solve_milp`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Allocation:
     ``method``: ``"ilp"`` or ``"rank"``. ``budget``: the limits asked for (keys ``avg_bits``,
     ``size_bytes``, ``latency``). ``status``: ``"optimal"``, ``"limit"`` (solver stopped early,
     feasible) or ``"rank"`` (the rule's map; no optimality claim). ``couple``: coupled names.
+    ``pinned``: name -> width of every module whose width was fixed rather than chosen (the caller's
+    pins and the members of coupled groups they pinned, :func:`expand_pins`).
     """
 
     bits: dict[str, int]
@@ -55,6 +59,7 @@ class Allocation:
     budget: dict[str, float] = field(default_factory=dict)
     status: str = "optimal"
     couple: list[list[str]] = field(default_factory=list)
+    pinned: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (plain dicts, lists, numbers and strings)."""
@@ -116,6 +121,54 @@ def _name_groups(couple: Sequence[Sequence[str]], names: list[str]) -> list[list
     return groups
 
 
+def expand_pins(pinned: Mapping[str, int] | None, names: Sequence[str], couple: Sequence[Sequence[str]] = (),
+                choices: Sequence[int] | None = None) -> dict[str, int]:
+    """``pinned`` (name -> width) spread over the couplings: a coupled group (overlapping groups merge)
+    with a pinned member pins every member to that width. Returned in ``names`` order ({} for None).
+
+    ValueError for a pinned name not among ``names``, a width that is not in ``choices`` (when given;
+    otherwise not an integer in [1, 8] or 32), and a coupled group whose members are pinned to
+    different widths (naming them and their widths)."""
+    if not pinned:
+        return {}
+    ch = check_choices(choices) if choices is not None else None
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in pinned if n not in index]
+    if missing:
+        raise ValueError(f"pinned names {missing} that are not among the allocated modules")
+    for n, b in pinned.items():
+        ok = (not isinstance(b, bool) and isinstance(b, (int, np.integer))
+              and (int(b) in ch if ch is not None else (MIN_BITS <= b <= MAX_BITS or b == FP32)))
+        if not ok:
+            allowed = (f"one of choices={list(ch)}" if ch is not None
+                       else f"an integer in [{MIN_BITS}, {MAX_BITS}] or {FP32}")
+            raise ValueError(f"pinned width {b!r} of {n} is not {allowed}")
+    out: dict[str, int] = {}
+    for cl in coupling_classes(len(names), _name_groups(couple, list(names))):
+        widths = {names[j]: int(pinned[names[j]]) for j in cl if names[j] in pinned}
+        if len(set(widths.values())) > 1:
+            raise ValueError(f"coupled modules {[names[j] for j in cl]} share one width, but are pinned to different "
+                             f"widths {widths}")
+        if widths:
+            out.update({names[j]: next(iter(widths.values())) for j in cl})
+    return {n: out[n] for n in names if n in out}
+
+
+def _pin_note(pins: Mapping[str, int]) -> str:
+    """The pins, for an infeasible-budget message ('' without pins)."""
+    if not pins:
+        return ""
+    shown = ", ".join(f"{n}: {b}" for n, b in list(pins.items())[:10])
+    more = f", and {len(pins) - 10} more" if len(pins) > 10 else ""
+    return (f"; {len(pins)} module(s) are pinned ({{{shown}{more}}}) and the smallest achievable value counts them "
+            "at their pinned widths: lower or drop the pins (rules), or raise the budget")
+
+
+def _restrict(rows: list[np.ndarray], allowed: list[list[int]]) -> list[np.ndarray]:
+    """Each module's row of a per-width table cut to its allowed width indices."""
+    return [r[a] for r, a in zip(rows, allowed, strict=True)]
+
+
 def _infeasible_message(smallest: Mapping[str, float], asked: Mapping[str, float]) -> str:
     """Each limit below its smallest achievable value, in the limit's own unit (the latency in the
     table's: the sum over modules of the table at their widths, e.g. seconds)."""
@@ -134,7 +187,8 @@ def allocate_bits(sensitivity: Mapping[str, float], errors: Mapping[str, Mapping
                   numel: Mapping[str, int], *, choices: Sequence[int] = DEFAULT_CHOICES,
                   avg_bits: float | None = None, size_bytes: float | None = None,
                   latency: Mapping[str, Mapping[int, float]] | None = None, latency_limit: float | None = None,
-                  couple: Sequence[Sequence[str]] = (), method: str = "ilp") -> Allocation:
+                  couple: Sequence[Sequence[str]] = (), method: str = "ilp",
+                  pinned: Mapping[str, int] | None = None) -> Allocation:
     """One width per module minimising Σ sensitivity × error under the given budgets.
 
     ``sensitivity[name]`` >= 0 (HAWQ-V2's average trace Tr(H)/n, or Q-BERT's Ω; any unit: only
@@ -143,7 +197,10 @@ def allocate_bits(sensitivity: Mapping[str, float], errors: Mapping[str, Mapping
     ``numel[name]``: the weight's element count. Budgets (at least one): ``avg_bits`` in bits per
     weight over these modules (fp32 counts as 32), ``size_bytes`` nominal bytes Σ nᵢbᵢ/8,
     ``latency_limit`` in the unit of ``latency`` (per module, per width, measured on this machine;
-    every module and width). ``couple``: lists of names that must share a width.
+    every module and width). ``couple``: lists of names that must share a width. ``pinned``: name ->
+    width from ``choices`` fixed by the caller (e.g. hawq's ``rules``); a coupled group with a pinned
+    member takes its width (:func:`expand_pins`). Pinned modules keep their width and stay in every
+    budget (average, size, latency are over all modules), so the others share what is left.
 
     ``method="ilp"`` (default): HAWQ-V3's integer program (Yao et al. 2021, §3.3), solved exactly.
     ``method="rank"``: Q-BERT's rule (Shen et al. 2020, §3.2) with two widths, ``hi = max(choices)``
@@ -152,13 +209,15 @@ def allocate_bits(sensitivity: Mapping[str, float], errors: Mapping[str, Mapping
     pass the two you mean. Modules (a coupled group as one unit, ranked by the numel-weighted mean
     of its sensitivities) are sorted by sensitivity, descending, ties in input order; the first k
     get ``hi`` and the rest ``lo``, with k the largest prefix length whose map meets every budget.
-    Errors enter only the reported objective.
+    Pinned modules (and their coupled groups) keep their width and are not ranked. Errors enter only
+    the reported objective.
 
     Raises ValueError for widths outside 1–8 / 32 (naming ``choices``), missing or non-finite
     table entries, negative sensitivity, no budget, ``latency_limit`` without a ``latency`` table,
-    an unknown method or coupled name; :class:`InfeasibleBudgetError` (a ValueError) when no map
-    meets the budgets, saying the smallest achievable value of each (``smallest`` in the same keys
-    as ``Allocation.budget``).
+    an unknown method or coupled name, a pin that :func:`expand_pins` refuses (unknown name, width
+    not in ``choices``, a coupled group pinned to two widths); :class:`InfeasibleBudgetError` (a
+    ValueError) when no map meets the budgets, saying the smallest achievable value of each with
+    the pins counted (``smallest`` in the same keys as ``Allocation.budget``) and naming the pins.
     """
     ch = check_choices(choices)
     if method not in METHODS:
@@ -190,6 +249,7 @@ def allocate_bits(sensitivity: Mapping[str, float], errors: Mapping[str, Mapping
     if avg_bits is None and size_bytes is None and latency_limit is None:
         raise ValueError("no budget: give avg_bits, size_bytes, or latency_limit with a latency table")
     groups = _name_groups(couple, names)
+    pins = expand_pins(pinned, names, couple, ch)
 
     n_total = sum(int(numel[n]) for n in names)
     width = np.asarray(ch, dtype=np.float64)
@@ -202,14 +262,19 @@ def allocate_bits(sensitivity: Mapping[str, float], errors: Mapping[str, Mapping
     asked = {k: v for k, v in (("avg_bits", avg_bits), ("size_bytes", size_bytes), ("latency", latency_limit))
              if v is not None}
 
+    # a pinned module has one choice, its width (index into ch); the others every width
+    allowed = [[ch.index(pins[n])] if n in pins else list(range(len(ch))) for n in names]
     if method == "ilp":
         try:
-            sol = solve_milp(objective, costs, asked, groups)
+            sol = solve_milp(_restrict(objective, allowed), {c: _restrict(t, allowed) for c, t in costs.items()},
+                             asked, groups)
         except InfeasibleBudgetError as e:
-            raise InfeasibleBudgetError(_infeasible_message(e.smallest, asked), e.smallest, asked) from None
-        choice, status = sol.choice, sol.status
+            raise InfeasibleBudgetError(_infeasible_message(e.smallest, asked) + _pin_note(pins), e.smallest,
+                                        asked) from None
+        choice, status = tuple(allowed[j][s] for j, s in enumerate(sol.choice)), sol.status
     else:
-        choice = _rank_choice(names, sensitivity, numel, groups, ch, costs, asked)
+        fixed = {j: allowed[j][0] for j, n in enumerate(names) if n in pins}
+        choice = _rank_choice(names, sensitivity, numel, groups, ch, costs, asked, fixed, pins)
         status = "rank"
     totals = {c: float(sum(t[j][s] for j, s in enumerate(choice))) for c, t in costs.items()}
     return Allocation(
@@ -218,22 +283,25 @@ def allocate_bits(sensitivity: Mapping[str, float], errors: Mapping[str, Mapping
         avg_bits=float(sum(int(numel[n]) * ch[s] for n, s in zip(names, choice, strict=True)) / n_total),
         size_bytes=float(sum(int(numel[n]) * ch[s] for n, s in zip(names, choice, strict=True)) / 8),
         latency=totals.get("latency"), method=method, budget=asked, status=status,
-        couple=[[names[j] for j in g] for g in groups])
+        couple=[[names[j] for j in g] for g in groups], pinned=pins)
 
 
 def _rank_choice(names: list[str], sensitivity: Mapping[str, float], numel: Mapping[str, int],
                  groups: list[list[int]], ch: tuple[int, ...], costs: Mapping[str, list[np.ndarray]],
-                 asked: Mapping[str, float]) -> tuple[int, ...]:
+                 asked: Mapping[str, float], fixed: Mapping[int, int] | None = None,
+                 pins: Mapping[str, int] | None = None) -> tuple[int, ...]:
     """Q-BERT's two-width prefix rule (see :func:`allocate_bits`): indices into the sorted ``ch``,
-    0 (``lo = min``) for the tail, ``len(ch) − 1`` (``hi = max``) for the prefix."""
+    0 (``lo = min``) for the tail, ``len(ch) − 1`` (``hi = max``) for the prefix. ``fixed``: module
+    index -> choice index of the pinned modules (whole coupled groups), kept and not ranked."""
     lo, hi = 0, len(ch) - 1
-    units = coupling_classes(len(names), groups)
+    fixed = dict(fixed or {})
+    units = [u for u in coupling_classes(len(names), groups) if not any(j in fixed for j in u)]
     unit_sens = [sum(float(sensitivity[names[j]]) * int(numel[names[j]]) for j in u)
                  / sum(int(numel[names[j]]) for j in u) for u in units]
     order = sorted(range(len(units)), key=lambda u: -unit_sens[u])  # stable: ties keep input order
     seen: dict[str, list[float]] = {c: [] for c in asked}
     for k in range(len(units), -1, -1):
-        choice = [lo] * len(names)
+        choice = [fixed.get(j, lo) for j in range(len(names))]
         for u in order[:k]:
             for j in units[u]:
                 choice[j] = hi
@@ -243,8 +311,8 @@ def _rank_choice(names: list[str], sensitivity: Mapping[str, float], numel: Mapp
         for c in asked:
             seen[c].append(totals[c])
     smallest = {c: min(v) for c, v in seen.items()}
-    raise InfeasibleBudgetError(_infeasible_message(smallest, asked) + " (over the rank rule's prefix maps)",
-                                smallest, asked)
+    raise InfeasibleBudgetError(_infeasible_message(smallest, asked) + " (over the rank rule's prefix maps)"
+                                + _pin_note(pins or {}), smallest, asked)
 
 
 def errors_table(weights: Mapping[str, Tensor], choices: Sequence[int] = DEFAULT_CHOICES, block_size: int = 64,
@@ -264,7 +332,8 @@ def errors_table(weights: Mapping[str, Tensor], choices: Sequence[int] = DEFAULT
 
 
 def random_allocation(numel: Mapping[str, int], *, avg_bits: float, choices: Sequence[int] = DEFAULT_CHOICES,
-                      seed: int, couple: Sequence[Sequence[str]] = (), tol: float = 0.05) -> dict[str, int]:
+                      seed: int, couple: Sequence[Sequence[str]] = (), tol: float = 0.05,
+                      pinned: Mapping[str, int] | None = None) -> dict[str, int]:
     """The control of the Hessian allocation: a seeded random map whose average bits lie in
     ``[avg_bits − tol, avg_bits]``.
 
@@ -273,10 +342,14 @@ def random_allocation(numel: Mapping[str, int], *, avg_bits: float, choices: Seq
     and the average-bits budget pinned from both sides. The map is thus random and feasible, but not
     uniform over all feasible maps (the solver returns the optimum of a random linear objective).
     To match a Hessian allocation exactly, pass its achieved ``Allocation.avg_bits`` as ``avg_bits``.
-    Same seed and inputs -> same map.
+    Same seed and inputs -> same map. ``pinned`` (name -> width from ``choices``; :func:`expand_pins`
+    spreads it over ``couple``): those modules keep their width and count in the average, as in
+    :func:`allocate_bits`, so a control at equal average bits honours the same pins. Without pins
+    the map is the one this function returned before pins existed (the same draws).
 
-    Raises ValueError for bad choices, a negative or non-finite ``tol``, an unknown coupled name;
-    :class:`InfeasibleBudgetError` if no map (with the couplings) lands in the window: widen ``tol``.
+    Raises ValueError for bad choices, a negative or non-finite ``tol``, an unknown coupled name, a
+    pin :func:`expand_pins` refuses; :class:`InfeasibleBudgetError` if no map (with the couplings and
+    pins) lands in the window: widen ``tol``.
     """
     ch = check_choices(choices)
     avg = _positive(avg_bits, "avg_bits")
@@ -289,21 +362,24 @@ def random_allocation(numel: Mapping[str, int], *, avg_bits: float, choices: Seq
         if isinstance(numel[n], bool) or not isinstance(numel[n], (int, np.integer)) or numel[n] < 1:
             raise ValueError(f"numel[{n!r}] = {numel[n]!r}: must be a positive integer")
     groups = _name_groups(couple, names)
+    pins = expand_pins(pinned, names, couple, ch)
     n_total = sum(int(numel[n]) for n in names)
     width = np.asarray(ch, dtype=np.float64)
     bits = [int(numel[n]) * width / n_total for n in names]
     rng = np.random.default_rng(seed)
-    weights = [rng.random(len(ch)) for _ in names]
+    weights = [rng.random(len(ch)) for _ in names]  # drawn for every module and width: pins leave the draws as is
+    allowed = [[ch.index(pins[n])] if n in pins else list(range(len(ch))) for n in names]
+    bits = _restrict(bits, allowed)
     try:
-        sol = solve_milp(weights, {"avg_bits": bits, "neg_avg_bits": [-b for b in bits]},
+        sol = solve_milp(_restrict(weights, allowed), {"avg_bits": bits, "neg_avg_bits": [-b for b in bits]},
                          {"avg_bits": avg, "neg_avg_bits": -(avg - tol)}, groups)
     except InfeasibleBudgetError as e:
         least, most = e.smallest["avg_bits"], -e.smallest["neg_avg_bits"]
         raise InfeasibleBudgetError(
             f"no map has average bits in [{avg - tol:g}, {avg:g}] (achievable range [{least:g}, {most:g}] with these "
-            f"widths and couplings; the window may also fall between achievable values: widen tol)",
-            {"avg_bits": least}, {"avg_bits": avg}) from None
-    return {n: ch[s] for n, s in zip(names, sol.choice, strict=True)}
+            f"widths, couplings and pins; the window may also fall between achievable values: widen tol)"
+            + _pin_note(pins), {"avg_bits": least}, {"avg_bits": avg}) from None
+    return {n: ch[allowed[j][s]] for j, (n, s) in enumerate(zip(names, sol.choice, strict=True))}
 
 
 def qkv_groups(model: nn.Module) -> list[list[str]]:
@@ -317,4 +393,4 @@ def qkv_groups(model: nn.Module) -> list[list[str]]:
 
 
 __all__ = ["Allocation", "DEFAULT_CHOICES", "FP32", "METHODS", "allocate_bits", "check_choices", "errors_table",
-           "qkv_groups", "random_allocation"]
+           "expand_pins", "qkv_groups", "random_allocation"]
