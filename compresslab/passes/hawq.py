@@ -4,7 +4,8 @@ sensitivity per targeted Linear (HAWQ-V2: average Hessian trace by Hutchinson, o
 probe over all Linears per HVP; or Q-BERT: top eigenvalue per encoder layer by power iteration)
 -> bits per Linear from ``choices`` (HAWQ-V3's integer program over Σ Ω_i · ‖Q_b(W_i) − W_i‖² under an
 average-bits, size and/or latency budget; Q-BERT's rank rule; a random map at the same budget as the
-control; or one uniform width) -> dynamic ``FakeQuantLinear`` swap -> QAT with KD through ``training.recover``
+control; or one uniform width; in every mode ``rules`` {pattern: width} pin chosen Linears, counted in the
+budget) -> dynamic ``FakeQuantLinear`` swap -> QAT with KD through ``training.recover``
 (straight-through estimator, ranges recomputed every forward: Q-BERT's dynamic ranges) -> frozen
 (weights become ``ŵ``; scales and integer zero points become buffers, the layout ONNX Runtime's
 MatMulNBits takes: the ``ort_matmul_nbits`` pass writes it).
@@ -23,6 +24,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
 from torch import nn
@@ -52,12 +54,16 @@ class Hawq(HawqSettings):
     makes_teacher: ClassVar[bool] = False
     quantizes_weights: ClassVar[bool] = True  # frozen n-bit weights: what ort_matmul_nbits deploys
     name: ClassVar[str]
+    # settings added after runs were made, with the value those runs had (types.PASS_FLAGS): rules (2026-12)
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({"rules": None})
 
     # ------------------------------------------------------------------ checks against the run
     def check_model(self, model: nn.Module) -> None:
         """Checks against the model before any step runs (called with the loaded model when only
-        shape-preserving steps come before this one): ``targets`` / ``ignore`` select Linears and every
-        group fits its weight (``block_size`` divides the input dimension), ValueError naming them; and, when the
+        shape-preserving steps come before this one): ``targets`` / ``ignore`` select Linears, every
+        group fits its weight (``block_size`` divides the input dimension) and ``rules`` pin targeted Linears
+        without conflicts (two patterns, or a Q/K/V group under ``couple_qkv``, giving one Linear two widths),
+        ValueError naming them; and, when the
         sensitivity takes Hessian-vector products, one tiny double backward (DoubleBackwardError naming the
         attention implementation that has none)."""
         try:
@@ -66,6 +72,7 @@ class Hawq(HawqSettings):
                 check_group(m.weight.shape, *self.group_shape(model, m), name=n)
         except ValueError as e:
             raise ValueError(f"hawq: {e}") from None
+        self._pins(model, modules)
         self._check_eigen_targets(model, modules)
         if self._uses_hvp() and modules:  # a fused or custom attention without a double backward: refused now
             from compresslab.quant.sensitivity import check_double_backward
@@ -92,6 +99,21 @@ class Hawq(HawqSettings):
         if self.bits is not None or self.allocate is Allocate.RANDOM:
             return False
         return not (self.sensitivity is Sensitivity.TRACE and self.hessian.estimator is HessianEstimator.EXACT)
+
+    def _pins(self, model: nn.Module, modules: Mapping[str, nn.Linear]) -> tuple[list[list[str]], dict[str, int]]:
+        """The Q/K/V groups under ``couple_qkv`` ([] otherwise; targeted members, two or more) and the widths
+        ``rules`` pins (name -> width, model order), spread over those groups (``quant.allocate.expand_pins``).
+        ValueError prefixed ``hawq:`` for a bad pattern or a conflict."""
+        from compresslab.quant.allocate import expand_pins, qkv_groups
+
+        couple = [[n for n in g if n in modules] for g in qkv_groups(model)] if self.couple_qkv else []
+        couple = [g for g in couple if len(g) > 1]
+        try:
+            pins = expand_pins(self.rule_widths(model, modules), list(modules), couple,
+                               self.choices if self.bits is None else None)
+        except ValueError as e:
+            raise ValueError(e.args[0] if str(e).startswith("hawq:") else f"hawq: rules: {e}") from None
+        return couple, pins
 
     def check(self, task: Any) -> None:
         """The Hessian and QAT need a labelled train split (and QAT selecting on validation, that split)."""
@@ -120,9 +142,10 @@ class Hawq(HawqSettings):
         is_embedding = ctx.task.spec.kind is TaskKind.EMBEDDING
         teacher = ctx.kd_teacher(model) if self.recovery.needs_teacher(is_embedding) else None
         metrics: dict[str, Any] = {"group": self.group.value, "block_size": self.block_size}
-        if self.bits is not None:
-            bits = {n: self.bits for n in modules}
-            metrics["allocation"] = {"method": "uniform"}
+        if self.bits is not None:  # one width, except where rules pin another
+            _, pins = self._pins(model, modules)
+            bits = {n: pins.get(n, self.bits) for n in modules}
+            metrics["allocation"] = {"method": "uniform", "pinned": pins}
         else:
             bits, record = self._allocate(model, ctx, modules, shapes)
             metrics.update(record)
@@ -173,29 +196,30 @@ class Hawq(HawqSettings):
 
     def _allocate(self, model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Linear],
                   shapes: Mapping[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, Any]]:
-        from compresslab.quant.allocate import allocate_bits, qkv_groups, random_allocation
+        from compresslab.quant.allocate import allocate_bits, random_allocation
 
         numel = {n: m.weight.numel() for n, m in modules.items()}
-        couple = [[n for n in g if n in modules] for g in qkv_groups(model)] if self.couple_qkv else []
-        couple = [g for g in couple if len(g) > 1]
+        couple, pins = self._pins(model, modules)
         record: dict[str, Any] = {}
         if self.allocate is Allocate.RANDOM:
             bits = random_allocation(numel, avg_bits=self.avg_bits, choices=self.choices, seed=ctx.seed,
-                                     couple=couple, tol=RANDOM_TOL)
-            record["allocation"] = {"method": "random", "seed": ctx.seed, "budget_avg_bits": self.avg_bits}
+                                     couple=couple, tol=RANDOM_TOL, pinned=pins)
+            record["allocation"] = {"method": "random", "seed": ctx.seed, "budget_avg_bits": self.avg_bits,
+                                    "pinned": pins}
             return dict(bits), record
         if self.sensitivity is Sensitivity.EIGEN:  # Q-BERT allocates per layer: couple a layer's Linears
-            keys = layer_keys(model, modules)
+            keys = layer_keys(model, modules)  # (but the pinned ones, which keep their own width)
             by_layer: dict[str, list[str]] = {}
             for n in modules:
-                by_layer.setdefault(keys[n], []).append(n)
+                if n not in pins:
+                    by_layer.setdefault(keys[n], []).append(n)
             couple = [g for g in by_layer.values() if len(g) > 1]
         # the latency table and every budget's feasibility before the Hessian (minutes on MiniLM)
         latency, limit_s = None, None
         if self.latency_limit is not None:
             latency, record["latency"] = self.latency_table(modules, shapes, ctx)
             limit_s = record["latency"]["limit_s"]
-        self.check_feasible(numel, couple, latency, limit_s)
+        self.check_feasible(numel, couple, latency, limit_s, pins)
         sens, srec = self._sensitivity(model, ctx, modules)
         record["sensitivity"] = srec
         t0 = time.perf_counter()
@@ -203,7 +227,7 @@ class Hawq(HawqSettings):
                   for n, m in modules.items()}
         alloc = allocate_bits(sens, errors, numel, choices=self.choices, avg_bits=self.avg_bits,
                               size_bytes=self.size_bytes, latency=latency, latency_limit=limit_s, couple=couple,
-                              method=self.allocate.value)
+                              method=self.allocate.value, pinned=pins)
         record["allocation"] = {**alloc.to_dict(), "budget_avg_bits": self.avg_bits,
                                 "budget_size_bytes": self.size_bytes, "budget_latency_limit": self.latency_limit,
                                 "solve_s": round(time.perf_counter() - t0, 3), "coupled_groups": len(couple)}
@@ -216,7 +240,7 @@ class Hawq(HawqSettings):
                 # relaxation: its objective is never higher; equal whenever its map meets the limit)
                 free = allocate_bits(sens, errors, numel, choices=self.choices, avg_bits=self.avg_bits,
                                      size_bytes=self.size_bytes, latency=latency, couple=couple,
-                                     method=self.allocate.value)
+                                     method=self.allocate.value, pinned=pins)
                 record["latency"]["without_limit"] = {
                     "predicted_s": free.latency, "predicted_relative": free.latency / fp32,
                     "objective": free.objective, "avg_bits": free.avg_bits, "bits": dict(free.bits)}

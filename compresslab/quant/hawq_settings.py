@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from compresslab.bench.nbits_latency import NBitsTableSettings
-from compresslab.ops.quant import check_bits
-from compresslab.targets import check_patterns
+from compresslab.ops.quant import MAX_BITS, MIN_BITS, check_bits
+from compresslab.targets import assign, check_patterns, check_rules
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext
 from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_enum, coerce_settings,
-                                  is_number)
+                                  is_int, is_number)
 
 FP32 = 32  # the "keep fp32" choice
 RANDOM_TOL = 0.05  # allocate=random: average bits in [avg_bits - RANDOM_TOL, avg_bits] (random_allocation's tol)
@@ -151,6 +151,17 @@ class HawqSettings:
     embeddings (rows in blocks of ``block_size``, or whole rows; Q-BERT §4 keeps them at 8 bits;
     position and token-type embeddings stay fp32); they are outside the bit budget. ``recovery`` is
     the QAT (0 steps = post-training quantization).
+
+    ``rules``: ``{pattern: width}`` (patterns as ``targets``: names, suffixes, globs, roles, ``re:``;
+    :func:`compresslab.targets.assign`) pins those targeted Linears' widths; 32 keeps them fp32. With
+    an allocation the width must be one of ``choices`` and the allocator picks the other widths under
+    the budgets, which count the pinned Linears at their widths (averages, bytes and latency are over
+    all targets). With ``bits`` the pinned Linears keep their width and the rest get ``bits`` (any
+    width 1–8 or 32 then). With ``couple_qkv`` a pinned Q, K or V pins its layer's three; two of them
+    pinned to different widths is an error. Under ``sensitivity=eigen`` (one width per layer) pinned
+    Linears leave their layer's group and the rest of the layer still shares one width. ValueError at
+    construction for a malformed mapping or a width not allowed (naming the rule); before any step, a
+    pattern matching no target, or two patterns giving one Linear different widths.
     """
 
     bits: int | None = None
@@ -169,6 +180,7 @@ class HawqSettings:
     recovery: Recovery = field(default_factory=Recovery)
     targets: list[str] | None = None
     ignore: list[str] | None = None
+    rules: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.sensitivity = coerce_enum(Sensitivity, self.sensitivity, "sensitivity")
@@ -194,6 +206,8 @@ class HawqSettings:
                                      "a fraction of the all-fp32 MatMul time on this machine, e.g. 0.8")
         if self.bits is not None:
             self.bits = check_bits(self.bits, "bits")
+        self.rules = self._check_rules()
+        if self.bits is not None:
             extra = [k for k in ("size_bytes", "latency_limit") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"bits={self.bits} is one uniform width, so the budget(s) {extra} have nothing to "
@@ -220,6 +234,30 @@ class HawqSettings:
             raise ValueError(f"allocate=random draws maps whose average bits lie in [avg_bits - {RANDOM_TOL:g}, "
                              f"avg_bits]; avg_bits={self.avg_bits:g} is above the largest achievable average "
                              f"{max(self.choices)} (every Linear at the highest of choices={self.choices})")
+
+    def _check_rules(self) -> dict[str, int] | None:
+        """``rules`` as a plain dict of widths; ValueError naming the rule whose width is not an integer in
+        ``choices`` (with an allocation) or in [1, 8] / 32 (with ``bits``)."""
+        rules = check_rules(self.rules, "rules")
+        for pattern, width in (rules or {}).items():
+            ok = is_int(width) and (
+                width in self.choices if self.bits is None else (MIN_BITS <= width <= MAX_BITS or width == FP32))
+            if not ok:
+                allowed = (f"one of choices={self.choices} (add it to choices, or change the rule)"
+                           if self.bits is None else f"an integer in [{MIN_BITS}, {MAX_BITS}], or {FP32} to keep fp32")
+                raise ValueError(f"rules[{pattern!r}] = {width!r}: the pinned width must be {allowed}")
+        return {p: int(w) for p, w in rules.items()} if rules else None
+
+    def rule_widths(self, model: nn.Module, modules: Mapping[str, nn.Linear]) -> dict[str, int]:
+        """Targeted Linear -> the width ``rules`` pins it to ({} without rules), in model order. ValueError
+        (prefixed ``hawq:``) for a pattern matching no Linear or only Linears outside ``modules`` (the
+        targets), and for two patterns giving one Linear different widths (:func:`~compresslab.targets.assign`)."""
+        if self.rules is None:
+            return {}
+        try:
+            return assign(model, self.rules, among=modules, field_name="rules")
+        except ValueError as e:
+            raise ValueError(f"hawq: {e}") from None
 
     def check_deployable(self) -> None:
         """The layout MatMulNBits can hold (called by ``ort_matmul_nbits`` before any work): blocks of
@@ -299,10 +337,12 @@ class HawqSettings:
         return {n: {b: t[b] for b in self.choices} for n, t in table.items()}, record
 
     def check_feasible(self, numel: Mapping[str, int], couple: list[list[str]],
-                       latency: Mapping[str, Mapping[int, float]] | None, limit_s: float | None) -> None:
+                       latency: Mapping[str, Mapping[int, float]] | None, limit_s: float | None,
+                       pinned: Mapping[str, int] | None = None) -> None:
         """Refuse, before the Hessian, budgets that no map meets: the same integer program with a zero
-        objective (couplings included). InfeasibleBudgetError naming each budget's smallest achievable
-        value, the latency one as a fraction of the fp32 time (the unit ``latency_limit`` is given in)."""
+        objective (couplings and the ``pinned`` widths included). InfeasibleBudgetError naming each
+        budget's smallest achievable value, the latency one as a fraction of the fp32 time (the unit
+        ``latency_limit`` is given in), and the pins."""
         from compresslab.ops.knapsack import InfeasibleBudgetError
         from compresslab.quant.allocate import allocate_bits
 
@@ -310,17 +350,25 @@ class HawqSettings:
         try:
             allocate_bits(zero, {n: {b: 0.0 for b in self.choices} for n in numel}, numel, choices=self.choices,
                           avg_bits=self.avg_bits, size_bytes=self.size_bytes, latency=latency,
-                          latency_limit=limit_s, couple=couple, method="ilp")
+                          latency_limit=limit_s, couple=couple, method="ilp", pinned=pinned)
         except InfeasibleBudgetError as e:
-            raise InfeasibleBudgetError(_infeasible(e, self.latency_limit, limit_s, self.choices),
+            raise InfeasibleBudgetError(_infeasible(e, self.latency_limit, limit_s, self.choices, pinned or {}),
                                         e.smallest, e.limits) from None
 
 
-def _infeasible(e: Any, limit: float | None, limit_s: float | None, choices: list[int]) -> str:
+def _infeasible(e: Any, limit: float | None, limit_s: float | None, choices: list[int],
+                pinned: Mapping[str, int]) -> str:
     """The message of an infeasible budget in the units the settings use (the latency as a fraction
-    of the all-fp32 time and in ms on this machine)."""
+    of the all-fp32 time and in ms on this machine); ``allocate_bits``' own message names the pins,
+    and the latency form says how many Linears ``rules`` pinned."""
     if limit is None or limit_s is None or "latency" not in e.smallest:
         return f"hawq: {e} (choices={choices})"
+    if pinned:
+        shown = ", ".join(f"{n}: {b}" for n, b in list(pinned.items())[:10])
+        more = f", and {len(pinned) - 10} more" if len(pinned) > 10 else ""
+        note = f" ({len(pinned)} Linear(s) pinned by rules, counted at their widths: {{{shown}{more}}})"
+    else:
+        note = ""
     fp32 = limit_s / limit
     least = e.smallest["latency"]
     parts = []
@@ -335,7 +383,7 @@ def _infeasible(e: Any, limit: float | None, limit_s: float | None, choices: lis
         achievable = {k: round(v / fp32, 4) if k == "latency" else v for k, v in e.smallest.items()}
         parts.append(f"the budgets are each achievable alone but not together (smallest achievable: {achievable}, "
                      "latency as a fraction of the all-fp32 time)")
-    return "hawq: " + "; ".join(parts)
+    return "hawq: " + "; ".join(parts) + note
 
 
 def _budget(value: Any, name: str, unit: str) -> float | None:

@@ -54,7 +54,7 @@ DECLARES = {
     "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths"},
     "finetune": set(),
     "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths", "check_accuracy_level",
-             *RECOVERS},
+             "identity_defaults", *RECOVERS},
     "int8_qat": {"keeps_zeros", "check_model", *RECOVERS},
     "layer_drop": {"check_model", *RECOVERS},  # keeps_zeros is a property: true only with recovery.steps=0
     "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", *RECOVERS},
