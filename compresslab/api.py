@@ -131,7 +131,7 @@ class CompressResult:
     metrics: dict[str, Any]
     run_dir: Path
     onnx_path: Path | None = None  # the graph the last ONNX pass wrote, if any
-    _state: Any = field(default=None, repr=False)
+    _state: "RunState | None" = field(default=None, repr=False)
     _cleanup: Any = field(default=None, repr=False)
 
     def export(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:

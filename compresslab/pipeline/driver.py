@@ -7,7 +7,7 @@ import os
 import shlex
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +17,10 @@ from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.lock import locked_run_dir
 from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir
 from compresslab.pipeline.preflight import preflight
+
+if TYPE_CHECKING:  # the stages import torch; the driver imports them where a run needs them
+    from compresslab.pipeline.plan import Step
+    from compresslab.pipeline.state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
         return _run_in(cfg, overrides, state, steps, run_dir)
 
 
-def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: Any, steps: Any, run_dir: Path) -> Path:
+def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState", steps: "list[Step]",
+            run_dir: Path) -> Path:
     """:func:`run` once it holds ``run_dir``'s lock: resume or start the dir, run the steps, finish.
     ``cfg`` is recorded (and gives the run's identity); the settings are read from ``state.settings``."""
     from compresslab.pipeline.deploy import check_deploy
@@ -90,7 +95,7 @@ def recording_failure(manifest: RunManifest) -> Iterator[None]:
         raise
 
 
-def _start(state: Any, run_dir: Path, cfg: DictConfig) -> RunManifest:
+def _start(state: "RunState", run_dir: Path, cfg: DictConfig) -> RunManifest:
     """A fresh run dir and a new manifest."""
     run_dir.mkdir(parents=True, exist_ok=True)
     return state.new_manifest(run_dir, pipeline=str(cfg.pipeline.name), config_hash=config_hash(cfg),
@@ -122,7 +127,7 @@ def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, ove
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def finish(state: Any, run_dir: Path, manifest: RunManifest) -> Path:
+def finish(state: "RunState", run_dir: Path, manifest: RunManifest) -> Path:
     """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report;
     then ``run.keep`` (``state.settings.run``): with ``minimal``, the run's artifacts and the teacher cache
     entry it used become hard links to one copy of each content, shared across runs
@@ -169,7 +174,7 @@ def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
     return run(compose(args), overrides=args)
 
 
-def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
+def teacher_state(cfg: DictConfig, work_dir: Path) -> "RunState":
     """A prepared state holding the pipeline's teacher (for benchmarks that compare methods on it).
 
     Runs only the pass that declares ``makes_teacher``, in ``work_dir``, as the pipeline's step
@@ -194,7 +199,7 @@ def teacher_state(cfg: DictConfig, work_dir: Path) -> Any:
     return state
 
 
-def restore(run_dir: Path, overrides: list[str] = ()) -> tuple[Any, RunManifest]:
+def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunManifest]":
     """The state of a finished (or stopped) run, rebuilt from its checkpoints, for re-benchmarking.
 
     ``overrides`` are dotlist changes to the run's recorded config (e.g. ``bench.runs=40``); they
