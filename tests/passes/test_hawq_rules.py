@@ -116,3 +116,14 @@ def test_rules_from_yaml_and_the_run_identity():
     assert config_hash(pinned) != config_hash(cfg)
     node = OmegaConf.to_container(pinned.pipeline.passes.hawq, resolve=True)
     assert Hawq(**{k: v for k, v in node.items() if k != "_target_"}).rules == {"ffn_out": 8}
+
+
+def test_latency_budget_infeasible_through_pins_names_them():
+    h = Hawq(avg_bits=None, latency_limit=0.6, **FAST)
+    numel = {"a": 64, "b": 64}
+    table = {n: {2: 1.0, 3: 1.0, 4: 1.0, 8: 1.0, 32: 2.0} for n in numel}  # fp32 total 4 s; limit 2.4 s
+    h.check_feasible(numel, [], table, 2.4)
+    with pytest.raises(InfeasibleBudgetError, match=r"latency_limit=0\.6 .* below the smallest achievable 0\.75 .*"
+                                                    r"\(1 Linear\(s\) pinned by rules, counted at their widths: "
+                                                    r"\{a: 32\}\)"):
+        h.check_feasible(numel, [], table, 2.4, {"a": 32})
