@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from compresslab.bench.env import peak_memory_mb
+from compresslab.models.attention import eager_attention
 from compresslab.ops.loss_hessian import RunningTrace, block_quadratic, check_probes, hvp, power_iteration, rademacher
 from compresslab.training.dist import world
 from compresslab.training.losses import LossFn, task_loss
@@ -100,8 +101,6 @@ class SensitivityResult:
 def _hessian_mode(model: nn.Module, targets: Sequence[Tensor]) -> Iterator[torch.dtype]:
     """Eval + eager attention, float32 compute, grad only on ``targets``; all restored on exit.
     Yields the compute dtype."""
-    from compresslab.export.onnx import eager_attention  # lazy: export pulls in onnxruntime
-
     tensors = list(model.parameters()) + list(model.buffers())
     cast = [t for t in tensors if t.dtype in (torch.float16, torch.bfloat16)]
     saved_dtypes = [t.dtype for t in cast]
