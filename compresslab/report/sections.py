@@ -286,6 +286,8 @@ def _quant(m: Mapping[str, Any]) -> list[Block]:
                      ["sensitivity", plain(F.get(met, "sensitivity", "method"))],
                      ["groups", f"{plain(met.get('group'))} (block_size {plain(met.get('block_size'))})"],
                      ["QAT steps", plain(F.get(met, "qat", "steps") or 0)]]
+            if pinned := F.as_dict(alloc.get("pinned")):  # widths the user fixed (hawq rules), in the budget
+                facts.append(["pinned by rules (counted in the budget)", plain(pinned)])
             emb = F.as_dict(met.get("embedding"))
             if emb:
                 facts.append(["word embeddings", ", ".join(f"{k}: {plain(F.get(v, 'bits'))} bits"

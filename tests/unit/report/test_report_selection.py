@@ -43,3 +43,4 @@ def test_no_section_without_a_selection() -> None:
     m = _manifest(0)
     m["steps"][1]["result"]["metrics"] = {"recovery": {"steps": 400}}
     assert selection_section(m) == [] and selection_section({}) == []
+
