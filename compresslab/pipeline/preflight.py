@@ -38,8 +38,8 @@ def preflight(cfg: Any) -> list[Step]:
     check_deploy_settings(settings, steps)
     check_nbits_deploy(settings, steps)
     check_openvino_int8_settings(settings, steps)
-    check_sequence_lengths(cfg, settings, steps)
-    check_output_dirs(cfg)
+    check_sequence_lengths(settings, steps)
+    check_output_dirs(settings)
     return steps
 
 
@@ -133,14 +133,15 @@ def pass_lengths(pass_: Any) -> dict[str, int]:
     return dict(own()) if own is not None else {}
 
 
-def check_sequence_lengths(cfg: Any, settings: RunSettings, steps: list[Step]) -> None:
+def check_sequence_lengths(settings: RunSettings, steps: list[Step]) -> None:
     """ValueError naming the first setting whose sequence length the model's position table cannot
     embed (read from ``config.json``; the weights are not loaded). FileNotFoundError when
     ``model.source`` holds no config.json."""
     from compresslab.models.loading import read_config, resolve_source
 
-    check_lengths_fit(read_config(resolve_source(cfg.model.source)), settings, steps,
-                      f" (model.source={cfg.model.source})")
+    assert settings.model is not None, "a composed config's settings have a model block"
+    source = settings.model.source
+    check_lengths_fit(read_config(resolve_source(source)), settings, steps, f" (model.source={source})")
 
 
 def check_lengths_fit(config: Any, settings: RunSettings, steps: list[Step], where: str = "") -> None:
@@ -155,15 +156,16 @@ def check_lengths_fit(config: Any, settings: RunSettings, steps: list[Step], whe
             raise SettingsError(f"{e}{where}") from None
 
 
-def output_dirs(cfg: Any) -> dict[str, Path]:
+def output_dirs(settings: RunSettings) -> dict[str, Path]:
     """Setting -> a directory the run writes into."""
-    run = cfg.get("run") or {}
-    dirs = {"run.dir": Path(run["dir"])} if run.get("dir") else {"paths.output_dir": Path(cfg.paths.output_dir)}
-    dirs["paths.cache_dir"] = Path(cfg.paths.cache_dir)
+    run_dir = settings.run.dir if settings.run is not None else None
+    dirs: dict[str, Path] = ({"run.dir": Path(run_dir)} if run_dir else
+                             {"paths.output_dir": settings.output_dir} if settings.output_dir is not None else {})
+    dirs["paths.cache_dir"] = settings.cache_dir
     return dirs
 
 
-def check_output_dirs(cfg: Any) -> None:
+def check_output_dirs(settings: RunSettings) -> None:
     """:func:`check_writable` for every directory of :func:`output_dirs`."""
-    for setting, path in output_dirs(cfg).items():
+    for setting, path in output_dirs(settings).items():
         check_writable(path, setting)
