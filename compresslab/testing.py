@@ -194,3 +194,33 @@ def synthetic_latency_table(base_ms: float = 1.0, *, layers: int = 2, heads: int
     one_layer = LatencyTable(table.base_time, times, {**env, "arch": arch})
     calibration = {**record, "one_layer_table": one_layer.to_dict()}
     return table, {"cached": False, "measure_s": 0.0, "raw": {"calibration": calibration}}
+
+
+TINY_ONNX_VOCAB = 128
+
+
+def tiny_bert_classifier(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer, hidden-32 ``BertForSequenceClassification`` (vocab :data:`TINY_ONNX_VOCAB`, 160 positions) in
+    eval mode with eager attention: the model the bench and benchmark-script tests export and time."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=TINY_ONNX_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=160, attn_implementation="eager")
+    return BertForSequenceClassification(cfg).eval()
+
+
+def export_tiny_onnx(model: torch.nn.Module, path: str | Path, names: list[str]) -> Path:
+    """``model`` exported (TorchScript exporter, opset 17) with inputs ``names`` (of input_ids, attention_mask,
+    token_type_ids), dynamic batch and sequence axes, output ``logits``."""
+    import warnings
+
+    path = Path(path)
+    ids = torch.randint(0, TINY_ONNX_VOCAB, (2, 16))
+    args = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(args[n] for n in names), str(path), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "hessian_mp.json"
 # (file, whether every section must be there)
 FILES = [(RESULTS, True), (RESULTS.with_name("hessian_mp_grouped500.json"), False)]

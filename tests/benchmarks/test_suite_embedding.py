@@ -22,7 +22,7 @@ from compresslab.data.schema import TaskData, TaskKind
 from compresslab.models.tiny import tiny_config, tiny_tokenizer
 from compresslab.testing import tiny_embedding_task
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root
     sys.path.insert(0, str(REPO))
 suite = importlib.import_module("benchmarks.suite")

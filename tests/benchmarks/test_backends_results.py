@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted((ROOT / "benchmarks" / "results").glob("backends*.json"))
 MODELS = ("dense", "int8", "ziplm_2x", "ziplm_int8", "obert_int8")
 CELL_KEYS = {"acc", "agreement", "b1_ms", "b32_ms", "real_len_sent_per_s", "file", "precision", "method"}

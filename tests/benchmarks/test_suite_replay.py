@@ -16,7 +16,7 @@ from compresslab.data.tasks import TaskKind, get_task
 from compresslab.models.tiny import tiny_tokenizer
 from compresslab.testing import tiny_sentiment
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 A = importlib.import_module("benchmarks.artifacts")

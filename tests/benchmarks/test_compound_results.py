@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted((ROOT / "benchmarks" / "results").glob("compound*.json"))
 TOP = {"teacher_acc", "cpu_isa", "best_dense", "models", "best", "meta"}
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 R = importlib.import_module("benchmarks.suite_report")

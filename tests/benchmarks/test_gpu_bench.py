@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 B = importlib.import_module("benchmarks.gpu_bench")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root
     sys.path.insert(0, str(REPO))
 suite = importlib.import_module("benchmarks.suite")

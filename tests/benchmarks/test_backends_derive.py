@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 if str(BENCH) not in sys.path:  # backends.py imports its sibling _results module
     sys.path.insert(0, str(BENCH))
 backends = importlib.import_module("backends")
