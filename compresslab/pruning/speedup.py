@@ -334,7 +334,10 @@ class SpeedupLab:
                           f"{attempts[-1]['measured_speedup']:.3f}x; raise max_retries or check the latency table",
                           stacklevel=2)
         # retries and the first try's measured / target: how well the latency model priced the target
+        # measured_speedup + shape: what the report reads, at any shape; measured_speedup_b<batch>: the key earlier
+        # manifests and the benchmark scripts read (it names the batch only)
         record = {"target_speedup": target, "predicted_speedup": attempts[-1]["predicted_speedup"],
+                  "measured_speedup": attempts[-1]["measured_speedup"], "shape": [self.p.batch, self.p.seq],
                   f"measured_speedup_b{self.p.batch}": attempts[-1]["measured_speedup"], "met_target": met,
                   "retries": len(attempts) - 1, "first_try_ratio": attempts[0]["measured_speedup"] / target,
                   "attempts": attempts, "structure": choice, "params": sum(t.numel() for t in model.parameters())}

@@ -52,6 +52,19 @@ def _table_source(lt: Mapping[str, Any]) -> str:
     return out
 
 
+def _measured(rec: Mapping[str, Any]) -> Any:
+    """A target's measured speedup: ``measured_speedup`` (any shape), else the b32 key manifests wrote before it."""
+    return rec.get("measured_speedup", rec.get("measured_speedup_b32"))
+
+
+def _shape(rec: Mapping[str, Any]) -> str:
+    """``b32xs128``: the shape the target was priced and checked at (``b32`` for manifests that did not say)."""
+    shape = rec.get("shape")
+    if isinstance(shape, list) and len(shape) == 2 and all(F.num(v) is not None for v in shape):
+        return F.shape_key(int(shape[0]), int(shape[1]))
+    return "b32"
+
+
 def speedup_targets(m: Mapping[str, Any]) -> list[Block]:
     """One facts table per step that was given a speedup target; nothing when no step was."""
     out: list[Block] = []
@@ -61,9 +74,9 @@ def speedup_targets(m: Mapping[str, Any]) -> list[Block]:
             continue
         lt = F.as_dict(met.get("latency_table"))
         verdict = "met" if met.get("met_target") else "NOT met"
-        facts = [["target (b32, on the runtime below)", _x(met.get("target_speedup"))],
+        facts = [[f"target ({_shape(met)}, on the runtime below)", _x(met.get("target_speedup"))],
                  ["latency runtime", _runtime(lt)],
-                 ["predicted / measured", f"{_x(met.get('predicted_speedup'))} / {_x(met.get('measured_speedup_b32'))}"
+                 ["predicted / measured", f"{_x(met.get('predicted_speedup'))} / {_x(_measured(met))}"
                                           f" ({verdict}; retries {plain(met.get('retries', 0))})"],
                  ["latency model", plain(lt.get("model"))],
                  ["latency table", _table_source(lt)]]
@@ -73,7 +86,7 @@ def speedup_targets(m: Mapping[str, Any]) -> list[Block]:
                   if F.num(F.get(v, "target_speedup")) != F.num(met.get("target_speedup"))}
         for name, member in family.items():
             facts.append([f"family member {name}: predicted / measured",
-                          f"{_x(F.get(member, 'predicted_speedup'))} / {_x(F.get(member, 'measured_speedup_b32'))}"])
+                          f"{_x(F.get(member, 'predicted_speedup'))} / {_x(_measured(F.as_dict(member)))}"])
         label = F.step_label(s)
         out.append(Table(["fact", label], facts, f"{label}: speedup target, priced and checked on one runtime"))
     return [Heading("Speedup targets"), *out] if out else []

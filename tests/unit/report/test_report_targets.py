@@ -54,3 +54,17 @@ def test_a_noisy_busy_or_fresh_table_says_so() -> None:
 def test_no_target_no_section() -> None:
     assert speedup_targets({"steps": [{"index": 0, "name": "int8", "result": {"metrics": {"x": 1}}}]}) == []
     assert speedup_targets({}) == []
+
+
+def test_a_target_checked_at_another_batch_shows_its_measurement_and_shape() -> None:
+    """ZipLM timed at ``batch=4 seq=32`` wrote ``measured_speedup_b4``: the report read only the b32 key, printed
+    "—" as the measurement beside "met", and called the shape b32 (a new user's trial, session 40)."""
+    m = _manifest()
+    met = m["steps"][1]["result"]["metrics"]
+    del met["measured_speedup_b32"]
+    met.update({"measured_speedup": 2.0009, "measured_speedup_b4": 2.0009, "shape": [4, 32]})
+    met["family"]["4.0x"] = {"target_speedup": 4.0, "predicted_speedup": 4.0, "measured_speedup": 3.9,
+                             "shape": [4, 32]}
+    md = _md(m)
+    assert "| target (b4xs32, on the runtime below) | 2.500x |" in md
+    assert "2.503x / 2.001x (met; retries 0)" in md and "4.000x / 3.900x" in md
