@@ -245,6 +245,13 @@ def _size_of(m: Mapping[str, Any], key: str) -> float | None:
     return num(get(m, "bench", "size_bytes", key))  # a file only bench ran (an IR: .xml + .bin)
 
 
+def is_dense_teacher_cell(key: str) -> bool:
+    """Whether a headline row is the dense teacher on a runtime (bench's baselines: ``ort_fp32``, ``ort_int8`` = ORT's
+    one-call int8 of the teacher, ``torch_fp32``, ``openvino_<precision>``), not this run's model: labelled so, since
+    the deploy label can be the same word (``deployed (ort_int8)`` beside the teacher's ``ort_int8``)."""
+    return key in ("ort_fp32", "ort_int8", "torch_fp32") or key.startswith("openvino_")
+
+
 def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
     """One row per model named in eval or bench, in :data:`MODEL_ORDER` then alphabetically."""
     evals = as_dict(get(m, "eval", "models"))
@@ -258,7 +265,8 @@ def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
     deployed_as = get(m, "export", "deployed", "label")
     rows = []
     for k in keys:
-        label = f"deployed ({deployed_as})" if k == "deployed" and deployed_as else k
+        label = (f"deployed ({deployed_as})" if k == "deployed" and deployed_as else
+                 f"{k} (dense teacher)" if is_dense_teacher_cell(k) else k)
         e = as_dict(evals.get(k)) or as_dict(bench_scores.get(k))
         row = ModelRow(k, label, num(e.get("score")), num(e.get("agreement")),
                        num(e.get("mcnemar_p")), _size_of(m, k))
