@@ -268,7 +268,7 @@ def _plain_export(probe: nn.Module, path: Path) -> None:
 
     ids = torch.randint(0, 64, (2, 8))
     sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    export_onnx(probe, path, sample, input_names_for(probe))
+    export_onnx(probe, path, sample, input_names_for(probe), probe=True)
 
 
 def export_probe(probe: nn.Module, path: Path) -> int:

@@ -121,22 +121,24 @@ def _to_torch(feeds: Mapping[str, np.ndarray], device: torch.device) -> dict[str
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
 
 
-def _keep_inputs(path: Path, input_names: Sequence[str]) -> None:
+def _keep_inputs(path: Path, input_names: Sequence[str], level: int = logging.INFO) -> None:
     """Declare again the inputs the exporter dropped because no node reads them (every layer's
     attention emptied leaves ``attention_mask`` unread), so every export takes the same feeds."""
     added = restore_inputs(path, input_names)
     if added:
-        log.info("graph reads none of %s (e.g. every layer's attention was pruned away): kept as unused inputs "
-                 "so it takes the same feeds as the dense export", added)
+        log.log(level, "graph reads none of %s (e.g. every layer's attention was pruned away): kept as unused inputs "
+                "so it takes the same feeds as the dense export", added)
 
 
 def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], input_names: Sequence[str],
-                *, opset: int = 17) -> tuple[str, str]:
+                *, opset: int = 17, probe: bool = False) -> tuple[str, str]:
     """Export ``model`` to ``path`` with dynamic batch and sequence axes.
 
     Returns ``(exporter, output_name)``. ``sample`` (one real batch) is only traced, so its
-    shape does not constrain the graph.
+    shape does not constrain the graph. ``probe``: a latency-table probe (layers without attention by
+    design): inputs it leaves unread are logged at debug level, not as news about the user's model.
     """
+    unread_level = logging.DEBUG if probe else logging.INFO
     from compresslab.eval.onnx_runner import make_feeds
 
     path = Path(path)
@@ -162,7 +164,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], i
                 torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
                                   output_names=[out_name], dynamic_axes=axes, opset_version=opset,
                                   do_constant_folding=True, dynamo=False, external_data=False)
-            _keep_inputs(tmp, input_names)
+            _keep_inputs(tmp, input_names, unread_level)
             os.replace(tmp, path)
             return "torchscript", out_name
         except Exception as ts_err:  # noqa: BLE001 - any failure means: try the other exporter
@@ -173,7 +175,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: Mapping[str, Any], i
                 torch.onnx.export(wrapper, args, str(tmp), input_names=list(input_names),
                                   output_names=[out_name], dynamic_shapes=tuple(dims for _ in args),
                                   opset_version=max(opset, 18), dynamo=True, external_data=False)
-                _keep_inputs(tmp, input_names)
+                _keep_inputs(tmp, input_names, unread_level)
                 os.replace(tmp, path)
                 return "dynamo", out_name
             except Exception as dy_err:  # noqa: BLE001
