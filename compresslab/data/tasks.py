@@ -76,12 +76,20 @@ def get_task(name: str) -> TaskSpec:
         raise ValueError(f"unknown task {name!r}; known tasks: {known}, or 'generic' (CSV/JSONL files)") from None
 
 
+def _checkout_root() -> Path | None:
+    """This project's checkout (the repo root holding ``pyproject.toml``), or None for an installed package."""
+    root = Path(__file__).resolve().parents[2]  # compresslab/data/tasks.py -> the repo root
+    return root if (root / "pyproject.toml").is_file() else None
+
+
 def resolve_data_root(configured: str | Path | None = None) -> Path:
     """Find the folder that holds ``glue/<TASK>/``.
 
     Precedence: the explicit argument (config ``data.root``), then ``$COMPRESSLAB_DATA``, then
-    ``./data`` and ``../shared/data`` relative to the working directory. An explicit or env
-    path that does not exist is an error rather than a silent fall-through to the defaults.
+    ``./data`` and ``../shared/data`` relative to the working directory, then ``../shared/data``
+    beside this project's checkout (an editable install run from another directory; never a path
+    inside site-packages). An explicit or env path that does not exist is an error rather than a
+    silent fall-through to the defaults.
     """
     how_to = (f"Point elsewhere with data.root=/path/to/data on the command line or "
               f"{DATA_ENV_VAR}=/path/to/data in the environment (the folder that contains glue/).")
@@ -93,6 +101,9 @@ def resolve_data_root(configured: str | Path | None = None) -> Path:
             raise DataNotFoundError(f"data root {path} (from {origin}) is not a directory. {how_to}")
     cwd = Path.cwd()
     looked = [cwd / "data", cwd.parent / "shared" / "data"]
+    checkout = _checkout_root()
+    if checkout is not None and checkout.parent / "shared" / "data" not in looked:
+        looked.append(checkout.parent / "shared" / "data")
     for cand in looked:
         if (cand / "glue").is_dir():
             return cand.resolve()

@@ -70,14 +70,18 @@ def test_resolve_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_missing_root_lists_every_place_and_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compresslab.data.tasks as tasks
+
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+    monkeypatch.setattr(tasks, "_checkout_root", lambda: tmp_path / "checkout" / "repo")  # no shared/ beside it
     with pytest.raises(DataNotFoundError) as err:
         resolve_data_root()
     msg = str(err.value)
     assert str(tmp_path / "work" / "data") in msg
     assert str(tmp_path / "shared" / "data") in msg
+    assert str(tmp_path / "checkout" / "shared" / "data") in msg  # the checkout's neighbour, looked at last
     assert "data.root=" in msg and f"{DATA_ENV_VAR}=" in msg
     assert isinstance(err.value, FileNotFoundError)
 
