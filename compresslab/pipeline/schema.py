@@ -93,6 +93,10 @@ VALUE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "budget.hessian_min_probes": _optional(check_positive_int),
     "budget.eigen_batches": _optional(check_positive_int),
     "budget.eigen_iters": _optional(check_positive_int),
+    "budget.latency_batch": _optional(check_positive_int),  # ZipLM / structured L1: latency table and checks shape
+    "budget.latency_seq": _optional(check_positive_int),
+    "budget.latency_runs": _optional(check_positive_int),
+    "budget.check_runs": _optional(check_positive_int),
     "pipeline.name": check_text,
     "pipeline.steps": _step_names,
 }
