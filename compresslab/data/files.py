@@ -134,11 +134,30 @@ def file_encoding(path: Path, encoding: str | None, prefix: str | None = "task.g
     codec = encoding or "utf-8"
     nul = head.find(b"\x00")
     if nul >= 0 and not codecs.lookup(codec).name.startswith(_NEED_BOM):
-        wide = "utf-16-le" if nul % 2 else "utf-16-be"  # ASCII in UTF-16-LE is b"t\x00e\x00...": NULs at odd bytes
+        wide = _utf16_without_bom(head)
+        if wide is None:  # NULs, but not every other byte: binary (a zip, a model file, random bytes), not text
+            raise DataFormatError(f"{path}: the file holds NUL bytes (the first at byte {nul}) and does not read as "
+                                  f"text in {codec} or UTF-16: is it a data file at all (a spreadsheet, an archive, a "
+                                  "binary)? Give a CSV / TSV / JSON Lines text file")
         raise DataFormatError(f"{path}: the file holds NUL bytes (the first at byte {nul}), which "
                               f"text in {codec} never does: it looks like UTF-16 saved without a byte-order mark; "
                               f"{_set(prefix, f'encoding={wide}')} (or save it as UTF-8)")
     return codec
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """``utf-16-le`` / ``utf-16-be`` where ``head`` looks like mostly-ASCII UTF-16 without a mark (ASCII in UTF-16-LE is
+    b"t\x00e\x00...": NULs at most odd bytes and almost none at even ones), else None (binary data)."""
+    pairs = len(head) // 2
+    if pairs == 0:
+        return None
+    odd = sum(1 for i in range(1, 2 * pairs, 2) if head[i] == 0) / pairs
+    even = sum(1 for i in range(0, 2 * pairs, 2) if head[i] == 0) / pairs
+    if odd >= 0.5 and even <= 0.05:
+        return "utf-16-le"
+    if even >= 0.5 and odd <= 0.05:
+        return "utf-16-be"
+    return None
 
 
 def _lines(fh: Any) -> Iterator[tuple[int, str]]:
