@@ -24,6 +24,7 @@ log = logging.getLogger("compresslab")
 # Exit status for a bad command line or config (argparse's convention); 1 stays a crash.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+EXIT_TERMINATED = 143  # ... and by SIGTERM (128 + 15): schedulers and scripts tell a kill from a Ctrl-C by it
 
 
 def setup_process(threads: int | None, seed: int) -> int:
@@ -196,7 +197,7 @@ def _main(cfg) -> None:
         why = str(e) or "interrupted (Ctrl-C)"
         print(f"compresslab: {why}; the finished steps are kept: rerun the same command to resume",
               file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        raise SystemExit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED) from None
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.html'} ({run_dir / 'report.md'})")
 
 

@@ -129,3 +129,20 @@ def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, observe):
     err = capsys.readouterr().err
     assert e.value.code == 130 and "rerun the same command to resume" in err and "Traceback" not in err
     observe(err.strip())
+
+
+def test_cli_sigterm_exits_143(monkeypatch, capsys):
+    """SIGTERM (a kill, a scheduler's limit) exits 143 = 128 + 15, the shell's code for it; Ctrl-C stays 130."""
+    from compresslab import cli
+
+    def terminated(cfg, **kw):
+        raise cli.Terminated("stopped by signal 15 (SIGTERM)")
+
+    monkeypatch.setattr("compresslab.pipeline.run", terminated)
+    monkeypatch.setattr(cli, "setup_process", lambda *a: 1)
+    monkeypatch.setattr(cli, "terminate_as_interrupt", lambda: None)
+    from compresslab.config import compose
+
+    with pytest.raises(SystemExit) as e:
+        cli._main(compose(["+pipeline=int8", "debug=smoke"]))
+    assert e.value.code == 143 and "SIGTERM" in capsys.readouterr().err
