@@ -58,6 +58,11 @@ def selection_section(m: Mapping[str, Any]) -> list[Block]:
                      ["its score", f"{score:.4f}" if score is not None else DASH],
                      ["reading", _reading(sel, steps)],
                      ["every check (step: score)", _history(sel)]]
+            steps_checked = [F.num(h.get("step")) for h in sel.get("history") or [] if isinstance(h, Mapping)]
+            if steps_checked and 0 not in steps_checked:
+                facts.append(["step 0 (the weights before training)",
+                              "not scored: the run was made before they were a candidate (rerun with "
+                              "run.overwrite=true to score them)"])
             label = F.step_label(s)
             out.append(Table(["fact", label], facts, f"{label}: the checkpoint kept on validation"))
     return [Heading("Checkpoint selection"), *out] if out else []

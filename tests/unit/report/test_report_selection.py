@@ -44,3 +44,11 @@ def test_no_section_without_a_selection() -> None:
     m["steps"][1]["result"]["metrics"] = {"recovery": {"steps": 400}}
     assert selection_section(m) == [] and selection_section({}) == []
 
+
+
+def test_a_run_made_before_step_0_was_scored_says_so() -> None:
+    m = _manifest(200)
+    sel = m["steps"][1]["result"]["metrics"]["recovery"]["selection"]
+    sel["history"] = [h for h in sel["history"] if h["step"]]  # an older run: checks from step 200 on
+    assert "not scored: the run was made before they were a candidate" in _md(m)
+    assert "not scored" not in _md(_manifest(200))
