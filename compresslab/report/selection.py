@@ -59,7 +59,8 @@ def selection_section(m: Mapping[str, Any]) -> list[Block]:
                      ["reading", _reading(sel, steps)],
                      ["every check (step: score)", _history(sel)]]
             steps_checked = [F.num(h.get("step")) for h in sel.get("history") or [] if isinstance(h, Mapping)]
-            if steps_checked and 0 not in steps_checked:
+            # training.recover's records (they say ``every``) score step 0 since session 40; BiBERT's own loop never
+            if "every" in sel and steps_checked and 0 not in steps_checked:
                 facts.append(["step 0 (the weights before training)",
                               "not scored: the run was made before they were a candidate (rerun with "
                               "run.overwrite=true to score them)"])

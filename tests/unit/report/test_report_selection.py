@@ -52,3 +52,12 @@ def test_a_run_made_before_step_0_was_scored_says_so() -> None:
     sel["history"] = [h for h in sel["history"] if h["step"]]  # an older run: checks from step 200 on
     assert "not scored: the run was made before they were a candidate" in _md(m)
     assert "not scored" not in _md(_manifest(200))
+
+
+def test_bibert_selection_which_never_scores_step_0_gets_no_such_note() -> None:
+    m = _manifest(200, key="selection")
+    sel = m["steps"][1]["result"]["metrics"]["selection"]
+    sel.pop("every")
+    sel["examples"] = 100
+    sel["history"] = [h for h in sel["history"] if h["step"]]
+    assert "not scored" not in _md(m)
