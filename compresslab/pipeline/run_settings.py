@@ -108,8 +108,9 @@ class TaskSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """``conf/data``: ``root``, the folder holding ``glue/<TASK>/`` (None: ``$COMPRESSLAB_DATA`` or
-    ``./data``, as ``data.tasks.resolve_data_root`` looks). A generic task's files are named in ``task.generic``."""
+    """``conf/data``: ``root``, the folder holding ``glue/<TASK>/`` (None: ``$COMPRESSLAB_DATA``, ``./data``,
+    ``../shared/data`` beside the working directory or the checkout, as ``data.tasks.resolve_data_root`` looks).
+    A generic task's files are named in ``task.generic``; relative ones are also looked for under ``root``."""
 
     root: str | None = None
 
