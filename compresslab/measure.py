@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -209,6 +210,10 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
                 raise ValueError(f"benchmark(): model {name!r}: {e}") from None
     lat = measure_latency(runners, shapes, warmup=warmup, runs=runs,
                           min_time_s=min_time_s, seed=seed, vocab_size=vocab, max_runs=max_runs)
+    if (lat.get("machine_load") or {}).get("busy"):  # a notebook prints "speedups": say it where they will see it
+        reasons = "; ".join(str(r) for r in lat["machine_load"].get("reasons") or []) or "other processes ran"
+        warnings.warn(f"benchmark(): the machine was busy while timing ({reasons}): these latencies and speedups "
+                      "are void (machine_load.busy); rerun on an otherwise idle machine", RuntimeWarning, stacklevel=2)
     return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,
             "threads": n, "runners": lat.get("runners"), "hardware": hardware_fingerprint(),
             "machine_load": lat["machine_load"],

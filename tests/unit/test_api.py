@@ -360,3 +360,24 @@ def test_evaluate_refuses_a_max_length_the_model_cannot_embed_before_scoring(tin
 def test_a_cli_column_key_given_to_compress_names_the_api_keyword(tiny_tok):
     with pytest.raises(TypeError, match=r"\['text_a'\] \(text_a: the API's keyword is text_column=\)"):
         compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(8, 0), text_a="sentence", **_kw())
+
+
+def test_benchmark_warns_when_the_machine_was_busy(monkeypatch, tiny_tok):
+    """A notebook prints ``speedups``: a busy timing says so as a warning, not only in ``machine_load`` (trial 40)."""
+    import warnings
+
+    import compresslab.bench as bench
+
+    def timed(runners, shapes, **kw):
+        res = {name: {"b1xs16": {"p50_ms": 1.0}} for name in runners}
+        return {"results": res, "machine_load": {"busy": True, "reasons": ["other CPU 1.2 s/s"]}}
+
+    monkeypatch.setattr(bench, "measure_latency", timed)
+    monkeypatch.setattr(bench, "speedups", lambda lat, denominator: {})
+    with pytest.warns(RuntimeWarning, match="busy while timing .other CPU 1.2 s/s.*void"):
+        compresslab.benchmark([_trained()], shapes=[(1, 16)], threads=1)
+    monkeypatch.setattr(bench, "measure_latency",
+                        lambda runners, shapes, **kw: {"results": {}, "machine_load": {"busy": False}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        compresslab.benchmark([_trained()], shapes=[(1, 16)], threads=1)
