@@ -304,7 +304,7 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
         over = p.delta is not None and -p.delta > p.tolerance + 1e-12
         rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.group)]), pct(p.teacher), pct(p.score),
                      pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement), mb(p.size_bytes), plain(p.shape),
-                     _speed(p), times(p.speedup_best)])
+                     _speed(p), times(p.speedup_best) + (" (busy)" if p.busy and p.speedup_best is not None else "")])
     return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)", "agreement (%)", "size (MB)",
                   "shape", "× ort_fp32", "× best_dense"], rows,
                  "Each run's deployed model against its own teacher (Δ in points; ⚠ = a drop over that run's "

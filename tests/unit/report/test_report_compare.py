@@ -76,3 +76,16 @@ def test_config_yaml_round_trips_in_order() -> None:
     assert yaml.safe_load(text) == cfg
     assert text.splitlines()[0] == "model:" and "  shapes: [[1, 128], [32, 128]]" in text
     assert "  steps: [finetune, int8]" in text
+
+
+def test_a_busy_runs_speedups_are_both_marked() -> None:
+    """× ort_fp32 and × best_dense come from one timing: a busy one voids both (trial 40: only the first said so)."""
+    import dataclasses
+
+    from compresslab.report.compare import _runs_table
+
+    quiet = dataclasses.replace(pt("q", 0.9, 20.0), speedup=2.0, speedup_best=1.5)
+    busy = dataclasses.replace(pt("b", 0.9, 20.0), speedup=2.0, speedup_best=1.5, busy=True)
+    rows = {r[0]: r for r in _runs_table([quiet, busy]).rows}
+    assert rows["b"][-2].endswith("(busy)") and rows["b"][-1].endswith("(busy)")
+    assert "busy" not in rows["q"][-2] and "busy" not in rows["q"][-1]
