@@ -66,6 +66,13 @@ class BestOnValidation:
         # activation observers would learn the validation ranges the choice is then made on).
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         try:
+            # score the weights that are kept: observers (int8 QAT's activation ranges) must not fit the validation
+            # batches during the check. Their buffers come back after it, so a check would otherwise score ranges it
+            # does not keep (a step-0 check with num_calibration=0 scored validation-fitted ranges and kept the
+            # uncalibrated ones). The observer flags are buffers too: restored below.
+            for m in model.modules():
+                if callable(getattr(m, "disable_observer", None)):
+                    m.disable_observer()
             with torch.random.fork_rng(devices=[]):
                 s = float(self.score(model))
         finally:
