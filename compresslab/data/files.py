@@ -146,18 +146,21 @@ def file_encoding(path: Path, encoding: str | None, prefix: str | None = "task.g
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
-    """``utf-16-le`` / ``utf-16-be`` where ``head`` looks like mostly-ASCII UTF-16 without a mark (ASCII in UTF-16-LE is
-    b"t\x00e\x00...": NULs at most odd bytes and almost none at even ones), else None (binary data)."""
-    pairs = len(head) // 2
-    if pairs == 0:
-        return None
-    odd = sum(1 for i in range(1, 2 * pairs, 2) if head[i] == 0) / pairs
-    even = sum(1 for i in range(0, 2 * pairs, 2) if head[i] == 0) / pairs
-    if odd >= 0.5 and even <= 0.05:
-        return "utf-16-le"
-    if even >= 0.5 and odd <= 0.05:
-        return "utf-16-be"
-    return None
+    """``utf-16-le`` / ``utf-16-be`` where ``head`` reads as text in that byte order without a mark, else None
+    (binary data: an archive, a model file, random bytes). Text in the right order has line breaks and is
+    printable; in the wrong order ``\n`` becomes U+0A00, so the order with the line breaks wins. Non-Latin text
+    (Cyrillic, CJK) has few NUL bytes, so NUL positions alone cannot tell it from binary."""
+    body = head[: len(head) // 2 * 2]
+    best, best_lines = None, 0
+    for codec in ("utf-16-le", "utf-16-be"):
+        text = body.decode(codec, errors="replace")
+        if not text:
+            continue
+        printable = sum(ch.isprintable() or ch in "\t\r\n" for ch in text) / len(text)
+        lines = text.count("\n")
+        if printable >= 0.95 and "\ufffd" not in text[:-1] and lines > best_lines:
+            best, best_lines = codec, lines
+    return best
 
 
 def _lines(fh: Any) -> Iterator[tuple[int, str]]:

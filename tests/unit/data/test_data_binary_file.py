@@ -31,3 +31,14 @@ def test_utf16_without_a_mark_still_gets_its_encoding(tmp_path, codec: str) -> N
     path.write_bytes(("text,label\n" + "".join(f"a good film {i},positive\n" for i in range(20))).encode(codec))
     with pytest.raises(DataFormatError, match=f"encoding={codec}"):
         _load(path)
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("text", ["отличный фильм", "很好的电影", "a good film"])
+def test_non_latin_utf16_without_a_mark_is_text_not_binary(tmp_path, codec: str, text: str) -> None:
+    """Cyrillic or CJK in UTF-16 has few NUL bytes (only the ASCII commas, digits and line breaks): still text,
+    and the byte order is found (a review of the first version, which counted NUL positions, session 40)."""
+    path = tmp_path / "wide.csv"
+    path.write_bytes(("text,label\n" + "".join(f"{text} {i},positive\n" for i in range(20))).encode(codec))
+    with pytest.raises(DataFormatError, match=f"encoding={codec}"):
+        _load(path)
