@@ -11,7 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from compresslab import passes  # noqa: E402,F401 - compresslab.passes.OBert(...) without another import
 from compresslab import search  # noqa: E402,F401 - compresslab.search.run(...): the accuracy-aware search
@@ -20,8 +20,28 @@ from compresslab.registry import available_passes, build_pass, get_pass, registe
 from compresslab.types import OnnxModel, Pass, PassContext, PassResult, Stage  # noqa: E402
 
 
-from compresslab.api import CompressResult, compress  # noqa: E402 - the real signatures (IDEs, help(), mypy)
-from compresslab.measure import benchmark, evaluate  # noqa: E402
+if TYPE_CHECKING:  # the real functions for IDEs and mypy; at run time __getattr__ imports them on first use
+    from compresslab.api import CompressResult, compress
+    from compresslab.measure import benchmark, evaluate
+
+# name -> module: imported on first access (PEP 562), so `import compresslab` loads neither onnx nor the API's
+# stages, and compresslab.compress / evaluate / benchmark ARE the real functions (help() shows their keywords)
+_LAZY = {"compress": "compresslab.api", "CompressResult": "compresslab.api", "evaluate": "compresslab.measure",
+         "benchmark": "compresslab.measure"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'compresslab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def run(pipeline: str, overrides: list[str] | None = None, **settings: Any) -> Path:

@@ -213,7 +213,8 @@ def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tup
     if (lat.get("machine_load") or {}).get("busy"):  # a notebook prints "speedups": say it where they will see it
         reasons = "; ".join(str(r) for r in lat["machine_load"].get("reasons") or []) or "other processes ran"
         warnings.warn(f"benchmark(): the machine was busy while timing ({reasons}): these latencies and speedups "
-                      "are void (machine_load.busy); rerun on an otherwise idle machine", RuntimeWarning, stacklevel=2)
+                      "are void (machine_load.busy); rerun on an otherwise idle machine", RuntimeWarning,
+                      stacklevel=3)  # 3: past the @callers_rng_kept wrapper, at the caller's line
     return {"latency": lat["results"], "speedups": speedup_table(lat, denominator), "denominator": denominator,
             "threads": n, "runners": lat.get("runners"), "hardware": hardware_fingerprint(),
             "machine_load": lat["machine_load"],
