@@ -138,9 +138,10 @@ class RunState:
         device = resolve_device(settings.device)
         src = check_source(m.source)  # config, architecture, weights intact, tokenizer files
         check_max_length(settings.max_length, read_config(src), "task.max_length")
-        # generic files: relative paths are tried against the working directory, then data.root (conf/task/generic.yaml),
-        # so the configured root goes through unresolved (load_task resolves it only if a file needs it)
-        root = data.root if t.generic else resolve_data_root(data.root)
+        # generic files: relative paths are tried against the working directory, then data.root (conf/task/generic.yaml).
+        # A data.root that is set must exist (refused as for GLUE tasks); unset, load_task looks for the default
+        # root only if a file needs it
+        root = (resolve_data_root(data.root) if data.root else None) if t.generic else resolve_data_root(data.root)
         task = load_task(t.name, root, val_size=t.val_size, val_carve=t.val_carve, seed=settings.seed,
                          max_train=t.max_train, max_dev=t.max_dev, generic=dict(t.generic) if t.generic else None)
         if settings.eval.split == "dev" and isinstance(task.dev, MissingSplit):  # else found after training

@@ -21,3 +21,17 @@ def test_relative_generic_files_are_found_under_data_root(tmp_path, monkeypatch)
     cfg = compose_generic(tmp_path, f"data.root={root}", "task.generic.train=train.csv", "task.generic.dev=dev.csv")
     state = RunState.prepare(cfg, build_steps(cfg))
     assert len(state.task.dev) > 0 and len(state.task.train) > 0  # found under data.root (smoke slices the splits)
+
+
+def test_a_data_root_that_does_not_exist_is_refused_for_generic_tasks_too(tmp_path, monkeypatch) -> None:
+    """As for GLUE tasks: a set data.root that is not a directory is an error naming it, not silently skipped."""
+    import pytest
+
+    from compresslab.data.schema import DataNotFoundError
+
+    csv_file(tmp_path / "train.csv", table_text("text,label", POS_NEG * 20))
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_generic(tmp_path, f"data.root={tmp_path / 'nope'}", "task.generic.train=train.csv",
+                          "task.generic.dev=train.csv")
+    with pytest.raises(DataNotFoundError, match="nope.*from data.root"):
+        RunState.prepare(cfg, build_steps(cfg))
