@@ -18,12 +18,24 @@ from compresslab.report.render import Block, Heading, Table
 
 
 def _selections(metrics: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], float | None]]:
-    """``(selection record, training steps)`` of one step's metrics: a pass's own ``selection`` (oBERT / magnitude
-    one-shot, BiBERT), then each training record's (``training.recover``'s result under any key: ZipLM's
-    ``recovery``, int8 QAT's and hawq's ``qat``)."""
-    records = [metrics, *(v for v in metrics.values() if isinstance(v, Mapping))]
-    return [(r["selection"], F.num(r.get("steps"))) for r in records
-            if isinstance(r.get("selection"), Mapping) and "best_step" in r["selection"]]
+    """``(selection record, training steps)`` of one step's metrics, at most three levels down: a pass's own
+    ``selection`` (oBERT / magnitude one-shot, BiBERT), each training record's (``training.recover``'s result:
+    ZipLM's ``recovery``, int8 QAT's and hawq's ``qat``) and each family member's (gradual ZipLM's
+    ``family.<S>x.recovery``). The steps: the record's own ``steps`` (since session 40), else its parent's."""
+    out: list[tuple[Mapping[str, Any], float | None]] = []
+
+    def visit(node: Mapping[str, Any], depth: int) -> None:
+        sel = node.get("selection")
+        if isinstance(sel, Mapping) and "best_step" in sel and all(sel != seen for seen, _ in out):
+            # (the step's own target is also its family member: one record, listed once)
+            out.append((sel, F.num(sel.get("steps")) or F.num(node.get("steps"))))
+        if depth < 3:
+            for key, child in node.items():
+                if key != "selection" and isinstance(child, Mapping):
+                    visit(child, depth + 1)
+
+    visit(metrics, 0)
+    return out
 
 
 def _reading(sel: Mapping[str, Any], steps: float | None) -> str:

@@ -130,7 +130,8 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
     res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=progress, desc=desc)
     if select is not None:
         select.restore_best(model)
-        res.selection = {"split": "validation", "every": recovery.select_every, "best_step": select.best_step,
+        res.selection = {"split": "validation", "every": recovery.select_every, "steps": recovery.steps,
+                         "best_step": select.best_step,
                          "best_score": select.best_score, "history": list(select.history)}
     model.eval()
     return res

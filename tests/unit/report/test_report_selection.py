@@ -61,3 +61,22 @@ def test_bibert_selection_which_never_scores_step_0_gets_no_such_note() -> None:
     sel["examples"] = 100
     sel["history"] = [h for h in sel["history"] if h["step"]]
     assert "not scored" not in _md(m)
+
+
+def test_a_family_members_selection_and_a_records_own_steps_are_read() -> None:
+    """Gradual ZipLM keeps each member's recovery under ``family.<S>x.recovery``; oBERT's record has no parent
+    ``steps``, so the record carries its own (the review of session 40 found both missing)."""
+    m = _manifest(400, key="selection")
+    metrics = m["steps"][1]["result"]["metrics"]
+    sel = metrics.pop("selection")
+    metrics.pop("steps")
+    metrics["family"] = {"2x": {"recovery": {"selection": {**sel, "steps": 400}}}}
+    md = _md(m)
+    assert "| kept step | 400 of 400 |" in md and "the last step" in md
+
+
+def test_the_steps_own_target_listed_again_as_a_family_member_is_shown_once() -> None:
+    m = _manifest(200)
+    metrics = m["steps"][1]["result"]["metrics"]
+    metrics["family"] = {"2x": {"recovery": dict(metrics["recovery"])}}
+    assert _md(m).count("the checkpoint kept on validation") == 1
