@@ -8,6 +8,7 @@ runtime is stated beside every figure; a cached table flagged noisy is named her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,17 +53,29 @@ def _table_source(lt: Mapping[str, Any]) -> str:
     return out
 
 
+def _older_key(rec: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """``("b<batch>", value)`` of the ``measured_speedup_b<batch>`` key manifests wrote before ``measured_speedup``."""
+    for key, value in rec.items():
+        if (m := re.fullmatch(r"measured_speedup_(b\d+)", str(key))) is not None:
+            return m.group(1), value
+    return None
+
+
 def _measured(rec: Mapping[str, Any]) -> Any:
-    """A target's measured speedup: ``measured_speedup`` (any shape), else the b32 key manifests wrote before it."""
-    return rec.get("measured_speedup", rec.get("measured_speedup_b32"))
+    """A target's measured speedup: ``measured_speedup`` (any shape), else the batch-named key older manifests hold."""
+    if "measured_speedup" in rec:
+        return rec["measured_speedup"]
+    older = _older_key(rec)
+    return older[1] if older else None
 
 
 def _shape(rec: Mapping[str, Any]) -> str:
-    """``b32xs128``: the shape the target was priced and checked at (``b32`` for manifests that did not say)."""
+    """``b32xs128``: the shape the target was priced and checked at (older manifests: the batch their key names)."""
     shape = rec.get("shape")
     if isinstance(shape, list) and len(shape) == 2 and all(F.num(v) is not None for v in shape):
         return F.shape_key(int(shape[0]), int(shape[1]))
-    return "b32"
+    older = _older_key(rec)
+    return older[0] if older else "b32"
 
 
 def speedup_targets(m: Mapping[str, Any]) -> list[Block]:

@@ -68,3 +68,12 @@ def test_a_target_checked_at_another_batch_shows_its_measurement_and_shape() -> 
     md = _md(m)
     assert "| target (b4xs32, on the runtime below) | 2.500x |" in md
     assert "2.503x / 2.001x (met; retries 0)" in md and "4.000x / 3.900x" in md
+
+
+def test_an_older_manifest_timed_at_batch_4_shows_its_measurement() -> None:
+    """Manifests written before ``measured_speedup`` hold only ``measured_speedup_b4``: read it, label b4."""
+    m = _manifest()
+    met = m["steps"][1]["result"]["metrics"]
+    met["measured_speedup_b4"] = met.pop("measured_speedup_b32")
+    md = _md(m)
+    assert "| target (b4, on the runtime below) | 2.500x |" in md and "2.503x / 2.630x (met" in md
