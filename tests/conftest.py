@@ -94,6 +94,33 @@ def tiny_tok(tmp_path_factory: pytest.TempPathFactory):
     return tiny_tokenizer(tmp_path_factory.mktemp("tiny_tok"))
 
 
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A 2-layer, hidden-32 BertForSequenceClassification in eval mode with eager attention (the bench tests and
+    the benchmarks/ script tests export and time it)."""
+    from compresslab.testing import tiny_bert_classifier
+
+    return tiny_bert_classifier(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model exported with input_ids, attention_mask and token_type_ids."""
+    from compresslab.testing import export_tiny_onnx
+
+    return export_tiny_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx",
+                            ["input_ids", "attention_mask", "token_type_ids"])
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_no_segments(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model exported without token_type_ids, as DistilBERT/RoBERTa graphs are."""
+    from compresslab.testing import export_tiny_onnx
+
+    return export_tiny_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny_no_tt.onnx",
+                            ["input_ids", "attention_mask"])
+
+
 @pytest.fixture
 def tiny_ctx(tiny_tok, tmp_path):
     """``tiny_ctx(teacher=None, task=None)`` builds a PassContext over a toy task."""
