@@ -81,16 +81,22 @@ def _smooth_identity(deploy: Any) -> Any:
     return rest if grid == list(DEFAULT_SMOOTH_GRID) else {**rest, "smooth_alpha": grid}
 
 
+def pass_registry_name(target: str, step: str) -> str:
+    """The registry name of the pass a ``_target_`` builds: its module's name (``compresslab.passes.ziplm.ZipLM`` ->
+    ``ziplm``), or the step's name where the target has no module path."""
+    return target.rsplit(".", 2)[-2] if target.count(".") >= 2 else step
+
+
 def _pass_class(node: Any) -> type | None:
-    """The registered pass class a ``pipeline.passes`` node builds (by its ``_target_``'s module, as
-    :func:`build_steps` finds it), or None where it names none (build_steps then refuses the config)."""
+    """The registered pass class a ``pipeline.passes`` node builds (as :func:`build_steps` finds it), or None where
+    it names none (build_steps then refuses the config)."""
     from compresslab.registry import UnknownPassError, get_pass
 
     target = str(node.get("_target_", "")) if isinstance(node, dict) else ""
     if target.count(".") < 2:
         return None
     try:
-        return get_pass(target.rsplit(".", 2)[-2])
+        return get_pass(pass_registry_name(target, ""))
     except UnknownPassError:
         return None
 
@@ -144,7 +150,7 @@ def build_steps(cfg: DictConfig) -> list[Step]:
             raise PipelineError(f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}")
         node = passes[name]
         target = str(node.get("_target_", ""))
-        cls = get_pass(target.rsplit(".", 2)[-2] if target.count(".") >= 2 else name)  # unknown pass -> clear error
+        cls = get_pass(pass_registry_name(target, name))  # unknown pass -> clear error
         check_pass_keys(cls, node, name)
         try:
             p = instantiate(node, _convert_="all")
