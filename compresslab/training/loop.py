@@ -26,6 +26,7 @@ from torch import nn
 
 from compresslab.models.adapters import get_adapter
 from compresslab.models.hooks import capture_outputs
+from compresslab.rng import rng_kept
 from compresslab.runlock import holds_training_lock
 from compresslab.training.losses import MODEL_INPUTS
 from compresslab.training.resume import (
@@ -243,7 +244,7 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
     run its own directory. Callbacks see the true step numbers after a resume.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, gather_object
+    from accelerate.utils import DataLoaderConfiguration
 
     if not losses:
         raise ValueError("train() needs at least one loss plug-in")
@@ -257,7 +258,19 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
     cpu = cfg.device == "cpu" if cfg.device else not torch.cuda.is_available()
     acc = accelerator or Accelerator(cpu=cpu,
                                      dataloader_config=DataLoaderConfiguration(split_batches=True))
-    torch.manual_seed(cfg.seed)
+    # Seeded on a fork: dropout and a resume's restored streams stay inside; the caller's streams (a notebook's,
+    # the next pass's) are as they were before the call (DESIGN: only cli.py touches process state).
+    with rng_kept(cuda=acc.device.type == "cuda"):
+        torch.manual_seed(cfg.seed)
+        return _train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, acc=acc,
+                      progress=progress, desc=desc)
+
+
+def _train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any], *, teacher: nn.Module | None,
+           callbacks: Sequence[Any], acc: Any, progress: Callable[..., Any] | None, desc: str) -> TrainResult:
+    """:func:`train`'s body, on the seeded fork of the random streams."""
+    from accelerate.utils import gather_object
+
     total = cfg.total_steps(len(loader))
     ckpt = None
     if cfg.checkpoint_dir is not None:

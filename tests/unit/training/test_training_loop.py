@@ -96,3 +96,31 @@ def test_two_processes_match_one(tmp_path):
     assert moved > 1e-3  # training really changed the weights
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_train_leaves_the_callers_random_streams_and_is_seeded_by_its_config(tiny_tok):
+    """train() seeds its own fork of the streams (dropout draws from it): the caller's torch, Python and numpy
+    streams are where they were, and the weights depend on cfg.seed only, not on what the caller drew before."""
+    import random
+
+    import numpy as np
+
+    def fit(pre_draws: int):
+        torch.manual_seed(99)
+        torch.rand(pre_draws)  # the caller's stream at different positions must not change the result
+        m = tiny_model("bert", seed=0)
+        m.config.hidden_dropout_prob = 0.3  # dropout must draw, or the test could not tell
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.3
+        loader = make_loader(tiny_sentiment(32, 0), tiny_tok, 8, 16, shuffle=True, seed=0)
+        random.seed(5)
+        np.random.seed(7)
+        before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+        train(m, loader, TrainConfig(lr=1e-3, steps=4, batch_size=8, seed=3), [TaskLoss()])
+        after = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+        assert torch.equal(before[0], after[0]) and before[1] == after[1] and np.array_equal(before[2], after[2])
+        return m.state_dict()
+
+    a, b = fit(0), fit(17)
+    assert all(torch.equal(a[k], b[k]) for k in a)
