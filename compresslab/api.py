@@ -18,7 +18,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from compresslab.rng import callers_rng_kept
 
@@ -36,43 +36,45 @@ PassSpec = Any  # a registered name, a pass instance, or {"name": ..., **setting
 
 
 def build_steps(passes: Sequence[PassSpec]) -> list["Step"]:
-    """Build and validate every pass, name each step, check the stage and teacher order.
+    """Build and validate every pass, name each step, then the step-list checks the CLI's config makes too
+    (:func:`~compresslab.pipeline.plan.checked_steps`: field types, not empty, stage and teacher order).
 
     A pass given by name gets its dataclass defaults (``conf/pass/<name>.yaml`` holds the CLI's,
     which may read a budget). Raises PipelineError / ValueError / UnknownPassError.
     """
-    from compresslab.pipeline.plan import PipelineError, Step, check_order
-    from compresslab.registry import build_pass
-    from compresslab.types import Pass
-    from compresslab.validate import check_field_types
+    from compresslab.pipeline.plan import PipelineError, checked_steps
 
     if isinstance(passes, (str, bytes)) or not isinstance(passes, Iterable):
         raise PipelineError(f"passes must be a list of pass names or pass objects, got {passes!r}")
-    steps: list[Step] = []
-    seen: dict[str, int] = {}
-    for i, spec in enumerate(passes):
-        if isinstance(spec, str):
-            p = build_pass(spec)
-        elif isinstance(spec, Mapping):
-            d = dict(spec)
-            if "name" not in d:
-                raise PipelineError(f"passes[{i}]: a dict needs a 'name' key, got keys {sorted(d)}")
-            p = build_pass(d.pop("name"), **d)
-        elif isinstance(spec, Pass):
-            p = spec
-        else:
-            raise PipelineError(f"passes[{i}]: expected a pass name, a dict or a pass object, got {spec!r}")
-        try:  # the CLI's check too: a flag its own checks skip (cache="maybe" is a truthy string)
-            check_field_types(p)
-        except ValueError as e:
-            raise PipelineError(f"passes[{i}] ({p.name}): {e}") from None
-        seen[p.name] = seen.get(p.name, 0) + 1
-        name = p.name if seen[p.name] == 1 else f"{p.name}_{seen[p.name]}"
-        steps.append(Step(i, name, p))
-    if not steps:
-        raise PipelineError("passes is empty: name at least one pass, e.g. ['ort_int8_dynamic']")
-    check_order(steps)
-    return steps
+
+    def built() -> Iterator[tuple[str, "Pass"]]:  # each pass built as checked_steps pulls it: errors in order
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(passes):
+            p = _built_pass(i, spec)
+            seen[p.name] = seen.get(p.name, 0) + 1
+            yield (p.name if seen[p.name] == 1 else f"{p.name}_{seen[p.name]}"), p
+
+    return checked_steps(built(), where=lambda s: f"passes[{s.index}] ({s.pass_.name}): ",
+                         empty="passes is empty: name at least one pass, e.g. ['ort_int8_dynamic']")
+
+
+def _built_pass(i: int, spec: PassSpec) -> "Pass":
+    """``passes[i]`` as a pass: built from a registered name or a ``{"name": ..., **settings}`` dict, or as given.
+    PipelineError for anything else; ValueError / UnknownPassError from the registry."""
+    from compresslab.pipeline.plan import PipelineError
+    from compresslab.registry import build_pass
+    from compresslab.types import Pass
+
+    if isinstance(spec, str):
+        return build_pass(spec)
+    if isinstance(spec, Mapping):
+        d = dict(spec)
+        if "name" not in d:
+            raise PipelineError(f"passes[{i}]: a dict needs a 'name' key, got keys {sorted(d)}")
+        return build_pass(d.pop("name"), **d)
+    if isinstance(spec, Pass):
+        return spec
+    raise PipelineError(f"passes[{i}]: expected a pass name, a dict or a pass object, got {spec!r}")
 
 
 def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData") -> None:
@@ -86,13 +88,13 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
     """
     from compresslab.data.schema import TaskKind
     from compresslab.data.checks import check_labels_match_head
-    from compresslab.pipeline.plan import needs_teacher
+    from compresslab.pipeline.plan import distils_before_teacher
     from compresslab.pipeline.state import check_teacher_head
 
     if task.spec.kind is TaskKind.EMBEDDING:
         return  # an embedder is its own teacher (embedding KD); there is no head to train
+    makers = [s.name for s in steps if s.pass_.makes_teacher]
     if teacher is not None:
-        makers = [s.name for s in steps if s.pass_.makes_teacher]
         if makers:  # the pipeline would replace the given teacher with that step's output, silently
             raise ValueError(f"teacher= was given and step {makers[0]!r} makes the run's teacher too (its output "
                              "replaces the given one for every later distillation and for agreement): pass "
@@ -106,12 +108,12 @@ def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module 
                                                 "with 'finetune' first in passes")
         return
     fix = "Pass teacher=<a model fine-tuned on this task> or put 'finetune' first in passes"
-    for s in steps:
-        if s.pass_.makes_teacher:
-            return  # every later pass distils from that step's output
-        if needs_teacher(s.pass_):
-            check_teacher_head(model, f"step {s.name!r} distils from a teacher, but none can be built: teacher=None "
-                                      "and the model", fix)
+    untaught = distils_before_teacher(steps)  # plan.check_teacher_made's loop: here the model as given is the teacher
+    if untaught is not None:
+        check_teacher_head(model, f"step {untaught.name!r} distils from a teacher, but none can be built: teacher=None "
+                                  "and the model", fix)
+    if makers:
+        return  # every later pass distils from that step's output
     if len(task.dev):  # eval_data is scored against the teacher (score, agreement, the drop below it)
         check_teacher_head(model, "eval_data is scored against the teacher, which is the model as given "
                                   "(teacher=None and no 'finetune' pass), but the model", fix)

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -135,7 +135,9 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def build_steps(cfg: DictConfig) -> list[Step]:
-    """Instantiate every pass (validating its settings) and check the stage order."""
+    """Instantiate every pass (validating its settings), check the step list (:func:`checked_steps`) and that a
+    distilling step has a teacher made before it (:func:`check_teacher_made`). Raises PipelineError naming the step
+    and setting; UnknownPassError for a pass name."""
     from hydra.utils import instantiate
 
     from compresslab.registry import get_pass
@@ -144,29 +146,49 @@ def build_steps(cfg: DictConfig) -> list[Step]:
     if pipe is None:
         raise PipelineError("no pipeline selected; " + pipelines_hint())
     passes = pipe.get("passes") or {}
+
+    def built() -> Iterator[tuple[str, Pass]]:  # each pass built as checked_steps pulls it: errors come in step order
+        for name in pipe.get("steps") or []:
+            if name not in passes:
+                raise PipelineError(f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}")
+            node = passes[name]
+            target = str(node.get("_target_", ""))
+            cls = get_pass(pass_registry_name(target, name))  # unknown pass -> clear error
+            check_pass_keys(cls, node, name)
+            try:
+                p = instantiate(node, _convert_="all")
+            except Exception as e:  # hydra wraps the dataclass's ValueError; surface it
+                cause = e.__cause__ or e
+                raise PipelineError(f"step {name!r}: {cause}") from cause
+            yield name, p
+
+    steps = checked_steps(built(), where=lambda s: f"step {s.name!r}: pipeline.passes.{s.name}.",
+                          empty="pipeline.steps is empty")
+    model = cfg.get("model")
+    check_teacher_made(steps, input_is_teacher=model is not None and model.get("finetuned") is True)
+    return steps
+
+
+def checked_steps(named: Iterable[tuple[str, Pass]], *, where: Callable[[Step], str], empty: str) -> list[Step]:
+    """The steps of ``named`` (step name, built pass) pairs, with the checks every entry makes of a step list (the
+    config's :func:`build_steps` and ``compress()``'s ``api.build_steps``): each pass's field types
+    (:func:`~compresslab.validate.check_field_types`: what the pass's own checks leave, e.g. a bool flag given as a
+    string), then a list that is not empty, then the order (:func:`check_order`).
+
+    ``named`` is pulled one pair at a time, so a generator that builds each pass as it is pulled reports the passes'
+    errors in step order. ``where(step)`` starts a field-type message (the setting as that entry spells it);
+    ``empty`` is the message for no steps. Raises PipelineError."""
     steps: list[Step] = []
-    for i, name in enumerate(pipe.get("steps") or []):
-        if name not in passes:
-            raise PipelineError(f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}")
-        node = passes[name]
-        target = str(node.get("_target_", ""))
-        cls = get_pass(pass_registry_name(target, name))  # unknown pass -> clear error
-        check_pass_keys(cls, node, name)
-        try:
-            p = instantiate(node, _convert_="all")
-        except Exception as e:  # hydra wraps the dataclass's ValueError; surface it
-            cause = e.__cause__ or e
-            raise PipelineError(f"step {name!r}: {cause}") from cause
+    for i, (name, p) in enumerate(named):
+        step = Step(i, name, p)
         try:  # what the pass's own checks leave: e.g. a bool flag given as a string
             check_field_types(p)
         except ValueError as e:
-            raise PipelineError(f"step {name!r}: pipeline.passes.{name}.{e}") from None
-        steps.append(Step(i, name, p))
+            raise PipelineError(f"{where(step)}{e}") from None
+        steps.append(step)
     if not steps:
-        raise PipelineError("pipeline.steps is empty")
+        raise PipelineError(empty)
     check_order(steps)
-    model = cfg.get("model")
-    check_teacher_made(steps, input_is_teacher=model is not None and model.get("finetuned") is True)
     return steps
 
 
@@ -192,6 +214,19 @@ def needs_teacher(p: Pass) -> bool:
     return bool(r is not None and r.steps and (r.hardness > 0 or r.hidden_weight > 0))
 
 
+def distils_before_teacher(steps: list[Step]) -> Step | None:
+    """The first step that distils from a teacher (:func:`needs_teacher`) before any step makes one
+    (``makes_teacher``: finetune); None when no such step. The one loop behind the config's rule
+    (:func:`check_teacher_made`) and ``compress()``'s (``api._check_teacher``: the model as given is then the
+    teacher, and its head must be trained)."""
+    for s in steps:
+        if s.pass_.makes_teacher:
+            return None
+        if needs_teacher(s.pass_):
+            return s
+    return None
+
+
 def check_teacher_made(steps: list[Step], *, input_is_teacher: bool) -> None:
     """A pass that distils (:func:`needs_teacher`) needs a teacher made before it: an earlier step
     that makes one (``makes_teacher``: finetune), or the input model itself (``model.finetuned=true``).
@@ -199,14 +234,12 @@ def check_teacher_made(steps: list[Step], *, input_is_teacher: bool) -> None:
     pass learns from noise and nothing fails). PipelineError naming the step and both fixes."""
     if input_is_teacher:
         return
-    for s in steps:
-        if s.pass_.makes_teacher:
-            return
-        if needs_teacher(s.pass_):
-            raise PipelineError(f"step {s.name!r} distils from a teacher, but none is made before it: no earlier step "
-                                "fine-tunes the model and model.finetuned=false, so the teacher would be the input "
-                                "model with a fresh, untrained head. Put 'finetune' first in pipeline.steps, or set "
-                                "model.finetuned=true if the model is already fine-tuned on this task")
+    s = distils_before_teacher(steps)
+    if s is not None:
+        raise PipelineError(f"step {s.name!r} distils from a teacher, but none is made before it: no earlier step "
+                            "fine-tunes the model and model.finetuned=false, so the teacher would be the input "
+                            "model with a fresh, untrained head. Put 'finetune' first in pipeline.steps, or set "
+                            "model.finetuned=true if the model is already fine-tuned on this task")
 
 
 def check_order(steps: list[Step]) -> None:
