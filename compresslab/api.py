@@ -242,10 +242,9 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
     from compresslab.validate import check_writable
-    from compresslab.pipeline.preflight import check_deploy_settings, check_lengths_fit
+    from compresslab.pipeline.preflight import check_steps_settings, check_with_model
     from compresslab.pipeline.settings import RunSettings, default_settings
-    from compresslab.pipeline.state import (RunState, check_steps, check_steps_model, frozen, resolve_device,
-                                            tqdm_progress)
+    from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
     from compresslab.validate import check_positive_int
 
     unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
@@ -276,15 +275,15 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     check_steps(steps, task)
     teacher = _as_model(teacher, "teacher")
     _check_teacher(steps, model, teacher, task)
-    check_steps_model(steps, model)
     export_s, eval_s, bench_s = default_settings(export=export, eval={"enabled": len(task.dev) > 0},
                                                  bench={"enabled": False})
     settings = RunSettings(seed=seed, max_length=max_length, batch_size=batch_size, cache_dir=None,  # type: ignore[arg-type]
                            threads=None, device=device, report=False, export=export_s, eval=eval_s, bench=bench_s)
-    # the CLI preflight's per-step checks that read the settings: a pass's own sequence lengths (ZipLM's seq,
-    # bibert's max_length) against this model's position table, an outlier split the export leaves unfused
-    check_lengths_fit(model.config, settings, steps, " (the model given to compress())")
-    check_deploy_settings(settings, steps)
+    # the CLI's lists, whole: the model checks its driver makes before the first step (deploy settings, each pass's
+    # check_model), then its preflight's per-step checks (what a step rules out of the export settings, a pass's
+    # own sequence lengths such as ZipLM's seq against this model's position table)
+    check_with_model(settings, steps, model)
+    check_steps_settings(settings, steps, model.config, " (the model given to compress())")
 
     run_dir, cleanup = _work_dir(output_dir)
     try:

@@ -106,16 +106,15 @@ def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
 
 def _check_with_model(cfg: Any, steps: list[Any]) -> None:
     """The driver's checks before its first step: the data (columns, labels, splits: ``RunState.prepare``), then the
-    loaded model (deploy settings, each pass's ``check_model``: shapes such as hawq's block size, module patterns).
+    loaded model (``preflight.check_with_model``, the driver's own list: deploy settings, each pass's ``check_model``).
     Seconds per job (the data read, the model loaded); no run dir is written. A single run makes them itself within
     seconds; a multirun's later job would make them only after the earlier jobs ran."""
-    from compresslab.pipeline.deploy import check_deploy
-    from compresslab.pipeline.state import RunState, check_steps_model
+    from compresslab.pipeline.preflight import check_with_model
+    from compresslab.pipeline.state import RunState
 
     state = RunState.prepare(cfg, steps)
     state.load_initial()
-    check_deploy(state, steps)
-    check_steps_model(steps, state.model)
+    check_with_model(state.settings, steps, state.model)
 
 
 # A multirun of at most this many jobs has every job checked up front; a larger one has every swept

@@ -30,15 +30,19 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from compresslab.export.openvino_int8 import IR_NAME
 from compresslab.export.precision import is_int8, nbits_of, precision_class
 from compresslab.manifest import RunManifest
+from compresslab.pipeline.settings import RunSettings
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.validation import ValidationAgreement
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +244,9 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     return out
 
 
-def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
-    """Deploy settings that need the loaded model, checked before any step: every ``keep_fp32``
+def check_deploy(settings: RunSettings, steps: Sequence[Any], model: "nn.Module") -> None:
+    """Deploy settings (``settings.deploy``, ``settings.bench``) that need the loaded ``model``, checked before any
+    step (:func:`~compresslab.pipeline.preflight.check_with_model`): every ``keep_fp32``
     pattern must select a Linear of the model (ValueError naming the available ones), and no
     OpenVINO precision a binary model refuses (bf16), when the model is binary or one of ``steps``
     binarizes it (a pass with ``binarizes``): otherwise the refusal would come after the training."""
@@ -249,9 +254,9 @@ def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
     from compresslab.models.binary import is_binary
     from compresslab.types import capability
 
-    d, b = state.settings.deploy, state.settings.bench
+    d, b = settings.deploy, settings.bench
     binarized_by = [s.name for s in steps if capability(s.pass_, "binarizes")]
-    if is_binary(state.model) or binarized_by:
+    if is_binary(model) or binarized_by:
         what = f"the model {'step ' + binarized_by[0] + ' makes' if binarized_by else 'loaded'}"
         if d.runtime != "ort":
             resolve_precision(d.precision, binary=True, setting="deploy.precision", what=what)
@@ -262,7 +267,7 @@ def check_deploy(state: RunState, steps: Sequence[Any] = ()) -> None:
         from compresslab.targets import select_modules
 
         try:
-            select_modules(state.model, list(d.keep_fp32))
+            select_modules(model, list(d.keep_fp32))
         except ValueError as e:
             raise ValueError(f"deploy.keep_fp32: {e}") from None
 

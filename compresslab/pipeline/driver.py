@@ -50,8 +50,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
             run_dir: Path) -> Path:
     """:func:`run` once it holds ``run_dir``'s lock: resume or start the dir, run the steps, finish.
     ``cfg`` is recorded (and gives the run's identity); the settings are read from ``state.settings``."""
-    from compresslab.pipeline.deploy import check_deploy
-    from compresslab.pipeline.state import check_steps_model
+    from compresslab.pipeline.preflight import check_with_model
     from compresslab.pipeline.steps import run_steps
 
     existing = prepare_run_dir(run_dir, cfg, state.settings)
@@ -62,10 +61,9 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
         log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
         return run_dir
     state.load_initial()
-    # module patterns and shapes need the model: checked before any step runs and before a fresh run
-    # dir is written (a refused config leaves nothing behind)
-    check_deploy(state, steps)
-    check_steps_model(steps, state.model)  # the passes' own (e.g. hawq's block_size vs the Linears' shapes)
+    # deploy settings, module patterns and shapes need the model (e.g. hawq's block_size vs the Linears' shapes):
+    # checked before any step runs and before a fresh run dir is written (a refused config leaves nothing behind)
+    check_with_model(state.settings, steps, state.model)
     manifest = existing or _start(state, run_dir, cfg)
     record_invocation(manifest, cfg, run_dir, overrides)
     manifest.data["inputs"] = inputs

@@ -13,18 +13,25 @@ read, checked at once before any work, each failure naming the setting to change
 * the directories the run writes (``paths.output_dir`` or ``run.dir``, ``paths.cache_dir``):
   created and written to, then left as they were.
 
-The checks that need the data or the loaded model follow in ``RunState.prepare`` and the driver.
+The checks that need the data follow in ``RunState.prepare``; those that need the loaded model are
+:func:`check_with_model`. Each entry runs these lists whole, never a pick of their checks: the driver (a CLI run),
+the multirun check before Hydra starts a job (``cli.check_multirun``) and ``compress()``, which calls
+:func:`check_steps_settings` (the per-step half of :func:`preflight`) and :func:`check_with_model` on the model it
+was given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compresslab.pipeline.plan import Step, build_steps
 from compresslab.pipeline.settings import RunSettings, SettingsError
 from compresslab.types import capability, hook
 from compresslab.validate import check_writable
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def preflight(cfg: Any) -> list[Step]:
@@ -35,12 +42,49 @@ def preflight(cfg: Any) -> list[Step]:
     """
     settings = RunSettings.from_config(cfg)
     steps = build_steps(cfg)
+    check_steps_settings(settings, steps)  # the sequence lengths against model.source's config.json
+    check_output_dirs(settings)
+    return steps
+
+
+def check_steps_settings(settings: RunSettings, steps: list[Step], model_config: Any = None, where: str = "") -> None:
+    """Every check of a run's steps against its settings and its model's config, in this order: the export and
+    deploy settings a step rules out (:func:`check_deploy_settings`), n-bit weights deployed on OpenVINO
+    (:func:`check_nbits_deploy`), OpenVINO int8 settings the IR would never read
+    (:func:`check_openvino_int8_settings`), every sequence length against the model's position table
+    (:func:`check_lengths_fit`). The one list :func:`preflight` and ``compress()`` both run.
+
+    ``model_config``: the model's config (``compress()``: the given model's), ``where`` ending a length message; None
+    (:func:`preflight`): read from ``settings.model.source``'s config.json alone (the weights are not loaded), named
+    `` (model.source=...)``. Raises SettingsError naming the setting to change; FileNotFoundError when
+    ``model.source`` holds no config.json, CheckpointError when it cannot be read.
+    """
     check_deploy_settings(settings, steps)
     check_nbits_deploy(settings, steps)
     check_openvino_int8_settings(settings, steps)
-    check_sequence_lengths(settings, steps)
-    check_output_dirs(settings)
-    return steps
+    if model_config is None:
+        from compresslab.models.loading import read_config, resolve_source
+
+        assert settings.model is not None, "a composed config's settings have a model block"
+        source = settings.model.source
+        model_config, where = read_config(resolve_source(source)), f" (model.source={source})"
+    check_lengths_fit(model_config, settings, steps, where)
+
+
+def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module") -> None:
+    """Every check that needs the loaded model, before any step runs (and, in the driver, before a fresh run dir is
+    written): the deploy settings against it (:func:`~compresslab.pipeline.deploy.check_deploy`: ``keep_fp32``
+    patterns, no bf16 OpenVINO precision for a binary model), then each pass's own
+    (:func:`~compresslab.pipeline.state.check_steps_model`: architectures, module patterns, shapes such as hawq's
+    block size). The one list the driver, the multirun check (each swept job) and ``compress()`` run.
+
+    Raises ValueError naming the setting or the step.
+    """
+    from compresslab.pipeline.deploy import check_deploy
+    from compresslab.pipeline.state import check_steps_model
+
+    check_deploy(settings, steps, model)
+    check_steps_model(steps, model)
 
 
 def check_deploy_settings(settings: RunSettings, steps: list[Step]) -> None:
@@ -133,20 +177,9 @@ def pass_lengths(pass_: Any) -> dict[str, int]:
     return dict(own()) if own is not None else {}
 
 
-def check_sequence_lengths(settings: RunSettings, steps: list[Step]) -> None:
-    """ValueError naming the first setting whose sequence length the model's position table cannot
-    embed (read from ``config.json``; the weights are not loaded). FileNotFoundError when
-    ``model.source`` holds no config.json."""
-    from compresslab.models.loading import read_config, resolve_source
-
-    assert settings.model is not None, "a composed config's settings have a model block"
-    source = settings.model.source
-    check_lengths_fit(read_config(resolve_source(source)), settings, steps, f" (model.source={source})")
-
-
 def check_lengths_fit(config: Any, settings: RunSettings, steps: list[Step], where: str = "") -> None:
     """SettingsError naming the first setting of :func:`sequence_lengths` longer than ``config``'s position
-    table (a transformers config; ``where`` ends the message). The CLI's preflight and ``compress()``."""
+    table (a transformers config; ``where`` ends the message). Run by :func:`check_steps_settings`."""
     from compresslab.models.loading import check_max_length
 
     for setting, length in sequence_lengths(settings, steps).items():

@@ -80,10 +80,10 @@ def test_the_runner_compiles_a_binary_model_as_f32_and_refuses_bf16(amx, binary_
     assert ovr.OpenVinoRunner(bare, threads=1, binary=True).compiled_precision == "f32"  # said by the caller
 
 
-def _state(model, runtime="openvino", precision="default", backends=("ort", "openvino"), precisions=("default", "f32")):
+def _settings(runtime="openvino", precision="default", backends=("ort", "openvino"), precisions=("default", "f32")):
     deploy = SimpleNamespace(runtime=runtime, precision=precision, keep_fp32=None, int8="auto")
     bench = SimpleNamespace(backends=backends, openvino_precisions=precisions)
-    return SimpleNamespace(model=model, settings=SimpleNamespace(deploy=deploy, bench=bench))
+    return SimpleNamespace(deploy=deploy, bench=bench)
 
 
 def test_a_pipeline_that_binarizes_refuses_bf16_before_any_step(amx):
@@ -91,15 +91,15 @@ def test_a_pipeline_that_binarizes_refuses_bf16_before_any_step(amx):
 
     steps = [SimpleNamespace(name="finetune", pass_=object()), SimpleNamespace(name="bibert", pass_=BiBert())]
     dense = tiny_model("bert")
-    check_deploy(_state(dense, precision="bf16"), [])  # a dense pipeline: bf16 is a deployment choice
-    check_deploy(_state(dense), steps)  # default and f32: compiled as f32, fine
+    check_deploy(_settings(precision="bf16"), [], dense)  # a dense pipeline: bf16 is a deployment choice
+    check_deploy(_settings(), steps, dense)  # default and f32: compiled as f32, fine
     with pytest.raises(ValueError, match=r"deploy\.precision='bf16' refused for the model step bibert makes"):
-        check_deploy(_state(dense, precision="bf16"), steps)
+        check_deploy(_settings(precision="bf16"), steps, dense)
     with pytest.raises(ValueError, match=r"bench\.openvino_precisions='bf16'"):
-        check_deploy(_state(dense, runtime="ort", precisions=("default", "bf16")), steps)
-    check_deploy(_state(dense, runtime="ort", precision="bf16", backends=("ort",)), steps)  # OpenVINO unused
+        check_deploy(_settings(runtime="ort", precisions=("default", "bf16")), steps, dense)
+    check_deploy(_settings(runtime="ort", precision="bf16", backends=("ort",)), steps, dense)  # OpenVINO unused
     loaded = tiny_model("bert")
     binarize_model(loaded)
     freeze_binary(loaded)  # a binary checkpoint given as the source model
     with pytest.raises(ValueError, match="refused for the model loaded"):
-        check_deploy(_state(loaded, precision="bf16"), [])
+        check_deploy(_settings(precision="bf16"), [], loaded)

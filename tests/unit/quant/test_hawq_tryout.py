@@ -84,7 +84,7 @@ def test_cli_driver_checks_the_model_before_writing_the_run_dir():
     # run() takes the run dir's lock, then _run_in() does the work: the model check comes before the manifest
     assert "_run_in(" in inspect.getsource(driver.run)
     src = inspect.getsource(driver._run_in)
-    assert src.index("check_steps_model(") < src.index("_start(")
+    assert src.index("check_with_model(") < src.index("_start(")
 
 
 def test_hawq_records_the_packed_and_dense_sizes(tiny_ctx):
