@@ -6,10 +6,10 @@ A bad command line is answered with one line on stderr (``compresslab: error: ..
 setting to change) and exit status 2, never a traceback: the overrides are composed and checked
 (:func:`check_command_line`) before Hydra sets anything up, so a typo such as ``debug=smok``, an
 unwritable ``paths.output_dir`` or ``seed=abc`` stops here; a multirun (``-m seed=1,2``) has each
-of its jobs checked so (:func:`check_multirun`) before the first starts. What needs the model or
-the data stops at the start of :func:`compresslab.pipeline.run`, before any training; for a multirun that
-sweeps something, it is checked for each job before the first starts too (a search's candidates are
-checked by the search's own plan).
+of its jobs checked so (:func:`check_multirun`, planned in :mod:`compresslab.pipeline.multirun`) before the first
+starts. What needs the model or the data stops at the start of :func:`compresslab.pipeline.run`, before any
+training; for a multirun that sweeps something, it is checked for each job before the first starts too, by the
+driver's own list (a search's candidates are checked by the search's own plan).
 """
 
 from __future__ import annotations
@@ -57,17 +57,11 @@ def fail(error: BaseException | str) -> NoReturn:
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """The errors that mean "the input is wrong" (each names what to change), not a crash."""
-    from compresslab.config import ConfigError
-    from compresslab.pipeline import PipelineError, SettingsError
-    from compresslab.dirlock import DirectoryBusyError
-    from compresslab.runlock import MachineBusyError
+    """The errors that mean "the input is wrong" (each names what to change), not a crash
+    (:func:`compresslab.pipeline.preflight.bad_input_errors`)."""
+    from compresslab.pipeline.preflight import bad_input_errors as errors
 
-    # SettingsError, PipelineError, ConfigError and CheckpointError are ValueErrors; MachineBusyError
-    # is a timing refused while training runs (its message names the variables that wait longer);
-    # DirectoryBusyError: the same search or run dir is in use by another process (its message names it)
-    return (ConfigError, PipelineError, SettingsError, FileNotFoundError, ValueError, MachineBusyError,
-            DirectoryBusyError)
+    return errors()
 
 
 def check_command_line(overrides: list[str]) -> None:
@@ -83,9 +77,10 @@ def check_command_line(overrides: list[str]) -> None:
 
 
 def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
-    """:func:`check_command_line`'s checks of one job, raising the bad-input error (the missing
-    pipeline prints its own message and exits 2); returns the composed config and its steps for
-    :func:`_check_with_model` (None for a search, which checks its candidates itself)."""
+    """:func:`check_command_line`'s checks of one job: a search's plan (``+search=NAME``: it checks its own settings
+    and every candidate), else the pipeline's preflight. Raises the bad-input error (the missing pipeline prints its
+    own message and exits 2); returns the composed config and its steps for the multirun's model checks (None for a
+    search)."""
     from compresslab.config import compose
     from compresslab.pipeline.preflight import preflight
     from compresslab.search.plan import base_overrides, requests_search
@@ -104,71 +99,17 @@ def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
     return cfg, preflight(cfg)
 
 
-def _check_with_model(cfg: Any, steps: list[Any]) -> None:
-    """The driver's checks before its first step: the data (columns, labels, splits: ``RunState.prepare``), then the
-    loaded model (``preflight.check_with_model``, the driver's own list: deploy settings, each pass's ``check_model``).
-    Seconds per job (the data read, the model loaded); no run dir is written. A single run makes them itself within
-    seconds; a multirun's later job would make them only after the earlier jobs ran."""
-    from compresslab.pipeline.preflight import check_with_model
-    from compresslab.pipeline.state import RunState
-
-    state = RunState.prepare(cfg, steps)
-    state.load_initial()
-    check_with_model(state.settings, steps, state.model)
-
-
-# A multirun of at most this many jobs has every job checked up front; a larger one has every swept
-# value checked (each in one job), since each check composes a config (~0.1 s).
-MAX_CHECKED_JOBS = 64
-
-
-def multirun_jobs_to_check(lists: list[list[str]]) -> list[list[str]]:
-    """The jobs of a multirun (one pick from each of ``lists``, see ``config.sweep_lists``) that the
-    pre-Hydra check composes: all of them up to :data:`MAX_CHECKED_JOBS`, else a covering set in
-    which every swept value appears (job i takes value i of each sweep, wrapping around)."""
-    import itertools
-    import math
-
-    if math.prod(len(v) for v in lists) <= MAX_CHECKED_JOBS:
-        return [list(job) for job in itertools.product(*lists)]
-    return [[v[i % len(v)] for v in lists] for i in range(max(len(v) for v in lists))]
-
-
 def check_multirun(overrides: list[str]) -> None:
-    """:func:`check_command_line` for each job of a multirun (``-m``): the sweeps are expanded as
-    Hydra expands them and every job (or every swept value, see :func:`multirun_jobs_to_check`)
-    is composed and checked before Hydra starts the first job, with the data and model checks a run
-    makes before its first step (:func:`_check_with_model`) when something is swept (a sweep of more than
-    :data:`MAX_CHECKED_JOBS` jobs: each swept value, not each combination). Prints one line
-    naming the job's swept values and raises SystemExit(2) when any is wrong; returns None otherwise."""
-    from compresslab.config import sweep_lists
+    """:func:`check_command_line` for each job of a multirun (``-m``), then, when something is swept, the data and
+    model checks a run makes before its first step, all before Hydra starts the first job
+    (:func:`compresslab.pipeline.multirun.check_multirun`). Prints one line naming the job's swept values and raises
+    SystemExit(2) when any is wrong; returns None otherwise."""
+    from compresslab.pipeline.multirun import check_multirun as check_jobs
 
     try:
-        lists = sweep_lists(overrides)
+        check_jobs(overrides, _check_job)
     except bad_input_errors() as e:
         fail(e)
-    swept = [i for i, v in enumerate(lists) if len(v) > 1]
-
-    def refused(job: list[str], e: BaseException) -> NoReturn:
-        if not swept:  # one job: the same line as without -m
-            fail(e)
-        values = " ".join(job[i] for i in swept)
-        fail(f"{' '.join(str(e).split())} (in the multirun job with {values}; no job was started)")
-
-    # the config of every job first (a fraction of a second each), then, for a sweep, what needs the data and the
-    # model (seconds each): a later job's bad block size or data file would otherwise stop it after the earlier ran
-    checked = []
-    for job in multirun_jobs_to_check(lists):
-        try:
-            checked.append((job, _check_job(job)))
-        except bad_input_errors() as e:
-            refused(job, e)
-    for job, composed in checked if swept else ():
-        try:
-            if composed is not None:
-                _check_with_model(*composed)
-        except bad_input_errors() as e:
-            refused(job, e)
 
 
 def _main(cfg) -> None:

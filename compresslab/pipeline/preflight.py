@@ -15,7 +15,7 @@ read, checked at once before any work, each failure naming the setting to change
 
 The checks that need the data follow in ``RunState.prepare``; those that need the loaded model are
 :func:`check_with_model`. Each entry runs these lists whole, never a pick of their checks: the driver (a CLI run),
-the multirun check before Hydra starts a job (``cli.check_multirun``) and ``compress()``, which calls
+the multirun check before Hydra starts a job (:mod:`compresslab.pipeline.multirun`) and ``compress()``, which calls
 :func:`check_steps_settings` (the per-step half of :func:`preflight`) and :func:`check_with_model` on the model it
 was given.
 """
@@ -85,6 +85,21 @@ def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module
 
     check_deploy(settings, steps, model)
     check_steps_model(steps, model)
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the input is wrong" (each names what to change), not a crash: what the CLI prints as
+    one line with exit status 2, and what the multirun check names a job's swept values on."""
+    from compresslab.config import ConfigError
+    from compresslab.dirlock import DirectoryBusyError
+    from compresslab.pipeline.plan import PipelineError
+    from compresslab.runlock import MachineBusyError
+
+    # SettingsError, PipelineError, ConfigError and CheckpointError are ValueErrors; MachineBusyError
+    # is a timing refused while training runs (its message names the variables that wait longer);
+    # DirectoryBusyError: the same search or run dir is in use by another process (its message names it)
+    return (ConfigError, PipelineError, SettingsError, FileNotFoundError, ValueError, MachineBusyError,
+            DirectoryBusyError)
 
 
 def check_deploy_settings(settings: RunSettings, steps: list[Step]) -> None:

@@ -373,7 +373,9 @@ def test_multirun_refused(cli_refusal, expect_clear, argv, match):
 @case(name="-m over more jobs than are composed one by one (task=glob(*) seed=range(0,20) debug=...)", kind=1,
       expected="every swept value still checked: the bad one named")
 def test_multirun_large_sweep_checks_each_value(cli_refusal, monkeypatch, expect_clear):
-    monkeypatch.setattr(cli, "MAX_CHECKED_JOBS", 4)  # as if the sweep were huge
+    from compresslab.pipeline import multirun
+
+    monkeypatch.setattr(multirun, "MAX_CHECKED_JOBS", 4)  # as if the sweep were huge
     expect_clear(cli_refusal(lambda: cli.check_multirun(["+pipeline=int8", "budget=glob(*)", "seed=range(0,6)",
                                                           "task.max_length=64,32,0"])),
                  match=r"task\.max_length must be an integer >= 1.*multirun job with .*task\.max_length=0")
@@ -391,7 +393,9 @@ def test_multirun_flags_anywhere(observe):
     assert argv == ["+pipeline=int8", "seed=1,2", "task.max_length=64", "-m", "--cfg", "job"]
     again = get_args_parser().parse_args(argv)  # what hydra.main does with sys.argv
     assert again.multirun and again.cfg == "job" and again.overrides == parsed.overrides
-    assert cli.multirun_jobs_to_check([["a=1", "a=2"], ["b=x"], ["c=1", "c=2", "c=3"]]) == [
+    from compresslab.pipeline.multirun import jobs_to_check
+
+    assert jobs_to_check([["a=1", "a=2"], ["b=x"], ["c=1", "c=2", "c=3"]]) == [
         ["a=1", "b=x", "c=1"], ["a=1", "b=x", "c=2"], ["a=1", "b=x", "c=3"],
         ["a=2", "b=x", "c=1"], ["a=2", "b=x", "c=2"], ["a=2", "b=x", "c=3"]]
     observe(f"{args} -> {argv}")
