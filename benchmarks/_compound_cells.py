@@ -131,7 +131,7 @@ def build_cells(runs: dict[str, Any], manifests: dict[str, dict[str, Any]],
     ``int8`` run), then every pipeline's model. ``manifests`` from :func:`check_runs`. ValueError when the runs
     have different teachers."""
     from compresslab.manifest import RunManifest
-    from compresslab.pipeline.export import teacher_onnx
+    from compresslab.pipeline import teacher_onnx
 
     one_teacher({p: teacher_key(m) for p, m in manifests.items()})
     cells: dict[str, dict[str, dict[str, Any]]] = {}

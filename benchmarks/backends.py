@@ -127,12 +127,12 @@ def split_key(key: str) -> tuple[str, str]:
 
 def teacher_ort_int8(rd: Path) -> dict[str, Any]:
     """The dense peer cell ``ort_int8``: ORT's dynamic int8 of run ``rd``'s teacher in one quantizer call
-    (``compresslab.pipeline.bench.teacher_int8``, the bench stage's own cell), a speed a user gets without us (the
+    (``compresslab.pipeline.teacher_int8``, the bench stage's own cell), a speed a user gets without us (the
     fastest dense baseline on AVX2 without VNNI). Not the ``int8`` pipeline's file: that one carries our
     rewrites (block-wise word embeddings by default since 2026-12-05), so it is a model of ours, timed as its own
     cell beside this one. A failure is an error cell (with the exception), not a crash of the measure."""
     from compresslab.manifest import RunManifest
-    from compresslab.pipeline.bench import teacher_int8
+    from compresslab.pipeline import teacher_int8
 
     try:
         return _cell("ort", teacher_int8(rd, RunManifest.load(rd)), "int8", "peer")
@@ -154,8 +154,8 @@ def _fp32_cells(onnx: Path, ckpt: Path, flags: set[str]) -> dict[str, dict[str, 
 
 def build_cells(runs: dict[str, Any], flags: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """model -> cell -> what to run, from the pipelines' run dirs."""
-    from compresslab.pipeline.export import teacher_onnx
     from compresslab.manifest import RunManifest
+    from compresslab.pipeline import teacher_onnx
 
     cells: dict[str, dict[str, dict[str, Any]]] = {}
     rd = REPO / runs["int8"]["run_dir"]

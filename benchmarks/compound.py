@@ -292,7 +292,7 @@ def measure(a: argparse.Namespace) -> None:
         if c["kind"] == "openvino" and "int8" in name:
             cell["precision"] = f"int8 ({cell['precision']} for the rest)"
     from compresslab.manifest import RunManifest
-    from compresslab.pipeline.export import teacher_onnx
+    from compresslab.pipeline import teacher_onnx
 
     ds, ds_meta = deepsparse_cells(cells, teacher_onnx(rd, RunManifest.load(rd)), dev, tok, task.spec,
                                    _Pred(teacher), vocab, a)

@@ -9,6 +9,8 @@ from compresslab.pipeline.driver import restore, run, run_pipeline, teacher_stat
 from compresslab.pipeline.plan import (
     PipelineError, RunDirConflictError, Step, build_steps, config_hash, prepare_run_dir, resolve_run_dir)
 from compresslab.pipeline.settings import SettingsError
+from compresslab.pipeline.teacher_files import teacher_int8, teacher_onnx
 
 __all__ = ["PipelineError", "RunDirConflictError", "SettingsError", "Step", "available_pipelines", "build_steps",
-           "config_hash", "prepare_run_dir", "resolve_run_dir", "restore", "run", "run_pipeline", "teacher_state"]
+           "config_hash", "prepare_run_dir", "resolve_run_dir", "restore", "run", "run_pipeline", "teacher_int8",
+           "teacher_onnx", "teacher_state"]

@@ -11,9 +11,9 @@ from compresslab.export.precision import precision_label
 from compresslab.export.size import artifact_bytes
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.deepsparse import deepsparse
-from compresslab.pipeline.export import teacher_onnx
 from compresslab.pipeline.settings import BenchSettings
 from compresslab.pipeline.state import RunState
+from compresslab.pipeline.teacher_files import teacher_int8, teacher_onnx
 
 log = logging.getLogger(__name__)
 
@@ -188,29 +188,6 @@ def speedups_vs_best(results: dict[str, Any], best: dict[str, dict[str, Any]]) -
     return {name: {shape: best[shape]["p50_ms"] / st["p50_ms"] for shape, st in per.items()
                    if shape in best and st["p50_ms"] > 0}
             for name, per in results.items()}
-
-
-def teacher_int8(run_dir: Path, manifest: RunManifest) -> Path:
-    """The dense teacher's ORT dynamic int8: its export, fused first when it is not (``export.optimize=false``),
-    quantized by the recipe ZipLM's ``ort_int8`` runtime times (:data:`~compresslab.bench.latency_runtimes.ORT_INT8_ARGS`:
-    one call of ORT's quantizer, i.e. ``ort_int8_dynamic`` with ``embeddings: per_tensor``), in
-    ``bench/teacher_int8/model.onnx`` (outside ``export/``, whose folders keep optimum's layout). Quantized on every
-    bench run: a few seconds, and never stale after a rerun of the export. Never the ``int8`` pipeline's own file:
-    that one carries our rewrites (block-wise word embeddings by default since 2026-12-05; the outlier split when
-    asked), and this cell is what a user gets without us (benchmarks/backends.py and compound.py take it from here
-    for the same reason)."""
-    import tempfile
-
-    from compresslab.bench.latency_runtimes import ORT_INT8_ARGS
-    from compresslab.export.ort_quant import ensure_fused, quantize_dynamic_int8, read_export_config
-
-    out = run_dir / "bench" / "teacher_int8" / "model.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    teacher = teacher_onnx(run_dir, manifest)
-    with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:  # as ort_int8_dynamic does (optimize=true)
-        src, _ = ensure_fused(teacher, read_export_config(teacher.parent), work)
-        quantize_dynamic_int8(src, out, **ORT_INT8_ARGS)
-    return out
 
 
 def int8_drop_note(teacher: float | None, int8: float | None, max_drop: float) -> str | None:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from compresslab.manifest import RunManifest
-from compresslab.pipeline.export import teacher_onnx
 from compresslab.pipeline.settings import DeepSparseSettings
 from compresslab.pipeline.state import RunState
+from compresslab.pipeline.teacher_files import teacher_onnx
 
 log = logging.getLogger(__name__)
 

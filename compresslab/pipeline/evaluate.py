@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.manifest import RunManifest, atomic_write_json
-from compresslab.pipeline.export import teacher_onnx
 from compresslab.pipeline.state import RunState
+from compresslab.pipeline.teacher_files import teacher_onnx
 
 log = logging.getLogger(__name__)
 

@@ -84,8 +84,3 @@ def binary_flops(model: Any, max_length: int) -> dict[str, Any]:
         f = theoretical_flops(model, seq)
         out[f"s{seq}"] = {k: v for k, v in f.items() if k != "per_module"}
     return out
-
-
-def teacher_onnx(run_dir: Path, manifest: RunManifest) -> Path:
-    sec = manifest.data["export"]
-    return run_dir / sec.get("teacher_fp32", sec["fp32"])["path"]
