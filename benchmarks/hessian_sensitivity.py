@@ -76,7 +76,7 @@ def _exact_ggn_block_traces(model, batch: dict, params: list[torch.Tensor]) -> n
 
 def noise(args) -> None:
     from compresslab.ops.loss_hessian import block_quadratic, rademacher
-    from compresslab.quant.sensitivity import _graph, _hessian_mode, _hvp_fn
+    from compresslab.quant.hvp import batch_hvps
     from compresslab.targets import select_modules
 
     _, state, ctx = _setup(args.threads)
@@ -96,10 +96,9 @@ def noise(args) -> None:
         exact = np.full((len(batches), len(names)), np.nan)
         t0 = time.perf_counter()
         hvp_s = 0.0
-        with _hessian_mode(model, params):
+        with batch_hvps(model, params) as hvps:
             for bi, batch in enumerate(batches):
-                grads = _graph(model, batch, params, _loss(loss_name))
-                fn = _hvp_fn(grads, params)
+                fn = hvps(batch, _loss(loss_name))  # the batch's gradient graph, probed below
                 ts = time.perf_counter()
                 for p in range(args.probes):
                     z = rademacher(params, gen)
@@ -110,7 +109,7 @@ def noise(args) -> None:
                         z = [torch.zeros_like(t) for t in params]
                         z[j] = rademacher([params[j]], gen)[0]
                         own[bi, p, k] = float(block_quadratic([z[j]], [fn(z)[j]], [1])[0])
-                del grads, fn
+                del fn  # frees the graph
                 if loss_name == "teacher_kl":
                     exact[bi] = _exact_ggn_block_traces(model, batch, params)
                 log.info("%s batch %d/%d %.0f s", loss_name, bi + 1, len(batches), time.perf_counter() - t0)

@@ -30,19 +30,18 @@ all-reduced each round, so every rank stops together and returns the same result
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from compresslab.bench.env import peak_memory_mb
-from compresslab.models.attention import eager_attention
 from compresslab.ops.loss_hessian import RunningTrace, block_quadratic, check_probes, hvp, power_iteration, rademacher
+from compresslab.quant.hvp import EAGER_NOTE, DoubleBackwardError, gradient_graph, hessian_mode, hvp_fn
 from compresslab.training.dist import world
 from compresslab.training.losses import LossFn, task_loss
 
@@ -50,10 +49,6 @@ __all__ = ["DoubleBackwardError", "LinearTrace", "SensitivityResult", "fisher_tr
            "linear_traces"]
 
 LAYER_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
-
-
-class DoubleBackwardError(ValueError, RuntimeError):
-    """An op on the loss path has no double backward, even with eager attention."""
 
 
 @dataclass(frozen=True)
@@ -97,30 +92,6 @@ class SensitivityResult:
 
 # ---------------------------------------------------------------------------------------------- glue
 
-@contextlib.contextmanager
-def _hessian_mode(model: nn.Module, targets: Sequence[Tensor]) -> Iterator[torch.dtype]:
-    """Eval + eager attention, float32 compute, grad only on ``targets``; all restored on exit.
-    Yields the compute dtype."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    cast = [t for t in tensors if t.dtype in (torch.float16, torch.bfloat16)]
-    saved_dtypes = [t.dtype for t in cast]
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    target_ids = {id(t) for t in targets}
-    try:
-        for t in cast:
-            t.data = t.data.float()
-        for p in params:
-            p.requires_grad_(id(p) in target_ids)
-        with eager_attention(model):
-            yield targets[0].dtype
-    finally:
-        for t, dt in zip(cast, saved_dtypes):
-            t.data = t.data.to(dt)
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-
-
 def _linears(model: nn.Module, names: Sequence[str]) -> list[nn.Linear]:
     if not names:
         raise ValueError("names must list at least one Linear (qualified module names)")
@@ -135,44 +106,9 @@ def _linears(model: nn.Module, names: Sequence[str]) -> list[nn.Linear]:
     return [mods[n] for n in names]
 
 
-def _graph(model: nn.Module, batch: dict[str, Tensor], params: list[Tensor], loss_fn: LossFn) -> list[Tensor | None]:
-    """Gradients of the loss with ``create_graph=True`` (the HVP graph for this batch); None for a
-    weight the loss does not reach."""
-    loss = loss_fn(model, batch)
-    try:
-        return list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except RuntimeError as e:  # pragma: no cover - depends on the model's ops
-        raise DoubleBackwardError(f"cannot build the gradient graph for Hessian-vector products: {e}") from e
-
-
-def _hvp_fn(grads: list[Tensor | None], params: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
-    live = [i for i, g in enumerate(grads) if g is not None]
-
-    def fn(vecs: list[Tensor]) -> list[Tensor]:
-        out = [torch.zeros_like(p) for p in params]
-        try:
-            hv = hvp([grads[i] for i in live], [params[i] for i in live], [vecs[i] for i in live])  # type: ignore[misc]
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except RuntimeError as e:
-            raise DoubleBackwardError(
-                f"double backward failed; an op on the loss path has no second derivative. {_EAGER_NOTE}: {e}") from e
-        for i, h in zip(live, hv):
-            out[i] = h
-        return out
-
-    return fn
-
-
-_EAGER_NOTE = ("transformers' fused attention kernels (sdpa, flash, ...) run as eager here, but an attention "
-               "implementation registered by you is kept as it is: load the model with attn_implementation='eager'")
-
-
 def check_double_backward(model: nn.Module, names: Sequence[str]) -> None:
     """One Hessian-vector product through the Linear ``names[0]`` on a fixed tiny batch (2 sequences of 8 tokens,
-    loss Σ logits²), in the mode the estimates run in (:func:`_hessian_mode`): DoubleBackwardError when an op on the
+    loss Σ logits²), in the mode the estimates run in (:func:`hessian_mode`): DoubleBackwardError when an op on the
     path has no second derivative, naming the attention implementation kept as registered (transformers' fused
     kernels run as eager) when there is one; a forward that fails raises as it is. A pass calls it before any step runs,
     so a model that cannot give Hessian-vector products is refused before fine-tuning, not after. The model is left
@@ -181,7 +117,7 @@ def check_double_backward(model: nn.Module, names: Sequence[str]) -> None:
     params = [linear.weight]
     vocab = int(getattr(model.config, "vocab_size", 0) or 2)
     ids = (torch.arange(16) % max(vocab - 1, 1) + 1).reshape(2, 8).to(linear.weight.device)
-    with _hessian_mode(model, params), torch.enable_grad():  # a caller under no_grad still gets its answer
+    with hessian_mode(model, params), torch.enable_grad():  # a caller under no_grad still gets its answer
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids))  # a failing forward is not ours to explain
         logits = out.logits if hasattr(out, "logits") else out[0]
         # as the estimates see them: transformers' fused kernels are eager here, a registered one is kept
@@ -193,7 +129,7 @@ def check_double_backward(model: nn.Module, names: Sequence[str]) -> None:
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as e:
-            where = (f"its attention implementation {', '.join(kept)} has none here ({_EAGER_NOTE})" if kept
+            where = (f"its attention implementation {', '.join(kept)} has none here ({EAGER_NOTE})" if kept
                      else "an op on the path has none")
             raise DoubleBackwardError(f"Hessian-vector products need a second derivative through the model, and "
                                       f"{where}: {str(e)[:300]}") from e
@@ -281,12 +217,12 @@ def linear_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
     n_batches = 0
     t0 = time.perf_counter()
     it = iter(batches)
-    with _hessian_mode(model, params) as dtype:
+    with hessian_mode(model, params) as dtype:
         for _ in steps:
             batch = next(it, None)
             if batch is not None:
-                grads = _graph(model, _to(batch, device), params, loss_fn)
-                fn = _hvp_fn(grads, params)
+                grads = gradient_graph(model, _to(batch, device), params, loss_fn)
+                fn = hvp_fn(grads, params)
                 for _p in range(probes_per_batch):
                     z = rademacher(params, gen)
                     local.add(block_quadratic(z, fn(z), [1] * len(params)))
@@ -357,7 +293,7 @@ def fisher_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
     t0 = time.perf_counter()
     it = iter(batches)
     keyed = dict(enumerate(mods))
-    with _hessian_mode(model, params) as dtype:
+    with hessian_mode(model, params) as dtype:
         for _ in steps:
             batch = next(it, None)
             if batch is None:
@@ -444,16 +380,16 @@ def layer_eigenvalues(model: nn.Module, batches: Iterable[dict[str, Tensor]], *,
     it = iter(batches)
     steps: Iterable[int] = range(rounds) if progress is None else progress(range(rounds), total=rounds,
                                                                               desc="hessian eigenvalues")
-    with _hessian_mode(model, params):
+    with hessian_mode(model, params):
         for r in steps:
             batch = next(it, None)
             if batch is None:
                 break
-            grads = _graph(model, _to(batch, device), params, loss_fn)
+            grads = gradient_graph(model, _to(batch, device), params, loss_fn)
             for i in range(n_layers):
                 a, b = offsets[i], offsets[i + 1]
                 ts = time.perf_counter()
-                res = power_iteration(_hvp_fn(grads[a:b], params[a:b]), params[a:b], max_iter=max_iter, tol=tol,
+                res = power_iteration(hvp_fn(grads[a:b], params[a:b]), params[a:b], max_iter=max_iter, tol=tol,
                                       generator=gen)
                 seconds[i] += time.perf_counter() - ts
                 vals[rank, r, i] = torch.tensor([res.value, res.iterations, float(res.converged)])
