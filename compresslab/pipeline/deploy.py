@@ -67,7 +67,7 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
         section["notes"].append(NBITS_NOT_ON_OPENVINO.format(file=_rel(onnx_path, run_dir)))
         log.warning("deploy: %s", section["notes"][-1])
     elif d.runtime != "ort":
-        validation = ValidationAgreement(state)
+        validation = ValidationAgreement.of_run(state)
         ir = openvino_ir(state, run_dir, manifest, threads, validation)
         section["notes"] += ir.get("notes", [])
         chosen = "ort"
@@ -114,7 +114,7 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
         return done
     deployed, fp32 = Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"]
     if is_int8(deployed):
-        rec = _int8_ir(state, run_dir, threads, deployed, fp32, validation or ValidationAgreement(state))
+        rec = _int8_ir(state, run_dir, threads, deployed, fp32, validation or ValidationAgreement.of_run(state))
     else:
         src, notes = ir_source(deployed, fp32, run_dir)
         rec = _converted(state, src, run_dir / "export" / IR_DIR, run_dir, threads, notes)
@@ -396,7 +396,7 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     from compresslab.eval.onnx_runner import OnnxRunner
 
     d, b = state.settings.deploy, state.settings.bench
-    validation = validation or ValidationAgreement(state)
+    validation = validation or ValidationAgreement.of_run(state)
     rule = ("eligible: validation agreement >= ORT's - tolerance (ORT always); chosen: lowest p50 at "
             "b32 x s<max_length> among the eligible")
     out: dict[str, Any] = {"rule": rule, "tolerance": d.tolerance, "split": "validation", "n": len(validation.examples)}

@@ -25,7 +25,7 @@ def _state(kind: TaskKind) -> SimpleNamespace:
 @pytest.mark.parametrize("kind,key", [(TaskKind.CLASSIFICATION, "agreement"), (TaskKind.REGRESSION, "agreement_pearson"),
                                       (TaskKind.EMBEDDING, "agreement_pearson")])
 def test_the_key_follows_the_task_kind(kind, key) -> None:
-    assert ValidationAgreement(_state(kind)).key == key
+    assert ValidationAgreement.of_run(_state(kind)).key == key
 
 
 def test_ir_scorer_compiles_at_the_precision_asked_and_predicts_the_teacher_once(monkeypatch) -> None:
@@ -33,12 +33,13 @@ def test_ir_scorer_compiles_at_the_precision_asked_and_predicts_the_teacher_once
     monkeypatch.setattr(ovr, "OpenVinoRunner", lambda xml, threads, precision: compiled.append((xml, precision)) or xml)
     monkeypatch.setattr(ev, "onnx_forward", lambda runner: runner)
     monkeypatch.setattr(ev, "torch_forward", lambda model: model)
-    monkeypatch.setattr(ev, "predict", lambda f, spec, examples, tok, **kw: predicted.append(f) or f)
+    monkeypatch.setattr(ev, "predict", lambda f, spec, examples, tok, **kw: predicted.append((f, kw)) or f)
     # a fake compare: the "agreement" of an IR is the length of its name, so the scorer's output is checkable
     monkeypatch.setattr(ev, "compare", lambda pred, ref, spec: {"agreement": float(len(pred)), "ref": ref})
-    v = ValidationAgreement(_state(TaskKind.CLASSIFICATION))
+    v = ValidationAgreement.of_run(_state(TaskKind.CLASSIFICATION))
     assert v.ir_scorer(1, "default")({"a": "x.xml", "b": "yy.xml"}) == {"a": 5.0, "b": 6.0}
     assert compiled == [("x.xml", "default"), ("yy.xml", "default")]
     v.ir_scorer(1)({"c": "z.xml"})  # no precision asked: deploy.precision
     assert compiled[-1] == ("z.xml", "bf16")
-    assert predicted.count("teacher") == 1  # the teacher's validation predictions are computed once
+    assert [f for f, _ in predicted].count("teacher") == 1  # the teacher's validation predictions are computed once
+    assert all(kw == {"batch_size": 2, "max_length": 8} for _, kw in predicted)  # eval.batch_size, task.max_length
