@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compresslab.pipeline import Teacher
 
 
 def add_carve_args(ap: argparse.ArgumentParser) -> None:
@@ -19,21 +22,21 @@ def carve_label(a: argparse.Namespace) -> str:
     return "" if a.carve == "random" and a.val_size is None else f"_{a.carve}{a.val_size or ''}"
 
 
-def carve_teacher(a: argparse.Namespace, seed: int, work: Path) -> Any:
-    """The RunState holding the teacher a ``budget=bench`` pipeline on this carve uses, found in the teacher
-    cache by its content key (trained if missing): never a guess such as "the one trained on most examples",
-    which can hold another carve's validation examples."""
+def carve_teacher(a: argparse.Namespace, seed: int, work: Path) -> "Teacher":
+    """The teacher a ``budget=bench`` pipeline on this carve uses (:func:`compresslab.pipeline.teacher_of`), found
+    in the teacher cache by its content key (trained if missing): never a guess such as "the one trained on most
+    examples", which can hold another carve's validation examples."""
     from compresslab.config import compose
-    from compresslab.pipeline import teacher_state
+    from compresslab.pipeline import teacher_of
 
     overrides = ["+pipeline=int8", "task=sst2", "budget=bench", f"seed={seed}", f"task.val_carve={a.carve}"]
     if a.val_size is not None:
         overrides.append(f"task.val_size={a.val_size}")
-    return teacher_state(compose(overrides), work / "teacher")
+    return teacher_of(compose(overrides), work / "teacher")
 
 
-def teacher_meta(state: Any, a: argparse.Namespace) -> dict[str, Any]:
+def teacher_meta(teacher: "Teacher", a: argparse.Namespace) -> dict[str, Any]:
     """``meta.teacher`` and ``meta.task`` of a results file: the teacher's cache key and recipe, the carve."""
-    return {"teacher": {k: state.teacher_metrics.get(k) for k in ("cache_key", "recipe", "validation",
-                                                                 "train_examples")},
-            "task": {"val_carve": a.carve, **{k: v for k, v in state.task.info.items() if k in ("val_size", "sizes")}}}
+    return {"teacher": {k: teacher.metrics.get(k) for k in ("cache_key", "recipe", "validation", "train_examples")},
+            "task": {"val_carve": a.carve,
+                     **{k: v for k, v in teacher.task.info.items() if k in ("val_size", "sizes")}}}

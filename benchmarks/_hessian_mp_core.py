@@ -91,29 +91,30 @@ _STATE: dict[str, Any] = {}
 
 
 def _teacher():
-    """(cfg, state, ctx) over the cached bench teacher (trained once, then found by content hash)."""
+    """(cfg, teacher, ctx) over the cached bench teacher (trained once, then found by content hash): ``teacher`` a
+    :class:`compresslab.pipeline.Teacher`, ``ctx`` its pass context in the work dir."""
     if not _STATE:
-        from compresslab.pipeline import teacher_state
+        from compresslab.pipeline import teacher_of
 
         cfg = compose(["+pipeline=hawq_mp3", "budget=bench", *carve_overrides()])
         setup_process(cfg.run.get("threads"), int(cfg.seed))
-        state = teacher_state(cfg, work_dir() / "teacher")
-        ctx = state.context(work_dir(), work_dir() / "step")
-        _STATE.update(cfg=cfg, state=state, ctx=ctx)
-    return _STATE["cfg"], _STATE["state"], _STATE["ctx"]
+        teacher = teacher_of(cfg, work_dir() / "teacher")
+        ctx = teacher.context(work_dir(), work_dir() / "step")
+        _STATE.update(cfg=cfg, teacher=teacher, ctx=ctx)
+    return _STATE["cfg"], _STATE["teacher"], _STATE["ctx"]
 
 
 def _scored(model) -> Any:
     from compresslab.eval.evaluate import predict, torch_forward
 
-    cfg, state, _ = _teacher()
-    return predict(torch_forward(model), state.task.spec, state.task.dev, state.tokenizer,
+    cfg, teacher, _ = _teacher()
+    return predict(torch_forward(model), teacher.task.spec, teacher.task.dev, teacher.tokenizer,
                    max_length=int(cfg.task.max_length))
 
 
 def _teacher_preds() -> np.ndarray:
     if "teacher_preds" not in _STATE:
-        s = _scored(_teacher()[1].teacher)
+        s = _scored(_teacher()[1].model)
         _STATE["teacher_preds"] = s.predictions
         if not _has("teacher_acc"):
             _store("teacher_acc", s.metrics["score"])
@@ -123,16 +124,16 @@ def _teacher_preds() -> np.ndarray:
 def _dev_batches(n: int | None = None, batch_size: int = 32) -> list[dict]:
     from compresslab.data.loaders import make_loader
 
-    cfg, state, _ = _teacher()
-    ex = list(state.task.dev if n is None else state.task.dev[:n])
+    cfg, teacher, _ = _teacher()
+    ex = list(teacher.task.dev if n is None else teacher.task.dev[:n])
     return [{k: v for k, v in b.items() if k != "labels"}
-            for b in make_loader(ex, state.tokenizer, batch_size, int(cfg.task.max_length), kind=state.task.spec.kind)]
+            for b in make_loader(ex, teacher.tokenizer, batch_size, int(cfg.task.max_length), kind=teacher.task.spec.kind)]
 
 
 def _onnx_scored(path: Path) -> Any:
     from compresslab.eval.evaluate import onnx_forward, predict
     from compresslab.eval.onnx_runner import OnnxRunner
 
-    cfg, state, _ = _teacher()
-    return predict(onnx_forward(OnnxRunner(path, threads=2)), state.task.spec, state.task.dev, state.tokenizer,
+    cfg, teacher, _ = _teacher()
+    return predict(onnx_forward(OnnxRunner(path, threads=2)), teacher.task.spec, teacher.task.dev, teacher.tokenizer,
                    max_length=int(cfg.task.max_length))

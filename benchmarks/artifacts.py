@@ -132,19 +132,20 @@ def timing_runner(a: Artifact, threads: int, vocab_size: int | None) -> Any:
     return TorchRunner(load_torch(a.file), threads)
 
 
-def score(a: Artifact, state: Any, threads: int) -> Any:
-    """The artifact scored on the dev split of ``state``'s task (compresslab ``Scored``)."""
-    return _predict(forward(a, threads), state)
+def score(a: Artifact, teacher: Any, threads: int) -> Any:
+    """The artifact scored on the dev split of ``teacher``'s task (compresslab ``Scored``). ``teacher``: a
+    :class:`compresslab.pipeline.Teacher` (its ``task``, ``tokenizer`` and ``max_length`` are read)."""
+    return _predict(forward(a, threads), teacher)
 
 
-def _predict(fwd: Any, state: Any) -> Any:
+def _predict(fwd: Any, teacher: Any) -> Any:
     from compresslab.eval.evaluate import predict
 
-    return predict(fwd, state.task.spec, list(state.task.dev), state.tokenizer, batch_size=SCORE_BATCH,
-                   max_length=int(state.settings.max_length))
+    return predict(fwd, teacher.task.spec, list(teacher.task.dev), teacher.tokenizer, batch_size=SCORE_BATCH,
+                   max_length=int(teacher.max_length))
 
 
-def record_batches(state: Any) -> list[dict[str, np.ndarray]]:
+def record_batches(teacher: Any) -> list[dict[str, np.ndarray]]:
     """Run :func:`_predict` with a forward that records each batch (labels dropped) and answers random
     outputs of the right shape; the batches, in order. Its metrics are thrown away."""
     import warnings
@@ -156,16 +157,16 @@ def record_batches(state: Any) -> list[dict[str, np.ndarray]]:
         feeds = {k: v.numpy() for k, v in b.items() if k != "labels"}
         seen.append(feeds)
         n, s = feeds["input_ids"].shape
-        return rng.standard_normal((n, s, 4) if head_of(state) == "encoder" else (n, 2))
+        return rng.standard_normal((n, s, 4) if head_of(teacher) == "encoder" else (n, 2))
 
     with warnings.catch_warnings():  # metrics of random outputs warn (constant inputs and the like)
         warnings.simplefilter("ignore")
-        _predict(fwd, state)
+        _predict(fwd, teacher)
     return seen
 
 
-def head_of(state: Any) -> str:
+def head_of(teacher: Any) -> str:
     """``encoder`` for embedding tasks (the last hidden state is scored), else ``classification``."""
     from compresslab.data.tasks import TaskKind
 
-    return "encoder" if state.task.spec.kind is TaskKind.EMBEDDING else "classification"
+    return "encoder" if teacher.task.spec.kind is TaskKind.EMBEDDING else "classification"

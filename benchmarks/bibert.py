@@ -63,22 +63,23 @@ _STATE: dict[str, Any] = {}
 
 
 def _teacher():
-    """(cfg, state) over the cached bench teacher (trained once, then found by content hash)."""
+    """(cfg, teacher) over the cached bench teacher (trained once, then found by content hash): ``teacher`` a
+    :class:`compresslab.pipeline.Teacher`."""
     if not _STATE:
-        from compresslab.pipeline import teacher_state
+        from compresslab.pipeline import teacher_of
 
         cfg = compose(["+pipeline=bibert", "budget=bench"])
         setup_process(cfg.run.get("threads"), int(cfg.seed))
-        state = teacher_state(cfg, WORK / "teacher")
-        _STATE.update(cfg=cfg, state=state)
-    return _STATE["cfg"], _STATE["state"]
+        teacher = teacher_of(cfg, WORK / "teacher")
+        _STATE.update(cfg=cfg, teacher=teacher)
+    return _STATE["cfg"], _STATE["teacher"]
 
 
 def _dev(model) -> Any:
     from compresslab.eval.evaluate import predict, torch_forward
 
-    cfg, state = _teacher()
-    return predict(torch_forward(model), state.task.spec, state.task.dev, state.tokenizer,
+    cfg, teacher = _teacher()
+    return predict(torch_forward(model), teacher.task.spec, teacher.task.dev, teacher.tokenizer,
                    max_length=int(cfg.task.max_length))
 
 
@@ -88,11 +89,11 @@ def _run(name: str, variant: str, lr: float, steps: int, eval_every: int, **kw: 
 
     from compresslab.passes.bibert import BiBert
 
-    _, state = _teacher()
-    model = copy.deepcopy(state.teacher)
+    _, teacher = _teacher()
+    model = copy.deepcopy(teacher.model)
     for p in model.parameters():
         p.requires_grad_(True)
-    ctx = state.context(WORK / name, WORK / name / "step")
+    ctx = teacher.context(WORK / name, WORK / name / "step")
     (WORK / name / "step").mkdir(parents=True, exist_ok=True)
     p = BiBert(lr=lr, steps=steps, batch_size=BATCH, max_length=MAX_LEN, eval_every=eval_every, **VARIANTS[variant],
                **kw)
@@ -151,11 +152,11 @@ def full(args) -> None:
     lr = args.lr or _best_lr(args.variant)
     name = f"full_{args.variant}_{lr:g}_{args.steps}"
     model, res = _run(name, args.variant, lr, args.steps, args.eval_every)
-    cfg, state = _teacher()
+    cfg, teacher = _teacher()
     s = _dev(model)
-    t = _dev(state.teacher)
+    t = _dev(teacher.model)
     out = WORK / name / "model"
-    compresslab.save(model, out, tokenizer=state.tokenizer, formats=res.formats)
+    compresslab.save(model, out, tokenizer=teacher.tokenizer, formats=res.formats)
     np.save(WORK / name / "dev_preds.npy", s.predictions)
     tr = res.metrics["train"]
     _store("teacher_acc", t.metrics["score"])
@@ -172,10 +173,10 @@ def full(args) -> None:
 def _dev_batches(n: int, batch_size: int = 16) -> list[dict]:
     from compresslab.data.loaders import make_loader
 
-    cfg, state = _teacher()
+    cfg, teacher = _teacher()
     return [{k: v for k, v in b.items() if k != "labels"}
-            for b in make_loader(list(state.task.dev[:n]), state.tokenizer, batch_size, int(cfg.task.max_length),
-                                 kind=state.task.spec.kind)]
+            for b in make_loader(list(teacher.task.dev[:n]), teacher.tokenizer, batch_size, int(cfg.task.max_length),
+                                 kind=teacher.task.spec.kind)]
 
 
 def summary(args) -> None:
@@ -190,8 +191,8 @@ def summary(args) -> None:
     from compresslab.models.binary import binary_modules
     from compresslab.pipeline.export import binary_flops
 
-    cfg, state = _teacher()
-    labels = np.array([e.label for e in state.task.dev])
+    cfg, teacher = _teacher()
+    labels = np.array([e.label for e in teacher.task.dev])
     runs = _get("runs") or {}
     if "bibert" not in runs:
         raise SystemExit("no full BiBERT run yet: `full --variant bibert` first")
@@ -202,10 +203,10 @@ def summary(args) -> None:
     model = compresslab.load(src)
     out = src.parent / "onnx"
     if not (out / "model.onnx").is_file():
-        export_model(model, state.tokenizer, out, _dev_batches(64), optimize=False)
+        export_model(model, teacher.tokenizer, out, _dev_batches(64), optimize=False)
     parity = read_json(out / "parity.json") if (out / "parity.json").is_file() else None
-    onnx_pred = predict(onnx_forward(OnnxRunner(out / "model.onnx", threads=2)), state.task.spec, state.task.dev,
-                        state.tokenizer, max_length=int(cfg.task.max_length))
+    onnx_pred = predict(onnx_forward(OnnxRunner(out / "model.onnx", threads=2)), teacher.task.spec, teacher.task.dev,
+                        teacher.tokenizer, max_length=int(cfg.task.max_length))
     _store("onnx_acc", onnx_pred.metrics["score"])
     _store("onnx_agreement_with_torch", agreement(onnx_pred.predictions, preds["bibert"]))
     _store("onnx", {"file": str(out / "model.onnx"), "parity": parity,

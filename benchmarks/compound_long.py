@@ -91,8 +91,8 @@ def make_cfg(a: argparse.Namespace, teacher_dir: Path, steps: int, lr: float, *e
 
 def teacher_dir_of(a: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory(prefix="long-teacher-") as tmp:
-        state, d = fixed_teacher([*base_overrides(a), f"seed={a.seed}"], Path(tmp))
-        del state
+        teacher, d = fixed_teacher([*base_overrides(a), f"seed={a.seed}"], Path(tmp))
+        del teacher
     return d
 
 
@@ -146,10 +146,9 @@ def lr_grid(a: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------- run
 def train_size(cfg: Any) -> int:
     """Examples the recovery trains on (train less the validation carve)."""
-    from compresslab.pipeline import build_steps
-    from compresslab.pipeline.state import RunState
+    from compresslab.pipeline import task_data
 
-    return len(RunState.prepare(cfg, build_steps(cfg)).task.train)
+    return len(task_data(cfg).train)
 
 
 def long_run(a: argparse.Namespace) -> None:

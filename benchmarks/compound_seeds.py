@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from compresslab.cli import setup_process
 from compresslab.config import compose, keep_pass_overrides
@@ -46,6 +46,9 @@ from compresslab.manifest import git_sha, read_json
 
 from _results import ResultsFile  # sibling modules (script dir)
 from compound import REPO, RESULTS_PATH, THREADS, _rel
+
+if TYPE_CHECKING:
+    from compresslab.pipeline import Teacher
 
 log = logging.getLogger("compound_seeds")
 
@@ -183,23 +186,23 @@ def _without_model(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith(("model=", "model."))]
 
 
-def fixed_teacher(base: list[str], work: Path) -> tuple[Any, Path]:
-    """(state holding the teacher, its directory): the finetune pass's cache entry at the config's seed
-    (trained once if missing, as every benchmark does), or the given model with ``model.finetuned=true``."""
+def fixed_teacher(base: list[str], work: Path) -> tuple["Teacher", Path]:
+    """(the teacher, its directory): the finetune pass's cache entry at the config's seed (trained once if missing,
+    as every benchmark does), or the given model with ``model.finetuned=true``."""
     from hydra.utils import instantiate
 
-    from compresslab.pipeline import teacher_state
+    from compresslab.pipeline import teacher_of
 
     cfg = compose(_filter(base, ["+pipeline=ziplm_2x"]))
     setup_process(THREADS, int(cfg.seed))
-    state = teacher_state(cfg, work)
-    if state.input_is_teacher:
-        return state, Path(state.model_source)
-    key = instantiate(cfg.pipeline.passes.finetune).cache_key(state.context(work, work / "step"))
+    teacher = teacher_of(cfg, work)
+    if teacher.given:
+        return teacher, Path(teacher.source)
+    key = instantiate(cfg.pipeline.passes.finetune).cache_key(teacher.context(work, work / "step"))
     d = Path(cfg.paths.cache_dir) / "teachers" / key
     if not (d / "teacher.json").is_file():
         raise SystemExit(f"the teacher is not in the cache ({d}): the finetune pass must cache it (cache: true)")
-    return state, Path(_rel(d.resolve()))  # relative to the repo: the runs' config (and run dirs) move with it
+    return teacher, Path(_rel(d.resolve()))  # relative to the repo: the runs' config (and run dirs) move with it
 
 
 def pinned_table(cfgs: Sequence[Any], teacher: Any) -> dict[str, Any]:
@@ -244,12 +247,12 @@ def table(a: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="seeds-teacher-") as tmp:
         base = base_overrides(a)
-        state, _ = fixed_teacher(base, Path(tmp))
+        teacher, _ = fixed_teacher(base, Path(tmp))
         a_arm = comparisons(a.events)["ziplm_vs_l1_2x"][0]
         cfg = compose(_filter(base, a_arm.overrides))
         p = instantiate(cfg.pipeline.passes.ziplm, _convert_="all")
-        ctx = state.context(Path(tmp), Path(tmp) / "step")
-        with SpeedupLab(state.teacher, ctx, p, sample_batches(ctx, p.num_calibration)) as lab:
+        ctx = teacher.context(Path(tmp), Path(tmp) / "step")
+        with SpeedupLab(teacher.model, ctx, p, sample_batches(ctx, p.num_calibration)) as lab:
             info = lab.table_info
     print(json.dumps({k: info.get(k) for k in ("cached", "cache_file", "measure_s", "not_cached")}, indent=1))
     if not info.get("cache_file"):
@@ -277,14 +280,13 @@ def score_step(cfg: Any, rd: Path, m: Mapping[str, Any], step: str, split: str |
 
     from compresslab.checkpoint import load
     from compresslab.eval.evaluate import predict, torch_forward
-    from compresslab.pipeline import build_steps
-    from compresslab.pipeline.state import RunState
+    from compresslab.pipeline import task_data
 
     rec = next(s for s in m["steps"] if s["name"] == step)
-    state = RunState.prepare(cfg, build_steps(cfg))
-    examples = (state.eval_examples if split is None
-                else list(state.task.validation if split == "validation" else state.task.dev))
-    sc = predict(torch_forward(load(rd / rec["dir"])), state.task.spec, examples,
+    task = task_data(cfg)  # as the run read it, after the run's own checks
+    split = split or str(cfg.eval.split)  # the run's eval split (dev or validation, checked by task_data)
+    examples = list(task.validation if split == "validation" else task.dev)
+    sc = predict(torch_forward(load(rd / rec["dir"])), task.spec, examples,
                  AutoTokenizer.from_pretrained(str(rd / rec["dir"])), batch_size=int(cfg.eval.batch_size),
                  max_length=int(cfg.task.max_length))
     as_str = lambda xs: "".join(str(int(x)) for x in xs)  # noqa: E731
@@ -331,7 +333,7 @@ def run_all(a: argparse.Namespace) -> None:
     comps = comparisons(a.events, lrs)
     names = a.only or list(comps)
     with tempfile.TemporaryDirectory(prefix="seeds-teacher-") as tmp:
-        state, teacher_dir = fixed_teacher(base, Path(tmp))
+        fixed, teacher_dir = fixed_teacher(base, Path(tmp))
         teacher = ["model=local", f"model.source={teacher_dir}", "model.finetuned=true"]
         cfg_of = lambda arm, seed: compose(_filter([*_without_model(base), *teacher, f"seed={seed}"],  # noqa: E731
                                                    arm.overrides))
@@ -349,12 +351,12 @@ def run_all(a: argparse.Namespace) -> None:
                                      f"not {lrs}: move them away first")
                 settings[name]["recovery_lr"] = lrs
             if name == "ziplm_vs_l1_2x":
-                pins[name] = pinned_table([cfg_of(arm, a.seeds[0]) for arm in comps[name]], state.teacher)
+                pins[name] = pinned_table([cfg_of(arm, a.seeds[0]) for arm in comps[name]], fixed.model)
                 old_pin = results.get(["seeds", name, "latency_table"])
                 if old_pin is not None and old_pin["sha256"] != pins[name]["sha256"]:
                     raise SystemExit(f"the latency table changed since {name}'s earlier seeds ({old_pin}): they "
                                      "priced with another table; move those seeds away first")
-        del state
+        del fixed
     if not isinstance(results.get(["seeds"]), dict):  # compound.py measure writes it as null until filled
         results.put(["seeds"], {})
     for name in names:

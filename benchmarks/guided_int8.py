@@ -102,8 +102,8 @@ def main(argv: list[str]) -> None:
     t_start = time.perf_counter()
 
     work = Path(tempfile.mkdtemp(prefix="guided-int8-"))
-    state = carve_teacher(a, SEED, work)
-    teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
+    carved = carve_teacher(a, SEED, work)
+    teacher, tok, task = carved.model.eval(), carved.tokenizer, carved.task
     log.info("teacher: %s carve, validation %d, train %d", a.carve, len(task.validation), len(task.train))
     n = 128 if a.quick else None
     splits = {"validation": list(task.validation)[:n], "dev": list(task.dev)[:n]}
@@ -207,7 +207,7 @@ def main(argv: list[str]) -> None:
         "models": models,
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
                  "cpu_isa": [f for f in ISA_FLAGS if f in flags], "threads": THREADS, "seed": SEED,
-                 **teacher_meta(state, a),
+                 **teacher_meta(carved, a),
                  "split_sizes": {s: len(ex) for s, ex in splits.items()},
                  "selected_on": "validation (carved from train); dev reported only",
                  "agreement_reference": "torch teacher predictions (dev and validation in this file); the "

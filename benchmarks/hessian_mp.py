@@ -50,13 +50,13 @@ def _quantize(seed: int | None = None, step_dir: Path | None = None, **kw) -> tu
 
     from compresslab.passes.hawq import Hawq
 
-    _, state, ctx = _teacher()
+    _, teacher, ctx = _teacher()
     if seed is not None:
         ctx = dataclasses.replace(ctx, seed=int(seed))
     if step_dir is not None:
         step_dir.mkdir(parents=True, exist_ok=True)
         ctx = dataclasses.replace(ctx, step_dir=step_dir)
-    model = copy.deepcopy(state.teacher)
+    model = copy.deepcopy(teacher.model)
     for p in model.parameters():
         p.requires_grad_(True)
     kw.setdefault("recovery", {"steps": 0})
@@ -79,11 +79,11 @@ def hessian(args) -> None:
     from compresslab.quant.hawq_settings import HessianSettings
     from compresslab.targets import select_modules
 
-    _, state, ctx = _teacher()
+    _, teacher, ctx = _teacher()
     _teacher_preds()
     if not _has("hessian_s"):
         p = Hawq(avg_bits=3.0, block_size=BLOCK)
-        model = copy.deepcopy(state.teacher)
+        model = copy.deepcopy(teacher.model)
         mods = select_modules(model)
         runs = []
         for _ in range(2):  # the same seed twice: the bit map must not move
@@ -114,7 +114,7 @@ def hessian(args) -> None:
     if not _has("eigen_s_per_layer"):
         from compresslab.quant.sensitivity import layer_eigenvalues
 
-        model = copy.deepcopy(state.teacher)
+        model = copy.deepcopy(teacher.model)
         loader = ctx.train_loader(batch_size=16, shuffle=True)
         batch = next(iter(loader))
         t0 = time.perf_counter()
@@ -153,11 +153,11 @@ def ptq(args) -> None:
             from compresslab.quant.allocate import random_allocation
             from compresslab.targets import select_modules
 
-            _, state, _ = _teacher()
-            mods = select_modules(state.teacher)
+            _, teacher, _ = _teacher()
+            mods = select_modules(teacher.model)
             bits = random_allocation({n: m.weight.numel() for n, m in mods.items()}, avg_bits=3.0,
                                      choices=[2, 3, 4, 8, 32], seed=seed)
-            m = copy.deepcopy(state.teacher)
+            m = copy.deepcopy(teacher.model)
             from compresslab.models.quantized import average_bits, freeze_all, quantize_modules
 
             quantize_modules(m, {n: {"bits": b, "block_size": BLOCK} for n, b in bits.items() if b != 32})
@@ -182,9 +182,9 @@ def qat(args) -> None:
 
     import compresslab
 
-    cfg, state, _ = _teacher()
+    cfg, teacher, _ = _teacher()
     teacher_preds = _teacher_preds()
-    labels = np.array([e.label for e in state.task.dev])
+    labels = np.array([e.label for e in teacher.task.dev])
     sfx = _loss_suffix(args)
     # the teacher these arms distil from (retrained per machine class: its dev score moves with the CPU's float
     # path, so `teacher_acc`, stored once, can belong to another machine's teacher)
@@ -215,7 +215,7 @@ def qat(args) -> None:
         m, r = _quantize(recovery={"steps": args.steps, "lr": args.lr}, embedding_bits=args.embedding_bits,
                          seed=seed, step_dir=work_dir() / "step" / f"qat{sfx}{seed_dir}_{key}", **kw)
         s = _scored(m)
-        compresslab.save(m, out, tokenizer=state.tokenizer, formats=["packed_nbits"])
+        compresslab.save(m, out, tokenizer=teacher.tokenizer, formats=["packed_nbits"])
         np.save(out / "preds.npy", s.predictions)
         from compresslab.data.metrics import agreement
 

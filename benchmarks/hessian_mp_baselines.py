@@ -18,12 +18,12 @@ def baselines(args) -> None:
     from compresslab.data.metrics import agreement
     from compresslab.export.onnx import export_model
 
-    _, state, _ = _teacher()
+    _, teacher, _ = _teacher()
     teacher_preds = _teacher_preds()
     out = work_dir() / "baselines"
     plain = work_dir() / "deploy" / "teacher" / "model_unfused.onnx"
     if not plain.is_file():
-        export_model(state.teacher, state.tokenizer, work_dir() / "deploy" / "teacher", _dev_batches(32, 16))
+        export_model(teacher.model, teacher.tokenizer, work_dir() / "deploy" / "teacher", _dev_batches(32, 16))
     if not _has("baselines.ort_rtn_4"):
         import sys
 
@@ -58,7 +58,7 @@ def _nncf_4_8(plain: Path, out: Path, teacher_preds: np.ndarray) -> dict[str, An
     from compresslab.data.metrics import agreement
     from compresslab.eval.evaluate import onnx_forward, predict
 
-    cfg, state, ctx = _teacher()
+    cfg, teacher, ctx = _teacher()
     core = ov.Core()
     model = core.read_model(str(plain))
     names = [i.get_any_name() for i in model.inputs]
@@ -71,7 +71,7 @@ def _nncf_4_8(plain: Path, out: Path, teacher_preds: np.ndarray) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(cm, str(out / "openvino_model.xml"))
     runner = OpenVinoRunner(out / "openvino_model.xml", 2, "f32")
-    s = predict(onnx_forward(runner), state.task.spec, state.task.dev, state.tokenizer,
+    s = predict(onnx_forward(runner), teacher.task.spec, teacher.task.dev, teacher.tokenizer,
                 max_length=int(cfg.task.max_length))
     return {"acc": s.metrics["score"], "agreement": agreement(s.predictions, teacher_preds), "ratio": 0.8,
             "group_size": BLOCK, "mode": "INT4_ASYM + INT8_ASYM", "sensitivity": "HESSIAN_INPUT_ACTIVATION",

@@ -28,7 +28,7 @@ def deploy(args) -> None:
     from compresslab.export.onnx import export_model
     from compresslab.export.size import onnx_size_breakdown
 
-    cfg, state, _ = _teacher()
+    cfg, teacher, _ = _teacher()
     teacher_preds = _teacher_preds()
     src = work_dir() / "qat" / "acc_mp_3"
     if not src.is_dir():
@@ -42,10 +42,10 @@ def deploy(args) -> None:
     if stamp_path.is_file() and read_json(stamp_path) != source:
         shutil.rmtree(out / "export")
     if not (out / "export" / "model_unfused.onnx").is_file():
-        export_quantized(model, state.tokenizer, out / "export", parity_batches)
+        export_quantized(model, teacher.tokenizer, out / "export", parity_batches)
         write_aside(stamp_path, source)
     if not (out / "teacher" / "model.onnx").is_file():
-        export_model(state.teacher, state.tokenizer, out / "teacher", parity_batches)
+        export_model(teacher.model, teacher.tokenizer, out / "teacher", parity_batches)
     stamp = read_json(out / "export" / "config.json")["compresslab_quant"]
     params = read_quant_sidecar(out / "export")
     paths, conv = {}, {}
@@ -90,7 +90,7 @@ def deploy(args) -> None:
                    "ort_fp32_unfused": OrtRunner(out / "teacher" / "model_unfused.onnx", 2),
                    "mp3_level0": OrtRunner(paths[0], 2), "mp3_level4": OrtRunner(paths[4], 2)}
         lat = measure_latency(runners, [(32, 128), (1, 128)], warmup=3, runs=args.runs,
-                              vocab_size=state.tokenizer.vocab_size)
+                              vocab_size=teacher.tokenizer.vocab_size)
         mp3["latency_ms"] = {n: {sh: v["p50_ms"] for sh, v in d.items()} for n, d in lat["results"].items()}
         mp3["latency_p90_ms"] = {n: {sh: v["p90_ms"] for sh, v in d.items()} for n, d in lat["results"].items()}
         mp3["latency_load"] = {"before": load0, "after": os.getloadavg()}

@@ -154,8 +154,8 @@ def main(argv: list[str]) -> None:
     setup_process(THREADS, SEED)
 
     work = Path("outputs/hessian_probes").resolve()
-    state = carve_teacher(a, SEED, work)
-    teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
+    carved = carve_teacher(a, SEED, work)
+    teacher, tok, task = carved.model.eval(), carved.tokenizer, carved.task
     dev = list(task.dev)[: a.max_dev]
     max_length = 128
 
@@ -171,7 +171,7 @@ def main(argv: list[str]) -> None:
                               "probes_per_batch": PROBES_PER_BATCH, "hessian_batch_size": 16, "loss": "task",
                               "dev_sentences": len(dev), "linears": len(mods)})
     results.put(["meta"], {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(),
-                           "threads": THREADS, **teacher_meta(state, a),
+                           "threads": THREADS, **teacher_meta(carved, a),
                            "command": "python benchmarks/hessian_probes.py " + " ".join(argv)})
 
     def ptq(bits: dict[str, int]) -> tuple[float, float]:
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> None:
             if results.has(key):
                 continue
             batches = probes // PROBES_PER_BATCH
-            ctx = dataclasses.replace(state.context(work, work / "step"), seed=seed)
+            ctx = dataclasses.replace(carved.context(work, work / "step"), seed=seed)
             p = Hawq(avg_bits=a.avg_bits, block_size=BLOCK,
                      hessian={"batches": batches, "probes_per_batch": PROBES_PER_BATCH, "min_probes": probes})
             model = copy.deepcopy(teacher)
@@ -221,7 +221,7 @@ def main(argv: list[str]) -> None:
     # QAT with KD (the pass's own recovery; 8-bit word embeddings, as hessian_mp.py's qat arms) of each probe
     # count's map and of the random map, per seed: the bar is the Hessian map above random after QAT
     results.put(["qat_setting"], {"steps": a.qat_steps, "lr": QAT_LR, "embedding_bits": 8,
-                                  "batch_size": state.context(work, work / "step").batch_size})
+                                  "batch_size": carved.context(work, work / "step").batch_size})
     for seed in a.seeds:
         arms = {f"p{probes}": {"hessian": {"batches": probes // PROBES_PER_BATCH,
                                            "probes_per_batch": PROBES_PER_BATCH, "min_probes": probes}}
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> None:
                 continue
             step_dir = work / "qat_step" / f"{arm}_s{seed}"  # each arm resumes only its own QAT checkpoint
             step_dir.mkdir(parents=True, exist_ok=True)
-            ctx = dataclasses.replace(state.context(work, work / "step"), seed=seed, step_dir=step_dir)
+            ctx = dataclasses.replace(carved.context(work, work / "step"), seed=seed, step_dir=step_dir)
             model = copy.deepcopy(teacher)
             for prm in model.parameters():
                 prm.requires_grad_(True)

@@ -42,9 +42,9 @@ log = logging.getLogger("hessian_sensitivity")
 
 
 def _setup(threads: int) -> tuple[Any, Any, Any]:
-    cfg, state, ctx = _teacher()
+    cfg, teacher, ctx = _teacher()
     torch.set_num_threads(threads)  # the machine is shared: _teacher pins the config's count
-    return cfg, state, ctx
+    return cfg, teacher, ctx
 
 
 def _loss(name: str):
@@ -79,13 +79,13 @@ def noise(args) -> None:
     from compresslab.quant.hvp import batch_hvps
     from compresslab.targets import select_modules
 
-    _, state, ctx = _setup(args.threads)
+    _, teacher, ctx = _setup(args.threads)
     batches = _train_batches(ctx, args.batches)
     for loss_name in args.losses:
         key = f"noise.{loss_name}"
         if _RESULTS.has(key.split(".")):
             continue
-        model = copy.deepcopy(state.teacher)
+        model = copy.deepcopy(teacher.model)
         mods = select_modules(model)
         names = list(mods)
         params = [m.weight for m in mods.values()]
@@ -167,19 +167,19 @@ def validate(args) -> None:
     from compresslab.eval.evaluate import predict, torch_forward
     from compresslab.passes.hawq import Hawq
 
-    cfg, state, ctx = _setup(args.threads)
-    val = state.task.validation
+    cfg, t, ctx = _setup(args.threads)
+    val = t.task.validation
 
     def score(m):
-        return predict(torch_forward(m), state.task.spec, val, state.tokenizer, max_length=int(cfg.task.max_length))
+        return predict(torch_forward(m), t.task.spec, val, t.tokenizer, max_length=int(cfg.task.max_length))
 
-    teacher = score(state.teacher)
+    teacher = score(t.model)
     _RESULTS.put(["validate", "teacher_acc"], teacher.metrics["score"])
     _RESULTS.put(["validate", "split"], f"validation ({len(val)} examples carved from train)")
     for bits in args.bits:
         key = ["validate", f"uniform_{bits:g}"]
         if float(bits).is_integer() and not _RESULTS.has(key):
-            m = copy.deepcopy(state.teacher)
+            m = copy.deepcopy(t.model)
             Hawq(bits=int(bits), block_size=BLOCK, recovery={"steps": 0}).apply(m, ctx)
             s = score(m)
             _RESULTS.put(key, {"acc": s.metrics["score"], "agreement": agreement(s.predictions, teacher.predictions)})
@@ -187,7 +187,7 @@ def validate(args) -> None:
             key = ["validate", f"mp_{bits:g}", loss_name]
             if _RESULTS.has(key):
                 continue
-            m = copy.deepcopy(state.teacher)
+            m = copy.deepcopy(t.model)
             for p in m.parameters():
                 p.requires_grad_(True)
             t0 = time.perf_counter()

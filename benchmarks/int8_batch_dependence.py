@@ -66,8 +66,8 @@ def main(argv: list[str]) -> None:
     t_start = time.perf_counter()
 
     work = Path(tempfile.mkdtemp(prefix="int8-batch-"))
-    state = carve_teacher(a, SEED, work)
-    teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
+    carved = carve_teacher(a, SEED, work)
+    teacher, tok, task = carved.model.eval(), carved.tokenizer, carved.task
     dev = list(task.dev)[: a.max_dev]
     train = list(task.train)
     calib_idx = np.random.default_rng(SEED).choice(len(train), CALIBRATION_EXAMPLES, replace=False)
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
         "question": "does a sentence's predicted label depend on the batch it is sent in?",
         "batches": list(BATCHES), "padding": "dynamic (to the longest sentence of each batch), as evaluation pads",
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
-                 **teacher_meta(state, a),
+                 **teacher_meta(carved, a),
                  "calibration_examples": CALIBRATION_EXAMPLES, "seed": SEED, "threads": THREADS,
                  "wall_s": round(time.perf_counter() - t_start, 1), "timing": "none (scores only)",
                  "command": " ".join(["python benchmarks/int8_batch_dependence.py", *argv])},

@@ -35,14 +35,15 @@ def _store(key: str, sub: str | None, value) -> None:
     _RESULTS.put([key] if sub is None else [key, sub], value)
 
 
-def _teacher_state(extra: list[str]):
-    from compresslab.pipeline import teacher_state
+def _teacher(extra: list[str]):
+    """(cfg, teacher, ctx): the cached bench teacher (a :class:`compresslab.pipeline.Teacher`) and its pass context."""
+    from compresslab.pipeline import teacher_of
 
     cfg = compose(["+pipeline=obert_int8", "budget=bench", *extra])
     setup_process(cfg.run.get("threads"), int(cfg.seed))
-    state = teacher_state(cfg, Path("/tmp/obert-bench"))  # the cached bench teacher
-    ctx = state.context(Path("/tmp/obert-bench"), Path("/tmp/obert-bench/step"))
-    return cfg, state, ctx
+    teacher = teacher_of(cfg, Path("/tmp/obert-bench"))  # the cached bench teacher
+    ctx = teacher.context(Path("/tmp/obert-bench"), Path("/tmp/obert-bench/step"))
+    return cfg, teacher, ctx
 
 
 def oneshot(args) -> None:
@@ -50,19 +51,19 @@ def oneshot(args) -> None:
     from compresslab.passes.magnitude import Magnitude
     from compresslab.passes.obert import OBert
 
-    cfg, state, ctx = _teacher_state([])
-    spec, dev, tok = state.task.spec, state.task.dev, state.tokenizer
+    cfg, teacher, ctx = _teacher([])
+    spec, dev, tok = teacher.task.spec, teacher.task.dev, teacher.tokenizer
     score = lambda m: predict(torch_forward(m), spec, dev, tok, max_length=int(cfg.task.max_length)).metrics["score"]
     if "teacher_acc" not in _load():
-        _store("teacher_acc", None, score(state.teacher))
+        _store("teacher_acc", None, score(teacher.model))
     for s in args.sparsities:
         key = str(s)
         if key not in _load().get("oneshot_magnitude_acc", {}):
-            m = copy.deepcopy(state.teacher)
+            m = copy.deepcopy(teacher.model)
             Magnitude(sparsity=s, mode="oneshot", recovery={"steps": 0}).apply(m, ctx)
             _store("oneshot_magnitude_acc", key, score(m))
         if key not in _load().get("oneshot_acc", {}):
-            m = copy.deepcopy(state.teacher)
+            m = copy.deepcopy(teacher.model)
             res = OBert(sparsity=s, mode="oneshot", recovery={"steps": 0}, num_grads=args.grads, damp=args.damp,
                         num_recomputations=args.recomputations).apply(m, ctx)
             _store("oneshot_acc", key, score(m))
@@ -79,15 +80,15 @@ def dampgrid(args) -> None:
     from compresslab.eval.evaluate import predict, torch_forward
     from compresslab.passes.obert import OBert
 
-    cfg, state, ctx = _teacher_state([])
+    cfg, teacher, ctx = _teacher([])
     for s in args.sparsities:
         key = str(s)
         if key in _load().get("oneshot_damp_grid", {}):
             continue
-        m = copy.deepcopy(state.teacher)
+        m = copy.deepcopy(teacher.model)
         res = OBert(sparsity=s, mode="oneshot", recovery={"steps": 0}, num_grads=args.grads, damp_grid=args.grid,
                     num_recomputations=args.recomputations).apply(m, ctx)
-        acc = predict(torch_forward(m), state.task.spec, state.task.dev, state.tokenizer,
+        acc = predict(torch_forward(m), teacher.task.spec, teacher.task.dev, teacher.tokenizer,
                       max_length=int(cfg.task.max_length)).metrics["score"]
         _store("oneshot_damp_grid", key, {"dev_acc_at_chosen_damp": acc, "chosen_damp": res.metrics["damp"],
                                           "grid_on_validation": res.metrics.get("damp_grid"),
@@ -101,11 +102,11 @@ def block4(args) -> None:
 
     if "block4_80_acc" in _load():
         return
-    cfg, state, ctx = _teacher_state([])
-    m = copy.deepcopy(state.teacher)
+    cfg, teacher, ctx = _teacher([])
+    m = copy.deepcopy(teacher.model)
     res = OBert(sparsity=0.8, mode="oneshot", recovery={"steps": 0}, num_grads=args.grads, damp=args.damp,
                 mask_type="block4").apply(m, ctx)
-    acc = predict(torch_forward(m), state.task.spec, state.task.dev, state.tokenizer).metrics["score"]
+    acc = predict(torch_forward(m), teacher.task.spec, teacher.task.dev, teacher.tokenizer).metrics["score"]
     _store("block4_80_acc", None, acc)
     _store("block4_80", None, {"mode": "oneshot, no recovery", "num_grads": args.grads, "block_size": 32,
                                 "sparsity": res.metrics.get("sparsity")})

@@ -86,8 +86,8 @@ def main(argv: list[str]) -> None:
     t_start = time.perf_counter()
 
     work = Path(tempfile.mkdtemp(prefix="outlier-split-"))
-    state = carve_teacher(a, SEED, work)
-    teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
+    carved = carve_teacher(a, SEED, work)
+    teacher, tok, task = carved.model.eval(), carved.tokenizer, carved.task
     n = 128 if a.quick else None
     splits = {"validation": list(task.validation)[:n], "dev": list(task.dev)[:n]}
     kw = dict(batch_size=32, max_length=128)
@@ -209,7 +209,7 @@ def main(argv: list[str]) -> None:
         "chosen": chosen, "ranking_on_validation": ranked, "splits": records, "models": models,
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
                  "cpu_isa": [f for f in ISA_FLAGS if f in cpu_flags()], "threads": THREADS, "seed": SEED,
-                 **teacher_meta(state, a), "split_sizes": {s: len(ex) for s, ex in splits.items()},
+                 **teacher_meta(carved, a), "split_sizes": {s: len(ex) for s, ex in splits.items()},
                  "calibration": {"split": "train", "examples": a.calibration, "seed": SEED},
                  "selected_on": "validation (carved from train), against the fp32 graph; dev reported only",
                  "agreement_reference": "torch teacher predictions (dev and validation keys); the selection "

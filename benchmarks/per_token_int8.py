@@ -100,8 +100,8 @@ def main(argv: list[str]) -> None:
     setup_process(THREADS, SEED)
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="per-token-int8-"))
-    state = carve_teacher(a, SEED, work)
-    teacher, tok, task = state.teacher.eval(), state.tokenizer, state.task
+    carved = carve_teacher(a, SEED, work)
+    teacher, tok, task = carved.model.eval(), carved.tokenizer, carved.task
     n = 128 if a.quick else None
     splits = {"validation": list(task.validation)[:n], "dev": list(task.dev)[:n]}
     kw = dict(batch_size=32, max_length=128)
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
             "speed_ge_0.9x_all_int8": pt["speedup_vs_all_int8"][b32] >= 0.9},
         "meta": {"git_sha": git_sha(), "versions": library_versions(), "hardware": hardware_fingerprint(THREADS),
                  "cpu_isa": [f for f in ISA_FLAGS if f in flags], "threads": THREADS, "seed": SEED,
-                 **teacher_meta(state, a), "split_sizes": {s: len(ex) for s, ex in splits.items()},
+                 **teacher_meta(carved, a), "split_sizes": {s: len(ex) for s, ex in splits.items()},
                  "agreement_reference": "torch teacher predictions", "eval_batch": 32,
                  "shapes": [list(s) for s in SHAPES], "runs": a.runs, "latency": lat["settings"],
                  "timing_s": round(timing_s, 1), "wall_s": round(time.perf_counter() - t_start, 1),

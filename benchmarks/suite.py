@@ -7,7 +7,7 @@
 
 For one task: the task's teacher (its preset in suite.yaml: ``bench``, or ``bench_small`` for the small
 GLUE tasks) is obtained as every pipeline obtains it (the finetune pass, cached by content hash:
-:func:`compresslab.pipeline.teacher_state`), exported once (fused and plain ONNX, a torch checkpoint) and
+:func:`compresslab.pipeline.teacher_of`), exported once (fused and plain ONNX, a torch checkpoint) and
 scored on dev (its predictions are the reference for ``agreement``).
 Then every cell is built: our pipelines as normal runs (``python -m compresslab +pipeline=<p>`` with
 the task's and the budget's overrides, ``deploy=ort bench=off``: a finished run is found again by its
@@ -42,9 +42,9 @@ import logging
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from .suite_applies import loss_statement, skip_reason
 from .suite_openvino import faster_runtime, method_of, nncf_artifact, openvino_artifact, recipe_of
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
+
+if TYPE_CHECKING:
+    from compresslab.pipeline import Teacher as TeacherRecord
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -77,26 +80,33 @@ log = logging.getLogger("suite")
 class Teacher:
     """The task's teacher and what every cell shares: data, tokenizer, export, calibration feeds."""
 
-    state: Any  # compresslab RunState holding the teacher
+    record: "TeacherRecord"  # compresslab.pipeline.teacher_of's: the model, tokenizer, task data, max length
     sha: str
     dir: Path  # <work>/<task>/teacher/<sha>: export/, checkpoint/, preds.npy, teacher.json
     preds: np.ndarray
     score: float
     calibration: list[dict[str, np.ndarray]]
     _dev_batches: list[dict[str, np.ndarray]] | None = None
-    _validation: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def task(self) -> Any:
+        return self.record.task
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.record.tokenizer
 
     @property
     def dev(self) -> list:
-        return list(self.state.task.dev)
+        return list(self.record.task.dev)
 
     @property
     def max_length(self) -> int:
-        return int(self.state.settings.max_length)
+        return int(self.record.max_length)
 
     @property
     def head(self) -> str:
-        return head_of(self.state)
+        return head_of(self.record)
 
     def build_record(self, budget_cpu_hours: float | None) -> dict[str, Any]:
         """``meta.teacher_build``: what preparing the teacher took in the process that first did it (wall s,
@@ -114,18 +124,14 @@ class Teacher:
 
     def validation(self) -> Any:
         """The validation split with this teacher's predictions on it (computed once, on first use): what our
-        OpenVINO cells choose their SmoothQuant strength on (``ValidationAgreement``)."""
-        from compresslab.pipeline.validation import ValidationAgreement
-
-        if self._validation is None:
-            self._validation = ValidationAgreement(self.state)
-        return self._validation
+        OpenVINO cells choose their SmoothQuant strength on (``Teacher.validation``, a ``ValidationAgreement``)."""
+        return self.record.validation
 
     def dev_batches(self) -> list[dict[str, np.ndarray]]:
         """The dev batches exactly as :func:`_score` feeds them, in order (recorded once): what a peer scored
         in its own process must see, so its logits replay into the same ``predict``."""
         if self._dev_batches is None:
-            self._dev_batches = record_batches(self.state)
+            self._dev_batches = record_batches(self.record)
         return self._dev_batches
 
 
@@ -136,29 +142,29 @@ def prepare_teacher(p: TaskPlan, work: Path) -> Teacher:
     from compresslab.data.loaders import make_loader
     from compresslab.export.onnx import export_model
     from compresslab.manifest import read_json, state_dict_sha256
-    from compresslab.pipeline import teacher_state
+    from compresslab.pipeline import teacher_of
 
     cfg = compose(["+pipeline=int8", *p.overrides])  # any pipeline whose first pass makes the teacher
     setup_process(p.threads, int(cfg.seed))
     t0, cpu0 = time.perf_counter(), _cpu_s()
-    state = teacher_state(cfg, work / "teacher_run")
-    sha = state_dict_sha256(state.teacher)
+    t = teacher_of(cfg, work / "teacher_run")
+    sha = state_dict_sha256(t.model)
     d = work / "teacher" / sha[:16]
     done = d / "teacher.json"
     if not done.is_file():
-        dev = list(state.task.dev)
-        batches = list(make_loader(dev[:32], state.tokenizer, 16, int(state.settings.max_length), shuffle=False,
-                                   kind=state.task.spec.kind))
-        export_model(state.teacher, state.tokenizer, d / "export", batches, threads=p.threads)
-        state.teacher.save_pretrained(d / "checkpoint")
-        state.tokenizer.save_pretrained(d / "checkpoint")
-        scored = _score(Artifact(d / "checkpoint", "torch", "fp32"), state, p.threads)
+        dev = list(t.task.dev)
+        batches = list(make_loader(dev[:32], t.tokenizer, 16, int(t.max_length), shuffle=False,
+                                   kind=t.task.spec.kind))
+        export_model(t.model, t.tokenizer, d / "export", batches, threads=p.threads)
+        t.model.save_pretrained(d / "checkpoint")
+        t.tokenizer.save_pretrained(d / "checkpoint")
+        scored = _score(Artifact(d / "checkpoint", "torch", "fp32"), t, p.threads)
         np.save(d / "preds.npy", scored.predictions)
         write_aside(done, {"sha256": sha, "score": float(scored.metrics["score"]), "prepare_s": since(t0),
                            "cpu_s": round(_cpu_s() - cpu0, 1), "overrides": list(p.overrides)})
     rec = read_json(done)
-    calib = calibration_feeds(state.context(work, work / "calibration").calibration_batches(p.calibration_examples, 32))
-    return Teacher(state, sha, d, np.load(d / "preds.npy"), float(rec["score"]), calib)
+    calib = calibration_feeds(t.calibration_batches(p.calibration_examples, 32))
+    return Teacher(t, sha, d, np.load(d / "preds.npy"), float(rec["score"]), calib)
 
 
 def calibration_feeds(batches: Any) -> list[dict[str, np.ndarray]]:
@@ -205,7 +211,7 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
     from .peers import PeerInputs
 
     todo = cell_specs(p, teacher_sha=teacher.sha, dev=teacher.dev, max_length=teacher.max_length,
-                      validation=teacher.state.task.validation)
+                      validation=teacher.task.validation)
     inputs_dir = teacher.dir / "export"
     out: dict[str, dict[str, Any]] = {}
     bar = tqdm(todo, desc=f"{p.task} cells", unit="cell", dynamic_ncols=True)
@@ -213,7 +219,7 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
         bar.set_postfix_str(name)
         key = cell_key(spec)
         rec = store.finished(name, key)
-        if rec is None and (why := skip_reason(spec, teacher.state.task, out)) is not None:
+        if rec is None and (why := skip_reason(spec, teacher.task, out)) is not None:
             log.warning("cell %s not run: %s", name, why)
             rec = {"name": name, "spec": spec, "tool": _tool_of(name, spec), "status": "skipped", "skipped": why,
                    "error": f"not run: {why}", "key": key}  # asked again each run (cheap): never cached
@@ -262,7 +268,7 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
                 dev_batches=teacher.dev_batches() if hasattr(PEERS[name], "time") else (), head=teacher.head,
                 threads=p.threads))
         build_s, cpu_s = since(t0), round(_cpu_s() - cpu0, 1)
-        scored = _score(a, teacher.state, p.threads)
+        scored = _score(a, teacher.record, p.threads)
     except Exception as e:  # any failure is this cell's, exactly as raised; the suite goes on
         error = str(e) if isinstance(e, ExternalError) else f"{type(e).__name__}: {e}"
         log.warning("cell %s failed: %s", name, error)
@@ -288,7 +294,7 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
     from compresslab.data.metrics import agreement, mcnemar_pvalue
     from compresslab.data.tasks import TaskKind
 
-    spec = teacher.state.task.spec
+    spec = teacher.task.spec
     labels = np.array([e.label for e in teacher.dev])
     classify = spec.kind is TaskKind.CLASSIFICATION
     preds = {n: store.preds(n, c["key"]) for n, c in cells.items() if c.get("status") == "finished"}
@@ -377,7 +383,7 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
     data = {"teacher_score": teacher.score, "systems": sysd,
             "verdicts": task_verdicts(sysd, agree_vs, classification=_classify(teacher)),
             "runtimes": faster_runtime(sysd, p.pipelines) if p.openvino else {},
-            "meta": {"task": p.task, "metric": teacher.state.task.spec.primary_metric, "budget": p.budget,
+            "meta": {"task": p.task, "metric": teacher.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
                      "overrides": list(p.overrides), "threads": p.threads, "timing": timing_meta,
                      "pipeline_overrides": {k: list(v) for k, v in p.pipeline_extra.items()},
@@ -418,7 +424,7 @@ def load_results(results: ResultsFile) -> dict[str, Any]:
 def _classify(teacher: Teacher) -> bool:
     from compresslab.data.tasks import TaskKind
 
-    return teacher.state.task.spec.kind is TaskKind.CLASSIFICATION
+    return teacher.task.spec.kind is TaskKind.CLASSIFICATION
 
 
 # ----------------------------------------------------------------------------------------------- CLI

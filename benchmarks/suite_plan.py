@@ -226,7 +226,7 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
             "dev": examples_sha256(dev), "max_length": max_length}
     todo: list[tuple[str, str, dict[str, Any]]] = []
     from compresslab.config import compose
-    from compresslab.pipeline.plan import config_hash
+    from compresslab.pipeline import config_hash
 
     args = {pl: p.args(pl) for pl in p.pipelines}
     cfg = {pl: compose(list(args[pl])) for pl in p.pipelines}  # once per pipeline: the three below read it

@@ -33,7 +33,7 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
     quiet = dict(quiet or {})
     window_kw = quiet.pop("window", {})  # tests: a fake CPU reader for the timing window too
     report = require_quiet(f"suite {p.task}: timing", **quiet)
-    tok = teacher.state.tokenizer
+    tok = teacher.tokenizer
     vocab = int(tok.vocab_size)
     out: dict[str, Any] = {}
     runners: dict[str, Any] = {}
@@ -52,7 +52,7 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
     if not runners and not external:
         return {"results": out, "meta": {"quiet": report, "timed": []}}
     shapes = [tuple(int(x) for x in s) for s in p.timing["shapes"]]
-    loader = make_loader(teacher.dev, tok, 32, teacher.max_length, shuffle=False, kind=teacher.state.task.spec.kind)
+    loader = make_loader(teacher.dev, tok, 32, teacher.max_length, shuffle=False, kind=teacher.task.spec.kind)
     batches = [{k: v.numpy() for k, v in b.items() if k != "labels"} for b in loader]
     t0 = time.perf_counter()
     lat: dict[str, Any] = {"results": {}, "settings": None, "runners": {}}

@@ -16,7 +16,7 @@ from pathlib import Path
 from compresslab.bench.machine_load import LoadMeter
 from compresslab.cli import setup_process
 from compresslab.config import compose
-from compresslab.pipeline import teacher_state
+from compresslab.pipeline import teacher_of
 
 
 def main(overrides: list[str]) -> None:
@@ -25,8 +25,8 @@ def main(overrides: list[str]) -> None:
     setup_process(cfg.run.get("threads"), int(cfg.seed))
     meter = LoadMeter()  # a wall time stretched by other work says so (no results file here to stamp it)
     t0 = time.perf_counter()
-    state = teacher_state(cfg, Path(cfg.paths.cache_dir) / "tmp")
-    params = sum(p.numel() for p in state.teacher.parameters())
+    teacher = teacher_of(cfg, Path(cfg.paths.cache_dir) / "tmp")
+    params = sum(p.numel() for p in teacher.model.parameters())
     print(json.dumps({"wall_s": round(time.perf_counter() - t0, 1), "params": params,
                       "machine_load": meter.lap(min_s=0.0)}, indent=2))
 

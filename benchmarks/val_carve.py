@@ -42,17 +42,17 @@ def measure(task: str, budget: str, carve: str, work: Path, val_size: int | None
     from compresslab.cli import setup_process
     from compresslab.config import compose
     from compresslab.eval.evaluate import predict, torch_forward
-    from compresslab.pipeline import teacher_state
+    from compresslab.pipeline import teacher_of
 
     sized = [] if val_size is None else [f"task.val_size={val_size}"]
     cfg = compose(["+pipeline=int8", f"task={task}", f"budget={budget}", f"task.val_carve={carve}", *sized])
     setup_process(cfg.run.get("threads"), int(cfg.seed))
     t0 = time.perf_counter()
-    state = teacher_state(cfg, work / f"{task}_{budget}_{carve}{'' if val_size is None else val_size}")
+    teacher = teacher_of(cfg, work / f"{task}_{budget}_{carve}{'' if val_size is None else val_size}")
     train_s = time.perf_counter() - t0
-    forward = torch_forward(state.teacher.eval(), "cpu")
-    data = state.task
-    scores = {name: predict(forward, data.spec, list(split), state.tokenizer, max_length=state.settings.max_length)
+    forward = torch_forward(teacher.model.eval(), "cpu")
+    data = teacher.task
+    scores = {name: predict(forward, data.spec, list(split), teacher.tokenizer, max_length=teacher.max_length)
               for name, split in (("validation", data.validation), ("dev", data.dev))}
     metric = data.spec.primary_metric
     val, dev = scores["validation"].metrics[metric], scores["dev"].metrics[metric]

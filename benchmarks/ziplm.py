@@ -56,14 +56,14 @@ class Bench:
         from compresslab.bench.env import resolve_threads
         from compresslab.passes.finetune import Finetune
         from compresslab.passes.ziplm import ZipLM
-        from compresslab.pipeline import teacher_state
+        from compresslab.pipeline import teacher_of
 
         self.args, self.R, self.C = args, int(args.recovery), int(args.calibration)
         self.cfg = compose(["+pipeline=ziplm_2x", "budget=bench"])
         self.torch_threads = setup_process(self.cfg.run.get("threads"), int(self.cfg.seed))
-        st = teacher_state(self.cfg, WORK / "teacher")  # the cached bench teacher (trains it once if missing)
+        t = teacher_of(self.cfg, WORK / "teacher")  # the cached bench teacher (trains it once if missing)
         ft: Finetune = instantiate(self.cfg.pipeline.passes.finetune)
-        self.state, self.teacher, self.tok = st, st.teacher, st.tokenizer
+        self.record, self.teacher, self.tok = t, t.model, t.tokenizer
         self.finetune = {"preset": ft.preset, "cache_key": ft.cache_key(self.ctx("teacher"))}
         # one ZipLM config; structured_l1 and the recoveries copy its settings (same treatment)
         self.zp: ZipLM = instantiate(self.cfg.pipeline.passes.ziplm, num_calibration=self.C,
@@ -73,10 +73,10 @@ class Bench:
         self.threads = resolve_threads(self.zp.threads)  # ORT intra-op threads, = physical cores
         self.vocab = int(self.teacher.config.vocab_size)
         self.max_length = int(self.cfg.task.max_length)
-        self.spec, self.dev = st.task.spec, st.task.dev
+        self.spec, self.dev = t.task.spec, t.task.dev
 
     def ctx(self, name: str):
-        return self.state.context(WORK / name, WORK / name / "step")
+        return self.record.context(WORK / name, WORK / name / "step")
 
     # ------------------------------------------------------------------ teacher, table
     def teacher_dir(self) -> Path:
@@ -91,12 +91,12 @@ class Bench:
 
     def latency_table(self, dense_onnx: Path) -> Any:
         from compresslab.bench.latency_table import build_latency_table
-        from compresslab.pipeline.state import tqdm_progress
 
         say("latency table (built before ZipLM runs, so the family timing has it cached)")
         t0 = time.perf_counter()
         table, info = build_latency_table(self.teacher, dense_onnx, self.zp.table_settings(),
-                                          cache_dir=Path(self.cfg.paths.cache_dir), progress=tqdm_progress)
+                                          cache_dir=Path(self.cfg.paths.cache_dir),
+                                          progress=self.ctx("table").progress)  # the run's tqdm reporter
         if "latency_table_s" not in _load() or not info.get("cached"):
             _put("latency_table_s", info.get("measure_s"))
             _put("latency_table", {"measured_by_this_run": not info.get("cached"), "cache_file": info.get("cache_file"),

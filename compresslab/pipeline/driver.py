@@ -19,6 +19,7 @@ from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir,
 from compresslab.pipeline.preflight import preflight
 
 if TYPE_CHECKING:  # the stages import torch; the driver imports them where a run needs them
+    from compresslab.data.tasks import TaskData
     from compresslab.pipeline.plan import Step
     from compresslab.pipeline.state import RunState
 
@@ -172,29 +173,14 @@ def run_pipeline(pipeline: str, overrides: list[str], **kwargs: Any) -> Path:
     return run(compose(args), overrides=args)
 
 
-def teacher_state(cfg: DictConfig, work_dir: Path) -> "RunState":
-    """A prepared state holding the pipeline's teacher (for benchmarks that compare methods on it).
-
-    Runs only the pass that declares ``makes_teacher``, in ``work_dir``, as the pipeline's step
-    loop runs it (:func:`~compresslab.pipeline.steps.apply_torch_pass`): finetune is cached by
-    content hash, so a trained teacher is found again; with ``model.finetuned=true`` the given model
-    (its own head, checked against the task) is the teacher and nothing is trained. Returns the
-    RunState with ``model`` and ``teacher`` set (and ``teacher_metrics``: the pass's record, e.g. its
-    ``cache_key``); PipelineError when the pipeline has no such pass,
-    ValueError when ``model.finetuned=true`` names a model without a trained head of the task's.
-    """
-    from compresslab.pipeline.plan import PipelineError
+def task_data(cfg: DictConfig) -> "TaskData":
+    """The task data a run of ``cfg`` reads (train less the validation carve, validation, dev; the same data root,
+    carve, seed, ``max_train`` / ``max_dev`` and generic files), after the checks the run makes before it loads a
+    model (:meth:`~compresslab.pipeline.state.RunState.prepare`: settings, model source, data, the passes' own
+    data checks). Raises what the run would raise there (SettingsError, FileNotFoundError, ValueError, ...)."""
     from compresslab.pipeline.state import RunState
-    from compresslab.pipeline.steps import apply_torch_pass
 
-    makers = [s for s in build_steps(cfg) if s.pass_.makes_teacher]
-    if not makers:
-        raise PipelineError(f"pipeline {cfg.pipeline.name!r} has no pass that produces a teacher")
-    state = RunState.prepare(cfg, makers)
-    state.load_initial()
-    work_dir = Path(work_dir)
-    state.teacher_metrics = dict(apply_torch_pass(state, makers[0], work_dir / "step", work_dir).metrics)
-    return state
+    return RunState.prepare(cfg, build_steps(cfg)).task
 
 
 def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunManifest]":

@@ -121,8 +121,6 @@ class RunState:
     # model.finetuned=true: the source model, head included, is the task's teacher; the pass that would
     # make the teacher (finetune) is not run
     input_is_teacher: bool = False
-    # the teacher pass's metrics (its cache key and path, validation score) where teacher_state made it
-    teacher_metrics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, cfg: "DictConfig", steps: list["Step"]) -> "RunState":

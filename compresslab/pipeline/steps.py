@@ -56,7 +56,7 @@ def apply_declarations(state: RunState, step: Step) -> None:
 def apply_torch_pass(state: RunState, step: Step, step_dir: Path, run_dir: Path) -> PassResult:
     """Apply a TORCH pass to ``state.model`` in place, then what it declares (the teacher); nothing
     saved. The pass that makes the teacher trains nothing when the input is the teacher
-    (``model.finetuned=true``). The step loop and ``teacher_state`` (benchmarks) both call this."""
+    (``model.finetuned=true``). The step loop and ``teacher_of`` (benchmarks) both call this."""
     assert state.model is not None
     if step.pass_.makes_teacher and state.input_is_teacher:
         # model.finetuned=true: the loaded model is already the teacher; training it again would only

@@ -151,8 +151,8 @@ def teacher(tmp_path_factory):
     b = _embeddings(model, tok, [e.text_b for e in task.dev])
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     score = float(spearmanr(cos, [e.label for e in task.dev])[0])
-    state = SimpleNamespace(task=task, tokenizer=tok, settings=SimpleNamespace(max_length=MAX_LEN))
-    t = suite.Teacher(state, "0" * 64, d, cos.astype(np.float32), score, [])
+    record = SimpleNamespace(task=task, tokenizer=tok, max_length=MAX_LEN)  # a compresslab.pipeline.Teacher's fields
+    t = suite.Teacher(record, "0" * 64, d, cos.astype(np.float32), score, [])
     assert t.head == "encoder"
     return t
 
@@ -205,8 +205,8 @@ def test_embedding_predictions_are_cosines_not_class_ids(teacher, tmp_path) -> N
     from benchmarks.artifacts import Artifact
     from benchmarks.artifacts import score as score_artifact
 
-    assert teacher.state.task.spec.kind is TaskKind.EMBEDDING
-    s = score_artifact(Artifact(teacher.dir / "checkpoint", "torch", "fp32"), teacher.state, 1)
+    assert teacher.task.spec.kind is TaskKind.EMBEDDING
+    s = score_artifact(Artifact(teacher.dir / "checkpoint", "torch", "fp32"), teacher.record, 1)
     assert s.predictions.shape == (len(teacher.dev),) and np.all(np.abs(s.predictions) <= 1 + 1e-6)
     assert not np.allclose(s.predictions, np.round(s.predictions))
     np.testing.assert_allclose(s.predictions, teacher.preds, atol=1e-5)

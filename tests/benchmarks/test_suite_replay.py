@@ -26,8 +26,7 @@ A = importlib.import_module("benchmarks.artifacts")
 def state(tmp_path_factory):
     tok = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
     dev = tiny_sentiment(150, seed=3)  # 3 batches of the suite's 64: order matters
-    return SimpleNamespace(task=SimpleNamespace(spec=get_task("sst2"), dev=dev), tokenizer=tok,
-                           settings=SimpleNamespace(max_length=24))
+    return SimpleNamespace(task=SimpleNamespace(spec=get_task("sst2"), dev=dev), tokenizer=tok, max_length=24)
 
 
 def _model(b):  # a deterministic "model": logits from the token ids, different for every row

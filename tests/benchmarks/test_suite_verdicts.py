@@ -137,7 +137,7 @@ def test_suite_flags_constant_predictions(tmp_path) -> None:
     preds = {"ok": np.array([0, 1, 1, 0, 0]), "const": np.array([1, 1, 1, 1, 1])}
     store = SimpleNamespace(preds=lambda n, k: preds[n])
     from compresslab.data.tasks import TaskKind
-    teacher = SimpleNamespace(state=SimpleNamespace(task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION))),
+    teacher = SimpleNamespace(task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION)),
                               dev=[SimpleNamespace(label=v) for v in labels], preds=np.array(labels))
     cells = {n: {"status": "finished", "key": n, "method": "peer", "tool": "t", "score": 0.6} for n in preds}
     out = suite.systems(cells, store, teacher)

@@ -256,7 +256,7 @@ def test_mcnemar_is_paired_on_the_same_dev_examples(built) -> None:
     ours = labels.copy()
     peer = labels.copy()
     peer[:12] = 1 - peer[:12]  # the peer is wrong on 12 examples ours gets right
-    teacher = SimpleNamespace(state=SimpleNamespace(task=SimpleNamespace(spec=SimpleNamespace(kind=_kind()))),
+    teacher = SimpleNamespace(task=SimpleNamespace(spec=SimpleNamespace(kind=_kind())),
                               dev=[SimpleNamespace(label=int(y)) for y in labels], preds=labels.copy())
     fake = _FakeStore({"ours": ours, "peer": peer})
     cells = {"ours": {"method": "compresslab", "tool": "x", "status": "finished", "key": "ours"},

@@ -3,7 +3,7 @@
 * ``compress(output_dir=)`` (and ``CompressResult.export/save``) check the directory as the CLI's
   preflight does (``preflight.check_writable``), before any data is read;
 * a teacher with an untrained head is refused by the API as the CLI refuses ``model.finetuned=true``
-  on one (``state.check_teacher_head``), and ``teacher_state`` (benchmarks) honours
+  on one (``state.check_teacher_head``), and ``teacher_of`` (benchmarks) honours
   ``model.finetuned`` through the step loop's own code (``steps.apply_torch_pass``);
 * a misspelled key gets a did-you-mean in every config group, set with or without ``+``;
 * ``-m`` multiruns have every job checked before the first starts (``cli.check_multirun``);
@@ -230,7 +230,7 @@ def test_api_fresh_head_accepted_when_the_teacher_is_sound(tiny_tok, no_run, obs
     observe(f"reached the step loop: {accepted}")
 
 
-# ------------------------------------------------------------------ 3. teacher_state honours model.finetuned
+# ------------------------------------------------------------------ 3. teacher_of honours model.finetuned
 
 def _local_cfg(root: Path, out: Path, source: Path, *extra: str) -> Any:
     args = [a for a in cli_args(root, out) if not a.startswith("model.source=")]
@@ -249,11 +249,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_inputs(tmp_path_factory.mktemp("api cli") / "in put")
 
 
-@case(name="teacher_state(cfg) with model.finetuned=true", kind="own", bad_input=False,
+@case(name="teacher_of(cfg) with model.finetuned=true", kind="own", bad_input=False,
       expected="the given model (its own head) is the teacher, nothing trained: the pipeline's finetune step code")
-def test_teacher_state_uses_the_given_model(inputs, tiny_tok, tmp_path, monkeypatch, observe):
+def test_teacher_of_uses_the_given_model(inputs, tiny_tok, tmp_path, monkeypatch, observe):
     from compresslab.passes.finetune import Finetune
-    from compresslab.pipeline import teacher_state
+    from compresslab.pipeline import teacher_of
 
     def trained(*a: Any, **k: Any) -> None:
         raise AssertionError("finetune trained the given model again")
@@ -262,44 +262,47 @@ def test_teacher_state_uses_the_given_model(inputs, tiny_tok, tmp_path, monkeypa
     own = _trained(tiny_model(seed=4))
     own.config.id2label, own.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
     src = _saved(own, tiny_tok, tmp_path / "own")
-    state = teacher_state(_local_cfg(inputs, tmp_path / "out", src, "model.finetuned=true"), tmp_path / "work")
+    teacher = teacher_of(_local_cfg(inputs, tmp_path / "out", src, "model.finetuned=true"), tmp_path / "work")
     want = own.state_dict()
-    assert all(torch.equal(v, want[k]) for k, v in state.teacher.state_dict().items())  # head included
-    assert state.input_is_teacher
-    observe("state.teacher == the given model, head included; Finetune.apply not called")
+    assert all(torch.equal(v, want[k]) for k, v in teacher.model.state_dict().items())  # head included
+    assert teacher.given and teacher.source == src and teacher.cache_key is None
+    observe("teacher.model == the given model, head included; Finetune.apply not called")
 
 
-@case(name="teacher_state(cfg) with model.finetuned=true on a fresh head", kind="own",
+@case(name="teacher_of(cfg) with model.finetuned=true on a fresh head", kind="own",
       expected="refused as the pipeline refuses it: no trained classification head, set model.finetuned=false")
-def test_teacher_state_refuses_a_fresh_head(inputs, tiny_tok, tmp_path, expect_clear):
-    from compresslab.pipeline import teacher_state
+def test_teacher_of_refuses_a_fresh_head(inputs, tiny_tok, tmp_path, expect_clear):
+    from compresslab.pipeline import teacher_of
 
     src = _saved(tiny_model(seed=5), tiny_tok, tmp_path / "plain")
     cfg = _local_cfg(inputs, tmp_path / "out", src, "model.finetuned=true")
-    expect_clear(lambda: teacher_state(cfg, tmp_path / "work"),
+    expect_clear(lambda: teacher_of(cfg, tmp_path / "work"),
                  match=r"model\.finetuned=true.*no trained classification head.*model\.finetuned=false")
 
 
-@case(name="teacher_state(cfg) with model.finetuned=false", kind="own", bad_input=False,
+@case(name="teacher_of(cfg) with model.finetuned=false", kind="own", bad_input=False,
       expected="the finetune pass trains the teacher (as before)")
-def test_teacher_state_finetunes_otherwise(inputs, tmp_path, monkeypatch, observe):
+def test_teacher_of_finetunes_otherwise(inputs, tmp_path, monkeypatch, observe):
     from compresslab.passes.finetune import Finetune
-    from compresslab.pipeline import teacher_state
+    from compresslab.pipeline import teacher_of
     from compresslab.types import PassResult
 
-    calls = []
+    calls, trained_bias = [], []
 
     def apply(self: Any, model: torch.nn.Module, ctx: Any) -> PassResult:
         calls.append(ctx.step_dir)
         with torch.no_grad():
             model.classifier.bias.add_(1.0)  # "trained"
+        trained_bias.append(model.classifier.bias.detach().clone())
         return PassResult(metrics={"trained": True, "cache_key": "k"})
 
     monkeypatch.setattr(Finetune, "apply", apply)
-    state = teacher_state(_local_cfg(inputs, tmp_path / "out", inputs / "model"), tmp_path / "work")
-    assert len(calls) == 1 and not state.input_is_teacher
-    assert state.teacher_metrics == {"trained": True, "cache_key": "k"}  # what benchmarks record as the teacher
-    assert torch.equal(state.teacher.classifier.bias, state.model.classifier.bias)
+    teacher = teacher_of(_local_cfg(inputs, tmp_path / "out", inputs / "model"), tmp_path / "work")
+    assert len(calls) == 1 and not teacher.given
+    assert teacher.metrics == {"trained": True, "cache_key": "k"}  # what benchmarks record as the teacher
+    assert teacher.cache_key == "k"
+    assert torch.equal(teacher.model.classifier.bias, trained_bias[0])  # the pass's output, frozen
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
     observe(f"Finetune.apply called once in {calls[0].name}/; the teacher is its output")
 
 
