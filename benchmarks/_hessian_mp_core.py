@@ -127,7 +127,8 @@ def _dev_batches(n: int | None = None, batch_size: int = 32) -> list[dict]:
     cfg, teacher, _ = _teacher()
     ex = list(teacher.task.dev if n is None else teacher.task.dev[:n])
     return [{k: v for k, v in b.items() if k != "labels"}
-            for b in make_loader(ex, teacher.tokenizer, batch_size, int(cfg.task.max_length), kind=teacher.task.spec.kind)]
+            for b in make_loader(ex, teacher.tokenizer, batch_size, int(cfg.task.max_length),
+                                 kind=teacher.task.spec.kind)]
 
 
 def _onnx_scored(path: Path) -> Any:
