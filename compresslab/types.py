@@ -108,17 +108,19 @@ class PassContext:
         return make_loader(self.task.validation, self.tokenizer, batch_size or self.batch_size,
                            self.max_length, shuffle=False, seed=self.seed, kind=self.task.spec.kind)
 
-    def validation_score(self, model: "nn.Module") -> float:
-        """``model``'s score (the task's metric, higher is better) on the validation split: what a pass
-        selects on (``Recovery.select_every``). The model runs where its parameters are (a training
-        wrapper may have placed it off ``self.device``); eval mode is the caller's
-        (:class:`~compresslab.training.select.BestOnValidation` sets it). ValueError on an empty split."""
+    def validation_score(self, model: "nn.Module", max_examples: int | None = None) -> float:
+        """``model``'s score (the task's metric, higher is better) on the validation split, or on its first
+        ``max_examples`` (``Recovery.select_examples``): what a pass selects on (``Recovery.select_every``).
+        The model runs where its parameters are (a training wrapper may have placed it off ``self.device``);
+        eval mode is the caller's (:class:`~compresslab.training.select.BestOnValidation` sets it).
+        ValueError on an empty split."""
         from compresslab.eval.evaluate import predict, torch_forward
 
         if not len(self.task.validation):
             raise ValueError("validation_score: the validation split is empty (task.val_size=0)")
+        examples = self.task.validation if max_examples is None else self.task.validation[:max_examples]
         device = next(model.parameters()).device
-        return float(predict(torch_forward(model, device), self.task.spec, self.task.validation,
+        return float(predict(torch_forward(model, device), self.task.spec, examples,
                              self.tokenizer, max_length=self.max_length).metrics["score"])
 
     def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:

@@ -3,11 +3,13 @@
 A pass that distils nests ``recovery: Recovery`` (YAML: a ``recovery:`` mapping) and calls
 :func:`recover` with a teacher from ``ctx.kd_teacher(model)``. The losses are
 ``(1 - hardness) * task + hardness * logit KD (+ hidden_weight * hidden-state KD)``, or the
-embedding KD loss for embedding tasks; the loop is :func:`compresslab.training.train`.
+embedding KD loss for embedding tasks, or the pass's own (``losses=``: BiBERT's prediction, normalized
+hidden-state and direction-matching KD); the loop is :func:`compresslab.training.train`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -33,7 +35,11 @@ class Recovery:
     task can overfit the teacher's train-set outputs, and KD on SST-2's phrase-heavy train set can
     lose what a pass's own weight update kept (ZipLM 1.2x one-shot scored 0.34 pt under the teacher
     on dev, after 2,000 KD steps 1.0 pt), so the step to stop at, step 0 included, is chosen on
-    validation, never on dev (MEASURE.md). Costs one validation pass per check.
+    validation, never on dev (MEASURE.md). Costs one validation pass per check. ``select_examples``
+    scores on the first that many validation examples only (None: all of them; a cheaper check).
+
+    A pass that brings its own losses (:func:`recover`'s ``losses=``: BiBERT) reads ``temperature``
+    and ``hidden_weight`` for them itself and refuses a ``hardness`` it does not use.
     """
 
     steps: int = 0
@@ -42,6 +48,8 @@ class Recovery:
     temperature: float = 2.0
     hidden_weight: float = 0.0
     select_every: int = 0
+    # added with BiBERT's recovery block (its old eval_examples); the other passes' YAML does not list it
+    select_examples: int | None = None
 
     def __post_init__(self) -> None:
         check_int(self.steps, "recovery.steps", minimum=0)
@@ -51,6 +59,8 @@ class Recovery:
         check_finite_positive(self.temperature, "recovery.temperature")
         check_loss_weight(self.hidden_weight, "recovery.hidden_weight")
         check_int(self.select_every, "recovery.select_every", minimum=0)
+        if self.select_examples is not None:
+            check_int(self.select_examples, "recovery.select_examples", minimum=1)
 
     @classmethod
     def coerce(cls, value: "Recovery | Mapping[str, Any]") -> "Recovery":
@@ -92,19 +102,25 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
             cycle_steps: int | None = None, warmup_ratio: float = 0.0, final_lr_ratio: float = 0.0,
             batch_size: int = 32, seed: int = 0, progress: Callable[..., Any] | None = None,
             desc: str = "recovery", device: Any = None, checkpoint_dir: str | os.PathLike | None = None,
-            checkpoint_every: int = 0, validate: Callable[[nn.Module], float] | None = None) -> TrainResult:
+            checkpoint_every: int = 0, validate: Callable[..., float] | None = None,
+            losses: Sequence[Any] | None = None, weight_decay: float = 0.01) -> TrainResult:
     """Train ``model`` in place for ``recovery.steps`` steps of KD from ``teacher``; model left in eval.
 
-    ``embedding=True`` distils mean-pooled sentence embeddings (no logits to match). The schedule
-    arguments are :class:`TrainConfig`'s (gradual pruning uses a cyclic LR and prunes from
-    ``callbacks``); ``device`` (a ``torch.device`` or its type name) is where training runs. ``checkpoint_dir`` /
+    ``embedding=True`` distils mean-pooled sentence embeddings (no logits to match). ``losses``: the
+    pass's own loss plug-ins instead of the ones ``recovery`` builds (BiBERT's; ``embedding`` and
+    ``recovery.hardness`` / ``temperature`` / ``hidden_weight`` are then the pass's to use). The schedule
+    arguments and ``weight_decay`` (AdamW's; none on biases and LayerNorms) are :class:`TrainConfig`'s
+    (gradual pruning uses a cyclic LR and prunes from ``callbacks``); ``device`` (a ``torch.device`` or
+    its type name) is where training runs. ``checkpoint_dir`` /
     ``checkpoint_every`` make the run resumable (:class:`TrainConfig`; one directory per call):
     they belong to the run, not to the recovery recipe. With ``steps == 0`` nothing runs and an
     empty result comes back.
 
     ``validate(model) -> float`` (higher is better; :meth:`PassContext.validation_score`) is required
-    when ``recovery.select_every`` is set: the best-scoring weights are restored at the end and
-    ``TrainResult.selection`` records every check (ValueError without it, before any step).
+    when ``recovery.select_every`` is set: the weights before the first step and at every check are
+    scored, the best-scoring ones are restored at the end and ``TrainResult.selection`` records every
+    check (ValueError without it, before any step). With ``recovery.select_examples`` it is called as
+    ``validate(model, max_examples=n)``.
     """
     if recovery.steps == 0:
         return TrainResult(steps=0, wall_s=0.0)
@@ -113,20 +129,23 @@ def recover(model: nn.Module, loader: Any, recovery: Recovery, teacher: nn.Modul
         if validate is None:
             raise ValueError(f"{desc}: recovery.select_every={recovery.select_every} selects weights on the "
                              "validation split, and the caller gave no validate(model) scorer")
+        if recovery.select_examples is not None:
+            validate = functools.partial(validate, max_examples=recovery.select_examples)
         select = BestOnValidation(validate, recovery.select_every, recovery.steps, include_start=True)
         callbacks = [*callbacks, select]
-    losses = (build_losses(embedding=True) if embedding else
-              build_losses(recovery.hardness, recovery.temperature, recovery.hidden_weight))
+    if losses is None:
+        losses = (build_losses(embedding=True) if embedding else
+                  build_losses(recovery.hardness, recovery.temperature, recovery.hidden_weight))
     if not any(l.needs_teacher for l in losses):
         teacher = None  # no teacher forward per step when no loss reads it
     elif teacher is None:  # a pass that fetched no teacher: say so here, naming the rule (train() would also refuse)
         raise ValueError(f"{desc}: the recovery losses ({', '.join(type(l).__name__ for l in losses)}) read a "
                          "teacher and none was given (fetch it with Recovery.needs_teacher(embedding) before "
                          "the model changes)")
-    cfg = TrainConfig(lr=recovery.lr, steps=recovery.steps, batch_size=batch_size, schedule=schedule,
-                      cycle_steps=cycle_steps, warmup_ratio=warmup_ratio, final_lr_ratio=final_lr_ratio, seed=seed,
-                      device=getattr(device, "type", device), checkpoint_dir=checkpoint_dir,
-                      checkpoint_every=checkpoint_every)
+    cfg = TrainConfig(lr=recovery.lr, steps=recovery.steps, batch_size=batch_size, weight_decay=weight_decay,
+                      schedule=schedule, cycle_steps=cycle_steps, warmup_ratio=warmup_ratio,
+                      final_lr_ratio=final_lr_ratio, seed=seed, device=getattr(device, "type", device),
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     res = train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, progress=progress, desc=desc)
     if select is not None:
         select.restore_best(model)
