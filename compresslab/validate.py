@@ -42,9 +42,11 @@ def coerce_enum(enum_cls: type[E], value: Any, field_name: str) -> E:
         raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}") from None
 
 
-def coerce_settings(cls: type[S], value: Any, field_name: str) -> S:
+def coerce_settings(cls: type[S], value: Any, field_name: str, base: S | None = None) -> S:
     """A nested settings dataclass from itself or from a mapping (Hydra and ``pass_from_dict`` give
-    dicts); ValueError naming ``field_name`` and the options for anything else or an unknown key."""
+    dicts); ValueError naming ``field_name`` and the options for anything else or an unknown key.
+    ``base``: where a mapping leaves a key out, the value comes from it (a pass's own defaults) rather
+    than from ``cls``'s."""
     import dataclasses
     from collections.abc import Mapping
 
@@ -56,7 +58,8 @@ def coerce_settings(cls: type[S], value: Any, field_name: str) -> S:
     unknown = sorted(set(value) - set(names))
     if unknown:
         raise ValueError(f"{field_name} has no option(s) {unknown}; options: {names}")
-    return cls(**dict(value))
+    defaults = {n: getattr(base, n) for n in names} if base is not None else {}
+    return cls(**{**defaults, **dict(value)})
 
 
 def check_fraction(value: Any, name: str, *, allow_one: bool = False) -> float:

@@ -63,9 +63,10 @@ class Recovery:
             check_int(self.select_examples, "recovery.select_examples", minimum=1)
 
     @classmethod
-    def coerce(cls, value: "Recovery | Mapping[str, Any]") -> "Recovery":
-        """A ``Recovery`` from itself or from a mapping (Hydra and ``pass_from_dict`` give dicts)."""
-        return coerce_settings(cls, value, "recovery")
+    def coerce(cls, value: "Recovery | Mapping[str, Any]", base: "Recovery | None" = None) -> "Recovery":
+        """A ``Recovery`` from itself or from a mapping (Hydra and ``pass_from_dict`` give dicts); the keys a
+        mapping leaves out come from ``base`` (the pass's own defaults) where given."""
+        return coerce_settings(cls, value, "recovery", base)
 
     def check_task(self, task: Any) -> None:
         """Before any work (a pass's ``check``): ValueError when ``select_every`` is set and the task has no

@@ -11,8 +11,9 @@ from compresslab.models.binary import BINARY_KEY, BI_ATTENTION, BinaryEmbedding,
 from compresslab.models.tiny import tiny_model
 from compresslab.passes.bibert import BiBert
 from compresslab.training.losses import DirectionMatchingKD, LogitKD, NormalizedHiddenKD, SoftCrossEntropyKD
+from compresslab.training.recovery import Recovery
 
-FAST = dict(steps=4, batch_size=8, eval_every=2, lr=1e-3, max_length=16)
+FAST = dict(batch_size=8, max_length=16, recovery=dict(steps=4, select_every=2, lr=1e-3))
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
@@ -31,8 +32,10 @@ def test_binarizes_trains_selects_on_validation_and_freezes(tiny_ctx, arch):
     assert getattr(model.config, BINARY_KEY)["frozen"] is True
     for m in mods.values():  # every row is {±alpha}
         assert torch.equal(m.weight.abs(), m.alpha()[:, None].expand_as(m.weight))
-    sel = res.metrics["selection"]
-    assert sel["split"] == "validation" and [h["step"] for h in sel["history"]] == [2, 4]
+    sel = res.metrics["selection"]  # recover()'s record: the binarized weights before training are a candidate
+    assert sel["split"] == "validation" and [h["step"] for h in sel["history"]] == [0, 2, 4]
+    assert (sel["every"], sel["steps"], sel["examples"]) == (2, 4, len(tiny_ctx().task.validation))
+    assert "selection" not in res.metrics["train"]  # one record, at the top level (the report lists it once)
     assert res.metrics["train"]["steps"] == 4 and res.formats == ["packed_binary"]
     # the teacher was never touched
     assert all(torch.equal(before[n], p) for n, p in teacher.named_parameters())
@@ -43,8 +46,15 @@ def test_variants_are_settings_of_one_pass():
     full = BiBert().losses()
     assert [type(l) for l in full] == [SoftCrossEntropyKD, NormalizedHiddenKD, DirectionMatchingKD]
     assert [type(l) for l in BiBert(dmd_weight=0).losses()] == [SoftCrossEntropyKD, NormalizedHiddenKD]
-    naive = BiBert(attention="softmax", prediction="logit_kd", hidden_weight=0, dmd_weight=0).losses()
-    assert [type(l) for l in naive] == [LogitKD]
+    naive = BiBert(attention="softmax", prediction="logit_kd", recovery={"hidden_weight": 0}, dmd_weight=0).losses()
+    assert naive == [LogitKD(temperature=2.0)]
+    assert BiBert(prediction="logit_kd", recovery={"temperature": 4.0}).losses()[0] == LogitKD(temperature=4.0)
+
+
+def test_a_partial_recovery_keeps_bibert_s_defaults_not_recovery_s():
+    r = BiBert(recovery={"steps": 300}).recovery
+    assert (r.steps, r.lr, r.hidden_weight, r.select_every, r.select_examples) == (300, 1e-3, 1.0, 500, None)
+    assert BiBert().recovery == Recovery(steps=1000, lr=1e-3, hidden_weight=1.0, temperature=2.0, select_every=500)
 
 
 def test_softmax_ablation_keeps_softmax_over_binarized_scores(tiny_ctx):
@@ -60,7 +70,7 @@ def test_a_stopped_run_resumes_from_its_step_checkpoint(tiny_ctx, monkeypatch):
     """A run stopped after its first checkpoint resumes there and ends where an unbroken run ends."""
     import compresslab.passes.bibert as bb
 
-    monkeypatch.setattr(bb, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(bb, "CHECKPOINT_EVERY", 2)  # recover()'s step checkpoints, in the step dir
     ref = tiny_model()
     ctx = tiny_ctx(teacher=copy.deepcopy(ref))
     unbroken = copy.deepcopy(ref)
@@ -93,8 +103,12 @@ def test_a_stopped_run_resumes_from_its_step_checkpoint(tiny_ctx, monkeypatch):
 @pytest.mark.parametrize("kw,match", [
     ({"attention": "sigmoid"}, "attention"),
     ({"prediction": "mse"}, "prediction"),
-    ({"steps": 0}, "steps"),
-    ({"lr": -1}, "lr"),
+    ({"recovery": {"steps": 0}}, "recovery.steps"),
+    ({"recovery": {"select_every": 0}}, "recovery.select_every"),
+    ({"recovery": {"lr": -1}}, "recovery.lr"),
+    ({"recovery": {"hardness": 0.5}}, "hardness.*prediction"),
+    ({"recovery": {"select_examples": 0}}, "recovery.select_examples"),
+    ({"recovery": {"eval_every": 3}}, r"recovery has no option\(s\) \['eval_every'\]"),
     ({"dmd_weight": -1}, "dmd_weight"),
     ({"warmup_ratio": 1.0}, "warmup_ratio"),
     ({"embeddings": "yes"}, "embeddings"),
@@ -114,3 +128,25 @@ def test_fp16_model_and_already_binarized_model_are_refused_before_work(tiny_ctx
     BiBert(**FAST).apply(model, tiny_ctx(teacher=copy.deepcopy(model)))
     with pytest.raises(ValueError, match="float32|already binarized"):
         BiBert(**FAST).check_model(model)
+
+
+def test_selection_is_recover_s_with_the_context_s_scorer(tiny_ctx, monkeypatch):
+    """BiBERT scores its checks with ``PassContext.validation_score`` (the scorer every distilling pass selects
+    with), on the first ``recovery.select_examples`` validation examples, the frozen model on the same ones."""
+    import compresslab.types as types
+
+    calls = []
+
+    def scored(self, model, max_examples=None):
+        calls.append((model.training, max_examples))
+        return float(len(calls) == 2)  # the check at step 2 wins
+
+    monkeypatch.setattr(types.PassContext, "validation_score", scored)
+    model = tiny_model()
+    fast = {**FAST, "recovery": {**FAST["recovery"], "select_examples": 3}}
+    res = BiBert(**fast).apply(model, tiny_ctx(teacher=copy.deepcopy(model)))
+    assert calls == [(False, 3)] * 4  # steps 0, 2, 4, then the frozen model
+    sel = res.metrics["selection"]
+    assert sel["best_step"] == 2 and sel["best_score"] == 1.0 and sel["examples"] == 3
+    assert res.metrics["validation_score"]["trained"] == 1.0 and res.metrics["validation_score"]["frozen"] == 0.0
+

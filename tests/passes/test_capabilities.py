@@ -51,7 +51,8 @@ HOOKS_BEFORE = {"check_model", "check_after", "check_deployable", "sequence_leng
 # check_deploy_settings (ort_int8_dynamic's outlier split), check_accuracy_level (hawq's latency budget).
 RECOVERS = {"recovery_settings"}
 DECLARES = {
-    "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths"},
+    # identity_settings: its recovery block's settings seen at their flat keys of before (design review item 7)
+    "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths", "identity_settings"},
     "finetune": set(),
     "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths", "check_accuracy_level",
              "identity_defaults", *RECOVERS},

@@ -114,3 +114,22 @@ def test_int8_embeddings_per_tensor_keeps_the_old_hash_and_the_new_default_does_
     assert config_hash(default) != config_hash(old)
     fp32 = compose([f"+pipeline={pipeline}", "pipeline.passes.int8.embeddings=fp32"])
     assert len({config_hash(default), config_hash(old), config_hash(fp32)}) == 3
+
+
+# +pipeline=bibert's hashes before its flat steps/lr/hidden_weight/temperature/eval_every/eval_examples moved into
+# its recovery block (design review item 7), computed from the code before the move
+BIBERT_HASHES = {(): "b3ef3d2244dc", ("budget=bench",): "e529253fa768", ("debug=smoke",): "2b32bb9e6f04",
+                 ("debug=smoke", "pipeline.passes.bibert.recovery.steps=9", "pipeline.passes.bibert.recovery.lr=0.002",
+                  "pipeline.passes.bibert.recovery.select_examples=16"): "42f014467d05"}
+
+
+@pytest.mark.parametrize("over, want", BIBERT_HASHES.items())
+def test_bibert_s_recovery_block_keeps_the_hashes_of_its_flat_keys(over: tuple[str, ...], want: str) -> None:
+    cfg = compose(["+pipeline=bibert", *over])
+    assert config_hash(cfg) == want
+    node = config_identity(cfg)["pipeline"]["passes"]["bibert"]
+    assert "recovery" not in node and {"steps", "lr", "eval_every", "eval_examples"} <= set(node)
+    # a setting the flat keys had no name for stays in the identity, under recovery
+    other = compose(["+pipeline=bibert", *over, "+pipeline.passes.bibert.recovery.hardness=1.0"])
+    assert config_identity(other)["pipeline"]["passes"]["bibert"]["recovery"] == {"hardness": 1.0}
+    assert config_hash(other) != want

@@ -16,11 +16,14 @@ BAD = [math.inf, -math.inf, math.nan, -1.0]
 
 
 @pytest.mark.parametrize("bad", BAD)
-@pytest.mark.parametrize("field", ["label_weight", "hidden_weight", "dmd_weight"])
+@pytest.mark.parametrize("field", ["label_weight", "dmd_weight"])
 def test_bibert_refuses_a_non_finite_or_negative_loss_weight(field, bad):
     with pytest.raises(ValueError, match=rf"bibert\.{field} must be >= 0 and finite"):
         BiBert(**{field: bad})
     assert getattr(BiBert(**{field: 0.0}), field) == 0.0  # 0 turns the term off
+    # its hidden-state KD weight is its recovery's (Recovery's check, below)
+    with pytest.raises(ValueError, match=r"recovery\.hidden_weight must be >= 0 and finite"):
+        BiBert(recovery={"hidden_weight": bad})
 
 
 @pytest.mark.parametrize("bad", BAD)
@@ -29,12 +32,12 @@ def test_recovery_refuses_a_non_finite_or_negative_hidden_weight(bad):
         Recovery(hidden_weight=bad)
 
 
-@pytest.mark.parametrize("cls, name", [(BiBert, "bibert"), (Recovery, "recovery")])
-def test_an_infinite_temperature_is_refused(cls, name):
-    with pytest.raises(ValueError, match=rf"{name}\.temperature must be > 0 and finite"):
-        cls(temperature=math.inf)
-    with pytest.raises(ValueError, match=rf"{name}\.temperature"):
-        cls(temperature=math.nan)
+@pytest.mark.parametrize("make", [lambda t: BiBert(recovery={"temperature": t}), lambda t: Recovery(temperature=t)])
+def test_an_infinite_temperature_is_refused(make):  # bibert's logit_kd temperature is its recovery's
+    with pytest.raises(ValueError, match=r"recovery\.temperature must be > 0 and finite"):
+        make(math.inf)
+    with pytest.raises(ValueError, match=r"recovery\.temperature"):
+        make(math.nan)
 
 
 def test_recovery_hardness_stays_a_fraction():
