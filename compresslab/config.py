@@ -60,7 +60,16 @@ def composition_message(error: Exception) -> str:
         parent = getattr(cause, "parent_node", None)
         siblings = [k for k in (parent.keys() if hasattr(parent, "keys") else ())
                     if isinstance(k, str) and k != "hydra" and not k.startswith("_")]
-        hint = did_you_mean([getattr(cause, "key", None) or key.rpartition(".")[2]], siblings)
+        # below the root, the keys of the blocks one level down too: a setting that moved into one (bibert's
+        # `steps`, now `recovery.steps`) is named with its path
+        nested: dict[str, list[str]] = {}
+        if "." in str(key) and parent is not None:
+            from omegaconf import OmegaConf
+
+            plain = OmegaConf.to_container(parent, resolve=False)  # nothing resolved inside an error message
+            nested = {k: [c for c in v if isinstance(c, str)] for k, v in plain.items()
+                      if k in siblings and isinstance(v, dict)}
+        hint = did_you_mean([getattr(cause, "key", None) or key.rpartition(".")[2]], siblings, nested)
         return (f"{key}: no such setting{hint}; check its spelling (`python -m compresslab +pipeline=NAME --cfg job` "
                 "prints every setting)")
     if msg.startswith("Multiple values for "):  # `+group=option` for a group that has a default

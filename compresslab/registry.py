@@ -9,6 +9,7 @@ from typing import Any, Callable, TypeVar
 
 from compresslab.types import Pass
 from compresslab.validate import coerce_enum as coerce_enum  # re-export: the old import path
+from compresslab.validate import did_you_mean, nested_settings
 
 T = TypeVar("T")
 
@@ -79,9 +80,10 @@ def build_pass(name: str, **kwargs: Any) -> Pass:
     """Construct a pass by name from plain keyword arguments (validated by the dataclass)."""
     cls = get_pass(name)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(kwargs) - names
-    if unknown:
-        raise ValueError(f"pass {name!r} has no option(s) {sorted(unknown)}; options: {sorted(names)}")
+    unknown = sorted(set(kwargs) - names)
+    if unknown:  # a key that moved into a block (bibert's steps: recovery.steps) is named with its path
+        hint = did_you_mean(unknown, names, nested_settings(cls))
+        raise ValueError(f"pass {name!r} has no option(s) {unknown}{hint}; options: {sorted(names)}")
     return cls(**kwargs)
 
 
@@ -99,10 +101,12 @@ def _plain(v: Any) -> Any:
 
 
 # Version of the dict written by pass_to_dict: 1 = before #8 (recovery fields flat on the pass),
-# 2 = a nested ``recovery`` block. pass_from_dict reads both.
+# 2 = a nested ``recovery`` block. pass_from_dict reads both, and BiBERT's schema-2 dicts from before it had a
+# recovery block (design review item 7: its flat eval_every / eval_examples are select_every / select_examples).
 PASS_SCHEMA = 2
 _FLAT_RECOVERY = {"steps": "steps", "recovery_steps": "steps", "lr": "lr", "hardness": "hardness",
-                  "temperature": "temperature", "hidden_weight": "hidden_weight"}
+                  "temperature": "temperature", "hidden_weight": "hidden_weight", "eval_every": "select_every",
+                  "eval_examples": "select_examples"}
 
 
 def pass_to_dict(p: Any) -> dict[str, Any]:
@@ -119,7 +123,8 @@ def pass_to_dict(p: Any) -> dict[str, Any]:
 
 
 def pass_from_dict(d: dict[str, Any]) -> Pass:
-    """Inverse of :func:`pass_to_dict`; also reads schema 1 dicts (flat recovery fields).
+    """Inverse of :func:`pass_to_dict`; also reads the dicts of passes whose recovery fields were flat (schema
+    1; BiBERT's before its recovery block, schema 2).
 
     Raises ValueError for a schema newer than this version knows, UnknownPassError for a name.
     """
@@ -128,14 +133,13 @@ def pass_from_dict(d: dict[str, Any]) -> Pass:
     if schema > PASS_SCHEMA:
         raise ValueError(f"pass dict schema {schema} is newer than this compresslab reads ({PASS_SCHEMA}); upgrade")
     name = d.pop("name")
-    if schema == 1:
-        d = _migrate_v1(get_pass(name), d)
+    d = _nest_flat_recovery(get_pass(name), d)
     return build_pass(name, **d)
 
 
-def _migrate_v1(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 -> 2: a pass that now has a ``recovery`` block took its fields flat."""
+def _nest_flat_recovery(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """A dict without a ``recovery`` block, of a pass that now has one, had its fields flat: nest them."""
     if "recovery" not in {f.name for f in dataclasses.fields(cls)} or "recovery" in d:
         return d
     rec = {new: d.pop(old) for old, new in _FLAT_RECOVERY.items() if old in d}
-    return {**d, "recovery": rec}
+    return {**d, "recovery": rec} if rec else d  # none: the pass's own default recovery

@@ -11,7 +11,7 @@ import math
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 E = TypeVar("E", bound=Enum)
 S = TypeVar("S")
@@ -198,15 +198,36 @@ __all__ = ["check_bool", "check_bools", "check_choice", "check_field_types", "ch
            "is_number"]
 
 
-def did_you_mean(unknown: Iterable[str], allowed: Iterable[str]) -> str:
+def did_you_mean(unknown: Iterable[str], allowed: Iterable[str],
+                 nested: Mapping[str, Iterable[str]] | None = None) -> str:
     """``" ('sorce': did you mean 'source'?)"`` for each unknown key with a close allowed one
-    (:func:`difflib.get_close_matches`), or ``""``: the one hint every unknown-key error gives."""
+    (:func:`difflib.get_close_matches`), or ``""``: the one hint every unknown-key error gives.
+
+    ``nested``: the keys of the settings blocks one level down (``{"recovery": ["steps", ...]}``); an unknown
+    key that is (close to) one of them is suggested with its path (``'steps': did you mean 'recovery.steps'?``),
+    the hint a setting that moved into a block needs (BiBERT's flat ``steps``)."""
     import difflib
 
-    options = sorted(str(a) for a in allowed)
-    hints = [f"{k!r}: did you mean {close[0]!r}?" for k in unknown
-             if (close := difflib.get_close_matches(str(k), options, n=1))]
+    options = {str(a): str(a) for a in allowed}
+    for block, keys in (nested or {}).items():
+        for k in keys:
+            options.setdefault(str(k), f"{block}.{k}")  # a key of this level wins over a block's key of the name
+    hints = [f"{k!r}: did you mean {options[close[0]]!r}?" for k in unknown
+             if (close := difflib.get_close_matches(str(k), sorted(options), n=1))]
     return f" ({'; '.join(hints)})" if hints else ""
+
+
+def nested_settings(cls: type) -> dict[str, list[str]]:
+    """``{field: [its fields]}`` for each field of dataclass ``cls`` that is itself a settings dataclass (a
+    pass's ``recovery``), from its default: the ``nested`` of :func:`did_you_mean`."""
+    import dataclasses
+
+    out: dict[str, list[str]] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            out[f.name] = [g.name for g in dataclasses.fields(default)]
+    return out
 
 
 def check_writable(path: str | Path, setting: str, value: str | Path | None = None) -> None:

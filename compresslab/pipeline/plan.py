@@ -23,7 +23,7 @@ from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage, capability, hook
-from compresslab.validate import check_field_types, did_you_mean
+from compresslab.validate import check_field_types, did_you_mean, nested_settings
 
 if TYPE_CHECKING:
     from compresslab.pipeline.settings import RunSettings
@@ -197,8 +197,9 @@ def check_pass_keys(cls: type, node: Any, step: str) -> None:
     fields and a did-you-mean (instantiating would say only "unexpected keyword argument")."""
     fields = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(k for k in node if not str(k).startswith("_") and k not in fields)
-    if unknown:
-        raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}{did_you_mean(unknown, fields)}; "
+    if unknown:  # a key that moved into a block (bibert's steps: recovery.steps) is named with its path
+        hint = did_you_mean(unknown, fields, nested_settings(cls))
+        raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}{hint}; "
                             f"the pass has: {', '.join(fields)}")
 
 

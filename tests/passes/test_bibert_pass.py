@@ -150,3 +150,40 @@ def test_selection_is_recover_s_with_the_context_s_scorer(tiny_ctx, monkeypatch)
     assert sel["best_step"] == 2 and sel["best_score"] == 1.0 and sel["examples"] == 3
     assert res.metrics["validation_score"]["trained"] == 1.0 and res.metrics["validation_score"]["frozen"] == 0.0
 
+
+# BiBERT's flat settings before its recovery block (design review item 7) -> where they are now
+MOVED = {"steps": "recovery.steps", "lr": "recovery.lr", "hidden_weight": "recovery.hidden_weight",
+         "temperature": "recovery.temperature", "eval_every": "recovery.select_every",
+         "eval_examples": "recovery.select_examples"}
+
+
+@pytest.mark.parametrize("old, new", MOVED.items())
+def test_an_old_flat_key_is_refused_naming_its_new_place(old, new):
+    """The CLI (a plain override, and one added with +) and the API (a pass dict) refuse the old key with the
+    new one in the message; nothing is trained under a setting that is silently dropped."""
+    from compresslab.config import ConfigError, compose
+    from compresslab.pipeline.plan import PipelineError, build_steps
+    from compresslab.registry import build_pass
+
+    hint = f"did you mean '{new}'"
+    with pytest.raises(ConfigError, match=rf"pipeline\.passes\.bibert\.{old}: no such setting .*{hint}"):
+        compose(["+pipeline=bibert", "debug=smoke", f"pipeline.passes.bibert.{old}=3"])
+    with pytest.raises(PipelineError, match=rf"pipeline\.passes\.bibert: unknown setting\(s\) \['{old}'\].*{hint}"):
+        build_steps(compose(["+pipeline=bibert", "debug=smoke", f"+pipeline.passes.bibert.{old}=3"]))
+    with pytest.raises(ValueError, match=rf"pass 'bibert' has no option\(s\) \['{old}'\].*{hint}"):
+        build_pass("bibert", **{old: 3})
+
+
+def test_a_pass_json_written_before_the_recovery_block_still_loads():
+    """A run's record (``pass.json``, the manifest) of the flat keys is read into the same pass."""
+    from compresslab.registry import pass_from_dict, pass_to_dict
+
+    old = {"name": "bibert", "schema": 2, "attention": "bool", "prediction": "bibert", "label_weight": 0.5,
+           "hidden_weight": 1.0, "dmd_weight": 1.0, "temperature": 2.0, "embeddings": True, "pooler": True,
+           "ties": "plus", "steps": 6, "lr": 0.001, "batch_size": 16, "max_length": 64, "warmup_ratio": 0.1,
+           "weight_decay": 0.01, "eval_every": 3, "eval_examples": None}  # a smoke run's pass.json, verbatim
+    p = pass_from_dict(old)
+    assert p == BiBert(recovery={"steps": 6, "select_every": 3})
+    assert pass_from_dict(pass_to_dict(p)) == p
+    assert pass_from_dict({"name": "bibert", "schema": 2, "eval_examples": 8}).recovery == Recovery(
+        steps=1000, lr=1e-3, hidden_weight=1.0, select_every=500, select_examples=8)  # the rest: BiBERT's defaults

@@ -36,3 +36,9 @@ def test_schema_1_flat_recovery_fields_are_migrated():
 def test_newer_schema_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="newer"):
         pass_from_dict({"name": "magnitude", "schema": PASS_SCHEMA + 1})
+
+
+def test_a_dict_without_recovery_fields_keeps_the_pass_s_own_default_recovery():
+    # nesting nothing would give Recovery()'s steps=0 instead of the pass's recovery (oBERT's 300 steps)
+    assert pass_from_dict({"name": "obert", "schema": 2, "sparsity": 0.5}).recovery.steps == 300
+    assert pass_from_dict({"name": "obert", "sparsity": 0.5}).recovery.steps == 300  # schema 1 alike
