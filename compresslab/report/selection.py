@@ -1,5 +1,6 @@
 """The report's "Checkpoint selection" section: for each step whose training kept its best validation check
-(``recovery.select_every``, BiBERT's ``eval_every``), which step was kept, its score, and every check.
+(``recovery.select_every``; BiBERT's ``eval_every`` before it had a recovery block), which step was kept, its
+score, and every check.
 
 A user who sets ``select_every`` must be able to see what the selection did without reading the manifest: in
 particular when it kept step 0 (the pass's own weights: the KD recovery never beat them on validation, so the
@@ -19,9 +20,9 @@ from compresslab.report.render import Block, Heading, Table
 
 def _selections(metrics: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], float | None]]:
     """``(selection record, training steps)`` of one step's metrics, at most three levels down: a pass's own
-    ``selection`` (oBERT / magnitude one-shot, BiBERT), each training record's (``training.recover``'s result:
-    ZipLM's ``recovery``, int8 QAT's and hawq's ``qat``) and each family member's (gradual ZipLM's
-    ``family.<S>x.recovery``). The steps: the record's own ``steps`` (since session 40), else its parent's."""
+    ``selection`` (oBERT / magnitude one-shot, BiBERT: ``training.recover``'s record plus ``examples``), each
+    training record's (``training.recover``'s result: ZipLM's ``recovery``, int8 QAT's and hawq's ``qat``) and
+    each family member's (gradual ZipLM's ``family.<S>x.recovery``). The steps: the record's own ``steps`` (since session 40), else its parent's."""
     out: list[tuple[Mapping[str, Any], float | None]] = []
 
     def visit(node: Mapping[str, Any], depth: int) -> None:
@@ -71,7 +72,8 @@ def selection_section(m: Mapping[str, Any]) -> list[Block]:
                      ["reading", _reading(sel, steps)],
                      ["every check (step: score)", _history(sel)]]
             steps_checked = [F.num(h.get("step")) for h in sel.get("history") or [] if isinstance(h, Mapping)]
-            # training.recover's records (they say ``every``) score step 0 since session 40; BiBERT's own loop never
+            # training.recover's records (they say ``every``) score step 0 since session 40; BiBERT's records from
+            # before it trained through recover() (design review item 7) have no ``every`` and never scored it
             if "every" in sel and steps_checked and 0 not in steps_checked:
                 facts.append(["step 0 (the weights before training)",
                               "not scored: the run was made before they were a candidate (rerun with "

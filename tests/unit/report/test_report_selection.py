@@ -54,7 +54,9 @@ def test_a_run_made_before_step_0_was_scored_says_so() -> None:
     assert "not scored" not in _md(_manifest(200))
 
 
-def test_bibert_selection_which_never_scores_step_0_gets_no_such_note() -> None:
+def test_an_old_bibert_selection_which_never_scored_step_0_gets_no_such_note() -> None:
+    """BiBERT's own loop (before design review item 7) wrote no ``every`` and never scored step 0; since, its
+    record is recover()'s (``every``, step 0 scored) and reads as every other recovery's."""
     m = _manifest(200, key="selection")
     sel = m["steps"][1]["result"]["metrics"]["selection"]
     sel.pop("every")
