@@ -49,8 +49,9 @@ _DEFAULT_BLOCK = {MaskType.UNSTRUCTURED: 50, MaskType.BLOCK4: 32}  # recipe valu
 
 
 @torch.no_grad()
-def validation_score(model: nn.Module, loader: Any) -> dict[str, float]:
-    """Mean task loss (and accuracy for classification) on the validation split."""
+def validation_loss(model: nn.Module, loader: Any) -> dict[str, float]:
+    """Mean task loss (and accuracy for classification) on the validation split: ``damp_grid``'s criterion
+    (lower is better). Not a selection score: that is :meth:`PassContext.validation_score` (the task's metric)."""
     from compresslab.training.losses import TaskLoss
 
     device = next(model.parameters()).device
@@ -242,7 +243,7 @@ class OBert:
             pruned = {n: keeper0.masks[f"{n}.weight"].reshape(-1) for n in names}
             sums = collect_outer_sums(model, mods, pruned, batches, self.num_grads, self.block_size,
                                       progress=ctx.progress)
-        dense = validation_score(model, val)
+        dense = validation_loss(model, val)
         rows: list[dict[str, float]] = []
         for d in self.damp_grid or []:
             m = copy.deepcopy(model)
@@ -251,7 +252,7 @@ class OBert:
                                sums=dict(sums) if sums is not None else None)
             prune_to(scorer, m, mods, MaskKeeper(dict(keeper0.masks)), self.sparsity, Scope.GLOBAL,
                      self.num_recomputations)
-            rows.append({"damp": d, **validation_score(m, val)})
+            rows.append({"damp": d, **validation_loss(m, val)})
             del m, scorer
         best = min(rows, key=lambda r: r["val_loss"])
         record = {"dense": dense, "oneshot_sparsity": self.sparsity, "results": rows,

@@ -12,7 +12,7 @@ from torch import nn
 from compresslab.data.schema import MissingSplit
 from compresslab.models.tiny import tiny_model
 from compresslab.passes.magnitude import Magnitude, MagnitudeScorer
-from compresslab.passes.obert import OBert, validation_score
+from compresslab.passes.obert import OBert, validation_loss
 from compresslab.pruning import fisher as _fisher
 from compresslab.pruning.fisher import OBSScorer
 from compresslab.pruning.masks import MaskKeeper
@@ -116,7 +116,7 @@ def test_oneshot_loss_increase_not_worse_than_magnitude(tiny_ctx):
         m = copy.deepcopy(dense)
         res = p.apply(m, ctx)
         assert res.metrics["num_zero"] == round(0.7 * res.metrics["num_targeted"])  # exact global count
-        losses[name] = validation_score(m, val)["val_loss"]
+        losses[name] = validation_loss(m, val)["val_loss"]
     assert losses["obert"] <= losses["magnitude"]
 
 
