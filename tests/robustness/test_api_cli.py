@@ -202,7 +202,7 @@ def test_api_model_as_teacher_with_fresh_head_scored(tiny_tok, no_run, expect_cl
     pytest.param({"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 2}}, marks=case(
         name="compress(<a fresh-head model>, a distilling pass, no teacher)", kind="own",
         expected="refused before any pass (the rule the CLI's model.finetuned=true shares)")),
-    pytest.param({"name": "bibert", "steps": 2, "batch_size": 8}, marks=case(
+    pytest.param({"name": "bibert", "recovery": {"steps": 2}, "batch_size": 8}, marks=case(
         name="compress(<a fresh-head model>, ['bibert'], no teacher)", kind="own",
         expected="refused before any pass: bibert declares needs_teacher (all its losses are KD), as the plan "
                  "reads it")),
