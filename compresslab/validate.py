@@ -62,6 +62,19 @@ def coerce_settings(cls: type[S], value: Any, field_name: str, base: S | None = 
     return cls(**{**defaults, **dict(value)})
 
 
+def coerce_block(owner: Any, name: str, cls: type[S]) -> S:
+    """``owner.<name>`` (a nested settings block of a pass: ``recovery``, hawq's ``hessian``) as a ``cls``. A
+    mapping that leaves keys out gets them from the owner's own default for that field (obert's
+    ``recovery.steps=300``), not from ``cls``'s (``Recovery.steps=0``): ``{"recovery": {"lr": 1e-4}}`` changes the
+    learning rate and nothing else, as the same partial block in a YAML override does. ValueError as
+    :func:`coerce_settings`."""
+    import dataclasses
+
+    f = {f.name: f for f in dataclasses.fields(type(owner))}[name]
+    base = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return coerce_settings(cls, getattr(owner, name), name, base if isinstance(base, cls) else None)
+
+
 def check_fraction(value: Any, name: str, *, allow_one: bool = False) -> float:
     """A fraction (a sparsity) in [0, 1), or [0, 1] with ``allow_one``."""
     if not is_number(value):

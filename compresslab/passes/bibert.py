@@ -35,7 +35,7 @@ from compresslab.registry import register_pass
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
 from compresslab.validate import (
-    check_bools, check_finite_nonnegative, check_fraction, check_loss_weight, check_positive_int, coerce_enum)
+    check_bools, check_finite_nonnegative, check_fraction, check_loss_weight, check_positive_int, coerce_block, coerce_enum)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class BiBert:
         self.attention = coerce_enum(Attention, self.attention, "attention")
         self.prediction = coerce_enum(Prediction, self.prediction, "prediction")
         # {"steps": 300} keeps BiBERT's lr 1e-3 and select_every, not Recovery's 5e-5 and 0
-        self.recovery = Recovery.coerce(self.recovery, base=RECOVERY)
+        self.recovery = coerce_block(self, "recovery", Recovery)
         if self.ties not in TIES:
             raise ValueError(f"bibert.ties={self.ties!r}; allowed: 'plus' (train as deployed: 0 -> +1) or 'zero' "
                              f"(torch.sign, the reference code; the frozen model still maps 0 -> +1)")

@@ -34,7 +34,7 @@ from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, layer_keys, select_modules
 from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_bools, check_int, is_number
+from compresslab.validate import check_bools, check_int, coerce_block, is_number
 
 QAT_CHECKPOINT_EVERY = 200  # optimizer steps between QAT checkpoints (resume after a stop)
 
@@ -85,7 +85,7 @@ class Int8Qat:
                              "(the observers' moving-average momentum; 0.01 is torch's default)")
         self.averaging_constant = float(self.averaging_constant)
         check_int(self.num_calibration, "int8_qat.num_calibration", minimum=0)
-        self.recovery = Recovery.coerce(self.recovery)
+        self.recovery = coerce_block(self, "recovery", Recovery)
         if self.freeze_observer_step is not None:
             check_int(self.freeze_observer_step, "int8_qat.freeze_observer_step", minimum=0)
         if self.num_calibration == 0 and self.recovery.steps == 0:

@@ -19,6 +19,7 @@ from compresslab.models.adapters import get_adapter
 from compresslab.registry import register_pass
 from compresslab.training.recovery import Recovery, recover
 from compresslab.types import PassContext, PassResult, Stage
+from compresslab.validate import coerce_block
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class LayerDrop:
                 raise ValueError(f"keep must be non-empty, ascending, unique, >= 0 layer indices; got {self.keep}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-        self.recovery = Recovery.coerce(self.recovery)
+        self.recovery = coerce_block(self, "recovery", Recovery)
 
     @property
     def keeps_zeros(self) -> bool:

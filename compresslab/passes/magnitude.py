@@ -20,7 +20,7 @@ from compresslab.registry import register_pass
 from compresslab.targets import check_patterns, select_modules
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_int, coerce_enum
+from compresslab.validate import check_int, coerce_block, coerce_enum
 
 
 class MagnitudeScorer:
@@ -70,7 +70,7 @@ class Magnitude:
     def __post_init__(self) -> None:
         self.scope = coerce_enum(Scope, self.scope, "scope")
         self.mode = coerce_enum(Mode, self.mode, "mode")
-        self.recovery = Recovery.coerce(self.recovery)
+        self.recovery = coerce_block(self, "recovery", Recovery)
         self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
                                                            self.num_events, self.recovery.steps,
                                                            self.recovery.select_every)

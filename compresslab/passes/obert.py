@@ -35,7 +35,7 @@ from compresslab.targets import check_patterns, select_modules
 from compresslab.training.dist import rank_batches
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_int, check_positive, check_positive_int, coerce_enum, is_number
+from compresslab.validate import check_int, coerce_block, check_positive, check_positive_int, coerce_enum, is_number
 
 
 class MaskType(str, Enum):
@@ -112,7 +112,7 @@ class OBert:
     def __post_init__(self) -> None:
         self.mode = coerce_enum(Mode, self.mode, "mode")
         self.mask_type = coerce_enum(MaskType, self.mask_type, "mask_type")
-        self.recovery = Recovery.coerce(self.recovery)
+        self.recovery = coerce_block(self, "recovery", Recovery)
         self.sparsity, self.init_sparsity = check_schedule(self.mode, self.sparsity, self.init_sparsity,
                                                            self.num_events, self.recovery.steps,
                                                            self.recovery.select_every)

@@ -30,7 +30,7 @@ from compresslab.models.adapters import get_adapter
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
 from compresslab.types import PassContext, hook
-from compresslab.validate import coerce_enum
+from compresslab.validate import coerce_block, coerce_enum
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class SpeedupSettings:
         return {**node, "latency_runtime": rt[0]} if isinstance(rt, list) and len(rt) == 1 else node
 
     def __post_init__(self) -> None:
-        self.recovery = Recovery.coerce(self.recovery)
+        self.recovery = coerce_block(self, "recovery", Recovery)
         self.latency_model = coerce_enum(LatencyModel, self.latency_model, "latency_model")
         self.family = [float(s) for s in (self.family or [])]
         for s in (self.speedup, *self.family):

@@ -24,7 +24,7 @@ from compresslab.ops.quant import MAX_BITS, MIN_BITS, check_bits
 from compresslab.targets import assign, check_patterns, check_rules
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext
-from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_enum, coerce_settings,
+from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_block, coerce_enum, coerce_settings,
                                   is_int, is_number)
 
 FP32 = 32  # the "keep fp32" choice
@@ -186,12 +186,12 @@ class HawqSettings:
         self.sensitivity = coerce_enum(Sensitivity, self.sensitivity, "sensitivity")
         self.allocate = coerce_enum(Allocate, self.allocate, "allocate")
         self.group = coerce_enum(Group, self.group, "group")
-        self.hessian = HessianSettings.coerce(self.hessian)
-        self.latency = NBitsTableSettings.coerce(self.latency)
+        self.hessian = coerce_block(self, "hessian", HessianSettings)
+        self.latency = coerce_block(self, "latency", NBitsTableSettings)
         if self.sensitivity is Sensitivity.EIGEN and self.hessian.estimator is HessianEstimator.EXACT:
             raise ValueError("hessian.estimator=exact estimates traces; sensitivity=eigen runs power iteration on HVPs "
                              "(set sensitivity=trace, or hessian.estimator=hutchinson)")
-        self.recovery = Recovery.coerce(self.recovery)
+        self.recovery = coerce_block(self, "recovery", Recovery)
         check_bools(self, "couple_qkv")
         check_positive_int(self.block_size, "block_size")
         self.targets = check_patterns(self.targets, "targets")
