@@ -133,12 +133,14 @@ def pass_from_dict(d: dict[str, Any]) -> Pass:
     if schema > PASS_SCHEMA:
         raise ValueError(f"pass dict schema {schema} is newer than this compresslab reads ({PASS_SCHEMA}); upgrade")
     name = d.pop("name")
-    d = _nest_flat_recovery(get_pass(name), d)
+    d = nest_flat_recovery(get_pass(name), d)
     return build_pass(name, **d)
 
 
-def _nest_flat_recovery(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """A dict without a ``recovery`` block, of a pass that now has one, had its fields flat: nest them."""
+def nest_flat_recovery(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """A pass's settings written before it had a ``recovery`` block (no ``recovery`` key, its fields flat: an old
+    ``pass.json``, a run's recorded config) with those fields nested as the pass reads them now; ``d`` as it is
+    otherwise. Keys other than the moved ones (``_target_``) are kept."""
     if "recovery" not in {f.name for f in dataclasses.fields(cls)} or "recovery" in d:
         return d
     rec = {new: d.pop(old) for old, new in _FLAT_RECOVERY.items() if old in d}

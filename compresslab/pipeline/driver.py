@@ -15,7 +15,7 @@ from compresslab.manifest import RunManifest, now
 from compresslab.pipeline.disk import link_duplicates
 from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.lock import locked_run_dir
-from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir
+from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir, saved_config
 from compresslab.pipeline.preflight import preflight
 
 if TYPE_CHECKING:  # the stages import torch; the driver imports them where a run needs them
@@ -194,7 +194,8 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunMan
     from compresslab.pipeline.steps import done_steps, restore_step
 
     manifest = RunManifest.load(run_dir)
-    cfg = OmegaConf.merge(OmegaConf.create(manifest.data["config"]), OmegaConf.from_dotlist(list(overrides)))
+    # saved_config: a run written before a pass's settings moved into a block (BiBERT's recovery) still restores
+    cfg = OmegaConf.merge(saved_config(manifest.data["config"]), OmegaConf.from_dotlist(list(overrides)))
     steps = build_steps(cfg)
     state = RunState.prepare(cfg, steps)
     # the dense reference is rebuilt from the model source: it must still be the run's input

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -167,6 +167,26 @@ def build_steps(cfg: DictConfig) -> list[Step]:
     model = cfg.get("model")
     check_teacher_made(steps, input_is_teacher=model is not None and model.get("finetuned") is True)
     return steps
+
+
+def saved_config(config: Mapping[str, Any]) -> DictConfig:
+    """A run's recorded config (``manifest["config"]``) as this version reads it: a pass's settings written by an
+    earlier version at keys that have since moved into a block (BiBERT's flat ``steps``/``lr``/``eval_every``, now
+    ``recovery.*``) are moved there, as :func:`~compresslab.registry.pass_from_dict` moves them in an old
+    ``pass.json``. For reading finished runs (``restore``); the command line keeps refusing the old keys, naming the
+    new ones. A step whose pass is not registered is left as written (:func:`build_steps` names it)."""
+    from compresslab.registry import UnknownPassError, get_pass, nest_flat_recovery
+
+    cfg = OmegaConf.create(dict(config))
+    passes = OmegaConf.select(cfg, "pipeline.passes")
+    for name in list(passes or {}):
+        node = OmegaConf.to_container(passes[name], resolve=False)
+        try:
+            cls = get_pass(pass_registry_name(str(node.get("_target_", "")), name))
+        except UnknownPassError:
+            continue
+        passes[name] = OmegaConf.create(nest_flat_recovery(cls, node))
+    return cfg
 
 
 def checked_steps(named: Iterable[tuple[str, Pass]], *, where: Callable[[Step], str], empty: str) -> list[Step]:
