@@ -17,6 +17,7 @@ from compresslab import passes  # noqa: E402,F401 - compresslab.passes.OBert(...
 from compresslab import search  # noqa: E402,F401 - compresslab.search.run(...): the accuracy-aware search
 from compresslab.checkpoint import load, load_pretrained, save  # noqa: E402
 from compresslab.registry import available_passes, build_pass, get_pass, register_pass  # noqa: E402
+from compresslab.rng import callers_rng_kept  # noqa: E402
 from compresslab.types import OnnxModel, Pass, PassContext, PassResult, Stage  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
+@callers_rng_kept  # as compress(): a notebook's random streams are not the run's to move
 def run(pipeline: str, overrides: list[str] | None = None, **settings: Any) -> Path:
     """Run the pipeline ``conf/pipeline/<pipeline>.yaml`` as ``python -m compresslab +pipeline=<pipeline>
     <overrides>`` would; returns the run directory (``outputs/<pipeline>/<config hash>``).
@@ -51,7 +53,8 @@ def run(pipeline: str, overrides: list[str] | None = None, **settings: Any) -> P
     ``overrides`` are Hydra overrides (``["task=mrpc", "budget=bench"]``); ``settings`` more of them as keywords
     (``run(..., seed=3)`` is ``seed=3``). Raises what the CLI reports before any work (PipelineError,
     SettingsError: a bad key or value, named); a finished run with the same config is reused, an interrupted one
-    resumed from its last finished pass."""
+    resumed from its last finished pass. The caller's torch, Python and numpy random streams are as they were
+    after the call (the run seeds its own from ``seed``)."""
     from compresslab.pipeline import run_pipeline
 
     return run_pipeline(pipeline, list(overrides or []), **settings)

@@ -157,8 +157,10 @@ def build_steps(cfg: DictConfig) -> list[Step]:
             check_pass_keys(cls, node, name)
             try:
                 p = instantiate(node, _convert_="all")
-            except Exception as e:  # hydra wraps the dataclass's ValueError; surface it
+            except Exception as e:  # hydra wraps the dataclass's error; surface it
                 cause = e.__cause__ or e
+                if not isinstance(cause, ValueError):  # a fault in the pass's code (NameError, ...) is a crash,
+                    raise cause  # not a setting to change: a traceback, never exit 2 blaming a swept job's value
                 raise PipelineError(f"step {name!r}: {cause}") from cause
             yield name, p
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from compresslab.rng import callers_rng_kept
 
+
+@callers_rng_kept  # as compresslab.run: the caller's random streams are not the search's to move
 def run(overrides: Sequence[str] | None = None, *, space: str = "auto", **settings: Any) -> dict[str, Any]:
     """Run the search ``conf/search/<space>.yaml`` with command-line ``overrides`` and ``search.*``
     settings as keywords; returns what ``search.json`` holds. See :func:`compresslab.search.driver.search`."""

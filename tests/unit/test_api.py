@@ -381,3 +381,34 @@ def test_benchmark_warns_when_the_machine_was_busy(monkeypatch, tiny_tok):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         compresslab.benchmark([_trained()], shapes=[(1, 16)], threads=1)
+
+
+@pytest.mark.parametrize("where,name", [("compresslab", "run"), ("compresslab", "compress"),
+                                        ("compresslab", "evaluate"), ("compresslab", "benchmark"),
+                                        ("compresslab.search", "run")])
+def test_every_public_entry_that_runs_work_keeps_the_callers_random_streams(where, name):
+    """run() seeded the caller's torch stream (its run seeds from cfg.seed): every entry that runs passes, scores or
+    times is wrapped by rng.callers_rng_kept."""
+    import importlib
+
+    assert getattr(getattr(importlib.import_module(where), name), "__rng_kept__", False), f"{where}.{name}"
+
+
+def test_run_leaves_the_callers_random_streams_where_they_were(monkeypatch, tmp_path):
+    import random
+
+    import numpy as np
+
+    import compresslab.pipeline as pipeline
+
+    def drawing_run(pipeline_name, overrides, **kw):  # what a run does to the streams: seeds them, draws
+        torch.manual_seed(0), random.seed(0), np.random.seed(0)
+        torch.rand(3), random.random(), np.random.rand(3)
+        return tmp_path
+
+    monkeypatch.setattr(pipeline, "run_pipeline", drawing_run)
+    torch.manual_seed(123), random.seed(5), np.random.seed(7)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    assert compresslab.run("int8", ["debug=smoke"]) == tmp_path
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
+    assert np.array_equal(before[2], np.random.get_state()[1])

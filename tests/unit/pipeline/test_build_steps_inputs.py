@@ -1,5 +1,5 @@
-"""A run's recorded config from before a pass's settings moved into a block still builds its steps (``restore``
-reads it: re-benchmarking, a search winner scored on dev), while the command line keeps refusing the old keys."""
+"""What build_steps is given, beyond the command line: a run's recorded config from before a pass's settings moved into a block still builds its steps (``restore``
+reads it: re-benchmarking, a search winner scored on dev), while the command line keeps refusing the old keys; and a pass whose own code fails while it is built."""
 
 import pytest
 from omegaconf import OmegaConf
@@ -40,3 +40,27 @@ def test_the_command_line_form_still_refuses_the_old_keys():
 def test_a_config_without_moved_keys_is_unchanged():
     cfg = OmegaConf.to_container(compose(["+pipeline=obert_int8", "debug=smoke"]), resolve=True)
     assert OmegaConf.to_container(saved_config(cfg)) == cfg
+
+
+def test_a_fault_in_a_pass_s_code_is_a_crash_and_its_refusal_is_bad_input(monkeypatch):
+    """Building a pass turns its own ValueError (a setting refused) into PipelineError, which the CLI prints as one
+    line with exit 2; any other exception (a NameError in the pass, a user-registered pass's bug) propagates as
+    itself: printed as bad input, a multirun would blame the job whose values were being built."""
+    from compresslab.registry import get_pass
+
+    cls = get_pass("ort_int8_dynamic")
+    cfg = compose(["+pipeline=int8", "debug=smoke"])
+
+    def broken(self):
+        raise NameError("name 'coerce_block' is not defined")
+
+    monkeypatch.setattr(cls, "__post_init__", broken)
+    with pytest.raises(NameError, match="coerce_block"):
+        build_steps(cfg)
+
+    def refusing(self):
+        raise ValueError("per_channel must be a bool")
+
+    monkeypatch.setattr(cls, "__post_init__", refusing)
+    with pytest.raises(PipelineError, match="step 'int8': per_channel must be a bool"):
+        build_steps(cfg)
