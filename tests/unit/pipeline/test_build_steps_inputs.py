@@ -1,5 +1,6 @@
-"""What build_steps is given, beyond the command line: a run's recorded config from before a pass's settings moved into a block still builds its steps (``restore``
-reads it: re-benchmarking, a search winner scored on dev), while the command line keeps refusing the old keys; and a pass whose own code fails while it is built."""
+"""What build_steps is given beyond the command line. A run's recorded config from before a pass's settings moved
+into a block still builds its steps (``restore`` reads it: re-benchmarking, a search winner scored on dev), while
+the command line keeps refusing the old keys. A pass whose own code fails while it is built is a crash."""
 
 import pytest
 from omegaconf import OmegaConf
