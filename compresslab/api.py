@@ -367,11 +367,13 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     from compresslab.manifest import RunManifest, stable_hash
     from compresslab.pipeline.driver import recording_failure
     from compresslab.pipeline.identity import check_inputs, input_identity
-    from compresslab.pipeline.plan import RunDirConflictError
+    from compresslab.pipeline.plan import RunDirConflictError, block_identity
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
 
-    config = {"passes": [pass_to_dict(s.pass_) for s in steps], "step_names": [s.name for s in steps],
+    # block_identity: a key added to a nested block since (recovery.select_examples) keeps earlier output dirs' hashes
+    config = {"passes": [block_identity(type(s.pass_), pass_to_dict(s.pass_)) for s in steps],
+              "step_names": [s.name for s in steps],
               "data": {k: task.info.get(k) for k in ("sizes", "val_size", "val_seed", "label2id")},
               "settings": {"seed": state.settings.seed, "max_length": state.settings.max_length,
                            "batch_size": state.settings.batch_size}}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -56,12 +57,18 @@ class Finetune:
     max_train_examples: int | None = None
     warmup_ratio: float | None = None
     cache: bool = True
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # never read: refused unless empty (old pass.json has {})
 
     stage: ClassVar[Stage] = Stage.TORCH
     makes_teacher: ClassVar[bool] = True  # its output is the run's teacher
+    # the recipe fields (listed in its YAML, null, since 2026-12-06): earlier runs had them absent
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {k: None for k in ("lr", "epochs", "steps", "batch_size", "max_train_examples", "warmup_ratio")})
 
     def __post_init__(self) -> None:
+        if self.overrides:  # it was accepted and silently ignored since the first version
+            raise ValueError(f"finetune.overrides={self.overrides!r} is not read by the teacher's training: set lr, "
+                             "epochs, steps, batch_size, max_train_examples or warmup_ratio on the pass instead")
         if self.preset not in PRESETS:
             raise ValueError(f"finetune preset={self.preset!r}; allowed: {', '.join(PRESETS)}")
         for name in ("lr", "epochs"):

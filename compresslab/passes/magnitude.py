@@ -9,6 +9,7 @@ pruning never moves the surviving weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
 from torch import Tensor, nn
@@ -66,6 +67,8 @@ class Magnitude:
     keeps_zeros: ClassVar[bool] = True  # the masks start from today's zeros (MaskKeeper.from_zeros)
     keeps_structure: ClassVar[bool] = True  # masks only: the steps after it are checked on the loaded model too
     name: ClassVar[str]
+    # checkpoint_every (listed in its YAML since 2026-12-06): earlier runs had it absent, at 0
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({"checkpoint_every": 0})
 
     def __post_init__(self) -> None:
         self.scope = coerce_enum(Scope, self.scope, "scope")

@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
@@ -108,6 +109,8 @@ class OBert:
     keeps_zeros: ClassVar[bool] = True  # the masks start from today's zeros (MaskKeeper.from_zeros)
     keeps_structure: ClassVar[bool] = True  # masks only: the steps after it are checked on the loaded model too
     name: ClassVar[str]
+    # checkpoint_every (listed in its YAML since 2026-12-06): earlier runs had it absent, at 0
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({"checkpoint_every": 0})
 
     def __post_init__(self) -> None:
         self.mode = coerce_enum(Mode, self.mode, "mode")

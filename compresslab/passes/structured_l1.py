@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -93,6 +94,9 @@ class StructuredL1(SpeedupSettings):
     makes_teacher: ClassVar[bool] = False
     # emptying a layer's attention needs the BERT/RoBERTa layout (checked before any step runs)
     model_types: ClassVar[tuple[str, ...]] = ("bert", "roberta")
+    # latency_model (listed in its YAML since 2026-12-06): earlier runs had it absent, at linear
+    identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {**SpeedupSettings.identity_defaults, "latency_model": "linear"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

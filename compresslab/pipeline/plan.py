@@ -87,6 +87,25 @@ def pass_registry_name(target: str, step: str) -> str:
     return target.rsplit(".", 2)[-2] if target.count(".") >= 2 else step
 
 
+def block_identity(cls: type, node: Any) -> Any:
+    """A pass's settings ``node`` (a dict: its config node, or ``pass_to_dict``'s for ``compress()``) without the keys
+    of its nested settings blocks (``recovery``) that their class declares added later (``added_defaults``, e.g.
+    ``Recovery.select_examples``) while they hold the value earlier runs had."""
+    import dataclasses
+
+    from compresslab.validate import nested_settings
+
+    if not isinstance(node, dict):
+        return node
+    for block in nested_settings(cls):
+        f = {f.name: f for f in dataclasses.fields(cls)}[block]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for key, value in getattr(type(default), "added_defaults", {}).items():
+            if isinstance(node.get(block), dict):
+                node = {**node, block: _without_default(node[block], key, value)}
+    return node
+
+
 def _pass_class(node: Any) -> type | None:
     """The registered pass class a ``pipeline.passes`` node builds (as :func:`build_steps` finds it), or None where
     it names none (build_steps then refuses the config)."""
@@ -106,7 +125,8 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     the form :func:`config_hash` hashes (the run dir is ``outputs/<pipeline>/<hash>``, so an equal identity
     resumes or reuses the run and any other makes a new one). Settings added after runs were made are left
     out at the value those runs had: ``_ADDED_DEFAULTS`` for the config groups, each pass's declared
-    ``identity_defaults`` (after its ``identity_settings`` hook) for its node; ``deploy.smooth_alpha`` is
+    ``identity_defaults`` (after its ``identity_settings`` hook) for its node and its nested blocks
+    (:func:`block_identity`); ``deploy.smooth_alpha`` is
     normalised (:func:`_smooth_identity`)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
@@ -125,7 +145,7 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
             node = normalise(node)
         for key, value in capability(cls, "identity_defaults").items():
             node = _without_default(node, key, value)
-        passes[step] = node
+        passes[step] = block_identity(cls, node)
     return out
 
 

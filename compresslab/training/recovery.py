@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from torch import nn
 
@@ -48,8 +49,12 @@ class Recovery:
     temperature: float = 2.0
     hidden_weight: float = 0.0
     select_every: int = 0
-    # added with BiBERT's recovery block (its old eval_examples); the other passes' YAML does not list it
+    # added with BiBERT's recovery block (its old eval_examples)
     select_examples: int | None = None
+
+    # keys added after runs were made, left out of a run's identity at the value those runs had (the CLI's config
+    # hash and compress()'s: pipeline/plan.block_identity), so adding a key never renames earlier runs
+    added_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({"select_examples": None})
 
     def __post_init__(self) -> None:
         check_int(self.steps, "recovery.steps", minimum=0)

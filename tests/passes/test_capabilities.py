@@ -53,13 +53,14 @@ RECOVERS = {"recovery_settings"}
 DECLARES = {
     # identity_settings: its recovery block's settings seen at their flat keys of before (design review item 7)
     "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths", "identity_settings"},
-    "finetune": set(),
+    "finetune": {"identity_defaults"},  # its recipe fields, listed in its YAML since 2026-12-06
     "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths", "check_accuracy_level",
              "identity_defaults", *RECOVERS},
     "int8_qat": {"keeps_zeros", "check_model", *RECOVERS},
     "layer_drop": {"check_model", *RECOVERS},  # keeps_zeros is a property: true only with recovery.steps=0
-    "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", *RECOVERS},
-    "obert": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "check_after", *RECOVERS},
+    "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "identity_defaults", *RECOVERS},
+    "obert": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "check_after", "identity_defaults",
+              *RECOVERS},
     "ort_int8_dynamic": {"keeps_zeros", "own_settings", "sequence_lengths", "identity_defaults",
                          "check_deploy_settings"},
     "ort_int8_static": {"keeps_zeros"},
