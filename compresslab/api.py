@@ -279,11 +279,11 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
                                                  bench={"enabled": False})
     settings = RunSettings(seed=seed, max_length=max_length, batch_size=batch_size, cache_dir=None,  # type: ignore[arg-type]
                            threads=None, device=device, report=False, export=export_s, eval=eval_s, bench=bench_s)
-    # the CLI's lists, whole: the model checks its driver makes before the first step (deploy settings, each pass's
-    # check_model), then its preflight's per-step checks (what a step rules out of the export settings, a pass's
-    # own sequence lengths such as ZipLM's seq against this model's position table)
-    check_with_model(settings, steps, model)
+    # the CLI's lists, whole and in its order: its preflight's per-step checks (what a step rules out of the export
+    # settings, a pass's own sequence lengths such as ZipLM's seq against this model's position table), then the
+    # model checks its driver makes before the first step (deploy settings, each pass's check_model)
     check_steps_settings(settings, steps, model.config, " (the model given to compress())")
+    check_with_model(settings, steps, model)
 
     run_dir, cleanup = _work_dir(output_dir)
     try:

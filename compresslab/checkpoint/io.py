@@ -138,6 +138,12 @@ def _weights_and_reader(path: Path) -> tuple[Path, Any]:
     for fmt in FORMATS.values():
         if (path / fmt.file).is_file():
             return path / fmt.file, fmt.read_state
+    exported = sorted(p.name for p in path.glob("*") if p.suffix == ".onnx" or p.name == "openvino_model.xml")
+    if exported:  # a run's export/ dir (or an IR): a deployed graph, not a torch checkpoint
+        raise CheckpointError(f"{path} holds an exported graph ({', '.join(exported)}), not a torch checkpoint: score "
+                              "or time it with compresslab.evaluate / compresslab.benchmark (or onnxruntime, optimum's "
+                              "ORTModel* / OVModel*); compresslab.load reads a run's steps/<NN>_<pass>/ dir or a "
+                              "compresslab.save dir")
     check_source_files(path, extra_weights=FORMAT_FILES, tokenizer=False)  # raises, naming what is there
     raise CheckpointError(f"no weights compresslab can read in {path}")
 

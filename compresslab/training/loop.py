@@ -237,6 +237,10 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
           progress: Callable[..., Any] | None = None, desc: str = "train") -> TrainResult:
     """Train ``model`` in place for ``cfg.total_steps`` optimizer steps with the given loss plug-ins.
 
+    Randomness (dropout, a resume's restored streams) comes from a fork of the process's streams seeded with
+    ``cfg.seed``: the same seed gives the same weights whatever the caller drew before, and the caller's torch,
+    Python and numpy streams are as they were after the call.
+
     With ``cfg.checkpoint_dir``: resumes from the checkpoint there if one exists (its recorded
     recipe, data and parameter names/shapes must match, else :class:`ResumeError`), and writes
     checkpoints as :class:`TrainConfig` says. The directory is left in place at the end (a
@@ -260,8 +264,11 @@ def train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any]
                                      dataloader_config=DataLoaderConfiguration(split_batches=True))
     # Seeded on a fork: dropout and a resume's restored streams stay inside; the caller's streams (a notebook's,
     # the next pass's) are as they were before the call (DESIGN: only cli.py touches process state).
-    with rng_kept(cuda=acc.device.type == "cuda"):
-        torch.manual_seed(cfg.seed)
+    on_cuda = acc.device.type == "cuda"
+    with rng_kept(cuda=on_cuda):
+        # on CPU only the CPU generator: torch.manual_seed would also queue a seed for CUDA generators not yet
+        # started, which the fork cannot undo
+        torch.manual_seed(cfg.seed) if on_cuda else torch.default_generator.manual_seed(cfg.seed)
         return _train(model, loader, cfg, losses, teacher=teacher, callbacks=callbacks, acc=acc,
                       progress=progress, desc=desc)
 

@@ -15,7 +15,6 @@ import hashlib
 import shutil
 
 import pytest
-import torch
 
 import compresslab.passes.bibert as bb
 import compresslab.training.recovery as recovery_mod
