@@ -76,6 +76,18 @@ def check_command_line(overrides: list[str]) -> None:
         fail(e)
 
 
+def check_composes(overrides: list[str]) -> None:
+    """``--cfg job``: the overrides compose (a misspelled key gets compresslab's one line with a did-you-mean, not
+    Hydra's advice to append it with ``+``); nothing else is checked, so a config can be printed before its model
+    or data exist. Prints one line and raises SystemExit(2) when it does not compose."""
+    from compresslab.config import ConfigError, compose
+
+    try:
+        compose(overrides)
+    except ConfigError as e:
+        fail(e)
+
+
 def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
     """:func:`check_command_line`'s checks of one job: a search's plan (``+search=NAME``: it checks its own settings
     and every candidate), else the pipeline's preflight. Raises the bad-input error (the missing pipeline prints its
@@ -222,6 +234,8 @@ def main() -> None:
         sys.argv[1:] = _overrides_first(args, parsed.overrides)
         if not any(getattr(parsed, flag, None) for flag in _NOT_A_RUN):  # flags that run jobs: -m, --run
             (check_multirun if parsed.multirun else check_command_line)(parsed.overrides)
+        elif getattr(parsed, "cfg", None) and not parsed.multirun:
+            check_composes(parsed.overrides)
     hydra.main(config_path=config_dir(), config_name="compress", version_base="1.3")(_main)()
 
 

@@ -384,6 +384,20 @@ def test_multirun_large_sweep_checks_each_value(cli_refusal, monkeypatch, expect
                  match=r"task\.max_length must be an integer >= 1.*multirun job with .*task\.max_length=0")
 
 
+@case(name="--cfg job with a misspelled key (pipeline.passes.obert.sparsty=0.5)", kind=1,
+      expected="exit 2: one line with the did-you-mean, not Hydra's advice to append it with '+'")
+def test_cfg_job_with_a_typo(cli_refusal, expect_clear, monkeypatch):
+    import hydra
+
+    def hydra_never_starts(*a, **k):
+        raise AssertionError("hydra.main was reached: the typo was not refused first")
+
+    monkeypatch.setattr(hydra, "main", hydra_never_starts)
+    monkeypatch.setattr(sys, "argv", ["compresslab", "+pipeline=obert_int8", "debug=smoke",
+                                      "pipeline.passes.obert.sparsty=0.5", "--cfg", "job"])
+    expect_clear(cli_refusal(cli.main), match=r"sparsty: no such setting .*did you mean 'sparsity'")
+
+
 @case(name="+pipeline=int8 -m seed=1,2 --cfg job (flags anywhere)", kind="own", bad_input=False,
       expected="Hydra's own parser accepts the reordered command line (it refused overrides after -m); "
                "--cfg prints instead of running, so nothing is checked")
