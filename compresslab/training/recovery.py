@@ -66,6 +66,10 @@ class Recovery:
         check_int(self.select_every, "recovery.select_every", minimum=0)
         if self.select_examples is not None:
             check_int(self.select_examples, "recovery.select_examples", minimum=1)
+            if not self.select_every:  # it would be accepted and never read
+                raise ValueError(f"recovery.select_examples={self.select_examples} sets how many validation examples "
+                                 "each check scores, and recovery.select_every=0 makes no checks: set select_every "
+                                 "(checks every N steps) or leave select_examples null")
 
     @classmethod
     def coerce(cls, value: "Recovery | Mapping[str, Any]", base: "Recovery | None" = None) -> "Recovery":
@@ -79,6 +83,13 @@ class Recovery:
         if self.select_every and not len(task.validation):
             raise ValueError(f"recovery.select_every={self.select_every} selects on the validation split and this "
                              "task has none (task.val_size=0): give it one (task.val_size) or set select_every=0")
+        if self.select_every and self.select_examples and self.select_examples > len(task.validation):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "recovery.select_examples=%d but the validation split holds %d examples: each check scores all %d "
+                "(a small split picks a checkpoint on a few examples; task.val_size sets it)", self.select_examples,
+                len(task.validation), len(task.validation))
         from compresslab.data.schema import TaskKind
 
         spec = getattr(task, "spec", None)

@@ -83,3 +83,25 @@ def test_the_context_scores_the_first_select_examples(tiny_ctx) -> None:
                    max_length=ctx.max_length).metrics["score"]
     assert ctx.validation_score(model, max_examples=3) == want
     assert ctx.validation_score(model, max_examples=None) == ctx.validation_score(model)
+
+
+def test_select_examples_without_checks_is_refused_and_a_cap_is_logged(caplog):
+    """recovery.select_examples is read only by the validation checks: with select_every=0 it would be accepted and
+    ignored; larger than the validation split, each check scores the whole split, and the log says so."""
+    import logging
+    from types import SimpleNamespace
+
+    import pytest
+
+    from compresslab.training.recovery import Recovery
+
+    with pytest.raises(ValueError, match="select_every=0 makes no checks"):
+        Recovery(select_examples=8)
+    task = SimpleNamespace(validation=list(range(4)), spec=None)
+    with caplog.at_level(logging.WARNING):
+        Recovery(select_every=2, select_examples=8).check_task(task)
+    assert "select_examples=8 but the validation split holds 4 examples" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Recovery(select_every=2, select_examples=4).check_task(task)
+    assert not caplog.text
