@@ -75,7 +75,10 @@ class BiBert:
     (null = the task's), peak ``recovery.lr`` with ``warmup_ratio`` linear warm-up then linear decay,
     AdamW with ``weight_decay`` (none on biases and LayerNorms). Before the first step, every
     ``recovery.select_every`` steps and at the last, the model is scored on (the first
-    ``recovery.select_examples`` of) the validation split and the best weights are kept.
+    ``recovery.select_examples`` of) the validation split and the best weights are kept. A ``recovery`` mapping
+    fills the keys it leaves out from BiBERT's own defaults (:data:`RECOVERY`: lr 1e-3, hidden-state KD on);
+    a ``Recovery`` object is taken as it is, so build one with ``dataclasses.replace(bibert.RECOVERY, ...)``
+    (``Recovery(steps=...)`` alone carries the generic lr 5e-5 and no hidden-state KD).
     ``ties``: sign of an exact 0 while training: ``plus`` (0 → +1, as the frozen model deploys; default)
     or ``zero`` (``torch.sign``, the reference code: the frozen model then differs where a zero
     occurs, often at the output projection, whose input ``A·sign(V)`` is an integer). Losses:
