@@ -171,7 +171,7 @@ def long_run(a: argparse.Namespace) -> None:
     n, batch = train_size(probe), int(probe.budget.batch_size)
     steps = max(2, math.ceil(a.epochs * n / batch))
     every = min(a.checkpoint_every, steps)
-    cfg = make_cfg(a, teacher_dir, steps, lr, f"+pipeline.passes.{arm.step}.checkpoint_every={every}")
+    cfg = make_cfg(a, teacher_dir, steps, lr, f"pipeline.passes.{arm.step}.checkpoint_every={every}")
     rec = dict(results.get(key) or {})
     sessions = [dict(s, interrupted=True) if "wall_s" not in s else s for s in rec.get("sessions", [])]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -222,9 +222,10 @@ def _overrides_first(args: list[str], overrides: list[str]) -> list[str]:
 def main() -> None:
     import hydra
 
-    from compresslab.config import config_dir
+    from compresslab.config import appended_pass_settings, config_dir
 
-    args = sys.argv[1:]
+    # what Hydra composes is what the checks composed (config.compose reads the same form)
+    args = sys.argv[1:] = appended_pass_settings(sys.argv[1:])
     if not args:  # fail fast, before Hydra sets up anything
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)

@@ -78,6 +78,15 @@ def composition_message(error: Exception) -> str:
     return msg
 
 
+def appended_pass_settings(overrides: list[str]) -> list[str]:
+    """``overrides`` with each ``+pipeline.passes.<step>.<key>=v`` read as ``++...`` (add or override). Before a
+    setting was listed in its pass's YAML the ``+`` form was the only one Hydra took (obert's ``checkpoint_every``
+    until 2026-12-06); once listed, Hydra refuses that form ("an item is already at ..."), which would break the
+    commands and scripts written for it. A key the pass does not have is still refused, by the pass's own check
+    (``plan.check_pass_keys``, with a did-you-mean)."""
+    return ["+" + o if o.startswith("+pipeline.passes.") else o for o in overrides]
+
+
 def compose(overrides: list[str]) -> Any:
     """Compose the config like the CLI does (for the API, tests and benchmarks); returns a DictConfig.
 
@@ -93,7 +102,7 @@ def compose(overrides: list[str]) -> Any:
     with _own_global_hydra(), initialize_config_dir(config_dir=config_dir(), version_base="1.3",
                                                     job_name="compresslab"):
         try:
-            return h_compose(config_name="compress", overrides=list(overrides))
+            return h_compose(config_name="compress", overrides=appended_pass_settings(list(overrides)))
         except HydraException as e:
             raise ConfigError(composition_message(e)) from e
 
