@@ -89,10 +89,12 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Pat
     return path
 
 
-def tiny_generic_run(root: str | Path) -> list[str]:
+def tiny_generic_run(root: str | Path, pipeline: str | None = None) -> list[str]:
     """Overrides for a real pipeline run on a tiny random BERT and a tiny sentiment task written under ``root``
     (``model/``, ``train.csv`` 96 examples, ``dev.csv`` 32; outputs and caches under ``root`` too):
-    ``debug=smoke model=local task=generic ...`` for benchmark scripts' smoke tests."""
+    ``debug=smoke model=local task=generic ...`` for benchmark scripts' smoke tests. They include
+    ``pipeline.passes.obert.grad_batch_size=4`` unless ``pipeline`` names a shipped pipeline without an ``obert``
+    step (that override would not compose there)."""
     from compresslab.models.tiny import tiny_model, tiny_tokenizer
 
     root = Path(root)
@@ -103,7 +105,16 @@ def tiny_generic_run(root: str | Path) -> list[str]:
     return ["debug=smoke", "model=local", f"model.source={root / 'model'}", "task=generic",
             f"task.generic.train={root / 'train.csv'}", f"task.generic.dev={root / 'dev.csv'}", "task.max_length=32",
             f"paths.output_dir={root / 'out'}", f"paths.cache_dir={root / 'cache'}", "report=false",
-            "pipeline.passes.obert.grad_batch_size=4"]
+            *(["pipeline.passes.obert.grad_batch_size=4"] if pipeline is None or _has_step(pipeline, "obert") else [])]
+
+
+def _has_step(pipeline: str, step: str) -> bool:
+    """Whether the shipped pipeline ``conf/pipeline/<pipeline>.yaml`` lists ``step`` in its steps."""
+    import yaml
+
+    from compresslab.config import pipelines_dir
+
+    return step in (yaml.safe_load((pipelines_dir() / f"{pipeline}.yaml").read_text()).get("steps") or [])
 
 
 class StopRun(Exception):
