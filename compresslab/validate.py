@@ -68,11 +68,17 @@ def coerce_block(owner: Any, name: str, cls: type[S]) -> S:
     ``recovery.steps=300``), not from ``cls``'s (``Recovery.steps=0``): ``{"recovery": {"lr": 1e-4}}`` changes the
     learning rate and nothing else, as the same partial block in a YAML override does. ValueError as
     :func:`coerce_settings`."""
+    base = field_default(type(owner), name)
+    return coerce_settings(cls, getattr(owner, name), name, base if isinstance(base, cls) else None)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name`` (a fresh one from its ``default_factory``);
+    ``dataclasses.MISSING`` when it has none. KeyError for a field ``cls`` does not have."""
     import dataclasses
 
-    f = {f.name: f for f in dataclasses.fields(type(owner))}[name]
-    base = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return coerce_settings(cls, getattr(owner, name), name, base if isinstance(base, cls) else None)
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def check_fraction(value: Any, name: str, *, allow_one: bool = False) -> float:
@@ -237,7 +243,7 @@ def nested_settings(cls: type) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = field_default(cls, f.name)
         if dataclasses.is_dataclass(default) and not isinstance(default, type):
             out[f.name] = [g.name for g in dataclasses.fields(default)]
     return out

@@ -214,8 +214,7 @@ class BiBert:
         assert res.selection is not None  # select_every >= 1 (__post_init__)
         freeze_binary(model)
         # the frozen model on the same examples as the checks (select_examples: called as recover() calls it)
-        frozen = (ctx.validation_score(model) if r.select_examples is None
-                  else ctx.validation_score(model, max_examples=r.select_examples))
+        frozen = ctx.validation_score(model, max_examples=r.select_examples)
         shutil.rmtree(checkpoints, ignore_errors=True)
         metrics: dict[str, Any] = {
             "variant": {"attention": self.attention.value, "prediction": self.prediction.value,

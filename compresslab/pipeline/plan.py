@@ -23,7 +23,7 @@ from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage, capability, hook
-from compresslab.validate import check_field_types, did_you_mean, nested_settings
+from compresslab.validate import check_field_types, did_you_mean, field_default, nested_settings
 
 if TYPE_CHECKING:
     from compresslab.pipeline.settings import RunSettings
@@ -91,18 +91,13 @@ def block_identity(cls: type, node: Any) -> Any:
     """A pass's settings ``node`` (a dict: its config node, or ``pass_to_dict``'s for ``compress()``) without the keys
     of its nested settings blocks (``recovery``) that their class declares added later (``added_defaults``, e.g.
     ``Recovery.select_examples``) while they hold the value earlier runs had."""
-    import dataclasses
-
-    from compresslab.validate import nested_settings
-
     if not isinstance(node, dict):
         return node
     for block in nested_settings(cls):
-        f = {f.name: f for f in dataclasses.fields(cls)}[block]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        for key, value in getattr(type(default), "added_defaults", {}).items():
-            if isinstance(node.get(block), dict):
-                node = {**node, block: _without_default(node[block], key, value)}
+        if not isinstance(node.get(block), dict):
+            continue
+        for key, value in getattr(type(field_default(cls, block)), "added_defaults", {}).items():
+            node = {**node, block: _without_default(node[block], key, value)}
     return node
 
 
@@ -197,17 +192,14 @@ def saved_config(config: Mapping[str, Any]) -> DictConfig:
     ``recovery.*``) are moved there, as :func:`~compresslab.registry.pass_from_dict` moves them in an old
     ``pass.json``. For reading finished runs (``restore``); the command line keeps refusing the old keys, naming the
     new ones. A step whose pass is not registered is left as written (:func:`build_steps` names it)."""
-    from compresslab.registry import UnknownPassError, get_pass, nest_flat_recovery
+    from compresslab.registry import nest_flat_recovery
 
     cfg = OmegaConf.create(dict(config))
     passes = OmegaConf.select(cfg, "pipeline.passes")
     for name in list(passes or {}):
         node = OmegaConf.to_container(passes[name], resolve=False)
-        try:
-            cls = get_pass(pass_registry_name(str(node.get("_target_", "")), name))
-        except UnknownPassError:
-            continue
-        passes[name] = OmegaConf.create(nest_flat_recovery(cls, node))
+        if (cls := _pass_class(node)) is not None:
+            passes[name] = OmegaConf.create(nest_flat_recovery(cls, node))
     return cfg
 
 

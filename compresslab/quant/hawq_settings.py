@@ -24,7 +24,7 @@ from compresslab.ops.quant import MAX_BITS, MIN_BITS, check_bits
 from compresslab.targets import assign, check_patterns, check_rules
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext
-from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_block, coerce_enum, coerce_settings,
+from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_block, coerce_enum,
                                   is_int, is_number)
 
 FP32 = 32  # the "keep fp32" choice
@@ -116,10 +116,6 @@ class HessianSettings:
             check_positive_int(getattr(self, f), f"hessian.{f}")
         check_positive(self.rel_se_tol, "hessian.rel_se_tol")
         check_positive(self.eigen_tol, "hessian.eigen_tol")
-
-    @classmethod
-    def coerce(cls, value: "HessianSettings | Mapping[str, Any]") -> "HessianSettings":
-        return coerce_settings(cls, value, "hessian")
 
 
 @dataclass

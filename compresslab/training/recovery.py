@@ -21,7 +21,7 @@ from compresslab.training.loop import TrainConfig, TrainResult, train
 from compresslab.training.losses import build_losses
 from compresslab.training.select import BestOnValidation
 from compresslab.validate import (
-    check_finite_positive, check_int, check_loss_weight, check_positive, coerce_settings, is_number)
+    check_finite_positive, check_int, check_loss_weight, check_positive, is_number)
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,6 @@ class Recovery:
                 raise ValueError(f"recovery.select_examples={self.select_examples} sets how many validation examples "
                                  "each check scores, and recovery.select_every=0 makes no checks: set select_every "
                                  "(checks every N steps) or leave select_examples null")
-
-    @classmethod
-    def coerce(cls, value: "Recovery | Mapping[str, Any]", base: "Recovery | None" = None) -> "Recovery":
-        """A ``Recovery`` from itself or from a mapping (Hydra and ``pass_from_dict`` give dicts); the keys a
-        mapping leaves out come from ``base`` (the pass's own defaults) where given."""
-        return coerce_settings(cls, value, "recovery", base)
 
     def check_task(self, task: Any) -> None:
         """Before any work (a pass's ``check``): ValueError when ``select_every`` is set and the task has no
