@@ -22,8 +22,7 @@ import torch
 
 from compresslab.config import compose
 from compresslab.manifest import examples_sha256, state_dict_sha256, tokenizer_sha256
-from compresslab.models.tiny import tiny_model, tiny_tokenizer
-from compresslab.testing import tiny_sentiment, write_csv
+from compresslab.testing import tiny_generic_run
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is run as a package from the repo root
@@ -52,14 +51,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from compresslab.pipeline.steps import apply_torch_pass
 
     root = tmp_path_factory.mktemp("teacher record")
-    tiny_tokenizer(root / "model").save_pretrained(root / "model")
-    tiny_model("bert").save_pretrained(root / "model")
-    for name, n, seed in (("train", 96, 0), ("dev", 32, 1)):
-        write_csv(root / f"{name}.csv", ["text", "label"], [[e.text_a, str(e.label)] for e in tiny_sentiment(n, seed)])
-    overrides = ("debug=smoke", "model=local", f"model.source={root / 'model'}", "task=generic",
-                 f"task.generic.train={root / 'train.csv'}", f"task.generic.dev={root / 'dev.csv'}",
-                 "task.max_length=32", "task.val_size=16", "run.threads=1", f"paths.output_dir={root / 'out'}",
-                 f"paths.cache_dir={root / 'cache'}")
+    overrides = (*tiny_generic_run(root, "int8"), "task.val_size=16", "run.threads=1")
     cfg = compose(["+pipeline=int8", *overrides])
     work = root / "work"
     with pytest.MonkeyPatch.context() as mp:
