@@ -50,18 +50,35 @@ class Artifact:
         return cls(Path(d["file"]), d["backend"], d["precision"], dict(d.get("info") or {}))
 
 
-def size_bytes(path: str | Path) -> int | None:
-    """Deployed bytes on disk: an ONNX file plus its external data, an IR's ``.xml`` plus ``.bin``, a
-    ``.pt`` file, or a checkpoint directory's weight files. None when nothing is there."""
+def deployed_files(path: str | Path) -> list[Path]:
+    """The files a deployed artifact is made of: an ONNX file plus its external data, an IR's ``.xml`` plus
+    ``.bin``, a ``.pt`` file, or a checkpoint directory's weight files ([] when nothing is there)."""
     p = Path(path)
     if p.is_dir():
-        files = [f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt")]
-        return sum(f.stat().st_size for f in files) or None
+        return sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt"))
     if not p.is_file():
-        return None
+        return []
     extra = {p.with_suffix(".bin")} if p.suffix == ".xml" else {p.with_name(p.name + "_data"),
                                                                  p.with_suffix(".onnx_data"), p.with_name(p.name + ".data")}
-    return p.stat().st_size + sum(e.stat().st_size for e in extra if e.is_file() and e != p)
+    return [p, *sorted(e for e in extra if e.is_file() and e != p)]
+
+
+def size_bytes(path: str | Path) -> int | None:
+    """Deployed bytes on disk (:func:`deployed_files`). None when nothing is there."""
+    return sum(f.stat().st_size for f in deployed_files(path)) or None
+
+
+def digest(path: str | Path) -> str | None:
+    """One sha256 over the deployed files' own sha256 (:func:`deployed_files`), None when nothing is there: what
+    a timing is of, so a timing kept from an earlier run is never pinned on a rebuilt file."""
+    import hashlib
+
+    from compresslab.manifest import sha256_file
+
+    files = deployed_files(path)
+    if not files:
+        return None
+    return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)};" for f in files).encode()).hexdigest()
 
 
 def load_torch(file: str | Path) -> Any:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ._results import ResultsFile, since, write_aside
-from .artifacts import Artifact, head_of, record_batches, size_bytes
+from .artifacts import Artifact, digest, head_of, record_batches, size_bytes
 from .artifacts import score as _score
 from .store import CellStore, cell_key
 from .suite_applies import loss_statement, skip_reason
@@ -291,7 +291,7 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
     ``mcnemar_p_vs`` for each of ours against every peer that was scored (classification only). When
     given, ``agreement_vs`` is filled: ours -> peer -> fraction of dev examples predicted alike
     (classification; what the verdicts' "same score" rule reads)."""
-    from compresslab.data.metrics import agreement, mcnemar_pvalue
+    from compresslab.data.metrics import agreement, mcnemar_counts, mcnemar_pvalue
     from compresslab.data.tasks import TaskKind
 
     spec = teacher.task.spec
@@ -304,7 +304,8 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
         s = {"method": c["method"], "tool": c["tool"], "score": c.get("score"), "agreement": None,
              "latency_ms_b1": None, "latency_ms_b32": None, "throughput_real": None, "size_bytes": c.get("size_bytes"),
              "backend": a.get("backend"), "precision": a.get("precision"), "file": _rel(Path(a["file"])) if a else None,
-             "mcnemar_p_vs": {}, "timing": None, "error": c.get("error")}
+             "file_sha256": digest(a["file"]) if a and c.get("status") == "finished" else None,
+             "mcnemar_p_vs": {}, "mcnemar_discordant_vs": {}, "timing": None, "error": c.get("error")}
         if c.get("status") == "skipped":
             s["skipped"] = c["skipped"]  # not applicable to the task: the reason, recorded up front
         if name in preds:
@@ -320,6 +321,9 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
         for peer in (n for n in preds if cells[n]["method"] == "peer"):
             out[ours]["mcnemar_p_vs"][peer] = (mcnemar_pvalue(preds[ours] == labels, preds[peer] == labels)
                                                if classify else None)
+            if classify:  # (only ours right, only the peer right): rule a's direction (verdicts.Pair)
+                out[ours]["mcnemar_discordant_vs"][peer] = list(mcnemar_counts(preds[ours] == labels,
+                                                                               preds[peer] == labels))
             if agreement_vs is not None and classify:
                 agreement_vs.setdefault(ours, {})[peer] = agreement(preds[ours], preds[peer])
     return out
@@ -375,13 +379,15 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
         earlier = before if before.get("status") == "timed" else before.get("earlier_phase")
         if timing_meta["kept_from_earlier_run"] and earlier:
             timing_meta["earlier_phase"] = {k: v for k, v in earlier.items() if k != "earlier_phase"}
-    from .verdicts import task_verdicts
+    from .verdicts import task_verdicts, void_if_busy
 
     label_free = ({"label_free": loss_statement({pl: c["spec"]["args"] for pl, c in cells.items()
                                                  if c["spec"]["kind"] == "pipeline"})}
                   if teacher.head == "encoder" else {})
     data = {"teacher_score": teacher.score, "systems": sysd,
-            "verdicts": task_verdicts(sysd, agree_vs, classification=_classify(teacher)),
+            "verdicts": task_verdicts(sysd, agree_vs, classification=_classify(teacher),
+                                      external=(timing_meta if timing_meta["status"] == "timed"
+                                                else timing_meta.get("earlier_phase") or {}).get("external")),
             "runtimes": faster_runtime(sysd, p.pipelines) if p.openvino else {},
             "meta": {"task": p.task, "metric": teacher.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
@@ -397,15 +403,22 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
                      "agreement": ("fraction of dev examples predicted as the teacher (torch fp32) predicts"
                                    if sysd and _classify(teacher) else "Pearson r of the predictions with the teacher's"),
                      "mcnemar": "exact two-sided McNemar on dev correctness, each of ours vs each peer (classification)",
-                     "verdicts": "benchmarks/verdicts.py: (a) b32 <= the peer's and a higher score (McNemar p < 0.05; "
-                                 ">= 1 pt on regression) or (b) agreement >= 0.99 with the peer's predictions or "
-                                 "within 0.3 pt at <= 0.9x its b32 latency",
+                     "verdicts": "benchmarks/verdicts.py: (a) b32 <= the peer's and a higher score (McNemar p < 0.05 "
+                                 "and more of the discordant examples right; >= 1 pt on regression) or (b) agreement "
+                                 ">= 0.99 with the peer's predictions or within 0.3 pt (or higher) at <= 0.9x its b32 "
+                                 "latency; peers timed in their own venv bridged through the dense teacher",
                      "agreement_vs_peers": agree_vs,
                      "teacher_cpu_hours_budget": p.teacher_cpu_hours,
                      "teacher_build": teacher.build_record(p.teacher_cpu_hours), "git_sha": git_sha(),
                      "versions": library_versions(), "hardware": hardware_fingerprint(p.threads),
                      "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:])}}
     results.write(data)
+    busy = [f"{t.get('what')}: {', '.join(t.get('reasons') or []) or 'busy'}"
+            for t in results.get(["meta", "machine_load", "timings"], []) if t.get("busy")]
+    if busy:  # the file's stamp names the timing windows its figures come from; a busy one voids the verdicts
+        log.warning("%s: the timing was busy (%s): every verdict is undecided", p.task, "; ".join(busy))
+        data["verdicts"] = void_if_busy(data["verdicts"], busy)
+        results.write(data)
     log.info("%s: %d systems written to %s (timing: %s)", p.task, len(sysd), results.path, timing_meta["status"])
     return code
 

@@ -175,13 +175,18 @@ def verdict_blocks(verdicts: Mapping[str, Mapping[str, Any]]) -> list[Any]:
         elif v["status"] == "peer wins":
             lines.append(f"{name}: THE PEER WINS. {v['why']}")
         else:
-            lines.append(f"{name}: undecided ({v['why']})")
+            was = v.get("if_quiet")
+            lines.append(f"{name}: undecided ({v['why']})" + (f"; with those figures it would read: {was['status']}"
+                                                              if was else ""))
     head = (f"Where a peer wins: {', '.join(wins)}." if wins else
             "No peer wins where both were timed." if any(v["status"] == "beaten" for v in verdicts.values())
             else "No verdict yet (not timed).")
-    return [Para("Verdicts (issue 14): (a) at most as slow at b32 with a higher score (McNemar p < 0.05; >= 1 pt "
-                 "on STS-B), or (b) the same score (agreement >= 0.99 with the peer's predictions, or within "
-                 f"0.3 pt) at <= 0.9x the peer's b32 latency. {head}", "warn" if wins else "text"), Bullets(lines)]
+    return [Para("Verdicts (issue 14): (a) at most as slow at b32 with a higher score (McNemar p < 0.05 and right on "
+                 "more of the examples only one of the two gets right; >= 1 pt on STS-B), or (b) the same score "
+                 "(agreement >= 0.99 with the peer's predictions, or within 0.3 pt; a higher score that is not "
+                 "significant counts, and says so) at <= 0.9x the peer's b32 latency. A peer timed in its own venv "
+                 "is compared through the dense teacher timed in both processes. Undecided: a scored system of ours "
+                 f"was not timed, or the timing was busy. {head}", "warn" if wins else "text"), Bullets(lines)]
 
 
 def build(results_dir: Path) -> tuple[Document, dict[str, bytes]]:

@@ -111,16 +111,25 @@ def apply_timing(sysd: dict[str, dict[str, Any]], timed: Mapping[str, Any]) -> N
 
 
 def keep_earlier_timings(sysd: dict[str, dict[str, Any]], keys: Mapping[str, str], old: Mapping[str, Any]) -> list[str]:
-    """Copy the timings of cells whose key did not change from the previous file; the names kept."""
+    """Copy the timings of cells whose key did not change, and whose deployed files did not either
+    (``file_sha256``, where both files record it: a cell rebuilt under the same key is a new file), from the
+    previous file; the names kept.
+
+    Round times are kept too: every timing in a suite file comes from that file's one timing phase (a timed run
+    times all its cells together and rewrites the file; a run that is not timed adds no timing), so the kept
+    cells are still paired round by round with each other, and with nothing else."""
     old_keys = (old.get("meta") or {}).get("cell_keys") or {}
     kept = []
     for name, s in sysd.items():
         prev = (old.get("systems") or {}).get(name)
-        if prev and keys.get(name) and old_keys.get(name) == keys[name] and prev.get("latency_ms_b32") is not None:
-            for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real", "precision", "timing"):
-                s[k] = prev.get(k)
-            # no round times: those rounds were another phase's, and round i of one phase says nothing about
-            # round i of another (the verdicts pair only cells timed together; these fall back to medians)
-            s.pop("latency_b32_times_ms", None)
-            kept.append(name)
+        if not (prev and keys.get(name) and old_keys.get(name) == keys[name] and prev.get("latency_ms_b32") is not None):
+            continue
+        if prev.get("file_sha256") and s.get("file_sha256") and prev["file_sha256"] != s["file_sha256"]:
+            continue  # rebuilt under the same key (a deleted cell store): the score is the new file's, so is the speed
+        for k in ("latency_ms_b1", "latency_ms_b32", "throughput_real", "precision", "timing"):
+            s[k] = prev.get(k)
+        s.pop("latency_b32_times_ms", None)
+        if prev.get("latency_b32_times_ms"):
+            s["latency_b32_times_ms"] = prev["latency_b32_times_ms"]
+        kept.append(name)
     return kept

@@ -58,16 +58,16 @@ def test_a_better_score_never_turns_a_win_into_a_loss(classification, ms, p) -> 
 
 @pytest.mark.parametrize("p, ok", [(0.049, True), (0.05, False), (0.2, False), (None, False)])
 def test_rule_a_classification_needs_mcnemar_p_below_0_05(p, ok) -> None:
-    hit = judge(S("ours", 0.920, 100.0), P(p, 0.9))  # as fast as the peer, 2 pt higher, agreement low
+    hit = judge(S("ours", 0.920, 100.0), P(p, 0.9, (20, 3)))  # as fast as the peer, 2 pt higher, agreement low
     assert (hit is not None) == ok
     if ok:
         assert hit["rule"] == "a"
 
 
 def test_rule_a_needs_at_most_the_peers_latency_and_a_higher_score() -> None:
-    assert judge(S("ours", 0.920, 100.1), P(0.001, 0.9)) is None  # slower, however significant
-    assert judge(S("ours", 0.880, 50.0), P(0.001, 0.9)) is None  # significantly WORSE and faster: not a win
-    assert judge(S("ours", 0.900, 100.0), P(0.001, 0.9)) is None  # not higher
+    assert judge(S("ours", 0.920, 100.1), P(0.001, 0.9, (30, 2))) is None  # slower, however significant
+    assert judge(S("ours", 0.880, 50.0), P(0.001, 0.9, (2, 30))) is None  # significantly WORSE and faster: not a win
+    assert judge(S("ours", 0.900, 100.0), P(0.001, 0.9, (30, 2))) is None  # not higher
 
 
 @pytest.mark.parametrize("score, ok", [(0.910, True), (0.9099, False)])
@@ -101,7 +101,7 @@ def test_verdict_lists_every_winner_fastest_first_and_a_peer_can_win() -> None:
 def test_undecided_without_timings_never_a_silent_win() -> None:
     assert V.verdict([S("ours", 0.95, 1.0)], S("peer", 0.9, None), {}, classification=True)["status"] == "undecided"
     v = V.verdict([S("ours", 0.95, None)], PEER, {}, classification=True)
-    assert v["status"] == "undecided" and "none of ours was timed" in v["why"]
+    assert v["status"] == "undecided" and "not timed: ours" in v["why"]
 
 
 def test_task_verdicts_reads_the_suite_systems() -> None:
@@ -164,15 +164,15 @@ def test_a_latency_rule_must_hold_round_by_round_where_rounds_were_kept() -> Non
     # rule a too: at most as slow round by round
     higher = S("ours", 0.95, 99.0, (99.0, 99.0, 99.0, 99.0, 99.0))  # median 0.99x, but slower in the 80 ms rounds
     assert V.paired_ratio(higher, peer) == pytest.approx(0.99)
-    assert V.judge(higher, peer, P(0.001, 0.9), classification=True)["rule"] == "a"
+    assert V.judge(higher, peer, P(0.001, 0.9, (30, 2)), classification=True)["rule"] == "a"
     late = S("ours", 0.95, 99.0, (99.0, 99.0, 85.0, 85.0, 85.0))  # per round .99 .99 .85 1.06 1.06 -> median .99
-    assert V.judge(late, peer, P(0.001, 0.9), classification=True)["rule"] == "a"
+    assert V.judge(late, peer, P(0.001, 0.9, (30, 2)), classification=True)["rule"] == "a"
     later = S("ours", 0.95, 99.0, (99.0, 101.0, 101.0, 85.0, 99.0))  # .99 1.01 1.01 1.06 1.24 -> 1.01 > 1
-    assert V.judge(later, peer, P(0.001, 0.9), classification=True) is None
+    assert V.judge(later, peer, P(0.001, 0.9, (30, 2)), classification=True) is None
     assert V.paired_ratio(S("x", 0.9, 1.0, (1.0,)), peer) is None  # unequal round lists never pair
 
 
-def test_suite_systems_carry_round_times_into_the_verdicts_and_never_across_timing_phases() -> None:
+def test_suite_systems_carry_round_times_into_the_verdicts_and_keep_them_with_their_phase() -> None:
     T = importlib.import_module("benchmarks.suite_timing")
     sysd = {"ours": {"method": "compresslab", "score": 0.9, "precision": "int8"},
             "peer": {"method": "peer", "score": 0.9, "precision": "int8"}}
@@ -185,7 +185,12 @@ def test_suite_systems_carry_round_times_into_the_verdicts_and_never_across_timi
     v = V.task_verdicts(sysd, {"ours": {"peer": 0.995}}, classification=True)
     assert v["peer"]["status"] == "peer wins"  # 0.89x by medians, 0.95x by rounds
     assert "ours 0.9000 at 0.89x, 0.95x round by round (rule b needs <= 0.9x)" in v["peer"]["why"]
-    # a later run that keeps this file's timing for an unchanged cell keeps its median, not its rounds
-    new = {"ours": {"method": "compresslab", "score": 0.9, "latency_b32_times_ms": [1.0] * 5}}
-    kept = T.keep_earlier_timings(new, {"ours": "k"}, {"meta": {"cell_keys": {"ours": "k"}}, "systems": sysd})
-    assert kept == ["ours"] and new["ours"]["latency_ms_b32"] == 89.0 and "latency_b32_times_ms" not in new["ours"]
+    # a later run that is not timed keeps this file's timing of an unchanged cell, rounds included: every timing in
+    # a suite file is from its one phase, so the kept cells still pair with each other (and nothing else)
+    new = {"ours": {"method": "compresslab", "score": 0.9, "latency_b32_times_ms": [1.0] * 5},
+           "peer": {"method": "peer", "score": 0.9}}
+    kept = T.keep_earlier_timings(new, {"ours": "k", "peer": "p"},
+                                  {"meta": {"cell_keys": {"ours": "k", "peer": "p"}}, "systems": sysd})
+    assert kept == ["ours", "peer"] and new["ours"]["latency_ms_b32"] == 89.0
+    assert new["ours"]["latency_b32_times_ms"] == [95.0, 95.0, 95.0, 60.0, 89.0]
+    assert V.task_verdicts(new, {"ours": {"peer": 0.995}}, classification=True)["peer"]["status"] == "peer wins"

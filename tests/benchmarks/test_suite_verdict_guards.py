@@ -1,0 +1,150 @@
+"""The verdicts' guards found by review 42 (benchmarks/verdicts.py), each a class of fault:
+
+* rule a's significance is about correctness (two-sided McNemar), so its direction must be too: a higher F1 or
+  MCC with significantly MORE wrong answers is no win;
+* no "peer wins" while a scored system of ours is untimed, or when none of ours scored;
+* a peer timed in its own process is compared through the dense teacher timed in both (MEASURE.md: ratios within
+  one process);
+* a busy timing phase voids every verdict;
+* a peer that scored but whose timing failed still gets a verdict;
+* a timing kept from an earlier run belongs to the same deployed files (sha256), not only the same cell key."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+V = importlib.import_module("benchmarks.verdicts")
+S, P = V.System, V.Pair
+PEER = S("peer", 0.900, 100.0)
+
+
+def _mrpc_like():
+    """408 examples, 279 positive. The peer: TP 200, FN 79, TN 129, FP 0 (F1 0.835, accuracy 0.806). Ours: everything
+    positive but 20 negatives (TP 279, TN 20, FP 109; F1 0.837, accuracy 0.733)."""
+    labels = np.array([1] * 279 + [0] * 129)
+    peer = np.array([1] * 200 + [0] * 79 + [0] * 129)
+    ours = np.array([1] * 279 + [0] * 20 + [1] * 109)
+    return labels, ours, peer
+
+
+def test_rule_a_needs_ours_right_more_often_not_only_a_higher_f1() -> None:
+    from compresslab.data.metrics import mcnemar_counts, mcnemar_pvalue
+    from sklearn.metrics import f1_score
+
+    labels, ours, peer = _mrpc_like()
+    assert f1_score(labels, ours) > f1_score(labels, peer)  # the task's score says "higher"
+    b, c = mcnemar_counts(ours == labels, peer == labels)
+    p = mcnemar_pvalue(ours == labels, peer == labels)
+    assert (b, c) == (79, 109) and p < 0.05  # significant: significantly WORSE in correctness
+    peer_sys = S("peer", float(f1_score(labels, peer)), 100.0)
+    ours_sys = S("ours", float(f1_score(labels, ours)), 100.0)
+    assert V.judge(ours_sys, peer_sys, P(p, 0.5, (b, c)), classification=True) is None
+    hit = V.judge(ours_sys, peer_sys, P(p, 0.5, (c, b)), classification=True)  # the same test the other way round
+    assert hit is not None and hit["rule"] == "a" and "right where the peer is wrong 109 times, the reverse 79" in hit["why"]
+    assert V.judge(ours_sys, peer_sys, P(p, 0.5), classification=True) is None  # direction unknown: no rule a
+
+
+def test_suite_systems_record_the_discordant_pairs_the_verdict_reads() -> None:
+    suite = importlib.import_module("benchmarks.suite")
+    from compresslab.data.tasks import TaskKind
+
+    labels, ours, peer = _mrpc_like()
+    preds = {"ours": ours, "peer": peer}
+    store = SimpleNamespace(preds=lambda n, k: preds[n])
+    teacher = SimpleNamespace(task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION)),
+                              dev=[SimpleNamespace(label=int(v)) for v in labels], preds=labels)
+    cells = {n: {"status": "finished", "key": n, "method": "compresslab" if n == "ours" else "peer", "tool": "t",
+                 "score": 0.83} for n in preds}
+    out = suite.systems(cells, store, teacher)
+    assert out["ours"]["mcnemar_discordant_vs"] == {"peer": [79, 109]}
+    out["ours"]["latency_ms_b32"], out["peer"]["latency_ms_b32"] = 95.0, 100.0  # rule a only: not <= 0.9x
+    out["ours"]["score"], out["peer"]["score"] = 0.837, 0.835
+    v = V.task_verdicts(out, {"ours": {"peer": 0.5}}, classification=True)
+    assert v["peer"]["status"] == "peer wins"
+
+
+def test_no_peer_win_while_a_scored_system_of_ours_is_untimed_or_none_of_ours_scored() -> None:
+    slow, untimed = S("slow", 0.900, 95.0), S("new_cell", 0.95, None)
+    pairs = {"slow": P(1.0, 0.995), "new_cell": P(0.01, 0.9, (30, 2))}
+    v = V.verdict([slow, untimed], PEER, pairs, classification=True)
+    assert v["status"] == "undecided" and v["why"].startswith("not timed: new_cell; of the timed ones:")
+    assert "slow 0.9000 at 0.95x" in v["why"]
+    assert V.verdict([S("fast", 0.900, 80.0), untimed], PEER, {"fast": P(1.0, 0.995)},
+                     classification=True)["status"] == "beaten"  # a timed win stands whatever is untimed
+    assert V.verdict([slow], PEER, pairs, classification=True)["status"] == "peer wins"
+    none = V.verdict([], PEER, {}, classification=True)
+    assert none["status"] == "undecided" and "no system of ours" in none["why"]
+    only_peers = {"nncf": {"method": "peer", "score": 0.9, "latency_ms_b32": 100.0, "error": None}}
+    assert V.task_verdicts(only_peers, {}, classification=True)["nncf"]["status"] == "undecided"  # --cells nncf
+
+
+def _ext(peer_ms: float, ref_there: float, ours_ms: float, ref_here: float):
+    systems = {"ours": {"method": "compresslab", "score": 0.90, "latency_ms_b32": ours_ms,
+                        "mcnemar_p_vs": {"inc": 1.0}},
+               "dense_torch_fp32": {"method": "peer", "score": 0.5, "latency_ms_b32": ref_here, "degenerate": "x"},
+               "inc": {"method": "peer", "score": 0.90, "latency_ms_b32": peer_ms, "error": None}}
+    external = {"inc": {"reference": {"dense_torch_fp32": {"latency_ms_b32": ref_there}}}}
+    return systems, external
+
+
+def test_a_peer_timed_in_its_own_process_is_compared_through_the_dense_teacher() -> None:
+    # raw 45/50 = 0.90x would pass rule b; the teacher ran 90 ms beside the peer and 75 ms here: the peer in this
+    # process's terms is 50 * 75/90 = 41.7 ms, and ours at 45 ms is 1.08x of it
+    systems, external = _ext(50.0, 90.0, 45.0, 75.0)
+    v = V.task_verdicts(systems, {"ours": {"inc": 0.995}}, classification=True, external=external)["inc"]
+    assert v["status"] == "peer wins" and "1.08x" in v["why"] and "bridged through dense_torch_fp32" in v["why"]
+    # the reverse: raw 1.0x fails rule b, bridged (the peer's process was the faster state) 0.83x passes
+    systems, external = _ext(45.0, 60.0, 45.0, 72.0)
+    v = V.task_verdicts(systems, {"ours": {"inc": 0.995}}, classification=True, external=external)["inc"]
+    hit = v["beaten_by"][0]
+    assert v["status"] == "beaten" and hit["latency_ratio"] == pytest.approx(45 / (45 * 72 / 60), abs=1e-4)
+    assert hit["latency_ratio_unbridged"] == pytest.approx(1.0) and hit["peer_latency_ms_b32"] == 45.0
+    # without the teacher timed in both processes there is no bridge: the raw ratio, as before
+    assert V.task_verdicts(systems, {"ours": {"inc": 0.995}}, classification=True)["inc"]["status"] == "peer wins"
+
+
+def test_a_busy_timing_voids_every_verdict_and_keeps_what_it_would_have_said() -> None:
+    verdicts = {"a": {"status": "beaten", "beaten_by": [{"system": "x"}], "why": "x"},
+                "b": {"status": "peer wins", "beaten_by": [], "why": "y"},
+                "c": {"status": "not compared", "beaten_by": [], "why": "z"}}
+    out = V.void_if_busy(verdicts, ["suite sst2: other processes used 0.6 CPU s/s"])
+    assert out["a"]["status"] == out["b"]["status"] == "undecided" and out["c"] == verdicts["c"]
+    assert out["a"]["if_quiet"]["status"] == "beaten" and "speed figures are void" in out["b"]["why"]
+    assert V.void_if_busy(verdicts, []) == verdicts
+    R = importlib.import_module("benchmarks.suite_report")
+    text = str(R.verdict_blocks(out)[1].__dict__)
+    assert "with those figures it would read: beaten" in text
+
+
+def test_a_peer_that_scored_but_failed_its_timing_gets_a_verdict() -> None:
+    systems = {"ours": {"method": "compresslab", "score": 0.9, "latency_ms_b32": 50.0},
+               "inc": {"method": "peer", "score": 0.9, "latency_ms_b32": None, "error": "timing: RuntimeError: x"},
+               "broken": {"method": "peer", "score": None, "error": "ValueError: no"}}
+    out = V.task_verdicts(systems, {}, classification=True)
+    assert set(out) == {"inc"} and out["inc"]["status"] == "undecided" and "timing: RuntimeError" in out["inc"]["why"]
+
+
+def test_a_kept_timing_belongs_to_the_same_deployed_files(tmp_path) -> None:
+    A = importlib.import_module("benchmarks.artifacts")
+    T = importlib.import_module("benchmarks.suite_timing")
+    xml = tmp_path / "openvino_model.xml"
+    xml.write_text("<net/>")
+    xml.with_suffix(".bin").write_bytes(b"\x00" * 8)
+    first = A.digest(xml)
+    xml.with_suffix(".bin").write_bytes(b"\x01" * 8)  # the weights of a rebuilt IR, same graph
+    assert first and A.digest(xml) != first and A.digest(tmp_path / "missing.onnx") is None
+    old = {"meta": {"cell_keys": {"c": "k"}},
+           "systems": {"c": {"latency_ms_b32": 10.0, "latency_ms_b1": 1.0, "file_sha256": first}}}
+    rebuilt = {"c": {"file_sha256": A.digest(xml)}}
+    assert T.keep_earlier_timings(rebuilt, {"c": "k"}, old) == [] and rebuilt["c"].get("latency_ms_b32") is None
+    same = {"c": {"file_sha256": first}}
+    assert T.keep_earlier_timings(same, {"c": "k"}, old) == ["c"] and same["c"]["latency_ms_b32"] == 10.0
