@@ -177,6 +177,14 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
                 f"{'' if pr is None else f', {pr:.2f}x round by round'}{bridged} (rule b needs <= {SPEED_RATIO}x)")
     elif timed:
         why += "; none of ours has the same score"
+    fast = [o for o in timed if o.latency_ms_b32 / cmp.latency_ms_b32 <= SPEED_RATIO + EPS]
+    if fast:  # the other nearest miss: fast enough for rule b, but not the same score
+        top = max(fast, key=lambda o: o.score or 0.0)
+        agree = pairs.get(top.name, Pair(None, None)).agreement
+        why += (f"; our best score at <= {SPEED_RATIO}x: {top.name} {top.score:.4f} at "
+                f"{top.latency_ms_b32 / cmp.latency_ms_b32:.2f}x{bridged}, {100 * (peer.score - top.score):.2f} pt "
+                f"below (rule b needs within {100 * SAME_WITHIN:.1f} pt"
+                + (f", or agreement >= {SAME_AGREEMENT} with the peer: {agree:.3f})" if agree is not None else ")"))
     if untimed:  # one of them might have won: no "peer wins" without every scored system of ours timed
         return {"status": "undecided", "beaten_by": [],
                 "why": f"not timed: {', '.join(untimed)}" + (f"; of the timed ones: {why}" if timed else "")}

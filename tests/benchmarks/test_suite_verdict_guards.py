@@ -148,3 +148,14 @@ def test_a_kept_timing_belongs_to_the_same_deployed_files(tmp_path) -> None:
     assert T.keep_earlier_timings(rebuilt, {"c": "k"}, old) == [] and rebuilt["c"].get("latency_ms_b32") is None
     same = {"c": {"file_sha256": first}}
     assert T.keep_earlier_timings(same, {"c": "k"}, old) == ["c"] and same["c"]["latency_ms_b32"] == 10.0
+
+
+def test_a_peer_win_names_our_best_score_among_the_systems_fast_enough_for_rule_b() -> None:
+    """SST-2 on Zen 4, session 42: NNCF PTQ 0.9002; ours at 0.87x scored 0.8968, one dev example short of 0.3 pt."""
+    ours = [S("int8_ir", 0.8991, 97.0), S("trim_nncf", 0.8968, 87.0), S("strong", 0.8945, 37.0)]
+    pairs = {"int8_ir": P(1.0, 0.9897), "trim_nncf": P(0.6, 0.9828), "strong": P(0.4, 0.95)}
+    v = V.verdict(ours, S("nncf", 0.9002, 100.0), pairs, classification=True)
+    assert v["status"] == "peer wins"
+    assert ("our best score at <= 0.9x: trim_nncf 0.8968 at 0.87x, 0.34 pt below (rule b needs within 0.3 pt, "
+            "or agreement >= 0.99 with the peer: 0.983)") in v["why"]
+    assert "our fastest at the same score: int8_ir 0.8991 at 0.97x" in v["why"]
