@@ -36,7 +36,8 @@ store_mod = importlib.import_module("benchmarks.store")
 OV = importlib.import_module("benchmarks.suite_openvino")
 
 SYSTEM_KEYS = {"method", "tool", "score", "agreement", "latency_ms_b1", "latency_ms_b32", "throughput_real",
-               "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "timing", "error"}
+               "size_bytes", "backend", "precision", "file", "mcnemar_p_vs", "timing", "error",
+               "mcnemar_discordant_vs", "file_sha256"}  # rule a's direction; what a kept timing belongs to
 OURS = "magnitude_int8"  # our pass (pruning) changes the model before ORT quantizes it
 PEERS = ["dense_ort_fp32", "dense_torch_fp32", "ort_quantize_dynamic", "ort_quantize_dynamic_fused",
          "torch_ao_dynamic_int8", "broken", "fake_venv"]
@@ -123,6 +124,9 @@ def test_json_has_the_issue_shape(built) -> None:
         assert set(s) == SYSTEM_KEYS, name
     ours = d["systems"][OURS]
     assert ours["method"] == "compresslab" and ours["backend"] == "ort" and ours["size_bytes"] > 0
+    assert len(ours["file_sha256"]) == 64 and d["systems"]["broken"]["file_sha256"] is None
+    for peer, (b, c) in ours["mcnemar_discordant_vs"].items():  # only ours right, only the peer right
+        assert b >= 0 and c >= 0 and (b + c > 0 or ours["mcnemar_p_vs"][peer] == 1.0), peer
     # +pipeline=int8 at embeddings=per_tensor runs ORT's quantize_dynamic on the unchanged teacher: a peer's tool
     # on our model is a peer
     assert d["systems"]["int8"]["method"] == "peer" and d["systems"]["int8"]["mcnemar_p_vs"] == {}
