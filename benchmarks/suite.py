@@ -329,6 +329,18 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
     return out
 
 
+def _verdicts(sysd: Mapping[str, Any], agree_vs: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+    """The verdicts, or ``{"error": ...}``: a fault in them must never lose the scores and the timing phase that the
+    same write records (the verdicts can be derived again from the file's cells with --no-timing)."""
+    from .verdicts import task_verdicts
+
+    try:
+        return task_verdicts(sysd, agree_vs, **kw)
+    except Exception as e:  # noqa: BLE001 - recorded in the file, logged, and the run's figures written
+        log.exception("verdicts failed; the figures are written without them")
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 # ----------------------------------------------------------------------------------------------- one task
 def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet: Mapping[str, Any] | None = None) -> int:
     """Build, score and (unless ``timing`` is False) time one task; write suite_<task>.json. Returns 0, or
@@ -379,15 +391,15 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
         earlier = before if before.get("status") == "timed" else before.get("earlier_phase")
         if timing_meta["kept_from_earlier_run"] and earlier:
             timing_meta["earlier_phase"] = {k: v for k, v in earlier.items() if k != "earlier_phase"}
-    from .verdicts import task_verdicts, void_if_busy
+    from .verdicts import void_if_busy
 
     label_free = ({"label_free": loss_statement({pl: c["spec"]["args"] for pl, c in cells.items()
                                                  if c["spec"]["kind"] == "pipeline"})}
                   if teacher.head == "encoder" else {})
     data = {"teacher_score": teacher.score, "systems": sysd,
-            "verdicts": task_verdicts(sysd, agree_vs, classification=_classify(teacher),
-                                      external=(timing_meta if timing_meta["status"] == "timed"
-                                                else timing_meta.get("earlier_phase") or {}).get("external")),
+            "verdicts": _verdicts(sysd, agree_vs, classification=_classify(teacher),
+                                  external=(timing_meta if timing_meta["status"] == "timed"
+                                            else timing_meta.get("earlier_phase") or {}).get("external")),
             "runtimes": faster_runtime(sysd, p.pipelines) if p.openvino else {},
             "meta": {"task": p.task, "metric": teacher.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,

@@ -166,6 +166,8 @@ def verdict_blocks(verdicts: Mapping[str, Mapping[str, Any]]) -> list[Any]:
     """Per peer: beaten (by which of ours, which rule) or, said plainly, the peer wins; undecided and why."""
     if not verdicts:
         return []
+    if isinstance(verdicts.get("error"), str):  # suite._verdicts: the figures were written, the verdicts failed
+        return [Para(f"Verdicts: none drawn ({verdicts['error']}); rerun with --no-timing to derive them.", "warn")]
     wins = [n for n, v in verdicts.items() if v.get("status") == "peer wins"]
     lines = []
     for name, v in verdicts.items():

@@ -21,6 +21,7 @@ A peer timed in its own worker process is compared through the dense teacher tim
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,6 +32,21 @@ SAME_AGREEMENT = 0.99  # rule (b): agreement with the peer's predictions at leas
 SAME_WITHIN = 0.003  # ... or the score within 0.3 pt
 SPEED_RATIO = 0.9  # rule (b): at most this fraction of the peer's b32 latency
 EPS = 1e-9  # scores are fractions: 0.900 - 0.897 is 0.0030000000000000027 in floats, and within 0.3 pt
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a finite float, else None (a NaN score or an "n/a" figure is no figure)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def positive(x: Any) -> float | None:
+    """``x`` as a finite float > 0, else None (a latency of 0 ms is a broken timing, never a win at 0.00x)."""
+    v = finite(x)
+    return v if v is not None and v > 0 else None
 
 
 @dataclass(frozen=True)
@@ -91,8 +107,13 @@ def _same_by_agreement(pair: Pair, classification: bool) -> bool:
 
 def same_score(ours: System, peer: System, pair: Pair, *, classification: bool) -> bool:
     """Rule (b)'s "same score": agreement >= 0.99 with the peer's predictions (classification), or the score
-    within 0.3 pt below the peer's, or any amount above. False when either score is missing."""
+    within 0.3 pt below the peer's, or any amount above. False when either score is missing, and when ours is
+    significantly more often wrong (McNemar p < 0.05 with fewer of the discordant examples right: on F1 or MCC a
+    score within 0.3 pt can hide that)."""
     if ours.score is None or peer.score is None:
+        return False
+    if (classification and pair.p_value is not None and pair.p_value < P_MAX and pair.discordant is not None
+            and pair.discordant[0] < pair.discordant[1]):
         return False
     return _same_by_agreement(pair, classification) or ours.score - peer.score >= -(SAME_WITHIN + EPS)
 
@@ -136,7 +157,9 @@ def judge(ours: System, peer: System, pair: Pair, *, classification: bool,
     same_agree = _same_by_agreement(pair, classification)
     if same_score(ours, peer, pair, classification=classification) and at_most(SPEED_RATIO):
         how = (f"agreement {pair.agreement:.3f}" if same_agree else f"within {100 * abs(delta):.2f} pt"
-               if delta <= SAME_WITHIN + EPS else f"{100 * delta:.2f} pt higher, not significant")
+               if delta <= SAME_WITHIN + EPS else f"{100 * delta:.2f} pt higher, " + (
+                   "under rule a's 1 pt" if not classification else "not significant" if pair.p_value is not None
+                   else "significance unknown"))
         what = "same score" if delta <= SAME_WITHIN + EPS else "same or higher score"
         return {"rule": "b", "why": f"{what} ({how}) at {rtxt} the peer's latency", **figs}
     return None
@@ -153,7 +176,10 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
         return {"status": "undecided", "beaten_by": [], "why": "the peer has no b32 latency (not timed)"}
     if not ours:
         return {"status": "undecided", "beaten_by": [], "why": "no system of ours has a score in this file"}
-    timed = [o for o in ours if o.score is not None and o.latency_ms_b32 is not None]
+    ours = [o for o in ours if o.score is not None]
+    if not ours:
+        return {"status": "undecided", "beaten_by": [], "why": "no system of ours has a score in this file"}
+    timed = [o for o in ours if o.latency_ms_b32 is not None]
     hits = [h for o in timed if (h := judge(o, peer, pairs.get(o.name, Pair(None, None)),
                                             classification=classification, bridge=bridge))]
     hits.sort(key=lambda h: h["latency_ms_b32"])
@@ -177,14 +203,19 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
                 f"{'' if pr is None else f', {pr:.2f}x round by round'}{bridged} (rule b needs <= {SPEED_RATIO}x)")
     elif timed:
         why += "; none of ours has the same score"
-    fast = [o for o in timed if o.latency_ms_b32 / cmp.latency_ms_b32 <= SPEED_RATIO + EPS]
+    fast = [o for o in timed if o.latency_ms_b32 / cmp.latency_ms_b32 <= SPEED_RATIO + EPS
+            and ((pr := paired_ratio(o, cmp)) is None or pr <= SPEED_RATIO + EPS)
+            and not same_score(o, peer, pairs.get(o.name, Pair(None, None)), classification=classification)]
     if fast:  # the other nearest miss: fast enough for rule b, but not the same score
         top = max(fast, key=lambda o: o.score or 0.0)
-        agree = pairs.get(top.name, Pair(None, None)).agreement
+        tp = pairs.get(top.name, Pair(None, None))
+        miss = (f"{100 * (peer.score - top.score):.2f} pt below (rule b needs within {100 * SAME_WITHIN:.1f} pt"
+                + (f", or agreement >= {SAME_AGREEMENT} with the peer: {tp.agreement:.3f})" if tp.agreement is not None
+                   else ")")
+                if peer.score - top.score > SAME_WITHIN + EPS else
+                f"significantly more often wrong than the peer (McNemar p={tp.p_value:.3g})")
         why += (f"; our best score at <= {SPEED_RATIO}x: {top.name} {top.score:.4f} at "
-                f"{top.latency_ms_b32 / cmp.latency_ms_b32:.2f}x{bridged}, {100 * (peer.score - top.score):.2f} pt "
-                f"below (rule b needs within {100 * SAME_WITHIN:.1f} pt"
-                + (f", or agreement >= {SAME_AGREEMENT} with the peer: {agree:.3f})" if agree is not None else ")"))
+                f"{top.latency_ms_b32 / cmp.latency_ms_b32:.2f}x{bridged}, {miss}")
     if untimed:  # one of them might have won: no "peer wins" without every scored system of ours timed
         return {"status": "undecided", "beaten_by": [],
                 "why": f"not timed: {', '.join(untimed)}" + (f"; of the timed ones: {why}" if timed else "")}
@@ -196,9 +227,10 @@ def bridges(systems: Mapping[str, Mapping[str, Any]], external: Mapping[str, Map
     ``reference`` timings of the dense teacher there) whose reference was also timed in this process."""
     out: dict[str, Bridge] = {}
     for name, rec in (external or {}).items():
-        for ref, figs in ((rec or {}).get("reference") or {}).items():
-            here = (systems.get(ref) or {}).get("latency_ms_b32")
-            there = (figs or {}).get("latency_ms_b32")
+        refs = rec.get("reference") if isinstance(rec, Mapping) else None
+        for ref, figs in (refs.items() if isinstance(refs, Mapping) else ()):
+            here = positive((systems.get(ref) or {}).get("latency_ms_b32") if isinstance(systems.get(ref), Mapping) else None)
+            there = positive(figs.get("latency_ms_b32") if isinstance(figs, Mapping) else None)
             if here and there:
                 out[name] = Bridge(ref, float(here), float(there))
                 break
@@ -213,15 +245,25 @@ def task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs: Mappin
     whose timing failed is ``undecided`` with its error. ``agreement_vs``: ours -> peer -> agreement of their
     dev predictions. ``external``: ``meta.timing.external`` (peers timed in their own process, bridged)."""
     def sysof(n: str, s: Mapping[str, Any]) -> System:
-        times = s.get("latency_b32_times_ms")
-        return System(n, s.get("score"), s.get("latency_ms_b32"), tuple(times) if times else None)
+        times = [positive(t) for t in (s.get("latency_b32_times_ms") or [])]
+        return System(n, finite(s.get("score")), positive(s.get("latency_ms_b32")),
+                      tuple(times) if times and None not in times else None)  # type: ignore[arg-type]
+
+    def discordant(d: Any) -> tuple[int, int] | None:
+        try:
+            b, c = (int(x) for x in d)
+        except (TypeError, ValueError):
+            return None
+        return (b, c) if b >= 0 and c >= 0 else None
+
+    agreement_vs = agreement_vs or {}
 
     ours = [sysof(n, s) for n, s in systems.items()
-            if s.get("method") == "compresslab" and s.get("score") is not None and not s.get("degenerate")]
+            if s.get("method") == "compresslab" and finite(s.get("score")) is not None and not s.get("degenerate")]
     links = bridges(systems, external or {})
     out: dict[str, dict[str, Any]] = {}
     for name, s in systems.items():
-        if s.get("method") != "peer" or s.get("score") is None:
+        if s.get("method") != "peer" or finite(s.get("score")) is None:
             continue
         if s.get("degenerate"):  # beating a broken model proves nothing
             out[name] = {"status": "not compared", "beaten_by": [], "why": s["degenerate"]}
@@ -232,9 +274,14 @@ def task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs: Mappin
 
         def pair(o: System) -> Pair:
             d = (systems[o.name].get("mcnemar_discordant_vs") or {}).get(name)
-            return Pair((systems[o.name].get("mcnemar_p_vs") or {}).get(name), (agreement_vs.get(o.name) or {}).get(name),
-                        (int(d[0]), int(d[1])) if d else None)
+            return Pair(finite((systems[o.name].get("mcnemar_p_vs") or {}).get(name)),
+                        finite((agreement_vs.get(o.name) or {}).get(name)), discordant(d))
 
+        if external and name in external and name not in links:  # MEASURE.md: no ratio across processes unbridged
+            out[name] = {"status": "undecided", "beaten_by": [],
+                         "why": "timed in its own process, and the dense teacher timed beside it there has no timing "
+                                "in this process to bridge the two (MEASURE.md: ratios within one process)"}
+            continue
         out[name] = verdict(ours, sysof(name, s), {o.name: pair(o) for o in ours}, classification=classification,
                             bridge=links.get(name))
     return out
@@ -244,11 +291,14 @@ def void_if_busy(verdicts: Mapping[str, Mapping[str, Any]], busy: list[str]) -> 
     """The verdicts when the timing phase their latencies come from was ``busy`` (its windows' reasons; MEASURE.md:
     a figure timed beside other work is void): every ``beaten`` or ``peer wins`` is ``undecided``, keeping what it
     would have been under ``if_quiet``. Unchanged when ``busy`` is empty."""
+    busy = [busy] if isinstance(busy, str) else [str(b) for b in busy if b]
     if not busy:
         return {k: dict(v) for k, v in verdicts.items()}
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for name, v in verdicts.items():
-        if v.get("status") in ("beaten", "peer wins"):
+        if not isinstance(v, Mapping):  # {"error": "..."}: no verdict was drawn (suite._verdicts)
+            out[name] = v
+        elif v.get("status") in ("beaten", "peer wins"):
             out[name] = {"status": "undecided", "beaten_by": [], "if_quiet": dict(v),
                          "why": f"the timing phase was busy ({'; '.join(busy)}): its speed figures are void"}
         else:

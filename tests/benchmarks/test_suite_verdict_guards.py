@@ -159,3 +159,62 @@ def test_a_peer_win_names_our_best_score_among_the_systems_fast_enough_for_rule_
     assert ("our best score at <= 0.9x: trim_nncf 0.8968 at 0.87x, 0.34 pt below (rule b needs within 0.3 pt, "
             "or agreement >= 0.99 with the peer: 0.983)") in v["why"]
     assert "our fastest at the same score: int8_ir 0.8991 at 0.97x" in v["why"]
+
+
+def test_a_score_within_0_3_pt_that_is_significantly_more_often_wrong_is_not_the_same_score() -> None:
+    """Trial 42: on F1, ours 0.15 pt higher at 0.85x but McNemar p 0.034 AGAINST us (79 vs 109) won by rule b."""
+    ours, peer = S("ours", 0.8366, 85.0), S("peer", 0.8351, 100.0)
+    against = P(0.034, 0.5, (79, 109))
+    assert V.judge(ours, peer, against, classification=True) is None
+    v = V.verdict([ours], peer, {"ours": against}, classification=True)
+    assert v["status"] == "peer wins" and "significantly more often wrong than the peer (McNemar p=0.034)" in v["why"]
+    assert V.judge(ours, peer, P(0.034, 0.5, (109, 79)), classification=True)["rule"] == "a"  # the other way: a win
+    higher = V.judge(S("ours", 0.9072, 50.0), PEER, P(None, None), classification=True)
+    assert "significance unknown" in higher["why"]  # never "not significant" without a test
+    reg = V.judge(S("ours", 0.905, 50.0), PEER, P(None, None), classification=False)
+    assert "under rule a's 1 pt" in reg["why"]
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "n/a", None])
+def test_broken_figures_are_no_figures_never_a_crash_or_a_win(bad) -> None:
+    """Trial 42: a latency of 0 crashed task_verdicts (before the suite wrote its timing) or won at 0.00x."""
+    systems = {"ours": {"method": "compresslab", "score": 0.9, "latency_ms_b32": bad,
+                        "latency_b32_times_ms": [bad, 1.0], "mcnemar_discordant_vs": {"p": [3]}},
+               "p": {"method": "peer", "score": 0.9, "latency_ms_b32": 100.0, "latency_b32_times_ms": [100.0, 0.0]},
+               "nanpeer": {"method": "peer", "score": float("nan"), "latency_ms_b32": 100.0}}
+    out = V.task_verdicts(systems, None, classification=True)  # type: ignore[arg-type]
+    assert set(out) == {"p"} and out["p"]["status"] == "undecided" and "not timed: ours" in out["p"]["why"]
+    ext = {"p": {"reference": {"dense": {"latency_ms_b32": bad}}}, "q": "junk"}
+    assert V.bridges({"dense": {"latency_ms_b32": 75.0}}, ext) == {}
+
+
+def test_a_peer_timed_in_its_own_process_without_a_bridge_is_undecided() -> None:
+    """Trial 42: with --cells leaving out dense_torch_fp32, the raw cross-process ratio decided the verdict."""
+    systems, external = _ext(50.0, 90.0, 43.0, 75.0)
+    del systems["dense_torch_fp32"]
+    v = V.task_verdicts(systems, {"ours": {"inc": 0.995}}, classification=True, external=external)["inc"]
+    assert v["status"] == "undecided" and "in its own process" in v["why"]
+
+
+def test_the_nearest_miss_on_score_is_fast_round_by_round_and_really_a_score_miss() -> None:
+    """Trial 42: ours 2 pt HIGHER, 0.85x by medians but 0.95x round by round, was reported '-2.00 pt below'."""
+    v = V.verdict([S("o", 0.92, 85.0, (85.0, 95.0, 95.0))], S("p", 0.9, 100.0, (100.0, 100.0, 100.0)),
+                  {"o": P(0.2, 0.9, (20, 12))}, classification=True)
+    assert v["status"] == "peer wins" and "pt below" not in v["why"] and "0.95x round by round" in v["why"]
+    assert V.void_if_busy({"x": {"status": "beaten", "why": ""}}, "cpu hot")["x"]["why"].startswith(
+        "the timing phase was busy (cpu hot)")
+
+
+def test_a_fault_in_the_verdicts_never_loses_the_figures(monkeypatch) -> None:
+    """The suite computes the verdicts right before writing a timing phase of ~15 min: a crash there is recorded."""
+    suite = importlib.import_module("benchmarks.suite")
+    R = importlib.import_module("benchmarks.suite_report")
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(V, "task_verdicts", boom)
+    out = suite._verdicts({}, {}, classification=True, external=None)
+    assert out == {"error": "ZeroDivisionError: float division by zero"}
+    assert V.void_if_busy(out, ["busy"]) == out
+    assert "none drawn (ZeroDivisionError" in str(R.verdict_blocks(out)[0].__dict__)
