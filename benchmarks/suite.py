@@ -56,6 +56,8 @@ from .suite_applies import loss_statement, skip_reason
 from .suite_openvino import faster_runtime, method_of, nncf_artifact, openvino_artifact, recipe_of
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
 from .suite_timing import apply_timing, keep_earlier_timings, time_cells
+from .verdicts import guarded_task_verdicts as _verdicts
+from .verdicts import void_if_busy
 
 if TYPE_CHECKING:
     from compresslab.pipeline import Teacher as TeacherRecord
@@ -317,28 +319,15 @@ def systems(cells: Mapping[str, Mapping[str, Any]], store: CellStore, teacher: T
             s["agreement"] = (agreement(preds[name], teacher.preds) if classify
                               else None if s.get("degenerate") else float(np.corrcoef(preds[name], teacher.preds)[0, 1]))
         out[name] = s
+    right = {n: preds[n] == labels for n in preds} if classify else {}
     for ours in (n for n in preds if cells[n]["method"] == "compresslab"):
         for peer in (n for n in preds if cells[n]["method"] == "peer"):
-            out[ours]["mcnemar_p_vs"][peer] = (mcnemar_pvalue(preds[ours] == labels, preds[peer] == labels)
-                                               if classify else None)
+            out[ours]["mcnemar_p_vs"][peer] = mcnemar_pvalue(right[ours], right[peer]) if classify else None
             if classify:  # (only ours right, only the peer right): rule a's direction (verdicts.Pair)
-                out[ours]["mcnemar_discordant_vs"][peer] = list(mcnemar_counts(preds[ours] == labels,
-                                                                               preds[peer] == labels))
+                out[ours]["mcnemar_discordant_vs"][peer] = list(mcnemar_counts(right[ours], right[peer]))
             if agreement_vs is not None and classify:
                 agreement_vs.setdefault(ours, {})[peer] = agreement(preds[ours], preds[peer])
     return out
-
-
-def _verdicts(sysd: Mapping[str, Any], agree_vs: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    """The verdicts, or ``{"error": ...}``: a fault in them must never lose the scores and the timing phase that the
-    same write records (the verdicts can be derived again from the file's cells with --no-timing)."""
-    from .verdicts import task_verdicts
-
-    try:
-        return task_verdicts(sysd, agree_vs, **kw)
-    except Exception as e:  # noqa: BLE001 - recorded in the file, logged, and the run's figures written
-        log.exception("verdicts failed; the figures are written without them")
-        return {"error": f"{type(e).__name__}: {e}"}
 
 
 # ----------------------------------------------------------------------------------------------- one task
@@ -391,8 +380,6 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
         earlier = before if before.get("status") == "timed" else before.get("earlier_phase")
         if timing_meta["kept_from_earlier_run"] and earlier:
             timing_meta["earlier_phase"] = {k: v for k, v in earlier.items() if k != "earlier_phase"}
-    from .verdicts import void_if_busy
-
     label_free = ({"label_free": loss_statement({pl: c["spec"]["args"] for pl, c in cells.items()
                                                  if c["spec"]["kind"] == "pipeline"})}
                   if teacher.head == "encoder" else {})

@@ -21,10 +21,13 @@ A peer timed in its own worker process is compared through the dense teacher tim
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
 
 P_MAX = 0.05  # rule (a), classification: McNemar p below this
 MIN_GAIN_REGRESSION = 0.01  # rule (a), regression: at least 1 pt higher
@@ -174,8 +177,6 @@ def verdict(ours: list[System], peer: System, pairs: Mapping[str, Pair], *, clas
         return {"status": "undecided", "beaten_by": [], "why": "the peer has no score"}
     if peer.latency_ms_b32 is None:
         return {"status": "undecided", "beaten_by": [], "why": "the peer has no b32 latency (not timed)"}
-    if not ours:
-        return {"status": "undecided", "beaten_by": [], "why": "no system of ours has a score in this file"}
     ours = [o for o in ours if o.score is not None]
     if not ours:
         return {"status": "undecided", "beaten_by": [], "why": "no system of ours has a score in this file"}
@@ -285,6 +286,17 @@ def task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs: Mappin
         out[name] = verdict(ours, sysof(name, s), {o.name: pair(o) for o in ours}, classification=classification,
                             bridge=links.get(name))
     return out
+
+
+def guarded_task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs: Mapping[str, Mapping[str, float]],
+                          **kw: Any) -> dict[str, Any]:
+    """:func:`task_verdicts`, or ``{"error": ...}``: the suite writes the verdicts with the scores and the timing
+    phase, and a fault in them must never lose those (the verdicts can be derived again with --no-timing)."""
+    try:
+        return task_verdicts(systems, agreement_vs, **kw)
+    except Exception as e:  # noqa: BLE001 - recorded in the file and logged; the run's figures are written
+        log.exception("verdicts failed; the figures are written without them")
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def void_if_busy(verdicts: Mapping[str, Mapping[str, Any]], busy: list[str]) -> dict[str, dict[str, Any]]:
