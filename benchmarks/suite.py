@@ -2,7 +2,7 @@
 
     python -m benchmarks.suite --task sst2                # build every cell, score it, time all cells at the end
     python -m benchmarks.suite --all --budget bench       # every task in benchmarks/suite.yaml
-    python -m benchmarks.suite --task sst2 --cells int8,ort_quantize_dynamic --no-timing
+    python -m benchmarks.suite --task sst2 --cells int8,ort_quantize_dynamic --no-timing   # build these; keep the rest
     python -m benchmarks.suite --list                     # tasks, budgets and cells
 
 For one task: the task's teacher (its preset in suite.yaml: ``bench``, or ``bench_small`` for the small
@@ -207,15 +207,18 @@ def _rel(p: Path) -> str:
 
 
 def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: ResultsFile) -> dict[str, dict[str, Any]]:
-    """Build and score every cell (finished ones are read back); name -> record."""
+    """Build and score the plan's cells (finished ones are read back); name -> record. The task's cells outside
+    ``--cells`` are read back, never built: the results file is the whole task's, not the last command's."""
     from tqdm.auto import tqdm
 
     from .peers import PeerInputs
 
-    todo = cell_specs(p, teacher_sha=teacher.sha, dev=teacher.dev, max_length=teacher.max_length,
+    todo = cell_specs(p.whole(), teacher_sha=teacher.sha, dev=teacher.dev, max_length=teacher.max_length,
                       validation=teacher.task.validation)
+    asked = {*p.pipelines, *p.peers}  # a pipeline's OpenVINO cells come with it (spec "of")
     inputs_dir = teacher.dir / "export"
     out: dict[str, dict[str, Any]] = {}
+    left_out: list[str] = []
     bar = tqdm(todo, desc=f"{p.task} cells", unit="cell", dynamic_ncols=True)
     for name, how, spec in bar:
         bar.set_postfix_str(name)
@@ -225,11 +228,18 @@ def build_cells(p: TaskPlan, teacher: Teacher, store: CellStore, results: Result
             log.warning("cell %s not run: %s", name, why)
             rec = {"name": name, "spec": spec, "tool": _tool_of(name, spec), "status": "skipped", "skipped": why,
                    "error": f"not run: {why}", "key": key}  # asked again each run (cheap): never cached
+        elif rec is None and spec.get("of", name) not in asked:
+            rec = store.record(name, key)  # a failure too, with its exact error (a run that builds it retries)
+            if rec is None:
+                left_out.append(name)
+                continue
         elif rec is None:
             rec = _build_one(name, how, spec, key, p, teacher, store, results, inputs_dir, PeerInputs, out)
         if spec["kind"] == "pipeline_openvino" and spec.get("int8") != "nncf" and rec.get("status") == "finished":
             how = method_of(rec, how)  # our SmoothQuant changed the weights first: ours (suite_openvino.method_of)
         out[name] = {**rec, "method": how}  # the rule of today, not the one a cached record was built under
+    if left_out:
+        log.warning("%s: not built, not in --cells, so not in the results: %s", p.task, ", ".join(left_out))
     return out
 
 
@@ -447,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("--task", help="one task of the suite config")
     which.add_argument("--all", action="store_true", help="every task of the suite config")
     which.add_argument("--list", action="store_true", help="list tasks, budgets and cells, run nothing")
-    ap.add_argument("--cells", help="comma-separated cell names (default: every pipeline and peer)")
+    ap.add_argument("--cells", help="comma-separated cell names to build (default: every pipeline and peer); the "
+                    "results file keeps the task's other cells already built")
     ap.add_argument("--budget", default="bench", help="a budget of the suite config (default bench)")
     ap.add_argument("--config", default=str(CONFIG), help="the suite config (default benchmarks/suite.yaml)")
     ap.add_argument("--no-timing", action="store_true", help="build and score only; keep earlier timings of unchanged cells")

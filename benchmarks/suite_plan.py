@@ -9,7 +9,7 @@ that cell anew). Nothing here trains, builds, scores or times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,6 +50,13 @@ class TaskPlan:
     # the suite config's pipelines before --cells chose some: whose OpenVINO twin another's duplicates
     # (:func:`teacher_twins`) does not depend on which cells this command builds
     config_pipelines: tuple[str, ...] = ()
+    config_peers: tuple[str, ...] = ()  # the config's peers before --cells chose some
+
+    def whole(self) -> "TaskPlan":
+        """The same task with every cell of the suite config: what its results file describes. ``--cells``
+        chooses what is built; the file keeps every other cell already finished (:func:`suite.build_cells`)."""
+        return replace(self, pipelines=self.config_pipelines or self.pipelines,
+                       peers=self.config_peers or self.peers)
 
     def twin_of(self) -> dict[str, str]:
         """:func:`teacher_twins` over the config's pipelines (each one's torch model's method, composed)."""
@@ -166,7 +173,8 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
     tp = TaskPlan(task, budget, tuple(overrides), tuple(pipelines), tuple(peers), threads,
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
-                  keep_fp32(cfg), smooth_grid(cfg), pipeline_extra(cfg, task), tuple(cfg["pipelines"]))
+                  keep_fp32(cfg), smooth_grid(cfg), pipeline_extra(cfg, task), tuple(cfg["pipelines"]),
+                  tuple(peer_names(cfg)))
     _check_openvino_cells(tp, asked_openvino)
     return tp
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from enum import Enum
 from typing import Any, Callable, TypeVar
 
 from compresslab.types import Pass
 from compresslab.validate import coerce_enum as coerce_enum  # re-export: the old import path
-from compresslab.validate import did_you_mean, nested_settings
+from compresslab.validate import FieldTypeError, check_field_types, did_you_mean, nested_settings
 
 T = TypeVar("T")
 
@@ -46,10 +47,42 @@ def register_pass(name: str) -> Callable[[type[T]], type[T]]:
         if name in _PASSES and _PASSES[name] is not cls:
             raise ValueError(f"pass {name!r} is registered twice")
         cls.name = name  # type: ignore[attr-defined]
+        _typed_post_init(cls, name)
         _PASSES[name] = cls
         return cls
 
     return deco
+
+
+def _typed_post_init(cls: type, name: str) -> None:
+    """A pass's own ``__post_init__`` checks its settings, and compares and computes with them as it does: given a
+    value of the wrong type (``ZipLM(speedup="abc")``, ``speedup=abc`` on the command line) it crashed with the
+    TypeError of ``"abc" < 1``, or said ``invalid literal for int()`` without naming the setting. Wrapped here, for
+    every pass (the ones still to be written included): when its checks fail while a plain-typed field holds the
+    wrong type, the error is a FieldTypeError (a ValueError) naming ``<pass>.<field>``
+    (``validate.check_field_types``), unless the pass's own ValueError already names that field (it says what
+    the value means); and a wrong type its checks never looked at (``cache=maybe``) is refused the same way."""
+    own = cls.__dict__.get("__post_init__")
+    if own is None or getattr(own, "_typed", False):
+        return
+
+    def __post_init__(self: Any) -> None:
+        try:
+            own(self)
+            check_field_types(self, f"{name}.")  # what its checks never looked at (``cache=maybe``)
+        except FieldTypeError:
+            raise
+        except Exception as e:
+            try:
+                check_field_types(self, f"{name}.")
+            except FieldTypeError as bad:
+                if isinstance(e, ValueError) and re.search(rf"\b{re.escape(bad.field)}\b", str(e)):
+                    raise e from None
+                raise bad from None
+            raise
+
+    __post_init__._typed = True  # type: ignore[attr-defined]
+    cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
 
 
 def _load_all() -> None:

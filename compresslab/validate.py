@@ -7,6 +7,7 @@ and what is allowed). YAML gives booleans for ``true``/``false`` and Python's ``
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from enum import Enum
@@ -19,6 +20,14 @@ S = TypeVar("S")
 
 class SettingsError(ValueError):
     """A setting that is missing, unknown or out of range (names the key and what it may be)."""
+
+
+class FieldTypeError(ValueError):
+    """A setting whose value is not of a type its field takes (:func:`check_values`); ``field``: its name."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def is_number(value: Any) -> bool:
@@ -179,29 +188,65 @@ def _accepts(kind: type, value: Any) -> bool:
     return isinstance(value, kind)
 
 
-def check_field_types(obj: Any) -> None:
-    """Check a settings dataclass's fields against their annotations where those are plain (bool,
-    int, float, str, or a union of them with None), so a value the class's own checks do not look
-    at cannot pass with the wrong type (``cache=maybe`` is a truthy string). Other annotations
-    (enums, lists, nested settings) are left to the class. ValueError naming the field."""
-    import dataclasses
-    import types
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a settings dataclass; {} when one names a type-checking-only import."""
     import typing
 
     try:
-        hints = typing.get_type_hints(type(obj))
-    except Exception:  # noqa: BLE001 - an annotation naming a type-checking-only import: nothing to check
-        return
-    for f in dataclasses.fields(obj):
-        hint = hints.get(f.name)
-        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-            else (hint,)
-        if not kinds or not all(k in _SIMPLE for k in kinds):
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - nothing can be checked against an annotation that does not evaluate
+        return {}
+
+
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    import types
+    import typing
+
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return typing.get_args(hint) if union else (hint,)
+
+
+def _block_class(hint: Any) -> type | None:
+    """The nested settings dataclass an annotation names (``Recovery``, ``Recovery | None``), else None."""
+    import dataclasses
+
+    blocks = [k for k in _kinds(hint) if isinstance(k, type) and dataclasses.is_dataclass(k)]
+    others = [k for k in _kinds(hint) if k is not type(None) and k not in blocks]
+    return blocks[0] if len(blocks) == 1 and not others else None
+
+
+def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
+    """Check ``values`` (field name -> value, as a config node or a built object holds them) against the
+    annotations of the settings dataclass ``cls`` where those are plain (bool, int, float, str, or a union of
+    them with None), and inside nested settings blocks (``recovery``) given as mappings or objects. Run before
+    a class's own checks, it turns ``speedup=abc`` into a message instead of the ``TypeError`` its first
+    comparison would raise; run after them, it catches a value those checks never look at (``cache=maybe`` is
+    a truthy string). Keys the class has no field for are left to the caller (it names the allowed ones).
+    Other annotations (enums, lists) are left to the class. FieldTypeError (a ValueError) naming ``where`` + the
+    dotted field."""
+    hints = _hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:
             continue
-        value = getattr(obj, f.name)
-        if not any(_accepts(k, value) for k in kinds):
-            allowed = " or ".join(_SIMPLE[k] for k in kinds)
-            raise ValueError(f"{f.name} must be {allowed}, got {value!r}")
+        kinds = _kinds(hint)
+        if kinds and all(k in _SIMPLE for k in kinds):
+            if not any(_accepts(k, value) for k in kinds):
+                allowed = " or ".join(_SIMPLE[k] for k in kinds)
+                raise FieldTypeError(f"{where}{name} must be {allowed}, got {value!r}", name)
+        elif (block := _block_class(hint)) is not None:
+            if isinstance(value, block):
+                check_field_types(value, f"{where}{name}.")
+            elif isinstance(value, Mapping):
+                check_values(block, value, f"{where}{name}.")
+
+
+def check_field_types(obj: Any, where: str = "") -> None:
+    """:func:`check_values` on a built settings dataclass's own fields (nested blocks included)."""
+    import dataclasses
+
+    check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where)
 
 
 def check_bools(p: Any, *names: str) -> None:
@@ -211,10 +256,10 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["check_bool", "check_bools", "check_choice", "check_field_types", "check_finite_nonnegative",
+__all__ = ["FieldTypeError", "check_bool", "check_bools", "check_choice", "check_field_types", "check_finite_nonnegative",
            "check_finite_positive", "check_fraction", "check_int", "check_list", "check_loss_weight",
-           "check_nonnegative", "check_positive", "check_positive_int", "check_text", "coerce_enum", "is_int",
-           "is_number"]
+           "check_nonnegative", "check_positive", "check_positive_int", "check_text", "check_values", "coerce_enum",
+           "is_int", "is_number"]
 
 
 def did_you_mean(unknown: Iterable[str], allowed: Iterable[str],

@@ -234,3 +234,29 @@ def test_the_torch_worker_drops_the_unused_pooler_of_an_encoder(teacher) -> None
     with torch.inference_mode():
         torch.testing.assert_close(m(ids, mask, tt), ref(input_ids=ids, attention_mask=mask, token_type_ids=tt)
                                    .last_hidden_state)
+
+
+def test_cells_builds_only_those_and_the_results_keep_the_tasks_other_cells(teacher, tmp_path, monkeypatch) -> None:
+    """``--cells X`` once wrote suite_<task>.json with X alone: every other system's score, timing and verdict
+    of the task was gone from the file (and with it the timings a later untimed run keeps). Now it builds X
+    only and the file holds every finished cell of the task; a cell never built stays out, and is not built."""
+    import json
+
+    class Other(EncoderPeer):
+        name = "fake_encoder_b"
+
+    for peer in (EncoderPeer(), Other()):
+        monkeypatch.setitem(peers.PEERS, peer.name, peer)
+    monkeypatch.setattr(suite, "prepare_teacher", lambda p, work: teacher)
+    both = ("fake_encoder", "fake_encoder_b")
+    plan = lambda cells: suite_plan.TaskPlan("stsb_embedding", "smoke", ("task=stsb_embedding",), (), cells, 1, 4,  # noqa: E731
+                                             {}, None, None, True, config_peers=both)
+    res, work = tmp_path / "results", tmp_path / "work"
+    systems = lambda: json.loads((res / "suite_stsb_embedding.json").read_text())["systems"]  # noqa: E731
+
+    EncoderPeer.seen.clear()
+    assert suite.run_task(plan(("fake_encoder",)), work=work, results_dir=res, timing=False) == 0
+    assert set(systems()) == {"fake_encoder"} and len(EncoderPeer.seen) == 1  # the other is not built
+    assert suite.run_task(plan(("fake_encoder_b",)), work=work, results_dir=res, timing=False) == 0
+    assert set(systems()) == set(both) and len(EncoderPeer.seen) == 2  # only b built; a kept from its cell
+    assert systems()["fake_encoder"]["score"] == pytest.approx(teacher.score, abs=1e-5)
