@@ -233,6 +233,14 @@ def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping
     return out_dir / IR_NAME, metrics
 
 
+def already_quantized(onnx_path: Path) -> int:
+    """How many QuantizeLinear / DequantizeLinear nodes the graph holds (0: a float graph). Weights not loaded."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
 def nncf_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, Any]], *,
                  validation: Sequence[tuple[Mapping[str, Any], np.ndarray]] | None = None,
                  max_drop: float = 0.01, max_iterations: int = 20) -> tuple[Path, dict[str, Any]]:
@@ -243,8 +251,14 @@ def nncf_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     agreement drop under ``max_drop`` (absolute fraction) by reverting layers to fp32, for at most
     ``max_iterations`` revert steps (NNCF's default is unbounded: a drop below one example's share
     never ends on a small set).
-    Returns the IR path and what ran. ImportError-free: call :func:`nncf_missing_reason` first.
+    Returns the IR path and what ran. ImportError-free: call :func:`nncf_missing_reason` first. ValueError when
+    ``plain_onnx`` is already an int8 QDQ graph (a quantizing torch pass such as ``int8_qat`` exported it): NNCF's
+    PTQ takes an fp32 model, and run on a quantized one it quantizes the rounding again.
     """
+    if n := already_quantized(plain_onnx):
+        raise ValueError(f"{plain_onnx.name} is already an int8 QDQ graph ({n} QuantizeLinear/DequantizeLinear nodes: "
+                         "a quantizing torch pass such as int8_qat made it); NNCF's PTQ takes an fp32 model, so there "
+                         "is no NNCF int8 of it")
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters

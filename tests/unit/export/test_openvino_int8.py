@@ -272,3 +272,20 @@ def test_refuses_output_quantization_with_the_float_residual_path(exported_bert,
     with pytest.raises(ValueError, match="matmul_outputs=True with float_residual=True"):
         ours_int8_ir(Path(exported_bert.unfused_path), tmp_path / "x", _feeds(make_batches(n=1, bs=4)),
                      matmul_outputs=True, float_residual=True)
+
+
+def test_nncf_refuses_a_graph_that_is_already_int8(exported_bert, make_batches, tmp_path):
+    """An int8_qat run's export is its QDQ graph, and it sat where the suite and deploy look for the "plain fp32
+    export" NNCF quantizes: NNCF's "int8 of our model" was NNCF re-quantizing our rounding (SST-2 session 43,
+    `ziplm_trim_qat_int8_openvino_nncf`). Any QDQ graph is refused, naming why, before NNCF runs."""
+    from compresslab.export.openvino_int8 import already_quantized
+    from compresslab.export.ort_quant import quantize_static_qdq
+
+    calib = _feeds(make_batches(n=2, bs=4, seed=1))
+    plain = Path(exported_bert.unfused_path)
+    qdq = tmp_path / "qdq" / "model.onnx"
+    quantize_static_qdq(plain, qdq, calib, per_channel=True, op_types=["MatMul"])
+    assert already_quantized(plain) == 0 and already_quantized(qdq) > 0
+    with pytest.raises(ValueError, match=r"already an int8 QDQ graph .*NNCF's PTQ takes an fp32 model"):
+        nncf_int8_ir(qdq, tmp_path / "nncf", calib)
+    assert not (tmp_path / "nncf").exists()  # refused before any work
