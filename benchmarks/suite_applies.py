@@ -95,7 +95,7 @@ def refused_by(args: Sequence[str], task: Any) -> str | None:
 def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The reason a cell is not built on ``task`` (None: build it). A pipeline cell: a pass refuses the task
     (:func:`refused_by`); its OpenVINO cells: its pipeline was skipped (the NNCF one also: the pipeline does
-    not deploy int8). Peers are always built (a tool that
+    not deploy int8, or its model is int8 already, as ``int8_qat`` makes it). Peers are always built (a tool that
     cannot handle the task fails with its own error)."""
     if spec["kind"] == "pipeline":
         why = refused_by(spec["args"], task)
@@ -107,6 +107,12 @@ def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[
         precision = (of.get("artifact") or {}).get("precision")
         if spec.get("int8") == "nncf" and of.get("status") == "finished" and precision != "int8":
             return f"its pipeline {spec['of']} deploys {precision}, not int8: NNCF's int8 is built only beside an int8 pipeline"
+        if spec.get("int8") == "nncf" and of.get("status") == "finished" and of.get("run_dir"):
+            from .suite_openvino import quantized_export
+
+            if n := quantized_export(of):
+                return (f"its pipeline {spec['of']}'s model is already int8 ({n} Quantize/DequantizeLinear nodes "
+                        "in its export: a torch pass such as int8_qat quantized it): NNCF's PTQ takes an fp32 model")
     return None
 
 

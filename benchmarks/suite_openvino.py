@@ -68,6 +68,18 @@ def _run_dir(pipeline_cell: Mapping[str, Any]) -> Path:
     return run_dir if run_dir.is_absolute() else Path(__file__).resolve().parents[1] / run_dir
 
 
+def quantized_export(pipeline_cell: Mapping[str, Any]) -> int:
+    """Quantize/DequantizeLinear nodes in a finished pipeline run's export of its final torch model: 0 for an fp32
+    model; more when a torch pass (``int8_qat``) quantized it, so there is no fp32 model for NNCF's PTQ. An
+    export that cannot be read counts 0 (building the cell then says why)."""
+    from compresslab.export.openvino_int8 import already_quantized
+
+    try:
+        return already_quantized(_plain_fp32(_run_dir(pipeline_cell)))
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
 def _plain_fp32(run_dir: Path) -> Path:
     """The run's plain (unfused) fp32 export of its final model."""
     from compresslab.bench.openvino_runner import plain_export

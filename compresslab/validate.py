@@ -256,10 +256,10 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["FieldTypeError", "check_bool", "check_bools", "check_choice", "check_field_types", "check_finite_nonnegative",
-           "check_finite_positive", "check_fraction", "check_int", "check_list", "check_loss_weight",
-           "check_nonnegative", "check_positive", "check_positive_int", "check_text", "check_values", "coerce_enum",
-           "is_int", "is_number"]
+__all__ = ["FieldTypeError", "check_bool", "check_bools", "check_choice", "check_field_types",
+           "check_finite_nonnegative", "check_finite_positive", "check_fraction", "check_int", "check_list",
+           "check_loss_weight", "check_nonnegative", "check_positive", "check_positive_int", "check_text",
+           "check_values", "coerce_enum", "is_int", "is_number"]
 
 
 def did_you_mean(unknown: Iterable[str], allowed: Iterable[str],

@@ -249,8 +249,9 @@ def test_cells_builds_only_those_and_the_results_keep_the_tasks_other_cells(teac
         monkeypatch.setitem(peers.PEERS, peer.name, peer)
     monkeypatch.setattr(suite, "prepare_teacher", lambda p, work: teacher)
     both = ("fake_encoder", "fake_encoder_b")
-    plan = lambda cells: suite_plan.TaskPlan("stsb_embedding", "smoke", ("task=stsb_embedding",), (), cells, 1, 4,  # noqa: E731
-                                             {}, None, None, True, config_peers=both)
+    def plan(cells: tuple[str, ...]) -> Any:
+        return suite_plan.TaskPlan("stsb_embedding", "smoke", ("task=stsb_embedding",), (), cells, 1, 4, {}, None,
+                                   None, True, config_peers=both)
     res, work = tmp_path / "results", tmp_path / "work"
     systems = lambda: json.loads((res / "suite_stsb_embedding.json").read_text())["systems"]  # noqa: E731
 

@@ -140,6 +140,35 @@ def test_skip_nncf_beside_a_finished_pipeline_that_is_not_int8() -> None:
     assert applies.skip_reason(spec, None, built) is None
 
 
+def test_skip_nncf_beside_a_pipeline_whose_model_is_already_int8(tmp_path) -> None:
+    """An int8_qat run exports its QDQ graph as its model: there is no fp32 model for NNCF's PTQ (session 43 built
+    NNCF on that QDQ graph and called it NNCF's int8 of our model). Skipped with the reason; an fp32 export is not."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    applies = importlib.import_module("benchmarks.suite_applies")
+
+    def run(nodes: list) -> dict:
+        d = tmp_path / f"run{len(nodes)}"
+        (d / "export").mkdir(parents=True)
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                               helper.make_tensor("z", TensorProto.UINT8, [], [128])])
+        onnx.save(helper.make_model(g), str(d / "export" / "model.onnx"))
+        (d / "manifest.json").write_text(json.dumps({"export": {"fp32": {"path": "export/model.onnx"}}}))
+        return {"status": "finished", "artifact": {"precision": "int8"}, "run_dir": str(d)}
+
+    spec = {"kind": "pipeline_openvino", "int8": "nncf", "of": "qat"}
+    qdq = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+           helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    why = applies.skip_reason(spec, None, {"qat": run(qdq)})
+    assert why and "already int8 (2 Quantize/DequantizeLinear" in why and "NNCF's PTQ takes an fp32 model" in why
+    assert applies.skip_reason(spec, None, {"qat": run([helper.make_node("Identity", ["x"], ["y"])])}) is None
+
+
 def test_list_names_each_tasks_teacher_preset_and_the_openvino_cells() -> None:
     plan_mod = importlib.import_module("benchmarks.suite_plan")
     text = plan_mod.list_suite(plan_mod.load_config(REPO / "benchmarks" / "suite.yaml"))
