@@ -397,7 +397,7 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
             "verdicts": _verdicts(sysd, agree_vs, classification=_classify(teacher),
                                   external=(timing_meta if timing_meta["status"] == "timed"
                                             else timing_meta.get("earlier_phase") or {}).get("external")),
-            "runtimes": faster_runtime(sysd, p.pipelines) if p.openvino else {},
+            "runtimes": faster_runtime(sysd, p.whole().pipelines) if p.openvino else {},
             "meta": {"task": p.task, "metric": teacher.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
                      "overrides": list(p.overrides), "threads": p.threads, "timing": timing_meta,

@@ -56,30 +56,30 @@ def register_pass(name: str) -> Callable[[type[T]], type[T]]:
 
 def _typed_post_init(cls: type, name: str) -> None:
     """A pass's own ``__post_init__`` checks its settings, and compares and computes with them as it does: given a
-    value of the wrong type (``ZipLM(speedup="abc")``, ``speedup=abc`` on the command line) it crashed with the
-    TypeError of ``"abc" < 1``, or said ``invalid literal for int()`` without naming the setting. Wrapped here, for
-    every pass (the ones still to be written included): when its checks fail while a plain-typed field holds the
-    wrong type, the error is a FieldTypeError (a ValueError) naming ``<pass>.<field>``
-    (``validate.check_field_types``), unless the pass's own ValueError already names that field (it says what
-    the value means); and a wrong type its checks never looked at (``cache=maybe``) is refused the same way."""
+    value of the wrong type it crashed (``ZipLM(speedup="abc")``: the TypeError of ``"abc" < 1``), said
+    ``invalid literal for int()`` without naming the setting, or converted it silently (``family="25"`` became
+    ``[2.0, 5.0]``, ``family=[True]`` became ``[1.0]``). Wrapped here, for every pass (the ones still to be written
+    included): a plain-typed field (``validate.check_field_types``: numbers, flags, text, lists of them; nested
+    blocks too) holding the wrong type is a FieldTypeError (a ValueError) naming ``<pass>.<field>``, unless the
+    pass's own check refuses it with a ValueError that names the field (it says what the value means)."""
     own = cls.__dict__.get("__post_init__")
     if own is None or getattr(own, "_typed", False):
         return
 
     def __post_init__(self: Any) -> None:
         try:
-            own(self)
-            check_field_types(self, f"{name}.")  # what its checks never looked at (``cache=maybe``)
-        except FieldTypeError:
-            raise
-        except Exception as e:
+            check_field_types(self, f"{name}.")  # before the pass's checks, which may convert a wrong type
+        except FieldTypeError as bad:
             try:
-                check_field_types(self, f"{name}.")
-            except FieldTypeError as bad:
-                if isinstance(e, ValueError) and re.search(rf"\b{re.escape(bad.field)}\b", str(e)):
+                own(self)
+            except ValueError as e:
+                if re.search(rf"\b{re.escape(bad.field)}\b", str(e)):
                     raise e from None
-                raise bad from None
-            raise
+            except Exception:  # noqa: BLE001 - the wrong type is the cause: say that
+                pass
+            raise bad from None
+        own(self)
+        check_field_types(self, f"{name}.")  # what the pass's checks made of the values
 
     __post_init__._typed = True  # type: ignore[attr-defined]
     cls.__post_init__ = __post_init__  # type: ignore[attr-defined]

@@ -176,6 +176,7 @@ def check_list(value: Any, name: str, what: str = "values") -> list[Any]:
 
 
 _SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+_ITEMS = {bool: "true/false values", int: "integers", float: "numbers", str: "texts"}
 
 
 def _accepts(kind: type, value: Any) -> bool:
@@ -199,6 +200,32 @@ def _hints(cls: type) -> dict[str, Any]:
         return {}
 
 
+def _item_kind(kind: Any) -> Any:
+    """The plain item type of ``list[float]`` / ``tuple[int, ...]`` / ``Sequence[str]``, else None."""
+    import collections.abc
+    import typing
+
+    if typing.get_origin(kind) not in (list, tuple, collections.abc.Sequence):
+        return None
+    args = [a for a in typing.get_args(kind) if a is not Ellipsis]
+    return args[0] if len(set(args)) == 1 and args[0] in _ITEMS else None
+
+
+def _plain_kind(kind: Any) -> bool:
+    return kind in _SIMPLE or _item_kind(kind) is not None
+
+
+def _fits(kind: Any, value: Any) -> bool:
+    if (item := _item_kind(kind)) is not None:  # a list, never a string split into characters
+        return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
+    return _accepts(kind, value)
+
+
+def _described(kind: Any) -> str:
+    item = _item_kind(kind)
+    return f"a list of {_ITEMS[item]} (written [a, b])" if item is not None else _SIMPLE[kind]
+
+
 def _kinds(hint: Any) -> tuple[Any, ...]:
     import types
     import typing
@@ -218,12 +245,12 @@ def _block_class(hint: Any) -> type | None:
 
 def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
     """Check ``values`` (field name -> value, as a config node or a built object holds them) against the
-    annotations of the settings dataclass ``cls`` where those are plain (bool, int, float, str, or a union of
-    them with None), and inside nested settings blocks (``recovery``) given as mappings or objects. Run before
+    annotations of the settings dataclass ``cls`` where those are plain (bool, int, float, str, a list of one of
+    them, or a union of them with None), and inside nested settings blocks (``recovery``) given as mappings or objects. Run before
     a class's own checks, it turns ``speedup=abc`` into a message instead of the ``TypeError`` its first
     comparison would raise; run after them, it catches a value those checks never look at (``cache=maybe`` is
     a truthy string). Keys the class has no field for are left to the caller (it names the allowed ones).
-    Other annotations (enums, lists) are left to the class. FieldTypeError (a ValueError) naming ``where`` + the
+    Other annotations (enums, lists of anything else) are left to the class. FieldTypeError (a ValueError) naming ``where`` + the
     dotted field."""
     hints = _hints(cls)
     for name, value in values.items():
@@ -231,9 +258,9 @@ def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
         if hint is None:
             continue
         kinds = _kinds(hint)
-        if kinds and all(k in _SIMPLE for k in kinds):
-            if not any(_accepts(k, value) for k in kinds):
-                allowed = " or ".join(_SIMPLE[k] for k in kinds)
+        if kinds and all(_plain_kind(k) for k in kinds):
+            if not any(_fits(k, value) for k in kinds):
+                allowed = " or ".join(_described(k) for k in kinds)
                 raise FieldTypeError(f"{where}{name} must be {allowed}, got {value!r}", name)
         elif (block := _block_class(hint)) is not None:
             if isinstance(value, block):

@@ -166,7 +166,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     ``auto``: both; the higher VALIDATION agreement with the teacher wins, a tie keeps ours.
     NNCF missing -> ours, with the reason in the notes."""
     from compresslab.bench.openvino_runner import plain_export, unreadable_ops
-    from compresslab.export.openvino_int8 import nncf_int8_ir, nncf_missing_reason, ours_int8_ir_chosen
+    from compresslab.export.openvino_int8 import (already_quantized, nncf_int8_ir, nncf_missing_reason,
+                                                  ours_int8_ir_chosen)
 
     d = state.settings.deploy
     want = ["ours", "nncf"] if d.int8 == "auto" else [d.int8]
@@ -175,6 +176,10 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         notes.append(f"NNCF PTQ skipped: {reason}")
         want = [w for w in want if w != "nncf"] or ["ours"]
     plain = plain_export(fp32)
+    if "nncf" in want and (n := already_quantized(plain)):  # int8_qat (preflight refuses int8=nncf with it)
+        notes.append(f"NNCF PTQ skipped: the model is int8 already ({n} Quantize/DequantizeLinear nodes in "
+                     f"{_rel(plain, run_dir)}: a torch pass quantized it); NNCF's PTQ takes an fp32 model")
+        want = [w for w in want if w != "nncf"] or ["ours"]
     feeds: list[dict] = []
 
     def calibration() -> list[dict]:

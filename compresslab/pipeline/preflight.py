@@ -139,6 +139,7 @@ def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
 # graph OpenVINO reads as it is) and the deploy settings each kind reads when the run deploys on OpenVINO
 DYNAMIC_INT8_PASSES = frozenset({"ort_int8_dynamic"})
 QDQ_INT8_PASSES = frozenset({"ort_int8_static", "int8_qat"})
+TORCH_INT8_PASSES = frozenset({"int8_qat"})  # the torch model itself is int8: no fp32 model for any PTQ
 OUR_RECIPE_SETTINGS = ("keep_fp32", "smooth_alpha")
 OPENVINO_INT8_SETTINGS = ("int8", "calibration_examples", "accuracy_control", "max_drop", *OUR_RECIPE_SETTINGS)
 
@@ -146,7 +147,8 @@ OPENVINO_INT8_SETTINGS = ("int8", "calibration_examples", "accuracy_control", "m
 def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> None:
     """SettingsError for a ``deploy.*`` int8 setting changed from its default that this pipeline's OpenVINO IR would
     never read: any of them when no step makes int8 (the IR is the fp32 model converted), and our recipe's
-    ``keep_fp32`` / ``smooth_alpha`` when the int8 step writes a QDQ graph (converted as it is)."""
+    ``keep_fp32`` / ``smooth_alpha`` when the int8 step writes a QDQ graph (converted as it is), and every one of
+    them (``int8=nncf`` too) when ``int8_qat`` made the torch model itself int8."""
     import dataclasses
 
     d = settings.deploy
@@ -157,6 +159,11 @@ def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> No
     names = {s.pass_.name for s in steps}
     if not names & (DYNAMIC_INT8_PASSES | QDQ_INT8_PASSES):
         why = "no step of this pipeline makes int8, so its IR is the fp32 model converted"
+    elif names & TORCH_INT8_PASSES:
+        changed = [k for k in changed if k != "int8" or d.int8 == "nncf"]  # ours (or auto: ours) converts it
+        why = (f"{sorted(names & TORCH_INT8_PASSES)[0]} quantizes the torch model, and OpenVINO reads its QDQ graph as "
+               "it is: there is no fp32 model for NNCF's PTQ (int8=nncf, accuracy_control, max_drop, "
+               "calibration_examples) or our int8 recipe (keep_fp32, smooth_alpha)")
     elif not names & DYNAMIC_INT8_PASSES:
         changed = [k for k in changed if k in OUR_RECIPE_SETTINGS]
         why = ("the int8 step writes a QDQ graph, which OpenVINO reads as it is: our int8 recipe (keep_fp32, "

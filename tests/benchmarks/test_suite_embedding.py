@@ -249,11 +249,19 @@ def test_cells_builds_only_those_and_the_results_keep_the_tasks_other_cells(teac
         monkeypatch.setitem(peers.PEERS, peer.name, peer)
     monkeypatch.setattr(suite, "prepare_teacher", lambda p, work: teacher)
     both = ("fake_encoder", "fake_encoder_b")
-    def plan(cells: tuple[str, ...]) -> Any:
+    def plan(cells: tuple[str, ...]) -> Any:  # obert_int8 is in the config, not in --cells (and refuses the task)
         return suite_plan.TaskPlan("stsb_embedding", "smoke", ("task=stsb_embedding",), (), cells, 1, 4, {}, None,
-                                   None, True, config_peers=both)
+                                   None, True, config_pipelines=("obert_int8",), config_peers=both)
+
+    per_runtime: list[tuple[str, ...]] = []  # `runtimes` is the whole task's too (the trial found it rebuilt
+    real = suite.faster_runtime               # from the --cells pipelines alone, emptying the report's table)
+    monkeypatch.setattr(suite, "faster_runtime", lambda sysd, pls: per_runtime.append(tuple(pls)) or real(sysd, pls))
     res, work = tmp_path / "results", tmp_path / "work"
-    systems = lambda: json.loads((res / "suite_stsb_embedding.json").read_text())["systems"]  # noqa: E731
+    def systems() -> dict[str, Any]:  # the built ones (obert_int8's cells are there too, skipped with the reason)
+        every = json.loads((res / "suite_stsb_embedding.json").read_text())["systems"]
+        assert {n for n, s in every.items() if s.get("skipped")} == {"obert_int8", "obert_int8_openvino",
+                                                                      "obert_int8_openvino_nncf"}
+        return {n: s for n, s in every.items() if not s.get("skipped")}
 
     EncoderPeer.seen.clear()
     assert suite.run_task(plan(("fake_encoder",)), work=work, results_dir=res, timing=False) == 0
@@ -261,3 +269,4 @@ def test_cells_builds_only_those_and_the_results_keep_the_tasks_other_cells(teac
     assert suite.run_task(plan(("fake_encoder_b",)), work=work, results_dir=res, timing=False) == 0
     assert set(systems()) == set(both) and len(EncoderPeer.seen) == 2  # only b built; a kept from its cell
     assert systems()["fake_encoder"]["score"] == pytest.approx(teacher.score, abs=1e-5)
+    assert per_runtime == [("obert_int8",)] * 2
