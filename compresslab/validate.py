@@ -246,12 +246,12 @@ def _block_class(hint: Any) -> type | None:
 def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
     """Check ``values`` (field name -> value, as a config node or a built object holds them) against the
     annotations of the settings dataclass ``cls`` where those are plain (bool, int, float, str, a list of one of
-    them, or a union of them with None), and inside nested settings blocks (``recovery``) given as mappings or objects. Run before
-    a class's own checks, it turns ``speedup=abc`` into a message instead of the ``TypeError`` its first
-    comparison would raise; run after them, it catches a value those checks never look at (``cache=maybe`` is
-    a truthy string). Keys the class has no field for are left to the caller (it names the allowed ones).
-    Other annotations (enums, lists of anything else) are left to the class. FieldTypeError (a ValueError) naming ``where`` + the
-    dotted field."""
+    them, or a union of them with None), and inside nested settings blocks (``recovery``) given as mappings or
+    objects. Run before a class's own checks, it turns ``speedup=abc`` into a message instead of the
+    ``TypeError`` its first comparison would raise, and ``family="25"`` into one instead of ``[2.0, 5.0]``; run
+    after them, it catches a value those checks never look at (``cache=maybe`` is a truthy string). Keys the
+    class has no field for are left to the caller (it names the allowed ones). Other annotations (enums, lists
+    of anything else) are left to the class. FieldTypeError (a ValueError) naming ``where`` + the dotted field."""
     hints = _hints(cls)
     for name, value in values.items():
         hint = hints.get(name)
