@@ -7,6 +7,7 @@ and what is allowed). YAML gives booleans for ``true``/``false`` and Python's ``
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import math
 import tempfile
@@ -216,8 +217,9 @@ def _plain_kind(kind: Any) -> bool:
 
 
 def _fits(kind: Any, value: Any) -> bool:
-    if (item := _item_kind(kind)) is not None:  # a list, never a string split into characters
-        return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
+    if (item := _item_kind(kind)) is not None:  # a list (or ListConfig), never a string split into characters
+        return (isinstance(value, collections.abc.Sequence) and not isinstance(value, (str, bytes))
+                and all(_accepts(item, v) for v in value))
     return _accepts(kind, value)
 
 
