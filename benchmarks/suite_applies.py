@@ -105,12 +105,13 @@ def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[
         if of.get("status") == "skipped":
             return f"its pipeline {spec['of']} is not run: {of.get('skipped')}"
         precision = (of.get("artifact") or {}).get("precision")
-        if spec.get("int8") == "nncf" and of.get("status") == "finished" and precision != "int8":
-            return f"its pipeline {spec['of']} deploys {precision}, not int8: NNCF's int8 is built only beside an int8 pipeline"
-        if spec.get("int8") == "nncf" and of.get("status") == "finished" and of.get("run_dir"):
+        if spec.get("int8") == "nncf" and of.get("status") == "finished":
             from .suite_openvino import quantized_export
 
-            if n := quantized_export(of):
+            if precision != "int8":
+                return (f"its pipeline {spec['of']} deploys {precision}, not int8: NNCF's int8 is built only beside "
+                        "an int8 pipeline")
+            if of.get("run_dir") and (n := quantized_export(of)):
                 return (f"its pipeline {spec['of']}'s model is already int8 ({n} Quantize/DequantizeLinear nodes "
                         "in its export: a torch pass such as int8_qat quantized it): NNCF's PTQ takes an fp32 model")
     return None

@@ -8,9 +8,12 @@ and what is allowed). YAML gives booleans for ``true``/``false`` and Python's ``
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import functools
 import math
 import tempfile
+import types
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
@@ -24,11 +27,18 @@ class SettingsError(ValueError):
 
 
 class FieldTypeError(ValueError):
-    """A setting whose value is not of a type its field takes (:func:`check_values`); ``field``: its name."""
+    """A setting whose value is not of a type its field takes (:func:`check_values`). ``path``: the field, dotted
+    from the checked class (``recovery.lr``); ``reason``: ``must be <types>, got <value>``; the message is
+    ``<where><path> <reason>``, so a caller can name the setting by its own full key instead."""
 
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+    def __init__(self, where: str, path: str, reason: str) -> None:
+        super().__init__(f"{where}{path} {reason}")
+        self.path, self.reason = path, reason
+
+    @property
+    def field(self) -> str:
+        """The field's own name (``lr`` of ``recovery.lr``)."""
+        return self.path.rsplit(".", 1)[-1]
 
 
 def is_number(value: Any) -> bool:
@@ -57,8 +67,6 @@ def coerce_settings(cls: type[S], value: Any, field_name: str, base: S | None = 
     dicts); ValueError naming ``field_name`` and the options for anything else or an unknown key.
     ``base``: where a mapping leaves a key out, the value comes from it (a pass's own defaults) rather
     than from ``cls``'s."""
-    import dataclasses
-    from collections.abc import Mapping
 
     if isinstance(value, cls):
         return value
@@ -85,8 +93,6 @@ def coerce_block(owner: Any, name: str, cls: type[S]) -> S:
 def field_default(cls: type, name: str) -> Any:
     """The default of dataclass ``cls``'s field ``name`` (a fresh one from its ``default_factory``);
     ``dataclasses.MISSING`` when it has none. KeyError for a field ``cls`` does not have."""
-    import dataclasses
-
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
@@ -193,8 +199,6 @@ def _accepts(kind: type, value: Any) -> bool:
 @functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     """The evaluated annotations of a settings dataclass; {} when one names a type-checking-only import."""
-    import typing
-
     try:
         return typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - nothing can be checked against an annotation that does not evaluate
@@ -203,9 +207,6 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _item_kind(kind: Any) -> Any:
     """The plain item type of ``list[float]`` / ``tuple[int, ...]`` / ``Sequence[str]``, else None."""
-    import collections.abc
-    import typing
-
     if typing.get_origin(kind) not in (list, tuple, collections.abc.Sequence):
         return None
     args = [a for a in typing.get_args(kind) if a is not Ellipsis]
@@ -229,23 +230,18 @@ def _described(kind: Any) -> str:
 
 
 def _kinds(hint: Any) -> tuple[Any, ...]:
-    import types
-    import typing
-
     union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
     return typing.get_args(hint) if union else (hint,)
 
 
 def _block_class(hint: Any) -> type | None:
     """The nested settings dataclass an annotation names (``Recovery``, ``Recovery | None``), else None."""
-    import dataclasses
-
     blocks = [k for k in _kinds(hint) if isinstance(k, type) and dataclasses.is_dataclass(k)]
     others = [k for k in _kinds(hint) if k is not type(None) and k not in blocks]
     return blocks[0] if len(blocks) == 1 and not others else None
 
 
-def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
+def check_values(cls: type, values: Mapping[str, Any], where: str = "", _path: str = "") -> None:
     """Check ``values`` (field name -> value, as a config node or a built object holds them) against the
     annotations of the settings dataclass ``cls`` where those are plain (bool, int, float, str, a list of one of
     them, or a union of them with None), and inside nested settings blocks (``recovery``) given as mappings or
@@ -263,19 +259,17 @@ def check_values(cls: type, values: Mapping[str, Any], where: str = "") -> None:
         if kinds and all(_plain_kind(k) for k in kinds):
             if not any(_fits(k, value) for k in kinds):
                 allowed = " or ".join(_described(k) for k in kinds)
-                raise FieldTypeError(f"{where}{name} must be {allowed}, got {value!r}", name)
+                raise FieldTypeError(where, f"{_path}{name}", f"must be {allowed}, got {value!r}")
         elif (block := _block_class(hint)) is not None:
             if isinstance(value, block):
-                check_field_types(value, f"{where}{name}.")
+                check_field_types(value, where, f"{_path}{name}.")
             elif isinstance(value, Mapping):
-                check_values(block, value, f"{where}{name}.")
+                check_values(block, value, where, f"{_path}{name}.")
 
 
-def check_field_types(obj: Any, where: str = "") -> None:
+def check_field_types(obj: Any, where: str = "", _path: str = "") -> None:
     """:func:`check_values` on a built settings dataclass's own fields (nested blocks included)."""
-    import dataclasses
-
-    check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where)
+    check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where, _path)
 
 
 def check_bools(p: Any, *names: str) -> None:
@@ -313,8 +307,6 @@ def did_you_mean(unknown: Iterable[str], allowed: Iterable[str],
 def nested_settings(cls: type) -> dict[str, list[str]]:
     """``{field: [its fields]}`` for each field of dataclass ``cls`` that is itself a settings dataclass (a
     pass's ``recovery``), from its default: the ``nested`` of :func:`did_you_mean`."""
-    import dataclasses
-
     out: dict[str, list[str]] = {}
     for f in dataclasses.fields(cls):
         default = field_default(cls, f.name)

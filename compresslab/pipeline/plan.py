@@ -23,8 +23,7 @@ from compresslab.manifest import RunManifest, process_alive, stable_hash
 from compresslab.config import pipelines_hint
 from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage, capability, hook
-from compresslab.validate import (FieldTypeError, check_field_types, check_values, did_you_mean, field_default,
-                                  nested_settings)
+from compresslab.validate import FieldTypeError, check_field_types, did_you_mean, field_default, nested_settings
 
 if TYPE_CHECKING:
     from compresslab.pipeline.settings import RunSettings
@@ -176,7 +175,7 @@ def build_steps(cfg: DictConfig) -> list[Step]:
             except Exception as e:  # hydra wraps the dataclass's error; surface it
                 cause = e.__cause__ or e
                 if isinstance(cause, FieldTypeError):  # a value of the wrong type: named by its full key
-                    check_pass_types(cls, node, name)
+                    raise PipelineError(f"step {name!r}: pipeline.passes.{name}.{cause.path} {cause.reason}") from None
                 if not isinstance(cause, ValueError):  # a fault in the pass's code (NameError, ...) is a crash,
                     raise cause  # not a setting to change: a traceback, never exit 2 blaming a swept job's value
                 raise PipelineError(f"step {name!r}: {cause}") from cause
@@ -238,20 +237,6 @@ def check_pass_keys(cls: type, node: Any, step: str) -> None:
         hint = did_you_mean(unknown, fields, nested_settings(cls))
         raise PipelineError(f"pipeline.passes.{step}: unknown setting(s) {unknown}{hint}; "
                             f"the pass has: {', '.join(fields)}")
-
-
-def check_pass_types(cls: type, node: Any, step: str) -> None:
-    """PipelineError for a setting of ``pipeline.passes.<step>`` whose type its field does not take
-    (``speedup=abc``, ``recovery.lr=fast``), named by its full key: the pass says the same naming only
-    ``<pass>.<field>`` (:func:`~compresslab.registry.register_pass`)."""
-    try:
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    except Exception:  # noqa: BLE001 - an interpolation that does not resolve: instantiate names it
-        return
-    try:
-        check_values(cls, {k: v for k, v in values.items() if not str(k).startswith("_")})
-    except ValueError as e:
-        raise PipelineError(f"step {step!r}: pipeline.passes.{step}.{e}") from None
 
 
 def needs_teacher(p: Pass) -> bool:
