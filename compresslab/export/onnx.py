@@ -10,8 +10,8 @@ Layout of the export directory (what optimum's ``ORTModelForSequenceClassificati
 We export with eager attention and the legacy TorchScript exporter (``dynamo=False``): ORT's
 transformer optimizer fuses attention only for that graph shape. If that exporter fails (it is
 deprecated in torch >= 2.9), the dynamo exporter is tried and the result says so, since its graph
-usually does not fuse. Parity runs on the caller's real, padded batches; past ``atol`` it raises
-:class:`ParityError` carrying the numbers.
+usually does not fuse. Parity (``export.parity``) runs on the caller's real, padded batches; past
+``atol`` it raises :class:`ParityError` carrying the numbers.
 
 Only transformers' fused attention kernels (sdpa, flash, ...) are switched to eager for export:
 plain-torch implementations such as BiBERT's Bi-Attention are exported as they run. Binary models
@@ -35,28 +35,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from compresslab.eval.onnx_runner import OnnxRunner
 from compresslab.export.graph_inputs import restore_inputs
 from compresslab.export.optimize import heads_and_hidden, optimize_graph
+from compresslab.export.parity import (MIN_EXACT_FRACTION, QDQ_ATOL, ParityError, _device, _ExportWrapper, _is_qdq,
+                                       _sign_sensitive, _to_torch, check_parity)
 from compresslab.manifest import atomic_write_json, cpu_flags
 from compresslab.models.attention import eager_attention
 from compresslab.models.loading import save_tokenizer
+
+# names that lived here before export.parity (imported from this module by callers and tests)
+__all__ = ["BINARY_ORT_NOTE", "ExportError", "ExportResult", "MIN_EXACT_FRACTION", "ParityError", "QDQ_ATOL",
+           "QDQ_NOTE", "check_parity", "eager_attention", "export_model", "export_onnx", "input_names_for"]
 
 log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
     """Neither ONNX exporter could trace the model; the message carries both causes."""
-
-
-class ParityError(ValueError):
-    """ONNX Runtime disagrees with PyTorch past the tolerance (or in shape, or with NaNs)."""
-
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.report = report
-        self.max_abs_diff = report.get("max_abs_diff")
-        self.atol = report.get("atol")
 
 
 @dataclass
@@ -82,24 +77,6 @@ class ExportResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
-class _ExportWrapper(nn.Module):
-    """Fixed positional signature returning one tensor, so both exporters see the same graph.
-
-    Returns ``logits (B, C)`` for task heads or ``last_hidden_state (B, T, H)`` for bare encoders
-    (pooling stays outside the graph so one export serves any pooling).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs, return_dict=True)[0]
-
 
 def input_names_for(model: nn.Module, tokenizer: Any = None) -> list[str]:
     """Graph inputs: ids and mask, plus ``token_type_ids`` when both model and tokenizer use them.
@@ -112,13 +89,6 @@ def input_names_for(model: nn.Module, tokenizer: Any = None) -> list[str]:
     makes = tokenizer is None or "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
     return names + ["token_type_ids"] if accepts and makes else names
 
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _to_torch(feeds: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
 
 
 def _keep_inputs(path: Path, input_names: Sequence[str], level: int = logging.INFO) -> None:
@@ -189,123 +159,6 @@ BINARY_ORT_NOTE = ("ONNX Runtime has no 1-bit kernels: the binary model runs as 
                    "(signs as Where/GreaterOrEqual, Bi-Attention as MatMul + Greater), so its ORT speed is fp32 "
                    "speed; 1 bit per weight is the packed checkpoint's storage, and FLOPs savings are theoretical")
 
-# The parity of a model with step-function activations (binary: sign; int8 QDQ: a uint8 grid):
-# examples whose outputs stay within atol of torch must be at least this fraction; the rest are
-# flip cascades (see check_parity). A real export fault (a wrong attention function, a dropped op, a
-# wrong weight) moves every example, not a few.
-MIN_EXACT_FRACTION = 0.9
-
-
-def _sign_sensitive(model: nn.Module) -> bool:
-    """A frozen binarized model (BiBERT): its activations go through sign(), so an ulp between
-    torch and ORT at a value ~1e-7 can flip a sign and cascade through every later layer."""
-    from compresslab.models.binary import is_binary
-
-    return is_binary(model)
-
-
-def _is_qdq(model: nn.Module) -> bool:
-    """An int8 QAT model (``models.qdq``): exported as a plain QDQ graph."""
-    from compresslab.models.qdq import is_qdq
-
-    return is_qdq(model)
-
-
-def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapping[str, Any]], *,
-                 atol: float = 1e-4, threads: int | None = None, exporter: str = "",
-                 graph: str = "", optimization: str = "all") -> dict[str, Any]:
-    """Compare PyTorch (eager attention) with ORT on ``batches``; raise :class:`ParityError` past ``atol``.
-
-    3-D outputs are compared on real tokens only: padded positions are garbage in both and
-    every pooling masks them. Argmax agreement is reported for classifiers (``None`` otherwise).
-
-    Binary models (``models.binary.is_binary``) are held to a different rule, since sign() turns
-    last-ulp differences into ±1 flips: torch and ORT compute LayerNorm and GELU's Erf to slightly
-    different last bits, so a pre-sign value of ~1e-7 (or ORT's ``-0`` where torch has ``-1.7e-7``)
-    maps to +1 in one and -1 in the other, and the flip cascades through the later binary layers
-    (an example's logits then differ by up to ~0.5, its prediction rarely). Both outputs are right
-    to within fp rounding; neither is the reference. So a binary model's parity reports the max
-    logit difference, the number of examples past ``atol`` and the argmax agreement, and raises
-    only on non-finite outputs, a shape mismatch, or fewer than
-    :data:`MIN_EXACT_FRACTION` of the examples within ``atol`` (an export fault moves every
-    example). int8 QDQ models (``models.qdq.is_qdq``) get the same rule: their activations are rounded
-    to a uint8 grid, and an activation torch and ORT compute a few ulps apart can land on the other
-    side of a grid midpoint (one step, ~1e-2) and cascade. Every other model keeps the plain ``atol`` rule. ``optimization`` is ORT's graph
-    optimization level (``eval.onnx_runner.GRAPH_OPTIMIZATION``).
-    """
-    runner = OnnxRunner(onnx_path, threads=threads, optimization=optimization)
-    wrapper = _ExportWrapper(model)
-    device = _device(model)
-    binary = _sign_sensitive(model)
-    # QDQ models round activations to a uint8 grid: the same kind of discontinuity, one grid step instead of a sign
-    stepwise = binary or _is_qdq(model)
-    max_d, sum_d, n_el, n_ex, agree, n_cls, finite, over = 0.0, 0.0, 0, 0, 0, 0, True, 0
-    with eager_attention(model), torch.no_grad():
-        for batch in batches:
-            feeds = runner.feeds(batch)
-            ref = wrapper(**_to_torch(feeds, device)).float().cpu().numpy()
-            out = runner.session.run(runner.output_names[:1], feeds)[0]
-            if out.shape != ref.shape:
-                raise ParityError(f"{graph or 'ONNX'} output shape {out.shape} != PyTorch {ref.shape}",
-                                  {"graph": graph, "exporter": exporter, "atol": atol})
-            diff = np.abs(out.astype(np.float64) - ref)
-            if diff.ndim == 3:
-                real = feeds["attention_mask"].astype(bool)
-                per_ex = np.where(real[..., None], diff, 0.0).reshape(len(diff), -1).max(-1, initial=0.0)
-                diff = diff[real]
-            else:
-                per_ex = diff.reshape(len(diff), -1).max(-1, initial=0.0)
-            finite &= bool(np.isfinite(diff).all())
-            max_d = max(max_d, float(np.nanmax(diff, initial=0.0)))
-            sum_d, n_el, n_ex = sum_d + float(np.nansum(diff)), n_el + diff.size, n_ex + len(ref)
-            over += int((~(per_ex <= atol)).sum())
-            if ref.ndim == 2 and ref.shape[1] > 1:
-                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-                n_cls += len(ref)
-    if n_ex == 0:
-        raise ValueError("parity needs at least one batch")
-    report = {"graph": graph, "exporter": exporter, "max_abs_diff": max_d, "mean_abs_diff": sum_d / max(n_el, 1),
-              "atol": atol, "n_examples": n_ex, "argmax_agreement": agree / n_cls if n_cls else None,
-              "examples_over_atol": over}
-    if stepwise:
-        # (short and full name of the kind, its activations, what its flips are, why they happen)
-        kind, name, acts, flips, cause = (
-            ("binary", "binary", "sign activations", "sign flips",
-             "|x| ~ 1e-7 pre-sign values rounded differently by torch and ORT") if binary else
-            ("QDQ", "int8 QDQ", "uint8 activations", "rounding-boundary flips",
-             "an activation torch and ORT compute a few ulps apart lands on the other side of a grid midpoint and "
-             "moves by one step"))
-        report["rule"] = (f"{name} model ({acts}): at least "
-                          f"{MIN_EXACT_FRACTION:.0%} of examples within atol; the rest are {flips} ({cause}) "
-                          f"cascading through later layers")
-        passed = finite and (n_ex - over) >= MIN_EXACT_FRACTION * n_ex
-        report["passed"] = passed
-        if finite and over:
-            log.info("%s: %d of %d examples differ from torch past atol %.3g (max |diff| %.3g, argmax agreement %s):"
-                     " %s of a %s model, reported, not failed", graph or onnx_path, over, n_ex, atol,
-                     max_d, report["argmax_agreement"], flips, kind)
-        if not passed:
-            why = "non-finite outputs" if not finite else (
-                f"{over} of {n_ex} examples past atol {atol:.3g} (max |diff| {max_d:.3g}); flips touch a few "
-                f"examples, this many means the graph computes something else")
-            raise ParityError(f"ONNX parity failed for {kind} model {graph or onnx_path}: {why} "
-                              f"(exporter {exporter})", report)
-        return report
-    if not finite or max_d > atol:
-        why = "non-finite outputs" if not finite else f"max |diff| {max_d:.3g} > atol {atol:.3g}"
-        raise ParityError(f"ONNX parity failed for {graph or onnx_path}: {why} over {n_ex} examples "
-                          f"(mean |diff| {report['mean_abs_diff']:.3g}, exporter {exporter})", report)
-    report["passed"] = True  # every parity report says it passed (a failure raises), whatever rule judged it
-    return report
-
-
-# Parity of an int8 QDQ model (models.qdq) is checked with ORT running the graph as ONNX defines it
-# (graph optimization "basic": QuantizeLinear/DequantizeLinear in float, fp32 MatMul), which is the
-# function the torch fake-quant model computes; the tolerance is wider than fp32's because an input
-# that torch and ORT compute a few ulps apart (LayerNorm, GELU's Erf) can land on the other side of a
-# rounding boundary of its uint8 grid: that element then moves by one step s_x (~1e-2), and the flip
-# carries through the later layers. See export_model for the int8-kernel run, reported beside it.
-QDQ_ATOL = 5e-2
 QDQ_NOTE = ("int8 QDQ model: deployed as the plain (unfused) graph, weights as int8 initializers with zero point 0 "
             "feeding DequantizeLinear -> MatMul (the form sparse int8 engines such as DeepSparse pattern-match; ORT "
             "fuses each Q/DQ + MatMul into its int8 kernel at load); parity checked with ORT running the graph as ONNX "
