@@ -2,8 +2,9 @@
 
 Layout of the export directory (what optimum's ``ORTModelForSequenceClassification`` loads)::
 
-    model.onnx           the DEPLOYED fp32 graph: fused by ORT's transformer optimizer when
-                         optimize=True (the speed denominator ``ort_fp32``), else the raw export
+    model.onnx           the DEPLOYED graph (fp32, or int8 QDQ for an int8 QAT model: see
+                         :func:`graph_format`): fused by ORT's transformer optimizer when optimize=True
+                         (the dense teacher's: the speed denominator ``ort_fp32``), else the raw export
     model_unfused.onnx   the raw export, kept for debugging and re-fusing (optimize=True only)
     config.json, tokenizer files, parity.json
 
@@ -71,6 +72,8 @@ class ExportResult:
     binary: bool = False  # a frozen binarized (BiBERT) model: sign-flip parity rule, no 1-bit kernels in ORT
     qdq: dict[str, Any] | None = None  # an int8 QAT model: its plain QDQ graph (export.qdq.qdq_summary + fold)
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # what the graph computes in, read from it (export.precision.precision_label)
+    format: str = "fp32"  # the same in words (graph_format): "int8 QDQ (QAT)", "fp32 (binary: ±1 values)", ...
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,6 +203,25 @@ def _expected_attention_layers(model: nn.Module) -> int | None:
         return None
 
 
+def graph_format(model: nn.Module, onnx_path: str | Path) -> tuple[str, str]:
+    """(precision, format) of the exported graph of ``model``: the precision read from the graph itself
+    (``export.precision.precision_label``: ``int8`` for a QDQ graph) and what it is, in words. A torch-stage
+    quantized model is not always an fp32 graph: int8 QAT exports int8 weights and uint8 activations (QDQ);
+    a binary or n-bit fake-quant model exports an fp32 graph whose values are ±1 or on an n-bit grid."""
+    from compresslab.export.precision import precision_label
+    from compresslab.models.quantized import quantized_modules
+
+    precision = precision_label(onnx_path)
+    if _is_qdq(model):
+        return precision, "int8 QDQ (QAT)"
+    if _sign_sensitive(model):
+        return precision, f"{precision} (binary: ±1 weights and sign activations as {precision} values)"
+    bits = sorted({int(m.bits) for m in quantized_modules(model).values()})
+    if bits:
+        return precision, f"{precision} ({'/'.join(map(str, bits))}-bit fake-quant weights as {precision} values)"
+    return precision, precision
+
+
 def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_batches: Iterable[Mapping[str, Any]],
                  *, optimize: bool = True, atol: float = 1e-4, opset: int = 17, threads: int | None = None,
                  keep_unfused: bool = True) -> ExportResult:
@@ -268,8 +290,9 @@ def export_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, sample_b
     if notes:
         parity["notes"] = notes
     atomic_write_json(out_dir / "parity.json", parity)
+    precision, fmt = graph_format(model, deployed)
     return ExportResult(dir=out_dir, onnx_path=deployed,
                         unfused_path=raw if optimize and keep_unfused else None, exporter=exporter,
                         opset=opset, input_names=names, output_name=output_name,
                         fused_attention_nodes=fused_n, attention_heads=heads, parity=parity, binary=binary,
-                        qdq=qdq_record, notes=notes)
+                        qdq=qdq_record, notes=notes, precision=precision, format=fmt)

@@ -48,12 +48,18 @@ def _torch_changed_after_teacher(manifest: RunManifest) -> bool:
 
 
 def export(state: RunState, run_dir: Path, manifest: RunManifest) -> OnnxModel:
-    """Export the current torch model (and the dense teacher, the speed denominator) once."""
+    """Export the current torch model (and the dense teacher, the speed denominator) once.
+
+    ``export.fp32`` is the final model's export WHATEVER its precision: the key is older than int8 QAT and
+    is kept, since resumed runs and every reader of existing manifests (the bench, deploy and DeepSparse
+    stages, the benchmarks) look it up by that name. Its ``precision`` and ``format`` fields say what
+    the graph is (``export.onnx.graph_format``: ``int8 QDQ (QAT)`` after int8_qat), and the report
+    shows them, not the key."""
     section = manifest.data.setdefault("export", {})
     out = run_dir / "export"
     if "fp32" in section and (run_dir / section["fp32"]["path"]).is_file():
         return OnnxModel(out, run_dir / section["fp32"]["path"])
-    log.info("export: ONNX (fp32, fused) with parity checks")
+    log.info("export: ONNX with parity checks")
     res = export_dir(state.model, state, out)
     section["fp32"] = _export_record(res, run_dir)
     if res.binary:
@@ -67,7 +73,8 @@ def export(state: RunState, run_dir: Path, manifest: RunManifest) -> OnnxModel:
 
 def _export_record(res: Any, run_dir: Path) -> dict[str, Any]:
     p = Path(res.onnx_path)
-    return {"path": str(p.relative_to(run_dir)), "size_bytes": p.stat().st_size, "exporter": res.exporter,
+    return {"path": str(p.relative_to(run_dir)), "size_bytes": p.stat().st_size,
+            "precision": res.precision, "format": res.format, "exporter": res.exporter,
             "fused_attention_nodes": res.fused_attention_nodes, "attention_heads": res.attention_heads,
             "parity": {k: v for k, v in res.parity.items() if k not in ("unfused", "notes")},
             "parity_unfused": res.parity.get("unfused"), "binary": res.binary, "qdq": res.qdq, "notes": list(res.notes)}
