@@ -8,8 +8,8 @@ unreadable there: the plain twin is converted. An int8 pipeline gets an int8 IR 
 ``deploy.int8``: ``ours`` (its own QDQ graph; when that is ORT's dynamic MatMulInteger form, our
 static QDQ calibration of the plain fp32 export), ``nncf`` (NNCF PTQ on the same calibration
 examples, in ``export/openvino_nncf/``: the peer's method) or ``auto`` (both, the higher
-validation agreement with the teacher). A graph OpenVINO cannot convert, or an fp32 IR past
-the export tolerance against torch, leaves ORT the deploy target (recorded, never a crash). An n-bit
+validation agreement with the teacher). A graph OpenVINO cannot convert, or an IR whose f32 parity
+against torch fails (``pipeline.ir_parity``), leaves ORT the deploy target (recorded, never a crash). An n-bit
 weight-only file (``MatMulNBits``) has no OpenVINO form here: its IR would be the fp32 model, its size win
 lost, so ``openvino`` is refused with the config (``preflight.check_nbits_deploy``) and ``auto`` keeps ORT with
 a note.
@@ -19,8 +19,8 @@ batch 32 (seq = the task's max_length), timed interleaved here, is deployed. Tha
 the machine's load (``deploy.auto.machine_load``); when other work ran (``busy``), the choice is
 kept but flagged in ``deploy.notes`` and warned about, since it rests on void timings.
 
-Manifest: ``export.openvino`` (IR file, source, int8, method, parity vs torch, int8 candidates and
-choice, notes or error),
+Manifest: ``export.openvino`` (IR file, source, int8, method, parity vs torch with a verdict at f32 and at
+the deployed precision, int8 candidates and choice, notes or error),
 ``export.deployed`` (path, runtime, precision, size) and ``deploy`` (requested, chosen, notes,
 ``auto`` figures).
 """
@@ -106,7 +106,7 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
                 validation: "ValidationAgreement | None" = None) -> dict[str, Any]:
     """Convert the deployed model to an IR under ``export/openvino/`` (once per run) and check its
     parity against torch; returns (and stores as ``export.openvino``) the record, with ``error``
-    when OpenVINO cannot convert it or the fp32 IR misses the export tolerance. An int8 pipeline
+    when OpenVINO cannot convert it or the IR compiled f32 fails its parity rule. An int8 pipeline
     gets an int8 IR per ``deploy.int8`` (ours / nncf / auto: see :func:`_int8_ir`)."""
     section = manifest.data.setdefault("export", {})
     done = section.get("openvino")
@@ -137,11 +137,16 @@ def _converted(state: RunState, src: Path, out: Path, run_dir: Path, threads: in
 
 
 def _add_ir(rec: dict[str, Any], state: RunState, xml: Path, run_dir: Path, threads: int) -> None:
-    """Record a written IR in ``rec``: its path and its parity check (``error`` when an fp32 IR misses it)."""
+    """Record a written IR in ``rec``: its path and its parity checks (``pipeline.ir_parity``: ``error`` when
+    the IR compiled f32 fails its rule, a note when it fails at the deployed precision)."""
+    from compresslab.pipeline.ir_parity import check_ir
+
     rec["path"] = _rel(xml, run_dir)
-    rec.update(_check_ir(state, xml, threads))
+    checked = check_ir(state, xml, threads)
+    rec.setdefault("notes", []).extend(checked.pop("notes", []))
+    rec.update(checked)
     if rec.get("precision_note"):
-        rec.setdefault("notes", []).append(rec["precision_note"])
+        rec["notes"].append(rec["precision_note"])
 
 
 def _outlier_split(path: Path) -> bool:
@@ -236,7 +241,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     ok = [k for k in cands if "error" not in cands[k]]
     if not ok:
         return {**cands[want[0]], "notes": notes + cands[want[0]]["notes"], "candidates": cands}
-    chosen, choice = ok[0], {"rule": f"deploy.int8={d.int8}", "candidates": ok}
+    # requested: the setting as given, beside the method chosen (int8_method), so no reader takes one for the other
+    chosen, choice = ok[0], {"rule": f"deploy.int8={d.int8}", "requested": d.int8, "candidates": ok}
     if len(ok) > 1:
         scores = validation.agreement({k: run_dir / cands[k]["path"] for k in ok}, threads)
         key = validation.key
@@ -353,41 +359,6 @@ def _ops_in_error(message: str, onnx_path: Path) -> list[str]:
     ops = {f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes}
     named = sorted(op for op in ops if re.search(rf"(?<![\w.]){re.escape(op)}(?!\w)", text))
     return named or unreadable_ops(onnx_path) or ["(none named)"]
-
-
-def _check_ir(state: RunState, xml: Path, threads: int) -> dict[str, Any]:
-    """Parity of the IR (compiled f32: the graph's own fidelity) against torch on the export's real
-    padded batches; the compiled precision per setting. An fp32 IR past ``export.atol`` -> error."""
-    from compresslab.bench.openvino_runner import OpenVinoRunner
-    from compresslab.eval.evaluate import torch_forward
-    from compresslab.pipeline.export import _parity_batches
-
-    e = state.settings.export
-    runner = OpenVinoRunner(xml, threads, "f32")
-    ref_fwd = torch_forward(state.model)
-    max_d, n, agree, n_cls = 0.0, 0, 0, 0
-    for b in _parity_batches(state, e.parity_examples):
-        ref = ref_fwd(b)
-        out = runner.run({k: v.numpy() for k, v in b.items()})
-        diff = np.abs(out.astype(np.float64) - ref)
-        if diff.ndim == 3:
-            diff = diff[b["attention_mask"].numpy().astype(bool)]
-        max_d, n = max(max_d, float(np.max(diff, initial=0.0))), n + len(ref)
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            agree, n_cls = agree + int((out.argmax(-1) == ref.argmax(-1)).sum()), n_cls + len(ref)
-    parity = {"graph": "openvino_ir", "precision": "f32", "max_abs_diff": max_d, "atol": e.atol,
-              "n_examples": n, "argmax_agreement": agree / n_cls if n_cls else None}
-    rec: dict[str, Any] = {"parity": parity, "compiled_precision": {"f32": runner.compiled_precision}}
-    d = state.settings.deploy
-    if d.precision != "f32":
-        # a binary IR compiles 'default' as f32 and refuses bf16 (openvino_runner.resolve_precision)
-        asked = OpenVinoRunner(xml, threads, d.precision)
-        rec["compiled_precision"][d.precision] = asked.compiled_precision
-        if asked.precision_note:
-            rec["precision_note"] = asked.precision_note
-    if not is_int8(xml) and not (np.isfinite(max_d) and max_d <= e.atol):
-        rec["error"] = f"IR parity vs torch: max |diff| {max_d:.3g} > atol {e.atol:.3g}"
-    return rec
 
 
 def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int,
