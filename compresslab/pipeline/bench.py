@@ -80,9 +80,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         path, precision = ir
         runners["deployed"] = OpenVinoRunner(path, threads, precision, vocab_size=vocab)
         ran["deployed"] = (path, _openvino_precision(runners["deployed"]))
-        notes.append(f"deployed is the OpenVINO IR {_rel(path, run_dir)} (deploy.runtime=openvino), compiled as "
-                     f"{runners['deployed'].compiled_precision}; the pipeline's ONNX file runs on ORT as "
-                     "deployed_onnx_ort.")
+        notes.append(deployed_ir_note(manifest.data, path, runners["deployed"].compiled_precision, run_dir))
     skipped: dict[str, str] = {}
     if "openvino" in b.backends:
         deployed_compiled = (ir[0], runners["deployed"].compiled_precision) if ir is not None else None
@@ -163,6 +161,16 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
 def precision_notes(runners: dict[str, Any]) -> list[str]:
     """One note per OpenVINO runner whose precision was forced (a binary model's ``default`` -> f32)."""
     return [f"{name}: {r.precision_note}" for name, r in runners.items() if getattr(r, "precision_note", None)]
+
+
+def deployed_ir_note(data: dict[str, Any], path: Path, compiled: str, run_dir: Path) -> str:
+    """What the ``deployed`` cell runs when the deploy stage chose the OpenVINO IR ``path``, and by which setting:
+    as the user gave it (``deploy.runtime=auto: chose openvino``), never the chosen runtime as if it were set."""
+    from compresslab.report.export import runtime_choice
+
+    return (f"deployed is the OpenVINO IR {_rel(path, run_dir)} "
+            f"({runtime_choice(data, detail=False) or 'deploy.runtime=openvino'}), compiled as {compiled}; the "
+            "pipeline's ONNX file runs on ORT as deployed_onnx_ort.")
 
 
 def _deployed_ir(manifest: RunManifest, run_dir: Path) -> tuple[Path, str] | None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from compresslab.report import facts as F
+from compresslab.report.export import deploy_choice, export_section
 from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
 from compresslab.report.speed import busy_banner, speed_section
@@ -119,6 +120,8 @@ def _summary(m: Mapping[str, Any]) -> list[Block]:
     if dep.size_bytes and ref is not None and ref.size_bytes:
         items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
                      f"export ({times(ref.size_bytes / dep.size_bytes)} smaller).")
+    if choice := deploy_choice(m):  # what the user set beside what an ``auto`` chose
+        items.insert(0, f"Deploy: {choice}.")
     label = F.get(m, "export", "deployed", "label")
     out: list[Block] = [Heading("Summary"),
                         Para(f"Deployed: {plain(label or 'deployed')}, "
@@ -314,32 +317,6 @@ def _quant(m: Mapping[str, Any]) -> list[Block]:
     return [Heading("Quantization"), *out] if out else []
 
 
-def _export(m: Mapping[str, Any]) -> list[Block]:
-    out: list[Block] = [Heading("Export and parity")]
-    exp = F.as_dict(m.get("export"))
-    if not exp:
-        return out + [_missing("export")]
-    rows = []
-    for name, v in ((n, F.as_dict(x)) for n, x in exp.items()):
-        label = str(v.get("label") or name)
-        rows.append([name if label == name else f"{name} ({label})", plain(F.run_relative(v.get("path"), m)),
-                     mb(F.num(v.get("size_bytes"))), plain(v.get("exporter")), plain(v.get("fused_attention_nodes"))])
-    out.append(Table(["artifact", "path", "size (MB)", "exporter", "fused attention nodes"], rows))
-    parity = F.as_dict(F.get(exp, "fp32", "parity"))
-    if parity:
-        diff, atol = F.num(parity.get("max_abs_diff")), F.num(parity.get("atol"))
-        if isinstance(parity.get("passed"), bool):  # the verdict of whatever rule judged it (older manifests: none)
-            verdict = "ok" if parity["passed"] else "FAILED"
-        else:
-            verdict = DASH if diff is None or atol is None else "ok" if diff <= atol else "FAILED"
-        out.append(Table(["check", "value"], [["verdict", verdict]] +
-                         [[k, plain(v)] for k, v in parity.items()],
-                         "ONNX Runtime vs PyTorch outputs on the fp32 export."))
-    else:
-        out.append(Para("No parity record for the fp32 export."))
-    return out
-
-
 # when a binary run's export left no note of its own (e.g. the export has not run)
 NO_1BIT_KERNELS = ("ONNX Runtime has no 1-bit kernels: the binary model runs as fp32 MatMuls on ±1 values, so "
                    "its ORT speed is fp32 speed; 1 bit per weight is storage, and FLOPs savings are theoretical.")
@@ -490,7 +467,7 @@ def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[s
              f"({m.get('task', '?')})")
     doc = Document(title, _status(m))
     for part in (_summary(m), _headline(m, plots), _steps(m, plots), speedup_targets(m), selection_section(m),
-                 _quant(m), _size(m), _export(m), speed_section(m), _notes(m), _environment(m, run_dir)):
+                 _quant(m), _size(m), export_section(m), speed_section(m), _notes(m), _environment(m, run_dir)):
         doc.blocks += part
     if plot_errors:
         doc.blocks += [Heading("Plot errors", 3),
