@@ -19,8 +19,9 @@ whole file) records in ``meta.machine_load``
 
 Entries written by earlier processes are kept (a resumed benchmark), so an item measured busy stays
 flagged until the file is made afresh, or until every speed figure is measured again in one phase
-(:meth:`ResultsFile.restart_timings`, the suite's timing of a task). Files that are not results (a list of run dirs, a provenance
-tag, ``_timed.py``'s record) are written with :func:`write_aside`.
+(:meth:`ResultsFile.restart_timings`, the suite's timing of a task, or its keeping of an earlier phase's figures;
+the windows a build closed, which time no figure, go under ``runs`` then). Files that are not results (a list of
+run dirs, a provenance tag, ``_timed.py``'s record) are written with :func:`write_aside`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from compresslab.bench.machine_load import BUSY_OTHER_CPU, LoadMeter, closed_windows, combine, find_records
 from compresslab.manifest import atomic_write_json, read_json
@@ -72,6 +73,7 @@ class ResultsFile:
         self._stamped = len(closed_windows())
         self._runs: dict[str, dict[str, Any]] = {}
         self._fresh_timings = False  # restart_timings(): earlier processes' windows describe no figure any more
+        self._keep_timings: frozenset[str] = frozenset()  # ...but these (restart_timings' keep)
 
     def load(self) -> dict:
         return read_json(self.path) if self.path.is_file() else {}
@@ -100,25 +102,30 @@ class ResultsFile:
         self._runs[name] = rec
         return rec
 
-    def restart_timings(self, before: int | None = None, builds: str = "builds before the timing phase") -> None:
-        """Every speed figure of the file is about to be measured again, all in one phase (the suite's timing
-        of a task): forget the timing windows recorded so far, so a window that no longer describes any
-        figure (an earlier run's, or a discarded build's) cannot void the new ones.
+    def restart_timings(self, before: int | None = None, builds: str = "builds before the timing phase",
+                        keep: Collection[str] = ()) -> None:
+        """Every speed figure of the file is about to come from one phase: measured again, all together (the
+        suite's timing of a task), or kept from the earlier phase in ``keep`` (a run that did not time): forget the
+        other timing windows recorded so far, so a window that no longer describes any figure (an earlier run's,
+        or a build's) cannot void them.
 
-        Windows this process closed before the call (a cell build's own speedup checks, a runtime choice)
-        are not lost: combined into one record under ``meta.machine_load.runs[builds]`` (a busy one still
-        flags the file, naming the builds); the report's "speed figures void" banner reads ``timings`` only.
-        Earlier processes' timing windows are dropped at the next write; intervals and runs are kept.
+        Windows this process closed before the call (a cell build's own speed checks: a ZipLM latency table
+        while it trained, a runtime choice) time no figure of the file: they are not lost, but combined into one
+        record under ``meta.machine_load.runs[builds]`` (a busy one still flags the file, naming the builds),
+        never under ``timings`` (what voids the figures; the report's "speed figures void" banner reads it).
+        Earlier processes' timing windows are dropped at the next write, but those whose id is in ``keep``
+        (the earlier phase whose figures a run that did not time kept); intervals and runs are kept.
         ``before``: the process's count of closed windows (``len(closed_windows())``) when the phase began,
-        for a call made after the phase succeeded (a refused phase keeps the file's earlier timings); the
-        windows from there on are the phase's own and stay in ``timings``. Default: every window so far.
+        for a call made after the phase succeeded; the windows from there on are the phase's own and stay in
+        ``timings``. Default: every window so far. A run that did not time names in ``keep`` the windows of the
+        earlier phase whose figures it kept (none kept: nothing describes a figure, so none stay).
         """
         end = len(closed_windows()) if before is None else before
         windows = closed_windows(self._stamped)[:max(0, end - self._stamped)]
         self._stamped = max(self._stamped, end)
         if windows:
             self._runs[builds] = {**combine(windows), "run": "this process, before the timing phase"}
-        self._fresh_timings = True
+        self._fresh_timings, self._keep_timings = True, frozenset(keep)
 
     def get(self, keys: Sequence[str], default: Any = None) -> Any:
         node: Any = self.load()
@@ -134,8 +141,11 @@ class ResultsFile:
     def _write(self, data: dict, item: str, kept: Mapping[str, Any]) -> None:
         windows = closed_windows(self._stamped)
         self._stamped += len(windows)
-        timings = {} if self._fresh_timings else {t["id"]: t for t in kept.get("timings") or []
-                                                  if isinstance(t, Mapping) and "id" in t}
+        timings = {t["id"]: t for t in kept.get("timings") or [] if isinstance(t, Mapping) and "id" in t
+                   and (not self._fresh_timings or t["id"] in self._keep_timings)}
+        # once: what this write keeps is the file's timings from now on (a later write, such as the suite's
+        # rewrite with voided verdicts, must not drop the phase's windows it just wrote)
+        self._fresh_timings, self._keep_timings = False, frozenset()
         timings.update({w["id"]: _compact(w, item) for w in windows})
         intervals = dict(kept.get("intervals") or {})
         lap = self._meter.lap()

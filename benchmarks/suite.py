@@ -29,7 +29,9 @@ medians at the configured sequence length, and real-length throughput over dev; 
 window, the peers timed in their own venv, one after the other. It is refused, with
 the reason, when training or tests hold their lock or other processes use the CPU
 (:func:`compresslab.bench.quiet.require_quiet`); the scores are still written and earlier timings of
-unchanged cells kept. The verdicts (``benchmarks/verdicts.py``: for each peer that ran, which of ours
+unchanged cells kept, with the phase they come from (``suite_timing.timing_phase``). Only that phase's timing
+windows can void the figures; those a build closed (ZipLM's latency table while it trained) are the builds'
+(``suite_phase.py``), and the report tells them apart. The verdicts (``benchmarks/verdicts.py``: for each peer that ran, which of ours
 beat it and by which rule, or that it wins) and which runtime is faster per pipeline (``runtimes``) are
 derived from the figures. Writes ``benchmarks/results/suite_<task>.json`` (atomically, stamped with the
 machine's load) and rebuilds ``benchmarks/REPORT.md`` / ``REPORT.html`` from every suite file.
@@ -55,7 +57,8 @@ from .store import CellStore, cell_key
 from .suite_applies import loss_statement, skip_reason
 from .suite_openvino import faster_runtime, method_of, nncf_artifact, openvino_artifact, recipe_of
 from .suite_plan import CONFIG, SuiteError, TaskPlan, cell_specs, list_suite, load_config, plan
-from .suite_timing import apply_timing, keep_earlier_timings, time_cells
+from .suite_phase import REFUSED, busy_reasons, phase_of
+from .suite_timing import timing_phase
 from .verdicts import guarded_task_verdicts as _verdicts
 from .verdicts import void_if_busy
 
@@ -356,9 +359,7 @@ def run_task(p: TaskPlan, *, work: Path, results_dir: Path, timing: bool, quiet:
 def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
               quiet: Mapping[str, Any] | None) -> int:
     from compresslab.bench.env import cpu_flags, hardware_fingerprint
-    from compresslab.bench.machine_load import closed_windows
     from compresslab.manifest import git_sha, library_versions
-    from compresslab.runlock import MachineBusyError
 
     results = ResultsFile(results_dir / f"suite_{p.task}.json")
     old = load_results(results)
@@ -369,34 +370,17 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
     sysd = systems(cells, store, teacher, agree_vs)
     keys = {n: c["key"] for n, c in cells.items() if c.get("status") == "finished"}
     flags = cpu_flags()
-    code, timing_meta = 0, {"status": "skipped (--no-timing)"}
-    if timing:
-        phase_start = len(closed_windows())
-        try:
-            t = time_cells(cells, teacher, p, quiet=quiet)
-            # every speed figure of the file now comes from this one phase: earlier windows (an earlier run's,
-            # a discarded build's speedup checks) no longer describe any of them; the builds' own go to runs
-            results.restart_timings(before=phase_start)
-            apply_timing(sysd, t["results"])
-            timing_meta = {"status": "timed", **t["meta"]}
-        except MachineBusyError as e:
-            log.error("%s", e)
-            print(f"suite: {e}", file=sys.stderr)
-            code, timing_meta = EXIT_TIMING_REFUSED, {"status": "refused", "reason": str(e)}
-    if timing_meta["status"] != "timed":
-        timing_meta["kept_from_earlier_run"] = keep_earlier_timings(sysd, keys, old)
-        before = (old.get("meta") or {}).get("timing") or {}
-        # the kept figures' own phase (quiet check, wall time, bridging references) stays with them
-        earlier = before if before.get("status") == "timed" else before.get("earlier_phase")
-        if timing_meta["kept_from_earlier_run"] and earlier:
-            timing_meta["earlier_phase"] = {k: v for k, v in earlier.items() if k != "earlier_phase"}
+    timing_meta = timing_phase(results, cells, sysd, keys, old, teacher, p, timing=timing, quiet=quiet)
+    code = 0
+    if timing_meta["status"] == REFUSED:
+        print(f"suite: {timing_meta['reason']}", file=sys.stderr)
+        code = EXIT_TIMING_REFUSED
     label_free = ({"label_free": loss_statement({pl: c["spec"]["args"] for pl, c in cells.items()
                                                  if c["spec"]["kind"] == "pipeline"})}
                   if teacher.head == "encoder" else {})
     data = {"teacher_score": teacher.score, "systems": sysd,
             "verdicts": _verdicts(sysd, agree_vs, classification=_classify(teacher),
-                                  external=(timing_meta if timing_meta["status"] == "timed"
-                                            else timing_meta.get("earlier_phase") or {}).get("external")),
+                                  external=phase_of({"timing": timing_meta}).get("external")),
             "runtimes": faster_runtime(sysd, p.whole().pipelines) if p.openvino else {},
             "meta": {"task": p.task, "metric": teacher.task.spec.primary_metric, "budget": p.budget,
                      "split": f"{p.task} dev ({len(teacher.dev)})", "teacher_sha256": teacher.sha,
@@ -422,9 +406,8 @@ def _run_task(p: TaskPlan, task_work: Path, results_dir: Path, timing: bool,
                      "versions": library_versions(), "hardware": hardware_fingerprint(p.threads),
                      "command": "python -m benchmarks.suite " + " ".join(sys.argv[1:])}}
     results.write(data)
-    busy = [f"{t.get('what')}: {', '.join(t.get('reasons') or []) or 'busy'}"
-            for t in results.get(["meta", "machine_load", "timings"], []) if t.get("busy")]
-    if busy:  # the file's stamp names the timing windows its figures come from; a busy one voids the verdicts
+    busy = busy_reasons(results.load().get("meta") or {}, p.task)
+    if busy:  # the windows of the phase the figures come from (builds' own checks are not among them)
         log.warning("%s: the timing was busy (%s): every verdict is undecided", p.task, "; ".join(busy))
         data["verdicts"] = void_if_busy(data["verdicts"], busy)
         results.write(data)

@@ -95,8 +95,8 @@ def refused_by(args: Sequence[str], task: Any) -> str | None:
 def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The reason a cell is not built on ``task`` (None: build it). A pipeline cell: a pass refuses the task
     (:func:`refused_by`); its OpenVINO cells: its pipeline was skipped (the NNCF one also: the pipeline does
-    not deploy int8, or its model is int8 already, as ``int8_qat`` makes it). Peers are always built (a tool that
-    cannot handle the task fails with its own error)."""
+    not deploy int8, or its model is quantized already, as ``int8_qat``, ``hawq`` or ``bibert`` leave it). Peers
+    are always built (a tool that cannot handle the task fails with its own error)."""
     if spec["kind"] == "pipeline":
         why = refused_by(spec["args"], task)
         return None if why is None else f"task {task.spec.name!r}: {why}"
@@ -114,7 +114,22 @@ def skip_reason(spec: Mapping[str, Any], task: Any, built: Mapping[str, Mapping[
             if of.get("run_dir") and (n := quantized_export(of)):
                 return (f"its pipeline {spec['of']}'s model is already int8 ({n} Quantize/DequantizeLinear nodes "
                         "in its export: a torch pass such as int8_qat quantized it): NNCF's PTQ takes an fp32 model")
+            # n-bit (hawq) or binary (bibert) weights export as a float graph: the pipeline's steps tell
+            if spec.get("args") and (step := _quantizing_step(spec["args"])):
+                return (f"its pipeline {spec['of']}'s model is quantized already (step {step} quantized the torch "
+                        "model itself): NNCF's PTQ takes an fp32 model")
     return None
+
+
+def _quantizing_step(args: Sequence[str]) -> str | None:
+    """``<step> (<pass>)`` of the run's first step that leaves its torch model quantized (preflight.quantizing_step:
+    int8_qat, hawq, bibert), or None."""
+    from compresslab.config import compose
+    from compresslab.pipeline import build_steps
+    from compresslab.pipeline.preflight import quantizing_step
+
+    step = quantizing_step(build_steps(compose(list(args))))
+    return None if step is None else f"{step.name} ({step.pass_.name})"
 
 
 def loss_statement(pipelines: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ that cell anew). Nothing here trains, builds, scores or times.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -61,11 +62,21 @@ class TaskPlan:
     def twin_of(self) -> dict[str, str]:
         """:func:`teacher_twins` over the config's pipelines (each one's torch model's method, composed)."""
         every = self.config_pipelines or self.pipelines
-        return teacher_twins(every, {pl: pipeline_model_method(self.args(pl)) for pl in every})
+        return teacher_twins(every, {pl: self.model_method(pl) for pl in every})
+
+    def model_method(self, pipeline: str) -> str:
+        """Whose torch model ``pipeline``'s run leaves (``suite_method.pipeline_model_method``; composed once per
+        command line in this process: the plan, its checks and the cell listing all ask)."""
+        return _model_method(tuple(self.args(pipeline)))
 
     def args(self, pipeline: str) -> list[str]:
         """The compresslab command line of ``pipeline``'s run (:func:`pipeline_overrides`)."""
         return pipeline_overrides(pipeline, [*self.overrides, *self.pipeline_extra.get(pipeline, ())])
+
+
+@lru_cache(maxsize=None)
+def _model_method(args: tuple[str, ...]) -> str:
+    return pipeline_model_method(args)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -149,17 +160,6 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
         raise SuiteError(f"unknown budget {budget!r}; the suite config has {list(cfg['budgets'])}")
     t, b = cfg["tasks"][task], cfg["budgets"][budget]
     pipelines, peers = list(cfg["pipelines"]), peer_names(cfg)
-    if cells is not None and not cells:  # `--cells ""` or `--cells ,`: never "every cell" by accident
-        raise SuiteError(f"--cells names no cell; give comma-separated names of pipelines {pipelines} or peers "
-                         f"{peers}, or leave --cells out for every cell")
-    asked_openvino = [c for c in cells or () if pipeline_of(c) in pipelines]
-    if cells:
-        # a pipeline's OpenVINO cell comes with its pipeline (it is made from the pipeline's run)
-        cells = [pipeline_of(c) if pipeline_of(c) in pipelines else c for c in cells]
-        unknown = [c for c in cells if c not in pipelines and c not in peers]
-        if unknown:
-            raise SuiteError(f"unknown cell(s) {unknown}; cells: pipelines {pipelines}, peers {peers}")
-        pipelines, peers = [p for p in pipelines if p in cells], [p for p in peers if p in cells]
     teacher = b.get("teacher") or t.get("teacher")
     threads = int(cfg.get("threads", 2))
     overrides = (*t.get("overrides", []), *b.get("overrides", []), *([f"budget.teacher={teacher}"] if teacher else []),
@@ -174,9 +174,54 @@ def plan(cfg: Mapping[str, Any], task: str, budget: str, cells: Sequence[str] | 
                   int(cfg.get("calibration_examples", 300)), {**cfg["timing"], **b.get("timing", {})},
                   b.get("cell_cpu_hours"), t.get("teacher_cpu_hours"), "openvino" in backends(cfg),
                   keep_fp32(cfg), smooth_grid(cfg), pipeline_extra(cfg, task), tuple(cfg["pipelines"]),
-                  tuple(peer_names(cfg)))
-    _check_openvino_cells(tp, asked_openvino)
-    return tp
+                  tuple(peers))
+    return tp if cells is None else _choose_cells(tp, cells)
+
+
+def _choose_cells(p: TaskPlan, cells: Sequence[str]) -> TaskPlan:
+    """``p`` with the pipelines and peers ``--cells`` asks for (a pipeline's OpenVINO cells come with it: they
+    are made from its run); SuiteError for an empty list or a name that is no cell of the task, listing every
+    cell the task has (:func:`cell_names`, each accepted here) and the nearest names."""
+    if not cells:  # `--cells ""` or `--cells ,`: never "every cell" by accident
+        raise SuiteError(f"--cells names no cell; give comma-separated names of {_listing(p)}, or leave --cells out "
+                         "for every cell")
+    of = {c: pipeline_of(c) for c in cells}
+    unknown = [c for c in cells if c not in p.pipelines and c not in p.peers and of[c] not in p.pipelines]
+    if unknown:
+        import difflib
+
+        every = [n for names in cell_names(p).values() for n in names]
+        near = {u: m[0] for u in unknown if (m := difflib.get_close_matches(u, every, n=1))}
+        guesses = [repr(m) if len(unknown) == 1 else f"{m!r} for {u!r}" for u, m in near.items()]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise SuiteError(f"unknown cell(s) {unknown}{hint}; {_listing(p)}")
+    _check_openvino_cells(p, [c for c in cells if of[c] in p.pipelines])
+    chosen = {of[c] if of[c] in p.pipelines else c for c in cells}
+    return replace(p, pipelines=tuple(pl for pl in p.pipelines if pl in chosen),
+                   peers=tuple(n for n in p.peers if n in chosen))
+
+
+def cell_names(p: TaskPlan) -> dict[str, list[str]]:
+    """Every cell of ``p``'s task that ``--cells`` accepts, grouped: our pipelines, their OpenVINO cells, NNCF's int8
+    of their models and the peers (the cells :func:`cell_specs` builds, by the same rules)."""
+    twins, nncf = openvino_twins(p, {pl: p.model_method(pl) for pl in p.pipelines})
+    return {"pipelines (ours)": list(p.pipelines), "their OpenVINO cells": [cell_name(pl) for pl in twins],
+            "NNCF's int8 of their models": [nncf_cell_name(pl) for pl in nncf], "peers": list(p.peers)}
+
+
+def _listing(p: TaskPlan) -> str:
+    groups = "; ".join(f"{g}: {', '.join(names)}" for g, names in cell_names(p).items() if names)
+    return f"the cells of task {p.task}: {groups}"
+
+
+def openvino_twins(p: TaskPlan, model_method: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The pipelines that get an OpenVINO cell and those that get an NNCF cell (none without the openvino backend):
+    every pipeline but one whose twin would duplicate another's (:func:`teacher_twins`); NNCF only where a pass of
+    ours changed the torch model (on the teacher, NNCF's int8 is the ``nncf_ptq_int8`` peer)."""
+    if not p.openvino:
+        return [], []
+    shared = p.twin_of()
+    return [pl for pl in p.pipelines if pl not in shared], [pl for pl in p.pipelines if model_method[pl] == OURS]
 
 
 def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
@@ -188,7 +233,7 @@ def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
         pl = pipeline_of(c)
         if not p.openvino:
             bad[c] = "the suite config's backends do not include openvino"
-        elif c == nncf_cell_name(pl) and pipeline_model_method(p.args(pl)) != OURS:
+        elif c == nncf_cell_name(pl) and p.model_method(pl) != OURS:
             bad[c] = (f"no pass of ours changes {pl}'s torch model (it is the shared teacher): NNCF's int8 of the "
                       "teacher is the nncf_ptq_int8 peer")
         elif c == cell_name(pl) and pl in (shared := p.twin_of()):
@@ -196,7 +241,7 @@ def _check_openvino_cells(p: TaskPlan, asked: Sequence[str]) -> None:
                       f"same IR as {cell_name(shared[pl])} (our IR recipe reads the plain fp32 export, not {pl}'s "
                       "ORT-file rewrites)")
     if bad:
-        raise SuiteError("no such cell: " + "; ".join(f"{c}: {why}" for c, why in bad.items()))
+        raise SuiteError("no such cell: " + "; ".join(f"{c}: {why}" for c, why in bad.items()) + f". {_listing(p)}")
 
 
 def teacher_twins(pipelines: Sequence[str], model_method: Mapping[str, str]) -> dict[str, str]:
@@ -213,10 +258,18 @@ def pipeline_overrides(pipeline: str, overrides: Sequence[str]) -> list[str]:
     """The run's command line: a pass setting (``pipeline.passes.<step>.<key>=``) only where the pipeline has
     that step (the config refuses settings of passes it does not run); deploy on ORT, no bench stage (the
     suite times every cell itself, together)."""
-    from compresslab.config import compose, keep_pass_overrides
+    from compresslab.config import keep_pass_overrides
 
-    kept = keep_pass_overrides(overrides, compose([f"+pipeline={pipeline}"]).pipeline.steps)
+    kept = keep_pass_overrides(overrides, _steps_of(pipeline))
     return [f"+pipeline={pipeline}", *kept, "deploy=ort", "bench=off"]
+
+
+@lru_cache(maxsize=None)
+def _steps_of(pipeline: str) -> tuple[str, ...]:
+    """The step names of ``conf/pipeline/<pipeline>.yaml`` (composed once per process: every plan asks)."""
+    from compresslab.config import compose
+
+    return tuple(compose([f"+pipeline={pipeline}"]).pipeline.steps)
 
 
 def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length: int,
@@ -247,21 +300,19 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
     model_method = {pl: model_method_of_config(c.pipeline) for pl, c in cfg.items()}
     todo += [(pl, method[pl], {"kind": "pipeline", "args": args[pl], "config_hash": run_hash[pl], **data})
              for pl in p.pipelines]
-    shared = p.twin_of() if p.openvino else {}
-    if p.openvino:  # after every pipeline: each is made from its pipeline's finished run
-        todo += [(cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
-                                                    "config_hash": run_hash[pl],
-                                              "calibration_examples": p.calibration_examples,
-                                              "keep_fp32": list(p.openvino_keep_fp32),
-                                              "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE,
-                                              "validation": examples_sha256(validation), **data})
-                 for pl in p.pipelines if pl not in shared]
-        # NNCF's int8 beside ours, for the pipelines whose torch model is ours (on the teacher it is the
-        # nncf_ptq_int8 peer already); the model's method, as ORT's quantizer in ziplm_int8 (suite_openvino)
-        todo += [(nncf_cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
-                                                         "args": args[pl], "config_hash": run_hash[pl],
-                                                         "calibration_examples": p.calibration_examples, **data})
-                 for pl in p.pipelines if model_method[pl] == OURS]
+    twins, nncf = openvino_twins(p, model_method)  # after every pipeline: each is made from its finished run
+    todo += [(cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "of": pl, "args": args[pl],
+                                                "config_hash": run_hash[pl],
+                                                "calibration_examples": p.calibration_examples,
+                                                "keep_fp32": list(p.openvino_keep_fp32),
+                                                "smooth_alpha": list(p.openvino_smooth_alpha), "recipe": RECIPE,
+                                                "validation": examples_sha256(validation), **data})
+             for pl in twins]
+    # NNCF's int8 beside ours; the model's method, as ORT's quantizer in ziplm_int8 (suite_openvino)
+    todo += [(nncf_cell_name(pl), model_method[pl], {"kind": "pipeline_openvino", "int8": "nncf", "of": pl,
+                                                     "args": args[pl], "config_hash": run_hash[pl],
+                                                     "calibration_examples": p.calibration_examples, **data})
+             for pl in nncf]
     for name in p.peers:
         peer = PEERS[name]
         try:

@@ -21,6 +21,9 @@ from compresslab.manifest import atomic_write_bytes, read_json
 from compresslab.report.fmt import mb, ms, pt
 from compresslab.report.render import Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
 
+from .suite_phase import (BUILDS, NO_TIMING, REFUSED, SKIPPED, TIMED, busy_reasons, figures_phase, split_windows,
+                          status_of)
+
 PLOT_DIR = "report_plots"  # beside REPORT.md
 
 
@@ -58,21 +61,12 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
     meta, sysd = data.get("meta") or {}, data.get("systems") or {}
     teacher = data.get("teacher_score")
     isa = _isa(meta)
-    timing = (meta.get("timing") or {})
-    load = meta.get("machine_load") or {}
     blocks: list[Any] = [Heading(f"{task} ({meta.get('metric', 'score')}, {meta.get('split', 'dev')})")]
     blocks.append(Para(f"Teacher {_pct(teacher)}; budget {meta.get('budget')}; {meta.get('threads')} threads; CPU "
                        f"{(meta.get('hardware') or {}).get('cpu', {}).get('model', '?')} [{isa}]; git "
                        f"{meta.get('git_sha')}."))
-    if timing.get("status") != "timed":
-        kept = timing.get("kept_from_earlier_run") or []
-        blocks.append(Para(f"Not timed in this run ({timing.get('status')}: {timing.get('reason', '')}). "
-                           + (f"Timings kept from an earlier run of the same cells: {', '.join(kept)}." if kept
-                              else "No latency figures: not yet measured."), "warn"))
-    # only the timing windows void speed figures (a busy wall-time interval of a build does not)
-    busy = [r for t in load.get("timings") or [] if t.get("busy") for r in t.get("reasons") or ["busy"]]
-    if busy:
-        blocks.append(Para("Timed on a busy machine, speed figures void: " + "; ".join(busy), "warn"))
+    blocks.append(timing_para(task, meta, sysd))
+    blocks += load_blocks(task, meta)
     rows = []
     for name, s in sysd.items():
         delta = None if s.get("score") is None or teacher is None else s["score"] - teacher
@@ -109,6 +103,83 @@ def task_blocks(task: str, data: Mapping[str, Any]) -> tuple[list[Any], dict[str
             pngs[f"suite_{task}_{cost}.png"] = png
             blocks.append(Image(f"suite_{task}_{cost}.png", title))
     return blocks, pngs
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def _when(phase: Mapping[str, Any]) -> str:
+    sha = phase.get("git_sha")
+    return f"{phase.get('at') or 'time not recorded'}, git {str(sha)[:12] if sha else 'sha not recorded'}"
+
+
+def timing_para(task: str, meta: Mapping[str, Any], sysd: Mapping[str, Mapping[str, Any]]) -> Para:
+    """Where this file's speed figures come from, as one clean sentence per fact: timed in this run; or not timed
+    (``--no-timing``, or refused on a busy machine with the check's reasons) and the earlier phase's figures kept
+    for every scored cell, for some of them (naming both sides), or for none; with when and at which git sha."""
+    timing = meta.get("timing") or {}
+    status, reason = status_of(timing)
+    source = figures_phase({"meta": meta}, task)
+    if status == TIMED:
+        n = len(timing.get("timed") or [])
+        return Para(f"Timed in this run ({_when(source)}): {n} cell{'s' * (n != 1)} in one timing phase.")
+    if status == SKIPPED:
+        head = ("Not timed in this run: --no-timing was given." if reason == NO_TIMING
+                else f"Not timed in this run: the timing phase was skipped ({reason or 'no reason recorded'}).")
+    elif status == REFUSED:
+        head = ("Not timed in this run: the machine was busy, so the timing phase was refused. The check said: "
+                + _sentence(reason or "no reason recorded"))
+    else:
+        head = f"Not timed in this run (timing status {status or 'not recorded'!r})."
+    kept = list(timing.get("kept_from_earlier_run") or [])
+    if not kept:
+        return Para(f"{head} No speed figures: no cell has a timing from an earlier phase (a timed run on a quiet "
+                    "machine measures them).", "warn")
+    source = f"the earlier timing phase ({_when(source)})"
+    untimed = [n for n, s in sysd.items() if s.get("score") is not None and n not in kept]
+    if not untimed:
+        return Para(f"{head} Every speed figure is kept from {source}, whose deployed files are unchanged: "
+                    f"{', '.join(kept)}.", "warn")
+    return Para(f"{head} Partly kept: the speed figures of {len(kept)} of {len(kept) + len(untimed)} scored cells "
+                f"come from {source}, whose deployed files are unchanged: {', '.join(kept)}. Not timed: "
+                f"{', '.join(untimed)} (new or rebuilt since).", "warn")
+
+
+def _window(t: Mapping[str, Any]) -> str:
+    if t.get("busy"):
+        return f"{t.get('what')}: BUSY ({'; '.join(t.get('reasons') or ['busy'])})"
+    return (f"{t.get('what')}: quiet (other processes {t.get('other_cpu_before')} CPU s per s before, at most "
+            f"{t.get('max_other_cpu_during')} during)")
+
+
+def load_blocks(task: str, meta: Mapping[str, Any]) -> list[Any]:
+    """The machine's load, told apart by what it can void (``suite_phase``): the windows of the timing phase the
+    speed figures come from (busy: every speed figure void, said in a banner), and the builds' own windows (a
+    ZipLM latency table while it trained, ...: busy, what that build chose by timing was chosen on a busy
+    machine; the speed figures are not touched)."""
+    load = meta.get("machine_load") or {}
+    if not load:
+        return []
+    phase, other = split_windows(meta, task)
+    timed = status_of(meta.get("timing") or {})[0] == TIMED
+    whose = "this run's" if timed else "the earlier one the kept figures come from"
+    lines = [f"timing phase ({whose}): {_window(t)}" for t in phase] or ["timing phase: none (no speed figures)"]
+    runs = {n: r for n, r in (load.get("runs") or {}).items() if isinstance(r, Mapping)}
+    label = {n: ("the cell builds' own speed checks (a ZipLM latency table while it trained, ...)" if n == BUILDS
+                 else f"pipeline run {n}") for n in runs}
+    lines += [f"{label[n]}: BUSY ({'; '.join(r.get('reasons') or ['busy'])}): what it chose by timing was chosen on "
+              "a busy machine; no speed figure above comes from it" for n, r in runs.items() if r.get("busy")]
+    if quiet := [label[n] for n, r in runs.items() if not r.get("busy")]:
+        lines.append(f"quiet: {', '.join(quiet)}")
+    lines += [f"not the timing phase's, void of no figure here (a build's speed check an older suite filed among the "
+              f"timings, or a phase whose figures are gone): {_window(t)}" for t in other]
+    out: list[Any] = []
+    if busy := busy_reasons(meta, task):
+        out.append(Para("Timed on a busy machine, speed figures void: " + "; ".join(busy), "warn"))
+    return out + [Para("Machine load (the timing phase's windows decide whether the speed figures are void; a "
+                       "build's own speed checks do not):"), Bullets(lines)]
 
 
 def _timing(t: str | None) -> str:

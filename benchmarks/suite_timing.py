@@ -6,17 +6,56 @@ timing was refused or skipped."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ._results import jsonable, since
+from ._results import ResultsFile, jsonable, since
 from .artifacts import Artifact, timing_runner
+from .suite_phase import BUILDS, NO_TIMING, REFUSED, SKIPPED, TIMED, figures_phase, phase_what
 
 if TYPE_CHECKING:
     from .suite import Teacher
     from .suite_plan import TaskPlan
 
 INTERLEAVED = "interleaved in one process"
+log = logging.getLogger("suite")
+
+
+def timing_phase(results: ResultsFile, cells: Mapping[str, Mapping[str, Any]], sysd: dict[str, dict[str, Any]],
+                 keys: Mapping[str, str], old: Mapping[str, Any], teacher: "Teacher", p: "TaskPlan", *,
+                 timing: bool, quiet: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The task's timing phase, or why there was none, as ``meta.timing``; the figures go into ``sysd``.
+
+    Whatever happens, the windows the builds closed (ZipLM's latency table while it trained, ...) are filed as the
+    builds' own (:meth:`ResultsFile.restart_timings`): they time no figure of the file, so they never void one.
+    ``timed``: every finished cell timed now, with when, the git sha and the phase's window ids. Otherwise
+    (``skipped``: ``--no-timing``; ``refused``: the machine was busy, with the check's message) the timings of
+    unchanged cells are kept (``kept_from_earlier_run``) with the phase they come from (``earlier_phase``), whose
+    windows stay the file's only timings."""
+    from compresslab.bench.machine_load import closed_windows
+    from compresslab.manifest import git_sha
+    from compresslab.runlock import MachineBusyError
+
+    meta: dict[str, Any] = {"status": SKIPPED, "reason": NO_TIMING}
+    if timing:
+        start = len(closed_windows())
+        try:
+            t = time_cells(cells, teacher, p, quiet=quiet)
+        except MachineBusyError as e:
+            log.error("%s", e)
+            meta = {"status": REFUSED, "reason": str(e)}
+        else:
+            results.restart_timings(before=start, builds=BUILDS)
+            apply_timing(sysd, t["results"])
+            return {"status": TIMED, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_sha": git_sha(),
+                    "windows": [w["id"] for w in closed_windows(start)], **t["meta"]}
+    meta["kept_from_earlier_run"] = keep_earlier_timings(sysd, keys, old)
+    earlier = figures_phase(old, p.task) if meta["kept_from_earlier_run"] else {}
+    if earlier:  # the kept figures' own phase (when, git sha, quiet check, bridging references) stays with them
+        meta["earlier_phase"] = earlier
+    results.restart_timings(builds=BUILDS, keep=earlier.get("windows") or ())
+    return meta
 
 
 def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "TaskPlan",
@@ -57,7 +96,7 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
     t0 = time.perf_counter()
     lat: dict[str, Any] = {"results": {}, "settings": None, "runners": {}}
     rl: dict[str, Any] = {"results": {}, "settings": None}
-    with timing_window(f"suite {p.task}: every cell, fixed shapes and real lengths", **window_kw):
+    with timing_window(phase_what(p.task), **window_kw):
         if runners:
             lat = measure_latency(runners, shapes, warmup=int(p.timing["warmup"]), runs=int(p.timing["runs"]),
                                   vocab_size=vocab, keep_times=True)

@@ -171,8 +171,7 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     ``auto``: both; the higher VALIDATION agreement with the teacher wins, a tie keeps ours.
     NNCF missing -> ours, with the reason in the notes."""
     from compresslab.bench.openvino_runner import plain_export, unreadable_ops
-    from compresslab.export.openvino_int8 import (already_quantized, nncf_int8_ir, nncf_missing_reason,
-                                                  ours_int8_ir_chosen)
+    from compresslab.export.openvino_int8 import nncf_int8_ir, nncf_missing_reason, ours_int8_ir_chosen
 
     d = state.settings.deploy
     want = ["ours", "nncf"] if d.int8 == "auto" else [d.int8]
@@ -181,9 +180,9 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         notes.append(f"NNCF PTQ skipped: {reason}")
         want = [w for w in want if w != "nncf"] or ["ours"]
     plain = plain_export(fp32)
-    if "nncf" in want and (n := already_quantized(plain)):  # int8_qat (preflight refuses int8=nncf with it)
-        notes.append(f"NNCF PTQ skipped: the model is int8 already ({n} Quantize/DequantizeLinear nodes in "
-                     f"{_rel(plain, run_dir)}: a torch pass quantized it); NNCF's PTQ takes an fp32 model")
+    # preflight refuses int8=nncf with a quantizing torch pass; auto (the default) skips NNCF here, saying why
+    if "nncf" in want and (why := quantized_already(state.model, plain, run_dir)):
+        notes.append(f"NNCF PTQ skipped: the model is {why}; NNCF's PTQ takes an fp32 model")
         want = [w for w in want if w != "nncf"] or ["ours"]
     feeds: list[dict] = []
 
@@ -253,6 +252,28 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     out = dict(cands[chosen])
     out.update(int8_method=chosen, int8_choice=choice, notes=notes + out["notes"], candidates=cands)
     return out
+
+
+def quantized_already(model: "nn.Module | None", plain: Path, run_dir: Path) -> str | None:
+    """What NNCF's PTQ would start from, when a torch pass quantized it already (None: an fp32 model): its Linears
+    int8 QDQ (``int8_qat``: the plain export is its QDQ graph), n-bit (``hawq``'s frozen weights: a float graph
+    whose weights sit on the n-bit grid) or binary (``bibert``). PTQ of such a model quantizes the rounding
+    again: it is no int8 of the model. E.g. ``int8 already (24 int8 QDQ Linears; 96 Quantize/DequantizeLinear
+    nodes in export/model.onnx: a torch pass quantized it)``."""
+    from compresslab.export.openvino_int8 import already_quantized
+    from compresslab.models.binary import binary_modules
+    from compresslab.models.qdq import qdq_modules
+    from compresslab.models.quantized import quantized_modules
+
+    kinds = {} if model is None else {"int8": (qdq_modules(model), "int8 QDQ Linears"),
+                                      "n-bit": (quantized_modules(model), "n-bit weight modules"),
+                                      "binary": (binary_modules(model), "binary modules")}
+    found = [(kind, f"{len(mods)} {what}") for kind, (mods, what) in kinds.items() if mods]
+    if n := already_quantized(plain):  # the graph itself, whatever the model in memory says
+        found.append(("int8", f"{n} Quantize/DequantizeLinear nodes in {_rel(plain, run_dir)}"))
+    if not found:
+        return None
+    return f"{found[0][0]} already ({'; '.join(d for _, d in found)}: a torch pass quantized it)"
 
 
 def check_deploy(settings: RunSettings, steps: Sequence[Any], model: "nn.Module") -> None:

@@ -141,14 +141,24 @@ DYNAMIC_INT8_PASSES = frozenset({"ort_int8_dynamic"})
 QDQ_INT8_PASSES = frozenset({"ort_int8_static", "int8_qat"})
 TORCH_INT8_PASSES = frozenset({"int8_qat"})  # the torch model itself is int8: no fp32 model for any PTQ
 OUR_RECIPE_SETTINGS = ("keep_fp32", "smooth_alpha")
+NNCF_SETTINGS = ("int8", "accuracy_control", "max_drop")  # read by NNCF's PTQ alone (int8: its value nncf)
 OPENVINO_INT8_SETTINGS = ("int8", "calibration_examples", "accuracy_control", "max_drop", *OUR_RECIPE_SETTINGS)
+
+
+def quantizing_step(steps: list[Step]) -> Step | None:
+    """The first step whose pass leaves the torch model itself quantized, or None: int8 QDQ Linears (``int8_qat``),
+    frozen n-bit weights (``quantizes_weights``: hawq) or binary ones (``binarizes``: bibert). No fp32 model is
+    left for NNCF's PTQ (pipeline/deploy.py skips it under ``deploy.int8=auto``, saying why)."""
+    return next((s for s in steps if s.pass_.name in TORCH_INT8_PASSES or capability(s.pass_, "quantizes_weights")
+                 or capability(s.pass_, "binarizes")), None)
 
 
 def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> None:
     """SettingsError for a ``deploy.*`` int8 setting changed from its default that this pipeline's OpenVINO IR would
     never read: any of them when no step makes int8 (the IR is the fp32 model converted), and our recipe's
     ``keep_fp32`` / ``smooth_alpha`` when the int8 step writes a QDQ graph (converted as it is), and every one of
-    them (``int8=nncf`` too) when ``int8_qat`` made the torch model itself int8."""
+    them (``int8=nncf`` too) when ``int8_qat`` made the torch model itself int8, and NNCF's (``int8=nncf``,
+    ``accuracy_control``, ``max_drop``) when another torch pass quantized it (:func:`quantizing_step`)."""
     import dataclasses
 
     d = settings.deploy
@@ -157,8 +167,13 @@ def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> No
     defaults = {f.name: f.default for f in dataclasses.fields(d)}  # DeploySettings' own, not a copy of them
     changed = [k for k in OPENVINO_INT8_SETTINGS if getattr(d, k) != defaults[k]]
     names = {s.pass_.name for s in steps}
+    quantizer = quantizing_step(steps)
+    nncf = [k for k in changed if k in NNCF_SETTINGS and (k != "int8" or d.int8 == "nncf")]
     if not names & (DYNAMIC_INT8_PASSES | QDQ_INT8_PASSES):
         why = "no step of this pipeline makes int8, so its IR is the fp32 model converted"
+    elif quantizer is not None and nncf and not names & TORCH_INT8_PASSES:  # hawq's n-bit, bibert's binary weights
+        changed, why = nncf, (f"{quantizer.pass_.name} (step {quantizer.name}) quantizes the torch model itself: there "
+                              "is no fp32 model for NNCF's PTQ (int8=nncf, accuracy_control, max_drop)")
     elif names & TORCH_INT8_PASSES:
         changed = [k for k in changed if k != "int8" or d.int8 == "nncf"]  # ours (or auto: ours) converts it
         why = (f"{sorted(names & TORCH_INT8_PASSES)[0]} quantizes the torch model, and OpenVINO reads its QDQ graph as "

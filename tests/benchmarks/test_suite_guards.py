@@ -228,3 +228,52 @@ def test_keep_fp32_and_a_null_grid_are_read_and_listed(tmp_path) -> None:
     assert suite_plan.keep_fp32({"openvino_keep_fp32": []}) == () == suite_plan.keep_fp32({})
     text = suite_plan.list_suite(cfg)
     assert "keeping ['ffn_out', 're:.*query'] fp32, no SmoothQuant" in text
+
+
+@pytest.mark.parametrize("backends", [["ort", "openvino"], ["ort"]])
+def test_the_unknown_cell_error_lists_every_cell_of_the_task_and_each_is_accepted(backends) -> None:
+    """Trial 44: ``--cells nosuch`` listed the pipelines and peers only; the ``<pipeline>_openvino`` and
+    ``<pipeline>_openvino_nncf`` cells the suite also builds could not be found from it. Every cell the task builds
+    is listed, grouped, and every listed name is accepted by --cells and builds that cell."""
+    cfg = {**suite_plan.load_config(suite_plan.CONFIG), "backends": backends}
+    with pytest.raises(suite_plan.SuiteError) as e:
+        suite_plan.plan(cfg, "sst2", "bench", ["nosuch"])
+    msg = str(e.value)
+    whole = suite_plan.plan(cfg, "sst2", "bench", None)
+    groups = suite_plan.cell_names(whole)
+    listed = [n for names in groups.values() for n in names]
+
+    def built(p: suite_plan.TaskPlan) -> set[str]:
+        return {n for n, _, _ in suite_plan.cell_specs(p, teacher_sha="x", dev=[], max_length=128)}
+
+    assert sorted(listed) == sorted(built(whole))  # every cell of the task, and nothing else
+    assert msg.startswith("unknown cell(s) ['nosuch']; the cells of task sst2: pipelines (ours): int8, ")
+    for group, names in groups.items():
+        assert (f"{group}: {', '.join(names)}" in msg) == bool(names)
+    assert ("ziplm_int8_openvino_nncf" in listed and "int8_openvino" in listed) == ("openvino" in backends)
+    for name in listed:
+        assert name in built(suite_plan.plan(cfg, "sst2", "bench", [name])), name
+
+
+@pytest.mark.parametrize("cells, hint", [
+    (["int8_openvno"], "(did you mean 'int8_openvino'?)"),
+    (["ziplm_int8_openvino_ncf"], "(did you mean 'ziplm_int8_openvino_nncf'?)"),
+    (["nncf_ptq"], "(did you mean 'nncf_ptq_int8'?)"),
+    (["int8_openvno", "dense_ort_fp3"], "(did you mean 'int8_openvino' for 'int8_openvno', 'dense_ort_fp32' for "
+                                        "'dense_ort_fp3'?)"),
+    (["qqqqqqq"], None),
+])
+def test_an_unknown_cell_gets_the_nearest_cell_name(cells, hint) -> None:
+    cfg = suite_plan.load_config(suite_plan.CONFIG)
+    with pytest.raises(suite_plan.SuiteError, match=r"unknown cell\(s\)") as e:
+        suite_plan.plan(cfg, "sst2", "bench", cells)
+    assert (hint in str(e.value)) if hint else "did you mean" not in str(e.value)
+    assert "their OpenVINO cells: int8_openvino, " in str(e.value)
+
+
+def test_an_empty_cell_list_and_a_cell_the_plan_never_builds_list_the_tasks_cells() -> None:
+    cfg = suite_plan.load_config(suite_plan.CONFIG)
+    for cells, head in (([], "--cells names no cell"), (["int8_openvino_nncf"], "no such cell: int8_openvino_nncf")):
+        with pytest.raises(suite_plan.SuiteError) as e:
+            suite_plan.plan(cfg, "sst2", "bench", cells)
+        assert str(e.value).startswith(head) and "NNCF's int8 of their models: ziplm_int8_openvino_nncf" in str(e.value)

@@ -169,6 +169,25 @@ def test_skip_nncf_beside_a_pipeline_whose_model_is_already_int8(tmp_path) -> No
     assert applies.skip_reason(spec, None, {"qat": run([helper.make_node("Identity", ["x"], ["y"])])}) is None
 
 
+@pytest.mark.parametrize("steps, quantizer", [
+    (["pipeline.steps=[finetune,hawq,int8]", "+pass@pipeline.passes.hawq=hawq"], "hawq (hawq)"),
+    (["pipeline.steps=[finetune,bibert,int8]", "+pass@pipeline.passes.bibert=bibert"], "bibert (bibert)"),
+    (["pipeline.steps=[finetune,int8_qat]", "+pass@pipeline.passes.int8_qat=int8_qat"], "int8_qat (int8_qat)"),
+    ([], None),  # int8 on the teacher: a float model
+])
+def test_skip_nncf_beside_a_pipeline_a_torch_pass_quantized(steps, quantizer) -> None:
+    """Not only a QDQ export (int8_qat): hawq's n-bit and bibert's binary weights export as a float graph on a grid,
+    which NNCF's PTQ would quantize again. The pipeline's steps say so, before the export is read."""
+    applies = importlib.import_module("benchmarks.suite_applies")
+    spec = {"kind": "pipeline_openvino", "int8": "nncf", "of": "p", "args": ["+pipeline=int8", *steps]}
+    why = applies.skip_reason(spec, None, {"p": {"status": "finished", "artifact": {"precision": "int8"}}})
+    if quantizer is None:
+        assert why is None
+    else:
+        assert why == (f"its pipeline p's model is quantized already (step {quantizer} quantized the torch model "
+                       "itself): NNCF's PTQ takes an fp32 model")
+
+
 def test_list_names_each_tasks_teacher_preset_and_the_openvino_cells() -> None:
     plan_mod = importlib.import_module("benchmarks.suite_plan")
     text = plan_mod.list_suite(plan_mod.load_config(REPO / "benchmarks" / "suite.yaml"))
