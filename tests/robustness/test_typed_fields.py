@@ -10,8 +10,10 @@ none of its types take, on both entries: the config (``build_steps``, what ``pyt
 API (constructing the pass: ``ValueError`` saying ``<pass>.<field> must be <type>, got <value>``). A wrong type is
 always said as one: the pass's own check (``recovery.lr must be > 0``) speaks for values of the right type only.
 
-Numpy scalars (``np.int64``, ``np.bool_``, ``np.float32``) are taken where the Python scalar they equal is, and
-stored as it; of the wrong type they are refused as Python's are.
+A value a pass field reads through an interpolation (``${budget.lr}``, hawq's
+``${oc.select:pipeline.passes.nbits.accuracy_level,0}``) is named where it is written, the key the user set, for
+every interpolation the shipped pass configs hold. Numpy scalars (``np.int64``, ``np.bool_``, ``np.float32``) are
+taken where the Python scalar they equal is, and stored as it; of the wrong type they are refused as Python's are.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import dataclasses
 import functools
 import json
 import re
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -28,7 +31,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from compresslab import cli
-from compresslab.config import compose
+from compresslab.config import compose, config_dir
 from compresslab.pipeline.plan import PipelineError, build_steps
 from compresslab.registry import available_passes, get_pass, pass_to_dict
 from compresslab.validate import _block_class, _described, _fits, _hints, _item_kind, _kinds, _plain_kind
@@ -242,3 +245,67 @@ def test_every_block_is_typed() -> None:
         recovery(lr="fast")
     assert type(recovery(steps=np.int64(3)).steps) is int
 
+
+# --- a value read through an interpolation: named where it is written ----------------------------------------
+
+
+def _interpolated(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted key, interpolation)`` for each value of a raw pass config (nested blocks too) that is one."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _interpolated(value, f"{path}{key}.")
+        elif isinstance(value, str) and "${" in value:
+            yield f"{path}{key}", value
+
+
+INTERPOLATED = [pytest.param(f.stem, field, via, id=f"{f.stem}.{field}={via}")
+                for f in sorted(Path(config_dir(), "pass").glob("*.yaml"))
+                for field, via in _interpolated(OmegaConf.to_container(OmegaConf.load(f), resolve=False))]
+
+
+def test_the_shipped_interpolations_are_cases() -> None:
+    """The pass configs read settings through interpolations (``${budget.lr}``, hawq's nbits accuracy level), and each
+    reads one into a field whose type is checked: a new one is a case below, or fails here."""
+    assert len(INTERPOLATED) > 20
+    for name, field, via in (c.values for c in INTERPOLATED):
+        assert all(_plain_kind(k) for k in _kinds(_field_hint(get_pass(name), field))), (name, field)
+        assert re.fullmatch(r"\$\{(?:oc\.select:)?[\w.]+(?:,[^{}]*)?\}", via), (name, field, via)
+
+
+@pytest.mark.parametrize("name, field, via", INTERPOLATED)
+@case(name="a wrong-typed value a pass setting reads through an interpolation (budget.lr=fast for ${budget.lr}; "
+           "pipeline.passes.nbits.accuracy_level=abc, read by hawq first), every interpolation of the pass configs",
+      kind=1, expected="PipelineError naming the key the value is written at, and the setting that read it")
+def test_config_names_the_key_a_value_is_read_from(name, field, via, expect_clear) -> None:
+    source = re.fullmatch(r"\$\{(?:oc\.select:)?([\w.]+)(?:,[^{}]*)?\}", via).group(1)  # the key a user sets
+    kinds = _kinds(_field_hint(get_pass(name), field))
+    bad = _bad(kinds)[0]
+    cfg = _config(name)
+    _set(cfg, source, bad)
+    assert OmegaConf.select(cfg, f"pipeline.passes.{name}.{field}") == bad  # the field reads it
+    said = (f"{source} must be {' or '.join(_described(k) for k in kinds)}, got {bad!r} "
+            f"(read by pipeline.passes.{name}.{field} through {via})")
+    expect_clear(lambda: build_steps(cfg), errors=(PipelineError,), match=rf"^step '{name}': {re.escape(said)}$")
+
+
+@case(name="CLI: +pipeline=hawq_mp3 pipeline.passes.nbits.accuracy_level=abc (hawq's latency table reads it first)",
+      kind=1, expected="exit 2 with one line naming pipeline.passes.nbits.accuracy_level, the key the user set")
+def test_cli_names_the_key_the_user_set(cli_refusal, expect_clear) -> None:
+    said = ("step 'hawq': pipeline.passes.nbits.accuracy_level must be an integer, got 'abc' (read by "
+            "pipeline.passes.hawq.latency.accuracy_level through ${oc.select:pipeline.passes.nbits.accuracy_level,0})")
+    expect_clear(cli_refusal(lambda: cli.check_command_line(["+pipeline=hawq_mp3",
+                                                             "pipeline.passes.nbits.accuracy_level=abc"])),
+                 match=rf"^compresslab: error: {re.escape(said)}$")
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["+pipeline=hawq_mp3", "pipeline.passes.nbits.accuracy_level=7"],
+     "step 'hawq': latency.accuracy_level=7 is not valid; .* \\(latency.accuracy_level is read from "
+     "pipeline.passes.nbits.accuracy_level through \\$\\{oc.select:pipeline.passes.nbits.accuracy_level,0\\}\\)$"),
+    (["+pipeline=ziplm_trim_int8", "budget.lr=-1"],
+     r"step 'ziplm': recovery.lr must be > 0, got -1.* \(recovery.lr is read from budget.lr through \$\{budget.lr\}\)$"),
+])
+def test_a_pass_range_error_names_where_its_value_is_read_from(overrides, said, expect_clear) -> None:
+    """A value of the right type the pass refuses: its own message stands, and says where an interpolated setting
+    it names reads its value (the pass checks the value, it cannot know where it was written)."""
+    expect_clear(lambda: build_steps(compose(overrides)), errors=(PipelineError,), match=said)
