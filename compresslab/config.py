@@ -6,6 +6,7 @@ same configs as a source checkout; nothing here touches process state (that is `
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -206,3 +207,91 @@ def keep_pass_overrides(overrides: Sequence[str], steps: Iterable[str]) -> list[
     override is kept as given."""
     have = set(steps)
     return [o for o in overrides if (step := pass_step(o)) is None or step in have]
+
+
+# ``${key}`` or ``${oc.select:key[,default]}``: a value read from one other setting (the forms the shipped configs use;
+# a relative key starts with dots). Any other interpolation (``${oc.env:X}``, ``a_${b}``) names no one setting.
+_READS = re.compile(r"\$\{\s*(?:oc\.select\s*:\s*)?(\.*[\w\-]+(?:\.[\w\-]+)*)\s*(?:,[^${}]*)?\}")
+
+
+def _node(cfg: Any, key: str) -> tuple[Any, str]:
+    """The container holding ``key`` of ``cfg`` (None when there is none) and ``key``'s last part."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, throw_on_resolution_failure=False) if parent_key else cfg
+    return (parent if isinstance(parent, DictConfig) else None), last
+
+
+def _read_key(text: str, parent_key: str) -> str | None:
+    """The full key the interpolation ``text`` (the whole value of a key under ``parent_key``) reads, or None."""
+    m = _READS.fullmatch(text.strip())
+    if m is None:
+        return None
+    key = m.group(1)
+    dots = len(key) - len(key.lstrip("."))
+    if not dots:
+        return key
+    base = parent_key.split(".") if parent_key else []  # ``${.x}``: a sibling; each further dot: one level up
+    if dots - 1 > len(base):
+        return None
+    return ".".join(base[:len(base) - (dots - 1)] + [key[dots:]])
+
+
+def value_source(cfg: Any, key: str) -> tuple[str, str] | None:
+    """Where the value ``key`` of config ``cfg`` has is written, when ``key`` reads it through an interpolation
+    (hawq's ``latency.accuracy_level: ${oc.select:pipeline.passes.nbits.accuracy_level,0}``): the full key of the
+    setting that holds it (a chain followed to its end) and ``key``'s own interpolation. ``key`` itself is the
+    holder where the interpolation names no one setting, or where ``oc.select`` found none and took its default
+    (that default is written at ``key``). None when ``key`` holds its own value."""
+    from omegaconf import OmegaConf
+
+    via = None
+    for _ in range(32):  # a chain; OmegaConf refuses a cycle before any value is read
+        parent, last = _node(cfg, key)
+        if parent is None or last not in parent or not OmegaConf.is_interpolation(parent, last):
+            break
+        text = str(OmegaConf.to_container(parent, resolve=False)[last])
+        via = via or text
+        source = _read_key(text, key.rpartition(".")[0])
+        holder, source_last = _node(cfg, source) if source else (None, "")
+        if holder is None or source_last not in holder:
+            break
+        key = source
+    return (key, via) if via is not None else None
+
+
+def setting_message(cfg: Any, key: str, reason: str) -> str:
+    """``<key> <reason>`` (``reason``: ``must be a number, got 'abc'``), naming the setting the value is written at
+    when ``key`` reads it through an interpolation (:func:`value_source`): the user set that one, and another
+    setting that reads it may be checked first."""
+    found = value_source(cfg, key)
+    if found is None:
+        return f"{key} {reason}"
+    source, via = found
+    if source == key:
+        return f"{key} {reason} (its value is {via})"
+    return f"{source} {reason} (read by {key} through {via})"
+
+
+def sources_named(cfg: Any, prefix: str, message: str) -> str:
+    """For a check's ``message`` about the settings under ``prefix`` (a pass's, ``pipeline.passes.hawq``), which
+    names them by their keys there (``latency.accuracy_level``, ``recovery.lr``, ``speedup``): ``" (X is read from
+    Y through ${...})"`` for each named one that reads its value from another setting, or ``""``. A pass checks the
+    values it was given and cannot say where a value was written."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def interpolated(node: Any, path: str) -> Iterator[str]:
+        for k in node:
+            if OmegaConf.is_interpolation(node, k):
+                yield f"{path}{k}"
+            elif isinstance(child := OmegaConf.select(node, str(k), throw_on_missing=False), DictConfig):
+                yield from interpolated(child, f"{path}{k}.")  # a nested block (recovery)
+
+    node = OmegaConf.select(cfg, prefix, throw_on_resolution_failure=False)
+    notes = []
+    for field in interpolated(node, "") if isinstance(node, DictConfig) else ():
+        found = value_source(cfg, f"{prefix}.{field}")
+        if found and found[0] != f"{prefix}.{field}" and re.search(rf"(?<![\w.]){re.escape(field)}\b", message):
+            notes.append(f"{field} is read from {found[0]} through {found[1]}")
+    return f" ({'; '.join(notes)})" if notes else ""

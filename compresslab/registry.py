@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
 from enum import Enum
 from typing import Any, Callable, TypeVar
 
 from compresslab.types import Pass
 from compresslab.validate import coerce_enum as coerce_enum  # re-export: the old import path
-from compresslab.validate import FieldTypeError, check_field_types, did_you_mean, nested_settings
+from compresslab.validate import did_you_mean, nested_settings, typed_post_init
 
 T = TypeVar("T")
 
@@ -47,42 +46,13 @@ def register_pass(name: str) -> Callable[[type[T]], type[T]]:
         if name in _PASSES and _PASSES[name] is not cls:
             raise ValueError(f"pass {name!r} is registered twice")
         cls.name = name  # type: ignore[attr-defined]
-        _typed_post_init(cls, name)
+        # every pass, the ones still to be written included: a setting of the wrong type is a FieldTypeError naming
+        # <pass>.<field> (its own checks' message stands for values of the right type); numpy scalars are taken
+        typed_post_init(cls, f"{name}.")
         _PASSES[name] = cls
         return cls
 
     return deco
-
-
-def _typed_post_init(cls: type, name: str) -> None:
-    """A pass's own ``__post_init__`` checks its settings, and compares and computes with them as it does: given a
-    value of the wrong type it crashed (``ZipLM(speedup="abc")``: the TypeError of ``"abc" < 1``), said
-    ``invalid literal for int()`` without naming the setting, or converted it silently (``family="25"`` became
-    ``[2.0, 5.0]``, ``family=[True]`` became ``[1.0]``). Wrapped here, for every pass (the ones still to be written
-    included): a plain-typed field (``validate.check_field_types``: numbers, flags, text, lists of them; nested
-    blocks too) holding the wrong type is a FieldTypeError (a ValueError) naming ``<pass>.<field>``, unless the
-    pass's own check refuses it with a ValueError that names the field (it says what the value means)."""
-    own = cls.__dict__.get("__post_init__")
-    if own is None or getattr(own, "_typed", False):
-        return
-
-    def __post_init__(self: Any) -> None:
-        try:
-            check_field_types(self, f"{name}.")  # before the pass's checks, which may convert a wrong type
-        except FieldTypeError as bad:
-            try:
-                own(self)
-            except ValueError as e:
-                if re.search(rf"\b{re.escape(bad.field)}\b", str(e)):
-                    raise e from None
-            except Exception:  # noqa: BLE001 - the wrong type is the cause: say that
-                pass
-            raise bad from None
-        own(self)
-        check_field_types(self, f"{name}.")  # what the pass's checks made of the values
-
-    __post_init__._typed = True  # type: ignore[attr-defined]
-    cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
 
 
 def _load_all() -> None:

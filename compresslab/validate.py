@@ -11,12 +11,13 @@ import collections.abc
 import dataclasses
 import functools
 import math
+import sys
 import tempfile
 import types
 import typing
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 E = TypeVar("E", bound=Enum)
 S = TypeVar("S")
@@ -34,11 +35,6 @@ class FieldTypeError(ValueError):
     def __init__(self, where: str, path: str, reason: str) -> None:
         super().__init__(f"{where}{path} {reason}")
         self.path, self.reason = path, reason
-
-    @property
-    def field(self) -> str:
-        """The field's own name (``lr`` of ``recovery.lr``)."""
-        return self.path.rsplit(".", 1)[-1]
 
 
 def is_number(value: Any) -> bool:
@@ -272,6 +268,67 @@ def check_field_types(obj: Any, where: str = "", _path: str = "") -> None:
     check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where, _path)
 
 
+def python_scalars(value: Any) -> Any:
+    """``value`` with each numpy scalar in it (``np.int64(5)``, ``np.bool_(True)``, ``np.float32(0.5)``; items of
+    lists and tuples and values of dicts too) as the Python scalar it equals; ``value`` itself where it holds none.
+    A setting computed with numpy then meets the checks a Python one does (``np.int64`` is no ``int``, ``np.bool_``
+    no ``bool``, ``np.float32`` no ``float``: each was refused) and is stored as what a config or manifest
+    serialises. A numpy bool stays a bool (an int field refuses it) and a numpy float a float."""
+    np = sys.modules.get("numpy")  # a numpy scalar means numpy is loaded: nothing is imported for anyone else
+    if np is None:
+        return value
+    if isinstance(value, (np.bool_, np.number, np.str_)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        items = [python_scalars(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        plain = {k: python_scalars(v) for k, v in value.items()}
+        return value if all(plain[k] is v for k, v in value.items()) else plain
+    return value
+
+
+def typed_post_init(cls: type, where: str) -> None:
+    """Wrap the ``__post_init__`` (its own or inherited) of settings dataclass ``cls``: numpy scalars in its fields
+    become Python's (:func:`python_scalars`), then a plain-typed field (:func:`check_field_types`: numbers, flags,
+    text, lists of them, nested blocks too) holding the wrong type is a FieldTypeError naming ``<where><field>``
+    (``ziplm.recovery.lr must be a number, got 'fast'``) before the class's own checks run: those compare and
+    convert (``"abc" < 1`` is a TypeError, ``family="25"`` became ``[2.0, 5.0]``) and say what a value of the right
+    type means (``recovery.lr must be > 0``), which reads as a range error for ``lr=fast``. The fields are checked
+    again after them (what they made of the values). A class without ``__post_init__`` is left as it is: its
+    dataclass ``__init__`` calls none."""
+    own = getattr(cls, "__post_init__", None)
+    if own is None or getattr(cls.__dict__.get("__post_init__"), "_typed", False):
+        return
+
+    def __post_init__(self: Any) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if (plain := python_scalars(value)) is not value:
+                object.__setattr__(self, f.name, plain)  # a frozen block too
+        check_field_types(self, where)
+        own(self)
+        check_field_types(self, where)
+
+    __post_init__._typed = True  # type: ignore[attr-defined]
+    cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+
+
+def typed_settings(prefix: str) -> Callable[[type[S]], type[S]]:
+    """Class decorator (above ``@dataclass``) for a settings block that passes nest under the field ``prefix``
+    (``Recovery``: ``recovery``): :func:`typed_post_init` naming ``<prefix>.<field>``, as the block's own checks do,
+    so a block built in Python (``Recovery(lr="fast")``, ``Recovery(steps=np.int64(300))``) is checked as a pass is
+    (a pass checks a block given as a mapping itself, naming ``<pass>.<prefix>.<field>``)."""
+
+    def deco(cls: type[S]) -> type[S]:
+        typed_post_init(cls, f"{prefix}.")
+        return cls
+
+    return deco
+
+
 def check_bools(p: Any, *names: str) -> None:
     """Reject non-bool flags of pass ``p`` (YAML ``"false"`` as a string would be truthy)."""
     for n in names:
@@ -282,7 +339,7 @@ def check_bools(p: Any, *names: str) -> None:
 __all__ = ["FieldTypeError", "check_bool", "check_bools", "check_choice", "check_field_types",
            "check_finite_nonnegative", "check_finite_positive", "check_fraction", "check_int", "check_list",
            "check_loss_weight", "check_nonnegative", "check_positive", "check_positive_int", "check_text",
-           "check_values", "coerce_enum", "is_int", "is_number"]
+           "check_values", "coerce_enum", "is_int", "is_number", "python_scalars", "typed_post_init", "typed_settings"]
 
 
 def did_you_mean(unknown: Iterable[str], allowed: Iterable[str],

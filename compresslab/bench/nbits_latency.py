@@ -41,7 +41,7 @@ from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_th
 from compresslab.bench.machine_load import timing_window
 from compresslab.bench.table_cache import environment_facts, normalize, read_cached, stable_hash, write_cached
 from compresslab.export.nbits_pack import ACCURACY_LEVELS, deployable_block, deployed_bits
-from compresslab.validate import coerce_settings, is_int
+from compresslab.validate import coerce_settings, is_int, typed_settings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ Shape = tuple[int, int, int]
 Entry = tuple[int, int, "int | None", int]
 
 
+@typed_settings("latency")
 @dataclass(frozen=True)
 class NBitsTableSettings:
     """Where and how the n-bit table is measured.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, process_alive, stable_hash
-from compresslab.config import pipelines_hint
+from compresslab.config import pipelines_hint, setting_message, sources_named
 from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage, capability, hook
 from compresslab.validate import FieldTypeError, check_field_types, did_you_mean, field_default, nested_settings
@@ -174,11 +174,15 @@ def build_steps(cfg: DictConfig) -> list[Step]:
                 p = instantiate(node, _convert_="all")
             except Exception as e:  # hydra wraps the dataclass's error; surface it
                 cause = e.__cause__ or e
+                # a value read through an interpolation is named where it is written (the key the user set):
+                # another step's setting (hawq's latency.accuracy_level reads nbits') or a budget's
                 if isinstance(cause, FieldTypeError):  # a value of the wrong type: named by its full key
-                    raise PipelineError(f"step {name!r}: pipeline.passes.{name}.{cause.path} {cause.reason}") from None
+                    key = f"pipeline.passes.{name}.{cause.path}"
+                    raise PipelineError(f"step {name!r}: {setting_message(cfg, key, cause.reason)}") from None
                 if not isinstance(cause, ValueError):  # a fault in the pass's code (NameError, ...) is a crash,
                     raise cause  # not a setting to change: a traceback, never exit 2 blaming a swept job's value
-                raise PipelineError(f"step {name!r}: {cause}") from cause
+                notes = sources_named(cfg, f"pipeline.passes.{name}", str(cause))  # the pass's own message
+                raise PipelineError(f"step {name!r}: {cause}{notes}") from cause
             yield name, p
 
     steps = checked_steps(built(), where=lambda s: f"step {s.name!r}: pipeline.passes.{s.name}.",

@@ -25,7 +25,7 @@ from compresslab.targets import assign, check_patterns, check_rules
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext
 from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_block, coerce_enum,
-                                  is_int, is_number)
+                                  is_int, is_number, typed_settings)
 
 FP32 = 32  # the "keep fp32" choice
 RANDOM_TOL = 0.05  # allocate=random: average bits in [avg_bits - RANDOM_TOL, avg_bits] (random_allocation's tol)
@@ -78,6 +78,7 @@ class Group(str, Enum):
     LAYER = "layer"
 
 
+@typed_settings("hessian")
 @dataclass(frozen=True)
 class HessianSettings:
     """How much train data the sensitivity sees, and when the estimate stops.

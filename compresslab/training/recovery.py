@@ -21,9 +21,10 @@ from compresslab.training.loop import TrainConfig, TrainResult, train
 from compresslab.training.losses import build_losses
 from compresslab.training.select import BestOnValidation
 from compresslab.validate import (
-    check_finite_positive, check_int, check_loss_weight, check_positive, is_number)
+    check_finite_positive, check_int, check_loss_weight, check_positive, is_number, typed_settings)
 
 
+@typed_settings("recovery")
 @dataclass(frozen=True)
 class Recovery:
     """How a compressed model is recovered by distillation from the teacher.

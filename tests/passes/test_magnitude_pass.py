@@ -75,7 +75,7 @@ def test_default_init_follows_the_recipe():
     ({"mode": "gradual", "recovery": {"steps": 0}}, "steps >= 2"),
     ({"mode": "gradual", "init_sparsity": 0.6}, "init_sparsity=0.6 must be <= sparsity=0.5"),
     ({"recovery": {"steps": -1}}, "recovery.steps must be an integer >= 0"),
-    ({"recovery": {"steps": True}}, "recovery.steps must be an integer >= 0"),
+    ({"recovery": {"steps": True}}, "magnitude.recovery.steps must be an integer, got True"),  # a wrong type
     ({"recovery": {"lr": 0}}, "recovery.lr must be > 0"),
     ({"recovery": {"hardness": 2}}, r"recovery.hardness=2 must be in \[0, 1\]"),
     ({"recovery": {"temperature": -1.0}}, "recovery.temperature must be > 0"),

@@ -256,7 +256,8 @@ def test_registered_yaml_round_trip_and_validation():
     p = instantiate(OmegaConf.load(Path(config_dir()) / "pass" / "ort_matmul_nbits.yaml"))
     assert type(p) is OrtMatmulNBits and p.name == "ort_matmul_nbits" and OrtMatmulNBits.stage is Stage.ONNX
     assert pass_from_dict(pass_to_dict(p)) == p == build_pass("ort_matmul_nbits")
-    for bad, match in [({"accuracy_level": 5}, "allowed: 0, 1, 2, 3, 4"), ({"accuracy_level": True}, "allowed"),
+    for bad, match in [({"accuracy_level": 5}, "allowed: 0, 1, 2, 3, 4"),
+                       ({"accuracy_level": True}, "^ort_matmul_nbits.accuracy_level must be an integer, got True$"),
                        ({"check_parity": "yes"}, "true or false"), ({"parity_examples": 0}, "parity_examples")]:
         with pytest.raises(ValueError, match=match):
             OrtMatmulNBits(**bad)

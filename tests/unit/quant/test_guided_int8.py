@@ -414,7 +414,7 @@ def test_a_matmul_sharing_its_input_has_no_per_token_choice(tmp_path):
     ({"fp32_fallback": "all"}, "allowed: 'none', 'guided'"),
     ({"latency_ratio": 0}, r"\(0, 1\]"),
     ({"latency_ratio": 1.2}, r"\(0, 1\]"),
-    ({"latency_ratio": "0.9"}, r"\(0, 1\]"),
+    ({"latency_ratio": "0.9"}, "ort_int8_dynamic.latency_ratio must be a number, got '0.9'"),  # a wrong type
     ({"max_examples": 0}, "max_examples must be an integer >= 1"),
     ({"latency_runs": 0}, "latency_runs must be an integer >= 1"),
 ])
