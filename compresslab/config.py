@@ -261,13 +261,14 @@ def value_source(cfg: Any, key: str) -> tuple[str, str] | None:
     return (key, via) if via is not None else None
 
 
-def setting_message(cfg: Any, key: str, reason: str) -> str:
-    """``<key> <reason>`` (``reason``: ``must be a number, got 'abc'``), naming the setting the value is written at
-    when ``key`` reads it through an interpolation (:func:`value_source`): the user set that one, and another
-    setting that reads it may be checked first."""
+def setting_message(cfg: Any, key: str, reason: str, note: str = "") -> str:
+    """``<key> <reason><note>`` (``reason``: ``must be a number, got 'abc'``; ``note``: `` (default 2.0)``), naming
+    the setting the value is written at when ``key`` reads it through an interpolation (:func:`value_source`): the
+    user set that one, and another setting that reads it may be checked first. ``note`` is about ``key``'s own
+    field, so it is dropped then."""
     found = value_source(cfg, key)
     if found is None:
-        return f"{key} {reason}"
+        return f"{key} {reason}{note}"
     source, via = found
     if source == key:
         return f"{key} {reason} (its value is {via})"

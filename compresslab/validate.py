@@ -30,11 +30,13 @@ class SettingsError(ValueError):
 class FieldTypeError(ValueError):
     """A setting whose value is not of a type its field takes (:func:`check_values`). ``path``: the field, dotted
     from the checked class (``recovery.lr``); ``reason``: ``must be <types>, got <value>``; the message is
-    ``<where><path> <reason>``, so a caller can name the setting by its own full key instead."""
+    ``<where><path> <reason><note>``, so a caller can name the setting by its own full key instead. ``note``:
+    `` (default 'ort')`` (:func:`default_note`) or ''; a caller naming another key (the setting an interpolation
+    reads) drops it, since the default is the reading field's."""
 
-    def __init__(self, where: str, path: str, reason: str) -> None:
-        super().__init__(f"{where}{path} {reason}")
-        self.path, self.reason = path, reason
+    def __init__(self, where: str, path: str, reason: str, note: str = "") -> None:
+        super().__init__(f"{where}{path} {reason}{note}")
+        self.path, self.reason, self.note = path, reason, note
 
 
 def is_number(value: Any) -> bool:
@@ -237,6 +239,20 @@ def _block_class(hint: Any) -> type | None:
     return blocks[0] if len(blocks) == 1 and not others else None
 
 
+def default_note(cls: type, name: str) -> str:
+    """`` (default 'ort')``: the class default of ``cls``'s field ``name``, told with a type error so
+    the user sees a value of the right type (a pass's own message used to list its choices); '' when the field has
+    no default, or it is None or not a plain scalar or list of them. Top-level fields only: a nested block's
+    default comes from its pass (``Recovery(steps=300)``), not from the block's class."""
+    if not dataclasses.is_dataclass(cls) or name not in {f.name for f in dataclasses.fields(cls)}:
+        return ""
+    d = field_default(cls, name)
+    plain = (bool, int, float, str)
+    if isinstance(d, plain) or (isinstance(d, (list, tuple)) and d and all(isinstance(v, plain) for v in d)):
+        return f" (default {list(d) if isinstance(d, tuple) else d!r})"
+    return ""
+
+
 def check_values(cls: type, values: Mapping[str, Any], where: str = "", _path: str = "") -> None:
     """Check ``values`` (field name -> value, as a config node or a built object holds them) against the
     annotations of the settings dataclass ``cls`` where those are plain (bool, int, float, str, a list of one of
@@ -255,7 +271,8 @@ def check_values(cls: type, values: Mapping[str, Any], where: str = "", _path: s
         if kinds and all(_plain_kind(k) for k in kinds):
             if not any(_fits(k, value) for k in kinds):
                 allowed = " or ".join(_described(k) for k in kinds)
-                raise FieldTypeError(where, f"{_path}{name}", f"must be {allowed}, got {value!r}")
+                raise FieldTypeError(where, f"{_path}{name}", f"must be {allowed}, got {value!r}",
+                                     "" if _path else default_note(cls, name))
         elif (block := _block_class(hint)) is not None:
             if isinstance(value, block):
                 check_field_types(value, where, f"{_path}{name}.")
@@ -336,7 +353,7 @@ def check_bools(p: Any, *names: str) -> None:
             raise ValueError(f"{p.name} {n}={getattr(p, n)!r} must be true or false")
 
 
-__all__ = ["FieldTypeError", "check_bool", "check_bools", "check_choice", "check_field_types",
+__all__ = ["FieldTypeError", "default_note", "check_bool", "check_bools", "check_choice", "check_field_types",
            "check_finite_nonnegative", "check_finite_positive", "check_fraction", "check_int", "check_list",
            "check_loss_weight", "check_nonnegative", "check_positive", "check_positive_int", "check_text",
            "check_values", "coerce_enum", "is_int", "is_number", "python_scalars", "typed_post_init", "typed_settings"]

@@ -178,7 +178,7 @@ def build_steps(cfg: DictConfig) -> list[Step]:
                 # another step's setting (hawq's latency.accuracy_level reads nbits') or a budget's
                 if isinstance(cause, FieldTypeError):  # a value of the wrong type: named by its full key
                     key = f"pipeline.passes.{name}.{cause.path}"
-                    raise PipelineError(f"step {name!r}: {setting_message(cfg, key, cause.reason)}") from None
+                    raise PipelineError(f"step {name!r}: {setting_message(cfg, key, cause.reason, cause.note)}") from None
                 if not isinstance(cause, ValueError):  # a fault in the pass's code (NameError, ...) is a crash,
                     raise cause  # not a setting to change: a traceback, never exit 2 blaming a swept job's value
                 notes = sources_named(cfg, f"pipeline.passes.{name}", str(cause))  # the pass's own message

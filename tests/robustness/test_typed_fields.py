@@ -34,7 +34,7 @@ from compresslab import cli
 from compresslab.config import compose, config_dir
 from compresslab.pipeline.plan import PipelineError, build_steps
 from compresslab.registry import available_passes, get_pass, pass_to_dict
-from compresslab.validate import _block_class, _described, _fits, _hints, _item_kind, _kinds, _plain_kind
+from compresslab.validate import default_note, _block_class, _described, _fits, _hints, _item_kind, _kinds, _plain_kind
 
 case = pytest.mark.case
 BAD = ("abc", 3.5, ["x"])  # in turn: the first that none of a field's types take
@@ -100,6 +100,11 @@ def _set(node: Any, dotted: str, value: Any) -> None:
         OmegaConf.update(node, dotted, value, merge=False)
 
 
+def _note(name: str, field: str) -> str:
+    """What the type error adds after the value: the pass class's default of a top-level field, never a nested one's."""
+    return "" if "." in field else default_note(get_pass(name), field)
+
+
 @pytest.mark.parametrize("name, field, bad, allowed", CASES)
 @case(name="a pass setting of the wrong type (pipeline.passes.ziplm.speedup=abc), every field of every pass",
       kind=1, expected="PipelineError naming the step and the setting, before any work")
@@ -107,7 +112,7 @@ def test_config_refuses_the_wrong_type(name, field, bad, allowed, expect_clear) 
     cfg = _config(name)
     _set(cfg.pipeline.passes[name], field, bad)
     expect_clear(lambda: build_steps(cfg), errors=(PipelineError,),
-                 match=rf"step '{name}': {re.escape(f'pipeline.passes.{name}.{field} must be {allowed}, got {bad!r}')}$")
+                 match=rf"step '{name}': {re.escape(f'pipeline.passes.{name}.{field} must be {allowed}, got {bad!r}{_note(name, field)}')}$")
 
 
 @pytest.mark.parametrize("name, field, bad, allowed", CASES)
@@ -116,7 +121,7 @@ def test_config_refuses_the_wrong_type(name, field, bad, allowed, expect_clear) 
 def test_api_refuses_the_wrong_type(name, field, bad, allowed, expect_clear) -> None:
     kwargs = _with(name, field, bad)
     expect_clear(lambda: get_pass(name)(**kwargs), errors=(ValueError,),
-                 match=rf"^{re.escape(f'{name}.{field} must be {allowed}, got {bad!r}')}$")
+                 match=rf"^{re.escape(f'{name}.{field} must be {allowed}, got {bad!r}{_note(name, field)}')}$")
 
 
 def test_a_right_value_still_builds() -> None:
@@ -231,7 +236,7 @@ def test_api_refuses_numpy_scalars_of_the_wrong_type(name, field, bad, expect_cl
     allowed = " or ".join(_described(k) for k in _kinds(_field_hint(get_pass(name), field)))
     kwargs = _with(name, field, bad)
     expect_clear(lambda: get_pass(name)(**kwargs), errors=(ValueError,),
-                 match=rf"^{re.escape(f'{name}.{field} must be {allowed}, got {bad.item()!r}')}$")
+                 match=rf"^{re.escape(f'{name}.{field} must be {allowed}, got {bad.item()!r}{_note(name, field)}')}$")
 
 
 def test_every_block_is_typed() -> None:
@@ -241,7 +246,7 @@ def test_every_block_is_typed() -> None:
     blocks = {b for name in available_passes() for h in _hints(get_pass(name)).values() if (b := _block_class(h))}
     assert blocks and all(getattr(b.__post_init__, "_typed", False) for b in blocks), blocks
     recovery = next(b for b in blocks if b.__name__ == "Recovery")
-    with pytest.raises(ValueError, match=r"^recovery\.lr must be a number, got 'fast'$"):
+    with pytest.raises(ValueError, match=r"^recovery\.lr must be a number, got 'fast' \(default 5e-05\)$"):
         recovery(lr="fast")
     assert type(recovery(steps=np.int64(3)).steps) is int
 
@@ -309,3 +314,12 @@ def test_a_pass_range_error_names_where_its_value_is_read_from(overrides, said, 
     """A value of the right type the pass refuses: its own message stands, and says where an interpolated setting
     it names reads its value (the pass checks the value, it cannot know where it was written)."""
     expect_clear(lambda: build_steps(compose(overrides)), errors=(PipelineError,), match=said)
+
+
+def test_a_type_error_shows_the_default_of_a_text_field() -> None:
+    """The pass's own message used to list a text field's choices; the type error now gives a valid value."""
+    with pytest.raises(ValueError, match=r"^ziplm\.latency_runtime must be text or a list of texts \(written \[a, b\]\), "
+                                         r"got None \(default 'ort'\)$"):
+        get_pass("ziplm")(latency_runtime=None)
+    with pytest.raises(ValueError, match=r"^ziplm\.recovery\.lr must be a number, got 'fast'$"):  # nested: none
+        get_pass("ziplm")(recovery={"lr": "fast"})
