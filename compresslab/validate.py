@@ -120,7 +120,7 @@ def check_positive_int(value: Any, name: str) -> int:
 def check_positive(value: Any, name: str) -> float:
     """A number > 0."""
     if not is_number(value) or not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
 
 
@@ -148,7 +148,7 @@ def check_loss_weight(value: Any, name: str) -> float:
 def check_finite_positive(value: Any, name: str) -> float:
     """A finite number > 0 (a distillation temperature: ``inf`` flattens both distributions to NaN)."""
     if not is_number(value) or not math.isfinite(value) or not value > 0:
-        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

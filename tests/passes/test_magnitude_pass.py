@@ -76,9 +76,9 @@ def test_default_init_follows_the_recipe():
     ({"mode": "gradual", "init_sparsity": 0.6}, "init_sparsity=0.6 must be <= sparsity=0.5"),
     ({"recovery": {"steps": -1}}, "recovery.steps must be an integer >= 0"),
     ({"recovery": {"steps": True}}, "magnitude.recovery.steps must be an integer, got True"),  # a wrong type
-    ({"recovery": {"lr": 0}}, "recovery.lr must be > 0"),
+    ({"recovery": {"lr": 0}}, "recovery.lr must be a number > 0"),
     ({"recovery": {"hardness": 2}}, r"recovery.hardness=2 must be in \[0, 1\]"),
-    ({"recovery": {"temperature": -1.0}}, "recovery.temperature must be > 0"),
+    ({"recovery": {"temperature": -1.0}}, "recovery.temperature must be a finite number > 0"),
     ({"recovery": {"hidden_weight": -1.0}}, "recovery.hidden_weight must be >= 0"),
     ({"recovery": {"stepz": 3}}, r"recovery has no option\(s\) \['stepz'\]; options: \['steps', 'lr'"),
     ({"recovery": 3}, "recovery must be a mapping"),

@@ -165,7 +165,7 @@ def test_damp_grid_selects_on_validation_never_dev(tiny_ctx):
     ({"init_sparsity": 0.9}, "init_sparsity=0.9 must be <= sparsity=0.8"),
     ({"recovery": {"steps": 1}}, "steps >= 2"),
     ({"num_grads": 0}, "num_grads must be an integer >= 1"),
-    ({"damp": 0}, "damp must be > 0"),
+    ({"damp": 0}, "damp must be a number > 0"),
     ({"damp_grid": []}, "damp_grid must be a non-empty list"),
     ({"targets": "q"}, "must be a list"),
 ])

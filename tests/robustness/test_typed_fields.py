@@ -308,7 +308,7 @@ def test_cli_names_the_key_the_user_set(cli_refusal, expect_clear) -> None:
      "step 'hawq': latency.accuracy_level=7 is not valid; .* \\(latency.accuracy_level is read from "
      "pipeline.passes.nbits.accuracy_level through \\$\\{oc.select:pipeline.passes.nbits.accuracy_level,0\\}\\)$"),
     (["+pipeline=ziplm_trim_int8", "budget.lr=-1"],
-     r"step 'ziplm': recovery.lr must be > 0, got -1.* \(recovery.lr is read from budget.lr through \$\{budget.lr\}\)$"),
+     r"step 'ziplm': recovery.lr must be a number > 0, got -1.* \(recovery.lr is read from budget.lr through \$\{budget.lr\}\)$"),
 ])
 def test_a_pass_range_error_names_where_its_value_is_read_from(overrides, said, expect_clear) -> None:
     """A value of the right type the pass refuses: its own message stands, and says where an interpolated setting
