@@ -34,7 +34,7 @@ def test_recovery_refuses_a_non_finite_or_negative_hidden_weight(bad):
 
 @pytest.mark.parametrize("make", [lambda t: BiBert(recovery={"temperature": t}), lambda t: Recovery(temperature=t)])
 def test_an_infinite_temperature_is_refused(make):  # bibert's logit_kd temperature is its recovery's
-    with pytest.raises(ValueError, match=r"recovery\.temperature must be > 0 and finite"):
+    with pytest.raises(ValueError, match=r"recovery\.temperature must be a finite number > 0"):
         make(math.inf)
     with pytest.raises(ValueError, match=r"recovery\.temperature"):
         make(math.nan)
