@@ -313,7 +313,7 @@ def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="latency_runtime must be one of .*'tensorrt' unknown"):
         _ziplm(latency_runtime="tensorrt")
     # a value of the wrong type is said as one (validate.typed_post_init); the runtimes are listed for a text
-    with pytest.raises(ValueError, match=r"ziplm.latency_runtime must be text or a list of texts .*got None$"):
+    with pytest.raises(ValueError, match=r"ziplm.latency_runtime must be text or a list of texts .*got None \(default 'ort'\)$"):
         _ziplm(latency_runtime=None)
     monkeypatch.setattr(ovr, "openvino_missing_reason", lambda: "openvino is not installed (test)")
     with pytest.raises(RuntimeError, match="not installed"):
@@ -328,5 +328,5 @@ def test_latency_runtime_is_checked_before_any_work(monkeypatch: pytest.MonkeyPa
         _ziplm(latency_runtime=[])
     with pytest.raises(ValueError, match="lists a runtime twice"):
         _ziplm(latency_runtime=["ort", "ort"])
-    with pytest.raises(ValueError, match=r"ziplm.latency_runtime must be text or a list of texts .*got 3$"):
+    with pytest.raises(ValueError, match=r"ziplm.latency_runtime must be text or a list of texts .*got 3 \(default 'ort'\)$"):
         _ziplm(latency_runtime=3)
