@@ -11,7 +11,6 @@ result, unless ``output_dir`` asks for a run directory (the CLI's layout, resuma
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import tempfile
@@ -77,20 +76,25 @@ def _built_pass(i: int, spec: PassSpec) -> "Pass":
     raise PipelineError(f"passes[{i}]: expected a pass name, a dict or a pass object, got {spec!r}")
 
 
-def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData") -> None:
+def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData",
+                   tokenizer: Any) -> None:
     """The teacher a run will use must be one: the given one, a finetune step's output, or the input
     model with a trained head (the CLI's ``model.finetuned=true`` rule, :func:`check_teacher_head`).
 
     ``teacher=`` is always checked (its labels and its head). The model as given is the teacher when
     no pass makes one; it is checked when the teacher is used: a pass distils from it, or
-    ``eval_data`` is scored against it. Raises ValueError naming the step or setting and what to
-    pass instead.
+    ``eval_data`` is scored against it. ``teacher=`` runs on the same batches as the model: its weights and
+    its embedding table are checked as the model's are (:func:`~compresslab.pipeline.preflight.check_model`).
+    Raises ValueError naming the step or setting and what to pass instead.
     """
     from compresslab.data.schema import TaskKind
     from compresslab.data.checks import check_labels_match_head
     from compresslab.pipeline.plan import distils_before_teacher
+    from compresslab.pipeline.preflight import check_model
     from compresslab.pipeline.state import check_teacher_head
 
+    if teacher is not None:
+        check_model(teacher, tokenizer, "teacher")
     if task.spec.kind is TaskKind.EMBEDDING:
         return  # an embedder is its own teacher (embedding KD); there is no head to train
     makers = [s.name for s in steps if s.pass_.makes_teacher]
@@ -201,7 +205,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
 
     Args:
         model: a Hugging Face BERT / RoBERTa / DistilBERT model (a sequence classifier for labelled
-            tasks, a bare encoder for ``kind="embedding"``). Copied unless ``inplace``.
+            tasks, a bare encoder for ``kind="embedding"``). Copied unless ``inplace`` (an attribute that
+            cannot be copied, such as a lock, is shared with the copy, with a warning). Parameters with
+            ``requires_grad=False`` stay frozen; a model with every one of them frozen is trained whole
+            when a torch step trains it, with a warning.
         tokenizer: its tokenizer.
         passes: pass names (``"obert"``), pass objects (``compresslab.passes.OBert(sparsity=0.8)``) or
             dicts ``{"name": "obert", "sparsity": 0.8}``, in order; TORCH passes before ONNX ones.
@@ -221,6 +228,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
             sorted class names or its integer ids. Labels follow the rules of the CLI's files
             (:mod:`compresslab.data.labels`): ``1``, ``"1"`` and ``1.0`` are one class, and ids mixed
             with names, a label only in ``eval_data`` or ids that leave a class empty are errors.
+        inplace: compress ``model`` itself rather than a copy (its weights, dtype and structure change).
         output_dir: write a run directory (checkpoints, ``pass.json`` and ``manifest.json`` per step;
             rerunning resumes after the last finished step); default: a temporary directory.
         export: export settings (``opset``, ``optimize``, ``atol``, ``parity_examples``) over
@@ -228,7 +236,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         columns: ``text_column``, ``text_pair_column``, ``label_column`` for datasets and files.
 
     Raises (all before any training, nothing written): SettingsError (a ValueError) for an
-    ``output_dir`` that cannot be written (read-only, a file in its path); ValueError for empty or
+    ``output_dir`` that cannot be written (read-only, a file in its path); ValueError for a model or
+    teacher without weights (on the meta device) or with a tokenizer larger than its embedding table, empty or
     unlabelled data, untokenizable text, labels that do not match the model's head, a teacher with
     an untrained head (``teacher=``, or the model as given when it is the teacher), a distilling
     pass without a teacher, bad pass settings; PipelineError for a bad pass order;
@@ -273,22 +282,24 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     check_labels_match_head(task, model.config, compare_names=label2id is None)
     check_tokenizable(task, tokenizer, max_length)
     check_steps(steps, task)
-    teacher = _as_model(teacher, "teacher")
-    _check_teacher(steps, model, teacher, task)
     export_s, eval_s, bench_s = default_settings(export=export, eval={"enabled": len(task.dev) > 0},
                                                  bench={"enabled": False})
     settings = RunSettings(seed=seed, max_length=max_length, batch_size=batch_size, cache_dir=None,  # type: ignore[arg-type]
                            threads=None, device=device, report=False, export=export_s, eval=eval_s, bench=bench_s)
     # the CLI's lists, whole and in its order: its preflight's per-step checks (what a step rules out of the export
     # settings, a pass's own sequence lengths such as ZipLM's seq against this model's position table), then the
-    # model checks its driver makes before the first step (deploy settings, each pass's check_model)
+    # model checks its driver makes before the first step (the model's weights and tokenizer, deploy settings, each
+    # pass's check_model): before the teacher checks, which read the model's head
     check_steps_settings(settings, steps, model.config, " (the model given to compress())")
-    check_with_model(settings, steps, model)
+    check_with_model(settings, steps, model, tokenizer)
+    teacher = _as_model(teacher, "teacher")
+    _check_teacher(steps, model, teacher, task, tokenizer)
 
     run_dir, cleanup = _work_dir(output_dir)
     try:
         # float16/bfloat16 models train to NaN on CPU: compresslab works in float32 (the copy, or in place)
-        work = to_float32(model if inplace else copy.deepcopy(model), "model")
+        work = to_float32(model if inplace else _working_copy(model), "model")
+        _trainable(work, steps, inplace)
         _name_labels(work, task)  # every checkpoint and export carries the label names used
         state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
                          model=work.eval(),
@@ -321,6 +332,42 @@ def _as_model(m: Any, what: str) -> Any:
 
         return load(m)
     raise TypeError(f"{what} must be a torch model or a checkpoint directory, got {type(m).__name__}")
+
+
+def _working_copy(model: "nn.Module") -> "nn.Module":
+    """The copy compress() works on (the caller's model is never changed); an attribute ``copy.deepcopy`` cannot copy
+    (a lock, an open file) is shared with the caller's model, with a warning naming it
+    (:func:`~compresslab.models.inmemory.clone_sharing`)."""
+    from compresslab.models.inmemory import clone_sharing
+
+    work, shared = clone_sharing(model)
+    if shared:
+        log.warning("compress(): %s cannot be copied; the working copy (the result's model) shares %s with the "
+                    "model given", ", ".join(f"{k} ({_type_name(v)})" for k, v in shared.items()),
+                    "it" if len(shared) == 1 else "them")
+    return work
+
+
+def _type_name(obj: Any) -> str:
+    """``_thread.lock``, ``_io.TextIOWrapper``: a type by its module too (``lock`` alone says little)."""
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _trainable(work: "nn.Module", steps: list["Step"], inplace: bool) -> None:
+    """A model with every parameter frozen (``requires_grad=False``) cannot be trained at all: autograd fails on the
+    first backward of any training step. Its parameters are made trainable, with a warning, when a torch step may
+    train it (the working copy; the given model itself with ``inplace``); a partly frozen model keeps its frozen
+    parts."""
+    from compresslab.models.inmemory import unfreeze_if_all_frozen
+    from compresslab.types import Stage
+
+    torch_steps = [s.name for s in steps if s.pass_.stage is Stage.TORCH]
+    if torch_steps and unfreeze_if_all_frozen(work):
+        log.warning("compress(): every parameter of the model has requires_grad=False, and step(s) %s may train it: "
+                    "compresslab trains %s with all of them trainable (to keep some fixed, freeze only those)",
+                    ", ".join(torch_steps), "the model itself (inplace=True)" if inplace else "its copy (your model "
+                    "is unchanged)")
 
 
 def _check_max_length(max_length: Any, config: Any) -> None:

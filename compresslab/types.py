@@ -151,9 +151,9 @@ class PassContext:
         """
         if self.teacher is not None:
             return self.teacher
-        import copy
+        from compresslab.models.inmemory import clone
 
-        t = copy.deepcopy(model).eval()
+        t = clone(model).eval()
         for p in t.parameters():
             p.requires_grad_(False)
         return t

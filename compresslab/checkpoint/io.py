@@ -31,7 +31,8 @@ from compresslab.models.adapters import check_supported
 from compresslab.models.binary import BINARY_KEY, apply_binary
 from compresslab.models.loading import (
     EMBEDDED, TASK_KEY, CheckpointError, auto_class, check_source_files, check_tokenizer_fits, find_weights, fit_head,
-    load_hf, load_tokenizer, no_progress_bars, read_config, read_state, resolve_source, save_tokenizer, saved_kind)
+    load_hf, load_tokenizer, read_config, read_state, resolve_source, save_tokenizer, saved_kind)
+from compresslab.models.quiet import no_progress_bars
 from compresslab.models.structure import STRUCTURE_KEY, apply_structure, stamp_structure
 from compresslab.models.quantized import QUANT_KEY, apply_quant, stamp_quant
 from compresslab.models.qdq import QDQ_KEY, apply_qdq, stamp_qdq
@@ -138,13 +139,8 @@ def _weights_and_reader(path: Path) -> tuple[Path, Any]:
     for fmt in FORMATS.values():
         if (path / fmt.file).is_file():
             return path / fmt.file, fmt.read_state
-    exported = sorted(p.name for p in path.glob("*") if p.suffix == ".onnx" or p.name == "openvino_model.xml")
-    if exported:  # a run's export/ dir (or an IR): a deployed graph, not a torch checkpoint
-        raise CheckpointError(f"{path} holds an exported graph ({', '.join(exported)}), not a torch checkpoint: score "
-                              "or time it with compresslab.evaluate / compresslab.benchmark (or onnxruntime, optimum's "
-                              "ORTModel* / OVModel*); compresslab.load reads a run's steps/<NN>_<pass>/ dir or a "
-                              "compresslab.save dir")
-    check_source_files(path, extra_weights=FORMAT_FILES, tokenizer=False)  # raises, naming what is there
+    # raises, naming what is there (an exported graph: what reads it)
+    check_source_files(path, extra_weights=FORMAT_FILES, tokenizer=False, given="compresslab.load()")
     raise CheckpointError(f"no weights compresslab can read in {path}")
 
 
@@ -211,12 +207,14 @@ def load(path: str | os.PathLike, *, attn_implementation: str = "sdpa") -> nn.Mo
     return load_hf(path, raw, attn_implementation=attn_implementation)
 
 
-def check_source(source: str | os.PathLike) -> Path:
+def check_source(source: str | os.PathLike, *, given: str = "model.source") -> Path:
     """The directory of a source model (``embedded`` or a path), checked before any expensive work:
     config.json, a supported architecture, weights present and intact (any layout :func:`load`
-    reads), tokenizer files. Raises FileNotFoundError / CheckpointError / UnsupportedArchitectureError."""
+    reads), tokenizer files. ``given``: what the path was given as (the CLI's ``model.source``, or
+    ``load_pretrained()``), named in the fix. Raises FileNotFoundError / CheckpointError /
+    UnsupportedArchitectureError."""
     path = resolve_source(source)
-    check_source_files(path, extra_weights=FORMAT_FILES)
+    check_source_files(path, extra_weights=FORMAT_FILES, given=given)
     return path
 
 
@@ -233,9 +231,9 @@ def load_pretrained(source: str | os.PathLike = EMBEDDED, *, kind: str = "classi
     be of that kind and size (else ValueError naming ``model.finetuned``). Raises
     as :func:`check_source` and :func:`load` do, and CheckpointError for a tokenizer that is missing
     or has more tokens than the model's embedding table."""
-    path = check_source(source)
+    path = check_source(source, given="load_pretrained()")
     model = load(path, attn_implementation=attn_implementation)
     model = fit_head(model, kind=kind, num_labels=num_labels, finetuned=finetuned, source=str(path), seed=seed)
     tokenizer = load_tokenizer(path)
-    check_tokenizer_fits(tokenizer, model.config, str(path))
+    check_tokenizer_fits(tokenizer, model.config, f"model {path}")
     return model.eval(), tokenizer

@@ -21,19 +21,20 @@ Rebuilding compresslab's own shrunk, quantized or binarized checkpoints (and tra
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from compresslab.models.adapters import check_supported
+from compresslab.models.model_dirs import exported_graphs, graph_not_checkpoint, not_a_model_dir
+from compresslab.models.quiet import quiet_load
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,19 @@ def embedded_default_path() -> Path:
 def resolve_source(source: str | os.PathLike) -> Path:
     """Map ``embedded`` or a local path to a directory holding config.json; clear error otherwise."""
     path = embedded_default_path() if str(source) == EMBEDDED else Path(source).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model {str(source)!r}: no config.json in {path}. compresslab loads local Hugging Face "
-            f"model directories (nothing is downloaded) or model.source=embedded")
+    problem = not_a_model_dir(path)
+    if problem is not None:
+        default = "" if path.exists() else f"; {EMBEDDED!r} is the embedded default model"
+        raise FileNotFoundError(f"model {str(source)!r}: {problem}{default}")
     return path
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """The raw ``config.json`` of a model directory; CheckpointError naming the file when unreadable."""
+    """The raw ``config.json`` of a model directory; CheckpointError naming the file when unreadable, or saying what
+    ``path`` is and what to give instead when it holds none (:func:`~compresslab.models.model_dirs.not_a_model_dir`)."""
+    problem = not_a_model_dir(Path(path))
+    if problem is not None:
+        raise CheckpointError(problem)
     try:
         cfg = json.loads((Path(path) / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -150,22 +155,28 @@ def read_state(weights: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_source_files(path: Path, *, extra_weights: tuple[str, ...] = (), tokenizer: bool = True) -> Path | None:
+def check_source_files(path: Path, *, extra_weights: tuple[str, ...] = (), tokenizer: bool = True,
+                       given: str = "model.source") -> Path | None:
     """Up-front checks of a model directory: config.json readable, architecture supported, weights
     present and intact, tokenizer files present. ``extra_weights`` are further file names that count
-    as weights (compresslab's compressed formats). Returns the plain weights file (None when only an
-    ``extra_weights`` file is there). Raises CheckpointError / UnsupportedArchitectureError."""
+    as weights (compresslab's compressed formats). ``given``: what the caller was given the path as, named in the
+    fix for a folder without weights (``model.source``, ``load_pretrained()``, ``compresslab.load()``). Returns the
+    plain weights file (None when only an ``extra_weights`` file is there). Raises CheckpointError (an exported
+    graph: what reads it) / UnsupportedArchitectureError."""
     raw = read_config(path)
     check_supported(str(raw.get("model_type", "?")))
     weights = find_weights(path)
     if weights is not None:
         check_weights_file(weights)
     elif not any((path / f).is_file() for f in extra_weights):
+        graphs = exported_graphs(path)
+        if graphs:  # a run's ONNX step or export/ (or an IR): a deployed graph, not a torch checkpoint
+            raise CheckpointError(graph_not_checkpoint(path, graphs))
         found = sorted(p.name for p in path.iterdir())
         raise CheckpointError(
             f"no {SAFETENSORS} (or {', '.join((*WEIGHT_FILES[1:], *extra_weights))}) in {path}; it holds "
-            f"{found[:12]}. Save the model there with model.save_pretrained(DIR) (safetensors), or point "
-            "model.source at the directory that holds its weights")
+            f"{found[:12]}. Save the model there with model.save_pretrained(DIR) (safetensors), or give "
+            f"{given} the directory that holds its weights")
     if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise CheckpointError(
             f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer the model was "
@@ -264,46 +275,6 @@ def to_float32(model: nn.Module, what: str) -> nn.Module:
         if getattr(model, "config", None) is not None:
             model.config.dtype = torch.float32
     return model
-
-
-class _DropLoadReport(logging.Filter):
-    """Drops transformers' multi-line LOAD REPORT table; compresslab logs one line of its own."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
-
-
-@contextlib.contextmanager
-def no_progress_bars() -> Iterator[None]:
-    """transformers' progress bars ("Loading weights", "Writing model shards") off while compresslab's
-    own load or save runs, with transformers' own switch (``disable_progress_bar``): a run logs its
-    own progress, and a bar per checkpoint drowns it. Switched back on after only if they were on, so a
-    user's setting (``HF_HUB_DISABLE_PROGRESS_BARS=1``, their own ``disable_progress_bar()``) stands
-    and their own loads outside compresslab show bars as before."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    if bars:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def quiet_load() -> Iterator[None]:
-    """Quiet one ``from_pretrained`` call: transformers' LOAD REPORT table is dropped (compresslab logs
-    one line of its own; the filter is removed after) and its progress bar is off (:func:`no_progress_bars`)."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    f = _DropLoadReport()
-    logger.addFilter(f)
-    try:
-        with no_progress_bars():
-            yield
-    finally:
-        logger.removeFilter(f)
 
 
 def load_hf(path: Path, raw: dict[str, Any], *, attn_implementation: str = "sdpa") -> nn.Module:
@@ -482,14 +453,16 @@ def save_tokenizer(tokenizer: Any, out_dir: str | os.PathLike) -> None:
     clean.save_pretrained(out_dir)
 
 
-def check_tokenizer_fits(tokenizer: Any, config: Any, source: str) -> None:
-    """ValueError when the tokenizer can produce ids the model's embedding table does not have
-    (a tokenizer from another model): the first batch would fail with an index error."""
+def check_tokenizer_fits(tokenizer: Any, config: Any, source: str,
+                         fix: str = "save the model's own tokenizer beside it") -> None:
+    """ValueError (CheckpointError) when the tokenizer can produce ids the model's embedding table does not have
+    (a tokenizer from another model): the first batch would fail with an index error. ``source`` names the
+    model (``model DIR``; ``model``, the argument given to ``compress()``), ``fix`` ends the message."""
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > int(vocab):
-        raise CheckpointError(f"model {source}: its tokenizer has {len(tokenizer)} tokens but the model's embedding "
-                              f"table has {vocab} rows (config.json vocab_size): the tokenizer belongs to another "
-                              "model; save the model's own tokenizer beside it")
+        raise CheckpointError(f"{source}: its tokenizer has {len(tokenizer)} tokens but the model's embedding table "
+                              f"has {vocab} rows (vocab_size in its config): the tokenizer belongs to another model, "
+                              f"and its first batch would fail with an index error; {fix}")
 
 
 def count_params(model: nn.Module) -> int:

@@ -16,7 +16,6 @@ every damp (the outer-product sums do not depend on damp).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from compresslab.models.inmemory import clone
 from compresslab.pruning.fisher import OBSScorer, collect_outer_sums, stream_groups
 from compresslab.pruning.masks import MaskKeeper
 from compresslab.pruning.unstructured import (
@@ -249,7 +249,7 @@ class OBert:
         dense = validation_loss(model, val)
         rows: list[dict[str, float]] = []
         for d in self.damp_grid or []:
-            m = copy.deepcopy(model)
+            m = clone(model)
             mods = {n: m.get_submodule(n) for n in names}
             scorer = OBSScorer(batches, self.num_grads, self.block_size, d, self.group_size, ctx.progress,
                                sums=dict(sums) if sums is not None else None)

@@ -10,7 +10,6 @@ exported and measured and the budget tightened exactly as ZipLM does (shared cod
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from compresslab.models.adapters import LayerView, get_adapter
+from compresslab.models.inmemory import clone
 from compresslab.models.structure import shrink_ffn, shrink_heads
 from compresslab.pruning.speedup import (
     Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, result_metrics, sample_batches, structure_of)
@@ -112,7 +112,7 @@ class StructuredL1(SpeedupSettings):
         start = structure_of(model)
         if len(set(start["heads"])) > 1 or len(set(start["ffn"])) > 1:
             raise ValueError(f"structured_l1 starts from a uniform model; got per-layer structure {start}")
-        dense = copy.deepcopy(model).eval()
+        dense = clone(model).eval()
         params_dense = sum(p.numel() for p in dense.parameters())
         teacher = ctx.kd_teacher(model)  # before the model changes
         with SpeedupLab(dense, ctx, self, sample_batches(ctx, self.num_calibration)) as lab:

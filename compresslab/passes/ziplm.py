@@ -15,7 +15,6 @@ KD-recovering after each (the paper's family schedule). The math lives in ``ops/
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from compresslab.models.hooks import capture_inputs
+from compresslab.models.inmemory import clone
 from compresslab.ops.knapsack import solve_dp
 from compresslab.ops.layer_hessian import HessianAccumulator, zero_dead_columns_
 from compresslab.ops.shrink import ShrinkDatabase, build_database
@@ -207,7 +207,7 @@ class ZipLM(SpeedupSettings):
             log.warning("ziplm: num_calibration=%d but the train split has %d examples; using all of them",
                         self.num_calibration, len(ctx.task.train))
         teacher = ctx.kd_teacher(model)  # before the model changes
-        dense = copy.deepcopy(model).eval()
+        dense = clone(model).eval()
         params_dense = sum(p.numel() for p in dense.parameters())
         with SpeedupLab(dense, ctx, self, sample_batches(ctx, self.num_calibration)) as lab:
             lab.check_targets(self.targets())
@@ -229,7 +229,7 @@ class ZipLM(SpeedupSettings):
             dbs = self.databases(work, ctx, lab.table)
 
             def build(choice: Choice, base: nn.Module = work, dbs: dict = dbs) -> nn.Module:
-                m = copy.deepcopy(base)
+                m = clone(base)
                 self.stitch(m, dbs, choice)
                 return m
 
@@ -242,5 +242,5 @@ class ZipLM(SpeedupSettings):
                 rec["saved"] = save_member(work, ctx, target, rec)
             records[target] = rec
             if target == self.speedup and target != self.targets()[-1]:
-                work = copy.deepcopy(model)  # larger targets continue on a copy; model stays here
+                work = clone(model)  # larger targets continue on a copy; model stays here
         return records

@@ -330,10 +330,10 @@ def _gpu(state: RunState, files: dict[str, Path], shapes: list, b: BenchSettings
         runners = {n: OrtRunner(p, None, provider="CUDAExecutionProvider", vocab_size=vocab) for n, p in files.items()}
         note = "ONNX Runtime CUDA provider"
     else:
-        import copy
+        from compresslab.models.inmemory import clone
 
-        runners = {"torch_fp32": TorchRunner(copy.deepcopy(state.teacher_or_initial()), None, device="cuda"),
-                   "torch_final": TorchRunner(copy.deepcopy(state.model), None, device="cuda")}
+        runners = {"torch_fp32": TorchRunner(clone(state.teacher_or_initial()), None, device="cuda"),
+                   "torch_final": TorchRunner(clone(state.model), None, device="cuda")}
         note = "onnxruntime-gpu not installed: the torch models run on CUDA instead"
     lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
                           seed=b.seed, vocab_size=vocab)

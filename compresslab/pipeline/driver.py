@@ -64,7 +64,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     state.load_initial()
     # deploy settings, module patterns and shapes need the model (e.g. hawq's block_size vs the Linears' shapes):
     # checked before any step runs and before a fresh run dir is written (a refused config leaves nothing behind)
-    check_with_model(state.settings, steps, state.model)
+    check_with_model(state.settings, steps, state.model, state.tokenizer)
     manifest = existing or _start(state, run_dir, cfg)
     record_invocation(manifest, cfg, run_dir, overrides)
     manifest.data["inputs"] = inputs

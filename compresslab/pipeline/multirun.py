@@ -83,7 +83,7 @@ def check_job_with_model(cfg: Any, steps: list["Step"]) -> None:
 
     state = RunState.prepare(cfg, steps)
     state.load_initial()
-    check_with_model(state.settings, steps, state.model)
+    check_with_model(state.settings, steps, state.model, state.tokenizer)
 
 
 @contextmanager

@@ -71,20 +71,35 @@ def check_steps_settings(settings: RunSettings, steps: list[Step], model_config:
     check_lengths_fit(model_config, settings, steps, where)
 
 
-def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module") -> None:
+def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module", tokenizer: Any) -> None:
     """Every check that needs the loaded model, before any step runs (and, in the driver, before a fresh run dir is
-    written): the deploy settings against it (:func:`~compresslab.pipeline.deploy.check_deploy`: ``keep_fp32``
-    patterns, no bf16 OpenVINO precision for a binary model), then each pass's own
-    (:func:`~compresslab.pipeline.state.check_steps_model`: architectures, module patterns, shapes such as hawq's
-    block size). The one list the driver, the multirun check (each swept job) and ``compress()`` run.
+    written): the model itself (:func:`check_model`: its weights, its tokenizer), the deploy settings against it
+    (:func:`~compresslab.pipeline.deploy.check_deploy`: ``keep_fp32`` patterns, no bf16 OpenVINO precision for a
+    binary model), then each pass's own (:func:`~compresslab.pipeline.state.check_steps_model`: architectures, module
+    patterns, shapes such as hawq's block size). The one list the driver, the multirun check (each swept job) and
+    ``compress()`` run.
 
     Raises ValueError naming the setting or the step.
     """
     from compresslab.pipeline.deploy import check_deploy
     from compresslab.pipeline.state import check_steps_model
 
+    check_model(model, tokenizer, "model")
     check_deploy(settings, steps, model)
     check_steps_model(steps, model)
+
+
+def check_model(model: "nn.Module", tokenizer: Any, what: str) -> None:
+    """A model (called ``what``) and the tokenizer that feeds it, whatever the entry: its weights are there (not on
+    the meta device: :func:`~compresslab.models.inmemory.check_has_weights`) and the tokenizer's ids fit its
+    embedding table (:func:`~compresslab.models.loading.check_tokenizer_fits`). A model read from a directory
+    passes both by construction (``load_pretrained`` checks the tokenizer as it reads it); a model given to
+    ``compress()`` is checked here, and its ``teacher=`` too. Raises ValueError naming what to give instead."""
+    from compresslab.models.inmemory import check_has_weights
+    from compresslab.models.loading import check_tokenizer_fits
+
+    check_has_weights(model, what)
+    check_tokenizer_fits(tokenizer, model.config, what, fix="use the tokenizer the model was trained with")
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:

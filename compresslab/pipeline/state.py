@@ -6,7 +6,6 @@ from a model the user already holds. Steps and stages read only this, never the 
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compresslab.manifest import RunManifest
+from compresslab.models.inmemory import clone
 from compresslab.pipeline.settings import RunSettings
 from compresslab.types import OnnxModel, PassContext
 
@@ -35,7 +35,7 @@ def tqdm_progress(iterable: Any = None, *, total: int | None = None, desc: str =
 
 def frozen(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode with no gradients: a teacher that never changes."""
-    t = copy.deepcopy(model).eval()
+    t = clone(model).eval()
     for p in t.parameters():
         p.requires_grad_(False)
     return t

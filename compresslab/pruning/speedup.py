@@ -9,7 +9,6 @@ It registers no pass.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -27,6 +26,7 @@ from torch import nn
 from compresslab.bench.latency_runtimes import RUNTIMES, as_deployed, fastest_runtime, measure_speedup, reads_plain
 from compresslab.bench.latency_table import TableSettings, build_latency_table, linear_table, one_layer_table
 from compresslab.models.adapters import get_adapter
+from compresslab.models.inmemory import clone
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
 from compresslab.types import PassContext, hook
@@ -382,7 +382,7 @@ def oneshot_family(model: nn.Module, dense: nn.Module, ctx: PassContext, p: Spee
     the budget); the step's model is saved after its recovery.
     """
     def build(choice: Choice) -> nn.Module:
-        m = copy.deepcopy(dense)
+        m = clone(dense)
         apply(m, choice)
         return m
 

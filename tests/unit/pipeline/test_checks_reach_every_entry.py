@@ -17,7 +17,8 @@ import compresslab
 from compresslab import cli
 from compresslab.config import compose
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
-from compresslab.pipeline import deploy, plan, preflight
+from compresslab.models import adapters, inmemory, loading
+from compresslab.pipeline import deploy, plan, preflight, state
 from compresslab.registry import available_passes, get_pass
 from compresslab.testing import tiny_sentiment
 
@@ -37,6 +38,7 @@ SHARED: dict[str, Callable[..., Any]] = {
     "plan.distils_before_teacher": plan.distils_before_teacher,
     "preflight.check_steps_settings": preflight.check_steps_settings,
     "preflight.check_with_model": preflight.check_with_model,
+    "preflight.check_model": preflight.check_model,
 }
 
 
@@ -94,7 +96,12 @@ ENTRIES: dict[str, Callable[..., None]] = {"cli run": _cli_run, "cli multirun": 
 @pytest.mark.parametrize("shared", list(SHARED))
 def test_a_check_added_to_a_shared_list_reaches_every_entry_before_any_work(shared, entry, inputs, tiny_tok, tmp_path,
                                                                            monkeypatch, no_step_runs):
-    fn = SHARED[shared]
+    _refused_by(SHARED[shared], entry, inputs, tiny_tok, tmp_path, monkeypatch)
+
+
+def _refused_by(fn: Callable[..., Any], entry: str, inputs: tuple[Path, Path], tiny_tok: Any, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fn`` made to refuse: ``entry`` reaches it before any step runs and before anything is written."""
     # the function's code is replaced, not the module's name for it: every caller sees the added check, however it
     # imported the function
     monkeypatch.setattr(fn, "__code__", _refusing.__code__)
@@ -104,6 +111,31 @@ def test_a_check_added_to_a_shared_list_reaches_every_entry_before_any_work(shar
     with pytest.raises(RuntimeError, match=ADDED):
         ENTRIES[entry](inputs, out, tiny_tok)
     assert not out.exists(), f"{entry} wrote {sorted(p.name for p in out.rglob('*'))} before the check"
+
+
+# Every check the CLI makes on its model, its tokenizer and its data before any work, by the function that makes it:
+# compress() makes each one on the model, tokenizer and data it is given (a trial found check_tokenizer_fits made
+# by the CLI alone, in load_pretrained: compress() ran a tokenizer of another model into an IndexError mid-training,
+# its output_dir written). Not listed: the checks of files (compress() reads none), and the head checks the CLI makes
+# only with model.finetuned=true (check_teacher_head, check_labels_match_head), which compress() makes on its own rule
+# (tests/unit/test_api.py). compress() also checks what the CLI does not: every text tokenizes (check_tokenizable).
+MODEL_CHECKS: dict[str, Callable[..., Any]] = {
+    "adapters.check_supported": adapters.check_supported,  # an architecture with an adapter
+    "loading.check_max_length": loading.check_max_length,  # every sequence length vs the position table
+    "loading.check_tokenizer_fits": loading.check_tokenizer_fits,  # the tokenizer's ids vs the embedding table
+    "inmemory.check_has_weights": inmemory.check_has_weights,  # weights, not meta tensors
+    "state.check_steps": state.check_steps,  # each pass's data checks
+    "deploy.check_deploy": deploy.check_deploy,  # deploy settings vs the model
+    "state.check_steps_model": state.check_steps_model,  # each pass's model checks
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("check", list(MODEL_CHECKS))
+def test_every_check_of_the_model_tokenizer_and_data_reaches_every_entry_before_any_work(check, entry, inputs,
+                                                                                         tiny_tok, tmp_path,
+                                                                                         monkeypatch, no_step_runs):
+    _refused_by(MODEL_CHECKS[check], entry, inputs, tiny_tok, tmp_path, monkeypatch)
 
 
 def test_the_entries_pass_the_shared_lists_unpatched(inputs, tiny_tok, tmp_path, no_step_runs):

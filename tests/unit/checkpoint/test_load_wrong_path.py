@@ -1,0 +1,83 @@
+"""``compresslab.load``, ``load_pretrained`` and ``model.source`` given a path that is not a model directory: the
+message says what the path is and which path to give instead (a trial found "cannot read <path>/config.json:
+[Errno 2]" for a missing path, a run directory, its steps/ folder and its manifest.json alike, and
+``load_pretrained`` of an ONNX step advising ``model.source``, a CLI setting)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import compresslab
+from compresslab.checkpoint import check_source
+from compresslab.models.loading import CheckpointError
+from compresslab.models.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_tok) -> Path:
+    """A run directory as a run leaves it: manifest.json, two torch steps, an ONNX step and export/."""
+    run = tmp_path_factory.mktemp("run")
+    (run / "manifest.json").write_text(json.dumps({"status": "finished"}))
+    for step in ("00_finetune", "01_obert"):
+        tiny_model().save_pretrained(run / "steps" / step)
+        tiny_tok.save_pretrained(run / "steps" / step)
+    for graph in (run / "steps" / "02_int8", run / "export"):
+        graph.mkdir(parents=True)
+        (graph / "config.json").write_text(json.dumps({"model_type": "bert"}))
+        (graph / "model.onnx").write_bytes(b"")
+        tiny_tok.save_pretrained(graph)
+    (run / "plots").mkdir()
+    return run
+
+
+def _torch_steps(run: Path) -> str:
+    return re.escape(f"use one of its torch steps: {run / 'steps' / '01_obert'} (the last; earlier: 00_finetune)")
+
+
+CASES = {  # path under the run -> what the message must say
+    "a path that does not exist": (lambda r: r / "nope", lambda r: re.escape(f"{r / 'nope'} does not exist")),
+    "the run directory": (lambda r: r, lambda r: f"is a compresslab run directory, not a model: {_torch_steps(r)}; "
+                          r"steps/02_int8/ and export/ are exported graphs \(score .* compresslab.evaluate"),
+    "its steps folder": (lambda r: r / "steps", lambda r: f"the steps folder of the compresslab run {re.escape(str(r))}"
+                         f", not a model: {_torch_steps(r)}"),
+    "its manifest.json": (lambda r: r / "manifest.json",
+                          lambda r: f"is a file of the compresslab run directory .*, not a model: {_torch_steps(r)}"),
+    "a step's config.json": (lambda r: r / "steps" / "00_finetune" / "config.json",
+                             lambda r: "is a file, not a model directory: give its folder, "
+                             + re.escape(str(r / "steps" / "00_finetune")) + "$"),
+    "a folder without config.json": (lambda r: r / "plots", lambda r: r"has no config.json, so it is not a model "
+                                     r"directory \(it holds nothing\); .*model.save_pretrained\(DIR\)"),
+    "an ONNX step": (lambda r: r / "steps" / "02_int8",
+                     lambda r: r"holds an exported graph \(model.onnx\), not a torch checkpoint: score or time it with "
+                     f"compresslab.evaluate .*; for a torch model of the run .*, {_torch_steps(r)}$"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("entry", ["load", "load_pretrained", "model.source"])
+def test_a_path_that_is_no_model_dir_is_named_with_the_path_to_give(case, entry, run):
+    path, match = CASES[case][0](run), CASES[case][1](run)
+    call = {"load": compresslab.load, "load_pretrained": compresslab.load_pretrained, "model.source": check_source}
+    with pytest.raises((CheckpointError, FileNotFoundError), match=match) as e:
+        call[entry](path)
+    assert "[Errno" not in str(e.value) and "model.source" not in str(e.value)  # no API advice in CLI terms
+
+
+def test_a_folder_without_weights_names_what_the_caller_gave(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match=r"or give load_pretrained\(\) the directory that holds its weights"):
+        compresslab.load_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"or give compresslab.load\(\) the directory that holds its weights"):
+        compresslab.load(tmp_path)
+    with pytest.raises(CheckpointError, match=r"or give model.source the directory that holds its weights"):
+        check_source(tmp_path)
+
+
+def test_a_hub_id_is_told_that_nothing_is_downloaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="bert-base-uncased does not exist .*nothing is downloaded"):
+        compresslab.load("bert-base-uncased")
