@@ -9,7 +9,9 @@ unwritable ``paths.output_dir`` or ``seed=abc`` stops here; a multirun (``-m see
 of its jobs checked so (:func:`check_multirun`, planned in :mod:`compresslab.pipeline.multirun`) before the first
 starts. What needs the model or the data stops at the start of :func:`compresslab.pipeline.run`, before any
 training; for a multirun that sweeps something, it is checked for each job before the first starts too, by the
-driver's own list (a search's candidates are checked by the search's own plan).
+driver's own list (a search's candidates are checked by the search's own plan), as is that no two jobs write one dir.
+A multirun's jobs then run one after the other in this process: a job that fails is named and the next one starts,
+and a summary of every job ends the sweep, with the exit status of the first that failed (:mod:`compresslab.sweep`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from compresslab.pipeline.multirun import JobPlan, SweepJob
+    from compresslab.sweep import Sweep
 
 log = logging.getLogger("compresslab")
 
@@ -88,12 +96,14 @@ def check_composes(overrides: list[str]) -> None:
         fail(e)
 
 
-def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
+def _check_job(overrides: list[str]) -> "JobPlan":
     """:func:`check_command_line`'s checks of one job: a search's plan (``+search=NAME``: it checks its own settings
     and every candidate), else the pipeline's preflight. Raises the bad-input error (the missing pipeline prints its
-    own message and exits 2); returns the composed config and its steps for the multirun's model checks (None for a
-    search)."""
+    own message and exits 2); returns where the job writes and, for a pipeline, its composed config and steps for the
+    multirun's model checks."""
     from compresslab.config import compose
+    from compresslab.pipeline.multirun import JobPlan
+    from compresslab.pipeline.plan import resolve_run_dir
     from compresslab.pipeline.preflight import preflight
     from compresslab.search.plan import base_overrides, requests_search
 
@@ -103,62 +113,184 @@ def _check_job(overrides: list[str]) -> tuple[Any, list[Any]] | None:
     if cfg.get("search") is not None:  # +search=NAME: the search checks its own settings and every candidate
         from compresslab.search.plan import plan_search
 
-        plan_search(cfg, overrides)
-        return None
+        plan = plan_search(cfg, overrides)
+        return JobPlan(plan.search_dir, "search.dir", fixed=bool(plan.settings.dir))
     if cfg.get("pipeline") is None:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
-    return cfg, preflight(cfg)
+    steps = preflight(cfg)
+    return JobPlan(resolve_run_dir(cfg), "run.dir", fixed=cfg.run.get("dir") is not None, model_check=(cfg, steps))
 
 
-def check_multirun(overrides: list[str]) -> None:
-    """:func:`check_command_line` for each job of a multirun (``-m``), then, when something is swept, the data and
-    model checks a run makes before its first step, all before Hydra starts the first job
-    (:func:`compresslab.pipeline.multirun.check_multirun`). Prints one line naming the job's swept values and raises
-    SystemExit(2) when any is wrong; returns None otherwise."""
+def check_multirun(overrides: list[str]) -> "Sweep":
+    """:func:`check_command_line` for each job of a multirun (``-m``), that no two jobs write one dir, then, when
+    something is swept, the data and model checks a run makes before its first step, all before Hydra starts the
+    first job (:func:`compresslab.pipeline.multirun.check_multirun`). Prints one line naming the job's swept values
+    and raises SystemExit(2) when any is wrong; returns the sweep, its jobs numbered, to record their outcomes."""
     from compresslab.pipeline.multirun import check_multirun as check_jobs
+    from compresslab.sweep import Sweep
 
     try:
-        check_jobs(overrides, _check_job)
+        return Sweep(check_jobs(overrides, _check_job))
     except bad_input_errors() as e:
         fail(e)
 
 
-def _main(cfg) -> None:
-    from compresslab.pipeline import run
-    from compresslab.pipeline.settings import RunSettings
+# The multirun this process runs (main: checked before Hydra started it), its jobs' outcomes (_run_sweep_job).
+_SWEEP: "Sweep | None" = None
 
+
+def _main(cfg) -> None:
     searching = cfg.get("search") is not None  # +search=NAME: an accuracy-aware search picks the pipelines
     if cfg.get("pipeline") is None and not searching:
         print(_missing_pipeline_message(), file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
     terminate_as_interrupt()
+    job = _sweep_job()
+    if job is not None:
+        _run_sweep_job(cfg, job)
+        return
     try:
-        if searching:
-            from compresslab.search.driver import main as search_main
-
-            search_main(cfg, _task_overrides(), setup_process)
-            return
-        settings = RunSettings.from_config(cfg)  # seed and threads are typed before they touch torch
-        setup_process(settings.threads, settings.seed)
-        logging.getLogger("compresslab").setLevel(logging.INFO)
-        run_dir = run(cfg, overrides=_task_overrides())
+        run_dir = _run(cfg)
     except bad_input_errors() as e:
         fail(e)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the manifest already says interrupted, at which step
-        why = str(e) or "interrupted (Ctrl-C)"
-        print(f"compresslab: {why}; the finished steps are kept: rerun the same command to resume",
-              file=sys.stderr)
-        raise SystemExit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED) from None
+        _exit_interrupted(e)
+    if run_dir is not None:
+        _print_run_dir(run_dir)
+
+
+def _run(cfg) -> "Path | None":
+    """Run ``cfg``: a pipeline (returns its run dir) or a search (prints its answer; returns None). Raises what the
+    run raises: a bad input, KeyboardInterrupt, SystemExit(3) for a search that chose no model, a crash."""
+    from compresslab.pipeline import run
+    from compresslab.pipeline.settings import RunSettings
+
+    if cfg.get("search") is not None:
+        from compresslab.search.driver import main as search_main
+
+        search_main(cfg, _task_overrides(cfg), setup_process)
+        return None
+    settings = RunSettings.from_config(cfg)  # seed and threads are typed before they touch torch
+    setup_process(settings.threads, settings.seed)
+    logging.getLogger("compresslab").setLevel(logging.INFO)
+    return run(cfg, overrides=_task_overrides(cfg))
+
+
+def _print_run_dir(run_dir: "Path") -> None:
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.html'} ({run_dir / 'report.md'})")
 
 
-def _task_overrides() -> list[str] | None:
-    """The command-line overrides of this job as Hydra parsed them (a multirun job's own values, no
-    ``hydra.*``), recorded in the manifest for its rerun command; None outside a Hydra run."""
-    from hydra.core.hydra_config import HydraConfig
+def _exit_interrupted(e: KeyboardInterrupt) -> NoReturn:
+    why = str(e) or "interrupted (Ctrl-C)"
+    print(f"compresslab: {why}; the finished steps are kept: rerun the same command to resume", file=sys.stderr)
+    raise SystemExit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED) from None
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+def _sweep_job() -> "SweepJob | None":
+    """This job of a multirun when Hydra's basic launcher runs it here, in this process (its outcome is then
+    recorded in :data:`_SWEEP` and the sweep goes on when it fails); None for a single run, or a job that another
+    launcher (joblib, submitit) runs in a process of its own, which exits as a single run does."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    global _SWEEP
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or not str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        return None
+    if _SWEEP is None:  # a multirun Hydra parsed alone (no check before it): its jobs known as they come
+        from compresslab.sweep import Sweep
+
+        _SWEEP = Sweep([])
+    return _SWEEP.job(int(hc.job.num), list(hc.overrides.task))
+
+
+def _run_sweep_job(cfg, job: "SweepJob") -> None:
+    """Run one job of the multirun :data:`_SWEEP` and record how it ended. A failed job (a bad input found only as
+    it ran, a crash: its traceback printed) is named on stderr and the sweep goes on with the next job; Ctrl-C or
+    SIGTERM prints the summary and ends the sweep (exit 130 / 143). :func:`main` prints the summary at the end."""
+    import traceback
+
+    from compresslab.sweep import Outcome
+
+    sweep = _SWEEP
+    assert sweep is not None
+    out_dir = _run_dir_of(cfg) or job.out_dir
+    status, code, error, ran = "finished", 0, None, None
+    earlier = sweep.written_by(out_dir) if out_dir is not None else None
+    try:
+        if earlier is not None:  # a sweep too large for the check before Hydra to compare every pair of jobs
+            raise ValueError(f"{out_dir} is the dir of job {earlier.name} of this multirun: give each job its own "
+                             "(run.dir='<dir>/${hydra:job.num}', quoted for the shell)")
+        ran = _run(cfg)
+        status = _status_of(ran)
+    except bad_input_errors() as e:
+        status, code, error = "failed", EXIT_BAD_INPUT, " ".join(str(e).split()) or type(e).__name__
+    except KeyboardInterrupt as e:
+        sweep.record(Outcome(job, "interrupted", EXIT_INTERRUPTED, out_dir, str(e) or None))
+        print(sweep.summary())
+        _exit_interrupted(e)
+    except SystemExit as e:  # a search that chose no model (it printed why)
+        if e.code not in (0, None):
+            status, code = "failed", e.code if isinstance(e.code, int) else 1
+    except Exception as e:  # a crash: its traceback, as a single run shows it; the next job may still run
+        traceback.print_exc()
+        status, code, error = "crashed", 1, " ".join(f"{type(e).__name__}: {e}".split())
+    sweep.record(Outcome(job, status, code, out_dir, error))
+    if status == "failed" or status == "crashed":
+        print(f"compresslab: error: multirun job {job.name} {status}" + (f": {error}" if error else f" (exit {code})"),
+              file=sys.stderr)
+    elif ran is not None:
+        _print_run_dir(ran)
+
+
+def _run_dir_of(cfg) -> "Path | None":
+    """The run dir of a pipeline ``cfg``; None for a search, or for settings that do not read (the run says why)."""
+    from compresslab.pipeline.plan import resolve_run_dir
+
+    if cfg.get("search") is not None:
+        return None
+    try:
+        return resolve_run_dir(cfg)
+    except Exception:  # the run itself raises the error, as a bad input of this job
+        return None
+
+
+def _status_of(run_dir: "Path | None") -> str:
+    """A finished job's status: its manifest's (``finished``, or ``stopped`` at run.stop_after)."""
+    from compresslab.manifest import RunManifest
+
+    if run_dir is None:
+        return "finished"
+    try:
+        return str(RunManifest.load(run_dir).data.get("status") or "finished")
+    except (OSError, ValueError):
+        return "finished"
+
+
+def _task_overrides(cfg) -> list[str] | None:
+    """The command-line overrides of this job as Hydra parsed them (a multirun job's own values, no
+    ``hydra.*``), recorded in the manifest for its rerun command; None outside a Hydra run. An override that reads
+    Hydra's own config (``run.dir=out/${hydra:job.num}``) is recorded with the value it has in this job
+    (``run.dir=out/1``): Hydra sets ``hydra.job.num`` only in a multirun, so one job's rerun command carries it."""
+    from hydra._internal.grammar.utils import escape_special_characters
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from compresslab.config import override_key, reads_hydra
+
+    if not HydraConfig.initialized():
+        return None
+    out = []
+    for o in HydraConfig.get().overrides.task:
+        if reads_hydra(o):
+            resolved = OmegaConf.select(cfg, override_key(o), default=None)
+            if isinstance(resolved, (str, int, float)) and not isinstance(resolved, bool):
+                o = f"{o.partition('=')[0]}={escape_special_characters(str(resolved))}"
+        out.append(o)
+    return out
 
 
 class Terminated(KeyboardInterrupt):
@@ -224,6 +356,8 @@ def main() -> None:
 
     from compresslab.config import appended_pass_settings, config_dir
 
+    global _SWEEP
+    _SWEEP = None  # a multirun below sets it (main may run more than once in a process: the tests)
     # what Hydra composes is what the checks composed (config.compose reads the same form)
     args = sys.argv[1:] = appended_pass_settings(sys.argv[1:])
     if not args:  # fail fast, before Hydra sets up anything
@@ -234,10 +368,17 @@ def main() -> None:
     elif (parsed := _parse_hydra_args(args)) is not None:
         sys.argv[1:] = _overrides_first(args, parsed.overrides)
         if not any(getattr(parsed, flag, None) for flag in _NOT_A_RUN):  # flags that run jobs: -m, --run
-            (check_multirun if parsed.multirun else check_command_line)(parsed.overrides)
+            if parsed.multirun:
+                _SWEEP = check_multirun(parsed.overrides)
+            else:
+                check_command_line(parsed.overrides)
         elif getattr(parsed, "cfg", None) and not parsed.multirun:
             check_composes(parsed.overrides)
     hydra.main(config_path=config_dir(), config_name="compress", version_base="1.3")(_main)()
+    if _SWEEP is not None and _SWEEP.outcomes:  # a multirun ran its jobs here: how each ended
+        print(_SWEEP.summary())
+        if code := _SWEEP.exit_code():
+            raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,11 @@ def compose(overrides: list[str]) -> Any:
     and put back after, where ``initialize_config_dir`` alone would refuse ("GlobalHydra is already
     initialized"). Raises ConfigError (one line naming the override) when the overrides do not compose.
     """
+    return _compose(overrides, with_hydra=False)
+
+
+def _compose(overrides: Sequence[str], with_hydra: bool) -> Any:
+    """:func:`compose`; ``with_hydra``: with Hydra's own config under ``hydra`` (its job's name, overrides...)."""
     from hydra import compose as h_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -103,9 +108,45 @@ def compose(overrides: list[str]) -> Any:
     with _own_global_hydra(), initialize_config_dir(config_dir=config_dir(), version_base="1.3",
                                                     job_name="compresslab"):
         try:
-            return h_compose(config_name="compress", overrides=appended_pass_settings(list(overrides)))
+            return h_compose(config_name="compress", overrides=appended_pass_settings(list(overrides)),
+                             return_hydra_config=with_hydra)
         except HydraException as e:
             raise ConfigError(composition_message(e)) from e
+
+
+def reads_hydra(override: str) -> bool:
+    """Whether an override's value reads Hydra's own config (``${hydra:job.num}``), as written or as Hydra's sweeper
+    writes a job's override back (``$\\{hydra\\:job.num\\}``: its grammar's special characters escaped)."""
+    return "hydra:" in override.partition("=")[2].replace("\\", "")
+
+
+@contextmanager
+def as_multirun_job(overrides: Sequence[str], num: int) -> Iterator[None]:
+    """Hydra's own config of job ``num`` of a multirun (``-m``) set for the block, as Hydra sets it while that job
+    runs (``hydra.job.num``, its overrides), so that a setting reading it (``run.dir='out/${hydra:job.num}'``)
+    resolves in the checks made before any job starts as it will in the job. Raises ConfigError when the overrides
+    do not compose.
+
+    Only where an override reads ``${hydra:...}``: no shipped config does, and composing Hydra's config too would
+    double the time each job's check takes for nothing."""
+    if not any(reads_hydra(o) for o in overrides):
+        yield
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    cfg = _compose(overrides, with_hydra=True)
+    with open_dict(cfg):  # what Hydra's launcher sets on each job (BasicLauncher.launch)
+        cfg.hydra.job.id = num
+        cfg.hydra.job.num = num
+        cfg.hydra.mode = RunMode.MULTIRUN
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
 
 
 @contextmanager

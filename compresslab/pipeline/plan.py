@@ -349,10 +349,10 @@ def resolve_run_dir(cfg: DictConfig, settings: "RunSettings | None" = None) -> P
     return s.output_dir / str(cfg.pipeline.name) / config_hash(cfg)
 
 
-def prepare_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | None" = None) -> RunManifest | None:
-    """Return the existing manifest to resume, or None for a fresh dir; refuse foreign dirs. With
-    ``run.overwrite`` (``settings.run``; typed from ``cfg`` when not given) an existing run is moved aside."""
-    h = config_hash(cfg)
+def check_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
+    """The run ``run_dir`` holds (None: none yet), refused when the dir is not ``cfg``'s to write: it holds other
+    files, or another config's run. Reads, never writes: the preflight's check (before any data is read, and for
+    each job of a multirun before the first starts) and :func:`prepare_run_dir`'s. Raises RunDirConflictError."""
     mpath = run_dir / "manifest.json"
     if not mpath.exists():
         # .hydra: written before the manifest; the lock file: left by any run (pipeline/lock.py)
@@ -360,10 +360,20 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | Non
             raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
         return None
     old = RunManifest.load(run_dir)
+    h = config_hash(cfg)
     if old.data.get("config_hash") != h:
         raise RunDirConflictError(
             f"{run_dir} belongs to another config (hash {old.data.get('config_hash')} != {h}); "
             "use a different run.dir or the same config")
+    return old
+
+
+def prepare_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | None" = None) -> RunManifest | None:
+    """Return the existing manifest to resume, or None for a fresh dir; refuse foreign dirs. With
+    ``run.overwrite`` (``settings.run``; typed from ``cfg`` when not given) an existing run is moved aside."""
+    old = check_run_dir(run_dir, cfg)
+    if old is None:
+        return None
     check_not_running(old, run_dir)
     if _typed(cfg, settings).run.overwrite:  # start over, whatever state the old run is in (it is kept aside)
         backup = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")

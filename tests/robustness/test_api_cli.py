@@ -410,9 +410,9 @@ def test_multirun_flags_anywhere(observe):
     assert argv == ["+pipeline=int8", "seed=1,2", "task.max_length=64", "-m", "--cfg", "job"]
     again = get_args_parser().parse_args(argv)  # what hydra.main does with sys.argv
     assert again.multirun and again.cfg == "job" and again.overrides == parsed.overrides
-    from compresslab.pipeline.multirun import jobs_to_check
+    from compresslab.pipeline.multirun import sweep_jobs
 
-    assert jobs_to_check([["a=1", "a=2"], ["b=x"], ["c=1", "c=2", "c=3"]]) == [
+    assert [job.overrides for job in sweep_jobs(["a=1,2", "b=x", "c=1,2,3"])] == [
         ["a=1", "b=x", "c=1"], ["a=1", "b=x", "c=2"], ["a=1", "b=x", "c=3"],
         ["a=2", "b=x", "c=1"], ["a=2", "b=x", "c=2"], ["a=2", "b=x", "c=3"]]
     observe(f"{args} -> {argv}")
