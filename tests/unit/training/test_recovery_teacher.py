@@ -67,3 +67,34 @@ def test_every_recovering_pass_refuses_hardness_on_an_embedder_and_distils_it(na
     p.apply(model, ctx)
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
     assert changed  # the recovery (or the compression) ran, no crash for a missing teacher
+
+
+REQUIRED = {"layer_drop": {"num_layers": 1}}  # settings a pass cannot be built without
+
+
+def test_every_pass_with_a_recovery_block_says_whether_it_distils() -> None:
+    """A pass holding a ``Recovery`` block trains with KD from it, so the pipeline must be able to ask it
+    (``recovery_settings`` hook, or ``needs_teacher`` declared): ``distils_before_teacher`` then refuses a
+    distilling step before any teacher exists. Every shipped pass does (ziplm and structured_l1 through
+    ``SpeedupSettings``); a new pass holding the block without the hook would distil from an untrained head
+    unchecked, and fails here."""
+    import dataclasses
+    import typing
+
+    from compresslab.pipeline.plan import needs_teacher
+    from compresslab.registry import available_passes, get_pass
+    from compresslab.types import capability, hook
+
+    silent = []
+    for name in available_passes():
+        cls = get_pass(name)
+        hints = typing.get_type_hints(cls)
+        holds = [f.name for f in dataclasses.fields(cls) if Recovery in (hints[f.name], *typing.get_args(hints[f.name]))]
+        if not holds:
+            continue
+        p = build_pass(name, **REQUIRED.get(name, {}))
+        if hook(p, "recovery_settings") is None and not capability(p, "needs_teacher"):
+            silent.append(name)
+        elif p.recovery.steps and p.recovery.hardness > 0:  # the default KD recovery is seen as distilling
+            assert needs_teacher(p), name
+    assert not silent, f"passes with a Recovery block the pipeline cannot ask about KD: {silent}"
