@@ -42,8 +42,11 @@ def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
     else:
         where = ""
     if err.get("interrupted", kind in INTERRUPTS):
-        extra = f" ({msg})" if msg and kind not in INTERRUPTS else ""  # Terminated's own message only repeats it
-        what = f"Interrupted by {INTERRUPTS.get(kind, kind)}{extra}{where}"
+        # Terminated's message only repeats "SIGTERM"; a KeyboardInterrupt with one was raised by code, not Ctrl-C
+        if kind in INTERRUPTS and not (kind == "KeyboardInterrupt" and msg):
+            what = f"Interrupted by {INTERRUPTS[kind]}{where}"
+        else:
+            what = f"Interrupted ({kind}: {msg}){where}" if msg else f"Interrupted ({kind}){where}"
     else:
         what = f"Error{where}: {kind}: {msg.rstrip('.')}" if msg else f"Error{where}: {kind} (no message)"
     how = ("Call compresslab.compress again with the same output_dir to resume" if api
