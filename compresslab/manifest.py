@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from compresslab.failure import stop_summary
+
 SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
 
@@ -380,6 +382,10 @@ class RunManifest:
 
     path: Path
     data: dict[str, Any]
+    # What runs now outside a step (set by the pipeline through at_stage, read by mark_failed; not saved):
+    # export before the first ONNX pass, the restore of a finished step, or a stage after all the steps
+    stage: str | None = field(default=None, compare=False)
+    after_steps: bool = field(default=False, compare=False)  # the stage runs after every step finished
 
     @classmethod
     def create(cls, run_dir: Path, **fields: Any) -> "RunManifest":
@@ -414,14 +420,25 @@ class RunManifest:
         self.data["process"] = process_record()
         self.save()
 
+    def at_stage(self, stage: str | None, after_steps: bool = False) -> None:
+        """Name what runs from now on outside a step (None: nothing, or a step, which names itself), so
+        that a failure or Ctrl-C there is recorded at it."""
+        self.stage, self.after_steps = stage, after_steps
+
     def mark_failed(self, e: BaseException) -> None:
-        """Status ``failed`` (``interrupted`` for Ctrl-C) with the error's type and message and the
-        step that was running (marked the same); saved atomically."""
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        """Status ``failed`` (``interrupted`` for Ctrl-C and SIGTERM) with the error's type and message,
+        the step that was running (marked the same) or else the stage (:meth:`at_stage`), and
+        ``summary``: the sentence that says all this and how to resume; saved atomically."""
+        interrupted = isinstance(e, KeyboardInterrupt)
+        status = "interrupted" if interrupted else "failed"
         running = [s for s in self.data.get("steps", []) if s.get("status") == "running"]
         for s in running:
             s["status"] = status
         self.data["status"] = status
-        self.data["error"] = {"type": type(e).__name__, "message": str(e)[:2000],
-                              "step": running[-1]["name"] if running else None, "at": now()}
+        err: dict[str, Any] = {"type": type(e).__name__, "message": str(e)[:2000],
+                               "step": running[-1]["name"] if running else None,
+                               "stage": None if running else self.stage,
+                               "after_steps": self.after_steps and not running, "interrupted": interrupted}
+        err["summary"] = stop_summary(err, api=self.data.get("pipeline") == "compress")
+        self.data["error"] = {**err, "at": now()}
         self.save()

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from compresslab.export.embedding_int8 import EMBEDDINGS, table_storage
 from compresslab.export.ort_quant import check_op_types, read_export_config
+from compresslab.failure import error_text
 from compresslab.quant.guided_int8 import LATENCY_SHAPE, Sensitivity
 from compresslab.registry import register_pass
 from compresslab.types import OnnxModel, PassContext, PassResult, Stage
@@ -335,7 +336,8 @@ class OrtInt8Dynamic:
             return out, {"embeddings": "blockwise", **blockwise_word_embeddings(src, out)}
         except EmbeddingError as e:
             log.info("%s embeddings=blockwise: %s; the tables are left to ORT's quantizer", self.name, e)
-            return src, {"embeddings": "per_tensor", "requested": "blockwise", "fallback_reason": str(e)}
+            return src, {"embeddings": "per_tensor", "requested": "blockwise",
+                         "fallback_reason": error_text(e, typed=False)}
 
     def _per_token(self, src: Path, dst: Path, work: str, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
         """Dynamic int8 of the MatMuls, then every per-call activation scale rewritten per token."""

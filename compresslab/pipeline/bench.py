@@ -9,6 +9,7 @@ from typing import Any
 
 from compresslab.export.precision import precision_label
 from compresslab.export.size import artifact_bytes
+from compresslab.failure import error_text
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.deepsparse import deepsparse
 from compresslab.pipeline.settings import BenchSettings
@@ -102,7 +103,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
             int8_path = teacher_int8(run_dir, manifest)
             runners["ort_int8"] = OrtRunner(int8_path, threads, vocab_size=vocab)
         except Exception as e:  # a graph ORT's quantizer cannot take: the other cells still run
-            skipped["ort_int8"] = f"{type(e).__name__}: {str(e)[:300]}"
+            skipped["ort_int8"] = error_text(e, limit=300)
             log.warning("bench: ort_int8 (the teacher's ORT int8) skipped: %s", skipped["ort_int8"])
         else:
             ran["ort_int8"] = (int8_path, "int8")

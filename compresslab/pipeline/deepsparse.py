@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.settings import DeepSparseSettings
 from compresslab.pipeline.state import RunState
@@ -71,7 +72,7 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
     except DeepSparseUnavailable as e:
         if s.enabled is True:
             raise
-        return {"skipped": str(e)}
+        return {"skipped": error_text(e, typed=False)}
     seq = s.seq
     teacher_fused = teacher_onnx(run_dir, manifest)
     final_fp32 = _unfused(run_dir / manifest.data["export"]["fp32"]["path"])

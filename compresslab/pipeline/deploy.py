@@ -36,6 +36,7 @@ import numpy as np
 
 from compresslab.export.openvino_int8 import IR_NAME
 from compresslab.export.precision import is_int8, nbits_of, precision_class
+from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.settings import RunSettings
 from compresslab.pipeline.state import RunState
@@ -130,7 +131,7 @@ def _converted(state: RunState, src: Path, out: Path, run_dir: Path, threads: in
     try:
         xml = convert_to_ir(src, out)
     except ValueError as e:
-        rec["error"] = str(e)
+        rec["error"] = error_text(e, typed=False)
     else:
         _add_ir(rec, state, xml, run_dir, threads)
     return rec
@@ -217,7 +218,7 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
                 if note := rec["quantization"].get("attention_scores", {}).get("note"):
                     rec["notes"].append(note)  # a Q.K^T shortfall, where a reader of the notes sees it
             except ValueError as e:
-                rec["error"] = str(e)
+                rec["error"] = error_text(e, typed=False)
             else:
                 _add_ir(rec, state, xml, run_dir, threads)
             cands["ours"] = rec
@@ -233,7 +234,7 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
             xml, rec["quantization"] = nncf_int8_ir(plain, run_dir / "export" / NNCF_IR_DIR, calibration(),
                                                     validation=val, max_drop=d.max_drop)
         except Exception as e:  # NNCF raises many kinds; the run goes on with ours
-            rec["error"] = f"NNCF PTQ failed: {type(e).__name__}: {str(e)[:300]}"
+            rec["error"] = f"NNCF PTQ failed: {error_text(e, limit=300)}"
         else:
             _add_ir(rec, state, xml, run_dir, threads)
         cands["nncf"] = rec

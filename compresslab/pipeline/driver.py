@@ -138,15 +138,22 @@ def finish(state: "RunState", run_dir: Path, manifest: RunManifest) -> Path:
     from compresslab.pipeline.export import export
 
     s = state.settings
+    # each stage is named before it starts: a Ctrl-C or an error there is recorded at it (not as "no step")
     if state.onnx is None:
+        manifest.at_stage("export", after_steps=True)
         state.onnx = export(state, run_dir, manifest)
     threads = resolve_threads(s.bench.threads or s.threads)
+    manifest.at_stage("deploy", after_steps=True)
     deploy(state, run_dir, manifest, threads)  # export.deployed: the ONNX file (ort) or an OpenVINO IR
     if s.eval.enabled:
+        manifest.at_stage("eval", after_steps=True)
         evaluate(state, run_dir, manifest, threads)
+    manifest.at_stage("sizes", after_steps=True)
     sizes(state, run_dir, manifest)
     if s.bench.enabled:
+        manifest.at_stage("bench", after_steps=True)
         bench(state, run_dir, manifest, threads)
+    manifest.at_stage("run.keep (linking duplicate files)", after_steps=True)
     store = Path(s.cache_dir) / "blobs" if s.cache_dir else None  # one copy of each artifact across runs
     manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), s.run.keep, store).to_dict()
     manifest.data["status"] = "finished"
@@ -155,7 +162,9 @@ def finish(state: "RunState", run_dir: Path, manifest: RunManifest) -> Path:
     if s.report:
         from compresslab.report import build_report
 
+        manifest.at_stage("report", after_steps=True)
         build_report(run_dir)
+    manifest.at_stage(None)
     return run_dir
 
 

@@ -133,7 +133,9 @@ def run_steps(state: RunState, steps: list[Step], run_dir: Path, manifest: RunMa
     """
     done = done_steps(manifest)
     for step in steps:
+        manifest.at_stage(None)  # a running step names itself in the manifest
         if step.index in done:
+            manifest.at_stage(f"the restore of finished step {step.name}")
             restore_step(state, step, done[step.index], run_dir)
             continue
         if stop_after is not None and len(done_steps(manifest)) >= int(stop_after):
@@ -142,6 +144,9 @@ def run_steps(state: RunState, steps: list[Step], run_dir: Path, manifest: RunMa
             log.info("stopping after %d step(s) (run.stop_after); rerun the same command to resume", stop_after)
             return False
         if step.pass_.stage == Stage.ONNX and state.onnx is None:
+            manifest.at_stage(f"export (before step {step.name})")
             state.onnx = export(state, run_dir, manifest)
+            manifest.at_stage(None)
         run_step(state, step, run_dir, manifest)
+    manifest.at_stage(None)
     return True

@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from compresslab.failure import error_text
 from compresslab.report import facts as F
 
 DPI = 100
@@ -162,7 +163,7 @@ def draw_all(m: Mapping[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
         try:
             png = draw(m)
         except Exception as exc:  # noqa: BLE001 - reported in the document, see docstring
-            errors[name] = f"{type(exc).__name__}: {exc}"
+            errors[name] = error_text(exc)
             continue
         if png is not None:
             pngs[name] = png

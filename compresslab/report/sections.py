@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from compresslab.failure import stop_summary
 from compresslab.report import facts as F
 from compresslab.report.export import deploy_choice, export_section
 from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
@@ -48,10 +49,9 @@ def _status(m: Mapping[str, Any]) -> list[Block]:
         out.append(Para(f"Run status: {status} (last update {m.get('updated', DASH)}). "
                         "Figures below are partial.", kind="warn"))
     err = m.get("error")
-    if isinstance(err, Mapping):
-        out.append(Para(f"Error{' in step ' + plain(err.get('step')) if err.get('step') else ''}: "
-                        f"{plain(err.get('type'))}: {plain(err.get('message'))}. Rerun the same command to resume "
-                        "after the last finished step.", kind="warn"))
+    if isinstance(err, Mapping):  # said from the record's fields: a manifest written before `summary` reads the same
+        out.append(Para(stop_summary({"interrupted": m.get("status") == "interrupted", **err},
+                                     api=m.get("pipeline") == "compress"), kind="warn"))
     absent = [k for k in EXPECTED if not m.get(k) and not F.switched_off(m, k)]
     if absent:
         out.append(Para("Missing from the manifest: " + ", ".join(absent) + ".", kind="warn"))

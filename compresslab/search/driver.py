@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from compresslab.failure import error_text
 from compresslab.manifest import atomic_write_json, now, read_json
 from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key, within_max_drop
 from compresslab.search.plan import SearchPlan, override_value, compose_candidate, plan_search
@@ -261,7 +262,7 @@ class Search:
         try:
             o = self.runner(c)
         except Exception as e:  # a failed candidate is recorded and the search goes on
-            msg = " ".join(f"{type(e).__name__}: {e}".split())
+            msg = " ".join(error_text(e).split())
             log.warning("search: %s FAILED: %s", c.name, msg)
             o = _outcome(c, "failed", error=msg, ran_s=round(self.clock() - t0, 2))
             return o
@@ -292,7 +293,7 @@ class Search:
         try:
             o.dev = scorer(o.run_dir)
         except Exception as e:  # the choice stands; the report says why its dev score is missing
-            o.dev = {"error": " ".join(f"{type(e).__name__}: {e}".split())}
+            o.dev = {"error": " ".join(error_text(e).split())}
             log.warning("search: dev score of %s failed: %s", o.name, o.dev["error"])
 
     def _finish(self, status: str) -> dict[str, Any]:

@@ -361,12 +361,13 @@ def _train(model: nn.Module, loader: Any, cfg: TrainConfig, losses: Sequence[Any
                 log.debug("%s step %d/%d loss %.4f", desc, step + 1, total, result.losses[-1])
                 window = []
             result.steps = step + 1
-            stop = signals.pending is not None  # read once: a signal landing after this waits a step
-            if ckpt is not None and (stop or step + 1 == total
+            if ckpt is not None and (signals.pending is not None or step + 1 == total
                                      or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
                 save_checkpoint(step + 1)
-            if stop:
-                signals.deliver()
+                # read after the write: a signal that landed during it finds this step on disk and stops here
+                # (one landing after the last step's check is re-raised as the block ends)
+                if signals.pending is not None:
+                    signals.deliver()
     pmodel.eval()
     result.wall_s = wall_before + time.perf_counter() - t0
     acc.wait_for_everyone()

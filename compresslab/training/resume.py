@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from compresslab.failure import error_text
 from compresslab.manifest import publish_mode
 
 log = logging.getLogger(__name__)
@@ -281,10 +282,14 @@ class StepCheckpoints:
 class DeferredSignals:
     """Holds SIGINT/SIGTERM until the running step ends, so a checkpoint can be written of whole steps.
 
-    The signal is then re-raised to the handler that was there before (KeyboardInterrupt, exit,
-    or the caller's own); a second signal before the step ends is re-raised at once. Installed
-    only in the main thread, over Python-level handlers (an ignored signal stays ignored), and
-    removed when training ends.
+    A held signal is never dropped: :meth:`deliver` re-raises it to the handler that was there before
+    (KeyboardInterrupt, exit, or the caller's own), and so does leaving the ``with`` block with one
+    still held, however the block ends: after its last step, or by an exception (the signal's
+    KeyboardInterrupt then carries that exception as ``__context__``; one already stopping the
+    process, a KeyboardInterrupt or SystemExit, is that stop). A second signal while one is held is
+    re-raised at once. Nested, an inner block hands a held signal on to the outer one, which holds it
+    to its own end; a second signal goes through both at once. Installed only in the main thread, over
+    Python-level handlers (an ignored signal stays ignored), and removed when the block ends.
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -296,8 +301,18 @@ class DeferredSignals:
         self._install()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         self._restore()
+        signum, self.pending = self.pending, None  # read after the restore: a later signal goes to the old handler
+        if signum is None:
+            return
+        if exc is not None and not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: already stopping
+            log.debug("signal %d held while %s stops the process", signum, type(exc).__name__)
+            return
+        if exc is not None:  # the stop asked for wins; the error stays in the traceback (its __context__) and here
+            log.warning("signal %d was held when training stopped on %s; stopping as interrupted",
+                        signum, error_text(exc, limit=300))
+        signal.raise_signal(signum)
 
     def _install(self) -> None:
         if not self.enabled:
@@ -315,6 +330,10 @@ class DeferredSignals:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.pending is not None:  # asked twice: stop now
+            self.pending = None  # this one stands for both: nothing is left to re-raise on the way out
+            outer = getattr(self._old.get(signum), "__self__", None)
+            if isinstance(outer, DeferredSignals) and outer.pending is None:
+                outer.pending = signum  # an enclosing deferral reads it as asked twice too: through at once
             self._restore()
             signal.raise_signal(signum)
             return
@@ -323,8 +342,8 @@ class DeferredSignals:
 
     def deliver(self) -> None:
         """Re-raise the held signal to the previous handler; if that returns, keep deferring."""
-        signum, self.pending = self.pending, None
         self._restore()
+        signum, self.pending = self.pending, None
         if signum is not None:
             signal.raise_signal(signum)
         self._install()

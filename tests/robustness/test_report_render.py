@@ -212,6 +212,26 @@ def test_failed_run_report(observe) -> None:
     observe(md.split("\n")[2])
 
 
+@case(name="report of an interrupted run from a manifest without the stage (Ctrl-C after all steps)", kind="own",
+      bad_input=False, expected="a sentence saying what stopped it and how to resume; never 'KeyboardInterrupt: .'")
+@pytest.mark.parametrize("err, said", [
+    ({"type": "KeyboardInterrupt", "message": "", "step": None},
+     "Interrupted by Ctrl-C (SIGINT). Rerun the same command to resume after the last finished step."),
+    ({"type": "KeyboardInterrupt", "message": "", "step": None, "stage": "bench", "after_steps": True},
+     "Interrupted by Ctrl-C (SIGINT) during bench, after all steps had finished. Rerun the same command to resume: "
+     "the finished steps are kept."),
+    ({"type": "RuntimeError", "message": "", "step": "finetune"},
+     "Error in step finetune: RuntimeError (no message). Rerun the same command to resume after the last "
+     "finished step.")])
+def test_stopped_run_report_says_a_sentence(err: dict[str, Any], said: str, observe) -> None:
+    m = manifest("magnitude_int8_failed")
+    m["status"] = "interrupted" if err["type"] == "KeyboardInterrupt" else "failed"
+    m["error"] = {**err, "at": m["error"]["at"]}  # as written before `summary`: the report says it from the fields
+    md = to_markdown(doc_of(m))
+    assert f"> **{said}**" in md and not re.search(r"\b\w+: \.", md)
+    observe(said)
+
+
 @case(name="report of a run timed on a busy machine", kind="own", bad_input=False,
       expected="a MACHINE BUSY banner at the top naming the reasons; the load while timing in Speed; said once")
 def test_busy_timing_banner(observe) -> None:
