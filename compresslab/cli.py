@@ -78,6 +78,13 @@ def check_command_line(overrides: list[str]) -> None:
 
     Prints one line and raises SystemExit(2) when anything is wrong; returns None otherwise.
     """
+    from compresslab.config import reads_hydra
+    from compresslab.validate import SettingsError
+
+    hydra_reads = [o for o in overrides if reads_hydra(o)]
+    if hydra_reads:  # resolving it here raised OmegaConf's "HydraConfig was not set" with no way out
+        fail(SettingsError(f"{hydra_reads[0]} reads Hydra's job config (${{hydra:...}}), which only a sweep sets, "
+                           "per job: add -m to run a sweep, or give a fixed value for a single run"))
     try:
         _check_job(overrides)
     except bad_input_errors() as e:

@@ -62,6 +62,15 @@ def test_jobs_writing_one_dir_are_refused(inputs, tmp_path, cli_refusal, expect_
     assert not (tmp_path / "MR").exists() and not (tmp_path / "out" / "int8").exists()
 
 
+@case(name="run.dir='DIR/${hydra:job.num}' without -m (Hydra's job config reads nothing in a single run)", kind=1,
+      expected="exit 2 naming the override and saying to add -m or give a fixed value")
+def test_a_single_run_reading_hydras_job_config_is_refused(inputs, tmp_path, cli_refusal, expect_clear):
+    argv = _args(inputs, tmp_path / "out", "run.dir=" + str(tmp_path / "MR" / JOB_NUM))
+    expect_clear(cli_refusal(lambda: cli.check_command_line(argv)),
+                 match=r"run\.dir=\S+/MR/\$\{hydra:job\.num\} reads Hydra's job config .*add -m .* fixed value")
+    assert not (tmp_path / "MR").exists()
+
+
 @pytest.mark.parametrize("sweep, dirs", [
     (["seed=1,2", "run.dir={tmp}/MR/" + JOB_NUM], ["MR/0", "MR/1"]),
     (["seed=1,2", "run.dir={tmp}/MR/seed${seed}"], ["MR/seed1", "MR/seed2"]),
