@@ -188,9 +188,11 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunMan
 
     ``overrides`` are dotlist changes to the run's recorded config (e.g. ``bench.runs=40``); they
     must not change the passes. Returns (state, manifest). InputsChangedError when the model or
-    data files differ from those the run recorded.
+    data files differ from those the run recorded; CheckpointError naming a step file that is missing or
+    changed since its step finished (a rerun of the run redoes it; this reader cannot).
     """
     from compresslab.pipeline.state import RunState
+    from compresslab.pipeline.step_files import check_steps_intact
     from compresslab.pipeline.steps import done_steps, restore_step
 
     manifest = RunManifest.load(run_dir)
@@ -201,6 +203,7 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunMan
     # the dense reference is rebuilt from the model source: it must still be the run's input
     check_inputs(manifest.data, input_identity(state), Path(run_dir),
                  "rerun the pipeline from the new files (run.overwrite=true) instead of restoring this run")
+    check_steps_intact(manifest, Path(run_dir))
     state.load_initial()
     done = done_steps(manifest)
     for step in steps:
