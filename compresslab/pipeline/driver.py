@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, now
+from compresslab.pipeline import rundir
 from compresslab.pipeline.disk import link_duplicates
 from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.lock import locked_run_dir
-from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir, saved_config
+from compresslab.pipeline.plan import build_steps, config_hash, resolve_run_dir, saved_config
 from compresslab.pipeline.preflight import preflight
+from compresslab.pipeline.rundir import prepare_run_dir
 
 if TYPE_CHECKING:  # the stages import torch; the driver imports them where a run needs them
     from compresslab.data.tasks import TaskData
@@ -76,8 +78,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
 
 
 # How to start over when a run dir's inputs changed (InputsChangedError names the files).
-START_OVER = ("run.overwrite=true (moves this run dir aside to <dir>.replaced-<time> and runs anew), or "
-              "run.dir=<another dir> (keeps both)")
+START_OVER = f"{rundir.START_OVER}, or {rundir.KEEP_BOTH}"
 
 
 @contextmanager
