@@ -415,6 +415,7 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     from compresslab.pipeline.driver import recording_failure
     from compresslab.pipeline.identity import check_inputs, input_identity
     from compresslab.pipeline.plan import RunDirConflictError, block_identity
+    from compresslab.pipeline.rundir import changed_settings, describe_changes, no_manifest_refusal
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
 
@@ -429,13 +430,18 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     h = stable_hash(config)
     inputs = input_identity(state)  # the model, tokenizer, teacher and data by content, not by size
     manifest = None
+    start_over = f"use another output_dir, or delete {run_dir}"
     if (run_dir / "manifest.json").is_file():
         manifest = RunManifest.load(run_dir)
         if manifest.data.get("config_hash") != h:
-            raise RunDirConflictError(f"{run_dir} holds a run of other passes or data; use another output_dir")
-        check_inputs(manifest.data, inputs, run_dir, f"use another output_dir, or delete {run_dir}")
+            changes = changed_settings(manifest.data.get("config"), config, lists=True)
+            what = (f"; what differs (recorded -> given now):\n{describe_changes(changes, _argument_of)}\n"
+                    if changes else ". ")
+            raise RunDirConflictError(f"{run_dir} holds a run of other passes or data{what}Its steps cannot be reused: "
+                                      f"give the recorded values to resume it, or {start_over}")
+        check_inputs(manifest.data, inputs, run_dir, start_over)
     elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-        raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
+        raise no_manifest_refusal(run_dir, f"delete {run_dir}", "another output_dir")
     if manifest is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest = state.new_manifest(run_dir, pipeline="compress", config_hash=h,
@@ -448,6 +454,21 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     manifest.data["status"] = "finished"
     manifest.save()
     return manifest
+
+
+# The compress() argument behind each entry of an output_dir's recorded config (the keys _run_locked hashes)
+_ARGUMENT_OF = {"passes": "passes", "step_names": "passes", "data.sizes.dev": "eval_data",
+                "data.sizes": "data (or val_size)", "data.val_size": "val_size (or data)", "data.val_seed": "seed",
+                "data.label2id": "label2id (or the labels in data)", "data.val_carve": "val_carve",
+                "settings": ""}
+
+
+def _argument_of(key: str) -> str:
+    """``key`` of the recorded config with the compress() argument that sets it: ``data.sizes.dev (eval_data)``."""
+    for prefix, arg in _ARGUMENT_OF.items():
+        if key == prefix or key.startswith((f"{prefix}.", f"{prefix}[")):
+            return f"{key} ({arg or key.split('.')[-1]})"
+    return key
 
 
 def _metrics(manifest: Any, state: "RunState") -> dict[str, Any]:

@@ -171,8 +171,11 @@ def _rebuild(path: Path, raw: dict[str, Any], attn_implementation: str) -> nn.Mo
             apply_binary(model, raw[BINARY_KEY])
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError: a stamp of the wrong type
         raise CheckpointError(f"{path / 'config.json'} does not fit the model it builds: {e}") from e
-    # the structure stamp now describes the shapes; pruned_heads would make transformers 4 prune again
-    model.config.pruned_heads = {}
+    # the structure stamp now describes the shapes, so a transformers-4 input's pruned_heads goes (kept,
+    # transformers 4 would prune the saved, already pruned modules again). Removed, never set to {}: transformers 5
+    # has no such attribute, and an empty one would be saved into every later config.json, so a resumed run's files
+    # would differ from an uninterrupted run's (which never loaded its model back)
+    model.config.__dict__.pop("pruned_heads", None)
     have = model.state_dict()
     state = {k: v for k, v in state.items() if k in have or v.numel()}  # a layer pruned to 0 heads: empty Q/K/V
     _check_shapes(model, state, weights)

@@ -11,7 +11,8 @@ pipeline's teacher, as a :class:`Teacher` record), :func:`task_data` (a config's
 from compresslab.config import available_pipelines
 from compresslab.pipeline.driver import restore, run, run_pipeline, task_data
 from compresslab.pipeline.plan import (
-    PipelineError, RunDirConflictError, Step, build_steps, config_hash, prepare_run_dir, resolve_run_dir)
+    PipelineError, RunDirConflictError, Step, build_steps, config_hash, resolve_run_dir)
+from compresslab.pipeline.rundir import prepare_run_dir
 from compresslab.pipeline.settings import SettingsError
 from compresslab.pipeline.teacher import Teacher, teacher_of
 from compresslab.pipeline.teacher_files import teacher_int8, teacher_onnx

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import RunManifest, now
+from compresslab.pipeline import rundir
 from compresslab.pipeline.disk import link_duplicates
 from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.lock import locked_run_dir
-from compresslab.pipeline.plan import build_steps, config_hash, prepare_run_dir, resolve_run_dir, saved_config
+from compresslab.pipeline.plan import build_steps, config_hash, resolve_run_dir, saved_config
 from compresslab.pipeline.preflight import preflight
+from compresslab.pipeline.rundir import prepare_run_dir
 
 if TYPE_CHECKING:  # the stages import torch; the driver imports them where a run needs them
     from compresslab.data.tasks import TaskData
@@ -76,8 +78,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
 
 
 # How to start over when a run dir's inputs changed (InputsChangedError names the files).
-START_OVER = ("run.overwrite=true (moves this run dir aside to <dir>.replaced-<time> and runs anew), or "
-              "run.dir=<another dir> (keeps both)")
+START_OVER = f"{rundir.START_OVER}, or {rundir.KEEP_BOTH}"
 
 
 @contextmanager
@@ -197,9 +198,11 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunMan
 
     ``overrides`` are dotlist changes to the run's recorded config (e.g. ``bench.runs=40``); they
     must not change the passes. Returns (state, manifest). InputsChangedError when the model or
-    data files differ from those the run recorded.
+    data files differ from those the run recorded; CheckpointError naming a step file that is missing or
+    changed since its step finished (a rerun of the run redoes it; this reader cannot).
     """
     from compresslab.pipeline.state import RunState
+    from compresslab.pipeline.step_files import check_steps_intact
     from compresslab.pipeline.steps import done_steps, restore_step
 
     manifest = RunManifest.load(run_dir)
@@ -210,6 +213,7 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunMan
     # the dense reference is rebuilt from the model source: it must still be the run's input
     check_inputs(manifest.data, input_identity(state), Path(run_dir),
                  "rerun the pipeline from the new files (run.overwrite=true) instead of restoring this run")
+    check_steps_intact(manifest, Path(run_dir))
     state.load_initial()
     done = done_steps(manifest)
     for step in steps:

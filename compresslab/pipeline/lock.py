@@ -2,7 +2,7 @@
 at the dir until it ends, so the same command started twice (same config hash, same dir) is refused at once
 instead of both writing one manifest and one set of checkpoints.
 
-The manifest's own guard (:func:`compresslab.pipeline.plan.check_not_running`) sees a live run only once it
+The manifest's own guard (:func:`compresslab.pipeline.rundir.check_not_running`) sees a live run only once it
 has marked itself ``running``, after its model is loaded; the lock closes that window (two fresh starts, or
 two resumes of one stopped run). The kernel drops the lock when its process dies, however it dies, so a
 crashed run's dir resumes as before. This is not the machine-wide training/timing lock of

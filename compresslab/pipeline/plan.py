@@ -4,24 +4,21 @@ stage order checked), its identity and its directory.
 A run's identity is its resolved config (minus run-control keys): the run dir is
 ``outputs/<pipeline>/<config-hash>/``, so rerunning the same command resumes it; and its inputs by
 content (:mod:`compresslab.pipeline.identity`): a dir whose model or data files changed is refused.
+Taking the dir (resume, start, refuse) is :mod:`compresslab.pipeline.rundir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from compresslab.manifest import RunManifest, process_alive, stable_hash
+from compresslab.manifest import stable_hash
 from compresslab.config import pipelines_hint, setting_message, sources_named
-from compresslab.dirlock import LOCK_NAME
 from compresslab.types import Pass, Stage, capability, hook
 from compresslab.validate import FieldTypeError, check_field_types, did_you_mean, field_default, nested_settings
 
@@ -347,59 +344,3 @@ def resolve_run_dir(cfg: DictConfig, settings: "RunSettings | None" = None) -> P
         return s.run.dir
     assert s.output_dir is not None, "a composed config's settings name paths.output_dir"
     return s.output_dir / str(cfg.pipeline.name) / config_hash(cfg)
-
-
-def check_run_dir(run_dir: Path, cfg: DictConfig) -> RunManifest | None:
-    """The run ``run_dir`` holds (None: none yet), refused when the dir is not ``cfg``'s to write: it holds other
-    files, or another config's run. Reads, never writes: the preflight's check (before any data is read, and for
-    each job of a multirun before the first starts) and :func:`prepare_run_dir`'s. Raises RunDirConflictError."""
-    mpath = run_dir / "manifest.json"
-    if not mpath.exists():
-        # .hydra: written before the manifest; the lock file: left by any run (pipeline/lock.py)
-        if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name not in (".hydra", LOCK_NAME)):
-            raise RunDirConflictError(f"{run_dir} exists and is not a compresslab run; refusing to write into it")
-        return None
-    old = RunManifest.load(run_dir)
-    h = config_hash(cfg)
-    if old.data.get("config_hash") != h:
-        raise RunDirConflictError(
-            f"{run_dir} belongs to another config (hash {old.data.get('config_hash')} != {h}); "
-            "use a different run.dir or the same config")
-    return old
-
-
-def prepare_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | None" = None) -> RunManifest | None:
-    """Return the existing manifest to resume, or None for a fresh dir; refuse foreign dirs. With
-    ``run.overwrite`` (``settings.run``; typed from ``cfg`` when not given) an existing run is moved aside."""
-    old = check_run_dir(run_dir, cfg)
-    if old is None:
-        return None
-    check_not_running(old, run_dir)
-    if _typed(cfg, settings).run.overwrite:  # start over, whatever state the old run is in (it is kept aside)
-        backup = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}")
-        n = 1
-        while backup.exists():  # two overwrites within a second
-            backup, n = run_dir.with_name(f"{run_dir.name}.replaced-{int(time.time())}-{n}"), n + 1
-        log.warning("run.overwrite=true: moving the %s run to %s", old.data.get("status"), backup)
-        backup.mkdir()
-        # its files, not the dir: the lock file stays, and with it this process's hold of the dir
-        for p in list(run_dir.iterdir()):
-            if p.name != LOCK_NAME:
-                shutil.move(str(p), backup / p.name)
-        return None
-    return old
-
-
-def check_not_running(old: RunManifest, run_dir: Path) -> None:
-    """Refuse a run dir that another live process is running now (two runs would write the same
-    files); a ``running`` manifest whose process is gone (killed) is resumed, with a warning."""
-    proc = old.data.get("process") or {}
-    if old.data.get("status") != "running" or proc.get("pid") == os.getpid():
-        return
-    alive = process_alive(proc)
-    if alive:
-        raise RunDirConflictError(f"{run_dir} is being run now by process {proc.get('pid')} on {proc.get('host')}; "
-                                  "wait for it to finish (then rerun to find it finished), or use another run.dir")
-    log.warning("%s says running, but %s; resuming after its last finished step", run_dir,
-                "its process is gone (killed?)" if alive is False else
-                f"it ran on {proc.get('host') or 'an unrecorded host'}: if that run still goes, both write this dir")

@@ -12,7 +12,7 @@ read, checked at once before any work, each failure naming the setting to change
   ``config.json`` alone, by the one check ``models.loading.check_max_length``;
 * the directories the run writes (``paths.output_dir`` or ``run.dir``, ``paths.cache_dir``):
   created and written to, then left as they were; the run dir, when it exists, holds this config's run
-  (``plan.check_run_dir``: not another config's, not files of something else).
+  (``rundir.check_run_dir``: not another config's, not files of something else).
 
 The checks that need the data follow in ``RunState.prepare``; those that need the loaded model are
 :func:`check_with_model`. Each entry runs these lists whole, never a pick of their checks: the driver (a CLI run),
@@ -26,7 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compresslab.pipeline.plan import Step, build_steps, check_run_dir, resolve_run_dir
+from compresslab.pipeline.plan import Step, build_steps, resolve_run_dir
+from compresslab.pipeline.rundir import check_run_dir
 from compresslab.pipeline.settings import RunSettings, SettingsError
 from compresslab.types import capability, hook
 from compresslab.validate import check_writable
@@ -45,7 +46,7 @@ def preflight(cfg: Any) -> list[Step]:
     steps = build_steps(cfg)
     check_steps_settings(settings, steps)  # the sequence lengths against model.source's config.json
     check_output_dirs(settings)
-    check_run_dir(resolve_run_dir(cfg, settings), cfg)  # another config's run, or a dir that is no run at all
+    check_run_dir(resolve_run_dir(cfg, settings), cfg, settings)  # another config's run, or a dir that is no run at all
     return steps
 
 

@@ -1,5 +1,6 @@
 """The step loop: run each pass in order with a checkpoint and an atomic manifest after each, and
-resume after the last finished step.
+resume after the last finished step, reusing a finished step only while its files are the ones it
+wrote (:mod:`compresslab.pipeline.step_files`; a step that fails is redone, with every later one).
 
 What a pass produces is declared by the pass (``makes_teacher``, ``PassResult.formats``) and
 applied by :func:`apply_declarations` for a fresh step and a restored one alike, so a renamed
@@ -18,6 +19,7 @@ from compresslab.pipeline.evaluate import score_torch
 from compresslab.pipeline.export import export
 from compresslab.pipeline.plan import PipelineError, Step
 from compresslab.pipeline.state import RunState, frozen
+from compresslab.pipeline.step_files import first_broken_step, redo_from
 from compresslab.types import OnnxModel, PassResult, Stage
 
 log = logging.getLogger(__name__)
@@ -125,19 +127,45 @@ def restore_step(state: RunState, step: Step, rec: StepRecord, run_dir: Path) ->
         state.onnx = OnnxModel(dir=run_dir / rec.dir, onnx_path=run_dir / rec.result["onnx_path"])
 
 
+def reusable_steps(manifest: RunManifest, run_dir: Path, steps: list[Step]) -> dict[int, StepRecord]:
+    """The finished steps a resume may restore: each one's files are checked against the sha256 recorded when it
+    finished (once per resume); from the first that fails, the steps are redone (:func:`step_files.redo_from`,
+    which warns naming each file and why)."""
+    broken = first_broken_step(manifest, run_dir)
+    if broken is not None:
+        redo_from(manifest, run_dir, *broken, step_dirs=_dirs_from(steps, broken[0].index))
+    return done_steps(manifest)
+
+
+def _dirs_from(steps: list[Step], index: int) -> list[str]:
+    return [f"steps/{s.dir_name}" for s in steps if s.index >= index]
+
+
 def run_steps(state: RunState, steps: list[Step], run_dir: Path, manifest: RunManifest,
               stop_after: int | None = None) -> bool:
     """Run (or restore) every step; False when stopped early by ``stop_after`` finished steps.
 
     The first ONNX pass gets the export of the final torch model (exported once, parity-checked).
+    A finished step is restored only when its files are intact (:func:`reusable_steps`), and one
+    that still cannot be read (a checkpoint this version cannot load, a file that turned unreadable)
+    is redone as a changed one is.
     """
-    done = done_steps(manifest)
+    from compresslab.models.loading import CheckpointError
+
+    done = reusable_steps(manifest, run_dir, steps)
     for step in steps:
         manifest.at_stage(None)  # a running step names itself in the manifest
         if step.index in done:
             manifest.at_stage(f"the restore of finished step {step.name}")
-            restore_step(state, step, done[step.index], run_dir)
-            continue
+            try:
+                restore_step(state, step, done[step.index], run_dir)
+                continue
+            except (CheckpointError, OSError) as e:  # its hashes matched (or none were recorded), yet unreadable
+                rec = done[step.index]
+                redo_from(manifest, run_dir, rec, [f"{rec.dir} is unreadable: {e}"],
+                          step_dirs=_dirs_from(steps, step.index))
+                done = done_steps(manifest)
+                manifest.at_stage(None)
         if stop_after is not None and len(done_steps(manifest)) >= int(stop_after):
             manifest.data["status"] = "stopped"
             manifest.save()

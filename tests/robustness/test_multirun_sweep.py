@@ -5,7 +5,7 @@ that fails while it runs neither stops the jobs after it nor goes unnamed.
   that differ, or jobs that differ only outside a run's identity (``run.threads=1,2``), used to let job #0 run to the
   end before job #1 was refused ("belongs to another config") or found nothing to do; ``run.dir='X/${hydra:job.num}'``
   (what the refusal suggests) gives each job its own dir, in the check as in the jobs;
-* a job's run dir that holds another config's run is refused up front too (``plan.check_run_dir`` in the preflight);
+* a job's run dir that holds another config's run is refused up front too (``rundir.check_run_dir`` in the preflight);
 * a job that fails at run time is named on stderr, the next jobs run, and a summary (job, swept values, status, run
   dir, error) ends the sweep with the first failed job's exit status (``cli._run_sweep_job``, ``sweep.Sweep``);
   Ctrl-C ends the whole sweep.

@@ -99,8 +99,18 @@ def test_output_dir_is_a_resumable_run_dir_with_pass_json(tiny_tok, tmp_path):
     again = compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], **kw)  # finished steps are restored
     assert torch.equal(again.model.bert.encoder.layer[0].output.dense.weight,
                        r.model.bert.encoder.layer[0].output.dense.weight)
-    with pytest.raises(compresslab.pipeline.RunDirConflictError):
-        compresslab.compress(_trained(), tiny_tok, [{"name": "magnitude", "sparsity": 0.3}], **kw)
+    # another call's run: refused, naming what differs (recorded -> given now) and the argument that sets it
+    with pytest.raises(compresslab.pipeline.RunDirConflictError,
+                       match=r"passes\[0\]\.sparsity \(passes\): 0\.5 -> 0\.3"):
+        compresslab.compress(_trained(), tiny_tok, [{**FAST_MAGNITUDE, "sparsity": 0.3}], **kw)
+    with pytest.raises(compresslab.pipeline.RunDirConflictError, match=r"data\.sizes\.dev \(eval_data\): 0 -> 16"):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], eval_data=_pairs(16, 1), **kw)
+    # its manifest gone, its steps cannot be checked: refused, saying so, never reused or removed
+    (tmp_path / "run" / "manifest.json").unlink()
+    with pytest.raises(compresslab.pipeline.RunDirConflictError,
+                       match=r"steps/00_magnitude/pass\.json\) but no manifest\.json.*delete .*another output_dir"):
+        compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], **kw)
+    assert (tmp_path / "run" / "steps" / "00_magnitude" / "pass.json").is_file()
 
 
 def test_benchmark_returns_plain_dicts(tiny_tok, tmp_path):

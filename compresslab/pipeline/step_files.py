@@ -1,0 +1,127 @@
+"""A finished step is reused on resume only when its files are still the ones it wrote.
+
+:func:`~compresslab.pipeline.steps.finish_step` records the sha256 of every file of a step's dir
+(``artifacts`` in the manifest). Before a resume restores a step, :func:`first_broken_step` hashes
+them again, once (a few hundred MB for BERT-base: seconds). A step whose dir is gone, or one of whose
+files is missing, unreadable or changed (edited, truncated, replaced), is not reused: :func:`redo_from`
+warns, naming each file and why, and drops that step and every later one (their input was its
+output) with the stages after the steps (export, deploy, eval, sizes, bench, report), so the run
+computes them again and ends as an uninterrupted run would. The manifest's ``redone`` list records
+each such event. A read-only reader of a run (``pipeline.restore``) cannot redo anything:
+:func:`check_steps_intact` refuses there instead, saying how to redo the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from compresslab.manifest import RunManifest, StepRecord, now, sha256_file
+
+log = logging.getLogger(__name__)
+
+# What a run holds after its steps, each derived from the steps' output (mkpartial's list, and finish()'s stages):
+# the manifest sections and the paths (relative to the run dir) dropped when a step is redone.
+AFTER_STEPS_SECTIONS = ("export", "deploy", "eval", "size", "bench", "disk", "finished")
+AFTER_STEPS_PATHS = ("export", "eval", "bench", "plots", "report.md", "report.html")
+# The export stage's own records (pipeline/export.py): the ONNX export of the final torch model and of the teacher.
+# An ONNX step's input is that export, so redoing an ONNX step keeps them (and export/); redoing a torch step not.
+EXPORT_STAGE_KEYS = ("fp32", "teacher_fp32")
+
+
+def step_problems(rec: StepRecord, run_dir: Path) -> list[str]:
+    """Why the finished step ``rec`` cannot be reused as it is on disk: one line per file that is missing,
+    unreadable or whose sha256 is not the one recorded when the step finished; its dir when that is gone.
+    Empty when every recorded file is intact."""
+    step_dir = run_dir / rec.dir
+    if not step_dir.is_dir():
+        return [f"{rec.dir}/ is missing (the step's whole dir)"]
+    out: list[str] = []
+    for name, recorded in sorted(rec.artifacts.items()):
+        path = step_dir / name
+        if not path.is_file():
+            out.append(f"{rec.dir}/{name} is missing")
+            continue
+        try:
+            found = sha256_file(path)
+        except OSError as e:
+            out.append(f"{rec.dir}/{name} is unreadable ({e.strerror or e})")
+            continue
+        if found != recorded:
+            out.append(f"{rec.dir}/{name} changed after the step finished (edited, truncated or replaced: sha256 "
+                       f"{recorded[:12]} recorded, {found[:12]} now, {path.stat().st_size} bytes)")
+    onnx = rec.result.get("onnx_path")  # relative to the run dir; inside the step dir (hashed above) as a rule
+    if onnx and not (run_dir / onnx).is_file() and not any(line.startswith(f"{onnx} ") for line in out):
+        out.append(f"{onnx} is missing (the step's ONNX file)")
+    return out
+
+
+def first_broken_step(manifest: RunManifest, run_dir: Path) -> tuple[StepRecord, list[str]] | None:
+    """The first finished step (by index) whose files fail :func:`step_problems`, with its problems; None when
+    every finished step is intact. Later steps are not hashed: they are redone with it."""
+    for rec in sorted((s for s in manifest.steps if s.status == "done"), key=lambda s: s.index):
+        problems = step_problems(rec, run_dir)
+        if problems:
+            return rec, problems
+    return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory of the run (never following a link out of it)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def redo_from(manifest: RunManifest, run_dir: Path, rec: StepRecord, problems: list[str],
+              step_dirs: Iterable[str] = ()) -> None:
+    """Make the run redo step ``rec`` and every later one: warn (naming each of ``problems``), drop their
+    manifest records and their dirs (``rec.dir``, each later record's, and ``step_dirs``: the plan's
+    ``steps/<NN>_<name>`` of the steps from ``rec`` on, so a later step's half-written dir or training
+    checkpoint, made from the old output, is not resumed), and what the stages after the steps made from
+    them. Redoing a torch step drops the export too; redoing an ONNX step keeps it (the export is its input).
+    Appends the event to the manifest's ``redone`` list and saves it."""
+    later = sorted((s for s in manifest.steps if s.index >= rec.index), key=lambda s: s.index)
+    names = [s.name for s in later if s.status == "done"]
+    log.warning("step %d: %s is finished but cannot be reused: %s. Redoing it%s, and the stages after the steps",
+                rec.index, rec.name, "; ".join(problems),
+                f" and every later step ({', '.join(n for n in names if n != rec.name)})" if len(names) > 1 else "")
+    steps_root = run_dir / "steps"
+    for d in {*(s.dir for s in later), *step_dirs}:
+        path = run_dir / d
+        if path.parent == steps_root:  # only a step dir of this run
+            _remove(path)
+    manifest.data["steps"] = [s for s in manifest.data.get("steps", []) if s["index"] < rec.index]
+    export = manifest.data.get("export") or {}
+    keep = {k: v for k, v in export.items() if k in EXPORT_STAGE_KEYS} if rec.stage == "onnx" else {}
+    for key in AFTER_STEPS_SECTIONS:
+        manifest.data.pop(key, None)
+    for name in AFTER_STEPS_PATHS:
+        if keep and name == "export":
+            continue
+        _remove(run_dir / name)
+    if keep:
+        manifest.data["export"] = keep
+    manifest.data.setdefault("redone", []).append(
+        {"at": now(), "step": rec.name, "index": rec.index, "problems": problems, "steps": names})
+    manifest.save()
+
+
+def check_steps_intact(manifest: RunManifest, run_dir: Path) -> None:
+    """For readers that restore a run without running it (``pipeline.restore``): CheckpointError naming the
+    first finished step whose files fail :func:`step_problems`, each file and why, and how to redo it."""
+    from compresslab.models.loading import CheckpointError
+
+    broken = first_broken_step(manifest, run_dir)
+    if broken is not None:
+        rec, problems = broken
+        raise CheckpointError(
+            f"{run_dir}: step {rec.index} ({rec.name}) cannot be restored: {'; '.join(problems)}. Rerun the run's "
+            "command to redo it and the steps after it (a finished run: with run.overwrite=true), or use another "
+            "run")
+
+
+__all__ = ["check_steps_intact", "first_broken_step", "redo_from", "step_problems"]
