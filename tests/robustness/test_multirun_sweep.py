@@ -93,7 +93,7 @@ def test_a_jobs_dir_holding_another_configs_run_is_refused_up_front(inputs, tmp_
     run(compose(_args(inputs, tmp_path / "out", "seed=1", f"run.dir={tmp_path}/MR/0")))
     argv = _args(inputs, tmp_path / "out", "seed=2,1", f"run.dir={tmp_path}/MR/{JOB_NUM}")
     expect_clear(cli_refusal(lambda: cli.check_multirun(argv)),
-                 match=r"MR/0 belongs to another config .*multirun job with seed=2; no job was started")
+                 match=r"MR/0 belongs to another config.*multirun job with seed=2; no job was started")
     assert not (tmp_path / "MR" / "1").exists()
     # a single run finds it before any data is read too
     expect_clear(cli_refusal(lambda: cli.check_command_line(

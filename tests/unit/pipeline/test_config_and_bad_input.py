@@ -82,7 +82,7 @@ def test_sparsity_out_of_range(tmp_path):
 
 
 def test_unknown_model_source(tmp_path):
-    _fails_fast(_smoke(tmp_path, "model=local", "model.source=/nonexistent/model"), FileNotFoundError, "config.json")
+    _fails_fast(_smoke(tmp_path, "model=local", "model.source=/nonexistent/model"), FileNotFoundError, r"/nonexistent/model does not exist")
 
 
 def test_unsupported_architecture(tmp_path):
