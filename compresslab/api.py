@@ -298,7 +298,9 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     run_dir, cleanup = _work_dir(output_dir)
     try:
         # float16/bfloat16 models train to NaN on CPU: compresslab works in float32 (the copy, or in place)
-        work = to_float32(model if inplace else _working_copy(model), "model")
+        from compresslab.models.inmemory import working_copy
+
+        work = to_float32(model if inplace else working_copy(model), "model")
         _trainable(work, steps, inplace)
         _name_labels(work, task)  # every checkpoint and export carries the label names used
         state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
@@ -332,26 +334,6 @@ def _as_model(m: Any, what: str) -> Any:
 
         return load(m)
     raise TypeError(f"{what} must be a torch model or a checkpoint directory, got {type(m).__name__}")
-
-
-def _working_copy(model: "nn.Module") -> "nn.Module":
-    """The copy compress() works on (the caller's model is never changed); an attribute ``copy.deepcopy`` cannot copy
-    (a lock, an open file) is shared with the caller's model, with a warning naming it
-    (:func:`~compresslab.models.inmemory.clone_sharing`)."""
-    from compresslab.models.inmemory import clone_sharing
-
-    work, shared = clone_sharing(model)
-    if shared:
-        log.warning("compress(): %s cannot be copied; the working copy (the result's model) shares %s with the "
-                    "model given", ", ".join(f"{k} ({_type_name(v)})" for k, v in shared.items()),
-                    "it" if len(shared) == 1 else "them")
-    return work
-
-
-def _type_name(obj: Any) -> str:
-    """``_thread.lock``, ``_io.TextIOWrapper``: a type by its module too (``lock`` alone says little)."""
-    t = type(obj)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _trainable(work: "nn.Module", steps: list["Step"], inplace: bool) -> None:

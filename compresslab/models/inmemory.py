@@ -16,11 +16,14 @@ construction and one built in memory may lack, and the copies compresslab makes 
 from __future__ import annotations
 
 import copy
+import logging
 from itertools import chain
 from typing import Any
 
 from torch import nn
 from torch.nn.parameter import UninitializedTensorMixin
+
+log = logging.getLogger(__name__)
 
 _DEPTH = 4  # how deep into dicts / lists of an attribute the search for the object that cannot be copied goes
 
@@ -96,3 +99,20 @@ def unfreeze_if_all_frozen(model: nn.Module) -> bool:
     for p in params:
         p.requires_grad_(True)
     return True
+
+
+def working_copy(model: nn.Module) -> nn.Module:
+    """The copy compress() works on (the caller's model is never changed); an attribute ``copy.deepcopy`` cannot copy
+    (a lock, an open file) is shared with the caller's model, with a warning naming it (:func:`clone_sharing`)."""
+    work, shared = clone_sharing(model)
+    if shared:
+        log.warning("compress(): %s cannot be copied; the working copy (the result's model) shares %s with the "
+                    "model given", ", ".join(f"{k} ({_type_name(v)})" for k, v in shared.items()),
+                    "it" if len(shared) == 1 else "them")
+    return work
+
+
+def _type_name(obj: Any) -> str:
+    """``_thread.lock``, ``_io.TextIOWrapper``: a type by its module too (``lock`` alone says little)."""
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
