@@ -31,9 +31,9 @@ the reason, when training or tests hold their lock or other processes use the CP
 (:func:`compresslab.bench.quiet.require_quiet`); the scores are still written and earlier timings of
 unchanged cells kept, with the phase they come from (``suite_timing.timing_phase``). Only that phase's timing
 windows can void the figures; those a build closed (ZipLM's latency table while it trained) are the builds'
-(``suite_phase.py``), and the report tells them apart. The verdicts (``benchmarks/verdicts.py``: for each peer that ran, which of ours
-beat it and by which rule, or that it wins) and which runtime is faster per pipeline (``runtimes``) are
-derived from the figures. Writes ``benchmarks/results/suite_<task>.json`` (atomically, stamped with the
+(``suite_phase.py``), and the report tells them apart. The verdicts (``benchmarks/verdicts.py``: for each
+peer that ran, which of ours beat it and by which rule, or that it wins) and which runtime is faster per
+pipeline (``runtimes``) are derived from the figures. Writes ``benchmarks/results/suite_<task>.json`` (atomically, stamped with the
 machine's load) and rebuilds ``benchmarks/REPORT.md`` / ``REPORT.html`` from every suite file.
 """
 

@@ -65,7 +65,6 @@ def coerce_settings(cls: type[S], value: Any, field_name: str, base: S | None = 
     dicts); ValueError naming ``field_name`` and the options for anything else or an unknown key.
     ``base``: where a mapping leaves a key out, the value comes from it (a pass's own defaults) rather
     than from ``cls``'s."""
-
     if isinstance(value, cls):
         return value
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]

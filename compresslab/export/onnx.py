@@ -80,7 +80,6 @@ class ExportResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
-
 def input_names_for(model: nn.Module, tokenizer: Any = None) -> list[str]:
     """Graph inputs: ids and mask, plus ``token_type_ids`` when both model and tokenizer use them.
 
@@ -91,7 +90,6 @@ def input_names_for(model: nn.Module, tokenizer: Any = None) -> list[str]:
     accepts = "token_type_ids" in inspect.signature(model.forward).parameters
     makes = tokenizer is None or "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
     return names + ["token_type_ids"] if accepts and makes else names
-
 
 
 def _keep_inputs(path: Path, input_names: Sequence[str], level: int = logging.INFO) -> None:

@@ -34,7 +34,6 @@ class ParityError(ValueError):
         self.atol = report.get("atol")
 
 
-
 class _ExportWrapper(nn.Module):
     """Fixed positional signature returning one tensor, so both exporters see the same graph.
 

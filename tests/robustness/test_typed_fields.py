@@ -140,7 +140,6 @@ def test_cli_names_the_key(cli_refusal, expect_clear) -> None:
                  match=r"pipeline\.passes\.ziplm\.speedup must be a number, got 'abc'")
 
 
-
 # --- numpy scalars: taken where the Python scalar they equal is, stored as it, refused where it is --------------
 
 NP_TYPES = {int: (np.int64, np.int32), bool: (np.bool_,), float: (np.float32, np.int64)}  # a float field takes ints

@@ -305,7 +305,6 @@ def test_pass_refuses_an_unquantized_export(exported_bert, tmp_path, tok, batche
         OrtMatmulNBits().apply(OnnxModel(exported_bert.dir, exported_bert.onnx_path), _ctx(tmp_path, tok, batches))
 
 
-
 def test_size_breakdown_counts_nbits_embeddings_as_embeddings(qexport, tmp_path):
     """GatherBlockQuantized tables are embeddings, MatMulNBits blobs encoder: the deployed size split."""
     from compresslab.export.size import onnx_size_breakdown
