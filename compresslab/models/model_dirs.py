@@ -53,7 +53,7 @@ def _run_of(path: Path) -> Path | None:
 def graph_not_checkpoint(path: Path, graphs: list[str]) -> str:
     """The message for a folder holding exported ``graphs`` (no torch weights) given as a model: what reads it,
     and, for a run's ONNX step or ``export/``, the run's torch model."""
-    run = _run_of(path.parent) or (path.parent if (path.parent / MANIFEST).is_file() else None)
+    run = _run_of(path.parent)  # a run's ONNX step (steps/<NN>_<pass>/) or its export/
     where = (f"; for a torch model of the run {run}, {_run_models(run, graphs_too=False)}" if run is not None else
              "; a torch model is a run's steps/<NN>_<pass>/ dir of a torch pass, or a dir written by "
              "compresslab.save / model.save_pretrained")

@@ -54,6 +54,9 @@ CASES = {  # path under the run -> what the message must say
     "an ONNX step": (lambda r: r / "steps" / "02_int8",
                      lambda r: r"holds an exported graph \(model.onnx\), not a torch checkpoint: score or time it with "
                      f"compresslab.evaluate .*; for a torch model of the run .*, {_torch_steps(r)}$"),
+    "its export folder": (lambda r: r / "export",
+                          lambda r: r"holds an exported graph \(model.onnx\), not a torch checkpoint: .*; for a torch "
+                          f"model of the run {re.escape(str(r))}, {_torch_steps(r)}$"),
 }
 
 
