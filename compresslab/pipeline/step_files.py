@@ -22,7 +22,8 @@ from compresslab.manifest import RunManifest, StepRecord, now, sha256_file
 
 log = logging.getLogger(__name__)
 
-# What a run holds after its steps, each derived from the steps' output (mkpartial's list, and finish()'s stages):
+# What a run holds after its steps, each derived from the steps' output (driver.finish()'s stages: export,
+# deploy, eval, sizes, bench, run.keep's disk record, the finish time, report and plots):
 # the manifest sections and the paths (relative to the run dir) dropped when a step is redone.
 AFTER_STEPS_SECTIONS = ("export", "deploy", "eval", "size", "bench", "disk", "finished")
 AFTER_STEPS_PATHS = ("export", "eval", "bench", "plots", "report.md", "report.html")
