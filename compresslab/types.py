@@ -151,12 +151,9 @@ class PassContext:
         """
         if self.teacher is not None:
             return self.teacher
-        from compresslab.models.inmemory import clone
+        from compresslab.models.inmemory import frozen
 
-        t = clone(model).eval()
-        for p in t.parameters():
-            p.requires_grad_(False)
-        return t
+        return frozen(model)
 
     def track(self, iterable: Any = None, *, total: int | None = None, desc: str = "") -> Any:
         """Wrap long work in the run's progress reporter (a no-op wrapper when there is none)."""

@@ -8,7 +8,7 @@ construction and one built in memory may lack, and the copies compresslab makes 
   (a ``threading.Lock``, an open file, a tensor with a ``grad_fn``) fails the whole copy. :func:`clone` copies the
   model and shares those objects with the original by reference: compresslab never reads them, and a lock or
   a file is one object by nature. Every copy compresslab makes of a model (the API's working copy, the frozen
-  teacher, a pass's trial copies) goes through it.
+  teacher (:func:`frozen`), a pass's trial copies) goes through it.
 * **gradients**: :func:`unfreeze_if_all_frozen`; a model with every parameter frozen cannot be trained at all
   (autograd fails on the first backward), while a partly frozen one keeps its frozen parts.
 """
@@ -88,6 +88,14 @@ def clone_sharing(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
 def clone(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` that shares with it only what cannot be copied (:func:`clone_sharing`)."""
     return clone_sharing(model)[0]
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (:func:`clone`) in eval mode with no gradients: a teacher that never changes."""
+    t = clone(model).eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t
 
 
 def unfreeze_if_all_frozen(model: nn.Module) -> bool:

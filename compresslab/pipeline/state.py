@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compresslab.manifest import RunManifest
-from compresslab.models.inmemory import clone
+from compresslab.models.inmemory import frozen
 from compresslab.pipeline.settings import RunSettings
 from compresslab.types import OnnxModel, PassContext
 
@@ -31,14 +31,6 @@ log = logging.getLogger(__name__)
 
 def tqdm_progress(iterable: Any = None, *, total: int | None = None, desc: str = "") -> Any:
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=2.0)
-
-
-def frozen(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with no gradients: a teacher that never changes."""
-    t = clone(model).eval()
-    for p in t.parameters():
-        p.requires_grad_(False)
-    return t
 
 
 def resolve_device(name: str) -> torch.device:
