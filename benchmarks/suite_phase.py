@@ -50,16 +50,14 @@ def figures_phase(data: Mapping[str, Any], task: str) -> dict[str, Any]:
     else the one it kept. Filled where the file did not record them: the window ids and the time (the phase
     window's), and the git sha (a timed file's own)."""
     meta = data.get("meta") or {}
-    before = meta.get("timing") or {}
-    timed_here = status_of(before)[0] == TIMED
-    phase = dict(before if timed_here else before.get("earlier_phase") or {})
+    phase = dict(phase_of(meta))
     if not phase:
         return {}
     phase.pop("earlier_phase", None)
     if not phase.get("windows") and (named := _named_phase(meta, task)):
         phase["windows"] = [t["id"] for t in named if "id" in t]
         phase.setdefault("at", max(str(t.get("closed_at") or "") for t in named) or None)
-    if timed_here:
+    if status_of(meta.get("timing") or {})[0] == TIMED:  # the file's own phase: its git sha is the file's
         phase.setdefault("git_sha", meta.get("git_sha"))
     return phase
 
