@@ -220,6 +220,7 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
     SIGTERM prints the summary and ends the sweep (exit 130 / 143). :func:`main` prints the summary at the end."""
     import traceback
 
+    from compresslab.failure import error_text
     from compresslab.sweep import Outcome
 
     sweep = _SWEEP
@@ -234,7 +235,7 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
         ran = _run(cfg)
         status = _status_of(ran)
     except bad_input_errors() as e:
-        status, code, error = "failed", EXIT_BAD_INPUT, " ".join(str(e).split()) or type(e).__name__
+        status, code, error = "failed", EXIT_BAD_INPUT, " ".join(error_text(e, typed=False).split())
     except KeyboardInterrupt as e:
         sweep.record(Outcome(job, "interrupted", EXIT_INTERRUPTED, out_dir, str(e) or None))
         print(sweep.summary())
@@ -244,7 +245,7 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
             status, code = "failed", e.code if isinstance(e.code, int) else 1
     except Exception as e:  # a crash: its traceback, as a single run shows it; the next job may still run
         traceback.print_exc()
-        status, code, error = "crashed", 1, " ".join(f"{type(e).__name__}: {e}".split())
+        status, code, error = "crashed", 1, " ".join(error_text(e).split())  # "RuntimeError", never "RuntimeError:"
     sweep.record(Outcome(job, status, code, out_dir, error))
     if status == "failed" or status == "crashed":
         print(f"compresslab: error: multirun job {job.name} {status}" + (f": {error}" if error else f" (exit {code})"),

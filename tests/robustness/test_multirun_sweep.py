@@ -202,3 +202,28 @@ def test_jobs_are_numbered_as_hydra_numbers_them(monkeypatch):
     monkeypatch.setattr(multirun, "MAX_CHECKED_JOBS", 4)  # a covering set: job i takes value i of each sweep
     jobs = multirun.sweep_jobs(["a=1,2", "b=x", "c=1,2,3"])
     assert [jobs[n].label for n in multirun.jobs_to_check(lists)] == ["a=1 c=1", "a=2 c=2", "a=1 c=3"]
+
+
+@pytest.mark.parametrize("error, status, said", [
+    (RuntimeError(), "crashed (exit 1)", "RuntimeError"),  # never "RuntimeError:" with nothing after it
+    (RuntimeError("two\n  lines"), "crashed (exit 1)", "RuntimeError: two lines"),
+    (ValueError(""), "failed (exit 2)", "ValueError"),
+    (ValueError("bad\nvalue"), "failed (exit 2)", "bad value"),
+], ids=["crash, no message", "crash, two lines", "bad input, no message", "bad input, two lines"])
+def test_a_failed_jobs_error_is_one_line_and_never_an_empty_type(monkeypatch, capsys, error, status, said):
+    # the summary and the stderr line say an error as every record does (failure.error_text), on one line
+    from omegaconf import OmegaConf
+
+    from compresslab.pipeline.multirun import SweepJob
+    from compresslab.sweep import Sweep
+
+    def run(cfg: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(cli, "_SWEEP", Sweep([SweepJob(0, ["seed=1"], "seed=1")]))
+    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr("traceback.print_exc", lambda: None)
+    cli._run_sweep_job(OmegaConf.create({"search": {}}), cli._SWEEP.job(0, ["seed=1"]))
+    err = capsys.readouterr().err
+    assert cli._SWEEP.summary().splitlines()[1] == f"  #0 seed=1: {status}: {said}"
+    assert err.strip().endswith(f"multirun job #0 (seed=1) {status.split()[0]}: {said}"), err
