@@ -1,4 +1,4 @@
-"""How an error or an interruption is written down: an exception as one line for a record (never
+"""How an error or an interruption is written down: an exception as text for a record (never
 ``Type: `` with nothing after it), and the sentence a stopped run's manifest and report give: what
 stopped it, where (a step by name, or a stage such as bench after all steps), and how to resume.
 
@@ -17,9 +17,11 @@ INTERRUPTS = {"KeyboardInterrupt": "Ctrl-C (SIGINT)", "Terminated": "SIGTERM (a 
 
 
 def error_text(e: BaseException, *, typed: bool = True, limit: int | None = None) -> str:
-    """``e`` as one line for a record: ``Type: message``, or the type alone where the message is empty
+    """``e`` for a record: ``Type: message``, or the type alone where the message is empty
     (KeyboardInterrupt, SystemExit, a bare ``RuntimeError()``). ``typed=False``: the message alone, the
-    type standing in for an empty one. ``limit``: at most that many characters of the message."""
+    type standing in for an empty one. ``limit``: at most that many characters of the message. The
+    message keeps its own line breaks: a record that must be one line folds them (the search's, a
+    multirun's summary: ``" ".join(error_text(e).split())``)."""
     msg = str(e).strip()[:limit]
     if not msg:
         return type(e).__name__
