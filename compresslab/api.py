@@ -396,8 +396,8 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     from compresslab.manifest import RunManifest, stable_hash
     from compresslab.pipeline.driver import recording_failure
     from compresslab.pipeline.identity import check_inputs, input_identity
-    from compresslab.pipeline.plan import RunDirConflictError, block_identity
-    from compresslab.pipeline.rundir import changed_settings, describe_changes, no_manifest_refusal
+    from compresslab.pipeline.plan import block_identity
+    from compresslab.pipeline.rundir import another_run_refusal, changed_settings, no_manifest_refusal
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
 
@@ -416,11 +416,9 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     if (run_dir / "manifest.json").is_file():
         manifest = RunManifest.load(run_dir)
         if manifest.data.get("config_hash") != h:
-            changes = changed_settings(manifest.data.get("config"), config, lists=True)
-            what = (f"; what differs (recorded -> given now):\n{describe_changes(changes, _argument_of)}\n"
-                    if changes else ". ")
-            raise RunDirConflictError(f"{run_dir} holds a run of other passes or data{what}Its steps cannot be reused: "
-                                      f"give the recorded values to resume it, or {start_over}")
+            raise another_run_refusal(f"{run_dir} holds a run of other passes or data",
+                                      changed_settings(manifest.data.get("config"), config, lists=True), start_over,
+                                      name=_argument_of)
         check_inputs(manifest.data, inputs, run_dir, start_over)
     elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise no_manifest_refusal(run_dir, f"delete {run_dir}", "another output_dir")

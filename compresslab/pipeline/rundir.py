@@ -109,6 +109,18 @@ def describe_changes(changes: list[tuple[str, str]], name: Callable[[str], str] 
     return ";\n".join(lines) + "."
 
 
+def another_run_refusal(held: str, changes: list[tuple[str, str]], ways_out: str, *, unnamed: str = "",
+                        name: Callable[[str], str] = str) -> RunDirConflictError:
+    """The refusal of a run dir that holds another config's run, for the CLI and ``compress(output_dir=...)`` alike:
+    ``held`` (``<dir> belongs to another config``), the settings that differ (:func:`describe_changes`, keys shown
+    by ``name``; ``unnamed`` where none can be named, such as the two hashes), the one way to reuse its steps (the
+    recorded values) and ``ways_out``."""
+    what = (f"; settings that differ (recorded -> given now):\n{describe_changes(changes, name)}\n" if changes
+            else f"{unnamed}. ")
+    return RunDirConflictError(f"{held}{what}Its steps cannot be reused: give the recorded values to resume it, or "
+                               f"{ways_out}")
+
+
 def identity_changes(recorded: Mapping[str, Any] | None, cfg: DictConfig) -> list[tuple[str, str]]:
     """The settings of the run identity (:func:`~compresslab.pipeline.plan.config_identity`) that differ between a
     manifest's recorded ``config`` and ``cfg``; [] when the manifest records none (or it cannot be read)."""
@@ -159,12 +171,9 @@ def check_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | None"
     old = RunManifest.load(run_dir)
     h = config_hash(cfg)
     if not overwrite and old.data.get("config_hash") != h:
-        changes = identity_changes(old.data.get("config"), cfg)
-        what = (f"; settings that differ (recorded -> given now):\n{describe_changes(changes)}\n" if changes else
-                f" (hash {old.data.get('config_hash')} != {h}). ")
-        raise RunDirConflictError(
-            f"{run_dir} belongs to another config{what}Its steps cannot be reused: give the recorded values to resume "
-            f"it, or {START_OVER}, or {KEEP_BOTH}")
+        raise another_run_refusal(f"{run_dir} belongs to another config",
+                                  identity_changes(old.data.get("config"), cfg), f"{START_OVER}, or {KEEP_BOTH}",
+                                  unnamed=f" (hash {old.data.get('config_hash')} != {h})")
     return old
 
 
@@ -199,5 +208,5 @@ def check_not_running(old: RunManifest, run_dir: Path) -> None:
                 f"it ran on {proc.get('host') or 'an unrecorded host'}: if that run still goes, both write this dir")
 
 
-__all__ = ["changed_settings", "check_not_running", "check_run_dir", "describe_changes", "identity_changes", "move_aside",
-           "no_manifest_refusal", "prepare_run_dir", "run_markers"]
+__all__ = ["another_run_refusal", "changed_settings", "check_not_running", "check_run_dir", "describe_changes",
+           "identity_changes", "move_aside", "no_manifest_refusal", "prepare_run_dir", "run_markers"]

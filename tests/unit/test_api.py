@@ -100,8 +100,10 @@ def test_output_dir_is_a_resumable_run_dir_with_pass_json(tiny_tok, tmp_path):
     assert torch.equal(again.model.bert.encoder.layer[0].output.dense.weight,
                        r.model.bert.encoder.layer[0].output.dense.weight)
     # another call's run: refused, naming what differs (recorded -> given now) and the argument that sets it
+    # in the CLI's words for the same refusal (pipeline.rundir.another_run_refusal)
     with pytest.raises(compresslab.pipeline.RunDirConflictError,
-                       match=r"passes\[0\]\.sparsity \(passes\): 0\.5 -> 0\.3"):
+                       match=r"settings that differ \(recorded -> given now\):\n  passes\[0\]\.sparsity \(passes\): "
+                             r"0\.5 -> 0\.3\.\nIts steps cannot be reused: give the recorded values to resume it, or "):
         compresslab.compress(_trained(), tiny_tok, [{**FAST_MAGNITUDE, "sparsity": 0.3}], **kw)
     with pytest.raises(compresslab.pipeline.RunDirConflictError, match=r"data\.sizes\.dev \(eval_data\): 0 -> 16"):
         compresslab.compress(_trained(), tiny_tok, [FAST_MAGNITUDE], eval_data=_pairs(16, 1), **kw)
