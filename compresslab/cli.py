@@ -262,7 +262,7 @@ def _run_dir_of(cfg) -> "Path | None":
         return None
     try:
         return resolve_run_dir(cfg)
-    except Exception:  # the run itself raises the error, as a bad input of this job
+    except Exception:  # the job raises it again as it runs: recorded there (a bad input: failed; else: crashed)
         return None
 
 
