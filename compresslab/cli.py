@@ -221,6 +221,7 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
     import traceback
 
     from compresslab.failure import error_text
+    from compresslab.pipeline.multirun import own_dir_setting
     from compresslab.sweep import Outcome
 
     sweep = _SWEEP
@@ -230,8 +231,9 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
     earlier = sweep.written_by(out_dir) if out_dir is not None else None
     try:
         if earlier is not None:  # a sweep too large for the check before Hydra to compare every pair of jobs
-            raise ValueError(f"{out_dir} is the dir of job {earlier.name} of this multirun: give each job its own "
-                             "(run.dir='<dir>/${hydra:job.num}', quoted for the shell)")
+            own = own_dir_setting(out_dir, "run.dir", fixed=cfg.run.get("dir") is not None)  # as check_own_dirs says
+            raise ValueError(f"{out_dir} is the dir of job {earlier.name} of this multirun: give each job its own, "
+                             f"{own} (quoted for the shell)")
         ran = _run(cfg)
         status = _status_of(ran)
     except bad_input_errors() as e:

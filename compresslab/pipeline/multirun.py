@@ -148,6 +148,14 @@ def check_own_dirs(checked: list[tuple[SweepJob, JobPlan]]) -> None:
             raise SharedDirError(_shared_dir_message(out_dir, group))
 
 
+def own_dir_setting(out_dir: str | Path, setting: str, fixed: bool) -> str:
+    """The override that gives each job of a multirun its own dir where several would write ``out_dir``: under it
+    when ``setting`` (``run.dir``, ``search.dir``) is fixed; else beside it, since the dir is made from the identity
+    the jobs share (``<paths.output_dir>/<pipeline>/<hash>``). Named by the job's number; quoted for the shell."""
+    base = f"{out_dir}/" if fixed else f"{Path(out_dir).parent}/sweep-"
+    return f"{setting}='{base}${{hydra:job.num}}'"
+
+
 def _shared_dir_message(out_dir: str, group: list[tuple[SweepJob, JobPlan]]) -> str:
     names = [job.name for job, _ in group]
     named = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -155,15 +163,14 @@ def _shared_dir_message(out_dir: str, group: list[tuple[SweepJob, JobPlan]]) -> 
     plan = group[0][1]
     setting, kind = plan.setting, plan.kind
     if plan.fixed:
-        own = f"{setting}='{out_dir}/${{hydra:job.num}}' (quoted for the shell: the job's number, 0, 1, ...)"
+        own = f"{own_dir_setting(out_dir, setting, fixed=True)} (quoted for the shell: the job's number, 0, 1, ...)"
         default = "<paths.output_dir>/search/<hash>" if kind == "search" else \
             "<paths.output_dir>/<pipeline>/<config hash>"
         return (f"{setting}={out_dir}: jobs {named} of this multirun would all write that dir, one after the other: "
                 f"{second} would start there only after {first} ran to the end, and find its {kind} (refused as "
                 f"another config's, or nothing left to do); give each job its own dir, {own}, or leave {setting} "
                 f"unset (each config then gets its own {default}); no job was started")
-    # the dir is made from the identity, which they share: a dir of their own beside it, named by the job's number
-    own = f"{setting}='{Path(out_dir).parent}/sweep-${{hydra:job.num}}' (quoted for the shell: the job's number)"
+    own = f"{own_dir_setting(out_dir, setting, fixed=False)} (quoted for the shell: the job's number)"
     outside = "run.*, paths.*, search.time_budget_s" if kind == "search" else "run.*, paths.*"
     return (f"jobs {named} of this multirun are one {kind}: what they differ in is not part of a {kind}'s identity "
             f"({outside}), so all would use {out_dir}, where the jobs after {first} would only resume its {kind} or "

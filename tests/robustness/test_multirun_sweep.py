@@ -227,3 +227,20 @@ def test_a_failed_jobs_error_is_one_line_and_never_an_empty_type(monkeypatch, ca
     err = capsys.readouterr().err
     assert cli._SWEEP.summary().splitlines()[1] == f"  #0 seed=1: {status}: {said}"
     assert err.strip().endswith(f"multirun job #0 (seed=1) {status.split()[0]}: {said}"), err
+
+
+def test_jobs_sharing_a_dir_past_the_up_front_check_are_refused_as_it_would(inputs, tmp_path, monkeypatch, capsys):
+    # above MAX_CHECKED_JOBS the check before Hydra composes a covering set of jobs, not every pair: #0 (run.threads=1
+    # seed=1) and #3 (run.threads=2 seed=2) have dirs of their own; #2 shares #0's and #3 #1's (run.* is no part of a
+    # run's identity). Such a job is refused as it starts, naming the earlier job and the setting the up-front
+    # refusal gives (check_own_dirs): the dir comes from the identity they share, so one of their own beside it
+    from compresslab.pipeline import multirun
+
+    monkeypatch.setattr(multirun, "MAX_CHECKED_JOBS", 2)
+    out = tmp_path / "out"
+    code = _sweep(monkeypatch, _args(inputs, out, "seed=1,2", "run.threads=1,2"), {})
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "multirun job #2 (run.threads=2 seed=1) failed: " in err
+    assert "is the dir of job #0 (run.threads=1 seed=1) of this multirun" in err
+    assert f"run.dir='{out}/int8/sweep-${{hydra:job.num}}'" in err, err
