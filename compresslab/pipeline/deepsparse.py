@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from compresslab.export.matmul_integer import FORMAT_NOTE
 from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.settings import DeepSparseSettings
@@ -30,13 +31,26 @@ def _unfused(fused_path: Path) -> Path:
 
 
 def _quantized(state: RunState, src: Path, dst: Path, s: DeepSparseSettings, run_dir: Path, fmt: str) -> Path:
+    """``src`` (fp32) as static int8 in ``fmt``; ``matmulinteger`` rewrites the ``qdq`` file (made here too)."""
     from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
 
+    if fmt == "matmulinteger":
+        return _integer(_quantized(state, src, dst.with_name(dst.name.replace(fmt, "qdq")), s, run_dir, "qdq"), dst)
     if not dst.is_file():  # kept across resumes: the file is written atomically
         ctx = state.context(run_dir, dst.parent)
         batches = list(ctx.calibration_batches(s.num_calibration, batch_size=32))
         quantize_qdq_for_deepsparse(src, dst, batches, per_channel=s.per_channel, op_types=list(s.op_types),
                                     quant_format=fmt)
+    return dst
+
+
+def _integer(qdq: Path, dst: Path) -> Path:
+    """The QDQ graph ``qdq`` in SparseML's MatMulInteger form (:mod:`compresslab.export.matmul_integer`)."""
+    from compresslab.export.matmul_integer import qdq_to_matmul_integer
+
+    if not dst.is_file():  # kept across resumes: written atomically
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        qdq_to_matmul_integer(qdq, dst)
     return dst
 
 
@@ -89,6 +103,9 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
     qat = bool(manifest.data["export"]["fp32"].get("qdq"))  # an int8 QAT export is already the sparse int8 file
     if qat:  # timed and scored exactly as exported: no fp32 twin, no re-quantization
         models["deepsparse_int8"] = (str(final_fp32), "deepsparse")
+        if "matmulinteger" in formats:  # the same QAT codes in SparseML's exported form (uint8 weights)
+            models["deepsparse_int8_matmulinteger"] = (
+                str(_integer(final_fp32, out_dir / "model_int8_matmulinteger.onnx")), "deepsparse")
     elif not same:
         models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
         for f in formats:
@@ -115,4 +132,5 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
                       "interleaved with the DeepSparse engines."] +
                      (["deepsparse_int8 is the run's own int8 QAT export (QDQ, int8 per-tensor symmetric weights, "
                        "uint8 activations, export/model.onnx), timed and scored as exported; only the dense "
-                       "teacher is re-quantized (deepsparse_dense_int8*)."] if qat else [])}
+                       "teacher is re-quantized (deepsparse_dense_int8*)."] if qat else []) +
+                     ([f"matmulinteger: {FORMAT_NOTE}."] if "matmulinteger" in formats else [])}

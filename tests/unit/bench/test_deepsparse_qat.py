@@ -11,14 +11,16 @@ import numpy as np
 from compresslab.pipeline.settings import default_settings
 
 
-def _section(tmp_path: Path, monkeypatch, qdq: dict | None) -> tuple[dict, dict]:
+def _section(tmp_path: Path, monkeypatch, qdq: dict | None, export: bytes = b"", **ds_settings) -> tuple[dict, dict]:
+    """The bench stage's DeepSparse section over empty files (``export``: the bytes of export/model.onnx) with the
+    worker faked; ``ds_settings``: bench.deepsparse settings over the test's defaults."""
     import compresslab.bench.deepsparse_backend as B
     from compresslab.data.schema import TaskKind
     from compresslab.pipeline.deepsparse import deepsparse
 
     for f in ("export/model.onnx", "export/teacher/model.onnx", "export/teacher/model_unfused.onnx"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_bytes(b"")
+        (tmp_path / f).write_bytes(export if f == "export/model.onnx" else b"")
     monkeypatch.setattr(B, "find_python", lambda setting=None: Path("/nonexistent/python"))
     monkeypatch.setattr(B, "check_python", lambda python: "1.8.0")
     seen: dict = {}
@@ -31,7 +33,7 @@ def _section(tmp_path: Path, monkeypatch, qdq: dict | None) -> tuple[dict, dict]
 
     monkeypatch.setattr(B.DeepSparseBench, "run", fake_run)
     ds = default_settings(bench={"deepsparse": {"enabled": True, "int8": False, "score": False, "batches": [1],
-                                                "seq": 16}})[2].deepsparse
+                                                "seq": 16, **ds_settings}})[2].deepsparse
     state = SimpleNamespace(settings=SimpleNamespace(bench=SimpleNamespace(deepsparse=ds)),
                             task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION)),
                             model=SimpleNamespace(config=SimpleNamespace(vocab_size=100)))
@@ -53,3 +55,28 @@ def test_an_fp32_export_is_still_timed_as_fp32(tmp_path, monkeypatch):
     _, models = _section(tmp_path, monkeypatch, None)
     assert models["deepsparse_fp32"] == (str(tmp_path / "export/model.onnx"), "deepsparse")
     assert "deepsparse_int8" not in models  # int8: false (re-quantized files are the int8 path otherwise)
+
+
+def test_matmulinteger_adds_the_qat_codes_in_sparsemls_form(tmp_path, monkeypatch):
+    """``int8_formats`` with ``matmulinteger``: the QAT file is also timed and scored rewritten into MatMulInteger
+    with uint8 weights (the form DeepSparse runs with int8 kernels), beside the file as exported; the dense
+    teacher's static int8 goes through the same format list."""
+    import onnx
+
+    import compresslab.pipeline.deepsparse as P
+    from tests.unit.export.test_matmul_integer import _layer
+
+    rng = np.random.default_rng(0)
+    qat = _layer(tmp_path, rng.integers(-128, 128, size=(8, 4)).astype(np.int8), np.array(0.01, np.float32),
+                 np.array(0, np.int8), 0.1, 128)
+    quantized: list[str] = []
+    monkeypatch.setattr(P, "_quantized", lambda state, src, dst, s, run_dir, fmt: quantized.append(fmt) or dst)
+    section, models = _section(tmp_path, monkeypatch, {"int8_weights_zp0": 1}, qat.read_bytes(), int8=True,
+                               int8_formats=["qdq", "matmulinteger"])
+    path, engine = models["deepsparse_int8_matmulinteger"]
+    assert engine == "deepsparse" and path == str(tmp_path / "export/deepsparse/model_int8_matmulinteger.onnx")
+    assert "MatMulInteger" in [n.op_type for n in onnx.load(path).graph.node]
+    assert models["deepsparse_int8"][0] == str(tmp_path / "export/model.onnx")  # the file as exported stays
+    assert "deepsparse_int8_matmulinteger" in models["score"]
+    assert quantized == ["qdq", "matmulinteger"]  # the dense teacher in each format
+    assert any(n.startswith("matmulinteger: MatMulInteger") for n in section["notes"])
