@@ -39,7 +39,11 @@ def test_error_text_limit_cuts_the_message_only():
      "resume after the last finished step."),
     ({"type": "RuntimeError", "message": "", "step": None, "stage": "bench", "after_steps": True}, False,
      "Error during bench, after all steps had finished: RuntimeError (no message). Rerun the same command to "
-     "resume: the finished steps are kept.")])
+     "resume: the finished steps are kept."),
+    ({"type": "Terminated", "message": "stopped by signal 15 (SIGTERM)", "step": "obert", "interrupted": True,
+      "error": "RuntimeError: disk full."}, False,  # a held signal raised as the step failed: both said
+     "Interrupted by SIGTERM (a kill, or a scheduler's time limit) in step obert; it had also failed with "
+     "RuntimeError: disk full. Rerun the same command to resume after the last finished step.")])
 def test_stop_summary(err, api, said):
     assert stop_summary(err, api=api) == said
 
@@ -52,3 +56,32 @@ def test_a_plot_failing_without_a_message_is_named_by_its_type(monkeypatch):
 
     monkeypatch.setattr(plots, "PLOTS", {"structure.png": broken})
     assert plots.draw_all({}) == ({}, {"structure.png": "KeyError"})
+
+
+@pytest.mark.parametrize("behind", [RuntimeError("disk full"), RuntimeError()])
+def test_an_interrupt_held_over_an_error_is_recorded_with_both(tmp_path, behind):
+    """DeferredSignals raises a signal held when training failed as an interrupt (the stop asked for wins):
+    the manifest says interrupted and keeps the error, its summary (the CLI's line, kept on the exception) too."""
+    from compresslab.failure import held_over, recorded_summary
+    from compresslab.manifest import RunManifest, read_json
+
+    m = RunManifest.create(tmp_path, pipeline="int8")
+    m.data["steps"] = [{"name": "obert", "index": 0, "status": "running"}]
+    stop = KeyboardInterrupt()
+    held_over(stop, behind)
+    m.mark_failed(stop)
+    err = read_json(tmp_path / "manifest.json")["error"]
+    said = error_text(behind)
+    assert (err["type"], err["interrupted"], err["error"]) == ("KeyboardInterrupt", True, said)
+    assert err["summary"] == recorded_summary(stop) == (
+        f"Interrupted by Ctrl-C (SIGINT) in step obert; it had also failed with {said}. Rerun the same command to "
+        "resume after the last finished step.")
+
+
+def test_a_plain_interrupt_or_error_records_no_second_error(tmp_path):
+    from compresslab.manifest import RunManifest, read_json
+
+    for e in (KeyboardInterrupt(), RuntimeError("disk full")):
+        m = RunManifest.create(tmp_path)
+        m.mark_failed(e)
+        assert "error" not in read_json(tmp_path / "manifest.json")["error"]
