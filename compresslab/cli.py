@@ -22,7 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 # stdlib only; Terminated is also cli's name for it (callers and tests import it from here)
-from compresslab.failure import Terminated, raise_terminated, recorded_summary, stop_summary
+from compresslab.failure import Terminated, error_text, raise_terminated, recorded_summary, stop_summary
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -225,7 +225,6 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
     SIGTERM prints the summary and ends the sweep (exit 130 / 143). :func:`main` prints the summary at the end."""
     import traceback
 
-    from compresslab.failure import error_text
     from compresslab.pipeline.multirun import own_dir_setting
     from compresslab.sweep import Outcome
 

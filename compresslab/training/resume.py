@@ -229,7 +229,7 @@ class StepCheckpoints:
             model_sd = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, never start over silently
-            raise ResumeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+            raise ResumeError(f"checkpoint {path} is unreadable ({error_text(e)}); "
                               "delete it to start the run over") from None
         if meta.get("init_digest") != self.digest:
             log.warning("%s: the starting weights differ from those the checkpointed run started from (e.g. a "
