@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from compresslab.failure import error_text
 from compresslab.manifest import read_json
 
 from backends import _cell, _fp32_cells, _int8_ir_cells, _teacher_ckpt, teacher_ort_int8  # noqa: F401 (re-exported)
@@ -32,7 +33,7 @@ def check_runs(runs: dict[str, Any], runs_file: str | Path) -> dict[str, dict[st
         try:
             m = read_json(where / "manifest.json")
         except (OSError, ValueError) as e:
-            bad.append(f"{p}: no readable manifest in {where} ({type(e).__name__}: {e})")
+            bad.append(f"{p}: no readable manifest in {where} ({error_text(e)})")
             continue
         if m.get("status") != "finished":
             bad.append(f"{p}: run {where} is {m.get('status')!r}, not finished (resume it with the same pipelines command)")
@@ -146,7 +147,7 @@ def build_cells(runs: dict[str, Any], manifests: dict[str, dict[str, Any]],
         try:
             cells[p] = model_cells(REPO / r["run_dir"], manifests[p], flags)
         except (OSError, ValueError, KeyError, StopIteration) as e:  # recorded, not dropped: an odd manifest
-            cells[p] = {"error": _cell("none", None, "-", error=f"{type(e).__name__}: {e}")}
+            cells[p] = {"error": _cell("none", None, "-", error=error_text(e))}
     dense_from_int8(cells)
     return cells
 

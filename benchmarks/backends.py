@@ -32,6 +32,7 @@ from typing import Any
 
 from compresslab.cli import setup_process
 from compresslab.config import compose
+from compresslab.failure import error_text
 from compresslab.manifest import git_sha, library_versions, read_json
 
 from _results import ResultsFile, jsonable, write_aside  # sibling module (script dir)
@@ -137,7 +138,7 @@ def teacher_ort_int8(rd: Path) -> dict[str, Any]:
     try:
         return _cell("ort", teacher_int8(rd, RunManifest.load(rd)), "int8", "peer")
     except Exception as e:  # a graph ORT's quantizer cannot take: an error cell, the other cells still run
-        return _cell("ort", None, "int8", "peer", error=f"ORT's int8 of the teacher failed: {type(e).__name__}: {e}")
+        return _cell("ort", None, "int8", "peer", error=f"ORT's int8 of the teacher failed: {error_text(e)}")
 
 
 def _fp32_cells(onnx: Path, ckpt: Path, flags: set[str]) -> dict[str, dict[str, Any]]:

@@ -40,6 +40,7 @@ from typing import Any
 
 from compresslab.cli import setup_process
 from compresslab.config import compose, keep_pass_overrides
+from compresslab.failure import error_text
 from compresslab.manifest import git_sha, library_versions, read_json
 
 from _compound_cells import (SPARSE_RATES, build_cells, check_runs, dense_from_int8, model_cells,  # noqa: F401 (tests
@@ -160,8 +161,8 @@ def deepsparse_cells(cells: dict[str, dict[str, dict[str, Any]]], fused_teacher:
         with timing_window("compound: DeepSparse worker"):  # only around a worker that runs: nothing else is timed
             res = job.run(python, inputs)
     except Exception as e:  # e.g. the engine refuses this CPU or a graph: every cell keeps the exact error
-        return ({k: {"error": f"{type(e).__name__}: {e}"} for k in keys},
-                {"python": str(python), "deepsparse_version": version, "error": f"{type(e).__name__}: {e}"})
+        return ({k: {"error": error_text(e)} for k in keys},
+                {"python": str(python), "deepsparse_version": version, "error": error_text(e)})
     lat = by_runner(res["latency"])
     own = lat.get("ort_fp32", {})  # the worker's own ort_fp32, interleaved with its cells: their only same-process base
     own_b32, own_b1 = (own.get(shape_key(b, seq), {}).get("p50_ms") for b in (32, 1))
@@ -258,7 +259,7 @@ def measure(a: argparse.Namespace) -> None:
             except Exception as e:  # e.g. OpenVINO cannot read a file: the cell says why
                 runners.pop(key, None)
                 cell.pop("val_acc", None)
-                cell["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+                cell["error"] = error_text(e, limit=500)
                 log.warning("cell %s failed: %s", key, cell["error"])
                 continue
             preds[key] = scored.predictions

@@ -13,7 +13,8 @@ All runners of a shape are timed interleaved in one call (:mod:`benchmarks.gpu_t
 Writes ``{"card", "device", "rehearsal", "models": {name: {"b1_ms", "b32_ms", "b128_ms",
 "speedup_b32_vs_dense_fp32", "precision", ...}}, "meta"}``. A CPU run may not write
 ``benchmarks/results/gpu.json``: results come from a GPU only. Imports torch, transformers and the
-standard library only (no compresslab, Hydra, ONNX Runtime or OpenVINO: the GPU image lacks them).
+standard library only (no compresslab, Hydra, ONNX Runtime or OpenVINO: the GPU image lacks them); an error
+is written by compresslab/failure.py's ``error_text``, that file (standard library only) loaded alone.
 """
 
 from __future__ import annotations
@@ -153,8 +154,24 @@ def make_inputs(batch: int, seq: int, vocab: int, device: torch.device, seed: in
             "token_type_ids": torch.zeros_like(ids).to(device)}
 
 
+def _error_text() -> Callable[..., str]:
+    """compresslab.failure.error_text, loaded from its file: it imports the standard library only (the ground
+    floor of tests/unit/test_layers), where importing the compresslab package would import what the GPU image
+    lacks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compresslab_failure",
+                                                  Path(__file__).resolve().parents[1] / "compresslab" / "failure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.error_text
+
+
+error_text = _error_text()
+
+
 def _error(e: BaseException) -> str:
-    lines = f"{type(e).__name__}: {e}".strip().splitlines()
+    lines = error_text(e).splitlines()
     return "\n".join(lines[:6])[:1500]  # torch dispatcher errors list every backend; the head says it
 
 

@@ -17,6 +17,7 @@ def baselines(args) -> None:
     """ORT's own MatMulNBitsQuantizer (RTN) at 4 bits, and NNCF compress_weights 4/8 on OpenVINO."""
     from compresslab.data.metrics import agreement
     from compresslab.export.onnx import export_model
+    from compresslab.failure import error_text
 
     _, teacher, _ = _teacher()
     teacher_preds = _teacher_preds()
@@ -45,7 +46,7 @@ def baselines(args) -> None:
             _store("baselines_detail.nncf_4_8", rec)
         except Exception as e:  # a peer that fails gets its exact error, not silence
             _store("baselines.nncf_4_8", None)
-            _store("baselines_detail.nncf_4_8", {"error": f"{type(e).__name__}: {e}"})
+            _store("baselines_detail.nncf_4_8", {"error": error_text(e)})
 
 
 def _nncf_4_8(plain: Path, out: Path, teacher_preds: np.ndarray) -> dict[str, Any]:

@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from compresslab.failure import error_text
+
 from ._results import ResultsFile, since, write_aside
 from .artifacts import Artifact, digest, head_of, record_batches, size_bytes
 from .artifacts import score as _score
@@ -285,7 +287,7 @@ def _build_one(name: str, method: str, spec: dict[str, Any], key: str, p: TaskPl
         build_s, cpu_s = since(t0), round(_cpu_s() - cpu0, 1)
         scored = _score(a, teacher.record, p.threads)
     except Exception as e:  # any failure is this cell's, exactly as raised; the suite goes on
-        error = str(e) if isinstance(e, ExternalError) else f"{type(e).__name__}: {e}"
+        error = str(e) if isinstance(e, ExternalError) else error_text(e)
         log.warning("cell %s failed: %s", name, error)
         return store.fail(name, key, {**base, "tool": tool, "error": error, "build_s": since(t0)})
     over = p.cell_cpu_hours is not None and cpu_s > 3600 * float(p.cell_cpu_hours)

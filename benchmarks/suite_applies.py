@@ -136,13 +136,15 @@ def loss_statement(pipelines: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """``meta.label_free`` of an embedding task's results: per pass of the given pipelines (name -> the run's
     args), whether it applies, what replaces the task loss and which pipelines use it. A pass without an
     entry in :data:`EMBEDDING_LOSS` is listed as ``not stated`` (never silently dropped)."""
+    from compresslab.failure import error_text
+
     used: dict[str, list[str]] = {}
     unbuilt: dict[str, str] = {}
     for pl, args in pipelines.items():
         try:
             steps = pipeline_passes(args)
         except Exception as e:  # noqa: BLE001 (a bad setting: its cell holds the run's error; say it here too)
-            unbuilt[pl] = f"{type(e).__name__}: {e}"
+            unbuilt[pl] = error_text(e)
             continue
         for _, name in steps:
             used.setdefault(name, []).append(pl)

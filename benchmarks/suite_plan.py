@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from compresslab.export.openvino_int8 import RECIPE
+from compresslab.failure import error_text
 
 from .suite_method import OURS, method_of_config, model_method_of_config, pipeline_model_method
 from .suite_openvino import cell_name, nncf_cell_name, pipeline_of
@@ -318,7 +319,7 @@ def cell_specs(p: TaskPlan, *, teacher_sha: str, dev: Sequence[Any], max_length:
         try:
             settings = peer.settings()
         except Exception as e:  # the tool is not importable: the cell records why, with its exact error
-            settings = {"settings_error": f"{type(e).__name__}: {e}"}
+            settings = {"settings_error": error_text(e)}
         todo.append((name, "peer", {"kind": "peer", "peer": name, "settings": settings,
                                     "calibration_examples": p.calibration_examples, **data}))
     return todo

@@ -10,6 +10,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
+from compresslab.failure import error_text
+
 from ._results import ResultsFile, jsonable, since
 from .artifacts import Artifact, timing_runner
 from .suite_phase import BUILDS, NO_TIMING, REFUSED, SKIPPED, TIMED, figures_phase, phase_what
@@ -87,7 +89,7 @@ def time_cells(cells: Mapping[str, Mapping[str, Any]], teacher: "Teacher", p: "T
         try:
             runners[name] = timing_runner(a, p.threads, vocab)
         except Exception as e:
-            out[name] = {"error": f"timing: {type(e).__name__}: {e}"}
+            out[name] = {"error": f"timing: {error_text(e)}"}
     if not runners and not external:
         return {"results": out, "meta": {"quiet": report, "timed": []}}
     shapes = [tuple(int(x) for x in s) for s in p.timing["shapes"]]
@@ -132,7 +134,7 @@ def time_external(external: Mapping[str, Artifact], p: "TaskPlan", vocab: int) -
         try:
             out[name] = PEERS[name].time(a, p.timing, vocab)
         except Exception as e:  # the worker's exact failure is the cell's timing error; the others go on
-            out[name] = {"error": f"timing: {type(e).__name__}: {e}"}
+            out[name] = {"error": f"timing: {error_text(e)}"}
     return out
 
 

@@ -27,6 +27,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from compresslab.failure import error_text
+
 log = logging.getLogger(__name__)
 
 P_MAX = 0.05  # rule (a), classification: McNemar p below this
@@ -296,7 +298,7 @@ def guarded_task_verdicts(systems: Mapping[str, Mapping[str, Any]], agreement_vs
         return task_verdicts(systems, agreement_vs, **kw)
     except Exception as e:  # noqa: BLE001 - recorded in the file and logged; the run's figures are written
         log.exception("verdicts failed; the figures are written without them")
-        return {"error": f"{type(e).__name__}: {e}"}
+        return {"error": error_text(e)}
 
 
 def void_if_busy(verdicts: Mapping[str, Mapping[str, Any]], busy: list[str]) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
+from compresslab.failure import sigterm_interrupts
 from compresslab.rng import callers_rng_kept
 
 if TYPE_CHECKING:
@@ -194,6 +195,7 @@ class CompressResult:
 
 
 @callers_rng_kept
+@sigterm_interrupts()  # a kill is recorded as an interrupt, then handed to the caller's handler
 def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, data: Any,
              eval_data: Any = None, teacher: "nn.Module | None" = None, label2id: Mapping[str, int] | None = None,
              kind: str | None = None, output_dir: str | Path | None = None, max_length: int = 128,
@@ -242,6 +244,11 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     an untrained head (``teacher=``, or the model as given when it is the teacher), a distilling
     pass without a teacher, bad pass settings; PipelineError for a bad pass order;
     UnknownPassError for a name.
+
+    Ctrl-C, and SIGTERM called from the main thread, stop it as interrupted: an ``output_dir`` run records
+    that at its step or stage, and resumes. SIGTERM's handler is ours only while compress() runs: yours (or
+    the default, which ends the process) is put back, then given the signal (failure.sigterm_interrupts).
+    From another thread none can be set: the process's handler acts (the default ends it; the run reads crashed).
     """
     import torch
 

@@ -21,6 +21,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+# stdlib only; Terminated is also cli's name for it (callers and tests import it from here)
+from compresslab.failure import Terminated, error_text, raise_terminated, recorded_summary, stop_summary
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -189,8 +192,10 @@ def _print_run_dir(run_dir: "Path") -> None:
 
 
 def _exit_interrupted(e: KeyboardInterrupt) -> NoReturn:
-    why = str(e) or "interrupted (Ctrl-C)"
-    print(f"compresslab: {why}; the finished steps are kept: rerun the same command to resume", file=sys.stderr)
+    """One line on stderr, the sentence the run's manifest and report give (its step or stage, how to resume;
+    the same sentence without a place where no run recorded it), and exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    why = recorded_summary(e) or stop_summary({"type": type(e).__name__, "message": str(e)})
+    print(f"compresslab: {why}", file=sys.stderr)
     raise SystemExit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED) from None
 
 
@@ -220,7 +225,6 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
     SIGTERM prints the summary and ends the sweep (exit 130 / 143). :func:`main` prints the summary at the end."""
     import traceback
 
-    from compresslab.failure import error_text
     from compresslab.pipeline.multirun import own_dir_setting
     from compresslab.sweep import Outcome
 
@@ -303,21 +307,14 @@ def _task_overrides(cfg) -> list[str] | None:
     return out
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's time limit) seen as an interrupt, so the manifest records the
-    run as ``interrupted`` at its step instead of leaving it ``running`` until the pid check."""
-
-
 def terminate_as_interrupt() -> None:
-    """Make SIGTERM raise :class:`Terminated` (a KeyboardInterrupt) in the main thread: whatever a long run
-    does on Ctrl-C (record ``interrupted``, keep what finished) it then does on ``kill`` too."""
+    """Make SIGTERM raise :class:`~compresslab.failure.Terminated` (a KeyboardInterrupt) in the main thread, for
+    the whole process: whatever a long run does on Ctrl-C (record ``interrupted``, keep what finished) it then
+    does on ``kill`` too."""
     import signal
 
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(f"stopped by signal {signum} (SIGTERM)")
-
     if threading_is_main():
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def threading_is_main() -> bool:

@@ -1,18 +1,23 @@
 """How an error or an interruption is written down: an exception as text for a record (never
-``Type: `` with nothing after it), and the sentence a stopped run's manifest and report give: what
-stopped it, where (a step by name, or a stage such as bench after all steps), and how to resume.
+``Type: `` with nothing after it), and the sentence a stopped run's manifest, report and terminal give:
+what stopped it, where (a step by name, or a stage such as bench after all steps), and how to resume.
+And how a SIGTERM becomes an interruption (:class:`Terminated`), for the CLI and ``compress()`` alike.
 
 Here, on the ground floor (standard library only), so that the manifest (which records a stopped
-run), the stages (which record a skipped backend's error) and the report (which reads both) say it
+run), the stages (which record a skipped backend's error), the report (which reads both), the CLI
+and the benchmarks (whose peer workers load this file alone, in venvs without compresslab) say it
 one way.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 # What stopped an interrupted run, by the exception's type: KeyboardInterrupt is Python's SIGINT
-# handler's, Terminated the CLI's SIGTERM handler's (compresslab.cli.terminate_as_interrupt).
+# handler's, Terminated the SIGTERM handler's (raise_terminated: the CLI's, and compress()'s while it runs).
 INTERRUPTS = {"KeyboardInterrupt": "Ctrl-C (SIGINT)", "Terminated": "SIGTERM (a kill, or a scheduler's time limit)"}
 
 
@@ -28,10 +33,79 @@ def error_text(e: BaseException, *, typed: bool = True, limit: int | None = None
     return f"{type(e).__name__}: {msg}" if typed else msg
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit) seen as an interrupt, so the manifest records the
+    run as ``interrupted`` at its step instead of leaving it ``running`` until the pid check."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler that makes the signal a :class:`Terminated` in the main thread."""
+    raise Terminated(f"stopped by signal {signum} (SIGTERM)")
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated`, so that a run records itself ``interrupted`` at
+    its step or stage as on Ctrl-C; the handler found is put back when the block ends, and a SIGTERM
+    received in it is then handed to that handler as if it came now: the default one ends the process (as
+    the signal would have, the record written first), the caller's own runs (a host's shutdown flag is
+    set). Nothing is installed outside the main thread (Python sets handlers there only: a SIGTERM then
+    does what the process's handler does), where SIGTERM is ignored or handled outside Python, or where
+    it raises Terminated already (the CLI's)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None or previous is signal.SIG_IGN or previous is raise_terminated:
+        yield
+        return
+    received = False
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        nonlocal received
+        received = True
+        raise_terminated(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if received:  # also when the block swallowed the Terminated: a kill is never dropped
+            signal.raise_signal(signal.SIGTERM)
+
+
+# The attributes an interrupt carries for its record (RunManifest.mark_failed): the error that was already
+# stopping the work when a held signal was raised (DeferredSignals), and the sentence the manifest recorded.
+_ERROR_BEHIND, _SUMMARY = "_compresslab_error_behind", "_compresslab_stop_summary"
+
+
+def held_over(stop: BaseException, error: BaseException) -> None:
+    """Mark ``stop`` (a held signal's interrupt) as raised when ``error`` had already stopped the same work:
+    the run is recorded as interrupted, keeping ``error`` in the record (:func:`error_behind`)."""
+    setattr(stop, _ERROR_BEHIND, error)
+
+
+def error_behind(stop: BaseException) -> BaseException | None:
+    """The error :func:`held_over` marked ``stop`` with, or None."""
+    return getattr(stop, _ERROR_BEHIND, None)
+
+
+def note_summary(e: BaseException, summary: str) -> None:
+    """Keep on ``e`` the sentence its run's manifest recorded, for the CLI's line (:func:`recorded_summary`)."""
+    setattr(e, _SUMMARY, summary)
+
+
+def recorded_summary(e: BaseException) -> str | None:
+    """The sentence a manifest recorded for ``e`` (:func:`note_summary`); None where no run recorded it."""
+    return getattr(e, _SUMMARY, None)
+
+
 def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
     """The sentence on a stopped run, from its manifest's ``error`` record (``type``, ``message``,
     ``step``, ``stage``, ``after_steps``, ``interrupted``; a record written before ``stage`` existed
-    gives the step alone): what stopped it, where, and how to resume. ``api``: a run made by
+    gives the step alone; ``error``: the error that had already stopped the work when a held signal
+    interrupted it): what stopped it, where, and how to resume. ``api``: a run made by
     ``compresslab.compress(output_dir=...)``, resumed by the same call, not by a command."""
     kind = str(err.get("type") or "error")
     msg = str(err.get("message") or "").strip()
@@ -49,6 +123,8 @@ def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
             what = f"Interrupted by {INTERRUPTS[kind]}{where}"
         else:
             what = f"Interrupted ({kind}: {msg}){where}" if msg else f"Interrupted ({kind}){where}"
+        if err.get("error"):
+            what += f"; it had also failed with {str(err['error']).strip().rstrip('.')}"
     else:
         what = f"Error{where}: {kind}: {msg.rstrip('.')}" if msg else f"Error{where}: {kind} (no message)"
     how = ("Call compresslab.compress again with the same output_dir to resume" if api
@@ -57,4 +133,5 @@ def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
     return f"{what}. {how}."
 
 
-__all__ = ["INTERRUPTS", "error_text", "stop_summary"]
+__all__ = ["INTERRUPTS", "Terminated", "error_behind", "error_text", "held_over", "note_summary", "raise_terminated",
+           "recorded_summary", "sigterm_interrupts", "stop_summary"]

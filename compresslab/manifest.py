@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from compresslab.failure import stop_summary
+from compresslab.failure import error_behind, error_text, note_summary, stop_summary
 
 SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
@@ -427,8 +427,10 @@ class RunManifest:
 
     def mark_failed(self, e: BaseException) -> None:
         """Status ``failed`` (``interrupted`` for Ctrl-C and SIGTERM) with the error's type and message,
-        the step that was running (marked the same) or else the stage (:meth:`at_stage`), and
-        ``summary``: the sentence that says all this and how to resume; saved atomically."""
+        the step that was running (marked the same) or else the stage (:meth:`at_stage`), ``error``: the
+        error a held signal's interrupt was raised over (:func:`~compresslab.failure.held_over`), and
+        ``summary``: the sentence that says all this and how to resume (also kept on ``e``, for the CLI's
+        line); saved atomically."""
         interrupted = isinstance(e, KeyboardInterrupt)
         status = "interrupted" if interrupted else "failed"
         running = [s for s in self.data.get("steps", []) if s.get("status") == "running"]
@@ -439,6 +441,10 @@ class RunManifest:
                                "step": running[-1]["name"] if running else None,
                                "stage": None if running else self.stage,
                                "after_steps": self.after_steps and not running, "interrupted": interrupted}
+        behind = error_behind(e)
+        if behind is not None:  # a held signal raised as the work failed: stopped as asked, the error kept
+            err["error"] = error_text(behind, limit=2000)
         err["summary"] = stop_summary(err, api=self.data.get("pipeline") == "compress")
+        note_summary(e, err["summary"])  # the CLI's line on stderr is this sentence
         self.data["error"] = {**err, "at": now()}
         self.save()

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from compresslab.data.schema import Example, TaskData, TaskKind
 from compresslab.data.user import NAMED_SOURCES
+from compresslab.failure import error_text
 from compresslab.validate import check_positive_int
 
 
@@ -111,9 +112,9 @@ def check_tokenizable(task: TaskData, tokenizer: Any, max_length: int, *, chunk:
                         _encode(tokenizer, [e], max_length)
                     except Exception as err:  # noqa: BLE001
                         raise ValueError(f"task {name!r}: the tokenizer failed on {split}[{start + j}] {e!r}: "
-                                         f"{type(err).__name__}: {err}") from err
+                                         f"{error_text(err)}") from err
                 raise ValueError(f"task {name!r}: the tokenizer failed on {split}[{start}:{start + len(part)}] "
-                                 f"but on no single example: {batch_err}") from batch_err
+                                 f"but on no single example: {error_text(batch_err)}") from batch_err
             sides = [(start + j, t, e) for j, e in enumerate(part) for t in (e.text_a, e.text_b) if t is not None]
             for (i, text, e), ids in zip(sides, content):
                 if not ids:

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from compresslab.failure import error_text
+
 log = logging.getLogger(__name__)
 
 INT8_METHODS: tuple[str, ...] = ("ours", "nncf")
@@ -205,7 +207,7 @@ def ours_int8_ir_chosen(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping
             try:
                 raw = score({k: xml for k, (xml, _) in built.items()})
             except Exception as e:  # an IR OpenVINO cannot compile, a scorer's own failure: the caller's ValueError
-                raise ValueError(f"scoring the SmoothQuant grid failed: {type(e).__name__}: {str(e)[:300]}") from e
+                raise ValueError(f"scoring the SmoothQuant grid failed: {error_text(e, limit=300)}") from e
             scores = {k: float(v) if v is not None and np.isfinite(v) else float("-inf")
                       for k, v in ((k, raw.get(k)) for k in label.values())}  # missing or NaN: never chosen
             if not any(np.isfinite(v) for v in scores.values()):

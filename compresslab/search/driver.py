@@ -166,7 +166,7 @@ class Search:
             self.spent_before = float(data.get("spent_s") or 0.0)
             self.best = data.get("best")
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise SettingsError(f"{self.path} cannot be read as a search record ({type(e).__name__}: {e}); move it "
+            raise SettingsError(f"{self.path} cannot be read as a search record ({error_text(e)}); move it "
                                 "aside or delete it to start the search over (finished candidates are read back from "
                                 "their run dirs, not run again)") from None
 

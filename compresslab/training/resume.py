@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from compresslab.failure import error_text
+from compresslab.failure import error_text, held_over
 from compresslab.manifest import publish_mode
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class StepCheckpoints:
             model_sd = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, never start over silently
-            raise ResumeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+            raise ResumeError(f"checkpoint {path} is unreadable ({error_text(e)}); "
                               "delete it to start the run over") from None
         if meta.get("init_digest") != self.digest:
             log.warning("%s: the starting weights differ from those the checkpointed run started from (e.g. a "
@@ -286,7 +286,8 @@ class DeferredSignals:
     (KeyboardInterrupt, exit, or the caller's own), and so does leaving the ``with`` block with one
     still held, however the block ends: after its last step, or by an exception (the signal's
     KeyboardInterrupt then carries that exception as ``__context__``; one already stopping the
-    process, a KeyboardInterrupt or SystemExit, is that stop). A second signal while one is held is
+    process, a KeyboardInterrupt or SystemExit, is that stop; the run's record keeps the exception too,
+    :func:`compresslab.failure.held_over`). A second signal while one is held is
     re-raised at once. Nested, an inner block hands a held signal on to the outer one, which holds it
     to its own end; a second signal goes through both at once. Installed only in the main thread, over
     Python-level handlers (an ignored signal stays ignored), and removed when the block ends.
@@ -309,10 +310,18 @@ class DeferredSignals:
         if exc is not None and not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: already stopping
             log.debug("signal %d held while %s stops the process", signum, type(exc).__name__)
             return
-        if exc is not None:  # the stop asked for wins; the error stays in the traceback (its __context__) and here
-            log.warning("signal %d was held when training stopped on %s; stopping as interrupted",
-                        signum, error_text(exc, limit=300))
-        signal.raise_signal(signum)
+        if exc is None:
+            signal.raise_signal(signum)
+            return
+        # the stop asked for wins; the error stays in the traceback (its __context__), the log and the run's record
+        log.warning("signal %d was held when training stopped on %s; stopping as interrupted",
+                    signum, error_text(exc, limit=300))
+        try:
+            signal.raise_signal(signum)
+        except BaseException as stop:
+            if stop is not exc:
+                held_over(stop, exc)
+            raise
 
     def _install(self) -> None:
         if not self.enabled:

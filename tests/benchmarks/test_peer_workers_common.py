@@ -41,3 +41,9 @@ def test_real_lengths_counts_sentences() -> None:
     batches = [{"input_ids": np.zeros((5, 4))}, {"input_ids": np.zeros((3, 7))}]
     res = C.real_lengths({"a": lambda b: None}, batches, rounds=2)
     assert res["a"]["sentences"] == 8 and res["a"]["sentences_per_s"] > 0
+
+
+def test_workers_write_an_error_as_compresslab_does() -> None:
+    """A worker's venv has none of compresslab's packages: common.py loads failure.py by itself, so an error
+    with an empty message is still one word, never ``Type: ``."""
+    assert C.error_text(RuntimeError()) == "RuntimeError" and C.error_text(KeyError("x")) == "KeyError: 'x'"

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from _runs import cli_args, make_inputs, run_cfg, stopped_inputs, stopped_run
+from compresslab.failure import Terminated
 from compresslab.manifest import RunManifest, live_status, process_record, read_json
 from compresslab.pipeline import run
 
@@ -112,15 +113,36 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path, monkeypatch, observe):
     observe(f"status {m['status']}, error {m['error']['type']}: {m['error']['message']!r}")
 
 
-@pytest.mark.case(name="Ctrl-C in the CLI", kind=1, bad_input=False,
-                  expected="one line saying the finished steps are kept and how to resume, exit 130, no traceback")
-def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, observe):
+@pytest.mark.parametrize("exc, code", [(KeyboardInterrupt(), 130), (Terminated("stopped by signal 15 (SIGTERM)"), 143)])
+@pytest.mark.case(name="Ctrl-C (or SIGTERM) in the CLI", kind=1, bad_input=False,
+                  expected="one line, the manifest's sentence: the step or stage it stopped at and how to resume; "
+                           "exit 130 (143 for SIGTERM), no traceback")
+def test_cli_interrupt_prints_the_manifests_sentence(tmp_path, monkeypatch, capsys, observe, exc, code):
+    """The line on the terminal is the sentence the manifest and the report give (failure.stop_summary), its step
+    or stage included; SIGTERM (a kill, a scheduler's limit) exits 143 = 128 + 15, the shell's code for it."""
+    import compresslab.pipeline.steps as steps
     from compresslab import cli
 
-    def interrupted(cfg, **kw):  # pipeline.run's signature: (cfg, overrides=...)
-        raise KeyboardInterrupt
+    monkeypatch.setattr(steps, "run_torch_pass", _raise(exc))
+    monkeypatch.setattr(cli, "setup_process", lambda *a: 1)
+    monkeypatch.setattr(cli, "terminate_as_interrupt", lambda: None)
+    root, d = make_inputs(tmp_path / "in"), tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        cli._main(run_cfg(root, tmp_path / "out", f"run.dir={d}"))
+    err = capsys.readouterr().err
+    said = read_json(d / "manifest.json")["error"]["summary"]
+    assert e.value.code == code and "in step finetune" in said and "Traceback" not in err
+    assert err.splitlines()[-1] == f"compresslab: {said}"  # the run's own progress bars before it
+    observe(err.splitlines()[-1])
 
-    monkeypatch.setattr("compresslab.pipeline.run", interrupted)
+
+@pytest.mark.parametrize("exc, code, by", [(KeyboardInterrupt(), 130, "Ctrl-C (SIGINT)"),
+                                            (Terminated("stopped by signal 15 (SIGTERM)"), 143, "SIGTERM")])
+def test_cli_interrupt_before_any_record_says_the_same_sentence(monkeypatch, capsys, exc, code, by):
+    """Stopped before a manifest recorded anything (a check, a search): the same sentence, without a place."""
+    from compresslab import cli
+
+    monkeypatch.setattr("compresslab.pipeline.run", _raise(exc))  # pipeline.run's signature: (cfg, overrides=...)
     monkeypatch.setattr(cli, "setup_process", lambda *a: 1)
     monkeypatch.setattr(cli, "terminate_as_interrupt", lambda: None)
     from compresslab.config import compose
@@ -128,25 +150,8 @@ def test_cli_ctrl_c_prints_one_line(monkeypatch, capsys, observe):
     with pytest.raises(SystemExit) as e:
         cli._main(compose(["+pipeline=int8", "debug=smoke"]))
     err = capsys.readouterr().err
-    assert e.value.code == 130 and "rerun the same command to resume" in err and "Traceback" not in err
-    observe(err.strip())
-
-
-def test_cli_sigterm_exits_143(monkeypatch, capsys):
-    """SIGTERM (a kill, a scheduler's limit) exits 143 = 128 + 15, the shell's code for it; Ctrl-C stays 130."""
-    from compresslab import cli
-
-    def terminated(cfg, **kw):
-        raise cli.Terminated("stopped by signal 15 (SIGTERM)")
-
-    monkeypatch.setattr("compresslab.pipeline.run", terminated)
-    monkeypatch.setattr(cli, "setup_process", lambda *a: 1)
-    monkeypatch.setattr(cli, "terminate_as_interrupt", lambda: None)
-    from compresslab.config import compose
-
-    with pytest.raises(SystemExit) as e:
-        cli._main(compose(["+pipeline=int8", "debug=smoke"]))
-    assert e.value.code == 143 and "SIGTERM" in capsys.readouterr().err
+    assert e.value.code == code and err.startswith(f"compresslab: Interrupted by {by}") and "Traceback" not in err
+    assert err.strip().endswith("Rerun the same command to resume after the last finished step.")
 
 
 # The real CLI in a fresh interpreter (a real signal at the pytest process crashed a full run once), sent a real
@@ -190,6 +195,7 @@ def test_signal_during_the_last_checkpoint_write_interrupts_the_run(tmp_path, ob
     assert m["status"] == "interrupted" and [s["status"] for s in m["steps"]] == ["done", "interrupted"]
     assert m["error"]["step"] == "hawq" and m["error"]["summary"] == (
         f"Interrupted by {by} in step hawq. Rerun the same command to resume after the last finished step.")
+    assert out.stderr.strip().endswith(f"compresslab: {m['error']['summary']}")  # the terminal's line: the same
     observe(f"exit {out.returncode}; {m['error']['summary']}")
     if sig == "SIGINT":  # the same command resumes at the checkpoint written, and finishes
         run(run_cfg(root, tmp_path / "out", f"run.dir={d}", *QAT, pipeline="hawq_w4"))

@@ -1,7 +1,7 @@
 """What every peer worker shares (``compresslab.bench.external`` runs them in their own venvs): reading the
 spec, the dev batches and writing the answer; interleaved timing (A B A B ..., after warm-up, medians) of
-the models of ONE process; real-length throughput. Imports numpy only: each venv has its own packages,
-none of compresslab's.
+the models of ONE process; real-length throughput; an error as one line (``error_text``, compresslab's own,
+loaded from its file). Imports numpy only: each venv has its own packages, none of compresslab's.
 
 Files (the spec is written by the peer's module, e.g. ``benchmarks/peers/torch_venv.py``, and completed with
 ``out`` and ``work`` by ``compresslab.bench.external.run_worker``):
@@ -12,16 +12,31 @@ Files (the spec is written by the peer's module, e.g. ``benchmarks/peers/torch_v
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 Run = Callable[[Mapping[str, np.ndarray]], Any]
+
+
+def _failure() -> Any:
+    """compresslab/failure.py loaded from its file: it imports the standard library only (tests/unit/test_layers:
+    the ground floor), where importing the compresslab package would import what this venv lacks."""
+    spec = importlib.util.spec_from_file_location(
+        "compresslab_failure", Path(__file__).resolve().parents[3] / "compresslab" / "failure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+error_text = _failure().error_text  # ``Type: message``, never ``Type: `` with nothing after it
 
 
 def read_spec(argv: list[str]) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         save(spec, q, art, _example(spec, batches))
         info["artifact"], info["size_bytes"] = str(art), art.stat().st_size
     except Exception as e:  # noqa: BLE001 - some graph modules do not pickle: timed from a rebuild then
-        info["artifact"], info["artifact_error"] = None, f"{type(e).__name__}: {e}"
+        info["artifact"], info["artifact_error"] = None, common.error_text(e)
     t0 = time.perf_counter()
     run = runner(compiled(spec, q), list(spec["input_names"]))
     logits = [run(b) for b in batches]

@@ -19,6 +19,7 @@ _UNIT_CHILD = r"""
 import os, signal, sys
 # a shell's background job starts with SIGINT ignored: give the child an interactive user's handler
 signal.signal(signal.SIGINT, signal.default_int_handler)
+from compresslab.failure import error_behind
 from compresslab.training.resume import DeferredSignals
 
 
@@ -80,6 +81,7 @@ def on_an_exception(sig):
             raise RuntimeError("disk full")
     except EXC[sig] as e:
         assert isinstance(e.__context__, RuntimeError), repr(e.__context__)
+        assert error_behind(e) is e.__context__, "the error is not kept for the run's record"
     else:
         raise AssertionError("the held signal was dropped on the exception path")
     restored()
@@ -92,7 +94,21 @@ def already_stopping():
             kill(signal.SIGTERM)
             raise KeyboardInterrupt
     except KeyboardInterrupt as e:
-        assert e.__context__ is None, repr(e.__context__)
+        assert e.__context__ is None and error_behind(e) is None, repr(e.__context__)
+    restored()
+
+
+def nested_on_an_exception():
+    # the inner block fails with the signal held: the outer one raises it, keeping the error for the record
+    try:
+        with DeferredSignals(True):
+            with DeferredSignals(True):
+                kill(signal.SIGINT)
+                raise RuntimeError("disk full")
+    except KeyboardInterrupt as e:
+        assert isinstance(error_behind(e), RuntimeError), repr(e.__context__)
+    else:
+        raise AssertionError("the held signal was dropped on the exception path")
     restored()
 
 
@@ -161,7 +177,7 @@ for name in sys.argv[1:]:
 
 UNIT_CASES = ["re_raised_at_the_end:SIGINT", "re_raised_at_the_end:SIGTERM", "deliver_mid_block:SIGINT",
               "deliver_mid_block:SIGTERM", "on_an_exception:SIGINT", "on_an_exception:SIGTERM", "already_stopping",
-              "nested", "nested_second_signal", "returning_handler", "disabled"]
+              "nested_on_an_exception", "nested", "nested_second_signal", "returning_handler", "disabled"]
 
 
 def _child(script: str, *args: str) -> subprocess.CompletedProcess:
