@@ -398,8 +398,10 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     from compresslab.pipeline.identity import check_inputs, input_identity
     from compresslab.pipeline.plan import RunDirConflictError, block_identity
     from compresslab.pipeline.rundir import changed_settings, describe_changes, no_manifest_refusal
+    from compresslab.models.inmemory import frozen_parameters
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
+    from compresslab.types import Stage
 
     # block_identity: a key added to a nested block since (recovery.select_examples) keeps earlier output dirs' hashes
     config = {"passes": [block_identity(type(s.pass_), pass_to_dict(s.pass_)) for s in steps],
@@ -409,6 +411,10 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
                            "batch_size": state.settings.batch_size}}
     if task.info.get("val_carve", "random") != "random":  # the random carve keeps earlier runs' hashes
         config["data"]["val_carve"] = task.info["val_carve"]
+    # which parameters a torch step trains (as _trainable left them): recorded only when some are frozen, so a model
+    # with none keeps earlier output dirs' hashes
+    if any(s.pass_.stage is Stage.TORCH for s in steps) and (frozen := frozen_parameters(state.model)):
+        config["requires_grad"] = frozen
     h = stable_hash(config)
     inputs = input_identity(state)  # the model, tokenizer, teacher and data by content, not by size
     manifest = None
@@ -442,6 +448,7 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
 _ARGUMENT_OF = {"passes": "passes", "step_names": "passes", "data.sizes.dev": "eval_data",
                 "data.sizes": "data (or val_size)", "data.val_size": "val_size (or data)", "data.val_seed": "seed",
                 "data.label2id": "label2id (or the labels in data)", "data.val_carve": "val_carve",
+                "requires_grad": "model: its frozen parameters",
                 "settings": ""}
 
 
