@@ -118,7 +118,8 @@ def _measured(rec: Mapping[str, Any]) -> str:
     """An informative record in words: what it measured, no verdict."""
     return (f"informative (measured, no tolerance): max |diff| {plain(F.num(rec.get('max_abs_diff')))}, argmax "
             f"agreement {plain(F.num(rec.get('argmax_agreement')))} over {plain(rec.get('n_examples'))} examples"
-            + (f"; CPU int8 dot product: {plain(rec['cpu_int8_dot_product'])}" if "cpu_int8_dot_product" in rec else ""))
+            + (f"; CPU int8 dot product: {plain(rec['cpu_int8_dot_product'])}"
+               if "cpu_int8_dot_product" in rec else ""))
 
 
 def _onnx_parity(m: Mapping[str, Any]) -> list[Block]:

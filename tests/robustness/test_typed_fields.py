@@ -254,7 +254,8 @@ def test_api_refuses_numpy_scalars_of_the_wrong_type(name, field, bad, expect_cl
 
 # --- 1-D numpy arrays and tuples: taken by a list field as the list they hold; an n-D array refused by its shape ---
 
-ARRAY_DTYPES = {int: (np.int64, np.int32), float: (np.float32, np.float64, np.int64), bool: (np.bool_,), str: (np.str_,)}
+ARRAY_DTYPES = {int: (np.int64, np.int32), float: (np.float32, np.float64, np.int64), bool: (np.bool_,),
+                str: (np.str_,)}
 LIST_CANDIDATES = ([2, 4, 8], [0, 1], [0.5, 1.0], [True], ["ort"], ["MatMul"], ["query"])
 
 

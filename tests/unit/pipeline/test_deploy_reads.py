@@ -5,9 +5,11 @@ candidates that read it by the same rule (``pipeline/deploy_reads.py``).
 Which settings a run reads is not taken from that rule: the deploy stage itself (``pipeline.deploy.deploy``) is run
 on each pipeline's kind of file, its OpenVINO conversions, NNCF, calibration and timings stood in for, with the
 deploy settings behind a proxy that records each one it reads. The file each pass leaves is said once below
-(``LEAVES``). Found by trial 45: ``deploy.calibration_examples`` was accepted for hawq followed by ORT's static int8
-(our recipe does not run on a QDQ graph, NNCF has no fp32 model after hawq: nothing calibrates), and for any QDQ
-pipeline with ``deploy.int8=ours``; the search kept a list of its own that disagreed with preflight's.
+(``LEAVES``). The cases this found: ``deploy.calibration_examples`` was accepted for hawq followed by ORT's static
+int8 (our recipe does not run on a QDQ graph, NNCF has no fp32 model after hawq: nothing calibrates) and for any QDQ
+pipeline with ``deploy.int8=ours``; ``deploy.precision`` / ``tolerance`` for an n-bit pipeline under
+``deploy.runtime=auto`` (ORT stays, no IR is made); and the search kept a list of its own that passed NNCF's
+settings to int8 QAT candidates, which preflight then refused.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ LEAVES = {"ort_int8_dynamic": ("dynamic", False), "ort_int8_static": ("qdq", Fal
           "ort_matmul_nbits": ("nbits", False), "hawq": (None, True), "bibert": (None, True)}
 # a torch quantizer before an ORT int8 pass: no shipped pipeline, as a user writes them
 COMBINATIONS = {
-    "hawq+ort_int8_static": ["+pipeline=qdq_int8", "pipeline.steps=[finetune,hawq,int8]", "+pass@pipeline.passes.hawq=hawq",
-                             "pipeline.passes.hawq.bits=4"],
-    "hawq+ort_int8_dynamic": ["+pipeline=int8", "pipeline.steps=[finetune,hawq,int8]", "+pass@pipeline.passes.hawq=hawq",
-                              "pipeline.passes.hawq.bits=4"],
+    "hawq+ort_int8_static": ["+pipeline=qdq_int8", "pipeline.steps=[finetune,hawq,int8]",
+                             "+pass@pipeline.passes.hawq=hawq", "pipeline.passes.hawq.bits=4"],
+    "hawq+ort_int8_dynamic": ["+pipeline=int8", "pipeline.steps=[finetune,hawq,int8]",
+                              "+pass@pipeline.passes.hawq=hawq", "pipeline.passes.hawq.bits=4"],
     "bibert+ort_int8_dynamic": ["+pipeline=int8", "pipeline.steps=[finetune,bibert,int8]",
                                 "+pass@pipeline.passes.bibert=bibert"],
 }
@@ -135,7 +137,8 @@ def deploy_stage(monkeypatch, tmp_path):
         monkeypatch.setattr(dep, "_precision_of", lambda p: {"nbits": "nbits", None: "fp32"}.get(file, "int8"))
         monkeypatch.setattr(dep, "_nbits_of", lambda p: [4])
         monkeypatch.setattr(dep, "is_int8", lambda p: file in ("dynamic", "qdq"))
-        monkeypatch.setattr(ovr, "unreadable_ops", lambda p: ["com.microsoft.MatMulInteger"] if file == "dynamic" else [])
+        monkeypatch.setattr(ovr, "unreadable_ops",
+                            lambda p: ["com.microsoft.MatMulInteger"] if file == "dynamic" else [])
         monkeypatch.setattr(dep, "quantized_already", lambda *a: "quantized already" if quantized else None)
         reads = _Reads(d)
         context = SimpleNamespace(calibration_batches=lambda n: iter(()))
@@ -222,7 +225,8 @@ def test_the_trial_case_names_why() -> None:
 
     steps = build_steps(compose(COMBINATIONS["hawq+ort_int8_static"]))
     d = default_deploy({"runtime": "openvino", "calibration_examples": 50})
-    with pytest.raises(SettingsError, match=r"^deploy\.calibration_examples=50 would be ignored: ort_int8_static \(step "
-                                            r"int8\) writes a QDQ graph.*; and hawq quantizes the torch model itself "
-                                            r"\(step hawq\): there is no fp32 model for NNCF's PTQ .*; leave it out$"):
+    said = (r"^deploy\.calibration_examples=50 would be ignored: ort_int8_static \(step int8\) writes a QDQ graph.*; "
+            r"and hawq quantizes the torch model itself \(step hawq\): there is no fp32 model for NNCF's PTQ .*; leave "
+            r"it out$")
+    with pytest.raises(SettingsError, match=said):
         check_unread_deploy_settings(SimpleNamespace(deploy=d), steps)  # type: ignore[arg-type]
