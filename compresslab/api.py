@@ -403,10 +403,12 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     from compresslab.manifest import RunManifest, stable_hash
     from compresslab.pipeline.driver import recording_failure
     from compresslab.pipeline.identity import check_inputs, input_identity
+    from compresslab.models.inmemory import frozen_parameters
     from compresslab.pipeline.plan import block_identity
     from compresslab.pipeline.rundir import another_run_refusal, changed_settings, no_manifest_refusal
     from compresslab.pipeline.steps import run_steps
     from compresslab.registry import pass_to_dict
+    from compresslab.types import Stage
 
     # block_identity: a key added to a nested block since (recovery.select_examples) keeps earlier output dirs' hashes
     config = {"passes": [block_identity(type(s.pass_), pass_to_dict(s.pass_)) for s in steps],
@@ -416,6 +418,10 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
                            "batch_size": state.settings.batch_size}}
     if task.info.get("val_carve", "random") != "random":  # the random carve keeps earlier runs' hashes
         config["data"]["val_carve"] = task.info["val_carve"]
+    # which parameters a torch step trains (as _trainable left them): recorded only when some are frozen, so a model
+    # with none keeps earlier output dirs' hashes
+    if any(s.pass_.stage is Stage.TORCH for s in steps) and (frozen := frozen_parameters(state.model)):
+        config["requires_grad"] = frozen
     h = stable_hash(config)
     inputs = input_identity(state)  # the model, tokenizer, teacher and data by content, not by size
     manifest = None
@@ -447,6 +453,7 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
 _ARGUMENT_OF = {"passes": "passes", "step_names": "passes", "data.sizes.dev": "eval_data",
                 "data.sizes": "data (or val_size)", "data.val_size": "val_size (or data)", "data.val_seed": "seed",
                 "data.label2id": "label2id (or the labels in data)", "data.val_carve": "val_carve",
+                "requires_grad": "model: its frozen parameters",
                 "settings": ""}
 
 
@@ -459,38 +466,11 @@ def _argument_of(key: str) -> str:
 
 
 def _metrics(manifest: Any, state: "RunState") -> dict[str, Any]:
+    from compresslab.pipeline.evaluate import final_eval
+
     steps = [{"name": s.name, "pass": s.pass_config, "metrics": s.result.get("metrics", {}),
               "after": s.metrics_after, "wall_s": s.wall_s} for s in manifest.steps]
     out: dict[str, Any] = {"steps": steps, "data": dict(state.task.info)}
     if state.settings.eval.enabled:
-        out["eval"] = _final_eval(state)
-    return out
-
-
-def _final_eval(state: "RunState") -> dict[str, Any]:
-    """The teacher, the final torch model and the deployed ONNX graph (if any) on ``eval_data``;
-    ``score`` is what is deployed: the ONNX graph when an ONNX pass ran, else the torch model."""
-    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
-    from compresslab.pipeline.evaluate import score_batch_dependence, teacher_scored
-
-    spec, kw = state.task.spec, dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
-    ref = teacher_scored(state)
-    batch_dep: dict[str, Any] = {}
-    models = {"teacher": compare(ref, None, spec),
-              "torch_final": compare(predict(torch_forward(state.model), spec, state.eval_examples, state.tokenizer,
-                                             **kw), ref, spec)}
-    if state.onnx is not None:
-        from compresslab.eval.onnx_runner import OnnxRunner
-
-        forward = onnx_forward(OnnxRunner(state.onnx.onnx_path, threads=state.settings.threads))
-        deployed = predict(forward, spec, state.eval_examples, state.tokenizer, **kw)
-        models["deployed"] = compare(deployed, ref, spec)
-        found = score_batch_dependence(forward, state.onnx.onnx_path, deployed, state, "deployed")
-        if found:
-            batch_dep = {"deployed": found}
-    final = models.get("deployed", models["torch_final"])
-    out = {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
-           "score": final["score"], "agreement": final.get("agreement"), "models": models}
-    if batch_dep:
-        out["batch_dependence"] = batch_dep
+        out["eval"] = final_eval(state)
     return out

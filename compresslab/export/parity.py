@@ -217,6 +217,30 @@ def check_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapp
     return report
 
 
+# a measured record judged by no tolerance (measure_parity): no passed, no atol; report/export.py reads it by value
+INFORMATIVE = "informative"
+
+
+def measure_parity(model: nn.Module, onnx_path: str | Path, batches: Iterable[Mapping[str, Any]], *,
+                   threads: int | None = None, exporter: str = "", graph: str = "", optimization: str = "all",
+                   why: str = "") -> dict[str, Any]:
+    """Compare PyTorch with ORT on ``batches`` and record the differences, judged by no tolerance:
+    ``status: "informative"`` and ``rule: "measured, no tolerance: <why>"``, with no ``passed`` or ``atol`` (a verdict
+    at an infinite tolerance reads as a pass it never was: ORT's int8 kernels, ``export.onnx``'s ``int8_kernels``,
+    compute another function than the graph ONNX defines). ParityError only for what no kernel may give: non-finite
+    outputs (a shape mismatch raises in :func:`compare_outputs`)."""
+    runner = OnnxRunner(onnx_path, threads=threads, optimization=optimization)
+    c = compare_outputs(model, batches, runner.feeds, lambda f: runner.session.run(runner.output_names[:1], f)[0],
+                        graph=graph, exporter=exporter)
+    report = {"graph": graph, "exporter": exporter, "status": INFORMATIVE,
+              "rule": f"measured, no tolerance{f': {why}' if why else ''}", "max_abs_diff": c.max_abs_diff,
+              "mean_abs_diff": c.mean_abs_diff, "n_examples": c.n_examples, "argmax_agreement": c.argmax_agreement}
+    if not c.finite:
+        raise ParityError(f"ONNX outputs of {graph or onnx_path} are not finite over {c.n_examples} examples "
+                          f"(exporter {exporter})", report)
+    return report
+
+
 # Parity of an int8 QDQ model (models.qdq) is checked with ORT running the graph as ONNX defines it
 # (graph optimization "basic": QuantizeLinear/DequantizeLinear in float, fp32 MatMul), which is the
 # function the torch fake-quant model computes; the tolerance is wider than fp32's because an input

@@ -10,7 +10,8 @@ construction and one built in memory may lack, and the copies compresslab makes 
   a file is one object by nature. Every copy compresslab makes of a model (the API's working copy, the frozen
   teacher (:func:`frozen`), a pass's trial copies) goes through it.
 * **gradients**: :func:`unfreeze_if_all_frozen`; a model with every parameter frozen cannot be trained at all
-  (autograd fails on the first backward), while a partly frozen one keeps its frozen parts.
+  (autograd fails on the first backward), while a partly frozen one keeps its frozen parts, which are part of its
+  run's identity (:func:`frozen_parameters`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def unfreeze_if_all_frozen(model: nn.Module) -> bool:
     for p in params:
         p.requires_grad_(True)
     return True
+
+
+def frozen_parameters(model: nn.Module) -> dict[str, bool]:
+    """``{name: False}``: the ``requires_grad`` of each parameter of ``model`` that is frozen, in model order; ``{}``
+    when none is. Part of a ``compress()`` run's identity: two calls on the same weights that freeze different
+    parameters train different models, so neither may resume the other's steps. Names, not tensors: cheap."""
+    return {name: False for name, p in model.named_parameters() if not p.requires_grad}
 
 
 def working_copy(model: nn.Module) -> nn.Module:

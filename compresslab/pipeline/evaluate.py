@@ -148,3 +148,29 @@ def sizes(state: RunState, run_dir: Path, manifest: RunManifest) -> None:
     manifest.save()
 
 
+def final_eval(state: RunState) -> dict[str, Any]:
+    """``compress()``'s evaluation: the teacher, the final torch model and the deployed ONNX graph (if any) on
+    ``eval_data``; ``score`` is what is deployed: the ONNX graph when an ONNX pass ran, else the torch model."""
+    from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
+
+    spec, kw = state.task.spec, dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
+    ref = teacher_scored(state)
+    batch_dep: dict[str, Any] = {}
+    models = {"teacher": compare(ref, None, spec),
+              "torch_final": compare(predict(torch_forward(state.model), spec, state.eval_examples, state.tokenizer,
+                                             **kw), ref, spec)}
+    if state.onnx is not None:
+        from compresslab.eval.onnx_runner import OnnxRunner
+
+        forward = onnx_forward(OnnxRunner(state.onnx.onnx_path, threads=state.settings.threads))
+        deployed = predict(forward, spec, state.eval_examples, state.tokenizer, **kw)
+        models["deployed"] = compare(deployed, ref, spec)
+        found = score_batch_dependence(forward, state.onnx.onnx_path, deployed, state, "deployed")
+        if found:
+            batch_dep = {"deployed": found}
+    final = models.get("deployed", models["torch_final"])
+    out = {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
+           "score": final["score"], "agreement": final.get("agreement"), "models": models}
+    if batch_dep:
+        out["batch_dependence"] = batch_dep
+    return out

@@ -5,7 +5,8 @@ read, checked at once before any work, each failure naming the setting to change
   (:meth:`RunSettings.from_config`), opsets and GPU backends of this install;
 * every pass's settings and the step order (:func:`build_steps`), and export / deploy settings a step rules out,
   as the pass declares (its ``check_deploy_settings`` hook: int8's outlier split unfused or on
-  ``deploy.runtime=openvino``; its ``writes_nbits`` flag: n-bit weights on OpenVINO);
+  ``deploy.runtime=openvino``; its ``writes_nbits`` flag: n-bit weights on OpenVINO), and every ``deploy.*`` setting
+  the run would never read (:mod:`compresslab.pipeline.deploy_reads`, the rule a search passes them on by);
 * every sequence length the run will feed the model (``task.max_length``, the bench shapes, a
   pass's own ``seq``/``max_length`` and its ``sequence_lengths()``: guided int8's ``latency_seq``,
   hawq's ``latency.seq`` under a latency budget) against the model's position table, read from its
@@ -53,8 +54,8 @@ def preflight(cfg: Any) -> list[Step]:
 def check_steps_settings(settings: RunSettings, steps: list[Step], model_config: Any = None, where: str = "") -> None:
     """Every check of a run's steps against its settings and its model's config, in this order: the export and
     deploy settings a step rules out (:func:`check_deploy_settings`), n-bit weights deployed on OpenVINO
-    (:func:`check_nbits_deploy`), OpenVINO int8 settings the IR would never read
-    (:func:`check_openvino_int8_settings`), every sequence length against the model's position table
+    (:func:`check_nbits_deploy`), deploy settings the run would never read (:func:`check_unread_deploy_settings`),
+    every sequence length against the model's position table
     (:func:`check_lengths_fit`). The one list :func:`preflight` and ``compress()`` both run.
 
     ``model_config``: the model's config (``compress()``: the given model's), ``where`` ending a length message; None
@@ -64,7 +65,7 @@ def check_steps_settings(settings: RunSettings, steps: list[Step], model_config:
     """
     check_deploy_settings(settings, steps)
     check_nbits_deploy(settings, steps)
-    check_openvino_int8_settings(settings, steps)
+    check_unread_deploy_settings(settings, steps)
     if model_config is None:
         from compresslab.models.loading import read_config, resolve_source
 
@@ -153,60 +154,32 @@ def check_nbits_deploy(settings: RunSettings, steps: list[Step]) -> None:
                             "bench.backends=[ort,openvino] still times the fp32 model on OpenVINO, labelled as such")
 
 
-# the passes whose file is int8 (dynamic: ORT's MatMulInteger form, which our OpenVINO recipe re-quantizes; QDQ: a
-# graph OpenVINO reads as it is) and the deploy settings each kind reads when the run deploys on OpenVINO
-DYNAMIC_INT8_PASSES = frozenset({"ort_int8_dynamic"})
-QDQ_INT8_PASSES = frozenset({"ort_int8_static", "int8_qat"})
-TORCH_INT8_PASSES = frozenset({"int8_qat"})  # the torch model itself is int8: no fp32 model for any PTQ
-OUR_RECIPE_SETTINGS = ("keep_fp32", "smooth_alpha")
-NNCF_SETTINGS = ("int8", "accuracy_control", "max_drop")  # read by NNCF's PTQ alone (int8: its value nncf)
-OPENVINO_INT8_SETTINGS = ("int8", "calibration_examples", "accuracy_control", "max_drop", *OUR_RECIPE_SETTINGS)
-
-
 def quantizing_step(steps: list[Step]) -> Step | None:
     """The first step whose pass leaves the torch model itself quantized, or None: int8 QDQ Linears (``int8_qat``),
     frozen n-bit weights (``quantizes_weights``: hawq) or binary ones (``binarizes``: bibert). No fp32 model is
     left for NNCF's PTQ (pipeline/deploy.py skips it under ``deploy.int8=auto``, saying why)."""
-    return next((s for s in steps if s.pass_.name in TORCH_INT8_PASSES or capability(s.pass_, "quantizes_weights")
-                 or capability(s.pass_, "binarizes")), None)
+    from compresslab.pipeline.deploy_reads import quantizes_torch_model
+
+    return next((s for s in steps if quantizes_torch_model(s.pass_)), None)
 
 
-def check_openvino_int8_settings(settings: RunSettings, steps: list[Step]) -> None:
-    """SettingsError for a ``deploy.*`` int8 setting changed from its default that this pipeline's OpenVINO IR would
-    never read: any of them when no step makes int8 (the IR is the fp32 model converted), and our recipe's
-    ``keep_fp32`` / ``smooth_alpha`` when the int8 step writes a QDQ graph (converted as it is), and every one of
-    them (``int8=nncf`` too) when ``int8_qat`` made the torch model itself int8, and NNCF's (``int8=nncf``,
-    ``accuracy_control``, ``max_drop``) when another torch pass quantized it (:func:`quantizing_step`)."""
-    import dataclasses
+def check_unread_deploy_settings(settings: RunSettings, steps: list[Step]) -> None:
+    """SettingsError for the first ``deploy.*`` setting changed from its default (``conf/deploy/ort.yaml``) that
+    this run would never read, as :func:`~compresslab.pipeline.deploy_reads.unread_deploy_settings` says from what
+    the steps leave (an fp32, n-bit, dynamic or QDQ int8 file; a torch model quantized by a pass) and the deploy
+    settings themselves: e.g. our recipe's ``keep_fp32`` for a QDQ graph OpenVINO converts as it is, NNCF's
+    ``accuracy_control`` after int8 QAT, ``calibration_examples`` where neither calibrates. The search passes a
+    deploy setting to its candidates by the same rule."""
+    from compresslab.pipeline.deploy_reads import DeployedFile, unread_deploy_settings
+    from compresslab.pipeline.settings import default_deploy
 
-    d = settings.deploy
-    if d.runtime == "ort":  # DeploySettings refuses these on ORT itself
-        return
-    defaults = {f.name: f.default for f in dataclasses.fields(d)}  # DeploySettings' own, not a copy of them
-    changed = [k for k in OPENVINO_INT8_SETTINGS if getattr(d, k) != defaults[k]]
-    names = {s.pass_.name for s in steps}
-    quantizer = quantizing_step(steps)
-    nncf = [k for k in changed if k in NNCF_SETTINGS and (k != "int8" or d.int8 == "nncf")]
-    if not names & (DYNAMIC_INT8_PASSES | QDQ_INT8_PASSES):
-        why = "no step of this pipeline makes int8, so its IR is the fp32 model converted"
-    elif quantizer is not None and nncf and not names & TORCH_INT8_PASSES:  # hawq's n-bit, bibert's binary weights
-        changed, why = nncf, (f"{quantizer.pass_.name} (step {quantizer.name}) quantizes the torch model itself: there "
-                              "is no fp32 model for NNCF's PTQ (int8=nncf, accuracy_control, max_drop)")
-    elif names & TORCH_INT8_PASSES:
-        changed = [k for k in changed if k != "int8" or d.int8 == "nncf"]  # ours (or auto: ours) converts it
-        why = (f"{sorted(names & TORCH_INT8_PASSES)[0]} quantizes the torch model, and OpenVINO reads its QDQ graph as "
-               "it is: there is no fp32 model for NNCF's PTQ (int8=nncf, accuracy_control, max_drop, "
-               "calibration_examples) or our int8 recipe (keep_fp32, smooth_alpha)")
-    elif not names & DYNAMIC_INT8_PASSES:
-        changed = [k for k in changed if k in OUR_RECIPE_SETTINGS]
-        why = ("the int8 step writes a QDQ graph, which OpenVINO reads as it is: our int8 recipe (keep_fp32, "
-               "smooth_alpha) does not run")
-    else:
-        return
-    if changed:
-        value = getattr(d, changed[0])
-        shown = list(value) if isinstance(value, tuple) else value  # as the setting is written, not a tuple
-        raise SettingsError(f"deploy.{changed[0]}={shown!r} would be ignored: {why}; leave it out")
+    d, defaults = settings.deploy, default_deploy()
+    unread = unread_deploy_settings(DeployedFile.of((s.name, s.pass_) for s in steps), d)
+    for key, why in unread.items():
+        value = getattr(d, key)
+        if value != getattr(defaults, key):
+            shown = list(value) if isinstance(value, tuple) else value  # as the setting is written, not a tuple
+            raise SettingsError(f"deploy.{key}={shown!r} would be ignored: {why}; leave it out")
 
 
 def sequence_lengths(settings: RunSettings, steps: list[Step]) -> dict[str, int]:

@@ -83,8 +83,12 @@ _UNSET = object()
 
 def changed_settings(old: Any, new: Any, *, lists: bool = False, key: str = "") -> list[tuple[str, str]]:
     """(dotted key, ``old -> new``) for every leaf setting that differs between two config trees; ``(unset)`` for
-    a key only one has. Lists compare whole (Hydra replaces a list wholesale) unless ``lists``: then by index
-    (``passes[0].sparsity``)."""
+    a key only one has, named leaf by leaf where it holds a mapping (a block one side lacks, compress()'s frozen
+    parameters recorded only when there are some). Lists compare whole (Hydra replaces a list wholesale) unless
+    ``lists``: then by index (``passes[0].sparsity``)."""
+    one_side = old if new is _UNSET else new if old is _UNSET else None
+    if isinstance(one_side, Mapping) and one_side:  # a block one side lacks: each of its settings (unset) there
+        old, new = ({} if v is _UNSET else v for v in (old, new))
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         out = []
         for k in sorted(set(old) | set(new), key=str):

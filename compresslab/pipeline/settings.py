@@ -43,7 +43,7 @@ OPSET_MAX_FALLBACK = 20  # the TorchScript exporter's newest opset, if torch sto
 
 __all__ = ["BenchSettings", "DataSettings", "DeepSparseSettings", "DeploySettings", "EvalSettings", "ExportSettings",
            "ModelSettings", "RunControl", "RunSettings", "SettingsError", "TaskSettings", "default_deploy",
-           "default_settings", "opset_range"]
+           "default_settings", "deploy_settings", "opset_range"]
 
 
 def opset_range() -> tuple[int, int]:
@@ -411,6 +411,14 @@ def _merged(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, A
     for k, v in (over or {}).items():
         out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
     return out
+
+
+def deploy_settings(cfg: Any) -> DeploySettings:
+    """A composed config's ``deploy`` block alone, built as :meth:`RunSettings.from_config` builds it (a search's
+    candidates' deploy settings, the same for every pipeline); SettingsError naming ``deploy`` for a bad one."""
+    from omegaconf import OmegaConf
+
+    return _build(DeploySettings, "deploy", OmegaConf.to_container(cfg.deploy, resolve=True))  # type: ignore[arg-type]
 
 
 def default_deploy(over: Mapping[str, Any] | None = None) -> DeploySettings:

@@ -107,6 +107,21 @@ def final_format(m: Mapping[str, Any]) -> str:
     return artifact_precision(F.as_dict(F.get(m, "export", "fp32")))
 
 
+def informative(rec: Mapping[str, Any]) -> bool:
+    """Whether a parity record is measured only, judged by no tolerance (``status: "informative"``: ``export.parity.
+    measure_parity``, e.g. ORT's int8 kernels, ``parity.int8_kernels``); an older manifest's ``int8_kernels`` said
+    ``passed`` at an ``atol`` of null (an infinite tolerance), which was no verdict either."""
+    return rec.get("status") == "informative" or ("passed" in rec and rec.get("atol") is None)
+
+
+def _measured(rec: Mapping[str, Any]) -> str:
+    """An informative record in words: what it measured, no verdict."""
+    return (f"informative (measured, no tolerance): max |diff| {plain(F.num(rec.get('max_abs_diff')))}, argmax "
+            f"agreement {plain(F.num(rec.get('argmax_agreement')))} over {plain(rec.get('n_examples'))} examples"
+            + (f"; CPU int8 dot product: {plain(rec['cpu_int8_dot_product'])}"
+               if "cpu_int8_dot_product" in rec else ""))
+
+
 def _onnx_parity(m: Mapping[str, Any]) -> list[Block]:
     parity = F.as_dict(F.get(m, "export", "fp32", "parity"))
     if not parity:
@@ -116,7 +131,8 @@ def _onnx_parity(m: Mapping[str, Any]) -> list[Block]:
         verdict = "ok" if parity["passed"] else "FAILED"
     else:
         verdict = DASH if diff is None or atol is None else "ok" if diff <= atol else "FAILED"
-    return [Table(["check", "value"], [["verdict", verdict]] + [[k, plain(v)] for k, v in parity.items()],
+    rows = [[k, _measured(v) if isinstance(v, Mapping) and informative(v) else plain(v)] for k, v in parity.items()]
+    return [Table(["check", "value"], [["verdict", verdict]] + rows,
                   f"ONNX Runtime vs PyTorch outputs on the final model's export (export.fp32: {final_format(m)}).")]
 
 

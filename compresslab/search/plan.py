@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from compresslab.config import keep_pass_overrides, override_key, pass_step
 from compresslab.manifest import stable_hash
 from compresslab.search.objective import Objective, SearchSettings
 from compresslab.search.space import Candidate, Entry, first_candidates, parse_space
 from compresslab.validate import SettingsError
+
+if TYPE_CHECKING:
+    from compresslab.pipeline.settings import DeploySettings
 
 # what a candidate's run gets on top of the command's overrides: it is scored on validation
 EVAL_OVERRIDE = "eval=validation"
@@ -35,11 +38,16 @@ class SearchPlan:
     threads: int | None = None
     seed: int = 42
     command: list[str] = field(default_factory=list)
+    deploy: "DeploySettings | None" = None  # every candidate's (candidates_deploy): None until a deploy.* needs it
 
     def candidate_args(self, c: Candidate) -> list[str]:
-        """The overrides that compose ``c``'s run, as a command line would give them."""
+        """The overrides that compose ``c``'s run, as a command line would give them: the command's pass settings
+        for ``c``'s steps, and its ``deploy.*`` settings that ``c``'s run reads (preflight's rule)."""
         base = keep_pass_overrides(self.base_overrides, pipeline_steps(c.pipeline))
-        base = [o for o in base if override_key(o) not in unread_deploy_keys(c.pipeline)]
+        if any(override_key(o).startswith("deploy.") for o in base):
+            if self.deploy is None:
+                self.deploy = candidates_deploy(self.base_overrides)
+            base = [o for o in base if override_key(o) not in unread_deploy_keys(c.pipeline, self.deploy)]
         return [f"+pipeline={c.pipeline}", *base, *c.overrides, EVAL_OVERRIDE]
 
 
@@ -59,28 +67,38 @@ def pipeline_steps(name: str) -> list[str]:
     return [str(s) for s in OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("steps") or []]
 
 
-def pipeline_passes(name: str) -> set[str]:
-    """The registered pass names a shipped pipeline runs (its defaults list: ``/pass@passes.<step>: <pass>``)."""
+def pipeline_step_passes(name: str) -> list[tuple[str, str]]:
+    """``(step, registered pass name)`` of a shipped pipeline in step order, read without composing (its defaults
+    list: ``/pass@passes.<step>: <pass>``)."""
     from omegaconf import OmegaConf
 
     from compresslab.config import pipelines_dir
 
-    defaults = OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("defaults") or []
-    return {str(v) for d in defaults if isinstance(d, Mapping) or OmegaConf.is_dict(d)
-            for k, v in d.items() if str(k).startswith("/pass@")}
+    raw = OmegaConf.load(pipelines_dir() / f"{name}.yaml")
+    passes = {str(k).split("passes.", 1)[1]: str(v) for d in raw.get("defaults") or []
+              if isinstance(d, Mapping) or OmegaConf.is_dict(d) for k, v in d.items() if str(k).startswith("/pass@")}
+    return [(step, passes[step]) for step in pipeline_steps(name) if step in passes]
 
 
-def unread_deploy_keys(pipeline: str) -> set[str]:
-    """The ``deploy.*`` OpenVINO int8 settings ``pipeline``'s IR never reads (preflight refuses them on a run):
-    a search passes them on to the candidates that read them only, as it does a pass's settings."""
-    from compresslab.pipeline.preflight import (DYNAMIC_INT8_PASSES, OPENVINO_INT8_SETTINGS, OUR_RECIPE_SETTINGS,
-                                                QDQ_INT8_PASSES)
+def unread_deploy_keys(pipeline: str, deploy: "DeploySettings") -> dict[str, str]:
+    """``{deploy.<key>: why}`` for the deploy settings a run of the shipped ``pipeline`` deployed per ``deploy``
+    never reads: preflight's rule (:func:`~compresslab.pipeline.deploy_reads.unread_deploy_settings`, which refuses
+    them on a run) on the pipeline's passes. A search passes a deploy setting on to the candidates that read it
+    only, as it does a pass's settings."""
+    from compresslab.pipeline.deploy_reads import DeployedFile, unread_deploy_settings
+    from compresslab.registry import get_pass
 
-    passes = pipeline_passes(pipeline)
-    if passes & DYNAMIC_INT8_PASSES:
-        return set()
-    keys = OUR_RECIPE_SETTINGS if passes & QDQ_INT8_PASSES else OPENVINO_INT8_SETTINGS
-    return {f"deploy.{k}" for k in keys}
+    f = DeployedFile.of((step, get_pass(name)) for step, name in pipeline_step_passes(pipeline))
+    return {f"deploy.{k}": why for k, why in unread_deploy_settings(f, deploy).items()}
+
+
+def candidates_deploy(base: Sequence[str]) -> "DeploySettings":
+    """The deploy settings every candidate runs with: the deploy group and ``deploy.*`` settings of ``base`` (no
+    pipeline sets any), composed once. SettingsError for a bad one (every candidate would be refused for it)."""
+    from compresslab.config import compose
+    from compresslab.pipeline.settings import deploy_settings
+
+    return deploy_settings(compose([o for o in base if override_key(o).split(".")[0] == "deploy"]))
 
 
 def requests_search(overrides: Sequence[str]) -> bool:
@@ -126,10 +144,12 @@ def pass_overrides(passes: Any) -> list[str]:
     return [o for step, node in passes.items() for o in flat(f"pipeline.passes.{step}", node)]
 
 
-def check_pass_settings(base: Sequence[str], entries: Sequence[Entry]) -> None:
+def check_pass_settings(base: Sequence[str], entries: Sequence[Entry], deploy: "DeploySettings | None" = None) -> None:
     """SettingsError for a pass setting of the command or ``search.passes`` that no candidate would run with: its
     step is in none of the space's pipelines (each candidate keeps only its own steps' settings, so a misspelt
-    step would vanish from all), or an entry sets the same key per candidate (its value would win)."""
+    step would vanish from all), a ``deploy.*`` setting no candidate's run reads (deployed per ``deploy``, the
+    candidates' deploy settings; :func:`candidates_deploy` of ``base`` when None), or an entry sets the same key
+    per candidate (its value would win)."""
     given = {override_key(o): o for o in base if pass_step(o) is not None}
     have = {step for e in entries for step in pipeline_steps(e.pipeline)}
     unknown = sorted({pass_step(o) for o in given.values()} - have)
@@ -137,11 +157,15 @@ def check_pass_settings(base: Sequence[str], entries: Sequence[Entry]) -> None:
         named = ", ".join(o for o in given.values() if pass_step(o) == unknown[0])
         raise SettingsError(f"pass setting(s) of step {unknown[0]!r} ({named}): no pipeline of this search has that "
                             f"step, so no candidate would run with it; the search's steps: {', '.join(sorted(have))}")
-    deploy = {override_key(o) for o in base if override_key(o).startswith("deploy.")}
-    unread = set.intersection(*(unread_deploy_keys(e.pipeline) for e in entries)) & deploy if entries else set()
-    if unread:
-        raise SettingsError(f"{sorted(unread)[0]}: no pipeline of this search makes an int8 file whose OpenVINO IR "
-                            "reads it (preflight.check_openvino_int8_settings), so no candidate would run with it")
+    given_deploy = sorted({override_key(o) for o in base if override_key(o).startswith("deploy.")})
+    if given_deploy and entries:
+        deploy = deploy or candidates_deploy(base)
+        why = {e.pipeline: unread_deploy_keys(e.pipeline, deploy) for e in entries}
+        unread = [k for k in given_deploy if all(k in w for w in why.values())]
+        if unread:
+            reasons = "; ".join(f"{p}: {w[unread[0]]}" for p, w in why.items())
+            raise SettingsError(f"{unread[0]}: no candidate of this search would read it, so none would run with it "
+                                f"(preflight refuses it on a run that ignores it; {reasons})")
     for e in entries:
         own = ({e.key} if e.key else set()) | {override_key(o) for o in e.overrides}
         clash = sorted(own & given.keys())
@@ -205,12 +229,13 @@ def plan_search(cfg: Any, overrides: Sequence[str]) -> SearchPlan:
     settings = SearchSettings.from_mapping(raw)
     entries = parse_space(raw.get("space"), available_pipelines())
     base = base_overrides(list(overrides)) + pass_overrides(raw.get("passes"))
-    check_pass_settings(base, entries)
     if not any(override_key(o) == "deploy" for o in overrides):
         # the command's own deploy group wins; a deploy.* setting alone refines the search's (deploy.precision=f32
         # on the default ORT group would be refused: ORT never reads it)
         base.append(f"deploy={settings.deploy_group}")
-    plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides))
+    deploy = candidates_deploy(base) if any(override_key(o).startswith("deploy.") for o in base) else None
+    check_pass_settings(base, entries, deploy)
+    plan = SearchPlan(settings, entries, base, Path("."), command=list(overrides), deploy=deploy)
     first = None
     left_out: list[str] = []
     for entry in entries:

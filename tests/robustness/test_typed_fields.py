@@ -14,15 +14,19 @@ A value a pass field reads through an interpolation (``${budget.lr}``, hawq's
 ``${oc.select:pipeline.passes.nbits.accuracy_level,0}``) is named where it is written, the key the user set, for
 every interpolation the shipped pass configs hold. Numpy scalars (``np.int64``, ``np.bool_``, ``np.float32``) are
 taken where the Python scalar they equal is, and stored as it; of the wrong type they are refused as Python's are.
+A list field takes a 1-D numpy array or a tuple as the list of Python scalars it holds, and refuses an n-D array
+naming its shape; a mapping field (hawq's ``rules: dict[str, int]``) has its keys and values checked by type.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import functools
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,17 +38,22 @@ from compresslab import cli
 from compresslab.config import compose, config_dir
 from compresslab.pipeline.plan import PipelineError, build_steps
 from compresslab.registry import available_passes, get_pass, pass_to_dict
-from compresslab.validate import default_note, _block_class, _described, _fits, _hints, _item_kind, _kinds, _plain_kind
+from compresslab.validate import (default_note, _block_class, _described, _fits, _hints, _item_kind, _kinds, _map_kinds,
+                                  _plain_kind)
 
 case = pytest.mark.case
 BAD = ("abc", 3.5, ["x"])  # in turn: the first that none of a field's types take
 BAD_LIST = ([True], "25")  # a list field: a wrong item, and a string (once split into characters: [2.0, 5.0])
+# a mapping field (hawq's rules: {pattern: width}): a value of the wrong type, a key of the wrong type, no mapping
+BAD_MAP = ({"query": "abc"}, {"query": True}, {7: "abc"}, "abc")
 
 
 def _bad(kinds: tuple[Any, ...]) -> list[Any]:
     """Values none of the field's types take."""
     if any(_item_kind(k) is not None for k in kinds):
         return [v for v in BAD_LIST if not any(_fits(k, v) for k in kinds)]
+    if any(_map_kinds(k) is not None for k in kinds):
+        return [v for v in BAD_MAP if not any(_fits(k, v) for k in kinds)]
     return [next(v for v in BAD if not any(_fits(k, v) for k in kinds))]
 
 
@@ -72,8 +81,12 @@ CASES = [pytest.param(name, field, bad, allowed, id=f"{name}.{field}={bad!r}")
 
 
 def test_every_pass_has_a_case() -> None:
-    """Every registered pass has plain-typed fields to check, so none is left out of the cases."""
+    """Every registered pass has plain-typed fields to check, so none is left out of the cases; every field annotated
+    as a mapping (hawq's ``rules: dict[str, int]``) is one, its keys and values checked by their types."""
     assert {c.values[0] for c in CASES} == set(available_passes())
+    mappings = {(name, field) for name in available_passes() for field, hint in _hints(get_pass(name)).items()
+                if any(typing.get_origin(k) in (dict, collections.abc.Mapping) for k in _kinds(hint))}
+    assert ("hawq", "rules") in mappings and mappings <= {tuple(c.values[:2]) for c in CASES}, mappings
 
 
 def _kwargs(name: str) -> dict[str, Any]:
@@ -236,6 +249,80 @@ def test_api_refuses_numpy_scalars_of_the_wrong_type(name, field, bad, expect_cl
     kwargs = _with(name, field, bad)
     expect_clear(lambda: get_pass(name)(**kwargs), errors=(ValueError,),
                  match=rf"^{re.escape(f'{name}.{field} must be {allowed}, got {bad.item()!r}{_note(name, field)}')}$")
+
+
+# --- 1-D numpy arrays and tuples: taken by a list field as the list they hold; an n-D array refused by its shape ---
+
+ARRAY_DTYPES = {int: (np.int64, np.int32), float: (np.float32, np.float64, np.int64), bool: (np.bool_,),
+                str: (np.str_,)}
+LIST_CANDIDATES = ([2, 4, 8], [0, 1], [0.5, 1.0], [True], ["ort"], ["MatMul"], ["query"])
+
+
+def _lists(cls: type) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """``(dotted field, the item types it takes)`` for each list field of ``cls`` (and of its blocks)."""
+    for field in dict.fromkeys(f for f, _, _ in _plain(cls)):
+        items = tuple(i for k in _kinds(_field_hint(cls, field)) if (i := _item_kind(k)) is not None)
+        if items:
+            yield field, items
+
+
+def _list_value(name: str, field: str, items: tuple[Any, ...]) -> list[Any]:
+    """A Python list of ``items`` the pass builds with (its shipped value first); else the first such list (refused
+    for what it means, as the array holding it must be)."""
+    head, _, sub = field.partition(".")
+    shipped = _shipped(name).get(head)
+    shipped = shipped.get(sub) if sub and isinstance(shipped, dict) else shipped
+    values = [v for v in (shipped, *LIST_CANDIDATES)
+              if isinstance(v, list) and v and any(all(_fits(list[i], [x]) for x in v) for i in items)]
+    return next((v for v in values if _outcome(lambda: get_pass(name)(**_with(name, field, v)))[0] == "built"),
+                values[0])
+
+
+def _stored(p: Any, field: str) -> Any:
+    head, _, sub = field.partition(".")
+    return getattr(getattr(p, head), sub) if sub else getattr(p, head)
+
+
+ARRAY_CASES = [pytest.param(name, field, given, id=f"{name}.{field}={given}")
+               for name in available_passes() for field, items in _lists(get_pass(name))
+               for given in ["tuple", *dict.fromkeys(t.__name__ for i in items for t in ARRAY_DTYPES[i])]]
+ND_CASES = [pytest.param(name, field, id=f"{name}.{field}") for name in available_passes()
+            for field, _ in _lists(get_pass(name))]
+
+
+@pytest.mark.parametrize("name, field, given", ARRAY_CASES)
+@case(name="a list setting given as a 1-D numpy array or a tuple (Hawq(choices=np.array([2, 4, 8])), "
+           "ObertPass(damp_grid=np.linspace(...))), every list field of every pass", kind=1, bad_input=False,
+      expected="built as with the Python list it holds, and stored as that list of Python scalars")
+def test_api_takes_a_1d_array_or_a_tuple_for_a_list_field(name, field, given) -> None:
+    python = _list_value(name, field, dict(_lists(get_pass(name)))[field])
+    value = tuple(python) if given == "tuple" else np.array(python, dtype=getattr(np, given))
+    want = [x.item() for x in value] if given != "tuple" else python  # np.float32(0.1) is 0.10000000149011612
+    got = _outcome(lambda: get_pass(name)(**_with(name, field, value)))
+    assert got == _outcome(lambda: get_pass(name)(**_with(name, field, want)))  # values and their types
+    json.dumps(got[1])
+    if got[0] == "built":  # the field itself holds a list of Python scalars, as the Python list gives it
+        stored = _stored(get_pass(name)(**_with(name, field, value)), field)
+        assert _shape(stored) == _shape(_stored(get_pass(name)(**_with(name, field, want)), field)), stored
+
+
+@pytest.mark.parametrize("name, field", ND_CASES)
+@case(name="a list setting given as a 2-D numpy array (Hawq(choices=np.array([[2, 4], [8, 32]]))), every list field",
+      kind=1, expected="ValueError: <pass>.<field> must be a list of <items>, got a 2-D numpy array of shape (r, c)")
+def test_api_refuses_an_nd_array_for_a_list_field(name, field, expect_clear) -> None:
+    python = _list_value(name, field, dict(_lists(get_pass(name)))[field])
+    table = np.array([python, python])
+    allowed = " or ".join(_described(k) for k in _kinds(_field_hint(get_pass(name), field)))
+    said = (f"{name}.{field} must be {allowed}, got a 2-D numpy array of shape {table.shape} (a list setting takes a "
+            f"1-D array){_note(name, field)}")
+    kwargs = _with(name, field, table)
+    expect_clear(lambda: get_pass(name)(**kwargs), errors=(ValueError,), match=rf"^{re.escape(said)}$")
+
+
+def test_a_mapping_takes_numpy_values() -> None:
+    """A mapping field's numpy values are Python's once stored (hawq's ``rules={'query': np.int64(4)}``)."""
+    hawq = get_pass("hawq")(**_with("hawq", "rules", {"query": np.int64(4), "key": np.int32(8)}))
+    assert hawq.rules == {"query": 4, "key": 8} and {type(w) for w in hawq.rules.values()} == {int}
 
 
 def test_every_block_is_typed() -> None:

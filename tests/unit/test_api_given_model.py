@@ -129,6 +129,34 @@ def test_a_partly_frozen_model_keeps_its_frozen_parts_and_a_frozen_model_with_no
     q.close()
 
 
+def test_which_parameters_are_frozen_is_part_of_the_run_identity(tiny_tok, tmp_path):
+    """Two calls on the same weights that freeze different parameters train different models: a rerun into the
+    output_dir of one with another frozen set is refused as another config, naming each parameter that differs;
+    the same set resumes (its finished step restored). A model with every parameter frozen is trained whole
+    (``_trainable``), as one with none frozen is: the two share a run."""
+    import json
+    import re
+
+    kw = _kw(data=_pairs(), output_dir=tmp_path / "run")
+    emb, pos = "bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight"
+    r = compresslab.compress(_frozen(_trained(), emb), tiny_tok, [FT], **kw)
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert config["requires_grad"] == {emb: False}
+    again = compresslab.compress(_frozen(_trained(), emb), tiny_tok, [FT], **kw)  # the same set: resumed
+    assert torch.equal(again.model.classifier.weight, r.model.classifier.weight)
+    for given, said in ((_trained(), f"requires_grad.{emb} (model: its frozen parameters): false -> (unset)"),
+                        (_frozen(_frozen(_trained(), emb), pos), f"requires_grad.{pos} (model: its frozen "
+                                                                  "parameters): (unset) -> false")):
+        with pytest.raises(compresslab.pipeline.RunDirConflictError, match=re.escape(said)):
+            compresslab.compress(given, tiny_tok, [FT], **kw)
+    whole = _kw(data=_pairs(), output_dir=tmp_path / "whole")
+    compresslab.compress(_frozen(_trained()), tiny_tok, [FT], **whole)  # every parameter frozen: trained whole
+    assert "requires_grad" not in json.loads((tmp_path / "whole" / "manifest.json").read_text())["config"]
+    compresslab.compress(_trained(), tiny_tok, [FT], **whole).close()  # none frozen: the same run, resumed
+    for res in (r, again):
+        res.close()
+
+
 # --- attributes deepcopy cannot copy ------------------------------------------------------------------------------
 
 def _with_a_lock(model: torch.nn.Module) -> torch.nn.Module:

@@ -61,3 +61,16 @@ def test_every_torch_stage_quantization_is_labelled_by_what_its_graph_is(kind, m
     rec = _export_record(res, tmp_path / "run")
     # the manifest key stays export.fp32 (every reader looks it up by name); the record says what it holds
     assert (rec["precision"], rec["format"]) == (precision, fmt)
+
+
+def test_the_int8_kernel_run_of_a_qdq_export_is_informative_never_passed(tok, batches, tmp_path):
+    """ORT's int8 kernels (level "all") compute another function than the QDQ graph ONNX defines, so their run is
+    measured with no tolerance: its record says so (status informative), where it used to read passed at an
+    infinite atol. The judged check beside it (ORT basic, at QDQ_ATOL) keeps its verdict."""
+    res = export_model(_qdq(batches), tok, tmp_path / "export", batches, threads=1, optimize=False)
+    kernels = res.parity["int8_kernels"]
+    assert kernels["status"] == "informative" and kernels["rule"].startswith("measured, no tolerance: ORT's int8")
+    assert not {"passed", "atol", "examples_over_atol"} & set(kernels), kernels
+    assert kernels["max_abs_diff"] >= 0 and kernels["n_examples"] == res.parity["n_examples"]
+    assert "cpu_int8_dot_product" in kernels
+    assert res.parity["passed"] is True and 0 < res.parity["atol"] < float("inf")

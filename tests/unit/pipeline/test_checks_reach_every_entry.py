@@ -150,7 +150,7 @@ def test_the_entries_pass_the_shared_lists_unpatched(inputs, tiny_tok, tmp_path,
 # to check; they are reached, so a deploy setting given to compress() later is checked as the CLI checks it.
 NEWLY_REACHING = {
     "preflight.check_nbits_deploy": (preflight, "check_nbits_deploy"),  # via check_steps_settings
-    "preflight.check_openvino_int8_settings": (preflight, "check_openvino_int8_settings"),  # via check_steps_settings
+    "preflight.check_unread_deploy_settings": (preflight, "check_unread_deploy_settings"),  # via check_steps_settings
     "deploy.check_deploy": (deploy, "check_deploy"),  # via check_with_model
 }
 

@@ -185,7 +185,11 @@ def test_an_nbits_file_stays_on_ort_with_the_reason(tmp_path, monkeypatch, runti
     ("ziplm_2x", ["deploy.int8=nncf"], "deploy.int8='nncf' would be ignored: no step of this pipeline makes int8"),
     ("ziplm_2x", ["deploy.calibration_examples=50"], "no step of this pipeline makes int8"),
     ("qdq_int8", ["deploy.smooth_alpha=0.5"], "deploy.smooth_alpha=.* writes a QDQ graph"),
-    ("obert_qat_int8", ["deploy.keep_fp32=[ffn_out]"], "int8_qat quantizes the torch model"),
+    ("obert_qat_int8", ["deploy.keep_fp32=[ffn_out]"], r"int8_qat \(step int8_qat\) writes a QDQ graph, which OpenVINO "
+                                                       "reads as it is: our int8 recipe"),
+    # nothing calibrates: OpenVINO converts the QDQ graph as it is, and int8=ours runs no NNCF
+    ("qdq_int8", ["deploy.int8=ours", "deploy.calibration_examples=50"],
+     "deploy.calibration_examples=50 would be ignored"),
     # int8_qat's torch model is int8 itself: no fp32 model for NNCF (session 43 trial: deploy.int8=nncf trained
     # every step, then NNCF refused the QDQ graph and ORT was deployed, exit 0)
     ("ziplm_trim_qat_int8", ["deploy.int8=nncf"],

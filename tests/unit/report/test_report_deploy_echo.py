@@ -55,6 +55,24 @@ def test_the_final_export_of_an_int8_qat_run_is_not_called_fp32(new):
     assert "export.fp32 is the final model's export, here int8 QDQ (QAT), not an fp32 graph" in sec
 
 
+@pytest.mark.parametrize("kernels", [
+    {"status": "informative", "rule": "measured, no tolerance: ORT's int8 kernels compute another function",
+     "max_abs_diff": 0.21, "argmax_agreement": 0.97, "n_examples": 64, "cpu_int8_dot_product": False},
+    # what older manifests wrote: a verdict at an infinite tolerance (atol null), never one in fact
+    {"graph": "QDQ (ORT int8 kernels)", "max_abs_diff": 0.21, "atol": None, "n_examples": 64,
+     "argmax_agreement": 0.97, "examples_over_atol": 0, "passed": True, "rule": QDQ_RULE,
+     "cpu_int8_dot_product": False},
+], ids=["new", "older"])
+def test_the_int8_kernel_parity_reads_as_informative_never_as_passed(kernels):
+    m = _qat(_manifest(), True)
+    m["export"]["fp32"]["parity"]["int8_kernels"] = kernels
+    sec = _section(_md(m), "Export and parity")
+    row = next(line for line in sec.splitlines() if line.startswith("| int8_kernels |"))
+    assert ("| int8_kernels | informative (measured, no tolerance): max \\|diff\\| 0.21, argmax agreement 0.97 over 64 "
+            "examples; CPU int8 dot product: no |") == row
+    assert "passed" not in row and "| verdict | ok |" in sec  # the judged check's verdict stands
+
+
 def test_a_dense_run_says_fp32_and_no_key_note():
     sec = _section(_md(_manifest()), "Export and parity")
     assert "| fp32 | export/model.onnx | fp32 |" in sec and "not an fp32 graph" not in sec

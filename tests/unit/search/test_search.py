@@ -412,6 +412,14 @@ def test_an_openvino_int8_deploy_setting_reaches_the_candidates_that_read_it(mon
     fp32 = Candidate("z", "ziplm", "ziplm_2x", (), ("ziplm",), 1.0)
     assert "deploy.smooth_alpha=0.8" in plan.candidate_args(int8)
     assert not [o for o in plan.candidate_args(fp32) if o.startswith("deploy.smooth_alpha")]
-    with pytest.raises(SettingsError, match="deploy.smooth_alpha: no pipeline of this search makes an int8 file"):
+    # by preflight's rule (pipeline/deploy_reads.py), not a list of the search's own: int8 QAT leaves no fp32 model
+    # for NNCF and a QDQ graph our recipe does not calibrate, so nothing of its run reads calibration_examples
+    seen.clear()
+    compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.calibration_examples=50"])
+    qat = Candidate("q", "qat", "obert_qat_int8", (), ("obert",), 1.0)
+    assert "deploy.calibration_examples=50" in seen["plan"].candidate_args(int8)
+    assert not [o for o in seen["plan"].candidate_args(qat) if o.startswith("deploy.calibration_examples")]
+    with pytest.raises(SettingsError, match=r"deploy.smooth_alpha: no candidate of this search would read it"
+                                            r".*ziplm_2x: no step of this pipeline makes int8"):
         compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.smooth_alpha=0.8", "~search.space",
                                 "+search.space.z={pipeline: ziplm_2x, methods: [ziplm], cost: 1}"])
