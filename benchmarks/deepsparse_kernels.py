@@ -131,6 +131,7 @@ def build(out: Path, specs: Sequence[Mapping[str, Any]], formats: Sequence[str],
     from compresslab.export.optimize import plain_graph
     from compresslab.manifest import read_json
     from compresslab.models.loading import embedded_default_path
+    from compresslab.targets import select_modules
 
     check_builds(out, specs, n_calibration, seed)
     source = embedded_default_path()
@@ -144,12 +145,15 @@ def build(out: Path, specs: Sequence[Mapping[str, Any]], formats: Sequence[str],
             t0 = time.perf_counter()
             model = copy.deepcopy(base)
             zeros = prune(model, spec["sparsity"], PATTERNS[spec["pattern"]]) if spec["pattern"] != "dense" else {}
+            linears = select_modules(model)  # the share of zeros over every encoder weight, not a mean of shares
+            sparsity = sum(float((m.weight == 0).sum()) for m in linears.values()) / sum(
+                m.weight.numel() for m in linears.values())
             # the dense model as the pipeline exports it: fused model.onnx (ort_fp32) + model_unfused.onnx
             export_model(model, tok, d, calib[:2], optimize=key == "dense")
             del model
             write_aside(d / "build.json", {
                 **spec, "source": str(source), "calibration_examples": n_calibration, "seed": seed,
-                "encoder_sparsity": sum(zeros.values()) / len(zeros) if zeros else 0.0,
+                "encoder_sparsity": sparsity,
                 "encoder_sparsity_per_linear": zeros, "export_s": since(t0)})
         rec = read_json(d / "build.json")
         files = {"fp32": plain_graph(d, d / "model.onnx", "DeepSparse")}
