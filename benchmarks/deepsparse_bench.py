@@ -30,6 +30,7 @@ def rebench(run_dir: Path, overrides: list[str], full: bool = False) -> dict:
     from compresslab.cli import setup_process
     from compresslab.pipeline import restore
     from compresslab.pipeline.deepsparse import deepsparse
+    from compresslab.pipeline.stage_files import record_stage
     from compresslab.report import build_report
 
     manifest = RunManifest.load(run_dir)
@@ -52,6 +53,9 @@ def rebench(run_dir: Path, overrides: list[str], full: bool = False) -> dict:
         manifest.data.setdefault("bench", {})["deepsparse"] = section
     manifest.save()
     build_report(run_dir)
+    if (manifest.data.get("stage_files") or {}).get("report") is not None:  # the rerun checks them: the new ones
+        record_stage(manifest, run_dir, "report")
+        manifest.save()
     return section
 
 

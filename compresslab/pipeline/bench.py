@@ -13,6 +13,7 @@ from compresslab.failure import error_text
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.deepsparse import deepsparse
 from compresslab.pipeline.settings import BenchSettings
+from compresslab.pipeline.stage_files import record_stage
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.teacher_files import teacher_int8, teacher_onnx
 
@@ -55,6 +56,7 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
                                 ". These timings are void; rerun the bench on a quiet machine.")
     manifest.data["bench"] = section
     atomic_write_json(run_dir / "bench" / "latency.json", section)
+    record_stage(manifest, run_dir, "bench")
     manifest.save()
 
 

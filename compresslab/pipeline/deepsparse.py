@@ -19,6 +19,7 @@ from compresslab.export.matmul_integer import FORMAT_NOTE
 from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.settings import DeepSparseSettings
+from compresslab.pipeline.stage_files import record_files, recorded
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.teacher_files import teacher_onnx
 
@@ -30,27 +31,36 @@ def _unfused(fused_path: Path) -> Path:
     return p if p.is_file() else fused_path
 
 
-def _quantized(state: RunState, src: Path, dst: Path, s: DeepSparseSettings, run_dir: Path, fmt: str) -> Path:
-    """``src`` (fp32) as static int8 in ``fmt``; ``matmulinteger`` rewrites the ``qdq`` file (made here too)."""
+def _quantized(state: RunState, src: Path, dst: Path, s: DeepSparseSettings, run_dir: Path, fmt: str,
+               manifest: RunManifest) -> Path:
+    """``src`` (fp32) as static int8 in ``fmt`` in ``dst`` (``matmulinteger`` rewrites the ``qdq`` file, made here
+    too); kept across resumes while its sha256 is recorded (checked at the resume's start), recorded (and saved)
+    when written."""
     from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
 
     if fmt == "matmulinteger":
-        return _integer(_quantized(state, src, dst.with_name(dst.name.replace(fmt, "qdq")), s, run_dir, "qdq"), dst)
-    if not dst.is_file():  # kept across resumes: the file is written atomically
+        qdq = _quantized(state, src, dst.with_name(dst.name.replace(fmt, "qdq")), s, run_dir, "qdq", manifest)
+        return _integer(qdq, dst, run_dir, manifest)
+    if not recorded(manifest, run_dir, dst, "bench"):
         ctx = state.context(run_dir, dst.parent)
         batches = list(ctx.calibration_batches(s.num_calibration, batch_size=32))
         quantize_qdq_for_deepsparse(src, dst, batches, per_channel=s.per_channel, op_types=list(s.op_types),
                                     quant_format=fmt)
+        record_files(manifest, run_dir, "bench", [dst])
+        manifest.save()
     return dst
 
 
-def _integer(qdq: Path, dst: Path) -> Path:
-    """The QDQ graph ``qdq`` in SparseML's MatMulInteger form (:mod:`compresslab.export.matmul_integer`)."""
+def _integer(qdq: Path, dst: Path, run_dir: Path, manifest: RunManifest) -> Path:
+    """The QDQ graph ``qdq`` in SparseML's MatMulInteger form (:mod:`compresslab.export.matmul_integer`) in ``dst``;
+    kept and recorded as :func:`_quantized` keeps its files."""
     from compresslab.export.matmul_integer import qdq_to_matmul_integer
 
-    if not dst.is_file():  # kept across resumes: written atomically
+    if not recorded(manifest, run_dir, dst, "bench"):
         dst.parent.mkdir(parents=True, exist_ok=True)
         qdq_to_matmul_integer(qdq, dst)
+        record_files(manifest, run_dir, "bench", [dst])
+        manifest.save()
     return dst
 
 
@@ -98,19 +108,20 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
     suffix = lambda f: "" if f == formats[0] else f"_{f}"  # noqa: E731 - the first format is the headline
     for f in formats:
         models[f"deepsparse_dense_int8{suffix(f)}"] = (
-            str(_quantized(state, _unfused(teacher_fused), out_dir / f"dense_int8_{f}.onnx", s, run_dir, f)),
+            str(_quantized(state, _unfused(teacher_fused), out_dir / f"dense_int8_{f}.onnx", s, run_dir, f, manifest)),
             "deepsparse")
     qat = bool(manifest.data["export"]["fp32"].get("qdq"))  # an int8 QAT export is already the sparse int8 file
     if qat:  # timed and scored exactly as exported: no fp32 twin, no re-quantization
         models["deepsparse_int8"] = (str(final_fp32), "deepsparse")
         if "matmulinteger" in formats:  # the same QAT codes in SparseML's exported form (uint8 weights)
             models["deepsparse_int8_matmulinteger"] = (
-                str(_integer(final_fp32, out_dir / "model_int8_matmulinteger.onnx")), "deepsparse")
+                str(_integer(final_fp32, out_dir / "model_int8_matmulinteger.onnx", run_dir, manifest)), "deepsparse")
     elif not same:
         models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
         for f in formats:
             models[f"deepsparse_int8{suffix(f)}"] = (
-                str(_quantized(state, final_fp32, out_dir / f"model_int8_{f}.onnx", s, run_dir, f)), "deepsparse")
+                str(_quantized(state, final_fp32, out_dir / f"model_int8_{f}.onnx", s, run_dir, f, manifest)),
+                "deepsparse")
     scored = [k for k in models if k.startswith("deepsparse") and (same or "dense" not in k)]
     inputs = None
     if state.task.spec.kind != TaskKind.EMBEDDING and s.score:

@@ -39,6 +39,7 @@ from compresslab.export.precision import is_int8, nbits_of, precision_class
 from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.settings import RunSettings
+from compresslab.pipeline.stage_files import record_stage, recorded, stage_done
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.validation import ValidationAgreement
 
@@ -99,6 +100,8 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
         section["runtime"] = chosen
     manifest.data.setdefault("export", {})["deployed"] = record
     manifest.data["deploy"] = section
+    if not stage_done(manifest, "deploy"):  # an IR's files were recorded as they were written (openvino_ir)
+        record_stage(manifest, run_dir, "deploy")
     manifest.save()
     log.info("deploy: %s (%s)", record["path"], record["runtime"])
 
@@ -108,10 +111,12 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
     """Convert the deployed model to an IR under ``export/openvino/`` (once per run) and check its
     parity against torch; returns (and stores as ``export.openvino``) the record, with ``error``
     when OpenVINO cannot convert it or the IR compiled f32 fails its parity rule. An int8 pipeline
-    gets an int8 IR per ``deploy.int8`` (ours / nncf / auto: see :func:`_int8_ir`)."""
+    gets an int8 IR per ``deploy.int8`` (ours / nncf / auto: see :func:`_int8_ir`). A recorded IR is reused
+    only while its files' sha256 are recorded (checked at the resume's start: :mod:`compresslab.pipeline.stage_files`);
+    the sha256 of every file written here are recorded with it."""
     section = manifest.data.setdefault("export", {})
     done = section.get("openvino")
-    if done and ("error" in done or (run_dir / done["path"]).is_file()):
+    if done and ("error" in done or recorded(manifest, run_dir, run_dir / done["path"], "deploy")):
         return done
     deployed, fp32 = Path(state.onnx.onnx_path), run_dir / section["fp32"]["path"]
     if is_int8(deployed):
@@ -121,6 +126,7 @@ def openvino_ir(state: RunState, run_dir: Path, manifest: RunManifest, threads: 
         rec = _converted(state, src, run_dir / "export" / IR_DIR, run_dir, threads, notes)
         rec["method"] = "compresslab"
     section["openvino"] = rec
+    record_stage(manifest, run_dir, "deploy")
     manifest.save()
     return rec
 

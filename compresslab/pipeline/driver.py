@@ -54,14 +54,20 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     """:func:`run` once it holds ``run_dir``'s lock: resume or start the dir, run the steps, finish.
     ``cfg`` is recorded (and gives the run's identity); the settings are read from ``state.settings``."""
     from compresslab.pipeline.preflight import check_with_model
-    from compresslab.pipeline.steps import run_steps
+    from compresslab.pipeline.step_files import first_broken
+    from compresslab.pipeline.steps import redo_broken, run_steps
 
     existing = prepare_run_dir(run_dir, cfg, state.settings)
     inputs = input_identity(state)  # model files and data by content: a changed file is never reused
+    broken = None
     if existing is not None:
         check_inputs(existing.data, inputs, run_dir, START_OVER)
-    if existing is not None and existing.data.get("status") == "finished":
-        log.info("run %s already finished (run.overwrite=true to redo it); report: %s", run_dir, run_dir / "report.md")
+        # every recorded file of the steps and of the stages after them, hashed once: a finished run too, whose
+        # changed file is redone as an interrupted run's would be, never reported finished as if intact
+        broken = first_broken(existing, run_dir)
+    if existing is not None and existing.data.get("status") == "finished" and broken is None:
+        log.info("run %s already finished, its files intact (run.overwrite=true to redo it); report: %s", run_dir,
+                 run_dir / "report.md")
         return run_dir
     state.load_initial()
     # deploy settings, module patterns and shapes need the model (e.g. hawq's block_size vs the Linears' shapes):
@@ -72,7 +78,8 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     manifest.data["inputs"] = inputs
     manifest.mark_running()
     with recording_failure(manifest):
-        if run_steps(state, steps, run_dir, manifest, stop_after=state.settings.run.stop_after):
+        redo_broken(manifest, run_dir, steps, broken)
+        if run_steps(state, steps, run_dir, manifest, stop_after=state.settings.run.stop_after, checked=True):
             finish(state, run_dir, manifest)
     return run_dir
 
@@ -131,40 +138,49 @@ def finish(state: "RunState", run_dir: Path, manifest: RunManifest) -> Path:
     """The fixed stages after the passes: export if no ONNX pass did, deploy, eval, sizes, bench, report;
     then ``run.keep`` (``state.settings.run``): with ``minimal``, the run's artifacts and the teacher cache
     entry it used become hard links to one copy of each content, shared across runs
-    (:mod:`compresslab.pipeline.disk`)."""
+    (:mod:`compresslab.pipeline.disk`). A stage a resume found done, its files intact
+    (:func:`~compresslab.pipeline.stage_files.stage_done`: checked at the resume's start), is kept, not run again."""
     from compresslab.bench.env import resolve_threads
     from compresslab.pipeline.bench import bench
     from compresslab.pipeline.deploy import deploy
     from compresslab.pipeline.evaluate import evaluate, sizes
     from compresslab.pipeline.export import export
+    from compresslab.pipeline.stage_files import record_stage, stage_done
 
     s = state.settings
     # each stage is named before it starts: a Ctrl-C or an error there is recorded at it (not as "no step")
-    if state.onnx is None:
+    # after ONNX steps, the export is made again only when its files changed: the steps' ONNX file stays deployed
+    if state.onnx is None or not stage_done(manifest, "export"):
         manifest.at_stage("export", after_steps=True)
-        state.onnx = export(state, run_dir, manifest)
+        exported = export(state, run_dir, manifest)
+        state.onnx = state.onnx or exported
     threads = resolve_threads(s.bench.threads or s.threads)
-    manifest.at_stage("deploy", after_steps=True)
-    deploy(state, run_dir, manifest, threads)  # export.deployed: the ONNX file (ort) or an OpenVINO IR
-    if s.eval.enabled:
+    if not stage_done(manifest, "deploy"):
+        manifest.at_stage("deploy", after_steps=True)
+        deploy(state, run_dir, manifest, threads)  # export.deployed: the ONNX file (ort) or an OpenVINO IR
+    if s.eval.enabled and not stage_done(manifest, "eval"):
         manifest.at_stage("eval", after_steps=True)
         evaluate(state, run_dir, manifest, threads)
-    manifest.at_stage("sizes", after_steps=True)
-    sizes(state, run_dir, manifest)
-    if s.bench.enabled:
+    if not stage_done(manifest, "sizes"):
+        manifest.at_stage("sizes", after_steps=True)
+        sizes(state, run_dir, manifest)
+    if s.bench.enabled and not stage_done(manifest, "bench"):
         manifest.at_stage("bench", after_steps=True)
         bench(state, run_dir, manifest, threads)
-    manifest.at_stage("run.keep (linking duplicate files)", after_steps=True)
-    store = Path(s.cache_dir) / "blobs" if s.cache_dir else None  # one copy of each artifact across runs
-    manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), s.run.keep, store).to_dict()
+    if not stage_done(manifest, "keep"):
+        manifest.at_stage("run.keep (linking duplicate files)", after_steps=True)
+        store = Path(s.cache_dir) / "blobs" if s.cache_dir else None  # one copy of each artifact across runs
+        manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), s.run.keep, store).to_dict()
     manifest.data["status"] = "finished"
     manifest.data["finished"] = now()
     manifest.save()
-    if s.report:
+    if s.report and not stage_done(manifest, "report"):
         from compresslab.report import build_report
 
         manifest.at_stage("report", after_steps=True)
         build_report(run_dir)
+        record_stage(manifest, run_dir, "report")
+        manifest.save()
     manifest.at_stage(None)
     return run_dir
 
@@ -198,8 +214,9 @@ def restore(run_dir: Path, overrides: list[str] = ()) -> "tuple[RunState, RunMan
 
     ``overrides`` are dotlist changes to the run's recorded config (e.g. ``bench.runs=40``); they
     must not change the passes. Returns (state, manifest). InputsChangedError when the model or
-    data files differ from those the run recorded; CheckpointError naming a step file that is missing or
-    changed since its step finished (a rerun of the run redoes it; this reader cannot).
+    data files differ from those the run recorded; CheckpointError naming a step file, or a file of the export or
+    deploy stage, that is missing or changed since it was written (a rerun of the run redoes it; this reader
+    cannot).
     """
     from compresslab.pipeline.state import RunState
     from compresslab.pipeline.step_files import check_steps_intact

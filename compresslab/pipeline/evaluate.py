@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.manifest import RunManifest, atomic_write_json
+from compresslab.pipeline.stage_files import record_stage
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.teacher_files import teacher_onnx
 
@@ -88,6 +89,7 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         section["batch_dependence"] = batch_dep
     manifest.data["eval"] = section
     atomic_write_json(run_dir / "eval" / "metrics.json", section)
+    record_stage(manifest, run_dir, "eval")
     manifest.save()
 
 

@@ -54,11 +54,18 @@ def export(state: RunState, run_dir: Path, manifest: RunManifest) -> OnnxModel:
     is kept, since resumed runs and every reader of existing manifests (the bench, deploy and DeepSparse
     stages, the benchmarks) look it up by that name. Its ``precision`` and ``format`` fields say what
     the graph is (``export.onnx.graph_format``: ``int8 QDQ (QAT)`` after int8_qat), and the report
-    shows them, not the key."""
+    shows them, not the key.
+
+    Reused only while done with its files' sha256 recorded (checked at the resume's start,
+    :mod:`~compresslab.pipeline.stage_files`); else exported again, replacing what is there."""
+    from compresslab.pipeline.stage_files import drop_stages, record_stage, stage_done
+
     section = manifest.data.setdefault("export", {})
     out = run_dir / "export"
-    if "fp32" in section and (run_dir / section["fp32"]["path"]).is_file():
+    if stage_done(manifest, "export") and (run_dir / section["fp32"]["path"]).is_file():
         return OnnxModel(out, run_dir / section["fp32"]["path"])
+    drop_stages(manifest, run_dir, "export")  # no file of an earlier export, nor a stage that read it, is kept
+    section = manifest.data.setdefault("export", {})
     log.info("export: ONNX with parity checks")
     res = export_dir(state.model, state, out)
     section["fp32"] = _export_record(res, run_dir)
@@ -67,6 +74,7 @@ def export(state: RunState, run_dir: Path, manifest: RunManifest) -> OnnxModel:
     if _torch_changed_after_teacher(manifest):
         tres = export_dir(state.teacher_or_initial(), state, out / "teacher")
         section["teacher_fp32"] = _export_record(tres, run_dir)
+    record_stage(manifest, run_dir, "export")
     manifest.save()
     return OnnxModel(out, res.onnx_path)
 

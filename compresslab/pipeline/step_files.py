@@ -7,29 +7,23 @@ files is missing, unreadable or changed (edited, truncated, replaced), is not re
 warns, naming each file and why, and drops that step and every later one (their input was its
 output) with the stages after the steps (export, deploy, eval, sizes, bench, report), so the run
 computes them again and ends as an uninterrupted run would. The manifest's ``redone`` list records
-each such event. A read-only reader of a run (``pipeline.restore``) cannot redo anything:
-:func:`check_steps_intact` refuses there instead, saying how to redo the run.
+each such event. The files the stages after the steps wrote are checked the same way, after the steps'
+(:mod:`compresslab.pipeline.stage_files`); :func:`first_broken` does both, hashing each file once per resume, for
+an interrupted run and a finished one alike. A read-only reader of a run (``pipeline.restore``) cannot redo
+anything: :func:`check_steps_intact` refuses there instead, saying how to redo the run.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from compresslab.manifest import RunManifest, StepRecord, now, sha256_file
+from compresslab.pipeline.stage_files import drop_stages, first_broken_stage, remove_path
 
 log = logging.getLogger(__name__)
-
-# What a run holds after its steps, each derived from the steps' output (driver.finish()'s stages: export,
-# deploy, eval, sizes, bench, run.keep's disk record, the finish time, report and plots):
-# the manifest sections and the paths (relative to the run dir) dropped when a step is redone.
-AFTER_STEPS_SECTIONS = ("export", "deploy", "eval", "size", "bench", "disk", "finished")
-AFTER_STEPS_PATHS = ("export", "eval", "bench", "plots", "report.md", "report.html")
-# The export stage's own records (pipeline/export.py): the ONNX export of the final torch model and of the teacher.
-# An ONNX step's input is that export, so redoing an ONNX step keeps them (and export/); redoing a torch step not.
-EXPORT_STAGE_KEYS = ("fp32", "teacher_fp32")
 
 
 def step_problems(rec: StepRecord, run_dir: Path) -> list[str]:
@@ -69,14 +63,6 @@ def first_broken_step(manifest: RunManifest, run_dir: Path) -> tuple[StepRecord,
     return None
 
 
-def _remove(path: Path) -> None:
-    """Remove a file, link or directory of the run (never following a link out of it)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
 def redo_from(manifest: RunManifest, run_dir: Path, rec: StepRecord, problems: list[str],
               step_dirs: Iterable[str] = ()) -> None:
     """Make the run redo step ``rec`` and every later one: warn (naming each of ``problems``), drop their
@@ -94,26 +80,43 @@ def redo_from(manifest: RunManifest, run_dir: Path, rec: StepRecord, problems: l
     for d in {*(s.dir for s in later), *step_dirs}:
         path = run_dir / d
         if path.parent == steps_root:  # only a step dir of this run
-            _remove(path)
+            remove_path(path)
     manifest.data["steps"] = [s for s in manifest.data.get("steps", []) if s["index"] < rec.index]
-    export = manifest.data.get("export") or {}
-    keep = {k: v for k, v in export.items() if k in EXPORT_STAGE_KEYS} if rec.stage == "onnx" else {}
-    for key in AFTER_STEPS_SECTIONS:
-        manifest.data.pop(key, None)
-    for name in AFTER_STEPS_PATHS:
-        if keep and name == "export":
-            continue
-        _remove(run_dir / name)
-    if keep:
-        manifest.data["export"] = keep
+    # an ONNX step's input is the export: kept (its sha256 too); a torch step's output is the export's input
+    drop_stages(manifest, run_dir, "deploy" if rec.stage == "onnx" else "export")
+    if rec.stage != "onnx":
+        remove_path(run_dir / "export")
     manifest.data.setdefault("redone", []).append(
         {"at": now(), "step": rec.name, "index": rec.index, "problems": problems, "steps": names})
     manifest.save()
 
 
+@dataclass(frozen=True)
+class Broken:
+    """What a resume's check found first: a finished step whose files fail (``step``), else the first stage after
+    the steps whose files do (``stage``), with one line per file and why (``problems``)."""
+
+    problems: list[str]
+    step: StepRecord | None = None
+    stage: str | None = None
+
+
+def first_broken(manifest: RunManifest, run_dir: Path) -> Broken | None:
+    """The first finished step whose files fail their sha256 (:func:`first_broken_step`), else the first stage after
+    the steps whose files do (:func:`~compresslab.pipeline.stage_files.first_broken_stage`); None when every
+    recorded file is intact. Each file is hashed at most once; after a broken step nothing is hashed (the step, every
+    later one and every stage are redone)."""
+    step = first_broken_step(manifest, run_dir)
+    if step is not None:
+        return Broken(step[1], step=step[0])
+    stage = first_broken_stage(manifest, run_dir)
+    return Broken(stage[1], stage=stage[0]) if stage is not None else None
+
+
 def check_steps_intact(manifest: RunManifest, run_dir: Path) -> None:
     """For readers that restore a run without running it (``pipeline.restore``): CheckpointError naming the
-    first finished step whose files fail :func:`step_problems`, each file and why, and how to redo it."""
+    first finished step whose files fail :func:`step_problems`, or the export / deploy stage whose recorded files
+    fail their sha256 (what a restored run hands out), each file and why, and how to redo it."""
     from compresslab.models.loading import CheckpointError
 
     broken = first_broken_step(manifest, run_dir)
@@ -121,8 +124,13 @@ def check_steps_intact(manifest: RunManifest, run_dir: Path) -> None:
         rec, problems = broken
         raise CheckpointError(
             f"{run_dir}: step {rec.index} ({rec.name}) cannot be restored: {'; '.join(problems)}. Rerun the run's "
-            "command to redo it and the steps after it (a finished run: with run.overwrite=true), or use another "
-            "run")
+            "command to redo it and the steps after it, or use another run")
+    # an older run recorded no sha256 for these: nothing to check, and this reader cannot redo them
+    stage = first_broken_stage(manifest, run_dir, stages=("export", "deploy"), legacy=False)
+    if stage is not None:
+        raise CheckpointError(
+            f"{run_dir}: the {stage[0]} stage's files cannot be restored: {'; '.join(stage[1])}. Rerun the run's "
+            "command to redo that stage and the ones after it, or use another run")
 
 
-__all__ = ["check_steps_intact", "first_broken_step", "redo_from", "step_problems"]
+__all__ = ["Broken", "check_steps_intact", "first_broken", "first_broken_step", "redo_from", "step_problems"]

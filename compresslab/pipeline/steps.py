@@ -19,7 +19,8 @@ from compresslab.pipeline.evaluate import score_torch
 from compresslab.pipeline.export import export
 from compresslab.pipeline.plan import PipelineError, Step
 from compresslab.pipeline.state import RunState, frozen
-from compresslab.pipeline.step_files import first_broken_step, redo_from
+from compresslab.pipeline.stage_files import redo_stages_from
+from compresslab.pipeline.step_files import Broken, first_broken, redo_from
 from compresslab.types import OnnxModel, PassResult, Stage
 
 log = logging.getLogger(__name__)
@@ -127,14 +128,16 @@ def restore_step(state: RunState, step: Step, rec: StepRecord, run_dir: Path) ->
         state.onnx = OnnxModel(dir=run_dir / rec.dir, onnx_path=run_dir / rec.result["onnx_path"])
 
 
-def reusable_steps(manifest: RunManifest, run_dir: Path, steps: list[Step]) -> dict[int, StepRecord]:
-    """The finished steps a resume may restore: each one's files are checked against the sha256 recorded when it
-    finished (once per resume); from the first that fails, the steps are redone (:func:`step_files.redo_from`,
-    which warns naming each file and why)."""
-    broken = first_broken_step(manifest, run_dir)
-    if broken is not None:
-        redo_from(manifest, run_dir, *broken, step_dirs=_dirs_from(steps, broken[0].index))
-    return done_steps(manifest)
+def redo_broken(manifest: RunManifest, run_dir: Path, steps: list[Step], broken: Broken | None) -> None:
+    """Apply what a resume's check found (:func:`~compresslab.pipeline.step_files.first_broken`): a broken step is
+    redone with every later one and every stage after the steps (:func:`step_files.redo_from`), a broken stage with
+    every later stage (:func:`stage_files.redo_stages_from`); each warns naming each file and why."""
+    if broken is None:
+        return
+    if broken.step is not None:
+        redo_from(manifest, run_dir, broken.step, broken.problems, step_dirs=_dirs_from(steps, broken.step.index))
+    elif broken.stage is not None:
+        redo_stages_from(manifest, run_dir, broken.stage, broken.problems)
 
 
 def _dirs_from(steps: list[Step], index: int) -> list[str]:
@@ -142,17 +145,20 @@ def _dirs_from(steps: list[Step], index: int) -> list[str]:
 
 
 def run_steps(state: RunState, steps: list[Step], run_dir: Path, manifest: RunManifest,
-              stop_after: int | None = None) -> bool:
+              stop_after: int | None = None, checked: bool = False) -> bool:
     """Run (or restore) every step; False when stopped early by ``stop_after`` finished steps.
 
     The first ONNX pass gets the export of the final torch model (exported once, parity-checked).
-    A finished step is restored only when its files are intact (:func:`reusable_steps`), and one
+    A finished step, and a file of a stage after the steps, is reused only when its sha256 is the
+    one recorded (checked here once, :func:`redo_broken`; ``checked``: the caller did it), and a step
     that still cannot be read (a checkpoint this version cannot load, a file that turned unreadable)
     is redone as a changed one is.
     """
     from compresslab.models.loading import CheckpointError
 
-    done = reusable_steps(manifest, run_dir, steps)
+    if not checked:
+        redo_broken(manifest, run_dir, steps, first_broken(manifest, run_dir))
+    done = done_steps(manifest)
     for step in steps:
         manifest.at_stage(None)  # a running step names itself in the manifest
         if step.index in done:

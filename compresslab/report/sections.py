@@ -20,6 +20,7 @@ from compresslab.failure import stop_summary
 from compresslab.report import facts as F
 from compresslab.report.export import deploy_choice, export_section
 from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
+from compresslab.report.redone import redone_section
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
 from compresslab.report.speed import busy_banner, speed_section
 from compresslab.report.selection import selection_section
@@ -467,7 +468,8 @@ def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[s
              f"({m.get('task', '?')})")
     doc = Document(title, _status(m))
     for part in (_summary(m), _headline(m, plots), _steps(m, plots), speedup_targets(m), selection_section(m),
-                 _quant(m), _size(m), export_section(m), speed_section(m), _notes(m), _environment(m, run_dir)):
+                 _quant(m), _size(m), export_section(m), speed_section(m), _notes(m), redone_section(m),
+                 _environment(m, run_dir)):
         doc.blocks += part
     if plot_errors:
         doc.blocks += [Heading("Plot errors", 3),

@@ -67,7 +67,9 @@ def _teacher_s(manifest: Mapping[str, Any]) -> float:
 def run_candidate(plan: SearchPlan, c: Candidate) -> Outcome:
     """Run ``c`` as a normal run (or read back its finished run dir) and read its figures.
 
-    Raises whatever the run raises (the driver records it as the candidate's error).
+    A finished run dir is run too: the run checks its files (a few seconds of hashing) and redoes what changed
+    since, so no figure is read from a run whose files are no longer the ones it measured; it counts as ran only
+    then. Raises whatever the run raises (the driver records it as the candidate's error).
     """
     from compresslab.pipeline import run
     from compresslab.pipeline.plan import resolve_run_dir
@@ -77,9 +79,10 @@ def run_candidate(plan: SearchPlan, c: Candidate) -> Outcome:
     run_dir = resolve_run_dir(cfg)
     mpath = run_dir / "manifest.json"
     t0 = time.perf_counter()
-    ran = not (mpath.is_file() and read_json(mpath).get("status") == "finished")
-    if ran:
-        run_dir = run(cfg, overrides=args)
+    old = read_json(mpath) if mpath.is_file() else {}
+    run_dir = run(cfg, overrides=args)
+    ran = old.get("status") != "finished" or \
+        len(read_json(run_dir / "manifest.json").get("redone") or []) > len(old.get("redone") or [])
     ran_s = time.perf_counter() - t0 if ran else 0.0
     m = read_json(run_dir / "manifest.json")
     if m.get("status") != "finished":

@@ -6,7 +6,9 @@ One uninterrupted tiny ``hawq_mp3`` run (finetune and hawq: torch steps, hawq's 
 after its steps (killed during eval: export and deploy recorded) or after hawq, breaks one step's files (a valid
 file with other bytes, a truncated file, a deleted file, the step's whole dir deleted), and reruns the same
 config: the step and every later one are redone, with a warning naming the file and why, and the run ends with
-every file and figure of the reference."""
+every file and figure of the reference. A broken file of the export (the nbits step's input) makes the export stage
+be redone, and the stages after it, never the ONNX step (test_resume_stage_files.py: the other stages, and a rerun of
+a finished run)."""
 
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from _resume import BREAK as BREAK_FILE
+from _resume import assert_same_as as _assert_same_as
+from _resume import change as _change
+from _resume import stopped_copy as _stopped_copy
 from compresslab.config import compose
-from compresslab.manifest import read_json, sha256_file
+from compresslab.manifest import read_json
 from compresslab.pipeline import run
 from compresslab.testing import tiny_generic_run
 
 pytestmark = pytest.mark.integration
-
-AFTER_EVAL = ("eval", "size", "bench", "disk", "finished")  # what a run killed during eval has not recorded yet
 
 
 def _cfg(tiny: list[str], run_dir: Path, cache: Path | None = None):
@@ -42,67 +46,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path
     return tiny, d
 
 
-def _stopped_copy(ref: Path, dst: Path, steps: int) -> Path:
-    """``ref`` as a run that stopped after its first ``steps`` steps: with all of them done, as killed during eval
-    (export and deploy recorded); with fewer, as stopped before the export (``run.stop_after``)."""
-    shutil.copytree(ref, dst)
-    m = read_json(dst / "manifest.json")
-    for s in m["steps"][steps:]:
-        shutil.rmtree(dst / s["dir"])
-    m["steps"] = m["steps"][:steps]
-    dropped = AFTER_EVAL if steps == 3 else (*AFTER_EVAL, "export", "deploy")
-    for key in dropped:
-        m.pop(key, None)
-    for name in ("eval", "plots") if steps == 3 else ("eval", "plots", "export"):
-        shutil.rmtree(dst / name, ignore_errors=True)
-    m["status"] = "interrupted" if steps == 3 else "stopped"
-    (dst / "manifest.json").write_text(json.dumps(m, indent=1))
-    return dst
-
-
-def _change(path: Path) -> None:
-    """Other bytes in a file that still reads as what it was (the trial negated a weight): no reader can tell."""
-    if path.suffix == ".onnx":
-        import onnx
-
-        g = onnx.load(str(path))
-        g.doc_string = "edited after the step finished"
-        onnx.save(g, str(path))
-    else:
-        from safetensors.torch import load_file, save_file
-
-        t = load_file(path)
-        key = next(k for k in sorted(t) if k.endswith("classifier.weight"))
-        t[key] = -t[key]
-        save_file(t, path)
-
-
-BREAK = {
-    "changed": (_change, "changed after the step finished"),
-    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "changed after the step finished"),
-    "deleted": (lambda p: p.unlink(), "is missing"),
-    "dir deleted": (lambda p: shutil.rmtree(p.parent), "is missing (the step's whole dir)"),
-}
+# how a step's file is broken -> (the breaker, what the warning says of it)
+BREAK = {**{how: (breaker, "changed after the step finished" if how != "deleted" else why)
+            for how, (breaker, why) in BREAK_FILE.items()},
+         "dir deleted": (lambda p: shutil.rmtree(p.parent), "is missing (the step's whole dir)")}
 FILE = {"finetune": "model.safetensors", "hawq": "model.safetensors", "nbits": "model.onnx"}
 INDEX = {"finetune": 0, "hawq": 1, "nbits": 2}
-
-
-def _files(d: Path) -> dict[str, str]:
-    """sha256 of every file under ``d`` (relative path -> hash), hidden files aside."""
-    return {str(p.relative_to(d)): sha256_file(p) for p in sorted(d.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)}
-
-
-def _assert_same_as(ref: Path, d: Path) -> None:
-    """Every step and export file, the step records and the eval figures of ``d`` are the reference's."""
-    a, b = read_json(ref / "manifest.json"), read_json(d / "manifest.json")
-    assert b["status"] == "finished"
-    assert _files(d / "steps") == _files(ref / "steps")
-    assert _files(d / "export") == _files(ref / "export")
-    for sa, sb in zip(a["steps"], b["steps"], strict=True):
-        assert (sb["name"], sb["status"], sb["artifacts"], sb["metrics_after"]) == \
-               (sa["name"], "done", sa["artifacts"], sa["metrics_after"])
-    assert b["eval"]["models"] == a["eval"]["models"] and b["export"]["deployed"] == a["export"]["deployed"]
 
 
 @pytest.mark.parametrize("how", list(BREAK))
@@ -178,5 +127,40 @@ def test_restoring_a_run_with_a_changed_step_names_the_file(reference, tmp_path)
     d = shutil.copytree(ref, tmp_path / "run")
     _change(d / "steps" / "01_hawq" / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"step 1 \(hawq\) cannot be restored: steps/01_hawq/model\.safetensors "
-                                              r"changed after the step finished.*run\.overwrite=true"):
+                                              r"changed after the step finished.*Rerun the run's command"):
+        restore(d)
+
+
+@pytest.mark.parametrize("rel, how", [("export/model.onnx", "changed"), ("export/model.onnx", "truncated"),
+                                      ("export/model.onnx", "deleted"), ("export/teacher/model.onnx", "changed"),
+                                      ("export/model_unfused.onnx", "deleted")])
+def test_a_broken_export_file_is_exported_again_and_the_onnx_step_kept(reference, tmp_path, caplog, rel, how):
+    # the export is the nbits step's input, and deploy, eval and bench read it (the teacher's export: ort_fp32):
+    # the export stage is redone from the restored torch model, the finished ONNX step (its own files intact) kept
+    tiny, ref = reference
+    d = _stopped_copy(ref, tmp_path / "run", 3)
+    breaker, why = BREAK_FILE[how]
+    breaker(d / rel)
+    with caplog.at_level("INFO", logger="compresslab"):
+        run(_cfg(tiny, d))
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING" and "cannot be reused" in r.getMessage()]
+    assert len(warned) == 1 and f"{rel} {why}" in warned[0] and warned[0].startswith("the export stage"), warned
+    assert "export: ONNX with parity checks" in caplog.text and "step 2: nbits (onnx)" not in caplog.text
+    redone = read_json(d / "manifest.json")["redone"]
+    assert [(r["stage"], r["stages"]) for r in redone] == [("export", ["export", "deploy"])]
+    assert any(rel in p and why in p for p in redone[0]["problems"])
+    _assert_same_as(ref, d)
+
+
+def test_restoring_a_run_with_a_changed_export_names_the_file(reference, tmp_path):
+    # restore hands out the export (the ORT runners of a re-benchmark): a changed one is refused as a step's is
+    from compresslab.models.loading import CheckpointError
+    from compresslab.pipeline import restore
+
+    _, ref = reference
+    d = shutil.copytree(ref, tmp_path / "run")
+    _change(d / "export" / "teacher" / "model.onnx")
+    with pytest.raises(CheckpointError, match=r"the export stage's files cannot be restored: "
+                                              r"export/teacher/model\.onnx changed after the export stage wrote it"):
         restore(d)

@@ -28,6 +28,7 @@ def _section(tmp_path: Path, monkeypatch, qdq: dict | None, export: bytes = b"",
     def fake_run(self, python, inputs=None):
         seen.update(self.models)
         seen["score"] = list(self.score)
+        seen["manifest"] = manifest  # the stage's record of the files it wrote
         return {"latency": {"b1xs16": {k: {"p50_ms": 1.0} for k in self.models}}, "versions": {}, "compile_s": {},
                 "logits": {}}
 
@@ -38,7 +39,8 @@ def _section(tmp_path: Path, monkeypatch, qdq: dict | None, export: bytes = b"",
                             task=SimpleNamespace(spec=SimpleNamespace(kind=TaskKind.CLASSIFICATION)),
                             model=SimpleNamespace(config=SimpleNamespace(vocab_size=100)))
     manifest = SimpleNamespace(data={"export": {"fp32": {"path": "export/model.onnx", "qdq": qdq},
-                                                "teacher_fp32": {"path": "export/teacher/model.onnx"}}})
+                                                "teacher_fp32": {"path": "export/teacher/model.onnx"}}},
+                               save=lambda: None)
     return deepsparse(state, tmp_path, manifest, threads=1), seen
 
 
@@ -70,7 +72,8 @@ def test_matmulinteger_adds_the_qat_codes_in_sparsemls_form(tmp_path, monkeypatc
     qat = _layer(tmp_path, rng.integers(-128, 128, size=(8, 4)).astype(np.int8), np.array(0.01, np.float32),
                  np.array(0, np.int8), 0.1, 128)
     quantized: list[str] = []
-    monkeypatch.setattr(P, "_quantized", lambda state, src, dst, s, run_dir, fmt: quantized.append(fmt) or dst)
+    monkeypatch.setattr(P, "_quantized",
+                        lambda state, src, dst, s, run_dir, fmt, manifest: quantized.append(fmt) or dst)
     section, models = _section(tmp_path, monkeypatch, {"int8_weights_zp0": 1}, qat.read_bytes(), int8=True,
                                int8_formats=["qdq", "matmulinteger"])
     path, engine = models["deepsparse_int8_matmulinteger"]
@@ -80,3 +83,4 @@ def test_matmulinteger_adds_the_qat_codes_in_sparsemls_form(tmp_path, monkeypatc
     assert "deepsparse_int8_matmulinteger" in models["score"]
     assert quantized == ["qdq", "matmulinteger"]  # the dense teacher in each format
     assert any(n.startswith("matmulinteger: MatMulInteger") for n in section["notes"])
+    assert "export/deepsparse/model_int8_matmulinteger.onnx" in models["manifest"].data["stage_files"]["bench"]
