@@ -161,7 +161,8 @@ BINARY_ORT_NOTE = ("ONNX Runtime has no 1-bit kernels: the binary model runs as 
                    "speed; 1 bit per weight is the packed checkpoint's storage, and FLOPs savings are theoretical")
 
 QDQ_NOTE = ("int8 QDQ model: deployed as the plain (unfused) graph, weights as int8 initializers with zero point 0 "
-            "feeding DequantizeLinear -> MatMul (the form sparse int8 engines such as DeepSparse pattern-match; ORT "
+            "feeding DequantizeLinear -> MatMul (SparseML's QAT layout before its MatMulInteger rewrite, which DeepSparse "
+            "needs for int8 kernels: bench.deepsparse.int8_formats=[matmulinteger]; ORT "
             "fuses each Q/DQ + MatMul into its int8 kernel at load); parity checked with ORT running the graph as ONNX "
             "defines it (graph optimization 'basic'), the int8-kernel run reported beside it (parity.int8_kernels)")
 

@@ -9,8 +9,8 @@ torch's exporter writes each frozen ``QDQLinear`` as::
 :func:`fold_weight_qdq` computes the weight's QuantizeLinear offline (exact: ONNX's
 ``saturate(round_half_even(W/Δ) + 0)``) and folds the Transpose into it, leaving
 ``int8 Wᵀ -> DequantizeLinear(Δ, 0) -> MatMul``: the layout ONNX Runtime's own static QDQ quantizer
-writes and SparseML's QAT exports use (DeepSparse reads int8 weights there, and the file is ~4x
-smaller). The activation side stays a QuantizeLinear/DequantizeLinear pair, which an engine fuses
+writes and SparseML's QAT exports use before their final rewrite (~4x smaller; DeepSparse 1.8 runs this
+form in float: :mod:`compresslab.export.matmul_integer` writes the integer form it runs in int8). The activation side stays a QuantizeLinear/DequantizeLinear pair, which an engine fuses
 into its int8 kernel. :func:`qdq_summary` describes what a graph holds (the tests and the export
 record use it).
 """

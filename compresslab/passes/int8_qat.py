@@ -2,9 +2,11 @@
 
 The oBERT paper's fast CPU models were int8 QAT exports (SparseML's QAT recipe): QuantizeLinear /
 DequantizeLinear on both inputs of every encoder MatMul, int8 weights per-tensor symmetric (zero point
-0, ``Δ = max|w|/127``), uint8 per-tensor activations with ranges observed during QAT. That is the
-file DeepSparse's sparse-int8 kernels pattern-match; ORT-quantized graphs of the same sparse model did
-not engage them (benchmarks/RESULTS.md, DeepSparse).
+0, ``Δ = max|w|/127``), uint8 per-tensor activations with ranges observed during QAT. SparseML then
+rewrote those QDQ MatMuls into ``MatMulInteger`` on uint8 weight codes, the form DeepSparse 1.8 runs with
+int8 kernels: it runs a QDQ graph's ``DequantizeLinear -> MatMul`` in float (``benchmarks/deepsparse_kernels.py``).
+``bench.deepsparse.int8_formats=[matmulinteger]`` times this export in that form
+(:mod:`compresslab.export.matmul_integer`), beside the QDQ file as exported.
 
 swap every targeted ``nn.Linear`` for a :class:`~compresslab.models.qdq.QDQLinear` (torch's own
 fake-quant ops, ``ops/qdq.py``) -> observe the input ranges on ``num_calibration`` train examples
@@ -57,8 +59,8 @@ class FreezeObservers:
 class Int8Qat:
     """Int8 QAT of the targeted Linears (QDQ: uint8 activations, int8 symmetric weights), with KD.
 
-    ``per_channel``: one weight scale per output row instead of per tensor (per-tensor is the format
-    DeepSparse's sparse int8 kernels take). ``averaging_constant``: the observers' moving-average
+    ``per_channel``: one weight scale per output row instead of per tensor (per-tensor is SparseML's QAT
+    format, the oBERT paper's). ``averaging_constant``: the observers' moving-average
     momentum. ``num_calibration``: train examples observed before QAT (0 = ranges from the first QAT
     batches). ``freeze_observer_step``: the optimizer step from which the activation ranges are fixed
     (null = half of ``recovery.steps``). ``recovery`` is the QAT (KD from the teacher; 0 steps =
