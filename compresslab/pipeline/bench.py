@@ -69,7 +69,8 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     vocab = int(getattr(state.model.config, "vocab_size", 100))
     ir = _deployed_ir(manifest, run_dir)
     # ``deployed`` is what the deploy stage chose: the ONNX file on ORT, or the OpenVINO IR; in the
-    # latter case the ONNX file it came from is still timed on ORT as ``deployed_onnx_ort``.
+    # latter case the pipeline's ONNX file (not always the IR's source) is still timed on ORT as
+    # ``deployed_onnx_ort``.
     files = {"ort_fp32": teacher_onnx(run_dir, manifest),
              "deployed_onnx_ort" if ir else "deployed": Path(state.onnx.onnx_path)}
     runners: dict[str, Any] = {name: OrtRunner(p, threads, vocab_size=vocab) for name, p in files.items()}
@@ -243,6 +244,18 @@ def _openvino_precision(runner: Any) -> str:
     return f"int8+{runner.compiled_precision}" if runner.int8 else str(runner.compiled_precision)
 
 
+def int8_ir_tail(ir: dict[str, Any], plain: Path, run_dir: Path) -> str:
+    """The end of the note on ``deployed_openvino_*`` when they run the deploy stage's int8 IR (``ir``:
+    ``export.openvino``) instead of the deployed ONNX file, whose plain graph is ``plain``: the IR is that file's
+    only when the deploy stage converted its plain twin; else it made the IR from ``ir["source"]``, the final
+    model's fp32 export (a static int8 of it), and the note names that file."""
+    source, method = ir.get("source"), ir.get("method", "compresslab")
+    if not source or (run_dir / source).resolve() == Path(plain).resolve():
+        return f": deployed_openvino_* run the int8 IR the deploy stage made of it ({ir['path']}, {method})."
+    return (f": deployed_openvino_* run the int8 IR the deploy stage made from {source}, not from it ({ir['path']}, "
+            f"{method}: a static int8 of that fp32 export).")
+
+
 def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, threads: int, vocab: int,
                       notes: list[str], deployed_ir: tuple[Path, str] | None = None
                       ) -> tuple[dict[str, Any], str | None]:
@@ -250,11 +263,12 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
     to skip.
 
     ``deployed_openvino_<p>``: the deployed file's plain twin when OpenVINO reads it, else the int8 IR the deploy
-    stage made of it (``export.openvino``, deploy.runtime=openvino|auto). When the deployed file is ORT-only
-    (dynamic int8 MatMulInteger, MatMulNBits) and no such IR exists, the cells are ``final_fp32_openvino_<p>``:
-    the final torch model's plain fp32 export, named so that no figure of it passes for the deployed file's. When
-    that file is the teacher's own (no torch pass changed the model) the model gets no cells of its own: a note
-    says ``openvino_*`` stand for them. Nor is ``deployed_openvino_<p>`` timed when it is the ``deployed`` cell
+    stage made (``export.openvino``, deploy.runtime=openvino|auto), the note naming its source: of an ORT-only
+    dynamic int8 file, that is the final model's fp32 export statically quantized, not the file itself. When the
+    deployed file is ORT-only (dynamic int8 MatMulInteger, MatMulNBits) and no such IR exists, the cells are
+    ``final_fp32_openvino_<p>``: the final torch model's plain fp32 export, named so that no figure of it passes for
+    the deployed file's. When that file is the teacher's own (no torch pass changed the model) the model gets no
+    cells of its own: a note says ``openvino_*`` stand for them. Nor is ``deployed_openvino_<p>`` timed when it is the ``deployed`` cell
     itself (``deployed_ir``: the IR deploy.runtime=openvino chose and the precision it compiled as; ``p`` resolved
     as the teacher's ``openvino_<p>`` compiled on this CPU).
     """
@@ -272,9 +286,8 @@ def _openvino_runners(state: RunState, run_dir: Path, manifest: RunManifest, thr
         head = f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)})"
         ir = manifest.data.get("export", {}).get("openvino") or {}
         if ir.get("int8") and ir.get("path") and (run_dir / ir["path"]).is_file():
+            tail = int8_ir_tail(ir, dep, run_dir)
             dep = run_dir / ir["path"]
-            tail = (f": deployed_openvino_* run the int8 IR the deploy stage made of it ({ir['path']}, "
-                    f"{ir.get('method', 'compresslab')}).")
         else:
             dep, prefix = plain_export(run_dir / manifest.data["export"]["fp32"]["path"]), "final_fp32_openvino"
             nbits = any(o.endswith(("MatMulNBits", "GatherBlockQuantized")) for o in bad)

@@ -212,9 +212,11 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         else:
             rec: dict[str, Any] = {"source": _rel(plain, run_dir), "int8": True, "notes": [
                 f"OpenVINO cannot read the deployed {_rel(deployed, run_dir)} (ops {', '.join(bad)}): our static QDQ "
-                f"calibration ({sum(len(f['input_ids']) for f in calibration())} train examples) of the plain fp32 "
-                f"export made the int8 IR" + ("; the int8 step's outlier split (fp32 side paths) is not in it"
-                                              if _outlier_split(deployed) else "")]}
+                f"calibration ({sum(len(f['input_ids']) for f in calibration())} train examples) of the final "
+                f"model's plain fp32 export {_rel(plain, run_dir)} made the int8 IR, not {_rel(deployed, run_dir)}: "
+                "a static int8 (activation scales calibrated once), another int8 method than that file's"
+                + ("; the int8 step's outlier split (fp32 side paths) is not in it" if _outlier_split(deployed)
+                   else "")]}
             try:
                 keep = fp32_matmuls(state.model, d.keep_fp32, plain) if d.keep_fp32 else []
                 xml, rec["quantization"] = ours_int8_ir_chosen(
@@ -248,7 +250,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
     if not ok:
         return {**cands[want[0]], "notes": notes + cands[want[0]]["notes"], "candidates": cands}
     # requested: the setting as given, beside the method chosen (int8_method), so no reader takes one for the other
-    chosen, choice = ok[0], {"rule": f"deploy.int8={d.int8}", "requested": d.int8, "candidates": ok}
+    chosen, choice = ok[0], {"rule": f"deploy.int8={d.int8}", "requested": d.int8, "candidates": ok,
+                             "n": len(validation.examples)}  # the count a reader weighs the agreements by
     if len(ok) > 1:
         scores = validation.agreement({k: run_dir / cands[k]["path"] for k in ok}, threads)
         key = validation.key

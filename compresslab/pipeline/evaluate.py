@@ -46,7 +46,7 @@ def score_torch(state: RunState, label: str) -> dict[str, Any]:
 
 def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> None:
     """Score teacher, final torch model, ort_fp32 and the deployed artifact on the eval split (an OpenVINO
-    IR when deploy chose it: then the ONNX file it came from is scored as ``deployed_onnx_ort``). ONNX files
+    IR when deploy chose it: then the pipeline's ONNX file is scored as ``deployed_onnx_ort``). ONNX files
     whose outputs depend on the batch (ORT dynamic int8) are also scored one sentence per call
     (``eval.batch_dependence``, on by default): ``batch_dependence.<label>`` in the section."""
     from compresslab.eval.evaluate import compare, onnx_forward, predict, torch_forward
@@ -97,7 +97,9 @@ def score_batch_dependence(forward: Any, path: Path, batched: Any, state: RunSta
                            label: str) -> dict[str, Any] | None:
     """For a file whose outputs depend on the batch (a dynamic per-call activation scale), its batch-1 scores
     against the batched ones (eval/batch_dependence.py); None for a file that depends on each sentence alone,
-    or when ``eval.batch_dependence`` is off."""
+    or when ``eval.batch_dependence`` is off. The per-call range spans every token of the call, pad positions
+    included, so the labels depend on the batchmates and on the padding: the record says how the batched score was
+    padded (``padding``: ``longest``, each batch to its longest sentence, as the eval loader pads)."""
     from compresslab.eval.batch_dependence import batch_dependence, batch_dependent_ops
 
     if not state.settings.eval.batch_dependence:
@@ -106,11 +108,14 @@ def score_batch_dependence(forward: Any, path: Path, batched: Any, state: RunSta
     if not ops:
         return None
     kw = _kw(state)
-    rec = {"ops": ops, **batch_dependence(forward, state.task.spec, state.eval_examples, state.tokenizer, batched,
-                                         batch_size=kw["batch_size"], max_length=kw["max_length"],
-                                         reference=state.scores.get("teacher_torch"))}
+    rec = {"ops": ops, "padding": "longest",
+           **batch_dependence(forward, state.task.spec, state.eval_examples, state.tokenizer, batched,
+                              batch_size=kw["batch_size"], max_length=kw["max_length"],
+                              reference=state.scores.get("teacher_torch"))}
     if rec.get("flips") or abs(rec["score_b1"] - rec["score_batched"]) >= 1e-4:
-        log.warning("eval: %s (%s) depends on the batch: score %.4f at batch %d, %.4f one sentence per call%s",
+        log.warning("eval: %s (%s) takes one dynamic activation range per call, over every token in it, padding "
+                    "included, so its labels depend on the other sentences of the batch and on how far it is padded: "
+                    "score %.4f at batch %d (padded to the longest sentence), %.4f one sentence per call%s",
                     label, ", ".join(ops), rec["score_batched"], rec["batch_size"], rec["score_b1"],
                     f"; {rec['flips']} of {rec['n']} labels differ" if "flips" in rec else "")
     return rec
@@ -128,8 +133,10 @@ def sizes(state: RunState, run_dir: Path, manifest: RunManifest) -> None:
 
     ``deployed`` is the artifact the run ships: the pipeline's ONNX file on ORT, or, when the deploy stage
     chose OpenVINO, its IR (``.xml`` + ``.bin`` bytes; an IR has no per-part breakdown here, so only
-    ``total``) with the ONNX file it came from as ``deployed_onnx``. An n-bit ONNX file deployed as an fp32
-    IR is as large as the IR, not as the file it was converted from.
+    ``total``; ``source``: the file the IR was made from) with the pipeline's ONNX file as ``deployed_onnx``,
+    which is not the IR's source when OpenVINO cannot read it (ORT's dynamic int8: the IR is then a static int8
+    of the final model's fp32 export). An n-bit ONNX file deployed as an fp32 IR is as large as the IR, not as
+    the file it was converted from.
     """
     from compresslab.export.size import onnx_size_breakdown
 
@@ -141,7 +148,8 @@ def sizes(state: RunState, run_dir: Path, manifest: RunManifest) -> None:
         b = onnx_size_breakdown(path)
         out[label] = {"encoder": b["encoder"], "total": b["file"], "embeddings": b["embeddings"], "head": b["head"]}
     if ir:
-        out["deployed"] = {"total": int(dep["size_bytes"]), "runtime": "openvino", "file": dep.get("path")}
+        out["deployed"] = {"total": int(dep["size_bytes"]), "runtime": "openvino", "file": dep.get("path"),
+                           "source": dep.get("source")}
     extra = [s.result.get("metrics", {}).get("size") for s in manifest.steps]
     for e in extra:  # passes that know a better deployed format (e.g. sparse bitmask + int8)
         if isinstance(e, dict):

@@ -43,9 +43,26 @@ def artifact_precision(rec: Mapping[str, Any]) -> str:
     return "fp32" if "exporter" in rec else DASH
 
 
-def _share(scores: Mapping[str, Any], key: str) -> str:
-    """``ort 95.31%, openvino 96.88%``: each candidate's validation figure."""
-    return ", ".join(f"{k} {pct(F.num(F.get(v, key)))}%" for k, v in scores.items())
+def _share(scores: Mapping[str, Any], key: str, n: Any = None) -> str:
+    """``validation agreement on 32 examples (one is 3.12 pt): ort 96.88% (31 of 32), openvino 100.00% (32 of
+    32)``: each candidate's validation figure, as a count too when ``n`` (the validation examples) is known, since a
+    choice on a few examples can turn on one of them."""
+    n = F.num(n)
+    if not n:
+        return f"validation {key}: " + ", ".join(f"{k} {pct(F.num(F.get(v, key)))}%" for k, v in scores.items())
+
+    def one(v: Any) -> str:
+        x = F.num(F.get(v, key))
+        return f"{pct(x)}%" + (f" ({round(x * n)} of {n:.0f})" if x is not None else "")
+
+    return (f"validation {key} on {n:.0f} examples (one is {100 / n:.2f} pt): "
+            + ", ".join(f"{k} {one(v)}" for k, v in scores.items()))
+
+
+def _validation_n(m: Mapping[str, Any], rec: Mapping[str, Any]) -> Any:
+    """How many validation examples a deploy choice (``rec``) was scored on: its own ``n``, else deploy=auto's (the
+    int8 choice scores the same validation examples); None in older manifests that recorded neither."""
+    return rec.get("n") if rec.get("n") is not None else F.get(m, "deploy", "auto", "n")
 
 
 def runtime_choice(m: Mapping[str, Any], detail: bool = True) -> str | None:
@@ -67,7 +84,7 @@ def runtime_choice(m: Mapping[str, Any], detail: bool = True) -> str | None:
             p50 = ", ".join(f"{k} {ms(F.num(v))} ms" for k, v in F.as_dict(auto.get("p50_ms")).items())
             tol = F.num(auto.get("tolerance"))
             within = f" (within {tol * 100:.2f} pt of ORT's)" if tol is not None else ""
-            text += (f" (validation {key}: {_share(F.as_dict(auto.get('validation')), key)}; eligible{within}: "
+            text += (f" ({_share(F.as_dict(auto.get('validation')), key, auto.get('n'))}; eligible{within}: "
                      f"{', '.join(map(str, auto.get('eligible') or [])) or DASH}; the faster at "
                      f"{plain(auto.get('shape'))}: {p50}"
                      + ("; timed on a BUSY machine" if auto.get("busy") else "") + ")")
@@ -92,7 +109,8 @@ def int8_choice(m: Mapping[str, Any]) -> str | None:
     scores = F.as_dict(choice.get("validation"))
     if scores:
         key = str(choice.get("agreement_key") or "agreement")
-        return text + f": chose {method} (validation {key}: {_share(scores, key)}; the higher wins, a tie keeps ours)"
+        return (text + f": chose {method} ({_share(scores, key, _validation_n(m, choice))}; the higher wins, a tie "
+                       "keeps ours)")
     return text + f": {method}, the only candidate made (the deploy notes say why)"
 
 
@@ -197,7 +215,8 @@ def export_section(m: Mapping[str, Any]) -> list[Block]:
     rows = []
     for name, v in ((n, F.as_dict(x)) for n, x in exp.items()):
         label = str(v.get("label") or name)
-        rows.append([name if label == name else f"{name} ({label})", plain(F.run_relative(v.get("path"), m)),
+        shown = F.deployed_label(m) if name == "deployed" else name if label == name else f"{name} ({label})"
+        rows.append([shown, plain(F.run_relative(v.get("path"), m)),
                      artifact_precision(v), mb(F.num(v.get("size_bytes"))), plain(v.get("exporter")),
                      plain(v.get("fused_attention_nodes"))])
     out.append(Table(["artifact", "path", "precision", "size (MB)", "exporter", "fused attention nodes"], rows))

@@ -92,6 +92,36 @@ def step_label(s: Mapping[str, Any]) -> str:
     return f"{label} ({pname})" if pname and pname != name else label
 
 
+# what a torch step's model.safetensors holds when the pass also wrote a smaller format of the model
+_CHECKPOINT_KIND = {"packed_nbits": "fp32 fake-quant", "packed_binary": "fp32 fake-quant", "sparse_int8": "fp32"}
+
+
+def step_formats(s: Mapping[str, Any]) -> dict[str, float]:
+    """``{format: total bytes}`` of the checkpoint formats a step wrote beside its dense file (``result.formats``
+    with a size in the pass's ``result.metrics.size``: hawq's ``packed_nbits``, oBERT's ``sparse_int8``)."""
+    size = as_dict(get(s, "result", "metrics", "size"))
+    formats = get(s, "result", "formats")
+    return {f: b for f in (formats if isinstance(formats, list) else [])
+            if isinstance(f, str) and (b := num(get(size, f, "total"))) is not None}
+
+
+def step_file_kind(s: Mapping[str, Any]) -> str | None:
+    """What the step's ``size_bytes`` file is, when the pass wrote a smaller format beside it: a quantizing torch
+    step's model.safetensors holds fp32 fake-quant weights (larger than the fp32 teacher: its scales come along),
+    a pruning step's fp32 weights with the zeros stored; None for a step with no other format."""
+    kinds = [_CHECKPOINT_KIND.get(f, "fp32") for f in step_formats(s)]
+    return ("fp32 fake-quant" if "fp32 fake-quant" in kinds else kinds[0]) if kinds else None
+
+
+def final_torch_kind(m: Mapping[str, Any]) -> str | None:
+    """:func:`step_file_kind` of the last torch step with a size: what ``torch_final``'s size is the size of."""
+    if num(get(m, "eval", "models", "torch_final", "size_bytes")) is not None:  # sized by eval: not a step's file
+        return None
+    done = [s for s in steps(m)
+            if s.get("stage", "torch") == "torch" and num(get(s, "metrics_after", "size_bytes")) is not None]
+    return step_file_kind(done[-1]) if done else None
+
+
 def binary_model(m: Mapping[str, Any]) -> bool:
     """Whether the final model is binarized (a step left binary modules, or the export says so):
     drives the no-1-bit-kernels note."""
@@ -196,6 +226,17 @@ def run_load(m: Mapping[str, Any]) -> dict[str, Any]:
             "busy_windows": len(busy)}
 
 
+def isa(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded ISA flags, ``{flag: present}`` ({} when none were recorded)."""
+    hw = as_dict(m.get("hardware"))
+    return as_dict(hw.get("isa")) or as_dict(get(hw, "cpu", "isa"))
+
+
+def isa_have(m: Mapping[str, Any]) -> str:
+    """The ISA flags the CPU has (``avx2, avx512_vnni, ...``), "" when none were recorded: named beside a speed."""
+    return ", ".join(k for k, v in isa(m).items() if v)
+
+
 @dataclass
 class ModelRow:
     """Everything the headline table and the score/latency plot show for one model."""
@@ -248,8 +289,29 @@ def _size_of(m: Mapping[str, Any], key: str) -> float | None:
 def is_dense_teacher_cell(key: str) -> bool:
     """Whether a headline row is the dense teacher on a runtime (bench's baselines: ``ort_fp32``, ``ort_int8`` = ORT's
     one-call int8 of the teacher, ``torch_fp32``, ``openvino_<precision>``), not this run's model: labelled so, since
-    the deploy label can be the same word (``deployed (ort_int8)`` beside the teacher's ``ort_int8``)."""
+    the deploy label can be the same word (the deployed ``ort_int8`` file beside the teacher's ``ort_int8``)."""
     return key in ("ort_fp32", "ort_int8", "torch_fp32") or key.startswith("openvino_")
+
+
+def deployed_label(m: Mapping[str, Any]) -> str:
+    """The deployed artifact's name in every table and plot: ``deployed_`` + its deploy label (``deployed_ort_int8``,
+    ``deployed_openvino_int8``), never the bare deploy label, which can be a dense baseline's name (an int8 pipeline's
+    file is deployed as ``ort_int8``, and bench's ``ort_int8`` is the teacher's ORT int8). ``deployed`` when the
+    manifest records no label; ``deployed (<label>)`` when the prefixed name is another cell's. The manifest keeps
+    ``export.deployed.label`` as recorded (benchmarks read it)."""
+    label = get(m, "export", "deployed", "label")
+    if not isinstance(label, str) or not label:
+        return "deployed"
+    name = label if label.startswith("deployed") else f"deployed_{label}"
+    cells = {*as_dict(get(m, "eval", "models")), *as_dict(get(m, "bench", "latency")),
+             *as_dict(get(m, "bench", "scores"))}
+    return f"deployed ({label})" if name in cells else name
+
+
+def cell_label(m: Mapping[str, Any], key: str) -> str:
+    """A scored or timed cell's name in tables: the deployed artifact's :func:`deployed_label`, every other cell
+    its key."""
+    return deployed_label(m) if key == "deployed" else key
 
 
 def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
@@ -262,11 +324,9 @@ def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
     bench_scores = as_dict(get(m, "bench", "scores"))  # OpenVINO cells and ort_int8, scored by bench on the same split
     keys = list(dict.fromkeys([*evals, *lat]))
     keys.sort(key=lambda k: (MODEL_ORDER.index(k) if k in MODEL_ORDER else len(MODEL_ORDER), k))
-    deployed_as = get(m, "export", "deployed", "label")
     rows = []
     for k in keys:
-        label = (f"deployed ({deployed_as})" if k == "deployed" and deployed_as else
-                 f"{k} (dense teacher)" if is_dense_teacher_cell(k) else k)
+        label = f"{k} (dense teacher)" if is_dense_teacher_cell(k) else cell_label(m, k)
         e = as_dict(evals.get(k)) or as_dict(bench_scores.get(k))
         row = ModelRow(k, label, num(e.get("score")), num(e.get("agreement")),
                        num(e.get("mcnemar_p")), _size_of(m, k))

@@ -69,15 +69,33 @@ def score_vs_latency(m: Mapping[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def size_per_step(m: Mapping[str, Any]) -> bytes | None:
-    """Model size after each step, then the exported artifacts, in MB (10^6 bytes)."""
+def export_kind(rec: Mapping[str, Any]) -> str:
+    """``IR`` for an OpenVINO IR (``.xml`` + ``.bin``), ``onnx`` for an ONNX file: an ``export.*`` record's format."""
+    return "IR" if str(rec.get("path") or "").endswith(".xml") else "onnx"
+
+
+def size_bars(m: Mapping[str, Any]) -> list[tuple[str, float, str]]:
+    """The bars of :func:`size_per_step`, ``(label, MB, colour)``: each step's file (named for what it is when the
+    pass wrote a smaller format too, and that format beside it), then every exported file, labelled by its format
+    (``onnx``, ``IR``) and its name in the tables (the deployed file as ``deployed_<label>``, never a name a dense
+    baseline has)."""
     bars: list[tuple[str, float, str]] = []
     for s in F.steps(m):
         if (b := F.num(F.get(s, "metrics_after", "size_bytes"))) is not None:
-            bars.append((F.step_label(s), b / 1e6, _COLORS[0]))
+            kind = F.step_file_kind(s)  # a 4-bit step's fp32 fake-quant file is no 4-bit size
+            bars.append((F.step_label(s) + (f" ({kind})" if kind else ""), b / 1e6, _COLORS[0]))
+        for fmt, b in F.step_formats(s).items():
+            bars.append((f"{F.step_label(s)} {fmt}", b / 1e6, _COLORS[2]))
     for name, v in F.as_dict(F.get(m, "export")).items():
         if (b := F.num(F.get(v, "size_bytes"))) is not None:
-            bars.append((f"onnx {F.get(v, 'label') or name}", b / 1e6, _COLORS[1]))
+            label = F.deployed_label(m) if name == "deployed" else str(F.get(v, "label") or name)
+            bars.append((f"{export_kind(v)} {label}", b / 1e6, _COLORS[1]))
+    return bars
+
+
+def size_per_step(m: Mapping[str, Any]) -> bytes | None:
+    """Model size after each step, then the exported artifacts, in MB (10^6 bytes)."""
+    bars = size_bars(m)
     if not bars:
         return None
     fig = new_figure(max(6.0, 0.9 * len(bars) + 2), 4.2)
@@ -86,7 +104,7 @@ def size_per_step(m: Mapping[str, Any]) -> bytes | None:
     ax.bar_label(cont, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("size (MB)")
-    ax.set_title("Size after each step (blue) and exported files (orange)")
+    ax.set_title("Size after each step (blue), formats a step also wrote (green), exported files (orange)")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 

@@ -9,7 +9,6 @@ per model and shape.
 
 from __future__ import annotations
 
-import math
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -18,19 +17,20 @@ import yaml
 
 from compresslab.failure import stop_summary
 from compresslab.report import facts as F
-from compresslab.report.export import deploy_choice, export_section
+from compresslab.report.export import export_section
 from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
 from compresslab.report.redone import redone_section
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
 from compresslab.report.speed import busy_banner, speed_section
 from compresslab.report.selection import selection_section
+from compresslab.report.summary import OVER, ir_origin, over_tolerance, serving_scores
+from compresslab.report.summary import summary as _summary
 from compresslab.report.targets import speedup_targets
 
 # Sections a finished run has; listed as missing at the top of the report when absent.
 EXPECTED = ("steps", "export", "eval", "size", "bench", "hardware", "versions", "config")
 # Wider tables do not fit a page (or a terminal showing report.md); tests hold every table to it.
 MAX_COLUMNS = 10
-OVER = " ⚠"  # marks a score drop beyond the tolerance (eval.max_drop) in a table cell
 # Step and export names of the dense ONNX files, as opposed to checkpoint formats a pass measured.
 ONNX_SIZES = ("ort_fp32", "deployed", "deployed_onnx")  # deployed: an OpenVINO IR when deploy chose one
 
@@ -69,79 +69,6 @@ def _delta(r: F.ModelRow, teacher: float | None) -> float | None:
     return r.score - teacher if r.score is not None and teacher is not None else None
 
 
-def over_tolerance(delta: float | None, tolerance: float) -> bool:
-    """Whether a score change is a drop larger than the tolerance (a gain never is)."""
-    return delta is not None and -delta > tolerance + 1e-12
-
-
-def standard_error(m: Mapping[str, Any]) -> float | None:
-    """One standard error of the teacher's accuracy on the eval split (None for other metrics):
-    how far apart two scores must be before they mean anything (MEASURE.md "Scores and noise")."""
-    p, n = F.teacher_score(m), F.num(F.get(m, "eval", "n"))
-    if F.get(m, "eval", "primary_metric") != "accuracy" or p is None or not n:
-        return None
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
-
-
-def _summary(m: Mapping[str, Any]) -> list[Block]:
-    """The first look: what was deployed, how much score it lost, and how much faster and smaller it is."""
-    rows = {r.key: r for r in F.model_rows(m)}
-    dep, teacher = rows.get("deployed"), F.teacher_score(m)
-    if dep is None or dep.score is None or teacher is None:
-        return []
-    tol = F.max_drop(m)
-    metric = F.get(m, "eval", "primary_metric") or "score"
-    split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
-    delta = _delta(dep, teacher)
-    within = "over" if over_tolerance(delta, tol) else "within"
-    items = [f"Score: {pct(dep.score)}% {metric} on {split}{f' ({n} examples)' if n else ''}, "
-             f"{pt(delta)} pt against the teacher's {pct(teacher)}%: {within} the tolerance of {tol * 100:.2f} pt "
-             f"(eval.max_drop={plain(tol)})."]
-    if dep.agreement is not None:
-        items.append(f"Agreement: the deployed model predicts what the teacher predicts on "
-                     f"{pct(dep.agreement, 1)}% of the examples"
-                     + (f" (McNemar p = {plain(dep.mcnemar_p)}: "
-                        f"{'a real difference' if dep.mcnemar_p < 0.05 else 'not a significant difference'})."
-                        if dep.mcnemar_p is not None else "."))
-    if (se := standard_error(m)) is not None:
-        items.append(f"Noise: one standard error of accuracy on these {n} examples is ±{se * 100:.1f} pt; "
-                     "smaller differences are within noise.")
-    shape = F.big_shape(F.shape_keys(m))
-    denom = F.get(m, "bench", "denominator") or "ort_fp32"
-    if shape and shape in dep.speedup:
-        best = F.get(m, "bench", "best_dense", shape, "runner")
-        text = (f"Speed (> 1x: faster): {times(dep.speedup[shape])} {F.denominator_text(denom)} ({denom}) "
-                f"at {shape}{f' on a CPU with {isa}' if (isa := _isa_have(m)) else ''}")
-        if shape in dep.speedup_best:
-            text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
-            if best is not None and best == F.get(m, "bench", "deployed_same_file_as"):
-                text += " (the deployed file itself, byte for byte: the gap is noise)"
-        items.append(text + ".")
-    ref = rows.get("ort_fp32")
-    if dep.size_bytes and ref is not None and ref.size_bytes:
-        items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
-                     f"export ({times(ref.size_bytes / dep.size_bytes)} smaller).")
-    if choice := deploy_choice(m):  # what the user set beside what an ``auto`` chose
-        items.insert(0, f"Deploy: {choice}.")
-    label = F.get(m, "export", "deployed", "label")
-    out: list[Block] = [Heading("Summary"),
-                        Para(f"Deployed: {plain(label or 'deployed')}, "
-                             f"{plain(F.run_relative(F.get(m, 'export', 'deployed', 'path'), m))}."),
-                        Bullets(items)]
-    notes = F.get(m, "deploy", "notes")
-    notes = [str(n) for n in notes] if isinstance(notes, list) else [str(notes)] if notes else []
-    if notes:  # why the deployed runtime is not the one asked for, an IR made from another file, ...
-        requested = F.get(m, "deploy", "requested")
-        out += [Para(f"Deploy notes (deploy.runtime={plain(requested)}):"
-                     if requested else "Deploy notes:"), Bullets(notes)]
-    if over_tolerance(delta, tol):
-        out.append(Para(f"The deployed model is {-delta * 100:.2f} pt below the teacher, more than the tolerance "
-                        f"of {tol * 100:.2f} pt. Give the passes more recovery (e.g. budget=bench), choose a milder "
-                        "setting (lower sparsity or speedup), or set eval.max_drop to the drop you accept.",
-                        kind="warn"))
-    return out
-
-
 def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     out: list[Block] = [Heading("Headline")]
     rows = F.model_rows(m)
@@ -165,11 +92,19 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         if over_tolerance(delta, tol):
             flagged.append(r.label)
         cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""), pct(r.agreement)]
-        cells += [plain(r.mcnemar_p)] * with_p + [mb(r.size_bytes)] + [plain(r.precision)] * with_prec
+        size = mb(r.size_bytes) + (f" ({kind})" if r.key == "torch_final" and (kind := F.final_torch_kind(m)) else "")
+        cells += [plain(r.mcnemar_p)] * with_p + [size] + [plain(r.precision)] * with_prec
         if shape:
             cells += [ms(r.p50_ms.get(shape)), times(r.speedup.get(shape))]
             cells += [times(r.speedup_best.get(shape))] * with_best
         table.append(cells)
+        for s in serving_scores(m, r.key)[1:]:  # a batch-dependent file's other serving mode: judged the same
+            d = s.score - teacher if teacher is not None else None
+            label = f"{r.label} {s.mode}"
+            if over_tolerance(d, tol):
+                flagged.append(label)
+            table.append([label, pct(s.score), pt(d) + (OVER if over_tolerance(d, tol) else ""), pct(s.agreement)]
+                         + [DASH] * (len(headers) - 4))
     n, _ = F.threads(m)
     caption = (f"Δ in points (0.01) against teacher_torch;{OVER} marks a drop over the tolerance "
                f"eval.max_drop = {tol * 100:.2f} pt. Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
@@ -179,8 +114,11 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     if with_best:
         caption += (" best_dense = the fastest dense teacher over every enabled backend and precision. The rows "
                     "teacher_torch, ort_fp32, ort_int8, openvino_<precision> and torch_fp32 are the dense teacher; "
-                    "deployed (with its deploy label), deployed_*, final_fp32_* and torch_final are this run's "
-                    "model.")
+                    f"{F.deployed_label(m)} (the file the run ships), deployed_*, final_fp32_* and torch_final are "
+                    "this run's model.")
+    if any(len(serving_scores(m, r.key)) > 1 for r in rows):
+        caption += (" A file whose labels depend on the batch (activations quantized per call) has a second row, "
+                    "scored one sentence per call: the tolerance judges both.")
     out.append(Table(headers, table, caption))
     if flagged:
         out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",
@@ -212,11 +150,17 @@ def _steps(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
                      pct(F.num(F.get(s, "metrics_before", "score"))),
                      pct(F.num(after.get("score"))),
                      pct(F.num(after.get("agreement"))), count(F.num(after.get("params"))),
-                     mb(F.num(after.get("size_bytes"))), pct(sp, 1) if sp is not None else DASH])
+                     _step_size(s), pct(sp, 1) if sp is not None else DASH])
     headers = ["step", "stage", "status", "wall time", "score before (%)", "score after (%)",
                "agreement (%)", "params", "size (MB)", "sparsity (%)"]
-    out.append(Table(headers, rows, "Scores here are the passes' own evaluation "
-                                    "(torch, before export); the headline scores the export."))
+    caption = ("Scores here are the passes' own evaluation (torch, before export); the headline scores the export. "
+               "Size: the step's file on disk (a torch step's model.safetensors, an ONNX step's graph), with the "
+               "formats a pass also wrote beside it.")
+    if (origin := ir_origin(m, brief=True)) is not None and origin[1]:
+        onnx = F.run_relative(F.get(m, "export", "deployed", "onnx_path"), m)
+        caption += (f" The deployed file is no step's: {F.deployed_label(m)} was {origin[0]}, not from {onnx} (the "
+                    "Summary says more).")
+    out.append(Table(headers, rows, caption))
     out += [Image(n, n[:-4].replace("_", " ")) for n in
             ("size_per_step.png", "layer_sparsity.png", "structure.png") if n in plots]
     out.append(Heading("Skipped modules", 3))
@@ -226,7 +170,19 @@ def _steps(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     return out
 
 
-def _size_table(sizes: Mapping[str, Any], ref: str | None, caption: str) -> Table:
+def _step_size(s: Mapping[str, Any]) -> str:
+    """A step's size cell: its file's MB, and when the pass wrote a smaller format beside it, what that file is and
+    the format's size (a 4-bit step's fp32 fake-quant safetensors is no 4-bit size: ``91.7 (fp32 fake-quant;
+    packed_nbits 54.1)``)."""
+    size = mb(F.num(F.get(s, "metrics_after", "size_bytes")))
+    kind, formats = F.step_file_kind(s), F.step_formats(s)
+    if kind is None or size == DASH:
+        return size
+    return f"{size} ({kind}; " + ", ".join(f"{k} {mb(v)}" for k, v in formats.items()) + ")"
+
+
+def _size_table(sizes: Mapping[str, Any], ref: str | None, caption: str,
+                names: Mapping[str, str] | None = None) -> Table:
     """format | encoder | total | ratios against ``ref`` (a row of ``sizes``) | embeddings | head."""
     ref_e, ref_t = F.num(F.get(sizes, ref, "encoder")), F.num(F.get(sizes, ref, "total"))
 
@@ -236,10 +192,23 @@ def _size_table(sizes: Mapping[str, Any], ref: str | None, caption: str) -> Tabl
     rows = []
     for fmt_name, v in sizes.items():
         enc, tot = F.num(F.get(v, "encoder")), F.num(F.get(v, "total"))
-        rows.append([fmt_name, mb(enc), mb(tot), ratio(enc, ref_e), ratio(tot, ref_t),
+        rows.append([(names or {}).get(fmt_name, fmt_name), mb(enc), mb(tot), ratio(enc, ref_e), ratio(tot, ref_t),
                      mb(F.num(F.get(v, "embeddings"))), mb(F.num(F.get(v, "head")))])
     return Table(["format", "encoder (MB)", "total (MB)", f"{ref or DASH}/x encoder", f"{ref or DASH}/x total",
                   "embeddings (MB)", "head (MB)"], rows, caption)
+
+
+def _deployed_files(m: Mapping[str, Any]) -> str:
+    """The caption of the deployed files' sizes: what each row is, an IR's true source included."""
+    label = F.deployed_label(m)
+    text = f"Deployed files: ort_fp32 is the dense teacher's export, {label} the file the run ships"
+    if F.get(m, "export", "deployed", "runtime") == "openvino":
+        origin = ir_origin(m, brief=True)
+        onnx = F.run_relative(F.get(m, "export", "deployed", "onnx_path"), m)
+        text += (": an OpenVINO IR (.xml + .bin: total only)" + (f", {origin[0]}" if origin else "")
+                 + f"; deployed_onnx is the pipeline's ONNX file{f' {onnx}' if onnx else ''}"
+                 + (", which the IR was not made from" if origin and origin[1] else ""))
+    return text + ". On-disk bytes; the encoder excludes embeddings and the head, the total is the whole file."
 
 
 def _size(m: Mapping[str, Any]) -> list[Block]:
@@ -252,11 +221,8 @@ def _size(m: Mapping[str, Any]) -> list[Block]:
     onnx = {k: v for k, v in size.items() if k in ONNX_SIZES}
     out: list[Block] = [Heading("Size")]
     if onnx:
-        out.append(_size_table(onnx, "ort_fp32" if "ort_fp32" in onnx else None,
-                               "Deployed files: ort_fp32 is the dense teacher's export, deployed the file the run "
-                               "ships (an OpenVINO IR when the deploy stage chose OpenVINO: total only, with "
-                               "deployed_onnx the ONNX file it came from). On-disk bytes; the encoder excludes "
-                               "embeddings and the head, the total is the whole file."))
+        out.append(_size_table(onnx, "ort_fp32" if "ort_fp32" in onnx else None, _deployed_files(m),
+                               {"deployed": F.deployed_label(m)}))
     by_step: dict[str, dict[str, Any]] = {}
     for s in F.steps(m):
         for k in F.as_dict(F.get(s, "result", "metrics", "size")):
@@ -343,25 +309,44 @@ def _binary_notes(m: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+# how the eval pads a batch (``eval.batch_dependence.<cell>.padding``; records without it were padded so too)
+_PADDING = {"longest": "each batch padded to its longest sentence"}
+
+
 def _batch_dependence_notes(m: Mapping[str, Any]) -> list[str]:
-    """One note per scored file whose outputs depend on the batch (eval.batch_dependence): its score one
-    sentence per call beside the batched one, and how many labels differ."""
+    """One note per scored file whose outputs depend on the batch (eval.batch_dependence): why (one dynamic
+    activation range per call, over the batchmates and the padding), its score one sentence per call beside the
+    batched one, and how many labels differ."""
     notes = []
     for label, rec in (F.as_dict(F.get(m, "eval", "batch_dependence")) or {}).items():
         rec = F.as_dict(rec)
         flips = rec.get("flips")
         differ = (f"; {count(flips)} of {count(rec.get('n'))} predicted labels differ" if flips is not None else "")
         ops = ", ".join(map(str, rec.get("ops") or []))
-        notes.append(f"{label} quantizes activations with one scale per call ({ops}), "
-                     f"so its predictions depend on the batchmates: score {pct(F.num(rec.get('score_batched')))} at "
-                     f"batch {plain(rec.get('batch_size'))}, {pct(F.num(rec.get('score_b1')))} one sentence per "
-                     f"call{differ}.")
+        padding = str(rec.get("padding") or "longest")
+        notes.append(f"{F.cell_label(m, label)} quantizes activations with one scale per call ({ops}): that dynamic "
+                     "range is taken over every token of every sentence in the call, padding positions included, so "
+                     "its labels depend on what else is in the batch and how far the batch is padded. Score "
+                     f"{pct(F.num(rec.get('score_batched')))} at batch {plain(rec.get('batch_size'))} "
+                     f"({_PADDING.get(padding, f'padding: {padding}')}), {pct(F.num(rec.get('score_b1')))} one "
+                     f"sentence per call (no padding){differ}. A server that batches otherwise, or pads to a fixed "
+                     "length, gets other labels again.")
     return notes
+
+
+def _ir_source_named(note: str, m: Mapping[str, Any]) -> str:
+    """A bench note with the deployed IR's true source: versions before it was named wrote that the deploy stage made
+    the int8 IR "of" the pipeline's ONNX file even when it made it from the final model's fp32 export."""
+    origin, src = ir_origin(m), F.run_relative(F.get(m, "export", "deployed", "source"), m)
+    old = "the int8 IR the deploy stage made of it ("
+    if origin is None or not origin[1] or not src or old not in note:
+        return note
+    return note.replace(old, f"the int8 IR the deploy stage made from {src}, not from it (")
 
 
 def _notes(m: Mapping[str, Any]) -> list[Block]:
     busy = bool(F.run_load(m).get("busy"))  # said once, in the banner at the top
-    notes = [str(n) for n in (F.get(m, "bench", "notes") or [])
+    notes = [_ir_source_named(str(n), m) for n in (F.get(m, "bench", "notes") or [])
              if n and not (busy and str(n).startswith("MACHINE BUSY"))]
     notes += _binary_notes(m)
     notes += _batch_dependence_notes(m)
@@ -373,17 +358,6 @@ def _notes(m: Mapping[str, Any]) -> list[Block]:
     return [Heading("Notes"), Bullets(notes)] if notes else []
 
 
-def _isa(m: Mapping[str, Any]) -> dict[str, Any]:
-    """The recorded ISA flags, ``{flag: present}`` ({} when none were recorded)."""
-    hw = F.as_dict(m.get("hardware"))
-    return F.as_dict(hw.get("isa")) or F.as_dict(F.get(hw, "cpu", "isa"))
-
-
-def _isa_have(m: Mapping[str, Any]) -> str:
-    """The ISA flags the CPU has (``avx2, avx512_vnni, ...``), "" when none were recorded: named beside a speed."""
-    return ", ".join(k for k, v in _isa(m).items() if v)
-
-
 def _hardware_rows(m: Mapping[str, Any]) -> list[list[str]]:
     """The hardware record as one fact per row: ISA flags as one line, library versions left to the
     versions table, and the thread count the run really used."""
@@ -393,7 +367,7 @@ def _hardware_rows(m: Mapping[str, Any]) -> list[list[str]]:
         if "isa" in key.split("."):  # one summary row below
             continue
         rows.append([key, plain(v)])
-    isa = _isa(m)
+    isa = F.isa(m)
     if isa:
         have = [k for k, v in isa.items() if v]
         lack = [k for k, v in isa.items() if not v]

@@ -42,12 +42,20 @@ def _load_line(load: Mapping[str, Any]) -> Para | None:
     verdict = "BUSY" if load.get("busy") else "quiet"
     text = (f"Machine load while timing: {verdict}. Other processes used {plain(before.get('other_cpu'))} CPU s per s "
             f"before timing and up to {plain(during.get('max_other_cpu'))} during it (threshold "
-            f"{plain(load.get('threshold_other_cpu'))}; 1-minute load average {plain(F.get(during, 'loadavg'))}).")
+            f"{plain(load.get('threshold_other_cpu'))}; {loadavg_text(F.get(during, 'loadavg'))}).")
     if F.num(spread.get("max")) is not None:
         text += (f" Widest spread of repeated runs (p90 − p50) / p50: {pct(F.num(spread.get('max')), 0)}% "
                  f"({plain(spread.get('runner'))} at {plain(spread.get('shape'))})"
                  f"{', noisy' if spread.get('noisy') else ''}.")
     return Para(text, kind="warn" if load.get("busy") else "text")
+
+
+def loadavg_text(v: Any) -> str:
+    """A recorded load average in words: the OS's 1/5/15-minute triple (``machine_load.loadavg``) named as such, so
+    the three figures do not read as one 1-minute value; a single figure (older records) as the 1-minute one."""
+    if isinstance(v, list | tuple) and len(v) == 3:
+        return f"load average over 1, 5 and 15 minutes {plain(list(v))}"
+    return f"1-minute load average {plain(v)}" if F.num(v) is not None else f"load average {plain(v)}"
 
 
 def _latency(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
@@ -57,7 +65,7 @@ def _latency(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
     for model, per in F.as_dict(bench.get("latency")).items():
         r = rows_by_key.get(model)
         for shape, v in F.as_dict(per).items():
-            rows.append([model, plain(prec.get(model)), shape, ms(F.num(F.get(v, "p50_ms"))),
+            rows.append([F.cell_label(m, model), plain(prec.get(model)), shape, ms(F.num(F.get(v, "p50_ms"))),
                          ms(F.num(F.get(v, "p90_ms"))), rate(F.num(F.get(v, "throughput"))),
                          times(r.speedup.get(shape) if r else None),
                          times(r.speedup_best.get(shape) if r else None),
@@ -82,7 +90,7 @@ def _real_length(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None
     for model, v in sec.items():
         v = F.as_dict(v)
         n_batches = len(v["p50_ms"]) if isinstance(v.get("p50_ms"), list) else None
-        rows.append([model, plain(prec.get(model)), rate(F.num(v.get("sentences_per_s"))),
+        rows.append([F.cell_label(m, model), plain(prec.get(model)), rate(F.num(v.get("sentences_per_s"))),
                      plain(F.num(v.get("total_wall_s"))), plain(n_batches), times(F.num(spd.get(model))),
                      times(F.num(best.get(model)))])
     cfg = F.as_dict(F.get(m, "config", "bench"))
@@ -105,7 +113,8 @@ def _load(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
     for model, v in sec.items():
         v = F.as_dict(v)
         peak, base = F.num(v.get("peak_rss_mb")), F.num(v.get("baseline_rss_mb"))
-        rows.append([model, plain(F.run_relative(v.get("model"), m) or F.run_relative(files.get(model), m)),
+        rows.append([F.cell_label(m, model),
+                     plain(F.run_relative(v.get("model"), m) or F.run_relative(files.get(model), m)),
                      mb(F.num(v.get("bytes"))), ms(_ms(F.num(v.get("load_s")))), ms(F.num(v.get("first_run_ms"))),
                      rate(peak), rate(peak - base if peak is not None and base is not None else None)])
         for k in ("provider", "threads", "shape"):
@@ -167,8 +176,8 @@ def speed_section(m: Mapping[str, Any]) -> list[Block]:
     out.append(Para(f"Threads: {plain(n)} ({source}). Reference (×): {plain(denom)}, {F.denominator_text(denom)}. "
                     f"best_dense: the fastest dense teacher over every backend and precision timed here "
                     f"({best or DASH}): a speed a user gets without compressing. The rows ort_fp32, ort_int8, "
-                    f"openvino_<precision> and torch_fp32 time the dense teacher; deployed, deployed_* and "
-                    f"final_fp32_* time this run's model."))
+                    f"openvino_<precision> and torch_fp32 time the dense teacher; {F.deployed_label(m)} (the file the "
+                    f"run ships), deployed_* and final_fp32_* time this run's model."))
     if (line := _load_line(F.machine_load(m))) is not None:
         out.append(line)
     for table in (_latency(bench, m), _real_length(bench, m), _load(bench, m)):

@@ -2,8 +2,9 @@
 
 The manifests are real: ``tests/unit/report/runs/*.json`` were written by smoke runs of the tiny
 BERT (``debug=smoke model=local``, bench with real lengths and the load probe) on this code, one
-of them timed on a busy machine and one killed by an error; their absolute paths were rewritten to
-another user's home, as a manifest copied from another machine has them.
+of them timed on a busy machine and one killed by an error; ``int8_openvino_smoke`` (``task=generic
+deploy=openvino deploy.int8=auto``) deploys the int8 IR the deploy stage made of the fp32 export. Their
+absolute paths were rewritten to another user's home, as a manifest copied from another machine has them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 RUNS = Path(__file__).resolve().parents[1] / "unit" / "report" / "runs"
 FULL = Path(__file__).resolve().parents[1] / "unit" / "report" / "manifest_full.json"
-FIXTURES = ("obert_int8_smoke", "int8_smoke", "magnitude_int8_busy", "magnitude_int8_failed")
+FIXTURES = ("obert_int8_smoke", "int8_smoke", "magnitude_int8_busy", "magnitude_int8_failed",
+            "int8_openvino_smoke")
 
 
 def manifest(name: str) -> dict[str, Any]:

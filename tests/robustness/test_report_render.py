@@ -70,7 +70,7 @@ def texts(doc: Document) -> list[str]:
 def test_real_length_table_is_one_summary_row_per_model(observe) -> None:
     t = table(doc_of(manifest("obert_int8_smoke")), "Real token lengths")
     assert t.headers == ["model", "precision", "sentences/s", "wall (s)", "batches", "× ort_fp32", "× best_dense"]
-    assert [r[0] for r in t.rows] == ["ort_fp32", "deployed", "torch_fp32"]
+    assert [r[0] for r in t.rows] == ["ort_fp32", "deployed_ort_int8", "torch_fp32"]
     for r in t.rows:
         assert all(len(re.findall(r"\d+\.\d+", c)) <= 1 for c in r), r  # one number per cell
     assert row(t, "ort_fp32")["batches"] == "4" and row(t, "ort_fp32")["× ort_fp32"] == "1.00x"
@@ -84,7 +84,7 @@ def test_load_table_has_relative_files_and_unique_columns(observe) -> None:
     t = table(doc, "Load time and peak memory")
     assert len(set(t.headers)) == len(t.headers) and t.headers.count("model") == 1
     assert row(t, "ort_fp32")["file"] == "export/teacher/model.onnx"
-    assert row(t, "deployed")["file"] == "steps/02_int8/model.onnx"
+    assert row(t, "deployed_ort_int8")["file"] == "steps/02_int8/model.onnx"
     assert not [c for c in texts(doc) if "/home/ada/work/outputs" in c]  # no run-dir path from another machine
     observe(f"load table: {t.headers} / {t.rows[0]}")
 
@@ -141,7 +141,7 @@ def test_onnx_sizes_and_checkpoint_formats_apart(observe) -> None:
     doc = doc_of(manifest("obert_int8_smoke"))
     onnx = table(doc, "Deployed files")
     ckpt = table(doc, "Checkpoint formats of 01 obert")
-    assert [r[0] for r in onnx.rows] == ["ort_fp32", "deployed"] and onnx.headers[3] == "ort_fp32/x encoder"
+    assert [r[0] for r in onnx.rows] == ["ort_fp32", "deployed_ort_int8"] and onnx.headers[3] == "ort_fp32/x encoder"
     assert [r[0] for r in ckpt.rows] == ["fp32", "int8", "sparse_int8"] and ckpt.headers[3] == "fp32/x encoder"
     assert row(ckpt, "fp32")["fp32/x total"] == "1.00x"
     observe(f"size tables: {[r[0] for r in onnx.rows]} | {[r[0] for r in ckpt.rows]}")
@@ -174,7 +174,7 @@ def _with_drop(m: dict[str, Any], drop: float) -> dict[str, Any]:
                "within it, the summary says so")
 def test_drop_over_tolerance_is_flagged(observe) -> None:
     md = to_markdown(doc_of(_with_drop(manifest("int8_smoke"), 0.02)))
-    assert "| deployed (ort_int8) | 88.00 | -2.00 ⚠ |" in md
+    assert "| deployed_ort_int8 | 88.00 | -2.00 ⚠ |" in md
     assert "The deployed model is 2.00 pt below the teacher, more than the tolerance of 1.00 pt" in md
     assert "over the tolerance of 1.00 pt (eval.max_drop=0.01)" in md
     relaxed = _with_drop(manifest("int8_smoke"), 0.02)

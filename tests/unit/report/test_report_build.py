@@ -77,7 +77,7 @@ def test_markdown_has_formatted_headline_numbers(full_report: tuple[Path, dict[s
     # label, score %, delta pt (over the 1 pt default tolerance), agreement %, McNemar p, MB, then the
     # largest shape only (b32xs128): p50 and speedup; every shape is in the Speed section
     assert [c.strip() for c in deployed.strip("|").split("|")] == [
-        "deployed (ort_int8)", "89.68", "-1.49 ⚠", "94.15", "0.0412", "23.1", "38.7", "2.49x"]
+        "deployed_ort_int8", "89.68", "-1.49 ⚠", "94.15", "0.0412", "23.1", "38.7", "2.49x"]
     ort = next(line for line in headline.splitlines() if line.startswith("| ort_fp32"))
     assert "91.0" in ort and "1.00x" in ort  # the denominator is 1.00x by definition
     assert "![score vs latency](plots/score_vs_latency.png)" in md
@@ -132,7 +132,7 @@ def test_eval_without_bench_keeps_scores(tmp_path: Path, no_plots: None) -> None
     m = full_manifest()
     del m["bench"]
     md = build_report(write_run(tmp_path, m))["report.md"].read_text()
-    assert "| deployed (ort_int8) | 89.68 | -1.49 ⚠ |" in md
+    assert "| deployed_ort_int8 | 89.68 | -1.49 ⚠ |" in md
     assert "Not available: the manifest has no `bench` section." in md
 
 
@@ -162,7 +162,7 @@ def test_regenerating_overwrites_and_leaves_no_temp_files(
     (run / "manifest.json").write_text(json.dumps(m))
     second = build_report(run)
     md = second["report.md"].read_text()
-    assert "| deployed (ort_int8) | 90.11 | -1.06 ⚠ |" in md and "| deployed (ort_int8) | 89.68" not in md
+    assert "| deployed_ort_int8 | 90.11 | -1.06 ⚠ |" in md and "| deployed_ort_int8 | 89.68" not in md
     assert not (run / "plots" / "score_vs_latency.png").exists()
     leftovers = [p for p in run.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []

@@ -76,7 +76,7 @@ def test_the_int8_kernel_parity_reads_as_informative_never_as_passed(kernels):
 def test_a_dense_run_says_fp32_and_no_key_note():
     sec = _section(_md(_manifest()), "Export and parity")
     assert "| fp32 | export/model.onnx | fp32 |" in sec and "not an fp32 graph" not in sec
-    assert "| deployed (ort_int8) | export/model.int8.onnx | — |" in sec  # older deployed records: no precision
+    assert "| deployed_ort_int8 | export/model.int8.onnx | — |" in sec  # older deployed records: no precision
 
 
 def _deploy(m: dict[str, Any], requested: str, runtime: str, int8: str | None = None) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def test_deploy_auto_is_echoed_as_set_with_what_it_chose():
             "openvino 15.0 ms)") in summary
     assert "deploy.int8=auto: chose nncf (validation agreement: ours 90.00%, nncf 92.00%" in summary
     assert "deploy.runtime=openvino" not in md and "deploy.int8=nncf" not in md  # never the choice as if set
-    assert "| deployed (openvino_int8) | export/openvino/openvino_model.xml | int8+bf16 |" in md
+    assert "| deployed_openvino_int8 | export/openvino/openvino_model.xml | int8+bf16 |" in md
 
 
 @pytest.mark.parametrize("requested, runtime, want", [

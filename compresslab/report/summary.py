@@ -1,0 +1,250 @@
+"""The report's Summary: what was deployed (its name, its file and the file it was made from), its score in every
+serving mode the eval measured judged against the tolerance, its agreement with the teacher, the noise on those
+figures, and how much faster and smaller it is.
+
+A file whose labels depend on the batch (ORT's dynamic int8: ``eval.batch_dependence``) was scored at the eval batch
+size and one sentence per call; both are ways to serve it, so the tolerance verdict takes the worse of them and
+names the batch size that failed. A drop the report itself calls noise (under one standard error) keeps its ⚠ but
+gets no advice to retrain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from compresslab.report import facts as F
+from compresslab.report.export import deploy_choice
+from compresslab.report.fmt import mb, pct, plain, pt, times
+from compresslab.report.render import Block, Bullets, Heading, Para
+
+OVER = " ⚠"  # marks a score drop beyond the tolerance (eval.max_drop), or a significant difference from the teacher
+SIGNIFICANT = 0.05  # McNemar p below it: the report calls the difference from the teacher real, not noise
+
+
+def over_tolerance(delta: float | None, tolerance: float) -> bool:
+    """Whether a score change is a drop larger than the tolerance (a gain never is)."""
+    return delta is not None and -delta > tolerance + 1e-12
+
+
+def standard_error(m: Mapping[str, Any]) -> float | None:
+    """One standard error of the teacher's accuracy on the eval split (None for other metrics):
+    how far apart two scores must be before they mean anything (MEASURE.md "Scores and noise")."""
+    p, n = F.teacher_score(m), F.num(F.get(m, "eval", "n"))
+    if F.get(m, "eval", "primary_metric") != "accuracy" or p is None or not n:
+        return None
+    return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A file's score in one serving mode the eval measured."""
+
+    mode: str  # "at batch 32", "at batch 1 (one sentence per call)"; "" when the batch does not matter
+    score: float
+    agreement: float | None  # with the teacher, in this mode
+
+
+def serving_scores(m: Mapping[str, Any], key: str = "deployed") -> list[Serving]:
+    """The scores of the cell ``key`` in every serving mode the eval measured: one (mode "") for a file whose labels
+    depend on each sentence alone; at the eval batch size and one sentence per call for a file whose labels depend
+    on the batch (``eval.batch_dependence.<key>``). [] when the cell has no score."""
+    e = F.as_dict(F.get(m, "eval", "models", key))
+    score = F.num(e.get("score"))
+    if score is None:
+        return []
+    bd = F.as_dict(F.get(m, "eval", "batch_dependence", key))
+    b1 = F.num(bd.get("score_b1"))
+    if b1 is None:
+        return [Serving("", score, F.num(e.get("agreement")))]
+    batch = bd.get("batch_size") or F.get(m, "config", "eval", "batch_size")
+    return [Serving(f"at batch {plain(batch)}", score, F.num(e.get("agreement"))),
+            Serving("at batch 1 (one sentence per call)", b1, F.num(bd.get("agreement_b1")))]
+
+
+def _of(share: float | None, n: Any) -> str:
+    """``share`` of ``n`` examples as a count: ``47 of 64``; "" when either is unknown."""
+    n = F.num(n)
+    return f"{round(share * n)} of {n:.0f}" if share is not None and n else ""
+
+
+def _step_of(m: Mapping[str, Any], path: str | None) -> str | None:
+    """The label of the step whose ONNX file is ``path`` (``01 int8 (ort_int8_dynamic)``)."""
+    hit = [s for s in F.steps(m) if path and F.run_relative(F.get(s, "result", "onnx_path"), m) == path]
+    return F.step_label(hit[-1]) if hit else None
+
+
+def _ir_method(m: Mapping[str, Any]) -> str:
+    """How the deploy stage quantized the deployed int8 IR, in words (from ``export.openvino.quantization``)."""
+    ov = F.as_dict(F.get(m, "export", "openvino"))
+    q = F.as_dict(ov.get("quantization"))
+    n = F.num(q.get("n_calibration_examples"))
+    on = f" on {n:.0f} train examples" if n else ""
+    if ov.get("int8_method") == "nncf" or F.get(m, "export", "deployed", "method") == "peer":
+        return f"NNCF's post-training static int8, calibrated{on}"
+    alpha = F.num(F.get(q, "smoothquant", "alpha"))
+    return "our static int8 calibration" + (f" with SmoothQuant α={plain(alpha)}" if alpha is not None else "") + on
+
+
+def ir_origin(m: Mapping[str, Any], brief: bool = False) -> tuple[str, bool] | None:
+    """Where the deployed OpenVINO IR came from, in words, and whether that is another file than the pipeline's own
+    ONNX file (``export.deployed.onnx_path``): deploy converts that file's plain graph when OpenVINO reads it (its
+    twin, in the same folder), else it quantizes or converts the final model's fp32 export, and the IR is then
+    another model than the pipeline's last step. ``brief``: the source and the method only (a caption adds the
+    rest). None when no IR is deployed or its source is not recorded."""
+    dep = F.as_dict(F.get(m, "export", "deployed"))
+    src, onnx = F.run_relative(dep.get("source"), m), F.run_relative(dep.get("onnx_path"), m)
+    if dep.get("runtime") != "openvino" or not src:
+        return None
+    if not onnx or PurePosixPath(src).parent == PurePosixPath(onnx).parent:
+        return f"converted from {src}" + (f", the plain graph of the pipeline's {onnx}" if onnx and onnx != src
+                                          else ""), False
+    step = _step_of(m, onnx)
+    bench_prec = str(F.get(m, "bench", "precision", "deployed_onnx_ort") or "")
+    dynamic = bool(F.get(m, "eval", "batch_dependence", "deployed_onnx_ort"))
+    int8 = bool(dep.get("int8")) and (dynamic or bench_prec.startswith("int8") or "int8" in (step or ""))
+    if brief:
+        return f"made by the deploy stage from {src}" + (f" ({_ir_method(m)})" if dep.get("int8") else ""), True
+    text = f"made by the deploy stage from {src}, not from the pipeline's own {onnx}" + (
+        f", the file of step {step}" if step else "")
+    if int8:
+        text += (f": {_ir_method(m)}, a different int8 method than that step's"
+                 + (" dynamic int8 (activations quantized per call)" if dynamic else ""))
+    ran = {*F.as_dict(F.get(m, "eval", "models")), *F.as_dict(F.get(m, "bench", "latency"))}
+    if "deployed_onnx_ort" in ran:
+        text += f"; {onnx} is scored and timed on ORT as deployed_onnx_ort"
+    return text, True
+
+
+def _deployed_line(m: Mapping[str, Any]) -> Para:
+    """``Deployed: <name>, <file>``, and for an IR the file it was made from."""
+    path = plain(F.run_relative(F.get(m, "export", "deployed", "path"), m))
+    text = f"Deployed: {F.deployed_label(m)}, {path}"
+    if (origin := ir_origin(m)) is not None:
+        text += f" (an OpenVINO IR: .xml + .bin), {origin[0]}"
+    return Para(text + ".")
+
+
+def _precision_note(m: Mapping[str, Any], teacher: float, tol: float) -> str:
+    """For an IR compiled bf16: the score holds on CPUs with bf16, with the same IR's f32 score where bench has it."""
+    dep = F.as_dict(F.get(m, "export", "deployed"))
+    if dep.get("runtime") != "openvino" or dep.get("compiled_precision") != "bf16":
+        return ""
+    text = (" Compiled as bf16 on this CPU: that score holds on CPUs with bf16 support (AVX512_BF16 or AMX); "
+            "on others OpenVINO compiles f32")
+    prec = F.as_dict(F.get(m, "bench", "precision"))
+    f32 = [k for k, v in prec.items() if k.startswith("deployed_openvino_") and str(v).endswith("f32")]
+    score = F.num(F.get(m, "bench", "scores", f32[0], "score")) if f32 else None
+    if score is None:
+        return text + ", which this run did not score (bench.openvino_precisions with f32 scores it)."
+    delta = score - teacher
+    return (text + f", where the same IR scores {pct(score)}% ({f32[0]}, {pt(delta)} pt"
+            f"{OVER if over_tolerance(delta, tol) else ''})." )
+
+
+def _score_line(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol: float) -> str:
+    metric = F.get(m, "eval", "primary_metric") or "score"
+    split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
+    on = f"{metric} on {split}{f' ({n} examples)' if n else ''}"
+    rule = f"the tolerance of {tol * 100:.2f} pt"
+    deltas = [s.score - teacher for s in modes]
+    marks = [OVER if over_tolerance(d, tol) else "" for d in deltas]
+    if len(modes) == 1:
+        verdict = "over" if marks[0] else "within"
+        return (f"Score: {pct(modes[0].score)}% {on}, {pt(deltas[0])} pt{marks[0]} against the teacher's "
+                f"{pct(teacher)}%: {verdict} {rule} (eval.max_drop={plain(tol)}).")
+    each = ", and ".join(f"{pct(s.score)}% {s.mode}, {pt(d)} pt{mark}" for s, d, mark in zip(modes, deltas, marks))
+    failed = [s.mode.split(" (", 1)[0] for s, mark in zip(modes, marks) if mark]
+    verdict = (f"over {rule} {' and '.join(failed)}" if failed else f"within {rule} in every serving mode measured")
+    bd = F.as_dict(F.get(m, "eval", "batch_dependence", "deployed"))
+    differ = (f", {plain(bd.get('flips'))} of {plain(bd.get('n'))} labels differ between them"
+              if bd.get("flips") is not None else "")
+    return (f"Score: {on}: {each}, against the teacher's {pct(teacher)}%: {verdict} (eval.max_drop={plain(tol)}; "
+            f"the deployed file's labels depend on the batch{differ}, so every serving mode measured is judged and "
+            "the worst decides).")
+
+
+def _agreement_line(m: Mapping[str, Any], modes: list[Serving], delta: float | None) -> str | None:
+    """Agreement with the teacher, as a share and a count per serving mode; ⚠ when McNemar calls the difference
+    real and the score is lower (the report's only test of agreement: it sets no threshold on the share itself)."""
+    if modes[0].agreement is None:
+        return None
+    n = F.get(m, "eval", "n")
+    shares = []
+    for i, s in enumerate(modes):
+        if s.agreement is not None:
+            count = _of(s.agreement, n)
+            shares.append(f"{pct(s.agreement, 1)}%{' of the examples' if i == 0 else ''}"
+                          f"{f' ({count})' if count else ''}{f' {s.mode}' if s.mode else ''}")
+    text = "Agreement: the deployed model predicts what the teacher predicts on " + " and ".join(shares)
+    p = F.num(F.get(m, "eval", "models", "deployed", "mcnemar_p"))
+    if p is None:
+        return text + "."
+    real = p < SIGNIFICANT
+    at = f" {modes[0].mode}" if len(modes) > 1 else ""
+    return (text + f" (McNemar p = {plain(p)}{at}: "
+            + ("a real difference" + (OVER if delta is not None and delta < 0 else "") if real
+               else "not a significant difference") + ").")
+
+
+def _advice(m: Mapping[str, Any], worst: Serving, drop: float, tol: float, several: bool) -> Para:
+    """What to do about a drop over the tolerance: retrain only for a drop larger than the noise."""
+    at = f" {worst.mode}" if several else ""
+    text = (f"The deployed model is {drop * 100:.2f} pt below the teacher{at}, more than the tolerance of "
+            f"{tol * 100:.2f} pt.")
+    se, n = standard_error(m), F.get(m, "eval", "n")
+    if se is not None and drop < se:  # the Noise line's own rule: a smaller difference is within noise
+        return Para(text + f" That is within noise (one standard error on these {n} examples is ±{se * 100:.1f} "
+                           "pt), so it says little about the compression: score on more examples (a larger "
+                           "task.max_dev, or the whole split) before acting on it, or set eval.max_drop to the drop "
+                           "you accept.", kind="warn")
+    return Para(text + " Give the passes more recovery (e.g. budget=bench), choose a milder setting (lower sparsity "
+                       "or speedup), or set eval.max_drop to the drop you accept.", kind="warn")
+
+
+def summary(m: Mapping[str, Any]) -> list[Block]:
+    """The first look: what was deployed, how much score it lost, and how much faster and smaller it is."""
+    rows = {r.key: r for r in F.model_rows(m)}
+    dep, teacher = rows.get("deployed"), F.teacher_score(m)
+    modes = serving_scores(m)
+    if dep is None or not modes or teacher is None:
+        return []
+    tol = F.max_drop(m)
+    worst = min(modes, key=lambda s: s.score)
+    items = [_score_line(m, modes, teacher, tol) + _precision_note(m, teacher, tol)]
+    if agree := _agreement_line(m, modes, modes[0].score - teacher):
+        items.append(agree)
+    n = F.get(m, "eval", "n")
+    if (se := standard_error(m)) is not None:
+        items.append(f"Noise: one standard error of accuracy on these {n} examples is ±{se * 100:.1f} pt; "
+                     "smaller differences are within noise.")
+    shape = F.big_shape(F.shape_keys(m))
+    denom = F.get(m, "bench", "denominator") or "ort_fp32"
+    if shape and shape in dep.speedup:
+        best = F.get(m, "bench", "best_dense", shape, "runner")
+        text = (f"Speed (> 1x: faster): {times(dep.speedup[shape])} {F.denominator_text(denom)} ({denom}) "
+                f"at {shape}{f' on a CPU with {isa}' if (isa := F.isa_have(m)) else ''}")
+        if shape in dep.speedup_best:
+            text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
+            if best is not None and best == F.get(m, "bench", "deployed_same_file_as"):
+                text += " (the deployed file itself, byte for byte: the gap is noise)"
+        items.append(text + ".")
+    ref = rows.get("ort_fp32")
+    if dep.size_bytes and ref is not None and ref.size_bytes:
+        items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
+                     f"export ({times(ref.size_bytes / dep.size_bytes)} smaller).")
+    if choice := deploy_choice(m):  # what the user set beside what an ``auto`` chose
+        items.insert(0, f"Deploy: {choice}.")
+    out: list[Block] = [Heading("Summary"), _deployed_line(m), Bullets(items)]
+    notes = F.get(m, "deploy", "notes")
+    notes = [str(n) for n in notes] if isinstance(notes, list) else [str(notes)] if notes else []
+    if notes:  # why the deployed runtime is not the one asked for, an IR made from another file, ...
+        requested = F.get(m, "deploy", "requested")
+        out += [Para(f"Deploy notes (deploy.runtime={plain(requested)}):"
+                     if requested else "Deploy notes:"), Bullets(notes)]
+    if over_tolerance(worst.score - teacher, tol):
+        out.append(_advice(m, worst, teacher - worst.score, tol, len(modes) > 1))
+    return out
