@@ -47,7 +47,7 @@ def code_versions(m: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _ran(s: Mapping[str, Any]) -> str:
     ran = s.get("ran")
-    return ", ".join(str(x) for x in ran) if isinstance(ran, list) and ran else "nothing (found it finished)"
+    return ", ".join(str(x) for x in ran) if isinstance(ran, list) and ran else "no step or stage"
 
 
 def code_banner(m: Mapping[str, Any]) -> list[Block]:

@@ -157,6 +157,10 @@ def test_the_recorded_command_reproduces_a_run_whose_data_root_came_from_the_env
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     again = read_json(d / "manifest.json")
     assert again["config_hash"] == m["config_hash"] and len(again["invocations"]) == 2
+    # each process that worked on the run recorded its code (F6): this one, then the shell's
+    first_s, shell_s = again["sessions"]
+    assert (first_s["resumed"], shell_s["resumed"]) == (False, True) and first_s["pid"] != shell_s["pid"]
+    assert all({"git_sha", "git_dirty", "compresslab_version", "ran"} <= set(s) for s in (first_s, shell_s))
     # the same files found at another path: the same run (its content is its identity)
     assert run(compose([*args, f"data.root={moved}"])) == d
     # other data at a path: refused by its hash, naming the file
