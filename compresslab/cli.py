@@ -172,7 +172,8 @@ def _main(cfg) -> None:
 
 def _run(cfg) -> "Path | None":
     """Run ``cfg``: a pipeline (returns its run dir) or a search (prints its answer; returns None). Raises what the
-    run raises: a bad input, KeyboardInterrupt, SystemExit(3) for a search that chose no model, a crash."""
+    run raises: a bad input, KeyboardInterrupt, SystemExit(3) for a search that chose no model (4: none met its drop
+    budget, the closest kept), a crash."""
     from compresslab.pipeline import run
     from compresslab.pipeline.settings import RunSettings
 
@@ -246,7 +247,7 @@ def _run_sweep_job(cfg, job: "SweepJob") -> None:
         sweep.record(Outcome(job, "interrupted", EXIT_INTERRUPTED, out_dir, str(e) or None))
         print(sweep.summary())
         _exit_interrupted(e)
-    except SystemExit as e:  # a search that chose no model (it printed why)
+    except SystemExit as e:  # a search that chose no model, or none within its budget (it printed why)
         if e.code not in (0, None):
             status, code = "failed", e.code if isinstance(e.code, int) else 1
     except Exception as e:  # a crash: its traceback, as a single run shows it; the next job may still run

@@ -24,6 +24,24 @@ def config_dir() -> str:
                             "(was the package built without its package data?)")
 
 
+_ENV_READ = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")  # ${oc.env:NAME,default} in a conf file
+
+
+def config_env_vars() -> list[str]:
+    """The environment variables the shipped configs read (``${oc.env:NAME,...}`` in ``conf/``: the data root
+    ``COMPRESSLAB_DATA``, the cache ``COMPRESSLAB_CACHE``), sorted."""
+    found = {m for p in Path(config_dir()).rglob("*.yaml") for m in _ENV_READ.findall(p.read_text())}
+    return sorted(found)
+
+
+def config_environment() -> dict[str, str]:
+    """The variables of :func:`config_env_vars` set in this process, with their values: what a config composed now
+    reads from the environment, so a command that composes it again must set them too."""
+    import os
+
+    return {name: os.environ[name] for name in config_env_vars() if name in os.environ}
+
+
 class ConfigError(ValueError):
     """Command-line overrides that do not compose: an unknown group option (``debug=smok``), a key
     that does not exist, a syntax error. The message is one line naming the override."""

@@ -7,13 +7,13 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from compresslab.failure import error_behind, error_text, note_summary, stop_summary
+from compresslab.provenance import code_version, git_dirty, git_sha, package_version, same_code  # noqa: F401
 
 SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
@@ -209,25 +209,6 @@ def stable_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def package_version() -> str:
-    """compresslab's installed version (from the package metadata, so no import of the package face)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("compresslab")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
-
-
 # what a run's figures can depend on; the optional runtimes (OpenVINO, NNCF, DeepSparse) only where installed
 RUN_LIBRARIES: tuple[str, ...] = ("compresslab", "torch", "transformers", "onnx", "onnxruntime", "accelerate",
                                   "hydra-core", "numpy", "scipy", "safetensors", "openvino", "nncf", "deepsparse")
@@ -386,14 +367,15 @@ class RunManifest:
     # export before the first ONNX pass, the restore of a finished step, or a stage after all the steps
     stage: str | None = field(default=None, compare=False)
     after_steps: bool = field(default=False, compare=False)  # the stage runs after every step finished
+    created_here: bool = field(default=False, compare=False)  # made by create() in this process, not loaded
 
     @classmethod
     def create(cls, run_dir: Path, **fields: Any) -> "RunManifest":
-        data = {"schema_version": SCHEMA_VERSION, "status": "running", "compresslab_version": package_version(),
-                "git_sha": git_sha(), "created": now(), "updated": now(), "versions": library_versions(),
-                "steps": []}
+        code = code_version()  # the creating process's; every later one's is in sessions (mark_running)
+        data = {"schema_version": SCHEMA_VERSION, "status": "running", "created": now(), "updated": now(),
+                **code, "versions": library_versions(), "steps": []}
         data.update(fields)
-        return cls(Path(run_dir) / "manifest.json", data)
+        return cls(Path(run_dir) / "manifest.json", data, created_here=True)
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunManifest":
@@ -405,6 +387,8 @@ class RunManifest:
         return [StepRecord.from_dict(s) for s in self.data.get("steps", [])]
 
     def set_step(self, rec: StepRecord) -> None:
+        if rec.status == "running":
+            self._ran(f"step {rec.name}")
         steps = self.data.setdefault("steps", [])
         steps[:] = [s for s in steps if s["index"] != rec.index] + [rec.to_dict()]
         steps.sort(key=lambda s: s["index"])
@@ -414,16 +398,42 @@ class RunManifest:
         atomic_write_json(self.path, self.data)
 
     def mark_running(self) -> None:
-        """Status ``running`` with this process recorded (pid, host), the last error cleared; saved."""
+        """Status ``running`` with this process recorded (pid, host), the last error cleared, and a session
+        opened for it (:meth:`open_session`); saved."""
         self.data["status"] = "running"
         self.data.pop("error", None)
         self.data["process"] = process_record()
+        self.open_session()
         self.save()
+
+    def open_session(self) -> dict[str, Any]:
+        """The record of this process's work on the run, appended to ``sessions`` once per process: ``started``,
+        ``resumed`` (False for the process that created the run), pid, the code it runs (:func:`code_version`:
+        git sha, uncommitted changes, compresslab's version) and ``ran``, the steps and stages it works on
+        (filled by :meth:`set_step` and :meth:`at_stage`). A run resumed after a commit or an edit then shows
+        that its later steps ran on other code than its first ones (``git_sha`` at the top level is the
+        creating process's). Not saved here."""
+        sessions = self.data.setdefault("sessions", [])
+        proc = process_record()
+        if sessions and all(sessions[-1].get(k) == proc[k] for k in ("pid", "host", "pid_started")):
+            return sessions[-1]  # this process opened it already (a resume in the same process)
+        sessions.append({"started": now(), "resumed": not self.created_here or bool(sessions),
+                         **proc, **code_version(), "ran": []})
+        return sessions[-1]
+
+    def _ran(self, what: str) -> None:
+        """Note ``what`` (a step or stage) in this process's session, when one is open."""
+        sessions = self.data.get("sessions") or []
+        if sessions and sessions[-1].get("pid") == os.getpid() and what not in sessions[-1].setdefault("ran", []):
+            sessions[-1]["ran"].append(what)
 
     def at_stage(self, stage: str | None, after_steps: bool = False) -> None:
         """Name what runs from now on outside a step (None: nothing, or a step, which names itself), so
-        that a failure or Ctrl-C there is recorded at it."""
+        that a failure or Ctrl-C there is recorded at it; the stage is noted in this process's session
+        (restores of finished steps are not: they run nothing)."""
         self.stage, self.after_steps = stage, after_steps
+        if stage is not None and not stage.startswith("the restore of"):
+            self._ran(stage)
 
     def mark_failed(self, e: BaseException) -> None:
         """Status ``failed`` (``interrupted`` for Ctrl-C and SIGTERM) with the error's type and message,

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from compresslab.eval.scoring_settings import SCORING_FILE
 from compresslab.export.openvino_int8 import IR_NAME as IR_FILE  # optimum-intel's layout, as deploy writes it
 from compresslab.rng import callers_rng_kept
 
@@ -35,8 +36,8 @@ def _load_onnx_dir(path: Path) -> tuple[Path, Any]:
     return model, load_tokenizer(model.parent) if has_tok else None
 
 
-def _file_runner(model: Path, threads: int | None, vocab_size: int | None = None) -> Any:
-    """An ORT runner for an ``.onnx`` file, an OpenVINO one (CPU, its default precision) for an IR."""
+def _file_runner(model: Path, threads: int | None, vocab_size: int | None = None, precision: str = "default") -> Any:
+    """An ORT runner for an ``.onnx`` file, an OpenVINO one (CPU, at ``precision``) for an IR."""
     from compresslab.bench import OrtRunner, resolve_threads
 
     if model.suffix == ".xml":
@@ -44,7 +45,7 @@ def _file_runner(model: Path, threads: int | None, vocab_size: int | None = None
 
         if reason := openvino_missing_reason():
             raise ValueError(f"{model} is an OpenVINO IR, and {reason}")
-        return OpenVinoRunner(model, resolve_threads(threads), vocab_size=vocab_size)
+        return OpenVinoRunner(model, resolve_threads(threads), precision, vocab_size=vocab_size)
     return OrtRunner(model, resolve_threads(threads), vocab_size=vocab_size)
 
 
@@ -64,27 +65,88 @@ def _check_inputs_fit(task: "TaskData", tokenizer: Any, max_length: int, config:
                          f"table embeds at most {limit}; set max_length<={limit}")
 
 
+# evaluate()'s settings where neither the caller nor the folder's compresslab_eval.json gives them
+DEFAULT_MAX_LENGTH, DEFAULT_BATCH_SIZE = 128, 64
+
+
 @callers_rng_kept
 def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = None, reference_tokenizer: Any = None,
-             label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int = 128,
-             batch_size: int = 64, threads: int | None = None, **columns: str) -> dict[str, Any]:
+             label2id: Mapping[str, int] | None = None, kind: str | None = None, max_length: int | None = None,
+             batch_size: int | None = None, threads: int | None = None, precision: str | None = None,
+             **columns: str) -> dict[str, Any]:
     """Score a torch model, an exported ONNX dir (or ``.onnx`` file) or an OpenVINO IR (its dir or ``.xml``) on
     ``data``; a plain dict.
 
     ``data`` takes the same kinds as :func:`compress`. The tokenizer of an ONNX dir is read from the
     dir. With ``reference`` (another model or ONNX dir) the result adds agreement with it and
-    McNemar's p-value. Returns ``{"n", "primary_metric", "score", <every metric>, ...}``; ValueError
-    for labels that do not match the model's head.
+    McNemar's p-value (scored with the model's max_length and batch size; ``precision`` is the model's only).
+
+    Settings: a folder a compresslab run or ``CompressResult.export`` wrote records how the run scored it
+    (``compresslab_eval.json``: ``max_length``, the eval ``batch_size``, the task kind and primary metric,
+    and for a deployed OpenVINO IR its ``precision``); those are the defaults here, so the score matches the
+    run's report. Otherwise (a torch model, another folder): ``max_length=128``, ``batch_size=64``, accuracy
+    (classification) or Spearman. Batches are padded to their longest sentence. ``precision`` (OpenVINO only:
+    ``default``, ``f32``, ``bf16``): the compiled inference precision; ``default`` lets OpenVINO choose, which
+    is bf16 on AVX512_BF16 / AMX CPUs, and labels can differ from f32.
+
+    Returns ``{"n", "primary_metric", "score", <every metric>, "max_length", "batch_size", "runtime",
+    "precision", "format", "settings_from", ...}``: ``score`` and every metric are fractions (0.82, where a
+    report prints 82.00%); ``runtime`` is ``onnxruntime``, ``openvino`` or ``torch``; ``precision`` the
+    precision it computed in (``f32``, or ``bf16`` where OpenVINO compiled so); ``format`` the model's
+    numbers (``fp32``, ``int8``, ``int4``...); ``settings_from`` where the settings came from (per setting:
+    ``given``, the folder's file, or ``default``). An ONNX file whose outputs depend on the batch (ORT dynamic
+    int8: one activation scale per call) is also scored one sentence per call: ``batch_dependence``
+    (``score_b1``, ``flips``), with a warning when the two differ. ValueError for labels that do not match
+    the model's head.
     """
     from compresslab.eval.evaluate import compare
 
-    kw = dict(label2id=label2id, kind=kind, max_length=max_length, batch_size=batch_size, threads=threads,
-              columns=columns)
-    scored, task, tok = _predict(model, data, tokenizer, **kw)
+    target = _Target.of(model, tokenizer, precision=precision, threads=threads)
+    recorded = target.recorded
+    given = {"max_length": max_length, "batch_size": batch_size, "kind": kind}
+    settings: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    defaults = {"max_length": DEFAULT_MAX_LENGTH, "batch_size": DEFAULT_BATCH_SIZE, "kind": None}
+    for key, value in given.items():
+        if value is not None:
+            settings[key], source[key] = value, "given"
+        elif key in recorded:
+            settings[key], source[key] = recorded[key], str(target.folder / SCORING_FILE)
+        else:
+            settings[key], source[key] = defaults[key], "default"
+    metric = recorded.get("primary_metric") if settings["kind"] == recorded.get("kind") else None
+    kw = dict(label2id=label2id, max_length=settings["max_length"], batch_size=settings["batch_size"],
+              columns=columns, primary_metric=metric)
+    scored, task, tok = target.predict(data, kind=settings["kind"], **kw)
     ref = None
     if reference is not None:  # the reference reads its own tokenizer (an export dir's), else the model's
-        ref = _predict(reference, data, reference_tokenizer or tokenizer or tok, **kw)[0]
-    return {"n": len(task.dev), "primary_metric": task.spec.primary_metric, **compare(scored, ref, task.spec)}
+        # at the model's max_length and batch size (the same batches), at its own runtime's precision
+        ref_target = _Target.of(reference, reference_tokenizer or tokenizer or tok, precision=None, threads=threads)
+        ref = ref_target.predict(data, kind=settings["kind"], **kw)[0]
+    out = {"n": len(task.dev), "primary_metric": task.spec.primary_metric, **compare(scored, ref, task.spec),
+           "max_length": settings["max_length"], "batch_size": settings["batch_size"], **target.describe(),
+           "settings_from": {**{k: source[k] for k in ("max_length", "batch_size")}, **target.precision_from}}
+    if target.batch_dependent and settings["batch_size"] > 1:
+        out["batch_dependence"] = _scored_one_per_call(target, task, tok, scored, ref, settings)
+    return out
+
+
+def _scored_one_per_call(target: "_Target", task: "TaskData", tok: Any, scored: Any, ref: Any,
+                         settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch-1 scores of a batch-dependent file against the batched ones (eval/batch_dependence.py), warned
+    about when they differ: a server answering one request at a time sees the batch-1 labels."""
+    from compresslab.eval.batch_dependence import batch_dependence
+
+    rec = {"ops": target.batch_dependent,
+           **batch_dependence(target.forward, task.spec, task.dev, tok, scored, batch_size=settings["batch_size"],
+                              max_length=settings["max_length"], reference=ref)}
+    if rec.get("flips") or abs(rec["score_b1"] - rec["score_batched"]) >= 1e-4:
+        warnings.warn(f"evaluate(): {target.path.name} depends on the batch ({', '.join(target.batch_dependent)}: one "
+                      f"activation scale per call): score {rec['score_batched']:.4f} at batch {rec['batch_size']}, "
+                      f"{rec['score_b1']:.4f} one sentence per call" +
+                      (f"; {rec['flips']} of {rec['n']} labels differ" if rec.get("flips") else "") +
+                      " (batch_dependence in the result)", RuntimeWarning, stacklevel=4)
+    return rec
 
 
 def _check_model_arg(model: Any, where: str) -> None:
@@ -96,51 +158,112 @@ def _check_model_arg(model: Any, where: str) -> None:
                     "e.g. from AutoModelForSequenceClassification) nor a path to an exported dir or file")
 
 
-def _predict(model: Any, data: Any, tokenizer: Any, *, label2id: Any, kind: str | None, max_length: int,
-             batch_size: int, threads: int | None, columns: Mapping[str, str]) -> tuple[Any, "TaskData", Any]:
-    from compresslab.data.checks import check_labels_match_head
-    from compresslab.data.schema import DataFormatError
-    from compresslab.data.user import task_from_user_data
-    from compresslab.eval.evaluate import onnx_forward, predict, torch_forward
+class _Target:
+    """What :func:`evaluate` scores: its forward, tokenizer, config, the folder's recorded scoring settings, and
+    what it runs on (runtime, precision, format)."""
 
-    _check_model_arg(model, "evaluate()")
-    if isinstance(model, (str, Path)):
+    def __init__(self, forward: Any, tokenizer: Any, config: Any, kind: str | None, *, path: Path | None = None,
+                 runtime: str, precision: str, fmt: str, batch_dependent: list[str] | None = None,
+                 recorded: Mapping[str, Any] | None = None, precision_from: str | None = None) -> None:
+        self.forward, self.tokenizer, self.config, self.kind = forward, tokenizer, config, kind
+        self.path, self.runtime, self.precision, self.format = path, runtime, precision, fmt
+        self.batch_dependent = batch_dependent or []
+        self.recorded = dict(recorded or {})
+        # where an OpenVINO IR's precision setting came from (given, the folder's file, default); {} elsewhere
+        self.precision_from = {"precision": precision_from} if precision_from else {}
+
+    @property
+    def folder(self) -> Path:
+        assert self.path is not None
+        return self.path.parent
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any, *, precision: str | None, threads: int | None) -> "_Target":
+        """The target for ``model`` (a torch model, or a path read by :func:`_load_onnx_dir`). ``precision`` is
+        OpenVINO's (ValueError for another runtime's file, or an unknown one)."""
+        _check_model_arg(model, "evaluate()")
+        if not isinstance(model, (str, Path)):
+            if tokenizer is None:
+                raise ValueError("evaluate(model, data) of a torch model needs its tokenizer: "
+                                 "evaluate(model, data, tok)")
+            if precision is not None:
+                raise ValueError(f"precision={precision!r} is OpenVINO's compiled precision; a torch model is scored "
+                                 "in its own dtype")
+            from compresslab.eval.evaluate import torch_forward
+            from compresslab.models.heads import task_kind_of
+
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(dtype, dtype)
+            return cls(torch_forward(model.eval()), tokenizer, model.config, task_kind_of(model), runtime="torch",
+                       precision=name, fmt=name.replace("f", "fp", 1) if name in ("f32", "f16") else name)
+        return cls._of_file(Path(model), tokenizer, precision, threads)
+
+    @classmethod
+    def _of_file(cls, path: Path, tokenizer: Any, precision: str | None, threads: int | None) -> "_Target":
+        from compresslab.eval.batch_dependence import batch_dependent_ops
+        from compresslab.eval.evaluate import onnx_forward
+        from compresslab.eval.scoring_settings import read_scoring_settings
+        from compresslab.export.precision import precision_label
+
+        file, own = _load_onnx_dir(path)
+        tok = own or tokenizer
+        if tok is None:
+            raise ValueError(f"{path} ships no tokenizer files: pass tokenizer=")
+        recorded = read_scoring_settings(file.parent)
+        config = _read_export_config(file.parent)
+        kind = "regression" if config is not None and int(getattr(config, "num_labels", 2)) == 1 else None
+        if file.suffix == ".xml":
+            asked, source = ((precision, "given") if precision is not None else
+                             (recorded["openvino_precision"], str(file.parent / SCORING_FILE))
+                             if "openvino_precision" in recorded else ("default", "default"))
+            runner = _file_runner(file, threads, precision=asked)
+            return cls(onnx_forward(runner), tok, config, kind, path=file, runtime="openvino",
+                       precision=runner.compiled_precision, fmt=precision_label(file), recorded=recorded,
+                       precision_from=f"{source} ({asked!r})")
+        if precision is not None:
+            raise ValueError(f"precision={precision!r} is OpenVINO's compiled precision; {file.name} runs on ONNX "
+                             "Runtime, in its graph's own precision")
         from compresslab.eval.onnx_runner import OnnxRunner
 
-        onnx, own = _load_onnx_dir(Path(model))
-        runner = _file_runner(onnx, threads) if onnx.suffix == ".xml" else OnnxRunner(onnx, threads=threads)
-        forward, tok = onnx_forward(runner), own or tokenizer
-        if tok is None:
-            raise ValueError(f"{model} ships no tokenizer files: pass tokenizer=")
-        config = _read_export_config(onnx.parent)
-    else:
-        if tokenizer is None:
-            raise ValueError("evaluate(model, data) of a torch model needs its tokenizer: evaluate(model, data, tok)")
-        forward, tok, config = torch_forward(model.eval()), tokenizer, model.config
-        from compresslab.models.heads import task_kind_of
+        runner = OnnxRunner(file, threads=threads)
+        return cls(onnx_forward(runner), tok, config, kind, path=file, runtime="onnxruntime", precision="f32",
+                   fmt=precision_label(file), batch_dependent=batch_dependent_ops(file), recorded=recorded)
 
-        kind = kind or task_kind_of(model)
-    if config is not None and kind is None and int(getattr(config, "num_labels", 2)) == 1:
-        kind = "regression"
-    from compresslab.models.heads import config_label2id
+    def describe(self) -> dict[str, Any]:
+        """``runtime``, ``precision`` and ``format`` for evaluate()'s result."""
+        return {"runtime": self.runtime, "precision": self.precision, "format": self.format}
 
-    head_names = config_label2id(config) if label2id is None else None  # as compress(): {} is not "none given"
-    try:
-        task = task_from_user_data(data, data, label2id=label2id if label2id is not None else head_names,
-                                   label2id_from="the model's config.label2id" if head_names else None,
-                                   kind=kind, val_size=0, **columns)
-    except DataFormatError:
-        # the data-reading rules are compress()'s: a head must be learnable from the labels, so one class, or ids
-        # with a gap, are refused. Scoring has a head already: read the ids against its outputs instead
-        n = int(getattr(config, "num_labels", 0) or 0) if config is not None else 0
-        if label2id is not None or head_names or kind is not None or n < 2:
-            raise
-        task = task_from_user_data(data, data, label2id={str(i): i for i in range(n)},
-                                   label2id_from=f"the model's head ({n} outputs)", kind=kind, val_size=0, **columns)
-    if config is not None:
-        check_labels_match_head(task, config)
-        _check_inputs_fit(task, tok, max_length, config)
-    return predict(forward, task.spec, task.dev, tok, batch_size=batch_size, max_length=max_length), task, tok
+    def predict(self, data: Any, *, label2id: Any, kind: str | None, max_length: int, batch_size: int,
+                columns: Mapping[str, str],
+                primary_metric: str | None) -> tuple[Any, "TaskData", Any]:
+        """(the scored predictions, the task ``data`` was read as, the tokenizer used)."""
+        from compresslab.data.checks import check_labels_match_head
+        from compresslab.data.schema import DataFormatError
+        from compresslab.data.user import task_from_user_data
+        from compresslab.eval.evaluate import predict
+        from compresslab.models.heads import config_label2id
+
+        config = self.config
+        kind = kind or self.kind
+        head_names = config_label2id(config) if label2id is None and config is not None else None  # {} is "none"
+        try:
+            task = task_from_user_data(data, label2id=label2id if label2id is not None else head_names,
+                                       label2id_from="the model's config.label2id" if head_names else None,
+                                       kind=kind, val_size=0, primary_metric=primary_metric, scored=True, **columns)
+        except DataFormatError:
+            # the data-reading rules are compress()'s: a head must be learnable from the labels, so one class, or ids
+            # with a gap, are refused. Scoring has a head already: read the ids against its outputs instead
+            n = int(getattr(config, "num_labels", 0) or 0) if config is not None else 0
+            if label2id is not None or head_names or kind not in (None, "classification") or n < 2:
+                raise
+            task = task_from_user_data(data, label2id={str(i): i for i in range(n)},
+                                       label2id_from=f"the model's head ({n} outputs)", kind=kind, val_size=0,
+                                       primary_metric=primary_metric, scored=True, **columns)
+        if config is not None:
+            check_labels_match_head(task, config)
+            _check_inputs_fit(task, self.tokenizer, max_length, config)
+        return (predict(self.forward, task.spec, task.dev, self.tokenizer, batch_size=batch_size,
+                        max_length=max_length), task, self.tokenizer)
 
 
 def _read_export_config(d: Path) -> Any:

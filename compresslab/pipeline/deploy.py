@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from compresslab.eval.scoring_settings import add_scoring_settings
 from compresslab.export.openvino_int8 import IR_NAME
 from compresslab.export.precision import is_int8, nbits_of, precision_class
 from compresslab.failure import error_text
@@ -97,6 +98,8 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
                       "size_bytes": xml.stat().st_size + xml.with_suffix(".bin").stat().st_size}
             if ir.get("precision_note"):  # a binary model: deploy.precision=default compiled as f32
                 record["precision_note"] = ir["precision_note"]
+            # the IR folder says how the run scores it (compresslab.evaluate reads it): at the deploy precision
+            add_scoring_settings(xml.parent, openvino_precision=d.precision)
         section["runtime"] = chosen
     manifest.data.setdefault("export", {})["deployed"] = record
     manifest.data["deploy"] = section

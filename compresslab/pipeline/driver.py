@@ -7,7 +7,7 @@ import os
 import shlex
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -110,10 +110,14 @@ def _start(state: "RunState", run_dir: Path, cfg: DictConfig) -> RunManifest:
                               config=OmegaConf.to_container(cfg, resolve=True))
 
 
-def rerun_command(overrides: Sequence[str]) -> str:
-    """The shell command that composes the same config again: each override quoted for a POSIX
-    shell (``shlex.join``), so paths with spaces, ``[1,128]`` lists and ``${...}`` reach Hydra as given."""
-    return shlex.join(["python", "-m", "compresslab", *overrides])
+def rerun_command(overrides: Sequence[str], env: Mapping[str, str] | None = None, *,
+                  module: str = "compresslab") -> str:
+    """The shell command that composes the same config again: ``NAME=value`` for each variable of ``env`` the
+    config read from the environment (``config.config_environment()``: ``$COMPRESSLAB_DATA`` gives ``data.root``),
+    then ``python -m <module>`` and each override, all quoted for a POSIX shell (``shlex``), so paths with spaces,
+    ``[1,128]`` lists and ``${...}`` reach Hydra as given."""
+    assigns = [f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items())]
+    return " ".join([*assigns, shlex.join(["python", "-m", module, *overrides])])
 
 
 def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None) -> None:
@@ -123,13 +127,17 @@ def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, ove
     run identity) may differ in the settings outside it (``run.*``, ``paths.*``): the manifest and
     the report show the latest, the history stays in ``invocations``. Not saved here: the caller's
     next save writes it."""
+    from compresslab.config import config_environment
+
     config = OmegaConf.to_container(cfg, resolve=True)
+    env = config_environment()  # what the config read from the environment: the command sets it again
     manifest.data["config"] = config
     manifest.data["overrides"] = list(overrides) if overrides is not None else None
-    manifest.data["command"] = rerun_command(overrides) if overrides is not None else None
+    manifest.data["environment"] = env
+    manifest.data["command"] = rerun_command(overrides, env) if overrides is not None else None
     manifest.data["cwd"] = os.getcwd()
     manifest.data.setdefault("invocations", []).append(
-        {"started": now(), "overrides": manifest.data["overrides"], "cwd": manifest.data["cwd"]})
+        {"started": now(), "overrides": manifest.data["overrides"], "environment": env, "cwd": manifest.data["cwd"]})
     (run_dir / ".hydra").mkdir(exist_ok=True)
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 

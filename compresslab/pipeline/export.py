@@ -32,12 +32,26 @@ def export_dir(model: Any, state: RunState, out_dir: Path) -> Any:
 
     A model with frozen fake-quant modules also gets ``config.compresslab_quant`` in config.json and
     their scales / zero points in ``quantization.safetensors`` (what ``ort_matmul_nbits`` deploys);
-    a dynamic (unfrozen) one is refused."""
+    a dynamic (unfrozen) one is refused. The folder records the run's scoring settings
+    (``compresslab_eval.json``: max_length, eval batch size, task kind and metric), which ONNX passes copy
+    into their step folders and ``compresslab.evaluate(folder, data)`` scores with by default."""
+    from compresslab.eval.scoring_settings import write_scoring_settings
     from compresslab.export.matmul_nbits import export_quantized
 
     e = state.settings.export
-    return export_quantized(model, state.tokenizer, out_dir, _parity_batches(state, e.parity_examples),
-                            optimize=e.optimize, atol=e.atol, opset=e.opset)
+    res = export_quantized(model, state.tokenizer, out_dir, _parity_batches(state, e.parity_examples),
+                           optimize=e.optimize, atol=e.atol, opset=e.opset)
+    write_scoring_settings(out_dir, run_scoring_settings(state))
+    return res
+
+
+def run_scoring_settings(state: RunState) -> dict[str, Any]:
+    """What the run's eval stage scores its files with (:func:`~compresslab.eval.scoring_settings.scoring_settings`)."""
+    from compresslab.eval.scoring_settings import scoring_settings
+
+    spec, s = state.task.spec, state.settings
+    return scoring_settings(max_length=s.max_length, batch_size=s.eval.batch_size, kind=spec.kind.value,
+                            primary_metric=spec.primary_metric, task=spec.name, split=s.eval.split)
 
 
 def _torch_changed_after_teacher(manifest: RunManifest) -> bool:

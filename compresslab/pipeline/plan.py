@@ -56,6 +56,13 @@ class Step:
 # the same batched score: a run made before it is still that run)
 _ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", ("eval", "batch_dependence"): True}
 
+# Settings that say WHERE an input was found, not what it holds: their value is left out of the identity (kept as
+# null, the value runs made without it have, so those keep their hashes). The data's content is the run's identity
+# by hash (``pipeline.identity``: every file's sha256, the examples as parsed), checked on every resume; the same
+# data found at another path (``$COMPRESSLAB_DATA`` in another shell, a moved copy) is the same run, and other
+# data at the same path is refused there, naming each changed file.
+_LOCATION_KEYS: tuple[tuple[str, str], ...] = (("data", "root"),)
+
 
 def _without_default(node: Any, key: str, value: Any) -> Any:
     """``node`` without ``key`` when it holds the value runs had before the key existed (None: the default too)."""
@@ -119,10 +126,14 @@ def config_identity(cfg: DictConfig) -> dict[str, Any]:
     out at the value those runs had: ``_ADDED_DEFAULTS`` for the config groups, each pass's declared
     ``identity_defaults`` (after its ``identity_settings`` hook) for its node and its nested blocks
     (:func:`block_identity`); ``deploy.smooth_alpha`` is
-    normalised (:func:`_smooth_identity`)."""
+    normalised (:func:`_smooth_identity`). Where the data was found (``data.root``, from the config or
+    ``$COMPRESSLAB_DATA``) is not part of it (:data:`_LOCATION_KEYS`): the data's content is, by hash."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     out = {k: v for k, v in data.items() if k not in _CONTROL_KEYS}
+    for group, key in _LOCATION_KEYS:
+        if isinstance(out.get(group), dict) and key in out[group]:
+            out[group] = {**out[group], key: None}
     if "deploy" in out:
         out["deploy"] = _smooth_identity(out["deploy"])
     for (group, key), value in _ADDED_DEFAULTS.items():

@@ -67,11 +67,13 @@ def check_steps_settings(settings: RunSettings, steps: list[Step], model_config:
     check_nbits_deploy(settings, steps)
     check_unread_deploy_settings(settings, steps)
     if model_config is None:
+        from compresslab.checkpoint.io import FORMAT_FILES
         from compresslab.models.loading import read_config, resolve_source
 
         assert settings.model is not None, "a composed config's settings have a model block"
         source = settings.model.source
-        model_config, where = read_config(resolve_source(source)), f" (model.source={source})"
+        model_config, where = (read_config(resolve_source(source, FORMAT_FILES, "model.source")),
+                               f" (model.source={source})")
     check_lengths_fit(model_config, settings, steps, where)
 
 

@@ -137,6 +137,18 @@ def identity_changes(recorded: Mapping[str, Any] | None, cfg: DictConfig) -> lis
     return changed_settings(old, config_identity(cfg))
 
 
+def _identity_hash(recorded: Mapping[str, Any] | None) -> str | None:
+    """The hash of a manifest's recorded ``config`` under today's identity rules (None when it records none or
+    cannot be read). A run hashed before a rule changed (``data.root`` left out of the identity) is the same run
+    when its recorded config reads as this config now: it resumes, though its recorded ``config_hash`` differs."""
+    if not isinstance(recorded, Mapping):
+        return None
+    try:
+        return config_hash(saved_config(recorded))
+    except Exception:  # noqa: BLE001 - an unreadable old config: compared by its recorded hash alone
+        return None
+
+
 def move_aside(run_dir: Path, what: str) -> Path:
     """Move every entry of ``run_dir`` but its lock file (this process holds the dir through it) into a new
     ``<dir>.replaced-<time>`` beside it; returns that dir."""
@@ -174,7 +186,7 @@ def check_run_dir(run_dir: Path, cfg: DictConfig, settings: "RunSettings | None"
         raise no_manifest_refusal(run_dir, START_OVER, ELSEWHERE)
     old = RunManifest.load(run_dir)
     h = config_hash(cfg)
-    if not overwrite and old.data.get("config_hash") != h:
+    if not overwrite and old.data.get("config_hash") != h and _identity_hash(old.data.get("config")) != h:
         raise another_run_refusal(f"{run_dir} belongs to another config",
                                   identity_changes(old.data.get("config"), cfg), f"{START_OVER}, or {KEEP_BOTH}",
                                   unnamed=f" (hash {old.data.get('config_hash')} != {h})")

@@ -18,6 +18,7 @@ import yaml
 from compresslab.failure import stop_summary
 from compresslab.report import facts as F
 from compresslab.report.export import export_section
+from compresslab.report.provenance import code_banner, git_row, sessions_table
 from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
 from compresslab.report.redone import redone_section
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
@@ -60,6 +61,7 @@ def _status(m: Mapping[str, Any]) -> list[Block]:
     if off:
         out.append(Para("Switched off in this run's config: " + ", ".join(off) + "."))
     out += busy_banner(m)
+    out += code_banner(m)
     out.append(Bullets([f"{k}: {plain(status if k == 'status' else m.get(k))}" for k in  # one status: the live one
                         ("pipeline", "model_id", "task", "status", "created", "updated")]))
     return out
@@ -398,9 +400,10 @@ def config_yaml(config: Mapping[str, Any]) -> str:
 def _environment(m: Mapping[str, Any], run_dir: str) -> list[Block]:
     out: list[Block] = [Heading("Environment and reproduction")]
     info = _hardware_rows(m)
-    info += [[k, plain(m.get(k))] for k in
+    info += [git_row(m) if k == "git_sha" else [k, plain(m.get(k))] for k in
              ("seed", "config_hash", "git_sha", "compresslab_version", "schema_version")]
     out.append(Table(["fact", "value"], info, "Hardware and run identity"))
+    out += sessions_table(m)
     versions = F.as_dict(m.get("versions"))
     out.append(Table(["library", "version"], [[k, plain(v)] for k, v in versions.items()])
                if versions else _missing("versions"))

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from compresslab.config import config_environment
 from compresslab.failure import error_text
 from compresslab.manifest import atomic_write_json, now, read_json
 from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key, within_max_drop
@@ -269,7 +270,8 @@ class Search:
             log.warning("search: %s FAILED: %s", c.name, msg)
             o = _outcome(c, "failed", error=msg, ran_s=round(self.clock() - t0, 2))
             return o
-        what = (f"{o.speedup:.2f}x vs best_dense" if o.speedup is not None else "no speedup") + \
+        what = (f"{o.speedup:.2f}x vs best_dense at {o.speedup_shape}" + (" (MACHINE BUSY: void)" if o.timing_busy else "")
+                if o.speedup is not None else "no speedup") + \
             (f", {o.size_bytes / 1e6:.1f} MB" if o.size_bytes is not None else "")
         log.info("search: %s: validation %.4f (drop %.2f pt, %s budget), %s, %.0f s", c.name, o.val_score or 0.0,
                  o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE", what, o.ran_s)
@@ -316,11 +318,19 @@ class Search:
                     f"starting: {', '.join(skipped_budget)} (a larger search.time_budget_s resumes with them)")
         teacher_dev = next((o.dev.get("teacher_dev") for o in (sel.chosen, sel.best_single)
                             if o is not None and o.dev and "teacher_dev" in o.dev), None)
+        busy = [o.name for o in self.outcomes if o.ok and o.timing_busy]
+        if busy and self.s.objective.value == "latency":
+            msg += (f". MACHINE BUSY while the runs of {', '.join(busy)} timed their files: their speedups are void, "
+                    "and so is a choice among them (rerun on a quiet machine)")
+        from compresslab.pipeline.driver import rerun_command
+
+        env = config_environment()  # what the candidates' configs read from the environment ($COMPRESSLAB_DATA)
         data = {"schema": SCHEMA, "status": status, "message": msg, "updated": now(),
                 "search_dir": str(self.plan.search_dir), "settings": self.s.to_dict(),
                 "space": [e.name for e in self.plan.entries], "base_overrides": self.plan.base_overrides,
-                "command": self.plan.command, "time_budget_s": self.s.time_budget_s, "spent_s": round(self.spent_s(), 2),
-                "objective_shape": shape_key(self.s.latency_shape) if self.s.latency_shape else None,
+                "command": self.plan.command, "environment": env, "shell_command": rerun_command(self.plan.command, env),
+                "time_budget_s": self.s.time_budget_s, "spent_s": round(self.spent_s(), 2),
+                **self._objective_shape(sel), "timing_busy": busy,
                 "met": sel.met, "chosen": _report(sel.chosen), "best_single": _report(sel.best_single),
                 "best_single_met": sel.best_single_met, "front": [_report(o) for o in sel.front],
                 "teacher_val": next((o.teacher_val for o in self.outcomes if o.teacher_val is not None), None),
@@ -328,6 +338,17 @@ class Search:
                 "candidates": [o.to_dict() for o in self._all()]}
         atomic_write_json(self.path, data)
         return data
+
+    def _objective_shape(self, sel: Any) -> dict[str, Any]:
+        """``objective_shape``: the shape the speedups were timed at (``search.latency_shape``, else each run's
+        bench shape with the largest batch: the chosen candidate's), and ``objective_shape_from``, which rule."""
+        if self.s.latency_shape:
+            return {"objective_shape": shape_key(self.s.latency_shape), "objective_shape_from": "search.latency_shape"}
+        shapes = sorted({o.speedup_shape for o in self.outcomes if o.ok and o.speedup_shape})
+        chosen = sel.chosen.speedup_shape if sel.chosen is not None else None
+        return {"objective_shape": chosen or (shapes[0] if len(shapes) == 1 else None),
+                "objective_shape_from": "the bench shape with the largest batch (search.latency_shape=null)",
+                **({"objective_shapes": shapes} if len(shapes) > 1 else {})}
 
     def _all(self) -> list[Outcome]:
         """This pass's outcomes, then recorded ones this pass has not reached (kept for resuming)."""
@@ -342,7 +363,8 @@ def _report(o: Outcome | None) -> dict[str, Any] | None:
     dev = o.dev or {}
     return {"name": o.name, "pipeline": o.pipeline, "overrides": o.overrides, "methods": o.methods,
             "val_score": o.val_score, "val_drop_pt": o.drop_pt, "dev_score": dev.get("dev_score"),
-            "dev_drop_pt": dev.get("dev_drop_pt"), "speedup_vs_best_dense": o.speedup, "size_bytes": o.size_bytes,
+            "dev_drop_pt": dev.get("dev_drop_pt"), "speedup_vs_best_dense": o.speedup,
+            "speedup_shape": o.speedup_shape, "timing_busy": o.timing_busy, "size_bytes": o.size_bytes,
             "run_dir": o.run_dir, **({"dev_error": dev["error"]} if "error" in dev else {})}
 
 
@@ -371,19 +393,28 @@ def search(overrides: Sequence[str] | None = None, *, space: str = "auto", **set
 
 # exit status of a search that ran but has no model to give (no candidate finished in the budget, or none scored)
 EXIT_NO_MODEL = 3
+# exit status of a search whose candidates finished but none met the drop budget: best/ holds the closest, which a
+# script gating on the status must not ship as if it met the budget (search.json: met=false)
+EXIT_NOT_MET = 4
 
 
 def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None, int], Any]) -> None:
     """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer.
-    SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model; a rerun with a larger budget resumes it."""
+    SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model, SystemExit(:data:`EXIT_NOT_MET`) when it chose the
+    closest because none met the drop budget; a rerun with a larger budget resumes it."""
     plan = plan_search(cfg, list(overrides or []))
     setup(plan.threads, plan.seed)
     logging.getLogger("compresslab").setLevel(logging.INFO)
     data = run_search(plan)
     print(f"search: {data['message']}")
     best = data.get("best") or {}
+    met = bool(data.get("met"))
     if best.get("file"):
-        print(f"best model: {plan.search_dir / best['file']}")
+        where = plan.search_dir / best["file"]
+        print(f"best model: {where}" if met else
+              f"closest model, NOT within the drop budget (search.max_drop={plan.settings.max_drop:g} pt): {where}")
     print(f"search.json: {plan.search_dir / SEARCH_FILE}")
     if data.get("chosen") is None:  # nothing to deploy: a script must not read this as success
         raise SystemExit(EXIT_NO_MODEL)
+    if not met:  # a model, but not one the budget allows: nor is this success
+        raise SystemExit(EXIT_NOT_MET)

@@ -136,6 +136,8 @@ class Outcome:
     went on), ``skipped`` (``reason``: the time budget, a milder value that already missed, no seed).
     ``ran_s``: seconds this search spent running it (0 when read back from a finished run dir);
     ``teacher_s``: of those, the teacher's fine-tuning (left out of the time estimates).
+    ``speedup_shape``: the ``b<B>xs<S>`` shape ``speedup`` was timed at; ``timing_busy``: the run's bench found
+    the machine busy (``bench.machine_load.busy``), so its timings, the speedup included, are void.
     """
 
     name: str
@@ -150,6 +152,8 @@ class Outcome:
     drop_pt: float | None = None
     agreement: float | None = None
     speedup: float | None = None
+    speedup_shape: str | None = None  # the bench shape the speedup was timed at (b32xs128)
+    timing_busy: bool | None = None  # other processes ran while the run's bench timed it: the speedup is void
     size_bytes: int | None = None
     ran_s: float = 0.0
     teacher_s: float = 0.0
@@ -184,8 +188,9 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
     """The search's figures of a finished run, from its manifest: validation score of the deployed
     file and of the teacher, the drop in points, agreement, speedup vs best_dense at ``shape`` (None
     when the bench stage did not run; ``shape`` None = the bench shape with the largest batch) and the
-    deployed file's bytes. ValueError when the run was not scored on validation (dev is never
-    selected on) or lacks its eval section."""
+    deployed file's bytes; ``speedup_shape``, the shape the speedup was read at, and ``timing_busy``, whether the
+    bench found the machine busy (None without a bench). ValueError when the run was not scored on validation
+    (dev is never selected on) or lacks its eval section."""
     ev = manifest.get("eval") or {}
     if ev.get("split") != "validation":
         raise ValueError(f"the run was scored on {ev.get('split')!r}, not on the validation split: a search selects "
@@ -195,16 +200,18 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
         raise ValueError("the run's eval section has no deployed / teacher_torch score")
     val, teacher = float(models["deployed"]["score"]), float(models["teacher_torch"]["score"])
     bench = manifest.get("bench") or {}
-    speedup = None
+    speedup, key = None, None
     per_shape = (bench.get("speedups_best_dense") or {}).get("deployed") or {}
     if per_shape:
         key = shape_key(shape) if shape else largest_batch(per_shape)
         if key not in per_shape:
             raise ValueError(f"the run's bench has no deployed speedup at {key} (timed: {sorted(per_shape)})")
         speedup = float(per_shape[key])
+    busy = (bench.get("machine_load") or {}).get("busy") if bench else None
     size = ((manifest.get("size") or {}).get("deployed") or {}).get("total")
     return {"val_score": val, "teacher_val": teacher, "drop_pt": (teacher - val) * 100.0,
-            "agreement": models["deployed"].get("agreement"), "speedup": speedup,
+            "agreement": models["deployed"].get("agreement"), "speedup": speedup, "speedup_shape": key,
+            "timing_busy": bool(busy) if busy is not None else None,
             "size_bytes": int(size) if size is not None else None}
 
 

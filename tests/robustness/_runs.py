@@ -56,6 +56,18 @@ def cli_args(root: Path, out: Path, *extra: str, pipeline: str = "int8") -> list
             "report=false", *extra]
 
 
+def command_overrides(command: str) -> tuple[dict[str, str], list[str]]:
+    """A recorded rerun command (``[NAME=value ...] python -m compresslab <overrides>``) split as a POSIX shell
+    splits it: (the variables it sets, the overrides). AssertionError for another shape."""
+    import shlex
+
+    words = shlex.split(command)
+    n = next(i for i, w in enumerate(words) if w == "python")
+    env = dict(w.split("=", 1) for w in words[:n])
+    assert words[n:n + 3] == ["python", "-m", "compresslab"] and all(k.isidentifier() for k in env), command
+    return env, words[n + 3:]
+
+
 def run_cfg(root: Path, out: Path, *extra: str, pipeline: str = "int8") -> Any:
     """The composed config of :func:`cli_args` (what ``python -m compresslab`` would run)."""
     from compresslab.config import compose

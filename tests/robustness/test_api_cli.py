@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from _cases import case_param
-from _runs import REPO, cli_args, make_inputs
+from _runs import REPO, cli_args, command_overrides, make_inputs
 from compresslab import cli
-from compresslab.config import compose
+from compresslab.config import compose, config_environment
 from compresslab.models.tiny import tiny_model
 from compresslab.testing import tiny_sentiment
 
@@ -435,9 +435,10 @@ def test_overrides_recorded_and_rerun_command_exact(inputs, tmp_path, observe):
     d = run(compose(args), overrides=args)  # what the CLI's _main passes
     m = _manifest(d)
     assert m["overrides"] == args and m["cwd"] == os.getcwd()
-    words = shlex.split(m["command"])
-    assert words[:3] == ["python", "-m", "compresslab"] and words[3:] == args  # the shell gives back each override
-    again = compose(words[3:])
+    env, words = command_overrides(m["command"])
+    assert words == args  # the shell gives back each override
+    assert env == m["environment"] == config_environment()  # and sets what the config read from the environment
+    again = compose(words)
     assert config_hash(again) == m["config_hash"] and resolve_run_dir(again) == d
     text = build_document(m, set(), {}, str(d)).blocks
     code = next(b for b in text if getattr(b, "text", "").startswith("cd "))
@@ -483,8 +484,8 @@ def test_cli_multirun_records_each_jobs_overrides(inputs, tmp_path, observe):
         # Hydra writes a sweep job's overrides in its own grammar (a space in a path escaped: in\ put),
         # which it reads back as the same value: the command composes this job's run identity
         assert len(m["overrides"]) == len(args) + 1 and m["overrides"][-1] == f"seed={m['config']['seed']}"
-        words = shlex.split(m["command"])
-        assert words[3:] == m["overrides"] and config_hash(compose(words[3:])) == m["config_hash"]
+        _, words = command_overrides(m["command"])
+        assert words == m["overrides"] and config_hash(compose(words)) == m["config_hash"]
     observe(f"jobs: {[m['command'].split()[-1] for m in manifests]}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,56 @@ def test_changed_inputs_cli_exit_2(tmp_path, observe):
     assert "run.overwrite=true" in both
     assert read_json(d / "manifest.json")["status"] == "stopped"
     observe(f"exit 2; {line.strip()[:300]}")
+
+
+def _glue_root(root: Path, dev_label: int = 0) -> Path:
+    """A data root holding ``glue/SST-2/{train,dev}.tsv`` (tiny; the last dev label is ``dev_label``)."""
+    sst = root / "glue" / "SST-2"
+    sst.mkdir(parents=True)
+    words = ["good", "bad", "fun", "dull", "film"]
+    rows = [f"{' '.join(words[(i + k) % 5] for k in range(4))}\t{i % 2}" for i in range(48)]
+    (sst / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (sst / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:15] + [f"fun film\t{dev_label}"]) + "\n")
+    return root
+
+
+@pytest.mark.case(name="the report's rerun command of a run whose data came from $COMPRESSLAB_DATA, in a new shell",
+                  kind=3, bad_input=False, expected="the command sets COMPRESSLAB_DATA and resumes the run; the same "
+                  "data under another data.root resumes it too; other data there is refused by its hash")
+def test_the_recorded_command_reproduces_a_run_whose_data_root_came_from_the_environment(tmp_path, monkeypatch,
+                                                                                        observe, expect_clear):
+    # a trial: "compresslab: error: ... belongs to another config; ... data.root: "/work/shared/data" -> null"
+    from compresslab.config import compose
+
+    inputs = make_inputs(tmp_path / "in")
+    first, moved, other = (_glue_root(tmp_path / n, lab) for n, lab in (("a b", 0), ("moved", 0), ("other", 1)))
+    args = ["+pipeline=int8", "debug=smoke", "model=local", f"model.source={inputs / 'model'}", "task=sst2",
+            "task.max_length=32", "run.threads=1", f"paths.output_dir={tmp_path}/out",
+            f"paths.cache_dir={tmp_path}/cache", "bench.enabled=false", "report=false", f"run.dir={tmp_path}/run",
+            "run.stop_after=0"]
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(first))
+    d = run(compose(args), overrides=args)
+    m = read_json(d / "manifest.json")
+    assert m["status"] == "stopped" and m["environment"]["COMPRESSLAB_DATA"] == str(first)
+    assert m["command"].startswith(f"COMPRESSLAB_DATA='{first}' python -m compresslab +pipeline=int8 ")
+    monkeypatch.delenv("COMPRESSLAB_DATA")
+    # the printed command, as a user pastes it into a new shell without the variable
+    env = {k: v for k, v in os.environ.items() if k != "COMPRESSLAB_DATA"}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", PYTHONPATH=str(REPO))
+    out = subprocess.run(m["command"], shell=True, cwd=m["cwd"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    again = read_json(d / "manifest.json")
+    assert again["config_hash"] == m["config_hash"] and len(again["invocations"]) == 2
+    # each process that worked on the run recorded its code (F6): this one, then the shell's
+    first_s, shell_s = again["sessions"]
+    assert (first_s["resumed"], shell_s["resumed"]) == (False, True) and first_s["pid"] != shell_s["pid"]
+    assert all({"git_sha", "git_dirty", "compresslab_version", "ran"} <= set(s) for s in (first_s, shell_s))
+    # the same files found at another path: the same run (its content is its identity)
+    assert run(compose([*args, f"data.root={moved}"])) == d
+    # other data at a path: refused by its hash, naming the file
+    expect_clear(lambda: run(compose([*args, f"data.root={other}"])), match=r"dev.*sha256 \w+ -> \w+",
+                 errors=(InputsChangedError,))
+    observe(f"resumed by: {m['command'][:120]}...")
 
 
 @pytest.mark.case(name="a run dir from before input hashes, its data edited", kind=3,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from _runs import cli_args, make_inputs
+from _runs import cli_args, command_overrides, make_inputs
 from compresslab import cli
 
 case = pytest.mark.case
@@ -167,7 +166,7 @@ def test_a_failing_job_does_not_stop_the_sweep(inputs, tmp_path, monkeypatch, ca
         f"  #3 seed=4: stopped, {mr}/3"]
     # one job's recorded command reruns that job alone: its own run dir, not ${hydra:job.num} (unset in a single run)
     m = _manifest(mr / "3")
-    words = shlex.split(m["command"])[3:]
+    _, words = command_overrides(m["command"])
     assert f"run.dir={mr}/3" in words
     again = compose(words)
     assert resolve_run_dir(again) == mr / "3" and config_hash(again) == m["config_hash"]

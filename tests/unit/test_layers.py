@@ -15,7 +15,7 @@ TOOL = PKG.parents[1] / "shared" / "tools" / "import_cycles.py"
 
 # Ground floor first. A room may import rooms on its own floor or below, never above.
 FLOOR = {
-    "ops": 0, "validate": 0, "manifest": 0, "config": 0, "runlock": 0, "dirlock": 0, "rng": 0, "failure": 0,
+    "ops": 0, "validate": 0, "provenance": 0, "manifest": 0, "config": 0, "runlock": 0, "dirlock": 0, "rng": 0, "failure": 0,
     "data": 1, "models": 1, "training": 1, "report": 1,
     "types": 2, "targets": 2, "checkpoint": 2, "eval": 2,
     "registry": 3, "export": 3,

@@ -98,3 +98,47 @@ def test_overwrite_never_moves_a_dir_that_is_not_only_a_run(tmp_path, foreign):
         with pytest.raises(RunDirConflictError, match="is not a compresslab run.*run.dir=<another dir>"):
             prepare_run_dir(d, _cfg(d, *extra))
     assert (d / foreign).read_text() == "mine" and not list(tmp_path.glob("run.replaced-*"))
+
+
+def test_where_the_data_was_found_is_not_the_runs_identity(tmp_path, monkeypatch):
+    """A trial: a run made with $COMPRESSLAB_DATA set was refused by the report's own rerun command in a new shell
+    ("belongs to another config ... data.root: "/work/shared/data" -> null"). The data's content is the identity (by
+    sha256, pipeline/identity.py); the same data found elsewhere is the same run."""
+    from compresslab.pipeline import plan
+
+    d = tmp_path / "run"
+    monkeypatch.setenv("COMPRESSLAB_DATA", "/work/shared/data")
+    from_env = _cfg(d)
+    assert from_env.data.root == "/work/shared/data"
+    monkeypatch.delenv("COMPRESSLAB_DATA")
+    for other in (_cfg(d), _cfg(d, "data.root=/elsewhere/data")):
+        assert config_hash(other) == config_hash(from_env)
+    _recorded(d, from_env)
+    assert prepare_run_dir(d, _cfg(d)) is not None  # resumed, not refused
+    assert config_hash(_cfg(d, "data.root=/x")) == config_hash(compose(["+pipeline=obert_int8", "debug=smoke"]))
+
+    # a run recorded before the rule (its hash took data.root in) is found again from its recorded config
+    old = tmp_path / "old"
+    rule = plan._LOCATION_KEYS
+    monkeypatch.setattr(plan, "_LOCATION_KEYS", ())
+    old_cfg = _cfg(old, "data.root=/old/place")
+    _recorded(old, old_cfg)
+    monkeypatch.setattr(plan, "_LOCATION_KEYS", rule)
+    assert json.loads((old / "manifest.json").read_text())["config_hash"] != config_hash(old_cfg)
+    assert prepare_run_dir(old, _cfg(old, "data.root=/new/place")) is not None
+    with pytest.raises(RunDirConflictError, match="seed: 42 -> 7"):  # another setting is still another run
+        prepare_run_dir(old, _cfg(old, "data.root=/new/place", "seed=7"))
+
+
+def test_the_rerun_command_sets_what_the_config_read_from_the_environment(monkeypatch):
+    from compresslab.config import config_env_vars, config_environment
+    from compresslab.pipeline.driver import rerun_command
+
+    assert {"COMPRESSLAB_DATA", "COMPRESSLAB_CACHE"} <= set(config_env_vars())  # every ${oc.env:...} in conf/
+    monkeypatch.delenv("COMPRESSLAB_CACHE", raising=False)
+    monkeypatch.setenv("COMPRESSLAB_DATA", "/data/my glue")
+    env = config_environment()
+    assert env == {"COMPRESSLAB_DATA": "/data/my glue"}
+    assert rerun_command(["+pipeline=int8", "run.dir=a b"], env) == \
+        "COMPRESSLAB_DATA='/data/my glue' python -m compresslab +pipeline=int8 'run.dir=a b'"
+    assert rerun_command(["+pipeline=int8"]) == "python -m compresslab +pipeline=int8"

@@ -380,23 +380,39 @@ def test_an_openvino_search_leaves_out_the_n_bit_entries_and_says_so(monkeypatch
     assert "w4" in [e.name for e in seen["plan"].entries]
 
 
-@pytest.mark.parametrize("chosen,code", [(None, 3), ({"name": "int8"}, None)])
-def test_a_search_that_chose_nothing_exits_non_zero(monkeypatch, tmp_path, capsys, chosen, code):
+@pytest.mark.parametrize("chosen,met,code,line", [
+    (None, False, 3, None),
+    ({"name": "int8"}, True, None, "best model: {dir}/best/model.onnx"),
+    # a trial: no candidate met the budget, yet the search printed "best model: ..." and exited 0, so a CI job gating
+    # on the status ships an out-of-budget model; met=false was only inside search.json
+    ({"name": "int8"}, False, 4, "closest model, NOT within the drop budget (search.max_drop=1 pt): "
+                                 "{dir}/best/model.onnx"),
+])
+def test_the_exit_status_and_the_last_lines_say_whether_a_model_met_the_budget(monkeypatch, tmp_path, capsys, chosen,
+                                                                                met, code, line):
     # a new user's search spent its budget before any candidate finished and exited 0 (scripts read success)
     from types import SimpleNamespace
 
     from compresslab.search import driver
 
-    plan = SimpleNamespace(threads=1, seed=0, search_dir=tmp_path)
+    plan = SimpleNamespace(threads=1, seed=0, search_dir=tmp_path, settings=SearchSettings(max_drop=1.0))
+    best = {"name": "int8", "met": met, "file": "best/model.onnx"} if chosen else None
     monkeypatch.setattr(driver, "plan_search", lambda cfg, overrides: plan)
-    monkeypatch.setattr(driver, "run_search", lambda p: {"message": "no candidate finished", "chosen": chosen})
+    monkeypatch.setattr(driver, "run_search", lambda p: {"message": "the message", "chosen": chosen, "met": met,
+                                                         "best": best})
     if code is None:
         driver.main(None, [], lambda *a: None)
     else:
         with pytest.raises(SystemExit) as e:
             driver.main(None, [], lambda *a: None)
-        assert e.value.code == code == driver.EXIT_NO_MODEL
-    assert "search: no candidate finished" in capsys.readouterr().out
+        assert e.value.code == code == (driver.EXIT_NO_MODEL if chosen is None else driver.EXIT_NOT_MET)
+    out = capsys.readouterr().out
+    assert "search: the message" in out
+    if line is None:
+        assert "model:" not in out
+    else:
+        assert line.format(dir=tmp_path) in out.splitlines()
+        assert ("best model:" in out) == met
 
 
 def test_an_openvino_int8_deploy_setting_reaches_the_candidates_that_read_it(monkeypatch, tmp_path):
@@ -423,3 +439,48 @@ def test_an_openvino_int8_deploy_setting_reaches_the_candidates_that_read_it(mon
                                             r".*ziplm_2x: no step of this pipeline makes int8"):
         compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.smooth_alpha=0.8", "~search.space",
                                 "+search.space.z={pipeline: ziplm_2x, methods: [ziplm], cost: 1}"])
+
+
+def test_read_run_names_the_shape_of_the_speedup_and_whether_its_timing_was_busy():
+    """A trial's search.json gave speedup_vs_best_dense 0.8957 with objective_shape null (the value was b4xs32; the
+    same run gave 2.03x at b1xs32), and no word of the MACHINE BUSY both candidate runs logged."""
+    from compresslab.search.objective import read_run
+
+    m = {"eval": {"split": "validation", "models": {"deployed": {"score": 0.8}, "teacher_torch": {"score": 0.81}}},
+         "bench": {"speedups_best_dense": {"deployed": {"b1xs32": 2.03, "b4xs32": 0.8957}},
+                   "machine_load": {"busy": True, "reasons": ["other processes used 1.8 CPU s per s"]}},
+         "size": {"deployed": {"total": 10}}}
+    got = read_run(m, None)
+    assert (got["speedup"], got["speedup_shape"], got["timing_busy"]) == (0.8957, "b4xs32", True)
+    got = read_run(m, (1, 32))
+    assert (got["speedup"], got["speedup_shape"]) == (2.03, "b1xs32")
+    quiet = read_run({**m, "bench": {**m["bench"], "machine_load": {"busy": False}}}, None)
+    assert quiet["timing_busy"] is False
+    none = read_run({k: v for k, v in m.items() if k != "bench"}, None)
+    assert (none["speedup"], none["speedup_shape"], none["timing_busy"]) == (None, None, None)
+
+
+def test_search_json_records_the_objective_shape_the_busy_timings_and_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSLAB_DATA", "/data/glue root")
+    fake = Fake(GOOD)
+
+    def runner(c: Candidate) -> Outcome:
+        o = fake(c)
+        o.speedup_shape, o.timing_busy = "b4xs32", c.name == ZI.format(2.0)
+        return o
+
+    plan = _plan(tmp_path)
+    plan.command = ["+search=auto", "debug=smoke"]
+    data = Search(plan, runner=runner, dev_scorer=lambda run_dir: {}, clock=fake.clock).run()
+    saved = read_json(tmp_path / "search" / SEARCH_FILE)
+    assert saved == data
+    assert data["objective_shape"] == "b4xs32" and "largest batch" in data["objective_shape_from"]
+    assert data["chosen"]["speedup_shape"] == "b4xs32" and data["chosen"]["timing_busy"] is True
+    assert data["timing_busy"] == [ZI.format(2.0)] and "MACHINE BUSY" in data["message"]
+    assert {c["name"]: c["timing_busy"] for c in data["candidates"] if c["status"] == "ok"}["int8"] is False
+    # the command that resumes the search sets what its configs read from the environment
+    assert data["environment"] == {"COMPRESSLAB_DATA": "/data/glue root"}
+    assert data["shell_command"] == "COMPRESSLAB_DATA='/data/glue root' python -m compresslab +search=auto debug=smoke"
+    fixed = _plan(tmp_path / "fixed", latency_shape=[1, 32])
+    data = Search(fixed, runner=runner, dev_scorer=lambda run_dir: {}, clock=fake.clock).run()
+    assert (data["objective_shape"], data["objective_shape_from"]) == ("b1xs32", "search.latency_shape")

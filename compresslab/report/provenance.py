@@ -1,0 +1,76 @@
+"""Which code made the run, as the report says it: the commit (with its uncommitted-changes flag) and, for a run
+that more than one process worked on, each session's code and what it ran (the manifest's ``sessions``,
+:meth:`compresslab.manifest.RunManifest.open_session`). A run resumed after a commit or an edit ran its later
+steps and stages on other code than its first ones: the report says so at the top, not only in a table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from compresslab.provenance import same_code
+from compresslab.report.fmt import DASH
+from compresslab.report.render import Block, Para, Table
+
+
+def _sessions(m: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    s = m.get("sessions")
+    return [x for x in s if isinstance(x, Mapping)] if isinstance(s, list) else []
+
+
+def code_label(rec: Mapping[str, Any]) -> str:
+    """``2df9ab10e24d (uncommitted changes), compresslab 0.1.0``: a session's (or the manifest's) code."""
+    sha = str(rec.get("git_sha") or "")[:12] or "no git checkout"
+    dirty = {True: " (uncommitted changes)", None: ""}.get(rec.get("git_dirty"), "")
+    version = rec.get("compresslab_version")
+    return f"{sha}{dirty}" + (f", compresslab {version}" if version else "")
+
+
+def git_row(m: Mapping[str, Any]) -> list[str]:
+    """The ``git_sha`` fact: the creating process's commit, flagged when its files had uncommitted changes."""
+    sha = m.get("git_sha")
+    if not sha:
+        return ["git_sha", DASH]
+    flag = {True: " (uncommitted changes in compresslab/)", False: " (clean)"}.get(m.get("git_dirty"), "")
+    return ["git_sha", f"{sha}{flag}"]
+
+
+def code_versions(m: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """One session per code version, in order: a run made by one code version has one entry (two uncommitted
+    checkouts count as two, since their edits may differ)."""
+    out: list[Mapping[str, Any]] = []
+    for s in _sessions(m):
+        if not any(same_code(s, o) for o in out):
+            out.append(s)
+    return out
+
+
+def _ran(s: Mapping[str, Any]) -> str:
+    ran = s.get("ran")
+    return ", ".join(str(x) for x in ran) if isinstance(ran, list) and ran else "no step or stage"
+
+
+def code_banner(m: Mapping[str, Any]) -> list[Block]:
+    """A warning at the top when the run was made by more than one code version, naming each and what it ran."""
+    sessions = _sessions(m)
+    if len(code_versions(m)) < 2:
+        return []
+    parts = [f"{'resumed' if s.get('resumed') else 'created'} {s.get('started', DASH)} on {code_label(s)}: "
+             f"{_ran(s)}" for s in sessions]
+    return [Para(f"This run was made by more than one code version ({len(sessions)} sessions): "
+                 + "; ".join(parts) + ". Its steps and stages may not all come from the same code; "
+                 "run.overwrite=true remakes it with one.", kind="warn")]
+
+
+def sessions_table(m: Mapping[str, Any]) -> list[Block]:
+    """Every session (when there is more than one, or its code has uncommitted changes): started, created or
+    resumed, its code and what it ran."""
+    sessions = _sessions(m)
+    if len(sessions) < 2 and not any(s.get("git_dirty") for s in sessions):
+        return []
+    rows = [[str(i), str(s.get("started", DASH)), "resumed" if s.get("resumed") else "created", code_label(s), _ran(s)]
+            for i, s in enumerate(sessions, 1)]
+    return [Table(["#", "started", "how", "code", "ran"], rows, "Sessions: the processes that worked on this run")]
+
+
+__all__ = ["code_banner", "code_label", "code_versions", "git_row", "sessions_table"]
