@@ -75,6 +75,7 @@ def qdq_to_matmul_integer(src: str | Path, dst: str | Path) -> dict[str, Any]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from compresslab.export.qdq import drop_dead
     from compresslab.manifest import atomic_write_bytes
 
     model = onnx.load(str(src))
@@ -112,23 +113,10 @@ def qdq_to_matmul_integer(src: str | Path, dst: str | Path) -> dict[str, Any]:
     nodes = [new for n in g.node for new in replaced.get(id(n), [n])]  # in place: topological order holds
     del g.node[:]
     g.node.extend(nodes)
-    _drop_unread(g)
+    drop_dead(g, ("DequantizeLinear",))  # the weights' DequantizeLinear nodes and their int8 codes
     onnx.checker.check_model(model)
     atomic_write_bytes(dst, model.SerializeToString())
     return {"converted": len(replaced), "left_qdq": left, "format": FORMAT_NOTE}
-
-
-def _drop_unread(graph: Any) -> None:
-    """Remove the DequantizeLinear nodes and initializers nothing reads any more (the int8 weights)."""
-    while True:
-        read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    for init in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(init)
 
 
 __all__ = ["FORMAT_NOTE", "qdq_to_matmul_integer"]

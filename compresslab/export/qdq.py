@@ -68,11 +68,12 @@ def _qparams_as_initializers(graph: Any) -> None:
             node.input[i] = name
 
 
-def _drop_dead(graph: Any) -> None:
-    """Remove ``Constant`` / ``Identity`` nodes and initializers that nothing reads any more."""
+def drop_dead(graph: Any, op_types: tuple[str, ...] = ("Constant", "Identity")) -> None:
+    """Remove nodes of ``op_types`` and initializers that nothing reads any more (repeatedly: a removed node may
+    have been the last reader of another)."""
     while True:
         used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if n.op_type in ("Constant", "Identity") and n.output[0] not in used]
+        dead = [n for n in graph.node if n.op_type in op_types and n.output[0] not in used]
         if not dead:
             break
         for n in dead:
@@ -164,7 +165,7 @@ def fold_weight_qdq(path: str | Path) -> dict[str, Any]:
         folded += 1
     for n in drop:
         g.node.remove(n)
-    _drop_dead(g)  # the fp32 weights, the zero-point constants and identities now unused
+    drop_dead(g)  # the fp32 weights, the zero-point constants and identities now unused
     scalars = _scalar_qparams(g)
     atomic_write_bytes(path, model.SerializeToString())
     return {"folded": folded, "transposes_folded": transposed, "qparams_made_scalar": scalars}

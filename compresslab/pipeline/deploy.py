@@ -40,7 +40,7 @@ from compresslab.export.precision import is_int8, nbits_of, precision_class
 from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
 from compresslab.pipeline.settings import RunSettings
-from compresslab.pipeline.stage_files import record_stage, recorded, stage_done
+from compresslab.pipeline.stage_files import record_files, record_stage, recorded, stage_done
 from compresslab.pipeline.state import RunState
 from compresslab.pipeline.validation import ValidationAgreement
 
@@ -99,7 +99,9 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
             if ir.get("precision_note"):  # a binary model: deploy.precision=default compiled as f32
                 record["precision_note"] = ir["precision_note"]
             # the IR folder says how the run scores it (compresslab.evaluate reads it): at the deploy precision
-            add_scoring_settings(xml.parent, openvino_precision=d.precision)
+            # recorded now too: the IR's files were recorded as openvino_ir wrote them, this one included
+            scoring = add_scoring_settings(xml.parent, openvino_precision=d.precision)
+            record_files(manifest, run_dir, "deploy", [scoring])
         section["runtime"] = chosen
     manifest.data.setdefault("export", {})["deployed"] = record
     manifest.data["deploy"] = section

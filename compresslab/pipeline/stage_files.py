@@ -134,20 +134,28 @@ def stage_problems(manifest: RunManifest, run_dir: Path, stage: str) -> list[str
     out: list[str] = []
     for rel, want in sorted(rec.items()):
         path = run_dir / rel
-        if not path.is_file():
-            out.append(f"{rel} is missing")
-            continue
         if stage in VIEWS:
-            continue
-        try:
-            found = sha256_file(path)
-        except OSError as e:
-            out.append(f"{rel} is unreadable ({e.strerror or e})")
-            continue
-        if found != want:
-            out.append(f"{rel} changed after the {stage} stage wrote it (edited, truncated or replaced: sha256 "
-                       f"{want[:12]} recorded, {found[:12]} now, {path.stat().st_size} bytes)")
+            problem = None if path.is_file() else f"{rel} is missing"
+        else:
+            problem = file_problem(path, rel, want, f"the {stage} stage wrote it")
+        if problem:
+            out.append(problem)
     return out
+
+
+def file_problem(path: Path, shown: str, recorded: str, written: str) -> str | None:
+    """Why ``path`` (named ``shown``) is not the file whose sha256 ``recorded`` was taken when ``written`` (e.g.
+    ``the step finished``): missing, unreadable, or changed; None when intact. One hash of the file."""
+    if not path.is_file():
+        return f"{shown} is missing"
+    try:
+        found = sha256_file(path)
+    except OSError as e:
+        return f"{shown} is unreadable ({e.strerror or e})"
+    if found != recorded:
+        return (f"{shown} changed after {written} (edited, truncated or replaced: sha256 {recorded[:12]} recorded, "
+                f"{found[:12]} now, {path.stat().st_size} bytes)")
+    return None
 
 
 def first_broken_stage(manifest: RunManifest, run_dir: Path, stages: Iterable[str] = STAGES,

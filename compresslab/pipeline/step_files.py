@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from compresslab.manifest import RunManifest, StepRecord, now, sha256_file
-from compresslab.pipeline.stage_files import drop_stages, first_broken_stage, remove_path
+from compresslab.manifest import RunManifest, StepRecord, now
+from compresslab.pipeline.stage_files import drop_stages, file_problem, first_broken_stage, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +35,9 @@ def step_problems(rec: StepRecord, run_dir: Path) -> list[str]:
         return [f"{rec.dir}/ is missing (the step's whole dir)"]
     out: list[str] = []
     for name, recorded in sorted(rec.artifacts.items()):
-        path = step_dir / name
-        if not path.is_file():
-            out.append(f"{rec.dir}/{name} is missing")
-            continue
-        try:
-            found = sha256_file(path)
-        except OSError as e:
-            out.append(f"{rec.dir}/{name} is unreadable ({e.strerror or e})")
-            continue
-        if found != recorded:
-            out.append(f"{rec.dir}/{name} changed after the step finished (edited, truncated or replaced: sha256 "
-                       f"{recorded[:12]} recorded, {found[:12]} now, {path.stat().st_size} bytes)")
+        problem = file_problem(step_dir / name, f"{rec.dir}/{name}", recorded, "the step finished")
+        if problem:
+            out.append(problem)
     onnx = rec.result.get("onnx_path")  # relative to the run dir; inside the step dir (hashed above) as a rule
     if onnx and not (run_dir / onnx).is_file() and not any(line.startswith(f"{onnx} ") for line in out):
         out.append(f"{onnx} is missing (the step's ONNX file)")
