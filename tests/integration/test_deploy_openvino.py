@@ -59,7 +59,8 @@ def test_int8_deployed_on_openvino_then_auto(tmp_path, data_root):
     assert b["speedups"]["deployed"]
     # the size of what ships: the IR's bytes, with the ONNX file it came from beside it
     ir_bytes = sum((rd / dep["path"]).with_suffix(x).stat().st_size for x in (".xml", ".bin"))
-    assert m["size"]["deployed"] == {"total": ir_bytes, "runtime": "openvino", "file": dep["path"]}
+    assert m["size"]["deployed"] == {"total": ir_bytes, "runtime": "openvino", "file": dep["path"],
+                                     "source": ir["source"]}  # the IR was made from the plain export (trial F3)
     assert m["size"]["deployed_onnx"]["total"] == (rd / "steps/01_int8/model.onnx").stat().st_size
 
     rd2 = run(_cfg(tmp_path, data_root, "deploy=auto"))
