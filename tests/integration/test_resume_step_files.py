@@ -118,19 +118,6 @@ def test_a_step_that_passes_its_hashes_but_cannot_be_read_is_redone(reference, t
     _assert_same_as(ref, d)
 
 
-def test_restoring_a_run_with_a_changed_step_names_the_file(reference, tmp_path):
-    # pipeline.restore (re-benchmarks, the search's dev scores) reads a run without running it: it cannot redo
-    from compresslab.models.loading import CheckpointError
-    from compresslab.pipeline import restore
-
-    _, ref = reference
-    d = shutil.copytree(ref, tmp_path / "run")
-    _change(d / "steps" / "01_hawq" / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"step 1 \(hawq\) cannot be restored: steps/01_hawq/model\.safetensors "
-                                              r"changed after the step finished.*Rerun the run's command"):
-        restore(d)
-
-
 @pytest.mark.parametrize("rel, how", [("export/model.onnx", "changed"), ("export/model.onnx", "truncated"),
                                       ("export/model.onnx", "deleted"), ("export/teacher/model.onnx", "changed"),
                                       ("export/model_unfused.onnx", "deleted")])
@@ -153,14 +140,19 @@ def test_a_broken_export_file_is_exported_again_and_the_onnx_step_kept(reference
     _assert_same_as(ref, d)
 
 
-def test_restoring_a_run_with_a_changed_export_names_the_file(reference, tmp_path):
-    # restore hands out the export (the ORT runners of a re-benchmark): a changed one is refused as a step's is
+@pytest.mark.parametrize("rel, refusal", [
+    ("steps/01_hawq/model.safetensors", r"step 1 \(hawq\) cannot be restored: steps/01_hawq/model\.safetensors "
+                                        r"changed after the step finished.*Rerun the run's command"),
+    ("export/teacher/model.onnx", r"the export stage's files cannot be restored: "
+                                  r"export/teacher/model\.onnx changed after the export stage wrote it")])
+def test_restoring_a_run_with_a_changed_file_names_it(reference, tmp_path, rel, refusal):
+    # pipeline.restore (re-benchmarks, the search's dev scores) reads a run without running it: it cannot redo, so a
+    # changed step checkpoint or export (the ORT runners of a re-benchmark) is refused, naming the file
     from compresslab.models.loading import CheckpointError
     from compresslab.pipeline import restore
 
     _, ref = reference
     d = shutil.copytree(ref, tmp_path / "run")
-    _change(d / "export" / "teacher" / "model.onnx")
-    with pytest.raises(CheckpointError, match=r"the export stage's files cannot be restored: "
-                                              r"export/teacher/model\.onnx changed after the export stage wrote it"):
+    _change(d / rel)
+    with pytest.raises(CheckpointError, match=refusal):
         restore(d)
