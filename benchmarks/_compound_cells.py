@@ -83,7 +83,27 @@ def model_cells(rd: Path, m: dict, flags: set[str]) -> dict[str, dict[str, Any]]
     ds = _deployed_onnx(rd, m) if qat else _unfused(rd / m["export"]["fp32"]["path"])
     out["deepsparse_int8" if qat else "deepsparse_fp32"] = _cell(
         "deepsparse", ds, "int8" if qat else "fp32", **({"final_model": False} if onnx_step and not qat else {}))
+    if qat:  # DeepSparse runs that QDQ file in float: the same codes in the integer form it runs with int8 kernels
+        out["deepsparse_int8_matmulinteger"] = matmulinteger_cell(ds, rd)
     return out
+
+
+def matmulinteger_cell(qdq: Path, rd: Path) -> dict[str, Any]:
+    """The QAT export ``qdq`` in SparseML's MatMulInteger form (``compresslab.export.matmul_integer``): the same
+    int8 codes, exact up to float rounding, so it is the pipeline's final model too. Written where the run's own
+    bench stage writes it (``bench.deepsparse.int8_formats=[matmulinteger]``) and taken from there when that
+    stage made it (its sha256 is in the run's manifest; one made here is not, and a later bench stage of the run
+    rewrites it). A graph that cannot be converted is an error cell with the reason."""
+    from compresslab.export.matmul_integer import qdq_to_matmul_integer
+
+    dst = rd / "export" / "deepsparse" / "model_int8_matmulinteger.onnx"
+    try:
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            qdq_to_matmul_integer(qdq, dst)  # atomic: a crash leaves no half file to be taken later
+        return _cell("deepsparse", dst, "int8")
+    except (OSError, ValueError) as e:
+        return _cell("deepsparse", None, "int8", error=f"no MatMulInteger form of {qdq}: {error_text(e)}")
 
 
 def teacher_key(m: dict[str, Any]) -> str | None:

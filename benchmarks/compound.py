@@ -142,7 +142,8 @@ def deepsparse_cells(cells: dict[str, dict[str, dict[str, Any]]], fused_teacher:
                                                       find_python, static_inputs)
     from compresslab.bench.latency import shape_key
 
-    keys = {cell_key(m, n): c for m, mc in cells.items() for n, c in mc.items() if c["kind"] == "deepsparse"}
+    keys = {cell_key(m, n): c for m, mc in cells.items() for n, c in mc.items()
+            if c["kind"] == "deepsparse" and "error" not in c}  # an error cell keeps its reason, never runs
     try:
         python = find_python(None)
         version = check_python(python)
