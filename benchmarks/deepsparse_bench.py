@@ -105,11 +105,14 @@ def main() -> None:
     print(json.dumps({k: v for k, v in section.items() if k in ("latency", "speedups", "scores")}, indent=2))
     if args.store:
         data = RESULTS.load()
-        data.setdefault("deepsparse_runs", {})[args.store] = {"run": str(args.run_dir), **section}
+        run_manifest = read_json(args.run_dir / "manifest.json")
+        isa = ((run_manifest.get("hardware") or {}).get("cpu") or {}).get("isa") or {}
+        data.setdefault("deepsparse_runs", {})[args.store] = {
+            "run": str(args.run_dir), "cpu_isa": sorted(f for f, on in isa.items() if on), **section}
+        if args.recorded or args.issue_keys:  # figures copied from the run: its machine load goes with them
+            RESULTS.note_run(args.store, run_manifest)
         if args.issue_keys:
             lat = {m: {shape: v["p50_ms"] for shape, v in per.items()} for m, per in section["latency"].items()}
-            run_manifest = read_json(args.run_dir / "manifest.json")
-            RESULTS.note_run(args.store, run_manifest)  # its ORT latencies are copied below
             bench = run_manifest["bench"]
             ort = {k: {sh: v["p50_ms"] for sh, v in d.items()} for k, d in bench["latency"].items()}
             data["latency_ms"] = {"ort": ort, "deepsparse": lat,
