@@ -86,6 +86,21 @@ def fastest_int8(section: dict) -> tuple[str, str]:
     return min(cands, key=lambda k: section["latency"][k][big]["p50_ms"]), big
 
 
+def issue_key_problems(manifest: dict) -> list[str]:
+    """Why a run's figures may not become results/obert.json's issue keys (the headline of issue #3/#13):
+    not the bench budget, not scored on the whole dev split, or timed on a busy machine. [] when none."""
+    out = []
+    budget = ((manifest.get("config") or {}).get("budget") or {}).get("name")
+    if budget != "bench":
+        out.append(f"its budget is {budget!r}, not 'bench'")
+    ev = manifest.get("eval") or {}
+    if ev.get("split") != "dev":
+        out.append(f"it was scored on {ev.get('split')!r}, not on dev")
+    if ((manifest.get("bench") or {}).get("machine_load") or {}).get("busy"):
+        out.append("its bench stage found the machine busy (bench.machine_load.busy)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
@@ -97,10 +112,19 @@ def main() -> None:
     ap.add_argument("--issue-keys", action="store_true",
                     help="also fill latency_ms.deepsparse and deepsparse_speedup_b32_vs_ort_fp32 from this run "
                          "(the fastest scored int8 file of the compressed model at the largest batch)")
-    args = ap.parse_args()
+    ap.add_argument("--force", action="store_true",
+                    help="with --issue-keys: take the run's figures even when it is not a quiet bench-budget run on dev")
+    args = ap.parse_intermixed_args()  # overrides may follow the flags
     logging.basicConfig(level=logging.INFO)
     if args.recorded and (args.overrides or args.full):
         raise SystemExit("--recorded times nothing: it takes no overrides and no --full")
+    if args.issue_keys and not args.store:
+        raise SystemExit("--issue-keys needs --store KEY (the run is stored under deepsparse_runs[KEY] beside them)")
+    if not (args.run_dir / "manifest.json").is_file():
+        raise SystemExit(f"{args.run_dir} is not a run dir (no manifest.json): give outputs/<pipeline>/<hash>")
+    if args.issue_keys and not args.force and (why := issue_key_problems(read_json(args.run_dir / "manifest.json"))):
+        raise SystemExit(f"{args.run_dir} cannot give the issue keys: " + "; ".join(why) +
+                         " (--store without --issue-keys keeps it under deepsparse_runs; --force takes it anyway)")
     section = recorded(args.run_dir) if args.recorded else rebench(args.run_dir, args.overrides, full=args.full)
     print(json.dumps({k: v for k, v in section.items() if k in ("latency", "speedups", "scores")}, indent=2))
     if args.store:
@@ -115,7 +139,7 @@ def main() -> None:
             lat = {m: {shape: v["p50_ms"] for shape, v in per.items()} for m, per in section["latency"].items()}
             bench = run_manifest["bench"]
             ort = {k: {sh: v["p50_ms"] for sh, v in d.items()} for k, d in bench["latency"].items()}
-            data["latency_ms"] = {"ort": ort, "deepsparse": lat,
+            data["latency_ms"] = {"run": str(args.run_dir), "ort": ort, "deepsparse": lat,
                                   "deepsparse_note": "p50 ms; DeepSparse rows and their ort_fp32 come from one "
                                                      "interleaved worker process (deepsparse_runs.*)"}
             name, big = fastest_int8(section)

@@ -24,7 +24,7 @@ import numpy as np
 
 FORMAT_NOTE = ("MatMulInteger (SparseML's exported form): uint8 activations from QuantizeLinear, weights as uint8 "
                "codes (int8 + 128, zero point + 128), int32 product -> Cast -> Mul by s_x*s_w; activation-by-"
-               "activation MatMuls keep their QDQ pairs")
+               "activation MatMuls, where the graph quantizes them, keep their QDQ pairs")
 
 
 def _weight_dq(dq: Any, inits: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -108,8 +108,12 @@ def qdq_to_matmul_integer(src: str | Path, dst: str | Path) -> dict[str, Any]:
             helper.make_node("Cast", [f"{tag}_int32"], [f"{tag}_float"], to=TensorProto.FLOAT, name=f"{tag}/Cast"),
             helper.make_node("Mul", [f"{tag}_float", f"{tag}_scale"], [mm.output[0]], name=f"{tag}/Mul")]
     if not replaced:
+        if any(n.op_type == "MatMulInteger" for n in g.node):
+            raise ValueError(f"{src}: already has MatMulInteger nodes and no weight MatMul in QDQ form: it is "
+                             "already in the integer form (nothing to rewrite)")
         raise ValueError(f"{src}: no MatMul reads a QuantizeLinear'd uint8 activation and an int8/uint8 weight "
-                         "initializer through DequantizeLinear: not a static int8 QDQ graph (quantize it first)")
+                         "initializer through DequantizeLinear: not a static int8 QDQ graph (make one with the "
+                         "int8_qat pass, or compresslab.bench.deepsparse_backend.quantize_qdq_for_deepsparse)")
     nodes = [new for n in g.node for new in replaced.get(id(n), [n])]  # in place: topological order holds
     del g.node[:]
     g.node.extend(nodes)

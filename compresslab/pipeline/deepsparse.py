@@ -77,6 +77,15 @@ def _score(state: RunState, logits: np.ndarray) -> dict[str, Any]:
     return compare(Scored(compute_metrics(spec, preds, labels), preds, labels), teacher_scored(state), spec)
 
 
+def _qat_name(fmt: str, formats: list[str]) -> str:
+    """The runner name of a QAT model's int8 file in ``fmt``: that of the dense teacher's file in the same format
+    with ``deepsparse_dense_`` -> ``deepsparse_`` (the first format has no suffix); the QDQ export, always timed,
+    is ``deepsparse_int8_qdq`` when ``qdq`` is not a listed format, ``deepsparse_int8`` when none is."""
+    if fmt in formats:
+        return "deepsparse_int8" if fmt == formats[0] else f"deepsparse_int8_{fmt}"
+    return "deepsparse_int8_qdq" if formats else "deepsparse_int8"
+
+
 def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
     """The ``bench.deepsparse`` section; ``{"skipped": reason}`` when disabled or unavailable.
 
@@ -111,11 +120,13 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
             str(_quantized(state, _unfused(teacher_fused), out_dir / f"dense_int8_{f}.onnx", s, run_dir, f, manifest)),
             "deepsparse")
     qat = bool(manifest.data["export"]["fp32"].get("qdq"))  # an int8 QAT export is already the sparse int8 file
-    if qat:  # timed and scored exactly as exported: no fp32 twin, no re-quantization
-        models["deepsparse_int8"] = (str(final_fp32), "deepsparse")
-        if "matmulinteger" in formats:  # the same QAT codes in SparseML's exported form (uint8 weights)
-            models["deepsparse_int8_matmulinteger"] = (
-                str(_integer(final_fp32, out_dir / "model_int8_matmulinteger.onnx", run_dir, manifest)), "deepsparse")
+    if qat:  # its own codes, never re-quantized: as exported (QDQ) and, asked for, in MatMulInteger form. Each
+        # file is named by its format as the dense teacher's are, so deepsparse_int8<x> pairs with
+        # deepsparse_dense_int8<x> (a QDQ model beside a MatMulInteger teacher read as "sparsity is slower")
+        for f in [f for f in formats if f != "qoperator"] + ([] if "qdq" in formats else ["qdq"]):
+            path = final_fp32 if f == "qdq" else _integer(final_fp32, out_dir / "model_int8_matmulinteger.onnx",
+                                                           run_dir, manifest)
+            models[_qat_name(f, formats)] = (str(path), "deepsparse")
     elif not same:
         models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
         for f in formats:
@@ -137,11 +148,19 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
             "latency": latency, "speedups": speedups(latency, "ort_fp32"),
             "compile_s": res["compile_s"], "scores": scores,
             "notes": ["DeepSparse runs static shapes (batch x seq compiled per engine) and the plain unfused "
-                      "graph; int8 files are static int8 exports (formats: " + ", ".join(formats or ["none"]) +
-                      ") of the same models, MatMuls only, calibrated on train.",
+                      "graph. " + (f"The int8 files of the {'dense teacher' if qat else 'dense teacher and of the model'}"
+                                   f" are static int8 exports (formats: {', '.join(formats)}; the first has no "
+                                   "suffix), MatMuls only, calibrated on train." if formats else "No int8 files "
+                                   "(bench.deepsparse.int8 is false)."),
                       "ort_fp32 here is the same fused teacher file, timed in the DeepSparse worker process "
                       "interleaved with the DeepSparse engines."] +
-                     (["deepsparse_int8 is the run's own int8 QAT export (QDQ, int8 per-tensor symmetric weights, "
-                       "uint8 activations, export/model.onnx), timed and scored as exported; only the dense "
-                       "teacher is re-quantized (deepsparse_dense_int8*)."] if qat else []) +
+                     ([f"The model's int8 files are the run's own int8 QAT codes, never re-quantized: "
+                       f"{_qat_name('qdq', formats)} is its export as "
+                       "written (QDQ, int8 per-tensor symmetric weights, uint8 activations, export/model.onnx), "
+                       "which DeepSparse runs in float" +
+                       (", and the matmulinteger file the same codes in the form it runs with int8 kernels"
+                        if "matmulinteger" in formats else "") + "." +
+                       (" No qoperator file of a QAT model: QLinearMatMul needs output scales the QAT graph "
+                        "does not have (calibrating them would make another model)." if "qoperator" in formats
+                        else "")] if qat else []) +
                      ([f"matmulinteger: {FORMAT_NOTE}."] if "matmulinteger" in formats else [])}

@@ -142,6 +142,11 @@ class DeepSparseSettings:
         object.__setattr__(self, "batches", tuple(check_positive_int(b, "batches") for b in batches))
         fmts = tuple(check_choice(f, INT8_FORMATS, "int8_formats")
                      for f in check_list(self.int8_formats, "int8_formats", "formats"))
+        if self.int8 and not fmts:
+            raise SettingsError("int8_formats is empty while int8 is true: name at least one of "
+                                f"{', '.join(INT8_FORMATS)}, or set int8=false")
+        if len(set(fmts)) < len(fmts):
+            raise SettingsError(f"int8_formats names a format twice: {list(fmts)}")
         object.__setattr__(self, "int8_formats", fmts)
         object.__setattr__(self, "op_types", tuple(str(o) for o in check_list(self.op_types, "op_types", "op types")))
         for name in ("seq", "num_calibration", "runs", "max_runs"):

@@ -152,12 +152,13 @@ def _deepsparse(ds: Mapping[str, Any]) -> list[Block]:
     if not ds or "skipped" in ds:
         return []
     speed = F.runner_major(F.as_dict(ds.get("speedups")))
-    scores = F.as_dict(ds.get("scores"))
+    scores, files = F.as_dict(ds.get("scores")), F.as_dict(ds.get("files"))
     rows = [[model, shape, ms(F.num(F.get(v, "p50_ms"))), times(F.num(F.get(speed, model, shape))),
-             pct(F.num(F.get(scores, model, "score"))), pct(F.num(F.get(scores, model, "agreement")))]
+             pct(F.num(F.get(scores, model, "score"))), pct(F.num(F.get(scores, model, "agreement"))),
+             plain(files.get(model)) if files.get(model) else DASH]  # which file each figure is from
             for model, per in F.runner_major(F.as_dict(ds.get("latency"))).items()
             for shape, v in F.as_dict(per).items()]
-    out: list[Block] = [Table(["model", "shape", "p50 (ms)", "vs ort_fp32", "dev score", "agreement"], rows,
+    out: list[Block] = [Table(["model", "shape", "p50 (ms)", "vs ort_fp32", "dev score", "agreement", "file"], rows,
                               f"DeepSparse {plain(ds.get('deepsparse_version'))} (static shapes, seq "
                               f"{plain(ds.get('seq'))})")]
     notes = [str(n) for n in ds.get("notes") or []]

@@ -60,3 +60,15 @@ def test_recorded_refuses_a_run_without_its_own_figures(db, tmp_path, bench, why
     m.save()
     with pytest.raises(SystemExit, match="not a finished run"):
         db.recorded(tmp_path)
+
+
+def test_only_a_quiet_bench_budget_run_scored_on_dev_gives_the_issue_keys(db) -> None:
+    """A trial stored a busy debug=smoke run (64 dev examples) with --issue-keys: obert.json's headline became
+    1.39x and 0.59 with nothing said."""
+    good = {"config": {"budget": {"name": "bench"}}, "eval": {"split": "dev"},
+            "bench": {"machine_load": {"busy": False}}}
+    assert db.issue_key_problems(good) == []
+    bad = {"config": {"budget": {"name": "smoke"}}, "eval": {"split": "validation"},
+           "bench": {"machine_load": {"busy": True}}}
+    why = db.issue_key_problems(bad)
+    assert len(why) == 3 and "'smoke'" in why[0] and "'validation'" in why[1] and "busy" in why[2]

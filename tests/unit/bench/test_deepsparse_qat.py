@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from compresslab.pipeline.settings import default_settings
 
@@ -49,7 +50,7 @@ def test_a_qdq_export_is_timed_and_scored_as_the_sparse_int8_file(tmp_path, monk
     assert models["deepsparse_int8"] == (str(tmp_path / "export/model.onnx"), "deepsparse")
     assert "deepsparse_fp32" not in models and models["score"] == ["deepsparse_int8"]  # what its engine scores
     assert section["files"]["deepsparse_int8"] == "export/model.onnx"
-    assert any("int8 QAT export" in n for n in section["notes"])
+    assert any("int8 QAT codes, never re-quantized" in n for n in section["notes"])
     assert np.isclose(section["speedups"]["deepsparse_int8"]["b1xs16"], 1.0)
 
 
@@ -84,3 +85,36 @@ def test_matmulinteger_adds_the_qat_codes_in_sparsemls_form(tmp_path, monkeypatc
     assert quantized == ["qdq", "matmulinteger"]  # the dense teacher in each format
     assert any(n.startswith("matmulinteger: MatMulInteger") for n in section["notes"])
     assert "export/deepsparse/model_int8_matmulinteger.onnx" in models["manifest"].data["stage_files"]["bench"]
+
+
+@pytest.mark.parametrize("formats, expected", [
+    # every model file is named as the dense teacher's file in its format: like pairs with like
+    (["matmulinteger"], {"deepsparse_dense_int8": "mmi", "deepsparse_int8": "mmi", "deepsparse_int8_qdq": "export"}),
+    (["qoperator", "matmulinteger"], {"deepsparse_dense_int8": "qoperator", "deepsparse_dense_int8_matmulinteger": "mmi",
+                                      "deepsparse_int8_matmulinteger": "mmi", "deepsparse_int8_qdq": "export"}),
+    (["qdq", "matmulinteger"], {"deepsparse_dense_int8": "qdq", "deepsparse_dense_int8_matmulinteger": "mmi",
+                                "deepsparse_int8": "export", "deepsparse_int8_matmulinteger": "mmi"}),
+    (["qdq", "qoperator"], {"deepsparse_dense_int8": "qdq", "deepsparse_dense_int8_qoperator": "qoperator",
+                            "deepsparse_int8": "export"}),
+])
+def test_a_qat_models_files_are_named_by_format_as_the_teachers_are(tmp_path, monkeypatch, formats, expected):
+    """A trial ran int8_formats=[matmulinteger]: deepsparse_dense_int8 was the teacher in MatMulInteger form and
+    deepsparse_int8 the model's QDQ file (run by DeepSparse in float), so the report read as "the sparse model is
+    slower than the dense one". The model's file in each format now carries that format's name."""
+    import compresslab.pipeline.deepsparse as P
+    from tests.unit.export.test_matmul_integer import _layer
+
+    rng = np.random.default_rng(0)
+    qat = _layer(tmp_path, rng.integers(-128, 128, size=(8, 4)).astype(np.int8), np.array(0.01, np.float32),
+                 np.array(0, np.int8), 0.1, 128)
+    monkeypatch.setattr(P, "_quantized", lambda state, src, dst, s, run_dir, fmt, manifest: dst)
+    section, models = _section(tmp_path, monkeypatch, {"int8_weights_zp0": 1}, qat.read_bytes(), int8=True,
+                               int8_formats=formats)
+    kinds = {"export/model.onnx": "export", "export/deepsparse/model_int8_matmulinteger.onnx": "mmi",
+             **{f"export/deepsparse/dense_int8_{f}.onnx": ("mmi" if f == "matmulinteger" else f) for f in formats}}
+    got = {k: kinds[section["files"][k]] for k in section["files"] if "int8" in k}
+    assert got == expected
+    qdq_name = next(k for k, v in expected.items() if v == "export")
+    assert any(f"{qdq_name} is its export as written" in n for n in section["notes"])
+    assert any("No qoperator file of a QAT model" in n for n in section["notes"]) is ("qoperator" in formats)
+    assert not any("calibrated on train" in n and "of the model" in n for n in section["notes"])  # QAT: not calibrated

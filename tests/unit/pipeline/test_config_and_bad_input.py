@@ -130,6 +130,8 @@ def test_run_identity_ignores_control_keys():
     ("bench.gpu=maybe", SettingsError, "gpu"),
     ("+bench.typo=1", SettingsError, "unknown key.*typo"),
     ("bench.deepsparse.int8_formats=[int4]", SettingsError, "int8_formats"),
+    ("bench.deepsparse.int8_formats=[]", SettingsError, "int8_formats is empty while int8 is true"),  # a trial ran it
+    ("bench.deepsparse.int8_formats=[qdq,qdq]", SettingsError, "names a format twice"),
     ("eval.split=test", SettingsError, "split"),
     ("export.atol=0", SettingsError, "atol"),
     ("bench.denominator=foo", ValueError, "denominator"),

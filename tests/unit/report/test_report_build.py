@@ -207,11 +207,16 @@ def test_deepsparse_section_lists_engines_speedups_and_scores(tmp_path: Path, no
         "latency": {"b32xs128": {"ort_fp32": {"p50_ms": 600.0}, "deepsparse_int8": {"p50_ms": 150.0}}},
         "speedups": {"b32xs128": {"ort_fp32": 1.0, "deepsparse_int8": 4.0}},
         "scores": {"deepsparse_int8": {"score": 0.875, "agreement": 0.93}},
+        "files": {"ort_fp32": "export/teacher/model.onnx",
+                  "deepsparse_int8": "export/deepsparse/model_int8_matmulinteger.onnx"},
         "notes": ["DeepSparse runs static shapes"]}
     md = build_report(write_run(tmp_path, m))["report.md"].read_text()
     assert "DeepSparse 1.8.0" in md and "DeepSparse runs static shapes" in md
     row = next(line for line in md.splitlines() if line.startswith("| deepsparse_int8 | b32xs128"))
     assert "4.00x" in row and "87.50" in row and "93.00" in row
+    # which file each figure is from (a trial could not tell the MatMulInteger file from the QDQ one)
+    assert row.rstrip(" |").endswith("export/deepsparse/model_int8_matmulinteger.onnx")
+    assert "| file |" in md
     m["bench"]["deepsparse"] = {"skipped": "bench.deepsparse.enabled is false"}
     assert "deepsparse_int8" not in build_report(write_run(tmp_path, m))["report.md"].read_text()
 
