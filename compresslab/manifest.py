@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from compresslab.failure import error_behind, error_text, note_summary, stop_summary
-from compresslab.provenance import code_version, git_dirty, git_sha, package_version, same_code  # noqa: F401
+from compresslab.provenance import (code_version, edited_since, git_dirty, git_sha, package_version,  # noqa: F401
+                                    same_code)
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: DeepSparse latency keyed runner -> shape; PassResult.formats; pass.json per step
 
@@ -422,10 +426,22 @@ class RunManifest:
         return sessions[-1]
 
     def _ran(self, what: str) -> None:
-        """Note ``what`` (a step or stage) in this process's session, when one is open."""
+        """Note ``what`` (a step or stage) in this process's session, when one is open; and, the first time the
+        package's code files are found edited since the process started, ``code_changed`` (where it was noticed,
+        the files), with a warning: ``git_sha`` names the code the process started on, and modules it imports
+        from then on may be the edited ones."""
         sessions = self.data.get("sessions") or []
-        if sessions and sessions[-1].get("pid") == os.getpid() and what not in sessions[-1].setdefault("ran", []):
-            sessions[-1]["ran"].append(what)
+        if not sessions or sessions[-1].get("pid") != os.getpid():
+            return
+        s = sessions[-1]
+        if what not in s.setdefault("ran", []):
+            s["ran"].append(what)
+        started = s.get("pid_started")
+        if "code_changed" not in s and isinstance(started, (int, float)) and (files := edited_since(float(started))):
+            s["code_changed"] = {"noticed_at": what, "files": files[:10], "n_files": len(files)}
+            log.warning("compresslab's code changed while this run runs (%d file(s) edited since the process "
+                        "started, e.g. %s): %s and later may run the edited code, not %s", len(files),
+                        ", ".join(files[:3]), what, str(s.get("git_sha") or "the recorded commit")[:12])
 
     def at_stage(self, stage: str | None, after_steps: bool = False) -> None:
         """Name what runs from now on outside a step (None: nothing, or a step, which names itself), so

@@ -49,6 +49,23 @@ def code_version() -> dict[str, Any]:
     return dict(_CODE_VERSION)
 
 
+def edited_since(t0: float, folder: Path | None = None) -> list[str]:
+    """The package's code files (``*.py`` and ``conf/**/*.yaml`` under ``folder``, default the package) modified
+    after ``t0`` (epoch seconds), relative and sorted. :func:`code_version` is read once per process, but much of
+    the package is imported inside functions, when first needed: a file edited (or checked out) while a run goes
+    on can be the code of its later stages. File times, not git: a stat per file, cheap enough for every stage."""
+    root = folder or PACKAGE_DIR
+    out = []
+    for pattern in ("**/*.py", "conf/**/*.yaml"):
+        for f in root.glob(pattern):
+            try:
+                if f.stat().st_mtime > t0:
+                    out.append(f.relative_to(root).as_posix())
+            except OSError:  # removed while we looked: an edit too
+                out.append(f.relative_to(root).as_posix())
+    return sorted(set(out))
+
+
 def same_code(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two :func:`code_version` records name the same code: the same commit, version, and neither with
     uncommitted changes (two dirty checkouts of one commit may hold different edits)."""

@@ -50,25 +50,48 @@ def _ran(s: Mapping[str, Any]) -> str:
     return ", ".join(str(x) for x in ran) if isinstance(ran, list) and ran else "no step or stage"
 
 
+def _changed(s: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    c = s.get("code_changed")
+    return c if isinstance(c, Mapping) else None
+
+
+def _changed_text(s: Mapping[str, Any]) -> str:
+    c = _changed(s) or {}
+    files = c.get("files") if isinstance(c.get("files"), list) else []
+    n = c.get("n_files", len(files))
+    return (f"{n} code file(s) edited after its process started ({', '.join(map(str, files[:3]))}"
+            f"{', ...' if isinstance(n, int) and n > 3 else ''}), first noticed at {c.get('noticed_at', DASH)}")
+
+
 def code_banner(m: Mapping[str, Any]) -> list[Block]:
-    """A warning at the top when the run was made by more than one code version, naming each and what it ran."""
+    """A warning at the top when the run was made by more than one code version, naming each and what it ran, or
+    when its code files were edited while a session ran (``code_changed``: modules imported later may be the
+    edited ones, whatever ``git_sha`` says)."""
     sessions = _sessions(m)
-    if len(code_versions(m)) < 2:
-        return []
-    parts = [f"{'resumed' if s.get('resumed') else 'created'} {s.get('started', DASH)} on {code_label(s)}: "
-             f"{_ran(s)}" for s in sessions]
-    return [Para(f"This run was made by more than one code version ({len(sessions)} sessions): "
-                 + "; ".join(parts) + ". Its steps and stages may not all come from the same code; "
-                 "run.overwrite=true remakes it with one.", kind="warn")]
+    out: list[Block] = []
+    if len(code_versions(m)) >= 2:
+        parts = [f"{'resumed' if s.get('resumed') else 'created'} {s.get('started', DASH)} on {code_label(s)}: "
+                 f"{_ran(s)}" for s in sessions]
+        out.append(Para(f"This run was made by more than one code version ({len(sessions)} sessions): "
+                        + "; ".join(parts) + ". Its steps and stages may not all come from the same code; "
+                        "run.overwrite=true remakes it with one.", kind="warn"))
+    changed = [s for s in sessions if _changed(s)]
+    if changed:
+        out.append(Para("The code changed while this run ran: " + "; ".join(
+            f"the session started {s.get('started', DASH)} on {code_label(s)} saw {_changed_text(s)}"
+            for s in changed) + ". What ran from there on may come from the edited code, not the commit "
+            "recorded; run.overwrite=true remakes the run on one.", kind="warn"))
+    return out
 
 
 def sessions_table(m: Mapping[str, Any]) -> list[Block]:
     """Every session (when there is more than one, or its code has uncommitted changes): started, created or
     resumed, its code and what it ran."""
     sessions = _sessions(m)
-    if len(sessions) < 2 and not any(s.get("git_dirty") for s in sessions):
+    if len(sessions) < 2 and not any(s.get("git_dirty") or _changed(s) for s in sessions):
         return []
-    rows = [[str(i), str(s.get("started", DASH)), "resumed" if s.get("resumed") else "created", code_label(s), _ran(s)]
+    rows = [[str(i), str(s.get("started", DASH)), "resumed" if s.get("resumed") else "created",
+             code_label(s) + (f"; {_changed_text(s)}" if _changed(s) else ""), _ran(s)]
             for i, s in enumerate(sessions, 1)]
     return [Table(["#", "started", "how", "code", "ran"], rows, "Sessions: the processes that worked on this run")]
 

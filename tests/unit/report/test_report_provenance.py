@@ -27,6 +27,7 @@ def code(monkeypatch: pytest.MonkeyPatch):
     """``code(version)``: this process runs ``version`` from now on (as if it were another process, with another
     pid when ``new_process``)."""
     pids = iter(range(10_000, 10_100))
+    monkeypatch.setattr("compresslab.manifest.edited_since", lambda t0: [])  # these fake starts are in 1970
 
     def set_code(version: dict, new_process: bool = False) -> None:
         monkeypatch.setattr(provenance, "_CODE_VERSION", dict(version))
@@ -107,3 +108,39 @@ def test_git_dirty_reads_the_checkout(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_dirty(tmp_path) is True
     assert provenance.git_dirty(tmp_path / "nowhere") is None and provenance.git_sha(tmp_path / "nowhere") is None
+
+
+def test_code_files_edited_while_a_run_runs_are_recorded_and_reported(tmp_path, code, monkeypatch):
+    """A run started on one commit; while it trained, the checkout's pipeline/deepsparse.py was edited and
+    committed; its bench stage imported that module only then, so the bench ran the new code while git_sha named
+    the old. The first step or stage that finds code files newer than its process says so."""
+    code(OLD, new_process=True)
+    edited: list[str] = []
+    monkeypatch.setattr("compresslab.manifest.edited_since", lambda t0: list(edited))
+    m = RunManifest.create(tmp_path, pipeline="int8")
+    _work(m, "finetune", "export")
+    assert "code_changed" not in m.data["sessions"][-1]
+    edited[:] = [f"f{i}.py" for i in range(12)]
+    m.at_stage("bench", after_steps=True)
+    edited[:] = ["later.py"]  # the first notice stays: what ran from there on may be edited
+    m.at_stage("report", after_steps=True)
+    m.save()
+    c = RunManifest.load(tmp_path).data["sessions"][-1]["code_changed"]
+    assert c == {"noticed_at": "bench", "files": [f"f{i}.py" for i in range(10)], "n_files": 12}
+    md = _report(RunManifest.load(tmp_path).data)
+    assert "The code changed while this run ran" in md and "12 code file(s) edited" in md
+    assert "first noticed at bench" in md and "f0.py, f1.py, f2.py, ..." in md
+
+
+def test_edited_since_lists_code_files_newer_than_a_time(tmp_path):
+    import os
+
+    for rel in ("a.py", "sub/b.py", "conf/pass/x.yaml", "notes.txt", "sub/c.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+        os.utime(tmp_path / rel, (1000.0, 1000.0))
+    assert provenance.edited_since(2000.0, tmp_path) == []
+    for rel in ("sub/b.py", "conf/pass/x.yaml", "notes.txt", "sub/c.yaml"):
+        os.utime(tmp_path / rel, (3000.0, 3000.0))
+    # code: .py anywhere, .yaml under conf/ (the configs runs compose); not other files
+    assert provenance.edited_since(2000.0, tmp_path) == ["conf/pass/x.yaml", "sub/b.py"]
