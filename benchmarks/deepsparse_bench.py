@@ -82,7 +82,9 @@ def fastest_int8(section: dict) -> tuple[str, str]:
     cands = [k for k in section["latency"] if k.startswith("deepsparse_int8") and k in section.get("scores", {})]
     if not cands:
         raise SystemExit("no scored int8 DeepSparse file of the compressed model in this section")
-    big = max(section["latency"][cands[0]], key=lambda k: int(k.split("x")[0][1:]))
+    from compresslab.search.objective import largest_batch
+
+    big = largest_batch(section["latency"][cands[0]])
     return min(cands, key=lambda k: section["latency"][k][big]["p50_ms"]), big
 
 

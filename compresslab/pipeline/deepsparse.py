@@ -77,13 +77,16 @@ def _score(state: RunState, logits: np.ndarray) -> dict[str, Any]:
     return compare(Scored(compute_metrics(spec, preds, labels), preds, labels), teacher_scored(state), spec)
 
 
+def _named(prefix: str, fmt: str, formats: list[str]) -> str:
+    """``prefix`` for the first listed format (the headline), ``prefix_<fmt>`` for the others."""
+    return prefix if formats and fmt == formats[0] else f"{prefix}_{fmt}"
+
+
 def _qat_name(fmt: str, formats: list[str]) -> str:
     """The runner name of a QAT model's int8 file in ``fmt``: that of the dense teacher's file in the same format
-    with ``deepsparse_dense_`` -> ``deepsparse_`` (the first format has no suffix); the QDQ export, always timed,
-    is ``deepsparse_int8_qdq`` when ``qdq`` is not a listed format, ``deepsparse_int8`` when none is."""
-    if fmt in formats:
-        return "deepsparse_int8" if fmt == formats[0] else f"deepsparse_int8_{fmt}"
-    return "deepsparse_int8_qdq" if formats else "deepsparse_int8"
+    with ``deepsparse_dense_`` -> ``deepsparse_``; the QDQ export, always timed, is ``deepsparse_int8_qdq`` when
+    ``qdq`` is not a listed format, ``deepsparse_int8`` when none is."""
+    return _named("deepsparse_int8", fmt, formats) if fmt in formats or formats else "deepsparse_int8"
 
 
 def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
@@ -114,9 +117,8 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
               "deepsparse_dense_fp32": (str(_unfused(teacher_fused)), "deepsparse")}
     same = final_fp32.resolve() == _unfused(teacher_fused).resolve()
     formats = list(s.int8_formats) if s.int8 else []
-    suffix = lambda f: "" if f == formats[0] else f"_{f}"  # noqa: E731 - the first format is the headline
     for f in formats:
-        models[f"deepsparse_dense_int8{suffix(f)}"] = (
+        models[_named("deepsparse_dense_int8", f, formats)] = (
             str(_quantized(state, _unfused(teacher_fused), out_dir / f"dense_int8_{f}.onnx", s, run_dir, f, manifest)),
             "deepsparse")
     qat = bool(manifest.data["export"]["fp32"].get("qdq"))  # an int8 QAT export is already the sparse int8 file
@@ -130,7 +132,7 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
     elif not same:
         models["deepsparse_fp32"] = (str(final_fp32), "deepsparse")
         for f in formats:
-            models[f"deepsparse_int8{suffix(f)}"] = (
+            models[_named("deepsparse_int8", f, formats)] = (
                 str(_quantized(state, final_fp32, out_dir / f"model_int8_{f}.onnx", s, run_dir, f, manifest)),
                 "deepsparse")
     scored = [k for k in models if k.startswith("deepsparse") and (same or "dense" not in k)]
