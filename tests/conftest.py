@@ -113,6 +113,21 @@ def tiny_onnx(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qdq_onnx(tiny_onnx, tmp_path_factory) -> Path:
+    """The tiny model as a static int8 QDQ graph (DeepSparse's QDQ path, calibrated on two random sentences)."""
+    import numpy as np
+
+    from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
+
+    rng = np.random.default_rng(0)
+    batches = [{"input_ids": rng.integers(1, 128, size=(2, 8)).astype(np.int64),
+                "attention_mask": np.ones((2, 8), np.int64), "token_type_ids": np.zeros((2, 8), np.int64)}]
+    dst = tmp_path_factory.mktemp("qdq") / "tiny_qdq.onnx"
+    quantize_qdq_for_deepsparse(tiny_onnx, dst, batches)
+    return dst
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx_no_segments(tiny_model, tmp_path_factory) -> Path:
     """The tiny model exported without token_type_ids, as DistilBERT/RoBERTa graphs are."""
     from compresslab.testing import export_tiny_onnx

@@ -127,15 +127,9 @@ def test_a_per_row_weight_scale_is_left_as_qdq(tmp_path):
         qdq_to_matmul_integer(src, tmp_path / "int.onnx")
 
 
-def test_a_graph_already_in_integer_form_is_named_as_such(tmp_path, tiny_onnx):
+def test_a_graph_already_in_integer_form_is_named_as_such(tmp_path, tiny_onnx, tiny_qdq_onnx):
     """A trial converted a file twice: the second call said "not a static int8 QDQ graph (quantize it first)"."""
-    from compresslab.bench.deepsparse_backend import quantize_qdq_for_deepsparse
-
-    rng = np.random.default_rng(0)
-    batches = [{"input_ids": rng.integers(1, 128, size=(2, 8)).astype(np.int64),
-                "attention_mask": np.ones((2, 8), np.int64), "token_type_ids": np.zeros((2, 8), np.int64)}]
-    quantize_qdq_for_deepsparse(tiny_onnx, tmp_path / "qdq.onnx", batches)
-    qdq_to_matmul_integer(tmp_path / "qdq.onnx", tmp_path / "int.onnx")
+    qdq_to_matmul_integer(tiny_qdq_onnx, tmp_path / "int.onnx")
     with pytest.raises(ValueError, match="already in the integer form"):
         qdq_to_matmul_integer(tmp_path / "int.onnx", tmp_path / "again.onnx")
     assert not (tmp_path / "again.onnx").exists()
