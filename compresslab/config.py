@@ -52,7 +52,7 @@ def composition_message(error: Exception) -> str:
     (its config search path and grammar links left out, the options of a group listed)."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
-    from compresslab.validate import did_you_mean
+    from compresslab.validate import choice_hint, did_you_mean
 
     if isinstance(error, OverrideParseException):  # the parser's message does not name the override
         first = str(error).splitlines()[0] if str(error) else "syntax error"
@@ -62,7 +62,7 @@ def composition_message(error: Exception) -> str:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         plus = "+" if group == "pipeline" else ""
         return (f"{plus}{group}={option}: no such option (no config {error.missing_cfg_file!r}); "
-                f"choose one with {plus}{group}=NAME: {', '.join(error.options)}")
+                f"choose one with {plus}{group}=NAME: {', '.join(error.options)}{choice_hint(option, error.options)}")
     lines = [ln.strip() for ln in str(error).splitlines()]
     keep = []
     for ln in lines:

@@ -57,7 +57,8 @@ def coerce_enum(enum_cls: type[E], value: Any, field_name: str) -> E:
         return enum_cls(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}") from None
+        hint = choice_hint(value, [m.value for m in enum_cls])
+        raise ValueError(f"{field_name}={value!r} is not valid; allowed: {allowed}{hint}") from None
 
 
 def coerce_settings(cls: type[S], value: Any, field_name: str, base: S | None = None) -> S:
@@ -154,7 +155,8 @@ def check_finite_positive(value: Any, name: str) -> float:
 def check_choice(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
     """One of ``allowed`` (compared by type too, so ``True`` is not ``1`` and ``"true"`` is not ``True``)."""
     if not any(value == a and type(value) is type(a) for a in allowed):
-        raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(repr(a) for a in allowed)}")
+        raise ValueError(f"{name}={value!r} is not valid; allowed: {', '.join(repr(a) for a in allowed)}"
+                         f"{choice_hint(value, allowed)}")
     return value
 
 
@@ -425,6 +427,14 @@ def did_you_mean(unknown: Iterable[str], allowed: Iterable[str],
     hints = [f"{k!r}: did you mean {options[close[0]]!r}?" for k in unknown
              if (close := difflib.get_close_matches(str(k), sorted(options), n=1))]
     return f" ({'; '.join(hints)})" if hints else ""
+
+
+def choice_hint(value: Any, allowed: Iterable[Any]) -> str:
+    """``" ('matmulint': did you mean 'matmulinteger'?)"`` when text ``value`` is close to one of the text
+    choices in ``allowed``, else ``""``: the hint every refused choice gives after its list of allowed values."""
+    if not isinstance(value, str):
+        return ""
+    return did_you_mean([value], [a for a in allowed if isinstance(a, str)])
 
 
 def nested_settings(cls: type) -> dict[str, list[str]]:

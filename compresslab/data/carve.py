@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from compresslab.data.schema import Example, MissingSplit
+from compresslab.validate import choice_hint
 
 __all__ = ["CARVES", "MAX_SPAN_TOKENS", "Carve", "carve_validation", "check_carve", "default_val_size"]
 
@@ -59,7 +60,7 @@ def check_carve(how: Any) -> str:
         return "random"
     if not isinstance(how, str) or how not in CARVES:
         raise ValueError(f"val_carve={how!r}: use one of {', '.join(CARVES)} (task.val_carve on the command line, "
-                         f"val_carve= in compresslab.compress)")
+                         f"val_carve= in compresslab.compress){choice_hint(how, CARVES)}")
     return how
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from compresslab.data.files import FORMATS, QUOTINGS, Table, format_of, looks_numeric, read_table
 from compresslab.data.labels import ClassLabels, LabelSettings, class_labels, label_score, label_value
 from compresslab.data.schema import DataFormatError, DataNotFoundError, Example, TaskKind, TaskSpec
-from compresslab.validate import did_you_mean
+from compresslab.validate import choice_hint, did_you_mean
 
 log = logging.getLogger(__name__)
 PREFIX = "task.generic."
@@ -74,12 +74,14 @@ class GenericConfig:
             setting("kind", TaskKind(self.kind))
         except ValueError:
             allowed = ", ".join(k.value for k in TaskKind)
-            raise ValueError(f"{PREFIX}kind={self.kind!r} is not a task kind; allowed: {allowed}") from None
+            raise ValueError(f"{PREFIX}kind={self.kind!r} is not a task kind; allowed: {allowed}"
+                             f"{choice_hint(self.kind, [k.value for k in TaskKind])}") from None
         for key, allowed_values in (("format", FORMATS), ("quoting", QUOTINGS)):
             value = getattr(self, key)
             if value is not None and value not in allowed_values:
                 raise ValueError(f"{PREFIX}{key}={value!r} is not allowed; use one of {', '.join(allowed_values)} "
-                                 f"(or null: {'from the file suffix' if key == 'format' else 'by format'})")
+                                 f"(or null: {'from the file suffix' if key == 'format' else 'by format'})"
+                                 f"{choice_hint(value, allowed_values)}")
         required = [k for k in ("train", "dev") if getattr(self, k) == MISSING]
         if required == ["train", "dev"]:
             raise ValueError(f"task=generic needs your files: set {PREFIX}train=PATH (the file to train on) and "

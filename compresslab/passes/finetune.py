@@ -24,7 +24,7 @@ from compresslab.manifest import (
     tokenizer_sha256)
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
-from compresslab.validate import check_positive, check_positive_int, is_number
+from compresslab.validate import check_positive, check_positive_int, choice_hint, is_number
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Finetune:
             raise ValueError(f"finetune.overrides={self.overrides!r} is not read by the teacher's training: set lr, "
                              "epochs, steps, batch_size, max_train_examples or warmup_ratio on the pass instead")
         if self.preset not in PRESETS:
-            raise ValueError(f"finetune preset={self.preset!r}; allowed: {', '.join(PRESETS)}")
+            raise ValueError(f"finetune preset={self.preset!r}; allowed: {', '.join(PRESETS)}"
+                             f"{choice_hint(self.preset, PRESETS)}")
         for name in ("lr", "epochs"):
             if getattr(self, name) is not None:
                 check_positive(getattr(self, name), f"finetune {name}")

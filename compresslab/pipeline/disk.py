@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from compresslab.manifest import sha256_file
+from compresslab.validate import choice_hint
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def check_keep(value: Any) -> str:
     """``run.keep`` as given, or ValueError naming the setting and its allowed values."""
     if value not in KEEP:
         raise ValueError(f"run.keep={value!r}; allowed: {', '.join(KEEP)} (minimal: byte-identical artifacts "
-                         "are hard links to one copy; all: every file keeps its own copy)")
+                         "are hard links to one copy; all: every file keeps its own copy)"
+                         f"{choice_hint(value, KEEP)}")
     return str(value)
 
 

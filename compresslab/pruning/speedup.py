@@ -30,7 +30,7 @@ from compresslab.models.inmemory import clone
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
 from compresslab.types import PassContext, hook
-from compresslab.validate import coerce_block, coerce_enum
+from compresslab.validate import choice_hint, coerce_block, coerce_enum
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class SpeedupSettings:
         unknown = [rt for rt in self.runtimes() if rt not in RUNTIMES]
         if unknown:  # named as the user wrote the setting (TableSettings would say "latency table runtime")
             raise ValueError(f"latency_runtime must be one of {list(RUNTIMES)} or a list of them, got "
-                             f"{self.latency_runtime!r} ({', '.join(map(repr, unknown))} unknown)")
+                             f"{self.latency_runtime!r} ({', '.join(map(repr, unknown))} unknown)"
+                             f"{''.join(choice_hint(rt, RUNTIMES) for rt in unknown)}")
         # validates threads, and that each runtime's library is installed (before any step runs)
         for runtime in self.runtimes():
             TableSettings(threads=self.threads, runtime=runtime).check_runtime()

@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any, Callable, Mapping, Sequence
 
 from compresslab.manifest import shape_key as manifest_shape_key
-from compresslab.validate import SettingsError, coerce_enum, is_number
+from compresslab.validate import SettingsError, choice_hint, coerce_enum, is_number
 
 # drops are compared with this slack: a score read back from JSON may differ in its last bits
 EPS = 1e-9
@@ -65,7 +65,8 @@ class SearchSettings:
         object.__setattr__(self, "objective", coerce_enum(Objective, self.objective, "search.objective"))
         if self.deploy is not None and self.deploy not in DEPLOY_GROUPS:
             raise SettingsError(f"search.deploy={self.deploy!r} is not valid; allowed: {', '.join(DEPLOY_GROUPS)} "
-                                "or null (by the objective: auto for latency, ort for size)")
+                                "or null (by the objective: auto for latency, ort for size)"
+                                f"{choice_hint(self.deploy, DEPLOY_GROUPS)}")
         for name in ("max_drop", "time_budget_s", "unit_s"):
             v = getattr(self, name)
             if not is_number(v) or not math.isfinite(v) or v <= 0:

@@ -32,7 +32,7 @@ from compresslab.training.losses import MODEL_INPUTS
 from compresslab.training.resume import (
     DataCursor, DeferredSignals, ResumeError, StepCheckpoints, has_state, param_list, rng_state, set_rng_state,
     weights_digest)
-from compresslab.validate import check_int, check_loss_weight, is_number
+from compresslab.validate import check_int, check_loss_weight, choice_hint, is_number
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+            raise ValueError(f"schedule={self.schedule!r}; allowed: {', '.join(SCHEDULES)}"
+                             f"{choice_hint(self.schedule, SCHEDULES)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.steps is not None and self.steps < 0:
