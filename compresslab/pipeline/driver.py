@@ -120,6 +120,20 @@ def rerun_command(overrides: Sequence[str], env: Mapping[str, str] | None = None
     return " ".join([*assigns, shlex.join(["python", "-m", module, *overrides])])
 
 
+def code_environment(config: Mapping[str, Any]) -> dict[str, str]:
+    """The environment variables set now that the code (not the config) reads to choose what this run runs, with
+    their values: ``$COMPRESSLAB_DEEPSPARSE_PYTHON`` (which DeepSparse interpreter, hence version) when
+    ``bench.deepsparse`` is not off and names no ``python``. The rest the code reads only steer waiting and
+    caching (the lock, the peers' venv cache) or are recorded with the figures they affect
+    (``$COMPRESSLAB_TIME_BUSY``: ``machine_load``); a rerun command must not repeat a busy timing."""
+    from compresslab.bench.deepsparse_backend import ENV_VAR
+
+    ds = (config.get("bench") or {}).get("deepsparse") or {}
+    if ds.get("enabled", False) is not False and not ds.get("python") and os.environ.get(ENV_VAR):
+        return {ENV_VAR: os.environ[ENV_VAR]}
+    return {}
+
+
 def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None) -> None:
     """Record the invocation that runs now: its resolved config (``config`` and
     ``.hydra/config.yaml``), its overrides, the command that reproduces it and its working directory
@@ -130,7 +144,9 @@ def record_invocation(manifest: RunManifest, cfg: DictConfig, run_dir: Path, ove
     from compresslab.config import config_environment
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    env = config_environment()  # what the config read from the environment: the command sets it again
+    # what the config read from the environment, and what the code reads that chooses what runs: the command
+    # sets them again
+    env = {**config_environment(), **code_environment(config)}
     manifest.data["config"] = config
     manifest.data["overrides"] = list(overrides) if overrides is not None else None
     manifest.data["environment"] = env

@@ -142,3 +142,48 @@ def test_the_rerun_command_sets_what_the_config_read_from_the_environment(monkey
     assert rerun_command(["+pipeline=int8", "run.dir=a b"], env) == \
         "COMPRESSLAB_DATA='/data/my glue' python -m compresslab +pipeline=int8 'run.dir=a b'"
     assert rerun_command(["+pipeline=int8"]) == "python -m compresslab +pipeline=int8"
+
+
+def test_the_rerun_command_names_the_deepsparse_interpreter_the_run_read(monkeypatch):
+    """Session 46's trial: a run benched on DeepSparse through $COMPRESSLAB_DEEPSPARSE_PYTHON recorded a rerun
+    command without it, so the command ran another interpreter (or none)."""
+    from compresslab.pipeline.driver import code_environment
+
+    monkeypatch.setenv("COMPRESSLAB_DEEPSPARSE_PYTHON", "/venvs/ds/bin/python")
+    on = {"bench": {"deepsparse": {"enabled": True, "python": None}}}
+    assert code_environment(on) == {"COMPRESSLAB_DEEPSPARSE_PYTHON": "/venvs/ds/bin/python"}
+    assert code_environment({"bench": {"deepsparse": {"enabled": "auto", "python": None}}}) == \
+        {"COMPRESSLAB_DEEPSPARSE_PYTHON": "/venvs/ds/bin/python"}
+    assert code_environment({"bench": {"deepsparse": {"enabled": False, "python": None}}}) == {}  # not read
+    assert code_environment({"bench": {"deepsparse": {"enabled": True, "python": "/x/python"}}}) == {}  # setting wins
+    assert code_environment({}) == {}
+    monkeypatch.delenv("COMPRESSLAB_DEEPSPARSE_PYTHON")
+    assert code_environment(on) == {}
+
+
+# Every COMPRESSLAB_* variable the package reads, and where a run's rerun command gets it from. A new variable
+# fails this test until it is placed: read by the config (config_env_vars), chosen by the code and recorded
+# (code_environment), or operational with the reason it stays out of the command.
+ENVIRONMENT_VARIABLES = {
+    "COMPRESSLAB_DATA": "config",
+    "COMPRESSLAB_CACHE": "config",
+    "COMPRESSLAB_DEEPSPARSE_PYTHON": "code_environment",
+    "COMPRESSLAB_LOCK_DIR": "operational: where the run-lock files live, not what runs",
+    "COMPRESSLAB_LOCK_WAIT_S": "operational: how long to wait for the lock",
+    "COMPRESSLAB_TIME_BUSY": "recorded in machine_load; a rerun must not repeat a busy timing",
+    "COMPRESSLAB_VENV_CACHE": "operational: where the peers' venvs are cached (keyed by their pins)",
+}
+
+
+def test_every_environment_variable_the_package_reads_is_placed():
+    import re
+    from pathlib import Path
+
+    import compresslab
+    from compresslab.config import config_env_vars
+
+    root = Path(compresslab.__file__).parent
+    read = {m for p in root.rglob("*.py") for m in re.findall(r"[\"'](COMPRESSLAB_[A-Z0-9_]+)[\"']", p.read_text())}
+    read |= set(config_env_vars())
+    assert read == set(ENVIRONMENT_VARIABLES), "place each new variable in ENVIRONMENT_VARIABLES (see its comment)"
+    assert {k for k, v in ENVIRONMENT_VARIABLES.items() if v == "config"} <= set(config_env_vars())
