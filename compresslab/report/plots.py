@@ -32,6 +32,27 @@ def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
     return fig
 
 
+def figure_for(n_points: int) -> Figure:
+    """A figure that grows with its labelled points: 7 x 4.2 in up to 8, up to 10 x 7 in for a crowded plot,
+    so the labels have room to stand apart (:func:`label_points`)."""
+    grow = min(max(n_points - 8, 0) / 24, 1.0)  # 0 at <= 8 points, 1 at >= 32
+    return new_figure(7.0 + 3.0 * grow, 4.2 + 2.8 * grow)
+
+
+def label_points(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: float = 8) -> None:
+    """Name each ``(x, y, text)`` point with a label placed off the others and off the markers (adjustText's
+    repulsion; a thin grey leader line where a label had to move away from its point). Deterministic for the
+    same points: a fixed iteration limit, no time limit, so the same manifest gives the same PNG bytes."""
+    from adjustText import adjust_text
+
+    if not points:
+        return
+    texts = [ax.text(x, y, text, fontsize=fontsize, zorder=4) for x, y, text in points]
+    adjust_text(texts, x=[p[0] for p in points], y=[p[1] for p in points], ax=ax, iter_lim=500,
+                expand=(1.1, 1.4), force_text=(0.2, 0.4), min_arrow_len=8,
+                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5, "alpha": 0.8})
+
+
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # No "Software" metadata: the same manifest then gives byte-identical PNGs across versions.
@@ -51,11 +72,10 @@ def score_vs_latency(m: Mapping[str, Any]) -> bytes | None:
            if shape and r.score is not None and shape in r.p50_ms]
     if not pts:
         return None
-    fig = new_figure()
+    fig = figure_for(len(pts))
     ax = fig.add_subplot()
-    for i, (x, y, label) in enumerate(pts):
+    for i, (x, y, _) in enumerate(pts):
         ax.scatter([x], [y], s=60, color=_COLORS[i % len(_COLORS)], zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
     if (teacher := F.teacher_score(m)) is not None:
         ax.axhline(teacher * 100, ls="--", lw=1, color="grey", label="teacher")
         ax.legend(loc="lower right", fontsize=8)
@@ -66,6 +86,7 @@ def score_vs_latency(m: Mapping[str, Any]) -> bytes | None:
     ax.margins(y=0.25)
     ax.grid(alpha=0.3)
     ax.set_title(f"{metric} vs latency ({shape})")
+    label_points(ax, pts, fontsize=9)  # last: it reads the final axes limits
     return _png(fig)
 
 
@@ -196,7 +217,7 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
     pts = [p for p in points if p.score is not None and getattr(p, cost) is not None]
     if not pts:
         return None
-    fig = new_figure()
+    fig = figure_for(len({(getattr(p, cost), p.score) for p in pts}))
     ax = fig.add_subplot()
     refs = [(getattr(p, ref_cost) * scale, p.teacher * 100) for p in pts
             if getattr(p, ref_cost) is not None and p.teacher is not None]
@@ -209,9 +230,8 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
         at.setdefault(xy, []).append(p.name)
         ax.scatter([xy[0]], [xy[1]], s=60, zorder=3, facecolors=_COLORS[0] if p in front else "white",
                    edgecolors=_COLORS[0])
-    for i, (xy, names) in enumerate(sorted(at.items())):
-        text = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
-        ax.annotate(text, xy, textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -11), fontsize=8)
+    labels = [(*xy, ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else ""))
+              for xy, names in sorted(at.items())]
     line = sorted((getattr(p, cost) * scale, p.score * 100) for p in front)
     if len(line) > 1:
         ax.step([x for x, _ in line], [y for _, y in line], where="post", color=_COLORS[0], lw=1, alpha=0.6,
@@ -226,4 +246,5 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
     if refs or len(line) > 1:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
+    label_points(ax, labels)  # last: it reads the final axes limits
     return _png(fig)
