@@ -161,7 +161,8 @@ class BiBert:
             raise TaskNotSupportedError(f"bibert distils logits; {task.spec.name!r} is an embedding task")
         n = len(task.require_train())
         if n < self.batch_size:
-            raise ValueError(f"bibert.batch_size={self.batch_size} exceeds the train split ({n} examples)")
+            raise ValueError(f"bibert.batch_size={self.batch_size} exceeds the train split ({n} examples); "
+                             f"set bibert.batch_size<={n}")
         if not task.validation:
             raise ValueError("bibert selects its checkpoint on the validation split, and this task has none")
         self.recovery.check_task(task)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from compresslab.registry import register_pass
 from compresslab.targets import layer_keys, select_modules
 from compresslab.training.recovery import recover
 from compresslab.types import PassContext, PassResult, Stage
+
+log = logging.getLogger(__name__)
 
 QAT_CHECKPOINT_EVERY = 200  # optimizer steps between QAT checkpoints (~1-2 s each on MiniLM)
 
@@ -127,7 +130,8 @@ class Hawq(HawqSettings):
         if needs_data:
             n = len(task.require_train())
             if n < self.hessian.batch_size:
-                raise ValueError(f"hessian.batch_size={self.hessian.batch_size} exceeds the train split ({n})")
+                raise ValueError(f"hessian.batch_size={self.hessian.batch_size} exceeds the train split ({n} "
+                                 f"examples); set hessian.batch_size<={n}")
 
     # ------------------------------------------------------------------ apply
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
@@ -275,6 +279,14 @@ class Hawq(HawqSettings):
         loss_fn = teacher_kl_loss if h.loss is HessianLoss.TEACHER_KL else task_loss
         before = next(model.parameters()).device
         model.to(ctx.device)
+        # more batches than the train split holds: every batch it has (the same estimate, noisier), warned and
+        # recorded, rather than a second epoch of the same examples
+        asked = h.batches if self.sensitivity is Sensitivity.TRACE else h.eigen_batches
+        available = -(-len(ctx.task.train) // h.batch_size)
+        if asked > available:
+            setting = "batches" if self.sensitivity is Sensitivity.TRACE else "eigen_batches"
+            log.warning("hawq: hessian.%s=%d but the train split has %d examples (%d batches of hessian.batch_size=%d); "
+                        "using %d", setting, asked, len(ctx.task.train), available, h.batch_size, available)
         try:
             loader = ctx.train_loader(batch_size=h.batch_size, shuffle=True)
             to_dev = lambda b: {k: v.to(ctx.device) for k, v in b.items()}  # noqa: E731
@@ -304,6 +316,8 @@ class Hawq(HawqSettings):
                 record = {"method": "eigen", "loss": h.loss.value, **res}
         finally:
             model.to(before)
+        if asked > available:
+            record["batches_capped_from"] = asked  # record["batches"]: the batches used
         negative = sorted(n for n, v in raw.items() if v < 0)
         if negative:  # a negative curvature estimate is a signal (unconverged fine-tuning), not a bug
             record["negative_clamped_to_0"] = negative

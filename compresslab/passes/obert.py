@@ -16,6 +16,7 @@ every damp (the outer-product sums do not depend on damp).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from compresslab.training.dist import rank_batches
 from compresslab.training.recovery import Recovery
 from compresslab.types import PassContext, PassResult, Stage
 from compresslab.validate import check_int, coerce_block, check_positive, check_positive_int, coerce_enum, is_number
+
+log = logging.getLogger(__name__)
 
 
 class MaskType(str, Enum):
@@ -83,7 +86,8 @@ class OBert:
     pruning places its events in ``recovery.steps``. ``num_grads``
     mini-batches of ``grad_batch_size`` are drawn from train for every Fisher rebuild (each
     pruning event times ``num_recomputations``); 1024 is the paper's, 256-512 is realistic on a
-    2-core CPU. ``block_size`` defaults to 50 (unstructured) or 32 (block4).
+    2-core CPU. A train split with fewer mini-batches caps it, with a warning (metrics ``num_grads``:
+    the count used; ``num_grads_capped_from``: the setting). ``block_size`` defaults to 50 (unstructured) or 32 (block4).
     """
 
     sparsity: float = 0.8
@@ -156,14 +160,21 @@ class OBert:
         if task.spec.kind is TaskKind.EMBEDDING:
             raise TaskNotSupportedError("obert needs a labelled classification or regression task for its empirical "
                              f"Fisher; task {task.spec.name!r} is an embedding task (use magnitude)")
-        n = len(task.require_train())
-        available = math.ceil(n / self.grad_batch_size)
-        if self.num_grads > available:
-            raise ValueError(f"num_grads={self.num_grads} needs {self.num_grads} mini-batches of "
-                             f"grad_batch_size={self.grad_batch_size}, but the train split has {n} examples "
-                             f"({available} batches); lower num_grads or grad_batch_size")
+        task.require_train()  # a split too small for num_grads is capped (grads_used), not refused
         if self.damp_grid and not task.validation:
             raise ValueError("damp_grid selects on the validation split carved from train, but the task has none")
+
+    def grads_used(self, n_train: int) -> int:
+        """The gradients each Fisher rebuild averages: ``num_grads``, capped at the train split's
+        ``grad_batch_size`` mini-batches. A capped count is the same empirical Fisher estimator over fewer
+        gradients (noisier); more would draw the same examples twice (a second epoch)."""
+        return min(self.num_grads, math.ceil(n_train / self.grad_batch_size))
+
+    def _warn_grads(self, n_train: int, used: int) -> None:
+        if used < self.num_grads:
+            log.warning("obert: num_grads=%d but the train split has %d examples (%d mini-batches of "
+                        "grad_batch_size=%d); using %d gradients per Fisher rebuild", self.num_grads, n_train,
+                        used, self.grad_batch_size, used)
 
     def check_after(self, earlier: list[Any]) -> None:
         """Plan-time check against the steps before this one: 1x4 blocks need every pruned Linear's
@@ -206,15 +217,18 @@ class OBert:
         self._check_modules(modules)
         self.check(ctx.task)
         self._check_damp_grid(modules)
+        n_train = len(ctx.task.train)
+        num_grads = self.grads_used(n_train)
+        self._warn_grads(n_train, num_grads)
         before = moved(model, ctx.device)
         try:
             loader = ctx.train_loader(batch_size=self.grad_batch_size, shuffle=True)
             batches = rank_batches(loader, ctx.device)
             damp, grid, sums = self.damp, None, None
             if self.damp_grid:
-                damp, grid, sums = self._choose_damp(model, ctx, batches, list(modules))
+                damp, grid, sums = self._choose_damp(model, ctx, batches, list(modules), num_grads)
             # one-shot prunes the very model the grid saw: its gradient sums still hold
-            scorer = OBSScorer(batches, self.num_grads, self.block_size, damp, self.group_size, ctx.progress,
+            scorer = OBSScorer(batches, num_grads, self.block_size, damp, self.group_size, ctx.progress,
                                sums=sums if self.mode is Mode.ONESHOT else None, max_state_mb=self.fisher_max_mb)
             metrics, structure = run_pruning(
                 model, ctx, modules, scorer, mode=self.mode, sparsity=self.sparsity,
@@ -224,7 +238,10 @@ class OBert:
                 reference=teacher_modules(ctx, self.targets, self.ignore))
         finally:
             model.to(before)
-        metrics.update(damp=damp, block_size=self.block_size, mask_type=self.mask_type.value)
+        # the gradients per rebuild actually averaged (num_grads capped at the train split's mini-batches)
+        metrics.update(damp=damp, block_size=self.block_size, mask_type=self.mask_type.value, num_grads=num_grads)
+        if num_grads < self.num_grads:
+            metrics["num_grads_capped_from"] = self.num_grads
         if grid is not None:
             metrics["damp_grid"] = grid
         metrics["size"] = sparse_size_bytes(model, list(modules))
@@ -233,7 +250,7 @@ class OBert:
         return PassResult(metrics=metrics, structure=structure, formats=formats)
 
     def _choose_damp(self, model: nn.Module, ctx: PassContext, batches: Iterator[dict[str, Tensor]],
-                     names: list[str]) -> tuple[float, dict[str, Any], dict[str, Tensor] | None]:
+                     names: list[str], num_grads: int) -> tuple[float, dict[str, Any], dict[str, Tensor] | None]:
         """One-shot prune a copy per damp to ``sparsity``; lowest validation loss wins.
 
         Returns (damp, grid record, the damp-free gradient sums when ``num_recomputations == 1``).
@@ -244,14 +261,14 @@ class OBert:
         if self.num_recomputations == 1:  # the sums do not depend on damp: collect once
             mods = {n: model.get_submodule(n) for n in names}
             pruned = {n: keeper0.masks[f"{n}.weight"].reshape(-1) for n in names}
-            sums = collect_outer_sums(model, mods, pruned, batches, self.num_grads, self.block_size,
+            sums = collect_outer_sums(model, mods, pruned, batches, num_grads, self.block_size,
                                       progress=ctx.progress)
         dense = validation_loss(model, val)
         rows: list[dict[str, float]] = []
         for d in self.damp_grid or []:
             m = clone(model)
             mods = {n: m.get_submodule(n) for n in names}
-            scorer = OBSScorer(batches, self.num_grads, self.block_size, d, self.group_size, ctx.progress,
+            scorer = OBSScorer(batches, num_grads, self.block_size, d, self.group_size, ctx.progress,
                                sums=dict(sums) if sums is not None else None)
             prune_to(scorer, m, mods, MaskKeeper(dict(keeper0.masks)), self.sparsity, Scope.GLOBAL,
                      self.num_recomputations)

@@ -120,9 +120,14 @@ class ZipLM(SpeedupSettings):
         self.recovery.check_task(task)
 
     # ------------------------------------------------------------------ statistics and databases
+    def calibration_used(self, ctx: PassContext) -> int:
+        """The examples each Hessian is collected on: ``num_calibration``, capped at the train split (the same
+        estimator on fewer tokens; recorded as the metric ``calibration_examples``)."""
+        return min(self.num_calibration, len(ctx.task.require_train()))
+
     def databases(self, model: nn.Module, ctx: PassContext, table: LatencyTable) -> dict[Key, ShrinkDatabase]:
         """OBS databases of ``model``'s current ``W_O``/``W_2`` at every level the DP may pick."""
-        n = min(self.num_calibration, len(ctx.task.train))
+        n = self.calibration_used(ctx)
         total = -(-n // ctx.batch_size)
         accs = collect_hessians(model, ctx.calibration_batches(n), ctx, total)
         tokens = min((a.count for a in accs.values()), default=0)
@@ -218,7 +223,8 @@ class ZipLM(SpeedupSettings):
             else:
                 records = self._gradual(model, ctx, lab, teacher)
             metrics = result_metrics(self, records, lab, params_dense)
-        return PassResult(metrics={**metrics, "mode": self.mode.value}, structure=structure_of(model))
+        metrics.update(mode=self.mode.value, calibration_examples=self.calibration_used(ctx))
+        return PassResult(metrics=metrics, structure=structure_of(model))
 
     def _gradual(self, model: nn.Module, ctx: PassContext, lab: SpeedupLab, teacher: nn.Module
                  ) -> dict[float, dict[str, Any]]:

@@ -74,7 +74,7 @@ def test_a_pipeline_with_a_bad_setting_is_not_skipped_but_left_to_fail_with_its_
 
 
 @pytest.mark.parametrize("args", [
-    ["+pipeline=obert_int8", "task=sst2", "pipeline.passes.obert.num_grads=100000"],  # check() raises ValueError
+    ["+pipeline=bibert", "task=sst2", "pipeline.passes.bibert.batch_size=100000"],  # check() raises ValueError
     ["+pipeline=hawq_mp3", "task=sst2", "pipeline.passes.hawq.hessian.batch_size=1000"],
 ])
 def test_a_bad_setting_caught_by_a_pass_check_is_a_failure_not_a_skip(args) -> None:

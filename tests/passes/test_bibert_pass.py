@@ -130,6 +130,12 @@ def test_fp16_model_and_already_binarized_model_are_refused_before_work(tiny_ctx
         BiBert(**FAST).check_model(model)
 
 
+def test_a_batch_larger_than_the_train_split_names_the_largest_that_works(tiny_ctx):
+    with pytest.raises(ValueError, match=r"bibert.batch_size=128 exceeds the train split \(96 examples\); "
+                                         r"set bibert.batch_size<=96"):
+        BiBert(**{**FAST, "batch_size": 128}).check(tiny_ctx().task)
+
+
 def test_selection_is_recover_s_with_the_context_s_scorer(tiny_ctx, monkeypatch):
     """BiBERT scores its checks with ``PassContext.validation_score`` (the scorer every distilling pass selects
     with), on the first ``recovery.select_examples`` validation examples, the frozen model on the same ones."""

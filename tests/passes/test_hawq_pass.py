@@ -129,3 +129,20 @@ def test_embedding_bits_quantize_word_embeddings_outside_the_budget(tiny_ctx, tm
     compresslab.save(model, tmp_path / "ck")
     torch.testing.assert_close(_logits(compresslab.load(tmp_path / "ck", attn_implementation="eager")), ref,
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Hessian trace not converged", "ignore:power iteration did not converge")
+@pytest.mark.parametrize("sensitivity,setting", [("trace", "batches"), ("eigen", "eigen_batches")])
+def test_hessian_batches_beyond_the_train_split_are_capped_and_recorded(tiny_ctx, caplog, sensitivity, setting):
+    """More Hessian batches than the train split holds: every batch it has, warned and recorded (not a second
+    epoch); a batch larger than the split is refused with the largest batch_size that works."""
+    ctx = tiny_ctx()  # 96 train examples = 3 batches of 32
+    hessian = {**FAST["hessian"], "batch_size": 32, setting: 50}
+    with caplog.at_level("WARNING", logger="compresslab.passes.hawq"):
+        res = Hawq(avg_bits=3.0, sensitivity=sensitivity, **{**FAST, "hessian": hessian}).apply(tiny_model(), ctx)
+    rec = res.metrics["sensitivity"]
+    assert rec["batches"] == 3 and rec["batches_capped_from"] == 50
+    assert f"hessian.{setting}=50 but the train split has 96 examples (3 batches of hessian.batch_size=32)" in caplog.text
+    with pytest.raises(ValueError, match=r"hessian.batch_size=128 exceeds the train split \(96 examples\); "
+                                         r"set hessian.batch_size<=96"):
+        Hawq(avg_bits=3.0, **{**FAST, "hessian": {**FAST["hessian"], "batch_size": 128}}).check(ctx.task)

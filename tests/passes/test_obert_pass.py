@@ -180,15 +180,31 @@ def test_bad_data_and_targets_raise_before_the_fisher_pass(tiny_ctx, monkeypatch
 
     monkeypatch.setattr(_fisher, "collect_outer_sums", boom)
     ctx = tiny_ctx()
-    with pytest.raises(ValueError, match="num_grads=100 needs 100 mini-batches"):
-        OBert(num_grads=100, grad_batch_size=4).check(ctx.task)  # 96 examples = 24 batches
-    with pytest.raises(ValueError, match="num_grads=100"):
-        OBert(num_grads=100, grad_batch_size=4).apply(tiny_model("bert"), ctx)
     with pytest.raises(ValueError, match="'attention.query' matches no nn.Linear"):
         OBert(targets=["attention.query"], **FAST).apply(tiny_model("bert"), ctx)
     with pytest.raises(ValueError, match="in_features % 4 == 0"):
         OBert(mask_type="block4", targets=["classifier"], **FAST).apply(
             tiny_model("bert", num_labels=2, hidden_size=30, num_attention_heads=3), ctx)
+
+
+def test_num_grads_beyond_the_train_split_is_capped_and_recorded(tiny_ctx, caplog):
+    """A train split with fewer mini-batches than num_grads (the README's defaults on a small CSV) runs on every
+    batch it has: the same Fisher estimator over fewer gradients, warned about and recorded in the metrics."""
+    ctx = tiny_ctx()  # 96 train examples = 24 mini-batches of 4
+    p = OBert(sparsity=0.5, mode="oneshot", recovery=Recovery(steps=0), num_grads=100, grad_batch_size=4,
+              block_size=16)
+    p.check(ctx.task)  # no refusal before work
+    assert p.grads_used(len(ctx.task.train)) == 24
+    with caplog.at_level("WARNING", logger="compresslab.passes.obert"):
+        m = p.apply(tiny_model("bert"), ctx).metrics
+    assert m["num_grads"] == 24 and m["num_grads_capped_from"] == 100 and m["fisher_grads"] == 24
+    assert "num_grads=100 but the train split has 96 examples (24 mini-batches of grad_batch_size=4); using 24" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="compresslab.passes.obert"):
+        m = OBert(sparsity=0.5, mode="oneshot", recovery=Recovery(steps=0), block_size=16, **FAST).apply(
+            tiny_model("bert"), ctx).metrics
+    assert m["num_grads"] == 8 and "num_grads_capped_from" not in m and "num_grads=" not in caplog.text
 
 
 @pytest.mark.slow

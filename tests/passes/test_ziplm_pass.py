@@ -121,6 +121,7 @@ def test_oneshot_family_structure_reload(tmp_path: Path, fake_timing: dict, capl
     assert m["family"]["3x"]["predicted_speedup"] >= 3.0 and m["family"]["1.5x"]["predicted_speedup"] >= 1.5
     assert m["family"]["3x"]["params"] < m["family"]["1.5x"]["params"]
     assert "calibration tokens" in caplog.text  # 3 sentences < FFN width: warned, dampened
+    assert m["calibration_examples"] == 3
     # save / reload the step's model and a family member with identical logits
     batches = _batches(ctx)
     out = save(model, tmp_path / "saved", ctx.tokenizer)
@@ -191,12 +192,15 @@ def test_registry_and_round_trip() -> None:
     assert d["mode"] == "gradual" and pass_from_dict(d) == p
 
 
-def test_speedup_one_keeps_the_dense_model(tmp_path: Path, fake_timing: dict) -> None:
+def test_speedup_one_keeps_the_dense_model(tmp_path: Path, fake_timing: dict, caplog: pytest.LogCaptureFixture
+                                           ) -> None:
     fake_timing["script"] = [0.9]  # timing noise below 1x: nothing to tighten, no retry
     model = tiny_model("bert")
-    res = _ziplm(speedup=1.0, max_retries=3).apply(model, make_ctx(tmp_path))
+    with caplog.at_level(logging.WARNING):  # more calibration than the 48 train examples: all of them, recorded
+        res = _ziplm(speedup=1.0, max_retries=3, num_calibration=2048).apply(model, make_ctx(tmp_path))
     assert res.structure == {"heads": [4, 4], "ffn": [64, 64]} and len(res.metrics["attempts"]) == 1
     assert res.metrics["met_target"] and res.metrics["params"] == res.metrics["params_dense"]
+    assert res.metrics["calibration_examples"] == 48 and "num_calibration=2048 but the train split has 48" in caplog.text
 
 
 def test_hooks_are_always_removed_and_pads_excluded(tmp_path: Path) -> None:
