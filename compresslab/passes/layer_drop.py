@@ -51,6 +51,15 @@ def drop_layers_(model: nn.Module, keep: list[int]) -> None:
     setattr(model.config, attr, len(keep))
 
 
+def _values_that_work(total: int, setting: str) -> str:
+    """What to set instead, for a model of ``total`` layers: the values that drop at least one layer."""
+    if total == 1:
+        return "a 1-layer model has no layer to drop: remove the layer_drop step"
+    if setting == "num_layers":
+        return f"set num_layers between 1 and {total - 1} (num_layers={total} keeps every layer)"
+    return f"keep a proper subset of the indices 0..{total - 1}, e.g. keep={evenly_spaced(total, total // 2)}"
+
+
 @register_pass("layer_drop")
 @dataclass
 class LayerDrop:
@@ -98,11 +107,14 @@ class LayerDrop:
         """The kept indices for a model of ``total`` layers (range errors name the depth)."""
         if self.num_layers is not None:
             if self.num_layers > total:
-                raise ValueError(f"num_layers={self.num_layers} but the model has only {total} layers")
+                raise ValueError(f"num_layers={self.num_layers} but the model has only {total} layer"
+                                 f"{'s' if total != 1 else ''}; {_values_that_work(total, 'num_layers')}")
             return evenly_spaced(total, self.num_layers)
         assert self.keep is not None
         if self.keep[-1] >= total:
-            raise ValueError(f"keep={self.keep} names layer {self.keep[-1]} but the model has {total} layers")
+            raise ValueError(f"keep={self.keep} names layer {self.keep[-1]} but the model has {total} layer"
+                             f"{'s' if total != 1 else ''} (indices 0..{total - 1}); "
+                             f"{_values_that_work(total, 'keep')}")
         return list(self.keep)
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:

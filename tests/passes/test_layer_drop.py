@@ -87,7 +87,17 @@ def test_bad_settings(kw: dict[str, Any], msg: str) -> None:
 
 
 def test_out_of_range_for_the_model(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="has 2 layers"):
+    """Refusals name the values that work on this depth (the trial set num_layers=4 on a 2-layer DistilBERT)."""
+    with pytest.raises(ValueError, match=r"has 2 layers \(indices 0..1\); keep a proper subset of the indices "
+                                         r"0..1, e.g. keep=\[1\]"):
         LayerDrop(keep=[0, 2]).apply(tiny_model("bert"), _ctx(tmp_path))
-    with pytest.raises(ValueError, match="only 2 layers"):
+    with pytest.raises(ValueError, match=r"only 2 layers; set num_layers between 1 and 1 \(num_layers=2 keeps every"):
         LayerDrop(num_layers=3).apply(tiny_model("bert"), _ctx(tmp_path))
+    with pytest.raises(ValueError, match=r"num_layers=4 but the model has only 2 layers; set num_layers between 1 and 1"):
+        LayerDrop(num_layers=4).check_model(tiny_model("distilbert"))
+    deep = tiny_model("bert", num_hidden_layers=6)
+    with pytest.raises(ValueError, match=r"only 6 layers; set num_layers between 1 and 5"):
+        LayerDrop(num_layers=8).check_model(deep)
+    with pytest.raises(ValueError, match=r"1 layer \(indices 0..0\); a 1-layer model has no layer to drop: remove the "
+                                         r"layer_drop step"):
+        LayerDrop(keep=[0, 1]).check_model(tiny_model("bert", num_hidden_layers=1))
