@@ -205,6 +205,34 @@ def _advice(m: Mapping[str, Any], worst: Serving, drop: float, tol: float, sever
                        "or speedup), or set eval.max_drop to the drop you accept.", kind="warn")
 
 
+# the checkpoint formats that store a fake-quant model's weights at their true width (a pass's ``result.formats``)
+PACKED_FORMATS = ("packed_binary", "packed_nbits")
+
+
+def _held_line(m: Mapping[str, Any]) -> str:
+    """What the deployed file holds when it is the fp32 export of a binary or n-bit fake-quant model (its ±1 or
+    grid values stored as fp32, so it is no smaller than the dense file), and the size of the packed checkpoint the
+    run wrote of that model; "" for a file that stores its weights at the width it computes with."""
+    fp32 = F.as_dict(F.get(m, "export", "fp32"))
+    fmt, precision = fp32.get("format"), fp32.get("precision")
+    deployed = F.as_dict(F.get(m, "export", "deployed"))
+    source = deployed.get("onnx_path") or deployed.get("path")  # an IR: the ONNX file it was made from
+    # export.onnx.graph_format words such a graph "<precision> (... as <precision> values)"
+    if not fmt or fmt == precision or "values" not in str(fmt) or source != fp32.get("path"):
+        return ""  # the file stores what it computes with (a plain fp32, int8 or MatMulNBits graph)
+    why = ("ONNX Runtime has no 1-bit kernels" if F.binary_model(m)
+           else "an ort_matmul_nbits step would deploy the n-bit weights packed")
+    text = f": the file is {plain(fmt)}, not packed ({why})"
+    packed = [(s, f, b) for s in F.steps(m) for f, b in F.step_formats(s).items() if f in PACKED_FORMATS]
+    if packed:
+        s, f, b = packed[-1]
+        where = s.get("dir") or F.step_label(s)
+        full = F.num(F.get(s, "result", "metrics", "size", "fp32", "total"))
+        ratio = f", {times(full / b)} smaller than its fp32 checkpoint" if full and b else ""
+        text += f"; the packed checkpoint ({f}, in {plain(where)}) is {mb(b)} MB{ratio}"
+    return text
+
+
 def summary(m: Mapping[str, Any]) -> list[Block]:
     """The first look: what was deployed, how much score it lost, and how much faster and smaller it is."""
     rows = {r.key: r for r in F.model_rows(m)}
@@ -235,7 +263,7 @@ def summary(m: Mapping[str, Any]) -> list[Block]:
     ref = rows.get("ort_fp32")
     if dep.size_bytes and ref is not None and ref.size_bytes:
         items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
-                     f"export ({times(ref.size_bytes / dep.size_bytes)} smaller).")
+                     f"export ({times(ref.size_bytes / dep.size_bytes)} smaller){_held_line(m)}.")
     if choice := deploy_choice(m):  # what the user set beside what an ``auto`` chose
         items.insert(0, f"Deploy: {choice}.")
     out: list[Block] = [Heading("Summary"), _deployed_line(m), Bullets(items)]

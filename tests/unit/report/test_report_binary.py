@@ -59,3 +59,52 @@ def test_binary_step_alone_gets_the_note_and_a_failed_rule_says_failed():
 def test_dense_report_has_no_binary_notes():
     md = _markdown(copy.deepcopy(json.loads(FIXTURE.read_text())))
     assert "1-bit" not in md and "Theoretical FLOPs" not in md and "Sign flips" not in md
+
+
+def _summary_size(m: dict[str, Any]) -> str:
+    (line,) = [ln for ln in _section(_markdown(m), "Summary").splitlines() if ln.startswith("- Size:")]
+    return line
+
+
+def _deployed_as_fp32(m: dict[str, Any], fmt: str, packed: str | None) -> dict[str, Any]:
+    """``m`` deploying its fp32 export (a binary or fake-quant graph worded ``fmt``), with a torch step that wrote
+    the ``packed`` checkpoint format (19.0 MB fp32 -> 1.0 MB)."""
+    fp32 = m["export"]["fp32"]
+    fp32.update(precision="fp32", format=fmt)
+    m["export"]["deployed"] = {"path": fp32["path"], "label": "ort_fp32", "precision": "fp32",
+                               "runtime": "ort", "size_bytes": fp32["size_bytes"]}
+    if packed:
+        step = m["steps"][1]
+        step["dir"] = "steps/01_quant"
+        step.setdefault("result", {})["formats"] = [packed]
+        step["result"].setdefault("metrics", {})["size"] = {"fp32": {"encoder": 4e6, "total": 19e6},
+                                                            packed: {"encoder": 2e5, "total": 1e6}}
+    return m
+
+
+def test_the_summary_size_says_the_deployed_file_holds_binary_values_and_gives_the_packed_size():
+    """A BiBERT run deploys the fp32 export holding ±1 values (1.00x smaller): the Size line says so and gives the
+    packed 1-bit checkpoint's size, instead of leaving the reason to the Notes (session 47's trial, #10)."""
+    m = _deployed_as_fp32(_binary_manifest(), "fp32 (binary: ±1 weights and sign activations as fp32 values)",
+                          "packed_binary")
+    line = _summary_size(m)
+    assert "(1.00x smaller): the file is fp32 (binary: ±1 weights and sign activations as fp32 values), not packed " \
+           "(ONNX Runtime has no 1-bit kernels); the packed checkpoint (packed_binary, in steps/01_quant) is 1.00 MB, " \
+           "19.00x smaller than its fp32 checkpoint." in line
+    m["steps"][1]["result"]["formats"] = []  # no packed file written: the words alone
+    assert _summary_size(m).endswith("not packed (ONNX Runtime has no 1-bit kernels).")
+
+
+def test_the_summary_size_of_an_nbit_fake_quant_fp32_file_names_the_step_that_would_pack_it():
+    m = _deployed_as_fp32(json.loads(FIXTURE.read_text()), "fp32 (4-bit fake-quant weights as fp32 values)",
+                          "packed_nbits")
+    line = _summary_size(m)
+    assert "the file is fp32 (4-bit fake-quant weights as fp32 values), not packed (an ort_matmul_nbits step would " \
+           "deploy the n-bit weights packed); the packed checkpoint (packed_nbits, in steps/01_quant) is 1.00 MB" in line
+
+
+def test_the_summary_size_of_a_file_that_stores_what_it_computes_with_adds_nothing():
+    m = json.loads(FIXTURE.read_text())  # the int8 file deployed: its bytes are its weights
+    assert _summary_size(m).endswith("smaller).")
+    m = _deployed_as_fp32(json.loads(FIXTURE.read_text()), "fp32", None)  # a plain fp32 export
+    assert _summary_size(m).endswith("smaller).")
