@@ -99,7 +99,8 @@ class StructuredL1(SpeedupSettings):
     makes_teacher: ClassVar[bool] = False
     # emptying a layer's attention needs the BERT/RoBERTa layout (checked before any step runs)
     model_types: ClassVar[tuple[str, ...]] = ("bert", "roberta")
-    fastest_rule: ClassVar[str] = "every FFN neuron and all but one head of every layer removed (layers stay uniform)"
+    fastest_rule: ClassVar[str] = ("every FFN neuron and all but one head of every layer removed, the layers "
+                                   "staying uniform")
     # latency_model (listed in its YAML since 2026-12-06): earlier runs had it absent, at linear
     identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {**SpeedupSettings.identity_defaults, "latency_model": "linear"})

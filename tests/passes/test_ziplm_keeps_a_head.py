@@ -167,3 +167,23 @@ def test_the_report_names_skipped_layers() -> None:
     doc = Document("t", [])
     doc.blocks += speedup_targets({"steps": [{"index": 1, "name": "ziplm", "result": {"metrics": metrics}}]})
     assert "| layers skipped (no head, no FFN neuron left) | 1, 4 |" in to_markdown(doc)
+
+
+# ------------------------------------------------------------------ the API takes the same path
+
+
+@pytest.mark.filterwarnings("ignore:only .* calibration tokens")
+def test_the_api_refuses_the_empty_model_and_keeps_a_head(tiny_tok: Any, fake_timing: dict) -> None:
+    import compresslab
+    from compresslab.testing import tiny_sentiment
+
+    data = [(e.text_a, ["neg", "pos"][e.label]) for e in tiny_sentiment(48, 0)]
+    kw = dict(data=data, max_length=32, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"largest reachable speedup is 7\.70x"):
+        compresslab.compress(tiny_model("bert"), tiny_tok, [{"name": "ziplm", **TINY, "speedup": 10.0}], **kw)
+    r = compresslab.compress(tiny_model("bert"), tiny_tok, [{"name": "ziplm", **TINY, "speedup": 7.5}], **kw)
+    try:
+        assert _heads(r.model) == 1
+        assert len(r.metrics["steps"][0]["metrics"]["skipped_layers"]) == 1
+    finally:
+        r.close()
