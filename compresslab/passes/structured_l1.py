@@ -21,8 +21,10 @@ from torch import nn
 from compresslab.models.adapters import LayerView, get_adapter
 from compresslab.models.inmemory import clone
 from compresslab.models.structure import shrink_ffn, shrink_heads
+from compresslab.ops.spdy import LatencyTable
 from compresslab.pruning.speedup import (
-    Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, result_metrics, sample_batches, structure_of)
+    Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, result_metrics, sample_batches,
+    smallest_head_count, structure_of)
 from compresslab.registry import register_pass
 from compresslab.types import PassContext, PassResult, Stage
 
@@ -62,12 +64,15 @@ def shrink_by_l1(model: nn.Module, choice: Choice) -> None:
 def uniform_solver(lab: SpeedupLab, num_layers: int, num_heads: int, ffn_size: int, steps: int):
     """``budget -> choice``: the smallest uniform fraction ``f`` whose predicted time fits.
 
-    Head counts and FFN widths snap to the nearest size the latency table prices.
+    Head counts and FFN widths snap to the nearest size the latency table prices; every layer keeps at
+    least one head (uniform, so the model keeps one: ``StructuredL1.fastest_structure`` says why).
     Predicted time is monotone in ``f`` (the table is smoothed), so the first fit is the least
     pruning that meets the budget.
     """
+    sizes = {"attention": [s for s in lab.table.sizes("attention") if s > 0], "ffn": lab.table.sizes("ffn")}
+
     def nearest(kind: str, x: float) -> int:  # sizes the table prices (dominated ones are absent)
-        return min(lab.table.sizes(kind), key=lambda s: (abs(s - x), -s))  # ties: prune less
+        return min(sizes[kind], key=lambda s: (abs(s - x), -s))  # ties: prune less
 
     def at(f: float) -> Choice:
         h, n = nearest("attention", (1 - f) * num_heads), nearest("ffn", (1 - f) * ffn_size)
@@ -94,6 +99,8 @@ class StructuredL1(SpeedupSettings):
     makes_teacher: ClassVar[bool] = False
     # emptying a layer's attention needs the BERT/RoBERTa layout (checked before any step runs)
     model_types: ClassVar[tuple[str, ...]] = ("bert", "roberta")
+    fastest_rule: ClassVar[str] = ("every FFN neuron and all but one head of every layer removed, the layers "
+                                   "staying uniform")
     # latency_model (listed in its YAML since 2026-12-06): earlier runs had it absent, at linear
     identity_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {**SpeedupSettings.identity_defaults, "latency_model": "linear"})
@@ -102,6 +109,16 @@ class StructuredL1(SpeedupSettings):
         super().__post_init__()
         if self.fraction_steps < 1:
             raise ValueError(f"fraction_steps must be >= 1, got {self.fraction_steps}")
+
+    def fastest_structure(self, table: LatencyTable, start: Choice) -> Choice:
+        """The fastest uniform structure that keeps a head: the smallest positive head count in every layer.
+
+        A model must keep a head (``SpeedupSettings.fastest_structure``); with the same count in every layer, that
+        is one per layer."""
+        h = smallest_head_count(table, min(start["heads"]))
+        if h is None:
+            raise ValueError(f"no head count above 0 the latency table prices fits heads per layer {start['heads']}")
+        return {"heads": [h] * len(start["heads"]), "ffn": [0] * len(start["ffn"])}
 
     def check(self, task: Any) -> None:
         """A validation split when recovery selects on it; the layout and targets are checked in ``apply``."""

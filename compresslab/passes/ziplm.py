@@ -1,12 +1,14 @@
 """``ziplm``: structured OBS of heads and FFN neurons to a measured speedup (ALGORITHMS.md §4).
 
 Flow: dense export + latency table on the target runtime (cached per environment) -> targets
-checked against what removing everything gives -> forward hooks collect the inputs of every
-``W_O`` and ``W_2`` on calibration data (padding excluded: pad tokens never reach an encoder's
-loss) -> one Hessian per matrix (raw sums all-reduced across processes) -> a greedy OBS database
-per matrix (heads: column blocks of ``head_size``; FFN: single columns, levels on the latency
-grid) -> dynamic program for ``B = T_dense / S - t_0`` -> stitch (slice Q/K/V rows and ``W_1``
-rows, copy the compensated ``W_O``/``W_2``) -> export, measure, tighten the budget if short.
+checked against the fastest structure the search may choose (every FFN neuron and every head but
+one removed: a model with no head left cannot look across tokens) -> forward hooks collect the
+inputs of every ``W_O`` and ``W_2`` on calibration data (padding excluded: pad tokens never reach
+an encoder's loss) -> one Hessian per matrix (raw sums all-reduced across processes) -> a greedy
+OBS database per matrix (heads: column blocks of ``head_size``; FFN: single columns, levels on
+the latency grid) -> dynamic program for ``B = T_dense / S - t_0``, keeping at least one head ->
+stitch (slice Q/K/V rows and ``W_1`` rows, copy the compensated ``W_O``/``W_2``) -> export,
+measure, tighten the budget if short.
 
 ``mode=oneshot`` builds one database on the dense model and derives every target from it;
 ``mode=gradual`` walks the targets in order, recomputing Hessians on the current model and
@@ -96,6 +98,37 @@ def collect_hessians(model: nn.Module, batches: Any, ctx: PassContext, total: in
     return accs
 
 
+def solve_with_a_head(times: list[list[float]], errors: list[list[float]], sizes: list[list[int]],
+                      attention: list[int], budget: float) -> list[int]:
+    """The DP's least-error sizes under ``budget`` with at least one head left among the ``attention`` modules.
+
+    The plain DP (ALGORITHMS.md §4.4) first; when it empties every attention module, the best choice that keeps
+    a head keeps one in some module ``j``, so it is the least-error one among the DPs that each forbid size 0
+    to one ``j`` (exact: each such DP's choice keeps a head, and the constrained optimum is feasible in one).
+    """
+    sol = solve_dp(times, errors, budget)
+    if any(sizes[j][sol.choice[j]] for j in attention):
+        return [sizes[j][s] for j, s in enumerate(sol.choice)]
+    best: tuple[float, list[int]] | None = None
+    for j in attention:
+        keep = [i for i, s in enumerate(sizes[j]) if s > 0]
+        t, e = list(times), list(errors)
+        t[j], e[j] = [times[j][i] for i in keep], [errors[j][i] for i in keep]
+        try:
+            cand = solve_dp(t, e, budget)
+        except ValueError:  # the budget has no room for a head in this module
+            continue
+        if best is None or cand.objective < best[0]:
+            picked = [sizes[m][s] for m, s in enumerate(cand.choice)]
+            picked[j] = sizes[j][keep[cand.choice[j]]]
+            best = (cand.objective, picked)
+    if best is None:
+        head = min(times[j][i] for j in attention for i, s in enumerate(sizes[j]) if s > 0)
+        raise ValueError(f"budget {budget * 1e3:.4g} ms has no room for one attention head (the fastest head "
+                         f"count costs {head * 1e3:.4g} ms): a model with no head left cannot look across tokens")
+    return best[1]
+
+
 @register_pass("ziplm")
 @dataclass
 class ZipLM(SpeedupSettings):
@@ -162,10 +195,11 @@ class ZipLM(SpeedupSettings):
 
     # ------------------------------------------------------------------ search and stitch
     def solver(self, model: nn.Module, dbs: dict[Key, ShrinkDatabase], table: LatencyTable):
-        """``budget -> choice``: the DP over every layer's attention and FFN levels.
+        """``budget -> choice``: the DP over every layer's attention and FFN levels, keeping at least one head.
 
         Times are ``table.time``: with ``latency_model=calibrated`` or ``linear`` every size above 0 includes its
-        kind's fixed cost (fitted on whole models), so emptying a module saves that cost too.
+        kind's fixed cost (fitted on whole models), so emptying a module saves that cost too. A choice with no
+        head in any layer is never returned (``SpeedupSettings.fastest_structure`` says why).
         """
         options: list[tuple[str, list[int], list[float]]] = []  # (kind, sizes, errors) per module
         for lv in get_layers(model):
@@ -178,10 +212,13 @@ class ZipLM(SpeedupSettings):
                 options.append((kind, sizes, [db.level(cur - s).error for s in sizes]))
         times = [[table.time(kind, s) for s in sizes] for kind, sizes, _ in options]
         errors = [e for _, _, e in options]
+        with_heads = [j for j, (kind, sizes, _) in enumerate(options) if kind == "attention" and max(sizes) > 0]
+        if not with_heads:
+            raise ValueError(f"the model has no attention head left (structure {structure_of(model)}): with none, "
+                             "no token sees another, and ziplm only removes structure")
 
         def solve(budget: float) -> Choice:
-            sol = solve_dp(times, errors, budget)
-            picked = [options[j][1][s] for j, s in enumerate(sol.choice)]
+            picked = solve_with_a_head(times, errors, [sizes for _, sizes, _ in options], with_heads, budget)
             return {"heads": picked[0::2], "ffn": picked[1::2]}
 
         return solve

@@ -27,6 +27,7 @@ from compresslab.bench.latency_runtimes import RUNTIMES, as_deployed, fastest_ru
 from compresslab.bench.latency_table import TableSettings, build_latency_table, linear_table, one_layer_table
 from compresslab.models.adapters import get_adapter
 from compresslab.models.inmemory import clone
+from compresslab.ops.spdy import LatencyTable
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
 from compresslab.types import PassContext, hook
@@ -35,6 +36,17 @@ from compresslab.validate import choice_hint, coerce_block, coerce_enum
 log = logging.getLogger(__name__)
 
 Choice = dict[str, list[int]]  # {"heads": [per layer], "ffn": [per layer]}: remaining sizes
+
+
+def smallest_head_count(table: LatencyTable, at_most: int) -> int | None:
+    """The smallest head count above 0 that ``table`` prices and a layer of ``at_most`` heads can shrink to."""
+    return min((s for s in table.sizes("attention") if 0 < s <= at_most), default=None)
+
+
+def skipped_layers(choice: Choice) -> list[int]:
+    """Layers left with no attention head and no FFN neuron: each adds only its output biases before its
+    LayerNorms (ALGORITHMS.md §4.2), a skip like a dropped layer."""
+    return [i for i, (h, f) in enumerate(zip(choice["heads"], choice["ffn"])) if h == 0 and f == 0]
 
 
 class LatencyModel(str, Enum):
@@ -128,6 +140,31 @@ class SpeedupSettings:
         # validates threads, and that each runtime's library is installed (before any step runs)
         for runtime in self.runtimes():
             TableSettings(threads=self.threads, runtime=runtime).check_runtime()
+
+    # what fastest_structure keeps, in words (the unreachable-target error names it)
+    fastest_rule: ClassVar[str] = "every FFN neuron and every attention head but one removed"
+
+    def fastest_structure(self, table: LatencyTable, start: Choice) -> Choice:
+        """The fastest structure the search may choose from ``start``: every FFN neuron and every head but one gone.
+
+        Why one head is kept (in all the layers together): with no attention head anywhere no token sees another,
+        so a [CLS]-pooled classifier gives every input the same output (a mean-pooled embedding becomes a bag of
+        tokens). One head in any layer restores the mixing; keeping more is an accuracy trade-off the search's
+        errors already price, and a floor per layer would forbid emptying a layer, which is legitimate (ZipLM
+        removes whole modules; the layer is then skipped, as layer dropping does).
+        """
+        best = None  # (heads, layer): the smallest positive head count any layer can shrink to
+        for i, h in enumerate(start["heads"]):
+            s = smallest_head_count(table, h)
+            if s is not None and (best is None or s < best[0]):
+                best = (s, i)
+        if best is None:
+            raise ValueError(f"the model has no attention head the latency table prices (heads per layer "
+                             f"{start['heads']}, table sizes {table.sizes('attention')}): a model with no head left "
+                             "cannot look across tokens, so there is nothing this pass may shrink it to")
+        heads = [0] * len(start["heads"])
+        heads[best[1]] = best[0]
+        return {"heads": heads, "ffn": [0] * len(start["ffn"])}
 
     def runtimes(self) -> list[str]:
         """The candidate runtimes: one, or several to choose the fastest of."""
@@ -269,23 +306,37 @@ class SpeedupLab:
     def __exit__(self, *exc: Any) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def fastest(self) -> Choice:
+        """The fastest structure the pass may choose (``SpeedupSettings.fastest_structure``: never every head)."""
+        return self.p.fastest_structure(self.table, self.dense_choice)
+
     @property
     def max_speedup(self) -> float:
-        """What removing every head and neuron would give: ``T_dense / t_0``."""
-        return math.inf if self.table.base_time <= 0 else self.t_dense / self.table.base_time
+        """The largest speedup the pass may reach: ``T_dense / T(fastest structure)``."""
+        t = self.predict(self.fastest())
+        return math.inf if t <= 0 else self.t_dense / t
 
     def check_targets(self, targets: list[float]) -> None:
         """Clear error for targets the runtime cannot reach, before any Hessian is computed."""
-        bad = [s for s in targets if s > 1.0 and s >= self.max_speedup]
+        top = self.max_speedup
+        bad = [s for s in targets if s > 1.0 and s >= top]
         if bad:
             raise ValueError(
-                f"speedup target(s) {bad} are not reachable at b{self.p.batch}xs{self.p.seq} on this runtime: "
-                f"removing every head and FFN neuron gives at most {self.max_speedup:.2f}x (embeddings, "
-                f"LayerNorms and the head take {self.table.base_time * 1e3:.1f} ms of {self.t_dense * 1e3:.1f} ms)")
+                f"speedup target(s) {bad} are not reachable at b{self.p.batch}xs{self.p.seq} on this runtime: the "
+                f"largest reachable speedup is {top:.2f}x, that of the fastest structure this pass may choose "
+                f"({self.p.fastest_rule}: {self.fastest()}). Emptying every layer is not offered: with no attention "
+                "head left no token sees another, so a [CLS] classifier would give every input the same output. "
+                f"Embeddings, LayerNorms and the head take {self.table.base_time * 1e3:.1f} ms of "
+                f"{self.t_dense * 1e3:.1f} ms; choose a target below {top:.2f}x")
 
     def budget(self, target: float) -> float:
         """Time the pruned modules may take: ``B = T_dense / S - t_0``."""
         return self.t_dense / target - self.table.base_time
+
+    def lowest_budget(self) -> float:
+        """The budget of the fastest allowed structure, a hair above it so that the DP's rounded-up buckets still
+        fit its one head: a tighter budget has no allowed structure."""
+        return (self.predict(self.fastest()) - self.table.base_time) * (1 + 1e-6)
 
     def predict(self, choice: Choice) -> float:
         """Predicted time (s) of a structure: ``t_0 + sum_layers t_att(h) + t_ffn(n)``."""
@@ -316,7 +367,8 @@ class SpeedupLab:
         The budget is scaled by measured / target, which over-corrects slightly (t_0 does not
         shrink) and so converges in a retry or two.
         """
-        budget, attempts = self.budget(target), []
+        lowest = self.lowest_budget() if target > 1.0 else 0.0
+        budget, attempts = max(self.budget(target), lowest), []
         for _ in range(self.p.max_retries + 1 if target > 1.0 else 1):
             choice = solve(budget) if target > 1.0 else self.dense_choice  # 1x is the dense model
             model = build(choice)
@@ -326,14 +378,20 @@ class SpeedupLab:
                              "pruned_ms": m["candidate_ms"], "busy": bool(m.get("busy"))})  # busy: ratio void
             if m["speedup"] >= target * (1 - self.p.tolerance):
                 break
+            if budget <= lowest:  # already the fastest allowed structure: nothing tighter to try
+                break
             log.info("%.2fx target: measured %.3fx (predicted %.3fx); tightening the budget", target,
                      m["speedup"], attempts[-1]["predicted_speedup"])
-            budget *= m["speedup"] / target
+            budget = max(budget * m["speedup"] / target, lowest)
         met = target == 1.0 or attempts[-1]["measured_speedup"] >= target * (1 - self.p.tolerance)
         if not met:
             warnings.warn(f"{target}x target missed after {len(attempts)} attempt(s): measured "
                           f"{attempts[-1]['measured_speedup']:.3f}x; raise max_retries or check the latency table",
                           stacklevel=2)
+        skipped = skipped_layers(choice)
+        if skipped:  # legitimate (ZipLM removes whole modules), but the user should know the depth changed
+            log.warning("%gx target: layer(s) %s keep no attention head and no FFN neuron: each is skipped (it adds "
+                        "only its output biases before its LayerNorms), as if dropped", target, skipped)
         # retries and the first try's measured / target: how well the latency model priced the target
         # measured_speedup + shape: what the report reads, at any shape; measured_speedup_b<batch>: the key earlier
         # manifests and the benchmark scripts read (it names the batch only)
@@ -341,7 +399,8 @@ class SpeedupLab:
                   "measured_speedup": attempts[-1]["measured_speedup"], "shape": [self.p.batch, self.p.seq],
                   f"measured_speedup_b{self.p.batch}": attempts[-1]["measured_speedup"], "met_target": met,
                   "retries": len(attempts) - 1, "first_try_ratio": attempts[0]["measured_speedup"] / target,
-                  "attempts": attempts, "structure": choice, "params": sum(t.numel() for t in model.parameters())}
+                  "attempts": attempts, "structure": choice, "skipped_layers": skipped,
+                  "params": sum(t.numel() for t in model.parameters())}
         return choice, model, record
 
 

@@ -93,6 +93,9 @@ def speedup_targets(m: Mapping[str, Any]) -> list[Block]:
                                           f" ({verdict}; retries {plain(met.get('retries', 0))})"],
                  ["latency model", plain(lt.get("model"))],
                  ["latency table", _table_source(lt)]]
+        skipped = met.get("skipped_layers")
+        if isinstance(skipped, list) and skipped:  # legitimate, but the depth changed: say which layers
+            facts.append(["layers skipped (no head, no FFN neuron left)", ", ".join(map(plain, skipped))])
         if F.num(met.get("busy_checks")):
             facts.append(["speedup checks on a busy machine", plain(met.get("busy_checks"))])
         family = {k: v for k, v in F.as_dict(met.get("family")).items()

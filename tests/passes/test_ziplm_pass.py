@@ -175,9 +175,9 @@ def test_bad_inputs(tmp_path: Path, fake_timing: dict, monkeypatch: pytest.Monke
                     ({"damp": -1}, "damp"), ({"ffn_grid": 0}, "ffn_grid"), ({"tolerance": 0.7}, "tolerance")):
         with pytest.raises(ValueError, match=msg):
             _ziplm(**kw)
-    fake_timing["table"] = fake_table(base_ms=10.0)  # T_dense 24.4 ms, so at most 2.44x
+    fake_timing["table"] = fake_table(base_ms=10.0)  # T_dense 24.4 ms; 11 ms with the one head kept: at most 2.22x
     monkeypatch.setattr(zl, "collect_hessians", lambda *a, **k: pytest.fail("Hessians before the target check"))
-    with pytest.raises(ValueError, match="at most 2.44x"):
+    with pytest.raises(ValueError, match="largest reachable speedup is 2.22x"):
         _ziplm(speedup=3.0).apply(tiny_model("bert"), make_ctx(tmp_path))
     with pytest.raises(ValueError, match="bert and roberta"):
         _ziplm().apply(tiny_model("distilbert"), make_ctx(tmp_path))
