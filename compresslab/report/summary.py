@@ -25,7 +25,7 @@ from compresslab.report.render import Block, Bullets, Heading, Para
 from compresslab.report.verdicts import (low_agreement, pass_levers, score_standard_error, slower_than_dense,
                                          teacher_warning)
 
-OVER = " ⚠"  # marks a drop beyond the tolerance (eval.max_drop), a significant difference, a low agreement, a slowdown
+OVER = " ⚠"  # marks a drop over the tolerance (eval.max_drop), a significant difference, a low agreement, a slowdown
 SIGNIFICANT = 0.05  # McNemar p below it: the report calls the difference from the teacher real, not noise
 
 
