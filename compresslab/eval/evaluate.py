@@ -80,9 +80,19 @@ def predict(forward: Forward, spec: TaskSpec, examples: Sequence[Example], token
     return Scored(compute_metrics(spec, preds, labels), preds, labels)
 
 
+def majority_share(scored: Scored) -> float:
+    """The share of the most frequent class among the gold labels: what always predicting that class scores in
+    accuracy, the floor a classifier must beat to be better than chance."""
+    _, counts = np.unique(scored.labels, return_counts=True)
+    return float(counts.max() / counts.sum()) if counts.size else 0.0
+
+
 def compare(scored: Scored, reference: Scored | None, spec: TaskSpec) -> dict[str, float]:
-    """Metrics plus agreement with (and McNemar p-value against) a reference such as the teacher."""
+    """Metrics plus agreement with (and McNemar p-value against) a reference such as the teacher; for a classifier
+    also ``predicted_classes``, how many classes it predicts at all (1: a constant model)."""
     out = dict(scored.metrics)
+    if spec.kind == TaskKind.CLASSIFICATION:
+        out["predicted_classes"] = int(np.unique(scored.predictions).size)
     if reference is None:
         return out
     if spec.kind == TaskKind.CLASSIFICATION:

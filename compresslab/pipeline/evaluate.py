@@ -21,13 +21,40 @@ def _kw(state: RunState) -> dict[str, int]:
 
 
 def teacher_scored(state: RunState) -> Any:
-    """The teacher's predictions on the eval split (computed once per run): the agreement reference."""
+    """The teacher's predictions on the eval split (computed once per run): the agreement reference. A teacher no
+    better than chance is logged then, when it is made (the report's Summary says it again)."""
     from compresslab.eval.evaluate import predict, torch_forward
 
     if "teacher_torch" not in state.scores:
         state.scores["teacher_torch"] = predict(torch_forward(state.teacher_or_initial()), state.task.spec,
                                                 state.eval_examples, state.tokenizer, **_kw(state))
+        _warn_if_chance(state)
     return state.scores["teacher_torch"]
+
+
+def _chance_facts(scored: Any, spec: Any) -> tuple[dict[str, Any], float | None]:
+    """The teacher's record as the report reads it (``compare``'s metrics, ``predicted_classes``) and the eval split's
+    majority-class share (classification only, else None)."""
+    from compresslab.data.tasks import TaskKind
+    from compresslab.eval.evaluate import compare, majority_share
+
+    share = majority_share(scored) if spec.kind == TaskKind.CLASSIFICATION else None
+    return compare(scored, None, spec), share
+
+
+def _warn_if_chance(state: RunState) -> None:
+    """Log a teacher at or below the majority-class rate, predicting one class, or with a correlation <= 0
+    (report/verdicts.weak_teacher): every later score is compared with it, so the run's verdicts mean nothing."""
+    from compresslab.report.verdicts import weak_teacher
+
+    spec, scored = state.task.spec, state.scores["teacher_torch"]
+    record, share = _chance_facts(scored, spec)
+    why = weak_teacher(record, spec.primary_metric, share)
+    if why:
+        log.warning("teacher: no better than chance on the %d eval examples: %s. Every score of this run is compared "
+                    "with it, so no verdict of the run says anything about the compression: train a better teacher "
+                    "first (a larger budget, e.g. budget=bench, or the finetune step's settings), or, with "
+                    "model.finetuned=true, fine-tune the model given on this task", len(scored.labels), why)
 
 
 def score_torch(state: RunState, label: str) -> dict[str, Any]:
@@ -80,7 +107,9 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         scored["deployed"] = scored["ort_fp32"]
     ref = scored["teacher_torch"]
     models = {k: compare(v, ref, spec) for k, v in scored.items()}
+    _, share = _chance_facts(ref, spec)
     section = {"split": split, "n": len(dev), "primary_metric": spec.primary_metric, "models": models,
+               **({"majority_share": share} if share is not None else {}),
                "deployed_path": dep.get("path") or str(Path(state.onnx.onnx_path).relative_to(run_dir)),
                "deployed_runtime": dep.get("runtime", "ort")}
     if on_ov:
@@ -179,8 +208,10 @@ def final_eval(state: RunState) -> dict[str, Any]:
         if found:
             batch_dep = {"deployed": found}
     final = models.get("deployed", models["torch_final"])
+    _, share = _chance_facts(ref, spec)
     out = {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
-           "score": final["score"], "agreement": final.get("agreement"), "models": models}
+           "score": final["score"], "agreement": final.get("agreement"), "models": models,
+           **({"majority_share": share} if share is not None else {})}
     if batch_dep:
         out["batch_dependence"] = batch_dep
     return out

@@ -5,12 +5,14 @@ figures, and how much faster and smaller it is.
 A file whose labels depend on the batch (ORT's dynamic int8: ``eval.batch_dependence``) was scored at the eval batch
 size and one sentence per call; both are ways to serve it, so the tolerance verdict takes the worse of them and
 names the batch size that failed. A drop the report itself calls noise (under one standard error) keeps its ⚠ but
-gets no advice to retrain.
+gets no advice to retrain, unless the agreement with the teacher is low: that is flagged on its own
+(report/verdicts.py), since McNemar tests the change in accuracy, not how many predictions changed. A teacher no
+better than chance and a deployed file slower than the dense teacher are warned about too; the advice after a drop
+names the settings of the passes that ran.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -20,8 +22,10 @@ from compresslab.report import facts as F
 from compresslab.report.export import deploy_choice
 from compresslab.report.fmt import mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Heading, Para
+from compresslab.report.verdicts import (low_agreement, pass_levers, score_standard_error, slower_than_dense,
+                                         teacher_warning)
 
-OVER = " ⚠"  # marks a score drop beyond the tolerance (eval.max_drop), or a significant difference from the teacher
+OVER = " ⚠"  # marks a drop over the tolerance (eval.max_drop), a significant difference, a low agreement, a slowdown
 SIGNIFICANT = 0.05  # McNemar p below it: the report calls the difference from the teacher real, not noise
 
 
@@ -31,12 +35,10 @@ def over_tolerance(delta: float | None, tolerance: float) -> bool:
 
 
 def standard_error(m: Mapping[str, Any]) -> float | None:
-    """One standard error of the teacher's accuracy on the eval split (None for other metrics):
-    how far apart two scores must be before they mean anything (MEASURE.md "Scores and noise")."""
-    p, n = F.teacher_score(m), F.num(F.get(m, "eval", "n"))
-    if F.get(m, "eval", "primary_metric") != "accuracy" or p is None or not n:
-        return None
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
+    """One standard error of the teacher's score on the eval split (accuracy, or a Pearson / Spearman correlation;
+    None for other metrics): how far apart two scores must be before they mean anything (MEASURE.md "Scores and
+    noise")."""
+    return score_standard_error(F.get(m, "eval", "primary_metric"), F.teacher_score(m), F.get(m, "eval", "n"))
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,15 @@ def _score_line(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol:
             "the worst decides).")
 
 
+def _lowest_agreement(modes: list[Serving]) -> float | None:
+    shares = [s.agreement for s in modes if s.agreement is not None]
+    return min(shares) if shares else None
+
+
 def _agreement_line(m: Mapping[str, Any], modes: list[Serving], delta: float | None) -> str | None:
-    """Agreement with the teacher, as a share and a count per serving mode; ⚠ when McNemar calls the difference
-    real and the score is lower (the report's only test of agreement: it sets no threshold on the share itself)."""
+    """Agreement with the teacher, as a share and a count per serving mode; ⚠ when McNemar calls the difference in
+    accuracy real and the score is lower, and ⚠ on its own when the agreement is low (verdicts.LOW_AGREEMENT):
+    McNemar does not see predictions that changed both ways."""
     if modes[0].agreement is None:
         return None
     n = F.get(m, "eval", "n")
@@ -181,28 +189,68 @@ def _agreement_line(m: Mapping[str, Any], modes: list[Serving], delta: float | N
                           f"{f' ({count})' if count else ''}{f' {s.mode}' if s.mode else ''}")
     text = "Agreement: the deployed model predicts what the teacher predicts on " + " and ".join(shares)
     p = F.num(F.get(m, "eval", "models", "deployed", "mcnemar_p"))
-    if p is None:
-        return text + "."
-    real = p < SIGNIFICANT
-    at = f" {modes[0].mode}" if len(modes) > 1 else ""
-    return (text + f" (McNemar p = {plain(p)}{at}: "
-            + ("a real difference" + (OVER if delta is not None and delta < 0 else "") if real
-               else "not a significant difference") + ").")
+    if p is not None:
+        at = f" {modes[0].mode}" if len(modes) > 1 else ""
+        text += (f" (McNemar p = {plain(p)}{at}: "
+                 + ("a real difference in accuracy" + (OVER if delta is not None and delta < 0 else "")
+                    if p < SIGNIFICANT else "not a significant difference in accuracy") + ")")
+    if changed := low_agreement(_lowest_agreement(modes), F.get(m, "eval", "n")):
+        return text + f";{OVER} low agreement: {changed}."
+    return text + "."
 
 
-def _advice(m: Mapping[str, Any], worst: Serving, drop: float, tol: float, several: bool) -> Para:
-    """What to do about a drop over the tolerance: retrain only for a drop larger than the noise."""
-    at = f" {worst.mode}" if several else ""
-    text = (f"The deployed model is {drop * 100:.2f} pt below the teacher{at}, more than the tolerance of "
-            f"{tol * 100:.2f} pt.")
-    se, n = standard_error(m), F.get(m, "eval", "n")
-    if se is not None and drop < se:  # the Noise line's own rule: a smaller difference is within noise
+def _levers(m: Mapping[str, Any], over: bool) -> str:
+    """What the passes that ran offer to give score back (verdicts.pass_levers), as one sentence."""
+    levers = pass_levers(m)
+    tail = ", or set eval.max_drop to the drop you accept." if over else "."
+    if not levers:
+        return " None of the passes that ran has a recovery, a strength or a precision setting to change" + tail
+    return " What the passes that ran offer: " + "; ".join(levers) + tail
+
+
+def _advice(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol: float) -> Para | None:
+    """What to do about a drop over the tolerance or a low agreement with the teacher: retrain only for a drop
+    larger than the noise, or for any drop when many predictions changed (then it is the compression, not noise)."""
+    worst = min(modes, key=lambda s: s.score)
+    drop, over = teacher - worst.score, over_tolerance(worst.score - teacher, tol)
+    n = F.get(m, "eval", "n")
+    changed = low_agreement(_lowest_agreement(modes), n)
+    if not over and not changed:
+        return None
+    text = ""
+    if over:
+        at = f" {worst.mode}" if len(modes) > 1 else ""
+        text = (f"The deployed model is {drop * 100:.2f} pt below the teacher{at}, more than the tolerance of "
+                f"{tol * 100:.2f} pt.")
+    se = standard_error(m)
+    noise = over and se is not None and drop < se  # the Noise line's own rule: a smaller difference is noise
+    if noise and not changed:
         return Para(text + f" That is within noise (one standard error on these {n} examples is ±{se * 100:.1f} "
                            "pt), so it says little about the compression: score on more examples (a larger "
                            "task.max_dev, or the whole split) before acting on it, or set eval.max_drop to the drop "
                            "you accept.", kind="warn")
-    return Para(text + " Give the passes more recovery (e.g. budget=bench), choose a milder setting (lower sparsity "
-                       "or speedup), or set eval.max_drop to the drop you accept.", kind="warn")
+    if changed:
+        text += (f"{' ' if text else ''}Low agreement with the teacher: {changed}"
+                 + (f". The drop alone is within noise (±{se * 100:.1f} pt on these {n} examples), but the changed "
+                    "predictions are not noise" if noise else "")
+                 + (", though the score is within the tolerance" if not over else "")
+                 + ". McNemar tests only the change in accuracy, where predictions that changed both ways cancel "
+                   "out: the deployed model no longer predicts what the teacher predicts.")
+    if teacher_warning(m):
+        return Para(text + " First give the run a teacher better than chance (above).", kind="warn")
+    return Para(text + _levers(m, over), kind="warn")
+
+
+def _speed_warning(m: Mapping[str, Any], slower: str) -> Para:
+    """The deployed file is slower than the dense teacher; a busy machine's timings say so apart (its banner)."""
+    text = (f"The deployed file is slower than the dense teacher: {slower} (> 1x: faster). Serving the teacher "
+            "uncompressed would be faster on this CPU.")
+    if (F.get(m, "deploy", "requested") or F.get(m, "config", "deploy", "runtime")) != "auto":
+        text += " deploy=auto times ORT and OpenVINO on this machine and deploys the faster of the two."
+    if F.run_load(m).get("busy"):
+        text += (" These timings were taken while the machine was busy (the MACHINE BUSY warning above): rerun "
+                 "bench on a quiet machine before acting on them.")
+    return Para(text, kind="warn")
 
 
 # the checkpoint formats that store a fake-quant model's weights at their true width (a pass's ``result.formats``)
@@ -241,13 +289,14 @@ def summary(m: Mapping[str, Any]) -> list[Block]:
     if dep is None or not modes or teacher is None:
         return []
     tol = F.max_drop(m)
-    worst = min(modes, key=lambda s: s.score)
     items = [_score_line(m, modes, teacher, tol) + _precision_note(m, teacher, tol)]
     if agree := _agreement_line(m, modes, modes[0].score - teacher):
         items.append(agree)
     n = F.get(m, "eval", "n")
     if (se := standard_error(m)) is not None:
-        items.append(f"Noise: one standard error of accuracy on these {n} examples is ±{se * 100:.1f} pt; "
+        metric = F.get(m, "eval", "primary_metric")
+        how = "" if metric == "accuracy" else " (Fisher's z)"
+        items.append(f"Noise: one standard error of {metric} on these {n} examples is ±{se * 100:.1f} pt{how}; "
                      "smaller differences are within noise.")
     shape = F.big_shape(F.shape_keys(m))
     denom = F.get(m, "bench", "denominator") or "ort_fp32"
@@ -259,20 +308,25 @@ def summary(m: Mapping[str, Any]) -> list[Block]:
             text += f", {times(dep.speedup_best[shape])} the fastest dense backend timed here, {plain(best)}"
             if best is not None and best == F.get(m, "bench", "deployed_same_file_as"):
                 text += " (the deployed file itself, byte for byte: the gap is noise)"
-        items.append(text + ".")
+        items.append(text + (f"{OVER}: slower than the dense teacher." if slower_than_dense(m, dep, [shape]) else "."))
     ref = rows.get("ort_fp32")
     if dep.size_bytes and ref is not None and ref.size_bytes:
         items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
                      f"export ({times(ref.size_bytes / dep.size_bytes)} smaller){_held_line(m)}.")
     if choice := deploy_choice(m):  # what the user set beside what an ``auto`` chose
         items.insert(0, f"Deploy: {choice}.")
-    out: list[Block] = [Heading("Summary"), _deployed_line(m), Bullets(items)]
+    out: list[Block] = [Heading("Summary"), _deployed_line(m)]
+    if weak := teacher_warning(m):  # every verdict below is measured against it
+        out.append(Para(weak, kind="warn"))
+    out.append(Bullets(items))
     notes = F.get(m, "deploy", "notes")
     notes = [str(n) for n in notes] if isinstance(notes, list) else [str(notes)] if notes else []
     if notes:  # why the deployed runtime is not the one asked for, an IR made from another file, ...
         requested = F.get(m, "deploy", "requested")
         out += [Para(f"Deploy notes (deploy.runtime={plain(requested)}):"
                      if requested else "Deploy notes:"), Bullets(notes)]
-    if over_tolerance(worst.score - teacher, tol):
-        out.append(_advice(m, worst, teacher - worst.score, tol, len(modes) > 1))
+    if advice := _advice(m, modes, teacher, tol):
+        out.append(advice)
+    if slower := slower_than_dense(m, dep):
+        out.append(_speed_warning(m, slower))
     return out

@@ -4,8 +4,8 @@
   sentence per call; the tolerance verdict judges both, the worse decides, and the Summary names the batch size
   that failed with ⚠ (the trial's ziplm_int8: 53.12 at batch 32 "within the tolerance", 48.44 one sentence per
   call, 3.1 pt below the teacher, only in the Notes). The Headline and the cross-run table judge both too.
-* Agreement with the teacher is given as a count as well, per serving mode; the report's only test on it, McNemar's
-  p below 0.05 for a lower score, gets ⚠ in the Summary.
+* Agreement with the teacher is given as a count as well, per serving mode; McNemar's p below 0.05 for a lower score
+  gets ⚠ in the Summary (a low agreement gets its own ⚠: test_report_verdicts.py).
 * A drop under one standard error (what the report's Noise line calls noise) keeps its ⚠ but gets no advice to
   retrain; a larger one does.
 * An OpenVINO IR compiled bf16 says its score holds on CPUs with bf16 support, beside the same IR's f32 score.
@@ -74,7 +74,8 @@ def test_whichever_mode_falls_decides_and_both_within_says_every_mode() -> None:
     both = _section(_md(_batch_dependent(0.45, 0.46)), "Summary")
     assert "over the tolerance of 1.00 pt at batch 32 and at batch 1 (" in both
     assert "below the teacher at batch 32, more than" in both  # the worse of the two is named in the warning
-    fine = _section(_md(_batch_dependent(0.53125, 0.515625)), "Summary")
+    # a high agreement: a low one is flagged on its own (test_report_verdicts.py)
+    fine = _section(_md(_batch_dependent(0.53125, 0.515625, agreement=0.984375, agreement_b1=0.96875)), "Summary")
     assert "within the tolerance of 1.00 pt in every serving mode measured" in fine and "⚠" not in fine
 
 
@@ -92,20 +93,23 @@ def test_agreement_is_counted_per_serving_mode_and_a_significant_lower_differenc
     summary = _section(_md(m), "Summary")
     assert ("Agreement: the deployed model predicts what the teacher predicts on 73.4% of the examples (47 of 64) at "
             "batch 32 and 71.9% (46 of 64) at batch 1 (one sentence per call) (McNemar p = 1 at batch 32: not a "
-            "significant difference).") in summary
+            "significant difference in accuracy); ⚠ low agreement: 28.1% of the predictions changed (18 of 64).") \
+        in summary
     m["eval"]["models"]["deployed"].update(score=0.40, mcnemar_p=0.01)
     m["eval"]["batch_dependence"]["deployed"]["score_batched"] = 0.40
-    assert "(McNemar p = 0.01 at batch 32: a real difference ⚠)" in _section(_md(m), "Summary")
+    assert "(McNemar p = 0.01 at batch 32: a real difference in accuracy ⚠)" in _section(_md(m), "Summary")
 
 
 def test_a_drop_within_noise_gets_no_retrain_advice_and_a_real_one_does() -> None:
-    noise = _section(_md(_batch_dependent(0.5, 0.515625, flips=1)), "Summary")  # -1.56 pt, one SE is ±6.2 pt
+    noise = _section(_md(_batch_dependent(0.5, 0.515625, flips=1, agreement=0.984375, agreement_b1=0.96875)),
+                     "Summary")  # -1.56 pt, one SE is ±6.2 pt, few predictions changed
     assert "Noise: one standard error of accuracy on these 64 examples is ±6.2 pt" in noise
     assert "That is within noise (one standard error on these 64 examples is ±6.2 pt)" in noise
     assert "score on more examples" in noise and "recovery" not in noise and "milder" not in noise
     m = _batch_dependent(0.35, 0.35)  # 16.6 pt below: past any noise on 64 examples
     real = _section(_md(m), "Summary")
-    assert "Give the passes more recovery" in real and "within noise (" not in real
+    assert "What the passes that ran offer: pipeline.passes.int8.fp32_fallback=guided" in real
+    assert "within noise (" not in real
 
 
 def test_the_cross_run_table_marks_a_run_whose_batch_1_score_is_over(tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""The rules behind the Summary's warnings that the tolerance (eval.max_drop) does not give: an agreement with the
+teacher too low to call the deployed model the teacher compressed, a teacher no better than chance, a deployed file
+slower than the dense teacher, the noise on a correlation score, and the settings of the passes that ran that trade
+speed or size for score (the advice after a drop). Plain numbers and manifest records in, words out: the pipeline
+logs the teacher rule in the same words when it first scores the teacher (pipeline/evaluate.teacher_scored).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from compresslab.report import facts as F
+from compresslab.report.fmt import pct, plain, times
+
+# Agreement with the teacher below this share is flagged on its own, whatever the score and McNemar say. McNemar
+# weighs only the examples one model gets right and the other wrong, so 25 flips of 64 that cancel out read "not a
+# significant difference" (trial 47's BiBERT, 60.9% agreement; a constant model, 45.3%). 0.9 is the bar the export
+# already sets on the share of examples that must keep torch's outputs for a file whose activations can flip
+# (export.parity.MIN_EXACT_FRACTION: fewer is a broken file, not a few flips); a pruned MiniLM at budget=bench keeps
+# 0.94-0.95 on SST-2 (benchmarks/RESULTS.md; tests/unit/report/manifest_full.json 0.9415), so a normal compression
+# is not flagged, while a model that changed one prediction in ten or more no longer predicts what the teacher does.
+LOW_AGREEMENT = 0.9
+
+# Correlation metrics whose noise is given through Fisher's z (MEASURE.md "Scores and noise" asks for the noise of
+# every score the report judges; the accuracy one is the binomial standard error).
+_CORRELATIONS = ("pearson", "spearman")
+
+
+def low_agreement(agreement: float | None, n: Any) -> str | None:
+    """``39.1% of the predictions changed (25 of 64)`` when the agreement is below :data:`LOW_AGREEMENT`; else None."""
+    if agreement is None or agreement >= LOW_AGREEMENT:
+        return None
+    changed, total = 1.0 - agreement, F.num(n)
+    count = f" ({round(changed * total)} of {total:.0f})" if total else ""
+    return f"{pct(changed, 1)}% of the predictions changed{count}"
+
+
+def score_standard_error(metric: Any, score: float | None, n: Any) -> float | None:
+    """One standard error of the teacher's ``metric`` on ``n`` examples: binomial for accuracy; for a Pearson or
+    Spearman correlation r, Fisher's z has standard error 1/sqrt(n-3) (Spearman: sqrt((1 + r²/2)/(n-3)), Bonett &
+    Wright 2000), carried back to r by dr/dz = 1 - r². None for other metrics or too few examples."""
+    n = F.num(n)
+    if score is None or not n:
+        return None
+    if metric == "accuracy":
+        return math.sqrt(max(score * (1 - score), 0.0) / n)
+    if metric in _CORRELATIONS and n > 3 and abs(score) < 1:
+        var_z = (1 + score * score / 2 if metric == "spearman" else 1.0) / (n - 3)
+        return (1 - score * score) * math.sqrt(var_z)
+    return None
+
+
+def weak_teacher(record: Mapping[str, Any], metric: Any, majority_share: float | None = None,
+                 majority_of: str = "") -> str | None:
+    """Why the teacher is no better than chance, in words; None when nothing recorded says so. ``record``: the
+    teacher's eval metrics (``accuracy``, ``score``, ``predicted_classes``); ``majority_share``: the share of the
+    most frequent class among the examples it was scored on (``majority_of`` says which examples, when not those).
+    A teacher at or below that share, or one that predicts a single class, or a correlation at or below 0, makes
+    every Δ of the run +0.00 pt "within the tolerance": the comparison says nothing about the compression."""
+    reasons = []
+    informative = majority_share is None or majority_share < 1  # an eval split of one class: one class is right
+    if F.num(record.get("predicted_classes")) == 1 and informative:
+        reasons.append("it predicts the same class for every example")
+    acc = F.num(record.get("accuracy"))
+    if acc is not None and majority_share is not None and informative and acc <= majority_share + 1e-9:
+        reasons.append(f"its accuracy {pct(acc)}% is at or below the share of the most frequent class "
+                       f"({pct(majority_share)}%{majority_of}), what always predicting that class scores")
+    score = F.num(record.get("score"))
+    if score is not None and score <= 0 and metric in (*_CORRELATIONS, "matthews_corr"):
+        reasons.append(f"its {metric} {pct(score)}% is at or below 0, where predictions unrelated to the labels are")
+    return "; ".join(reasons) or None
+
+
+def majority_share(m: Mapping[str, Any]) -> tuple[float | None, str]:
+    """The share of the most frequent class in the eval split (``eval.majority_share``), or, for a manifest written
+    before it was recorded, in the split's whole file (``data.label_counts``: before task.max_dev), with words that
+    say so. (None, "") when neither is recorded."""
+    share = F.num(F.get(m, "eval", "majority_share"))
+    if share is not None:
+        return share, ""
+    split = F.get(m, "eval", "split") or "dev"
+    counts = [c for c in F.as_dict(F.get(m, "data", "label_counts", split)).values() if F.num(c) is not None]
+    if len(counts) < 2 or not sum(counts):
+        return None, ""
+    return max(counts) / sum(counts), f" of the {sum(counts)} rows of the {split} file"
+
+
+def teacher_warning(m: Mapping[str, Any]) -> str | None:
+    """The Summary's warning about a teacher no better than chance, with what to do; None for a usable teacher."""
+    share, of = majority_share(m)
+    why = weak_teacher(F.as_dict(F.get(m, "eval", "models", "teacher_torch")), F.get(m, "eval", "primary_metric"),
+                       share, of)
+    if why is None:
+        return None
+    split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
+    fix = ("the model given as the teacher (model.finetuned=true) is used as it is: fine-tune it on this task first"
+           if F.get(m, "config", "model", "finetuned") is True else
+           "train it longer (a larger budget: budget=quick or budget=bench, or pipeline.passes.finetune.steps / "
+           "epochs) and check that the label column matches the text")
+    return (f"The teacher is no better than chance on {split}{f' ({plain(n)} examples)' if n else ''}: {why}. Every "
+            "comparison with it (the Δ, the tolerance verdict, the agreement) then says nothing about the "
+            f"compression: {fix}.")
+
+
+def slower_than_dense(m: Mapping[str, Any], row: F.ModelRow, shapes: list[str] | None = None) -> str | None:
+    """The shapes (all timed, or ``shapes``) where the deployed file is slower than the dense teacher, on the speed
+    denominator or on the fastest dense backend timed (not when that backend ran the deployed file itself, byte for
+    byte), in words (``0.81x ort_fp32 and 0.70x openvino_default (the fastest dense backend) at b4xs32``), the
+    largest shape first; None when it is slower nowhere."""
+    denom = F.get(m, "bench", "denominator") or "ort_fp32"
+    same = F.get(m, "bench", "deployed_same_file_as")
+    keys = F.shape_keys(m)
+    big = F.big_shape(keys)
+    timed = set(row.speedup) | set(row.speedup_best)
+    order = ([big] if big else []) + [k for k in keys if k != big] + sorted(timed - set(keys))
+    parts = []
+    for shape in [k for k in order if shapes is None or k in shapes]:
+        slow = []
+        if (x := row.speedup.get(shape)) is not None and x < 1 and same != denom:
+            slow.append(f"{times(x)} {denom}")
+        best = F.get(m, "bench", "best_dense", shape, "runner")
+        if (x := row.speedup_best.get(shape)) is not None and x < 1 and best not in (None, same, denom):
+            slow.append(f"{times(x)} {plain(best)} (the fastest dense backend)")
+        if slow:
+            parts.append(f"{' and '.join(slow)} at {shape}")
+    return "; ".join(parts) or None
+
+
+# Per pass: the setting that trades speed or size for score, and which way is milder.
+_MILDER = {"obert": ("sparsity", "lower"), "magnitude": ("sparsity", "lower"), "ziplm": ("speedup", "lower"),
+           "structured_l1": ("speedup", "lower"), "layer_drop": ("num_layers", "higher"),
+           "hawq": ("avg_bits", "higher")}
+# Per post-training pass (no recovery, no strength): its settings that give score back, as (key, value, what for).
+_PTQ = {"ort_int8_dynamic": [("fp32_fallback", "guided", "the MatMuls that lose most stay fp32, chosen on validation"),
+                             ("outliers", "split", "each FFN block's outlier channels on an fp32 side path"),
+                             ("activations", "per_token", "one scale per token: labels no longer depend on the "
+                                                          "batch")],
+        "ort_int8_static": [("calibrate_method", "entropy", "activation ranges that clip outliers")],
+        "ort_matmul_nbits": [("accuracy_level", 0, "fp32 activations")]}
+
+
+def pass_levers(m: Mapping[str, Any]) -> list[str]:
+    """What each compression step of the run offers to give score back, as config overrides with their current
+    values: more recovery (``recovery.steps``), a milder strength (``_MILDER``), a post-training pass's options
+    (``_PTQ``, only those not already set). The teacher's step (finetune) is not a lever here."""
+    out = []
+    budget = F.get(m, "config", "budget", "name")
+    for s in F.steps(m):
+        p, name = F.as_dict(s.get("pass")), str(s.get("name"))
+        kind, key = p.get("name"), f"pipeline.passes.{name}"
+        if kind == "finetune":
+            continue
+        if kind == "hawq" and p.get("bits") is not None:
+            milder: tuple[str, str] | None = ("bits", "higher")
+        else:
+            milder = _MILDER.get(str(kind))
+        if milder and p.get(milder[0]) is not None:
+            out.append(f"a milder {name}: {key}.{milder[0]} {milder[1]} than {plain(p[milder[0]])}")
+        n_steps = F.num(F.get(p, "recovery", "steps"))
+        if n_steps is not None:
+            bigger = f" (budget=bench sets more than budget={budget}'s)" if budget and budget != "bench" else ""
+            out.append(f"more recovery for {name}: {key}.recovery.steps above {n_steps:.0f}{bigger}")
+        for opt, value, why in _PTQ.get(str(kind), []):
+            if opt in p and p[opt] != value:
+                out.append(f"{key}.{opt}={value} ({why})")
+    return out
