@@ -253,7 +253,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     import torch
 
     from compresslab.data.checks import check_labels_match_head, check_tokenizable
-    from compresslab.data.user import task_from_user_data
+    from compresslab.data.user import check_column_keywords, task_from_user_data
     from compresslab.models.adapters import get_adapter
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
@@ -263,11 +263,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
     from compresslab.validate import check_positive_int
 
-    unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
-    if unknown:  # the CLI's task keys (README's data table) name the same columns: say which keyword that is
-        cli = {"text_a": "text_column", "text_b": "text_pair_column", "label": "label_column"}
-        hint = "; ".join(f"{k}: the API's keyword is {cli[k]}=" for k in sorted(unknown) if k in cli)
-        raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}" + (f" ({hint})" if hint else ""))
+    check_column_keywords(columns, compress)  # a CLI key (text_a=) or a typo, named before any work
     model = _as_model(model, "model")
     if model is None or not hasattr(model, "config"):
         raise TypeError("model must be a Hugging Face sequence-classification model (BERT, RoBERTa or DistilBERT: "

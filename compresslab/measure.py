@@ -99,8 +99,10 @@ def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = N
     (``score_b1``, ``flips``), with a warning when the two differ. ValueError for labels that do not match
     the model's head.
     """
+    from compresslab.data.user import check_column_keywords
     from compresslab.eval.evaluate import compare
 
+    check_column_keywords(columns, evaluate)  # compress()'s message, before the model is read
     target = _Target.of(model, tokenizer, precision=precision, threads=threads)
     recorded = target.recorded
     given = {"max_length": max_length, "batch_size": batch_size, "kind": kind}
