@@ -239,7 +239,7 @@ class _Target:
                 columns: Mapping[str, str],
                 primary_metric: str | None) -> tuple[Any, "TaskData", Any]:
         """(the scored predictions, the task ``data`` was read as, the tokenizer used)."""
-        from compresslab.data.checks import check_labels_match_head
+        from compresslab.data.checks import check_labels_match_head, note_unnamed_head
         from compresslab.data.schema import DataFormatError
         from compresslab.data.user import task_from_user_data
         from compresslab.eval.evaluate import predict
@@ -263,6 +263,8 @@ class _Target:
                                        primary_metric=primary_metric, scored=True, **columns)
         if config is not None:
             check_labels_match_head(task, config)
+            note_unnamed_head(task, config, f"evaluate(): {self.path or 'the model'}",
+                              "pass label2id={name: id, ...} with the head's ids")
             _check_inputs_fit(task, self.tokenizer, max_length, config)
         return (predict(self.forward, task.spec, task.dev, self.tokenizer, batch_size=batch_size,
                         max_length=max_length), task, self.tokenizer)

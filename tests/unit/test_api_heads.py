@@ -184,3 +184,12 @@ def test_an_unnamed_teacher_says_which_class_is_which_id(tiny_tok, caplog, no_st
                              teacher=_trained(num_labels=3), **_kw())
     # the teacher's ids are what the student learns (the model's own head is distilled towards them)
     assert [line.split(":")[0] for line in _order_warnings(caplog)] == ["teacher="]
+
+
+def test_evaluate_says_which_class_is_which_id_of_an_unnamed_head(tiny_tok, caplog):
+    with caplog.at_level(logging.INFO, logger="compresslab"):
+        compresslab.evaluate(_trained(num_labels=3), _three(12), tiny_tok, max_length=32)
+        compresslab.evaluate(_trained(num_labels=3), [(t, THREE.index(y)) for t, y in _three(12)], tiny_tok,
+                             max_length=32)  # integer ids: nothing assumed
+    lines = _order_warnings(caplog)
+    assert len(lines) == 1 and lines[0].startswith("evaluate(): the model") and "1='praise'" in lines[0], lines
