@@ -208,7 +208,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     """
     import torch
 
-    from compresslab.api_heads import check_teacher, fit_fresh_head, head_fix, replaces_head
+    from compresslab.api_heads import check_teacher, fit_fresh_head, head_fix, replaces_head, task_read_for_head
     from compresslab.data.checks import check_labels_match_head, check_tokenizable
     from compresslab.data.user import check_column_keywords, task_from_user_data
     from compresslab.models.adapters import get_adapter
@@ -234,11 +234,14 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     steps = build_steps(passes)
     get_adapter(model)  # UnsupportedArchitectureError names the supported ones
     head_names = config_label2id(model.config) if label2id is None else None  # the model's own class names
-    task = task_from_user_data(data, eval_data, label2id=label2id if label2id is not None else head_names,
-                               label2id_from="the model's config.label2id" if head_names else None,
-                               kind=kind if kind is not None else task_kind_of(model), val_size=val_size,
-                               val_carve=val_carve, seed=seed,
-                               **columns)
+
+    def read(names: Mapping[str, int] | None) -> "TaskData":
+        return task_from_user_data(data, eval_data, label2id=label2id if label2id is not None else names,
+                                   label2id_from="the model's config.label2id" if names else None,
+                                   kind=kind if kind is not None else task_kind_of(model), val_size=val_size,
+                                   val_carve=val_carve, seed=seed, **columns)
+
+    task = task_read_for_head(read, head_names, steps, model)
     fresh_head = replaces_head(steps, model, task)
     if not fresh_head:  # the model's own head is kept: it must be the task's
         check_labels_match_head(task, model.config, compare_names=label2id is None, head_fix=head_fix(task))

@@ -9,7 +9,7 @@ the task's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from torch import nn
@@ -85,6 +85,26 @@ def replaces_head(steps: list["Step"], model: "nn.Module", task: "TaskData") -> 
     if task.spec.kind is TaskKind.EMBEDDING or not steps[0].pass_.makes_teacher:
         return False
     return head_of(model) != task_head(task.spec.kind.value, task.spec.num_labels)
+
+
+def task_read_for_head(read: Callable[[Mapping[str, int] | None], "TaskData"], head_names: Mapping[str, int] | None,
+                       steps: list["Step"], model: "nn.Module") -> "TaskData":
+    """The data as a task, its classes read as the model's head names them (``read(head_names)``). A head that
+    :func:`replaces_head` replaces does not bind the data, so with ``"finetune"`` first, data its names refuse is read
+    by its own labels (``read(None)``) when the head does not fit that task either (the CLI's fresh head of the
+    task's size); a head that fits it keeps its names and their refusal (DataFormatError: a typo, or names to map
+    with ``label2id=``)."""
+    from compresslab.data.schema import DataFormatError
+
+    try:
+        return read(head_names)
+    except DataFormatError as refused:
+        if not head_names or not steps[0].pass_.makes_teacher:
+            raise
+        own = read(None)
+        if not replaces_head(steps, model, own):
+            raise refused from None
+        return own
 
 
 def head_fix(task: "TaskData") -> str:

@@ -107,6 +107,33 @@ def test_a_head_that_fits_is_kept_with_finetune_first(tiny_tok, monkeypatch):
     compresslab.compress(tiny_model("bert", num_labels=3), tiny_tok, [FT], data=_three(), **_kw()).close()
 
 
+def _named(names: list[str]) -> torch.nn.Module:
+    m = _trained(num_labels=len(names))
+    m.config.id2label, m.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    return m
+
+
+def test_finetune_first_replaces_a_named_head_of_another_size_whose_names_the_data_lacks(tiny_tok, caplog):
+    """A head of another size does not bind the data: its names ('similar', 'unrelated') are not read into it."""
+    with caplog.at_level(logging.INFO, logger="compresslab"):
+        r = compresslab.compress(_named(["similar", "unrelated"]), tiny_tok, [FT], data=_three(), **_kw())
+    assert r.model.config.id2label == dict(enumerate(THREE)) and r.model.classifier.out_features == 3
+    assert len(_head_lines(caplog)) == 1
+    r.close()
+
+
+@pytest.mark.parametrize("names, passes", [(["similar", "unrelated"], ["ort_int8_dynamic"]),
+                                           (["complaint", "praise", "other"], [FT])],
+                         ids=["no-finetune", "head-of-the-task-size"])
+def test_a_head_whose_names_the_data_lacks_still_refuses_when_it_is_kept(names, passes, tiny_tok, no_step_runs):
+    """Without "finetune", or with a head of the data's size (kept, fine-tuned from where it is), its names bind the
+    data: a label it lacks is refused as before (a typo, or names to map with label2id=)."""
+    from compresslab.data.schema import DataFormatError
+
+    with pytest.raises(DataFormatError, match=r"not in the model's config\.label2id.*label2id="):
+        compresslab.compress(_named(names), tiny_tok, passes, data=_three(), **_kw())
+
+
 # --- finding 5: without "finetune" first the head must fit, and the message names calls that work ------------------
 
 @pytest.mark.parametrize("passes", [["ort_int8_dynamic"], [{"name": "magnitude", "sparsity": 0.5}]])
