@@ -77,53 +77,6 @@ def _built_pass(i: int, spec: PassSpec) -> "Pass":
     raise PipelineError(f"passes[{i}]: expected a pass name, a dict or a pass object, got {spec!r}")
 
 
-def _check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module | None", task: "TaskData",
-                   tokenizer: Any) -> None:
-    """The teacher a run will use must be one: the given one, a finetune step's output, or the input
-    model with a trained head (the CLI's ``model.finetuned=true`` rule, :func:`check_teacher_head`).
-
-    ``teacher=`` is always checked (its labels and its head). The model as given is the teacher when
-    no pass makes one; it is checked when the teacher is used: a pass distils from it, or
-    ``eval_data`` is scored against it. ``teacher=`` runs on the same batches as the model: its weights and
-    its embedding table are checked as the model's are (:func:`~compresslab.pipeline.preflight.check_model`).
-    Raises ValueError naming the step or setting and what to pass instead.
-    """
-    from compresslab.data.schema import TaskKind
-    from compresslab.data.checks import check_labels_match_head
-    from compresslab.pipeline.plan import distils_before_teacher
-    from compresslab.pipeline.preflight import check_model
-    from compresslab.pipeline.state import check_teacher_head
-
-    if teacher is not None:
-        check_model(teacher, tokenizer, "teacher")
-    if task.spec.kind is TaskKind.EMBEDDING:
-        return  # an embedder is its own teacher (embedding KD); there is no head to train
-    makers = [s.name for s in steps if s.pass_.makes_teacher]
-    if teacher is not None:
-        if makers:  # the pipeline would replace the given teacher with that step's output, silently
-            raise ValueError(f"teacher= was given and step {makers[0]!r} makes the run's teacher too (its output "
-                             "replaces the given one for every later distillation and for agreement): pass "
-                             f"teacher=None to distil from the fine-tuned model, or remove {makers[0]!r} from passes "
-                             "to distil from the given teacher")
-        try:
-            check_labels_match_head(task, teacher.config)
-        except ValueError as e:
-            raise ValueError(f"teacher: {e}") from None
-        check_teacher_head(teacher, "teacher=", "Pass teacher=<a model fine-tuned on this task>, or teacher=None "
-                                                "with 'finetune' first in passes")
-        return
-    fix = "Pass teacher=<a model fine-tuned on this task> or put 'finetune' first in passes"
-    untaught = distils_before_teacher(steps)  # plan.check_teacher_made's loop: here the model as given is the teacher
-    if untaught is not None:
-        check_teacher_head(model, f"step {untaught.name!r} distils from a teacher, but none can be built: teacher=None "
-                                  "and the model", fix)
-    if makers:
-        return  # every later pass distils from that step's output
-    if len(task.dev):  # eval_data is scored against the teacher (score, agreement, the drop below it)
-        check_teacher_head(model, "eval_data is scored against the teacher, which is the model as given "
-                                  "(teacher=None and no 'finetune' pass), but the model", fix)
-
-
 @dataclass
 class CompressResult:
     """What :func:`compress` returns: the compressed torch model, metrics, and exports on demand.
@@ -210,7 +163,10 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
             tasks, a bare encoder for ``kind="embedding"``). Copied unless ``inplace`` (an attribute that
             cannot be copied, such as a lock, is shared with the copy, with a warning). Parameters with
             ``requires_grad=False`` stay frozen; a model with every one of them frozen is trained whole
-            when a torch step trains it, with a warning.
+            when a torch step trains it, with a warning. With ``"finetune"`` first, a head of another size or
+            kind than the data needs is replaced by a fresh seeded one, with a log line (the CLI's rule); otherwise
+            its head is used as trained and must fit (a head without class names: data class i is head id i,
+            with a warning).
         tokenizer: its tokenizer.
         passes: pass names (``"obert"``), pass objects (``compresslab.passes.OBert(sparsity=0.8)``) or
             dicts ``{"name": "obert", "sparsity": 0.8}``, in order; TORCH passes before ONNX ones.
@@ -252,8 +208,9 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     """
     import torch
 
+    from compresslab.api_heads import check_teacher, fit_fresh_head, head_fix, replaces_head, task_read_for_head
     from compresslab.data.checks import check_labels_match_head, check_tokenizable
-    from compresslab.data.user import task_from_user_data
+    from compresslab.data.user import check_column_keywords, task_from_user_data
     from compresslab.models.adapters import get_adapter
     from compresslab.models.heads import config_label2id, task_kind_of
     from compresslab.models.loading import to_float32
@@ -263,11 +220,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     from compresslab.pipeline.state import RunState, check_steps, frozen, resolve_device, tqdm_progress
     from compresslab.validate import check_positive_int
 
-    unknown = set(columns) - {"text_column", "text_pair_column", "label_column"}
-    if unknown:  # the CLI's task keys (README's data table) name the same columns: say which keyword that is
-        cli = {"text_a": "text_column", "text_b": "text_pair_column", "label": "label_column"}
-        hint = "; ".join(f"{k}: the API's keyword is {cli[k]}=" for k in sorted(unknown) if k in cli)
-        raise TypeError(f"compress() got unexpected keyword(s) {sorted(unknown)}" + (f" ({hint})" if hint else ""))
+    check_column_keywords(columns, compress)  # a CLI key (text_a=) or a typo, named before any work
     model = _as_model(model, "model")
     if model is None or not hasattr(model, "config"):
         raise TypeError("model must be a Hugging Face sequence-classification model (BERT, RoBERTa or DistilBERT: "
@@ -281,12 +234,17 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     steps = build_steps(passes)
     get_adapter(model)  # UnsupportedArchitectureError names the supported ones
     head_names = config_label2id(model.config) if label2id is None else None  # the model's own class names
-    task = task_from_user_data(data, eval_data, label2id=label2id if label2id is not None else head_names,
-                               label2id_from="the model's config.label2id" if head_names else None,
-                               kind=kind if kind is not None else task_kind_of(model), val_size=val_size,
-                               val_carve=val_carve, seed=seed,
-                               **columns)
-    check_labels_match_head(task, model.config, compare_names=label2id is None)
+
+    def read(names: Mapping[str, int] | None) -> "TaskData":
+        return task_from_user_data(data, eval_data, label2id=label2id if label2id is not None else names,
+                                   label2id_from="the model's config.label2id" if names else None,
+                                   kind=kind if kind is not None else task_kind_of(model), val_size=val_size,
+                                   val_carve=val_carve, seed=seed, **columns)
+
+    task = task_read_for_head(read, head_names, steps, model)
+    fresh_head = replaces_head(steps, model, task)
+    if not fresh_head:  # the model's own head is kept: it must be the task's
+        check_labels_match_head(task, model.config, compare_names=label2id is None, head_fix=head_fix(task))
     check_tokenizable(task, tokenizer, max_length)
     check_steps(steps, task)
     export_s, eval_s, bench_s = default_settings(export=export, eval={"enabled": len(task.dev) > 0},
@@ -300,7 +258,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     check_steps_settings(settings, steps, model.config, " (the model given to compress())")
     check_with_model(settings, steps, model, tokenizer)
     teacher = _as_model(teacher, "teacher")
-    _check_teacher(steps, model, teacher, task, tokenizer)
+    check_teacher(steps, model, teacher, task, tokenizer)
 
     run_dir, cleanup = _work_dir(output_dir)
     try:
@@ -308,7 +266,9 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         from compresslab.models.inmemory import working_copy
 
         work = to_float32(model if inplace else working_copy(model), "model")
-        _trainable(work, steps, inplace)
+        _trainable(work, steps, inplace)  # before a fresh head: a model frozen whole is made trainable whole
+        if fresh_head:
+            fit_fresh_head(work, task, seed)
         _name_labels(work, task)  # every checkpoint and export carries the label names used
         state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
                          model=work.eval(),

@@ -99,8 +99,10 @@ def evaluate(model: Any, data: Any, tokenizer: Any = None, *, reference: Any = N
     (``score_b1``, ``flips``), with a warning when the two differ. ValueError for labels that do not match
     the model's head.
     """
+    from compresslab.data.user import check_column_keywords
     from compresslab.eval.evaluate import compare
 
+    check_column_keywords(columns, evaluate)  # compress()'s message, before the model is read
     target = _Target.of(model, tokenizer, precision=precision, threads=threads)
     recorded = target.recorded
     given = {"max_length": max_length, "batch_size": batch_size, "kind": kind}
@@ -237,7 +239,7 @@ class _Target:
                 columns: Mapping[str, str],
                 primary_metric: str | None) -> tuple[Any, "TaskData", Any]:
         """(the scored predictions, the task ``data`` was read as, the tokenizer used)."""
-        from compresslab.data.checks import check_labels_match_head
+        from compresslab.data.checks import check_labels_match_head, note_unnamed_head
         from compresslab.data.schema import DataFormatError
         from compresslab.data.user import task_from_user_data
         from compresslab.eval.evaluate import predict
@@ -261,6 +263,8 @@ class _Target:
                                        primary_metric=primary_metric, scored=True, **columns)
         if config is not None:
             check_labels_match_head(task, config)
+            note_unnamed_head(task, config, f"evaluate(): {self.path or 'the model'}",
+                              "pass label2id={name: id, ...} with the head's ids")
             _check_inputs_fit(task, self.tokenizer, max_length, config)
         return (predict(self.forward, task.spec, task.dev, self.tokenizer, batch_size=batch_size,
                         max_length=max_length), task, self.tokenizer)

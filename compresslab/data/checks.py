@@ -6,12 +6,15 @@ naming what does not fit.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from compresslab.data.schema import Example, TaskData, TaskKind
 from compresslab.data.user import NAMED_SOURCES
 from compresslab.failure import error_text
 from compresslab.validate import check_positive_int
+
+log = logging.getLogger(__name__)
 
 
 def _model_id2label(config: Any) -> dict[int, str] | None:
@@ -23,8 +26,20 @@ def _model_id2label(config: Any) -> dict[int, str] | None:
     return id2label
 
 
+def head_reload_fix(num_labels: int) -> str:
+    """How to load a model with a head of ``num_labels`` outputs (1: regression) in place of its checkpoint's: the
+    calls that work. transformers 5 refuses a checkpoint's head of another size unless ``ignore_mismatched_sizes=True``
+    (a RuntimeError after its load table), so ``num_labels=`` alone is no fix. The new head is untrained."""
+    if num_labels == 1:
+        return ("model, tokenizer = compresslab.load_pretrained(DIR, kind='regression'), or AutoModelForSequence"
+                "Classification.from_pretrained(DIR, num_labels=1, problem_type='regression', "
+                "ignore_mismatched_sizes=True)")
+    return (f"model, tokenizer = compresslab.load_pretrained(DIR, num_labels={num_labels}), or AutoModelForSequence"
+            f"Classification.from_pretrained(DIR, num_labels={num_labels}, ignore_mismatched_sizes=True)")
+
+
 def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names: bool = True,
-                            names_fix: str | None = None) -> None:
+                            names_fix: str | None = None, head_fix: str | None = None) -> None:
     """Raise ``ValueError`` when the model's head cannot be trained / scored on ``task``.
 
     Checks, from ``model_config`` (a transformers ``PretrainedConfig`` or anything with the same
@@ -35,7 +50,9 @@ def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names:
     class names came from names (``info["label_source"]`` is ``label2id``, ``class_label`` or
     ``sorted_strings``), each id must carry the same name (compared case-insensitively).
     Embedding tasks use no head and pass. ``compare_names=False`` skips the name comparison (the
-    caller's explicit ``label2id`` decides what the ids mean). Returns None.
+    caller's explicit ``label2id`` decides what the ids mean). ``head_fix`` ends the message for a head
+    of another size or kind (default: load the model with the task's head, :func:`head_reload_fix`);
+    ``names_fix`` the one for other class names. Returns None.
     """
     spec, name = task.spec, task.spec.name
     if spec.kind is TaskKind.EMBEDDING:
@@ -45,18 +62,20 @@ def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names:
     head = f"the model head has num_labels={num}, problem_type={problem!r}"
     if spec.kind is TaskKind.REGRESSION:
         if num != 1 or problem not in (None, "regression"):
-            raise ValueError(f"task {name!r} is regression (one score per example) but {head}; load the model "
-                             f"with num_labels=1, or pass kind='classification' if the labels are classes")
+            raise ValueError(f"task {name!r} is regression (one score per example) but {head}; "
+                             f"{head_fix or f'load the model with a 1-output head: {head_reload_fix(1)}'}, or pass "
+                             "kind='classification' if the labels are classes")
         return
+    reload = head_fix or f"load the model with a {spec.num_labels}-label head: {head_reload_fix(spec.num_labels)}"
     if num == 1 or problem == "regression":
         raise ValueError(f"task {name!r} is classification with {spec.num_labels} classes but {head} (a "
-                         f"regression head); load the model with num_labels={spec.num_labels}")
+                         f"regression head); {reload}")
     if problem not in (None, "single_label_classification"):
         raise ValueError(f"task {name!r} is single-label classification but {head}; only single-label "
                          f"classification and regression heads are supported")
     if num != spec.num_labels:
         raise ValueError(f"task {name!r} has {spec.num_labels} classes {list(spec.label_names)} but {head}; "
-                         f"load the model with num_labels={spec.num_labels} or fix the labels")
+                         f"{reload}; or fix the labels")
     id2label = _model_id2label(model_config)
     if not compare_names or id2label is None or task.info.get("label_source") not in NAMED_SOURCES:
         return
@@ -66,6 +85,22 @@ def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names:
         listed = "; ".join(f"id {i}: data {n!r}, model {m!r}" for i, n, m in wrong)
         fix = names_fix or "pass label2id=model.config.label2id so the data uses the model's ids"
         raise ValueError(f"task {name!r}: class names disagree with the model's config.id2label ({listed}); {fix}")
+
+
+def note_unnamed_head(task: TaskData, model_config: Any, what: str, fix: str) -> None:
+    """Say (a warning) that a trained head without class names (transformers' ``LABEL_<i>``) reads data class i as
+    its id i. That is the only mapping there is, so it is taken, not refused; but a head trained with another order
+    scores low as a teacher and every saved config.json names its ids wrongly, and nothing else would say why.
+    ``what`` names the head's model (``model.finetuned=true: DIR``, ``teacher=``); ``fix`` is the setting that gives
+    the head's order. Nothing for other kinds, named heads, or classes that are integer ids (nothing is assumed)."""
+    names = list(task.spec.label_names)
+    if (task.spec.kind is not TaskKind.CLASSIFICATION or _model_id2label(model_config) is not None
+            or task.info.get("label_source") not in NAMED_SOURCES or names == [str(i) for i in range(len(names))]):
+        return
+    mapping = ", ".join(f"{i}={n!r}" for i, n in enumerate(names))
+    log.warning("%s: the head has no class names (config.id2label is LABEL_0..LABEL_%d), so data class i is taken as "
+                "head id i: %s. If the head was trained with another order, it scores low and the saved config.json "
+                "files name its ids wrongly: %s", what, len(names) - 1, mapping, fix)
 
 
 def _encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[list[int]]:
@@ -122,4 +157,4 @@ def check_tokenizable(task: TaskData, tokenizer: Any, max_length: int, *, chunk:
                                      f"(only characters the tokenizer drops): {e!r}")
 
 
-__all__ = ["check_labels_match_head", "check_tokenizable"]
+__all__ = ["check_labels_match_head", "check_tokenizable", "head_reload_fix", "note_unnamed_head"]

@@ -225,7 +225,8 @@ def _check_header(cfg: GenericConfig, table: Table) -> None:
 
 def _text(record: dict[str, Any], column: str, key: str, where: str) -> str:
     if column not in record:
-        raise DataFormatError(f"{where}: no key {column!r} ({PREFIX}{key}); the record has {sorted(record)}")
+        raise DataFormatError(f"{where}: no key {column!r} ({PREFIX}{key}); the record has {sorted(record)}"
+                              f"{did_you_mean([column], record)}")
     value = record[column]
     if not isinstance(value, str):
         raise DataFormatError(f"{where}: {column!r} ({PREFIX}{key}) must be text, got {type(value).__name__} "
@@ -272,7 +273,8 @@ def read_generic(cfg: GenericConfig, root_fn: Callable[[], Path | None]) -> Gene
             where = f"{path}:{lineno}"
             text_b = _text(record, cfg.text_b, "text_b", where) if cfg.text_b else None
             if cfg.label not in record:
-                raise DataFormatError(f"{where}: no key {cfg.label!r} ({PREFIX}label); the record has {sorted(record)}")
+                raise DataFormatError(f"{where}: no key {cfg.label!r} ({PREFIX}label); the record has {sorted(record)}"
+                                      f"{did_you_mean([cfg.label], record)}")
             parsed.append((_text(record, cfg.text_a, "text_a", where), text_b, record[cfg.label], where))
         paths[split], rows[split] = path, parsed
 

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from compresslab.data.files import format_of, read_table
 from compresslab.data.generic import resolve_file
@@ -20,8 +20,9 @@ from compresslab.data.schema import DataFormatError, Example, MissingSplit, Task
 from compresslab.data.carve import carve_validation, check_carve
 from compresslab.data.tasks import _check_count
 from compresslab.manifest import sha256_file
+from compresslab.validate import did_you_mean
 
-__all__ = ["task_from_user_data"]
+__all__ = ["check_column_keywords", "task_from_user_data"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,26 @@ TEXT_COLUMNS = ("text", "sentence", "text_a", "sentence1", "question", "premise"
 LABEL_COLUMNS = ("label", "labels", "score")
 # Where the names of class ids came from; only name-based sources are compared with config.id2label.
 NAMED_SOURCES = ("label2id", "class_label", "sorted_strings", "labels")
+# The API's column keywords -> the CLI's task.generic key (README's data table) that names the same column
+COLUMN_KEYWORDS = {"text_column": "text_a", "text_pair_column": "text_b", "label_column": "label"}
+
+
+def check_column_keywords(columns: Mapping[str, Any], caller: Callable[..., Any]) -> None:
+    """TypeError for a keyword ``caller`` (an API entry taking user data: ``compress``, ``evaluate``) collects in its
+    ``**columns`` but is no column keyword: the one message every entry gives. A CLI key (``text_a=``, which a user
+    of ``task.generic`` writes) is told the API's keyword; any other gets a did-you-mean among the column keywords and
+    ``caller``'s own (``eval_dat=`` would otherwise be read as a column name, or fail deep inside as Python's)."""
+    import inspect
+
+    unknown = sorted(set(columns) - set(COLUMN_KEYWORDS))
+    if not unknown:
+        return
+    cli = {key: kw for kw, key in COLUMN_KEYWORDS.items()}
+    own = [p.name for p in inspect.signature(caller).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    hints = "; ".join(f"{k}: the API's keyword is {cli[k]}=" for k in unknown if k in cli)
+    close = did_you_mean([k for k in unknown if k not in cli], [*COLUMN_KEYWORDS, *own])
+    raise TypeError(f"{caller.__name__}() got unexpected keyword(s) {unknown}" + (f" ({hints})" if hints else "")
+                    + close)
 
 
 @dataclass
@@ -50,8 +71,9 @@ def _pick_columns(found: Sequence[str], text: str | None, pair: str | None, labe
                   what: str) -> tuple[str, str | None, str]:
     """Choose (text_a, text_b, label) columns: the caller's names, else the usual ones."""
     def need(col: str, role: str) -> str:
-        if col not in found:
-            raise ValueError(f"{what}: {role} column {col!r} not found; columns found: {list(found)}")
+        if col not in found:  # the CLI's header check gives the same did-you-mean (data.generic)
+            raise ValueError(f"{what}: {role} column {col!r} not found; columns found: {list(found)}"
+                             f"{did_you_mean([col], found)}")
         return col
 
     if text is not None:
@@ -98,7 +120,7 @@ def _from_records(records: list[Any], what: str, cols: tuple[str | None, ...]) -
             raise ValueError(f"{where}: expected a dict like {what}[0], got {type(rec).__name__} {rec!r}")
         missing = [c for c in (a, b, lab) if c is not None and c not in rec]
         if missing:
-            raise ValueError(f"{where}: no key(s) {missing}; the record has {sorted(rec)}")
+            raise ValueError(f"{where}: no key(s) {missing}; the record has {sorted(rec)}{did_you_mean(missing, rec)}")
         rows.append((rec[a], rec[b] if b else None, rec[lab], where))
     return _Source(rows, "records", b is not None, (a, b, lab))
 

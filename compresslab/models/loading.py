@@ -244,6 +244,12 @@ def head_of(model: nn.Module) -> tuple[str, int | None]:
     return "classification", int(cfg.num_labels)
 
 
+def task_head(kind: str, num_labels: int) -> tuple[str, int | None]:
+    """The ``(kind, num_labels)`` of the head a task of ``kind`` needs, as :func:`head_of` reads a model's: the
+    one comparison :func:`fit_head` (the CLI) and ``compress()`` make before replacing a head."""
+    return ("embedding", None) if kind == "embedding" else (kind, 1 if kind == "regression" else int(num_labels))
+
+
 def describe_head(kind: str, num_labels: int | None) -> str:
     if kind == "embedding":
         return "no sequence-classification head (a bare encoder)"
@@ -376,7 +382,7 @@ def fit_head(model: nn.Module, *, kind: str, num_labels: int, finetuned: bool, s
     the encoder. The encoder's weights are never touched: the new head model receives the loaded
     encoder module itself."""
     have = head_of(model)
-    want = ("embedding", None) if kind == "embedding" else (kind, 1 if kind == "regression" else int(num_labels))
+    want = task_head(kind, num_labels)
     base = getattr(model, "base_model", model)
     if kind == "embedding":
         if have != want:

@@ -266,7 +266,7 @@ def needs_teacher(p: Pass) -> bool:
 def distils_before_teacher(steps: list[Step]) -> Step | None:
     """The first step that distils from a teacher (:func:`needs_teacher`) before any step makes one
     (``makes_teacher``: finetune); None when no such step. The one loop behind the config's rule
-    (:func:`check_teacher_made`) and ``compress()``'s (``api._check_teacher``: the model as given is then the
+    (:func:`check_teacher_made`) and ``compress()``'s (``api_heads.check_teacher``: the model as given is then the
     teacher, and its head must be trained)."""
     for s in steps:
         if s.pass_.makes_teacher:

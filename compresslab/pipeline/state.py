@@ -187,7 +187,7 @@ class RunState:
     def _check_given_head(self) -> None:
         """model.finetuned=true: the head's size, kind and class names must be the task's (a head trained
         with another label order would score every example wrongly, silently). ValueError otherwise."""
-        from compresslab.data.checks import check_labels_match_head
+        from compresslab.data.checks import check_labels_match_head, note_unnamed_head
 
         assert self.model is not None
         check_teacher_head(self.model, f"model.finetuned=true, but {self.model_source}",
@@ -200,6 +200,8 @@ class RunState:
         except ValueError as e:
             raise ValueError(f"model.finetuned=true, but the head of {self.model_source} does not fit the task: {e}. "
                              "Set model.finetuned=false to fine-tune a fresh head instead") from None
+        note_unnamed_head(self.task, self.model.config, f"model.finetuned=true: {self.model_source}",
+                          "set task.generic.labels=[...] to the classes in the order the head was trained with")
         log.info("model.finetuned=true: %s (its own head) is the teacher; the finetune step trains nothing",
                  self.model_source)
 

@@ -376,3 +376,26 @@ def test_compress_refuses_a_non_model(bad, tiny_tok, expect_clear):
     expect_clear(lambda: compresslab.compress(model, tiny_tok, ["ort_int8_dynamic"], data=[("a", "x"), ("b", "y")]),
                  match=r"model must be a Hugging Face sequence-classification model",
                  errors=(TypeError,))
+
+
+@pytest.mark.case(name="API: a column name off by a letter", kind=2,
+                  expected="an error listing the columns found with the CLI's did-you-mean (trial 47)")
+@pytest.mark.parametrize("as_", ["records", "file", "dataset"])
+def test_a_misspelled_column_gets_the_clis_did_you_mean(as_, tmp_path, expect_clear):
+    data: object = RECORDS
+    if as_ == "file":
+        data = tmp_path / "d.csv"
+        data.write_text("review,sentiment\n" + "".join(f"{r['review']},{r['sentiment']}\n" for r in RECORDS))
+    elif as_ == "dataset":
+        datasets = pytest.importorskip("datasets")
+        data = datasets.Dataset.from_list(RECORDS)
+    expect_clear(lambda: task_from_user_data(data, text_column="review", label_column="sentimnt"),
+                 match=r"label column 'sentimnt' not found; columns found: \['review', 'sentiment'\] "
+                       r"\('sentimnt': did you mean 'sentiment'\?\)")
+    expect_clear(lambda: task_from_user_data(data, text_column="reveiw", label_column="sentiment"),
+                 match=r"text column 'reveiw' not found.*\('reveiw': did you mean 'review'\?\)")
+    # a later record lacking a key the first has: the key it has instead
+    if as_ == "records":
+        expect_clear(lambda: task_from_user_data([*RECORDS, {"review": "meh", "sentimnt": "negative"}],
+                                                         text_column="review", label_column="sentiment"),
+                     match=r"data\[4\]: no key\(s\) \['sentiment'\].*\('sentiment': did you mean 'sentimnt'\?\)")

@@ -215,6 +215,38 @@ def test_finetuned_with_another_label_order_is_refused(tiny_tok, tmp_path, expec
                  match=r"model\.finetuned=true.*(id2label|class names).*task\.generic\.labels=\[pos,neg\]")
 
 
+@pytest.mark.parametrize("declared", [None, "pos,neg"], ids=["sorted-names", "task.generic.labels"])
+@pytest.mark.case(name="model.finetuned=true with a head without class names (LABEL_0..) and named data", kind="own",
+                  bad_input=False, expected="taken as data class i = head id i (the only mapping), with a warning "
+                                            "naming the mapping and task.generic.labels (trial 47)")
+def test_finetuned_head_without_class_names_says_which_class_is_which_id(declared, tiny_tok, tmp_path, observe,
+                                                                         caplog):
+    src = _save(_trained_head(tiny_model()), tiny_tok, tmp_path / "unnamed")  # id2label LABEL_0, LABEL_1
+    extra = [f"task.generic.labels=[{declared}]"] if declared else []
+    with caplog.at_level(logging.INFO, logger="compresslab"):
+        state, _ = _cli_model(_compose(tmp_path, src, "model.finetuned=true", *extra, names=("neg", "pos")))
+    order = "0='pos', 1='neg'" if declared else "0='neg', 1='pos'"
+    lines = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.WARNING and "no class names" in r.getMessage()]
+    assert len(lines) == 1 and order in lines[0] and "task.generic.labels=" in lines[0] and str(src) in lines[0], lines
+    # what the warning explains: every saved config.json now names the head's ids so
+    assert state.model.config.id2label == ({0: "pos", 1: "neg"} if declared else {0: "neg", 1: "pos"})
+    observe(lines[0])
+
+
+@pytest.mark.case(name="model.finetuned=true with an unnamed head and integer labels, or a named head", kind="own",
+                  bad_input=False, expected="no warning about class names: nothing is assumed")
+@pytest.mark.parametrize("named", [False, True], ids=["integer-labels", "named-head"])
+def test_finetuned_head_mapping_is_not_warned_about_when_nothing_is_assumed(named, tiny_tok, tmp_path, caplog):
+    m = _trained_head(tiny_model())
+    if named:
+        m.config.id2label, m.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    src = _save(m, tiny_tok, tmp_path / "m")
+    with caplog.at_level(logging.INFO, logger="compresslab"):
+        _cli_model(_compose(tmp_path, src, "model.finetuned=true", names=("neg", "pos") if named else None))
+    assert not [r for r in caplog.records if "no class names" in r.getMessage()]
+
+
 @pytest.mark.case(name="model.finetuned=true on a model with no trained head (a plain encoder)", kind="own",
                   expected="refused before any work, as the API refuses it: a fresh head would teach noise")
 def test_finetuned_without_a_trained_head_is_refused(tiny_tok, tmp_path, expect_clear):

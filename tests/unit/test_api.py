@@ -369,9 +369,24 @@ def test_evaluate_refuses_a_max_length_the_model_cannot_embed_before_scoring(tin
         assert compresslab.evaluate(m, _pairs(8, 1), tiny_tok, max_length=100)["n"] == 8  # short inputs fit
 
 
-def test_a_cli_column_key_given_to_compress_names_the_api_keyword(tiny_tok):
-    with pytest.raises(TypeError, match=r"\['text_a'\] \(text_a: the API's keyword is text_column=\)"):
-        compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(8, 0), text_a="sentence", **_kw())
+@pytest.mark.parametrize("entry", ["compress", "evaluate"])
+def test_a_cli_column_key_or_a_typo_names_the_api_keyword_in_every_entry_taking_data(entry, tiny_tok):
+    """Trial 47: evaluate(dir, csv, text_a=...) raised task_from_user_data()'s raw TypeError where compress() named
+    the API's keyword; every entry taking user data gives one message (data.user.check_column_keywords)."""
+    def call(**columns):
+        if entry == "compress":
+            return compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(8, 0), **_kw(),
+                                        **columns)
+        return compresslab.evaluate(_trained(), _pairs(8, 0), tiny_tok, max_length=32, **columns)
+
+    with pytest.raises(TypeError, match=rf"^{entry}\(\) got unexpected keyword\(s\) \['label', 'text_a'\] "
+                                        r"\(label: the API's keyword is label_column=; "
+                                        r"text_a: the API's keyword is text_column=\)$"):
+        call(text_a="sentence", label="label")
+    with pytest.raises(TypeError, match=r"\['label_colum'\] \('label_colum': did you mean 'label_column'\?\)"):
+        call(label_colum="label")
+    with pytest.raises(TypeError, match=r"\['max_lenght'\] \('max_lenght': did you mean 'max_length'\?\)"):
+        call(max_lenght=32)  # a typo of the entry's own keyword lands in **columns too
 
 
 def test_benchmark_warns_when_the_machine_was_busy(monkeypatch, tiny_tok):

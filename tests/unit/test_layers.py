@@ -24,7 +24,7 @@ FLOOR = {
     "pruning": 5,
     "passes": 6,
     "pipeline": 7,
-    "api": 8, "measure": 8, "search": 8,  # search runs candidates as pipeline runs
+    "api": 8, "api_heads": 8, "measure": 8, "search": 8,  # search runs candidates as pipeline runs
     "sweep": 8,  # a multirun's job outcomes, for the cli
     "cli": 9, "__init__": 9,
     "__main__": 10,

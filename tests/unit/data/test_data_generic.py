@@ -107,3 +107,7 @@ def test_generic_typos_get_a_did_you_mean(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"no column 'text' \(task\.generic\.text_a\).*\('text': did you mean "
                                               r"'txt'\?\)"):
         load_task("generic", generic={"dev": str(path)})
+    records = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "lable": "b"}])
+    with pytest.raises(DataFormatError, match=r"d\.jsonl:2: no key 'label' \(task\.generic\.label\).*\('label': did "
+                                              r"you mean 'lable'\?\)"):
+        load_task("generic", generic={"dev": str(records)})

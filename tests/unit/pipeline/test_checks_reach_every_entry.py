@@ -31,7 +31,7 @@ def _refusing(*args: Any, **kwargs: Any) -> None:
 
 
 # the shared lists: the one step-list check (plan.build_steps and api.build_steps), the one teacher loop
-# (plan.check_teacher_made and api._check_teacher), the per-step settings checks (preflight() and compress()), the
+# (plan.check_teacher_made and api_heads.check_teacher), the per-step settings checks (preflight() and compress()), the
 # model checks (the driver, each swept multirun job and compress())
 SHARED: dict[str, Callable[..., Any]] = {
     "plan.checked_steps": plan.checked_steps,
