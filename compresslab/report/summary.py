@@ -248,7 +248,7 @@ def _speed_warning(m: Mapping[str, Any], slower: str) -> Para:
     if (F.get(m, "deploy", "requested") or F.get(m, "config", "deploy", "runtime")) != "auto":
         text += " deploy=auto times ORT and OpenVINO on this machine and deploys the faster of the two."
     if F.run_load(m).get("busy"):
-        text += (" These timings were taken while the machine was busy (the MACHINE BUSY warning above): rerun "
+        text += (" These timings were taken while the machine was busy (the busy-machine banner at the top): rerun "
                  "bench on a quiet machine before acting on them.")
     return Para(text, kind="warn")
 
