@@ -145,6 +145,12 @@ def sparsity_steps(m: Mapping[str, Any]) -> bool:
 DEFAULT_MAX_DROP = 0.01
 
 
+def is_classification(m: Mapping[str, Any]) -> bool:
+    """Whether the run's task predicts class labels (``data.kind``; a manifest without it is read as classification,
+    the only kind the first versions recorded)."""
+    return (get(m, "data", "kind") or "classification") == "classification"
+
+
 def max_drop(m: Mapping[str, Any]) -> float:
     """The user's tolerance: ``eval.max_drop`` of the run's resolved config (a fraction, 0.01 = 1 pt)."""
     x = num(get(m, "config", "eval", "max_drop"))

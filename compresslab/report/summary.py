@@ -164,9 +164,18 @@ def _score_line(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol:
     bd = F.as_dict(F.get(m, "eval", "batch_dependence", "deployed"))
     differ = (f", {plain(bd.get('flips'))} of {plain(bd.get('n'))} labels differ between them"
               if bd.get("flips") is not None else "")
+    outputs = "labels" if F.is_classification(m) else "outputs"  # a regression or embedding file has no labels
     return (f"Score: {on}: {each}, against the teacher's {pct(teacher)}%: {verdict} (eval.max_drop={plain(tol)}; "
-            f"the deployed file's labels depend on the batch{differ}, so every serving mode measured is judged and "
+            f"the deployed file's {outputs} depend on the batch{differ}, so every serving mode measured is judged and "
             "the worst decides).")
+
+
+def size_ratio(reference_bytes: float, deployed_bytes: float) -> str:
+    """``2.41x smaller``, or ``1.3% larger`` when the deployed file is not smaller (a 1-bit model's fp32 export with
+    its extra sign ops: "1.00x smaller" read as a saving that is not there)."""
+    if deployed_bytes < reference_bytes:
+        return f"{times(reference_bytes / deployed_bytes)} smaller"
+    return f"{pct(deployed_bytes / reference_bytes - 1, 1)}% larger" if deployed_bytes > reference_bytes else "the same size"
 
 
 def _lowest_agreement(modes: list[Serving]) -> float | None:
@@ -312,7 +321,7 @@ def summary(m: Mapping[str, Any]) -> list[Block]:
     ref = rows.get("ort_fp32")
     if dep.size_bytes and ref is not None and ref.size_bytes:
         items.append(f"Size: {mb(dep.size_bytes)} MB on disk against {mb(ref.size_bytes)} MB for the fp32 "
-                     f"export ({times(ref.size_bytes / dep.size_bytes)} smaller){_held_line(m)}.")
+                     f"export ({size_ratio(ref.size_bytes, dep.size_bytes)}){_held_line(m)}.")
     if choice := deploy_choice(m):  # what the user set beside what an ``auto`` chose
         items.insert(0, f"Deploy: {choice}.")
     out: list[Block] = [Heading("Summary"), _deployed_line(m)]

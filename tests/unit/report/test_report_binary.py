@@ -83,12 +83,12 @@ def _deployed_as_fp32(m: dict[str, Any], fmt: str, packed: str | None) -> dict[s
 
 
 def test_the_summary_size_says_the_deployed_file_holds_binary_values_and_gives_the_packed_size():
-    """A BiBERT run deploys the fp32 export holding ±1 values (1.00x smaller): the Size line says so and gives the
+    """A BiBERT run deploys the fp32 export holding ±1 values (no smaller): the Size line says so and gives the
     packed 1-bit checkpoint's size, instead of leaving the reason to the Notes (session 47's trial, #10)."""
     m = _deployed_as_fp32(_binary_manifest(), "fp32 (binary: ±1 weights and sign activations as fp32 values)",
                           "packed_binary")
     line = _summary_size(m)
-    assert "(1.00x smaller): the file is fp32 (binary: ±1 weights and sign activations as fp32 values), not packed " \
+    assert "(the same size): the file is fp32 (binary: ±1 weights and sign activations as fp32 values), not packed " \
            "(ONNX Runtime has no 1-bit kernels); the packed checkpoint (packed_binary, in steps/01_quant) is 1.00 MB, " \
            "19.00x smaller than its fp32 checkpoint." in line
     m["steps"][1]["result"]["formats"] = []  # no packed file written: the words alone
@@ -107,4 +107,4 @@ def test_the_summary_size_of_a_file_that_stores_what_it_computes_with_adds_nothi
     m = json.loads(FIXTURE.read_text())  # the int8 file deployed: its bytes are its weights
     assert _summary_size(m).endswith("smaller).")
     m = _deployed_as_fp32(json.loads(FIXTURE.read_text()), "fp32", None)  # a plain fp32 export
-    assert _summary_size(m).endswith("smaller).")
+    assert _summary_size(m).endswith("(the same size).")

@@ -212,3 +212,19 @@ def test_a_bullet_is_marked_only_for_its_own_shape_and_a_same_file_best_is_not_s
     row = next(r for r in F.model_rows(m) if r.key == "deployed")
     m["bench"]["deployed_same_file_as"] = "ort_fp32"  # the deployed file is the dense teacher's, byte for byte
     assert slower_than_dense(m, row) is None
+
+
+def test_a_file_no_smaller_is_not_called_smaller() -> None:
+    """A 1-bit model's fp32 export (17.1 MB beside the 17.0 MB dense one) read "1.00x smaller" (trial 47)."""
+    from compresslab.report.summary import size_ratio
+
+    assert size_ratio(17.0e6, 17.1e6) == "0.6% larger"
+    assert size_ratio(90e6, 23e6) == "3.91x smaller"
+    assert size_ratio(5e6, 5e6) == "the same size"
+
+
+def test_a_regression_files_batch_dependence_speaks_of_outputs_not_labels() -> None:
+    from compresslab.report import facts as F
+
+    assert not F.is_classification({"data": {"kind": "regression"}})
+    assert F.is_classification({"data": {"kind": "classification"}}) and F.is_classification({})
