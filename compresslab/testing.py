@@ -69,7 +69,7 @@ def batches_context(tokenizer: Any, tmp_path: str | Path, batches: list[dict], s
     the data module is tested elsewhere); steps write under ``tmp_path/steps/<step>``."""
 
     class _Ctx(PassContext):
-        def calibration_batches(self, n, batch_size=None):
+        def calibration_batches(self, n, batch_size=None, setting=None):
             return iter(batches)
 
     tmp_path = Path(tmp_path)

@@ -123,11 +123,12 @@ class PassContext:
         return float(predict(torch_forward(model, device), self.task.spec, examples,
                              self.tokenizer, max_length=self.max_length).metrics["score"])
 
-    def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:
+    def calibration_batches(self, n: int, batch_size: int | None = None, setting: str | None = None) -> Iterator[dict]:
         """``n`` examples sampled (seeded) from train, tokenized and batched.
 
-        A train split smaller than ``n`` gives all of it, with a warning (calibration statistics
-        are still well defined; the pass records how many it used).
+        A train split smaller than ``n`` gives all of it, with a warning naming ``setting`` (the key that asked
+        for ``n``, e.g. ``int8_qat.num_calibration``): calibration statistics are still well defined; the pass
+        records how many it used.
         """
         import logging
 
@@ -135,8 +136,9 @@ class PassContext:
 
         available = len(self.task.train)
         if 0 < available < n:
-            logging.getLogger(__name__).warning("asked for %d calibration examples, the train split has %d: using all",
-                                                n, available)
+            asked = f"{setting}={n}" if setting else f"{n} calibration examples"
+            logging.getLogger(__name__).warning("%s asks for more examples than the train split has (%d): using all",
+                                                asked, available)
             n = available
         examples = calibration_examples(self.task.train, n, self.seed)
         return iter(make_loader(examples, self.tokenizer, batch_size or self.batch_size, self.max_length,

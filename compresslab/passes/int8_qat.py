@@ -177,7 +177,7 @@ class Int8Qat:
         model.eval()
         seen = 0
         with torch.no_grad():
-            for batch in ctx.calibration_batches(self.num_calibration):
+            for batch in ctx.calibration_batches(self.num_calibration, setting=f"{self.name}.num_calibration"):
                 model(**{k: v.to(ctx.device) for k, v in side_inputs(batch).items()})
                 seen += len(batch["input_ids"])
         model.train(was_training)

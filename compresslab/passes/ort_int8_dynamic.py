@@ -267,7 +267,7 @@ class OrtInt8Dynamic:
 
         from compresslab.export.outlier_split import split_outliers
 
-        batches = ctx.calibration_batches(self.outlier_calibration)
+        batches = ctx.calibration_batches(self.outlier_calibration, setting=f"{self.name}.outlier_calibration")
         feeds = [{k: v.numpy() for k, v in b.items() if k != "labels"}
                  for b in ctx.track(batches, desc="outlier calibration")]
         out = work / "outlier_split.onnx"

@@ -72,7 +72,8 @@ class OrtInt8Static:
         ctx.step_dir.mkdir(parents=True, exist_ok=True)
         dst = ctx.step_dir / "model.onnx"
         # a train split smaller than num_calibration gives all of it; n_calibration_examples says how many
-        batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size)
+        batches = ctx.calibration_batches(self.num_calibration, batch_size=self.batch_size,
+                                        setting=f"{self.name}.num_calibration")
         with tempfile.TemporaryDirectory(prefix="compresslab-fuse-") as work:
             if self.graph == "plain":  # model_unfused.onnx, or the export itself when export.optimize=false
                 src, fused_here = plain_graph(model.dir, model.onnx_path, "graph=plain (a QDQ graph OpenVINO reads)"), False

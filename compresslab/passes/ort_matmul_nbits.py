@@ -110,7 +110,8 @@ class OrtMatmulNBits:
         copy_model_files(model.dir, ctx.step_dir)
         metrics["source_graph"] = src.name
         if self.check_parity:
-            batches = list(ctx.calibration_batches(self.parity_examples, batch_size=PARITY_BATCH))
+            batches = list(ctx.calibration_batches(self.parity_examples, batch_size=PARITY_BATCH,
+                                                    setting=f"{self.name}.parity_examples"))
             parity = compare_graphs(src, dst, ctx.track(batches, desc="parity"))
             metrics["parity"] = {**parity, "reference": f"{src.name} (fp32 = the fake-quant torch model)",
                                  "atol": PARITY_ATOL if self.accuracy_level == 0 else None}

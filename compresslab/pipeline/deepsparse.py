@@ -43,7 +43,8 @@ def _quantized(state: RunState, src: Path, dst: Path, s: DeepSparseSettings, run
         return _integer(qdq, dst, run_dir, manifest)
     if not recorded(manifest, run_dir, dst, "bench"):
         ctx = state.context(run_dir, dst.parent)
-        batches = list(ctx.calibration_batches(s.num_calibration, batch_size=32))
+        batches = list(ctx.calibration_batches(s.num_calibration, batch_size=32,
+                                                setting="bench.deepsparse.num_calibration"))
         quantize_qdq_for_deepsparse(src, dst, batches, per_channel=s.per_channel, op_types=list(s.op_types),
                                     quant_format=fmt)
         record_files(manifest, run_dir, "bench", [dst])

@@ -202,7 +202,8 @@ def _int8_ir(state: RunState, run_dir: Path, threads: int, deployed: Path, fp32:
         if not feeds:
             ctx = state.context(run_dir, run_dir / "export")
             feeds.extend({k: v.numpy() for k, v in b.items() if k != "labels"}
-                         for b in ctx.calibration_batches(d.calibration_examples))
+                         for b in ctx.calibration_batches(d.calibration_examples,
+                                                          setting="deploy.calibration_examples"))
         return feeds
 
     cands: dict[str, dict[str, Any]] = {}

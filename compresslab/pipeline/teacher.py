@@ -61,10 +61,10 @@ class Teacher:
         seed, device, batch size, cache dir and model source; writing under ``run_dir`` / ``step_dir``."""
         return dataclasses.replace(self._context, run_dir=run_dir, step_dir=step_dir)
 
-    def calibration_batches(self, n: int, batch_size: int | None = None) -> Iterator[dict]:
+    def calibration_batches(self, n: int, batch_size: int | None = None, setting: str | None = None) -> Iterator[dict]:
         """``n`` train examples sampled as a run samples them (seeded), tokenized and batched
         (:meth:`~compresslab.types.PassContext.calibration_batches`)."""
-        return self._context.calibration_batches(n, batch_size)
+        return self._context.calibration_batches(n, batch_size, setting)
 
 
 def teacher_of(cfg: "DictConfig", work_dir: Path) -> Teacher:

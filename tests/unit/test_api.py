@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -298,11 +299,15 @@ def test_benchmark_checks_its_inputs(tiny_tok, tmp_path):
         compresslab.benchmark([out], shapes=[(1, 1000)])
 
 
-def test_static_int8_with_fewer_train_examples_than_calibration_asks(tiny_tok):
-    r = compresslab.compress(_trained(), tiny_tok, [{"name": "ort_int8_static", "num_calibration": 256}],
-                             data=_pairs(40, 0), **_kw())
+def test_static_int8_with_fewer_train_examples_than_calibration_asks(tiny_tok, caplog):
+    with caplog.at_level(logging.WARNING, logger="compresslab"):
+        r = compresslab.compress(_trained(), tiny_tok, [{"name": "ort_int8_static", "num_calibration": 256}],
+                                 data=_pairs(40, 0), **_kw())
     used = r.metrics["steps"][0]["metrics"]["n_calibration_examples"]
     assert used == len(r._state.task.train) < 256  # all of the (carved) train split, not a crash
+    # the warning names the setting that asked, so the user knows what to lower (session 47)
+    assert f"ort_int8_static.num_calibration=256 asks for more examples than the train split has ({used})" \
+        in caplog.text
     r.close()
 
 

@@ -141,7 +141,7 @@ def deploy_stage(monkeypatch, tmp_path):
                             lambda p: ["com.microsoft.MatMulInteger"] if file == "dynamic" else [])
         monkeypatch.setattr(dep, "quantized_already", lambda *a: "quantized already" if quantized else None)
         reads = _Reads(d)
-        context = SimpleNamespace(calibration_batches=lambda n: iter(()))
+        context = SimpleNamespace(calibration_batches=lambda n, batch_size=None, setting=None: iter(()))
         settings = SimpleNamespace(deploy=reads, max_length=32,
                                    bench=SimpleNamespace(warmup=0, runs=1, min_time_s=0.0, seed=0, max_runs=1))
         state = SimpleNamespace(settings=settings, onnx=SimpleNamespace(onnx_path=onnx),
