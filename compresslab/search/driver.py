@@ -31,7 +31,7 @@ from compresslab.failure import error_text
 from compresslab.manifest import atomic_write_json, now, read_json
 from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key, within_max_drop
 from compresslab.search.plan import SearchPlan, override_value, compose_candidate, plan_search
-from compresslab.search.space import Candidate, Entry, expand
+from compresslab.search.space import Candidate, Entry, SourceEnd, expand
 from compresslab.validate import SettingsError
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,11 @@ def estimate_s(c: Candidate, done: Sequence[Outcome], prior_unit_s: float) -> fl
     ratios = [(o.ran_s - o.teacher_s) / float(o.extra.get("cost") or 1.0) for o in done if o.ran_s > 0]
     unit = max(ratios) if ratios else prior_unit_s
     return c.cost * max(unit, 0.0)
+
+
+def _budget_skip(o: Outcome) -> bool:
+    """``o`` was not started because its time estimate did not fit in what was left of the budget."""
+    return o.status == "skipped" and (o.reason or "").startswith("time budget")
 
 
 def _as_candidate(o: Outcome) -> Candidate:
@@ -210,9 +215,19 @@ class Search:
         return {e: [_as_candidate(o) for o in rank([o for o in self.outcomes if o.entry == e], self.s,
                                                    within_max_drop)] for e in names}
 
+    def _ended(self) -> dict[str, SourceEnd]:
+        """Per entry tried in this pass, how its candidates ended (what a seed's skip reason says)."""
+        out: dict[str, SourceEnd] = {}
+        for e in dict.fromkeys(o.entry for o in self.outcomes):
+            mine = [o for o in self.outcomes if o.entry == e]
+            out[e] = SourceEnd(finished=sum(o.ok for o in mine), failed=sum(o.status == "failed" for o in mine),
+                               not_run=tuple("time budget" if _budget_skip(o) else f"{o.name} skipped: {o.reason}"
+                                             for o in mine if o.status == "skipped"))
+        return out
+
     def _entry(self, entry: Entry) -> bool:
         """Try ``entry``'s candidates; True when the time budget kept one from starting."""
-        cands, why = expand(entry, self._passing(), self.s.seeds_per_key)
+        cands, why = expand(entry, self._passing(), self.s.seeds_per_key, self._ended())
         if not cands:
             log.info("search: %s skipped: %s", entry.name, why)
             self._add(Outcome(name=entry.name, entry=entry.name, pipeline=entry.pipeline, overrides=[],
@@ -311,7 +326,7 @@ class Search:
 
     def _save(self, status: str, sel: Any = None) -> dict[str, Any]:
         sel = sel or select(self.outcomes, self.s)
-        skipped_budget = [o.name for o in self.outcomes if o.status == "skipped" and (o.reason or "").startswith("time")]
+        skipped_budget = [o.name for o in self.outcomes if _budget_skip(o)]
         msg = sel.message
         if status == "budget_spent":
             msg += (f". The time budget ({self.s.time_budget_s:g} s) kept {len(skipped_budget)} candidate(s) from "

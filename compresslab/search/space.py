@@ -176,11 +176,41 @@ def candidate(entry: Entry, settings: Sequence[tuple[str, str]]) -> Candidate:
     return Candidate(name, entry.name, entry.pipeline, overrides, entry.methods, entry.cost)
 
 
-def expand(entry: Entry, passing: Mapping[str, Sequence[Candidate]], per_seed: int) -> tuple[list[Candidate], str | None]:
+@dataclass(frozen=True)
+class SourceEnd:
+    """How the candidates of an earlier entry ended in this pass: what a seed's skip reason reports, since "none came
+    within max_drop" is only true of candidates that ran (trial 47b: every ZipLM candidate was kept from starting by
+    the time budget, yet ziplm_int8 was "skipped: no candidate of 'ziplm' came within max_drop")."""
+
+    finished: int = 0  # ran (or were read back) and were scored, within max_drop or not
+    failed: int = 0  # their run raised
+    not_run: tuple[str, ...] = ()  # why each of the others never started ("time budget", a skip of its own)
+
+
+def no_seed_reason(entry: Entry, seed: Seed, end: SourceEnd | None) -> str:
+    """Why ``entry`` has no value for ``seed``: its source's candidates ran and none came within max_drop with the
+    key set, or they never ran / never finished (then the bar was never tried, and the reason says why)."""
+    tail = f", so there is no value to seed {entry.name!r} with"
+    causes = ", ".join(dict.fromkeys(end.not_run)) if end else ""
+    if end is None or end.finished:
+        others = [f"{end.failed} failed"] if end and end.failed else []
+        others += [f"{len(end.not_run)} did not start: {causes}"] if end and end.not_run else []
+        also = f" ({end.finished} finished; {'; '.join(others)})" if end and others else ""
+        return f"no candidate of {seed.source!r} came within max_drop with {seed.key} set{also}{tail}"
+    if not end.failed:
+        return f"no {seed.source} candidate ran ({causes or 'none was tried'}){tail}"
+    started = f"; {len(end.not_run)} did not start: {causes}" if end.not_run else ""
+    return (f"no {seed.source} candidate finished ({end.failed} failed: their errors are in search.json{started})"
+            f"{tail}")
+
+
+def expand(entry: Entry, passing: Mapping[str, Sequence[Candidate]], per_seed: int,
+           ended: Mapping[str, SourceEnd] | None = None) -> tuple[list[Candidate], str | None]:
     """The candidates of ``entry`` in the order to try them, and why there are none (else None).
 
     ``passing`` maps an entry name to its candidates within max_drop on validation, best objective first;
-    each seed takes the distinct values of its key among the first of them, at most ``per_seed``.
+    each seed takes the distinct values of its key among the first of them, at most ``per_seed``. ``ended`` says
+    how each earlier entry's candidates ended (:class:`SourceEnd`), for the reason (:func:`no_seed_reason`).
     """
     axes: list[list[tuple[str, str]]] = []
     if entry.key is not None:
@@ -192,8 +222,7 @@ def expand(entry: Entry, passing: Mapping[str, Sequence[Candidate]], per_seed: i
             if v is not None and v not in values:
                 values.append(v)
         if not values:
-            return [], (f"no candidate of {s.source!r} came within max_drop with {s.key} set, so there is no value "
-                        f"to seed {entry.name!r} with")
+            return [], no_seed_reason(entry, s, (ended or {}).get(s.source))
         axes.append([(s.key, v) for v in values[:per_seed]])
     return [candidate(entry, combo) for combo in itertools.product(*axes)], None
 
