@@ -173,7 +173,7 @@ def _main(cfg) -> None:
 def _run(cfg) -> "Path | None":
     """Run ``cfg``: a pipeline (returns its run dir) or a search (prints its answer; returns None). Raises what the
     run raises: a bad input, KeyboardInterrupt, SystemExit(3) for a search that chose no model (4: none met its drop
-    budget, the closest kept), a crash."""
+    budget, the closest kept; 5: its teacher is no better than chance), a crash."""
     from compresslab.pipeline import run
     from compresslab.pipeline.settings import RunSettings
 

@@ -15,6 +15,10 @@ from compresslab.pipeline.teacher_files import teacher_onnx
 
 log = logging.getLogger(__name__)
 
+# what to do about a teacher no better than chance: the run's warning and the search's verdict give the same advice
+WEAK_TEACHER_FIX = ("train a better teacher first (a larger budget, e.g. budget=bench, or the finetune step's "
+                    "settings), or, with model.finetuned=true, fine-tune the model given on this task")
+
 
 def _kw(state: RunState) -> dict[str, int]:
     return dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
@@ -52,9 +56,8 @@ def _warn_if_chance(state: RunState) -> None:
     why = weak_teacher(record, spec.primary_metric, share)
     if why:
         log.warning("teacher: no better than chance on the %d eval examples: %s. Every score of this run is compared "
-                    "with it, so no verdict of the run says anything about the compression: train a better teacher "
-                    "first (a larger budget, e.g. budget=bench, or the finetune step's settings), or, with "
-                    "model.finetuned=true, fine-tune the model given on this task", len(scored.labels), why)
+                    "with it, so no verdict of the run says anything about the compression: %s", len(scored.labels),
+                    why, WEAK_TEACHER_FIX)
 
 
 def score_torch(state: RunState, label: str) -> dict[str, Any]:

@@ -137,7 +137,9 @@ def save_best(search_dir: Path, o: Outcome, met: bool) -> dict[str, Any] | None:
         if f.is_file() and f.name != "pass.json":
             _link_or_copy(f, tmp / f.name)
     record = {"name": o.name, "met": met, "run_dir": o.run_dir, "file": f"{BEST_DIR}/{Path(rel).name}",
-              "source": str(src), "saved": now()}
+              "source": str(src), "saved": now(),
+              # a teacher at chance makes ``met`` meaningless: the copy says so beside the model it describes
+              **({"weak_teacher": o.weak_teacher} if o.weak_teacher else {})}
     atomic_write_json(tmp / "choice.json", record)
     if best.exists():
         best.rename(old)
@@ -288,8 +290,9 @@ class Search:
         what = (f"{o.speedup:.2f}x vs best_dense at {o.speedup_shape}" + (" (MACHINE BUSY: void)" if o.timing_busy else "")
                 if o.speedup is not None else "no speedup") + \
             (f", {o.size_bytes / 1e6:.1f} MB" if o.size_bytes is not None else "")
-        log.info("search: %s: validation %.4f (drop %.2f pt, %s budget), %s, %.0f s", c.name, o.val_score or 0.0,
-                 o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE", what, o.ran_s)
+        log.info("search: %s: validation %.4f (drop %.2f pt, %s budget%s), %s, %.0f s", c.name, o.val_score or 0.0,
+                 o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE",
+                 ", against a teacher no better than chance" if o.weak_teacher else "", what, o.ran_s)
         return o
 
     def _add(self, o: Outcome) -> None:
@@ -346,7 +349,8 @@ class Search:
                 "command": self.plan.command, "environment": env, "shell_command": rerun_command(self.plan.command, env),
                 "time_budget_s": self.s.time_budget_s, "spent_s": round(self.spent_s(), 2),
                 **self._objective_shape(sel), "timing_busy": busy,
-                "met": sel.met, "chosen": _report(sel.chosen), "best_single": _report(sel.best_single),
+                "met": sel.met, "weak_teacher": sel.chosen.weak_teacher if sel.chosen is not None else None,
+                "chosen": _report(sel.chosen), "best_single": _report(sel.best_single),
                 "best_single_met": sel.best_single_met, "front": [_report(o) for o in sel.front],
                 "teacher_val": next((o.teacher_val for o in self.outcomes if o.teacher_val is not None), None),
                 "teacher_dev": teacher_dev, "best": self.best,
@@ -380,6 +384,7 @@ def _report(o: Outcome | None) -> dict[str, Any] | None:
             "val_score": o.val_score, "val_drop_pt": o.drop_pt, "dev_score": dev.get("dev_score"),
             "dev_drop_pt": dev.get("dev_drop_pt"), "speedup_vs_best_dense": o.speedup,
             "speedup_shape": o.speedup_shape, "timing_busy": o.timing_busy, "size_bytes": o.size_bytes,
+            "weak_teacher": o.weak_teacher,
             "run_dir": o.run_dir, **({"dev_error": dev["error"]} if "error" in dev else {})}
 
 
@@ -411,25 +416,36 @@ EXIT_NO_MODEL = 3
 # exit status of a search whose candidates finished but none met the drop budget: best/ holds the closest, which a
 # script gating on the status must not ship as if it met the budget (search.json: met=false)
 EXIT_NOT_MET = 4
+# exit status of a search whose chosen model was measured against a teacher no better than chance (search.json:
+# weak_teacher): its drop, met or not, is a comparison with chance, so neither "met" (0) nor "not met" (4) is true.
+# The chosen model is then itself about as good as chance: a script gating on 0 must not ship it.
+EXIT_WEAK_TEACHER = 5
 
 
 def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None, int], Any]) -> None:
     """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer.
-    SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model, SystemExit(:data:`EXIT_NOT_MET`) when it chose the
-    closest because none met the drop budget; a rerun with a larger budget resumes it."""
+    SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model, SystemExit(:data:`EXIT_WEAK_TEACHER`) when the teacher
+    it measured against is no better than chance (whether or not the drop met the budget: the drop means nothing),
+    SystemExit(:data:`EXIT_NOT_MET`) when it chose the closest because none met the drop budget; a rerun with a
+    larger budget resumes it."""
     plan = plan_search(cfg, list(overrides or []))
     setup(plan.threads, plan.seed)
     logging.getLogger("compresslab").setLevel(logging.INFO)
     data = run_search(plan)
     print(f"search: {data['message']}")
     best = data.get("best") or {}
-    met = bool(data.get("met"))
+    met, weak = bool(data.get("met")), data.get("weak_teacher")
     if best.get("file"):
         where = plan.search_dir / best["file"]
-        print(f"best model: {where}" if met else
-              f"closest model, NOT within the drop budget (search.max_drop={plan.settings.max_drop:g} pt): {where}")
+        if weak:
+            print(f"model chosen against a teacher no better than chance, its drop says nothing: {where}")
+        else:
+            print(f"best model: {where}" if met else
+                  f"closest model, NOT within the drop budget (search.max_drop={plan.settings.max_drop:g} pt): {where}")
     print(f"search.json: {plan.search_dir / SEARCH_FILE}")
     if data.get("chosen") is None:  # nothing to deploy: a script must not read this as success
         raise SystemExit(EXIT_NO_MODEL)
+    if weak:  # before "not met": a better teacher comes first, whatever the drop said
+        raise SystemExit(EXIT_WEAK_TEACHER)
     if not met:  # a model, but not one the budget allows: nor is this success
         raise SystemExit(EXIT_NOT_MET)

@@ -139,6 +139,8 @@ class Outcome:
     ``teacher_s``: of those, the teacher's fine-tuning (left out of the time estimates).
     ``speedup_shape``: the ``b<B>xs<S>`` shape ``speedup`` was timed at; ``timing_busy``: the run's bench found
     the machine busy (``bench.machine_load.busy``), so its timings, the speedup included, are void.
+    ``weak_teacher``: why the run's teacher is no better than chance on validation (report/verdicts.weak_teacher),
+    None for a usable one: then every drop of the run is measured against chance and "within max_drop" means nothing.
     """
 
     name: str
@@ -156,6 +158,7 @@ class Outcome:
     speedup_shape: str | None = None  # the bench shape the speedup was timed at (b32xs128)
     timing_busy: bool | None = None  # other processes ran while the run's bench timed it: the speedup is void
     size_bytes: int | None = None
+    weak_teacher: str | None = None  # why its teacher is no better than chance on validation; None: a usable one
     ran_s: float = 0.0
     teacher_s: float = 0.0
     error: str | None = None
@@ -190,8 +193,11 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
     file and of the teacher, the drop in points, agreement, speedup vs best_dense at ``shape`` (None
     when the bench stage did not run; ``shape`` None = the bench shape with the largest batch) and the
     deployed file's bytes; ``speedup_shape``, the shape the speedup was read at, and ``timing_busy``, whether the
-    bench found the machine busy (None without a bench). ValueError when the run was not scored on validation
-    (dev is never selected on) or lacks its eval section."""
+    bench found the machine busy (None without a bench); ``weak_teacher``, why the teacher is no better than chance,
+    by the report's rule (None for a usable one). ValueError when the run was not scored on validation (dev is never
+    selected on) or lacks its eval section."""
+    from compresslab.report.verdicts import majority_share, weak_teacher
+
     ev = manifest.get("eval") or {}
     if ev.get("split") != "validation":
         raise ValueError(f"the run was scored on {ev.get('split')!r}, not on the validation split: a search selects "
@@ -210,10 +216,12 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
         speedup = float(per_shape[key])
     busy = (bench.get("machine_load") or {}).get("busy") if bench else None
     size = ((manifest.get("size") or {}).get("deployed") or {}).get("total")
+    share, of = majority_share(manifest)
     return {"val_score": val, "teacher_val": teacher, "drop_pt": (teacher - val) * 100.0,
             "agreement": models["deployed"].get("agreement"), "speedup": speedup, "speedup_shape": key,
             "timing_busy": bool(busy) if busy is not None else None,
-            "size_bytes": int(size) if size is not None else None}
+            "size_bytes": int(size) if size is not None else None,
+            "weak_teacher": weak_teacher(models["teacher_torch"], ev.get("primary_metric"), share, of)}
 
 
 def largest_batch(per_shape: Mapping[str, Any]) -> str:
@@ -298,6 +306,13 @@ def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
         msg = (f"NO candidate met the drop budget: every validation drop exceeds {s.select_drop:.2f} pt "
                f"(max_drop {s.max_drop} - margin {s.margin}); returning the closest, {chosen.name}, at "
                f"{chosen.drop_pt:.2f} pt")
+    if chosen is not None and chosen.weak_teacher:
+        from compresslab.pipeline.evaluate import WEAK_TEACHER_FIX
+
+        # the run logged it when it scored the teacher, minutes before; the verdict is what people and scripts read
+        msg = (f"TEACHER NO BETTER THAN CHANCE on validation ({chosen.weak_teacher}): every drop below is measured "
+               f"against it, so no verdict of this search says anything about the compression; {WEAK_TEACHER_FIX}. "
+               f"{msg}")
     return Selection(chosen, met, msg, single, single_met, pareto_front(outcomes, s.objective))
 
 
