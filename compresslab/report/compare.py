@@ -36,6 +36,9 @@ from compresslab.report.summary import serving_scores
 # whether it was timed: the speed columns say "bench off" for that).
 IGNORED_SETTINGS = ("paths.", "run.dir", "run.overwrite", "run.stop_after", "run.keep", "report", "hydra.",
                     "model.name", "bench.enabled")
+# A point's label in the plots names at most this many swept settings, each value cut to its last characters
+# (a model path's end names the model): more crowd the plot, and the runs table has them all in full.
+MAX_LABEL_SETTINGS, MAX_LABEL_VALUE = 2, 24
 
 
 class CompareError(ManifestError):
@@ -75,6 +78,7 @@ class RunPoint:
     worst_score: float | None = None  # the lowest over the serving modes measured (a batch-dependent file: batch 1)
     group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
     slug: str = ""  # the group as a file-name part of its plots
+    label: str = ""  # its name in the plots: what sets it apart from the other runs of its group (assign_labels)
 
     @property
     def delta(self) -> float | None:
@@ -218,6 +222,41 @@ def varied(points: Sequence[RunPoint]) -> list[str]:
     return [k for k in keys if len({repr(p.settings[k]) for p in points if k in p.settings}) > 1]
 
 
+def swept(points: Sequence[RunPoint]) -> dict[tuple[str, str], list[str]]:
+    """Per pipeline and group, the settings its runs differ in: the runs table's "settings swept"."""
+    return {k: varied(g) for k, g in _groups(points, "pipeline", "group").items()}
+
+
+def assign_labels(points: Sequence[RunPoint]) -> None:
+    """Set each run's ``label`` for the plots of its group (after :func:`assign_groups`): the settings swept
+    between its pipeline's runs there, as the runs table names them (``magnitude.sparsity=0.7``; shortened
+    by MAX_LABEL_SETTINGS and MAX_LABEL_VALUE unless that leaves two runs alike), after the pipeline where the
+    group holds several. A run left blank or alike another (nothing differs) keeps its name: pipeline/hash."""
+    keys = swept(points)
+
+    def label(p: RunPoint, cut: bool, several: bool) -> str:
+        ks = keys[(p.pipeline, p.group)]
+        text = _settings_text(p, ks)
+        if cut:
+            values = [plain(p.settings.get(k)) for k in ks[:MAX_LABEL_SETTINGS]]
+            text = ", ".join(f"{short(k)}={v if len(v) <= MAX_LABEL_VALUE else '…' + v[1 - MAX_LABEL_VALUE:]}"
+                             for k, v in zip(ks, values)) + (", …" if len(ks) > MAX_LABEL_SETTINGS else "")
+        return ": ".join(t for t in (p.pipeline if several else "", text if ks else "") if t)
+
+    for group in _groups(points, "group").values():
+        several = len({p.pipeline for p in group}) > 1
+        for p in group:
+            p.label = ""
+        for cut in (True, False):  # short labels, else every swept setting in full, else the name
+            texts = [label(p, cut, several) for p in group]
+            alike = Counter(texts)
+            for p, text in zip(group, texts):
+                if not p.label and text and alike[text] == 1:
+                    p.label = text
+        for p in group:
+            p.label = p.label or p.name
+
+
 def short(key: str) -> str:
     """``pipeline.passes.obert.sparsity`` -> ``obert.sparsity``: the pass name says enough."""
     return key.removeprefix("pipeline.passes.")
@@ -259,7 +298,7 @@ def _why_untimed(points: Sequence[RunPoint]) -> str:
 
 
 def _runs_table(points: Sequence[RunPoint]) -> Table:
-    sweeps = {k: varied(g) for k, g in _groups(points, "pipeline", "group").items()}
+    sweeps = swept(points)
     rows = []
     order = list(dict.fromkeys(p.group for p in points))
     for p in sorted(points, key=lambda p: order.index(p.group)):  # runs ranked together stay together
@@ -382,6 +421,7 @@ def build_comparison(runs: Sequence[tuple[Path, Mapping[str, Any]]], skipped: Se
     """The comparison document and its plots."""
     points = [point(d, m) for d, m in runs]
     assign_groups(points)
+    assign_labels(points)
     doc = Document(f"compresslab: {len(points)} runs compared")
     doc.blocks += [Para("Read from each run's manifest.json; rebuild with python -m compresslab.report --compare "
                         "RUN_DIR..."), Heading("Runs"), _runs_table(points)]

@@ -236,8 +236,9 @@ def draw_all(m: Mapping[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
 def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost: str, xlabel: str, title: str,
                 scale: float = 1.0) -> bytes | None:
     """Score against a cost (latency or size) for the runs of a comparison (``compare.RunPoint``):
-    the deployed models (filled when on ``front``, the Pareto front, also drawn as a step line) and
-    each run's dense teacher (its ``ref_cost``) as a grey cross."""
+    the deployed models (filled when on ``front``, the Pareto front, also drawn as a step line), each
+    named by its ``label`` (what sets it apart, else its name), and each run's dense teacher (its
+    ``ref_cost``) as a grey cross."""
     pts = [p for p in points if p.score is not None and getattr(p, cost) is not None]
     if not pts:
         return None
@@ -251,7 +252,7 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
     at: dict[tuple[float, float], list[str]] = {}  # runs at one point share one label
     for p in pts:
         xy = (getattr(p, cost) * scale, p.score * 100)
-        at.setdefault(xy, []).append(p.name)
+        at.setdefault(xy, []).append(p.label or p.name)
         ax.scatter([xy[0]], [xy[1]], s=60, zorder=3, facecolors=_COLORS[0] if p in front else "white",
                    edgecolors=_COLORS[0])
     labels = [(*xy, ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else ""))
