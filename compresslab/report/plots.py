@@ -252,7 +252,7 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
     at: dict[tuple[float, float], list[str]] = {}  # runs at one point share one label
     for p in pts:
         xy = (getattr(p, cost) * scale, p.score * 100)
-        at.setdefault(xy, []).append(p.label or p.name)
+        at.setdefault(xy, []).append(getattr(p, "label", "") or p.name)  # a suite system (benchmarks) has no label
         ax.scatter([xy[0]], [xy[1]], s=60, zorder=3, facecolors=_COLORS[0] if p in front else "white",
                    edgecolors=_COLORS[0])
     labels = [(*xy, ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else ""))

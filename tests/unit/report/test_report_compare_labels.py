@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from matplotlib.figure import Figure
@@ -92,9 +93,11 @@ def test_the_plots_of_a_sweep_show_the_swept_setting(monkeypatch: pytest.MonkeyP
         assert sorted(t.get_text() for t in fig.axes[0].texts) == ["obert.sparsity=0.5", "obert.sparsity=0.7"]
 
 
-def test_a_point_without_label_is_named_by_its_run(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["run without a label", "suite system (benchmarks/suite_report.Point)"])
+def test_a_point_without_label_is_named_by_its_run(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     figures: list[Figure] = []
     monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or b"png")
-    p = dataclasses.replace(run("int8/aaa"), label="")
+    p = dataclasses.replace(run("int8/aaa"), label="") if kind.startswith("run") else SimpleNamespace(
+        name="int8/aaa", score=0.88, metric="accuracy", teacher=0.9, size_bytes=24e6, ref_size_bytes=91e6)
     assert plots.pareto_plot([p], [p], "size_bytes", "ref_size_bytes", "size", "t", scale=1e-6)
     assert [t.get_text() for t in figures[0].axes[0].texts] == ["int8/aaa"]
