@@ -26,17 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compresslab.report import MANIFEST, ManifestError, facts as F, load_manifest, write_atomic
+from compresslab.report import MANIFEST, ManifestError, facts as F, write_atomic
+from compresslab.report.compare_runs import COMPARE_MD, REPLACED, collect, default_out
 from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
 from compresslab.report.summary import serving_scores
 
-COMPARE_MD = "compare.md"
-REPLACED = ".replaced-"  # run.overwrite=true moves a run dir aside to <hash>.replaced-<unix time>
 # Settings that never make two runs different experiments (where files go, how a run is resumed, and
 # whether it was timed: the speed columns say "bench off" for that).
 IGNORED_SETTINGS = ("paths.", "run.dir", "run.overwrite", "run.stop_after", "run.keep", "report", "hydra.",
                     "model.name", "bench.enabled")
+# A point's label in the plots names at most this many swept settings, each value cut to its last characters
+# (a model path's end names the model): more crowd the plot, and the runs table has them all in full.
+MAX_LABEL_SETTINGS, MAX_LABEL_VALUE = 2, 24
 
 
 class CompareError(ManifestError):
@@ -76,6 +78,7 @@ class RunPoint:
     worst_score: float | None = None  # the lowest over the serving modes measured (a batch-dependent file: batch 1)
     group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
     slug: str = ""  # the group as a file-name part of its plots
+    label: str = ""  # its name in the plots: what sets it apart from the other runs of its group (assign_labels)
 
     @property
     def delta(self) -> float | None:
@@ -87,51 +90,6 @@ class RunPoint:
         """The worst serving mode's score minus the teacher's: what the tolerance judges (summary.serving_scores)."""
         worst = self.worst_score if self.worst_score is not None else self.score
         return worst - self.teacher if worst is not None and self.teacher is not None else None
-
-
-def collect(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
-    """The manifests under ``paths`` (run directories) and a line for each path that is not a run.
-
-    A ``manifest.json`` given as a path stands for its run. Plain files (logs beside the runs) and
-    a comparison's own output (a folder holding ``compare.md``, and what is in it) are passed over
-    silently, so ``outputs/*/*`` can be given again after a first comparison wrote ``outputs/compare``.
-
-    A run moved aside by ``run.overwrite=true`` (``<hash>.replaced-<time>``) holds the same
-    pipeline and config hash as the live run beside it: when that live run is given too (a glob
-    such as ``outputs/*/*``), the replaced one is passed over and counted in one line; given
-    without its live run, it is compared and labelled as replaced (:func:`point`).
-    """
-    runs: list[tuple[Path, dict[str, Any]]] = []
-    skipped: list[str] = []
-    seen: set[Path] = set()
-    paths = [Path(p) for p in paths]
-    given = {(p.parent if p.name == MANIFEST else p).resolve() for p in paths}
-    replaced = 0
-    for p in paths:
-        if p.name == MANIFEST and p.is_file():
-            p = p.parent
-        if p.is_file() or any((d / COMPARE_MD).is_file() for d in (p, p.parent, p.parent.parent)):
-            continue
-        if not (p / MANIFEST).is_file():
-            skipped.append(f"{p}: {'no such directory' if not p.exists() else 'no ' + MANIFEST} (not a run directory)")
-            continue
-        key = p.resolve()
-        if key in seen:
-            continue
-        seen.add(key)
-        live = key.with_name(key.name.split(REPLACED)[0])
-        if REPLACED in key.name and live in given and (live / MANIFEST).is_file():
-            replaced += 1
-            continue
-        try:
-            runs.append((p, load_manifest(p)))
-        except ManifestError as e:
-            skipped.append(f"{p}: {e}")
-    if replaced:
-        skipped.append(f"{replaced} replaced run{'s' if replaced > 1 else ''} (<hash>{REPLACED}<time>: moved aside by "
-                       "run.overwrite=true, superseded by the live run given too); pass one without its live run "
-                       "to compare it")
-    return runs, skipped
 
 
 def dev_data(m: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
@@ -264,6 +222,41 @@ def varied(points: Sequence[RunPoint]) -> list[str]:
     return [k for k in keys if len({repr(p.settings[k]) for p in points if k in p.settings}) > 1]
 
 
+def swept(points: Sequence[RunPoint]) -> dict[tuple[str, str], list[str]]:
+    """Per pipeline and group, the settings its runs differ in: the runs table's "settings swept"."""
+    return {k: varied(g) for k, g in _groups(points, "pipeline", "group").items()}
+
+
+def assign_labels(points: Sequence[RunPoint]) -> None:
+    """Set each run's ``label`` for the plots of its group (after :func:`assign_groups`): the settings swept
+    between its pipeline's runs there, as the runs table names them (``magnitude.sparsity=0.7``; shortened
+    by MAX_LABEL_SETTINGS and MAX_LABEL_VALUE unless that leaves two runs alike), after the pipeline where the
+    group holds several. A run left blank or alike another (nothing differs) keeps its name: pipeline/hash."""
+    keys = swept(points)
+
+    def label(p: RunPoint, cut: bool, several: bool) -> str:
+        ks = keys[(p.pipeline, p.group)]
+        text = _settings_text(p, ks)
+        if cut:
+            values = [plain(p.settings.get(k)) for k in ks[:MAX_LABEL_SETTINGS]]
+            text = ", ".join(f"{short(k)}={v if len(v) <= MAX_LABEL_VALUE else '…' + v[1 - MAX_LABEL_VALUE:]}"
+                             for k, v in zip(ks, values)) + (", …" if len(ks) > MAX_LABEL_SETTINGS else "")
+        return ": ".join(t for t in (p.pipeline if several else "", text if ks else "") if t)
+
+    for group in _groups(points, "group").values():
+        several = len({p.pipeline for p in group}) > 1
+        for p in group:
+            p.label = ""
+        for cut in (True, False):  # short labels, else every swept setting in full, else the name
+            texts = [label(p, cut, several) for p in group]
+            alike = Counter(texts)
+            for p, text in zip(group, texts):
+                if not p.label and text and alike[text] == 1:
+                    p.label = text
+        for p in group:
+            p.label = p.label or p.name
+
+
 def short(key: str) -> str:
     """``pipeline.passes.obert.sparsity`` -> ``obert.sparsity``: the pass name says enough."""
     return key.removeprefix("pipeline.passes.")
@@ -305,7 +298,7 @@ def _why_untimed(points: Sequence[RunPoint]) -> str:
 
 
 def _runs_table(points: Sequence[RunPoint]) -> Table:
-    sweeps = {k: varied(g) for k, g in _groups(points, "pipeline", "group").items()}
+    sweeps = swept(points)
     rows = []
     order = list(dict.fromkeys(p.group for p in points))
     for p in sorted(points, key=lambda p: order.index(p.group)):  # runs ranked together stay together
@@ -428,6 +421,7 @@ def build_comparison(runs: Sequence[tuple[Path, Mapping[str, Any]]], skipped: Se
     """The comparison document and its plots."""
     points = [point(d, m) for d, m in runs]
     assign_groups(points)
+    assign_labels(points)
     doc = Document(f"compresslab: {len(points)} runs compared")
     doc.blocks += [Para("Read from each run's manifest.json; rebuild with python -m compresslab.report --compare "
                         "RUN_DIR..."), Heading("Runs"), _runs_table(points)]
@@ -439,12 +433,6 @@ def build_comparison(runs: Sequence[tuple[Path, Mapping[str, Any]]], skipped: Se
     if skipped:
         doc.blocks += [Heading("Not compared", 3), Bullets(list(skipped))]
     return doc, pngs
-
-
-def default_out(run_dirs: Sequence[Path]) -> Path:
-    """``compare/`` beside the runs: under their common parent folder (``outputs/compare`` for
-    ``outputs/*/*``)."""
-    return Path(os.path.commonpath([str(d.resolve().parent) for d in run_dirs])) / "compare"
 
 
 def compare(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None) -> dict[str, Path]:

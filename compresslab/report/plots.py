@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import re
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from compresslab.failure import error_text
 from compresslab.report import facts as F
@@ -23,6 +26,7 @@ from compresslab.report import facts as F
 DPI = 100
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 MAX_SPARSITY_STEPS = 4  # more groups of bars per layer stop being readable
+TITLE_MARGIN = 0.05  # of the room a title has, kept free at the figure's edge
 
 
 def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
@@ -51,6 +55,26 @@ def label_points(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: 
     adjust_text(texts, x=[p[0] for p in points], y=[p[1] for p in points], ax=ax, iter_lim=500,
                 expand=(1.1, 1.4), force_text=(0.2, 0.4), min_arrow_len=8,
                 arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5, "alpha": 0.8})
+
+
+def set_title(target: Axes | Figure, text: str) -> Text:
+    """Title an axes (or a figure: its suptitle) with ``text`` wrapped at word breaks into lines that fit
+    the figure, measured as laid out: a comparison group's name ("sst2 · dev.tsv · 54a9c12c · dev, 64 of 872
+    examples (task.max_dev=64, seed 42): score vs size") ran off both edges on one line. Call it once the
+    axes' ticks and labels are set: they decide where the axes, and so its centred title, sit."""
+    fig = target if isinstance(target, Figure) else target.figure
+    title = target.suptitle(text) if isinstance(target, Figure) else target.set_title(text)
+    fig.draw_without_rendering()  # runs the layout: an axes title is centred over its axes, not the figure
+    renderer = fig.canvas.get_renderer()
+    box, page = title.get_window_extent(renderer), fig.bbox
+    centre = (box.x0 + box.x1) / 2
+    room = 2 * min(centre - page.x0, page.x1 - centre) * (1 - TITLE_MARGIN)
+    width = len(text)  # characters a line may hold
+    while (drawn := title.get_window_extent(renderer).width) > room and width > 1:
+        # Narrow by the overshoot, at least one character a round: a few rounds, and the last one fits.
+        width = max(1, min(width - 1, int(width * room / drawn)))
+        title.set_text(textwrap.fill(text, width, break_on_hyphens=False))
+    return title
 
 
 def _png(fig: Figure) -> bytes:
@@ -85,7 +109,7 @@ def score_vs_latency(m: Mapping[str, Any]) -> bytes | None:
     ax.set_xlim(left=0, right=max(p[0] for p in pts) * 1.25)
     ax.margins(y=0.25)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{metric} vs latency ({shape})")
+    set_title(ax, f"{metric} vs latency ({shape})")
     label_points(ax, pts, fontsize=9)  # last: it reads the final axes limits
     return _png(fig)
 
@@ -125,7 +149,7 @@ def size_per_step(m: Mapping[str, Any]) -> bytes | None:
     ax.bar_label(cont, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("size (MB)")
-    ax.set_title("Size after each step (blue), formats a step also wrote (green), exported files (orange)")
+    set_title(ax, "Size after each step (blue), formats a step also wrote (green), exported files (orange)")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -150,7 +174,7 @@ def layer_sparsity(m: Mapping[str, Any]) -> bytes | None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Per-layer sparsity")
+    set_title(ax, "Per-layer sparsity")
     return _png(fig)
 
 
@@ -178,7 +202,7 @@ def structure(m: Mapping[str, Any]) -> bytes | None:
         ax.set_ylabel(title)
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Structure after {label}")
+    set_title(fig, f"Structure after {label}")
     return _png(fig)
 
 
@@ -212,8 +236,9 @@ def draw_all(m: Mapping[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
 def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost: str, xlabel: str, title: str,
                 scale: float = 1.0) -> bytes | None:
     """Score against a cost (latency or size) for the runs of a comparison (``compare.RunPoint``):
-    the deployed models (filled when on ``front``, the Pareto front, also drawn as a step line) and
-    each run's dense teacher (its ``ref_cost``) as a grey cross."""
+    the deployed models (filled when on ``front``, the Pareto front, also drawn as a step line), each
+    named by its ``label`` (what sets it apart, else its name), and each run's dense teacher (its
+    ``ref_cost``) as a grey cross."""
     pts = [p for p in points if p.score is not None and getattr(p, cost) is not None]
     if not pts:
         return None
@@ -227,7 +252,7 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
     at: dict[tuple[float, float], list[str]] = {}  # runs at one point share one label
     for p in pts:
         xy = (getattr(p, cost) * scale, p.score * 100)
-        at.setdefault(xy, []).append(p.name)
+        at.setdefault(xy, []).append(getattr(p, "label", "") or p.name)  # a suite system (benchmarks) has no label
         ax.scatter([xy[0]], [xy[1]], s=60, zorder=3, facecolors=_COLORS[0] if p in front else "white",
                    edgecolors=_COLORS[0])
     labels = [(*xy, ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else ""))
@@ -245,6 +270,6 @@ def pareto_plot(points: Sequence[Any], front: Sequence[Any], cost: str, ref_cost
     ax.grid(alpha=0.3)
     if refs or len(line) > 1:
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title)
+    set_title(ax, title)
     label_points(ax, labels)  # last: it reads the final axes limits
     return _png(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,21 @@ def test_collect_takes_run_dirs_and_manifest_paths(tmp_path: Path) -> None:
     assert [d for d, _ in runs] == [run]  # the manifest path stands for the same run: once
     assert len(skipped) == 2 and "empty: no manifest.json" in skipped[0] and "not readable JSON" in skipped[1]
     assert default_out([run]) == (tmp_path / "outputs" / "int8" / "compare").resolve()
+
+
+def test_the_readme_says_where_a_comparison_goes(tmp_path: Path) -> None:
+    """Each README line ``--compare GLOB  # -> DIR/compare.{md,html}`` names the folder default_out picks for
+    those runs (trial 47b, B10: it said outputs/compare for one pipeline's runs, which go to
+    outputs/obert_int8/compare)."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    examples = re.findall(r"--compare (\S+)\s+# -> (\S+)/compare\.\{md,html\}", readme)
+    assert examples, "the README shows where a comparison goes"
+    for run in ("outputs/obert_int8/aaa", "outputs/obert_int8/bbb", "outputs/int8/ccc"):
+        (tmp_path / run).mkdir(parents=True)
+    for glob, where in examples:
+        runs = sorted(tmp_path.glob(glob))
+        assert len(runs) >= 2, glob
+        assert default_out(runs) == (tmp_path / where).resolve(), f"--compare {glob} -> {where}"
 
 
 def test_plain_never_writes_a_repr() -> None:
