@@ -273,7 +273,8 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         state = RunState(settings=settings, task=task, device=resolve_device(device), tokenizer=tokenizer,
                          model=work.eval(),
                          teacher=to_float32(frozen(teacher), "teacher") if teacher is not None else None,
-                         progress=tqdm_progress if progress else None)
+                         progress=tqdm_progress if progress else None, api=True,
+                         teacher_as_given=not any(s.pass_.makes_teacher for s in steps))
         state.initial_dense = frozen(work) if teacher is None else state.teacher
         torch.manual_seed(seed)  # on a fork of the caller's RNG (callers_rng_kept)
         manifest = _run(state, steps, run_dir, task)

@@ -15,11 +15,6 @@ from compresslab.pipeline.teacher_files import teacher_onnx
 
 log = logging.getLogger(__name__)
 
-# what to do about a teacher no better than chance: the run's warning and the search's verdict give the same advice
-WEAK_TEACHER_FIX = ("train a better teacher first (a larger budget, e.g. budget=bench, or the finetune step's "
-                    "settings), or, with model.finetuned=true, fine-tune the model given on this task")
-
-
 def _kw(state: RunState) -> dict[str, int]:
     return dict(batch_size=state.settings.eval.batch_size, max_length=state.settings.max_length)
 
@@ -47,17 +42,30 @@ def _chance_facts(scored: Any, spec: Any) -> tuple[dict[str, Any], float | None]
 
 
 def _warn_if_chance(state: RunState) -> None:
-    """Log a teacher at or below the majority-class rate, predicting one class, or with a correlation <= 0
-    (report/verdicts.weak_teacher): every later score is compared with it, so the run's verdicts mean nothing."""
-    from compresslab.report.verdicts import weak_teacher
+    """Log a teacher not distinguishable from always predicting the majority class, predicting one class, or with a
+    correlation <= 0 (report/verdicts.weak_teacher, and its teacher_fix in the terms of the entry point that ran):
+    every later score is compared with it, so the run's verdicts mean nothing."""
+    from compresslab.report.verdicts import teacher_fix, weak_teacher
 
     spec, scored = state.task.spec, state.scores["teacher_torch"]
     record, share = _chance_facts(scored, spec)
-    why = weak_teacher(record, spec.primary_metric, share)
+    why = weak_teacher(record, spec.primary_metric, share, n=len(scored.labels))
     if why:
+        fix = teacher_fix(given=state.input_is_teacher or state.teacher_as_given, api=state.api)
         log.warning("teacher: no better than chance on the %d eval examples: %s. Every score of this run is compared "
                     "with it, so no verdict of the run says anything about the compression: %s", len(scored.labels),
-                    why, WEAK_TEACHER_FIX)
+                    why, fix)
+
+
+def _warn_if_one_class(models: dict[str, Any], share: float | None, n: int) -> None:
+    """Log a deployed classifier that predicts one class where the eval split has more (report/verdicts.one_class),
+    unless the teacher already does (its own warning said so)."""
+    from compresslab.report.verdicts import one_class
+
+    if one_class(models.get("deployed") or {}, share) and not one_class(models.get("teacher_torch") or {}, share):
+        log.warning("eval: the deployed model predicts the same class for every one of the %d eval examples "
+                    "(accuracy %.4f): the compression left a constant model, whatever its score against the teacher",
+                    n, models["deployed"].get("accuracy", float("nan")))
 
 
 def score_torch(state: RunState, label: str) -> dict[str, Any]:
@@ -111,6 +119,7 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     ref = scored["teacher_torch"]
     models = {k: compare(v, ref, spec) for k, v in scored.items()}
     _, share = _chance_facts(ref, spec)
+    _warn_if_one_class(models, share, len(dev))
     section = {"split": split, "n": len(dev), "primary_metric": spec.primary_metric, "models": models,
                **({"majority_share": share} if share is not None else {}),
                "deployed_path": dep.get("path") or str(Path(state.onnx.onnx_path).relative_to(run_dir)),

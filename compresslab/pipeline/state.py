@@ -113,6 +113,10 @@ class RunState:
     # model.finetuned=true: the source model, head included, is the task's teacher; the pass that would
     # make the teacher (finetune) is not run
     input_is_teacher: bool = False
+    # compresslab.compress(): advice is given in its terms (keywords, passes), not the CLI's overrides
+    api: bool = False
+    # compress() only: the teacher is a model used as it is (teacher=, or the model when no pass makes a teacher)
+    teacher_as_given: bool = False
 
     @classmethod
     def prepare(cls, cfg: "DictConfig", steps: list["Step"]) -> "RunState":

@@ -31,6 +31,7 @@ from compresslab.report.compare_runs import COMPARE_MD, REPLACED, collect, defau
 from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
 from compresslab.report.summary import serving_scores
+from compresslab.report.verdicts import one_class_warning, teacher_warning
 
 # Settings that never make two runs different experiments (where files go, how a run is resumed, and
 # whether it was timed: the speed columns say "bench off" for that).
@@ -76,6 +77,8 @@ class RunPoint:
     subset_short: str = ""  # e.g. "dev64s42", for file names
     bench_off: bool = False  # bench.enabled=false: no latency was measured, on purpose
     worst_score: float | None = None  # the lowest over the serving modes measured (a batch-dependent file: batch 1)
+    chance_teacher: bool = False  # the teacher is no better than chance (verdicts.teacher_warning): its Δ says nothing
+    one_class: bool = False  # the deployed classifier predicts one class (verdicts.one_class_warning)
     group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
     slug: str = ""  # the group as a file-name part of its plots
     label: str = ""  # its name in the plots: what sets it apart from the other runs of its group (assign_labels)
@@ -212,7 +215,8 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         busy=bool(F.machine_load(m).get("busy")), machine=(cpu, n), tolerance=F.max_drop(m), settings=settings,
         data=data, data_name=data_name, subset=subset, subset_name=subset_name, subset_short=subset_short,
         bench_off=F.switched_off(m, "bench"),
-        worst_score=min((s.score for s in serving_scores(m)), default=None))
+        worst_score=min((s.score for s in serving_scores(m)), default=None),
+        chance_teacher=teacher_warning(m) is not None, one_class=one_class_warning(m) is not None)
 
 
 def varied(points: Sequence[RunPoint]) -> list[str]:
@@ -304,7 +308,9 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
     for p in sorted(points, key=lambda p: order.index(p.group)):  # runs ranked together stay together
         label = p.name if p.status == "finished" else f"{p.name} ({p.status})"
         over = p.worst_delta is not None and -p.worst_delta > p.tolerance + 1e-12
-        rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.group)]), pct(p.teacher), pct(p.score),
+        rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.group)]),
+                     pct(p.teacher) + (" ⚠ chance" if p.chance_teacher else ""),
+                     pct(p.score) + (" ⚠ one class" if p.one_class else ""),
                      pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement), mb(p.size_bytes), plain(p.shape),
                      _speed(p), times(p.speedup_best) + (" (busy)" if p.busy and p.speedup_best is not None else "")])
     return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)", "agreement (%)", "size (MB)",
@@ -315,6 +321,10 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
                  "shape it timed; > 1: faster). busy = timed while other processes used the CPUs: void."
                  + (" bench off = bench.enabled=false: no latency measured." if any(p.bench_off for p in points)
                     else "")
+                 + (" ⚠ chance = a teacher no better than chance (its run's report says why): that run's Δ says "
+                    "nothing about the compression." if any(p.chance_teacher for p in points) else "")
+                 + (" ⚠ one class = a deployed model that predicts the same class for every example: a constant "
+                    "model." if any(p.one_class for p in points) else "")
                  + (" Scored on different data or examples, so never ranked together: " + "; ".join(order) + "."
                     if len(order) > 1 else ""))
 
@@ -368,6 +378,12 @@ def _sweep(key: tuple[str, ...], group: list[RunPoint]) -> list[Block]:
                      + ", ".join(f"{p.name} ({_why_untimed([p])})" for p in untimed) + ".")
     if busy := [p.name for p in group if p.busy]:
         facts.append("Timed on a busy machine, so left out of the speed comparisons: " + ", ".join(busy) + ".")
+    if constant := [_settings_text(p, keys) for p in group if p.one_class]:
+        facts.append("Predicts the same class for every example (a constant model, wherever it ranks): "
+                     + "; ".join(constant) + ".")
+    if chance := [_settings_text(p, keys) for p in group if p.chance_teacher]:
+        facts.append("Teacher no better than chance, so Δ and tolerance say nothing about the compression: "
+                     + "; ".join(chance) + ".")
     return out + ([Bullets(facts)] if facts else [])
 
 

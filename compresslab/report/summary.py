@@ -22,8 +22,8 @@ from compresslab.report import facts as F
 from compresslab.report.export import deploy_choice
 from compresslab.report.fmt import mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Heading, Para
-from compresslab.report.verdicts import (low_agreement, pass_levers, score_standard_error, slower_than_dense,
-                                         teacher_warning)
+from compresslab.report.verdicts import (low_agreement, one_class_warning, pass_levers, score_standard_error,
+                                         slower_than_dense, teacher_warning)
 
 OVER = " ⚠"  # marks a drop over the tolerance (eval.max_drop), a significant difference, a low agreement, a slowdown
 SIGNIFICANT = 0.05  # McNemar p below it: the report calls the difference from the teacher real, not noise
@@ -327,6 +327,8 @@ def summary(m: Mapping[str, Any]) -> list[Block]:
     out: list[Block] = [Heading("Summary"), _deployed_line(m)]
     if weak := teacher_warning(m):  # every verdict below is measured against it
         out.append(Para(weak, kind="warn"))
+    if constant := one_class_warning(m):  # a constant model, whatever its Δ against the teacher
+        out.append(Para(constant, kind="warn"))
     out.append(Bullets(items))
     notes = F.get(m, "deploy", "notes")
     notes = [str(n) for n in notes] if isinstance(notes, list) else [str(notes)] if notes else []

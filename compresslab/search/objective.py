@@ -221,7 +221,7 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
             "agreement": models["deployed"].get("agreement"), "speedup": speedup, "speedup_shape": key,
             "timing_busy": bool(busy) if busy is not None else None,
             "size_bytes": int(size) if size is not None else None,
-            "weak_teacher": weak_teacher(models["teacher_torch"], ev.get("primary_metric"), share, of)}
+            "weak_teacher": weak_teacher(models["teacher_torch"], ev.get("primary_metric"), share, of, ev.get("n"))}
 
 
 def largest_batch(per_shape: Mapping[str, Any]) -> str:
@@ -307,11 +307,12 @@ def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
                f"(max_drop {s.max_drop} - margin {s.margin}); returning the closest, {chosen.name}, at "
                f"{chosen.drop_pt:.2f} pt")
     if chosen is not None and chosen.weak_teacher:
-        from compresslab.pipeline.evaluate import WEAK_TEACHER_FIX
+        from compresslab.report.verdicts import teacher_fix
 
         # the run logged it when it scored the teacher, minutes before; the verdict is what people and scripts read
         msg = (f"TEACHER NO BETTER THAN CHANCE on validation ({chosen.weak_teacher}): every drop below is measured "
-               f"against it, so no verdict of this search says anything about the compression; {WEAK_TEACHER_FIX}. "
+               f"against it, so no verdict of this search says anything about the compression; "
+               f"{teacher_fix(given=None, api=False)}. "
                f"{msg}")
     return Selection(chosen, met, msg, single, single_met, pareto_front(outcomes, s.objective))
 

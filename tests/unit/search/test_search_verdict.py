@@ -81,7 +81,7 @@ def test_read_run_flags_a_teacher_no_better_than_chance_by_the_reports_rule(mani
         assert says in got
         # one rule: the report's, on the same records (the Summary and the search cannot disagree)
         assert got == weak_teacher(manifest["eval"]["models"]["teacher_torch"], manifest["eval"]["primary_metric"],
-                                   *majority_share(manifest))
+                                   *majority_share(manifest), manifest["eval"].get("n"))
 
 
 @pytest.mark.parametrize("drop, met", [(0.0, True), (2.0, False)])
