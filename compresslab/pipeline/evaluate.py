@@ -154,10 +154,14 @@ def score_batch_dependence(forward: Any, path: Path, batched: Any, state: RunSta
                               batch_size=kw["batch_size"], max_length=kw["max_length"],
                               reference=state.scores.get("teacher_torch"))}
     if rec.get("flips") or abs(rec["score_b1"] - rec["score_batched"]) >= 1e-4:
+        from compresslab.data.tasks import TaskKind
+
+        # a regression score or an embedding is no label: its values move (report/summary says the same)
+        outputs = "labels" if state.task.spec.kind == TaskKind.CLASSIFICATION else "outputs"
         log.warning("eval: %s (%s) takes one dynamic activation range per call, over every token in it, padding "
-                    "included, so its labels depend on the other sentences of the batch and on how far it is padded: "
+                    "included, so its %s depend on the other sentences of the batch and on how far it is padded: "
                     "score %.4f at batch %d (padded to the longest sentence), %.4f one sentence per call%s",
-                    label, ", ".join(ops), rec["score_batched"], rec["batch_size"], rec["score_b1"],
+                    label, ", ".join(ops), outputs, rec["score_batched"], rec["batch_size"], rec["score_b1"],
                     f"; {rec['flips']} of {rec['n']} labels differ" if "flips" in rec else "")
     return rec
 

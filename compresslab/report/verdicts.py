@@ -213,8 +213,8 @@ _MILDER = {"obert": ("sparsity", "lower"), "magnitude": ("sparsity", "lower"), "
 # Per post-training pass (no recovery, no strength): its settings that give score back, as (key, value, what for).
 _PTQ = {"ort_int8_dynamic": [("fp32_fallback", "guided", "the MatMuls that lose most stay fp32, chosen on validation"),
                              ("outliers", "split", "each FFN block's outlier channels on an fp32 side path"),
-                             ("activations", "per_token", "one scale per token: labels no longer depend on the "
-                                                          "batch")],
+                             ("activations", "per_token", "one scale per token: outputs no longer depend on "
+                                                          "the batch")],
         "ort_int8_static": [("calibrate_method", "entropy", "activation ranges that clip outliers")],
         "ort_matmul_nbits": [("accuracy_level", 0, "fp32 activations")]}
 

@@ -57,3 +57,24 @@ def test_the_record_says_how_the_batch_was_padded_and_the_warning_names_batchmat
     assert "one dynamic activation range per call" in warning and "padding included" in warning
     assert "depend on the other sentences of the batch and on how far it is padded" in warning
     assert "(padded to the longest sentence)" in warning
+
+
+def _padding_moves_the_value(batch: dict) -> np.ndarray:
+    """A regression output that a row's padding shifts (its length otherwise): the value moves with the padding."""
+    mask = batch["attention_mask"].numpy()
+    return (mask.sum(axis=1) + 10.0 * (mask == 0).any(axis=1))[:, None].astype(np.float32)
+
+
+def test_a_regression_files_warning_speaks_of_outputs_not_labels(tmp_path, tiny_tok, caplog) -> None:
+    # trial 47b B11: "its labels depend on the other sentences of the batch" for a Spearman-scored regression file
+    spec = TaskSpec("r", TaskKind.REGRESSION, 1, "spearman", metrics=("spearman",))
+    examples = tiny_sentiment(16, seed=3)
+    state = SimpleNamespace(settings=SimpleNamespace(eval=SimpleNamespace(batch_dependence=True, batch_size=8),
+                                                     max_length=32),
+                            task=SimpleNamespace(spec=spec), eval_examples=examples, tokenizer=tiny_tok, scores={})
+    batched = predict(_padding_moves_the_value, spec, examples, tiny_tok, batch_size=8, max_length=32)
+    with caplog.at_level(logging.WARNING, logger="compresslab.pipeline.evaluate"):
+        score_batch_dependence(_padding_moves_the_value, _dynamic_graph(tmp_path / "m.onnx"), batched, state,
+                               "deployed")
+    assert "so its outputs depend on the other sentences of the batch" in caplog.text
+    assert "labels" not in caplog.text
