@@ -67,7 +67,9 @@ def check_teacher(steps: list["Step"], model: "nn.Module", teacher: "nn.Module |
     if makers:
         return  # every later pass distils from that step's output
     # the model's own head is kept, as trained: its ids must mean the data's classes
-    note_unnamed_head(task, model.config, "the model (its head is kept: no 'finetune' pass)", _ORDER_FIX)
+    # label2id= names the ids of the model's own head (a teacher='s is another head: still said above)
+    note_unnamed_head(task, model.config, "the model (its head is kept: no 'finetune' pass)", _ORDER_FIX,
+                      order_given=task.info.get("label_source") == "label2id")
     if len(task.dev):  # eval_data is scored against the teacher (score, agreement, the drop below it)
         check_teacher_head(model, "eval_data is scored against the teacher, which is the model as given "
                                   "(teacher=None and no 'finetune' pass), but the model", fix)

@@ -264,7 +264,8 @@ class _Target:
         if config is not None:
             check_labels_match_head(task, config)
             note_unnamed_head(task, config, f"evaluate(): {self.path or 'the model'}",
-                              "pass label2id={name: id, ...} with the head's ids")
+                              "pass label2id={name: id, ...} with the head's ids", order_given=label2id is not None,
+                              saves=False)
             _check_inputs_fit(task, self.tokenizer, max_length, config)
         return (predict(self.forward, task.spec, task.dev, self.tokenizer, batch_size=batch_size,
                         max_length=max_length), task, self.tokenizer)

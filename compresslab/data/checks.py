@@ -87,20 +87,24 @@ def check_labels_match_head(task: TaskData, model_config: Any, *, compare_names:
         raise ValueError(f"task {name!r}: class names disagree with the model's config.id2label ({listed}); {fix}")
 
 
-def note_unnamed_head(task: TaskData, model_config: Any, what: str, fix: str) -> None:
+def note_unnamed_head(task: TaskData, model_config: Any, what: str, fix: str, *, order_given: bool = False,
+                      saves: bool = True) -> None:
     """Say (a warning) that a trained head without class names (transformers' ``LABEL_<i>``) reads data class i as
     its id i. That is the only mapping there is, so it is taken, not refused; but a head trained with another order
-    scores low as a teacher and every saved config.json names its ids wrongly, and nothing else would say why.
-    ``what`` names the head's model (``model.finetuned=true: DIR``, ``teacher=``); ``fix`` is the setting that gives
-    the head's order. Nothing for other kinds, named heads, or classes that are integer ids (nothing is assumed)."""
+    scores low as a teacher and, where the caller saves models (``saves``), every saved config.json names its ids
+    wrongly, and nothing else would say why. ``what`` names the head's model (``model.finetuned=true: DIR``,
+    ``teacher=``); ``fix`` is the setting that gives the head's order. Nothing for other kinds, named heads, classes
+    that are integer ids, or a head whose ids the caller named (``order_given``: label2id= for this head): nothing is
+    assumed."""
     names = list(task.spec.label_names)
-    if (task.spec.kind is not TaskKind.CLASSIFICATION or _model_id2label(model_config) is not None
+    if (order_given or task.spec.kind is not TaskKind.CLASSIFICATION or _model_id2label(model_config) is not None
             or task.info.get("label_source") not in NAMED_SOURCES or names == [str(i) for i in range(len(names))]):
         return
     mapping = ", ".join(f"{i}={n!r}" for i, n in enumerate(names))
+    harm = "it scores low and the saved config.json files name its ids wrongly" if saves else "it scores low"
     log.warning("%s: the head has no class names (config.id2label is LABEL_0..LABEL_%d), so data class i is taken as "
-                "head id i: %s. If the head was trained with another order, it scores low and the saved config.json "
-                "files name its ids wrongly: %s", what, len(names) - 1, mapping, fix)
+                "head id i: %s. If the head was trained with another order, %s: %s", what, len(names) - 1, mapping,
+                harm, fix)
 
 
 def _encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[list[int]]:

@@ -220,3 +220,15 @@ def test_evaluate_says_which_class_is_which_id_of_an_unnamed_head(tiny_tok, capl
                              max_length=32)  # integer ids: nothing assumed
     lines = _order_warnings(caplog)
     assert len(lines) == 1 and lines[0].startswith("evaluate(): the model") and "1='praise'" in lines[0], lines
+    assert "saved config.json" not in lines[0]  # evaluate() saves nothing (trial 47b B8)
+
+
+def test_label2id_names_the_unnamed_heads_ids_so_nothing_is_said(tiny_tok, caplog, no_step_runs):
+    # trial 47b B8: evaluate(..., label2id={'praise': 0, ...}) on a LABEL_0..2 head still told the user to pass it
+    order = {n: i for i, n in enumerate(THREE)}
+    with caplog.at_level(logging.INFO, logger="compresslab"):
+        compresslab.evaluate(_trained(num_labels=3), _three(12), tiny_tok, max_length=32, label2id=order)
+    with caplog.at_level(logging.INFO, logger="compresslab"), pytest.raises(pytest.fail.Exception):
+        compresslab.compress(_trained(num_labels=3), tiny_tok, ["ort_int8_dynamic"], data=_three(),
+                             eval_data=_three()[:6], label2id=order, **_kw())  # the model's head, kept
+    assert not _order_warnings(caplog)
