@@ -125,7 +125,8 @@ def teacher_fix(*, given: bool | None, api: bool) -> str:
     trained = ("train it longer (a larger budget: budget=quick or budget=bench, or pipeline.passes.finetune.steps / "
                "epochs) and check that the label column matches the text")
     if given is None:
-        return f"{trained}; with model.finetuned=true, the model given is used as it is: fine-tune it on this task first"
+        return (f"{trained}; with model.finetuned=true, the model given is used as it is: fine-tune it on this task "
+                "first")
     return trained
 
 

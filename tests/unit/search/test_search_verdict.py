@@ -68,6 +68,9 @@ def _manifest(teacher: dict, deployed: dict, metric: str = "accuracy", **ev: Any
     (_manifest({"score": 0.5, "accuracy": 0.5, "predicted_classes": 1}, {"score": 0.5}, majority_share=0.5),
      "predicts the same class for every example"),
     (_manifest({"score": -0.02, "pearson": -0.02}, {"score": -0.03}, metric="pearson"), "at or below 0"),
+    # above the share but within 2 binomial standard errors of it on 32 examples (the bar: 50% + 17.68 pt)
+    (_manifest({"score": 0.625, "accuracy": 0.625, "predicted_classes": 2}, {"score": 0.625}, majority_share=0.5),
+     "is not distinguishable from the share of the most frequent class (50.00%)"),
     (_manifest({"score": 0.91, "accuracy": 0.91, "predicted_classes": 2}, {"score": 0.9}, majority_share=0.51),
      None),
 ])
@@ -91,6 +94,8 @@ def test_the_verdict_repeats_a_teacher_at_chance_whether_or_not_the_drop_met(dro
     sel = select([o], SearchSettings())
     assert sel.met is met and sel.message.startswith(f"TEACHER NO BETTER THAN CHANCE on validation ({CHANCE})")
     assert ("chose int8" if met else "NO candidate met") in sel.message
+    # the report's advice (verdicts.teacher_fix), with both CLI cases: the search does not know which one ran
+    assert "budget=quick or budget=bench" in sel.message and "with model.finetuned=true" in sel.message
     o.weak_teacher = None
     assert "CHANCE" not in select([o], SearchSettings()).message
 
