@@ -405,8 +405,7 @@ def _run_locked(state: "RunState", steps: list["Step"], run_dir: Path, task: "Ta
     manifest.mark_running()
     with recording_failure(manifest):
         run_steps(state, steps, run_dir, manifest)
-    manifest.data["status"] = "finished"
-    manifest.save()
+    manifest.mark_ended("finished")
     return manifest
 
 

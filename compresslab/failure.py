@@ -101,12 +101,12 @@ def recorded_summary(e: BaseException) -> str | None:
     return getattr(e, _SUMMARY, None)
 
 
-def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
-    """The sentence on a stopped run, from its manifest's ``error`` record (``type``, ``message``,
-    ``step``, ``stage``, ``after_steps``, ``interrupted``; a record written before ``stage`` existed
-    gives the step alone; ``error``: the error that had already stopped the work when a held signal
-    interrupted it): what stopped it, where, and how to resume. ``api``: a run made by
-    ``compresslab.compress(output_dir=...)``, resumed by the same call, not by a command."""
+def stop_cause(err: Mapping[str, Any]) -> str:
+    """What stopped a run and where, from its manifest's ``error`` record (``type``, ``message``, ``step``,
+    ``stage``, ``after_steps``, ``interrupted``; a record written before ``stage`` existed gives the step
+    alone; ``error``: the error that had already stopped the work when a held signal interrupted it), e.g.
+    ``Interrupted by Ctrl-C (SIGINT) during eval, after all steps had finished``: the first half of
+    :func:`stop_summary`, and what a session's ``ended`` record keeps (``RunManifest.end_session``)."""
     kind = str(err.get("type") or "error")
     msg = str(err.get("message") or "").strip()
     step, stage = err.get("step"), err.get("stage")
@@ -125,13 +125,20 @@ def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
             what = f"Interrupted ({kind}: {msg}){where}" if msg else f"Interrupted ({kind}){where}"
         if err.get("error"):
             what += f"; it had also failed with {str(err['error']).strip().rstrip('.')}"
-    else:
-        what = f"Error{where}: {kind}: {msg.rstrip('.')}" if msg else f"Error{where}: {kind} (no message)"
+        return what
+    return f"Error{where}: {kind}: {msg.rstrip('.')}" if msg else f"Error{where}: {kind} (no message)"
+
+
+def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
+    """The sentence on a stopped run, from its manifest's ``error`` record: what stopped it, where
+    (:func:`stop_cause`), and how to resume. ``api``: a run made by ``compresslab.compress(output_dir=...)``,
+    resumed by the same call, not by a command."""
+    after = bool(err.get("after_steps")) and not err.get("step")
     how = ("Call compresslab.compress again with the same output_dir to resume" if api
            else "Rerun the same command to resume")
     how += ": the finished steps are kept" if after else " after the last finished step"
-    return f"{what}. {how}."
+    return f"{stop_cause(err)}. {how}."
 
 
 __all__ = ["INTERRUPTS", "Terminated", "error_behind", "error_text", "held_over", "note_summary", "raise_terminated",
-           "recorded_summary", "sigterm_interrupts", "stop_summary"]
+           "recorded_summary", "sigterm_interrupts", "stop_cause", "stop_summary"]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from compresslab.failure import error_behind, error_text, note_summary, stop_summary
+from compresslab.failure import error_behind, error_text, note_summary, stop_cause, stop_summary
 from compresslab.provenance import (code_version, edited_since, git_dirty, git_sha, package_version,  # noqa: F401
                                     same_code)
 
@@ -425,15 +425,37 @@ class RunManifest:
                          **proc, **code_version(), "ran": []})
         return sessions[-1]
 
+    def _this_session(self) -> dict[str, Any] | None:
+        """This process's session record (:meth:`open_session`), or None where it opened none."""
+        sessions = self.data.get("sessions") or []
+        if not sessions or not isinstance(sessions[-1], dict) or sessions[-1].get("pid") != os.getpid():
+            return None
+        return sessions[-1]
+
+    def end_session(self, status: str, cause: str | None = None) -> None:
+        """Note in this process's session record how its work on the run ended, as ``ended``: ``status``
+        (finished, stopped, interrupted, failed), when, and a stop's ``cause`` (:func:`~compresslab.failure.
+        stop_cause`), for the report's sessions table; not saved here (the callers save with the status)."""
+        s = self._this_session()
+        if s is not None:
+            s["ended"] = {"status": status, "at": now(), **({"cause": cause} if cause else {})}
+
+    def mark_ended(self, status: str = "finished") -> None:
+        """Status ``finished`` (with its time) or ``stopped`` (run.stop_after), the session ended so; saved."""
+        self.data["status"] = status
+        if status == "finished":
+            self.data["finished"] = now()
+        self.end_session(status)
+        self.save()
+
     def _ran(self, what: str) -> None:
         """Note ``what`` (a step or stage) in this process's session, when one is open; and, the first time the
         package's code files are found edited since the process started, ``code_changed`` (where it was noticed,
         the files), with a warning: ``git_sha`` names the code the process started on, and modules it imports
         from then on may be the edited ones."""
-        sessions = self.data.get("sessions") or []
-        if not sessions or sessions[-1].get("pid") != os.getpid():
+        s = self._this_session()
+        if s is None:
             return
-        s = sessions[-1]
         if what not in s.setdefault("ran", []):
             s["ran"].append(what)
         started = s.get("pid_started")
@@ -471,6 +493,7 @@ class RunManifest:
         if behind is not None:  # a held signal raised as the work failed: stopped as asked, the error kept
             err["error"] = error_text(behind, limit=2000)
         err["summary"] = stop_summary(err, api=self.data.get("pipeline") == "compress")
+        self.end_session(status, stop_cause(err))
         note_summary(e, err["summary"])  # the CLI's line on stderr is this sentence
         self.data["error"] = {**err, "at": now()}
         self.save()

@@ -195,9 +195,7 @@ def finish(state: "RunState", run_dir: Path, manifest: RunManifest) -> Path:
         manifest.at_stage("run.keep (linking duplicate files)", after_steps=True)
         store = Path(s.cache_dir) / "blobs" if s.cache_dir else None  # one copy of each artifact across runs
         manifest.data["disk"] = link_duplicates(run_dir, _caches_used(manifest), s.run.keep, store).to_dict()
-    manifest.data["status"] = "finished"
-    manifest.data["finished"] = now()
-    manifest.save()
+    manifest.mark_ended("finished")
     if s.report and not stage_done(manifest, "report"):
         from compresslab.report import build_report
 

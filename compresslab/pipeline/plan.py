@@ -54,7 +54,10 @@ class Step:
 # so a run made before the key existed is found again (resumed, reused) rather than made anew.
 # (eval.batch_dependence adds a batch-1 score of dynamic-int8 files beside the batched one, the same model and
 # the same batched score: a run made before it is still that run)
-_ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", ("eval", "batch_dependence"): True}
+# (budget.fisher_block, smoke's only, reaches identity through the obert node's block_size, which it sets: a smoke
+# run of a pipeline without obert is the run it was before the key existed)
+_ADDED_DEFAULTS: dict[tuple[str, str], Any] = {("task", "val_carve"): "random", ("eval", "batch_dependence"): True,
+                                               ("budget", "fisher_block"): 8}
 
 # Settings that say WHERE an input was found, not what it holds: their value is left out of the identity (kept as
 # null, the value runs made without it have, so those keep their hashes). The data's content is the run's identity

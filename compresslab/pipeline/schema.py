@@ -86,6 +86,7 @@ VALUE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "budget.lr": check_positive,
     "budget.bibert_lr": _optional(check_positive),
     "budget.fisher_grads": _optional(check_positive_int),
+    "budget.fisher_block": _optional(check_positive_int),  # obert block_size (budget=smoke: 8)
     "budget.prune_events": _optional(check_positive_int),
     "budget.bibert_steps": _optional(check_positive_int),
     "budget.bibert_eval_every": _optional(check_positive_int),

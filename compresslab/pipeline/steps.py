@@ -173,8 +173,7 @@ def run_steps(state: RunState, steps: list[Step], run_dir: Path, manifest: RunMa
                 done = done_steps(manifest)
                 manifest.at_stage(None)
         if stop_after is not None and len(done_steps(manifest)) >= int(stop_after):
-            manifest.data["status"] = "stopped"
-            manifest.save()
+            manifest.mark_ended("stopped")
             log.info("stopping after %d step(s) (run.stop_after); rerun the same command to resume", stop_after)
             return False
         if step.pass_.stage == Stage.ONNX and state.onnx is None:

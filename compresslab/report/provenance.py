@@ -84,16 +84,29 @@ def code_banner(m: Mapping[str, Any]) -> list[Block]:
     return out
 
 
+def _ended(s: Mapping[str, Any]) -> str:
+    """How a session ended (its ``ended`` record, RunManifest.end_session): ``finished 2026-...``,
+    ``interrupted 2026-...: Interrupted by Ctrl-C (SIGINT) during eval, ...``."""
+    e = s.get("ended")
+    if isinstance(e, Mapping) and e.get("status"):
+        cause = e.get("cause")
+        return f"{e['status']} {e.get('at', '')}".rstrip() + (f": {cause}" if cause else "")
+    # a process killed outright (kill -9, out of memory) writes nothing; nor did sessions before 2026-12-07
+    return "not recorded (still running, killed outright, or an older manifest)"
+
+
 def sessions_table(m: Mapping[str, Any]) -> list[Block]:
     """Every session (when there is more than one, or its code has uncommitted changes): started, created or
-    resumed, its code and what it ran."""
+    resumed, its code, what it ran and how it ended (finished, stopped, interrupted or failed, and where)."""
     sessions = _sessions(m)
     if len(sessions) < 2 and not any(s.get("git_dirty") or _changed(s) for s in sessions):
         return []
     rows = [[str(i), str(s.get("started", DASH)), "resumed" if s.get("resumed") else "created",
-             code_label(s) + (f"; {_changed_text(s)}" if _changed(s) else ""), _ran(s)]
+             code_label(s) + (f"; {_changed_text(s)}" if _changed(s) else ""), _ran(s),
+             _ended(s)]
             for i, s in enumerate(sessions, 1)]
-    return [Table(["#", "started", "how", "code", "ran"], rows, "Sessions: the processes that worked on this run")]
+    return [Table(["#", "started", "how", "code", "ran", "ended"], rows,
+                  "Sessions: the processes that worked on this run")]
 
 
 __all__ = ["code_banner", "code_label", "code_versions", "git_row", "sessions_table"]
