@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from compresslab.manifest import read_json
+from compresslab.search.driver import EXIT_WEAK_TEACHER
 from compresslab.models.tiny import tiny_model, tiny_tokenizer
 from compresslab.testing import tiny_sentiment, write_csv
 
@@ -38,16 +39,23 @@ def _cli(root: Path, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "compresslab", *args], cwd=root, capture_output=True, text=True,
                          timeout=900, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode in (0, EXIT_WEAK_TEACHER), out.stderr[-3000:]
     return out
 
 
 def test_search_cli_smoke_then_resume(tmp_path):
     args = _args(tmp_path)
     out = _cli(tmp_path, args)
-    assert "search: chose " in out.stdout and "best model:" in out.stdout
     (path,) = (tmp_path / "out" / "search").glob("*/search.json")
     data = read_json(path)
+    # a tiny random BERT after smoke's few fine-tuning steps is a teacher at chance: the search still chooses, says
+    # so and exits 5 (search.driver.EXIT_WEAK_TEACHER); with a usable teacher it exits 0 and says "best model:"
+    if data["weak_teacher"]:
+        assert out.returncode == EXIT_WEAK_TEACHER and "TEACHER NO BETTER THAN CHANCE" in out.stdout
+        assert "model chosen against a teacher no better than chance" in out.stdout
+    else:
+        assert out.returncode == 0 and "best model:" in out.stdout
+    assert "chose " in out.stdout  # after the chance-teacher preamble, when there is one
     assert data["status"] == "finished" and data["met"]
     cands = {c["name"]: c for c in data["candidates"]}
     assert list(cands) == ["int8", "obert_int8[obert.sparsity=0.5]"]
