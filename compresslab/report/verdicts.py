@@ -155,12 +155,18 @@ def majority_share(m: Mapping[str, Any]) -> tuple[float | None, str]:
     return max(counts) / sum(counts), f" of the {sum(counts)} rows of the {split} file"
 
 
+def run_weak_teacher(m: Mapping[str, Any]) -> str | None:
+    """:func:`weak_teacher` on a run's manifest: its teacher's eval record, metric, majority share and example count
+    (what the Summary and the search's verdict both judge)."""
+    share, of = majority_share(m)
+    return weak_teacher(F.as_dict(F.get(m, "eval", "models", "teacher_torch")), F.get(m, "eval", "primary_metric"),
+                        share, of, F.get(m, "eval", "n"))
+
+
 def teacher_warning(m: Mapping[str, Any]) -> str | None:
     """The Summary's warning about a teacher no better than chance, with what to do; None for a usable teacher."""
-    share, of = majority_share(m)
     split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
-    why = weak_teacher(F.as_dict(F.get(m, "eval", "models", "teacher_torch")), F.get(m, "eval", "primary_metric"),
-                       share, of, n)
+    why = run_weak_teacher(m)
     if why is None:
         return None
     return (f"The teacher is no better than chance on {split}{f' ({plain(n)} examples)' if n else ''}: {why}. Every "

@@ -196,7 +196,7 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
     bench found the machine busy (None without a bench); ``weak_teacher``, why the teacher is no better than chance,
     by the report's rule (None for a usable one). ValueError when the run was not scored on validation (dev is never
     selected on) or lacks its eval section."""
-    from compresslab.report.verdicts import majority_share, weak_teacher
+    from compresslab.report.verdicts import run_weak_teacher
 
     ev = manifest.get("eval") or {}
     if ev.get("split") != "validation":
@@ -216,12 +216,11 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
         speedup = float(per_shape[key])
     busy = (bench.get("machine_load") or {}).get("busy") if bench else None
     size = ((manifest.get("size") or {}).get("deployed") or {}).get("total")
-    share, of = majority_share(manifest)
     return {"val_score": val, "teacher_val": teacher, "drop_pt": (teacher - val) * 100.0,
             "agreement": models["deployed"].get("agreement"), "speedup": speedup, "speedup_shape": key,
             "timing_busy": bool(busy) if busy is not None else None,
             "size_bytes": int(size) if size is not None else None,
-            "weak_teacher": weak_teacher(models["teacher_torch"], ev.get("primary_metric"), share, of, ev.get("n"))}
+            "weak_teacher": run_weak_teacher(manifest)}
 
 
 def largest_batch(per_shape: Mapping[str, Any]) -> str:
