@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from compresslab.config import CUSTOM_STEPS
 from compresslab.failure import stop_summary
 from compresslab.report import facts as F
 from compresslab.report.export import export_section
@@ -418,6 +419,11 @@ def _environment(m: Mapping[str, Any], run_dir: str) -> list[Block]:
     return out
 
 
+def _shipped_name(m: Mapping[str, Any]) -> str:
+    """The ``+pipeline=`` value of the run, without the mark of overridden steps, which is no pipeline's name."""
+    return str(m.get("pipeline", "<pipeline>")).removesuffix(CUSTOM_STEPS)
+
+
 def _rerun(m: Mapping[str, Any], run_dir: str) -> Block:
     """The commands that reproduce the run (each argument quoted for a POSIX shell), then rebuild
     this report: from the working directory the run started in, since relative paths are read
@@ -431,18 +437,28 @@ def _rerun(m: Mapping[str, Any], run_dir: str) -> Block:
     if not cmd and isinstance(overrides, list):
         cmd = shlex.join(["python", "-m", "compresslab", *(str(o) for o in overrides)])
     lines = [f"cd {shlex.quote(str(m['cwd']))}"] if cmd and m.get("cwd") else []
-    lines += [cmd or f"python -m compresslab +pipeline={m.get('pipeline', '<pipeline>')}", report]
+    lines += [cmd or f"python -m compresslab +pipeline={_shipped_name(m)}", report]
     how = ("Run (the same command resumes the same run dir, or finds it finished), then rebuild this report:"
            if cmd else "Run, then rebuild this report (the manifest does not record the command-line overrides: "
                        "add the values of the resolved config below that differ from the defaults):")
     return Code("\n".join(lines), how)
 
 
+def pipeline_title(m: Mapping[str, Any]) -> str:
+    """The run's pipeline as a title names it: a shipped pipeline whose steps were overridden
+    (config.run_pipeline_name: ``<name>+custom``) with the steps that ran, since the name alone says
+    which shipped pipeline it started from, not what it did."""
+    name = str(m.get("pipeline", "?"))
+    steps = F.get(m, "config", "pipeline", "steps")
+    if name.endswith(CUSTOM_STEPS) and isinstance(steps, list):
+        return f"{name} (steps: {', '.join(str(s) for s in steps)})"
+    return name
+
+
 def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[str, str],
                    run_dir: str) -> Document:
     """The whole report as blocks; ``plots`` names the PNGs that were actually drawn."""
-    title = (f"compresslab: {m.get('pipeline', '?')} on {m.get('model_id', '?')} "
-             f"({m.get('task', '?')})")
+    title = f"compresslab: {pipeline_title(m)} on {m.get('model_id', '?')} ({m.get('task', '?')})"
     doc = Document(title, _status(m))
     for part in (_summary(m), _headline(m, plots), _steps(m, plots), speedup_targets(m), selection_section(m),
                  _quant(m), _size(m), export_section(m), speed_section(m), _notes(m), redone_section(m),
