@@ -30,7 +30,7 @@ from compresslab.report import MANIFEST, ManifestError, facts as F, write_atomic
 from compresslab.report.compare_runs import COMPARE_MD, REPLACED, collect, default_out
 from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
-from compresslab.report.summary import serving_scores
+from compresslab.report.facts import serving_scores
 from compresslab.report.verdicts import one_class_warning, teacher_warning
 
 # Settings that never make two runs different experiments (where files go, how a run is resumed, and

@@ -25,9 +25,11 @@ from compresslab.report.redone import redone_section
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
 from compresslab.report.speed import busy_banner, speed_section
 from compresslab.report.selection import selection_section
-from compresslab.report.summary import OVER, ir_origin, over_tolerance, serving_scores
+from compresslab.report.facts import serving_scores
+from compresslab.report.summary import OVER, ir_origin, over_tolerance
 from compresslab.report.summary import summary as _summary
 from compresslab.report.targets import speedup_targets
+from compresslab.report.verdicts import LOW_AGREEMENT, run_flags
 
 # Sections a finished run has; listed as missing at the top of the report when absent.
 EXPECTED = ("steps", "export", "eval", "size", "bench", "hardware", "versions", "config")
@@ -72,6 +74,11 @@ def _delta(r: F.ModelRow, teacher: float | None) -> float | None:
     return r.score - teacher if r.score is not None and teacher is not None else None
 
 
+def _agreement(share: float | None) -> str:
+    """An agreement cell, ⚠ below verdicts.LOW_AGREEMENT (the Summary's rule, row by row)."""
+    return pct(share) + (OVER if share is not None and share < LOW_AGREEMENT else "")
+
+
 def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     out: list[Block] = [Heading("Headline")]
     rows = F.model_rows(m)
@@ -94,7 +101,8 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         delta = _delta(r, teacher)
         if over_tolerance(delta, tol):
             flagged.append(r.label)
-        cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""), pct(r.agreement)]
+        cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""),
+                 _agreement(r.agreement)]
         size = mb(r.size_bytes) + (f" ({kind})" if r.key == "torch_final" and (kind := F.final_torch_kind(m)) else "")
         cells += [plain(r.mcnemar_p)] * with_p + [size] + [plain(r.precision)] * with_prec
         if shape:
@@ -106,11 +114,13 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
             label = f"{r.label} {s.mode}"
             if over_tolerance(d, tol):
                 flagged.append(label)
-            table.append([label, pct(s.score), pt(d) + (OVER if over_tolerance(d, tol) else ""), pct(s.agreement)]
+            table.append([label, pct(s.score), pt(d) + (OVER if over_tolerance(d, tol) else ""),
+                          _agreement(s.agreement)]
                          + [DASH] * (len(headers) - 4))
     n, _ = F.threads(m)
     caption = (f"Δ in points (0.01) against teacher_torch;{OVER} marks a drop over the tolerance "
-               f"eval.max_drop = {tol * 100:.2f} pt. Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
+               f"eval.max_drop = {tol * 100:.2f} pt, and an agreement below {LOW_AGREEMENT * 100:.0f}%. "
+               "Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
     if shape:
         caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of "
                     "the model (> 1: faster). Every shape is in the Speed section.")
@@ -126,6 +136,8 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     if flagged:
         out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",
                         kind="warn"))
+    if flags := run_flags(m):  # what the tolerance does not say, by the Summary's rules: the table alone reads fine
+        out.append(Para("Also flagged (the Summary says why and what to do): " + "; ".join(flags) + ".", kind="warn"))
     if "eval" not in m:
         out.append(_missing("eval", m))
     if "bench" not in m:
