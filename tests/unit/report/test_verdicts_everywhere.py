@@ -132,3 +132,19 @@ def test_compress_results_carry_the_same_flags_and_show_them(case, tmp_path):
     assert repr(r).startswith(f"CompressResult(run_dir={str(tmp_path)!r}, onnx_path=None, accuracy=")
     assert repr(r).endswith(f"warnings={flags!r})")
     assert result_flags({"steps": []}) == []
+
+
+@pytest.mark.parametrize("case, column, mark", [("low agreement", 5, " ⚠ low"), ("slower", 9, " ⚠ slower")])
+def test_compare_marks_the_same_runs(case, column, mark, tmp_path):
+    # --compare ranks runs: a run the Summary flags must not sit there unmarked (chance and one class already were)
+    import dataclasses
+
+    from compresslab.report.compare import _runs_table, point
+
+    m = _base()
+    CASES[case][0](m)
+    flagged = dataclasses.replace(point(tmp_path / "a", m), name="flagged")
+    clean = dataclasses.replace(point(tmp_path / "b", _base()), name="clean")
+    rows = {r[0]: r for r in _runs_table([flagged, clean]).rows}
+    assert rows[flagged.name][column].endswith(mark) and mark not in rows[clean.name][column]
+    assert mark.strip(" ⚠") in _runs_table([flagged]).caption
