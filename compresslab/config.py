@@ -213,12 +213,12 @@ def run_pipeline_name(cfg: Any) -> str:
 def shipped_steps(pipeline: str) -> list[str] | None:
     """The ``steps`` of the shipped pipeline ``conf/pipeline/<pipeline>.yaml``; None when none is shipped by that
     name."""
-    import yaml
+    from omegaconf import OmegaConf
 
     path = pipelines_dir() / f"{pipeline}.yaml"
     if not path.is_file():
         return None
-    return [str(s) for s in yaml.safe_load(path.read_text()).get("steps") or []]
+    return [str(s) for s in OmegaConf.load(path).get("steps") or []]
 
 
 def pipelines_hint() -> str:
