@@ -83,7 +83,10 @@ class CompressResult:
 
     ``metrics`` is a plain dict: ``steps`` (per step: pass settings, the pass's metrics, eval-split
     score and agreement after it, params, wall seconds), ``eval`` (the final torch model vs the
-    teacher on ``eval_data``, when given) and ``data`` (split sizes, label mapping).
+    teacher on ``eval_data``, when given) and ``data`` (split sizes, label mapping). ``warnings``: what the
+    report's Summary would flag about that eval (report/verdicts.run_flags: a teacher no better than chance, a
+    model that predicts one class, a low agreement with the teacher), [] without ``eval_data`` or with none; the
+    repr shows them.
     """
 
     model: "nn.Module"
@@ -91,8 +94,17 @@ class CompressResult:
     metrics: dict[str, Any]
     run_dir: Path
     onnx_path: Path | None = None  # the graph the last ONNX pass wrote, if any
+    warnings: list[str] = field(default_factory=list)  # the Summary's flags on the eval (result_flags)
     _state: "RunState | None" = field(default=None, repr=False)
     _cleanup: Any = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        # the model's own repr is pages long; what a notebook shows is where the run is, its score and its flags
+        ev = self.metrics.get("eval") or {}
+        score = (f", {ev.get('primary_metric', 'score')}={ev['score']:.4f} (teacher "
+                 f"{ev['models']['teacher']['score']:.4f})" if "score" in ev and "models" in ev else "")
+        return (f"CompressResult(run_dir={str(self.run_dir)!r}, onnx_path="
+                f"{str(self.onnx_path) if self.onnx_path else None!r}{score}, warnings={self.warnings!r})")
 
     def export(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write an ONNX directory (``model.onnx`` + config + tokenizer, optimum's ORTModel layout).
@@ -285,10 +297,27 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
         raise
     result = CompressResult(model=state.model, tokenizer=tokenizer, metrics=metrics,
                             run_dir=run_dir, onnx_path=state.onnx.onnx_path if state.onnx else None,
-                            _state=state, _cleanup=cleanup)
+                            warnings=result_flags(metrics), _state=state, _cleanup=cleanup)
     if cleanup is not None:
         weakref.finalize(result, cleanup)
     return result
+
+
+def result_flags(metrics: Mapping[str, Any]) -> list[str]:
+    """report/verdicts.run_flags on compress()'s ``metrics["eval"]`` (pipeline/evaluate.final_eval), read as a run
+    manifest's eval: its ``teacher`` as ``teacher_torch``, what it deploys (``score``'s model: the ONNX graph, else
+    the torch model) as ``deployed``. [] without an eval."""
+    from compresslab.report.verdicts import run_flags
+
+    ev = metrics.get("eval")
+    if not ev:
+        return []
+    models = ev["models"]
+    deployed = models.get("deployed", models["torch_final"])
+    view = {**ev, "models": {"teacher_torch": models["teacher"], "deployed": deployed}}
+    if "deployed" not in models:
+        view.pop("batch_dependence", None)  # an ONNX graph's, not the torch model's
+    return run_flags({"pipeline": "compress", "eval": view})
 
 
 def _as_model(m: Any, what: str) -> Any:

@@ -173,7 +173,8 @@ def _main(cfg) -> None:
 def _run(cfg) -> "Path | None":
     """Run ``cfg``: a pipeline (returns its run dir) or a search (prints its answer; returns None). Raises what the
     run raises: a bad input, KeyboardInterrupt, SystemExit(3) for a search that chose no model (4: none met its drop
-    budget, the closest kept; 5: its teacher is no better than chance), a crash."""
+    budget, the closest kept; 5: its teacher is no better than chance; 6: the model it chose predicts one class), a
+    crash."""
     from compresslab.pipeline import run
     from compresslab.pipeline.settings import RunSettings
 
@@ -189,7 +190,23 @@ def _run(cfg) -> "Path | None":
 
 
 def _print_run_dir(run_dir: "Path") -> None:
+    """Where the run and its report are, then each warning of its Summary (report/verdicts.run_flags): the last lines
+    a user reads must not call a run fine that its report flags."""
     print(f"run dir: {run_dir}\nreport: {run_dir / 'report.html'} ({run_dir / 'report.md'})")
+    for flag in run_dir_flags(run_dir):
+        print(f"warning: {flag}")
+
+
+def run_dir_flags(run_dir: "Path") -> list[str]:
+    """The Summary's warnings of the run in ``run_dir`` (report/verdicts.run_flags); [] without a readable manifest
+    (the run already said why)."""
+    from compresslab.manifest import read_json
+    from compresslab.report.verdicts import run_flags
+
+    try:
+        return run_flags(read_json(run_dir / "manifest.json"))
+    except (OSError, ValueError):
+        return []
 
 
 def _exit_interrupted(e: KeyboardInterrupt) -> NoReturn:

@@ -193,6 +193,34 @@ def available_pipelines() -> list[str]:
     return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
 
 
+# Appended to a shipped pipeline's name when ``pipeline.steps`` was overridden (run_pipeline_name)
+CUSTOM_STEPS = "+custom"
+
+
+def run_pipeline_name(cfg: Any) -> str:
+    """The pipeline's name as the run records it (its directory, ``manifest.pipeline``, the report's title, compare):
+    ``pipeline.name``, with :data:`CUSTOM_STEPS` appended when that names a shipped pipeline whose ``steps`` differ
+    from the run's (a ``pipeline.steps=[...]`` override): such a run is not the named pipeline, and filed under its
+    name it would read as one (trial 47's ``[finetune,layer_drop,obert,int8]`` under layer_drop_ziplm_obert_int8). A
+    ``pipeline.name`` set to a name of one's own is kept as it is."""
+    name = str(cfg.pipeline.name)
+    shipped = shipped_steps(name)
+    if shipped is None or list(cfg.pipeline.get("steps") or []) == shipped:
+        return name
+    return name + CUSTOM_STEPS
+
+
+def shipped_steps(pipeline: str) -> list[str] | None:
+    """The ``steps`` of the shipped pipeline ``conf/pipeline/<pipeline>.yaml``; None when none is shipped by that
+    name."""
+    from omegaconf import OmegaConf
+
+    path = pipelines_dir() / f"{pipeline}.yaml"
+    if not path.is_file():
+        return None
+    return [str(s) for s in OmegaConf.load(path).get("steps") or []]
+
+
 def pipelines_hint() -> str:
     """One line telling the user how to choose a pipeline and which exist."""
     return "choose one with +pipeline=NAME; available: " + ", ".join(available_pipelines())

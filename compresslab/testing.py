@@ -110,11 +110,9 @@ def tiny_generic_run(root: str | Path, pipeline: str | None = None) -> list[str]
 
 def _has_step(pipeline: str, step: str) -> bool:
     """Whether the shipped pipeline ``conf/pipeline/<pipeline>.yaml`` lists ``step`` in its steps."""
-    import yaml
+    from compresslab.config import shipped_steps
 
-    from compresslab.config import pipelines_dir
-
-    return step in (yaml.safe_load((pipelines_dir() / f"{pipeline}.yaml").read_text()).get("steps") or [])
+    return step in (shipped_steps(pipeline) or [])
 
 
 class StopRun(Exception):

@@ -138,4 +138,6 @@ class StructuredL1(SpeedupSettings):
             records = oneshot_family(model, dense, ctx, self, lab, solve, shrink_by_l1,
                                      teacher, "structured_l1")
             metrics = result_metrics(self, records, lab, params_dense)
+        # the widths it started from, so the report's structure plot shows what was removed
+        metrics["structure_before"] = start
         return PassResult(metrics=metrics, structure=structure_of(model))

@@ -261,6 +261,8 @@ class ZipLM(SpeedupSettings):
                 records = self._gradual(model, ctx, lab, teacher)
             metrics = result_metrics(self, records, lab, params_dense)
         metrics.update(mode=self.mode.value, calibration_examples=self.calibration_used(ctx))
+        # the widths it started from, so the report's structure plot shows what was removed
+        metrics["structure_before"] = structure_of(dense)
         return PassResult(metrics=metrics, structure=structure_of(model))
 
     def _gradual(self, model: nn.Module, ctx: PassContext, lab: SpeedupLab, teacher: nn.Module

@@ -16,6 +16,7 @@ from compresslab.pipeline import rundir
 from compresslab.pipeline.disk import link_duplicates
 from compresslab.pipeline.identity import check_inputs, input_identity
 from compresslab.pipeline.lock import locked_run_dir
+from compresslab.config import run_pipeline_name
 from compresslab.pipeline.plan import build_steps, config_hash, resolve_run_dir, saved_config
 from compresslab.pipeline.preflight import preflight
 from compresslab.pipeline.rundir import prepare_run_dir
@@ -105,7 +106,7 @@ def recording_failure(manifest: RunManifest) -> Iterator[None]:
 def _start(state: "RunState", run_dir: Path, cfg: DictConfig) -> RunManifest:
     """A fresh run dir and a new manifest."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    return state.new_manifest(run_dir, pipeline=str(cfg.pipeline.name), config_hash=config_hash(cfg),
+    return state.new_manifest(run_dir, pipeline=run_pipeline_name(cfg), config_hash=config_hash(cfg),
                               model_id=state.settings.model.name,
                               config=OmegaConf.to_container(cfg, resolve=True))
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.manifest import stable_hash
-from compresslab.config import pipelines_hint, setting_message, sources_named
+from compresslab.config import pipelines_hint, run_pipeline_name, setting_message, sources_named
 from compresslab.types import Pass, Stage, capability, hook
 from compresslab.validate import FieldTypeError, check_field_types, did_you_mean, field_default, nested_settings
 
@@ -351,10 +351,11 @@ def _typed(cfg: DictConfig, settings: "RunSettings | None") -> "RunSettings":
 
 
 def resolve_run_dir(cfg: DictConfig, settings: "RunSettings | None" = None) -> Path:
-    """``run.dir``, else ``<paths.output_dir>/<pipeline>/<config hash>``. ``settings``: ``cfg``'s
-    (:meth:`RunSettings.from_config`), typed from ``cfg`` when not given; ``cfg`` gives the identity."""
+    """``run.dir``, else ``<paths.output_dir>/<pipeline>/<config hash>`` (the pipeline as :func:`run_pipeline_name`
+    names it). ``settings``: ``cfg``'s (:meth:`RunSettings.from_config`), typed from ``cfg`` when not given; ``cfg``
+    gives the identity."""
     s = _typed(cfg, settings)
     if s.run.dir is not None:
         return s.run.dir
     assert s.output_dir is not None, "a composed config's settings name paths.output_dir"
-    return s.output_dir / str(cfg.pipeline.name) / config_hash(cfg)
+    return s.output_dir / run_pipeline_name(cfg) / config_hash(cfg)

@@ -30,8 +30,9 @@ from compresslab.report import MANIFEST, ManifestError, facts as F, write_atomic
 from compresslab.report.compare_runs import COMPARE_MD, REPLACED, collect, default_out
 from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
-from compresslab.report.summary import serving_scores
-from compresslab.report.verdicts import one_class_warning, teacher_warning
+from compresslab.report.facts import serving_scores
+from compresslab.report.verdicts import (LOW_AGREEMENT, low_agreement, lowest_agreement, one_class_warning,
+                                         slower_than_dense, teacher_warning)
 
 # Settings that never make two runs different experiments (where files go, how a run is resumed, and
 # whether it was timed: the speed columns say "bench off" for that).
@@ -79,6 +80,8 @@ class RunPoint:
     worst_score: float | None = None  # the lowest over the serving modes measured (a batch-dependent file: batch 1)
     chance_teacher: bool = False  # the teacher is no better than chance (verdicts.teacher_warning): its Δ says nothing
     one_class: bool = False  # the deployed classifier predicts one class (verdicts.one_class_warning)
+    low_agreement: bool = False  # agreement with the teacher under verdicts.LOW_AGREEMENT (its worst serving mode)
+    slower: bool = False  # the deployed file is slower than the dense teacher at ``shape`` (verdicts.slower_than_dense)
     group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
     slug: str = ""  # the group as a file-name part of its plots
     label: str = ""  # its name in the plots: what sets it apart from the other runs of its group (assign_labels)
@@ -216,7 +219,9 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         data=data, data_name=data_name, subset=subset, subset_name=subset_name, subset_short=subset_short,
         bench_off=F.switched_off(m, "bench"),
         worst_score=min((s.score for s in serving_scores(m)), default=None),
-        chance_teacher=teacher_warning(m) is not None, one_class=one_class_warning(m) is not None)
+        chance_teacher=teacher_warning(m) is not None, one_class=one_class_warning(m) is not None,
+        low_agreement=low_agreement(lowest_agreement(serving_scores(m)), F.get(m, "eval", "n")) is not None,
+        slower=bool(dep and shape and slower_than_dense(m, dep, [shape])))
 
 
 def varied(points: Sequence[RunPoint]) -> list[str]:
@@ -311,8 +316,10 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
         rows.append([label, _settings_text(p, sweeps[(p.pipeline, p.group)]),
                      pct(p.teacher) + (" ⚠ chance" if p.chance_teacher else ""),
                      pct(p.score) + (" ⚠ one class" if p.one_class else ""),
-                     pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement), mb(p.size_bytes), plain(p.shape),
-                     _speed(p), times(p.speedup_best) + (" (busy)" if p.busy and p.speedup_best is not None else "")])
+                     pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement) + (" ⚠ low" if p.low_agreement else ""),
+                     mb(p.size_bytes), plain(p.shape), _speed(p),
+                     times(p.speedup_best) + (" (busy)" if p.busy and p.speedup_best is not None else "")
+                     + (" ⚠ slower" if p.slower else "")])
     return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)", "agreement (%)", "size (MB)",
                   "shape", "× ort_fp32", "× best_dense"], rows,
                  "Each run's deployed model against its own teacher (Δ in points; ⚠ = a drop over that run's "
@@ -325,6 +332,10 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
                     "nothing about the compression." if any(p.chance_teacher for p in points) else "")
                  + (" ⚠ one class = a deployed model that predicts the same class for every example: a constant "
                     "model." if any(p.one_class for p in points) else "")
+                 + (f" ⚠ low = fewer than {LOW_AGREEMENT:.0%} of the predictions agree with the teacher's."
+                    if any(p.low_agreement for p in points) else "")
+                 + (" ⚠ slower = the deployed file is slower than the dense teacher." if any(p.slower for p in points)
+                    else "")
                  + (" Scored on different data or examples, so never ranked together: " + "; ".join(order) + "."
                     if len(order) > 1 else ""))
 

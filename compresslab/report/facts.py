@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compresslab.manifest import shape_key
+from compresslab.report.fmt import plain
 
 # Rows in the headline table, in reading order: reference first, deployed last.
 MODEL_ORDER = ("teacher_torch", "torch_fp32", "torch_final", "ort_fp32", "deployed")
@@ -365,3 +366,29 @@ def _fill_speedups(rows: list[ModelRow], denominator: str) -> None:
             ref = base.p50_ms.get(shape)
             if shape not in r.speedup and ref is not None and p50 > 0:
                 r.speedup[shape] = 1.0 if r is base else ref / p50
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A file's score in one serving mode the eval measured."""
+
+    mode: str  # "at batch 32", "at batch 1 (one sentence per call)"; "" when the batch does not matter
+    score: float
+    agreement: float | None  # with the teacher, in this mode
+
+
+def serving_scores(m: Mapping[str, Any], key: str = "deployed") -> list[Serving]:
+    """The scores of the cell ``key`` in every serving mode the eval measured: one (mode "") for a file whose labels
+    depend on each sentence alone; at the eval batch size and one sentence per call for a file whose labels depend
+    on the batch (``eval.batch_dependence.<key>``). [] when the cell has no score."""
+    e = as_dict(get(m, "eval", "models", key))
+    score = num(e.get("score"))
+    if score is None:
+        return []
+    bd = as_dict(get(m, "eval", "batch_dependence", key))
+    b1 = num(bd.get("score_b1"))
+    if b1 is None:
+        return [Serving("", score, num(e.get("agreement")))]
+    batch = bd.get("batch_size") or get(m, "config", "eval", "batch_size")
+    return [Serving(f"at batch {plain(batch)}", score, num(e.get("agreement"))),
+            Serving("at batch 1 (one sentence per call)", b1, num(bd.get("agreement_b1")))]

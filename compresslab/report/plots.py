@@ -179,31 +179,53 @@ def layer_sparsity(m: Mapping[str, Any]) -> bytes | None:
 
 
 def structure(m: Mapping[str, Any]) -> bytes | None:
-    """Kept attention heads and FFN width per layer after the last structural step."""
+    """:func:`structure_figure` as a PNG."""
+    fig = structure_figure(m)
+    return None if fig is None else _png(fig)
+
+
+def structure_figure(m: Mapping[str, Any]) -> Figure | None:
+    """Kept attention heads and FFN width per layer after the last structural step, each over a faint bar of the
+    width that step started from (``result.metrics.structure_before``, where the pass recorded it), labelled
+    ``kept/before``: the kept bars alone do not show what was removed (trial 47b, B11)."""
     last = None
     for s in F.steps(m):
         st = F.as_dict(F.get(s, "result", "structure"))
         if isinstance(st.get("heads"), list) or isinstance(st.get("ffn"), list):
-            last = (F.step_label(s), st)
+            last = (F.step_label(s), st, F.as_dict(F.get(s, "result", "metrics", "structure_before")))
     if last is None:
         return None
-    label, st = last
+    label, st, before = last
     panels = [(key, title, vals) for key, title in (("heads", "kept heads"), ("ffn", "FFN width"))
               if isinstance(vals := st.get(key), list) and vals
               and all(F.num(v) is not None for v in vals)]
     if not panels:
         return None
-    fig = new_figure(7.0, 3.2 * len(panels))
-    for i, (_, title, vals) in enumerate(panels):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, shown = new_figure(7.0, 3.2 * len(panels)), False
+    for i, (key, title, vals) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
-        cont = ax.bar(range(len(vals)), vals, color=_COLORS[2 + i])
-        ax.bar_label(cont, fontsize=8)
-        ax.set_xticks(range(len(vals)), [f"layer {j}" for j in range(len(vals))], fontsize=8)
+        x, color = range(len(vals)), _COLORS[2 + i]
+        full = before.get(key)
+        if not (isinstance(full, list) and len(full) == len(vals) and all(F.num(v) is not None for v in full)):
+            full = None
+        if full is not None:
+            shown = True
+            ax.bar(x, full, color=color, alpha=0.18, edgecolor=color, linewidth=0.8, label=f"before {label}")
+        cont = ax.bar(x, vals, color=color, label="kept" if full is not None else None)
+        ax.bar_label(cont, labels=[f"{v}/{f}" for v, f in zip(vals, full)] if full is not None else None,
+                     fontsize=8)
+        ax.set_xticks(x, [f"layer {j}" for j in x], fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.2-head ticks
+        ax.set_ylim(bottom=0)
         ax.set_ylabel(title)
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
-    set_title(fig, f"Structure after {label}")
-    return _png(fig)
+        if full is not None:
+            ax.legend(fontsize=8, loc="upper right", framealpha=0.8)
+    set_title(fig, f"Structure after {label}" + (" (faint: the widths before it)" if shown else ""))
+    return fig
 
 
 PLOTS: dict[str, Callable[[Mapping[str, Any]], bytes | None]] = {

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from compresslab.config import CUSTOM_STEPS
 from compresslab.failure import stop_summary
 from compresslab.report import facts as F
 from compresslab.report.export import export_section
@@ -24,9 +25,11 @@ from compresslab.report.redone import redone_section
 from compresslab.report.render import Block, Bullets, Code, Document, Heading, Image, Para, Table
 from compresslab.report.speed import busy_banner, speed_section
 from compresslab.report.selection import selection_section
-from compresslab.report.summary import OVER, ir_origin, over_tolerance, serving_scores
+from compresslab.report.facts import serving_scores
+from compresslab.report.summary import OVER, ir_origin, over_tolerance
 from compresslab.report.summary import summary as _summary
 from compresslab.report.targets import speedup_targets
+from compresslab.report.verdicts import LOW_AGREEMENT, run_flags
 
 # Sections a finished run has; listed as missing at the top of the report when absent.
 EXPECTED = ("steps", "export", "eval", "size", "bench", "hardware", "versions", "config")
@@ -71,6 +74,11 @@ def _delta(r: F.ModelRow, teacher: float | None) -> float | None:
     return r.score - teacher if r.score is not None and teacher is not None else None
 
 
+def _agreement(share: float | None) -> str:
+    """An agreement cell, ⚠ below verdicts.LOW_AGREEMENT (the Summary's rule, row by row)."""
+    return pct(share) + (OVER if share is not None and share < LOW_AGREEMENT else "")
+
+
 def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     out: list[Block] = [Heading("Headline")]
     rows = F.model_rows(m)
@@ -93,7 +101,8 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         delta = _delta(r, teacher)
         if over_tolerance(delta, tol):
             flagged.append(r.label)
-        cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""), pct(r.agreement)]
+        cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""),
+                 _agreement(r.agreement)]
         size = mb(r.size_bytes) + (f" ({kind})" if r.key == "torch_final" and (kind := F.final_torch_kind(m)) else "")
         cells += [plain(r.mcnemar_p)] * with_p + [size] + [plain(r.precision)] * with_prec
         if shape:
@@ -105,11 +114,13 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
             label = f"{r.label} {s.mode}"
             if over_tolerance(d, tol):
                 flagged.append(label)
-            table.append([label, pct(s.score), pt(d) + (OVER if over_tolerance(d, tol) else ""), pct(s.agreement)]
+            table.append([label, pct(s.score), pt(d) + (OVER if over_tolerance(d, tol) else ""),
+                          _agreement(s.agreement)]
                          + [DASH] * (len(headers) - 4))
     n, _ = F.threads(m)
     caption = (f"Δ in points (0.01) against teacher_torch;{OVER} marks a drop over the tolerance "
-               f"eval.max_drop = {tol * 100:.2f} pt. Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
+               f"eval.max_drop = {tol * 100:.2f} pt, and an agreement below {LOW_AGREEMENT * 100:.0f}%. "
+               "Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
     if shape:
         caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of "
                     "the model (> 1: faster). Every shape is in the Speed section.")
@@ -125,6 +136,8 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     if flagged:
         out.append(Para(f"Over the tolerance of {tol * 100:.2f} pt (eval.max_drop): " + ", ".join(flagged) + ".",
                         kind="warn"))
+    if flags := run_flags(m):  # what the tolerance does not say, by the Summary's rules: the table alone reads fine
+        out.append(Para("Also flagged (the Summary says why and what to do): " + "; ".join(flags) + ".", kind="warn"))
     if "eval" not in m:
         out.append(_missing("eval", m))
     if "bench" not in m:
@@ -418,6 +431,11 @@ def _environment(m: Mapping[str, Any], run_dir: str) -> list[Block]:
     return out
 
 
+def _shipped_name(m: Mapping[str, Any]) -> str:
+    """The ``+pipeline=`` value of the run, without the mark of overridden steps, which is no pipeline's name."""
+    return str(m.get("pipeline", "<pipeline>")).removesuffix(CUSTOM_STEPS)
+
+
 def _rerun(m: Mapping[str, Any], run_dir: str) -> Block:
     """The commands that reproduce the run (each argument quoted for a POSIX shell), then rebuild
     this report: from the working directory the run started in, since relative paths are read
@@ -431,18 +449,28 @@ def _rerun(m: Mapping[str, Any], run_dir: str) -> Block:
     if not cmd and isinstance(overrides, list):
         cmd = shlex.join(["python", "-m", "compresslab", *(str(o) for o in overrides)])
     lines = [f"cd {shlex.quote(str(m['cwd']))}"] if cmd and m.get("cwd") else []
-    lines += [cmd or f"python -m compresslab +pipeline={m.get('pipeline', '<pipeline>')}", report]
+    lines += [cmd or f"python -m compresslab +pipeline={_shipped_name(m)}", report]
     how = ("Run (the same command resumes the same run dir, or finds it finished), then rebuild this report:"
            if cmd else "Run, then rebuild this report (the manifest does not record the command-line overrides: "
                        "add the values of the resolved config below that differ from the defaults):")
     return Code("\n".join(lines), how)
 
 
+def pipeline_title(m: Mapping[str, Any]) -> str:
+    """The run's pipeline as a title names it: a shipped pipeline whose steps were overridden
+    (config.run_pipeline_name: ``<name>+custom``) with the steps that ran, since the name alone says
+    which shipped pipeline it started from, not what it did."""
+    name = str(m.get("pipeline", "?"))
+    steps = F.get(m, "config", "pipeline", "steps")
+    if name.endswith(CUSTOM_STEPS) and isinstance(steps, list):
+        return f"{name} (steps: {', '.join(str(s) for s in steps)})"
+    return name
+
+
 def build_document(m: Mapping[str, Any], plots: set[str], plot_errors: Mapping[str, str],
                    run_dir: str) -> Document:
     """The whole report as blocks; ``plots`` names the PNGs that were actually drawn."""
-    title = (f"compresslab: {m.get('pipeline', '?')} on {m.get('model_id', '?')} "
-             f"({m.get('task', '?')})")
+    title = f"compresslab: {pipeline_title(m)} on {m.get('model_id', '?')} ({m.get('task', '?')})"
     doc = Document(title, _status(m))
     for part in (_summary(m), _headline(m, plots), _steps(m, plots), speedup_targets(m), selection_section(m),
                  _quant(m), _size(m), export_section(m), speed_section(m), _notes(m), redone_section(m),

@@ -14,16 +14,16 @@ names the settings of the passes that ran.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from compresslab.report import facts as F
+from compresslab.report.facts import Serving, serving_scores
 from compresslab.report.export import deploy_choice
 from compresslab.report.fmt import mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Heading, Para
-from compresslab.report.verdicts import (low_agreement, one_class_warning, pass_levers, score_standard_error,
-                                         slower_than_dense, teacher_warning)
+from compresslab.report.verdicts import (low_agreement, lowest_agreement, one_class_warning, pass_levers,
+                                         score_standard_error, slower_than_dense, teacher_warning)
 
 OVER = " ⚠"  # marks a drop over the tolerance (eval.max_drop), a significant difference, a low agreement, a slowdown
 SIGNIFICANT = 0.05  # McNemar p below it: the report calls the difference from the teacher real, not noise
@@ -39,32 +39,6 @@ def standard_error(m: Mapping[str, Any]) -> float | None:
     None for other metrics): how far apart two scores must be before they mean anything (MEASURE.md "Scores and
     noise")."""
     return score_standard_error(F.get(m, "eval", "primary_metric"), F.teacher_score(m), F.get(m, "eval", "n"))
-
-
-@dataclass(frozen=True)
-class Serving:
-    """A file's score in one serving mode the eval measured."""
-
-    mode: str  # "at batch 32", "at batch 1 (one sentence per call)"; "" when the batch does not matter
-    score: float
-    agreement: float | None  # with the teacher, in this mode
-
-
-def serving_scores(m: Mapping[str, Any], key: str = "deployed") -> list[Serving]:
-    """The scores of the cell ``key`` in every serving mode the eval measured: one (mode "") for a file whose labels
-    depend on each sentence alone; at the eval batch size and one sentence per call for a file whose labels depend
-    on the batch (``eval.batch_dependence.<key>``). [] when the cell has no score."""
-    e = F.as_dict(F.get(m, "eval", "models", key))
-    score = F.num(e.get("score"))
-    if score is None:
-        return []
-    bd = F.as_dict(F.get(m, "eval", "batch_dependence", key))
-    b1 = F.num(bd.get("score_b1"))
-    if b1 is None:
-        return [Serving("", score, F.num(e.get("agreement")))]
-    batch = bd.get("batch_size") or F.get(m, "config", "eval", "batch_size")
-    return [Serving(f"at batch {plain(batch)}", score, F.num(e.get("agreement"))),
-            Serving("at batch 1 (one sentence per call)", b1, F.num(bd.get("agreement_b1")))]
 
 
 def _of(share: float | None, n: Any) -> str:
@@ -178,11 +152,6 @@ def size_ratio(reference_bytes: float, deployed_bytes: float) -> str:
     return f"{pct(deployed_bytes / reference_bytes - 1, 1)}% larger" if deployed_bytes > reference_bytes else "the same size"
 
 
-def _lowest_agreement(modes: list[Serving]) -> float | None:
-    shares = [s.agreement for s in modes if s.agreement is not None]
-    return min(shares) if shares else None
-
-
 def _agreement_line(m: Mapping[str, Any], modes: list[Serving], delta: float | None) -> str | None:
     """Agreement with the teacher, as a share and a count per serving mode; ⚠ when McNemar calls the difference in
     accuracy real and the score is lower, and ⚠ on its own when the agreement is low (verdicts.LOW_AGREEMENT):
@@ -203,7 +172,7 @@ def _agreement_line(m: Mapping[str, Any], modes: list[Serving], delta: float | N
         text += (f" (McNemar p = {plain(p)}{at}: "
                  + ("a real difference in accuracy" + (OVER if delta is not None and delta < 0 else "")
                     if p < SIGNIFICANT else "not a significant difference in accuracy") + ")")
-    if changed := low_agreement(_lowest_agreement(modes), F.get(m, "eval", "n")):
+    if changed := low_agreement(lowest_agreement(modes), F.get(m, "eval", "n")):
         return text + f";{OVER} low agreement: {changed}."
     return text + "."
 
@@ -223,7 +192,7 @@ def _advice(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol: flo
     worst = min(modes, key=lambda s: s.score)
     drop, over = teacher - worst.score, over_tolerance(worst.score - teacher, tol)
     n = F.get(m, "eval", "n")
-    changed = low_agreement(_lowest_agreement(modes), n)
+    changed = low_agreement(lowest_agreement(modes), n)
     if not over and not changed:
         return None
     text = ""

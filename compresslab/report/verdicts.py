@@ -8,7 +8,7 @@ logs the teacher rule in the same words when it first scores the teacher (pipeli
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compresslab.report import facts as F
@@ -35,6 +35,13 @@ def low_agreement(agreement: float | None, n: Any) -> str | None:
     changed, total = 1.0 - agreement, F.num(n)
     count = f" ({round(changed * total)} of {total:.0f})" if total else ""
     return f"{pct(changed, 1)}% of the predictions changed{count}"
+
+
+def lowest_agreement(modes: Sequence[F.Serving]) -> float | None:
+    """The lowest agreement with the teacher over the serving modes the eval measured (``F.serving_scores``): a
+    batch-dependent file is judged at its worst, as the tolerance judges its score."""
+    shares = [s.agreement for s in modes if s.agreement is not None]
+    return min(shares) if shares else None
 
 
 def score_standard_error(metric: Any, score: float | None, n: Any) -> float | None:
@@ -174,9 +181,10 @@ def teacher_warning(m: Mapping[str, Any]) -> str | None:
             f"compression: {teacher_fix(**teacher_origin(m))}.")
 
 
-def one_class_warning(m: Mapping[str, Any]) -> str | None:
-    """The Summary's warning about a deployed classifier that predicts one class (a teacher that does is said by
-    :func:`teacher_warning`, and then the deployed one only copies it); None otherwise."""
+def run_one_class(m: Mapping[str, Any]) -> str | None:
+    """A run's deployed classifier predicting one class (:func:`one_class`), in words
+    (``the deployed model predicts the same class for every example of dev (64 examples), scoring 50.00%``); None
+    otherwise, and when its teacher does too (:func:`teacher_warning` says so, and the deployed one only copies it)."""
     share, _ = majority_share(m)
     models = F.as_dict(F.get(m, "eval", "models"))
     dep = F.as_dict(models.get("deployed"))
@@ -184,9 +192,18 @@ def one_class_warning(m: Mapping[str, Any]) -> str | None:
         return None
     split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
     acc = F.num(dep.get("accuracy"))
-    return (f"The deployed model predicts the same class for every example of {split}"
-            f"{f' ({plain(n)} examples)' if n else ''}{f', scoring {pct(acc)}%' if acc is not None else ''}: "
-            "the compression left a constant model, whatever its Δ says. Try a milder setting or more recovery.")
+    return (f"the deployed model predicts the same class for every example of {split}"
+            f"{f' ({plain(n)} examples)' if n else ''}{f', scoring {pct(acc)}%' if acc is not None else ''}")
+
+
+def one_class_warning(m: Mapping[str, Any]) -> str | None:
+    """The Summary's warning about a deployed classifier that predicts one class (:func:`run_one_class`); None
+    otherwise."""
+    why = run_one_class(m)
+    if why is None:
+        return None
+    return (f"{why[0].upper()}{why[1:]}: the compression left a constant model, whatever its Δ says. Try a milder "
+            "setting or more recovery.")
 
 
 def slower_than_dense(m: Mapping[str, Any], row: F.ModelRow, shapes: list[str] | None = None) -> str | None:
@@ -211,6 +228,26 @@ def slower_than_dense(m: Mapping[str, Any], row: F.ModelRow, shapes: list[str] |
         if slow:
             parts.append(f"{' and '.join(slow)} at {shape}")
     return "; ".join(parts) or None
+
+
+def run_flags(m: Mapping[str, Any]) -> list[str]:
+    """Every warning of the Summary that the tolerance (eval.max_drop) does not give, one short phrase each, in the
+    Summary's order: a teacher no better than chance, a deployed classifier that predicts one class, a low agreement
+    with the teacher (at the worst serving mode), a deployed file slower than the dense teacher. The one rule set for
+    every place a run's result is summed up (the report's Summary and Headline, the pipeline's last lines, a search's
+    verdict, compress()'s result), so none of them calls a run fine that another flags. [] for a run with none."""
+    flags = []
+    if why := run_weak_teacher(m):
+        flags.append(f"teacher no better than chance on {F.get(m, 'eval', 'split') or 'dev'}: {why}")
+    if why := run_one_class(m):
+        flags.append(why)
+    if changed := low_agreement(lowest_agreement(F.serving_scores(m)), F.get(m, "eval", "n")):
+        flags.append(f"low agreement with the teacher: {changed}")
+    dep = next((r for r in F.model_rows(m) if r.key == "deployed"), None)
+    if dep is not None and (slower := slower_than_dense(m, dep)):
+        busy = " (timed while the machine was busy: void)" if F.run_load(m).get("busy") else ""
+        flags.append(f"the deployed file is slower than the dense teacher: {slower}{busy}")
+    return flags
 
 
 # Per pass: the setting that trades speed or size for score, and which way is milder.

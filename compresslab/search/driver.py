@@ -139,7 +139,8 @@ def save_best(search_dir: Path, o: Outcome, met: bool) -> dict[str, Any] | None:
     record = {"name": o.name, "met": met, "run_dir": o.run_dir, "file": f"{BEST_DIR}/{Path(rel).name}",
               "source": str(src), "saved": now(),
               # a teacher at chance makes ``met`` meaningless: the copy says so beside the model it describes
-              **({"weak_teacher": o.weak_teacher} if o.weak_teacher else {})}
+              **({"weak_teacher": o.weak_teacher} if o.weak_teacher else {}),
+              **({"one_class": o.one_class} if o.one_class else {})}
     atomic_write_json(tmp / "choice.json", record)
     if best.exists():
         best.rename(old)
@@ -292,7 +293,8 @@ class Search:
             (f", {o.size_bytes / 1e6:.1f} MB" if o.size_bytes is not None else "")
         log.info("search: %s: validation %.4f (drop %.2f pt, %s budget%s), %s, %.0f s", c.name, o.val_score or 0.0,
                  o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE",
-                 ", against a teacher no better than chance" if o.weak_teacher else "", what, o.ran_s)
+                 (", against a teacher no better than chance" if o.weak_teacher else "")
+                 + (", predicting one class" if o.one_class else ""), what, o.ran_s)
         return o
 
     def _add(self, o: Outcome) -> None:
@@ -350,6 +352,7 @@ class Search:
                 "time_budget_s": self.s.time_budget_s, "spent_s": round(self.spent_s(), 2),
                 **self._objective_shape(sel), "timing_busy": busy,
                 "met": sel.met, "weak_teacher": sel.chosen.weak_teacher if sel.chosen is not None else None,
+                "one_class": sel.chosen.one_class if sel.chosen is not None else None,
                 "chosen": _report(sel.chosen), "best_single": _report(sel.best_single),
                 "best_single_met": sel.best_single_met, "front": [_report(o) for o in sel.front],
                 "teacher_val": next((o.teacher_val for o in self.outcomes if o.teacher_val is not None), None),
@@ -384,7 +387,7 @@ def _report(o: Outcome | None) -> dict[str, Any] | None:
             "val_score": o.val_score, "val_drop_pt": o.drop_pt, "dev_score": dev.get("dev_score"),
             "dev_drop_pt": dev.get("dev_drop_pt"), "speedup_vs_best_dense": o.speedup,
             "speedup_shape": o.speedup_shape, "timing_busy": o.timing_busy, "size_bytes": o.size_bytes,
-            "weak_teacher": o.weak_teacher,
+            "weak_teacher": o.weak_teacher, "one_class": o.one_class,
             "run_dir": o.run_dir, **({"dev_error": dev["error"]} if "error" in dev else {})}
 
 
@@ -420,12 +423,16 @@ EXIT_NOT_MET = 4
 # weak_teacher): its drop, met or not, is a comparison with chance, so neither "met" (0) nor "not met" (4) is true.
 # The chosen model is then itself about as good as chance: a script gating on 0 must not ship it.
 EXIT_WEAK_TEACHER = 5
+# exit status of a search whose chosen model predicts one class on validation (search.json: one_class): a constant
+# model, whatever its drop (an imbalanced split lets one meet max_drop), so "met" (0) is not true of it either
+EXIT_ONE_CLASS = 6
 
 
 def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None, int], Any]) -> None:
     """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer.
     SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model, SystemExit(:data:`EXIT_WEAK_TEACHER`) when the teacher
     it measured against is no better than chance (whether or not the drop met the budget: the drop means nothing),
+    SystemExit(:data:`EXIT_ONE_CLASS`) when the model it chose predicts one class,
     SystemExit(:data:`EXIT_NOT_MET`) when it chose the closest because none met the drop budget; a rerun with a
     larger budget resumes it."""
     plan = plan_search(cfg, list(overrides or []))
@@ -434,11 +441,13 @@ def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None,
     data = run_search(plan)
     print(f"search: {data['message']}")
     best = data.get("best") or {}
-    met, weak = bool(data.get("met")), data.get("weak_teacher")
+    met, weak, constant = bool(data.get("met")), data.get("weak_teacher"), data.get("one_class")
     if best.get("file"):
         where = plan.search_dir / best["file"]
         if weak:
             print(f"model chosen against a teacher no better than chance, its drop says nothing: {where}")
+        elif constant:
+            print(f"model chosen predicts one class for every validation example (a constant model): {where}")
         else:
             print(f"best model: {where}" if met else
                   f"closest model, NOT within the drop budget (search.max_drop={plan.settings.max_drop:g} pt): {where}")
@@ -447,5 +456,7 @@ def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None,
         raise SystemExit(EXIT_NO_MODEL)
     if weak:  # before "not met": a better teacher comes first, whatever the drop said
         raise SystemExit(EXIT_WEAK_TEACHER)
+    if constant:  # before "not met": a milder compression than a constant model comes first
+        raise SystemExit(EXIT_ONE_CLASS)
     if not met:  # a model, but not one the budget allows: nor is this success
         raise SystemExit(EXIT_NOT_MET)

@@ -141,6 +141,8 @@ class Outcome:
     the machine busy (``bench.machine_load.busy``), so its timings, the speedup included, are void.
     ``weak_teacher``: why the run's teacher is no better than chance on validation (report/verdicts.weak_teacher),
     None for a usable one: then every drop of the run is measured against chance and "within max_drop" means nothing.
+    ``one_class``: the run's deployed classifier predicts one class for every validation example
+    (report/verdicts.run_one_class, in words), None otherwise: a constant model, whatever its drop.
     """
 
     name: str
@@ -159,6 +161,7 @@ class Outcome:
     timing_busy: bool | None = None  # other processes ran while the run's bench timed it: the speedup is void
     size_bytes: int | None = None
     weak_teacher: str | None = None  # why its teacher is no better than chance on validation; None: a usable one
+    one_class: str | None = None  # its deployed classifier predicts one class on validation (verdicts.run_one_class)
     ran_s: float = 0.0
     teacher_s: float = 0.0
     error: str | None = None
@@ -194,9 +197,10 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
     when the bench stage did not run; ``shape`` None = the bench shape with the largest batch) and the
     deployed file's bytes; ``speedup_shape``, the shape the speedup was read at, and ``timing_busy``, whether the
     bench found the machine busy (None without a bench); ``weak_teacher``, why the teacher is no better than chance,
-    by the report's rule (None for a usable one). ValueError when the run was not scored on validation (dev is never
+    by the report's rule (None for a usable one); ``one_class``, the report's words for a deployed classifier that
+    predicts one class (None otherwise). ValueError when the run was not scored on validation (dev is never
     selected on) or lacks its eval section."""
-    from compresslab.report.verdicts import run_weak_teacher
+    from compresslab.report.verdicts import run_one_class, run_weak_teacher
 
     ev = manifest.get("eval") or {}
     if ev.get("split") != "validation":
@@ -220,7 +224,7 @@ def read_run(manifest: Mapping[str, Any], shape: tuple[int, int] | None) -> dict
             "agreement": models["deployed"].get("agreement"), "speedup": speedup, "speedup_shape": key,
             "timing_busy": bool(busy) if busy is not None else None,
             "size_bytes": int(size) if size is not None else None,
-            "weak_teacher": run_weak_teacher(manifest)}
+            "weak_teacher": run_weak_teacher(manifest), "one_class": run_one_class(manifest)}
 
 
 def largest_batch(per_shape: Mapping[str, Any]) -> str:
@@ -305,6 +309,10 @@ def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
         msg = (f"NO candidate met the drop budget: every validation drop exceeds {s.select_drop:.2f} pt "
                f"(max_drop {s.max_drop} - margin {s.margin}); returning the closest, {chosen.name}, at "
                f"{chosen.drop_pt:.2f} pt")
+    if chosen is not None and chosen.one_class and not chosen.weak_teacher:  # a weak teacher's says it first
+        # the run logged it at eval; "chose X: drop within budget" alone would ship a constant model
+        msg = (f"THE CHOSEN MODEL PREDICTS ONE CLASS ({chosen.one_class}): a constant model, whatever its drop; "
+               f"try milder settings or more recovery. {msg}")
     if chosen is not None and chosen.weak_teacher:
         from compresslab.report.verdicts import teacher_fix
 

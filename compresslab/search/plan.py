@@ -59,12 +59,14 @@ def compose_candidate(args: Sequence[str]) -> Any:
 
 
 def pipeline_steps(name: str) -> list[str]:
-    """The step names of a shipped pipeline (``conf/pipeline/<name>.yaml``), read without composing."""
-    from omegaconf import OmegaConf
+    """The step names of a shipped pipeline (``conf/pipeline/<name>.yaml``), read without composing
+    (config.shipped_steps); FileNotFoundError for a name no pipeline has."""
+    from compresslab.config import pipelines_dir, shipped_steps
 
-    from compresslab.config import pipelines_dir
-
-    return [str(s) for s in OmegaConf.load(pipelines_dir() / f"{name}.yaml").get("steps") or []]
+    steps = shipped_steps(name)
+    if steps is None:
+        raise FileNotFoundError(pipelines_dir() / f"{name}.yaml")
+    return steps
 
 
 def pipeline_step_passes(name: str) -> list[tuple[str, str]]:

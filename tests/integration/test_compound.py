@@ -415,6 +415,23 @@ def test_block4_after_a_grid_not_on_4_is_refused():
         build_steps(cfg)
 
 
+def test_distilbert_has_a_layer_drop_pipeline(tmp_path):
+    # trial 47 finding 9: layer_drop_ziplm_obert_int8 was the only layer_drop pipeline, and ziplm refuses DistilBERT;
+    # layer_drop_obert_int8 is the same compound without ZipLM, under its own name
+    root = make_inputs(tmp_path, "distilbert")
+    d = run(tiny_cfg(root, "layer_drop_obert_int8"))
+    m = read_json(d / "manifest.json")
+    assert m["status"] == "finished" and m["pipeline"] == "layer_drop_obert_int8" and d.parent.name == m["pipeline"]
+    steps = steps_by_name(m)
+    assert [s["name"] for s in m["steps"]] == ["finetune", "layer_drop", "obert", "int8"]
+    model = compresslab.load(d / steps["obert"]["dir"])
+    assert model.config.model_type == "distilbert" and get_adapter(model).num_layers == 1
+    om = steps["obert"]["result"]["metrics"]
+    assert reached(om, 0.8) and om["sparsity_vs_teacher"] > om["sparsity"]  # the dropped layer counts as removed
+    fp32, int8 = d / m["export"]["fp32"]["path"], d / steps["int8"]["result"]["onnx_path"]
+    assert check_int8_keeps_zeros(fp32, int8) >= om["num_zero"]
+
+
 @pytest.mark.parametrize("pipeline", ["ziplm_obert_int8", "layer_drop_ziplm_obert_int8"])
 def test_distilbert_is_refused_before_the_teacher_is_trained(pipeline, tmp_path):
     root = make_inputs(tmp_path, "distilbert")

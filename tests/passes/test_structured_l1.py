@@ -55,6 +55,7 @@ def test_uniform_structure_keeps_the_largest(tmp_path: Path, fake_timing: None) 
     # T_dense = 1 + 2 (4 + 3.2) = 15.4 ms; 2x needs modules <= 6.7 ms. Up to f = 0.625 the layers keep
     # 2 heads + 32 neurons (2 x 3.6 ms, over); just past it, 1 head + 16 neurons (2 x 1.8 ms) fits
     assert s == {"heads": [1, 1], "ffn": [16, 16]} and res.metrics["predicted_speedup"] >= 2.0
+    assert res.metrics["structure_before"] == {"heads": [4, 4], "ffn": [64, 64]}  # drawn by the report's plot
     lv = get_adapter(model).layer(0)
     kept = sorted(heads_rank[:1].tolist())
     d = lv.head_size

@@ -115,6 +115,7 @@ def test_oneshot_family_structure_reload(tmp_path: Path, fake_timing: dict, capl
     assert get_adapter(model).structure() == [{"heads": h, "ffn": f} for h, f in zip(s["heads"], s["ffn"])]
     assert all(f % 16 == 0 for f in s["ffn"]) and sum(s["heads"]) < 8
     m = res.metrics
+    assert m["structure_before"] == {"heads": [4, 4], "ffn": [64, 64]}  # the report's structure plot draws it
     assert m["target_speedup"] == 2.0 and m["predicted_speedup"] >= 2.0 and m["met_target"]
     assert m["measured_speedup_b2"] == 100.0 and m["params"] < m["params_dense"]
     assert set(m["family"]) == {"1.5x", "2x", "3x"}

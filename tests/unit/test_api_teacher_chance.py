@@ -41,6 +41,9 @@ def test_compress_says_a_chance_teacher_in_its_own_terms(passes, given, tiny_tok
                                  label2id={n: i for i, n in enumerate(THREE)}, output_dir=tmp_path / "run",
                                  max_length=32, batch_size=8, progress=False)
     r.close()
+    # the result says it too, in the report's rule set (verdicts.run_flags), and shows it in its repr
+    assert r.warnings and r.warnings[0].startswith("teacher no better than chance on eval_data: ")
+    assert repr(r).endswith(f"warnings={r.warnings!r})") and "BertForSequenceClassification" not in repr(r)
     lines = [rec.getMessage() for rec in caplog.records if "no better than chance" in rec.getMessage()]
     assert len(lines) == 1, caplog.text
     fix = teacher_fix(given=given, api=True)

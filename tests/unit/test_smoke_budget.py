@@ -1,4 +1,4 @@
-"""``debug=smoke`` (budget smoke) is "a minute end to end" for the speedup passes too: their latency table and
+"""``debug=smoke`` (budget smoke) keeps the speedup passes small too: their latency table and
 checks run at 4 x 32 with few rounds (at 32 x 128 and 30 rounds the table alone took ~10 min on 2 cores: a new
 user's first try, session 40). Other budgets keep the deployment shape 32 x 128 and the run hashes they had."""
 

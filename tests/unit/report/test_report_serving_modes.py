@@ -63,7 +63,9 @@ def test_a_batch_1_score_over_the_tolerance_fails_the_run_and_the_summary_names_
     assert "within the tolerance" not in summary
     assert "The deployed model is 3.12 pt below the teacher at batch 1 (one sentence per call)" in summary
     head = _section(md, "Headline")
-    assert "| deployed_ort_int8 at batch 1 (one sentence per call) | 48.44 | -3.12 ⚠ | 71.88 |" in head
+    # 71.88% agreement: under verdicts.LOW_AGREEMENT, marked in the cell and flagged under the table as in the Summary
+    assert "| deployed_ort_int8 at batch 1 (one sentence per call) | 48.44 | -3.12 ⚠ | 71.88 ⚠ |" in head
+    assert "Also flagged (the Summary says why and what to do): low agreement with the teacher: 28.1%" in head
     assert "Over the tolerance of 1.00 pt (eval.max_drop): deployed_ort_int8 at batch 1 (one sentence per call)" in head
 
 

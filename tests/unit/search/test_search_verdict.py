@@ -138,6 +138,60 @@ def test_a_search_against_a_teacher_at_chance_exits_5_not_0_or_4(monkeypatch, tm
     assert "best model:" not in out
 
 
+# ------------------------------------------------------------------------------------- a one-class deployed model
+
+ONE = "the deployed model predicts the same class for every example of validation (1000 examples), scoring 90.00%"
+
+
+def test_read_run_names_a_one_class_deployed_model_by_the_reports_rule():
+    from compresslab.report.verdicts import run_one_class
+
+    m = _manifest({"score": 0.97, "accuracy": 0.97, "predicted_classes": 2},
+                  {"score": 0.9, "accuracy": 0.9, "predicted_classes": 1}, majority_share=0.9, n=1000)
+    got = read_run(m, None)
+    assert got["one_class"] == run_one_class(m) == ONE and got["weak_teacher"] is None
+    m["eval"]["models"]["deployed"]["predicted_classes"] = 2
+    assert read_run(m, None)["one_class"] is None
+
+
+def test_the_verdict_and_search_json_name_a_chosen_one_class_model(tmp_path):
+    # an imbalanced split (90% one class): a constant model is within max_drop of a 97% teacher, and "chose int8:
+    # validation drop ... <= ..." alone would ship it
+    o = Outcome(name="int8", entry="int8", pipeline="int8", overrides=[], methods=["int8"], status="ok",
+                val_score=0.9, teacher_val=0.97, drop_pt=0.5, speedup=1.1, one_class=ONE)
+    sel = select([o], SearchSettings())
+    assert sel.met and sel.message.startswith(f"THE CHOSEN MODEL PREDICTS ONE CLASS ({ONE})")
+    o.weak_teacher = CHANCE  # a teacher that predicts one class too: its warning comes first, alone
+    assert "ONE CLASS" not in select([o], SearchSettings()).message
+
+    class OneClass(Runner):
+        def __call__(self, c: Candidate) -> Outcome:
+            out = super().__call__(c)
+            out.one_class = ONE
+            return out
+
+    data = _search(tmp_path, OneClass({"int8": (0.0, 0.86)}), {"int8": SPACE["int8"]})
+    assert data["one_class"] == ONE and data["chosen"]["one_class"] == ONE
+    assert read_json(tmp_path / "search" / SEARCH_FILE)["one_class"] == ONE
+
+
+def test_a_search_that_chose_a_one_class_model_exits_6(monkeypatch, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(threads=1, seed=0, search_dir=tmp_path, settings=SearchSettings(max_drop=1.0))
+    monkeypatch.setattr(driver, "plan_search", lambda cfg, overrides: plan)
+    monkeypatch.setattr(driver, "run_search", lambda p: {
+        "message": "the message", "chosen": {"name": "int8"}, "met": True, "weak_teacher": None, "one_class": ONE,
+        "best": {"name": "int8", "met": True, "file": "best/model.onnx"}})
+    with pytest.raises(SystemExit) as e:
+        driver.main(None, [], lambda *a: None)
+    assert e.value.code == driver.EXIT_ONE_CLASS == 6
+    out = capsys.readouterr().out
+    assert "model chosen predicts one class for every validation example (a constant model): " \
+           f"{tmp_path}/best/model.onnx" in out.splitlines()
+    assert "best model:" not in out
+
+
 # ---------------------------------------------------------------------------------------------- B3: skip reasons
 
 def _reasons(data: dict) -> dict[str, str]:
