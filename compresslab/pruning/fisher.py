@@ -292,5 +292,5 @@ class OBSScorer:
         self._finv = None
 
 
-__all__ = ["DrawnBatches", "INVERT_CHUNK", "OBSScorer", "collect_outer_sums", "fisher_state_bytes", "invert_sums", "stream_groups",
-           "timed_inverses"]
+__all__ = ["DrawnBatches", "INVERT_CHUNK", "OBSScorer", "collect_outer_sums", "fisher_state_bytes", "invert_sums",
+           "stream_groups", "timed_inverses"]
