@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compresslab.failure import stop_summary
 from compresslab.models.tiny import tiny_model
 from compresslab.passes import obert as obert_module
 from compresslab.passes.obert import OBert
@@ -168,7 +169,10 @@ def test_ctrl_c_during_a_fisher_rebuild_stops_at_once_and_resumes_bit_identical(
     then the inverse and the step) stops the run within seconds, as a KeyboardInterrupt, leaving the checkpoint of
     the last finished step (4); the rerun redoes the event from there and ends on the uninterrupted run's weights."""
     r = _child(_OBERT_CHILD, tmp_path)
-    assert r["stop"] == ["KeyboardInterrupt", ""], r  # what Python's handler raises: the CLI's "Ctrl-C", exit 130
+    assert r["stop"] == ["KeyboardInterrupt", ""], r  # what Python's handler raises, as at a step's end
+    # ... so the run's record and the CLI say what they said of a stop at a step's end (and exit 130)
+    assert stop_summary({"type": r["stop"][0], "message": r["stop"][1], "step": "obert"}) == (
+        "Interrupted by Ctrl-C (SIGINT) in step obert. Rerun the same command to resume after the last finished step.")
     assert r["stop_s"] < STOP_S, f"stopped {r['stop_s']} s after the signal; the rebuild had {SLOW_S} s more"
     assert r["checkpoints"] == ["step-00000004"], r  # the dropped step 4 (its event) was never written
     assert r["resumed_at"] == 4 and [s for s, _ in r["prune_steps"]] == [2, 4, 6], r
