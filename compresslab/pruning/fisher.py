@@ -36,9 +36,10 @@ from compresslab.training.losses import LossFn, task_loss
 from compresslab.training.resume import ResumeError
 
 # Blocks per inversion call: a held Ctrl-C waits for one call at most. A MiniLM FFN weight (11.8k blocks of
-# 50) took 17 s as one call on 2 busy cores, 4.6 s in chunks of 4096 (2.2 s each), and BERT-base's are 4x
-# larger. Blocks are inverted independently, so the result is the same bit for bit at any chunk.
-INVERT_CHUNK = 2048
+# 50) took 7-17 s as one call on 2 busy cores, a chunk of 2048 blocks 1.5-4 s, and BERT-base's weights are 4x
+# larger; at 1024, a SIGINT in MiniLM's inverse stopped the run 0.2 s later. Blocks are inverted
+# independently, so the result is the same bit for bit at any chunk.
+INVERT_CHUNK = 1024
 
 
 @holds_training_lock("fisher")  # as heavy as training: timings elsewhere wait for it
