@@ -1,7 +1,8 @@
 """How an error or an interruption is written down: an exception as text for a record (never
 ``Type: `` with nothing after it), and the sentence a stopped run's manifest, report and terminal give:
 what stopped it, where (a step by name, or a stage such as bench after all steps), and how to resume.
-And how a SIGTERM becomes an interruption (:class:`Terminated`), for the CLI and ``compress()`` alike.
+And how a SIGTERM becomes an interruption (:class:`Terminated`), for the CLI and ``compress()`` alike, and
+where long work stops when a signal is held (:func:`raise_if_interrupted`).
 
 Here, on the ground floor (standard library only), so that the manifest (which records a stopped
 run), the stages (which record a skipped backend's error), the report (which reads both), the CLI
@@ -14,7 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 # What stopped an interrupted run, by the exception's type: KeyboardInterrupt is Python's SIGINT
 # handler's, Terminated the SIGTERM handler's (raise_terminated: the CLI's, and compress()'s while it runs).
@@ -73,6 +74,59 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
         if received:  # also when the block swallowed the Terminated: a kill is never dropped
             signal.raise_signal(signal.SIGTERM)
+
+
+class SignalDeferral(Protocol):
+    """What :func:`raise_if_interrupted` needs of a deferral (``training.resume.DeferredSignals``)."""
+
+    pending: int | None  # the signal held, if any
+
+    def let_go(self) -> int | None:
+        """Put back the handlers it replaced; return the held signal (no longer held), if any."""
+        ...
+
+    def hold_again(self) -> None:
+        """Replace the handlers again (the held signal's handler returned: the work goes on, deferred)."""
+        ...
+
+
+# The deferrals in force, outermost first: DeferredSignals registers itself while its block runs
+_DEFERRALS: list[SignalDeferral] = []
+
+
+def register_deferral(deferral: SignalDeferral) -> None:
+    _DEFERRALS.append(deferral)
+
+
+def unregister_deferral(deferral: SignalDeferral) -> None:
+    if deferral in _DEFERRALS:
+        _DEFERRALS.remove(deferral)
+
+
+def raise_if_interrupted() -> None:
+    """Long work calls this between its pieces (a Fisher gradient, a block of inverses, an evaluation batch).
+
+    Without a deferral holding a signal it is one check: outside one, Python's own handler stops the work
+    between any two bytecodes. Inside one (the training loop holds SIGINT/SIGTERM to the end of the step, to
+    checkpoint whole steps), a held signal would otherwise wait for the step's long work (an oBERT Fisher
+    rebuild: minutes): here the work in progress is dropped at once instead. Every deferral lets go, innermost
+    first (so handlers go back in the order they were installed), handing its signal to the handler it
+    replaced: an enclosing deferral (which then holds it and lets go next), then the process's handler, whose
+    KeyboardInterrupt (Terminated for SIGTERM) stops the run as a stop at a step's end does. Nothing of the
+    dropped step is written, so a rerun resumes from the last checkpoint written. Where every handler returns
+    (a caller's own that only notes the request) the work goes on, deferred again. Only in the main thread,
+    where signal handlers live; another thread's check does nothing (the main thread's next one acts)."""
+    if not any(d.pending is not None for d in _DEFERRALS):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    held = list(_DEFERRALS)
+    for d in reversed(held):
+        signum = d.let_go()
+        if signum is not None:
+            signal.raise_signal(signum)
+    for d in held:
+        d.hold_again()
 
 
 # The attributes an interrupt carries for its record (RunManifest.mark_failed): the error that was already
@@ -140,5 +194,6 @@ def stop_summary(err: Mapping[str, Any], api: bool = False) -> str:
     return f"{stop_cause(err)}. {how}."
 
 
-__all__ = ["INTERRUPTS", "Terminated", "error_behind", "error_text", "held_over", "note_summary", "raise_terminated",
-           "recorded_summary", "sigterm_interrupts", "stop_cause", "stop_summary"]
+__all__ = ["INTERRUPTS", "SignalDeferral", "Terminated", "error_behind", "error_text", "held_over", "note_summary",
+           "raise_if_interrupted", "raise_terminated", "recorded_summary", "register_deferral", "sigterm_interrupts",
+           "stop_cause", "stop_summary", "unregister_deferral"]

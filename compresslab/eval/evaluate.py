@@ -16,6 +16,7 @@ from torch import nn
 from compresslab.data.loaders import make_loader
 from compresslab.data.metrics import agreement, compute_metrics, mcnemar_pvalue
 from compresslab.data.tasks import Example, TaskKind, TaskSpec
+from compresslab.failure import raise_if_interrupted
 from compresslab.training.losses import MODEL_INPUTS
 
 
@@ -35,6 +36,7 @@ def torch_forward(model: nn.Module, device: torch.device | str = "cpu") -> Forwa
     """Batch -> first output (logits, or last hidden state for bare encoders) as numpy."""
 
     def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        raise_if_interrupted()  # a validation check runs inside a training step: stop between batches
         inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         with torch.inference_mode():
             out = model(**inputs)
@@ -48,6 +50,7 @@ def onnx_forward(runner: Any) -> Forward:
     """Wrap an :class:`~compresslab.eval.onnx_runner.OnnxRunner` as a Forward."""
 
     def run(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        raise_if_interrupted()
         return np.asarray(runner.run({k: v.numpy() for k, v in batch.items() if k != "labels"}))
 
     return run

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from compresslab.eval.onnx_runner import OnnxRunner
+from compresslab.failure import raise_if_interrupted
 from compresslab.models.attention import eager_attention
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def compare_outputs(model: nn.Module, batches: Iterable[Mapping[str, Any]],
     max_d, max_ref, sum_d, n_el, agree, n_cls, finite = 0.0, 0.0, 0.0, 0, 0, 0, True
     with eager_attention(model), torch.no_grad():
         for batch in batches:
+            raise_if_interrupted()
             f = feeds(batch)
             ref = wrapper(**_to_torch(f, device)).float().cpu().numpy()
             out = np.asarray(run(f))

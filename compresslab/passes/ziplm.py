@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from compresslab.failure import raise_if_interrupted
 from compresslab.models.hooks import capture_inputs
 from compresslab.models.inmemory import clone
 from compresslab.ops.knapsack import solve_dp
@@ -82,6 +83,7 @@ def collect_hessians(model: nn.Module, batches: Any, ctx: PassContext, total: in
             for i, batch in enumerate(ctx.track(batches, total=total, desc="ziplm: calibration")):
                 if i % world_size != rank:
                     continue
+                raise_if_interrupted()
                 inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
                 mask["m"] = inputs["attention_mask"]  # (B, T): pads are left out of every H
                 model(**inputs)
@@ -173,6 +175,7 @@ class ZipLM(SpeedupSettings):
         head_size = get_layers(model)[0].head_size
         dbs: dict[Key, ShrinkDatabase] = {}
         for key in ctx.track(list(accs), total=len(accs), desc="ziplm: OBS databases"):
+            raise_if_interrupted()
             layer, kind = key
             res = accs.pop(key).finalize(damp=self.damp, out_dtype=torch.float64)
             weight = mats[key].weight

@@ -32,6 +32,7 @@ from compresslab.ops.schedule import PruningEvent, gradual_pruning_events, recom
 from compresslab.pruning.masks import MaskKeeper, sparsity_stats
 from compresslab.targets import layer_keys, select_modules
 from compresslab.training.recovery import Recovery, recover
+from compresslab.training.resume import has_state
 from compresslab.types import PassContext
 from compresslab.validate import check_fraction, check_int, check_positive_int
 
@@ -173,20 +174,28 @@ class _PruneAtEvents:
 
 class _PruneRecord:
     """Loop callback with state, added only when the recovery checkpoints: the masks and the pruning steps
-    done so far. A resumed gradual run needs them because the keeper is rebuilt from the dense input model
-    (it would know none of the earlier events' zeros and let them grow back) and ``prune_steps`` would miss
-    the events before the stop. Runs without checkpoints never see it, so their loop record is unchanged."""
+    done so far, and the scorer's own state where it has one (oBERT's: the Fisher batch stream's position).
+    A resumed gradual run needs them because the keeper is rebuilt from the dense input model (it would know
+    none of the earlier events' zeros and let them grow back), ``prune_steps`` would miss the events before
+    the stop, and the next events' Fisher would see other batches than the stopped run's would have. Runs
+    without checkpoints never see it, so their loop record is unchanged."""
 
-    def __init__(self, keeper: MaskKeeper, done: list[list[float]]) -> None:
+    def __init__(self, keeper: MaskKeeper, done: list[list[float]], scorer: Scorer | None = None) -> None:
         self.keeper, self.done = keeper, done
+        self.scorer = scorer if has_state(scorer) else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": {n: m.detach().cpu() for n, m in self.keeper.masks.items()},
-                "done": [list(d) for d in self.done]}
+        state = {"masks": {n: m.detach().cpu() for n, m in self.keeper.masks.items()},
+                 "done": [list(d) for d in self.done]}
+        if self.scorer is not None:
+            state["scorer"] = self.scorer.state_dict()  # type: ignore[attr-defined]
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.keeper.update(dict(state["masks"]))
         self.done[:] = [list(d) for d in state["done"]]
+        if self.scorer is not None and "scorer" in state:  # a checkpoint from before 2026-12-07 has none
+            self.scorer.load_state_dict(state["scorer"])  # type: ignore[attr-defined]
 
 
 def recovery_checkpoints(ctx: PassContext, every: int) -> Path | None:
@@ -231,8 +240,9 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
     ``sparsity_vs_teacher = 1 - nonzero / teacher weights``: what is gone, removed or zeroed.
 
     ``checkpoint_dir`` / ``checkpoint_every``: the recovery writes step checkpoints there (with the masks
-    and events done) and a later call resumes inside it. A resumed gradual run draws the next events'
-    Fisher gradients from a fresh batch stream and reports the scorer's timings of its own session only.
+    and events done, and the scorer's state) and a later call resumes inside it, reaching the weights of a
+    run never stopped (oBERT's next Fisher rebuilds continue the stopped run's batch stream). The scorer's
+    timings in the metrics are of the resumed session only.
     """
     steps = recovery.steps
     keeper = MaskKeeper.from_zeros(model, [f"{n}.weight" for n in modules])
@@ -261,7 +271,7 @@ def run_pruning(model: nn.Module, ctx: PassContext, modules: Mapping[str, nn.Lin
                     "final_lr_ratio": LR_FLOOR}
         callbacks = [_PruneAtEvents(events, prune), keeper]
     if checkpoint_dir is not None:
-        callbacks.append(_PruneRecord(keeper, done))
+        callbacks.append(_PruneRecord(keeper, done, scorer))
     if steps:
         from compresslab.data.schema import TaskKind
 

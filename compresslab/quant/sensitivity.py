@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from compresslab.bench.env import peak_memory_mb
+from compresslab.failure import raise_if_interrupted
 from compresslab.ops.loss_hessian import RunningTrace, block_quadratic, check_probes, hvp, power_iteration, rademacher
 from compresslab.quant.hvp import EAGER_NOTE, DoubleBackwardError, gradient_graph, hessian_mode, hvp_fn
 from compresslab.training.dist import world
@@ -219,6 +220,7 @@ def linear_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
     it = iter(batches)
     with hessian_mode(model, params) as dtype:
         for _ in steps:
+            raise_if_interrupted()
             batch = next(it, None)
             if batch is not None:
                 grads = gradient_graph(model, _to(batch, device), params, loss_fn)
@@ -295,6 +297,7 @@ def fisher_traces(model: nn.Module, batches: Iterable[dict[str, Tensor]], names:
     keyed = dict(enumerate(mods))
     with hessian_mode(model, params) as dtype:
         for _ in steps:
+            raise_if_interrupted()
             batch = next(it, None)
             if batch is None:
                 break
@@ -382,11 +385,13 @@ def layer_eigenvalues(model: nn.Module, batches: Iterable[dict[str, Tensor]], *,
                                                                               desc="hessian eigenvalues")
     with hessian_mode(model, params):
         for r in steps:
+            raise_if_interrupted()
             batch = next(it, None)
             if batch is None:
                 break
             grads = gradient_graph(model, _to(batch, device), params, loss_fn)
             for i in range(n_layers):
+                raise_if_interrupted()
                 a, b = offsets[i], offsets[i + 1]
                 ts = time.perf_counter()
                 res = power_iteration(hvp_fn(grads[a:b], params[a:b]), params[a:b], max_iter=max_iter, tol=tol,

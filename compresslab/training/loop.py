@@ -45,7 +45,9 @@ class TrainConfig:
 
     ``checkpoint_dir`` (one directory per run) turns on step checkpoints: every
     ``checkpoint_every`` steps (0 = none on the way), at the last step, and at the end of the
-    step a SIGINT/SIGTERM arrived in. A call that finds a checkpoint there resumes from it.
+    step a SIGINT/SIGTERM arrived in (one arriving in a step's long work, such as a Fisher rebuild in a
+    callback, stops the run at once and the step is not written: ``failure.raise_if_interrupted``). A call
+    that finds a checkpoint there resumes from it.
     """
 
     lr: float = 5e-5

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from compresslab.failure import error_text, held_over
+from compresslab.failure import error_text, held_over, register_deferral, unregister_deferral
 from compresslab.manifest import publish_mode
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,11 @@ class DeferredSignals:
     re-raised at once. Nested, an inner block hands a held signal on to the outer one, which holds it
     to its own end; a second signal goes through both at once. Installed only in the main thread, over
     Python-level handlers (an ignored signal stays ignored), and removed when the block ends.
+
+    Long work inside a step (an oBERT Fisher rebuild, a validation check) calls
+    :func:`compresslab.failure.raise_if_interrupted` between its pieces: a held signal is then delivered
+    there, at once, and the step is dropped (its checkpoint never started, so none is torn; a rerun resumes
+    from the last one written). A checkpoint write has no such check: a signal landing in it waits for it.
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -300,9 +305,12 @@ class DeferredSignals:
 
     def __enter__(self) -> "DeferredSignals":
         self._install()
+        if self.enabled:
+            register_deferral(self)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        unregister_deferral(self)
         self._restore()
         signum, self.pending = self.pending, None  # read after the restore: a later signal goes to the old handler
         if signum is None:
@@ -346,15 +354,24 @@ class DeferredSignals:
             self._restore()
             signal.raise_signal(signum)
             return
-        log.warning("signal %d: finishing this step and writing a checkpoint", signum)
+        log.warning("signal %d: stopping after this step's checkpoint (or at once, dropping the step, where the step "
+                    "is in long work such as a Fisher rebuild)", signum)
         self.pending = signum
 
     def deliver(self) -> None:
         """Re-raise the held signal to the previous handler; if that returns, keep deferring."""
-        self._restore()
-        signum, self.pending = self.pending, None
+        signum = self.let_go()
         if signum is not None:
             signal.raise_signal(signum)
+        self.hold_again()
+
+    def let_go(self) -> int | None:
+        """Put back the handlers this replaced; the held signal, no longer held (None if none)."""
+        self._restore()
+        signum, self.pending = self.pending, None
+        return signum
+
+    def hold_again(self) -> None:
         self._install()
 
 

@@ -19,7 +19,7 @@ _UNIT_CHILD = r"""
 import os, signal, sys
 # a shell's background job starts with SIGINT ignored: give the child an interactive user's handler
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from compresslab.failure import error_behind
+from compresslab.failure import error_behind, raise_if_interrupted
 from compresslab.training.resume import DeferredSignals
 
 
@@ -158,6 +158,63 @@ def returning_handler():
     signal.signal(signal.SIGTERM, on_term)
 
 
+def interrupt_point(sig):
+    # long work inside the block checks between its pieces: nothing held, it goes on; held, it stops there
+    try:
+        with DeferredSignals(True) as held:
+            raise_if_interrupted()
+            kill(sig)
+            assert held.pending == sig
+            raise_if_interrupted()
+            raise AssertionError("raise_if_interrupted() returned with a signal held")
+    except EXC[sig] as e:
+        assert e.__context__ is None, repr(e.__context__)
+    restored()
+
+
+def interrupt_point_nested():
+    # held by the inner deferral: handed to the outer one, which lets go too; handlers back in order
+    try:
+        with DeferredSignals(True) as outer:
+            with DeferredSignals(True) as inner:
+                kill(signal.SIGINT)
+                raise_if_interrupted()
+                raise AssertionError("raise_if_interrupted() returned with a signal held")
+    except KeyboardInterrupt:
+        pass
+    assert inner.pending is None and outer.pending is None
+    restored()
+
+
+def interrupt_point_outer_held():
+    # held by the outer deferral before the inner one began: the inner work stops too
+    try:
+        with DeferredSignals(True) as outer:
+            kill(signal.SIGINT)
+            with DeferredSignals(True):
+                raise_if_interrupted()
+                raise AssertionError("raise_if_interrupted() returned with a signal held outside")
+    except KeyboardInterrupt:
+        pass
+    assert outer.pending is None
+    restored()
+
+
+def interrupt_point_returning_handler():
+    # a handler that returns: called once, and the work goes on, deferred again
+    seen = []
+    signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+    with DeferredSignals(True) as outer:
+        with DeferredSignals(True) as held:
+            kill(signal.SIGTERM)
+            raise_if_interrupted()
+            assert seen == [signal.SIGTERM] and held.pending is None and outer.pending is None
+            kill(signal.SIGTERM)
+            assert held.pending == signal.SIGTERM and seen == [signal.SIGTERM]  # held again
+    assert seen == [signal.SIGTERM, signal.SIGTERM]
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def disabled():
     # several processes (or no checkpoint): nothing is held, a signal goes through at once
     try:
@@ -177,7 +234,9 @@ for name in sys.argv[1:]:
 
 UNIT_CASES = ["re_raised_at_the_end:SIGINT", "re_raised_at_the_end:SIGTERM", "deliver_mid_block:SIGINT",
               "deliver_mid_block:SIGTERM", "on_an_exception:SIGINT", "on_an_exception:SIGTERM", "already_stopping",
-              "nested_on_an_exception", "nested", "nested_second_signal", "returning_handler", "disabled"]
+              "nested_on_an_exception", "nested", "nested_second_signal", "returning_handler", "disabled",
+              "interrupt_point:SIGINT", "interrupt_point:SIGTERM", "interrupt_point_nested",
+              "interrupt_point_outer_held", "interrupt_point_returning_handler"]
 
 
 def _child(script: str, *args: str) -> subprocess.CompletedProcess:
