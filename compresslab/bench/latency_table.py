@@ -211,11 +211,9 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
 
     check_max_length(settings.seq, model.config, "latency table seq")
     settings.check_runtime()
-    env = environment(model, settings, fingerprint)
-    path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
-    if path is not None and (hit := _read_cached(path, env)) is not None:
-        log.info("latency table: reusing %s", path)
-        return hit[0], {**hit[1], "cached": True, "cache_file": str(path)}
+    env, path, hit = _lookup(model, settings, cache_dir, fingerprint)
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     with timing_window("latency table") as window:
         table, raw = measure_table(model, dense_onnx, settings, env, progress=progress)
@@ -224,6 +222,26 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
             "machine_load": load}
     stored = write_cached(path, {"table": table.to_dict(), "info": info}, load, log=log, what="latency table")
     return table, {**info, **stored}
+
+
+def cached_latency_table(model: nn.Module, settings: TableSettings, *, cache_dir: str | Path | None,
+                         fingerprint: dict[str, Any] | None = None) -> tuple[LatencyTable, dict[str, Any]] | None:
+    """The table :func:`build_latency_table` would reuse from ``cache_dir`` for ``model``'s architecture, and its
+    info; None when it would measure one (nothing is exported or timed here). The preflight asks this first, so a
+    cached table costs it no export of the dense model."""
+    return _lookup(model, settings, cache_dir, fingerprint)[2]
+
+
+def _lookup(model: nn.Module, settings: TableSettings, cache_dir: str | Path | None,
+            fingerprint: dict[str, Any] | None) -> tuple[dict[str, Any], Path | None,
+                                                         tuple[LatencyTable, dict[str, Any]] | None]:
+    """``model``'s environment, its cache file (None without ``cache_dir``) and the cached table there, if valid."""
+    env = environment(model, settings, fingerprint)
+    path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
+    if path is None or (hit := _read_cached(path, env)) is None:
+        return env, path, None
+    log.info("latency table: reusing %s", path)
+    return env, path, (hit[0], {**hit[1], "cached": True, "cache_file": str(path)})
 
 
 def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, env: dict[str, Any], *,

@@ -22,6 +22,7 @@ from compresslab.models.adapters import LayerView, get_adapter
 from compresslab.models.inmemory import clone
 from compresslab.models.structure import shrink_ffn, shrink_heads
 from compresslab.ops.spdy import LatencyTable
+from compresslab.pruning.reachable import PlannedReachability
 from compresslab.pruning.speedup import (
     Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, result_metrics, sample_batches,
     smallest_head_count, structure_of)
@@ -90,7 +91,7 @@ def uniform_solver(lab: SpeedupLab, num_layers: int, num_heads: int, ffn_size: i
 
 @register_pass("structured_l1")
 @dataclass
-class StructuredL1(SpeedupSettings):
+class StructuredL1(PlannedReachability, SpeedupSettings):
     """Uniform per-layer L1 removal of heads and neurons to a measured speedup (ZipLM's baseline)."""
 
     fraction_steps: int = 200  # resolution of the uniform-fraction search

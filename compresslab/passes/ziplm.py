@@ -30,6 +30,7 @@ from compresslab.ops.knapsack import solve_dp
 from compresslab.ops.layer_hessian import HessianAccumulator, zero_dead_columns_
 from compresslab.ops.shrink import ShrinkDatabase, build_database
 from compresslab.ops.spdy import LatencyTable
+from compresslab.pruning.reachable import PlannedReachability
 from compresslab.pruning.speedup import (
     Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, recover, result_metrics, sample_batches,
     save_member, structure_of)
@@ -131,7 +132,7 @@ def solve_with_a_head(times: list[list[float]], errors: list[list[float]], sizes
 
 @register_pass("ziplm")
 @dataclass
-class ZipLM(SpeedupSettings):
+class ZipLM(PlannedReachability, SpeedupSettings):
     """ZipLM: per-layer structured OBS + a latency-table DP to a measured speedup (see module doc)."""
 
     mode: Mode = Mode.ONESHOT

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import shutil
 import tempfile
 import warnings
@@ -21,15 +20,16 @@ from typing import Any, Callable
 from torch import nn
 
 from compresslab.bench.latency_runtimes import as_deployed, fastest_runtime, measure_speedup, reads_plain
-from compresslab.bench.latency_table import TableSettings, build_latency_table, linear_table, one_layer_table
+from compresslab.bench.latency_table import TableSettings, build_latency_table
 from compresslab.models.adapters import get_adapter
 from compresslab.models.inmemory import clone
 from compresslab.training.recovery import Recovery
 from compresslab.training.recovery import recover as _train_recover
+from compresslab.pruning.reachable import preflight_table
 from compresslab.types import PassContext
 # the settings and what they declare (speedup_settings, split off by size), also importable from here
 from compresslab.pruning.speedup_settings import (
-    Choice, LatencyModel, SpeedupSettings, off_grid, skipped_layers, smallest_head_count)
+    Choice, LatencyModel, SpeedupSettings, off_grid, skipped_layers, smallest_head_count, structure_of)
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ def check_layout(model: nn.Module) -> None:
         if lv.self_attn is lv.attention:
             raise ValueError(f"{model.config.model_type}: emptying a layer's attention needs the BERT/RoBERTa "
                              "layout; speedup-targeted structured pruning supports bert and roberta")
-
-
-def structure_of(model: nn.Module) -> Choice:
-    s = get_adapter(model).structure()
-    return {"heads": [x["heads"] for x in s], "ffn": [x["ffn"] for x in s]}
 
 
 def sample_batches(ctx: PassContext, n: int) -> list[dict]:
@@ -83,12 +78,12 @@ class SpeedupLab:
             chosen = self.runtime_choice["chosen"] if self.runtime_choice else runtimes[0]
             self.settings = p.table_settings(chosen)
             self.dense_onnx = files[chosen]
-            self.table, self.table_info = build_latency_table(dense, self.dense_onnx, self.settings,
-                                                              cache_dir=ctx.cache_dir, progress=ctx.progress)
-            if p.latency_model is LatencyModel.ONE_LAYER:
-                self.table = one_layer_table(self.table_info)
-            elif p.latency_model is LatencyModel.LINEAR:
-                self.table, self.linear_record = linear_table(self.table_info)
+            # the table the preflight priced this architecture with (cached on disk, or kept on the pass when it
+            # was not: a busy machine, no cache_dir): never timed twice in one run
+            measured = preflight_table(p, dense, self.settings) or build_latency_table(
+                dense, self.dense_onnx, self.settings, cache_dir=ctx.cache_dir, progress=ctx.progress)
+            self.table_info = measured[1]
+            self.table, self.linear_record = p.priced(*measured)
         except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
             raise
@@ -119,21 +114,13 @@ class SpeedupLab:
     @property
     def max_speedup(self) -> float:
         """The largest speedup the pass may reach: ``T_dense / T(fastest structure)``."""
-        t = self.predict(self.fastest())
-        return math.inf if t <= 0 else self.t_dense / t
+        return self.p.max_speedup(self.table, self.dense_choice)
 
     def check_targets(self, targets: list[float]) -> None:
-        """Clear error for targets the runtime cannot reach, before any Hessian is computed."""
-        top = self.max_speedup
-        bad = [s for s in targets if s > 1.0 and s >= top]
-        if bad:
-            raise ValueError(
-                f"speedup target(s) {bad} are not reachable at b{self.p.batch}xs{self.p.seq} on this runtime: the "
-                f"largest reachable speedup is {top:.2f}x, that of the fastest structure this pass may choose "
-                f"({self.p.fastest_rule}: {self.fastest()}). Emptying every layer is not offered: with no attention "
-                "head left no token sees another, so a [CLS] classifier would give every input the same output. "
-                f"Embeddings, LayerNorms and the head take {self.table.base_time * 1e3:.1f} ms of "
-                f"{self.t_dense * 1e3:.1f} ms; choose a target below {top:.2f}x")
+        """Clear error for targets the runtime cannot reach, before any Hessian is computed: the preflight made
+        the same check on the planned architecture (:mod:`compresslab.pruning.reachable`); this one stays for a
+        model the preflight could not plan (after an earlier structured step, several runtimes to choose from)."""
+        self.p.refuse_unreachable(self.table, self.dense_choice, targets)
 
     def budget(self, target: float) -> float:
         """Time the pruned modules may take: ``B = T_dense / S - t_0``."""

@@ -9,14 +9,17 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from compresslab.bench.latency_runtimes import RUNTIMES
-from compresslab.bench.latency_table import TableSettings
+from compresslab.bench.latency_table import TableSettings, linear_table, one_layer_table
 from compresslab.ops.spdy import LatencyTable
 from compresslab.training.recovery import Recovery
 from compresslab.types import hook
 from compresslab.validate import choice_hint, coerce_block, coerce_enum
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Choice = dict[str, list[int]]  # {"heads": [per layer], "ffn": [per layer]}: remaining sizes
 
@@ -30,6 +33,14 @@ def skipped_layers(choice: Choice) -> list[int]:
     """Layers left with no attention head and no FFN neuron: each adds only its output biases before its
     LayerNorms (ALGORITHMS.md §4.2), a skip like a dropped layer."""
     return [i for i, (h, f) in enumerate(zip(choice["heads"], choice["ffn"])) if h == 0 and f == 0]
+
+
+def structure_of(model: "nn.Module") -> Choice:
+    """``model``'s heads and FFN neurons per layer, as a :data:`Choice`."""
+    from compresslab.models.adapters import get_adapter
+
+    s = get_adapter(model).structure()
+    return {"heads": [x["heads"] for x in s], "ffn": [x["ffn"] for x in s]}
 
 
 class LatencyModel(str, Enum):
@@ -148,6 +159,41 @@ class SpeedupSettings:
         heads = [0] * len(start["heads"])
         heads[best[1]] = best[0]
         return {"heads": heads, "ffn": [0] * len(start["ffn"])}
+
+    def priced(self, table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any] | None]:
+        """The table the search prices with under ``latency_model``, from a measured (or cached) table and its
+        info (:func:`~compresslab.bench.latency_table.build_latency_table`), and the linear model's record (None
+        for the others). The step and the preflight's reachability check price the same way."""
+        if self.latency_model is LatencyModel.ONE_LAYER:
+            return one_layer_table(info), None
+        if self.latency_model is LatencyModel.LINEAR:
+            return linear_table(info)
+        return table, None
+
+    def max_speedup(self, table: LatencyTable, dense: Choice) -> float:
+        """The largest speedup this pass may reach from the structure ``dense`` (the model it is given):
+        ``T(dense) / T(fastest structure)``."""
+        fastest = self.fastest_structure(table, dense)
+        t = table.predict({"attention": fastest["heads"], "ffn": fastest["ffn"]})
+        return math.inf if t <= 0 else table.predict({"attention": dense["heads"], "ffn": dense["ffn"]}) / t
+
+    def refuse_unreachable(self, table: LatencyTable, dense: Choice, targets: list[float], given: str = "") -> None:
+        """ValueError naming the targets the runtime cannot reach from ``dense`` (the structure of the model the
+        step is given: a speedup is relative to it), and the largest it can; ``given`` describes that model in the
+        message (the preflight: its layer count after an earlier layer_drop)."""
+        top = self.max_speedup(table, dense)
+        bad = [s for s in targets if s > 1.0 and s >= top]
+        if not bad:
+            return
+        fastest = self.fastest_structure(table, dense)
+        t_dense = table.predict({"attention": dense["heads"], "ffn": dense["ffn"]})
+        raise ValueError(
+            f"speedup target(s) {bad} are not reachable at b{self.batch}xs{self.seq} on this runtime{given}: the "
+            f"largest reachable speedup is {top:.2f}x, that of the fastest structure this pass may choose "
+            f"({self.fastest_rule}: {fastest}). Emptying every layer is not offered: with no attention "
+            "head left no token sees another, so a [CLS] classifier would give every input the same output. "
+            f"Embeddings, LayerNorms and the head take {table.base_time * 1e3:.1f} ms of "
+            f"{t_dense * 1e3:.1f} ms; choose a target below {top:.2f}x")
 
     def runtimes(self) -> list[str]:
         """The candidate runtimes: one, or several to choose the fastest of."""
