@@ -147,3 +147,20 @@ def test_a_table_the_preflight_measured_is_the_steps_own(tmp_path: Path, monkeyp
     torch.manual_seed(0)
     res = steps[0].pass_.apply(tiny_model("bert"), ctx)
     assert measured == [2] and res.metrics["met_target"]
+
+
+@pytest.mark.filterwarnings("ignore:only .* calibration tokens")
+def test_a_resumed_run_does_not_plan_the_steps_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after ziplm, then rerun: the rerun's preflight prices nothing (the step is done; a table it needed
+    would be read from the cache, never re-timed)."""
+    import compresslab.pruning.speedup as st
+    from compresslab.pipeline import run
+
+    priced = price_planned_synthetically(monkeypatch)
+    monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: synthetic_latency_table())
+    monkeypatch.setattr(st, "measure_speedup", lambda *a, **k: {"speedup": 9.0, "dense_ms": 9.0, "candidate_ms": 1.0})
+    cfg = _cli_cfg(tmp_path, "ziplm_int8", "pipeline.passes.ziplm.speedup=2", "run.stop_after=2")
+    run(cfg)
+    assert priced == [2]
+    run(cfg)
+    assert priced == [2]
