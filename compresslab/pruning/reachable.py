@@ -60,13 +60,14 @@ def check_reachable(p: SpeedupSettings, model_class: type, config: Any, cache_di
     """ValueError naming the targets of ``p`` that the model of ``model_class`` and ``config`` (as the steps
     before ``p``'s step leave it) cannot reach, and the largest it can; see the module docstring. Several
     candidate runtimes: nothing is checked here (the step checks after choosing)."""
-    if len(p.runtimes()) != 1 or not any(t > 1.0 for t in p.targets()):
-        return
     import torch
 
-    settings = p.table_settings()
     with torch.no_grad():
         dense = planned_model(model_class, config)
+    p.refuse_start(structure_of(dense))  # before any timing (structured_l1: a uniform model only)
+    if len(p.runtimes()) != 1 or not any(t > 1.0 for t in p.targets()):
+        return
+    settings = p.table_settings()
     measured = cached_latency_table(dense, settings, cache_dir=cache_dir)
     if measured is None:
         from compresslab.bench.latency_probes import deploy_probe

@@ -160,6 +160,10 @@ class SpeedupSettings:
         heads[best[1]] = best[0]
         return {"heads": heads, "ffn": [0] * len(start["ffn"])}
 
+    def refuse_start(self, start: Choice) -> None:
+        """ValueError where the pass cannot start from the structure ``start`` (the model it is given); asked by its
+        apply and, on the planned model, by the preflight (pruning/reachable.py). Any structure here."""
+
     def priced(self, table: LatencyTable, info: dict[str, Any]) -> tuple[LatencyTable, dict[str, Any] | None]:
         """The table the search prices with under ``latency_model``, from a measured (or cached) table and its
         info (:func:`~compresslab.bench.latency_table.build_latency_table`), and the linear model's record (None

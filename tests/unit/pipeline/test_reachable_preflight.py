@@ -164,3 +164,21 @@ def test_a_resumed_run_does_not_plan_the_steps_it_finished(tmp_path: Path, monke
     assert priced == [2]
     run(cfg)
     assert priced == [2]
+
+
+def test_structured_l1_on_a_non_uniform_model_is_refused_before_finetune(tiny_tok: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                          no_step_runs: None) -> None:
+    """Its search shrinks every layer alike, so it starts from a uniform model only: refused in the preflight, before
+    any timing (nothing priced), where its apply used to refuse after finetune."""
+    from compresslab.models.structure import apply_structure
+
+    priced = price_planned_synthetically(monkeypatch)
+    model = tiny_model("bert")
+    apply_structure(model, [{"heads": 2, "ffn": 64}, {"heads": 4, "ffn": 64}])
+    data = [(e.text_a, ["neg", "pos"][e.label]) for e in tiny_sentiment(48, 0)]
+    with pytest.raises(ValueError, match=r"step 'structured_l1': structured_l1 starts from a uniform model; got "
+                                         r"per-layer structure \{'heads': \[2, 4\]"):
+        compresslab.compress(model, tiny_tok, [{"name": "finetune", "preset": "smoke"},
+                                               {"name": "structured_l1", **TINY, "speedup": 2.0}],
+                             data=data, max_length=32, batch_size=8, progress=False)
+    assert priced == []
