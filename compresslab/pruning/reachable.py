@@ -21,7 +21,6 @@ the dense model when the step starts, and not cached).
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,29 +40,14 @@ Measured = tuple[LatencyTable, dict[str, Any]]
 _KEPT = "_preflight_tables"
 
 
-def planned_model(model_class: type, config: Any) -> "nn.Module":
-    """A model of ``model_class`` with ``config``'s architecture (its ``compresslab_structure`` too, where a
-    pruned model carries one) and random weights: what the table and its ``T_dense`` are timed on (latency does
-    not depend on weight values)."""
-    from compresslab.models.structure import STRUCTURE_KEY, apply_structure
-
-    cfg = copy.deepcopy(config)
-    structure = cfg.__dict__.pop(STRUCTURE_KEY, None)
-    model = model_class(cfg).eval()
-    if structure:
-        apply_structure(model, structure)
-    return model
-
-
 def check_reachable(p: SpeedupSettings, model_class: type, config: Any, cache_dir: str | Path | None,
                     progress: Any = None) -> None:
     """ValueError naming the targets of ``p`` that the model of ``model_class`` and ``config`` (as the steps
     before ``p``'s step leave it) cannot reach, and the largest it can; see the module docstring. Several
     candidate runtimes: nothing is checked here (the step checks after choosing)."""
-    import torch
+    from compresslab.models.structure import planned_model
 
-    with torch.no_grad():
-        dense = planned_model(model_class, config)
+    dense = planned_model(model_class, config)
     p.refuse_start(structure_of(dense))  # before any timing (structured_l1: a uniform model only)
     if len(p.runtimes()) != 1 or not any(t > 1.0 for t in p.targets()):
         return

@@ -57,7 +57,7 @@ DECLARES = {
     # identity_settings: its recovery block's settings seen at their flat keys of before (design review item 7)
     "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths", "identity_settings"},
     "finetune": {"identity_defaults"},  # its recipe fields, listed in its YAML since 2026-12-06
-    "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths", "check_accuracy_level",
+    "hawq": {"quantizes_weights", "check_model", "check_planned", "check_deployable", "sequence_lengths", "check_accuracy_level",
              "identity_defaults", *RECOVERS},
     "int8_qat": {"keeps_zeros", "check_model", *RECOVERS},
     "layer_drop": {"check_model", "planned_config", *RECOVERS},  # keeps_zeros is a property: true only with recovery.steps=0
