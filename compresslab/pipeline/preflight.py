@@ -116,16 +116,16 @@ def check_planned(settings: RunSettings, steps: list[Step], model: "nn.Module", 
     if is_shrunk(model):  # the loaded model's own shapes, whatever its config says
         config.__dict__[STRUCTURE_KEY] = layer_structure(model)
     for s in steps:
-        check = hook(s.pass_, "check_planned")
-        if check is not None and s.index not in done:
-            try:
+        check, plan = hook(s.pass_, "check_planned"), hook(s.pass_, "planned_config")
+        try:
+            if check is not None and s.index not in done:
                 check(type(model), config, settings.cache_dir, progress)
-            except ValueError as e:
-                raise ValueError(f"step {s.name!r}: {e}") from None
-        plan = hook(s.pass_, "planned_config")
-        if plan is not None:
-            config = plan(config)
-        elif s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher or capability(s.pass_, "keeps_structure")):
+            if plan is not None:  # e.g. a second layer_drop: its depth against the first one's planned model
+                config = plan(config)
+        except ValueError as e:
+            raise ValueError(f"step {s.name!r}: {e}") from None
+        if plan is None and s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher
+                                                                  or capability(s.pass_, "keeps_structure")):
             return
 
 

@@ -182,3 +182,11 @@ def test_structured_l1_on_a_non_uniform_model_is_refused_before_finetune(tiny_to
                                                {"name": "structured_l1", **TINY, "speedup": 2.0}],
                              data=data, max_length=32, batch_size=8, progress=False)
     assert priced == []
+
+
+def test_a_second_layer_drop_is_checked_against_the_depth_the_first_leaves(no_step_runs: None) -> None:
+    """Its check_model saw the loaded model only up to the first layer_drop (a structure change); the plan knows the
+    depth: 2 layers -> 1, then num_layers=2 cannot be kept."""
+    with pytest.raises(ValueError, match=r"step 'layer_drop_2': num_layers=2 but the model has only 1 layer; a "
+                                         r"1-layer model has no layer to drop"):
+        _plan([{"name": "layer_drop", "num_layers": 1}, {"name": "layer_drop", "num_layers": 2}])
