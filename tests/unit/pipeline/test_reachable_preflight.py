@@ -190,3 +190,18 @@ def test_a_second_layer_drop_is_checked_against_the_depth_the_first_leaves(no_st
     with pytest.raises(ValueError, match=r"step 'layer_drop_2': num_layers=2 but the model has only 1 layer; a "
                                          r"1-layer model has no layer to drop"):
         _plan([{"name": "layer_drop", "num_layers": 1}, {"name": "layer_drop", "num_layers": 2}])
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_the_planned_model_has_the_steps_table_key(arch: str) -> None:
+    """The preflight's table is the step's own only if the random model planned after layer_drop has every fact the
+    cache is keyed on (architecture, depth, class, vocabulary) equal to the trained, layer-dropped model's."""
+    from compresslab.bench.latency_table import TableSettings, environment
+    from compresslab.models.structure import planned_model
+    from compresslab.passes.layer_drop import LayerDrop, drop_layers_
+
+    given, s, fp = tiny_model(arch), TableSettings(batch=2, seq=16, threads=1, ffn_grid=16), {"cpu": {"model": "x"}}
+    planned = planned_model(type(given), LayerDrop(num_layers=1).planned_config(given.config))
+    drop_layers_(given, [1])
+    assert environment(planned, s, fp) == environment(given, s, fp)
+    assert environment(planned, s, fp)["arch"]["layers"] == 1
