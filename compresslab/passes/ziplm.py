@@ -2,7 +2,8 @@
 
 Flow: dense export + latency table on the target runtime (cached per environment) -> targets
 checked against the fastest structure the search may choose (every FFN neuron and every head but
-one removed: a model with no head left cannot look across tokens) -> forward hooks collect the
+one removed: a model with no head left cannot look across tokens; the preflight made the same check on
+the architecture this step is given, before any step ran: pruning/reachable.py) -> forward hooks collect the
 inputs of every ``W_O`` and ``W_2`` on calibration data (padding excluded: pad tokens never reach
 an encoder's loss) -> one Hessian per matrix (raw sums all-reduced across processes) -> a greedy
 OBS database per matrix (heads: column blocks of ``head_size``; FFN: single columns, levels on
