@@ -101,27 +101,36 @@ def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module
 
 def check_planned(settings: RunSettings, steps: list[Step], model: "nn.Module", done: Collection[int] = (),
                   progress: Any = None) -> None:
-    """Each step's ``check_planned`` hook against the model it will be given, planned from the loaded ``model``: its
-    class, and its config (with its per-layer structure) as the steps before leave it, where each says how
-    (``planned_config``: layer_drop's fewer layers). Finetune, the passes that make the teacher and those that
-    ``keeps_structure`` leave the architecture as it is; a torch step that changes it otherwise (ziplm, QAT's wrapped
-    Linears) ends the plan: a later step checks itself when it starts. A step in ``done`` (resumed past) is not
-    checked. ValueError naming the step: e.g. a ZipLM target the runtime cannot reach, refused before finetune."""
+    """Each step's checks against the model it will be given, planned from the loaded ``model``: its class, and its
+    config (with its per-layer structure) as the steps before leave it, where each says how (``planned_config``:
+    layer_drop's fewer layers). Its ``check_planned`` hook (e.g. a ZipLM target the runtime cannot reach), and, after
+    a planned change of the structure, its ``check_model`` on a model of that planned architecture (random weights):
+    :func:`~compresslab.pipeline.state.check_steps_model` asked the loaded model only up to the first change.
+    Finetune, the passes that make the teacher and those that ``keeps_structure`` leave the architecture as it is; a
+    torch step that changes it otherwise (ziplm, QAT's wrapped Linears) ends the plan: a later step checks itself when
+    it starts. A step in ``done`` (resumed past) is not checked. ValueError naming the step, before finetune."""
     import copy
 
-    from compresslab.models.structure import STRUCTURE_KEY, is_shrunk, layer_structure
+    from compresslab.models.structure import STRUCTURE_KEY, is_shrunk, layer_structure, planned_model
     from compresslab.types import Stage
 
     config = copy.deepcopy(model.config)
     if is_shrunk(model):  # the loaded model's own shapes, whatever its config says
         config.__dict__[STRUCTURE_KEY] = layer_structure(model)
+    changed: list["nn.Module"] | None = None  # after a planned change: [the planned model], built when first asked
     for s in steps:
-        check, plan = hook(s.pass_, "check_planned"), hook(s.pass_, "planned_config")
+        check, plan, own = (hook(s.pass_, "check_planned"), hook(s.pass_, "planned_config"),
+                            hook(s.pass_, "check_model"))
         try:
-            if check is not None and s.index not in done:
-                check(type(model), config, settings.cache_dir, progress)
+            if s.index not in done:
+                if changed is not None and own is not None:
+                    if not changed:
+                        changed.append(planned_model(type(model), config))
+                    own(changed[0])
+                if check is not None:
+                    check(type(model), config, settings.cache_dir, progress)
             if plan is not None:  # e.g. a second layer_drop: its depth against the first one's planned model
-                config = plan(config)
+                config, changed = plan(config), []
         except ValueError as e:
             raise ValueError(f"step {s.name!r}: {e}") from None
         if plan is None and s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher

@@ -4,7 +4,7 @@ HAWQ's budgets (avg_bits under ``rules``' pins, ``latency_limit`` on the n-bit t
 step will be given, in the preflight: they were refused "before the Hessian", but after finetune and every earlier
 step. The n-bit table the preflight measures is the step's own (cached, else kept on the pass): a run that goes on
 times it once. Guided int8 on an embedding task is refused by the pass's data check, not after the export.
-(ZipLM's and structured_l1's: tests/unit/pipeline/test_reachable_preflight.py.)"""
+(ZipLM's and structured_l1's: tests/unit/pipeline/test_planned_preflight.py.)"""
 
 from __future__ import annotations
 

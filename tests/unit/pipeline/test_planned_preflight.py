@@ -5,6 +5,9 @@ The preflight prices the floor on the architecture the step will be given (a den
 table does not depend on weights), after the layers an earlier layer_drop removes; the table it reads or measures is
 the step's own (cached; else kept on the pass), so a run that goes on times nothing twice.
 
+The same plan runs each later step's check_model on the planned model after a layer_drop (the loaded model answers
+only for the steps before it).
+
 Timing is the synthetic table of the tiny BERT (1 ms base, 1 ms per head, 0.05 ms per FFN neuron; 4 heads and 64
 neurons per layer): 2 layers reach at most 15.4 / 2 = 7.70x (one head kept), 1 layer 8.2 / 2 = 4.10x.
 """
@@ -205,3 +208,22 @@ def test_the_planned_model_has_the_steps_table_key(arch: str) -> None:
     drop_layers_(given, [1])
     assert environment(planned, s, fp) == environment(given, s, fp)
     assert environment(planned, s, fp)["arch"]["layers"] == 1
+
+
+@pytest.mark.parametrize("after,match", [
+    ({"name": "obert", "num_grads": 2, "grad_batch_size": 8, "targets": ["qurey"]}, "qurey"),
+    ({"name": "magnitude", "targets": ["qurey"]}, "qurey"),
+    ({"name": "hawq", "bits": 4, "block_size": 24}, "block_size=24"),
+    ({"name": "int8_qat", "ignore": ["clasifier"]}, "clasifier"),
+])
+def test_a_step_after_layer_drop_is_checked_on_the_planned_model_before_finetune(
+        tiny_tok: Any, no_step_runs: None, tmp_path: Path, after: dict, match: str) -> None:
+    """The loaded model answers for the steps up to layer_drop only (it changes the structure); the plan knows the
+    depth it leaves, so each later step's check_model runs on that planned model, before finetune."""
+    data = [(e.text_a, ["neg", "pos"][e.label]) for e in tiny_sentiment(48, 0)]
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"step '{after['name']}': .*{match}"):
+        compresslab.compress(tiny_model("bert"), tiny_tok, [{"name": "finetune", "preset": "smoke"},
+                                                            {"name": "layer_drop", "num_layers": 1}, after],
+                             data=data, output_dir=out, max_length=32, batch_size=8, progress=False)
+    assert not out.exists()
