@@ -268,7 +268,7 @@ def compress(model: "nn.Module", tokenizer: Any, passes: Sequence[PassSpec], *, 
     # model checks its driver makes before the first step (the model's weights and tokenizer, deploy settings, each
     # pass's check_model): before the teacher checks, which read the model's head
     check_steps_settings(settings, steps, model.config, " (the model given to compress())")
-    check_with_model(settings, steps, model, tokenizer)
+    check_with_model(settings, steps, model, tokenizer, progress=tqdm_progress if progress else None)
     teacher = _as_model(teacher, "teacher")
     check_teacher(steps, model, teacher, task, tokenizer)
 

@@ -221,6 +221,13 @@ PASS_FLAGS: Mapping[str, Any] = MappingProxyType({
 PASS_HOOKS: Mapping[str, str] = MappingProxyType({
     "check_model": "check_model(model) -> None: ValueError where the loaded model does not suit the pass (module "
                    "patterns, shapes), before any step runs (pipeline/state.py check_steps_model)",
+    "check_planned": "check_planned(model_class: type, config, cache_dir, progress=None) -> None: ValueError where "
+                     "the model this step will be given (the loaded model's class, its config as the steps before "
+                     "leave it: ``planned_config``) cannot meet the pass's settings; may time what the step would "
+                     "(ZipLM's latency table, cached), before any step runs (pipeline/preflight.py check_planned)",
+    "planned_config": "planned_config(config) -> config: the model config this step leaves, known before it runs "
+                      "(layer_drop: fewer layers), for a later step's ``check_planned`` (pipeline/preflight.py "
+                      "check_planned); a torch step that changes the structure without it ends the plan",
     "check_after": "check_after(earlier: list[Pass]) -> None: ValueError where the passes before this step do not "
                    "give it what it needs, before any work (pipeline/plan.py check_order)",
     "check_deployable": "check_deployable() -> None: ValueError where a ``quantizes_weights`` pass's layout cannot "

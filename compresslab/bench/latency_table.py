@@ -63,7 +63,6 @@ may lean a little low, and those sizes stay unpriced.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import shutil
@@ -74,7 +73,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from compresslab.bench.env import LATENCY_KEYS, hardware_fingerprint, resolve_threads
-from compresslab.bench.latency_runtimes import ORT_INT8_RECIPE, RUNTIMES, as_deployed, make_runner, reads_plain
+from compresslab.bench.latency_probes import deploy_probe, export_probe, probe_model, uniform_model
+from compresslab.bench.latency_runtimes import ORT_INT8_RECIPE, RUNTIMES, make_runner, reads_plain
 from compresslab.bench.machine_load import timing_window
 from compresslab.bench.table_cache import environment_facts, read_cached, stable_hash, write_cached
 from compresslab.ops.spdy import FixedCostFit, LatencyTable, fit_fixed_costs
@@ -211,11 +211,9 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
 
     check_max_length(settings.seq, model.config, "latency table seq")
     settings.check_runtime()
-    env = environment(model, settings, fingerprint)
-    path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
-    if path is not None and (hit := _read_cached(path, env)) is not None:
-        log.info("latency table: reusing %s", path)
-        return hit[0], {**hit[1], "cached": True, "cache_file": str(path)}
+    env, path, hit = _lookup(model, settings, cache_dir, fingerprint)
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     with timing_window("latency table") as window:
         table, raw = measure_table(model, dense_onnx, settings, env, progress=progress)
@@ -226,80 +224,24 @@ def build_latency_table(model: nn.Module, dense_onnx: str | Path, settings: Tabl
     return table, {**info, **stored}
 
 
-def probe_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
-    """A fresh one-layer model of ``model``'s architecture with ``heads`` heads and ``ffn`` neurons.
-
-    Weights are random (latency does not depend on their values). The vocabulary is cut to a
-    size above the position table, because ORT fuses the embeddings only when the word table is
-    the larger one; the embeddings are in the base probe and cancel out of every entry.
-    """
-    return _fresh_model(model, heads, ffn, layers=1,
-                        vocab=int(getattr(model.config, "max_position_embeddings", 512)) + 64)
+def cached_latency_table(model: nn.Module, settings: TableSettings, *, cache_dir: str | Path | None,
+                         fingerprint: dict[str, Any] | None = None) -> tuple[LatencyTable, dict[str, Any]] | None:
+    """The table :func:`build_latency_table` would reuse from ``cache_dir`` for ``model``'s architecture, and its
+    info; None when it would measure one (nothing is exported or timed here). The preflight asks this first, so a
+    cached table costs it no export of the dense model."""
+    return _lookup(model, settings, cache_dir, fingerprint)[2]
 
 
-def uniform_model(model: nn.Module, heads: int, ffn: int) -> nn.Module:
-    """A fresh model of ``model``'s dense architecture (all layers, its vocabulary) with every
-    layer shrunk to ``heads`` heads and ``ffn`` neurons: a whole-model calibration point.
-    Weights are random (latency does not depend on their values)."""
-    return _fresh_model(model, heads, ffn)
-
-
-def _fresh_model(model: nn.Module, heads: int, ffn: int, *, layers: int | None = None,
-                 vocab: int | None = None) -> nn.Module:
-    from compresslab.models.adapters import get_adapter
-    from compresslab.models.structure import apply_structure
-
-    cfg = copy.deepcopy(model.config)
-    cfg.__dict__.pop("compresslab_structure", None)  # built dense from the config, then shrunk
-    if layers is not None:
-        setattr(cfg, "n_layers" if hasattr(cfg, "n_layers") else "num_hidden_layers", layers)
-    if vocab is not None:
-        cfg.vocab_size = vocab
-    fresh = type(model)(cfg).eval()
-    apply_structure(fresh, [{"heads": heads, "ffn": ffn}] * get_adapter(fresh).num_layers)
-    return fresh
-
-
-def _plain_export(probe: nn.Module, path: Path) -> None:
-    """Export ``probe`` to ``path`` as traced (no fusion, no parity: probes are only timed)."""
-    import torch
-
-    from compresslab.export import export_onnx, input_names_for
-
-    ids = torch.randint(0, 64, (2, 8))
-    sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    export_onnx(probe, path, sample, input_names_for(probe), probe=True)
-
-
-def export_probe(probe: nn.Module, path: Path) -> int:
-    """Export and fuse ``probe`` as the real model is deployed on ORT (no parity: probes are only timed).
-
-    Returns the number of fused Attention nodes, so the caller can flag an unfused probe.
-    """
-    from compresslab.export import optimize_graph
-    from compresslab.export.optimize import heads_and_hidden
-
-    raw = path.with_name(f"{path.stem}.raw.onnx")
-    _plain_export(probe, raw)
-    heads, hidden = heads_and_hidden(probe.config)
-    fused = optimize_graph(raw, path, num_heads=heads, hidden_size=hidden).fused_attention_nodes
-    raw.unlink()
-    return fused
-
-
-def deploy_probe(probe: nn.Module, path: Path, s: TableSettings, expect_fused: int) -> Path:
-    """Export ``probe`` to ``path`` and return the file ``s.runtime`` times (see :func:`as_deployed`).
-
-    On the ORT runtimes, warns when fewer than ``expect_fused`` Attention nodes fused (the deployed export fuses
-    all)."""
-    if not reads_plain(s.runtime):
-        if export_probe(probe, path) != expect_fused:
-            log.warning("latency probe %s: attention did not fuse as deployed", path.stem)
-        if s.runtime == "ort":  # the fused export itself
-            return path
-    else:
-        _plain_export(probe, path)
-    return as_deployed(path, s, int(probe.config.vocab_size))
+def _lookup(model: nn.Module, settings: TableSettings, cache_dir: str | Path | None,
+            fingerprint: dict[str, Any] | None) -> tuple[dict[str, Any], Path | None,
+                                                         tuple[LatencyTable, dict[str, Any]] | None]:
+    """``model``'s environment, its cache file (None without ``cache_dir``) and the cached table there, if valid."""
+    env = environment(model, settings, fingerprint)
+    path = cache_file(Path(cache_dir), env) if cache_dir is not None else None
+    if path is None or (hit := _read_cached(path, env)) is None:
+        return env, path, None
+    log.info("latency table: reusing %s", path)
+    return env, path, (hit[0], {**hit[1], "cached": True, "cache_file": str(path)})
 
 
 def measure_table(model: nn.Module, dense_onnx: str | Path, s: TableSettings, env: dict[str, Any], *,

@@ -9,7 +9,8 @@ what the zeroed dense block computes.
 
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -146,3 +147,16 @@ def apply_structure(model: nn.Module, structure: Sequence[dict[str, int]]) -> No
         lv = adapter.layer(i)
         if s["ffn"] != lv.ffn_size:
             shrink_ffn(lv, range(s["ffn"]))
+
+
+def planned_model(model_class: type, config: Any) -> nn.Module:
+    """A model of ``model_class`` with ``config``'s architecture (its :data:`STRUCTURE_KEY` shapes too, where a
+    shrunk model's config has them) and random weights, in eval mode: the model a step will be given, planned before
+    any step runs (pipeline/preflight.py check_planned), for checks and timings that depend on shapes only."""
+    cfg = copy.deepcopy(config)
+    structure = cfg.__dict__.pop(STRUCTURE_KEY, None)
+    with torch.no_grad():
+        model = model_class(cfg).eval()
+        if structure:
+            apply_structure(model, structure)
+    return model

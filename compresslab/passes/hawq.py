@@ -188,6 +188,42 @@ class Hawq(HawqSettings):
         # the packed checkpoint stores codes at their nominal bits: the real n-bit size on disk
         return PassResult(metrics=metrics, structure={"quant": specs}, formats=["packed_nbits"] if specs else [])
 
+    def _allocation_couple(self, model: nn.Module, modules: Mapping[str, nn.Linear], couple: list[list[str]],
+                           pins: Mapping[str, int]) -> list[list[str]]:
+        """The groups the allocation gives one width: ``couple`` (Q/K/V under ``couple_qkv``), or under
+        ``sensitivity=eigen`` every layer's Linears but the pinned ones (Q-BERT allocates per layer)."""
+        if self.sensitivity is not Sensitivity.EIGEN:
+            return couple
+        keys = layer_keys(model, modules)
+        by_layer: dict[str, list[str]] = {}
+        for n in modules:
+            if n not in pins:
+                by_layer.setdefault(keys[n], []).append(n)
+        return [g for g in by_layer.values() if len(g) > 1]
+
+    def check_planned(self, model_class: type, config: Any, cache_dir: str | Path | None, progress: Any = None
+                      ) -> None:
+        """The ``check_planned`` hook: every budget of an allocation (``avg_bits``, ``size_bytes``, ``latency_limit``)
+        is feasible on the model this step will be given (its shapes alone: numel, Q/K/V couplings, ``rules``' pins;
+        for ``latency_limit`` the n-bit table of those shapes, the one the step reads: cached, or kept on the pass),
+        before any step runs. InfeasibleBudgetError naming each budget's smallest achievable value."""
+        if self.bits is not None or self.allocate is Allocate.RANDOM:  # no budget to meet: the widths are given
+            return
+        from compresslab.models.structure import planned_model
+
+        model = planned_model(model_class, config)
+        modules = select_modules(model, self.targets, self.ignore)
+        if not modules:
+            return  # check_model names the empty selection
+        couple, pins = self._pins(model, modules)
+        couple = self._allocation_couple(model, modules, couple, pins)
+        latency, limit_s = None, None
+        if self.latency_limit is not None:
+            shapes = {n: self.group_shape(model, m) for n, m in modules.items()}
+            latency, record = self.latency_table(modules, shapes, cache_dir)
+            limit_s = record["limit_s"]
+        self.check_feasible({n: m.weight.numel() for n, m in modules.items()}, couple, latency, limit_s, pins)
+
     def _embedding_spec(self, model: nn.Module) -> dict[str, dict[str, int]]:
         """{qualified name: spec} of the word embeddings under ``embedding_bits`` ({} when unset)."""
         if self.embedding_bits is None:
@@ -211,17 +247,12 @@ class Hawq(HawqSettings):
             record["allocation"] = {"method": "random", "seed": ctx.seed, "budget_avg_bits": self.avg_bits,
                                     "pinned": pins}
             return dict(bits), record
-        if self.sensitivity is Sensitivity.EIGEN:  # Q-BERT allocates per layer: couple a layer's Linears
-            keys = layer_keys(model, modules)  # (but the pinned ones, which keep their own width)
-            by_layer: dict[str, list[str]] = {}
-            for n in modules:
-                if n not in pins:
-                    by_layer.setdefault(keys[n], []).append(n)
-            couple = [g for g in by_layer.values() if len(g) > 1]
-        # the latency table and every budget's feasibility before the Hessian (minutes on MiniLM)
+        couple = self._allocation_couple(model, modules, couple, pins)
+        # the latency table and every budget's feasibility before the Hessian (minutes on MiniLM); the preflight
+        # made the same check on the planned model (check_planned), this one stays for a model it could not plan
         latency, limit_s = None, None
         if self.latency_limit is not None:
-            latency, record["latency"] = self.latency_table(modules, shapes, ctx)
+            latency, record["latency"] = self.latency_table(modules, shapes, ctx.cache_dir)
             limit_s = record["latency"]["limit_s"]
         self.check_feasible(numel, couple, latency, limit_s, pins)
         sens, srec = self._sensitivity(model, ctx, modules)

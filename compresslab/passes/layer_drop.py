@@ -103,6 +103,22 @@ class LayerDrop:
         """Before any step runs: ``keep`` / ``num_layers`` fit the model's depth (ValueError naming it)."""
         self.layers_to_keep(get_adapter(model).num_layers)
 
+    def planned_config(self, config: Any) -> Any:
+        """The config this step leaves (the ``planned_config`` hook): ``config`` with the kept layers only, so a later
+        step is priced on the depth it will be given (ZipLM's reachable speedup: pruning/reachable.py)."""
+        import copy
+
+        attr = "n_layers" if hasattr(config, "n_layers") else "num_hidden_layers"
+        keep = self.layers_to_keep(int(getattr(config, attr)))
+        out = copy.deepcopy(config)
+        setattr(out, attr, len(keep))
+        from compresslab.models.structure import STRUCTURE_KEY
+
+        structure = out.__dict__.get(STRUCTURE_KEY)  # a pruned model's per-layer sizes: the kept layers' only
+        if structure:
+            out.__dict__[STRUCTURE_KEY] = [structure[i] for i in keep]
+        return out
+
     def layers_to_keep(self, total: int) -> list[int]:
         """The kept indices for a model of ``total`` layers (range errors name the depth)."""
         if self.num_layers is not None:

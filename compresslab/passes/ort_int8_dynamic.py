@@ -202,6 +202,14 @@ class OrtInt8Dynamic:
         if self.fp32_fallback == "guided" and task is not None and not len(getattr(task, "validation", ()) or ()):
             raise ValueError(f"{self.name} fp32_fallback=guided selects on the validation split, which is empty "
                              "(set task.val_size, or fp32_fallback: none)")
+        from compresslab.data.schema import TaskKind, TaskNotSupportedError
+
+        # the guided choice keeps the int8 file's predictions close to the fp32 one's (quant/divergence.py): a bare
+        # encoder has none, which it found only after the export and the int8 probes (run_outputs' refusal)
+        if self.fp32_fallback == "guided" and task is not None and task.spec.kind is TaskKind.EMBEDDING:
+            raise TaskNotSupportedError(f"{self.name} fp32_fallback=guided keeps the predictions of the fp32 graph; "
+                                        f"task {task.spec.name!r} is an embedding task (a bare encoder has none): "
+                                        "set fp32_fallback: none")
 
     def apply(self, model: OnnxModel, ctx: PassContext) -> PassResult:
         from compresslab.export.ort_quant import copy_model_files, ensure_fused, quantize_dynamic_int8

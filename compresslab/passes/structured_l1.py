@@ -22,6 +22,7 @@ from compresslab.models.adapters import LayerView, get_adapter
 from compresslab.models.inmemory import clone
 from compresslab.models.structure import shrink_ffn, shrink_heads
 from compresslab.ops.spdy import LatencyTable
+from compresslab.pruning.reachable import PlannedReachability
 from compresslab.pruning.speedup import (
     Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, result_metrics, sample_batches,
     smallest_head_count, structure_of)
@@ -90,7 +91,7 @@ def uniform_solver(lab: SpeedupLab, num_layers: int, num_heads: int, ffn_size: i
 
 @register_pass("structured_l1")
 @dataclass
-class StructuredL1(SpeedupSettings):
+class StructuredL1(PlannedReachability, SpeedupSettings):
     """Uniform per-layer L1 removal of heads and neurons to a measured speedup (ZipLM's baseline)."""
 
     fraction_steps: int = 200  # resolution of the uniform-fraction search
@@ -120,15 +121,21 @@ class StructuredL1(SpeedupSettings):
             raise ValueError(f"no head count above 0 the latency table prices fits heads per layer {start['heads']}")
         return {"heads": [h] * len(start["heads"]), "ffn": [0] * len(start["ffn"])}
 
+    def refuse_start(self, start: Choice) -> None:
+        """A uniform model only (every layer the same heads and FFN width): the search shrinks all layers alike. Asked
+        in the preflight of the planned model too (e.g. after a ziplm step it cannot be planned: then in apply)."""
+        if len(set(start["heads"])) > 1 or len(set(start["ffn"])) > 1:
+            raise ValueError(f"structured_l1 starts from a uniform model; got per-layer structure {start}")
+
     def check(self, task: Any) -> None:
-        """A validation split when recovery selects on it; the layout and targets are checked in ``apply``."""
+        """A validation split when recovery selects on it; the layout is checked in ``apply``, the start structure
+        and the targets also in the preflight (``check_planned``)."""
         self.recovery.check_task(task)
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassResult:
         check_layout(model)
         start = structure_of(model)
-        if len(set(start["heads"])) > 1 or len(set(start["ffn"])) > 1:
-            raise ValueError(f"structured_l1 starts from a uniform model; got per-layer structure {start}")
+        self.refuse_start(start)
         dense = clone(model).eval()
         params_dense = sum(p.numel() for p in dense.parameters())
         teacher = ctx.kd_teacher(model)  # before the model changes

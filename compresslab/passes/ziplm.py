@@ -2,7 +2,8 @@
 
 Flow: dense export + latency table on the target runtime (cached per environment) -> targets
 checked against the fastest structure the search may choose (every FFN neuron and every head but
-one removed: a model with no head left cannot look across tokens) -> forward hooks collect the
+one removed: a model with no head left cannot look across tokens; the preflight made the same check on
+the architecture this step is given, before any step ran: pruning/reachable.py) -> forward hooks collect the
 inputs of every ``W_O`` and ``W_2`` on calibration data (padding excluded: pad tokens never reach
 an encoder's loss) -> one Hessian per matrix (raw sums all-reduced across processes) -> a greedy
 OBS database per matrix (heads: column blocks of ``head_size``; FFN: single columns, levels on
@@ -31,6 +32,7 @@ from compresslab.ops.knapsack import solve_dp
 from compresslab.ops.layer_hessian import HessianAccumulator, zero_dead_columns_
 from compresslab.ops.shrink import ShrinkDatabase, build_database
 from compresslab.ops.spdy import LatencyTable
+from compresslab.pruning.reachable import PlannedReachability
 from compresslab.pruning.speedup import (
     Choice, SpeedupLab, SpeedupSettings, check_layout, oneshot_family, recover, result_metrics, sample_batches,
     save_member, structure_of)
@@ -133,7 +135,7 @@ def solve_with_a_head(times: list[list[float]], errors: list[list[float]], sizes
 
 @register_pass("ziplm")
 @dataclass
-class ZipLM(SpeedupSettings):
+class ZipLM(PlannedReachability, SpeedupSettings):
     """ZipLM: per-layer structured OBS + a latency-table DP to a measured speedup (see module doc)."""
 
     mode: Mode = Mode.ONESHOT

@@ -56,7 +56,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     ``cfg`` is recorded (and gives the run's identity); the settings are read from ``state.settings``."""
     from compresslab.pipeline.preflight import check_with_model
     from compresslab.pipeline.step_files import first_broken
-    from compresslab.pipeline.steps import redo_broken, run_steps
+    from compresslab.pipeline.steps import done_steps, redo_broken, run_steps
 
     existing = prepare_run_dir(run_dir, cfg, state.settings)
     inputs = input_identity(state)  # model files and data by content: a changed file is never reused
@@ -73,7 +73,9 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     state.load_initial()
     # deploy settings, module patterns and shapes need the model (e.g. hawq's block_size vs the Linears' shapes):
     # checked before any step runs and before a fresh run dir is written (a refused config leaves nothing behind)
-    check_with_model(state.settings, steps, state.model, state.tokenizer)
+    # a resumed run plans only the steps it has not finished (a cached latency table is read, never re-timed)
+    check_with_model(state.settings, steps, state.model, state.tokenizer, done=done_steps(existing),
+                     progress=state.progress)
     manifest = existing or _start(state, run_dir, cfg)
     record_invocation(manifest, cfg, run_dir, overrides)
     manifest.data["inputs"] = inputs

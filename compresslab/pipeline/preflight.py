@@ -25,7 +25,7 @@ was given.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 from compresslab.pipeline.plan import Step, build_steps, resolve_run_dir
 from compresslab.pipeline.rundir import check_run_dir
@@ -77,13 +77,16 @@ def check_steps_settings(settings: RunSettings, steps: list[Step], model_config:
     check_lengths_fit(model_config, settings, steps, where)
 
 
-def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module", tokenizer: Any) -> None:
+def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module", tokenizer: Any,
+                     done: Collection[int] = (), progress: Any = None) -> None:
     """Every check that needs the loaded model, before any step runs (and, in the driver, before a fresh run dir is
     written): the model itself (:func:`check_model`: its weights, its tokenizer), the deploy settings against it
     (:func:`~compresslab.pipeline.deploy.check_deploy`: ``keep_fp32`` patterns, no bf16 OpenVINO precision for a
     binary model), then each pass's own (:func:`~compresslab.pipeline.state.check_steps_model`: architectures, module
-    patterns, shapes such as hawq's block size). The one list the driver, the multirun check (each swept job) and
-    ``compress()`` run.
+    patterns, shapes such as hawq's block size), and last the checks against the model each step will be given
+    (:func:`check_planned`: ZipLM's reachable speedup, which may time a latency table). The one list the driver, the
+    multirun check (each swept job) and ``compress()`` run. ``done``: indices of the steps a resumed run has
+    finished (not planned again); ``progress``: the run's progress bars, for a table timed here.
 
     Raises ValueError naming the setting or the step.
     """
@@ -93,6 +96,46 @@ def check_with_model(settings: RunSettings, steps: list[Step], model: "nn.Module
     check_model(model, tokenizer, "model")
     check_deploy(settings, steps, model)
     check_steps_model(steps, model)
+    check_planned(settings, steps, model, done, progress)
+
+
+def check_planned(settings: RunSettings, steps: list[Step], model: "nn.Module", done: Collection[int] = (),
+                  progress: Any = None) -> None:
+    """Each step's checks against the model it will be given, planned from the loaded ``model``: its class, and its
+    config (with its per-layer structure) as the steps before leave it, where each says how (``planned_config``:
+    layer_drop's fewer layers). Its ``check_planned`` hook (e.g. a ZipLM target the runtime cannot reach), and, after
+    a planned change of the structure, its ``check_model`` on a model of that planned architecture (random weights):
+    :func:`~compresslab.pipeline.state.check_steps_model` asked the loaded model only up to the first change.
+    Finetune, the passes that make the teacher and those that ``keeps_structure`` leave the architecture as it is; a
+    torch step that changes it otherwise (ziplm, QAT's wrapped Linears) ends the plan: a later step checks itself when
+    it starts. A step in ``done`` (resumed past) is not checked. ValueError naming the step, before finetune."""
+    import copy
+
+    from compresslab.models.structure import STRUCTURE_KEY, is_shrunk, layer_structure, planned_model
+    from compresslab.types import Stage
+
+    config = copy.deepcopy(model.config)
+    if is_shrunk(model):  # the loaded model's own shapes, whatever its config says
+        config.__dict__[STRUCTURE_KEY] = layer_structure(model)
+    changed: list["nn.Module"] | None = None  # after a planned change: [the planned model], built when first asked
+    for s in steps:
+        check, plan, own = (hook(s.pass_, "check_planned"), hook(s.pass_, "planned_config"),
+                            hook(s.pass_, "check_model"))
+        try:
+            if s.index not in done:
+                if changed is not None and own is not None:
+                    if not changed:
+                        changed.append(planned_model(type(model), config))
+                    own(changed[0])
+                if check is not None:
+                    check(type(model), config, settings.cache_dir, progress)
+            if plan is not None:  # e.g. a second layer_drop: its depth against the first one's planned model
+                config, changed = plan(config), []
+        except ValueError as e:
+            raise ValueError(f"step {s.name!r}: {e}") from None
+        if plan is None and s.pass_.stage is Stage.TORCH and not (s.pass_.makes_teacher
+                                                                  or capability(s.pass_, "keeps_structure")):
+            return
 
 
 def check_model(model: "nn.Module", tokenizer: Any, what: str) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -23,7 +24,6 @@ from compresslab.bench.nbits_latency import NBitsTableSettings
 from compresslab.ops.quant import MAX_BITS, MIN_BITS, check_bits
 from compresslab.targets import assign, check_patterns, check_rules
 from compresslab.training.recovery import Recovery
-from compresslab.types import PassContext
 from compresslab.validate import (check_bools, check_positive, check_positive_int, coerce_block, coerce_enum,
                                   is_int, is_number, typed_settings)
 
@@ -301,10 +301,12 @@ class HawqSettings:
 
     # ------------------------------------------------------------------ budgets (before the Hessian)
     def latency_table(self, modules: Mapping[str, nn.Linear], shapes: Mapping[str, tuple[int, int]],
-                      ctx: PassContext) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+                      cache_dir: str | Path | None) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
         """The table (seconds per target and width in ``choices``) and its record: where it came from
         (``source`` measured / cached, the hardware ``fingerprint``), the fp32 total, the budget in
-        seconds. Measured with fp32 too, whatever ``choices``: the limit is relative to it."""
+        seconds. Measured with fp32 too, whatever ``choices``: the limit is relative to it. A table measured
+        once is kept on the pass for the same shapes and settings: the step reads the one its preflight measured
+        (``check_planned``) even where it could not be cached (a busy machine; ``compress()``: no cache dir)."""
         from compresslab.bench.nbits_latency import build_nbits_table
         from compresslab.bench.table_cache import stable_hash
 
@@ -314,7 +316,11 @@ class HawqSettings:
         settings = self.latency
         if settings.threads is None:  # the run's threads: cli.setup_process pinned torch to run.threads
             settings = dataclasses.replace(settings, threads=torch.get_num_threads())
-        table, info = build_nbits_table(lin, widths, settings, cache_dir=ctx.cache_dir)
+        key = stable_hash([lin, widths, dataclasses.asdict(settings)])
+        kept = self.__dict__.setdefault("_measured_tables", {})  # not a field: no setting, not in the identity
+        if key not in kept:
+            kept[key] = build_nbits_table(lin, widths, settings, cache_dir=cache_dir)
+        table, info = kept[key]
         fp32 = sum(t[FP32] for t in table.values())
         if not fp32 > 0:
             raise ValueError(f"the n-bit latency table's all-fp32 total is {fp32!r} s: cannot take latency_limit="

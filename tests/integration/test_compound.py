@@ -46,9 +46,11 @@ OBERT_TINY = ["grad_batch_size=4"]
 
 def patch_timing(mp: pytest.MonkeyPatch) -> None:
     """No timing on a shared machine: ZipLM prices with ``synthetic_latency_table`` and every check says 100x."""
+    import compresslab.pruning.reachable as reachable
     import compresslab.pruning.speedup as sp
 
     mp.setattr(sp, "build_latency_table", lambda *a, **k: synthetic_latency_table())
+    mp.setattr(reachable, "cached_latency_table", lambda *a, **k: synthetic_latency_table())  # the preflight's
     mp.setattr(sp, "measure_speedup", lambda *a, **k: {"speedup": 100.0, "dense_ms": 10.0, "candidate_ms": 0.1})
 
 

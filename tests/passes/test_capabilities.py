@@ -42,7 +42,10 @@ HOOKS_BEFORE = {"check_model", "check_after", "check_deployable", "sequence_leng
                 # new in session 40, each for a read of another pass's field by name (absent: the field was absent):
                 # preflight's int8 `outliers`/`optimize`, plan.py's `recovery`, speedup.py's `ffn_grid`,
                 # ort_matmul_nbits' hawq `latency`/`latency_limit`
-                "check_deploy_settings", "recovery_settings", "ffn_width_multiple", "check_accuracy_level"}
+                "check_deploy_settings", "recovery_settings", "ffn_width_multiple", "check_accuracy_level",
+                # new with the preflight's planned checks, each for a check moved from a pass's apply into the preflight (absent: the pass
+                # checks in its apply, as before; a structure-changing step without planned_config ends the plan)
+                "check_planned", "planned_config"}
 
 # Which registered pass (built from its YAML under the smoke budget) declares which flag (other than its default)
 # and which hook (since session 39 the length settings of ziplm, structured_l1 and bibert are declared through
@@ -54,10 +57,10 @@ DECLARES = {
     # identity_settings: its recovery block's settings seen at their flat keys of before (design review item 7)
     "bibert": {"binarizes", "needs_teacher", "check_model", "sequence_lengths", "identity_settings"},
     "finetune": {"identity_defaults"},  # its recipe fields, listed in its YAML since 2026-12-06
-    "hawq": {"quantizes_weights", "check_model", "check_deployable", "sequence_lengths", "check_accuracy_level",
+    "hawq": {"quantizes_weights", "check_model", "check_planned", "check_deployable", "sequence_lengths", "check_accuracy_level",
              "identity_defaults", *RECOVERS},
     "int8_qat": {"keeps_zeros", "check_model", *RECOVERS},
-    "layer_drop": {"check_model", *RECOVERS},  # keeps_zeros is a property: true only with recovery.steps=0
+    "layer_drop": {"check_model", "planned_config", *RECOVERS},  # keeps_zeros is a property: true only with recovery.steps=0
     "magnitude": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "identity_defaults", *RECOVERS},
     "obert": {"keeps_structure", "keeps_zeros", "makes_sparse", "check_model", "check_after", "identity_defaults",
               *RECOVERS},
@@ -65,9 +68,9 @@ DECLARES = {
                          "check_deploy_settings"},
     "ort_int8_static": {"keeps_zeros"},
     "ort_matmul_nbits": {"writes_nbits", "check_after"},
-    "structured_l1": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings",
+    "structured_l1": {"model_types", "check_after", "check_planned", "sequence_lengths", "identity_defaults", "identity_settings",
                       "ffn_width_multiple", *RECOVERS},
-    "ziplm": {"model_types", "check_after", "sequence_lengths", "identity_defaults", "identity_settings",
+    "ziplm": {"model_types", "check_after", "check_planned", "sequence_lengths", "identity_defaults", "identity_settings",
               "ffn_width_multiple", *RECOVERS},
 }
 

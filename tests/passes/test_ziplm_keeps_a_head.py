@@ -45,10 +45,12 @@ def _ctx(tmp_path: Path) -> PassContext:
 @pytest.fixture
 def fake_timing(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The synthetic table; speedup checks pop from ``script`` (default: always fast enough)."""
+    import compresslab.pruning.reachable as reachable
     import compresslab.pruning.speedup as st
 
     state: dict[str, Any] = {"script": []}
     monkeypatch.setattr(st, "build_latency_table", lambda *a, **k: synthetic_latency_table())
+    monkeypatch.setattr(reachable, "cached_latency_table", lambda *a, **k: synthetic_latency_table())  # preflight's
 
     def measure(*a: Any, **k: Any) -> dict[str, float]:
         s = state["script"].pop(0) if state["script"] else 100.0

@@ -204,7 +204,12 @@ def test_every_copy_of_a_model_goes_through_clone():
     root = Path(compresslab.__file__).parent
     found = sorted((str(f.relative_to(root)), line.strip()) for f in root.rglob("*.py") if f.name != "inmemory.py"
                    for line in f.read_text().splitlines() if re.search(r"\bdeepcopy\(", line.split("#")[0]))
-    assert found == [("bench/latency_table.py", "cfg = copy.deepcopy(model.config)"),
+    # configs (the probes' architecture; the preflight's planned architecture: its copy of the loaded model's,
+    # layer_drop's planned depth, the planned model built from one), a tokenizer, the selection history
+    assert found == [("bench/latency_probes.py", "cfg = copy.deepcopy(model.config)"),
                      ("models/loading.py", "clean = copy.deepcopy(tokenizer)"),
+                     ("models/structure.py", "cfg = copy.deepcopy(config)"),
+                     ("passes/layer_drop.py", "out = copy.deepcopy(config)"),
+                     ("pipeline/preflight.py", "config = copy.deepcopy(model.config)"),
                      ("training/select.py", found[-1][1])], found  # the selection history: a list of dicts
     assert "self.history" in found[-1][1]

@@ -335,6 +335,7 @@ def _fp(cpu: str = "Test CPU") -> dict[str, Any]:
 def synthetic_runtime(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Exports record the shape they were asked for; runners 'run' in TINY's time; no ORT, no clock."""
     import compresslab.bench.latency as latency
+    import compresslab.bench.latency_probes as lp
     import compresslab.bench.latency_table as lt
     import compresslab.bench.machine_load as ml
     import compresslab.bench.runners as runners
@@ -367,7 +368,7 @@ def synthetic_runtime(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return {"results": {name: {key: {"p50_ms": seconds(r.marker) * 1e3}} for name, r in timed.items()},
                 "machine_load": {"busy": False}}
 
-    monkeypatch.setattr(lt, "export_probe", export)
+    monkeypatch.setattr(lp, "export_probe", export)  # deploy_probe's, in latency_probes
     monkeypatch.setattr(runners, "OrtRunner", Runner)
     monkeypatch.setattr(latency, "measure_latency", measure)
     return state
