@@ -292,11 +292,11 @@ class Search:
         what = (f"{o.speedup:.2f}x vs best_dense at {o.speedup_shape}" + (" (MACHINE BUSY: void)" if o.timing_busy else "")
                 if o.speedup is not None else "no speedup") + \
             (f", {o.size_bytes / 1e6:.1f} MB" if o.size_bytes is not None else "")
-        log.info("search: %s: validation %.4f (drop %.2f pt, %s budget%s), %s, %.0f s", c.name, o.val_score or 0.0,
-                 o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE",
+        log.info("search: %s: validation %.4f (drop %.2f pt, %s%s), %s, %.0f s", c.name, o.val_score or 0.0,
+                 o.drop_pt or 0.0, "within budget" if meets(o, self.s) else
+                 "EXCLUDED: predicts one class on validation" if constant(o) else "OUTSIDE budget",
                  (", against a teacher no better than chance" if o.weak_teacher else "")
-                 + (", EXCLUDED: predicts one class on validation" if constant(o) else
-                    ", predicting one class" if o.one_class else ""), what, o.ran_s)
+                 + (", predicting one class" if o.one_class and not constant(o) else ""), what, o.ran_s)
         return o
 
     def _add(self, o: Outcome) -> None:

@@ -148,7 +148,8 @@ class Outcome:
     ``weak_teacher``: why the run's teacher is no better than chance on validation (report/verdicts.weak_teacher),
     None for a usable one: then every drop of the run is measured against chance and "within max_drop" means nothing.
     ``one_class``: the run's deployed classifier predicts one class for every validation example
-    (report/verdicts.run_one_class, in words), None otherwise: a constant model, whatever its drop.
+    (report/verdicts.run_one_class, in words), None otherwise: a constant model, whatever its drop, never chosen
+    while a candidate that is not one finished (:func:`constant`).
     """
 
     name: str
