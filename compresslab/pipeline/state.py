@@ -66,6 +66,15 @@ def check_steps(steps: list["Step"], task: "TaskData") -> None:
         s.pass_.check(task)
 
 
+# (pass, architecture it refuses) -> the pipeline that does the same job on that architecture. A DistilBERT user who
+# asked for ZipLM is told the ZipLM compound's twin without ZipLM (conf/pipeline/layer_drop_obert_int8.yaml), rather
+# than only "use a bert or roberta model", which means another model, not another command.
+ARCH_ALTERNATIVES: dict[tuple[str, str], str] = {
+    ("ziplm", "distilbert"): "+pipeline=layer_drop_obert_int8 (layer drop to 4 layers, oBERT 80%, int8: the "
+                             "depth-then-sparsity compound without ZipLM, which supports DistilBERT)",
+}
+
+
 def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
     """Every pass's checks against the loaded model (``check_model``, where a pass has one: module
     patterns, shapes) before any step runs. Only the steps whose input is this model up to training
@@ -82,8 +91,10 @@ def check_steps_model(steps: list["Step"], model: nn.Module) -> None:
     for s in steps:
         allowed = capability(s.pass_, "model_types")
         if allowed and model_type not in allowed:
+            alt = ARCH_ALTERNATIVES.get((s.pass_.name, model_type))
             raise ValueError(f"step {s.name!r}: {s.pass_.name} supports {', '.join(allowed)} models only, and this "
-                             f"one is {model_type}; use a {' or '.join(allowed)} model, or remove the step")
+                             f"one is {model_type}; use a {' or '.join(allowed)} model, or remove the step"
+                             + (f"; for a {model_type} model: {alt}" if alt else ""))
     for s in steps:
         check = hook(s.pass_, "check_model")
         if check is not None:

@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 from compresslab.config import config_environment
 from compresslab.failure import error_text
 from compresslab.manifest import atomic_write_json, now, read_json
-from compresslab.search.objective import Outcome, meets, pick, rank, read_run, select, shape_key, within_max_drop
+from compresslab.search.objective import (Outcome, constant, meets, pick, rank, read_run, select, shape_key,
+                                          within_max_drop)
 from compresslab.search.plan import SearchPlan, override_value, compose_candidate, plan_search
 from compresslab.search.space import Candidate, Entry, SourceEnd, expand
 from compresslab.validate import SettingsError
@@ -291,10 +292,11 @@ class Search:
         what = (f"{o.speedup:.2f}x vs best_dense at {o.speedup_shape}" + (" (MACHINE BUSY: void)" if o.timing_busy else "")
                 if o.speedup is not None else "no speedup") + \
             (f", {o.size_bytes / 1e6:.1f} MB" if o.size_bytes is not None else "")
-        log.info("search: %s: validation %.4f (drop %.2f pt, %s budget%s), %s, %.0f s", c.name, o.val_score or 0.0,
-                 o.drop_pt or 0.0, "within" if meets(o, self.s) else "OUTSIDE",
+        log.info("search: %s: validation %.4f (drop %.2f pt, %s%s), %s, %.0f s", c.name, o.val_score or 0.0,
+                 o.drop_pt or 0.0, "within budget" if meets(o, self.s) else
+                 "EXCLUDED: predicts one class on validation" if constant(o) else "OUTSIDE budget",
                  (", against a teacher no better than chance" if o.weak_teacher else "")
-                 + (", predicting one class" if o.one_class else ""), what, o.ran_s)
+                 + (", predicting one class" if o.one_class and not constant(o) else ""), what, o.ran_s)
         return o
 
     def _add(self, o: Outcome) -> None:
@@ -355,6 +357,8 @@ class Search:
                 "one_class": sel.chosen.one_class if sel.chosen is not None else None,
                 "chosen": _report(sel.chosen), "best_single": _report(sel.best_single),
                 "best_single_met": sel.best_single_met, "front": [_report(o) for o in sel.front],
+                # every finished candidate that cannot be chosen, with why (over the budget, or one class)
+                "excluded": [{"name": n, "reason": why} for n, why in sel.excluded.items()],
                 "teacher_val": next((o.teacher_val for o in self.outcomes if o.teacher_val is not None), None),
                 "teacher_dev": teacher_dev, "best": self.best,
                 "candidates": [o.to_dict() for o in self._all()]}
@@ -423,8 +427,10 @@ EXIT_NOT_MET = 4
 # weak_teacher): its drop, met or not, is a comparison with chance, so neither "met" (0) nor "not met" (4) is true.
 # The chosen model is then itself about as good as chance: a script gating on 0 must not ship it.
 EXIT_WEAK_TEACHER = 5
-# exit status of a search whose chosen model predicts one class on validation (search.json: one_class): a constant
-# model, whatever its drop (an imbalanced split lets one meet max_drop), so "met" (0) is not true of it either
+# exit status of a search whose every finished candidate predicts one class on validation, so best/ holds the closest
+# of them (search.json: one_class, met=false): a constant model, whatever its drop (an imbalanced split lets one meet
+# max_drop). A one-class candidate is never chosen while another finished (objective.constant): 4 would send the user
+# to a larger budget, where the fix is milder settings or more recovery
 EXIT_ONE_CLASS = 6
 
 
@@ -432,7 +438,7 @@ def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None,
     """The CLI's ``+search=NAME``: plan, pin threads and seed (``setup``, the CLI's), run, print the answer.
     SystemExit(:data:`EXIT_NO_MODEL`) when it chose no model, SystemExit(:data:`EXIT_WEAK_TEACHER`) when the teacher
     it measured against is no better than chance (whether or not the drop met the budget: the drop means nothing),
-    SystemExit(:data:`EXIT_ONE_CLASS`) when the model it chose predicts one class,
+    SystemExit(:data:`EXIT_ONE_CLASS`) when every candidate predicts one class (it returned the closest of them),
     SystemExit(:data:`EXIT_NOT_MET`) when it chose the closest because none met the drop budget; a rerun with a
     larger budget resumes it."""
     plan = plan_search(cfg, list(overrides or []))
@@ -441,13 +447,14 @@ def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None,
     data = run_search(plan)
     print(f"search: {data['message']}")
     best = data.get("best") or {}
-    met, weak, constant = bool(data.get("met")), data.get("weak_teacher"), data.get("one_class")
+    met, weak, flat = bool(data.get("met")), data.get("weak_teacher"), data.get("one_class")
     if best.get("file"):
         where = plan.search_dir / best["file"]
         if weak:
             print(f"model chosen against a teacher no better than chance, its drop says nothing: {where}")
-        elif constant:
-            print(f"model chosen predicts one class for every validation example (a constant model): {where}")
+        elif flat:  # every finished candidate did (one that does is chosen only then): the closest of them
+            print(f"closest model, predicting one class for every validation example as every candidate did "
+                  f"(a constant model, NOT within the drop budget): {where}")
         else:
             print(f"best model: {where}" if met else
                   f"closest model, NOT within the drop budget (search.max_drop={plan.settings.max_drop:g} pt): {where}")
@@ -456,7 +463,7 @@ def main(cfg: Any, overrides: Sequence[str] | None, setup: Callable[[int | None,
         raise SystemExit(EXIT_NO_MODEL)
     if weak:  # before "not met": a better teacher comes first, whatever the drop said
         raise SystemExit(EXIT_WEAK_TEACHER)
-    if constant:  # before "not met": a milder compression than a constant model comes first
+    if flat:  # before "not met": a milder compression than a constant model comes first
         raise SystemExit(EXIT_ONE_CLASS)
     if not met:  # a model, but not one the budget allows: nor is this success
         raise SystemExit(EXIT_NOT_MET)

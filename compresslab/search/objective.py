@@ -10,9 +10,15 @@ teacher with a safety margin, and the objective value of the deployed artifact.
   (``bench.speedups_best_dense.deployed``; higher is better), ``size`` = the deployed file's bytes
   (``size.deployed.total``; lower is better).
 
+* A candidate whose deployed classifier predicts one class on validation (``one_class``: the run's
+  ``eval.models.deployed.predicted_classes`` with ``eval.split=validation``; never dev) is a constant model,
+  whatever its drop (an imbalanced split lets one meet max_drop): it never *meets*, like a candidate over the
+  budget. Against a teacher at chance this does not apply: that verdict (``weak_teacher``) comes first, alone.
+
 Selection: the best objective among the candidates that meet; if none meets, the closest (smallest
-drop) with ``met=False`` and a message saying so. The Pareto front is over (validation score,
-objective) of every finished candidate.
+drop; a candidate that is not constant before one that is) with ``met=False`` and a message saying so.
+:func:`excluded` gives each finished candidate's reason for not meeting. The Pareto front is over
+(validation score, objective) of every finished candidate but the constant ones.
 """
 
 from __future__ import annotations
@@ -142,7 +148,8 @@ class Outcome:
     ``weak_teacher``: why the run's teacher is no better than chance on validation (report/verdicts.weak_teacher),
     None for a usable one: then every drop of the run is measured against chance and "within max_drop" means nothing.
     ``one_class``: the run's deployed classifier predicts one class for every validation example
-    (report/verdicts.run_one_class, in words), None otherwise: a constant model, whatever its drop.
+    (report/verdicts.run_one_class, in words), None otherwise: a constant model, whatever its drop, never chosen
+    while a candidate that is not one finished (:func:`constant`).
     """
 
     name: str
@@ -235,9 +242,30 @@ def largest_batch(per_shape: Mapping[str, Any]) -> str:
     return max(per_shape, key=parse)
 
 
+def constant(o: Outcome) -> bool:
+    """``o``'s deployed classifier predicts one class for every validation example (``one_class``, read from the
+    run's eval=validation record), measured against a usable teacher: never selected, whatever its drop. Against a
+    teacher at chance, no: its verdict (``weak_teacher``, exit 5) is the one to act on, as before."""
+    return bool(o.one_class) and not o.weak_teacher
+
+
 def meets(o: Outcome, s: SearchSettings) -> bool:
-    """A finished candidate within the drop budget on validation, margin included."""
-    return o.ok and o.drop_pt is not None and o.drop_pt <= s.select_drop + EPS
+    """A finished candidate within the drop budget on validation, margin included, that is not a constant model
+    (:func:`constant`)."""
+    return o.ok and o.drop_pt is not None and o.drop_pt <= s.select_drop + EPS and not constant(o)
+
+
+def excluded(o: Outcome, s: SearchSettings) -> str | None:
+    """Why a finished candidate cannot be selected, in words (None when it meets, or did not finish: a failed or
+    skipped one has its ``error`` / ``reason``)."""
+    if not o.ok or meets(o, s):
+        return None
+    if o.drop_pt is None:
+        return "no validation drop recorded"
+    if constant(o):
+        return f"predicts one class on validation: {o.one_class} (a constant model, whatever its drop)"
+    return (f"validation drop {o.drop_pt:.2f} pt > {s.select_drop:.2f} pt (max_drop {s.max_drop:g} - margin "
+            f"{s.margin:g})")
 
 
 def within_max_drop(o: Outcome, s: SearchSettings) -> bool:
@@ -267,16 +295,19 @@ def rank(outcomes: Sequence[Outcome], s: SearchSettings,
 
 
 def closest(outcomes: Sequence[Outcome], s: SearchSettings) -> Outcome | None:
-    """The finished candidate with the smallest validation drop (ties: the better objective)."""
+    """The finished candidate with the smallest validation drop (ties: the better objective); a constant one
+    (:func:`constant`) only when every finished candidate is: a model over the budget still predicts something."""
     done = [o for o in outcomes if o.ok and o.drop_pt is not None]
-    return min(done, key=lambda o: (o.drop_pt, _better_first(o, s.objective)), default=None)
+    pool = [o for o in done if not constant(o)] or done
+    return min(pool, key=lambda o: (o.drop_pt, _better_first(o, s.objective)), default=None)
 
 
 @dataclass
 class Selection:
     """The search's answer: ``chosen`` (None when no candidate finished), whether it meets the drop
     budget, a message for people, the best single-method candidate chosen by the same rule, and the
-    Pareto front over (validation score, objective)."""
+    Pareto front over (validation score, objective); ``excluded``: each finished candidate that does not meet, with
+    why (:func:`excluded`)."""
 
     chosen: Outcome | None
     met: bool
@@ -284,6 +315,7 @@ class Selection:
     best_single: Outcome | None
     best_single_met: bool
     front: list[Outcome]
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 def pick(outcomes: Sequence[Outcome], s: SearchSettings) -> tuple[Outcome | None, bool]:
@@ -300,17 +332,26 @@ def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
     single, single_met = pick([o for o in outcomes if o.single], s)
     at = shape_key(s.latency_shape) if s.latency_shape else "the largest bench batch"
     what = f"speedup vs best_dense at {at}" if s.objective is Objective.LATENCY else "deployed bytes"
+    out = {o.name: why for o in outcomes if (why := excluded(o, s)) is not None}
+    flat = [o.name for o in outcomes if o.ok and constant(o)]  # one class on validation: never selected
     if chosen is None:
         msg = "no candidate finished: nothing to choose (see each candidate's error or reason)"
     elif met:
         msg = (f"chose {chosen.name}: validation drop {chosen.drop_pt:.2f} pt <= {s.select_drop:.2f} pt "
                f"(max_drop {s.max_drop} - margin {s.margin}), best {what} among those within budget")
+    elif constant(chosen):  # every finished candidate is a constant model: the closest of them, said plainly
+        msg = (f"NO candidate met the drop budget: every finished candidate predicts one class on validation "
+               f"({', '.join(flat)}); returning the closest, {chosen.name}, at {chosen.drop_pt:.2f} pt")
     else:
         msg = (f"NO candidate met the drop budget: every validation drop exceeds {s.select_drop:.2f} pt "
-               f"(max_drop {s.max_drop} - margin {s.margin}); returning the closest, {chosen.name}, at "
-               f"{chosen.drop_pt:.2f} pt")
-    if chosen is not None and chosen.one_class and not chosen.weak_teacher:  # a weak teacher's says it first
-        # the run logged it at eval; "chose X: drop within budget" alone would ship a constant model
+               f"(max_drop {s.max_drop} - margin {s.margin})" + (" or the model predicts one class" if flat else "")
+               + f"; returning the closest, {chosen.name}, at {chosen.drop_pt:.2f} pt")
+    if flat and not (chosen is not None and constant(chosen)):
+        # a constant model within the drop budget was the best: people must see why it was passed over
+        msg += (f" ({len(flat)} candidate(s) excluded for predicting one class on validation: {', '.join(flat)}; "
+                "search.json: excluded)")
+    if chosen is not None and constant(chosen):  # a weak teacher's verdict says it first (constant() is False)
+        # the run logged it at eval; "returning the closest" alone would ship a constant model
         msg = (f"THE CHOSEN MODEL PREDICTS ONE CLASS ({chosen.one_class}): a constant model, whatever its drop; "
                f"try milder settings or more recovery. {msg}")
     if chosen is not None and chosen.weak_teacher:
@@ -321,7 +362,8 @@ def select(outcomes: Sequence[Outcome], s: SearchSettings) -> Selection:
                f"against it, so no verdict of this search says anything about the compression; "
                f"{teacher_fix(given=None, api=False)}. "
                f"{msg}")
-    return Selection(chosen, met, msg, single, single_met, pareto_front(outcomes, s.objective))
+    front = pareto_front([o for o in outcomes if not constant(o)], s.objective)  # a constant model trades nothing
+    return Selection(chosen, met, msg, single, single_met, front, out)
 
 
 def pareto_front(outcomes: Sequence[Outcome], objective: Objective) -> list[Outcome]:
