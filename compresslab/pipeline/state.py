@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+try:  # tqdm.auto's notebook bar needs ipywidgets; without it, it warns (TqdmWarning: IProgress not found) and falls
+    import ipywidgets  # noqa: F401  back to the text bar, so take the text bar directly and skip the warning
+    from tqdm.auto import tqdm
+except ImportError:
+    from tqdm import tqdm
 
 from compresslab.manifest import RunManifest
 from compresslab.models.inmemory import frozen
