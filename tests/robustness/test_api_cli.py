@@ -492,7 +492,7 @@ def test_cli_multirun_records_each_jobs_overrides(inputs, tmp_path, observe):
 @case(name="report of a run dir made by compresslab.compress(output_dir=...)", kind="own", bad_input=False,
       expected="says the same compress() call resumes it, not a made-up python -m compresslab command")
 def test_api_run_report_rerun_line(observe):
-    from compresslab.report.sections import _rerun
+    from compresslab.report.environment import _rerun
 
     block = _rerun({"pipeline": "compress"}, "runs/my run")
     assert "compresslab.compress(" in block.summary and block.text == "python -m compresslab.report 'runs/my run'"
