@@ -31,6 +31,42 @@ def tiny_sentiment(n: int, seed: int = 0) -> list[Example]:
     return out
 
 
+def trained_head(model: torch.nn.Module, by: float = 0.01) -> torch.nn.Module:
+    """``model`` (a sequence classifier) with its head marked as trained, in place: ``by`` added to the classifier's
+    bias. transformers initialises a fresh head's bias to zero, which compresslab reads as an untrained head."""
+    with torch.no_grad():
+        model.classifier.bias.add_(by)
+    return model
+
+
+def trained_tiny(arch: str = "bert", **config: Any) -> torch.nn.Module:
+    """A tiny classifier (:func:`~compresslab.models.tiny.tiny_model`) whose head counts as trained
+    (:func:`trained_head`): it can be the teacher, or its own."""
+    from compresslab.models.tiny import tiny_model
+
+    return trained_head(tiny_model(arch, **config))
+
+
+def api_kw(**over: Any) -> dict[str, Any]:
+    """The keywords the API tests give ``compresslab.compress``: short sequences, small batches, no progress bars;
+    ``over`` added."""
+    return dict(max_length=32, batch_size=8, progress=False, **over)
+
+
+def md_section(md: str, title: str) -> str:
+    """The body of section ``## <title>`` of a Markdown report, up to the next ``## `` heading."""
+    return md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def report_section(m: Any, title: str) -> str:
+    """Section ``title`` (:func:`md_section`) of the Markdown report built from manifest ``m`` alone (no plots drawn,
+    run dir ``outputs/x/y``)."""
+    from compresslab.report.render import to_markdown
+    from compresslab.report.sections import build_document
+
+    return md_section(to_markdown(build_document(m, set(), {}, "outputs/x/y")), title)
+
+
 def tiny_task(n_train: int = 96, n_val: int = 16, n_dev: int = 32, seed: int = 0) -> TaskData:
     """An SST-2-shaped TaskData over :func:`tiny_sentiment` sentences."""
     return TaskData(spec=TASKS["sst2"], train=tiny_sentiment(n_train, seed), validation=tiny_sentiment(n_val, seed + 1),
@@ -162,6 +198,17 @@ def import_benchmark(name: str, repo: str | Path) -> Any:
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def import_benchmarks(name: str, repo: str | Path) -> Any:
+    """The module ``benchmarks.<name>`` of the checkout ``repo``, imported as a package (its modules import each other
+    as ``benchmarks.*``, so the repo root is put on ``sys.path`` and left there)."""
+    import importlib
+    import sys
+
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 @contextlib.contextmanager
