@@ -66,6 +66,7 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def json_default(o: Any) -> Any:
+    """What ``json.dumps`` writes for a value it cannot: a numpy/torch scalar's item, a path's text, an enum's value."""
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, Path):

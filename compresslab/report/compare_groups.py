@@ -105,6 +105,7 @@ def pareto_front(points: Sequence[RunPoint], cost: str) -> list[RunPoint]:
 
 
 def group_by(points: Sequence[RunPoint], *attrs: str) -> dict[tuple[str, ...], list[RunPoint]]:
+    """The runs keyed by their values of ``attrs`` (``"pipeline", "group"``), in first-seen order."""
     out: dict[tuple[str, ...], list[RunPoint]] = {}
     for p in points:
         out.setdefault(tuple(getattr(p, a) for a in attrs), []).append(p)
@@ -112,4 +113,5 @@ def group_by(points: Sequence[RunPoint], *attrs: str) -> dict[tuple[str, ...], l
 
 
 def settings_text(p: RunPoint, keys: Sequence[str]) -> str:
+    """``obert.sparsity=0.7, ...``: a run's values of the swept ``keys`` (a dash when none)."""
     return ", ".join(f"{short(k)}={plain(p.settings.get(k))}" for k in keys) or DASH

@@ -54,6 +54,8 @@ def config_yaml(config: Mapping[str, Any]) -> str:
 
 
 def environment_section(m: Mapping[str, Any], run_dir: str) -> list[Block]:
+    """Environment and reproduction: hardware and run identity, sessions, library versions, the rerun commands, the
+    invocation count and the resolved config."""
     out: list[Block] = [Heading("Environment and reproduction")]
     info = _hardware_rows(m)
     info += [git_row(m) if k == "git_sha" else [k, plain(m.get(k))] for k in

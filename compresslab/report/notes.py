@@ -73,6 +73,8 @@ def _ir_source_named(note: str, m: Mapping[str, Any]) -> str:
 
 
 def notes_section(m: Mapping[str, Any]) -> list[Block]:
+    """Notes: the bench's own (a busy machine's said once, in the banner), binary and batch-dependence notes, and the
+    dense-kernels note for sparse ORT files; nothing when there are none."""
     busy = bool(F.run_load(m).get("busy"))  # said once, in the banner at the top
     notes = [_ir_source_named(str(n), m) for n in (F.get(m, "bench", "notes") or [])
              if n and not (busy and str(n).startswith("MACHINE BUSY"))]
