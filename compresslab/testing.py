@@ -5,14 +5,18 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from compresslab.data.schema import Example, TaskData
 from compresslab.data.tasks import TASKS
 from compresslab.types import PassContext
+
+if TYPE_CHECKING:
+    from compresslab.ops.spdy import FixedCostFit, LatencyTable
 
 _POS = ["good", "great", "fun", "love"]
 _NEG = ["bad", "awful", "boring", "hate"]
@@ -29,6 +33,42 @@ def tiny_sentiment(n: int, seed: int = 0) -> list[Example]:
         rng.shuffle(words)
         out.append(Example(" ".join(words), None, label))
     return out
+
+
+def trained_head(model: torch.nn.Module, by: float = 0.01) -> torch.nn.Module:
+    """``model`` (a sequence classifier) with its head marked as trained, in place: ``by`` added to the classifier's
+    bias. transformers initialises a fresh head's bias to zero, which compresslab reads as an untrained head."""
+    with torch.no_grad():
+        model.classifier.bias.add_(by)
+    return model
+
+
+def trained_tiny(arch: str = "bert", **config: Any) -> torch.nn.Module:
+    """A tiny classifier (:func:`~compresslab.models.tiny.tiny_model`) whose head counts as trained
+    (:func:`trained_head`): it can be the teacher, or its own."""
+    from compresslab.models.tiny import tiny_model
+
+    return trained_head(tiny_model(arch, **config))
+
+
+def api_kw(**over: Any) -> dict[str, Any]:
+    """The keywords the API tests give ``compresslab.compress``: short sequences, small batches, no progress bars;
+    ``over`` added."""
+    return dict(max_length=32, batch_size=8, progress=False, **over)
+
+
+def md_section(md: str, title: str) -> str:
+    """The body of section ``## <title>`` of a Markdown report, up to the next ``## `` heading."""
+    return md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def report_section(m: Any, title: str) -> str:
+    """Section ``title`` (:func:`md_section`) of the Markdown report built from manifest ``m`` alone (no plots drawn,
+    run dir ``outputs/x/y``)."""
+    from compresslab.report.render import to_markdown
+    from compresslab.report.sections import build_document
+
+    return md_section(to_markdown(build_document(m, set(), {}, "outputs/x/y")), title)
 
 
 def tiny_task(n_train: int = 96, n_val: int = 16, n_dev: int = 32, seed: int = 0) -> TaskData:
@@ -164,6 +204,17 @@ def import_benchmark(name: str, repo: str | Path) -> Any:
         sys.path.pop(0)
 
 
+def import_benchmarks(name: str, repo: str | Path) -> Any:
+    """The module ``benchmarks.<name>`` of the checkout ``repo``, imported as a package (its modules import each other
+    as ``benchmarks.*``, so the repo root is put on ``sys.path`` and left there)."""
+    import importlib
+    import sys
+
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
 @contextlib.contextmanager
 def process_state_restored() -> Iterator[None]:
     """Runs a script's ``main`` in this process and puts back what it pins for a whole process
@@ -203,6 +254,57 @@ def synthetic_latency_table(base_ms: float = 1.0, *, layers: int = 2, heads: int
     one_layer = LatencyTable(table.base_time, times, {**env, "arch": arch})
     calibration = {**record, "one_layer_table": one_layer.to_dict()}
     return table, {"cached": False, "measure_s": 0.0, "raw": {"calibration": calibration}}
+
+
+LATENCY_KINDS = ("attention", "ffn")  # the module types of a latency table
+
+
+@dataclass
+class LatencyTruth:
+    """A synthetic runtime for ZipLM's latency model: one-layer module times ``t_kind`` and the whole-model law
+    ``T(config) = t_0 + sum over present modules (c_kind + scale * t_kind(size))`` around them (the true ``t_0``, fixed
+    costs and scale are ``fit``). Nothing is timed: tests check the fit, the DP and the table build against it."""
+
+    heads: int
+    ffn: int
+    layers: int
+    grid: int
+    fit: FixedCostFit  # the true t_0, fixed costs and scale
+    per_head: float = 3.6e-3  # s: ~ MiniLM-L6 at b32 x s128 on 2 cores (the bench teacher)
+    per_neuron: float = 4.8e-5
+    probe_base: float = 0.013  # the one-layer base probe (embeddings, LayerNorms, head)
+
+    def t(self, kind: str, size: int) -> float:  # one-layer probe time of a module (tile bump off 128)
+        if kind == "attention":
+            return self.per_head * size
+        return self.per_neuron * size + (3e-4 if size % 128 else 0.0) * (size > 0)
+
+    def sizes(self, kind: str) -> list[int]:
+        if kind == "attention":
+            return list(range(self.heads + 1))
+        return sorted({*range(0, self.ffn, self.grid), self.ffn})
+
+    def one_layer(self) -> dict[str, dict[int, float]]:
+        return {k: {s: self.t(k, s) for s in self.sizes(k)} for k in LATENCY_KINDS}
+
+    def time(self, config: dict[str, list[int]]) -> float:
+        """Whole-model time of ``config`` ({"attention": [per layer], "ffn": [per layer]})."""
+        f = self.fit
+        return f.base_time + sum(f.fixed[k] + f.scale * self.t(k, s) for k in LATENCY_KINDS for s in config[k] if s > 0)
+
+    def uniform(self, h: int, n: int) -> dict[str, list[int]]:
+        return {"attention": [h] * self.layers, "ffn": [n] * self.layers}
+
+    @property
+    def dense(self) -> dict[str, list[int]]:
+        return self.uniform(self.heads, self.ffn)
+
+    def table_alone(self) -> LatencyTable:
+        """The one-layer table as the pipeline builds it: ``t_0 = T_dense - L (t_att(H) + t_ffn(F))``."""
+        from compresslab.ops.spdy import LatencyTable
+
+        layers = {k: self.layers for k in LATENCY_KINDS}
+        return LatencyTable.from_dense(self.time(self.dense), self.one_layer(), layers, {})
 
 
 TINY_ONNX_VOCAB = 128

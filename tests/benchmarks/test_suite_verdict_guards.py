@@ -11,18 +11,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from compresslab.testing import import_benchmarks
+
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-V = importlib.import_module("benchmarks.verdicts")
+V = import_benchmarks("verdicts", REPO)
 S, P = V.System, V.Pair
 PEER = S("peer", 0.900, 100.0)
 
@@ -54,7 +52,7 @@ def test_rule_a_needs_ours_right_more_often_not_only_a_higher_f1() -> None:
 
 
 def test_suite_systems_record_the_discordant_pairs_the_verdict_reads() -> None:
-    suite = importlib.import_module("benchmarks.suite")
+    suite = import_benchmarks("suite", REPO)
     from compresslab.data.tasks import TaskKind
 
     labels, ours, peer = _mrpc_like()
@@ -120,7 +118,7 @@ def test_a_busy_timing_voids_every_verdict_and_keeps_what_it_would_have_said() -
     assert out["a"]["status"] == out["b"]["status"] == "undecided" and out["c"] == verdicts["c"]
     assert out["a"]["if_quiet"]["status"] == "beaten" and "speed figures are void" in out["b"]["why"]
     assert V.void_if_busy(verdicts, []) == verdicts
-    R = importlib.import_module("benchmarks.suite_report")
+    R = import_benchmarks("suite_report", REPO)
     text = str(R.verdict_blocks(out)[1].__dict__)
     assert "with those figures it would read: beaten" in text
 
@@ -134,8 +132,8 @@ def test_a_peer_that_scored_but_failed_its_timing_gets_a_verdict() -> None:
 
 
 def test_a_kept_timing_belongs_to_the_same_deployed_files(tmp_path) -> None:
-    A = importlib.import_module("benchmarks.artifacts")
-    T = importlib.import_module("benchmarks.suite_timing")
+    A = import_benchmarks("artifacts", REPO)
+    T = import_benchmarks("suite_timing", REPO)
     xml = tmp_path / "openvino_model.xml"
     xml.write_text("<net/>")
     xml.with_suffix(".bin").write_bytes(b"\x00" * 8)
@@ -207,8 +205,8 @@ def test_the_nearest_miss_on_score_is_fast_round_by_round_and_really_a_score_mis
 
 def test_a_fault_in_the_verdicts_never_loses_the_figures(monkeypatch) -> None:
     """The suite computes the verdicts right before writing a timing phase of ~15 min: a crash there is recorded."""
-    suite = importlib.import_module("benchmarks.suite")
-    R = importlib.import_module("benchmarks.suite_report")
+    suite = import_benchmarks("suite", REPO)
+    R = import_benchmarks("suite_report", REPO)
 
     def boom(*a, **k):
         raise ZeroDivisionError("float division by zero")

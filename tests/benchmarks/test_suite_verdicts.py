@@ -5,16 +5,14 @@ tested on both sides, so loosening 0.9, 0.05, 1 pt, 0.99 or 0.3 pt fails a test.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
+from compresslab.testing import import_benchmarks
+
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-V = importlib.import_module("benchmarks.verdicts")
+V = import_benchmarks("verdicts", REPO)
 S, P = V.System, V.Pair
 PEER = S("peer", 0.900, 100.0)
 
@@ -132,7 +130,7 @@ def test_suite_flags_constant_predictions(tmp_path) -> None:
     import numpy as np
     from types import SimpleNamespace
 
-    suite = importlib.import_module("benchmarks.suite")
+    suite = import_benchmarks("suite", REPO)
     labels = [0, 1, 1, 0, 1]
     preds = {"ok": np.array([0, 1, 1, 0, 0]), "const": np.array([1, 1, 1, 1, 1])}
     store = SimpleNamespace(preds=lambda n, k: preds[n])
@@ -173,7 +171,7 @@ def test_a_latency_rule_must_hold_round_by_round_where_rounds_were_kept() -> Non
 
 
 def test_suite_systems_carry_round_times_into_the_verdicts_and_keep_them_with_their_phase() -> None:
-    T = importlib.import_module("benchmarks.suite_timing")
+    T = import_benchmarks("suite_timing", REPO)
     sysd = {"ours": {"method": "compresslab", "score": 0.9, "precision": "int8"},
             "peer": {"method": "peer", "score": 0.9, "precision": "int8"}}
     timed = {"ours": {"latency_ms_b1": 1.0, "latency_ms_b32": 95.0, "throughput_real": 1.0, "timing": "x",

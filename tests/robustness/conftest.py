@@ -93,6 +93,15 @@ def unwritable(tmp_path: Path) -> Path:
     return Path("/proc/compresslab-test/out")
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``_runs.make_inputs``: a tiny BERT folder and a two-label CSV task, in a folder with a space (a module may
+    define its own)."""
+    from _runs import make_inputs
+
+    return make_inputs(tmp_path_factory.mktemp("api cli") / "in put")
+
+
 @pytest.fixture
 def locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private lock directory, no override variables, a quiet fake CPU, no idle probe sleep and a short

@@ -38,8 +38,8 @@ from compresslab import cli
 from compresslab.config import compose, config_dir
 from compresslab.pipeline.plan import PipelineError, build_steps
 from compresslab.registry import available_passes, get_pass, pass_to_dict
-from compresslab.validate import (default_note, _block_class, _described, _fits, _hints, _item_kind, _kinds, _map_kinds,
-                                  _plain_kind)
+from compresslab.validate.fields import (default_note, _block_class, _described, _fits, _hints, _item_kind, _kinds,
+                                         _map_kinds, _plain_kind)
 
 case = pytest.mark.case
 BAD = ("abc", 3.5, ["x"])  # in turn: the first that none of a field's types take

@@ -13,7 +13,9 @@ import torch
 
 import compresslab
 from compresslab.models.tiny import tiny_model
+from compresslab.testing import api_kw as _kw  # short local names: dozens of calls below
 from compresslab.testing import tiny_sentiment
+from compresslab.testing import trained_tiny as _trained
 
 NAMES = ["neg", "pos"]
 FAST_MAGNITUDE = {"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 2}}
@@ -21,18 +23,6 @@ FAST_MAGNITUDE = {"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 2}
 
 def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
     return [(e.text_a, NAMES[e.label]) for e in tiny_sentiment(n, seed)]
-
-
-def _trained(seed: int = 0) -> torch.nn.Module:
-    """A tiny classifier whose head has been 'trained' (non-zero bias): it can serve as its own teacher."""
-    m = tiny_model("bert", seed=seed)
-    with torch.no_grad():
-        m.classifier.bias.add_(0.01)
-    return m
-
-
-def _kw(**over):
-    return dict(max_length=32, batch_size=8, progress=False, **over)
 
 
 def test_compress_tuples_with_string_labels_runs_the_passes_and_exports(tiny_tok, tmp_path):

@@ -20,8 +20,7 @@ import torch
 
 import compresslab
 from compresslab.eval.scoring_settings import SCORING_FILE
-from compresslab.models.tiny import tiny_model
-from compresslab.testing import tiny_generic_run, tiny_sentiment
+from compresslab.testing import tiny_generic_run, tiny_sentiment, trained_tiny
 
 NAMES = ["neg", "pos"]
 
@@ -30,18 +29,11 @@ def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
     return [(e.text_a, NAMES[e.label]) for e in tiny_sentiment(n, seed)]
 
 
-def _trained() -> torch.nn.Module:
-    m = tiny_model("bert", seed=0)
-    with torch.no_grad():
-        m.classifier.bias.add_(0.01)  # a "trained" head: the model is its own teacher
-    return m
-
-
 @pytest.fixture(scope="module")
 def int8_export(tiny_tok, tmp_path_factory) -> tuple[Path, dict]:
     """An ORT dynamic-int8 export of compress() at max_length=24 (not evaluate's 128), and compress()'s metrics."""
-    r = compresslab.compress(_trained(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(64, 0), eval_data=_pairs(32, 1),
-                             max_length=24, batch_size=8, progress=False)
+    r = compresslab.compress(trained_tiny(), tiny_tok, ["ort_int8_dynamic"], data=_pairs(64, 0),
+                             eval_data=_pairs(32, 1), max_length=24, batch_size=8, progress=False)
     out = r.export(tmp_path_factory.mktemp("int8") / "onnx")
     metrics = r.metrics
     r.close()
@@ -86,7 +78,7 @@ def test_a_folder_without_the_record_says_it_used_the_defaults(int8_export, tmp_
     (bare / SCORING_FILE).unlink()
     res = compresslab.evaluate(bare, _pairs(8, 1), batch_size=1)
     assert (res["max_length"], res["settings_from"]["max_length"]) == (128, "default")
-    torch_res = compresslab.evaluate(_trained(), _pairs(8, 1), tiny_tok)
+    torch_res = compresslab.evaluate(trained_tiny(), _pairs(8, 1), tiny_tok)
     assert (torch_res["runtime"], torch_res["precision"], torch_res["format"]) == ("torch", "f32", "fp32")
     assert (torch_res["max_length"], torch_res["batch_size"]) == (128, 64)
     with pytest.raises(ValueError, match="precision='f32' is OpenVINO's compiled precision"):

@@ -15,7 +15,7 @@ import torch
 import compresslab
 from compresslab.models.tiny import tiny_model
 from compresslab.registry import available_passes, get_pass
-from compresslab.testing import tiny_sentiment
+from compresslab.testing import api_kw, tiny_sentiment, trained_tiny
 
 NAMES = ["neg", "pos"]
 FT = {"name": "finetune", "steps": 2, "batch_size": 8}
@@ -26,18 +26,6 @@ def _pairs(n: int = 32, seed: int = 0) -> list[tuple[str, str]]:
     return [(e.text_a, NAMES[e.label]) for e in tiny_sentiment(n, seed)]
 
 
-def _kw(**over):
-    return dict(max_length=32, batch_size=8, progress=False, **over)
-
-
-def _trained(**config) -> torch.nn.Module:
-    """A tiny classifier whose head counts as trained (non-zero bias): it can be the teacher."""
-    m = tiny_model("bert", **config)
-    with torch.no_grad():
-        m.classifier.bias.add_(0.01)
-    return m
-
-
 @pytest.fixture
 def no_step_runs(monkeypatch):
     for name in available_passes():
@@ -46,7 +34,7 @@ def no_step_runs(monkeypatch):
 
 def _meta() -> torch.nn.Module:
     with torch.device("meta"):
-        return _trained()
+        return trained_tiny()
 
 
 # --- refused up front, nothing written ----------------------------------------------------------------------------
@@ -54,16 +42,16 @@ def _meta() -> torch.nn.Module:
 REFUSED = {
     # a tokenizer of another model (64 tokens) on a 32-row embedding table: an IndexError in the first batch
     "tokenizer larger than the model's embedding table":
-        (lambda: dict(model=_trained(vocab_size=32)), r"model: its tokenizer has 64 tokens .* 32 rows"),
+        (lambda: dict(model=trained_tiny(vocab_size=32)), r"model: its tokenizer has 64 tokens .* 32 rows"),
     "tokenizer larger than the teacher's embedding table":
-        (lambda: dict(model=_trained(), teacher=_trained(vocab_size=32), passes=[KD]),
+        (lambda: dict(model=trained_tiny(), teacher=trained_tiny(vocab_size=32), passes=[KD]),
          r"teacher: its tokenizer has 64 tokens .* 32 rows"),
     # built under torch.device("meta"): NotImplementedError "Cannot copy out of meta tensor" while hashing it
     "model on the meta device": (lambda: dict(model=_meta()), r"model has no weights: .* meta device"),
     # the model as given is the teacher here (eval_data, no finetune): its head is read before anything else
     "model on the meta device as the teacher": (lambda: dict(model=_meta(), passes=["ort_int8_dynamic"]),
                                                 r"model has no weights: .* meta device"),
-    "teacher on the meta device": (lambda: dict(model=_trained(), teacher=_meta(), passes=[KD]),
+    "teacher on the meta device": (lambda: dict(model=trained_tiny(), teacher=_meta(), passes=[KD]),
                                    r"teacher has no weights: .* meta device"),
 }
 
@@ -76,7 +64,7 @@ def test_a_model_compresslab_cannot_run_is_refused_before_any_step_with_nothing_
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=match):
         compresslab.compress(kw.pop("model"), tiny_tok, kw.pop("passes"), data=_pairs(), eval_data=_pairs(16, 1),
-                             output_dir=out, **kw, **_kw())
+                             output_dir=out, **kw, **api_kw())
     assert not out.exists()
 
 
@@ -95,7 +83,7 @@ def test_a_fully_frozen_model_is_trained_as_a_copy_with_grads_on_and_said(passes
     model = _frozen(tiny_model())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with caplog.at_level(logging.WARNING, logger="compresslab.api"):
-        r = compresslab.compress(model, tiny_tok, passes, data=_pairs(), **_kw())
+        r = compresslab.compress(model, tiny_tok, passes, data=_pairs(), **api_kw())
     assert "every parameter of the model has requires_grad=False" in caplog.text and "your model is unchanged" in \
         caplog.text
     assert all(p.requires_grad for p in r.model.parameters())
@@ -108,7 +96,7 @@ def test_a_fully_frozen_model_is_trained_as_a_copy_with_grads_on_and_said(passes
 def test_a_fully_frozen_model_given_inplace_is_made_trainable_and_said(tiny_tok, caplog):
     model = _frozen(tiny_model())
     with caplog.at_level(logging.WARNING, logger="compresslab.api"):
-        r = compresslab.compress(model, tiny_tok, [FT], data=_pairs(), inplace=True, **_kw())
+        r = compresslab.compress(model, tiny_tok, [FT], data=_pairs(), inplace=True, **api_kw())
     assert "the model itself (inplace=True)" in caplog.text
     assert r.model is model and all(p.requires_grad for p in model.parameters())
     r.close()
@@ -118,8 +106,8 @@ def test_a_partly_frozen_model_keeps_its_frozen_parts_and_a_frozen_model_with_no
     model = _frozen(tiny_model(), "bert.embeddings.")
     emb = model.bert.embeddings.word_embeddings.weight.clone()
     with caplog.at_level(logging.WARNING, logger="compresslab.api"):
-        r = compresslab.compress(model, tiny_tok, [FT], data=_pairs(), **_kw())
-        q = compresslab.compress(_frozen(_trained()), tiny_tok, ["ort_int8_dynamic"], data=_pairs(), **_kw())
+        r = compresslab.compress(model, tiny_tok, [FT], data=_pairs(), **api_kw())
+        q = compresslab.compress(_frozen(trained_tiny()), tiny_tok, ["ort_int8_dynamic"], data=_pairs(), **api_kw())
     assert "requires_grad=False" not in caplog.text  # nothing to say: nothing was changed
     assert torch.equal(r.model.bert.embeddings.word_embeddings.weight, emb)
     assert not r.model.bert.embeddings.word_embeddings.weight.requires_grad
@@ -137,22 +125,22 @@ def test_which_parameters_are_frozen_is_part_of_the_run_identity(tiny_tok, tmp_p
     import json
     import re
 
-    kw = _kw(data=_pairs(), output_dir=tmp_path / "run")
+    kw = api_kw(data=_pairs(), output_dir=tmp_path / "run")
     emb, pos = "bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight"
-    r = compresslab.compress(_frozen(_trained(), emb), tiny_tok, [FT], **kw)
+    r = compresslab.compress(_frozen(trained_tiny(), emb), tiny_tok, [FT], **kw)
     config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
     assert config["requires_grad"] == {emb: False}
-    again = compresslab.compress(_frozen(_trained(), emb), tiny_tok, [FT], **kw)  # the same set: resumed
+    again = compresslab.compress(_frozen(trained_tiny(), emb), tiny_tok, [FT], **kw)  # the same set: resumed
     assert torch.equal(again.model.classifier.weight, r.model.classifier.weight)
-    for given, said in ((_trained(), f"requires_grad.{emb} (model: its frozen parameters): false -> (unset)"),
-                        (_frozen(_frozen(_trained(), emb), pos), f"requires_grad.{pos} (model: its frozen "
+    for given, said in ((trained_tiny(), f"requires_grad.{emb} (model: its frozen parameters): false -> (unset)"),
+                        (_frozen(_frozen(trained_tiny(), emb), pos), f"requires_grad.{pos} (model: its frozen "
                                                                   "parameters): (unset) -> false")):
         with pytest.raises(compresslab.pipeline.RunDirConflictError, match=re.escape(said)):
             compresslab.compress(given, tiny_tok, [FT], **kw)
-    whole = _kw(data=_pairs(), output_dir=tmp_path / "whole")
-    compresslab.compress(_frozen(_trained()), tiny_tok, [FT], **whole)  # every parameter frozen: trained whole
+    whole = api_kw(data=_pairs(), output_dir=tmp_path / "whole")
+    compresslab.compress(_frozen(trained_tiny()), tiny_tok, [FT], **whole)  # every parameter frozen: trained whole
     assert "requires_grad" not in json.loads((tmp_path / "whole" / "manifest.json").read_text())["config"]
-    compresslab.compress(_trained(), tiny_tok, [FT], **whole).close()  # none frozen: the same run, resumed
+    compresslab.compress(trained_tiny(), tiny_tok, [FT], **whole).close()  # none frozen: the same run, resumed
     for res in (r, again):
         res.close()
 
@@ -170,10 +158,10 @@ def test_an_attribute_deepcopy_cannot_copy_is_shared_and_named_and_every_copy_of
                                                                                                  caplog):
     # copy.deepcopy raised "cannot pickle '_thread.lock' object"; with inplace=True the teacher's copy and a pass's
     # own copies (magnitude's KD teacher, ziplm's trials) deep-copied the model too
-    model = _with_a_lock(_trained())
+    model = _with_a_lock(trained_tiny())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with caplog.at_level(logging.WARNING, logger="compresslab.api"):
-        r = compresslab.compress(model, tiny_tok, [FT, KD], data=_pairs(), inplace=inplace, **_kw())
+        r = compresslab.compress(model, tiny_tok, [FT, KD], data=_pairs(), inplace=inplace, **api_kw())
     assert r.model.my_lock is model.my_lock and r.model.bert.encoder.notes["lock"] is model.bert.encoder.notes["lock"]
     assert r.model.bert.encoder.notes["owner"] == "me"
     if not inplace:

@@ -17,7 +17,7 @@ import torch
 import compresslab
 from compresslab.models.tiny import tiny_model
 from compresslab.registry import available_passes, get_pass
-from compresslab.testing import tiny_sentiment
+from compresslab.testing import api_kw, tiny_sentiment, trained_tiny
 
 THREE = ["complaint", "praise", "question"]
 FT = {"name": "finetune", "steps": 1, "batch_size": 8}
@@ -29,17 +29,6 @@ def _three(n: int = 48, seed: int = 0) -> list[tuple[str, str]]:
 
 def _scores(n: int = 48) -> list[tuple[str, float]]:
     return [(e.text_a, 0.25 + 0.5 * e.label + 0.01 * i) for i, e in enumerate(tiny_sentiment(n, 0))]
-
-
-def _kw(**over):
-    return dict(max_length=32, batch_size=8, progress=False, **over)
-
-
-def _trained(**config) -> torch.nn.Module:
-    m = tiny_model("bert", **config)
-    with torch.no_grad():
-        m.classifier.bias.add_(0.01)
-    return m
 
 
 def _head_lines(caplog) -> list[str]:
@@ -60,7 +49,7 @@ def test_finetune_first_replaces_a_head_of_another_size_with_a_seeded_one(arch, 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with caplog.at_level(logging.INFO, logger="compresslab"):
         r = compresslab.compress(model, tiny_tok, [FT, "ort_int8_dynamic"], data=_three(), eval_data=_three(12, 1),
-                                 **_kw())
+                                 **api_kw())
     assert r.model.config.num_labels == 3 and r.model.num_labels == 3
     assert r.model(**tiny_tok(["a good film"], return_tensors="pt")).logits.shape == (1, 3)
     assert r.model.config.id2label == dict(enumerate(THREE))
@@ -85,16 +74,16 @@ def test_the_fresh_head_is_seeded_and_inplace_replaces_the_callers_head(tiny_tok
     monkeypatch.setattr(api_heads, "fit_fresh_head", recording)
     model = tiny_model("bert", num_labels=2)
     for _ in range(2):
-        compresslab.compress(model, tiny_tok, [FT], data=_three(), **_kw()).close()
+        compresslab.compress(model, tiny_tok, [FT], data=_three(), **api_kw()).close()
     assert len(heads) == 2 and all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])  # seeded: one head
-    r = compresslab.compress(model, tiny_tok, [FT], data=_three(), inplace=True, **_kw())
+    r = compresslab.compress(model, tiny_tok, [FT], data=_three(), inplace=True, **api_kw())
     assert r.model is model and model.classifier.out_features == 3 and model.config.num_labels == 3
 
 
 @pytest.mark.parametrize("labels, data, kind, want", [(2, _scores, None, 1), (1, _three, "classification", 3)],
                          ids=["class-head-on-scores", "regression-head-on-classes"])
 def test_finetune_first_replaces_a_head_of_another_kind(labels, data, kind, want, tiny_tok):
-    r = compresslab.compress(tiny_model("bert", num_labels=labels), tiny_tok, [FT], data=data(), kind=kind, **_kw())
+    r = compresslab.compress(tiny_model("bert", num_labels=labels), tiny_tok, [FT], data=data(), kind=kind, **api_kw())
     assert r.model.config.num_labels == want == r.model.classifier.out_features
     assert (r.model.config.problem_type == "regression") == (want == 1)
     r.close()
@@ -104,11 +93,11 @@ def test_a_head_that_fits_is_kept_with_finetune_first(tiny_tok, monkeypatch):
     import compresslab.api_heads as api_heads
 
     monkeypatch.setattr(api_heads, "fit_fresh_head", lambda *a: pytest.fail("a head of the task's size was replaced"))
-    compresslab.compress(tiny_model("bert", num_labels=3), tiny_tok, [FT], data=_three(), **_kw()).close()
+    compresslab.compress(tiny_model("bert", num_labels=3), tiny_tok, [FT], data=_three(), **api_kw()).close()
 
 
 def _named(names: list[str]) -> torch.nn.Module:
-    m = _trained(num_labels=len(names))
+    m = trained_tiny(num_labels=len(names))
     m.config.id2label, m.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
     return m
 
@@ -116,7 +105,7 @@ def _named(names: list[str]) -> torch.nn.Module:
 def test_finetune_first_replaces_a_named_head_of_another_size_whose_names_the_data_lacks(tiny_tok, caplog):
     """A head of another size does not bind the data: its names ('similar', 'unrelated') are not read into it."""
     with caplog.at_level(logging.INFO, logger="compresslab"):
-        r = compresslab.compress(_named(["similar", "unrelated"]), tiny_tok, [FT], data=_three(), **_kw())
+        r = compresslab.compress(_named(["similar", "unrelated"]), tiny_tok, [FT], data=_three(), **api_kw())
     assert r.model.config.id2label == dict(enumerate(THREE)) and r.model.classifier.out_features == 3
     assert len(_head_lines(caplog)) == 1
     r.close()
@@ -131,7 +120,7 @@ def test_a_head_whose_names_the_data_lacks_still_refuses_when_it_is_kept(names, 
     from compresslab.data.schema import DataFormatError
 
     with pytest.raises(DataFormatError, match=r"not in the model's config\.label2id.*label2id="):
-        compresslab.compress(_named(names), tiny_tok, passes, data=_three(), **_kw())
+        compresslab.compress(_named(names), tiny_tok, passes, data=_three(), **api_kw())
 
 
 # --- finding 5: without "finetune" first the head must fit, and the message names calls that work ------------------
@@ -143,7 +132,7 @@ def test_a_head_of_another_size_without_finetune_first_names_the_working_fixes(p
                                          r"3-label classification head .*compresslab\.load_pretrained\(DIR, "
                                          r"num_labels=3\).*from_pretrained\(DIR, num_labels=3, "
                                          r"ignore_mismatched_sizes=True\)"):
-        compresslab.compress(_trained(), tiny_tok, passes, data=_three(), output_dir=tmp_path / "r", **_kw())
+        compresslab.compress(trained_tiny(), tiny_tok, passes, data=_three(), output_dir=tmp_path / "r", **api_kw())
     assert not (tmp_path / "r").exists()
 
 
@@ -171,8 +160,8 @@ def test_the_calls_the_message_names_do_load_the_head(have, want, tiny_tok, tmp_
 def test_a_teacher_of_another_size_is_told_to_be_one_fine_tuned_on_the_classes(tiny_tok, no_step_runs):
     with pytest.raises(ValueError, match=r"teacher: .*num_labels=2, problem_type=None; pass a teacher fine-tuned on "
                                          r"these classes, or teacher=None with 'finetune' first in passes"):
-        compresslab.compress(_trained(num_labels=3), tiny_tok, [{"name": "magnitude", "sparsity": 0.5}],
-                             data=_three(), teacher=_trained(), **_kw())
+        compresslab.compress(trained_tiny(num_labels=3), tiny_tok, [{"name": "magnitude", "sparsity": 0.5}],
+                             data=_three(), teacher=trained_tiny(), **api_kw())
 
 
 # --- finding 7: a head without class names is used as data class i = head id i, said once --------------------------
@@ -190,12 +179,12 @@ def _order_warnings(caplog) -> list[str]:
 ])
 def test_an_unnamed_head_kept_as_trained_says_which_class_is_which_id(case, named, data, passes, warned, tiny_tok,
                                                                        caplog, no_step_runs):
-    model = _trained(num_labels=3)
+    model = trained_tiny(num_labels=3)
     if named:
         model.config.id2label = dict(enumerate(THREE))
         model.config.label2id = {n: i for i, n in enumerate(THREE)}
     with caplog.at_level(logging.INFO, logger="compresslab"), pytest.raises(pytest.fail.Exception):
-        compresslab.compress(model, tiny_tok, passes, data=data(), eval_data=data()[:6], **_kw())  # stops at a step
+        compresslab.compress(model, tiny_tok, passes, data=data(), eval_data=data()[:6], **api_kw())  # stops at a step
     lines = _order_warnings(caplog)
     if warned:
         assert len(lines) == 1 and "the model" in lines[0], lines
@@ -206,17 +195,17 @@ def test_an_unnamed_head_kept_as_trained_says_which_class_is_which_id(case, name
 
 def test_an_unnamed_teacher_says_which_class_is_which_id(tiny_tok, caplog, no_step_runs):
     with caplog.at_level(logging.INFO, logger="compresslab"), pytest.raises(pytest.fail.Exception):
-        compresslab.compress(_trained(num_labels=3), tiny_tok, [{"name": "magnitude", "sparsity": 0.5}],
+        compresslab.compress(trained_tiny(num_labels=3), tiny_tok, [{"name": "magnitude", "sparsity": 0.5}],
                              data=_three(), label2id={n: i for i, n in enumerate(THREE)},
-                             teacher=_trained(num_labels=3), **_kw())
+                             teacher=trained_tiny(num_labels=3), **api_kw())
     # the teacher's ids are what the student learns (the model's own head is distilled towards them)
     assert [line.split(":")[0] for line in _order_warnings(caplog)] == ["teacher="]
 
 
 def test_evaluate_says_which_class_is_which_id_of_an_unnamed_head(tiny_tok, caplog):
     with caplog.at_level(logging.INFO, logger="compresslab"):
-        compresslab.evaluate(_trained(num_labels=3), _three(12), tiny_tok, max_length=32)
-        compresslab.evaluate(_trained(num_labels=3), [(t, THREE.index(y)) for t, y in _three(12)], tiny_tok,
+        compresslab.evaluate(trained_tiny(num_labels=3), _three(12), tiny_tok, max_length=32)
+        compresslab.evaluate(trained_tiny(num_labels=3), [(t, THREE.index(y)) for t, y in _three(12)], tiny_tok,
                              max_length=32)  # integer ids: nothing assumed
     lines = _order_warnings(caplog)
     assert len(lines) == 1 and lines[0].startswith("evaluate(): the model") and "1='praise'" in lines[0], lines
@@ -227,8 +216,8 @@ def test_label2id_names_the_unnamed_heads_ids_so_nothing_is_said(tiny_tok, caplo
     # trial 47b B8: evaluate(..., label2id={'praise': 0, ...}) on a LABEL_0..2 head still told the user to pass it
     order = {n: i for i, n in enumerate(THREE)}
     with caplog.at_level(logging.INFO, logger="compresslab"):
-        compresslab.evaluate(_trained(num_labels=3), _three(12), tiny_tok, max_length=32, label2id=order)
+        compresslab.evaluate(trained_tiny(num_labels=3), _three(12), tiny_tok, max_length=32, label2id=order)
     with caplog.at_level(logging.INFO, logger="compresslab"), pytest.raises(pytest.fail.Exception):
-        compresslab.compress(_trained(num_labels=3), tiny_tok, ["ort_int8_dynamic"], data=_three(),
-                             eval_data=_three()[:6], label2id=order, **_kw())  # the model's head, kept
+        compresslab.compress(trained_tiny(num_labels=3), tiny_tok, ["ort_int8_dynamic"], data=_three(),
+                             eval_data=_three()[:6], label2id=order, **api_kw())  # the model's head, kept
     assert not _order_warnings(caplog)

@@ -9,12 +9,10 @@ import json
 import logging
 
 import pytest
-import torch
 
 import compresslab
-from compresslab.models.tiny import tiny_model
 from compresslab.report.verdicts import teacher_fix, teacher_origin
-from compresslab.testing import tiny_sentiment
+from compresslab.testing import tiny_sentiment, trained_tiny
 
 THREE = ["complaint", "praise", "question"]
 
@@ -24,20 +22,13 @@ def _three(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(e.text_a, THREE[i % 3]) for i, e in enumerate(tiny_sentiment(n, seed))]
 
 
-def _trained() -> torch.nn.Module:
-    m = tiny_model("bert", num_labels=3)
-    with torch.no_grad():
-        m.classifier.bias.add_(0.01)  # not the untrained-head pattern: kept as trained
-    return m
-
-
 @pytest.mark.parametrize("passes, given", [
     ([{"name": "finetune", "steps": 1, "batch_size": 8}], False),
     ([{"name": "magnitude", "sparsity": 0.5, "recovery": {"steps": 1}}], True),
 ])
 def test_compress_says_a_chance_teacher_in_its_own_terms(passes, given, tiny_tok, tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="compresslab"):
-        r = compresslab.compress(_trained(), tiny_tok, passes, data=_three(48), eval_data=_three(12, 1),
+        r = compresslab.compress(trained_tiny(num_labels=3), tiny_tok, passes, data=_three(48), eval_data=_three(12, 1),
                                  label2id={n: i for i, n in enumerate(THREE)}, output_dir=tmp_path / "run",
                                  max_length=32, batch_size=8, progress=False)
     r.close()

@@ -1,4 +1,5 @@
-"""ZipLM's latency model with a fixed cost per present module (issue #13), on synthetic ground truth.
+"""ZipLM's latency model with a fixed cost per present module (issue #13), on synthetic ground truth
+(:class:`~compresslab.testing.LatencyTruth`; the table's measuring and caching: ``bench/test_latency_calibration.py``).
 
 No test times anything: the "runtime" is a known function of the structure,
 
@@ -13,84 +14,35 @@ and the DP prices each layer's choice with them.
 from __future__ import annotations
 
 import itertools
-import json
-import logging
-from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from compresslab.bench.latency_table import (
-    TABLE_METHOD, TableSettings, build_latency_table, cache_file, calibration_points, environment, linear_table,
-    one_layer_table)
+from compresslab.bench.latency_table import TableSettings, calibration_points, one_layer_table
 from compresslab.models.tiny import tiny_model
 from compresslab.ops.knapsack import solve_dp
 from compresslab.ops.spdy import FixedCostFit, LatencyTable, fit_fixed_costs
 from compresslab.pruning.speedup import Choice, LatencyModel, SpeedupLab, SpeedupSettings, result_metrics
+from compresslab.testing import LATENCY_KINDS, LatencyTruth
 
 torch.set_num_threads(1)
-KINDS = ("attention", "ffn")
-
-
-@dataclass
-class Truth:
-    """A synthetic runtime: one-layer module times ``t_kind`` and the whole-model law around them."""
-
-    heads: int
-    ffn: int
-    layers: int
-    grid: int
-    fit: FixedCostFit  # the true t_0, fixed costs and scale
-    per_head: float = 3.6e-3  # s: ~ MiniLM-L6 at b32 x s128 on 2 cores (the bench teacher)
-    per_neuron: float = 4.8e-5
-    probe_base: float = 0.013  # the one-layer base probe (embeddings, LayerNorms, head)
-
-    def t(self, kind: str, size: int) -> float:  # one-layer probe time of a module (tile bump off 128)
-        if kind == "attention":
-            return self.per_head * size
-        return self.per_neuron * size + (3e-4 if size % 128 else 0.0) * (size > 0)
-
-    def sizes(self, kind: str) -> list[int]:
-        if kind == "attention":
-            return list(range(self.heads + 1))
-        return sorted({*range(0, self.ffn, self.grid), self.ffn})
-
-    def one_layer(self) -> dict[str, dict[int, float]]:
-        return {k: {s: self.t(k, s) for s in self.sizes(k)} for k in KINDS}
-
-    def time(self, config: dict[str, list[int]]) -> float:
-        """Whole-model time of ``config`` ({"attention": [per layer], "ffn": [per layer]})."""
-        f = self.fit
-        return f.base_time + sum(f.fixed[k] + f.scale * self.t(k, s) for k in KINDS for s in config[k] if s > 0)
-
-    def uniform(self, h: int, n: int) -> dict[str, list[int]]:
-        return {"attention": [h] * self.layers, "ffn": [n] * self.layers}
-
-    @property
-    def dense(self) -> dict[str, list[int]]:
-        return self.uniform(self.heads, self.ffn)
-
-    def table_alone(self) -> LatencyTable:
-        """The one-layer table as the pipeline builds it: ``t_0 = T_dense - L (t_att(H) + t_ffn(F))``."""
-        return LatencyTable.from_dense(self.time(self.dense), self.one_layer(), {k: self.layers for k in KINDS}, {})
 
 
 # the bench teacher's shape (6 x 12 heads x 1536) with costs in the range its data suggest
-BERT6 = Truth(12, 1536, 6, 32, FixedCostFit(0.013, {"attention": 0.008, "ffn": 0.007}, 0.93))
+BERT6 = LatencyTruth(12, 1536, 6, 32, FixedCostFit(0.013, {"attention": 0.008, "ffn": 0.007}, 0.93))
 
 
-def _points(truth: Truth) -> list[dict[str, list[int]]]:
+def _points(truth: LatencyTruth) -> list[dict[str, list[int]]]:
     table = LatencyTable(0.0, truth.one_layer())
     return list(calibration_points(table, truth.heads, truth.ffn, truth.layers, (0.5, 0.25, 0.125)).values())
 
 
-def _random_configs(truth: Truth, n: int, rng: np.random.Generator) -> list[dict[str, list[int]]]:
-    return [{k: [int(rng.choice(truth.sizes(k))) for _ in range(truth.layers)] for k in KINDS} for _ in range(n)]
+def _random_configs(truth: LatencyTruth, n: int, rng: np.random.Generator) -> list[dict[str, list[int]]]:
+    return [{k: [int(rng.choice(truth.sizes(k))) for _ in range(truth.layers)] for k in LATENCY_KINDS}
+            for _ in range(n)]
 
 
 # ------------------------------------------------------------------ the fit
@@ -126,7 +78,7 @@ def test_fit_with_timing_noise_stays_within_tolerance(seed: int) -> None:
 def test_a_table_of_only_full_sizes_fits_the_fixed_costs_at_scale_one() -> None:
     """Timing noise can leave only 0 and the full size per kind (the rest dominated): every uniform
     shrink is then the dense shape, the scale cannot be told from the fixed costs, and need not be."""
-    truth = Truth(4, 64, 2, 16, FixedCostFit(2e-3, {"attention": 3e-3, "ffn": 2.5e-3}, 0.8))
+    truth = LatencyTruth(4, 64, 2, 16, FixedCostFit(2e-3, {"attention": 3e-3, "ffn": 2.5e-3}, 0.8))
     table = LatencyTable(0.0, {k: {0: 0.0, full: truth.t(k, full)} for k, full in (("attention", 4), ("ffn", 64))})
     points = calibration_points(table, 4, 64, 2, (0.5, 0.25, 0.125))
     assert list(points) == ["dense", "no_attention", "no_ffn", "empty"]
@@ -197,15 +149,15 @@ def test_ziplm_dp_with_fixed_costs_equals_brute_force(target: float) -> None:
     keep a head (heads are cheap to remove here: from 1.8x the plain DP would keep none)."""
     from compresslab.passes.ziplm import ZipLM
 
-    truth = Truth(4, 64, 2, 16, FixedCostFit(2e-3, {"attention": 3e-3, "ffn": 2.5e-3}, 0.8),
-                  per_head=1e-3, per_neuron=8e-5)
+    truth = LatencyTruth(4, 64, 2, 16, FixedCostFit(2e-3, {"attention": 3e-3, "ffn": 2.5e-3}, 0.8),
+                         per_head=1e-3, per_neuron=8e-5)
     points = _points(truth)
     table = fit_fixed_costs(truth.table_alone(), points, [truth.time(c) for c in points]).apply(truth.table_alone())
     rng = np.random.default_rng(int(target * 10))
     model = tiny_model("bert")
     errors: dict[tuple[int, str], list[float]] = {}  # by number removed; grows with it, 0 at none
     dbs = {}
-    for layer, kind in itertools.product(range(2), KINDS):
+    for layer, kind in itertools.product(range(2), LATENCY_KINDS):
         full = 4 if kind == "attention" else 64
         errs = np.concatenate([[0.0], np.cumsum(rng.random(full))]).tolist()
         errors[(layer, kind)] = errs
@@ -248,7 +200,7 @@ def test_fixed_costs_change_the_dp_choice_toward_emptying_a_module() -> None:
 class SyntheticLab(SpeedupLab):
     """The real search loop (solve, build, measure, tighten) against the synthetic runtime."""
 
-    def __init__(self, truth: Truth, table: LatencyTable, p: SpeedupSettings) -> None:  # no export, no timing
+    def __init__(self, truth: LatencyTruth, table: LatencyTable, p: SpeedupSettings) -> None:  # no export, no timing
         self.truth, self.table, self.p = truth, table, p
         self.dense_choice = {"heads": [truth.heads] * truth.layers, "ffn": [truth.ffn] * truth.layers}
         self.t_dense = self.predict(self.dense_choice)
@@ -258,12 +210,12 @@ class SyntheticLab(SpeedupLab):
         return {"speedup": dense / cand, "dense_ms": dense * 1e3, "candidate_ms": cand * 1e3, "busy": False}
 
 
-def _solver(truth: Truth, table: LatencyTable):
+def _solver(truth: LatencyTruth, table: LatencyTable):
     rng = np.random.default_rng(0)
-    weight = {(i, k): rng.uniform(0.5, 2.0) for i in range(truth.layers) for k in KINDS}
-    sizes = {k: table.sizes(k) for k in KINDS}
+    weight = {(i, k): rng.uniform(0.5, 2.0) for i in range(truth.layers) for k in LATENCY_KINDS}
+    sizes = {k: table.sizes(k) for k in LATENCY_KINDS}
     full = {"attention": truth.heads, "ffn": truth.ffn}
-    keys = [(i, k) for i in range(truth.layers) for k in KINDS]
+    keys = [(i, k) for i in range(truth.layers) for k in LATENCY_KINDS]
     times = [[table.time(k, s) for s in sizes[k]] for _, k in keys]
     errors = [[weight[(i, k)] * (1 - s / full[k]) ** 2 for s in sizes[k]] for i, k in keys]
 
@@ -317,135 +269,6 @@ def test_step_metrics_record_the_fit_the_points_and_retries() -> None:
     m = result_metrics(SpeedupSettings(speedup=2.0, family=[4.0], latency_model="linear"), recs, lab, 100)
     assert m["latency_table"]["model"] == "linear" and m["latency_table"]["linear"] == {
         "lines_ms": {"ffn": {"intercept": -1.0, "slope": 0.02}}, "points": []}
-
-
-# ------------------------------------------------------------------ measuring, caching (synthetic runtime)
-
-SETTINGS = TableSettings(batch=2, seq=16, threads=1, ffn_grid=16, warmup=0, runs=2, chunk=3)
-TINY = Truth(4, 64, 2, 16, FixedCostFit(2e-3, {"attention": 3e-3, "ffn": 2.5e-3}, 0.8), per_head=1e-3,
-             per_neuron=8e-5)
-
-
-def _fp(cpu: str = "Test CPU") -> dict[str, Any]:
-    return {"cpu": {"model": cpu, "isa": {"avx2": True}}, "libraries": {"onnxruntime": "1.0", "torch": "t",
-            "transformers": "x"}, "threads": 1}
-
-
-@pytest.fixture
-def synthetic_runtime(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Exports record the shape they were asked for; runners 'run' in TINY's time; no ORT, no clock."""
-    import compresslab.bench.latency as latency
-    import compresslab.bench.latency_probes as lp
-    import compresslab.bench.latency_table as lt
-    import compresslab.bench.machine_load as ml
-    import compresslab.bench.runners as runners
-    from compresslab.testing import FakeCpu
-
-    state: dict[str, Any] = {"shapes": {}, "timed": [], "cpu": FakeCpu(other=0.0)}
-    monkeypatch.setattr(ml, "read_cpu", state["cpu"])
-    monkeypatch.setattr(ml, "PROBE_S", 0.0)
-    monkeypatch.setattr(lt, "probe_model", lambda model, h, n: ("probe", h, n))
-    monkeypatch.setattr(lt, "uniform_model", lambda model, h, n: ("whole", h, n))
-
-    def export(marker: tuple, path: Path) -> int:
-        state["shapes"][Path(path).name] = marker
-        return (1 if marker[0] == "probe" else TINY.layers) if marker[1] else 0
-
-    class Runner:
-        def __init__(self, path: Any, threads: int, provider: str = "", vocab_size: int | None = None) -> None:
-            self.marker = state["shapes"].get(Path(path).name, ("whole", TINY.heads, TINY.ffn))  # dense.onnx
-
-    def measure(timed: dict[str, Runner], shapes: list, **kw: Any) -> dict[str, Any]:
-        state["timed"].append(sorted(timed))
-
-        def seconds(marker: tuple) -> float:
-            kind, h, n = marker
-            if kind == "probe":
-                return TINY.probe_base + TINY.t("attention", h) + TINY.t("ffn", n)
-            return TINY.time(TINY.uniform(h, n))
-
-        key = f"b{shapes[0][0]}xs{shapes[0][1]}"
-        return {"results": {name: {key: {"p50_ms": seconds(r.marker) * 1e3}} for name, r in timed.items()},
-                "machine_load": {"busy": False}}
-
-    monkeypatch.setattr(lp, "export_probe", export)  # deploy_probe's, in latency_probes
-    monkeypatch.setattr(runners, "OrtRunner", Runner)
-    monkeypatch.setattr(latency, "measure_latency", measure)
-    return state
-
-
-def test_measured_table_is_the_fitted_model_and_is_cached_with_its_calibration(
-        tmp_path: Path, synthetic_runtime: dict) -> None:
-    model = tiny_model("bert")
-    table, info = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
-    assert not info["cached"] and info["cache_file"]
-    for kind in KINDS:  # the table the DP sees: fixed cost + scale x probe time, 0 when removed
-        for size in TINY.sizes(kind):
-            want = 0.0 if size == 0 else TINY.fit.fixed[kind] + TINY.fit.scale * TINY.t(kind, size)
-            assert table.time(kind, size) == pytest.approx(want, rel=1e-6, abs=1e-12)
-    assert table.base_time == pytest.approx(TINY.fit.base_time, rel=1e-6)
-    cal = info["raw"]["calibration"]
-    assert [p["name"] for p in cal["points"]] == ["dense", "uniform_0.5", "uniform_0.25", "no_attention", "no_ffn",
-                                                  "empty"]  # 0.125 of 4 heads / 64 lands on 0.25's shape
-    assert synthetic_runtime["timed"][-1] == sorted(p["name"] for p in cal["points"])  # one interleaved call
-    assert cal["max_abs_rel_error_after"] < 1e-6 < cal["max_abs_rel_error_before"]
-    shrunk = next(p for p in cal["points"] if p["name"] == "uniform_0.25")
-    assert shrunk["before_ms"] < shrunk["measured_ms"] == pytest.approx(shrunk["after_ms"])  # table alone: too fast
-    assert cal["fit_ms"]["fixed"] == pytest.approx({"attention": 3.0, "ffn": 2.5}, rel=1e-6)
-    alone = one_layer_table(info)  # the uncorrected table stays available (latency_model=one_layer)
-    assert alone.predict(TINY.dense) == pytest.approx(TINY.time(TINY.dense))
-    assert alone.time("attention", 1) == pytest.approx(TINY.t("attention", 1))
-    n_calls = len(synthetic_runtime["timed"])
-    again, hit = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
-    assert hit["cached"] and len(synthetic_runtime["timed"]) == n_calls  # nothing timed again
-    assert again.to_dict() == table.to_dict() and hit["raw"]["calibration"] == json.loads(json.dumps(cal))
-    assert one_layer_table(hit).to_dict() == alone.to_dict()
-    # latency_model=linear: the same cached measurement, the table on its lines, refitted to the same points
-    line, rec = linear_table(hit)
-    assert len(synthetic_runtime["timed"]) == n_calls  # nothing timed for it either
-    assert rec["lines_ms"]["attention"] == pytest.approx({"intercept": 0.0, "slope": 1.0}, abs=1e-9)  # exact
-    assert rec["lines_ms"]["ffn"]["slope"] == pytest.approx(8e-2, rel=0.05)  # the tile bump is averaged in
-    assert [r["name"] for r in rec["points"]] == [p["name"] for p in cal["points"]]
-    assert [r["measured_ms"] for r in rec["points"]] == [p["measured_ms"] for p in cal["points"]]
-    assert rec["max_abs_rel_error_after"] < 0.05 and "least-squares line" in rec["model"]
-    assert line.time("attention", 0) == 0.0 and line.time("attention", 2) == pytest.approx(
-        rec["fit"]["fixed"]["attention"] + rec["fit"]["scale"] * 2e-3, rel=1e-6)
-
-
-def test_busy_calibration_is_used_but_not_cached(tmp_path: Path, synthetic_runtime: dict,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
-    synthetic_runtime["cpu"].other = 1.0  # another process keeps a core busy while the whole models run
-    model = tiny_model("bert")
-    with caplog.at_level(logging.WARNING, logger="compresslab"):
-        table, info = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
-    assert info["machine_load"]["busy"] and info["cache_file"] is None and "busy machine" in info["not_cached"]
-    assert info["raw"]["calibration"]["points"] and table.base_time == pytest.approx(TINY.fit.base_time, rel=1e-6)
-    assert not list(tmp_path.rglob("*.json")) and "NOT cached" in caplog.text
-    n_calls = len(synthetic_runtime["timed"])
-    synthetic_runtime["cpu"].other = 0.0
-    _, quiet = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
-    assert not quiet["cached"] and len(synthetic_runtime["timed"]) > n_calls and quiet["cache_file"]
-
-
-def test_cache_key_names_the_method_and_the_calibration(tmp_path: Path, synthetic_runtime: dict,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
-    model = tiny_model("bert")
-    env = environment(model, SETTINGS, _fp())
-    assert TABLE_METHOD == 2 and env["method"] == TABLE_METHOD
-    assert env["calibration_fractions"] == [0.5, 0.25, 0.125]
-    other = TableSettings(batch=2, seq=16, threads=1, ffn_grid=16, calibration_fractions=[0.5])
-    assert environment(model, other, _fp()) != env and cache_file(tmp_path, environment(model, other, _fp())) != \
-        cache_file(tmp_path, env)
-    # a table cached by the previous method (no whole-model calibration) sits beside it: never reused
-    old_env = {**env, "method": 1}
-    old = cache_file(tmp_path, old_env)
-    assert old.parent == cache_file(tmp_path, env).parent and old != cache_file(tmp_path, env)
-    old.parent.mkdir(parents=True)
-    old.write_text(json.dumps({"table": LatencyTable(0.05, TINY.one_layer(), old_env).to_dict(), "info": {}}))
-    with caplog.at_level(logging.WARNING, logger="compresslab.bench.latency_table"):
-        _, info = build_latency_table(model, "dense.onnx", SETTINGS, cache_dir=tmp_path, fingerprint=_fp())
-    assert not info["cached"] and "['method']" in caplog.text and "not reused" in caplog.text
-    assert info["raw"]["calibration"]["points"]
 
 
 # ------------------------------------------------------------------ bad input: clear errors before work

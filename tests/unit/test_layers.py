@@ -16,6 +16,7 @@ TOOL = PKG.parents[1] / "shared" / "tools" / "import_cycles.py"
 # Ground floor first. A room may import rooms on its own floor or below, never above.
 FLOOR = {
     "ops": 0, "validate": 0, "provenance": 0, "manifest": 0, "config": 0, "runlock": 0, "dirlock": 0, "rng": 0, "failure": 0,
+    "fileio": 0, "hashing": 0, "host": 0,  # split out of manifest: atomic writes, content hashes, host facts
     "data": 1, "models": 1, "training": 1, "report": 1,
     "types": 2, "targets": 2, "checkpoint": 2, "eval": 2,
     "registry": 3, "export": 3,

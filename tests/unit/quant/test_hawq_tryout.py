@@ -97,10 +97,10 @@ def test_hawq_records_the_packed_and_dense_sizes(tiny_ctx):
 
 
 def test_report_size_ratios_use_the_fp32_export_when_no_pass_measured_fp32():
-    from compresslab.report import sections
+    from compresslab.report.sizes import size_section
 
     m = {"size": {"ort_fp32": {"encoder": 400, "total": 1000}, "deployed": {"encoder": 50, "total": 500}}}
-    table = sections._size(m)[1]
+    table = size_section(m)[1]
     rows = {r[0]: r for r in table.rows}
     assert rows["deployed"][3] != "—" and rows["deployed"][4] != "—"
     assert "8" in rows["deployed"][3] and "2" in rows["deployed"][4]

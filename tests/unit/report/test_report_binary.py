@@ -10,6 +10,7 @@ from typing import Any
 
 from compresslab.report.render import to_markdown
 from compresslab.report.sections import build_document
+from compresslab.testing import md_section
 
 FIXTURE = Path(__file__).with_name("manifest_full.json")
 
@@ -32,18 +33,14 @@ def _markdown(m: dict[str, Any]) -> str:
     return to_markdown(build_document(m, set(), {}, "outputs/bibert/x"))
 
 
-def _section(md: str, title: str) -> str:
-    return md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
-
-
 def test_binary_report_states_no_1bit_kernels_flips_and_theoretical_flops():
     md = _markdown(_binary_manifest())
-    notes = _section(md, "Notes")
+    notes = md_section(md, "Notes")
     assert "ONNX Runtime has no 1-bit kernels" in notes
     assert "Sign flips: 1 of 64 parity examples" in notes and "argmax agreement 1" in notes
     assert "Theoretical FLOPs per sequence at s64" in notes and "64.00x" in notes and "not measured" in notes
     # max |diff| is past atol, but the binary rule passed: the verdict follows the rule
-    assert "| verdict | ok |" in _section(md, "Export and parity")
+    assert "| verdict | ok |" in md_section(md, "Export and parity")
 
 
 def test_binary_step_alone_gets_the_note_and_a_failed_rule_says_failed():
@@ -52,8 +49,8 @@ def test_binary_step_alone_gets_the_note_and_a_failed_rule_says_failed():
     m["steps"][0]["result"]["structure"] = {"binary": {"linears": ["x"], "embeddings": [], "attention": "bool"}}
     m["export"]["fp32"]["parity"]["passed"] = False
     md = _markdown(m)
-    assert "ONNX Runtime has no 1-bit kernels" in _section(md, "Notes")
-    assert "| verdict | FAILED |" in _section(md, "Export and parity")
+    assert "ONNX Runtime has no 1-bit kernels" in md_section(md, "Notes")
+    assert "| verdict | FAILED |" in md_section(md, "Export and parity")
 
 
 def test_dense_report_has_no_binary_notes():
@@ -62,7 +59,7 @@ def test_dense_report_has_no_binary_notes():
 
 
 def _summary_size(m: dict[str, Any]) -> str:
-    (line,) = [ln for ln in _section(_markdown(m), "Summary").splitlines() if ln.startswith("- Size:")]
+    (line,) = [ln for ln in md_section(_markdown(m), "Summary").splitlines() if ln.startswith("- Size:")]
     return line
 
 

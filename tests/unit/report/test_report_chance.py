@@ -20,20 +20,14 @@ from typing import Any
 import pytest
 
 from compresslab.report.compare import _runs_table, _sweep, point
-from compresslab.report.render import to_markdown
-from compresslab.report.sections import build_document
 from compresslab.report.verdicts import chance_bar, teacher_fix, teacher_origin, weak_teacher
+from compresslab.testing import report_section
 
 RUNS = Path(__file__).with_name("runs")
 
 
 def _run(name: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads((RUNS / f"{name}.json").read_text()))
-
-
-def _summary(m: dict[str, Any]) -> str:
-    md = to_markdown(build_document(m, set(), {}, "outputs/x/y"))
-    return md.split("## Summary", 1)[1].split("\n## ", 1)[0]
 
 
 def _one_class_run(teacher: float = 0.75) -> dict[str, Any]:
@@ -64,19 +58,19 @@ def test_the_correlation_rule_stays_at_zero() -> None:
 
 
 def test_a_deployed_model_predicting_one_class_is_flagged_in_the_summary() -> None:
-    summary = _summary(_one_class_run())
+    summary = report_section(_one_class_run(), "Summary")
     assert ("The deployed model predicts the same class for every example of dev (64 examples), scoring 50.00%: "
             "the compression left a constant model, whatever its Δ says.") in summary
     assert "The teacher is no better than chance" not in summary
     m = _one_class_run()
     m["eval"]["models"]["deployed"]["predicted_classes"] = 2
-    assert "predicts the same class" not in _summary(m)
+    assert "predicts the same class" not in report_section(m, "Summary")
 
 
 def test_a_one_class_teacher_is_said_once_not_again_for_the_deployed_copy() -> None:
     m = _one_class_run(teacher=0.5)
     m["eval"]["models"]["teacher_torch"]["predicted_classes"] = 1
-    summary = _summary(m)
+    summary = report_section(m, "Summary")
     assert "The teacher is no better than chance" in summary
     assert "The deployed model predicts the same class" not in summary
 
@@ -120,7 +114,7 @@ def test_the_teacher_advice_speaks_the_terms_of_the_entry_point(pipeline: str, p
         m["config"] = {"passes": passes}
     if finetuned is not None:
         m["config"]["model"]["finetuned"] = finetuned
-    summary = _summary(m)
+    summary = report_section(m, "Summary")
     assert said in summary
     cli = ("budget=", "model.finetuned", "pipeline.passes")
     assert (pipeline == "compress") is not any(w in summary.split("no better than chance", 1)[1].split("\n")[0]

@@ -19,6 +19,7 @@ import pytest
 from compresslab.pipeline.bench import deployed_ir_note
 from compresslab.report.render import to_markdown
 from compresslab.report.sections import build_document
+from compresslab.testing import md_section
 
 FIXTURE = Path(__file__).with_name("manifest_full.json")
 QDQ_RULE = "int8 QDQ model (uint8 activations): at least 90% of examples within atol"
@@ -30,10 +31,6 @@ def _manifest() -> dict[str, Any]:
 
 def _md(m: dict[str, Any]) -> str:
     return to_markdown(build_document(m, set(), {}, "outputs/x/y"))
-
-
-def _section(md: str, title: str) -> str:
-    return md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
 
 
 def _qat(m: dict[str, Any], new: bool) -> dict[str, Any]:
@@ -49,7 +46,7 @@ def _qat(m: dict[str, Any], new: bool) -> dict[str, Any]:
 
 @pytest.mark.parametrize("new", [True, False])
 def test_the_final_export_of_an_int8_qat_run_is_not_called_fp32(new):
-    sec = _section(_md(_qat(_manifest(), new)), "Export and parity")
+    sec = md_section(_md(_qat(_manifest(), new)), "Export and parity")
     assert "| fp32 | export/model.onnx | int8 QDQ (QAT) |" in sec
     assert "final model's export (export.fp32: int8 QDQ (QAT))" in sec and "on the fp32 export" not in sec
     assert "export.fp32 is the final model's export, here int8 QDQ (QAT), not an fp32 graph" in sec
@@ -66,7 +63,7 @@ def test_the_final_export_of_an_int8_qat_run_is_not_called_fp32(new):
 def test_the_int8_kernel_parity_reads_as_informative_never_as_passed(kernels):
     m = _qat(_manifest(), True)
     m["export"]["fp32"]["parity"]["int8_kernels"] = kernels
-    sec = _section(_md(m), "Export and parity")
+    sec = md_section(_md(m), "Export and parity")
     row = next(line for line in sec.splitlines() if line.startswith("| int8_kernels |"))
     assert ("| int8_kernels | informative (measured, no tolerance): max \\|diff\\| 0.21, argmax agreement 0.97 over 64 "
             "examples; CPU int8 dot product: no |") == row
@@ -74,7 +71,7 @@ def test_the_int8_kernel_parity_reads_as_informative_never_as_passed(kernels):
 
 
 def test_a_dense_run_says_fp32_and_no_key_note():
-    sec = _section(_md(_manifest()), "Export and parity")
+    sec = md_section(_md(_manifest()), "Export and parity")
     assert "| fp32 | export/model.onnx | fp32 |" in sec and "not an fp32 graph" not in sec
     assert "| deployed_ort_int8 | export/model.int8.onnx | — |" in sec  # older deployed records: no precision
 
@@ -101,7 +98,7 @@ def _deploy(m: dict[str, Any], requested: str, runtime: str, int8: str | None = 
 
 def test_deploy_auto_is_echoed_as_set_with_what_it_chose():
     md = _md(_deploy(_manifest(), "auto", "openvino", int8="auto"))
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     assert ("Deploy: deploy.runtime=auto: chose openvino (validation agreement: ort 95.00%, openvino 96.00%; "
             "eligible (within 0.50 pt of ORT's): ort, openvino; the faster at b32xs128: ort 20.0 ms, "
             "openvino 15.0 ms)") in summary
@@ -116,7 +113,7 @@ def test_deploy_auto_is_echoed_as_set_with_what_it_chose():
     ("ort", "ort", "Deploy: deploy.runtime=ort."),
 ])
 def test_a_runtime_the_user_named_is_echoed_as_named(requested, runtime, want):
-    assert want in _section(_md(_deploy(_manifest(), requested, runtime)), "Summary")
+    assert want in md_section(_md(_deploy(_manifest(), requested, runtime)), "Summary")
 
 
 def test_the_bench_note_on_the_deployed_ir_names_the_setting_as_given(tmp_path):
@@ -144,7 +141,7 @@ def _ir(m: dict[str, Any], deployed: dict[str, Any] | None, ptq: bool = False) -
 
 
 def test_the_ir_parity_shows_beside_the_onnx_parity_with_a_verdict_per_precision():
-    sec = _section(_md(_ir(_manifest(), {"max_abs_diff": 0.03, "atol": 0.15, "passed": True,
+    sec = md_section(_md(_ir(_manifest(), {"max_abs_diff": 0.03, "atol": 0.15, "passed": True,
                                           "examples_over_atol": 0})), "Export and parity")
     assert sec.index("ONNX Runtime vs PyTorch") < sec.index("OpenVINO IR vs PyTorch")
     assert "| openvino | f32 | 0.0075 | 0.05 | 0 | 1 | ok |" in sec
@@ -153,12 +150,13 @@ def test_the_ir_parity_shows_beside_the_onnx_parity_with_a_verdict_per_precision
 
 
 def test_a_failed_ir_verdict_is_loud_and_a_ptq_ir_is_not_judged():
-    sec = _section(_md(_ir(_manifest(), {"max_abs_diff": 0.9, "atol": 0.15, "passed": False})), "Export and parity")
+    sec = md_section(_md(_ir(_manifest(), {"max_abs_diff": 0.9, "atol": 0.15, "passed": False})), "Export and parity")
     assert "| openvino | bf16 | 0.9 | 0.15 | 30 | 0.9 | FAILED |" in sec
     assert "> **OpenVINO IR parity FAILED: openvino compiled bf16: max |diff| 0.9 against atol 0.15.**" in sec
-    ptq = _section(_md(_ir(_manifest(), None, ptq=True)), "Export and parity")
+    ptq = md_section(_md(_ir(_manifest(), None, ptq=True)), "Export and parity")
     assert "| openvino | f32 | 0.0075 | 0.05 | 0 | 1 | not judged (quantization error) |" in ptq
     # an older manifest's int8 IR had no verdict at all: said so, not judged by the fp32 atol it was recorded with
     old = _ir(_manifest(), None)
     old["export"]["openvino"]["parity"] = {"precision": "f32", "max_abs_diff": 0.0075, "atol": 1e-4}
-    assert "| openvino | f32 | 0.0075 | 0.0001 | — | — | not recorded |" in _section(_md(old), "Export and parity")
+    assert ("| openvino | f32 | 0.0075 | 0.0001 | — | — | not recorded |"
+            in md_section(_md(old), "Export and parity"))

@@ -19,6 +19,7 @@ import pytest
 from compresslab.pipeline.bench import int8_ir_tail
 from compresslab.report.render import to_markdown
 from compresslab.report.sections import build_document
+from compresslab.testing import md_section
 
 RUN = Path(__file__).with_name("runs") / "int8_openvino_smoke.json"
 OLD_NOTE = ("OpenVINO cannot read the deployed steps/01_int8/model.onnx (ops DynamicQuantizeLinear, QAttention): "
@@ -34,15 +35,11 @@ def _md(m: dict[str, Any]) -> str:
     return to_markdown(build_document(m, set(), {}, "outputs/int8/x"))
 
 
-def _section(md: str, title: str) -> str:
-    return md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
-
-
 def test_every_section_names_the_fp32_export_as_the_irs_source_and_the_other_int8_method() -> None:
     m = _run()
     assert m["export"]["deployed"]["source"] == "export/model_unfused.onnx"  # the recorded truth
     md = _md(m)
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     assert ("Deployed: deployed_openvino_int8, export/openvino/openvino_model.xml (an OpenVINO IR: .xml + .bin), "
             "made by the deploy stage from export/model_unfused.onnx, not from the pipeline's own "
             "steps/01_int8/model.onnx, the file of step 01 int8 (ort_int8_dynamic): our static int8 calibration "
@@ -51,12 +48,12 @@ def test_every_section_names_the_fp32_export_as_the_irs_source_and_the_other_int
     assert "steps/01_int8/model.onnx is scored and timed on ORT as deployed_onnx_ort" in summary
     # the deploy note (recorded by this version) names the fp32 export too
     assert "of the final model's plain fp32 export export/model_unfused.onnx made the int8 IR" in summary
-    size = _section(md, "Size")
+    size = md_section(md, "Size")
     assert "it came from" not in size
     assert "deployed_onnx is the pipeline's ONNX file steps/01_int8/model.onnx, which the IR was not made from" in size
     assert ("The deployed file is no step's: deployed_openvino_int8 was made by the deploy stage from "
-            "export/model_unfused.onnx (our static int8") in _section(md, "Steps")
-    notes = _section(md, "Notes")
+            "export/model_unfused.onnx (our static int8") in md_section(md, "Steps")
+    notes = md_section(md, "Notes")
     assert "made from export/model_unfused.onnx, not from it" in notes and "made of it" not in notes
     assert "made of it" not in md and "came from" not in md
 
@@ -64,7 +61,7 @@ def test_every_section_names_the_fp32_export_as_the_irs_source_and_the_other_int
 def test_an_older_manifests_note_that_the_ir_was_made_of_the_step_file_names_the_true_source() -> None:
     m = _run()
     m["bench"]["notes"] = [OLD_NOTE if n.startswith("OpenVINO cannot read") else n for n in m["bench"]["notes"]]
-    notes = _section(_md(m), "Notes")
+    notes = md_section(_md(m), "Notes")
     assert ("deployed_openvino_* run the int8 IR the deploy stage made from export/model_unfused.onnx, not from it "
             "(export/openvino/openvino_model.xml, compresslab).") in notes
 

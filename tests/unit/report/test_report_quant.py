@@ -7,7 +7,7 @@ from compresslab.report.render import Document, to_markdown
 
 def test_hawq_pins_are_shown_in_the_quantization_table() -> None:
     """hawq's ``rules`` pin widths that count in the budget: the report names them (``allocation.pinned``)."""
-    from compresslab.report.sections import _quant
+    from compresslab.report.quantization import quantization_section as _quant
 
     met = {"bits_per_layer": {"layer.0": [4, 4, 4, 4, 4, 8]}, "avg_bits": 4.4,
            "allocation": {"method": "ilp", "budget_avg_bits": 4.5, "pinned": {"bert.encoder.layer.0.output.dense": 8}}}

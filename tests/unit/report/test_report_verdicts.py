@@ -28,17 +28,13 @@ from compresslab.report import facts as F
 from compresslab.report.render import to_markdown
 from compresslab.report.sections import build_document
 from compresslab.report.verdicts import LOW_AGREEMENT, pass_levers, score_standard_error, slower_than_dense
+from compresslab.testing import report_section
 
 RUNS = Path(__file__).with_name("runs")
 
 
 def _run(name: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads((RUNS / f"{name}.json").read_text()))
-
-
-def _summary(m: dict[str, Any]) -> str:
-    md = to_markdown(build_document(m, set(), {}, "outputs/x/y"))
-    return md.split("## Summary", 1)[1].split("\n## ", 1)[0]
 
 
 def _set_deployed(m: dict[str, Any], score: float, agreement: float, p: float = 1.0) -> dict[str, Any]:
@@ -56,7 +52,7 @@ def _usable_teacher(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_low_agreement_is_flagged_though_mcnemar_finds_no_significant_difference() -> None:
-    summary = _summary(_run("bibert_low_agreement"))  # 60.9% agreement (39 of 64), McNemar p 0.8388
+    summary = report_section(_run("bibert_low_agreement"), "Summary")  # 60.9% agreement (39 of 64), McNemar p 0.8388
     assert ("(McNemar p = 0.8388: not a significant difference in accuracy); ⚠ low agreement: 39.1% of the "
             "predictions changed (25 of 64).") in summary
     # its 3.12 pt drop is under one standard error (±5.7 pt), but the model is not the teacher: no "noise" comfort
@@ -68,7 +64,8 @@ def test_a_low_agreement_is_flagged_though_mcnemar_finds_no_significant_differen
 
 def test_a_low_agreement_is_flagged_when_the_score_is_within_the_tolerance() -> None:
     m = _set_deployed(_usable_teacher(_run("bibert_low_agreement")), score=0.703125, agreement=0.453125)
-    summary = _summary(m)  # the constant model of finding 1: the teacher's score, 35 of 64 predictions changed
+    # the constant model of finding 1: the teacher's score, 35 of 64 predictions changed
+    summary = report_section(m, "Summary")
     assert "within the tolerance of 1.00 pt" in summary
     assert "⚠ low agreement: 54.7% of the predictions changed (35 of 64)." in summary
     assert "Low agreement with the teacher: 54.7% of the predictions changed (35 of 64), though the score is " \
@@ -79,13 +76,14 @@ def test_a_low_agreement_is_flagged_when_the_score_is_within_the_tolerance() -> 
 @pytest.mark.parametrize("agreement, flagged", [(LOW_AGREEMENT, False), (0.9415, False), (0.890625, True)])
 def test_the_agreement_bar_is_ninety_percent(agreement: float, flagged: bool) -> None:
     # 0.9415: tests/unit/report/manifest_full.json's deployed SST-2 model, a normal pruned model: not flagged
-    summary = _summary(_set_deployed(_usable_teacher(_run("bibert_low_agreement")), 0.703125, agreement))
+    m = _set_deployed(_usable_teacher(_run("bibert_low_agreement")), 0.703125, agreement)
+    summary = report_section(m, "Summary")
     assert ("low agreement" in summary) is flagged
 
 
 def test_a_drop_within_noise_with_a_high_agreement_keeps_the_noise_advice() -> None:
     m = _set_deployed(_usable_teacher(_run("bibert_low_agreement")), score=0.671875, agreement=0.953125)
-    summary = _summary(m)
+    summary = report_section(m, "Summary")
     assert "That is within noise (one standard error on these 64 examples is ±5.7 pt), so it says little" in summary
     assert "low agreement" not in summary.lower()
 
@@ -94,7 +92,7 @@ def test_a_drop_within_noise_with_a_high_agreement_keeps_the_noise_advice() -> N
 
 
 def test_a_regression_teacher_with_a_negative_correlation_is_warned_about() -> None:
-    summary = _summary(_run("int8_regression_chance_teacher"))  # Spearman -16.10%
+    summary = report_section(_run("int8_regression_chance_teacher"), "Summary")  # Spearman -16.10%
     assert ("The teacher is no better than chance on dev (64 examples): its spearman -16.10% is at or below 0, "
             "where predictions unrelated to the labels are.") in summary
     assert summary.index("The teacher is no better than chance") < summary.index("- Score:")  # read first
@@ -103,7 +101,7 @@ def test_a_regression_teacher_with_a_negative_correlation_is_warned_about() -> N
 def test_with_a_teacher_at_chance_the_advice_is_to_fix_the_teacher_not_the_passes() -> None:
     m = _set_deployed(_run("int8_smoke"), score=0.3, agreement=0.95)  # 20 pt below a teacher at 50.00%
     m["eval"]["majority_share"] = 0.5
-    summary = _summary(m)
+    summary = report_section(m, "Summary")
     assert "The deployed model is 20.00 pt below the teacher" in summary
     assert "First give the run a teacher better than chance (above)." in summary
     assert "pipeline.passes.int8" not in summary
@@ -125,7 +123,7 @@ def test_a_teacher_within_two_standard_errors_of_the_majority_share_is_warned_ab
     for k in ("teacher_torch", "torch_final", "ort_fp32", "deployed"):
         m["eval"]["models"][k].update(score=teacher, accuracy=teacher)
     m["eval"]["majority_share"] = 0.5
-    summary = _summary(m)
+    summary = report_section(m, "Summary")
     assert ("The teacher is no better than chance" in summary) is (said is not None)
     if said:
         assert f"its accuracy {teacher * 100:.2f}% {said}" in summary
@@ -135,22 +133,22 @@ def test_a_teacher_predicting_one_class_is_warned_about() -> None:
     m = _run("int8_smoke")
     m["eval"]["majority_share"] = 0.3  # above it: only the constant prediction gives it away
     m["eval"]["models"]["teacher_torch"]["predicted_classes"] = 1
-    assert "it predicts the same class for every example" in _summary(m)
+    assert "it predicts the same class for every example" in report_section(m, "Summary")
     m["eval"]["models"]["teacher_torch"]["predicted_classes"] = 2
-    assert "The teacher is no better than chance" not in _summary(m)
+    assert "The teacher is no better than chance" not in report_section(m, "Summary")
 
 
 def test_an_older_manifest_takes_the_majority_share_from_the_label_counts_of_the_split_file() -> None:
     m = _run("int8_openvino_smoke")  # teacher 46.88%; dev file 15 / 17
     assert "eval" in m and "majority_share" not in m["eval"]
     assert ("its accuracy 46.88% is at or below the share of the most frequent class (53.12% of the 32 rows of "
-            "the dev file)") in _summary(m)
+            "the dev file)") in report_section(m, "Summary")
 
 
 def test_a_given_teacher_is_told_to_be_fine_tuned_rather_than_trained_longer() -> None:
     m = _run("int8_regression_chance_teacher")
     m["config"]["model"]["finetuned"] = True
-    assert "the model given as the teacher (model.finetuned=true) is used as it is" in _summary(m)
+    assert "the model given as the teacher (model.finetuned=true) is used as it is" in report_section(m, "Summary")
 
 
 # ----------------------------------------------------------------------------------------------- advice
@@ -158,7 +156,7 @@ def test_a_given_teacher_is_told_to_be_fine_tuned_rather_than_trained_longer() -
 
 def test_the_advice_names_only_the_settings_the_passes_that_ran_have() -> None:
     int8 = _set_deployed(_usable_teacher(_run("int8_smoke")), score=0.3, agreement=0.95)
-    summary = _summary(int8)
+    summary = report_section(int8, "Summary")
     assert "What the passes that ran offer: pipeline.passes.int8.fp32_fallback=guided" in summary
     assert "recovery" not in summary and "sparsity" not in summary and "speedup" not in summary
     obert = pass_levers(_run("obert_int8_smoke"))
@@ -179,7 +177,7 @@ def test_a_setting_already_chosen_is_not_offered_again() -> None:
 
 
 def test_a_correlation_score_gets_a_noise_line() -> None:
-    summary = _summary(_run("int8_regression_chance_teacher"))
+    summary = report_section(_run("int8_regression_chance_teacher"), "Summary")
     assert ("Noise: one standard error of spearman on these 64 examples is ±12.6 pt (Fisher's z); smaller "
             "differences are within noise.") in summary
     assert score_standard_error("pearson", 0.0, 64) == pytest.approx(1 / math.sqrt(61))
@@ -193,7 +191,7 @@ def test_a_correlation_score_gets_a_noise_line() -> None:
 
 
 def test_a_deployed_file_slower_than_the_dense_teacher_is_warned_about() -> None:
-    summary = _summary(_run("bibert_low_agreement"))  # 0.47x ort_fp32 at b4xs32
+    summary = report_section(_run("bibert_low_agreement"), "Summary")  # 0.47x ort_fp32 at b4xs32
     assert "0.47x the fastest dense backend timed here, ort_int8 ⚠: slower than the dense teacher." in summary
     assert ("The deployed file is slower than the dense teacher: 0.47x ort_fp32 and 0.47x ort_int8 (the fastest "
             "dense backend) at b4xs32; 0.46x ort_fp32 at b1xs32") in summary
@@ -201,7 +199,7 @@ def test_a_deployed_file_slower_than_the_dense_teacher_is_warned_about() -> None
 
 
 def test_a_faster_deployed_file_gets_no_speed_warning() -> None:
-    summary = _summary(_run("int8_smoke"))  # 1.22x
+    summary = report_section(_run("int8_smoke"), "Summary")  # 1.22x
     assert "slower than the dense teacher" not in summary
 
 
@@ -217,7 +215,7 @@ def test_the_speed_warning_stays_apart_from_the_busy_one() -> None:
 def test_a_bullet_is_marked_only_for_its_own_shape_and_a_same_file_best_is_not_slower() -> None:
     m = _run("int8_smoke")
     m["bench"]["speedups"]["deployed"]["b1xs32"] = 0.9  # slower at b1 only: the b4xs32 bullet stays unmarked
-    summary = _summary(m)
+    summary = report_section(m, "Summary")
     assert "ort_fp32 ⚠" not in summary and "0.90x ort_fp32 at b1xs32" in summary
     row = next(r for r in F.model_rows(m) if r.key == "deployed")
     m["bench"]["deployed_same_file_as"] = "ort_fp32"  # the deployed file is the dense teacher's, byte for byte

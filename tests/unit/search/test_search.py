@@ -1,10 +1,10 @@
 """The accuracy-aware search's rules on fake candidate results (no model runs): selection on
 validation within max_drop less the margin, the closest when nothing meets, resume, failed
-candidates, the time budget, stop-on-miss, seeding, and bad input refused before any work."""
+candidates, the time budget, stop-on-miss, seeding, and what search.json records. Bad input is in
+``test_search_bad_input.py``; ``compresslab.search.run`` and the CLI's exit status in ``test_search_entry.py``."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from compresslab.manifest import read_json
 from compresslab.search.driver import SEARCH_FILE, Search, estimate_s
-from compresslab.search.plan import SearchPlan, base_overrides, pass_overrides
+from compresslab.search.plan import SearchPlan
 from compresslab.search.objective import Outcome, SearchSettings, pareto_front, select
 from compresslab.search.space import Candidate, expand, parse_space
 from compresslab.validate import SettingsError
@@ -28,6 +28,7 @@ def _o(name: str, drop_pt: float, speedup: float, size: int = 1000, single: bool
 
 
 # ---------------------------------------------------------------------------------------------- selection
+
 
 def test_selection_picks_fastest_within_max_drop_less_margin():
     s = SearchSettings(max_drop=1.0, margin=0.5)
@@ -69,6 +70,7 @@ def test_best_single_and_pareto_front():
 
 
 # ---------------------------------------------------------------------------------------------- driver
+
 
 class Fake:
     """A runner: each candidate takes ``unit_s`` x its cost on a fake clock and gives the figures of
@@ -219,226 +221,11 @@ def test_budget_first_candidate_by_prior(tmp_path):
     assert fake.calls == [] and data["chosen"] is None and data["status"] == "budget_spent"
 
 
-# ---------------------------------------------------------------------------------------------- bad input
-
-@pytest.mark.parametrize("kw,match", [
-    ({"objective": "fast"}, "search.objective='fast' is not valid; allowed: 'latency', 'size'"),
-    ({"max_drop": 0}, "search.max_drop must be a finite number > 0"),
-    ({"max_drop": -1.0}, "search.max_drop"),
-    ({"max_drop": math.nan}, "search.max_drop"),
-    ({"max_drop": math.inf}, "search.max_drop"),
-    ({"time_budget_s": 0}, "search.time_budget_s must be a finite number > 0"),
-    ({"time_budget_s": -5}, "search.time_budget_s"),
-    ({"latency_shape": [32]}, "search.latency_shape"),
-    ({"deploy": "fastest"}, "search.deploy='fastest' is not valid; allowed: auto, ort, openvino or null"),
-])
-def test_bad_settings(kw, match):
-    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")):
-        SearchSettings(**kw)
-
-
-@pytest.mark.parametrize("space,match", [
-    ({}, "search.space is empty"),
-    ({"x": {"pipeline": "nope", "methods": ["a"]}}, "is not a shipped pipeline"),
-    ({"x": {"pipeline": "int8", "methods": ["a"], "costt": 1}}, "unknown key"),
-    ({"x": {"pipeline": "int8", "methods": ["a"], "key": "pipeline.passes.int8.per_channel"}}, "go together"),
-    ({"x": {"pipeline": "ziplm_int8", "methods": ["a"], "seeds": [{"key": "k.k", "from": "later"}]}},
-     "must name an entry written before it"),
-])
-def test_bad_space(space, match):
-    with pytest.raises(SettingsError, match=match):
-        parse_space(space, PIPELINES)
-
-
-@pytest.mark.parametrize("override,match", [
-    ("+pipeline=int8", "chooses the pipelines itself"),
-    ("eval=dev", "validation split"),
-    ("eval.split=dev", "validation split"),
-    ("run.dir=/tmp/x", "its own run"),
-])
-def test_bad_overrides(override, match):
-    with pytest.raises(SettingsError, match=match):
-        base_overrides(["task=sst2", override])
-
-
-def test_base_overrides_drop_search_ones_and_pass_settings_reach_their_step_only(tmp_path):
-    assert base_overrides(["+search=auto", "search.max_drop=2", "task=rte"]) == ["task=rte"]
-    with pytest.raises(SettingsError, match=r"\+search.passes.<step>"):
-        base_overrides(["pipeline.passes.obert.grad_batch_size=4"])
-    got = pass_overrides({"obert": {"grad_batch_size": 4, "recovery": {"steps": 2}}})
-    assert got == ["pipeline.passes.obert.grad_batch_size=4", "pipeline.passes.obert.recovery.steps=2"]
-    plan = SearchPlan(SearchSettings(), [], ["task=rte", *got], tmp_path)
-    int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
-    obert = Candidate("o", "o", "obert_int8", ("pipeline.passes.obert.sparsity=0.5",), ("obert", "int8"), 4.0)
-    assert plan.candidate_args(int8) == ["+pipeline=int8", "task=rte", "eval=validation"]
-    assert plan.candidate_args(obert) == ["+pipeline=obert_int8", "task=rte", *got,
-                                          "pipeline.passes.obert.sparsity=0.5", "eval=validation"]
-
-
 def test_expand_seeds_best_first_and_limited():
     e = parse_space(SPACE, PIPELINES)[3]
     mk = lambda v: Candidate(Z.format(v), "ziplm", "ziplm_2x", (f"pipeline.passes.ziplm.speedup={v}",), ("ziplm",), 3)
     cands, why = expand(e, {"ziplm": [mk(2.0), mk(1.5), mk(1.2)]}, per_seed=2)
     assert why is None and [c.name for c in cands] == [ZI.format(2.0), ZI.format(1.5)]
-
-
-@pytest.mark.parametrize("overrides,match", [
-    (["search.objective=fast"], "search.objective='fast' is not valid"),
-    (["search.max_drop=0"], "search.max_drop must be a finite number > 0"),
-    (["search.max_drop=nan"], "search.max_drop must be a finite number > 0"),
-    (["search.time_budget_s=0"], "search.time_budget_s must be a finite number > 0"),
-    (["search.space=null"], "search.space is empty"),
-    (["~search.space"], "search.space is empty"),
-    (["task=qnli"], "task 'qnli' has no train split to carve a validation split from"),
-    (["task.val_size=0"], "leaves no validation split"),
-    (["+pipeline=int8"], "chooses the pipelines itself"),
-    # refused as a search's setting before Hydra composes it (not Hydra's "pipeline: no such setting")
-    (["pipeline.passes.ziplm.seq=64"], "remove it. A pass setting for every candidate having that step is +search.passes"),
-    (["pipeline.name=x"], "chooses the pipelines itself"),
-    (["eval=dev"], "scores every candidate on the validation split"),
-    # a pass setting no candidate would run with: a misspelt step, or a key the space sets per candidate
-    (["+search.passes.obret.damp=1e-6"], "pass setting(s) of step 'obret' (pipeline.passes.obret.damp=1e-06): no "
-                                          "pipeline of this search has that step"),
-    (["+search.passes.obert.sparsity=0.95"], "search.space.obert_int8 sets pipeline.passes.obert.sparsity per candidate"),
-])
-def test_cli_refuses_bad_input_before_any_work(overrides, match, capsys, tmp_path, monkeypatch):
-    from compresslab import cli
-    from compresslab.search import driver
-
-    monkeypatch.setattr(driver, "run_search", lambda *a, **k: pytest.fail("the search started"))
-    with pytest.raises(SystemExit) as e:
-        cli.check_command_line(["+search=auto", f"paths.output_dir={tmp_path}/out", *overrides])
-    assert e.value.code == cli.EXIT_BAD_INPUT
-    err = capsys.readouterr().err
-    assert err.startswith("compresslab: error:") and match in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_latency_objective_needs_the_bench(capsys):
-    from compresslab import cli
-
-    with pytest.raises(SystemExit):
-        cli.check_command_line(["+search=auto", "bench.enabled=false"])
-    assert "search.objective=latency reads each candidate's bench stage" in capsys.readouterr().err
-
-
-def test_api_search_composes_the_same_plan(monkeypatch, tmp_path):
-    import compresslab
-    from compresslab.search import driver
-
-    seen = {}
-    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.setdefault("plan", plan) and {"ok": True})
-    compresslab.search.run([f"paths.output_dir={tmp_path}", "+search.passes.obert.grad_batch_size=4"], max_drop=2.0,
-                           objective="size", time_budget_s=100, latency_shape=[32, 128])
-    plan = seen["plan"]
-    assert plan.settings.max_drop == 2.0 and plan.settings.objective.value == "size"
-    assert plan.settings.time_budget_s == 100 and plan.settings.latency_shape == (32, 128)
-    assert "pipeline.passes.obert.grad_batch_size=4" in plan.base_overrides
-    assert plan.search_dir.parent == tmp_path / "search"
-    with pytest.raises(SettingsError, match="search.max_drop"):
-        compresslab.search.run(max_drop=-1)
-
-
-@pytest.mark.parametrize("overrides, settings, expected", [
-    ([], {}, ["deploy=auto"]),                                   # the default: each candidate picks its runtime
-    (["deploy=ort"], {}, ["deploy=ort"]),                         # the command's own deploy wins
-    (["deploy.precision=f32"], {}, ["deploy.precision=f32", "deploy=auto"]),  # a deploy.* setting refines the search's
-    ([], {"deploy": "openvino"}, ["deploy=openvino"]),
-    ([], {"deploy": None}, ["deploy=auto"]),                      # null: by the objective (latency: auto)
-    ([], {"objective": "size"}, ["deploy=ort"]),                  # size: ORT, where the n-bit files run
-    ([], {"objective": "size", "deploy": "auto"}, ["deploy=auto"]),
-])
-def test_every_candidate_deploys_as_the_search_says(monkeypatch, tmp_path, overrides, settings, expected):
-    import compresslab
-    from compresslab.search import driver
-
-    seen = {}
-    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.setdefault("plan", plan) and {"ok": True})
-    compresslab.search.run([f"paths.output_dir={tmp_path}", *overrides], **settings)
-    plan = seen["plan"]
-    assert [o for o in plan.base_overrides if o.startswith("deploy")] == expected
-    int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
-    assert [o for o in plan.candidate_args(int8) if o.startswith("deploy")] == expected
-
-
-def test_an_openvino_search_leaves_out_the_n_bit_entries_and_says_so(monkeypatch, tmp_path, caplog):
-    """search.deploy=openvino: the n-bit entries (w4, mixed_precision) cannot deploy there (MatMulNBits), so they
-    are left out with a warning rather than failing the plan or running as fp32 IRs; auto keeps them."""
-    import logging
-
-    import compresslab
-    from compresslab.search import driver
-
-    seen = {}
-    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.update(plan=plan) or {"ok": True})
-    with caplog.at_level(logging.WARNING):
-        compresslab.search.run([f"paths.output_dir={tmp_path}"], deploy="openvino")
-    names = [e.name for e in seen["plan"].entries]
-    assert "w4" not in names and "mixed_precision" not in names and "int8" in names
-    assert "write n-bit weights (MatMulNBits)" in caplog.text
-    compresslab.search.run([f"paths.output_dir={tmp_path}"], deploy="auto")
-    assert "w4" in [e.name for e in seen["plan"].entries]
-
-
-@pytest.mark.parametrize("chosen,met,code,line", [
-    (None, False, 3, None),
-    ({"name": "int8"}, True, None, "best model: {dir}/best/model.onnx"),
-    # a trial: no candidate met the budget, yet the search printed "best model: ..." and exited 0, so a CI job gating
-    # on the status ships an out-of-budget model; met=false was only inside search.json
-    ({"name": "int8"}, False, 4, "closest model, NOT within the drop budget (search.max_drop=1 pt): "
-                                 "{dir}/best/model.onnx"),
-])
-def test_the_exit_status_and_the_last_lines_say_whether_a_model_met_the_budget(monkeypatch, tmp_path, capsys, chosen,
-                                                                                met, code, line):
-    # a new user's search spent its budget before any candidate finished and exited 0 (scripts read success)
-    from types import SimpleNamespace
-
-    from compresslab.search import driver
-
-    plan = SimpleNamespace(threads=1, seed=0, search_dir=tmp_path, settings=SearchSettings(max_drop=1.0))
-    best = {"name": "int8", "met": met, "file": "best/model.onnx"} if chosen else None
-    monkeypatch.setattr(driver, "plan_search", lambda cfg, overrides: plan)
-    monkeypatch.setattr(driver, "run_search", lambda p: {"message": "the message", "chosen": chosen, "met": met,
-                                                         "best": best})
-    if code is None:
-        driver.main(None, [], lambda *a: None)
-    else:
-        with pytest.raises(SystemExit) as e:
-            driver.main(None, [], lambda *a: None)
-        assert e.value.code == code == (driver.EXIT_NO_MODEL if chosen is None else driver.EXIT_NOT_MET)
-    out = capsys.readouterr().out
-    assert "search: the message" in out
-    if line is None:
-        assert "model:" not in out
-    else:
-        assert line.format(dir=tmp_path) in out.splitlines()
-        assert ("best model:" in out) == met
-
-
-def test_an_openvino_int8_deploy_setting_reaches_the_candidates_that_read_it(monkeypatch, tmp_path):
-    # a new user's deploy.smooth_alpha=0.8 refused the whole default search: its fp32 ZipLM candidate never reads it
-    import compresslab
-    from compresslab.search import driver
-
-    seen = {}
-    monkeypatch.setattr(driver, "run_search", lambda plan, **kw: seen.setdefault("plan", plan) and {"ok": True})
-    compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.smooth_alpha=0.8"])
-    plan = seen["plan"]
-    int8 = Candidate("int8", "int8", "int8", (), ("int8",), 1.0)
-    fp32 = Candidate("z", "ziplm", "ziplm_2x", (), ("ziplm",), 1.0)
-    assert "deploy.smooth_alpha=0.8" in plan.candidate_args(int8)
-    assert not [o for o in plan.candidate_args(fp32) if o.startswith("deploy.smooth_alpha")]
-    # by preflight's rule (pipeline/deploy_reads.py), not a list of the search's own: int8 QAT leaves no fp32 model
-    # for NNCF and a QDQ graph our recipe does not calibrate, so nothing of its run reads calibration_examples
-    seen.clear()
-    compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.calibration_examples=50"])
-    qat = Candidate("q", "qat", "obert_qat_int8", (), ("obert",), 1.0)
-    assert "deploy.calibration_examples=50" in seen["plan"].candidate_args(int8)
-    assert not [o for o in seen["plan"].candidate_args(qat) if o.startswith("deploy.calibration_examples")]
-    with pytest.raises(SettingsError, match=r"deploy.smooth_alpha: no candidate of this search would read it"
-                                            r".*ziplm_2x: no step of this pipeline makes int8"):
-        compresslab.search.run([f"paths.output_dir={tmp_path}", "deploy.smooth_alpha=0.8", "~search.space",
-                                "+search.space.z={pipeline: ziplm_2x, methods: [ziplm], cost: 1}"])
 
 
 def test_read_run_names_the_shape_of_the_speedup_and_whether_its_timing_was_busy():
