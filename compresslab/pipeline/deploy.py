@@ -107,7 +107,8 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
         section["runtime"] = chosen
     manifest.data.setdefault("export", {})["deployed"] = record
     manifest.data["deploy"] = {**section, **deployed_paths(record)}  # path/folder: what ships, from the run dir
-    write_pointer(run_dir, record)  # DEPLOYED.txt: the same, for someone reading the folders alone
+    # DEPLOYED.txt: the same, for someone reading the folders alone; recorded as the stage's file (checked on resume)
+    record_files(manifest, run_dir, "deploy", [write_pointer(run_dir, record)])
     if not stage_done(manifest, "deploy"):  # an IR's files were recorded as they were written (openvino_ir)
         record_stage(manifest, run_dir, "deploy")
     manifest.save()
