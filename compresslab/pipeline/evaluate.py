@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from compresslab.data.loaders import count_and_say
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.stage_files import record_stage
 from compresslab.pipeline.state import RunState
@@ -129,6 +130,8 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     if batch_dep:
         section["batch_dependence"] = batch_dep
     section["rows"] = write_rows(state, run_dir)
+    # how many scored rows were cut at max_length (tokenizing cuts silently): beside n in the report
+    section["truncated"] = count_and_say(dev, state.tokenizer, state.settings.max_length, split, kind=spec.kind)
     manifest.data["eval"] = section
     atomic_write_json(run_dir / "eval" / "metrics.json", section)
     record_stage(manifest, run_dir, "eval")
@@ -255,7 +258,9 @@ def final_eval(state: RunState) -> dict[str, Any]:
     _, share = _chance_facts(ref, spec)
     out = {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
            "score": final["score"], "agreement": final.get("agreement"), "models": models,
-           **({"majority_share": share} if share is not None else {})}
+           **({"majority_share": share} if share is not None else {}),
+           "truncated": count_and_say(state.eval_examples, state.tokenizer, state.settings.max_length, "eval_data",
+                                      kind=spec.kind)}
     if batch_dep:
         out["batch_dependence"] = batch_dep
     return out
