@@ -88,6 +88,7 @@ def test_calibration_says_its_count(tiny_tok, tmp_path, caplog):
     ctx = tiny_context(tiny_tok, tmp_path, max_length=6)  # shorter than most tiny sentences
     with caplog.at_level(logging.INFO):
         list(ctx.calibration_batches(12, batch_size=4, setting="int8.num_calibration"))
-    line = next(r.getMessage() for r in caplog.records if "calibration" in r.getMessage() and "truncated" in r.getMessage())
+    line = next(r.getMessage() for r in caplog.records
+                if "calibration" in r.getMessage() and "truncated" in r.getMessage())
     assert line.endswith("of 12 calibration (int8.num_calibration) examples truncated at max_length=6")
     assert not line.startswith("0 of"), line
