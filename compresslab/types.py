@@ -132,7 +132,7 @@ class PassContext:
         """
         import logging
 
-        from compresslab.data.loaders import calibration_examples, make_loader
+        from compresslab.data.loaders import calibration_examples, count_and_say, make_loader
 
         available = len(self.task.train)
         if 0 < available < n:
@@ -141,6 +141,8 @@ class PassContext:
                                                 asked, available)
             n = available
         examples = calibration_examples(self.task.train, n, self.seed)
+        count_and_say(examples, self.tokenizer, self.max_length, f"calibration ({setting or 'calibration'})",
+                      kind=self.task.spec.kind)  # statistics of cut rows: said, as every tokenization's count is
         return iter(make_loader(examples, self.tokenizer, batch_size or self.batch_size, self.max_length,
                                 shuffle=False, seed=self.seed, kind=self.task.spec.kind))
 

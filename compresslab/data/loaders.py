@@ -11,6 +11,7 @@ regression) unless ``kind`` is given; pass ``kind=TaskKind.EMBEDDING`` for embed
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader
 
 from compresslab.data.schema import Example, TaskKind, require_examples
 from compresslab.validate import check_positive_int
+
+log = logging.getLogger(__name__)
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -207,3 +210,47 @@ def token_lengths(
     feats = tokenize_examples(examples, tokenizer, max_length, kind=kind)
     lengths = [len(f["input_ids"]) for f in feats]
     return lengths + [len(f["input_ids_b"]) for f in feats if "input_ids_b" in f]
+
+
+def count_truncated(
+    examples: Sequence[Example], tokenizer: Any, max_length: int, *, kind: TaskKind | str | None = None
+) -> int:
+    """How many ``examples`` :func:`tokenize_examples` cuts at ``max_length``: whose encoding (specials included;
+    a pair's two sentences together, an embedding pair's each side alone) is longer. Tokenizing cuts silently,
+    so a run counts them per split (``data.truncated``, the eval's ``truncated``) and says so."""
+    examples = require_examples(examples, "count truncated examples")
+    check_positive_int(max_length, "max_length")
+    if not examples:
+        return 0
+    kind = _resolve_kind(examples, kind)
+
+    def lengths(texts_a: list[str], texts_b: list[str] | None) -> list[int]:
+        if not texts_a:
+            return []
+        # verbose=False: no "longer than the specified maximum sequence length" warning for the very rows counted
+        enc = tokenizer(texts_a, texts_b, truncation=False, padding=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    if kind is TaskKind.EMBEDDING:
+        longest = lengths([e.text_a for e in examples], None)
+        if any(e.text_b is not None for e in examples):
+            longest = [max(a, b) for a, b in zip(longest, lengths([e.text_b or "" for e in examples], None))]
+        return sum(n > max_length for n in longest)
+    singles = [e for e in examples if e.text_b is None]
+    pairs = [e for e in examples if e.text_b is not None]
+    found = lengths([e.text_a for e in singles], None) + lengths([e.text_a for e in pairs], [e.text_b for e in pairs])
+    return sum(n > max_length for n in found)
+
+
+def truncation_line(n: int, of: int, what: str, max_length: int) -> str:
+    """``N of M <what> examples truncated at max_length=L``: the line every count of :func:`count_truncated` logs."""
+    return f"{n} of {of} {what} examples truncated at max_length={max_length}"
+
+
+def count_and_say(examples: Sequence[Example], tokenizer: Any, max_length: int, what: str,
+                  kind: TaskKind | str | None = None) -> dict[str, int]:
+    """Count ``examples`` cut at ``max_length`` and log it (a WARNING when any is: their scores or statistics
+    rest on part of the text); the record ``{"n", "of", "max_length"}``."""
+    n = count_truncated(examples, tokenizer, max_length, kind=kind) if len(examples) else 0
+    (log.warning if n else log.info)("%s", truncation_line(n, len(examples), what, max_length))
+    return {"n": int(n), "of": len(examples), "max_length": int(max_length)}

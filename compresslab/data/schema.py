@@ -160,6 +160,9 @@ class TaskData:
     validation: list[Example]
     dev: list[Example]
     info: dict[str, Any] = field(default_factory=dict)
+    # split -> the positions (0-based, among the file's examples as read) of the rows a seeded subset kept
+    # (task.max_dev); a split kept whole is absent. Too long for the manifest: the eval stage writes eval/rows.json
+    rows: dict[str, list[int]] = field(default_factory=dict)
 
     def require_train(self) -> list[Example]:
         """The train split, or :class:`SplitUnavailableError` when the task ships none."""

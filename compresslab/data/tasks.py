@@ -142,13 +142,20 @@ def _root_or_none(data_root: str | Path | None) -> Path | None:
         return None
 
 
+def _seeded_rows(items: Sequence[Any], n: int | None, seed: int, stream: int) -> list[int] | None:
+    """The positions of ``n`` items drawn without replacement (seeded), in file order; None when all are kept."""
+    if isinstance(items, MissingSplit) or n is None or n >= len(items):
+        return None
+    rng = np.random.default_rng([stream, seed])
+    return [int(i) for i in np.sort(rng.permutation(len(items))[:n])]
+
+
 def _seeded_subset(items: Sequence[T], n: int | None, seed: int, stream: int) -> list[T]:
     """``n`` items drawn without replacement (seeded), kept in file order; all when n is None."""
-    if isinstance(items, MissingSplit) or n is None or n >= len(items):
-        return items if isinstance(items, MissingSplit) else list(items)
-    rng = np.random.default_rng([stream, seed])
-    keep = np.sort(rng.permutation(len(items))[:n])
-    return [items[i] for i in keep]
+    if isinstance(items, MissingSplit):
+        return items
+    keep = _seeded_rows(items, n, seed, stream)
+    return list(items) if keep is None else [items[i] for i in keep]
 
 
 def load_task(
@@ -211,6 +218,7 @@ def load_task(
     carve = carve_validation(train_all, val_size, seed, val_carve)
     train, validation = carve.train, carve.validation
     train = _seeded_subset(train, max_train, seed, stream=1)
+    dev_rows = _seeded_rows(dev, max_dev, seed, stream=2)  # which dev rows a reader rebuilds the subset from
     dev = _seeded_subset(dev, max_dev, seed, stream=2)
     info: dict[str, Any] = {
         "task": spec.name,
@@ -227,7 +235,8 @@ def load_task(
         "missing_splits": {s: v.reason for s, v in (("train", train), ("dev", dev)) if isinstance(v, MissingSplit)},
         **labels_info,
     }
-    return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info)
+    return TaskData(spec=spec, train=train, validation=validation, dev=dev, info=info,
+                    rows={} if dev_rows is None else {"dev": dev_rows})
 
 
 def load_run_task(config: Mapping[str, Any]) -> TaskData:

@@ -8,6 +8,11 @@ export stage writes these settings into the folder (:func:`write_scoring_setting
 into their step folders with the config and tokenizer (``export.ort_quant.copy_model_files``), the deploy
 stage adds the OpenVINO precision to the IR folder it deploys, and :func:`read_scoring_settings` reads them
 back. The file is an extra JSON beside ``config.json``: optimum's ORTModel / OVModel loaders ignore it.
+
+A deployer reads none of it: they load the folder's tokenizer and call ``tok(x, truncation=True)``, which cuts at
+``tokenizer_config.json``'s ``model_max_length`` (512 for BERT), not at the length the run scored. Writing the
+record therefore also pins that tokenizer to the run's ``max_length`` (:func:`pin_tokenizer_length`), keeping
+the value it had in the record (``tokenizer_model_max_length``); every copy of the folder carries both.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ SCHEMA = 1
 PADDING = "longest"  # the loaders pad each batch to its longest sentence (data.loaders.make_loader)
 # the keys evaluate() reads as its defaults; the rest (task, split, written_by) are for people
 SETTINGS = ("max_length", "batch_size", "kind", "primary_metric", "openvino_precision")
+TOKENIZER_CONFIG = "tokenizer_config.json"
+ORIGINAL_LENGTH = "tokenizer_model_max_length"  # the tokenizer's own model_max_length before the pin
 
 
 def scoring_settings(*, max_length: int, batch_size: int, kind: str, primary_metric: str, task: str,
@@ -40,8 +47,35 @@ def write_scoring_settings(folder: str | Path, settings: Mapping[str, Any], **mo
     """Write ``settings`` (and ``more`` over them: ``openvino_precision`` for an IR folder) into ``folder``'s
     :data:`SCORING_FILE`, atomically (a hard link to another run's copy is replaced, never written through)."""
     path = Path(folder) / SCORING_FILE
-    atomic_write_json(path, {**dict(settings), **more})
+    record = {**dict(settings), **more}
+    if record.get("max_length") is not None:
+        found, original = pin_tokenizer_length(folder, int(record["max_length"]))
+        if found:  # a record written again (add_scoring_settings, a copied folder) keeps the first original
+            record.setdefault(ORIGINAL_LENGTH, original)
+    atomic_write_json(path, record)
     return path
+
+
+def pin_tokenizer_length(folder: str | Path, max_length: int) -> tuple[bool, int | None]:
+    """Set ``folder``'s ``tokenizer_config.json`` ``model_max_length`` (what ``truncation=True`` cuts at, in
+    transformers and optimum's pipelines) and its ``max_length`` (the truncation a fast tokenizer's backend was
+    saved with, when the file has one) to ``max_length``, atomically. Returns (whether the folder has a tokenizer
+    config, the ``model_max_length`` it had: None when unset or transformers' "no limit" 1e30). The file is left
+    untouched when already pinned (its sha256, recorded in the manifest, stays valid)."""
+    path = Path(folder) / TOKENIZER_CONFIG
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(raw, dict):
+        return False, None
+    original = raw.get("model_max_length")
+    pinned = {**raw, "model_max_length": int(max_length)}
+    if "max_length" in raw:
+        pinned["max_length"] = int(max_length)
+    if pinned != raw:
+        atomic_write_json(path, pinned)
+    return True, int(original) if isinstance(original, (int, float)) and original < 1e12 else None
 
 
 def add_scoring_settings(folder: str | Path, **more: Any) -> Path:
@@ -66,5 +100,6 @@ def read_scoring_settings(folder: str | Path) -> dict[str, Any]:
     return {k: raw[k] for k in SETTINGS if isinstance(raw, dict) and raw.get(k) is not None}
 
 
-__all__ = ["PADDING", "SCORING_FILE", "SETTINGS", "add_scoring_settings", "read_scoring_settings",
+__all__ = ["ORIGINAL_LENGTH", "PADDING", "SCORING_FILE", "SETTINGS", "TOKENIZER_CONFIG", "add_scoring_settings",
+           "pin_tokenizer_length", "read_scoring_settings",
            "scoring_settings", "write_scoring_settings"]

@@ -22,7 +22,8 @@ kept but flagged in ``deploy.notes`` and warned about, since it rests on void ti
 Manifest: ``export.openvino`` (IR file, source, int8, method, parity vs torch with a verdict at f32 and at
 the deployed precision, int8 candidates and choice, notes or error),
 ``export.deployed`` (path, runtime, precision, size) and ``deploy`` (requested, chosen, notes,
-``auto`` figures).
+``auto`` figures, and ``path`` / ``folder``: the deployed file and the folder that ships, relative to the run dir,
+also named by the run dir's ``DEPLOYED.txt``: :mod:`compresslab.pipeline.deployed_pointer`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from compresslab.export.openvino_int8 import IR_NAME
 from compresslab.export.precision import is_int8, nbits_of, precision_class
 from compresslab.failure import error_text
 from compresslab.manifest import RunManifest
+from compresslab.pipeline.deployed_pointer import deployed_paths, write_pointer
 from compresslab.pipeline.settings import RunSettings
 from compresslab.pipeline.stage_files import record_files, record_stage, recorded, stage_done
 from compresslab.pipeline.state import RunState
@@ -104,7 +106,9 @@ def deploy(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) 
             record_files(manifest, run_dir, "deploy", [scoring])
         section["runtime"] = chosen
     manifest.data.setdefault("export", {})["deployed"] = record
-    manifest.data["deploy"] = section
+    manifest.data["deploy"] = {**section, **deployed_paths(record)}  # path/folder: what ships, from the run dir
+    # DEPLOYED.txt: the same, for someone reading the folders alone; recorded as the stage's file (checked on resume)
+    record_files(manifest, run_dir, "deploy", [write_pointer(run_dir, record)])
     if not stage_done(manifest, "deploy"):  # an IR's files were recorded as they were written (openvino_ir)
         record_stage(manifest, run_dir, "deploy")
     manifest.save()

@@ -57,6 +57,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     from compresslab.pipeline.preflight import check_with_model
     from compresslab.pipeline.step_files import first_broken
     from compresslab.pipeline.steps import done_steps, redo_broken, run_steps
+    from compresslab.pipeline.truncation import record_split_truncation
 
     existing = prepare_run_dir(run_dir, cfg, state.settings)
     inputs = input_identity(state)  # model files and data by content: a changed file is never reused
@@ -77,6 +78,7 @@ def _run_in(cfg: DictConfig, overrides: Sequence[str] | None, state: "RunState",
     check_with_model(state.settings, steps, state.model, state.tokenizer, done=done_steps(existing),
                      progress=state.progress)
     manifest = existing or _start(state, run_dir, cfg)
+    record_split_truncation(state.task, state.tokenizer, state.settings.max_length, manifest)
     record_invocation(manifest, cfg, run_dir, overrides)
     manifest.data["inputs"] = inputs
     manifest.mark_running()

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from compresslab.data.loaders import count_and_say
 from compresslab.manifest import RunManifest, atomic_write_json
 from compresslab.pipeline.stage_files import record_stage
 from compresslab.pipeline.state import RunState
@@ -128,10 +129,40 @@ def evaluate(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
         section["deployed_precision"] = dep.get("compiled_precision")
     if batch_dep:
         section["batch_dependence"] = batch_dep
+    section["rows"] = write_rows(state, run_dir)
+    # how many scored rows were cut at max_length (tokenizing cuts silently): beside n in the report
+    section["truncated"] = count_and_say(dev, state.tokenizer, state.settings.max_length, split, kind=spec.kind)
     manifest.data["eval"] = section
     atomic_write_json(run_dir / "eval" / "metrics.json", section)
     record_stage(manifest, run_dir, "eval")
     manifest.save()
+
+
+ROWS_FILE = "rows.json"
+
+
+def write_rows(state: RunState, run_dir: Path) -> str:
+    """Write ``eval/rows.json`` (atomically): which rows of which file the eval split holds, so a reader rebuilds
+    the scored examples without compresslab: the positions a seeded ``task.max_dev`` subset (``debug=smoke``)
+    kept, or ``"all"``. Positions are 0-based among the file's examples as read: data rows in file order, the
+    header and blank lines not counted. The validation split is a seeded carve of train, named but not listed.
+    Returns the file's path relative to the run dir (the eval section's ``rows``)."""
+    split = state.settings.eval.split
+    info = state.task.info
+    record: dict[str, Any] = {"split": split, "n": len(state.eval_examples)}
+    if split == "dev":
+        kept = state.task.rows.get("dev")
+        record.update({"file": (info.get("files") or {}).get("dev"), "max_dev": info.get("max_dev"),
+                       "seed": info.get("val_seed"), "rows": "all" if kept is None else kept,
+                       "indexing": "0-based positions among the file's examples: data rows in file order, "
+                                   "header and blank lines not counted"})
+    else:
+        record.update({"file": (info.get("files") or {}).get("train"), "rows": None,
+                       "how": f"the validation carve of train ({info.get('val_carve')}, seed {info.get('val_seed')}, "
+                              f"{info.get('val_size')} examples): rebuilt by compresslab.data.load_task"})
+    path = run_dir / "eval" / ROWS_FILE
+    atomic_write_json(path, record)
+    return str(path.relative_to(run_dir))
 
 
 def score_batch_dependence(forward: Any, path: Path, batched: Any, state: RunState,
@@ -227,7 +258,9 @@ def final_eval(state: RunState) -> dict[str, Any]:
     _, share = _chance_facts(ref, spec)
     out = {"split": "eval_data", "n": len(state.eval_examples), "primary_metric": spec.primary_metric,
            "score": final["score"], "agreement": final.get("agreement"), "models": models,
-           **({"majority_share": share} if share is not None else {})}
+           **({"majority_share": share} if share is not None else {}),
+           "truncated": count_and_say(state.eval_examples, state.tokenizer, state.settings.max_length, "eval_data",
+                                      kind=spec.kind)}
     if batch_dep:
         out["batch_dependence"] = batch_dep
     return out

@@ -34,7 +34,7 @@ STAGES = ("export", "deploy", "eval", "sizes", "bench", "keep", "report")
 # export/ itself (the final model's export), not its subdirs (the teacher's export and other stages' files)
 STAGE_PATHS: dict[str, tuple[str, ...]] = {
     "export": ("export/*", "export/teacher"),
-    "deploy": ("export/openvino", "export/openvino_nncf"),
+    "deploy": ("export/openvino", "export/openvino_nncf", "DEPLOYED.txt"),
     "eval": ("eval",),
     "bench": ("bench", "export/deepsparse"),
     "report": ("report.md", "report.html", "plots"),

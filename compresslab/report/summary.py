@@ -121,10 +121,17 @@ def _precision_note(m: Mapping[str, Any], teacher: float, tol: float) -> str:
             f"{OVER if over_tolerance(delta, tol) else ''})." )
 
 
+def truncated_note(m: Mapping[str, Any]) -> str:
+    """``, K truncated at max_length=L`` when the eval cut K of its examples (eval.truncated), else ``""``: their
+    scores rest on part of the text."""
+    t = F.get(m, "eval", "truncated")
+    return f", {t['n']} truncated at max_length={t['max_length']}" if isinstance(t, dict) and t.get("n") else ""
+
+
 def _score_line(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol: float) -> str:
     metric = F.get(m, "eval", "primary_metric") or "score"
     split, n = F.get(m, "eval", "split") or "dev", F.get(m, "eval", "n")
-    on = f"{metric} on {split}{f' ({n} examples)' if n else ''}"
+    on = f"{metric} on {split}{f' ({n} examples{truncated_note(m)})' if n else ''}"
     rule = f"the tolerance of {tol * 100:.2f} pt"
     deltas = [s.score - teacher for s in modes]
     marks = [OVER if over_tolerance(d, tol) else "" for d in deltas]
