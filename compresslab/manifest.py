@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from compresslab.failure import error_behind, error_text, note_summary, stop_cause, stop_summary
+from compresslab.failure import clipped, error_behind, error_text, note_summary, stop_cause, stop_summary
 from compresslab.fileio import (atomic_write_bytes, atomic_write_json, atomic_write_safetensors,  # noqa: F401
                                 process_umask, publish_mode, read_json, safetensors_bytes)
 from compresslab.hashing import (examples_sha256, model_files, model_files_sha256, sha256_dir,  # noqa: F401
@@ -243,7 +243,7 @@ class RunManifest:
         for s in running:
             s["status"] = status
         self.data["status"] = status
-        err: dict[str, Any] = {"type": type(e).__name__, "message": str(e)[:2000],
+        err: dict[str, Any] = {"type": type(e).__name__, "message": clipped(str(e), 2000),
                                "step": running[-1]["name"] if running else None,
                                "stage": None if running else self.stage,
                                "after_steps": self.after_steps and not running, "interrupted": interrupted}

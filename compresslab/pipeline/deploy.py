@@ -381,7 +381,7 @@ def convert_to_ir(onnx_path: Path, out_dir: Path) -> Path:
         model = ov.convert_model(str(onnx_path))
     except Exception as e:  # OpenVINO raises bare RuntimeErrors (OpConversionFailure and friends)
         raise ValueError(f"OpenVINO cannot convert {onnx_path.name}: ops {_ops_in_error(str(e), onnx_path)}. "
-                         f"OpenVINO said: {str(e).strip()[:400]}") from e
+                         f"OpenVINO said: {error_text(e, typed=False, limit=400)}") from e
     return save_ir(model, out_dir, onnx_path.parent)
 
 
