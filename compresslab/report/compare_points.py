@@ -57,6 +57,7 @@ class RunPoint:
     chance_teacher: bool = False  # the teacher is no better than chance (verdicts.teacher_warning): its Δ says nothing
     one_class: bool = False  # the deployed classifier predicts one class (verdicts.one_class_warning)
     low_agreement: bool = False  # agreement with the teacher under verdicts.LOW_AGREEMENT (its worst serving mode)
+    agreement_r: bool = False  # the agreement is Pearson r with the teacher's predictions (a regression task)
     slower: bool = False  # the deployed file is slower than the dense teacher at ``shape`` (verdicts.slower_than_dense)
     group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
     slug: str = ""  # the group as a file-name part of its plots
@@ -161,5 +162,6 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         bench_off=F.switched_off(m, "bench"),
         worst_score=min((s.score for s in serving_scores(m)), default=None),
         chance_teacher=teacher_warning(m) is not None, one_class=one_class_warning(m) is not None,
-        low_agreement=low_agreement(lowest_agreement(serving_scores(m)), F.get(m, "eval", "n")) is not None,
+        low_agreement=low_agreement(lowest_agreement(serving_scores(m)), F.get(m, "eval", "n"),
+                                    F.agreement_is_r(m)) is not None, agreement_r=F.agreement_is_r(m),
         slower=bool(dep and shape and slower_than_dense(m, dep, [shape])))
