@@ -426,7 +426,7 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     # a named window: a busy machine is warned about as deploy=auto's, and recorded beside the choice
     with timing_window("deploy=auto: ORT vs OpenVINO") as window:
         lat = measure_latency(runners, [shape], warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s, seed=b.seed,
-                              vocab_size=vocab, max_runs=b.max_runs)["results"]
+                              vocab_size=vocab, max_runs=b.max_runs, log_as="deploy=auto")["results"]
     load = window.record()
     p50 = {k: lat[k][shape_key(*shape)]["p50_ms"] for k in runners}
     eligible = [k for k in runners if k == "ort" or scores[k][key] >= scores["ort"][key] - d.tolerance]
