@@ -60,6 +60,8 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
     order = list(dict.fromkeys(p.group for p in points))
     for p in sorted(points, key=lambda p: order.index(p.group)):  # runs ranked together stay together
         label = p.name if p.status == "finished" else f"{p.name} ({p.status})"
+        if p.crashed_sessions:  # resumed after a kill: the run may mix what two processes made
+            label += f" (resumed after {p.crashed_sessions} crashed session{'s' * (p.crashed_sessions > 1)})"
         over = p.worst_delta is not None and -p.worst_delta > p.tolerance + 1e-12
         rows.append([label, settings_text(p, sweeps[(p.pipeline, p.group)]),
                      pct(p.teacher) + (" ⚠ chance" if p.chance_teacher else ""),

@@ -123,6 +123,26 @@ def test_a_killed_session_is_recorded_crashed_by_the_session_that_resumes(tmp_pa
     assert table.rows[0][-1].startswith(f"crashed (found {e['found_at']}, last wrote the manifest {last_saved}): "
                                         f"process {dead['pid']} was gone")
     assert "not recorded" not in table.rows[0][-1]
+    from compresslab.report.compare import _runs_table, point  # --compare says the run was resumed after a crash
+
+    p = point(d, m)
+    assert p.status == "finished" and p.crashed_sessions == 1
+    assert _runs_table([p]).rows[0][0].endswith(" (resumed after 1 crashed session)")
+
+
+def test_a_killed_run_not_yet_resumed_reads_crashed_in_compare(tmp_path):
+    """--compare read the raw status: a run killed outright stayed "running" there, while its report said crashed."""
+    import json
+    import platform
+    from pathlib import Path
+
+    from compresslab.report.compare import _runs_table, point
+
+    fixture = Path(__file__).resolve().parents[1] / "unit" / "report" / "runs" / "int8_smoke.json"
+    m = json.loads(fixture.read_text())
+    m["status"], m["process"] = "running", {"pid": _gone_pid(), "host": platform.node(), "pid_started": 1.0}
+    p = point(tmp_path / "int8" / "abc", m)
+    assert p.status == "crashed" and _runs_table([p]).rows[0][0].endswith("(crashed)")
 
 
 def test_a_live_or_unknown_process_is_never_called_crashed(tmp_path):
