@@ -12,6 +12,7 @@ one way.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -22,13 +23,31 @@ from typing import Any, Iterator, Mapping, Protocol
 INTERRUPTS = {"KeyboardInterrupt": "Ctrl-C (SIGINT)", "Terminated": "SIGTERM (a kill, or a scheduler's time limit)"}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (torch bolds part of its message): noise in a record
+
+
+def clipped(text: str, limit: int | None) -> str:
+    """``text`` (stripped) in at most ``limit`` characters: its start, where an error says what went wrong (a
+    tail-cut once lost torch's "Weights only load failed" and began mid-word, "ion. Do it only if..."), cut
+    at the last word boundary before the limit and ended with "…"; unchanged where it fits (or ``limit`` is
+    None). Every quote of a caught exception's text that must be short goes through here."""
+    text = text.strip()
+    if limit is None or len(text) <= limit:
+        return text
+    cut = text[:max(limit - 1, 1)]
+    words = re.match(r"(?s)(.*\S)\s", cut)  # up to the last whitespace: no word is cut in two
+    if words and len(words.group(1)) >= limit // 2:  # one very long token (a path, a hex dump): cut inside it
+        cut = words.group(1)
+    return cut.rstrip() + "…"
+
+
 def error_text(e: BaseException, *, typed: bool = True, limit: int | None = None) -> str:
     """``e`` for a record: ``Type: message``, or the type alone where the message is empty
     (KeyboardInterrupt, SystemExit, a bare ``RuntimeError()``). ``typed=False``: the message alone, the
-    type standing in for an empty one. ``limit``: at most that many characters of the message. The
-    message keeps its own line breaks: a record that must be one line folds them (the search's, a
-    multirun's summary: ``" ".join(error_text(e).split())``)."""
-    msg = str(e).strip()[:limit]
+    type standing in for an empty one. ``limit``: at most that many characters of the message, its start
+    (:func:`clipped`), without terminal colour codes. The message keeps its own line breaks: a record that must be one line folds them
+    (the search's, a multirun's summary: ``" ".join(error_text(e).split())``)."""
+    msg = clipped(_ANSI.sub("", str(e)), limit)
     if not msg:
         return type(e).__name__
     return f"{type(e).__name__}: {msg}" if typed else msg

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from compresslab.failure import error_behind, error_text, note_summary, stop_cause, stop_summary
+from compresslab.failure import clipped, error_behind, error_text, note_summary, stop_cause, stop_summary
 from compresslab.fileio import (atomic_write_bytes, atomic_write_json, atomic_write_safetensors,  # noqa: F401
                                 process_umask, publish_mode, read_json, safetensors_bytes)
 from compresslab.hashing import (examples_sha256, model_files, model_files_sha256, sha256_dir,  # noqa: F401
@@ -135,6 +135,7 @@ class RunManifest:
     def mark_running(self) -> None:
         """Status ``running`` with this process recorded (pid, host), the last error cleared, and a session
         opened for it (:meth:`open_session`); saved."""
+        self.end_gone_session()  # before "process" names this one: the killed process's session is ended first
         self.data["status"] = "running"
         self.data.pop("error", None)
         self.data["process"] = process_record()
@@ -155,6 +156,32 @@ class RunManifest:
         sessions.append({"started": now(), "resumed": not self.created_here or bool(sessions),
                          **proc, **code_version(), "ran": []})
         return sessions[-1]
+
+    def end_gone_session(self) -> dict[str, Any] | None:
+        """End, as ``crashed``, the session of the process a ``running`` manifest names when that process is gone
+        (killed outright: kill -9, out of memory, a power cut), which could record nothing itself: its ``ended``
+        says when it was found gone (``found_at``), when it last wrote the manifest (``last_saved``) and the
+        steps it left running or had finished, so the report, compare and the manifest itself show a killed
+        session as crashed rather than not recorded. Returns that record (None: nothing to end); not saved."""
+        proc = self.data.get("process") or {}
+        me = process_record()
+        if self.data.get("status") != "running" or all(proc.get(k) == me[k] for k in ("pid", "host", "pid_started")):
+            return None
+        if process_alive(proc) is not False:  # alive, or unknown (another host): not ours to call crashed
+            return None
+        sessions = self.data.get("sessions") or []
+        s = sessions[-1] if sessions and isinstance(sessions[-1], dict) else None
+        if s is None or "ended" in s or any(s.get(k) != proc.get(k) for k in ("pid", "host", "pid_started")):
+            return None  # an older manifest without this process's session: nothing to end
+        steps = [x for x in self.data.get("steps", []) if isinstance(x, dict)]
+        running = [str(x.get("name")) for x in steps if x.get("status") == "running"]
+        done = [str(x.get("name")) for x in steps if x.get("status") == "done"]
+        cause = (f"process {proc.get('pid')} was gone (killed outright?) when the next session started"
+                 + (f", in step {running[-1]}" if running else "")
+                 + (f", after step {done[-1]} had finished" if done else ", before any step had finished"))
+        s["ended"] = {"status": "crashed", "found_at": now(), "last_saved": self.data.get("updated"),
+                      "cause": cause}
+        return s["ended"]
 
     def _this_session(self) -> dict[str, Any] | None:
         """This process's session record (:meth:`open_session`), or None where it opened none."""
@@ -216,7 +243,7 @@ class RunManifest:
         for s in running:
             s["status"] = status
         self.data["status"] = status
-        err: dict[str, Any] = {"type": type(e).__name__, "message": str(e)[:2000],
+        err: dict[str, Any] = {"type": type(e).__name__, "message": clipped(str(e), 2000),
                                "step": running[-1]["name"] if running else None,
                                "stage": None if running else self.stage,
                                "after_steps": self.after_steps and not running, "interrupted": interrupted}

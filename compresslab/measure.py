@@ -281,7 +281,8 @@ def _read_export_config(d: Path) -> Any:
 def benchmark(models: Sequence[Any] | Mapping[str, Any], *, shapes: Sequence[tuple[int, int]] = ((1, 128), (32, 128)),
               threads: int | None = None, denominator: str | None = None, warmup: int = 5, runs: int = 30,
               min_time_s: float = 2.0, max_runs: int = 300, seed: int = 0) -> dict[str, Any]:
-    """Interleaved CPU latency of ONNX dirs/files, OpenVINO IRs and torch models (MEASURE.md "Speed"); a plain dict.
+    """Interleaved CPU latency of ONNX dirs/files, OpenVINO IRs and torch models (README, "Timing on a shared
+    machine"); a plain dict.
 
     ``models``: a list (named by position: the dir name, or ``torch_<i>``) or ``{name: model}``.
     Every model runs at every ``(batch, seq)`` with random token ids, interleaved round by round,

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from compresslab.failure import clipped
+
 log = logging.getLogger(__name__)
 
 WORKER = Path(__file__).with_name("deepsparse_worker.py")
@@ -60,7 +62,7 @@ def check_python(python: Path) -> str:
     try:
         return str(check_imports(python, ["deepsparse"])["deepsparse"])
     except ExternalError as e:
-        raise DeepSparseUnavailable(f"{python} cannot import deepsparse: {e.detail[-400:]}") from None
+        raise DeepSparseUnavailable(f"{python} cannot import deepsparse: {clipped(e.detail, 400)}") from None
 
 
 def static_inputs(examples: Sequence[Any], tokenizer: Any, seq: int, kind: Any) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ and returns it as ``machine_load`` (``busy: true`` and a loud warning when the t
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,6 +23,8 @@ from compresslab.bench.runners import Runner
 from compresslab.manifest import shape_key  # also this module's name: callers import it from here
 
 Clock = Callable[[], float]
+
+log = logging.getLogger(__name__)
 
 # Ids are drawn from [0, DEFAULT_VOCAB) when no runner states its vocabulary size (an ONNX file
 # does not say it plainly): every real BERT-family vocabulary, and our tiny test models, are
@@ -114,6 +117,7 @@ def measure_latency(
     max_runs: int | None = None,
     clock: Clock = time.perf_counter,
     keep_times: bool = False,
+    log_as: str | None = None,
 ) -> dict[str, Any]:
     """Time every runner on every (batch, seq) shape, interleaved, after warm-up.
 
@@ -127,6 +131,9 @@ def measure_latency(
     {p50_ms, p90_ms, spread, mean_ms, n, throughput}}}, "machine_load": {busy, reasons, ...}}.
     ``keep_times``: each shape's entry also holds ``times_ms``, the per-round times in round order
     (element i of every runner is from the same round): what :func:`paired_speedup` reads.
+    ``log_as`` (e.g. ``"bench"``): log a line as each shape starts (what is timed, how many rounds at least) and one
+    as it ends (its time, rounds and medians), so a stage that times for minutes is seen working; never a line per
+    call (a log must stay readable). None: silent (a latency table's many small timings have their own bar).
     Raises ValueError for bad settings, MachineBusyError when training holds the lock past the wait.
     """
     _check(runners, warmup=warmup, min_time_s=min_time_s)
@@ -137,9 +144,14 @@ def measure_latency(
     rng = np.random.default_rng(seed)
     results: dict[str, dict[str, Any]] = {name: {} for name in runners}
     with timing_window("latency") as window:
-        for batch_size, seq in shapes:
+        for i_shape, (batch_size, seq) in enumerate(shapes, 1):
             key = shape_key(int(batch_size), int(seq))
             inputs = make_inputs(int(batch_size), int(seq), vocab, rng)
+            started = clock()
+            if log_as:
+                log.info("%s: timing %s (shape %d of %d): %s, interleaved, %d warm-up call(s) each, then at least "
+                         "%d round(s)%s", log_as, key, i_shape, len(shapes), ", ".join(runners), warmup, runs,
+                         f" (up to {cap}, until {min_time_s:g} s are timed)" if min_time_s > 0 else "")
             with window.span(key):
                 for runner in runners.values():
                     for _ in range(warmup):
@@ -160,6 +172,9 @@ def measure_latency(
                 results[name][key] = summarize(times[name], int(batch_size))
                 if keep_times:
                     results[name][key]["times_ms"] = [round(1e3 * t, 4) for t in times[name]]
+            if log_as:
+                log.info("%s: %s timed in %.0f s, %d round(s); p50 %s", log_as, key, clock() - started, rounds,
+                         ", ".join(f"{name} {results[name][key]['p50_ms']:.3g} ms" for name in runners))
         window.note_spread(results)
     return {
         "settings": {"warmup": warmup, "runs": runs, "min_time_s": min_time_s, "max_runs": cap,
@@ -218,6 +233,7 @@ def measure_real_lengths(
     rounds: int,
     warmup_rounds: int = 1,
     clock: Clock = time.perf_counter,
+    log_as: str | None = None,
 ) -> dict[str, Any]:
     """Throughput over real dev batches (dynamic padding, so shapes vary), interleaved by batch.
 
@@ -225,7 +241,8 @@ def measure_real_lengths(
     discarded first because ORT and torch allocate per new shape. Per runner: `total_wall_s`
     (median over rounds of the time for all batches), `sentences_per_s` (sentences / that
     median), and `p50_ms` per batch (median over rounds, in batch order). Runs in a timing
-    window; the result carries its `machine_load`.
+    window; the result carries its `machine_load`. ``log_as``: a line as it starts and one per round (each round
+    runs every batch on every runner), as :func:`measure_latency`'s per shape.
     """
     _check(runners, warmup_rounds=warmup_rounds)
     if rounds < 1:
@@ -237,6 +254,11 @@ def measure_real_lengths(
     # times[name][round][batch_index] in seconds
     times = {name: np.zeros((rounds, len(batches))) for name in runners}
     with timing_window("real-length throughput") as window, window.span("real_length"):
+        started = clock()
+        if log_as:
+            log.info("%s: timing real-length throughput: %d dev batch(es) of %d sentences on %s, interleaved, "
+                     "%d warm-up and %d timed round(s)", log_as, len(batches), sum(sizes), ", ".join(runners),
+                     warmup_rounds, rounds)
         for _ in range(warmup_rounds):
             for batch in batches:
                 for runner in runners.values():
@@ -249,6 +271,9 @@ def measure_real_lengths(
                     runner.run(batch)
                     times[name][r, i] = clock() - t0
                     settle(runner)
+            if log_as:
+                log.info("%s: real-length round %d of %d done (%.0f s so far)", log_as, r + 1, rounds,
+                         clock() - started)
     n_sentences = sum(sizes)
     results: dict[str, Any] = {}
     for name, t in times.items():

@@ -168,9 +168,10 @@ class MachineLoad:
         self._load_end = loadavg()
         rec = self.record()
         if rec["busy"]:
-            log.warning("MACHINE BUSY while timing (%s): %s. These timings are void (MEASURE.md: a timing "
-                        "taken while anything else runs); they are recorded with machine_load.busy=true. "
-                        "Rerun on a quiet machine (stop other jobs; training takes a lock that timings wait for).",
+            log.warning("MACHINE BUSY while timing (%s): %s. These timings are void (a timing taken while "
+                        "anything else runs is: README, 'Timing on a shared machine'); they are recorded with "
+                        "machine_load.busy=true. Rerun on a quiet machine (stop other jobs; training takes a lock "
+                        "that timings wait for).",
                         self.what, "; ".join(rec["reasons"]))
         elif rec["spread"]["noisy"]:
             log.warning("noisy timings (%s): %s at %s spread %.0f%% between median and p90 (over %.0f%%); "

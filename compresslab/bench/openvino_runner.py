@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from compresslab.bench.env import cpu_flags, resolve_threads
+from compresslab.failure import error_text
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class OpenVinoRunner:
         except Exception as e:  # OpenVINO raises a bare RuntimeError; name the ops it cannot read
             bad = unreadable_ops(self.onnx_path)
             raise ValueError(f"OpenVINO cannot read {self.onnx_path.name}: ops {bad or '(none found)'}; "
-                             f"use the plain export (model_unfused.onnx). OpenVINO said: {str(e)[:300]}") from e
+                             f"use the plain export (model_unfused.onnx). OpenVINO said: {error_text(e, typed=False, limit=300)}") from e
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
         if hint != "default":
             config["INFERENCE_PRECISION_HINT"] = hint

@@ -53,6 +53,6 @@ def require_quiet(what: str, *, allow_busy: bool | None = None, **probe: Any) ->
     if not report["quiet"] and not busy_ok:
         raise MachineBusyError(
             f"{what}: not timing, the machine is not quiet: {'; '.join(report['reasons'])}. Every figure timed now "
-            f"would be void (MEASURE.md). Rerun when it is idle, or set {BUSY_ENV}=1 to time anyway (results "
-            "marked busy: true)")
+            "would be void (a timing taken while anything else runs is: README, 'Timing on a shared machine'). "
+            f"Rerun when it is idle, or set {BUSY_ENV}=1 to time anyway (results marked busy: true)")
     return report

@@ -49,8 +49,9 @@ def summarize(single: Scored, batched: Scored, spec: TaskSpec, batch_size: int,
 
     Classification: ``flips`` (examples whose predicted label differs) and ``agreement_b1_vs_batched``
     (1 - flips / n); with ``reference`` (the teacher), ``agreement_b1`` is the per-sentence agreement with it.
-    Regression / embedding tasks: ``max_abs_diff`` of the predictions. Scores are fractions (the task's
-    primary metric). Raises ``ValueError`` when the two (or the reference) cover different examples, or none.
+    Regression / embedding tasks: ``max_abs_diff`` of the predictions; with ``reference``,
+    ``agreement_pearson_b1``: the per-sentence predictions' Pearson r with the teacher's (a regression task's
+    agreement). Scores are fractions (the task's primary metric). Raises ``ValueError`` when the two (or the reference) cover different examples, or none.
     """
     if single.predictions.shape != batched.predictions.shape:
         raise ValueError("batch-1 and batched scores cover different examples: "
@@ -72,6 +73,8 @@ def summarize(single: Scored, batched: Scored, spec: TaskSpec, batch_size: int,
             out["agreement_b1"] = float(np.mean(single.predictions == reference.predictions))
     else:
         out["max_abs_diff"] = float(np.max(np.abs(single.predictions - batched.predictions), initial=0.0))
+        if reference is not None and single.predictions.ndim == 1 and len(single.predictions) > 1:
+            out["agreement_pearson_b1"] = float(np.corrcoef(single.predictions, reference.predictions)[0, 1])
     return out
 
 

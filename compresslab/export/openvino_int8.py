@@ -161,7 +161,7 @@ def ours_int8_ir(plain_onnx: Path, out_dir: Path, feeds: Sequence[Mapping[str, A
     try:
         model = ov.convert_model(str(qdq))
     except Exception as e:  # OpenVINO raises bare RuntimeErrors
-        raise ValueError(f"OpenVINO cannot convert our QDQ graph {qdq.name}: {str(e)[:300]}") from e
+        raise ValueError(f"OpenVINO cannot convert our QDQ graph {qdq.name}: {error_text(e, typed=False, limit=300)}") from e
     xml = save_ir(model, out_dir, plain_onnx.parent)
     qdq.unlink()  # the IR is the artifact; the QDQ ONNX is rebuilt by the same call if needed
     metrics.update(method="ours", recipe=RECIPE,

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from compresslab.failure import error_text
 from compresslab.models.adapters import check_supported
 from compresslab.models.model_dirs import (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX,  # noqa: F401
                                            WEIGHT_FILES, not_a_model_dir, weights_refusal)
@@ -295,7 +296,7 @@ def load_hf(path: Path, raw: dict[str, Any], *, attn_implementation: str = "sdpa
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{weights} pickles objects other than tensors; compresslab reads .bin files with "
                               "weights_only=True and runs no code from them. Convert it to safetensors where you "
-                              f"trust its source (model.save_pretrained(DIR)). torch said: {str(e)[-300:]}") from e
+                              f"trust its source (model.save_pretrained(DIR)). torch said: {' '.join(error_text(e, typed=False, limit=1000).split())}") from e
     except (OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot load the weights in {path}: {e}") from e
     mismatched = [f"{k}: {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in info["mismatched_keys"]]

@@ -121,7 +121,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     shapes = list(b.shapes)
     log.info("bench: %s at %s, %d threads, interleaved", list(runners), shapes, threads)
     lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
-                          seed=b.seed, vocab_size=vocab, max_runs=b.max_runs)
+                          seed=b.seed, vocab_size=vocab, max_runs=b.max_runs, log_as="bench")
     best = best_dense(lat["results"], dense)
     section: dict[str, Any] = {"threads": threads, "shapes": [list(s) for s in shapes], "denominator": b.denominator,
                                "backends": list(b.backends), "skipped": skipped, "dense_runners": dense,
@@ -135,7 +135,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
                                "deployed_same_file_as": "ort_int8" if same_file else None, "notes": notes}
     if b.real_length:
         batches = _real_batches(state, b.real_length_batch_size, b.real_length_max_batches)
-        rl = measure_real_lengths(dict(runners), batches, rounds=b.real_length_rounds)
+        rl = measure_real_lengths(dict(runners), batches, rounds=b.real_length_rounds, log_as="bench")
         section["real_length"] = rl.get("results", rl)
         section["real_length_speedups"] = real_length_speedups(rl, b.denominator)
         rbest = max(dense, key=lambda n: section["real_length"][n]["sentences_per_s"])
@@ -144,6 +144,8 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
     # the deployed file and ort_fp32 are scored by the eval stage; the other cells here, on the same split
     scored = [n for n in runners if "openvino" in n or n == "ort_int8"]
     if scored and state.settings.eval.enabled:
+        log.info("bench: scoring %s on %s (%d examples), with the runners just timed", ", ".join(scored),
+                 state.settings.eval.split, len(state.eval_examples))
         section["scores"] = _score_cells(state, {n: runners[n] for n in scored})
         if "ort_int8" in section["scores"]:
             from compresslab.pipeline.evaluate import teacher_scored
@@ -153,6 +155,7 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
             if note:
                 section["notes"].append(note)
     if b.load_probe:
+        log.info("bench: load probe (each file's load time and memory, in a fresh process): %s", ", ".join(files))
         section["load"] = {name: probe_load(p, threads, vocab_size=vocab) for name, p in files.items()}
     section["gpu"] = _gpu(state, files, shapes, b, vocab)
     section["deepsparse"] = deepsparse(state, run_dir, manifest, threads)
@@ -352,7 +355,7 @@ def _gpu(state: RunState, files: dict[str, Path], shapes: list, b: BenchSettings
                    "torch_final": TorchRunner(clone(state.model), None, device="cuda")}
         note = "onnxruntime-gpu not installed: the torch models run on CUDA instead"
     lat = measure_latency(runners, shapes, warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s,
-                          seed=b.seed, vocab_size=vocab)
+                          seed=b.seed, vocab_size=vocab, log_as=f"bench (GPU, {sel['backend']})")
     denom = "ort_fp32" if "ort_fp32" in runners else "torch_fp32"
     return {"backend": sel["backend"], "note": note, "device": sel.get("reason"), "latency": lat["results"],
             "speedups": speedups(lat, denom)}

@@ -143,6 +143,9 @@ def deepsparse(state: RunState, run_dir: Path, manifest: RunManifest, threads: i
     job = DeepSparseBench(models=models, score=scored, batches=s.batches, seq=seq, threads=threads,
                           vocab_size=int(getattr(state.model.config, "vocab_size", 30522)), warmup=s.warmup,
                           runs=s.runs, min_time_s=s.min_time_s, max_runs=s.max_runs)
+    # one worker process times every engine (compiles included): say what, before it runs quietly for minutes
+    log.info("bench: DeepSparse %s timing %s at batch %s x %d tokens in one worker process", version,
+             ", ".join(models), "/".join(map(str, s.batches)), seq)
     res = job.run(python, inputs)
     latency = by_runner(res["latency"])
     scores = {k: _score(state, v) for k, v in res.pop("logits").items()}

@@ -385,7 +385,7 @@ def convert_to_ir(onnx_path: Path, out_dir: Path) -> Path:
         model = ov.convert_model(str(onnx_path))
     except Exception as e:  # OpenVINO raises bare RuntimeErrors (OpConversionFailure and friends)
         raise ValueError(f"OpenVINO cannot convert {onnx_path.name}: ops {_ops_in_error(str(e), onnx_path)}. "
-                         f"OpenVINO said: {str(e).strip()[:400]}") from e
+                         f"OpenVINO said: {error_text(e, typed=False, limit=400)}") from e
     return save_ir(model, out_dir, onnx_path.parent)
 
 
@@ -430,7 +430,7 @@ def choose_auto(state: RunState, run_dir: Path, ir: dict[str, Any], threads: int
     # a named window: a busy machine is warned about as deploy=auto's, and recorded beside the choice
     with timing_window("deploy=auto: ORT vs OpenVINO") as window:
         lat = measure_latency(runners, [shape], warmup=b.warmup, runs=b.runs, min_time_s=b.min_time_s, seed=b.seed,
-                              vocab_size=vocab, max_runs=b.max_runs)["results"]
+                              vocab_size=vocab, max_runs=b.max_runs, log_as="deploy=auto")["results"]
     load = window.record()
     p50 = {k: lat[k][shape_key(*shape)]["p50_ms"] for k in runners}
     eligible = [k for k in runners if k == "ort" or scores[k][key] >= scores["ort"][key] - d.tolerance]

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from compresslab.bench.env import peak_memory_mb
-from compresslab.failure import raise_if_interrupted
+from compresslab.failure import error_text, raise_if_interrupted
 from compresslab.ops.loss_hessian import RunningTrace, block_quadratic, check_probes, hvp, power_iteration, rademacher
 from compresslab.quant.hvp import EAGER_NOTE, DoubleBackwardError, gradient_graph, hessian_mode, hvp_fn
 from compresslab.training.dist import world
@@ -133,7 +133,7 @@ def check_double_backward(model: nn.Module, names: Sequence[str]) -> None:
             where = (f"its attention implementation {', '.join(kept)} has none here ({EAGER_NOTE})" if kept
                      else "an op on the path has none")
             raise DoubleBackwardError(f"Hessian-vector products need a second derivative through the model, and "
-                                      f"{where}: {str(e)[:300]}") from e
+                                      f"{where}: {error_text(e, typed=False, limit=300)}") from e
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

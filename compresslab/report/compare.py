@@ -28,7 +28,7 @@ from compresslab.report.compare_groups import (assign_groups, assign_labels, gro
                                                settings_text, short, swept, varied)
 from compresslab.report.compare_points import RunPoint, point  # noqa: F401
 from compresslab.report.compare_runs import COMPARE_MD, collect, default_out  # noqa: F401
-from compresslab.report.fmt import DASH, mb, pct, plain, pt, times
+from compresslab.report.fmt import DASH, agreement_cell, mb, pct, plain, pt, times
 from compresslab.report.render import Block, Bullets, Document, Heading, Image, Para, Table, to_html, to_markdown
 from compresslab.report.verdicts import LOW_AGREEMENT
 
@@ -60,15 +60,20 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
     order = list(dict.fromkeys(p.group for p in points))
     for p in sorted(points, key=lambda p: order.index(p.group)):  # runs ranked together stay together
         label = p.name if p.status == "finished" else f"{p.name} ({p.status})"
+        if p.crashed_sessions:  # resumed after a kill: the run may mix what two processes made
+            label += f" (resumed after {p.crashed_sessions} crashed session{'s' * (p.crashed_sessions > 1)})"
         over = p.worst_delta is not None and -p.worst_delta > p.tolerance + 1e-12
         rows.append([label, settings_text(p, sweeps[(p.pipeline, p.group)]),
                      pct(p.teacher) + (" ⚠ chance" if p.chance_teacher else ""),
                      pct(p.score) + (" ⚠ one class" if p.one_class else ""),
-                     pt(p.delta) + (" ⚠" if over else ""), pct(p.agreement) + (" ⚠ low" if p.low_agreement else ""),
+                     pt(p.delta) + (" ⚠" if over else ""), ("r " if p.agreement_r and p.agreement is not None else "")
+                     + agreement_cell(p.agreement, p.agreement_r) + (" ⚠ low" if p.low_agreement else ""),
                      mb(p.size_bytes), plain(p.shape), _speed(p),
                      times(p.speedup_best) + (" (busy)" if p.busy and p.speedup_best is not None else "")
                      + (" ⚠ slower" if p.slower else "")])
-    return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)", "agreement (%)", "size (MB)",
+    with_r = any(p.agreement_r for p in points)
+    return Table(["run", "settings swept", "teacher (%)", "deployed (%)", "Δ (pt)",
+                  "agreement (% or r)" if with_r else "agreement (%)", "size (MB)",
                   "shape", "× ort_fp32", "× best_dense"], rows,
                  "Each run's deployed model against its own teacher (Δ in points; ⚠ = a drop over that run's "
                  "eval.max_drop in a serving mode measured: a file whose labels depend on the batch is judged one "
@@ -80,7 +85,10 @@ def _runs_table(points: Sequence[RunPoint]) -> Table:
                     "nothing about the compression." if any(p.chance_teacher for p in points) else "")
                  + (" ⚠ one class = a deployed model that predicts the same class for every example: a constant "
                     "model." if any(p.one_class for p in points) else "")
-                 + (f" ⚠ low = fewer than {LOW_AGREEMENT:.0%} of the predictions agree with the teacher's."
+                 + (" Agreement r = a regression run's Pearson correlation of the deployed model's predictions with "
+                    "its teacher's on the same examples (no labels to agree on)." if with_r else "")
+                 + (f" ⚠ low = fewer than {LOW_AGREEMENT:.0%} of the predictions agree with the teacher's"
+                    + (f" (a regression run: r under {LOW_AGREEMENT:.2f})" if with_r else "") + "."
                     if any(p.low_agreement for p in points) else "")
                  + (" ⚠ slower = the deployed file is slower than the dense teacher." if any(p.slower for p in points)
                     else "")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compresslab.manifest import live_status
 from compresslab.report import facts as F
 from compresslab.report.compare_runs import REPLACED
 from compresslab.report.facts import serving_scores
@@ -57,6 +58,8 @@ class RunPoint:
     chance_teacher: bool = False  # the teacher is no better than chance (verdicts.teacher_warning): its Δ says nothing
     one_class: bool = False  # the deployed classifier predicts one class (verdicts.one_class_warning)
     low_agreement: bool = False  # agreement with the teacher under verdicts.LOW_AGREEMENT (its worst serving mode)
+    agreement_r: bool = False  # the agreement is Pearson r with the teacher's predictions (a regression task)
+    crashed_sessions: int = 0  # sessions a later one found killed (manifest.end_gone_session): the run was resumed
     slower: bool = False  # the deployed file is slower than the dense teacher at ``shape`` (verdicts.slower_than_dense)
     group: str = ""  # the runs ranked together: task, and data and subset where runs of that task differ in them
     slug: str = ""  # the group as a file-name part of its plots
@@ -148,7 +151,10 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         name += f" (replaced {when})"
     return RunPoint(
         run_dir=run_dir, name=name,
-        pipeline=str(m.get("pipeline") or "?"), task=str(m.get("task") or "?"), status=str(m.get("status") or "?"),
+        pipeline=str(m.get("pipeline") or "?"), task=str(m.get("task") or "?"),
+        status=live_status(dict(m)) if m.get("status") else "?",  # a killed run's "running" reads crashed
+        crashed_sessions=sum(1 for s in m.get("sessions") or [] if isinstance(s, Mapping)
+                             and isinstance(s.get("ended"), Mapping) and s["ended"].get("status") == "crashed"),
         metric=str(F.get(m, "eval", "primary_metric") or "score"), teacher=F.teacher_score(m),
         score=dep.score if dep else None, agreement=dep.agreement if dep else None,
         size_bytes=dep.size_bytes if dep else None, ref_size_bytes=ref.size_bytes if ref else None,
@@ -161,5 +167,6 @@ def point(run_dir: Path, m: Mapping[str, Any]) -> RunPoint:
         bench_off=F.switched_off(m, "bench"),
         worst_score=min((s.score for s in serving_scores(m)), default=None),
         chance_teacher=teacher_warning(m) is not None, one_class=one_class_warning(m) is not None,
-        low_agreement=low_agreement(lowest_agreement(serving_scores(m)), F.get(m, "eval", "n")) is not None,
+        low_agreement=low_agreement(lowest_agreement(serving_scores(m)), F.get(m, "eval", "n"),
+                                    F.agreement_is_r(m)) is not None, agreement_r=F.agreement_is_r(m),
         slower=bool(dep and shape and slower_than_dense(m, dep, [shape])))

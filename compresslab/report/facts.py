@@ -258,6 +258,35 @@ class ModelRow:
     speedup: dict[str, float] = field(default_factory=dict)
     speedup_best: dict[str, float] = field(default_factory=dict)  # vs bench.best_dense at each shape
     precision: str | None = None  # as compiled/run (bench.precision), e.g. fp32, int8, bf16
+    metrics: dict[str, float] = field(default_factory=dict)  # the task's other metrics (secondary_metrics)
+
+
+# The task metrics an eval records per model (data.metrics); the primary one is also its "score".
+METRICS = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
+# What "agreement with the teacher" is, by task kind (eval.evaluate): a classifier's share of examples given the
+# teacher's label ("agreement"); a regression task has no labels to agree on (STS-B), so its agreement is the Pearson
+# correlation of the model's predictions with the teacher's on the same examples ("agreement_pearson").
+AGREEMENT_KEYS = ("agreement", "agreement_pearson")
+
+
+def teacher_agreement(e: Mapping[str, Any]) -> float | None:
+    """A scored cell's agreement with the teacher (:data:`AGREEMENT_KEYS`: a share of labels, or Pearson r)."""
+    return next((x for k in AGREEMENT_KEYS if (x := num(e.get(k))) is not None), None)
+
+
+def agreement_is_r(m: Mapping[str, Any]) -> bool:
+    """Whether the run's agreement with the teacher is a correlation (a regression task: Pearson r of the
+    predictions with the teacher's), not a share of identical labels: every table and verdict names it so."""
+    cells = [as_dict(e) for e in as_dict(get(m, "eval", "models")).values()]
+    return any("agreement_pearson" in e for e in cells) and not any("agreement" in e for e in cells)
+
+
+def secondary_metrics(m: Mapping[str, Any]) -> list[str]:
+    """The task's metrics the eval scored beside the primary one (STS-B's pearson beside spearman, MRPC's accuracy
+    beside f1), in :data:`METRICS` order: the headline shows them too."""
+    primary = get(m, "eval", "primary_metric")
+    cells = [as_dict(e) for e in as_dict(get(m, "eval", "models")).values()]
+    return [k for k in METRICS if k != primary and any(num(e.get(k)) is not None for e in cells)]
 
 
 # what each bench.denominator times, in words (pipeline.settings allows these two)
@@ -335,8 +364,9 @@ def model_rows(m: Mapping[str, Any]) -> list[ModelRow]:
     for k in keys:
         label = f"{k} (dense teacher)" if is_dense_teacher_cell(k) else cell_label(m, k)
         e = as_dict(evals.get(k)) or as_dict(bench_scores.get(k))
-        row = ModelRow(k, label, num(e.get("score")), num(e.get("agreement")),
+        row = ModelRow(k, label, num(e.get("score")), teacher_agreement(e),
                        num(e.get("mcnemar_p")), _size_of(m, k))
+        row.metrics = {name: x for name in METRICS if (x := num(e.get(name))) is not None}
         row.precision = str(prec[k]) if prec.get(k) is not None else None
         for shape, v in as_dict(best.get(k)).items():
             if (x := num(v)) is not None:
@@ -388,7 +418,8 @@ def serving_scores(m: Mapping[str, Any], key: str = "deployed") -> list[Serving]
     bd = as_dict(get(m, "eval", "batch_dependence", key))
     b1 = num(bd.get("score_b1"))
     if b1 is None:
-        return [Serving("", score, num(e.get("agreement")))]
+        return [Serving("", score, teacher_agreement(e))]
     batch = bd.get("batch_size") or get(m, "config", "eval", "batch_size")
-    return [Serving(f"at batch {plain(batch)}", score, num(e.get("agreement"))),
-            Serving("at batch 1 (one sentence per call)", b1, num(bd.get("agreement_b1")))]
+    return [Serving(f"at batch {plain(batch)}", score, teacher_agreement(e)),
+            Serving("at batch 1 (one sentence per call)", b1,
+                    num(bd.get("agreement_b1")) if "agreement_b1" in bd else num(bd.get("agreement_pearson_b1")))]

@@ -19,6 +19,12 @@ def pct(x: float | None, digits: int = 2) -> str:
     return DASH if x is None else f"{x * 100:.{digits}f}"
 
 
+def agreement_cell(x: float | None, r: bool = False) -> str:
+    """An agreement with the teacher: a share of labels in % (``98.44``), or for a regression task Pearson r of the
+    predictions with the teacher's (``0.9963``), never a correlation written as if it were a share."""
+    return DASH if x is None else (f"{x:.4f}" if r else pct(x))
+
+
 def pt(delta: float | None) -> str:
     """A score difference in points (0.01), always signed so a drop cannot be misread."""
     return DASH if delta is None else f"{delta * 100:+.2f}"

@@ -90,6 +90,10 @@ def _ended(s: Mapping[str, Any]) -> str:
     e = s.get("ended")
     if isinstance(e, Mapping) and e.get("status"):
         cause = e.get("cause")
+        if e.get("found_at"):  # ended by a later session that found its process gone: when it died is unknown
+            when = f"found {e['found_at']}" + (f", last wrote the manifest {e['last_saved']}" if e.get("last_saved")
+                                              else "")
+            return f"{e['status']} ({when})" + (f": {cause}" if cause else "")
         return f"{e['status']} {e.get('at', '')}".rstrip() + (f": {cause}" if cause else "")
     # a process killed outright (kill -9, out of memory) writes nothing; nor did sessions before 2026-12-07
     return "not recorded (still running, killed outright, or an older manifest)"

@@ -18,7 +18,7 @@ from compresslab.report import facts as F
 from compresslab.report.environment import config_yaml, environment_section  # noqa: F401  (config_yaml: re-export)
 from compresslab.report.export import export_section
 from compresslab.report.provenance import code_banner
-from compresslab.report.fmt import DASH, count, mb, ms, pct, plain, pt, secs, times
+from compresslab.report.fmt import DASH, agreement_cell, count, mb, ms, pct, plain, pt, secs, times
 from compresslab.report.notes import notes_section
 from compresslab.report.quantization import quantization_section
 from compresslab.report.redone import redone_section
@@ -73,9 +73,10 @@ def _delta(r: F.ModelRow, teacher: float | None) -> float | None:
     return r.score - teacher if r.score is not None and teacher is not None else None
 
 
-def _agreement(share: float | None) -> str:
-    """An agreement cell, ⚠ below verdicts.LOW_AGREEMENT (the Summary's rule, row by row)."""
-    return pct(share) + (OVER if share is not None and share < LOW_AGREEMENT else "")
+def _agreement(share: float | None, r: bool = False) -> str:
+    """An agreement cell (a share, or a regression task's Pearson r: ``r``), ⚠ below verdicts.LOW_AGREEMENT (the
+    Summary's rule, row by row)."""
+    return agreement_cell(share, r) + (OVER if share is not None and share < LOW_AGREEMENT else "")
 
 
 def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
@@ -91,7 +92,10 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
     with_p = any(r.mcnemar_p is not None for r in rows)
     with_prec = any(r.precision for r in rows)
     with_best = any(r.speedup_best for r in rows)
-    headers = ["model", f"{split} {metric} (%)", "Δ (pt)", "agreement (%)"] + ["McNemar p"] * with_p
+    is_r = F.agreement_is_r(m)  # a regression task: agreement is Pearson r with the teacher's predictions
+    others = F.secondary_metrics(m)
+    headers = ["model", f"{split} {metric} (%)", "Δ (pt)", "r with teacher" if is_r else "agreement (%)"]
+    headers += [f"{split} {k} (%)" for k in others] + ["McNemar p"] * with_p
     headers += ["size (MB)"] + ["precision"] * with_prec
     if shape:
         headers += [f"p50 {shape} (ms)", f"× {denom}"] + ["× best_dense"] * with_best
@@ -101,7 +105,7 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
         if over_tolerance(delta, tol):
             flagged.append(r.label)
         cells = [r.label, pct(r.score), pt(delta) + (OVER if over_tolerance(delta, tol) else ""),
-                 _agreement(r.agreement)]
+                 _agreement(r.agreement, is_r)] + [pct(r.metrics.get(k)) for k in others]
         size = mb(r.size_bytes) + (f" ({kind})" if r.key == "torch_final" and (kind := F.final_torch_kind(m)) else "")
         cells += [plain(r.mcnemar_p)] * with_p + [size] + [plain(r.precision)] * with_prec
         if shape:
@@ -114,12 +118,17 @@ def _headline(m: Mapping[str, Any], plots: set[str]) -> list[Block]:
             if over_tolerance(d, tol):
                 flagged.append(label)
             table.append([label, pct(s.score), pt(d) + (OVER if over_tolerance(d, tol) else ""),
-                          _agreement(s.agreement)]
+                          _agreement(s.agreement, is_r)]
                          + [DASH] * (len(headers) - 4))
     n, _ = F.threads(m)
     caption = (f"Δ in points (0.01) against teacher_torch;{OVER} marks a drop over the tolerance "
-               f"eval.max_drop = {tol * 100:.2f} pt, and an agreement below {LOW_AGREEMENT * 100:.0f}%. "
+               f"eval.max_drop = {tol * 100:.2f} pt, and an agreement below "
+               + (f"r = {LOW_AGREEMENT:.2f}. " if is_r else f"{LOW_AGREEMENT * 100:.0f}%. ") +
                "Size: on-disk bytes of that artifact (MB = 10^6 bytes).")
+    if is_r:
+        caption += (" r with teacher: a regression task has no labels to agree on, so its agreement is the Pearson "
+                    "correlation of the model's predictions with the teacher's on the same examples (1: the same "
+                    "ranking and spacing), and the other metrics of the task are shown beside it.")
     if shape:
         caption += (f" Latency: median at batch × length {shape}, {plain(n)} threads; × = p50 of {denom} / p50 of "
                     "the model (> 1: faster). Every shape is in the Speed section.")

@@ -29,9 +29,9 @@ def busy_banner(m: Mapping[str, Any]) -> list[Block]:
         return []
     why = "; ".join(str(r) for r in load.get("reasons") or []) or "other processes used the CPUs"
     n = f" ({load['busy_windows']} of {load['windows']} timings)" if load.get("windows", 0) > 1 else ""
-    return [Para(f"MACHINE BUSY while timing{n}: {why}. What was timed then is void (MEASURE.md: a timing "
-                 "taken while anything else runs): its speed figures, and any choice made from them (a latency "
-                 "table, the runtime deployed); rerun on a quiet machine.", kind="warn")]
+    return [Para(f"MACHINE BUSY while timing{n}: {why}. What was timed then is void (a timing taken while anything "
+                 "else runs is: README, 'Timing on a shared machine'): its speed figures, and any choice made from "
+                 "them (a latency table, the runtime deployed); rerun on a quiet machine.", kind="warn")]
 
 
 def _load_line(load: Mapping[str, Any]) -> Para | None:

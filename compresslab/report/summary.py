@@ -166,6 +166,13 @@ def _agreement_line(m: Mapping[str, Any], modes: list[Serving], delta: float | N
     if modes[0].agreement is None:
         return None
     n = F.get(m, "eval", "n")
+    if F.agreement_is_r(m):  # a regression task: no labels to agree on, so no share and no McNemar
+        rs = [f"r = {s.agreement:.4f}{f' {s.mode}' if s.mode else ''}" for s in modes if s.agreement is not None]
+        text = (f"Agreement: the deployed model's predictions correlate with the teacher's on the same {plain(n)} "
+                "examples at " + " and ".join(rs) + " (Pearson; a regression task has no labels to agree on)")
+        if changed := low_agreement(lowest_agreement(modes), n, correlation=True):
+            return text + f";{OVER} low agreement: {changed}."
+        return text + "."
     shares = []
     for i, s in enumerate(modes):
         if s.agreement is not None:
@@ -199,7 +206,8 @@ def _advice(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol: flo
     worst = min(modes, key=lambda s: s.score)
     drop, over = teacher - worst.score, over_tolerance(worst.score - teacher, tol)
     n = F.get(m, "eval", "n")
-    changed = low_agreement(lowest_agreement(modes), n)
+    is_r = F.agreement_is_r(m)
+    changed = low_agreement(lowest_agreement(modes), n, correlation=is_r)
     if not over and not changed:
         return None
     text = ""
@@ -219,8 +227,9 @@ def _advice(m: Mapping[str, Any], modes: list[Serving], teacher: float, tol: flo
                  + (f". The drop alone is within noise (±{se * 100:.1f} pt on these {n} examples), but the changed "
                     "predictions are not noise" if noise else "")
                  + (", though the score is within the tolerance" if not over else "")
-                 + ". McNemar tests only the change in accuracy, where predictions that changed both ways cancel "
-                   "out: the deployed model no longer predicts what the teacher predicts.")
+                 + (": the deployed model no longer predicts what the teacher predicts." if is_r else
+                    ". McNemar tests only the change in accuracy, where predictions that changed both ways cancel "
+                    "out: the deployed model no longer predicts what the teacher predicts."))
     if teacher_warning(m):
         return Para(text + " First give the run a teacher better than chance (above).", kind="warn")
     return Para(text + _levers(m, over), kind="warn")

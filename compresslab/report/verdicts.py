@@ -21,6 +21,9 @@ from compresslab.report.fmt import pct, plain, times
 # (export.parity.MIN_EXACT_FRACTION: fewer is a broken file, not a few flips); a pruned MiniLM at budget=bench keeps
 # 0.94-0.95 on SST-2 (benchmarks/RESULTS.md; tests/unit/report/manifest_full.json 0.9415), so a normal compression
 # is not flagged, while a model that changed one prediction in ten or more no longer predicts what the teacher does.
+# For a regression task the agreement is Pearson r of the predictions with the teacher's (facts.AGREEMENT_KEYS) and the
+# same bar holds: r < 0.9 (r² < 0.81) leaves over a fifth of the deployed model's variation unexplained by the
+# teacher's, while a faithful int8 STS-B file keeps r > 0.99 (trial 48: 0.9963).
 LOW_AGREEMENT = 0.9
 
 # Correlation metrics whose noise is given through Fisher's z (MEASURE.md "Scores and noise" asks for the noise of
@@ -28,10 +31,15 @@ LOW_AGREEMENT = 0.9
 _CORRELATIONS = ("pearson", "spearman")
 
 
-def low_agreement(agreement: float | None, n: Any) -> str | None:
-    """``39.1% of the predictions changed (25 of 64)`` when the agreement is below :data:`LOW_AGREEMENT`; else None."""
+def low_agreement(agreement: float | None, n: Any, correlation: bool = False) -> str | None:
+    """``39.1% of the predictions changed (25 of 64)`` when the agreement is below :data:`LOW_AGREEMENT`; else None.
+    ``correlation`` (a regression task, ``facts.agreement_is_r``): the agreement is Pearson r with the teacher's
+    predictions, said so: ``its predictions correlate with the teacher's at only r = 0.850 (r² = 0.723)``."""
     if agreement is None or agreement >= LOW_AGREEMENT:
         return None
+    if correlation:
+        return (f"its predictions correlate with the teacher's at only r = {agreement:.3f} "
+                f"(r² = {agreement ** 2:.3f}, under {LOW_AGREEMENT:.2f})")
     changed, total = 1.0 - agreement, F.num(n)
     count = f" ({round(changed * total)} of {total:.0f})" if total else ""
     return f"{pct(changed, 1)}% of the predictions changed{count}"

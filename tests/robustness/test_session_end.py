@@ -81,3 +81,78 @@ def test_a_session_without_an_end_says_it_is_not_recorded():
     (table,) = sessions_table(m)
     assert table.rows[0][-1] == "not recorded (still running, killed outright, or an older manifest)"
     assert table.rows[1][-1] == "finished 3"
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has ended (a reused pid is told apart by its start time, so still gone)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_session_is_recorded_crashed_by_the_session_that_resumes(tmp_path, monkeypatch):
+    """Trial 48, 4: after kill -9 and a rerun, the sessions table said "not recorded" for the killed process,
+    though the resuming one saw its process gone. Now the resume ends that session as crashed, with what is
+    known (when found, when it last wrote, the step it was in and the last one finished), in the manifest and the
+    report; the killed process is fabricated (a manifest left running by a pid that is gone)."""
+    from compresslab.manifest import atomic_write_json
+
+    root, d = make_inputs(tmp_path / "in"), tmp_path / "run"
+    _as_process(monkeypatch, 1)
+    run(run_cfg(root, tmp_path / "out", f"run.dir={d}", "run.stop_after=1"))  # step 0 finished
+    m = read_json(d / "manifest.json")
+    dead = {**m["process"], "pid": _gone_pid(), "pid_started": 12345.0}
+    m["sessions"][-1] = {**{k: v for k, v in m["sessions"][-1].items() if k != "ended"}, **dead}
+    m["status"], m["process"] = "running", dead  # as kill -9 leaves it: still "running", nothing ended
+    m["steps"].append({**m["steps"][0], "index": 1, "name": "int8", "status": "running", "dir": "steps/01_int8"})
+    last_saved = m["updated"]
+    atomic_write_json(d / "manifest.json", m)
+    _as_process(monkeypatch, 2)
+    run(run_cfg(root, tmp_path / "out", f"run.dir={d}"))
+    m = read_json(d / "manifest.json")
+    first, second = m["sessions"]
+    e = first["ended"]
+    assert e["status"] == "crashed" and e["last_saved"] == last_saved and e["found_at"] <= second["started"]
+    assert e["cause"] == (f"process {dead['pid']} was gone (killed outright?) when the next session started, "
+                          f"in step int8, after step {m['steps'][0]['name']} had finished")
+    assert second["ended"]["status"] == "finished" == m["status"]
+    (table,) = sessions_table(m)
+    assert table.rows[0][-1].startswith(f"crashed (found {e['found_at']}, last wrote the manifest {last_saved}): "
+                                        f"process {dead['pid']} was gone")
+    assert "not recorded" not in table.rows[0][-1]
+    from compresslab.report.compare import _runs_table, point  # --compare says the run was resumed after a crash
+
+    p = point(d, m)
+    assert p.status == "finished" and p.crashed_sessions == 1
+    assert _runs_table([p]).rows[0][0].endswith(" (resumed after 1 crashed session)")
+
+
+def test_a_killed_run_not_yet_resumed_reads_crashed_in_compare(tmp_path):
+    """--compare read the raw status: a run killed outright stayed "running" there, while its report said crashed."""
+    import json
+    import platform
+    from pathlib import Path
+
+    from compresslab.report.compare import _runs_table, point
+
+    fixture = Path(__file__).resolve().parents[1] / "unit" / "report" / "runs" / "int8_smoke.json"
+    m = json.loads(fixture.read_text())
+    m["status"], m["process"] = "running", {"pid": _gone_pid(), "host": platform.node(), "pid_started": 1.0}
+    p = point(tmp_path / "int8" / "abc", m)
+    assert p.status == "crashed" and _runs_table([p]).rows[0][0].endswith("(crashed)")
+
+
+def test_a_live_or_unknown_process_is_never_called_crashed(tmp_path):
+    """Only a process known gone is: one still running (here, this test's), or on another host, is left as is."""
+    import platform
+
+    from compresslab.manifest import RunManifest, process_record
+
+    for proc in ({**process_record(), "pid_started": process_record()["pid_started"]},
+                 {"pid": _gone_pid(), "host": platform.node() + "-elsewhere", "pid_started": 1.0}):
+        m = RunManifest(tmp_path / "manifest.json", {"status": "running", "process": proc,
+                                                      "sessions": [{"started": "1", **proc, "ran": []}]})
+        assert m.end_gone_session() is None and "ended" not in m.data["sessions"][0]

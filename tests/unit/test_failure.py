@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab.failure import error_text, stop_summary
+from compresslab.failure import clipped, error_text, stop_summary
 
 
 @pytest.mark.parametrize("e, typed, text", [
@@ -23,7 +23,31 @@ def test_error_text_never_ends_in_a_bare_colon(e, typed, text):
 
 
 def test_error_text_limit_cuts_the_message_only():
-    assert error_text(ValueError("x" * 50), limit=10) == "ValueError: " + "x" * 10
+    assert error_text(ValueError("x" * 50), limit=10) == "ValueError: " + "x" * 9 + "…"
+
+
+TORCH_SAID = ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` "
+              "argument in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to "
+              "`False` will likely succeed, but it can result in arbitrary code execution.")
+
+
+@pytest.mark.parametrize("limit", [20, 45, 100, 150, len(TORCH_SAID) - 1])
+def test_a_shortened_message_keeps_its_start_and_whole_words(limit):
+    """Trial 48, 9: the pickle refusal quoted torch's message from its tail and began mid-word ("ion. Do it only
+    if..."). A shortened message keeps its start, ends at a word boundary with "…", within the limit."""
+    short = clipped(TORCH_SAID, limit)
+    assert short.endswith("…") and len(short) <= limit and TORCH_SAID.startswith(short[:-1])
+    assert TORCH_SAID[len(short) - 1] == " "  # the next character: the cut fell between words
+    assert error_text(RuntimeError(TORCH_SAID), typed=False, limit=limit) == short
+    assert clipped(TORCH_SAID, len(TORCH_SAID)) == TORCH_SAID and clipped(" ok ", None) == "ok"
+
+
+def test_terminal_colour_codes_are_left_out():
+    assert error_text(RuntimeError("\x1b[1mdo it only if\x1b[0m you trust it"), typed=False) == "do it only if you trust it"
+
+
+def test_one_long_token_is_cut_inside_it():
+    assert clipped("see /" + "a" * 80, 20) == "see /" + "a" * 14 + "…"
 
 
 @pytest.mark.parametrize("err, api, said", [
@@ -182,3 +206,43 @@ _IN_EXCEPT = "try:\n    f()\nexcept Exception as e:\n    x = {}"
     ('def g(m):\n    return f"got {type(m).__name__} {m!r}"', False)])  # a value, not an exception
 def test_the_guard_finds_each_hand_formatted_form(code, hand):
     assert bool(hand_formatted_errors(code)) == hand
+
+
+TEXT_ATTRS = {"args", "detail", "message", "msg", "stderr", "output"}  # where exceptions keep their words
+
+
+def sliced_exception_texts(source: str) -> list[int]:
+    """The lines that shorten a caught exception's text by slicing (``str(e)[:300]``, ``str(e).strip()[-300:]``,
+    ``e.args[0][:80]``) instead of :func:`compresslab.failure.clipped` (error_text's ``limit=``)."""
+    tree = ast.parse(source)
+    exceptions = _exception_names(tree)
+
+    def its_text(n: ast.AST) -> bool:  # str(e), e.args, e.detail, ...: not e.object (a decode error's bytes)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("str", "repr"):
+            return any(isinstance(a, ast.Name) and a.id in exceptions for a in n.args)
+        return isinstance(n, ast.Attribute) and n.attr in TEXT_ATTRS and isinstance(n.value, ast.Name) \
+            and n.value.id in exceptions
+
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Slice) and any(its_text(n) for n in ast.walk(node.value))]
+
+
+@pytest.mark.parametrize("code, sliced", [
+    (_IN_EXCEPT.format('f"torch said: {str(e)[-300:]}"'), True),
+    (_IN_EXCEPT.format('str(e).strip()[:400]'), True),
+    (_IN_EXCEPT.format('e.args[0][:80]'), True),
+    ('def g(err: Exception):\n    return str(err)[:10]', True),
+    (_IN_EXCEPT.format('error_text(e, typed=False, limit=300)'), False),
+    (_IN_EXCEPT.format('e.detail[-400:]'), True),
+    (_IN_EXCEPT.format('names[:3]'), False),
+    (_IN_EXCEPT.format('e.object[e.start:e.end]'), False)])  # a decode error's bytes, not its words
+def test_the_slice_guard_finds_each_form(code, sliced):
+    assert bool(sliced_exception_texts(code)) == sliced
+
+
+def test_no_module_slices_an_exception_text():
+    """Every shortened quote of a caught exception goes through one helper, which keeps the message's start."""
+    files = [p for p in sorted((REPO / "compresslab").rglob("*.py")) if str(p.relative_to(REPO)) not in
+             ERROR_TEXT_ITSELF]
+    found = [f"{p.relative_to(REPO)}:{line}" for p in files for line in sliced_exception_texts(p.read_text())]
+    assert not found, "shorten these with compresslab.failure.clipped / error_text(e, limit=N):\n" + "\n".join(found)

@@ -246,3 +246,69 @@ def test_settle_spins_for_the_runners_settle_time_and_torch_on_cpu_declares_one(
     r = TorchRunner(model, 2)
     assert r.settle_s == TORCH_CPU_SETTLE_S > 0 and r.info()["settle_s"] == TORCH_CPU_SETTLE_S
     assert TorchRunner(model, 1).settle_s == 0  # one thread: no OpenMP worker to spin
+
+
+# -- trial 48, 10: the bench stage printed nothing for ~12 minutes and looked hung. With ``log_as`` each shape logs
+# what it times as it starts and its time and medians as it ends, and real-length throughput one line per round;
+# never a line per call, so a log stays readable.
+
+def test_each_shape_logs_one_line_as_it_starts_and_one_as_it_ends(caplog):
+    clock = FakeClock()
+    runners = {"ort_fp32": FakeRunner("A", [], clock, [0.004]), "deployed": FakeRunner("B", [], clock, [0.002])}
+    with caplog.at_level("INFO", logger="compresslab.bench.latency"):
+        measure_latency(runners, [(1, 8), (32, 8)], warmup=2, runs=50, clock=clock, log_as="bench")
+    lines = [r.getMessage() for r in caplog.records if r.name == "compresslab.bench.latency"]
+    assert lines == [
+        "bench: timing b1xs8 (shape 1 of 2): ort_fp32, deployed, interleaved, 2 warm-up call(s) each, then at least "
+        "50 round(s)",
+        "bench: b1xs8 timed in 0 s, 50 round(s); p50 ort_fp32 4 ms, deployed 2 ms",
+        "bench: timing b32xs8 (shape 2 of 2): ort_fp32, deployed, interleaved, 2 warm-up call(s) each, then at "
+        "least 50 round(s)",
+        "bench: b32xs8 timed in 0 s, 50 round(s); p50 ort_fp32 4 ms, deployed 2 ms"]
+
+
+def test_min_time_is_said_and_the_shape_time_counts_warmup(caplog):
+    clock = FakeClock()
+    runners = {"a": FakeRunner("A", [], clock, [1.0])}
+    with caplog.at_level("INFO", logger="compresslab.bench.latency"):
+        measure_latency(runners, [(1, 8)], warmup=3, runs=2, min_time_s=5.0, max_runs=10, clock=clock, log_as="x")
+    start, end = [r.getMessage() for r in caplog.records if r.name == "compresslab.bench.latency"]
+    assert start.endswith("then at least 2 round(s) (up to 10, until 5 s are timed)")
+    assert end == "x: b1xs8 timed in 8 s, 5 round(s); p50 a 1e+03 ms"  # 3 warm-up + 5 timed seconds
+
+
+def test_without_log_as_timing_is_silent(caplog):
+    clock = FakeClock()
+    with caplog.at_level("DEBUG", logger="compresslab.bench.latency"):
+        measure_latency({"a": FakeRunner("A", [], clock, [0.001])}, [(1, 8)], warmup=1, runs=3, clock=clock)
+        measure_real_lengths({"a": FakeRunner("A", [], clock, [0.001])},
+                             [{"input_ids": np.zeros((2, 4), dtype=np.int64)}], rounds=2, clock=clock)
+    assert not [r for r in caplog.records if r.name == "compresslab.bench.latency"]
+
+
+def test_real_length_logs_its_start_and_each_round(caplog):
+    clock = FakeClock()
+    batches = [{"input_ids": np.zeros((4, 6), dtype=np.int64)}, {"input_ids": np.zeros((3, 9), dtype=np.int64)}]
+    with caplog.at_level("INFO", logger="compresslab.bench.latency"):
+        measure_real_lengths({"a": FakeRunner("A", [], clock, [1.0]), "b": FakeRunner("B", [], clock, [1.0])},
+                             batches, rounds=3, clock=clock, log_as="bench")
+    lines = [r.getMessage() for r in caplog.records if r.name == "compresslab.bench.latency"]
+    assert lines == ["bench: timing real-length throughput: 2 dev batch(es) of 7 sentences on a, b, interleaved, "
+                     "1 warm-up and 3 timed round(s)",
+                     "bench: real-length round 1 of 3 done (8 s so far)",
+                     "bench: real-length round 2 of 3 done (12 s so far)",
+                     "bench: real-length round 3 of 3 done (16 s so far)"]
+
+
+def test_the_pipeline_stages_that_time_for_minutes_ask_for_the_lines():
+    """Every measure_latency / measure_real_lengths call of the pipeline's bench and deploy=auto logs as it goes."""
+    import ast
+    from pathlib import Path
+
+    import compresslab.pipeline.bench as bench
+    import compresslab.pipeline.deploy as deploy
+
+    for mod in (bench, deploy):
+        calls = [n for n in ast.walk(ast.parse(Path(mod.__file__).read_text())) if isinstance(n, ast.Call)
+                 and getattr(n.func, "id", None) in ("measure_latency", "measure_real_lengths")]
+        assert calls and all(any(k.arg == "log_as" for k in c.keywords) for c in calls), mod.__name__

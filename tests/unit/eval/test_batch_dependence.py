@@ -89,6 +89,17 @@ def test_regression_reports_the_largest_difference():
     batched = Scored({"score": 0.8}, np.array([1.25, 2.0, 3.0]), labels)
     rec = summarize(single, batched, REG, 32)
     assert rec["max_abs_diff"] == pytest.approx(0.5) and "flips" not in rec
+    assert "agreement_pearson_b1" not in rec  # no teacher given
+
+
+def test_regression_reports_the_batch_1_correlation_with_the_teacher():
+    """Trial 48, 6: a regression file's batch-1 row had no agreement; it is Pearson r with the teacher's predictions."""
+    labels = np.array([1.0, 2.0, 3.0, 4.0])
+    single = Scored({"score": 0.9}, np.array([1.0, 2.5, 2.9, 4.2]), labels)
+    batched = Scored({"score": 0.8}, np.array([1.1, 2.0, 3.0, 4.0]), labels)
+    teacher = Scored({"score": 0.95}, np.array([1.0, 2.0, 3.0, 4.0]), labels)
+    rec = summarize(single, batched, REG, 32, teacher)
+    assert rec["agreement_pearson_b1"] == pytest.approx(np.corrcoef(single.predictions, teacher.predictions)[0, 1])
 
 
 def test_different_examples_are_refused():
