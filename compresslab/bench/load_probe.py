@@ -2,21 +2,27 @@
 
 Peak RSS is a high-water mark for the whole process, so measuring several models in the
 benchmark process would report the largest one (or the teacher) for all of them. A child that
-loads one ONNX model and runs one b1 x s128 inference gives a clean number per model.
+loads one model and runs one b1 x s128 inference gives a clean number per model.
 
-Parent: `probe_load(onnx_path, threads)` starts this very file as the child, by path, and returns
+Two runtimes: an ONNX file on ONNX Runtime (the default), or, with ``runtime="openvino"``, an
+OpenVINO IR (or a plain ONNX file) read by ``openvino.Core().read_model`` and compiled on CPU, as
+the deploy stage's IR is deployed (then ``load_s`` is read + compile).
+
+Parent: `probe_load(path, threads)` starts this very file as the child, by path, and returns
 its JSON. Child: `main()`. This file imports only the standard library at module level, and
-numpy/onnxruntime inside functions; anything from `compresslab` is imported inside the parent's
-function only, so the child never imports the `compresslab` package (which pulls in torch and
-transformers) and its baseline is what a deployment pays: an interpreter with onnxruntime.
-It also holds `make_session`, the one place where benchmark sessions are configured, so the probe
-and `OrtRunner` load models identically.
+numpy/onnxruntime/openvino inside functions; anything from `compresslab` is imported inside the
+parent's function only, so the child never imports the `compresslab` package (which pulls in torch
+and transformers) and its baseline is what a deployment pays: an interpreter with its runtime.
+It also holds `make_session` and `openvino_config`, the one place where benchmark sessions and
+OpenVINO compilations are configured, so the probe loads models as `OrtRunner` and
+`OpenVinoRunner` do.
 
 The module's name differs from every name `compresslab.bench` exports: a submodule named like a
 function of its package (`bench/probe_load.py` beside `bench.probe_load()`) rebinds the package
 attribute to the module once anything imports it (tests/unit/test_package_names.py).
 
     python path/to/load_probe.py --onnx PATH --threads N [--provider P] [--seq 128]
+    python path/to/load_probe.py --openvino PATH --threads N [--precision-hint f32|bf16|default]
 
 prints one JSON line: {"load_s", "first_run_ms", "baseline_rss_mb", "peak_rss_mb", ...};
 `baseline_rss_mb` is the peak before the model is loaded, so the model's share is the difference.
@@ -35,6 +41,39 @@ from typing import Any, Sequence
 PROBE_SEQ = 128
 PROBE_VOCAB = 100  # ids below this are valid for every BERT-family vocabulary
 PROBE_SCRIPT = Path(__file__).resolve()  # the child is this very file, run by path
+RUNTIMES: tuple[str, ...] = ("ort", "openvino")
+
+
+def openvino_config(threads: int, hint: str = "default", sparse_rate: float | None = None) -> dict[str, Any]:
+    """The CPU compile properties of every benchmark OpenVINO model (``OpenVinoRunner`` and the probe's child).
+
+    ``hint``: the precision already resolved for this model and CPU (``openvino_runner.resolve_precision``);
+    ``default`` sets no ``INFERENCE_PRECISION_HINT`` so OpenVINO picks (bf16 on AVX512_BF16/AMX CPUs).
+    ``sparse_rate``: ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``, set only when given. Lives here, standard
+    library only, because the child runs without compresslab."""
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if hint != "default":
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if sparse_rate is not None:
+        config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = sparse_rate
+    return config
+
+
+def precision_name(value: Any) -> str:
+    """OpenVINO's element type (``<Type: 'float32'>``, ``bf16``) as ``f32`` / ``bf16`` / ``f16``."""
+    get = getattr(value, "get_type_name", None)  # an ov.Type: "f32" / "bf16"
+    s = str(get() if callable(get) else value).lower()
+    s = s.split("'")[1] if s.count("'") >= 2 else s  # "<type: 'float32'>"
+    names = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16", "f16": "f16"}
+    return names.get(s, s)
+
+
+def model_bytes(path: str | Path) -> int:
+    """Bytes the runtime loads: an IR's ``.xml`` plus its ``.bin`` (``export.size.artifact_bytes`` cannot be
+    imported in the child), else the file itself."""
+    p = Path(path)
+    weights = p.with_suffix(".bin")
+    return p.stat().st_size + (weights.stat().st_size if p.suffix == ".xml" and weights.is_file() else 0)
 
 
 def make_session(onnx_path: str | Path, threads: int, provider: str) -> tuple[Any, float]:
@@ -105,7 +144,47 @@ def probe(onnx: str, threads: int, provider: str, seq: int, vocab_size: int) -> 
     return {
         "model": str(Path(onnx).resolve()),
         "bytes": Path(onnx).stat().st_size,
+        "runtime": "ort",
         "provider": session.get_providers()[0],
+        "threads": threads,
+        "shape": [1, seq],
+        "load_s": load_s,
+        "first_run_ms": first_ms,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def probe_openvino(model: str, threads: int, hint: str, sparse_rate: float | None, seq: int,
+                   vocab_size: int) -> dict[str, Any]:
+    """Read one IR (or plain ONNX file) with OpenVINO, compile it on CPU with the bench's properties, run one
+    (1, seq) inference, and report time, memory and the precision it compiled as."""
+    import numpy as np
+    import openvino as ov  # imported before the baseline so it is not counted as model
+
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"no OpenVINO model at {model}")
+    baseline = _peak_rss_mb()
+    start = time.perf_counter()
+    core = ov.Core()
+    read = core.read_model(model)
+    compiled = core.compile_model(read, "CPU", openvino_config(threads, hint, sparse_rate))
+    load_s = time.perf_counter() - start
+    ids = np.random.default_rng(0).integers(0, vocab_size, size=(1, seq), dtype=np.int64)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feed = {p.get_any_name(): batch[p.get_any_name()].astype(p.get_element_type().to_dtype(), copy=False)
+            for p in read.inputs}
+    request = compiled.create_infer_request()
+    t0 = time.perf_counter()
+    request.infer(feed)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    return {
+        "model": str(Path(model).resolve()),
+        "bytes": model_bytes(model),
+        "runtime": "openvino",
+        "provider": "OpenVINO CPU",
+        "precision_hint": hint,
+        "precision": precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
         "threads": threads,
         "shape": [1, seq],
         "load_s": load_s,
@@ -120,20 +199,33 @@ def probe_load(
     threads: int | None,
     *,
     provider: str = "CPUExecutionProvider",
+    runtime: str = "ort",
+    precision_hint: str = "default",
+    sparse_rate: float | None = None,
     seq: int = 128,
     vocab_size: int | None = None,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Load time and peak RSS of one ONNX model, measured in a fresh child process.
+    """Load time and peak RSS of one model, measured in a fresh child process.
 
-    Returns the child's JSON: load_s, first_run_ms (one (1, seq) inference), baseline_rss_mb
-    (interpreter + onnxruntime), peak_rss_mb, bytes, threads, provider. Raises RuntimeError
-    carrying the child's stderr when it fails.
+    ``runtime="ort"``: an ONNX file on ONNX Runtime's ``provider``. ``runtime="openvino"``: an IR (or plain ONNX
+    file) compiled on OpenVINO's CPU with :func:`openvino_config` (``precision_hint`` and ``sparse_rate`` as the
+    bench's runner compiled it). Returns the child's JSON: load_s, first_run_ms (one (1, seq) inference),
+    baseline_rss_mb (interpreter + the runtime), peak_rss_mb, bytes, threads, provider, and for OpenVINO
+    runtime and precision (as compiled). Raises ValueError for an unknown runtime, RuntimeError carrying the
+    child's stderr when it fails.
     """
     from compresslab.bench.env import resolve_threads  # inside: the child must not import compresslab
 
-    cmd = [sys.executable, str(PROBE_SCRIPT), "--onnx", str(onnx_path),
-           "--threads", str(resolve_threads(threads)), "--provider", provider, "--seq", str(seq)]
+    if runtime not in RUNTIMES:
+        raise ValueError(f"load probe runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+    cmd = [sys.executable, str(PROBE_SCRIPT), "--threads", str(resolve_threads(threads)), "--seq", str(seq)]
+    if runtime == "ort":
+        cmd += ["--onnx", str(onnx_path), "--provider", provider]
+    else:
+        cmd += ["--openvino", str(onnx_path), "--precision-hint", precision_hint]
+        if sparse_rate is not None:
+            cmd += ["--sparse-rate", str(sparse_rate)]
     if vocab_size is not None:
         cmd += ["--vocab-size", str(vocab_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -147,14 +239,22 @@ def probe_load(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry of the child process; prints one JSON line on stdout."""
-    parser = argparse.ArgumentParser(description="Load time and peak RSS of one ONNX model.")
-    parser.add_argument("--onnx", required=True, help="path of the .onnx model to load")
+    parser = argparse.ArgumentParser(description="Load time and peak RSS of one model.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--onnx", help="path of the .onnx model to load on ONNX Runtime")
+    which.add_argument("--openvino", help="path of the IR (.xml) or ONNX file to compile on OpenVINO CPU")
     parser.add_argument("--threads", type=int, required=True, help="intra-op threads")
     parser.add_argument("--provider", default="CPUExecutionProvider")
+    parser.add_argument("--precision-hint", default="default", help="OpenVINO INFERENCE_PRECISION_HINT")
+    parser.add_argument("--sparse-rate", type=float, default=None, help="CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE")
     parser.add_argument("--seq", type=int, default=PROBE_SEQ, help="sequence length of the probe")
     parser.add_argument("--vocab-size", type=int, default=PROBE_VOCAB, help="bound of random ids")
     args = parser.parse_args(argv)
-    result = probe(args.onnx, args.threads, args.provider, args.seq, args.vocab_size)
+    if args.openvino:
+        result = probe_openvino(args.openvino, args.threads, args.precision_hint, args.sparse_rate, args.seq,
+                                args.vocab_size)
+    else:
+        result = probe(args.onnx, args.threads, args.provider, args.seq, args.vocab_size)
     print(json.dumps(result), flush=True)
 
 

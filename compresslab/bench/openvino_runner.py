@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from compresslab.bench.env import cpu_flags, resolve_threads
+from compresslab.bench.load_probe import openvino_config, precision_name
 from compresslab.failure import error_text
 
 log = logging.getLogger(__name__)
@@ -172,19 +173,17 @@ class OpenVinoRunner:
             bad = unreadable_ops(self.onnx_path)
             raise ValueError(f"OpenVINO cannot read {self.onnx_path.name}: ops {bad or '(none found)'}; "
                              f"use the plain export (model_unfused.onnx). OpenVINO said: {error_text(e, typed=False, limit=300)}") from e
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
-        if hint != "default":
-            config["INFERENCE_PRECISION_HINT"] = hint
-        if self.sparse_rate is not None:
-            config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = self.sparse_rate
-        self.compiled = core.compile_model(model, "CPU", config)
+        # the load probe's child compiles with the same properties (bench/load_probe.py, no compresslab there)
+        self.hint = hint
+        self.config = openvino_config(self.threads, hint, self.sparse_rate)
+        self.compiled = core.compile_model(model, "CPU", self.config)
         self.request = self.compiled.create_infer_request()
         self.load_s = time.perf_counter() - t0
         self.inputs: dict[str, Any] = {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
         # a quantized graph (a QDQ ONNX file or an int8 IR): OpenVINO reads both as FakeQuantize
         self.int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         # "f32" / "bf16" as compiled, whatever was asked
-        self.compiled_precision = _precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.compiled_precision = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.first_call_ms: dict[str, float] = {}
 
     def feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -217,11 +216,3 @@ class OpenVinoRunner:
                 "sparse_weights_decompression_rate": self.sparse_rate,
                 "first_call_ms": {k: round(v, 3) for k, v in self.first_call_ms.items()}}
 
-
-def _precision_name(value: Any) -> str:
-    """OpenVINO's element type (``<Type: 'float32'>``, ``bf16``) as ``f32`` / ``bf16`` / ``f16``."""
-    get = getattr(value, "get_type_name", None)  # an ov.Type: "f32" / "bf16"
-    s = str(get() if callable(get) else value).lower()
-    s = s.split("'")[1] if s.count("'") >= 2 else s  # "<type: 'float32'>"
-    names = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16", "f16": "f16"}
-    return names.get(s, s)

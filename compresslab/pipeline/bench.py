@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from compresslab.bench.load_probe import PROBE_SEQ  # standard library only: the probe child's own module
 from compresslab.export.precision import precision_label
 from compresslab.export.size import artifact_bytes
 from compresslab.failure import error_text
@@ -62,7 +63,7 @@ def bench(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -
 
 def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int) -> dict[str, Any]:
     """Every timing of the bench stage: the ``bench`` section of the manifest."""
-    from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths, probe_load,
+    from compresslab.bench import (OrtRunner, TorchRunner, measure_latency, measure_real_lengths,
                                    real_length_speedups, speedups)
 
     b = state.settings.bench
@@ -155,14 +156,32 @@ def _measure(state: RunState, run_dir: Path, manifest: RunManifest, threads: int
             if note:
                 section["notes"].append(note)
     if b.load_probe:
-        log.info("bench: load probe (each file's load time and memory, in a fresh process): %s", ", ".join(files))
-        section["load"] = {name: probe_load(p, threads, vocab_size=vocab) for name, p in files.items()}
+        # b1 x s128 (MEASURE.md), shorter only for a model with fewer positions (a tiny test model): else it fails
+        seq = min(PROBE_SEQ, int(getattr(state.model.config, "max_position_embeddings", PROBE_SEQ)))
+        section["load"] = load_probes(files, runners, threads, vocab, seq)
     section["gpu"] = _gpu(state, files, shapes, b, vocab)
     section["deepsparse"] = deepsparse(state, run_dir, manifest, threads)
     if any("sparse_int8" in (s.result.get("formats") or ()) for s in manifest.steps):
         section["notes"].append("ONNX Runtime runs sparse weights with dense kernels: sparsity shrinks the "
                                 "compressed size, not the ORT latency.")
     return section
+
+
+def load_probes(files: dict[str, Path], runners: dict[str, Any], threads: int, vocab: int,
+                seq: int = PROBE_SEQ) -> dict[str, Any]:
+    """Load time and peak RSS of each ORT file (``files``) and of the OpenVINO cells that ship or compare: the
+    deployed IR when it is ``deployed`` and the dense teacher's ``openvino_<p>`` (the ratio's other side), each in a
+    fresh process compiled with its runner's properties (threads, the precision hint it compiled with)."""
+    from compresslab.bench import probe_load
+
+    ov = {n: r for n, r in runners.items() if n.startswith("openvino_") or (n == "deployed" and n not in files)}
+    log.info("bench: load probe (each file's load time and memory, in a fresh process): %s",
+             ", ".join([*files, *ov]))
+    out = {name: probe_load(p, threads, seq=seq, vocab_size=vocab) for name, p in files.items()}
+    for name, r in ov.items():
+        out[name] = probe_load(r.onnx_path, r.threads, runtime="openvino", precision_hint=r.hint,
+                               sparse_rate=r.sparse_rate, seq=seq, vocab_size=vocab)
+    return out
 
 
 def precision_notes(runners: dict[str, Any]) -> list[str]:

@@ -109,7 +109,7 @@ def _load(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
     if not sec:
         return None
     files = F.as_dict(bench.get("files"))
-    rows, facts = [], {}
+    rows, facts, providers = [], {}, []
     for model, v in sec.items():
         v = F.as_dict(v)
         peak, base = F.num(v.get("peak_rss_mb")), F.num(v.get("baseline_rss_mb"))
@@ -117,13 +117,18 @@ def _load(bench: Mapping[str, Any], m: Mapping[str, Any]) -> Table | None:
                      plain(F.run_relative(v.get("model"), m) or F.run_relative(files.get(model), m)),
                      mb(F.num(v.get("bytes"))), ms(_ms(F.num(v.get("load_s")))), ms(F.num(v.get("first_run_ms"))),
                      rate(peak), rate(peak - base if peak is not None and base is not None else None)])
-        for k in ("provider", "threads", "shape"):
+        for k in ("threads", "shape"):
             facts.setdefault(k, v.get(k))
+        # an OpenVINO row (the deployed IR, the dense openvino_* cells) names the precision it compiled as
+        prov = plain(v.get("provider")) + (f" {v['precision']}" if v.get("runtime") == "openvino" else "")
+        providers += [] if prov in providers else [prov]
     shape = facts.get("shape")
     shape = "×".join(str(x) for x in shape) if isinstance(shape, list) else plain(shape)
-    caption = (f"Load time and peak memory, each model in a fresh process ({plain(facts.get('provider'))}, "
+    ov = any(F.as_dict(v).get("runtime") == "openvino" for v in sec.values())
+    caption = (f"Load time and peak memory, each model in a fresh process ({', '.join(providers)}; "
                f"{plain(facts.get('threads'))} threads), then one {shape} inference; model RSS = peak RSS minus "
-               "the interpreter with onnxruntime loaded.")
+               f"the interpreter with {'its runtime (onnxruntime or openvino)' if ov else 'onnxruntime'} loaded"
+               f"{'; OpenVINO load = read + compile' if ov else ''}.")
     return Table(["model", "file", "size (MB)", "load (ms)", "first run (ms)", "peak RSS (MB)", "model RSS (MB)"],
                  rows, caption)
 
