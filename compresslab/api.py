@@ -103,7 +103,10 @@ class CompressResult:
         ev = self.metrics.get("eval") or {}
         score = (f", {ev.get('primary_metric', 'score')}={ev['score']:.4f} (teacher "
                  f"{ev['models']['teacher']['score']:.4f})" if "score" in ev and "models" in ev else "")
-        return (f"CompressResult(run_dir={str(self.run_dir)!r}, onnx_path="
+        # the run dir is a temporary folder removed by close() or at exit: a path copied from the repr would be gone
+        kept = ("" if self._cleanup is None else
+                " (temporary: removed by close() or when the result is collected; result.export(DIR) keeps it)")
+        return (f"CompressResult(run_dir={str(self.run_dir)!r}{kept}, onnx_path="
                 f"{str(self.onnx_path) if self.onnx_path else None!r}{score}, warnings={self.warnings!r})")
 
     def export(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:

@@ -176,7 +176,10 @@ def build_steps(cfg: DictConfig) -> list[Step]:
     def built() -> Iterator[tuple[str, Pass]]:  # each pass built as checked_steps pulls it: errors come in step order
         for name in pipe.get("steps") or []:
             if name not in passes:
-                raise PipelineError(f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}")
+                raise PipelineError(
+                    f"step {name!r} has no entry under pipeline.passes; defined: {sorted(passes)}. Add one with "
+                    f"+pass@pipeline.passes.{name}=PASS (PASS: a file of conf/pass, e.g. {name} where one is named "
+                    "so), or choose a pipeline that has that step")
             node = passes[name]
             target = str(node.get("_target_", ""))
             cls = get_pass(pass_registry_name(target, name))  # unknown pass -> clear error

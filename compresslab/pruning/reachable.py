@@ -21,6 +21,7 @@ the dense model when the step starts, and not cached).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ from compresslab.pruning.speedup_settings import SpeedupSettings, structure_of
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 Measured = tuple[LatencyTable, dict[str, Any]]
 
@@ -57,6 +60,9 @@ def check_reachable(p: SpeedupSettings, model_class: type, config: Any, cache_di
         from compresslab.bench.latency_probes import deploy_probe
 
         layers = len(structure_of(dense)["heads"])
+        # minutes at full size before any training: say why, or it reads as a hang before the teacher (trial 48b)
+        log.info("preflight: timing the latency table of the %d-layer model this step is given, to check the speedup "
+                 "target(s) %s before any training (kept: the step reuses it)", layers, p.targets())
         with tempfile.TemporaryDirectory(prefix="reachable-") as work:
             onnx = deploy_probe(dense, Path(work) / "dense.onnx", settings, layers)
             measured = build_latency_table(dense, onnx, settings, cache_dir=cache_dir, progress=progress)

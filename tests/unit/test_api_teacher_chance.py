@@ -35,6 +35,8 @@ def test_compress_says_a_chance_teacher_in_its_own_terms(passes, given, tiny_tok
     # the result says it too, in the report's rule set (verdicts.run_flags), and shows it in its repr
     assert r.warnings and r.warnings[0].startswith("teacher no better than chance on eval_data: ")
     assert repr(r).endswith(f"warnings={r.warnings!r})") and "BertForSequenceClassification" not in repr(r)
+    # output_dir given: the run dir is the caller's and stays; the repr does not call it temporary
+    assert "temporary" not in repr(r)
     lines = [rec.getMessage() for rec in caplog.records if "no better than chance" in rec.getMessage()]
     assert len(lines) == 1, caplog.text
     fix = teacher_fix(given=given, api=True)
