@@ -129,37 +129,40 @@ def _peak_rss_mb() -> float:
 
 def probe(onnx: str, threads: int, provider: str, seq: int, vocab_size: int) -> dict[str, Any]:
     """Load one model, run one (1, seq) inference, and report time and memory."""
-    import numpy as np
+    import numpy  # noqa: F401  before the baseline (the batch's numpy is not model)
     import onnxruntime  # noqa: F401  imported before the baseline so it is not counted as model
 
     baseline = _peak_rss_mb()
     session, load_s = make_session(onnx, threads, provider)
-    ids = np.random.default_rng(0).integers(0, vocab_size, size=(1, seq), dtype=np.int64)
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-             "token_type_ids": np.zeros_like(ids)}
+    batch = _probe_batch(seq, vocab_size)
     names = [i.name for i in session.get_inputs()]
     t0 = time.perf_counter()
     session.run(None, {n: batch[n] for n in names})
     first_ms = (time.perf_counter() - t0) * 1e3
-    return {
-        "model": str(Path(onnx).resolve()),
-        "bytes": Path(onnx).stat().st_size,
-        "runtime": "ort",
-        "provider": session.get_providers()[0],
-        "threads": threads,
-        "shape": [1, seq],
-        "load_s": load_s,
-        "first_run_ms": first_ms,
-        "baseline_rss_mb": baseline,
-        "peak_rss_mb": _peak_rss_mb(),
-    }
+    return _record(onnx, Path(onnx).stat().st_size, threads, seq, load_s, first_ms, baseline,
+                   runtime="ort", provider=session.get_providers()[0])
+
+
+def _probe_batch(seq: int, vocab_size: int) -> dict[str, Any]:
+    """The one (1, seq) int64 batch both runtimes run: seeded ids below ``vocab_size``, no padding."""
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(0, vocab_size, size=(1, seq), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def _record(model: str, size: int, threads: int, seq: int, load_s: float, first_ms: float, baseline: float,
+            **runtime: Any) -> dict[str, Any]:
+    """The probe's JSON line, the same keys for every runtime (``runtime`` adds its own: provider, precision)."""
+    return {"model": str(Path(model).resolve()), "bytes": size, **runtime, "threads": threads, "shape": [1, seq],
+            "load_s": load_s, "first_run_ms": first_ms, "baseline_rss_mb": baseline, "peak_rss_mb": _peak_rss_mb()}
 
 
 def probe_openvino(model: str, threads: int, hint: str, sparse_rate: float | None, seq: int,
                    vocab_size: int) -> dict[str, Any]:
     """Read one IR (or plain ONNX file) with OpenVINO, compile it on CPU with the bench's properties, run one
     (1, seq) inference, and report time, memory and the precision it compiled as."""
-    import numpy as np
+    import numpy  # noqa: F401  before the baseline (the batch's numpy is not model)
     import openvino as ov  # imported before the baseline so it is not counted as model
 
     if not Path(model).is_file():
@@ -170,28 +173,16 @@ def probe_openvino(model: str, threads: int, hint: str, sparse_rate: float | Non
     read = core.read_model(model)
     compiled = core.compile_model(read, "CPU", openvino_config(threads, hint, sparse_rate))
     load_s = time.perf_counter() - start
-    ids = np.random.default_rng(0).integers(0, vocab_size, size=(1, seq), dtype=np.int64)
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    batch = _probe_batch(seq, vocab_size)
     feed = {p.get_any_name(): batch[p.get_any_name()].astype(p.get_element_type().to_dtype(), copy=False)
             for p in read.inputs}
     request = compiled.create_infer_request()
     t0 = time.perf_counter()
     request.infer(feed)
     first_ms = (time.perf_counter() - t0) * 1e3
-    return {
-        "model": str(Path(model).resolve()),
-        "bytes": model_bytes(model),
-        "runtime": "openvino",
-        "provider": "OpenVINO CPU",
-        "precision_hint": hint,
-        "precision": precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
-        "threads": threads,
-        "shape": [1, seq],
-        "load_s": load_s,
-        "first_run_ms": first_ms,
-        "baseline_rss_mb": baseline,
-        "peak_rss_mb": _peak_rss_mb(),
-    }
+    return _record(model, model_bytes(model), threads, seq, load_s, first_ms, baseline, runtime="openvino",
+                   provider="OpenVINO CPU", precision_hint=hint,
+                   precision=precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")))
 
 
 def probe_load(
